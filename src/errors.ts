@@ -1,0 +1,15 @@
+/** Errors the API returns for bad input: an errno-like code and a message that names the argument. */
+export type Errno = "EINVAL" | "EEXIST" | "ENOENT" | "ENOMEM" | "EBUSY" | "EFAULT" | "ETIMEDOUT" | "EIO";
+
+export class KvmError extends Error {
+  readonly code: Errno;
+  constructor(code: Errno, message: string) {
+    super(`${code}: ${message}`);
+    this.name = "KvmError";
+    this.code = code;
+  }
+}
+
+export function einval(arg: string, why: string): KvmError {
+  return new KvmError("EINVAL", `${arg}: ${why}`);
+}

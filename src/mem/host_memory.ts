@@ -1,0 +1,158 @@
+/**
+ * Host memory: a SharedArrayBuffer of 4 KiB frames (kvm.mem) behind a host page table
+ * (kvm.hpt, hva page -> frame), so the host can move a page to another frame while the guest
+ * runs (src/mmu/mmu_notifier.ts). Frame 0 is never handed out.
+ *
+ * hpt entry: 0 = not mapped, else (pfn << 1) | writable. Written under mm_lock, read
+ * locklessly by faults (gfn_to_pfn), which validate with mmu_notifier_seq.
+ * thp[hva >> 9] = 1 while the 2 MiB block is one huge mapping: 512 contiguous, 512-aligned
+ * frames. Cleared (split) under mm_lock before any page of the block moves.
+ */
+import {
+  CTL_FRAME_HIGH,
+  CTL_FRAME_TOP,
+  CTL_HVA_NEXT,
+  Kvm,
+  PAGE_WORDS,
+} from "../kvm_host.js";
+import { KvmError } from "../errors.js";
+import { aload, astore } from "../sync/atomic.js";
+
+export const HPT_WRITABLE = 1;
+
+/** Allocates a 4 KiB frame; mm_lock held. Returns 0 when none is left. */
+export function alloc_frame(kvm: Kvm): number {
+  const ctl = kvm.ctl;
+  const top = ctl[CTL_FRAME_TOP]!;
+  if (top > 0) {
+    ctl[CTL_FRAME_TOP] = top - 1;
+    return kvm.frameStack[top - 1]!;
+  }
+  const high = ctl[CTL_FRAME_HIGH]!;
+  if (high >= kvm.shared.config.hostFrames) return 0;
+  ctl[CTL_FRAME_HIGH] = high + 1;
+  return high;
+}
+
+/** mm_lock held; no translation of the frame may remain in any TLB. */
+export function free_frame(kvm: Kvm, pfn: number): void {
+  kvm.frameStack[kvm.ctl[CTL_FRAME_TOP]!] = pfn;
+  kvm.ctl[CTL_FRAME_TOP]!++;
+}
+
+export function free_frames(kvm: Kvm): number {
+  return kvm.ctl[CTL_FRAME_TOP]! + (kvm.shared.config.hostFrames - kvm.ctl[CTL_FRAME_HIGH]!);
+}
+
+/**
+ * mmap of anonymous memory: reserves `pages` of host virtual space (2 MiB aligned) and backs it
+ * with zeroed frames, with huge (THP) mappings where `thp` is set and 512 contiguous frames
+ * are available. Returns the first hva page. Owner thread, vCPUs may run.
+ */
+export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
+  kvm.mm_lock.lock();
+  try {
+    if (pages > free_frames(kvm)) throw new KvmError("ENOMEM", `size: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
+    const ctl = kvm.ctl;
+    const hva = Math.ceil(Math.max(ctl[CTL_HVA_NEXT]!, 1) / 512) * 512;
+    if (hva + pages > kvm.hpt.length) throw new KvmError("ENOMEM", `size: host virtual address space exhausted`);
+    ctl[CTL_HVA_NEXT] = hva + pages;
+    let p = 0;
+    if (ctl[CTL_FRAME_HIGH] === 0) ctl[CTL_FRAME_HIGH] = 1; // frame 0 is never handed out
+    while (p < pages) {
+      const high = ctl[CTL_FRAME_HIGH]!;
+      const aligned = Math.ceil(high / 512) * 512;
+      if (thp && pages - p >= 512 && aligned + 512 <= kvm.shared.config.hostFrames) {
+        // Frames skipped for alignment go on the free stack.
+        for (let f = high; f < aligned; f++) free_frame(kvm, f);
+        ctl[CTL_FRAME_HIGH] = aligned + 512;
+        for (let i = 0; i < 512; i++) {
+          kvm.mem.fill(0, (aligned + i) * PAGE_WORDS, (aligned + i + 1) * PAGE_WORDS);
+          astore(kvm.hpt, hva + p + i, ((aligned + i) << 1) | HPT_WRITABLE);
+        }
+        astore(kvm.thp, (hva + p) >>> 9, 1);
+        p += 512;
+        continue;
+      }
+      const f = alloc_frame(kvm);
+      if (f === 0) throw new KvmError("ENOMEM", "size: out of host frames");
+      kvm.mem.fill(0, f * PAGE_WORDS, (f + 1) * PAGE_WORDS);
+      astore(kvm.hpt, hva + p, (f << 1) | HPT_WRITABLE);
+      p++;
+    }
+    return hva;
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}
+
+/** hva page -> frame (0: not mapped); lockless (get_user_pages_fast). */
+export function hva_to_pfn(kvm: Kvm, hvaPage: number): number {
+  return aload(kvm.hpt, hvaPage) >>> 1;
+}
+
+export function hva_writable(kvm: Kvm, hvaPage: number): boolean {
+  return (aload(kvm.hpt, hvaPage) & HPT_WRITABLE) !== 0;
+}
+
+/** True when the 2 MiB block holding hvaPage is a huge mapping (host_mapping_level == 2). */
+export function hva_is_huge(kvm: Kvm, hvaPage: number): boolean {
+  return aload(kvm.thp, hvaPage >>> 9) !== 0;
+}
+
+/**
+ * Migrates the page at hvaPage to a new frame, as page migration or compaction does: the MMU
+ * notifier drops KVM's mappings (and flushes), the contents are copied, the host page table is
+ * switched, and range_end lets faults map the new frame. A page inside a huge mapping splits
+ * the whole 2 MiB block first. Returns false when no frame is free. Host thread; takes mm_lock.
+ */
+export function host_migrate_page(kvm: Kvm, hvaPage: number, notifier: MmuNotifier): boolean {
+  kvm.mm_lock.lock();
+  try {
+    const old = aload(kvm.hpt, hvaPage);
+    if (old === 0) return false;
+    const to = alloc_frame(kvm);
+    if (to === 0) return false;
+    const huge = hva_is_huge(kvm, hvaPage);
+    const start = huge ? hvaPage - (hvaPage & 511) : hvaPage;
+    notifier.invalidateRangeStart(start, start + (huge ? 512 : 1));
+    if (huge) astore(kvm.thp, hvaPage >>> 9, 0); // split_huge_page
+    const from = old >>> 1;
+    kvm.mem.copyWithin(to * PAGE_WORDS, from * PAGE_WORDS, (from + 1) * PAGE_WORDS);
+    astore(kvm.hpt, hvaPage, (to << 1) | (old & HPT_WRITABLE));
+    notifier.invalidateRangeEnd();
+    free_frame(kvm, from);
+    return true;
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}
+
+/** Unmaps KVM's view of [hva, hva+pages) without changing the host mapping (NUMA balancing, aging). */
+export function host_invalidate_range(kvm: Kvm, hvaPage: number, pages: number, notifier: MmuNotifier): void {
+  kvm.mm_lock.lock();
+  try {
+    notifier.invalidateRangeStart(hvaPage, hvaPage + pages);
+    notifier.invalidateRangeEnd();
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}
+
+/** What the host calls: KVM's notifier callbacks (src/mmu/mmu_notifier.ts). */
+export interface MmuNotifier {
+  invalidateRangeStart(hvaStart: number, hvaEnd: number): void;
+  invalidateRangeEnd(): void;
+}
+
+/** Host-side read of 8 bytes of guest memory at an hva (in bytes), consistent with migration. */
+export function host_read_u64(kvm: Kvm, hvaByte: number): [number, number] {
+  kvm.mm_lock.lock();
+  try {
+    const pfn = aload(kvm.hpt, Math.floor(hvaByte / 4096)) >>> 1;
+    const w = pfn * PAGE_WORDS + ((hvaByte % 4096) >>> 2);
+    return [kvm.mem[w]!, kvm.mem[w + 1]!];
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}

@@ -1,0 +1,75 @@
+/**
+ * The host thread that changes guest backing under the running VM: page migration (copy to a
+ * new frame) and range invalidations without a move (as NUMA balancing or page aging do), at
+ * configured rates, through the MMU-notifier protocol.
+ *
+ * Control words (Int32Array over `ctl`): [0] run (0 run, 1 pause, 2 stop), [1] state (1 running,
+ * 2 paused, 3 stopped, 4 dead), [2] migrations done, [3] invalidations done.
+ */
+import { parentPort, workerData } from "node:worker_threads";
+import { Kvm } from "../kvm_host.js";
+import { host_invalidate_range, host_migrate_page, MmuNotifier } from "./host_memory.js";
+import {
+  kvm_mmu_notifier_invalidate_range_end,
+  kvm_mmu_notifier_invalidate_range_start,
+} from "../mmu/mmu_notifier.js";
+import { ParkMiller } from "../workload/rng.js";
+import { HOST_INVALIDATIONS, HOST_MIGRATIONS, HOST_RUN, HOST_STATE, HostWorkerData } from "./host_thread.js";
+
+const d = workerData as HostWorkerData;
+const kvm = new Kvm(d.shared);
+const c = new Int32Array(d.ctl);
+const notifier: MmuNotifier = {
+  invalidateRangeStart: (s, e) => kvm_mmu_notifier_invalidate_range_start(kvm, s, e),
+  invalidateRangeEnd: () => kvm_mmu_notifier_invalidate_range_end(kvm),
+};
+const rng = new ParkMiller(d.seed);
+const total = d.ranges.reduce((n, r) => n + r[1], 0);
+
+function pickPage(): number {
+  let k = rng.next() % total;
+  for (const [hva, pages] of d.ranges) {
+    if (k < pages) return hva + k;
+    k -= pages;
+  }
+  return d.ranges[0]![0];
+}
+
+try {
+  Atomics.store(c, HOST_STATE, 1);
+  const t0 = performance.now();
+  let migrations = 0;
+  let invalidations = 0;
+  for (;;) {
+    const run = Atomics.load(c, HOST_RUN);
+    if (run === 2) break;
+    if (run === 1) {
+      Atomics.store(c, HOST_STATE, 2);
+      Atomics.notify(c, HOST_STATE);
+      Atomics.wait(c, HOST_RUN, 1, 100);
+      continue;
+    }
+    Atomics.store(c, HOST_STATE, 1);
+    const elapsed = (performance.now() - t0) / 1000;
+    let acted = false;
+    if (d.migrateRate > 0 && migrations < elapsed * d.migrateRate) {
+      if (host_migrate_page(kvm, pickPage(), notifier)) Atomics.add(c, HOST_MIGRATIONS, 1);
+      migrations++;
+      acted = true;
+    }
+    if (d.invalidateRate > 0 && invalidations < elapsed * d.invalidateRate) {
+      const p = pickPage();
+      host_invalidate_range(kvm, p - (p % d.invalidatePages), d.invalidatePages, notifier);
+      Atomics.add(c, HOST_INVALIDATIONS, 1);
+      invalidations++;
+      acted = true;
+    }
+    if (!acted) Atomics.wait(c, HOST_RUN, 0, 1);
+  }
+  Atomics.store(c, HOST_STATE, 3);
+} catch (e) {
+  Atomics.store(c, HOST_STATE, 4);
+  const err = e as Error & { code?: string };
+  parentPort?.postMessage({ type: "error", message: err.message, code: err.code, stack: err.stack });
+}
+Atomics.notify(c, HOST_STATE);

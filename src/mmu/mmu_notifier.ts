@@ -1,0 +1,68 @@
+/**
+ * MMU notifier: the host tells KVM that host mappings in [hvaStart, hvaEnd) are about to change
+ * (invalidate_range_start) and have changed (invalidate_range_end). Between the two,
+ * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
+ * that read a pfn before the change cannot install it (invariant 17). Reference §6.5.
+ */
+import {
+  CTL_NOTIFIER_COUNT,
+  CTL_NOTIFIER_SEQ,
+  Kvm,
+  KVM_USER_MEM_SLOTS,
+  SLOT_ACTIVE,
+  SLOT_BASE_GFN,
+  SLOT_HVA_PAGE,
+  SLOT_NPAGES,
+  SLOT_STRIDE,
+} from "../kvm_host.js";
+import { aadd, aload } from "../sync/atomic.js";
+import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
+import { kvm_unmap_rmapp } from "./mmu_page.js";
+import { KVM_NR_PAGE_SIZES } from "./spte.js";
+import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+
+/** kvm_unmap_hva_range: mmu_lock held. Returns true if a flush is needed. */
+export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
+  let flush = false;
+  const s = kvm.slots;
+  for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+    const r = id * SLOT_STRIDE;
+    if (aload(s, r + SLOT_ACTIVE) === 0) continue;
+    const slotHva = s[r + SLOT_HVA_PAGE]!;
+    const npages = s[r + SLOT_NPAGES]!;
+    const start = Math.max(hvaStart, slotHva);
+    const end = Math.min(hvaEnd, slotHva + npages);
+    if (start >= end) continue;
+    const base = s[r + SLOT_BASE_GFN]!;
+    const gfnStart = base + (start - slotHva);
+    const gfnEnd = base + (end - slotHva);
+    for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+      const first = gfn_to_index(gfnStart, base, level);
+      const last = gfn_to_index(gfnEnd - 1, base, level);
+      const h0 = gfn_to_rmap(kvm, r, base, level);
+      for (let i = first; i <= last; i++) if (kvm_unmap_rmapp(kvm, h0 + i)) flush = true;
+    }
+  }
+  return flush;
+}
+
+export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: number, hvaEnd: number): void {
+  kvm.mmu_lock.lock();
+  try {
+    aadd(kvm.ctl, CTL_NOTIFIER_COUNT, 1);
+    if (kvm_unmap_hva_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
+  } finally {
+    kvm.mmu_lock.unlock();
+  }
+}
+
+export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
+  kvm.mmu_lock.lock();
+  aadd(kvm.ctl, CTL_NOTIFIER_SEQ, 1);
+  aadd(kvm.ctl, CTL_NOTIFIER_COUNT, -1);
+  kvm.mmu_lock.unlock();
+}
+
+export function mmu_notifier_count(kvm: Kvm): number {
+  return aload(kvm.ctl, CTL_NOTIFIER_COUNT);
+}

@@ -1,0 +1,235 @@
+/**
+ * Shadow pages (struct kvm_mmu_page) and the operations that link sptes to them: rmap_add,
+ * drop_spte, link_shadow_page, zap. Everything here runs under mmu_lock.
+ *
+ * Shadow pages live in two arenas: kvm.spt (512 sptes each, spte index = sp * 512 + i) and
+ * kvm.spHdr (the header). Sp 0 is never used, so a link spte never names it.
+ *
+ * Freeing: kvm_mmu_prepare_zap_page clears every spte and unlinks the page; commit_zap flushes
+ * remote TLBs (the grace period of vCPU walkers), then retires the pages with an RCU epoch
+ * (the grace period of non-vCPU walkers). Retired pages become reusable once that epoch is over.
+ */
+import {
+  BUG,
+  CTL_LPAGES,
+  CTL_ROOT,
+  CTL_SP_FREE,
+  CTL_SP_HIGH,
+  CTL_SP_PENDING,
+  CTL_SP_USED,
+  Kvm,
+  PARENT_HEAD_ID_BASE,
+  ROLE_DIRECT,
+  ROLE_INVALID,
+  ROLE_LEVEL_MASK,
+  SP_GFN,
+  SP_NEXT,
+  SP_PARENT_PTES,
+  SP_RETIRE_EPOCH,
+  SP_ROLE,
+  SP_ROOT_COUNT,
+  SP_STRIDE,
+} from "../kvm_host.js";
+import { KvmError } from "../errors.js";
+import { astore } from "../sync/atomic.js";
+import { gfn_to_memslot, gfn_to_rmap } from "../mem/memslot.js";
+import { pte_list_add, pte_list_remove, pte_list_walk, rmap_get_first, RmapCorrupt } from "./rmap.js";
+import { mmu_spte_clear_no_track, mmu_spte_clear_track_bits, mmu_spte_set } from "./spte_ops.js";
+import {
+  is_large_pte,
+  is_last_spte,
+  is_shadow_present_pte,
+  make_link_spte,
+  PT64_ENT_PER_PAGE,
+  PT64_ROOT_LEVEL,
+  spte_to_child_sp,
+} from "./spte.js";
+import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+
+export function page_header(sptep: number): number {
+  return Math.floor(sptep / PT64_ENT_PER_PAGE);
+}
+
+export function sp_level(kvm: Kvm, sp: number): number {
+  return kvm.spHdr[sp * SP_STRIDE + SP_ROLE]! & ROLE_LEVEL_MASK;
+}
+
+/** kvm_mmu_page_get_gfn for a direct sp: the gfn the spte at `sptep` maps. */
+export function kvm_mmu_page_get_gfn(kvm: Kvm, sptep: number): number {
+  const sp = page_header(sptep);
+  const level = sp_level(kvm, sp);
+  return kvm.spHdr[sp * SP_STRIDE + SP_GFN]! + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
+}
+
+/** Reuses retired pages whose RCU grace period is over. */
+function reclaim_retired(kvm: Kvm): void {
+  const h = kvm.spHdr;
+  let prev = -1;
+  let sp = kvm.ctl[CTL_SP_PENDING]! - 1;
+  while (sp >= 0) {
+    const next = h[sp * SP_STRIDE + SP_NEXT]! - 1;
+    if (kvm.rcu.gracePeriodOver(h[sp * SP_STRIDE + SP_RETIRE_EPOCH]!)) {
+      if (prev < 0) kvm.ctl[CTL_SP_PENDING] = next + 1;
+      else h[prev * SP_STRIDE + SP_NEXT] = next + 1;
+      h[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
+      kvm.ctl[CTL_SP_FREE] = sp + 1;
+    } else {
+      prev = sp;
+    }
+    sp = next;
+  }
+}
+
+/** kvm_mmu_alloc_page + kvm_mmu_get_page for a direct page (TDP needs no hash lookup: a
+ * missing link spte means no page exists for that range). */
+export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
+  const ctl = kvm.ctl;
+  if (ctl[CTL_SP_FREE] === 0) reclaim_retired(kvm);
+  let sp = ctl[CTL_SP_FREE]! - 1;
+  if (sp >= 0) {
+    ctl[CTL_SP_FREE] = kvm.spHdr[sp * SP_STRIDE + SP_NEXT]!;
+  } else {
+    sp = Math.max(ctl[CTL_SP_HIGH]!, 1);
+    if (sp >= kvm.shared.config.maxSp) throw new KvmError("ENOMEM", "shadow page arena exhausted (maxSp)");
+    ctl[CTL_SP_HIGH] = sp + 1;
+  }
+  ctl[CTL_SP_USED]!++;
+  const b = sp * SP_STRIDE;
+  const h = kvm.spHdr;
+  h[b + SP_GFN] = gfn;
+  h[b + SP_ROLE] = level | ROLE_DIRECT;
+  h[b + SP_PARENT_PTES] = 0;
+  h[b + SP_ROOT_COUNT] = 0;
+  h[b + SP_NEXT] = 0;
+  return sp;
+}
+
+/** mmu_alloc_direct_roots: the TDP root, created on the first fault. */
+export function mmu_alloc_roots(kvm: Kvm): number {
+  let root = kvm.ctl[CTL_ROOT]!;
+  if (root !== 0) return root;
+  root = kvm_mmu_get_page(kvm, 0, PT64_ROOT_LEVEL);
+  kvm.spHdr[root * SP_STRIDE + SP_ROOT_COUNT] = 1;
+  astore(kvm.ctl, CTL_ROOT, root);
+  return root;
+}
+
+function parentHead(sp: number): number {
+  return sp * SP_STRIDE + SP_PARENT_PTES;
+}
+
+/** link_shadow_page + mmu_page_add_parent_pte. */
+export function link_shadow_page(kvm: Kvm, parentSptep: number, sp: number): void {
+  pte_list_add(kvm, kvm.spHdr, parentHead(sp), PARENT_HEAD_ID_BASE + sp, parentSptep + 1);
+  mmu_spte_set(kvm, parentSptep, make_link_spte(sp));
+}
+
+/** drop_parent_pte: unlink the link spte `parentSptep` that points at sp. */
+export function drop_parent_pte(kvm: Kvm, sp: number, parentSptep: number): void {
+  pte_list_remove(kvm, kvm.spHdr, parentHead(sp), parentSptep + 1);
+  mmu_spte_clear_no_track(kvm, parentSptep);
+}
+
+/** rmap_add: link a present leaf spte into the rmap of (gfn, level). */
+export function rmap_add(kvm: Kvm, sptep: number, gfn: number, level: number): number {
+  const r = gfn_to_memslot(kvm, gfn);
+  if (r < 0) throw new RmapCorrupt(`rmap_add: gfn ${gfn} has no memslot`);
+  const hi = gfn_to_rmap(kvm, r, gfn, level);
+  return pte_list_add(kvm, kvm.rmapPool, hi, hi, sptep + 1);
+}
+
+export function rmap_remove(kvm: Kvm, sptep: number): void {
+  const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
+  const level = sp_level(kvm, page_header(sptep));
+  const r = gfn_to_memslot(kvm, gfn);
+  if (r < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
+  pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), sptep + 1);
+}
+
+/** drop_spte: clear a leaf and take it out of its rmap. The caller flushes. */
+export function drop_spte(kvm: Kvm, sptep: number): void {
+  const old = mmu_spte_clear_track_bits(kvm, sptep);
+  if (!is_shadow_present_pte(old)) return;
+  if (is_large_pte(old)) kvm.ctl[CTL_LPAGES]!--;
+  rmap_remove(kvm, sptep);
+}
+
+/** kvm_unmap_rmapp: drop every spte of one rmap head. Returns true if any was dropped. */
+export function kvm_unmap_rmapp(kvm: Kvm, hi: number): boolean {
+  let any = false;
+  for (let s = rmap_get_first(kvm, kvm.rmapPool, hi); s >= 0; s = rmap_get_first(kvm, kvm.rmapPool, hi)) {
+    drop_spte(kvm, s);
+    any = true;
+  }
+  return any;
+}
+
+/**
+ * kvm_mmu_prepare_zap_page: clear all sptes of sp (zapping child tables too: without the
+ * shadow-page hash a TDP child that lost its parent could never be found again), unlink it
+ * from its parents and queue it on `invalid`.
+ */
+export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): void {
+  const h = kvm.spHdr;
+  const b = sp * SP_STRIDE;
+  const level = h[b + SP_ROLE]! & ROLE_LEVEL_MASK;
+  const base = sp * PT64_ENT_PER_PAGE;
+  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+    const s = kvm.spt[base + i]!;
+    if (!is_shadow_present_pte(s)) continue;
+    if (is_last_spte(s, level)) {
+      drop_spte(kvm, base + i);
+    } else {
+      const child = spte_to_child_sp(s);
+      drop_parent_pte(kvm, child, base + i);
+      kvm_mmu_prepare_zap_page(kvm, child, invalid);
+    }
+  }
+  const parents: number[] = [];
+  pte_list_walk(kvm, h, b + SP_PARENT_PTES, (p) => parents.push(p));
+  for (const p of parents) drop_parent_pte(kvm, sp, p);
+  h[b + SP_ROLE]! |= ROLE_INVALID;
+  if (kvm.bug(BUG["early-free"])) {
+    // Bug: the page is reusable before vCPU walkers and RCU readers are done with it.
+    free_sp(kvm, sp);
+    return;
+  }
+  invalid.push(sp);
+}
+
+function free_sp(kvm: Kvm, sp: number): void {
+  kvm.spHdr[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
+  kvm.ctl[CTL_SP_FREE] = sp + 1;
+  kvm.ctl[CTL_SP_USED]!--;
+}
+
+/** kvm_mmu_commit_zap_page: flush (waits for vCPU walkers), then retire for RCU readers. */
+export function kvm_mmu_commit_zap_page(kvm: Kvm, invalid: number[]): void {
+  if (invalid.length === 0) return;
+  kvm_flush_remote_tlbs(kvm);
+  const epoch = kvm.rcu.retireEpoch();
+  for (const sp of invalid) {
+    const b = sp * SP_STRIDE;
+    kvm.spHdr[b + SP_RETIRE_EPOCH] = epoch;
+    kvm.spHdr[b + SP_NEXT] = kvm.ctl[CTL_SP_PENDING]!;
+    kvm.ctl[CTL_SP_PENDING] = sp + 1;
+    kvm.ctl[CTL_SP_USED]!--;
+  }
+  invalid.length = 0;
+}
+
+/** Zaps the last-level page that maps gfn, if any (a "mapping zapped" event). */
+export function kvm_mmu_zap_leaf_table(kvm: Kvm, gfn: number): boolean {
+  let sp = kvm.ctl[CTL_ROOT]!;
+  if (sp === 0) return false;
+  for (let level = PT64_ROOT_LEVEL; level > 1; level--) {
+    const idx = Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511;
+    const s = kvm.spt[sp * PT64_ENT_PER_PAGE + idx]!;
+    if (!is_shadow_present_pte(s) || is_last_spte(s, level)) return false;
+    sp = spte_to_child_sp(s);
+  }
+  const invalid: number[] = [];
+  kvm_mmu_prepare_zap_page(kvm, sp, invalid);
+  kvm_mmu_commit_zap_page(kvm, invalid);
+  return true;
+}

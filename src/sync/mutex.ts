@@ -1,0 +1,98 @@
+import { aadd, aload, spinPoint } from "./atomic.js";
+
+/**
+ * A fair ticket lock in shared memory, as mmu_lock was a ticket spinlock in Linux 3.11.
+ * Words (Int32, relative to `base`): NEXT ticket, OWNER (now serving), WAITERS sleeping in
+ * Atomics.wait. A waiter spins briefly, then sleeps on OWNER; unlock wakes sleepers only when
+ * WAITERS says there are some, so the uncontended path is two atomic adds.
+ */
+export const MUTEX_WORDS = 4;
+const NEXT = 0;
+const OWNER = 1;
+const WAITERS = 2;
+
+const SPIN = 200;
+
+/** Per-thread lock statistics (not shared: each thread reports its own). */
+export class LockStats {
+  acquisitions = 0;
+  contended = 0;
+  waitNs = 0;
+  holdNs = 0;
+}
+
+export class Mutex {
+  readonly words: Int32Array;
+  readonly base: number;
+  readonly stats = new LockStats();
+  private heldSince = 0;
+  private readonly timed: boolean;
+
+  constructor(words: Int32Array, base: number, timed = true) {
+    this.words = words;
+    this.base = base;
+    this.timed = timed;
+  }
+
+  lock(): void {
+    const w = this.words;
+    const b = this.base;
+    const ticket = aadd(w, b + NEXT, 1);
+    this.stats.acquisitions++;
+    if (aload(w, b + OWNER) === ticket) {
+      if (this.timed) this.heldSince = performance.now();
+      return;
+    }
+    const t0 = this.timed ? performance.now() : 0;
+    this.stats.contended++;
+    for (let i = 0; i < SPIN; i++) {
+      spinPoint(w, b + OWNER);
+      if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
+    }
+    for (;;) {
+      const owner = aload(w, b + OWNER);
+      if (owner === ticket) return this.acquired(t0);
+      aadd(w, b + WAITERS, 1);
+      // Sleep until OWNER moves; a stale value returns at once ("not-equal").
+      if (aload(w, b + OWNER) !== ticket) Atomics.wait(w, b + OWNER, owner, 50);
+      aadd(w, b + WAITERS, -1);
+      spinPoint(w, b + OWNER);
+    }
+  }
+
+  private acquired(t0: number): void {
+    if (this.timed) {
+      const now = performance.now();
+      this.stats.waitNs += (now - t0) * 1e6;
+      this.heldSince = now;
+    }
+  }
+
+  tryLock(): boolean {
+    const w = this.words;
+    const b = this.base;
+    const owner = aload(w, b + OWNER);
+    if (Atomics.compareExchange(w, b + NEXT, owner, owner + 1) !== owner) return false;
+    this.stats.acquisitions++;
+    if (this.timed) this.heldSince = performance.now();
+    return true;
+  }
+
+  unlock(): void {
+    if (this.timed) this.stats.holdNs += (performance.now() - this.heldSince) * 1e6;
+    const w = this.words;
+    const b = this.base;
+    aadd(w, b + OWNER, 1);
+    if (aload(w, b + WAITERS) !== 0) Atomics.notify(w, b + OWNER);
+  }
+
+  /** True when some thread holds the lock (for assertions and the audit). */
+  isLocked(): boolean {
+    return aload(this.words, this.base + NEXT) !== aload(this.words, this.base + OWNER);
+  }
+
+  /** True when other threads are queued behind the holder (cond_resched_lock's "contended"). */
+  isContended(): boolean {
+    return aload(this.words, this.base + NEXT) - aload(this.words, this.base + OWNER) > 1;
+  }
+}

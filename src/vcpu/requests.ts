@@ -1,0 +1,84 @@
+/**
+ * vCPU requests, modes and the remote TLB flush (make_all_cpus_request / kvm_flush_remote_tlbs).
+ *
+ * A flusher sets KVM_REQ_TLB_FLUSH in every vCPU's request word, then cmpxchg's each mode
+ * IN_GUEST_MODE -> EXITING_GUEST_MODE (the IPI), and waits while a vCPU's mode is EXITING or
+ * READING_SHADOW_PAGE_TABLES. A vCPU leaves those modes only at a safe point: between guest
+ * accesses, or at the end of a lockless walk (fast_page_fault). Before it next uses its TLB it
+ * sets mode IN and then reads its requests (both seq-cst), so when kvm_flush_remote_tlbs
+ * returns no vCPU can use a translation older than the call. This is also the grace period
+ * that protects vCPU lockless walkers from freed shadow pages (reference §4.4).
+ */
+import {
+  CTL_NR_VCPUS,
+  CTL_REMOTE_FLUSHES,
+  EXITING_GUEST_MODE,
+  IN_GUEST_MODE,
+  Kvm,
+  KVM_REQ_TLB_FLUSH,
+  OUTSIDE_GUEST_MODE,
+  VCPU_MODE,
+  VCPU_REQUESTS,
+  VCPU_STATE,
+  VCPU_STRIDE,
+} from "../kvm_host.js";
+import { aadd, acas, aload, aor, schedHookInstalled, spinPoint } from "../sync/atomic.js";
+import { KvmError } from "../errors.js";
+
+/** What a vCPU worker is doing (VCPU_STATE). */
+export const enum VcpuState {
+  Created = 0,
+  Running = 1,
+  Paused = 2,
+  Stopped = 3,
+  Dead = 4,
+}
+
+const FLUSH_TIMEOUT_MS = 20_000;
+
+export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
+  aor(kvm.vcpu, vcpuId * VCPU_STRIDE + VCPU_REQUESTS, req);
+}
+
+/** make_all_cpus_request: returns true if some vCPU had to be kicked and waited for. */
+export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
+  const v = kvm.vcpu;
+  const n = aload(kvm.ctl, CTL_NR_VCPUS);
+  let waited = false;
+  for (let i = 0; i < n; i++) {
+    const r = i * VCPU_STRIDE;
+    aor(v, r + VCPU_REQUESTS, req);
+    // kvm_vcpu_exiting_guest_mode: IN -> EXITING; any mode but OUTSIDE must acknowledge.
+    const old = acas(v, r + VCPU_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE);
+    if (old !== OUTSIDE_GUEST_MODE) {
+      waitForAck(kvm, i);
+      waited = true;
+    }
+  }
+  return waited;
+}
+
+function waitForAck(kvm: Kvm, i: number): void {
+  const v = kvm.vcpu;
+  const r = i * VCPU_STRIDE;
+  let spins = 0;
+  let t0 = 0;
+  for (;;) {
+    const m = aload(v, r + VCPU_MODE);
+    if (m === OUTSIDE_GUEST_MODE || m === IN_GUEST_MODE) return;
+    if (aload(v, r + VCPU_STATE) === (VcpuState.Dead as number)) return;
+    spinPoint(v, r + VCPU_MODE);
+    if (schedHookInstalled()) continue;
+    if (++spins < 64) continue;
+    if (t0 === 0) t0 = Date.now();
+    else if (Date.now() - t0 > FLUSH_TIMEOUT_MS)
+      throw new KvmError("ETIMEDOUT", `vcpu ${i}: no acknowledgement of a TLB flush in ${FLUSH_TIMEOUT_MS} ms`);
+    Atomics.wait(v, r + VCPU_MODE, m, 0.2);
+  }
+}
+
+/** kvm_flush_remote_tlbs. */
+export function kvm_flush_remote_tlbs(kvm: Kvm): void {
+  make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
+  aadd(kvm.ctl, CTL_REMOTE_FLUSHES, 1);
+}

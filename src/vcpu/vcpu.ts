@@ -1,0 +1,207 @@
+/**
+ * A vCPU as its worker thread sees it: guest accesses through the software TLB, TLB misses
+ * walked locklessly in guest mode (as the hardware walks EPT tables), faults handled outside
+ * guest mode, requests honoured at every entry, run control (pause/stop) at safe points.
+ */
+import {
+  CTL_ROOT,
+  EXITING_GUEST_MODE,
+  IN_GUEST_MODE,
+  Kvm,
+  KVM_REQ_TLB_FLUSH,
+  OUTSIDE_GUEST_MODE,
+  PAGE_WORDS,
+  ST_FAST_PF,
+  ST_FLUSHES_HANDLED,
+  ST_LOCK_ACQ,
+  ST_LOCK_HOLD_NS,
+  ST_LOCK_WAIT_NS,
+  ST_READS,
+  ST_RETRIES,
+  ST_SLOW_PF,
+  ST_STRIDE,
+  ST_TLB_MISS,
+  ST_WRITES,
+  VCPU_MODE,
+  VCPU_PASSES,
+  VCPU_REQUESTS,
+  VCPU_RUN,
+  VCPU_STATE,
+  VCPU_STRIDE,
+} from "../kvm_host.js";
+import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { FaultStats, tdp_page_fault } from "../mmu/tdp_fault.js";
+import { is_last_spte, is_shadow_present_pte, PT64_ENT_PER_PAGE, PT64_ROOT_LEVEL, spte_to_pfn } from "../mmu/spte.js";
+import { SoftTlb } from "./tlb.js";
+import { VcpuState } from "./requests.js";
+
+/** Run control values (VCPU_RUN), written by the VM owner. */
+export const enum RunCtl {
+  Run = 0,
+  Pause = 1,
+  Stop = 2,
+}
+
+/** Thrown out of the guest loop when the owner asks the vCPU to stop. */
+export class VcpuStop extends Error {}
+
+const POLL_EVERY = 256;
+
+export class Vcpu {
+  readonly kvm: Kvm;
+  readonly id: number;
+  readonly row: number;
+  readonly tlb: SoftTlb;
+  readonly fault = new FaultStats();
+  readonly mem: Int32Array;
+  private readonly spt: Int32Array;
+  private readonly ctl: Int32Array;
+  private readonly v: Int32Array;
+  private countdown = POLL_EVERY;
+  writes = 0;
+  reads = 0;
+  tlbMisses = 0;
+
+  constructor(kvm: Kvm, id: number, tlbBits = 12) {
+    this.kvm = kvm;
+    this.id = id;
+    this.row = id * VCPU_STRIDE;
+    this.tlb = new SoftTlb(tlbBits);
+    this.mem = kvm.mem;
+    this.spt = kvm.spt;
+    this.ctl = kvm.ctl;
+    this.v = kvm.vcpu;
+  }
+
+  /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
+  enterGuest(): void {
+    const v = this.v;
+    const r = this.row;
+    for (;;) {
+      const req = axchg(v, r + VCPU_REQUESTS, 0);
+      if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
+      astore(v, r + VCPU_MODE, IN_GUEST_MODE);
+      if (aload(v, r + VCPU_REQUESTS) === 0) return;
+      astore(v, r + VCPU_MODE, OUTSIDE_GUEST_MODE);
+    }
+  }
+
+  /** VM exit: mode = OUTSIDE; wakes a flusher that kicked us. */
+  exitGuest(): void {
+    const old = axchg(this.v, this.row + VCPU_MODE, OUTSIDE_GUEST_MODE);
+    if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, this.row + VCPU_MODE);
+  }
+
+  /** A safe point in guest mode: acknowledge a kick, honour pause/stop. */
+  safePoint(): void {
+    this.countdown = POLL_EVERY;
+    if (aload(this.v, this.row + VCPU_MODE) === EXITING_GUEST_MODE) {
+      this.exitGuest();
+      this.enterGuest();
+    }
+    if (aload(this.v, this.row + VCPU_RUN) !== (RunCtl.Run as number)) this.runControl();
+  }
+
+  private runControl(): void {
+    const v = this.v;
+    const r = this.row;
+    for (;;) {
+      const ctl = aload(v, r + VCPU_RUN);
+      if (ctl === (RunCtl.Run as number)) break;
+      this.exitGuest();
+      if (ctl === (RunCtl.Stop as number)) throw new VcpuStop();
+      this.publishStats();
+      astore(v, r + VCPU_STATE, VcpuState.Paused);
+      Atomics.notify(v, r + VCPU_STATE);
+      if (!schedHookInstalled()) Atomics.wait(v, r + VCPU_RUN, ctl, 100);
+    }
+    astore(v, r + VCPU_STATE, VcpuState.Running);
+    this.enterGuest();
+  }
+
+  /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
+  write64(gfn: number, w: number, lo: number, hi: number): void {
+    const e = this.tlb.e;
+    const t = (gfn & this.tlb.mask) << 1;
+    if (--this.countdown === 0) this.safePoint();
+    for (;;) {
+      if (e[t] === gfn + 1) {
+        const x = e[t + 1]!;
+        if ((x & 1) !== 0) {
+          const i = (x >>> 1) * PAGE_WORDS + w;
+          guestPoint(true, this.mem, i);
+          this.mem[i] = lo;
+          this.mem[i + 1] = hi;
+          this.writes++;
+          return;
+        }
+      }
+      this.miss(gfn, true);
+    }
+  }
+
+  /** Guest load of the low 32 bits at word `w` of page gfn. */
+  read32(gfn: number, w: number): number {
+    const e = this.tlb.e;
+    const t = (gfn & this.tlb.mask) << 1;
+    if (--this.countdown === 0) this.safePoint();
+    for (;;) {
+      if (e[t] === gfn + 1) {
+        const i = (e[t + 1]! >>> 1) * PAGE_WORDS + w;
+        guestPoint(false, this.mem, i);
+        this.reads++;
+        return this.mem[i]!;
+      }
+      this.miss(gfn, false);
+    }
+  }
+
+  /**
+   * TLB miss: poll for kicks (a safe point), walk the TDP tables locklessly in guest mode and
+   * fill the TLB, or take the fault outside guest mode.
+   */
+  private miss(gfn: number, write: boolean): void {
+    this.tlbMisses++;
+    this.safePoint();
+    let sp = aload(this.ctl, CTL_ROOT);
+    let present = false;
+    if (sp !== 0) {
+      for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
+        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + (Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511));
+        if (!is_shadow_present_pte(s)) break;
+        if (is_last_spte(s, level)) {
+          present = true;
+          const writable = (s & 2) !== 0;
+          if (write && !writable) break;
+          const pfn = spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0);
+          this.tlb.fill(gfn, pfn, writable);
+          return;
+        }
+        sp = s >>> 8;
+      }
+    }
+    this.exitGuest();
+    tdp_page_fault(this.kvm, this.row, gfn, write, present, this.fault);
+    this.enterGuest();
+  }
+
+  publishStats(): void {
+    const s = this.kvm.vcpuStats;
+    const b = this.id * ST_STRIDE;
+    const lock = this.kvm.mmu_lock.stats;
+    s[b + ST_WRITES] = this.writes;
+    s[b + ST_READS] = this.reads;
+    s[b + ST_FAST_PF] = this.fault.fast;
+    s[b + ST_SLOW_PF] = this.fault.slow;
+    s[b + ST_RETRIES] = this.fault.retries;
+    s[b + ST_TLB_MISS] = this.tlbMisses;
+    s[b + ST_LOCK_WAIT_NS] = lock.waitNs;
+    s[b + ST_LOCK_HOLD_NS] = lock.holdNs;
+    s[b + ST_LOCK_ACQ] = lock.acquisitions;
+    s[b + ST_FLUSHES_HANDLED] = this.tlb.flushes;
+  }
+
+  passDone(): void {
+    Atomics.add(this.v, this.row + VCPU_PASSES, 1);
+  }
+}

@@ -1,0 +1,466 @@
+/**
+ * The VM as its owner (the VMM) sees it: the KVM ioctl surface as a TypeScript API.
+ *
+ *   const vm = Vm.create({ memory: 1 << 30, wp: "lockless" });
+ *   const hva = vm.mmap(512 << 20);
+ *   vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0,
+ *                            memorySize: 512 << 20, userspaceAddr: hva });
+ *   vm.createVcpu(0);
+ *   await vm.run((id) => guestArgs);          // one worker_thread per vCPU
+ *   const log = vm.getDirtyLog(0);            // KVM_GET_DIRTY_LOG
+ *   await vm.stop();
+ *
+ * Every method validates its arguments first and throws KvmError (EINVAL, EEXIST, ENOENT,
+ * ENOMEM, EBUSY) without changing the VM.
+ */
+import { Worker } from "node:worker_threads";
+import {
+  allocKvmShared,
+  BUG,
+  BugName,
+  CTL_BITMAP_POOL_NEXT,
+  CTL_NR_VCPUS,
+  CTL_RMAP_POOL_NEXT,
+  CTL_VM_STATE,
+  Kvm,
+  KVM_MAX_VCPUS,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_MEM_READONLY,
+  KVM_USER_MEM_SLOTS,
+  KvmShared,
+  metadataBytes,
+  PAGE_SIZE,
+  SLOT_ACTIVE,
+  SLOT_BASE_GFN,
+  SLOT_BITMAP_BASE,
+  SLOT_BITMAP_WORDS,
+  SLOT_FLAGS,
+  SLOT_HVA_PAGE,
+  SLOT_LPAGE_L2,
+  SLOT_LPAGE_L3,
+  SLOT_NPAGES,
+  SLOT_RMAP_BASE,
+  SLOT_RMAP_L2,
+  SLOT_RMAP_L3,
+  SLOT_STRIDE,
+  ST_STRIDE,
+  VCPU_RUN,
+  VCPU_STATE,
+  VCPU_STRIDE,
+  WpStrategy,
+  CTL_HVA_NEXT,
+  CTL_LPAGE_POOL_NEXT,
+} from "./kvm_host.js";
+import { einval, KvmError } from "./errors.js";
+import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
+import { slot_level_pages } from "./mem/memslot.js";
+import { kvm_get_dirty_log, kvm_set_dirty_logging, DirtyLogTimes } from "./mmu/dirty_log.js";
+import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
+import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
+import { RunCtl } from "./vcpu/vcpu.js";
+import type { GuestArgs } from "./workload/guest.js";
+import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
+
+export type WpName = "locked" | "lockless";
+
+export interface VmOptions {
+  /** Bytes of host memory (guest backing plus spare frames for page migration). */
+  memory: number;
+  wp: WpName;
+  bugs?: BugName[];
+  maxVcpus?: number;
+  /** Capacity of the memslot metadata, in pages (default: the host memory's pages). */
+  maxSlotPages?: number;
+  maxSp?: number;
+  maxDesc?: number;
+}
+
+export interface MemoryRegion {
+  slot: number;
+  flags: number;
+  guestPhysAddr: number;
+  memorySize: number;
+  userspaceAddr: number;
+}
+
+export interface HostThreadOptions {
+  migrateRate: number;
+  invalidateRate: number;
+  invalidatePages?: number;
+  seed?: number;
+}
+
+const MAX_MEMORY = 64 * 2 ** 30;
+
+function isInt(x: unknown): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x);
+}
+
+export class Vm {
+  readonly kvm: Kvm;
+  readonly shared: KvmShared;
+  private readonly workers = new Map<number, Worker>();
+  private readonly created = new Set<number>();
+  private hostWorker: Worker | null = null;
+  private hostCtl: Int32Array | null = null;
+  private running = false;
+  /** The first error a worker reported; the VM is stopped when one arrives. */
+  error: KvmError | Error | null = null;
+  private readonly times: DirtyLogTimes = { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 };
+
+  private constructor(shared: KvmShared) {
+    this.shared = shared;
+    this.kvm = new Kvm(shared);
+  }
+
+  static create(o: VmOptions): Vm {
+    if (!isInt(o.memory) || o.memory <= 0 || o.memory % PAGE_SIZE !== 0)
+      throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
+    if (o.memory > MAX_MEMORY) throw new KvmError("ENOMEM", `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit`);
+    if (o.wp !== "locked" && o.wp !== "lockless") throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
+    let bugs = 0;
+    for (const b of o.bugs ?? []) {
+      if (!(b in BUG)) throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
+      bugs |= BUG[b];
+    }
+    const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
+    if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS) throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
+    const hostFrames = o.memory / PAGE_SIZE;
+    const maxSlotPages = o.maxSlotPages ?? hostFrames;
+    // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
+    const maxSp = o.maxSp ?? Math.ceil(maxSlotPages / 512) * 2 + 64;
+    const maxDesc = o.maxDesc ?? Math.max(4096, Math.ceil(maxSlotPages / 64));
+    let shared: KvmShared;
+    try {
+      shared = allocKvmShared({ hostFrames, maxSlotPages, maxSp, maxDesc, maxVcpus, wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless, bugs });
+    } catch (e) {
+      throw new KvmError("ENOMEM", `memory: cannot allocate ${o.memory} bytes of shared memory (${(e as Error).message})`);
+    }
+    return new Vm(shared);
+  }
+
+  /** mmap(MAP_ANONYMOUS): returns the host virtual address (bytes) of `bytes` of zeroed memory. */
+  mmap(bytes: number, opts: { thp?: boolean } = {}): number {
+    if (!isInt(bytes) || bytes <= 0 || bytes % PAGE_SIZE !== 0)
+      throw einval("bytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(bytes)}`);
+    return host_mmap(this.kvm, bytes / PAGE_SIZE, opts.thp ?? true) * PAGE_SIZE;
+  }
+
+  /** KVM_SET_USER_MEMORY_REGION. */
+  setUserMemoryRegion(m: MemoryRegion): void {
+    const kvm = this.kvm;
+    if (!isInt(m.slot) || m.slot < 0 || m.slot >= KVM_USER_MEM_SLOTS)
+      throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(m.slot)}`);
+    if (!isInt(m.flags) || (m.flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) !== 0)
+      throw einval("flags", `unknown flags 0x${Number(m.flags).toString(16)}`);
+    for (const k of ["guestPhysAddr", "memorySize", "userspaceAddr"] as const) {
+      const x = m[k];
+      if (!isInt(x) || x < 0 || x % PAGE_SIZE !== 0) throw einval(k, `must be a non-negative multiple of ${PAGE_SIZE}, got ${String(x)}`);
+    }
+    const r = m.slot * SLOT_STRIDE;
+    const s = kvm.slots;
+    const npages = m.memorySize / PAGE_SIZE;
+    const baseGfn = m.guestPhysAddr / PAGE_SIZE;
+    const hvaPage = m.userspaceAddr / PAGE_SIZE;
+    kvm.slots_lock.lock();
+    try {
+      const active = s[r + SLOT_ACTIVE] !== 0;
+      if (npages === 0) {
+        if (!active) throw einval("memorySize", `0 deletes a slot, but slot ${m.slot} does not exist`);
+        this.checkIdle("memorySize");
+        this.deleteSlot(r);
+        return;
+      }
+      if (active) {
+        if (s[r + SLOT_BASE_GFN] !== baseGfn || s[r + SLOT_NPAGES] !== npages || s[r + SLOT_HVA_PAGE] !== hvaPage)
+          throw einval("slot", `slot ${m.slot} exists: only its flags may change (delete it first)`);
+        if (((s[r + SLOT_FLAGS]! ^ m.flags) & KVM_MEM_READONLY) !== 0) throw einval("flags", "KVM_MEM_READONLY cannot change");
+        kvm_set_dirty_logging(kvm, r, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
+        return;
+      }
+      if (baseGfn + npages > 2 ** 36) throw einval("guestPhysAddr", "beyond the 48-bit guest-physical space");
+      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT]!) throw new KvmError("EFAULT", `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`);
+      for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+        const o = id * SLOT_STRIDE;
+        if (s[o + SLOT_ACTIVE] === 0) continue;
+        const ob = s[o + SLOT_BASE_GFN]!;
+        if (baseGfn < ob + s[o + SLOT_NPAGES]! && ob < baseGfn + npages)
+          throw new KvmError("EEXIST", `guestPhysAddr: [0x${m.guestPhysAddr.toString(16)}, +0x${m.memorySize.toString(16)}) overlaps slot ${id}`);
+      }
+      this.checkIdle("slot");
+      this.createSlot(r, baseGfn, npages, hvaPage, m.flags);
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  private checkIdle(arg: string): void {
+    if (this.running) throw new KvmError("EBUSY", `${arg}: memslots can be created or deleted only while the vCPUs are stopped`);
+  }
+
+  private createSlot(r: number, baseGfn: number, npages: number, hvaPage: number, flags: number): void {
+    const kvm = this.kvm;
+    const l2 = slot_level_pages(baseGfn, npages, 2);
+    const l3 = slot_level_pages(baseGfn, npages, 3);
+    const rmapWords = npages + l2 + l3;
+    const bitmapWords = Math.ceil(npages / 32);
+    const rNext = kvm.ctl[CTL_RMAP_POOL_NEXT]!;
+    const bNext = kvm.ctl[CTL_BITMAP_POOL_NEXT]!;
+    const lpBase = kvm.ctl[CTL_LPAGE_POOL_NEXT]!;
+    if (
+      rNext + rmapWords > kvm.rmapPool.length ||
+      bNext + 2 * bitmapWords > kvm.bitmapPool.length ||
+      lpBase + l2 + l3 > kvm.lpagePool.length
+    )
+      throw new KvmError("ENOMEM", `memorySize: ${npages} pages do not fit the memslot metadata (maxSlotPages)`);
+    const s = kvm.slots;
+    kvm.rmapPool.fill(0, rNext, rNext + rmapWords);
+    kvm.bitmapPool.fill(0, bNext, bNext + 2 * bitmapWords);
+    // lpage_info write_count: disallow large pages that the slot or its backing cannot hold.
+    const lp = kvm.lpagePool;
+    lp.fill(0, lpBase, lpBase + l2);
+    lp.fill(1, lpBase + l2, lpBase + l2 + l3); // no 1 GiB host pages
+    if (baseGfn % 512 !== 0) lp[lpBase] = 1;
+    if ((baseGfn + npages) % 512 !== 0) lp[lpBase + l2 - 1] = 1;
+    if ((baseGfn ^ hvaPage) % 512 !== 0) lp.fill(1, lpBase, lpBase + l2);
+    s[r + SLOT_BASE_GFN] = baseGfn;
+    s[r + SLOT_NPAGES] = npages;
+    s[r + SLOT_HVA_PAGE] = hvaPage;
+    s[r + SLOT_RMAP_BASE] = rNext;
+    s[r + SLOT_RMAP_L2] = rNext + npages;
+    s[r + SLOT_RMAP_L3] = rNext + npages + l2;
+    s[r + SLOT_BITMAP_BASE] = bNext;
+    s[r + SLOT_BITMAP_WORDS] = bitmapWords;
+    s[r + SLOT_LPAGE_L2] = lpBase;
+    s[r + SLOT_LPAGE_L3] = lpBase + l2;
+    s[r + SLOT_FLAGS] = 0;
+    kvm.ctl[CTL_RMAP_POOL_NEXT] = rNext + rmapWords;
+    kvm.ctl[CTL_BITMAP_POOL_NEXT] = bNext + 2 * bitmapWords;
+    kvm.ctl[CTL_LPAGE_POOL_NEXT] = lpBase + l2 + l3;
+    Atomics.store(s, r + SLOT_ACTIVE, 1);
+    if ((flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0) kvm_set_dirty_logging(kvm, r, true);
+    s[r + SLOT_FLAGS]! |= flags & KVM_MEM_READONLY;
+  }
+
+  private deleteSlot(r: number): void {
+    const kvm = this.kvm;
+    const s = kvm.slots;
+    kvm.mmu_lock.lock();
+    try {
+      const hva = s[r + SLOT_HVA_PAGE]!;
+      kvm_unmap_hva_range(kvm, hva, hva + s[r + SLOT_NPAGES]!);
+      kvm_flush_remote_tlbs(kvm);
+      Atomics.store(s, r + SLOT_ACTIVE, 0);
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+  }
+
+  /** KVM_CREATE_VCPU. */
+  createVcpu(id: number): void {
+    const max = this.shared.config.maxVcpus;
+    if (!isInt(id) || id < 0 || id >= max) throw einval("id", `must be 0..${max - 1}, got ${String(id)}`);
+    if (this.created.has(id)) throw new KvmError("EEXIST", `id: vcpu ${id} already exists`);
+    this.created.add(id);
+    const n = Math.max(Atomics.load(this.kvm.ctl, CTL_NR_VCPUS), id + 1);
+    Atomics.store(this.kvm.ctl, CTL_NR_VCPUS, n);
+  }
+
+  get vcpuIds(): number[] {
+    return [...this.created].sort((a, b) => a - b);
+  }
+
+  /** Starts one worker per vCPU running guest(id). Resolves once all are running. */
+  async run(guest: (id: number) => GuestArgs, opts: { tlbBits?: number } = {}): Promise<void> {
+    if (this.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
+    if (this.created.size === 0) throw einval("run", "no vCPU was created");
+    const tlbBits = opts.tlbBits ?? 12;
+    if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
+    this.running = true;
+    for (const id of this.created) {
+      const row = id * VCPU_STRIDE;
+      Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
+      Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
+      const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
+        workerData: { shared: this.shared, vcpuId: id, guest: guest(id), tlbBits },
+      });
+      this.watch(w, `vcpu ${id}`);
+      this.workers.set(id, w);
+    }
+    for (const id of this.created) await this.waitState(id, (s) => s !== (VcpuState.Created as number));
+  }
+
+  private watch(w: Worker, who: string): void {
+    w.on("message", (m: { type: string; message: string; code?: string }) => {
+      if (m.type === "error") this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
+    });
+    w.on("error", (e) => this.fail(new KvmError("EIO", `${who}: ${e.message}`)));
+  }
+
+  private fail(e: Error): void {
+    this.error ??= e;
+    Atomics.store(this.kvm.ctl, CTL_VM_STATE, 2);
+    for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Stop);
+  }
+
+  private async waitState(id: number, ok: (s: number) => boolean): Promise<void> {
+    const v = this.kvm.vcpu;
+    const i = id * VCPU_STRIDE + VCPU_STATE;
+    for (;;) {
+      const s = Atomics.load(v, i);
+      if (ok(s) || s === (VcpuState.Dead as number) || s === (VcpuState.Stopped as number)) return;
+      if (this.error && !this.workers.has(id)) return;
+      const r = Atomics.waitAsync(v, i, s, 50);
+      if (r.async) await r.value;
+      else await new Promise((res) => setImmediate(res));
+    }
+  }
+
+  /** Parks every vCPU outside guest mode. */
+  async pause(): Promise<void> {
+    for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
+    for (const id of this.created) await this.waitState(id, (s) => s === (VcpuState.Paused as number));
+    this.throwIfFailed();
+  }
+
+  resume(): void {
+    for (const id of this.created) {
+      const i = id * VCPU_STRIDE + VCPU_RUN;
+      Atomics.store(this.kvm.vcpu, i, RunCtl.Run);
+      Atomics.notify(this.kvm.vcpu, i);
+    }
+  }
+
+  throwIfFailed(): void {
+    if (this.error) throw this.error;
+  }
+
+  /** Stops and joins every worker. */
+  async stop(): Promise<void> {
+    for (const id of this.created) {
+      const i = id * VCPU_STRIDE + VCPU_RUN;
+      Atomics.store(this.kvm.vcpu, i, RunCtl.Stop);
+      Atomics.notify(this.kvm.vcpu, i);
+    }
+    await this.stopHostThread();
+    await Promise.all([...this.workers.values()].map((w) => w.terminate().then(() => undefined, () => undefined)));
+    await Promise.all([...this.workers.keys()].map((id) => this.waitState(id, () => true)));
+    this.workers.clear();
+    this.running = false;
+  }
+
+  /** Starts the host thread that migrates and invalidates guest backing (MMU-notifier churn). */
+  async startHostThread(o: HostThreadOptions): Promise<void> {
+    for (const [k, v] of Object.entries({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate }))
+      if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v)) throw einval(k, `must be a rate >= 0, got ${String(v)}`);
+    if (this.hostWorker) throw new KvmError("EBUSY", "startHostThread: already running");
+    const ranges: [number, number][] = [];
+    const s = this.kvm.slots;
+    for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+      const r = id * SLOT_STRIDE;
+      if (s[r + SLOT_ACTIVE]) ranges.push([s[r + SLOT_HVA_PAGE]!, s[r + SLOT_NPAGES]!]);
+    }
+    if (ranges.length === 0) throw einval("startHostThread", "no memslot to act on");
+    const ctl = new SharedArrayBuffer(HOST_CTL_WORDS * 4);
+    this.hostCtl = new Int32Array(ctl);
+    const data: HostWorkerData = {
+      shared: this.shared,
+      ctl,
+      ranges,
+      migrateRate: o.migrateRate,
+      invalidateRate: o.invalidateRate,
+      invalidatePages: o.invalidatePages ?? 512,
+      seed: o.seed ?? 1,
+    };
+    this.hostWorker = new Worker(new URL("./mem/host_worker.js", import.meta.url), { workerData: data });
+    this.watch(this.hostWorker, "host thread");
+    while (Atomics.load(this.hostCtl, HOST_STATE) === 0 && !this.error) await new Promise((r) => setTimeout(r, 1));
+  }
+
+  hostThreadCounters(): { migrations: number; invalidations: number } {
+    const c = this.hostCtl;
+    return { migrations: c ? Atomics.load(c, 2) : 0, invalidations: c ? Atomics.load(c, 3) : 0 };
+  }
+
+  async pauseHostThread(): Promise<void> {
+    const c = this.hostCtl;
+    if (!c) return;
+    Atomics.store(c, HOST_RUN, 1);
+    while (Atomics.load(c, HOST_STATE) === 1) {
+      const r = Atomics.waitAsync(c, HOST_STATE, 1, 50);
+      if (r.async) await r.value;
+    }
+  }
+
+  resumeHostThread(): void {
+    const c = this.hostCtl;
+    if (!c) return;
+    Atomics.store(c, HOST_RUN, 0);
+    Atomics.notify(c, HOST_RUN);
+  }
+
+  async stopHostThread(): Promise<void> {
+    const w = this.hostWorker;
+    const c = this.hostCtl;
+    if (!w || !c) return;
+    Atomics.store(c, HOST_RUN, 2);
+    Atomics.notify(c, HOST_RUN);
+    await new Promise<void>((res) => {
+      w.once("exit", () => res());
+    });
+    this.hostWorker = null;
+  }
+
+  private slotRow(slot: number): number {
+    if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS) throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+    const r = slot * SLOT_STRIDE;
+    if (this.kvm.slots[r + SLOT_ACTIVE] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
+    return r;
+  }
+
+  /** KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page base_gfn + n), harvested and re-protected. */
+  getDirtyLog(slot: number, out?: Uint32Array): Uint32Array {
+    const kvm = this.kvm;
+    kvm.slots_lock.lock();
+    try {
+      const r = this.slotRow(slot);
+      if ((kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) === 0)
+        throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
+      const words = kvm.slots[r + SLOT_BITMAP_WORDS]!;
+      if (out !== undefined && out.length < words) throw einval("out", `needs ${words} words, got ${out.length}`);
+      const bitmap = out ?? new Uint32Array(words);
+      kvm_get_dirty_log(kvm, r, bitmap, this.times);
+      return bitmap;
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  /** Times accumulated by getDirtyLog (lock wait, flush) and dirty pages reported. */
+  dirtyLogTimes(): DirtyLogTimes {
+    return { ...this.times };
+  }
+
+  /** Host-side read of the 8 bytes at guest-physical gpa of a slot (through its hva). */
+  readGuestU64(gpa: number): [number, number] {
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const s = this.kvm.slots;
+    for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+      const r = id * SLOT_STRIDE;
+      if (!s[r + SLOT_ACTIVE]) continue;
+      const base = s[r + SLOT_BASE_GFN]!;
+      if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]!)
+        return host_read_u64(this.kvm, (s[r + SLOT_HVA_PAGE]! + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
+    }
+    throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
+  }
+
+  /** Per-vCPU statistics as the workers last published them. */
+  vcpuStats(id: number): Float64Array {
+    return this.kvm.vcpuStats.subarray(id * ST_STRIDE, (id + 1) * ST_STRIDE);
+  }
+
+  metadataBytes(): number {
+    return metadataBytes(this.shared);
+  }
+}

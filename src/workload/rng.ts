@@ -1,0 +1,11 @@
+/** The Park-Miller "minimal standard" generator that KVM's memstress guest uses. */
+export class ParkMiller {
+  private s: number;
+  constructor(seed: number) {
+    this.s = (seed >>> 0) % 2147483647 || 1;
+  }
+  next(): number {
+    this.s = (this.s * 48271) % 2147483647;
+    return this.s;
+  }
+}
