@@ -178,7 +178,7 @@ export class Vm {
         kvm_set_dirty_logging(kvm, r, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
         return;
       }
-      if (baseGfn + npages > 2 ** 36) throw einval("guestPhysAddr", "beyond the 48-bit guest-physical space");
+      if (baseGfn + npages >= 2 ** 31) throw einval("guestPhysAddr", "beyond the 43-bit guest-physical space this engine models");
       if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT]!) throw new KvmError("EFAULT", `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`);
       for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
         const o = id * SLOT_STRIDE;

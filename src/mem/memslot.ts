@@ -25,14 +25,19 @@ import {
 import { KVM_HPAGE_GFN_SHIFT } from "../mmu/spte.js";
 import { aload, aor } from "../sync/atomic.js";
 
+/** This thread's last hit (memslots->lru_slot). */
+let lruSlot = 0;
+
 /** Row offset of the slot that holds gfn, or -1 (gfn_to_memslot). */
 export function gfn_to_memslot(kvm: Kvm, gfn: number): number {
   const s = kvm.slots;
+  let r = lruSlot;
+  if (s[r + SLOT_ACTIVE] !== 0 && gfn >= s[r + SLOT_BASE_GFN]! && gfn < s[r + SLOT_BASE_GFN]! + s[r + SLOT_NPAGES]!) return r;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    const r = id * SLOT_STRIDE;
+    r = id * SLOT_STRIDE;
     if (s[r + SLOT_ACTIVE] === 0) continue;
     const base = s[r + SLOT_BASE_GFN]!;
-    if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]!) return r;
+    if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]!) return (lruSlot = r);
   }
   return -1;
 }

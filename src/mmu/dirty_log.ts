@@ -22,6 +22,7 @@ import {
   __rmap_write_protect,
   rmap_write_protect_lockless,
   skipFlushBug,
+  spte_write_protect_lockless,
   slot_remove_write_access_locked,
   slot_remove_write_access_lockless,
 } from "./write_protect.js";
@@ -85,6 +86,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
       kvm.mmu_lock.unlock();
     }
   } else {
+    const rmaps = kvm.rmapPool;
     kvm.rcu.readLock(RCU_READER_IOCTL);
     try {
       for (let i = 0; i < words; i++) {
@@ -98,7 +100,10 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
         const h = l1 + i * 32;
         while (mask !== 0) {
           const bit = 31 - Math.clz32(mask & -mask);
-          rmap_write_protect_lockless(kvm, h + bit);
+          // The common TDP case, a single-entry head, inline; chains go through the walker.
+          const v = aload(rmaps, h + bit);
+          if (v !== 0 && (v & 1) === 0) spte_write_protect_lockless(kvm, (v >>> 1) - 1);
+          else if (v !== 0) rmap_write_protect_lockless(kvm, h + bit);
           mask &= mask - 1;
         }
       }

@@ -45,8 +45,8 @@ export function KVM_PAGES_PER_HPAGE(level: number): number {
 
 /** Index of the entry for `gfn` in a table at `level` (PT64_INDEX on a guest frame number). */
 export function PT64_INDEX(gfn: number, level: number): number {
-  // gfn may exceed 2^31: use division for the upper levels.
-  return Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511;
+  // gfns stay below 2^32 (16 TiB of guest-physical space), so an unsigned shift is exact.
+  return (gfn >>> ((level - 1) * 9)) & 511;
 }
 
 export function is_shadow_present_pte(s: number): boolean {

@@ -11,7 +11,7 @@ const NEXT = 0;
 const OWNER = 1;
 const WAITERS = 2;
 
-const SPIN = 200;
+const SPIN = 2000;
 
 /** Per-thread lock statistics (not shared: each thread reports its own). */
 export class LockStats {

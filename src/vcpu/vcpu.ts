@@ -167,7 +167,7 @@ export class Vcpu {
     let present = false;
     if (sp !== 0) {
       for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
-        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + (Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511));
+        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + ((gfn >>> ((level - 1) * 9)) & 511));
         if (!is_shadow_present_pte(s)) break;
         if (is_last_spte(s, level)) {
           present = true;

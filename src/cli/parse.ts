@@ -1,0 +1,40 @@
+/** Parsers for CLI values: each throws a KvmError(EINVAL) that names the option. */
+import { einval } from "../errors.js";
+
+/** parse_size of KVM's selftests: a number (0x allowed) with an optional b/k/m/g/t suffix. */
+export function parseSize(opt: string, v: string): number {
+  const m = /^(0x[0-9a-f]+|\d+)([bkmgt]?)$/i.exec(v.trim());
+  if (!m) throw einval(opt, `"${v}" is not a size (e.g. 512M, 1G, 0x1000)`);
+  const n = Number(m[1]);
+  const mul = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase()]!;
+  const r = n * mul;
+  if (!Number.isSafeInteger(r)) throw einval(opt, `"${v}" is too large`);
+  return r;
+}
+
+export function parseIntIn(opt: string, v: string, min: number, max: number): number {
+  if (!/^-?\d+$/.test(v.trim())) throw einval(opt, `"${v}" is not an integer`);
+  const n = Number(v);
+  if (n < min || n > max) throw einval(opt, `${n} is out of range ${min}..${max}`);
+  return n;
+}
+
+export function parseNumberIn(opt: string, v: string, min: number, max: number): number {
+  const n = Number(v);
+  if (v.trim() === "" || !Number.isFinite(n)) throw einval(opt, `"${v}" is not a number`);
+  if (n < min || n > max) throw einval(opt, `${n} is out of range ${min}..${max}`);
+  return n;
+}
+
+export function parseList<T extends string>(opt: string, v: string, allowed: readonly T[]): T[] {
+  const items = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  if (items.length === 0) throw einval(opt, "empty list");
+  for (const it of items)
+    if (!(allowed as readonly string[]).includes(it)) throw einval(opt, `"${it}" is not one of ${allowed.join(", ")}`);
+  return [...new Set(items)] as T[];
+}
+
+/** Progress lines go to stderr only when it is a terminal. */
+export function progress(msg: string): void {
+  if (process.stderr.isTTY && !process.env["CI"]) process.stderr.write(`${msg}\n`);
+}
