@@ -57,7 +57,11 @@ export class Vcpu {
   private readonly spt: Int32Array;
   private readonly ctl: Int32Array;
   private readonly v: Int32Array;
+  /** The TLB's entries and index mask, cached for the hit path. */
+  private readonly tlbE: Int32Array;
+  private readonly tlbMask: number;
   private countdown = POLL_EVERY;
+  /** Guest accesses, counted by the guest programs (kept off the TLB-hit path). */
   writes = 0;
   reads = 0;
   tlbMisses = 0;
@@ -71,6 +75,8 @@ export class Vcpu {
     this.spt = kvm.spt;
     this.ctl = kvm.ctl;
     this.v = kvm.vcpu;
+    this.tlbE = this.tlb.e;
+    this.tlbMask = this.tlb.mask;
   }
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
@@ -121,8 +127,8 @@ export class Vcpu {
 
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
   write64(gfn: number, w: number, lo: number, hi: number): void {
-    const e = this.tlb.e;
-    const t = (gfn & this.tlb.mask) << 1;
+    const e = this.tlbE;
+    const t = (gfn & this.tlbMask) << 1;
     if (--this.countdown === 0) this.safePoint();
     for (;;) {
       if (e[t] === gfn + 1) {
@@ -132,7 +138,6 @@ export class Vcpu {
           guestPoint(true, this.mem, i);
           this.mem[i] = lo;
           this.mem[i + 1] = hi;
-          this.writes++;
           return;
         }
       }
@@ -142,14 +147,13 @@ export class Vcpu {
 
   /** Guest load of the low 32 bits at word `w` of page gfn. */
   read32(gfn: number, w: number): number {
-    const e = this.tlb.e;
-    const t = (gfn & this.tlb.mask) << 1;
+    const e = this.tlbE;
+    const t = (gfn & this.tlbMask) << 1;
     if (--this.countdown === 0) this.safePoint();
     for (;;) {
       if (e[t] === gfn + 1) {
         const i = (e[t + 1]! >>> 1) * PAGE_WORDS + w;
         guestPoint(false, this.mem, i);
-        this.reads++;
         return this.mem[i]!;
       }
       this.miss(gfn, false);

@@ -24,6 +24,7 @@ export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
   const rng = new ParkMiller(a.seed + vcpu.id);
   const pages = a.pages;
   for (let i = 0; i < pages; i++) vcpu.write64(a.baseGfn + i, 0, 0x89abcdef | 0, 0x01234567);
+  vcpu.writes += pages;
   vcpu.passDone();
   vcpu.publishStats();
   vcpu.safePoint();
@@ -31,8 +32,13 @@ export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
     for (let i = 0; i < pages; i++) {
       const page = a.random ? rng.next() % pages : i;
       const write = rng.next() % 100 < a.writePercent;
-      if (write) vcpu.write64(a.baseGfn + page, 0, 0x89abcdef | 0, 0x01234567);
-      else vcpu.read32(a.baseGfn + page, 0);
+      if (write) {
+        vcpu.write64(a.baseGfn + page, 0, 0x89abcdef | 0, 0x01234567);
+        vcpu.writes++;
+      } else {
+        vcpu.read32(a.baseGfn + page, 0);
+        vcpu.reads++;
+      }
     }
     vcpu.passDone();
     vcpu.publishStats();

@@ -1,0 +1,179 @@
+/**
+ * The MMU audit (KVM's mmu_audit.c), for a quiesced VM: vCPUs paused, the host thread paused,
+ * no ioctl in flight. Returns the broken invariants (reference §13), empty when all hold.
+ *
+ *  - every present leaf spte is in exactly the rmap of its (gfn, level), and maps the frame that
+ *    backs that gfn now (no stale pfn after a migration);
+ *  - every rmap entry is a present leaf whose (gfn, level) names that rmap; chains end in their
+ *    own head's nulls; no descriptor is empty; every descriptor but the first is full;
+ *  - every link spte names a live page whose parent_ptes hold it, and carries no HOST_W/MMU_W;
+ *  - W implies HOST_W and MMU_W;
+ *  - in a dirty-logged slot: no writable large spte, and no writable spte for a gfn whose dirty
+ *    bit is clear.
+ * TLB contents are private to the vCPU workers and are not audited here.
+ */
+import {
+  CTL_ROOT,
+  DESC_MORE,
+  DESC_WORDS,
+  Kvm,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_USER_MEM_SLOTS,
+  PARENT_HEAD_ID_BASE,
+  PTE_LIST_EXT,
+  ROLE_INVALID,
+  SLOT_ACTIVE,
+  SLOT_BASE_GFN,
+  SLOT_BITMAP_BASE,
+  SLOT_FLAGS,
+  SLOT_NPAGES,
+  SLOT_STRIDE,
+  SP_PARENT_PTES,
+  SP_ROLE,
+  SP_STRIDE,
+} from "../kvm_host.js";
+import { gfn_to_hva_page, gfn_to_memslot, gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
+import { hva_to_pfn } from "../mem/host_memory.js";
+import { is_nulls, nulls_owner, pte_list_walk } from "../mmu/rmap.js";
+import { kvm_mmu_page_get_gfn, page_header, sp_level } from "../mmu/mmu_page.js";
+import {
+  is_large_pte,
+  is_last_spte,
+  is_shadow_present_pte,
+  is_writable_pte,
+  PT64_ENT_PER_PAGE,
+  PT64_ROOT_LEVEL,
+  spte_to_child_sp,
+  spte_to_pfn,
+  SPTE_HOST_WRITEABLE,
+  SPTE_MMU_WRITEABLE,
+  KVM_NR_PAGE_SIZES,
+} from "../mmu/spte.js";
+
+export function audit(kvm: Kvm, limit = 20): string[] {
+  const bad: string[] = [];
+  const say = (m: string): void => {
+    if (bad.length < limit) bad.push(m);
+  };
+  const leaves = new Set<number>();
+  const root = kvm.ctl[CTL_ROOT]!;
+  const walk = (sp: number, level: number): void => {
+    if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE]! & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
+    if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
+    for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+      const sptep = sp * PT64_ENT_PER_PAGE + i;
+      const s = kvm.spt[sptep]!;
+      if (!is_shadow_present_pte(s)) continue;
+      if (is_writable_pte(s) && is_last_spte(s, level) && (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE))
+        say(`spte ${sptep}: W without HOST_W|MMU_W`);
+      if (!is_last_spte(s, level)) {
+        if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0) say(`link spte ${sptep}: carries HOST_W/MMU_W`);
+        const child = spte_to_child_sp(s);
+        let found = 0;
+        pte_list_walk(kvm, kvm.spHdr, child * SP_STRIDE + SP_PARENT_PTES, (p) => {
+          if (p === sptep) found++;
+        });
+        if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
+        walk(child, level - 1);
+        continue;
+      }
+      leaves.add(sptep);
+      const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
+      const r = gfn_to_memslot(kvm, gfn);
+      if (r < 0) {
+        say(`spte ${sptep}: gfn ${gfn} in no memslot`);
+        continue;
+      }
+      const hi = gfn_to_rmap(kvm, r, gfn, level);
+      let n = 0;
+      pte_list_walk(kvm, kvm.rmapPool, hi, (e) => {
+        if (e === sptep) n++;
+      });
+      if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
+      const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn));
+      if (pfn !== spte_to_pfn(s)) say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
+      if (level > 1) {
+        for (let k = 1; k < 512; k += 73) {
+          const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn + k));
+          if (pk !== spte_to_pfn(s) + k) say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
+        }
+      }
+      if ((kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
+        if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
+        const rel = gfn - kvm.slots[r + SLOT_BASE_GFN]!;
+        const word = kvm.bitmapPool[kvm.slots[r + SLOT_BITMAP_BASE]! + (rel >>> 5)]!;
+        if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
+      }
+    }
+  };
+  if (root !== 0) walk(root, PT64_ROOT_LEVEL);
+
+  for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+    const r = id * SLOT_STRIDE;
+    if (kvm.slots[r + SLOT_ACTIVE] === 0) continue;
+    const base = kvm.slots[r + SLOT_BASE_GFN]!;
+    const npages = kvm.slots[r + SLOT_NPAGES]!;
+    for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+      const h0 = gfn_to_rmap(kvm, r, base, level);
+      const n = slot_level_pages(base, npages, level);
+      for (let i = 0; i < n; i++) auditHead(kvm, kvm.rmapPool, h0 + i, h0 + i, leaves, level, say);
+    }
+  }
+  return bad;
+}
+
+function auditHead(
+  kvm: Kvm,
+  heads: Int32Array,
+  hi: number,
+  headId: number,
+  leaves: Set<number>,
+  level: number,
+  say: (m: string) => void,
+): void {
+  const v = heads[hi]!;
+  if (v === 0) return;
+  const check = (sptep: number): void => {
+    if (!leaves.has(sptep)) {
+      say(`rmap ${hi}: entry ${sptep} is not a present leaf reachable from the root`);
+      return;
+    }
+    const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
+    const r = gfn_to_memslot(kvm, gfn);
+    if (r < 0 || gfn_to_rmap(kvm, r, gfn, sp_level(kvm, page_header(sptep))) !== hi || sp_level(kvm, page_header(sptep)) !== level)
+      say(`rmap ${hi}: entry ${sptep} belongs to another rmap`);
+  };
+  if ((v & 1) === 0) {
+    check((v >>> 1) - 1);
+    return;
+  }
+  let d = v >>> 1;
+  let first = true;
+  for (let guard = 0; guard < 1 << 20; guard++) {
+    const b = d * DESC_WORDS;
+    let count = 0;
+    for (let i = 0; i < PTE_LIST_EXT; i++) {
+      const e = kvm.desc[b + i]!;
+      if (e !== 0) {
+        count++;
+        check(e - 1);
+      }
+    }
+    if (count === 0) say(`rmap ${hi}: empty descriptor ${d}`);
+    if (!first && count !== PTE_LIST_EXT) say(`rmap ${hi}: descriptor ${d} after the first is not full`);
+    first = false;
+    const m = kvm.desc[b + DESC_MORE]!;
+    if (m === 0) {
+      say(`rmap ${hi}: descriptor ${d} has more == NULL in a linked chain`);
+      return;
+    }
+    if (is_nulls(m)) {
+      if (nulls_owner(m) !== headId) say(`rmap ${hi}: chain ends in the nulls of head ${nulls_owner(m)}`);
+      return;
+    }
+    d = (m >>> 1) - 1;
+  }
+  say(`rmap ${hi}: chain does not end`);
+}
+
+export { PARENT_HEAD_ID_BASE, is_large_pte, page_header };
