@@ -5,7 +5,8 @@ import { aadd, aload, astore } from "./atomic.js";
  * get-dirty-log ioctl, the audit). vCPU walkers are covered by the remote-TLB-flush protocol
  * instead, as in KVM (see src/vcpu/requests.ts).
  *
- * Words: [0] the global epoch (starts at 1, only grows); [1 + r] reader r's epoch while it is
+ * Words: [0] the number of retirements so far, G (only grows); the current epoch is G + 1, so
+ * epochs start at 1 while the shared words start zeroed. [1 + r] reader r's epoch while it is
  * inside a read section, 0 when quiescent. A reader publishes its epoch with a seq-cst store
  * before it loads any protected pointer; an object retired at epoch E may be reused once every
  * reader slot is 0 or > E.
@@ -20,7 +21,8 @@ export class Rcu {
   ) {}
 
   readLock(reader: number): void {
-    astore(this.words, this.base + 1 + reader, aload(this.words, this.base));
+    // + 1: a reader must never publish 0, which reads as "quiescent".
+    astore(this.words, this.base + 1 + reader, aload(this.words, this.base) + 1);
   }
 
   readUnlock(reader: number): void {
@@ -29,7 +31,7 @@ export class Rcu {
 
   /** Starts a new grace period; returns the epoch that retired objects are tagged with. */
   retireEpoch(): number {
-    return aadd(this.words, this.base, 1);
+    return aadd(this.words, this.base, 1) + 1;
   }
 
   /** True once every reader that could have seen an object retired at `epoch` has left. */
