@@ -335,7 +335,10 @@ export class Vm {
     if (this.error) throw this.error;
   }
 
-  /** Stops and joins every worker. */
+  /**
+   * Stops every vCPU at its next safe point (never inside a fault or holding mmu_lock), then
+   * joins the workers. A worker that does not stop within the grace time is terminated.
+   */
   async stop(): Promise<void> {
     for (const id of this.created) {
       const i = id * VCPU_STRIDE + VCPU_RUN;
@@ -343,8 +346,19 @@ export class Vm {
       Atomics.notify(this.kvm.vcpu, i);
     }
     await this.stopHostThread();
+    const stopped = (id: number): boolean => {
+      const s = Atomics.load(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE);
+      return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
+    };
+    const deadline = Date.now() + 10_000;
+    for (const id of this.workers.keys()) {
+      const i = id * VCPU_STRIDE + VCPU_STATE;
+      while (!stopped(id) && Date.now() < deadline) {
+        const r = Atomics.waitAsync(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
+        if (r.async) await r.value;
+      }
+    }
     await Promise.all([...this.workers.values()].map((w) => w.terminate().then(() => undefined, () => undefined)));
-    await Promise.all([...this.workers.keys()].map((id) => this.waitState(id, () => true)));
     this.workers.clear();
     this.running = false;
   }
@@ -462,5 +476,33 @@ export class Vm {
 
   metadataBytes(): number {
     return metadataBytes(this.shared);
+  }
+
+  /**
+   * Host-side copy of the whole guest page at guest-physical gpa (page-aligned) into `out`
+   * (PAGE_SIZE / 4 words), through its hva and under the host mm lock, as readGuestU64: the
+   * copy never races a page migration. Used by the migration-style oracle and the e2e tests.
+   */
+  readGuestPage(gpa: number, out: Int32Array = new Int32Array(PAGE_SIZE / 4)): Int32Array {
+    if (!isInt(gpa) || gpa < 0 || gpa % PAGE_SIZE !== 0) throw einval("gpa", `must be a page-aligned address, got ${String(gpa)}`);
+    if (out.length < PAGE_SIZE / 4) throw einval("out", `needs ${PAGE_SIZE / 4} words, got ${out.length}`);
+    const gfn = gpa / PAGE_SIZE;
+    const s = this.kvm.slots;
+    for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+      const r = id * SLOT_STRIDE;
+      if (!s[r + SLOT_ACTIVE]) continue;
+      const base = s[r + SLOT_BASE_GFN]!;
+      if (gfn < base || gfn >= base + s[r + SLOT_NPAGES]!) continue;
+      const kvm = this.kvm;
+      kvm.mm_lock.lock();
+      try {
+        const pfn = Atomics.load(kvm.hpt, s[r + SLOT_HVA_PAGE]! + gfn - base) >>> 1;
+        out.set(kvm.mem.subarray(pfn * (PAGE_SIZE / 4), (pfn + 1) * (PAGE_SIZE / 4)));
+      } finally {
+        kvm.mm_lock.unlock();
+      }
+      return out;
+    }
+    throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
   }
 }

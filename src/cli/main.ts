@@ -5,6 +5,7 @@
 import { Command, CommanderError } from "commander";
 import { KvmError } from "../errors.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
+import { registerExplore } from "./explore_cmd.js";
 
 export const program = new Command();
 program
@@ -16,6 +17,7 @@ program
   .exitOverride();
 
 registerDirtyLogPerf(program);
+registerExplore(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -21,7 +21,7 @@ import {
   VCPU_MODE,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
-import { aload, astore, acas } from "../sync/atomic.js";
+import { aload, astore, acas, spinPoint } from "../sync/atomic.js";
 import {
   gfn_to_hva_page,
   gfn_to_memslot,
@@ -142,12 +142,17 @@ export function tdp_page_fault(kvm: Kvm, vcpuRow: number, gfn: number, write: bo
   if (pfn === 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
   const mapWritable = (hv & 1) !== 0 && (kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_READONLY) === 0;
   const hostHuge = hva_is_huge(kvm, hvaPage);
+  // KVM exits to userspace (KVM_EXIT_MMIO) for a write to read-only memory; we stop the vCPU.
+  if (write && !mapWritable)
+    throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
 
   kvm.mmu_lock.lock();
   try {
     st.slow++;
     if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
       st.retries++;
+      // The vCPU will retry until the invalidation ends: a wait loop for the scheduler.
+      spinPoint(kvm.ctl, CTL_NOTIFIER_COUNT);
       return;
     }
     // force_pt_level while the slot is dirty-logged (flags change under mmu_lock).

@@ -11,7 +11,7 @@
  * become read-only and are dropped by the next write fault.
  */
 import { BUG, Kvm, SLOT_BASE_GFN, SLOT_NPAGES } from "../kvm_host.js";
-import { aload, acas } from "../sync/atomic.js";
+import { aload, acas, astore } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { pte_list_walk_lockless, rmap_get_first } from "./rmap.js";
 import { drop_spte } from "./mmu_page.js";
@@ -80,6 +80,13 @@ export function spte_write_protect_lockless(kvm: Kvm, sptep: number): void {
   for (;;) {
     const s = aload(kvm.spt, sptep);
     if (!is_writable_leaf(s)) return;
+    if (kvm.bug(BUG["plain-clear"])) {
+      // Bug: a plain store of a value computed from an earlier load (B5): it overwrites
+      // whatever changed in between, e.g. a zap and a re-fault to another frame.
+      astore(kvm.spt, sptep, s & ~PT_WRITABLE_MASK);
+      wpStats.protected++;
+      return;
+    }
     if (acas(kvm.spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) {
       wpStats.protected++;
       return;

@@ -1,4 +1,4 @@
-import { aadd, aload, spinPoint } from "./atomic.js";
+import { aadd, aload, schedHookInstalled, spinPoint } from "./atomic.js";
 
 /**
  * A fair ticket lock in shared memory, as mmu_lock was a ticket spinlock in Linux 3.11.
@@ -45,6 +45,13 @@ export class Mutex {
     }
     const t0 = this.timed ? performance.now() : 0;
     this.stats.contended++;
+    if (schedHookInstalled()) {
+      // Controlled scheduling: every turn of the wait is a scheduling point; never sleep.
+      for (;;) {
+        spinPoint(w, b + OWNER);
+        if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
+      }
+    }
     for (let i = 0; i < SPIN; i++) {
       spinPoint(w, b + OWNER);
       if (aload(w, b + OWNER) === ticket) return this.acquired(t0);

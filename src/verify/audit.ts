@@ -50,7 +50,15 @@ import {
   KVM_NR_PAGE_SIZES,
 } from "../mmu/spte.js";
 
-export function audit(kvm: Kvm, limit = 20): string[] {
+export interface AuditOptions {
+  /**
+   * Only the structural invariants (rmap <-> spte, chains, links, frames): they hold whenever
+   * mmu_lock is free, even while a lockless harvest or fast fault is in flight.
+   */
+  structural?: boolean;
+}
+
+export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
   const bad: string[] = [];
   const say = (m: string): void => {
     if (bad.length < limit) bad.push(m);
@@ -98,7 +106,7 @@ export function audit(kvm: Kvm, limit = 20): string[] {
           if (pk !== spte_to_pfn(s) + k) say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
         }
       }
-      if ((kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
+      if (!opts.structural && (kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
         if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
         const rel = gfn - kvm.slots[r + SLOT_BASE_GFN]!;
         const word = kvm.bitmapPool[kvm.slots[r + SLOT_BITMAP_BASE]! + (rel >>> 5)]!;

@@ -1,0 +1,402 @@
+/**
+ * Systematic exploration of thread interleavings of the production code (src/sync/sched.ts):
+ * the controller grants one shared-memory operation at a time to one thread, chosen by a
+ * strategy, runs the scenario's threads to the end, then checks the scenario's invariants.
+ *
+ * Strategies: `random` (seeded random walk), `pct` (probabilistic concurrency testing: random
+ * thread priorities, d-1 priority change points), `dfs` (bounded exhaustive search over
+ * schedules with at most `preemptions` preemptions). A thread waiting at a spin point yields to
+ * threads that can make progress. A failing run yields a schedule string that `replay` re-runs.
+ */
+import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { Op } from "../sync/atomic.js";
+import {
+  SCHED_ABORT,
+  SCHED_GO,
+  SCHED_HDR,
+  SCHED_MAX_THREADS,
+  SCHED_STRIDE,
+  SCHED_WORDS,
+  T_ARR,
+  T_GRANT,
+  T_IDX,
+  T_OP,
+  T_STATE,
+  T_STEPS,
+  TS_AT_POINT,
+  TS_FAILED,
+  TS_IDLE,
+  waitChange,
+} from "../sync/sched.js";
+import { Vm } from "../vm.js";
+import { BugName } from "../kvm_host.js";
+import { Scenario, SCENARIOS } from "./scenarios.js";
+import { ParkMiller } from "../workload/rng.js";
+import { audit } from "./audit.js";
+import { einval, KvmError } from "../errors.js";
+
+export type Strategy = "random" | "pct" | "dfs";
+
+const OP_NAMES = ["load", "store", "xchg", "cas", "or", "and", "add", "guest-read", "guest-write", "spin"];
+const ARR_NAMES = ["spt", "rmap", "desc", "bitmap", "vcpu", "ctl", "mem", "hpt", "spHdr"];
+
+export interface TraceEntry {
+  step: number;
+  thread: string;
+  op: string;
+}
+
+export interface Violation {
+  schedule: string;
+  invariant: string;
+  trace: Record<string, TraceEntry[]>;
+  steps: number;
+}
+
+export interface ExploreResult {
+  scenario: string;
+  bug: BugName | null;
+  strategy: Strategy;
+  seed: number;
+  schedules: number;
+  violations: number;
+  firstViolation: Violation | null;
+  steps: number;
+  stepsPerSec: number;
+  elapsedMs: number;
+}
+
+interface Chooser {
+  /** Picks one of `runnable` (thread ids) at step `step`; `spinning[t]` is true at a spin point. */
+  choose(step: number, runnable: number[], spinning: boolean[]): number;
+}
+
+/** One run's outcome. */
+interface RunOutcome {
+  choices: number[];
+  violation: string | null;
+  trace: Record<string, TraceEntry[]>;
+  aborted: boolean;
+}
+
+const TRACE_KEEP = 12;
+const SPIN_WINDOW = 64;
+
+export function encodeSchedule(scenario: string, bug: boolean, choices: number[]): string {
+  const parts: string[] = [];
+  for (let i = 0; i < choices.length; ) {
+    let j = i;
+    while (j < choices.length && choices[j] === choices[i]) j++;
+    parts.push(j - i === 1 ? `${choices[i]}` : `${choices[i]}*${j - i}`);
+    i = j;
+  }
+  return `${scenario}@${bug ? "bug" : "fixed"}:${parts.join(",")}`;
+}
+
+export function decodeSchedule(s: string): { scenario: string; bug: boolean; choices: number[] } {
+  const m = /^([a-z0-9-]+)@(bug|fixed):([0-9*,]*)$/.exec(s.trim());
+  if (!m) throw einval("SCHEDULE", `"${s.slice(0, 60)}" is not a schedule (scenario@bug|fixed:t*n,...)`);
+  const scenario = m[1]!;
+  if (!SCENARIOS[scenario]) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
+  const choices: number[] = [];
+  for (const p of m[3]!.split(",").filter((x) => x !== "")) {
+    const [t, n] = p.split("*");
+    const tid = Number(t);
+    const count = n === undefined ? 1 : Number(n);
+    if (!Number.isInteger(tid) || !Number.isInteger(count) || count < 1) throw einval("SCHEDULE", `bad item "${p}"`);
+    for (let k = 0; k < count; k++) choices.push(tid);
+  }
+  return { scenario, bug: m[2] === "bug", choices };
+}
+
+export class Explorer {
+  private readonly sc: Int32Array;
+  private readonly workers: Worker[] = [];
+  private readonly ports: MessagePort[] = [];
+  private go = 0;
+  totalSteps = 0;
+
+  constructor(
+    readonly scenario: Scenario,
+    readonly bug: boolean,
+    readonly maxSteps = 20000,
+    readonly auditEveryStep = false,
+  ) {
+    if (scenario.threads.length > SCHED_MAX_THREADS) throw einval("scenario", "too many threads");
+    this.sc = new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4));
+    for (let t = 0; t < scenario.threads.length; t++) {
+      const ch = new MessageChannel();
+      const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
+        workerData: { sc: this.sc.buffer, tid: t, port: ch.port2 },
+        transferList: [ch.port2],
+      });
+      this.workers.push(w);
+      this.ports.push(ch.port1);
+    }
+  }
+
+  async close(): Promise<void> {
+    Atomics.store(this.sc, SCHED_GO, -1);
+    Atomics.notify(this.sc, SCHED_GO);
+    await Promise.all(this.workers.map((w) => new Promise((r) => w.once("exit", r))));
+    for (const p of this.ports) p.close();
+  }
+
+  /** Runs the scenario once under `chooser`. */
+  runOnce(chooser: Chooser): RunOutcome {
+    const sc = this.sc;
+    const s = this.scenario;
+    const n = s.threads.length;
+    const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : []));
+    const scratch = new SharedArrayBuffer(s.scratchWords * 4);
+    s.setup(vm, new Int32Array(scratch));
+    Atomics.store(sc, SCHED_ABORT, 0);
+    for (let t = 0; t < n; t++) {
+      const b = SCHED_HDR + t * SCHED_STRIDE;
+      Atomics.store(sc, b + T_STEPS, 0);
+      Atomics.store(sc, b + T_GRANT, 0);
+      Atomics.store(sc, b + T_STATE, TS_IDLE);
+      this.ports[t]!.postMessage({ shared: vm.shared, scenario: s.name, scratch });
+    }
+    Atomics.store(sc, SCHED_GO, ++this.go);
+    Atomics.notify(sc, SCHED_GO);
+    for (let t = 0; t < n; t++) waitChange(sc, SCHED_HDR + t * SCHED_STRIDE + T_STEPS, 0);
+    const choices: number[] = [];
+    const trace: Record<string, TraceEntry[]> = {};
+    for (const th of s.threads) trace[th.name] = [];
+    let aborted = false;
+    const runnable: number[] = [];
+    const spinning: boolean[] = new Array<boolean>(n).fill(false);
+    // A thread that passed a spin point within its last SPIN_WINDOW steps is in a wait or retry
+    // loop: it yields to threads that can make progress (else PCT starves their wakers).
+    const own: number[] = new Array<number>(n).fill(0);
+    const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
+    let auditViolation: string | null = null;
+    for (let step = 0; ; step++) {
+      runnable.length = 0;
+      for (let t = 0; t < n; t++) {
+        const b = SCHED_HDR + t * SCHED_STRIDE;
+        if (Atomics.load(sc, b + T_STATE) === TS_AT_POINT) {
+          runnable.push(t);
+          if (Atomics.load(sc, b + T_OP) === (Op.Spin as number)) lastSpin[t] = own[t]!;
+          spinning[t] = own[t]! - lastSpin[t]! < SPIN_WINDOW;
+        }
+      }
+      if (this.auditEveryStep && s.auditable && auditViolation === null && !vm.kvm.mmu_lock.isLocked()) {
+        const bad = audit(vm.kvm, 3, { structural: true });
+        if (bad.length) auditViolation = `audit after step ${step}: ${bad.join("; ")}`;
+      }
+      if (runnable.length === 0) break;
+      // Past the step bound, or the structure broke (the trace then ends at that step): unwind.
+      if (step >= this.maxSteps || auditViolation !== null) {
+        aborted = auditViolation === null;
+        Atomics.store(sc, SCHED_ABORT, 1);
+        for (const t of runnable) this.grant(t);
+        // Threads unwind through scheduling points that now throw; wait for all to finish.
+        for (let t = 0; t < n; t++) {
+          const b = SCHED_HDR + t * SCHED_STRIDE;
+          while (Atomics.load(sc, b + T_STATE) === TS_AT_POINT || Atomics.load(sc, b + T_STATE) === TS_IDLE) {
+            const v = Atomics.load(sc, b + T_STEPS);
+            this.grant(t);
+            waitChange(sc, b + T_STEPS, v);
+          }
+        }
+        break;
+      }
+      const t = chooser.choose(step, runnable, spinning);
+      if (!runnable.includes(t)) throw new KvmError("EINVAL", `SCHEDULE: thread ${t} is not runnable at step ${step}`);
+      choices.push(t);
+      own[t]!++;
+      const b = SCHED_HDR + t * SCHED_STRIDE;
+      const tr = trace[s.threads[t]!.name]!;
+      tr.push({
+        step,
+        thread: s.threads[t]!.name,
+        op: `${OP_NAMES[Atomics.load(sc, b + T_OP)] ?? "?"} ${ARR_NAMES[Atomics.load(sc, b + T_ARR)] ?? "?"}[${Atomics.load(sc, b + T_IDX)}]`,
+      });
+      if (tr.length > TRACE_KEEP) tr.shift();
+      const v = Atomics.load(sc, b + T_STEPS);
+      this.grant(t);
+      waitChange(sc, b + T_STEPS, v);
+    }
+    this.totalSteps += choices.length;
+    let violation: string | null = null;
+    const failures: string[] = [];
+    for (let t = 0; t < n; t++) {
+      if (Atomics.load(sc, SCHED_HDR + t * SCHED_STRIDE + T_STATE) === TS_FAILED) {
+        const m = receiveMessageOnPort(this.ports[t]!)?.message as { error?: string } | undefined;
+        failures.push(`thread ${s.threads[t]!.name} failed: ${m?.error ?? "?"}`);
+      }
+    }
+    if (auditViolation !== null) violation = auditViolation;
+    else if (failures.length) violation = failures.join("; ");
+    else if (!aborted) violation = s.check(vm, new Int32Array(scratch));
+    return { choices, violation, trace, aborted };
+  }
+
+  private grant(t: number): void {
+    const b = SCHED_HDR + t * SCHED_STRIDE;
+    Atomics.add(this.sc, b + T_GRANT, 1);
+    Atomics.notify(this.sc, b + T_GRANT);
+  }
+}
+
+/** Prefers threads not spinning: a spinner waits for someone else to move. */
+function progressing(runnable: number[], spinning: boolean[]): number[] {
+  const p = runnable.filter((t) => !spinning[t]);
+  return p.length ? p : runnable;
+}
+
+class RandomChooser implements Chooser {
+  constructor(private readonly rng: ParkMiller) {}
+  choose(_step: number, runnable: number[], spinning: boolean[]): number {
+    const c = this.rng.next() % 16 === 0 ? runnable : progressing(runnable, spinning);
+    return c[this.rng.next() % c.length]!;
+  }
+}
+
+export class PctChooser implements Chooser {
+  private readonly prio: number[];
+  private readonly changes: Map<number, number>;
+  constructor(rng: ParkMiller, threads: number, depth: number, estSteps: number) {
+    // Priorities depth..depth+n-1 in random order; change point i lowers to i (below all initial).
+    const p = Array.from({ length: threads }, (_, i) => depth + i);
+    for (let i = p.length - 1; i > 0; i--) {
+      const j = rng.next() % (i + 1);
+      [p[i], p[j]] = [p[j]!, p[i]!];
+    }
+    this.prio = p;
+    this.changes = new Map();
+    for (let i = 1; i < depth; i++) this.changes.set(rng.next() % Math.max(1, estSteps), i);
+  }
+  choose(step: number, runnable: number[], spinning: boolean[]): number {
+    const c = progressing(runnable, spinning);
+    // Everyone waits: rotate, so a lock holder that spun recently is not starved by priority.
+    if (c.every((t) => spinning[t])) return c[step % c.length]!;
+    let best = c[0]!;
+    for (const t of c) if (this.prio[t]! > this.prio[best]!) best = t;
+    const ch = this.changes.get(step);
+    if (ch !== undefined) this.prio[best] = ch;
+    return best;
+  }
+}
+
+class ReplayChooser implements Chooser {
+  constructor(private readonly choices: number[]) {}
+  choose(step: number, runnable: number[]): number {
+    if (step >= this.choices.length) return runnable[0]!;
+    return this.choices[step]!;
+  }
+}
+
+/** Depth-first enumeration with a preemption bound; one instance drives a whole search. */
+class DfsChooser implements Chooser {
+  stack: { options: number[]; idx: number; preemptions: number }[] = [];
+  private last = -1;
+  constructor(private readonly bound: number) {}
+  begin(): void {
+    this.last = -1;
+  }
+  choose(step: number, runnable: number[], spinning: boolean[]): number {
+    if (step < this.stack.length) {
+      const f = this.stack[step]!;
+      const t = f.options[f.idx]!;
+      this.last = t;
+      return t;
+    }
+    const c = progressing(runnable, spinning);
+    // The non-preemptive choice (keep running the last thread) comes first.
+    const options = c.includes(this.last) ? [this.last, ...c.filter((t) => t !== this.last)] : [...c];
+    const before = step > 0 ? this.stack[step - 1]!.preemptions : 0;
+    this.stack.push({ options, idx: 0, preemptions: before });
+    this.last = options[0]!;
+    return options[0]!;
+  }
+  /** Moves to the next schedule; false when the bounded space is exhausted. */
+  next(): boolean {
+    while (this.stack.length) {
+      const f = this.stack[this.stack.length - 1]!;
+      const base = this.stack.length > 1 ? this.stack[this.stack.length - 2]!.preemptions : 0;
+      if (f.idx + 1 < f.options.length && base + 1 <= this.bound) {
+        f.idx++;
+        f.preemptions = base + 1;
+        return true;
+      }
+      this.stack.pop();
+    }
+    return false;
+  }
+}
+
+export interface ExploreOptions {
+  scenario: string;
+  strategy: Strategy;
+  schedules: number;
+  seed: number;
+  bug: boolean;
+  all: boolean;
+  pctDepth?: number;
+  preemptions?: number;
+  maxSteps?: number;
+  /** Runs the structural MMU audit after every step at which mmu_lock is free. */
+  auditEveryStep?: boolean;
+}
+
+export async function explore(o: ExploreOptions): Promise<ExploreResult> {
+  const s = SCENARIOS[o.scenario];
+  if (!s) throw einval("--scenario", `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`);
+  const ex = new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false);
+  const t0 = performance.now();
+  let schedules = 0;
+  let violations = 0;
+  let first: Violation | null = null;
+  const rng = new ParkMiller(o.seed);
+  const dfs = o.strategy === "dfs" ? new DfsChooser(o.preemptions ?? 2) : null;
+  let estSteps = 200;
+  try {
+    while (schedules < o.schedules) {
+      let chooser: Chooser;
+      if (dfs) {
+        dfs.begin();
+        chooser = dfs;
+      } else if (o.strategy === "pct") chooser = new PctChooser(rng, s.threads.length, o.pctDepth ?? 3, estSteps);
+      else chooser = new RandomChooser(rng);
+      const r = ex.runOnce(chooser);
+      schedules++;
+      if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
+      if (r.violation) {
+        violations++;
+        first ??= { schedule: encodeSchedule(s.name, o.bug, r.choices), invariant: r.violation, trace: r.trace, steps: r.choices.length };
+        if (!o.all) break;
+      }
+      if (dfs && !dfs.next()) break;
+    }
+  } finally {
+    await ex.close();
+  }
+  const elapsedMs = performance.now() - t0;
+  return {
+    scenario: s.name,
+    bug: o.bug ? s.bug : null,
+    strategy: o.strategy,
+    seed: o.seed,
+    schedules,
+    violations,
+    firstViolation: first,
+    steps: ex.totalSteps,
+    stepsPerSec: ex.totalSteps / (elapsedMs / 1000),
+    elapsedMs,
+  };
+}
+
+/** Re-runs one schedule exactly. */
+export async function replay(schedule: string): Promise<{ violation: string | null; trace: Record<string, TraceEntry[]>; steps: number; schedule: string }> {
+  const d = decodeSchedule(schedule);
+  const ex = new Explorer(SCENARIOS[d.scenario]!, d.bug);
+  try {
+    const r = ex.runOnce(new ReplayChooser(d.choices));
+    return { violation: r.violation, trace: r.trace, steps: r.choices.length, schedule: encodeSchedule(d.scenario, d.bug, r.choices) };
+  } finally {
+    await ex.close();
+  }
+}

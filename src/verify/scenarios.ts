@@ -1,0 +1,402 @@
+/**
+ * Scenarios for controlled exploration (src/verify/explore.ts): small VMs, a few threads running
+ * production MMU code, and the invariant that must hold when they are done. Each scenario is the
+ * one that exposes a bug of the catalog (docs/bugs.md) when that bug is put back; with the code
+ * as it should be, no schedule may break its invariant.
+ *
+ * Setup runs on the controller thread without the hook; threads run in explore workers with it.
+ * Slot 0 is 4 MiB at gpa 0 (gfns 0..1023, two 2 MiB blocks); vCPU ids are the thread indices.
+ */
+import { BugName, Kvm, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, PAGE_WORDS, SP_GFN, SP_STRIDE } from "../kvm_host.js";
+import { Vm, VmOptions } from "../vm.js";
+import { Vcpu } from "../vcpu/vcpu.js";
+import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
+import { drop_spte, kvm_mmu_get_page, kvm_mmu_zap_leaf_table, rmap_add } from "../mmu/mmu_page.js";
+import { host_migrate_page, hva_to_pfn, MmuNotifier } from "../mem/host_memory.js";
+import {
+  kvm_mmu_notifier_invalidate_range_end,
+  kvm_mmu_notifier_invalidate_range_start,
+} from "../mmu/mmu_notifier.js";
+import { audit } from "./audit.js";
+import {
+  is_writable_pte,
+  PT_PRESENT_MASK,
+  PT_USER_MASK,
+  PT_WRITABLE_MASK,
+  PT64_ENT_PER_PAGE,
+  SPTE_HOST_WRITEABLE,
+  SPTE_MMU_WRITEABLE,
+  SPTE_PFN_SHIFT,
+} from "../mmu/spte.js";
+import { aload } from "../sync/atomic.js";
+
+export interface ScenarioThread {
+  name: string;
+  run(kvm: Kvm, scratch: Int32Array): void;
+}
+
+export interface Scenario {
+  name: string;
+  bug: BugName;
+  description: string;
+  vmOptions(bugs: BugName[]): VmOptions;
+  /** False when setup builds sptes the audit cannot see (aliases outside the TDP tree). */
+  auditable: boolean;
+  scratchWords: number;
+  setup(vm: Vm, scratch: Int32Array): void;
+  threads: ScenarioThread[];
+  check(vm: Vm, scratch: Int32Array): string | null;
+}
+
+const SLOT_BYTES = 4 << 20;
+const NPAGES = SLOT_BYTES / PAGE_SIZE;
+/** scratch layout: [0, NPAGES) copies of each page's first word (the "destination"); then per-scenario words. */
+const S_EXTRA = NPAGES;
+
+function makeVm(wp: "locked" | "lockless", bugs: BugName[]): VmOptions {
+  return { memory: 8 << 20, wp, bugs, maxVcpus: 4, maxSlotPages: NPAGES, maxSp: 64, maxDesc: 64 };
+}
+
+function slot(vm: Vm, thp: boolean, logged: boolean): number {
+  const hva = vm.mmap(SLOT_BYTES, { thp });
+  vm.setUserMemoryRegion({ slot: 0, flags: logged ? KVM_MEM_LOG_DIRTY_PAGES : 0, guestPhysAddr: 0, memorySize: SLOT_BYTES, userspaceAddr: hva });
+  return hva / PAGE_SIZE;
+}
+
+function enableLogging(vm: Vm, hvaPage: number): void {
+  vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0, memorySize: SLOT_BYTES, userspaceAddr: hvaPage * PAGE_SIZE });
+}
+
+/** Guest writes from the controller thread, before the run (vCPU `id` ends outside guest mode). */
+function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
+  const v = new Vcpu(vm.kvm, id);
+  v.enterGuest();
+  for (const g of gfns) v.write64(g, 0, stamp, 0);
+  v.exitGuest();
+}
+
+function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
+  const v = new Vcpu(kvm, id);
+  v.enterGuest();
+  try {
+    body(v);
+  } finally {
+    v.exitGuest();
+  }
+}
+
+/** KVM_GET_DIRTY_LOG from a scenario thread (slots_lock held, as the ioctl does). */
+function harvest(kvm: Kvm): Uint32Array {
+  const out = new Uint32Array(NPAGES / 32);
+  kvm.slots_lock.lock();
+  try {
+    kvm_get_dirty_log(kvm, 0, out, { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 });
+  } finally {
+    kvm.slots_lock.unlock();
+  }
+  return out;
+}
+
+function pageWord(kvm: Kvm, hvaPage: number): number {
+  return aload(kvm.mem, aload(kvm.hpt, hvaPage) >>> 1 === 0 ? 0 : (aload(kvm.hpt, hvaPage) >>> 1) * PAGE_WORDS);
+}
+
+/** The "migration" side of the QEMU-style oracle: copy the pages a bitmap reports. */
+function copyReported(kvm: Kvm, hvaBase: number, bm: Uint32Array, scratch: Int32Array): void {
+  for (let g = 0; g < NPAGES; g++) if ((bm[g >>> 5]! >>> (g & 31)) & 1) scratch[g] = pageWord(kvm, hvaBase + g);
+}
+
+function copyAll(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
+  for (let g = 0; g < NPAGES; g++) scratch[g] = pageWord(kvm, hvaBase + g);
+}
+
+/** Final round (quiesced) and comparison: every page must equal its copy. */
+function finalRoundMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string | null {
+  const kvm = vm.kvm;
+  copyReported(kvm, hvaBase, harvest(kvm), scratch);
+  for (let g = 0; g < NPAGES; g++) {
+    const m = pageWord(kvm, hvaBase + g);
+    if (m !== scratch[g])
+      return `lost dirty page: gfn ${g} holds ${m} but the migrated copy holds ${scratch[g]} (a write was never reported)`;
+  }
+  return null;
+}
+
+const notifierOf = (kvm: Kvm): MmuNotifier => ({
+  invalidateRangeStart: (s, e) => kvm_mmu_notifier_invalidate_range_start(kvm, s, e),
+  invalidateRangeEnd: () => kvm_mmu_notifier_invalidate_range_end(kvm),
+});
+
+/** A writable leaf for gfn in a fresh, unlinked level-1 page whose sp->gfn is gfn: an alias, as shadow paging makes. mmu_lock held. */
+function aliasSpte(kvm: Kvm, gfn: number, pfn: number): number {
+  const sp = kvm_mmu_get_page(kvm, gfn, 1);
+  kvm.spHdr[sp * SP_STRIDE + SP_GFN] = gfn;
+  const sptep = sp * PT64_ENT_PER_PAGE;
+  kvm.spt[sptep] = PT_PRESENT_MASK | PT_USER_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE | (pfn << SPTE_PFN_SHIFT);
+  rmap_add(kvm, sptep, gfn, 1);
+  return sptep;
+}
+
+function markDirty(kvm: Kvm, gfn: number): void {
+  kvm.bitmapPool[kvm.slots[0 + 8]! + (gfn >>> 5)]! |= 1 << (gfn & 31);
+}
+
+function writableLeft(kvm: Kvm, sptes: number[], names: string[]): string | null {
+  for (let i = 0; i < sptes.length; i++)
+    if (is_writable_pte(kvm.spt[sptes[i]!]!)) return `spte ${names[i]} (${sptes[i]}) is still writable after get-dirty-log reported its gfn`;
+  return null;
+}
+
+const auditCheck = (vm: Vm): string | null => {
+  const bad = audit(vm.kvm, 3);
+  return bad.length ? `audit: ${bad.join("; ")}` : null;
+};
+
+const G = 100; // a gfn in the first 2 MiB block
+const HVA0 = 1; // scratch word: hva page of gfn 0
+
+export const SCENARIOS: Record<string, Scenario> = {
+  "dirty-before-rmap": {
+    name: "dirty-before-rmap",
+    bug: "dirty-before-rmap",
+    auditable: true,
+    description: "a vCPU maps a page through the slow path while get-dirty-log (lockless) harvests it",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G + 1]); // the leaf table exists; G itself is not mapped
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 7, 0)) },
+      { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
+    ],
+    check: auditCheck,
+  },
+
+  "skip-flush": {
+    name: "skip-flush",
+    bug: "skip-flush",
+    auditable: true,
+    description: "a vCPU keeps writing through its TLB while get-dirty-log protects the page and migration copies it",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G]);
+      copyAll(vm.kvm, hva, scratch);
+    },
+    threads: [
+      {
+        name: "vcpu0",
+        run: (kvm) =>
+          asVcpu(kvm, 0, (v) => {
+            v.write64(G, 0, 2, 0);
+            v.write64(G, 0, 3, 0);
+          }),
+      },
+      {
+        name: "migration",
+        run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0]!, harvest(kvm), scratch),
+      },
+    ],
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0]!, scratch),
+  },
+
+  "fast-pf-large": {
+    name: "fast-pf-large",
+    bug: "fast-pf-large",
+    auditable: true,
+    description: "writes to a 2 MiB page made read-only by dirty logging, harvested concurrently",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, true, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [0]); // a writable 2 MiB spte
+      enableLogging(vm, hva); // now read-only, HOST_W|MMU_W kept
+      copyAll(vm.kvm, hva, scratch);
+    },
+    threads: [
+      {
+        name: "vcpu0",
+        run: (kvm) =>
+          asVcpu(kvm, 0, (v) => {
+            v.write64(5, 0, 11, 0);
+            v.write64(9, 0, 12, 0);
+          }),
+      },
+      { name: "migration", run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0]!, harvest(kvm), scratch) },
+    ],
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0]!, scratch) ?? auditCheck(vm),
+  },
+
+  "backward-move": {
+    name: "backward-move",
+    bug: "backward-move",
+    auditable: false,
+    description: "get-dirty-log walks a one-descriptor rmap [A, B, C] while A is removed",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 8,
+    setup(vm, scratch) {
+      slot(vm, false, true);
+      const kvm = vm.kvm;
+      const pfn = hva_to_pfn(kvm, 1);
+      kvm.mmu_lock.lock();
+      for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn);
+      kvm.mmu_lock.unlock();
+      markDirty(kvm, G);
+    },
+    threads: [
+      {
+        name: "zap-A",
+        run: (kvm, scratch) => {
+          kvm.mmu_lock.lock();
+          try {
+            drop_spte(kvm, scratch[S_EXTRA]!);
+          } finally {
+            kvm.mmu_lock.unlock();
+          }
+        },
+      },
+      { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
+    ],
+    check: (vm, scratch) => writableLeft(vm.kvm, [scratch[S_EXTRA + 1]!, scratch[S_EXTRA + 2]!], ["B", "C"]),
+  },
+
+  "no-nulls-check": {
+    name: "no-nulls-check",
+    bug: "no-nulls-check",
+    auditable: false,
+    description: "get-dirty-log walks rmap X = [E] -> [A, B, C] while E is removed and its descriptor is reused by rmap Y",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 8,
+    setup(vm, scratch) {
+      slot(vm, false, true);
+      const kvm = vm.kvm;
+      const pfn = hva_to_pfn(kvm, 1);
+      kvm.mmu_lock.lock();
+      for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn); // A, B, C: one full descriptor
+      scratch[S_EXTRA + 3] = aliasSpte(kvm, G, pfn); // E: a new first descriptor
+      scratch[S_EXTRA + 4] = aliasSpte(kvm, G + 1, pfn); // F: single entry of rmap Y
+      kvm.mmu_lock.unlock();
+      markDirty(kvm, G);
+    },
+    threads: [
+      {
+        name: "writer",
+        run: (kvm, scratch) => {
+          kvm.mmu_lock.lock();
+          try {
+            drop_spte(kvm, scratch[S_EXTRA + 3]!); // frees E's descriptor
+            aliasSpte(kvm, G + 1, hva_to_pfn(kvm, 1)); // Y becomes a chain: reuses it
+          } finally {
+            kvm.mmu_lock.unlock();
+          }
+        },
+      },
+      { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
+    ],
+    check: (vm, scratch) =>
+      writableLeft(vm.kvm, [scratch[S_EXTRA]!, scratch[S_EXTRA + 1]!, scratch[S_EXTRA + 2]!], ["A", "B", "C"]),
+  },
+
+  "plain-clear": {
+    name: "plain-clear",
+    bug: "plain-clear",
+    auditable: true,
+    description: "get-dirty-log protects a page while the host migrates it and a vCPU faults it back in",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G]);
+    },
+    threads: [
+      { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
+      { name: "host-migrate", run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0]! + G, notifierOf(kvm)) },
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 9, 0)) },
+    ],
+    check: auditCheck,
+  },
+
+  "early-free": {
+    name: "early-free",
+    bug: "early-free",
+    auditable: true,
+    description: "a vCPU walks a leaf table while it is zapped and another vCPU's fault allocates a table",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      vm.createVcpu(1);
+      prefault(vm, 0, [G], 0);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 0xa, 0)) },
+      {
+        name: "zap",
+        run: (kvm) => {
+          kvm.mmu_lock.lock();
+          try {
+            kvm_mmu_zap_leaf_table(kvm, G);
+          } finally {
+            kvm.mmu_lock.unlock();
+          }
+        },
+      },
+      { name: "vcpu1", run: (kvm) => asVcpu(kvm, 1, (v) => v.write64(512 + G, 0, 0xb, 0)) },
+    ],
+    check(vm, scratch) {
+      const hva = scratch[S_EXTRA + HVA0]!;
+      const a = pageWord(vm.kvm, hva + G);
+      const b = pageWord(vm.kvm, hva + 512 + G);
+      if (a !== 0xa || b !== 0xb) return `guest write went to the wrong frame: gfn ${G} holds ${a} (want 10), gfn ${512 + G} holds ${b} (want 11)`;
+      return auditCheck(vm);
+    },
+  },
+
+  "no-notifier-retry": {
+    name: "no-notifier-retry",
+    bug: "no-notifier-retry",
+    auditable: true,
+    description: "a vCPU faults a page in while the host migrates it to another frame",
+    vmOptions: (bugs) => makeVm("lockless", bugs),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G + 1], 0);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 0xa, 0)) },
+      { name: "host-migrate", run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0]! + G, notifierOf(kvm)) },
+    ],
+    check(vm, scratch) {
+      const w = pageWord(vm.kvm, scratch[S_EXTRA + HVA0]! + G);
+      if (w !== 0xa) return `guest write lost: gfn ${G} holds ${w} through the host mapping (want 10): the vCPU wrote a stale frame`;
+      return auditCheck(vm);
+    },
+  },
+};
+
+export const BUG_SCENARIO: Record<BugName, string> = {
+  "backward-move": "backward-move",
+  "no-nulls-check": "no-nulls-check",
+  "dirty-before-rmap": "dirty-before-rmap",
+  "skip-flush": "skip-flush",
+  "fast-pf-large": "fast-pf-large",
+  "plain-clear": "plain-clear",
+  "early-free": "early-free",
+  "no-notifier-retry": "no-notifier-retry",
+};
