@@ -8,7 +8,15 @@
  * outside SLAB_TYPESAFE_BY_RCU objects): a freed descriptor keeps its last contents for walkers.
  * Allocation and free happen under mmu_lock.
  */
-import { DESC_WORDS, DESC_MORE, CTL_DESC_FREE, CTL_DESC_HIGH, CTL_DESC_USED, CTL_DESC_ALLOCS, Kvm } from "../kvm_host.js";
+import {
+  DESC_WORDS,
+  DESC_MORE,
+  CTL_DESC_FREE,
+  CTL_DESC_HIGH,
+  CTL_DESC_USED,
+  CTL_DESC_ALLOCS,
+  Kvm,
+} from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
 
@@ -26,7 +34,8 @@ export function mmu_alloc_pte_list_desc(kvm: Kvm): number {
     ctl[CTL_DESC_FREE] = kvm.desc[descLinkBase(kvm) + d];
   } else {
     d = ctl[CTL_DESC_HIGH];
-    if (d >= kvm.shared.config.maxDesc) throw new KvmError("ENOMEM", "pte_list_desc slab exhausted (maxDesc)");
+    if (d >= kvm.shared.config.maxDesc)
+      throw new KvmError("ENOMEM", "pte_list_desc slab exhausted (maxDesc)");
     ctl[CTL_DESC_HIGH] = d + 1;
   }
   ctl[CTL_DESC_USED]++;

@@ -12,7 +12,20 @@
  * back in through the slow path, under mmu_lock.
  */
 import { Vm, WpName } from "../vm.js";
-import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, ST_FAST_PF, ST_LOCK_ACQ, ST_LOCK_HOLD_NS, ST_LOCK_WAIT_NS, ST_RETRIES, ST_SLOW_PF, ST_TLB_MISS, ST_WRITES, VCPU_PASSES, VCPU_STRIDE } from "../kvm_host.js";
+import {
+  KVM_MEM_LOG_DIRTY_PAGES,
+  PAGE_SIZE,
+  ST_FAST_PF,
+  ST_LOCK_ACQ,
+  ST_LOCK_HOLD_NS,
+  ST_LOCK_WAIT_NS,
+  ST_RETRIES,
+  ST_SLOW_PF,
+  ST_TLB_MISS,
+  ST_WRITES,
+  VCPU_PASSES,
+  VCPU_STRIDE,
+} from "../kvm_host.js";
 import { einval } from "../errors.js";
 
 export interface Contention {
@@ -93,7 +106,7 @@ function sleep(ms: number): Promise<void> {
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
-  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
 }
 
 function popcount(bm: Uint32Array): number {
@@ -114,15 +127,15 @@ async function waitPasses(vm: Vm, target: number[]): Promise<void> {
   for (;;) {
     vm.throwIfFailed();
     const p = passes(vm);
-    if (p.every((x, i) => x >= target[i]!)) return;
-    const id = vm.vcpuIds[p.findIndex((x, i) => x < target[i]!)]!;
-    const r = Atomics.waitAsync(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES, p[vm.vcpuIds.indexOf(id)]!, 5);
+    if (p.every((x, i) => x >= target[i])) return;
+    const id = vm.vcpuIds[p.findIndex((x, i) => x < target[i])];
+    const r = Atomics.waitAsync(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES, p[vm.vcpuIds.indexOf(id)], 5);
     if (r.async) await r.value;
   }
 }
 
 function sumStat(vm: Vm, k: number): number {
-  return vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k]!, 0);
+  return vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k], 0);
 }
 
 export function validatePerfOptions(o: PerfOptions): void {
@@ -138,9 +151,20 @@ export function validatePerfOptions(o: PerfOptions): void {
 async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   const guestBytes = o.vcpus * o.bytesPerVcpu;
   // Spare frames for page migration and alignment.
-  const vm = Vm.create({ memory: guestBytes + (8 << 20), wp, maxVcpus: Math.max(o.vcpus, 1), maxSlotPages: guestBytes / PAGE_SIZE });
+  const vm = Vm.create({
+    memory: guestBytes + (8 << 20),
+    wp,
+    maxVcpus: Math.max(o.vcpus, 1),
+    maxSlotPages: guestBytes / PAGE_SIZE,
+  });
   const hva = vm.mmap(guestBytes, { thp: o.thp });
-  vm.setUserMemoryRegion({ slot: SLOT, flags: 0, guestPhysAddr: GPA_BASE, memorySize: guestBytes, userspaceAddr: hva });
+  vm.setUserMemoryRegion({
+    slot: SLOT,
+    flags: 0,
+    guestPhysAddr: GPA_BASE,
+    memorySize: guestBytes,
+    userspaceAddr: hva,
+  });
   const pages = o.bytesPerVcpu / PAGE_SIZE;
   for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
   const t0 = performance.now();
@@ -152,17 +176,35 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     random: o.random,
     seed: o.seed,
   }));
-  await waitPasses(vm, vm.vcpuIds.map(() => 1));
+  await waitPasses(
+    vm,
+    vm.vcpuIds.map(() => 1),
+  );
   const populateNs = (performance.now() - t0) * 1e6;
   await vm.pause();
   const t1 = performance.now();
-  vm.setUserMemoryRegion({ slot: SLOT, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: GPA_BASE, memorySize: guestBytes, userspaceAddr: hva });
+  vm.setUserMemoryRegion({
+    slot: SLOT,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: GPA_BASE,
+    memorySize: guestBytes,
+    userspaceAddr: hva,
+  });
   const enableLoggingNs = (performance.now() - t1) * 1e6;
   if (o.contention.migrateRate > 0 || o.contention.invalidateRate > 0) {
     await vm.startHostThread({ ...o.contention, seed: o.seed });
     await vm.pauseHostThread();
   }
-  return { wp, vm, iters: [], activeMs: 0, writes0: sumStat(vm, ST_WRITES), populateNs, enableLoggingNs, bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)) };
+  return {
+    wp,
+    vm,
+    iters: [],
+    activeMs: 0,
+    writes0: sumStat(vm, ST_WRITES),
+    populateNs,
+    enableLoggingNs,
+    bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
+  };
 }
 
 async function iterate(run: Run, o: PerfOptions): Promise<IterationResult> {
@@ -172,7 +214,10 @@ async function iterate(run: Run, o: PerfOptions): Promise<IterationResult> {
   vm.resumeHostThread();
   const p0 = passes(vm);
   // A full pass that started after resume: the in-flight pass ends, then one more.
-  await waitPasses(vm, p0.map((p) => p + 2));
+  await waitPasses(
+    vm,
+    p0.map((p) => p + 2),
+  );
   const dirtyMemoryNs = (performance.now() - t0) * 1e6;
   if (o.park) {
     await vm.pause();
@@ -211,7 +256,12 @@ function summarize(run: Run): StrategyResult {
       ioctlWaitNs: t.lockWaitNs,
     },
     flushNs: t.flushNs,
-    faults: { fast: sumStat(vm, ST_FAST_PF), slow: sumStat(vm, ST_SLOW_PF), retries: sumStat(vm, ST_RETRIES), tlbMisses: sumStat(vm, ST_TLB_MISS) },
+    faults: {
+      fast: sumStat(vm, ST_FAST_PF),
+      slow: sumStat(vm, ST_SLOW_PF),
+      retries: sumStat(vm, ST_RETRIES),
+      tlbMisses: sumStat(vm, ST_TLB_MISS),
+    },
     host: vm.hostThreadCounters(),
     metadataBytes: vm.metadataBytes(),
   };
@@ -231,7 +281,9 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       for (const run of order) {
         const r = await iterate(run, o);
         run.iters.push(r);
-        say(`${run.wp} iteration ${it + 1}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms, ${r.dirtyPages} dirty pages`);
+        say(
+          `${run.wp} iteration ${it + 1}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms, ${r.dirtyPages} dirty pages`,
+        );
       }
     }
     await sleep(0);
@@ -240,12 +292,19 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
     const L = results.locked;
     const F = results.lockless;
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
-    const meta = runs[0]!.vm.metadataBytes();
+    const meta = runs[0].vm.metadataBytes();
     return {
       options: { ...o, progress: undefined } as Omit<PerfOptions, "progress">,
       machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
       results,
-      ratio: L && F ? { avgGetDirtyLog: F.avgGetDirtyLogNs / L.avgGetDirtyLogNs, medianGetDirtyLog: F.medianGetDirtyLogNs / L.medianGetDirtyLogNs, guestWritesPerSec: F.guestWritesPerSec / L.guestWritesPerSec } : null,
+      ratio:
+        L && F
+          ? {
+              avgGetDirtyLog: F.avgGetDirtyLogNs / L.avgGetDirtyLogNs,
+              medianGetDirtyLog: F.medianGetDirtyLogNs / L.medianGetDirtyLogNs,
+              guestWritesPerSec: F.guestWritesPerSec / L.guestWritesPerSec,
+            }
+          : null,
       guestMemoryBytes,
       metadataPercent: (100 * meta) / guestMemoryBytes,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,

@@ -13,7 +13,7 @@ const perf = await dirtyLogPerf({
   random: false,
   wp: ["locked", "lockless"],
   thp: true,
-  contention: CONTENTION["default"]!,
+  contention: CONTENTION["default"],
   park: false,
   seed: 1,
 });

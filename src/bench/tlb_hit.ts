@@ -17,7 +17,7 @@ export interface TlbHitResult {
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1]!;
+  return s[s.length >> 1];
 }
 
 export function tlbHitBench(rounds = 15, accesses = 4_000_000): TlbHitResult {
@@ -42,12 +42,12 @@ export function tlbHitBench(rounds = 15, accesses = 4_000_000): TlbHitResult {
   for (let r = 0; r < rounds; r++) {
     let t = performance.now();
     let s = 0;
-    for (let i = 0; i < accesses; i++) s += vcpu.read32(gfns[i & 63]!, 8);
+    for (let i = 0; i < accesses; i++) s += vcpu.read32(gfns[i & 63], 8);
     tlbRuns.push(((performance.now() - t) * 1e6) / accesses);
     sink += s;
     t = performance.now();
     s = 0;
-    for (let i = 0; i < accesses; i++) s += mem[bases[i & 63]! + 8]!;
+    for (let i = 0; i < accesses; i++) s += mem[bases[i & 63] + 8];
     plainRuns.push(((performance.now() - t) * 1e6) / accesses);
     sink += s;
   }

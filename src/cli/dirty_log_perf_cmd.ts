@@ -37,7 +37,7 @@ export function formatPerf(r: PerfResult): string {
     );
   }
   out.push(
-    `MMU metadata ${(r.metadataPercent).toFixed(2)}% of ${r.guestMemoryBytes / 2 ** 20} MiB guest memory; peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
+    `MMU metadata ${r.metadataPercent.toFixed(2)}% of ${r.guestMemoryBytes / 2 ** 20} MiB guest memory; peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
   );
   return out.join("\n");
 }
@@ -57,14 +57,20 @@ export function registerDirtyLogPerf(program: Command): void {
     .option("--contention <level>", "MMU-notifier churn: none, default, heavy", "default")
     .option("--migrate-rate <n>", "page migrations per second (overrides --contention)")
     .option("--invalidate-rate <n>", "2 MiB invalidations per second (overrides --contention)")
-    .option("--park", "park the vCPUs during get-dirty-log (KVM's perf test); default: they keep writing", false)
+    .option(
+      "--park",
+      "park the vCPUs during get-dirty-log (KVM's perf test); default: they keep writing",
+      false,
+    )
     .option("--json", "print one JSON object on stdout", false)
     .action(async (a: Record<string, string | boolean>) => {
       const level = String(a["contention"]);
       const base = CONTENTION[level];
-      if (!base) throw einval("--contention", `"${level}" is not one of ${Object.keys(CONTENTION).join(", ")}`);
+      if (!base)
+        throw einval("--contention", `"${level}" is not one of ${Object.keys(CONTENTION).join(", ")}`);
       const contention = { ...base };
-      if (a["migrateRate"] !== undefined) contention.migrateRate = parseIntIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6);
+      if (a["migrateRate"] !== undefined)
+        contention.migrateRate = parseIntIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6);
       if (a["invalidateRate"] !== undefined)
         contention.invalidateRate = parseIntIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6);
       const r = await dirtyLogPerf({

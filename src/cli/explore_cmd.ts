@@ -1,13 +1,17 @@
 /** `kvmmu explore` and `kvmmu replay`: controlled interleavings of the production code. */
 import { Command } from "commander";
-import { explore, ExploreResult, replay, Strategy, Violation } from "../verify/explore.js";
+import { explore, ExploreResult, replay, Violation } from "../verify/explore.js";
 import { BUG_SCENARIO, SCENARIOS } from "../verify/scenarios.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { parseIntIn, parseList } from "./parse.js";
 import { einval } from "../errors.js";
 
 function formatTrace(v: Violation): string {
-  const out = [`violation: ${v.invariant}`, `schedule (${v.steps} steps): ${v.schedule}`, "last operations per thread:"];
+  const out = [
+    `violation: ${v.invariant}`,
+    `schedule (${v.steps} steps): ${v.schedule}`,
+    "last operations per thread:",
+  ];
   for (const [t, entries] of Object.entries(v.trace)) {
     out.push(`  ${t}:`);
     for (const e of entries) out.push(`    step ${String(e.step).padStart(5)}  ${e.op}`);
@@ -41,15 +45,16 @@ export function registerExplore(program: Command): void {
         throw einval("--bug", `"${bugName}" is not one of ${Object.keys(BUG).join(", ")}`);
       if (bugName !== undefined) scenario ??= BUG_SCENARIO[bugName as BugName];
       if (scenario === undefined) throw einval("--scenario", "give --scenario or --bug");
-      if (!SCENARIOS[scenario]) throw einval("--scenario", `"${scenario}" is not one of ${Object.keys(SCENARIOS).join(", ")}`);
+      if (!SCENARIOS[scenario])
+        throw einval("--scenario", `"${scenario}" is not one of ${Object.keys(SCENARIOS).join(", ")}`);
       if (a["fixed"] && bugName === undefined) throw einval("--fixed", "needs --bug");
       const [strategy] = parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const);
       const r = await explore({
         scenario,
-        strategy: strategy as Strategy,
+        strategy: strategy,
         schedules: parseIntIn("--schedules", String(a["schedules"]), 1, 10_000_000),
         seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
-        bug: bugName !== undefined && !a["fixed"] && SCENARIOS[scenario]!.bug === bugName,
+        bug: bugName !== undefined && !a["fixed"] && SCENARIOS[scenario].bug === bugName,
         all: a["all"] === true,
         pctDepth: parseIntIn("--depth", String(a["depth"]), 1, 20),
         preemptions: parseIntIn("--preemptions", String(a["preemptions"]), 0, 20),

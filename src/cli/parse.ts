@@ -6,7 +6,7 @@ export function parseSize(opt: string, v: string): number {
   const m = /^(0x[0-9a-f]+|\d+)([bkmgt]?)$/i.exec(v.trim());
   if (!m) throw einval(opt, `"${v}" is not a size (e.g. 512M, 1G, 0x1000)`);
   const n = Number(m[1]);
-  const mul = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2]!.toLowerCase()]!;
+  const mul = { "": 1, b: 1, k: 2 ** 10, m: 2 ** 20, g: 2 ** 30, t: 2 ** 40 }[m[2].toLowerCase()]!;
   const r = n * mul;
   if (!Number.isSafeInteger(r)) throw einval(opt, `"${v}" is too large`);
   return r;
@@ -27,10 +27,14 @@ export function parseNumberIn(opt: string, v: string, min: number, max: number):
 }
 
 export function parseList<T extends string>(opt: string, v: string, allowed: readonly T[]): T[] {
-  const items = v.split(",").map((s) => s.trim()).filter((s) => s !== "");
+  const items = v
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
   if (items.length === 0) throw einval(opt, "empty list");
   for (const it of items)
-    if (!(allowed as readonly string[]).includes(it)) throw einval(opt, `"${it}" is not one of ${allowed.join(", ")}`);
+    if (!(allowed as readonly string[]).includes(it))
+      throw einval(opt, `"${it}" is not one of ${allowed.join(", ")}`);
   return [...new Set(items)] as T[];
 }
 

@@ -8,13 +8,7 @@
  * thp[hva >> 9] = 1 while the 2 MiB block is one huge mapping: 512 contiguous, 512-aligned
  * frames. Cleared (split) under mm_lock before any page of the block moves.
  */
-import {
-  CTL_FRAME_HIGH,
-  CTL_FRAME_TOP,
-  CTL_HVA_NEXT,
-  Kvm,
-  PAGE_WORDS,
-} from "../kvm_host.js";
+import { CTL_FRAME_HIGH, CTL_FRAME_TOP, CTL_HVA_NEXT, Kvm, PAGE_WORDS } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { aload, astore } from "../sync/atomic.js";
 
@@ -23,12 +17,12 @@ export const HPT_WRITABLE = 1;
 /** Allocates a 4 KiB frame; mm_lock held. Returns 0 when none is left. */
 export function alloc_frame(kvm: Kvm): number {
   const ctl = kvm.ctl;
-  const top = ctl[CTL_FRAME_TOP]!;
+  const top = ctl[CTL_FRAME_TOP];
   if (top > 0) {
     ctl[CTL_FRAME_TOP] = top - 1;
-    return kvm.frameStack[top - 1]!;
+    return kvm.frameStack[top - 1];
   }
-  const high = ctl[CTL_FRAME_HIGH]!;
+  const high = ctl[CTL_FRAME_HIGH];
   if (high >= kvm.shared.config.hostFrames) return 0;
   ctl[CTL_FRAME_HIGH] = high + 1;
   return high;
@@ -36,12 +30,12 @@ export function alloc_frame(kvm: Kvm): number {
 
 /** mm_lock held; no translation of the frame may remain in any TLB. */
 export function free_frame(kvm: Kvm, pfn: number): void {
-  kvm.frameStack[kvm.ctl[CTL_FRAME_TOP]!] = pfn;
-  kvm.ctl[CTL_FRAME_TOP]!++;
+  kvm.frameStack[kvm.ctl[CTL_FRAME_TOP]] = pfn;
+  kvm.ctl[CTL_FRAME_TOP]++;
 }
 
 export function free_frames(kvm: Kvm): number {
-  return kvm.ctl[CTL_FRAME_TOP]! + (kvm.shared.config.hostFrames - kvm.ctl[CTL_FRAME_HIGH]!);
+  return kvm.ctl[CTL_FRAME_TOP] + (kvm.shared.config.hostFrames - kvm.ctl[CTL_FRAME_HIGH]);
 }
 
 /**
@@ -52,15 +46,17 @@ export function free_frames(kvm: Kvm): number {
 export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
   kvm.mm_lock.lock();
   try {
-    if (pages > free_frames(kvm)) throw new KvmError("ENOMEM", `size: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
+    if (pages > free_frames(kvm))
+      throw new KvmError("ENOMEM", `size: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
     const ctl = kvm.ctl;
-    const hva = Math.ceil(Math.max(ctl[CTL_HVA_NEXT]!, 1) / 512) * 512;
-    if (hva + pages > kvm.hpt.length) throw new KvmError("ENOMEM", `size: host virtual address space exhausted`);
+    const hva = Math.ceil(Math.max(ctl[CTL_HVA_NEXT], 1) / 512) * 512;
+    if (hva + pages > kvm.hpt.length)
+      throw new KvmError("ENOMEM", `size: host virtual address space exhausted`);
     ctl[CTL_HVA_NEXT] = hva + pages;
     let p = 0;
     if (ctl[CTL_FRAME_HIGH] === 0) ctl[CTL_FRAME_HIGH] = 1; // frame 0 is never handed out
     while (p < pages) {
-      const high = ctl[CTL_FRAME_HIGH]!;
+      const high = ctl[CTL_FRAME_HIGH];
       const aligned = Math.ceil(high / 512) * 512;
       if (thp && pages - p >= 512 && aligned + 512 <= kvm.shared.config.hostFrames) {
         // Frames skipped for alignment go on the free stack.
@@ -151,7 +147,7 @@ export function host_read_u64(kvm: Kvm, hvaByte: number): [number, number] {
   try {
     const pfn = aload(kvm.hpt, Math.floor(hvaByte / 4096)) >>> 1;
     const w = pfn * PAGE_WORDS + ((hvaByte % 4096) >>> 2);
-    return [kvm.mem[w]!, kvm.mem[w + 1]!];
+    return [kvm.mem[w], kvm.mem[w + 1]];
   } finally {
     kvm.mm_lock.unlock();
   }

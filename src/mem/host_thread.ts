@@ -22,4 +22,3 @@ export const HOST_STATE = 1;
 export const HOST_MIGRATIONS = 2;
 export const HOST_INVALIDATIONS = 3;
 export const HOST_CTL_WORDS = 4;
-

@@ -32,7 +32,7 @@ function pickPage(): number {
     if (k < pages) return hva + k;
     k -= pages;
   }
-  return d.ranges[0]![0];
+  return d.ranges[0][0];
 }
 
 try {

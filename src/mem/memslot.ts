@@ -32,12 +32,17 @@ let lruSlot = 0;
 export function gfn_to_memslot(kvm: Kvm, gfn: number): number {
   const s = kvm.slots;
   let r = lruSlot;
-  if (s[r + SLOT_ACTIVE] !== 0 && gfn >= s[r + SLOT_BASE_GFN]! && gfn < s[r + SLOT_BASE_GFN]! + s[r + SLOT_NPAGES]!) return r;
+  if (
+    s[r + SLOT_ACTIVE] !== 0 &&
+    gfn >= s[r + SLOT_BASE_GFN] &&
+    gfn < s[r + SLOT_BASE_GFN] + s[r + SLOT_NPAGES]
+  )
+    return r;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
     r = id * SLOT_STRIDE;
     if (s[r + SLOT_ACTIVE] === 0) continue;
-    const base = s[r + SLOT_BASE_GFN]!;
-    if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]!) return (lruSlot = r);
+    const base = s[r + SLOT_BASE_GFN];
+    if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]) return (lruSlot = r);
   }
   return -1;
 }
@@ -60,27 +65,27 @@ export function slot_level_pages(baseGfn: number, npages: number, level: number)
 /** Index in kvm.rmapPool of the rmap head of (gfn, level) in slot row r (__gfn_to_rmap). */
 export function gfn_to_rmap(kvm: Kvm, r: number, gfn: number, level: number): number {
   const s = kvm.slots;
-  const base = level === 1 ? s[r + SLOT_RMAP_BASE]! : level === 2 ? s[r + SLOT_RMAP_L2]! : s[r + SLOT_RMAP_L3]!;
-  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN]!, level);
+  const base = level === 1 ? s[r + SLOT_RMAP_BASE] : level === 2 ? s[r + SLOT_RMAP_L2] : s[r + SLOT_RMAP_L3];
+  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN], level);
 }
 
 /** Index in kvm.lpagePool of lpage_info[level](gfn).write_count. */
 export function lpage_info_index(kvm: Kvm, r: number, gfn: number, level: number): number {
   const s = kvm.slots;
-  const base = level === 2 ? s[r + SLOT_LPAGE_L2]! : s[r + SLOT_LPAGE_L3]!;
-  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN]!, level);
+  const base = level === 2 ? s[r + SLOT_LPAGE_L2] : s[r + SLOT_LPAGE_L3];
+  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN], level);
 }
 
 /** Host virtual page number of gfn in slot row r (__gfn_to_hva). */
 export function gfn_to_hva_page(kvm: Kvm, r: number, gfn: number): number {
-  return kvm.slots[r + SLOT_HVA_PAGE]! + (gfn - kvm.slots[r + SLOT_BASE_GFN]!);
+  return kvm.slots[r + SLOT_HVA_PAGE] + (gfn - kvm.slots[r + SLOT_BASE_GFN]);
 }
 
 /** mark_page_dirty_in_slot: an atomic set_bit_le, only while the slot is dirty-logged. */
 export function mark_page_dirty_in_slot(kvm: Kvm, r: number, gfn: number): void {
   if (!slot_dirty_logged(kvm, r)) return;
-  const rel = gfn - kvm.slots[r + SLOT_BASE_GFN]!;
-  aor(kvm.bitmapPool, kvm.slots[r + SLOT_BITMAP_BASE]! + (rel >>> 5), 1 << (rel & 31));
+  const rel = gfn - kvm.slots[r + SLOT_BASE_GFN];
+  aor(kvm.bitmapPool, kvm.slots[r + SLOT_BITMAP_BASE] + (rel >>> 5), 1 << (rel & 31));
 }
 
 export function mark_page_dirty(kvm: Kvm, gfn: number): void {

@@ -49,10 +49,10 @@ function popcount(x: number): number {
  * number of dirty pages. slots_lock is held by the caller.
  */
 export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: DirtyLogTimes): number {
-  const words = kvm.slots[r + SLOT_BITMAP_WORDS]!;
+  const words = kvm.slots[r + SLOT_BITMAP_WORDS];
   const bm = kvm.bitmapPool;
-  const b0 = kvm.slots[r + SLOT_BITMAP_BASE]!;
-  const l1 = kvm.slots[r + SLOT_RMAP_BASE]!;
+  const b0 = kvm.slots[r + SLOT_BITMAP_BASE];
+  const l1 = kvm.slots[r + SLOT_RMAP_BASE];
   let dirty = 0;
   if (kvm.wp === WpStrategy.Locked) {
     const w0 = kvm.mmu_lock.stats.waitNs;
@@ -127,16 +127,20 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
  * starts (KVM gets the same from synchronize_srcu on the memslot array).
  */
 export function kvm_set_dirty_logging(kvm: Kvm, r: number, enable: boolean): void {
-  const flags = kvm.slots[r + SLOT_FLAGS]!;
+  const flags = kvm.slots[r + SLOT_FLAGS];
   const was = (flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
   if (was === enable) return;
   if (enable) {
     // A fresh bitmap: nothing is dirty yet.
-    const b0 = kvm.slots[r + SLOT_BITMAP_BASE]!;
-    for (let i = 0; i < kvm.slots[r + SLOT_BITMAP_WORDS]!; i++) astore(kvm.bitmapPool, b0 + i, 0);
+    const b0 = kvm.slots[r + SLOT_BITMAP_BASE];
+    for (let i = 0; i < kvm.slots[r + SLOT_BITMAP_WORDS]; i++) astore(kvm.bitmapPool, b0 + i, 0);
   }
   kvm.mmu_lock.lock();
-  astore(kvm.slots, r + SLOT_FLAGS, enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES);
+  astore(
+    kvm.slots,
+    r + SLOT_FLAGS,
+    enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
+  );
   if (!enable) {
     kvm.mmu_lock.unlock();
     return;

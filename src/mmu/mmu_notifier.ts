@@ -28,12 +28,12 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
     const r = id * SLOT_STRIDE;
     if (aload(s, r + SLOT_ACTIVE) === 0) continue;
-    const slotHva = s[r + SLOT_HVA_PAGE]!;
-    const npages = s[r + SLOT_NPAGES]!;
+    const slotHva = s[r + SLOT_HVA_PAGE];
+    const npages = s[r + SLOT_NPAGES];
     const start = Math.max(hvaStart, slotHva);
     const end = Math.min(hvaEnd, slotHva + npages);
     if (start >= end) continue;
-    const base = s[r + SLOT_BASE_GFN]!;
+    const base = s[r + SLOT_BASE_GFN];
     const gfnStart = base + (start - slotHva);
     const gfnEnd = base + (end - slotHva);
     for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {

@@ -51,7 +51,7 @@ export const rmapStats = { restarts: 0, walks: 0 };
  */
 export function pte_list_add(kvm: Kvm, heads: Int32Array, hi: number, headId: number, e: number): number {
   const desc = kvm.desc;
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) {
     astore(heads, hi, e << 1);
     return 0;
@@ -71,7 +71,7 @@ export function pte_list_add(kvm: Kvm, heads: Int32Array, hi: number, headId: nu
   for (let k = 0; k < PTE_LIST_EXT; k++) {
     if (desc[fb + k] === 0) {
       astore(desc, fb + k, e);
-      return k + countTail(kvm, desc[fb + DESC_MORE]!);
+      return k + countTail(kvm, desc[fb + DESC_MORE]);
     }
   }
   const d = mmu_alloc_pte_list_desc(kvm);
@@ -81,7 +81,7 @@ export function pte_list_add(kvm: Kvm, heads: Int32Array, hi: number, headId: nu
   astore(desc, b + 2, 0);
   astore(desc, b + DESC_MORE, descPtr(first));
   astore(heads, hi, (d << 1) | 1);
-  return PTE_LIST_EXT + countTail(kvm, desc[fb + DESC_MORE]!);
+  return PTE_LIST_EXT + countTail(kvm, desc[fb + DESC_MORE]);
 }
 
 function countTail(kvm: Kvm, more: number): number {
@@ -99,7 +99,7 @@ export class RmapCorrupt extends Error {}
 /** pte_list_remove: mmu_lock held. */
 export function pte_list_remove(kvm: Kvm, heads: Int32Array, hi: number, e: number): void {
   const desc = kvm.desc;
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) throw new RmapCorrupt(`pte_list_remove: ${e - 1} on an empty list`);
   if ((v & 1) === 0) {
     if (v >>> 1 !== e) throw new RmapCorrupt(`pte_list_remove: ${e - 1} is not the single entry`);
@@ -118,7 +118,7 @@ export function pte_list_remove(kvm: Kvm, heads: Int32Array, hi: number, e: numb
         return;
       }
     }
-    const m = desc[b + DESC_MORE]!;
+    const m = desc[b + DESC_MORE];
     if (is_nulls(m) || m === 0) break;
     prev = d;
     d = descOf(m);
@@ -127,15 +127,22 @@ export function pte_list_remove(kvm: Kvm, heads: Int32Array, hi: number, e: numb
 }
 
 /** The seed's removal: fill the hole from the first descriptor (patch 6). */
-function desc_remove_entry_forward(kvm: Kvm, heads: Int32Array, hi: number, first: number, d: number, i: number): void {
+function desc_remove_entry_forward(
+  kvm: Kvm,
+  heads: Int32Array,
+  hi: number,
+  first: number,
+  d: number,
+  i: number,
+): void {
   const desc = kvm.desc;
   const fb = first * DESC_WORDS;
   let j = PTE_LIST_EXT - 1;
   while (desc[fb + j] === 0) j--;
-  if (d !== first || i !== j) astore(desc, d * DESC_WORDS + i, desc[fb + j]!); // destination first,
+  if (d !== first || i !== j) astore(desc, d * DESC_WORDS + i, desc[fb + j]); // destination first,
   astore(desc, fb + j, 0); // then the source
   if (j !== 0) return;
-  const m = desc[fb + DESC_MORE]!;
+  const m = desc[fb + DESC_MORE];
   astore(heads, hi, is_nulls(m) ? 0 : (descOf(m) << 1) | 1);
   mmu_free_pte_list_desc(kvm, first);
 }
@@ -153,10 +160,10 @@ function desc_remove_entry_backward(
   const b = d * DESC_WORDS;
   let j = PTE_LIST_EXT - 1;
   while (desc[b + j] === 0) j--;
-  if (i !== j) astore(desc, b + i, desc[b + j]!);
+  if (i !== j) astore(desc, b + i, desc[b + j]);
   astore(desc, b + j, 0);
   if (j !== 0) return;
-  const m = desc[b + DESC_MORE]!;
+  const m = desc[b + DESC_MORE];
   if (prev >= 0) astore(desc, prev * DESC_WORDS + DESC_MORE, m);
   else astore(heads, hi, is_nulls(m) ? 0 : (descOf(m) << 1) | 1);
   mmu_free_pte_list_desc(kvm, d);
@@ -164,7 +171,7 @@ function desc_remove_entry_backward(
 
 /** Calls fn(spteIndex) for each entry; mmu_lock held, fn must not change the list. */
 export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte: number) => void): void {
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) return;
   if ((v & 1) === 0) {
     fn((v >>> 1) - 1);
@@ -175,10 +182,10 @@ export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte
   for (;;) {
     const b = d * DESC_WORDS;
     for (let i = 0; i < PTE_LIST_EXT; i++) {
-      const e = desc[b + i]!;
+      const e = desc[b + i];
       if (e !== 0) fn(e - 1);
     }
-    const m = desc[b + DESC_MORE]!;
+    const m = desc[b + DESC_MORE];
     if (is_nulls(m) || m === 0) return;
     d = descOf(m);
   }
@@ -186,12 +193,12 @@ export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte
 
 /** The first entry (spte index) or -1; mmu_lock held. For loops that remove as they go. */
 export function rmap_get_first(kvm: Kvm, heads: Int32Array, hi: number): number {
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) return -1;
   if ((v & 1) === 0) return (v >>> 1) - 1;
   const b = (v >>> 1) * DESC_WORDS;
   for (let i = 0; i < PTE_LIST_EXT; i++) {
-    const e = kvm.desc[b + i]!;
+    const e = kvm.desc[b + i];
     if (e !== 0) return e - 1;
   }
   return -1;

@@ -73,8 +73,10 @@ export function spte_is_locklessly_modifiable(s: number): boolean {
 
 /** Patch 12: a writable leaf judged from the value only (link sptes never carry HOST_W). */
 export function is_writable_leaf(s: number): boolean {
-  return (s & (PT_PRESENT_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE)) ===
-    (PT_PRESENT_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE);
+  return (
+    (s & (PT_PRESENT_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE)) ===
+    (PT_PRESENT_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE)
+  );
 }
 
 /**

@@ -16,7 +16,13 @@ import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { pte_list_walk_lockless, rmap_get_first } from "./rmap.js";
 import { drop_spte } from "./mmu_page.js";
 import { mmu_spte_update } from "./spte_ops.js";
-import { is_large_pte, is_writable_leaf, is_writable_pte, PT_WRITABLE_MASK, KVM_NR_PAGE_SIZES } from "./spte.js";
+import {
+  is_large_pte,
+  is_writable_leaf,
+  is_writable_pte,
+  PT_WRITABLE_MASK,
+  KVM_NR_PAGE_SIZES,
+} from "./spte.js";
 import { DESC_MORE, DESC_WORDS, PTE_LIST_EXT } from "../kvm_host.js";
 
 /** Write-protect statistics of this thread. */
@@ -41,7 +47,7 @@ function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
 /** __rmap_write_protect (3.11): restarts from the head after dropping a large spte. Returns flush. */
 export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
   const heads = kvm.rmapPool;
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) return false;
   let flush = false;
   if ((v & 1) === 0) {
@@ -51,14 +57,14 @@ export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
   // Iterate the chain; a drop changes it, so start again from the first entry.
   for (;;) {
     let restarted = false;
-    let d = heads[hi]!;
+    let d = heads[hi];
     if (d === 0) return flush;
     if ((d & 1) === 0) return spte_write_protect_locked(kvm, (d >>> 1) - 1) !== 0 || flush;
     d >>>= 1;
     outer: for (;;) {
       const b = d * DESC_WORDS;
       for (let i = 0; i < PTE_LIST_EXT; i++) {
-        const e = kvm.desc[b + i]!;
+        const e = kvm.desc[b + i];
         if (e === 0) continue;
         const r = spte_write_protect_locked(kvm, e - 1);
         if (r !== 0) flush = true;
@@ -67,7 +73,7 @@ export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
           break outer;
         }
       }
-      const m = kvm.desc[b + DESC_MORE]!;
+      const m = kvm.desc[b + DESC_MORE];
       if ((m & 1) === 1 || m === 0) break;
       d = (m >>> 1) - 1;
     }
@@ -111,8 +117,8 @@ export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
  * drops the lock when it is contended (cond_resched_lock), flushes at the end under the lock.
  */
 export function slot_remove_write_access_locked(kvm: Kvm, r: number, flush: (kvm: Kvm) => void): void {
-  const base = kvm.slots[r + SLOT_BASE_GFN]!;
-  const npages = kvm.slots[r + SLOT_NPAGES]!;
+  const base = kvm.slots[r + SLOT_BASE_GFN];
+  const npages = kvm.slots[r + SLOT_NPAGES];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
     const h0 = gfn_to_rmap(kvm, r, base, level);
@@ -130,12 +136,13 @@ export function slot_remove_write_access_locked(kvm: Kvm, r: number, flush: (kvm
 
 /** kvm_mmu_slot_remove_write_access, lockless (patch 13): RCU read section held by the caller. */
 export function slot_remove_write_access_lockless(kvm: Kvm, r: number): void {
-  const base = kvm.slots[r + SLOT_BASE_GFN]!;
-  const npages = kvm.slots[r + SLOT_NPAGES]!;
+  const base = kvm.slots[r + SLOT_BASE_GFN];
+  const npages = kvm.slots[r + SLOT_NPAGES];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
     const h0 = gfn_to_rmap(kvm, r, base, level);
-    for (let i = 0; i < n; i++) if (aload(kvm.rmapPool, h0 + i) !== 0) rmap_write_protect_lockless(kvm, h0 + i);
+    for (let i = 0; i < n; i++)
+      if (aload(kvm.rmapPool, h0 + i) !== 0) rmap_write_protect_lockless(kvm, h0 + i);
   }
 }
 

@@ -72,7 +72,10 @@ function waitForAck(kvm: Kvm, i: number): void {
     if (++spins < 64) continue;
     if (t0 === 0) t0 = Date.now();
     else if (Date.now() - t0 > FLUSH_TIMEOUT_MS)
-      throw new KvmError("ETIMEDOUT", `vcpu ${i}: no acknowledgement of a TLB flush in ${FLUSH_TIMEOUT_MS} ms`);
+      throw new KvmError(
+        "ETIMEDOUT",
+        `vcpu ${i}: no acknowledgement of a TLB flush in ${FLUSH_TIMEOUT_MS} ms`,
+      );
     Atomics.wait(v, r + VCPU_MODE, m, 0.2);
   }
 }

@@ -19,7 +19,7 @@ export class SoftTlb {
   /** Returns (pfn << 1) | writable, or -1 on a miss. */
   lookup(gfn: number): number {
     const t = (gfn & this.mask) << 1;
-    return this.e[t] === gfn + 1 ? this.e[t + 1]! : -1;
+    return this.e[t] === gfn + 1 ? this.e[t + 1] : -1;
   }
 
   fill(gfn: number, pfn: number, writable: boolean): void {
@@ -37,8 +37,8 @@ export class SoftTlb {
   writableEntries(): { gfn: number; pfn: number }[] {
     const out: { gfn: number; pfn: number }[] = [];
     for (let i = 0; i < this.size; i++) {
-      const tag = this.e[2 * i]!;
-      const v = this.e[2 * i + 1]!;
+      const tag = this.e[2 * i];
+      const v = this.e[2 * i + 1];
       if (tag !== 0 && (v & 1) !== 0) out.push({ gfn: tag - 1, pfn: v >>> 1 });
     }
     return out;

@@ -4,7 +4,15 @@
  * its state becomes Dead first, so no flusher waits for it.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { Kvm, KvmShared, OUTSIDE_GUEST_MODE, VCPU_MODE, VCPU_STATE, VCPU_STRIDE, CTL_VM_STATE } from "../kvm_host.js";
+import {
+  Kvm,
+  KvmShared,
+  OUTSIDE_GUEST_MODE,
+  VCPU_MODE,
+  VCPU_STATE,
+  VCPU_STRIDE,
+  CTL_VM_STATE,
+} from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "./vcpu.js";
 import { VcpuState } from "./requests.js";
 import { GuestArgs, runGuest } from "../workload/guest.js";
@@ -34,7 +42,13 @@ try {
     Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Dead);
     Atomics.store(kvm.ctl, CTL_VM_STATE, 2);
     const err = e as Error & { code?: string };
-    parentPort?.postMessage({ type: "error", vcpu: data.vcpuId, message: err.message, code: err.code, stack: err.stack });
+    parentPort?.postMessage({
+      type: "error",
+      vcpu: data.vcpuId,
+      message: err.message,
+      code: err.code,
+      stack: err.stack,
+    });
   }
   Atomics.notify(kvm.vcpu, row + VCPU_STATE);
   Atomics.notify(kvm.vcpu, row + VCPU_MODE);

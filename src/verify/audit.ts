@@ -64,18 +64,23 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
     if (bad.length < limit) bad.push(m);
   };
   const leaves = new Set<number>();
-  const root = kvm.ctl[CTL_ROOT]!;
+  const root = kvm.ctl[CTL_ROOT];
   const walk = (sp: number, level: number): void => {
-    if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE]! & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
+    if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
     if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
     for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
       const sptep = sp * PT64_ENT_PER_PAGE + i;
-      const s = kvm.spt[sptep]!;
+      const s = kvm.spt[sptep];
       if (!is_shadow_present_pte(s)) continue;
-      if (is_writable_pte(s) && is_last_spte(s, level) && (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE))
+      if (
+        is_writable_pte(s) &&
+        is_last_spte(s, level) &&
+        (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)
+      )
         say(`spte ${sptep}: W without HOST_W|MMU_W`);
       if (!is_last_spte(s, level)) {
-        if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0) say(`link spte ${sptep}: carries HOST_W/MMU_W`);
+        if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0)
+          say(`link spte ${sptep}: carries HOST_W/MMU_W`);
         const child = spte_to_child_sp(s);
         let found = 0;
         pte_list_walk(kvm, kvm.spHdr, child * SP_STRIDE + SP_PARENT_PTES, (p) => {
@@ -99,17 +104,23 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
       });
       if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
       const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn));
-      if (pfn !== spte_to_pfn(s)) say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
+      if (pfn !== spte_to_pfn(s))
+        say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
       if (level > 1) {
         for (let k = 1; k < 512; k += 73) {
           const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn + k));
-          if (pk !== spte_to_pfn(s) + k) say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
+          if (pk !== spte_to_pfn(s) + k)
+            say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
         }
       }
-      if (!opts.structural && (kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
+      if (
+        !opts.structural &&
+        (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 &&
+        is_writable_pte(s)
+      ) {
         if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
-        const rel = gfn - kvm.slots[r + SLOT_BASE_GFN]!;
-        const word = kvm.bitmapPool[kvm.slots[r + SLOT_BITMAP_BASE]! + (rel >>> 5)]!;
+        const rel = gfn - kvm.slots[r + SLOT_BASE_GFN];
+        const word = kvm.bitmapPool[kvm.slots[r + SLOT_BITMAP_BASE] + (rel >>> 5)];
         if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
       }
     }
@@ -119,8 +130,8 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
     const r = id * SLOT_STRIDE;
     if (kvm.slots[r + SLOT_ACTIVE] === 0) continue;
-    const base = kvm.slots[r + SLOT_BASE_GFN]!;
-    const npages = kvm.slots[r + SLOT_NPAGES]!;
+    const base = kvm.slots[r + SLOT_BASE_GFN];
+    const npages = kvm.slots[r + SLOT_NPAGES];
     for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
       const h0 = gfn_to_rmap(kvm, r, base, level);
       const n = slot_level_pages(base, npages, level);
@@ -139,7 +150,7 @@ function auditHead(
   level: number,
   say: (m: string) => void,
 ): void {
-  const v = heads[hi]!;
+  const v = heads[hi];
   if (v === 0) return;
   const check = (sptep: number): void => {
     if (!leaves.has(sptep)) {
@@ -148,7 +159,11 @@ function auditHead(
     }
     const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
     const r = gfn_to_memslot(kvm, gfn);
-    if (r < 0 || gfn_to_rmap(kvm, r, gfn, sp_level(kvm, page_header(sptep))) !== hi || sp_level(kvm, page_header(sptep)) !== level)
+    if (
+      r < 0 ||
+      gfn_to_rmap(kvm, r, gfn, sp_level(kvm, page_header(sptep))) !== hi ||
+      sp_level(kvm, page_header(sptep)) !== level
+    )
       say(`rmap ${hi}: entry ${sptep} belongs to another rmap`);
   };
   if ((v & 1) === 0) {
@@ -161,7 +176,7 @@ function auditHead(
     const b = d * DESC_WORDS;
     let count = 0;
     for (let i = 0; i < PTE_LIST_EXT; i++) {
-      const e = kvm.desc[b + i]!;
+      const e = kvm.desc[b + i];
       if (e !== 0) {
         count++;
         check(e - 1);
@@ -170,7 +185,7 @@ function auditHead(
     if (count === 0) say(`rmap ${hi}: empty descriptor ${d}`);
     if (!first && count !== PTE_LIST_EXT) say(`rmap ${hi}: descriptor ${d} after the first is not full`);
     first = false;
-    const m = kvm.desc[b + DESC_MORE]!;
+    const m = kvm.desc[b + DESC_MORE];
     if (m === 0) {
       say(`rmap ${hi}: descriptor ${d} has more == NULL in a linked chain`);
       return;

@@ -84,7 +84,7 @@ const SPIN_WINDOW = 64;
 
 export function encodeSchedule(scenario: string, bug: boolean, choices: number[]): string {
   const parts: string[] = [];
-  for (let i = 0; i < choices.length; ) {
+  for (let i = 0; i < choices.length;) {
     let j = i;
     while (j < choices.length && choices[j] === choices[i]) j++;
     parts.push(j - i === 1 ? `${choices[i]}` : `${choices[i]}*${j - i}`);
@@ -96,14 +96,15 @@ export function encodeSchedule(scenario: string, bug: boolean, choices: number[]
 export function decodeSchedule(s: string): { scenario: string; bug: boolean; choices: number[] } {
   const m = /^([a-z0-9-]+)@(bug|fixed):([0-9*,]*)$/.exec(s.trim());
   if (!m) throw einval("SCHEDULE", `"${s.slice(0, 60)}" is not a schedule (scenario@bug|fixed:t*n,...)`);
-  const scenario = m[1]!;
+  const scenario = m[1];
   if (!SCENARIOS[scenario]) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
   const choices: number[] = [];
-  for (const p of m[3]!.split(",").filter((x) => x !== "")) {
+  for (const p of m[3].split(",").filter((x) => x !== "")) {
     const [t, n] = p.split("*");
     const tid = Number(t);
     const count = n === undefined ? 1 : Number(n);
-    if (!Number.isInteger(tid) || !Number.isInteger(count) || count < 1) throw einval("SCHEDULE", `bad item "${p}"`);
+    if (!Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
+      throw einval("SCHEDULE", `bad item "${p}"`);
     for (let k = 0; k < count; k++) choices.push(tid);
   }
   return { scenario, bug: m[2] === "bug", choices };
@@ -156,7 +157,7 @@ export class Explorer {
       Atomics.store(sc, b + T_STEPS, 0);
       Atomics.store(sc, b + T_GRANT, 0);
       Atomics.store(sc, b + T_STATE, TS_IDLE);
-      this.ports[t]!.postMessage({ shared: vm.shared, scenario: s.name, scratch });
+      this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
     }
     Atomics.store(sc, SCHED_GO, ++this.go);
     Atomics.notify(sc, SCHED_GO);
@@ -179,7 +180,7 @@ export class Explorer {
         if (Atomics.load(sc, b + T_STATE) === TS_AT_POINT) {
           runnable.push(t);
           if (Atomics.load(sc, b + T_OP) === (Op.Spin as number)) lastSpin[t] = own[t]!;
-          spinning[t] = own[t]! - lastSpin[t]! < SPIN_WINDOW;
+          spinning[t] = own[t] - lastSpin[t] < SPIN_WINDOW;
         }
       }
       if (this.auditEveryStep && s.auditable && auditViolation === null && !vm.kvm.mmu_lock.isLocked()) {
@@ -204,14 +205,15 @@ export class Explorer {
         break;
       }
       const t = chooser.choose(step, runnable, spinning);
-      if (!runnable.includes(t)) throw new KvmError("EINVAL", `SCHEDULE: thread ${t} is not runnable at step ${step}`);
+      if (!runnable.includes(t))
+        throw new KvmError("EINVAL", `SCHEDULE: thread ${t} is not runnable at step ${step}`);
       choices.push(t);
-      own[t]!++;
+      own[t]++;
       const b = SCHED_HDR + t * SCHED_STRIDE;
-      const tr = trace[s.threads[t]!.name]!;
+      const tr = trace[s.threads[t].name];
       tr.push({
         step,
-        thread: s.threads[t]!.name,
+        thread: s.threads[t].name,
         op: `${OP_NAMES[Atomics.load(sc, b + T_OP)] ?? "?"} ${ARR_NAMES[Atomics.load(sc, b + T_ARR)] ?? "?"}[${Atomics.load(sc, b + T_IDX)}]`,
       });
       if (tr.length > TRACE_KEEP) tr.shift();
@@ -224,8 +226,8 @@ export class Explorer {
     const failures: string[] = [];
     for (let t = 0; t < n; t++) {
       if (Atomics.load(sc, SCHED_HDR + t * SCHED_STRIDE + T_STATE) === TS_FAILED) {
-        const m = receiveMessageOnPort(this.ports[t]!)?.message as { error?: string } | undefined;
-        failures.push(`thread ${s.threads[t]!.name} failed: ${m?.error ?? "?"}`);
+        const m = receiveMessageOnPort(this.ports[t])?.message as { error?: string } | undefined;
+        failures.push(`thread ${s.threads[t].name} failed: ${m?.error ?? "?"}`);
       }
     }
     if (auditViolation !== null) violation = auditViolation;
@@ -251,7 +253,7 @@ class RandomChooser implements Chooser {
   constructor(private readonly rng: ParkMiller) {}
   choose(_step: number, runnable: number[], spinning: boolean[]): number {
     const c = this.rng.next() % 16 === 0 ? runnable : progressing(runnable, spinning);
-    return c[this.rng.next() % c.length]!;
+    return c[this.rng.next() % c.length];
   }
 }
 
@@ -263,7 +265,7 @@ export class PctChooser implements Chooser {
     const p = Array.from({ length: threads }, (_, i) => depth + i);
     for (let i = p.length - 1; i > 0; i--) {
       const j = rng.next() % (i + 1);
-      [p[i], p[j]] = [p[j]!, p[i]!];
+      [p[i], p[j]] = [p[j], p[i]];
     }
     this.prio = p;
     this.changes = new Map();
@@ -272,9 +274,9 @@ export class PctChooser implements Chooser {
   choose(step: number, runnable: number[], spinning: boolean[]): number {
     const c = progressing(runnable, spinning);
     // Everyone waits: rotate, so a lock holder that spun recently is not starved by priority.
-    if (c.every((t) => spinning[t])) return c[step % c.length]!;
-    let best = c[0]!;
-    for (const t of c) if (this.prio[t]! > this.prio[best]!) best = t;
+    if (c.every((t) => spinning[t])) return c[step % c.length];
+    let best = c[0];
+    for (const t of c) if (this.prio[t] > this.prio[best]) best = t;
     const ch = this.changes.get(step);
     if (ch !== undefined) this.prio[best] = ch;
     return best;
@@ -284,8 +286,8 @@ export class PctChooser implements Chooser {
 class ReplayChooser implements Chooser {
   constructor(private readonly choices: number[]) {}
   choose(step: number, runnable: number[]): number {
-    if (step >= this.choices.length) return runnable[0]!;
-    return this.choices[step]!;
+    if (step >= this.choices.length) return runnable[0];
+    return this.choices[step];
   }
 }
 
@@ -299,24 +301,24 @@ class DfsChooser implements Chooser {
   }
   choose(step: number, runnable: number[], spinning: boolean[]): number {
     if (step < this.stack.length) {
-      const f = this.stack[step]!;
-      const t = f.options[f.idx]!;
+      const f = this.stack[step];
+      const t = f.options[f.idx];
       this.last = t;
       return t;
     }
     const c = progressing(runnable, spinning);
     // The non-preemptive choice (keep running the last thread) comes first.
     const options = c.includes(this.last) ? [this.last, ...c.filter((t) => t !== this.last)] : [...c];
-    const before = step > 0 ? this.stack[step - 1]!.preemptions : 0;
+    const before = step > 0 ? this.stack[step - 1].preemptions : 0;
     this.stack.push({ options, idx: 0, preemptions: before });
     this.last = options[0]!;
-    return options[0]!;
+    return options[0];
   }
   /** Moves to the next schedule; false when the bounded space is exhausted. */
   next(): boolean {
     while (this.stack.length) {
-      const f = this.stack[this.stack.length - 1]!;
-      const base = this.stack.length > 1 ? this.stack[this.stack.length - 2]!.preemptions : 0;
+      const f = this.stack[this.stack.length - 1];
+      const base = this.stack.length > 1 ? this.stack[this.stack.length - 2].preemptions : 0;
       if (f.idx + 1 < f.options.length && base + 1 <= this.bound) {
         f.idx++;
         f.preemptions = base + 1;
@@ -344,7 +346,11 @@ export interface ExploreOptions {
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const s = SCENARIOS[o.scenario];
-  if (!s) throw einval("--scenario", `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`);
+  if (!s)
+    throw einval(
+      "--scenario",
+      `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
+    );
   const ex = new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false);
   const t0 = performance.now();
   let schedules = 0;
@@ -359,14 +365,20 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       if (dfs) {
         dfs.begin();
         chooser = dfs;
-      } else if (o.strategy === "pct") chooser = new PctChooser(rng, s.threads.length, o.pctDepth ?? 3, estSteps);
+      } else if (o.strategy === "pct")
+        chooser = new PctChooser(rng, s.threads.length, o.pctDepth ?? 3, estSteps);
       else chooser = new RandomChooser(rng);
       const r = ex.runOnce(chooser);
       schedules++;
       if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
       if (r.violation) {
         violations++;
-        first ??= { schedule: encodeSchedule(s.name, o.bug, r.choices), invariant: r.violation, trace: r.trace, steps: r.choices.length };
+        first ??= {
+          schedule: encodeSchedule(s.name, o.bug, r.choices),
+          invariant: r.violation,
+          trace: r.trace,
+          steps: r.choices.length,
+        };
         if (!o.all) break;
       }
       if (dfs && !dfs.next()) break;
@@ -390,12 +402,24 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
 }
 
 /** Re-runs one schedule exactly. */
-export async function replay(schedule: string): Promise<{ violation: string | null; trace: Record<string, TraceEntry[]>; steps: number; schedule: string }> {
+export async function replay(
+  schedule: string,
+): Promise<{
+  violation: string | null;
+  trace: Record<string, TraceEntry[]>;
+  steps: number;
+  schedule: string;
+}> {
   const d = decodeSchedule(schedule);
-  const ex = new Explorer(SCENARIOS[d.scenario]!, d.bug);
+  const ex = new Explorer(SCENARIOS[d.scenario], d.bug);
   try {
     const r = ex.runOnce(new ReplayChooser(d.choices));
-    return { violation: r.violation, trace: r.trace, steps: r.choices.length, schedule: encodeSchedule(d.scenario, d.bug, r.choices) };
+    return {
+      violation: r.violation,
+      trace: r.trace,
+      steps: r.choices.length,
+      schedule: encodeSchedule(d.scenario, d.bug, r.choices),
+    };
   } finally {
     await ex.close();
   }

@@ -44,12 +44,22 @@ for (;;) {
   const m = receiveMessageOnPort(d.port)?.message as RunMsg | undefined;
   if (!m) throw new Error("explore worker: no run message");
   const kvm = new Kvm(m.shared);
-  const scenario = SCENARIOS[m.scenario]!;
+  const scenario = SCENARIOS[m.scenario];
   const scratch = new Int32Array(m.scratch);
   let state = TS_DONE;
-  installControlledHook(sc, d.tid, [m.shared.spt, m.shared.rmapPool, m.shared.desc, m.shared.bitmapPool, m.shared.vcpu, m.shared.ctl, m.shared.mem, m.shared.hpt, m.shared.spHdr]);
+  installControlledHook(sc, d.tid, [
+    m.shared.spt,
+    m.shared.rmapPool,
+    m.shared.desc,
+    m.shared.bitmapPool,
+    m.shared.vcpu,
+    m.shared.ctl,
+    m.shared.mem,
+    m.shared.hpt,
+    m.shared.spHdr,
+  ]);
   try {
-    scenario.threads[d.tid]!.run(kvm, scratch);
+    scenario.threads[d.tid].run(kvm, scratch);
   } catch (e) {
     if (e instanceof SchedAbort) state = TS_ABORTED;
     else {

@@ -7,7 +7,15 @@
  * Setup runs on the controller thread without the hook; threads run in explore workers with it.
  * Slot 0 is 4 MiB at gpa 0 (gfns 0..1023, two 2 MiB blocks); vCPU ids are the thread indices.
  */
-import { BugName, Kvm, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, PAGE_WORDS, SP_GFN, SP_STRIDE } from "../kvm_host.js";
+import {
+  BugName,
+  Kvm,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  PAGE_SIZE,
+  PAGE_WORDS,
+  SP_GFN,
+  SP_STRIDE,
+} from "../kvm_host.js";
 import { Vm, VmOptions } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
@@ -59,12 +67,24 @@ function makeVm(wp: "locked" | "lockless", bugs: BugName[]): VmOptions {
 
 function slot(vm: Vm, thp: boolean, logged: boolean): number {
   const hva = vm.mmap(SLOT_BYTES, { thp });
-  vm.setUserMemoryRegion({ slot: 0, flags: logged ? KVM_MEM_LOG_DIRTY_PAGES : 0, guestPhysAddr: 0, memorySize: SLOT_BYTES, userspaceAddr: hva });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    flags: logged ? KVM_MEM_LOG_DIRTY_PAGES : 0,
+    guestPhysAddr: 0,
+    memorySize: SLOT_BYTES,
+    userspaceAddr: hva,
+  });
   return hva / PAGE_SIZE;
 }
 
 function enableLogging(vm: Vm, hvaPage: number): void {
-  vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: 0, memorySize: SLOT_BYTES, userspaceAddr: hvaPage * PAGE_SIZE });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: 0,
+    memorySize: SLOT_BYTES,
+    userspaceAddr: hvaPage * PAGE_SIZE,
+  });
 }
 
 /** Guest writes from the controller thread, before the run (vCPU `id` ends outside guest mode). */
@@ -98,12 +118,16 @@ function harvest(kvm: Kvm): Uint32Array {
 }
 
 function pageWord(kvm: Kvm, hvaPage: number): number {
-  return aload(kvm.mem, aload(kvm.hpt, hvaPage) >>> 1 === 0 ? 0 : (aload(kvm.hpt, hvaPage) >>> 1) * PAGE_WORDS);
+  return aload(
+    kvm.mem,
+    aload(kvm.hpt, hvaPage) >>> 1 === 0 ? 0 : (aload(kvm.hpt, hvaPage) >>> 1) * PAGE_WORDS,
+  );
 }
 
 /** The "migration" side of the QEMU-style oracle: copy the pages a bitmap reports. */
 function copyReported(kvm: Kvm, hvaBase: number, bm: Uint32Array, scratch: Int32Array): void {
-  for (let g = 0; g < NPAGES; g++) if ((bm[g >>> 5]! >>> (g & 31)) & 1) scratch[g] = pageWord(kvm, hvaBase + g);
+  for (let g = 0; g < NPAGES; g++)
+    if ((bm[g >>> 5] >>> (g & 31)) & 1) scratch[g] = pageWord(kvm, hvaBase + g);
 }
 
 function copyAll(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
@@ -132,18 +156,25 @@ function aliasSpte(kvm: Kvm, gfn: number, pfn: number): number {
   const sp = kvm_mmu_get_page(kvm, gfn, 1);
   kvm.spHdr[sp * SP_STRIDE + SP_GFN] = gfn;
   const sptep = sp * PT64_ENT_PER_PAGE;
-  kvm.spt[sptep] = PT_PRESENT_MASK | PT_USER_MASK | PT_WRITABLE_MASK | SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE | (pfn << SPTE_PFN_SHIFT);
+  kvm.spt[sptep] =
+    PT_PRESENT_MASK |
+    PT_USER_MASK |
+    PT_WRITABLE_MASK |
+    SPTE_HOST_WRITEABLE |
+    SPTE_MMU_WRITEABLE |
+    (pfn << SPTE_PFN_SHIFT);
   rmap_add(kvm, sptep, gfn, 1);
   return sptep;
 }
 
 function markDirty(kvm: Kvm, gfn: number): void {
-  kvm.bitmapPool[kvm.slots[0 + 8]! + (gfn >>> 5)]! |= 1 << (gfn & 31);
+  kvm.bitmapPool[kvm.slots[0 + 8] + (gfn >>> 5)] |= 1 << (gfn & 31);
 }
 
 function writableLeft(kvm: Kvm, sptes: number[], names: string[]): string | null {
   for (let i = 0; i < sptes.length; i++)
-    if (is_writable_pte(kvm.spt[sptes[i]!]!)) return `spte ${names[i]} (${sptes[i]}) is still writable after get-dirty-log reported its gfn`;
+    if (is_writable_pte(kvm.spt[sptes[i]]))
+      return `spte ${names[i]} (${sptes[i]}) is still writable after get-dirty-log reported its gfn`;
   return null;
 }
 
@@ -180,7 +211,8 @@ export const SCENARIOS: Record<string, Scenario> = {
     name: "skip-flush",
     bug: "skip-flush",
     auditable: true,
-    description: "a vCPU keeps writing through its TLB while get-dirty-log protects the page and migration copies it",
+    description:
+      "a vCPU keeps writing through its TLB while get-dirty-log protects the page and migration copies it",
     vmOptions: (bugs) => makeVm("lockless", bugs),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
@@ -201,10 +233,10 @@ export const SCENARIOS: Record<string, Scenario> = {
       },
       {
         name: "migration",
-        run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0]!, harvest(kvm), scratch),
+        run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0], harvest(kvm), scratch),
       },
     ],
-    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0]!, scratch),
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
   },
 
   "fast-pf-large": {
@@ -231,9 +263,12 @@ export const SCENARIOS: Record<string, Scenario> = {
             v.write64(9, 0, 12, 0);
           }),
       },
-      { name: "migration", run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0]!, harvest(kvm), scratch) },
+      {
+        name: "migration",
+        run: (kvm, scratch) => copyReported(kvm, scratch[S_EXTRA + HVA0], harvest(kvm), scratch),
+      },
     ],
-    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0]!, scratch) ?? auditCheck(vm),
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0], scratch) ?? auditCheck(vm),
   },
 
   "backward-move": {
@@ -258,7 +293,7 @@ export const SCENARIOS: Record<string, Scenario> = {
         run: (kvm, scratch) => {
           kvm.mmu_lock.lock();
           try {
-            drop_spte(kvm, scratch[S_EXTRA]!);
+            drop_spte(kvm, scratch[S_EXTRA]);
           } finally {
             kvm.mmu_lock.unlock();
           }
@@ -266,14 +301,15 @@ export const SCENARIOS: Record<string, Scenario> = {
       },
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
     ],
-    check: (vm, scratch) => writableLeft(vm.kvm, [scratch[S_EXTRA + 1]!, scratch[S_EXTRA + 2]!], ["B", "C"]),
+    check: (vm, scratch) => writableLeft(vm.kvm, [scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]], ["B", "C"]),
   },
 
   "no-nulls-check": {
     name: "no-nulls-check",
     bug: "no-nulls-check",
     auditable: false,
-    description: "get-dirty-log walks rmap X = [E] -> [A, B, C] while E is removed and its descriptor is reused by rmap Y",
+    description:
+      "get-dirty-log walks rmap X = [E] -> [A, B, C] while E is removed and its descriptor is reused by rmap Y",
     vmOptions: (bugs) => makeVm("lockless", bugs),
     scratchWords: S_EXTRA + 8,
     setup(vm, scratch) {
@@ -293,7 +329,7 @@ export const SCENARIOS: Record<string, Scenario> = {
         run: (kvm, scratch) => {
           kvm.mmu_lock.lock();
           try {
-            drop_spte(kvm, scratch[S_EXTRA + 3]!); // frees E's descriptor
+            drop_spte(kvm, scratch[S_EXTRA + 3]); // frees E's descriptor
             aliasSpte(kvm, G + 1, hva_to_pfn(kvm, 1)); // Y becomes a chain: reuses it
           } finally {
             kvm.mmu_lock.unlock();
@@ -303,7 +339,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
     ],
     check: (vm, scratch) =>
-      writableLeft(vm.kvm, [scratch[S_EXTRA]!, scratch[S_EXTRA + 1]!, scratch[S_EXTRA + 2]!], ["A", "B", "C"]),
+      writableLeft(vm.kvm, [scratch[S_EXTRA], scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]], ["A", "B", "C"]),
   },
 
   "plain-clear": {
@@ -321,7 +357,10 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
     threads: [
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
-      { name: "host-migrate", run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0]! + G, notifierOf(kvm)) },
+      {
+        name: "host-migrate",
+        run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0] + G, notifierOf(kvm)),
+      },
       { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 9, 0)) },
     ],
     check: auditCheck,
@@ -357,10 +396,11 @@ export const SCENARIOS: Record<string, Scenario> = {
       { name: "vcpu1", run: (kvm) => asVcpu(kvm, 1, (v) => v.write64(512 + G, 0, 0xb, 0)) },
     ],
     check(vm, scratch) {
-      const hva = scratch[S_EXTRA + HVA0]!;
+      const hva = scratch[S_EXTRA + HVA0];
       const a = pageWord(vm.kvm, hva + G);
       const b = pageWord(vm.kvm, hva + 512 + G);
-      if (a !== 0xa || b !== 0xb) return `guest write went to the wrong frame: gfn ${G} holds ${a} (want 10), gfn ${512 + G} holds ${b} (want 11)`;
+      if (a !== 0xa || b !== 0xb)
+        return `guest write went to the wrong frame: gfn ${G} holds ${a} (want 10), gfn ${512 + G} holds ${b} (want 11)`;
       return auditCheck(vm);
     },
   },
@@ -380,11 +420,15 @@ export const SCENARIOS: Record<string, Scenario> = {
     },
     threads: [
       { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 0xa, 0)) },
-      { name: "host-migrate", run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0]! + G, notifierOf(kvm)) },
+      {
+        name: "host-migrate",
+        run: (kvm, scratch) => void host_migrate_page(kvm, scratch[S_EXTRA + HVA0] + G, notifierOf(kvm)),
+      },
     ],
     check(vm, scratch) {
-      const w = pageWord(vm.kvm, scratch[S_EXTRA + HVA0]! + G);
-      if (w !== 0xa) return `guest write lost: gfn ${G} holds ${w} through the host mapping (want 10): the vCPU wrote a stale frame`;
+      const w = pageWord(vm.kvm, scratch[S_EXTRA + HVA0] + G);
+      if (w !== 0xa)
+        return `guest write lost: gfn ${G} holds ${w} through the host mapping (want 10): the vCPU wrote a stale frame`;
       return auditCheck(vm);
     },
   },

@@ -2,8 +2,20 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Vm, WpName } from "../../src/vm.js";
 import { audit } from "../../src/verify/audit.js";
-import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, VCPU_PASSES, VCPU_STRIDE, CTL_ROOT } from "../../src/kvm_host.js";
-import { is_shadow_present_pte, is_last_spte, PT64_ENT_PER_PAGE, PT_WRITABLE_MASK, spte_to_child_sp } from "../../src/mmu/spte.js";
+import {
+  KVM_MEM_LOG_DIRTY_PAGES,
+  PAGE_SIZE,
+  VCPU_PASSES,
+  VCPU_STRIDE,
+  CTL_ROOT,
+} from "../../src/kvm_host.js";
+import {
+  is_shadow_present_pte,
+  is_last_spte,
+  PT64_ENT_PER_PAGE,
+  PT_WRITABLE_MASK,
+  spte_to_child_sp,
+} from "../../src/mmu/spte.js";
 
 async function runAndQuiesce(wp: WpName): Promise<Vm> {
   const vm = Vm.create({ memory: 40 << 20, wp, maxVcpus: 2 });
@@ -14,14 +26,21 @@ async function runAndQuiesce(wp: WpName): Promise<Vm> {
   const pages = bytes / PAGE_SIZE / 2;
   vm.createVcpu(0);
   vm.createVcpu(1);
-  await vm.run((id) => ({ kind: "memstress", baseGfn: (1 << 18) + id * pages, pages, writePercent: 70, random: true, seed: 3 }));
+  await vm.run((id) => ({
+    kind: "memstress",
+    baseGfn: (1 << 18) + id * pages,
+    pages,
+    writePercent: 70,
+    random: true,
+    seed: 3,
+  }));
   const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, i * VCPU_STRIDE + VCPU_PASSES));
   while (Math.min(...passes()) < 1) await new Promise((r) => setTimeout(r, 2));
   vm.setUserMemoryRegion({ ...region, flags: KVM_MEM_LOG_DIRTY_PAGES });
   await vm.startHostThread({ migrateRate: 500, invalidateRate: 100 });
   for (let i = 0; i < 4; i++) {
     const p = passes();
-    while (passes().some((x, k) => x < p[k]! + 1)) await new Promise((r) => setTimeout(r, 2));
+    while (passes().some((x, k) => x < p[k] + 1)) await new Promise((r) => setTimeout(r, 2));
     vm.getDirtyLog(0);
   }
   await vm.pause();
@@ -48,22 +67,26 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
     assert.deepEqual(audit(vm.kvm), []);
     // Find a present leaf and make it writable behind the dirty log's back.
     const kvm = vm.kvm;
-    let sp = kvm.ctl[CTL_ROOT]!;
+    let sp = kvm.ctl[CTL_ROOT];
     for (let level = 4; level > 1; level--) {
       let next = -1;
       for (let i = 0; i < PT64_ENT_PER_PAGE && next < 0; i++) {
-        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i]!;
+        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i];
         if (is_shadow_present_pte(s) && !is_last_spte(s, level)) next = spte_to_child_sp(s);
       }
       assert.ok(next > 0, "a path to a leaf table exists");
       sp = next;
     }
     let leaf = -1;
-    for (let i = 0; i < PT64_ENT_PER_PAGE && leaf < 0; i++) if (is_shadow_present_pte(kvm.spt[sp * PT64_ENT_PER_PAGE + i]!)) leaf = sp * PT64_ENT_PER_PAGE + i;
+    for (let i = 0; i < PT64_ENT_PER_PAGE && leaf < 0; i++)
+      if (is_shadow_present_pte(kvm.spt[sp * PT64_ENT_PER_PAGE + i])) leaf = sp * PT64_ENT_PER_PAGE + i;
     assert.ok(leaf >= 0);
-    kvm.spt[leaf]! |= PT_WRITABLE_MASK;
+    kvm.spt[leaf] |= PT_WRITABLE_MASK;
     const bad = audit(kvm);
-    assert.ok(bad.some((m) => m.includes("dirty bit clear")), bad.join("\n"));
+    assert.ok(
+      bad.some((m) => m.includes("dirty bit clear")),
+      bad.join("\n"),
+    );
   } finally {
     await vm.stop();
   }

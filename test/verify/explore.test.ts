@@ -8,18 +8,39 @@ const bugs = Object.keys(BUG) as BugName[];
 
 for (const bug of bugs) {
   test(`explore finds bug ${bug} and not its fixed twin`, async () => {
-    const found = await explore({ scenario: BUG_SCENARIO[bug], strategy: "pct", schedules: 1000, seed: 1, bug: true, all: false });
+    const found = await explore({
+      scenario: BUG_SCENARIO[bug],
+      strategy: "pct",
+      schedules: 1000,
+      seed: 1,
+      bug: true,
+      all: false,
+    });
     assert.equal(found.violations, 1, `bug ${bug} not found in ${found.schedules} schedules`);
     assert.ok(found.firstViolation);
     assert.match(found.firstViolation.schedule, new RegExp(`^${BUG_SCENARIO[bug]}@bug:`));
-    const fixed = await explore({ scenario: BUG_SCENARIO[bug], strategy: "pct", schedules: 60, seed: 1, bug: false, all: false });
+    const fixed = await explore({
+      scenario: BUG_SCENARIO[bug],
+      strategy: "pct",
+      schedules: 60,
+      seed: 1,
+      bug: false,
+      all: false,
+    });
     assert.equal(fixed.schedules, 60);
     assert.equal(fixed.violations, 0, fixed.firstViolation?.invariant);
   });
 }
 
 test("a failing schedule replays exactly, twice", async () => {
-  const r = await explore({ scenario: "skip-flush", strategy: "pct", schedules: 2000, seed: 1, bug: true, all: false });
+  const r = await explore({
+    scenario: "skip-flush",
+    strategy: "pct",
+    schedules: 2000,
+    seed: 1,
+    bug: true,
+    all: false,
+  });
   assert.ok(r.firstViolation, "pct finds skip-flush");
   const a = await replay(r.firstViolation.schedule);
   const b = await replay(r.firstViolation.schedule);
@@ -30,14 +51,38 @@ test("a failing schedule replays exactly, twice", async () => {
 });
 
 test("dfs enumerates distinct schedules and finds a bug", async () => {
-  const r = await explore({ scenario: "backward-move", strategy: "dfs", schedules: 3000, seed: 1, bug: true, all: false, preemptions: 2 });
+  const r = await explore({
+    scenario: "backward-move",
+    strategy: "dfs",
+    schedules: 3000,
+    seed: 1,
+    bug: true,
+    all: false,
+    preemptions: 2,
+  });
   assert.equal(r.violations, 1);
 });
 
 test("the structural audit runs after every step and stays clean without bugs", async () => {
-  const r = await explore({ scenario: "no-notifier-retry", strategy: "random", schedules: 40, seed: 3, bug: false, all: false, auditEveryStep: true });
+  const r = await explore({
+    scenario: "no-notifier-retry",
+    strategy: "random",
+    schedules: 40,
+    seed: 3,
+    bug: false,
+    all: false,
+    auditEveryStep: true,
+  });
   assert.equal(r.violations, 0, r.firstViolation?.invariant);
-  const b = await explore({ scenario: "no-notifier-retry", strategy: "pct", schedules: 1000, seed: 1, bug: true, all: false, auditEveryStep: true });
+  const b = await explore({
+    scenario: "no-notifier-retry",
+    strategy: "pct",
+    schedules: 1000,
+    seed: 1,
+    bug: true,
+    all: false,
+    auditEveryStep: true,
+  });
   assert.equal(b.violations, 1);
   assert.match(b.firstViolation!.invariant, /audit after step|guest write lost/);
 });

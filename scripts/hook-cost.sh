@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# What the controlled-scheduling hook costs when it is off: builds a copy of the engine with the
+# hook calls removed from src/sync/atomic.ts, then runs dirty-log-perf alternately with the real
+# build and the copy (same flags, same seed) and prints both medians.
+#   scripts/hook-cost.sh [rounds] [dirty-log-perf flags...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}; shift || true
+flags=("$@"); [ ${#flags[@]} -gt 0 ] || flags=(-i 6 --contention none --park)
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+cp -r src tsconfig.json package.json "$tmp"/
+ln -s "$PWD/node_modules" "$tmp/node_modules"
+sed -i '/if (hook !== null) hook(/d' "$tmp/src/sync/atomic.ts"
+sed -i 's/"include": \[.*\]/"include": ["src\/**\/*.ts"]/' "$tmp/tsconfig.json"
+npx tsc -p "$tmp/tsconfig.json" --noUnusedLocals false
+npm run build --silent
+for r in $(seq "$rounds"); do
+  for v in with without; do
+    main=dist/src/cli/main.js; [ $v = without ] && main="$tmp/dist/src/cli/main.js"
+    node "$main" dirty-log-perf "${flags[@]}" --json | node -e '
+      let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{const r=JSON.parse(s);
+      for (const [k,v] of Object.entries(r.results)) console.log(process.argv[1], k, v.avgGetDirtyLogNs.toFixed(0), v.guestWritesPerSec.toFixed(0));})' "$v"
+  done
+done | node -e '
+  let s="";process.stdin.on("data",d=>s+=d).on("end",()=>{
+    const m={};for(const l of s.trim().split("\n")){const [v,k,g,w]=l.split(" ");(m[v+" "+k]??=[]).push([+g,+w]);}
+    const med=a=>{a=[...a].sort((x,y)=>x-y);return a[a.length>>1];};
+    for(const [key,rows] of Object.entries(m)) console.log(key.padEnd(18),"median get-dirty-log",(med(rows.map(r=>r[0]))/1e6).toFixed(2),"ms, median guest writes/s",(med(rows.map(r=>r[1]))/1e6).toFixed(3),"M");
+    for (const k of ["locked","lockless"]) { const a=m["with "+k], b=m["without "+k]; if(a&&b) console.log(k, "hook on/off: get-dirty-log", (med(a.map(r=>r[0]))/med(b.map(r=>r[0]))).toFixed(3)+"x, guest throughput", (med(a.map(r=>r[1]))/med(b.map(r=>r[1]))).toFixed(3)+"x"); }
+  })'

@@ -1,0 +1,67 @@
+/**
+ * The bug catalog's figures: for every bug, schedules until `explore` finds it (PCT, seeds
+ * 1..5, budget 2000; the median is reported), then the same scenario without the bug over the
+ * full budget (must be 0 violations), and explored steps per second.
+ *   node dist/src/bench/catalog.js [--json] [--budget N] [--seeds K]
+ */
+import { explore } from "../verify/explore.js";
+import { BUG_SCENARIO } from "../verify/scenarios.js";
+import { BUG, BugName } from "../kvm_host.js";
+
+const arg = (k: string, d: number): number => {
+  const i = process.argv.indexOf(k);
+  return i >= 0 ? Number(process.argv[i + 1]) : d;
+};
+const budget = arg("--budget", 2000);
+const seeds = arg("--seeds", 5);
+const rows: {
+  bug: BugName;
+  toFind: (number | null)[];
+  median: number | null;
+  fixedSchedules: number;
+  fixedViolations: number;
+  stepsPerSec: number;
+}[] = [];
+for (const bug of Object.keys(BUG) as BugName[]) {
+  const toFind: (number | null)[] = [];
+  let steps = 0;
+  let ms = 0;
+  for (let seed = 1; seed <= seeds; seed++) {
+    const r = await explore({
+      scenario: BUG_SCENARIO[bug],
+      strategy: "pct",
+      schedules: budget,
+      seed,
+      bug: true,
+      all: false,
+    });
+    toFind.push(r.violations ? r.schedules : null);
+    steps += r.steps;
+    ms += r.elapsedMs;
+  }
+  const fixed = await explore({
+    scenario: BUG_SCENARIO[bug],
+    strategy: "pct",
+    schedules: budget,
+    seed: 1,
+    bug: false,
+    all: false,
+  });
+  steps += fixed.steps;
+  ms += fixed.elapsedMs;
+  const found = toFind.filter((x): x is number => x !== null).sort((a, b) => a - b);
+  const median = found.length === toFind.length ? found[found.length >> 1] : null;
+  rows.push({
+    bug,
+    toFind,
+    median,
+    fixedSchedules: fixed.schedules,
+    fixedViolations: fixed.violations,
+    stepsPerSec: steps / (ms / 1000),
+  });
+  if (!process.argv.includes("--json"))
+    process.stdout.write(
+      `${bug.padEnd(18)} found after ${toFind.map((x) => x ?? "-").join(", ")} schedules (median ${median ?? "not found"}); fixed: ${fixed.violations} violations in ${fixed.schedules}; ${Math.round(steps / (ms / 1000))} steps/s\n`,
+    );
+}
+if (process.argv.includes("--json")) process.stdout.write(JSON.stringify({ budget, seeds, rows }) + "\n");
