@@ -1,0 +1,122 @@
+/** `kvmmu dirty-log-test`: KVM's dirty_log_test, with a second, migration-style oracle. */
+import { Command } from "commander";
+import {
+  dirtyLogTest,
+  DirtyLogTestResult,
+  OracleName,
+  OracleResult,
+  ORACLES,
+  STRATEGIES,
+} from "../verify/dirty_log_test.js";
+import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
+import { einval } from "../errors.js";
+import type { WpName } from "../vm.js";
+import { BUG, BugName } from "../kvm_host.js";
+
+function mib(bytes: number): string {
+  return bytes % 2 ** 20 === 0 ? `${bytes / 2 ** 20} MiB` : `${bytes / 1024} KiB`;
+}
+
+export function formatDirtyLogTest(r: DirtyLogTestResult): string {
+  const o = r.options;
+  const out: string[] = [];
+  const churn =
+    o.migrateRate > 0 || o.invalidateRate > 0
+      ? `migrate ${o.migrateRate}/s, invalidate ${o.invalidateRate}/s`
+      : "off";
+  out.push(
+    `dirty-log-test: ${o.vcpus} vCPUs x ${mib(o.bytesPerVcpu)}, slot of ${r.slotPages} pages at guest-physical ${r.slotGpa}, ` +
+      `interval ${o.intervalMs} ms, THP ${o.thp ? "on" : "off"}, notifier churn ${churn}, seed ${o.seed}; ` +
+      `${r.machine.cpus} CPUs, node ${r.machine.node}`,
+  );
+  for (const [wp, per] of Object.entries(r.results) as [
+    WpName,
+    Partial<Record<OracleName, OracleResult>>,
+  ][]) {
+    for (const [oracle, x] of Object.entries(per) as [OracleName, OracleResult][]) {
+      const what =
+        oracle === "kvm"
+          ? `dirty ${x.dirtyPages}, clean ${x.cleanPages}, guest writes ${x.guestWrites}`
+          : `pages copied ${x.dirtyPages}, guest writes ${x.guestWrites}`;
+      out.push(
+        `[${wp}] ${oracle}: ${x.iterations} ${oracle === "kvm" ? "iterations" : "checks"}, ${what}; ` +
+          `pages checked ${x.pagesChecked}, violations ${x.violations}; ` +
+          `host thread ${x.host.migrations} migrations, ${x.host.invalidations} invalidations; ` +
+          `${(x.durationMs / 1000).toFixed(2)} s (verify ${(x.verifyMs / 1000).toFixed(2)} s)`,
+      );
+    }
+  }
+  for (const v of r.firstViolations)
+    out.push(
+      `  violation: [${v.wp}] ${v.oracle} iteration ${v.iteration} page ${v.page} (gpa ${v.gpa}): ${v.what}`,
+    );
+  if (r.violations > r.firstViolations.length)
+    out.push(`  ... ${r.violations - r.firstViolations.length} more`);
+  out.push(
+    `Total: ${r.iterations} iterations, ${r.pagesChecked} pages checked (${Math.round(r.pagesCheckedPerSec)}/s), ` +
+      `${r.violations} violations in ${(r.durationMs / 1000).toFixed(2)} s: ${r.violations === 0 ? "PASS" : "FAIL"}`,
+  );
+  return out.join("\n");
+}
+
+export function registerDirtyLogTest(program: Command): void {
+  program
+    .command("dirty-log-test")
+    .description(
+      "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect strategy",
+    )
+    .option("-i, --iterations <n>", "verified iterations per strategy and oracle", "32")
+    .option("--seconds <s>", "run for this long in all instead (split over strategies and oracles)")
+    .option("-I, --interval <ms>", "interval per iteration, ms (a random mid-run reap falls inside it)", "10")
+    .option("-v, --vcpus <n>", "vCPUs, each writing its own region", "2")
+    .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "64M")
+    .option("--wp <list>", "write-protect strategies", "locked,lockless")
+    .option(
+      "--oracle <list>",
+      "kvm (exact stamp check), qemu (migration copy must equal the source)",
+      "kvm,qemu",
+    )
+    .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option("--no-notifier", "no MMU-notifier churn (page migration, invalidations) from the host thread")
+    .option("--migrate-rate <n>", "page migrations per second", "200")
+    .option("--invalidate-rate <n>", "2 MiB invalidations per second", "50")
+    .option("--seed <n>", "RNG seed (guest page choice, reap delays, host thread)", "1")
+    .option(
+      "--bug <list>",
+      `switch on engine bugs of the catalog, as a negative control (${Object.keys(BUG).join(", ")})`,
+    )
+    .option("--json", "print one JSON object on stdout", false)
+    .action(async (a: Record<string, string | boolean | undefined>) => {
+      const bytes = parseSize("--bytes", String(a["bytes"]));
+      if (bytes < 4096 || bytes % 4096 !== 0)
+        throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
+      const vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
+      if (vcpus * bytes > 16 * 2 ** 30) throw einval("--bytes", "vCPUs x bytes is over 16 GiB");
+      const notifier = a["notifier"] !== false;
+      const r = await dirtyLogTest({
+        iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 1_000_000),
+        seconds:
+          a["seconds"] === undefined
+            ? undefined
+            : parseNumberIn("--seconds", String(a["seconds"]), 0.001, 1e7),
+        intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
+        vcpus,
+        bytesPerVcpu: bytes,
+        wp: parseList("--wp", String(a["wp"]), STRATEGIES),
+        oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
+        thp: a["thp"] !== false,
+        migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
+        invalidateRate: notifier
+          ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6)
+          : 0,
+        seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
+        bugs:
+          a["bug"] === undefined
+            ? undefined
+            : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
+        progress,
+      });
+      process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatDirtyLogTest(r) + "\n");
+      if (r.violations > 0) process.exitCode = 1;
+    });
+}

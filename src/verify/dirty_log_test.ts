@@ -1,0 +1,638 @@
+/**
+ * dirty-log-test: KVM's dirty_log_test (current generation, reference kvm-selftests.md §2) run
+ * against this engine's KVM_GET_DIRTY_LOG, for each write-protect strategy, with two oracles.
+ *
+ * `kvm` (§2.4, §2.5): the vCPUs store the iteration number into random pages. One iteration:
+ * publish the iteration, let the vCPUs run for the interval (and at least 256 stores), collect
+ * bmap0 once at a random point while they write, park them at the sync point, pause the host
+ * thread, collect bmap1, then check every page of the slot exactly:
+ *
+ *     dirty (bmap0 | bmap1)  =>  value == iteration     (else a stale or spurious report)
+ *     clean                  =>  value <  iteration     (else a lost dirty bit)
+ *
+ * Only dirty-log mode exists here (destructive GET, no INITIALLY_SET, no ring), so none of the
+ * three exceptions of §2.5 applies.
+ *
+ * `qemu`: live migration as QEMU does it with the same ioctl. The vCPUs increment words of
+ * every page of their region, pass after pass. The first harvest is followed by a copy of every
+ * page into a destination buffer; each later round harvests and copies the pages reported
+ * dirty, while the vCPUs keep writing. Then the vCPUs are parked and the host thread paused; a
+ * final harvest and copy must leave the destination equal to guest memory, page for page.
+ *
+ * Both run with a host thread that migrates guest pages and invalidates 2 MiB ranges through
+ * the MMU notifier (churn), and with THP-backed memory, unless turned off. The slot is created
+ * with KVM_MEM_LOG_DIRTY_PAGES already set, and is a few pages longer than the vCPU regions
+ * (3 by default, as KVM's 2^18 + 3) so the bitmap's tail word is partial; the extra pages belong
+ * to the last vCPU.
+ */
+import { Vm, WpName } from "../vm.js";
+import { BugName, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { ParkMiller } from "../workload/rng.js";
+import {
+  DLG_ITERATION,
+  DLG_PARKED,
+  DLG_STOP,
+  DLG_VCPU_BASE,
+  DLG_VCPU_STRIDE,
+  DLG_WRITES,
+  dlgCtlWords,
+} from "../workload/dirty_log_guest.js";
+
+export type OracleName = "kvm" | "qemu";
+export const ORACLES: readonly OracleName[] = ["kvm", "qemu"];
+export const STRATEGIES: readonly WpName[] = ["locked", "lockless"];
+
+/** Which harvest a bitmap came from (for harvestFilter). */
+export type HarvestPhase = "mid-run" | "final" | "live-round";
+
+export interface DirtyLogTestOptions {
+  /** Iterations per (strategy, oracle) run. Ignored when `seconds` is set. */
+  iterations: number;
+  /** Wall-clock budget for the whole test, split evenly over the runs; overrides iterations. */
+  seconds?: number;
+  /** Interval per iteration (kvm) or per live round (qemu), ms. */
+  intervalMs: number;
+  vcpus: number;
+  /** Guest memory per vCPU, bytes (a multiple of 4 KiB). */
+  bytesPerVcpu: number;
+  wp: WpName[];
+  oracles: OracleName[];
+  thp: boolean;
+  /** MMU-notifier churn: page migrations and 2 MiB invalidations per second; 0 and 0 = off. */
+  migrateRate: number;
+  invalidateRate: number;
+  seed: number;
+  /** Pages added to the slot beyond the vCPU regions (default 3). */
+  extraPages?: number;
+  /** Live harvest-and-copy rounds per check, qemu oracle (default 3). */
+  qemuRounds?: number;
+  /** Guest-physical address of the test slot (default: the top of a 40-bit space, 2 MiB aligned). */
+  gpa?: number;
+  /** Bugs of the catalog to switch on in the engine (src/kvm_host.ts BUG). */
+  bugs?: BugName[];
+  /** Violations whose details are kept, per strategy and oracle (default 5). */
+  maxViolationDetails?: number;
+  /**
+   * Test-only: called on every bitmap getDirtyLog returns, before the oracle uses it. A filter
+   * that clears bits plays a broken harvester (negative controls).
+   */
+  harvestFilter?: (bitmap: Uint32Array, phase: HarvestPhase) => void;
+  progress?: (msg: string) => void;
+}
+
+export interface Violation {
+  wp: WpName;
+  oracle: OracleName;
+  iteration: number;
+  /** Slot-relative page. */
+  page: number;
+  gpa: string;
+  what: string;
+}
+
+export interface OracleResult {
+  iterations: number;
+  pagesChecked: number;
+  violations: number;
+  /** kvm: pages reported dirty, summed over iterations; qemu: pages copied after the bulk copy. */
+  dirtyPages: number;
+  /** kvm: pages reported clean; qemu: pages whose copy matched the source at a check. */
+  cleanPages: number;
+  guestWrites: number;
+  harvests: number;
+  host: { migrations: number; invalidations: number };
+  durationMs: number;
+  /** Time spent reading guest memory and checking it. */
+  verifyMs: number;
+  pagesCheckedPerSec: number;
+}
+
+export interface DirtyLogTestResult {
+  iterations: number;
+  pagesChecked: number;
+  violations: number;
+  pagesCheckedPerSec: number;
+  durationMs: number;
+  slotPages: number;
+  slotGpa: string;
+  options: Omit<DirtyLogTestOptions, "harvestFilter" | "progress">;
+  results: Partial<Record<WpName, Partial<Record<OracleName, OracleResult>>>>;
+  firstViolations: Violation[];
+  machine: { cpus: number; node: string };
+}
+
+const TEST_SLOT = 1;
+/** The min-writes floor of §2.4. */
+const MIN_WRITES = 256;
+const PARK_TIMEOUT_MS = 30_000;
+const TWO_MIB = 2 << 20;
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+export function validateDirtyLogTestOptions(o: DirtyLogTestOptions): void {
+  const int = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x);
+  if (!int(o.iterations) || o.iterations < 1)
+    throw einval("iterations", `must be >= 1, got ${String(o.iterations)}`);
+  if (
+    o.seconds !== undefined &&
+    !(typeof o.seconds === "number" && o.seconds > 0 && Number.isFinite(o.seconds))
+  )
+    throw einval("seconds", `must be > 0, got ${String(o.seconds)}`);
+  if (!int(o.intervalMs) || o.intervalMs < 1 || o.intervalMs > 60_000)
+    throw einval("intervalMs", `must be 1..60000, got ${String(o.intervalMs)}`);
+  if (!int(o.vcpus) || o.vcpus < 1 || o.vcpus > 64)
+    throw einval("vcpus", `must be 1..64, got ${String(o.vcpus)}`);
+  if (!int(o.bytesPerVcpu) || o.bytesPerVcpu < PAGE_SIZE || o.bytesPerVcpu % PAGE_SIZE !== 0)
+    throw einval(
+      "bytesPerVcpu",
+      `must be a positive multiple of ${PAGE_SIZE}, got ${String(o.bytesPerVcpu)}`,
+    );
+  if (o.vcpus * o.bytesPerVcpu > 16 * 2 ** 30)
+    throw einval("bytesPerVcpu", "vcpus x bytesPerVcpu is over 16 GiB");
+  if (!Array.isArray(o.wp) || o.wp.length === 0 || o.wp.some((w) => !STRATEGIES.includes(w)))
+    throw einval("wp", `must be a non-empty list of ${STRATEGIES.join(", ")}`);
+  if (!Array.isArray(o.oracles) || o.oracles.length === 0 || o.oracles.some((w) => !ORACLES.includes(w)))
+    throw einval("oracles", `must be a non-empty list of ${ORACLES.join(", ")}`);
+  for (const k of ["migrateRate", "invalidateRate"] as const)
+    if (typeof o[k] !== "number" || !(o[k] >= 0) || !Number.isFinite(o[k]))
+      throw einval(k, `must be a rate >= 0, got ${String(o[k])}`);
+  if (!int(o.seed) || o.seed < 0 || o.seed > 2 ** 31 - 2) throw einval("seed", `must be 0..${2 ** 31 - 2}`);
+  const extra = o.extraPages ?? 3;
+  if (!int(extra) || extra < 0 || extra > 511) throw einval("extraPages", "must be 0..511");
+  const rounds = o.qemuRounds ?? 3;
+  if (!int(rounds) || rounds < 0 || rounds > 1000) throw einval("qemuRounds", "must be 0..1000");
+  if (o.maxViolationDetails !== undefined && (!int(o.maxViolationDetails) || o.maxViolationDetails < 0))
+    throw einval("maxViolationDetails", "must be >= 0");
+  if (o.gpa !== undefined) {
+    const slotBytes = o.vcpus * o.bytesPerVcpu + extra * PAGE_SIZE;
+    if (!int(o.gpa) || o.gpa < 0 || o.gpa % PAGE_SIZE !== 0 || o.gpa + slotBytes > 2 ** 40)
+      throw einval("gpa", "must be page-aligned, with the slot below 2^40");
+  }
+}
+
+/** One VM with the test slot and parked vCPUs running a dirty-log guest. */
+class Harness {
+  readonly vm: Vm;
+  readonly ctl: Int32Array;
+  readonly npages: number;
+  readonly gpa: number;
+  readonly bitmapWords: number;
+  readonly vcpus: number;
+  private readonly churn: boolean;
+  private hostRunning = false;
+
+  private constructor(vm: Vm, ctl: Int32Array, npages: number, gpa: number, vcpus: number, churn: boolean) {
+    this.vm = vm;
+    this.ctl = ctl;
+    this.npages = npages;
+    this.gpa = gpa;
+    this.vcpus = vcpus;
+    this.bitmapWords = Math.ceil(npages / 32);
+    this.churn = churn;
+  }
+
+  static async create(
+    wp: WpName,
+    oracle: OracleName,
+    o: DirtyLogTestOptions,
+    seed: number,
+  ): Promise<Harness> {
+    const pagesPer = o.bytesPerVcpu / PAGE_SIZE;
+    const extra = o.extraPages ?? 3;
+    const npages = o.vcpus * pagesPer + extra;
+    const gpa = o.gpa ?? slotGpa(npages);
+    const slotBytes = npages * PAGE_SIZE;
+    // Spare frames: alignment of the huge mappings, and page migration.
+    const memory = Math.ceil(slotBytes / TWO_MIB) * TWO_MIB + 4 * TWO_MIB;
+    const vm = Vm.create({ memory, wp, bugs: o.bugs ?? [], maxVcpus: o.vcpus, maxSlotPages: npages });
+    const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
+    const churn = o.migrateRate > 0 || o.invalidateRate > 0;
+    const h = new Harness(vm, ctl, npages, gpa, o.vcpus, churn);
+    try {
+      const hva = vm.mmap(slotBytes, { thp: o.thp });
+      // As KVM's test: the slot is created with dirty logging already on; nothing is populated.
+      vm.setUserMemoryRegion({
+        slot: TEST_SLOT,
+        flags: KVM_MEM_LOG_DIRTY_PAGES,
+        guestPhysAddr: gpa,
+        memorySize: slotBytes,
+        userspaceAddr: hva,
+      });
+      for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
+      Atomics.store(ctl, DLG_STOP, 1); // the vCPUs start parked (sem_vcpu_cont)
+      const baseGfn = gpa / PAGE_SIZE;
+      await vm.run((id) => {
+        const pages = pagesPer + (id === o.vcpus - 1 ? extra : 0);
+        const regionGfn = baseGfn + id * pagesPer;
+        return oracle === "kvm"
+          ? { kind: "dirty_log", ctl: ctl.buffer, baseGfn: regionGfn, pages, seed }
+          : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages };
+      });
+      await h.waitParked();
+      if (churn) {
+        await vm.startHostThread({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate, seed });
+        await vm.pauseHostThread();
+      }
+    } catch (e) {
+      await vm.stop();
+      throw e;
+    }
+    return h;
+  }
+
+  /** Σ stores published by the vCPUs (wrapping counters: compare differences). */
+  writes(): number {
+    let n = 0;
+    for (let id = 0; id < this.vcpus; id++)
+      n = (n + Atomics.load(this.ctl, DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_WRITES)) | 0;
+    return n;
+  }
+
+  /** Publishes the stamp, then lets the vCPUs (and the host thread) run. */
+  resume(iteration: number): void {
+    Atomics.store(this.ctl, DLG_ITERATION, iteration);
+    if (this.churn && !this.hostRunning) {
+      this.vm.resumeHostThread();
+      this.hostRunning = true;
+    }
+    Atomics.store(this.ctl, DLG_STOP, 0);
+    Atomics.notify(this.ctl, DLG_STOP);
+  }
+
+  /** vcpu_stop = true; wait until every vCPU is parked at the sync point; pause the host thread. */
+  async quiesce(): Promise<void> {
+    Atomics.store(this.ctl, DLG_STOP, 1);
+    await this.waitParked();
+    if (this.hostRunning) {
+      await this.vm.pauseHostThread();
+      this.hostRunning = false;
+    }
+    this.vm.throwIfFailed();
+  }
+
+  private async waitParked(): Promise<void> {
+    const t0 = Date.now();
+    for (let id = 0; id < this.vcpus; id++) {
+      const i = DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_PARKED;
+      while (Atomics.load(this.ctl, i) !== 1) {
+        this.vm.throwIfFailed();
+        if (Date.now() - t0 > PARK_TIMEOUT_MS)
+          throw new KvmError(
+            "ETIMEDOUT",
+            `vcpu ${id}: did not reach the sync point in ${PARK_TIMEOUT_MS} ms`,
+          );
+        const r = Atomics.waitAsync(this.ctl, i, 0, 20);
+        if (r.async) await r.value;
+      }
+    }
+  }
+
+  harvest(out: Uint32Array, phase: HarvestPhase, o: DirtyLogTestOptions): Uint32Array {
+    this.vm.throwIfFailed();
+    const bm = this.vm.getDirtyLog(TEST_SLOT, out);
+    o.harvestFilter?.(bm, phase);
+    return bm;
+  }
+
+  async close(): Promise<void> {
+    await this.vm.stop();
+  }
+}
+
+/** KVM puts the test slot at the top of guest-physical space; here: below 2^40, 2 MiB aligned. */
+function slotGpa(npages: number): number {
+  const bytes = npages * PAGE_SIZE;
+  return Math.floor((2 ** 40 - bytes) / TWO_MIB) * TWO_MIB;
+}
+
+function testBit(bm: Uint32Array, p: number): boolean {
+  return ((bm[p >>> 5] >>> (p & 31)) & 1) !== 0;
+}
+
+/** Violations of one run; the first `max` of them are kept (in the test's shared list). */
+class Tally {
+  violations = 0;
+  private readonly details: Violation[];
+  private readonly max: number;
+  constructor(details: Violation[], max: number) {
+    this.details = details;
+    this.max = max;
+  }
+  fail(v: Violation): void {
+    if (this.violations++ < this.max) this.details.push(v);
+  }
+}
+
+/** Bits past the end of the slot must be clear. Returns the number set. */
+function tailBits(bm: Uint32Array, npages: number): number {
+  const r = npages & 31;
+  if (r === 0) return 0;
+  let x = bm[npages >>> 5] >>> r;
+  let n = 0;
+  while (x !== 0) {
+    n += x & 1;
+    x >>>= 1;
+  }
+  return n;
+}
+
+interface RunCtx {
+  wp: WpName;
+  o: DirtyLogTestOptions;
+  deadline: number; // ms timestamp, or Infinity
+  tally: Tally;
+  say: (msg: string) => void;
+  rng: ParkMiller;
+}
+
+function more(it: number, c: RunCtx): boolean {
+  if (c.deadline !== Infinity) return it === 0 || Date.now() < c.deadline;
+  return it < c.o.iterations;
+}
+
+function hex(x: number): string {
+  return `0x${x.toString(16)}`;
+}
+
+async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
+  const { o, wp, tally } = c;
+  const t0 = performance.now();
+  const h = await Harness.create(wp, "kvm", o, o.seed);
+  const r: OracleResult = emptyResult();
+  try {
+    const bmap0 = new Uint32Array(h.bitmapWords);
+    const bmap1 = new Uint32Array(h.bitmapWords);
+    for (let iteration = 1; more(iteration - 1, c); iteration++) {
+      const reapAt = c.rng.next() % o.intervalMs;
+      const w0 = h.writes();
+      bmap0.fill(0);
+      h.resume(iteration);
+      let writes = 0;
+      for (let i = 0; i < o.intervalMs || writes < MIN_WRITES; i++) {
+        await sleep(1);
+        h.vm.throwIfFailed();
+        writes = (h.writes() - w0) | 0;
+        // GET is destructive: reap once, while the vCPUs write.
+        if (i === reapAt) h.harvest(bmap0, "mid-run", o);
+      }
+      await h.quiesce();
+      writes = (h.writes() - w0) | 0;
+      h.harvest(bmap1, "final", o);
+      r.harvests += 2;
+      const tv = performance.now();
+      let dirty = 0;
+      let clean = 0;
+      for (const [name, bm] of [
+        ["bmap0", bmap0],
+        ["bmap1", bmap1],
+      ] as const) {
+        const n = tailBits(bm, h.npages);
+        if (n !== 0)
+          tally.fail({
+            wp,
+            oracle: "kvm",
+            iteration,
+            page: h.npages,
+            gpa: hex(h.gpa + h.npages * PAGE_SIZE),
+            what: `${name}: ${n} bits set past the end of the slot`,
+          });
+      }
+      for (let p = 0; p < h.npages; p++) {
+        const [lo, hi] = h.vm.readGuestU64(h.gpa + p * PAGE_SIZE);
+        const val = (hi >>> 0) * 2 ** 32 + (lo >>> 0);
+        const d0 = testBit(bmap0, p);
+        const d1 = testBit(bmap1, p);
+        if (d0 || d1) {
+          dirty++;
+          if (val !== iteration)
+            tally.fail({
+              wp,
+              oracle: "kvm",
+              iteration,
+              page: p,
+              gpa: hex(h.gpa + p * PAGE_SIZE),
+              what: `dirty page (${d0 ? "bmap0" : ""}${d0 && d1 ? "+" : ""}${d1 ? "bmap1" : ""}) value ${val} != iteration ${iteration}`,
+            });
+        } else {
+          clean++;
+          if (val >= iteration)
+            tally.fail({
+              wp,
+              oracle: "kvm",
+              iteration,
+              page: p,
+              gpa: hex(h.gpa + p * PAGE_SIZE),
+              what: `clean page value ${val} >= iteration ${iteration}: a lost dirty bit`,
+            });
+        }
+      }
+      r.verifyMs += performance.now() - tv;
+      r.iterations++;
+      r.pagesChecked += h.npages;
+      r.dirtyPages += dirty;
+      r.cleanPages += clean;
+      r.guestWrites += writes;
+      c.say(
+        `[${wp}] kvm iteration ${String(iteration).padStart(2)}: reaped after ${reapAt} ms, dirty: ${dirty} clean: ${clean} writes: ${writes}`,
+      );
+    }
+    r.host = h.vm.hostThreadCounters();
+  } finally {
+    await h.close();
+  }
+  return finish(r, t0, tally.violations);
+}
+
+/** A destination "VM": chunks of 2^16 pages, so 1 GiB regions need no single huge buffer. */
+class Destination {
+  private readonly chunks: Int32Array[] = [];
+  constructor(npages: number) {
+    for (let p = 0; p < npages; p += 1 << 16)
+      this.chunks.push(new Int32Array(Math.min(1 << 16, npages - p) * (PAGE_SIZE / 4)));
+  }
+  page(p: number): Int32Array {
+    const o = (p & 0xffff) * (PAGE_SIZE / 4);
+    return this.chunks[p >>> 16].subarray(o, o + PAGE_SIZE / 4);
+  }
+}
+
+async function runQemuOracle(c: RunCtx): Promise<OracleResult> {
+  const { o, wp, tally } = c;
+  const t0 = performance.now();
+  const h = await Harness.create(wp, "qemu", o, o.seed);
+  const r: OracleResult = emptyResult();
+  const rounds = o.qemuRounds ?? 3;
+  const dest = new Destination(h.npages);
+  const src = new Int32Array(PAGE_SIZE / 4);
+  const srcBytes = new Uint8Array(src.buffer);
+  const bm = new Uint32Array(h.bitmapWords);
+  const copyDirty = (iteration: number, phase: HarvestPhase): number => {
+    h.harvest(bm, phase, o);
+    r.harvests++;
+    const n = tailBits(bm, h.npages);
+    if (n !== 0)
+      tally.fail({
+        wp,
+        oracle: "qemu",
+        iteration,
+        page: h.npages,
+        gpa: hex(h.gpa + h.npages * PAGE_SIZE),
+        what: `${n} bits set past the end of the slot`,
+      });
+    let copied = 0;
+    for (let i = 0; i < bm.length; i++) {
+      let m = bm[i];
+      while (m !== 0) {
+        const p = i * 32 + (31 - Math.clz32(m & -m));
+        m &= m - 1;
+        if (p >= h.npages) continue;
+        h.vm.readGuestPage(h.gpa + p * PAGE_SIZE, dest.page(p));
+        copied++;
+      }
+    }
+    return copied;
+  };
+  const runFor = async (ms: number): Promise<void> => {
+    const w0 = h.writes();
+    for (let i = 0; i < ms || ((h.writes() - w0) | 0) < MIN_WRITES; i++) {
+      await sleep(1);
+      h.vm.throwIfFailed();
+    }
+  };
+  try {
+    for (let iteration = 1; more(iteration - 1, c); iteration++) {
+      const w0 = h.writes();
+      h.resume(iteration);
+      let copied = 0;
+      if (iteration === 1) {
+        // Migration setup: the first sync clears the log; the bulk stage copies everything.
+        await runFor(1 + (c.rng.next() % o.intervalMs));
+        h.harvest(bm, "live-round", o);
+        r.harvests++;
+        for (let p = 0; p < h.npages; p++) h.vm.readGuestPage(h.gpa + p * PAGE_SIZE, dest.page(p));
+      }
+      for (let k = 0; k < rounds; k++) {
+        await runFor(1 + (c.rng.next() % o.intervalMs));
+        copied += copyDirty(iteration, "live-round");
+      }
+      await h.quiesce();
+      const writes = (h.writes() - w0) | 0;
+      copied += copyDirty(iteration, "final");
+      const tv = performance.now();
+      let bad = 0;
+      for (let p = 0; p < h.npages; p++) {
+        h.vm.readGuestPage(h.gpa + p * PAGE_SIZE, src);
+        const d = dest.page(p);
+        if (Buffer.compare(srcBytes, new Uint8Array(d.buffer, d.byteOffset, PAGE_SIZE)) === 0) continue;
+        bad++;
+        let w = 0;
+        while (src[w] === d[w]) w++;
+        tally.fail({
+          wp,
+          oracle: "qemu",
+          iteration,
+          page: p,
+          gpa: hex(h.gpa + p * PAGE_SIZE),
+          what: `destination differs from source at byte ${w * 4} (${d[w]} != ${src[w]}): a change was not reported`,
+        });
+      }
+      r.verifyMs += performance.now() - tv;
+      r.iterations++;
+      r.pagesChecked += h.npages;
+      r.dirtyPages += copied;
+      r.cleanPages += h.npages - bad;
+      r.guestWrites += writes;
+      c.say(
+        `[${wp}] qemu check ${String(iteration).padStart(2)}: ${rounds} live rounds + final, pages copied ${copied}, writes ${writes}, mismatches ${bad}`,
+      );
+    }
+    r.host = h.vm.hostThreadCounters();
+  } finally {
+    await h.close();
+  }
+  return finish(r, t0, tally.violations);
+}
+
+function emptyResult(): OracleResult {
+  return {
+    iterations: 0,
+    pagesChecked: 0,
+    violations: 0,
+    dirtyPages: 0,
+    cleanPages: 0,
+    guestWrites: 0,
+    harvests: 0,
+    host: { migrations: 0, invalidations: 0 },
+    durationMs: 0,
+    verifyMs: 0,
+    pagesCheckedPerSec: 0,
+  };
+}
+
+function finish(r: OracleResult, t0: number, violations: number): OracleResult {
+  r.durationMs = performance.now() - t0;
+  r.violations = violations;
+  r.pagesCheckedPerSec = r.durationMs > 0 ? r.pagesChecked / (r.durationMs / 1000) : 0;
+  return r;
+}
+
+export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTestResult> {
+  validateDirtyLogTestOptions(o);
+  const say = o.progress ?? (() => {});
+  const t0 = performance.now();
+  const details: Violation[] = [];
+  const runs = o.wp.length * o.oracles.length;
+  const budgetMs = o.seconds !== undefined ? (o.seconds * 1000) / runs : Infinity;
+  const results: DirtyLogTestResult["results"] = {};
+  const npages = (o.vcpus * o.bytesPerVcpu) / PAGE_SIZE + (o.extraPages ?? 3);
+  say(
+    `dirty-log-test: seed ${o.seed}, slot of ${npages} pages at guest-physical ${hex(o.gpa ?? slotGpa(npages))}`,
+  );
+  let k = 0;
+  for (const wp of o.wp) {
+    const per: Partial<Record<OracleName, OracleResult>> = {};
+    for (const oracle of o.oracles) {
+      const tally = new Tally(details, o.maxViolationDetails ?? 5);
+      // Each run its own reap-delay stream, so runs are independent of their order.
+      const c: RunCtx = {
+        wp,
+        o,
+        deadline: Date.now() + budgetMs,
+        tally,
+        say,
+        rng: new ParkMiller(o.seed * 31 + ++k),
+      };
+      per[oracle] = oracle === "kvm" ? await runKvmOracle(c) : await runQemuOracle(c);
+    }
+    results[wp] = per;
+  }
+  let iterations = 0;
+  let pagesChecked = 0;
+  let violations = 0;
+  for (const per of Object.values(results))
+    for (const r of Object.values(per)) {
+      iterations += r.iterations;
+      pagesChecked += r.pagesChecked;
+      violations += r.violations;
+    }
+  const durationMs = performance.now() - t0;
+  const { harvestFilter: _f, progress: _p, ...options } = o;
+  void _f;
+  void _p;
+  return {
+    iterations,
+    pagesChecked,
+    violations,
+    pagesCheckedPerSec: pagesChecked / (durationMs / 1000),
+    durationMs,
+    slotPages: npages,
+    slotGpa: hex(o.gpa ?? slotGpa(npages)),
+    options,
+    results,
+    firstViolations: details,
+    machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
+  };
+}
