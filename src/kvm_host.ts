@@ -20,6 +20,12 @@ export const enum WpStrategy {
   Lockless = 1,
 }
 
+/** MMU mode, fixed at VM creation: two-dimensional paging (EPT/NPT) or shadow paging (EPT off). */
+export const enum MmuMode {
+  Tdp = 0,
+  Shadow = 1,
+}
+
 /** Bugs of the catalog (docs/bugs.md): runtime switches that put one back. */
 export const BUG = {
   "backward-move": 1 << 0,
@@ -99,8 +105,38 @@ export const SP_STRIDE = 8;
 export const ROLE_LEVEL_MASK = 0xf;
 export const ROLE_DIRECT = 1 << 4;
 export const ROLE_INVALID = 1 << 5;
+/** role.access (shadow mode): ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK, bits 6-8. */
+export const ROLE_ACCESS_SHIFT = 6;
+export const ROLE_ACCESS_MASK = 7 << ROLE_ACCESS_SHIFT;
 /** Head ids of parent_ptes lists, for nulls markers (rmap heads use their pool index). */
 export const PARENT_HEAD_ID_BASE = 1 << 29;
+
+// ---- shadow mode only (src/mmu/shadow.ts): per-sp extension (Int32Array `spExt`) ----
+export const SPX_HASH_NEXT = 0; // next sp + 1 in the mmu_page_hash bucket (hash_link)
+export const SPX_LRU_PREV = 1; // active_mmu_pages (link): sp + 1, 0 = none
+export const SPX_LRU_NEXT = 2;
+export const SPX_FLOOD = 3; // write_flooding_count
+export const SPX_ON_LIST = 4; // 1 while on active_mmu_pages and in the hash (until it goes to the invalid list)
+export const SPX_STRIDE = 8;
+/** mmu_page_hash: 1 << KVM_MMU_HASH_SHIFT buckets of sp + 1 (Int32Array `spHash`). */
+export const KVM_MMU_HASH_SHIFT = 10;
+export const KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT;
+/** Shadow-mode control words and counters (Int32Array `sctl`). Under mmu_lock unless noted. */
+export const SCTL_INDIRECT_SHADOW_PAGES = 0; // kvm->arch.indirect_shadow_pages
+export const SCTL_ACTIVE_HEAD = 1; // newest sp + 1
+export const SCTL_ACTIVE_TAIL = 2; // oldest sp + 1
+export const SCTL_N_MAX = 3; // n_max_mmu_pages
+export const SCTL_SP_CREATED = 4;
+export const SCTL_SP_HASH_HITS = 5;
+export const SCTL_RECYCLED = 6; // mmu_recycled (zap oldest)
+export const SCTL_PTE_WRITES = 7; // mmu_pte_write
+export const SCTL_PTE_ZAPPED = 8; // sptes zapped by emulated guest PT writes
+export const SCTL_FLOODED = 9; // mmu_flooded: sps zapped by write flooding
+export const SCTL_EMULATED = 10; // emulated guest writes (atomic add)
+export const SCTL_GPTE_CHANGED = 11; // fetch retried: a gpte changed under the walk
+export const SCTL_RELOADS = 12; // vCPU roots reloaded because they were zapped
+export const SCTL_PT_PROTECT = 13; // rmap_write_protect(pt_protect) calls that found a spte to protect
+export const SCTL_WORDS = 16;
 
 // ---- pte_list_desc (Int32Array `desc`, 4 words: sptes[0..2], more) ----
 export const PTE_LIST_EXT = 3;
@@ -114,6 +150,10 @@ export const VCPU_RUN = 2; // run control from the owner: RUN/PAUSE/STOP
 export const VCPU_STATE = 3; // what the worker is doing: see VcpuState
 export const VCPU_ID = 4;
 export const VCPU_PASSES = 5; // completed workload passes
+/** Guest CR3 (gfn of the top-level guest page table; 0: paging off). Written by the vCPU. */
+export const VCPU_CR3 = 6;
+/** Shadow mode: the root shadow page the vCPU uses (root_hpa). Written by the vCPU under mmu_lock. */
+export const VCPU_ROOT = 7;
 export const VCPU_STRIDE = 16;
 export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
@@ -133,6 +173,10 @@ export const ST_LOCK_HOLD_NS = 6;
 export const ST_LOCK_ACQ = 7;
 export const ST_FLUSHES_HANDLED = 8;
 export const ST_RETRIES = 9;
+/** Guest paging (shadow mode, or TDP with a guest CR3): */
+export const ST_GUEST_WALKS = 10; // guest page-table walks (KVM's walk_addr, or the MMU's 2D walk)
+export const ST_GUEST_PF = 11; // guest page faults delivered to the guest program
+export const ST_EMULATED = 12; // writes to write-protected guest page tables, emulated
 export const ST_STRIDE = 16;
 
 export interface KvmConfig {
@@ -145,6 +189,8 @@ export interface KvmConfig {
   maxVcpus: number;
   wp: WpStrategy;
   bugs: number;
+  /** Default MmuMode.Tdp. */
+  mode?: MmuMode;
 }
 
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */
@@ -164,6 +210,11 @@ export interface KvmShared {
   frameStack: SharedArrayBuffer;
   vcpu: SharedArrayBuffer;
   vcpuStats: SharedArrayBuffer;
+  /** Shadow mode only (8-byte placeholders in TDP mode): sp->gfns, the sp extension, the hash. */
+  spGfns: SharedArrayBuffer;
+  spExt: SharedArrayBuffer;
+  spHash: SharedArrayBuffer;
+  sctl: SharedArrayBuffer;
 }
 
 function sab(bytes: number): SharedArrayBuffer {
@@ -176,6 +227,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   const rmapWords = slotPages + Math.ceil(slotPages / 512) + Math.ceil(slotPages / 262144) + 4 * KVM_USER_MEM_SLOTS;
   const bitmapWords = 2 * (Math.ceil(slotPages / 32) + KVM_USER_MEM_SLOTS);
   const lpageWords = Math.ceil(slotPages / 512) + Math.ceil(slotPages / 262144) + 4 * KVM_USER_MEM_SLOTS;
+  const shadow = config.mode === MmuMode.Shadow;
   return {
     config,
     ctl: sab(CTL_WORDS * 4),
@@ -192,6 +244,10 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     frameStack: sab(config.hostFrames * 4),
     vcpu: sab(config.maxVcpus * VCPU_STRIDE * 4),
     vcpuStats: sab(config.maxVcpus * ST_STRIDE * 8),
+    spGfns: sab(shadow ? config.maxSp * 512 * 4 : 0),
+    spExt: sab(shadow ? config.maxSp * SPX_STRIDE * 4 : 0),
+    spHash: sab(shadow ? KVM_NUM_MMU_PAGES * 4 : 0),
+    sctl: sab(SCTL_WORDS * 4),
   };
 }
 
@@ -220,6 +276,11 @@ export class Kvm {
   readonly frameStack: Int32Array;
   readonly vcpu: Int32Array;
   readonly vcpuStats: Float64Array;
+  readonly spGfns: Int32Array;
+  readonly spExt: Int32Array;
+  readonly spHash: Int32Array;
+  readonly sctl: Int32Array;
+  readonly mode: MmuMode;
   readonly mmu_lock: Mutex;
   readonly slots_lock: Mutex;
   readonly mm_lock: Mutex;
@@ -243,6 +304,11 @@ export class Kvm {
     this.frameStack = new Int32Array(shared.frameStack);
     this.vcpu = new Int32Array(shared.vcpu);
     this.vcpuStats = new Float64Array(shared.vcpuStats);
+    this.spGfns = new Int32Array(shared.spGfns);
+    this.spExt = new Int32Array(shared.spExt);
+    this.spHash = new Int32Array(shared.spHash);
+    this.sctl = new Int32Array(shared.sctl);
+    this.mode = shared.config.mode ?? MmuMode.Tdp;
     this.mmu_lock = new Mutex(this.ctl, CTL_MMU_LOCK);
     this.slots_lock = new Mutex(this.ctl, CTL_SLOTS_LOCK);
     this.mm_lock = new Mutex(this.ctl, CTL_MM_LOCK, false);

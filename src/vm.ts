@@ -29,6 +29,7 @@ import {
   KVM_USER_MEM_SLOTS,
   KvmShared,
   metadataBytes,
+  MmuMode,
   PAGE_SIZE,
   SLOT_ACTIVE,
   SLOT_BASE_GFN,
@@ -62,11 +63,14 @@ import type { GuestArgs } from "./workload/guest.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
 
 export type WpName = "locked" | "lockless";
+export type MmuModeName = "tdp" | "shadow";
 
 export interface VmOptions {
   /** Bytes of host memory (guest backing plus spare frames for page migration). */
   memory: number;
   wp: WpName;
+  /** "tdp" (EPT/NPT, the default) or "shadow" (EPT off: shadow paging of guest page tables). */
+  mode?: MmuModeName;
   bugs?: BugName[];
   maxVcpus?: number;
   /** Capacity of the memslot metadata, in pages (default: the host memory's pages). */
@@ -118,6 +122,8 @@ export class Vm {
       throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
     if (o.memory > MAX_MEMORY) throw new KvmError("ENOMEM", `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit`);
     if (o.wp !== "locked" && o.wp !== "lockless") throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
+    const mode = o.mode ?? "tdp";
+    if (mode !== "tdp" && mode !== "shadow") throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
     let bugs = 0;
     for (const b of o.bugs ?? []) {
       if (!(b in BUG)) throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
@@ -128,11 +134,13 @@ export class Vm {
     const hostFrames = o.memory / PAGE_SIZE;
     const maxSlotPages = o.maxSlotPages ?? hostFrames;
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
-    const maxSp = o.maxSp ?? Math.ceil(maxSlotPages / 512) * 2 + 64;
-    const maxDesc = o.maxDesc ?? Math.max(4096, Math.ceil(maxSlotPages / 64));
+    // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
+    const shadow = mode === "shadow";
+    const maxSp = o.maxSp ?? (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64);
+    const maxDesc = o.maxDesc ?? Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64)));
     let shared: KvmShared;
     try {
-      shared = allocKvmShared({ hostFrames, maxSlotPages, maxSp, maxDesc, maxVcpus, wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless, bugs });
+      shared = allocKvmShared({ hostFrames, maxSlotPages, maxSp, maxDesc, maxVcpus, wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless, bugs, mode: shadow ? MmuMode.Shadow : MmuMode.Tdp });
     } catch (e) {
       throw new KvmError("ENOMEM", `memory: cannot allocate ${o.memory} bytes of shared memory (${(e as Error).message})`);
     }

@@ -54,10 +54,15 @@ export function sp_level(kvm: Kvm, sp: number): number {
   return kvm.spHdr[sp * SP_STRIDE + SP_ROLE]! & ROLE_LEVEL_MASK;
 }
 
-/** kvm_mmu_page_get_gfn for a direct sp: the gfn the spte at `sptep` maps. */
+/**
+ * kvm_mmu_page_get_gfn: the gfn the spte at `sptep` maps. Direct sp: computed from its position;
+ * indirect sp (shadow mode): sp->gfns[index], set by rmap_add.
+ */
 export function kvm_mmu_page_get_gfn(kvm: Kvm, sptep: number): number {
   const sp = page_header(sptep);
-  const level = sp_level(kvm, sp);
+  const role = kvm.spHdr[sp * SP_STRIDE + SP_ROLE];
+  if ((role & ROLE_DIRECT) === 0) return kvm.spGfns[sptep];
+  const level = role & ROLE_LEVEL_MASK;
   return kvm.spHdr[sp * SP_STRIDE + SP_GFN]! + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
 }
 

@@ -9,10 +9,14 @@ import {
   IN_GUEST_MODE,
   Kvm,
   KVM_REQ_TLB_FLUSH,
+  MmuMode,
   OUTSIDE_GUEST_MODE,
   PAGE_WORDS,
   ST_FAST_PF,
+  ST_EMULATED,
   ST_FLUSHES_HANDLED,
+  ST_GUEST_PF,
+  ST_GUEST_WALKS,
   ST_LOCK_ACQ,
   ST_LOCK_HOLD_NS,
   ST_LOCK_WAIT_NS,
@@ -22,6 +26,7 @@ import {
   ST_STRIDE,
   ST_TLB_MISS,
   ST_WRITES,
+  VCPU_CR3,
   VCPU_MODE,
   VCPU_PASSES,
   VCPU_REQUESTS,
@@ -31,8 +36,16 @@ import {
 } from "../kvm_host.js";
 import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { FaultStats, tdp_page_fault } from "../mmu/tdp_fault.js";
-import { is_last_spte, is_shadow_present_pte, PT64_ENT_PER_PAGE, PT64_ROOT_LEVEL, spte_to_pfn } from "../mmu/spte.js";
+import {
+  is_last_spte,
+  is_shadow_present_pte,
+  PT64_ENT_PER_PAGE,
+  PT64_ROOT_LEVEL,
+  spte_to_pfn,
+} from "../mmu/spte.js";
 import { SoftTlb } from "./tlb.js";
+import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
+import { kvm_mmu_load_cr3 } from "../mmu/shadow.js";
 import { VcpuState } from "./requests.js";
 
 /** Run control values (VCPU_RUN), written by the VM owner. */
@@ -61,6 +74,12 @@ export class Vcpu {
   private readonly tlbE: Int32Array;
   private readonly tlbMask: number;
   private countdown = POLL_EVERY;
+  /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
+  readonly shadow: boolean;
+  private pagingMiss: boolean;
+  /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
+  cr3 = 0;
+  readonly paging = new PagingState();
   /** Guest accesses, counted by the guest programs (kept off the TLB-hit path). */
   writes = 0;
   reads = 0;
@@ -77,6 +96,8 @@ export class Vcpu {
     this.v = kvm.vcpu;
     this.tlbE = this.tlb.e;
     this.tlbMask = this.tlb.mask;
+    this.shadow = kvm.mode === MmuMode.Shadow;
+    this.pagingMiss = this.shadow;
   }
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
@@ -132,7 +153,7 @@ export class Vcpu {
     if (--this.countdown === 0) this.safePoint();
     for (;;) {
       if (e[t] === gfn + 1) {
-        const x = e[t + 1]!;
+        const x = e[t + 1];
         if ((x & 1) !== 0) {
           const i = (x >>> 1) * PAGE_WORDS + w;
           guestPoint(true, this.mem, i);
@@ -141,8 +162,62 @@ export class Vcpu {
           return;
         }
       }
-      this.miss(gfn, true);
+      if (this.miss(gfn, true)) {
+        paging_emulate_write(this, this.paging, w, lo, hi, 2);
+        return;
+      }
     }
+  }
+
+  /**
+   * Guest store of 4 bytes at word `w` of page `gfn` (a guest virtual page once a CR3 is loaded,
+   * as for every access).
+   */
+  write32(gfn: number, w: number, x: number): void {
+    const e = this.tlbE;
+    const t = (gfn & this.tlbMask) << 1;
+    if (--this.countdown === 0) this.safePoint();
+    for (;;) {
+      if (e[t] === gfn + 1) {
+        const y = e[t + 1];
+        if ((y & 1) !== 0) {
+          const i = (y >>> 1) * PAGE_WORDS + w;
+          guestPoint(true, this.mem, i);
+          this.mem[i] = x;
+          return;
+        }
+      }
+      if (this.miss(gfn, true)) {
+        paging_emulate_write(this, this.paging, w, x, 0, 1);
+        return;
+      }
+    }
+  }
+
+  /**
+   * MOV to CR3: switches the guest address space (gfn of a PML4; 0 turns paging off) and flushes
+   * this vCPU's TLB (no PCID). In shadow mode the vCPU drops its root and takes the root of the
+   * new address space (kvm_mmu_new_cr3), creating and write-protecting it if needed.
+   */
+  loadCr3(cr3: number): void {
+    this.cr3 = cr3;
+    astore(this.v, this.row + VCPU_CR3, cr3);
+    this.pagingMiss = this.shadow || cr3 !== 0;
+    this.tlb.flush();
+    if (this.shadow) {
+      this.exitGuest();
+      try {
+        kvm_mmu_load_cr3(this.kvm, this.row, cr3);
+      } finally {
+        this.enterGuest();
+      }
+    }
+  }
+
+  /** INVLPG: drops this vCPU's translation of one page (without unsync there is nothing to resync). */
+  invlpg(gfn: number): void {
+    const t = (gfn & this.tlbMask) << 1;
+    if (this.tlbE[t] === gfn + 1) this.tlbE[t] = 0;
   }
 
   /** Guest load of the low 32 bits at word `w` of page gfn. */
@@ -152,9 +227,9 @@ export class Vcpu {
     if (--this.countdown === 0) this.safePoint();
     for (;;) {
       if (e[t] === gfn + 1) {
-        const i = (e[t + 1]! >>> 1) * PAGE_WORDS + w;
+        const i = (e[t + 1] >>> 1) * PAGE_WORDS + w;
         guestPoint(false, this.mem, i);
-        return this.mem[i]!;
+        return this.mem[i];
       }
       this.miss(gfn, false);
     }
@@ -162,11 +237,13 @@ export class Vcpu {
 
   /**
    * TLB miss: poll for kicks (a safe point), walk the TDP tables locklessly in guest mode and
-   * fill the TLB, or take the fault outside guest mode.
+   * fill the TLB, or take the fault outside guest mode. With guest paging or in shadow mode the
+   * miss goes to src/vcpu/paging.ts; true means "emulate this write" (shadow mode only).
    */
-  private miss(gfn: number, write: boolean): void {
+  private miss(gfn: number, write: boolean): boolean {
     this.tlbMisses++;
     this.safePoint();
+    if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
     let sp = aload(this.ctl, CTL_ROOT);
     let present = false;
     if (sp !== 0) {
@@ -179,7 +256,7 @@ export class Vcpu {
           if (write && !writable) break;
           const pfn = spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0);
           this.tlb.fill(gfn, pfn, writable);
-          return;
+          return false;
         }
         sp = s >>> 8;
       }
@@ -187,6 +264,7 @@ export class Vcpu {
     this.exitGuest();
     tdp_page_fault(this.kvm, this.row, gfn, write, present, this.fault);
     this.enterGuest();
+    return false;
   }
 
   publishStats(): void {
@@ -203,6 +281,15 @@ export class Vcpu {
     s[b + ST_LOCK_HOLD_NS] = lock.holdNs;
     s[b + ST_LOCK_ACQ] = lock.acquisitions;
     s[b + ST_FLUSHES_HANDLED] = this.tlb.flushes;
+    const p = this.paging;
+    s[b + ST_GUEST_WALKS] = p.guestWalks;
+    s[b + ST_GUEST_PF] = p.guestFaults;
+    s[b + ST_EMULATED] = p.emulated;
+    if (this.shadow) {
+      s[b + ST_FAST_PF] = this.fault.fast + p.stats.fast;
+      s[b + ST_SLOW_PF] = this.fault.slow + p.stats.slow;
+      s[b + ST_RETRIES] = this.fault.retries + p.stats.retries;
+    }
   }
 
   passDone(): void {

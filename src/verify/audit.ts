@@ -11,6 +11,9 @@
  *  - in a dirty-logged slot: no writable large spte, and no writable spte for a gfn whose dirty
  *    bit is clear.
  * TLB contents are private to the vCPU workers and are not audited here.
+ * Shadow mode: every page on active_mmu_pages is checked (orphans too, not only what a root
+ * reaches), leaf gfns come from sp->gfns, and src/verify/shadow_audit.ts adds the shadow-MMU
+ * invariants (hash, roots, guest-table write protection, shadow vs guest tables).
  */
 import {
   CTL_ROOT,
@@ -19,6 +22,7 @@ import {
   Kvm,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_USER_MEM_SLOTS,
+  MmuMode,
   PARENT_HEAD_ID_BASE,
   PTE_LIST_EXT,
   ROLE_INVALID,
@@ -36,6 +40,8 @@ import { gfn_to_hva_page, gfn_to_memslot, gfn_to_rmap, slot_level_pages } from "
 import { hva_to_pfn } from "../mem/host_memory.js";
 import { is_nulls, nulls_owner, pte_list_walk } from "../mmu/rmap.js";
 import { kvm_mmu_page_get_gfn, page_header, sp_level } from "../mmu/mmu_page.js";
+import { active_mmu_pages } from "../mmu/shadow.js";
+import { auditShadow } from "./shadow_audit.js";
 import {
   is_large_pte,
   is_last_spte,
@@ -65,6 +71,7 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
   };
   const leaves = new Set<number>();
   const root = kvm.ctl[CTL_ROOT];
+  const shadow = kvm.mode === MmuMode.Shadow;
   const walk = (sp: number, level: number): void => {
     if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
     if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
@@ -87,7 +94,9 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
           if (p === sptep) found++;
         });
         if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
-        walk(child, level - 1);
+        if (!shadow) walk(child, level - 1);
+        else if (sp_level(kvm, child) !== level - 1)
+          say(`link spte ${sptep}: to sp ${child} of level ${sp_level(kvm, child)}`);
         continue;
       }
       leaves.add(sptep);
@@ -125,7 +134,11 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
       }
     }
   };
-  if (root !== 0) walk(root, PT64_ROOT_LEVEL);
+  if (shadow) {
+    for (const sp of active_mmu_pages(kvm))
+      if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) === 0) walk(sp, sp_level(kvm, sp));
+    auditShadow(kvm, say);
+  } else if (root !== 0) walk(root, PT64_ROOT_LEVEL);
 
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
     const r = id * SLOT_STRIDE;

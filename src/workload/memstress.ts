@@ -5,6 +5,7 @@
  */
 import { Vcpu } from "../vcpu/vcpu.js";
 import { ParkMiller } from "./rng.js";
+import { bootWithPaging, GuestPagingArgs } from "./guest_paging.js";
 
 export interface MemstressArgs {
   kind: "memstress";
@@ -14,6 +15,12 @@ export interface MemstressArgs {
   writePercent: number;
   random: boolean;
   seed: number;
+  /**
+   * Guest paging (shadow mode): the vCPU first builds its page tables in its pool, mapping its
+   * region at guest virtual page `vpn` (2 MiB guest pages if `large`), loads CR3, then runs as
+   * without paging, on virtual addresses.
+   */
+  paging?: GuestPagingArgs & { vpn: number; large?: boolean };
 }
 
 /**
@@ -23,7 +30,17 @@ export interface MemstressArgs {
 export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
   const rng = new ParkMiller(a.seed + vcpu.id);
   const pages = a.pages;
-  for (let i = 0; i < pages; i++) vcpu.write64(a.baseGfn + i, 0, 0x89abcdef | 0, 0x01234567);
+  let base = a.baseGfn;
+  if (a.paging) {
+    bootWithPaging(vcpu, a.paging, {
+      vpn: a.paging.vpn,
+      gfn: a.baseGfn,
+      pages,
+      large: a.paging.large ?? false,
+    });
+    base = a.paging.vpn;
+  }
+  for (let i = 0; i < pages; i++) vcpu.write64(base + i, 0, 0x89abcdef | 0, 0x01234567);
   vcpu.writes += pages;
   vcpu.passDone();
   vcpu.publishStats();
@@ -33,10 +50,10 @@ export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
       const page = a.random ? rng.next() % pages : i;
       const write = rng.next() % 100 < a.writePercent;
       if (write) {
-        vcpu.write64(a.baseGfn + page, 0, 0x89abcdef | 0, 0x01234567);
+        vcpu.write64(base + page, 0, 0x89abcdef | 0, 0x01234567);
         vcpu.writes++;
       } else {
-        vcpu.read32(a.baseGfn + page, 0);
+        vcpu.read32(base + page, 0);
         vcpu.reads++;
       }
     }

@@ -1,0 +1,186 @@
+/**
+ * The shadow-mode part of the MMU audit (KVM's mmu_audit.c: audit_sptes_have_rmaps,
+ * audit_write_protection, plus the consistency of the shadow with the guest's own tables), for a
+ * quiesced VM. src/verify/audit.ts calls it in shadow mode; it returns broken invariants.
+ *
+ *  - bookkeeping: every page on active_mmu_pages is in the hash bucket of its gfn and the other way
+ *    round; pages are valid unless they are roots still in use; indirect_shadow_pages counts the
+ *    valid indirect pages; every parent_ptes entry is a link spte that points at the page; a root
+ *    in use is a valid level-4 page or an invalid page with no present spte;
+ *  - write protection (invariant 6): a gfn shadowed by a valid indirect page has no spte with W
+ *    or MMU_W, is covered by no large spte, and its lpage_info write_count is at least the number
+ *    of pages shadowing it;
+ *  - the shadow matches guest memory: in a valid indirect page for guest table T at level L, a
+ *    present spte at index i stands for T[i]: T[i] is present; a link leads to the page that
+ *    shadows the table T[i] points at (or, for a 2 MiB guest page, to the direct page of that
+ *    page); a leaf maps the gfn T[i] maps (sp->gfns[i] too); a writable leaf needs T[i].W and
+ *    T[i].D and an access role with W; a large spte needs T[i].PS.
+ */
+import {
+  CTL_NR_VCPUS,
+  Kvm,
+  KVM_NUM_MMU_PAGES,
+  PAGE_WORDS,
+  ROLE_DIRECT,
+  ROLE_INVALID,
+  ROLE_LEVEL_MASK,
+  SCTL_INDIRECT_SHADOW_PAGES,
+  SP_GFN,
+  SP_PARENT_PTES,
+  SP_ROLE,
+  SP_ROOT_COUNT,
+  SP_STRIDE,
+  SPX_HASH_NEXT,
+  SPX_STRIDE,
+  VCPU_ROOT,
+  VCPU_STRIDE,
+} from "../kvm_host.js";
+import { gfn_to_memslot, gfn_to_rmap, lpage_info_index } from "../mem/memslot.js";
+import { pte_list_walk } from "../mmu/rmap.js";
+import { page_header } from "../mmu/mmu_page.js";
+import { active_mmu_pages, guest_gfn_to_pfn, role_access } from "../mmu/shadow.js";
+import {
+  is_large_pte,
+  is_last_spte,
+  is_shadow_present_pte,
+  PT_WRITABLE_MASK,
+  PT64_ENT_PER_PAGE,
+  PT64_ROOT_LEVEL,
+  spte_to_child_sp,
+  SPTE_MMU_WRITEABLE,
+} from "../mmu/spte.js";
+import { ACC_WRITE_MASK, GPTE_D, GPTE_P, GPTE_PS, GPTE_W, gpte_gfn } from "../mmu/guest_pt.js";
+
+export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
+  const h = kvm.spHdr;
+  const role = (sp: number): number => h[sp * SP_STRIDE + SP_ROLE];
+  const gfnOf = (sp: number): number => h[sp * SP_STRIDE + SP_GFN];
+  const active = active_mmu_pages(kvm);
+  const onList = new Set(active);
+  // Hash <-> active list.
+  const hashed = new Set<number>();
+  for (let b = 0; b < KVM_NUM_MMU_PAGES; b++) {
+    let sp = kvm.spHash[b] - 1;
+    for (let guard = 0; sp >= 0 && guard <= kvm.shared.config.maxSp; guard++) {
+      if ((gfnOf(sp) & (KVM_NUM_MMU_PAGES - 1)) !== b) say(`sp ${sp}: in hash bucket ${b}, gfn ${gfnOf(sp)}`);
+      if (hashed.has(sp)) say(`sp ${sp}: twice in the hash`);
+      hashed.add(sp);
+      sp = kvm.spExt[sp * SPX_STRIDE + SPX_HASH_NEXT] - 1;
+    }
+  }
+  for (const sp of active) if (!hashed.has(sp)) say(`sp ${sp}: on the active list but not in the hash`);
+  for (const sp of hashed) if (!onList.has(sp)) say(`sp ${sp}: in the hash but not on the active list`);
+  // Roots in use.
+  const roots = new Set<number>();
+  const nr = kvm.ctl[CTL_NR_VCPUS];
+  for (let i = 0; i < nr; i++) {
+    const root = kvm.vcpu[i * VCPU_STRIDE + VCPU_ROOT];
+    if (root !== 0) roots.add(root);
+  }
+  let indirect = 0;
+  const shadowed = new Map<number, number>(); // gfn -> valid indirect pages
+  for (const sp of active) {
+    const r = role(sp);
+    const rootCount = h[sp * SP_STRIDE + SP_ROOT_COUNT];
+    if ((r & ROLE_INVALID) !== 0) {
+      if (rootCount === 0) say(`sp ${sp}: invalid, not a root, still on the active list`);
+      for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
+        if (kvm.spt[sp * PT64_ENT_PER_PAGE + i] !== 0) say(`sp ${sp}: invalid root with a present spte`);
+      continue;
+    }
+    if (rootCount > 0 && (r & ROLE_LEVEL_MASK) !== PT64_ROOT_LEVEL)
+      say(`sp ${sp}: root_count ${rootCount} at level ${r & ROLE_LEVEL_MASK}`);
+    if ((r & ROLE_DIRECT) === 0) {
+      indirect++;
+      shadowed.set(gfnOf(sp), (shadowed.get(gfnOf(sp)) ?? 0) + 1);
+    }
+    pte_list_walk(kvm, h, sp * SP_STRIDE + SP_PARENT_PTES, (p) => {
+      const s = kvm.spt[p];
+      if (
+        !is_shadow_present_pte(s) ||
+        is_last_spte(s, role(page_header(p)) & ROLE_LEVEL_MASK) ||
+        spte_to_child_sp(s) !== sp
+      )
+        say(`sp ${sp}: parent_ptes entry ${p} is not a link to it`);
+    });
+  }
+  for (const root of roots) if (!onList.has(root)) say(`root sp ${root}: not on the active list`);
+  if (indirect !== kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES])
+    say(`indirect_shadow_pages ${kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]} != ${indirect} valid indirect pages`);
+
+  // Write protection of shadowed gfns (invariant 6).
+  for (const [gfn, n] of shadowed) {
+    const r = gfn_to_memslot(kvm, gfn);
+    if (r < 0) {
+      say(`guest table gfn ${gfn}: in no memslot`);
+      continue;
+    }
+    if (kvm.lpagePool[lpage_info_index(kvm, r, gfn, 2)] < n)
+      say(`guest table gfn ${gfn}: lpage_info write_count below the ${n} pages that shadow it`);
+    for (let level = 1; level <= 3; level++) {
+      pte_list_walk(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), (e) => {
+        const s = kvm.spt[e];
+        if (level > 1 && is_large_pte(s)) say(`guest table gfn ${gfn}: covered by large spte ${e}`);
+        else if ((s & (PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE)) !== 0)
+          say(`guest table gfn ${gfn}: spte ${e} has W or MMU_W`);
+      });
+    }
+  }
+
+  // The shadow against guest memory.
+  for (const sp of active) {
+    const r = role(sp);
+    if ((r & (ROLE_INVALID | ROLE_DIRECT)) !== 0) continue;
+    const level = r & ROLE_LEVEL_MASK;
+    const pfn = guest_gfn_to_pfn(kvm, gfnOf(sp));
+    if (pfn < 0) {
+      say(`sp ${sp}: guest table gfn ${gfnOf(sp)} is not backed`);
+      continue;
+    }
+    for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+      const sptep = sp * PT64_ENT_PER_PAGE + i;
+      const s = kvm.spt[sptep];
+      if (!is_shadow_present_pte(s)) continue;
+      const lo = kvm.mem[pfn * PAGE_WORDS + 2 * i];
+      const hi = kvm.mem[pfn * PAGE_WORDS + 2 * i + 1];
+      const where = `sp ${sp} (level ${level}, table gfn ${gfnOf(sp)}) index ${i}`;
+      if ((lo & GPTE_P) === 0) {
+        say(`${where}: present spte for a non-present gpte`);
+        continue;
+      }
+      const g = gpte_gfn(lo, hi);
+      if (!is_last_spte(s, level)) {
+        const child = spte_to_child_sp(s);
+        const cr = role(child);
+        if (level === 2 && (lo & GPTE_PS) !== 0) {
+          if ((cr & ROLE_DIRECT) === 0 || gfnOf(child) !== g - (g & 511))
+            say(`${where}: link for a 2 MiB gpte to sp ${child} (gfn ${gfnOf(child)})`);
+        } else if ((cr & ROLE_DIRECT) !== 0 || gfnOf(child) !== g || (cr & ROLE_LEVEL_MASK) !== level - 1) {
+          say(`${where}: link to sp ${child} (gfn ${gfnOf(child)}), gpte points at table ${g}`);
+        }
+        if ((cr & ROLE_INVALID) !== 0) say(`${where}: link to invalid sp ${child}`);
+        continue;
+      }
+      if (is_large_pte(s) && (lo & GPTE_PS) === 0) say(`${where}: large spte for a 4 KiB gpte`);
+      const want = is_large_pte(s) ? g - (g & 511) : g;
+      if (kvm.spGfns[sptep] !== want) say(`${where}: sp->gfns says ${kvm.spGfns[sptep]}, gpte maps ${want}`);
+      if ((s & PT_WRITABLE_MASK) !== 0) {
+        if ((lo & GPTE_W) === 0 || (lo & GPTE_D) === 0)
+          say(`${where}: writable spte for a gpte without W or D`);
+        if ((role_access(r) & ACC_WRITE_MASK) === 0) say(`${where}: writable spte under a read-only path`);
+      }
+    }
+  }
+  for (const sp of active) {
+    const r = role(sp);
+    if ((r & (ROLE_INVALID | ROLE_DIRECT)) === 0 || (r & ROLE_INVALID) !== 0) continue;
+    // A direct page maps consecutive gfns: writable only with W in its access role.
+    if ((role_access(r) & ACC_WRITE_MASK) === 0)
+      for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
+        if (
+          (kvm.spt[sp * PT64_ENT_PER_PAGE + i] & PT_WRITABLE_MASK) !== 0 &&
+          is_last_spte(kvm.spt[sp * PT64_ENT_PER_PAGE + i], r & ROLE_LEVEL_MASK)
+        )
+          say(`direct sp ${sp}: writable spte under a read-only access role`);
+  }
+}
