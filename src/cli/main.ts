@@ -6,6 +6,7 @@ import { Command, CommanderError } from "commander";
 import { KvmError } from "../errors.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
 import { registerExplore } from "./explore_cmd.js";
+import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 
 export const program = new Command();
 program
@@ -17,6 +18,7 @@ program
   .exitOverride();
 
 registerDirtyLogPerf(program);
+registerDirtyLogTest(program);
 registerExplore(program);
 
 try {
