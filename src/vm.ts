@@ -96,6 +96,11 @@ export interface HostThreadOptions {
 
 const MAX_MEMORY = 64 * 2 ** 30;
 
+/** Node flags that a worker cannot take (they apply to string input only). */
+export function workerExecArgv(): string[] {
+  return process.execArgv.filter((a) => !a.startsWith("--input-type") && a !== "-e" && a !== "--eval");
+}
+
 function isInt(x: unknown): x is number {
   return typeof x === "number" && Number.isSafeInteger(x);
 }
@@ -290,6 +295,7 @@ export class Vm {
       Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
       Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
       const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
+        execArgv: workerExecArgv(),
         workerData: { shared: this.shared, vcpuId: id, guest: guest(id), tlbBits },
       });
       this.watch(w, `vcpu ${id}`);
@@ -317,7 +323,8 @@ export class Vm {
     for (;;) {
       const s = Atomics.load(v, i);
       if (ok(s) || s === (VcpuState.Dead as number) || s === (VcpuState.Stopped as number)) return;
-      if (this.error && !this.workers.has(id)) return;
+      // A worker that died before reporting any state must not leave us waiting.
+      if (this.error) return;
       const r = Atomics.waitAsync(v, i, s, 50);
       if (r.async) await r.value;
       else await new Promise((res) => setImmediate(res));
@@ -394,7 +401,10 @@ export class Vm {
       invalidatePages: o.invalidatePages ?? 512,
       seed: o.seed ?? 1,
     };
-    this.hostWorker = new Worker(new URL("./mem/host_worker.js", import.meta.url), { workerData: data });
+    this.hostWorker = new Worker(new URL("./mem/host_worker.js", import.meta.url), {
+      workerData: data,
+      execArgv: workerExecArgv(),
+    });
     this.watch(this.hostWorker, "host thread");
     while (Atomics.load(this.hostCtl, HOST_STATE) === 0 && !this.error) await new Promise((r) => setTimeout(r, 1));
   }
