@@ -46,16 +46,19 @@ export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   const n = aload(kvm.ctl, CTL_NR_VCPUS);
   // Kick everyone first (the IPIs go out together), then wait for each acknowledgement.
   let kicked = 0;
+  let waited = false;
   for (let i = 0; i < n; i++) {
     const r = i * VCPU_STRIDE;
     aor(v, r + VCPU_REQUESTS, req);
     // kvm_vcpu_exiting_guest_mode: IN -> EXITING; any mode but OUTSIDE must acknowledge.
     const old = acas(v, r + VCPU_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE);
-    if (old !== OUTSIDE_GUEST_MODE && i < 31) kicked |= 1 << i;
-    else if (old !== OUTSIDE_GUEST_MODE) waitForAck(kvm, i);
+    if (old === OUTSIDE_GUEST_MODE) continue;
+    waited = true;
+    if (i < 31) kicked |= 1 << i;
+    else waitForAck(kvm, i);
   }
   for (let i = 0; kicked !== 0; i++, kicked >>>= 1) if ((kicked & 1) !== 0) waitForAck(kvm, i);
-  return kicked !== 0;
+  return waited;
 }
 
 function waitForAck(kvm: Kvm, i: number): void {
