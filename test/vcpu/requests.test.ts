@@ -1,0 +1,207 @@
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { once } from "node:events";
+import { Worker } from "node:worker_threads";
+import {
+  CTL_NR_VCPUS,
+  CTL_REMOTE_FLUSHES,
+  EXITING_GUEST_MODE,
+  IN_GUEST_MODE,
+  Kvm,
+  KVM_REQ_MMU_RELOAD,
+  KVM_REQ_TLB_FLUSH,
+  OUTSIDE_GUEST_MODE,
+  READING_SHADOW_PAGE_TABLES,
+  VCPU_MODE,
+  VCPU_REQUESTS,
+  VCPU_STATE,
+  VCPU_STRIDE,
+} from "../../src/kvm_host.js";
+import {
+  kvm_flush_remote_tlbs,
+  kvm_make_request,
+  make_all_cpus_request,
+  VcpuState,
+} from "../../src/vcpu/requests.js";
+import { Vcpu } from "../../src/vcpu/vcpu.js";
+import { makeKvm } from "../helpers/kvm.js";
+import { FAKE_GFN, FAKE_PFN, FakeVcpuData, FakeVcpuWords } from "../workers/fake_vcpu.js";
+
+const mode = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, id * VCPU_STRIDE + VCPU_MODE);
+const requests = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, id * VCPU_STRIDE + VCPU_REQUESTS);
+
+function kvmWithVcpus(n: number): Kvm {
+  const kvm = makeKvm();
+  Atomics.store(kvm.ctl, CTL_NR_VCPUS, n);
+  return kvm;
+}
+
+interface Fake {
+  out: Int32Array;
+  worker: Worker;
+  exit: Promise<unknown[]>;
+}
+
+function fakeVcpu(kvm: Kvm, id: number, script: FakeVcpuData["script"], holdMs = 0, busyUs = 0): Fake {
+  const out = new Int32Array(new SharedArrayBuffer(FakeVcpuWords.Count * 4));
+  const data: FakeVcpuData = {
+    shared: kvm.shared,
+    id,
+    out: out.buffer,
+    script,
+    holdMs,
+    busyUs,
+  };
+  const worker = new Worker(new URL("../workers/fake_vcpu.js", import.meta.url), { workerData: data });
+  worker.on("error", (e) => {
+    throw e;
+  });
+  return { out, worker, exit: once(worker, "exit") };
+}
+
+/** Waits (without blocking the event loop) until out[i] >= v. */
+async function until(out: Int32Array, i: number, v: number, timeoutMs = 20_000): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const x = Atomics.load(out, i);
+    if (x >= v) return;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`word ${i} stayed at ${x}, wanted ${v}`);
+    const r = Atomics.waitAsync(out, i, x, 20);
+    if (r.async) await r.value;
+  }
+}
+
+test("requests: kvm_make_request sets bits without clearing others", () => {
+  const kvm = kvmWithVcpus(2);
+  kvm_make_request(kvm, 1, KVM_REQ_MMU_RELOAD);
+  kvm_make_request(kvm, 1, KVM_REQ_TLB_FLUSH);
+  assert.equal(requests(kvm, 1), KVM_REQ_MMU_RELOAD | KVM_REQ_TLB_FLUSH);
+  assert.equal(requests(kvm, 0), 0);
+});
+
+test("requests: vCPUs outside guest mode are not waited for; they flush at their next entry", () => {
+  const kvm = kvmWithVcpus(3);
+  const vcpu = new Vcpu(kvm, 0, 4);
+  vcpu.enterGuest();
+  assert.equal(mode(kvm, 0), IN_GUEST_MODE);
+  vcpu.tlb.fill(FAKE_GFN, FAKE_PFN, true);
+  vcpu.exitGuest();
+  assert.equal(mode(kvm, 0), OUTSIDE_GUEST_MODE);
+  // vCPUs 1 and 2 never ran: OUTSIDE_GUEST_MODE too
+  const t0 = performance.now();
+  assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), false, "nobody had to be kicked");
+  kvm_flush_remote_tlbs(kvm);
+  assert.ok(performance.now() - t0 < 1000);
+  assert.equal(Atomics.load(kvm.ctl, CTL_REMOTE_FLUSHES), 1);
+  for (const id of [0, 1, 2]) {
+    assert.equal(requests(kvm, id), KVM_REQ_TLB_FLUSH, `vcpu ${id} has the request`);
+    assert.equal(mode(kvm, id), OUTSIDE_GUEST_MODE, `vcpu ${id} was not kicked`);
+  }
+  assert.notEqual(vcpu.tlb.lookup(FAKE_GFN), -1, "nothing flushed yet: the vCPU is outside guest mode");
+  vcpu.enterGuest();
+  assert.equal(vcpu.tlb.lookup(FAKE_GFN), -1, "the entry is gone once the vCPU enters guest mode");
+  assert.equal(vcpu.tlb.flushes, 1);
+  assert.equal(requests(kvm, 0), 0, "the request was consumed");
+  assert.equal(mode(kvm, 0), IN_GUEST_MODE);
+});
+
+test("requests: a vCPU thread sleeping outside guest mode does not hold up the flusher", async () => {
+  const kvm = kvmWithVcpus(1);
+  const f = fakeVcpu(kvm, 0, "outside");
+  await until(f.out, FakeVcpuWords.Ready, 1);
+  assert.equal(mode(kvm, 0), OUTSIDE_GUEST_MODE);
+  const t0 = performance.now();
+  kvm_flush_remote_tlbs(kvm); // the worker is blocked in Atomics.wait: it could never acknowledge
+  assert.ok(performance.now() - t0 < 1000, "returned without waiting");
+  Atomics.store(f.out, FakeVcpuWords.Go, 1);
+  Atomics.notify(f.out, FakeVcpuWords.Go);
+  await f.exit;
+  assert.equal(f.out[FakeVcpuWords.Result], 0, "the vCPU's TLB entry did not survive its next entry");
+  assert.equal(f.out[FakeVcpuWords.Flushes], 1);
+});
+
+test("requests: kvm_flush_remote_tlbs returns only after a vCPU in guest mode acknowledged", async () => {
+  const kvm = kvmWithVcpus(2); // vCPU 1 never runs and must not be waited for
+  const f = fakeVcpu(kvm, 0, "poll", 0, 200);
+  try {
+    await until(f.out, FakeVcpuWords.Ready, 1);
+    const ROUNDS = 200;
+    for (let r = 1; r <= ROUNDS; r++) {
+      Atomics.store(f.out, FakeVcpuWords.ReqFill, r);
+      await until(f.out, FakeVcpuWords.Filled, r);
+      assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), true, "the vCPU in guest mode was kicked");
+      // the vCPU acknowledged: it is no longer in EXITING_GUEST_MODE
+      assert.notEqual(mode(kvm, 0), EXITING_GUEST_MODE);
+      Atomics.store(f.out, FakeVcpuWords.Done, r);
+      await until(f.out, FakeVcpuWords.Missed, r);
+    }
+    // the same through kvm_flush_remote_tlbs
+    for (let r = ROUNDS + 1; r <= ROUNDS + 10; r++) {
+      Atomics.store(f.out, FakeVcpuWords.ReqFill, r);
+      await until(f.out, FakeVcpuWords.Filled, r);
+      kvm_flush_remote_tlbs(kvm);
+      Atomics.store(f.out, FakeVcpuWords.Done, r);
+      await until(f.out, FakeVcpuWords.Missed, r);
+    }
+    Atomics.store(f.out, FakeVcpuWords.Stop, 1);
+    await f.exit;
+    assert.equal(
+      f.out[FakeVcpuWords.Violations],
+      0,
+      "a TLB use after the flush returned still hit the old entry",
+    );
+    assert.ok(f.out[FakeVcpuWords.Flushes] >= ROUNDS + 10, `${f.out[FakeVcpuWords.Flushes]} TLB flushes`);
+    assert.equal(Atomics.load(kvm.ctl, CTL_REMOTE_FLUSHES), 10);
+    assert.equal(mode(kvm, 1), OUTSIDE_GUEST_MODE);
+  } finally {
+    Atomics.store(f.out, FakeVcpuWords.Stop, 1);
+    await f.worker.terminate();
+  }
+});
+
+test("requests: a vCPU reading shadow page tables is waited for, not kicked", async () => {
+  const kvm = kvmWithVcpus(1);
+  const f = fakeVcpu(kvm, 0, "reading", 150);
+  await until(f.out, FakeVcpuWords.Ready, 1);
+  const t0 = performance.now();
+  kvm_flush_remote_tlbs(kvm);
+  const dt = performance.now() - t0;
+  await f.exit;
+  assert.ok(dt >= 50, `the flusher waited for the end of the walk (${dt.toFixed(1)} ms)`);
+  assert.equal(
+    f.out[FakeVcpuWords.Result],
+    READING_SHADOW_PAGE_TABLES,
+    "the mode was left alone during the walk",
+  );
+  assert.equal(mode(kvm, 0), OUTSIDE_GUEST_MODE);
+});
+
+test("requests: a Dead vCPU left in guest mode does not hang the flusher", async () => {
+  // already dead before the flush
+  const kvm = kvmWithVcpus(2);
+  for (const id of [0, 1]) {
+    Atomics.store(
+      kvm.vcpu,
+      id * VCPU_STRIDE + VCPU_MODE,
+      id === 0 ? IN_GUEST_MODE : READING_SHADOW_PAGE_TABLES,
+    );
+    Atomics.store(kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE, VcpuState.Dead);
+  }
+  let t0 = performance.now();
+  assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), true);
+  assert.ok(performance.now() - t0 < 1000);
+  assert.equal(mode(kvm, 0), EXITING_GUEST_MODE, "it was kicked, but nobody acknowledged");
+
+  // dies while the flusher waits for it
+  const kvm2 = kvmWithVcpus(1);
+  const f = fakeVcpu(kvm2, 0, "dies", 150);
+  await until(f.out, FakeVcpuWords.Ready, 1);
+  t0 = performance.now();
+  kvm_flush_remote_tlbs(kvm2);
+  const dt = performance.now() - t0;
+  await f.exit;
+  assert.ok(dt >= 50, `the flusher waited while the vCPU was alive (${dt.toFixed(1)} ms)`);
+  assert.ok(dt < 5000, `and returned once it was Dead (${dt.toFixed(1)} ms)`);
+  assert.equal(f.out[FakeVcpuWords.Flushes], 0, "the dead vCPU never acknowledged");
+  assert.equal(mode(kvm2, 0), EXITING_GUEST_MODE);
+});
