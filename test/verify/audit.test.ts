@@ -65,22 +65,22 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
   try {
     vm.getDirtyLog(0); // every spte is now write-protected and every bit clear
     assert.deepEqual(audit(vm.kvm), []);
-    // Find a present leaf and make it writable behind the dirty log's back.
+    // Find a present 4 KiB leaf (depth-first: some leaf tables may be empty after invalidations)
+    // and make it writable behind the dirty log's back.
     const kvm = vm.kvm;
-    let sp = kvm.ctl[CTL_ROOT];
-    for (let level = 4; level > 1; level--) {
-      let next = -1;
-      for (let i = 0; i < PT64_ENT_PER_PAGE && next < 0; i++) {
-        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i];
-        if (is_shadow_present_pte(s) && !is_last_spte(s, level)) next = spte_to_child_sp(s);
+    const find = (sp: number, level: number): number => {
+      for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i]!;
+        if (!is_shadow_present_pte(s)) continue;
+        if (level === 1) return sp * PT64_ENT_PER_PAGE + i;
+        if (is_last_spte(s, level)) continue;
+        const r = find(spte_to_child_sp(s), level - 1);
+        if (r >= 0) return r;
       }
-      assert.ok(next > 0, "a path to a leaf table exists");
-      sp = next;
-    }
-    let leaf = -1;
-    for (let i = 0; i < PT64_ENT_PER_PAGE && leaf < 0; i++)
-      if (is_shadow_present_pte(kvm.spt[sp * PT64_ENT_PER_PAGE + i])) leaf = sp * PT64_ENT_PER_PAGE + i;
-    assert.ok(leaf >= 0);
+      return -1;
+    };
+    const leaf = find(kvm.ctl[CTL_ROOT]!, 4);
+    assert.ok(leaf >= 0, "a present 4 KiB leaf exists");
     kvm.spt[leaf] |= PT_WRITABLE_MASK;
     const bad = audit(kvm);
     assert.ok(
