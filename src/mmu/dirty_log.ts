@@ -23,6 +23,7 @@ import {
   rmap_write_protect_lockless,
   skipFlushBug,
   spte_write_protect_lockless,
+  spte_write_protect_locked,
   slot_remove_write_access_locked,
   slot_remove_write_access_lockless,
 } from "./write_protect.js";
@@ -55,6 +56,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
   const l1 = kvm.slots[r + SLOT_RMAP_BASE];
   let dirty = 0;
   if (kvm.wp === WpStrategy.Locked) {
+    const rmaps = kvm.rmapPool;
     const w0 = kvm.mmu_lock.stats.waitNs;
     kvm.mmu_lock.lock();
     times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
@@ -72,7 +74,11 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
         const h = l1 + i * 32;
         while (mask !== 0) {
           const bit = 31 - Math.clz32(mask & -mask);
-          if (__rmap_write_protect(kvm, h + bit)) flush = true;
+          // As in the lockless path: a single-entry head inline, chains through the iterator.
+          const v = rmaps[h + bit]!;
+          if (v !== 0 && (v & 1) === 0) {
+            if (spte_write_protect_locked(kvm, (v >>> 1) - 1) !== 0) flush = true;
+          } else if (v !== 0 && __rmap_write_protect(kvm, h + bit)) flush = true;
           mask &= mask - 1;
         }
       }

@@ -32,7 +32,7 @@ export const wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
  * 3.11 spte_write_protect: returns 1 if the spte was dropped (a large spte), 2 if a flush is
  * needed, 0 otherwise. mmu_lock held.
  */
-function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
+export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
   const s = aload(kvm.spt, sptep);
   if (!is_writable_pte(s)) return 0;
   if (is_large_pte(s)) {
