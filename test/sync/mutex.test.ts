@@ -109,9 +109,14 @@ test("mutex: a holder on this thread blocks lock() and tryLock() on workers unti
     m.lock();
     const { exit } = spawn(w, 1, mode);
     start(w);
-    await sleep(150);
+    const t0 = Date.now();
+    while (Atomics.load(w, C + MutexTestWords.Started) === 0 || (mode === "lock" && !m.isContended())) {
+      assert.ok(Date.now() - t0 < 20_000, `${mode}: the worker never tried the lock`);
+      await sleep(5);
+    }
+    // lock(): the worker holds a ticket, it is queued behind this thread
+    await sleep(100);
     assert.equal(w[C + MutexTestWords.Counter], 0, `${mode}: the worker got in while the lock was held`);
-    if (mode === "lock") assert.equal(m.isContended(), true, "the worker is queued behind the holder");
     m.unlock();
     const [code] = await exit;
     assert.equal(code, 0);

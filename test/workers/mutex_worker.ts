@@ -24,7 +24,9 @@ export const enum MutexTestWords {
   Inside = 1,
   Overlaps = 2,
   Start = 3,
-  Count = 4,
+  /** Set by a worker just before its first lock attempt. */
+  Started = 4,
+  Count = 5,
 }
 
 function main(d: MutexWorkerData): void {
@@ -33,6 +35,7 @@ function main(d: MutexWorkerData): void {
   const c = d.base + 4;
   // start together
   while (Atomics.load(w, c + MutexTestWords.Start) === 0) Atomics.wait(w, c + MutexTestWords.Start, 0, 50);
+  Atomics.add(w, c + MutexTestWords.Started, 1);
   for (let i = 0; i < d.iters; i++) {
     const useTry = d.mode === "try" || (d.mode === "mixed" && (i & 1) === 1);
     if (useTry) while (!m.tryLock());
