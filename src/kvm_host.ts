@@ -217,6 +217,11 @@ export interface KvmShared {
   sctl: SharedArrayBuffer;
 }
 
+/** Pages of host virtual address space a VM can mmap. */
+export function hvaPages(config: KvmConfig): number {
+  return 2 * config.hostFrames + 64 * 512;
+}
+
 function sab(bytes: number): SharedArrayBuffer {
   return new SharedArrayBuffer(Math.max(8, Math.ceil(bytes / 8) * 8));
 }
@@ -224,7 +229,8 @@ function sab(bytes: number): SharedArrayBuffer {
 export function allocKvmShared(config: KvmConfig): KvmShared {
   const slotPages = config.maxSlotPages;
   // Level 1 heads, plus levels 2 and 3 (+2 per slot for unaligned ends, bounded by slots).
-  const rmapWords = slotPages + Math.ceil(slotPages / 512) + Math.ceil(slotPages / 262144) + 4 * KVM_USER_MEM_SLOTS;
+  const rmapWords =
+    slotPages + Math.ceil(slotPages / 512) + Math.ceil(slotPages / 262144) + 4 * KVM_USER_MEM_SLOTS;
   const bitmapWords = 2 * (Math.ceil(slotPages / 32) + KVM_USER_MEM_SLOTS);
   const lpageWords = Math.ceil(slotPages / 512) + Math.ceil(slotPages / 262144) + 4 * KVM_USER_MEM_SLOTS;
   const shadow = config.mode === MmuMode.Shadow;
@@ -239,8 +245,9 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     bitmapPool: sab(bitmapWords * 4),
     lpagePool: sab(lpageWords * 4),
     mem: new SharedArrayBuffer(config.hostFrames * PAGE_SIZE),
-    hpt: sab(config.hostFrames * 4),
-    thp: sab(Math.ceil(config.hostFrames / 512) * 4),
+    // Host virtual space: twice the frames plus 2 MiB alignment slack per mapping.
+    hpt: sab(hvaPages(config) * 4),
+    thp: sab(Math.ceil(hvaPages(config) / 512) * 4),
     frameStack: sab(config.hostFrames * 4),
     vcpu: sab(config.maxVcpus * VCPU_STRIDE * 4),
     vcpuStats: sab(config.maxVcpus * ST_STRIDE * 8),

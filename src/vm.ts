@@ -125,29 +125,48 @@ export class Vm {
   static create(o: VmOptions): Vm {
     if (!isInt(o.memory) || o.memory <= 0 || o.memory % PAGE_SIZE !== 0)
       throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
-    if (o.memory > MAX_MEMORY) throw new KvmError("ENOMEM", `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit`);
-    if (o.wp !== "locked" && o.wp !== "lockless") throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
+    if (o.memory > MAX_MEMORY)
+      throw new KvmError("ENOMEM", `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit`);
+    if (o.wp !== "locked" && o.wp !== "lockless")
+      throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
     const mode = o.mode ?? "tdp";
-    if (mode !== "tdp" && mode !== "shadow") throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
+    if (mode !== "tdp" && mode !== "shadow")
+      throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
     let bugs = 0;
     for (const b of o.bugs ?? []) {
-      if (!(b in BUG)) throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
+      if (!Object.hasOwn(BUG, b))
+        throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
       bugs |= BUG[b];
     }
     const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
-    if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS) throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
+    if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
+      throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
     const hostFrames = o.memory / PAGE_SIZE;
     const maxSlotPages = o.maxSlotPages ?? hostFrames;
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
     // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
     const shadow = mode === "shadow";
-    const maxSp = o.maxSp ?? (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64);
-    const maxDesc = o.maxDesc ?? Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64)));
+    const maxSp =
+      o.maxSp ?? (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64);
+    const maxDesc =
+      o.maxDesc ?? Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64)));
     let shared: KvmShared;
     try {
-      shared = allocKvmShared({ hostFrames, maxSlotPages, maxSp, maxDesc, maxVcpus, wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless, bugs, mode: shadow ? MmuMode.Shadow : MmuMode.Tdp });
+      shared = allocKvmShared({
+        hostFrames,
+        maxSlotPages,
+        maxSp,
+        maxDesc,
+        maxVcpus,
+        wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless,
+        bugs,
+        mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
+      });
     } catch (e) {
-      throw new KvmError("ENOMEM", `memory: cannot allocate ${o.memory} bytes of shared memory (${(e as Error).message})`);
+      throw new KvmError(
+        "ENOMEM",
+        `memory: cannot allocate ${o.memory} bytes of shared memory (${(e as Error).message})`,
+      );
     }
     return new Vm(shared);
   }
@@ -168,7 +187,8 @@ export class Vm {
       throw einval("flags", `unknown flags 0x${Number(m.flags).toString(16)}`);
     for (const k of ["guestPhysAddr", "memorySize", "userspaceAddr"] as const) {
       const x = m[k];
-      if (!isInt(x) || x < 0 || x % PAGE_SIZE !== 0) throw einval(k, `must be a non-negative multiple of ${PAGE_SIZE}, got ${String(x)}`);
+      if (!isInt(x) || x < 0 || x % PAGE_SIZE !== 0)
+        throw einval(k, `must be a non-negative multiple of ${PAGE_SIZE}, got ${String(x)}`);
     }
     const r = m.slot * SLOT_STRIDE;
     const s = kvm.slots;
@@ -185,20 +205,33 @@ export class Vm {
         return;
       }
       if (active) {
-        if (s[r + SLOT_BASE_GFN] !== baseGfn || s[r + SLOT_NPAGES] !== npages || s[r + SLOT_HVA_PAGE] !== hvaPage)
+        if (
+          s[r + SLOT_BASE_GFN] !== baseGfn ||
+          s[r + SLOT_NPAGES] !== npages ||
+          s[r + SLOT_HVA_PAGE] !== hvaPage
+        )
           throw einval("slot", `slot ${m.slot} exists: only its flags may change (delete it first)`);
-        if (((s[r + SLOT_FLAGS]! ^ m.flags) & KVM_MEM_READONLY) !== 0) throw einval("flags", "KVM_MEM_READONLY cannot change");
+        if (((s[r + SLOT_FLAGS]! ^ m.flags) & KVM_MEM_READONLY) !== 0)
+          throw einval("flags", "KVM_MEM_READONLY cannot change");
         kvm_set_dirty_logging(kvm, r, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
         return;
       }
-      if (baseGfn + npages >= 2 ** 31) throw einval("guestPhysAddr", "beyond the 43-bit guest-physical space this engine models");
-      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT]!) throw new KvmError("EFAULT", `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`);
+      if (baseGfn + npages >= 2 ** 31)
+        throw einval("guestPhysAddr", "beyond the 43-bit guest-physical space this engine models");
+      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT]! || !this.hvaMapped(hvaPage, npages))
+        throw new KvmError(
+          "EFAULT",
+          `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`,
+        );
       for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
         const o = id * SLOT_STRIDE;
         if (s[o + SLOT_ACTIVE] === 0) continue;
         const ob = s[o + SLOT_BASE_GFN]!;
         if (baseGfn < ob + s[o + SLOT_NPAGES]! && ob < baseGfn + npages)
-          throw new KvmError("EEXIST", `guestPhysAddr: [0x${m.guestPhysAddr.toString(16)}, +0x${m.memorySize.toString(16)}) overlaps slot ${id}`);
+          throw new KvmError(
+            "EEXIST",
+            `guestPhysAddr: [0x${m.guestPhysAddr.toString(16)}, +0x${m.memorySize.toString(16)}) overlaps slot ${id}`,
+          );
       }
       this.checkIdle("slot");
       this.createSlot(r, baseGfn, npages, hvaPage, m.flags);
@@ -207,8 +240,18 @@ export class Vm {
     }
   }
 
+  /** Every page of [hvaPage, +npages) is backed (KVM would fault on first access; we refuse early). */
+  private hvaMapped(hvaPage: number, npages: number): boolean {
+    for (let p = hvaPage; p < hvaPage + npages; p++) if (Atomics.load(this.kvm.hpt, p) === 0) return false;
+    return true;
+  }
+
   private checkIdle(arg: string): void {
-    if (this.running) throw new KvmError("EBUSY", `${arg}: memslots can be created or deleted only while the vCPUs are stopped`);
+    if (this.running)
+      throw new KvmError(
+        "EBUSY",
+        `${arg}: memslots can be created or deleted only while the vCPUs are stopped`,
+      );
   }
 
   private createSlot(r: number, baseGfn: number, npages: number, hvaPage: number, flags: number): void {
@@ -225,7 +268,10 @@ export class Vm {
       bNext + 2 * bitmapWords > kvm.bitmapPool.length ||
       lpBase + l2 + l3 > kvm.lpagePool.length
     )
-      throw new KvmError("ENOMEM", `memorySize: ${npages} pages do not fit the memslot metadata (maxSlotPages)`);
+      throw new KvmError(
+        "ENOMEM",
+        `memorySize: ${npages} pages do not fit the memslot metadata (maxSlotPages)`,
+      );
     const s = kvm.slots;
     kvm.rmapPool.fill(0, rNext, rNext + rmapWords);
     kvm.bitmapPool.fill(0, bNext, bNext + 2 * bitmapWords);
@@ -306,7 +352,8 @@ export class Vm {
 
   private watch(w: Worker, who: string): void {
     w.on("message", (m: { type: string; message: string; code?: string }) => {
-      if (m.type === "error") this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
+      if (m.type === "error")
+        this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
     });
     w.on("error", (e) => this.fail(new KvmError("EIO", `${who}: ${e.message}`)));
   }
@@ -373,7 +420,14 @@ export class Vm {
         if (r.async) await r.value;
       }
     }
-    await Promise.all([...this.workers.values()].map((w) => w.terminate().then(() => undefined, () => undefined)));
+    await Promise.all(
+      [...this.workers.values()].map((w) =>
+        w.terminate().then(
+          () => undefined,
+          () => undefined,
+        ),
+      ),
+    );
     this.workers.clear();
     this.running = false;
   }
@@ -381,7 +435,8 @@ export class Vm {
   /** Starts the host thread that migrates and invalidates guest backing (MMU-notifier churn). */
   async startHostThread(o: HostThreadOptions): Promise<void> {
     for (const [k, v] of Object.entries({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate }))
-      if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v)) throw einval(k, `must be a rate >= 0, got ${String(v)}`);
+      if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v))
+        throw einval(k, `must be a rate >= 0, got ${String(v)}`);
     if (this.hostWorker) throw new KvmError("EBUSY", "startHostThread: already running");
     const ranges: [number, number][] = [];
     const s = this.kvm.slots;
@@ -406,7 +461,8 @@ export class Vm {
       execArgv: workerExecArgv(),
     });
     this.watch(this.hostWorker, "host thread");
-    while (Atomics.load(this.hostCtl, HOST_STATE) === 0 && !this.error) await new Promise((r) => setTimeout(r, 1));
+    while (Atomics.load(this.hostCtl, HOST_STATE) === 0 && !this.error)
+      await new Promise((r) => setTimeout(r, 1));
   }
 
   hostThreadCounters(): { migrations: number; invalidations: number } {
@@ -444,9 +500,11 @@ export class Vm {
   }
 
   private slotRow(slot: number): number {
-    if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS) throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+    if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
+      throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
     const r = slot * SLOT_STRIDE;
-    if (this.kvm.slots[r + SLOT_ACTIVE] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
+    if (this.kvm.slots[r + SLOT_ACTIVE] === 0)
+      throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
     return r;
   }
 
@@ -459,7 +517,8 @@ export class Vm {
       if ((kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) === 0)
         throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
       const words = kvm.slots[r + SLOT_BITMAP_WORDS]!;
-      if (out !== undefined && out.length < words) throw einval("out", `needs ${words} words, got ${out.length}`);
+      if (out !== undefined && out.length < words)
+        throw einval("out", `needs ${words} words, got ${out.length}`);
       const bitmap = out ?? new Uint32Array(words);
       kvm_get_dirty_log(kvm, r, bitmap, this.times);
       return bitmap;
@@ -502,7 +561,8 @@ export class Vm {
    * copy never races a page migration. Used by the migration-style oracle and the e2e tests.
    */
   readGuestPage(gpa: number, out: Int32Array = new Int32Array(PAGE_SIZE / 4)): Int32Array {
-    if (!isInt(gpa) || gpa < 0 || gpa % PAGE_SIZE !== 0) throw einval("gpa", `must be a page-aligned address, got ${String(gpa)}`);
+    if (!isInt(gpa) || gpa < 0 || gpa % PAGE_SIZE !== 0)
+      throw einval("gpa", `must be a page-aligned address, got ${String(gpa)}`);
     if (out.length < PAGE_SIZE / 4) throw einval("out", `needs ${PAGE_SIZE / 4} words, got ${out.length}`);
     const gfn = gpa / PAGE_SIZE;
     const s = this.kvm.slots;

@@ -47,11 +47,11 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
   kvm.mm_lock.lock();
   try {
     if (pages > free_frames(kvm))
-      throw new KvmError("ENOMEM", `size: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
+      throw new KvmError("ENOMEM", `bytes: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
     const ctl = kvm.ctl;
     const hva = Math.ceil(Math.max(ctl[CTL_HVA_NEXT], 1) / 512) * 512;
     if (hva + pages > kvm.hpt.length)
-      throw new KvmError("ENOMEM", `size: host virtual address space exhausted`);
+      throw new KvmError("ENOMEM", `bytes: host virtual address space exhausted`);
     ctl[CTL_HVA_NEXT] = hva + pages;
     let p = 0;
     if (ctl[CTL_FRAME_HIGH] === 0) ctl[CTL_FRAME_HIGH] = 1; // frame 0 is never handed out
@@ -71,7 +71,7 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
         continue;
       }
       const f = alloc_frame(kvm);
-      if (f === 0) throw new KvmError("ENOMEM", "size: out of host frames");
+      if (f === 0) throw new KvmError("ENOMEM", "bytes: out of host frames");
       kvm.mem.fill(0, f * PAGE_WORDS, (f + 1) * PAGE_WORDS);
       astore(kvm.hpt, hva + p, (f << 1) | HPT_WRITABLE);
       p++;
@@ -146,6 +146,7 @@ export function host_read_u64(kvm: Kvm, hvaByte: number): [number, number] {
   kvm.mm_lock.lock();
   try {
     const pfn = aload(kvm.hpt, Math.floor(hvaByte / 4096)) >>> 1;
+    if (pfn === 0) throw new KvmError("EFAULT", `hva 0x${hvaByte.toString(16)}: not mapped`);
     const w = pfn * PAGE_WORDS + ((hvaByte % 4096) >>> 2);
     return [kvm.mem[w], kvm.mem[w + 1]];
   } finally {
