@@ -11,9 +11,10 @@
  * 2 MiB ranges through the MMU notifier; each invalidation zaps mappings the vCPUs then fault
  * back in through the slow path, under mmu_lock.
  */
-import { Vm, WpName } from "../vm.js";
+import { MmuModeName, Vm, WpName } from "../vm.js";
 import {
   KVM_MEM_LOG_DIRTY_PAGES,
+  MmuMode,
   PAGE_SIZE,
   ST_FAST_PF,
   ST_LOCK_ACQ,
@@ -27,6 +28,8 @@ import {
   VCPU_STRIDE,
 } from "../kvm_host.js";
 import { einval } from "../errors.js";
+import { tablesFor } from "../workload/guest_paging.js";
+import { shadowCounters } from "../mmu/shadow.js";
 
 export interface Contention {
   migrateRate: number;
@@ -50,6 +53,13 @@ export interface PerfOptions {
   contention: Contention;
   park: boolean;
   seed: number;
+  /**
+   * "tdp" (default): as KVM's test, no guest paging. "shadow": EPT off; each vCPU first builds
+   * its page tables (in a second, small memslot) mapping its region at a guest virtual address,
+   * with 2 MiB guest pages if `guestHuge`, then runs memstress on virtual addresses.
+   */
+  mode?: MmuModeName;
+  guestHuge?: boolean;
   progress?: (msg: string) => void;
 }
 
@@ -73,6 +83,8 @@ export interface StrategyResult {
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
   host: { migrations: number; invalidations: number };
   metadataBytes: number;
+  /** Shadow mode: the shadow MMU's counters (src/mmu/shadow.ts shadowCounters). */
+  shadow?: Record<string, number>;
 }
 
 export interface PerfResult {
@@ -87,6 +99,11 @@ export interface PerfResult {
 
 const SLOT = 0;
 const GPA_BASE = 1 << 30;
+/** Shadow mode: the guest's page tables live in this slot (the guest "kernel area"). */
+const PT_SLOT = 1;
+const PT_GPA = 1 << 20;
+/** Guest virtual page where vCPU 0's region is mapped (PML4 index 1, away from the kernel area). */
+const REGION_VPN = 1 << 27;
 
 interface Run {
   wp: WpName;
@@ -146,16 +163,24 @@ export function validatePerfOptions(o: PerfOptions): void {
   if (!Number.isInteger(o.writePercent) || o.writePercent < 0 || o.writePercent > 100)
     throw einval("writePercent", "must be 0..100");
   if (o.wp.length === 0) throw einval("wp", "no strategy");
+  if (o.mode !== undefined && o.mode !== "tdp" && o.mode !== "shadow")
+    throw einval("mode", "must be tdp or shadow");
 }
 
 async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   const guestBytes = o.vcpus * o.bytesPerVcpu;
+  const shadow = o.mode === "shadow";
+  const pages = o.bytesPerVcpu / PAGE_SIZE;
+  // Shadow: a pool of table pages per vCPU for its region and the kernel area's identity map.
+  const pool = shadow ? tablesFor(pages, o.guestHuge) + tablesFor(o.vcpus * 4096) + 8 : 0;
+  const ptPages = Math.ceil((o.vcpus * pool) / 512) * 512;
   // Spare frames for page migration and alignment.
   const vm = Vm.create({
-    memory: guestBytes + (8 << 20),
+    memory: guestBytes + ptPages * PAGE_SIZE + (8 << 20),
     wp,
+    mode: o.mode ?? "tdp",
     maxVcpus: Math.max(o.vcpus, 1),
-    maxSlotPages: guestBytes / PAGE_SIZE,
+    maxSlotPages: guestBytes / PAGE_SIZE + ptPages,
   });
   const hva = vm.mmap(guestBytes, { thp: o.thp });
   vm.setUserMemoryRegion({
@@ -165,7 +190,17 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     memorySize: guestBytes,
     userspaceAddr: hva,
   });
-  const pages = o.bytesPerVcpu / PAGE_SIZE;
+  const kernel = { baseGfn: PT_GPA / PAGE_SIZE, pages: ptPages };
+  if (shadow) {
+    const khva = vm.mmap(ptPages * PAGE_SIZE, { thp: o.thp });
+    vm.setUserMemoryRegion({
+      slot: PT_SLOT,
+      flags: 0,
+      guestPhysAddr: PT_GPA,
+      memorySize: ptPages * PAGE_SIZE,
+      userspaceAddr: khva,
+    });
+  }
   for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
   const t0 = performance.now();
   await vm.run((id) => ({
@@ -175,6 +210,17 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     writePercent: o.writePercent,
     random: o.random,
     seed: o.seed,
+    ...(shadow
+      ? {
+          paging: {
+            kernel,
+            poolGfn: kernel.baseGfn + id * pool,
+            poolPages: pool,
+            vpn: REGION_VPN + id * pages,
+            large: o.guestHuge ?? false,
+          },
+        }
+      : {}),
   }));
   await waitPasses(
     vm,
@@ -264,6 +310,7 @@ function summarize(run: Run): StrategyResult {
     },
     host: vm.hostThreadCounters(),
     metadataBytes: vm.metadataBytes(),
+    ...(vm.kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(vm.kvm) } : {}),
   };
 }
 

@@ -11,7 +11,8 @@ export function formatPerf(r: PerfResult): string {
   const out: string[] = [];
   const o = r.options;
   out.push(
-    `dirty-log-perf: ${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.iterations} iterations, ` +
+    `dirty-log-perf: ${o.mode === "shadow" ? `shadow paging${o.guestHuge ? " (2 MiB guest pages)" : ""}` : "TDP"}, ` +
+      `${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.iterations} iterations, ` +
       `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
       `contention migrate ${o.contention.migrateRate}/s invalidate ${o.contention.invalidateRate}/s, ` +
       `vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log; ${r.machine.cpus} CPUs, node ${r.machine.node}`,
@@ -29,6 +30,10 @@ export function formatPerf(r: PerfResult): string {
       `  mmu_lock: ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions; remote flush in ioctl ${ms(s.flushNs)} ms`,
       `  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`,
     );
+    if (s.shadow)
+      out.push(
+        `  shadow MMU: ${s.shadow["spUsed"]} pages (${s.shadow["indirectShadowPages"]} shadow guest tables), ${s.shadow["emulated"]} emulated guest-table writes, ${s.shadow["ptProtectFlushes"]} guest-table protections that flushed`,
+      );
   }
   if (r.ratio) {
     out.push(
@@ -55,6 +60,8 @@ export function registerDirtyLogPerf(program: Command): void {
     .option("--wp <list>", "write-protect strategies, alternated", "locked,lockless")
     .option("--no-thp", "back guest memory with 4 KiB pages only")
     .option("--contention <level>", "MMU-notifier churn: none, default, heavy", "default")
+    .option("--mode <mode>", "tdp (EPT on) or shadow (EPT off: the guest runs on its own page tables)", "tdp")
+    .option("--guest-huge", "shadow mode: the guest maps its region with 2 MiB pages", false)
     .option("--migrate-rate <n>", "page migrations per second (overrides --contention)")
     .option("--invalidate-rate <n>", "2 MiB invalidations per second (overrides --contention)")
     .option(
@@ -84,6 +91,8 @@ export function registerDirtyLogPerf(program: Command): void {
         thp: a["thp"] !== false,
         contention,
         park: a["park"] === true,
+        mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
+        guestHuge: a["guestHuge"] === true,
         progress,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
