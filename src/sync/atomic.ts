@@ -1,8 +1,7 @@
 /**
  * Every shared-memory operation of the MMU goes through these wrappers so that a controlled
  * scheduler (src/sync/sched.ts) can decide, at each one, which thread runs next. With no hook
- * installed (real-thread mode) each wrapper is one null check around the Atomics call and V8
- * inlines it.
+ * installed (real-thread mode) each wrapper is the bare Atomics call.
  */
 
 /** What a scheduling point is, for traces. */
@@ -23,57 +22,45 @@ export type SchedHook = (op: Op, arr: Int32Array, index: number) => void;
 
 let hook: SchedHook | null = null;
 
+/*
+ * The wrappers are exported bindings that setSchedHook replaces: with no hook (real threads)
+ * each is the bare Atomics call, which V8 inlines at every call site; only a thread that
+ * installs a hook (controlled mode, its own isolate) pays for it.
+ */
+export let aload = (a: Int32Array, i: number): number => Atomics.load(a, i);
+export let astore = (a: Int32Array, i: number, v: number): void => void Atomics.store(a, i, v);
+export let axchg = (a: Int32Array, i: number, v: number): number => Atomics.exchange(a, i, v);
+/** cmpxchg: returns the old value; the exchange happened iff it equals `expect`. */
+export let acas = (a: Int32Array, i: number, expect: number, v: number): number =>
+  Atomics.compareExchange(a, i, expect, v);
+export let aor = (a: Int32Array, i: number, v: number): number => Atomics.or(a, i, v);
+export let aand = (a: Int32Array, i: number, v: number): number => Atomics.and(a, i, v);
+export let aadd = (a: Int32Array, i: number, v: number): number => Atomics.add(a, i, v);
+/** A spin-loop iteration: under the controlled scheduler another thread must get to run. */
+export let spinPoint = (_a: Int32Array, _i: number): void => {};
+/** Guest data accesses are scheduling points too. */
+export let guestPoint = (_write: boolean, _a: Int32Array, _i: number): void => {};
+
+const bare = { aload, astore, axchg, acas, aor, aand, aadd, spinPoint, guestPoint };
+
 /** Installs (or with null removes) the scheduling hook for this thread. */
 export function setSchedHook(h: SchedHook | null): void {
   hook = h;
+  if (h === null) {
+    ({ aload, astore, axchg, acas, aor, aand, aadd, spinPoint, guestPoint } = bare);
+    return;
+  }
+  aload = (a, i) => (h(Op.Load, a, i), Atomics.load(a, i));
+  astore = (a, i, v) => (h(Op.Store, a, i), void Atomics.store(a, i, v));
+  axchg = (a, i, v) => (h(Op.Xchg, a, i), Atomics.exchange(a, i, v));
+  acas = (a, i, e, v) => (h(Op.Cas, a, i), Atomics.compareExchange(a, i, e, v));
+  aor = (a, i, v) => (h(Op.Or, a, i), Atomics.or(a, i, v));
+  aand = (a, i, v) => (h(Op.And, a, i), Atomics.and(a, i, v));
+  aadd = (a, i, v) => (h(Op.Add, a, i), Atomics.add(a, i, v));
+  spinPoint = (a, i) => h(Op.Spin, a, i);
+  guestPoint = (w, a, i) => h(w ? Op.GuestWrite : Op.GuestRead, a, i);
 }
 
 export function schedHookInstalled(): boolean {
   return hook !== null;
-}
-
-export function aload(a: Int32Array, i: number): number {
-  if (hook !== null) hook(Op.Load, a, i);
-  return Atomics.load(a, i);
-}
-
-export function astore(a: Int32Array, i: number, v: number): void {
-  if (hook !== null) hook(Op.Store, a, i);
-  Atomics.store(a, i, v);
-}
-
-export function axchg(a: Int32Array, i: number, v: number): number {
-  if (hook !== null) hook(Op.Xchg, a, i);
-  return Atomics.exchange(a, i, v);
-}
-
-/** cmpxchg: returns the old value; the exchange happened iff it equals `expect`. */
-export function acas(a: Int32Array, i: number, expect: number, v: number): number {
-  if (hook !== null) hook(Op.Cas, a, i);
-  return Atomics.compareExchange(a, i, expect, v);
-}
-
-export function aor(a: Int32Array, i: number, v: number): number {
-  if (hook !== null) hook(Op.Or, a, i);
-  return Atomics.or(a, i, v);
-}
-
-export function aand(a: Int32Array, i: number, v: number): number {
-  if (hook !== null) hook(Op.And, a, i);
-  return Atomics.and(a, i, v);
-}
-
-export function aadd(a: Int32Array, i: number, v: number): number {
-  if (hook !== null) hook(Op.Add, a, i);
-  return Atomics.add(a, i, v);
-}
-
-/** A spin-loop iteration: under the controlled scheduler another thread must get to run. */
-export function spinPoint(a: Int32Array, i: number): void {
-  if (hook !== null) hook(Op.Spin, a, i);
-}
-
-/** Guest data accesses are scheduling points too (only the check costs in real mode). */
-export function guestPoint(write: boolean, a: Int32Array, i: number): void {
-  if (hook !== null) hook(write ? Op.GuestWrite : Op.GuestRead, a, i);
 }
