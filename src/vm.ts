@@ -211,14 +211,14 @@ export class Vm {
           s[r + SLOT_HVA_PAGE] !== hvaPage
         )
           throw einval("slot", `slot ${m.slot} exists: only its flags may change (delete it first)`);
-        if (((s[r + SLOT_FLAGS]! ^ m.flags) & KVM_MEM_READONLY) !== 0)
+        if (((s[r + SLOT_FLAGS] ^ m.flags) & KVM_MEM_READONLY) !== 0)
           throw einval("flags", "KVM_MEM_READONLY cannot change");
         kvm_set_dirty_logging(kvm, r, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
         return;
       }
       if (baseGfn + npages >= 2 ** 31)
         throw einval("guestPhysAddr", "beyond the 43-bit guest-physical space this engine models");
-      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT]! || !this.hvaMapped(hvaPage, npages))
+      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT] || !this.hvaMapped(hvaPage, npages))
         throw new KvmError(
           "EFAULT",
           `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`,
@@ -226,8 +226,8 @@ export class Vm {
       for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
         const o = id * SLOT_STRIDE;
         if (s[o + SLOT_ACTIVE] === 0) continue;
-        const ob = s[o + SLOT_BASE_GFN]!;
-        if (baseGfn < ob + s[o + SLOT_NPAGES]! && ob < baseGfn + npages)
+        const ob = s[o + SLOT_BASE_GFN];
+        if (baseGfn < ob + s[o + SLOT_NPAGES] && ob < baseGfn + npages)
           throw new KvmError(
             "EEXIST",
             `guestPhysAddr: [0x${m.guestPhysAddr.toString(16)}, +0x${m.memorySize.toString(16)}) overlaps slot ${id}`,
@@ -260,9 +260,9 @@ export class Vm {
     const l3 = slot_level_pages(baseGfn, npages, 3);
     const rmapWords = npages + l2 + l3;
     const bitmapWords = Math.ceil(npages / 32);
-    const rNext = kvm.ctl[CTL_RMAP_POOL_NEXT]!;
-    const bNext = kvm.ctl[CTL_BITMAP_POOL_NEXT]!;
-    const lpBase = kvm.ctl[CTL_LPAGE_POOL_NEXT]!;
+    const rNext = kvm.ctl[CTL_RMAP_POOL_NEXT];
+    const bNext = kvm.ctl[CTL_BITMAP_POOL_NEXT];
+    const lpBase = kvm.ctl[CTL_LPAGE_POOL_NEXT];
     if (
       rNext + rmapWords > kvm.rmapPool.length ||
       bNext + 2 * bitmapWords > kvm.bitmapPool.length ||
@@ -298,7 +298,7 @@ export class Vm {
     kvm.ctl[CTL_LPAGE_POOL_NEXT] = lpBase + l2 + l3;
     Atomics.store(s, r + SLOT_ACTIVE, 1);
     if ((flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0) kvm_set_dirty_logging(kvm, r, true);
-    s[r + SLOT_FLAGS]! |= flags & KVM_MEM_READONLY;
+    s[r + SLOT_FLAGS] |= flags & KVM_MEM_READONLY;
   }
 
   private deleteSlot(r: number): void {
@@ -306,8 +306,8 @@ export class Vm {
     const s = kvm.slots;
     kvm.mmu_lock.lock();
     try {
-      const hva = s[r + SLOT_HVA_PAGE]!;
-      kvm_unmap_hva_range(kvm, hva, hva + s[r + SLOT_NPAGES]!);
+      const hva = s[r + SLOT_HVA_PAGE];
+      kvm_unmap_hva_range(kvm, hva, hva + s[r + SLOT_NPAGES]);
       kvm_flush_remote_tlbs(kvm);
       Atomics.store(s, r + SLOT_ACTIVE, 0);
     } finally {
@@ -442,7 +442,7 @@ export class Vm {
     const s = this.kvm.slots;
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
       const r = id * SLOT_STRIDE;
-      if (s[r + SLOT_ACTIVE]) ranges.push([s[r + SLOT_HVA_PAGE]!, s[r + SLOT_NPAGES]!]);
+      if (s[r + SLOT_ACTIVE]) ranges.push([s[r + SLOT_HVA_PAGE], s[r + SLOT_NPAGES]]);
     }
     if (ranges.length === 0) throw einval("startHostThread", "no memslot to act on");
     const ctl = new SharedArrayBuffer(HOST_CTL_WORDS * 4);
@@ -514,9 +514,9 @@ export class Vm {
     kvm.slots_lock.lock();
     try {
       const r = this.slotRow(slot);
-      if ((kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_LOG_DIRTY_PAGES) === 0)
+      if ((kvm.slots[r + SLOT_FLAGS] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
         throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
-      const words = kvm.slots[r + SLOT_BITMAP_WORDS]!;
+      const words = kvm.slots[r + SLOT_BITMAP_WORDS];
       if (out !== undefined && out.length < words)
         throw einval("out", `needs ${words} words, got ${out.length}`);
       const bitmap = out ?? new Uint32Array(words);
@@ -539,9 +539,9 @@ export class Vm {
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
       const r = id * SLOT_STRIDE;
       if (!s[r + SLOT_ACTIVE]) continue;
-      const base = s[r + SLOT_BASE_GFN]!;
-      if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]!)
-        return host_read_u64(this.kvm, (s[r + SLOT_HVA_PAGE]! + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
+      const base = s[r + SLOT_BASE_GFN];
+      if (gfn >= base && gfn < base + s[r + SLOT_NPAGES])
+        return host_read_u64(this.kvm, (s[r + SLOT_HVA_PAGE] + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
   }
@@ -569,12 +569,12 @@ export class Vm {
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
       const r = id * SLOT_STRIDE;
       if (!s[r + SLOT_ACTIVE]) continue;
-      const base = s[r + SLOT_BASE_GFN]!;
-      if (gfn < base || gfn >= base + s[r + SLOT_NPAGES]!) continue;
+      const base = s[r + SLOT_BASE_GFN];
+      if (gfn < base || gfn >= base + s[r + SLOT_NPAGES]) continue;
       const kvm = this.kvm;
       kvm.mm_lock.lock();
       try {
-        const pfn = Atomics.load(kvm.hpt, s[r + SLOT_HVA_PAGE]! + gfn - base) >>> 1;
+        const pfn = Atomics.load(kvm.hpt, s[r + SLOT_HVA_PAGE] + gfn - base) >>> 1;
         out.set(kvm.mem.subarray(pfn * (PAGE_SIZE / 4), (pfn + 1) * (PAGE_SIZE / 4)));
       } finally {
         kvm.mm_lock.unlock();

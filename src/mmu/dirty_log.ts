@@ -75,7 +75,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
         while (mask !== 0) {
           const bit = 31 - Math.clz32(mask & -mask);
           // As in the lockless path: a single-entry head inline, chains through the iterator.
-          const v = rmaps[h + bit]!;
+          const v = rmaps[h + bit];
           if (v !== 0 && (v & 1) === 0) {
             if (spte_write_protect_locked(kvm, (v >>> 1) - 1) !== 0) flush = true;
           } else if (v !== 0 && __rmap_write_protect(kvm, h + bit)) flush = true;

@@ -51,7 +51,7 @@ export function page_header(sptep: number): number {
 }
 
 export function sp_level(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_ROLE]! & ROLE_LEVEL_MASK;
+  return kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_LEVEL_MASK;
 }
 
 /**
@@ -63,17 +63,17 @@ export function kvm_mmu_page_get_gfn(kvm: Kvm, sptep: number): number {
   const role = kvm.spHdr[sp * SP_STRIDE + SP_ROLE];
   if ((role & ROLE_DIRECT) === 0) return kvm.spGfns[sptep];
   const level = role & ROLE_LEVEL_MASK;
-  return kvm.spHdr[sp * SP_STRIDE + SP_GFN]! + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
+  return kvm.spHdr[sp * SP_STRIDE + SP_GFN] + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
 }
 
 /** Reuses retired pages whose RCU grace period is over. */
 function reclaim_retired(kvm: Kvm): void {
   const h = kvm.spHdr;
   let prev = -1;
-  let sp = kvm.ctl[CTL_SP_PENDING]! - 1;
+  let sp = kvm.ctl[CTL_SP_PENDING] - 1;
   while (sp >= 0) {
-    const next = h[sp * SP_STRIDE + SP_NEXT]! - 1;
-    if (kvm.rcu.gracePeriodOver(h[sp * SP_STRIDE + SP_RETIRE_EPOCH]!)) {
+    const next = h[sp * SP_STRIDE + SP_NEXT] - 1;
+    if (kvm.rcu.gracePeriodOver(h[sp * SP_STRIDE + SP_RETIRE_EPOCH])) {
       if (prev < 0) kvm.ctl[CTL_SP_PENDING] = next + 1;
       else h[prev * SP_STRIDE + SP_NEXT] = next + 1;
       h[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
@@ -90,15 +90,15 @@ function reclaim_retired(kvm: Kvm): void {
 export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
   const ctl = kvm.ctl;
   if (ctl[CTL_SP_FREE] === 0) reclaim_retired(kvm);
-  let sp = ctl[CTL_SP_FREE]! - 1;
+  let sp = ctl[CTL_SP_FREE] - 1;
   if (sp >= 0) {
     ctl[CTL_SP_FREE] = kvm.spHdr[sp * SP_STRIDE + SP_NEXT]!;
   } else {
-    sp = Math.max(ctl[CTL_SP_HIGH]!, 1);
+    sp = Math.max(ctl[CTL_SP_HIGH], 1);
     if (sp >= kvm.shared.config.maxSp) throw new KvmError("ENOMEM", "shadow page arena exhausted (maxSp)");
     ctl[CTL_SP_HIGH] = sp + 1;
   }
-  ctl[CTL_SP_USED]!++;
+  ctl[CTL_SP_USED]++;
   const b = sp * SP_STRIDE;
   const h = kvm.spHdr;
   h[b + SP_GFN] = gfn;
@@ -111,7 +111,7 @@ export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
 
 /** mmu_alloc_direct_roots: the TDP root, created on the first fault. */
 export function mmu_alloc_roots(kvm: Kvm): number {
-  let root = kvm.ctl[CTL_ROOT]!;
+  let root = kvm.ctl[CTL_ROOT];
   if (root !== 0) return root;
   root = kvm_mmu_get_page(kvm, 0, PT64_ROOT_LEVEL);
   kvm.spHdr[root * SP_STRIDE + SP_ROOT_COUNT] = 1;
@@ -155,7 +155,7 @@ export function rmap_remove(kvm: Kvm, sptep: number): void {
 export function drop_spte(kvm: Kvm, sptep: number): void {
   const old = mmu_spte_clear_track_bits(kvm, sptep);
   if (!is_shadow_present_pte(old)) return;
-  if (is_large_pte(old)) kvm.ctl[CTL_LPAGES]!--;
+  if (is_large_pte(old)) kvm.ctl[CTL_LPAGES]--;
   rmap_remove(kvm, sptep);
 }
 
@@ -177,10 +177,10 @@ export function kvm_unmap_rmapp(kvm: Kvm, hi: number): boolean {
 export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): void {
   const h = kvm.spHdr;
   const b = sp * SP_STRIDE;
-  const level = h[b + SP_ROLE]! & ROLE_LEVEL_MASK;
+  const level = h[b + SP_ROLE] & ROLE_LEVEL_MASK;
   const base = sp * PT64_ENT_PER_PAGE;
   for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-    const s = kvm.spt[base + i]!;
+    const s = kvm.spt[base + i];
     if (!is_shadow_present_pte(s)) continue;
     if (is_last_spte(s, level)) {
       drop_spte(kvm, base + i);
@@ -193,7 +193,7 @@ export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]
   const parents: number[] = [];
   pte_list_walk(kvm, h, b + SP_PARENT_PTES, (p) => parents.push(p));
   for (const p of parents) drop_parent_pte(kvm, sp, p);
-  h[b + SP_ROLE]! |= ROLE_INVALID;
+  h[b + SP_ROLE] |= ROLE_INVALID;
   if (kvm.bug(BUG["early-free"])) {
     // Bug: the page is reusable before vCPU walkers and RCU readers are done with it.
     free_sp(kvm, sp);
@@ -205,7 +205,7 @@ export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]
 function free_sp(kvm: Kvm, sp: number): void {
   kvm.spHdr[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
   kvm.ctl[CTL_SP_FREE] = sp + 1;
-  kvm.ctl[CTL_SP_USED]!--;
+  kvm.ctl[CTL_SP_USED]--;
 }
 
 /** kvm_mmu_commit_zap_page: flush (waits for vCPU walkers), then retire for RCU readers. */
@@ -218,18 +218,18 @@ export function kvm_mmu_commit_zap_page(kvm: Kvm, invalid: number[]): void {
     kvm.spHdr[b + SP_RETIRE_EPOCH] = epoch;
     kvm.spHdr[b + SP_NEXT] = kvm.ctl[CTL_SP_PENDING]!;
     kvm.ctl[CTL_SP_PENDING] = sp + 1;
-    kvm.ctl[CTL_SP_USED]!--;
+    kvm.ctl[CTL_SP_USED]--;
   }
   invalid.length = 0;
 }
 
 /** Zaps the last-level page that maps gfn, if any (a "mapping zapped" event). */
 export function kvm_mmu_zap_leaf_table(kvm: Kvm, gfn: number): boolean {
-  let sp = kvm.ctl[CTL_ROOT]!;
+  let sp = kvm.ctl[CTL_ROOT];
   if (sp === 0) return false;
   for (let level = PT64_ROOT_LEVEL; level > 1; level--) {
     const idx = Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511;
-    const s = kvm.spt[sp * PT64_ENT_PER_PAGE + idx]!;
+    const s = kvm.spt[sp * PT64_ENT_PER_PAGE + idx];
     if (!is_shadow_present_pte(s) || is_last_spte(s, level)) return false;
     sp = spte_to_child_sp(s);
   }

@@ -402,9 +402,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
 }
 
 /** Re-runs one schedule exactly. */
-export async function replay(
-  schedule: string,
-): Promise<{
+export async function replay(schedule: string): Promise<{
   violation: string | null;
   trace: Record<string, TraceEntry[]>;
   steps: number;

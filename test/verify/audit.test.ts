@@ -70,7 +70,7 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
     const kvm = vm.kvm;
     const find = (sp: number, level: number): number => {
       for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i]!;
+        const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i];
         if (!is_shadow_present_pte(s)) continue;
         if (level === 1) return sp * PT64_ENT_PER_PAGE + i;
         if (is_last_spte(s, level)) continue;
@@ -79,7 +79,7 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
       }
       return -1;
     };
-    const leaf = find(kvm.ctl[CTL_ROOT]!, 4);
+    const leaf = find(kvm.ctl[CTL_ROOT], 4);
     assert.ok(leaf >= 0, "a present 4 KiB leaf exists");
     kvm.spt[leaf] |= PT_WRITABLE_MASK;
     const bad = audit(kvm);
