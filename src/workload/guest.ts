@@ -7,8 +7,9 @@ import {
   DirtyLogGuestArgs,
   DirtyLogIncrGuestArgs,
 } from "./dirty_log_guest.js";
+import { kernbench_guest, KernbenchGuestArgs } from "./kernbench_guest.js";
 
-export type GuestArgs = MemstressArgs | DirtyLogGuestArgs | DirtyLogIncrGuestArgs;
+export type GuestArgs = MemstressArgs | DirtyLogGuestArgs | DirtyLogIncrGuestArgs | KernbenchGuestArgs;
 
 export function runGuest(vcpu: Vcpu, a: GuestArgs): never {
   switch (a.kind) {
@@ -18,5 +19,7 @@ export function runGuest(vcpu: Vcpu, a: GuestArgs): never {
       return dirty_log_guest(vcpu, a);
     case "dirty_log_incr":
       return dirty_log_incr_guest(vcpu, a);
+    case "kernbench":
+      return kernbench_guest(vcpu, a);
   }
 }

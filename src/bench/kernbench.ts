@@ -1,0 +1,441 @@
+/**
+ * kernbench: the seed's second measurement. The series put store-release/load-acquire accesses
+ * on the rmap hot path even with dirty logging off, so its cover letter ran kernbench with EPT on
+ * and off and reported no regression. Here: a fixed amount of guest work (src/workload/
+ * kernbench_guest.ts: processes with their own address spaces, page-table churn, shared
+ * file-cache mappings aliased at several gvas and in every address space), timed from "go" until
+ * the last vCPU finished ("real"), for every combination of MMU mode (tdp, shadow) and dirty
+ * logging (off; on with a harvester calling KVM_GET_DIRTY_LOG continuously, locked or lockless
+ * write-protect). Runs are interleaved (run 1 of every combination, then run 2, ...) so drift
+ * hits all of them.
+ *
+ * Also reported per combination: the rmap chain-length histogram (sampled under mmu_lock while
+ * the guest runs), pte_list_desc allocations per second and how many of them reused a freed
+ * descriptor, and the lockless walker's walks and restarts per second (the harvester's).
+ */
+import { MmuModeName, Vm } from "../vm.js";
+import {
+  CTL_DESC_ALLOCS,
+  CTL_DESC_HIGH,
+  Kvm,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_USER_MEM_SLOTS,
+  MmuMode,
+  PAGE_SIZE,
+  PAGE_WORDS,
+  SLOT_ACTIVE,
+  SLOT_BASE_GFN,
+  SLOT_NPAGES,
+  SLOT_STRIDE,
+  ST_EMULATED,
+  ST_FAST_PF,
+  ST_GUEST_WALKS,
+  ST_SLOW_PF,
+  ST_TLB_MISS,
+} from "../kvm_host.js";
+import { einval } from "../errors.js";
+import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
+import { pte_list_count, rmapStats } from "../mmu/rmap.js";
+import { shadowCounters } from "../mmu/shadow.js";
+import { tablesFor } from "../workload/guest_paging.js";
+import {
+  ALIAS_WINDOW,
+  KB_BOOTED,
+  KB_DONE,
+  KB_GO,
+  kbCtlBytes,
+  kbFinishIndex,
+  KernbenchGuestArgs,
+  LIB_MAGIC,
+} from "../workload/kernbench_guest.js";
+
+export type LoggingName = "off" | "locked" | "lockless";
+export const LOGGING: readonly LoggingName[] = ["off", "locked", "lockless"];
+export const MODES: readonly MmuModeName[] = ["tdp", "shadow"];
+
+export interface KernbenchOptions {
+  vcpus: number;
+  processes: number;
+  /** Jobs per vCPU (the fixed amount of work). */
+  jobs: number;
+  runs: number;
+  modes: MmuModeName[];
+  logging: LoggingName[];
+  jobsPerProcess: number;
+  heapPages: number;
+  libPages: number;
+  sharedPages: number;
+  libReads: number;
+  sharedWrites: number;
+  compute: number;
+  thp: boolean;
+  seed: number;
+  progress?: (msg: string) => void;
+}
+
+export const KERNBENCH_DEFAULTS: Omit<KernbenchOptions, "progress"> = {
+  vcpus: 2,
+  processes: 4,
+  jobs: 300,
+  runs: 3,
+  modes: ["tdp", "shadow"],
+  logging: ["off", "locked", "lockless"],
+  jobsPerProcess: 8,
+  heapPages: 32,
+  libPages: 512,
+  sharedPages: 64,
+  libReads: 128,
+  sharedWrites: 8,
+  compute: 20000,
+  thp: true,
+  seed: 1,
+};
+
+export interface KernbenchRun {
+  realNs: number;
+  opsPerSec: number;
+  harvests: number;
+  dirtyPages: number;
+}
+
+/** Chain-length histogram: bucket label -> rmap heads with that many entries. */
+export type Histogram = Record<string, number>;
+export const HIST_BUCKETS: readonly [string, number, number][] = [
+  ["1", 1, 1],
+  ["2", 2, 2],
+  ["3-4", 3, 4],
+  ["5-8", 5, 8],
+  ["9-16", 9, 16],
+  ["17-32", 17, 32],
+  ["33-64", 33, 64],
+  ["65+", 65, Infinity],
+];
+
+export interface KernbenchCell {
+  runs: KernbenchRun[];
+  realAvgNs: number;
+  realStdNs: number;
+  opsPerSec: number;
+  /** Averaged over the samples of every run. */
+  rmapHistogram: Histogram;
+  rmapMaxChain: number;
+  descAllocsPerSec: number;
+  descReusedPerSec: number;
+  walkerWalksPerSec: number;
+  walkerRestartsPerSec: number;
+  harvestsPerSec: number;
+  faults: { fast: number; slow: number; tlbMisses: number; guestWalks: number; emulated: number };
+  shadow?: Record<string, number>;
+}
+
+export interface KernbenchResult {
+  options: Omit<KernbenchOptions, "progress">;
+  machine: { cpus: number; node: string };
+  results: Partial<Record<MmuModeName, Partial<Record<LoggingName, KernbenchCell>>>>;
+}
+
+export function validateKernbenchOptions(o: KernbenchOptions): void {
+  const int = (x: unknown, min: number, max: number): boolean =>
+    typeof x === "number" && Number.isSafeInteger(x) && x >= min && x <= max;
+  if (!int(o.vcpus, 1, 64)) throw einval("vcpus", "must be 1..64");
+  if (!int(o.processes, 1, 64)) throw einval("processes", "must be 1..64");
+  if (!int(o.jobs, 1, 1e7)) throw einval("jobs", "must be >= 1");
+  if (!int(o.runs, 1, 100)) throw einval("runs", "must be 1..100");
+  if (!int(o.jobsPerProcess, 1, 1e7)) throw einval("jobsPerProcess", "must be >= 1");
+  if (!int(o.heapPages, 1, 512)) throw einval("heapPages", "must be 1..512");
+  if (!int(o.libPages, 1, 1 << 18)) throw einval("libPages", "must be 1..262144");
+  if (!int(o.sharedPages, 1, 1 << 18)) throw einval("sharedPages", "must be 1..262144");
+  if (!int(o.libReads, 0, 1e6)) throw einval("libReads", "must be >= 0");
+  if (!int(o.sharedWrites, 0, 1e6)) throw einval("sharedWrites", "must be >= 0");
+  if (!int(o.compute, 0, 1e9)) throw einval("compute", "must be >= 0");
+  if (o.modes.length === 0 || o.modes.some((m) => !MODES.includes(m)))
+    throw einval("modes", "tdp and/or shadow");
+  if (o.logging.length === 0 || o.logging.some((m) => !LOGGING.includes(m)))
+    throw einval("logging", "off, locked and/or lockless");
+}
+
+const DATA_SLOT = 0;
+const KERNEL_SLOT = 1;
+const DATA_GPA = 1 << 30;
+const KERNEL_GPA = 1 << 20;
+
+/** rmap chain lengths of every head of every slot, all levels (mmu_lock held or quiesced). */
+export function rmapChainHistogram(kvm: Kvm, into: Histogram = {}): { hist: Histogram; max: number } {
+  let max = 0;
+  for (const [label] of HIST_BUCKETS) into[label] ??= 0;
+  for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+    const r = id * SLOT_STRIDE;
+    if (kvm.slots[r + SLOT_ACTIVE] === 0) continue;
+    const base = kvm.slots[r + SLOT_BASE_GFN];
+    const npages = kvm.slots[r + SLOT_NPAGES];
+    for (let level = 1; level <= 3; level++) {
+      const h0 = gfn_to_rmap(kvm, r, base, level);
+      const n = slot_level_pages(base, npages, level);
+      for (let i = 0; i < n; i++) {
+        if (kvm.rmapPool[h0 + i] === 0) continue;
+        const c = pte_list_count(kvm, kvm.rmapPool, h0 + i);
+        if (c > max) max = c;
+        for (const [label, lo, hi] of HIST_BUCKETS)
+          if (c >= lo && c <= hi) {
+            into[label]++;
+            break;
+          }
+      }
+    }
+  }
+  return { hist: into, max };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function popcount(bm: Uint32Array): number {
+  let n = 0;
+  for (let x of bm) {
+    x -= (x >>> 1) & 0x55555555;
+    x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
+    n += (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
+  }
+  return n;
+}
+
+interface RunStats {
+  run: KernbenchRun;
+  hist: Histogram;
+  histSamples: number;
+  maxChain: number;
+  descAllocs: number;
+  descReused: number;
+  walks: number;
+  restarts: number;
+  faults: KernbenchCell["faults"];
+  shadow?: Record<string, number>;
+}
+
+/** Host-side write of word 0 of every library page (the page cache filled from disk). */
+function fillLibraries(kvm: Kvm, hva: number, libGfn: number, libPages: number): void {
+  kvm.mm_lock.lock();
+  try {
+    for (let i = 0; i < libPages; i++) {
+      const pfn = Atomics.load(kvm.hpt, hva / PAGE_SIZE + i) >>> 1;
+      kvm.mem[pfn * PAGE_WORDS] = (libGfn + i) ^ LIB_MAGIC;
+    }
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}
+
+async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptions): Promise<RunStats> {
+  const v = o.vcpus;
+  // Data slot: libraries, the shared file, each vCPU's anonymous pool.
+  const anonPer = o.heapPages * 2 + 16;
+  const libGfn = DATA_GPA / PAGE_SIZE;
+  const sharedGfn = libGfn + o.libPages;
+  const anonGfn = sharedGfn + o.sharedPages;
+  const dataPages = Math.ceil((o.libPages + o.sharedPages + v * anonPer) / 512) * 512;
+  // Kernel slot: each vCPU's table pool (its kernel identity map, and every live process's tables).
+  const perProc =
+    tablesFor(o.libPages) + tablesFor(ALIAS_WINDOW) + tablesFor(o.sharedPages) + tablesFor(o.heapPages) + 2;
+  let pool = o.processes * perProc + 32;
+  pool += tablesFor(Math.ceil((v * pool) / 512) * 512 + 512);
+  const kernelPages = Math.ceil((v * pool) / 512) * 512;
+  const vm = Vm.create({
+    memory: (dataPages + kernelPages) * PAGE_SIZE + (8 << 20),
+    wp: logging === "locked" ? "locked" : "lockless",
+    mode,
+    maxVcpus: v,
+    maxSlotPages: dataPages + kernelPages,
+  });
+  try {
+    const dhva = vm.mmap(dataPages * PAGE_SIZE, { thp: o.thp });
+    const khva = vm.mmap(kernelPages * PAGE_SIZE, { thp: o.thp });
+    const data = {
+      slot: DATA_SLOT,
+      flags: 0,
+      guestPhysAddr: DATA_GPA,
+      memorySize: dataPages * PAGE_SIZE,
+      userspaceAddr: dhva,
+    };
+    const kern = {
+      slot: KERNEL_SLOT,
+      flags: 0,
+      guestPhysAddr: KERNEL_GPA,
+      memorySize: kernelPages * PAGE_SIZE,
+      userspaceAddr: khva,
+    };
+    vm.setUserMemoryRegion(data);
+    vm.setUserMemoryRegion(kern);
+    fillLibraries(vm.kvm, dhva, libGfn, o.libPages);
+    const ctlBuf = new SharedArrayBuffer(kbCtlBytes(v));
+    const ctl = new Int32Array(ctlBuf);
+    const times = new Float64Array(ctlBuf);
+    const kernel = { baseGfn: KERNEL_GPA / PAGE_SIZE, pages: kernelPages };
+    for (let i = 0; i < v; i++) vm.createVcpu(i);
+    await vm.run((id): KernbenchGuestArgs => ({
+      kind: "kernbench",
+      ctl: ctlBuf,
+      vcpus: v,
+      paging: { kernel, poolGfn: kernel.baseGfn + id * pool, poolPages: pool },
+      libGfn,
+      libPages: o.libPages,
+      sharedGfn,
+      sharedPages: o.sharedPages,
+      anonGfn: anonGfn + id * anonPer,
+      anonPages: anonPer,
+      processes: o.processes,
+      jobs: o.jobs,
+      jobsPerProcess: o.jobsPerProcess,
+      heapPages: o.heapPages,
+      libReads: o.libReads,
+      sharedWrites: o.sharedWrites,
+      compute: o.compute,
+      seed: o.seed,
+    }));
+    while (Atomics.load(ctl, KB_BOOTED) < v) {
+      vm.throwIfFailed();
+      const r = Atomics.waitAsync(ctl, KB_BOOTED, Atomics.load(ctl, KB_BOOTED), 20);
+      if (r.async) await r.value;
+    }
+    const logged = logging !== "off";
+    if (logged) {
+      vm.setUserMemoryRegion({ ...data, flags: KVM_MEM_LOG_DIRTY_PAGES });
+      vm.setUserMemoryRegion({ ...kern, flags: KVM_MEM_LOG_DIRTY_PAGES });
+    }
+    const kvm = vm.kvm;
+    const a0 = kvm.ctl[CTL_DESC_ALLOCS];
+    const h0 = kvm.ctl[CTL_DESC_HIGH];
+    const w0 = rmapStats.walks;
+    const r0 = rmapStats.restarts;
+    const bm0 = new Uint32Array(Math.ceil(dataPages / 32));
+    const bm1 = new Uint32Array(Math.ceil(kernelPages / 32));
+    const hist: Histogram = {};
+    let histSamples = 0;
+    let maxChain = 0;
+    let harvests = 0;
+    let dirtyPages = 0;
+    const sample = (): void => {
+      kvm.mmu_lock.lock();
+      try {
+        maxChain = Math.max(maxChain, rmapChainHistogram(kvm, hist).max);
+        histSamples++;
+      } finally {
+        kvm.mmu_lock.unlock();
+      }
+    };
+    const start = performance.timeOrigin + performance.now();
+    let nextSample = performance.now() + 50;
+    Atomics.store(ctl, KB_GO, 1);
+    Atomics.notify(ctl, KB_GO);
+    while (Atomics.load(ctl, KB_DONE) < v) {
+      vm.throwIfFailed();
+      if (logged) {
+        dirtyPages += popcount(vm.getDirtyLog(DATA_SLOT, bm0)) + popcount(vm.getDirtyLog(KERNEL_SLOT, bm1));
+        harvests++;
+        await new Promise((r) => setImmediate(r));
+      } else {
+        const r = Atomics.waitAsync(ctl, KB_DONE, Atomics.load(ctl, KB_DONE), 20);
+        if (r.async) await r.value;
+      }
+      if (performance.now() >= nextSample) {
+        sample();
+        nextSample = performance.now() + 200;
+      }
+    }
+    let end = 0;
+    for (let id = 0; id < v; id++) end = Math.max(end, times[kbFinishIndex(v, id)]);
+    const realNs = (end - start) * 1e6;
+    vm.throwIfFailed();
+    if (histSamples === 0) sample();
+    const sec = realNs / 1e9;
+    const sum = (k: number): number => vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k], 0);
+    const allocs = kvm.ctl[CTL_DESC_ALLOCS] - a0;
+    const fresh = kvm.ctl[CTL_DESC_HIGH] - h0;
+    return {
+      run: { realNs, opsPerSec: (v * o.jobs) / sec, harvests, dirtyPages },
+      hist,
+      histSamples,
+      maxChain,
+      descAllocs: allocs / sec,
+      descReused: (allocs - fresh) / sec,
+      walks: (rmapStats.walks - w0) / sec,
+      restarts: (rmapStats.restarts - r0) / sec,
+      faults: {
+        fast: sum(ST_FAST_PF),
+        slow: sum(ST_SLOW_PF),
+        tlbMisses: sum(ST_TLB_MISS),
+        guestWalks: sum(ST_GUEST_WALKS),
+        emulated: sum(ST_EMULATED),
+      },
+      ...(kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(kvm) } : {}),
+    };
+  } finally {
+    await vm.stop();
+  }
+}
+
+function mean(xs: number[]): number {
+  return xs.reduce((a, b) => a + b, 0) / xs.length;
+}
+
+function std(xs: number[]): number {
+  if (xs.length < 2) return 0;
+  const m = mean(xs);
+  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1));
+}
+
+function cell(stats: RunStats[]): KernbenchCell {
+  const real = stats.map((s) => s.run.realNs);
+  const samples = stats.reduce((n, s) => n + s.histSamples, 0);
+  const hist: Histogram = {};
+  for (const [label] of HIST_BUCKETS)
+    hist[label] = stats.reduce((n, s) => n + (s.hist[label] ?? 0), 0) / Math.max(1, samples);
+  const last = stats[stats.length - 1];
+  const totalSec = real.reduce((a, b) => a + b, 0) / 1e9;
+  return {
+    runs: stats.map((s) => s.run),
+    realAvgNs: mean(real),
+    realStdNs: std(real),
+    opsPerSec: mean(stats.map((s) => s.run.opsPerSec)),
+    rmapHistogram: hist,
+    rmapMaxChain: Math.max(...stats.map((s) => s.maxChain)),
+    descAllocsPerSec: mean(stats.map((s) => s.descAllocs)),
+    descReusedPerSec: mean(stats.map((s) => s.descReused)),
+    walkerWalksPerSec: mean(stats.map((s) => s.walks)),
+    walkerRestartsPerSec: mean(stats.map((s) => s.restarts)),
+    harvestsPerSec: stats.reduce((n, s) => n + s.run.harvests, 0) / totalSec,
+    faults: last.faults,
+    ...(last.shadow ? { shadow: last.shadow } : {}),
+  };
+}
+
+export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
+  validateKernbenchOptions(o);
+  const say = o.progress ?? (() => {});
+  const all = new Map<string, RunStats[]>();
+  for (let run = 1; run <= o.runs; run++) {
+    for (const mode of o.modes) {
+      for (const logging of o.logging) {
+        const s = await oneRun(mode, logging, o);
+        const key = `${mode}/${logging}`;
+        if (!all.has(key)) all.set(key, []);
+        all.get(key)!.push(s);
+        say(`kernbench ${mode}, logging ${logging}, run ${run}: real ${(s.run.realNs / 1e9).toFixed(3)}s`);
+        await sleep(0);
+      }
+    }
+  }
+  const results: KernbenchResult["results"] = {};
+  for (const mode of o.modes) {
+    const per: Partial<Record<LoggingName, KernbenchCell>> = {};
+    for (const logging of o.logging) per[logging] = cell(all.get(`${mode}/${logging}`)!);
+    results[mode] = per;
+  }
+  const { progress: _p, ...options } = o;
+  void _p;
+  return {
+    options,
+    machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
+    results,
+  };
+}

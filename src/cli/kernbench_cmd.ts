@@ -1,0 +1,136 @@
+/**
+ * `kvmmu kernbench`: a fixed amount of guest work (processes, page-table churn, shared
+ * file-cache mappings) timed for every combination of MMU mode and dirty logging, 3 runs each,
+ * printed as the seed did: `real` per run, then kernbench's "Elapsed Time avg (std dev)".
+ */
+import { Command } from "commander";
+import {
+  HIST_BUCKETS,
+  kernbench,
+  KERNBENCH_DEFAULTS,
+  KernbenchCell,
+  KernbenchResult,
+  LOGGING,
+  LoggingName,
+  MODES,
+} from "../bench/kernbench.js";
+import { parseIntIn, parseList, progress } from "./parse.js";
+import type { MmuModeName } from "../vm.js";
+
+/** `time`'s format: 0m1.234s. */
+function real(ns: number): string {
+  const s = ns / 1e9;
+  const m = Math.floor(s / 60);
+  return `${m}m${(s - 60 * m).toFixed(3)}s`;
+}
+
+const LABEL: Record<LoggingName, string> = {
+  off: "dirty logging off",
+  locked: "dirty logging on, locked write-protect (3.11)",
+  lockless: "dirty logging on, lockless write-protect (the series)",
+};
+
+export function formatKernbench(r: KernbenchResult): string {
+  const o = r.options;
+  const out: string[] = [];
+  out.push(
+    `kernbench: ${o.vcpus} vCPUs x ${o.processes} processes, ${o.jobs} jobs per vCPU (${o.jobsPerProcess} per process ` +
+      `lifetime, ${o.heapPages} heap pages, ${o.libPages} library pages, ${o.sharedPages} shared-file pages, compute ${o.compute}), ` +
+      `${o.runs} runs, THP ${o.thp ? "on" : "off"}; ${r.machine.cpus} CPUs, node ${r.machine.node}`,
+  );
+  for (const mode of Object.keys(r.results) as MmuModeName[]) {
+    const per = r.results[mode]!;
+    for (const logging of Object.keys(per) as LoggingName[]) {
+      const c = per[logging]!;
+      out.push("", `[${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}, ${LABEL[logging]}]`);
+      c.runs.forEach((run, i) => out.push(`  run ${i + 1}:  real ${real(run.realNs)}`));
+      out.push(
+        `  Elapsed Time ${(c.realAvgNs / 1e9).toFixed(3)} (${(c.realStdNs / 1e9).toFixed(3)})   ${c.opsPerSec.toFixed(1)} jobs/s` +
+          (logging !== "off" ? `   ${c.harvestsPerSec.toFixed(0)} harvests/s` : ""),
+      );
+      out.push(`  rmap chains: ${histLine(c)}; longest ${c.rmapMaxChain}`);
+      out.push(
+        `  pte_list_desc: ${c.descAllocsPerSec.toFixed(0)} allocated/s, ${c.descReusedPerSec.toFixed(0)} of them reused/s; ` +
+          `lockless walker: ${c.walkerWalksPerSec.toFixed(0)} walks/s, ${c.walkerRestartsPerSec.toFixed(1)} restarts/s`,
+      );
+      const f = c.faults;
+      out.push(
+        `  last run: ${f.tlbMisses} TLB misses, ${f.guestWalks} guest walks, faults fast ${f.fast} slow ${f.slow}, ${f.emulated} emulated guest-table writes`,
+      );
+      if (c.shadow) {
+        const s = c.shadow;
+        out.push(
+          `  shadow MMU: ${s["spCreated"]} pages created (${s["spHashHits"]} hash hits), ${s["flooded"]} zapped by write flooding, ` +
+            `${s["pteZapped"]} sptes zapped by guest-table writes, ${s["recycled"]} recycled, ${s["ptProtectFlushes"]} guest-table protections that flushed`,
+        );
+      }
+    }
+  }
+  out.push("", "Elapsed Time (s), relative to dirty logging off in the same mode:");
+  for (const mode of Object.keys(r.results) as MmuModeName[]) {
+    const per = r.results[mode]!;
+    const off = per.off?.realAvgNs;
+    const cells = (Object.keys(per) as LoggingName[]).map((l) => {
+      const c = per[l]!;
+      return `${l} ${(c.realAvgNs / 1e9).toFixed(3)}${off !== undefined && l !== "off" ? ` (${(c.realAvgNs / off).toFixed(3)}x)` : ""}`;
+    });
+    out.push(`  ${mode.padEnd(6)} ${cells.join("   ")}`);
+  }
+  return out.join("\n");
+}
+
+function histLine(c: KernbenchCell): string {
+  return HIST_BUCKETS.map(([label]) => `${label}: ${(c.rmapHistogram[label] ?? 0).toFixed(0)}`).join("  ");
+}
+
+export function registerKernbench(program: Command): void {
+  const d = KERNBENCH_DEFAULTS;
+  program
+    .command("kernbench")
+    .description(
+      "fixed guest work (processes, page-table churn, shared mappings) timed with EPT on/off and dirty logging off/locked/lockless",
+    )
+    .option("-v, --vcpus <n>", "vCPUs", String(d.vcpus))
+    .option("-p, --processes <n>", "guest processes per vCPU", String(d.processes))
+    .option("-j, --jobs <n>", "jobs per vCPU (the fixed amount of work)", String(d.jobs))
+    .option("-n, --runs <n>", "runs per combination", String(d.runs))
+    .option("--mode <list>", "MMU modes: tdp (EPT on), shadow (EPT off)", MODES.join(","))
+    .option("--logging <list>", "dirty logging: off, locked, lockless", LOGGING.join(","))
+    .option("--jobs-per-process <n>", "jobs before a process exits and is replaced", String(d.jobsPerProcess))
+    .option("--heap-pages <n>", "anonymous pages a job maps, uses and unmaps", String(d.heapPages))
+    .option(
+      "--lib-pages <n>",
+      "shared library (file cache) pages mapped by every process",
+      String(d.libPages),
+    )
+    .option("--shared-pages <n>", "pages of the shared writable file", String(d.sharedPages))
+    .option("--lib-reads <n>", "library pages read per job", String(d.libReads))
+    .option("--shared-writes <n>", "shared-file pages written per job", String(d.sharedWrites))
+    .option("--compute <n>", "compute-loop iterations per job", String(d.compute))
+    .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option("-r, --seed <n>", "guest RNG seed", String(d.seed))
+    .option("--json", "print one JSON object on stdout", false)
+    .action(async (a: Record<string, string | boolean>) => {
+      const n = (opt: string, key: string, min: number, max: number): number =>
+        parseIntIn(opt, String(a[key]), min, max);
+      const r = await kernbench({
+        vcpus: n("--vcpus", "vcpus", 1, 64),
+        processes: n("--processes", "processes", 1, 64),
+        jobs: n("--jobs", "jobs", 1, 1e7),
+        runs: n("--runs", "runs", 1, 100),
+        modes: parseList("--mode", String(a["mode"]), MODES),
+        logging: parseList("--logging", String(a["logging"]), LOGGING),
+        jobsPerProcess: n("--jobs-per-process", "jobsPerProcess", 1, 1e7),
+        heapPages: n("--heap-pages", "heapPages", 1, 512),
+        libPages: n("--lib-pages", "libPages", 1, 1 << 18),
+        sharedPages: n("--shared-pages", "sharedPages", 1, 1 << 18),
+        libReads: n("--lib-reads", "libReads", 0, 1e6),
+        sharedWrites: n("--shared-writes", "sharedWrites", 0, 1e6),
+        compute: n("--compute", "compute", 0, 1e9),
+        thp: a["thp"] !== false,
+        seed: n("--seed", "seed", 0, 2 ** 31 - 2),
+        progress,
+      });
+      process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatKernbench(r) + "\n");
+    });
+}

@@ -1,0 +1,120 @@
+/**
+ * kernbench: a tiny run of every combination (the numbers are not checked, the shape and the
+ * guest's own checks are), and the command line in a child process.
+ */
+import { after, test } from "node:test";
+import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import { createRequire } from "node:module";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { pathToFileURL } from "node:url";
+import { kernbench, KERNBENCH_DEFAULTS, KernbenchOptions } from "../../src/bench/kernbench.js";
+import { formatKernbench } from "../../src/cli/kernbench_cmd.js";
+
+const TINY: KernbenchOptions = {
+  ...KERNBENCH_DEFAULTS,
+  vcpus: 2,
+  processes: 2,
+  jobs: 6,
+  runs: 1,
+  jobsPerProcess: 2,
+  heapPages: 8,
+  libPages: 64,
+  sharedPages: 16,
+  libReads: 32,
+  sharedWrites: 4,
+  compute: 100,
+};
+
+test("kernbench: every mode x logging combination runs the fixed work", { timeout: 120_000 }, async () => {
+  const r = await kernbench(TINY);
+  for (const mode of ["tdp", "shadow"] as const)
+    for (const l of ["off", "locked", "lockless"] as const) {
+      const c = r.results[mode]?.[l];
+      assert.ok(c, `${mode}/${l}`);
+      assert.equal(c.runs.length, 1);
+      assert.ok(c.opsPerSec > 0 && Number.isFinite(c.opsPerSec));
+      assert.ok(c.realAvgNs > 0);
+      if (l !== "off") assert.ok(c.runs[0].harvests > 0, "the harvester ran");
+      else assert.equal(c.runs[0].harvests, 0);
+    }
+  // Shadow paging: the library pages are mapped by every process (several sptes per gfn); TDP:
+  // one spte per gfn.
+  assert.equal(r.results.tdp!.off!.rmapMaxChain, 1);
+  assert.ok(r.results.shadow!.off!.rmapMaxChain > 1);
+  assert.ok(r.results.shadow!.off!.shadow!["emulated"] > 0, "page-table churn traps in shadow mode");
+  assert.equal(r.results.tdp!.off!.faults.emulated, 0);
+  const text = formatKernbench(r);
+  assert.match(text, /run 1: {2}real 0m\d+\.\d{3}s/);
+  assert.match(text, /Elapsed Time \d+\.\d{3} \(\d+\.\d{3}\)/);
+});
+
+const cmdUrl = new URL("../../src/cli/kernbench_cmd.js", import.meta.url).href;
+const errorsUrl = new URL("../../src/errors.js", import.meta.url).href;
+const commanderUrl = pathToFileURL(createRequire(import.meta.url).resolve("commander")).href;
+const driver = `
+import { Command, CommanderError } from ${JSON.stringify(commanderUrl)};
+import { registerKernbench } from ${JSON.stringify(cmdUrl)};
+import { KvmError } from ${JSON.stringify(errorsUrl)};
+const program = new Command().name("kvmmu").exitOverride();
+registerKernbench(program);
+try {
+  await program.parseAsync(process.argv.slice(2), { from: "user" });
+} catch (e) {
+  if (e instanceof CommanderError) process.exitCode = e.exitCode;
+  else if (e instanceof KvmError) { process.stderr.write("kvmmu: " + e.message + "\\n"); process.exitCode = 2; }
+  else { process.stderr.write(String(e && e.stack) + "\\n"); process.exitCode = 1; }
+}
+`;
+const dir = mkdtempSync(join(tmpdir(), "kvmmu-kb-"));
+const driverPath = join(dir, "kvmmu.mjs");
+writeFileSync(driverPath, driver);
+after(() => rmSync(dir, { recursive: true, force: true }));
+
+function cli(args: string[]): Promise<{ out: string; err: string; code: number }> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      [driverPath, "kernbench", ...args],
+      { env: { ...process.env, CI: "1" }, maxBuffer: 64 << 20 },
+      (e, out, err) => resolve({ out, err, code: e ? ((e as { code?: number }).code ?? 1) : 0 }),
+    );
+  });
+}
+
+test("kvmmu kernbench --json: results.<mode>.<logging>.opsPerSec", { timeout: 120_000 }, async () => {
+  const { out, err, code } = await cli([
+    "-j",
+    "4",
+    "-n",
+    "1",
+    "-p",
+    "2",
+    "--lib-pages",
+    "32",
+    "--shared-pages",
+    "8",
+    "--heap-pages",
+    "4",
+    "--compute",
+    "10",
+    "--mode",
+    "shadow",
+    "--logging",
+    "off,lockless",
+    "--json",
+  ]);
+  assert.equal(code, 0, err);
+  const r = JSON.parse(out) as { results: Record<string, Record<string, { opsPerSec: number }>> };
+  assert.deepEqual(Object.keys(r.results), ["shadow"]);
+  assert.deepEqual(Object.keys(r.results["shadow"]), ["off", "lockless"]);
+  assert.ok(r.results["shadow"]["lockless"].opsPerSec > 0);
+});
+
+test("kvmmu kernbench: a bad option is EINVAL naming it", async () => {
+  const { err, code } = await cli(["--mode", "ept"]);
+  assert.equal(code, 2);
+  assert.match(err, /--mode/);
+});
