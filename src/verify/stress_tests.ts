@@ -374,7 +374,7 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
       "A: pte_list_walk_lockless of head X (3 stable and 4 churning entries), repeated until B is done; B under mmu_lock: 3 removals from X, an add to X, an add to head Y on a freed descriptor (every other iteration dropping the lock between operations). Outcome: did every walk see the stable entries; did one restart; did one visit Y's chain",
     ...(bugs.length
       ? {
-          control: `bug ${bugs.join(", ")} put back (report only: misses depend on thread timing; test/mmu/rmap_race.test.ts and the explorer show them deterministically)`,
+          control: `bug ${bugs.join(", ")} put back: walks may miss stable entries, how often depends on thread timing (test/mmu/rmap_race.test.ts and the explorer show it too)`,
         }
       : {}),
     stride: 64,
