@@ -25,7 +25,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
       ? `migrate ${o.migrateRate}/s, invalidate ${o.invalidateRate}/s`
       : "off";
   out.push(
-    `dirty-log-test: ${o.vcpus} vCPUs x ${mib(o.bytesPerVcpu)}, slot of ${r.slotPages} pages at guest-physical ${r.slotGpa}, ` +
+    `dirty-log-test${o.mode === "shadow" ? " (shadow paging)" : ""}: ${o.vcpus} vCPUs x ${mib(o.bytesPerVcpu)}, slot of ${r.slotPages} pages at guest-physical ${r.slotGpa}, ` +
       `interval ${o.intervalMs} ms, THP ${o.thp ? "on" : "off"}, notifier churn ${churn}, seed ${o.seed}; ` +
       `${r.machine.cpus} CPUs, node ${r.machine.node}`,
   );
@@ -77,6 +77,11 @@ export function registerDirtyLogTest(program: Command): void {
       "kvm,qemu",
     )
     .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option(
+      "--mode <mode>",
+      "tdp (EPT on) or shadow (EPT off: the guests store through their own page tables)",
+      "tdp",
+    )
     .option("--no-notifier", "no MMU-notifier churn (page migration, invalidations) from the host thread")
     .option("--migrate-rate <n>", "page migrations per second", "200")
     .option("--invalidate-rate <n>", "2 MiB invalidations per second", "50")
@@ -105,6 +110,7 @@ export function registerDirtyLogTest(program: Command): void {
         wp: parseList("--wp", String(a["wp"]), STRATEGIES),
         oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
         thp: a["thp"] !== false,
+        mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
         invalidateRate: notifier
           ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6)

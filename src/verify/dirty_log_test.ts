@@ -25,10 +25,11 @@
  * (3 by default, as KVM's 2^18 + 3) so the bitmap's tail word is partial; the extra pages belong
  * to the last vCPU.
  */
-import { Vm, WpName } from "../vm.js";
+import { MmuModeName, Vm, WpName } from "../vm.js";
 import { BugName, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { ParkMiller } from "../workload/rng.js";
+import { tablesFor } from "../workload/guest_paging.js";
 import {
   DLG_ITERATION,
   DLG_PARKED,
@@ -71,6 +72,11 @@ export interface DirtyLogTestOptions {
   gpa?: number;
   /** Bugs of the catalog to switch on in the engine (src/kvm_host.ts BUG). */
   bugs?: BugName[];
+  /**
+   * "tdp" (default) or "shadow": EPT off; each vCPU builds page tables (in a second slot) that
+   * map its region at a guest virtual address, and stores through them.
+   */
+  mode?: MmuModeName;
   /** Violations whose details are kept, per strategy and oracle (default 5). */
   maxViolationDetails?: number;
   /**
@@ -123,6 +129,10 @@ export interface DirtyLogTestResult {
 }
 
 const TEST_SLOT = 1;
+/** Shadow mode: the guest's page tables (its "kernel area") and where it maps vCPU 0's region. */
+const PT_SLOT = 0;
+const PT_GPA = 1 << 20;
+const REGION_VPN = 1 << 27;
 /** The min-writes floor of §2.4. */
 const MIN_WRITES = 256;
 const PARK_TIMEOUT_MS = 30_000;
@@ -166,6 +176,8 @@ export function validateDirtyLogTestOptions(o: DirtyLogTestOptions): void {
   if (!int(rounds) || rounds < 0 || rounds > 1000) throw einval("qemuRounds", "must be 0..1000");
   if (o.maxViolationDetails !== undefined && (!int(o.maxViolationDetails) || o.maxViolationDetails < 0))
     throw einval("maxViolationDetails", "must be >= 0");
+  if (o.mode !== undefined && o.mode !== "tdp" && o.mode !== "shadow")
+    throw einval("mode", `must be "tdp" or "shadow", got ${String(o.mode)}`);
   if (o.gpa !== undefined) {
     const slotBytes = o.vcpus * o.bytesPerVcpu + extra * PAGE_SIZE;
     if (!int(o.gpa) || o.gpa < 0 || o.gpa % PAGE_SIZE !== 0 || o.gpa + slotBytes > 2 ** 40)
@@ -206,8 +218,19 @@ class Harness {
     const gpa = o.gpa ?? slotGpa(npages);
     const slotBytes = npages * PAGE_SIZE;
     // Spare frames: alignment of the huge mappings, and page migration.
-    const memory = Math.ceil(slotBytes / TWO_MIB) * TWO_MIB + 4 * TWO_MIB;
-    const vm = Vm.create({ memory, wp, bugs: o.bugs ?? [], maxVcpus: o.vcpus, maxSlotPages: npages });
+    const shadow = o.mode === "shadow";
+    // Shadow: each vCPU's page-table pool, in a slot of its own below the test slot.
+    const pool = shadow ? tablesFor(pagesPer + extra) + tablesFor(o.vcpus * 4096) + 8 : 0;
+    const ptPages = shadow ? Math.ceil((o.vcpus * pool) / 512) * 512 : 0;
+    const memory = Math.ceil(slotBytes / TWO_MIB) * TWO_MIB + 4 * TWO_MIB + ptPages * PAGE_SIZE;
+    const vm = Vm.create({
+      memory,
+      wp,
+      mode: o.mode ?? "tdp",
+      bugs: o.bugs ?? [],
+      maxVcpus: o.vcpus,
+      maxSlotPages: npages + ptPages,
+    });
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;
     const h = new Harness(vm, ctl, npages, gpa, o.vcpus, churn);
@@ -221,15 +244,27 @@ class Harness {
         memorySize: slotBytes,
         userspaceAddr: hva,
       });
+      const kernel = { baseGfn: PT_GPA / PAGE_SIZE, pages: ptPages };
+      if (shadow)
+        vm.setUserMemoryRegion({
+          slot: PT_SLOT,
+          flags: 0,
+          guestPhysAddr: PT_GPA,
+          memorySize: ptPages * PAGE_SIZE,
+          userspaceAddr: vm.mmap(ptPages * PAGE_SIZE, { thp: o.thp }),
+        });
       for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
       Atomics.store(ctl, DLG_STOP, 1); // the vCPUs start parked (sem_vcpu_cont)
       const baseGfn = gpa / PAGE_SIZE;
       await vm.run((id) => {
         const pages = pagesPer + (id === o.vcpus - 1 ? extra : 0);
         const regionGfn = baseGfn + id * pagesPer;
+        const paging = shadow
+          ? { kernel, poolGfn: kernel.baseGfn + id * pool, poolPages: pool, vpn: REGION_VPN + id * pagesPer }
+          : undefined;
         return oracle === "kvm"
-          ? { kind: "dirty_log", ctl: ctl.buffer, baseGfn: regionGfn, pages, seed }
-          : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages };
+          ? { kind: "dirty_log", ctl: ctl.buffer, baseGfn: regionGfn, pages, seed, paging }
+          : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages, paging };
       });
       await h.waitParked();
       if (churn) {

@@ -24,6 +24,7 @@
  */
 import { Vcpu } from "../vcpu/vcpu.js";
 import { ParkMiller } from "./rng.js";
+import { bootWithPaging, GuestPagingArgs } from "./guest_paging.js";
 
 /** Control block words (Int32Array over `ctl`). */
 export const DLG_ITERATION = 0; // host -> guest: the stamp to write (published before resume)
@@ -54,6 +55,21 @@ export interface DirtyLogGuestArgs {
   baseGfn: number;
   pages: number;
   seed: number;
+  paging?: DirtyLogPaging;
+}
+
+/**
+ * Guest paging (shadow mode): before its first sync point the vCPU builds its page tables,
+ * mapping its region at guest virtual page `vpn`, and loads CR3; it then stores through virtual
+ * addresses. The tables live outside the test slot.
+ */
+export type DirtyLogPaging = GuestPagingArgs & { vpn: number };
+
+/** Boots with paging if asked; returns the page number the guest addresses its region by. */
+function regionBase(vcpu: Vcpu, a: { baseGfn: number; pages: number; paging?: DirtyLogPaging }): number {
+  if (!a.paging) return a.baseGfn;
+  bootWithPaging(vcpu, a.paging, { vpn: a.paging.vpn, gfn: a.baseGfn, pages: a.pages });
+  return a.paging.vpn;
 }
 
 export interface DirtyLogIncrGuestArgs {
@@ -61,6 +77,7 @@ export interface DirtyLogIncrGuestArgs {
   ctl: SharedArrayBuffer;
   baseGfn: number;
   pages: number;
+  paging?: DirtyLogPaging;
 }
 
 /**
@@ -87,12 +104,13 @@ export function dirty_log_guest(vcpu: Vcpu, a: DirtyLogGuestArgs): never {
   const me = DLG_VCPU_BASE + vcpu.id * DLG_VCPU_STRIDE;
   const rng = new ParkMiller(a.seed + vcpu.id);
   const pages = a.pages;
+  const base = regionBase(vcpu, a);
   let writes = Atomics.load(ctl, me + DLG_WRITES);
   for (;;) {
     while (Atomics.load(ctl, DLG_STOP) === 0) {
       const page = rng.next() % pages;
       // READ_ONCE(iteration): it changes only while every vCPU is parked.
-      vcpu.write64(a.baseGfn + page, 0, Atomics.load(ctl, DLG_ITERATION), 0);
+      vcpu.write64(base + page, 0, Atomics.load(ctl, DLG_ITERATION), 0);
       writes = (writes + 1) | 0;
       if ((writes & (PUBLISH_EVERY - 1)) === 0) {
         Atomics.store(ctl, me + DLG_WRITES, writes);
@@ -108,12 +126,13 @@ export function dirty_log_incr_guest(vcpu: Vcpu, a: DirtyLogIncrGuestArgs): neve
   const ctl = new Int32Array(a.ctl);
   const me = DLG_VCPU_BASE + vcpu.id * DLG_VCPU_STRIDE;
   const pages = a.pages;
+  const base = regionBase(vcpu, a);
   let writes = Atomics.load(ctl, me + DLG_WRITES);
   let pass = Atomics.load(ctl, me + DLG_PASSES);
   let i = 0;
   for (;;) {
     while (Atomics.load(ctl, DLG_STOP) === 0) {
-      const gfn = a.baseGfn + i;
+      const gfn = base + i;
       const w = (pass * 2) & 1023;
       const v = vcpu.read32(gfn, w);
       vcpu.write64(gfn, w, (v + 1) | 0, pass);
