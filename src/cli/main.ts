@@ -7,6 +7,7 @@ import { KvmError } from "../errors.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
 import { registerExplore } from "./explore_cmd.js";
 import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
+import { registerStress } from "./stress_cmd.js";
 
 export const program = new Command();
 program
@@ -20,6 +21,7 @@ program
 registerDirtyLogPerf(program);
 registerDirtyLogTest(program);
 registerExplore(program);
+registerStress(program);
 
 try {
   await program.parseAsync(process.argv);
