@@ -8,6 +8,7 @@ import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
 import { registerExplore } from "./explore_cmd.js";
 import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 import { registerStress } from "./stress_cmd.js";
+import { registerKernbench } from "./kernbench_cmd.js";
 
 export const program = new Command();
 program
@@ -22,6 +23,7 @@ registerDirtyLogPerf(program);
 registerDirtyLogTest(program);
 registerExplore(program);
 registerStress(program);
+registerKernbench(program);
 
 try {
   await program.parseAsync(process.argv);
