@@ -38,6 +38,7 @@ import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { pte_list_count, rmapStats } from "../mmu/rmap.js";
 import { shadowCounters } from "../mmu/shadow.js";
 import { tablesFor } from "../workload/guest_paging.js";
+import { audit } from "../verify/audit.js";
 import {
   ALIAS_WINDOW,
   KB_BOOTED,
@@ -70,6 +71,11 @@ export interface KernbenchOptions {
   compute: number;
   thp: boolean;
   seed: number;
+  /** MMU-notifier churn from the host thread during the runs (default none). */
+  migrateRate?: number;
+  invalidateRate?: number;
+  /** Pause at the end of every run and run the MMU audit; failures go to the cell. */
+  audit?: boolean;
   progress?: (msg: string) => void;
 }
 
@@ -126,6 +132,8 @@ export interface KernbenchCell {
   harvestsPerSec: number;
   faults: { fast: number; slow: number; tlbMisses: number; guestWalks: number; emulated: number };
   shadow?: Record<string, number>;
+  /** With `audit`: the broken invariants found after each run (empty when all hold). */
+  audit?: string[];
 }
 
 export interface KernbenchResult {
@@ -148,6 +156,11 @@ export function validateKernbenchOptions(o: KernbenchOptions): void {
   if (!int(o.libReads, 0, 1e6)) throw einval("libReads", "must be >= 0");
   if (!int(o.sharedWrites, 0, 1e6)) throw einval("sharedWrites", "must be >= 0");
   if (!int(o.compute, 0, 1e9)) throw einval("compute", "must be >= 0");
+  for (const k of ["migrateRate", "invalidateRate"] as const) {
+    const x = o[k];
+    if (x !== undefined && !(typeof x === "number" && x >= 0 && Number.isFinite(x)))
+      throw einval(k, "must be a rate >= 0");
+  }
   if (o.modes.length === 0 || o.modes.some((m) => !MODES.includes(m)))
     throw einval("modes", "tdp and/or shadow");
   if (o.logging.length === 0 || o.logging.some((m) => !LOGGING.includes(m)))
@@ -211,6 +224,7 @@ interface RunStats {
   restarts: number;
   faults: KernbenchCell["faults"];
   shadow?: Record<string, number>;
+  audit?: string[];
 }
 
 /** Host-side write of word 0 of every library page (the page cache filled from disk). */
@@ -303,6 +317,13 @@ async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptio
       vm.setUserMemoryRegion({ ...kern, flags: KVM_MEM_LOG_DIRTY_PAGES });
     }
     const kvm = vm.kvm;
+    const churn = (o.migrateRate ?? 0) > 0 || (o.invalidateRate ?? 0) > 0;
+    if (churn)
+      await vm.startHostThread({
+        migrateRate: o.migrateRate ?? 0,
+        invalidateRate: o.invalidateRate ?? 0,
+        seed: o.seed,
+      });
     const a0 = kvm.ctl[CTL_DESC_ALLOCS];
     const h0 = kvm.ctl[CTL_DESC_HIGH];
     const w0 = rmapStats.walks;
@@ -347,6 +368,13 @@ async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptio
     const realNs = (end - start) * 1e6;
     vm.throwIfFailed();
     if (histSamples === 0) sample();
+    let auditFailures: string[] | undefined;
+    if (o.audit) {
+      await vm.pause();
+      await vm.pauseHostThread();
+      vm.throwIfFailed();
+      auditFailures = audit(kvm);
+    }
     const sec = realNs / 1e9;
     const sum = (k: number): number => vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k], 0);
     const allocs = kvm.ctl[CTL_DESC_ALLOCS] - a0;
@@ -368,6 +396,7 @@ async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptio
         emulated: sum(ST_EMULATED),
       },
       ...(kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(kvm) } : {}),
+      ...(auditFailures ? { audit: auditFailures } : {}),
     };
   } finally {
     await vm.stop();
@@ -406,6 +435,7 @@ function cell(stats: RunStats[]): KernbenchCell {
     harvestsPerSec: stats.reduce((n, s) => n + s.run.harvests, 0) / totalSec,
     faults: last.faults,
     ...(last.shadow ? { shadow: last.shadow } : {}),
+    ...(stats.some((s) => s.audit) ? { audit: stats.flatMap((s) => s.audit ?? []) } : {}),
   };
 }
 

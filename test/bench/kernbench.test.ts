@@ -51,6 +51,24 @@ test("kernbench: every mode x logging combination runs the fixed work", { timeou
   assert.match(text, /Elapsed Time \d+\.\d{3} \(\d+\.\d{3}\)/);
 });
 
+test(
+  "kernbench with notifier churn and a harvester: the guests' checks pass and the MMU audit is clean",
+  { timeout: 180_000 },
+  async () => {
+    const r = await kernbench({
+      ...TINY,
+      jobs: 12,
+      logging: ["locked", "lockless"],
+      migrateRate: 400,
+      invalidateRate: 100,
+      audit: true,
+    });
+    for (const mode of ["tdp", "shadow"] as const)
+      for (const l of ["locked", "lockless"] as const)
+        assert.deepEqual(r.results[mode]?.[l]?.audit, [], `${mode}/${l}`);
+  },
+);
+
 const cmdUrl = new URL("../../src/cli/kernbench_cmd.js", import.meta.url).href;
 const errorsUrl = new URL("../../src/errors.js", import.meta.url).href;
 const commanderUrl = pathToFileURL(createRequire(import.meta.url).resolve("commander")).href;

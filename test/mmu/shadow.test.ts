@@ -15,6 +15,7 @@ import {
   SCTL_EMULATED,
   SCTL_FLOODED,
   SCTL_INDIRECT_SHADOW_PAGES,
+  SCTL_RECYCLED,
   SCTL_RELOADS,
   SP_GFN,
   SP_PARENT_PTES,
@@ -407,12 +408,18 @@ test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => 
   assert.deepEqual(audit(kvm), []);
 });
 
-for (const wp of ["locked", "lockless"] as const) {
-  test(`shadow: audit is clean after a logged memstress run with notifier churn (${wp})`, async () => {
+for (const [wp, maxSp] of [
+  ["locked", undefined],
+  ["lockless", undefined],
+  ["locked", 80],
+  ["lockless", 80],
+] as const) {
+  const what = maxSp ? `, ${maxSp} shadow pages: pages and roots recycled` : "";
+  test(`shadow: audit is clean after a logged memstress run with notifier churn (${wp}${what})`, async () => {
     const vcpus = 2;
-    const pages = 2048;
+    const pages = 4096;
     const pool = 64;
-    const vm = Vm.create({ memory: 48 << 20, wp, mode: "shadow", maxVcpus: vcpus });
+    const vm = Vm.create({ memory: 64 << 20, wp, mode: "shadow", maxVcpus: vcpus, maxSp });
     const hva = vm.mmap(vcpus * pages * PAGE_SIZE);
     const khva = vm.mmap(vcpus * pool * PAGE_SIZE);
     const region = {
@@ -467,6 +474,8 @@ for (const wp of ["locked", "lockless"] as const) {
       await vm.pauseHostThread();
       vm.throwIfFailed();
       assert.deepEqual(audit(vm.kvm), []);
+      if (maxSp)
+        assert.ok(vm.kvm.sctl[SCTL_RECYCLED] > 0 && vm.kvm.sctl[SCTL_RELOADS] > 0, "pages were recycled");
     } finally {
       await vm.stop();
     }
