@@ -129,7 +129,14 @@ function mmu_notifier_retry(kvm: Kvm, mmuSeq: number): boolean {
  * tdp_page_fault: returns when the vCPU should retry the access. The vCPU is outside guest mode
  * (mode OUTSIDE) for the whole call. Throws KvmError(EFAULT) for a gfn outside every memslot.
  */
-export function tdp_page_fault(kvm: Kvm, vcpuRow: number, gfn: number, write: boolean, present: boolean, st: FaultStats): void {
+export function tdp_page_fault(
+  kvm: Kvm,
+  vcpuRow: number,
+  gfn: number,
+  write: boolean,
+  present: boolean,
+  st: FaultStats,
+): void {
   const r = gfn_to_memslot(kvm, gfn);
   if (r < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
   if (write && present && fast_page_fault(kvm, vcpuRow, gfn, st)) return;
@@ -140,7 +147,7 @@ export function tdp_page_fault(kvm: Kvm, vcpuRow: number, gfn: number, write: bo
   const hv = aload(kvm.hpt, hvaPage);
   const pfn = hv >>> 1;
   if (pfn === 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
-  const mapWritable = (hv & 1) !== 0 && (kvm.slots[r + SLOT_FLAGS]! & KVM_MEM_READONLY) === 0;
+  const mapWritable = (hv & 1) !== 0 && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) === 0;
   const hostHuge = hva_is_huge(kvm, hvaPage);
   // KVM exits to userspace (KVM_EXIT_MMIO) for a write to read-only memory; we stop the vCPU.
   if (write && !mapWritable)
@@ -157,7 +164,8 @@ export function tdp_page_fault(kvm: Kvm, vcpuRow: number, gfn: number, write: bo
     }
     // force_pt_level while the slot is dirty-logged (flags change under mmu_lock).
     let level = 1;
-    if (!slot_dirty_logged(kvm, r) && hostHuge && kvm.lpagePool[lpage_info_index(kvm, r, gfn, 2)] === 0) level = 2;
+    if (!slot_dirty_logged(kvm, r) && hostHuge && kvm.lpagePool[lpage_info_index(kvm, r, gfn, 2)] === 0)
+      level = 2;
     // transparent_hugepage_adjust.
     const mapGfn = level === 2 ? gfn - (gfn & 511) : gfn;
     const mapPfn = level === 2 ? pfn - (gfn & 511) : pfn;
@@ -168,11 +176,19 @@ export function tdp_page_fault(kvm: Kvm, vcpuRow: number, gfn: number, write: bo
 }
 
 /** __direct_map: mmu_lock held. */
-function __direct_map(kvm: Kvm, r: number, gfn: number, pfn: number, level: number, write: boolean, mapWritable: boolean): void {
+function __direct_map(
+  kvm: Kvm,
+  r: number,
+  gfn: number,
+  pfn: number,
+  level: number,
+  write: boolean,
+  mapWritable: boolean,
+): void {
   let sp = mmu_alloc_roots(kvm);
   for (let l = PT64_ROOT_LEVEL; l > level; l--) {
     const sptep = sp * PT64_ENT_PER_PAGE + PT64_INDEX(gfn, l);
-    let s = kvm.spt[sptep]!;
+    let s = kvm.spt[sptep];
     if (is_shadow_present_pte(s) && is_large_pte(s)) {
       // drop_large_spte (404381c5): a read-only large spte left by dirty logging (B3).
       drop_spte(kvm, sptep);
@@ -202,7 +218,7 @@ function mmu_set_spte(
   _writeFault: boolean,
   hostWritable: boolean,
 ): void {
-  const old = kvm.spt[sptep]!;
+  const old = kvm.spt[sptep];
   let wasRmapped = false;
   if (is_shadow_present_pte(old)) {
     if (level > 1 && !is_large_pte(old)) {
@@ -228,14 +244,14 @@ function mmu_set_spte(
   const dirtyFirst = kvm.bug(BUG["dirty-before-rmap"]);
   if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
   // F1
-  if (is_shadow_present_pte(kvm.spt[sptep]!)) {
+  if (is_shadow_present_pte(kvm.spt[sptep])) {
     if (mmu_spte_update(kvm, sptep, s)) kvm_flush_remote_tlbs(kvm);
   } else {
     mmu_spte_set(kvm, sptep, s);
   }
   // F2
   if (!wasRmapped) {
-    if (level > 1) kvm.ctl[CTL_LPAGES]!++;
+    if (level > 1) kvm.ctl[CTL_LPAGES]++;
     rmap_add(kvm, sptep, gfn, level);
   }
   // F4
@@ -244,5 +260,5 @@ function mmu_set_spte(
 
 /** The gfn an sp covers (for the audit). */
 export function sp_gfn(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_GFN]!;
+  return kvm.spHdr[sp * SP_STRIDE + SP_GFN];
 }
