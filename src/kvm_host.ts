@@ -136,6 +136,7 @@ export const SCTL_EMULATED = 10; // emulated guest writes (atomic add)
 export const SCTL_GPTE_CHANGED = 11; // fetch retried: a gpte changed under the walk
 export const SCTL_RELOADS = 12; // vCPU roots reloaded because they were zapped
 export const SCTL_PT_PROTECT = 13; // rmap_write_protect(pt_protect) calls that found a spte to protect
+export const SCTL_PTE_PREFETCH = 14; // sptes re-created from the written gpte (update_pte)
 export const SCTL_WORDS = 16;
 
 // ---- pte_list_desc (Int32Array `desc`, 4 words: sptes[0..2], more) ----

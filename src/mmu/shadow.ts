@@ -54,6 +54,7 @@ import {
   SCTL_INDIRECT_SHADOW_PAGES,
   SCTL_N_MAX,
   SCTL_PT_PROTECT,
+  SCTL_PTE_PREFETCH,
   SCTL_PTE_WRITES,
   SCTL_PTE_ZAPPED,
   SCTL_RECYCLED,
@@ -127,6 +128,7 @@ import {
   gpte_access,
   gpte_gfn,
   GPTE_A,
+  GPTE_ADDR_HI_MASK,
   GPTE_D,
   GPTE_P,
   GuestPageFault,
@@ -908,12 +910,52 @@ export function shadow_page_fault(
 }
 
 /**
- * kvm_mmu_pte_write: the guest wrote `bytes` at byte `offset` of gfn (already in memory). Every
- * valid indirect sp shadowing gfn loses the spte of the written gpte, or the whole page when the
- * write is misaligned or the page is being flooded with writes. Takes mmu_lock.
+ * FNAME(update_pte) / prefetch_gpte for a level-1 page: re-creates the spte from the gpte the
+ * guest just wrote, speculatively (as if prefetched: the guest did not access it yet). Skipped
+ * for a gpte that is not present, not accessed or has reserved bits (prefetch_invalid_gpte), and
+ * while an MMU-notifier invalidation is in progress (the host page table may be changing; under
+ * mmu_lock with none in progress it is stable). mmu_lock held.
  */
-export function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): void {
-  if (aload(kvm.sctl, SCTL_INDIRECT_SHADOW_PAGES) === 0) return;
+function update_pte(kvm: Kvm, sp: number, sptep: number): boolean {
+  const role = sp_role(kvm, sp);
+  const tpfn = guest_gfn_to_pfn(kvm, sp_gfn(kvm, sp));
+  if (tpfn < 0) return false;
+  const i = tpfn * PAGE_WORDS + (sptep - sp * PT64_ENT_PER_PAGE) * 2;
+  const lo = aload(kvm.mem, i);
+  const hi = aload(kvm.mem, i + 1);
+  if ((lo & (GPTE_P | GPTE_A)) !== (GPTE_P | GPTE_A) || (hi & ~GPTE_ADDR_HI_MASK) !== 0) return false;
+  if (aload(kvm.ctl, CTL_NOTIFIER_COUNT) !== 0) return false;
+  const gfn = gpte_gfn(lo, hi);
+  let access = role_access(role) & gpte_access(lo);
+  if ((lo & GPTE_D) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
+  const r = gfn_to_memslot(kvm, gfn);
+  if (r < 0) return false;
+  const hv = aload(kvm.hpt, gfn_to_hva_page(kvm, r, gfn));
+  const pfn = hv >>> 1;
+  if (pfn === 0) return false;
+  const hostWritable = (hv & 1) !== 0 && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) === 0;
+  mmu_set_spte_shadow(kvm, r, sptep, access, 1, gfn, pfn, false, hostWritable);
+  return true;
+}
+
+/** need_remote_flush: the old spte could be cached and the new one maps elsewhere or allows less. */
+function need_remote_flush(old: number, nw: number): boolean {
+  if (!is_shadow_present_pte(old)) return false;
+  if (!is_shadow_present_pte(nw)) return true;
+  if (spte_to_pfn(old) !== spte_to_pfn(nw)) return true;
+  return (old & ~nw & (PT_WRITABLE_MASK | PT_USER_MASK)) !== 0;
+}
+
+/**
+ * kvm_mmu_pte_write: the guest wrote `bytes` at byte `offset` of gfn (already in memory). In every
+ * valid indirect sp shadowing gfn the spte of the written gpte is zapped and, in a level-1 page,
+ * re-created from the new gpte (update_pte); the whole page is zapped when the write is
+ * misaligned or the page is being flooded with writes. Flushes remote TLBs when an spte that
+ * could be cached now maps elsewhere or allows less. Takes mmu_lock. Returns true when the
+ * writing vCPU should flush its own TLB (local_flush: an spte it may cache was touched).
+ */
+export function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): boolean {
+  if (aload(kvm.sctl, SCTL_INDIRECT_SHADOW_PAGES) === 0) return false;
   // detect_write_misaligned (8-byte gptes): a write that spans two gptes, or is narrower than 4.
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~7) !== 0 || bytes < 4;
   kvm.mmu_lock.lock();
@@ -924,23 +966,28 @@ export function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: 
       if ((sp_role(kvm, sp) & (ROLE_DIRECT | ROLE_INVALID)) === 0) sps.push(sp);
     });
     const invalid: number[] = [];
-    let flush = false;
+    let remoteFlush = false;
+    let localFlush = false;
     for (const sp of sps) {
-      if ((sp_role(kvm, sp) & ROLE_INVALID) !== 0) continue;
+      const role = sp_role(kvm, sp);
+      if ((role & ROLE_INVALID) !== 0) continue;
       const xb = sp * SPX_STRIDE;
       if (misaligned || ++kvm.spExt[xb + SPX_FLOOD] >= WRITE_FLOODING) {
         shadow_prepare_zap_page(kvm, sp, invalid);
         kvm.sctl[SCTL_FLOODED]++;
         continue;
       }
+      localFlush = true;
       const sptep = sp * PT64_ENT_PER_PAGE + (offset >>> 3);
-      if (mmu_page_zap_pte(kvm, sptep, sp_role(kvm, sp) & ROLE_LEVEL_MASK)) {
-        kvm.sctl[SCTL_PTE_ZAPPED]++;
-        flush = true;
-      }
+      const old = kvm.spt[sptep];
+      if (mmu_page_zap_pte(kvm, sptep, role & ROLE_LEVEL_MASK)) kvm.sctl[SCTL_PTE_ZAPPED]++;
+      if ((role & ROLE_LEVEL_MASK) === 1 && update_pte(kvm, sp, sptep)) kvm.sctl[SCTL_PTE_PREFETCH]++;
+      if (need_remote_flush(old, kvm.spt[sptep])) remoteFlush = true;
     }
-    if (invalid.length > 0) kvm_mmu_commit_zap_page(kvm, invalid);
-    else if (flush) kvm_flush_remote_tlbs(kvm);
+    // mmu_pte_write_flush_tlb, then the commit (which flushes by itself when it frees pages).
+    if (invalid.length === 0 && remoteFlush) kvm_flush_remote_tlbs(kvm);
+    kvm_mmu_commit_zap_page(kvm, invalid);
+    return localFlush;
   } finally {
     kvm.mmu_lock.unlock();
   }
@@ -949,7 +996,8 @@ export function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: 
 /**
  * x86_emulate_instruction + emulator_write_phys for a guest store to a write-protected guest
  * page table: the write goes to guest memory (kvm_write_guest marks it dirty), then
- * kvm_mmu_pte_write brings the shadow up to date. The vCPU is outside guest mode.
+ * kvm_mmu_pte_write brings the shadow up to date. The vCPU is outside guest mode. Returns true
+ * when the vCPU should flush its own TLB.
  */
 export function emulate_guest_write(
   kvm: Kvm,
@@ -958,10 +1006,10 @@ export function emulate_guest_write(
   lo: number,
   hi: number,
   words: number,
-): void {
+): boolean {
   kvm_write_guest_words(kvm, gfn, w, lo, hi, words);
   aadd(kvm.sctl, SCTL_EMULATED, 1);
-  kvm_mmu_pte_write(kvm, gfn, w * 4, words * 4);
+  return kvm_mmu_pte_write(kvm, gfn, w * 4, words * 4);
 }
 
 /** Counters of the shadow MMU (sctl), for reports. */
@@ -979,6 +1027,7 @@ export function shadowCounters(kvm: Kvm): Record<string, number> {
     gpteChanged: s[SCTL_GPTE_CHANGED],
     rootReloads: s[SCTL_RELOADS],
     ptProtectFlushes: s[SCTL_PT_PROTECT],
+    ptePrefetched: s[SCTL_PTE_PREFETCH],
     spUsed: kvm.ctl[CTL_SP_USED],
   };
 }

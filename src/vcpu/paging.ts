@@ -214,7 +214,7 @@ export function paging_emulate_write(
   ps.emulated++;
   v.exitGuest();
   try {
-    emulate_guest_write(v.kvm, ps.emulGfn, w, lo, hi, words);
+    if (emulate_guest_write(v.kvm, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
   } finally {
     v.enterGuest();
   }

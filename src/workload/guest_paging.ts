@@ -39,9 +39,12 @@ export interface GuestPagingArgs {
   poolPages: number;
 }
 
-/** Flags of an ordinary writable mapping (A and D preset, as Linux does for kernel mappings). */
-export const MAP_RW = GPTE_P | GPTE_W | GPTE_U;
-export const MAP_RO = GPTE_P | GPTE_U;
+/**
+ * Flags of ordinary user mappings: A preset, as Linux's PAGE_SHARED / PAGE_READONLY do; D is left
+ * to the first write (the walker sets it). Kernel-area mappings preset D as well.
+ */
+export const MAP_RW = GPTE_P | GPTE_W | GPTE_U | GPTE_A;
+export const MAP_RO = GPTE_P | GPTE_U | GPTE_A;
 const TABLE_FLAGS = GPTE_P | GPTE_W | GPTE_U;
 
 /** Upper bound of the table pages needed to map `pages` 4 KiB pages in one contiguous range. */

@@ -15,6 +15,7 @@ import {
   SCTL_EMULATED,
   SCTL_FLOODED,
   SCTL_INDIRECT_SHADOW_PAGES,
+  SCTL_PTE_PREFETCH,
   SCTL_RECYCLED,
   SCTL_RELOADS,
   SP_GFN,
@@ -294,6 +295,7 @@ test("shadow: guest tables are write-protected; guest writes to them are emulate
   const e0 = kvm.sctl[SCTL_EMULATED];
   k.map(pml4, USER_VPN + 2, DATA_GFN + 300, MAP_RW);
   assert.ok(kvm.sctl[SCTL_EMULATED] > e0, "the PTE store was emulated");
+  assert.ok(kvm.sctl[SCTL_PTE_PREFETCH] > 0, "and the spte was re-created from the new gpte (update_pte)");
   assert.equal(gpte_gfn(gpteOf(vm, pml4, USER_VPN + 2, 1), 0), DATA_GFN + 300, "and reached guest memory");
   v.invlpg(USER_VPN + 2);
   assert.equal(v.read32(USER_VPN + 2, 0), 0, "the new page, not the old one");
