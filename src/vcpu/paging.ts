@@ -44,6 +44,7 @@ import {
   SHADOW_EMULATE,
   shadow_page_fault,
   ShadowFaultStats,
+  ShadowVcpuCtx,
 } from "../mmu/shadow.js";
 import type { Vcpu } from "./vcpu.js";
 
@@ -51,6 +52,8 @@ import type { Vcpu } from "./vcpu.js";
 export class PagingState {
   readonly walker = new GuestWalker();
   readonly stats = new ShadowFaultStats();
+  /** What the shadow fault path gets (one object per vCPU, updated per fault). */
+  readonly ctx: ShadowVcpuCtx = { row: 0, cr3: 0, walker: this.walker, stats: this.stats };
   /** The gfn of the write to emulate after a SHADOW_EMULATE miss. */
   emulGfn = 0;
   guestWalks = 0;
@@ -177,13 +180,10 @@ function shadow_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean): boo
   let r: number;
   try {
     if (v.cr3 !== 0) ps.guestWalks++;
-    r = shadow_page_fault(
-      kvm,
-      { row: v.row, cr3: v.cr3, walker: ps.walker, stats: ps.stats },
-      vpn,
-      write,
-      present,
-    );
+    const ctx = ps.ctx;
+    ctx.row = v.row;
+    ctx.cr3 = v.cr3;
+    r = shadow_page_fault(kvm, ctx, vpn, write, present);
   } catch (e) {
     v.enterGuest();
     if (e instanceof GuestPageFault) ps.guestFaults++;
