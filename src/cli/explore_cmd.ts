@@ -20,7 +20,7 @@ function formatTrace(v: Violation): string {
 }
 
 function formatResult(r: ExploreResult): string {
-  const head = `explore ${r.scenario} (${r.bug ? `bug ${r.bug} put back` : "fixed"}), ${r.strategy}, seed ${r.seed}: ${r.schedules} schedules, ${r.violations} violations, ${r.steps} steps (${Math.round(r.stepsPerSec)} steps/s)`;
+  const head = `explore ${r.scenario}${r.mode === "shadow" ? " [shadow MMU]" : ""} (${r.bug ? `bug ${r.bug} put back` : "fixed"}), ${r.strategy}, seed ${r.seed}: ${r.schedules} schedules, ${r.violations} violations, ${r.steps} steps (${Math.round(r.stepsPerSec)} steps/s)`;
   return r.firstViolation ? `${head}\n${formatTrace(r.firstViolation)}` : head;
 }
 
@@ -37,6 +37,7 @@ export function registerExplore(program: Command): void {
     .option("--depth <d>", "PCT bug depth", "3")
     .option("--preemptions <n>", "dfs preemption bound", "2")
     .option("--all", "keep going after the first violation", false)
+    .option("--mode <mode>", "MMU of the scenario's VM: tdp, or shadow (guest paging off)", "tdp")
     .option("--json", "print one JSON object on stdout", false)
     .action(async (a: Record<string, string | boolean | undefined>) => {
       let scenario = a["scenario"] as string | undefined;
@@ -49,6 +50,7 @@ export function registerExplore(program: Command): void {
         throw einval("--scenario", `"${scenario}" is not one of ${Object.keys(SCENARIOS).join(", ")}`);
       if (a["fixed"] && bugName === undefined) throw einval("--fixed", "needs --bug");
       const [strategy] = parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const);
+      const [mode] = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
       const r = await explore({
         scenario,
         strategy: strategy,
@@ -58,6 +60,7 @@ export function registerExplore(program: Command): void {
         all: a["all"] === true,
         pctDepth: parseIntIn("--depth", String(a["depth"]), 1, 20),
         preemptions: parseIntIn("--preemptions", String(a["preemptions"]), 0, 20),
+        mode: mode,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatResult(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;

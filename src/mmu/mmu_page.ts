@@ -202,7 +202,8 @@ export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]
   invalid.push(sp);
 }
 
-function free_sp(kvm: Kvm, sp: number): void {
+/** Puts sp on the free list now: only the early-free bug does this before a grace period. */
+export function free_sp(kvm: Kvm, sp: number): void {
   kvm.spHdr[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
   kvm.ctl[CTL_SP_FREE] = sp + 1;
   kvm.ctl[CTL_SP_USED]--;

@@ -31,6 +31,7 @@
  * 3.11. Everything here except the walk of guest memory runs under mmu_lock.
  */
 import {
+  BUG,
   CTL_LPAGES,
   CTL_NOTIFIER_COUNT,
   CTL_NOTIFIER_SEQ,
@@ -78,7 +79,7 @@ import {
   VCPU_ROOT,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
-import { aadd, acas, aload, astore } from "../sync/atomic.js";
+import { aadd, acas, aload, astore, spinPoint } from "../sync/atomic.js";
 import {
   gfn_to_hva_page,
   gfn_to_memslot,
@@ -98,6 +99,7 @@ import {
   link_shadow_page,
   page_header,
   rmap_add,
+  free_sp,
 } from "./mmu_page.js";
 import { pte_list_walk } from "./rmap.js";
 import { mmu_spte_set, mmu_spte_update } from "./spte_ops.js";
@@ -384,7 +386,9 @@ export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[])
       kvm.spExt[xb + SPX_ON_LIST] = 0;
       hash_del(kvm, sp);
       active_del(kvm, sp);
-      invalid.push(sp);
+      // Bug early-free: reusable before vCPU walkers and RCU readers are done with it.
+      if (kvm.bug(BUG["early-free"])) free_sp(kvm, sp);
+      else invalid.push(sp);
       return true;
     }
     return false;
@@ -651,6 +655,9 @@ function mmu_set_spte_shadow(
     }
   }
   const writable = (s & PT_WRITABLE_MASK) !== 0;
+  // Bug dirty-before-rmap: 3.11's order, dirty bit first (B8).
+  const dirtyFirst = kvm.bug(BUG["dirty-before-rmap"]);
+  if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
   // F1
   if (is_shadow_present_pte(kvm.spt[sptep])) {
     if (mmu_spte_update(kvm, sptep, s)) kvm_flush_remote_tlbs(kvm);
@@ -664,7 +671,7 @@ function mmu_set_spte_shadow(
     rmap_add(kvm, sptep, gfn, level);
   }
   // F4
-  if (writable) mark_page_dirty_in_slot(kvm, r, gfn);
+  if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
   return emulate && writeFault;
 }
 
@@ -876,8 +883,9 @@ export function shadow_page_fault(
     let ret: number;
     try {
       v.stats.slow++;
-      if (mmu_notifier_retry(kvm, mmuSeq)) {
+      if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
         v.stats.retries++;
+        spinPoint(kvm.ctl, CTL_NOTIFIER_COUNT); // the vCPU retries until the invalidation ends
         return SHADOW_RETRY;
       }
       make_mmu_pages_available(kvm);

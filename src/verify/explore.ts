@@ -28,7 +28,7 @@ import {
   TS_IDLE,
   waitChange,
 } from "../sync/sched.js";
-import { Vm } from "../vm.js";
+import { MmuModeName, Vm } from "../vm.js";
 import { BugName } from "../kvm_host.js";
 import { Scenario, SCENARIOS } from "./scenarios.js";
 import { ParkMiller } from "../workload/rng.js";
@@ -55,6 +55,7 @@ export interface Violation {
 
 export interface ExploreResult {
   scenario: string;
+  mode: MmuModeName;
   bug: BugName | null;
   strategy: Strategy;
   seed: number;
@@ -82,7 +83,12 @@ interface RunOutcome {
 const TRACE_KEEP = 12;
 const SPIN_WINDOW = 64;
 
-export function encodeSchedule(scenario: string, bug: boolean, choices: number[]): string {
+export function encodeSchedule(
+  scenario: string,
+  bug: boolean,
+  choices: number[],
+  mode: MmuModeName = "tdp",
+): string {
   const parts: string[] = [];
   for (let i = 0; i < choices.length;) {
     let j = i;
@@ -90,16 +96,21 @@ export function encodeSchedule(scenario: string, bug: boolean, choices: number[]
     parts.push(j - i === 1 ? `${choices[i]}` : `${choices[i]}*${j - i}`);
     i = j;
   }
-  return `${scenario}@${bug ? "bug" : "fixed"}:${parts.join(",")}`;
+  return `${scenario}@${bug ? "bug" : "fixed"}${mode === "shadow" ? "/shadow" : ""}:${parts.join(",")}`;
 }
 
-export function decodeSchedule(s: string): { scenario: string; bug: boolean; choices: number[] } {
-  const m = /^([a-z0-9-]+)@(bug|fixed):([0-9*,]*)$/.exec(s.trim());
+export function decodeSchedule(s: string): {
+  scenario: string;
+  bug: boolean;
+  choices: number[];
+  mode: MmuModeName;
+} {
+  const m = /^([a-z0-9-]+)@(bug|fixed)(?:\/(shadow))?:([0-9*,]*)$/.exec(s.trim());
   if (!m) throw einval("SCHEDULE", `"${s.slice(0, 60)}" is not a schedule (scenario@bug|fixed:t*n,...)`);
   const scenario = m[1];
   if (!SCENARIOS[scenario]) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
   const choices: number[] = [];
-  for (const p of m[3].split(",").filter((x) => x !== "")) {
+  for (const p of m[4].split(",").filter((x) => x !== "")) {
     const [t, n] = p.split("*");
     const tid = Number(t);
     const count = n === undefined ? 1 : Number(n);
@@ -107,7 +118,7 @@ export function decodeSchedule(s: string): { scenario: string; bug: boolean; cho
       throw einval("SCHEDULE", `bad item "${p}"`);
     for (let k = 0; k < count; k++) choices.push(tid);
   }
-  return { scenario, bug: m[2] === "bug", choices };
+  return { scenario, bug: m[2] === "bug", choices, mode: m[3] === "shadow" ? "shadow" : "tdp" };
 }
 
 export class Explorer {
@@ -122,6 +133,7 @@ export class Explorer {
     readonly bug: boolean,
     readonly maxSteps = 20000,
     readonly auditEveryStep = false,
+    readonly mode: MmuModeName = "tdp",
   ) {
     if (scenario.threads.length > SCHED_MAX_THREADS) throw einval("scenario", "too many threads");
     this.sc = new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4));
@@ -148,7 +160,7 @@ export class Explorer {
     const sc = this.sc;
     const s = this.scenario;
     const n = s.threads.length;
-    const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : []));
+    const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
     const scratch = new SharedArrayBuffer(s.scratchWords * 4);
     s.setup(vm, new Int32Array(scratch));
     Atomics.store(sc, SCHED_ABORT, 0);
@@ -342,6 +354,8 @@ export interface ExploreOptions {
   maxSteps?: number;
   /** Runs the structural MMU audit after every step at which mmu_lock is free. */
   auditEveryStep?: boolean;
+  /** The MMU the scenario's VM runs on (shadow: the shadow MMU, guest paging off). */
+  mode?: MmuModeName;
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
@@ -351,7 +365,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       "--scenario",
       `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
     );
-  const ex = new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false);
+  const ex = new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false, o.mode ?? "tdp");
   const t0 = performance.now();
   let schedules = 0;
   let violations = 0;
@@ -374,7 +388,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       if (r.violation) {
         violations++;
         first ??= {
-          schedule: encodeSchedule(s.name, o.bug, r.choices),
+          schedule: encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp"),
           invariant: r.violation,
           trace: r.trace,
           steps: r.choices.length,
@@ -389,6 +403,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const elapsedMs = performance.now() - t0;
   return {
     scenario: s.name,
+    mode: o.mode ?? "tdp",
     bug: o.bug ? s.bug : null,
     strategy: o.strategy,
     seed: o.seed,
@@ -409,14 +424,14 @@ export async function replay(schedule: string): Promise<{
   schedule: string;
 }> {
   const d = decodeSchedule(schedule);
-  const ex = new Explorer(SCENARIOS[d.scenario], d.bug);
+  const ex = new Explorer(SCENARIOS[d.scenario], d.bug, 20000, false, d.mode);
   try {
     const r = ex.runOnce(new ReplayChooser(d.choices));
     return {
       violation: r.violation,
       trace: r.trace,
       steps: r.choices.length,
-      schedule: encodeSchedule(d.scenario, d.bug, r.choices),
+      schedule: encodeSchedule(d.scenario, d.bug, r.choices, d.mode),
     };
   } finally {
     await ex.close();

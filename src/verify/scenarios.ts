@@ -10,16 +10,27 @@
 import {
   BugName,
   Kvm,
+  MmuMode,
   KVM_MEM_LOG_DIRTY_PAGES,
   PAGE_SIZE,
   PAGE_WORDS,
   SP_GFN,
   SP_STRIDE,
 } from "../kvm_host.js";
-import { Vm, VmOptions } from "../vm.js";
+import { MmuModeName, Vm, VmOptions } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
-import { drop_spte, kvm_mmu_get_page, kvm_mmu_zap_leaf_table, rmap_add } from "../mmu/mmu_page.js";
+import {
+  drop_spte,
+  kvm_mmu_commit_zap_page,
+  kvm_mmu_get_page,
+  kvm_mmu_prepare_zap_page,
+  page_header,
+  rmap_add,
+} from "../mmu/mmu_page.js";
+import { shadow_prepare_zap_page } from "../mmu/shadow.js";
+import { rmap_get_first } from "../mmu/rmap.js";
+import { gfn_to_rmap } from "../mem/memslot.js";
 import { host_migrate_page, hva_to_pfn, MmuNotifier } from "../mem/host_memory.js";
 import {
   kvm_mmu_notifier_invalidate_range_end,
@@ -47,7 +58,7 @@ export interface Scenario {
   name: string;
   bug: BugName;
   description: string;
-  vmOptions(bugs: BugName[]): VmOptions;
+  vmOptions(bugs: BugName[], mode: MmuModeName): VmOptions;
   /** False when setup builds sptes the audit cannot see (aliases outside the TDP tree). */
   auditable: boolean;
   scratchWords: number;
@@ -61,8 +72,8 @@ const NPAGES = SLOT_BYTES / PAGE_SIZE;
 /** scratch layout: [0, NPAGES) copies of each page's first word (the "destination"); then per-scenario words. */
 const S_EXTRA = NPAGES;
 
-function makeVm(wp: "locked" | "lockless", bugs: BugName[]): VmOptions {
-  return { memory: 8 << 20, wp, bugs, maxVcpus: 4, maxSlotPages: NPAGES, maxSp: 64, maxDesc: 64 };
+function makeVm(wp: "locked" | "lockless", bugs: BugName[], mode: MmuModeName): VmOptions {
+  return { memory: 8 << 20, wp, bugs, mode, maxVcpus: 4, maxSlotPages: NPAGES, maxSp: 64, maxDesc: 64 };
 }
 
 function slot(vm: Vm, thp: boolean, logged: boolean): number {
@@ -183,6 +194,19 @@ const auditCheck = (vm: Vm): string | null => {
   return bad.length ? `audit: ${bad.join("; ")}` : null;
 };
 
+/**
+ * Zaps the last-level shadow page that maps gfn (found through its rmap, so it works for the
+ * TDP tree and for the shadow MMU's direct pages alike). mmu_lock held.
+ */
+function zapLeafTable(kvm: Kvm, gfn: number): void {
+  const s = rmap_get_first(kvm, kvm.rmapPool, gfn_to_rmap(kvm, 0, gfn, 1));
+  if (s < 0) return;
+  const invalid: number[] = [];
+  if (kvm.mode === MmuMode.Shadow) shadow_prepare_zap_page(kvm, page_header(s), invalid);
+  else kvm_mmu_prepare_zap_page(kvm, page_header(s), invalid);
+  kvm_mmu_commit_zap_page(kvm, invalid);
+}
+
 const G = 100; // a gfn in the first 2 MiB block
 const HVA0 = 1; // scratch word: hva page of gfn 0
 
@@ -192,7 +216,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "dirty-before-rmap",
     auditable: true,
     description: "a vCPU maps a page through the slow path while get-dirty-log (lockless) harvests it",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, false, true);
@@ -213,7 +237,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     auditable: true,
     description:
       "a vCPU keeps writing through its TLB while get-dirty-log protects the page and migration copies it",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, false, true);
@@ -244,7 +268,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "fast-pf-large",
     auditable: true,
     description: "writes to a 2 MiB page made read-only by dirty logging, harvested concurrently",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, true, false);
@@ -276,7 +300,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "backward-move",
     auditable: false,
     description: "get-dirty-log walks a one-descriptor rmap [A, B, C] while A is removed",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 8,
     setup(vm, scratch) {
       slot(vm, false, true);
@@ -310,7 +334,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     auditable: false,
     description:
       "get-dirty-log walks rmap X = [E] -> [A, B, C] while E is removed and its descriptor is reused by rmap Y",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 8,
     setup(vm, scratch) {
       slot(vm, false, true);
@@ -347,7 +371,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "plain-clear",
     auditable: true,
     description: "get-dirty-log protects a page while the host migrates it and a vCPU faults it back in",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, false, true);
@@ -371,7 +395,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "early-free",
     auditable: true,
     description: "a vCPU walks a leaf table while it is zapped and another vCPU's fault allocates a table",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, false, false);
@@ -387,7 +411,7 @@ export const SCENARIOS: Record<string, Scenario> = {
         run: (kvm) => {
           kvm.mmu_lock.lock();
           try {
-            kvm_mmu_zap_leaf_table(kvm, G);
+            zapLeafTable(kvm, G);
           } finally {
             kvm.mmu_lock.unlock();
           }
@@ -410,7 +434,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     bug: "no-notifier-retry",
     auditable: true,
     description: "a vCPU faults a page in while the host migrates it to another frame",
-    vmOptions: (bugs) => makeVm("lockless", bugs),
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       const hva = slot(vm, false, false);
