@@ -2,16 +2,11 @@
  * kernbench: a tiny run of every combination (the numbers are not checked, the shape and the
  * guest's own checks are), and the command line in a child process.
  */
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { createRequire } from "node:module";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
 import { kernbench, KERNBENCH_DEFAULTS, KernbenchOptions } from "../../src/bench/kernbench.js";
 import { formatKernbench } from "../../src/cli/kernbench_cmd.js";
+import { CliResult, runKvmmu } from "../helpers/cli.js";
 
 const TINY: KernbenchOptions = {
   ...KERNBENCH_DEFAULTS,
@@ -69,38 +64,7 @@ test(
   },
 );
 
-const cmdUrl = new URL("../../src/cli/kernbench_cmd.js", import.meta.url).href;
-const errorsUrl = new URL("../../src/errors.js", import.meta.url).href;
-const commanderUrl = pathToFileURL(createRequire(import.meta.url).resolve("commander")).href;
-const driver = `
-import { Command, CommanderError } from ${JSON.stringify(commanderUrl)};
-import { registerKernbench } from ${JSON.stringify(cmdUrl)};
-import { KvmError } from ${JSON.stringify(errorsUrl)};
-const program = new Command().name("kvmmu").exitOverride();
-registerKernbench(program);
-try {
-  await program.parseAsync(process.argv.slice(2), { from: "user" });
-} catch (e) {
-  if (e instanceof CommanderError) process.exitCode = e.exitCode;
-  else if (e instanceof KvmError) { process.stderr.write("kvmmu: " + e.message + "\\n"); process.exitCode = 2; }
-  else { process.stderr.write(String(e && e.stack) + "\\n"); process.exitCode = 1; }
-}
-`;
-const dir = mkdtempSync(join(tmpdir(), "kvmmu-kb-"));
-const driverPath = join(dir, "kvmmu.mjs");
-writeFileSync(driverPath, driver);
-after(() => rmSync(dir, { recursive: true, force: true }));
-
-function cli(args: string[]): Promise<{ out: string; err: string; code: number }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [driverPath, "kernbench", ...args],
-      { env: { ...process.env, CI: "1" }, maxBuffer: 64 << 20 },
-      (e, out, err) => resolve({ out, err, code: e ? ((e as { code?: number }).code ?? 1) : 0 }),
-    );
-  });
-}
+const cli = (args: string[]): Promise<CliResult> => runKvmmu(["kernbench", ...args]);
 
 test("kvmmu kernbench --json: results.<mode>.<logging>.opsPerSec", { timeout: 120_000 }, async () => {
   const { out, err, code } = await cli([

@@ -1,52 +1,13 @@
 /**
- * `kvmmu stress` in a child process (a stand-in for bin/kvmmu.js that registers only this
- * command, with main.ts's error handling): the table, --json, EINVAL naming the option, and a
- * negative control that shows forbidden outcomes without failing the command.
+ * `kvmmu stress` in a child process (bin/kvmmu.js): the table, --json, EINVAL naming the
+ * option, and a negative control that shows forbidden outcomes without failing the command.
  */
-import { after, test } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { execFile } from "node:child_process";
-import { createRequire } from "node:module";
-import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { pathToFileURL } from "node:url";
 import type { StressResult } from "../../src/verify/stress.js";
+import { CliResult, runKvmmu } from "../helpers/cli.js";
 
-const cmdUrl = new URL("../../src/cli/stress_cmd.js", import.meta.url).href;
-const errorsUrl = new URL("../../src/errors.js", import.meta.url).href;
-const commanderUrl = pathToFileURL(createRequire(import.meta.url).resolve("commander")).href;
-
-const driver = `
-import { Command, CommanderError } from ${JSON.stringify(commanderUrl)};
-import { registerStress } from ${JSON.stringify(cmdUrl)};
-import { KvmError } from ${JSON.stringify(errorsUrl)};
-const program = new Command().name("kvmmu").exitOverride();
-registerStress(program);
-try {
-  await program.parseAsync(process.argv.slice(2), { from: "user" });
-} catch (e) {
-  if (e instanceof CommanderError) process.exitCode = e.exitCode;
-  else if (e instanceof KvmError) { process.stderr.write("kvmmu: " + e.message + "\\n"); process.exitCode = 2; }
-  else { process.stderr.write(String(e && e.stack) + "\\n"); process.exitCode = 1; }
-}
-`;
-
-const dir = mkdtempSync(join(tmpdir(), "kvmmu-stress-"));
-const driverPath = join(dir, "kvmmu.mjs");
-writeFileSync(driverPath, driver);
-after(() => rmSync(dir, { recursive: true, force: true }));
-
-function cli(args: string[]): Promise<{ out: string; err: string; code: number }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [driverPath, "stress", ...args],
-      { env: { ...process.env, CI: "1" }, maxBuffer: 16 << 20 },
-      (e, out, err) => resolve({ out, err, code: e ? ((e as { code?: number }).code ?? 1) : 0 }),
-    );
-  });
-}
+const cli = (args: string[]): Promise<CliResult> => runKvmmu(["stress", ...args]);
 
 test("--test mutex prints a jcstress-like table and exits 0", { timeout: 60_000 }, async () => {
   const { out, err, code } = await cli(["--test", "mutex", "--iterations", "2000"]);
