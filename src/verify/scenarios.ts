@@ -207,6 +207,15 @@ function zapLeafTable(kvm: Kvm, gfn: number): void {
   kvm_mmu_commit_zap_page(kvm, invalid);
 }
 
+function withMmuLock(kvm: Kvm, fn: () => void): void {
+  kvm.mmu_lock.lock();
+  try {
+    fn();
+  } finally {
+    kvm.mmu_lock.unlock();
+  }
+}
+
 const G = 100; // a gfn in the first 2 MiB block
 const HVA0 = 1; // scratch word: hva page of gfn 0
 
@@ -306,21 +315,18 @@ export const SCENARIOS: Record<string, Scenario> = {
       slot(vm, false, true);
       const kvm = vm.kvm;
       const pfn = hva_to_pfn(kvm, 1);
-      kvm.mmu_lock.lock();
-      for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn);
-      kvm.mmu_lock.unlock();
+      withMmuLock(kvm, () => {
+        for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn);
+      });
       markDirty(kvm, G);
     },
     threads: [
       {
         name: "zap-A",
         run: (kvm, scratch) => {
-          kvm.mmu_lock.lock();
-          try {
+          withMmuLock(kvm, () => {
             drop_spte(kvm, scratch[S_EXTRA]);
-          } finally {
-            kvm.mmu_lock.unlock();
-          }
+          });
         },
       },
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
@@ -340,24 +346,21 @@ export const SCENARIOS: Record<string, Scenario> = {
       slot(vm, false, true);
       const kvm = vm.kvm;
       const pfn = hva_to_pfn(kvm, 1);
-      kvm.mmu_lock.lock();
-      for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn); // A, B, C: one full descriptor
-      scratch[S_EXTRA + 3] = aliasSpte(kvm, G, pfn); // E: a new first descriptor
-      scratch[S_EXTRA + 4] = aliasSpte(kvm, G + 1, pfn); // F: single entry of rmap Y
-      kvm.mmu_lock.unlock();
+      withMmuLock(kvm, () => {
+        for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn); // A, B, C: one full descriptor
+        scratch[S_EXTRA + 3] = aliasSpte(kvm, G, pfn); // E: a new first descriptor
+        scratch[S_EXTRA + 4] = aliasSpte(kvm, G + 1, pfn); // F: single entry of rmap Y
+      });
       markDirty(kvm, G);
     },
     threads: [
       {
         name: "writer",
         run: (kvm, scratch) => {
-          kvm.mmu_lock.lock();
-          try {
+          withMmuLock(kvm, () => {
             drop_spte(kvm, scratch[S_EXTRA + 3]); // frees E's descriptor
             aliasSpte(kvm, G + 1, hva_to_pfn(kvm, 1)); // Y becomes a chain: reuses it
-          } finally {
-            kvm.mmu_lock.unlock();
-          }
+          });
         },
       },
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
@@ -409,12 +412,9 @@ export const SCENARIOS: Record<string, Scenario> = {
       {
         name: "zap",
         run: (kvm) => {
-          kvm.mmu_lock.lock();
-          try {
+          withMmuLock(kvm, () => {
             zapLeafTable(kvm, G);
-          } finally {
-            kvm.mmu_lock.unlock();
-          }
+          });
         },
       },
       { name: "vcpu1", run: (kvm) => asVcpu(kvm, 1, (v) => v.write64(512 + G, 0, 0xb, 0)) },
