@@ -72,7 +72,8 @@ function waitForAck(kvm: Kvm, i: number): void {
     if (aload(v, r + VCPU_STATE) === (VcpuState.Dead as number)) return;
     spinPoint(v, r + VCPU_MODE);
     if (schedHookInstalled()) continue;
-    if (++spins < 64) continue;
+    // READING_SHADOW_PAGE_TABLES lasts a microsecond and its end is not notified: spin first.
+    if (++spins < 2000) continue;
     if (t0 === 0) t0 = Date.now();
     else if (Date.now() - t0 > FLUSH_TIMEOUT_MS)
       throw new KvmError(
