@@ -178,6 +178,7 @@ export const ST_RETRIES = 9;
 export const ST_GUEST_WALKS = 10; // guest page-table walks (KVM's walk_addr, or the MMU's 2D walk)
 export const ST_GUEST_PF = 11; // guest page faults delivered to the guest program
 export const ST_EMULATED = 12; // writes to write-protected guest page tables, emulated
+export const ST_TLB_AUDIT = 13; // writable TLB entries the sptes do not allow (last TLB audit)
 export const ST_STRIDE = 16;
 
 export interface KvmConfig {

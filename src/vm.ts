@@ -45,6 +45,7 @@ import {
   SLOT_RMAP_L3,
   SLOT_STRIDE,
   ST_STRIDE,
+  ST_TLB_AUDIT,
   VCPU_RUN,
   VCPU_STATE,
   VCPU_STRIDE,
@@ -383,6 +384,31 @@ export class Vm {
     for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
     for (const id of this.created) await this.waitState(id, (s) => s === (VcpuState.Paused as number));
     this.throwIfFailed();
+  }
+
+  /**
+   * The TLB part of the MMU audit: every parked vCPU audits its own software TLB
+   * (Vcpu.tlbAudit). Returns the stale writable entries per vCPU id. The vCPUs must be paused
+   * and nothing else may change the MMU meanwhile (host thread paused, no ioctl in flight).
+   */
+  async auditTlbs(): Promise<Map<number, number>> {
+    const v = this.kvm.vcpu;
+    for (const id of this.workers.keys())
+      if (Atomics.load(v, id * VCPU_STRIDE + VCPU_STATE) !== (VcpuState.Paused as number))
+        throw new KvmError("EBUSY", "auditTlbs: the vCPUs must be paused");
+    const out = new Map<number, number>();
+    for (const id of this.workers.keys()) {
+      const run = id * VCPU_STRIDE + VCPU_RUN;
+      Atomics.store(v, run, RunCtl.Audit);
+      Atomics.notify(v, run);
+      await this.waitState(id, (s) => s === (VcpuState.Audited as number));
+      out.set(id, this.vcpuStats(id)[ST_TLB_AUDIT]);
+      Atomics.store(v, run, RunCtl.Pause);
+      Atomics.notify(v, run);
+      await this.waitState(id, (s) => s === (VcpuState.Paused as number));
+    }
+    this.throwIfFailed();
+    return out;
   }
 
   resume(): void {

@@ -32,6 +32,8 @@ export const enum VcpuState {
   Paused = 2,
   Stopped = 3,
   Dead = 4,
+  /** Parked, and the TLB audit asked for by RunCtl.Audit is published (ST_TLB_AUDIT). */
+  Audited = 5,
 }
 
 const FLUSH_TIMEOUT_MS = 20_000;

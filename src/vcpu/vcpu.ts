@@ -24,6 +24,7 @@ import {
   ST_RETRIES,
   ST_SLOW_PF,
   ST_STRIDE,
+  ST_TLB_AUDIT,
   ST_TLB_MISS,
   ST_WRITES,
   VCPU_CR3,
@@ -53,6 +54,8 @@ export const enum RunCtl {
   Run = 0,
   Pause = 1,
   Stop = 2,
+  /** While paused: audit the TLB (Vcpu.tlbAudit), publish, report VcpuState.Audited. */
+  Audit = 3,
 }
 
 /** Thrown out of the guest loop when the owner asks the vCPU to stop. */
@@ -137,6 +140,13 @@ export class Vcpu {
       if (ctl === (RunCtl.Run as number)) break;
       this.exitGuest();
       if (ctl === (RunCtl.Stop as number)) throw new VcpuStop();
+      if (ctl === (RunCtl.Audit as number)) {
+        this.kvm.vcpuStats[this.id * ST_STRIDE + ST_TLB_AUDIT] = this.tlbAudit();
+        astore(v, r + VCPU_STATE, VcpuState.Audited);
+        Atomics.notify(v, r + VCPU_STATE);
+        if (!schedHookInstalled()) Atomics.wait(v, r + VCPU_RUN, ctl, 100);
+        continue;
+      }
       this.publishStats();
       astore(v, r + VCPU_STATE, VcpuState.Paused);
       Atomics.notify(v, r + VCPU_STATE);
@@ -265,6 +275,35 @@ export class Vcpu {
     tdp_page_fault(this.kvm, this.row, gfn, write, present, this.fault);
     this.enterGuest();
     return false;
+  }
+
+  /**
+   * The TLB part of the MMU audit (reference §13; the TLB is private to this thread, so the vCPU
+   * audits it itself, parked, when the owner asks with everything quiesced): once every flush
+   * request has been honoured, no entry may allow a write that the spte does not — present,
+   * writable, same frame. A pending KVM_REQ_TLB_FLUSH empties the TLB before its next use, so
+   * then nothing is stale. TDP without guest paging only (elsewhere entries are keyed by gva).
+   * Returns the number of bad entries.
+   */
+  tlbAudit(): number {
+    if (this.pagingMiss) return 0;
+    if ((aload(this.v, this.row + VCPU_REQUESTS) & KVM_REQ_TLB_FLUSH) !== 0) return 0;
+    let bad = 0;
+    for (const { gfn, pfn } of this.tlb.writableEntries()) {
+      let sp = aload(this.ctl, CTL_ROOT);
+      let ok = false;
+      for (let level = PT64_ROOT_LEVEL; level >= 1 && sp !== 0; level--) {
+        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + ((gfn >>> ((level - 1) * 9)) & 511));
+        if (!is_shadow_present_pte(s)) break;
+        if (is_last_spte(s, level)) {
+          ok = (s & 2) !== 0 && spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0) === pfn;
+          break;
+        }
+        sp = s >>> 8;
+      }
+      if (!ok) bad++;
+    }
+    return bad;
   }
 
   publishStats(): void {

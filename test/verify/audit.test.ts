@@ -91,3 +91,52 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
     await vm.stop();
   }
 });
+
+test("TLB audit: clean after a quiesced logged run; stale writable entries found when W is cleared without a flush", async () => {
+  const vm = await runAndQuiesce("lockless");
+  try {
+    // Run once more with the host thread parked, so that no flush request is left pending for the
+    // parked vCPUs (a pending request would legitimately empty the TLB before its next use).
+    const passes = (): number[] =>
+      [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, i * VCPU_STRIDE + VCPU_PASSES));
+    const p0 = passes();
+    vm.resume();
+    while (passes().some((x, k) => x < p0[k] + 1)) await new Promise((r) => setTimeout(r, 2));
+    await vm.pause();
+    const clean = await vm.auditTlbs();
+    assert.equal(clean.size, 2);
+    for (const [id, bad] of clean) assert.equal(bad, 0, `vcpu ${id}`);
+    // Both vCPUs were writing: their TLBs hold writable entries. Clear W on every leaf behind
+    // their back (a write-protect without the flush) and the audit must see stale entries.
+    const kvm = vm.kvm;
+    for (let i = 0; i < kvm.spt.length; i++) {
+      const s = kvm.spt[i];
+      if (is_shadow_present_pte(s) && (s & 0x40) !== 0) kvm.spt[i] = s & ~PT_WRITABLE_MASK; // HOST_W: a leaf
+    }
+    const stale = await vm.auditTlbs();
+    const total = [...stale.values()].reduce((a, b) => a + b, 0);
+    assert.ok(total > 0, "stale writable TLB entries are reported");
+  } finally {
+    await vm.stop();
+  }
+});
+
+test("TLB audit refuses running vCPUs", async () => {
+  const vm = Vm.create({ memory: 8 << 20, wp: "lockless", maxVcpus: 1 });
+  const hva = vm.mmap(4 << 20);
+  vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
+  vm.createVcpu(0);
+  await vm.run(() => ({
+    kind: "memstress",
+    baseGfn: 0,
+    pages: 1024,
+    writePercent: 100,
+    random: false,
+    seed: 1,
+  }));
+  try {
+    await assert.rejects(vm.auditTlbs(), /EBUSY/);
+  } finally {
+    await vm.stop();
+  }
+});
