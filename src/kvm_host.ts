@@ -50,8 +50,6 @@ export const CTL_NOTIFIER_SEQ = C + 0;
 export const CTL_NOTIFIER_COUNT = C + 1;
 /** The TDP root shadow page (0: none). Written under mmu_lock. */
 export const CTL_ROOT = C + 2;
-export const CTL_WP_STRATEGY = C + 3; // fixed at VM creation
-export const CTL_BUGS = C + 4; // fixed while vCPUs run
 /** Shadow-page allocator: free list, list of zapped pages waiting for their grace period. Under mmu_lock. */
 export const CTL_SP_FREE = C + 5;
 export const CTL_SP_PENDING = C + 6;

@@ -87,10 +87,6 @@ export function hva_to_pfn(kvm: Kvm, hvaPage: number): number {
   return aload(kvm.hpt, hvaPage) >>> 1;
 }
 
-export function hva_writable(kvm: Kvm, hvaPage: number): boolean {
-  return (aload(kvm.hpt, hvaPage) & HPT_WRITABLE) !== 0;
-}
-
 /** True when the 2 MiB block holding hvaPage is a huge mapping (host_mapping_level == 2). */
 export function hva_is_huge(kvm: Kvm, hvaPage: number): boolean {
   return aload(kvm.thp, hvaPage >>> 9) !== 0;

@@ -62,7 +62,3 @@ export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
   aadd(kvm.ctl, CTL_NOTIFIER_COUNT, -1);
   kvm.mmu_lock.unlock();
 }
-
-export function mmu_notifier_count(kvm: Kvm): number {
-  return aload(kvm.ctl, CTL_NOTIFIER_COUNT);
-}

@@ -223,19 +223,3 @@ export function kvm_mmu_commit_zap_page(kvm: Kvm, invalid: number[]): void {
   }
   invalid.length = 0;
 }
-
-/** Zaps the last-level page that maps gfn, if any (a "mapping zapped" event). */
-export function kvm_mmu_zap_leaf_table(kvm: Kvm, gfn: number): boolean {
-  let sp = kvm.ctl[CTL_ROOT];
-  if (sp === 0) return false;
-  for (let level = PT64_ROOT_LEVEL; level > 1; level--) {
-    const idx = Math.floor(gfn / 2 ** ((level - 1) * 9)) & 511;
-    const s = kvm.spt[sp * PT64_ENT_PER_PAGE + idx];
-    if (!is_shadow_present_pte(s) || is_last_spte(s, level)) return false;
-    sp = spte_to_child_sp(s);
-  }
-  const invalid: number[] = [];
-  kvm_mmu_prepare_zap_page(kvm, sp, invalid);
-  kvm_mmu_commit_zap_page(kvm, invalid);
-  return true;
-}

@@ -16,8 +16,6 @@ import {
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
   SLOT_FLAGS,
-  SP_GFN,
-  SP_STRIDE,
   VCPU_MODE,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
@@ -256,9 +254,4 @@ function mmu_set_spte(
   }
   // F4
   if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
-}
-
-/** The gfn an sp covers (for the audit). */
-export function sp_gfn(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_GFN];
 }
