@@ -11,6 +11,7 @@
  * 2 MiB ranges through the MMU notifier; each invalidation zaps mappings the vCPUs then fault
  * back in through the slow path, under mmu_lock.
  */
+import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm, WpName } from "../vm.js";
 import {
   KVM_MEM_LOG_DIRTY_PAGES,
@@ -120,20 +121,10 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function median(xs: number[]): number {
+export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
   const m = s.length >> 1;
   return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
-}
-
-function popcount(bm: Uint32Array): number {
-  let n = 0;
-  for (let x of bm) {
-    x -= (x >>> 1) & 0x55555555;
-    x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-    n += (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-  }
-  return n;
 }
 
 function passes(vm: Vm): number[] {
@@ -277,7 +268,7 @@ async function iterate(run: Run, o: PerfOptions): Promise<IterationResult> {
     await vm.pauseHostThread();
   }
   run.activeMs += performance.now() - t0;
-  return { dirtyMemoryNs, getDirtyLogNs, dirtyPages: popcount(run.bitmap) };
+  return { dirtyMemoryNs, getDirtyLogNs, dirtyPages: bitmap_weight(run.bitmap) };
 }
 
 function summarize(run: Run): StrategyResult {

@@ -13,6 +13,7 @@
  * the guest runs), pte_list_desc allocations per second and how many of them reused a freed
  * descriptor, and the lockless walker's walks and restarts per second (the harvester's).
  */
+import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm } from "../vm.js";
 import {
   CTL_DESC_ALLOCS,
@@ -203,16 +204,6 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-function popcount(bm: Uint32Array): number {
-  let n = 0;
-  for (let x of bm) {
-    x -= (x >>> 1) & 0x55555555;
-    x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-    n += (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
-  }
-  return n;
-}
-
 interface RunStats {
   run: KernbenchRun;
   hist: Histogram;
@@ -351,7 +342,8 @@ async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptio
     while (Atomics.load(ctl, KB_DONE) < v) {
       vm.throwIfFailed();
       if (logged) {
-        dirtyPages += popcount(vm.getDirtyLog(DATA_SLOT, bm0)) + popcount(vm.getDirtyLog(KERNEL_SLOT, bm1));
+        dirtyPages +=
+          bitmap_weight(vm.getDirtyLog(DATA_SLOT, bm0)) + bitmap_weight(vm.getDirtyLog(KERNEL_SLOT, bm1));
         harvests++;
         await new Promise((r) => setImmediate(r));
       } else {

@@ -4,6 +4,7 @@
  * Vcpu.read32 (tag check, entry load, safe-point countdown), the plain loop indexes guest memory
  * with precomputed frame offsets. Median of several rounds, ns per access.
  */
+import { median } from "./dirty_log_perf.js";
 import { Vm } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { PAGE_SIZE, PAGE_WORDS } from "../kvm_host.js";
@@ -13,11 +14,6 @@ export interface TlbHitResult {
   tlbNsPerAccess: number;
   plainNsPerAccess: number;
   ratio: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[s.length >> 1];
 }
 
 export function tlbHitBench(rounds = 15, accesses = 4_000_000): TlbHitResult {

@@ -17,6 +17,7 @@ import {
   WpStrategy,
 } from "../kvm_host.js";
 import { aload, astore, axchg } from "../sync/atomic.js";
+import { hweight32 } from "../mem/dirty_bitmap.js";
 import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
 import {
   __rmap_write_protect,
@@ -37,12 +38,6 @@ export interface DirtyLogTimes {
   /** ns spent in the remote TLB flush. */
   flushNs: number;
   dirtyPages: number;
-}
-
-function popcount(x: number): number {
-  x -= (x >>> 1) & 0x55555555;
-  x = (x & 0x33333333) + ((x >>> 2) & 0x33333333);
-  return (((x + (x >>> 4)) & 0x0f0f0f0f) * 0x01010101) >>> 24;
 }
 
 /**
@@ -69,7 +64,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
         }
         let mask = axchg(bm, b0 + i, 0);
         out[i] = mask;
-        dirty += popcount(mask);
+        dirty += hweight32(mask);
         // kvm_mmu_write_protect_pt_masked: level-1 rmaps of the reported gfns.
         const h = l1 + i * 32;
         while (mask !== 0) {
@@ -102,7 +97,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
         }
         let mask = axchg(bm, b0 + i, 0);
         out[i] = mask;
-        dirty += popcount(mask);
+        dirty += hweight32(mask);
         const h = l1 + i * 32;
         while (mask !== 0) {
           const bit = 31 - Math.clz32(mask & -mask);

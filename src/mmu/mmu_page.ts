@@ -159,6 +159,19 @@ export function drop_spte(kvm: Kvm, sptep: number): void {
   rmap_remove(kvm, sptep);
 }
 
+/**
+ * drop_large_spte (404381c5): while descending to map a smaller page, a present large spte on
+ * the way (e.g. made read-only by dirty logging, B3) is dropped and remote TLBs are flushed.
+ * Returns true if it dropped one.
+ */
+export function drop_large_spte(kvm: Kvm, sptep: number): boolean {
+  const s = kvm.spt[sptep];
+  if (!is_shadow_present_pte(s) || !is_large_pte(s)) return false;
+  drop_spte(kvm, sptep);
+  kvm_flush_remote_tlbs(kvm);
+  return true;
+}
+
 /** kvm_unmap_rmapp: drop every spte of one rmap head. Returns true if any was dropped. */
 export function kvm_unmap_rmapp(kvm: Kvm, hi: number): boolean {
   let any = false;

@@ -91,6 +91,7 @@ import {
 } from "../mem/memslot.js";
 import { hva_is_huge } from "../mem/host_memory.js";
 import {
+  drop_large_spte,
   drop_parent_pte,
   drop_spte,
   kvm_mmu_commit_zap_page,
@@ -728,12 +729,8 @@ function fetch(
   for (; level > w.level; level--) {
     const sptep = sp * PT64_ENT_PER_PAGE + gpt_index(vpn, level);
     clear_sp_write_flooding_count(kvm, sp);
-    let s = kvm.spt[sptep];
-    if (is_shadow_present_pte(s) && is_large_pte(s)) {
-      drop_spte(kvm, sptep);
-      kvm_flush_remote_tlbs(kvm);
-      s = 0;
-    }
+    drop_large_spte(kvm, sptep);
+    const s = kvm.spt[sptep];
     let child: number;
     if (!is_shadow_present_pte(s)) {
       child = kvm_mmu_get_shadow_page(kvm, w.tableGfn[level - 1], level - 1, false, w.ptAccess[level]);
@@ -750,12 +747,8 @@ function fetch(
   for (; level > hlevel; level--) {
     const sptep = sp * PT64_ENT_PER_PAGE + gpt_index(vpn, level);
     clear_sp_write_flooding_count(kvm, sp);
+    drop_large_spte(kvm, sptep);
     let s = kvm.spt[sptep];
-    if (is_shadow_present_pte(s) && is_large_pte(s)) {
-      drop_spte(kvm, sptep);
-      kvm_flush_remote_tlbs(kvm);
-      s = 0;
-    }
     validate_direct_spte(kvm, sptep, directAccess);
     s = kvm.spt[sptep]!;
     let child: number;

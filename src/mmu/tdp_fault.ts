@@ -30,6 +30,7 @@ import {
 } from "../mem/memslot.js";
 import { hva_is_huge } from "../mem/host_memory.js";
 import {
+  drop_large_spte,
   drop_parent_pte,
   drop_spte,
   kvm_mmu_commit_zap_page,
@@ -186,13 +187,8 @@ function __direct_map(
   let sp = mmu_alloc_roots(kvm);
   for (let l = PT64_ROOT_LEVEL; l > level; l--) {
     const sptep = sp * PT64_ENT_PER_PAGE + PT64_INDEX(gfn, l);
-    let s = kvm.spt[sptep];
-    if (is_shadow_present_pte(s) && is_large_pte(s)) {
-      // drop_large_spte (404381c5): a read-only large spte left by dirty logging (B3).
-      drop_spte(kvm, sptep);
-      kvm_flush_remote_tlbs(kvm);
-      s = 0;
-    }
+    drop_large_spte(kvm, sptep);
+    const s = kvm.spt[sptep];
     if (!is_shadow_present_pte(s)) {
       const span = 2 ** ((l - 1) * 9);
       const child = kvm_mmu_get_page(kvm, Math.floor(gfn / span) * span, l - 1);
