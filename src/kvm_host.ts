@@ -7,6 +7,7 @@
  */
 import { Mutex, MUTEX_WORDS } from "./sync/mutex.js";
 import { Rcu, RCU_WORDS } from "./sync/rcu.js";
+import { defineBlock, defineRows } from "./layout.js";
 
 export const PAGE_SHIFT = 12;
 export const PAGE_SIZE = 4096;
@@ -39,67 +40,135 @@ export const BUG = {
 } as const;
 export type BugName = keyof typeof BUG;
 
-// ---- the control words (Int32Array `ctl`) ----
-export const CTL_MMU_LOCK = 0; // kvm->mmu_lock
-export const CTL_SLOTS_LOCK = CTL_MMU_LOCK + MUTEX_WORDS; // kvm->slots_lock
-export const CTL_MM_LOCK = CTL_SLOTS_LOCK + MUTEX_WORDS; // host mm: frame allocator, host page table
-export const CTL_RCU = CTL_MM_LOCK + MUTEX_WORDS;
-const C = CTL_RCU + RCU_WORDS;
-/** mmu_notifier_seq / _count: written under mmu_lock, read locklessly by faults. */
-export const CTL_NOTIFIER_SEQ = C + 0;
-export const CTL_NOTIFIER_COUNT = C + 1;
-/** The TDP root shadow page (0: none). Written under mmu_lock. */
-export const CTL_ROOT = C + 2;
-/** Shadow-page allocator: free list, list of zapped pages waiting for their grace period. Under mmu_lock. */
-export const CTL_SP_FREE = C + 5;
-export const CTL_SP_PENDING = C + 6;
-export const CTL_SP_USED = C + 7;
-export const CTL_SP_HIGH = C + 8; // never-used pages start here
-/** pte_list_desc slab: free list and counters. Under mmu_lock. */
-export const CTL_DESC_FREE = C + 9;
-export const CTL_DESC_HIGH = C + 10;
-export const CTL_DESC_USED = C + 11;
-export const CTL_DESC_ALLOCS = C + 12;
-/** Host frame allocator (free stack top). Under mm_lock. */
-export const CTL_FRAME_TOP = C + 13;
-/** Bump pointer of the host virtual address space (in pages). Owner thread only. */
-export const CTL_HVA_NEXT = C + 14;
-export const CTL_NR_VCPUS = C + 15;
-/** VM state: 0 running, 1 stopping, 2 failed (a worker threw). */
-export const CTL_VM_STATE = C + 16;
-export const CTL_REMOTE_FLUSHES = C + 17;
-export const CTL_LPAGES = C + 18; // large sptes present (kvm->stat.lpages). Under mmu_lock.
-export const CTL_RMAP_POOL_NEXT = C + 19; // bump allocator of memslot metadata. Under slots_lock.
-export const CTL_BITMAP_POOL_NEXT = C + 20;
-export const CTL_FRAME_HIGH = C + 21; // never-used frames start here. Under mm_lock.
-export const CTL_LPAGE_POOL_NEXT = C + 22;
-export const CTL_WORDS = C + 24;
+// ---- the control words: `struct kvm` fields that are not arrays (Int32Array `ctl`) ----
+export const CTL = defineBlock("struct kvm (control words)", "ctl", {
+  mmu_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->mmu_lock" },
+  slots_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->slots_lock" },
+  mm_lock: {
+    words: MUTEX_WORDS,
+    by: "itself (ticket mutex)",
+    doc: "the host mm: frame allocator and host page table",
+  },
+  rcu: {
+    words: RCU_WORDS,
+    by: "itself (epoch and reader slots)",
+    doc: "RCU epochs for lockless rmap walkers",
+  },
+  notifier_seq: {
+    by: "mmu_lock (writes); faults read it locklessly and re-check under mmu_lock",
+    doc: "mmu_notifier_seq",
+  },
+  notifier_count: { by: "mmu_lock (writes); read as notifier_seq", doc: "mmu_notifier_count" },
+  root: { by: "mmu_lock (writes); lockless walkers load it", doc: "the TDP root shadow page (0: none)" },
+  sp_free: { by: "mmu_lock", doc: "shadow-page allocator: free list" },
+  sp_pending: { by: "mmu_lock", doc: "zapped pages waiting for their flush and grace period" },
+  sp_used: { by: "mmu_lock", doc: "shadow pages in use" },
+  sp_high: { by: "mmu_lock", doc: "never-used shadow pages start here" },
+  desc_free: { by: "mmu_lock", doc: "pte_list_desc slab: free list" },
+  desc_high: { by: "mmu_lock", doc: "never-used descriptors start here" },
+  desc_used: { by: "mmu_lock", doc: "descriptors in use" },
+  desc_allocs: { by: "mmu_lock", doc: "descriptor allocations (statistic)" },
+  frame_top: { by: "mm_lock", doc: "host frame allocator: free stack top" },
+  hva_next: { by: "owner thread only", doc: "bump pointer of the host virtual address space (pages)" },
+  nr_vcpus: { by: "owner thread (written before workers start)", doc: "vCPUs created" },
+  vm_state: { by: "atomic store by any thread", doc: "0 running, 1 stopping, 2 failed (a worker threw)" },
+  remote_flushes: { by: "atomic add", doc: "kvm_flush_remote_tlbs calls (statistic)" },
+  lpages: { by: "mmu_lock", doc: "large sptes present (kvm->stat.lpages)" },
+  rmap_pool_next: { by: "slots_lock", doc: "bump allocator of memslot rmaps" },
+  bitmap_pool_next: { by: "slots_lock", doc: "bump allocator of dirty bitmaps" },
+  frame_high: { by: "mm_lock", doc: "never-used host frames start here" },
+  lpage_pool_next: { by: "slots_lock", doc: "bump allocator of lpage_info" },
+});
+export const CTL_MMU_LOCK = CTL.mmu_lock;
+export const CTL_SLOTS_LOCK = CTL.slots_lock;
+export const CTL_MM_LOCK = CTL.mm_lock;
+export const CTL_RCU = CTL.rcu;
+export const CTL_NOTIFIER_SEQ = CTL.notifier_seq;
+export const CTL_NOTIFIER_COUNT = CTL.notifier_count;
+export const CTL_ROOT = CTL.root;
+export const CTL_SP_FREE = CTL.sp_free;
+export const CTL_SP_PENDING = CTL.sp_pending;
+export const CTL_SP_USED = CTL.sp_used;
+export const CTL_SP_HIGH = CTL.sp_high;
+export const CTL_DESC_FREE = CTL.desc_free;
+export const CTL_DESC_HIGH = CTL.desc_high;
+export const CTL_DESC_USED = CTL.desc_used;
+export const CTL_DESC_ALLOCS = CTL.desc_allocs;
+export const CTL_FRAME_TOP = CTL.frame_top;
+export const CTL_HVA_NEXT = CTL.hva_next;
+export const CTL_NR_VCPUS = CTL.nr_vcpus;
+export const CTL_VM_STATE = CTL.vm_state;
+export const CTL_REMOTE_FLUSHES = CTL.remote_flushes;
+export const CTL_LPAGES = CTL.lpages;
+export const CTL_RMAP_POOL_NEXT = CTL.rmap_pool_next;
+export const CTL_BITMAP_POOL_NEXT = CTL.bitmap_pool_next;
+export const CTL_FRAME_HIGH = CTL.frame_high;
+export const CTL_LPAGE_POOL_NEXT = CTL.lpage_pool_next;
+export const CTL_WORDS = CTL.WORDS;
 
-// ---- memslots (Int32Array `slots`, one row per slot id). Written under slots_lock (+mmu_lock for FLAGS). ----
-export const SLOT_ACTIVE = 0;
-export const SLOT_FLAGS = 1;
-export const SLOT_BASE_GFN = 2;
-export const SLOT_NPAGES = 3;
-export const SLOT_HVA_PAGE = 4; // userspace_addr >> PAGE_SHIFT
-export const SLOT_RMAP_BASE = 5; // index into rmapPool of level 1; levels 2,3 follow
-export const SLOT_RMAP_L2 = 6;
-export const SLOT_RMAP_L3 = 7;
-export const SLOT_BITMAP_BASE = 8; // index into bitmapPool; the snapshot half follows
-export const SLOT_BITMAP_WORDS = 9;
-export const SLOT_LPAGE_L2 = 10; // lpage_info write_count, index into lpagePool
-export const SLOT_LPAGE_L3 = 11;
-export const SLOT_STRIDE = 12;
+// ---- memslots: `struct kvm_memory_slot`, one row per slot id (Int32Array `slots`) ----
+const SLOT_BY = "slots_lock; created and deleted only while no vCPU runs, read by vCPUs without a lock";
+export const SLOT = defineRows(
+  "struct kvm_memory_slot",
+  "slots",
+  {
+    active: { by: SLOT_BY, doc: "1 while the slot exists" },
+    flags: {
+      by: "slots_lock and mmu_lock (writes); slow-path faults read it under mmu_lock",
+      doc: "KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY",
+    },
+    base_gfn: { by: SLOT_BY, doc: "first gfn" },
+    npages: { by: SLOT_BY, doc: "pages in the slot" },
+    hva_page: { by: SLOT_BY, doc: "userspace_addr >> PAGE_SHIFT" },
+    rmap_base: { by: SLOT_BY, doc: "index in rmapPool of the level-1 rmap heads" },
+    rmap_l2: { by: SLOT_BY, doc: "index in rmapPool of the level-2 rmap heads" },
+    rmap_l3: { by: SLOT_BY, doc: "index in rmapPool of the level-3 rmap heads" },
+    bitmap_base: { by: SLOT_BY, doc: "index in bitmapPool of dirty_bitmap; the snapshot half follows" },
+    bitmap_words: { by: SLOT_BY, doc: "words of dirty_bitmap" },
+    lpage_l2: { by: SLOT_BY, doc: "index in lpagePool of lpage_info (write_count), level 2" },
+    lpage_l3: { by: SLOT_BY, doc: "index in lpagePool of lpage_info (write_count), level 3" },
+  },
+  { stride: 12 },
+);
+export const SLOT_ACTIVE = SLOT.active(0);
+export const SLOT_FLAGS = SLOT.flags(0);
+export const SLOT_BASE_GFN = SLOT.base_gfn(0);
+export const SLOT_NPAGES = SLOT.npages(0);
+export const SLOT_HVA_PAGE = SLOT.hva_page(0);
+export const SLOT_RMAP_BASE = SLOT.rmap_base(0);
+export const SLOT_RMAP_L2 = SLOT.rmap_l2(0);
+export const SLOT_RMAP_L3 = SLOT.rmap_l3(0);
+export const SLOT_BITMAP_BASE = SLOT.bitmap_base(0);
+export const SLOT_BITMAP_WORDS = SLOT.bitmap_words(0);
+export const SLOT_LPAGE_L2 = SLOT.lpage_l2(0);
+export const SLOT_LPAGE_L3 = SLOT.lpage_l3(0);
+export const SLOT_STRIDE = SLOT.STRIDE;
 export const KVM_MEM_LOG_DIRTY_PAGES = 1 << 0;
 export const KVM_MEM_READONLY = 1 << 1;
 
-// ---- shadow page headers (Int32Array `spHdr`, one row per sp: struct kvm_mmu_page) ----
-export const SP_GFN = 0; // direct sp: first gfn covered
-export const SP_ROLE = 1; // level | direct<<4 | invalid<<5
-export const SP_PARENT_PTES = 2; // pte_list head of link sptes pointing here
-export const SP_ROOT_COUNT = 3;
-export const SP_NEXT = 4; // free / pending list link
-export const SP_RETIRE_EPOCH = 5; // RCU epoch at which it was zapped
-export const SP_STRIDE = 8;
+// ---- shadow page headers: `struct kvm_mmu_page`, one row per sp (Int32Array `spHdr`) ----
+const SP_BY =
+  "mmu_lock (writes); fixed while a lockless walker can reach the page (RCU or the flush protocol)";
+export const SP = defineRows(
+  "struct kvm_mmu_page",
+  "spHdr",
+  {
+    gfn: { by: SP_BY, doc: "first gfn covered (direct sp) or the guest table's gfn" },
+    role: { by: SP_BY, doc: "level | direct << 4 | invalid << 5 | access << 6" },
+    parent_ptes: { by: "mmu_lock (writes); a pte_list head", doc: "link sptes that point here" },
+    root_count: { by: "mmu_lock", doc: "vCPUs using it as root" },
+    next: { by: "mmu_lock", doc: "free or pending list link" },
+    retire_epoch: { by: "mmu_lock", doc: "RCU epoch at which it was zapped" },
+  },
+  { stride: 8 },
+);
+export const SP_GFN = SP.gfn(0);
+export const SP_ROLE = SP.role(0);
+export const SP_PARENT_PTES = SP.parent_ptes(0);
+export const SP_ROOT_COUNT = SP.root_count(0);
+export const SP_NEXT = SP.next(0);
+export const SP_RETIRE_EPOCH = SP.retire_epoch(0);
+export const SP_STRIDE = SP.STRIDE;
 export const ROLE_LEVEL_MASK = 0xf;
 export const ROLE_DIRECT = 1 << 4;
 export const ROLE_INVALID = 1 << 5;
@@ -109,51 +178,113 @@ export const ROLE_ACCESS_MASK = 7 << ROLE_ACCESS_SHIFT;
 /** Head ids of parent_ptes lists, for nulls markers (rmap heads use their pool index). */
 export const PARENT_HEAD_ID_BASE = 1 << 29;
 
-// ---- shadow mode only (src/mmu/shadow.ts): per-sp extension (Int32Array `spExt`) ----
-export const SPX_HASH_NEXT = 0; // next sp + 1 in the mmu_page_hash bucket (hash_link)
-export const SPX_LRU_PREV = 1; // active_mmu_pages (link): sp + 1, 0 = none
-export const SPX_LRU_NEXT = 2;
-export const SPX_FLOOD = 3; // write_flooding_count
-export const SPX_ON_LIST = 4; // 1 while on active_mmu_pages and in the hash (until it goes to the invalid list)
-export const SPX_STRIDE = 8;
-/** mmu_page_hash: 1 << KVM_MMU_HASH_SHIFT buckets of sp + 1 (Int32Array `spHash`). */
+// ---- shadow mode only: the rest of `struct kvm_mmu_page`, one row per sp (Int32Array `spExt`) ----
+export const SPX = defineRows(
+  "struct kvm_mmu_page (shadow-mode links)",
+  "spExt",
+  {
+    hash_next: { by: "mmu_lock", doc: "hash_link: next sp + 1 in the mmu_page_hash bucket" },
+    lru_prev: { by: "mmu_lock", doc: "link on active_mmu_pages: sp + 1, 0 = none" },
+    lru_next: { by: "mmu_lock", doc: "link on active_mmu_pages: sp + 1, 0 = none" },
+    flood: { by: "mmu_lock", doc: "write_flooding_count" },
+    on_list: { by: "mmu_lock", doc: "1 while on active_mmu_pages and in the hash" },
+  },
+  { stride: 8 },
+);
+export const SPX_HASH_NEXT = SPX.hash_next(0);
+export const SPX_LRU_PREV = SPX.lru_prev(0);
+export const SPX_LRU_NEXT = SPX.lru_next(0);
+export const SPX_FLOOD = SPX.flood(0);
+export const SPX_ON_LIST = SPX.on_list(0);
+export const SPX_STRIDE = SPX.STRIDE;
+/** mmu_page_hash: 1 << KVM_MMU_HASH_SHIFT buckets of sp + 1 (Int32Array `spHash`), under mmu_lock. */
 export const KVM_MMU_HASH_SHIFT = 10;
 export const KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT;
-/** Shadow-mode control words and counters (Int32Array `sctl`). Under mmu_lock unless noted. */
-export const SCTL_INDIRECT_SHADOW_PAGES = 0; // kvm->arch.indirect_shadow_pages
-export const SCTL_ACTIVE_HEAD = 1; // newest sp + 1
-export const SCTL_ACTIVE_TAIL = 2; // oldest sp + 1
-export const SCTL_N_MAX = 3; // n_max_mmu_pages
-export const SCTL_SP_CREATED = 4;
-export const SCTL_SP_HASH_HITS = 5;
-export const SCTL_RECYCLED = 6; // mmu_recycled (zap oldest)
-export const SCTL_PTE_WRITES = 7; // mmu_pte_write
-export const SCTL_PTE_ZAPPED = 8; // sptes zapped by emulated guest PT writes
-export const SCTL_FLOODED = 9; // mmu_flooded: sps zapped by write flooding
-export const SCTL_EMULATED = 10; // emulated guest writes (atomic add)
-export const SCTL_GPTE_CHANGED = 11; // fetch retried: a gpte changed under the walk
-export const SCTL_RELOADS = 12; // vCPU roots reloaded because they were zapped
-export const SCTL_PT_PROTECT = 13; // rmap_write_protect(pt_protect) calls that found a spte to protect
-export const SCTL_PTE_PREFETCH = 14; // sptes re-created from the written gpte (update_pte)
-export const SCTL_WORDS = 16;
 
-// ---- pte_list_desc (Int32Array `desc`, 4 words: sptes[0..2], more) ----
+/** Shadow-mode control words and counters: `struct kvm_arch` and `kvm->stat` (Int32Array `sctl`). */
+export const SCTL = defineBlock(
+  "struct kvm_arch (shadow mode)",
+  "sctl",
+  {
+    indirect_shadow_pages: { by: "mmu_lock", doc: "kvm->arch.indirect_shadow_pages" },
+    active_head: { by: "mmu_lock", doc: "active_mmu_pages: newest sp + 1" },
+    active_tail: { by: "mmu_lock", doc: "active_mmu_pages: oldest sp + 1" },
+    n_max: { by: "mmu_lock", doc: "n_max_mmu_pages" },
+    sp_created: { by: "mmu_lock", doc: "statistic: shadow pages created" },
+    sp_hash_hits: { by: "mmu_lock", doc: "statistic: kvm_mmu_get_page found the page" },
+    recycled: { by: "mmu_lock", doc: "statistic: mmu_recycled (oldest page zapped)" },
+    pte_writes: { by: "mmu_lock", doc: "statistic: mmu_pte_write" },
+    pte_zapped: { by: "mmu_lock", doc: "statistic: sptes zapped by emulated guest PT writes" },
+    flooded: { by: "mmu_lock", doc: "statistic: mmu_flooded" },
+    emulated: { by: "atomic add", doc: "statistic: emulated guest writes" },
+    gpte_changed: { by: "mmu_lock", doc: "statistic: fetch retried, a gpte changed under the walk" },
+    reloads: { by: "mmu_lock", doc: "statistic: vCPU roots reloaded because they were zapped" },
+    pt_protect: { by: "mmu_lock", doc: "statistic: rmap_write_protect(pt_protect) found a spte" },
+    pte_prefetch: { by: "mmu_lock", doc: "statistic: sptes re-created from the written gpte" },
+  },
+  { words: 16 },
+);
+export const SCTL_INDIRECT_SHADOW_PAGES = SCTL.indirect_shadow_pages;
+export const SCTL_ACTIVE_HEAD = SCTL.active_head;
+export const SCTL_ACTIVE_TAIL = SCTL.active_tail;
+export const SCTL_N_MAX = SCTL.n_max;
+export const SCTL_SP_CREATED = SCTL.sp_created;
+export const SCTL_SP_HASH_HITS = SCTL.sp_hash_hits;
+export const SCTL_RECYCLED = SCTL.recycled;
+export const SCTL_PTE_WRITES = SCTL.pte_writes;
+export const SCTL_PTE_ZAPPED = SCTL.pte_zapped;
+export const SCTL_FLOODED = SCTL.flooded;
+export const SCTL_EMULATED = SCTL.emulated;
+export const SCTL_GPTE_CHANGED = SCTL.gpte_changed;
+export const SCTL_RELOADS = SCTL.reloads;
+export const SCTL_PT_PROTECT = SCTL.pt_protect;
+export const SCTL_PTE_PREFETCH = SCTL.pte_prefetch;
+export const SCTL_WORDS = SCTL.WORDS;
+
+// ---- `struct pte_list_desc`, one row per descriptor (Int32Array `desc`) ----
 export const PTE_LIST_EXT = 3;
-export const DESC_WORDS = 4;
-export const DESC_MORE = 3;
+export const DESC = defineRows("struct pte_list_desc", "desc", {
+  sptes: {
+    words: PTE_LIST_EXT,
+    by: "mmu_lock (writes, atomic stores); lockless walkers load them (nulls and restart rules)",
+    doc: "spte index + 1 of each entry, 0 = empty",
+  },
+  more: {
+    by: "mmu_lock (writes, atomic store after the entries); lockless walkers load it",
+    doc: "next descriptor ((d + 1) << 1), or the nulls ((head << 1) | 1), 0 while built",
+  },
+});
+export const DESC_WORDS = DESC.STRIDE;
+export const DESC_MORE = DESC.more(0);
 
-// ---- per-vCPU words (Int32Array `vcpu`, row per vCPU) ----
-export const VCPU_MODE = 0; // OUTSIDE/IN/EXITING/READING: written by the vCPU, cmpxchg'ed by flushers
-export const VCPU_REQUESTS = 1; // request bits: set by anyone, test-and-cleared by the vCPU
-export const VCPU_RUN = 2; // run control from the owner: RUN/PAUSE/STOP
-export const VCPU_STATE = 3; // what the worker is doing: see VcpuState
-export const VCPU_ID = 4;
-export const VCPU_PASSES = 5; // completed workload passes
-/** Guest CR3 (gfn of the top-level guest page table; 0: paging off). Written by the vCPU. */
-export const VCPU_CR3 = 6;
-/** Shadow mode: the root shadow page the vCPU uses (root_hpa). Written by the vCPU under mmu_lock. */
-export const VCPU_ROOT = 7;
-export const VCPU_STRIDE = 16;
+// ---- `struct kvm_vcpu` words, one row per vCPU (Int32Array `vcpu`) ----
+export const VCPU = defineRows(
+  "struct kvm_vcpu",
+  "vcpu",
+  {
+    mode: {
+      by: "the vCPU writes it; flushers cmpxchg IN_GUEST_MODE to EXITING_GUEST_MODE",
+      doc: "OUTSIDE / IN / EXITING / READING_SHADOW_PAGE_TABLES",
+    },
+    requests: { by: "set by anyone (atomic or), test-and-cleared by the vCPU", doc: "KVM_REQ_* bits" },
+    run: { by: "the owner writes it, the vCPU reads it at safe points", doc: "RUN / PAUSE / STOP" },
+    state: { by: "the vCPU writes it, the owner waits on it", doc: "what the worker is doing (VcpuState)" },
+    id: { by: "owner, before the worker starts", doc: "vcpu_id" },
+    passes: { by: "the vCPU (atomic add)", doc: "completed workload passes" },
+    cr3: { by: "the vCPU", doc: "gfn of the top-level guest page table; 0: paging off" },
+    root: { by: "the vCPU, under mmu_lock", doc: "shadow mode: root_hpa, the root shadow page" },
+  },
+  { stride: 16 },
+);
+export const VCPU_MODE = VCPU.mode(0);
+export const VCPU_REQUESTS = VCPU.requests(0);
+export const VCPU_RUN = VCPU.run(0);
+export const VCPU_STATE = VCPU.state(0);
+export const VCPU_ID = VCPU.id(0);
+export const VCPU_PASSES = VCPU.passes(0);
+export const VCPU_CR3 = VCPU.cr3(0);
+export const VCPU_ROOT = VCPU.root(0);
+export const VCPU_STRIDE = VCPU.STRIDE;
 export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
 export const EXITING_GUEST_MODE = 2;
@@ -161,23 +292,44 @@ export const READING_SHADOW_PAGE_TABLES = 3;
 export const KVM_REQ_TLB_FLUSH = 1 << 0;
 export const KVM_REQ_MMU_RELOAD = 1 << 1;
 
-/** Per-vCPU statistics (Float64Array `vcpuStats`, row per vCPU): written by the vCPU only. */
-export const ST_WRITES = 0;
-export const ST_READS = 1;
-export const ST_FAST_PF = 2;
-export const ST_SLOW_PF = 3;
-export const ST_TLB_MISS = 4;
-export const ST_LOCK_WAIT_NS = 5;
-export const ST_LOCK_HOLD_NS = 6;
-export const ST_LOCK_ACQ = 7;
-export const ST_FLUSHES_HANDLED = 8;
-export const ST_RETRIES = 9;
-/** Guest paging (shadow mode, or TDP with a guest CR3): */
-export const ST_GUEST_WALKS = 10; // guest page-table walks (KVM's walk_addr, or the MMU's 2D walk)
-export const ST_GUEST_PF = 11; // guest page faults delivered to the guest program
-export const ST_EMULATED = 12; // writes to write-protected guest page tables, emulated
-export const ST_TLB_AUDIT = 13; // writable TLB entries the sptes do not allow (last TLB audit)
-export const ST_STRIDE = 16;
+/** `struct kvm_vcpu_stat`, one row per vCPU (Float64Array `vcpuStats`): written by its vCPU only. */
+const ST_BY = "its vCPU only (plain stores); others read it after the vCPU stopped or as a statistic";
+export const ST = defineRows(
+  "struct kvm_vcpu_stat",
+  "vcpuStats",
+  {
+    writes: { by: ST_BY, doc: "guest writes" },
+    reads: { by: ST_BY, doc: "guest reads" },
+    fast_pf: { by: ST_BY, doc: "faults fixed by fast_page_fault" },
+    slow_pf: { by: ST_BY, doc: "faults through the slow path (mmu_lock)" },
+    tlb_miss: { by: ST_BY, doc: "software-TLB misses" },
+    lock_wait_ns: { by: ST_BY, doc: "ns waiting for mmu_lock" },
+    lock_hold_ns: { by: ST_BY, doc: "ns holding mmu_lock" },
+    lock_acq: { by: ST_BY, doc: "mmu_lock acquisitions" },
+    flushes_handled: { by: ST_BY, doc: "KVM_REQ_TLB_FLUSH requests handled" },
+    retries: { by: ST_BY, doc: "faults retried (notifier or gpte race)" },
+    guest_walks: { by: ST_BY, doc: "guest page-table walks" },
+    guest_pf: { by: ST_BY, doc: "guest page faults delivered to the guest program" },
+    emulated: { by: ST_BY, doc: "writes to write-protected guest page tables, emulated" },
+    tlb_audit: { by: ST_BY, doc: "writable TLB entries the sptes do not allow (last TLB audit)" },
+  },
+  { stride: 16 },
+);
+export const ST_WRITES = ST.writes(0);
+export const ST_READS = ST.reads(0);
+export const ST_FAST_PF = ST.fast_pf(0);
+export const ST_SLOW_PF = ST.slow_pf(0);
+export const ST_TLB_MISS = ST.tlb_miss(0);
+export const ST_LOCK_WAIT_NS = ST.lock_wait_ns(0);
+export const ST_LOCK_HOLD_NS = ST.lock_hold_ns(0);
+export const ST_LOCK_ACQ = ST.lock_acq(0);
+export const ST_FLUSHES_HANDLED = ST.flushes_handled(0);
+export const ST_RETRIES = ST.retries(0);
+export const ST_GUEST_WALKS = ST.guest_walks(0);
+export const ST_GUEST_PF = ST.guest_pf(0);
+export const ST_EMULATED = ST.emulated(0);
+export const ST_TLB_AUDIT = ST.tlb_audit(0);
+export const ST_STRIDE = ST.STRIDE;
 
 export interface KvmConfig {
   /** Host memory frames (4 KiB). */
