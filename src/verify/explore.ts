@@ -381,6 +381,8 @@ export interface ExploreOptions {
   auditEveryStep?: boolean;
   /** The MMU the scenario's VM runs on (shadow: the shadow MMU, guest paging off). */
   mode?: MmuModeName;
+  /** Checked between schedules: once aborted, the result covers the schedules run. */
+  signal?: AbortSignal;
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
@@ -400,6 +402,11 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   let estSteps = 200;
   try {
     while (schedules < o.schedules) {
+      if (o.signal) {
+        // Let a SIGINT handler run: runOnce itself never yields to the event loop.
+        await new Promise((r) => setImmediate(r));
+        if (o.signal.aborted) break;
+      }
       let chooser: Chooser;
       if (dfs) {
         dfs.begin();
