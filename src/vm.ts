@@ -121,7 +121,7 @@ export function workerExecArgv(): string[] {
 
 function describe(x: unknown): string {
   if (x === null || typeof x !== "object") return String(x);
-  return (x as object).constructor?.name ?? "an object";
+  return (x.constructor as { name?: string } | undefined)?.name ?? "an object";
 }
 
 function isInt(x: unknown): x is number {
@@ -376,7 +376,8 @@ export class Vm {
   async run(guest: (id: number) => GuestArgs, opts: { tlbBits?: number } = {}): Promise<void> {
     if (this.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
     if (this.created.size === 0) throw einval("run", "no vCPU was created");
-    if (typeof guest !== "function") throw einval("guest", `must be a function (id) => spec, got ${String(guest)}`);
+    if (typeof guest !== "function")
+      throw einval("guest", `must be a function (id) => spec, got ${String(guest)}`);
     const tlbBits = (opts ?? {}).tlbBits ?? 12;
     if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
     const specs = new Map<number, GuestArgs>();
@@ -415,8 +416,9 @@ export class Vm {
     } catch (e) {
       this.fail(e instanceof KvmError ? e : new KvmError("EIO", `run: ${(e as Error).message}`));
     }
-    if (this.error) {
-      const err = this.error;
+    // (a worker's message may have set it while we awaited)
+    const err = this.runError();
+    if (err) {
       await this.stop();
       throw err;
     }
@@ -473,8 +475,7 @@ export class Vm {
    * run(), after stop()); a vCPU created while the others ran has no worker and is not waited for.
    */
   async pause(): Promise<void> {
-    if (!this.running || this.workers.size === 0)
-      throw einval("pause", "the vCPUs are not running");
+    if (!this.running || this.workers.size === 0) throw einval("pause", "the vCPUs are not running");
     this.throwIfFailed();
     for (const id of this.workers.keys())
       Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
@@ -514,6 +515,10 @@ export class Vm {
       Atomics.store(this.kvm.vcpu, i, RunCtl.Run);
       Atomics.notify(this.kvm.vcpu, i);
     }
+  }
+
+  private runError(): Error | null {
+    return this.error;
   }
 
   throwIfFailed(): void {

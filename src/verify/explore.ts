@@ -129,10 +129,7 @@ export function decodeSchedule(s: string): {
     if (parts.length > 2 || !Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
       throw einval("SCHEDULE", `bad item "${p.slice(0, 40)}" (thread*count, count 1..9999999)`);
     if (tid >= threads)
-      throw einval(
-        "SCHEDULE",
-        `item "${p}": scenario ${scenario} has threads 0..${threads - 1}, not ${tid}`,
-      );
+      throw einval("SCHEDULE", `item "${p}": scenario ${scenario} has threads 0..${threads - 1}, not ${tid}`);
     total += count;
     if (total > MAX_SCHEDULE_STEPS)
       throw einval("SCHEDULE", `item "${p}": more than ${MAX_SCHEDULE_STEPS} steps in all`);
@@ -223,7 +220,8 @@ export class Explorer {
         if (bad.length) auditViolation = `audit after step ${step}: ${bad.join("; ")}`;
       }
       if (runnable.length === 0) break;
-      const t = step < this.maxSteps && auditViolation === null ? chooser.choose(step, runnable, spinning) : -1;
+      const t =
+        step < this.maxSteps && auditViolation === null ? chooser.choose(step, runnable, spinning) : -1;
       // A replayed schedule may name a thread that cannot run here: unwind, then refuse it.
       if (t >= 0 && !runnable.includes(t))
         notRunnable ??= `SCHEDULE: thread ${t} (step ${step}) is not runnable; runnable: ${runnable.join(", ")}`;
