@@ -46,6 +46,8 @@ import {
   SLOT_STRIDE,
   ST_STRIDE,
   ST_TLB_AUDIT,
+  OUTSIDE_GUEST_MODE,
+  VCPU_MODE,
   VCPU_RUN,
   VCPU_STATE,
   VCPU_STRIDE,
@@ -74,11 +76,26 @@ export interface VmOptions {
   mode?: MmuModeName;
   bugs?: BugName[];
   maxVcpus?: number;
-  /** Capacity of the memslot metadata, in pages (default: the host memory's pages). */
+  /** Capacity of the memslot metadata, in pages (default: the host memory's pages), 1..2^26. */
   maxSlotPages?: number;
+  /** Shadow pages (page-table pages) in the arena, 1..2^19. */
   maxSp?: number;
+  /** pte_list_desc objects in the slab, 1..2^24. */
   maxDesc?: number;
 }
+
+/** Inclusive ranges of the pool limits Vm.create accepts. */
+export const POOL_LIMITS = {
+  maxSlotPages: [1, 2 ** 26],
+  maxSp: [1, 2 ** 19],
+  maxDesc: [1, 2 ** 24],
+} as const;
+
+/**
+ * How long the owner waits for a vCPU to answer (park, audit, stop, flush acknowledgement)
+ * before the VM fails with ETIMEDOUT naming that vCPU.
+ */
+export const VCPU_WAIT_MS = 10_000;
 
 export interface MemoryRegion {
   slot: number;
@@ -102,6 +119,11 @@ export function workerExecArgv(): string[] {
   return process.execArgv.filter((a) => !a.startsWith("--input-type") && a !== "-e" && a !== "--eval");
 }
 
+function describe(x: unknown): string {
+  if (x === null || typeof x !== "object") return String(x);
+  return (x.constructor as { name?: string } | undefined)?.name ?? "an object";
+}
+
 function isInt(x: unknown): x is number {
   return typeof x === "number" && Number.isSafeInteger(x);
 }
@@ -113,7 +135,10 @@ export class Vm {
   private readonly created = new Set<number>();
   private hostWorker: Worker | null = null;
   private hostCtl: Int32Array | null = null;
+  /** Set by run(), cleared by stop(): memslots are created and deleted only while it is false. */
   private running = false;
+  /** stop() in progress: a worker exiting now is expected, not a failure. */
+  private stopping = false;
   /** The first error a worker reported; the VM is stopped when one arrives. */
   error: KvmError | Error | null = null;
   private readonly times: DirtyLogTimes = { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 };
@@ -124,6 +149,7 @@ export class Vm {
   }
 
   static create(o: VmOptions): Vm {
+    if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
     if (!isInt(o.memory) || o.memory <= 0 || o.memory % PAGE_SIZE !== 0)
       throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
     if (o.memory > MAX_MEMORY)
@@ -142,8 +168,14 @@ export class Vm {
     const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
     if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
       throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
+    for (const k of Object.keys(POOL_LIMITS) as (keyof typeof POOL_LIMITS)[]) {
+      const x = o[k];
+      const [lo, hi] = POOL_LIMITS[k];
+      if (x !== undefined && (!isInt(x) || x < lo || x > hi))
+        throw einval(k, `must be an integer in ${lo}..${hi}, got ${String(x)}`);
+    }
     const hostFrames = o.memory / PAGE_SIZE;
-    const maxSlotPages = o.maxSlotPages ?? hostFrames;
+    const maxSlotPages = o.maxSlotPages ?? Math.min(hostFrames, POOL_LIMITS.maxSlotPages[1]);
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
     // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
     const shadow = mode === "shadow";
@@ -182,6 +214,7 @@ export class Vm {
   /** KVM_SET_USER_MEMORY_REGION. */
   setUserMemoryRegion(m: MemoryRegion): void {
     const kvm = this.kvm;
+    if (typeof m !== "object" || m === null) throw einval("region", `must be an object, got ${String(m)}`);
     if (!isInt(m.slot) || m.slot < 0 || m.slot >= KVM_USER_MEM_SLOTS)
       throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(m.slot)}`);
     if (!isInt(m.flags) || (m.flags & ~(KVM_MEM_LOG_DIRTY_PAGES | KVM_MEM_READONLY)) !== 0)
@@ -236,6 +269,10 @@ export class Vm {
       }
       this.checkIdle("slot");
       this.createSlot(r, baseGfn, npages, hvaPage, m.flags);
+    } catch (e) {
+      // A flush no vCPU acknowledged: the VM fails (the slot stays as it was).
+      if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
+      throw e;
     } finally {
       kvm.slots_lock.unlock();
     }
@@ -330,33 +367,81 @@ export class Vm {
     return [...this.created].sort((a, b) => a - b);
   }
 
-  /** Starts one worker per vCPU running guest(id). Resolves once all are running. */
+  /**
+   * Starts one worker per vCPU running guest(id). Resolves once all are running. Every guest
+   * spec is built and checked (an object that can be cloned into a worker) before any thread
+   * starts; a run whose vCPU fails while starting is stopped and rejects with that error.
+   * `error` belongs to one run: a run after stop() starts clean (read `error` before).
+   */
   async run(guest: (id: number) => GuestArgs, opts: { tlbBits?: number } = {}): Promise<void> {
     if (this.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
     if (this.created.size === 0) throw einval("run", "no vCPU was created");
-    const tlbBits = opts.tlbBits ?? 12;
+    if (typeof guest !== "function")
+      throw einval("guest", `must be a function (id) => spec, got ${String(guest)}`);
+    const tlbBits = (opts ?? {}).tlbBits ?? 12;
     if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
-    this.running = true;
+    const specs = new Map<number, GuestArgs>();
     for (const id of this.created) {
-      const row = id * VCPU_STRIDE;
-      Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
-      Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
-      const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
-        execArgv: workerExecArgv(),
-        workerData: { shared: this.shared, vcpuId: id, guest: guest(id), tlbBits },
-      });
-      this.watch(w, `vcpu ${id}`);
-      this.workers.set(id, w);
+      let spec: GuestArgs;
+      try {
+        spec = guest(id);
+      } catch (e) {
+        throw einval("guest", `the factory threw for vcpu ${id}: ${(e as Error)?.message ?? String(e)}`);
+      }
+      if (typeof spec !== "object" || spec === null)
+        throw einval("guest", `vcpu ${id}: the spec must be an object, got ${String(spec)}`);
+      try {
+        structuredClone(spec);
+      } catch (e) {
+        throw einval("guest", `vcpu ${id}: the spec cannot be sent to a worker (${(e as Error).message})`);
+      }
+      specs.set(id, spec);
     }
-    for (const id of this.created) await this.waitState(id, (s) => s !== (VcpuState.Created as number));
+    this.running = true;
+    this.error = null;
+    Atomics.store(this.kvm.ctl, CTL_VM_STATE, 0);
+    try {
+      for (const [id, spec] of specs) {
+        const row = id * VCPU_STRIDE;
+        Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
+        Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
+        const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
+          execArgv: workerExecArgv(),
+          workerData: { shared: this.shared, vcpuId: id, guest: spec, tlbBits },
+        });
+        this.watch(w, `vcpu ${id}`, id);
+        this.workers.set(id, w);
+      }
+      for (const id of specs.keys()) await this.waitState(id, (s) => s !== (VcpuState.Created as number));
+    } catch (e) {
+      this.fail(e instanceof KvmError ? e : new KvmError("EIO", `run: ${(e as Error).message}`));
+    }
+    // (a worker's message may have set it while we awaited)
+    const err = this.runError();
+    if (err) {
+      await this.stop();
+      throw err;
+    }
   }
 
-  private watch(w: Worker, who: string): void {
+  private watch(w: Worker, who: string, vcpuId = -1): void {
     w.on("message", (m: { type: string; message: string; code?: string }) => {
       if (m.type === "error")
         this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
     });
     w.on("error", (e) => this.fail(new KvmError("EIO", `${who}: ${e.message}`)));
+    if (vcpuId < 0) return;
+    // A worker gone without saying Stopped or Dead (terminated, crashed): no flusher may wait for it.
+    w.on("exit", () => {
+      const row = vcpuId * VCPU_STRIDE;
+      const s = Atomics.load(this.kvm.vcpu, row + VCPU_STATE);
+      if (s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number)) return;
+      Atomics.store(this.kvm.vcpu, row + VCPU_MODE, OUTSIDE_GUEST_MODE);
+      Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Dead);
+      Atomics.notify(this.kvm.vcpu, row + VCPU_STATE);
+      Atomics.notify(this.kvm.vcpu, row + VCPU_MODE);
+      if (!this.stopping) this.fail(new KvmError("EIO", `${who}: the worker exited`));
+    });
   }
 
   private fail(e: Error): void {
@@ -365,24 +450,37 @@ export class Vm {
     for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Stop);
   }
 
-  private async waitState(id: number, ok: (s: number) => boolean): Promise<void> {
+  /** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
+  private async waitState(id: number, ok: (s: number) => boolean, what = "answer"): Promise<void> {
     const v = this.kvm.vcpu;
     const i = id * VCPU_STRIDE + VCPU_STATE;
+    const deadline = Date.now() + VCPU_WAIT_MS;
     for (;;) {
       const s = Atomics.load(v, i);
       if (ok(s) || s === (VcpuState.Dead as number) || s === (VcpuState.Stopped as number)) return;
       // A worker that died before reporting any state must not leave us waiting.
       if (this.error) return;
+      if (Date.now() > deadline) {
+        this.fail(new KvmError("ETIMEDOUT", `vcpu ${id}: did not ${what} in ${VCPU_WAIT_MS} ms`));
+        return;
+      }
       const r = Atomics.waitAsync(v, i, s, 50);
       if (r.async) await r.value;
       else await new Promise((res) => setImmediate(res));
     }
   }
 
-  /** Parks every vCPU outside guest mode. */
+  /**
+   * Parks every running vCPU outside guest mode. Rejects with EINVAL when no vCPU runs (before
+   * run(), after stop()); a vCPU created while the others ran has no worker and is not waited for.
+   */
   async pause(): Promise<void> {
-    for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
-    for (const id of this.created) await this.waitState(id, (s) => s === (VcpuState.Paused as number));
+    if (!this.running || this.workers.size === 0) throw einval("pause", "the vCPUs are not running");
+    this.throwIfFailed();
+    for (const id of this.workers.keys())
+      Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
+    for (const id of this.workers.keys())
+      await this.waitState(id, (s) => s === (VcpuState.Paused as number), "park");
     this.throwIfFailed();
   }
 
@@ -401,7 +499,7 @@ export class Vm {
       const run = id * VCPU_STRIDE + VCPU_RUN;
       Atomics.store(v, run, RunCtl.Audit);
       Atomics.notify(v, run);
-      await this.waitState(id, (s) => s === (VcpuState.Audited as number));
+      await this.waitState(id, (s) => s === (VcpuState.Audited as number), "audit its TLB");
       out.set(id, this.vcpuStats(id)[ST_TLB_AUDIT]);
       Atomics.store(v, run, RunCtl.Pause);
       Atomics.notify(v, run);
@@ -412,11 +510,15 @@ export class Vm {
   }
 
   resume(): void {
-    for (const id of this.created) {
+    for (const id of this.workers.keys()) {
       const i = id * VCPU_STRIDE + VCPU_RUN;
       Atomics.store(this.kvm.vcpu, i, RunCtl.Run);
       Atomics.notify(this.kvm.vcpu, i);
     }
+  }
+
+  private runError(): Error | null {
+    return this.error;
   }
 
   throwIfFailed(): void {
@@ -428,34 +530,41 @@ export class Vm {
    * joins the workers. A worker that does not stop within the grace time is terminated.
    */
   async stop(): Promise<void> {
-    for (const id of this.created) {
-      const i = id * VCPU_STRIDE + VCPU_RUN;
-      Atomics.store(this.kvm.vcpu, i, RunCtl.Stop);
-      Atomics.notify(this.kvm.vcpu, i);
-    }
-    await this.stopHostThread();
-    const stopped = (id: number): boolean => {
-      const s = Atomics.load(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE);
-      return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
-    };
-    const deadline = Date.now() + 10_000;
-    for (const id of this.workers.keys()) {
-      const i = id * VCPU_STRIDE + VCPU_STATE;
-      while (!stopped(id) && Date.now() < deadline) {
-        const r = Atomics.waitAsync(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
-        if (r.async) await r.value;
+    this.stopping = true;
+    try {
+      for (const id of this.created) {
+        const i = id * VCPU_STRIDE + VCPU_RUN;
+        Atomics.store(this.kvm.vcpu, i, RunCtl.Stop);
+        Atomics.notify(this.kvm.vcpu, i);
       }
-    }
-    await Promise.all(
-      [...this.workers.values()].map((w) =>
-        w.terminate().then(
-          () => undefined,
-          () => undefined,
+      await this.stopHostThread();
+      const stopped = (id: number): boolean => {
+        const s = Atomics.load(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE);
+        return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
+      };
+      const deadline = Date.now() + VCPU_WAIT_MS;
+      for (const id of this.workers.keys()) {
+        const i = id * VCPU_STRIDE + VCPU_STATE;
+        while (!stopped(id) && Date.now() < deadline) {
+          const r = Atomics.waitAsync(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
+          if (r.async) await r.value;
+        }
+        if (!stopped(id))
+          this.fail(new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${VCPU_WAIT_MS} ms`));
+      }
+      await Promise.all(
+        [...this.workers.values()].map((w) =>
+          w.terminate().then(
+            () => undefined,
+            () => undefined,
+          ),
         ),
-      ),
-    );
-    this.workers.clear();
-    this.running = false;
+      );
+      this.workers.clear();
+      this.running = false;
+    } finally {
+      this.stopping = false;
+    }
   }
 
   /** Starts the host thread that migrates and invalidates guest backing (MMU-notifier churn). */
@@ -500,7 +609,12 @@ export class Vm {
     const c = this.hostCtl;
     if (!c) return;
     Atomics.store(c, HOST_RUN, 1);
+    const deadline = Date.now() + VCPU_WAIT_MS;
     while (Atomics.load(c, HOST_STATE) === 1) {
+      if (Date.now() > deadline) {
+        this.fail(new KvmError("ETIMEDOUT", `host thread: did not pause in ${VCPU_WAIT_MS} ms`));
+        throw this.error!;
+      }
       const r = Atomics.waitAsync(c, HOST_STATE, 1, 50);
       if (r.async) await r.value;
     }
@@ -519,9 +633,16 @@ export class Vm {
     if (!w || !c) return;
     Atomics.store(c, HOST_RUN, 2);
     Atomics.notify(c, HOST_RUN);
-    await new Promise<void>((res) => {
-      w.once("exit", () => res());
+    let timer: NodeJS.Timeout | undefined;
+    const exited = await new Promise<boolean>((res) => {
+      w.once("exit", () => res(true));
+      timer = setTimeout(() => res(false), VCPU_WAIT_MS);
     });
+    clearTimeout(timer);
+    if (!exited) {
+      this.fail(new KvmError("ETIMEDOUT", `host thread: did not stop in ${VCPU_WAIT_MS} ms`));
+      await w.terminate();
+    }
     this.hostWorker = null;
   }
 
@@ -543,10 +664,18 @@ export class Vm {
       if ((kvm.slots[r + SLOT_FLAGS] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
         throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
       const words = kvm.slots[r + SLOT_BITMAP_WORDS];
+      // Checked before the harvest: a bad `out` must not cost the dirty bits it would carry.
+      if (out !== undefined && !(out instanceof Uint32Array))
+        throw einval("out", `must be a Uint32Array, got ${describe(out)}`);
       if (out !== undefined && out.length < words)
         throw einval("out", `needs ${words} words, got ${out.length}`);
       const bitmap = out ?? new Uint32Array(words);
-      kvm_get_dirty_log(kvm, r, bitmap, this.times);
+      try {
+        kvm_get_dirty_log(kvm, r, bitmap, this.times);
+      } catch (e) {
+        if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
+        throw e;
+      }
       return bitmap;
     } finally {
       kvm.slots_lock.unlock();

@@ -62,6 +62,8 @@ export interface PerfOptions {
   mode?: MmuModeName;
   guestHuge?: boolean;
   progress?: (msg: string) => void;
+  /** Checked between iterations: once aborted, the results cover the iterations done. */
+  signal?: AbortSignal;
 }
 
 export interface IterationResult {
@@ -314,7 +316,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       say(`${wp}: populating ${o.vcpus} x ${o.bytesPerVcpu >> 20} MiB`);
       runs.push(await setup(wp, o));
     }
-    for (let it = 0; it < o.iterations; it++) {
+    for (let it = 0; it < o.iterations && !o.signal?.aborted; it++) {
       const order = it % 2 === 0 ? runs : [...runs].reverse();
       for (const run of order) {
         const r = await iterate(run, o);
@@ -332,7 +334,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
     const meta = runs[0].vm.metadataBytes();
     return {
-      options: { ...o, progress: undefined } as Omit<PerfOptions, "progress">,
+      options: { ...o, progress: undefined, signal: undefined } as Omit<PerfOptions, "progress">,
       machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
       results,
       ratio:

@@ -78,6 +78,8 @@ export interface KernbenchOptions {
   /** Pause at the end of every run and run the MMU audit; failures go to the cell. */
   audit?: boolean;
   progress?: (msg: string) => void;
+  /** Checked between runs: once aborted, the cells cover the runs done. */
+  signal?: AbortSignal;
 }
 
 export const KERNBENCH_DEFAULTS: Omit<KernbenchOptions, "progress"> = {
@@ -438,6 +440,7 @@ export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
   for (let run = 1; run <= o.runs; run++) {
     for (const mode of o.modes) {
       for (const logging of o.logging) {
+        if (o.signal?.aborted) break;
         const s = await oneRun(mode, logging, o);
         const key = `${mode}/${logging}`;
         if (!all.has(key)) all.set(key, []);
@@ -450,11 +453,15 @@ export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
   const results: KernbenchResult["results"] = {};
   for (const mode of o.modes) {
     const per: Partial<Record<LoggingName, KernbenchCell>> = {};
-    for (const logging of o.logging) per[logging] = cell(all.get(`${mode}/${logging}`)!);
-    results[mode] = per;
+    for (const logging of o.logging) {
+      const runs = all.get(`${mode}/${logging}`);
+      if (runs) per[logging] = cell(runs);
+    }
+    if (Object.keys(per).length) results[mode] = per;
   }
-  const { progress: _p, ...options } = o;
+  const { progress: _p, signal: _s, ...options } = o;
   void _p;
+  void _s;
   return {
     options,
     machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },

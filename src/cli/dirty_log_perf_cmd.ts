@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { CONTENTION, dirtyLogPerf, PerfResult, StrategyResult } from "../bench/dirty_log_perf.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
+import { interrupt } from "./interrupt.js";
 import type { WpName } from "../vm.js";
 
 const ms = (ns: number): string => (ns / 1e6).toFixed(2);
@@ -94,6 +95,7 @@ export function registerDirtyLogPerf(program: Command): void {
         mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         guestHuge: a["guestHuge"] === true,
         progress,
+        signal: interrupt.signal,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
     });

@@ -10,6 +10,7 @@ import {
 } from "../verify/dirty_log_test.js";
 import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
+import { interrupt } from "./interrupt.js";
 import type { WpName } from "../vm.js";
 import { BUG, BugName } from "../kvm_host.js";
 
@@ -121,6 +122,7 @@ export function registerDirtyLogTest(program: Command): void {
             ? undefined
             : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
         progress,
+        signal: interrupt.signal,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatDirtyLogTest(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;

@@ -5,6 +5,7 @@ import { BUG_SCENARIO, SCENARIOS } from "../verify/scenarios.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { parseIntIn, parseList } from "./parse.js";
 import { einval } from "../errors.js";
+import { interrupt } from "./interrupt.js";
 
 function formatTrace(v: Violation): string {
   const out = [
@@ -61,6 +62,7 @@ export function registerExplore(program: Command): void {
         pctDepth: parseIntIn("--depth", String(a["depth"]), 1, 20),
         preemptions: parseIntIn("--preemptions", String(a["preemptions"]), 0, 20),
         mode: mode,
+        signal: interrupt.signal,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatResult(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;
@@ -83,6 +85,6 @@ export function registerExplore(program: Command): void {
         );
       }
       if (r1.violation) process.exitCode = 1;
-      if (!same) process.exitCode = 3;
+      if (!same) process.exitCode = 1;
     });
 }

@@ -16,6 +16,7 @@ import {
 } from "../bench/kernbench.js";
 import { parseIntIn, parseList, progress } from "./parse.js";
 import type { MmuModeName } from "../vm.js";
+import { interrupt } from "./interrupt.js";
 
 /** `time`'s format: 0m1.234s. */
 function real(ns: number): string {
@@ -130,6 +131,7 @@ export function registerKernbench(program: Command): void {
         thp: a["thp"] !== false,
         seed: n("--seed", "seed", 0, 2 ** 31 - 2),
         progress,
+        signal: interrupt.signal,
       });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatKernbench(r) + "\n");
     });

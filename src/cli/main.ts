@@ -1,7 +1,12 @@
 /**
  * `kvmmu`: the command line. Each command lives in its own module and registers itself here.
  * Results go to stdout (`--json`: one JSON object); progress goes to stderr, only on a terminal.
+ *
+ * Exit status: 0 success; 1 a check failed (violation, forbidden outcome, replay differs);
+ * 2 usage or input error, printed as one line `kvmmu: EINVAL: ...`; 3 internal error;
+ * 130 interrupted (SIGINT), after the summary of what was measured so far.
  */
+import { createRequire } from "node:module";
 import { Command, CommanderError } from "commander";
 import { KvmError } from "../errors.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
@@ -9,6 +14,14 @@ import { registerExplore } from "./explore_cmd.js";
 import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 import { registerStress } from "./stress_cmd.js";
 import { registerKernbench } from "./kernbench_cmd.js";
+import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
+
+export const EXIT_OK = 0;
+export const EXIT_CHECK_FAILED = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_INTERNAL = 3;
+
+const { version } = createRequire(import.meta.url)("../../../package.json") as { version: string };
 
 export const program = new Command();
 program
@@ -16,8 +29,20 @@ program
   .description(
     "The KVM x86 MMU dirty-logging path (Linux 3.11 and the 2013 lockless write-protect) on worker_threads",
   )
-  .showHelpAfterError()
-  .exitOverride();
+  .version(version, "-V, --version", "print the version")
+  .exitOverride()
+  // Commander's own error text is replaced by one `kvmmu: EINVAL: ...` line below.
+  .configureOutput({ outputError: () => {} })
+  .addHelpText(
+    "after",
+    `
+Exit status:
+  0    success
+  1    a check failed (violation, forbidden outcome, replay not reproducible)
+  2    usage or input error (one line on stderr: kvmmu: EINVAL: ...)
+  3    internal error
+  130  interrupted (SIGINT), after printing what was measured so far`,
+  );
 
 registerDirtyLogPerf(program);
 registerDirtyLogTest(program);
@@ -25,16 +50,26 @@ registerExplore(program);
 registerStress(program);
 registerKernbench(program);
 
+function usage(msg: string): void {
+  process.stderr.write(`kvmmu: EINVAL: ${msg}\n`);
+  process.exitCode = EXIT_USAGE;
+}
+
+installSigint();
 try {
-  await program.parseAsync(process.argv);
+  if (process.argv.length <= 2) usage("COMMAND: missing command; see kvmmu --help");
+  else await program.parseAsync(process.argv);
+  if (interrupt.signal.aborted) process.exitCode = EXIT_INTERRUPTED;
 } catch (e) {
   if (e instanceof CommanderError) {
-    process.exitCode = e.exitCode;
+    // Help and --version end with exit code 0; every other commander error is a usage error.
+    if (e.exitCode === 0) process.exitCode = EXIT_OK;
+    else usage(e.message.replace(/^error: /, "").replace(/\n[\s\S]*$/, ""));
   } else if (e instanceof KvmError) {
     process.stderr.write(`kvmmu: ${e.message}\n`);
-    process.exitCode = 2;
+    process.exitCode = EXIT_USAGE;
   } else {
-    process.stderr.write(`kvmmu: ${(e as Error).stack ?? String(e)}\n`);
-    process.exitCode = 1;
+    process.stderr.write(`kvmmu: internal error: ${(e as Error).stack ?? String(e)}\n`);
+    process.exitCode = EXIT_INTERNAL;
   }
 }

@@ -3,6 +3,7 @@ import { Command } from "commander";
 import { formatStressResult, runStress, StressResult, stressTestNames } from "../verify/stress.js";
 import { parseIntIn, progress } from "./parse.js";
 import { einval } from "../errors.js";
+import { interrupt } from "./interrupt.js";
 
 export function registerStress(program: Command): void {
   program
@@ -26,6 +27,7 @@ export function registerStress(program: Command): void {
         a["maxMs"] === undefined ? undefined : parseIntIn("--max-ms", String(a["maxMs"]), 1, 86_400_000);
       const results: StressResult[] = [];
       for (const t of name !== undefined ? [name] : stressTestNames()) {
+        if (interrupt.signal.aborted) break;
         progress(`stress ${t} ...`);
         const r = await runStress(t, { iterations, timeLimitMs });
         results.push(r);

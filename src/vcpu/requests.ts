@@ -36,7 +36,8 @@ export const enum VcpuState {
   Audited = 5,
 }
 
-const FLUSH_TIMEOUT_MS = 20_000;
+/** The bound on one acknowledgement; the owner then fails the VM (as Vm's VCPU_WAIT_MS). */
+const FLUSH_TIMEOUT_MS = 10_000;
 
 export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
   aor(kvm.vcpu, vcpuId * VCPU_STRIDE + VCPU_REQUESTS, req);

@@ -16,6 +16,7 @@ import {
 import { Vcpu, VcpuStop } from "./vcpu.js";
 import { VcpuState } from "./requests.js";
 import { GuestArgs, runGuest } from "../workload/guest.js";
+import { KvmError } from "../errors.js";
 
 interface VcpuWorkerData {
   shared: KvmShared;
@@ -33,6 +34,8 @@ try {
   vcpu.enterGuest();
   vcpu.safePoint();
   runGuest(vcpu, data.guest);
+  // Only an unknown guest kind gets here; a vCPU that ends silently would stay IN_GUEST_MODE.
+  throw new KvmError("EINVAL", `guest: vcpu ${data.vcpuId} has no guest program of this kind`);
 } catch (e) {
   vcpu.publishStats();
   if (e instanceof VcpuStop) {

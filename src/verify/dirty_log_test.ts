@@ -85,6 +85,8 @@ export interface DirtyLogTestOptions {
    */
   harvestFilter?: (bitmap: Uint32Array, phase: HarvestPhase) => void;
   progress?: (msg: string) => void;
+  /** Checked between iterations: once aborted, the result covers what was checked. */
+  signal?: AbortSignal;
 }
 
 export interface Violation {
@@ -384,6 +386,7 @@ interface RunCtx {
 }
 
 function more(it: number, c: RunCtx): boolean {
+  if (c.o.signal?.aborted) return false;
   if (c.deadline !== Infinity) return it === 0 || Date.now() < c.deadline;
   return it < c.o.iterations;
 }
@@ -630,6 +633,7 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
   for (const wp of o.wp) {
     const per: Partial<Record<OracleName, OracleResult>> = {};
     for (const oracle of o.oracles) {
+      if (o.signal?.aborted) break;
       const tally = new Tally(details, o.maxViolationDetails ?? 5);
       // Each run its own reap-delay stream, so runs are independent of their order.
       const c: RunCtx = {
@@ -654,9 +658,10 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
       violations += r.violations;
     }
   const durationMs = performance.now() - t0;
-  const { harvestFilter: _f, progress: _p, ...options } = o;
+  const { harvestFilter: _f, progress: _p, signal: _s, ...options } = o;
   void _f;
   void _p;
+  void _s;
   return {
     iterations,
     pagesChecked,

@@ -99,25 +99,44 @@ export function encodeSchedule(
   return `${scenario}@${bug ? "bug" : "fixed"}${mode === "shadow" ? "/shadow" : ""}:${parts.join(",")}`;
 }
 
+/** The longest schedule decodeSchedule accepts (a run is bounded by its step limit anyway). */
+export const MAX_SCHEDULE_STEPS = 1_000_000;
+
+/**
+ * Parses and checks a whole schedule string before anything runs: a known scenario, thread ids
+ * the scenario has, repeat counts >= 1, at most MAX_SCHEDULE_STEPS steps in all (counted before
+ * anything is expanded). Each refusal is EINVAL naming SCHEDULE and the bad part.
+ */
 export function decodeSchedule(s: string): {
   scenario: string;
   bug: boolean;
   choices: number[];
   mode: MmuModeName;
 } {
+  if (typeof s !== "string") throw einval("SCHEDULE", `must be a string, got ${String(s)}`);
   const m = /^([a-z0-9-]+)@(bug|fixed)(?:\/(shadow))?:([0-9*,]*)$/.exec(s.trim());
   if (!m) throw einval("SCHEDULE", `"${s.slice(0, 60)}" is not a schedule (scenario@bug|fixed:t*n,...)`);
   const scenario = m[1];
-  if (!SCENARIOS[scenario]) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
-  const choices: number[] = [];
+  if (!Object.hasOwn(SCENARIOS, scenario)) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
+  const threads = SCENARIOS[scenario].threads.length;
+  const items: [number, number][] = [];
+  let total = 0;
   for (const p of m[4].split(",").filter((x) => x !== "")) {
-    const [t, n] = p.split("*");
-    const tid = Number(t);
-    const count = n === undefined ? 1 : Number(n);
-    if (!Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
-      throw einval("SCHEDULE", `bad item "${p}"`);
-    for (let k = 0; k < count; k++) choices.push(tid);
+    const parts = p.split("*");
+    const [t, n] = parts;
+    const tid = /^\d{1,3}$/.test(t) ? Number(t) : NaN;
+    const count = n === undefined ? 1 : /^\d{1,7}$/.test(n) ? Number(n) : NaN;
+    if (parts.length > 2 || !Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
+      throw einval("SCHEDULE", `bad item "${p.slice(0, 40)}" (thread*count, count 1..9999999)`);
+    if (tid >= threads)
+      throw einval("SCHEDULE", `item "${p}": scenario ${scenario} has threads 0..${threads - 1}, not ${tid}`);
+    total += count;
+    if (total > MAX_SCHEDULE_STEPS)
+      throw einval("SCHEDULE", `item "${p}": more than ${MAX_SCHEDULE_STEPS} steps in all`);
+    items.push([tid, count]);
   }
+  const choices: number[] = [];
+  for (const [tid, count] of items) for (let k = 0; k < count; k++) choices.push(tid);
   return { scenario, bug: m[2] === "bug", choices, mode: m[3] === "shadow" ? "shadow" : "tdp" };
 }
 
@@ -185,6 +204,7 @@ export class Explorer {
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
     let auditViolation: string | null = null;
+    let notRunnable: string | null = null;
     for (let step = 0; ; step++) {
       runnable.length = 0;
       for (let t = 0; t < n; t++) {
@@ -200,8 +220,13 @@ export class Explorer {
         if (bad.length) auditViolation = `audit after step ${step}: ${bad.join("; ")}`;
       }
       if (runnable.length === 0) break;
+      const t =
+        step < this.maxSteps && auditViolation === null ? chooser.choose(step, runnable, spinning) : -1;
+      // A replayed schedule may name a thread that cannot run here: unwind, then refuse it.
+      if (t >= 0 && !runnable.includes(t))
+        notRunnable ??= `SCHEDULE: thread ${t} (step ${step}) is not runnable; runnable: ${runnable.join(", ")}`;
       // Past the step bound, or the structure broke (the trace then ends at that step): unwind.
-      if (step >= this.maxSteps || auditViolation !== null) {
+      if (step >= this.maxSteps || auditViolation !== null || notRunnable !== null) {
         aborted = auditViolation === null;
         Atomics.store(sc, SCHED_ABORT, 1);
         for (const t of runnable) this.grant(t);
@@ -216,9 +241,6 @@ export class Explorer {
         }
         break;
       }
-      const t = chooser.choose(step, runnable, spinning);
-      if (!runnable.includes(t))
-        throw new KvmError("EINVAL", `SCHEDULE: thread ${t} is not runnable at step ${step}`);
       choices.push(t);
       own[t]++;
       const b = SCHED_HDR + t * SCHED_STRIDE;
@@ -234,6 +256,7 @@ export class Explorer {
       waitChange(sc, b + T_STEPS, v);
     }
     this.totalSteps += choices.length;
+    if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
     let violation: string | null = null;
     const failures: string[] = [];
     for (let t = 0; t < n; t++) {
@@ -356,6 +379,8 @@ export interface ExploreOptions {
   auditEveryStep?: boolean;
   /** The MMU the scenario's VM runs on (shadow: the shadow MMU, guest paging off). */
   mode?: MmuModeName;
+  /** Checked between schedules: once aborted, the result covers the schedules run. */
+  signal?: AbortSignal;
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
@@ -375,6 +400,11 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   let estSteps = 200;
   try {
     while (schedules < o.schedules) {
+      if (o.signal) {
+        // Let a SIGINT handler run: runOnce itself never yields to the event loop.
+        await new Promise((r) => setImmediate(r));
+        if (o.signal.aborted) break;
+      }
       let chooser: Chooser;
       if (dfs) {
         dfs.begin();
@@ -424,7 +454,7 @@ export async function replay(schedule: string): Promise<{
   schedule: string;
 }> {
   const d = decodeSchedule(schedule);
-  const ex = new Explorer(SCENARIOS[d.scenario], d.bug, 20000, false, d.mode);
+  const ex = new Explorer(SCENARIOS[d.scenario], d.bug, Math.max(20000, d.choices.length), false, d.mode);
   try {
     const r = ex.runOnce(new ReplayChooser(d.choices));
     return {

@@ -88,13 +88,18 @@ test("the structural audit runs after every step and stays clean without bugs", 
 });
 
 test("schedule strings round-trip and bad ones are refused", () => {
-  const c = [0, 0, 0, 1, 2, 2, 0];
+  const c = [0, 0, 0, 1, 0, 1, 1, 0];
   const s = encodeSchedule("skip-flush", true, c);
-  assert.equal(s, "skip-flush@bug:0*3,1,2*2,0");
+  assert.equal(s, "skip-flush@bug:0*3,1,0,1*2,0");
   assert.deepEqual(decodeSchedule(s), { scenario: "skip-flush", bug: true, choices: c, mode: "tdp" });
   assert.equal(decodeSchedule(encodeSchedule("skip-flush", false, c, "shadow")).mode, "shadow");
   assert.throws(() => decodeSchedule("nope"), /EINVAL: SCHEDULE/);
   assert.throws(() => decodeSchedule("unknown@bug:0"), /unknown scenario/);
+  // skip-flush has threads 0 and 1; counts are bounded before anything is expanded
+  assert.throws(() => decodeSchedule("skip-flush@bug:0,2"), /SCHEDULE: item "2"/);
+  assert.throws(() => decodeSchedule("skip-flush@bug:1*0"), /SCHEDULE: bad item "1\*0"/);
+  assert.throws(() => decodeSchedule("skip-flush@bug:0*999999,1*2"), /more than 1000000 steps/);
+  assert.throws(() => decodeSchedule("constructor@bug:0"), /unknown scenario/);
 });
 
 // The same catalog on the shadow MMU (guest paging off: the shadow MMU's direct pages). B2

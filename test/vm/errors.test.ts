@@ -376,7 +376,7 @@ test("stop(): no vCPU is left in guest mode, so later flushes (deleting a slot) 
   await vm.stop();
   const mode = Atomics.load(vm.kvm.vcpu, VCPU_MODE);
   const state = Atomics.load(vm.kvm.vcpu, VCPU_STATE);
-  // Otherwise kvm_flush_remote_tlbs (in the slot deletion below) waits 20 s and throws ETIMEDOUT.
+  // Otherwise kvm_flush_remote_tlbs (in the slot deletion below) waits 10 s and throws ETIMEDOUT.
   assert.equal(mode, OUTSIDE_GUEST_MODE, `vcpu 0 after stop(): mode ${mode}, state ${state}`);
   assert.equal(state, VcpuState.Stopped);
   const t0 = performance.now();
