@@ -46,6 +46,7 @@ import {
   SLOT_STRIDE,
   ST_STRIDE,
   ST_TLB_AUDIT,
+  VCPU_PASSES,
   VCPU_RUN,
   VCPU_STATE,
   VCPU_STRIDE,
@@ -61,6 +62,8 @@ import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
+import { validateGuestSpecs } from "./guest/spec.js";
+import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
 
 export type WpName = "locked" | "lockless";
@@ -336,6 +339,8 @@ export class Vm {
     if (this.created.size === 0) throw einval("run", "no vCPU was created");
     const tlbBits = opts.tlbBits ?? 12;
     if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
+    // Every spec is checked (EINVAL naming the field) before any worker starts.
+    const specs = validateGuestSpecs(guest, this.vcpuIds);
     this.running = true;
     for (const id of this.created) {
       const row = id * VCPU_STRIDE;
@@ -343,7 +348,7 @@ export class Vm {
       Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
       const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
         execArgv: workerExecArgv(),
-        workerData: { shared: this.shared, vcpuId: id, guest: guest(id), tlbBits },
+        workerData: { shared: this.shared, vcpuId: id, guest: specs.get(id), tlbBits },
       });
       this.watch(w, `vcpu ${id}`);
       this.workers.set(id, w);
@@ -608,5 +613,54 @@ export class Vm {
       return out;
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
+  }
+
+  /**
+   * Resolves once every vCPU has completed `passes` passes since it was created (the guest counts
+   * them with ctx.passDone). Rejects with the VM's error if a worker fails, ETIMEDOUT after
+   * timeoutMs (default 60 s), EINVAL on bad arguments or when the vCPUs are not running.
+   */
+  async waitPasses(passes: number, opts: { timeoutMs?: number } = {}): Promise<void> {
+    if (!isInt(passes) || passes < 0) throw einval("passes", `must be an integer >= 0, got ${String(passes)}`);
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    if (typeof timeoutMs !== "number" || !(timeoutMs > 0))
+      throw einval("timeoutMs", `must be a positive number, got ${String(timeoutMs)}`);
+    const v = this.kvm.vcpu;
+    const deadline = performance.now() + timeoutMs;
+    for (const id of this.created) {
+      const i = id * VCPU_STRIDE + VCPU_PASSES;
+      for (;;) {
+        this.throwIfFailed();
+        if (Atomics.load(v, i) >= passes) break;
+        if (!this.running) throw einval("waitPasses", "the vCPUs are not running");
+        const left = deadline - performance.now();
+        if (left <= 0)
+          throw new KvmError(
+            "ETIMEDOUT",
+            `waitPasses: vcpu ${id} completed ${Atomics.load(v, i)} of ${passes} passes in ${timeoutMs} ms`,
+          );
+        // passDone does not notify: poll, a few ms at a time.
+        await new Promise((r) => setTimeout(r, Math.min(5, left)));
+      }
+    }
+    this.throwIfFailed();
+  }
+
+  /**
+   * kvm_write_guest: copies `bytes` into guest-physical memory at gpa (any alignment, across
+   * pages and slots), then marks the pages dirty in logged slots. EFAULT (nothing written) if
+   * any byte is outside the memslots or in a read-only slot; EINVAL on bad arguments. May run
+   * while vCPUs run: each page is copied under mm_lock, so page migration never loses it.
+   */
+  writeGuest(gpa: number, bytes: Uint8Array): void {
+    if (!(bytes instanceof Uint8Array)) throw einval("bytes", "must be a Uint8Array");
+    guest_range_check(this.kvm, gpa, bytes.length, true);
+    guest_write(this.kvm, gpa, bytes);
+  }
+
+  /** kvm_read_guest: `length` bytes of guest-physical memory at gpa (errors as writeGuest). */
+  readGuest(gpa: number, length: number): Uint8Array {
+    guest_range_check(this.kvm, gpa, length, false);
+    return guest_read(this.kvm, gpa, length);
   }
 }
