@@ -50,9 +50,11 @@ export function slotGeometry(vm: Vm, slot: number): { guestPhysAddr: number; pag
 function checkBitmap(bitmap: unknown, pages: number): asserts bitmap is Uint32Array {
   if (!(bitmap instanceof Uint32Array)) throw einval("bitmap", "must be a Uint32Array");
   const words = Math.ceil(pages / 32);
-  if (bitmap.length < words) throw einval("bitmap", `needs ${words} words for ${pages} pages, got ${bitmap.length}`);
+  if (bitmap.length < words)
+    throw einval("bitmap", `needs ${words} words for ${pages} pages, got ${bitmap.length}`);
   const tail = pages % 32;
-  if (tail !== 0 && bitmap[words - 1] >>> tail !== 0) throw einval("bitmap", `has bits beyond page ${pages - 1}`);
+  if (tail !== 0 && bitmap[words - 1] >>> tail !== 0)
+    throw einval("bitmap", `has bits beyond page ${pages - 1}`);
   for (let w = words; w < bitmap.length; w++)
     if (bitmap[w] !== 0) throw einval("bitmap", `has bits beyond page ${pages - 1}`);
 }

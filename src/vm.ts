@@ -54,7 +54,7 @@ import {
   CTL_HVA_NEXT,
   CTL_LPAGE_POOL_NEXT,
 } from "./kvm_host.js";
-import { einval, KvmError } from "./errors.js";
+import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, DirtyLogTimes } from "./mmu/dirty_log.js";
@@ -99,6 +99,7 @@ export interface HostThreadOptions {
 }
 
 const MAX_MEMORY = 64 * 2 ** 30;
+const ERRNOS: readonly Errno[] = ["EINVAL", "EEXIST", "ENOENT", "ENOMEM", "EBUSY", "EFAULT", "ETIMEDOUT", "EIO"];
 
 /** Node flags that a worker cannot take (they apply to string input only). */
 export function workerExecArgv(): string[] {
@@ -358,8 +359,11 @@ export class Vm {
 
   private watch(w: Worker, who: string): void {
     w.on("message", (m: { type: string; message: string; code?: string }) => {
-      if (m.type === "error")
-        this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
+      if (m.type === "error") {
+        // A guest module's own error may carry any code; only an errno is passed on.
+        const code = ERRNOS.includes(m.code as Errno) ? (m.code as Errno) : "EIO";
+        this.fail(new KvmError(code, `${who}: ${m.message}`));
+      }
     });
     w.on("error", (e) => this.fail(new KvmError("EIO", `${who}: ${e.message}`)));
   }
@@ -621,7 +625,8 @@ export class Vm {
    * timeoutMs (default 60 s), EINVAL on bad arguments or when the vCPUs are not running.
    */
   async waitPasses(passes: number, opts: { timeoutMs?: number } = {}): Promise<void> {
-    if (!isInt(passes) || passes < 0) throw einval("passes", `must be an integer >= 0, got ${String(passes)}`);
+    if (!isInt(passes) || passes < 0)
+      throw einval("passes", `must be an integer >= 0, got ${String(passes)}`);
     const timeoutMs = opts.timeoutMs ?? 60_000;
     if (typeof timeoutMs !== "number" || !(timeoutMs > 0))
       throw einval("timeoutMs", `must be a positive number, got ${String(timeoutMs)}`);

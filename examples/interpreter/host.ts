@@ -79,7 +79,9 @@ const allDone = (vm: Vm): boolean => [0, 1].every((id) => word(vm, stateOf(id) +
 /** What must match: every vCPU's registers and data. */
 function outcome(vm: Vm): { sums: number[]; data: string[] } {
   const sums = [0, 1].map((id) => word(vm, stateOf(id) + reg(2)));
-  const data = [0, 1].map((id) => Buffer.from(vm.readGuest(dataOf(id), DATA_PAGES * PAGE)).toString("base64"));
+  const data = [0, 1].map((id) =>
+    Buffer.from(vm.readGuest(dataOf(id), DATA_PAGES * PAGE)).toString("base64"),
+  );
   return { sums, data };
 }
 
@@ -92,7 +94,9 @@ export interface MigrationResult {
   same: boolean;
 }
 
-export async function migrate(opts: { rounds?: number; migrateAfterSteps?: number } = {}): Promise<MigrationResult> {
+export async function migrate(
+  opts: { rounds?: number; migrateAfterSteps?: number } = {},
+): Promise<MigrationResult> {
   const passes = opts.rounds ?? 6;
   const migrateAfter = opts.migrateAfterSteps ?? 50_000;
   const spec = (): { module: URL } => ({ module: GUEST });
@@ -121,7 +125,11 @@ export async function migrate(opts: { rounds?: number; migrateAfterSteps?: numbe
   } while (steps().some((s) => s < migrateAfter) && !allDone(a));
   // Stop and copy: the guests park between instructions, then the last dirty pages go over.
   setWord(a, STOP_REQ, 1);
-  await until("the guests to park", () => [0, 1].every((id) => word(a, stateOf(id) + S_PARKED) === 1 || word(a, stateOf(id) + S_DONE) === 1), a);
+  await until(
+    "the guests to park",
+    () => [0, 1].every((id) => word(a, stateOf(id) + S_PARKED) === 1 || word(a, stateOf(id) + S_DONE) === 1),
+    a,
+  );
   await a.stop();
   const stepsAtMigration = steps();
   a.getDirtyLog(0, bitmap);

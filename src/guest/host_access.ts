@@ -25,7 +25,11 @@ export function guest_range_check(kvm: Kvm, gpa: number, length: number, write: 
   const last = Math.floor((gpa + length - 1) / PAGE_SIZE);
   for (let gfn = Math.floor(gpa / PAGE_SIZE); gfn <= last; gfn++) {
     const r = gfn_to_memslot(kvm, gfn);
-    if (r < 0) throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} (in [${hex(gpa)}, +${hex(length)})) is in no memslot`);
+    if (r < 0)
+      throw new KvmError(
+        "EFAULT",
+        `gpa: ${hex(gfn * PAGE_SIZE)} (in [${hex(gpa)}, +${hex(length)})) is in no memslot`,
+      );
     if (write && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) !== 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} is in a read-only memslot`);
     if (aload(kvm.hpt, gfn_to_hva_page(kvm, r, gfn)) >>> 1 === 0)

@@ -13,7 +13,6 @@ function isObj(x: unknown): x is Record<string, unknown> {
   return typeof x === "object" && x !== null;
 }
 
-
 function int(o: Record<string, unknown>, k: string, who: string, min: number, max = 2 ** 31 - 1): void {
   const x = o[k];
   if (typeof x !== "number" || !Number.isSafeInteger(x) || x < min || x > max)
@@ -47,7 +46,8 @@ function moduleUrl(m: unknown, who: string): string {
   } catch {
     throw einval("module", `${who}: ${String(m)} is not a URL (use pathToFileURL for a path)`);
   }
-  if (url.protocol !== "file:") throw einval("module", `${who}: only file: URLs are loaded, got ${url.protocol}`);
+  if (url.protocol !== "file:")
+    throw einval("module", `${who}: only file: URLs are loaded, got ${url.protocol}`);
   if (!existsSync(fileURLToPath(url))) throw einval("module", `${who}: ${url.href} does not exist`);
   return url.href;
 }
@@ -67,7 +67,10 @@ export function validateGuestSpec(spec: unknown, vcpuId: number): GuestArgs {
     return { module, args: spec.args };
   }
   if (typeof kind !== "string" || !(BUILTIN as readonly string[]).includes(kind))
-    throw einval("kind", `${who}: unknown guest kind ${String(kind)}; known: ${BUILTIN.join(", ")}`);
+    throw einval(
+      "kind",
+      `${who}: unknown guest kind ${JSON.stringify(kind) ?? typeof kind}; known: ${BUILTIN.join(", ")}`,
+    );
   if (spec.module !== undefined) throw einval("module", `${who}: a built-in "kind" takes no module`);
   switch (kind) {
     case "memstress":
@@ -103,7 +106,10 @@ export function validateGuestSpec(spec: unknown, vcpuId: number): GuestArgs {
 /** Every vCPU's spec, validated, before anything starts. */
 export function validateGuestSpecs(guest: unknown, ids: readonly number[]): Map<number, GuestArgs> {
   if (typeof guest !== "function")
-    throw einval("guest", `must be a function (vcpuId) => spec, got ${guest === null ? "null" : typeof guest}`);
+    throw einval(
+      "guest",
+      `must be a function (vcpuId) => spec, got ${guest === null ? "null" : typeof guest}`,
+    );
   const out = new Map<number, GuestArgs>();
   for (const id of ids) {
     let spec: unknown;

@@ -66,7 +66,10 @@ export interface DirtyLogGuestArgs {
 export type DirtyLogPaging = GuestPagingArgs & { vpn: number };
 
 /** Boots with paging if asked; returns the page number the guest addresses its region by. */
-function regionBase(ctx: GuestContext, a: { baseGfn: number; pages: number; paging?: DirtyLogPaging }): number {
+function regionBase(
+  ctx: GuestContext,
+  a: { baseGfn: number; pages: number; paging?: DirtyLogPaging },
+): number {
   if (!a.paging) return a.baseGfn;
   bootWithPaging(ctx, a.paging, { vpn: a.paging.vpn, gfn: a.baseGfn, pages: a.pages });
   return a.paging.vpn;

@@ -15,7 +15,13 @@ const fixture = (name: string): URL => new URL(`./fixtures/${name}.js`, import.m
 function vmWith(mode: MmuModeName, vcpus = 2): Vm {
   const vm = Vm.create({ memory: 8 * MiB, wp: "lockless", mode, maxVcpus: 4 });
   const hva = vm.mmap(4 * MiB, { thp: false });
-  vm.setUserMemoryRegion({ slot: 0, flags: KVM_MEM_LOG_DIRTY_PAGES, guestPhysAddr: BASE, memorySize: 4 * MiB, userspaceAddr: hva });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: BASE,
+    memorySize: 4 * MiB,
+    userspaceAddr: hva,
+  });
   for (let i = 0; i < vcpus; i++) vm.createVcpu(i);
   return vm;
 }
@@ -36,7 +42,11 @@ for (const mode of ["tdp", "shadow"] as const) {
         assert.equal(u32(m, 8), 0x12, "its last byte");
         assert.equal(new DataView(m.buffer).getBigUint64(16, true), 0x0123456789abcdefn);
         assert.equal(m[27] | (m[28] << 8), 0xbeef, "store16 across a word boundary");
-        assert.deepEqual([...vm.readGuest(base + 4093, 10)], [1, 2, 3, 4, 5, 6, 7, 8, 9, 10], "writeBytes across pages");
+        assert.deepEqual(
+          [...vm.readGuest(base + 4093, 10)],
+          [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+          "writeBytes across pages",
+        );
         const res = vm.readGuest(base + 64, 56);
         assert.equal(u32(res, 0), 0xab);
         assert.equal(u32(res, 4), 0xcdef);
@@ -83,7 +93,10 @@ test("waitPasses: ETIMEDOUT when the guest makes no pass in time; EINVAL on bad 
     await assert.rejects(vm.waitPasses(1), (e: unknown) => e instanceof KvmError && e.code === "EINVAL");
     await vm.run(() => ({ module: fixture("returns"), args: { gpa: BASE } }));
     await vm.waitPasses(1, { timeoutMs: 30_000 });
-    await assert.rejects(vm.waitPasses(2, { timeoutMs: 50 }), (e: unknown) => e instanceof KvmError && e.code === "ETIMEDOUT");
+    await assert.rejects(
+      vm.waitPasses(2, { timeoutMs: 50 }),
+      (e: unknown) => e instanceof KvmError && e.code === "ETIMEDOUT",
+    );
     for (const bad of [-1, 1.5, NaN]) await assert.rejects(vm.waitPasses(bad), /EINVAL: passes/);
     await assert.rejects(vm.waitPasses(1, { timeoutMs: 0 }), /EINVAL: timeoutMs/);
   } finally {
@@ -93,7 +106,14 @@ test("waitPasses: ETIMEDOUT when the guest makes no pass in time; EINVAL on bad 
 
 test("run: an invalid guest spec is EINVAL naming the field, before any worker starts; the VM stays usable", async () => {
   const vm = vmWith("tdp", 2);
-  const ms = { kind: "memstress" as const, baseGfn: BASE / 4096, pages: 16, writePercent: 50, random: false, seed: 1 };
+  const ms = {
+    kind: "memstress" as const,
+    baseGfn: BASE / 4096,
+    pages: 16,
+    writePercent: 50,
+    random: false,
+    seed: 1,
+  };
   const cases: [unknown, string][] = [
     [null, "guest"],
     [() => 42, "guest"],

@@ -38,42 +38,49 @@ try {
 console.log(JSON.stringify({ back, dirty, code }));
 `;
 
-test("npm pack: the tarball installs, runs `kvmmu --help`, and a strict TypeScript consumer builds and runs", { timeout: 240_000 }, () => {
-  const tmp = mkdtempSync(join(tmpdir(), "kvmmu-pack-"));
-  try {
-    const run = (cmd: string, args: string[], cwd: string): string =>
-      execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
-    run("npm", ["pack", "--ignore-scripts", "--pack-destination", tmp], repo);
-    const tgz = readdirSync(tmp).find((f) => f.endsWith(".tgz"));
-    assert.ok(tgz, "npm pack made a tarball");
-    const proj = join(tmp, "consumer");
-    run("mkdir", ["-p", proj], tmp);
-    writeFileSync(join(proj, "package.json"), JSON.stringify({ name: "consumer", private: true, type: "module" }));
-    run("npm", ["install", join(tmp, tgz), "--no-audit", "--no-fund", "--prefer-offline"], proj);
-    // The binary (its dist/ came in the tarball).
-    const help = run("npx", ["--no-install", "kvmmu", "--help"], proj);
-    assert.match(help, /dirty-log-perf/);
-    // A strict NodeNext consumer, type-checked with this repository's compiler and Node types.
-    writeFileSync(join(proj, "main.ts"), CONSUMER);
-    writeFileSync(
-      join(proj, "tsconfig.json"),
-      JSON.stringify({
-        compilerOptions: {
-          target: "ES2022",
-          module: "NodeNext",
-          moduleResolution: "NodeNext",
-          strict: true,
-          outDir: "out",
-          types: ["node"],
-          typeRoots: [join(repo, "node_modules/@types")],
-        },
-        files: ["main.ts"],
-      }),
-    );
-    run(join(repo, "node_modules/.bin/tsc"), ["-p", "."], proj);
-    const out = JSON.parse(run(process.execPath, ["out/main.js"], proj)) as Record<string, unknown>;
-    assert.deepEqual(out, { back: "hello from the host", dirty: 2, code: "EFAULT" });
-  } finally {
-    rmSync(tmp, { recursive: true, force: true });
-  }
-});
+test(
+  "npm pack: the tarball installs, runs `kvmmu --help`, and a strict TypeScript consumer builds and runs",
+  { timeout: 240_000 },
+  () => {
+    const tmp = mkdtempSync(join(tmpdir(), "kvmmu-pack-"));
+    try {
+      const run = (cmd: string, args: string[], cwd: string): string =>
+        execFileSync(cmd, args, { cwd, encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] });
+      run("npm", ["pack", "--ignore-scripts", "--pack-destination", tmp], repo);
+      const tgz = readdirSync(tmp).find((f) => f.endsWith(".tgz"));
+      assert.ok(tgz, "npm pack made a tarball");
+      const proj = join(tmp, "consumer");
+      run("mkdir", ["-p", proj], tmp);
+      writeFileSync(
+        join(proj, "package.json"),
+        JSON.stringify({ name: "consumer", private: true, type: "module" }),
+      );
+      run("npm", ["install", join(tmp, tgz), "--no-audit", "--no-fund", "--prefer-offline"], proj);
+      // The binary (its dist/ came in the tarball).
+      const help = run("npx", ["--no-install", "kvmmu", "--help"], proj);
+      assert.match(help, /dirty-log-perf/);
+      // A strict NodeNext consumer, type-checked with this repository's compiler and Node types.
+      writeFileSync(join(proj, "main.ts"), CONSUMER);
+      writeFileSync(
+        join(proj, "tsconfig.json"),
+        JSON.stringify({
+          compilerOptions: {
+            target: "ES2022",
+            module: "NodeNext",
+            moduleResolution: "NodeNext",
+            strict: true,
+            outDir: "out",
+            types: ["node"],
+            typeRoots: [join(repo, "node_modules/@types")],
+          },
+          files: ["main.ts"],
+        }),
+      );
+      run(join(repo, "node_modules/.bin/tsc"), ["-p", "."], proj);
+      const out = JSON.parse(run(process.execPath, ["out/main.js"], proj)) as Record<string, unknown>;
+      assert.deepEqual(out, { back: "hello from the host", dirty: 2, code: "EFAULT" });
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
+    }
+  },
+);
