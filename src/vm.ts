@@ -99,7 +99,16 @@ export interface HostThreadOptions {
 }
 
 const MAX_MEMORY = 64 * 2 ** 30;
-const ERRNOS: readonly Errno[] = ["EINVAL", "EEXIST", "ENOENT", "ENOMEM", "EBUSY", "EFAULT", "ETIMEDOUT", "EIO"];
+const ERRNOS: readonly Errno[] = [
+  "EINVAL",
+  "EEXIST",
+  "ENOENT",
+  "ENOMEM",
+  "EBUSY",
+  "EFAULT",
+  "ETIMEDOUT",
+  "EIO",
+];
 
 /** Node flags that a worker cannot take (they apply to string input only). */
 export function workerExecArgv(): string[] {

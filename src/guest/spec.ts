@@ -69,7 +69,7 @@ export function validateGuestSpec(spec: unknown, vcpuId: number): GuestArgs {
   if (typeof kind !== "string" || !(BUILTIN as readonly string[]).includes(kind))
     throw einval(
       "kind",
-      `${who}: unknown guest kind ${JSON.stringify(kind) ?? typeof kind}; known: ${BUILTIN.join(", ")}`,
+      `${who}: unknown guest kind ${typeof kind === "string" ? JSON.stringify(kind) : typeof kind}; known: ${BUILTIN.join(", ")}`,
     );
   if (spec.module !== undefined) throw einval("module", `${who}: a built-in "kind" takes no module`);
   switch (kind) {
