@@ -2,7 +2,7 @@
  * The guests of the dirty-log correctness test (src/verify/dirty_log_test.ts).
  *
  * `dirty_log`: the guest of KVM's current dirty_log_test (tools/testing/selftests/kvm/
- * dirty_log_test.c, reference kvm-selftests.md §2.2). Until the host raises the stop flag it
+ * dirty_log_test.c). Until the host raises the stop flag it
  * stores the current iteration number (published by the host before it lets the vCPU run) as a
  * u64 into the first 8 bytes of a page chosen uniformly at random, with replacement, from its
  * region (Park-Miller, seed + vcpu id), counting the stores. The stop flag is tested before
