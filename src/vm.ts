@@ -48,6 +48,7 @@ import {
   ST_TLB_AUDIT,
   OUTSIDE_GUEST_MODE,
   VCPU_MODE,
+  VCPU_PASSES,
   VCPU_RUN,
   VCPU_STATE,
   VCPU_STRIDE,
@@ -55,7 +56,7 @@ import {
   CTL_HVA_NEXT,
   CTL_LPAGE_POOL_NEXT,
 } from "./kvm_host.js";
-import { einval, KvmError } from "./errors.js";
+import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, DirtyLogTimes } from "./mmu/dirty_log.js";
@@ -63,6 +64,8 @@ import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
+import { validateGuestSpecs } from "./guest/spec.js";
+import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
 
 export type WpName = "locked" | "lockless";
@@ -113,6 +116,16 @@ export interface HostThreadOptions {
 }
 
 const MAX_MEMORY = 64 * 2 ** 30;
+const ERRNOS: readonly Errno[] = [
+  "EINVAL",
+  "EEXIST",
+  "ENOENT",
+  "ENOMEM",
+  "EBUSY",
+  "EFAULT",
+  "ETIMEDOUT",
+  "EIO",
+];
 
 /** Node flags that a worker cannot take (they apply to string input only). */
 export function workerExecArgv(): string[] {
@@ -376,26 +389,16 @@ export class Vm {
   async run(guest: (id: number) => GuestArgs, opts: { tlbBits?: number } = {}): Promise<void> {
     if (this.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
     if (this.created.size === 0) throw einval("run", "no vCPU was created");
-    if (typeof guest !== "function")
-      throw einval("guest", `must be a function (id) => spec, got ${String(guest)}`);
     const tlbBits = (opts ?? {}).tlbBits ?? 12;
     if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
-    const specs = new Map<number, GuestArgs>();
-    for (const id of this.created) {
-      let spec: GuestArgs;
-      try {
-        spec = guest(id);
-      } catch (e) {
-        throw einval("guest", `the factory threw for vcpu ${id}: ${(e as Error)?.message ?? String(e)}`);
-      }
-      if (typeof spec !== "object" || spec === null)
-        throw einval("guest", `vcpu ${id}: the spec must be an object, got ${String(spec)}`);
+    // Every spec is checked (EINVAL naming the field) before any worker starts.
+    const specs = validateGuestSpecs(guest, this.vcpuIds);
+    for (const [id, spec] of specs) {
       try {
         structuredClone(spec);
       } catch (e) {
         throw einval("guest", `vcpu ${id}: the spec cannot be sent to a worker (${(e as Error).message})`);
       }
-      specs.set(id, spec);
     }
     this.running = true;
     this.error = null;
@@ -426,8 +429,11 @@ export class Vm {
 
   private watch(w: Worker, who: string, vcpuId = -1): void {
     w.on("message", (m: { type: string; message: string; code?: string }) => {
-      if (m.type === "error")
-        this.fail(new KvmError((m.code as KvmError["code"]) ?? "EIO", `${who}: ${m.message}`));
+      if (m.type === "error") {
+        // A guest module's own error may carry any code; only an errno is passed on.
+        const code = ERRNOS.includes(m.code as Errno) ? (m.code as Errno) : "EIO";
+        this.fail(new KvmError(code, `${who}: ${m.message}`));
+      }
     });
     w.on("error", (e) => this.fail(new KvmError("EIO", `${who}: ${e.message}`)));
     if (vcpuId < 0) return;
@@ -737,5 +743,55 @@ export class Vm {
       return out;
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
+  }
+
+  /**
+   * Resolves once every vCPU has completed `passes` passes since it was created (the guest counts
+   * them with ctx.passDone). Rejects with the VM's error if a worker fails, ETIMEDOUT after
+   * timeoutMs (default 60 s), EINVAL on bad arguments or when the vCPUs are not running.
+   */
+  async waitPasses(passes: number, opts: { timeoutMs?: number } = {}): Promise<void> {
+    if (!isInt(passes) || passes < 0)
+      throw einval("passes", `must be an integer >= 0, got ${String(passes)}`);
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    if (typeof timeoutMs !== "number" || !(timeoutMs > 0))
+      throw einval("timeoutMs", `must be a positive number, got ${String(timeoutMs)}`);
+    const v = this.kvm.vcpu;
+    const deadline = performance.now() + timeoutMs;
+    for (const id of this.created) {
+      const i = id * VCPU_STRIDE + VCPU_PASSES;
+      for (;;) {
+        this.throwIfFailed();
+        if (Atomics.load(v, i) >= passes) break;
+        if (!this.running) throw einval("waitPasses", "the vCPUs are not running");
+        const left = deadline - performance.now();
+        if (left <= 0)
+          throw new KvmError(
+            "ETIMEDOUT",
+            `waitPasses: vcpu ${id} completed ${Atomics.load(v, i)} of ${passes} passes in ${timeoutMs} ms`,
+          );
+        // passDone does not notify: poll, a few ms at a time.
+        await new Promise((r) => setTimeout(r, Math.min(5, left)));
+      }
+    }
+    this.throwIfFailed();
+  }
+
+  /**
+   * kvm_write_guest: copies `bytes` into guest-physical memory at gpa (any alignment, across
+   * pages and slots), then marks the pages dirty in logged slots. EFAULT (nothing written) if
+   * any byte is outside the memslots or in a read-only slot; EINVAL on bad arguments. May run
+   * while vCPUs run: each page is copied under mm_lock, so page migration never loses it.
+   */
+  writeGuest(gpa: number, bytes: Uint8Array): void {
+    if (!(bytes instanceof Uint8Array)) throw einval("bytes", "must be a Uint8Array");
+    guest_range_check(this.kvm, gpa, bytes.length, true);
+    guest_write(this.kvm, gpa, bytes);
+  }
+
+  /** kvm_read_guest: `length` bytes of guest-physical memory at gpa (errors as writeGuest). */
+  readGuest(gpa: number, length: number): Uint8Array {
+    guest_range_check(this.kvm, gpa, length, false);
+    return guest_read(this.kvm, gpa, length);
   }
 }

@@ -2,6 +2,10 @@
  * Entry point of a vCPU worker thread. It attaches to the VM's shared memory, runs its guest
  * program until told to stop, and reports any error to the owner instead of dying silently:
  * its state becomes Dead first, so no flusher waits for it.
+ *
+ * A built-in guest runs synchronously. A user's guest module is imported first (outside guest
+ * mode: the import is asynchronous), then its entry is called with the guest context; if the
+ * entry returns, the vCPU halts (outside guest mode, pause and stop honoured) until stopped.
  */
 import { parentPort, workerData } from "node:worker_threads";
 import {
@@ -9,6 +13,7 @@ import {
   KvmShared,
   OUTSIDE_GUEST_MODE,
   VCPU_MODE,
+  VCPU_RUN,
   VCPU_STATE,
   VCPU_STRIDE,
   CTL_VM_STATE,
@@ -17,6 +22,7 @@ import { Vcpu, VcpuStop } from "./vcpu.js";
 import { VcpuState } from "./requests.js";
 import { GuestArgs, runGuest } from "../workload/guest.js";
 import { KvmError } from "../errors.js";
+import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
 
 interface VcpuWorkerData {
   shared: KvmShared;
@@ -29,14 +35,38 @@ const data = workerData as VcpuWorkerData;
 const kvm = new Kvm(data.shared);
 const row = data.vcpuId * VCPU_STRIDE;
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
-try {
+const ctx = new VcpuGuestContext(vcpu);
+
+async function loadEntry(url: string): Promise<GuestEntry> {
+  const m = (await import(url)) as { default?: unknown; main?: unknown };
+  const entry = typeof m.default === "function" ? m.default : m.main;
+  if (typeof entry !== "function")
+    throw Object.assign(new Error(`module: ${url} exports no default function and no main`), {
+      code: "EINVAL",
+    });
+  return entry as GuestEntry;
+}
+
+async function main(): Promise<void> {
+  const g = data.guest;
   Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Running);
+  if (g.kind === undefined) {
+    const entry = await loadEntry(String(g.module));
+    vcpu.enterGuest();
+    vcpu.safePoint();
+    await entry(ctx, g.args);
+    vcpu.publishStats();
+    // The program ended: halt until stopped (a pause still parks, an audit still answers).
+    for (;;) ctx.halt(kvm.vcpu, row + VCPU_RUN, Atomics.load(kvm.vcpu, row + VCPU_RUN), 50);
+  }
   vcpu.enterGuest();
   vcpu.safePoint();
-  runGuest(vcpu, data.guest);
+  runGuest(ctx, g);
   // Only an unknown guest kind gets here; a vCPU that ends silently would stay IN_GUEST_MODE.
   throw new KvmError("EINVAL", `guest: vcpu ${data.vcpuId} has no guest program of this kind`);
-} catch (e) {
+}
+
+main().catch((e: unknown) => {
   vcpu.publishStats();
   if (e instanceof VcpuStop) {
     Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Stopped);
@@ -55,4 +85,4 @@ try {
   }
   Atomics.notify(kvm.vcpu, row + VCPU_STATE);
   Atomics.notify(kvm.vcpu, row + VCPU_MODE);
-}
+});

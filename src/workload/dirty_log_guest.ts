@@ -2,7 +2,7 @@
  * The guests of the dirty-log correctness test (src/verify/dirty_log_test.ts).
  *
  * `dirty_log`: the guest of KVM's current dirty_log_test (tools/testing/selftests/kvm/
- * dirty_log_test.c, reference kvm-selftests.md §2.2). Until the host raises the stop flag it
+ * dirty_log_test.c). Until the host raises the stop flag it
  * stores the current iteration number (published by the host before it lets the vCPU run) as a
  * u64 into the first 8 bytes of a page chosen uniformly at random, with replacement, from its
  * region (Park-Miller, seed + vcpu id), counting the stores. The stop flag is tested before
@@ -22,7 +22,7 @@
  * takes pending requests (TLB flush) and honours pause and stop at a safe point, then leaves
  * again. A vCPU never blocks in Atomics.wait while in guest mode.
  */
-import { Vcpu } from "../vcpu/vcpu.js";
+import type { GuestContext } from "../guest/context.js";
 import { ParkMiller } from "./rng.js";
 import { bootWithPaging, GuestPagingArgs } from "./guest_paging.js";
 
@@ -66,9 +66,12 @@ export interface DirtyLogGuestArgs {
 export type DirtyLogPaging = GuestPagingArgs & { vpn: number };
 
 /** Boots with paging if asked; returns the page number the guest addresses its region by. */
-function regionBase(vcpu: Vcpu, a: { baseGfn: number; pages: number; paging?: DirtyLogPaging }): number {
+function regionBase(
+  ctx: GuestContext,
+  a: { baseGfn: number; pages: number; paging?: DirtyLogPaging },
+): number {
   if (!a.paging) return a.baseGfn;
-  bootWithPaging(vcpu, a.paging, { vpn: a.paging.vpn, gfn: a.baseGfn, pages: a.pages });
+  bootWithPaging(ctx, a.paging, { vpn: a.paging.vpn, gfn: a.baseGfn, pages: a.pages });
   return a.paging.vpn;
 }
 
@@ -81,36 +84,29 @@ export interface DirtyLogIncrGuestArgs {
 }
 
 /**
- * The sync point: acknowledge, then sleep until the host clears the stop flag. Called in guest
- * mode; returns in guest mode.
+ * The sync point: acknowledge, then halt until the host clears the stop flag (each halt leaves
+ * guest mode, so no remote TLB flush waits for us, and re-enters at a safe point that takes
+ * requests and honours pause/stop). Called in guest mode; returns in guest mode.
  */
-function park(vcpu: Vcpu, ctl: Int32Array, me: number): void {
-  vcpu.exitGuest();
+function park(ctx: GuestContext, ctl: Int32Array, me: number): void {
   Atomics.store(ctl, me + DLG_PARKED, 1);
   Atomics.notify(ctl, me + DLG_PARKED);
-  while (Atomics.load(ctl, DLG_STOP) !== 0) {
-    Atomics.wait(ctl, DLG_STOP, 1, PARK_POLL_MS);
-    // A moment in guest mode: take requests, honour pause/stop (VcpuStop propagates).
-    vcpu.enterGuest();
-    vcpu.safePoint();
-    vcpu.exitGuest();
-  }
+  while (Atomics.load(ctl, DLG_STOP) !== 0) ctx.halt(ctl, DLG_STOP, 1, PARK_POLL_MS);
   Atomics.store(ctl, me + DLG_PARKED, 0);
-  vcpu.enterGuest();
 }
 
-export function dirty_log_guest(vcpu: Vcpu, a: DirtyLogGuestArgs): never {
+export function dirty_log_guest(ctx: GuestContext, a: DirtyLogGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
-  const me = DLG_VCPU_BASE + vcpu.id * DLG_VCPU_STRIDE;
-  const rng = new ParkMiller(a.seed + vcpu.id);
+  const me = DLG_VCPU_BASE + ctx.vcpuId * DLG_VCPU_STRIDE;
+  const rng = new ParkMiller(a.seed + ctx.vcpuId);
   const pages = a.pages;
-  const base = regionBase(vcpu, a);
+  const base = regionBase(ctx, a);
   let writes = Atomics.load(ctl, me + DLG_WRITES);
   for (;;) {
     while (Atomics.load(ctl, DLG_STOP) === 0) {
       const page = rng.next() % pages;
       // READ_ONCE(iteration): it changes only while every vCPU is parked.
-      vcpu.write64(base + page, 0, Atomics.load(ctl, DLG_ITERATION), 0);
+      ctx.write64w(base + page, 0, Atomics.load(ctl, DLG_ITERATION), 0);
       writes = (writes + 1) | 0;
       if ((writes & (PUBLISH_EVERY - 1)) === 0) {
         Atomics.store(ctl, me + DLG_WRITES, writes);
@@ -118,15 +114,15 @@ export function dirty_log_guest(vcpu: Vcpu, a: DirtyLogGuestArgs): never {
       }
     }
     Atomics.store(ctl, me + DLG_WRITES, writes);
-    park(vcpu, ctl, me);
+    park(ctx, ctl, me);
   }
 }
 
-export function dirty_log_incr_guest(vcpu: Vcpu, a: DirtyLogIncrGuestArgs): never {
+export function dirty_log_incr_guest(ctx: GuestContext, a: DirtyLogIncrGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
-  const me = DLG_VCPU_BASE + vcpu.id * DLG_VCPU_STRIDE;
+  const me = DLG_VCPU_BASE + ctx.vcpuId * DLG_VCPU_STRIDE;
   const pages = a.pages;
-  const base = regionBase(vcpu, a);
+  const base = regionBase(ctx, a);
   let writes = Atomics.load(ctl, me + DLG_WRITES);
   let pass = Atomics.load(ctl, me + DLG_PASSES);
   let i = 0;
@@ -134,8 +130,8 @@ export function dirty_log_incr_guest(vcpu: Vcpu, a: DirtyLogIncrGuestArgs): neve
     while (Atomics.load(ctl, DLG_STOP) === 0) {
       const gfn = base + i;
       const w = (pass * 2) & 1023;
-      const v = vcpu.read32(gfn, w);
-      vcpu.write64(gfn, w, (v + 1) | 0, pass);
+      const v = ctx.read32w(gfn, w);
+      ctx.write64w(gfn, w, (v + 1) | 0, pass);
       writes = (writes + 1) | 0;
       if ((writes & (PUBLISH_EVERY - 1)) === 0) {
         Atomics.store(ctl, me + DLG_WRITES, writes);
@@ -145,10 +141,10 @@ export function dirty_log_incr_guest(vcpu: Vcpu, a: DirtyLogIncrGuestArgs): neve
         i = 0;
         pass++;
         Atomics.store(ctl, me + DLG_PASSES, pass);
-        vcpu.passDone();
+        ctx.passDone();
       }
     }
     Atomics.store(ctl, me + DLG_WRITES, writes);
-    park(vcpu, ctl, me);
+    park(ctx, ctl, me);
   }
 }

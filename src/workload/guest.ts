@@ -1,5 +1,5 @@
-/** The guest programs a vCPU worker can run. */
-import { Vcpu } from "../vcpu/vcpu.js";
+/** The built-in guest programs a vCPU worker can run, all on the public guest context. */
+import type { GuestContext } from "../guest/context.js";
 import { memstress_guest, MemstressArgs } from "./memstress.js";
 import {
   dirty_log_guest,
@@ -9,17 +9,28 @@ import {
 } from "./dirty_log_guest.js";
 import { kernbench_guest, KernbenchGuestArgs } from "./kernbench_guest.js";
 
-export type GuestArgs = MemstressArgs | DirtyLogGuestArgs | DirtyLogIncrGuestArgs | KernbenchGuestArgs;
+export type BuiltinGuestArgs = MemstressArgs | DirtyLogGuestArgs | DirtyLogIncrGuestArgs | KernbenchGuestArgs;
 
-export function runGuest(vcpu: Vcpu, a: GuestArgs): never {
+/** A user's guest program: an ES module (file URL) whose entry is called with (ctx, args). */
+export interface ModuleGuestArgs {
+  /** `file:` URL (string or URL) of the module; its `default` export, or else `main`, is called. */
+  module: string | URL;
+  /** Passed to the entry; must survive structuredClone (SharedArrayBuffers are shared). */
+  args?: unknown;
+  kind?: undefined;
+}
+
+export type GuestArgs = BuiltinGuestArgs | ModuleGuestArgs;
+
+export function runGuest(ctx: GuestContext, a: BuiltinGuestArgs): never {
   switch (a.kind) {
     case "memstress":
-      return memstress_guest(vcpu, a);
+      return memstress_guest(ctx, a);
     case "dirty_log":
-      return dirty_log_guest(vcpu, a);
+      return dirty_log_guest(ctx, a);
     case "dirty_log_incr":
-      return dirty_log_incr_guest(vcpu, a);
+      return dirty_log_incr_guest(ctx, a);
     case "kernbench":
-      return kernbench_guest(vcpu, a);
+      return kernbench_guest(ctx, a);
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The guest kernel's page-table code: what a guest program uses to build and change its own page
- * tables (format: src/mmu/guest_pt.ts), with ordinary guest stores (Vcpu.write64), as a kernel
+ * tables (format: src/mmu/guest_pt.ts), with ordinary guest stores (GuestContext.write64w), as a kernel
  * does. Nothing here touches the MMU directly: in shadow mode every store to a table that is
  * shadowed traps and is emulated, exactly as for a real guest.
  *
@@ -10,7 +10,7 @@
  * Address spaces share the kernel's upper tables: their PML4 entries for the kernel area point at
  * the same PDPT (so that guest table has several parents in the shadow MMU).
  */
-import type { Vcpu } from "../vcpu/vcpu.js";
+import type { GuestContext } from "../guest/context.js";
 import {
   GPTE_A,
   GPTE_D,
@@ -54,7 +54,7 @@ export function tablesFor(pages: number, large = false): number {
 }
 
 export class GuestKernel {
-  readonly vcpu: Vcpu;
+  readonly ctx: GuestContext;
   readonly args: GuestPagingArgs;
   private next: number;
   private readonly free: number[] = [];
@@ -63,8 +63,8 @@ export class GuestKernel {
   tablesAllocated = 0;
   tablesFreed = 0;
 
-  constructor(vcpu: Vcpu, args: GuestPagingArgs) {
-    this.vcpu = vcpu;
+  constructor(ctx: GuestContext, args: GuestPagingArgs) {
+    this.ctx = ctx;
     this.args = args;
     this.next = args.poolGfn;
   }
@@ -77,7 +77,7 @@ export class GuestKernel {
         throw new Error(`guest kernel: table pool of ${this.args.poolPages} pages exhausted`);
       g = this.next++;
     } else {
-      for (let i = 0; i < 512; i++) this.vcpu.write64(g, i * 2, 0, 0);
+      for (let i = 0; i < 512; i++) this.ctx.write64w(g, i * 2, 0, 0);
     }
     this.tablesAllocated++;
     return g;
@@ -89,11 +89,11 @@ export class GuestKernel {
   }
 
   readPte(table: number, idx: number): [number, number] {
-    return [this.vcpu.read32(table, idx * 2), this.vcpu.read32(table, idx * 2 + 1)];
+    return [this.ctx.read32w(table, idx * 2), this.ctx.read32w(table, idx * 2 + 1)];
   }
 
   writePte(table: number, idx: number, lo: number, hi: number): void {
-    this.vcpu.write64(table, idx * 2, lo, hi);
+    this.ctx.write64w(table, idx * 2, lo, hi);
   }
 
   /** The table below entry idx of `table`, created if absent. */
@@ -180,7 +180,7 @@ export class GuestKernel {
     const [lo, hi] = this.readPte(table, idx);
     if ((lo & GPTE_P) === 0) return -1;
     this.writePte(table, idx, 0, 0);
-    this.vcpu.invlpg(vpn);
+    this.ctx.invlpg(vpn);
     return gpte_gfn(lo, hi);
   }
 
@@ -203,9 +203,9 @@ export class GuestKernel {
   private freeSubtree(table: number, level: number): void {
     if (level > 1) {
       for (let i = 0; i < 512; i++) {
-        const lo = this.vcpu.read32(table, i * 2);
+        const lo = this.ctx.read32w(table, i * 2);
         if ((lo & GPTE_P) === 0 || (level === 2 && (lo & GPTE_PS) !== 0)) continue;
-        this.freeSubtree(gpte_gfn(lo, this.vcpu.read32(table, i * 2 + 1)), level - 1);
+        this.freeSubtree(gpte_gfn(lo, this.ctx.read32w(table, i * 2 + 1)), level - 1);
       }
     }
     this.freeTable(table);
@@ -218,14 +218,14 @@ export class GuestKernel {
  * load CR3. Returns the kernel and the PML4.
  */
 export function bootWithPaging(
-  vcpu: Vcpu,
+  ctx: GuestContext,
   args: GuestPagingArgs,
   region: { vpn: number; gfn: number; pages: number; large?: boolean },
 ): { kernel: GuestKernel; pml4: number } {
-  const kernel = new GuestKernel(vcpu, args);
+  const kernel = new GuestKernel(ctx, args);
   const pml4 = kernel.newAddressSpace();
   kernel.mapRange(pml4, region.vpn, region.gfn, region.pages, MAP_RW, region.large ?? false);
-  vcpu.loadCr3(pml4);
+  ctx.loadCr3(pml4);
   return { kernel, pml4 };
 }
 

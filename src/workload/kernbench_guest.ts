@@ -19,7 +19,7 @@
  *
  * Host <-> guest control block (Int32Array over `ctl`): see KB_*.
  */
-import type { Vcpu } from "../vcpu/vcpu.js";
+import type { GuestContext } from "../guest/context.js";
 import { GuestKernel, GuestPagingArgs, MAP_RO, MAP_RW } from "./guest_paging.js";
 import { ParkMiller } from "./rng.js";
 
@@ -76,26 +76,19 @@ interface Proc {
 
 const PARK_POLL_MS = 5;
 
-/** Parked: outside guest mode, polling run control now and then (pause/stop at safe points). */
-function park(vcpu: Vcpu, ctl: Int32Array, word: number, value: number): void {
-  vcpu.exitGuest();
-  while (Atomics.load(ctl, word) === value) {
-    Atomics.wait(ctl, word, value, PARK_POLL_MS);
-    vcpu.enterGuest();
-    vcpu.safePoint();
-    vcpu.exitGuest();
-  }
-  vcpu.enterGuest();
+/** Parked: halted (outside guest mode) until ctl[word] changes; pause/stop at safe points. */
+function park(ctx: GuestContext, ctl: Int32Array, word: number, value: number): void {
+  while (Atomics.load(ctl, word) === value) ctx.halt(ctl, word, value, PARK_POLL_MS);
 }
 
-export function kernbench_guest(vcpu: Vcpu, a: KernbenchGuestArgs): never {
+export function kernbench_guest(ctx: GuestContext, a: KernbenchGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
   const times = new Float64Array(a.ctl);
-  const rng = new ParkMiller(a.seed * 977 + vcpu.id + 1);
-  const k = new GuestKernel(vcpu, a.paging);
+  const rng = new ParkMiller(a.seed * 977 + ctx.vcpuId + 1);
+  const k = new GuestKernel(ctx, a.paging);
   // Boot: the kernel's own address space (init_mm), used while a process is torn down.
   const idle = k.newAddressSpace();
-  vcpu.loadCr3(idle);
+  ctx.loadCr3(idle);
   const freeAnon: number[] = [];
   for (let i = a.anonPages - 1; i >= 0; i--) freeAnon.push(a.anonGfn + i);
   const procs: (Proc | null)[] = new Array<Proc | null>(a.processes).fill(null);
@@ -111,33 +104,33 @@ export function kernbench_guest(vcpu: Vcpu, a: KernbenchGuestArgs): never {
 
   Atomics.add(ctl, KB_BOOTED, 1);
   Atomics.notify(ctl, KB_BOOTED);
-  park(vcpu, ctl, KB_GO, 0);
+  park(ctx, ctl, KB_GO, 0);
 
-  const me = KB_VCPU_BASE + vcpu.id;
+  const me = KB_VCPU_BASE + ctx.vcpuId;
   const heap: number[] = [];
   let sink = 0;
   for (let job = 0; job < a.jobs; job++) {
     const slot = job % a.processes;
     let p = procs[slot];
     if (p !== null && p.jobs >= a.jobsPerProcess) {
-      vcpu.loadCr3(idle);
+      ctx.loadCr3(idle);
       k.destroyAddressSpace(p.pml4);
       p = null;
     }
     if (p === null) {
-      vcpu.loadCr3(idle);
+      ctx.loadCr3(idle);
       p = procs[slot] = spawn();
     }
-    vcpu.loadCr3(p.pml4);
+    ctx.loadCr3(p.pml4);
     p.jobs++;
     // Read the libraries, through both mappings where the page is in the alias window.
     for (let i = 0; i < a.libReads; i++) {
       const page = rng.next() % a.libPages;
-      const x = vcpu.read32(LIB_VPN + page, 0);
+      const x = ctx.read32w(LIB_VPN + page, 0);
       if (x !== ((a.libGfn + page) ^ LIB_MAGIC))
         throw new Error(`kernbench: library page ${page} reads 0x${(x >>> 0).toString(16)}`);
       const w = page - p.aliasOff;
-      if (w >= 0 && w < ALIAS_WINDOW && vcpu.read32(ALIAS_VPN + w, 0) !== x)
+      if (w >= 0 && w < ALIAS_WINDOW && ctx.read32w(ALIAS_VPN + w, 0) !== x)
         throw new Error(`kernbench: alias of library page ${page} differs`);
       sink += x;
     }
@@ -147,33 +140,33 @@ export function kernbench_guest(vcpu: Vcpu, a: KernbenchGuestArgs): never {
       if (g === undefined) throw new Error("kernbench: anonymous page pool exhausted");
       heap.push(g);
       k.map(p.pml4, HEAP_VPN + i, g, MAP_RW);
-      vcpu.write64(HEAP_VPN + i, (job & 255) * 2, job, g);
+      ctx.write64w(HEAP_VPN + i, (job & 255) * 2, job, g);
     }
     for (let i = 0; i < a.heapPages; i++) {
-      if (vcpu.read32(HEAP_VPN + i, (job & 255) * 2 + 1) !== heap[i])
+      if (ctx.read32w(HEAP_VPN + i, (job & 255) * 2 + 1) !== heap[i])
         throw new Error(`kernbench: heap page ${i} lost its data`);
     }
     // Compute.
-    let h = job ^ vcpu.id;
+    let h = job ^ ctx.vcpuId;
     for (let i = 0; i < a.compute; i++) h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) + i;
     sink += h;
     // Output: this vCPU's words of some shared-file pages.
     for (let i = 0; i < a.sharedWrites; i++) {
       const page = rng.next() % a.sharedPages;
-      vcpu.write64(SHARED_VPN + page, (vcpu.id & 255) * 2, job, h);
+      ctx.write64w(SHARED_VPN + page, (ctx.vcpuId & 255) * 2, job, h);
     }
     for (let i = 0; i < a.heapPages; i++) {
       k.unmap(p.pml4, HEAP_VPN + i);
       freeAnon.push(heap[i]);
     }
     heap.length = 0;
-    vcpu.writes++;
+    ctx.writes++;
     Atomics.store(ctl, me, job + 1);
   }
-  times[kbFinishIndex(a.vcpus, vcpu.id)] = performance.timeOrigin + performance.now();
-  vcpu.publishStats();
+  times[kbFinishIndex(a.vcpus, ctx.vcpuId)] = performance.timeOrigin + performance.now();
+  ctx.publishStats();
   Atomics.add(ctl, KB_DONE, 1);
   Atomics.notify(ctl, KB_DONE);
   if (sink === 0.5) Atomics.store(ctl, me, -1);
-  for (;;) park(vcpu, ctl, KB_DONE, Atomics.load(ctl, KB_DONE));
+  for (;;) park(ctx, ctl, KB_DONE, Atomics.load(ctl, KB_DONE));
 }

@@ -3,7 +3,7 @@
  * the test slot and walks it in passes, one 8-byte access per page, sequential or random order,
  * writing with probability writePercent (the RNG is drawn for every access, as the guest does).
  */
-import { Vcpu } from "../vcpu/vcpu.js";
+import type { GuestContext } from "../guest/context.js";
 import { ParkMiller } from "./rng.js";
 import { bootWithPaging, GuestPagingArgs } from "./guest_paging.js";
 
@@ -27,12 +27,12 @@ export interface MemstressArgs {
  * Pass 0 populates: sequential, every access a write (as memstress forces), so every page is
  * mapped before logging starts. Later passes follow the arguments.
  */
-export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
-  const rng = new ParkMiller(a.seed + vcpu.id);
+export function memstress_guest(ctx: GuestContext, a: MemstressArgs): never {
+  const rng = new ParkMiller(a.seed + ctx.vcpuId);
   const pages = a.pages;
   let base = a.baseGfn;
   if (a.paging) {
-    bootWithPaging(vcpu, a.paging, {
+    bootWithPaging(ctx, a.paging, {
       vpn: a.paging.vpn,
       gfn: a.baseGfn,
       pages,
@@ -40,25 +40,23 @@ export function memstress_guest(vcpu: Vcpu, a: MemstressArgs): never {
     });
     base = a.paging.vpn;
   }
-  for (let i = 0; i < pages; i++) vcpu.write64(base + i, 0, 0x89abcdef | 0, 0x01234567);
-  vcpu.writes += pages;
-  vcpu.passDone();
-  vcpu.publishStats();
-  vcpu.safePoint();
+  for (let i = 0; i < pages; i++) ctx.write64w(base + i, 0, 0x89abcdef | 0, 0x01234567);
+  ctx.writes += pages;
+  ctx.passDone();
+  ctx.checkpoint();
   for (;;) {
     for (let i = 0; i < pages; i++) {
       const page = a.random ? rng.next() % pages : i;
       const write = rng.next() % 100 < a.writePercent;
       if (write) {
-        vcpu.write64(base + page, 0, 0x89abcdef | 0, 0x01234567);
-        vcpu.writes++;
+        ctx.write64w(base + page, 0, 0x89abcdef | 0, 0x01234567);
+        ctx.writes++;
       } else {
-        vcpu.read32(base + page, 0);
-        vcpu.reads++;
+        ctx.read32w(base + page, 0);
+        ctx.reads++;
       }
     }
-    vcpu.passDone();
-    vcpu.publishStats();
-    vcpu.safePoint();
+    ctx.passDone();
+    ctx.checkpoint();
   }
 }

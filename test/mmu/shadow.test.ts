@@ -48,6 +48,7 @@ import {
   make_gpte_lo,
 } from "../../src/mmu/guest_pt.js";
 import { GuestKernel, MAP_RO, MAP_RW } from "../../src/workload/guest_paging.js";
+import { VcpuGuestContext } from "../../src/guest/context.js";
 import { pte_list_count } from "../../src/mmu/rmap.js";
 import { gfn_to_memslot, gfn_to_rmap } from "../../src/mem/memslot.js";
 import {
@@ -98,7 +99,7 @@ function rig(mode: MmuModeName, opts: { vcpus?: number; thp?: boolean; kernelLar
     v.enterGuest();
     vcpus.push(v);
     kernels.push(
-      new GuestKernel(v, {
+      new GuestKernel(new VcpuGuestContext(v), {
         kernel: { baseGfn: KERNEL_GFN, pages: KERNEL_PAGES, large: opts.kernelLarge ?? false },
         poolGfn: KERNEL_GFN + i * pool,
         poolPages: pool,

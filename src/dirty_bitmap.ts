@@ -1,0 +1,93 @@
+/**
+ * Helpers on the dirty bitmaps vm.getDirtyLog returns (bit n of word n >> 5 = page base_gfn + n
+ * of the slot): iterate and count the set bits, and copy the dirty pages of a slot into another
+ * VM of the same layout or into a buffer: one round of a live migration.
+ */
+import { einval, KvmError } from "./errors.js";
+import {
+  KVM_USER_MEM_SLOTS,
+  PAGE_SIZE,
+  SLOT_ACTIVE,
+  SLOT_BASE_GFN,
+  SLOT_NPAGES,
+  SLOT_STRIDE,
+} from "./kvm_host.js";
+import { guest_range_check, guest_read_into, guest_write } from "./guest/host_access.js";
+import { bitmap_weight, hweight32 } from "./mem/dirty_bitmap.js";
+import type { Vm } from "./vm.js";
+
+export { bitmap_weight, hweight32 };
+
+/** Calls fn(n) for every set bit n, in increasing order (for_each_set_bit). */
+export function for_each_set_bit(bitmap: Uint32Array, fn: (bit: number) => void): void {
+  for (let w = 0; w < bitmap.length; w++) {
+    let x = bitmap[w];
+    while (x !== 0) {
+      const low = x & -x;
+      fn(w * 32 + 31 - Math.clz32(low));
+      x ^= low;
+    }
+  }
+}
+
+/** The set bits (slot-relative page numbers), in increasing order. */
+export function dirtyPages(bitmap: Uint32Array): number[] {
+  const out: number[] = [];
+  for_each_set_bit(bitmap, (n) => out.push(n));
+  return out;
+}
+
+/** Guest-physical base (bytes) and size (pages) of an existing slot. */
+export function slotGeometry(vm: Vm, slot: number): { guestPhysAddr: number; pages: number } {
+  if (!Number.isSafeInteger(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
+    throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+  const s = vm.kvm.slots;
+  const r = slot * SLOT_STRIDE;
+  if (s[r + SLOT_ACTIVE] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
+  return { guestPhysAddr: s[r + SLOT_BASE_GFN] * PAGE_SIZE, pages: s[r + SLOT_NPAGES] };
+}
+
+function checkBitmap(bitmap: unknown, pages: number): asserts bitmap is Uint32Array {
+  if (!(bitmap instanceof Uint32Array)) throw einval("bitmap", "must be a Uint32Array");
+  const words = Math.ceil(pages / 32);
+  if (bitmap.length < words)
+    throw einval("bitmap", `needs ${words} words for ${pages} pages, got ${bitmap.length}`);
+  const tail = pages % 32;
+  if (tail !== 0 && bitmap[words - 1] >>> tail !== 0)
+    throw einval("bitmap", `has bits beyond page ${pages - 1}`);
+  for (let w = words; w < bitmap.length; w++)
+    if (bitmap[w] !== 0) throw einval("bitmap", `has bits beyond page ${pages - 1}`);
+}
+
+/**
+ * Copies the pages of `slot` set in `bitmap` from `src` into `dst` at the same guest-physical
+ * addresses; `dst` is another Vm (its memory there must be in writable memslots; logged slots
+ * there get the pages marked dirty) or a Uint8Array holding the whole slot (page n at n * 4096).
+ * Returns the pages copied. Checks everything first (EINVAL, ENOENT, EFAULT) and copies nothing
+ * on error. Each page is read under src's mm_lock, so it may run while src's vCPUs run (a page
+ * they dirty meanwhile is in the next bitmap).
+ */
+export function copyDirtyPages(src: Vm, slot: number, bitmap: Uint32Array, dst: Vm | Uint8Array): number {
+  const { guestPhysAddr, pages } = slotGeometry(src, slot);
+  checkBitmap(bitmap, pages);
+  const toBuf = dst instanceof Uint8Array;
+  if (toBuf) {
+    if (dst.length < pages * PAGE_SIZE)
+      throw einval("dst", `needs ${pages * PAGE_SIZE} bytes for slot ${slot}, got ${dst.length}`);
+  } else {
+    if (dst === src) throw einval("dst", "must be another VM");
+    guest_range_check(dst.kvm, guestPhysAddr, pages * PAGE_SIZE, true);
+  }
+  const page = new Uint8Array(PAGE_SIZE);
+  let n = 0;
+  for_each_set_bit(bitmap, (p) => {
+    const gpa = guestPhysAddr + p * PAGE_SIZE;
+    if (toBuf) guest_read_into(src.kvm, gpa, dst.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
+    else {
+      guest_read_into(src.kvm, gpa, page);
+      guest_write(dst.kvm, gpa, page);
+    }
+    n++;
+  });
+  return n;
+}

@@ -1,0 +1,42 @@
+/**
+ * The kvmmu package: the VM (its KVM-ioctl-like API), errors, constants, the guest context that
+ * guest programs run on, the guest spec types and the dirty-bitmap helpers. See docs/api.md.
+ */
+export { Vm } from "./vm.js";
+export type { VmOptions, MemoryRegion, HostThreadOptions, WpName, MmuModeName } from "./vm.js";
+export { KvmError } from "./errors.js";
+export type { Errno } from "./errors.js";
+export {
+  BUG,
+  KVM_MAX_VCPUS,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_MEM_READONLY,
+  KVM_USER_MEM_SLOTS,
+  PAGE_SIZE,
+  ST_EMULATED,
+  ST_FAST_PF,
+  ST_GUEST_PF,
+  ST_GUEST_WALKS,
+  ST_READS,
+  ST_RETRIES,
+  ST_SLOW_PF,
+  ST_TLB_MISS,
+  ST_WRITES,
+} from "./kvm_host.js";
+export type { BugName } from "./kvm_host.js";
+export type { DirtyLogTimes } from "./mmu/dirty_log.js";
+export { GUEST_PAGE_SIZE } from "./guest/context.js";
+export type { GuestContext, GuestEntry } from "./guest/context.js";
+export type { BuiltinGuestArgs, GuestArgs, ModuleGuestArgs } from "./workload/guest.js";
+export type { MemstressArgs } from "./workload/memstress.js";
+export type { DirtyLogGuestArgs, DirtyLogIncrGuestArgs, DirtyLogPaging } from "./workload/dirty_log_guest.js";
+export type { KernbenchGuestArgs } from "./workload/kernbench_guest.js";
+export type { GuestPagingArgs, KernelArea } from "./workload/guest_paging.js";
+export {
+  bitmap_weight,
+  copyDirtyPages,
+  dirtyPages,
+  for_each_set_bit,
+  hweight32,
+  slotGeometry,
+} from "./dirty_bitmap.js";
