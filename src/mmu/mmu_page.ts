@@ -1,6 +1,7 @@
 /**
  * Shadow pages (struct kvm_mmu_page) and the operations that link sptes to them: drop_spte,
- * link_shadow_page, zap (rmap_add and rmap_remove live in rmap.ts). Everything here runs under mmu_lock.
+ * link_shadow_page, zap (rmap_add and rmap_remove live in rmap.ts). Everything here runs
+ * under mmu_lock.
  *
  * Shadow pages live in two arenas: kvm.spt (512 sptes each, spte index = sp * 512 + i) and
  * kvm.spHdr (the header). Sp 0 is never used, so a link spte never names it.
