@@ -59,7 +59,8 @@ import {
 import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
-import { kvm_get_dirty_log, kvm_set_dirty_logging, DirtyLogTimes } from "./mmu/dirty_log.js";
+import { kvm_get_dirty_log, kvm_set_dirty_logging } from "./mmu/dirty_log.js";
+import { addDirtyLogTimes, DirtyLogTimes, newDirtyLogTimes } from "./mmu/write_protect.js";
 import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
@@ -154,7 +155,9 @@ export class Vm {
   private stopping = false;
   /** The first error a worker reported; the VM is stopped when one arrives. */
   error: KvmError | Error | null = null;
-  private readonly times: DirtyLogTimes = { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 };
+  /** getDirtyLog times: the sum over calls, and the last call's. */
+  private readonly times: DirtyLogTimes = newDirtyLogTimes();
+  private lastTimes: DirtyLogTimes = newDirtyLogTimes();
 
   private constructor(shared: KvmShared) {
     this.shared = shared;
@@ -676,21 +679,29 @@ export class Vm {
       if (out !== undefined && out.length < words)
         throw einval("out", `needs ${words} words, got ${out.length}`);
       const bitmap = out ?? new Uint32Array(words);
+      const call = newDirtyLogTimes();
       try {
-        kvm_get_dirty_log(kvm, r, bitmap, this.times);
+        kvm_get_dirty_log(kvm, r, bitmap, call);
       } catch (e) {
         if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
         throw e;
       }
+      addDirtyLogTimes(this.times, call);
+      this.lastTimes = call;
       return bitmap;
     } finally {
       kvm.slots_lock.unlock();
     }
   }
 
-  /** Times accumulated by getDirtyLog (lock wait, flush) and dirty pages reported. */
+  /** Times accumulated by getDirtyLog (lock wait, protect, flush) and dirty pages reported. */
   dirtyLogTimes(): DirtyLogTimes {
     return { ...this.times };
+  }
+
+  /** The same for the last getDirtyLog call alone. */
+  lastDirtyLogTimes(): DirtyLogTimes {
+    return { ...this.lastTimes };
   }
 
   /** Host-side read of the 8 bytes at guest-physical gpa of a slot (through its hva). */

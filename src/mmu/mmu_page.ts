@@ -1,6 +1,7 @@
 /**
- * Shadow pages (struct kvm_mmu_page) and the operations that link sptes to them: rmap_add,
- * drop_spte, link_shadow_page, zap. Everything here runs under mmu_lock.
+ * Shadow pages (struct kvm_mmu_page) and the operations that link sptes to them: drop_spte,
+ * link_shadow_page, zap (rmap_add and rmap_remove live in rmap.ts). Everything here runs
+ * under mmu_lock.
  *
  * Shadow pages live in two arenas: kvm.spt (512 sptes each, spte index = sp * 512 + i) and
  * kvm.spHdr (the header). Sp 0 is never used, so a link spte never names it.
@@ -32,8 +33,7 @@ import {
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
-import { gfn_to_memslot, gfn_to_rmap } from "../mem/memslot.js";
-import { pte_list_add, pte_list_remove, pte_list_walk, rmap_get_first, RmapCorrupt } from "./rmap.js";
+import { pte_list_add, pte_list_remove, pte_list_walk, rmap_get_first, rmap_remove } from "./rmap.js";
 import { mmu_spte_clear_no_track, mmu_spte_clear_track_bits, mmu_spte_set } from "./spte_ops.js";
 import {
   is_large_pte,
@@ -135,28 +135,12 @@ export function drop_parent_pte(kvm: Kvm, sp: number, parentSptep: number): void
   mmu_spte_clear_no_track(kvm, parentSptep);
 }
 
-/** rmap_add: link a present leaf spte into the rmap of (gfn, level). */
-export function rmap_add(kvm: Kvm, sptep: number, gfn: number, level: number): number {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) throw new RmapCorrupt(`rmap_add: gfn ${gfn} has no memslot`);
-  const hi = gfn_to_rmap(kvm, r, gfn, level);
-  return pte_list_add(kvm, kvm.rmapPool, hi, hi, sptep + 1);
-}
-
-export function rmap_remove(kvm: Kvm, sptep: number): void {
-  const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
-  const level = sp_level(kvm, page_header(sptep));
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
-  pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), sptep + 1);
-}
-
 /** drop_spte: clear a leaf and take it out of its rmap. The caller flushes. */
 export function drop_spte(kvm: Kvm, sptep: number): void {
   const old = mmu_spte_clear_track_bits(kvm, sptep);
   if (!is_shadow_present_pte(old)) return;
   if (is_large_pte(old)) kvm.ctl[CTL_LPAGES]--;
-  rmap_remove(kvm, sptep);
+  rmap_remove(kvm, sptep, kvm_mmu_page_get_gfn(kvm, sptep), sp_level(kvm, page_header(sptep)));
 }
 
 /**
@@ -236,3 +220,6 @@ export function kvm_mmu_commit_zap_page(kvm: Kvm, invalid: number[]): void {
   }
   invalid.length = 0;
 }
+
+/** src/mmu/shadow.ts still imports rmap_add from here; it moves to rmap.ts with the split. */
+export { rmap_add } from "./rmap.js";

@@ -21,6 +21,7 @@
 import { BUG, DESC_MORE, DESC_WORDS, Kvm, PTE_LIST_EXT } from "../kvm_host.js";
 import { mmu_alloc_pte_list_desc, mmu_free_pte_list_desc } from "../alloc/slab.js";
 import { aload, astore } from "../sync/atomic.js";
+import { gfn_to_memslot, gfn_to_rmap } from "../mem/memslot.js";
 
 export function is_nulls(more: number): boolean {
   return (more & 1) === 1;
@@ -40,6 +41,14 @@ function descOf(more: number): number {
 
 function descPtr(d: number): number {
   return (d + 1) << 1;
+}
+
+/**
+ * The spte index of a single-entry head value, or -1 (empty head or a chain). Lets the hot
+ * harvest loops keep their inline single-entry path without decoding heads themselves.
+ */
+export function rmap_single_spte(v: number): number {
+  return (v & 1) === 0 ? (v >>> 1) - 1 : -1;
 }
 
 /** Walker statistics of this thread. */
@@ -169,6 +178,45 @@ function desc_remove_entry_backward(
   mmu_free_pte_list_desc(kvm, d);
 }
 
+/** for_each_rmap_spte callback result: fn removed sptep from this list (restart the walk). */
+export const RMAP_RESTART = 1;
+
+/**
+ * for_each_rmap_spte: calls fn(kvm, sptep) for each entry of heads[hi], mmu_lock held. fn
+ * returns flags; with RMAP_RESTART set it has removed sptep (drop_spte), which may have moved
+ * another entry into a slot already visited, so the walk starts again from the first entry:
+ * 3.11's `sptep = rmap_get_first(...)` after a drop in __rmap_write_protect. fn must not
+ * otherwise change the list. Returns the OR of fn's results.
+ */
+export function for_each_rmap_spte(
+  kvm: Kvm,
+  heads: Int32Array,
+  hi: number,
+  fn: (kvm: Kvm, sptep: number) => number,
+): number {
+  const desc = kvm.desc;
+  let acc = 0;
+  restart: for (;;) {
+    const v = heads[hi];
+    if (v === 0) return acc;
+    if ((v & 1) === 0) return acc | fn(kvm, (v >>> 1) - 1);
+    let d = v >>> 1;
+    for (;;) {
+      const b = d * DESC_WORDS;
+      for (let i = 0; i < PTE_LIST_EXT; i++) {
+        const e = desc[b + i];
+        if (e === 0) continue;
+        const r = fn(kvm, e - 1);
+        acc |= r;
+        if ((r & RMAP_RESTART) !== 0) continue restart;
+      }
+      const m = desc[b + DESC_MORE];
+      if (is_nulls(m) || m === 0) return acc;
+      d = descOf(m);
+    }
+  }
+}
+
 /** Calls fn(spteIndex) for each entry; mmu_lock held, fn must not change the list. */
 export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte: number) => void): void {
   const v = heads[hi];
@@ -263,9 +311,75 @@ export function pte_list_walk_lockless(
   }
 }
 
+/**
+ * Audit of one list's shape (quiesced VM): calls entry(sptep) for each entry and reports, via
+ * say, an empty descriptor, a non-full descriptor after the first, `more == 0` inside a linked
+ * chain, a chain ending in another head's nulls, or a chain that does not end.
+ */
+export function pte_list_audit(
+  kvm: Kvm,
+  heads: Int32Array,
+  hi: number,
+  headId: number,
+  entry: (sptep: number) => void,
+  say: (m: string) => void,
+): void {
+  const v = heads[hi];
+  if (v === 0) return;
+  if ((v & 1) === 0) {
+    entry((v >>> 1) - 1);
+    return;
+  }
+  let d = v >>> 1;
+  let first = true;
+  for (let guard = 0; guard < 1 << 20; guard++) {
+    const b = d * DESC_WORDS;
+    let count = 0;
+    for (let i = 0; i < PTE_LIST_EXT; i++) {
+      const e = kvm.desc[b + i];
+      if (e !== 0) {
+        count++;
+        entry(e - 1);
+      }
+    }
+    if (count === 0) say(`rmap ${hi}: empty descriptor ${d}`);
+    if (!first && count !== PTE_LIST_EXT) say(`rmap ${hi}: descriptor ${d} after the first is not full`);
+    first = false;
+    const m = kvm.desc[b + DESC_MORE];
+    if (m === 0) {
+      say(`rmap ${hi}: descriptor ${d} has more == NULL in a linked chain`);
+      return;
+    }
+    if (is_nulls(m)) {
+      if (nulls_owner(m) !== headId) say(`rmap ${hi}: chain ends in the nulls of head ${nulls_owner(m)}`);
+      return;
+    }
+    d = descOf(m);
+  }
+  say(`rmap ${hi}: chain does not end`);
+}
+
 /** Number of entries (mmu_lock held or quiesced). */
 export function pte_list_count(kvm: Kvm, heads: Int32Array, hi: number): number {
   let n = 0;
   pte_list_walk(kvm, heads, hi, () => n++);
   return n;
+}
+
+/** rmap_add: link a present leaf spte into the rmap of (gfn, level). mmu_lock held. */
+export function rmap_add(kvm: Kvm, sptep: number, gfn: number, level: number): number {
+  const r = gfn_to_memslot(kvm, gfn);
+  if (r < 0) throw new RmapCorrupt(`rmap_add: gfn ${gfn} has no memslot`);
+  const hi = gfn_to_rmap(kvm, r, gfn, level);
+  return pte_list_add(kvm, kvm.rmapPool, hi, hi, sptep + 1);
+}
+
+/**
+ * rmap_remove: unlink sptep from the rmap of (gfn, level), which the caller read from the
+ * spte's shadow page (kvm_mmu_page_get_gfn, its level). mmu_lock held.
+ */
+export function rmap_remove(kvm: Kvm, sptep: number, gfn: number, level: number): void {
+  const r = gfn_to_memslot(kvm, gfn);
+  if (r < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
+  pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), sptep + 1);
 }

@@ -40,9 +40,9 @@ import {
   link_shadow_page,
   mmu_alloc_roots,
   page_header,
-  rmap_add,
   sp_level,
 } from "./mmu_page.js";
+import { rmap_add } from "./rmap.js";
 import { mmu_spte_set, mmu_spte_update } from "./spte_ops.js";
 import {
   is_large_pte,

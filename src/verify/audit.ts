@@ -17,14 +17,11 @@
  */
 import {
   CTL_ROOT,
-  DESC_MORE,
-  DESC_WORDS,
   Kvm,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_USER_MEM_SLOTS,
   MmuMode,
   PARENT_HEAD_ID_BASE,
-  PTE_LIST_EXT,
   ROLE_INVALID,
   SLOT_ACTIVE,
   SLOT_BASE_GFN,
@@ -38,7 +35,7 @@ import {
 } from "../kvm_host.js";
 import { gfn_to_hva_page, gfn_to_memslot, gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
-import { is_nulls, nulls_owner, pte_list_walk } from "../mmu/rmap.js";
+import { pte_list_audit, pte_list_walk } from "../mmu/rmap.js";
 import { kvm_mmu_page_get_gfn, page_header, sp_level } from "../mmu/mmu_page.js";
 import { active_mmu_pages } from "../mmu/shadow.js";
 import { auditShadow } from "./shadow_audit.js";
@@ -163,8 +160,6 @@ function auditHead(
   level: number,
   say: (m: string) => void,
 ): void {
-  const v = heads[hi];
-  if (v === 0) return;
   const check = (sptep: number): void => {
     if (!leaves.has(sptep)) {
       say(`rmap ${hi}: entry ${sptep} is not a present leaf reachable from the root`);
@@ -179,37 +174,7 @@ function auditHead(
     )
       say(`rmap ${hi}: entry ${sptep} belongs to another rmap`);
   };
-  if ((v & 1) === 0) {
-    check((v >>> 1) - 1);
-    return;
-  }
-  let d = v >>> 1;
-  let first = true;
-  for (let guard = 0; guard < 1 << 20; guard++) {
-    const b = d * DESC_WORDS;
-    let count = 0;
-    for (let i = 0; i < PTE_LIST_EXT; i++) {
-      const e = kvm.desc[b + i];
-      if (e !== 0) {
-        count++;
-        check(e - 1);
-      }
-    }
-    if (count === 0) say(`rmap ${hi}: empty descriptor ${d}`);
-    if (!first && count !== PTE_LIST_EXT) say(`rmap ${hi}: descriptor ${d} after the first is not full`);
-    first = false;
-    const m = kvm.desc[b + DESC_MORE];
-    if (m === 0) {
-      say(`rmap ${hi}: descriptor ${d} has more == NULL in a linked chain`);
-      return;
-    }
-    if (is_nulls(m)) {
-      if (nulls_owner(m) !== headId) say(`rmap ${hi}: chain ends in the nulls of head ${nulls_owner(m)}`);
-      return;
-    }
-    d = (m >>> 1) - 1;
-  }
-  say(`rmap ${hi}: chain does not end`);
+  pte_list_audit(kvm, heads, hi, headId, check, say);
 }
 
 export { PARENT_HEAD_ID_BASE, is_large_pte, page_header };

@@ -19,17 +19,16 @@ import {
 } from "../kvm_host.js";
 import { MmuModeName, Vm, VmOptions } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
-import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
+import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
 import {
   drop_spte,
   kvm_mmu_commit_zap_page,
   kvm_mmu_get_page,
   kvm_mmu_prepare_zap_page,
   page_header,
-  rmap_add,
 } from "../mmu/mmu_page.js";
 import { shadow_prepare_zap_page } from "../mmu/shadow.js";
-import { rmap_get_first } from "../mmu/rmap.js";
+import { rmap_add, rmap_get_first } from "../mmu/rmap.js";
 import { gfn_to_rmap } from "../mem/memslot.js";
 import { host_migrate_page, hva_to_pfn, MmuNotifier } from "../mem/host_memory.js";
 import {
@@ -121,7 +120,7 @@ function harvest(kvm: Kvm): Uint32Array {
   const out = new Uint32Array(NPAGES / 32);
   kvm.slots_lock.lock();
   try {
-    kvm_get_dirty_log(kvm, 0, out, { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 });
+    kvm_get_dirty_log(kvm, 0, out, newDirtyLogTimes());
   } finally {
     kvm.slots_lock.unlock();
   }

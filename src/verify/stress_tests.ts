@@ -35,9 +35,15 @@ import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
 import { acas, aload, astore, axchg } from "../sync/atomic.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "../vcpu/requests.js";
 import { Vcpu } from "../vcpu/vcpu.js";
-import { pte_list_add, pte_list_remove, pte_list_walk_lockless, rmapStats } from "../mmu/rmap.js";
+import {
+  pte_list_add,
+  pte_list_remove,
+  pte_list_walk_lockless,
+  rmap_single_spte,
+  rmapStats,
+} from "../mmu/rmap.js";
 import { fast_page_fault, FaultStats } from "../mmu/tdp_fault.js";
-import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
+import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
 import { gfn_to_rmap, mark_page_dirty } from "../mem/memslot.js";
 import {
   is_shadow_present_pte,
@@ -573,7 +579,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
           const kvm = s.kvm;
           kvm.slots_lock.lock();
           try {
-            kvm_get_dirty_log(kvm, 0, s.out, { lockWaitNs: 0, flushNs: 0, dirtyPages: 0 });
+            kvm_get_dirty_log(kvm, 0, s.out, newDirtyLogTimes());
           } finally {
             kvm.slots_lock.unlock();
           }
@@ -604,10 +610,8 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
       v.enterGuest();
       v.write32(FP_GFN, 0, 1);
       v.exitGuest();
-      const head = vm.kvm.rmapPool[gfn_to_rmap(vm.kvm, 0, FP_GFN, 1)];
-      if (head === 0 || (head & 1) !== 0)
-        throw new Error(`fast-pf stress: gfn ${FP_GFN} has no single rmap entry`);
-      const sptep = (head >>> 1) - 1;
+      const sptep = rmap_single_spte(vm.kvm.rmapPool[gfn_to_rmap(vm.kvm, 0, FP_GFN, 1)]);
+      if (sptep < 0) throw new Error(`fast-pf stress: gfn ${FP_GFN} has no single rmap entry`);
       const spte = vm.kvm.spt[sptep];
       if (!is_writable_pte(spte) || !spte_is_locklessly_modifiable(spte))
         throw new Error(`fast-pf stress: spte 0x${spte.toString(16)} is not a writable leaf`);

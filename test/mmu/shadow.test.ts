@@ -49,7 +49,7 @@ import {
 } from "../../src/mmu/guest_pt.js";
 import { GuestKernel, MAP_RO, MAP_RW } from "../../src/workload/guest_paging.js";
 import { VcpuGuestContext } from "../../src/guest/context.js";
-import { pte_list_count } from "../../src/mmu/rmap.js";
+import { pte_list_count, pte_list_walk } from "../../src/mmu/rmap.js";
 import { gfn_to_memslot, gfn_to_rmap } from "../../src/mem/memslot.js";
 import {
   is_large_pte,
@@ -361,18 +361,8 @@ test("shadow: a 2 MiB guest page maps with 4 KiB sptes where a guest table lives
 
 function rmapEntries(vm: Vm, hi: number): number[] {
   const out: number[] = [];
-  const kvm = vm.kvm;
-  const v = kvm.rmapPool[hi];
-  if (v === 0) return out;
-  if ((v & 1) === 0) return [(v >>> 1) - 1];
-  // A small chain: use the counting walker's order.
-  let d = v >>> 1;
-  for (;;) {
-    for (let i = 0; i < 3; i++) if (kvm.desc[d * 4 + i] !== 0) out.push(kvm.desc[d * 4 + i] - 1);
-    const m = kvm.desc[d * 4 + 3];
-    if ((m & 1) === 1 || m === 0) return out;
-    d = (m >>> 1) - 1;
-  }
+  pte_list_walk(vm.kvm, vm.kvm.rmapPool, hi, (s) => out.push(s));
+  return out;
 }
 
 test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => {

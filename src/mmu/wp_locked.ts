@@ -1,0 +1,113 @@
+/**
+ * The Linux 3.11 write-protect design: everything under mmu_lock. The harvest holds mmu_lock
+ * for the whole bitmap and flushes before releasing it (6dbf79e); W is cleared with
+ * mmu_spte_update; a writable large spte is dropped (3.11 spte_write_protect) and the rmap walk
+ * restarts; the slot walk breaks the lock every 1024 heads when it is contended
+ * (cond_resched_lock), flushing first.
+ */
+import { Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
+import { aload } from "../sync/atomic.js";
+import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
+import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { for_each_rmap_spte, RMAP_RESTART, rmap_single_spte } from "./rmap.js";
+import { drop_spte } from "./mmu_page.js";
+import { mmu_spte_update } from "./spte_ops.js";
+import { is_large_pte, is_writable_pte, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
+import { DirtyLogTimes, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
+
+/** spte_write_protect_locked result: a flush is needed. */
+export const WP_FLUSH = 2;
+
+/**
+ * 3.11 spte_write_protect: returns RMAP_RESTART | WP_FLUSH if it dropped the spte (a large
+ * spte: it left the rmap), WP_FLUSH if W was cleared and a flush is needed, 0 otherwise.
+ * mmu_lock held. Shaped as a for_each_rmap_spte callback.
+ */
+export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
+  const s = aload(kvm.spt, sptep);
+  if (!is_writable_pte(s)) return 0;
+  if (is_large_pte(s)) {
+    drop_spte(kvm, sptep);
+    wpStats.largeDropped++;
+    return RMAP_RESTART | WP_FLUSH;
+  }
+  wpStats.protected++;
+  return mmu_spte_update(kvm, sptep, s & ~PT_WRITABLE_MASK) ? WP_FLUSH : 0;
+}
+
+/** __rmap_write_protect (3.11): every spte of rmap head hi; mmu_lock held. Returns flush. */
+export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
+  return (for_each_rmap_spte(kvm, kvm.rmapPool, hi, spte_write_protect_locked) & WP_FLUSH) !== 0;
+}
+
+/** kvm_mmu_write_protect_pt_masked (3.11): the level-1 rmaps of the gfns in mask. mmu_lock held. */
+export function kvm_mmu_write_protect_pt_masked(
+  kvm: Kvm,
+  r: number,
+  wordIndex: number,
+  mask: number,
+): boolean {
+  const rmaps = kvm.rmapPool;
+  const h = kvm.slots[r + SLOT_RMAP_BASE] + wordIndex * 32;
+  let flush = false;
+  while (mask !== 0) {
+    const hi = h + 31 - Math.clz32(mask & -mask);
+    const v = rmaps[hi];
+    // The common TDP case, a single-entry head, inline; chains go through the iterator.
+    const s = rmap_single_spte(v);
+    if (s >= 0) {
+      if (spte_write_protect_locked(kvm, s) !== 0) flush = true;
+    } else if (v !== 0 && __rmap_write_protect(kvm, hi)) flush = true;
+    mask &= mask - 1;
+  }
+  return flush;
+}
+
+/**
+ * kvm_mmu_slot_remove_write_access (3.11), mmu_lock held by the caller: all levels; when the
+ * lock is contended, flushes and drops it every 1024 heads (cond_resched_lock); flushes at
+ * the end under the lock.
+ */
+export function slot_remove_write_access_locked(kvm: Kvm, r: number): void {
+  const base = kvm.slots[r + SLOT_BASE_GFN];
+  const npages = kvm.slots[r + SLOT_NPAGES];
+  for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+    const n = slot_level_pages(base, npages, level);
+    const h0 = gfn_to_rmap(kvm, r, base, level);
+    for (let i = 0; i < n; i++) {
+      if (kvm.rmapPool[h0 + i] !== 0) __rmap_write_protect(kvm, h0 + i);
+      if ((i & 1023) === 1023 && kvm.mmu_lock.isContended()) {
+        kvm_flush_remote_tlbs(kvm);
+        kvm.mmu_lock.unlock();
+        kvm.mmu_lock.lock();
+      }
+    }
+  }
+  kvm_flush_remote_tlbs(kvm);
+}
+
+export const wp_locked: WriteProtectDesign = {
+  name: "locked",
+  harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
+    const w0 = kvm.mmu_lock.stats.waitNs;
+    kvm.mmu_lock.lock();
+    times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
+  },
+  protectMasked: kvm_mmu_write_protect_pt_masked,
+  harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
+    try {
+      // 3.11 (6dbf79e): the flush stays under mmu_lock.
+      if (flush) timedFlush(kvm, times, kvm_flush_remote_tlbs);
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+  },
+  slotRemoveWriteAccess(kvm: Kvm, r: number): void {
+    kvm.mmu_lock.lock();
+    try {
+      slot_remove_write_access_locked(kvm, r);
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+  },
+};

@@ -1,0 +1,104 @@
+/**
+ * The seed's write-protect design (patch 13): no mmu_lock. Protection runs in an RCU read
+ * section over the lockless rmap walk (pte_list_walk_lockless) and clears W by cmpxchg on a
+ * value that is a writable leaf (patch 12: judged from the value, the page may have been
+ * reused at another level). HOST_W and MMU_W stay set, so fast_page_fault can make the page
+ * writable again; large sptes become read-only and are dropped by the next write fault. The
+ * remote flush comes after the section, outside any lock; slots_lock, held by the caller,
+ * serialises these deferred flushers (patch 4).
+ */
+import { BUG, Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
+import { aload, acas, astore } from "../sync/atomic.js";
+import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
+import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { pte_list_walk_lockless, rmap_single_spte } from "./rmap.js";
+import { is_writable_leaf, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
+import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
+
+/** The lockless protector of one spte: cmpxchg W away from a writable leaf. */
+export function spte_write_protect_lockless(kvm: Kvm, sptep: number): void {
+  for (;;) {
+    const s = aload(kvm.spt, sptep);
+    if (!is_writable_leaf(s)) return;
+    if (kvm.bug(BUG["plain-clear"])) {
+      // Bug: a plain store of a value computed from an earlier load: it overwrites whatever
+      // changed in between, e.g. a zap and a re-fault to another frame.
+      astore(kvm.spt, sptep, s & ~PT_WRITABLE_MASK);
+      wpStats.protected++;
+      return;
+    }
+    if (acas(kvm.spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) {
+      wpStats.protected++;
+      return;
+    }
+    wpStats.casRetries++;
+  }
+}
+
+/** The walker callback, bound to a kvm once per walk (no closure per call). */
+let cbKvm: Kvm | null = null;
+function wpCallback(sptep: number): void {
+  spte_write_protect_lockless(cbKvm!, sptep);
+}
+
+/** Every spte of rmap head hi, lockless; RCU read section held. */
+export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
+  cbKvm = kvm;
+  pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
+}
+
+/** The level-1 rmaps of the gfns in mask, lockless; RCU read section held. */
+export function write_protect_pt_masked_lockless(
+  kvm: Kvm,
+  r: number,
+  wordIndex: number,
+  mask: number,
+): boolean {
+  const rmaps = kvm.rmapPool;
+  const h = kvm.slots[r + SLOT_RMAP_BASE] + wordIndex * 32;
+  while (mask !== 0) {
+    const hi = h + 31 - Math.clz32(mask & -mask);
+    const v = aload(rmaps, hi);
+    // The common TDP case, a single-entry head, inline; chains go through the walker.
+    const s = rmap_single_spte(v);
+    if (s >= 0) spte_write_protect_lockless(kvm, s);
+    else if (v !== 0) rmap_write_protect_lockless(kvm, hi);
+    mask &= mask - 1;
+  }
+  // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
+  return true;
+}
+
+/** kvm_mmu_slot_remove_write_access, lockless (patch 13): RCU read section held by the caller. */
+export function slot_remove_write_access_lockless(kvm: Kvm, r: number): void {
+  const base = kvm.slots[r + SLOT_BASE_GFN];
+  const npages = kvm.slots[r + SLOT_NPAGES];
+  for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+    const n = slot_level_pages(base, npages, level);
+    const h0 = gfn_to_rmap(kvm, r, base, level);
+    for (let i = 0; i < n; i++)
+      if (aload(kvm.rmapPool, h0 + i) !== 0) rmap_write_protect_lockless(kvm, h0 + i);
+  }
+}
+
+export const wp_lockless: WriteProtectDesign = {
+  name: "lockless",
+  harvestBegin(kvm: Kvm): void {
+    kvm.rcu.readLock(RCU_READER_IOCTL);
+  },
+  protectMasked: write_protect_pt_masked_lockless,
+  harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
+    kvm.rcu.readUnlock(RCU_READER_IOCTL);
+    // Bug skip-flush: no flush after lockless protection.
+    if (flush && !kvm.bug(BUG["skip-flush"])) timedFlush(kvm, times, kvm_flush_remote_tlbs);
+  },
+  slotRemoveWriteAccess(kvm: Kvm, r: number): void {
+    kvm.rcu.readLock(RCU_READER_IOCTL);
+    try {
+      slot_remove_write_access_lockless(kvm, r);
+    } finally {
+      kvm.rcu.readUnlock(RCU_READER_IOCTL);
+    }
+    if (!kvm.bug(BUG["skip-flush"])) kvm_flush_remote_tlbs(kvm);
+  },
+};
