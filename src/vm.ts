@@ -58,7 +58,7 @@ import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, DirtyLogTimes } from "./mmu/dirty_log.js";
 import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
-import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
+import { kvm_flush_remote_tlbs, VcpuState } from "./kvm/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";

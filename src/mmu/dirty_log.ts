@@ -18,7 +18,7 @@ import {
 } from "../kvm_host.js";
 import { aload, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import {
   __rmap_write_protect,
   rmap_write_protect_lockless,

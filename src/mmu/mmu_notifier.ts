@@ -19,7 +19,7 @@ import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";
 import { KVM_NR_PAGE_SIZES } from "./spte.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 /** kvm_unmap_hva_range: mmu_lock held. Returns true if a flush is needed. */
 export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {

@@ -44,7 +44,7 @@ import {
   PT64_ROOT_LEVEL,
   spte_to_child_sp,
 } from "./spte.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 export function page_header(sptep: number): number {
   return Math.floor(sptep / PT64_ENT_PER_PAGE);

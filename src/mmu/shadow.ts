@@ -137,7 +137,7 @@ import {
   GuestPageFault,
   is_last_gpte,
 } from "./guest_pt.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 /** KVM_MIN_FREE_MMU_PAGES / KVM_REFILL_PAGES. */
 const KVM_MIN_FREE_MMU_PAGES = 5;

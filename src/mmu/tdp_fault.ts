@@ -63,7 +63,7 @@ import {
   SPTE_MMU_WRITEABLE,
   SPTE_PFN_SHIFT,
 } from "./spte.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { CTL_ROOT } from "../kvm_host.js";
 
 /** Per-vCPU fault counters (this thread's). */

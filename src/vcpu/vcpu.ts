@@ -47,7 +47,7 @@ import {
 import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow.js";
-import { VcpuState } from "./requests.js";
+import { VcpuState } from "../kvm/requests.js";
 
 /** Run control values (VCPU_RUN), written by the VM owner. */
 export const enum RunCtl {

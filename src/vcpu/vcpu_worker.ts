@@ -14,7 +14,7 @@ import {
   CTL_VM_STATE,
 } from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "./vcpu.js";
-import { VcpuState } from "./requests.js";
+import { VcpuState } from "../kvm/requests.js";
 import { GuestArgs, runGuest } from "../workload/guest.js";
 
 interface VcpuWorkerData {

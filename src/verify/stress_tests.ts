@@ -33,7 +33,7 @@ import {
 import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress.js";
 import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
 import { acas, aload, astore, axchg } from "../sync/atomic.js";
-import { kvm_flush_remote_tlbs, VcpuState } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs, VcpuState } from "../kvm/requests.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { pte_list_add, pte_list_remove, pte_list_walk_lockless, rmapStats } from "../mmu/rmap.js";
 import { fast_page_fault, FaultStats } from "../mmu/tdp_fault.js";

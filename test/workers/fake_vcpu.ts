@@ -14,7 +14,7 @@ import {
   VCPU_STATE,
   VCPU_STRIDE,
 } from "../../src/kvm_host.js";
-import { VcpuState } from "../../src/vcpu/requests.js";
+import { VcpuState } from "../../src/kvm/requests.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 
 export interface FakeVcpuData {
