@@ -30,7 +30,7 @@ import {
 } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
-import { shadowCounters } from "../mmu/shadow.js";
+import { shadowCounters } from "../mmu/pte_write.js";
 
 export interface Contention {
   migrateRate: number;

@@ -36,7 +36,7 @@ import { acas, aload, astore, axchg } from "../sync/atomic.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "../kvm/requests.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { pte_list_add, pte_list_remove, pte_list_walk_lockless, rmapStats } from "../mmu/rmap.js";
-import { fast_page_fault, FaultStats } from "../mmu/tdp_fault.js";
+import { fast_page_fault, FaultStats } from "../mmu/mmu.js";
 import { kvm_get_dirty_log } from "../mmu/dirty_log.js";
 import { gfn_to_rmap, mark_page_dirty } from "../mem/memslot.js";
 import {

@@ -1,3 +1,4 @@
+import { KVM_HPAGE_GFN_SHIFT, KVM_PAGES_PER_HPAGE } from "../../src/kvm_host.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -6,8 +7,6 @@ import {
   is_shadow_present_pte,
   is_writable_leaf,
   is_writable_pte,
-  KVM_HPAGE_GFN_SHIFT,
-  KVM_PAGES_PER_HPAGE,
   make_link_spte,
   PT64_INDEX,
   PT_DIRECTORY_LEVEL,
