@@ -341,7 +341,7 @@ export class Vm {
       const row = id * VCPU_STRIDE;
       Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
       Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
-      const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
+      const w = new Worker(new URL("./workload/vcpu_worker.js", import.meta.url), {
         execArgv: workerExecArgv(),
         workerData: { shared: this.shared, vcpuId: id, guest: guest(id), tlbBits },
       });
@@ -482,7 +482,7 @@ export class Vm {
       invalidatePages: o.invalidatePages ?? 512,
       seed: o.seed ?? 1,
     };
-    this.hostWorker = new Worker(new URL("./mem/host_worker.js", import.meta.url), {
+    this.hostWorker = new Worker(new URL("./workload/host_worker.js", import.meta.url), {
       workerData: data,
       execArgv: workerExecArgv(),
     });

@@ -13,9 +13,9 @@ import {
   VCPU_STRIDE,
   CTL_VM_STATE,
 } from "../kvm_host.js";
-import { Vcpu, VcpuStop } from "./vcpu.js";
+import { Vcpu, VcpuStop } from "../vcpu/vcpu.js";
 import { VcpuState } from "../kvm/requests.js";
-import { GuestArgs, runGuest } from "../workload/guest.js";
+import { GuestArgs, runGuest } from "./guest.js";
 
 interface VcpuWorkerData {
   shared: KvmShared;
