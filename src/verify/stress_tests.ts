@@ -30,7 +30,7 @@ import {
   VCPU_STATE,
   WpStrategy,
 } from "../kvm_host.js";
-import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress.js";
+import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress_spec.js";
 import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
 import { acas, aload, astore, axchg } from "../sync/atomic.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "../kvm/requests.js";
