@@ -33,7 +33,7 @@ const ALLOWED_UPWARD: ReadonlySet<string> = new Set([
 
 export function layerOf(file: string): number {
   for (let i = 0; i < LAYERS.length; i++)
-    for (const p of LAYERS[i]!) if (p.endsWith("/") ? file.startsWith(p) : file === p) return i;
+    for (const p of LAYERS[i]) if (p.endsWith("/") ? file.startsWith(p) : file === p) return i;
   return -1;
 }
 

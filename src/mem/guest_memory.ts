@@ -1,13 +1,14 @@
 /**
  * Guest memory as KVM reaches it: the host frame behind a gfn (gfn_to_pfn), and KVM's own reads
  * and writes of guest memory (kvm_write_guest, cmpxchg_gpte). Lockless lookups read the host page
- * table (kvm.hpt: frame << 1 | writable per hva page, written by the host thread under mm_lock);
+ * table (kvm.hpt, see host_memory.ts: written by the host thread under mm_lock);
  * a fault that maps what it found is protected by mmu_notifier_retry, not by a lock here.
  */
 import { Kvm, KVM_MEM_READONLY, PAGE_WORDS, SLOT_FLAGS } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { acas, aload, astore } from "../sync/atomic.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty } from "./memslot.js";
+import { HPT_WRITABLE, hva_to_pfn } from "./host_memory.js";
 
 /** What gfn_to_pfn found (one per caller, reused: the fault paths allocate nothing). */
 export class HostFrame {
@@ -27,7 +28,7 @@ export function gfn_to_pfn_memslot(kvm: Kvm, r: number, gfn: number, hf: HostFra
   const hv = aload(kvm.hpt, hvaPage);
   hf.pfn = hv >>> 1;
   if (hf.pfn === 0) return false;
-  hf.writable = (hv & 1) !== 0 && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) === 0;
+  hf.writable = (hv & HPT_WRITABLE) !== 0 && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) === 0;
   return true;
 }
 
@@ -35,7 +36,7 @@ export function gfn_to_pfn_memslot(kvm: Kvm, r: number, gfn: number, hf: HostFra
 export function guest_gfn_to_pfn(kvm: Kvm, gfn: number): number {
   const r = gfn_to_memslot(kvm, gfn);
   if (r < 0) return -1;
-  const pfn = aload(kvm.hpt, gfn_to_hva_page(kvm, r, gfn)) >>> 1;
+  const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn));
   return pfn === 0 ? -1 : pfn;
 }
 

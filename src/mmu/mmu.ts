@@ -68,7 +68,7 @@ export class FaultStats {
 }
 
 /** root_hpa of a vCPU: the VM's TDP root, or in shadow mode the vCPU's own root. */
-export function vcpu_root_hpa(kvm: Kvm, vcpuRow: number): number {
+function vcpu_root_hpa(kvm: Kvm, vcpuRow: number): number {
   return kvm.mode === MmuMode.Shadow ? aload(kvm.vcpu, vcpuRow + VCPU_ROOT) : aload(kvm.ctl, CTL_ROOT);
 }
 
@@ -96,7 +96,7 @@ export function shadow_walk_okay(it: ShadowWalkIterator): boolean {
   return true;
 }
 
-export function __shadow_walk_next(it: ShadowWalkIterator, spte: number): void {
+function __shadow_walk_next(it: ShadowWalkIterator, spte: number): void {
   if (is_last_spte(spte, it.level)) {
     it.level = 0;
     return;

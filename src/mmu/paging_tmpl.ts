@@ -148,7 +148,7 @@ export interface ShadowVcpuCtx {
   stats: FaultStats;
 }
 
-export const SHADOW_RETRY = 0;
+const SHADOW_RETRY = 0;
 export const SHADOW_EMULATE = 1;
 /** fetch: a gpte changed under the walk; walk again. */
 const SHADOW_GPTE_CHANGED = -1;

@@ -105,7 +105,7 @@ function need_remote_flush(old: number, nw: number): boolean {
  * could be cached now maps elsewhere or allows less. Takes mmu_lock. Returns true when the
  * writing vCPU should flush its own TLB (local_flush: an spte it may cache was touched).
  */
-export function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): boolean {
+function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): boolean {
   if (aload(kvm.sctl, SCTL_INDIRECT_SHADOW_PAGES) === 0) return false;
   // detect_write_misaligned (8-byte gptes): a write that spans two gptes, or is narrower than 4.
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~7) !== 0 || bytes < 4;

@@ -14,7 +14,13 @@ import {
   kvm_mmu_notifier_invalidate_range_start,
 } from "../mmu/mmu_notifier.js";
 import { ParkMiller } from "./rng.js";
-import { HOST_INVALIDATIONS, HOST_MIGRATIONS, HOST_RUN, HOST_STATE, HostWorkerData } from "../mem/host_thread.js";
+import {
+  HOST_INVALIDATIONS,
+  HOST_MIGRATIONS,
+  HOST_RUN,
+  HOST_STATE,
+  HostWorkerData,
+} from "../mem/host_thread.js";
 
 const d = workerData as HostWorkerData;
 const kvm = new Kvm(d.shared);
