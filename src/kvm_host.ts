@@ -118,7 +118,7 @@ export const ROLE_ACCESS_MASK = 7 << ROLE_ACCESS_SHIFT;
 /** Head ids of parent_ptes lists, for nulls markers (rmap heads use their pool index). */
 export const PARENT_HEAD_ID_BASE = 1 << 29;
 
-// ---- shadow mode only (src/mmu/shadow.ts): per-sp extension (Int32Array `spExt`) ----
+// ---- shadow mode only (src/mmu/mmu_page_hash.ts, shadow_page.ts): per-sp extension (Int32Array `spExt`) ----
 export const SPX_HASH_NEXT = 0; // next sp + 1 in the mmu_page_hash bucket (hash_link)
 export const SPX_LRU_PREV = 1; // active_mmu_pages (link): sp + 1, 0 = none
 export const SPX_LRU_NEXT = 2;

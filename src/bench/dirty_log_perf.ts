@@ -84,7 +84,7 @@ export interface StrategyResult {
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
   host: { migrations: number; invalidations: number };
   metadataBytes: number;
-  /** Shadow mode: the shadow MMU's counters (src/mmu/shadow.ts shadowCounters). */
+  /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
   shadow?: Record<string, number>;
 }
 

@@ -34,7 +34,7 @@ const HW = SPTE_HOST_WRITEABLE;
 const MW = SPTE_MMU_WRITEABLE;
 const L = PT_PAGE_SIZE_MASK;
 
-/** A leaf spte as set_spte builds it (tdp_fault.ts): pfn in bits 8..31. */
+/** A leaf spte as set_spte builds it (mmu.ts): pfn in bits 8..31. */
 function leaf(pfn: number, bits: number): number {
   return (pfn << SPTE_PFN_SHIFT) | bits;
 }

@@ -1,5 +1,5 @@
 /**
- * A fake vCPU for test/vcpu/requests.test.ts: a real `Vcpu` on its own thread that, instead of
+ * A fake vCPU for test/kvm/requests.test.ts: a real `Vcpu` on its own thread that, instead of
  * running a guest, does one of a few scripted things (see FakeVcpuData.script) and reports
  * through the `out` words (FakeVcpuWords).
  *
