@@ -36,7 +36,7 @@ import {
   rmap_add,
 } from "./mmu_page.js";
 import { gfn_is_shadowed } from "./page_track.js";
-import { mmu_spte_get_lockless, mmu_spte_set, mmu_spte_update } from "./spte_ops.js";
+import { mmu_spte_set, mmu_spte_update } from "./spte_ops.js";
 import {
   is_large_pte,
   is_last_spte,
@@ -113,7 +113,8 @@ export function shadow_walk_next(kvm: Kvm, it: ShadowWalkIterator): void {
 /**
  * for_each_shadow_entry_lockless down to the last spte on addr's path: returns that spte (0 if
  * root is 0) with it.sptep and it.level set. The spte is either not present or a present leaf.
- * The caller keeps the tables alive: guest mode, or READING_SHADOW_PAGE_TABLES.
+ * The caller keeps the tables alive: guest mode, or READING_SHADOW_PAGE_TABLES. The iterator
+ * lives in locals while walking (this is every TLB miss); only sptep and level are stored.
  */
 export function walk_shadow_page_lockless(
   kvm: Kvm,
@@ -121,12 +122,19 @@ export function walk_shadow_page_lockless(
   addr: number,
   it: ShadowWalkIterator,
 ): number {
+  const spt = kvm.spt;
+  let sp = root;
+  let level = PT64_ROOT_LEVEL;
+  let sptep = -1;
   let spte = 0;
-  for (shadow_walk_init(it, root, addr); shadow_walk_okay(it); __shadow_walk_next(it, spte)) {
-    spte = mmu_spte_get_lockless(kvm, it.sptep);
-    // Stop at the spte itself, so that it.level stays the level it was found at.
-    if (!is_shadow_present_pte(spte) || is_last_spte(spte, it.level)) break;
+  for (; root !== 0 && level >= PT_PAGE_TABLE_LEVEL; level--) {
+    sptep = sp * PT64_ENT_PER_PAGE + PT64_INDEX(addr, level);
+    spte = aload(spt, sptep); // mmu_spte_get_lockless
+    if (!is_shadow_present_pte(spte) || is_last_spte(spte, level)) break;
+    sp = spte_to_child_sp(spte);
   }
+  it.sptep = sptep;
+  it.level = level;
   return spte;
 }
 
