@@ -21,6 +21,15 @@ export const enum WpStrategy {
   Lockless = 1,
 }
 
+/** Page sizes (KVM_HPAGE_*): a page at level l covers 512^(l-1) 4 KiB frames. */
+export function KVM_HPAGE_GFN_SHIFT(level: number): number {
+  return (level - 1) * 9;
+}
+
+export function KVM_PAGES_PER_HPAGE(level: number): number {
+  return 1 << ((level - 1) * 9);
+}
+
 /** MMU mode, fixed at VM creation: two-dimensional paging (EPT/NPT) or shadow paging (EPT off). */
 export const enum MmuMode {
   Tdp = 0,

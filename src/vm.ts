@@ -62,7 +62,7 @@ import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging } from "./mmu/dirty_log.js";
 import { addDirtyLogTimes, DirtyLogTimes, newDirtyLogTimes } from "./mmu/write_protect.js";
 import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
-import { kvm_flush_remote_tlbs, VcpuState } from "./vcpu/requests.js";
+import { kvm_flush_remote_tlbs, VcpuState } from "./kvm/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
 import { validateGuestSpecs } from "./guest/spec.js";
@@ -411,7 +411,7 @@ export class Vm {
         const row = id * VCPU_STRIDE;
         Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
         Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
-        const w = new Worker(new URL("./vcpu/vcpu_worker.js", import.meta.url), {
+        const w = new Worker(new URL("./workload/vcpu_worker.js", import.meta.url), {
           execArgv: workerExecArgv(),
           workerData: { shared: this.shared, vcpuId: id, guest: spec, tlbBits },
         });
@@ -600,7 +600,7 @@ export class Vm {
       invalidatePages: o.invalidatePages ?? 512,
       seed: o.seed ?? 1,
     };
-    this.hostWorker = new Worker(new URL("./mem/host_worker.js", import.meta.url), {
+    this.hostWorker = new Worker(new URL("./workload/host_worker.js", import.meta.url), {
       workerData: data,
       execArgv: workerExecArgv(),
     });

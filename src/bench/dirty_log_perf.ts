@@ -30,7 +30,7 @@ import {
 } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
-import { shadowCounters } from "../mmu/shadow.js";
+import { shadowCounters } from "../mmu/pte_write.js";
 
 export interface Contention {
   migrateRate: number;
@@ -86,7 +86,7 @@ export interface StrategyResult {
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
   host: { migrations: number; invalidations: number };
   metadataBytes: number;
-  /** Shadow mode: the shadow MMU's counters (src/mmu/shadow.ts shadowCounters). */
+  /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
   shadow?: Record<string, number>;
 }
 

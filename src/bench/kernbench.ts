@@ -37,7 +37,7 @@ import {
 import { einval } from "../errors.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { pte_list_count, rmapStats } from "../mmu/rmap.js";
-import { shadowCounters } from "../mmu/shadow.js";
+import { shadowCounters } from "../mmu/pte_write.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { audit } from "../verify/audit.js";
 import {

@@ -1,5 +1,5 @@
 /**
- * Control block of the host thread (src/mem/host_worker.ts) that migrates and invalidates guest
+ * Control block of the host thread (src/workload/host_worker.ts) that migrates and invalidates guest
  * backing. Words of `ctl`: [0] run (0 run, 1 pause, 2 stop), [1] state (1 running, 2 paused,
  * 3 stopped, 4 dead), [2] migrations done, [3] invalidations done.
  */

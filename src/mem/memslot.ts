@@ -6,6 +6,7 @@
  * we refuse with EBUSY), so readers need no lock for the geometry.
  */
 import {
+  KVM_HPAGE_GFN_SHIFT,
   Kvm,
   KVM_USER_MEM_SLOTS,
   SLOT_ACTIVE,
@@ -22,7 +23,6 @@ import {
   SLOT_STRIDE,
   KVM_MEM_LOG_DIRTY_PAGES,
 } from "../kvm_host.js";
-import { KVM_HPAGE_GFN_SHIFT } from "../mmu/spte.js";
 import { aload, aor } from "../sync/atomic.js";
 
 /** This thread's last hit (memslots->lru_slot). */

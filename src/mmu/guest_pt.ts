@@ -29,7 +29,6 @@ export const GPTE_U = 1 << 2;
 export const GPTE_A = 1 << 5;
 export const GPTE_D = 1 << 6;
 export const GPTE_PS = 1 << 7;
-export const GPTE_ADDR_LO_MASK = 0xfffff000 | 0;
 export const GPTE_ADDR_HI_MASK = 0xfffff;
 
 /** KVM's ACC_* masks (role.access, pte_access). */
@@ -37,8 +36,6 @@ export const ACC_EXEC_MASK = 1;
 export const ACC_WRITE_MASK = GPTE_W;
 export const ACC_USER_MASK = GPTE_U;
 export const ACC_ALL = ACC_EXEC_MASK | ACC_WRITE_MASK | ACC_USER_MASK;
-
-export const MAX_VPN = 2 ** 31 - 1;
 
 /** Index of the entry for vpn in the guest table at `level` (1..4). */
 export function gpt_index(vpn: number, level: number): number {

@@ -2,7 +2,7 @@
  * MMU notifier: the host tells KVM that host mappings in [hvaStart, hvaEnd) are about to change
  * (invalidate_range_start) and have changed (invalidate_range_end). Between the two,
  * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
- * that read a pfn before the change cannot install it (invariant 17). Reference §6.5.
+ * that read a pfn before the change cannot install it (invariant 17).
  */
 import {
   CTL_NOTIFIER_COUNT,
@@ -19,7 +19,7 @@ import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";
 import { KVM_NR_PAGE_SIZES } from "./spte.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 /** kvm_unmap_hva_range: mmu_lock held. Returns true if a flush is needed. */
 export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
@@ -54,6 +54,15 @@ export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: numb
   } finally {
     kvm.mmu_lock.unlock();
   }
+}
+
+/**
+ * mmu_notifier_retry: a fault that read mmu_notifier_seq = mmuSeq before looking up its pfn must
+ * not map it if an invalidation is running or ended since. Called under mmu_lock.
+ */
+export function mmu_notifier_retry(kvm: Kvm, mmuSeq: number): boolean {
+  if (aload(kvm.ctl, CTL_NOTIFIER_COUNT) !== 0) return true;
+  return aload(kvm.ctl, CTL_NOTIFIER_SEQ) !== mmuSeq;
 }
 
 export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {

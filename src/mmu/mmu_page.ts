@@ -44,7 +44,7 @@ import {
   PT64_ROOT_LEVEL,
   spte_to_child_sp,
 } from "./spte.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 export function page_header(sptep: number): number {
   return Math.floor(sptep / PT64_ENT_PER_PAGE);
@@ -145,7 +145,7 @@ export function drop_spte(kvm: Kvm, sptep: number): void {
 
 /**
  * drop_large_spte (404381c5): while descending to map a smaller page, a present large spte on
- * the way (e.g. made read-only by dirty logging, B3) is dropped and remote TLBs are flushed.
+ * the way (e.g. made read-only by dirty logging) is dropped and remote TLBs are flushed.
  * Returns true if it dropped one.
  */
 export function drop_large_spte(kvm: Kvm, sptep: number): boolean {

@@ -14,9 +14,11 @@
  *
  * 24 bits of frame number address 64 GiB of 4 KiB host frames, more than this engine needs, and
  * keeping the whole entry in 32 bits makes the tables half the size of 64-bit ones.
- * Link sptes are PRESENT|WRITABLE|USER and never carry HOST_W/MMU_W (reference §2.2), so
+ * Link sptes are PRESENT|WRITABLE|USER and never carry HOST_W/MMU_W, so
  * "writable leaf" can be decided from the value alone (patch 12).
  */
+import { KVM_PAGES_PER_HPAGE } from "../kvm_host.js";
+
 export const PT_PRESENT_MASK = 1 << 0;
 export const PT_WRITABLE_MASK = 1 << 1;
 export const PT_USER_MASK = 1 << 2;
@@ -34,14 +36,6 @@ export const PT_PDPE_LEVEL = 3;
 export const PT64_ROOT_LEVEL = 4;
 export const PT64_ENT_PER_PAGE = 512;
 export const KVM_NR_PAGE_SIZES = 3;
-
-export function KVM_HPAGE_GFN_SHIFT(level: number): number {
-  return (level - 1) * 9;
-}
-
-export function KVM_PAGES_PER_HPAGE(level: number): number {
-  return 1 << ((level - 1) * 9);
-}
 
 /** Index of the entry for `gfn` in a table at `level` (PT64_INDEX on a guest frame number). */
 export function PT64_INDEX(gfn: number, level: number): number {
@@ -81,7 +75,7 @@ export function is_writable_leaf(s: number): boolean {
 
 /**
  * spte_has_volatile_bits: W may change outside mmu_lock. Without hardware A/D bits this is
- * exactly "locklessly modifiable" (reference §7.4: MMU-writable sptes stay volatile).
+ * exactly "locklessly modifiable" (MMU-writable sptes stay volatile).
  */
 export function spte_has_volatile_bits(s: number): boolean {
   return spte_is_locklessly_modifiable(s);
@@ -89,6 +83,16 @@ export function spte_has_volatile_bits(s: number): boolean {
 
 export function spte_to_pfn(s: number): number {
   return s >>> SPTE_PFN_SHIFT;
+}
+
+/** gfn & this mask: the offset of a 4 KiB page inside the page that a spte at `level` maps. */
+export function KVM_PAGES_PER_HPAGE_MASK(level: number): number {
+  return KVM_PAGES_PER_HPAGE(level) - 1;
+}
+
+/** The frame a leaf spte at `level` maps for `gfn` (a large spte maps KVM_PAGES_PER_HPAGE frames). */
+export function spte_leaf_pfn(s: number, level: number, gfn: number): number {
+  return spte_to_pfn(s) + (gfn & KVM_PAGES_PER_HPAGE_MASK(level));
 }
 
 /** A link spte pointing at shadow page `sp`. */

@@ -1,5 +1,5 @@
 /**
- * The spte update primitives (reference §2.5). Sptes that can change outside mmu_lock
+ * The spte update primitives. Sptes that can change outside mmu_lock
  * (fast_page_fault sets W, the lockless protector clears it) are "volatile" and are only
  * replaced with xchg, so the caller learns the value it really replaced.
  */

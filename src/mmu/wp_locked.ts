@@ -8,7 +8,7 @@
 import { Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
 import { aload } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { for_each_rmap_spte, RMAP_RESTART, rmap_single_spte } from "./rmap.js";
 import { drop_spte } from "./mmu_page.js";
 import { mmu_spte_update } from "./spte_ops.js";

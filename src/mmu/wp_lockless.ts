@@ -10,7 +10,7 @@
 import { BUG, Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
 import { aload, acas, astore } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
-import { kvm_flush_remote_tlbs } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { pte_list_walk_lockless, rmap_single_spte } from "./rmap.js";
 import { is_writable_leaf, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
 import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";

@@ -3,7 +3,7 @@ import { aadd, aload, astore } from "./atomic.js";
 /**
  * RCU-style read sections for lockless walkers that do not run in vCPU context (the
  * get-dirty-log ioctl, the audit). vCPU walkers are covered by the remote-TLB-flush protocol
- * instead, as in KVM (see src/vcpu/requests.ts).
+ * instead, as in KVM (see src/kvm/requests.ts).
  *
  * Words: [0] the number of retirements so far, G (only grows); the current epoch is G + 1, so
  * epochs start at 1 while the shared words start zeroed. [1 + r] reader r's epoch while it is

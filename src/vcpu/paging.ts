@@ -5,7 +5,7 @@
  *
  * shadow mode: the "hardware" walks the vCPU's shadow root (VCPU_ROOT) locklessly in guest mode,
  *   exactly as it walks the TDP root; on a miss the vCPU leaves guest mode and takes the shadow
- *   MMU's fault (src/mmu/shadow.ts), which walks the guest tables (walk_addr, setting A/D) and
+ *   MMU's fault (src/mmu/paging_tmpl.ts), which walks the guest tables (walk_addr, setting A/D) and
  *   builds the shadow path. A write to a shadowed guest page table comes back as "emulate".
  * TDP mode with paging: the two-dimensional walk of EPT hardware. Each guest table is reached
  *   through the TDP tables (a missing or read-only TDP entry is an EPT violation: tdp_page_fault,
@@ -18,14 +18,8 @@
 import { CTL_ROOT, Kvm, PAGE_WORDS, VCPU_ROOT } from "../kvm_host.js";
 import { acas, aload } from "../sync/atomic.js";
 import { tdp_page_fault } from "../mmu/tdp_fault.js";
-import {
-  is_last_spte,
-  is_shadow_present_pte,
-  PT64_ENT_PER_PAGE,
-  PT64_ROOT_LEVEL,
-  spte_to_pfn,
-  PT_WRITABLE_MASK,
-} from "../mmu/spte.js";
+import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { is_shadow_present_pte, is_writable_pte, PT64_ROOT_LEVEL, spte_leaf_pfn } from "../mmu/spte.js";
 import {
   ACC_ALL,
   ACC_WRITE_MASK,
@@ -38,50 +32,47 @@ import {
   GuestPageFault,
   is_last_gpte,
 } from "../mmu/guest_pt.js";
-import {
-  emulate_guest_write,
-  GuestWalker,
-  SHADOW_EMULATE,
-  shadow_page_fault,
-  ShadowFaultStats,
-  ShadowVcpuCtx,
-} from "../mmu/shadow.js";
-import type { Vcpu } from "./vcpu.js";
+import { GuestWalker, SHADOW_EMULATE, shadow_page_fault, ShadowVcpuCtx } from "../mmu/paging_tmpl.js";
+import { emulate_guest_write } from "../mmu/pte_write.js";
+import type { SoftTlb } from "./tlb.js";
+
+/** What the miss paths need of a vCPU (the Vcpu class; an interface keeps vcpu.ts above this file). */
+export interface PagingVcpu {
+  readonly kvm: Kvm;
+  readonly row: number;
+  readonly tlb: SoftTlb;
+  readonly fault: FaultStats;
+  readonly cr3: number;
+  exitGuest(): void;
+  enterGuest(): void;
+  safePoint(): void;
+}
 
 /** Per-vCPU state of guest paging. */
 export class PagingState {
   readonly walker = new GuestWalker();
-  readonly stats = new ShadowFaultStats();
   /** What the shadow fault path gets (one object per vCPU, updated per fault). */
-  readonly ctx: ShadowVcpuCtx = { row: 0, cr3: 0, walker: this.walker, stats: this.stats };
+  readonly ctx: ShadowVcpuCtx;
+  /** The lockless walks of the miss paths. */
+  readonly it = new ShadowWalkIterator();
   /** The gfn of the write to emulate after a SHADOW_EMULATE miss. */
   emulGfn = 0;
   guestWalks = 0;
   guestFaults = 0;
   emulated = 0;
+
+  constructor(stats: FaultStats) {
+    this.ctx = { row: 0, cr3: 0, walker: this.walker, stats };
+  }
 }
 
-/**
- * The lockless walk of TDP tables from CTL_ROOT for gfn, in guest mode. Returns
- * (pfn << 1) | writable, -1 if not present.
- */
-function ept_lookup(kvm: Kvm, gfn: number): number {
-  let sp = aload(kvm.ctl, CTL_ROOT);
-  if (sp === 0) return -1;
-  for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
-    const s = aload(kvm.spt, sp * PT64_ENT_PER_PAGE + ((gfn >>> ((level - 1) * 9)) & 511));
-    if (!is_shadow_present_pte(s)) return -1;
-    if (is_last_spte(s, level)) {
-      const pfn = spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0);
-      return (pfn << 1) | ((s & PT_WRITABLE_MASK) !== 0 ? 1 : 0);
-    }
-    sp = s >>> 8;
-  }
-  return -1;
+/** The lockless walk of TDP tables from CTL_ROOT for gfn, in guest mode: the leaf, or not present. */
+function ept_lookup(kvm: Kvm, it: ShadowWalkIterator, gfn: number): number {
+  return walk_shadow_page_lockless(kvm, aload(kvm.ctl, CTL_ROOT), gfn, it);
 }
 
 /** An EPT violation on the way: take the TDP fault outside guest mode. */
-function ept_violation(v: Vcpu, gfn: number, write: boolean, present: boolean): void {
+function ept_violation(v: PagingVcpu, gfn: number, write: boolean, present: boolean): void {
   v.exitGuest();
   try {
     tdp_page_fault(v.kvm, v.row, gfn, write, present, v.fault);
@@ -91,7 +82,7 @@ function ept_violation(v: Vcpu, gfn: number, write: boolean, present: boolean): 
 }
 
 /** The 2D walk (TDP mode, guest paging on). Returns false (never emulates). */
-function tdp_paging_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean): boolean {
+function tdp_paging_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boolean): boolean {
   const kvm = v.kvm;
   const mem = kvm.mem;
   ps.guestWalks++;
@@ -104,15 +95,16 @@ function tdp_paging_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean):
     let leafLo = 0;
     let restart = false;
     for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
-      const t = ept_lookup(kvm, table);
-      if (t < 0) {
+      const t = ept_lookup(kvm, ps.it, table);
+      if (!is_shadow_present_pte(t)) {
         ept_violation(v, table, false, false);
         restart = true;
         break;
       }
       const idx = gpt_index(vpn, level);
-      let lo = aload(mem, (t >>> 1) * PAGE_WORDS + idx * 2);
-      const hi = aload(mem, (t >>> 1) * PAGE_WORDS + idx * 2 + 1);
+      const tw = spte_leaf_pfn(t, ps.it.level, table) * PAGE_WORDS + idx * 2;
+      let lo = aload(mem, tw);
+      const hi = aload(mem, tw + 1);
       if ((lo & GPTE_P) === 0) {
         ps.guestFaults++;
         throw new GuestPageFault(vpn, write, false);
@@ -121,12 +113,12 @@ function tdp_paging_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean):
       const need = GPTE_A | (leaf && write && (access & gpte_access(lo) & ACC_WRITE_MASK) !== 0 ? GPTE_D : 0);
       if ((lo & need) !== need) {
         // The MMU's locked cmpxchg of A/D: a write to the table's page through TDP.
-        if ((t & 1) === 0) {
+        if (!is_writable_pte(t)) {
           ept_violation(v, table, true, true);
           restart = true;
           break;
         }
-        if (acas(mem, (t >>> 1) * PAGE_WORDS + idx * 2, lo, lo | need) !== lo) {
+        if (acas(mem, tw, lo, lo | need) !== lo) {
           restart = true;
           break;
         }
@@ -146,34 +138,27 @@ function tdp_paging_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean):
       ps.guestFaults++;
       throw new GuestPageFault(vpn, write, true);
     }
-    const t = ept_lookup(kvm, gfn);
-    if (t < 0 || (write && (t & 1) === 0)) {
-      ept_violation(v, gfn, write, t >= 0);
+    const t = ept_lookup(kvm, ps.it, gfn);
+    if (!is_shadow_present_pte(t) || (write && !is_writable_pte(t))) {
+      ept_violation(v, gfn, write, is_shadow_present_pte(t));
       continue;
     }
-    const writable = (access & ACC_WRITE_MASK) !== 0 && (leafLo & GPTE_D) !== 0 && (t & 1) !== 0;
-    v.tlb.fill(vpn, t >>> 1, writable);
+    const writable = (access & ACC_WRITE_MASK) !== 0 && (leafLo & GPTE_D) !== 0 && is_writable_pte(t);
+    v.tlb.fill(vpn, spte_leaf_pfn(t, ps.it.level, gfn), writable);
     return false;
   }
 }
 
 /** Shadow mode: walk the shadow root in guest mode, else fault. Returns true to emulate a write. */
-function shadow_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean): boolean {
+function shadow_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boolean): boolean {
   const kvm = v.kvm;
-  let present = false;
-  let sp = aload(kvm.vcpu, v.row + VCPU_ROOT);
-  if (sp !== 0) {
-    for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
-      const s = aload(kvm.spt, sp * PT64_ENT_PER_PAGE + ((vpn >>> ((level - 1) * 9)) & 511));
-      if (!is_shadow_present_pte(s)) break;
-      if (is_last_spte(s, level)) {
-        present = true;
-        const writable = (s & PT_WRITABLE_MASK) !== 0;
-        if (write && !writable) break;
-        v.tlb.fill(vpn, spte_to_pfn(s) + (level === 2 ? vpn & 511 : 0), writable);
-        return false;
-      }
-      sp = s >>> 8;
+  const s = walk_shadow_page_lockless(kvm, aload(kvm.vcpu, v.row + VCPU_ROOT), vpn, ps.it);
+  const present = is_shadow_present_pte(s);
+  if (present) {
+    const writable = is_writable_pte(s);
+    if (!write || writable) {
+      v.tlb.fill(vpn, spte_leaf_pfn(s, ps.it.level, vpn), writable);
+      return false;
     }
   }
   v.exitGuest();
@@ -198,13 +183,19 @@ function shadow_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean): boo
 }
 
 /** Vcpu.miss with guest paging or in shadow mode. True: the write must be emulated. */
-export function paging_miss(v: Vcpu, ps: PagingState, vpn: number, write: boolean, shadow: boolean): boolean {
+export function paging_miss(
+  v: PagingVcpu,
+  ps: PagingState,
+  vpn: number,
+  write: boolean,
+  shadow: boolean,
+): boolean {
   return shadow ? shadow_miss(v, ps, vpn, write) : tdp_paging_miss(v, ps, vpn, write);
 }
 
 /** The emulated store (outside guest mode), for a SHADOW_EMULATE miss. */
 export function paging_emulate_write(
-  v: Vcpu,
+  v: PagingVcpu,
   ps: PagingState,
   w: number,
   lo: number,

@@ -36,18 +36,13 @@ import {
   VCPU_STRIDE,
 } from "../kvm_host.js";
 import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
-import { FaultStats, tdp_page_fault } from "../mmu/tdp_fault.js";
-import {
-  is_last_spte,
-  is_shadow_present_pte,
-  PT64_ENT_PER_PAGE,
-  PT64_ROOT_LEVEL,
-  spte_to_pfn,
-} from "../mmu/spte.js";
+import { tdp_page_fault } from "../mmu/tdp_fault.js";
+import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn } from "../mmu/spte.js";
 import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
-import { kvm_mmu_load_cr3 } from "../mmu/shadow.js";
-import { VcpuState } from "./requests.js";
+import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
+import { VcpuState } from "../kvm/requests.js";
 
 /** Run control values (VCPU_RUN), written by the VM owner. */
 export const enum RunCtl {
@@ -70,7 +65,6 @@ export class Vcpu {
   readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
   readonly mem: Int32Array;
-  private readonly spt: Int32Array;
   private readonly ctl: Int32Array;
   private readonly v: Int32Array;
   /** The TLB's entries and index mask, cached for the hit path. */
@@ -82,7 +76,9 @@ export class Vcpu {
   private pagingMiss: boolean;
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
-  readonly paging = new PagingState();
+  readonly paging = new PagingState(this.fault);
+  /** The lockless walk of the TDP miss path and the TLB audit. */
+  private readonly it = new ShadowWalkIterator();
   /** Guest accesses, counted by the guest programs (kept off the TLB-hit path). */
   writes = 0;
   reads = 0;
@@ -94,7 +90,6 @@ export class Vcpu {
     this.row = id * VCPU_STRIDE;
     this.tlb = new SoftTlb(tlbBits);
     this.mem = kvm.mem;
-    this.spt = kvm.spt;
     this.ctl = kvm.ctl;
     this.v = kvm.vcpu;
     this.tlbE = this.tlb.e;
@@ -248,27 +243,19 @@ export class Vcpu {
   /**
    * TLB miss: poll for kicks (a safe point), walk the TDP tables locklessly in guest mode and
    * fill the TLB, or take the fault outside guest mode. With guest paging or in shadow mode the
-   * miss goes to src/vcpu/paging.ts; true means "emulate this write" (shadow mode only).
+   * miss goes to paging.ts; true means "emulate this write" (shadow mode only).
    */
   private miss(gfn: number, write: boolean): boolean {
     this.tlbMisses++;
     this.safePoint();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
-    let sp = aload(this.ctl, CTL_ROOT);
-    let present = false;
-    if (sp !== 0) {
-      for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
-        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + ((gfn >>> ((level - 1) * 9)) & 511));
-        if (!is_shadow_present_pte(s)) break;
-        if (is_last_spte(s, level)) {
-          present = true;
-          const writable = (s & 2) !== 0;
-          if (write && !writable) break;
-          const pfn = spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0);
-          this.tlb.fill(gfn, pfn, writable);
-          return false;
-        }
-        sp = s >>> 8;
+    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL_ROOT), gfn, this.it);
+    const present = is_shadow_present_pte(s);
+    if (present) {
+      const writable = is_writable_pte(s);
+      if (!write || writable) {
+        this.tlb.fill(gfn, spte_leaf_pfn(s, this.it.level, gfn), writable);
+        return false;
       }
     }
     this.exitGuest();
@@ -278,7 +265,7 @@ export class Vcpu {
   }
 
   /**
-   * The TLB part of the MMU audit (reference §13; the TLB is private to this thread, so the vCPU
+   * The TLB part of the MMU audit (the TLB is private to this thread, so the vCPU
    * audits it itself, parked, when the owner asks with everything quiesced): once every flush
    * request has been honoured, no entry may allow a write that the spte does not — present,
    * writable, same frame. A pending KVM_REQ_TLB_FLUSH empties the TLB before its next use, so
@@ -290,17 +277,9 @@ export class Vcpu {
     if ((aload(this.v, this.row + VCPU_REQUESTS) & KVM_REQ_TLB_FLUSH) !== 0) return 0;
     let bad = 0;
     for (const { gfn, pfn } of this.tlb.writableEntries()) {
-      let sp = aload(this.ctl, CTL_ROOT);
-      let ok = false;
-      for (let level = PT64_ROOT_LEVEL; level >= 1 && sp !== 0; level--) {
-        const s = aload(this.spt, sp * PT64_ENT_PER_PAGE + ((gfn >>> ((level - 1) * 9)) & 511));
-        if (!is_shadow_present_pte(s)) break;
-        if (is_last_spte(s, level)) {
-          ok = (s & 2) !== 0 && spte_to_pfn(s) + (level === 2 ? gfn & 511 : 0) === pfn;
-          break;
-        }
-        sp = s >>> 8;
-      }
+      const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL_ROOT), gfn, this.it);
+      const ok =
+        is_shadow_present_pte(s) && is_writable_pte(s) && spte_leaf_pfn(s, this.it.level, gfn) === pfn;
       if (!ok) bad++;
     }
     return bad;
@@ -324,11 +303,6 @@ export class Vcpu {
     s[b + ST_GUEST_WALKS] = p.guestWalks;
     s[b + ST_GUEST_PF] = p.guestFaults;
     s[b + ST_EMULATED] = p.emulated;
-    if (this.shadow) {
-      s[b + ST_FAST_PF] = this.fault.fast + p.stats.fast;
-      s[b + ST_SLOW_PF] = this.fault.slow + p.stats.slow;
-      s[b + ST_RETRIES] = this.fault.retries + p.stats.retries;
-    }
   }
 
   passDone(): void {

@@ -37,7 +37,7 @@ import { gfn_to_hva_page, gfn_to_memslot, gfn_to_rmap, slot_level_pages } from "
 import { hva_to_pfn } from "../mem/host_memory.js";
 import { pte_list_audit, pte_list_walk } from "../mmu/rmap.js";
 import { kvm_mmu_page_get_gfn, page_header, sp_level } from "../mmu/mmu_page.js";
-import { active_mmu_pages } from "../mmu/shadow.js";
+import { active_mmu_pages } from "../mmu/mmu_page_hash.js";
 import { auditShadow } from "./shadow_audit.js";
 import {
   is_large_pte,

@@ -27,7 +27,7 @@ import {
   kvm_mmu_prepare_zap_page,
   page_header,
 } from "../mmu/mmu_page.js";
-import { shadow_prepare_zap_page } from "../mmu/shadow.js";
+import { shadow_prepare_zap_page } from "../mmu/shadow_page.js";
 import { rmap_add, rmap_get_first } from "../mmu/rmap.js";
 import { gfn_to_rmap } from "../mem/memslot.js";
 import { host_migrate_page, hva_to_pfn, MmuNotifier } from "../mem/host_memory.js";

@@ -38,7 +38,8 @@ import {
 import { gfn_to_memslot, gfn_to_rmap, lpage_info_index } from "../mem/memslot.js";
 import { pte_list_walk } from "../mmu/rmap.js";
 import { page_header } from "../mmu/mmu_page.js";
-import { active_mmu_pages, guest_gfn_to_pfn, role_access } from "../mmu/shadow.js";
+import { active_mmu_pages, role_access } from "../mmu/mmu_page_hash.js";
+import { guest_gfn_to_pfn } from "../mem/guest_memory.js";
 import {
   is_large_pte,
   is_last_spte,

@@ -30,10 +30,10 @@ import {
   VCPU_STATE,
   WpStrategy,
 } from "../kvm_host.js";
-import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress.js";
+import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress_spec.js";
 import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
 import { acas, aload, astore, axchg } from "../sync/atomic.js";
-import { kvm_flush_remote_tlbs, VcpuState } from "../vcpu/requests.js";
+import { kvm_flush_remote_tlbs, VcpuState } from "../kvm/requests.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import {
   pte_list_add,
@@ -42,7 +42,7 @@ import {
   rmap_single_spte,
   rmapStats,
 } from "../mmu/rmap.js";
-import { fast_page_fault, FaultStats } from "../mmu/tdp_fault.js";
+import { fast_page_fault, FaultStats } from "../mmu/mmu.js";
 import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
 import { gfn_to_rmap, mark_page_dirty } from "../mem/memslot.js";
 import {

@@ -26,14 +26,8 @@ import {
   VCPU_ROOT,
   VCPU_STRIDE,
 } from "../../src/kvm_host.js";
-import {
-  active_mmu_pages,
-  for_each_gfn_sp,
-  kvm_mmu_get_shadow_page,
-  make_role,
-  role_access,
-  shadow_prepare_zap_page,
-} from "../../src/mmu/shadow.js";
+import { active_mmu_pages, for_each_gfn_sp, make_role, role_access } from "../../src/mmu/mmu_page_hash.js";
+import { kvm_mmu_get_shadow_page, shadow_prepare_zap_page } from "../../src/mmu/shadow_page.js";
 import { kvm_mmu_commit_zap_page } from "../../src/mmu/mmu_page.js";
 import {
   ACC_ALL,

@@ -1,3 +1,4 @@
+import { KVM_HPAGE_GFN_SHIFT, KVM_PAGES_PER_HPAGE } from "../../src/kvm_host.js";
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
@@ -6,8 +7,6 @@ import {
   is_shadow_present_pte,
   is_writable_leaf,
   is_writable_pte,
-  KVM_HPAGE_GFN_SHIFT,
-  KVM_PAGES_PER_HPAGE,
   make_link_spte,
   PT64_INDEX,
   PT_DIRECTORY_LEVEL,
@@ -35,7 +34,7 @@ const HW = SPTE_HOST_WRITEABLE;
 const MW = SPTE_MMU_WRITEABLE;
 const L = PT_PAGE_SIZE_MASK;
 
-/** A leaf spte as set_spte builds it (tdp_fault.ts): pfn in bits 8..31. */
+/** A leaf spte as set_spte builds it (mmu.ts): pfn in bits 8..31. */
 function leaf(pfn: number, bits: number): number {
   return (pfn << SPTE_PFN_SHIFT) | bits;
 }

@@ -26,7 +26,7 @@ import {
   VCPU_STATE,
   VCPU_STRIDE,
 } from "../../src/kvm_host.js";
-import { VcpuState } from "../../src/vcpu/requests.js";
+import { VcpuState } from "../../src/kvm/requests.js";
 import { Errno, KvmError } from "../../src/errors.js";
 import { MemoryRegion, Vm, VmOptions } from "../../src/vm.js";
 

@@ -1,5 +1,5 @@
 /**
- * A fake vCPU for test/vcpu/requests.test.ts: a real `Vcpu` on its own thread that, instead of
+ * A fake vCPU for test/kvm/requests.test.ts: a real `Vcpu` on its own thread that, instead of
  * running a guest, does one of a few scripted things (see FakeVcpuData.script) and reports
  * through the `out` words (FakeVcpuWords).
  *
@@ -14,7 +14,7 @@ import {
   VCPU_STATE,
   VCPU_STRIDE,
 } from "../../src/kvm_host.js";
-import { VcpuState } from "../../src/vcpu/requests.js";
+import { VcpuState } from "../../src/kvm/requests.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 
 export interface FakeVcpuData {

@@ -7,7 +7,7 @@
  * accesses, or at the end of a lockless walk (fast_page_fault). Before it next uses its TLB it
  * sets mode IN and then reads its requests (both seq-cst), so when kvm_flush_remote_tlbs
  * returns no vCPU can use a translation older than the call. This is also the grace period
- * that protects vCPU lockless walkers from freed shadow pages (reference §4.4).
+ * that protects vCPU lockless walkers from freed shadow pages.
  */
 import {
   CTL_NR_VCPUS,

@@ -22,7 +22,7 @@ import {
   kvm_make_request,
   make_all_cpus_request,
   VcpuState,
-} from "../../src/vcpu/requests.js";
+} from "../../src/kvm/requests.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { makeKvm } from "../helpers/kvm.js";
 import { FAKE_GFN, FAKE_PFN, FakeVcpuData, FakeVcpuWords } from "../workers/fake_vcpu.js";

@@ -18,9 +18,9 @@ import {
   VCPU_STRIDE,
   CTL_VM_STATE,
 } from "../kvm_host.js";
-import { Vcpu, VcpuStop } from "./vcpu.js";
-import { VcpuState } from "./requests.js";
-import { GuestArgs, runGuest } from "../workload/guest.js";
+import { Vcpu, VcpuStop } from "../vcpu/vcpu.js";
+import { VcpuState } from "../kvm/requests.js";
+import { GuestArgs, runGuest } from "./guest.js";
 import { KvmError } from "../errors.js";
 import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
 

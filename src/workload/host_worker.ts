@@ -8,13 +8,19 @@
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { Kvm } from "../kvm_host.js";
-import { host_invalidate_range, host_migrate_page, MmuNotifier } from "./host_memory.js";
+import { host_invalidate_range, host_migrate_page, MmuNotifier } from "../mem/host_memory.js";
 import {
   kvm_mmu_notifier_invalidate_range_end,
   kvm_mmu_notifier_invalidate_range_start,
 } from "../mmu/mmu_notifier.js";
-import { ParkMiller } from "../workload/rng.js";
-import { HOST_INVALIDATIONS, HOST_MIGRATIONS, HOST_RUN, HOST_STATE, HostWorkerData } from "./host_thread.js";
+import { ParkMiller } from "./rng.js";
+import {
+  HOST_INVALIDATIONS,
+  HOST_MIGRATIONS,
+  HOST_RUN,
+  HOST_STATE,
+  HostWorkerData,
+} from "../mem/host_thread.js";
 
 const d = workerData as HostWorkerData;
 const kvm = new Kvm(d.shared);

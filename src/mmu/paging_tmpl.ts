@@ -1,0 +1,326 @@
+/**
+ * Shadow mode, the guest side of a fault (paging_tmpl.h): FNAME(walk_addr) over the guest page
+ * tables, FNAME(fetch) building the shadow path, and the shadow page fault (FNAME(page_fault), or
+ * nonpaging_page_fault with guest paging off). There is no unsync: every guest write to a
+ * shadowed table traps and is emulated (pte_write.ts). fast_page_fault runs only with guest paging
+ * off (an indirect sp's spte index does not name its gfn); with guest paging, the fault always
+ * takes mmu_lock, as in 3.11. Everything but the walk of guest memory runs under mmu_lock.
+ */
+import {
+  BUG,
+  CTL_NOTIFIER_COUNT,
+  CTL_NOTIFIER_SEQ,
+  Kvm,
+  PAGE_WORDS,
+  ROLE_INVALID,
+  SCTL_GPTE_CHANGED,
+  SCTL_RELOADS,
+  SPX_FLOOD,
+  SPX_STRIDE,
+  VCPU_ROOT,
+} from "../kvm_host.js";
+import { KvmError } from "../errors.js";
+import { aload, spinPoint } from "../sync/atomic.js";
+import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
+import { cmpxchg_gpte, gfn_to_pfn_memslot, guest_gfn_to_pfn, HostFrame } from "../mem/guest_memory.js";
+import { hva_is_huge } from "../mem/host_memory.js";
+import { drop_large_spte, drop_parent_pte, link_shadow_page } from "./mmu_page.js";
+import { role_access, sp_role } from "./mmu_page_hash.js";
+import {
+  kvm_mmu_get_shadow_page,
+  make_mmu_pages_available,
+  mmu_alloc_shadow_root,
+  mmu_free_shadow_root,
+} from "./shadow_page.js";
+import { mmu_notifier_retry } from "./mmu_notifier.js";
+import {
+  fast_page_fault,
+  FaultStats,
+  mmu_set_spte,
+  shadow_walk_init,
+  shadow_walk_next,
+  shadow_walk_okay,
+  ShadowWalkIterator,
+} from "./mmu.js";
+import {
+  is_large_pte,
+  is_shadow_present_pte,
+  KVM_PAGES_PER_HPAGE_MASK,
+  PT_DIRECTORY_LEVEL,
+  PT_PAGE_TABLE_LEVEL,
+  PT64_ROOT_LEVEL,
+  spte_to_child_sp,
+} from "./spte.js";
+import {
+  ACC_ALL,
+  ACC_WRITE_MASK,
+  gpt_index,
+  gpte_access,
+  gpte_gfn,
+  GPTE_A,
+  GPTE_D,
+  GPTE_P,
+  GuestPageFault,
+  is_last_gpte,
+} from "./guest_pt.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+
+/** The result of FNAME(walk_addr) (struct guest_walker). Arrays are indexed by level. */
+export class GuestWalker {
+  /** Level of the leaf gpte: 1, or 2 for a 2 MiB page. */
+  level = 1;
+  readonly tableGfn = new Int32Array(PT64_ROOT_LEVEL + 1);
+  readonly lo = new Int32Array(PT64_ROOT_LEVEL + 1);
+  readonly hi = new Int32Array(PT64_ROOT_LEVEL + 1);
+  /** Access granted down to (and including) the gpte at each level. */
+  readonly ptAccess = new Int32Array(PT64_ROOT_LEVEL + 2);
+  pteAccess = 0;
+  /** The 4 KiB gfn the address translates to. */
+  gfn = 0;
+}
+
+/**
+ * FNAME(walk_addr): translates vpn through the guest tables at cr3, setting A on every level and
+ * D on the leaf of a write (cmpxchg; restarts if a gpte changed under it). Throws GuestPageFault
+ * for a non-present entry or a write to a read-only mapping. A read of a clean leaf yields
+ * pte_access without W (protect_clean_gpte), so the first write faults and sets D.
+ */
+export function walk_addr(kvm: Kvm, w: GuestWalker, cr3: number, vpn: number, write: boolean): void {
+  const mem = kvm.mem;
+  retry: for (let attempt = 0; ; attempt++) {
+    if (attempt > 1000)
+      throw new KvmError("EIO", `walk_addr: gptes of gva 0x${(vpn * 4096).toString(16)} keep changing`);
+    let table = cr3;
+    let access = ACC_ALL;
+    w.ptAccess[PT64_ROOT_LEVEL + 1] = ACC_ALL;
+    for (let level = PT64_ROOT_LEVEL; level >= 1; level--) {
+      const pfn = guest_gfn_to_pfn(kvm, table);
+      if (pfn < 0)
+        throw new KvmError(
+          "EFAULT",
+          `gpa 0x${(table * 4096).toString(16)}: guest page table outside guest memory`,
+        );
+      const idx = gpt_index(vpn, level);
+      const lo = aload(mem, pfn * PAGE_WORDS + idx * 2);
+      const hi = aload(mem, pfn * PAGE_WORDS + idx * 2 + 1);
+      w.tableGfn[level] = table;
+      w.lo[level] = lo;
+      w.hi[level] = hi;
+      if ((lo & GPTE_P) === 0) throw new GuestPageFault(vpn, write, false);
+      access &= gpte_access(lo);
+      w.ptAccess[level] = access;
+      if (is_last_gpte(lo, level)) {
+        w.level = level;
+        const g = gpte_gfn(lo, hi);
+        w.gfn = level === 2 ? g - (g & 511) + (vpn & 511) : g;
+        break;
+      }
+      table = gpte_gfn(lo, hi);
+    }
+    if (write && (access & ACC_WRITE_MASK) === 0) throw new GuestPageFault(vpn, write, true);
+    // FNAME(update_accessed_dirty_bits).
+    for (let level = PT64_ROOT_LEVEL; level >= w.level; level--) {
+      const lo = w.lo[level];
+      const need = GPTE_A | (level === w.level && write ? GPTE_D : 0);
+      if ((lo & need) === need) continue;
+      if (!cmpxchg_gpte(kvm, w.tableGfn[level], gpt_index(vpn, level), lo, lo | need)) continue retry;
+      w.lo[level] = lo | need;
+    }
+    w.pteAccess = access;
+    if (!write && (w.lo[w.level] & GPTE_D) === 0) w.pteAccess &= ~ACC_WRITE_MASK;
+    return;
+  }
+}
+
+/** FNAME(gpte_changed): the gpte walked at `level` is no longer what guest memory holds. */
+function gpte_changed(kvm: Kvm, w: GuestWalker, vpn: number, level: number): boolean {
+  const pfn = guest_gfn_to_pfn(kvm, w.tableGfn[level]);
+  if (pfn < 0) return true;
+  const i = pfn * PAGE_WORDS + gpt_index(vpn, level) * 2;
+  return aload(kvm.mem, i) !== w.lo[level] || aload(kvm.mem, i + 1) !== w.hi[level];
+}
+
+/** What a vCPU passes to the shadow fault path. */
+export interface ShadowVcpuCtx {
+  row: number;
+  cr3: number;
+  walker: GuestWalker;
+  stats: FaultStats;
+}
+
+const SHADOW_RETRY = 0;
+export const SHADOW_EMULATE = 1;
+/** fetch: a gpte changed under the walk; walk again. */
+const SHADOW_GPTE_CHANGED = -1;
+
+const hf = new HostFrame();
+const it = new ShadowWalkIterator();
+
+function clear_sp_write_flooding_count(kvm: Kvm, sp: number): void {
+  kvm.spExt[sp * SPX_STRIDE + SPX_FLOOD] = 0;
+}
+
+/** The vCPU's root, reloaded if it was zapped (KVM_REQ_MMU_RELOAD). mmu_lock held. */
+function vcpu_root(kvm: Kvm, v: ShadowVcpuCtx): number {
+  let root = kvm.vcpu[v.row + VCPU_ROOT];
+  if (root === 0 || (sp_role(kvm, root) & ROLE_INVALID) !== 0) {
+    if (root !== 0) kvm.sctl[SCTL_RELOADS]++;
+    mmu_free_shadow_root(kvm, v.row);
+    root = mmu_alloc_shadow_root(kvm, v.row, v.cr3);
+  }
+  return root;
+}
+
+/** validate_direct_spte: drop a link to a direct child whose access is not `directAccess`. */
+function validate_direct_spte(kvm: Kvm, sptep: number, directAccess: number): void {
+  const s = kvm.spt[sptep];
+  if (!is_shadow_present_pte(s) || is_large_pte(s)) return;
+  const child = spte_to_child_sp(s);
+  if (role_access(sp_role(kvm, child)) !== directAccess) {
+    drop_parent_pte(kvm, child, sptep);
+    kvm_flush_remote_tlbs(kvm);
+  }
+}
+
+/**
+ * FNAME(fetch): builds the shadow path for the walked translation and installs the leaf. Returns
+ * SHADOW_EMULATE, SHADOW_RETRY or SHADOW_GPTE_CHANGED.
+ */
+function fetch(
+  kvm: Kvm,
+  v: ShadowVcpuCtx,
+  r: number,
+  vpn: number,
+  hlevel: number,
+  pfn: number,
+  write: boolean,
+  hostWritable: boolean,
+): number {
+  const w = v.walker;
+  shadow_walk_init(it, vcpu_root(kvm, v), vpn);
+  if (gpte_changed(kvm, w, vpn, PT64_ROOT_LEVEL)) return SHADOW_GPTE_CHANGED;
+  // Indirect levels: one sp per guest table down to the table that holds the leaf gpte.
+  for (; shadow_walk_okay(it) && it.level > w.level; shadow_walk_next(kvm, it)) {
+    clear_sp_write_flooding_count(kvm, it.sp);
+    drop_large_spte(kvm, it.sptep);
+    const level = it.level;
+    if (!is_shadow_present_pte(kvm.spt[it.sptep])) {
+      const child = kvm_mmu_get_shadow_page(kvm, w.tableGfn[level - 1], level - 1, false, w.ptAccess[level]);
+      if (gpte_changed(kvm, w, vpn, level - 1)) return SHADOW_GPTE_CHANGED;
+      link_shadow_page(kvm, it.sptep, child);
+    } else if (gpte_changed(kvm, w, vpn, level - 1)) {
+      return SHADOW_GPTE_CHANGED;
+    }
+  }
+  // Direct levels: a guest 2 MiB page mapped with 4 KiB sptes.
+  const directAccess = w.pteAccess;
+  for (; shadow_walk_okay(it) && it.level > hlevel; shadow_walk_next(kvm, it)) {
+    clear_sp_write_flooding_count(kvm, it.sp);
+    drop_large_spte(kvm, it.sptep);
+    validate_direct_spte(kvm, it.sptep, directAccess);
+    if (!is_shadow_present_pte(kvm.spt[it.sptep])) {
+      const base = w.gfn - (w.gfn & KVM_PAGES_PER_HPAGE_MASK(it.level));
+      link_shadow_page(kvm, it.sptep, kvm_mmu_get_shadow_page(kvm, base, it.level - 1, true, directAccess));
+    }
+  }
+  clear_sp_write_flooding_count(kvm, it.sp);
+  const off = w.gfn & KVM_PAGES_PER_HPAGE_MASK(hlevel);
+  return mmu_set_spte(kvm, r, it.sptep, w.pteAccess, hlevel, w.gfn - off, pfn - off, write, hostWritable)
+    ? SHADOW_EMULATE
+    : SHADOW_RETRY;
+}
+
+/** nonpaging_map's __direct_map on the vCPU's direct root (guest paging off: gva = gpa). */
+function nonpaging_map(
+  kvm: Kvm,
+  v: ShadowVcpuCtx,
+  r: number,
+  gfn: number,
+  pfn: number,
+  write: boolean,
+  hostWritable: boolean,
+): number {
+  for (shadow_walk_init(it, vcpu_root(kvm, v), gfn); shadow_walk_okay(it); shadow_walk_next(kvm, it)) {
+    if (it.level === PT_PAGE_TABLE_LEVEL)
+      return mmu_set_spte(kvm, r, it.sptep, ACC_ALL, PT_PAGE_TABLE_LEVEL, gfn, pfn, write, hostWritable)
+        ? SHADOW_EMULATE
+        : SHADOW_RETRY;
+    if (!is_shadow_present_pte(kvm.spt[it.sptep])) {
+      const base = gfn - (gfn & KVM_PAGES_PER_HPAGE_MASK(it.level));
+      link_shadow_page(kvm, it.sptep, kvm_mmu_get_shadow_page(kvm, base, it.level - 1, true, ACC_ALL));
+    }
+  }
+  throw new KvmError("EIO", `nonpaging_map: no path to gfn ${gfn}`);
+}
+
+/**
+ * The shadow MMU's page fault (FNAME(page_fault), or nonpaging_page_fault with CR3 = 0). The vCPU
+ * is outside guest mode. Returns SHADOW_RETRY (the vCPU retries the access) or SHADOW_EMULATE
+ * (a write to a shadowed guest page table: the caller emulates it at v.walker.gfn). Throws
+ * GuestPageFault (deliver to the guest) or KvmError.
+ */
+export function shadow_page_fault(
+  kvm: Kvm,
+  v: ShadowVcpuCtx,
+  vpn: number,
+  write: boolean,
+  present: boolean,
+): number {
+  const w = v.walker;
+  for (let attempt = 0; ; attempt++) {
+    if (attempt > 10000)
+      throw new KvmError("EIO", `shadow fault at gva 0x${(vpn * 4096).toString(16)}: no progress`);
+    const mmuSeq = aload(kvm.ctl, CTL_NOTIFIER_SEQ);
+    if (v.cr3 === 0) {
+      w.level = 1;
+      w.gfn = vpn;
+      w.pteAccess = ACC_ALL;
+      if (write && present && fast_page_fault(kvm, v.row, vpn, v.stats)) return SHADOW_RETRY;
+    } else {
+      walk_addr(kvm, w, v.cr3, vpn, write);
+    }
+    const gfn = w.gfn;
+    const r = gfn_to_memslot(kvm, gfn);
+    if (r < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
+    if (!gfn_to_pfn_memslot(kvm, r, gfn, hf))
+      throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
+    const pfn = hf.pfn;
+    const mapWritable = hf.writable;
+    if (write && !mapWritable)
+      throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
+    const hostHuge = hva_is_huge(kvm, hf.hvaPage);
+    kvm.mmu_lock.lock();
+    let ret: number;
+    try {
+      v.stats.slow++;
+      if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
+        v.stats.retries++;
+        spinPoint(kvm.ctl, CTL_NOTIFIER_COUNT); // the vCPU retries until the invalidation ends
+        return SHADOW_RETRY;
+      }
+      make_mmu_pages_available(kvm);
+      if (v.cr3 === 0) {
+        ret = nonpaging_map(kvm, v, r, gfn, pfn, write, mapWritable);
+      } else {
+        // mapping_level: 2 MiB only for a guest 2 MiB page on a huge host page, in a slot that is
+        // not logged, with no shadowed guest table in the range (has_wrprotected_page).
+        let hlevel = PT_PAGE_TABLE_LEVEL;
+        if (
+          w.level === PT_DIRECTORY_LEVEL &&
+          hostHuge &&
+          !slot_dirty_logged(kvm, r) &&
+          kvm.lpagePool[lpage_info_index(kvm, r, gfn, PT_DIRECTORY_LEVEL)] === 0
+        )
+          hlevel = PT_DIRECTORY_LEVEL;
+        ret = fetch(kvm, v, r, vpn, hlevel, pfn, write, mapWritable);
+        if (ret === SHADOW_GPTE_CHANGED) {
+          kvm.sctl[SCTL_GPTE_CHANGED]++;
+          continue;
+        }
+      }
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+    return ret;
+  }
+}

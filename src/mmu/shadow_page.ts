@@ -1,0 +1,218 @@
+/**
+ * Shadow mode: shadow pages (kvm_mmu_get_page with a role, zap, make_mmu_pages_available) and the
+ * vCPU roots. An indirect sp shadows one guest page table (sp.gfn = the table's gfn; role.level =
+ * its level; role.access = the access the guest grants on the path to it); a direct sp maps a
+ * guest 2 MiB page with 4 KiB sptes, or (guest paging off) gva = gpa. Every vCPU has a root
+ * (VCPU_ROOT): the level-4 sp of its CR3, shared by vCPUs that load the same CR3.
+ *
+ * Zap is not recursive (a child may have other parents and stays findable in the hash); pages are
+ * unhashed and taken off the active list under mmu_lock when they go on the invalid list, then
+ * freed as TDP pages are (kvm_mmu_commit_zap_page). A root still used by a vCPU (root_count > 0)
+ * stays, invalid, until the vCPU drops it. Everything here runs under mmu_lock.
+ */
+import {
+  BUG,
+  CTL_SP_USED,
+  Kvm,
+  ROLE_DIRECT,
+  ROLE_INVALID,
+  ROLE_LEVEL_MASK,
+  SCTL_ACTIVE_TAIL,
+  SCTL_INDIRECT_SHADOW_PAGES,
+  SCTL_N_MAX,
+  SCTL_RECYCLED,
+  SCTL_SP_CREATED,
+  SCTL_SP_HASH_HITS,
+  SCTL_WORDS,
+  SP_GFN,
+  SP_PARENT_PTES,
+  SP_ROLE,
+  SP_ROOT_COUNT,
+  SP_STRIDE,
+  SPX_FLOOD,
+  SPX_ON_LIST,
+  SPX_STRIDE,
+  VCPU_ROOT,
+} from "../kvm_host.js";
+import { KvmError } from "../errors.js";
+import { astore } from "../sync/atomic.js";
+import {
+  drop_parent_pte,
+  drop_spte,
+  free_sp,
+  kvm_mmu_commit_zap_page,
+  kvm_mmu_get_page,
+} from "./mmu_page.js";
+import { active_add_head, active_del, hash_add, hash_del, hash_find, make_role } from "./mmu_page_hash.js";
+import { account_shadowed, rmap_write_protect_pt } from "./page_track.js";
+import { pte_list_walk } from "./rmap.js";
+import {
+  is_last_spte,
+  is_shadow_present_pte,
+  PT64_ENT_PER_PAGE,
+  PT64_ROOT_LEVEL,
+  spte_to_child_sp,
+} from "./spte.js";
+import { ACC_ALL } from "./guest_pt.js";
+import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+
+/** KVM_MIN_FREE_MMU_PAGES / KVM_REFILL_PAGES. */
+const KVM_MIN_FREE_MMU_PAGES = 5;
+const KVM_REFILL_PAGES = 25;
+/** Pages kept back from n_max for pages that wait for their RCU grace period. */
+const RETIRE_SLACK = 64;
+
+/**
+ * kvm_mmu_alloc_page: the TDP allocator (sptes are all 0). Pages zapped in bulk wait for the RCU
+ * grace period of a lockless harvest; if the arena is full of them, wait for that harvest to leave
+ * its read section (it takes no lock, so waiting under mmu_lock cannot deadlock).
+ */
+function alloc_shadow_page(kvm: Kvm, gfn: number, level: number): number {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      return kvm_mmu_get_page(kvm, gfn, level);
+    } catch (e) {
+      if (!(e instanceof KvmError) || e.code !== "ENOMEM" || Date.now() - t0 > 5000) throw e;
+      Atomics.wait(kvm.sctl, SCTL_WORDS - 1, 0, 0.05);
+    }
+  }
+}
+
+/**
+ * kvm_mmu_get_page (shadow mode): the valid sp of (gfn, role), or a new one. A new indirect sp
+ * write-protects its guest table (and flushes) before it is used.
+ */
+export function kvm_mmu_get_shadow_page(
+  kvm: Kvm,
+  gfn: number,
+  level: number,
+  direct: boolean,
+  access: number,
+): number {
+  const role = make_role(level, direct, access);
+  let sp = hash_find(kvm, gfn, role);
+  if (sp >= 0) {
+    kvm.sctl[SCTL_SP_HASH_HITS]++;
+    return sp;
+  }
+  sp = alloc_shadow_page(kvm, gfn, level);
+  kvm.spHdr[sp * SP_STRIDE + SP_ROLE] = role;
+  const xb = sp * SPX_STRIDE;
+  kvm.spExt[xb + SPX_FLOOD] = 0;
+  kvm.spExt[xb + SPX_ON_LIST] = 1;
+  hash_add(kvm, sp, gfn);
+  active_add_head(kvm, sp);
+  kvm.sctl[SCTL_SP_CREATED]++;
+  if (!direct) {
+    if (rmap_write_protect_pt(kvm, gfn)) kvm_flush_remote_tlbs(kvm);
+    account_shadowed(kvm, gfn, 1);
+    kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]++;
+  }
+  return sp;
+}
+
+/** mmu_page_zap_pte: drop one spte of a page being changed. Returns true if it was present. */
+export function mmu_page_zap_pte(kvm: Kvm, sptep: number, level: number): boolean {
+  const s = kvm.spt[sptep];
+  if (!is_shadow_present_pte(s)) return false;
+  if (is_last_spte(s, level)) drop_spte(kvm, sptep);
+  else drop_parent_pte(kvm, spte_to_child_sp(s), sptep);
+  return true;
+}
+
+/**
+ * kvm_mmu_prepare_zap_page (shadow mode): clear every spte (children keep living, unlinked), drop
+ * the links of every parent, unaccount. A page no vCPU uses as root goes on `invalid` after it is
+ * unhashed and taken off the active list; a root in use stays until its last user drops it.
+ * Returns true if the page went on `invalid`.
+ */
+export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): boolean {
+  const h = kvm.spHdr;
+  const b = sp * SP_STRIDE;
+  const role = h[b + SP_ROLE];
+  const level = role & ROLE_LEVEL_MASK;
+  const base = sp * PT64_ENT_PER_PAGE;
+  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) mmu_page_zap_pte(kvm, base + i, level);
+  const parents: number[] = [];
+  pte_list_walk(kvm, h, b + SP_PARENT_PTES, (p) => parents.push(p));
+  for (const p of parents) drop_parent_pte(kvm, sp, p);
+  if ((role & (ROLE_INVALID | ROLE_DIRECT)) === 0) {
+    account_shadowed(kvm, h[b + SP_GFN], -1);
+    kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]--;
+  }
+  h[b + SP_ROLE] = role | ROLE_INVALID;
+  const xb = sp * SPX_STRIDE;
+  if (h[b + SP_ROOT_COUNT] === 0) {
+    if (kvm.spExt[xb + SPX_ON_LIST] === 1) {
+      kvm.spExt[xb + SPX_ON_LIST] = 0;
+      hash_del(kvm, sp);
+      active_del(kvm, sp);
+      // Bug early-free: reusable before vCPU walkers and RCU readers are done with it.
+      if (kvm.bug(BUG["early-free"])) free_sp(kvm, sp);
+      else invalid.push(sp);
+      return true;
+    }
+    return false;
+  }
+  // A root in use: to the head of the active list; its vCPUs reload it at their next fault.
+  if (kvm.spExt[xb + SPX_ON_LIST] === 1) {
+    active_del(kvm, sp);
+    active_add_head(kvm, sp);
+  }
+  return false;
+}
+
+/** make_mmu_pages_available: zap the oldest pages when fewer than 5 are left. */
+export function make_mmu_pages_available(kvm: Kvm): void {
+  const s = kvm.sctl;
+  let nMax = s[SCTL_N_MAX];
+  if (nMax === 0) nMax = s[SCTL_N_MAX] = Math.max(16, kvm.shared.config.maxSp - 1 - RETIRE_SLACK);
+  const invalid: number[] = [];
+  const avail = (): number => nMax - kvm.ctl[CTL_SP_USED] + invalid.length;
+  if (avail() >= KVM_MIN_FREE_MMU_PAGES) return;
+  let guard = kvm.shared.config.maxSp;
+  while (avail() < KVM_REFILL_PAGES && guard-- > 0) {
+    const tail = s[SCTL_ACTIVE_TAIL] - 1;
+    if (tail < 0) break;
+    shadow_prepare_zap_page(kvm, tail, invalid);
+    s[SCTL_RECYCLED]++;
+  }
+  kvm_mmu_commit_zap_page(kvm, invalid);
+}
+
+/** mmu_alloc_shadow_roots / mmu_alloc_direct_roots for one vCPU. */
+export function mmu_alloc_shadow_root(kvm: Kvm, vcpuRow: number, cr3: number): number {
+  const root =
+    cr3 === 0
+      ? kvm_mmu_get_shadow_page(kvm, 0, PT64_ROOT_LEVEL, true, ACC_ALL)
+      : kvm_mmu_get_shadow_page(kvm, cr3, PT64_ROOT_LEVEL, false, ACC_ALL);
+  kvm.spHdr[root * SP_STRIDE + SP_ROOT_COUNT]++;
+  astore(kvm.vcpu, vcpuRow + VCPU_ROOT, root);
+  return root;
+}
+
+/** mmu_free_roots for one vCPU: an invalid root whose count drops to 0 is freed. */
+export function mmu_free_shadow_root(kvm: Kvm, vcpuRow: number): void {
+  const root = kvm.vcpu[vcpuRow + VCPU_ROOT];
+  if (root === 0) return;
+  astore(kvm.vcpu, vcpuRow + VCPU_ROOT, 0);
+  const b = root * SP_STRIDE;
+  if (--kvm.spHdr[b + SP_ROOT_COUNT] === 0 && (kvm.spHdr[b + SP_ROLE] & ROLE_INVALID) !== 0) {
+    const invalid: number[] = [];
+    shadow_prepare_zap_page(kvm, root, invalid);
+    kvm_mmu_commit_zap_page(kvm, invalid);
+  }
+}
+
+/** kvm_mmu_new_cr3 + reload: takes mmu_lock. The vCPU is outside guest mode. */
+export function kvm_mmu_load_cr3(kvm: Kvm, vcpuRow: number, cr3: number): number {
+  kvm.mmu_lock.lock();
+  try {
+    mmu_free_shadow_root(kvm, vcpuRow);
+    make_mmu_pages_available(kvm);
+    return mmu_alloc_shadow_root(kvm, vcpuRow, cr3);
+  } finally {
+    kvm.mmu_lock.unlock();
+  }
+}
