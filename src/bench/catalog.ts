@@ -23,7 +23,7 @@ const rows: {
   fixedViolations: number;
   stepsPerSec: number;
 }[] = [];
-// B2 cannot arise on the shadow MMU (4 KiB nonpaging maps; no fast_page_fault with guest paging).
+// fast-pf-large cannot arise on the shadow MMU (4 KiB nonpaging maps; no fast_page_fault with guest paging).
 for (const bug of (Object.keys(BUG) as BugName[]).filter((b) => mode === "tdp" || b !== "fast-pf-large")) {
   const toFind: (number | null)[] = [];
   let steps = 0;

@@ -2,7 +2,7 @@
  * MMU notifier: the host tells KVM that host mappings in [hvaStart, hvaEnd) are about to change
  * (invalidate_range_start) and have changed (invalidate_range_end). Between the two,
  * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
- * that read a pfn before the change cannot install it (invariant 17).
+ * that read a pfn before the change cannot install it.
  */
 import {
   CTL_NOTIFIER_COUNT,

@@ -1,6 +1,6 @@
 /**
  * The MMU audit (KVM's mmu_audit.c), for a quiesced VM: vCPUs paused, the host thread paused,
- * no ioctl in flight. Returns the broken invariants (reference §13), empty when all hold.
+ * no ioctl in flight. Returns the broken invariants, empty when all hold.
  *
  *  - every present leaf spte is in exactly the rmap of its (gfn, level), and maps the frame that
  *    backs that gfn now (no stale pfn after a migration);

@@ -1,8 +1,8 @@
 /**
- * dirty-log-test: KVM's dirty_log_test (current generation, reference kvm-selftests.md §2) run
+ * dirty-log-test: KVM's dirty_log_test (tools/testing/selftests/kvm/dirty_log_test.c, current generation) run
  * against this engine's KVM_GET_DIRTY_LOG, for each write-protect strategy, with two oracles.
  *
- * `kvm` (§2.4, §2.5): the vCPUs store the iteration number into random pages. One iteration:
+ * `kvm` (the selftest's guest and check): the vCPUs store the iteration number into random pages. One iteration:
  * publish the iteration, let the vCPUs run for the interval (and at least 256 stores), collect
  * bmap0 once at a random point while they write, park them at the sync point, pause the host
  * thread, collect bmap1, then check every page of the slot exactly:
@@ -11,7 +11,7 @@
  *     clean                  =>  value <  iteration     (else a lost dirty bit)
  *
  * Only dirty-log mode exists here (destructive GET, no INITIALLY_SET, no ring), so none of the
- * three exceptions of §2.5 applies.
+ * selftest's three exceptions applies.
  *
  * `qemu`: live migration as QEMU does it with the same ioctl. The vCPUs increment words of
  * every page of their region, pass after pass. The first harvest is followed by a copy of every
@@ -135,7 +135,7 @@ const TEST_SLOT = 1;
 const PT_SLOT = 0;
 const PT_GPA = 1 << 20;
 const REGION_VPN = 1 << 27;
-/** The min-writes floor of §2.4. */
+/** The selftest's floor on guest writes per iteration. */
 const MIN_WRITES = 256;
 const PARK_TIMEOUT_MS = 30_000;
 const TWO_MIB = 2 << 20;

@@ -301,7 +301,7 @@ test("rmap: forward move + descending walk: a removal at any point of a walk hid
   assert.deepEqual(misses, []);
 });
 
-test("rmap: bug backward-move: removal mid-walk does hide entries (B9), found deterministically", () => {
+test("rmap: bug backward-move: removal mid-walk does hide entries (3.11's move within a descriptor), found deterministically", () => {
   const { misses } = removalDuringWalk(BUG["backward-move"]);
   assert.ok(misses.length > 0, "the 3.11 move-last-entry-back + ascending walk misses a moved entry");
   // The changelog's case: one desc [A, B, C], the walker has visited A, A is removed, C moves to
@@ -310,7 +310,7 @@ test("rmap: bug backward-move: removal mid-walk does hide entries (B9), found de
 });
 
 /**
- * B10: the walker stands on head A's first descriptor when it is emptied, freed, and reused by
+ * Why nulls exist: the walker stands on head A's first descriptor when it is emptied, freed, and reused by
  * head B. Returns what the walker saw of A's other entries.
  */
 function reusedDescDuringWalk(bugs: number): { seen: Set<number>; restarts: number } {
@@ -343,7 +343,7 @@ test("rmap: a walker moved onto another head's chain by desc reuse restarts at t
   for (const e of [1, 2, 3]) assert.ok(seen.has(e), `entry ${e} seen after the restart`);
 });
 
-test("rmap: bug no-nulls-check: the same walk returns at B's nulls and misses A's entries (B10)", () => {
+test("rmap: bug no-nulls-check: the same walk returns at B's nulls and misses A's entries", () => {
   const { seen, restarts } = reusedDescDuringWalk(BUG["no-nulls-check"]);
   assert.equal(restarts, 0);
   // it read the desc's entries before the reuse, then followed `more` to B's nulls and stopped

@@ -82,7 +82,7 @@ test("spte: spte_is_locklessly_modifiable needs HOST_WRITEABLE and MMU_WRITEABLE
       const want = (bits & HW) !== 0 && (bits & MW) !== 0;
       const s = leaf(pfn, bits);
       assert.equal(spte_is_locklessly_modifiable(s), want, `pfn ${pfn} bits 0x${bits.toString(16)}`);
-      // without hardware A/D bits, volatile == locklessly modifiable (reference §7.4)
+      // without hardware A/D bits, volatile == locklessly modifiable
       assert.equal(spte_has_volatile_bits(s), want);
     }
   }
@@ -111,7 +111,7 @@ test("spte: make_link_spte / spte_to_child_sp round-trip; link sptes are never w
     assert.equal(is_shadow_present_pte(s), true);
     assert.equal(is_writable_pte(s), true, "link sptes are PRESENT|WRITABLE|USER");
     assert.equal(is_large_pte(s), false);
-    // reference §2.2 / invariant 3: no HOST_W / MMU_W on links, so the value decides leafness
+    // no HOST_W / MMU_W on links, so the value decides leafness
     assert.equal(s & (HW | MW), 0);
     assert.equal(is_writable_leaf(s), false);
     assert.equal(spte_is_locklessly_modifiable(s), false);

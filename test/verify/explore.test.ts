@@ -102,8 +102,8 @@ test("schedule strings round-trip and bad ones are refused", () => {
   assert.throws(() => decodeSchedule("constructor@bug:0"), /unknown scenario/);
 });
 
-// The same catalog on the shadow MMU (guest paging off: the shadow MMU's direct pages). B2
-// (fast-pf-large) cannot arise there: nonpaging maps 4 KiB only, and with guest paging
+// The same catalog on the shadow MMU (guest paging off: the shadow MMU's direct pages). fast-pf-large
+// cannot arise there: nonpaging maps 4 KiB only, and with guest paging
 // fast_page_fault is not used, as in 3.11.
 for (const bug of bugs.filter((b) => b !== "fast-pf-large")) {
   test(`explore finds bug ${bug} on the shadow MMU, and not its fixed twin`, async () => {
