@@ -7,7 +7,7 @@
  *    round; pages are valid unless they are roots still in use; indirect_shadow_pages counts the
  *    valid indirect pages; every parent_ptes entry is a link spte that points at the page; a root
  *    in use is a valid level-4 page or an invalid page with no present spte;
- *  - write protection (invariant 6): a gfn shadowed by a valid indirect page has no spte with W
+ *  - write protection: a gfn shadowed by a valid indirect page has no spte with W
  *    or MMU_W, is covered by no large spte, and its lpage_info write_count is at least the number
  *    of pages shadowing it;
  *  - the shadow matches guest memory: in a valid indirect page for guest table T at level L, a
@@ -109,7 +109,7 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
   if (indirect !== kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES])
     say(`indirect_shadow_pages ${kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]} != ${indirect} valid indirect pages`);
 
-  // Write protection of shadowed gfns (invariant 6).
+  // Write protection of shadowed gfns.
   for (const [gfn, n] of shadowed) {
     const r = gfn_to_memslot(kvm, gfn);
     if (r < 0) {

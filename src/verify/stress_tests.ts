@@ -551,7 +551,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
         id: `${start}: W=1 D=0 R=${r}`,
         kind: "FORBIDDEN",
         description:
-          "writable spte with a clear dirty bit (invariant 7): the next guest write is never reported",
+          "writable spte with a clear dirty bit: the next guest write is never reported",
       });
   return define<FastPfState, FastPfData>({
     name,
