@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CONTENTION, dirtyLogPerf, PerfOptions } from "../../src/bench/dirty_log_perf.js";
-import { formatPerf } from "../../src/cli/dirty_log_perf_cmd.js";
+import { formatPerf } from "../../src/bench/dirty_log_perf_format.js";
 
 const O: PerfOptions = {
   vcpus: 2,
