@@ -54,12 +54,14 @@ export const CONTENTION: Record<string, Contention> = {
  */
 export const PRESETS: Record<string, Partial<PerfOptions>> = {
   seed: {
-    bytesPerVcpu: 256 << 20,
+    bytesPerVcpu: 128 << 20,
     iterations: 10,
     warmup: 1,
+    // Reclaim and migration split huge pages: 4 KiB mappings, one slow fault per page to refault.
     thp: false,
     lock: "spin",
-    contention: { migrateRate: 1000, invalidateRate: 200, invalidatePages: 4096 },
+    // Compaction/migration 300 pages/s; NUMA-balancing-style unmapping of 8 MiB ranges 100/s.
+    contention: { migrateRate: 300, invalidateRate: 100, invalidatePages: 2048 },
   },
 };
 

@@ -98,7 +98,7 @@ export function registerDirtyLogPerf(program: Command): void {
         k: K,
         cli: string,
         parse: () => PerfOptions[K],
-      ): PerfOptions[K] => (given(cli) || preset[k] === undefined ? parse() : (preset[k] as PerfOptions[K]));
+      ): PerfOptions[K] => (given(cli) || preset[k] === undefined ? parse() : preset[k]);
       const o: PerfOptions = {
         vcpus,
         bytesPerVcpu: pick("bytesPerVcpu", "bytes", () => parseSize("--bytes", String(a["bytes"]))),

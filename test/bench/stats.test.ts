@@ -31,7 +31,7 @@ test("bootstrap CI: contains the median, inside [min, max], reproducible, exact 
   const rnd = mulberry32(7);
   const xs = Array.from({ length: 25 }, () => 10 + rnd() * 5);
   const s = summarize(xs);
-  assert.ok(s.ci95[0] <= s.median && s.median <= s.ci95[1], `${s.ci95} around ${s.median}`);
+  assert.ok(s.ci95[0] <= s.median && s.median <= s.ci95[1], `${s.ci95.join(", ")} around ${s.median}`);
   assert.ok(s.ci95[0] >= s.min && s.ci95[1] <= s.max);
   assert.ok(s.ci95[0] < s.ci95[1], "a real interval on noisy data");
   assert.deepEqual(bootstrapMedianCi(xs), s.ci95, "same data, same seed: same interval");
