@@ -5,7 +5,9 @@
 # written as JSON (schemaVersion 1) into OUT_DIR.
 #
 #   scripts/device-seed.sh [OUT_DIR]          # default OUT_DIR: results/seed-<timestamp>
-#   VCPUS=2 BYTES=4M ITER=2 JOBS=4 RUNS=1 scripts/device-seed.sh /tmp/x   # a tiny check
+#   VCPUS=1 BYTES=4M ITER=2 JOBS=4 RUNS=1 scripts/device-seed.sh /tmp/x   # a tiny check (2 cores)
+# Keep VCPUS + 2 within the cores: --preset seed spins on mmu_lock, and spinners beyond the cores
+# starve the lock holders (docs/design.md §12).
 #
 # Environment: VCPUS (12), BYTES per vCPU (682M: 12 x 682 MiB ~ 8 GiB, a multiple of 2 MiB),
 # ITER (10), WARMUP (1), JOBS per vCPU for kernbench (300), RUNS (3, as the seed).

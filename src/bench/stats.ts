@@ -30,7 +30,12 @@ export interface RatioSummary {
   /** median(a) / median(b). */
   median: number;
   ci95: [number, number];
+  /** Pairs; absent when the interval was not bootstrapped here. */
+  n?: number;
 }
+
+/** Fewer pairs than this get no verdict: a bootstrap of 1 or 2 pairs has no real spread. */
+export const MIN_VERDICT_SAMPLES = 3;
 
 /** Resamples drawn for every bootstrap interval. */
 export const BOOTSTRAP_RESAMPLES = 2000;
@@ -123,11 +128,12 @@ export function pairedRatio(
     }
     stats.push(ssMedian(ba) / ssMedian(bb));
   }
-  return { median: ssMedian([...a]) / ssMedian([...b]), ci95: interval(stats) };
+  return { median: ssMedian([...a]) / ssMedian([...b]), ci95: interval(stats), n };
 }
 
 /** "faster" when the whole interval is below 1, "slower" above; otherwise no difference shown. */
 export function verdict(r: RatioSummary, below: string, above: string): string {
+  if (r.n !== undefined && r.n < MIN_VERDICT_SAMPLES) return "too few samples for a verdict";
   if (r.ci95[1] < 1) return below;
   if (r.ci95[0] > 1) return above;
   return "no difference shown";

@@ -86,13 +86,18 @@ export function registerDirtyLogPerf(program: Command): void {
         from = "auto";
       }
       const threads = threadFit(cpus, vcpus, contention, from);
+      const lockSpin = given("lock") ? a["lock"] === "spin" : (preset.lock ?? a["lock"]) === "spin";
       const host = threads.hostThread ? " + the host thread" : "";
       if (from === "auto")
         progress(`dirty-log-perf: ${vcpus} vCPUs, so that vCPUs + the harvester${host} fit ${cpus} cores`);
       else if (threads.oversubscribed)
         process.stderr.write(
           `kvmmu: warning: ${vcpus} vCPUs + the harvester${host} = ${vcpus + 1 + threads.hostThread} threads on ${cpus} cores: ` +
-            `oversubscribed, the timings measure CPU sharing as much as the MMU\n`,
+            `oversubscribed, the timings measure CPU sharing as much as the MMU` +
+            (lockSpin
+              ? "; with --lock spin, waiters burn the cores that holders need: the run can take orders of magnitude longer"
+              : "") +
+            "\n",
         );
       const pick = <K extends keyof PerfOptions>(
         k: K,

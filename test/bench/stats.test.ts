@@ -63,6 +63,9 @@ test("paired ratio: exact pairs, a shown difference, and no difference shown", (
   );
   assert.equal(verdict(same, "faster", "slower"), "no difference shown", formatRatio(same));
   assert.equal(verdict({ median: 1.5, ci95: [1.2, 1.8] }, "faster", "slower"), "slower");
+  const two = pairedRatio([1, 1.1], [2, 2.1]);
+  assert.equal(two.n, 2);
+  assert.equal(verdict(two, "faster", "slower"), "too few samples for a verdict");
   assert.equal(formatRatio({ median: 0.6234, ci95: [0.5512, 0.7049] }), "0.62x [0.55, 0.70]");
 });
 
