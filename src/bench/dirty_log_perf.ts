@@ -31,10 +31,15 @@ import {
 import { einval } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
+import type { LockMode } from "../sync/mutex.js";
+import { Envelope, envelope } from "./result.js";
+import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 
 export interface Contention {
   migrateRate: number;
   invalidateRate: number;
+  /** Pages per invalidation (default 512: a 2 MiB range). */
+  invalidatePages?: number;
 }
 
 export const CONTENTION: Record<string, Contention> = {
@@ -42,6 +47,59 @@ export const CONTENTION: Record<string, Contention> = {
   default: { migrateRate: 200, invalidateRate: 100 },
   heavy: { migrateRate: 1000, invalidateRate: 400 },
 };
+
+/**
+ * Option sets for `--preset`; an option given on the command line wins. "seed": the conditions
+ * under which the seed's harvester had to wait for mmu_lock (docs/design.md §14).
+ */
+export const PRESETS: Record<string, Partial<PerfOptions>> = {
+  seed: {
+    bytesPerVcpu: 128 << 20,
+    iterations: 10,
+    warmup: 1,
+    // Reclaim and migration split huge pages: 4 KiB mappings, one slow fault per page to refault.
+    thp: false,
+    lock: "spin",
+    // Compaction/migration 300 pages/s; NUMA-balancing-style unmapping of 8 MiB ranges 100/s.
+    contention: { migrateRate: 300, invalidateRate: 100, invalidatePages: 2048 },
+  },
+};
+
+/** True when the configuration runs the host (MMU-notifier) thread. */
+export function hasHostThread(c: Contention): boolean {
+  return c.migrateRate > 0 || c.invalidateRate > 0;
+}
+
+/**
+ * The threads a run needs against the machine's cores: the vCPUs, the harvester (the main
+ * thread, which runs the ioctls) and, with contention on, the host thread.
+ */
+export interface ThreadFit {
+  cpus: number;
+  vcpus: number;
+  harvester: 1;
+  hostThread: 0 | 1;
+  /** "auto": the vCPU count was chosen to fit the cores; "user": given with -v. */
+  vcpusFrom: "auto" | "user";
+  oversubscribed: boolean;
+}
+
+/** vCPUs that fit next to the harvester and the host thread (at least one). */
+export function fitVcpus(cpus: number, c: Contention): number {
+  return Math.max(1, cpus - 1 - (hasHostThread(c) ? 1 : 0));
+}
+
+export function threadFit(cpus: number, vcpus: number, c: Contention, from: "auto" | "user"): ThreadFit {
+  const hostThread = hasHostThread(c) ? 1 : 0;
+  return {
+    cpus,
+    vcpus,
+    harvester: 1,
+    hostThread,
+    vcpusFrom: from,
+    oversubscribed: vcpus + 1 + hostThread > cpus,
+  };
+}
 
 export interface PerfOptions {
   vcpus: number;
@@ -54,6 +112,14 @@ export interface PerfOptions {
   contention: Contention;
   park: boolean;
   seed: number;
+  /** Iterations run first and left out of every statistic (default 1). */
+  warmup?: number;
+  /** How mmu_lock waiters wait: "sleep" (default) or "spin" (3.11's ticket spinlock). */
+  lock?: LockMode;
+  /** The preset the options came from (recorded only). */
+  preset?: string;
+  /** How the vCPU count relates to the cores (recorded only; the CLI fills it). */
+  threads?: ThreadFit;
   /**
    * "tdp" (default): as KVM's test, no guest paging. "shadow": EPT off; each vCPU first builds
    * its page tables (in a second, small memslot) mapping its region at a guest virtual address,
@@ -67,17 +133,56 @@ export interface PerfOptions {
 }
 
 export interface IterationResult {
+  /** A warm-up iteration: kept here, left out of every statistic. */
+  warmup: boolean;
   dirtyMemoryNs: number;
   getDirtyLogNs: number;
+  /** The call's parts: waiting for mmu_lock, harvesting and protecting, the remote flush. */
+  lockWaitNs: number;
+  protectNs: number;
+  flushNs: number;
   dirtyPages: number;
+  /** Guest writes per second from resume to pause of this iteration. */
+  guestThroughput: number;
+}
+
+/** A Summary in ns, under the names of the JSON schema. */
+export interface NsStats {
+  medianNs: number;
+  meanNs: number;
+  stdevNs: number;
+  minNs: number;
+  maxNs: number;
+  ci95Ns: [number, number];
+  n: number;
+}
+
+export function nsStats(s: Summary): NsStats {
+  return {
+    medianNs: s.median,
+    meanNs: s.mean,
+    stdevNs: s.stdev,
+    minNs: s.min,
+    maxNs: s.max,
+    ci95Ns: s.ci95,
+    n: s.n,
+  };
 }
 
 export interface StrategyResult {
+  /** Every iteration, warm-ups first-marked; statistics use the others only. */
   iterations: IterationResult[];
-  avgGetDirtyLogNs: number;
-  medianGetDirtyLogNs: number;
-  avgDirtyMemoryNs: number;
+  getDirtyLog: NsStats;
+  /** Decomposition of the get-dirty-log calls. */
+  lockWait: NsStats;
+  protect: NsStats;
+  flush: NsStats;
+  dirtyMemory: NsStats;
+  /** Median get-dirty-log time / median dirty pages of the measured iterations. */
   nsPerDirtyPage: number;
+  /** Guest writes per second, per iteration. */
+  guestThroughput: Summary;
+  /** Guest writes per second over all measured iterations' active time. */
   guestWritesPerSec: number;
   populateNs: number;
   enableLoggingNs: number;
@@ -90,11 +195,15 @@ export interface StrategyResult {
   shadow?: Record<string, number>;
 }
 
-export interface PerfResult {
+export interface RatioResult extends RatioSummary {
+  verdict: string;
+}
+
+export interface PerfResult extends Envelope {
   options: Omit<PerfOptions, "progress">;
-  machine: { cpus: number; node: string };
   results: Partial<Record<WpName, StrategyResult>>;
-  ratio: { avgGetDirtyLog: number; medianGetDirtyLog: number; guestWritesPerSec: number } | null;
+  /** lockless/locked, paired by iteration; null unless both designs ran. */
+  ratio: { getDirtyLog: RatioResult; guestThroughput: RatioResult } | null;
   guestMemoryBytes: number;
   metadataPercent: number;
   peakRssBytes: number;
@@ -112,8 +221,9 @@ interface Run {
   wp: WpName;
   vm: Vm;
   iters: IterationResult[];
+  /** Measured iterations only. */
   activeMs: number;
-  writes0: number;
+  writes: number;
   populateNs: number;
   enableLoggingNs: number;
   bitmap: Uint32Array;
@@ -123,10 +233,8 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
 
-export function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+function withVerdict(r: RatioSummary, below: string, above: string): RatioResult {
+  return { ...r, verdict: verdict(r, below, above) };
 }
 
 function passes(vm: Vm): number[] {
@@ -158,6 +266,13 @@ export function validatePerfOptions(o: PerfOptions): void {
   if (o.wp.length === 0) throw einval("wp", "no strategy");
   if (o.mode !== undefined && o.mode !== "tdp" && o.mode !== "shadow")
     throw einval("mode", "must be tdp or shadow");
+  if (o.warmup !== undefined && (!Number.isInteger(o.warmup) || o.warmup < 0 || o.warmup > 1000))
+    throw einval("warmup", "must be 0..1000");
+  if (o.lock !== undefined && o.lock !== "sleep" && o.lock !== "spin")
+    throw einval("lock", "must be sleep or spin");
+  const ip = o.contention.invalidatePages;
+  if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
+    throw einval("invalidatePages", "must be 1..4194304");
 }
 
 async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
@@ -175,6 +290,8 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     maxVcpus: Math.max(o.vcpus, 1),
     maxSlotPages: guestBytes / PAGE_SIZE + ptPages,
   });
+  // Before any other thread exists: every thread's view of mmu_lock reads the mode.
+  vm.kvm.mmu_lock.setMode(o.lock ?? "sleep");
   const hva = vm.mmap(guestBytes, { thp: o.thp });
   vm.setUserMemoryRegion({
     slot: SLOT,
@@ -230,7 +347,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     userspaceAddr: hva,
   });
   const enableLoggingNs = (performance.now() - t1) * 1e6;
-  if (o.contention.migrateRate > 0 || o.contention.invalidateRate > 0) {
+  if (hasHostThread(o.contention)) {
     await vm.startHostThread({ ...o.contention, seed: o.seed });
     await vm.pauseHostThread();
   }
@@ -239,15 +356,16 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     vm,
     iters: [],
     activeMs: 0,
-    writes0: sumStat(vm, ST_WRITES),
+    writes: 0,
     populateNs,
     enableLoggingNs,
     bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
   };
 }
 
-async function iterate(run: Run, o: PerfOptions): Promise<IterationResult> {
+async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
   const vm = run.vm;
+  const w0 = sumStat(vm, ST_WRITES);
   const t0 = performance.now();
   vm.resume();
   vm.resumeHostThread();
@@ -262,30 +380,53 @@ async function iterate(run: Run, o: PerfOptions): Promise<IterationResult> {
     await vm.pause();
     await vm.pauseHostThread();
   }
+  const d0 = vm.dirtyLogTimes();
   const tg = performance.now();
   vm.getDirtyLog(SLOT, run.bitmap);
   const getDirtyLogNs = (performance.now() - tg) * 1e6;
+  const d1 = vm.dirtyLogTimes();
   if (!o.park) {
     await vm.pause();
     await vm.pauseHostThread();
   }
-  run.activeMs += performance.now() - t0;
-  return { dirtyMemoryNs, getDirtyLogNs, dirtyPages: bitmap_weight(run.bitmap) };
+  const activeMs = performance.now() - t0;
+  // Paused: every vCPU has published its counters.
+  const writes = sumStat(vm, ST_WRITES) - w0;
+  if (!warmup) {
+    run.activeMs += activeMs;
+    run.writes += writes;
+  }
+  const lockWaitNs = d1.lockWaitNs - d0.lockWaitNs;
+  const flushNs = d1.flushNs - d0.flushNs;
+  return {
+    warmup,
+    dirtyMemoryNs,
+    getDirtyLogNs,
+    lockWaitNs,
+    protectNs: Math.max(0, getDirtyLogNs - lockWaitNs - flushNs),
+    flushNs,
+    dirtyPages: bitmap_weight(run.bitmap),
+    guestThroughput: writes / (activeMs / 1000),
+  };
 }
 
-function summarize(run: Run): StrategyResult {
+function strategyResult(run: Run): StrategyResult {
   const vm = run.vm;
-  const g = run.iters.map((i) => i.getDirtyLogNs);
-  const avg = g.reduce((a, b) => a + b, 0) / g.length;
-  const pages = run.iters.reduce((a, i) => a + i.dirtyPages, 0);
+  const m = run.iters.filter((i) => !i.warmup);
+  const of = (k: keyof Omit<IterationResult, "warmup">): NsStats => nsStats(summarize(m.map((i) => i[k])));
+  const getDirtyLog = of("getDirtyLogNs");
+  const pages = median(m.map((i) => i.dirtyPages));
   const t = vm.dirtyLogTimes();
   return {
     iterations: run.iters,
-    avgGetDirtyLogNs: avg,
-    medianGetDirtyLogNs: median(g),
-    avgDirtyMemoryNs: run.iters.reduce((a, i) => a + i.dirtyMemoryNs, 0) / run.iters.length,
-    nsPerDirtyPage: pages ? g.reduce((a, b) => a + b, 0) / pages : 0,
-    guestWritesPerSec: (sumStat(vm, ST_WRITES) - run.writes0) / (run.activeMs / 1000),
+    getDirtyLog,
+    lockWait: of("lockWaitNs"),
+    protect: of("protectNs"),
+    flush: of("flushNs"),
+    dirtyMemory: of("dirtyMemoryNs"),
+    nsPerDirtyPage: pages ? getDirtyLog.medianNs / pages : 0,
+    guestThroughput: summarize(m.map((i) => i.guestThroughput)),
+    guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
     mmuLock: {
@@ -316,33 +457,47 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       say(`${wp}: populating ${o.vcpus} x ${o.bytesPerVcpu >> 20} MiB`);
       runs.push(await setup(wp, o));
     }
-    for (let it = 0; it < o.iterations && !o.signal?.aborted; it++) {
+    const warmup = o.warmup ?? 1;
+    for (let it = 0; it < warmup + o.iterations && !o.signal?.aborted; it++) {
       const order = it % 2 === 0 ? runs : [...runs].reverse();
+      const w = it < warmup;
       for (const run of order) {
-        const r = await iterate(run, o);
+        const r = await iterate(run, o, w);
         run.iters.push(r);
         say(
-          `${run.wp} iteration ${it + 1}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms, ${r.dirtyPages} dirty pages`,
+          `${run.wp} ${w ? `warm-up ${it + 1}` : `iteration ${it + 1 - warmup}`}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms (mmu_lock wait ${(r.lockWaitNs / 1e6).toFixed(2)}, flush ${(r.flushNs / 1e6).toFixed(2)}), ${r.dirtyPages} dirty pages`,
         );
       }
     }
     await sleep(0);
     const results: PerfResult["results"] = {};
-    for (const run of runs) results[run.wp] = summarize(run);
-    const L = results.locked;
-    const F = results.lockless;
+    for (const run of runs) results[run.wp] = strategyResult(run);
+    const L = runs.find((r) => r.wp === "locked");
+    const F = runs.find((r) => r.wp === "lockless");
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
     const meta = runs[0].vm.metadataBytes();
+    const measured = (r: Run, k: "getDirtyLogNs" | "guestThroughput"): number[] =>
+      r.iters.filter((i) => !i.warmup).map((i) => i[k]);
+    const { progress: _p, signal: _s, ...options } = o;
+    void _p;
+    void _s;
     return {
-      options: { ...o, progress: undefined, signal: undefined } as Omit<PerfOptions, "progress">,
-      machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
+      ...envelope("dirty-log-perf", options),
+      options,
       results,
       ratio:
         L && F
           ? {
-              avgGetDirtyLog: F.avgGetDirtyLogNs / L.avgGetDirtyLogNs,
-              medianGetDirtyLog: F.medianGetDirtyLogNs / L.medianGetDirtyLogNs,
-              guestWritesPerSec: F.guestWritesPerSec / L.guestWritesPerSec,
+              getDirtyLog: withVerdict(
+                pairedRatio(measured(F, "getDirtyLogNs"), measured(L, "getDirtyLogNs")),
+                "lockless faster",
+                "lockless slower",
+              ),
+              guestThroughput: withVerdict(
+                pairedRatio(measured(F, "guestThroughput"), measured(L, "guestThroughput")),
+                "guest slower under lockless",
+                "guest faster under lockless",
+              ),
             }
           : null,
       guestMemoryBytes,

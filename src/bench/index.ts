@@ -1,27 +1,51 @@
-/** `npm run bench`: the micro-benchmarks, then a short dirty-log-perf comparison. */
-import { tlbHitBench } from "./tlb_hit.js";
-import { dirtyLogPerf, CONTENTION } from "./dirty_log_perf.js";
-import { formatPerf } from "../cli/dirty_log_perf_cmd.js";
+/**
+ * `npm run bench`: the micro-benchmarks, then a short dirty-log-perf comparison.
+ *   node dist/src/bench/index.js [--json] [--output FILE]
+ */
+import os from "node:os";
+import { tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
+import { dirtyLogPerf, CONTENTION, fitVcpus, threadFit } from "./dirty_log_perf.js";
+import { formatPerf } from "./dirty_log_perf_format.js";
+import { checkOutput, envelope, writeResult } from "./result.js";
+import { formatRatio } from "./stats.js";
 
 const json = process.argv.includes("--json");
-const tlb = tlbHitBench();
+const oi = process.argv.indexOf("--output");
+const output = oi >= 0 ? process.argv[oi + 1] : undefined;
+if (output !== undefined) checkOutput(output);
+const tlb = tlbHitBench(TLB_HIT_DEFAULTS);
+const contention = CONTENTION["default"];
+const cpus = os.availableParallelism();
+const vcpus = Math.min(2, fitVcpus(cpus, contention));
 const perf = await dirtyLogPerf({
-  vcpus: 2,
+  vcpus,
   bytesPerVcpu: 512 << 20,
   iterations: 10,
+  warmup: 1,
   writePercent: 100,
   random: false,
   wp: ["locked", "lockless"],
   thp: true,
-  contention: CONTENTION["default"],
+  contention,
   park: false,
   seed: 1,
+  threads: threadFit(cpus, vcpus, contention, "auto"),
 });
+const result = {
+  ...envelope("bench", { tlbHit: TLB_HIT_DEFAULTS, dirtyLogPerf: perf.options }),
+  tlbHit: tlb,
+  dirtyLogPerf: perf,
+};
+if (output !== undefined) writeResult(output, result);
 if (json) {
-  process.stdout.write(JSON.stringify({ tlbHit: tlb, dirtyLogPerf: perf }) + "\n");
+  process.stdout.write(JSON.stringify(result) + "\n");
 } else {
+  const t = tlb.tlbNsPerAccess;
+  const p = tlb.plainNsPerAccess;
   process.stdout.write(
-    `software TLB hit: ${tlb.tlbNsPerAccess.toFixed(2)} ns/access, plain typed-array access ${tlb.plainNsPerAccess.toFixed(2)} ns/access, ratio ${tlb.ratio.toFixed(2)}x (goal <= 2x)\n\n`,
+    `software TLB hit: median ${t.median.toFixed(2)} ns/access [${t.ci95[0].toFixed(2)}, ${t.ci95[1].toFixed(2)}], ` +
+      `plain typed-array access ${p.median.toFixed(2)} ns/access [${p.ci95[0].toFixed(2)}, ${p.ci95[1].toFixed(2)}], ` +
+      `ratio ${formatRatio(tlb.ratio)} (${tlb.options.rounds} rounds after ${tlb.options.warmup} warm-up)\n\n`,
   );
   process.stdout.write(formatPerf(perf) + "\n");
 }

@@ -40,6 +40,8 @@ import { pte_list_count, rmapStats } from "../mmu/rmap.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { audit } from "../verify/audit.js";
+import { Envelope, envelope } from "./result.js";
+import { pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import {
   ALIAS_WINDOW,
   KB_BOOTED,
@@ -61,6 +63,8 @@ export interface KernbenchOptions {
   /** Jobs per vCPU (the fixed amount of work). */
   jobs: number;
   runs: number;
+  /** Runs of every combination before the measured ones, left out of the statistics (default 0). */
+  warmup?: number;
   modes: MmuModeName[];
   logging: LoggingName[];
   jobsPerProcess: number;
@@ -101,6 +105,8 @@ export const KERNBENCH_DEFAULTS: Omit<KernbenchOptions, "progress"> = {
 };
 
 export interface KernbenchRun {
+  /** A warm-up run: kept, left out of every statistic. */
+  warmup: boolean;
   realNs: number;
   opsPerSec: number;
   harvests: number;
@@ -121,9 +127,14 @@ export const HIST_BUCKETS: readonly [string, number, number][] = [
 ];
 
 export interface KernbenchCell {
+  /** Warm-ups included (marked); the statistics below use the measured runs. */
   runs: KernbenchRun[];
+  /** "real" of the measured runs, ns: median, mean, stdev, min, max, bootstrap CI of the median. */
+  real: Summary;
   realAvgNs: number;
   realStdNs: number;
+  /** Jobs per second of the measured runs. */
+  throughput: Summary;
   opsPerSec: number;
   /** Averaged over the samples of every run. */
   rmapHistogram: Histogram;
@@ -139,10 +150,18 @@ export interface KernbenchCell {
   audit?: string[];
 }
 
-export interface KernbenchResult {
+export interface KernbenchRatio extends RatioSummary {
+  verdict: string;
+}
+
+export interface KernbenchResult extends Envelope {
   options: Omit<KernbenchOptions, "progress">;
-  machine: { cpus: number; node: string };
   results: Partial<Record<MmuModeName, Partial<Record<LoggingName, KernbenchCell>>>>;
+  /**
+   * Per mode, "real" of one logging setting over another, paired by run (runs are interleaved):
+   * lockless/locked, locked/off and lockless/off where both ran.
+   */
+  ratio: Partial<Record<MmuModeName, Record<string, KernbenchRatio>>>;
 }
 
 export function validateKernbenchOptions(o: KernbenchOptions): void {
@@ -152,6 +171,7 @@ export function validateKernbenchOptions(o: KernbenchOptions): void {
   if (!int(o.processes, 1, 64)) throw einval("processes", "must be 1..64");
   if (!int(o.jobs, 1, 1e7)) throw einval("jobs", "must be >= 1");
   if (!int(o.runs, 1, 100)) throw einval("runs", "must be 1..100");
+  if (o.warmup !== undefined && !int(o.warmup, 0, 100)) throw einval("warmup", "must be 0..100");
   if (!int(o.jobsPerProcess, 1, 1e7)) throw einval("jobsPerProcess", "must be >= 1");
   if (!int(o.heapPages, 1, 512)) throw einval("heapPages", "must be 1..512");
   if (!int(o.libPages, 1, 1 << 18)) throw einval("libPages", "must be 1..262144");
@@ -233,7 +253,12 @@ function fillLibraries(kvm: Kvm, hva: number, libGfn: number, libPages: number):
   }
 }
 
-async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptions): Promise<RunStats> {
+async function oneRun(
+  mode: MmuModeName,
+  logging: LoggingName,
+  o: KernbenchOptions,
+  warmup: boolean,
+): Promise<RunStats> {
   const v = o.vcpus;
   // Data slot: libraries, the shared file, each vCPU's anonymous pool.
   const anonPer = o.heapPages * 2 + 16;
@@ -374,7 +399,7 @@ async function oneRun(mode: MmuModeName, logging: LoggingName, o: KernbenchOptio
     const allocs = kvm.ctl[CTL_DESC_ALLOCS] - a0;
     const fresh = kvm.ctl[CTL_DESC_HIGH] - h0;
     return {
-      run: { realNs, opsPerSec: (v * o.jobs) / sec, harvests, dirtyPages },
+      run: { warmup, realNs, opsPerSec: (v * o.jobs) / sec, harvests, dirtyPages },
       hist,
       histSamples,
       maxChain,
@@ -401,14 +426,10 @@ function mean(xs: number[]): number {
   return xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
-function std(xs: number[]): number {
-  if (xs.length < 2) return 0;
-  const m = mean(xs);
-  return Math.sqrt(xs.reduce((a, b) => a + (b - m) ** 2, 0) / (xs.length - 1));
-}
-
-function cell(stats: RunStats[]): KernbenchCell {
+function cell(all: RunStats[]): KernbenchCell {
+  const stats = all.filter((s) => !s.run.warmup);
   const real = stats.map((s) => s.run.realNs);
+  const realS = summarize(real);
   const samples = stats.reduce((n, s) => n + s.histSamples, 0);
   const hist: Histogram = {};
   for (const [label] of HIST_BUCKETS)
@@ -416,9 +437,11 @@ function cell(stats: RunStats[]): KernbenchCell {
   const last = stats[stats.length - 1];
   const totalSec = real.reduce((a, b) => a + b, 0) / 1e9;
   return {
-    runs: stats.map((s) => s.run),
-    realAvgNs: mean(real),
-    realStdNs: std(real),
+    runs: all.map((s) => s.run),
+    real: realS,
+    realAvgNs: realS.mean,
+    realStdNs: realS.stdev,
+    throughput: summarize(stats.map((s) => s.run.opsPerSec)),
     opsPerSec: mean(stats.map((s) => s.run.opsPerSec)),
     rmapHistogram: hist,
     rmapMaxChain: Math.max(...stats.map((s) => s.maxChain)),
@@ -437,34 +460,52 @@ export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
   validateKernbenchOptions(o);
   const say = o.progress ?? (() => {});
   const all = new Map<string, RunStats[]>();
-  for (let run = 1; run <= o.runs; run++) {
+  const warmup = o.warmup ?? 0;
+  for (let run = 1; run <= warmup + o.runs; run++) {
+    const w = run <= warmup;
     for (const mode of o.modes) {
       for (const logging of o.logging) {
         if (o.signal?.aborted) break;
-        const s = await oneRun(mode, logging, o);
+        const s = await oneRun(mode, logging, o, w);
         const key = `${mode}/${logging}`;
         if (!all.has(key)) all.set(key, []);
         all.get(key)!.push(s);
-        say(`kernbench ${mode}, logging ${logging}, run ${run}: real ${(s.run.realNs / 1e9).toFixed(3)}s`);
+        say(
+          `kernbench ${mode}, logging ${logging}, ${w ? "warm-up" : `run ${run - warmup}`}: real ${(s.run.realNs / 1e9).toFixed(3)}s`,
+        );
         await sleep(0);
       }
     }
   }
   const results: KernbenchResult["results"] = {};
+  const ratio: KernbenchResult["ratio"] = {};
+  const measured = (mode: MmuModeName, l: LoggingName): number[] =>
+    all
+      .get(`${mode}/${l}`)!
+      .filter((s) => !s.run.warmup)
+      .map((s) => s.run.realNs);
   for (const mode of o.modes) {
     const per: Partial<Record<LoggingName, KernbenchCell>> = {};
     for (const logging of o.logging) {
       const runs = all.get(`${mode}/${logging}`);
-      if (runs) per[logging] = cell(runs);
+      if (runs) per[logging] = cell(runs); // (an interrupted run may lack some)
     }
-    if (Object.keys(per).length) results[mode] = per;
+    if (Object.keys(per).length === 0) continue;
+    results[mode] = per;
+    const r: Record<string, KernbenchRatio> = {};
+    for (const [a, b] of [
+      ["lockless", "locked"],
+      ["locked", "off"],
+      ["lockless", "off"],
+    ] as const) {
+      if (!per[a] || !per[b]) continue;
+      const q = pairedRatio(measured(mode, a), measured(mode, b));
+      r[`${a}/${b}`] = { ...q, verdict: verdict(q, `${a} faster`, `${a} slower`) };
+    }
+    ratio[mode] = r;
   }
   const { progress: _p, signal: _s, ...options } = o;
   void _p;
   void _s;
-  return {
-    options,
-    machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
-    results,
-  };
+  return { ...envelope("kernbench", options), options, results, ratio };
 }

@@ -2,21 +2,38 @@
  * Micro-benchmark: a guest load that hits the software TLB against a plain typed-array load of
  * the same data. Both loops read the same 64 pages in the same order; the TLB loop goes through
  * Vcpu.read32 (tag check, entry load, safe-point countdown), the plain loop indexes guest memory
- * with precomputed frame offsets. Median of several rounds, ns per access.
+ * with precomputed frame offsets. The two loops alternate round by round; warm-up rounds (JIT
+ * tiering) are left out; ns per access with the statistics of src/bench/stats.ts.
  */
-import { median } from "./dirty_log_perf.js";
 import { Vm } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { PAGE_SIZE, PAGE_WORDS } from "../kvm_host.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
+import { einval } from "../errors.js";
+import { pairedRatio, RatioSummary, summarize, Summary } from "./stats.js";
 
-export interface TlbHitResult {
-  tlbNsPerAccess: number;
-  plainNsPerAccess: number;
-  ratio: number;
+export interface TlbHitOptions {
+  rounds: number;
+  warmup: number;
+  accesses: number;
 }
 
-export function tlbHitBench(rounds = 15, accesses = 4_000_000): TlbHitResult {
+export interface TlbHitResult {
+  options: TlbHitOptions;
+  /** ns per access, per measured round. */
+  tlbNsPerAccess: Summary;
+  plainNsPerAccess: Summary;
+  /** TLB / plain, paired by round. */
+  ratio: RatioSummary;
+  rounds: { warmup: boolean; tlbNs: number; plainNs: number }[];
+}
+
+export const TLB_HIT_DEFAULTS: TlbHitOptions = { rounds: 15, warmup: 2, accesses: 4_000_000 };
+
+export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS): TlbHitResult {
+  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw einval("rounds", "must be >= 1");
+  if (!Number.isInteger(o.warmup) || o.warmup < 0) throw einval("warmup", "must be >= 0");
+  if (!Number.isInteger(o.accesses) || o.accesses < 64) throw einval("accesses", "must be >= 64");
   const vm = Vm.create({ memory: 8 << 20, wp: "lockless" });
   const hva = vm.mmap(4 << 20);
   vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
@@ -32,23 +49,31 @@ export function tlbHitBench(rounds = 15, accesses = 4_000_000): TlbHitResult {
     vcpu.tlb.fill(k * 7, pfn, true);
   }
   const mem = vm.kvm.mem;
-  const tlbRuns: number[] = [];
-  const plainRuns: number[] = [];
+  const accesses = o.accesses;
+  const rounds: TlbHitResult["rounds"] = [];
   let sink = 0;
-  for (let r = 0; r < rounds; r++) {
+  for (let r = 0; r < o.warmup + o.rounds; r++) {
     let t = performance.now();
     let s = 0;
     for (let i = 0; i < accesses; i++) s += vcpu.read32(gfns[i & 63], 8);
-    tlbRuns.push(((performance.now() - t) * 1e6) / accesses);
+    const tlbNs = ((performance.now() - t) * 1e6) / accesses;
     sink += s;
     t = performance.now();
     s = 0;
     for (let i = 0; i < accesses; i++) s += mem[bases[i & 63] + 8];
-    plainRuns.push(((performance.now() - t) * 1e6) / accesses);
+    const plainNs = ((performance.now() - t) * 1e6) / accesses;
     sink += s;
+    rounds.push({ warmup: r < o.warmup, tlbNs, plainNs });
   }
   if (sink === 42) console.log("");
-  const tlb = median(tlbRuns);
-  const plain = median(plainRuns);
-  return { tlbNsPerAccess: tlb, plainNsPerAccess: plain, ratio: tlb / plain };
+  const m = rounds.filter((r) => !r.warmup);
+  const tlb = m.map((r) => r.tlbNs);
+  const plain = m.map((r) => r.plainNs);
+  return {
+    options: { ...o },
+    tlbNsPerAccess: summarize(tlb),
+    plainNsPerAccess: summarize(plain),
+    ratio: pairedRatio(tlb, plain),
+    rounds,
+  };
 }

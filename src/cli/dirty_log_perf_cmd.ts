@@ -1,60 +1,31 @@
 /** `kvmmu dirty-log-perf`: flags of KVM's dirty_log_perf_test where they apply. */
+import os from "node:os";
 import { Command } from "commander";
-import { CONTENTION, dirtyLogPerf, PerfResult, StrategyResult } from "../bench/dirty_log_perf.js";
+import {
+  CONTENTION,
+  dirtyLogPerf,
+  fitVcpus,
+  PerfOptions,
+  PRESETS,
+  threadFit,
+} from "../bench/dirty_log_perf.js";
+import { formatPerf } from "../bench/dirty_log_perf_format.js";
+import { checkOutput, writeResult } from "../bench/result.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
-import type { WpName } from "../vm.js";
-
-const ms = (ns: number): string => (ns / 1e6).toFixed(2);
-
-export function formatPerf(r: PerfResult): string {
-  const out: string[] = [];
-  const o = r.options;
-  out.push(
-    `dirty-log-perf: ${o.mode === "shadow" ? `shadow paging${o.guestHuge ? " (2 MiB guest pages)" : ""}` : "TDP"}, ` +
-      `${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.iterations} iterations, ` +
-      `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
-      `contention migrate ${o.contention.migrateRate}/s invalidate ${o.contention.invalidateRate}/s, ` +
-      `vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log; ${r.machine.cpus} CPUs, node ${r.machine.node}`,
-  );
-  for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
-    out.push("", `[${wp}] populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`);
-    s.iterations.forEach((it, i) =>
-      out.push(
-        `  iteration ${String(i + 1).padStart(2)}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms   dirty pages ${it.dirtyPages}`,
-      ),
-    );
-    out.push(
-      `  get dirty log: avg ${ms(s.avgGetDirtyLogNs)} ms, median ${ms(s.medianGetDirtyLogNs)} ms, ${s.nsPerDirtyPage.toFixed(1)} ns per dirty page`,
-      `  guest: ${(s.guestWritesPerSec / 1e6).toFixed(2)} M writes/s; faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
-      `  mmu_lock: ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions; remote flush in ioctl ${ms(s.flushNs)} ms`,
-      `  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`,
-    );
-    if (s.shadow)
-      out.push(
-        `  shadow MMU: ${s.shadow["spUsed"]} pages (${s.shadow["indirectShadowPages"]} shadow guest tables), ${s.shadow["emulated"]} emulated guest-table writes, ${s.shadow["ptProtectFlushes"]} guest-table protections that flushed`,
-      );
-  }
-  if (r.ratio) {
-    out.push(
-      "",
-      `lockless/locked: get dirty log avg ${r.ratio.avgGetDirtyLog.toFixed(3)}x, median ${r.ratio.medianGetDirtyLog.toFixed(3)}x; guest throughput ${r.ratio.guestWritesPerSec.toFixed(3)}x`,
-    );
-  }
-  out.push(
-    `MMU metadata ${r.metadataPercent.toFixed(2)}% of ${r.guestMemoryBytes / 2 ** 20} MiB guest memory; peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
-  );
-  return out.join("\n");
-}
 
 export function registerDirtyLogPerf(program: Command): void {
   program
     .command("dirty-log-perf")
     .description("time get-dirty-log and guest throughput for the locked and the lockless write-protect")
-    .option("-v, --vcpus <n>", "vCPUs", "2")
+    .option(
+      "-v, --vcpus <n>",
+      "vCPUs (default: as many as fit the cores next to the harvester and host thread)",
+    )
     .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "512M")
-    .option("-i, --iterations <n>", "iterations per strategy", "10")
+    .option("-i, --iterations <n>", "measured iterations per strategy (after the warm-up)", "10")
+    .option("--warmup <n>", "warm-up iterations per strategy, left out of the statistics", "1")
     .option("-w, --write-percent <p>", "percentage of accesses that write", "100")
     .option("-a, --random", "random access order (default sequential)", false)
     .option("-r, --seed <n>", "guest RNG seed", "1")
@@ -64,39 +35,106 @@ export function registerDirtyLogPerf(program: Command): void {
     .option("--mode <mode>", "tdp (EPT on) or shadow (EPT off: the guest runs on its own page tables)", "tdp")
     .option("--guest-huge", "shadow mode: the guest maps its region with 2 MiB pages", false)
     .option("--migrate-rate <n>", "page migrations per second (overrides --contention)")
-    .option("--invalidate-rate <n>", "2 MiB invalidations per second (overrides --contention)")
+    .option("--invalidate-rate <n>", "range invalidations per second (overrides --contention)")
+    .option("--invalidate-pages <n>", "pages per invalidation (default 512: 2 MiB)")
+    .option(
+      "--lock <kind>",
+      "mmu_lock waiters: sleep (spin briefly, then sleep) or spin (3.11's ticket spinlock)",
+      "sleep",
+    )
+    .option(
+      "--preset <name>",
+      `a set of options (${Object.keys(PRESETS).join(", ")}); options given here win`,
+    )
     .option(
       "--park",
       "park the vCPUs during get-dirty-log (KVM's perf test); default: they keep writing",
       false,
     )
     .option("--json", "print one JSON object on stdout", false)
-    .action(async (a: Record<string, string | boolean>) => {
+    .option("--output <file>", "also write the JSON object to FILE")
+    .action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
+      const given = (k: string): boolean => a[k] !== undefined && cmd.getOptionValueSource(k) === "cli";
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
+      const presetName = a["preset"] === undefined ? undefined : String(a["preset"]);
+      const preset = presetName === undefined ? {} : PRESETS[presetName];
+      if (!preset)
+        throw einval("--preset", `"${presetName}" is not one of ${Object.keys(PRESETS).join(", ")}`);
       const level = String(a["contention"]);
       const base = CONTENTION[level];
       if (!base)
         throw einval("--contention", `"${level}" is not one of ${Object.keys(CONTENTION).join(", ")}`);
-      const contention = { ...base };
+      const contention = { ...(given("contention") || !preset.contention ? base : preset.contention) };
       if (a["migrateRate"] !== undefined)
         contention.migrateRate = parseIntIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6);
       if (a["invalidateRate"] !== undefined)
         contention.invalidateRate = parseIntIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6);
-      const r = await dirtyLogPerf({
-        vcpus: parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
-        bytesPerVcpu: parseSize("--bytes", String(a["bytes"])),
-        iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 100000),
-        writePercent: parseIntIn("--write-percent", String(a["writePercent"]), 0, 100),
-        random: a["random"] === true,
+      if (a["invalidatePages"] !== undefined)
+        contention.invalidatePages = parseIntIn(
+          "--invalidate-pages",
+          String(a["invalidatePages"]),
+          1,
+          1 << 22,
+        );
+      const cpus = os.availableParallelism();
+      let vcpus: number;
+      let from: "auto" | "user";
+      if (a["vcpus"] !== undefined) {
+        vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
+        from = "user";
+      } else {
+        vcpus = preset.vcpus ?? fitVcpus(cpus, contention);
+        from = "auto";
+      }
+      const threads = threadFit(cpus, vcpus, contention, from);
+      const lockSpin = given("lock") ? a["lock"] === "spin" : (preset.lock ?? a["lock"]) === "spin";
+      const host = threads.hostThread ? " + the host thread" : "";
+      if (from === "auto")
+        progress(`dirty-log-perf: ${vcpus} vCPUs, so that vCPUs + the harvester${host} fit ${cpus} cores`);
+      else if (threads.oversubscribed)
+        process.stderr.write(
+          `kvmmu: warning: ${vcpus} vCPUs + the harvester${host} = ${vcpus + 1 + threads.hostThread} threads on ${cpus} cores: ` +
+            `oversubscribed, the timings measure CPU sharing as much as the MMU` +
+            (lockSpin
+              ? "; with --lock spin, waiters burn the cores that holders need: the run can take orders of magnitude longer"
+              : "") +
+            "\n",
+        );
+      const pick = <K extends keyof PerfOptions>(
+        k: K,
+        cli: string,
+        parse: () => PerfOptions[K],
+      ): PerfOptions[K] => (given(cli) || preset[k] === undefined ? parse() : preset[k]);
+      const o: PerfOptions = {
+        vcpus,
+        bytesPerVcpu: pick("bytesPerVcpu", "bytes", () => parseSize("--bytes", String(a["bytes"]))),
+        iterations: pick("iterations", "iterations", () =>
+          parseIntIn("--iterations", String(a["iterations"]), 1, 100000),
+        ),
+        warmup: pick("warmup", "warmup", () => parseIntIn("--warmup", String(a["warmup"]), 0, 1000)),
+        writePercent: pick("writePercent", "writePercent", () =>
+          parseIntIn("--write-percent", String(a["writePercent"]), 0, 100),
+        ),
+        random: pick("random", "random", () => a["random"] === true),
         seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
         wp: parseList("--wp", String(a["wp"]), ["locked", "lockless"] as const),
-        thp: a["thp"] !== false,
+        thp: pick("thp", "thp", () => a["thp"] !== false),
         contention,
-        park: a["park"] === true,
+        park: pick("park", "park", () => a["park"] === true),
+        lock: pick(
+          "lock",
+          "lock",
+          () => parseList("--lock", String(a["lock"]), ["sleep", "spin"] as const)[0],
+        ),
         mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         guestHuge: a["guestHuge"] === true,
+        threads,
         progress,
         signal: interrupt.signal,
-      });
+        ...(presetName ? { preset: presetName } : {}),
+      };
+      const r = await dirtyLogPerf(o);
+      if (a["output"] !== undefined) writeResult(String(a["output"]), r);
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
     });
 }

@@ -15,6 +15,8 @@ import {
   MODES,
 } from "../bench/kernbench.js";
 import { parseIntIn, parseList, progress } from "./parse.js";
+import { checkOutput, writeResult } from "../bench/result.js";
+import { formatRatio } from "../bench/stats.js";
 import type { MmuModeName } from "../vm.js";
 import { interrupt } from "./interrupt.js";
 
@@ -37,16 +39,22 @@ export function formatKernbench(r: KernbenchResult): string {
   out.push(
     `kernbench: ${o.vcpus} vCPUs x ${o.processes} processes, ${o.jobs} jobs per vCPU (${o.jobsPerProcess} per process ` +
       `lifetime, ${o.heapPages} heap pages, ${o.libPages} library pages, ${o.sharedPages} shared-file pages, compute ${o.compute}), ` +
-      `${o.runs} runs, THP ${o.thp ? "on" : "off"}; ${r.machine.cpus} CPUs, node ${r.machine.node}`,
+      `${o.warmup ?? 0} warm-up + ${o.runs} runs, THP ${o.thp ? "on" : "off"}; ${r.machine.cpus} CPUs, node ${r.machine.node}; git ${r.gitCommit?.slice(0, 12) ?? "unknown"}`,
   );
   for (const mode of Object.keys(r.results) as MmuModeName[]) {
     const per = r.results[mode]!;
     for (const logging of Object.keys(per) as LoggingName[]) {
       const c = per[logging]!;
       out.push("", `[${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}, ${LABEL[logging]}]`);
-      c.runs.forEach((run, i) => out.push(`  run ${i + 1}:  real ${real(run.realNs)}`));
+      let k = 0;
+      for (const run of c.runs)
+        out.push(
+          run.warmup ? `  warm-up: real ${real(run.realNs)}` : `  run ${++k}:  real ${real(run.realNs)}`,
+        );
+      const s = (ns: number): string => (ns / 1e9).toFixed(3);
       out.push(
-        `  Elapsed Time ${(c.realAvgNs / 1e9).toFixed(3)} (${(c.realStdNs / 1e9).toFixed(3)})   ${c.opsPerSec.toFixed(1)} jobs/s` +
+        `  Elapsed Time ${s(c.realAvgNs)} (${s(c.realStdNs)})   median ${s(c.real.median)} s [${s(c.real.ci95[0])}, ${s(c.real.ci95[1])}], ` +
+          `min ${s(c.real.min)}, max ${s(c.real.max)}   ${c.opsPerSec.toFixed(1)} jobs/s` +
           (logging !== "off" ? `   ${c.harvestsPerSec.toFixed(0)} harvests/s` : ""),
       );
       out.push(`  rmap chains: ${histLine(c)}; longest ${c.rmapMaxChain}`);
@@ -77,6 +85,13 @@ export function formatKernbench(r: KernbenchResult): string {
     });
     out.push(`  ${mode.padEnd(6)} ${cells.join("   ")}`);
   }
+  const rows = Object.entries(r.ratio).flatMap(([mode, per]) =>
+    Object.entries(per).map(
+      ([k, q]) => `  ${mode.padEnd(6)} ${k.padEnd(16)} ${formatRatio(q)}  ${q.verdict}`,
+    ),
+  );
+  if (rows.length)
+    out.push("", "Elapsed Time ratios (medians, paired bootstrap 95% CI over the runs):", ...rows);
   return out.join("\n");
 }
 
@@ -94,7 +109,8 @@ export function registerKernbench(program: Command): void {
     .option("-v, --vcpus <n>", "vCPUs", String(d.vcpus))
     .option("-p, --processes <n>", "guest processes per vCPU", String(d.processes))
     .option("-j, --jobs <n>", "jobs per vCPU (the fixed amount of work)", String(d.jobs))
-    .option("-n, --runs <n>", "runs per combination", String(d.runs))
+    .option("-n, --runs <n>", "measured runs per combination", String(d.runs))
+    .option("--warmup <n>", "warm-up runs per combination, left out of the statistics", "1")
     .option("--mode <list>", "MMU modes: tdp (EPT on), shadow (EPT off)", MODES.join(","))
     .option("--logging <list>", "dirty logging: off, locked, lockless", LOGGING.join(","))
     .option("--jobs-per-process <n>", "jobs before a process exits and is replaced", String(d.jobsPerProcess))
@@ -110,8 +126,12 @@ export function registerKernbench(program: Command): void {
     .option("--compute <n>", "compute-loop iterations per job", String(d.compute))
     .option("--no-thp", "back guest memory with 4 KiB pages only")
     .option("-r, --seed <n>", "guest RNG seed", String(d.seed))
+    .option("--migrate-rate <n>", "host page migrations per second during the runs", "0")
+    .option("--invalidate-rate <n>", "host 2 MiB invalidations per second during the runs", "0")
     .option("--json", "print one JSON object on stdout", false)
+    .option("--output <file>", "also write the JSON object to FILE")
     .action(async (a: Record<string, string | boolean>) => {
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
       const n = (opt: string, key: string, min: number, max: number): number =>
         parseIntIn(opt, String(a[key]), min, max);
       const r = await kernbench({
@@ -119,6 +139,9 @@ export function registerKernbench(program: Command): void {
         processes: n("--processes", "processes", 1, 64),
         jobs: n("--jobs", "jobs", 1, 1e7),
         runs: n("--runs", "runs", 1, 100),
+        warmup: n("--warmup", "warmup", 0, 100),
+        migrateRate: n("--migrate-rate", "migrateRate", 0, 1e6),
+        invalidateRate: n("--invalidate-rate", "invalidateRate", 0, 1e6),
         modes: parseList("--mode", String(a["mode"]), MODES),
         logging: parseList("--logging", String(a["logging"]), LOGGING),
         jobsPerProcess: n("--jobs-per-process", "jobsPerProcess", 1, 1e7),
@@ -133,6 +156,7 @@ export function registerKernbench(program: Command): void {
         progress,
         signal: interrupt.signal,
       });
+      if (a["output"] !== undefined) writeResult(String(a["output"]), r);
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatKernbench(r) + "\n");
     });
 }

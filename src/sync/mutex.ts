@@ -3,13 +3,19 @@ import { aadd, aload, schedHookInstalled, spinPoint } from "./atomic.js";
 /**
  * A fair ticket lock in shared memory, as mmu_lock was a ticket spinlock in Linux 3.11.
  * Words (Int32, relative to `base`): NEXT ticket, OWNER (now serving), WAITERS sleeping in
- * Atomics.wait. A waiter spins briefly, then sleeps on OWNER; unlock wakes sleepers only when
- * WAITERS says there are some, so the uncontended path is two atomic adds.
+ * Atomics.wait, MODE. A waiter spins briefly, then sleeps on OWNER; unlock wakes sleepers only
+ * when WAITERS says there are some, so the uncontended path is two atomic adds.
+ * MODE "spin" (3.11's arch_spin_lock): waiters spin until served and never sleep. MODE is shared,
+ * so every thread's view of the lock behaves alike; set it before other threads use the lock.
  */
 export const MUTEX_WORDS = 4;
 const NEXT = 0;
 const OWNER = 1;
 const WAITERS = 2;
+const MODE = 3;
+const MODE_SPIN = 1;
+
+export type LockMode = "sleep" | "spin";
 
 const SPIN = 2000;
 
@@ -52,6 +58,9 @@ export class Mutex {
         if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
       }
     }
+    if (Atomics.load(w, b + MODE) === MODE_SPIN) {
+      for (;;) if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
+    }
     for (let i = 0; i < SPIN; i++) {
       spinPoint(w, b + OWNER);
       if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
@@ -65,6 +74,15 @@ export class Mutex {
       aadd(w, b + WAITERS, -1);
       spinPoint(w, b + OWNER);
     }
+  }
+
+  /** How waiters wait: "sleep" (default: spin briefly, then Atomics.wait) or "spin" (never sleep). */
+  setMode(mode: LockMode): void {
+    Atomics.store(this.words, this.base + MODE, mode === "spin" ? MODE_SPIN : 0);
+  }
+
+  mode(): LockMode {
+    return Atomics.load(this.words, this.base + MODE) === MODE_SPIN ? "spin" : "sleep";
   }
 
   private acquired(t0: number): void {

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { CONTENTION, dirtyLogPerf, PerfOptions } from "../../src/bench/dirty_log_perf.js";
-import { formatPerf } from "../../src/cli/dirty_log_perf_cmd.js";
+import { formatPerf } from "../../src/bench/dirty_log_perf_format.js";
 
 const O: PerfOptions = {
   vcpus: 2,
@@ -26,7 +26,8 @@ for (const mode of ["tdp", "shadow"] as const)
         const r = await dirtyLogPerf({ ...O, mode, guestHuge });
         for (const wp of ["locked", "lockless"] as const) {
           const s = r.results[wp]!;
-          assert.equal(s.iterations.length, 2);
+          assert.equal(s.iterations.length, 3, "1 warm-up (the default) + 2 iterations");
+          assert.equal(s.getDirtyLog.n, 2);
           assert.ok(
             s.iterations.every((it) => it.dirtyPages > 0),
             "every iteration dirtied pages",

@@ -41,6 +41,14 @@ test("kernbench: every mode x logging combination runs the fixed work", { timeou
   assert.ok(r.results.shadow!.off!.rmapMaxChain > 1);
   assert.ok(r.results.shadow!.off!.shadow!["emulated"] > 0, "page-table churn traps in shadow mode");
   assert.equal(r.results.tdp!.off!.faults.emulated, 0);
+  // The envelope and the statistics (one run: no warm-up in the library by default).
+  assert.equal(r.schemaVersion, 1);
+  assert.equal(r.command, "kernbench");
+  const c = r.results.tdp!.locked!;
+  assert.equal(c.real.n, 1);
+  assert.equal(c.real.median, c.runs[0].realNs);
+  assert.deepEqual(Object.keys(r.ratio.shadow!).sort(), ["locked/off", "lockless/locked", "lockless/off"]);
+  assert.equal(r.ratio.tdp!["lockless/locked"].verdict, "too few samples for a verdict");
   const text = formatKernbench(r);
   assert.match(text, /run 1: {2}real 0m\d+\.\d{3}s/);
   assert.match(text, /Elapsed Time \d+\.\d{3} \(\d+\.\d{3}\)/);

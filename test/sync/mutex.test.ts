@@ -33,8 +33,10 @@ async function hammer(
   nWorkers: number,
   iters: number,
   mode: (i: number) => MutexWorkerData["mode"],
+  lockMode: "sleep" | "spin" = "sleep",
 ): Promise<void> {
   const w = words();
+  new Mutex(w, BASE).setMode(lockMode);
   const ws = Array.from({ length: nWorkers }, (_, i) => spawn(w, iters, mode(i)));
   start(w);
   // A broken lock can also deadlock (e.g. OWNER run past a waiter's ticket): bound the wait.
@@ -122,5 +124,34 @@ test("mutex: a holder on this thread blocks lock() and tryLock() on workers unti
     assert.equal(code, 0);
     assert.equal(w[C + MutexTestWords.Counter], 1, `${mode}: the worker got in after unlock`);
     assert.equal(m.isLocked(), false);
+  }
+});
+
+// Two workers only: with more spinners than free cores a ticket spinlock hands over only when the
+// next ticket's thread gets a core back (the pathology 3.11 avoided by disabling preemption).
+test("mutex --lock spin: 2 workers x lock(): mutual exclusion, exact count", async () => {
+  await hammer(2, 2_000, () => "lock", "spin");
+});
+
+test("mutex: a sleep-mode waiter registers as a sleeper, a spin-mode waiter never does", async () => {
+  for (const lockMode of ["sleep", "spin"] as const) {
+    const w = words();
+    const m = new Mutex(w, BASE);
+    m.setMode(lockMode);
+    assert.equal(new Mutex(w, BASE).mode(), lockMode, "the mode is shared through the words");
+    m.lock();
+    const { exit } = spawn(w, 1, "lock");
+    start(w);
+    const t0 = Date.now();
+    while (!m.isContended()) {
+      assert.ok(Date.now() - t0 < 20_000, `${lockMode}: the worker never queued`);
+      await sleep(5);
+    }
+    await sleep(200);
+    assert.equal(w[BASE + 2], lockMode === "sleep" ? 1 : 0, `${lockMode}: sleepers registered`);
+    m.unlock();
+    const [code] = await exit;
+    assert.equal(code, 0);
+    assert.equal(w[C + MutexTestWords.Counter], 1);
   }
 });

@@ -1,0 +1,68 @@
+/** The text report of dirty-log-perf (the JSON is the PerfResult itself). */
+import type { WpName } from "../vm.js";
+import type { NsStats, PerfResult, StrategyResult } from "./dirty_log_perf.js";
+import { formatRatio } from "./stats.js";
+
+const ms = (ns: number): string => (ns / 1e6).toFixed(2);
+
+/** `median 12.30 ms [11.90, 12.80], mean 12.41 ± 0.52, min 11.70, max 13.90` */
+export function formatNs(s: NsStats): string {
+  return `median ${ms(s.medianNs)} ms [${ms(s.ci95Ns[0])}, ${ms(s.ci95Ns[1])}], mean ${ms(s.meanNs)} ± ${ms(s.stdevNs)}, min ${ms(s.minNs)}, max ${ms(s.maxNs)}`;
+}
+
+export function formatPerf(r: PerfResult): string {
+  const out: string[] = [];
+  const o = r.options;
+  const c = o.contention;
+  const t = o.threads;
+  out.push(
+    `dirty-log-perf${o.preset ? ` --preset ${o.preset}` : ""}: ${o.mode === "shadow" ? `shadow paging${o.guestHuge ? " (2 MiB guest pages)" : ""}` : "TDP"}, ` +
+      `${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.warmup ?? 1} warm-up + ${o.iterations} iterations, ` +
+      `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
+      `contention migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, ` +
+      `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log`,
+    `machine: ${r.machine.cpus} CPUs, ${(r.machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, node ${r.machine.node}, ${r.machine.platform}; git ${r.gitCommit?.slice(0, 12) ?? "unknown"}` +
+      (t
+        ? `; threads: ${t.vcpus} vCPUs (${t.vcpusFrom === "auto" ? "chosen to fit the cores" : "from -v"}) + harvester${t.hostThread ? " + host thread" : ""}${t.oversubscribed ? " OVERSUBSCRIBE the cores" : " fit the cores"}`
+        : ""),
+  );
+  for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
+    out.push("", `[${wp}] populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`);
+    let k = 0;
+    for (const it of s.iterations) {
+      const label = it.warmup ? "  warm-up     " : `  iteration ${String(++k).padStart(2)}`;
+      out.push(
+        `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
+          `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}`,
+      );
+    }
+    const g = s.guestThroughput;
+    const mw = (x: number): string => (x / 1e6).toFixed(2);
+    out.push(
+      `  get dirty log:   ${formatNs(s.getDirtyLog)}; ${s.nsPerDirtyPage.toFixed(1)} ns per dirty page`,
+      `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
+      `    harvest+protect      ${formatNs(s.protect)}`,
+      `    remote flush         ${formatNs(s.flush)}`,
+      `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
+        `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
+      `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
+      `  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`,
+    );
+    if (s.shadow)
+      out.push(
+        `  shadow MMU: ${s.shadow["spUsed"]} pages (${s.shadow["indirectShadowPages"]} shadow guest tables), ${s.shadow["emulated"]} emulated guest-table writes, ${s.shadow["ptProtectFlushes"]} guest-table protections that flushed`,
+      );
+  }
+  if (r.ratio) {
+    out.push(
+      "",
+      `lockless/locked (median, paired bootstrap 95% CI, ${r.options.iterations} iterations):`,
+      `  get dirty log     ${formatRatio(r.ratio.getDirtyLog)}  ${r.ratio.getDirtyLog.verdict}`,
+      `  guest throughput  ${formatRatio(r.ratio.guestThroughput)}  ${r.ratio.guestThroughput.verdict}`,
+    );
+  }
+  out.push(
+    `MMU metadata ${r.metadataPercent.toFixed(2)}% of ${r.guestMemoryBytes / 2 ** 20} MiB guest memory; peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
+  );
+  return out.join("\n");
+}

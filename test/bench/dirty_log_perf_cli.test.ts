@@ -1,0 +1,172 @@
+/**
+ * `kvmmu dirty-log-perf` through the real command line, tiny sizes: the JSON result's shape,
+ * warm-ups left out of the statistics, --output, the thread fit and its warning, --preset seed.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, existsSync } from "node:fs";
+import { tmpdir } from "node:os";
+import os from "node:os";
+import { join } from "node:path";
+import { runKvmmu } from "../helpers/cli.js";
+import { median } from "../../src/bench/stats.js";
+import type { IterationResult, NsStats, PerfResult } from "../../src/bench/dirty_log_perf.js";
+
+const STAT_KEYS = ["medianNs", "meanNs", "stdevNs", "minNs", "maxNs", "ci95Ns", "n"].sort();
+
+function checkNs(s: NsStats, what: string): void {
+  assert.deepEqual(Object.keys(s).sort(), STAT_KEYS, what);
+  assert.ok(s.minNs <= s.medianNs && s.medianNs <= s.maxNs, `${what}: min <= median <= max`);
+  assert.ok(s.ci95Ns[0] <= s.medianNs && s.medianNs <= s.ci95Ns[1], `${what}: the CI holds the median`);
+  assert.ok(s.stdevNs >= 0);
+}
+
+test(
+  "dirty-log-perf --json --output: the envelope, the statistics, warm-ups left out",
+  { timeout: 180_000 },
+  async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kvmmu-bench-"));
+    const file = join(dir, "r.json");
+    const r = await runKvmmu([
+      "dirty-log-perf",
+      ...["-v", "1", "-b", "16M", "-i", "3", "--warmup", "1", "--contention", "none", "--json"],
+      ...["--output", file],
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(r.out) as PerfResult;
+    assert.deepEqual(JSON.parse(readFileSync(file, "utf8")), j, "--output writes the same object");
+    assert.equal(j.schemaVersion, 1);
+    assert.equal(j.command, "dirty-log-perf");
+    assert.ok(j.gitCommit === null || /^[0-9a-f]{40}$/.test(j.gitCommit));
+    assert.equal(j.machine.cpus, os.availableParallelism());
+    assert.equal(j.machine.memoryBytes, os.totalmem());
+    assert.equal(j.machine.node, process.version);
+    assert.equal(typeof j.machine.platform, "string");
+    assert.ok(Math.abs(Date.parse(j.timestamp) - Date.now()) < 600_000);
+    assert.equal(j.options.iterations, 3);
+    assert.equal(j.options.warmup, 1);
+    assert.equal(j.options.threads?.vcpusFrom, "user");
+    for (const wp of ["locked", "lockless"] as const) {
+      const s = j.results[wp]!;
+      assert.equal(s.iterations.length, 4);
+      assert.deepEqual(
+        s.iterations.map((i) => i.warmup),
+        [true, false, false, false],
+      );
+      for (const k of ["getDirtyLog", "lockWait", "protect", "flush", "dirtyMemory"] as const)
+        checkNs(s[k], `${wp}.${k}`);
+      const measured = s.iterations.filter((i) => !i.warmup);
+      const g = (i: IterationResult): number => i.getDirtyLogNs;
+      assert.equal(s.getDirtyLog.n, 3, "warm-up not counted");
+      assert.equal(s.getDirtyLog.medianNs, median(measured.map(g)));
+      assert.equal(s.getDirtyLog.maxNs, Math.max(...measured.map(g)));
+      for (const it of s.iterations)
+        assert.ok(
+          Math.abs(it.lockWaitNs + it.protectNs + it.flushNs - it.getDirtyLogNs) < 1e3 || it.protectNs === 0,
+          "the parts add up to the call",
+        );
+      if (wp === "lockless") assert.equal(s.lockWait.maxNs, 0, "the lockless harvester never takes mmu_lock");
+      assert.ok(s.nsPerDirtyPage > 0);
+      assert.equal(s.nsPerDirtyPage, s.getDirtyLog.medianNs / median(measured.map((i) => i.dirtyPages)));
+      assert.equal(s.guestThroughput.n, 3);
+      assert.ok(s.guestThroughput.median > 0);
+    }
+    for (const k of ["getDirtyLog", "guestThroughput"] as const) {
+      const q = j.ratio![k];
+      assert.ok(q.ci95[0] <= q.median && q.median <= q.ci95[1], k);
+      assert.match(q.verdict, /faster|slower|no difference shown/);
+    }
+    const rl = j.results.locked!;
+    const rf = j.results.lockless!;
+    assert.equal(j.ratio!.getDirtyLog.median, rf.getDirtyLog.medianNs / rl.getDirtyLog.medianNs);
+  },
+);
+
+test(
+  "dirty-log-perf: default vCPUs fit the cores; -v beyond them warns on stderr",
+  { timeout: 180_000 },
+  async () => {
+    const cpus = os.availableParallelism();
+    const auto = await runKvmmu([
+      "dirty-log-perf",
+      "-b",
+      "2M",
+      "-i",
+      "1",
+      "--warmup",
+      "0",
+      "--wp",
+      "lockless",
+      "--json",
+    ]);
+    assert.equal(auto.code, 0, auto.err);
+    const a = JSON.parse(auto.out) as PerfResult;
+    // default contention runs the host thread: vCPUs + harvester + host thread
+    assert.equal(a.options.vcpus, Math.max(1, cpus - 2));
+    assert.equal(a.options.threads?.vcpusFrom, "auto");
+    assert.doesNotMatch(auto.err, /oversubscribed/);
+    const v = Math.min(64, cpus + 1);
+    const over = await runKvmmu([
+      "dirty-log-perf",
+      ...[
+        "-v",
+        String(v),
+        "-b",
+        "2M",
+        "-i",
+        "1",
+        "--warmup",
+        "0",
+        "--wp",
+        "lockless",
+        "--contention",
+        "none",
+        "--json",
+      ],
+    ]);
+    assert.equal(over.code, 0, over.err);
+    assert.match(over.err, /warning: .* oversubscribed/);
+    const o = JSON.parse(over.out) as PerfResult;
+    assert.equal(o.options.threads?.oversubscribed, true);
+    assert.equal(o.options.vcpus, v);
+  },
+);
+
+test(
+  "dirty-log-perf --preset seed: accepted, its options applied, an option given wins",
+  { timeout: 180_000 },
+  async () => {
+    const r = await runKvmmu([
+      "dirty-log-perf",
+      "--preset",
+      "seed",
+      "-b",
+      "4M",
+      "-i",
+      "2",
+      "--warmup",
+      "1",
+      "--json",
+    ]);
+    assert.equal(r.code, 0, r.err);
+    const j = JSON.parse(r.out) as PerfResult;
+    assert.equal(j.options.preset, "seed");
+    assert.equal(j.options.lock, "spin");
+    assert.equal(j.options.thp, false);
+    assert.equal(j.options.bytesPerVcpu, 4 << 20, "-b given wins over the preset");
+    assert.ok(j.options.contention.invalidateRate > 0);
+    assert.equal(j.results.locked!.getDirtyLog.n, 2);
+    assert.ok(j.results.locked!.host.invalidations + j.results.lockless!.host.invalidations > 0);
+  },
+);
+
+test("dirty-log-perf: a bad --preset or --output directory fails at once with a typed error", async () => {
+  const p = await runKvmmu(["dirty-log-perf", "--preset", "nope"]);
+  assert.equal(p.code, 2);
+  assert.match(p.err, /EINVAL: --preset: "nope"/);
+  const missing = join(tmpdir(), "kvmmu-no-such-dir", "r.json");
+  const o = await runKvmmu(["dirty-log-perf", "--output", missing]);
+  assert.equal(o.code, 2);
+  assert.match(o.err, /ENOENT: --output/);
+  assert.equal(existsSync(missing), false);
+});
