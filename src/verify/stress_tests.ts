@@ -550,8 +550,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
       outcomes.push({
         id: `${start}: W=1 D=0 R=${r}`,
         kind: "FORBIDDEN",
-        description:
-          "writable spte with a clear dirty bit: the next guest write is never reported",
+        description: "writable spte with a clear dirty bit: the next guest write is never reported",
       });
   return define<FastPfState, FastPfData>({
     name,
