@@ -81,8 +81,11 @@ test("module guest: a `main` that returns leaves the vCPU halted, and stop() sti
 
 test("module guest: an exception in the guest fails the VM; waitPasses rejects with it", async () => {
   const vm = vmWith("tdp", 1);
-  await vm.run(() => ({ module: fixture("ctx_guest"), args: { base: BASE, fail: true } }));
-  await assert.rejects(vm.waitPasses(1, { timeoutMs: 30_000 }), /guest asked to fail/);
+  // The guest may fail before run() has seen every vCPU start (run rejects) or after (waitPasses does).
+  const ran = vm
+    .run(() => ({ module: fixture("ctx_guest"), args: { base: BASE, fail: true } }))
+    .then(() => vm.waitPasses(1, { timeoutMs: 30_000 }));
+  await assert.rejects(ran, /guest asked to fail/);
   await vm.stop();
   assert.ok(vm.error);
 });
