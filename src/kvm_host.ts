@@ -50,7 +50,7 @@ export const BUG = {
 export type BugName = keyof typeof BUG;
 
 // ---- the control words: `struct kvm` fields that are not arrays (Int32Array `ctl`) ----
-export const CTL = defineBlock("struct kvm (control words)", "ctl", {
+export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
   mmu_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->mmu_lock" },
   slots_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->slots_lock" },
   mm_lock: {
@@ -93,7 +93,7 @@ export const CTL = defineBlock("struct kvm (control words)", "ctl", {
 const SLOT_BY = "slots_lock; created and deleted only while no vCPU runs, read by vCPUs without a lock";
 export const SLOT = defineRows(
   "struct kvm_memory_slot",
-  "slots",
+  "kvm.slots",
   {
     active: { by: SLOT_BY, doc: "1 while the slot exists" },
     flags: {
@@ -121,7 +121,7 @@ const SP_BY =
   "mmu_lock (writes); fixed while a lockless walker can reach the page (RCU or the flush protocol)";
 export const SP = defineRows(
   "struct kvm_mmu_page",
-  "spHdr",
+  "kvm.spHdr",
   {
     gfn: { by: SP_BY, doc: "first gfn covered (direct sp) or the guest table's gfn" },
     role: { by: SP_BY, doc: "level | direct << 4 | invalid << 5 | access << 6" },
@@ -144,7 +144,7 @@ export const PARENT_HEAD_ID_BASE = 1 << 29;
 // ---- shadow mode only: the rest of `struct kvm_mmu_page`, one row per sp (Int32Array `spExt`) ----
 export const SPX = defineRows(
   "struct kvm_mmu_page (shadow-mode links)",
-  "spExt",
+  "kvm.spExt",
   {
     hash_next: { by: "mmu_lock", doc: "hash_link: next sp + 1 in the mmu_page_hash bucket" },
     lru_prev: { by: "mmu_lock", doc: "link on active_mmu_pages: sp + 1, 0 = none" },
@@ -161,7 +161,7 @@ export const KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT;
 /** Shadow-mode control words and counters: `struct kvm_arch` and `kvm->stat` (Int32Array `sctl`). */
 export const SCTL = defineBlock(
   "struct kvm_arch (shadow mode)",
-  "sctl",
+  "kvm.sctl",
   {
     indirect_shadow_pages: { by: "mmu_lock", doc: "kvm->arch.indirect_shadow_pages" },
     active_head: { by: "mmu_lock", doc: "active_mmu_pages: newest sp + 1" },
@@ -184,7 +184,7 @@ export const SCTL = defineBlock(
 
 // ---- `struct pte_list_desc`, one row per descriptor (Int32Array `desc`) ----
 export const PTE_LIST_EXT = 3;
-export const DESC = defineRows("struct pte_list_desc", "desc", {
+export const DESC = defineRows("struct pte_list_desc", "kvm.desc", {
   sptes: {
     words: PTE_LIST_EXT,
     by: "mmu_lock (writes, atomic stores); lockless walkers load them (nulls and restart rules)",
@@ -199,7 +199,7 @@ export const DESC = defineRows("struct pte_list_desc", "desc", {
 // ---- `struct kvm_vcpu` words, one row per vCPU (Int32Array `vcpu`) ----
 export const VCPU = defineRows(
   "struct kvm_vcpu",
-  "vcpu",
+  "kvm.vcpu",
   {
     mode: {
       by: "the vCPU writes it; flushers cmpxchg IN_GUEST_MODE to EXITING_GUEST_MODE",
@@ -226,7 +226,7 @@ export const KVM_REQ_MMU_RELOAD = 1 << 1;
 const ST_BY = "its vCPU only (plain stores); others read it after the vCPU stopped or as a statistic";
 export const ST = defineRows(
   "struct kvm_vcpu_stat",
-  "vcpuStats",
+  "kvm.vcpuStats",
   {
     writes: { by: ST_BY, doc: "guest writes" },
     reads: { by: ST_BY, doc: "guest reads" },
