@@ -4,14 +4,7 @@
  * VM of the same layout or into a buffer: one round of a live migration.
  */
 import { einval, KvmError } from "./errors.js";
-import {
-  KVM_USER_MEM_SLOTS,
-  PAGE_SIZE,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_NPAGES,
-  SLOT_STRIDE,
-} from "./kvm_host.js";
+import { KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT } from "./kvm_host.js";
 import { guest_range_check, guest_read_into, guest_write } from "./guest/host_access.js";
 import { bitmap_weight, hweight32 } from "./mem/dirty_bitmap.js";
 import type { Vm } from "./vm.js";
@@ -42,9 +35,8 @@ export function slotGeometry(vm: Vm, slot: number): { guestPhysAddr: number; pag
   if (!Number.isSafeInteger(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
     throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
   const s = vm.kvm.slots;
-  const r = slot * SLOT_STRIDE;
-  if (s[r + SLOT_ACTIVE] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
-  return { guestPhysAddr: s[r + SLOT_BASE_GFN] * PAGE_SIZE, pages: s[r + SLOT_NPAGES] };
+  if (s[SLOT.active(slot)] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
+  return { guestPhysAddr: s[SLOT.base_gfn(slot)] * PAGE_SIZE, pages: s[SLOT.npages(slot)] };
 }
 
 function checkBitmap(bitmap: unknown, pages: number): asserts bitmap is Uint32Array {

@@ -13,15 +13,7 @@ export {
   KVM_MEM_READONLY,
   KVM_USER_MEM_SLOTS,
   PAGE_SIZE,
-  ST_EMULATED,
-  ST_FAST_PF,
-  ST_GUEST_PF,
-  ST_GUEST_WALKS,
-  ST_READS,
-  ST_RETRIES,
-  ST_SLOW_PF,
-  ST_TLB_MISS,
-  ST_WRITES,
+  ST,
 } from "./kvm_host.js";
 export type { BugName } from "./kvm_host.js";
 export type { DirtyLogTimes } from "./mmu/dirty_log.js";

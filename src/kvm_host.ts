@@ -50,7 +50,7 @@ export const BUG = {
 export type BugName = keyof typeof BUG;
 
 // ---- the control words: `struct kvm` fields that are not arrays (Int32Array `ctl`) ----
-export const CTL = defineBlock("struct kvm (control words)", "ctl", {
+export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
   mmu_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->mmu_lock" },
   slots_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->slots_lock" },
   mm_lock: {
@@ -88,38 +88,12 @@ export const CTL = defineBlock("struct kvm (control words)", "ctl", {
   frame_high: { by: "mm_lock", doc: "never-used host frames start here" },
   lpage_pool_next: { by: "slots_lock", doc: "bump allocator of lpage_info" },
 });
-export const CTL_MMU_LOCK = CTL.mmu_lock;
-export const CTL_SLOTS_LOCK = CTL.slots_lock;
-export const CTL_MM_LOCK = CTL.mm_lock;
-export const CTL_RCU = CTL.rcu;
-export const CTL_NOTIFIER_SEQ = CTL.notifier_seq;
-export const CTL_NOTIFIER_COUNT = CTL.notifier_count;
-export const CTL_ROOT = CTL.root;
-export const CTL_SP_FREE = CTL.sp_free;
-export const CTL_SP_PENDING = CTL.sp_pending;
-export const CTL_SP_USED = CTL.sp_used;
-export const CTL_SP_HIGH = CTL.sp_high;
-export const CTL_DESC_FREE = CTL.desc_free;
-export const CTL_DESC_HIGH = CTL.desc_high;
-export const CTL_DESC_USED = CTL.desc_used;
-export const CTL_DESC_ALLOCS = CTL.desc_allocs;
-export const CTL_FRAME_TOP = CTL.frame_top;
-export const CTL_HVA_NEXT = CTL.hva_next;
-export const CTL_NR_VCPUS = CTL.nr_vcpus;
-export const CTL_VM_STATE = CTL.vm_state;
-export const CTL_REMOTE_FLUSHES = CTL.remote_flushes;
-export const CTL_LPAGES = CTL.lpages;
-export const CTL_RMAP_POOL_NEXT = CTL.rmap_pool_next;
-export const CTL_BITMAP_POOL_NEXT = CTL.bitmap_pool_next;
-export const CTL_FRAME_HIGH = CTL.frame_high;
-export const CTL_LPAGE_POOL_NEXT = CTL.lpage_pool_next;
-export const CTL_WORDS = CTL.WORDS;
 
 // ---- memslots: `struct kvm_memory_slot`, one row per slot id (Int32Array `slots`) ----
 const SLOT_BY = "slots_lock; created and deleted only while no vCPU runs, read by vCPUs without a lock";
 export const SLOT = defineRows(
   "struct kvm_memory_slot",
-  "slots",
+  "kvm.slots",
   {
     active: { by: SLOT_BY, doc: "1 while the slot exists" },
     flags: {
@@ -139,19 +113,6 @@ export const SLOT = defineRows(
   },
   { stride: 12 },
 );
-export const SLOT_ACTIVE = SLOT.active(0);
-export const SLOT_FLAGS = SLOT.flags(0);
-export const SLOT_BASE_GFN = SLOT.base_gfn(0);
-export const SLOT_NPAGES = SLOT.npages(0);
-export const SLOT_HVA_PAGE = SLOT.hva_page(0);
-export const SLOT_RMAP_BASE = SLOT.rmap_base(0);
-export const SLOT_RMAP_L2 = SLOT.rmap_l2(0);
-export const SLOT_RMAP_L3 = SLOT.rmap_l3(0);
-export const SLOT_BITMAP_BASE = SLOT.bitmap_base(0);
-export const SLOT_BITMAP_WORDS = SLOT.bitmap_words(0);
-export const SLOT_LPAGE_L2 = SLOT.lpage_l2(0);
-export const SLOT_LPAGE_L3 = SLOT.lpage_l3(0);
-export const SLOT_STRIDE = SLOT.STRIDE;
 export const KVM_MEM_LOG_DIRTY_PAGES = 1 << 0;
 export const KVM_MEM_READONLY = 1 << 1;
 
@@ -160,7 +121,7 @@ const SP_BY =
   "mmu_lock (writes); fixed while a lockless walker can reach the page (RCU or the flush protocol)";
 export const SP = defineRows(
   "struct kvm_mmu_page",
-  "spHdr",
+  "kvm.spHdr",
   {
     gfn: { by: SP_BY, doc: "first gfn covered (direct sp) or the guest table's gfn" },
     role: { by: SP_BY, doc: "level | direct << 4 | invalid << 5 | access << 6" },
@@ -171,13 +132,6 @@ export const SP = defineRows(
   },
   { stride: 8 },
 );
-export const SP_GFN = SP.gfn(0);
-export const SP_ROLE = SP.role(0);
-export const SP_PARENT_PTES = SP.parent_ptes(0);
-export const SP_ROOT_COUNT = SP.root_count(0);
-export const SP_NEXT = SP.next(0);
-export const SP_RETIRE_EPOCH = SP.retire_epoch(0);
-export const SP_STRIDE = SP.STRIDE;
 export const ROLE_LEVEL_MASK = 0xf;
 export const ROLE_DIRECT = 1 << 4;
 export const ROLE_INVALID = 1 << 5;
@@ -190,7 +144,7 @@ export const PARENT_HEAD_ID_BASE = 1 << 29;
 // ---- shadow mode only: the rest of `struct kvm_mmu_page`, one row per sp (Int32Array `spExt`) ----
 export const SPX = defineRows(
   "struct kvm_mmu_page (shadow-mode links)",
-  "spExt",
+  "kvm.spExt",
   {
     hash_next: { by: "mmu_lock", doc: "hash_link: next sp + 1 in the mmu_page_hash bucket" },
     lru_prev: { by: "mmu_lock", doc: "link on active_mmu_pages: sp + 1, 0 = none" },
@@ -200,12 +154,6 @@ export const SPX = defineRows(
   },
   { stride: 8 },
 );
-export const SPX_HASH_NEXT = SPX.hash_next(0);
-export const SPX_LRU_PREV = SPX.lru_prev(0);
-export const SPX_LRU_NEXT = SPX.lru_next(0);
-export const SPX_FLOOD = SPX.flood(0);
-export const SPX_ON_LIST = SPX.on_list(0);
-export const SPX_STRIDE = SPX.STRIDE;
 /** mmu_page_hash: 1 << KVM_MMU_HASH_SHIFT buckets of sp + 1 (Int32Array `spHash`), under mmu_lock. */
 export const KVM_MMU_HASH_SHIFT = 10;
 export const KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT;
@@ -213,7 +161,7 @@ export const KVM_NUM_MMU_PAGES = 1 << KVM_MMU_HASH_SHIFT;
 /** Shadow-mode control words and counters: `struct kvm_arch` and `kvm->stat` (Int32Array `sctl`). */
 export const SCTL = defineBlock(
   "struct kvm_arch (shadow mode)",
-  "sctl",
+  "kvm.sctl",
   {
     indirect_shadow_pages: { by: "mmu_lock", doc: "kvm->arch.indirect_shadow_pages" },
     active_head: { by: "mmu_lock", doc: "active_mmu_pages: newest sp + 1" },
@@ -233,26 +181,10 @@ export const SCTL = defineBlock(
   },
   { words: 16 },
 );
-export const SCTL_INDIRECT_SHADOW_PAGES = SCTL.indirect_shadow_pages;
-export const SCTL_ACTIVE_HEAD = SCTL.active_head;
-export const SCTL_ACTIVE_TAIL = SCTL.active_tail;
-export const SCTL_N_MAX = SCTL.n_max;
-export const SCTL_SP_CREATED = SCTL.sp_created;
-export const SCTL_SP_HASH_HITS = SCTL.sp_hash_hits;
-export const SCTL_RECYCLED = SCTL.recycled;
-export const SCTL_PTE_WRITES = SCTL.pte_writes;
-export const SCTL_PTE_ZAPPED = SCTL.pte_zapped;
-export const SCTL_FLOODED = SCTL.flooded;
-export const SCTL_EMULATED = SCTL.emulated;
-export const SCTL_GPTE_CHANGED = SCTL.gpte_changed;
-export const SCTL_RELOADS = SCTL.reloads;
-export const SCTL_PT_PROTECT = SCTL.pt_protect;
-export const SCTL_PTE_PREFETCH = SCTL.pte_prefetch;
-export const SCTL_WORDS = SCTL.WORDS;
 
 // ---- `struct pte_list_desc`, one row per descriptor (Int32Array `desc`) ----
 export const PTE_LIST_EXT = 3;
-export const DESC = defineRows("struct pte_list_desc", "desc", {
+export const DESC = defineRows("struct pte_list_desc", "kvm.desc", {
   sptes: {
     words: PTE_LIST_EXT,
     by: "mmu_lock (writes, atomic stores); lockless walkers load them (nulls and restart rules)",
@@ -263,13 +195,11 @@ export const DESC = defineRows("struct pte_list_desc", "desc", {
     doc: "next descriptor ((d + 1) << 1), or the nulls ((head << 1) | 1), 0 while built",
   },
 });
-export const DESC_WORDS = DESC.STRIDE;
-export const DESC_MORE = DESC.more(0);
 
 // ---- `struct kvm_vcpu` words, one row per vCPU (Int32Array `vcpu`) ----
 export const VCPU = defineRows(
   "struct kvm_vcpu",
-  "vcpu",
+  "kvm.vcpu",
   {
     mode: {
       by: "the vCPU writes it; flushers cmpxchg IN_GUEST_MODE to EXITING_GUEST_MODE",
@@ -285,15 +215,6 @@ export const VCPU = defineRows(
   },
   { stride: 16 },
 );
-export const VCPU_MODE = VCPU.mode(0);
-export const VCPU_REQUESTS = VCPU.requests(0);
-export const VCPU_RUN = VCPU.run(0);
-export const VCPU_STATE = VCPU.state(0);
-export const VCPU_ID = VCPU.id(0);
-export const VCPU_PASSES = VCPU.passes(0);
-export const VCPU_CR3 = VCPU.cr3(0);
-export const VCPU_ROOT = VCPU.root(0);
-export const VCPU_STRIDE = VCPU.STRIDE;
 export const OUTSIDE_GUEST_MODE = 0;
 export const IN_GUEST_MODE = 1;
 export const EXITING_GUEST_MODE = 2;
@@ -305,7 +226,7 @@ export const KVM_REQ_MMU_RELOAD = 1 << 1;
 const ST_BY = "its vCPU only (plain stores); others read it after the vCPU stopped or as a statistic";
 export const ST = defineRows(
   "struct kvm_vcpu_stat",
-  "vcpuStats",
+  "kvm.vcpuStats",
   {
     writes: { by: ST_BY, doc: "guest writes" },
     reads: { by: ST_BY, doc: "guest reads" },
@@ -324,21 +245,6 @@ export const ST = defineRows(
   },
   { stride: 16 },
 );
-export const ST_WRITES = ST.writes(0);
-export const ST_READS = ST.reads(0);
-export const ST_FAST_PF = ST.fast_pf(0);
-export const ST_SLOW_PF = ST.slow_pf(0);
-export const ST_TLB_MISS = ST.tlb_miss(0);
-export const ST_LOCK_WAIT_NS = ST.lock_wait_ns(0);
-export const ST_LOCK_HOLD_NS = ST.lock_hold_ns(0);
-export const ST_LOCK_ACQ = ST.lock_acq(0);
-export const ST_FLUSHES_HANDLED = ST.flushes_handled(0);
-export const ST_RETRIES = ST.retries(0);
-export const ST_GUEST_WALKS = ST.guest_walks(0);
-export const ST_GUEST_PF = ST.guest_pf(0);
-export const ST_EMULATED = ST.emulated(0);
-export const ST_TLB_AUDIT = ST.tlb_audit(0);
-export const ST_STRIDE = ST.STRIDE;
 
 export interface KvmConfig {
   /** Host memory frames (4 KiB). */
@@ -397,11 +303,12 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   const shadow = config.mode === MmuMode.Shadow;
   return {
     config,
-    ctl: sab(CTL_WORDS * 4),
-    slots: sab(KVM_USER_MEM_SLOTS * SLOT_STRIDE * 4),
+    ctl: sab(CTL.WORDS * 4),
+    slots: sab(SLOT.row(KVM_USER_MEM_SLOTS) * 4),
     spt: sab(config.maxSp * 512 * 4),
-    spHdr: sab(config.maxSp * SP_STRIDE * 4),
-    desc: sab(config.maxDesc * (DESC_WORDS + 1) * 4),
+    spHdr: sab(SP.row(config.maxSp) * 4),
+    // The descriptors, then one free-list link per descriptor (alloc/slab.ts).
+    desc: sab((DESC.row(config.maxDesc) + config.maxDesc) * 4),
     rmapPool: sab(rmapWords * 4),
     bitmapPool: sab(bitmapWords * 4),
     lpagePool: sab(lpageWords * 4),
@@ -410,12 +317,12 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     hpt: sab(hvaPages(config) * 4),
     thp: sab(Math.ceil(hvaPages(config) / 512) * 4),
     frameStack: sab(config.hostFrames * 4),
-    vcpu: sab(config.maxVcpus * VCPU_STRIDE * 4),
-    vcpuStats: sab(config.maxVcpus * ST_STRIDE * 8),
+    vcpu: sab(VCPU.row(config.maxVcpus) * 4),
+    vcpuStats: sab(ST.row(config.maxVcpus) * 8),
     spGfns: sab(shadow ? config.maxSp * 512 * 4 : 0),
-    spExt: sab(shadow ? config.maxSp * SPX_STRIDE * 4 : 0),
+    spExt: sab(shadow ? SPX.row(config.maxSp) * 4 : 0),
     spHash: sab(shadow ? KVM_NUM_MMU_PAGES * 4 : 0),
-    sctl: sab(SCTL_WORDS * 4),
+    sctl: sab(SCTL.WORDS * 4),
   };
 }
 
@@ -477,10 +384,10 @@ export class Kvm {
     this.spHash = new Int32Array(shared.spHash);
     this.sctl = new Int32Array(shared.sctl);
     this.mode = shared.config.mode ?? MmuMode.Tdp;
-    this.mmu_lock = new Mutex(this.ctl, CTL_MMU_LOCK);
-    this.slots_lock = new Mutex(this.ctl, CTL_SLOTS_LOCK);
-    this.mm_lock = new Mutex(this.ctl, CTL_MM_LOCK, false);
-    this.rcu = new Rcu(this.ctl, CTL_RCU);
+    this.mmu_lock = new Mutex(this.ctl, CTL.mmu_lock);
+    this.slots_lock = new Mutex(this.ctl, CTL.slots_lock);
+    this.mm_lock = new Mutex(this.ctl, CTL.mm_lock, false);
+    this.rcu = new Rcu(this.ctl, CTL.rcu);
     this.bugs = shared.config.bugs;
     this.wp = shared.config.wp;
   }

@@ -32,10 +32,12 @@ export interface FieldInfo {
 export interface LayoutInfo {
   /** The KVM structure it stands for, e.g. `struct kvm_mmu_page`. */
   readonly struct: string;
-  /** The `Kvm` array that holds it, e.g. `spHdr`. */
+  /** The array that holds it, e.g. `kvm.spHdr`. */
   readonly array: string;
   /** Words per row (rows) or in all (blocks). */
   readonly stride: number;
+  /** Rows: the word where row 0 starts (after a block of other words in the same array). */
+  readonly base: number;
   readonly rows: boolean;
   readonly fields: readonly FieldInfo[];
 }
@@ -78,7 +80,7 @@ export function defineBlock<F extends string>(
   opts: { words?: number } = {},
 ): Block<F> {
   const [infos, words] = place(fields, opts.words ?? 0);
-  const layout: LayoutInfo = { struct, array, stride: words, rows: false, fields: infos };
+  const layout: LayoutInfo = { struct, array, stride: words, base: 0, rows: false, fields: infos };
   registry.push(layout);
   const o: Record<string, unknown> = { layout, WORDS: words };
   for (const f of infos) o[f.name] = f.offset;
@@ -90,14 +92,16 @@ export function defineRows<F extends string>(
   struct: string,
   array: string,
   fields: Record<F, FieldDecl>,
-  opts: { stride?: number } = {},
+  opts: { stride?: number; base?: number } = {},
 ): Rows<F> {
   const [infos, stride] = place(fields, opts.stride ?? 0);
-  const layout: LayoutInfo = { struct, array, stride, rows: true, fields: infos };
+  const base = opts.base ?? 0;
+  if (!Number.isInteger(base) || base < 0) throw new Error(`layout: ${struct}: bad base ${base}`);
+  const layout: LayoutInfo = { struct, array, stride, base, rows: true, fields: infos };
   registry.push(layout);
-  const o: Record<string, unknown> = { layout, STRIDE: stride, row: (r: number) => r * stride };
+  const o: Record<string, unknown> = { layout, STRIDE: stride, row: (r: number) => base + r * stride };
   for (const f of infos) {
-    const off = f.offset;
+    const off = base + f.offset;
     o[f.name] = (r: number) => r * stride + off;
   }
   return Object.freeze(o) as Rows<F>;
@@ -112,8 +116,9 @@ export function declaredLayouts(): readonly LayoutInfo[] {
 export function layoutsMarkdown(layouts: readonly LayoutInfo[] = registry): string {
   const lines: string[] = [];
   for (const l of layouts) {
-    const shape = l.rows ? `one row of ${l.stride} words per object` : `${l.stride} words`;
-    lines.push(`### ${l.struct} (\`kvm.${l.array}\`, ${shape})`, "");
+    const from = l.base !== 0 ? ` from word ${l.base}` : "";
+    const shape = l.rows ? `one row of ${l.stride} words per object${from}` : `${l.stride} words`;
+    lines.push(`### ${l.struct} (\`${l.array}\`, ${shape})`, "");
     lines.push("| field | offset | words | protected by | what |", "| --- | --- | --- | --- | --- |");
     for (const f of l.fields) {
       lines.push(`| \`${f.name}\` | ${f.offset} | ${f.words} | ${f.by} | ${f.doc} |`);

@@ -18,10 +18,7 @@ import {
   allocKvmShared,
   BUG,
   BugName,
-  CTL_BITMAP_POOL_NEXT,
-  CTL_NR_VCPUS,
-  CTL_RMAP_POOL_NEXT,
-  CTL_VM_STATE,
+  CTL,
   Kvm,
   KVM_MAX_VCPUS,
   KVM_MEM_LOG_DIRTY_PAGES,
@@ -30,31 +27,12 @@ import {
   KvmShared,
   metadataBytes,
   MmuMode,
-  PAGE_SIZE,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_BITMAP_BASE,
-  SLOT_BITMAP_WORDS,
-  SLOT_FLAGS,
-  SLOT_HVA_PAGE,
-  SLOT_LPAGE_L2,
-  SLOT_LPAGE_L3,
-  SLOT_NPAGES,
-  SLOT_RMAP_BASE,
-  SLOT_RMAP_L2,
-  SLOT_RMAP_L3,
-  SLOT_STRIDE,
-  ST_STRIDE,
-  ST_TLB_AUDIT,
   OUTSIDE_GUEST_MODE,
-  VCPU_MODE,
-  VCPU_PASSES,
-  VCPU_RUN,
-  VCPU_STATE,
-  VCPU_STRIDE,
+  PAGE_SIZE,
+  SLOT,
+  ST,
+  VCPU,
   WpStrategy,
-  CTL_HVA_NEXT,
-  CTL_LPAGE_POOL_NEXT,
 } from "./kvm_host.js";
 import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
@@ -240,51 +218,50 @@ export class Vm {
       if (!isInt(x) || x < 0 || x % PAGE_SIZE !== 0)
         throw einval(k, `must be a non-negative multiple of ${PAGE_SIZE}, got ${String(x)}`);
     }
-    const r = m.slot * SLOT_STRIDE;
+    const slot = m.slot;
     const s = kvm.slots;
     const npages = m.memorySize / PAGE_SIZE;
     const baseGfn = m.guestPhysAddr / PAGE_SIZE;
     const hvaPage = m.userspaceAddr / PAGE_SIZE;
     kvm.slots_lock.lock();
     try {
-      const active = s[r + SLOT_ACTIVE] !== 0;
+      const active = s[SLOT.active(slot)] !== 0;
       if (npages === 0) {
         if (!active) throw einval("memorySize", `0 deletes a slot, but slot ${m.slot} does not exist`);
         this.checkIdle("memorySize");
-        this.deleteSlot(r);
+        this.deleteSlot(slot);
         return;
       }
       if (active) {
         if (
-          s[r + SLOT_BASE_GFN] !== baseGfn ||
-          s[r + SLOT_NPAGES] !== npages ||
-          s[r + SLOT_HVA_PAGE] !== hvaPage
+          s[SLOT.base_gfn(slot)] !== baseGfn ||
+          s[SLOT.npages(slot)] !== npages ||
+          s[SLOT.hva_page(slot)] !== hvaPage
         )
           throw einval("slot", `slot ${m.slot} exists: only its flags may change (delete it first)`);
-        if (((s[r + SLOT_FLAGS] ^ m.flags) & KVM_MEM_READONLY) !== 0)
+        if (((s[SLOT.flags(slot)] ^ m.flags) & KVM_MEM_READONLY) !== 0)
           throw einval("flags", "KVM_MEM_READONLY cannot change");
-        kvm_set_dirty_logging(kvm, r, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
+        kvm_set_dirty_logging(kvm, slot, (m.flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0);
         return;
       }
       if (baseGfn + npages >= 2 ** 31)
         throw einval("guestPhysAddr", "beyond the 43-bit guest-physical space this engine models");
-      if (hvaPage + npages > kvm.ctl[CTL_HVA_NEXT] || !this.hvaMapped(hvaPage, npages))
+      if (hvaPage + npages > kvm.ctl[CTL.hva_next] || !this.hvaMapped(hvaPage, npages))
         throw new KvmError(
           "EFAULT",
           `userspaceAddr: [0x${m.userspaceAddr.toString(16)}, +0x${m.memorySize.toString(16)}) is not mapped`,
         );
       for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-        const o = id * SLOT_STRIDE;
-        if (s[o + SLOT_ACTIVE] === 0) continue;
-        const ob = s[o + SLOT_BASE_GFN];
-        if (baseGfn < ob + s[o + SLOT_NPAGES] && ob < baseGfn + npages)
+        if (s[SLOT.active(id)] === 0) continue;
+        const ob = s[SLOT.base_gfn(id)];
+        if (baseGfn < ob + s[SLOT.npages(id)] && ob < baseGfn + npages)
           throw new KvmError(
             "EEXIST",
             `guestPhysAddr: [0x${m.guestPhysAddr.toString(16)}, +0x${m.memorySize.toString(16)}) overlaps slot ${id}`,
           );
       }
       this.checkIdle("slot");
-      this.createSlot(r, baseGfn, npages, hvaPage, m.flags);
+      this.createSlot(slot, baseGfn, npages, hvaPage, m.flags);
     } catch (e) {
       // A flush no vCPU acknowledged: the VM fails (the slot stays as it was).
       if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
@@ -308,15 +285,15 @@ export class Vm {
       );
   }
 
-  private createSlot(r: number, baseGfn: number, npages: number, hvaPage: number, flags: number): void {
+  private createSlot(slot: number, baseGfn: number, npages: number, hvaPage: number, flags: number): void {
     const kvm = this.kvm;
     const l2 = slot_level_pages(baseGfn, npages, 2);
     const l3 = slot_level_pages(baseGfn, npages, 3);
     const rmapWords = npages + l2 + l3;
     const bitmapWords = Math.ceil(npages / 32);
-    const rNext = kvm.ctl[CTL_RMAP_POOL_NEXT];
-    const bNext = kvm.ctl[CTL_BITMAP_POOL_NEXT];
-    const lpBase = kvm.ctl[CTL_LPAGE_POOL_NEXT];
+    const rNext = kvm.ctl[CTL.rmap_pool_next];
+    const bNext = kvm.ctl[CTL.bitmap_pool_next];
+    const lpBase = kvm.ctl[CTL.lpage_pool_next];
     if (
       rNext + rmapWords > kvm.rmapPool.length ||
       bNext + 2 * bitmapWords > kvm.bitmapPool.length ||
@@ -336,34 +313,34 @@ export class Vm {
     if (baseGfn % 512 !== 0) lp[lpBase] = 1;
     if ((baseGfn + npages) % 512 !== 0) lp[lpBase + l2 - 1] = 1;
     if ((baseGfn ^ hvaPage) % 512 !== 0) lp.fill(1, lpBase, lpBase + l2);
-    s[r + SLOT_BASE_GFN] = baseGfn;
-    s[r + SLOT_NPAGES] = npages;
-    s[r + SLOT_HVA_PAGE] = hvaPage;
-    s[r + SLOT_RMAP_BASE] = rNext;
-    s[r + SLOT_RMAP_L2] = rNext + npages;
-    s[r + SLOT_RMAP_L3] = rNext + npages + l2;
-    s[r + SLOT_BITMAP_BASE] = bNext;
-    s[r + SLOT_BITMAP_WORDS] = bitmapWords;
-    s[r + SLOT_LPAGE_L2] = lpBase;
-    s[r + SLOT_LPAGE_L3] = lpBase + l2;
-    s[r + SLOT_FLAGS] = 0;
-    kvm.ctl[CTL_RMAP_POOL_NEXT] = rNext + rmapWords;
-    kvm.ctl[CTL_BITMAP_POOL_NEXT] = bNext + 2 * bitmapWords;
-    kvm.ctl[CTL_LPAGE_POOL_NEXT] = lpBase + l2 + l3;
-    Atomics.store(s, r + SLOT_ACTIVE, 1);
-    if ((flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0) kvm_set_dirty_logging(kvm, r, true);
-    s[r + SLOT_FLAGS] |= flags & KVM_MEM_READONLY;
+    s[SLOT.base_gfn(slot)] = baseGfn;
+    s[SLOT.npages(slot)] = npages;
+    s[SLOT.hva_page(slot)] = hvaPage;
+    s[SLOT.rmap_base(slot)] = rNext;
+    s[SLOT.rmap_l2(slot)] = rNext + npages;
+    s[SLOT.rmap_l3(slot)] = rNext + npages + l2;
+    s[SLOT.bitmap_base(slot)] = bNext;
+    s[SLOT.bitmap_words(slot)] = bitmapWords;
+    s[SLOT.lpage_l2(slot)] = lpBase;
+    s[SLOT.lpage_l3(slot)] = lpBase + l2;
+    s[SLOT.flags(slot)] = 0;
+    kvm.ctl[CTL.rmap_pool_next] = rNext + rmapWords;
+    kvm.ctl[CTL.bitmap_pool_next] = bNext + 2 * bitmapWords;
+    kvm.ctl[CTL.lpage_pool_next] = lpBase + l2 + l3;
+    Atomics.store(s, SLOT.active(slot), 1);
+    if ((flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0) kvm_set_dirty_logging(kvm, slot, true);
+    s[SLOT.flags(slot)] |= flags & KVM_MEM_READONLY;
   }
 
-  private deleteSlot(r: number): void {
+  private deleteSlot(slot: number): void {
     const kvm = this.kvm;
     const s = kvm.slots;
     kvm.mmu_lock.lock();
     try {
-      const hva = s[r + SLOT_HVA_PAGE];
-      kvm_unmap_hva_range(kvm, hva, hva + s[r + SLOT_NPAGES]);
+      const hva = s[SLOT.hva_page(slot)];
+      kvm_unmap_hva_range(kvm, hva, hva + s[SLOT.npages(slot)]);
       kvm_flush_remote_tlbs(kvm);
-      Atomics.store(s, r + SLOT_ACTIVE, 0);
+      Atomics.store(s, SLOT.active(slot), 0);
     } finally {
       kvm.mmu_lock.unlock();
     }
@@ -375,8 +352,8 @@ export class Vm {
     if (!isInt(id) || id < 0 || id >= max) throw einval("id", `must be 0..${max - 1}, got ${String(id)}`);
     if (this.created.has(id)) throw new KvmError("EEXIST", `id: vcpu ${id} already exists`);
     this.created.add(id);
-    const n = Math.max(Atomics.load(this.kvm.ctl, CTL_NR_VCPUS), id + 1);
-    Atomics.store(this.kvm.ctl, CTL_NR_VCPUS, n);
+    const n = Math.max(Atomics.load(this.kvm.ctl, CTL.nr_vcpus), id + 1);
+    Atomics.store(this.kvm.ctl, CTL.nr_vcpus, n);
   }
 
   get vcpuIds(): number[] {
@@ -405,12 +382,11 @@ export class Vm {
     }
     this.running = true;
     this.error = null;
-    Atomics.store(this.kvm.ctl, CTL_VM_STATE, 0);
+    Atomics.store(this.kvm.ctl, CTL.vm_state, 0);
     try {
       for (const [id, spec] of specs) {
-        const row = id * VCPU_STRIDE;
-        Atomics.store(this.kvm.vcpu, row + VCPU_RUN, RunCtl.Run);
-        Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Created);
+        Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Run);
+        Atomics.store(this.kvm.vcpu, VCPU.state(id), VcpuState.Created);
         const w = new Worker(new URL("./workload/vcpu_worker.js", import.meta.url), {
           execArgv: workerExecArgv(),
           workerData: { shared: this.shared, vcpuId: id, guest: spec, tlbBits },
@@ -442,27 +418,26 @@ export class Vm {
     if (vcpuId < 0) return;
     // A worker gone without saying Stopped or Dead (terminated, crashed): no flusher may wait for it.
     w.on("exit", () => {
-      const row = vcpuId * VCPU_STRIDE;
-      const s = Atomics.load(this.kvm.vcpu, row + VCPU_STATE);
+      const s = Atomics.load(this.kvm.vcpu, VCPU.state(vcpuId));
       if (s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number)) return;
-      Atomics.store(this.kvm.vcpu, row + VCPU_MODE, OUTSIDE_GUEST_MODE);
-      Atomics.store(this.kvm.vcpu, row + VCPU_STATE, VcpuState.Dead);
-      Atomics.notify(this.kvm.vcpu, row + VCPU_STATE);
-      Atomics.notify(this.kvm.vcpu, row + VCPU_MODE);
+      Atomics.store(this.kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
+      Atomics.store(this.kvm.vcpu, VCPU.state(vcpuId), VcpuState.Dead);
+      Atomics.notify(this.kvm.vcpu, VCPU.state(vcpuId));
+      Atomics.notify(this.kvm.vcpu, VCPU.mode(vcpuId));
       if (!this.stopping) this.fail(new KvmError("EIO", `${who}: the worker exited`));
     });
   }
 
   private fail(e: Error): void {
     this.error ??= e;
-    Atomics.store(this.kvm.ctl, CTL_VM_STATE, 2);
-    for (const id of this.created) Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Stop);
+    Atomics.store(this.kvm.ctl, CTL.vm_state, 2);
+    for (const id of this.created) Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Stop);
   }
 
   /** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
   private async waitState(id: number, ok: (s: number) => boolean, what = "answer"): Promise<void> {
     const v = this.kvm.vcpu;
-    const i = id * VCPU_STRIDE + VCPU_STATE;
+    const i = VCPU.state(id);
     const deadline = Date.now() + VCPU_WAIT_MS;
     for (;;) {
       const s = Atomics.load(v, i);
@@ -486,8 +461,7 @@ export class Vm {
   async pause(): Promise<void> {
     if (!this.running || this.workers.size === 0) throw einval("pause", "the vCPUs are not running");
     this.throwIfFailed();
-    for (const id of this.workers.keys())
-      Atomics.store(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_RUN, RunCtl.Pause);
+    for (const id of this.workers.keys()) Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
     for (const id of this.workers.keys())
       await this.waitState(id, (s) => s === (VcpuState.Paused as number), "park");
     this.throwIfFailed();
@@ -501,15 +475,15 @@ export class Vm {
   async auditTlbs(): Promise<Map<number, number>> {
     const v = this.kvm.vcpu;
     for (const id of this.workers.keys())
-      if (Atomics.load(v, id * VCPU_STRIDE + VCPU_STATE) !== (VcpuState.Paused as number))
+      if (Atomics.load(v, VCPU.state(id)) !== (VcpuState.Paused as number))
         throw new KvmError("EBUSY", "auditTlbs: the vCPUs must be paused");
     const out = new Map<number, number>();
     for (const id of this.workers.keys()) {
-      const run = id * VCPU_STRIDE + VCPU_RUN;
+      const run = VCPU.run(id);
       Atomics.store(v, run, RunCtl.Audit);
       Atomics.notify(v, run);
       await this.waitState(id, (s) => s === (VcpuState.Audited as number), "audit its TLB");
-      out.set(id, this.vcpuStats(id)[ST_TLB_AUDIT]);
+      out.set(id, this.kvm.vcpuStats[ST.tlb_audit(id)]);
       Atomics.store(v, run, RunCtl.Pause);
       Atomics.notify(v, run);
       await this.waitState(id, (s) => s === (VcpuState.Paused as number));
@@ -520,7 +494,7 @@ export class Vm {
 
   resume(): void {
     for (const id of this.workers.keys()) {
-      const i = id * VCPU_STRIDE + VCPU_RUN;
+      const i = VCPU.run(id);
       Atomics.store(this.kvm.vcpu, i, RunCtl.Run);
       Atomics.notify(this.kvm.vcpu, i);
     }
@@ -542,18 +516,18 @@ export class Vm {
     this.stopping = true;
     try {
       for (const id of this.created) {
-        const i = id * VCPU_STRIDE + VCPU_RUN;
+        const i = VCPU.run(id);
         Atomics.store(this.kvm.vcpu, i, RunCtl.Stop);
         Atomics.notify(this.kvm.vcpu, i);
       }
       await this.stopHostThread();
       const stopped = (id: number): boolean => {
-        const s = Atomics.load(this.kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE);
+        const s = Atomics.load(this.kvm.vcpu, VCPU.state(id));
         return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
       };
       const deadline = Date.now() + VCPU_WAIT_MS;
       for (const id of this.workers.keys()) {
-        const i = id * VCPU_STRIDE + VCPU_STATE;
+        const i = VCPU.state(id);
         while (!stopped(id) && Date.now() < deadline) {
           const r = Atomics.waitAsync(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
           if (r.async) await r.value;
@@ -585,8 +559,7 @@ export class Vm {
     const ranges: [number, number][] = [];
     const s = this.kvm.slots;
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-      const r = id * SLOT_STRIDE;
-      if (s[r + SLOT_ACTIVE]) ranges.push([s[r + SLOT_HVA_PAGE], s[r + SLOT_NPAGES]]);
+      if (s[SLOT.active(id)]) ranges.push([s[SLOT.hva_page(id)], s[SLOT.npages(id)]]);
     }
     if (ranges.length === 0) throw einval("startHostThread", "no memslot to act on");
     const ctl = new SharedArrayBuffer(HOST_CTL_WORDS * 4);
@@ -655,13 +628,12 @@ export class Vm {
     this.hostWorker = null;
   }
 
-  private slotRow(slot: number): number {
+  /** Refuses a slot id that is out of range or not created. */
+  private checkSlot(slot: number): void {
     if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
       throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
-    const r = slot * SLOT_STRIDE;
-    if (this.kvm.slots[r + SLOT_ACTIVE] === 0)
+    if (this.kvm.slots[SLOT.active(slot)] === 0)
       throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
-    return r;
   }
 
   /** KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page base_gfn + n), harvested and re-protected. */
@@ -669,10 +641,10 @@ export class Vm {
     const kvm = this.kvm;
     kvm.slots_lock.lock();
     try {
-      const r = this.slotRow(slot);
-      if ((kvm.slots[r + SLOT_FLAGS] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
+      this.checkSlot(slot);
+      if ((kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
         throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
-      const words = kvm.slots[r + SLOT_BITMAP_WORDS];
+      const words = kvm.slots[SLOT.bitmap_words(slot)];
       // Checked before the harvest: a bad `out` must not cost the dirty bits it would carry.
       if (out !== undefined && !(out instanceof Uint32Array))
         throw einval("out", `must be a Uint32Array, got ${describe(out)}`);
@@ -681,7 +653,7 @@ export class Vm {
       const bitmap = out ?? new Uint32Array(words);
       const call = newDirtyLogTimes();
       try {
-        kvm_get_dirty_log(kvm, r, bitmap, call);
+        kvm_get_dirty_log(kvm, slot, bitmap, call);
       } catch (e) {
         if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
         throw e;
@@ -709,18 +681,17 @@ export class Vm {
     const gfn = Math.floor(gpa / PAGE_SIZE);
     const s = this.kvm.slots;
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-      const r = id * SLOT_STRIDE;
-      if (!s[r + SLOT_ACTIVE]) continue;
-      const base = s[r + SLOT_BASE_GFN];
-      if (gfn >= base && gfn < base + s[r + SLOT_NPAGES])
-        return host_read_u64(this.kvm, (s[r + SLOT_HVA_PAGE] + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
+      if (!s[SLOT.active(id)]) continue;
+      const base = s[SLOT.base_gfn(id)];
+      if (gfn >= base && gfn < base + s[SLOT.npages(id)])
+        return host_read_u64(this.kvm, (s[SLOT.hva_page(id)] + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
   }
 
   /** Per-vCPU statistics as the workers last published them. */
   vcpuStats(id: number): Float64Array {
-    return this.kvm.vcpuStats.subarray(id * ST_STRIDE, (id + 1) * ST_STRIDE);
+    return this.kvm.vcpuStats.subarray(ST.row(id), ST.row(id + 1));
   }
 
   metadataBytes(): number {
@@ -739,14 +710,13 @@ export class Vm {
     const gfn = gpa / PAGE_SIZE;
     const s = this.kvm.slots;
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-      const r = id * SLOT_STRIDE;
-      if (!s[r + SLOT_ACTIVE]) continue;
-      const base = s[r + SLOT_BASE_GFN];
-      if (gfn < base || gfn >= base + s[r + SLOT_NPAGES]) continue;
+      if (!s[SLOT.active(id)]) continue;
+      const base = s[SLOT.base_gfn(id)];
+      if (gfn < base || gfn >= base + s[SLOT.npages(id)]) continue;
       const kvm = this.kvm;
       kvm.mm_lock.lock();
       try {
-        const pfn = Atomics.load(kvm.hpt, s[r + SLOT_HVA_PAGE] + gfn - base) >>> 1;
+        const pfn = Atomics.load(kvm.hpt, s[SLOT.hva_page(id)] + gfn - base) >>> 1;
         out.set(kvm.mem.subarray(pfn * (PAGE_SIZE / 4), (pfn + 1) * (PAGE_SIZE / 4)));
       } finally {
         kvm.mm_lock.unlock();
@@ -770,7 +740,7 @@ export class Vm {
     const v = this.kvm.vcpu;
     const deadline = performance.now() + timeoutMs;
     for (const id of this.created) {
-      const i = id * VCPU_STRIDE + VCPU_PASSES;
+      const i = VCPU.passes(id);
       for (;;) {
         this.throwIfFailed();
         if (Atomics.load(v, i) >= passes) break;

@@ -8,47 +8,40 @@
  * outside SLAB_TYPESAFE_BY_RCU objects): a freed descriptor keeps its last contents for walkers.
  * Allocation and free happen under mmu_lock.
  */
-import {
-  DESC_WORDS,
-  DESC_MORE,
-  CTL_DESC_FREE,
-  CTL_DESC_HIGH,
-  CTL_DESC_USED,
-  CTL_DESC_ALLOCS,
-  Kvm,
-} from "../kvm_host.js";
+import { CTL, DESC, Kvm } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
 
+/** The free-list links follow the last descriptor row: link of d at descLinkBase + d. */
 export function descLinkBase(kvm: Kvm): number {
-  return kvm.shared.config.maxDesc * DESC_WORDS;
+  return DESC.row(kvm.shared.config.maxDesc);
 }
 
 /** Returns a descriptor index whose `more` is 0 ("under construction"). mmu_lock held. */
 export function mmu_alloc_pte_list_desc(kvm: Kvm): number {
   const ctl = kvm.ctl;
   let d: number;
-  const free = ctl[CTL_DESC_FREE];
+  const free = ctl[CTL.desc_free];
   if (free !== 0) {
     d = free - 1;
-    ctl[CTL_DESC_FREE] = kvm.desc[descLinkBase(kvm) + d];
+    ctl[CTL.desc_free] = kvm.desc[descLinkBase(kvm) + d];
   } else {
-    d = ctl[CTL_DESC_HIGH];
+    d = ctl[CTL.desc_high];
     if (d >= kvm.shared.config.maxDesc)
       throw new KvmError("ENOMEM", "pte_list_desc slab exhausted (maxDesc)");
-    ctl[CTL_DESC_HIGH] = d + 1;
+    ctl[CTL.desc_high] = d + 1;
   }
-  ctl[CTL_DESC_USED]++;
-  ctl[CTL_DESC_ALLOCS]++;
+  ctl[CTL.desc_used]++;
+  ctl[CTL.desc_allocs]++;
   // Patch 9: pointer-sized stores only, `more` first so a walker that reads it restarts.
-  astore(kvm.desc, d * DESC_WORDS + DESC_MORE, 0);
+  astore(kvm.desc, DESC.more(d), 0);
   return d;
 }
 
 /** mmu_lock held. The contents stay readable for walkers until the descriptor is reused. */
 export function mmu_free_pte_list_desc(kvm: Kvm, d: number): void {
   const ctl = kvm.ctl;
-  kvm.desc[descLinkBase(kvm) + d] = ctl[CTL_DESC_FREE];
-  ctl[CTL_DESC_FREE] = d + 1;
-  ctl[CTL_DESC_USED]--;
+  kvm.desc[descLinkBase(kvm) + d] = ctl[CTL.desc_free];
+  ctl[CTL.desc_free] = d + 1;
+  ctl[CTL.desc_used]--;
 }

@@ -13,21 +13,7 @@
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm, WpName } from "../vm.js";
-import {
-  KVM_MEM_LOG_DIRTY_PAGES,
-  MmuMode,
-  PAGE_SIZE,
-  ST_FAST_PF,
-  ST_LOCK_ACQ,
-  ST_LOCK_HOLD_NS,
-  ST_LOCK_WAIT_NS,
-  ST_RETRIES,
-  ST_SLOW_PF,
-  ST_TLB_MISS,
-  ST_WRITES,
-  VCPU_PASSES,
-  VCPU_STRIDE,
-} from "../kvm_host.js";
+import { KVM_MEM_LOG_DIRTY_PAGES, MmuMode, PAGE_SIZE, ST, VCPU } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
@@ -238,7 +224,7 @@ function withVerdict(r: RatioSummary, below: string, above: string): RatioResult
 }
 
 function passes(vm: Vm): number[] {
-  return vm.vcpuIds.map((id) => Atomics.load(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES));
+  return vm.vcpuIds.map((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)));
 }
 
 async function waitPasses(vm: Vm, target: number[]): Promise<void> {
@@ -247,13 +233,13 @@ async function waitPasses(vm: Vm, target: number[]): Promise<void> {
     const p = passes(vm);
     if (p.every((x, i) => x >= target[i])) return;
     const id = vm.vcpuIds[p.findIndex((x, i) => x < target[i])];
-    const r = Atomics.waitAsync(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES, p[vm.vcpuIds.indexOf(id)], 5);
+    const r = Atomics.waitAsync(vm.kvm.vcpu, VCPU.passes(id), p[vm.vcpuIds.indexOf(id)], 5);
     if (r.async) await r.value;
   }
 }
 
-function sumStat(vm: Vm, k: number): number {
-  return vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k], 0);
+function sumStat(vm: Vm, field: (id: number) => number): number {
+  return vm.vcpuIds.reduce((n, id) => n + vm.kvm.vcpuStats[field(id)], 0);
 }
 
 export function validatePerfOptions(o: PerfOptions): void {
@@ -365,7 +351,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
 
 async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
   const vm = run.vm;
-  const w0 = sumStat(vm, ST_WRITES);
+  const w0 = sumStat(vm, ST.writes);
   const t0 = performance.now();
   vm.resume();
   vm.resumeHostThread();
@@ -391,7 +377,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   }
   const activeMs = performance.now() - t0;
   // Paused: every vCPU has published its counters.
-  const writes = sumStat(vm, ST_WRITES) - w0;
+  const writes = sumStat(vm, ST.writes) - w0;
   if (!warmup) {
     run.activeMs += activeMs;
     run.writes += writes;
@@ -430,17 +416,17 @@ function strategyResult(run: Run): StrategyResult {
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
     mmuLock: {
-      vcpuWaitNs: sumStat(vm, ST_LOCK_WAIT_NS),
-      vcpuHoldNs: sumStat(vm, ST_LOCK_HOLD_NS),
-      vcpuAcquisitions: sumStat(vm, ST_LOCK_ACQ),
+      vcpuWaitNs: sumStat(vm, ST.lock_wait_ns),
+      vcpuHoldNs: sumStat(vm, ST.lock_hold_ns),
+      vcpuAcquisitions: sumStat(vm, ST.lock_acq),
       ioctlWaitNs: t.lockWaitNs,
     },
     flushNs: t.flushNs,
     faults: {
-      fast: sumStat(vm, ST_FAST_PF),
-      slow: sumStat(vm, ST_SLOW_PF),
-      retries: sumStat(vm, ST_RETRIES),
-      tlbMisses: sumStat(vm, ST_TLB_MISS),
+      fast: sumStat(vm, ST.fast_pf),
+      slow: sumStat(vm, ST.slow_pf),
+      retries: sumStat(vm, ST.retries),
+      tlbMisses: sumStat(vm, ST.tlb_miss),
     },
     host: vm.hostThreadCounters(),
     metadataBytes: vm.metadataBytes(),

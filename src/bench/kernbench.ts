@@ -16,23 +16,15 @@
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm } from "../vm.js";
 import {
-  CTL_DESC_ALLOCS,
-  CTL_DESC_HIGH,
+  CTL,
   Kvm,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_USER_MEM_SLOTS,
   MmuMode,
   PAGE_SIZE,
   PAGE_WORDS,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_NPAGES,
-  SLOT_STRIDE,
-  ST_EMULATED,
-  ST_FAST_PF,
-  ST_GUEST_WALKS,
-  ST_SLOW_PF,
-  ST_TLB_MISS,
+  SLOT,
+  ST,
 } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
@@ -200,12 +192,11 @@ export function rmapChainHistogram(kvm: Kvm, into: Histogram = {}): { hist: Hist
   let max = 0;
   for (const [label] of HIST_BUCKETS) into[label] ??= 0;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    const r = id * SLOT_STRIDE;
-    if (kvm.slots[r + SLOT_ACTIVE] === 0) continue;
-    const base = kvm.slots[r + SLOT_BASE_GFN];
-    const npages = kvm.slots[r + SLOT_NPAGES];
+    if (kvm.slots[SLOT.active(id)] === 0) continue;
+    const base = kvm.slots[SLOT.base_gfn(id)];
+    const npages = kvm.slots[SLOT.npages(id)];
     for (let level = 1; level <= 3; level++) {
-      const h0 = gfn_to_rmap(kvm, r, base, level);
+      const h0 = gfn_to_rmap(kvm, id, base, level);
       const n = slot_level_pages(base, npages, level);
       for (let i = 0; i < n; i++) {
         if (kvm.rmapPool[h0 + i] === 0) continue;
@@ -342,8 +333,8 @@ async function oneRun(
         invalidateRate: o.invalidateRate ?? 0,
         seed: o.seed,
       });
-    const a0 = kvm.ctl[CTL_DESC_ALLOCS];
-    const h0 = kvm.ctl[CTL_DESC_HIGH];
+    const a0 = kvm.ctl[CTL.desc_allocs];
+    const h0 = kvm.ctl[CTL.desc_high];
     const w0 = rmapStats.walks;
     const r0 = rmapStats.restarts;
     const bm0 = new Uint32Array(Math.ceil(dataPages / 32));
@@ -395,9 +386,10 @@ async function oneRun(
       auditFailures = audit(kvm);
     }
     const sec = realNs / 1e9;
-    const sum = (k: number): number => vm.vcpuIds.reduce((n, id) => n + vm.vcpuStats(id)[k], 0);
-    const allocs = kvm.ctl[CTL_DESC_ALLOCS] - a0;
-    const fresh = kvm.ctl[CTL_DESC_HIGH] - h0;
+    const sum = (field: (id: number) => number): number =>
+      vm.vcpuIds.reduce((n, id) => n + kvm.vcpuStats[field(id)], 0);
+    const allocs = kvm.ctl[CTL.desc_allocs] - a0;
+    const fresh = kvm.ctl[CTL.desc_high] - h0;
     return {
       run: { warmup, realNs, opsPerSec: (v * o.jobs) / sec, harvests, dirtyPages },
       hist,
@@ -408,11 +400,11 @@ async function oneRun(
       walks: (rmapStats.walks - w0) / sec,
       restarts: (rmapStats.restarts - r0) / sec,
       faults: {
-        fast: sum(ST_FAST_PF),
-        slow: sum(ST_SLOW_PF),
-        tlbMisses: sum(ST_TLB_MISS),
-        guestWalks: sum(ST_GUEST_WALKS),
-        emulated: sum(ST_EMULATED),
+        fast: sum(ST.fast_pf),
+        slow: sum(ST.slow_pf),
+        tlbMisses: sum(ST.tlb_miss),
+        guestWalks: sum(ST.guest_walks),
+        emulated: sum(ST.emulated),
       },
       ...(kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(kvm) } : {}),
       ...(auditFailures ? { audit: auditFailures } : {}),

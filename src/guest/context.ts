@@ -12,7 +12,7 @@
  * of the same word at the same time can lose one of the stores, as with a plain C bitfield.
  */
 import { RunCtl, Vcpu } from "../vcpu/vcpu.js";
-import { VCPU_RUN } from "../kvm_host.js";
+import { VCPU } from "../kvm_host.js";
 
 export const GUEST_PAGE_SIZE = 4096;
 
@@ -86,7 +86,7 @@ export class VcpuGuestContext implements GuestContext {
   }
 
   get stopped(): boolean {
-    return Atomics.load(this.v.kvm.vcpu, this.v.row + VCPU_RUN) === (RunCtl.Stop as number);
+    return Atomics.load(this.v.kvm.vcpu, VCPU.run(this.v.id)) === (RunCtl.Stop as number);
   }
 
   get writes(): number {

@@ -5,7 +5,7 @@
  * Owner thread only: memslots change only on that thread, so the range check made first stays
  * true for the copy.
  */
-import { Kvm, KVM_MEM_READONLY, PAGE_SIZE, SLOT_FLAGS } from "../kvm_host.js";
+import { Kvm, KVM_MEM_READONLY, PAGE_SIZE, SLOT } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty_in_slot } from "../mem/memslot.js";
 import { aload } from "../sync/atomic.js";
@@ -24,15 +24,15 @@ export function guest_range_check(kvm: Kvm, gpa: number, length: number, write: 
   if (length === 0) return;
   const last = Math.floor((gpa + length - 1) / PAGE_SIZE);
   for (let gfn = Math.floor(gpa / PAGE_SIZE); gfn <= last; gfn++) {
-    const r = gfn_to_memslot(kvm, gfn);
-    if (r < 0)
+    const slot = gfn_to_memslot(kvm, gfn);
+    if (slot < 0)
       throw new KvmError(
         "EFAULT",
         `gpa: ${hex(gfn * PAGE_SIZE)} (in [${hex(gpa)}, +${hex(length)})) is in no memslot`,
       );
-    if (write && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) !== 0)
+    if (write && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_READONLY) !== 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} is in a read-only memslot`);
-    if (aload(kvm.hpt, gfn_to_hva_page(kvm, r, gfn)) >>> 1 === 0)
+    if (aload(kvm.hpt, gfn_to_hva_page(kvm, slot, gfn)) >>> 1 === 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} has no host backing`);
   }
 }
@@ -42,13 +42,13 @@ function frameBytes(kvm: Kvm, pfn: number, off: number, n: number): Uint8Array {
   return new Uint8Array(kvm.mem.buffer, kvm.mem.byteOffset + pfn * PAGE_SIZE + off, n);
 }
 
-/** Page by page: `each(pfn, off, n, done)` under mm_lock, then `after(slot row, gfn)` without. */
+/** Page by page: `each(pfn, off, n, done)` under mm_lock, then `after(slot, gfn)` without. */
 function forEachPage(
   kvm: Kvm,
   gpa: number,
   length: number,
   each: (pfn: number, off: number, n: number, done: number) => void,
-  after?: (r: number, gfn: number) => void,
+  after?: (slot: number, gfn: number) => void,
 ): void {
   let done = 0;
   while (done < length) {
@@ -56,15 +56,15 @@ function forEachPage(
     const gfn = Math.floor(a / PAGE_SIZE);
     const off = a % PAGE_SIZE;
     const n = Math.min(PAGE_SIZE - off, length - done);
-    const r = gfn_to_memslot(kvm, gfn);
+    const slot = gfn_to_memslot(kvm, gfn);
     kvm.mm_lock.lock();
     try {
-      const pfn = aload(kvm.hpt, gfn_to_hva_page(kvm, r, gfn)) >>> 1;
+      const pfn = aload(kvm.hpt, gfn_to_hva_page(kvm, slot, gfn)) >>> 1;
       each(pfn, off, n, done);
     } finally {
       kvm.mm_lock.unlock();
     }
-    after?.(r, gfn);
+    after?.(slot, gfn);
     done += n;
   }
 }
@@ -76,7 +76,7 @@ export function guest_write(kvm: Kvm, gpa: number, bytes: Uint8Array): void {
     gpa,
     bytes.length,
     (pfn, off, n, done) => frameBytes(kvm, pfn, off, n).set(bytes.subarray(done, done + n)),
-    (r, gfn) => mark_page_dirty_in_slot(kvm, r, gfn),
+    (slot, gfn) => mark_page_dirty_in_slot(kvm, slot, gfn),
   );
 }
 

@@ -10,29 +10,25 @@
  * that protects vCPU lockless walkers from freed shadow pages.
  */
 import {
-  CTL_NR_VCPUS,
-  CTL_REMOTE_FLUSHES,
+  CTL,
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   Kvm,
   KVM_REQ_TLB_FLUSH,
   OUTSIDE_GUEST_MODE,
-  VCPU_MODE,
-  VCPU_REQUESTS,
-  VCPU_STATE,
-  VCPU_STRIDE,
+  VCPU,
 } from "../kvm_host.js";
 import { aadd, acas, aload, aor, schedHookInstalled, spinPoint } from "../sync/atomic.js";
 import { KvmError } from "../errors.js";
 
-/** What a vCPU worker is doing (VCPU_STATE). */
+/** What a vCPU worker is doing (VCPU.state). */
 export const enum VcpuState {
   Created = 0,
   Running = 1,
   Paused = 2,
   Stopped = 3,
   Dead = 4,
-  /** Parked, and the TLB audit asked for by RunCtl.Audit is published (ST_TLB_AUDIT). */
+  /** Parked, and the TLB audit asked for by RunCtl.Audit is published (ST.tlb_audit). */
   Audited = 5,
 }
 
@@ -40,21 +36,20 @@ export const enum VcpuState {
 const FLUSH_TIMEOUT_MS = 10_000;
 
 export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
-  aor(kvm.vcpu, vcpuId * VCPU_STRIDE + VCPU_REQUESTS, req);
+  aor(kvm.vcpu, VCPU.requests(vcpuId), req);
 }
 
 /** make_all_cpus_request: returns true if some vCPU had to be kicked and waited for. */
 export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   const v = kvm.vcpu;
-  const n = aload(kvm.ctl, CTL_NR_VCPUS);
+  const n = aload(kvm.ctl, CTL.nr_vcpus);
   // Kick everyone first (the IPIs go out together), then wait for each acknowledgement.
   let kicked = 0;
   let waited = false;
   for (let i = 0; i < n; i++) {
-    const r = i * VCPU_STRIDE;
-    aor(v, r + VCPU_REQUESTS, req);
+    aor(v, VCPU.requests(i), req);
     // kvm_vcpu_exiting_guest_mode: IN -> EXITING; any mode but OUTSIDE must acknowledge.
-    const old = acas(v, r + VCPU_MODE, IN_GUEST_MODE, EXITING_GUEST_MODE);
+    const old = acas(v, VCPU.mode(i), IN_GUEST_MODE, EXITING_GUEST_MODE);
     if (old === OUTSIDE_GUEST_MODE) continue;
     waited = true;
     if (i < 31) kicked |= 1 << i;
@@ -66,14 +61,13 @@ export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
 
 function waitForAck(kvm: Kvm, i: number): void {
   const v = kvm.vcpu;
-  const r = i * VCPU_STRIDE;
   let spins = 0;
   let t0 = 0;
   for (;;) {
-    const m = aload(v, r + VCPU_MODE);
+    const m = aload(v, VCPU.mode(i));
     if (m === OUTSIDE_GUEST_MODE || m === IN_GUEST_MODE) return;
-    if (aload(v, r + VCPU_STATE) === (VcpuState.Dead as number)) return;
-    spinPoint(v, r + VCPU_MODE);
+    if (aload(v, VCPU.state(i)) === (VcpuState.Dead as number)) return;
+    spinPoint(v, VCPU.mode(i));
     if (schedHookInstalled()) continue;
     // READING_SHADOW_PAGE_TABLES lasts a microsecond and its end is not notified: spin first.
     if (++spins < 2000) continue;
@@ -83,12 +77,12 @@ function waitForAck(kvm: Kvm, i: number): void {
         "ETIMEDOUT",
         `vcpu ${i}: no acknowledgement of a TLB flush in ${FLUSH_TIMEOUT_MS} ms`,
       );
-    Atomics.wait(v, r + VCPU_MODE, m, 0.2);
+    Atomics.wait(v, VCPU.mode(i), m, 0.2);
   }
 }
 
 /** kvm_flush_remote_tlbs. */
 export function kvm_flush_remote_tlbs(kvm: Kvm): void {
   make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
-  aadd(kvm.ctl, CTL_REMOTE_FLUSHES, 1);
+  aadd(kvm.ctl, CTL.remote_flushes, 1);
 }

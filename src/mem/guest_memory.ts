@@ -4,7 +4,7 @@
  * table (kvm.hpt, see host_memory.ts: written by the host thread under mm_lock);
  * a fault that maps what it found is protected by mmu_notifier_retry, not by a lock here.
  */
-import { Kvm, KVM_MEM_READONLY, PAGE_WORDS, SLOT_FLAGS } from "../kvm_host.js";
+import { Kvm, KVM_MEM_READONLY, PAGE_WORDS, SLOT } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { acas, aload, astore } from "../sync/atomic.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty } from "./memslot.js";
@@ -20,23 +20,23 @@ export class HostFrame {
 }
 
 /**
- * __gfn_to_pfn_memslot of gfn in slot row r, lockless (as gfn_to_pfn_atomic). False when no host
+ * __gfn_to_pfn_memslot of gfn in slot `slot`, lockless (as gfn_to_pfn_atomic). False when no host
  * frame backs it. The caller read mmu_notifier_seq before (the smp_rmb of the fault paths).
  */
-export function gfn_to_pfn_memslot(kvm: Kvm, r: number, gfn: number, hf: HostFrame): boolean {
-  const hvaPage = (hf.hvaPage = gfn_to_hva_page(kvm, r, gfn));
+export function gfn_to_pfn_memslot(kvm: Kvm, slot: number, gfn: number, hf: HostFrame): boolean {
+  const hvaPage = (hf.hvaPage = gfn_to_hva_page(kvm, slot, gfn));
   const hv = aload(kvm.hpt, hvaPage);
   hf.pfn = hv >>> 1;
   if (hf.pfn === 0) return false;
-  hf.writable = (hv & HPT_WRITABLE) !== 0 && (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_READONLY) === 0;
+  hf.writable = (hv & HPT_WRITABLE) !== 0 && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_READONLY) === 0;
   return true;
 }
 
 /** The frame backing gfn now, or -1 (no memslot / not mapped). Lockless, as gfn_to_pfn_atomic. */
 export function guest_gfn_to_pfn(kvm: Kvm, gfn: number): number {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) return -1;
-  const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn));
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) return -1;
+  const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
   return pfn === 0 ? -1 : pfn;
 }
 

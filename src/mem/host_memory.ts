@@ -8,7 +8,7 @@
  * thp[hva >> 9] = 1 while the 2 MiB block is one huge mapping: 512 contiguous, 512-aligned
  * frames. Cleared (split) under mm_lock before any page of the block moves.
  */
-import { CTL_FRAME_HIGH, CTL_FRAME_TOP, CTL_HVA_NEXT, Kvm, PAGE_WORDS } from "../kvm_host.js";
+import { CTL, Kvm, PAGE_WORDS } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { aload, astore } from "../sync/atomic.js";
 
@@ -17,25 +17,25 @@ export const HPT_WRITABLE = 1;
 /** Allocates a 4 KiB frame; mm_lock held. Returns 0 when none is left. */
 export function alloc_frame(kvm: Kvm): number {
   const ctl = kvm.ctl;
-  const top = ctl[CTL_FRAME_TOP];
+  const top = ctl[CTL.frame_top];
   if (top > 0) {
-    ctl[CTL_FRAME_TOP] = top - 1;
+    ctl[CTL.frame_top] = top - 1;
     return kvm.frameStack[top - 1];
   }
-  const high = ctl[CTL_FRAME_HIGH];
+  const high = ctl[CTL.frame_high];
   if (high >= kvm.shared.config.hostFrames) return 0;
-  ctl[CTL_FRAME_HIGH] = high + 1;
+  ctl[CTL.frame_high] = high + 1;
   return high;
 }
 
 /** mm_lock held; no translation of the frame may remain in any TLB. */
 export function free_frame(kvm: Kvm, pfn: number): void {
-  kvm.frameStack[kvm.ctl[CTL_FRAME_TOP]] = pfn;
-  kvm.ctl[CTL_FRAME_TOP]++;
+  kvm.frameStack[kvm.ctl[CTL.frame_top]] = pfn;
+  kvm.ctl[CTL.frame_top]++;
 }
 
 export function free_frames(kvm: Kvm): number {
-  return kvm.ctl[CTL_FRAME_TOP] + (kvm.shared.config.hostFrames - kvm.ctl[CTL_FRAME_HIGH]);
+  return kvm.ctl[CTL.frame_top] + (kvm.shared.config.hostFrames - kvm.ctl[CTL.frame_high]);
 }
 
 /**
@@ -49,19 +49,19 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
     if (pages > free_frames(kvm))
       throw new KvmError("ENOMEM", `bytes: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
     const ctl = kvm.ctl;
-    const hva = Math.ceil(Math.max(ctl[CTL_HVA_NEXT], 1) / 512) * 512;
+    const hva = Math.ceil(Math.max(ctl[CTL.hva_next], 1) / 512) * 512;
     if (hva + pages > kvm.hpt.length)
       throw new KvmError("ENOMEM", `bytes: host virtual address space exhausted`);
-    ctl[CTL_HVA_NEXT] = hva + pages;
+    ctl[CTL.hva_next] = hva + pages;
     let p = 0;
-    if (ctl[CTL_FRAME_HIGH] === 0) ctl[CTL_FRAME_HIGH] = 1; // frame 0 is never handed out
+    if (ctl[CTL.frame_high] === 0) ctl[CTL.frame_high] = 1; // frame 0 is never handed out
     while (p < pages) {
-      const high = ctl[CTL_FRAME_HIGH];
+      const high = ctl[CTL.frame_high];
       const aligned = Math.ceil(high / 512) * 512;
       if (thp && pages - p >= 512 && aligned + 512 <= kvm.shared.config.hostFrames) {
         // Frames skipped for alignment go on the free stack.
         for (let f = high; f < aligned; f++) free_frame(kvm, f);
-        ctl[CTL_FRAME_HIGH] = aligned + 512;
+        ctl[CTL.frame_high] = aligned + 512;
         for (let i = 0; i < 512; i++) {
           kvm.mem.fill(0, (aligned + i) * PAGE_WORDS, (aligned + i + 1) * PAGE_WORDS);
           astore(kvm.hpt, hva + p + i, ((aligned + i) << 1) | HPT_WRITABLE);

@@ -5,50 +5,33 @@
  * whole run. Slots are created and deleted only while no vCPU runs (KVM waits with SRCU;
  * we refuse with EBUSY), so readers need no lock for the geometry.
  */
-import {
-  KVM_HPAGE_GFN_SHIFT,
-  Kvm,
-  KVM_USER_MEM_SLOTS,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_BITMAP_BASE,
-  SLOT_FLAGS,
-  SLOT_HVA_PAGE,
-  SLOT_LPAGE_L2,
-  SLOT_LPAGE_L3,
-  SLOT_NPAGES,
-  SLOT_RMAP_BASE,
-  SLOT_RMAP_L2,
-  SLOT_RMAP_L3,
-  SLOT_STRIDE,
-  KVM_MEM_LOG_DIRTY_PAGES,
-} from "../kvm_host.js";
+import { Kvm, KVM_HPAGE_GFN_SHIFT, KVM_MEM_LOG_DIRTY_PAGES, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
 import { aload, aor } from "../sync/atomic.js";
 
 /** This thread's last hit (memslots->lru_slot). */
 let lruSlot = 0;
 
-/** Row offset of the slot that holds gfn, or -1 (gfn_to_memslot). */
+/** Id of the memslot that holds gfn, or -1 (gfn_to_memslot). */
 export function gfn_to_memslot(kvm: Kvm, gfn: number): number {
   const s = kvm.slots;
-  let r = lruSlot;
+  let slot = lruSlot;
   if (
-    s[r + SLOT_ACTIVE] !== 0 &&
-    gfn >= s[r + SLOT_BASE_GFN] &&
-    gfn < s[r + SLOT_BASE_GFN] + s[r + SLOT_NPAGES]
+    s[SLOT.active(slot)] !== 0 &&
+    gfn >= s[SLOT.base_gfn(slot)] &&
+    gfn < s[SLOT.base_gfn(slot)] + s[SLOT.npages(slot)]
   )
-    return r;
+    return slot;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    r = id * SLOT_STRIDE;
-    if (s[r + SLOT_ACTIVE] === 0) continue;
-    const base = s[r + SLOT_BASE_GFN];
-    if (gfn >= base && gfn < base + s[r + SLOT_NPAGES]) return (lruSlot = r);
+    slot = id;
+    if (s[SLOT.active(slot)] === 0) continue;
+    const base = s[SLOT.base_gfn(slot)];
+    if (gfn >= base && gfn < base + s[SLOT.npages(slot)]) return (lruSlot = slot);
   }
   return -1;
 }
 
-export function slot_dirty_logged(kvm: Kvm, r: number): boolean {
-  return (aload(kvm.slots, r + SLOT_FLAGS) & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
+export function slot_dirty_logged(kvm: Kvm, slot: number): boolean {
+  return (aload(kvm.slots, SLOT.flags(slot)) & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
 }
 
 /** gfn_to_index: the rmap/lpage_info index of gfn at `level` within the slot. */
@@ -62,33 +45,34 @@ export function slot_level_pages(baseGfn: number, npages: number, level: number)
   return gfn_to_index(baseGfn + npages - 1, baseGfn, level) + 1;
 }
 
-/** Index in kvm.rmapPool of the rmap head of (gfn, level) in slot row r (__gfn_to_rmap). */
-export function gfn_to_rmap(kvm: Kvm, r: number, gfn: number, level: number): number {
+/** Index in kvm.rmapPool of the rmap head of (gfn, level) in slot `slot` (__gfn_to_rmap). */
+export function gfn_to_rmap(kvm: Kvm, slot: number, gfn: number, level: number): number {
   const s = kvm.slots;
-  const base = level === 1 ? s[r + SLOT_RMAP_BASE] : level === 2 ? s[r + SLOT_RMAP_L2] : s[r + SLOT_RMAP_L3];
-  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN], level);
+  const base =
+    level === 1 ? s[SLOT.rmap_base(slot)] : level === 2 ? s[SLOT.rmap_l2(slot)] : s[SLOT.rmap_l3(slot)];
+  return base + gfn_to_index(gfn, s[SLOT.base_gfn(slot)], level);
 }
 
 /** Index in kvm.lpagePool of lpage_info[level](gfn).write_count. */
-export function lpage_info_index(kvm: Kvm, r: number, gfn: number, level: number): number {
+export function lpage_info_index(kvm: Kvm, slot: number, gfn: number, level: number): number {
   const s = kvm.slots;
-  const base = level === 2 ? s[r + SLOT_LPAGE_L2] : s[r + SLOT_LPAGE_L3];
-  return base + gfn_to_index(gfn, s[r + SLOT_BASE_GFN], level);
+  const base = level === 2 ? s[SLOT.lpage_l2(slot)] : s[SLOT.lpage_l3(slot)];
+  return base + gfn_to_index(gfn, s[SLOT.base_gfn(slot)], level);
 }
 
-/** Host virtual page number of gfn in slot row r (__gfn_to_hva). */
-export function gfn_to_hva_page(kvm: Kvm, r: number, gfn: number): number {
-  return kvm.slots[r + SLOT_HVA_PAGE] + (gfn - kvm.slots[r + SLOT_BASE_GFN]);
+/** Host virtual page number of gfn in slot `slot` (__gfn_to_hva). */
+export function gfn_to_hva_page(kvm: Kvm, slot: number, gfn: number): number {
+  return kvm.slots[SLOT.hva_page(slot)] + (gfn - kvm.slots[SLOT.base_gfn(slot)]);
 }
 
 /** mark_page_dirty_in_slot: an atomic set_bit_le, only while the slot is dirty-logged. */
-export function mark_page_dirty_in_slot(kvm: Kvm, r: number, gfn: number): void {
-  if (!slot_dirty_logged(kvm, r)) return;
-  const rel = gfn - kvm.slots[r + SLOT_BASE_GFN];
-  aor(kvm.bitmapPool, kvm.slots[r + SLOT_BITMAP_BASE] + (rel >>> 5), 1 << (rel & 31));
+export function mark_page_dirty_in_slot(kvm: Kvm, slot: number, gfn: number): void {
+  if (!slot_dirty_logged(kvm, slot)) return;
+  const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+  aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
 }
 
 export function mark_page_dirty(kvm: Kvm, gfn: number): void {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r >= 0) mark_page_dirty_in_slot(kvm, r, gfn);
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot >= 0) mark_page_dirty_in_slot(kvm, slot, gfn);
 }

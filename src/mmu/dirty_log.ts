@@ -7,13 +7,7 @@
  * (1) and (2) run between the design's harvestBegin and harvestEnd; (3) is in harvestEnd,
  * inside or after the design's critical section.
  */
-import {
-  Kvm,
-  KVM_MEM_LOG_DIRTY_PAGES,
-  SLOT_BITMAP_BASE,
-  SLOT_BITMAP_WORDS,
-  SLOT_FLAGS,
-} from "../kvm_host.js";
+import { Kvm, KVM_MEM_LOG_DIRTY_PAGES, SLOT } from "../kvm_host.js";
 import { aload, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
@@ -31,14 +25,14 @@ export function wp_design(kvm: Kvm): WriteProtectDesign {
 }
 
 /**
- * kvm_vm_ioctl_get_dirty_log for slot row r: fills `out` (one bit per page) and returns the
+ * kvm_vm_ioctl_get_dirty_log for slot `slot`: fills `out` (one bit per page) and returns the
  * number of dirty pages; adds this call's times to `times`. slots_lock is held by the caller.
  */
-export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: DirtyLogTimes): number {
+export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
   const design = wp_design(kvm);
-  const words = kvm.slots[r + SLOT_BITMAP_WORDS];
+  const words = kvm.slots[SLOT.bitmap_words(slot)];
   const bm = kvm.bitmapPool;
-  const b0 = kvm.slots[r + SLOT_BITMAP_BASE];
+  const b0 = kvm.slots[SLOT.bitmap_base(slot)];
   const t0 = performance.now();
   const wait0 = times.lockWaitNs;
   const flush0 = times.flushNs;
@@ -57,7 +51,7 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
       dirty += hweight32(mask);
       // As KVM's kvm_get_dirty_log_protect: any reported page means a flush.
       flush = true;
-      design.protectMasked(kvm, r, i, mask);
+      design.protectMasked(kvm, slot, i, mask);
     }
   } finally {
     design.harvestEnd(kvm, flush, times);
@@ -68,26 +62,26 @@ export function kvm_get_dirty_log(kvm: Kvm, r: number, out: Uint32Array, times: 
 }
 
 /**
- * Sets or clears KVM_MEM_LOG_DIRTY_PAGES on slot row r (slots_lock held) and, when logging is
+ * Sets or clears KVM_MEM_LOG_DIRTY_PAGES on slot `slot` (slots_lock held) and, when logging is
  * turned on, write-protects the slot (kvm_arch_commit_memory_region). The flag is stored under
  * mmu_lock, so every slow-path fault that read the old flag has finished before protection
  * starts (KVM gets the same from synchronize_srcu on the memslot array).
  */
-export function kvm_set_dirty_logging(kvm: Kvm, r: number, enable: boolean): void {
-  const flags = kvm.slots[r + SLOT_FLAGS];
+export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): void {
+  const flags = kvm.slots[SLOT.flags(slot)];
   const was = (flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
   if (was === enable) return;
   if (enable) {
     // A fresh bitmap: nothing is dirty yet.
-    const b0 = kvm.slots[r + SLOT_BITMAP_BASE];
-    for (let i = 0; i < kvm.slots[r + SLOT_BITMAP_WORDS]; i++) astore(kvm.bitmapPool, b0 + i, 0);
+    const b0 = kvm.slots[SLOT.bitmap_base(slot)];
+    for (let i = 0; i < kvm.slots[SLOT.bitmap_words(slot)]; i++) astore(kvm.bitmapPool, b0 + i, 0);
   }
   kvm.mmu_lock.lock();
   astore(
     kvm.slots,
-    r + SLOT_FLAGS,
+    SLOT.flags(slot),
     enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
   );
   kvm.mmu_lock.unlock();
-  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, r);
+  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot);
 }

@@ -11,18 +11,15 @@
  */
 import {
   BUG,
-  CTL_LPAGES,
-  CTL_ROOT,
+  CTL,
   Kvm,
   MmuMode,
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
   ROLE_DIRECT,
   ROLE_LEVEL_MASK,
-  SP_ROLE,
-  SP_STRIDE,
-  VCPU_MODE,
-  VCPU_ROOT,
+  SP,
+  VCPU,
 } from "../kvm_host.js";
 import { acas, aload, astore } from "../sync/atomic.js";
 import { mark_page_dirty, mark_page_dirty_in_slot } from "../mem/memslot.js";
@@ -68,8 +65,8 @@ export class FaultStats {
 }
 
 /** root_hpa of a vCPU: the VM's TDP root, or in shadow mode the vCPU's own root. */
-function vcpu_root_hpa(kvm: Kvm, vcpuRow: number): number {
-  return kvm.mode === MmuMode.Shadow ? aload(kvm.vcpu, vcpuRow + VCPU_ROOT) : aload(kvm.ctl, CTL_ROOT);
+function vcpu_root_hpa(kvm: Kvm, vcpuId: number): number {
+  return kvm.mode === MmuMode.Shadow ? aload(kvm.vcpu, VCPU.root(vcpuId)) : aload(kvm.ctl, CTL.root);
 }
 
 /**
@@ -145,7 +142,7 @@ export function walk_shadow_page_lockless(
  */
 export function mmu_set_spte(
   kvm: Kvm,
-  r: number,
+  slot: number,
   sptep: number,
   pteAccess: number,
   level: number,
@@ -194,7 +191,7 @@ export function mmu_set_spte(
   const writable = (s & PT_WRITABLE_MASK) !== 0;
   // Bug dirty-before-rmap: 3.11's order, dirty bit first.
   const dirtyFirst = kvm.bug(BUG["dirty-before-rmap"]);
-  if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
+  if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
   // F1
   if (is_shadow_present_pte(kvm.spt[sptep])) {
     if (mmu_spte_update(kvm, sptep, s)) kvm_flush_remote_tlbs(kvm);
@@ -205,12 +202,12 @@ export function mmu_set_spte(
   if (!wasRmapped) {
     const sp = page_header(sptep);
     // kvm_mmu_page_set_gfn: only an indirect sp records it (a direct sp's position names it).
-    if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_DIRECT) === 0) kvm.spGfns[sptep] = gfn;
-    if (level > PT_PAGE_TABLE_LEVEL) kvm.ctl[CTL_LPAGES]++;
+    if ((kvm.spHdr[SP.role(sp)] & ROLE_DIRECT) === 0) kvm.spGfns[sptep] = gfn;
+    if (level > PT_PAGE_TABLE_LEVEL) kvm.ctl[CTL.lpages]++;
     rmap_add(kvm, sptep, gfn, level);
   }
   // F4
-  if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, r, gfn);
+  if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
   return emulate && writeFault;
 }
 
@@ -223,13 +220,13 @@ const fastIt = new ShadowWalkIterator();
  * under it. `addr` is a gfn: only a direct sp's spte index names its gfn, so in shadow mode this
  * serves guest paging off (nonpaging) only. Returns true when the vCPU should retry the access.
  */
-export function fast_page_fault(kvm: Kvm, vcpuRow: number, addr: number, st: FaultStats): boolean {
-  astore(kvm.vcpu, vcpuRow + VCPU_MODE, READING_SHADOW_PAGE_TABLES);
+export function fast_page_fault(kvm: Kvm, vcpuId: number, addr: number, st: FaultStats): boolean {
+  astore(kvm.vcpu, VCPU.mode(vcpuId), READING_SHADOW_PAGE_TABLES);
   try {
     const it = fastIt;
-    const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuRow), addr, it);
+    const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), addr, it);
     if (!is_shadow_present_pte(s)) return false;
-    const role = kvm.spHdr[page_header(it.sptep) * SP_STRIDE + SP_ROLE];
+    const role = kvm.spHdr[SP.role(page_header(it.sptep))];
     if ((role & ROLE_DIRECT) === 0) return false;
     // Patch 1: the level of the page that holds the spte, not the requested level.
     const spLevel = role & ROLE_LEVEL_MASK;
@@ -245,6 +242,6 @@ export function fast_page_fault(kvm: Kvm, vcpuRow: number, addr: number, st: Fau
     }
     return true;
   } finally {
-    astore(kvm.vcpu, vcpuRow + VCPU_MODE, OUTSIDE_GUEST_MODE);
+    astore(kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
   }
 }

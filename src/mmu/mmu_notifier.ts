@@ -4,17 +4,7 @@
  * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
  * that read a pfn before the change cannot install it.
  */
-import {
-  CTL_NOTIFIER_COUNT,
-  CTL_NOTIFIER_SEQ,
-  Kvm,
-  KVM_USER_MEM_SLOTS,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_HVA_PAGE,
-  SLOT_NPAGES,
-  SLOT_STRIDE,
-} from "../kvm_host.js";
+import { CTL, Kvm, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";
@@ -26,20 +16,19 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
   let flush = false;
   const s = kvm.slots;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    const r = id * SLOT_STRIDE;
-    if (aload(s, r + SLOT_ACTIVE) === 0) continue;
-    const slotHva = s[r + SLOT_HVA_PAGE];
-    const npages = s[r + SLOT_NPAGES];
+    if (aload(s, SLOT.active(id)) === 0) continue;
+    const slotHva = s[SLOT.hva_page(id)];
+    const npages = s[SLOT.npages(id)];
     const start = Math.max(hvaStart, slotHva);
     const end = Math.min(hvaEnd, slotHva + npages);
     if (start >= end) continue;
-    const base = s[r + SLOT_BASE_GFN];
+    const base = s[SLOT.base_gfn(id)];
     const gfnStart = base + (start - slotHva);
     const gfnEnd = base + (end - slotHva);
     for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
       const first = gfn_to_index(gfnStart, base, level);
       const last = gfn_to_index(gfnEnd - 1, base, level);
-      const h0 = gfn_to_rmap(kvm, r, base, level);
+      const h0 = gfn_to_rmap(kvm, id, base, level);
       for (let i = first; i <= last; i++) if (kvm_unmap_rmapp(kvm, h0 + i)) flush = true;
     }
   }
@@ -49,7 +38,7 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
 export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: number, hvaEnd: number): void {
   kvm.mmu_lock.lock();
   try {
-    aadd(kvm.ctl, CTL_NOTIFIER_COUNT, 1);
+    aadd(kvm.ctl, CTL.notifier_count, 1);
     if (kvm_unmap_hva_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
   } finally {
     kvm.mmu_lock.unlock();
@@ -61,13 +50,13 @@ export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: numb
  * not map it if an invalidation is running or ended since. Called under mmu_lock.
  */
 export function mmu_notifier_retry(kvm: Kvm, mmuSeq: number): boolean {
-  if (aload(kvm.ctl, CTL_NOTIFIER_COUNT) !== 0) return true;
-  return aload(kvm.ctl, CTL_NOTIFIER_SEQ) !== mmuSeq;
+  if (aload(kvm.ctl, CTL.notifier_count) !== 0) return true;
+  return aload(kvm.ctl, CTL.notifier_seq) !== mmuSeq;
 }
 
 export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
   kvm.mmu_lock.lock();
-  aadd(kvm.ctl, CTL_NOTIFIER_SEQ, 1);
-  aadd(kvm.ctl, CTL_NOTIFIER_COUNT, -1);
+  aadd(kvm.ctl, CTL.notifier_seq, 1);
+  aadd(kvm.ctl, CTL.notifier_count, -1);
   kvm.mmu_lock.unlock();
 }

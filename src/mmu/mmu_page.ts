@@ -12,24 +12,13 @@
  */
 import {
   BUG,
-  CTL_LPAGES,
-  CTL_ROOT,
-  CTL_SP_FREE,
-  CTL_SP_HIGH,
-  CTL_SP_PENDING,
-  CTL_SP_USED,
+  CTL,
   Kvm,
   PARENT_HEAD_ID_BASE,
   ROLE_DIRECT,
   ROLE_INVALID,
   ROLE_LEVEL_MASK,
-  SP_GFN,
-  SP_NEXT,
-  SP_PARENT_PTES,
-  SP_RETIRE_EPOCH,
-  SP_ROLE,
-  SP_ROOT_COUNT,
-  SP_STRIDE,
+  SP,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
@@ -51,7 +40,7 @@ export function page_header(sptep: number): number {
 }
 
 export function sp_level(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_LEVEL_MASK;
+  return kvm.spHdr[SP.role(sp)] & ROLE_LEVEL_MASK;
 }
 
 /**
@@ -60,24 +49,24 @@ export function sp_level(kvm: Kvm, sp: number): number {
  */
 export function kvm_mmu_page_get_gfn(kvm: Kvm, sptep: number): number {
   const sp = page_header(sptep);
-  const role = kvm.spHdr[sp * SP_STRIDE + SP_ROLE];
+  const role = kvm.spHdr[SP.role(sp)];
   if ((role & ROLE_DIRECT) === 0) return kvm.spGfns[sptep];
   const level = role & ROLE_LEVEL_MASK;
-  return kvm.spHdr[sp * SP_STRIDE + SP_GFN] + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
+  return kvm.spHdr[SP.gfn(sp)] + (sptep - sp * PT64_ENT_PER_PAGE) * 2 ** ((level - 1) * 9);
 }
 
 /** Reuses retired pages whose RCU grace period is over. */
 function reclaim_retired(kvm: Kvm): void {
   const h = kvm.spHdr;
   let prev = -1;
-  let sp = kvm.ctl[CTL_SP_PENDING] - 1;
+  let sp = kvm.ctl[CTL.sp_pending] - 1;
   while (sp >= 0) {
-    const next = h[sp * SP_STRIDE + SP_NEXT] - 1;
-    if (kvm.rcu.gracePeriodOver(h[sp * SP_STRIDE + SP_RETIRE_EPOCH])) {
-      if (prev < 0) kvm.ctl[CTL_SP_PENDING] = next + 1;
-      else h[prev * SP_STRIDE + SP_NEXT] = next + 1;
-      h[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
-      kvm.ctl[CTL_SP_FREE] = sp + 1;
+    const next = h[SP.next(sp)] - 1;
+    if (kvm.rcu.gracePeriodOver(h[SP.retire_epoch(sp)])) {
+      if (prev < 0) kvm.ctl[CTL.sp_pending] = next + 1;
+      else h[SP.next(prev)] = next + 1;
+      h[SP.next(sp)] = kvm.ctl[CTL.sp_free]!;
+      kvm.ctl[CTL.sp_free] = sp + 1;
     } else {
       prev = sp;
     }
@@ -89,38 +78,37 @@ function reclaim_retired(kvm: Kvm): void {
  * missing link spte means no page exists for that range). */
 export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
   const ctl = kvm.ctl;
-  if (ctl[CTL_SP_FREE] === 0) reclaim_retired(kvm);
-  let sp = ctl[CTL_SP_FREE] - 1;
+  if (ctl[CTL.sp_free] === 0) reclaim_retired(kvm);
+  let sp = ctl[CTL.sp_free] - 1;
   if (sp >= 0) {
-    ctl[CTL_SP_FREE] = kvm.spHdr[sp * SP_STRIDE + SP_NEXT]!;
+    ctl[CTL.sp_free] = kvm.spHdr[SP.next(sp)]!;
   } else {
-    sp = Math.max(ctl[CTL_SP_HIGH], 1);
+    sp = Math.max(ctl[CTL.sp_high], 1);
     if (sp >= kvm.shared.config.maxSp) throw new KvmError("ENOMEM", "shadow page arena exhausted (maxSp)");
-    ctl[CTL_SP_HIGH] = sp + 1;
+    ctl[CTL.sp_high] = sp + 1;
   }
-  ctl[CTL_SP_USED]++;
-  const b = sp * SP_STRIDE;
+  ctl[CTL.sp_used]++;
   const h = kvm.spHdr;
-  h[b + SP_GFN] = gfn;
-  h[b + SP_ROLE] = level | ROLE_DIRECT;
-  h[b + SP_PARENT_PTES] = 0;
-  h[b + SP_ROOT_COUNT] = 0;
-  h[b + SP_NEXT] = 0;
+  h[SP.gfn(sp)] = gfn;
+  h[SP.role(sp)] = level | ROLE_DIRECT;
+  h[SP.parent_ptes(sp)] = 0;
+  h[SP.root_count(sp)] = 0;
+  h[SP.next(sp)] = 0;
   return sp;
 }
 
 /** mmu_alloc_direct_roots: the TDP root, created on the first fault. */
 export function mmu_alloc_roots(kvm: Kvm): number {
-  let root = kvm.ctl[CTL_ROOT];
+  let root = kvm.ctl[CTL.root];
   if (root !== 0) return root;
   root = kvm_mmu_get_page(kvm, 0, PT64_ROOT_LEVEL);
-  kvm.spHdr[root * SP_STRIDE + SP_ROOT_COUNT] = 1;
-  astore(kvm.ctl, CTL_ROOT, root);
+  kvm.spHdr[SP.root_count(root)] = 1;
+  astore(kvm.ctl, CTL.root, root);
   return root;
 }
 
 function parentHead(sp: number): number {
-  return sp * SP_STRIDE + SP_PARENT_PTES;
+  return SP.parent_ptes(sp);
 }
 
 /** link_shadow_page + mmu_page_add_parent_pte. */
@@ -139,7 +127,7 @@ export function drop_parent_pte(kvm: Kvm, sp: number, parentSptep: number): void
 export function drop_spte(kvm: Kvm, sptep: number): void {
   const old = mmu_spte_clear_track_bits(kvm, sptep);
   if (!is_shadow_present_pte(old)) return;
-  if (is_large_pte(old)) kvm.ctl[CTL_LPAGES]--;
+  if (is_large_pte(old)) kvm.ctl[CTL.lpages]--;
   rmap_remove(kvm, sptep, kvm_mmu_page_get_gfn(kvm, sptep), sp_level(kvm, page_header(sptep)));
 }
 
@@ -173,8 +161,7 @@ export function kvm_unmap_rmapp(kvm: Kvm, hi: number): boolean {
  */
 export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): void {
   const h = kvm.spHdr;
-  const b = sp * SP_STRIDE;
-  const level = h[b + SP_ROLE] & ROLE_LEVEL_MASK;
+  const level = h[SP.role(sp)] & ROLE_LEVEL_MASK;
   const base = sp * PT64_ENT_PER_PAGE;
   for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
     const s = kvm.spt[base + i];
@@ -188,9 +175,9 @@ export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]
     }
   }
   const parents: number[] = [];
-  pte_list_walk(kvm, h, b + SP_PARENT_PTES, (p) => parents.push(p));
+  pte_list_walk(kvm, h, SP.parent_ptes(sp), (p) => parents.push(p));
   for (const p of parents) drop_parent_pte(kvm, sp, p);
-  h[b + SP_ROLE] |= ROLE_INVALID;
+  h[SP.role(sp)] |= ROLE_INVALID;
   if (kvm.bug(BUG["early-free"])) {
     // Bug: the page is reusable before vCPU walkers and RCU readers are done with it.
     free_sp(kvm, sp);
@@ -201,9 +188,9 @@ export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]
 
 /** Puts sp on the free list now: only the early-free bug does this before a grace period. */
 export function free_sp(kvm: Kvm, sp: number): void {
-  kvm.spHdr[sp * SP_STRIDE + SP_NEXT] = kvm.ctl[CTL_SP_FREE]!;
-  kvm.ctl[CTL_SP_FREE] = sp + 1;
-  kvm.ctl[CTL_SP_USED]--;
+  kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_free]!;
+  kvm.ctl[CTL.sp_free] = sp + 1;
+  kvm.ctl[CTL.sp_used]--;
 }
 
 /** kvm_mmu_commit_zap_page: flush (waits for vCPU walkers), then retire for RCU readers. */
@@ -212,11 +199,10 @@ export function kvm_mmu_commit_zap_page(kvm: Kvm, invalid: number[]): void {
   kvm_flush_remote_tlbs(kvm);
   const epoch = kvm.rcu.retireEpoch();
   for (const sp of invalid) {
-    const b = sp * SP_STRIDE;
-    kvm.spHdr[b + SP_RETIRE_EPOCH] = epoch;
-    kvm.spHdr[b + SP_NEXT] = kvm.ctl[CTL_SP_PENDING]!;
-    kvm.ctl[CTL_SP_PENDING] = sp + 1;
-    kvm.ctl[CTL_SP_USED]--;
+    kvm.spHdr[SP.retire_epoch(sp)] = epoch;
+    kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_pending]!;
+    kvm.ctl[CTL.sp_pending] = sp + 1;
+    kvm.ctl[CTL.sp_used]--;
   }
   invalid.length = 0;
 }

@@ -2,7 +2,7 @@
  * Shadow mode: how shadow pages are found and aged. mmu_page_hash (1024 buckets, `gfn & 1023`)
  * finds an sp by (gfn, role); active_mmu_pages orders them newest first for
  * make_mmu_pages_available. Both change only under mmu_lock; an sp is in both exactly while
- * SPX_ON_LIST is 1 (until it goes on an invalid list).
+ * SPX.on_list is 1 (until it goes on an invalid list).
  */
 import {
   Kvm,
@@ -10,15 +10,9 @@ import {
   ROLE_ACCESS_MASK,
   ROLE_ACCESS_SHIFT,
   ROLE_DIRECT,
-  SCTL_ACTIVE_HEAD,
-  SCTL_ACTIVE_TAIL,
-  SP_GFN,
-  SP_ROLE,
-  SP_STRIDE,
-  SPX_HASH_NEXT,
-  SPX_LRU_NEXT,
-  SPX_LRU_PREV,
-  SPX_STRIDE,
+  SCTL,
+  SP,
+  SPX,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 
@@ -27,11 +21,11 @@ export function make_role(level: number, direct: boolean, access: number): numbe
 }
 
 export function sp_role(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_ROLE];
+  return kvm.spHdr[SP.role(sp)];
 }
 
 export function sp_gfn(kvm: Kvm, sp: number): number {
-  return kvm.spHdr[sp * SP_STRIDE + SP_GFN];
+  return kvm.spHdr[SP.gfn(sp)];
 }
 
 export function role_access(role: number): number {
@@ -48,12 +42,12 @@ export function hash_first(kvm: Kvm, gfn: number): number {
 }
 
 export function hash_next(kvm: Kvm, sp: number): number {
-  return kvm.spExt[sp * SPX_STRIDE + SPX_HASH_NEXT] - 1;
+  return kvm.spExt[SPX.hash_next(sp)] - 1;
 }
 
 export function hash_add(kvm: Kvm, sp: number, gfn: number): void {
   const b = kvm_page_table_hashfn(gfn);
-  kvm.spExt[sp * SPX_STRIDE + SPX_HASH_NEXT] = kvm.spHash[b]!;
+  kvm.spExt[SPX.hash_next(sp)] = kvm.spHash[b]!;
   kvm.spHash[b] = sp + 1;
 }
 
@@ -66,8 +60,8 @@ export function hash_del(kvm: Kvm, sp: number): void {
     const next = hash_next(kvm, cur);
     if (cur === sp) {
       if (prev < 0) kvm.spHash[b] = next + 1;
-      else x[prev * SPX_STRIDE + SPX_HASH_NEXT] = next + 1;
-      x[sp * SPX_STRIDE + SPX_HASH_NEXT] = 0;
+      else x[SPX.hash_next(prev)] = next + 1;
+      x[SPX.hash_next(sp)] = 0;
       return;
     }
     prev = cur;
@@ -95,34 +89,34 @@ export function hash_find(kvm: Kvm, gfn: number, role: number): number {
 export function active_add_head(kvm: Kvm, sp: number): void {
   const x = kvm.spExt;
   const s = kvm.sctl;
-  const head = s[SCTL_ACTIVE_HEAD];
-  x[sp * SPX_STRIDE + SPX_LRU_PREV] = 0;
-  x[sp * SPX_STRIDE + SPX_LRU_NEXT] = head;
-  if (head !== 0) x[(head - 1) * SPX_STRIDE + SPX_LRU_PREV] = sp + 1;
-  else s[SCTL_ACTIVE_TAIL] = sp + 1;
-  s[SCTL_ACTIVE_HEAD] = sp + 1;
+  const head = s[SCTL.active_head];
+  x[SPX.lru_prev(sp)] = 0;
+  x[SPX.lru_next(sp)] = head;
+  if (head !== 0) x[SPX.lru_prev(head - 1)] = sp + 1;
+  else s[SCTL.active_tail] = sp + 1;
+  s[SCTL.active_head] = sp + 1;
 }
 
 export function active_del(kvm: Kvm, sp: number): void {
   const x = kvm.spExt;
   const s = kvm.sctl;
-  const prev = x[sp * SPX_STRIDE + SPX_LRU_PREV];
-  const next = x[sp * SPX_STRIDE + SPX_LRU_NEXT];
-  if (prev !== 0) x[(prev - 1) * SPX_STRIDE + SPX_LRU_NEXT] = next;
-  else s[SCTL_ACTIVE_HEAD] = next;
-  if (next !== 0) x[(next - 1) * SPX_STRIDE + SPX_LRU_PREV] = prev;
-  else s[SCTL_ACTIVE_TAIL] = prev;
-  x[sp * SPX_STRIDE + SPX_LRU_PREV] = 0;
-  x[sp * SPX_STRIDE + SPX_LRU_NEXT] = 0;
+  const prev = x[SPX.lru_prev(sp)];
+  const next = x[SPX.lru_next(sp)];
+  if (prev !== 0) x[SPX.lru_next(prev - 1)] = next;
+  else s[SCTL.active_head] = next;
+  if (next !== 0) x[SPX.lru_prev(next - 1)] = prev;
+  else s[SCTL.active_tail] = prev;
+  x[SPX.lru_prev(sp)] = 0;
+  x[SPX.lru_next(sp)] = 0;
 }
 
 /** Every sp on active_mmu_pages, newest first (mmu_lock held or quiesced). */
 export function active_mmu_pages(kvm: Kvm): number[] {
   const out: number[] = [];
-  let sp = kvm.sctl[SCTL_ACTIVE_HEAD] - 1;
+  let sp = kvm.sctl[SCTL.active_head] - 1;
   while (sp >= 0 && out.length <= kvm.shared.config.maxSp) {
     out.push(sp);
-    sp = kvm.spExt[sp * SPX_STRIDE + SPX_LRU_NEXT] - 1;
+    sp = kvm.spExt[SPX.lru_next(sp)] - 1;
   }
   return out;
 }

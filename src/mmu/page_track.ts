@@ -5,7 +5,7 @@
  * never makes an spte of that gfn writable (gfn_is_shadowed) and a guest write to it is emulated.
  * Everything here runs under mmu_lock.
  */
-import { Kvm, ROLE_DIRECT, ROLE_INVALID, SCTL_PT_PROTECT } from "../kvm_host.js";
+import { Kvm, ROLE_DIRECT, ROLE_INVALID, SCTL } from "../kvm_host.js";
 import { aload } from "../sync/atomic.js";
 import { gfn_to_memslot, gfn_to_rmap, lpage_info_index } from "../mem/memslot.js";
 import { drop_spte } from "./mmu_page.js";
@@ -24,10 +24,10 @@ import {
 
 /** account_shadowed / unaccount_shadowed: lpage_info[2..3](gfn).write_count += delta. */
 export function account_shadowed(kvm: Kvm, gfn: number, delta: number): void {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) return;
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) return;
   for (let level = 2; level <= KVM_NR_PAGE_SIZES; level++)
-    kvm.lpagePool[lpage_info_index(kvm, r, gfn, level)] += delta;
+    kvm.lpagePool[lpage_info_index(kvm, slot, gfn, level)] += delta;
 }
 
 /**
@@ -47,19 +47,19 @@ function spte_write_protect_pt(kvm: Kvm, sptep: number): boolean {
 
 /** rmap_write_protect(kvm, gfn): every level's rmap of gfn, pt_protect. Returns "flush". */
 export function rmap_write_protect_pt(kvm: Kvm, gfn: number): boolean {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) return false;
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) return false;
   let flush = false;
   const entries: number[] = [];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
-    const hi = gfn_to_rmap(kvm, r, gfn, level);
+    const hi = gfn_to_rmap(kvm, slot, gfn, level);
     if (kvm.rmapPool[hi] === 0) continue;
     entries.length = 0;
     // A drop changes the list: work on a snapshot (under mmu_lock nothing else changes it).
     pte_list_walk(kvm, kvm.rmapPool, hi, (s) => entries.push(s));
     for (const s of entries) if (spte_write_protect_pt(kvm, s)) flush = true;
   }
-  if (flush) kvm.sctl[SCTL_PT_PROTECT]++;
+  if (flush) kvm.sctl[SCTL.pt_protect]++;
   return flush;
 }
 

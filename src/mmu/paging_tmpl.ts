@@ -6,19 +6,7 @@
  * off (an indirect sp's spte index does not name its gfn); with guest paging, the fault always
  * takes mmu_lock, as in 3.11. Everything but the walk of guest memory runs under mmu_lock.
  */
-import {
-  BUG,
-  CTL_NOTIFIER_COUNT,
-  CTL_NOTIFIER_SEQ,
-  Kvm,
-  PAGE_WORDS,
-  ROLE_INVALID,
-  SCTL_GPTE_CHANGED,
-  SCTL_RELOADS,
-  SPX_FLOOD,
-  SPX_STRIDE,
-  VCPU_ROOT,
-} from "../kvm_host.js";
+import { BUG, CTL, Kvm, PAGE_WORDS, ROLE_INVALID, SCTL, SPX, VCPU } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { aload, spinPoint } from "../sync/atomic.js";
 import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
@@ -142,7 +130,7 @@ function gpte_changed(kvm: Kvm, w: GuestWalker, vpn: number, level: number): boo
 
 /** What a vCPU passes to the shadow fault path. */
 export interface ShadowVcpuCtx {
-  row: number;
+  vcpuId: number;
   cr3: number;
   walker: GuestWalker;
   stats: FaultStats;
@@ -157,16 +145,16 @@ const hf = new HostFrame();
 const it = new ShadowWalkIterator();
 
 function clear_sp_write_flooding_count(kvm: Kvm, sp: number): void {
-  kvm.spExt[sp * SPX_STRIDE + SPX_FLOOD] = 0;
+  kvm.spExt[SPX.flood(sp)] = 0;
 }
 
 /** The vCPU's root, reloaded if it was zapped (KVM_REQ_MMU_RELOAD). mmu_lock held. */
 function vcpu_root(kvm: Kvm, v: ShadowVcpuCtx): number {
-  let root = kvm.vcpu[v.row + VCPU_ROOT];
+  let root = kvm.vcpu[VCPU.root(v.vcpuId)];
   if (root === 0 || (sp_role(kvm, root) & ROLE_INVALID) !== 0) {
-    if (root !== 0) kvm.sctl[SCTL_RELOADS]++;
-    mmu_free_shadow_root(kvm, v.row);
-    root = mmu_alloc_shadow_root(kvm, v.row, v.cr3);
+    if (root !== 0) kvm.sctl[SCTL.reloads]++;
+    mmu_free_shadow_root(kvm, v.vcpuId);
+    root = mmu_alloc_shadow_root(kvm, v.vcpuId, v.cr3);
   }
   return root;
 }
@@ -189,7 +177,7 @@ function validate_direct_spte(kvm: Kvm, sptep: number, directAccess: number): vo
 function fetch(
   kvm: Kvm,
   v: ShadowVcpuCtx,
-  r: number,
+  slot: number,
   vpn: number,
   hlevel: number,
   pfn: number,
@@ -225,7 +213,7 @@ function fetch(
   }
   clear_sp_write_flooding_count(kvm, it.sp);
   const off = w.gfn & KVM_PAGES_PER_HPAGE_MASK(hlevel);
-  return mmu_set_spte(kvm, r, it.sptep, w.pteAccess, hlevel, w.gfn - off, pfn - off, write, hostWritable)
+  return mmu_set_spte(kvm, slot, it.sptep, w.pteAccess, hlevel, w.gfn - off, pfn - off, write, hostWritable)
     ? SHADOW_EMULATE
     : SHADOW_RETRY;
 }
@@ -234,7 +222,7 @@ function fetch(
 function nonpaging_map(
   kvm: Kvm,
   v: ShadowVcpuCtx,
-  r: number,
+  slot: number,
   gfn: number,
   pfn: number,
   write: boolean,
@@ -242,7 +230,7 @@ function nonpaging_map(
 ): number {
   for (shadow_walk_init(it, vcpu_root(kvm, v), gfn); shadow_walk_okay(it); shadow_walk_next(kvm, it)) {
     if (it.level === PT_PAGE_TABLE_LEVEL)
-      return mmu_set_spte(kvm, r, it.sptep, ACC_ALL, PT_PAGE_TABLE_LEVEL, gfn, pfn, write, hostWritable)
+      return mmu_set_spte(kvm, slot, it.sptep, ACC_ALL, PT_PAGE_TABLE_LEVEL, gfn, pfn, write, hostWritable)
         ? SHADOW_EMULATE
         : SHADOW_RETRY;
     if (!is_shadow_present_pte(kvm.spt[it.sptep])) {
@@ -270,19 +258,19 @@ export function shadow_page_fault(
   for (let attempt = 0; ; attempt++) {
     if (attempt > 10000)
       throw new KvmError("EIO", `shadow fault at gva 0x${(vpn * 4096).toString(16)}: no progress`);
-    const mmuSeq = aload(kvm.ctl, CTL_NOTIFIER_SEQ);
+    const mmuSeq = aload(kvm.ctl, CTL.notifier_seq);
     if (v.cr3 === 0) {
       w.level = 1;
       w.gfn = vpn;
       w.pteAccess = ACC_ALL;
-      if (write && present && fast_page_fault(kvm, v.row, vpn, v.stats)) return SHADOW_RETRY;
+      if (write && present && fast_page_fault(kvm, v.vcpuId, vpn, v.stats)) return SHADOW_RETRY;
     } else {
       walk_addr(kvm, w, v.cr3, vpn, write);
     }
     const gfn = w.gfn;
-    const r = gfn_to_memslot(kvm, gfn);
-    if (r < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
-    if (!gfn_to_pfn_memslot(kvm, r, gfn, hf))
+    const slot = gfn_to_memslot(kvm, gfn);
+    if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
+    if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
       throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
     const pfn = hf.pfn;
     const mapWritable = hf.writable;
@@ -295,12 +283,12 @@ export function shadow_page_fault(
       v.stats.slow++;
       if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
         v.stats.retries++;
-        spinPoint(kvm.ctl, CTL_NOTIFIER_COUNT); // the vCPU retries until the invalidation ends
+        spinPoint(kvm.ctl, CTL.notifier_count); // the vCPU retries until the invalidation ends
         return SHADOW_RETRY;
       }
       make_mmu_pages_available(kvm);
       if (v.cr3 === 0) {
-        ret = nonpaging_map(kvm, v, r, gfn, pfn, write, mapWritable);
+        ret = nonpaging_map(kvm, v, slot, gfn, pfn, write, mapWritable);
       } else {
         // mapping_level: 2 MiB only for a guest 2 MiB page on a huge host page, in a slot that is
         // not logged, with no shadowed guest table in the range (has_wrprotected_page).
@@ -308,13 +296,13 @@ export function shadow_page_fault(
         if (
           w.level === PT_DIRECTORY_LEVEL &&
           hostHuge &&
-          !slot_dirty_logged(kvm, r) &&
-          kvm.lpagePool[lpage_info_index(kvm, r, gfn, PT_DIRECTORY_LEVEL)] === 0
+          !slot_dirty_logged(kvm, slot) &&
+          kvm.lpagePool[lpage_info_index(kvm, slot, gfn, PT_DIRECTORY_LEVEL)] === 0
         )
           hlevel = PT_DIRECTORY_LEVEL;
-        ret = fetch(kvm, v, r, vpn, hlevel, pfn, write, mapWritable);
+        ret = fetch(kvm, v, slot, vpn, hlevel, pfn, write, mapWritable);
         if (ret === SHADOW_GPTE_CHANGED) {
-          kvm.sctl[SCTL_GPTE_CHANGED]++;
+          kvm.sctl[SCTL.gpte_changed]++;
           continue;
         }
       }

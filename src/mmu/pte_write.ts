@@ -5,29 +5,7 @@
  * emulated writes to an sp without a fault walking through it) zaps the sp at every level (3.11
  * skips level 1, which would go unsync instead). Takes mmu_lock.
  */
-import {
-  CTL_NOTIFIER_COUNT,
-  CTL_SP_USED,
-  Kvm,
-  PAGE_WORDS,
-  ROLE_DIRECT,
-  ROLE_INVALID,
-  ROLE_LEVEL_MASK,
-  SCTL_EMULATED,
-  SCTL_FLOODED,
-  SCTL_GPTE_CHANGED,
-  SCTL_INDIRECT_SHADOW_PAGES,
-  SCTL_PT_PROTECT,
-  SCTL_PTE_PREFETCH,
-  SCTL_PTE_WRITES,
-  SCTL_PTE_ZAPPED,
-  SCTL_RECYCLED,
-  SCTL_RELOADS,
-  SCTL_SP_CREATED,
-  SCTL_SP_HASH_HITS,
-  SPX_FLOOD,
-  SPX_STRIDE,
-} from "../kvm_host.js";
+import { CTL, Kvm, PAGE_WORDS, ROLE_DIRECT, ROLE_INVALID, ROLE_LEVEL_MASK, SCTL, SPX } from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_memslot } from "../mem/memslot.js";
 import {
@@ -79,13 +57,13 @@ function update_pte(kvm: Kvm, sp: number, sptep: number): boolean {
   const lo = aload(kvm.mem, i);
   const hi = aload(kvm.mem, i + 1);
   if ((lo & (GPTE_P | GPTE_A)) !== (GPTE_P | GPTE_A) || (hi & ~GPTE_ADDR_HI_MASK) !== 0) return false;
-  if (aload(kvm.ctl, CTL_NOTIFIER_COUNT) !== 0) return false;
+  if (aload(kvm.ctl, CTL.notifier_count) !== 0) return false;
   const gfn = gpte_gfn(lo, hi);
   let access = role_access(role) & gpte_access(lo);
   if ((lo & GPTE_D) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0 || !gfn_to_pfn_memslot(kvm, r, gfn, hf)) return false;
-  mmu_set_spte(kvm, r, sptep, access, PT_PAGE_TABLE_LEVEL, gfn, hf.pfn, false, hf.writable);
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0 || !gfn_to_pfn_memslot(kvm, slot, gfn, hf)) return false;
+  mmu_set_spte(kvm, slot, sptep, access, PT_PAGE_TABLE_LEVEL, gfn, hf.pfn, false, hf.writable);
   return true;
 }
 
@@ -106,12 +84,12 @@ function need_remote_flush(old: number, nw: number): boolean {
  * writing vCPU should flush its own TLB (local_flush: an spte it may cache was touched).
  */
 function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): boolean {
-  if (aload(kvm.sctl, SCTL_INDIRECT_SHADOW_PAGES) === 0) return false;
+  if (aload(kvm.sctl, SCTL.indirect_shadow_pages) === 0) return false;
   // detect_write_misaligned (8-byte gptes): a write that spans two gptes, or is narrower than 4.
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~7) !== 0 || bytes < 4;
   kvm.mmu_lock.lock();
   try {
-    kvm.sctl[SCTL_PTE_WRITES]++;
+    kvm.sctl[SCTL.pte_writes]++;
     const sps: number[] = [];
     for_each_gfn_sp(kvm, gfn, (sp) => {
       if ((sp_role(kvm, sp) & (ROLE_DIRECT | ROLE_INVALID)) === 0) sps.push(sp);
@@ -122,18 +100,17 @@ function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number)
     for (const sp of sps) {
       const role = sp_role(kvm, sp);
       if ((role & ROLE_INVALID) !== 0) continue;
-      const xb = sp * SPX_STRIDE;
-      if (misaligned || ++kvm.spExt[xb + SPX_FLOOD] >= WRITE_FLOODING) {
+      if (misaligned || ++kvm.spExt[SPX.flood(sp)] >= WRITE_FLOODING) {
         shadow_prepare_zap_page(kvm, sp, invalid);
-        kvm.sctl[SCTL_FLOODED]++;
+        kvm.sctl[SCTL.flooded]++;
         continue;
       }
       localFlush = true;
       const sptep = sp * PT64_ENT_PER_PAGE + (offset >>> 3);
       const old = kvm.spt[sptep];
       const level = role & ROLE_LEVEL_MASK;
-      if (mmu_page_zap_pte(kvm, sptep, level)) kvm.sctl[SCTL_PTE_ZAPPED]++;
-      if (level === PT_PAGE_TABLE_LEVEL && update_pte(kvm, sp, sptep)) kvm.sctl[SCTL_PTE_PREFETCH]++;
+      if (mmu_page_zap_pte(kvm, sptep, level)) kvm.sctl[SCTL.pte_zapped]++;
+      if (level === PT_PAGE_TABLE_LEVEL && update_pte(kvm, sp, sptep)) kvm.sctl[SCTL.pte_prefetch]++;
       if (need_remote_flush(old, kvm.spt[sptep])) remoteFlush = true;
     }
     // mmu_pte_write_flush_tlb, then the commit (which flushes by itself when it frees pages).
@@ -160,7 +137,7 @@ export function emulate_guest_write(
   words: number,
 ): boolean {
   kvm_write_guest_words(kvm, gfn, w, lo, hi, words);
-  aadd(kvm.sctl, SCTL_EMULATED, 1);
+  aadd(kvm.sctl, SCTL.emulated, 1);
   return kvm_mmu_pte_write(kvm, gfn, w * 4, words * 4);
 }
 
@@ -168,18 +145,18 @@ export function emulate_guest_write(
 export function shadowCounters(kvm: Kvm): Record<string, number> {
   const s = kvm.sctl;
   return {
-    indirectShadowPages: s[SCTL_INDIRECT_SHADOW_PAGES],
-    spCreated: s[SCTL_SP_CREATED],
-    spHashHits: s[SCTL_SP_HASH_HITS],
-    recycled: s[SCTL_RECYCLED],
-    pteWrites: s[SCTL_PTE_WRITES],
-    pteZapped: s[SCTL_PTE_ZAPPED],
-    flooded: s[SCTL_FLOODED],
-    emulated: s[SCTL_EMULATED],
-    gpteChanged: s[SCTL_GPTE_CHANGED],
-    rootReloads: s[SCTL_RELOADS],
-    ptProtectFlushes: s[SCTL_PT_PROTECT],
-    ptePrefetched: s[SCTL_PTE_PREFETCH],
-    spUsed: kvm.ctl[CTL_SP_USED],
+    indirectShadowPages: s[SCTL.indirect_shadow_pages],
+    spCreated: s[SCTL.sp_created],
+    spHashHits: s[SCTL.sp_hash_hits],
+    recycled: s[SCTL.recycled],
+    pteWrites: s[SCTL.pte_writes],
+    pteZapped: s[SCTL.pte_zapped],
+    flooded: s[SCTL.flooded],
+    emulated: s[SCTL.emulated],
+    gpteChanged: s[SCTL.gpte_changed],
+    rootReloads: s[SCTL.reloads],
+    ptProtectFlushes: s[SCTL.pt_protect],
+    ptePrefetched: s[SCTL.pte_prefetch],
+    spUsed: kvm.ctl[CTL.sp_used],
   };
 }

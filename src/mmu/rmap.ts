@@ -18,7 +18,7 @@
  * cleared. The lockless walker visits each descriptor from index 2 down to 0 and restarts on
  * `more == 0` or on another head's nulls; see pte_list_walk_lockless for why nothing is missed.
  */
-import { BUG, DESC_MORE, DESC_WORDS, Kvm, PTE_LIST_EXT } from "../kvm_host.js";
+import { BUG, DESC, Kvm, PTE_LIST_EXT } from "../kvm_host.js";
 import { mmu_alloc_pte_list_desc, mmu_free_pte_list_desc } from "../alloc/slab.js";
 import { aload, astore } from "../sync/atomic.js";
 import { gfn_to_memslot, gfn_to_rmap } from "../mem/memslot.js";
@@ -67,37 +67,37 @@ export function pte_list_add(kvm: Kvm, heads: Int32Array, hi: number, headId: nu
   }
   if ((v & 1) === 0) {
     const d = mmu_alloc_pte_list_desc(kvm);
-    const b = d * DESC_WORDS;
+    const b = DESC.sptes(d);
     astore(desc, b, v >>> 1);
     astore(desc, b + 1, e);
     astore(desc, b + 2, 0);
-    astore(desc, b + DESC_MORE, make_nulls(headId));
+    astore(desc, DESC.more(d), make_nulls(headId));
     astore(heads, hi, (d << 1) | 1); // rcu_assign_pointer
     return 1;
   }
   const first = v >>> 1;
-  const fb = first * DESC_WORDS;
+  const fb = DESC.sptes(first);
   for (let k = 0; k < PTE_LIST_EXT; k++) {
     if (desc[fb + k] === 0) {
       astore(desc, fb + k, e);
-      return k + countTail(kvm, desc[fb + DESC_MORE]);
+      return k + countTail(kvm, desc[DESC.more(first)]);
     }
   }
   const d = mmu_alloc_pte_list_desc(kvm);
-  const b = d * DESC_WORDS;
+  const b = DESC.sptes(d);
   astore(desc, b, e);
   astore(desc, b + 1, 0);
   astore(desc, b + 2, 0);
-  astore(desc, b + DESC_MORE, descPtr(first));
+  astore(desc, DESC.more(d), descPtr(first));
   astore(heads, hi, (d << 1) | 1);
-  return PTE_LIST_EXT + countTail(kvm, desc[fb + DESC_MORE]);
+  return PTE_LIST_EXT + countTail(kvm, desc[DESC.more(first)]);
 }
 
 function countTail(kvm: Kvm, more: number): number {
   let n = 0;
   while (!is_nulls(more) && more !== 0) {
     n += PTE_LIST_EXT;
-    more = kvm.desc[descOf(more) * DESC_WORDS + DESC_MORE]!;
+    more = kvm.desc[DESC.more(descOf(more))]!;
   }
   return n;
 }
@@ -119,7 +119,7 @@ export function pte_list_remove(kvm: Kvm, heads: Int32Array, hi: number, e: numb
   let prev = -1;
   let d = first;
   for (;;) {
-    const b = d * DESC_WORDS;
+    const b = DESC.sptes(d);
     for (let i = 0; i < PTE_LIST_EXT; i++) {
       if (desc[b + i] === e) {
         if (kvm.bug(BUG["backward-move"])) desc_remove_entry_backward(kvm, heads, hi, d, i, prev);
@@ -127,7 +127,7 @@ export function pte_list_remove(kvm: Kvm, heads: Int32Array, hi: number, e: numb
         return;
       }
     }
-    const m = desc[b + DESC_MORE];
+    const m = desc[DESC.more(d)];
     if (is_nulls(m) || m === 0) break;
     prev = d;
     d = descOf(m);
@@ -145,13 +145,13 @@ function desc_remove_entry_forward(
   i: number,
 ): void {
   const desc = kvm.desc;
-  const fb = first * DESC_WORDS;
+  const fb = DESC.sptes(first);
   let j = PTE_LIST_EXT - 1;
   while (desc[fb + j] === 0) j--;
-  if (d !== first || i !== j) astore(desc, d * DESC_WORDS + i, desc[fb + j]); // destination first,
+  if (d !== first || i !== j) astore(desc, DESC.sptes(d) + i, desc[fb + j]); // destination first,
   astore(desc, fb + j, 0); // then the source
   if (j !== 0) return;
-  const m = desc[fb + DESC_MORE];
+  const m = desc[DESC.more(first)];
   astore(heads, hi, is_nulls(m) ? 0 : (descOf(m) << 1) | 1);
   mmu_free_pte_list_desc(kvm, first);
 }
@@ -166,14 +166,14 @@ function desc_remove_entry_backward(
   prev: number,
 ): void {
   const desc = kvm.desc;
-  const b = d * DESC_WORDS;
+  const b = DESC.sptes(d);
   let j = PTE_LIST_EXT - 1;
   while (desc[b + j] === 0) j--;
   if (i !== j) astore(desc, b + i, desc[b + j]);
   astore(desc, b + j, 0);
   if (j !== 0) return;
-  const m = desc[b + DESC_MORE];
-  if (prev >= 0) astore(desc, prev * DESC_WORDS + DESC_MORE, m);
+  const m = desc[DESC.more(d)];
+  if (prev >= 0) astore(desc, DESC.more(prev), m);
   else astore(heads, hi, is_nulls(m) ? 0 : (descOf(m) << 1) | 1);
   mmu_free_pte_list_desc(kvm, d);
 }
@@ -202,7 +202,7 @@ export function for_each_rmap_spte(
     if ((v & 1) === 0) return acc | fn(kvm, (v >>> 1) - 1);
     let d = v >>> 1;
     for (;;) {
-      const b = d * DESC_WORDS;
+      const b = DESC.sptes(d);
       for (let i = 0; i < PTE_LIST_EXT; i++) {
         const e = desc[b + i];
         if (e === 0) continue;
@@ -210,7 +210,7 @@ export function for_each_rmap_spte(
         acc |= r;
         if ((r & RMAP_RESTART) !== 0) continue restart;
       }
-      const m = desc[b + DESC_MORE];
+      const m = desc[DESC.more(d)];
       if (is_nulls(m) || m === 0) return acc;
       d = descOf(m);
     }
@@ -228,12 +228,12 @@ export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte
   const desc = kvm.desc;
   let d = v >>> 1;
   for (;;) {
-    const b = d * DESC_WORDS;
+    const b = DESC.sptes(d);
     for (let i = 0; i < PTE_LIST_EXT; i++) {
       const e = desc[b + i];
       if (e !== 0) fn(e - 1);
     }
-    const m = desc[b + DESC_MORE];
+    const m = desc[DESC.more(d)];
     if (is_nulls(m) || m === 0) return;
     d = descOf(m);
   }
@@ -244,7 +244,7 @@ export function rmap_get_first(kvm: Kvm, heads: Int32Array, hi: number): number 
   const v = heads[hi];
   if (v === 0) return -1;
   if ((v & 1) === 0) return (v >>> 1) - 1;
-  const b = (v >>> 1) * DESC_WORDS;
+  const b = DESC.sptes(v >>> 1);
   for (let i = 0; i < PTE_LIST_EXT; i++) {
     const e = kvm.desc[b + i];
     if (e !== 0) return e - 1;
@@ -282,7 +282,7 @@ export function pte_list_walk_lockless(
     }
     let d = v >>> 1;
     for (;;) {
-      const b = d * DESC_WORDS;
+      const b = DESC.sptes(d);
       if (ascending) {
         for (let i = 0; i < PTE_LIST_EXT; i++) {
           const e = aload(desc, b + i);
@@ -294,7 +294,7 @@ export function pte_list_walk_lockless(
           if (e !== 0) fn(e - 1);
         }
       }
-      const m = aload(desc, b + DESC_MORE);
+      const m = aload(desc, DESC.more(d));
       if (m === 0) {
         rmapStats.restarts++;
         continue restart;
@@ -333,7 +333,7 @@ export function pte_list_audit(
   let d = v >>> 1;
   let first = true;
   for (let guard = 0; guard < 1 << 20; guard++) {
-    const b = d * DESC_WORDS;
+    const b = DESC.sptes(d);
     let count = 0;
     for (let i = 0; i < PTE_LIST_EXT; i++) {
       const e = kvm.desc[b + i];
@@ -345,7 +345,7 @@ export function pte_list_audit(
     if (count === 0) say(`rmap ${hi}: empty descriptor ${d}`);
     if (!first && count !== PTE_LIST_EXT) say(`rmap ${hi}: descriptor ${d} after the first is not full`);
     first = false;
-    const m = kvm.desc[b + DESC_MORE];
+    const m = kvm.desc[DESC.more(d)];
     if (m === 0) {
       say(`rmap ${hi}: descriptor ${d} has more == NULL in a linked chain`);
       return;
@@ -368,9 +368,9 @@ export function pte_list_count(kvm: Kvm, heads: Int32Array, hi: number): number 
 
 /** rmap_add: link a present leaf spte into the rmap of (gfn, level). mmu_lock held. */
 export function rmap_add(kvm: Kvm, sptep: number, gfn: number, level: number): number {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) throw new RmapCorrupt(`rmap_add: gfn ${gfn} has no memslot`);
-  const hi = gfn_to_rmap(kvm, r, gfn, level);
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) throw new RmapCorrupt(`rmap_add: gfn ${gfn} has no memslot`);
+  const hi = gfn_to_rmap(kvm, slot, gfn, level);
   return pte_list_add(kvm, kvm.rmapPool, hi, hi, sptep + 1);
 }
 
@@ -379,7 +379,7 @@ export function rmap_add(kvm: Kvm, sptep: number, gfn: number, level: number): n
  * spte's shadow page (kvm_mmu_page_get_gfn, its level). mmu_lock held.
  */
 export function rmap_remove(kvm: Kvm, sptep: number, gfn: number, level: number): void {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
-  pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), sptep + 1);
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
+  pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, slot, gfn, level), sptep + 1);
 }

@@ -3,7 +3,7 @@
  * vCPU roots. An indirect sp shadows one guest page table (sp.gfn = the table's gfn; role.level =
  * its level; role.access = the access the guest grants on the path to it); a direct sp maps a
  * guest 2 MiB page with 4 KiB sptes, or (guest paging off) gva = gpa. Every vCPU has a root
- * (VCPU_ROOT): the level-4 sp of its CR3, shared by vCPUs that load the same CR3.
+ * (VCPU.root): the level-4 sp of its CR3, shared by vCPUs that load the same CR3.
  *
  * Zap is not recursive (a child may have other parents and stays findable in the hash); pages are
  * unhashed and taken off the active list under mmu_lock when they go on the invalid list, then
@@ -12,27 +12,15 @@
  */
 import {
   BUG,
-  CTL_SP_USED,
+  CTL,
   Kvm,
   ROLE_DIRECT,
   ROLE_INVALID,
   ROLE_LEVEL_MASK,
-  SCTL_ACTIVE_TAIL,
-  SCTL_INDIRECT_SHADOW_PAGES,
-  SCTL_N_MAX,
-  SCTL_RECYCLED,
-  SCTL_SP_CREATED,
-  SCTL_SP_HASH_HITS,
-  SCTL_WORDS,
-  SP_GFN,
-  SP_PARENT_PTES,
-  SP_ROLE,
-  SP_ROOT_COUNT,
-  SP_STRIDE,
-  SPX_FLOOD,
-  SPX_ON_LIST,
-  SPX_STRIDE,
-  VCPU_ROOT,
+  SCTL,
+  SP,
+  SPX,
+  VCPU,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
@@ -74,7 +62,7 @@ function alloc_shadow_page(kvm: Kvm, gfn: number, level: number): number {
       return kvm_mmu_get_page(kvm, gfn, level);
     } catch (e) {
       if (!(e instanceof KvmError) || e.code !== "ENOMEM" || Date.now() - t0 > 5000) throw e;
-      Atomics.wait(kvm.sctl, SCTL_WORDS - 1, 0, 0.05);
+      Atomics.wait(kvm.sctl, SCTL.WORDS - 1, 0, 0.05);
     }
   }
 }
@@ -93,21 +81,20 @@ export function kvm_mmu_get_shadow_page(
   const role = make_role(level, direct, access);
   let sp = hash_find(kvm, gfn, role);
   if (sp >= 0) {
-    kvm.sctl[SCTL_SP_HASH_HITS]++;
+    kvm.sctl[SCTL.sp_hash_hits]++;
     return sp;
   }
   sp = alloc_shadow_page(kvm, gfn, level);
-  kvm.spHdr[sp * SP_STRIDE + SP_ROLE] = role;
-  const xb = sp * SPX_STRIDE;
-  kvm.spExt[xb + SPX_FLOOD] = 0;
-  kvm.spExt[xb + SPX_ON_LIST] = 1;
+  kvm.spHdr[SP.role(sp)] = role;
+  kvm.spExt[SPX.flood(sp)] = 0;
+  kvm.spExt[SPX.on_list(sp)] = 1;
   hash_add(kvm, sp, gfn);
   active_add_head(kvm, sp);
-  kvm.sctl[SCTL_SP_CREATED]++;
+  kvm.sctl[SCTL.sp_created]++;
   if (!direct) {
     if (rmap_write_protect_pt(kvm, gfn)) kvm_flush_remote_tlbs(kvm);
     account_shadowed(kvm, gfn, 1);
-    kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]++;
+    kvm.sctl[SCTL.indirect_shadow_pages]++;
   }
   return sp;
 }
@@ -129,23 +116,21 @@ export function mmu_page_zap_pte(kvm: Kvm, sptep: number, level: number): boolea
  */
 export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): boolean {
   const h = kvm.spHdr;
-  const b = sp * SP_STRIDE;
-  const role = h[b + SP_ROLE];
+  const role = h[SP.role(sp)];
   const level = role & ROLE_LEVEL_MASK;
   const base = sp * PT64_ENT_PER_PAGE;
   for (let i = 0; i < PT64_ENT_PER_PAGE; i++) mmu_page_zap_pte(kvm, base + i, level);
   const parents: number[] = [];
-  pte_list_walk(kvm, h, b + SP_PARENT_PTES, (p) => parents.push(p));
+  pte_list_walk(kvm, h, SP.parent_ptes(sp), (p) => parents.push(p));
   for (const p of parents) drop_parent_pte(kvm, sp, p);
   if ((role & (ROLE_INVALID | ROLE_DIRECT)) === 0) {
-    account_shadowed(kvm, h[b + SP_GFN], -1);
-    kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]--;
+    account_shadowed(kvm, h[SP.gfn(sp)], -1);
+    kvm.sctl[SCTL.indirect_shadow_pages]--;
   }
-  h[b + SP_ROLE] = role | ROLE_INVALID;
-  const xb = sp * SPX_STRIDE;
-  if (h[b + SP_ROOT_COUNT] === 0) {
-    if (kvm.spExt[xb + SPX_ON_LIST] === 1) {
-      kvm.spExt[xb + SPX_ON_LIST] = 0;
+  h[SP.role(sp)] = role | ROLE_INVALID;
+  if (h[SP.root_count(sp)] === 0) {
+    if (kvm.spExt[SPX.on_list(sp)] === 1) {
+      kvm.spExt[SPX.on_list(sp)] = 0;
       hash_del(kvm, sp);
       active_del(kvm, sp);
       // Bug early-free: reusable before vCPU walkers and RCU readers are done with it.
@@ -156,7 +141,7 @@ export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[])
     return false;
   }
   // A root in use: to the head of the active list; its vCPUs reload it at their next fault.
-  if (kvm.spExt[xb + SPX_ON_LIST] === 1) {
+  if (kvm.spExt[SPX.on_list(sp)] === 1) {
     active_del(kvm, sp);
     active_add_head(kvm, sp);
   }
@@ -166,39 +151,38 @@ export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[])
 /** make_mmu_pages_available: zap the oldest pages when fewer than 5 are left. */
 export function make_mmu_pages_available(kvm: Kvm): void {
   const s = kvm.sctl;
-  let nMax = s[SCTL_N_MAX];
-  if (nMax === 0) nMax = s[SCTL_N_MAX] = Math.max(16, kvm.shared.config.maxSp - 1 - RETIRE_SLACK);
+  let nMax = s[SCTL.n_max];
+  if (nMax === 0) nMax = s[SCTL.n_max] = Math.max(16, kvm.shared.config.maxSp - 1 - RETIRE_SLACK);
   const invalid: number[] = [];
-  const avail = (): number => nMax - kvm.ctl[CTL_SP_USED] + invalid.length;
+  const avail = (): number => nMax - kvm.ctl[CTL.sp_used] + invalid.length;
   if (avail() >= KVM_MIN_FREE_MMU_PAGES) return;
   let guard = kvm.shared.config.maxSp;
   while (avail() < KVM_REFILL_PAGES && guard-- > 0) {
-    const tail = s[SCTL_ACTIVE_TAIL] - 1;
+    const tail = s[SCTL.active_tail] - 1;
     if (tail < 0) break;
     shadow_prepare_zap_page(kvm, tail, invalid);
-    s[SCTL_RECYCLED]++;
+    s[SCTL.recycled]++;
   }
   kvm_mmu_commit_zap_page(kvm, invalid);
 }
 
 /** mmu_alloc_shadow_roots / mmu_alloc_direct_roots for one vCPU. */
-export function mmu_alloc_shadow_root(kvm: Kvm, vcpuRow: number, cr3: number): number {
+export function mmu_alloc_shadow_root(kvm: Kvm, vcpuId: number, cr3: number): number {
   const root =
     cr3 === 0
       ? kvm_mmu_get_shadow_page(kvm, 0, PT64_ROOT_LEVEL, true, ACC_ALL)
       : kvm_mmu_get_shadow_page(kvm, cr3, PT64_ROOT_LEVEL, false, ACC_ALL);
-  kvm.spHdr[root * SP_STRIDE + SP_ROOT_COUNT]++;
-  astore(kvm.vcpu, vcpuRow + VCPU_ROOT, root);
+  kvm.spHdr[SP.root_count(root)]++;
+  astore(kvm.vcpu, VCPU.root(vcpuId), root);
   return root;
 }
 
 /** mmu_free_roots for one vCPU: an invalid root whose count drops to 0 is freed. */
-export function mmu_free_shadow_root(kvm: Kvm, vcpuRow: number): void {
-  const root = kvm.vcpu[vcpuRow + VCPU_ROOT];
+export function mmu_free_shadow_root(kvm: Kvm, vcpuId: number): void {
+  const root = kvm.vcpu[VCPU.root(vcpuId)];
   if (root === 0) return;
-  astore(kvm.vcpu, vcpuRow + VCPU_ROOT, 0);
-  const b = root * SP_STRIDE;
-  if (--kvm.spHdr[b + SP_ROOT_COUNT] === 0 && (kvm.spHdr[b + SP_ROLE] & ROLE_INVALID) !== 0) {
+  astore(kvm.vcpu, VCPU.root(vcpuId), 0);
+  if (--kvm.spHdr[SP.root_count(root)] === 0 && (kvm.spHdr[SP.role(root)] & ROLE_INVALID) !== 0) {
     const invalid: number[] = [];
     shadow_prepare_zap_page(kvm, root, invalid);
     kvm_mmu_commit_zap_page(kvm, invalid);
@@ -206,12 +190,12 @@ export function mmu_free_shadow_root(kvm: Kvm, vcpuRow: number): void {
 }
 
 /** kvm_mmu_new_cr3 + reload: takes mmu_lock. The vCPU is outside guest mode. */
-export function kvm_mmu_load_cr3(kvm: Kvm, vcpuRow: number, cr3: number): number {
+export function kvm_mmu_load_cr3(kvm: Kvm, vcpuId: number, cr3: number): number {
   kvm.mmu_lock.lock();
   try {
-    mmu_free_shadow_root(kvm, vcpuRow);
+    mmu_free_shadow_root(kvm, vcpuId);
     make_mmu_pages_available(kvm);
-    return mmu_alloc_shadow_root(kvm, vcpuRow, cr3);
+    return mmu_alloc_shadow_root(kvm, vcpuId, cr3);
   } finally {
     kvm.mmu_lock.unlock();
   }

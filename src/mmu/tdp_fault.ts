@@ -2,7 +2,7 @@
  * TDP page faults: tdp_page_fault, its lockless fast path (fast_page_fault, mmu.ts) and its slow
  * path under mmu_lock (__direct_map, then mmu_set_spte in mmu.ts).
  */
-import { BUG, CTL_NOTIFIER_COUNT, CTL_NOTIFIER_SEQ, Kvm } from "../kvm_host.js";
+import { BUG, CTL, Kvm } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { aload, spinPoint } from "../sync/atomic.js";
 import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
@@ -36,19 +36,19 @@ const it = new ShadowWalkIterator();
  */
 export function tdp_page_fault(
   kvm: Kvm,
-  vcpuRow: number,
+  vcpuId: number,
   gfn: number,
   write: boolean,
   present: boolean,
   st: FaultStats,
 ): void {
-  const r = gfn_to_memslot(kvm, gfn);
-  if (r < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
-  if (write && present && fast_page_fault(kvm, vcpuRow, gfn, st)) return;
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
+  if (write && present && fast_page_fault(kvm, vcpuId, gfn, st)) return;
 
-  const mmuSeq = aload(kvm.ctl, CTL_NOTIFIER_SEQ);
+  const mmuSeq = aload(kvm.ctl, CTL.notifier_seq);
   // gfn_to_pfn, after reading mmu_notifier_seq (the smp_rmb pairs with invalidate_range_end).
-  if (!gfn_to_pfn_memslot(kvm, r, gfn, hf))
+  if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
     throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
   const pfn = hf.pfn;
   const mapWritable = hf.writable;
@@ -63,20 +63,20 @@ export function tdp_page_fault(
     if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
       st.retries++;
       // The vCPU will retry until the invalidation ends: a wait loop for the scheduler.
-      spinPoint(kvm.ctl, CTL_NOTIFIER_COUNT);
+      spinPoint(kvm.ctl, CTL.notifier_count);
       return;
     }
     // force_pt_level while the slot is dirty-logged (flags change under mmu_lock).
     let level = PT_PAGE_TABLE_LEVEL;
     if (
-      !slot_dirty_logged(kvm, r) &&
+      !slot_dirty_logged(kvm, slot) &&
       hostHuge &&
-      kvm.lpagePool[lpage_info_index(kvm, r, gfn, PT_DIRECTORY_LEVEL)] === 0
+      kvm.lpagePool[lpage_info_index(kvm, slot, gfn, PT_DIRECTORY_LEVEL)] === 0
     )
       level = PT_DIRECTORY_LEVEL;
     // transparent_hugepage_adjust.
     const off = gfn & KVM_PAGES_PER_HPAGE_MASK(level);
-    __direct_map(kvm, r, gfn - off, pfn - off, level, write, mapWritable);
+    __direct_map(kvm, slot, gfn - off, pfn - off, level, write, mapWritable);
   } finally {
     kvm.mmu_lock.unlock();
   }
@@ -85,7 +85,7 @@ export function tdp_page_fault(
 /** __direct_map: mmu_lock held. */
 function __direct_map(
   kvm: Kvm,
-  r: number,
+  slot: number,
   gfn: number,
   pfn: number,
   level: number,
@@ -94,7 +94,7 @@ function __direct_map(
 ): void {
   for (shadow_walk_init(it, mmu_alloc_roots(kvm), gfn); shadow_walk_okay(it); shadow_walk_next(kvm, it)) {
     if (it.level === level) {
-      mmu_set_spte(kvm, r, it.sptep, ACC_ALL, level, gfn, pfn, write, mapWritable);
+      mmu_set_spte(kvm, slot, it.sptep, ACC_ALL, level, gfn, pfn, write, mapWritable);
       return;
     }
     drop_large_spte(kvm, it.sptep);

@@ -5,7 +5,7 @@
  * restarts; the slot walk breaks the lock every 1024 heads when it is contended
  * (cond_resched_lock), flushing first.
  */
-import { Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
+import { Kvm, SLOT } from "../kvm_host.js";
 import { aload } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
@@ -43,12 +43,12 @@ export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
 /** kvm_mmu_write_protect_pt_masked (3.11): the level-1 rmaps of the gfns in mask. mmu_lock held. */
 export function kvm_mmu_write_protect_pt_masked(
   kvm: Kvm,
-  r: number,
+  slot: number,
   wordIndex: number,
   mask: number,
 ): boolean {
   const rmaps = kvm.rmapPool;
-  const h = kvm.slots[r + SLOT_RMAP_BASE] + wordIndex * 32;
+  const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
   let flush = false;
   while (mask !== 0) {
     const hi = h + 31 - Math.clz32(mask & -mask);
@@ -68,12 +68,12 @@ export function kvm_mmu_write_protect_pt_masked(
  * lock is contended, flushes and drops it every 1024 heads (cond_resched_lock); flushes at
  * the end under the lock.
  */
-export function slot_remove_write_access_locked(kvm: Kvm, r: number): void {
-  const base = kvm.slots[r + SLOT_BASE_GFN];
-  const npages = kvm.slots[r + SLOT_NPAGES];
+export function slot_remove_write_access_locked(kvm: Kvm, slot: number): void {
+  const base = kvm.slots[SLOT.base_gfn(slot)];
+  const npages = kvm.slots[SLOT.npages(slot)];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
-    const h0 = gfn_to_rmap(kvm, r, base, level);
+    const h0 = gfn_to_rmap(kvm, slot, base, level);
     for (let i = 0; i < n; i++) {
       if (kvm.rmapPool[h0 + i] !== 0) __rmap_write_protect(kvm, h0 + i);
       if ((i & 1023) === 1023 && kvm.mmu_lock.isContended()) {
@@ -102,10 +102,10 @@ export const wp_locked: WriteProtectDesign = {
       kvm.mmu_lock.unlock();
     }
   },
-  slotRemoveWriteAccess(kvm: Kvm, r: number): void {
+  slotRemoveWriteAccess(kvm: Kvm, slot: number): void {
     kvm.mmu_lock.lock();
     try {
-      slot_remove_write_access_locked(kvm, r);
+      slot_remove_write_access_locked(kvm, slot);
     } finally {
       kvm.mmu_lock.unlock();
     }

@@ -7,7 +7,7 @@
  * remote flush comes after the section, outside any lock; slots_lock, held by the caller,
  * serialises these deferred flushers (patch 4).
  */
-import { BUG, Kvm, SLOT_BASE_GFN, SLOT_NPAGES, SLOT_RMAP_BASE } from "../kvm_host.js";
+import { BUG, Kvm, SLOT } from "../kvm_host.js";
 import { aload, acas, astore } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
@@ -50,12 +50,12 @@ export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
 /** The level-1 rmaps of the gfns in mask, lockless; RCU read section held. */
 export function write_protect_pt_masked_lockless(
   kvm: Kvm,
-  r: number,
+  slot: number,
   wordIndex: number,
   mask: number,
 ): boolean {
   const rmaps = kvm.rmapPool;
-  const h = kvm.slots[r + SLOT_RMAP_BASE] + wordIndex * 32;
+  const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
   while (mask !== 0) {
     const hi = h + 31 - Math.clz32(mask & -mask);
     const v = aload(rmaps, hi);
@@ -70,12 +70,12 @@ export function write_protect_pt_masked_lockless(
 }
 
 /** kvm_mmu_slot_remove_write_access, lockless (patch 13): RCU read section held by the caller. */
-export function slot_remove_write_access_lockless(kvm: Kvm, r: number): void {
-  const base = kvm.slots[r + SLOT_BASE_GFN];
-  const npages = kvm.slots[r + SLOT_NPAGES];
+export function slot_remove_write_access_lockless(kvm: Kvm, slot: number): void {
+  const base = kvm.slots[SLOT.base_gfn(slot)];
+  const npages = kvm.slots[SLOT.npages(slot)];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
-    const h0 = gfn_to_rmap(kvm, r, base, level);
+    const h0 = gfn_to_rmap(kvm, slot, base, level);
     for (let i = 0; i < n; i++)
       if (aload(kvm.rmapPool, h0 + i) !== 0) rmap_write_protect_lockless(kvm, h0 + i);
   }
@@ -92,10 +92,10 @@ export const wp_lockless: WriteProtectDesign = {
     // Bug skip-flush: no flush after lockless protection.
     if (flush && !kvm.bug(BUG["skip-flush"])) timedFlush(kvm, times, kvm_flush_remote_tlbs);
   },
-  slotRemoveWriteAccess(kvm: Kvm, r: number): void {
+  slotRemoveWriteAccess(kvm: Kvm, slot: number): void {
     kvm.rcu.readLock(RCU_READER_IOCTL);
     try {
-      slot_remove_write_access_lockless(kvm, r);
+      slot_remove_write_access_lockless(kvm, slot);
     } finally {
       kvm.rcu.readUnlock(RCU_READER_IOCTL);
     }

@@ -44,21 +44,21 @@ export interface WriteProtectDesign {
   /** Enters the section protectMasked needs; adds any lock wait to times.lockWaitNs. */
   harvestBegin(kvm: Kvm, times: DirtyLogTimes): void;
   /**
-   * Between harvestBegin and harvestEnd: write-protects the level-1 pages of slot row `slotRow`
+   * Between harvestBegin and harvestEnd: write-protects the level-1 pages of slot `slot`
    * whose bits are set in `mask`, bitmap word `wordIndex` (gfn base_gfn + 32 * wordIndex + bit).
    * Returns true if it changed an spte a TLB may still hold writable.
    */
-  protectMasked(kvm: Kvm, slotRow: number, wordIndex: number, mask: number): boolean;
+  protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean;
   /**
    * Leaves the section; flushes remote TLBs when `flush` (where the design flushes: inside or
    * after the section), adding the time to times.flushNs. Runs even if a protectMasked threw.
    */
   harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void;
   /**
-   * Write-protects every spte of slot row `slotRow`, all levels, and flushes. slots_lock held,
+   * Write-protects every spte of slot `slot`, all levels, and flushes. slots_lock held,
    * mmu_lock not held; the slot's KVM_MEM_LOG_DIRTY_PAGES is already set.
    */
-  slotRemoveWriteAccess(kvm: Kvm, slotRow: number): void;
+  slotRemoveWriteAccess(kvm: Kvm, slot: number): void;
 }
 
 /** The RCU reader slot of the thread that runs the ioctls (the VM owner). */

@@ -3,7 +3,7 @@
  * mode. The TLB is then keyed by guest virtual page (vpn) instead of gfn. Vcpu.miss dispatches
  * here once, on a flag; the TDP path with paging off (every existing workload) is untouched.
  *
- * shadow mode: the "hardware" walks the vCPU's shadow root (VCPU_ROOT) locklessly in guest mode,
+ * shadow mode: the "hardware" walks the vCPU's shadow root (VCPU.root) locklessly in guest mode,
  *   exactly as it walks the TDP root; on a miss the vCPU leaves guest mode and takes the shadow
  *   MMU's fault (src/mmu/paging_tmpl.ts), which walks the guest tables (walk_addr, setting A/D) and
  *   builds the shadow path. A write to a shadowed guest page table comes back as "emulate".
@@ -15,7 +15,7 @@
  * A guest page fault is delivered to the guest program as a GuestPageFault exception, thrown in
  * guest mode.
  */
-import { CTL_ROOT, Kvm, PAGE_WORDS, VCPU_ROOT } from "../kvm_host.js";
+import { CTL, Kvm, PAGE_WORDS, VCPU } from "../kvm_host.js";
 import { acas, aload } from "../sync/atomic.js";
 import { tdp_page_fault } from "../mmu/tdp_fault.js";
 import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
@@ -39,7 +39,7 @@ import type { SoftTlb } from "./tlb.js";
 /** What the miss paths need of a vCPU (the Vcpu class; an interface keeps vcpu.ts above this file). */
 export interface PagingVcpu {
   readonly kvm: Kvm;
-  readonly row: number;
+  readonly id: number;
   readonly tlb: SoftTlb;
   readonly fault: FaultStats;
   readonly cr3: number;
@@ -62,20 +62,20 @@ export class PagingState {
   emulated = 0;
 
   constructor(stats: FaultStats) {
-    this.ctx = { row: 0, cr3: 0, walker: this.walker, stats };
+    this.ctx = { vcpuId: 0, cr3: 0, walker: this.walker, stats };
   }
 }
 
-/** The lockless walk of TDP tables from CTL_ROOT for gfn, in guest mode: the leaf, or not present. */
+/** The lockless walk of TDP tables from CTL.root for gfn, in guest mode: the leaf, or not present. */
 function ept_lookup(kvm: Kvm, it: ShadowWalkIterator, gfn: number): number {
-  return walk_shadow_page_lockless(kvm, aload(kvm.ctl, CTL_ROOT), gfn, it);
+  return walk_shadow_page_lockless(kvm, aload(kvm.ctl, CTL.root), gfn, it);
 }
 
 /** An EPT violation on the way: take the TDP fault outside guest mode. */
 function ept_violation(v: PagingVcpu, gfn: number, write: boolean, present: boolean): void {
   v.exitGuest();
   try {
-    tdp_page_fault(v.kvm, v.row, gfn, write, present, v.fault);
+    tdp_page_fault(v.kvm, v.id, gfn, write, present, v.fault);
   } finally {
     v.enterGuest();
   }
@@ -152,7 +152,7 @@ function tdp_paging_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boo
 /** Shadow mode: walk the shadow root in guest mode, else fault. Returns true to emulate a write. */
 function shadow_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boolean): boolean {
   const kvm = v.kvm;
-  const s = walk_shadow_page_lockless(kvm, aload(kvm.vcpu, v.row + VCPU_ROOT), vpn, ps.it);
+  const s = walk_shadow_page_lockless(kvm, aload(kvm.vcpu, VCPU.root(v.id)), vpn, ps.it);
   const present = is_shadow_present_pte(s);
   if (present) {
     const writable = is_writable_pte(s);
@@ -166,7 +166,7 @@ function shadow_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boolean
   try {
     if (v.cr3 !== 0) ps.guestWalks++;
     const ctx = ps.ctx;
-    ctx.row = v.row;
+    ctx.vcpuId = v.id;
     ctx.cr3 = v.cr3;
     r = shadow_page_fault(kvm, ctx, vpn, write, present);
   } catch (e) {

@@ -4,7 +4,7 @@
  * guest mode, requests honoured at every entry, run control (pause/stop) at safe points.
  */
 import {
-  CTL_ROOT,
+  CTL,
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   Kvm,
@@ -12,28 +12,8 @@ import {
   MmuMode,
   OUTSIDE_GUEST_MODE,
   PAGE_WORDS,
-  ST_FAST_PF,
-  ST_EMULATED,
-  ST_FLUSHES_HANDLED,
-  ST_GUEST_PF,
-  ST_GUEST_WALKS,
-  ST_LOCK_ACQ,
-  ST_LOCK_HOLD_NS,
-  ST_LOCK_WAIT_NS,
-  ST_READS,
-  ST_RETRIES,
-  ST_SLOW_PF,
-  ST_STRIDE,
-  ST_TLB_AUDIT,
-  ST_TLB_MISS,
-  ST_WRITES,
-  VCPU_CR3,
-  VCPU_MODE,
-  VCPU_PASSES,
-  VCPU_REQUESTS,
-  VCPU_RUN,
-  VCPU_STATE,
-  VCPU_STRIDE,
+  ST,
+  VCPU,
 } from "../kvm_host.js";
 import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { tdp_page_fault } from "../mmu/tdp_fault.js";
@@ -44,7 +24,7 @@ import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
 import { VcpuState } from "../kvm/requests.js";
 
-/** Run control values (VCPU_RUN), written by the VM owner. */
+/** Run control values (VCPU.run), written by the VM owner. */
 export const enum RunCtl {
   Run = 0,
   Pause = 1,
@@ -61,7 +41,6 @@ const POLL_EVERY = 256;
 export class Vcpu {
   readonly kvm: Kvm;
   readonly id: number;
-  readonly row: number;
   readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
   readonly mem: Int32Array;
@@ -87,7 +66,6 @@ export class Vcpu {
   constructor(kvm: Kvm, id: number, tlbBits = 12) {
     this.kvm = kvm;
     this.id = id;
-    this.row = id * VCPU_STRIDE;
     this.tlb = new SoftTlb(tlbBits);
     this.mem = kvm.mem;
     this.ctl = kvm.ctl;
@@ -101,53 +79,53 @@ export class Vcpu {
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
   enterGuest(): void {
     const v = this.v;
-    const r = this.row;
+    const id = this.id;
     for (;;) {
-      const req = axchg(v, r + VCPU_REQUESTS, 0);
+      const req = axchg(v, VCPU.requests(id), 0);
       if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
-      astore(v, r + VCPU_MODE, IN_GUEST_MODE);
-      if (aload(v, r + VCPU_REQUESTS) === 0) return;
-      astore(v, r + VCPU_MODE, OUTSIDE_GUEST_MODE);
+      astore(v, VCPU.mode(id), IN_GUEST_MODE);
+      if (aload(v, VCPU.requests(id)) === 0) return;
+      astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
     }
   }
 
   /** VM exit: mode = OUTSIDE; wakes a flusher that kicked us. */
   exitGuest(): void {
-    const old = axchg(this.v, this.row + VCPU_MODE, OUTSIDE_GUEST_MODE);
-    if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, this.row + VCPU_MODE);
+    const old = axchg(this.v, VCPU.mode(this.id), OUTSIDE_GUEST_MODE);
+    if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, VCPU.mode(this.id));
   }
 
   /** A safe point in guest mode: acknowledge a kick, honour pause/stop. */
   safePoint(): void {
     this.countdown = POLL_EVERY;
-    if (aload(this.v, this.row + VCPU_MODE) === EXITING_GUEST_MODE) {
+    if (aload(this.v, VCPU.mode(this.id)) === EXITING_GUEST_MODE) {
       this.exitGuest();
       this.enterGuest();
     }
-    if (aload(this.v, this.row + VCPU_RUN) !== (RunCtl.Run as number)) this.runControl();
+    if (aload(this.v, VCPU.run(this.id)) !== (RunCtl.Run as number)) this.runControl();
   }
 
   private runControl(): void {
     const v = this.v;
-    const r = this.row;
+    const id = this.id;
     for (;;) {
-      const ctl = aload(v, r + VCPU_RUN);
+      const ctl = aload(v, VCPU.run(id));
       if (ctl === (RunCtl.Run as number)) break;
       this.exitGuest();
       if (ctl === (RunCtl.Stop as number)) throw new VcpuStop();
       if (ctl === (RunCtl.Audit as number)) {
-        this.kvm.vcpuStats[this.id * ST_STRIDE + ST_TLB_AUDIT] = this.tlbAudit();
-        astore(v, r + VCPU_STATE, VcpuState.Audited);
-        Atomics.notify(v, r + VCPU_STATE);
-        if (!schedHookInstalled()) Atomics.wait(v, r + VCPU_RUN, ctl, 100);
+        this.kvm.vcpuStats[ST.tlb_audit(this.id)] = this.tlbAudit();
+        astore(v, VCPU.state(id), VcpuState.Audited);
+        Atomics.notify(v, VCPU.state(id));
+        if (!schedHookInstalled()) Atomics.wait(v, VCPU.run(id), ctl, 100);
         continue;
       }
       this.publishStats();
-      astore(v, r + VCPU_STATE, VcpuState.Paused);
-      Atomics.notify(v, r + VCPU_STATE);
-      if (!schedHookInstalled()) Atomics.wait(v, r + VCPU_RUN, ctl, 100);
+      astore(v, VCPU.state(id), VcpuState.Paused);
+      Atomics.notify(v, VCPU.state(id));
+      if (!schedHookInstalled()) Atomics.wait(v, VCPU.run(id), ctl, 100);
     }
-    astore(v, r + VCPU_STATE, VcpuState.Running);
+    astore(v, VCPU.state(id), VcpuState.Running);
     this.enterGuest();
   }
 
@@ -206,13 +184,13 @@ export class Vcpu {
    */
   loadCr3(cr3: number): void {
     this.cr3 = cr3;
-    astore(this.v, this.row + VCPU_CR3, cr3);
+    astore(this.v, VCPU.cr3(this.id), cr3);
     this.pagingMiss = this.shadow || cr3 !== 0;
     this.tlb.flush();
     if (this.shadow) {
       this.exitGuest();
       try {
-        kvm_mmu_load_cr3(this.kvm, this.row, cr3);
+        kvm_mmu_load_cr3(this.kvm, this.id, cr3);
       } finally {
         this.enterGuest();
       }
@@ -249,7 +227,7 @@ export class Vcpu {
     this.tlbMisses++;
     this.safePoint();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
-    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL_ROOT), gfn, this.it);
+    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL.root), gfn, this.it);
     const present = is_shadow_present_pte(s);
     if (present) {
       const writable = is_writable_pte(s);
@@ -259,7 +237,7 @@ export class Vcpu {
       }
     }
     this.exitGuest();
-    tdp_page_fault(this.kvm, this.row, gfn, write, present, this.fault);
+    tdp_page_fault(this.kvm, this.id, gfn, write, present, this.fault);
     this.enterGuest();
     return false;
   }
@@ -274,10 +252,10 @@ export class Vcpu {
    */
   tlbAudit(): number {
     if (this.pagingMiss) return 0;
-    if ((aload(this.v, this.row + VCPU_REQUESTS) & KVM_REQ_TLB_FLUSH) !== 0) return 0;
+    if ((aload(this.v, VCPU.requests(this.id)) & KVM_REQ_TLB_FLUSH) !== 0) return 0;
     let bad = 0;
     for (const { gfn, pfn } of this.tlb.writableEntries()) {
-      const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL_ROOT), gfn, this.it);
+      const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL.root), gfn, this.it);
       const ok =
         is_shadow_present_pte(s) && is_writable_pte(s) && spte_leaf_pfn(s, this.it.level, gfn) === pfn;
       if (!ok) bad++;
@@ -287,25 +265,25 @@ export class Vcpu {
 
   publishStats(): void {
     const s = this.kvm.vcpuStats;
-    const b = this.id * ST_STRIDE;
+    const id = this.id;
     const lock = this.kvm.mmu_lock.stats;
-    s[b + ST_WRITES] = this.writes;
-    s[b + ST_READS] = this.reads;
-    s[b + ST_FAST_PF] = this.fault.fast;
-    s[b + ST_SLOW_PF] = this.fault.slow;
-    s[b + ST_RETRIES] = this.fault.retries;
-    s[b + ST_TLB_MISS] = this.tlbMisses;
-    s[b + ST_LOCK_WAIT_NS] = lock.waitNs;
-    s[b + ST_LOCK_HOLD_NS] = lock.holdNs;
-    s[b + ST_LOCK_ACQ] = lock.acquisitions;
-    s[b + ST_FLUSHES_HANDLED] = this.tlb.flushes;
+    s[ST.writes(id)] = this.writes;
+    s[ST.reads(id)] = this.reads;
+    s[ST.fast_pf(id)] = this.fault.fast;
+    s[ST.slow_pf(id)] = this.fault.slow;
+    s[ST.retries(id)] = this.fault.retries;
+    s[ST.tlb_miss(id)] = this.tlbMisses;
+    s[ST.lock_wait_ns(id)] = lock.waitNs;
+    s[ST.lock_hold_ns(id)] = lock.holdNs;
+    s[ST.lock_acq(id)] = lock.acquisitions;
+    s[ST.flushes_handled(id)] = this.tlb.flushes;
     const p = this.paging;
-    s[b + ST_GUEST_WALKS] = p.guestWalks;
-    s[b + ST_GUEST_PF] = p.guestFaults;
-    s[b + ST_EMULATED] = p.emulated;
+    s[ST.guest_walks(id)] = p.guestWalks;
+    s[ST.guest_pf(id)] = p.guestFaults;
+    s[ST.emulated(id)] = p.emulated;
   }
 
   passDone(): void {
-    Atomics.add(this.v, this.row + VCPU_PASSES, 1);
+    Atomics.add(this.v, VCPU.passes(this.id), 1);
   }
 }

@@ -16,22 +16,15 @@
  * invariants (hash, roots, guest-table write protection, shadow vs guest tables).
  */
 import {
-  CTL_ROOT,
+  CTL,
   Kvm,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_USER_MEM_SLOTS,
   MmuMode,
   PARENT_HEAD_ID_BASE,
   ROLE_INVALID,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_BITMAP_BASE,
-  SLOT_FLAGS,
-  SLOT_NPAGES,
-  SLOT_STRIDE,
-  SP_PARENT_PTES,
-  SP_ROLE,
-  SP_STRIDE,
+  SLOT,
+  SP,
 } from "../kvm_host.js";
 import { gfn_to_hva_page, gfn_to_memslot, gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
@@ -67,10 +60,10 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
     if (bad.length < limit) bad.push(m);
   };
   const leaves = new Set<number>();
-  const root = kvm.ctl[CTL_ROOT];
+  const root = kvm.ctl[CTL.root];
   const shadow = kvm.mode === MmuMode.Shadow;
   const walk = (sp: number, level: number): void => {
-    if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
+    if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
     if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
     for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
       const sptep = sp * PT64_ENT_PER_PAGE + i;
@@ -87,7 +80,7 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
           say(`link spte ${sptep}: carries HOST_W/MMU_W`);
         const child = spte_to_child_sp(s);
         let found = 0;
-        pte_list_walk(kvm, kvm.spHdr, child * SP_STRIDE + SP_PARENT_PTES, (p) => {
+        pte_list_walk(kvm, kvm.spHdr, SP.parent_ptes(child), (p) => {
           if (p === sptep) found++;
         });
         if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
@@ -98,52 +91,51 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
       }
       leaves.add(sptep);
       const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
-      const r = gfn_to_memslot(kvm, gfn);
-      if (r < 0) {
+      const slot = gfn_to_memslot(kvm, gfn);
+      if (slot < 0) {
         say(`spte ${sptep}: gfn ${gfn} in no memslot`);
         continue;
       }
-      const hi = gfn_to_rmap(kvm, r, gfn, level);
+      const hi = gfn_to_rmap(kvm, slot, gfn, level);
       let n = 0;
       pte_list_walk(kvm, kvm.rmapPool, hi, (e) => {
         if (e === sptep) n++;
       });
       if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
-      const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn));
+      const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
       if (pfn !== spte_to_pfn(s))
         say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
       if (level > 1) {
         for (let k = 1; k < 512; k += 73) {
-          const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, r, gfn + k));
+          const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn + k));
           if (pk !== spte_to_pfn(s) + k)
             say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
         }
       }
       if (
         !opts.structural &&
-        (kvm.slots[r + SLOT_FLAGS] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 &&
+        (kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 &&
         is_writable_pte(s)
       ) {
         if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
-        const rel = gfn - kvm.slots[r + SLOT_BASE_GFN];
-        const word = kvm.bitmapPool[kvm.slots[r + SLOT_BITMAP_BASE] + (rel >>> 5)];
+        const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+        const word = kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)];
         if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
       }
     }
   };
   if (shadow) {
     for (const sp of active_mmu_pages(kvm))
-      if ((kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) === 0) walk(sp, sp_level(kvm, sp));
+      if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) === 0) walk(sp, sp_level(kvm, sp));
     auditShadow(kvm, say);
   } else if (root !== 0) walk(root, PT64_ROOT_LEVEL);
 
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    const r = id * SLOT_STRIDE;
-    if (kvm.slots[r + SLOT_ACTIVE] === 0) continue;
-    const base = kvm.slots[r + SLOT_BASE_GFN];
-    const npages = kvm.slots[r + SLOT_NPAGES];
+    if (kvm.slots[SLOT.active(id)] === 0) continue;
+    const base = kvm.slots[SLOT.base_gfn(id)];
+    const npages = kvm.slots[SLOT.npages(id)];
     for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
-      const h0 = gfn_to_rmap(kvm, r, base, level);
+      const h0 = gfn_to_rmap(kvm, id, base, level);
       const n = slot_level_pages(base, npages, level);
       for (let i = 0; i < n; i++) auditHead(kvm, kvm.rmapPool, h0 + i, h0 + i, leaves, level, say);
     }
@@ -166,10 +158,10 @@ function auditHead(
       return;
     }
     const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
-    const r = gfn_to_memslot(kvm, gfn);
+    const slot = gfn_to_memslot(kvm, gfn);
     if (
-      r < 0 ||
-      gfn_to_rmap(kvm, r, gfn, sp_level(kvm, page_header(sptep))) !== hi ||
+      slot < 0 ||
+      gfn_to_rmap(kvm, slot, gfn, sp_level(kvm, page_header(sptep))) !== hi ||
       sp_level(kvm, page_header(sptep)) !== level
     )
       say(`rmap ${hi}: entry ${sptep} belongs to another rmap`);

@@ -30,15 +30,7 @@ import { BugName, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { ParkMiller } from "../workload/rng.js";
 import { tablesFor } from "../workload/guest_paging.js";
-import {
-  DLG_ITERATION,
-  DLG_PARKED,
-  DLG_STOP,
-  DLG_VCPU_BASE,
-  DLG_VCPU_STRIDE,
-  DLG_WRITES,
-  dlgCtlWords,
-} from "../workload/dirty_log_guest.js";
+import { DLG, DLG_VCPU, dlgCtlWords } from "../workload/dirty_log_guest.js";
 
 export type OracleName = "kvm" | "qemu";
 export const ORACLES: readonly OracleName[] = ["kvm", "qemu"];
@@ -256,7 +248,7 @@ class Harness {
           userspaceAddr: vm.mmap(ptPages * PAGE_SIZE, { thp: o.thp }),
         });
       for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
-      Atomics.store(ctl, DLG_STOP, 1); // the vCPUs start parked (sem_vcpu_cont)
+      Atomics.store(ctl, DLG.stop, 1); // the vCPUs start parked (sem_vcpu_cont)
       const baseGfn = gpa / PAGE_SIZE;
       await vm.run((id) => {
         const pages = pagesPer + (id === o.vcpus - 1 ? extra : 0);
@@ -283,25 +275,24 @@ class Harness {
   /** Σ stores published by the vCPUs (wrapping counters: compare differences). */
   writes(): number {
     let n = 0;
-    for (let id = 0; id < this.vcpus; id++)
-      n = (n + Atomics.load(this.ctl, DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_WRITES)) | 0;
+    for (let id = 0; id < this.vcpus; id++) n = (n + Atomics.load(this.ctl, DLG_VCPU.writes(id))) | 0;
     return n;
   }
 
   /** Publishes the stamp, then lets the vCPUs (and the host thread) run. */
   resume(iteration: number): void {
-    Atomics.store(this.ctl, DLG_ITERATION, iteration);
+    Atomics.store(this.ctl, DLG.iteration, iteration);
     if (this.churn && !this.hostRunning) {
       this.vm.resumeHostThread();
       this.hostRunning = true;
     }
-    Atomics.store(this.ctl, DLG_STOP, 0);
-    Atomics.notify(this.ctl, DLG_STOP);
+    Atomics.store(this.ctl, DLG.stop, 0);
+    Atomics.notify(this.ctl, DLG.stop);
   }
 
   /** vcpu_stop = true; wait until every vCPU is parked at the sync point; pause the host thread. */
   async quiesce(): Promise<void> {
-    Atomics.store(this.ctl, DLG_STOP, 1);
+    Atomics.store(this.ctl, DLG.stop, 1);
     await this.waitParked();
     if (this.hostRunning) {
       await this.vm.pauseHostThread();
@@ -313,7 +304,7 @@ class Harness {
   private async waitParked(): Promise<void> {
     const t0 = Date.now();
     for (let id = 0; id < this.vcpus; id++) {
-      const i = DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_PARKED;
+      const i = DLG_VCPU.parked(id);
       while (Atomics.load(this.ctl, i) !== 1) {
         this.vm.throwIfFailed();
         if (Date.now() - t0 > PARK_TIMEOUT_MS)

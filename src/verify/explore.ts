@@ -11,18 +11,10 @@
 import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
 import { Op } from "../sync/atomic.js";
 import {
-  SCHED_ABORT,
-  SCHED_GO,
-  SCHED_HDR,
+  SCHED,
   SCHED_MAX_THREADS,
-  SCHED_STRIDE,
+  SCHED_T,
   SCHED_WORDS,
-  T_ARR,
-  T_GRANT,
-  T_IDX,
-  T_OP,
-  T_STATE,
-  T_STEPS,
   TS_AT_POINT,
   TS_FAILED,
   TS_IDLE,
@@ -168,8 +160,8 @@ export class Explorer {
   }
 
   async close(): Promise<void> {
-    Atomics.store(this.sc, SCHED_GO, -1);
-    Atomics.notify(this.sc, SCHED_GO);
+    Atomics.store(this.sc, SCHED.go, -1);
+    Atomics.notify(this.sc, SCHED.go);
     await Promise.all(this.workers.map((w) => new Promise((r) => w.once("exit", r))));
     for (const p of this.ports) p.close();
   }
@@ -182,17 +174,16 @@ export class Explorer {
     const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
     const scratch = new SharedArrayBuffer(s.scratchWords * 4);
     s.setup(vm, new Int32Array(scratch));
-    Atomics.store(sc, SCHED_ABORT, 0);
+    Atomics.store(sc, SCHED.abort, 0);
     for (let t = 0; t < n; t++) {
-      const b = SCHED_HDR + t * SCHED_STRIDE;
-      Atomics.store(sc, b + T_STEPS, 0);
-      Atomics.store(sc, b + T_GRANT, 0);
-      Atomics.store(sc, b + T_STATE, TS_IDLE);
+      Atomics.store(sc, SCHED_T.steps(t), 0);
+      Atomics.store(sc, SCHED_T.grant(t), 0);
+      Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
       this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
     }
-    Atomics.store(sc, SCHED_GO, ++this.go);
-    Atomics.notify(sc, SCHED_GO);
-    for (let t = 0; t < n; t++) waitChange(sc, SCHED_HDR + t * SCHED_STRIDE + T_STEPS, 0);
+    Atomics.store(sc, SCHED.go, ++this.go);
+    Atomics.notify(sc, SCHED.go);
+    for (let t = 0; t < n; t++) waitChange(sc, SCHED_T.steps(t), 0);
     const choices: number[] = [];
     const trace: Record<string, TraceEntry[]> = {};
     for (const th of s.threads) trace[th.name] = [];
@@ -208,10 +199,9 @@ export class Explorer {
     for (let step = 0; ; step++) {
       runnable.length = 0;
       for (let t = 0; t < n; t++) {
-        const b = SCHED_HDR + t * SCHED_STRIDE;
-        if (Atomics.load(sc, b + T_STATE) === TS_AT_POINT) {
+        if (Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT) {
           runnable.push(t);
-          if (Atomics.load(sc, b + T_OP) === (Op.Spin as number)) lastSpin[t] = own[t]!;
+          if (Atomics.load(sc, SCHED_T.op(t)) === (Op.Spin as number)) lastSpin[t] = own[t]!;
           spinning[t] = own[t] - lastSpin[t] < SPIN_WINDOW;
         }
       }
@@ -228,39 +218,40 @@ export class Explorer {
       // Past the step bound, or the structure broke (the trace then ends at that step): unwind.
       if (step >= this.maxSteps || auditViolation !== null || notRunnable !== null) {
         aborted = auditViolation === null;
-        Atomics.store(sc, SCHED_ABORT, 1);
+        Atomics.store(sc, SCHED.abort, 1);
         for (const t of runnable) this.grant(t);
         // Threads unwind through scheduling points that now throw; wait for all to finish.
         for (let t = 0; t < n; t++) {
-          const b = SCHED_HDR + t * SCHED_STRIDE;
-          while (Atomics.load(sc, b + T_STATE) === TS_AT_POINT || Atomics.load(sc, b + T_STATE) === TS_IDLE) {
-            const v = Atomics.load(sc, b + T_STEPS);
+          while (
+            Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
+            Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
+          ) {
+            const v = Atomics.load(sc, SCHED_T.steps(t));
             this.grant(t);
-            waitChange(sc, b + T_STEPS, v);
+            waitChange(sc, SCHED_T.steps(t), v);
           }
         }
         break;
       }
       choices.push(t);
       own[t]++;
-      const b = SCHED_HDR + t * SCHED_STRIDE;
       const tr = trace[s.threads[t].name];
       tr.push({
         step,
         thread: s.threads[t].name,
-        op: `${OP_NAMES[Atomics.load(sc, b + T_OP)] ?? "?"} ${ARR_NAMES[Atomics.load(sc, b + T_ARR)] ?? "?"}[${Atomics.load(sc, b + T_IDX)}]`,
+        op: `${OP_NAMES[Atomics.load(sc, SCHED_T.op(t))] ?? "?"} ${ARR_NAMES[Atomics.load(sc, SCHED_T.arr(t))] ?? "?"}[${Atomics.load(sc, SCHED_T.idx(t))}]`,
       });
       if (tr.length > TRACE_KEEP) tr.shift();
-      const v = Atomics.load(sc, b + T_STEPS);
+      const v = Atomics.load(sc, SCHED_T.steps(t));
       this.grant(t);
-      waitChange(sc, b + T_STEPS, v);
+      waitChange(sc, SCHED_T.steps(t), v);
     }
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
     let violation: string | null = null;
     const failures: string[] = [];
     for (let t = 0; t < n; t++) {
-      if (Atomics.load(sc, SCHED_HDR + t * SCHED_STRIDE + T_STATE) === TS_FAILED) {
+      if (Atomics.load(sc, SCHED_T.state(t)) === TS_FAILED) {
         const m = receiveMessageOnPort(this.ports[t])?.message as { error?: string } | undefined;
         failures.push(`thread ${s.threads[t].name} failed: ${m?.error ?? "?"}`);
       }
@@ -272,9 +263,8 @@ export class Explorer {
   }
 
   private grant(t: number): void {
-    const b = SCHED_HDR + t * SCHED_STRIDE;
-    Atomics.add(this.sc, b + T_GRANT, 1);
-    Atomics.notify(this.sc, b + T_GRANT);
+    Atomics.add(this.sc, SCHED_T.grant(t), 1);
+    Atomics.notify(this.sc, SCHED_T.grant(t));
   }
 }
 

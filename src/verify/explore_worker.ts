@@ -8,12 +8,9 @@ import { Kvm, KvmShared } from "../kvm_host.js";
 import {
   installControlledHook,
   removeControlledHook,
+  SCHED,
+  SCHED_T,
   SchedAbort,
-  SCHED_GO,
-  SCHED_HDR,
-  SCHED_STRIDE,
-  T_STATE,
-  T_STEPS,
   TS_ABORTED,
   TS_DONE,
   TS_FAILED,
@@ -35,11 +32,10 @@ interface RunMsg {
 
 const d = workerData as Data;
 const sc = new Int32Array(d.sc);
-const b = SCHED_HDR + d.tid * SCHED_STRIDE;
 let go = 0;
 for (;;) {
-  waitChange(sc, SCHED_GO, go);
-  go = Atomics.load(sc, SCHED_GO);
+  waitChange(sc, SCHED.go, go);
+  go = Atomics.load(sc, SCHED.go);
   if (go < 0) break;
   const m = receiveMessageOnPort(d.port)?.message as RunMsg | undefined;
   if (!m) throw new Error("explore worker: no run message");
@@ -68,7 +64,7 @@ for (;;) {
     }
   }
   removeControlledHook();
-  Atomics.store(sc, b + T_STATE, state);
-  Atomics.add(sc, b + T_STEPS, 1);
-  Atomics.notify(sc, b + T_STEPS);
+  Atomics.store(sc, SCHED_T.state(d.tid), state);
+  Atomics.add(sc, SCHED_T.steps(d.tid), 1);
+  Atomics.notify(sc, SCHED_T.steps(d.tid));
 }

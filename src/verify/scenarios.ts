@@ -7,16 +7,7 @@
  * Setup runs on the controller thread without the hook; threads run in explore workers with it.
  * Slot 0 is 4 MiB at gpa 0 (gfns 0..1023, two 2 MiB blocks); vCPU ids are the thread indices.
  */
-import {
-  BugName,
-  Kvm,
-  MmuMode,
-  KVM_MEM_LOG_DIRTY_PAGES,
-  PAGE_SIZE,
-  PAGE_WORDS,
-  SP_GFN,
-  SP_STRIDE,
-} from "../kvm_host.js";
+import { BugName, Kvm, KVM_MEM_LOG_DIRTY_PAGES, MmuMode, PAGE_SIZE, PAGE_WORDS, SP } from "../kvm_host.js";
 import { MmuModeName, Vm, VmOptions } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
 import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
@@ -164,7 +155,7 @@ const notifierOf = (kvm: Kvm): MmuNotifier => ({
 /** A writable leaf for gfn in a fresh, unlinked level-1 page whose sp->gfn is gfn: an alias, as shadow paging makes. mmu_lock held. */
 function aliasSpte(kvm: Kvm, gfn: number, pfn: number): number {
   const sp = kvm_mmu_get_page(kvm, gfn, 1);
-  kvm.spHdr[sp * SP_STRIDE + SP_GFN] = gfn;
+  kvm.spHdr[SP.gfn(sp)] = gfn;
   const sptep = sp * PT64_ENT_PER_PAGE;
   kvm.spt[sptep] =
     PT_PRESENT_MASK |

@@ -17,23 +17,17 @@
  *    T[i].D and an access role with W; a large spte needs T[i].PS.
  */
 import {
-  CTL_NR_VCPUS,
+  CTL,
   Kvm,
   KVM_NUM_MMU_PAGES,
   PAGE_WORDS,
   ROLE_DIRECT,
   ROLE_INVALID,
   ROLE_LEVEL_MASK,
-  SCTL_INDIRECT_SHADOW_PAGES,
-  SP_GFN,
-  SP_PARENT_PTES,
-  SP_ROLE,
-  SP_ROOT_COUNT,
-  SP_STRIDE,
-  SPX_HASH_NEXT,
-  SPX_STRIDE,
-  VCPU_ROOT,
-  VCPU_STRIDE,
+  SCTL,
+  SP,
+  SPX,
+  VCPU,
 } from "../kvm_host.js";
 import { gfn_to_memslot, gfn_to_rmap, lpage_info_index } from "../mem/memslot.js";
 import { pte_list_walk } from "../mmu/rmap.js";
@@ -54,8 +48,8 @@ import { ACC_WRITE_MASK, GPTE_D, GPTE_P, GPTE_PS, GPTE_W, gpte_gfn } from "../mm
 
 export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
   const h = kvm.spHdr;
-  const role = (sp: number): number => h[sp * SP_STRIDE + SP_ROLE];
-  const gfnOf = (sp: number): number => h[sp * SP_STRIDE + SP_GFN];
+  const role = (sp: number): number => h[SP.role(sp)];
+  const gfnOf = (sp: number): number => h[SP.gfn(sp)];
   const active = active_mmu_pages(kvm);
   const onList = new Set(active);
   // Hash <-> active list.
@@ -66,23 +60,23 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
       if ((gfnOf(sp) & (KVM_NUM_MMU_PAGES - 1)) !== b) say(`sp ${sp}: in hash bucket ${b}, gfn ${gfnOf(sp)}`);
       if (hashed.has(sp)) say(`sp ${sp}: twice in the hash`);
       hashed.add(sp);
-      sp = kvm.spExt[sp * SPX_STRIDE + SPX_HASH_NEXT] - 1;
+      sp = kvm.spExt[SPX.hash_next(sp)] - 1;
     }
   }
   for (const sp of active) if (!hashed.has(sp)) say(`sp ${sp}: on the active list but not in the hash`);
   for (const sp of hashed) if (!onList.has(sp)) say(`sp ${sp}: in the hash but not on the active list`);
   // Roots in use.
   const roots = new Set<number>();
-  const nr = kvm.ctl[CTL_NR_VCPUS];
+  const nr = kvm.ctl[CTL.nr_vcpus];
   for (let i = 0; i < nr; i++) {
-    const root = kvm.vcpu[i * VCPU_STRIDE + VCPU_ROOT];
+    const root = kvm.vcpu[VCPU.root(i)];
     if (root !== 0) roots.add(root);
   }
   let indirect = 0;
   const shadowed = new Map<number, number>(); // gfn -> valid indirect pages
   for (const sp of active) {
     const r = role(sp);
-    const rootCount = h[sp * SP_STRIDE + SP_ROOT_COUNT];
+    const rootCount = h[SP.root_count(sp)];
     if ((r & ROLE_INVALID) !== 0) {
       if (rootCount === 0) say(`sp ${sp}: invalid, not a root, still on the active list`);
       for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
@@ -95,7 +89,7 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
       indirect++;
       shadowed.set(gfnOf(sp), (shadowed.get(gfnOf(sp)) ?? 0) + 1);
     }
-    pte_list_walk(kvm, h, sp * SP_STRIDE + SP_PARENT_PTES, (p) => {
+    pte_list_walk(kvm, h, SP.parent_ptes(sp), (p) => {
       const s = kvm.spt[p];
       if (
         !is_shadow_present_pte(s) ||
@@ -106,20 +100,20 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
     });
   }
   for (const root of roots) if (!onList.has(root)) say(`root sp ${root}: not on the active list`);
-  if (indirect !== kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES])
-    say(`indirect_shadow_pages ${kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES]} != ${indirect} valid indirect pages`);
+  if (indirect !== kvm.sctl[SCTL.indirect_shadow_pages])
+    say(`indirect_shadow_pages ${kvm.sctl[SCTL.indirect_shadow_pages]} != ${indirect} valid indirect pages`);
 
   // Write protection of shadowed gfns.
   for (const [gfn, n] of shadowed) {
-    const r = gfn_to_memslot(kvm, gfn);
-    if (r < 0) {
+    const slot = gfn_to_memslot(kvm, gfn);
+    if (slot < 0) {
       say(`guest table gfn ${gfn}: in no memslot`);
       continue;
     }
-    if (kvm.lpagePool[lpage_info_index(kvm, r, gfn, 2)] < n)
+    if (kvm.lpagePool[lpage_info_index(kvm, slot, gfn, 2)] < n)
       say(`guest table gfn ${gfn}: lpage_info write_count below the ${n} pages that shadow it`);
     for (let level = 1; level <= 3; level++) {
-      pte_list_walk(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, gfn, level), (e) => {
+      pte_list_walk(kvm, kvm.rmapPool, gfn_to_rmap(kvm, slot, gfn, level), (e) => {
         const s = kvm.spt[e];
         if (level > 1 && is_large_pte(s)) say(`guest table gfn ${gfn}: covered by large spte ${e}`);
         else if ((s & (PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE)) !== 0)

@@ -10,11 +10,7 @@ import {
   allocKvmShared,
   BUG,
   BugName,
-  CTL_DESC_ALLOCS,
-  CTL_DESC_FREE,
-  CTL_DESC_HIGH,
-  CTL_DESC_USED,
-  CTL_NR_VCPUS,
+  CTL,
   IN_GUEST_MODE,
   Kvm,
   KVM_MEM_LOG_DIRTY_PAGES,
@@ -23,11 +19,8 @@ import {
   OUTSIDE_GUEST_MODE,
   PAGE_SIZE,
   READING_SHADOW_PAGE_TABLES,
-  SLOT_BITMAP_BASE,
-  VCPU_MODE,
-  VCPU_REQUESTS,
-  VCPU_RUN,
-  VCPU_STATE,
+  SLOT,
+  VCPU,
   WpStrategy,
 } from "../kvm_host.js";
 import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress_spec.js";
@@ -178,9 +171,9 @@ interface RequestState {
  * flusher, which finds the vCPU OUTSIDE_GUEST_MODE.
  */
 function enterGuestNoRecheck(v: Vcpu): void {
-  const req = axchg(v.kvm.vcpu, v.row + VCPU_REQUESTS, 0);
+  const req = axchg(v.kvm.vcpu, VCPU.requests(v.id), 0);
   if ((req & KVM_REQ_TLB_FLUSH) !== 0) v.tlb.flush();
-  astore(v.kvm.vcpu, v.row + VCPU_MODE, IN_GUEST_MODE);
+  astore(v.kvm.vcpu, VCPU.mode(v.id), IN_GUEST_MODE);
 }
 
 function requestTest(name: string, broken: boolean): AnyStressTest {
@@ -260,11 +253,11 @@ function requestTest(name: string, broken: boolean): AnyStressTest {
     },
     reset(s) {
       const v = s.kvm.vcpu;
-      v[VCPU_MODE] = OUTSIDE_GUEST_MODE;
-      v[VCPU_REQUESTS] = 0;
-      v[VCPU_RUN] = 0;
-      v[VCPU_STATE] = VcpuState.Running;
-      s.kvm.ctl[CTL_NR_VCPUS] = 1;
+      v[VCPU.mode(0)] = OUTSIDE_GUEST_MODE;
+      v[VCPU.requests(0)] = 0;
+      v[VCPU.run(0)] = 0;
+      v[VCPU.state(0)] = VcpuState.Running;
+      s.kvm.ctl[CTL.nr_vcpus] = 1;
       s.res.fill(0);
     },
     arbiter(s) {
@@ -453,7 +446,7 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
       const kvm = s.kvm;
       kvm.desc.fill(0);
       kvm.rmapPool.fill(0);
-      for (const w of [CTL_DESC_FREE, CTL_DESC_HIGH, CTL_DESC_USED, CTL_DESC_ALLOCS]) kvm.ctl[w] = 0;
+      for (const w of [CTL.desc_free, CTL.desc_high, CTL.desc_used, CTL.desc_allocs]) kvm.ctl[w] = 0;
       kvm.mmu_lock.lock();
       const [s1, s2, s3] = RW_STABLE;
       const [c1, c2, c3, c4] = RW_CHURN;
@@ -463,9 +456,9 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
       s.res.fill(0);
     },
     arbiter(s) {
-      const r = s.res;
-      if (r[RW_BOGUS] !== 0) return bogus.id;
-      return rmapOutcome(r[RW_MISSED] !== 0, r[RW_RESTARTS] !== 0, r[RW_FOREIGN_WALKS] !== 0);
+      const res = s.res;
+      if (res[RW_BOGUS] !== 0) return bogus.id;
+      return rmapOutcome(res[RW_MISSED] !== 0, res[RW_RESTARTS] !== 0, res[RW_FOREIGN_WALKS] !== 0);
     },
     outcomes: [...outcomes, bogus],
   });
@@ -509,13 +502,13 @@ interface FastPfState {
  */
 function fastPfMarkBeforeCas(s: FastPfState): void {
   const kvm = s.kvm;
-  astore(kvm.vcpu, VCPU_MODE, READING_SHADOW_PAGE_TABLES);
+  astore(kvm.vcpu, VCPU.mode(0), READING_SHADOW_PAGE_TABLES);
   const old = aload(kvm.spt, s.sptep);
   if (is_shadow_present_pte(old) && !is_writable_pte(old) && spte_is_locklessly_modifiable(old)) {
     mark_page_dirty(kvm, FP_GFN);
     acas(kvm.spt, s.sptep, old, old | PT_WRITABLE_MASK);
   }
-  astore(kvm.vcpu, VCPU_MODE, OUTSIDE_GUEST_MODE);
+  astore(kvm.vcpu, VCPU.mode(0), OUTSIDE_GUEST_MODE);
 }
 
 function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless"): AnyStressTest {
@@ -623,7 +616,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
         sptep: d.sptep,
         spte: d.spte,
         res: new Int32Array(d.res),
-        bitmapWord: kvm.slots[SLOT_BITMAP_BASE],
+        bitmapWord: kvm.slots[SLOT.bitmap_base(0)],
         st: new FaultStats(),
         out: new Uint32Array(1),
       };
@@ -633,8 +626,8 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
       const clean = (iter & 1) === 0;
       kvm.spt[s.sptep] = clean ? s.spte & ~PT_WRITABLE_MASK : s.spte;
       kvm.bitmapPool[s.bitmapWord] = clean ? 0 : 1 << FP_GFN;
-      kvm.vcpu[VCPU_MODE] = OUTSIDE_GUEST_MODE;
-      kvm.vcpu[VCPU_REQUESTS] = 0;
+      kvm.vcpu[VCPU.mode(0)] = OUTSIDE_GUEST_MODE;
+      kvm.vcpu[VCPU.requests(0)] = 0;
       s.res.fill(0);
     },
     arbiter(s, iter) {

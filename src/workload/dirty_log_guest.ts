@@ -25,21 +25,33 @@
 import type { GuestContext } from "../guest/context.js";
 import { ParkMiller } from "./rng.js";
 import { bootWithPaging, GuestPagingArgs } from "./guest_paging.js";
+import { defineBlock, defineRows } from "../layout.js";
 
-/** Control block words (Int32Array over `ctl`). */
-export const DLG_ITERATION = 0; // host -> guest: the stamp to write (published before resume)
-export const DLG_STOP = 1; // host -> guest: 1 = park at the next sync point
-export const DLG_VCPU_BASE = 4;
-export const DLG_VCPU_STRIDE = 4;
-/** Per-vCPU words, at DLG_VCPU_BASE + id * DLG_VCPU_STRIDE. */
-export const DLG_PARKED = 0; // guest -> host: 1 while parked at the sync point
-export const DLG_WRITES = 1; // guest -> host: stores done (wraps at 2^32; use differences)
-export const DLG_LAST_PAGE = 2; // guest -> host: region-relative page of the last store
-export const DLG_PASSES = 3; // guest -> host: completed passes (dirty_log_incr)
+/** Control block words (Int32Array over `ctl`): DLG, then one DLG_VCPU row per vCPU. */
+export const DLG = defineBlock(
+  "dirty-log guest: control words",
+  "dirty-log guest ctl SAB",
+  {
+    iteration: { by: "the host writes it (atomic) while the vCPUs are parked", doc: "the stamp to write" },
+    stop: { by: "the host writes it (atomic); vCPUs read it", doc: "1: park at the next sync point" },
+  },
+  { words: 4 },
+);
+export const DLG_VCPU = defineRows(
+  "dirty-log guest: one vCPU",
+  "dirty-log guest ctl SAB",
+  {
+    parked: { by: "its vCPU (atomic); the host waits on it", doc: "1 while parked at the sync point" },
+    writes: { by: "its vCPU (atomic)", doc: "stores done (wraps at 2^32; use differences)" },
+    last_page: { by: "its vCPU (atomic)", doc: "region-relative page of the last store" },
+    passes: { by: "its vCPU (atomic)", doc: "completed passes (dirty_log_incr)" },
+  },
+  { stride: 4, base: 4 },
+);
 
 /** Int32 words of a control block for `vcpus` vCPUs (ids 0..vcpus-1). */
 export function dlgCtlWords(vcpus: number): number {
-  return DLG_VCPU_BASE + vcpus * DLG_VCPU_STRIDE;
+  return DLG_VCPU.row(vcpus);
 }
 
 /** Poll interval of a parked vCPU, ms. */
@@ -88,63 +100,63 @@ export interface DirtyLogIncrGuestArgs {
  * guest mode, so no remote TLB flush waits for us, and re-enters at a safe point that takes
  * requests and honours pause/stop). Called in guest mode; returns in guest mode.
  */
-function park(ctx: GuestContext, ctl: Int32Array, me: number): void {
-  Atomics.store(ctl, me + DLG_PARKED, 1);
-  Atomics.notify(ctl, me + DLG_PARKED);
-  while (Atomics.load(ctl, DLG_STOP) !== 0) ctx.halt(ctl, DLG_STOP, 1, PARK_POLL_MS);
-  Atomics.store(ctl, me + DLG_PARKED, 0);
+function park(ctx: GuestContext, ctl: Int32Array, id: number): void {
+  Atomics.store(ctl, DLG_VCPU.parked(id), 1);
+  Atomics.notify(ctl, DLG_VCPU.parked(id));
+  while (Atomics.load(ctl, DLG.stop) !== 0) ctx.halt(ctl, DLG.stop, 1, PARK_POLL_MS);
+  Atomics.store(ctl, DLG_VCPU.parked(id), 0);
 }
 
 export function dirty_log_guest(ctx: GuestContext, a: DirtyLogGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
-  const me = DLG_VCPU_BASE + ctx.vcpuId * DLG_VCPU_STRIDE;
+  const id = ctx.vcpuId;
   const rng = new ParkMiller(a.seed + ctx.vcpuId);
   const pages = a.pages;
   const base = regionBase(ctx, a);
-  let writes = Atomics.load(ctl, me + DLG_WRITES);
+  let writes = Atomics.load(ctl, DLG_VCPU.writes(id));
   for (;;) {
-    while (Atomics.load(ctl, DLG_STOP) === 0) {
+    while (Atomics.load(ctl, DLG.stop) === 0) {
       const page = rng.next() % pages;
       // READ_ONCE(iteration): it changes only while every vCPU is parked.
-      ctx.write64w(base + page, 0, Atomics.load(ctl, DLG_ITERATION), 0);
+      ctx.write64w(base + page, 0, Atomics.load(ctl, DLG.iteration), 0);
       writes = (writes + 1) | 0;
       if ((writes & (PUBLISH_EVERY - 1)) === 0) {
-        Atomics.store(ctl, me + DLG_WRITES, writes);
-        Atomics.store(ctl, me + DLG_LAST_PAGE, page);
+        Atomics.store(ctl, DLG_VCPU.writes(id), writes);
+        Atomics.store(ctl, DLG_VCPU.last_page(id), page);
       }
     }
-    Atomics.store(ctl, me + DLG_WRITES, writes);
-    park(ctx, ctl, me);
+    Atomics.store(ctl, DLG_VCPU.writes(id), writes);
+    park(ctx, ctl, id);
   }
 }
 
 export function dirty_log_incr_guest(ctx: GuestContext, a: DirtyLogIncrGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
-  const me = DLG_VCPU_BASE + ctx.vcpuId * DLG_VCPU_STRIDE;
+  const id = ctx.vcpuId;
   const pages = a.pages;
   const base = regionBase(ctx, a);
-  let writes = Atomics.load(ctl, me + DLG_WRITES);
-  let pass = Atomics.load(ctl, me + DLG_PASSES);
+  let writes = Atomics.load(ctl, DLG_VCPU.writes(id));
+  let pass = Atomics.load(ctl, DLG_VCPU.passes(id));
   let i = 0;
   for (;;) {
-    while (Atomics.load(ctl, DLG_STOP) === 0) {
+    while (Atomics.load(ctl, DLG.stop) === 0) {
       const gfn = base + i;
       const w = (pass * 2) & 1023;
       const v = ctx.read32w(gfn, w);
       ctx.write64w(gfn, w, (v + 1) | 0, pass);
       writes = (writes + 1) | 0;
       if ((writes & (PUBLISH_EVERY - 1)) === 0) {
-        Atomics.store(ctl, me + DLG_WRITES, writes);
-        Atomics.store(ctl, me + DLG_LAST_PAGE, i);
+        Atomics.store(ctl, DLG_VCPU.writes(id), writes);
+        Atomics.store(ctl, DLG_VCPU.last_page(id), i);
       }
       if (++i === pages) {
         i = 0;
         pass++;
-        Atomics.store(ctl, me + DLG_PASSES, pass);
+        Atomics.store(ctl, DLG_VCPU.passes(id), pass);
         ctx.passDone();
       }
     }
-    Atomics.store(ctl, me + DLG_WRITES, writes);
-    park(ctx, ctl, me);
+    Atomics.store(ctl, DLG_VCPU.writes(id), writes);
+    park(ctx, ctl, id);
   }
 }

@@ -8,16 +8,7 @@
  * entry returns, the vCPU halts (outside guest mode, pause and stop honoured) until stopped.
  */
 import { parentPort, workerData } from "node:worker_threads";
-import {
-  Kvm,
-  KvmShared,
-  OUTSIDE_GUEST_MODE,
-  VCPU_MODE,
-  VCPU_RUN,
-  VCPU_STATE,
-  VCPU_STRIDE,
-  CTL_VM_STATE,
-} from "../kvm_host.js";
+import { CTL, Kvm, KvmShared, OUTSIDE_GUEST_MODE, VCPU } from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "../vcpu/vcpu.js";
 import { VcpuState } from "../kvm/requests.js";
 import { GuestArgs, runGuest } from "./guest.js";
@@ -33,7 +24,7 @@ interface VcpuWorkerData {
 
 const data = workerData as VcpuWorkerData;
 const kvm = new Kvm(data.shared);
-const row = data.vcpuId * VCPU_STRIDE;
+const vcpuId = data.vcpuId;
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);
 
@@ -49,7 +40,7 @@ async function loadEntry(url: string): Promise<GuestEntry> {
 
 async function main(): Promise<void> {
   const g = data.guest;
-  Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Running);
+  Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Running);
   if (g.kind === undefined) {
     const entry = await loadEntry(String(g.module));
     vcpu.enterGuest();
@@ -57,7 +48,7 @@ async function main(): Promise<void> {
     await entry(ctx, g.args);
     vcpu.publishStats();
     // The program ended: halt until stopped (a pause still parks, an audit still answers).
-    for (;;) ctx.halt(kvm.vcpu, row + VCPU_RUN, Atomics.load(kvm.vcpu, row + VCPU_RUN), 50);
+    for (;;) ctx.halt(kvm.vcpu, VCPU.run(vcpuId), Atomics.load(kvm.vcpu, VCPU.run(vcpuId)), 50);
   }
   vcpu.enterGuest();
   vcpu.safePoint();
@@ -69,11 +60,11 @@ async function main(): Promise<void> {
 main().catch((e: unknown) => {
   vcpu.publishStats();
   if (e instanceof VcpuStop) {
-    Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Stopped);
+    Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Stopped);
   } else {
-    Atomics.store(kvm.vcpu, row + VCPU_MODE, OUTSIDE_GUEST_MODE);
-    Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Dead);
-    Atomics.store(kvm.ctl, CTL_VM_STATE, 2);
+    Atomics.store(kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
+    Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Dead);
+    Atomics.store(kvm.ctl, CTL.vm_state, 2);
     const err = e as Error & { code?: string };
     parentPort?.postMessage({
       type: "error",
@@ -83,6 +74,6 @@ main().catch((e: unknown) => {
       stack: err.stack,
     });
   }
-  Atomics.notify(kvm.vcpu, row + VCPU_STATE);
-  Atomics.notify(kvm.vcpu, row + VCPU_MODE);
+  Atomics.notify(kvm.vcpu, VCPU.state(vcpuId));
+  Atomics.notify(kvm.vcpu, VCPU.mode(vcpuId));
 });

@@ -9,13 +9,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Vm, WpName } from "../../src/vm.js";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../../src/kvm_host.js";
-import {
-  DLG_ITERATION,
-  DLG_VCPU_BASE,
-  DLG_VCPU_STRIDE,
-  DLG_WRITES,
-  dlgCtlWords,
-} from "../../src/workload/dirty_log_guest.js";
+import { DLG, DLG_VCPU, dlgCtlWords } from "../../src/workload/dirty_log_guest.js";
 import { ParkMiller } from "../../src/workload/rng.js";
 
 const SLOT = 3;
@@ -52,7 +46,7 @@ async function e2e(wp: WpName, kind: "dirty_log" | "dirty_log_incr", drop = fals
       userspaceAddr: hva,
     });
     for (let i = 0; i < vcpus; i++) vm.createVcpu(i);
-    Atomics.store(ctl, DLG_ITERATION, 1);
+    Atomics.store(ctl, DLG.iteration, 1);
     await vm.run((id) => ({
       kind,
       ctl: ctl.buffer,
@@ -74,8 +68,7 @@ async function e2e(wp: WpName, kind: "dirty_log" | "dirty_log_incr", drop = fals
     };
     const writes = (): number => {
       let n = 0;
-      for (let id = 0; id < vcpus; id++)
-        n = (n + Atomics.load(ctl, DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_WRITES)) | 0;
+      for (let id = 0; id < vcpus; id++) n = (n + Atomics.load(ctl, DLG_VCPU.writes(id))) | 0;
       return n;
     };
     const run = async (ms: number): Promise<void> => {
@@ -93,7 +86,7 @@ async function e2e(wp: WpName, kind: "dirty_log" | "dirty_log_incr", drop = fals
     let prev = snapshot();
     for (let round = 1; round <= 8; round++) {
       reported.fill(0);
-      Atomics.store(ctl, DLG_ITERATION, round + 1); // new stamps for the random writer
+      Atomics.store(ctl, DLG.iteration, round + 1); // new stamps for the random writer
       vm.resumeHostThread();
       vm.resume();
       await run(1 + (rng.next() % 10));

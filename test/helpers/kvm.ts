@@ -5,15 +5,7 @@
  * Note: `node --test dist/test/` runs every .js file under dist/test/, this one included; it
  * only defines helpers, so running it alone does nothing.
  */
-import {
-  allocKvmShared,
-  DESC_MORE,
-  DESC_WORDS,
-  Kvm,
-  KvmConfig,
-  PTE_LIST_EXT,
-  WpStrategy,
-} from "../../src/kvm_host.js";
+import { allocKvmShared, DESC, Kvm, KvmConfig, PTE_LIST_EXT, WpStrategy } from "../../src/kvm_host.js";
 
 export const SMALL_CONFIG: KvmConfig = {
   hostFrames: 1024,
@@ -87,9 +79,9 @@ export function viewList(kvm: Kvm, heads: Int32Array, hi: number): ListView {
     if (descs.length > kvm.shared.config.maxDesc)
       throw new Error(`head ${hi}: chain longer than the slab (cycle?)`);
     descs.push(d);
-    const b = d * DESC_WORDS;
+    const b = DESC.sptes(d);
     slots.push([kvm.desc[b], kvm.desc[b + 1], kvm.desc[b + 2]]);
-    const m = kvm.desc[b + DESC_MORE];
+    const m = kvm.desc[DESC.more(d)];
     if ((m & 1) === 1 || m === 0) return { kind: "chain", single: 0, descs, slots, end: m };
     d = (m >>> 1) - 1;
   }

@@ -3,8 +3,7 @@ import assert from "node:assert/strict";
 import { once } from "node:events";
 import { Worker } from "node:worker_threads";
 import {
-  CTL_NR_VCPUS,
-  CTL_REMOTE_FLUSHES,
+  CTL,
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   Kvm,
@@ -12,10 +11,7 @@ import {
   KVM_REQ_TLB_FLUSH,
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
-  VCPU_MODE,
-  VCPU_REQUESTS,
-  VCPU_STATE,
-  VCPU_STRIDE,
+  VCPU,
 } from "../../src/kvm_host.js";
 import {
   kvm_flush_remote_tlbs,
@@ -27,12 +23,12 @@ import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { makeKvm } from "../helpers/kvm.js";
 import { FAKE_GFN, FAKE_PFN, FakeVcpuData, FakeVcpuWords } from "../workers/fake_vcpu.js";
 
-const mode = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, id * VCPU_STRIDE + VCPU_MODE);
-const requests = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, id * VCPU_STRIDE + VCPU_REQUESTS);
+const mode = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, VCPU.mode(id));
+const requests = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, VCPU.requests(id));
 
 function kvmWithVcpus(n: number): Kvm {
   const kvm = makeKvm();
-  Atomics.store(kvm.ctl, CTL_NR_VCPUS, n);
+  Atomics.store(kvm.ctl, CTL.nr_vcpus, n);
   return kvm;
 }
 
@@ -92,7 +88,7 @@ test("requests: vCPUs outside guest mode are not waited for; they flush at their
   assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), false, "nobody had to be kicked");
   kvm_flush_remote_tlbs(kvm);
   assert.ok(performance.now() - t0 < 1000);
-  assert.equal(Atomics.load(kvm.ctl, CTL_REMOTE_FLUSHES), 1);
+  assert.equal(Atomics.load(kvm.ctl, CTL.remote_flushes), 1);
   for (const id of [0, 1, 2]) {
     assert.equal(requests(kvm, id), KVM_REQ_TLB_FLUSH, `vcpu ${id} has the request`);
     assert.equal(mode(kvm, id), OUTSIDE_GUEST_MODE, `vcpu ${id} was not kicked`);
@@ -151,7 +147,7 @@ test("requests: kvm_flush_remote_tlbs returns only after a vCPU in guest mode ac
       "a TLB use after the flush returned still hit the old entry",
     );
     assert.ok(f.out[FakeVcpuWords.Flushes] >= ROUNDS + 10, `${f.out[FakeVcpuWords.Flushes]} TLB flushes`);
-    assert.equal(Atomics.load(kvm.ctl, CTL_REMOTE_FLUSHES), 10);
+    assert.equal(Atomics.load(kvm.ctl, CTL.remote_flushes), 10);
     assert.equal(mode(kvm, 1), OUTSIDE_GUEST_MODE);
   } finally {
     Atomics.store(f.out, FakeVcpuWords.Stop, 1);
@@ -179,12 +175,8 @@ test("requests: a Dead vCPU left in guest mode does not hang the flusher", async
   // already dead before the flush
   const kvm = kvmWithVcpus(2);
   for (const id of [0, 1]) {
-    Atomics.store(
-      kvm.vcpu,
-      id * VCPU_STRIDE + VCPU_MODE,
-      id === 0 ? IN_GUEST_MODE : READING_SHADOW_PAGE_TABLES,
-    );
-    Atomics.store(kvm.vcpu, id * VCPU_STRIDE + VCPU_STATE, VcpuState.Dead);
+    Atomics.store(kvm.vcpu, VCPU.mode(id), id === 0 ? IN_GUEST_MODE : READING_SHADOW_PAGE_TABLES);
+    Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Dead);
   }
   let t0 = performance.now();
   assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), true);
@@ -199,7 +191,11 @@ test("requests: a Dead vCPU left in guest mode does not hang the flusher", async
   kvm_flush_remote_tlbs(kvm2);
   const dt = performance.now() - t0;
   // the mode never leaves IN/EXITING: only the vCPU's death lets the flusher go
-  assert.equal(Atomics.load(kvm2.vcpu, VCPU_STATE), VcpuState.Dead, "the flusher waited while it was alive");
+  assert.equal(
+    Atomics.load(kvm2.vcpu, VCPU.state(0)),
+    VcpuState.Dead,
+    "the flusher waited while it was alive",
+  );
   assert.ok(dt < 5000, `and returned once it was Dead (${dt.toFixed(1)} ms)`);
   await f.exit;
   assert.equal(f.out[FakeVcpuWords.Flushes], 0, "the dead vCPU never acknowledged");

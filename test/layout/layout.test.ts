@@ -1,6 +1,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
+import { join, relative } from "node:path";
+import { fileURLToPath } from "node:url";
 import { declaredLayouts, defineRows } from "../../src/layout.js";
 import { allocKvmShared, CTL, DESC, MmuMode, SP, SLOT, VCPU, WpStrategy } from "../../src/kvm_host.js";
 import { LAYOUT_BEGIN, LAYOUT_END, layoutSection } from "../../src/layout_doc.js";
@@ -72,4 +74,55 @@ test("docs/locking.md carries the generated layout table", () => {
   const want = normalize(layoutSection());
   assert.ok(want.some((l) => l.includes("struct kvm_mmu_page")));
   assert.deepEqual(have, want, "docs/locking.md is stale: run `npm run docs:layouts`");
+});
+
+const SRC = fileURLToPath(new URL("../../../src/", import.meta.url));
+
+/** Row arithmetic by hand: `x * FOO_STRIDE`, `FOO_STRIDE + x`, `x * SP.STRIDE`, `SP.STRIDE + x`. */
+const HAND_ROW = /\*\s*[A-Z][A-Z0-9_]*(_|\.)STRIDE\b|\b[A-Z][A-Z0-9_]*(_|\.)STRIDE\s*\+/;
+
+function strideArithmetic(file: string, text: string): string[] {
+  const bad: string[] = [];
+  text.split("\n").forEach((line, i) => {
+    const code = line.replace(/\/\/.*$/, "");
+    if (/^\s*(\*|\/\*)/.test(code)) return; // comments may show the arithmetic
+    if (HAND_ROW.test(code)) bad.push(`${file}:${i + 1}: ${line.trim()}`);
+  });
+  return bad;
+}
+
+function sources(dir: string): string[] {
+  return readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sources(join(dir, e.name)) : e.name.endsWith(".ts") ? [join(dir, e.name)] : [],
+  );
+}
+
+test("layouts: no file in src/ but layout.ts computes row * STRIDE + FIELD", () => {
+  const files = sources(SRC);
+  assert.ok(files.length > 20, `found the sources at ${SRC}`);
+  const bad = files
+    .map((f) => relative(SRC, f).split("\\").join("/"))
+    .filter((f) => f !== "layout.ts")
+    .flatMap((f) => strideArithmetic(f, readFileSync(join(SRC, f), "utf8")));
+  assert.deepEqual(bad, []);
+});
+
+test("layouts: the STRIDE pattern catches hand-written rows", () => {
+  const caught = [
+    "kvm.spHdr[sp * SP_STRIDE + SP_ROLE]",
+    "const r = id * SLOT_STRIDE;",
+    "kvm.vcpu[VCPU_STRIDE + VCPU_ROOT]",
+    "const b = SCHED_HDR + t * SCHED_STRIDE;",
+    "ctl[DLG_VCPU_BASE + id * DLG_VCPU_STRIDE + DLG_WRITES]",
+    "x[sp * SPX.STRIDE + 2]",
+    "kvm.desc[DESC.STRIDE + 3]",
+  ];
+  for (const s of caught) assert.equal(strideArithmetic("mmu/x.ts", s).length, 1, s);
+  const fine = [
+    "kvm.spHdr[SP.role(sp)]",
+    "for (let w = 0; w < DESC.STRIDE; w++) n++;",
+    "const b = VCPU.row(id);",
+    " * A row is `id * SLOT_STRIDE + field` words in.",
+  ];
+  for (const s of fine) assert.deepEqual(strideArithmetic("mmu/x.ts", s), [], s);
 });

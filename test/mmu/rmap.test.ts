@@ -1,14 +1,6 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import {
-  BUG,
-  CTL_DESC_USED,
-  DESC_MORE,
-  DESC_WORDS,
-  Kvm,
-  PARENT_HEAD_ID_BASE,
-  PTE_LIST_EXT,
-} from "../../src/kvm_host.js";
+import { BUG, CTL, DESC, Kvm, PARENT_HEAD_ID_BASE, PTE_LIST_EXT } from "../../src/kvm_host.js";
 import {
   is_nulls,
   make_nulls,
@@ -63,7 +55,7 @@ function checkList(kvm: Kvm, heads: Int32Array, hi: number, headId: number, want
 function checkSlab(kvm: Kvm, heads: Int32Array, his: number[]): void {
   let n = 0;
   for (const hi of his) n += viewList(kvm, heads, hi).descs.length;
-  assert.equal(kvm.ctl[CTL_DESC_USED], n, "CTL_DESC_USED matches the descriptors on the chains");
+  assert.equal(kvm.ctl[CTL.desc_used], n, "CTL.desc_used matches the descriptors on the chains");
 }
 
 function walkAll(kvm: Kvm, heads: Int32Array, hi: number): number[] {
@@ -188,7 +180,7 @@ test("rmap: removal in random orders keeps the structure; entries move only out 
         assert.deepEqual(sorted(walkLockless(kvm, heads, hi, hi)), sorted(model));
       }
       assert.equal(heads[hi], 0, "all removed: head is 0");
-      assert.equal(kvm.ctl[CTL_DESC_USED], 0, "all descriptors went back to the slab");
+      assert.equal(kvm.ctl[CTL.desc_used], 0, "all descriptors went back to the slab");
     }
   }
 });
@@ -237,7 +229,7 @@ test("rmap: rmap_get_first drains a list (the kvm_unmap_rmapp loop)", () => {
   }
   assert.equal(model.size, 0);
   assert.equal(heads[9], 0);
-  assert.equal(kvm.ctl[CTL_DESC_USED], 0);
+  assert.equal(kvm.ctl[CTL.desc_used], 0);
 });
 
 test("rmap: removing an absent entry throws RmapCorrupt and leaves the list alone", () => {
@@ -251,14 +243,14 @@ test("rmap: removing an absent entry throws RmapCorrupt and leaves the list alon
     const hi = 10 + n;
     for (const e of range(1, n + 1)) pte_list_add(kvm, heads, hi, hi, e);
     const before = viewList(kvm, heads, hi);
-    const used = kvm.ctl[CTL_DESC_USED];
+    const used = kvm.ctl[CTL.desc_used];
     assert.throws(
       () => pte_list_remove(kvm, heads, hi, 99),
       (e: unknown) => e instanceof RmapCorrupt && /98/.test(e.message),
       `chain of ${n}: the message names the spte`,
     );
     assert.deepEqual(viewList(kvm, heads, hi), before);
-    assert.equal(kvm.ctl[CTL_DESC_USED], used);
+    assert.equal(kvm.ctl[CTL.desc_used], used);
   }
 });
 
@@ -288,7 +280,7 @@ function removalDuringWalk(bugs: number): { cases: number; misses: string[] } {
         // empty the list again for the next case (the slab is shared by all cases)
         for (const e of range(1, n + 1)) if (e !== r) pte_list_remove(kvm, heads, 0, e);
         assert.equal(heads[0], 0);
-        assert.equal(kvm.ctl[CTL_DESC_USED], 0);
+        assert.equal(kvm.ctl[CTL.desc_used], 0);
       }
     }
   }
@@ -355,7 +347,7 @@ test("rmap: the lockless walker restarts on a descriptor under construction (mor
   const heads = kvm.rmapPool;
   for (const e of [1, 2, 3, 4, 5]) pte_list_add(kvm, heads, 0, 0, e);
   const v = viewList(kvm, heads, 0);
-  const lastMore = v.descs.at(-1)! * DESC_WORDS + DESC_MORE;
+  const lastMore = DESC.more(v.descs.at(-1)!);
   const saved = kvm.desc[lastMore];
   kvm.desc[lastMore] = 0;
   const r0 = rmapStats.restarts;

@@ -14,7 +14,7 @@ import { test, TestContext } from "node:test";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { Worker } from "node:worker_threads";
-import { BUG, CTL_DESC_ALLOCS, CTL_DESC_USED } from "../../src/kvm_host.js";
+import { BUG, CTL } from "../../src/kvm_host.js";
 import { pte_list_add, pte_list_remove, pte_list_walk, pte_list_walk_lockless } from "../../src/mmu/rmap.js";
 import { listEntries, makeKvm, range, Rng, sorted, viewList } from "../helpers/kvm.js";
 import { trackPresent, trackRemovedAt, trackWords, WalkerData, WalkerWords } from "../workers/rmap_walker.js";
@@ -128,7 +128,7 @@ async function race(bugs: number, ms: number, seed: number): Promise<RaceResult>
       assert.deepEqual(sorted(b), sorted(models[k]));
       for (const e of range(k * STRIDE + 1, k * STRIDE + STABLE + 1)) assert.ok(models[k].has(e));
     }
-    assert.equal(kvm.ctl[CTL_DESC_USED], descs);
+    assert.equal(kvm.ctl[CTL.desc_used], descs);
     return {
       ops,
       walks: Atomics.load(out, WalkerWords.Walks),
@@ -138,7 +138,7 @@ async function race(bugs: number, ms: number, seed: number): Promise<RaceResult>
       missedEntries: Atomics.load(out, WalkerWords.MissedEntries),
       missedPresentWalks: Atomics.load(out, WalkerWords.MissedPresentWalks),
       foreignWalks: Atomics.load(out, WalkerWords.ForeignWalks),
-      descAllocs: kvm.ctl[CTL_DESC_ALLOCS],
+      descAllocs: kvm.ctl[CTL.desc_allocs],
     };
   } finally {
     Atomics.store(out, WalkerWords.Stop, 1);

@@ -7,25 +7,7 @@ import assert from "node:assert/strict";
 import { Vm, MmuModeName } from "../../src/vm.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { audit } from "../../src/verify/audit.js";
-import {
-  PAGE_SIZE,
-  ROLE_DIRECT,
-  ROLE_INVALID,
-  ROLE_LEVEL_MASK,
-  SCTL_EMULATED,
-  SCTL_FLOODED,
-  SCTL_INDIRECT_SHADOW_PAGES,
-  SCTL_PTE_PREFETCH,
-  SCTL_RECYCLED,
-  SCTL_RELOADS,
-  SP_GFN,
-  SP_PARENT_PTES,
-  SP_ROLE,
-  SP_ROOT_COUNT,
-  SP_STRIDE,
-  VCPU_ROOT,
-  VCPU_STRIDE,
-} from "../../src/kvm_host.js";
+import { PAGE_SIZE, ROLE_DIRECT, ROLE_INVALID, ROLE_LEVEL_MASK, SCTL, SP, VCPU } from "../../src/kvm_host.js";
 import { active_mmu_pages, for_each_gfn_sp, make_role, role_access } from "../../src/mmu/mmu_page_hash.js";
 import { kvm_mmu_get_shadow_page, shadow_prepare_zap_page } from "../../src/mmu/shadow_page.js";
 import { kvm_mmu_commit_zap_page } from "../../src/mmu/mmu_page.js";
@@ -122,7 +104,7 @@ function gpteOf(vm: Vm, cr3: number, vpn: number, level: number): number {
 function spsOf(vm: Vm, gfn: number): number[] {
   const out: number[] = [];
   for_each_gfn_sp(vm.kvm, gfn, (sp) => {
-    if ((vm.kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_INVALID) === 0) out.push(sp);
+    if ((vm.kvm.spHdr[SP.role(sp)] & ROLE_INVALID) === 0) out.push(sp);
   });
   return out;
 }
@@ -182,9 +164,9 @@ for (const mode of ["shadow", "tdp"] as const) {
     assert.ok((gpteOf(vm, pml4, USER_VPN, 2) & GPTE_D) !== 0, "D on the 2 MiB gpte");
     if (mode === "shadow") {
       // Host THP, no logging, no guest table inside: 2 MiB sptes (level-2 rmap of the first gfn).
-      const r = gfn_to_memslot(vm.kvm, DATA_GFN);
-      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, r, DATA_GFN, 2)), 1);
-      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, r, DATA_GFN + 512, 2)), 1);
+      const slot = gfn_to_memslot(vm.kvm, DATA_GFN);
+      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, slot, DATA_GFN, 2)), 1);
+      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, slot, DATA_GFN + 512, 2)), 1);
     }
     assert.deepEqual(audit(vm.kvm), []);
   });
@@ -212,19 +194,15 @@ test("shadow: pages by (gfn, role) in the hash; one root per address space; shar
   vcpus[1].exitGuest();
   on(0, () => vcpus[0].loadCr3(as1));
   on(1, () => vcpus[1].loadCr3(as1));
-  const root1 = kvm.vcpu[VCPU_ROOT];
-  assert.equal(kvm.vcpu[VCPU_STRIDE + VCPU_ROOT], root1, "two vCPUs on one address space share the root");
-  assert.equal(kvm.spHdr[root1 * SP_STRIDE + SP_ROOT_COUNT], 2);
-  assert.equal(kvm.spHdr[root1 * SP_STRIDE + SP_GFN], as1);
-  assert.equal(
-    kvm.spHdr[root1 * SP_STRIDE + SP_ROLE] & (ROLE_LEVEL_MASK | ROLE_DIRECT),
-    4,
-    "an indirect level-4 page",
-  );
+  const root1 = kvm.vcpu[VCPU.root(0)];
+  assert.equal(kvm.vcpu[VCPU.root(1)], root1, "two vCPUs on one address space share the root");
+  assert.equal(kvm.spHdr[SP.root_count(root1)], 2);
+  assert.equal(kvm.spHdr[SP.gfn(root1)], as1);
+  assert.equal(kvm.spHdr[SP.role(root1)] & (ROLE_LEVEL_MASK | ROLE_DIRECT), 4, "an indirect level-4 page");
   on(1, () => vcpus[1].loadCr3(as2));
-  const root2 = kvm.vcpu[VCPU_STRIDE + VCPU_ROOT];
+  const root2 = kvm.vcpu[VCPU.root(1)];
   assert.notEqual(root2, root1);
-  assert.equal(kvm.spHdr[root1 * SP_STRIDE + SP_ROOT_COUNT], 1);
+  assert.equal(kvm.spHdr[SP.root_count(root1)], 1);
   // Touch the kernel area and user pages from both address spaces.
   on(0, () => vcpus[0].read32(KERNEL_GFN, 0));
   on(1, () => vcpus[1].read32(KERNEL_GFN, 0));
@@ -237,20 +215,16 @@ test("shadow: pages by (gfn, role) in the hash; one root per address space; shar
   assert.equal(gpte_gfn(hostWord(vm, as2, 0), hostWord(vm, as2, 1)), kpdpt);
   const sps = spsOf(vm, kpdpt);
   assert.equal(sps.length, 1, "one shadow page for the shared PDPT");
-  assert.equal(
-    pte_list_count(kvm, kvm.spHdr, sps[0] * SP_STRIDE + SP_PARENT_PTES),
-    2,
-    "linked from both roots",
-  );
+  assert.equal(pte_list_count(kvm, kvm.spHdr, SP.parent_ptes(sps[0])), 2, "linked from both roots");
   // Lookup: same (gfn, role) -> same page; another role -> another page.
   kvm.mmu_lock.lock();
   try {
-    const role = kvm.spHdr[sps[0] * SP_STRIDE + SP_ROLE];
+    const role = kvm.spHdr[SP.role(sps[0])];
     const access = role_access(role);
     assert.equal(kvm_mmu_get_shadow_page(kvm, kpdpt, 3, false, access), sps[0]);
     const other = kvm_mmu_get_shadow_page(kvm, kpdpt, 3, false, ACC_EXEC_MASK | ACC_USER_MASK);
     assert.notEqual(other, sps[0]);
-    assert.equal(kvm.spHdr[other * SP_STRIDE + SP_ROLE], make_role(3, false, ACC_EXEC_MASK | ACC_USER_MASK));
+    assert.equal(kvm.spHdr[SP.role(other)], make_role(3, false, ACC_EXEC_MASK | ACC_USER_MASK));
     assert.equal(spsOf(vm, kpdpt).length, 2);
     assert.notEqual(make_role(3, false, ACC_ALL), make_role(3, true, ACC_ALL));
   } finally {
@@ -258,8 +232,8 @@ test("shadow: pages by (gfn, role) in the hash; one root per address space; shar
   }
   assert.ok(active_mmu_pages(kvm).includes(root1));
   assert.equal(
-    kvm.sctl[SCTL_INDIRECT_SHADOW_PAGES],
-    active_mmu_pages(kvm).filter((sp) => (kvm.spHdr[sp * SP_STRIDE + SP_ROLE] & ROLE_DIRECT) === 0).length,
+    kvm.sctl[SCTL.indirect_shadow_pages],
+    active_mmu_pages(kvm).filter((sp) => (kvm.spHdr[SP.role(sp)] & ROLE_DIRECT) === 0).length,
   );
   assert.deepEqual(audit(kvm), []);
 });
@@ -277,20 +251,20 @@ test("shadow: guest tables are write-protected; guest writes to them are emulate
   assert.equal(spsOf(vm, pt).length, 1, "the guest PT is shadowed");
   // No spte maps the guest PT writable, nor with MMU_W (pt_protect).
   v.read32(pt, 0); // the kernel's identity mapping of the table
-  const r = gfn_to_memslot(kvm, pt);
+  const slot = gfn_to_memslot(kvm, pt);
   let mapped = 0;
   for (let level = 1; level <= 3; level++)
-    for (const e of rmapEntries(vm, gfn_to_rmap(kvm, r, pt, level))) {
+    for (const e of rmapEntries(vm, gfn_to_rmap(kvm, slot, pt, level))) {
       mapped++;
       assert.equal(kvm.spt[e] & (PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE), 0);
       assert.ok(!is_large_pte(kvm.spt[e]));
     }
   assert.ok(mapped >= 1);
   // Retarget gva page 2 by writing its PTE (a guest store to the protected table): emulated.
-  const e0 = kvm.sctl[SCTL_EMULATED];
+  const e0 = kvm.sctl[SCTL.emulated];
   k.map(pml4, USER_VPN + 2, DATA_GFN + 300, MAP_RW);
-  assert.ok(kvm.sctl[SCTL_EMULATED] > e0, "the PTE store was emulated");
-  assert.ok(kvm.sctl[SCTL_PTE_PREFETCH] > 0, "and the spte was re-created from the new gpte (update_pte)");
+  assert.ok(kvm.sctl[SCTL.emulated] > e0, "the PTE store was emulated");
+  assert.ok(kvm.sctl[SCTL.pte_prefetch] > 0, "and the spte was re-created from the new gpte (update_pte)");
   assert.equal(gpte_gfn(gpteOf(vm, pml4, USER_VPN + 2, 1), 0), DATA_GFN + 300, "and reached guest memory");
   v.invlpg(USER_VPN + 2);
   assert.equal(v.read32(USER_VPN + 2, 0), 0, "the new page, not the old one");
@@ -300,13 +274,13 @@ test("shadow: guest tables are write-protected; guest writes to them are emulate
   assert.deepEqual(audit(kvm), []);
   // Flooding: stores to the table with no fault walking through it zap its shadow page; the
   // table is then an ordinary writable page again.
-  const f0 = kvm.sctl[SCTL_FLOODED];
+  const f0 = kvm.sctl[SCTL.flooded];
   for (let i = 10; i < 20; i++) k.writePte(pt, i, 0, 0);
-  assert.ok(kvm.sctl[SCTL_FLOODED] > f0);
+  assert.ok(kvm.sctl[SCTL.flooded] > f0);
   assert.equal(spsOf(vm, pt).length, 0, "no shadow page for the flooded table");
-  const e1 = kvm.sctl[SCTL_EMULATED];
+  const e1 = kvm.sctl[SCTL.emulated];
   for (let i = 20; i < 30; i++) k.writePte(pt, i, 0, 0);
-  assert.equal(kvm.sctl[SCTL_EMULATED], e1, "writes to an unshadowed table are not emulated");
+  assert.equal(kvm.sctl[SCTL.emulated], e1, "writes to an unshadowed table are not emulated");
   // Using the mapping again shadows (and protects) the table again.
   assert.equal(v.read32(USER_VPN + 1, 0), 11);
   assert.equal(spsOf(vm, pt).length, 1);
@@ -332,23 +306,23 @@ test("shadow: a 2 MiB guest page maps with 4 KiB sptes where a guest table lives
   assert.equal(spsOf(vm, tableGfn).length, 1, "the table inside the 2 MiB page is shadowed");
   v.write64(USER_VPN + 512, 0, 5, 0);
   v.write64(USER_VPN, 0, 6, 0);
-  const r = gfn_to_memslot(kvm, DATA_GFN);
+  const slot = gfn_to_memslot(kvm, DATA_GFN);
   assert.equal(
-    pte_list_count(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, DATA_GFN + 512, 2)),
+    pte_list_count(kvm, kvm.rmapPool, gfn_to_rmap(kvm, slot, DATA_GFN + 512, 2)),
     0,
     "no large spte over the guest table",
   );
   assert.equal(
-    pte_list_count(kvm, kvm.rmapPool, gfn_to_rmap(kvm, r, DATA_GFN, 2)),
+    pte_list_count(kvm, kvm.rmapPool, gfn_to_rmap(kvm, slot, DATA_GFN, 2)),
     1,
     "the other 2 MiB page is large",
   );
   // Writing guest memory in that 2 MiB page through its mapping is emulated only for the table.
-  const e0 = kvm.sctl[SCTL_EMULATED];
+  const e0 = kvm.sctl[SCTL.emulated];
   v.write64(USER_VPN + 513, 0, 7, 0);
-  assert.equal(kvm.sctl[SCTL_EMULATED], e0);
+  assert.equal(kvm.sctl[SCTL.emulated], e0);
   v.write64(USER_VPN + 512 + 17, 100, 8, 0);
-  assert.equal(kvm.sctl[SCTL_EMULATED], e0 + 1);
+  assert.equal(kvm.sctl[SCTL.emulated], e0 + 1);
   assert.equal(hostWord(vm, tableGfn, 100), 8);
   assert.deepEqual(audit(kvm), []);
 });
@@ -368,7 +342,7 @@ test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => 
   k.map(pml4, USER_VPN, DATA_GFN, MAP_RW);
   v.loadCr3(pml4);
   v.write64(USER_VPN, 0, 1, 0);
-  const root = kvm.vcpu[VCPU_ROOT];
+  const root = kvm.vcpu[VCPU.root(0)];
   // Zap the root (as recycling does): it stays, invalid, while the vCPU holds it.
   v.exitGuest();
   kvm.mmu_lock.lock();
@@ -379,7 +353,7 @@ test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => 
   v.enterGuest();
   assert.ok(active_mmu_pages(kvm).includes(root));
   assert.deepEqual(audit(kvm), []);
-  assert.ok((kvm.spHdr[root * SP_STRIDE + SP_ROLE] & ROLE_INVALID) !== 0);
+  assert.ok((kvm.spHdr[SP.role(root)] & ROLE_INVALID) !== 0);
   assert.ok(
     kvm.spt
       .subarray(root * PT64_ENT_PER_PAGE, (root + 1) * PT64_ENT_PER_PAGE)
@@ -387,11 +361,11 @@ test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => 
   );
   v.invlpg(USER_VPN);
   assert.equal(v.read32(USER_VPN, 0), 1);
-  const root2 = kvm.vcpu[VCPU_ROOT];
-  assert.equal(kvm.sctl[SCTL_RELOADS], 1, "the vCPU reloaded its root");
-  assert.equal(kvm.spHdr[root2 * SP_STRIDE + SP_ROLE] & ROLE_INVALID, 0);
-  assert.equal(kvm.spHdr[root2 * SP_STRIDE + SP_ROOT_COUNT], 1);
-  assert.equal(kvm.spHdr[root2 * SP_STRIDE + SP_GFN], pml4);
+  const root2 = kvm.vcpu[VCPU.root(0)];
+  assert.equal(kvm.sctl[SCTL.reloads], 1, "the vCPU reloaded its root");
+  assert.equal(kvm.spHdr[SP.role(root2)] & ROLE_INVALID, 0);
+  assert.equal(kvm.spHdr[SP.root_count(root2)], 1);
+  assert.equal(kvm.spHdr[SP.gfn(root2)], pml4);
   assert.deepEqual(audit(kvm), []);
 });
 
@@ -442,7 +416,7 @@ for (const [wp, maxSp] of [
           large: id === 1,
         },
       }));
-      const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, i * VCPU_STRIDE + 5));
+      const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
       const waitPass = async (): Promise<void> => {
         const p = passes();
         while (passes().some((x, k) => x < p[k] + 1)) {
@@ -462,7 +436,7 @@ for (const [wp, maxSp] of [
       vm.throwIfFailed();
       assert.deepEqual(audit(vm.kvm), []);
       if (maxSp)
-        assert.ok(vm.kvm.sctl[SCTL_RECYCLED] > 0 && vm.kvm.sctl[SCTL_RELOADS] > 0, "pages were recycled");
+        assert.ok(vm.kvm.sctl[SCTL.recycled] > 0 && vm.kvm.sctl[SCTL.reloads] > 0, "pages were recycled");
     } finally {
       await vm.stop();
     }

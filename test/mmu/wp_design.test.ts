@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { Kvm, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, SLOT_HVA_PAGE } from "../../src/kvm_host.js";
+import { Kvm, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, SLOT } from "../../src/kvm_host.js";
 import { Vm, WpName } from "../../src/vm.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { gfn_to_rmap } from "../../src/mem/memslot.js";
@@ -28,7 +28,7 @@ function makeVm(wp: WpName): Vm {
 }
 
 function enableLogging(vm: Vm): void {
-  const hva = vm.kvm.slots[SLOT_HVA_PAGE] * PAGE_SIZE;
+  const hva = vm.kvm.slots[SLOT.hva_page(0)] * PAGE_SIZE;
   vm.setUserMemoryRegion({
     slot: 0,
     flags: KVM_MEM_LOG_DIRTY_PAGES,

@@ -2,13 +2,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Vm, WpName } from "../../src/vm.js";
 import { audit } from "../../src/verify/audit.js";
-import {
-  KVM_MEM_LOG_DIRTY_PAGES,
-  PAGE_SIZE,
-  VCPU_PASSES,
-  VCPU_STRIDE,
-  CTL_ROOT,
-} from "../../src/kvm_host.js";
+import { CTL, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, VCPU } from "../../src/kvm_host.js";
 import {
   is_shadow_present_pte,
   is_last_spte,
@@ -34,7 +28,7 @@ async function runAndQuiesce(wp: WpName): Promise<Vm> {
     random: true,
     seed: 3,
   }));
-  const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, i * VCPU_STRIDE + VCPU_PASSES));
+  const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
   while (Math.min(...passes()) < 1) await new Promise((r) => setTimeout(r, 2));
   vm.setUserMemoryRegion({ ...region, flags: KVM_MEM_LOG_DIRTY_PAGES });
   await vm.startHostThread({ migrateRate: 500, invalidateRate: 100 });
@@ -79,7 +73,7 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
       }
       return -1;
     };
-    const leaf = find(kvm.ctl[CTL_ROOT], 4);
+    const leaf = find(kvm.ctl[CTL.root], 4);
     assert.ok(leaf >= 0, "a present 4 KiB leaf exists");
     kvm.spt[leaf] |= PT_WRITABLE_MASK;
     const bad = audit(kvm);
@@ -97,8 +91,7 @@ test("TLB audit: clean after a quiesced logged run; stale writable entries found
   try {
     // Run once more with the host thread parked, so that no flush request is left pending for the
     // parked vCPUs (a pending request would legitimately empty the TLB before its next use).
-    const passes = (): number[] =>
-      [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, i * VCPU_STRIDE + VCPU_PASSES));
+    const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
     const p0 = passes();
     vm.resume();
     while (passes().some((x, k) => x < p0[k] + 1)) await new Promise((r) => setTimeout(r, 2));

@@ -5,26 +5,13 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  CTL_BITMAP_POOL_NEXT,
-  CTL_FRAME_HIGH,
-  CTL_FRAME_TOP,
-  CTL_HVA_NEXT,
-  CTL_LPAGE_POOL_NEXT,
-  CTL_NR_VCPUS,
-  CTL_RMAP_POOL_NEXT,
+  CTL,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
-  PAGE_SIZE,
-  SLOT_ACTIVE,
-  SLOT_BASE_GFN,
-  SLOT_FLAGS,
-  SLOT_NPAGES,
-  SLOT_STRIDE,
   OUTSIDE_GUEST_MODE,
-  VCPU_MODE,
-  VCPU_PASSES,
-  VCPU_STATE,
-  VCPU_STRIDE,
+  PAGE_SIZE,
+  SLOT,
+  VCPU,
 } from "../../src/kvm_host.js";
 import { VcpuState } from "../../src/kvm/requests.js";
 import { Errno, KvmError } from "../../src/errors.js";
@@ -54,13 +41,13 @@ async function expectRejection(p: Promise<unknown>, code: Errno, arg: string): P
 function snapshot(vm: Vm): unknown {
   const k = vm.kvm;
   const ctl = [
-    CTL_RMAP_POOL_NEXT,
-    CTL_BITMAP_POOL_NEXT,
-    CTL_LPAGE_POOL_NEXT,
-    CTL_HVA_NEXT,
-    CTL_NR_VCPUS,
-    CTL_FRAME_TOP,
-    CTL_FRAME_HIGH,
+    CTL.rmap_pool_next,
+    CTL.bitmap_pool_next,
+    CTL.lpage_pool_next,
+    CTL.hva_next,
+    CTL.nr_vcpus,
+    CTL.frame_top,
+    CTL.frame_high,
   ].map((i) => k.ctl[i]);
   return {
     ctl,
@@ -220,14 +207,14 @@ test("setUserMemoryRegion: bad slot, flags, alignment, sizes, overlaps, unmapped
   };
   vm.setUserMemoryRegion(slot1);
   const s = vm.kvm.slots;
-  assert.equal(s[SLOT_STRIDE + SLOT_ACTIVE], 1);
-  assert.equal(s[SLOT_STRIDE + SLOT_BASE_GFN], 512);
-  assert.equal(s[SLOT_STRIDE + SLOT_NPAGES], 512);
+  assert.equal(s[SLOT.active(1)], 1);
+  assert.equal(s[SLOT.base_gfn(1)], 512);
+  assert.equal(s[SLOT.npages(1)], 512);
   vm.setUserMemoryRegion({ ...slot0, flags: KVM_MEM_LOG_DIRTY_PAGES });
-  assert.equal(s[SLOT_FLAGS], KVM_MEM_LOG_DIRTY_PAGES);
+  assert.equal(s[SLOT.flags(0)], KVM_MEM_LOG_DIRTY_PAGES);
   assert.deepEqual([...vm.getDirtyLog(0)], new Array<number>(16).fill(0));
   vm.setUserMemoryRegion({ ...slot1, memorySize: 0 });
-  assert.equal(s[SLOT_STRIDE + SLOT_ACTIVE], 0);
+  assert.equal(s[SLOT.active(1)], 0);
   expectError(() => vm.getDirtyLog(1), "ENOENT", "slot", "deleted slot");
 });
 
@@ -246,7 +233,7 @@ test("setUserMemoryRegion: a slot too large for the memslot metadata is ENOMEM",
   unchanged(vm, before, "ENOMEM");
   // what fits is accepted
   vm.setUserMemoryRegion({ ...big, memorySize: MiB });
-  assert.equal(vm.kvm.slots[SLOT_NPAGES], 256);
+  assert.equal(vm.kvm.slots[SLOT.npages(0)], 256);
 });
 
 test("getDirtyLog: unknown slot, slot without logging, bad slot id, short output", () => {
@@ -273,10 +260,10 @@ test("createVcpu: twice is EEXIST; out-of-range ids are EINVAL", () => {
   expectError(() => vm.createVcpu(1), "EEXIST", "id", "twice");
   for (const id of [-1, 2, 64, 0.5, NaN]) expectError(() => vm.createVcpu(id), "EINVAL", "id", String(id));
   unchanged(vm, before, "createVcpu");
-  assert.equal(vm.kvm.ctl[CTL_NR_VCPUS], 2);
+  assert.equal(vm.kvm.ctl[CTL.nr_vcpus], 2);
   vm.createVcpu(0);
   assert.deepEqual(vm.vcpuIds, [0, 1]);
-  assert.equal(vm.kvm.ctl[CTL_NR_VCPUS], 2);
+  assert.equal(vm.kvm.ctl[CTL.nr_vcpus], 2);
 });
 
 test("run / startHostThread: bad arguments are refused before any thread starts", async () => {
@@ -326,7 +313,7 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
     seed: 1,
   }));
   try {
-    while (Atomics.load(vm.kvm.vcpu, VCPU_PASSES) < 1) await new Promise((r) => setTimeout(r, 1));
+    while (Atomics.load(vm.kvm.vcpu, VCPU.passes(0)) < 1) await new Promise((r) => setTimeout(r, 1));
     const slot1: MemoryRegion = {
       slot: 1,
       flags: 0,
@@ -341,8 +328,8 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
       "memorySize",
       "delete while running",
     );
-    assert.equal(vm.kvm.slots[SLOT_STRIDE + SLOT_ACTIVE], 0);
-    assert.equal(vm.kvm.slots[SLOT_ACTIVE], 1);
+    assert.equal(vm.kvm.slots[SLOT.active(1)], 0);
+    assert.equal(vm.kvm.slots[SLOT.active(0)], 1);
     await expectRejection(
       vm.run(() => ({ kind: "memstress", baseGfn: 0, pages: 1, writePercent: 0, random: false, seed: 1 })),
       "EBUSY",
@@ -350,9 +337,8 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
     );
     // flags may change while running
     vm.setUserMemoryRegion({ ...slot0, flags: KVM_MEM_LOG_DIRTY_PAGES });
-    const passes = Atomics.load(vm.kvm.vcpu, VCPU_PASSES);
-    while (Atomics.load(vm.kvm.vcpu, 0 * VCPU_STRIDE + VCPU_PASSES) < passes + 2)
-      await new Promise((r) => setTimeout(r, 1));
+    const passes = Atomics.load(vm.kvm.vcpu, VCPU.passes(0));
+    while (Atomics.load(vm.kvm.vcpu, VCPU.passes(0)) < passes + 2) await new Promise((r) => setTimeout(r, 1));
     const log = vm.getDirtyLog(0);
     assert.ok(log[0] !== 0 || log[1] !== 0, "the running guest's writes were logged");
     vm.throwIfFailed();
@@ -374,13 +360,13 @@ test("stop(): no vCPU is left in guest mode, so later flushes (deleting a slot) 
   }));
   await new Promise((r) => setTimeout(r, 20));
   await vm.stop();
-  const mode = Atomics.load(vm.kvm.vcpu, VCPU_MODE);
-  const state = Atomics.load(vm.kvm.vcpu, VCPU_STATE);
+  const mode = Atomics.load(vm.kvm.vcpu, VCPU.mode(0));
+  const state = Atomics.load(vm.kvm.vcpu, VCPU.state(0));
   // Otherwise kvm_flush_remote_tlbs (in the slot deletion below) waits 10 s and throws ETIMEDOUT.
   assert.equal(mode, OUTSIDE_GUEST_MODE, `vcpu 0 after stop(): mode ${mode}, state ${state}`);
   assert.equal(state, VcpuState.Stopped);
   const t0 = performance.now();
   vm.setUserMemoryRegion({ ...slot0, memorySize: 0 });
   assert.ok(performance.now() - t0 < 5000);
-  assert.equal(vm.kvm.slots[SLOT_ACTIVE], 0);
+  assert.equal(vm.kvm.slots[SLOT.active(0)], 0);
 });

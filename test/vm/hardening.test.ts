@@ -4,7 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { KVM_MEM_LOG_DIRTY_PAGES, VCPU_PASSES, VCPU_STRIDE } from "../../src/kvm_host.js";
+import { KVM_MEM_LOG_DIRTY_PAGES, VCPU } from "../../src/kvm_host.js";
 import { Errno, KvmError } from "../../src/errors.js";
 import { MemoryRegion, Vm, VmOptions } from "../../src/vm.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
@@ -38,9 +38,8 @@ function setup(flags = KVM_MEM_LOG_DIRTY_PAGES): { vm: Vm; slot0: MemoryRegion }
 }
 
 async function passes(vm: Vm, id: number, n: number): Promise<void> {
-  const p0 = Atomics.load(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES);
-  while (Atomics.load(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES) < p0 + n)
-    await new Promise((r) => setTimeout(r, 1));
+  const p0 = Atomics.load(vm.kvm.vcpu, VCPU.passes(id));
+  while (Atomics.load(vm.kvm.vcpu, VCPU.passes(id)) < p0 + n) await new Promise((r) => setTimeout(r, 1));
 }
 
 /** Settles within `ms` or fails the test (the bug was a promise pending forever). */

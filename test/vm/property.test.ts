@@ -11,7 +11,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import fc from "fast-check";
-import { VCPU_PASSES, VCPU_STRIDE } from "../../src/kvm_host.js";
+import { VCPU } from "../../src/kvm_host.js";
 import { KvmError } from "../../src/errors.js";
 import { Vm, VCPU_WAIT_MS } from "../../src/vm.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
@@ -186,7 +186,7 @@ async function runSequence(cmds: Cmd[]): Promise<void> {
     await bounded("stop", () => vm.stop());
   }
   // Nothing lost: the guests wrote every page of their region in pass 0.
-  const wrote = [0, 1].some((id) => Atomics.load(vm.kvm.vcpu, id * VCPU_STRIDE + VCPU_PASSES) > 0);
+  const wrote = [0, 1].some((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)) > 0);
   const last = vm.getDirtyLog(0);
   for (let p = 0; p < PAGES; p++) if ((last[p >>> 5] >>> (p & 31)) & 1) harvested.add(p);
   if (wrote) assert.equal(harvested.size, PAGES, `pages never reported: ${PAGES - harvested.size}`);

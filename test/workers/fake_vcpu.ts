@@ -6,14 +6,7 @@
  * `node --test dist/test/` also runs this file by itself: outside a worker it does nothing.
  */
 import { isMainThread, workerData } from "node:worker_threads";
-import {
-  Kvm,
-  KvmShared,
-  READING_SHADOW_PAGE_TABLES,
-  VCPU_MODE,
-  VCPU_STATE,
-  VCPU_STRIDE,
-} from "../../src/kvm_host.js";
+import { Kvm, KvmShared, READING_SHADOW_PAGE_TABLES, VCPU } from "../../src/kvm_host.js";
 import { VcpuState } from "../../src/kvm/requests.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 
@@ -74,12 +67,12 @@ function main(d: FakeVcpuData): void {
   const kvm = new Kvm(d.shared);
   const out = new Int32Array(d.out);
   const vcpu = new Vcpu(kvm, d.id, 4);
-  const row = d.id * VCPU_STRIDE;
+  const id = d.id;
   const ready = (): void => {
     Atomics.store(out, FakeVcpuWords.Ready, 1);
     Atomics.notify(out, FakeVcpuWords.Ready);
   };
-  Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Running);
+  Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Running);
   switch (d.script) {
     case "poll": {
       vcpu.enterGuest();
@@ -121,10 +114,10 @@ function main(d: FakeVcpuData): void {
       break;
     }
     case "reading": {
-      Atomics.store(kvm.vcpu, row + VCPU_MODE, READING_SHADOW_PAGE_TABLES);
+      Atomics.store(kvm.vcpu, VCPU.mode(id), READING_SHADOW_PAGE_TABLES);
       ready();
       sleep(d.holdMs);
-      Atomics.store(out, FakeVcpuWords.Result, Atomics.load(kvm.vcpu, row + VCPU_MODE));
+      Atomics.store(out, FakeVcpuWords.Result, Atomics.load(kvm.vcpu, VCPU.mode(id)));
       vcpu.exitGuest();
       break;
     }
@@ -133,15 +126,15 @@ function main(d: FakeVcpuData): void {
       ready();
       sleep(d.holdMs);
       // as vcpu_worker.ts would if the thread died without leaving guest mode
-      Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Dead);
-      Atomics.notify(kvm.vcpu, row + VCPU_STATE);
+      Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Dead);
+      Atomics.notify(kvm.vcpu, VCPU.state(id));
       Atomics.store(out, FakeVcpuWords.Flushes, vcpu.tlb.flushes);
       Atomics.store(out, FakeVcpuWords.Exited, 1);
       return;
     }
   }
   Atomics.store(out, FakeVcpuWords.Flushes, vcpu.tlb.flushes);
-  Atomics.store(kvm.vcpu, row + VCPU_STATE, VcpuState.Stopped);
+  Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Stopped);
   Atomics.store(out, FakeVcpuWords.Exited, 1);
 }
 
