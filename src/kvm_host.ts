@@ -87,6 +87,9 @@ export const CTL = defineBlock("struct kvm (control words)", "ctl", {
   bitmap_pool_next: { by: "slots_lock", doc: "bump allocator of dirty bitmaps" },
   frame_high: { by: "mm_lock", doc: "never-used host frames start here" },
   lpage_pool_next: { by: "slots_lock", doc: "bump allocator of lpage_info" },
+  sp_cached: { by: "mmu_lock", doc: "shadow pages held in vCPU memory caches (taken from the pool)" },
+  desc_cached: { by: "mmu_lock", doc: "descriptors held in vCPU memory caches (taken from the slab)" },
+  reclaims: { by: "mmu_lock", doc: "statistic: top-ups that had to zap shadow pages to refill" },
 });
 export const CTL_MMU_LOCK = CTL.mmu_lock;
 export const CTL_SLOTS_LOCK = CTL.slots_lock;
@@ -113,6 +116,9 @@ export const CTL_RMAP_POOL_NEXT = CTL.rmap_pool_next;
 export const CTL_BITMAP_POOL_NEXT = CTL.bitmap_pool_next;
 export const CTL_FRAME_HIGH = CTL.frame_high;
 export const CTL_LPAGE_POOL_NEXT = CTL.lpage_pool_next;
+export const CTL_SP_CACHED = CTL.sp_cached;
+export const CTL_DESC_CACHED = CTL.desc_cached;
+export const CTL_RECLAIMS = CTL.reclaims;
 export const CTL_WORDS = CTL.WORDS;
 
 // ---- memslots: `struct kvm_memory_slot`, one row per slot id (Int32Array `slots`) ----
@@ -282,6 +288,19 @@ export const VCPU = defineRows(
     passes: { by: "the vCPU (atomic add)", doc: "completed workload passes" },
     cr3: { by: "the vCPU", doc: "gfn of the top-level guest page table; 0: paging off" },
     root: { by: "the vCPU, under mmu_lock", doc: "shadow mode: root_hpa, the root shadow page" },
+    sp_cache: {
+      by: "mmu_lock (its vCPU fills and uses it; the owner empties it once no worker runs)",
+      doc: "mmu_page_cache: first cached sp + 1, linked through sp `next`",
+    },
+    sp_cache_n: { by: "as sp_cache; its vCPU may read it without the lock", doc: "shadow pages in sp_cache" },
+    desc_cache: {
+      by: "mmu_lock (its vCPU fills and uses it; the owner empties it once no worker runs)",
+      doc: "mmu_pte_list_desc_cache: first cached descriptor + 1, linked as the slab's free list",
+    },
+    desc_cache_n: {
+      by: "as desc_cache; its vCPU may read it without the lock",
+      doc: "descriptors in desc_cache",
+    },
   },
   { stride: 16 },
 );
@@ -455,6 +474,12 @@ export class Kvm {
   readonly rcu: Rcu;
   readonly bugs: number;
   readonly wp: WpStrategy;
+  /**
+   * The vCPU row whose memory caches allocations under mmu_lock draw from, -1 for none (then
+   * they take from the global pools). Set by the mmu_lock holder after it locks and reset before
+   * it unlocks, so only that holder reads it (this object is private to one thread).
+   */
+  mmu_cache_row = -1;
 
   constructor(shared: KvmShared) {
     this.shared = shared;

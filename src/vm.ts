@@ -68,6 +68,7 @@ import type { GuestArgs } from "./workload/guest.js";
 import { validateGuestSpecs } from "./guest/spec.js";
 import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
+import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 
 export type WpName = "locked" | "lockless";
 export type MmuModeName = "tdp" | "shadow";
@@ -570,6 +571,10 @@ export class Vm {
         ),
       );
       this.workers.clear();
+      // mmu_free_memory_caches: no worker is left to use them. A lock still held belongs to a
+      // worker that was terminated inside it; the caches then stay where they are.
+      if (!this.kvm.mmu_lock.isLocked())
+        for (const id of this.created) mmu_free_memory_caches(this.kvm, id * VCPU_STRIDE);
       this.running = false;
     } finally {
       this.stopping = false;

@@ -12,10 +12,10 @@
  */
 import {
   BUG,
+  CTL,
   CTL_LPAGES,
   CTL_ROOT,
   CTL_SP_FREE,
-  CTL_SP_HIGH,
   CTL_SP_PENDING,
   CTL_SP_USED,
   Kvm,
@@ -30,6 +30,8 @@ import {
   SP_ROLE,
   SP_ROOT_COUNT,
   SP_STRIDE,
+  SP,
+  VCPU,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
@@ -85,27 +87,66 @@ function reclaim_retired(kvm: Kvm): void {
   }
 }
 
-/** kvm_mmu_alloc_page + kvm_mmu_get_page for a direct page (TDP needs no hash lookup: a
- * missing link spte means no page exists for that range). */
-export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
+/**
+ * Takes a shadow page off the pool (free list, retired pages whose grace period is over, never
+ * used ones); not counted as used. -1 when none is left. mmu_lock held.
+ */
+export function sp_pool_pop(kvm: Kvm): number {
   const ctl = kvm.ctl;
-  if (ctl[CTL_SP_FREE] === 0) reclaim_retired(kvm);
-  let sp = ctl[CTL_SP_FREE] - 1;
+  if (ctl[CTL.sp_free] === 0) reclaim_retired(kvm);
+  const sp = ctl[CTL.sp_free] - 1;
   if (sp >= 0) {
-    ctl[CTL_SP_FREE] = kvm.spHdr[sp * SP_STRIDE + SP_NEXT]!;
-  } else {
-    sp = Math.max(ctl[CTL_SP_HIGH], 1);
-    if (sp >= kvm.shared.config.maxSp) throw new KvmError("ENOMEM", "shadow page arena exhausted (maxSp)");
-    ctl[CTL_SP_HIGH] = sp + 1;
+    ctl[CTL.sp_free] = kvm.spHdr[SP.next(sp)];
+    return sp;
   }
-  ctl[CTL_SP_USED]++;
-  const b = sp * SP_STRIDE;
+  const high = Math.max(ctl[CTL.sp_high], 1);
+  if (high >= kvm.shared.config.maxSp) return -1;
+  ctl[CTL.sp_high] = high + 1;
+  return high;
+}
+
+/** Shadow pages neither used nor cached (some may still wait for their grace period). */
+export function sp_pool_avail(kvm: Kvm): number {
+  return kvm.shared.config.maxSp - 1 - kvm.ctl[CTL.sp_used] - kvm.ctl[CTL.sp_cached];
+}
+
+/** Puts sp on the vCPU's shadow-page cache (mmu_page_cache). mmu_lock held. */
+export function sp_cache_push(kvm: Kvm, vcpuRow: number, sp: number): void {
+  const id = vcpuRow / VCPU.STRIDE;
+  kvm.spHdr[SP.next(sp)] = kvm.vcpu[VCPU.sp_cache(id)];
+  kvm.vcpu[VCPU.sp_cache(id)] = sp + 1;
+  kvm.vcpu[VCPU.sp_cache_n(id)]++;
+  kvm.ctl[CTL.sp_cached]++;
+}
+
+/** Takes a shadow page off the vCPU's cache: -1 when it is empty. mmu_lock held. */
+export function sp_cache_pop(kvm: Kvm, vcpuRow: number): number {
+  const id = vcpuRow / VCPU.STRIDE;
+  const head = kvm.vcpu[VCPU.sp_cache(id)];
+  if (head === 0) return -1;
+  kvm.vcpu[VCPU.sp_cache(id)] = kvm.spHdr[SP.next(head - 1)];
+  kvm.vcpu[VCPU.sp_cache_n(id)]--;
+  kvm.ctl[CTL.sp_cached]--;
+  return head - 1;
+}
+
+/**
+ * kvm_mmu_alloc_page + kvm_mmu_get_page for a direct page (TDP needs no hash lookup: a missing
+ * link spte means no page exists for that range). The page comes from the cache of the vCPU that
+ * holds mmu_lock (topped up for the worst case of one fault before the lock was taken), or from
+ * the pool for callers without one. mmu_lock held.
+ */
+export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
+  let sp = kvm.mmu_cache_row >= 0 ? sp_cache_pop(kvm, kvm.mmu_cache_row) : -1;
+  if (sp < 0) sp = sp_pool_pop(kvm);
+  if (sp < 0) throw new KvmError("ENOMEM", "shadow page pool exhausted (maxSp)");
+  kvm.ctl[CTL.sp_used]++;
   const h = kvm.spHdr;
-  h[b + SP_GFN] = gfn;
-  h[b + SP_ROLE] = level | ROLE_DIRECT;
-  h[b + SP_PARENT_PTES] = 0;
-  h[b + SP_ROOT_COUNT] = 0;
-  h[b + SP_NEXT] = 0;
+  h[SP.gfn(sp)] = gfn;
+  h[SP.role(sp)] = level | ROLE_DIRECT;
+  h[SP.parent_ptes(sp)] = 0;
+  h[SP.root_count(sp)] = 0;
+  h[SP.next(sp)] = 0;
   return sp;
 }
 
