@@ -34,6 +34,12 @@ export function desc_pool_pop(kvm: Kvm): number {
   return d;
 }
 
+/** Puts a descriptor that is neither used nor cached back on the slab. mmu_lock held. */
+export function desc_pool_push(kvm: Kvm, d: number): void {
+  kvm.desc[descLinkBase(kvm) + d] = kvm.ctl[CTL.desc_free];
+  kvm.ctl[CTL.desc_free] = d + 1;
+}
+
 /** Descriptors the slab can still hand out (free list and never used). mmu_lock held. */
 export function desc_pool_avail(kvm: Kvm): number {
   return kvm.shared.config.maxDesc - kvm.ctl[CTL.desc_used] - kvm.ctl[CTL.desc_cached];

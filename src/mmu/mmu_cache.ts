@@ -15,7 +15,7 @@
  * outside the lock (pages zapped while a lockless harvest reads them wait for its grace period),
  * then gives up with ENOMEM, from its fault entry, where it holds nothing and has changed nothing.
  */
-import { CTL, Kvm, MmuMode, SP, VCPU } from "../kvm_host.js";
+import { CTL, Kvm, MmuMode, VCPU } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore, schedHookInstalled } from "../sync/atomic.js";
 import {
@@ -23,7 +23,7 @@ import {
   desc_cache_push,
   desc_pool_avail,
   desc_pool_pop,
-  descLinkBase,
+  desc_pool_push,
 } from "../alloc/slab.js";
 import {
   kvm_mmu_commit_zap_page,
@@ -32,6 +32,7 @@ import {
   sp_cache_push,
   sp_pool_avail,
   sp_pool_pop,
+  sp_pool_push,
 } from "./mmu_page.js";
 import { kvm_mmu_zap_oldest } from "./shadow_page.js";
 
@@ -162,15 +163,10 @@ export function mmu_topup_memory_caches(kvm: Kvm, vcpuRow: number): void {
 export function mmu_free_memory_caches(kvm: Kvm, vcpuRow: number): void {
   kvm.mmu_lock.lock();
   try {
-    for (let sp = sp_cache_pop(kvm, vcpuRow); sp >= 0; sp = sp_cache_pop(kvm, vcpuRow)) {
-      // A cached page was never reachable: it goes straight to the free list.
-      kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_free];
-      kvm.ctl[CTL.sp_free] = sp + 1;
-    }
-    for (let d = desc_cache_pop(kvm, vcpuRow); d >= 0; d = desc_cache_pop(kvm, vcpuRow)) {
-      kvm.desc[descLinkBase(kvm) + d] = kvm.ctl[CTL.desc_free];
-      kvm.ctl[CTL.desc_free] = d + 1;
-    }
+    // A cached page was never reachable: no grace period to wait for.
+    for (let sp = sp_cache_pop(kvm, vcpuRow); sp >= 0; sp = sp_cache_pop(kvm, vcpuRow)) sp_pool_push(kvm, sp);
+    for (let d = desc_cache_pop(kvm, vcpuRow); d >= 0; d = desc_cache_pop(kvm, vcpuRow))
+      desc_pool_push(kvm, d);
   } finally {
     kvm.mmu_lock.unlock();
   }

@@ -105,6 +105,12 @@ export function sp_pool_pop(kvm: Kvm): number {
   return high;
 }
 
+/** Puts a page that was never reachable (a cached one) back on the free list. mmu_lock held. */
+export function sp_pool_push(kvm: Kvm, sp: number): void {
+  kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_free];
+  kvm.ctl[CTL.sp_free] = sp + 1;
+}
+
 /** Shadow pages neither used nor cached (some may still wait for their grace period). */
 export function sp_pool_avail(kvm: Kvm): number {
   return kvm.shared.config.maxSp - 1 - kvm.ctl[CTL.sp_used] - kvm.ctl[CTL.sp_cached];
