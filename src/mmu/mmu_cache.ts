@@ -83,41 +83,46 @@ export function kvm_mmu_reclaim(kvm: Kvm, needSp: number, needDesc: number): boo
   return true;
 }
 
-/** Fills the caches of vcpuRow to their minimum, reclaiming once if needed. mmu_lock held. */
+/**
+ * Moves up to `want` objects from a pool onto a cache in one batch, keeping the pool's order: the
+ * object the pool would have handed out first (the most recently freed) is used first, as from a
+ * slab.
+ */
+function fill(
+  kvm: Kvm,
+  vcpuRow: number,
+  want: number,
+  pop: (kvm: Kvm) => number,
+  push: (kvm: Kvm, vcpuRow: number, x: number) => void,
+): void {
+  const got: number[] = [];
+  while (got.length < want) {
+    const x = pop(kvm);
+    if (x < 0) break;
+    got.push(x);
+  }
+  for (let i = got.length - 1; i >= 0; i--) push(kvm, vcpuRow, got[i]);
+}
+
+/**
+ * Fills the caches of vcpuRow: to their maximum while the pool has room for every vCPU's full
+ * caches twice over (so that caches never starve a small pool), else to their minimum,
+ * reclaiming once if needed. mmu_lock held. Returns false if the minimum cannot be reached.
+ */
 function topup_locked(kvm: Kvm, vcpuRow: number): boolean {
+  const vcpus = Math.max(1, kvm.ctl[CTL.nr_vcpus]);
   for (let round = 0; ; round++) {
-    while (sp_n(kvm, vcpuRow) < MMU_CACHE_MIN_SP) {
-      const sp = sp_pool_pop(kvm);
-      if (sp < 0) break;
-      sp_cache_push(kvm, vcpuRow, sp);
-    }
-    while (desc_n(kvm, vcpuRow) < MMU_CACHE_MIN_DESC) {
-      const d = desc_pool_pop(kvm);
-      if (d < 0) break;
-      desc_cache_push(kvm, vcpuRow, d);
-    }
-    if (sp_n(kvm, vcpuRow) >= MMU_CACHE_MIN_SP && desc_n(kvm, vcpuRow) >= MMU_CACHE_MIN_DESC) break;
+    const spMax = sp_pool_avail(kvm) > 2 * vcpus * MMU_CACHE_MAX_SP ? MMU_CACHE_MAX_SP : MMU_CACHE_MIN_SP;
+    const descMax =
+      desc_pool_avail(kvm) > 2 * vcpus * MMU_CACHE_MAX_DESC ? MMU_CACHE_MAX_DESC : MMU_CACHE_MIN_DESC;
+    fill(kvm, vcpuRow, spMax - sp_n(kvm, vcpuRow), sp_pool_pop, sp_cache_push);
+    fill(kvm, vcpuRow, descMax - desc_n(kvm, vcpuRow), desc_pool_pop, desc_cache_push);
+    if (sp_n(kvm, vcpuRow) >= MMU_CACHE_MIN_SP && desc_n(kvm, vcpuRow) >= MMU_CACHE_MIN_DESC) return true;
     if (round > 0) return false;
     kvm.ctl[CTL.reclaims]++;
-    if (
-      !kvm_mmu_reclaim(kvm, MMU_CACHE_MIN_SP - sp_n(kvm, vcpuRow), MMU_CACHE_MIN_DESC - desc_n(kvm, vcpuRow))
-    )
-      return false;
+    const needSp = MMU_CACHE_MIN_SP - sp_n(kvm, vcpuRow);
+    if (!kvm_mmu_reclaim(kvm, needSp, MMU_CACHE_MIN_DESC - desc_n(kvm, vcpuRow))) return false;
   }
-  // Beyond the minimum only from plenty (room for every vCPU's full caches twice over), so that
-  // caches never starve a small pool.
-  const vcpus = Math.max(1, kvm.ctl[CTL.nr_vcpus]);
-  while (sp_n(kvm, vcpuRow) < MMU_CACHE_MAX_SP && sp_pool_avail(kvm) > 2 * vcpus * MMU_CACHE_MAX_SP) {
-    const sp = sp_pool_pop(kvm);
-    if (sp < 0) break;
-    sp_cache_push(kvm, vcpuRow, sp);
-  }
-  while (desc_n(kvm, vcpuRow) < MMU_CACHE_MAX_DESC && desc_pool_avail(kvm) > 2 * vcpus * MMU_CACHE_MAX_DESC) {
-    const d = desc_pool_pop(kvm);
-    if (d < 0) break;
-    desc_cache_push(kvm, vcpuRow, d);
-  }
-  return true;
 }
 
 /**

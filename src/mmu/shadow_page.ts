@@ -12,7 +12,6 @@
  */
 import {
   BUG,
-  CTL,
   CTL_SP_USED,
   Kvm,
   ROLE_DIRECT,
@@ -178,13 +177,14 @@ export function kvm_mmu_zap_oldest(kvm: Kvm, enough: (queued: number) => boolean
 
 /**
  * make_mmu_pages_available: when fewer than KVM_MIN_FREE_MMU_PAGES are left under n_max, zap the
- * oldest pages until KVM_REFILL_PAGES are. Pages held in vCPU caches count as taken.
+ * oldest pages until KVM_REFILL_PAGES are. As in KVM, n_max counts pages in use (not the vCPU
+ * caches); the top-up reclaims when the pool itself runs short.
  */
 export function make_mmu_pages_available(kvm: Kvm): void {
   const s = kvm.sctl;
   let nMax = s[SCTL_N_MAX];
   if (nMax === 0) nMax = s[SCTL_N_MAX] = Math.max(16, kvm.shared.config.maxSp - 1 - RETIRE_SLACK);
-  const avail = (queued: number): number => nMax - kvm.ctl[CTL_SP_USED] - kvm.ctl[CTL.sp_cached] + queued;
+  const avail = (queued: number): number => nMax - kvm.ctl[CTL_SP_USED] + queued;
   if (avail(0) >= KVM_MIN_FREE_MMU_PAGES) return;
   kvm_mmu_zap_oldest(kvm, (queued) => avail(queued) >= KVM_REFILL_PAGES);
 }
