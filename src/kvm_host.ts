@@ -425,7 +425,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     bitmapPool: sab(bitmapWords * 4),
     lpagePool: sab(lpageWords * 4),
     mem: new SharedArrayBuffer(config.hostFrames * PAGE_SIZE),
-    // Host virtual space: twice the frames plus 2 MiB alignment slack per mapping.
+    // Host virtual space: twice the frames plus 2 MiB alignment slack per THP mapping of >= 2 MiB.
     hpt: sab(hvaPages(config) * 4),
     thp: sab(Math.ceil(hvaPages(config) / 512) * 4),
     frameStack: sab(config.hostFrames * 4),
