@@ -196,10 +196,14 @@ export class Vm {
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
     // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
     const shadow = mode === "shadow";
+    // Plus what the vCPUs' memory caches hold (mmu_topup_memory_caches: up to 8 pages, 16 descriptors).
     const maxSp =
-      o.maxSp ?? (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64);
+      o.maxSp ??
+      (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64) +
+        8 * maxVcpus;
     const maxDesc =
-      o.maxDesc ?? Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64)));
+      o.maxDesc ??
+      Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
     let shared: KvmShared;
     try {
       shared = allocKvmShared({

@@ -117,6 +117,11 @@ for (const [what, pools, pool] of [
       assert.match(run.error.message, new RegExp(`\\b${pool}\\b`));
       assert.ok(ms < ENOMEM_BOUND_MS, `ENOMEM after ${ms} ms`);
       assert.equal(vm.error, run.error, "the VM carries the vCPU's error");
+      // The failed VM stays inspectable: a harvest does not wait on a lock left behind.
+      const t1 = performance.now();
+      const log = vm.getDirtyLog(0);
+      assert.ok(performance.now() - t1 < DIRTY_LOG_BOUND_MS);
+      assert.ok(log instanceof Uint32Array);
       await stopAndAudit(vm);
     });
   }
