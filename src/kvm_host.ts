@@ -87,6 +87,9 @@ export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
   bitmap_pool_next: { by: "slots_lock", doc: "bump allocator of dirty bitmaps" },
   frame_high: { by: "mm_lock", doc: "never-used host frames start here" },
   lpage_pool_next: { by: "slots_lock", doc: "bump allocator of lpage_info" },
+  sp_cached: { by: "mmu_lock", doc: "shadow pages held in vCPU memory caches (taken from the pool)" },
+  desc_cached: { by: "mmu_lock", doc: "descriptors held in vCPU memory caches (taken from the slab)" },
+  reclaims: { by: "mmu_lock", doc: "statistic: top-ups that had to zap shadow pages to refill" },
 });
 
 // ---- memslots: `struct kvm_memory_slot`, one row per slot id (Int32Array `slots`) ----
@@ -212,6 +215,19 @@ export const VCPU = defineRows(
     passes: { by: "the vCPU (atomic add)", doc: "completed workload passes" },
     cr3: { by: "the vCPU", doc: "gfn of the top-level guest page table; 0: paging off" },
     root: { by: "the vCPU, under mmu_lock", doc: "shadow mode: root_hpa, the root shadow page" },
+    sp_cache: {
+      by: "mmu_lock (its vCPU fills and uses it; the owner empties it once no worker runs)",
+      doc: "mmu_page_cache: first cached sp + 1, linked through sp `next`",
+    },
+    sp_cache_n: { by: "as sp_cache; its vCPU may read it without the lock", doc: "shadow pages in sp_cache" },
+    desc_cache: {
+      by: "mmu_lock (its vCPU fills and uses it; the owner empties it once no worker runs)",
+      doc: "mmu_pte_list_desc_cache: first cached descriptor + 1, linked as the slab's free list",
+    },
+    desc_cache_n: {
+      by: "as desc_cache; its vCPU may read it without the lock",
+      doc: "descriptors in desc_cache",
+    },
   },
   { stride: 16 },
 );
@@ -313,7 +329,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     bitmapPool: sab(bitmapWords * 4),
     lpagePool: sab(lpageWords * 4),
     mem: new SharedArrayBuffer(config.hostFrames * PAGE_SIZE),
-    // Host virtual space: twice the frames plus 2 MiB alignment slack per mapping.
+    // Host virtual space: twice the frames plus 2 MiB alignment slack per THP mapping of >= 2 MiB.
     hpt: sab(hvaPages(config) * 4),
     thp: sab(Math.ceil(hvaPages(config) / 512) * 4),
     frameStack: sab(config.hostFrames * 4),
@@ -362,6 +378,12 @@ export class Kvm {
   readonly rcu: Rcu;
   readonly bugs: number;
   readonly wp: WpStrategy;
+  /**
+   * The vCPU whose memory caches allocations under mmu_lock draw from, -1 for none (then
+   * they take from the global pools). Set by the mmu_lock holder after it locks and reset before
+   * it unlocks, so only that holder reads it (this object is private to one thread).
+   */
+  mmu_cache_vcpu = -1;
 
   constructor(shared: KvmShared) {
     this.shared = shared;

@@ -46,6 +46,7 @@ import type { GuestArgs } from "./workload/guest.js";
 import { validateGuestSpecs } from "./guest/spec.js";
 import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
 import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
+import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 
 export type WpName = "locked" | "lockless";
 export type MmuModeName = "tdp" | "shadow";
@@ -173,10 +174,14 @@ export class Vm {
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
     // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
     const shadow = mode === "shadow";
+    // Plus what the vCPUs' memory caches hold (mmu_topup_memory_caches: up to 8 pages, 16 descriptors).
     const maxSp =
-      o.maxSp ?? (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64);
+      o.maxSp ??
+      (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64) +
+        8 * maxVcpus;
     const maxDesc =
-      o.maxDesc ?? Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64)));
+      o.maxDesc ??
+      Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
     let shared: KvmShared;
     try {
       shared = allocKvmShared({
@@ -544,6 +549,9 @@ export class Vm {
         ),
       );
       this.workers.clear();
+      // mmu_free_memory_caches: no worker is left to use them. A lock still held belongs to a
+      // worker that was terminated inside it; the caches then stay where they are.
+      if (!this.kvm.mmu_lock.isLocked()) for (const id of this.created) mmu_free_memory_caches(this.kvm, id);
       this.running = false;
     } finally {
       this.stopping = false;

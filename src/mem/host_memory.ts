@@ -39,9 +39,10 @@ export function free_frames(kvm: Kvm): number {
 }
 
 /**
- * mmap of anonymous memory: reserves `pages` of host virtual space (2 MiB aligned) and backs it
- * with zeroed frames, with huge (THP) mappings where `thp` is set and 512 contiguous frames
- * are available. Returns the first hva page. Owner thread, vCPUs may run.
+ * mmap of anonymous memory: reserves `pages` of host virtual space (2 MiB aligned when `thp` is
+ * set and the mapping is at least 2 MiB, else right after the previous mapping) and backs it with
+ * zeroed frames, with huge (THP) mappings where `thp` is set and 512 contiguous frames are
+ * available. Returns the first hva page. Owner thread, vCPUs may run.
  */
 export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
   kvm.mm_lock.lock();
@@ -49,7 +50,10 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
     if (pages > free_frames(kvm))
       throw new KvmError("ENOMEM", `bytes: ${pages} pages exceed the free host frames (${free_frames(kvm)})`);
     const ctl = kvm.ctl;
-    const hva = Math.ceil(Math.max(ctl[CTL.hva_next], 1) / 512) * 512;
+    // Only a mapping that can hold a huge page is 2 MiB aligned (as THP aligns large anonymous
+    // mmaps); smaller ones are packed, so they do not each cost 2 MiB of address space.
+    const next = Math.max(ctl[CTL.hva_next], 1);
+    const hva = thp && pages >= 512 ? Math.ceil(next / 512) * 512 : next;
     if (hva + pages > kvm.hpt.length)
       throw new KvmError("ENOMEM", `bytes: host virtual address space exhausted`);
     ctl[CTL.hva_next] = hva + pages;

@@ -19,6 +19,7 @@ import {
   ROLE_INVALID,
   ROLE_LEVEL_MASK,
   SP,
+  VCPU,
 } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
@@ -74,20 +75,66 @@ function reclaim_retired(kvm: Kvm): void {
   }
 }
 
-/** kvm_mmu_alloc_page + kvm_mmu_get_page for a direct page (TDP needs no hash lookup: a
- * missing link spte means no page exists for that range). */
-export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
+/**
+ * Takes a shadow page off the pool (free list, retired pages whose grace period is over, never
+ * used ones); not counted as used. -1 when none is left. mmu_lock held.
+ */
+export function sp_pool_pop(kvm: Kvm): number {
   const ctl = kvm.ctl;
   if (ctl[CTL.sp_free] === 0) reclaim_retired(kvm);
-  let sp = ctl[CTL.sp_free] - 1;
+  const sp = ctl[CTL.sp_free] - 1;
   if (sp >= 0) {
-    ctl[CTL.sp_free] = kvm.spHdr[SP.next(sp)]!;
-  } else {
-    sp = Math.max(ctl[CTL.sp_high], 1);
-    if (sp >= kvm.shared.config.maxSp) throw new KvmError("ENOMEM", "shadow page arena exhausted (maxSp)");
-    ctl[CTL.sp_high] = sp + 1;
+    ctl[CTL.sp_free] = kvm.spHdr[SP.next(sp)];
+    return sp;
   }
-  ctl[CTL.sp_used]++;
+  const high = Math.max(ctl[CTL.sp_high], 1);
+  if (high >= kvm.shared.config.maxSp) return -1;
+  ctl[CTL.sp_high] = high + 1;
+  return high;
+}
+
+/** Puts a page that was never reachable (a cached one) back on the free list. mmu_lock held. */
+export function sp_pool_push(kvm: Kvm, sp: number): void {
+  kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_free];
+  kvm.ctl[CTL.sp_free] = sp + 1;
+}
+
+/** Shadow pages neither used nor cached (some may still wait for their grace period). */
+export function sp_pool_avail(kvm: Kvm): number {
+  return kvm.shared.config.maxSp - 1 - kvm.ctl[CTL.sp_used] - kvm.ctl[CTL.sp_cached];
+}
+
+/** Puts sp on the vCPU's shadow-page cache (mmu_page_cache). mmu_lock held. */
+export function sp_cache_push(kvm: Kvm, vcpuId: number, sp: number): void {
+  const id = vcpuId;
+  kvm.spHdr[SP.next(sp)] = kvm.vcpu[VCPU.sp_cache(id)];
+  kvm.vcpu[VCPU.sp_cache(id)] = sp + 1;
+  kvm.vcpu[VCPU.sp_cache_n(id)]++;
+  kvm.ctl[CTL.sp_cached]++;
+}
+
+/** Takes a shadow page off the vCPU's cache: -1 when it is empty. mmu_lock held. */
+export function sp_cache_pop(kvm: Kvm, vcpuId: number): number {
+  const id = vcpuId;
+  const head = kvm.vcpu[VCPU.sp_cache(id)];
+  if (head === 0) return -1;
+  kvm.vcpu[VCPU.sp_cache(id)] = kvm.spHdr[SP.next(head - 1)];
+  kvm.vcpu[VCPU.sp_cache_n(id)]--;
+  kvm.ctl[CTL.sp_cached]--;
+  return head - 1;
+}
+
+/**
+ * kvm_mmu_alloc_page + kvm_mmu_get_page for a direct page (TDP needs no hash lookup: a missing
+ * link spte means no page exists for that range). The page comes from the cache of the vCPU that
+ * holds mmu_lock (topped up for the worst case of one fault before the lock was taken), or from
+ * the pool for callers without one. mmu_lock held.
+ */
+export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
+  let sp = kvm.mmu_cache_vcpu >= 0 ? sp_cache_pop(kvm, kvm.mmu_cache_vcpu) : -1;
+  if (sp < 0) sp = sp_pool_pop(kvm);
+  if (sp < 0) throw new KvmError("ENOMEM", "shadow page pool exhausted (maxSp)");
+  kvm.ctl[CTL.sp_used]++;
   const h = kvm.spHdr;
   h[SP.gfn(sp)] = gfn;
   h[SP.role(sp)] = level | ROLE_DIRECT;

@@ -21,6 +21,7 @@ import {
   mmu_free_shadow_root,
 } from "./shadow_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
+import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import {
   fast_page_fault,
   FaultStats,
@@ -277,7 +278,10 @@ export function shadow_page_fault(
     if (write && !mapWritable)
       throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
     const hostHuge = hva_is_huge(kvm, hf.hvaPage);
+    // Before mmu_lock: fetch then cannot run out of pages or descriptors half-way.
+    mmu_topup_memory_caches(kvm, v.vcpuId);
     kvm.mmu_lock.lock();
+    kvm.mmu_cache_vcpu = v.vcpuId;
     let ret: number;
     try {
       v.stats.slow++;
@@ -307,6 +311,7 @@ export function shadow_page_fault(
         }
       }
     } finally {
+      kvm.mmu_cache_vcpu = -1;
       kvm.mmu_lock.unlock();
     }
     return ret;

@@ -5,7 +5,17 @@
  * emulated writes to an sp without a fault walking through it) zaps the sp at every level (3.11
  * skips level 1, which would go unsync instead). Takes mmu_lock.
  */
-import { CTL, Kvm, PAGE_WORDS, ROLE_DIRECT, ROLE_INVALID, ROLE_LEVEL_MASK, SCTL, SPX } from "../kvm_host.js";
+import {
+  CTL,
+  Kvm,
+  PAGE_WORDS,
+  ROLE_DIRECT,
+  ROLE_INVALID,
+  ROLE_LEVEL_MASK,
+  SCTL,
+  SPX,
+  VCPU,
+} from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_memslot } from "../mem/memslot.js";
 import {
@@ -18,6 +28,7 @@ import { kvm_mmu_commit_zap_page } from "./mmu_page.js";
 import { for_each_gfn_sp, role_access, sp_gfn, sp_role } from "./mmu_page_hash.js";
 import { mmu_page_zap_pte, shadow_prepare_zap_page } from "./shadow_page.js";
 import { mmu_set_spte } from "./mmu.js";
+import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import {
   is_shadow_present_pte,
   PT_PAGE_TABLE_LEVEL,
@@ -58,6 +69,8 @@ function update_pte(kvm: Kvm, sp: number, sptep: number): boolean {
   const hi = aload(kvm.mem, i + 1);
   if ((lo & (GPTE_P | GPTE_A)) !== (GPTE_P | GPTE_A) || (hi & ~GPTE_ADDR_HI_MASK) !== 0) return false;
   if (aload(kvm.ctl, CTL.notifier_count) !== 0) return false;
+  // Speculative: only while the vCPU's cache has a descriptor for the rmap (the fault's bound).
+  if (kvm.mmu_cache_vcpu >= 0 && kvm.vcpu[VCPU.desc_cache_n(kvm.mmu_cache_vcpu)] === 0) return false;
   const gfn = gpte_gfn(lo, hi);
   let access = role_access(role) & gpte_access(lo);
   if ((lo & GPTE_D) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
@@ -83,11 +96,12 @@ function need_remote_flush(old: number, nw: number): boolean {
  * could be cached now maps elsewhere or allows less. Takes mmu_lock. Returns true when the
  * writing vCPU should flush its own TLB (local_flush: an spte it may cache was touched).
  */
-function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number): boolean {
+function kvm_mmu_pte_write(kvm: Kvm, vcpuId: number, gfn: number, offset: number, bytes: number): boolean {
   if (aload(kvm.sctl, SCTL.indirect_shadow_pages) === 0) return false;
   // detect_write_misaligned (8-byte gptes): a write that spans two gptes, or is narrower than 4.
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~7) !== 0 || bytes < 4;
   kvm.mmu_lock.lock();
+  kvm.mmu_cache_vcpu = vcpuId;
   try {
     kvm.sctl[SCTL.pte_writes]++;
     const sps: number[] = [];
@@ -118,6 +132,7 @@ function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number)
     kvm_mmu_commit_zap_page(kvm, invalid);
     return localFlush;
   } finally {
+    kvm.mmu_cache_vcpu = -1;
     kvm.mmu_lock.unlock();
   }
 }
@@ -126,19 +141,22 @@ function kvm_mmu_pte_write(kvm: Kvm, gfn: number, offset: number, bytes: number)
  * x86_emulate_instruction + emulator_write_phys for a guest store to a write-protected guest
  * page table: the write goes to guest memory (kvm_write_guest marks it dirty), then
  * kvm_mmu_pte_write brings the shadow up to date. The vCPU is outside guest mode. Returns true
- * when the vCPU should flush its own TLB.
+ * when the vCPU should flush its own TLB. Throws KvmError(ENOMEM), before the write, when the
+ * vCPU's caches cannot be topped up.
  */
 export function emulate_guest_write(
   kvm: Kvm,
+  vcpuId: number,
   gfn: number,
   w: number,
   lo: number,
   hi: number,
   words: number,
 ): boolean {
+  mmu_topup_memory_caches(kvm, vcpuId);
   kvm_write_guest_words(kvm, gfn, w, lo, hi, words);
   aadd(kvm.sctl, SCTL.emulated, 1);
-  return kvm_mmu_pte_write(kvm, gfn, w * 4, words * 4);
+  return kvm_mmu_pte_write(kvm, vcpuId, gfn, w * 4, words * 4);
 }
 
 /** Counters of the shadow MMU (sctl), for reports. */

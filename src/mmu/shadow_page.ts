@@ -22,7 +22,6 @@ import {
   SPX,
   VCPU,
 } from "../kvm_host.js";
-import { KvmError } from "../errors.js";
 import { astore } from "../sync/atomic.js";
 import {
   drop_parent_pte,
@@ -51,23 +50,6 @@ const KVM_REFILL_PAGES = 25;
 const RETIRE_SLACK = 64;
 
 /**
- * kvm_mmu_alloc_page: the TDP allocator (sptes are all 0). Pages zapped in bulk wait for the RCU
- * grace period of a lockless harvest; if the arena is full of them, wait for that harvest to leave
- * its read section (it takes no lock, so waiting under mmu_lock cannot deadlock).
- */
-function alloc_shadow_page(kvm: Kvm, gfn: number, level: number): number {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      return kvm_mmu_get_page(kvm, gfn, level);
-    } catch (e) {
-      if (!(e instanceof KvmError) || e.code !== "ENOMEM" || Date.now() - t0 > 5000) throw e;
-      Atomics.wait(kvm.sctl, SCTL.WORDS - 1, 0, 0.05);
-    }
-  }
-}
-
-/**
  * kvm_mmu_get_page (shadow mode): the valid sp of (gfn, role), or a new one. A new indirect sp
  * write-protects its guest table (and flushes) before it is used.
  */
@@ -84,7 +66,7 @@ export function kvm_mmu_get_shadow_page(
     kvm.sctl[SCTL.sp_hash_hits]++;
     return sp;
   }
-  sp = alloc_shadow_page(kvm, gfn, level);
+  sp = kvm_mmu_get_page(kvm, gfn, level);
   kvm.spHdr[SP.role(sp)] = role;
   kvm.spExt[SPX.flood(sp)] = 0;
   kvm.spExt[SPX.on_list(sp)] = 1;
@@ -148,22 +130,47 @@ export function shadow_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[])
   return false;
 }
 
-/** make_mmu_pages_available: zap the oldest pages when fewer than 5 are left. */
+/**
+ * Zaps pages from the tail of active_mmu_pages (the oldest) until `enough` says so or every page
+ * has been seen once; a root in use is zapped in place and moved to the head (its vCPUs reload
+ * it at their next fault), so meeting the first page kept at the tail again ends the scan.
+ * `enough` is given the pages already queued for freeing. Returns the pages zapped.
+ */
+export function kvm_mmu_zap_oldest(kvm: Kvm, enough: (queued: number) => boolean): number {
+  const s = kvm.sctl;
+  const invalid: number[] = [];
+  let n = 0;
+  let firstKept = -1;
+  while (!enough(invalid.length)) {
+    const tail = s[SCTL.active_tail] - 1;
+    if (tail < 0 || tail === firstKept) break;
+    if ((kvm.spHdr[SP.role(tail)] & ROLE_INVALID) === 0) {
+      shadow_prepare_zap_page(kvm, tail, invalid);
+      s[SCTL.recycled]++;
+      n++;
+    } else {
+      // A zapped root still in use: it stays until its vCPUs drop it.
+      active_del(kvm, tail);
+      active_add_head(kvm, tail);
+    }
+    if (kvm.spExt[SPX.on_list(tail)] === 1 && firstKept < 0) firstKept = tail;
+  }
+  kvm_mmu_commit_zap_page(kvm, invalid);
+  return n;
+}
+
+/**
+ * make_mmu_pages_available: when fewer than KVM_MIN_FREE_MMU_PAGES are left under n_max, zap the
+ * oldest pages until KVM_REFILL_PAGES are. As in KVM, n_max counts pages in use (not the vCPU
+ * caches); the top-up reclaims when the pool itself runs short.
+ */
 export function make_mmu_pages_available(kvm: Kvm): void {
   const s = kvm.sctl;
   let nMax = s[SCTL.n_max];
   if (nMax === 0) nMax = s[SCTL.n_max] = Math.max(16, kvm.shared.config.maxSp - 1 - RETIRE_SLACK);
-  const invalid: number[] = [];
-  const avail = (): number => nMax - kvm.ctl[CTL.sp_used] + invalid.length;
-  if (avail() >= KVM_MIN_FREE_MMU_PAGES) return;
-  let guard = kvm.shared.config.maxSp;
-  while (avail() < KVM_REFILL_PAGES && guard-- > 0) {
-    const tail = s[SCTL.active_tail] - 1;
-    if (tail < 0) break;
-    shadow_prepare_zap_page(kvm, tail, invalid);
-    s[SCTL.recycled]++;
-  }
-  kvm_mmu_commit_zap_page(kvm, invalid);
+  const avail = (queued: number): number => nMax - kvm.ctl[CTL.sp_used] + queued;
+  if (avail(0) >= KVM_MIN_FREE_MMU_PAGES) return;
+  kvm_mmu_zap_oldest(kvm, (queued) => avail(queued) >= KVM_REFILL_PAGES);
 }
 
 /** mmu_alloc_shadow_roots / mmu_alloc_direct_roots for one vCPU. */
@@ -189,14 +196,19 @@ export function mmu_free_shadow_root(kvm: Kvm, vcpuId: number): void {
   }
 }
 
-/** kvm_mmu_new_cr3 + reload: takes mmu_lock. The vCPU is outside guest mode. */
+/**
+ * kvm_mmu_new_cr3 + reload: takes mmu_lock. The vCPU is outside guest mode and has topped up its
+ * caches (mmu_topup_memory_caches) for the root it may allocate.
+ */
 export function kvm_mmu_load_cr3(kvm: Kvm, vcpuId: number, cr3: number): number {
   kvm.mmu_lock.lock();
+  kvm.mmu_cache_vcpu = vcpuId;
   try {
     mmu_free_shadow_root(kvm, vcpuId);
     make_mmu_pages_available(kvm);
     return mmu_alloc_shadow_root(kvm, vcpuId, cr3);
   } finally {
+    kvm.mmu_cache_vcpu = -1;
     kvm.mmu_lock.unlock();
   }
 }

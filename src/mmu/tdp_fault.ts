@@ -10,6 +10,7 @@ import { gfn_to_pfn_memslot, HostFrame } from "../mem/guest_memory.js";
 import { hva_is_huge } from "../mem/host_memory.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
+import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import {
   fast_page_fault,
   FaultStats,
@@ -45,6 +46,8 @@ export function tdp_page_fault(
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
   if (write && present && fast_page_fault(kvm, vcpuId, gfn, st)) return;
+  // Before mmu_lock: the slow path below then cannot run out of pages or descriptors.
+  mmu_topup_memory_caches(kvm, vcpuId);
 
   const mmuSeq = aload(kvm.ctl, CTL.notifier_seq);
   // gfn_to_pfn, after reading mmu_notifier_seq (the smp_rmb pairs with invalidate_range_end).
@@ -58,6 +61,7 @@ export function tdp_page_fault(
     throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
 
   kvm.mmu_lock.lock();
+  kvm.mmu_cache_vcpu = vcpuId;
   try {
     st.slow++;
     if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
@@ -78,6 +82,7 @@ export function tdp_page_fault(
     const off = gfn & KVM_PAGES_PER_HPAGE_MASK(level);
     __direct_map(kvm, slot, gfn - off, pfn - off, level, write, mapWritable);
   } finally {
+    kvm.mmu_cache_vcpu = -1;
     kvm.mmu_lock.unlock();
   }
 }

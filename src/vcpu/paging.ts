@@ -205,7 +205,7 @@ export function paging_emulate_write(
   ps.emulated++;
   v.exitGuest();
   try {
-    if (emulate_guest_write(v.kvm, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
+    if (emulate_guest_write(v.kvm, v.id, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
   } finally {
     v.enterGuest();
   }

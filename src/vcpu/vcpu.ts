@@ -22,6 +22,7 @@ import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn } from "../mmu/sp
 import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
+import { mmu_topup_memory_caches } from "../mmu/mmu_cache.js";
 import { VcpuState } from "../kvm/requests.js";
 
 /** Run control values (VCPU.run), written by the VM owner. */
@@ -190,6 +191,7 @@ export class Vcpu {
     if (this.shadow) {
       this.exitGuest();
       try {
+        mmu_topup_memory_caches(this.kvm, this.id);
         kvm_mmu_load_cr3(this.kvm, this.id, cr3);
       } finally {
         this.enterGuest();
