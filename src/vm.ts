@@ -95,7 +95,11 @@ export interface HostThreadOptions {
   seed?: number;
 }
 
-const MAX_MEMORY = 64 * 2 ** 30;
+/**
+ * Host memory is one SharedArrayBuffer seen as an Int32Array, and V8 caps a typed array at 2^32
+ * elements: 16 GiB, guest memory and the spare frames together.
+ */
+const MAX_MEMORY = 2 ** 32 * 4;
 const ERRNOS: readonly Errno[] = [
   "EINVAL",
   "EEXIST",
@@ -148,7 +152,10 @@ export class Vm {
     if (!isInt(o.memory) || o.memory <= 0 || o.memory % PAGE_SIZE !== 0)
       throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
     if (o.memory > MAX_MEMORY)
-      throw new KvmError("ENOMEM", `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit`);
+      throw new KvmError(
+        "ENOMEM",
+        `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit (host memory is one Int32Array, at most 2^32 words)`,
+      );
     if (o.wp !== "locked" && o.wp !== "lockless")
       throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
     const mode = o.mode ?? "tdp";

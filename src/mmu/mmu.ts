@@ -53,6 +53,8 @@ import {
   SPTE_HOST_WRITEABLE,
   SPTE_MMU_WRITEABLE,
   SPTE_PFN_SHIFT,
+  Spte,
+  SpteLevel,
 } from "./spte.js";
 import { ACC_USER_MASK, ACC_WRITE_MASK } from "./guest_pt.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
@@ -121,11 +123,11 @@ export function walk_shadow_page_lockless(
 ): number {
   const spt = kvm.spt;
   let sp = root;
-  let level = PT64_ROOT_LEVEL;
+  let level: number = SpteLevel.ROOT;
   let sptep = -1;
   let spte = 0;
-  for (; root !== 0 && level >= PT_PAGE_TABLE_LEVEL; level--) {
-    sptep = sp * PT64_ENT_PER_PAGE + PT64_INDEX(addr, level);
+  for (; root !== 0 && level >= (SpteLevel.PAGE_TABLE as number); level--) {
+    sptep = sp * Spte.ENT_PER_PAGE + PT64_INDEX(addr, level);
     spte = aload(spt, sptep); // mmu_spte_get_lockless
     if (!is_shadow_present_pte(spte) || is_last_spte(spte, level)) break;
     sp = spte_to_child_sp(spte);

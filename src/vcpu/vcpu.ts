@@ -51,6 +51,13 @@ export class Vcpu {
   private readonly tlbE: Int32Array;
   private readonly tlbMask: number;
   private countdown = POLL_EVERY;
+  /**
+   * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
+   * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
+   */
+  private readonly modeIx: number;
+  private readonly runIx: number;
+  private readonly rootIx: number;
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
   readonly shadow: boolean;
   private pagingMiss: boolean;
@@ -75,6 +82,9 @@ export class Vcpu {
     this.tlbMask = this.tlb.mask;
     this.shadow = kvm.mode === MmuMode.Shadow;
     this.pagingMiss = this.shadow;
+    this.modeIx = VCPU.mode(id);
+    this.runIx = VCPU.run(id);
+    this.rootIx = CTL.root;
   }
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
@@ -99,11 +109,11 @@ export class Vcpu {
   /** A safe point in guest mode: acknowledge a kick, honour pause/stop. */
   safePoint(): void {
     this.countdown = POLL_EVERY;
-    if (aload(this.v, VCPU.mode(this.id)) === EXITING_GUEST_MODE) {
+    if (aload(this.v, this.modeIx) === EXITING_GUEST_MODE) {
       this.exitGuest();
       this.enterGuest();
     }
-    if (aload(this.v, VCPU.run(this.id)) !== (RunCtl.Run as number)) this.runControl();
+    if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) this.runControl();
   }
 
   private runControl(): void {
@@ -229,7 +239,7 @@ export class Vcpu {
     this.tlbMisses++;
     this.safePoint();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
-    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, CTL.root), gfn, this.it);
+    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
     if (present) {
       const writable = is_writable_pte(s);

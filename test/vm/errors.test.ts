@@ -92,6 +92,8 @@ test("Vm.create: bad memory, wp, bugs, maxVcpus", () => {
     [{ memory: "4194304" }, "EINVAL", "memory"],
     [{ memory: undefined }, "EINVAL", "memory"],
     [{ memory: 2 ** 40 }, "ENOMEM", "memory"],
+    // one page over V8's typed-array limit (2^32 Int32 words), refused before anything is allocated
+    [{ memory: 2 ** 34 + PAGE_SIZE }, "ENOMEM", "memory"],
     [{ wp: "fast" }, "EINVAL", "wp"],
     [{ wp: "LOCKED" }, "EINVAL", "wp"],
     [{ wp: undefined }, "EINVAL", "wp"],
