@@ -21,9 +21,13 @@ import {
   SLOT_RMAP_L3,
   SLOT_STRIDE,
   KVM_MEM_LOG_DIRTY_PAGES,
+  CTL_DIRTY_RING_SIZE,
+  CTL_DIRTY_RING_WITH_BITMAP,
+  CTL_DIRTY_RING_DROPPED,
 } from "../kvm_host.js";
+import { kvm_dirty_ring_push, kvm_get_running_vcpu } from "../mmu/dirty_ring.js";
 import { KVM_HPAGE_GFN_SHIFT } from "../mmu/spte.js";
-import { aload, aor } from "../sync/atomic.js";
+import { aadd, aload, aor } from "../sync/atomic.js";
 
 /** This thread's last hit (memslots->lru_slot). */
 let lruSlot = 0;
@@ -81,10 +85,26 @@ export function gfn_to_hva_page(kvm: Kvm, r: number, gfn: number): number {
   return kvm.slots[r + SLOT_HVA_PAGE] + (gfn - kvm.slots[r + SLOT_BASE_GFN]);
 }
 
-/** mark_page_dirty_in_slot: an atomic set_bit_le, only while the slot is dirty-logged. */
+/**
+ * mark_page_dirty_in_slot, only while the slot is dirty-logged: in ring mode on a vCPU thread a
+ * push to that vCPU's ring; otherwise an atomic set_bit_le in the bitmap. In ring mode a write
+ * without a running vCPU (the host's) goes to the bitmap only with ring-with-bitmap; else it is
+ * counted in dirty_ring_dropped (KVM warns) and lost to the log.
+ */
 export function mark_page_dirty_in_slot(kvm: Kvm, r: number, gfn: number): void {
   if (!slot_dirty_logged(kvm, r)) return;
   const rel = gfn - kvm.slots[r + SLOT_BASE_GFN];
+  if (kvm.ctl[CTL_DIRTY_RING_SIZE] !== 0) {
+    const v = kvm_get_running_vcpu();
+    if (v >= 0) {
+      kvm_dirty_ring_push(kvm, v, r / SLOT_STRIDE, rel);
+      return;
+    }
+    if (kvm.ctl[CTL_DIRTY_RING_WITH_BITMAP] === 0) {
+      aadd(kvm.ctl, CTL_DIRTY_RING_DROPPED, 1);
+      return;
+    }
+  }
   aor(kvm.bitmapPool, kvm.slots[r + SLOT_BITMAP_BASE] + (rel >>> 5), 1 << (rel & 31));
 }
 

@@ -8,6 +8,7 @@ import {
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   Kvm,
+  KVM_REQ_DIRTY_RING_SOFT_FULL,
   KVM_REQ_TLB_FLUSH,
   MmuMode,
   OUTSIDE_GUEST_MODE,
@@ -36,6 +37,7 @@ import {
   VCPU_STRIDE,
 } from "../kvm_host.js";
 import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { kvm_dirty_ring_full_exit, kvm_dirty_ring_wait } from "../mmu/dirty_ring.js";
 import { FaultStats, tdp_page_fault } from "../mmu/tdp_fault.js";
 import {
   is_last_spte,
@@ -110,6 +112,7 @@ export class Vcpu {
     for (;;) {
       const req = axchg(v, r + VCPU_REQUESTS, 0);
       if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
+      if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
       astore(v, r + VCPU_MODE, IN_GUEST_MODE);
       if (aload(v, r + VCPU_REQUESTS) === 0) return;
       astore(v, r + VCPU_MODE, OUTSIDE_GUEST_MODE);
@@ -132,7 +135,28 @@ export class Vcpu {
     if (aload(this.v, this.row + VCPU_RUN) !== (RunCtl.Run as number)) this.runControl();
   }
 
+  /**
+   * KVM_EXIT_DIRTY_RING_FULL: outside guest mode, counted, until a reset brings the ring below
+   * its soft limit (KVM re-arms the request so the vCPU cannot re-enter before). Pause, audit
+   * and stop are honoured meanwhile.
+   */
+  private dirtyRingFull(): void {
+    kvm_dirty_ring_full_exit(this.kvm, this.id);
+    while (kvm_dirty_ring_wait(this.kvm, this.id))
+      if (aload(this.v, this.row + VCPU_RUN) !== (RunCtl.Run as number)) {
+        this.parked();
+        astore(this.v, this.row + VCPU_STATE, VcpuState.Running);
+      }
+  }
+
   private runControl(): void {
+    this.parked();
+    astore(this.v, this.row + VCPU_STATE, VcpuState.Running);
+    this.enterGuest();
+  }
+
+  /** Out of guest mode until the run control says Run (stop throws VcpuStop). */
+  private parked(): void {
     const v = this.v;
     const r = this.row;
     for (;;) {
@@ -152,8 +176,6 @@ export class Vcpu {
       Atomics.notify(v, r + VCPU_STATE);
       if (!schedHookInstalled()) Atomics.wait(v, r + VCPU_RUN, ctl, 100);
     }
-    astore(v, r + VCPU_STATE, VcpuState.Running);
-    this.enterGuest();
   }
 
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */

@@ -19,6 +19,7 @@ import {
   CTL_VM_STATE,
 } from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "./vcpu.js";
+import { kvm_set_running_vcpu } from "../mmu/dirty_ring.js";
 import { VcpuState } from "./requests.js";
 import { GuestArgs, runGuest } from "../workload/guest.js";
 import { KvmError } from "../errors.js";
@@ -36,6 +37,8 @@ const kvm = new Kvm(data.shared);
 const row = data.vcpuId * VCPU_STRIDE;
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);
+// kvm_get_running_vcpu() on this thread: its dirty-ring pushes go to this vCPU's ring.
+kvm_set_running_vcpu(data.vcpuId);
 
 async function loadEntry(url: string): Promise<GuestEntry> {
   const m = (await import(url)) as { default?: unknown; main?: unknown };

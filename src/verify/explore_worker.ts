@@ -57,6 +57,7 @@ for (;;) {
     m.shared.mem,
     m.shared.hpt,
     m.shared.spHdr,
+    m.shared.dirtyRing,
   ]);
   try {
     scenario.threads[d.tid].run(kvm, scratch);
