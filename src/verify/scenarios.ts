@@ -501,9 +501,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       return auditCheck(vm);
     },
   },
-};
 
-Object.assign(SCENARIOS, {
   "clear-protect-first": {
     name: "clear-protect-first",
     bug: "clear-protect-first",
@@ -597,7 +595,7 @@ Object.assign(SCENARIOS, {
     ],
     check: (vm, scratch) => finalRingMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
   },
-} satisfies Record<string, Scenario>);
+};
 
 export const BUG_SCENARIO: Record<BugName, string> = {
   "backward-move": "backward-move",
