@@ -515,8 +515,9 @@ export const SCENARIOS: Record<string, Scenario> = {
       scratch[S_EXTRA + HVA0] = hva;
       vm.createVcpu(0);
       vm.createVcpu(1);
-      prefault(vm, 0, [G]); // writable and dirty
-      prefault(vm, 1, [G + 1]); // vCPU 1 has its root (shadow MMU)
+      // G and the seven pages after it, writable and dirty: CLEAR protects them one by one.
+      prefault(vm, 0, [G, G + 1, G + 2, G + 3, G + 4, G + 5, G + 6, G + 7]);
+      prefault(vm, 1, [G + 8]); // vCPU 1 has its root (shadow MMU)
       copyAll(vm.kvm, hva, scratch);
     },
     threads: [
