@@ -56,7 +56,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
       );
   for (const v of r.firstViolations)
     out.push(
-      `  violation: [${v.wp}] ${v.oracle}${v.mode ? ` -M ${v.mode}` : ""} iteration ${v.iteration} page ${v.page} (gpa ${v.gpa}): ${v.what}`,
+      `  violation: [${v.wp}] ${v.oracle}${v.mode && v.mode !== "dirty-log" ? ` -M ${v.mode}` : ""} iteration ${v.iteration} page ${v.page} (gpa ${v.gpa}): ${v.what}`,
     );
   if (r.violations > r.firstViolations.length)
     out.push(`  ... ${r.violations - r.firstViolations.length} more`);
