@@ -1,5 +1,6 @@
 /** Errors the API returns for bad input: an errno-like code and a message that names the argument. */
-export type Errno = "EINVAL" | "EEXIST" | "ENOENT" | "ENOMEM" | "EBUSY" | "EFAULT" | "ETIMEDOUT" | "EIO";
+export type Errno =
+  "EINVAL" | "EEXIST" | "ENOENT" | "ENOMEM" | "EBUSY" | "EFAULT" | "ETIMEDOUT" | "EIO" | "ENXIO" | "E2BIG";
 
 export class KvmError extends Error {
   readonly code: Errno;

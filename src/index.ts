@@ -3,11 +3,13 @@
  * guest programs run on, the guest spec types and the dirty-bitmap helpers. See docs/api.md.
  */
 export { Vm } from "./vm.js";
-export type { VmOptions, MemoryRegion, HostThreadOptions, WpName, MmuModeName } from "./vm.js";
+export type { VmOptions, MemoryRegion, HostThreadOptions, WpName, MmuModeName, DirtyGfn } from "./vm.js";
 export { KvmError } from "./errors.js";
 export type { Errno } from "./errors.js";
 export {
   BUG,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_MAX_VCPUS,
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,

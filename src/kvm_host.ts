@@ -46,6 +46,10 @@ export const BUG = {
   "plain-clear": 1 << 5,
   "early-free": 1 << 6,
   "no-notifier-retry": 1 << 7,
+  "clear-protect-first": 1 << 8,
+  "ring-flags-before-entry": 1 << 9,
+  "reset-coalesce-backward": 1 << 10,
+  "initially-set-zero": 1 << 11,
 } as const;
 export type BugName = keyof typeof BUG;
 
@@ -90,7 +94,30 @@ export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
   sp_cached: { by: "mmu_lock", doc: "shadow pages held in vCPU memory caches (taken from the pool)" },
   desc_cached: { by: "mmu_lock", doc: "descriptors held in vCPU memory caches (taken from the slab)" },
   reclaims: { by: "mmu_lock", doc: "statistic: top-ups that had to zap shadow pages to refill" },
+  manual_dirty_log: {
+    by: "slots_lock (the owner writes it; GET, CLEAR and bitmap creation read it under slots_lock)",
+    doc: "KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 flags (manual_dirty_log_protect)",
+  },
+  dirty_ring_size: {
+    by: "owner, before any vCPU exists; read-only afterwards",
+    doc: "entries per vCPU dirty ring (dirty_ring_size), 0 = bitmap mode",
+  },
+  dirty_ring_with_bitmap: {
+    by: "owner, before any memslot exists; read-only afterwards",
+    doc: "1: ring mode keeps the bitmap for writes without a vCPU (dirty_ring_with_bitmap)",
+  },
+  dirty_ring_full_exits: {
+    by: "atomic add by the vCPUs (notified: the owner waits on it)",
+    doc: "KVM_EXIT_DIRTY_RING_FULL exits, all vCPUs (statistic and event)",
+  },
+  dirty_ring_dropped: {
+    by: "atomic add",
+    doc: "ring-only mode: writes without a running vCPU, not logged (KVM's WARN_ON_ONCE)",
+  },
 });
+/** manual_dirty_log flags (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). */
+export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0;
+export const KVM_DIRTY_LOG_INITIALLY_SET = 1 << 1;
 
 // ---- memslots: `struct kvm_memory_slot`, one row per slot id (Int32Array `slots`) ----
 const SLOT_BY = "slots_lock; created and deleted only while no vCPU runs, read by vCPUs without a lock";
@@ -237,6 +264,54 @@ export const EXITING_GUEST_MODE = 2;
 export const READING_SHADOW_PAGE_TABLES = 3;
 export const KVM_REQ_TLB_FLUSH = 1 << 0;
 export const KVM_REQ_MMU_RELOAD = 1 << 1;
+export const KVM_REQ_DIRTY_RING_SOFT_FULL = 1 << 2;
+
+// ---- the dirty ring (Int32Array `dirtyRing`): per vCPU a header, then its entries ----
+export const RING_HDR = defineBlock(
+  "struct kvm_dirty_ring (header, one per vCPU)",
+  "dirtyRing",
+  {
+    dirty_index: {
+      by: "its vCPU only (atomic store after the entry is published)",
+      doc: "entries pushed (u32, wraps)",
+    },
+    reset_index: {
+      by: "the reset (slots_lock; atomic store, then notify); its vCPU loads it",
+      doc: "entries reset (u32, wraps)",
+    },
+    fetch_index: {
+      by: "the harvester (userspace's own index; slots_lock in vm.harvestDirtyRing)",
+      doc: "the next entry userspace harvests",
+    },
+    full_exits: { by: "atomic add by its vCPU", doc: "this vCPU's KVM_EXIT_DIRTY_RING_FULL exits" },
+  },
+  { words: 8 },
+);
+/** One entry (after the header, entry i at i & (size - 1)): the uapi's 16 bytes. */
+export const RING_GFN = defineRows(
+  "struct kvm_dirty_gfn",
+  "dirtyRing",
+  {
+    flags: {
+      by: "the vCPU stores DIRTY (release, after slot and offset); the harvester stores RESET (release); the reset stores 0",
+      doc: "KVM_DIRTY_GFN_F_DIRTY (bit 0), KVM_DIRTY_GFN_F_RESET (bit 1)",
+    },
+    slot: {
+      by: "its vCPU, before flags = DIRTY; read after an acquire load of flags",
+      doc: "as_id << 16 | slot id",
+    },
+    offset_lo: { by: "as slot", doc: "page offset in the slot, low 32 bits" },
+    offset_hi: { by: "as slot", doc: "page offset in the slot, high 32 bits (always 0 here)" },
+  },
+  { base: RING_HDR.WORDS },
+);
+export const KVM_DIRTY_GFN_F_DIRTY = 1 << 0;
+export const KVM_DIRTY_GFN_F_RESET = 1 << 1;
+/** Entries kept free for what a vCPU may still push after the soft-full request (no PML here). */
+export const KVM_DIRTY_RING_RSVD_ENTRIES = 64;
+export const KVM_DIRTY_RING_MAX_ENTRIES = 65536;
+/** One page of 16-byte entries. */
+export const KVM_DIRTY_RING_MIN_ENTRIES = PAGE_SIZE / 16;
 
 /** `struct kvm_vcpu_stat`, one row per vCPU (Float64Array `vcpuStats`): written by its vCPU only. */
 const ST_BY = "its vCPU only (plain stores); others read it after the vCPU stopped or as a statistic";
@@ -298,6 +373,8 @@ export interface KvmShared {
   spExt: SharedArrayBuffer;
   spHash: SharedArrayBuffer;
   sctl: SharedArrayBuffer;
+  /** The vCPUs' dirty rings (an 8-byte placeholder until vm.enableDirtyRing replaces it). */
+  dirtyRing: SharedArrayBuffer;
 }
 
 /** Pages of host virtual address space a VM can mmap. */
@@ -339,6 +416,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     spExt: sab(shadow ? SPX.row(config.maxSp) * 4 : 0),
     spHash: sab(shadow ? KVM_NUM_MMU_PAGES * 4 : 0),
     sctl: sab(SCTL.WORDS * 4),
+    dirtyRing: sab(0),
   };
 }
 
@@ -371,6 +449,8 @@ export class Kvm {
   readonly spExt: Int32Array;
   readonly spHash: Int32Array;
   readonly sctl: Int32Array;
+  /** Replaced once by enableDirtyRing (before any vCPU exists, so every worker sees the final one). */
+  dirtyRing: Int32Array;
   readonly mode: MmuMode;
   readonly mmu_lock: Mutex;
   readonly slots_lock: Mutex;
@@ -405,6 +485,7 @@ export class Kvm {
     this.spExt = new Int32Array(shared.spExt);
     this.spHash = new Int32Array(shared.spHash);
     this.sctl = new Int32Array(shared.sctl);
+    this.dirtyRing = new Int32Array(shared.dirtyRing);
     this.mode = shared.config.mode ?? MmuMode.Tdp;
     this.mmu_lock = new Mutex(this.ctl, CTL.mmu_lock);
     this.slots_lock = new Mutex(this.ctl, CTL.slots_lock);

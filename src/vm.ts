@@ -33,11 +33,19 @@ import {
   ST,
   VCPU,
   WpStrategy,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_DIRTY_RING_MAX_ENTRIES,
+  KVM_DIRTY_RING_MIN_ENTRIES,
+  RING_HDR,
 } from "./kvm_host.js";
 import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
-import { kvm_get_dirty_log, kvm_set_dirty_logging } from "./mmu/dirty_log.js";
+import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
+import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
+import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.js";
+import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
 import { addDirtyLogTimes, DirtyLogTimes, newDirtyLogTimes } from "./mmu/write_protect.js";
 import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "./kvm/requests.js";
@@ -88,6 +96,12 @@ export interface MemoryRegion {
   userspaceAddr: number;
 }
 
+/** One harvested dirty-ring entry: slot id and page offset in the slot. */
+export interface DirtyGfn {
+  slot: number;
+  offset: number;
+}
+
 export interface HostThreadOptions {
   migrateRate: number;
   invalidateRate: number;
@@ -109,6 +123,8 @@ const ERRNOS: readonly Errno[] = [
   "EFAULT",
   "ETIMEDOUT",
   "EIO",
+  "ENXIO",
+  "E2BIG",
 ];
 
 /** Node flags that a worker cannot take (they apply to string input only). */
@@ -141,6 +157,11 @@ export class Vm {
   /** getDirtyLog times: the sum over calls, and the last call's. */
   private readonly times: DirtyLogTimes = newDirtyLogTimes();
   private lastTimes: DirtyLogTimes = newDirtyLogTimes();
+  /** clearDirtyLog and resetDirtyRings times, the same way. */
+  private readonly clearTimes: DirtyLogTimes = newDirtyLogTimes();
+  private lastClear: DirtyLogTimes = newDirtyLogTimes();
+  private readonly resetTimes: DirtyLogTimes = newDirtyLogTimes();
+  private lastReset: DirtyLogTimes = newDirtyLogTimes();
 
   private constructor(shared: KvmShared) {
     this.shared = shared;
@@ -656,6 +677,7 @@ export class Vm {
     const kvm = this.kvm;
     kvm.slots_lock.lock();
     try {
+      this.checkBitmapMode("getDirtyLog");
       this.checkSlot(slot);
       if ((kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
         throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
@@ -679,6 +701,240 @@ export class Vm {
     } finally {
       kvm.slots_lock.unlock();
     }
+  }
+
+  /** ENXIO in ring mode without the bitmap (kvm_use_dirty_bitmap). */
+  private checkBitmapMode(what: string): void {
+    const ctl = this.kvm.ctl;
+    if (ctl[CTL.dirty_ring_size] !== 0 && ctl[CTL.dirty_ring_with_bitmap] === 0)
+      throw new KvmError("ENXIO", `${what}: the VM logs to dirty rings and has no dirty bitmap`);
+  }
+
+  /**
+   * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: flags 0 (off), MANUAL_PROTECT_ENABLE (1) or
+   * MANUAL_PROTECT_ENABLE | INITIALLY_SET (3). As in KVM it may change at any time; it is
+   * taken under slots_lock, so no GET or CLEAR sees half of it. GET and CLEAR read it per call;
+   * INITIALLY_SET applies to bitmaps created afterwards (logging turned on later).
+   */
+  enableManualDirtyLogProtect(flags: number): void {
+    const all = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
+    if (!isInt(flags) || (flags & ~all) !== 0)
+      throw einval(
+        "flags",
+        `unknown flags ${String(flags)} (known: 1 MANUAL_PROTECT_ENABLE, 2 INITIALLY_SET)`,
+      );
+    if (flags === KVM_DIRTY_LOG_INITIALLY_SET)
+      throw einval("flags", "INITIALLY_SET requires MANUAL_PROTECT_ENABLE");
+    const kvm = this.kvm;
+    kvm.slots_lock.lock();
+    try {
+      Atomics.store(kvm.ctl, CTL.manual_dirty_log, flags);
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  /**
+   * KVM_CLEAR_DIRTY_LOG: clears the pages [firstPage, firstPage + numPages) of `slot` whose bits
+   * are set in `bitmap` (bit n = page firstPage + n) and write-protects those that were dirty.
+   * Checks, in KVM's order: ENXIO (ring mode without a bitmap), EINVAL (slot id), EINVAL
+   * (firstPage not a multiple of 64), ENOENT (no slot, or not dirty-logged), EINVAL (range:
+   * past the slot, or numPages not a multiple of 64 unless the range ends the slot); then the
+   * bitmap (EINVAL if not a Uint32Array, EFAULT if shorter than numPages bits). May run while
+   * the vCPUs run. Returns the pages cleared.
+   */
+  clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): number {
+    const kvm = this.kvm;
+    kvm.slots_lock.lock();
+    try {
+      this.checkBitmapMode("clearDirtyLog");
+      if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
+        throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+      if (!isInt(firstPage) || firstPage < 0 || firstPage % 64 !== 0)
+        throw einval("firstPage", `must be a multiple of 64, got ${String(firstPage)}`);
+      this.checkSlot(slot);
+      if ((kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
+        throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged (no bitmap)`);
+      const npages = kvm.slots[SLOT.npages(slot)];
+      if (firstPage > npages)
+        throw einval("firstPage", `${firstPage} is past the end of slot ${slot} (${npages} pages)`);
+      if (!isInt(numPages) || numPages < 0 || numPages > npages - firstPage)
+        throw einval(
+          "numPages",
+          `must be 0..${npages - firstPage} from page ${firstPage}, got ${String(numPages)}`,
+        );
+      if (numPages % 64 !== 0 && numPages < npages - firstPage)
+        throw einval("numPages", `must be a multiple of 64 unless the range ends the slot, got ${numPages}`);
+      if (!(bitmap instanceof Uint32Array))
+        throw einval("bitmap", `must be a Uint32Array, got ${describe(bitmap)}`);
+      if (bitmap.length < Math.ceil(numPages / 32))
+        throw new KvmError("EFAULT", `bitmap: needs ${Math.ceil(numPages / 32)} words, got ${bitmap.length}`);
+      const call = newDirtyLogTimes();
+      let n: number;
+      try {
+        n = kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call);
+      } catch (e) {
+        if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
+        throw e;
+      }
+      addDirtyLogTimes(this.clearTimes, call);
+      this.lastClear = call;
+      return n;
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  /**
+   * KVM_CAP_DIRTY_LOG_RING (and _WITH_BITMAP): one ring of `entries` entries per vCPU. Once per
+   * VM, before any vCPU exists; `entries` a power of two, at least one page of 16-byte entries
+   * (256), at most 65536 (E2BIG above; EINVAL for the rest). withBitmap: the bitmap stays, for
+   * writes made without a running vCPU; only before any memslot exists (EINVAL).
+   */
+  enableDirtyRing(entries: number, opts: { withBitmap?: boolean } = {}): void {
+    const kvm = this.kvm;
+    if (!isInt(entries) || entries <= 0 || (entries & (entries - 1)) !== 0)
+      throw einval("entries", `must be a power of two, got ${String(entries)}`);
+    if (entries < KVM_DIRTY_RING_MIN_ENTRIES)
+      throw einval(
+        "entries",
+        `must be at least ${KVM_DIRTY_RING_MIN_ENTRIES} (one page of entries), got ${entries}`,
+      );
+    if (entries > KVM_DIRTY_RING_MAX_ENTRIES)
+      throw new KvmError("E2BIG", `entries: at most ${KVM_DIRTY_RING_MAX_ENTRIES}, got ${entries}`);
+    if (kvm.ctl[CTL.dirty_ring_size] !== 0) throw einval("entries", "the dirty ring is already enabled");
+    if (this.created.size !== 0)
+      throw einval("entries", "the dirty ring must be enabled before any vCPU exists");
+    const withBitmap = (opts ?? {}).withBitmap ?? false;
+    if (typeof withBitmap !== "boolean")
+      throw einval("withBitmap", `must be a boolean, got ${String(withBitmap)}`);
+    kvm.slots_lock.lock();
+    try {
+      if (withBitmap)
+        for (let id = 0; id < KVM_USER_MEM_SLOTS; id++)
+          if (kvm.slots[SLOT.active(id)] !== 0)
+            throw einval("withBitmap", "the ring's bitmap must be enabled before any memslot exists");
+      let ring: SharedArrayBuffer;
+      try {
+        ring = new SharedArrayBuffer(this.shared.config.maxVcpus * ring_words(entries) * 4);
+      } catch (e) {
+        throw new KvmError("ENOMEM", `entries: cannot allocate the rings (${(e as Error).message})`);
+      }
+      // Before any vCPU exists: every worker attaches to this buffer.
+      this.shared.dirtyRing = ring;
+      kvm.dirtyRing = new Int32Array(ring);
+      kvm.ctl[CTL.dirty_ring_with_bitmap] = withBitmap ? 1 : 0;
+      Atomics.store(kvm.ctl, CTL.dirty_ring_size, entries);
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  private checkRingVcpu(vcpuId: number): void {
+    if (this.kvm.ctl[CTL.dirty_ring_size] === 0) throw einval("vcpuId", "the dirty ring is not enabled");
+    if (!isInt(vcpuId) || !this.created.has(vcpuId)) throw einval("vcpuId", `no vCPU ${String(vcpuId)}`);
+  }
+
+  /**
+   * Userspace's harvest of vCPU vcpuId's ring: the DIRTY entries from where the last harvest
+   * stopped, in order (at most `max`), each marked RESET. The pages are not protected again
+   * until resetDirtyRings(), which must come before their contents are read. May run while
+   * the vCPUs run.
+   */
+  harvestDirtyRing(vcpuId: number, max = Infinity): DirtyGfn[] {
+    this.checkRingVcpu(vcpuId);
+    if (!(max === Infinity || (isInt(max) && max >= 0)))
+      throw einval("max", `must be an integer >= 0, got ${String(max)}`);
+    const out: DirtyGfn[] = [];
+    this.kvm.slots_lock.lock();
+    try {
+      kvm_dirty_ring_harvest(this.kvm, vcpuId, max, (slot, offset) => out.push({ slot, offset }));
+    } finally {
+      this.kvm.slots_lock.unlock();
+    }
+    return out;
+  }
+
+  /**
+   * KVM_RESET_DIRTY_RINGS: frees the harvested entries of every ring, write-protects their pages
+   * again through the VM's design, flushes, and lets vCPUs blocked in a ring-full exit go on.
+   * Returns the entries reset. EINVAL without a ring. May run while the vCPUs run.
+   */
+  resetDirtyRings(): number {
+    const kvm = this.kvm;
+    if (kvm.ctl[CTL.dirty_ring_size] === 0) throw einval("resetDirtyRings", "the dirty ring is not enabled");
+    kvm.slots_lock.lock();
+    try {
+      const call = newDirtyLogTimes();
+      let n: number;
+      try {
+        n = kvm_reset_dirty_rings(kvm, wp_design(kvm), call);
+      } catch (e) {
+        if (e instanceof KvmError && e.code === "ETIMEDOUT") this.fail(e);
+        throw e;
+      }
+      addDirtyLogTimes(this.resetTimes, call);
+      this.lastReset = call;
+      return n;
+    } finally {
+      kvm.slots_lock.unlock();
+    }
+  }
+
+  /**
+   * Ring-full exits (KVM_EXIT_DIRTY_RING_FULL) so far: of vCPU vcpuId, or of all vCPUs; plus the
+   * host writes that ring-only mode could not log (no running vCPU, no bitmap).
+   */
+  dirtyRingStats(vcpuId?: number): { fullExits: number; dropped: number } {
+    const kvm = this.kvm;
+    let fullExits: number;
+    if (vcpuId === undefined) fullExits = Atomics.load(kvm.ctl, CTL.dirty_ring_full_exits);
+    else {
+      this.checkRingVcpu(vcpuId);
+      fullExits = Atomics.load(kvm.dirtyRing, ring_base(kvm, vcpuId) + RING_HDR.full_exits);
+    }
+    return { fullExits, dropped: Atomics.load(kvm.ctl, CTL.dirty_ring_dropped) };
+  }
+
+  /**
+   * Resolves with the VM's ring-full exit count once it exceeds `since` (default: the count
+   * now), or with the unchanged count after timeoutMs (default 10 s). The harvester's event:
+   * harvest, reset, and the blocked vCPU resumes. Rejects with the VM's error if it failed.
+   */
+  async waitDirtyRingFull(opts: { since?: number; timeoutMs?: number } = {}): Promise<number> {
+    const ctl = this.kvm.ctl;
+    const since = opts.since ?? Atomics.load(ctl, CTL.dirty_ring_full_exits);
+    const timeoutMs = opts.timeoutMs ?? 10_000;
+    if (!isInt(since)) throw einval("since", `must be an integer, got ${String(since)}`);
+    if (typeof timeoutMs !== "number" || !(timeoutMs >= 0))
+      throw einval("timeoutMs", `must be a number >= 0, got ${String(timeoutMs)}`);
+    const deadline = performance.now() + timeoutMs;
+    for (;;) {
+      this.throwIfFailed();
+      const n = Atomics.load(ctl, CTL.dirty_ring_full_exits);
+      const left = deadline - performance.now();
+      if (n > since || left <= 0) return n;
+      const r = Atomics.waitAsync(ctl, CTL.dirty_ring_full_exits, n, Math.min(left, 50));
+      if (r.async) await r.value;
+    }
+  }
+
+  /** Times accumulated by clearDirtyLog (lock wait, protect, flush; dirtyPages = pages cleared). */
+  clearDirtyLogTimes(): DirtyLogTimes {
+    return { ...this.clearTimes };
+  }
+
+  lastClearDirtyLogTimes(): DirtyLogTimes {
+    return { ...this.lastClear };
+  }
+
+  /** Times accumulated by resetDirtyRings (dirtyPages = entries reset), and the last call's. */
+  resetDirtyRingsTimes(): DirtyLogTimes {
+    return { ...this.resetTimes };
+  }
+
+  lastResetDirtyRingsTimes(): DirtyLogTimes {
+    return { ...this.lastReset };
   }
 
   /** Times accumulated by getDirtyLog (lock wait, protect, flush) and dirty pages reported. */

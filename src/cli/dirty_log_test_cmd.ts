@@ -3,6 +3,7 @@ import { Command } from "commander";
 import {
   dirtyLogTest,
   DirtyLogTestResult,
+  MODES,
   OracleName,
   OracleResult,
   ORACLES,
@@ -47,9 +48,15 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
       );
     }
   }
+  if (r.modes.length > 1 || r.modes.some((m) => m.mode !== "dirty-log"))
+    for (const m of r.modes)
+      out.push(
+        `[${m.wp}] kvm -M ${m.mode}: ${m.iterations} iterations, dirty ${m.dirtyPages}, pages checked ${m.pagesChecked}, ` +
+          `violations ${m.violations}${m.mode === "dirty-ring" ? `, ring-full exits ${m.ringFullExits}` : ""}`,
+      );
   for (const v of r.firstViolations)
     out.push(
-      `  violation: [${v.wp}] ${v.oracle} iteration ${v.iteration} page ${v.page} (gpa ${v.gpa}): ${v.what}`,
+      `  violation: [${v.wp}] ${v.oracle}${v.mode && v.mode !== "dirty-log" ? ` -M ${v.mode}` : ""} iteration ${v.iteration} page ${v.page} (gpa ${v.gpa}): ${v.what}`,
     );
   if (r.violations > r.firstViolations.length)
     out.push(`  ... ${r.violations - r.firstViolations.length} more`);
@@ -76,6 +83,15 @@ export function registerDirtyLogTest(program: Command): void {
       "--oracle <list>",
       "kvm (exact stamp check), qemu (migration copy must equal the source)",
       "kvm,qemu",
+    )
+    .option(
+      "-M, --log-mode <list>",
+      "how the kvm oracle collects: dirty-log (GET), clear-log (manual protect, INITIALLY_SET, GET + CLEAR), dirty-ring, or all",
+      "dirty-log",
+    )
+    .option(
+      "-c, --ring-entries <n>",
+      "dirty-ring: entries per vCPU ring (power of two, 256..65536; default by slot size)",
     )
     .option("--no-thp", "back guest memory with 4 KiB pages only")
     .option(
@@ -110,6 +126,11 @@ export function registerDirtyLogTest(program: Command): void {
         bytesPerVcpu: bytes,
         wp: parseList("--wp", String(a["wp"]), STRATEGIES),
         oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
+        modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
+        ringEntries:
+          a["ringEntries"] === undefined
+            ? undefined
+            : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
         thp: a["thp"] !== false,
         mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,

@@ -5,8 +5,16 @@
  * whole run. Slots are created and deleted only while no vCPU runs (KVM waits with SRCU;
  * we refuse with EBUSY), so readers need no lock for the geometry.
  */
-import { Kvm, KVM_HPAGE_GFN_SHIFT, KVM_MEM_LOG_DIRTY_PAGES, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
-import { aload, aor } from "../sync/atomic.js";
+import {
+  CTL,
+  Kvm,
+  KVM_HPAGE_GFN_SHIFT,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  KVM_USER_MEM_SLOTS,
+  SLOT,
+} from "../kvm_host.js";
+import { kvm_dirty_ring_push, kvm_get_running_vcpu } from "./dirty_ring.js";
+import { aadd, aload, aor } from "../sync/atomic.js";
 
 /** This thread's last hit (memslots->lru_slot). */
 let lruSlot = 0;
@@ -65,10 +73,26 @@ export function gfn_to_hva_page(kvm: Kvm, slot: number, gfn: number): number {
   return kvm.slots[SLOT.hva_page(slot)] + (gfn - kvm.slots[SLOT.base_gfn(slot)]);
 }
 
-/** mark_page_dirty_in_slot: an atomic set_bit_le, only while the slot is dirty-logged. */
+/**
+ * mark_page_dirty_in_slot, only while the slot is dirty-logged: in ring mode on a vCPU thread a
+ * push to that vCPU's ring; otherwise an atomic set_bit_le in the bitmap. In ring mode a write
+ * without a running vCPU (the host's) goes to the bitmap only with ring-with-bitmap; else it is
+ * counted in dirty_ring_dropped (KVM warns) and lost to the log.
+ */
 export function mark_page_dirty_in_slot(kvm: Kvm, slot: number, gfn: number): void {
   if (!slot_dirty_logged(kvm, slot)) return;
   const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+  if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
+    const v = kvm_get_running_vcpu();
+    if (v >= 0) {
+      kvm_dirty_ring_push(kvm, v, slot, rel);
+      return;
+    }
+    if (kvm.ctl[CTL.dirty_ring_with_bitmap] === 0) {
+      aadd(kvm.ctl, CTL.dirty_ring_dropped, 1);
+      return;
+    }
+  }
   aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
 }
 

@@ -7,7 +7,15 @@
  * (1) and (2) run between the design's harvestBegin and harvestEnd; (3) is in harvestEnd,
  * inside or after the design's critical section.
  */
-import { Kvm, KVM_MEM_LOG_DIRTY_PAGES, SLOT } from "../kvm_host.js";
+import {
+  BUG,
+  CTL,
+  Kvm,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  SLOT,
+} from "../kvm_host.js";
 import { aload, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
@@ -24,11 +32,25 @@ export function wp_design(kvm: Kvm): WriteProtectDesign {
   return WP_DESIGNS[kvm.wp];
 }
 
+/** Manual protect is on (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE). slots_lock held. */
+export function manual_protect(kvm: Kvm): boolean {
+  return (kvm.ctl[CTL.manual_dirty_log] & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0;
+}
+
+/** Manual protect with INITIALLY_SET (kvm_dirty_log_manual_protect_and_init_set). */
+export function manual_protect_and_init_set(kvm: Kvm): boolean {
+  const f = kvm.ctl[CTL.manual_dirty_log];
+  return (f & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0 && (f & KVM_DIRTY_LOG_INITIALLY_SET) !== 0;
+}
+
 /**
  * kvm_vm_ioctl_get_dirty_log for slot `slot`: fills `out` (one bit per page) and returns the
  * number of dirty pages; adds this call's times to `times`. slots_lock is held by the caller.
+ * With manual protect it only copies the live bitmap: no clear, no protection, no flush (the
+ * pages are cleared and re-protected by KVM_CLEAR_DIRTY_LOG, src/mmu/clear_dirty_log.ts).
  */
 export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
+  if (manual_protect(kvm)) return get_dirty_log_copy(kvm, slot, out, times);
   const design = wp_design(kvm);
   const words = kvm.slots[SLOT.bitmap_words(slot)];
   const bm = kvm.bitmapPool;
@@ -61,20 +83,46 @@ export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, time
   return dirty;
 }
 
+function get_dirty_log_copy(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
+  const words = kvm.slots[SLOT.bitmap_words(slot)];
+  const bm = kvm.bitmapPool;
+  const b0 = kvm.slots[SLOT.bitmap_base(slot)];
+  const t0 = performance.now();
+  let dirty = 0;
+  for (let i = 0; i < words; i++) {
+    const x = aload(bm, b0 + i);
+    out[i] = x;
+    if (x !== 0) dirty += hweight32(x);
+  }
+  times.protectNs += (performance.now() - t0) * 1e6;
+  times.dirtyPages += dirty;
+  return dirty;
+}
+
 /**
  * Sets or clears KVM_MEM_LOG_DIRTY_PAGES on slot `slot` (slots_lock held) and, when logging is
  * turned on, write-protects the slot (kvm_arch_commit_memory_region). The flag is stored under
  * mmu_lock, so every slow-path fault that read the old flag has finished before protection
  * starts (KVM gets the same from synchronize_srcu on the memslot array).
+ *
+ * With manual protect and INITIALLY_SET the new bitmap starts all ones (bits past the slot end
+ * clear) and 4 KiB pages are not protected: every page is reported dirty, and the first CLEAR
+ * of a page protects it. Large sptes are still protected, because CLEAR protects level 1 only.
  */
 export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): void {
   const flags = kvm.slots[SLOT.flags(slot)];
   const was = (flags & KVM_MEM_LOG_DIRTY_PAGES) !== 0;
   if (was === enable) return;
+  const initSet = enable && manual_protect_and_init_set(kvm);
   if (enable) {
-    // A fresh bitmap: nothing is dirty yet.
+    // A fresh bitmap: nothing is dirty yet, or (INITIALLY_SET) everything is.
     const b0 = kvm.slots[SLOT.bitmap_base(slot)];
-    for (let i = 0; i < kvm.slots[SLOT.bitmap_words(slot)]; i++) astore(kvm.bitmapPool, b0 + i, 0);
+    const words = kvm.slots[SLOT.bitmap_words(slot)];
+    // Bug initially-set-zero: protection is delayed, but the bitmap starts empty.
+    const ones = initSet && !kvm.bug(BUG["initially-set-zero"]);
+    for (let i = 0; i < words; i++) astore(kvm.bitmapPool, b0 + i, ones ? -1 : 0);
+    const tail = kvm.slots[SLOT.npages(slot)] & 31;
+    if (ones && tail !== 0) astore(kvm.bitmapPool, b0 + words - 1, (1 << tail) - 1);
   }
   kvm.mmu_lock.lock();
   astore(
@@ -83,5 +131,5 @@ export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): 
     enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
   );
   kvm.mmu_lock.unlock();
-  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot);
+  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
 }

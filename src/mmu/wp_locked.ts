@@ -68,10 +68,10 @@ export function kvm_mmu_write_protect_pt_masked(
  * lock is contended, flushes and drops it every 1024 heads (cond_resched_lock); flushes at
  * the end under the lock.
  */
-export function slot_remove_write_access_locked(kvm: Kvm, slot: number): void {
+export function slot_remove_write_access_locked(kvm: Kvm, slot: number, minLevel = 1): void {
   const base = kvm.slots[SLOT.base_gfn(slot)];
   const npages = kvm.slots[SLOT.npages(slot)];
-  for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+  for (let level = minLevel; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
     const h0 = gfn_to_rmap(kvm, slot, base, level);
     for (let i = 0; i < n; i++) {
@@ -102,10 +102,10 @@ export const wp_locked: WriteProtectDesign = {
       kvm.mmu_lock.unlock();
     }
   },
-  slotRemoveWriteAccess(kvm: Kvm, slot: number): void {
+  slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel = 1): void {
     kvm.mmu_lock.lock();
     try {
-      slot_remove_write_access_locked(kvm, slot);
+      slot_remove_write_access_locked(kvm, slot, minLevel);
     } finally {
       kvm.mmu_lock.unlock();
     }

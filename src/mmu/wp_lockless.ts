@@ -70,10 +70,10 @@ export function write_protect_pt_masked_lockless(
 }
 
 /** kvm_mmu_slot_remove_write_access, lockless (patch 13): RCU read section held by the caller. */
-export function slot_remove_write_access_lockless(kvm: Kvm, slot: number): void {
+export function slot_remove_write_access_lockless(kvm: Kvm, slot: number, minLevel = 1): void {
   const base = kvm.slots[SLOT.base_gfn(slot)];
   const npages = kvm.slots[SLOT.npages(slot)];
-  for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+  for (let level = minLevel; level <= KVM_NR_PAGE_SIZES; level++) {
     const n = slot_level_pages(base, npages, level);
     const h0 = gfn_to_rmap(kvm, slot, base, level);
     for (let i = 0; i < n; i++)
@@ -92,10 +92,10 @@ export const wp_lockless: WriteProtectDesign = {
     // Bug skip-flush: no flush after lockless protection.
     if (flush && !kvm.bug(BUG["skip-flush"])) timedFlush(kvm, times, kvm_flush_remote_tlbs);
   },
-  slotRemoveWriteAccess(kvm: Kvm, slot: number): void {
+  slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel = 1): void {
     kvm.rcu.readLock(RCU_READER_IOCTL);
     try {
-      slot_remove_write_access_lockless(kvm, slot);
+      slot_remove_write_access_lockless(kvm, slot, minLevel);
     } finally {
       kvm.rcu.readUnlock(RCU_READER_IOCTL);
     }

@@ -55,10 +55,11 @@ export interface WriteProtectDesign {
    */
   harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void;
   /**
-   * Write-protects every spte of slot `slot`, all levels, and flushes. slots_lock held,
-   * mmu_lock not held; the slot's KVM_MEM_LOG_DIRTY_PAGES is already set.
+   * Write-protects every spte of slot `slot` at levels minLevel (default 1) and up, and
+   * flushes. slots_lock held, mmu_lock not held; the slot's KVM_MEM_LOG_DIRTY_PAGES is already
+   * set. minLevel 2 is INITIALLY_SET's: 4 KiB pages wait for the first CLEAR.
    */
-  slotRemoveWriteAccess(kvm: Kvm, slot: number): void;
+  slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel?: number): void;
 }
 
 /** The RCU reader slot of the thread that runs the ioctls (the VM owner). */

@@ -8,6 +8,7 @@ import {
   EXITING_GUEST_MODE,
   IN_GUEST_MODE,
   Kvm,
+  KVM_REQ_DIRTY_RING_SOFT_FULL,
   KVM_REQ_TLB_FLUSH,
   MmuMode,
   OUTSIDE_GUEST_MODE,
@@ -16,6 +17,7 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { kvm_dirty_ring_full_exit, kvm_dirty_ring_wait } from "../mem/dirty_ring.js";
 import { tdp_page_fault } from "../mmu/tdp_fault.js";
 import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
 import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn } from "../mmu/spte.js";
@@ -94,6 +96,7 @@ export class Vcpu {
     for (;;) {
       const req = axchg(v, VCPU.requests(id), 0);
       if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
+      if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
       astore(v, VCPU.mode(id), IN_GUEST_MODE);
       if (aload(v, VCPU.requests(id)) === 0) return;
       astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
@@ -116,7 +119,28 @@ export class Vcpu {
     if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) this.runControl();
   }
 
+  /**
+   * KVM_EXIT_DIRTY_RING_FULL: outside guest mode, counted, until a reset brings the ring below
+   * its soft limit (KVM re-arms the request so the vCPU cannot re-enter before). Pause, audit
+   * and stop are honoured meanwhile.
+   */
+  private dirtyRingFull(): void {
+    kvm_dirty_ring_full_exit(this.kvm, this.id);
+    while (kvm_dirty_ring_wait(this.kvm, this.id))
+      if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) {
+        this.parked();
+        astore(this.v, VCPU.state(this.id), VcpuState.Running);
+      }
+  }
+
   private runControl(): void {
+    this.parked();
+    astore(this.v, VCPU.state(this.id), VcpuState.Running);
+    this.enterGuest();
+  }
+
+  /** Out of guest mode until the run control says Run (stop throws VcpuStop). */
+  private parked(): void {
     const v = this.v;
     const id = this.id;
     for (;;) {
@@ -136,8 +160,6 @@ export class Vcpu {
       Atomics.notify(v, VCPU.state(id));
       if (!schedHookInstalled()) Atomics.wait(v, VCPU.run(id), ctl, 100);
     }
-    astore(v, VCPU.state(id), VcpuState.Running);
-    this.enterGuest();
   }
 
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */

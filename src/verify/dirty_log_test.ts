@@ -10,8 +10,14 @@
  *     dirty (bmap0 | bmap1)  =>  value == iteration     (else a stale or spurious report)
  *     clean                  =>  value <  iteration     (else a lost dirty bit)
  *
- * Only dirty-log mode exists here (destructive GET, no INITIALLY_SET, no ring), so none of the
- * selftest's three exceptions applies.
+ * Modes (`modes`, the selftest's -M), each checked with this oracle and exactly its exceptions:
+ *   dirty-log   destructive GET (mid-run once, then final); no exception.
+ *   clear-log   manual protect with INITIALLY_SET: GET then CLEAR of what it reported. In
+ *               iteration 1 a page dirty only in bmap0 may hold 0 (every bit starts set).
+ *   dirty-ring  a ring per vCPU; collected mid-run only after a ring-full exit, and at the end
+ *               (harvest every ring, then reset). The last page of the previous iteration's
+ *               collection may hold iteration - 1, and the last page of the current one may
+ *               hold less than iteration (its entry is pushed before the write retires).
  *
  * `qemu`: live migration as QEMU does it with the same ioctl. The vCPUs increment words of
  * every page of their region, pass after pass. The first harvest is followed by a copy of every
@@ -33,6 +39,9 @@ import { tablesFor } from "../workload/guest_paging.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../workload/dirty_log_guest.js";
 
 export type OracleName = "kvm" | "qemu";
+/** The selftest's -M: how the kvm oracle collects dirty pages. */
+export type DirtyLogMode = "dirty-log" | "clear-log" | "dirty-ring";
+export const MODES: readonly DirtyLogMode[] = ["dirty-log", "clear-log", "dirty-ring"];
 export const ORACLES: readonly OracleName[] = ["kvm", "qemu"];
 export const STRATEGIES: readonly WpName[] = ["locked", "lockless"];
 
@@ -69,6 +78,10 @@ export interface DirtyLogTestOptions {
    * map its region at a guest virtual address, and stores through them.
    */
   mode?: MmuModeName;
+  /** Collection modes of the kvm oracle (default ["dirty-log"]); the qemu oracle uses dirty-log. */
+  modes?: DirtyLogMode[];
+  /** dirty-ring: entries per vCPU ring (default: 65536, or fewer for small slots; >= 256). */
+  ringEntries?: number;
   /** Violations whose details are kept, per strategy and oracle (default 5). */
   maxViolationDetails?: number;
   /**
@@ -84,6 +97,7 @@ export interface DirtyLogTestOptions {
 export interface Violation {
   wp: WpName;
   oracle: OracleName;
+  mode?: DirtyLogMode;
   iteration: number;
   /** Slot-relative page. */
   page: number;
@@ -101,11 +115,23 @@ export interface OracleResult {
   cleanPages: number;
   guestWrites: number;
   harvests: number;
+  /** dirty-ring: ring-full exits of the vCPUs. */
+  ringFullExits?: number;
   host: { migrations: number; invalidations: number };
   durationMs: number;
   /** Time spent reading guest memory and checking it. */
   verifyMs: number;
   pagesCheckedPerSec: number;
+}
+
+export interface ModeResult {
+  mode: DirtyLogMode;
+  wp: WpName;
+  iterations: number;
+  pagesChecked: number;
+  violations: number;
+  dirtyPages: number;
+  ringFullExits: number;
 }
 
 export interface DirtyLogTestResult {
@@ -117,7 +143,10 @@ export interface DirtyLogTestResult {
   slotPages: number;
   slotGpa: string;
   options: Omit<DirtyLogTestOptions, "harvestFilter" | "progress">;
+  /** Per strategy and oracle; the kvm entry is its dirty-log run (or its first mode's). */
   results: Partial<Record<WpName, Partial<Record<OracleName, OracleResult>>>>;
+  /** Every kvm-oracle run, one per mode and strategy. */
+  modes: ModeResult[];
   firstViolations: Violation[];
   machine: { cpus: number; node: string };
 }
@@ -170,6 +199,19 @@ export function validateDirtyLogTestOptions(o: DirtyLogTestOptions): void {
   if (!int(rounds) || rounds < 0 || rounds > 1000) throw einval("qemuRounds", "must be 0..1000");
   if (o.maxViolationDetails !== undefined && (!int(o.maxViolationDetails) || o.maxViolationDetails < 0))
     throw einval("maxViolationDetails", "must be >= 0");
+  if (
+    o.modes !== undefined &&
+    (!Array.isArray(o.modes) || o.modes.length === 0 || o.modes.some((m) => !MODES.includes(m)))
+  )
+    throw einval("modes", `must be a non-empty list of ${MODES.join(", ")}`);
+  if (
+    o.ringEntries !== undefined &&
+    (!int(o.ringEntries) ||
+      o.ringEntries < 256 ||
+      o.ringEntries > 65536 ||
+      (o.ringEntries & (o.ringEntries - 1)) !== 0)
+  )
+    throw einval("ringEntries", `must be a power of two in 256..65536, got ${String(o.ringEntries)}`);
   if (o.mode !== undefined && o.mode !== "tdp" && o.mode !== "shadow")
     throw einval("mode", `must be "tdp" or "shadow", got ${String(o.mode)}`);
   if (o.gpa !== undefined) {
@@ -189,6 +231,12 @@ class Harness {
   readonly vcpus: number;
   private readonly churn: boolean;
   private hostRunning = false;
+  /** How this harness collects: the kvm oracle's mode (the qemu oracle: dirty-log). */
+  mode: DirtyLogMode = "dirty-log";
+  /** dirty-ring: ring-full exits already answered by a collection. */
+  private fullSeen = 0;
+  /** dirty-ring: the last page of each vCPU's latest collection that found entries. */
+  lastRingPage: number[] = [];
 
   private constructor(vm: Vm, ctl: Int32Array, npages: number, gpa: number, vcpus: number, churn: boolean) {
     this.vm = vm;
@@ -205,6 +253,7 @@ class Harness {
     oracle: OracleName,
     o: DirtyLogTestOptions,
     seed: number,
+    mode: DirtyLogMode = "dirty-log",
   ): Promise<Harness> {
     const pagesPer = o.bytesPerVcpu / PAGE_SIZE;
     const extra = o.extraPages ?? 3;
@@ -228,7 +277,13 @@ class Harness {
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;
     const h = new Harness(vm, ctl, npages, gpa, o.vcpus, churn);
+    h.mode = mode;
+    h.lastRingPage = new Array<number>(o.vcpus).fill(-1);
     try {
+      // As the selftest: clear-log enables MANUAL_PROTECT_ENABLE | INITIALLY_SET, dirty-ring
+      // its ring, both before the slot and the vCPUs exist.
+      if (mode === "clear-log") vm.enableManualDirtyLogProtect(3);
+      if (mode === "dirty-ring") vm.enableDirtyRing(o.ringEntries ?? ringEntriesFor(npages));
       const hva = vm.mmap(slotBytes, { thp: o.thp });
       // As KVM's test: the slot is created with dirty logging already on; nothing is populated.
       vm.setUserMemoryRegion({
@@ -290,10 +345,13 @@ class Harness {
     Atomics.notify(this.ctl, DLG.stop);
   }
 
-  /** vcpu_stop = true; wait until every vCPU is parked at the sync point; pause the host thread. */
-  async quiesce(): Promise<void> {
+  /**
+   * vcpu_stop = true; wait until every vCPU is parked at the sync point; pause the host thread.
+   * `service` runs while waiting (a vCPU blocked in a ring-full exit parks only after a reset).
+   */
+  async quiesce(service?: () => void): Promise<void> {
     Atomics.store(this.ctl, DLG.stop, 1);
-    await this.waitParked();
+    await this.waitParked(service);
     if (this.hostRunning) {
       await this.vm.pauseHostThread();
       this.hostRunning = false;
@@ -301,12 +359,13 @@ class Harness {
     this.vm.throwIfFailed();
   }
 
-  private async waitParked(): Promise<void> {
+  private async waitParked(service?: () => void): Promise<void> {
     const t0 = Date.now();
     for (let id = 0; id < this.vcpus; id++) {
       const i = DLG_VCPU.parked(id);
       while (Atomics.load(this.ctl, i) !== 1) {
         this.vm.throwIfFailed();
+        service?.();
         if (Date.now() - t0 > PARK_TIMEOUT_MS)
           throw new KvmError(
             "ETIMEDOUT",
@@ -322,12 +381,60 @@ class Harness {
     this.vm.throwIfFailed();
     const bm = this.vm.getDirtyLog(TEST_SLOT, out);
     o.harvestFilter?.(bm, phase);
+    // clear-log: GET only copied; clear (and re-protect) what was reported, the whole slot.
+    if (this.mode === "clear-log") this.vm.clearDirtyLog(TEST_SLOT, 0, this.npages, bm);
     return bm;
+  }
+
+  /** dirty-ring: a vCPU exited on a full ring since the last collection. */
+  ringFull(): boolean {
+    return this.vm.dirtyRingStats().fullExits > this.fullSeen;
+  }
+
+  /**
+   * dirty-ring collection (the selftest's dirty_ring_collect_dirty_pages): harvest every vCPU's
+   * ring into `into` (or-ed in), then reset. Every entry must name the test slot and a page in
+   * it, and the reset must free exactly what was harvested; `bad` gets anything else.
+   */
+  collectRing(
+    into: Uint32Array,
+    phase: HarvestPhase,
+    o: DirtyLogTestOptions,
+    bad: (what: string) => void,
+  ): number {
+    this.vm.throwIfFailed();
+    this.fullSeen = this.vm.dirtyRingStats().fullExits;
+    const bm = new Uint32Array(into.length);
+    let count = 0;
+    for (let id = 0; id < this.vcpus; id++) {
+      const got = this.vm.harvestDirtyRing(id);
+      for (const e of got) {
+        if (e.slot !== TEST_SLOT || e.offset >= this.npages) {
+          bad(`ring entry of vcpu ${id}: slot ${e.slot} offset ${e.offset} outside the test slot`);
+          continue;
+        }
+        bm[e.offset >>> 5] |= 1 << (e.offset & 31);
+      }
+      if (got.length) this.lastRingPage[id] = got[got.length - 1].offset;
+      count += got.length;
+    }
+    const cleared = this.vm.resetDirtyRings();
+    if (cleared !== count) bad(`reset freed ${cleared} entries, ${count} were harvested`);
+    o.harvestFilter?.(bm, phase);
+    for (let i = 0; i < bm.length; i++) into[i] |= bm[i];
+    return count;
   }
 
   async close(): Promise<void> {
     await this.vm.stop();
   }
+}
+
+/** The selftest's ring size: 65536 entries, fewer for a small slot, never below 256. */
+function ringEntriesFor(npages: number): number {
+  let n = 65536;
+  while (n > 256 && n > npages) n >>= 1;
+  return n;
 }
 
 /** KVM puts the test slot at the top of guest-physical space; here: below 2^40, 2 MiB aligned. */
@@ -369,6 +476,7 @@ function tailBits(bm: Uint32Array, npages: number): number {
 
 interface RunCtx {
   wp: WpName;
+  mode: DirtyLogMode;
   o: DirtyLogTestOptions;
   deadline: number; // ms timestamp, or Infinity
   tally: Tally;
@@ -387,30 +495,51 @@ function hex(x: number): string {
 }
 
 async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
-  const { o, wp, tally } = c;
+  const { o, wp, tally, mode } = c;
   const t0 = performance.now();
-  const h = await Harness.create(wp, "kvm", o, o.seed);
+  const h = await Harness.create(wp, "kvm", o, o.seed, mode);
   const r: OracleResult = emptyResult();
+  const ring = mode === "dirty-ring";
+  const bad = (iteration: number) => (what: string) =>
+    tally.fail({ wp, oracle: "kvm", mode, iteration, page: -1, gpa: hex(h.gpa), what });
   try {
     const bmap0 = new Uint32Array(h.bitmapWords);
     const bmap1 = new Uint32Array(h.bitmapWords);
+    // dirty-ring: the last page of each vCPU's collection in the previous iteration.
+    let prevLast: number[] = [];
     for (let iteration = 1; more(iteration - 1, c); iteration++) {
       const reapAt = c.rng.next() % o.intervalMs;
       const w0 = h.writes();
       bmap0.fill(0);
+      bmap1.fill(0);
       h.resume(iteration);
       let writes = 0;
       for (let i = 0; i < o.intervalMs || writes < MIN_WRITES; i++) {
         await sleep(1);
         h.vm.throwIfFailed();
         writes = (h.writes() - w0) | 0;
-        // GET is destructive: reap once, while the vCPUs write.
-        if (i === reapAt) h.harvest(bmap0, "mid-run", o);
+        if (ring) {
+          // The ring is collected mid-run only once it has been full.
+          if (h.ringFull()) {
+            h.collectRing(bmap0, "mid-run", o, bad(iteration));
+            r.harvests++;
+          }
+        } else if (i === reapAt) {
+          // GET is destructive (and so is GET + CLEAR): reap once, while the vCPUs write.
+          h.harvest(bmap0, "mid-run", o);
+          r.harvests++;
+        }
       }
-      await h.quiesce();
+      if (ring)
+        await h.quiesce(() => {
+          if (h.ringFull()) h.collectRing(bmap1, "final", o, bad(iteration));
+        });
+      else await h.quiesce();
       writes = (h.writes() - w0) | 0;
-      h.harvest(bmap1, "final", o);
-      r.harvests += 2;
+      if (ring) h.collectRing(bmap1, "final", o, bad(iteration));
+      else h.harvest(bmap1, "final", o);
+      r.harvests++;
+      const curLast = ring ? h.lastRingPage.slice() : [];
       const tv = performance.now();
       let dirty = 0;
       let clean = 0;
@@ -423,6 +552,7 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
           tally.fail({
             wp,
             oracle: "kvm",
+            mode,
             iteration,
             page: h.npages,
             gpa: hex(h.gpa + h.npages * PAGE_SIZE),
@@ -436,10 +566,17 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
         const d1 = testBit(bmap1, p);
         if (d0 || d1) {
           dirty++;
-          if (val !== iteration)
+          // The selftest's exceptions, per mode.
+          const allowed =
+            val === iteration ||
+            (ring && val === iteration - 1 && prevLast.includes(p)) ||
+            (ring && val < iteration && curLast.includes(p)) ||
+            (mode === "clear-log" && val === 0 && iteration === 1 && d0 && !d1);
+          if (!allowed)
             tally.fail({
               wp,
               oracle: "kvm",
+              mode,
               iteration,
               page: p,
               gpa: hex(h.gpa + p * PAGE_SIZE),
@@ -451,6 +588,7 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
             tally.fail({
               wp,
               oracle: "kvm",
+              mode,
               iteration,
               page: p,
               gpa: hex(h.gpa + p * PAGE_SIZE),
@@ -464,11 +602,13 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
       r.dirtyPages += dirty;
       r.cleanPages += clean;
       r.guestWrites += writes;
+      prevLast = curLast;
       c.say(
-        `[${wp}] kvm iteration ${String(iteration).padStart(2)}: reaped after ${reapAt} ms, dirty: ${dirty} clean: ${clean} writes: ${writes}`,
+        `[${wp}] ${mode} iteration ${String(iteration).padStart(2)}: ${ring ? `ring-full exits ${h.vm.dirtyRingStats().fullExits}` : `reaped after ${reapAt} ms`}, dirty: ${dirty} clean: ${clean} writes: ${writes}`,
       );
     }
     r.host = h.vm.hostThreadCounters();
+    if (ring) r.ringFullExits = h.vm.dirtyRingStats().fullExits;
   } finally {
     await h.close();
   }
@@ -613,7 +753,8 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
   const say = o.progress ?? (() => {});
   const t0 = performance.now();
   const details: Violation[] = [];
-  const runs = o.wp.length * o.oracles.length;
+  const modes = o.modes ?? ["dirty-log"];
+  const runs = o.wp.length * o.oracles.reduce((n, x) => n + (x === "kvm" ? modes.length : 1), 0);
   const budgetMs = o.seconds !== undefined ? (o.seconds * 1000) / runs : Infinity;
   const results: DirtyLogTestResult["results"] = {};
   const npages = (o.vcpus * o.bytesPerVcpu) / PAGE_SIZE + (o.extraPages ?? 3);
@@ -621,33 +762,46 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     `dirty-log-test: seed ${o.seed}, slot of ${npages} pages at guest-physical ${hex(o.gpa ?? slotGpa(npages))}`,
   );
   let k = 0;
-  for (const wp of o.wp) {
-    const per: Partial<Record<OracleName, OracleResult>> = {};
-    for (const oracle of o.oracles) {
-      if (o.signal?.aborted) break;
-      const tally = new Tally(details, o.maxViolationDetails ?? 5);
-      // Each run its own reap-delay stream, so runs are independent of their order.
-      const c: RunCtx = {
-        wp,
-        o,
-        deadline: Date.now() + budgetMs,
-        tally,
-        say,
-        rng: new ParkMiller(o.seed * 31 + ++k),
-      };
-      per[oracle] = oracle === "kvm" ? await runKvmOracle(c) : await runQemuOracle(c);
-    }
-    results[wp] = per;
-  }
+  const modeResults: ModeResult[] = [];
   let iterations = 0;
   let pagesChecked = 0;
   let violations = 0;
-  for (const per of Object.values(results))
-    for (const r of Object.values(per)) {
-      iterations += r.iterations;
-      pagesChecked += r.pagesChecked;
-      violations += r.violations;
+  for (const wp of o.wp) {
+    const per: Partial<Record<OracleName, OracleResult>> = {};
+    for (const oracle of o.oracles) {
+      for (const mode of oracle === "kvm" ? modes : (["dirty-log"] as const)) {
+        if (o.signal?.aborted) break;
+        const tally = new Tally(details, o.maxViolationDetails ?? 5);
+        // Each run its own reap-delay stream, so runs are independent of their order.
+        const c: RunCtx = {
+          wp,
+          mode,
+          o,
+          deadline: Date.now() + budgetMs,
+          tally,
+          say,
+          rng: new ParkMiller(o.seed * 31 + ++k),
+        };
+        const r = oracle === "kvm" ? await runKvmOracle(c) : await runQemuOracle(c);
+        iterations += r.iterations;
+        pagesChecked += r.pagesChecked;
+        violations += r.violations;
+        if (oracle === "kvm") {
+          modeResults.push({
+            mode,
+            wp,
+            iterations: r.iterations,
+            pagesChecked: r.pagesChecked,
+            violations: r.violations,
+            dirtyPages: r.dirtyPages,
+            ringFullExits: r.ringFullExits ?? 0,
+          });
+          if (per.kvm === undefined || mode === "dirty-log") per.kvm = r;
+        } else per[oracle] = r;
+      }
     }
+    results[wp] = per;
+  }
   const durationMs = performance.now() - t0;
   const { harvestFilter: _f, progress: _p, signal: _s, ...options } = o;
   void _f;
@@ -663,6 +817,7 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     slotGpa: hex(o.gpa ?? slotGpa(npages)),
     options,
     results,
+    modes: modeResults,
     firstViolations: details,
     machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
   };

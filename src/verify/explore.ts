@@ -30,7 +30,7 @@ import { einval, KvmError } from "../errors.js";
 export type Strategy = "random" | "pct" | "dfs";
 
 const OP_NAMES = ["load", "store", "xchg", "cas", "or", "and", "add", "guest-read", "guest-write", "spin"];
-const ARR_NAMES = ["spt", "rmap", "desc", "bitmap", "vcpu", "ctl", "mem", "hpt", "spHdr"];
+const ARR_NAMES = ["spt", "rmap", "desc", "bitmap", "vcpu", "ctl", "mem", "hpt", "spHdr", "ring"];
 
 export interface TraceEntry {
   step: number;

@@ -53,6 +53,7 @@ for (;;) {
     m.shared.mem,
     m.shared.hpt,
     m.shared.spHdr,
+    m.shared.dirtyRing,
   ]);
   try {
     scenario.threads[d.tid].run(kvm, scratch);

@@ -10,7 +10,10 @@
 import { BugName, Kvm, KVM_MEM_LOG_DIRTY_PAGES, MmuMode, PAGE_SIZE, PAGE_WORDS, SP } from "../kvm_host.js";
 import { MmuModeName, Vm, VmOptions } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
-import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
+import { kvm_get_dirty_log, newDirtyLogTimes, wp_design } from "../mmu/dirty_log.js";
+import { kvm_clear_dirty_log } from "../mmu/clear_dirty_log.js";
+import { kvm_dirty_ring_harvest, kvm_set_running_vcpu } from "../mem/dirty_ring.js";
+import { kvm_reset_dirty_rings } from "../mmu/dirty_ring.js";
 import {
   drop_spte,
   kvm_mmu_commit_zap_page,
@@ -90,19 +93,21 @@ function enableLogging(vm: Vm, hvaPage: number): void {
 
 /** Guest writes from the controller thread, before the run (vCPU `id` ends outside guest mode). */
 function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
-  const v = new Vcpu(vm.kvm, id);
-  v.enterGuest();
-  for (const g of gfns) v.write64(g, 0, stamp, 0);
-  v.exitGuest();
+  asVcpu(vm.kvm, id, (v) => {
+    for (const g of gfns) v.write64(g, 0, stamp, 0);
+  });
 }
 
+/** Runs body as vCPU `id` on this thread (kvm_get_running_vcpu() is `id` meanwhile: ring pushes). */
 function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
   const v = new Vcpu(kvm, id);
+  kvm_set_running_vcpu(id);
   v.enterGuest();
   try {
     body(v);
   } finally {
     v.exitGuest();
+    kvm_set_running_vcpu(-1);
   }
 }
 
@@ -116,6 +121,48 @@ function harvest(kvm: Kvm): Uint32Array {
     kvm.slots_lock.unlock();
   }
   return out;
+}
+
+/** KVM_CLEAR_DIRTY_LOG of the pages set in bm, from a scenario thread (slots_lock held). */
+function clearLog(kvm: Kvm, bm: Uint32Array): void {
+  kvm.slots_lock.lock();
+  try {
+    kvm_clear_dirty_log(kvm, wp_design(kvm), 0, 0, NPAGES, bm, newDirtyLogTimes());
+  } finally {
+    kvm.slots_lock.unlock();
+  }
+}
+
+/** Manual-protect round: GET (a copy), CLEAR what it reported, then copy those pages. */
+function clearRound(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
+  const bm = harvest(kvm);
+  clearLog(kvm, bm);
+  copyReported(kvm, hvaBase, bm, scratch);
+}
+
+/** Ring round as the selftest and QEMU do it: harvest vCPU 0's ring, reset, then copy the pages. */
+function ringRound(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
+  const pages: number[] = [];
+  kvm.slots_lock.lock();
+  try {
+    kvm_dirty_ring_harvest(kvm, 0, Infinity, (_slot, offset) => pages.push(offset));
+    kvm_reset_dirty_rings(kvm, wp_design(kvm), newDirtyLogTimes());
+  } finally {
+    kvm.slots_lock.unlock();
+  }
+  for (const g of pages) if (g < NPAGES) scratch[g] = pageWord(kvm, hvaBase + g);
+}
+
+/** Final ring round (quiesced) and comparison. */
+function finalRingMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string | null {
+  const kvm = vm.kvm;
+  ringRound(kvm, hvaBase, scratch);
+  for (let g = 0; g < NPAGES; g++) {
+    const m = pageWord(kvm, hvaBase + g);
+    if (m !== scratch[g])
+      return `lost dirty page: gfn ${g} holds ${m} but the migrated copy holds ${scratch[g]} (no ring entry reported it after the write)`;
+  }
+  return null;
 }
 
 function pageWord(kvm: Kvm, hvaPage: number): number {
@@ -446,6 +493,101 @@ export const SCENARIOS: Record<string, Scenario> = {
       return auditCheck(vm);
     },
   },
+
+  "clear-protect-first": {
+    name: "clear-protect-first",
+    bug: "clear-protect-first",
+    auditable: true,
+    description: "manual protect: migration clears (CLEAR) and copies a page while two vCPUs write it",
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      vm.enableManualDirtyLogProtect(1);
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      vm.createVcpu(1);
+      // G and the seven pages after it, writable and dirty: CLEAR protects them one by one.
+      prefault(vm, 0, [G, G + 1, G + 2, G + 3, G + 4, G + 5, G + 6, G + 7]);
+      prefault(vm, 1, [G + 8]); // vCPU 1 has its root (shadow MMU)
+      copyAll(vm.kvm, hva, scratch);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 2, 0)) },
+      { name: "migration", run: (kvm, scratch) => clearRound(kvm, scratch[S_EXTRA + HVA0], scratch) },
+      { name: "vcpu1", run: (kvm) => asVcpu(kvm, 1, (v) => v.write64(G, 0, 3, 0)) },
+    ],
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
+  },
+
+  "initially-set-zero": {
+    name: "initially-set-zero",
+    bug: "initially-set-zero",
+    auditable: true,
+    description:
+      "manual protect with INITIALLY_SET: logging turned on over a writable page, then GET, CLEAR and copy while a vCPU writes it",
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      vm.enableManualDirtyLogProtect(3);
+      const hva = slot(vm, false, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G]); // writable before logging
+      enableLogging(vm, hva); // all ones, 4 KiB pages left writable
+      copyAll(vm.kvm, hva, scratch);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 2, 0)) },
+      { name: "migration", run: (kvm, scratch) => clearRound(kvm, scratch[S_EXTRA + HVA0], scratch) },
+    ],
+    check: (vm, scratch) => finalRoundMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
+  },
+
+  "ring-flags-before-entry": {
+    name: "ring-flags-before-entry",
+    bug: "ring-flags-before-entry",
+    auditable: true,
+    description:
+      "dirty ring: a vCPU faults a page in and pushes its entry while migration harvests, resets and copies",
+    vmOptions: (bugs, mode) => makeVm("lockless", bugs, mode),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      vm.enableDirtyRing(256);
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      copyAll(vm.kvm, hva, scratch);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 7, 0)) },
+      { name: "migration", run: (kvm, scratch) => ringRound(kvm, scratch[S_EXTRA + HVA0], scratch) },
+    ],
+    check: (vm, scratch) => finalRingMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
+  },
+
+  "reset-coalesce-backward": {
+    name: "reset-coalesce-backward",
+    bug: "reset-coalesce-backward",
+    auditable: true,
+    description:
+      "dirty ring: entries G+1 then G (a backwards visit) are harvested, reset and copied while a vCPU writes G again",
+    vmOptions: (bugs, mode) => makeVm("locked", bugs, mode),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      vm.enableDirtyRing(256);
+      const hva = slot(vm, false, true);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      copyAll(vm.kvm, hva, scratch);
+      prefault(vm, 0, [G + 1, G]); // two ring entries, the second one page below the first
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 3, 0)) },
+      { name: "migration", run: (kvm, scratch) => ringRound(kvm, scratch[S_EXTRA + HVA0], scratch) },
+    ],
+    check: (vm, scratch) => finalRingMismatch(vm, scratch[S_EXTRA + HVA0], scratch),
+  },
 };
 
 export const BUG_SCENARIO: Record<BugName, string> = {
@@ -457,4 +599,8 @@ export const BUG_SCENARIO: Record<BugName, string> = {
   "plain-clear": "plain-clear",
   "early-free": "early-free",
   "no-notifier-retry": "no-notifier-retry",
+  "clear-protect-first": "clear-protect-first",
+  "initially-set-zero": "initially-set-zero",
+  "ring-flags-before-entry": "ring-flags-before-entry",
+  "reset-coalesce-backward": "reset-coalesce-backward",
 };

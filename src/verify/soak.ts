@@ -1,14 +1,15 @@
 /**
- * The soak: the dirty-log-test oracles (kvm and qemu) for both write-protect designs, in both MMU
- * modes, with THP on and off in turn and MMU-notifier churn, round after round until a budget of
- * page checks is met. Prints pages checked, violations and the time taken.
+ * The soak: the dirty-log-test oracles (kvm in one of its three modes per round, in turn:
+ * dirty-log, clear-log, dirty-ring with a 1024-entry ring so that vCPUs exit on full rings; and
+ * qemu) for both write-protect designs, in both MMU modes, with THP on and off in turn and
+ * MMU-notifier churn, round after round until a budget of page checks is met. Prints pages checked, violations and the time taken.
  *
  *   node dist/src/verify/soak.js [--budget 1e8] [--seed 1] [--json]     (npm run soak)
  *
  * Exit status: 0 no violation, 1 a violation, 2 bad arguments, 130 interrupted (after the summary).
  */
 import { pathToFileURL } from "node:url";
-import { dirtyLogTest } from "./dirty_log_test.js";
+import { dirtyLogTest, MODES } from "./dirty_log_test.js";
 import { einval, KvmError } from "../errors.js";
 import type { MmuModeName } from "../vm.js";
 
@@ -79,6 +80,9 @@ export async function soak(o: SoakOptions): Promise<SoakResult> {
       bytesPerVcpu: o.bytesPerVcpu ?? 16 << 20,
       wp: ["locked", "lockless"],
       oracles: ["kvm", "qemu"],
+      // One collection mode per round, in turn (with 4 configurations: every pair in 12 rounds).
+      modes: [MODES[r.rounds % MODES.length]],
+      ringEntries: 1024,
       thp: c.thp,
       mode: c.mode,
       migrateRate: 200,

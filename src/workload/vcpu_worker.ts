@@ -12,6 +12,7 @@ import { CTL, Kvm, KvmShared, OUTSIDE_GUEST_MODE, VCPU } from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "../vcpu/vcpu.js";
 import { VcpuState } from "../kvm/requests.js";
 import { GuestArgs, runGuest } from "./guest.js";
+import { kvm_set_running_vcpu } from "../mem/dirty_ring.js";
 import { KvmError } from "../errors.js";
 import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
 
@@ -27,6 +28,8 @@ const kvm = new Kvm(data.shared);
 const vcpuId = data.vcpuId;
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);
+// kvm_get_running_vcpu() on this thread: its dirty-ring pushes go to this vCPU's ring.
+kvm_set_running_vcpu(data.vcpuId);
 
 async function loadEntry(url: string): Promise<GuestEntry> {
   const m = (await import(url)) as { default?: unknown; main?: unknown };

@@ -160,3 +160,73 @@ test(
       );
   },
 );
+
+test(
+  "-M all: dirty-log, clear-log and dirty-ring on both strategies, TDP and shadow, no violation",
+  { timeout: 120_000 },
+  async () => {
+    for (const mode of ["tdp", "shadow"] as const) {
+      const r = await dirtyLogTest({
+        ...base,
+        iterations: 3,
+        bytesPerVcpu: 4 << 20,
+        oracles: ["kvm"],
+        modes: ["dirty-log", "clear-log", "dirty-ring"],
+        ringEntries: 256,
+        mode,
+      });
+      assert.deepEqual(r.firstViolations, [], mode);
+      assert.equal(r.violations, 0);
+      assert.equal(r.modes.length, 6);
+      assert.equal(r.iterations, 18, "totals count every mode");
+      assert.equal(r.pagesChecked, 18 * r.slotPages);
+      assert.notEqual(r.slotPages % 64, 0, "the slot is not a multiple of 64 pages");
+      for (const m of r.modes) {
+        assert.equal(m.iterations, 3, `${m.wp} ${m.mode}`);
+        assert.equal(m.violations, 0);
+        assert.ok(m.dirtyPages > 0, `${m.wp} ${m.mode} reported something`);
+        if (m.mode === "dirty-ring") assert.ok(m.ringFullExits > 0, `${m.wp}: a 256-entry ring filled up`);
+      }
+      assert.equal(r.results.locked?.kvm?.pagesChecked, 3 * r.slotPages, "results keeps the dirty-log run");
+    }
+  },
+);
+
+test(
+  "negative controls per mode: a broken ring reset and a dropping ring harvester",
+  { timeout: 60_000 },
+  async () => {
+    const opts = {
+      ...base,
+      iterations: 3,
+      bytesPerVcpu: 4 << 20,
+      wp: ["lockless" as const],
+      oracles: ["kvm" as const],
+      ringEntries: 256,
+    };
+    const coalesce = await dirtyLogTest({
+      ...opts,
+      modes: ["dirty-ring"],
+      bugs: ["reset-coalesce-backward"],
+    });
+    assert.ok(coalesce.violations > 0, "reset-coalesce-backward loses pages");
+    assert.equal(coalesce.firstViolations[0].mode, "dirty-ring");
+    const drop = await dirtyLogTest({
+      ...opts,
+      modes: ["clear-log", "dirty-ring"],
+      migrateRate: 0,
+      invalidateRate: 0,
+      harvestFilter: (bm) => {
+        for (let i = 0; i < bm.length; i++) bm[i] = bm[i] & (bm[i] - 1);
+      },
+    });
+    for (const m of drop.modes) assert.ok(m.violations > 0, `${m.mode}: dropped bits are caught`);
+  },
+);
+
+test("modes and ring sizes are validated", async () => {
+  await assert.rejects(dirtyLogTest({ ...base, modes: ["ring" as "dirty-ring"] }), /EINVAL: modes/);
+  await assert.rejects(dirtyLogTest({ ...base, modes: [] }), /EINVAL: modes/);
+  await assert.rejects(dirtyLogTest({ ...base, ringEntries: 300 }), /EINVAL: ringEntries/);
+  await assert.rejects(dirtyLogTest({ ...base, ringEntries: 128 }), /EINVAL: ringEntries/);
+});

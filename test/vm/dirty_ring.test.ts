@@ -1,0 +1,168 @@
+/**
+ * The dirty ring: enabling it (KVM's checks), ENXIO for the bitmap calls, host writes with and
+ * without the ring's bitmap, push/harvest/reset with a vCPU on this thread, coalesced resets
+ * re-protecting every page, and a worker vCPU blocked by a soft-full ring until a reset.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { Vm, WpName } from "../../src/vm.js";
+import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../../src/kvm_host.js";
+import { Vcpu } from "../../src/vcpu/vcpu.js";
+import { KvmError, Errno } from "../../src/errors.js";
+import { dirtyPages } from "../../src/dirty_bitmap.js";
+import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
+import { DLG, DLG_VCPU, dlgCtlWords } from "../../src/workload/dirty_log_guest.js";
+
+const NPAGES = 300;
+
+function expectErr(fn: () => unknown, code: Errno, arg: RegExp): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof KvmError, String(e));
+    assert.equal(e.code, code, e.message);
+    assert.match(e.message, arg);
+    return true;
+  });
+}
+
+function ringVm(wp: WpName, entries = 256, withBitmap = false): Vm {
+  const vm = Vm.create({ memory: 8 << 20, wp, maxVcpus: 2, maxSlotPages: 2048 });
+  vm.enableDirtyRing(entries, { withBitmap });
+  const hva = vm.mmap(NPAGES * PAGE_SIZE, { thp: false });
+  vm.setUserMemoryRegion({
+    slot: 2,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: 0,
+    memorySize: NPAGES * PAGE_SIZE,
+    userspaceAddr: hva,
+  });
+  vm.createVcpu(0);
+  return vm;
+}
+
+/** Writes the pages as vCPU 0 on this thread (kvm_get_running_vcpu() = 0 meanwhile). */
+function writes(vm: Vm, pages: number[], x = 1): void {
+  const v = new Vcpu(vm.kvm, 0);
+  kvm_set_running_vcpu(0);
+  try {
+    v.enterGuest();
+    for (const p of pages) v.write64(p, 0, x, 0);
+    v.exitGuest();
+  } finally {
+    kvm_set_running_vcpu(-1);
+  }
+}
+
+test("enableDirtyRing: power of two, one page to 65536 entries, once, before any vCPU", () => {
+  const vm = Vm.create({ memory: 1 << 20, wp: "locked", maxVcpus: 2 });
+  expectErr(() => vm.enableDirtyRing(0), "EINVAL", /entries: must be a power of two/);
+  expectErr(() => vm.enableDirtyRing(300), "EINVAL", /entries: must be a power of two/);
+  expectErr(() => vm.enableDirtyRing(128), "EINVAL", /entries: must be at least 256/);
+  expectErr(() => vm.enableDirtyRing(131072), "E2BIG", /entries: at most 65536/);
+  expectErr(() => vm.enableDirtyRing(256, { withBitmap: 1 as unknown as boolean }), "EINVAL", /withBitmap/);
+  vm.enableDirtyRing(65536);
+  expectErr(() => vm.enableDirtyRing(256), "EINVAL", /already enabled/);
+  const late = Vm.create({ memory: 1 << 20, wp: "locked", maxVcpus: 2 });
+  late.createVcpu(0);
+  expectErr(() => late.enableDirtyRing(256), "EINVAL", /before any vCPU exists/);
+  const slotFirst = Vm.create({ memory: 1 << 20, wp: "locked", maxVcpus: 2 });
+  slotFirst.setUserMemoryRegion({
+    slot: 0,
+    flags: 0,
+    guestPhysAddr: 0,
+    memorySize: 1 << 16,
+    userspaceAddr: slotFirst.mmap(1 << 16),
+  });
+  expectErr(() => slotFirst.enableDirtyRing(256, { withBitmap: true }), "EINVAL", /before any memslot/);
+  slotFirst.enableDirtyRing(256); // without the bitmap a memslot may exist
+  expectErr(() => Vm.create({ memory: 1 << 20, wp: "locked" }).resetDirtyRings(), "EINVAL", /not enabled/);
+});
+
+test("ring-only mode: GET and CLEAR are ENXIO (before any other check); host writes are dropped", () => {
+  const vm = ringVm("locked");
+  expectErr(() => vm.getDirtyLog(99), "ENXIO", /getDirtyLog: the VM logs to dirty rings/);
+  expectErr(() => vm.clearDirtyLog(99, 1, 1, new Uint32Array(1)), "ENXIO", /clearDirtyLog/);
+  vm.writeGuest(5 * PAGE_SIZE, new Uint8Array([1]));
+  assert.equal(vm.dirtyRingStats().dropped, 1);
+  assert.deepEqual(vm.harvestDirtyRing(0), [], "no vCPU: nothing in the ring");
+  expectErr(() => vm.harvestDirtyRing(1), "EINVAL", /vcpuId: no vCPU 1/);
+  expectErr(() => vm.harvestDirtyRing(0, -1), "EINVAL", /max/);
+});
+
+test("ring with bitmap: host writes go to the bitmap, vCPU writes to the ring", () => {
+  const vm = ringVm("lockless", 256, true);
+  vm.writeGuest(7 * PAGE_SIZE, new Uint8Array([1]));
+  writes(vm, [8]);
+  assert.deepEqual(dirtyPages(vm.getDirtyLog(2)), [7]);
+  assert.deepEqual(vm.harvestDirtyRing(0), [{ slot: 2, offset: 8 }]);
+  assert.equal(vm.dirtyRingStats().dropped, 0);
+});
+
+for (const wp of ["locked", "lockless"] as const) {
+  test(`${wp}: push in order, harvest once, reset re-protects every page (coalesced both ways)`, () => {
+    const vm = ringVm(wp);
+    // Forwards, backwards within 64, a jump, and back: several coalesced masks.
+    const pages = [10, 9, 8, 40, 80, 79, 12, 299];
+    writes(vm, pages);
+    const got = vm.harvestDirtyRing(0, 3);
+    assert.deepEqual(
+      got.map((e) => e.offset),
+      [10, 9, 8],
+      "max honoured, in order",
+    );
+    const rest = vm.harvestDirtyRing(0);
+    assert.deepEqual(
+      rest.map((e) => e.offset),
+      pages.slice(3),
+    );
+    assert.ok(rest.every((e) => e.slot === 2));
+    assert.deepEqual(vm.harvestDirtyRing(0), [], "harvested entries are not returned again");
+    // Not reset yet: the pages are still writable, a new write logs nothing.
+    writes(vm, [10], 2);
+    assert.deepEqual(vm.harvestDirtyRing(0), []);
+    assert.equal(vm.resetDirtyRings(), pages.length);
+    assert.equal(vm.resetDirtyRings(), 0, "nothing harvested since");
+    // Every page was protected again: each write is logged once more.
+    writes(vm, pages, 3);
+    assert.deepEqual(
+      vm.harvestDirtyRing(0).map((e) => e.offset),
+      pages,
+    );
+    assert.equal(vm.resetDirtyRingsTimes().dirtyPages, pages.length);
+  });
+}
+
+test("a worker vCPU exits on a soft-full ring, is counted, and resumes after a reset", async () => {
+  const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1, maxSlotPages: 2048 });
+  vm.enableDirtyRing(256);
+  const pages = 2048;
+  vm.setUserMemoryRegion({
+    slot: 1,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: 0,
+    memorySize: pages * PAGE_SIZE,
+    userspaceAddr: vm.mmap(pages * PAGE_SIZE, { thp: false }),
+  });
+  vm.createVcpu(0);
+  const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(1) * 4));
+  Atomics.store(ctl, DLG.iteration, 1);
+  Atomics.store(ctl, DLG.stop, 0);
+  const first = vm.waitDirtyRingFull({ since: 0, timeoutMs: 20_000 });
+  await vm.run(() => ({ kind: "dirty_log", ctl: ctl.buffer, baseGfn: 0, pages, seed: 3 }));
+  try {
+    assert.ok((await first) >= 1, "a ring-full exit within 20 s");
+    // Blocked: the store counter stands still.
+    const w0 = Atomics.load(ctl, DLG_VCPU.writes(0));
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(Atomics.load(ctl, DLG_VCPU.writes(0)), w0, "the vCPU does not run while soft-full");
+    const got = vm.harvestDirtyRing(0);
+    assert.ok(got.length >= 256 - 64 && got.length <= 256, `harvested ${got.length}`);
+    assert.ok(got.every((e) => e.slot === 1 && e.offset < pages));
+    const next = vm.waitDirtyRingFull({ timeoutMs: 20_000 });
+    assert.equal(vm.resetDirtyRings(), got.length);
+    assert.ok((await next) >= 2, "it ran again and filled the ring again");
+    assert.ok(vm.dirtyRingStats(0).fullExits >= 2);
+  } finally {
+    await vm.stop(); // a vCPU blocked in a ring-full exit still stops
+  }
+  assert.equal(vm.error, null);
+});
