@@ -22,7 +22,7 @@ export interface GuestLayout {
 
 /** Host memory beyond the slot: spare frames the engine may migrate pages into. */
 const HOST_SPARE = 2 << 20;
-export const MAX_GUEST_MEMORY = 4 << 30;
+export const MAX_GUEST_MEMORY = 4 * 2 ** 30;
 
 export function layoutFor(memoryBytes: number, vcpus: number): GuestLayout {
   if (!Number.isSafeInteger(memoryBytes) || memoryBytes % PAGE_SIZE !== 0 || memoryBytes <= 0)
