@@ -396,6 +396,9 @@ export class MigrationSource {
       Atomics.notify(g.ctl, CTL_SLEEP);
       await g.vm.pause();
       paused = true;
+      // The vCPUs are parked: their state (the guest's counters) no longer changes.
+      const counts = guestCounts(g);
+      report.countsAtSwitchover = counts;
       sync();
       arm();
       if (fault === "bad-flag") {
@@ -404,8 +407,6 @@ export class MigrationSource {
       }
       await sendPending();
       if (fault === "bad-section") await w.section(0x7e, jsonPayload({ what: "a section nobody knows" }));
-      const counts = guestCounts(g);
-      report.countsAtSwitchover = counts;
       await w.section(
         Sec.Vcpu,
         jsonPayload({ vcpus: counts.map((counter, id) => ({ id, counter })) }),
