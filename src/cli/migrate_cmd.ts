@@ -13,7 +13,6 @@ import { connectOutgoing, listenIncoming } from "../migration/auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "../migration/guest_vm.js";
 import {
   FAULTS,
-  FaultKind,
   logStrategy,
   LOG_MODES,
   MigrationDestination,
@@ -62,7 +61,11 @@ function formatReport(r: MigrationReport): string {
 }
 
 /** Starts `kvmmu migrate-incoming` on 127.0.0.1:0 and reads the port it prints. */
-async function spawnDestination(key: string, wp: WpName, mode: MmuModeName): Promise<{ child: ChildProcess; port: number; err: () => string }> {
+async function spawnDestination(
+  key: string,
+  wp: WpName,
+  mode: MmuModeName,
+): Promise<{ child: ChildProcess; port: number; err: () => string }> {
   const child = spawn(
     process.execPath,
     [BIN, "migrate-incoming", "--listen", "127.0.0.1:0", "--wp", wp, "--mode", mode, "--run-after", "0"],
@@ -70,10 +73,13 @@ async function spawnDestination(key: string, wp: WpName, mode: MmuModeName): Pro
   );
   let out = "";
   let err = "";
-  child.stderr!.on("data", (c: Buffer) => (err += c.toString()));
+  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
   const port = await new Promise<number>((res, rej) => {
-    const t = setTimeout(() => rej(new MigrationError("ETIMEDOUT", "the destination did not start listening in 20 s")), 20_000);
-    child.stdout!.on("data", (c: Buffer) => {
+    const t = setTimeout(
+      () => rej(new MigrationError("ETIMEDOUT", "the destination did not start listening in 20 s")),
+      20_000,
+    );
+    child.stdout.on("data", (c: Buffer) => {
       out += c.toString();
       const m = /listening on [^\s]+:(\d+)/.exec(out);
       if (m) {
@@ -83,7 +89,9 @@ async function spawnDestination(key: string, wp: WpName, mode: MmuModeName): Pro
     });
     child.once("exit", (code) => {
       clearTimeout(t);
-      rej(new MigrationError("EIO", `the destination exited (${String(code)}) before listening: ${err.trim()}`));
+      rej(
+        new MigrationError("EIO", `the destination exited (${String(code)}) before listening: ${err.trim()}`),
+      );
     });
   });
   return { child, port, err: () => err };
@@ -117,7 +125,10 @@ export function registerMigrate(program: Command): void {
     .option("--fault <kind>", `inject a failure: ${FAULTS.join(", ")}`)
     .option("--json", "print one JSON object on stdout", false)
     .action(async (a: Record<string, string | boolean | undefined>) => {
-      if (a["postcopy"]) return refuse(new MigrationError("ENOSYS", "--postcopy: post-copy is not implemented; pre-copy only"));
+      if (a["postcopy"])
+        return refuse(
+          new MigrationError("ENOSYS", "--postcopy: post-copy is not implemented; pre-copy only"),
+        );
       const logMode = one("--log-mode", a["logMode"], LOG_MODES);
       let log;
       try {
@@ -129,11 +140,15 @@ export function registerMigrate(program: Command): void {
       const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
       const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
       const local = a["local"] === true;
-      if (local === (a["to"] !== undefined)) throw einval("--to", "give exactly one of --to HOST:PORT and --local");
+      if (local === (a["to"] !== undefined))
+        throw einval("--to", "give exactly one of --to HOST:PORT and --local");
       if (fault === "kill-destination" && !local) throw einval("--fault", "kill-destination needs --local");
       const to = local ? null : hostPort("--to", String(a["to"]));
       const key = local ? randomBytes(18).toString("base64") : keyOf(a);
-      const layout = layoutFor(parseSize("--memory", String(a["memory"])), parseIntIn("--vcpus", String(a["vcpus"]), 1, 64));
+      const layout = layoutFor(
+        parseSize("--memory", String(a["memory"])),
+        parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
+      );
       const opts = {
         downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
         maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
@@ -141,7 +156,7 @@ export function registerMigrate(program: Command): void {
         minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
         maxTimeMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
         log,
-        fault: fault as FaultKind | undefined,
+        fault: fault,
       };
       const warmup = parseIntIn("--warmup", String(a["warmup"]), 0, 600_000);
 
@@ -156,7 +171,9 @@ export function registerMigrate(program: Command): void {
         const src = new MigrationSource(g, {
           ...opts,
           onRound: (r) => {
-            progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
+            progress(
+              `round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`,
+            );
             if (fault === "kill-destination" && r.round === 1) dst?.child.kill("SIGKILL");
           },
         });
@@ -194,14 +211,20 @@ export function registerMigrate(program: Command): void {
       };
       process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(report) + "\n");
       const ok =
-        report.status === "completed" && report.verify.mismatches === 0 && report.verify.guestInvariant === true;
+        report.status === "completed" &&
+        report.verify.mismatches === 0 &&
+        report.verify.guestInvariant === true;
       if (!ok) process.exitCode = 1;
     });
 
   program
     .command("migrate-incoming")
     .description("wait for one authenticated `kvmmu migrate` and run the guest it brings")
-    .option("--listen <host:port>", "address to listen on (loopback by default; port 0: any)", "127.0.0.1:4444")
+    .option(
+      "--listen <host:port>",
+      "address to listen on (loopback by default; port 0: any)",
+      "127.0.0.1:4444",
+    )
     .option("--key <k>", `pre-shared key (or ${KEY_ENV})`)
     .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
     .option("--mode <mode>", "tdp or shadow", "tdp")

@@ -40,7 +40,11 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 /** Destination side. Resolves with a reader already past the handshake; rejects with EACCES. */
-export async function authenticatePeer(sock: Socket, key: string, r = new ByteReader(sock)): Promise<ByteReader> {
+export async function authenticatePeer(
+  sock: Socket,
+  key: string,
+  r = new ByteReader(sock),
+): Promise<ByteReader> {
   const nonceD = randomBytes(NONCE);
   await writeAll(sock, Buffer.concat([HELLO, nonceD]));
   const ans = await withTimeout(r.read(64, "the authentication answer"), AUTH_TIMEOUT_MS, "authentication");
@@ -52,8 +56,16 @@ export async function authenticatePeer(sock: Socket, key: string, r = new ByteRe
 }
 
 /** Source side: answers the challenge and checks the destination's proof. */
-export async function authenticateToPeer(sock: Socket, key: string, r = new ByteReader(sock)): Promise<ByteReader> {
-  const hello = await withTimeout(r.read(HELLO.length + NONCE, "the destination's challenge"), AUTH_TIMEOUT_MS, "authentication");
+export async function authenticateToPeer(
+  sock: Socket,
+  key: string,
+  r = new ByteReader(sock),
+): Promise<ByteReader> {
+  const hello = await withTimeout(
+    r.read(HELLO.length + NONCE, "the destination's challenge"),
+    AUTH_TIMEOUT_MS,
+    "authentication",
+  );
   if (!hello.subarray(0, HELLO.length).equals(HELLO))
     throw new MigrationError("EPROTO", "the peer is not a kvmmu migration destination (no challenge)");
   const nonceD = hello.subarray(HELLO.length);
@@ -64,7 +76,10 @@ export async function authenticateToPeer(sock: Socket, key: string, r = new Byte
     proof = await withTimeout(r.read(32, "the destination's proof"), AUTH_TIMEOUT_MS, "authentication");
   } catch (e) {
     if (e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET"))
-      throw new MigrationError("EACCES", "the destination refused the pre-shared key (it closed the connection)");
+      throw new MigrationError(
+        "EACCES",
+        "the destination refused the pre-shared key (it closed the connection)",
+      );
     throw e;
   }
   if (!timingSafeEqual(proof, mac(key, "dst", nonceS, nonceD)))
@@ -133,7 +148,9 @@ export async function connectOutgoing(o: {
   checkKey(o.key);
   const sock = new Socket({ allowHalfOpen: true });
   await new Promise<void>((res, rej) => {
-    sock.once("error", (e) => rej(new MigrationError("ECONNRESET", `connect ${o.host}:${o.port}: ${e.message}`)));
+    sock.once("error", (e) =>
+      rej(new MigrationError("ECONNRESET", `connect ${o.host}:${o.port}: ${e.message}`)),
+    );
     sock.connect(o.port, o.host, () => res());
   });
   sock.setNoDelay(true);

@@ -92,7 +92,9 @@ export function invariantOf(
       // The page at `next` may already hold its increment (parked before the counter store).
       const retired = j === next && got === ((want + 1) & 255);
       if (got !== want && !retired && problems.length < 8)
-        problems.push(`vcpu ${id} page ${j} (gpa 0x${(base + j * 4096).toString(16)}): byte ${got}, expected ${want} (count ${c})`);
+        problems.push(
+          `vcpu ${id} page ${j} (gpa 0x${(base + j * 4096).toString(16)}): byte ${got}, expected ${want} (count ${c})`,
+        );
     }
   }
   return { ok: problems.length === 0, counts, problems };

@@ -39,15 +39,20 @@ export function checkLayout(l: unknown, maxMemory: number): GuestLayout {
   const o = (typeof l === "object" && l !== null ? l : {}) as Record<string, unknown>;
   const int = (k: string): number => {
     const x = o[k];
-    if (typeof x !== "number" || !Number.isSafeInteger(x) || x < 0) throw einval(`config.${k}`, `bad value ${String(x)}`);
+    if (typeof x !== "number" || !Number.isSafeInteger(x) || x < 0)
+      throw einval(`config.${k}`, `bad value ${String(x)}`);
     return x;
   };
   const memoryBytes = int("memoryBytes");
   if (memoryBytes > maxMemory)
-    throw einval("config.memoryBytes", `${memoryBytes} bytes is over this destination's ${maxMemory}-byte limit`);
+    throw einval(
+      "config.memoryBytes",
+      `${memoryBytes} bytes is over this destination's ${maxMemory}-byte limit`,
+    );
   const want = layoutFor(memoryBytes, int("vcpus"));
   for (const k of ["stateGpa", "regionGpa", "pagesPerVcpu"] as const)
-    if (int(k) !== want[k]) throw einval(`config.${k}`, `${String(o[k])} does not match the layout (${want[k]})`);
+    if (int(k) !== want[k])
+      throw einval(`config.${k}`, `${String(o[k])} does not match the layout (${want[k]})`);
   return want;
 }
 
@@ -58,7 +63,10 @@ export interface GuestVm {
   ctl: Int32Array;
 }
 
-export function createGuestVm(layout: GuestLayout, o: { wp: WpName; mode?: MmuModeName; logged: boolean }): GuestVm {
+export function createGuestVm(
+  layout: GuestLayout,
+  o: { wp: WpName; mode?: MmuModeName; logged: boolean },
+): GuestVm {
   const vm = Vm.create({
     memory: layout.memoryBytes + HOST_SPARE,
     wp: o.wp,
@@ -101,7 +109,12 @@ export function checkInvariant(g: GuestVm): InvariantResult {
   return invariantOf(
     (gpa) => vm.readGuestPage(gpa, page)[0] & 255,
     (gpa) => new Uint32Array(vm.readGuest(gpa, 4).buffer)[0],
-    { stateGpa: g.layout.stateGpa, regionGpa: g.layout.regionGpa, pages: g.layout.pagesPerVcpu, vcpus: g.layout.vcpus },
+    {
+      stateGpa: g.layout.stateGpa,
+      regionGpa: g.layout.regionGpa,
+      pages: g.layout.pagesPerVcpu,
+      vcpus: g.layout.vcpus,
+    },
   );
 }
 
@@ -113,7 +126,10 @@ export function pageHashes(vm: Vm, layout: GuestLayout): Buffer {
   const bytes = new Uint8Array(buf.buffer);
   for (let p = 0; p < pages; p++) {
     vm.readGuestPage(p * PAGE_SIZE, buf);
-    createHash("sha256").update(bytes).digest().copy(out, p * 32);
+    createHash("sha256")
+      .update(bytes)
+      .digest()
+      .copy(out, p * 32);
   }
   return out;
 }
@@ -134,7 +150,9 @@ export async function runAndCheck(
     const now = guestCounts(g);
     if (now.every((c, i) => c - before[i] >= g.layout.pagesPerVcpu + 1)) break;
     if (Date.now() > end) {
-      problems.push(`the guest did not advance every page in ${timeoutMs} ms (counts ${before.join(",")} -> ${now.join(",")})`);
+      problems.push(
+        `the guest did not advance every page in ${timeoutMs} ms (counts ${before.join(",")} -> ${now.join(",")})`,
+      );
       break;
     }
     await new Promise((r) => setTimeout(r, 5));
@@ -142,5 +160,10 @@ export async function runAndCheck(
   Atomics.notify(g.ctl, 1);
   await g.vm.pause();
   const inv = checkInvariant(g);
-  return { ok: problems.length === 0 && inv.ok, before, after: inv.counts, problems: [...problems, ...inv.problems] };
+  return {
+    ok: problems.length === 0 && inv.ok,
+    before,
+    after: inv.counts,
+    problems: [...problems, ...inv.problems],
+  };
 }

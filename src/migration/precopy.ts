@@ -65,7 +65,14 @@ export function logStrategy(mode: string): DirtyLogStrategy {
   throw new MigrationError("EINVAL", `log-mode: "${mode}" is not one of ${LOG_MODES.join(", ")}`);
 }
 
-export const FAULTS = ["truncate", "flip", "bad-section", "bad-flag", "bad-version", "kill-destination"] as const;
+export const FAULTS = [
+  "truncate",
+  "flip",
+  "bad-section",
+  "bad-flag",
+  "bad-version",
+  "kill-destination",
+] as const;
 export type FaultKind = (typeof FAULTS)[number];
 
 /** One round, shaped like QEMU's query-migrate (MigrationStats plus the timing fields). */
@@ -137,7 +144,12 @@ class ReturnPath {
   private async pump(): Promise<void> {
     try {
       for (;;) {
-        const s = await readSection(this.r, this.nextId++, [Sec.Loaded, Sec.Running, Sec.Verified, Sec.Error]);
+        const s = await readSection(this.r, this.nextId++, [
+          Sec.Loaded,
+          Sec.Running,
+          Sec.Verified,
+          Sec.Error,
+        ]);
         if (s.type === Sec.Error) {
           const e = JSON.parse(s.payload.toString()) as { code: MigErrno; message: string };
           this.failure = new MigrationError(e.code, `destination: ${e.message.replace(/^[A-Z]+: /, "")}`);
@@ -165,12 +177,19 @@ class ReturnPath {
       const s = this.queue.shift();
       if (s) {
         if (s.type !== type)
-          throw new MigrationError("EPROTO", `destination sent ${sectionName(s.type)} where ${sectionName(type)} was expected`);
+          throw new MigrationError(
+            "EPROTO",
+            `destination sent ${sectionName(s.type)} where ${sectionName(type)} was expected`,
+          );
         return s;
       }
       if (this.failure) throw this.failure;
       const left = end - Date.now();
-      if (left <= 0) throw new MigrationError("ETIMEDOUT", `no ${sectionName(type)} answer from the destination in ${timeoutMs} ms`);
+      if (left <= 0)
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `no ${sectionName(type)} answer from the destination in ${timeoutMs} ms`,
+        );
       await Promise.race([new Promise<void>((r) => (this.wake = r)), sleep(Math.min(left, 200))]);
     }
   }
@@ -208,7 +227,8 @@ export class MigrationSource {
     const o = this.o;
     if (!(o.downtimeLimitMs > 0)) throw new MigrationError("EINVAL", "downtimeLimitMs: must be > 0");
     if (!(o.maxBandwidth >= 0)) throw new MigrationError("EINVAL", "maxBandwidth: must be >= 0");
-    if (!Number.isSafeInteger(o.minRounds) || o.minRounds < 1) throw new MigrationError("EINVAL", "minRounds: must be >= 1");
+    if (!Number.isSafeInteger(o.minRounds) || o.minRounds < 1)
+      throw new MigrationError("EINVAL", "minRounds: must be >= 1");
     if (!(o.maxTimeMs > 0)) throw new MigrationError("EINVAL", "maxTimeMs: must be > 0");
   }
 
@@ -407,10 +427,7 @@ export class MigrationSource {
       }
       await sendPending();
       if (fault === "bad-section") await w.section(0x7e, jsonPayload({ what: "a section nobody knows" }));
-      await w.section(
-        Sec.Vcpu,
-        jsonPayload({ vcpus: counts.map((counter, id) => ({ id, counter })) }),
-      );
+      await w.section(Sec.Vcpu, jsonPayload({ vcpus: counts.map((counter, id) => ({ id, counter })) }));
       const digest = w.digest();
       await w.section(Sec.Eof, digest);
       report.transferredBytes = w.bytes;
@@ -422,7 +439,10 @@ export class MigrationSource {
       let mismatches = 0;
       const n = Math.min(pages, loaded.payload.length / 32);
       for (let p = 0; p < pages; p++)
-        if (p >= n || !mine.subarray(p * 32, p * 32 + 32).equals(loaded.payload.subarray(p * 32, p * 32 + 32)))
+        if (
+          p >= n ||
+          !mine.subarray(p * 32, p * 32 + 32).equals(loaded.payload.subarray(p * 32, p * 32 + 32))
+        )
           mismatches++;
       report.verify.pagesCompared = pages;
       report.verify.mismatches = mismatches;
@@ -516,11 +536,14 @@ export class MigrationDestination {
       const maxMem = this.o.maxMemory ?? MAX_GUEST_MEMORY;
       let vcpuState: { id: number; counter: number }[] | null = null;
       for (let id = 1; ; id++) {
-        const before = r.hash!.copy();
+        const before = r.hash.copy();
         const s = await this.withIdle(readSection(r, id, SOURCE_TYPES), id);
         rep.sections++;
         if (s.type !== Sec.Config && !layout)
-          throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) before the config section`);
+          throw new MigrationError(
+            "EPROTO",
+            `section ${id} (${sectionName(s.type)}) before the config section`,
+          );
         if (s.type === Sec.Config) {
           if (layout) throw new MigrationError("EPROTO", `section ${id}: a second config section`);
           const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown };
@@ -533,7 +556,8 @@ export class MigrationDestination {
           for (const rec of recs) this.guest!.vm.writeGuest(rec.gpa, rec.data ?? zero);
           rep.pagesApplied += recs.length;
         } else if (s.type === Sec.Vcpu) {
-          vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: { id: number; counter: number }[] }).vcpus;
+          vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: { id: number; counter: number }[] })
+            .vcpus;
         } else if (s.type === Sec.Cancel) {
           rep.status = "cancelled";
           throw new MigrationError("ECANCELED", "the source cancelled the migration");
@@ -546,29 +570,44 @@ export class MigrationDestination {
             );
           r.hash = null;
           break;
-        } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) before the end of the stream`);
+        } else
+          throw new MigrationError(
+            "EPROTO",
+            `section ${id} (${sectionName(s.type)}) before the end of the stream`,
+          );
       }
       const g = this.guest!;
       if (!vcpuState || vcpuState.length !== layout!.vcpus)
-        throw new MigrationError("EPROTO", `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${layout!.vcpus}`);
+        throw new MigrationError(
+          "EPROTO",
+          `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${layout!.vcpus}`,
+        );
       const counts = guestCounts(g);
       vcpuState.forEach((v, i) => {
         if (v.id !== i || v.counter !== counts[i])
-          throw new MigrationError("EBADMSG", `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`);
+          throw new MigrationError(
+            "EBADMSG",
+            `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
+          );
       });
       rep.receivedBytes = r.consumed;
       await back.section(Sec.Loaded, pageHashes(g.vm, layout!));
       const go = await this.withIdle(readSection(r, rep.sections + 1, SOURCE_TYPES), rep.sections + 1);
       rep.sections++;
-      if (go.type === Sec.Abort) throw new MigrationError("ECANCELED", "the source aborted after comparing pages");
-      if (go.type !== Sec.Go) throw new MigrationError("EPROTO", `${sectionName(go.type)} where go was expected`);
+      if (go.type === Sec.Abort)
+        throw new MigrationError("ECANCELED", "the source aborted after comparing pages");
+      if (go.type !== Sec.Go)
+        throw new MigrationError("EPROTO", `${sectionName(go.type)} where go was expected`);
       await runGuest(g);
       await back.section(Sec.Running, Buffer.alloc(0));
       const chk = await runAndCheck(g);
       g.vm.resume();
       rep.guestInvariant = chk.ok;
       rep.problems = chk.problems;
-      await back.section(Sec.Verified, jsonPayload({ ok: chk.ok, problems: chk.problems, before: chk.before, after: chk.after }));
+      await back.section(
+        Sec.Verified,
+        jsonPayload({ ok: chk.ok, problems: chk.problems, before: chk.before, after: chk.after }),
+      );
       rep.status = "completed";
       return rep;
     } catch (e) {
@@ -597,7 +636,10 @@ export class MigrationDestination {
     return Promise.race([
       p,
       new Promise<T>((_, rej) => {
-        t = setTimeout(() => rej(new MigrationError("ETIMEDOUT", `no section ${id} from the source in ${ms} ms`)), ms);
+        t = setTimeout(
+          () => rej(new MigrationError("ETIMEDOUT", `no section ${id} from the source in ${ms} ms`)),
+          ms,
+        );
       }),
     ]).finally(() => clearTimeout(t));
   }

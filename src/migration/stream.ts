@@ -26,21 +26,21 @@ export const PAGE_SIZE = 4096;
 export const MAX_SECTION = 16 << 20;
 export const SECTION_OVERHEAD = 13;
 
-export const enum Sec {
+export const Sec = {
   /** Source -> destination. */
-  Config = 1,
-  Ram = 2,
-  Vcpu = 3,
-  Cancel = 4,
-  Eof = 5,
-  Go = 6,
-  Abort = 7,
+  Config: 1,
+  Ram: 2,
+  Vcpu: 3,
+  Cancel: 4,
+  Eof: 5,
+  Go: 6,
+  Abort: 7,
   /** Destination -> source (the return path). */
-  Loaded = 0x41,
-  Running = 0x42,
-  Verified = 0x43,
-  Error = 0x4f,
-}
+  Loaded: 0x41,
+  Running: 0x42,
+  Verified: 0x43,
+  Error: 0x4f,
+} as const;
 
 export const SECTION_NAMES: Record<number, string> = {
   [Sec.Config]: "config",
@@ -172,7 +172,11 @@ export interface PageRecord {
  * Parses a RAM payload. `inRange(gpa)` is the destination's memslot check; a record outside them
  * fails with EFAULT before any page is applied (the caller applies only a fully parsed section).
  */
-export function decodeRam(payload: Buffer, sectionId: number, inRange: (gpa: number) => boolean): PageRecord[] {
+export function decodeRam(
+  payload: Buffer,
+  sectionId: number,
+  inRange: (gpa: number) => boolean,
+): PageRecord[] {
   const out: PageRecord[] = [];
   let off = 0;
   while (off < payload.length) {
@@ -266,7 +270,10 @@ export class ByteReader {
   async read(n: number, what: string): Promise<Buffer> {
     while (this.have < n) {
       if (this.broken)
-        throw new MigrationError("ECONNRESET", `the peer went away while reading ${what} (${this.broken.message})`);
+        throw new MigrationError(
+          "ECONNRESET",
+          `the peer went away while reading ${what} (${this.broken.message})`,
+        );
       if (this.ended)
         throw new MigrationError(
           "ENODATA",
@@ -297,14 +304,24 @@ export async function readHeader(r: ByteReader): Promise<void> {
   const h = await r.read(HEADER_BYTES, "the stream header");
   const magic = h.readUInt32BE(0);
   if (magic !== MIG_MAGIC)
-    throw new MigrationError("EPROTO", `bad magic 0x${magic.toString(16)} (expected 0x${MIG_MAGIC.toString(16)})`);
+    throw new MigrationError(
+      "EPROTO",
+      `bad magic 0x${magic.toString(16)} (expected 0x${MIG_MAGIC.toString(16)})`,
+    );
   const v = h.readUInt32BE(4);
   if (v !== MIG_VERSION)
-    throw new MigrationError("EPROTONOSUPPORT", `version mismatch: stream version ${v}, this side reads ${MIG_VERSION}`);
+    throw new MigrationError(
+      "EPROTONOSUPPORT",
+      `version mismatch: stream version ${v}, this side reads ${MIG_VERSION}`,
+    );
 }
 
 /** Reads one section and checks its id, length, type and CRC. */
-export async function readSection(r: ByteReader, expectId: number, known: readonly number[]): Promise<Section> {
+export async function readSection(
+  r: ByteReader,
+  expectId: number,
+  known: readonly number[],
+): Promise<Section> {
   const h = await r.read(9, `the header of section ${expectId}`);
   const type = h.readUInt8(0);
   const id = h.readUInt32BE(1);

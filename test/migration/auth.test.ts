@@ -6,7 +6,10 @@ import { connectOutgoing, listenIncoming } from "../../src/migration/auth.js";
 test("auth: wrong key refused, right key accepted afterwards, nothing else accepted", async () => {
   const inc = await listenIncoming({ port: 0, key: "the-right-key" });
   try {
-    await assert.rejects(connectOutgoing({ host: "127.0.0.1", port: inc.port, key: "a-wrong-key" }), /EACCES/);
+    await assert.rejects(
+      connectOutgoing({ host: "127.0.0.1", port: inc.port, key: "a-wrong-key" }),
+      /EACCES/,
+    );
     const ok = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: "the-right-key" });
     const acc = await inc.accepted;
     assert.equal(inc.refused.length, 1, "the wrong peer was refused");

@@ -59,5 +59,8 @@ for (const [fault, code] of [
     assert.equal(rep.error?.code, code, rep.error?.message);
     assert.ok(rep.countsAtSwitchover, "the source had paused for switch-over");
     assert.ok(after!.ok, after!.problems.join("; "));
-    assert.ok(after!.after.every((c, i) => c > rep.countsAtSwitchover![i]), "the guest ran on after resuming");
+    assert.ok(
+      after!.after.every((c, i) => c > rep.countsAtSwitchover![i]),
+      "the guest ran on after resuming",
+    );
   });

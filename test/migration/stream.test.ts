@@ -75,8 +75,16 @@ test("stream: a flipped byte fails the section checksum", async () => {
 });
 
 test("stream: unknown section type, wrong section id", async () => {
-  await fails(readSection(reader(encodeSection(0x7e, 1, Buffer.alloc(3))), 1, KNOWN), "EPROTO", /unknown section type 0x7e/);
-  await fails(readSection(reader(encodeSection(Sec.Ram, 5, Buffer.alloc(0))), 4, KNOWN), "EPROTO", /section id 5 where 4/);
+  await fails(
+    readSection(reader(encodeSection(0x7e, 1, Buffer.alloc(3))), 1, KNOWN),
+    "EPROTO",
+    /unknown section type 0x7e/,
+  );
+  await fails(
+    readSection(reader(encodeSection(Sec.Ram, 5, Buffer.alloc(0))), 4, KNOWN),
+    "EPROTO",
+    /section id 5 where 4/,
+  );
 });
 
 test("stream: version mismatch and bad magic", async () => {
