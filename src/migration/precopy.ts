@@ -609,6 +609,8 @@ export class MigrationDestination {
         jsonPayload({ ok: chk.ok, problems: chk.problems, before: chk.before, after: chk.after }),
       );
       rep.status = "completed";
+      // Our half of the connection is done; the source closes its half after reading this.
+      stream.end();
       return rep;
     } catch (e) {
       const err = toMigError(e);
