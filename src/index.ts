@@ -34,3 +34,24 @@ export {
   hweight32,
   slotGeometry,
 } from "./dirty_bitmap.js";
+export {
+  MigrationSource,
+  MigrationDestination,
+  logStrategy,
+  FAULTS,
+  LOG_MODES,
+} from "./migration/precopy.js";
+export type {
+  DestinationOptions,
+  DestinationReport,
+  DirtyLogStrategy,
+  FaultKind,
+  MigrationReport,
+  RoundRecord,
+  SourceOptions,
+} from "./migration/precopy.js";
+export { connectOutgoing, listenIncoming } from "./migration/auth.js";
+export { ByteReader, MigrationError } from "./migration/stream.js";
+export type { MigErrno } from "./migration/stream.js";
+export { createGuestVm, layoutFor, runGuest, runAndCheck, pageHashes } from "./migration/guest_vm.js";
+export type { GuestLayout, GuestVm } from "./migration/guest_vm.js";

@@ -1,0 +1,101 @@
+/**
+ * The migration-test guest (as QEMU's a-b bootblock): each vCPU increments the first byte of
+ * every page of its region, page after page, forever.
+ *
+ * Its only register is a 32-bit count of increments done, kept in guest memory (word `id` of
+ * the state page), so a paused or stopped vCPU leaves all its state in memory for the migration
+ * to carry. A pause can land between the page store and the counter store (a vCPU parks before
+ * any access); on entry the guest finishes that step: if the page already holds the next value,
+ * the increment retired and only the counter is behind.
+ *
+ * Invariant (checked by invariantOf): with c = count, n = pages, pass = c / n, next = c % n,
+ * page j holds (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values.
+ */
+import type { GuestContext } from "../guest/context.js";
+
+export interface MigrationGuestArgs {
+  /** Guest-physical address of the state page (one 32-bit counter per vCPU). */
+  stateGpa: number;
+  /** Guest-physical address of vCPU 0's region; vCPU id's starts id * pages pages later. */
+  regionGpa: number;
+  /** Pages per vCPU. */
+  pages: number;
+  /** Int32Array over it: [0] throttle percent (0..99), set by the host (auto-converge). */
+  ctl: SharedArrayBuffer;
+}
+
+export const CTL_THROTTLE = 0;
+export const CTL_SLEEP = 1;
+export const CTL_WORDS = 4;
+/** Throttling runs the guest for a slice, then sleeps slice * pct / (100 - pct). */
+const SLICE_MS = 10;
+
+export default function migrationGuest(ctx: GuestContext, a: MigrationGuestArgs): void {
+  const ctl = new Int32Array(a.ctl);
+  const n = a.pages;
+  const counter = a.stateGpa + 4 * ctx.vcpuId;
+  const base = a.regionGpa + ctx.vcpuId * n * 4096;
+  let c = ctx.load32(counter) >>> 0;
+  // Finish an increment whose counter store did not happen before the vCPU was parked.
+  if (ctx.load8(base + (c % n) * 4096) === ((Math.floor(c / n) + 1) & 255)) {
+    c = (c + 1) >>> 0;
+    ctx.store32(counter, c);
+  }
+  let slice = performance.now();
+  for (;;) {
+    const j = c % n;
+    const addr = base + j * 4096;
+    ctx.store8(addr, ctx.load8(addr) + 1);
+    c = (c + 1) >>> 0;
+    ctx.store32(counter, c);
+    ctx.writes++;
+    if (c % n === 0) ctx.passDone();
+    if ((c & 63) === 0) {
+      ctx.checkpoint();
+      const pct = Atomics.load(ctl, CTL_THROTTLE);
+      if (pct > 0) {
+        const now = performance.now();
+        if (now - slice >= SLICE_MS) {
+          ctx.halt(ctl, CTL_SLEEP, 0, ((now - slice) * pct) / (100 - pct));
+          slice = performance.now();
+        }
+      }
+    }
+  }
+}
+
+export interface InvariantResult {
+  ok: boolean;
+  /** Per vCPU: the increment count read from the state page. */
+  counts: number[];
+  /** First few violations, as text. */
+  problems: string[];
+}
+
+/** Checks the invariant on a stopped or paused guest's memory. */
+export function invariantOf(
+  read: (gpa: number) => number,
+  readCounter: (gpa: number) => number,
+  o: { stateGpa: number; regionGpa: number; pages: number; vcpus: number },
+): InvariantResult {
+  const problems: string[] = [];
+  const counts: number[] = [];
+  for (let id = 0; id < o.vcpus; id++) {
+    const c = readCounter(o.stateGpa + 4 * id) >>> 0;
+    counts.push(c);
+    const pass = Math.floor(c / o.pages);
+    const next = c % o.pages;
+    const base = o.regionGpa + id * o.pages * 4096;
+    for (let j = 0; j < o.pages; j++) {
+      const want = (pass + (j < next ? 1 : 0)) & 255;
+      const got = read(base + j * 4096);
+      // The page at `next` may already hold its increment (parked before the counter store).
+      const retired = j === next && got === ((want + 1) & 255);
+      if (got !== want && !retired && problems.length < 8)
+        problems.push(
+          `vcpu ${id} page ${j} (gpa 0x${(base + j * 4096).toString(16)}): byte ${got}, expected ${want} (count ${c})`,
+        );
+    }
+  }
+  return { ok: problems.length === 0, counts, problems };
+}

@@ -1,0 +1,648 @@
+/**
+ * Pre-copy live migration, as QEMU does it, over any duplex stream.
+ *
+ * Source: a bulk round over every page, then rounds driven by dirty-log syncs; bandwidth is
+ * measured in ~100 ms windows and the source switches over once the dirty bytes left fit
+ * bandwidth x downtime limit. It then pauses the vCPUs, sends the last dirty pages, the vCPU
+ * state and the stream digest, checks the destination's page hashes against its own paused
+ * memory, and tells the destination to run the guest. Until that "go" the source owns the guest:
+ * any failure resumes it there with nothing lost.
+ *
+ * Destination: builds the VM the config section describes, applies pages, checks the digest,
+ * answers with its page hashes, and on "go" runs the guest and checks its invariant.
+ */
+import type { Duplex } from "node:stream";
+import { PAGE_SIZE } from "../kvm_host.js";
+import { KvmError } from "../errors.js";
+import type { MmuModeName, WpName } from "../vm.js";
+import { for_each_set_bit, hweight32 } from "../dirty_bitmap.js";
+import { CTL_SLEEP, CTL_THROTTLE } from "./guest.js";
+import {
+  checkLayout,
+  createGuestVm,
+  GuestLayout,
+  GuestVm,
+  guestCounts,
+  MAX_GUEST_MEMORY,
+  pageHashes,
+  runAndCheck,
+  runGuest,
+} from "./guest_vm.js";
+import {
+  ByteReader,
+  decodeRam,
+  encodeHeader,
+  jsonPayload,
+  MIG_VERSION,
+  MigErrno,
+  MigrationError,
+  RamBuilder,
+  readHeader,
+  readSection,
+  Sec,
+  Section,
+  SectionWriter,
+  sectionName,
+} from "./stream.js";
+
+/** How dirty pages are collected. Only the classic bitmap (KVM_GET_DIRTY_LOG) exists for now. */
+export interface DirtyLogStrategy {
+  readonly name: string;
+  /** Harvests slot 0's dirty pages into `out` (bit n = page n) and re-arms logging for them. */
+  sync(g: GuestVm, out: Uint32Array): void;
+}
+
+export const LOG_MODES = ["dirty-log", "clear-log", "dirty-ring"] as const;
+export type LogMode = (typeof LOG_MODES)[number];
+
+export function logStrategy(mode: string): DirtyLogStrategy {
+  if (mode === "dirty-log") return { name: "dirty-log", sync: (g, out) => void g.vm.getDirtyLog(0, out) };
+  if (mode === "clear-log" || mode === "dirty-ring")
+    throw new MigrationError(
+      "ENOSYS",
+      `log-mode: ${mode} is not implemented in this engine yet; use dirty-log (KVM_GET_DIRTY_LOG)`,
+    );
+  throw new MigrationError("EINVAL", `log-mode: "${mode}" is not one of ${LOG_MODES.join(", ")}`);
+}
+
+export const FAULTS = [
+  "truncate",
+  "flip",
+  "bad-section",
+  "bad-flag",
+  "bad-version",
+  "kill-destination",
+] as const;
+export type FaultKind = (typeof FAULTS)[number];
+
+/** One round, shaped like QEMU's query-migrate (MigrationStats plus the timing fields). */
+export interface RoundRecord {
+  round: number;
+  "time-ms": number;
+  transferred: number;
+  remaining: number;
+  total: number;
+  duplicate: number;
+  normal: number;
+  "normal-bytes": number;
+  "dirty-pages-rate": number;
+  mbps: number;
+  "dirty-sync-count": number;
+  "expected-downtime": number;
+  "cpu-throttle-percentage": number;
+}
+
+export interface SourceOptions {
+  /** Most the guest may stay stopped at switch-over, in ms (QEMU's downtime-limit; 300). */
+  downtimeLimitMs?: number;
+  /** Bytes per second; 0 or absent: no limit. */
+  maxBandwidth?: number;
+  /** Throttle the guest when it dirties faster than the link sends (20%, +10% a step, <= 99%). */
+  autoConverge?: boolean;
+  /** Rounds (the bulk round counts) before switch-over is allowed (1). */
+  minRounds?: number;
+  /** Cancel (the source keeps running) past this many ms of iteration (60000). */
+  maxTimeMs?: number;
+  log?: DirtyLogStrategy;
+  /** Stream damage to inject (tests); kill-destination is the caller's to do (see onRound). */
+  fault?: FaultKind;
+  /** Called after each sync with that round's record. */
+  onRound?: (r: RoundRecord) => void;
+}
+
+export type MigrationStatus = "completed" | "failed" | "cancelled";
+
+export interface MigrationReport {
+  status: MigrationStatus;
+  mode: "precopy";
+  logMode: string;
+  rounds: RoundRecord[];
+  downtimeMs: number;
+  setupTimeMs: number;
+  totalTimeMs: number;
+  transferredBytes: number;
+  throttlePercentage: number;
+  verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean | null; problems: string[] };
+  /** The guest's increment counts at switch-over (the work it had done). */
+  countsAtSwitchover?: number[];
+  error?: { code: string; message: string };
+}
+
+const WINDOW_MS = 100;
+const RAM_SECTION_PAGES = 64;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Reads the return path: remembers the first error the destination sends, queues the rest. */
+class ReturnPath {
+  private queue: Section[] = [];
+  private wake: (() => void) | null = null;
+  failure: MigrationError | null = null;
+  private nextId = 1;
+  constructor(private readonly r: ByteReader) {
+    void this.pump();
+  }
+  private async pump(): Promise<void> {
+    try {
+      for (;;) {
+        const s = await readSection(this.r, this.nextId++, [
+          Sec.Loaded,
+          Sec.Running,
+          Sec.Verified,
+          Sec.Error,
+        ]);
+        if (s.type === Sec.Error) {
+          const e = JSON.parse(s.payload.toString()) as { code: MigErrno; message: string };
+          this.failure = new MigrationError(e.code, `destination: ${e.message.replace(/^[A-Z]+: /, "")}`);
+          break;
+        }
+        this.queue.push(s);
+        this.kick();
+      }
+    } catch (e) {
+      this.failure ??=
+        e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET")
+          ? new MigrationError("ECONNRESET", "the destination went away (its connection closed)")
+          : (e as MigrationError);
+    }
+    this.kick();
+  }
+  private kick(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+  async expect(type: number, timeoutMs: number): Promise<Section> {
+    const end = Date.now() + timeoutMs;
+    for (;;) {
+      const s = this.queue.shift();
+      if (s) {
+        if (s.type !== type)
+          throw new MigrationError(
+            "EPROTO",
+            `destination sent ${sectionName(s.type)} where ${sectionName(type)} was expected`,
+          );
+        return s;
+      }
+      if (this.failure) throw this.failure;
+      const left = end - Date.now();
+      if (left <= 0)
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `no ${sectionName(type)} answer from the destination in ${timeoutMs} ms`,
+        );
+      await Promise.race([new Promise<void>((r) => (this.wake = r)), sleep(Math.min(left, 200))]);
+    }
+  }
+  /** The destination's own error, if it sends one within `ms`. */
+  async settle(ms: number): Promise<MigrationError | null> {
+    const end = Date.now() + ms;
+    while (!this.failure && Date.now() < end) await sleep(10);
+    return this.failure;
+  }
+}
+
+function toMigError(e: unknown): MigrationError {
+  if (e instanceof MigrationError) return e;
+  if (e instanceof KvmError) return new MigrationError(e.code, e.message.replace(/^[A-Z]+: /, ""));
+  return new MigrationError("EIO", (e as Error).message ?? String(e));
+}
+
+export class MigrationSource {
+  private readonly o: Required<Omit<SourceOptions, "fault" | "onRound" | "log">> & SourceOptions;
+  private readonly log: DirtyLogStrategy;
+
+  constructor(
+    readonly g: GuestVm,
+    opts: SourceOptions = {},
+  ) {
+    this.o = {
+      downtimeLimitMs: 300,
+      maxBandwidth: 0,
+      autoConverge: false,
+      minRounds: 1,
+      maxTimeMs: 60_000,
+      ...opts,
+    };
+    this.log = opts.log ?? logStrategy("dirty-log");
+    const o = this.o;
+    if (!(o.downtimeLimitMs > 0)) throw new MigrationError("EINVAL", "downtimeLimitMs: must be > 0");
+    if (!(o.maxBandwidth >= 0)) throw new MigrationError("EINVAL", "maxBandwidth: must be >= 0");
+    if (!Number.isSafeInteger(o.minRounds) || o.minRounds < 1)
+      throw new MigrationError("EINVAL", "minRounds: must be >= 1");
+    if (!(o.maxTimeMs > 0)) throw new MigrationError("EINVAL", "maxTimeMs: must be > 0");
+  }
+
+  /**
+   * Migrates the running guest over `stream` (already authenticated; `reader` reads its other
+   * direction). Never throws for a migration failure: the report says what happened. On
+   * "completed" the source vCPUs are left paused (the caller stops the VM); otherwise they run.
+   */
+  async migrate(stream: Duplex, reader: ByteReader): Promise<MigrationReport> {
+    const g = this.g;
+    const o = this.o;
+    const layout = g.layout;
+    const pages = layout.memoryBytes / PAGE_SIZE;
+    const t0 = performance.now();
+    const w = new SectionWriter(stream);
+    const ret = new ReturnPath(reader);
+    const rounds: RoundRecord[] = [];
+    const report: MigrationReport = {
+      status: "failed",
+      mode: "precopy",
+      logMode: this.log.name,
+      rounds,
+      downtimeMs: 0,
+      setupTimeMs: 0,
+      totalTimeMs: 0,
+      transferredBytes: 0,
+      throttlePercentage: 0,
+      verify: { pagesCompared: 0, mismatches: 0, guestInvariant: null, problems: [] },
+    };
+    const pending = new Uint32Array(Math.ceil(pages / 32));
+    const harvest = new Uint32Array(pending.length);
+    const page32 = new Int32Array(PAGE_SIZE / 4);
+    const page8 = new Uint8Array(page32.buffer);
+    const ram = new RamBuilder(RAM_SECTION_PAGES);
+    let duplicate = 0;
+    let normal = 0;
+    let syncs = 0;
+    // Bandwidth: bytes sent in the current ~100 ms window, and the last full window's rate.
+    let winStart = performance.now();
+    let winBytes = 0;
+    let bwBytesPerMs = 0;
+    let paused = false;
+    let committed = false;
+    let fault = o.fault;
+
+    const account = async (n: number): Promise<void> => {
+      winBytes += n;
+      let now = performance.now();
+      const cap = o.maxBandwidth > 0 ? (o.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
+      if (winBytes >= cap && now - winStart < WINDOW_MS) {
+        await sleep(WINDOW_MS - (now - winStart));
+        now = performance.now();
+      }
+      if (now - winStart >= WINDOW_MS) {
+        bwBytesPerMs = winBytes / (now - winStart);
+        winStart = now;
+        winBytes = 0;
+      }
+    };
+    const flushRam = async (): Promise<void> => {
+      if (ram.pages === 0) return;
+      const before = w.bytes;
+      await w.section(Sec.Ram, ram.take());
+      await account(w.bytes - before);
+    };
+    /** Sends every page set in `pending` and clears it. */
+    const sendPending = async (): Promise<void> => {
+      const list: number[] = [];
+      for_each_set_bit(pending, (p) => list.push(p));
+      pending.fill(0);
+      for (const p of list) {
+        const gpa = p * PAGE_SIZE;
+        g.vm.readGuestPage(gpa, page32);
+        if (ram.add(gpa, page8)) duplicate++;
+        else normal++;
+        if (ram.full) await flushRam();
+      }
+      await flushRam();
+    };
+    const dirtyCount = (): number => {
+      let n = 0;
+      for (let i = 0; i < pending.length; i++) n += hweight32(pending[i]);
+      return n;
+    };
+    let lastSync = performance.now();
+    let sentAtSync = 0;
+    let overshoots = 0;
+    const sync = (): RoundRecord => {
+      this.log.sync(g, harvest);
+      syncs++;
+      let fresh = 0;
+      for (let i = 0; i < pending.length; i++) {
+        fresh += hweight32(harvest[i]);
+        pending[i] |= harvest[i];
+      }
+      const now = performance.now();
+      const remaining = dirtyCount() * PAGE_SIZE;
+      const sentSince = w.bytes - sentAtSync;
+      const dt = Math.max(now - lastSync, 1e-3);
+      // Auto-converge: the guest dirtied more than half what was sent, twice in a row.
+      if (o.autoConverge && syncs > 1) {
+        if (fresh * PAGE_SIZE > sentSince / 2) overshoots++;
+        else overshoots = 0;
+        if (overshoots >= 2) {
+          const cur = Atomics.load(g.ctl, CTL_THROTTLE);
+          Atomics.store(g.ctl, CTL_THROTTLE, cur === 0 ? 20 : Math.min(99, cur + 10));
+          overshoots = 0;
+        }
+      }
+      const bw = bwBytesPerMs > 0 ? bwBytesPerMs : sentSince / dt;
+      lastSync = now;
+      sentAtSync = w.bytes;
+      const rec: RoundRecord = {
+        round: rounds.length + 1,
+        "time-ms": Math.round(now - t0),
+        transferred: w.bytes,
+        remaining,
+        total: layout.memoryBytes,
+        duplicate,
+        normal,
+        "normal-bytes": normal * PAGE_SIZE,
+        "dirty-pages-rate": Math.round((fresh * 1000) / dt),
+        mbps: Number(((bw * 1000 * 8) / 1e6).toFixed(2)),
+        "dirty-sync-count": syncs,
+        "expected-downtime": bw > 0 ? Math.round(remaining / bw) : 0,
+        "cpu-throttle-percentage": Atomics.load(g.ctl, CTL_THROTTLE),
+      };
+      rounds.push(rec);
+      o.onRound?.(rec);
+      return rec;
+    };
+
+    // Failure injection on the last stage's stream (after the vCPUs stopped: the resume is tested).
+    const arm = (): void => {
+      if (fault === "flip" || fault === "truncate" || fault === "bad-flag") {
+        w.mangle = (frame, type) => {
+          if (type !== Sec.Ram) return frame;
+          w.mangle = null;
+          if (fault === "flip") frame[Math.floor(frame.length / 2)] ^= 0x20;
+          if (fault === "truncate") {
+            stream.write(frame.subarray(0, Math.floor(frame.length / 2)));
+            stream.end();
+            return null;
+          }
+          return frame;
+        };
+      }
+    };
+
+    try {
+      w.startDigest();
+      await w.raw(encodeHeader(fault === "bad-version" ? MIG_VERSION + 98 : MIG_VERSION));
+      await w.section(Sec.Config, jsonPayload({ version: MIG_VERSION, layout }));
+      report.setupTimeMs = performance.now() - t0;
+
+      // Bulk round: clear the log, then send every page (a write after the clear is logged).
+      this.log.sync(g, harvest);
+      syncs++;
+      pending.fill(0xffffffff);
+      if (pages % 32 !== 0) pending[pending.length - 1] = 2 ** (pages % 32) - 1;
+      await sendPending();
+      for (;;) {
+        const rec = sync();
+        const threshold = (bwBytesPerMs > 0 ? bwBytesPerMs : rec.mbps * 125) * o.downtimeLimitMs;
+        if (rounds.length >= o.minRounds && rec.remaining <= threshold) break;
+        if (ret.failure) throw ret.failure;
+        if (performance.now() - t0 > o.maxTimeMs) {
+          await w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
+          stream.end();
+          Atomics.store(g.ctl, CTL_THROTTLE, 0);
+          report.status = "cancelled";
+          report.totalTimeMs = performance.now() - t0;
+          report.transferredBytes = w.bytes;
+          report.error = {
+            code: "ECANCELED",
+            message: `did not converge in ${o.maxTimeMs} ms (${rec.remaining} bytes still dirty); the source keeps running`,
+          };
+          return report;
+        }
+        await sendPending();
+      }
+
+      // Switch-over.
+      const tPause = performance.now();
+      Atomics.notify(g.ctl, CTL_SLEEP);
+      await g.vm.pause();
+      paused = true;
+      // The vCPUs are parked: their state (the guest's counters) no longer changes.
+      const counts = guestCounts(g);
+      report.countsAtSwitchover = counts;
+      sync();
+      arm();
+      if (fault === "bad-flag") {
+        ram.addRaw(PAGE_SIZE, 0x40);
+        await flushRam();
+      }
+      await sendPending();
+      if (fault === "bad-section") await w.section(0x7e, jsonPayload({ what: "a section nobody knows" }));
+      await w.section(Sec.Vcpu, jsonPayload({ vcpus: counts.map((counter, id) => ({ id, counter })) }));
+      const digest = w.digest();
+      await w.section(Sec.Eof, digest);
+      report.transferredBytes = w.bytes;
+      fault = undefined;
+
+      // The destination loaded everything: compare against our paused memory.
+      const loaded = await ret.expect(Sec.Loaded, 30_000);
+      const mine = pageHashes(g.vm, layout);
+      let mismatches = 0;
+      const n = Math.min(pages, loaded.payload.length / 32);
+      for (let p = 0; p < pages; p++)
+        if (
+          p >= n ||
+          !mine.subarray(p * 32, p * 32 + 32).equals(loaded.payload.subarray(p * 32, p * 32 + 32))
+        )
+          mismatches++;
+      report.verify.pagesCompared = pages;
+      report.verify.mismatches = mismatches;
+      if (mismatches > 0) {
+        await w.section(Sec.Abort, jsonPayload({ mismatches }));
+        throw new MigrationError("EBADMSG", `${mismatches} of ${pages} pages differ on the destination`);
+      }
+      await w.section(Sec.Go, Buffer.alloc(0));
+      committed = true;
+      await ret.expect(Sec.Running, 30_000);
+      report.downtimeMs = performance.now() - tPause;
+      report.totalTimeMs = performance.now() - t0;
+      report.transferredBytes = w.bytes;
+      report.throttlePercentage = Atomics.load(g.ctl, CTL_THROTTLE);
+      const ver = JSON.parse((await ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
+        ok: boolean;
+        problems: string[];
+      };
+      report.verify.guestInvariant = ver.ok;
+      report.verify.problems = ver.problems;
+      report.status = "completed";
+      stream.end();
+      return report;
+    } catch (e) {
+      let err = toMigError(e);
+      // A local write error usually means the destination hung up: prefer what it said.
+      const theirs = await ret.settle(1000);
+      if (theirs && err.code !== "EBADMSG") err = theirs;
+      report.error = { code: err.code, message: err.message };
+      report.status = "failed";
+      report.totalTimeMs = performance.now() - t0;
+      report.transferredBytes = w.bytes;
+      stream.destroy();
+      if (committed) {
+        // After "go" the guest belongs to the destination: the source must not run it too.
+        report.error.message += " (after switch-over: the guest is the destination's)";
+      } else if (paused) {
+        Atomics.store(g.ctl, CTL_THROTTLE, 0);
+        g.vm.resume();
+      } else Atomics.store(g.ctl, CTL_THROTTLE, 0);
+      return report;
+    }
+  }
+}
+
+export interface DestinationOptions {
+  wp: WpName;
+  mode?: MmuModeName;
+  /** Largest guest this destination accepts, in bytes (default 4 GiB). */
+  maxMemory?: number;
+  /** ms to wait for each section before giving up (default 60000). */
+  idleTimeoutMs?: number;
+}
+
+export interface DestinationReport {
+  status: "completed" | "failed" | "cancelled";
+  sections: number;
+  pagesApplied: number;
+  receivedBytes: number;
+  guestInvariant: boolean | null;
+  problems: string[];
+  error?: { code: string; message: string };
+}
+
+const SOURCE_TYPES = [Sec.Config, Sec.Ram, Sec.Vcpu, Sec.Cancel, Sec.Eof, Sec.Go, Sec.Abort];
+
+export class MigrationDestination {
+  /** The VM, once the config section built it; running the guest after a completed migration. */
+  guest: GuestVm | null = null;
+
+  constructor(private readonly o: DestinationOptions) {}
+
+  /**
+   * Receives one migration. On success the guest runs here (verified: paused, checked, resumed)
+   * and `guest` holds it; on failure the VM is stopped and the error goes back to the source.
+   */
+  async receive(stream: Duplex, r: ByteReader): Promise<DestinationReport> {
+    const rep: DestinationReport = {
+      status: "failed",
+      sections: 0,
+      pagesApplied: 0,
+      receivedBytes: 0,
+      guestInvariant: null,
+      problems: [],
+    };
+    const back = new SectionWriter(stream);
+    let layout: GuestLayout | null = null;
+    try {
+      r.hash = (await import("node:crypto")).createHash("sha256");
+      await readHeader(r);
+      const maxMem = this.o.maxMemory ?? MAX_GUEST_MEMORY;
+      let vcpuState: { id: number; counter: number }[] | null = null;
+      for (let id = 1; ; id++) {
+        const before = r.hash.copy();
+        const s = await this.withIdle(readSection(r, id, SOURCE_TYPES), id);
+        rep.sections++;
+        if (s.type !== Sec.Config && !layout)
+          throw new MigrationError(
+            "EPROTO",
+            `section ${id} (${sectionName(s.type)}) before the config section`,
+          );
+        if (s.type === Sec.Config) {
+          if (layout) throw new MigrationError("EPROTO", `section ${id}: a second config section`);
+          const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown };
+          layout = checkLayout(cfg.layout, maxMem);
+          this.guest = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false });
+        } else if (s.type === Sec.Ram) {
+          const end = layout!.memoryBytes;
+          const recs = decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= end);
+          const zero = new Uint8Array(PAGE_SIZE);
+          for (const rec of recs) this.guest!.vm.writeGuest(rec.gpa, rec.data ?? zero);
+          rep.pagesApplied += recs.length;
+        } else if (s.type === Sec.Vcpu) {
+          vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: { id: number; counter: number }[] })
+            .vcpus;
+        } else if (s.type === Sec.Cancel) {
+          rep.status = "cancelled";
+          throw new MigrationError("ECANCELED", "the source cancelled the migration");
+        } else if (s.type === Sec.Eof) {
+          const want = before.digest();
+          if (!want.equals(s.payload))
+            throw new MigrationError(
+              "EBADMSG",
+              `stream digest mismatch: SHA-256 ${want.toString("hex").slice(0, 16)}..., the source says ${s.payload.toString("hex").slice(0, 16)}...`,
+            );
+          r.hash = null;
+          break;
+        } else
+          throw new MigrationError(
+            "EPROTO",
+            `section ${id} (${sectionName(s.type)}) before the end of the stream`,
+          );
+      }
+      const g = this.guest!;
+      if (!vcpuState || vcpuState.length !== layout!.vcpus)
+        throw new MigrationError(
+          "EPROTO",
+          `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${layout!.vcpus}`,
+        );
+      const counts = guestCounts(g);
+      vcpuState.forEach((v, i) => {
+        if (v.id !== i || v.counter !== counts[i])
+          throw new MigrationError(
+            "EBADMSG",
+            `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
+          );
+      });
+      rep.receivedBytes = r.consumed;
+      await back.section(Sec.Loaded, pageHashes(g.vm, layout!));
+      const go = await this.withIdle(readSection(r, rep.sections + 1, SOURCE_TYPES), rep.sections + 1);
+      rep.sections++;
+      if (go.type === Sec.Abort)
+        throw new MigrationError("ECANCELED", "the source aborted after comparing pages");
+      if (go.type !== Sec.Go)
+        throw new MigrationError("EPROTO", `${sectionName(go.type)} where go was expected`);
+      await runGuest(g);
+      await back.section(Sec.Running, Buffer.alloc(0));
+      const chk = await runAndCheck(g);
+      g.vm.resume();
+      rep.guestInvariant = chk.ok;
+      rep.problems = chk.problems;
+      await back.section(
+        Sec.Verified,
+        jsonPayload({ ok: chk.ok, problems: chk.problems, before: chk.before, after: chk.after }),
+      );
+      rep.status = "completed";
+      // Our half of the connection is done; the source closes its half after reading this.
+      stream.end();
+      return rep;
+    } catch (e) {
+      const err = toMigError(e);
+      if (rep.status !== "cancelled") rep.status = "failed";
+      rep.error = { code: err.code, message: err.message };
+      rep.receivedBytes = r.consumed;
+      try {
+        if (!stream.destroyed && !stream.writableEnded)
+          await back.section(Sec.Error, jsonPayload({ code: err.code, message: err.message }));
+        stream.end();
+      } catch {
+        // The source is gone: nothing to tell it.
+      }
+      if (this.guest) {
+        await this.guest.vm.stop();
+        this.guest = null;
+      }
+      return rep;
+    }
+  }
+
+  private withIdle<T>(p: Promise<T>, id: number): Promise<T> {
+    const ms = this.o.idleTimeoutMs ?? 60_000;
+    let t: NodeJS.Timeout | undefined;
+    return Promise.race([
+      p,
+      new Promise<T>((_, rej) => {
+        t = setTimeout(
+          () => rej(new MigrationError("ETIMEDOUT", `no section ${id} from the source in ${ms} ms`)),
+          ms,
+        );
+      }),
+    ]).finally(() => clearTimeout(t));
+  }
+}

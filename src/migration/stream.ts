@@ -1,0 +1,407 @@
+/**
+ * The migration stream: what goes over the wire between a source and a destination.
+ *
+ *   header   magic "KMMU" (be32 0x4b4d4d55), be32 version
+ *   section  u8 type, be32 id, be32 length, payload, be32 CRC32 of (type, id, length, payload)
+ *
+ * Section ids count up from 1 in each direction, so a lost, repeated or reordered section is
+ * caught. RAM payloads are page records, each be64 (gpa | flags):
+ *   PAGE  followed by the 4096 bytes of the page
+ *   ZERO  nothing follows: the page is all zeroes
+ * The source's last section, EOF, carries the SHA-256 of every byte it sent before it.
+ *
+ * The decoder trusts nothing: a short read, a bad checksum, an unknown type or flag, another
+ * version, or a gpa outside the destination's memslots is a MigrationError naming what it found.
+ */
+import { crc32 } from "node:zlib";
+import { createHash, Hash } from "node:crypto";
+import type { Duplex, Readable } from "node:stream";
+import type { Errno } from "../errors.js";
+
+export const MIG_MAGIC = 0x4b4d4d55;
+export const MIG_VERSION = 1;
+export const HEADER_BYTES = 8;
+export const PAGE_SIZE = 4096;
+/** Sections above this size are refused before anything is buffered (a damaged length). */
+export const MAX_SECTION = 16 << 20;
+export const SECTION_OVERHEAD = 13;
+
+export const Sec = {
+  /** Source -> destination. */
+  Config: 1,
+  Ram: 2,
+  Vcpu: 3,
+  Cancel: 4,
+  Eof: 5,
+  Go: 6,
+  Abort: 7,
+  /** Destination -> source (the return path). */
+  Loaded: 0x41,
+  Running: 0x42,
+  Verified: 0x43,
+  Error: 0x4f,
+} as const;
+
+export const SECTION_NAMES: Record<number, string> = {
+  [Sec.Config]: "config",
+  [Sec.Ram]: "ram",
+  [Sec.Vcpu]: "vcpu",
+  [Sec.Cancel]: "cancel",
+  [Sec.Eof]: "eof",
+  [Sec.Go]: "go",
+  [Sec.Abort]: "abort",
+  [Sec.Loaded]: "loaded",
+  [Sec.Running]: "running",
+  [Sec.Verified]: "verified",
+  [Sec.Error]: "error",
+};
+
+/** Page-record flags (the low 12 bits of the be64, free since a gpa is page-aligned). */
+export const RAM_ZERO = 0x02;
+export const RAM_PAGE = 0x08;
+const RAM_FLAGS_MASK = 0xfff;
+export const RECORD_HEADER = 8;
+
+export type MigErrno =
+  | Errno
+  | "EBADMSG"
+  | "EPROTO"
+  | "EPROTONOSUPPORT"
+  | "ENODATA"
+  | "EACCES"
+  | "ECONNRESET"
+  | "ECANCELED"
+  | "ENOSYS";
+
+/** A migration failure: an errno-like code and a message naming what was found. */
+export class MigrationError extends Error {
+  readonly code: MigErrno;
+  constructor(code: MigErrno, message: string) {
+    super(`${code}: ${message}`);
+    this.name = "MigrationError";
+    this.code = code;
+  }
+}
+
+export function sectionName(type: number): string {
+  return SECTION_NAMES[type] ?? `0x${type.toString(16)}`;
+}
+
+export function encodeHeader(version = MIG_VERSION): Buffer {
+  const b = Buffer.alloc(HEADER_BYTES);
+  b.writeUInt32BE(MIG_MAGIC, 0);
+  b.writeUInt32BE(version, 4);
+  return b;
+}
+
+/** One framed section; the CRC covers the frame header and the payload. */
+export function encodeSection(type: number, id: number, payload: Uint8Array): Buffer {
+  const b = Buffer.alloc(SECTION_OVERHEAD + payload.length);
+  b.writeUInt8(type, 0);
+  b.writeUInt32BE(id, 1);
+  b.writeUInt32BE(payload.length, 5);
+  b.set(payload, 9);
+  b.writeUInt32BE(crc32(b.subarray(0, 9 + payload.length)), 9 + payload.length);
+  return b;
+}
+
+export function jsonPayload(x: unknown): Buffer {
+  return Buffer.from(JSON.stringify(x));
+}
+
+/** Writes a page-record header (be64 gpa | flags) at `off`. */
+export function writeRecordHeader(b: Buffer, off: number, gpa: number, flags: number): void {
+  b.writeUInt32BE(Math.floor(gpa / 2 ** 32), off);
+  b.writeUInt32BE(((gpa % 2 ** 32) | flags) >>> 0, off + 4);
+}
+
+/** Builds RAM payloads of up to `maxPages` records each. */
+export class RamBuilder {
+  private buf: Buffer;
+  private off = 0;
+  private n = 0;
+  constructor(private readonly maxPages = 64) {
+    this.buf = Buffer.alloc(maxPages * (RECORD_HEADER + PAGE_SIZE));
+  }
+  get pages(): number {
+    return this.n;
+  }
+  get full(): boolean {
+    return this.n >= this.maxPages;
+  }
+  /** Adds one page: a ZERO record if every byte is 0, else a PAGE record. Returns true if zero. */
+  add(gpa: number, page: Uint8Array): boolean {
+    const zero = isZero(page);
+    writeRecordHeader(this.buf, this.off, gpa, zero ? RAM_ZERO : RAM_PAGE);
+    this.off += RECORD_HEADER;
+    if (!zero) {
+      this.buf.set(page, this.off);
+      this.off += PAGE_SIZE;
+    }
+    this.n++;
+    return zero;
+  }
+  /** Adds a raw record header with any flags (failure injection). */
+  addRaw(gpa: number, flags: number): void {
+    writeRecordHeader(this.buf, this.off, gpa, flags);
+    this.off += RECORD_HEADER;
+    this.n++;
+  }
+  /** The payload so far (a copy), and a fresh start. */
+  take(): Buffer {
+    const out = Buffer.from(this.buf.subarray(0, this.off));
+    this.off = 0;
+    this.n = 0;
+    return out;
+  }
+}
+
+export function isZero(page: Uint8Array): boolean {
+  const w = new Uint32Array(page.buffer, page.byteOffset, page.byteLength >>> 2);
+  for (let i = 0; i < w.length; i++) if (w[i] !== 0) return false;
+  return true;
+}
+
+export interface PageRecord {
+  gpa: number;
+  /** null: a ZERO record. */
+  data: Uint8Array | null;
+}
+
+/**
+ * Parses a RAM payload. `inRange(gpa)` is the destination's memslot check; a record outside them
+ * fails with EFAULT before any page is applied (the caller applies only a fully parsed section).
+ */
+export function decodeRam(
+  payload: Buffer,
+  sectionId: number,
+  inRange: (gpa: number) => boolean,
+): PageRecord[] {
+  const out: PageRecord[] = [];
+  let off = 0;
+  while (off < payload.length) {
+    if (off + RECORD_HEADER > payload.length)
+      throw new MigrationError(
+        "EBADMSG",
+        `section ${sectionId} (ram): record at offset ${off} is cut short (${payload.length - off} of ${RECORD_HEADER} header bytes)`,
+      );
+    const hi = payload.readUInt32BE(off);
+    const lo = payload.readUInt32BE(off + 4);
+    const flags = lo & RAM_FLAGS_MASK;
+    const gpa = hi * 2 ** 32 + (lo - flags);
+    off += RECORD_HEADER;
+    if (flags === RAM_ZERO) {
+      if (!inRange(gpa))
+        throw new MigrationError(
+          "EFAULT",
+          `section ${sectionId} (ram): address 0x${gpa.toString(16)} is outside the destination's memslots`,
+        );
+      out.push({ gpa, data: null });
+    } else if (flags === RAM_PAGE) {
+      if (!inRange(gpa))
+        throw new MigrationError(
+          "EFAULT",
+          `section ${sectionId} (ram): address 0x${gpa.toString(16)} is outside the destination's memslots`,
+        );
+      if (off + PAGE_SIZE > payload.length)
+        throw new MigrationError(
+          "EBADMSG",
+          `section ${sectionId} (ram): page 0x${gpa.toString(16)} has ${payload.length - off} of ${PAGE_SIZE} bytes`,
+        );
+      out.push({ gpa, data: payload.subarray(off, off + PAGE_SIZE) });
+      off += PAGE_SIZE;
+    } else {
+      throw new MigrationError(
+        "EPROTO",
+        `section ${sectionId} (ram): unknown page flags 0x${flags.toString(16)} at address 0x${gpa.toString(16)}`,
+      );
+    }
+  }
+  return out;
+}
+
+export interface Section {
+  type: number;
+  id: number;
+  payload: Buffer;
+}
+
+/**
+ * Reads exact byte counts from a stream, failing with ENODATA when it ends early and
+ * ECONNRESET when it breaks. Optionally hashes everything it returns (the stream digest).
+ */
+export class ByteReader {
+  private chunks: Buffer[] = [];
+  private have = 0;
+  private ended = false;
+  private broken: Error | null = null;
+  private wake: (() => void) | null = null;
+  hash: Hash | null = null;
+  /** Bytes consumed so far. */
+  consumed = 0;
+
+  constructor(readonly src: Readable) {
+    src.on("data", (c: Buffer) => {
+      this.chunks.push(c);
+      this.have += c.length;
+      this.kick();
+    });
+    src.on("end", () => {
+      this.ended = true;
+      this.kick();
+    });
+    src.on("error", (e) => {
+      this.broken = e;
+      this.kick();
+    });
+    src.on("close", () => {
+      this.ended = true;
+      this.kick();
+    });
+  }
+
+  private kick(): void {
+    const w = this.wake;
+    this.wake = null;
+    w?.();
+  }
+
+  /** Exactly n bytes; `what` names the thing being read for the error. */
+  async read(n: number, what: string): Promise<Buffer> {
+    while (this.have < n) {
+      if (this.broken)
+        throw new MigrationError(
+          "ECONNRESET",
+          `the peer went away while reading ${what} (${this.broken.message})`,
+        );
+      if (this.ended)
+        throw new MigrationError(
+          "ENODATA",
+          `truncated stream: ${what} ends after ${this.have} of ${n} bytes (stream offset ${this.consumed})`,
+        );
+      await new Promise<void>((r) => (this.wake = r));
+    }
+    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
+    const out = all.subarray(0, n);
+    const rest = all.subarray(n);
+    this.chunks = rest.length > 0 ? [rest] : [];
+    this.have -= n;
+    this.consumed += n;
+    this.hash?.update(out);
+    return out;
+  }
+
+  /** Stops hashing and returns the digest of everything read so far. */
+  digest(): Buffer {
+    const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
+    this.hash = null;
+    return d;
+  }
+}
+
+/** Reads and checks the stream header. */
+export async function readHeader(r: ByteReader): Promise<void> {
+  const h = await r.read(HEADER_BYTES, "the stream header");
+  const magic = h.readUInt32BE(0);
+  if (magic !== MIG_MAGIC)
+    throw new MigrationError(
+      "EPROTO",
+      `bad magic 0x${magic.toString(16)} (expected 0x${MIG_MAGIC.toString(16)})`,
+    );
+  const v = h.readUInt32BE(4);
+  if (v !== MIG_VERSION)
+    throw new MigrationError(
+      "EPROTONOSUPPORT",
+      `version mismatch: stream version ${v}, this side reads ${MIG_VERSION}`,
+    );
+}
+
+/** Reads one section and checks its id, length, type and CRC. */
+export async function readSection(
+  r: ByteReader,
+  expectId: number,
+  known: readonly number[],
+): Promise<Section> {
+  const h = await r.read(9, `the header of section ${expectId}`);
+  const type = h.readUInt8(0);
+  const id = h.readUInt32BE(1);
+  const len = h.readUInt32BE(5);
+  if (len > MAX_SECTION)
+    throw new MigrationError("EBADMSG", `section ${id}: length ${len} is over the ${MAX_SECTION}-byte limit`);
+  const payload = await r.read(len, `section ${id} (${sectionName(type)}, ${len} bytes)`);
+  const crcBytes = await r.read(4, `the checksum of section ${id}`);
+  const want = crcBytes.readUInt32BE(0);
+  const got = crc32(payload, crc32(h));
+  if (want !== got)
+    throw new MigrationError(
+      "EBADMSG",
+      `bad checksum in section ${id} (${sectionName(type)}): CRC32 0x${got.toString(16)}, stream says 0x${want.toString(16)}`,
+    );
+  if (id !== expectId) throw new MigrationError("EPROTO", `section id ${id} where ${expectId} was expected`);
+  if (!known.includes(type))
+    throw new MigrationError("EPROTO", `unknown section type 0x${type.toString(16)} (section ${id})`);
+  return { type, id, payload };
+}
+
+/** A writer of framed sections that counts ids, bytes, and (optionally) hashes what it sends. */
+export class SectionWriter {
+  private nextId = 1;
+  bytes = 0;
+  private hash: Hash | null = null;
+  /** Failure injection: called with each encoded frame before it is written; may replace it. */
+  mangle: ((frame: Buffer, type: number) => Buffer | null) | null = null;
+
+  constructor(readonly dst: Duplex) {}
+
+  startDigest(): void {
+    this.hash = createHash("sha256");
+  }
+
+  digest(): Buffer {
+    const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
+    this.hash = null;
+    return d;
+  }
+
+  async raw(b: Buffer): Promise<void> {
+    this.hash?.update(b);
+    this.bytes += b.length;
+    await writeAll(this.dst, b);
+  }
+
+  async section(type: number, payload: Uint8Array): Promise<void> {
+    let frame = encodeSection(type, this.nextId++, payload);
+    if (this.mangle) {
+      const m = this.mangle(frame, type);
+      if (m === null) return;
+      frame = m;
+    }
+    await this.raw(frame);
+  }
+}
+
+/** Writes with backpressure; fails with ECONNRESET if the stream is gone. */
+export function writeAll(dst: Duplex, b: Buffer): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (dst.destroyed || dst.writableEnded) {
+      reject(new MigrationError("ECONNRESET", "the peer went away (the connection is closed)"));
+      return;
+    }
+    const ok = dst.write(b, (e) => {
+      if (e) reject(new MigrationError("ECONNRESET", `the peer went away (${e.message})`));
+    });
+    if (ok) resolve();
+    else {
+      const onDrain = (): void => {
+        dst.off("close", onClose);
+        resolve();
+      };
+      const onClose = (): void => {
+        dst.off("drain", onDrain);
+        reject(new MigrationError("ECONNRESET", "the peer went away (the connection closed)"));
+      };
+      dst.once("drain", onDrain);
+      dst.once("close", onClose);
+    }
+  });
+}
