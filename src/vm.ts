@@ -53,7 +53,7 @@ import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
 import { validateGuestSpecs } from "./guest/spec.js";
 import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
-import { HOST_CTL_WORDS, HOST_RUN, HOST_STATE, HostWorkerData } from "./mem/host_thread.js";
+import { HOST, HostWorkerData } from "./mem/host_thread.js";
 import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 
 export type WpName = "locked" | "lockless";
@@ -598,7 +598,7 @@ export class Vm {
       if (s[SLOT.active(id)]) ranges.push([s[SLOT.hva_page(id)], s[SLOT.npages(id)]]);
     }
     if (ranges.length === 0) throw einval("startHostThread", "no memslot to act on");
-    const ctl = new SharedArrayBuffer(HOST_CTL_WORDS * 4);
+    const ctl = new SharedArrayBuffer(HOST.WORDS * 4);
     this.hostCtl = new Int32Array(ctl);
     const data: HostWorkerData = {
       shared: this.shared,
@@ -614,7 +614,7 @@ export class Vm {
       execArgv: workerExecArgv(),
     });
     this.watch(this.hostWorker, "host thread");
-    while (Atomics.load(this.hostCtl, HOST_STATE) === 0 && !this.error)
+    while (Atomics.load(this.hostCtl, HOST.state) === 0 && !this.error)
       await new Promise((r) => setTimeout(r, 1));
   }
 
@@ -626,14 +626,14 @@ export class Vm {
   async pauseHostThread(): Promise<void> {
     const c = this.hostCtl;
     if (!c) return;
-    Atomics.store(c, HOST_RUN, 1);
+    Atomics.store(c, HOST.run, 1);
     const deadline = Date.now() + VCPU_WAIT_MS;
-    while (Atomics.load(c, HOST_STATE) === 1) {
+    while (Atomics.load(c, HOST.state) === 1) {
       if (Date.now() > deadline) {
         this.fail(new KvmError("ETIMEDOUT", `host thread: did not pause in ${VCPU_WAIT_MS} ms`));
         throw this.error!;
       }
-      const r = Atomics.waitAsync(c, HOST_STATE, 1, 50);
+      const r = Atomics.waitAsync(c, HOST.state, 1, 50);
       if (r.async) await r.value;
     }
   }
@@ -641,16 +641,16 @@ export class Vm {
   resumeHostThread(): void {
     const c = this.hostCtl;
     if (!c) return;
-    Atomics.store(c, HOST_RUN, 0);
-    Atomics.notify(c, HOST_RUN);
+    Atomics.store(c, HOST.run, 0);
+    Atomics.notify(c, HOST.run);
   }
 
   async stopHostThread(): Promise<void> {
     const w = this.hostWorker;
     const c = this.hostCtl;
     if (!w || !c) return;
-    Atomics.store(c, HOST_RUN, 2);
-    Atomics.notify(c, HOST_RUN);
+    Atomics.store(c, HOST.run, 2);
+    Atomics.notify(c, HOST.run);
     let timer: NodeJS.Timeout | undefined;
     const exited = await new Promise<boolean>((res) => {
       w.once("exit", () => res(true));

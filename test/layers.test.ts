@@ -23,6 +23,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["workload/"], // guest programs and the worker entry points that run them
   ["guest/spec.ts", "vm.ts"], // guest specs are checked by Vm.run
   ["dirty_bitmap.ts"], // public bitmap helpers over a Vm
+  ["migration/"], // live migration over the public Vm API
   ["verify/"],
   ["bench/"],
   ["cli/"],

@@ -4,6 +4,7 @@
  * 3 stopped, 4 dead), [2] migrations done, [3] invalidations done.
  */
 import type { KvmShared } from "../kvm_host.js";
+import { defineBlock } from "../layout.js";
 
 export interface HostWorkerData {
   shared: KvmShared;
@@ -17,8 +18,10 @@ export interface HostWorkerData {
   seed: number;
 }
 
-export const HOST_RUN = 0;
-export const HOST_STATE = 1;
-export const HOST_MIGRATIONS = 2;
-export const HOST_INVALIDATIONS = 3;
-export const HOST_CTL_WORDS = 4;
+/** The host thread's control words (Int32Array `HostWorkerData.ctl`). */
+export const HOST = defineBlock("host (MMU-notifier) thread control words", "HostWorkerData.ctl", {
+  run: { by: "the owner writes it (atomic), the host thread reads it", doc: "RUN / PAUSE / STOP" },
+  state: { by: "the host thread writes it (atomic, notified)", doc: "what the host thread is doing" },
+  migrations: { by: "the host thread (atomic add)", doc: "pages migrated (statistic)" },
+  invalidations: { by: "the host thread (atomic add)", doc: "ranges invalidated (statistic)" },
+});

@@ -12,6 +12,7 @@
  * page j holds (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values.
  */
 import type { GuestContext } from "../guest/context.js";
+import { defineBlock } from "../layout.js";
 
 export interface MigrationGuestArgs {
   /** Guest-physical address of the state page (one 32-bit counter per vCPU). */
@@ -24,9 +25,19 @@ export interface MigrationGuestArgs {
   ctl: SharedArrayBuffer;
 }
 
-export const CTL_THROTTLE = 0;
-export const CTL_SLEEP = 1;
-export const CTL_WORDS = 4;
+/** The guest's control words (Int32Array over `args.ctl`). */
+export const MIG_CTL = defineBlock(
+  "migration-test guest control words",
+  "MigrationGuestArgs.ctl",
+  {
+    throttle: {
+      by: "the migration source (atomic store, auto-converge); the guest loads it",
+      doc: "cpu-throttle percentage, 0..99",
+    },
+    sleep: { by: "never written: the throttled guest halts on it with a timeout", doc: "halt word" },
+  },
+  { words: 4 },
+);
 /** Throttling runs the guest for a slice, then sleeps slice * pct / (100 - pct). */
 const SLICE_MS = 10;
 
@@ -52,11 +63,11 @@ export default function migrationGuest(ctx: GuestContext, a: MigrationGuestArgs)
     if (c % n === 0) ctx.passDone();
     if ((c & 63) === 0) {
       ctx.checkpoint();
-      const pct = Atomics.load(ctl, CTL_THROTTLE);
+      const pct = Atomics.load(ctl, MIG_CTL.throttle);
       if (pct > 0) {
         const now = performance.now();
         if (now - slice >= SLICE_MS) {
-          ctx.halt(ctl, CTL_SLEEP, 0, ((now - slice) * pct) / (100 - pct));
+          ctx.halt(ctl, MIG_CTL.sleep, 0, ((now - slice) * pct) / (100 - pct));
           slice = performance.now();
         }
       }

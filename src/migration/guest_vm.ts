@@ -6,7 +6,7 @@ import { createHash } from "node:crypto";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { Vm, MmuModeName, WpName } from "../vm.js";
-import { CTL_WORDS, invariantOf, InvariantResult, MigrationGuestArgs } from "./guest.js";
+import { MIG_CTL, invariantOf, InvariantResult, MigrationGuestArgs } from "./guest.js";
 
 export const GUEST_MODULE = new URL("./guest.js", import.meta.url).href;
 
@@ -82,7 +82,7 @@ export function createGuestVm(
     userspaceAddr: hva,
   });
   for (let id = 0; id < layout.vcpus; id++) vm.createVcpu(id);
-  return { vm, layout, ctl: new Int32Array(new SharedArrayBuffer(CTL_WORDS * 4)) };
+  return { vm, layout, ctl: new Int32Array(new SharedArrayBuffer(MIG_CTL.WORDS * 4)) };
 }
 
 /** Starts the migration-test guest on every vCPU. */

@@ -16,7 +16,7 @@ import { PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import type { MmuModeName, WpName } from "../vm.js";
 import { for_each_set_bit, hweight32 } from "../dirty_bitmap.js";
-import { CTL_SLEEP, CTL_THROTTLE } from "./guest.js";
+import { MIG_CTL } from "./guest.js";
 import {
   checkLayout,
   createGuestVm,
@@ -333,8 +333,8 @@ export class MigrationSource {
         if (fresh * PAGE_SIZE > sentSince / 2) overshoots++;
         else overshoots = 0;
         if (overshoots >= 2) {
-          const cur = Atomics.load(g.ctl, CTL_THROTTLE);
-          Atomics.store(g.ctl, CTL_THROTTLE, cur === 0 ? 20 : Math.min(99, cur + 10));
+          const cur = Atomics.load(g.ctl, MIG_CTL.throttle);
+          Atomics.store(g.ctl, MIG_CTL.throttle, cur === 0 ? 20 : Math.min(99, cur + 10));
           overshoots = 0;
         }
       }
@@ -354,7 +354,7 @@ export class MigrationSource {
         mbps: Number(((bw * 1000 * 8) / 1e6).toFixed(2)),
         "dirty-sync-count": syncs,
         "expected-downtime": bw > 0 ? Math.round(remaining / bw) : 0,
-        "cpu-throttle-percentage": Atomics.load(g.ctl, CTL_THROTTLE),
+        "cpu-throttle-percentage": Atomics.load(g.ctl, MIG_CTL.throttle),
       };
       rounds.push(rec);
       o.onRound?.(rec);
@@ -398,7 +398,7 @@ export class MigrationSource {
         if (performance.now() - t0 > o.maxTimeMs) {
           await w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
           stream.end();
-          Atomics.store(g.ctl, CTL_THROTTLE, 0);
+          Atomics.store(g.ctl, MIG_CTL.throttle, 0);
           report.status = "cancelled";
           report.totalTimeMs = performance.now() - t0;
           report.transferredBytes = w.bytes;
@@ -413,7 +413,7 @@ export class MigrationSource {
 
       // Switch-over.
       const tPause = performance.now();
-      Atomics.notify(g.ctl, CTL_SLEEP);
+      Atomics.notify(g.ctl, MIG_CTL.sleep);
       await g.vm.pause();
       paused = true;
       // The vCPUs are parked: their state (the guest's counters) no longer changes.
@@ -456,7 +456,7 @@ export class MigrationSource {
       report.downtimeMs = performance.now() - tPause;
       report.totalTimeMs = performance.now() - t0;
       report.transferredBytes = w.bytes;
-      report.throttlePercentage = Atomics.load(g.ctl, CTL_THROTTLE);
+      report.throttlePercentage = Atomics.load(g.ctl, MIG_CTL.throttle);
       const ver = JSON.parse((await ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
         ok: boolean;
         problems: string[];
@@ -480,9 +480,9 @@ export class MigrationSource {
         // After "go" the guest belongs to the destination: the source must not run it too.
         report.error.message += " (after switch-over: the guest is the destination's)";
       } else if (paused) {
-        Atomics.store(g.ctl, CTL_THROTTLE, 0);
+        Atomics.store(g.ctl, MIG_CTL.throttle, 0);
         g.vm.resume();
-      } else Atomics.store(g.ctl, CTL_THROTTLE, 0);
+      } else Atomics.store(g.ctl, MIG_CTL.throttle, 0);
       return report;
     }
   }

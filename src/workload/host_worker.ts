@@ -14,13 +14,7 @@ import {
   kvm_mmu_notifier_invalidate_range_start,
 } from "../mmu/mmu_notifier.js";
 import { ParkMiller } from "./rng.js";
-import {
-  HOST_INVALIDATIONS,
-  HOST_MIGRATIONS,
-  HOST_RUN,
-  HOST_STATE,
-  HostWorkerData,
-} from "../mem/host_thread.js";
+import { HOST, HostWorkerData } from "../mem/host_thread.js";
 
 const d = workerData as HostWorkerData;
 const kvm = new Kvm(d.shared);
@@ -42,44 +36,44 @@ function pickPage(): number {
 }
 
 try {
-  Atomics.store(c, HOST_STATE, 1);
+  Atomics.store(c, HOST.state, 1);
   // The rates apply to running time only: a pause must not be made up for in a burst.
   let activeMs = 0;
   let since = performance.now();
   let migrations = 0;
   let invalidations = 0;
   for (;;) {
-    const run = Atomics.load(c, HOST_RUN);
+    const run = Atomics.load(c, HOST.run);
     if (run === 2) break;
     if (run === 1) {
-      if (Atomics.load(c, HOST_STATE) === 1) activeMs += performance.now() - since;
-      Atomics.store(c, HOST_STATE, 2);
-      Atomics.notify(c, HOST_STATE);
-      Atomics.wait(c, HOST_RUN, 1, 100);
+      if (Atomics.load(c, HOST.state) === 1) activeMs += performance.now() - since;
+      Atomics.store(c, HOST.state, 2);
+      Atomics.notify(c, HOST.state);
+      Atomics.wait(c, HOST.run, 1, 100);
       since = performance.now();
       continue;
     }
-    Atomics.store(c, HOST_STATE, 1);
+    Atomics.store(c, HOST.state, 1);
     const elapsed = (activeMs + performance.now() - since) / 1000;
     let acted = false;
     if (d.migrateRate > 0 && migrations < elapsed * d.migrateRate) {
-      if (host_migrate_page(kvm, pickPage(), notifier)) Atomics.add(c, HOST_MIGRATIONS, 1);
+      if (host_migrate_page(kvm, pickPage(), notifier)) Atomics.add(c, HOST.migrations, 1);
       migrations++;
       acted = true;
     }
     if (d.invalidateRate > 0 && invalidations < elapsed * d.invalidateRate) {
       const p = pickPage();
       host_invalidate_range(kvm, p - (p % d.invalidatePages), d.invalidatePages, notifier);
-      Atomics.add(c, HOST_INVALIDATIONS, 1);
+      Atomics.add(c, HOST.invalidations, 1);
       invalidations++;
       acted = true;
     }
-    if (!acted) Atomics.wait(c, HOST_RUN, 0, 1);
+    if (!acted) Atomics.wait(c, HOST.run, 0, 1);
   }
-  Atomics.store(c, HOST_STATE, 3);
+  Atomics.store(c, HOST.state, 3);
 } catch (e) {
-  Atomics.store(c, HOST_STATE, 4);
+  Atomics.store(c, HOST.state, 4);
   const err = e as Error & { code?: string };
   parentPort?.postMessage({ type: "error", message: err.message, code: err.code, stack: err.stack });
 }
-Atomics.notify(c, HOST_STATE);
+Atomics.notify(c, HOST.state);
