@@ -14,6 +14,7 @@ import { registerExplore } from "./explore_cmd.js";
 import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 import { registerStress } from "./stress_cmd.js";
 import { registerKernbench } from "./kernbench_cmd.js";
+import { registerResults } from "./results_cmd.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
 
 export const EXIT_OK = 0;
@@ -49,6 +50,7 @@ registerDirtyLogTest(program);
 registerExplore(program);
 registerStress(program);
 registerKernbench(program);
+registerResults(program);
 
 function usage(msg: string): void {
   process.stderr.write(`kvmmu: EINVAL: ${msg}\n`);
