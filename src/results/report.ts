@@ -297,7 +297,7 @@ function catalogPlot(docs: { file: string; doc: CatalogDocT }[]): PlotSpec[] {
     {
       id: "catalog",
       title: "schedules for explore to find each catalog bug",
-      caption: `Median schedules until PCT finds each bug put back (bars; a bar at the budget of ${budget}: not found by every seed), each seed's count (dots), seeds that found it (label). From: ${commands(docs.map((d) => ({ cmd: commandLine(d.doc) })))}`,
+      caption: `Median schedules until PCT finds each bug put back (bars; a bar at the budget of ${budget}: not found by every seed), each seed's count (dots), how many seeds found it (label). From: ${commands(docs.map((d) => ({ cmd: commandLine(d.doc) })))}`,
       options: {
         color: { legend: true },
         marginLeft: 130,
@@ -310,10 +310,11 @@ function catalogPlot(docs: { file: string; doc: CatalogDocT }[]): PlotSpec[] {
           Plot.dot(seeds, { y: "bug", x: "schedules", stroke: "black", fy: docs.length > 1 ? "mode" : undefined }),
           Plot.text(bars, {
             y: "bug",
-            x: "median",
-            text: "found",
-            dx: 14,
+            x: 0,
+            text: (d: { found: string }) => `found by ${d.found} seeds`,
+            dx: 4,
             textAnchor: "start",
+            fill: "white",
             fy: docs.length > 1 ? "mode" : undefined,
           }),
         ],
