@@ -95,8 +95,9 @@ export function compare(files: Loaded[]): CompareResult {
         f.file,
         `is a ${f.doc.command} result, ${base.file} is a ${base.doc.command} result: compare files of one command`,
       );
-    if (f.doc.schemaVersion !== base.doc.schemaVersion)
-      throw einval(f.file, `schemaVersion ${f.doc.schemaVersion}, ${base.file} has ${base.doc.schemaVersion}`);
+    // load() reads one schema version only; kept for when it reads several.
+    const [va, vb] = [Number(base.doc.schemaVersion), Number(f.doc.schemaVersion)];
+    if (va !== vb) throw einval(f.file, `schemaVersion ${vb}, ${base.file} has ${va}`);
   }
   const baseFigs = figures(base.doc);
   const rows: CompareRow[] = [];

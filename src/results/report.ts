@@ -139,7 +139,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       caption: `Each measured iteration's KVM_GET_DIRTY_LOG time per write-protect design; dashed line: median, band: its 95% bootstrap CI. From: ${cmd}`,
       options: {
         color,
-        x: { label: "iteration", tickFormat: "d" },
+        x: { label: "iteration", type: "point" },
         y: { label: "get-dirty-log time (ms)", grid: true, zero: true },
         marks: [
           Plot.rect(bands, { x1: "x1", x2: "x2", y1: "lo", y2: "hi", fill: "series", fillOpacity: 0.15 }),
@@ -186,7 +186,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       caption: `Guest writes per second from resume to pause of each measured iteration, per design. From: ${cmd}`,
       options: {
         color,
-        x: { label: "iteration", tickFormat: "d" },
+        x: { label: "iteration", type: "point" },
         y: { label: "guest throughput (M writes/s)", grid: true, zero: true },
         marks: [Plot.line(iters, { x: "iteration", y: "mwps", stroke: "series", marker: "dot" })],
       },
@@ -198,7 +198,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       options: {
         color: { legend: true, domain: ["mmu_lock wait", "harvest + write-protect", "remote TLB flush"] },
         fx: { label: null },
-        x: { label: "iteration", tickFormat: "d" },
+        x: { label: "iteration", type: "point" },
         y: { label: "get-dirty-log time (ms)", grid: true },
         marks: [Plot.barY(parts, { fx: "series", x: "iteration", y: "ms", fill: "part" }), Plot.ruleY([0])],
       },
@@ -363,7 +363,7 @@ function migratePlots(docs: { file: string; doc: MigrateDocT }[]): PlotSpec[] {
       caption: `Pages the guest dirtied per second in each round, per migration. From: ${cmd}`,
       options: {
         color: { legend: true },
-        x: { label: "round", tickFormat: "d" },
+        x: { label: "round", type: "point" },
         y: { label: "dirty rate (pages/s)", grid: true, zero: true },
         marks: [Plot.line(rate, { x: "round", y: "rate", stroke: "series", marker: "dot" })],
       },
@@ -428,19 +428,24 @@ function filesTable(files: Loaded[]): string {
   return `<table><thead><tr><th>file</th><th>command</th><th>git</th><th>machine</th><th>time</th><th>outcome</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
 }
 
+/** Plot.plot over a linkedom document: typed here, as the project compiles without the DOM lib. */
+type RenderPlot = (o: Omit<Plot.PlotOptions, "document"> & { document: unknown }) => { outerHTML: string };
+const renderWith = Plot.plot as unknown as RenderPlot;
+
 /** Renders one plot as an HTML string (a <figure> with title, legend, SVG and caption). */
 export function renderPlot(spec: PlotSpec): string {
-  const { document } = parseHTML("<!doctype html><html><head></head><body></body></html>");
-  const el = Plot.plot({
+  const { document } = parseHTML("<!doctype html><html><head></head><body></body></html>") as {
+    document: unknown;
+  };
+  return renderWith({
     width: WIDTH,
     marginLeft: 64,
-    style: { background: "white", color: "#222" },
+    style: "background: white; color: #222",
     ...spec.options,
     title: spec.title,
     caption: spec.caption,
-    document: document as unknown as NonNullable<Plot.PlotOptions["document"]>,
-  });
-  return el.outerHTML;
+    document,
+  }).outerHTML;
 }
 
 export function buildReport(files: Loaded[]): string {
