@@ -154,8 +154,8 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       caption: `Median ns per dirty page (get-dirty-log time / dirty pages, per iteration) with its 95% CI; reference lines: the kernel's ${KERNEL_NS_PER_PAGE.parked} ns with vCPUs parked and ${KERNEL_NS_PER_PAGE.running} ns with vCPUs writing. From: ${cmd}`,
       options: {
         color: { legend: true, domain: perPage.map((d) => d.series) },
-        marginBottom: 50,
-        x: { label: "design", tickRotate: many ? -15 : 0 },
+        marginBottom: many ? 80 : 50,
+        x: { label: "design", tickRotate: many ? -15 : 0, labelOffset: many ? 72 : 40 },
         y: { label: "get-dirty-log time per dirty page (ns)", grid: true, zero: true },
         marks: [
           Plot.barY(perPage, { x: "series", y: "ns", fill: "series" }),
@@ -198,7 +198,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       options: {
         color: { legend: true, domain: ["mmu_lock wait", "harvest + write-protect", "remote TLB flush"] },
         fx: { label: null },
-        x: { label: "iteration", type: "point" },
+        x: { label: "iteration" },
         y: { label: "get-dirty-log time (ms)", grid: true },
         marks: [Plot.barY(parts, { fx: "series", x: "iteration", y: "ms", fill: "part" }), Plot.ruleY([0])],
       },
@@ -229,7 +229,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
       caption: `Median get-dirty-log time divided by guest memory, with its 95% CI, for each guest size given. From: ${cmd}`,
       options: {
         color: { legend: true },
-        x: { label: "guest memory (GiB)", type: "log" },
+        x: { label: "guest memory (GiB)", type: "log", tickFormat: (d: number) => String(+d.toPrecision(3)) },
         y: { label: "get-dirty-log time per GiB (ms/GiB)", grid: true, zero: true },
         marks: [
           Plot.ruleX(sweep, { x: "gib", y1: "lo", y2: "hi", stroke: "design" }),
@@ -429,7 +429,9 @@ function filesTable(files: Loaded[]): string {
 }
 
 /** Plot.plot over a linkedom document: typed here, as the project compiles without the DOM lib. */
-type RenderPlot = (o: Omit<Plot.PlotOptions, "document"> & { document: unknown }) => { outerHTML: string };
+type RenderPlot = (
+  o: Omit<Plot.PlotOptions, "document" | "style"> & { document: unknown; style: Record<string, string> },
+) => { outerHTML: string };
 const renderWith = Plot.plot as unknown as RenderPlot;
 
 /** Renders one plot as an HTML string (a <figure> with title, legend, SVG and caption). */
@@ -440,7 +442,8 @@ export function renderPlot(spec: PlotSpec): string {
   return renderWith({
     width: WIDTH,
     marginLeft: 64,
-    style: "background: white; color: #222",
+    // An object: linkedom's element.style cannot be assigned a string.
+    style: { background: "white", color: "#222" },
     ...spec.options,
     title: spec.title,
     caption: spec.caption,
