@@ -24,7 +24,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["guest/spec.ts", "vm.ts"], // guest specs are checked by Vm.run
   ["dirty_bitmap.ts"], // public bitmap helpers over a Vm
   ["verify/"],
-  ["bench/"],
+  ["bench/", "results/"], // benchmarks; saved results, compare and the report (bench/catalog writes CSV)
   ["cli/"],
   ["index.ts", "layout_doc.ts"], // the package's entry point; the docs generator
 ];
