@@ -25,7 +25,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["dirty_bitmap.ts"], // public bitmap helpers over a Vm
   ["migration/"], // live migration over the public Vm API
   ["verify/"],
-  ["bench/"],
+  ["bench/", "results/"], // benchmarks; saved results, compare and the report (bench/catalog writes CSV)
   ["cli/"],
   ["index.ts", "layout_doc.ts"], // the package's entry point; the docs generator
 ];

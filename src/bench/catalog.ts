@@ -2,9 +2,12 @@
  * The bug catalog's figures: for every bug, schedules until `explore` finds it (PCT, seeds
  * 1..5, budget 2000; the median is reported), then the same scenario without the bug over the
  * full budget (must be 0 violations), and explored steps per second.
- *   node dist/src/bench/catalog.js [--json] [--budget N] [--seeds K] [--shadow]
+ *   node dist/src/bench/catalog.js [--json] [--budget N] [--seeds K] [--shadow] [--output FILE] [--csv FILE]
+ * --json and --output FILE: the saved-result envelope with the rows as `results`.
  */
 import { explore } from "../verify/explore.js";
+import { checkOutput, envelope, writeResult } from "./result.js";
+import { catalogCsv, writeCsv } from "../results/csv.js";
 import { BUG_SCENARIO } from "../verify/scenarios.js";
 import { BUG, BugName } from "../kvm_host.js";
 
@@ -15,6 +18,14 @@ const arg = (k: string, d: number): number => {
 const budget = arg("--budget", 2000);
 const mode = process.argv.includes("--shadow") ? ("shadow" as const) : ("tdp" as const);
 const seeds = arg("--seeds", 5);
+const path = (k: string): string | undefined => {
+  const i = process.argv.indexOf(k);
+  return i >= 0 ? (process.argv[i + 1] ?? "") : undefined;
+};
+const output = path("--output");
+const csv = path("--csv");
+if (output !== undefined) checkOutput(output);
+if (csv !== undefined) checkOutput(csv, "--csv");
 const rows: {
   bug: BugName;
   toFind: (number | null)[];
@@ -68,5 +79,7 @@ for (const bug of (Object.keys(BUG) as BugName[]).filter((b) => mode === "tdp" |
       `${bug.padEnd(18)} found after ${toFind.map((x) => x ?? "-").join(", ")} schedules (median ${median ?? "not found"}); fixed: ${fixed.violations} violations in ${fixed.schedules}; ${Math.round(steps / (ms / 1000))} steps/s\n`,
     );
 }
-if (process.argv.includes("--json"))
-  process.stdout.write(JSON.stringify({ mode, budget, seeds, rows }) + "\n");
+const saved = { ...envelope("catalog", { mode, budget, seeds }), results: rows };
+if (output !== undefined) writeResult(output, saved);
+if (csv !== undefined) writeCsv(csv, catalogCsv(mode, rows));
+if (process.argv.includes("--json")) process.stdout.write(JSON.stringify(saved) + "\n");

@@ -75,10 +75,10 @@ export function writeResult(file: string, result: unknown): void {
 }
 
 /** Before a long run: the directory of `--output FILE` exists and FILE is not a directory. */
-export function checkOutput(file: string): void {
-  if (file === "") throw einval("--output", "empty file name");
+export function checkOutput(file: string, opt = "--output"): void {
+  if (file === "") throw einval(opt, "empty file name");
   const dir = dirname(file);
   if (!existsSync(dir) || !statSync(dir).isDirectory())
-    throw new KvmError("ENOENT", `--output: directory ${dir} does not exist`);
-  if (existsSync(file) && statSync(file).isDirectory()) throw einval("--output", `${file} is a directory`);
+    throw new KvmError("ENOENT", `${opt}: directory ${dir} does not exist`);
+  if (existsSync(file) && statSync(file).isDirectory()) throw einval(opt, `${file} is a directory`);
 }

@@ -14,6 +14,7 @@ import { checkOutput, writeResult } from "../bench/result.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
+import { perfCsv, writeCsv } from "../results/csv.js";
 
 export function registerDirtyLogPerf(program: Command): void {
   program
@@ -53,9 +54,11 @@ export function registerDirtyLogPerf(program: Command): void {
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the JSON object to FILE")
+    .option("--csv <file>", "also write the iterations as CSV to FILE")
     .action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
       const given = (k: string): boolean => a[k] !== undefined && cmd.getOptionValueSource(k) === "cli";
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
+      if (a["csv"] !== undefined) checkOutput(String(a["csv"]), "--csv");
       const presetName = a["preset"] === undefined ? undefined : String(a["preset"]);
       const preset = presetName === undefined ? {} : PRESETS[presetName];
       if (!preset)
@@ -135,6 +138,7 @@ export function registerDirtyLogPerf(program: Command): void {
       };
       const r = await dirtyLogPerf(o);
       if (a["output"] !== undefined) writeResult(String(a["output"]), r);
+      if (a["csv"] !== undefined) writeCsv(String(a["csv"]), perfCsv(r));
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
     });
 }

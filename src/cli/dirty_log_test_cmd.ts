@@ -12,6 +12,7 @@ import {
 import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
+import { checkOutput, envelope, writeResult } from "../bench/result.js";
 import type { WpName } from "../vm.js";
 import { BUG, BugName } from "../kvm_host.js";
 
@@ -108,7 +109,9 @@ export function registerDirtyLogTest(program: Command): void {
       `switch on engine bugs of the catalog, as a negative control (${Object.keys(BUG).join(", ")})`,
     )
     .option("--json", "print one JSON object on stdout", false)
+    .option("--output <file>", "also write the JSON object to FILE")
     .action(async (a: Record<string, string | boolean | undefined>) => {
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
       const bytes = parseSize("--bytes", String(a["bytes"]));
       if (bytes < 4096 || bytes % 4096 !== 0)
         throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
@@ -145,7 +148,10 @@ export function registerDirtyLogTest(program: Command): void {
         progress,
         signal: interrupt.signal,
       });
-      process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatDirtyLogTest(r) + "\n");
+      // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
+      const saved = { ...r, ...envelope("dirty-log-test", r.options), results: r.results };
+      if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
+      process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;
     });
 }

@@ -6,6 +6,7 @@ import { BUG, BugName } from "../kvm_host.js";
 import { parseIntIn, parseList } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
+import { checkOutput, envelope, writeResult } from "../bench/result.js";
 
 function formatTrace(v: Violation): string {
   const out = [
@@ -40,7 +41,9 @@ export function registerExplore(program: Command): void {
     .option("--all", "keep going after the first violation", false)
     .option("--mode <mode>", "MMU of the scenario's VM: tdp, or shadow (guest paging off)", "tdp")
     .option("--json", "print one JSON object on stdout", false)
+    .option("--output <file>", "also write the result, in the saved-result envelope, to FILE")
     .action(async (a: Record<string, string | boolean | undefined>) => {
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
       let scenario = a["scenario"] as string | undefined;
       const bugName = a["bug"] as string | undefined;
       if (bugName !== undefined && !(bugName in BUG))
@@ -52,7 +55,7 @@ export function registerExplore(program: Command): void {
       if (a["fixed"] && bugName === undefined) throw einval("--fixed", "needs --bug");
       const [strategy] = parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const);
       const [mode] = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
-      const r = await explore({
+      const opts = {
         scenario,
         strategy: strategy,
         schedules: parseIntIn("--schedules", String(a["schedules"]), 1, 10_000_000),
@@ -62,8 +65,10 @@ export function registerExplore(program: Command): void {
         pctDepth: parseIntIn("--depth", String(a["depth"]), 1, 20),
         preemptions: parseIntIn("--preemptions", String(a["preemptions"]), 0, 20),
         mode: mode,
-        signal: interrupt.signal,
-      });
+      };
+      const r = await explore({ ...opts, signal: interrupt.signal });
+      if (a["output"] !== undefined)
+        writeResult(String(a["output"]), { ...envelope("explore", opts), results: r });
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatResult(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;
     });

@@ -19,6 +19,7 @@ import { checkOutput, writeResult } from "../bench/result.js";
 import { formatRatio } from "../bench/stats.js";
 import type { MmuModeName } from "../vm.js";
 import { interrupt } from "./interrupt.js";
+import { kernbenchCsv, writeCsv } from "../results/csv.js";
 
 /** `time`'s format: 0m1.234s. */
 function real(ns: number): string {
@@ -130,8 +131,10 @@ export function registerKernbench(program: Command): void {
     .option("--invalidate-rate <n>", "host 2 MiB invalidations per second during the runs", "0")
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the JSON object to FILE")
+    .option("--csv <file>", "also write the runs as CSV to FILE")
     .action(async (a: Record<string, string | boolean>) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
+      if (a["csv"] !== undefined) checkOutput(String(a["csv"]), "--csv");
       const n = (opt: string, key: string, min: number, max: number): number =>
         parseIntIn(opt, String(a[key]), min, max);
       const r = await kernbench({
@@ -157,6 +160,7 @@ export function registerKernbench(program: Command): void {
         signal: interrupt.signal,
       });
       if (a["output"] !== undefined) writeResult(String(a["output"]), r);
+      if (a["csv"] !== undefined) writeCsv(String(a["csv"]), kernbenchCsv(r));
       process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatKernbench(r) + "\n");
     });
 }

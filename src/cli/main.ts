@@ -15,6 +15,7 @@ import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 import { registerStress } from "./stress_cmd.js";
 import { registerKernbench } from "./kernbench_cmd.js";
 import { registerMigrate } from "./migrate_cmd.js";
+import { registerResults } from "./results_cmd.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
 
 export const EXIT_OK = 0;
@@ -51,6 +52,7 @@ registerExplore(program);
 registerStress(program);
 registerKernbench(program);
 registerMigrate(program);
+registerResults(program);
 
 function usage(msg: string): void {
   process.stderr.write(`kvmmu: EINVAL: ${msg}\n`);

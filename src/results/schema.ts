@@ -1,0 +1,399 @@
+/**
+ * The one schema of every saved result (`--output FILE`), written once here with TypeBox: the
+ * JSON Schema published as schema/kvmmu-result.schema.json is generated from these definitions
+ * (npm run schema), and every file `compare` and `report` read is checked against them.
+ *
+ * A document is the envelope (schemaVersion, command, options, gitCommit, machine, timestamp)
+ * plus `results`, whose shape depends on `command`. Objects accept extra properties, so a
+ * command may add fields without a new schema version; removing or retyping one needs one.
+ */
+import { Type, type Static, type TSchema } from "@sinclair/typebox";
+import { Value } from "@sinclair/typebox/value";
+import { SCHEMA_VERSION } from "../bench/result.js";
+import { einval } from "../errors.js";
+
+export { SCHEMA_VERSION };
+export const SCHEMA_ID = "https://github.com/kvmmu/kvmmu/schema/kvmmu-result.schema.json";
+
+const Num = Type.Number();
+const Int = Type.Integer();
+/** JSON writes NaN and Infinity as null (e.g. a rate over zero measured time). */
+const NumOrNull = Type.Union([Type.Number(), Type.Null()]);
+const Ci = Type.Tuple([Num, Num], { description: "95% percentile-bootstrap interval [low, high]" });
+
+export const Summary = Type.Object({
+  n: Int,
+  median: Num,
+  mean: Num,
+  stdev: Num,
+  min: Num,
+  max: Num,
+  ci95: Ci,
+});
+
+const NsStats = Type.Object({
+  medianNs: Num,
+  meanNs: Num,
+  stdevNs: Num,
+  minNs: Num,
+  maxNs: Num,
+  ci95Ns: Ci,
+  n: Int,
+});
+
+const Ratio = Type.Object({
+  median: Num,
+  ci95: Ci,
+  n: Type.Optional(Int),
+  verdict: Type.Optional(Type.String()),
+});
+
+export const Machine = Type.Object({
+  cpus: Int,
+  memoryBytes: Int,
+  node: Type.String(),
+  platform: Type.String(),
+});
+
+const Wp = Type.Union([Type.Literal("locked"), Type.Literal("lockless")]);
+const Mode = Type.Union([Type.Literal("tdp"), Type.Literal("shadow")]);
+
+function doc<C extends string, O extends TSchema, R extends TSchema, X extends Record<string, TSchema>>(
+  command: C,
+  description: string,
+  options: O,
+  results: R,
+  extra: X,
+) {
+  return Type.Object(
+    {
+      schemaVersion: Type.Literal(SCHEMA_VERSION),
+      command: Type.Literal(command),
+      options,
+      gitCommit: Type.Union([Type.String({ pattern: "^[0-9a-f]{40}$" }), Type.Null()]),
+      machine: Machine,
+      timestamp: Type.String({ description: "ISO 8601, UTC" }),
+      results,
+      ...extra,
+    },
+    { title: command, description },
+  );
+}
+
+// ---- dirty-log-perf -------------------------------------------------------------------------
+
+const Contention = Type.Object({
+  migrateRate: Num,
+  invalidateRate: Num,
+  invalidatePages: Type.Optional(Int),
+});
+
+export const PerfOptions = Type.Object({
+  vcpus: Int,
+  bytesPerVcpu: Int,
+  iterations: Int,
+  writePercent: Int,
+  random: Type.Boolean(),
+  wp: Type.Array(Wp),
+  thp: Type.Boolean(),
+  contention: Contention,
+  park: Type.Boolean(),
+  seed: Int,
+  warmup: Type.Optional(Int),
+  lock: Type.Optional(Type.Union([Type.Literal("sleep"), Type.Literal("spin")])),
+  preset: Type.Optional(Type.String()),
+  mode: Type.Optional(Mode),
+  guestHuge: Type.Optional(Type.Boolean()),
+  threads: Type.Optional(Type.Object({})),
+});
+
+export const PerfIteration = Type.Object({
+  warmup: Type.Boolean(),
+  dirtyMemoryNs: Num,
+  getDirtyLogNs: Num,
+  lockWaitNs: Num,
+  protectNs: Num,
+  flushNs: Num,
+  dirtyPages: Int,
+  guestThroughput: Num,
+});
+
+export const PerfStrategy = Type.Object({
+  iterations: Type.Array(PerfIteration),
+  getDirtyLog: NsStats,
+  lockWait: NsStats,
+  protect: NsStats,
+  flush: NsStats,
+  dirtyMemory: NsStats,
+  nsPerDirtyPage: Num,
+  guestThroughput: Summary,
+  guestWritesPerSec: NumOrNull,
+  populateNs: Num,
+  enableLoggingNs: Num,
+});
+
+const perfExtra = {
+  ratio: Type.Union([Type.Object({ getDirtyLog: Ratio, guestThroughput: Ratio }), Type.Null()]),
+  guestMemoryBytes: Int,
+  metadataPercent: Num,
+  peakRssBytes: Num,
+};
+const perfResults = Type.Object({
+  locked: Type.Optional(PerfStrategy),
+  lockless: Type.Optional(PerfStrategy),
+});
+
+export const DirtyLogPerfDoc = doc(
+  "dirty-log-perf",
+  "kvmmu dirty-log-perf: get-dirty-log time and guest throughput per write-protect design, per iteration",
+  PerfOptions,
+  perfResults,
+  perfExtra,
+);
+
+// ---- kernbench ------------------------------------------------------------------------------
+
+export const KernbenchRun = Type.Object({
+  warmup: Type.Boolean(),
+  realNs: Num,
+  opsPerSec: Num,
+  harvests: Int,
+  dirtyPages: Int,
+});
+
+const KernbenchCell = Type.Object({
+  runs: Type.Array(KernbenchRun),
+  real: Summary,
+  realAvgNs: Num,
+  realStdNs: Num,
+  throughput: Summary,
+  opsPerSec: Num,
+  harvestsPerSec: NumOrNull,
+});
+
+const Logging = Type.Object({
+  off: Type.Optional(KernbenchCell),
+  locked: Type.Optional(KernbenchCell),
+  lockless: Type.Optional(KernbenchCell),
+});
+
+export const KernbenchDoc = doc(
+  "kernbench",
+  "kvmmu kernbench: elapsed time of a fixed guest workload per MMU mode and dirty-logging setting, per run",
+  Type.Object({
+    vcpus: Int,
+    processes: Int,
+    jobs: Int,
+    runs: Int,
+    modes: Type.Array(Mode),
+    logging: Type.Array(Type.Union([Type.Literal("off"), Wp])),
+  }),
+  Type.Object({ tdp: Type.Optional(Logging), shadow: Type.Optional(Logging) }),
+  { ratio: Type.Record(Type.String(), Type.Record(Type.String(), Ratio)) },
+);
+
+// ---- dirty-log-test -------------------------------------------------------------------------
+
+const OracleResult = Type.Object({
+  iterations: Int,
+  pagesChecked: Int,
+  violations: Int,
+  dirtyPages: Int,
+  cleanPages: Int,
+  guestWrites: Num,
+  harvests: Int,
+  durationMs: Num,
+  verifyMs: Num,
+  pagesCheckedPerSec: NumOrNull,
+});
+
+export const DirtyLogTestDoc = doc(
+  "dirty-log-test",
+  "kvmmu dirty-log-test: every reported dirty bit checked, per write-protect design and oracle",
+  Type.Object({
+    vcpus: Int,
+    bytesPerVcpu: Int,
+    intervalMs: Int,
+    wp: Type.Array(Wp),
+    oracles: Type.Array(Type.String()),
+    seed: Int,
+  }),
+  Type.Record(Type.String(), Type.Record(Type.String(), OracleResult)),
+  {
+    iterations: Int,
+    pagesChecked: Int,
+    violations: Int,
+    pagesCheckedPerSec: NumOrNull,
+    durationMs: Num,
+    firstViolations: Type.Array(Type.Object({})),
+  },
+);
+
+// ---- explore and the catalog ----------------------------------------------------------------
+
+export const ExploreDoc = doc(
+  "explore",
+  "kvmmu explore: schedules of one scenario under the controlled scheduler",
+  Type.Object({ scenario: Type.String(), strategy: Type.String(), schedules: Int, seed: Int }),
+  Type.Object({
+    scenario: Type.String(),
+    mode: Mode,
+    bug: Type.Union([Type.String(), Type.Null()]),
+    strategy: Type.String(),
+    seed: Int,
+    schedules: Int,
+    violations: Int,
+    firstViolation: Type.Union([Type.Object({}), Type.Null()]),
+    steps: Int,
+    stepsPerSec: NumOrNull,
+    elapsedMs: Num,
+  }),
+  {},
+);
+
+export const CatalogRow = Type.Object({
+  bug: Type.String(),
+  toFind: Type.Array(Type.Union([Int, Type.Null()]), {
+    description: "schedules until the bug was found, one per seed; null: not found in the budget",
+  }),
+  median: Type.Union([Int, Type.Null()]),
+  fixedSchedules: Int,
+  fixedViolations: Int,
+  stepsPerSec: NumOrNull,
+});
+
+export const CatalogDoc = doc(
+  "catalog",
+  "node dist/src/bench/catalog.js: schedules for explore to find each catalog bug, and the fixed code's run",
+  Type.Object({ mode: Mode, budget: Int, seeds: Int }),
+  Type.Array(CatalogRow),
+  {},
+);
+
+// ---- npm run bench --------------------------------------------------------------------------
+
+const TlbHit = Type.Object({
+  options: Type.Object({ rounds: Int, warmup: Int, accesses: Int }),
+  tlbNsPerAccess: Summary,
+  plainNsPerAccess: Summary,
+  ratio: Ratio,
+  rounds: Type.Array(Type.Object({ warmup: Type.Boolean(), tlbNs: Num, plainNs: Num })),
+});
+
+export const BenchDoc = doc(
+  "bench",
+  "npm run bench: the software-TLB micro-benchmark and a short dirty-log-perf comparison",
+  Type.Object({}),
+  Type.Object({
+    tlbHit: TlbHit,
+    dirtyLogPerf: Type.Object({ options: PerfOptions, results: perfResults, ...perfExtra }),
+  }),
+  {},
+);
+
+// ---- migrate --------------------------------------------------------------------------------
+
+/** One round, named as QEMU's query-migrate names its fields. */
+export const MigrateRound = Type.Object({
+  round: Type.Optional(Int),
+  "time-ms": Type.Optional(Num),
+  transferred: Type.Optional(Num),
+  remaining: Type.Optional(Num),
+  total: Type.Optional(Num),
+  duplicate: Type.Optional(Num),
+  normal: Type.Optional(Num),
+  "dirty-pages-rate": Type.Optional(Num),
+  mbps: Type.Optional(Num),
+  "dirty-sync-count": Type.Optional(Num),
+  "expected-downtime": Type.Optional(Num),
+  "cpu-throttle-percentage": Type.Optional(Num),
+});
+
+export const MigrateDoc = doc(
+  "migrate",
+  "kvmmu migrate: one live migration, its rounds, downtime and verification",
+  Type.Object({ wp: Type.Optional(Wp), mode: Type.Optional(Mode) }),
+  Type.Object({
+    status: Type.Union([Type.Literal("completed"), Type.Literal("failed"), Type.Literal("cancelled")]),
+    mode: Type.Union([Type.Literal("precopy"), Type.Literal("postcopy")]),
+    rounds: Type.Array(MigrateRound),
+    downtimeMs: Num,
+    totalTimeMs: Num,
+    transferredBytes: Num,
+    verify: Type.Object({
+      pagesCompared: Int,
+      mismatches: Int,
+      guestInvariant: Type.Union([Type.Boolean(), Type.Null()]),
+    }),
+    error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+  }),
+  {},
+);
+
+// ---- all of them ----------------------------------------------------------------------------
+
+export const DOCS = {
+  "dirty-log-perf": DirtyLogPerfDoc,
+  kernbench: KernbenchDoc,
+  "dirty-log-test": DirtyLogTestDoc,
+  explore: ExploreDoc,
+  catalog: CatalogDoc,
+  bench: BenchDoc,
+  migrate: MigrateDoc,
+} as const;
+
+export type CommandName = keyof typeof DOCS;
+export const COMMANDS = Object.keys(DOCS) as CommandName[];
+
+export type DirtyLogPerfDocT = Static<typeof DirtyLogPerfDoc>;
+export type KernbenchDocT = Static<typeof KernbenchDoc>;
+export type DirtyLogTestDocT = Static<typeof DirtyLogTestDoc>;
+export type ExploreDocT = Static<typeof ExploreDoc>;
+export type CatalogDocT = Static<typeof CatalogDoc>;
+export type BenchDocT = Static<typeof BenchDoc>;
+export type MigrateDocT = Static<typeof MigrateDoc>;
+export type ResultDoc =
+  | DirtyLogPerfDocT
+  | KernbenchDocT
+  | DirtyLogTestDocT
+  | ExploreDocT
+  | CatalogDocT
+  | BenchDocT
+  | MigrateDocT;
+
+export const ResultSchema = Type.Union(Object.values(DOCS), {
+  $id: SCHEMA_ID,
+  title: "kvmmu result",
+  description: `A saved kvmmu result (--output FILE), schema version ${SCHEMA_VERSION}: the envelope plus the results of one command, told apart by "command".`,
+});
+
+/** The published JSON Schema: the TypeBox definition as plain JSON (its symbol keys dropped). */
+export function jsonSchema(): Record<string, unknown> {
+  return {
+    $schema: "http://json-schema.org/draft-07/schema#",
+    ...(JSON.parse(JSON.stringify(ResultSchema)) as Record<string, unknown>),
+  };
+}
+
+/**
+ * Checks `doc` (read from `name`) and returns it typed; a KvmError(EINVAL) naming the file and
+ * the first offending field otherwise. Version and command are checked first, so that the
+ * message says "schemaVersion 2" rather than listing every field of every command.
+ */
+export function validateResult(doc: unknown, name: string): ResultDoc {
+  if (typeof doc !== "object" || doc === null || Array.isArray(doc))
+    throw einval(name, "is not a JSON object");
+  const d = doc as Record<string, unknown>;
+  if (d["schemaVersion"] !== SCHEMA_VERSION)
+    throw einval(
+      name,
+      `schemaVersion ${JSON.stringify(d["schemaVersion"])}: this kvmmu reads schema version ${SCHEMA_VERSION}`,
+    );
+  const command = d["command"];
+  if (typeof command !== "string" || !(command in DOCS))
+    throw einval(name, `command ${JSON.stringify(command)} is not one of ${COMMANDS.join(", ")}`);
+  const schema = DOCS[command as CommandName];
+  const first = Value.Errors(schema, doc).First();
+  if (first) throw einval(name, `${first.path || "/"}: ${first.message} (schema of ${command})`);
+  return doc as ResultDoc;
+}
