@@ -21,6 +21,7 @@ import {
 } from "../migration/precopy.js";
 import { MigrationError } from "../migration/stream.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+import { checkOutput, envelope, writeResult } from "../bench/result.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
 const BIN = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
@@ -124,7 +125,9 @@ export function registerMigrate(program: Command): void {
     .option("--timeout <ms>", "cancel (the source keeps running) when not converged by then", "60000")
     .option("--fault <kind>", `inject a failure: ${FAULTS.join(", ")}`)
     .option("--json", "print one JSON object on stdout", false)
+    .option("--output <file>", "also write the result, in the saved-results schema, to this file")
     .action(async (a: Record<string, string | boolean | undefined>) => {
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
       if (a["postcopy"])
         return refuse(
           new MigrationError("ENOSYS", "--postcopy: post-copy is not implemented; pre-copy only"),
@@ -209,6 +212,11 @@ export function registerMigrate(program: Command): void {
         memoryBytes: layout.memoryBytes,
         vcpus: layout.vcpus,
       };
+      if (a["output"] !== undefined)
+        writeResult(String(a["output"]), {
+          ...envelope("migrate", { ...opts, log: logMode, wp, mode, local, memoryBytes: layout.memoryBytes }),
+          results: out,
+        });
       process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(report) + "\n");
       const ok =
         report.status === "completed" &&

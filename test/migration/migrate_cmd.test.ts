@@ -2,11 +2,18 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { runKvmmu } from "../helpers/cli.js";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import type { MigrationReport } from "../../src/migration/precopy.js";
+import { validateResult } from "../../src/results/schema.js";
 
 test("kvmmu migrate --local --json: completed, verified, query-migrate-shaped rounds", async () => {
+  const file = join(mkdtempSync(join(tmpdir(), "kvmmu-mig-")), "migrate.json");
   const r = await runKvmmu([
     "migrate",
+    "--output",
+    file,
     "--local",
     "--json",
     "-b",
@@ -35,6 +42,9 @@ test("kvmmu migrate --local --json: completed, verified, query-migrate-shaped ro
     assert.equal(typeof o.rounds[0][k as keyof MigrationReport["rounds"][0]], "number", k);
   assert.deepEqual([o.verify.pagesCompared, o.verify.mismatches, o.verify.guestInvariant], [4096, 0, true]);
   assert.ok(o.downtimeMs > 0 && o.totalTimeMs > 0 && o.transferredBytes > 0);
+  // --output: the same result in the saved-results schema
+  const saved = validateResult(JSON.parse(readFileSync(file, "utf8")), file);
+  assert.equal(saved.command, "migrate");
 });
 
 test("kvmmu migrate --local --fault kill-destination: failed, exit 1, guest intact on the source", async () => {
