@@ -169,7 +169,11 @@ export function formatCompareMarkdown(c: CompareResult): string {
   for (const f of c.files) {
     out.push(`### ${esc(intro(c, f))}`, "", `| ${HEAD.join(" | ")} |`, "|---|---|--:|--:|--:|--:|---|");
     for (const r of c.rows.filter((x) => x.file === f))
-      out.push(`| ${cells(r).map((x, i) => (i === 6 && x.startsWith("*") ? `**${esc(x)}**` : esc(x))).join(" | ")} |`);
+      out.push(
+        `| ${cells(r)
+          .map((x, i) => (i === 6 && x.startsWith("*") ? `**${esc(x)}**` : esc(x)))
+          .join(" | ")} |`,
+      );
     out.push("");
   }
   return out.join("\n").trimEnd();

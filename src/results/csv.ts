@@ -56,7 +56,16 @@ export function kernbenchCsv(r: Pick<KernbenchResult, "results">): string {
     for (const [logging, c] of Object.entries(per ?? {})) {
       let k = 0;
       for (const run of c?.runs ?? [])
-        rows.push([mode, logging, run.warmup ? 0 : ++k, run.warmup, run.realNs, run.opsPerSec, run.harvests, run.dirtyPages]);
+        rows.push([
+          mode,
+          logging,
+          run.warmup ? 0 : ++k,
+          run.warmup,
+          run.realNs,
+          run.opsPerSec,
+          run.harvests,
+          run.dirtyPages,
+        ]);
     }
   return toCsv(["mode", "logging", "run", "warmup", "realNs", "jobsPerSec", "harvests", "dirtyPages"], rows);
 }
@@ -74,7 +83,16 @@ export function catalogCsv(mode: string, rows: CatalogCsvRow[]): string {
   return toCsv(
     ["mode", "bug", "seed", "schedulesToFind", "median", "fixedSchedules", "fixedViolations", "stepsPerSec"],
     rows.flatMap((r) =>
-      r.toFind.map((x, i) => [mode, r.bug, i + 1, x, r.median, r.fixedSchedules, r.fixedViolations, r.stepsPerSec]),
+      r.toFind.map((x, i) => [
+        mode,
+        r.bug,
+        i + 1,
+        x,
+        r.median,
+        r.fixedSchedules,
+        r.fixedViolations,
+        r.stepsPerSec,
+      ]),
     ),
   );
 }

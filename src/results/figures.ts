@@ -93,7 +93,12 @@ export function figures(doc: ResultDoc): Figure[] {
               better: "lower",
               samples: m.map((r) => r.realNs / 1e9),
             },
-            { key: `${mode} logging ${logging} jobs/s`, unit: "jobs/s", better: "higher", samples: m.map((r) => r.opsPerSec) },
+            {
+              key: `${mode} logging ${logging} jobs/s`,
+              unit: "jobs/s",
+              better: "higher",
+              samples: m.map((r) => r.opsPerSec),
+            },
           );
         }
       return out.filter((f) => f.samples.length > 0);
@@ -122,15 +127,22 @@ export function figures(doc: ResultDoc): Figure[] {
       ].filter((f) => f.samples.length > 0) as Figure[];
     }
     case "catalog":
-      return doc.results.flatMap((r): Figure[] => [
-        {
-          key: `${r.bug} schedules to find`,
-          unit: "schedules",
-          better: "lower",
-          samples: r.toFind.filter((x): x is number => x !== null),
-        },
-        { key: `${r.bug} explored steps/s`, unit: "steps/s", better: "higher", samples: one(r.stepsPerSec) },
-      ]).filter((f) => f.samples.length > 0);
+      return doc.results
+        .flatMap((r): Figure[] => [
+          {
+            key: `${r.bug} schedules to find`,
+            unit: "schedules",
+            better: "lower",
+            samples: r.toFind.filter((x): x is number => x !== null),
+          },
+          {
+            key: `${r.bug} explored steps/s`,
+            unit: "steps/s",
+            better: "higher",
+            samples: one(r.stepsPerSec),
+          },
+        ])
+        .filter((f) => f.samples.length > 0);
     case "migrate": {
       const r = doc.results;
       return [

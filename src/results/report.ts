@@ -253,7 +253,13 @@ function kernbenchPlot(docs: { file: string; doc: KernbenchDocT }[]): PlotSpec[]
         const l = seriesName(many, logging, file);
         const m = `${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}`;
         for (const r of measured(c.runs)) runs.push({ mode: m, logging: l, s: r.realNs / 1e9 });
-        cells.push({ mode: m, logging: l, s: c.real.median / 1e9, lo: c.real.ci95[0] / 1e9, hi: c.real.ci95[1] / 1e9 });
+        cells.push({
+          mode: m,
+          logging: l,
+          s: c.real.median / 1e9,
+          lo: c.real.ci95[0] / 1e9,
+          hi: c.real.ci95[1] / 1e9,
+        });
       }
   return [
     {
@@ -307,7 +313,12 @@ function catalogPlot(docs: { file: string; doc: CatalogDocT }[]): PlotSpec[] {
         y: { label: "bug" },
         marks: [
           Plot.barX(bars, { y: "bug", x: "median", fill: "mode", fy: docs.length > 1 ? "mode" : undefined }),
-          Plot.dot(seeds, { y: "bug", x: "schedules", stroke: "black", fy: docs.length > 1 ? "mode" : undefined }),
+          Plot.dot(seeds, {
+            y: "bug",
+            x: "schedules",
+            stroke: "black",
+            fy: docs.length > 1 ? "mode" : undefined,
+          }),
           Plot.text(bars, {
             y: "bug",
             x: 0,
@@ -453,9 +464,7 @@ export function renderPlot(spec: PlotSpec): string {
 
 export function buildReport(files: Loaded[]): string {
   const specs = plotSpecs(files);
-  const sections = specs.map(
-    (s) => `<section class="plot" data-plot="${s.id}">${renderPlot(s)}</section>`,
-  );
+  const sections = specs.map((s) => `<section class="plot" data-plot="${s.id}">${renderPlot(s)}</section>`);
   const none =
     specs.length === 0
       ? `<p class="empty">These files hold nothing to plot (dirty-log-test and explore results are listed above).</p>`

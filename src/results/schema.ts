@@ -353,13 +353,7 @@ export type CatalogDocT = Static<typeof CatalogDoc>;
 export type BenchDocT = Static<typeof BenchDoc>;
 export type MigrateDocT = Static<typeof MigrateDoc>;
 export type ResultDoc =
-  | DirtyLogPerfDocT
-  | KernbenchDocT
-  | DirtyLogTestDocT
-  | ExploreDocT
-  | CatalogDocT
-  | BenchDocT
-  | MigrateDocT;
+  DirtyLogPerfDocT | KernbenchDocT | DirtyLogTestDocT | ExploreDocT | CatalogDocT | BenchDocT | MigrateDocT;
 
 export const ResultSchema = Type.Union(Object.values(DOCS), {
   $id: SCHEMA_ID,

@@ -7,7 +7,9 @@ import { writeFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { jsonSchema } from "./schema.js";
 
-export const SCHEMA_FILE = fileURLToPath(new URL("../../../schema/kvmmu-result.schema.json", import.meta.url));
+export const SCHEMA_FILE = fileURLToPath(
+  new URL("../../../schema/kvmmu-result.schema.json", import.meta.url),
+);
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const file = process.argv[2] ?? SCHEMA_FILE;
