@@ -6,10 +6,9 @@
 import { MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { Kvm, KvmShared } from "../kvm_host.js";
 import {
+  finishControlled,
   installControlledHook,
-  removeControlledHook,
   SCHED,
-  SCHED_T,
   SchedAbort,
   TS_ABORTED,
   TS_DONE,
@@ -63,8 +62,5 @@ for (;;) {
       d.port.postMessage({ error: (e as Error).message });
     }
   }
-  removeControlledHook();
-  Atomics.store(sc, SCHED_T.state(d.tid), state);
-  Atomics.add(sc, SCHED_T.steps(d.tid), 1);
-  Atomics.notify(sc, SCHED_T.steps(d.tid));
+  finishControlled(sc, d.tid, state);
 }
