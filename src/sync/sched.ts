@@ -41,6 +41,10 @@ export const SCHED_T = defineRows(
   "controlled schedule: one thread",
   "explorer control SAB",
   {
+    run: {
+      by: "the controller (atomic), before it changes go",
+      doc: "the go value of the last run the thread takes part in",
+    },
     steps: {
       by: "the thread bumps it (atomic); the controller waits on it",
       doc: "bumped when the thread hands back (at a point, or finished)",
@@ -88,6 +92,28 @@ export function waitChange(w: Int32Array, i: number, v: number): void {
   while (Atomics.load(w, i) === v) Atomics.wait(w, i, v, 1000);
 }
 
+const SPIN_MIN = 16;
+const SPIN_MAX = 1 << 15;
+/** This thread's spin budget for hand-offs (each isolate has its own). */
+let spin = SPIN_MIN;
+
+/**
+ * waitChange for the controller's hand-offs, with a spin that adapts: it doubles when the other
+ * side answered within it and halves when this thread had to sleep. With a core each, a
+ * hand-off then takes well under a microsecond; on an oversubscribed machine (more threads than
+ * cores), where a spinner burns the time slice the other side needs, it is a plain futex wait.
+ */
+export function handOffWait(w: Int32Array, i: number, v: number): void {
+  for (let k = 0; k < spin; k++) {
+    if (Atomics.load(w, i) !== v) {
+      if (spin < SPIN_MAX) spin <<= 1;
+      return;
+    }
+  }
+  if (spin > SPIN_MIN) spin >>= 1;
+  while (Atomics.load(w, i) === v) Atomics.wait(w, i, v, 1000);
+}
+
 /** Steps this thread took in the current run (points it passed with a grant). */
 let ran = 0;
 
@@ -116,7 +142,7 @@ export function installControlledHook(sc: Int32Array, tid: number, arrayIds: Sha
     Atomics.store(sc, SCHED_T.state(tid), TS_AT_POINT);
     Atomics.add(sc, SCHED_T.steps(tid), 1);
     Atomics.notify(sc, SCHED_T.steps(tid));
-    waitChange(sc, SCHED_T.grant(tid), g);
+    handOffWait(sc, SCHED_T.grant(tid), g);
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
     budget = Atomics.load(sc, SCHED_T.budget(tid));
     ran++;

@@ -19,6 +19,7 @@ import {
   TS_AT_POINT,
   TS_FAILED,
   TS_IDLE,
+  handOffWait,
   waitChange,
 } from "../sync/sched.js";
 import { MmuModeName, Vm } from "../vm.js";
@@ -56,6 +57,8 @@ export interface ExploreResult {
   violations: number;
   firstViolation: Violation | null;
   steps: number;
+  /** Hand-offs between the controller and the threads; each passes a run of steps. */
+  handOffs: number;
   stepsPerSec: number;
   elapsedMs: number;
 }
@@ -143,11 +146,63 @@ export function decodeSchedule(s: string): {
   return { scenario, bug: m[2] === "bug", choices, mode: m[3] === "shadow" ? "shadow" : "tdp" };
 }
 
+/**
+ * A control SAB and its worker threads (thread t of a run is worker t). Starting a worker costs
+ * hundreds of milliseconds on a loaded machine (an isolate and the whole MMU's modules), so one
+ * crew is kept, idle, between explorations of the same process; its workers are unref'd and end
+ * with the process.
+ */
+interface Crew {
+  sc: Int32Array;
+  workers: Worker[];
+  ports: MessagePort[];
+  /** The last value written to SCHED.go. */
+  go: number;
+  /** Per worker, the scratch buffer of the VM it was sent last (it names that VM). */
+  attached: (SharedArrayBuffer | null)[];
+}
+
+let idleCrew: Crew | null = null;
+
+/** The idle crew, or a new one, with at least `n` workers. */
+function takeCrew(n: number): Crew {
+  const c: Crew = idleCrew ?? {
+    sc: new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4)),
+    workers: [],
+    ports: [],
+    go: 0,
+    attached: [],
+  };
+  idleCrew = null;
+  while (c.workers.length < n) {
+    const ch = new MessageChannel();
+    const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
+      workerData: { sc: c.sc.buffer, tid: c.workers.length, port: ch.port2 },
+      transferList: [ch.port2],
+    });
+    w.unref();
+    ch.port1.unref();
+    c.workers.push(w);
+    c.ports.push(ch.port1);
+    c.attached.push(null);
+  }
+  return c;
+}
+
+async function endCrew(c: Crew): Promise<void> {
+  const exits = c.workers.map((w) => new Promise((r) => w.once("exit", r)));
+  Atomics.store(c.sc, SCHED.go, -1);
+  Atomics.notify(c.sc, SCHED.go);
+  await Promise.all(exits);
+  for (const p of c.ports) p.close();
+}
+
 export class Explorer {
   private readonly sc: Int32Array;
-  private readonly workers: Worker[] = [];
-  private readonly ports: MessagePort[] = [];
-  private go = 0;
+  private readonly crew: Crew;
+  private readonly ports: MessagePort[];
+  /** False from the start of a run until all its threads have finished. */
+  private idle = true;
   private template: {
     vm: Vm;
     scratch: SharedArrayBuffer;
@@ -158,6 +213,8 @@ export class Explorer {
     frameHigh: number;
   } | null = null;
   totalSteps = 0;
+  /** Hand-offs between the controller and a thread (a run of steps each). */
+  handOffs = 0;
 
   constructor(
     readonly scenario: Scenario,
@@ -165,27 +222,22 @@ export class Explorer {
     readonly maxSteps = 20000,
     readonly auditEveryStep = false,
     readonly mode: MmuModeName = "tdp",
-    /** False: create and set up a new VM for every run (the reference the reuse is tested against). */
-    readonly reuseVm = true,
+    /**
+     * One hand-off per step and a new VM for every run: the plain protocol, which the runs of
+     * steps and the restored VM must match step for step (tests compare the two).
+     */
+    readonly stepwise = false,
   ) {
     if (scenario.threads.length > SCHED_MAX_THREADS) throw einval("scenario", "too many threads");
-    this.sc = new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4));
-    for (let t = 0; t < scenario.threads.length; t++) {
-      const ch = new MessageChannel();
-      const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
-        workerData: { sc: this.sc.buffer, tid: t, port: ch.port2 },
-        transferList: [ch.port2],
-      });
-      this.workers.push(w);
-      this.ports.push(ch.port1);
-    }
+    this.crew = takeCrew(scenario.threads.length);
+    this.sc = this.crew.sc;
+    this.ports = this.crew.ports;
   }
 
+  /** Gives the threads back for the next exploration (or ends them if one is kept already). */
   async close(): Promise<void> {
-    Atomics.store(this.sc, SCHED.go, -1);
-    Atomics.notify(this.sc, SCHED.go);
-    await Promise.all(this.workers.map((w) => new Promise((r) => w.once("exit", r))));
-    for (const p of this.ports) p.close();
+    if (this.idle && idleCrew === null) idleCrew = this.crew;
+    else await endCrew(this.crew);
   }
 
   /**
@@ -202,6 +254,7 @@ export class Explorer {
     const s = this.scenario;
     const n = s.threads.length;
     const { vm, scratch } = this.freshVm();
+    this.idle = false;
     Atomics.store(sc, SCHED.abort, 0);
     for (let t = 0; t < n; t++) {
       Atomics.store(sc, SCHED_T.steps(t), 0);
@@ -209,11 +262,16 @@ export class Explorer {
       Atomics.store(sc, SCHED_T.budget(t), 0);
       Atomics.store(sc, SCHED_T.ran(t), 0);
       Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
-      this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
+      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
+      // A worker keeps the VM it was sent last: send it only when it is another one.
+      if (this.crew.attached[t] !== scratch) {
+        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
+        this.crew.attached[t] = scratch;
+      }
     }
-    Atomics.store(sc, SCHED.go, ++this.go);
+    Atomics.store(sc, SCHED.go, ++this.crew.go);
     Atomics.notify(sc, SCHED.go);
-    for (let t = 0; t < n; t++) waitChange(sc, SCHED_T.steps(t), 0);
+    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
     const raw: number[][][] = Array.from({ length: n }, () => []);
@@ -226,10 +284,10 @@ export class Explorer {
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
     // The chooser's state before each simulated step of a run (index: steps into the run).
     const saved: unknown[] = [];
-    const batch = !this.auditEveryStep;
+    const batch = !this.auditEveryStep && !this.stepwise;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
-    for (let step = 0; ; ) {
+    for (let step = 0; ;) {
       runnable.length = 0;
       for (let t = 0; t < n; t++) {
         if (Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT) {
@@ -269,7 +327,7 @@ export class Explorer {
       // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
       let k = 1;
       if (batch) {
-        const was = spinning[t]!;
+        const was = spinning[t];
         for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
           spinning[t] = own[t] + k - lastSpin[t] < SPIN_WINDOW;
           saved[k] = chooser.save();
@@ -280,24 +338,26 @@ export class Explorer {
         }
         spinning[t] = was;
       }
-      const ran0 = own[t]!;
+      const ran0 = own[t];
       const v = Atomics.load(sc, SCHED_T.steps(t));
       this.grant(t, k - 1);
-      waitChange(sc, SCHED_T.steps(t), v);
+      this.handOffs++;
+      handOffWait(sc, SCHED_T.steps(t), v);
       const r = Atomics.load(sc, SCHED_T.ran(t)) - ran0;
       if (r < 1 || r > k) throw new Error(`explore: thread ${t} took ${r} steps of a run of ${k}`);
       // It stopped early: the chooser's simulated steps from there on did not happen.
       if (r < k) chooser.restore(saved[r]);
-      const tr = raw[t]!;
+      const tr = raw[t];
       for (let j = Math.max(0, r - TRACE_KEEP); j < r; j++) {
         const e = this.ringEntry(t, ran0 + j);
-        tr.push([step + j, sc[e]!, sc[e + 1]!, sc[e + 2]!]);
+        tr.push([step + j, sc[e], sc[e + 1], sc[e + 2]]);
       }
       if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
       for (let j = 0; j < r; j++) choices.push(t);
       own[t] += r;
       step += r;
     }
+    this.idle = true;
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
     const trace: Record<string, TraceEntry[]> = {};
@@ -332,25 +392,28 @@ export class Explorer {
    */
   private freshVm(): { vm: Vm; scratch: SharedArrayBuffer } {
     const s = this.scenario;
-    if (this.template === null || !this.reuseVm) {
+    if (this.template === null || this.stepwise) {
       const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
       const scratch = new SharedArrayBuffer(s.scratchWords * 4);
       s.setup(vm, new Int32Array(scratch));
+      if (this.stepwise) return { vm, scratch };
       const bufs = [scratch, ...Object.values(vm.shared).filter((b) => b instanceof SharedArrayBuffer)];
       this.template = {
         vm,
         scratch,
-        bufs: bufs.filter((b) => b !== vm.shared.mem).map((b) => [new Uint8Array(b), new Uint8Array(b).slice()]),
+        bufs: bufs
+          .filter((b) => b !== vm.shared.mem)
+          .map((b) => [new Uint8Array(b), new Uint8Array(b).slice()]),
         mem: Buffer.from(vm.shared.mem),
         memCopy: Buffer.from(vm.shared.mem.slice(0)),
-        frameHigh: vm.kvm.ctl[CTL.frame_high]!,
+        frameHigh: vm.kvm.ctl[CTL.frame_high],
       };
       return { vm, scratch };
     }
     const tp = this.template;
     // Guest memory is large and mostly untouched: restore only the chunks a run changed. No
     // frame at or above frame_high was ever handed out, so nothing can have written there.
-    const used = Math.max(tp.frameHigh, tp.vm.kvm.ctl[CTL.frame_high]!) * PAGE_SIZE;
+    const used = Math.max(tp.frameHigh, tp.vm.kvm.ctl[CTL.frame_high]) * PAGE_SIZE;
     const end = Math.min(used, tp.mem.length);
     for (let a = 0; a < end; a += MEM_CHUNK) {
       const b = Math.min(a + MEM_CHUNK, end);
@@ -417,7 +480,7 @@ export class PctChooser implements Chooser {
     for (const t of c) if (this.prio[t] > this.prio[best]) best = t;
     const ch = this.changes.get(step);
     if (ch !== undefined) {
-      this.undo.push([best, this.prio[best]!]);
+      this.undo.push([best, this.prio[best]]);
       this.prio[best] = ch;
     }
     return best;
@@ -509,8 +572,11 @@ export interface ExploreOptions {
   mode?: MmuModeName;
   /** Checked between schedules: once aborted, the result covers the schedules run. */
   signal?: AbortSignal;
-  /** Create and set up a new VM for every schedule instead of restoring the first one's memory. */
-  freshVm?: boolean;
+  /**
+   * One hand-off per step and a new VM for every schedule (slow): the reference the default
+   * (runs of steps, one VM restored between schedules) explores exactly as.
+   */
+  stepwise?: boolean;
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
@@ -526,7 +592,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     o.maxSteps,
     o.auditEveryStep ?? false,
     o.mode ?? "tdp",
-    !(o.freshVm ?? false),
+    o.stepwise ?? false,
   );
   const t0 = performance.now();
   let schedules = 0;
@@ -578,6 +644,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     violations,
     firstViolation: first,
     steps: ex.totalSteps,
+    handOffs: ex.handOffs,
     stepsPerSec: ex.totalSteps / (elapsedMs / 1000),
     elapsedMs,
   };
