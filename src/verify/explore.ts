@@ -289,7 +289,7 @@ export class Explorer {
     for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
     if (booting) {
       this.startMs += performance.now() - w0;
-      this.crew.booted = n;
+      this.crew.booted = Math.max(this.crew.booted, n);
     }
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
@@ -407,7 +407,8 @@ export class Explorer {
    * (most of it zeroing and first-touching guest memory), far more than a run's steps, so the
    * first run's VM is kept with a copy of its shared memory, and later runs get it back by
    * restoring that copy: the VM is then word for word what a new one would be (setup is
-   * deterministic; the controller's own Vm and Kvm objects hold nothing a run changes).
+   * deterministic, and runs and checks change only shared memory, not the controller's own Vm
+   * and Kvm objects; tests compare against `stepwise`, which creates a VM for every run).
    */
   private freshVm(): { vm: Vm; scratch: SharedArrayBuffer } {
     const s = this.scenario;
