@@ -208,6 +208,15 @@ async function endCrew(c: Crew): Promise<void> {
   for (const p of c.ports) p.close();
 }
 
+/** Every SharedArrayBuffer reachable from `x` through arrays and plain objects, in order. */
+function sharedBuffers(x: unknown, out: SharedArrayBuffer[] = []): SharedArrayBuffer[] {
+  if (x instanceof SharedArrayBuffer) out.push(x);
+  else if (Array.isArray(x)) for (const v of x) sharedBuffers(v, out);
+  else if (typeof x === "object" && x !== null && !ArrayBuffer.isView(x))
+    for (const v of Object.values(x)) sharedBuffers(v, out);
+  return out;
+}
+
 export class Explorer {
   private readonly sc: Int32Array;
   private readonly crew: Crew;
@@ -417,7 +426,7 @@ export class Explorer {
       const scratch = new SharedArrayBuffer(s.scratchWords * 4);
       s.setup(vm, new Int32Array(scratch));
       if (this.stepwise) return { vm, scratch };
-      const bufs = [scratch, ...Object.values(vm.shared).filter((b) => b instanceof SharedArrayBuffer)];
+      const bufs = [scratch, ...sharedBuffers(vm.shared)];
       this.template = {
         vm,
         scratch,
