@@ -22,7 +22,7 @@ function formatTrace(v: Violation): string {
 }
 
 function formatResult(r: ExploreResult): string {
-  const head = `explore ${r.scenario}${r.mode === "shadow" ? " [shadow MMU]" : ""} (${r.bug ? `bug ${r.bug} put back` : "fixed"}), ${r.strategy}, seed ${r.seed}: ${r.schedules} schedules, ${r.violations} violations, ${r.steps} steps (${Math.round(r.stepsPerSec)} steps/s)`;
+  const head = `explore ${r.scenario}${r.mode === "shadow" ? " [shadow MMU]" : ""} (${r.bug ? `bug ${r.bug} put back` : "fixed"}), ${r.strategy}, seed ${r.seed}: ${r.schedules} schedules, ${r.violations} violations, ${r.steps} steps (${Math.round(r.stepsPerSec)} steps/s; threads started in ${Math.round(r.startMs)} ms)`;
   return r.firstViolation ? `${head}\n${formatTrace(r.firstViolation)}` : head;
 }
 

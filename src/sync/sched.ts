@@ -1,9 +1,14 @@
 /**
  * Controlled scheduling, thread side. A thread of a controlled run installs this hook (see
- * src/sync/atomic.ts): at every shared-memory operation it announces the operation, then
- * sleeps until the controller (src/verify/explore.ts) grants it exactly one step. Only one
- * thread runs between two scheduling points, so a run is fully determined by the sequence of
- * thread choices: the schedule.
+ * src/sync/atomic.ts): at every shared-memory operation (a point) it records the operation,
+ * then waits until the controller (src/verify/explore.ts) grants it steps. Only one thread runs
+ * between two hand-offs, so a run is fully determined by the sequence of thread choices: the
+ * schedule.
+ *
+ * A grant is a *run*: the step at the point the thread waits at, plus `budget` further steps
+ * the controller already knows it would grant this thread one by one (it simulated its
+ * strategy over them). The thread takes those without a hand-off, but stops early at a spin
+ * point, where the strategy's inputs change; the controller learns from `ran` how many it took.
  *
  * The words (Int32Array over the explorer's control SAB) are declared below: SCHED, then one
  * SCHED_T row per thread.
@@ -28,31 +33,45 @@ export const SCHED = defineBlock(
   { words: 4 },
 );
 
-/** One row per controlled thread, after the control words. */
+/** Trace entries a thread keeps (op, array, index per point): more than the controller shows. */
+export const SCHED_RING = 16;
+
+/** One row per controlled thread, after the control words (a row is 256 bytes: no false sharing). */
 export const SCHED_T = defineRows(
   "controlled schedule: one thread",
   "explorer control SAB",
   {
+    run: {
+      by: "the controller (atomic), before it changes go",
+      doc: "the go value of the last run the thread takes part in",
+    },
     steps: {
       by: "the thread bumps it (atomic); the controller waits on it",
-      doc: "bumped when the thread reaches a point or finishes",
+      doc: "bumped when the thread hands back (at a point, or finished)",
     },
     grant: {
       by: "the controller bumps it (atomic); the thread waits on it",
-      doc: "bumped to let the thread run to its next point",
+      doc: "bumped to let the thread run (1 + budget steps)",
+    },
+    budget: {
+      by: "the controller (atomic), before it bumps grant",
+      doc: "steps the thread may take after the granted one without a hand-off",
+    },
+    ran: {
+      by: "the thread (atomic), before it bumps steps",
+      doc: "steps the thread took in this run, in all",
     },
     state: {
       by: "the thread (atomic), or the controller between runs",
       doc: "TS_* (idle, at a point, done, ...)",
     },
-    op: {
-      by: "the thread (atomic), before it bumps steps",
-      doc: "the operation the thread waits at (traces)",
+    ring: {
+      words: SCHED_RING * 3,
+      by: "the thread (plain stores, published by its steps bump); the controller reads after",
+      doc: "op, array index, element index of point `p` at entry p % SCHED_RING (traces, spins)",
     },
-    arr: { by: "the thread (atomic), before it bumps steps", doc: "index of the array of that operation" },
-    idx: { by: "the thread (atomic), before it bumps steps", doc: "index in the array of that operation" },
   },
-  { stride: 8, base: 4 },
+  { stride: 64, base: 4 },
 );
 export const TS_IDLE = 0;
 export const TS_AT_POINT = 1;
@@ -73,23 +92,70 @@ export function waitChange(w: Int32Array, i: number, v: number): void {
   while (Atomics.load(w, i) === v) Atomics.wait(w, i, v, 1000);
 }
 
+const SPIN_MIN = 16;
+const SPIN_MAX = 1 << 15;
+/** This thread's spin budget for hand-offs (each isolate has its own). */
+let spin = SPIN_MIN;
+
+/**
+ * waitChange for the controller's hand-offs, with a spin that adapts: it doubles when the other
+ * side answered within it and halves when this thread had to sleep. With a core each, a
+ * hand-off then takes well under a microsecond; on an oversubscribed machine (more threads than
+ * cores), where a spinner burns the time slice the other side needs, it is a plain futex wait.
+ */
+export function handOffWait(w: Int32Array, i: number, v: number): void {
+  for (let k = 0; k < spin; k++) {
+    if (Atomics.load(w, i) !== v) {
+      if (spin < SPIN_MAX) spin <<= 1;
+      return;
+    }
+  }
+  if (spin > SPIN_MIN) spin >>= 1;
+  while (Atomics.load(w, i) === v) Atomics.wait(w, i, v, 1000);
+}
+
+/** Steps this thread took in the current run (points it passed with a grant). */
+let ran = 0;
+
 /**
  * Installs the controlled hook for thread `tid`. `arrayIds` names the shared arrays for traces
  * (index in the list; -1 for others).
  */
 export function installControlledHook(sc: Int32Array, tid: number, arrayIds: SharedArrayBuffer[]): void {
+  ran = 0;
+  let budget = 0;
+  const ring = SCHED_T.ring(tid);
   setSchedHook((op: Op, arr: Int32Array, index: number) => {
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
-    Atomics.store(sc, SCHED_T.op(tid), op);
-    Atomics.store(sc, SCHED_T.arr(tid), arrayIds.indexOf(arr.buffer as SharedArrayBuffer));
-    Atomics.store(sc, SCHED_T.idx(tid), index);
+    const e = ring + (ran % SCHED_RING) * 3;
+    sc[e] = op;
+    sc[e + 1] = arrayIds.indexOf(arr.buffer as SharedArrayBuffer);
+    sc[e + 2] = index;
+    // Within a run: the controller's simulation assumed this point is no spin point.
+    if (budget > 0 && op !== Op.Spin) {
+      budget--;
+      ran++;
+      return;
+    }
+    Atomics.store(sc, SCHED_T.ran(tid), ran);
     const g = Atomics.load(sc, SCHED_T.grant(tid));
     Atomics.store(sc, SCHED_T.state(tid), TS_AT_POINT);
     Atomics.add(sc, SCHED_T.steps(tid), 1);
     Atomics.notify(sc, SCHED_T.steps(tid));
-    waitChange(sc, SCHED_T.grant(tid), g);
+    handOffWait(sc, SCHED_T.grant(tid), g);
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
+    budget = Atomics.load(sc, SCHED_T.budget(tid));
+    ran++;
   });
+}
+
+/** Removes the hook and hands back for the last time with `state` (TS_DONE, ...). */
+export function finishControlled(sc: Int32Array, tid: number, state: number): void {
+  setSchedHook(null);
+  Atomics.store(sc, SCHED_T.ran(tid), ran);
+  Atomics.store(sc, SCHED_T.state(tid), state);
+  Atomics.add(sc, SCHED_T.steps(tid), 1);
+  Atomics.notify(sc, SCHED_T.steps(tid));
 }
 
 export function removeControlledHook(): void {

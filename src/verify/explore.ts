@@ -1,7 +1,9 @@
 /**
  * Systematic exploration of thread interleavings of the production code (src/sync/sched.ts):
- * the controller grants one shared-memory operation at a time to one thread, chosen by a
- * strategy, runs the scenario's threads to the end, then checks the scenario's invariants.
+ * at every shared-memory operation a strategy chooses the one thread that runs next; the
+ * scenario's threads run to the end, then the scenario's invariants are checked. A thread is
+ * granted a whole run of the steps the strategy would give it one by one (see runOnce), and the
+ * scenario's VM is restored between schedules rather than created (docs/bugs.md).
  *
  * Strategies: `random` (seeded random walk), `pct` (probabilistic concurrency testing: random
  * thread priorities, d-1 priority change points), `dfs` (bounded exhaustive search over
@@ -13,15 +15,17 @@ import { Op } from "../sync/atomic.js";
 import {
   SCHED,
   SCHED_MAX_THREADS,
+  SCHED_RING,
   SCHED_T,
   SCHED_WORDS,
   TS_AT_POINT,
   TS_FAILED,
   TS_IDLE,
+  handOffWait,
   waitChange,
 } from "../sync/sched.js";
 import { MmuModeName, Vm } from "../vm.js";
-import { BugName } from "../kvm_host.js";
+import { BugName, CTL, PAGE_SIZE } from "../kvm_host.js";
 import { Scenario, SCENARIOS } from "./scenarios.js";
 import { ParkMiller } from "../workload/rng.js";
 import { audit } from "./audit.js";
@@ -55,13 +59,24 @@ export interface ExploreResult {
   violations: number;
   firstViolation: Violation | null;
   steps: number;
+  /** Hand-offs between the controller and the threads; each passes a run of steps. */
+  handOffs: number;
+  /**
+   * Explored steps per second of exploring: elapsedMs less startMs. The start of the worker
+   * threads is a cost per process, not per step (a later exploration reuses them).
+   */
   stepsPerSec: number;
   elapsedMs: number;
+  /** Of elapsedMs, the time spent waiting for new worker threads to start. */
+  startMs: number;
 }
 
 interface Chooser {
   /** Picks one of `runnable` (thread ids) at step `step`; `spinning[t]` is true at a spin point. */
   choose(step: number, runnable: number[], spinning: boolean[]): number;
+  /** The chooser's state, to rewind simulated choices that did not happen. */
+  save(): unknown;
+  restore(state: unknown): void;
 }
 
 /** One run's outcome. */
@@ -73,7 +88,14 @@ interface RunOutcome {
 }
 
 const TRACE_KEEP = 12;
+/** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
+const MEM_CHUNK = 64 << 10;
 const SPIN_WINDOW = 64;
+/**
+ * The longest run granted in one hand-off. A run is usually cut short by a spin point or the
+ * thread's end, and each simulated step the thread does not take is wasted controller work.
+ */
+const MAX_RUN = 256;
 
 export function encodeSchedule(
   scenario: string,
@@ -132,12 +154,89 @@ export function decodeSchedule(s: string): {
   return { scenario, bug: m[2] === "bug", choices, mode: m[3] === "shadow" ? "shadow" : "tdp" };
 }
 
+/**
+ * A control SAB and its worker threads (thread t of a run is worker t). Starting a worker costs
+ * hundreds of milliseconds on a loaded machine (an isolate and the whole MMU's modules), so one
+ * crew is kept, idle, between explorations of the same process; its workers are unref'd and end
+ * with the process.
+ */
+interface Crew {
+  sc: Int32Array;
+  workers: Worker[];
+  ports: MessagePort[];
+  /** The last value written to SCHED.go. */
+  go: number;
+  /** Workers 0..booted-1 have stood at a first point once (they are started). */
+  booted: number;
+  /** Per worker, the scratch buffer of the VM it was sent last (it names that VM). */
+  attached: (SharedArrayBuffer | null)[];
+}
+
+let idleCrew: Crew | null = null;
+
+/** The idle crew, or a new one, with at least `n` workers. */
+function takeCrew(n: number): Crew {
+  const c: Crew = idleCrew ?? {
+    sc: new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4)),
+    workers: [],
+    ports: [],
+    go: 0,
+    booted: 0,
+    attached: [],
+  };
+  idleCrew = null;
+  while (c.workers.length < n) {
+    const ch = new MessageChannel();
+    const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
+      workerData: { sc: c.sc.buffer, tid: c.workers.length, port: ch.port2 },
+      transferList: [ch.port2],
+    });
+    w.unref();
+    ch.port1.unref();
+    c.workers.push(w);
+    c.ports.push(ch.port1);
+    c.attached.push(null);
+  }
+  return c;
+}
+
+async function endCrew(c: Crew): Promise<void> {
+  const exits = c.workers.map((w) => new Promise((r) => w.once("exit", r)));
+  Atomics.store(c.sc, SCHED.go, -1);
+  Atomics.notify(c.sc, SCHED.go);
+  await Promise.all(exits);
+  for (const p of c.ports) p.close();
+}
+
+/** Every SharedArrayBuffer reachable from `x` through arrays and plain objects, in order. */
+function sharedBuffers(x: unknown, out: SharedArrayBuffer[] = []): SharedArrayBuffer[] {
+  if (x instanceof SharedArrayBuffer) out.push(x);
+  else if (Array.isArray(x)) for (const v of x) sharedBuffers(v, out);
+  else if (typeof x === "object" && x !== null && !ArrayBuffer.isView(x))
+    for (const v of Object.values(x)) sharedBuffers(v, out);
+  return out;
+}
+
 export class Explorer {
   private readonly sc: Int32Array;
-  private readonly workers: Worker[] = [];
-  private readonly ports: MessagePort[] = [];
-  private go = 0;
+  private readonly crew: Crew;
+  private readonly ports: MessagePort[];
+  /** False from the start of a run until all its threads have finished. */
+  private idle = true;
+  private template: {
+    vm: Vm;
+    scratch: SharedArrayBuffer;
+    /** Every shared buffer but guest memory, with its contents after setup. */
+    bufs: [Uint8Array, Uint8Array][];
+    mem: Buffer;
+    memCopy: Buffer;
+    frameHigh: number;
+  } | null = null;
   totalSteps = 0;
+  /** Hand-offs between the controller and a thread (a run of steps each). */
+  handOffs = 0;
+  /** Time spent waiting for new worker threads to start (isolates, modules). */
+  startMs = 0;
 
   constructor(
     readonly scenario: Scenario,
@@ -145,48 +244,65 @@ export class Explorer {
     readonly maxSteps = 20000,
     readonly auditEveryStep = false,
     readonly mode: MmuModeName = "tdp",
+    /**
+     * One hand-off per step and a new VM for every run: the plain protocol, which the runs of
+     * steps and the restored VM must match step for step (tests compare the two).
+     */
+    readonly stepwise = false,
   ) {
     if (scenario.threads.length > SCHED_MAX_THREADS) throw einval("scenario", "too many threads");
-    this.sc = new Int32Array(new SharedArrayBuffer(SCHED_WORDS * 4));
-    for (let t = 0; t < scenario.threads.length; t++) {
-      const ch = new MessageChannel();
-      const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
-        workerData: { sc: this.sc.buffer, tid: t, port: ch.port2 },
-        transferList: [ch.port2],
-      });
-      this.workers.push(w);
-      this.ports.push(ch.port1);
-    }
+    this.crew = takeCrew(scenario.threads.length);
+    this.sc = this.crew.sc;
+    this.ports = this.crew.ports;
   }
 
+  /** Gives the threads back for the next exploration (or ends them if one is kept already). */
   async close(): Promise<void> {
-    Atomics.store(this.sc, SCHED.go, -1);
-    Atomics.notify(this.sc, SCHED.go);
-    await Promise.all(this.workers.map((w) => new Promise((r) => w.once("exit", r))));
-    for (const p of this.ports) p.close();
+    if (this.idle && idleCrew === null) idleCrew = this.crew;
+    else await endCrew(this.crew);
   }
 
-  /** Runs the scenario once under `chooser`. */
+  /**
+   * Runs the scenario once under `chooser`. After each choice the controller simulates the
+   * chooser over the following steps, assuming only the chosen thread moves and reaches no spin
+   * point (so nothing the chooser reads changes but that thread's own step count), and grants
+   * that thread the whole run of steps it keeps being chosen for in one hand-off. A thread that
+   * stops early (a spin point, or finished) hands back; the chooser is rewound to the first step
+   * it did not take, and that step is chosen again on what the threads really show. The
+   * schedule is the same, step for step, as with a hand-off at every step.
+   */
   runOnce(chooser: Chooser): RunOutcome {
     const sc = this.sc;
     const s = this.scenario;
     const n = s.threads.length;
-    const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
-    const scratch = new SharedArrayBuffer(s.scratchWords * 4);
-    s.setup(vm, new Int32Array(scratch));
+    const { vm, scratch } = this.freshVm();
+    this.idle = false;
     Atomics.store(sc, SCHED.abort, 0);
     for (let t = 0; t < n; t++) {
       Atomics.store(sc, SCHED_T.steps(t), 0);
       Atomics.store(sc, SCHED_T.grant(t), 0);
+      Atomics.store(sc, SCHED_T.budget(t), 0);
+      Atomics.store(sc, SCHED_T.ran(t), 0);
       Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
-      this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
+      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
+      // A worker keeps the VM it was sent last: send it only when it is another one.
+      if (this.crew.attached[t] !== scratch) {
+        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
+        this.crew.attached[t] = scratch;
+      }
     }
-    Atomics.store(sc, SCHED.go, ++this.go);
+    Atomics.store(sc, SCHED.go, ++this.crew.go);
     Atomics.notify(sc, SCHED.go);
-    for (let t = 0; t < n; t++) waitChange(sc, SCHED_T.steps(t), 0);
+    const w0 = performance.now();
+    const booting = this.crew.booted < n;
+    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
+    if (booting) {
+      this.startMs += performance.now() - w0;
+      this.crew.booted = Math.max(this.crew.booted, n);
+    }
     const choices: number[] = [];
-    const trace: Record<string, TraceEntry[]> = {};
-    for (const th of s.threads) trace[th.name] = [];
+    // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
+    const raw: number[][][] = Array.from({ length: n }, () => []);
     let aborted = false;
     const runnable: number[] = [];
     const spinning: boolean[] = new Array<boolean>(n).fill(false);
@@ -194,14 +310,17 @@ export class Explorer {
     // loop: it yields to threads that can make progress (else PCT starves their wakers).
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
+    // The chooser's state before each simulated step of a run (index: steps into the run).
+    const saved: unknown[] = [];
+    const batch = !this.auditEveryStep && !this.stepwise;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
-    for (let step = 0; ; step++) {
+    for (let step = 0; ;) {
       runnable.length = 0;
       for (let t = 0; t < n; t++) {
         if (Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT) {
           runnable.push(t);
-          if (Atomics.load(sc, SCHED_T.op(t)) === (Op.Spin as number)) lastSpin[t] = own[t]!;
+          if (sc[this.ringEntry(t, own[t])] === (Op.Spin as number)) lastSpin[t] = own[t]!;
           spinning[t] = own[t] - lastSpin[t] < SPIN_WINDOW;
         }
       }
@@ -219,7 +338,7 @@ export class Explorer {
       if (step >= this.maxSteps || auditViolation !== null || notRunnable !== null) {
         aborted = auditViolation === null;
         Atomics.store(sc, SCHED.abort, 1);
-        for (const t of runnable) this.grant(t);
+        for (const t of runnable) this.grant(t, 0);
         // Threads unwind through scheduling points that now throw; wait for all to finish.
         for (let t = 0; t < n; t++) {
           while (
@@ -227,27 +346,57 @@ export class Explorer {
             Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
           ) {
             const v = Atomics.load(sc, SCHED_T.steps(t));
-            this.grant(t);
+            this.grant(t, 0);
             waitChange(sc, SCHED_T.steps(t), v);
           }
         }
         break;
       }
-      choices.push(t);
-      own[t]++;
-      const tr = trace[s.threads[t].name];
-      tr.push({
-        step,
-        thread: s.threads[t].name,
-        op: `${OP_NAMES[Atomics.load(sc, SCHED_T.op(t))] ?? "?"} ${ARR_NAMES[Atomics.load(sc, SCHED_T.arr(t))] ?? "?"}[${Atomics.load(sc, SCHED_T.idx(t))}]`,
-      });
-      if (tr.length > TRACE_KEEP) tr.shift();
+      // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
+      let k = 1;
+      if (batch) {
+        const was = spinning[t];
+        for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
+          spinning[t] = own[t] + k - lastSpin[t] < SPIN_WINDOW;
+          saved[k] = chooser.save();
+          if (chooser.choose(step + k, runnable, spinning) !== t) {
+            chooser.restore(saved[k]);
+            break;
+          }
+        }
+        spinning[t] = was;
+      }
+      const ran0 = own[t];
       const v = Atomics.load(sc, SCHED_T.steps(t));
-      this.grant(t);
-      waitChange(sc, SCHED_T.steps(t), v);
+      this.grant(t, k - 1);
+      this.handOffs++;
+      handOffWait(sc, SCHED_T.steps(t), v);
+      const r = Atomics.load(sc, SCHED_T.ran(t)) - ran0;
+      if (r < 1 || r > k) throw new Error(`explore: thread ${t} took ${r} steps of a run of ${k}`);
+      // It stopped early: the chooser's simulated steps from there on did not happen.
+      if (r < k) chooser.restore(saved[r]);
+      const tr = raw[t];
+      for (let j = Math.max(0, r - TRACE_KEEP); j < r; j++) {
+        const e = this.ringEntry(t, ran0 + j);
+        tr.push([step + j, sc[e], sc[e + 1], sc[e + 2]]);
+      }
+      if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
+      for (let j = 0; j < r; j++) choices.push(t);
+      own[t] += r;
+      step += r;
     }
+    this.idle = true;
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
+    const trace: Record<string, TraceEntry[]> = {};
+    for (let t = 0; t < n; t++) {
+      const thread = s.threads[t].name;
+      trace[thread] = raw[t].map(([step, op, arr, idx]) => ({
+        step,
+        thread,
+        op: `${OP_NAMES[op] ?? "?"} ${ARR_NAMES[arr] ?? "?"}[${idx}]`,
+      }));
+    }
     let violation: string | null = null;
     const failures: string[] = [];
     for (let t = 0; t < n; t++) {
@@ -262,7 +411,55 @@ export class Explorer {
     return { choices, violation, trace, aborted };
   }
 
-  private grant(t: number): void {
+  /**
+   * The scenario's VM as its setup leaves it. Creating and setting up a VM costs milliseconds
+   * (most of it zeroing and first-touching guest memory), far more than a run's steps, so the
+   * first run's VM is kept with a copy of its shared memory, and later runs get it back by
+   * restoring that copy: the VM is then word for word what a new one would be (setup is
+   * deterministic, and runs and checks change only shared memory, not the controller's own Vm
+   * and Kvm objects; tests compare against `stepwise`, which creates a VM for every run).
+   */
+  private freshVm(): { vm: Vm; scratch: SharedArrayBuffer } {
+    const s = this.scenario;
+    if (this.template === null || this.stepwise) {
+      const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
+      const scratch = new SharedArrayBuffer(s.scratchWords * 4);
+      s.setup(vm, new Int32Array(scratch));
+      if (this.stepwise) return { vm, scratch };
+      const bufs = [scratch, ...sharedBuffers(vm.shared)];
+      this.template = {
+        vm,
+        scratch,
+        bufs: bufs
+          .filter((b) => b !== vm.shared.mem)
+          .map((b) => [new Uint8Array(b), new Uint8Array(b).slice()]),
+        mem: Buffer.from(vm.shared.mem),
+        memCopy: Buffer.from(vm.shared.mem.slice(0)),
+        frameHigh: vm.kvm.ctl[CTL.frame_high],
+      };
+      return { vm, scratch };
+    }
+    const tp = this.template;
+    // Guest memory is large and mostly untouched: restore only the chunks a run changed. No
+    // frame at or above frame_high was ever handed out, so nothing can have written there.
+    const used = Math.max(tp.frameHigh, tp.vm.kvm.ctl[CTL.frame_high]) * PAGE_SIZE;
+    const end = Math.min(used, tp.mem.length);
+    for (let a = 0; a < end; a += MEM_CHUNK) {
+      const b = Math.min(a + MEM_CHUNK, end);
+      if (tp.mem.compare(tp.memCopy, a, b, a, b) !== 0) tp.mem.set(tp.memCopy.subarray(a, b), a);
+    }
+    for (const [live, copy] of tp.bufs) live.set(copy);
+    return { vm: tp.vm, scratch: tp.scratch };
+  }
+
+  /** Index in the control words of thread `t`'s trace entry for its point `p`. */
+  private ringEntry(t: number, p: number): number {
+    return SCHED_T.ring(t) + (p % SCHED_RING) * 3;
+  }
+
+  /** Lets `t` take the step it waits at and then up to `budget` more without a hand-off. */
+  private grant(t: number, budget: number): void {
+    Atomics.store(this.sc, SCHED_T.budget(t), budget);
     Atomics.add(this.sc, SCHED_T.grant(t), 1);
     Atomics.notify(this.sc, SCHED_T.grant(t));
   }
@@ -280,11 +477,19 @@ class RandomChooser implements Chooser {
     const c = this.rng.next() % 16 === 0 ? runnable : progressing(runnable, spinning);
     return c[this.rng.next() % c.length];
   }
+  save(): unknown {
+    return this.rng.state;
+  }
+  restore(state: unknown): void {
+    this.rng.state = state as number;
+  }
 }
 
 export class PctChooser implements Chooser {
   private readonly prio: number[];
   private readonly changes: Map<number, number>;
+  /** [thread, priority before] of each change point applied, to rewind them. */
+  private readonly undo: [number, number][] = [];
   constructor(rng: ParkMiller, threads: number, depth: number, estSteps: number) {
     // Priorities depth..depth+n-1 in random order; change point i lowers to i (below all initial).
     const p = Array.from({ length: threads }, (_, i) => depth + i);
@@ -303,8 +508,21 @@ export class PctChooser implements Chooser {
     let best = c[0];
     for (const t of c) if (this.prio[t] > this.prio[best]) best = t;
     const ch = this.changes.get(step);
-    if (ch !== undefined) this.prio[best] = ch;
+    if (ch !== undefined) {
+      this.undo.push([best, this.prio[best]]);
+      this.prio[best] = ch;
+    }
     return best;
+  }
+  /** Only change points alter the priorities: the state is how many of them were applied. */
+  save(): unknown {
+    return this.undo.length;
+  }
+  restore(state: unknown): void {
+    while (this.undo.length > (state as number)) {
+      const [t, p] = this.undo.pop()!;
+      this.prio[t] = p;
+    }
   }
 }
 
@@ -314,6 +532,10 @@ class ReplayChooser implements Chooser {
     if (step >= this.choices.length) return runnable[0];
     return this.choices[step];
   }
+  save(): unknown {
+    return null;
+  }
+  restore(): void {}
 }
 
 /** Depth-first enumeration with a preemption bound; one instance drives a whole search. */
@@ -323,6 +545,14 @@ class DfsChooser implements Chooser {
   constructor(private readonly bound: number) {}
   begin(): void {
     this.last = -1;
+  }
+  save(): unknown {
+    return this.stack.length * 16 + this.last + 1;
+  }
+  restore(state: unknown): void {
+    const v = state as number;
+    this.stack.length = v >> 4;
+    this.last = (v & 15) - 1;
   }
   choose(step: number, runnable: number[], spinning: boolean[]): number {
     if (step < this.stack.length) {
@@ -371,6 +601,11 @@ export interface ExploreOptions {
   mode?: MmuModeName;
   /** Checked between schedules: once aborted, the result covers the schedules run. */
   signal?: AbortSignal;
+  /**
+   * One hand-off per step and a new VM for every schedule (slow): the reference the default
+   * (runs of steps, one VM restored between schedules) explores exactly as.
+   */
+  stepwise?: boolean;
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
@@ -380,7 +615,14 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       "--scenario",
       `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
     );
-  const ex = new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false, o.mode ?? "tdp");
+  const ex = new Explorer(
+    s,
+    o.bug,
+    o.maxSteps,
+    o.auditEveryStep ?? false,
+    o.mode ?? "tdp",
+    o.stepwise ?? false,
+  );
   const t0 = performance.now();
   let schedules = 0;
   let violations = 0;
@@ -431,8 +673,10 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     violations,
     firstViolation: first,
     steps: ex.totalSteps,
-    stepsPerSec: ex.totalSteps / (elapsedMs / 1000),
+    handOffs: ex.handOffs,
+    stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs) / 1000),
     elapsedMs,
+    startMs: ex.startMs,
   };
 }
 

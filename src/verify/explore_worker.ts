@@ -1,20 +1,21 @@
 /**
  * A thread of a controlled run. It waits for the controller to start a run, attaches to that
- * run's VM, installs the controlled hook and runs its part of the scenario: production MMU
- * code, stepped one shared-memory operation at a time by the controller.
+ * run's VM (posted for every run: the worker keeps nothing from one run to the next), installs
+ * the controlled hook and runs its part of the scenario: production MMU code, stepped by the
+ * controller in runs of shared-memory operations.
  */
 import { MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { Kvm, KvmShared } from "../kvm_host.js";
 import {
+  finishControlled,
   installControlledHook,
-  removeControlledHook,
   SCHED,
   SCHED_T,
   SchedAbort,
   TS_ABORTED,
   TS_DONE,
   TS_FAILED,
-  waitChange,
+  handOffWait,
 } from "../sync/sched.js";
 import { SCENARIOS } from "./scenarios.js";
 
@@ -33,12 +34,18 @@ interface RunMsg {
 const d = workerData as Data;
 const sc = new Int32Array(d.sc);
 let go = 0;
+/** The VM of the last message: the controller sends one only when the VM changes. */
+let vm: RunMsg | null = null;
 for (;;) {
-  waitChange(sc, SCHED.go, go);
+  handOffWait(sc, SCHED.go, go);
   go = Atomics.load(sc, SCHED.go);
   if (go < 0) break;
-  const m = receiveMessageOnPort(d.port)?.message as RunMsg | undefined;
-  if (!m) throw new Error("explore worker: no run message");
+  // The run has fewer threads than the crew has workers: sit it out.
+  if (Atomics.load(sc, SCHED_T.run(d.tid)) !== go) continue;
+  vm = (receiveMessageOnPort(d.port)?.message as RunMsg | undefined) ?? vm;
+  if (!vm) throw new Error("explore worker: no VM to run on");
+  const m = vm;
+  // A new Kvm for every run: nothing one run leaves in the thread's own objects reaches the next.
   const kvm = new Kvm(m.shared);
   const scenario = SCENARIOS[m.scenario];
   const scratch = new Int32Array(m.scratch);
@@ -64,8 +71,5 @@ for (;;) {
       d.port.postMessage({ error: (e as Error).message });
     }
   }
-  removeControlledHook();
-  Atomics.store(sc, SCHED_T.state(d.tid), state);
-  Atomics.add(sc, SCHED_T.steps(d.tid), 1);
-  Atomics.notify(sc, SCHED_T.steps(d.tid));
+  finishControlled(sc, d.tid, state);
 }

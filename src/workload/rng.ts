@@ -4,6 +4,13 @@ export class ParkMiller {
   constructor(seed: number) {
     this.s = (seed >>> 0) % 2147483647 || 1;
   }
+  /** The generator's whole state (to rewind it). */
+  get state(): number {
+    return this.s;
+  }
+  set state(s: number) {
+    this.s = s;
+  }
   next(): number {
     this.s = (this.s * 48271) % 2147483647;
     return this.s;
