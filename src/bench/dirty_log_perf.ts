@@ -13,13 +13,22 @@
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm, WpName } from "../vm.js";
-import { KVM_MEM_LOG_DIRTY_PAGES, MmuMode, PAGE_SIZE, ST, VCPU } from "../kvm_host.js";
+import {
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  KVM_MEM_LOG_DIRTY_PAGES,
+  MmuMode,
+  PAGE_SIZE,
+  ST,
+  VCPU,
+} from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import type { LockMode } from "../sync/mutex.js";
 import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
+import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 
 export interface Contention {
   migrateRate: number;
@@ -48,6 +57,8 @@ export const PRESETS: Record<string, Partial<PerfOptions>> = {
     lock: "spin",
     // Compaction/migration 300 pages/s; NUMA-balancing-style unmapping of 8 MiB ranges 100/s.
     contention: { migrateRate: 300, invalidateRate: 100, invalidatePages: 2048 },
+    // The seed's interface: GET clears and protects (no manual protect, 2013).
+    manualProtect: false,
   },
 };
 
@@ -116,6 +127,15 @@ export interface PerfOptions {
   progress?: (msg: string) => void;
   /** Checked between iterations: once aborted, the results cover the iterations done. */
   signal?: AbortSignal;
+  /**
+   * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET, as KVM's test does by default (true
+   * unless a ring is used): GET copies the bitmap, then CLEAR re-protects what it reported.
+   */
+  manualProtect?: boolean;
+  /** Pages per KVM_CLEAR_DIRTY_LOG call (a multiple of 64); 0 (default): one call for the slot. */
+  clearChunkPages?: number;
+  /** Entries of a per-vCPU dirty ring instead of the bitmap (0, default: no ring). */
+  ring?: number;
 }
 
 export interface IterationResult {
@@ -123,13 +143,25 @@ export interface IterationResult {
   warmup: boolean;
   dirtyMemoryNs: number;
   getDirtyLogNs: number;
-  /** The call's parts: waiting for mmu_lock, harvesting and protecting, the remote flush. */
+  /**
+   * The parts of the call that protects (GET; under manual protect the CLEAR calls; with a ring
+   * the reset): waiting for mmu_lock, harvesting and protecting, the remote flush.
+   */
   lockWaitNs: number;
   protectNs: number;
   flushNs: number;
   dirtyPages: number;
   /** Guest writes per second from resume to pause of this iteration. */
   guestThroughput: number;
+  /** Manual protect: time of the KVM_CLEAR_DIRTY_LOG calls after the GET (getDirtyLogNs). */
+  clearDirtyLogNs?: number;
+  /**
+   * Dirty ring: harvest and reset time (their sum is getDirtyLogNs), including the collections
+   * made while the vCPUs ran because a ring was soft-full, and the ring-full exits.
+   */
+  ringHarvestNs?: number;
+  ringResetNs?: number;
+  ringFullExits?: number;
 }
 
 /** A Summary in ns, under the names of the JSON schema. */
@@ -164,7 +196,7 @@ export interface StrategyResult {
   protect: NsStats;
   flush: NsStats;
   dirtyMemory: NsStats;
-  /** Median get-dirty-log time / median dirty pages of the measured iterations. */
+  /** Median get-dirty-log time (plus CLEAR under manual protect) / median dirty pages. */
   nsPerDirtyPage: number;
   /** Guest writes per second, per iteration. */
   guestThroughput: Summary;
@@ -179,6 +211,19 @@ export interface StrategyResult {
   metadataBytes: number;
   /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
   shadow?: Record<string, number>;
+  /** Which log interface: "dirty-log" (classic GET), "clear-log" (GET + CLEAR), "dirty-ring". */
+  logMode: LogModeName;
+  /** Manual protect: the CLEAR calls of each iteration. */
+  clearDirtyLog?: NsStats;
+  /** Dirty ring: harvest and reset of each iteration, and ring-full exits (median per iteration). */
+  ring?: { harvest: NsStats; reset: NsStats; fullExits: number };
+}
+
+export type LogModeName = "dirty-log" | "clear-log" | "dirty-ring";
+
+export function logModeOf(o: PerfOptions): LogModeName {
+  if ((o.ring ?? 0) > 0) return "dirty-ring";
+  return (o.manualProtect ?? true) ? "clear-log" : "dirty-log";
 }
 
 export interface RatioResult extends RatioSummary {
@@ -189,7 +234,8 @@ export interface PerfResult extends Envelope {
   options: Omit<PerfOptions, "progress">;
   results: Partial<Record<WpName, StrategyResult>>;
   /** lockless/locked, paired by iteration; null unless both designs ran. */
-  ratio: { getDirtyLog: RatioResult; guestThroughput: RatioResult } | null;
+  /** clearDirtyLog: manual protect only, the CLEAR calls (where the protection happens then). */
+  ratio: { getDirtyLog: RatioResult; guestThroughput: RatioResult; clearDirtyLog?: RatioResult } | null;
   guestMemoryBytes: number;
   metadataPercent: number;
   peakRssBytes: number;
@@ -213,6 +259,11 @@ interface Run {
   populateNs: number;
   enableLoggingNs: number;
   bitmap: Uint32Array;
+  logMode: LogModeName;
+  /** Dirty ring: collection time and exits of the iteration in progress. */
+  ringHarvestNs: number;
+  ringResetNs: number;
+  ringExits: number;
 }
 
 function sleep(ms: number): Promise<void> {
@@ -227,9 +278,10 @@ function passes(vm: Vm): number[] {
   return vm.vcpuIds.map((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)));
 }
 
-async function waitPasses(vm: Vm, target: number[]): Promise<void> {
+async function waitPasses(vm: Vm, target: number[], service?: () => void): Promise<void> {
   for (;;) {
     vm.throwIfFailed();
+    service?.();
     const p = passes(vm);
     if (p.every((x, i) => x >= target[i])) return;
     const id = vm.vcpuIds[p.findIndex((x, i) => x < target[i])];
@@ -244,6 +296,13 @@ function sumStat(vm: Vm, field: (id: number) => number): number {
 
 export function validatePerfOptions(o: PerfOptions): void {
   if (!Number.isInteger(o.vcpus) || o.vcpus < 1 || o.vcpus > 64) throw einval("vcpus", "must be 1..64");
+  const chunk = o.clearChunkPages ?? 0;
+  if (!Number.isInteger(chunk) || chunk < 0 || chunk % 64 !== 0)
+    throw einval("clearChunkPages", `must be 0 or a positive multiple of 64, got ${String(chunk)}`);
+  const ring = o.ring ?? 0;
+  if (ring !== 0 && (!Number.isInteger(ring) || ring < 256 || ring > 65536 || (ring & (ring - 1)) !== 0))
+    throw einval("ring", `must be 0 or a power of two in 256..65536, got ${String(ring)}`);
+  if (ring !== 0 && o.manualProtect === true) throw einval("manualProtect", "does not go with a dirty ring");
   if (!Number.isInteger(o.bytesPerVcpu) || o.bytesPerVcpu < 2 << 20 || o.bytesPerVcpu % (2 << 20) !== 0)
     throw einval("bytesPerVcpu", "must be a positive multiple of 2 MiB");
   if (!Number.isInteger(o.iterations) || o.iterations < 1) throw einval("iterations", "must be >= 1");
@@ -278,6 +337,11 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   });
   // Before any other thread exists: every thread's view of mmu_lock reads the mode.
   vm.kvm.mmu_lock.setMode(o.lock ?? "sleep");
+  const logMode = logModeOf(o);
+  // Before any vCPU exists (the ring) and before logging is enabled (INITIALLY_SET), as KVM's test.
+  if (logMode === "dirty-ring") vm.enableDirtyRing(o.ring ?? 0);
+  if (logMode === "clear-log")
+    vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
   const hva = vm.mmap(guestBytes, { thp: o.thp });
   vm.setUserMemoryRegion({
     slot: SLOT,
@@ -346,12 +410,33 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     populateNs,
     enableLoggingNs,
     bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
+    logMode,
+    ringHarvestNs: 0,
+    ringResetNs: 0,
+    ringExits: 0,
   };
 }
 
 async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
   const vm = run.vm;
+  const mode = logModeOf(o);
   const w0 = sumStat(vm, ST.writes);
+  run.bitmap.fill(0);
+  run.ringHarvestNs = run.ringResetNs = 0;
+  const exits0 = vm.dirtyRingStats().fullExits;
+  run.ringExits = exits0;
+  // Dirty ring: a vCPU whose ring is soft-full waits for a reset, so collect while it runs.
+  const service =
+    mode === "dirty-ring"
+      ? (): void => {
+          // A new exit, or a vCPU still waiting on a ring that filled after the last collection.
+          const exits = vm.dirtyRingStats().fullExits;
+          if (exits !== run.ringExits || vm.vcpuIds.some((id) => kvm_dirty_ring_soft_full(vm.kvm, id))) {
+            run.ringExits = exits;
+            collectRing(run);
+          }
+        }
+      : undefined;
   const t0 = performance.now();
   vm.resume();
   vm.resumeHostThread();
@@ -360,6 +445,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   await waitPasses(
     vm,
     p0.map((p) => p + 2),
+    service,
   );
   const dirtyMemoryNs = (performance.now() - t0) * 1e6;
   if (o.park) {
@@ -367,10 +453,20 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     await vm.pauseHostThread();
   }
   const d0 = vm.dirtyLogTimes();
+  const c0 = vm.clearDirtyLogTimes();
   const tg = performance.now();
-  vm.getDirtyLog(SLOT, run.bitmap);
-  const getDirtyLogNs = (performance.now() - tg) * 1e6;
+  let clearDirtyLogNs: number | undefined;
+  let getDirtyLogNs: number;
+  if (mode === "dirty-ring") {
+    collectRing(run);
+    getDirtyLogNs = run.ringHarvestNs + run.ringResetNs;
+  } else {
+    vm.getDirtyLog(SLOT, run.bitmap);
+    getDirtyLogNs = (performance.now() - tg) * 1e6;
+    if (mode === "clear-log") clearDirtyLogNs = clearAll(run, o.clearChunkPages ?? 0);
+  }
   const d1 = vm.dirtyLogTimes();
+  const c1 = vm.clearDirtyLogTimes();
   if (!o.park) {
     await vm.pause();
     await vm.pauseHostThread();
@@ -382,25 +478,76 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     run.activeMs += activeMs;
     run.writes += writes;
   }
-  const lockWaitNs = d1.lockWaitNs - d0.lockWaitNs;
-  const flushNs = d1.flushNs - d0.flushNs;
+  // Lock wait and flush of the call that protects: GET (classic), CLEAR (manual), reset (ring).
+  const ringT = mode === "dirty-ring" ? vm.lastResetDirtyRingsTimes() : null;
+  const lockWaitNs =
+    mode === "clear-log"
+      ? c1.lockWaitNs - c0.lockWaitNs
+      : mode === "dirty-ring"
+        ? (ringT?.lockWaitNs ?? 0)
+        : d1.lockWaitNs - d0.lockWaitNs;
+  const flushNs =
+    mode === "clear-log"
+      ? c1.flushNs - c0.flushNs
+      : mode === "dirty-ring"
+        ? (ringT?.flushNs ?? 0)
+        : d1.flushNs - d0.flushNs;
+  const protected_ = mode === "clear-log" ? (clearDirtyLogNs ?? 0) : getDirtyLogNs;
+  const ringFields =
+    mode === "dirty-ring"
+      ? {
+          ringHarvestNs: run.ringHarvestNs,
+          ringResetNs: run.ringResetNs,
+          ringFullExits: vm.dirtyRingStats().fullExits - exits0,
+        }
+      : {};
   return {
     warmup,
     dirtyMemoryNs,
     getDirtyLogNs,
     lockWaitNs,
-    protectNs: Math.max(0, getDirtyLogNs - lockWaitNs - flushNs),
+    protectNs: Math.max(0, protected_ - lockWaitNs - flushNs),
     flushNs,
     dirtyPages: bitmap_weight(run.bitmap),
     guestThroughput: writes / (activeMs / 1000),
+    ...(clearDirtyLogNs !== undefined ? { clearDirtyLogNs } : {}),
+    ...ringFields,
   };
+}
+
+/** Manual protect: KVM_CLEAR_DIRTY_LOG of what GET reported, in chunks of `chunk` pages (0: one). */
+function clearAll(run: Run, chunk: number): number {
+  const npages = run.bitmap.length * 32;
+  const step = chunk === 0 ? npages : chunk;
+  const t = performance.now();
+  for (let first = 0; first < npages; first += step) {
+    const n = Math.min(step, npages - first);
+    run.vm.clearDirtyLog(SLOT, first, n, run.bitmap.subarray(first >>> 5, (first + n + 31) >>> 5));
+  }
+  return (performance.now() - t) * 1e6;
+}
+
+/** Dirty ring: harvest every vCPU's ring into the bitmap, then reset (KVM_RESET_DIRTY_RINGS). */
+function collectRing(run: Run): void {
+  const vm = run.vm;
+  const t = performance.now();
+  for (const id of vm.vcpuIds)
+    for (const g of vm.harvestDirtyRing(id))
+      if (g.slot === SLOT) run.bitmap[g.offset >>> 5] |= 1 << (g.offset & 31);
+  const t1 = performance.now();
+  vm.resetDirtyRings();
+  run.ringHarvestNs += (t1 - t) * 1e6;
+  run.ringResetNs += (performance.now() - t1) * 1e6;
 }
 
 function strategyResult(run: Run): StrategyResult {
   const vm = run.vm;
   const m = run.iters.filter((i) => !i.warmup);
-  const of = (k: keyof Omit<IterationResult, "warmup">): NsStats => nsStats(summarize(m.map((i) => i[k])));
+  const of = (k: "getDirtyLogNs" | "lockWaitNs" | "protectNs" | "flushNs" | "dirtyMemoryNs"): NsStats =>
+    nsStats(summarize(m.map((i) => i[k])));
   const getDirtyLog = of("getDirtyLogNs");
+  const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
+    nsStats(summarize(m.map((i) => i[k] ?? 0)));
   const pages = median(m.map((i) => i.dirtyPages));
   const t = vm.dirtyLogTimes();
   return {
@@ -410,7 +557,8 @@ function strategyResult(run: Run): StrategyResult {
     protect: of("protectNs"),
     flush: of("flushNs"),
     dirtyMemory: of("dirtyMemoryNs"),
-    nsPerDirtyPage: pages ? getDirtyLog.medianNs / pages : 0,
+    // Under manual protect a page costs its GET and its CLEAR (as the kernel's figure counts both).
+    nsPerDirtyPage: pages ? median(m.map((i) => i.getDirtyLogNs + (i.clearDirtyLogNs ?? 0))) / pages : 0,
     guestThroughput: summarize(m.map((i) => i.guestThroughput)),
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
@@ -431,6 +579,17 @@ function strategyResult(run: Run): StrategyResult {
     host: vm.hostThreadCounters(),
     metadataBytes: vm.metadataBytes(),
     ...(vm.kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(vm.kvm) } : {}),
+    logMode: run.logMode,
+    ...(run.logMode === "clear-log" ? { clearDirtyLog: opt("clearDirtyLogNs") } : {}),
+    ...(run.logMode === "dirty-ring"
+      ? {
+          ring: {
+            harvest: opt("ringHarvestNs"),
+            reset: opt("ringResetNs"),
+            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
+          },
+        }
+      : {}),
   };
 }
 
@@ -462,8 +621,8 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
     const F = runs.find((r) => r.wp === "lockless");
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
     const meta = runs[0].vm.metadataBytes();
-    const measured = (r: Run, k: "getDirtyLogNs" | "guestThroughput"): number[] =>
-      r.iters.filter((i) => !i.warmup).map((i) => i[k]);
+    const measured = (r: Run, k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): number[] =>
+      r.iters.filter((i) => !i.warmup).map((i) => i[k] ?? 0);
     const { progress: _p, signal: _s, ...options } = o;
     void _p;
     void _s;
@@ -484,6 +643,15 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
                 "guest slower under lockless",
                 "guest faster under lockless",
               ),
+              ...(logModeOf(o) === "clear-log"
+                ? {
+                    clearDirtyLog: withVerdict(
+                      pairedRatio(measured(F, "clearDirtyLogNs"), measured(L, "clearDirtyLogNs")),
+                      "lockless faster",
+                      "lockless slower",
+                    ),
+                  }
+                : {}),
             }
           : null,
       guestMemoryBytes,

@@ -1,6 +1,7 @@
 /** The text report of dirty-log-perf (the JSON is the PerfResult itself). */
 import type { WpName } from "../vm.js";
 import type { NsStats, PerfResult, StrategyResult } from "./dirty_log_perf.js";
+import { logModeOf } from "./dirty_log_perf.js";
 import { formatRatio } from "./stats.js";
 
 const ms = (ns: number): string => (ns / 1e6).toFixed(2);
@@ -20,7 +21,8 @@ export function formatPerf(r: PerfResult): string {
       `${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.warmup ?? 1} warm-up + ${o.iterations} iterations, ` +
       `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
       `contention migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, ` +
-      `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log`,
+      `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log, ` +
+      `log ${logModeOf(o)}${logModeOf(o) === "clear-log" ? ` (clear chunk ${o.clearChunkPages ? `${o.clearChunkPages} pages` : "the slot"})` : ""}${o.ring ? ` (${o.ring} entries)` : ""}`,
     `machine: ${r.machine.cpus} CPUs, ${(r.machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, node ${r.machine.node}, ${r.machine.platform}; git ${r.gitCommit?.slice(0, 12) ?? "unknown"}` +
       (t
         ? `; threads: ${t.vcpus} vCPUs (${t.vcpusFrom === "auto" ? "chosen to fit the cores" : "from -v"}) + harvester${t.hostThread ? " + host thread" : ""}${t.oversubscribed ? " OVERSUBSCRIBE the cores" : " fit the cores"}`
@@ -33,6 +35,8 @@ export function formatPerf(r: PerfResult): string {
       const label = it.warmup ? "  warm-up     " : `  iteration ${String(++k).padStart(2)}`;
       out.push(
         `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
+          (it.clearDirtyLogNs !== undefined ? `  clear ${ms(it.clearDirtyLogNs).padStart(8)} ms ` : "") +
+          (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
           `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}`,
       );
     }
@@ -43,6 +47,15 @@ export function formatPerf(r: PerfResult): string {
       `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
       `    harvest+protect      ${formatNs(s.protect)}`,
       `    remote flush         ${formatNs(s.flush)}`,
+      ...(s.clearDirtyLog
+        ? [`  clear dirty log: ${formatNs(s.clearDirtyLog)} (KVM_CLEAR_DIRTY_LOG after each GET)`]
+        : []),
+      ...(s.ring
+        ? [
+            `  dirty ring: harvest ${formatNs(s.ring.harvest)}`,
+            `              reset   ${formatNs(s.ring.reset)}; ring-full exits median ${s.ring.fullExits} per iteration`,
+          ]
+        : []),
       `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
         `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
       `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
@@ -58,6 +71,9 @@ export function formatPerf(r: PerfResult): string {
       "",
       `lockless/locked (median, paired bootstrap 95% CI, ${r.options.iterations} iterations):`,
       `  get dirty log     ${formatRatio(r.ratio.getDirtyLog)}  ${r.ratio.getDirtyLog.verdict}`,
+      ...(r.ratio.clearDirtyLog
+        ? [`  clear dirty log   ${formatRatio(r.ratio.clearDirtyLog)}  ${r.ratio.clearDirtyLog.verdict}`]
+        : []),
       `  guest throughput  ${formatRatio(r.ratio.guestThroughput)}  ${r.ratio.guestThroughput.verdict}`,
     );
   }

@@ -52,6 +52,19 @@ export function registerDirtyLogPerf(program: Command): void {
       "park the vCPUs during get-dirty-log (KVM's perf test); default: they keep writing",
       false,
     )
+    .option(
+      "-g, --no-manual-protect",
+      "classic KVM_GET_DIRTY_LOG (clear and protect in GET); by default GET + KVM_CLEAR_DIRTY_LOG with manual protect and initially-set, as KVM's test",
+    )
+    .option(
+      "--clear-chunk <pages>",
+      "pages per KVM_CLEAR_DIRTY_LOG call, a multiple of 64 (0: the whole slot)",
+      "0",
+    )
+    .option(
+      "--ring <entries>",
+      "a per-vCPU dirty ring of this many entries instead of the bitmap (256..65536)",
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the JSON object to FILE")
     .option("--csv <file>", "also write the iterations as CSV to FILE")
@@ -131,6 +144,10 @@ export function registerDirtyLogPerf(program: Command): void {
         ),
         mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         guestHuge: a["guestHuge"] === true,
+        ...(a["ring"] !== undefined
+          ? { ring: parseIntIn("--ring", String(a["ring"]), 256, 65536), manualProtect: false }
+          : { manualProtect: pick("manualProtect", "manualProtect", () => a["manualProtect"] !== false) }),
+        clearChunkPages: parseIntIn("--clear-chunk", String(a["clearChunk"]), 0, 1 << 30),
         threads,
         progress,
         signal: interrupt.signal,

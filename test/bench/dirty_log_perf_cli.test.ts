@@ -62,12 +62,18 @@ test(
       assert.equal(s.getDirtyLog.maxNs, Math.max(...measured.map(g)));
       for (const it of s.iterations)
         assert.ok(
-          Math.abs(it.lockWaitNs + it.protectNs + it.flushNs - it.getDirtyLogNs) < 1e3 || it.protectNs === 0,
-          "the parts add up to the call",
+          Math.abs(it.lockWaitNs + it.protectNs + it.flushNs - (it.clearDirtyLogNs ?? it.getDirtyLogNs)) <
+            1e3 || it.protectNs === 0,
+          "the parts add up to the protecting call (GET, or CLEAR under manual protect)",
         );
       if (wp === "lockless") assert.equal(s.lockWait.maxNs, 0, "the lockless harvester never takes mmu_lock");
       assert.ok(s.nsPerDirtyPage > 0);
-      assert.equal(s.nsPerDirtyPage, s.getDirtyLog.medianNs / median(measured.map((i) => i.dirtyPages)));
+      assert.equal(
+        s.nsPerDirtyPage,
+        median(measured.map((i) => i.getDirtyLogNs + (i.clearDirtyLogNs ?? 0))) /
+          median(measured.map((i) => i.dirtyPages)),
+        "GET and CLEAR per dirty page",
+      );
       assert.equal(s.guestThroughput.n, 3);
       assert.ok(s.guestThroughput.median > 0);
     }
@@ -170,3 +176,41 @@ test("dirty-log-perf: a bad --preset or --output directory fails at once with a 
   assert.match(o.err, /ENOENT: --output/);
   assert.equal(existsSync(missing), false);
 });
+
+test(
+  "dirty-log-perf log interfaces: manual protect (default) reports CLEAR, -g the classic GET, --ring the dirty ring",
+  { timeout: 240_000 },
+  async () => {
+    const base = ["dirty-log-perf", "-v", "1", "-b", "16M", "-i", "2", "--contention", "none", "--json"];
+    const manual = JSON.parse((await runKvmmu([...base, "--clear-chunk", "1024"])).out) as PerfResult;
+    for (const wp of ["locked", "lockless"] as const) {
+      const s = manual.results[wp]!;
+      assert.equal(s.logMode, "clear-log");
+      checkNs(s.clearDirtyLog!, `${wp} clearDirtyLog`);
+      // Every page of the slot is dirty each iteration: GET copies them all, CLEAR protects them.
+      for (const it of s.iterations) {
+        assert.equal(it.dirtyPages, 4096);
+        assert.ok((it.clearDirtyLogNs ?? -1) > 0);
+      }
+    }
+    assert.ok(manual.ratio?.clearDirtyLog, "a lockless/locked ratio of the CLEAR calls");
+
+    const classic = JSON.parse((await runKvmmu([...base, "-g"])).out) as PerfResult;
+    assert.equal(classic.results.locked!.logMode, "dirty-log");
+    assert.equal(classic.results.locked!.clearDirtyLog, undefined);
+    assert.equal(classic.ratio?.clearDirtyLog, undefined);
+
+    // 256 entries for 4096 pages: the vCPU exits ring-full many times per pass and is collected.
+    const ring = JSON.parse((await runKvmmu([...base, "--ring", "256"])).out) as PerfResult;
+    for (const wp of ["locked", "lockless"] as const) {
+      const s = ring.results[wp]!;
+      assert.equal(s.logMode, "dirty-ring");
+      assert.ok(s.ring!.fullExits > 0, `${wp}: ring-full exits`);
+      for (const it of s.iterations.filter((x) => !x.warmup)) assert.equal(it.dirtyPages, 4096, wp);
+    }
+
+    const bad = await runKvmmu(["dirty-log-perf", "-b", "16M", "--clear-chunk", "100"]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /clearChunkPages|clear-chunk/);
+  },
+);
