@@ -98,12 +98,6 @@ async function spawnDestination(
   return { child, port, err: () => err };
 }
 
-/** A refused request that is not a KvmError (ENOSYS): one line, exit status 2, as usage errors. */
-function refuse(e: MigrationError): void {
-  process.stderr.write(`kvmmu: ${e.message}\n`);
-  process.exitCode = 2;
-}
-
 export function registerMigrate(program: Command): void {
   program
     .command("migrate")
@@ -114,7 +108,6 @@ export function registerMigrate(program: Command): void {
     .option("--downtime-limit <ms>", "longest the guest may stop at switch-over", "300")
     .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "0")
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
-    .option("--postcopy", "post-copy (not implemented: refused)", false)
     .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, "dirty-log")
     .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
@@ -128,17 +121,8 @@ export function registerMigrate(program: Command): void {
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
     .action(async (a: Record<string, string | boolean | undefined>) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      if (a["postcopy"])
-        return refuse(
-          new MigrationError("ENOSYS", "--postcopy: post-copy is not implemented; pre-copy only"),
-        );
       const logMode = one("--log-mode", a["logMode"], LOG_MODES);
-      let log;
-      try {
-        log = logStrategy(logMode);
-      } catch (e) {
-        return refuse(e as MigrationError);
-      }
+      const log = logStrategy(logMode);
       const wp = one("--wp", a["wp"], ["locked", "lockless"] as const);
       const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
       const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
@@ -165,7 +149,7 @@ export function registerMigrate(program: Command): void {
 
       const dst = local ? await spawnDestination(key, wp, mode) : null;
       const target = to ?? { host: "127.0.0.1", port: dst!.port };
-      const g = createGuestVm(layout, { wp, mode, logged: true });
+      const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
       let report: MigrationReport;
       try {
         await runGuest(g);

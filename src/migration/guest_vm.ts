@@ -65,7 +65,7 @@ export interface GuestVm {
 
 export function createGuestVm(
   layout: GuestLayout,
-  o: { wp: WpName; mode?: MmuModeName; logged: boolean },
+  o: { wp: WpName; mode?: MmuModeName; logged: boolean; prepare?: (vm: Vm) => void },
 ): GuestVm {
   const vm = Vm.create({
     memory: layout.memoryBytes + HOST_SPARE,
@@ -73,6 +73,8 @@ export function createGuestVm(
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(layout.vcpus, 1),
   });
+  // The log interface is chosen before the logged slot and the vCPUs exist (the ring must be).
+  o.prepare?.(vm);
   const hva = vm.mmap(layout.memoryBytes);
   vm.setUserMemoryRegion({
     slot: 0,

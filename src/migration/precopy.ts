@@ -12,9 +12,9 @@
  * answers with its page hashes, and on "go" runs the guest and checks its invariant.
  */
 import type { Duplex } from "node:stream";
-import { PAGE_SIZE } from "../kvm_host.js";
+import { KVM_DIRTY_LOG_INITIALLY_SET, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
-import type { MmuModeName, WpName } from "../vm.js";
+import type { MmuModeName, Vm, WpName } from "../vm.js";
 import { for_each_set_bit, hweight32 } from "../dirty_bitmap.js";
 import { MIG_CTL } from "./guest.js";
 import {
@@ -45,9 +45,11 @@ import {
   sectionName,
 } from "./stream.js";
 
-/** How dirty pages are collected. Only the classic bitmap (KVM_GET_DIRTY_LOG) exists for now. */
+/** How dirty pages are collected: the classic bitmap, GET + CLEAR with manual protect, or the ring. */
 export interface DirtyLogStrategy {
-  readonly name: string;
+  readonly name: LogMode;
+  /** Sets the VM up for this interface: before its logged slot and its vCPUs exist. */
+  prepare(vm: Vm): void;
   /** Harvests slot 0's dirty pages into `out` (bit n = page n) and re-arms logging for them. */
   sync(g: GuestVm, out: Uint32Array): void;
 }
@@ -55,13 +57,38 @@ export interface DirtyLogStrategy {
 export const LOG_MODES = ["dirty-log", "clear-log", "dirty-ring"] as const;
 export type LogMode = (typeof LOG_MODES)[number];
 
+/** Ring entries per vCPU in dirty-ring mode: a vCPU that fills it waits for the next sync. */
+const RING_ENTRIES = 4096;
+
+const STRATEGIES: Record<LogMode, DirtyLogStrategy> = {
+  // KVM_GET_DIRTY_LOG: clears and re-protects in one call.
+  "dirty-log": { name: "dirty-log", prepare: () => {}, sync: (g, out) => void g.vm.getDirtyLog(0, out) },
+  // As QEMU with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET copies, CLEAR re-protects what was copied.
+  "clear-log": {
+    name: "clear-log",
+    prepare: (vm) =>
+      vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET),
+    sync: (g, out) => {
+      g.vm.getDirtyLog(0, out);
+      g.vm.clearDirtyLog(0, 0, g.layout.memoryBytes / PAGE_SIZE, out);
+    },
+  },
+  // As QEMU's ring reaper: harvest every vCPU's ring, then reset (which re-protects) before reading.
+  "dirty-ring": {
+    name: "dirty-ring",
+    prepare: (vm) => vm.enableDirtyRing(RING_ENTRIES),
+    sync: (g, out) => {
+      out.fill(0);
+      for (const id of g.vm.vcpuIds)
+        for (const e of g.vm.harvestDirtyRing(id))
+          if (e.slot === 0) out[e.offset >>> 5] |= 1 << (e.offset & 31);
+      g.vm.resetDirtyRings();
+    },
+  },
+};
+
 export function logStrategy(mode: string): DirtyLogStrategy {
-  if (mode === "dirty-log") return { name: "dirty-log", sync: (g, out) => void g.vm.getDirtyLog(0, out) };
-  if (mode === "clear-log" || mode === "dirty-ring")
-    throw new MigrationError(
-      "ENOSYS",
-      `log-mode: ${mode} is not implemented in this engine yet; use dirty-log (KVM_GET_DIRTY_LOG)`,
-    );
+  if ((LOG_MODES as readonly string[]).includes(mode)) return STRATEGIES[mode as LogMode];
   throw new MigrationError("EINVAL", `log-mode: "${mode}" is not one of ${LOG_MODES.join(", ")}`);
 }
 

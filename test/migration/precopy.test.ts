@@ -7,21 +7,33 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connectOutgoing, listenIncoming } from "../../src/migration/auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "../../src/migration/guest_vm.js";
-import { FaultKind, MigrationDestination, MigrationSource } from "../../src/migration/precopy.js";
+import {
+  FaultKind,
+  LogMode,
+  logStrategy,
+  MigrationDestination,
+  MigrationSource,
+} from "../../src/migration/precopy.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 
 const KEY = "test-precopy-key";
 
-async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind) {
+async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind, logMode: LogMode = "dirty-log") {
+  const log = logStrategy(logMode);
   const inc = await listenIncoming({ port: 0, key: KEY });
   const dest = new MigrationDestination({ wp, mode });
   const dp = inc.accepted.then(({ sock, reader }) => dest.receive(sock, reader));
-  const g = createGuestVm(layoutFor(16 << 20, 2), { wp, mode, logged: true });
+  const g = createGuestVm(layoutFor(16 << 20, 2), {
+    wp,
+    mode,
+    logged: true,
+    prepare: (vm) => log.prepare(vm),
+  });
   try {
     await runGuest(g);
     await new Promise((r) => setTimeout(r, 100));
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
-    const rep = await new MigrationSource(g, { minRounds: 2, fault }).migrate(sock, reader);
+    const rep = await new MigrationSource(g, { minRounds: 2, fault, log }).migrate(sock, reader);
     const drep = await dp;
     let after = null;
     if (rep.status !== "completed") after = await runAndCheck(g);
@@ -44,6 +56,20 @@ for (const wp of ["locked", "lockless"] as const)
       assert.equal(drep.status, "completed");
       assert.ok(rep.downtimeMs > 0 && rep.totalTimeMs >= rep.downtimeMs);
       assert.ok(rep.transferredBytes > 16 << 20, "more than one copy of memory went over");
+    });
+
+// Today's interfaces: GET + CLEAR with manual protect, and the per-vCPU dirty ring.
+for (const logMode of ["clear-log", "dirty-ring"] as const)
+  for (const wp of ["locked", "lockless"] as const)
+    test(`precopy over ${logMode} (${wp}): >= 2 rounds, 0 mismatches, invariant holds`, async () => {
+      const { rep, drep } = await migrate(wp, "tdp", undefined, logMode);
+      assert.equal(rep.status, "completed", JSON.stringify(rep.error));
+      assert.equal(rep.logMode, logMode);
+      assert.ok(rep.rounds.length >= 2, `rounds ${rep.rounds.length}`);
+      assert.equal(rep.verify.pagesCompared, 4096);
+      assert.equal(rep.verify.mismatches, 0);
+      assert.equal(rep.verify.guestInvariant, true, rep.verify.problems.join("; "));
+      assert.equal(drep.status, "completed");
     });
 
 for (const [fault, code] of [
