@@ -83,3 +83,18 @@ export function copyDirtyPages(src: Vm, slot: number, bitmap: Uint32Array, dst: 
   });
   return n;
 }
+
+/**
+ * Harvests every vCPU's dirty ring and sets, in `out`, the bit of each harvested page of `slot`
+ * (bit n = page n of the slot); returns the entries harvested. The entries are marked RESET but
+ * their pages stay writable: call vm.resetDirtyRings() before reading those pages.
+ */
+export function harvestDirtyRingsInto(vm: Vm, slot: number, out: Uint32Array): number {
+  let n = 0;
+  for (const id of vm.vcpuIds)
+    for (const e of vm.harvestDirtyRing(id)) {
+      n++;
+      if (e.slot === slot) out[e.offset >>> 5] |= 1 << (e.offset & 31);
+    }
+  return n;
+}

@@ -29,6 +29,7 @@ export type { GuestPagingArgs, KernelArea } from "./workload/guest_paging.js";
 export {
   bitmap_weight,
   copyDirtyPages,
+  harvestDirtyRingsInto,
   dirtyPages,
   for_each_set_bit,
   hweight32,

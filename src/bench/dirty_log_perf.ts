@@ -29,6 +29,7 @@ import type { LockMode } from "../sync/mutex.js";
 import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
+import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
 
 export interface Contention {
   migrateRate: number;
@@ -531,9 +532,7 @@ function clearAll(run: Run, chunk: number): number {
 function collectRing(run: Run): void {
   const vm = run.vm;
   const t = performance.now();
-  for (const id of vm.vcpuIds)
-    for (const g of vm.harvestDirtyRing(id))
-      if (g.slot === SLOT) run.bitmap[g.offset >>> 5] |= 1 << (g.offset & 31);
+  harvestDirtyRingsInto(vm, SLOT, run.bitmap);
   const t1 = performance.now();
   vm.resetDirtyRings();
   run.ringHarvestNs += (t1 - t) * 1e6;

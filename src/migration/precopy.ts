@@ -15,7 +15,7 @@ import type { Duplex } from "node:stream";
 import { KVM_DIRTY_LOG_INITIALLY_SET, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import type { MmuModeName, Vm, WpName } from "../vm.js";
-import { for_each_set_bit, hweight32 } from "../dirty_bitmap.js";
+import { for_each_set_bit, harvestDirtyRingsInto, hweight32 } from "../dirty_bitmap.js";
 import { MIG_CTL } from "./guest.js";
 import {
   checkLayout,
@@ -79,9 +79,7 @@ const STRATEGIES: Record<LogMode, DirtyLogStrategy> = {
     prepare: (vm) => vm.enableDirtyRing(RING_ENTRIES),
     sync: (g, out) => {
       out.fill(0);
-      for (const id of g.vm.vcpuIds)
-        for (const e of g.vm.harvestDirtyRing(id))
-          if (e.slot === 0) out[e.offset >>> 5] |= 1 << (e.offset & 31);
+      harvestDirtyRingsInto(g.vm, 0, out);
       g.vm.resetDirtyRings();
     },
   },
