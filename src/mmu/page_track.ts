@@ -53,7 +53,6 @@ export function rmap_write_protect_pt(kvm: Kvm, gfn: number): boolean {
   const entries: number[] = [];
   for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
     const hi = gfn_to_rmap(kvm, slot, gfn, level);
-    if (kvm.rmapPool[hi] === 0) continue;
     entries.length = 0;
     // A drop changes the list: work on a snapshot (under mmu_lock nothing else changes it).
     pte_list_walk(kvm, kvm.rmapPool, hi, (s) => entries.push(s));

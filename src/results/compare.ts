@@ -36,6 +36,29 @@ export interface CompareResult {
   baseline: string;
   files: string[];
   rows: CompareRow[];
+  /** Differences in options or machine between the baseline and another file: the ratios then mix effects. */
+  warnings: string[];
+}
+
+function show(v: unknown): string {
+  return v === undefined ? "(absent)" : JSON.stringify(v);
+}
+
+/** Each option or machine field whose value differs from the baseline's, as one line per file. */
+export function differences(base: Loaded, other: Loaded): string[] {
+  const out: string[] = [];
+  const diff = (what: string, a: Record<string, unknown>, b: Record<string, unknown>): void => {
+    const keys = [...new Set([...Object.keys(a), ...Object.keys(b)])].sort();
+    const d = keys.filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+    if (d.length > 0)
+      out.push(
+        `${other.file}: ${what} differ from ${base.file}: ${d.map((k) => `${k} ${show(a[k])} -> ${show(b[k])}`).join(", ")}`,
+      );
+  };
+  const rec = (x: unknown): Record<string, unknown> => (x ?? {}) as Record<string, unknown>;
+  diff("options", rec(base.doc.options), rec(other.doc.options));
+  diff("machines", rec(base.doc.machine), rec(other.doc.machine));
+  return out;
 }
 
 /** Percentile bootstrap 95% CI of median(b)/median(a), a and b resampled independently. */
@@ -101,6 +124,7 @@ export function compare(files: Loaded[]): CompareResult {
   }
   const baseFigs = figures(base.doc);
   const rows: CompareRow[] = [];
+  const warnings = others.flatMap((f) => differences(base, f));
   for (const f of others) {
     const theirs = new Map(figures(f.doc).map((x) => [x.key, x]));
     for (const b of baseFigs) {
@@ -114,6 +138,7 @@ export function compare(files: Loaded[]): CompareResult {
     baseline: base.file,
     files: others.map((f) => f.file),
     rows,
+    warnings,
   };
 }
 
@@ -160,6 +185,7 @@ export function formatCompare(c: CompareResult): string {
         .trimEnd();
     out.push(intro(c, f), line(HEAD), line(w.map((n) => "-".repeat(n))), ...rows.map(line), "");
   }
+  for (const m of c.warnings) out.push(`warning: ${m}`);
   return out.join("\n").trimEnd();
 }
 
@@ -176,5 +202,6 @@ export function formatCompareMarkdown(c: CompareResult): string {
       );
     out.push("");
   }
+  for (const m of c.warnings) out.push(`> **Warning:** ${esc(m)}`, "");
   return out.join("\n").trimEnd();
 }

@@ -99,3 +99,31 @@ test("compare refuses, exit 2 and one typed line, files of other commands, versi
     assert.match(r.err, re);
   }
 });
+
+test("compare warns, in every format, when options or machines differ from the baseline's", async () => {
+  const base = read(await perfRun("cmp-w.json"));
+  const t = [1e6, 1.1e6, 0.9e6, 1.05e6, 0.95e6, 1.02e6];
+  const a = save("cmp-wa.json", withTimes(base, t));
+  const other = withTimes(base, t);
+  (other["options"] as Record<string, unknown>)["bytesPerVcpu"] = 12345;
+  (other["machine"] as Record<string, unknown>)["cpus"] = 99;
+  const b = save("cmp-wb.json", other);
+  const same = save("cmp-wc.json", withTimes(base, t));
+
+  const r = await runKvmmu(["compare", a, b, same, "--json"]);
+  assert.equal(r.code, 0, r.err);
+  const res = JSON.parse(r.out) as CompareResult;
+  assert.equal(res.warnings.length, 2, JSON.stringify(res.warnings));
+  assert.match(
+    res.warnings[0],
+    /cmp-wb\.json: options differ from .*cmp-wa\.json: bytesPerVcpu \d+ -> 12345$/,
+  );
+  assert.match(res.warnings[1], /cmp-wb\.json: machines differ from .*cmp-wa\.json: cpus \d+ -> 99$/);
+  assert.ok(!res.warnings.some((w) => w.includes("cmp-wc.json")));
+  const text = await runKvmmu(["compare", a, b]);
+  assert.match(text.out, /^warning: .*cmp-wb\.json: options differ/m);
+  const md = await runKvmmu(["compare", a, b, "--markdown"]);
+  assert.match(md.out, /^> \*\*Warning:\*\* .*cmp-wb\.json: machines differ/m);
+  const none = await runKvmmu(["compare", a, same]);
+  assert.doesNotMatch(none.out, /warning/i);
+});
