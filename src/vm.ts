@@ -664,10 +664,15 @@ export class Vm {
     this.hostWorker = null;
   }
 
-  /** Refuses a slot id that is out of range or not created. */
-  private checkSlot(slot: number): void {
+  /** Refuses a slot id out of range (EINVAL), whether or not the slot exists. */
+  private checkSlotId(slot: number): void {
     if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
       throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+  }
+
+  /** Refuses a slot id that is out of range or not created. */
+  private checkSlot(slot: number): void {
+    this.checkSlotId(slot);
     if (this.kvm.slots[SLOT.active(slot)] === 0)
       throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
   }
@@ -748,8 +753,8 @@ export class Vm {
     kvm.slots_lock.lock();
     try {
       this.checkBitmapMode("clearDirtyLog");
-      if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
-        throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+      // KVM's order: the id, then first_page's alignment, then whether the slot exists.
+      this.checkSlotId(slot);
       if (!isInt(firstPage) || firstPage < 0 || firstPage % 64 !== 0)
         throw einval("firstPage", `must be a multiple of 64, got ${String(firstPage)}`);
       this.checkSlot(slot);
@@ -999,31 +1004,51 @@ export class Vm {
 
   /**
    * Resolves once every vCPU has completed `passes` passes since it was created (the guest counts
-   * them with ctx.passDone). Rejects with the VM's error if a worker fails, ETIMEDOUT after
-   * timeoutMs (default 60 s), EINVAL on bad arguments or when the vCPUs are not running.
+   * them with ctx.passDone); `passes` may instead give one target per vCPU, in vcpuIds order.
+   * `service`, if given, runs on every poll (e.g. to harvest dirty rings, so that vCPUs throttled
+   * on a full ring can progress). Rejects with the VM's error if a worker fails, ETIMEDOUT after
+   * timeoutMs (default 60 s; Infinity waits as long as the vCPUs run), EINVAL on bad arguments or
+   * when the vCPUs are not running.
    */
-  async waitPasses(passes: number, opts: { timeoutMs?: number } = {}): Promise<void> {
-    if (!isInt(passes) || passes < 0)
-      throw einval("passes", `must be an integer >= 0, got ${String(passes)}`);
+  async waitPasses(
+    passes: number | readonly number[],
+    opts: { timeoutMs?: number; service?: () => void } = {},
+  ): Promise<void> {
+    const ids = this.vcpuIds;
+    const targets = typeof passes === "number" ? ids.map(() => passes) : passes;
+    if (!Array.isArray(targets) || targets.length !== ids.length)
+      throw einval(
+        "passes",
+        `must be an integer >= 0 or an array of ${ids.length} of them, got ${String(passes)}`,
+      );
+    for (const t of targets)
+      if (!isInt(t) || t < 0) throw einval("passes", `must be an integer >= 0, got ${String(t)}`);
     const timeoutMs = opts.timeoutMs ?? 60_000;
     if (typeof timeoutMs !== "number" || !(timeoutMs > 0))
       throw einval("timeoutMs", `must be a positive number, got ${String(timeoutMs)}`);
+    const service = opts.service;
+    if (service !== undefined && typeof service !== "function")
+      throw einval("service", `must be a function, got ${String(service)}`);
     const v = this.kvm.vcpu;
     const deadline = performance.now() + timeoutMs;
-    for (const id of this.created) {
-      const i = VCPU.passes(id);
+    for (let k = 0; k < ids.length; k++) {
+      const i = VCPU.passes(ids[k]);
       for (;;) {
         this.throwIfFailed();
-        if (Atomics.load(v, i) >= passes) break;
+        service?.();
+        const done = Atomics.load(v, i);
+        if (done >= targets[k]) break;
         if (!this.running) throw einval("waitPasses", "the vCPUs are not running");
         const left = deadline - performance.now();
         if (left <= 0)
           throw new KvmError(
             "ETIMEDOUT",
-            `waitPasses: vcpu ${id} completed ${Atomics.load(v, i)} of ${passes} passes in ${timeoutMs} ms`,
+            `waitPasses: vcpu ${ids[k]} completed ${done} of ${targets[k]} passes in ${timeoutMs} ms`,
           );
-        // passDone does not notify: poll, a few ms at a time.
-        await new Promise((r) => setTimeout(r, Math.min(5, left)));
+        // passDone does not notify: wait a few ms at a time (Atomics.waitAsync returns early if
+        // the word changes and something notifies it).
+        const r = Atomics.waitAsync(v, i, done, Math.min(5, left));
+        if (r.async) await r.value;
       }
     }
     this.throwIfFailed();

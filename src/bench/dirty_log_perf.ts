@@ -279,18 +279,6 @@ function passes(vm: Vm): number[] {
   return vm.vcpuIds.map((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)));
 }
 
-async function waitPasses(vm: Vm, target: number[], service?: () => void): Promise<void> {
-  for (;;) {
-    vm.throwIfFailed();
-    service?.();
-    const p = passes(vm);
-    if (p.every((x, i) => x >= target[i])) return;
-    const id = vm.vcpuIds[p.findIndex((x, i) => x < target[i])];
-    const r = Atomics.waitAsync(vm.kvm.vcpu, VCPU.passes(id), p[vm.vcpuIds.indexOf(id)], 5);
-    if (r.async) await r.value;
-  }
-}
-
 function sumStat(vm: Vm, field: (id: number) => number): number {
   return vm.vcpuIds.reduce((n, id) => n + vm.kvm.vcpuStats[field(id)], 0);
 }
@@ -383,10 +371,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
         }
       : {}),
   }));
-  await waitPasses(
-    vm,
-    vm.vcpuIds.map(() => 1),
-  );
+  await vm.waitPasses(1, { timeoutMs: Infinity });
   const populateNs = (performance.now() - t0) * 1e6;
   await vm.pause();
   const t1 = performance.now();
@@ -443,10 +428,9 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   vm.resumeHostThread();
   const p0 = passes(vm);
   // A full pass that started after resume: the in-flight pass ends, then one more.
-  await waitPasses(
-    vm,
+  await vm.waitPasses(
     p0.map((p) => p + 2),
-    service,
+    { timeoutMs: Infinity, service },
   );
   const dirtyMemoryNs = (performance.now() - t0) * 1e6;
   if (o.park) {

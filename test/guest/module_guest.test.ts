@@ -102,6 +102,18 @@ test("waitPasses: ETIMEDOUT when the guest makes no pass in time; EINVAL on bad 
     );
     for (const bad of [-1, 1.5, NaN]) await assert.rejects(vm.waitPasses(bad), /EINVAL: passes/);
     await assert.rejects(vm.waitPasses(1, { timeoutMs: 0 }), /EINVAL: timeoutMs/);
+    // One target per vCPU, and a service hook that runs on every poll.
+    let polls = 0;
+    await vm.waitPasses([1], { service: () => polls++ });
+    assert.ok(polls >= 1);
+    await assert.rejects(
+      vm.waitPasses([2], { timeoutMs: 30, service: () => polls++ }),
+      (e: unknown) => e instanceof KvmError && e.code === "ETIMEDOUT",
+    );
+    assert.ok(polls >= 3, `service ran ${polls} times`);
+    await assert.rejects(vm.waitPasses([1, 1]), /EINVAL: passes: must be .* an array of 1/);
+    await assert.rejects(vm.waitPasses([-1]), /EINVAL: passes/);
+    await assert.rejects(vm.waitPasses(1, { service: 42 as unknown as () => void }), /EINVAL: service/);
   } finally {
     await vm.stop();
   }
