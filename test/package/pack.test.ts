@@ -6,9 +6,9 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, readdirSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const repo = fileURLToPath(new URL("../../../", import.meta.url));
@@ -59,6 +59,18 @@ test(
       // The binary (its dist/ came in the tarball).
       const help = run("npx", ["--no-install", "kvmmu", "--help"], proj);
       assert.match(help, /dirty-log-perf/);
+      // Every source map in the package points at a source the package ships (stack traces and
+      // debuggers can show the TypeScript).
+      const pkg = join(proj, "node_modules/kvmmu");
+      const maps = readdirSync(join(pkg, "dist/src"), { recursive: true, encoding: "utf8" }).filter((f) =>
+        f.endsWith(".js.map"),
+      );
+      assert.ok(maps.length > 50, `${maps.length} source maps`);
+      for (const m of maps) {
+        const map = JSON.parse(readFileSync(join(pkg, "dist/src", m), "utf8")) as { sources: string[] };
+        for (const src of map.sources)
+          assert.ok(existsSync(join(pkg, "dist/src", dirname(m), src)), `${m}: ${src} is not in the package`);
+      }
       // A strict NodeNext consumer, type-checked with this repository's compiler and Node types.
       writeFileSync(join(proj, "main.ts"), CONSUMER);
       writeFileSync(
