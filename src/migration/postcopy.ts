@@ -107,12 +107,18 @@ export function encodePageRequest(gpas: readonly number[]): Buffer {
 /** Parses a page request; every gpa must be a page of the slot (EPROTO / EFAULT otherwise). */
 export function decodePageRequest(payload: Buffer, id: number, memoryBytes: number): number[] {
   if (payload.length === 0 || payload.length % 8 !== 0)
-    throw new MigrationError("EBADMSG", `section ${id} (page-request): ${payload.length} bytes, not 8 per page`);
+    throw new MigrationError(
+      "EBADMSG",
+      `section ${id} (page-request): ${payload.length} bytes, not 8 per page`,
+    );
   const out: number[] = [];
   for (let off = 0; off < payload.length; off += 8) {
     const gpa = payload.readUInt32BE(off) * 2 ** 32 + payload.readUInt32BE(off + 4);
     if (gpa % PAGE_SIZE !== 0)
-      throw new MigrationError("EPROTO", `section ${id} (page-request): address 0x${gpa.toString(16)} is not a page`);
+      throw new MigrationError(
+        "EPROTO",
+        `section ${id} (page-request): address 0x${gpa.toString(16)} is not a page`,
+      );
     if (gpa + PAGE_SIZE > memoryBytes)
       throw new MigrationError(
         "EFAULT",
@@ -164,22 +170,7 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
     clear(p);
   };
 
-  // The package: the state page (the vCPUs' registers), the discard bitmap, the vCPU state, run.
-  const statePages = Math.ceil((4 * layout.vcpus) / PAGE_SIZE);
-  const first = layout.stateGpa / PAGE_SIZE;
-  for (let p = first; p < first + statePages; p++) add(p);
-  await w.section(Sec.Ram, ram.take());
-  let owed = 0;
-  for_each_set_bit(pending, () => owed++);
-  const discarded = owed;
-  await w.section(Sec.Discard, encodeDiscard(pending, pages));
-  await w.section(Sec.Vcpu, jsonPayload({ vcpus: c.counts.map((counter, id) => ({ id, counter })) }));
-  await w.section(Sec.Postcopy, Buffer.alloc(0));
-  c.commit();
-  const tRun = performance.now();
-  c.onRun?.();
-
-  // Requests are served before background pages; a request wakes a throttled sender.
+  // Installed before postcopy-run: a request may come back at once. Requests are served before background pages; a request wakes a throttled sender.
   const requests: number[] = [];
   let wake: (() => void) | null = null;
   let protoError: MigrationError | null = null;
@@ -196,6 +187,21 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   const nap = (ms: number): Promise<void> =>
     Promise.race([new Promise<void>((r) => (wake = r)), sleep(ms)]).finally(() => (wake = null));
 
+  // The package: the state page (the vCPUs' registers), the discard bitmap, the vCPU state, run.
+  const statePages = Math.ceil((4 * layout.vcpus) / PAGE_SIZE);
+  const first = layout.stateGpa / PAGE_SIZE;
+  for (let p = first; p < first + statePages; p++) add(p);
+  await w.section(Sec.Ram, ram.take());
+  let owed = 0;
+  for_each_set_bit(pending, () => owed++);
+  const discarded = owed;
+  await w.section(Sec.Discard, encodeDiscard(pending, pages));
+  await w.section(Sec.Vcpu, jsonPayload({ vcpus: c.counts.map((counter, id) => ({ id, counter })) }));
+  await w.section(Sec.Postcopy, Buffer.alloc(0));
+  c.commit();
+  const tRun = performance.now();
+  c.onRun?.();
+
   let requested = 0;
   let background = 0;
   let downtimeMs = -1;
@@ -204,47 +210,45 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   let winBytes = 0;
   const cap = c.maxBandwidth > 0 ? (c.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
   const runningBy = Date.now() + 30_000;
-  try {
-    while (owed > 0 || downtimeMs < 0) {
-      if (ret.failure) throw ret.failure;
-      if (protoError) throw protoError;
-      if (downtimeMs < 0 && ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
-      if (downtimeMs < 0 && Date.now() > runningBy)
-        throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
-      // Requested pages first, unthrottled: a vCPU is waiting for each.
-      while (requests.length > 0) {
-        const p = requests.shift()!;
-        if (!isSet(p)) continue; // already sent (a request and the background crossed)
-        add(p);
-        requested++;
-        owed--;
-        if (ram.full) await w.section(Sec.Ram, ram.take());
-      }
-      if (ram.pages > 0) await w.section(Sec.Ram, ram.take());
-      // Then one background section, once the guest runs there (so its first faults are requests).
-      const now = performance.now();
-      if (now - winStart >= WINDOW_MS) {
-        winStart = now;
-        winBytes = 0;
-      }
-      if (downtimeMs >= 0 && owed > 0 && winBytes < cap) {
-        while (!ram.full && owed > 0) {
-          while (!isSet(cursor)) cursor = (cursor + 1) % pages;
-          add(cursor);
-          background++;
-          owed--;
-        }
-        const before = w.bytes;
-        await w.section(Sec.Ram, ram.take());
-        winBytes += w.bytes - before;
-        await yieldIo(); // let the return path's requests in
-      } else await nap(winBytes >= cap ? Math.max(1, WINDOW_MS - (now - winStart)) : 5);
+  while (owed > 0 || downtimeMs < 0) {
+    if (ret.failure) throw ret.failure;
+    if (protoError) throw protoError;
+    if (downtimeMs < 0 && ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
+    if (downtimeMs < 0 && Date.now() > runningBy)
+      throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
+    // Requested pages first, unthrottled: a vCPU is waiting for each.
+    while (requests.length > 0) {
+      const p = requests.shift()!;
+      if (!isSet(p)) continue; // already sent (a request and the background crossed)
+      add(p);
+      requested++;
+      owed--;
+      // As QEMU: the background goes on after the requested page (the guest likely touches it next).
+      cursor = (p + 1) % pages;
+      if (ram.full) await w.section(Sec.Ram, ram.take());
     }
-    ret.onPageRequest = null;
-    await w.section(Sec.Eof, w.digest());
-  } finally {
-    ret.onPageRequest = null;
+    if (ram.pages > 0) await w.section(Sec.Ram, ram.take());
+    // Then one background section, once the guest runs there (so its first faults are requests).
+    const now = performance.now();
+    if (now - winStart >= WINDOW_MS) {
+      winStart = now;
+      winBytes = 0;
+    }
+    if (downtimeMs >= 0 && owed > 0 && winBytes < cap) {
+      while (!ram.full && owed > 0) {
+        while (!isSet(cursor)) cursor = (cursor + 1) % pages;
+        add(cursor);
+        background++;
+        owed--;
+      }
+      const before = w.bytes;
+      await w.section(Sec.Ram, ram.take());
+      winBytes += w.bytes - before;
+      await yieldIo(); // let the return path's requests in
+    } else await nap(winBytes >= cap ? Math.max(1, WINDOW_MS - (now - winStart)) : 5);
   }
+  // A request that crossed its page on the wire may still come: the handler stays (and is ignored).
+  await w.section(Sec.Eof, w.digest());
   const postcopyTimeMs = performance.now() - tRun;
 
   // Our paused memory is the reference for every page the destination holds.
@@ -331,7 +335,10 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
   const counts = guestCounts(g);
   c.vcpuState.forEach((v, i) => {
     if (v.id !== i || v.counter !== counts[i])
-      throw new MigrationError("EBADMSG", `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`);
+      throw new MigrationError(
+        "EBADMSG",
+        `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
+      );
   });
   // The pages held at switch-over are hashed now, before the guest runs.
   const hashes = Buffer.alloc(pages * 32);
@@ -343,8 +350,6 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
         .update(new Uint8Array(vm.readGuestPage(p * PAGE_SIZE, page32).buffer))
         .digest()
         .copy(hashes, p * 32);
-
-  await runGuest(g);
 
   // The fault handler: whatever a vCPU blocks on that was not asked for yet goes to the source.
   let done = false;
@@ -375,8 +380,10 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
   let placed = 0;
   let sections = 0;
   try {
-    await back.section(Sec.Running, Buffer.alloc(0));
+    // Asking starts with the guest: a vCPU may fault before the last one has started.
     asker = ask();
+    await runGuest(g);
+    await back.section(Sec.Running, Buffer.alloc(0));
     for (let id = c.nextId; ; id++) {
       const before = r.hash!.copy();
       const s = await c.read(id);
@@ -406,17 +413,14 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
           );
         r.hash = null;
         break;
-      } else
-        throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
+      } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
     }
     const left = vm.userfaultStats().missing;
     if (left !== 0) throw new MigrationError("EPROTO", `the stream ended with ${left} pages still missing`);
   } catch (e) {
     const left = vm.userfaultStats().missing;
     const err =
-      e instanceof MigrationError
-        ? e
-        : new MigrationError("EIO", (e as Error).message ?? String(e));
+      e instanceof MigrationError ? e : new MigrationError("EIO", (e as Error).message ?? String(e));
     throw new MigrationError(
       err.code,
       `post-copy failed with ${left} of ${pages} pages still on the source, so the guest is lost: ${err.message.replace(/^[A-Z]+: /, "")}`,

@@ -156,6 +156,8 @@ export interface MigrationReport {
   verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean | null; problems: string[] };
   /** The guest's increment counts at switch-over (the work it had done). */
   countsAtSwitchover?: number[];
+  /** Post-copy failed after postcopy-run: neither side holds the whole guest (the source stays paused). */
+  guestLost?: boolean;
   /** Post-copy only: blocktime and requests (QEMU's names). */
   postcopy?: PostcopyStats;
   error?: { code: string; message: string };
@@ -564,6 +566,7 @@ export class MigrationSource {
       if (committed && o.postcopy) {
         // Neither side holds the whole guest any more: it is lost (no postcopy-paused recovery).
         report.error.message += " (during post-copy: the guest's memory is split between both sides, the guest is lost)";
+        report.guestLost = true;
       } else if (committed) {
         // After "go" the guest belongs to the destination: the source must not run it too.
         report.error.message += " (after switch-over: the guest is the destination's)";

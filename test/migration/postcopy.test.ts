@@ -14,6 +14,8 @@ import { decodePageRequest, encodePageRequest } from "../../src/migration/postco
 import { Vm } from "../../src/vm.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 import { KvmError } from "../../src/errors.js";
+import type { MigrationReport } from "../../src/migration/precopy.js";
+import { runKvmmu } from "../helpers/cli.js";
 import { MigrationError } from "../../src/migration/stream.js";
 
 const KEY = "test-postcopy-key";
@@ -96,6 +98,7 @@ for (const kill of ["source", "destination"] as const)
     assert.equal(rep.status, "failed");
     assert.ok(["ECONNRESET", "ENODATA"].includes(rep.error!.code), JSON.stringify(rep.error));
     assert.match(rep.error!.message, /guest is lost/);
+    assert.equal(rep.guestLost, true);
     assert.equal(drep.status, "failed");
     assert.ok(["ECONNRESET", "ENODATA"].includes(drep.error!.code), JSON.stringify(drep.error));
     assert.match(drep.error!.message, /post-copy failed with \d+ of 4096 pages still on the source/);
@@ -137,4 +140,53 @@ test("page requests: round trip, and damaged ones refused by name", () => {
   );
   assert.throws(() => decodePageRequest(encodePageRequest([100]), 3, 16 << 20), (e: MigrationError) => e.code === "EPROTO");
   assert.throws(() => decodePageRequest(Buffer.alloc(5), 3, 16 << 20), (e: MigrationError) => e.code === "EBADMSG");
+});
+
+test("kvmmu migrate --local --postcopy --json: completed, verified, blocktime and requests reported", async () => {
+  const r = await runKvmmu([
+    "migrate",
+    "--local",
+    "--postcopy",
+    "--json",
+    "-b",
+    "16M",
+    "-v",
+    "2",
+    "--max-bandwidth",
+    "64m",
+    "--mode",
+    "shadow",
+  ]);
+  assert.equal(r.code, 0, r.err + r.out);
+  const o = JSON.parse(r.out) as MigrationReport;
+  assert.equal(o.status, "completed");
+  assert.equal(o.mode, "postcopy");
+  assert.equal(o.rounds.length, 2);
+  assert.deepEqual([o.verify.pagesCompared, o.verify.mismatches, o.verify.guestInvariant], [4096, 0, true]);
+  assert.ok(o.postcopy!["postcopy-requests"] > 0 && o.postcopy!["postcopy-blocktime"] > 0);
+  assert.equal(o.postcopy!["postcopy-vcpu-blocktime"].length, 2);
+  assert.ok(o.downtimeMs > 0 && o.totalTimeMs > o.downtimeMs);
+});
+
+test("kvmmu migrate --local --postcopy --fault kill-destination: failed, typed, guest lost, exit 1", async () => {
+  const r = await runKvmmu([
+    "migrate",
+    "--local",
+    "--postcopy",
+    "--json",
+    "-b",
+    "16M",
+    "--max-bandwidth",
+    "32m",
+    "--fault",
+    "kill-destination",
+  ]);
+  assert.equal(r.code, 1, r.err);
+  const o = JSON.parse(r.out) as MigrationReport;
+  assert.equal(o.status, "failed");
+  assert.equal(o.mode, "postcopy");
+  assert.equal(o.error?.code, "ECONNRESET", o.error?.message);
+  assert.match(o.error!.message, /guest is lost/);
+  assert.equal(o.guestLost, true);
+  assert.equal(o.verify.guestInvariant, null, "the lost guest is not run again on the source");
 });
