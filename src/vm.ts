@@ -1032,7 +1032,12 @@ export class Vm {
     const slot = this.uffdSlot("userfaultCopy");
     const s = this.kvm.slots;
     const base = s[SLOT.base_gfn(slot)];
-    if (!isInt(gpa) || gpa % PAGE_SIZE !== 0 || gpa / PAGE_SIZE < base || gpa / PAGE_SIZE >= base + s[SLOT.npages(slot)])
+    if (
+      !isInt(gpa) ||
+      gpa % PAGE_SIZE !== 0 ||
+      gpa / PAGE_SIZE < base ||
+      gpa / PAGE_SIZE >= base + s[SLOT.npages(slot)]
+    )
       throw einval("gpa", `must be a page-aligned address in the registered slot, got ${String(gpa)}`);
     if (bytes !== null && (!(bytes instanceof Uint8Array) || bytes.length !== PAGE_SIZE))
       throw einval("bytes", `must be ${PAGE_SIZE} bytes or null`);
@@ -1113,8 +1118,14 @@ export class Vm {
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
       if (!s[SLOT.active(id)]) continue;
       const base = s[SLOT.base_gfn(id)];
-      if (gfn >= base && gfn < base + s[SLOT.npages(id)])
+      if (gfn >= base && gfn < base + s[SLOT.npages(id)]) {
+        if (uffd_missing(this.kvm, id, gfn))
+          throw new KvmError(
+            "EFAULT",
+            `gpa: 0x${gpa.toString(16)} is missing (post-copy: the page has not arrived yet)`,
+          );
         return host_read_u64(this.kvm, (s[SLOT.hva_page(id)] + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
+      }
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
   }
@@ -1145,7 +1156,10 @@ export class Vm {
       if (gfn < base || gfn >= base + s[SLOT.npages(id)]) continue;
       const kvm = this.kvm;
       if (uffd_missing(kvm, id, gfn))
-        throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is missing (post-copy: the page has not arrived yet)`);
+        throw new KvmError(
+          "EFAULT",
+          `gpa: 0x${gpa.toString(16)} is missing (post-copy: the page has not arrived yet)`,
+        );
       kvm.mm_lock.lock();
       try {
         const pfn = Atomics.load(kvm.hpt, s[SLOT.hva_page(id)] + gfn - base) >>> 1;

@@ -108,7 +108,9 @@ async function spawnDestination(
 export function registerMigrate(program: Command): void {
   program
     .command("migrate")
-    .description("live-migrate a running migration-test guest (pre-copy or post-copy) and verify it byte for byte")
+    .description(
+      "live-migrate a running migration-test guest (pre-copy or post-copy) and verify it byte for byte",
+    )
     .option("--to <host:port>", "destination (kvmmu migrate-incoming)")
     .option("--local", "start the destination as a second process on loopback", false)
     .option("--key <k>", `pre-shared key (or ${KEY_ENV}); --local makes one`)
@@ -129,7 +131,11 @@ export function registerMigrate(program: Command): void {
         "If either side fails during post-copy the guest is lost (its memory is split between them; no recovery)",
       false,
     )
-    .option("--postcopy-after <rounds>", "pre-copy rounds (the bulk round counts) before post-copy starts", "1")
+    .option(
+      "--postcopy-after <rounds>",
+      "pre-copy rounds (the bulk round counts) before post-copy starts",
+      "1",
+    )
     .option(
       "--fault <kind>",
       `inject a failure: ${FAULTS.join(", ")} (kill-destination with --postcopy: once post-copy has started)`,

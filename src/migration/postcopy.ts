@@ -173,12 +173,13 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   // Installed before postcopy-run: a request may come back at once. Requests are served before background pages; a request wakes a throttled sender.
   const requests: number[] = [];
   let wake: (() => void) | null = null;
-  let protoError: MigrationError | null = null;
+  // A holder: the handler sets it from outside this function's control flow.
+  const proto: { error: MigrationError | null } = { error: null };
   ret.onPageRequest = (payload, id) => {
     try {
       for (const gpa of decodePageRequest(payload, id, layout.memoryBytes)) requests.push(gpa / PAGE_SIZE);
     } catch (e) {
-      protoError ??= e as MigrationError;
+      proto.error ??= e as MigrationError;
     }
     const k = wake;
     wake = null;
@@ -212,7 +213,7 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   const runningBy = Date.now() + 30_000;
   while (owed > 0 || downtimeMs < 0) {
     if (ret.failure) throw ret.failure;
-    if (protoError) throw protoError;
+    if (proto.error) throw proto.error;
     if (downtimeMs < 0 && ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
     if (downtimeMs < 0 && Date.now() > runningBy)
       throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
@@ -355,7 +356,7 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
   let done = false;
   let requests = 0;
   const asked = new Set<number>();
-  let askFailure: unknown = null;
+  const asking: { error: Error | null } = { error: null };
   const ask = async (): Promise<void> => {
     let seq = 0;
     try {
@@ -371,7 +372,7 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
         seq = pend.seq;
       }
     } catch (e) {
-      askFailure = e;
+      asking.error = e instanceof Error ? e : new Error(String(e));
     }
   };
   let asker: Promise<void> | null = null;
@@ -429,7 +430,7 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
     done = true;
     if (asker) await asker;
   }
-  if (askFailure) throw askFailure;
+  if (asking.error) throw asking.error;
 
   await back.section(Sec.Loaded, hashes);
   const chk = await runAndCheck(g);

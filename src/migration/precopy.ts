@@ -282,7 +282,8 @@ export class MigrationSource {
       throw new MigrationError("EINVAL", "minRounds: must be >= 1");
     if (!(o.maxTimeMs > 0)) throw new MigrationError("EINVAL", "maxTimeMs: must be > 0");
     const pa = o.postcopyAfter ?? 1;
-    if (!Number.isSafeInteger(pa) || pa < 1) throw new MigrationError("EINVAL", "postcopyAfter: must be >= 1");
+    if (!Number.isSafeInteger(pa) || pa < 1)
+      throw new MigrationError("EINVAL", "postcopyAfter: must be >= 1");
   }
 
   /**
@@ -503,7 +504,10 @@ export class MigrationSource {
         report.throttlePercentage = Atomics.load(g.ctl, MIG_CTL.throttle);
         report.status = pc.mismatches === 0 ? "completed" : "failed";
         if (pc.mismatches > 0)
-          report.error = { code: "EBADMSG", message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination` };
+          report.error = {
+            code: "EBADMSG",
+            message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination`,
+          };
         stream.end();
         return report;
       }
@@ -565,7 +569,8 @@ export class MigrationSource {
       stream.destroy();
       if (committed && o.postcopy) {
         // Neither side holds the whole guest any more: it is lost (no postcopy-paused recovery).
-        report.error.message += " (during post-copy: the guest's memory is split between both sides, the guest is lost)";
+        report.error.message +=
+          " (during post-copy: the guest's memory is split between both sides, the guest is lost)";
         report.guestLost = true;
       } else if (committed) {
         // After "go" the guest belongs to the destination: the source must not run it too.
