@@ -503,11 +503,13 @@ export class MigrationSource {
         report.transferredBytes = w.bytes;
         report.throttlePercentage = Atomics.load(g.ctl, MIG_CTL.throttle);
         report.status = pc.mismatches === 0 ? "completed" : "failed";
-        if (pc.mismatches > 0)
+        if (pc.mismatches > 0) {
           report.error = {
             code: "EBADMSG",
-            message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination`,
+            message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination (the guest runs there: not resumed here)`,
           };
+          report.guestLost = true;
+        }
         stream.end();
         return report;
       }
