@@ -51,6 +51,7 @@ export type {
   RoundRecord,
   SourceOptions,
 } from "./migration/precopy.js";
+export type { PostcopyStats } from "./migration/postcopy.js";
 export { connectOutgoing, listenIncoming } from "./migration/auth.js";
 export { ByteReader, MigrationError } from "./migration/stream.js";
 export type { MigErrno } from "./migration/stream.js";

@@ -313,6 +313,54 @@ export const KVM_DIRTY_RING_MAX_ENTRIES = 65536;
 /** One page of 16-byte entries. */
 export const KVM_DIRTY_RING_MIN_ENTRIES = PAGE_SIZE / 16;
 
+// ---- userfaultfd on one memslot, MISSING mode (Int32Array `uffd`): the post-copy destination ----
+const UFFD_OWNER = "owner, while no vCPU runs (userfaultRegister); read-only while they run";
+export const UFFD = defineBlock(
+  "userfaultfd (header)",
+  "kvm.uffd",
+  {
+    slot: { by: UFFD_OWNER, doc: "registered memslot + 1, 0 = none" },
+    npages: { by: UFFD_OWNER, doc: "pages of the registered slot (bits of the missing bitmap)" },
+    missing: { by: "atomic add by the owner (discard +1, copy -1)", doc: "pages missing now" },
+    req_seq: {
+      by: "atomic add by a vCPU after it stores its fault_gfn, then notified; the owner waits on it",
+      doc: "fault events (the readable userfaultfd)",
+    },
+    closed: {
+      by: "the owner (atomic store, then every bitmap word notified)",
+      doc: "1: the page source is gone; a fault on a missing page fails (SIGBUS)",
+    },
+  },
+  { words: 8 },
+);
+export const UFFD_VCPU = defineRows(
+  "userfaultfd (per-vCPU wait, postcopy-blocktime)",
+  "kvm.uffd",
+  {
+    fault_gfn: {
+      by: "its vCPU (atomic store before req_seq's add; 0 after the wait); the owner loads it",
+      doc: "gfn + 1 the vCPU is blocked on, 0 = none",
+    },
+    blocked_us: { by: "its vCPU (atomic add after each wait)", doc: "total time blocked, us" },
+    blocked_max_us: { by: "its vCPU (atomic store)", doc: "longest single wait, us" },
+    faults: { by: "its vCPU (atomic add)", doc: "waits on a missing page" },
+  },
+  { base: UFFD.WORDS, stride: 4 },
+);
+/** The missing bitmap follows the rows of KVM_MAX_VCPUS vCPUs. */
+export const UFFD_BITMAP_BASE = UFFD_VCPU.row(KVM_MAX_VCPUS);
+export const UFFD_BITMAP = defineRows(
+  "userfaultfd missing bitmap (one word per 32 pages)",
+  "kvm.uffd",
+  {
+    bits: {
+      by: "set by the owner (discard, no vCPU running); a bit is cleared by the owner (atomic and: release) after the page is written, then the word is notified; vCPUs load it (acquire) and wait on it",
+      doc: "bit n: page 32 * row + n of the slot is missing",
+    },
+  },
+  { base: UFFD_BITMAP_BASE },
+);
+
 /** `struct kvm_vcpu_stat`, one row per vCPU (Float64Array `vcpuStats`): written by its vCPU only. */
 const ST_BY = "its vCPU only (plain stores); others read it after the vCPU stopped or as a statistic";
 export const ST = defineRows(
@@ -375,6 +423,8 @@ export interface KvmShared {
   sctl: SharedArrayBuffer;
   /** The vCPUs' dirty rings (an 8-byte placeholder until vm.enableDirtyRing replaces it). */
   dirtyRing: SharedArrayBuffer;
+  /** userfaultfd state (an 8-byte placeholder until vm.userfaultRegister replaces it). */
+  uffd: SharedArrayBuffer;
 }
 
 /** Pages of host virtual address space a VM can mmap. */
@@ -417,6 +467,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     spHash: sab(shadow ? KVM_NUM_MMU_PAGES * 4 : 0),
     sctl: sab(SCTL.WORDS * 4),
     dirtyRing: sab(0),
+    uffd: sab(0),
   };
 }
 
@@ -451,6 +502,8 @@ export class Kvm {
   readonly sctl: Int32Array;
   /** Replaced once by enableDirtyRing (before any vCPU exists, so every worker sees the final one). */
   dirtyRing: Int32Array;
+  /** Replaced once by userfaultRegister (before the vCPUs run, so every worker sees the final one). */
+  uffd: Int32Array;
   readonly mode: MmuMode;
   readonly mmu_lock: Mutex;
   readonly slots_lock: Mutex;
@@ -486,6 +539,7 @@ export class Kvm {
     this.spHash = new Int32Array(shared.spHash);
     this.sctl = new Int32Array(shared.sctl);
     this.dirtyRing = new Int32Array(shared.dirtyRing);
+    this.uffd = new Int32Array(shared.uffd);
     this.mode = shared.config.mode ?? MmuMode.Tdp;
     this.mmu_lock = new Mutex(this.ctl, CTL.mmu_lock);
     this.slots_lock = new Mutex(this.ctl, CTL.slots_lock);

@@ -38,6 +38,9 @@ import {
   KVM_DIRTY_RING_MAX_ENTRIES,
   KVM_DIRTY_RING_MIN_ENTRIES,
   RING_HDR,
+  UFFD,
+  UFFD_BITMAP,
+  UFFD_VCPU,
 } from "./kvm_host.js";
 import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
@@ -55,6 +58,7 @@ import { validateGuestSpecs } from "./guest/spec.js";
 import { guest_read, guest_write, guest_range_check } from "./guest/host_access.js";
 import { HOST, HostWorkerData } from "./mem/host_thread.js";
 import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
+import { uffd_copy, uffd_missing, uffd_words } from "./mem/userfault.js";
 
 export type WpName = "locked" | "lockless";
 export type MmuModeName = "tdp" | "shadow";
@@ -374,6 +378,8 @@ export class Vm {
       kvm_unmap_hva_range(kvm, hva, hva + s[SLOT.npages(slot)]);
       kvm_flush_remote_tlbs(kvm);
       Atomics.store(s, SLOT.active(slot), 0);
+      // Its userfaultfd registration goes with it (no vCPU runs: nobody waits on it).
+      if (kvm.uffd[UFFD.slot] === slot + 1) kvm.uffd[UFFD.slot] = 0;
     } finally {
       kvm.mmu_lock.unlock();
     }
@@ -952,6 +958,164 @@ export class Vm {
     return { ...this.lastTimes };
   }
 
+  /**
+   * userfaultfd (UFFDIO_REGISTER, MISSING mode) on memslot `slot`: from now on a page marked
+   * missing (userfaultDiscard) blocks the vCPU whose fault reaches it until userfaultCopy places
+   * it. One slot per VM; only while no vCPU runs (EBUSY), so every worker sees the state.
+   */
+  userfaultRegister(slot: number): void {
+    const kvm = this.kvm;
+    if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS || kvm.slots[SLOT.active(slot)] === 0)
+      throw einval("slot", `no memslot ${String(slot)}`);
+    if (this.running) throw new KvmError("EBUSY", "userfaultRegister: the vCPUs are running");
+    if (kvm.uffd[UFFD.slot] !== 0) throw new KvmError("EEXIST", "slot: a memslot is already registered");
+    const npages = kvm.slots[SLOT.npages(slot)];
+    let buf: SharedArrayBuffer;
+    try {
+      buf = new SharedArrayBuffer(uffd_words(npages) * 4);
+    } catch (e) {
+      throw new KvmError("ENOMEM", `slot: cannot allocate the missing bitmap (${(e as Error).message})`);
+    }
+    // Before the workers start: each one attaches to this buffer.
+    this.shared.uffd = buf;
+    kvm.uffd = new Int32Array(buf);
+    kvm.uffd[UFFD.npages] = npages;
+    Atomics.store(kvm.uffd, UFFD.slot, slot + 1);
+  }
+
+  private uffdSlot(what: string): number {
+    const slot = this.kvm.uffd[UFFD.slot] - 1;
+    if (slot < 0) throw einval(what, "no memslot is registered (userfaultRegister)");
+    return slot;
+  }
+
+  /**
+   * Marks pages of the registered slot missing (MADV_DONTNEED on a registered range): bit n of
+   * `bitmap` set = page n. Their mappings are dropped and their frames zeroed. Only while no
+   * vCPU runs (EBUSY). Returns the pages now missing.
+   */
+  userfaultDiscard(bitmap: Uint32Array): number {
+    const kvm = this.kvm;
+    const slot = this.uffdSlot("userfaultDiscard");
+    const npages = kvm.uffd[UFFD.npages];
+    if (!(bitmap instanceof Uint32Array) || bitmap.length < Math.ceil(npages / 32))
+      throw einval("bitmap", `must be a Uint32Array of at least ${Math.ceil(npages / 32)} words`);
+    if (this.running) throw new KvmError("EBUSY", "userfaultDiscard: the vCPUs are running");
+    const u = kvm.uffd;
+    const hva = kvm.slots[SLOT.hva_page(slot)];
+    kvm.mmu_lock.lock();
+    try {
+      kvm_unmap_hva_range(kvm, hva, hva + npages);
+      kvm_flush_remote_tlbs(kvm);
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+    const zero = new Int32Array(PAGE_SIZE / 4);
+    const base = kvm.slots[SLOT.base_gfn(slot)];
+    for (let p = 0; p < npages; p++) {
+      if ((bitmap[p >>> 5] & (1 << (p & 31))) === 0 || uffd_missing(kvm, slot, base + p)) continue;
+      // Written first (the frame is unmapped), then marked: the zeroes are what a reader would see.
+      kvm.mm_lock.lock();
+      try {
+        const pfn = Atomics.load(kvm.hpt, hva + p) >>> 1;
+        kvm.mem.set(zero, pfn * (PAGE_SIZE / 4));
+      } finally {
+        kvm.mm_lock.unlock();
+      }
+      Atomics.or(u, UFFD_BITMAP.bits(p >>> 5), 1 << (p & 31));
+      Atomics.add(u, UFFD.missing, 1);
+    }
+    return Atomics.load(u, UFFD.missing);
+  }
+
+  /**
+   * UFFDIO_COPY: places the page at gpa (page-aligned, in the registered slot) with `bytes`
+   * (PAGE_SIZE of them; null: zeroes) and wakes the vCPUs waiting for it. False (nothing written)
+   * when the page was not missing, as UFFDIO_COPY's EEXIST. Owner thread; vCPUs may run.
+   */
+  userfaultCopy(gpa: number, bytes: Uint8Array | null): boolean {
+    const slot = this.uffdSlot("userfaultCopy");
+    const s = this.kvm.slots;
+    const base = s[SLOT.base_gfn(slot)];
+    if (
+      !isInt(gpa) ||
+      gpa % PAGE_SIZE !== 0 ||
+      gpa / PAGE_SIZE < base ||
+      gpa / PAGE_SIZE >= base + s[SLOT.npages(slot)]
+    )
+      throw einval("gpa", `must be a page-aligned address in the registered slot, got ${String(gpa)}`);
+    if (bytes !== null && (!(bytes instanceof Uint8Array) || bytes.length !== PAGE_SIZE))
+      throw einval("bytes", `must be ${PAGE_SIZE} bytes or null`);
+    let words: Int32Array | null = null;
+    if (bytes) {
+      words = new Int32Array(PAGE_SIZE / 4);
+      new Uint8Array(words.buffer).set(bytes);
+    }
+    return uffd_copy(this.kvm, slot, gpa / PAGE_SIZE, words);
+  }
+
+  /** True when the page at gpa is registered and missing. */
+  userfaultMissing(gpa: number): boolean {
+    if (!isInt(gpa) || gpa < 0) throw einval("gpa", `must be a non-negative integer, got ${String(gpa)}`);
+    const slot = this.kvm.uffd[UFFD.slot] - 1;
+    const s = this.kvm.slots;
+    if (slot < 0) return false;
+    const gfn = Math.floor(gpa / PAGE_SIZE);
+    const base = s[SLOT.base_gfn(slot)];
+    return gfn >= base && gfn < base + s[SLOT.npages(slot)] && uffd_missing(this.kvm, slot, gfn);
+  }
+
+  /** The gpas the vCPUs are blocked on now (read(uffd)), at most one per vCPU, and the event count. */
+  userfaultPending(): { seq: number; gpas: number[] } {
+    const u = this.kvm.uffd;
+    if (u[UFFD.slot] === 0) return { seq: 0, gpas: [] };
+    const seq = Atomics.load(u, UFFD.req_seq);
+    const gpas: number[] = [];
+    for (const id of this.created) {
+      const g = Atomics.load(u, UFFD_VCPU.fault_gfn(id));
+      if (g !== 0 && !gpas.includes((g - 1) * PAGE_SIZE)) gpas.push((g - 1) * PAGE_SIZE);
+    }
+    return { seq, gpas };
+  }
+
+  /** Resolves with the fault-event count once it differs from `seq`, or after timeoutMs. */
+  async waitUserfault(seq: number, timeoutMs: number): Promise<number> {
+    const u = this.kvm.uffd;
+    if (u[UFFD.slot] === 0) throw einval("waitUserfault", "no memslot is registered (userfaultRegister)");
+    const r = Atomics.waitAsync(u, UFFD.req_seq, seq, timeoutMs);
+    if (r.async) await r.value;
+    return Atomics.load(u, UFFD.req_seq);
+  }
+
+  /**
+   * The page source is gone: vCPUs blocked on (or later faulting on) a missing page fail with
+   * EFAULT instead of waiting forever (SIGBUS once the uffd is closed under them).
+   */
+  userfaultClose(): void {
+    const u = this.kvm.uffd;
+    if (u[UFFD.slot] === 0) return;
+    Atomics.store(u, UFFD.closed, 1);
+    for (let w = 0; w < Math.ceil(u[UFFD.npages] / 32); w++) Atomics.notify(u, UFFD_BITMAP.bits(w));
+  }
+
+  /** Pages missing now, and per vCPU id the time blocked on them (postcopy-vcpu-blocktime). */
+  userfaultStats(): {
+    missing: number;
+    vcpus: { id: number; blockedMs: number; maxBlockedMs: number; faults: number }[];
+  } {
+    const u = this.kvm.uffd;
+    const registered = u[UFFD.slot] !== 0;
+    return {
+      missing: registered ? Atomics.load(u, UFFD.missing) : 0,
+      vcpus: this.vcpuIds.map((id) => ({
+        id,
+        blockedMs: registered ? Atomics.load(u, UFFD_VCPU.blocked_us(id)) / 1000 : 0,
+        maxBlockedMs: registered ? Atomics.load(u, UFFD_VCPU.blocked_max_us(id)) / 1000 : 0,
+        faults: registered ? Atomics.load(u, UFFD_VCPU.faults(id)) : 0,
+      })),
+    };
+  }
+
   /** Host-side read of the 8 bytes at guest-physical gpa of a slot (through its hva). */
   readGuestU64(gpa: number): [number, number] {
     const gfn = Math.floor(gpa / PAGE_SIZE);
@@ -959,8 +1123,14 @@ export class Vm {
     for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
       if (!s[SLOT.active(id)]) continue;
       const base = s[SLOT.base_gfn(id)];
-      if (gfn >= base && gfn < base + s[SLOT.npages(id)])
+      if (gfn >= base && gfn < base + s[SLOT.npages(id)]) {
+        if (uffd_missing(this.kvm, id, gfn))
+          throw new KvmError(
+            "EFAULT",
+            `gpa: 0x${gpa.toString(16)} is missing (post-copy: the page has not arrived yet)`,
+          );
         return host_read_u64(this.kvm, (s[SLOT.hva_page(id)] + gfn - base) * PAGE_SIZE + (gpa % PAGE_SIZE));
+      }
     }
     throw new KvmError("EFAULT", `gpa: 0x${gpa.toString(16)} is in no memslot`);
   }
@@ -990,6 +1160,11 @@ export class Vm {
       const base = s[SLOT.base_gfn(id)];
       if (gfn < base || gfn >= base + s[SLOT.npages(id)]) continue;
       const kvm = this.kvm;
+      if (uffd_missing(kvm, id, gfn))
+        throw new KvmError(
+          "EFAULT",
+          `gpa: 0x${gpa.toString(16)} is missing (post-copy: the page has not arrived yet)`,
+        );
       kvm.mm_lock.lock();
       try {
         const pfn = Atomics.load(kvm.hpt, s[SLOT.hva_page(id)] + gfn - base) >>> 1;

@@ -1,5 +1,5 @@
 /**
- * `kvmmu migrate` and `kvmmu migrate-incoming`: pre-copy live migration of the migration-test
+ * `kvmmu migrate` and `kvmmu migrate-incoming`: pre-copy (or, with --postcopy, post-copy) live migration of the migration-test
  * guest between two kvmmu processes over TCP (or, with --local, to a destination process this
  * command starts itself on loopback).
  */
@@ -56,6 +56,13 @@ function formatReport(r: MigrationReport): string {
     `  total ${r.totalTimeMs.toFixed(0)} ms, downtime ${r.downtimeMs.toFixed(1)} ms, transferred ${(r.transferredBytes / 2 ** 20).toFixed(1)} MiB`,
     `  verify: ${r.verify.pagesCompared} pages compared, ${r.verify.mismatches} mismatches, guest invariant ${String(r.verify.guestInvariant)}`,
   );
+  const pc = r.postcopy;
+  if (pc)
+    out.push(
+      `  post-copy: ${pc.discardedPages} pages owed at switch-over (${pc.requestedPages} requested, ${pc.backgroundPages} background) in ${pc.postcopyTimeMs.toFixed(0)} ms; ` +
+        `${pc["postcopy-requests"]} page requests, blocktime ${pc["postcopy-blocktime"].toFixed(1)} ms ` +
+        `(per vCPU ${pc["postcopy-vcpu-blocktime"].map((x) => x.toFixed(1)).join(", ")}; worst wait ${Math.max(0, ...pc["postcopy-vcpu-blocktime-max"]).toFixed(1)} ms)`,
+    );
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
   return out.join("\n");
@@ -101,7 +108,9 @@ async function spawnDestination(
 export function registerMigrate(program: Command): void {
   program
     .command("migrate")
-    .description("live-migrate a running migration-test guest (pre-copy) and verify it byte for byte")
+    .description(
+      "live-migrate a running migration-test guest (pre-copy or post-copy) and verify it byte for byte",
+    )
     .option("--to <host:port>", "destination (kvmmu migrate-incoming)")
     .option("--local", "start the destination as a second process on loopback", false)
     .option("--key <k>", `pre-shared key (or ${KEY_ENV}); --local makes one`)
@@ -116,7 +125,21 @@ export function registerMigrate(program: Command): void {
     .option("--min-rounds <n>", "pre-copy rounds (the bulk round counts) before switch-over may happen", "1")
     .option("--warmup <ms>", "let the guest run this long before migrating", "200")
     .option("--timeout <ms>", "cancel (the source keeps running) when not converged by then", "60000")
-    .option("--fault <kind>", `inject a failure: ${FAULTS.join(", ")}`)
+    .option(
+      "--postcopy",
+      "post-copy: after --postcopy-after rounds the guest runs on the destination, which fetches missing pages on demand. " +
+        "If either side fails during post-copy the guest is lost (its memory is split between them; no recovery)",
+      false,
+    )
+    .option(
+      "--postcopy-after <rounds>",
+      "pre-copy rounds (the bulk round counts) before post-copy starts",
+      "1",
+    )
+    .option(
+      "--fault <kind>",
+      `inject a failure: ${FAULTS.join(", ")} (kill-destination with --postcopy: once post-copy has started)`,
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
     .action(async (a: Record<string, string | boolean | undefined>) => {
@@ -144,6 +167,8 @@ export function registerMigrate(program: Command): void {
         maxTimeMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
         log,
         fault: fault,
+        postcopy: a["postcopy"] === true,
+        postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
       };
       const warmup = parseIntIn("--warmup", String(a["warmup"]), 0, 600_000);
 
@@ -161,11 +186,16 @@ export function registerMigrate(program: Command): void {
             progress(
               `round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`,
             );
-            if (fault === "kill-destination" && r.round === 1) dst?.child.kill("SIGKILL");
+            if (fault === "kill-destination" && !opts.postcopy && r.round === 1) dst?.child.kill("SIGKILL");
+          },
+          onPostcopyRun: () => {
+            progress("post-copy: the guest runs on the destination");
+            if (fault === "kill-destination") dst?.child.kill("SIGKILL");
           },
         });
         report = await src.migrate(sock, reader);
-        if (report.status !== "completed") {
+        // A failed post-copy lost the guest: the paused source holds only part of it.
+        if (report.status !== "completed" && report.guestLost !== true) {
           // Nothing lost: the guest runs on here, every page advancing, invariant intact.
           const chk = await runAndCheck(g);
           report.verify.guestInvariant = chk.ok;

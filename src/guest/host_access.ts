@@ -9,6 +9,7 @@ import { Kvm, KVM_MEM_READONLY, PAGE_SIZE, SLOT } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty_in_slot } from "../mem/memslot.js";
 import { aload } from "../sync/atomic.js";
+import { uffd_missing } from "../mem/userfault.js";
 
 const hex = (x: number): string => `0x${x.toString(16)}`;
 
@@ -34,6 +35,12 @@ export function guest_range_check(kvm: Kvm, gpa: number, length: number, write: 
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} is in a read-only memslot`);
     if (aload(kvm.hpt, gfn_to_hva_page(kvm, slot, gfn)) >>> 1 === 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} has no host backing`);
+    // The owner cannot block for the page (it is the thread that brings it): refused.
+    if (uffd_missing(kvm, slot, gfn))
+      throw new KvmError(
+        "EFAULT",
+        `gpa: ${hex(gfn * PAGE_SIZE)} is missing (post-copy: the page has not arrived yet)`,
+      );
   }
 }
 

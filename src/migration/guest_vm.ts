@@ -65,7 +65,14 @@ export interface GuestVm {
 
 export function createGuestVm(
   layout: GuestLayout,
-  o: { wp: WpName; mode?: MmuModeName; logged: boolean; prepare?: (vm: Vm) => void },
+  o: {
+    wp: WpName;
+    mode?: MmuModeName;
+    logged: boolean;
+    prepare?: (vm: Vm) => void;
+    /** A post-copy destination: no huge host pages (as QEMU's MADV_NOHUGEPAGE), slot 0 under userfaultfd. */
+    postcopy?: boolean;
+  },
 ): GuestVm {
   const vm = Vm.create({
     memory: layout.memoryBytes + HOST_SPARE,
@@ -75,7 +82,8 @@ export function createGuestVm(
   });
   // The log interface is chosen before the logged slot and the vCPUs exist (the ring must be).
   o.prepare?.(vm);
-  const hva = vm.mmap(layout.memoryBytes);
+  // A 2 MiB mapping would let one fault map pages that have not arrived.
+  const hva = vm.mmap(layout.memoryBytes, { thp: !o.postcopy });
   vm.setUserMemoryRegion({
     slot: 0,
     flags: o.logged ? KVM_MEM_LOG_DIRTY_PAGES : 0,
@@ -83,6 +91,7 @@ export function createGuestVm(
     memorySize: layout.memoryBytes,
     userspaceAddr: hva,
   });
+  if (o.postcopy) vm.userfaultRegister(0);
   for (let id = 0; id < layout.vcpus; id++) vm.createVcpu(id);
   return { vm, layout, ctl: new Int32Array(new SharedArrayBuffer(MIG_CTL.WORDS * 4)) };
 }

@@ -44,6 +44,7 @@ import {
   SectionWriter,
   sectionName,
 } from "./stream.js";
+import { applyDiscard, postcopyIncoming, postcopySource, PostcopyStats } from "./postcopy.js";
 
 /** How dirty pages are collected: the classic bitmap, GET + CLEAR with manual protect, or the ring. */
 export interface DirtyLogStrategy {
@@ -133,13 +134,18 @@ export interface SourceOptions {
   fault?: FaultKind;
   /** Called after each sync with that round's record. */
   onRound?: (r: RoundRecord) => void;
+  /** Switch to post-copy (postcopy.ts) instead of converging: after postcopyAfter rounds (1: the bulk round). */
+  postcopy?: boolean;
+  postcopyAfter?: number;
+  /** Post-copy: called once the destination owns the guest (failure injection). */
+  onPostcopyRun?: () => void;
 }
 
 export type MigrationStatus = "completed" | "failed" | "cancelled";
 
 export interface MigrationReport {
   status: MigrationStatus;
-  mode: "precopy";
+  mode: "precopy" | "postcopy";
   logMode: string;
   rounds: RoundRecord[];
   downtimeMs: number;
@@ -150,6 +156,10 @@ export interface MigrationReport {
   verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean | null; problems: string[] };
   /** The guest's increment counts at switch-over (the work it had done). */
   countsAtSwitchover?: number[];
+  /** Post-copy failed after postcopy-run: neither side holds the whole guest (the source stays paused). */
+  guestLost?: boolean;
+  /** Post-copy only: blocktime and requests (QEMU's names). */
+  postcopy?: PostcopyStats;
   error?: { code: string; message: string };
 }
 
@@ -162,6 +172,8 @@ class ReturnPath {
   private queue: Section[] = [];
   private wake: (() => void) | null = null;
   failure: MigrationError | null = null;
+  /** Post-copy: where page requests go (any other time one is a protocol error). */
+  onPageRequest: ((payload: Buffer, id: number) => void) | null = null;
   private nextId = 1;
   constructor(private readonly r: ByteReader) {
     void this.pump();
@@ -173,8 +185,15 @@ class ReturnPath {
           Sec.Loaded,
           Sec.Running,
           Sec.Verified,
+          Sec.PageReq,
           Sec.Error,
         ]);
+        if (s.type === Sec.PageReq) {
+          if (!this.onPageRequest)
+            throw new MigrationError("EPROTO", `section ${s.id} (page-request) outside post-copy`);
+          this.onPageRequest(s.payload, s.id);
+          continue;
+        }
         if (s.type === Sec.Error) {
           const e = JSON.parse(s.payload.toString()) as { code: MigErrno; message: string };
           this.failure = new MigrationError(e.code, `destination: ${e.message.replace(/^[A-Z]+: /, "")}`);
@@ -218,6 +237,10 @@ class ReturnPath {
       await Promise.race([new Promise<void>((r) => (this.wake = r)), sleep(Math.min(left, 200))]);
     }
   }
+  /** The next queued section if it has this type, else null (never waits). */
+  take(type: number): Section | null {
+    return this.queue[0]?.type === type ? this.queue.shift()! : null;
+  }
   /** The destination's own error, if it sends one within `ms`. */
   async settle(ms: number): Promise<MigrationError | null> {
     const end = Date.now() + ms;
@@ -233,7 +256,10 @@ function toMigError(e: unknown): MigrationError {
 }
 
 export class MigrationSource {
-  private readonly o: Required<Omit<SourceOptions, "fault" | "onRound" | "log">> & SourceOptions;
+  private readonly o: Required<
+    Omit<SourceOptions, "fault" | "onRound" | "log" | "postcopy" | "postcopyAfter" | "onPostcopyRun">
+  > &
+    SourceOptions;
   private readonly log: DirtyLogStrategy;
 
   constructor(
@@ -255,6 +281,9 @@ export class MigrationSource {
     if (!Number.isSafeInteger(o.minRounds) || o.minRounds < 1)
       throw new MigrationError("EINVAL", "minRounds: must be >= 1");
     if (!(o.maxTimeMs > 0)) throw new MigrationError("EINVAL", "maxTimeMs: must be > 0");
+    const pa = o.postcopyAfter ?? 1;
+    if (!Number.isSafeInteger(pa) || pa < 1)
+      throw new MigrationError("EINVAL", "postcopyAfter: must be >= 1");
   }
 
   /**
@@ -273,7 +302,7 @@ export class MigrationSource {
     const rounds: RoundRecord[] = [];
     const report: MigrationReport = {
       status: "failed",
-      mode: "precopy",
+      mode: o.postcopy ? "postcopy" : "precopy",
       logMode: this.log.name,
       rounds,
       downtimeMs: 0,
@@ -406,7 +435,10 @@ export class MigrationSource {
     try {
       w.startDigest();
       await w.raw(encodeHeader(fault === "bad-version" ? MIG_VERSION + 98 : MIG_VERSION));
-      await w.section(Sec.Config, jsonPayload({ version: MIG_VERSION, layout }));
+      await w.section(
+        Sec.Config,
+        jsonPayload({ version: MIG_VERSION, layout, ...(o.postcopy ? { postcopy: true } : {}) }),
+      );
       report.setupTimeMs = performance.now() - t0;
 
       // Bulk round: clear the log, then send every page (a write after the clear is logged).
@@ -417,8 +449,10 @@ export class MigrationSource {
       await sendPending();
       for (;;) {
         const rec = sync();
+        // Post-copy: stop iterating after the rounds asked for, whatever is still dirty.
+        if (o.postcopy && rounds.length >= (o.postcopyAfter ?? 1)) break;
         const threshold = (bwBytesPerMs > 0 ? bwBytesPerMs : rec.mbps * 125) * o.downtimeLimitMs;
-        if (rounds.length >= o.minRounds && rec.remaining <= threshold) break;
+        if (!o.postcopy && rounds.length >= o.minRounds && rec.remaining <= threshold) break;
         if (ret.failure) throw ret.failure;
         if (performance.now() - t0 > o.maxTimeMs) {
           await w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
@@ -445,6 +479,40 @@ export class MigrationSource {
       const counts = guestCounts(g);
       report.countsAtSwitchover = counts;
       sync();
+      if (o.postcopy) {
+        const pc = await postcopySource({
+          g,
+          w,
+          ret,
+          pending,
+          counts,
+          tPause,
+          maxBandwidth: o.maxBandwidth,
+          commit: () => (committed = true),
+          onRun: o.onPostcopyRun,
+        });
+        report.downtimeMs = pc.downtimeMs;
+        report.verify = {
+          pagesCompared: pc.pagesCompared,
+          mismatches: pc.mismatches,
+          guestInvariant: pc.guestInvariant,
+          problems: pc.problems,
+        };
+        report.postcopy = pc.stats;
+        report.totalTimeMs = performance.now() - t0;
+        report.transferredBytes = w.bytes;
+        report.throttlePercentage = Atomics.load(g.ctl, MIG_CTL.throttle);
+        report.status = pc.mismatches === 0 ? "completed" : "failed";
+        if (pc.mismatches > 0) {
+          report.error = {
+            code: "EBADMSG",
+            message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination (the guest runs there: not resumed here)`,
+          };
+          report.guestLost = true;
+        }
+        stream.end();
+        return report;
+      }
       arm();
       if (fault === "bad-flag") {
         ram.addRaw(PAGE_SIZE, 0x40);
@@ -501,7 +569,12 @@ export class MigrationSource {
       report.totalTimeMs = performance.now() - t0;
       report.transferredBytes = w.bytes;
       stream.destroy();
-      if (committed) {
+      if (committed && o.postcopy) {
+        // Neither side holds the whole guest any more: it is lost (no postcopy-paused recovery).
+        report.error.message +=
+          " (during post-copy: the guest's memory is split between both sides, the guest is lost)";
+        report.guestLost = true;
+      } else if (committed) {
         // After "go" the guest belongs to the destination: the source must not run it too.
         report.error.message += " (after switch-over: the guest is the destination's)";
       } else if (paused) {
@@ -529,10 +602,27 @@ export interface DestinationReport {
   receivedBytes: number;
   guestInvariant: boolean | null;
   problems: string[];
+  /** Post-copy only: pages that arrived after the guest started here, and the vCPUs' waits. */
+  postcopy?: {
+    discardedPages: number;
+    pagesPlaced: number;
+    requests: number;
+    vcpus: { id: number; blockedMs: number; maxBlockedMs: number; faults: number }[];
+  };
   error?: { code: string; message: string };
 }
 
-const SOURCE_TYPES = [Sec.Config, Sec.Ram, Sec.Vcpu, Sec.Cancel, Sec.Eof, Sec.Go, Sec.Abort];
+const SOURCE_TYPES = [
+  Sec.Config,
+  Sec.Ram,
+  Sec.Vcpu,
+  Sec.Cancel,
+  Sec.Eof,
+  Sec.Go,
+  Sec.Abort,
+  Sec.Discard,
+  Sec.Postcopy,
+];
 
 export class MigrationDestination {
   /** The VM, once the config section built it; running the guest after a completed migration. */
@@ -555,6 +645,7 @@ export class MigrationDestination {
     };
     const back = new SectionWriter(stream);
     let layout: GuestLayout | null = null;
+    let postcopy = false;
     try {
       r.hash = (await import("node:crypto")).createHash("sha256");
       await readHeader(r);
@@ -571,9 +662,10 @@ export class MigrationDestination {
           );
         if (s.type === Sec.Config) {
           if (layout) throw new MigrationError("EPROTO", `section ${id}: a second config section`);
-          const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown };
+          const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown; postcopy?: unknown };
           layout = checkLayout(cfg.layout, maxMem);
-          this.guest = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false });
+          postcopy = cfg.postcopy === true;
+          this.guest = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false, postcopy });
         } else if (s.type === Sec.Ram) {
           const end = layout!.memoryBytes;
           const recs = decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= end);
@@ -583,6 +675,31 @@ export class MigrationDestination {
         } else if (s.type === Sec.Vcpu) {
           vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: { id: number; counter: number }[] })
             .vcpus;
+        } else if (s.type === Sec.Discard && postcopy) {
+          applyDiscard(this.guest!, s.payload, id);
+        } else if (s.type === Sec.Postcopy && postcopy) {
+          const pc = await postcopyIncoming({
+            g: this.guest!,
+            r,
+            back,
+            nextId: id + 1,
+            vcpuState,
+            read: (n) => this.withIdle(readSection(r, n, SOURCE_TYPES), n),
+          });
+          rep.sections += pc.sections;
+          rep.pagesApplied += pc.pagesPlaced;
+          rep.receivedBytes = r.consumed;
+          rep.guestInvariant = pc.guestInvariant;
+          rep.problems = pc.problems;
+          rep.postcopy = {
+            discardedPages: pc.discardedPages,
+            pagesPlaced: pc.pagesPlaced,
+            requests: pc.requests,
+            vcpus: pc.vcpus,
+          };
+          rep.status = "completed";
+          stream.end();
+          return rep;
         } else if (s.type === Sec.Cancel) {
           rep.status = "cancelled";
           throw new MigrationError("ECANCELED", "the source cancelled the migration");

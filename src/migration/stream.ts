@@ -35,10 +35,15 @@ export const Sec = {
   Eof: 5,
   Go: 6,
   Abort: 7,
+  /** Post-copy: the pages the destination must treat as missing (bitmap), then "run now". */
+  Discard: 8,
+  Postcopy: 9,
   /** Destination -> source (the return path). */
   Loaded: 0x41,
   Running: 0x42,
   Verified: 0x43,
+  /** Post-copy: pages a vCPU is blocked on (be64 gpas), to be sent before the rest. */
+  PageReq: 0x44,
   Error: 0x4f,
 } as const;
 
@@ -50,6 +55,9 @@ export const SECTION_NAMES: Record<number, string> = {
   [Sec.Eof]: "eof",
   [Sec.Go]: "go",
   [Sec.Abort]: "abort",
+  [Sec.Discard]: "discard",
+  [Sec.Postcopy]: "postcopy-run",
+  [Sec.PageReq]: "page-request",
   [Sec.Loaded]: "loaded",
   [Sec.Running]: "running",
   [Sec.Verified]: "verified",

@@ -12,6 +12,7 @@ import { aload, spinPoint } from "../sync/atomic.js";
 import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
 import { cmpxchg_gpte, gfn_to_pfn_memslot, guest_gfn_to_pfn, HostFrame } from "../mem/guest_memory.js";
 import { hva_is_huge } from "../mem/host_memory.js";
+import { handle_userfault } from "../mem/userfault.js";
 import { drop_large_spte, drop_parent_pte, link_shadow_page } from "./mmu_page.js";
 import { role_access, sp_role } from "./mmu_page_hash.js";
 import {
@@ -271,6 +272,8 @@ export function shadow_page_fault(
     const gfn = w.gfn;
     const slot = gfn_to_memslot(kvm, gfn);
     if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
+    // A page post-copy has not brought yet: wait for it here, before mmu_lock (false: retry later).
+    if (!handle_userfault(kvm, v.vcpuId, slot, gfn)) return SHADOW_RETRY;
     if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
       throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
     const pfn = hf.pfn;

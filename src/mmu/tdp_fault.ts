@@ -8,6 +8,7 @@ import { aload, spinPoint } from "../sync/atomic.js";
 import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
 import { gfn_to_pfn_memslot, HostFrame } from "../mem/guest_memory.js";
 import { hva_is_huge } from "../mem/host_memory.js";
+import { handle_userfault } from "../mem/userfault.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
 import { mmu_topup_memory_caches } from "./mmu_cache.js";
@@ -46,6 +47,8 @@ export function tdp_page_fault(
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
   if (write && present && fast_page_fault(kvm, vcpuId, gfn, st)) return;
+  // A page post-copy has not brought yet: wait for it here, before mmu_lock (false: retry later).
+  if (!handle_userfault(kvm, vcpuId, slot, gfn)) return;
   // Before mmu_lock: the slow path below then cannot run out of pages or descriptors.
   mmu_topup_memory_caches(kvm, vcpuId);
 
