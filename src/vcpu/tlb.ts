@@ -17,7 +17,7 @@ export class SoftTlb {
   readonly mask: number;
   readonly tag: Int32Array;
   readonly wtag: Int32Array;
-  readonly base: Uint32Array;
+  readonly base: Int32Array;
   flushes = 0;
 
   constructor(bits = 12) {
@@ -25,7 +25,7 @@ export class SoftTlb {
     this.mask = this.size - 1;
     this.tag = new Int32Array(this.size).fill(TLB_INVALID);
     this.wtag = new Int32Array(this.size).fill(TLB_INVALID);
-    this.base = new Uint32Array(this.size);
+    this.base = new Int32Array(this.size);
   }
 
   /** Returns (pfn << 1) | writable, or -1 on a miss. */

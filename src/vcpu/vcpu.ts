@@ -39,28 +39,33 @@ export const enum RunCtl {
 export class VcpuStop extends Error {}
 
 export class Vcpu {
-  readonly kvm: Kvm;
-  readonly id: number;
-  readonly tlb: SoftTlb;
+  /*
+   * Fields set in the constructor are `declare`d: an ES2022 class field without an initializer
+   * is first defined as undefined, and V8 then sees every later assignment as a change of a
+   * mutable, any-type field, so each hit would reload and re-check this.mem, this.tlbTag, ...
+   */
+  declare readonly kvm: Kvm;
+  declare readonly id: number;
+  declare readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
-  readonly mem: Int32Array;
-  private readonly ctl: Int32Array;
-  private readonly v: Int32Array;
+  declare readonly mem: Int32Array;
+  private declare readonly ctl: Int32Array;
+  private declare readonly v: Int32Array;
   /** The TLB's arrays and index mask, cached for the hit path. */
-  private readonly tlbTag: Int32Array;
-  private readonly tlbWtag: Int32Array;
-  private readonly tlbBase: Uint32Array;
-  private readonly tlbMask: number;
+  private declare readonly tlbTag: Int32Array;
+  private declare readonly tlbWtag: Int32Array;
+  private declare readonly tlbBase: Int32Array;
+  private declare readonly tlbMask: number;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
    * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
    */
-  private readonly modeIx: number;
-  private readonly runIx: number;
-  private readonly rootIx: number;
+  private declare readonly modeIx: number;
+  private declare readonly runIx: number;
+  private declare readonly rootIx: number;
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
-  readonly shadow: boolean;
-  private pagingMiss: boolean;
+  declare readonly shadow: boolean;
+  private declare pagingMiss: boolean;
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
   readonly paging = new PagingState(this.fault);
@@ -188,7 +193,7 @@ export class Vcpu {
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
   write64(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === gfn + this.v[this.modeIx]) {
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
       const i = this.tlbBase[t] + w;
       this.mem[i] = lo;
       this.mem[i + 1] = hi;
@@ -203,7 +208,7 @@ export class Vcpu {
    */
   write32(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === gfn + this.v[this.modeIx]) {
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
       this.mem[this.tlbBase[t] + w] = x;
       return;
     }
@@ -213,13 +218,13 @@ export class Vcpu {
   /** Guest load of the low 32 bits at word `w` of page gfn. */
   read32(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === gfn + this.v[this.modeIx]) return this.mem[this.tlbBase[t] + w];
+    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) return this.mem[this.tlbBase[t] + w];
     return this.readSlow(gfn, w);
   }
 
   private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === gfn + this.v[this.modeIx]) {
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = lo;
@@ -231,7 +236,7 @@ export class Vcpu {
 
   private write32Sched(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === gfn + this.v[this.modeIx]) {
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = x;
@@ -242,7 +247,7 @@ export class Vcpu {
 
   private read32Sched(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === gfn + this.v[this.modeIx]) {
+    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(false, this.mem, i);
       return this.mem[i];
