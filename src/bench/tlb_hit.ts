@@ -69,7 +69,7 @@ export interface TlbHitImpl {
     /** The guest context over that vCPU; null where the build has none. */
     ctx: { read32w(p: number, w: number): number; write32w(p: number, w: number, x: number): void } | null;
     /** Maps the benchmark's pages (through the MMU) and returns each page's first word in mem. */
-    mapPages(gfns: Int32Array): Int32Array;
+    mapPages: (gfns: Int32Array) => Int32Array;
     mem: Int32Array;
   };
 }
@@ -89,7 +89,7 @@ export const OWN_IMPL: TlbHitImpl = {
       vcpu,
       ctx: new VcpuGuestContext(vcpu),
       mem: vm.kvm.mem,
-      mapPages(gfns) {
+      mapPages: (gfns) => {
         const bases = new Int32Array(gfns.length);
         gfns.forEach((gfn, k) => {
           vcpu.write32(gfn, 0, 0); // a write fault maps the page: the entry is what a guest gets
@@ -121,7 +121,12 @@ export interface TlbHitResult {
     ctxWrite?: RatioSummary;
   };
   /** tlbNs / plainNs: the per-round medians of vcpu-read and plain-read. */
-  rounds: { warmup: boolean; tlbNs: number; plainNs: number; tasks: Partial<Record<TlbHitTask, TaskRound>> }[];
+  rounds: {
+    warmup: boolean;
+    tlbNs: number;
+    plainNs: number;
+    tasks: Partial<Record<TlbHitTask, TaskRound>>;
+  }[];
 }
 
 export const TLB_HIT_DEFAULTS: TlbHitOptions = { rounds: 10, warmup: 1, accesses: 16384, timeMs: 100 };

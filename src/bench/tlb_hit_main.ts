@@ -11,8 +11,7 @@ import { Command } from "commander";
 import { formatTlbHit, OWN_IMPL, tlbHitBench, TlbHitImpl, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
 
 /* eslint-disable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment,
-   @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access,
-   @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument --
+   @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access --
    another build's modules are untyped here: they are used only through TlbHitImpl. */
 async function loadImpl(dist: string): Promise<TlbHitImpl> {
   const root = resolve(dist, "src");
@@ -28,14 +27,20 @@ async function loadImpl(dist: string): Promise<TlbHitImpl> {
     createVcpu() {
       const vm = Vm.create({ memory: 8 << 20, wp: "lockless" });
       const hva = vm.mmap(4 << 20);
-      vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
+      vm.setUserMemoryRegion({
+        slot: 0,
+        flags: 0,
+        guestPhysAddr: 0,
+        memorySize: 4 << 20,
+        userspaceAddr: hva,
+      });
       vm.createVcpu(0);
       const vcpu = new Vcpu(vm.kvm, 0);
       return {
         vcpu,
         ctx: Ctx ? new Ctx(vcpu) : null,
         mem: vm.kvm.mem,
-        mapPages(gfns: Int32Array) {
+        mapPages: (gfns: Int32Array) => {
           const bases = new Int32Array(gfns.length);
           gfns.forEach((gfn, k) => {
             vcpu.write32(gfn, 0, 0);
@@ -48,19 +53,30 @@ async function loadImpl(dist: string): Promise<TlbHitImpl> {
   };
 }
 /* eslint-enable @typescript-eslint/no-explicit-any, @typescript-eslint/no-unsafe-assignment,
-   @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access,
-   @typescript-eslint/no-unsafe-return, @typescript-eslint/no-unsafe-argument */
+   @typescript-eslint/no-unsafe-call, @typescript-eslint/no-unsafe-member-access */
 
 const int = (s: string): number => Number.parseInt(s, 10);
 const cmd = new Command("tlb-hit")
   .option("--from <dist>", "measure another build's dist directory instead of this one")
   .option("--rounds <n>", "measured rounds", int, TLB_HIT_DEFAULTS.rounds)
   .option("--warmup <n>", "warm-up rounds left out", int, TLB_HIT_DEFAULTS.warmup)
-  .option("--accesses <n>", "accesses per tinybench sample (a multiple of 1024)", int, TLB_HIT_DEFAULTS.accesses)
+  .option(
+    "--accesses <n>",
+    "accesses per tinybench sample (a multiple of 1024)",
+    int,
+    TLB_HIT_DEFAULTS.accesses,
+  )
   .option("--time-ms <n>", "tinybench time per task per round", Number, TLB_HIT_DEFAULTS.timeMs)
   .option("--json", "print the result as JSON")
   .parse();
-const o = cmd.opts<{ from?: string; rounds: number; warmup: number; accesses: number; timeMs: number; json?: boolean }>();
+const o = cmd.opts<{
+  from?: string;
+  rounds: number;
+  warmup: number;
+  accesses: number;
+  timeMs: number;
+  json?: boolean;
+}>();
 const impl = o.from === undefined ? OWN_IMPL : await loadImpl(o.from);
 const r = tlbHitBench({ rounds: o.rounds, warmup: o.warmup, accesses: o.accesses, timeMs: o.timeMs }, impl);
 process.stdout.write((o.json === true ? JSON.stringify(r) : formatTlbHit(r)) + "\n");

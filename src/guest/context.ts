@@ -71,7 +71,7 @@ const PAGE = GUEST_PAGE_SIZE;
 /** The one implementation, over a Vcpu (kept monomorphic: every guest calls through it). */
 export class VcpuGuestContext implements GuestContext {
   // declare: no ES2022 field definition (undefined first), so V8 keeps them constant-typed.
-  private declare readonly v: Vcpu;
+  declare private readonly v: Vcpu;
   declare readonly vcpuId: number;
   declare readonly shadow: boolean;
 

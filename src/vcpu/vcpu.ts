@@ -49,23 +49,23 @@ export class Vcpu {
   declare readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
   declare readonly mem: Int32Array;
-  private declare readonly ctl: Int32Array;
-  private declare readonly v: Int32Array;
+  declare private readonly ctl: Int32Array;
+  declare private readonly v: Int32Array;
   /** The TLB's arrays and index mask, cached for the hit path. */
-  private declare readonly tlbTag: Int32Array;
-  private declare readonly tlbWtag: Int32Array;
-  private declare readonly tlbBase: Int32Array;
-  private declare readonly tlbMask: number;
+  declare private readonly tlbTag: Int32Array;
+  declare private readonly tlbWtag: Int32Array;
+  declare private readonly tlbBase: Int32Array;
+  declare private readonly tlbMask: number;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
    * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
    */
-  private declare readonly modeIx: number;
-  private declare readonly runIx: number;
-  private declare readonly rootIx: number;
+  declare private readonly modeIx: number;
+  declare private readonly runIx: number;
+  declare private readonly rootIx: number;
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
   declare readonly shadow: boolean;
-  private declare pagingMiss: boolean;
+  declare private pagingMiss: boolean;
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
   readonly paging = new PagingState(this.fault);
@@ -116,7 +116,8 @@ export class Vcpu {
     // A pause or stop written while we were outside guest mode found no IN mode to kick
     // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
     // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
-    if (aload(v, this.runIx) !== (RunCtl.Run as number)) acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
+    if (aload(v, this.runIx) !== (RunCtl.Run as number))
+      acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
   }
 
   /** VM exit: mode = OUTSIDE; wakes a flusher that kicked us. */
