@@ -54,7 +54,7 @@ export class Vcpu {
   /** The TLB's arrays and index mask, cached for the hit path. */
   declare private readonly tlbTag: Int32Array;
   declare private readonly tlbWtag: Int32Array;
-  declare private readonly tlbBase: Int32Array;
+  declare private readonly tlbBase: Int32Array | Uint32Array;
   declare private readonly tlbMask: number;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
@@ -79,7 +79,7 @@ export class Vcpu {
   constructor(kvm: Kvm, id: number, tlbBits = 12) {
     this.kvm = kvm;
     this.id = id;
-    this.tlb = new SoftTlb(tlbBits);
+    this.tlb = new SoftTlb(tlbBits, kvm.mem.length);
     this.mem = kvm.mem;
     this.ctl = kvm.ctl;
     this.v = kvm.vcpu;
