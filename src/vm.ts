@@ -51,7 +51,7 @@ import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.
 import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
 import { addDirtyLogTimes, DirtyLogTimes, newDirtyLogTimes } from "./mmu/write_protect.js";
 import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
-import { kvm_flush_remote_tlbs, VcpuState } from "./kvm/requests.js";
+import { kvm_flush_remote_tlbs, kvm_vcpu_kick, VcpuState } from "./kvm/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
 import { validateGuestSpecs } from "./guest/spec.js";
@@ -470,7 +470,10 @@ export class Vm {
   private fail(e: Error): void {
     this.error ??= e;
     Atomics.store(this.kvm.ctl, CTL.vm_state, 2);
-    for (const id of this.created) Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Stop);
+    for (const id of this.created) {
+      Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Stop);
+      kvm_vcpu_kick(this.kvm, id);
+    }
   }
 
   /** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
@@ -500,7 +503,10 @@ export class Vm {
   async pause(): Promise<void> {
     if (!this.running || this.workers.size === 0) throw einval("pause", "the vCPUs are not running");
     this.throwIfFailed();
-    for (const id of this.workers.keys()) Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
+    for (const id of this.workers.keys()) {
+      Atomics.store(this.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
+      kvm_vcpu_kick(this.kvm, id);
+    }
     for (const id of this.workers.keys())
       await this.waitState(id, (s) => s === (VcpuState.Paused as number), "park");
     this.throwIfFailed();
@@ -557,6 +563,7 @@ export class Vm {
       for (const id of this.created) {
         const i = VCPU.run(id);
         Atomics.store(this.kvm.vcpu, i, RunCtl.Stop);
+        kvm_vcpu_kick(this.kvm, id);
         Atomics.notify(this.kvm.vcpu, i);
       }
       await this.stopHostThread();

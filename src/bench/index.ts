@@ -4,18 +4,17 @@
  * --quick: a few rounds and iterations on a small guest (tests; the figures mean little).
  */
 import os from "node:os";
-import { tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
+import { formatTlbHit, tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
 import { dirtyLogPerf, CONTENTION, fitVcpus, threadFit } from "./dirty_log_perf.js";
 import { formatPerf } from "./dirty_log_perf_format.js";
 import { checkOutput, envelope, writeResult } from "./result.js";
-import { formatRatio } from "./stats.js";
 
 const json = process.argv.includes("--json");
 const oi = process.argv.indexOf("--output");
 const output = oi >= 0 ? process.argv[oi + 1] : undefined;
 if (output !== undefined) checkOutput(output);
 const quick = process.argv.includes("--quick");
-const tlbOptions = quick ? { rounds: 3, warmup: 1, accesses: 100_000 } : TLB_HIT_DEFAULTS;
+const tlbOptions = quick ? { rounds: 3, warmup: 1, accesses: 16384, timeMs: 20 } : TLB_HIT_DEFAULTS;
 const tlb = tlbHitBench(tlbOptions);
 const contention = CONTENTION["default"];
 const cpus = os.availableParallelism();
@@ -42,12 +41,6 @@ if (output !== undefined) writeResult(output, result);
 if (json) {
   process.stdout.write(JSON.stringify(result) + "\n");
 } else {
-  const t = tlb.tlbNsPerAccess;
-  const p = tlb.plainNsPerAccess;
-  process.stdout.write(
-    `software TLB hit: median ${t.median.toFixed(2)} ns/access [${t.ci95[0].toFixed(2)}, ${t.ci95[1].toFixed(2)}], ` +
-      `plain typed-array access ${p.median.toFixed(2)} ns/access [${p.ci95[0].toFixed(2)}, ${p.ci95[1].toFixed(2)}], ` +
-      `ratio ${formatRatio(tlb.ratio)} (${tlb.options.rounds} rounds after ${tlb.options.warmup} warm-up)\n\n`,
-  );
+  process.stdout.write(formatTlbHit(tlb) + "\n\n");
   process.stdout.write(formatPerf(perf) + "\n");
 }

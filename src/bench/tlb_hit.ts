@@ -1,79 +1,261 @@
 /**
- * Micro-benchmark: a guest load that hits the software TLB against a plain typed-array load of
- * the same data. Both loops read the same 64 pages in the same order; the TLB loop goes through
- * Vcpu.read32 (tag check, entry load, safe-point countdown), the plain loop indexes guest memory
- * with precomputed frame offsets. The two loops alternate round by round; warm-up rounds (JIT
- * tiering) are left out; ns per access with the statistics of src/bench/stats.ts.
+ * Micro-benchmark: guest accesses that hit the software TLB against plain typed-array accesses
+ * of the same words, measured with tinybench (warm-up, timed samples, margin of error).
+ *
+ * Access pattern, the same for every task: sequential words of PAGES guest pages (all 1024
+ * words of a page, then the next page), every access a TLB hit. Tasks:
+ * - plain: `mem[base[page] + w]`, frame bases precomputed (guest memory with no MMU at all);
+ * - vcpu: `Vcpu.read32` / `Vcpu.write32` (the hit path of the built-in guests);
+ * - ctx: `read32w` / `write32w` of the public guest context (as memstress calls it).
+ * One tinybench sample is `accesses` accesses. A round runs every task once (a time budget of
+ * `timeMs` each, task order rotated round by round); rounds repeat, so each ratio is paired by
+ * round (same machine state) and bootstrapped. Warm-up rounds (JIT tiering) are left out;
+ * tinybench also warms every task up before its samples.
+ *
+ * The engine is passed in (TlbHitImpl), so the same harness can measure another build's dist
+ * (`node dist/src/bench/tlb_hit_main.js --from DIR`) in the same process conditions.
  */
+import { Bench } from "tinybench";
 import { Vm } from "../vm.js";
 import { Vcpu } from "../vcpu/vcpu.js";
+import { VcpuGuestContext } from "../guest/context.js";
 import { PAGE_SIZE, PAGE_WORDS } from "../kvm_host.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
 import { einval } from "../errors.js";
-import { pairedRatio, RatioSummary, summarize, Summary } from "./stats.js";
+import { formatRatio, median, pairedRatio, RatioSummary, summarize, Summary } from "./stats.js";
 
 export interface TlbHitOptions {
+  /** Measured rounds. */
   rounds: number;
+  /** Rounds run first and left out. */
   warmup: number;
+  /** Accesses per tinybench sample (a multiple of 1024: whole pages). */
   accesses: number;
+  /** tinybench time budget per task per round, ms (it also takes at least 64 samples). */
+  timeMs?: number;
 }
+
+/** What tinybench reported for one task in one round (ns per access). */
+export interface TaskRound {
+  /** Median of the samples. */
+  p50Ns: number;
+  meanNs: number;
+  /** Relative margin of error of the mean, %, at 95% (Student's t). */
+  rme: number;
+  samples: number;
+}
+
+export const TLB_HIT_TASKS = [
+  "plain-read",
+  "vcpu-read",
+  "ctx-read",
+  "plain-write",
+  "vcpu-write",
+  "ctx-write",
+] as const;
+export type TlbHitTask = (typeof TLB_HIT_TASKS)[number];
+
+/** The pieces of an engine build the harness drives (ours, or another dist's: tlb_hit_main.ts). */
+export interface TlbHitImpl {
+  /** Where it came from (a dist directory), for the report. */
+  label: string;
+  createVcpu(): {
+    vcpu: {
+      read32(gfn: number, w: number): number;
+      write32(gfn: number, w: number, x: number): void;
+      enterGuest(): void;
+      tlbMisses: number;
+    };
+    /** The guest context over that vCPU; null where the build has none. */
+    ctx: { read32w(p: number, w: number): number; write32w(p: number, w: number, x: number): void } | null;
+    /** Maps the benchmark's pages (through the MMU) and returns each page's first word in mem. */
+    mapPages: (gfns: Int32Array) => Int32Array;
+    mem: Int32Array;
+  };
+}
+
+/** Guest pages the loops walk (all in the TLB, distinct sets). */
+const PAGES = 8;
+
+export const OWN_IMPL: TlbHitImpl = {
+  label: "this build",
+  createVcpu() {
+    const vm = Vm.create({ memory: 8 << 20, wp: "lockless" });
+    const hva = vm.mmap(4 << 20);
+    vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
+    vm.createVcpu(0);
+    const vcpu = new Vcpu(vm.kvm, 0);
+    return {
+      vcpu,
+      ctx: new VcpuGuestContext(vcpu),
+      mem: vm.kvm.mem,
+      mapPages: (gfns) => {
+        const bases = new Int32Array(gfns.length);
+        gfns.forEach((gfn, k) => {
+          vcpu.write32(gfn, 0, 0); // a write fault maps the page: the entry is what a guest gets
+          bases[k] = hva_to_pfn(vm.kvm, hva / PAGE_SIZE + gfn) * PAGE_WORDS;
+        });
+        return bases;
+      },
+    };
+  },
+};
 
 export interface TlbHitResult {
-  options: TlbHitOptions;
-  /** ns per access, per measured round. */
+  options: Required<TlbHitOptions>;
+  harness: string;
+  impl: string;
+  /** Vcpu.read32 hit, ns per access (per-round sample medians). */
   tlbNsPerAccess: Summary;
+  /** Plain typed-array load, ns per access. */
   plainNsPerAccess: Summary;
-  /** TLB / plain, paired by round. */
+  /** Vcpu.read32 hit / plain load, paired by round. */
   ratio: RatioSummary;
-  rounds: { warmup: boolean; tlbNs: number; plainNs: number }[];
+  /** Every task that ran, ns per access over the measured rounds. */
+  tasks: Partial<Record<TlbHitTask, Summary>>;
+  /** Each path against the plain access of the same kind, paired by round (ctx: where it exists). */
+  ratios: {
+    vcpuRead: RatioSummary;
+    vcpuWrite: RatioSummary;
+    ctxRead?: RatioSummary;
+    ctxWrite?: RatioSummary;
+  };
+  /** tlbNs / plainNs: the per-round medians of vcpu-read and plain-read. */
+  rounds: {
+    warmup: boolean;
+    tlbNs: number;
+    plainNs: number;
+    tasks: Partial<Record<TlbHitTask, TaskRound>>;
+  }[];
 }
 
-export const TLB_HIT_DEFAULTS: TlbHitOptions = { rounds: 15, warmup: 2, accesses: 4_000_000 };
+export const TLB_HIT_DEFAULTS: TlbHitOptions = { rounds: 10, warmup: 1, accesses: 16384, timeMs: 100 };
 
-export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS): TlbHitResult {
-  if (!Number.isInteger(o.rounds) || o.rounds < 1) throw einval("rounds", "must be >= 1");
-  if (!Number.isInteger(o.warmup) || o.warmup < 0) throw einval("warmup", "must be >= 0");
-  if (!Number.isInteger(o.accesses) || o.accesses < 64) throw einval("accesses", "must be >= 64");
-  const vm = Vm.create({ memory: 8 << 20, wp: "lockless" });
-  const hva = vm.mmap(4 << 20);
-  vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
-  vm.createVcpu(0);
-  const vcpu = new Vcpu(vm.kvm, 0);
-  const N = 64;
-  const gfns = new Int32Array(N);
-  const bases = new Int32Array(N);
-  for (let k = 0; k < N; k++) {
-    gfns[k] = k * 7;
-    const pfn = hva_to_pfn(vm.kvm, hva / PAGE_SIZE + k * 7);
-    bases[k] = pfn * PAGE_WORDS;
-    vcpu.tlb.fill(k * 7, pfn, true);
-  }
-  const mem = vm.kvm.mem;
-  const accesses = o.accesses;
-  const rounds: TlbHitResult["rounds"] = [];
+export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImpl = OWN_IMPL): TlbHitResult {
+  const opts: Required<TlbHitOptions> = { timeMs: 100, ...o };
+  if (!Number.isInteger(opts.rounds) || opts.rounds < 1) throw einval("rounds", "must be >= 1");
+  if (!Number.isInteger(opts.warmup) || opts.warmup < 0) throw einval("warmup", "must be >= 0");
+  if (!Number.isInteger(opts.accesses) || opts.accesses < 1024 || opts.accesses % 1024 !== 0)
+    throw einval("accesses", "must be a positive multiple of 1024");
+  if (!Number.isFinite(opts.timeMs) || opts.timeMs <= 0) throw einval("timeMs", "must be > 0");
+  const { vcpu, ctx, mem, mapPages } = impl.createVcpu();
+  vcpu.enterGuest(); // as the worker does before the guest runs
+  const gfns = new Int32Array(PAGES);
+  for (let k = 0; k < PAGES; k++) gfns[k] = k * 7;
+  const bases = mapPages(gfns);
+  const misses = vcpu.tlbMisses;
+  const n = opts.accesses;
+  const pm = PAGES - 1;
   let sink = 0;
-  for (let r = 0; r < o.warmup + o.rounds; r++) {
-    let t = performance.now();
-    let s = 0;
-    for (let i = 0; i < accesses; i++) s += vcpu.read32(gfns[i & 63], 8);
-    const tlbNs = ((performance.now() - t) * 1e6) / accesses;
-    sink += s;
-    t = performance.now();
-    s = 0;
-    for (let i = 0; i < accesses; i++) s += mem[bases[i & 63] + 8];
-    const plainNs = ((performance.now() - t) * 1e6) / accesses;
-    sink += s;
-    rounds.push({ warmup: r < o.warmup, tlbNs, plainNs });
+  // One closure per task, so that no two tasks share a call site's type feedback.
+  const fns: Partial<Record<TlbHitTask, () => void>> = {
+    "plain-read": () => {
+      let s = 0;
+      for (let i = 0; i < n; i++) s = (s + mem[bases[(i >>> 10) & pm] + (i & 1023)]) | 0;
+      sink ^= s;
+    },
+    "vcpu-read": () => {
+      let s = 0;
+      for (let i = 0; i < n; i++) s = (s + vcpu.read32(gfns[(i >>> 10) & pm], i & 1023)) | 0;
+      sink ^= s;
+    },
+    "plain-write": () => {
+      for (let i = 0; i < n; i++) mem[bases[(i >>> 10) & pm] + (i & 1023)] = i;
+    },
+    "vcpu-write": () => {
+      for (let i = 0; i < n; i++) vcpu.write32(gfns[(i >>> 10) & pm], i & 1023, i);
+    },
+  };
+  if (ctx !== null) {
+    fns["ctx-read"] = () => {
+      let s = 0;
+      for (let i = 0; i < n; i++) s = (s + ctx.read32w(gfns[(i >>> 10) & pm], i & 1023)) | 0;
+      sink ^= s;
+    };
+    fns["ctx-write"] = () => {
+      for (let i = 0; i < n; i++) ctx.write32w(gfns[(i >>> 10) & pm], i & 1023, i);
+    };
   }
-  if (sink === 42) console.log("");
-  const m = rounds.filter((r) => !r.warmup);
-  const tlb = m.map((r) => r.tlbNs);
-  const plain = m.map((r) => r.plainNs);
+  const names = TLB_HIT_TASKS.filter((t) => fns[t] !== undefined);
+  const rounds: TlbHitResult["rounds"] = [];
+  for (let r = 0; r < opts.warmup + opts.rounds; r++) {
+    const bench = new Bench({ time: opts.timeMs, warmupTime: Math.min(50, opts.timeMs), throws: true });
+    // Rotate the task order each round so that no task always runs first (or right after a GC).
+    for (let k = 0; k < names.length; k++) {
+      const name = names[(k + r) % names.length];
+      bench.add(name, fns[name] as () => void);
+    }
+    bench.runSync();
+    const tasks: Partial<Record<TlbHitTask, TaskRound>> = {};
+    for (const t of bench.tasks) {
+      const lat = t.result?.latency;
+      if (lat === undefined) throw new Error(`tinybench: no result for ${t.name}`);
+      const k = 1e6 / n; // ms per sample -> ns per access
+      tasks[t.name as TlbHitTask] = {
+        p50Ns: (lat.p50 ?? lat.mean) * k,
+        meanNs: lat.mean * k,
+        rme: lat.rme,
+        samples: lat.samples.length,
+      };
+    }
+    rounds.push({
+      warmup: r < opts.warmup,
+      tlbNs: (tasks["vcpu-read"] as TaskRound).p50Ns,
+      plainNs: (tasks["plain-read"] as TaskRound).p50Ns,
+      tasks,
+    });
+  }
+  if (sink === 0x5eed) console.log("");
+  // Every access was a hit: the loops measured the hit path, not the MMU.
+  if (vcpu.tlbMisses !== misses) throw new Error(`tlb-hit: ${vcpu.tlbMisses - misses} misses in the loops`);
+  const m = rounds.filter((x) => !x.warmup);
+  const col = (t: TlbHitTask): number[] => m.map((x) => (x.tasks[t] as TaskRound).p50Ns);
+  const tasks: Partial<Record<TlbHitTask, Summary>> = {};
+  for (const t of names) tasks[t] = summarize(col(t));
+  const ratios: TlbHitResult["ratios"] = {
+    vcpuRead: pairedRatio(col("vcpu-read"), col("plain-read")),
+    vcpuWrite: pairedRatio(col("vcpu-write"), col("plain-write")),
+  };
+  if (ctx !== null) {
+    ratios.ctxRead = pairedRatio(col("ctx-read"), col("plain-read"));
+    ratios.ctxWrite = pairedRatio(col("ctx-write"), col("plain-write"));
+  }
   return {
-    options: { ...o },
-    tlbNsPerAccess: summarize(tlb),
-    plainNsPerAccess: summarize(plain),
-    ratio: pairedRatio(tlb, plain),
+    options: opts,
+    harness: "tinybench",
+    impl: impl.label,
+    tlbNsPerAccess: tasks["vcpu-read"] as Summary,
+    plainNsPerAccess: tasks["plain-read"] as Summary,
+    ratio: ratios.vcpuRead,
+    tasks,
+    ratios,
     rounds,
   };
+}
+
+/** Median over the measured rounds of tinybench's relative margin of error for task t, %. */
+export function medianRme(r: TlbHitResult, t: TlbHitTask): number {
+  return median(r.rounds.filter((x) => !x.warmup).map((x) => (x.tasks[t] as TaskRound).rme));
+}
+
+/** Human-readable lines: each task's median ns per access and margin, then the ratios. */
+export function formatTlbHit(r: TlbHitResult): string {
+  const lines = [
+    `software TLB hit, ${r.impl} (tinybench, ${r.options.rounds} rounds after ${r.options.warmup} warm-up, ` +
+      `${r.options.accesses} accesses per sample, ${r.options.timeMs} ms per task per round)`,
+  ];
+  for (const t of TLB_HIT_TASKS) {
+    const s = r.tasks[t];
+    if (s === undefined) continue;
+    lines.push(
+      `  ${t.padEnd(12)} ${s.median.toFixed(3)} ns/access [${s.ci95[0].toFixed(3)}, ${s.ci95[1].toFixed(3)}]` +
+        `  (tinybench rme, median of rounds: ±${medianRme(r, t).toFixed(1)}%)`,
+    );
+  }
+  const q = r.ratios;
+  const parts = [`vcpu read ${formatRatio(q.vcpuRead)}`, `vcpu write ${formatRatio(q.vcpuWrite)}`];
+  if (q.ctxRead) parts.push(`ctx read ${formatRatio(q.ctxRead)}`);
+  if (q.ctxWrite) parts.push(`ctx write ${formatRatio(q.ctxWrite)}`);
+  lines.push(`  vs plain: ${parts.join(", ")}`);
+  return lines.join("\n");
 }

@@ -70,9 +70,10 @@ const PAGE = GUEST_PAGE_SIZE;
 
 /** The one implementation, over a Vcpu (kept monomorphic: every guest calls through it). */
 export class VcpuGuestContext implements GuestContext {
-  private readonly v: Vcpu;
-  readonly vcpuId: number;
-  readonly shadow: boolean;
+  // declare: no ES2022 field definition (undefined first), so V8 keeps them constant-typed.
+  declare private readonly v: Vcpu;
+  declare readonly vcpuId: number;
+  declare readonly shadow: boolean;
 
   constructor(vcpu: Vcpu) {
     this.v = vcpu;

@@ -39,6 +39,16 @@ export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
   aor(kvm.vcpu, VCPU.requests(vcpuId), req);
 }
 
+/**
+ * kvm_vcpu_kick without the wait: IN -> EXITING, so that a vCPU in guest mode takes a safe
+ * point at its next guest access (the TLB hit compares against its mode). The owner kicks after
+ * it stores run control (pause, stop); a vCPU outside guest mode reads run control as it
+ * re-enters (Vcpu.enterGuest).
+ */
+export function kvm_vcpu_kick(kvm: Kvm, vcpuId: number): void {
+  acas(kvm.vcpu, VCPU.mode(vcpuId), IN_GUEST_MODE, EXITING_GUEST_MODE);
+}
+
 /** make_all_cpus_request: returns true if some vCPU had to be kicked and waited for. */
 export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   const v = kvm.vcpu;

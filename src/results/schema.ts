@@ -272,12 +272,41 @@ export const CatalogDoc = doc(
 
 // ---- npm run bench --------------------------------------------------------------------------
 
+const TlbHitTaskRound = Type.Object({ p50Ns: Num, meanNs: Num, rme: Num, samples: Int });
+const tlbHitTasks = <T extends TSchema>(t: T) =>
+  Type.Object({
+    "plain-read": t,
+    "vcpu-read": t,
+    "ctx-read": Type.Optional(t),
+    "plain-write": t,
+    "vcpu-write": t,
+    "ctx-write": Type.Optional(t),
+  });
 const TlbHit = Type.Object({
-  options: Type.Object({ rounds: Int, warmup: Int, accesses: Int }),
+  options: Type.Object({ rounds: Int, warmup: Int, accesses: Int, timeMs: Type.Optional(Num) }),
+  /** The measuring library (tinybench) and the build measured. */
+  harness: Type.Optional(Type.String()),
+  impl: Type.Optional(Type.String()),
   tlbNsPerAccess: Summary,
   plainNsPerAccess: Summary,
   ratio: Ratio,
-  rounds: Type.Array(Type.Object({ warmup: Type.Boolean(), tlbNs: Num, plainNs: Num })),
+  tasks: Type.Optional(tlbHitTasks(Summary)),
+  ratios: Type.Optional(
+    Type.Object({
+      vcpuRead: Ratio,
+      vcpuWrite: Ratio,
+      ctxRead: Type.Optional(Ratio),
+      ctxWrite: Type.Optional(Ratio),
+    }),
+  ),
+  rounds: Type.Array(
+    Type.Object({
+      warmup: Type.Boolean(),
+      tlbNs: Num,
+      plainNs: Num,
+      tasks: Type.Optional(tlbHitTasks(TlbHitTaskRound)),
+    }),
+  ),
 });
 
 export const BenchDoc = doc(

@@ -12,11 +12,10 @@ import {
   KVM_REQ_TLB_FLUSH,
   MmuMode,
   OUTSIDE_GUEST_MODE,
-  PAGE_WORDS,
   ST,
   VCPU,
 } from "../kvm_host.js";
-import { aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { acas, aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { kvm_dirty_ring_full_exit, kvm_dirty_ring_wait } from "../mem/dirty_ring.js";
 import { tdp_page_fault } from "../mmu/tdp_fault.js";
 import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
@@ -39,30 +38,34 @@ export const enum RunCtl {
 /** Thrown out of the guest loop when the owner asks the vCPU to stop. */
 export class VcpuStop extends Error {}
 
-const POLL_EVERY = 256;
-
 export class Vcpu {
-  readonly kvm: Kvm;
-  readonly id: number;
-  readonly tlb: SoftTlb;
+  /*
+   * Fields set in the constructor are `declare`d: an ES2022 class field without an initializer
+   * is first defined as undefined, and V8 then sees every later assignment as a change of a
+   * mutable, any-type field, so each hit would reload and re-check this.mem, this.tlbTag, ...
+   */
+  declare readonly kvm: Kvm;
+  declare readonly id: number;
+  declare readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
-  readonly mem: Int32Array;
-  private readonly ctl: Int32Array;
-  private readonly v: Int32Array;
-  /** The TLB's entries and index mask, cached for the hit path. */
-  private readonly tlbE: Int32Array;
-  private readonly tlbMask: number;
-  private countdown = POLL_EVERY;
+  declare readonly mem: Int32Array;
+  declare private readonly ctl: Int32Array;
+  declare private readonly v: Int32Array;
+  /** The TLB's arrays and index mask, cached for the hit path. */
+  declare private readonly tlbTag: Int32Array;
+  declare private readonly tlbWtag: Int32Array;
+  declare private readonly tlbBase: Int32Array | Uint32Array;
+  declare private readonly tlbMask: number;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
    * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
    */
-  private readonly modeIx: number;
-  private readonly runIx: number;
-  private readonly rootIx: number;
+  declare private readonly modeIx: number;
+  declare private readonly runIx: number;
+  declare private readonly rootIx: number;
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
-  readonly shadow: boolean;
-  private pagingMiss: boolean;
+  declare readonly shadow: boolean;
+  declare private pagingMiss: boolean;
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
   readonly paging = new PagingState(this.fault);
@@ -76,17 +79,26 @@ export class Vcpu {
   constructor(kvm: Kvm, id: number, tlbBits = 12) {
     this.kvm = kvm;
     this.id = id;
-    this.tlb = new SoftTlb(tlbBits);
+    this.tlb = new SoftTlb(tlbBits, kvm.mem.length);
     this.mem = kvm.mem;
     this.ctl = kvm.ctl;
     this.v = kvm.vcpu;
-    this.tlbE = this.tlb.e;
+    this.tlbTag = this.tlb.tag;
+    this.tlbWtag = this.tlb.wtag;
+    this.tlbBase = this.tlb.base;
     this.tlbMask = this.tlb.mask;
     this.shadow = kvm.mode === MmuMode.Shadow;
     this.pagingMiss = this.shadow;
     this.modeIx = VCPU.mode(id);
     this.runIx = VCPU.run(id);
     this.rootIx = CTL.root;
+    // Under the controlled scheduler every guest access is a scheduling point: this thread's
+    // vCPUs take the instrumented hit paths (the plain ones never call guestPoint).
+    if (schedHookInstalled()) {
+      this.read32 = this.read32Sched.bind(this);
+      this.write32 = this.write32Sched.bind(this);
+      this.write64 = this.write64Sched.bind(this);
+    }
   }
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
@@ -98,9 +110,14 @@ export class Vcpu {
       if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
       if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
       astore(v, VCPU.mode(id), IN_GUEST_MODE);
-      if (aload(v, VCPU.requests(id)) === 0) return;
+      if (aload(v, VCPU.requests(id)) === 0) break;
       astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
     }
+    // A pause or stop written while we were outside guest mode found no IN mode to kick
+    // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
+    // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
+    if (aload(v, this.runIx) !== (RunCtl.Run as number))
+      acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
   }
 
   /** VM exit: mode = OUTSIDE; wakes a flusher that kicked us. */
@@ -111,7 +128,6 @@ export class Vcpu {
 
   /** A safe point in guest mode: acknowledge a kick, honour pause/stop. */
   safePoint(): void {
-    this.countdown = POLL_EVERY;
     if (aload(this.v, this.modeIx) === EXITING_GUEST_MODE) {
       this.exitGuest();
       this.enterGuest();
@@ -162,27 +178,29 @@ export class Vcpu {
     }
   }
 
+  /*
+   * The hit paths (docs/locking.md §3.8). A tag is gfn + 1 and IN_GUEST_MODE is 1, so
+   * `tag === gfn + mode` holds only for a valid entry while this vCPU is in guest mode. A
+   * flusher's kick (KVM_REQ_TLB_FLUSH) or the owner's (pause, stop) turns our mode from IN to
+   * EXITING; from then on nothing matches (gfn + 2 would be the tag of gfn + 1, which lives in
+   * another set) and the next access takes its slow path, whose first step is the safe point.
+   * So no per-access countdown: a hit is a tag compare, an add and the access. The mode word
+   * is read with a plain load (an Atomics.load is a builtin call here, several hits' worth):
+   * §3.8 says why the flush protocol does not depend on the value it returns.
+   * These plain forms never call guestPoint; the *Sched forms (chosen in the constructor when
+   * this thread has a scheduler hook) are the same with the scheduling point.
+   */
+
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
   write64(gfn: number, w: number, lo: number, hi: number): void {
-    const e = this.tlbE;
-    const t = (gfn & this.tlbMask) << 1;
-    if (--this.countdown === 0) this.safePoint();
-    for (;;) {
-      if (e[t] === gfn + 1) {
-        const x = e[t + 1];
-        if ((x & 1) !== 0) {
-          const i = (x >>> 1) * PAGE_WORDS + w;
-          guestPoint(true, this.mem, i);
-          this.mem[i] = lo;
-          this.mem[i + 1] = hi;
-          return;
-        }
-      }
-      if (this.miss(gfn, true)) {
-        paging_emulate_write(this, this.paging, w, lo, hi, 2);
-        return;
-      }
+    const t = gfn & this.tlbMask;
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      this.mem[i] = lo;
+      this.mem[i + 1] = hi;
+      return;
     }
+    this.writeSlow(gfn, w, lo, hi, 2);
   }
 
   /**
@@ -190,22 +208,87 @@ export class Vcpu {
    * as for every access).
    */
   write32(gfn: number, w: number, x: number): void {
-    const e = this.tlbE;
-    const t = (gfn & this.tlbMask) << 1;
-    if (--this.countdown === 0) this.safePoint();
+    const t = gfn & this.tlbMask;
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+      this.mem[this.tlbBase[t] + w] = x;
+      return;
+    }
+    this.writeSlow(gfn, w, x, 0, 1);
+  }
+
+  /** Guest load of the low 32 bits at word `w` of page gfn. */
+  read32(gfn: number, w: number): number {
+    const t = gfn & this.tlbMask;
+    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) return this.mem[this.tlbBase[t] + w];
+    return this.readSlow(gfn, w);
+  }
+
+  private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
+    const t = gfn & this.tlbMask;
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      guestPoint(true, this.mem, i);
+      this.mem[i] = lo;
+      this.mem[i + 1] = hi;
+      return;
+    }
+    this.writeSlow(gfn, w, lo, hi, 2);
+  }
+
+  private write32Sched(gfn: number, w: number, x: number): void {
+    const t = gfn & this.tlbMask;
+    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      guestPoint(true, this.mem, i);
+      this.mem[i] = x;
+      return;
+    }
+    this.writeSlow(gfn, w, x, 0, 1);
+  }
+
+  private read32Sched(gfn: number, w: number): number {
+    const t = gfn & this.tlbMask;
+    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      guestPoint(false, this.mem, i);
+      return this.mem[i];
+    }
+    return this.readSlow(gfn, w);
+  }
+
+  /**
+   * A store that did not hit: either the entry is there and we were kicked (or are outside
+   * guest mode), so take the safe point first; or it is missing or read-only, a TLB miss (whose
+   * first step is the safe point). Then the store through the entry, if it survived.
+   */
+  private writeSlow(gfn: number, w: number, lo: number, hi: number, words: number): void {
+    const t = gfn & this.tlbMask;
     for (;;) {
-      if (e[t] === gfn + 1) {
-        const y = e[t + 1];
-        if ((y & 1) !== 0) {
-          const i = (y >>> 1) * PAGE_WORDS + w;
-          guestPoint(true, this.mem, i);
-          this.mem[i] = x;
-          return;
-        }
-      }
-      if (this.miss(gfn, true)) {
-        paging_emulate_write(this, this.paging, w, x, 0, 1);
+      if (this.tlbWtag[t] === gfn + 1) this.safePoint();
+      else if (this.miss(gfn, true)) {
+        paging_emulate_write(this, this.paging, w, lo, hi, words);
         return;
+      }
+      if (this.tlbWtag[t] === gfn + 1) {
+        const i = this.tlbBase[t] + w;
+        guestPoint(true, this.mem, i);
+        this.mem[i] = lo;
+        if (words === 2) this.mem[i + 1] = hi;
+        return;
+      }
+    }
+  }
+
+  /** A load that did not hit (as writeSlow). */
+  private readSlow(gfn: number, w: number): number {
+    const t = gfn & this.tlbMask;
+    for (;;) {
+      if (this.tlbTag[t] === gfn + 1) this.safePoint();
+      else this.miss(gfn, false);
+      if (this.tlbTag[t] === gfn + 1) {
+        const i = this.tlbBase[t] + w;
+        guestPoint(false, this.mem, i);
+        return this.mem[i];
       }
     }
   }
@@ -233,23 +316,7 @@ export class Vcpu {
 
   /** INVLPG: drops this vCPU's translation of one page (without unsync there is nothing to resync). */
   invlpg(gfn: number): void {
-    const t = (gfn & this.tlbMask) << 1;
-    if (this.tlbE[t] === gfn + 1) this.tlbE[t] = 0;
-  }
-
-  /** Guest load of the low 32 bits at word `w` of page gfn. */
-  read32(gfn: number, w: number): number {
-    const e = this.tlbE;
-    const t = (gfn & this.tlbMask) << 1;
-    if (--this.countdown === 0) this.safePoint();
-    for (;;) {
-      if (e[t] === gfn + 1) {
-        const i = (e[t + 1] >>> 1) * PAGE_WORDS + w;
-        guestPoint(false, this.mem, i);
-        return this.mem[i];
-      }
-      this.miss(gfn, false);
-    }
+    this.tlb.invalidate(gfn);
   }
 
   /**

@@ -20,6 +20,8 @@ import {
   VcpuState,
 } from "../../src/kvm/requests.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
+import { KVM_MEM_LOG_DIRTY_PAGES, Vm } from "../../src/index.js";
+import { ST } from "../../src/kvm_host.js";
 import { makeKvm } from "../helpers/kvm.js";
 import { FAKE_GFN, FAKE_PFN, FakeVcpuData, FakeVcpuWords } from "../workers/fake_vcpu.js";
 
@@ -200,4 +202,44 @@ test("requests: a Dead vCPU left in guest mode does not hang the flusher", async
   await f.exit;
   assert.equal(f.out[FakeVcpuWords.Flushes], 0, "the dead vCPU never acknowledged");
   assert.equal(mode(kvm2, 0), EXITING_GUEST_MODE);
+});
+
+test("requests: a guest that only hits its TLB still acknowledges flushes, pause and stop", async () => {
+  // No per-access countdown: the hit compares its tag with gfn + mode, so the kick alone must
+  // send the next access to the safe point. The guest below never misses, stores or checkpoints.
+  const vm = Vm.create({ memory: 8 << 20, wp: "lockless", maxVcpus: 1 });
+  const hva = vm.mmap(4 << 20, { thp: false });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: 0,
+    memorySize: 4 << 20,
+    userspaceAddr: hva,
+  });
+  vm.createVcpu(0);
+  try {
+    const fixture = new URL("../guest/fixtures/hits_only.js", import.meta.url);
+    await vm.run(() => ({ module: fixture, args: { page: 5 } }));
+    await vm.waitPasses(1, { timeoutMs: 30_000 });
+    await new Promise((r) => setTimeout(r, 50)); // now in its loop of hits
+    const flushes0 = Atomics.load(vm.kvm.ctl, CTL.remote_flushes);
+    for (let round = 0; round < 5; round++) {
+      const t0 = performance.now();
+      // The dirty page makes GET_DIRTY_LOG protect it and flush: the vCPU in guest mode is
+      // kicked and waited for (ETIMEDOUT after 10 s if it never acknowledged).
+      vm.getDirtyLog(0);
+      assert.ok(performance.now() - t0 < 5000, `round ${round}: the flush was acknowledged`);
+      await vm.pause();
+      vm.resume();
+    }
+    assert.ok(Atomics.load(vm.kvm.ctl, CTL.remote_flushes) > flushes0, "the GETs flushed remotely");
+    await vm.pause();
+    const s = vm.kvm.vcpuStats;
+    assert.ok(s[ST.flushes_handled(0)] >= 1, "the vCPU flushed its TLB");
+    assert.ok(s[ST.tlb_miss(0)] < 100, `it missed only after flushes (${s[ST.tlb_miss(0)]} misses)`);
+    vm.resume();
+  } finally {
+    await vm.stop();
+  }
+  assert.equal(vm.error, null);
 });
