@@ -40,7 +40,7 @@ import {
   RING_HDR,
 } from "./kvm_host.js";
 import { einval, Errno, KvmError } from "./errors.js";
-import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
+import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
@@ -111,9 +111,9 @@ export interface HostThreadOptions {
 
 /**
  * Host memory is one SharedArrayBuffer seen as an Int32Array, and V8 caps a typed array at 2^32
- * elements: 16 GiB, guest memory and the spare frames together.
+ * elements: 16 GiB (2^22 frames, frame 0 included), guest memory and the spare frames together.
  */
-const MAX_MEMORY = 2 ** 32 * 4;
+export const MAX_MEMORY = 2 ** 32 * 4;
 const ERRNOS: readonly Errno[] = [
   "EINVAL",
   "EEXIST",
@@ -987,7 +987,7 @@ export class Vm {
       const kvm = this.kvm;
       kvm.mm_lock.lock();
       try {
-        const pfn = Atomics.load(kvm.hpt, s[SLOT.hva_page(id)] + gfn - base) >>> 1;
+        const pfn = hva_to_pfn(kvm, s[SLOT.hva_page(id)] + gfn - base);
         out.set(kvm.mem.subarray(pfn * (PAGE_SIZE / 4), (pfn + 1) * (PAGE_SIZE / 4)));
       } finally {
         kvm.mm_lock.unlock();

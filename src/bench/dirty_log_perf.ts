@@ -12,7 +12,7 @@
  * back in through the slow path, under mmu_lock.
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
-import { MmuModeName, Vm, WpName } from "../vm.js";
+import { MAX_MEMORY, MmuModeName, Vm, WpName } from "../vm.js";
 import {
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
@@ -22,7 +22,7 @@ import {
   ST,
   VCPU,
 } from "../kvm_host.js";
-import { einval } from "../errors.js";
+import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import type { LockMode } from "../sync/mutex.js";
@@ -295,6 +295,22 @@ function sumStat(vm: Vm, field: (id: number) => number): number {
   return vm.vcpuIds.reduce((n, id) => n + vm.kvm.vcpuStats[field(id)], 0);
 }
 
+/**
+ * The host memory a run needs: the guest, in shadow mode the guest's page-table pool (its own
+ * memslot), and 2 MiB of spare frames only when pages migrate (a migration takes a free frame
+ * before it frees the old one). Nothing for alignment: frame 0 is handed out, so the guest's
+ * THP mapping starts 2 MiB aligned and the pool's size is a multiple of 512 frames.
+ */
+export function hostMemoryFor(o: PerfOptions): { memory: number; ptPages: number; pool: number } {
+  const shadow = o.mode === "shadow";
+  const pages = o.bytesPerVcpu / PAGE_SIZE;
+  // Shadow: a pool of table pages per vCPU for its region and the kernel area's identity map.
+  const pool = shadow ? tablesFor(pages, o.guestHuge) + tablesFor(o.vcpus * 4096) + 8 : 0;
+  const ptPages = Math.ceil((o.vcpus * pool) / 512) * 512;
+  const spare = o.contention.migrateRate > 0 ? 2 << 20 : 0;
+  return { memory: o.vcpus * o.bytesPerVcpu + ptPages * PAGE_SIZE + spare, ptPages, pool };
+}
+
 export function validatePerfOptions(o: PerfOptions): void {
   if (!Number.isInteger(o.vcpus) || o.vcpus < 1 || o.vcpus > 64) throw einval("vcpus", "must be 1..64");
   const chunk = o.clearChunkPages ?? 0;
@@ -319,18 +335,28 @@ export function validatePerfOptions(o: PerfOptions): void {
   const ip = o.contention.invalidatePages;
   if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
     throw einval("invalidatePages", "must be 1..4194304");
+  const { memory, ptPages } = hostMemoryFor(o);
+  if (memory > MAX_MEMORY) {
+    const why = [
+      ptPages > 0 ? `${ptPages} frames of guest page tables (shadow mode)` : "",
+      o.contention.migrateRate > 0 ? "2 MiB of spare frames for page migration" : "",
+    ].filter((x) => x !== "");
+    throw new KvmError(
+      "ENOMEM",
+      `bytesPerVcpu: ${o.vcpus} x ${o.bytesPerVcpu} bytes of guest memory` +
+        (why.length > 0 ? ` plus ${why.join(" and ")}` : "") +
+        ` exceed the ${MAX_MEMORY / 2 ** 30} GiB of host memory one VM can have`,
+    );
+  }
 }
 
 async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   const guestBytes = o.vcpus * o.bytesPerVcpu;
   const shadow = o.mode === "shadow";
   const pages = o.bytesPerVcpu / PAGE_SIZE;
-  // Shadow: a pool of table pages per vCPU for its region and the kernel area's identity map.
-  const pool = shadow ? tablesFor(pages, o.guestHuge) + tablesFor(o.vcpus * 4096) + 8 : 0;
-  const ptPages = Math.ceil((o.vcpus * pool) / 512) * 512;
-  // Spare frames for page migration and alignment.
+  const { memory, ptPages, pool } = hostMemoryFor(o);
   const vm = Vm.create({
-    memory: guestBytes + ptPages * PAGE_SIZE + (8 << 20),
+    memory,
     wp,
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(o.vcpus, 1),
