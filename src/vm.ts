@@ -200,13 +200,14 @@ export class Vm {
     const hostFrames = o.memory / PAGE_SIZE;
     const maxSlotPages = o.maxSlotPages ?? Math.min(hostFrames, POOL_LIMITS.maxSlotPages[1]);
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
-    // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
+    // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled;
+    // a fixed floor for small guests with many address spaces, then the same 2 per 512 pages as
+    // TDP (a guest mapping all its memory once with 4 KiB pages needs 1 per 512), so metadata
+    // stays under 1% of guest memory; past n_max_mmu_pages pages are recycled, as in KVM.
     const shadow = mode === "shadow";
+    const perSize = Math.ceil(maxSlotPages / 512) * 2 + 64;
     // Plus what the vCPUs' memory caches hold (mmu_topup_memory_caches: up to 8 pages, 16 descriptors).
-    const maxSp =
-      o.maxSp ??
-      (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64) +
-        8 * maxVcpus;
+    const maxSp = o.maxSp ?? (shadow ? Math.max(1024, perSize) : perSize) + 8 * maxVcpus;
     const maxDesc =
       o.maxDesc ??
       Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
