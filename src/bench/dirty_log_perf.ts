@@ -11,6 +11,7 @@
  * 2 MiB ranges through the MMU notifier; each invalidation zaps mappings the vCPUs then fault
  * back in through the slow path, under mmu_lock.
  */
+import os from "node:os";
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MAX_MEMORY, MmuModeName, Vm, WpName } from "../vm.js";
 import {
@@ -157,6 +158,13 @@ export interface IterationResult {
   /** Manual protect: time of the KVM_CLEAR_DIRTY_LOG calls after the GET (getDirtyLogNs). */
   clearDirtyLogNs?: number;
   /**
+   * Process CPU time (user + system) and involuntary context switches during the GET (and the
+   * CLEAR): with the vCPUs parked and no host thread, the harvester's own CPU time, which other
+   * processes' load does not inflate as it does the wall-clock time.
+   */
+  cpuNs: number;
+  preemptions: number;
+  /**
    * Dirty ring: harvest and reset time (their sum is getDirtyLogNs), including the collections
    * made while the vCPUs ran because a ring was soft-full, and the ring-full exits.
    */
@@ -205,6 +213,20 @@ export interface StrategyResult {
   guestWritesPerSec: number;
   populateNs: number;
   enableLoggingNs: number;
+  /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
+  mmapNs: number;
+  /**
+   * Process CPU time: populate (vCPUs included), enable logging, and per iteration the call that
+   * protects (median; GET, plus CLEAR under manual protect), per dirty page; involuntary context
+   * switches during that call (median). See IterationResult.cpuNs.
+   */
+  cpu: {
+    populateNs: number;
+    enableLoggingNs: number;
+    protectCallNs: number;
+    nsPerDirtyPage: number;
+    preemptions: number;
+  };
   mmuLock: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
   flushNs: number;
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
@@ -259,12 +281,26 @@ interface Run {
   writes: number;
   populateNs: number;
   enableLoggingNs: number;
+  mmapNs: number;
+  populateCpuNs: number;
+  enableLoggingCpuNs: number;
   bitmap: Uint32Array;
   logMode: LogModeName;
   /** Dirty ring: collection time and exits of the iteration in progress. */
   ringHarvestNs: number;
   ringResetNs: number;
   ringExits: number;
+}
+
+/** Process CPU time and involuntary context switches so far (Node 20 has no per-thread CPU clock). */
+function cpuMark(): { cpuUs: number; preemptions: number } {
+  const r = process.resourceUsage();
+  return { cpuUs: r.userCPUTime + r.systemCPUTime, preemptions: r.involuntaryContextSwitches };
+}
+
+function cpuSince(m: { cpuUs: number; preemptions: number }): { cpuNs: number; preemptions: number } {
+  const n = cpuMark();
+  return { cpuNs: (n.cpuUs - m.cpuUs) * 1e3, preemptions: n.preemptions - m.preemptions };
 }
 
 function sleep(ms: number): Promise<void> {
@@ -369,7 +405,10 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   if (logMode === "dirty-ring") vm.enableDirtyRing(o.ring ?? 0);
   if (logMode === "clear-log")
     vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+  // host_mmap zeroes every frame: the first touch of the fresh shared memory, timed apart.
+  const tm = performance.now();
   const hva = vm.mmap(guestBytes, { thp: o.thp });
+  const mmapNs = (performance.now() - tm) * 1e6;
   vm.setUserMemoryRegion({
     slot: SLOT,
     flags: 0,
@@ -389,6 +428,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     });
   }
   for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
+  const cpuPop = cpuMark();
   const t0 = performance.now();
   await vm.run((id) => ({
     kind: "memstress",
@@ -415,6 +455,8 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   );
   const populateNs = (performance.now() - t0) * 1e6;
   await vm.pause();
+  const populateCpuNs = cpuSince(cpuPop).cpuNs;
+  const cpuEn = cpuMark();
   const t1 = performance.now();
   vm.setUserMemoryRegion({
     slot: SLOT,
@@ -424,6 +466,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     userspaceAddr: hva,
   });
   const enableLoggingNs = (performance.now() - t1) * 1e6;
+  const enableLoggingCpuNs = cpuSince(cpuEn).cpuNs;
   if (hasHostThread(o.contention)) {
     await vm.startHostThread({ ...o.contention, seed: o.seed });
     await vm.pauseHostThread();
@@ -436,6 +479,9 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     writes: 0,
     populateNs,
     enableLoggingNs,
+    mmapNs,
+    populateCpuNs,
+    enableLoggingCpuNs,
     bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
     logMode,
     ringHarvestNs: 0,
@@ -481,6 +527,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   }
   const d0 = vm.dirtyLogTimes();
   const c0 = vm.clearDirtyLogTimes();
+  const cpu0 = cpuMark();
   const tg = performance.now();
   let clearDirtyLogNs: number | undefined;
   let getDirtyLogNs: number;
@@ -492,6 +539,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     getDirtyLogNs = (performance.now() - tg) * 1e6;
     if (mode === "clear-log") clearDirtyLogNs = clearAll(run, o.clearChunkPages ?? 0);
   }
+  const cpu = cpuSince(cpu0);
   const d1 = vm.dirtyLogTimes();
   const c1 = vm.clearDirtyLogTimes();
   if (!o.park) {
@@ -538,6 +586,8 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     dirtyPages: bitmap_weight(run.bitmap),
     guestThroughput: writes / (activeMs / 1000),
     ...(clearDirtyLogNs !== undefined ? { clearDirtyLogNs } : {}),
+    cpuNs: cpu.cpuNs,
+    preemptions: cpu.preemptions,
     ...ringFields,
   };
 }
@@ -588,6 +638,14 @@ function strategyResult(run: Run): StrategyResult {
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
+    mmapNs: run.mmapNs,
+    cpu: {
+      populateNs: run.populateCpuNs,
+      enableLoggingNs: run.enableLoggingCpuNs,
+      protectCallNs: median(m.map((i) => i.cpuNs)),
+      nsPerDirtyPage: pages ? median(m.map((i) => i.cpuNs)) / pages : 0,
+      preemptions: median(m.map((i) => i.preemptions)),
+    },
     mmuLock: {
       vcpuWaitNs: sumStat(vm, ST.lock_wait_ns),
       vcpuHoldNs: sumStat(vm, ST.lock_hold_ns),
@@ -618,8 +676,26 @@ function strategyResult(run: Run): StrategyResult {
   };
 }
 
+/**
+ * Both designs' VMs exist at once, and host_mmap touches every frame: refuse, before anything is
+ * allocated, a run whose host memory does not fit the memory the machine has free now (with
+ * 1 GiB to spare), rather than let the kernel's OOM killer pick a process.
+ */
+export function checkMachineMemory(o: PerfOptions, freeBytes = os.freemem()): void {
+  const need = o.wp.length * hostMemoryFor(o).memory;
+  if (need + 2 ** 30 <= freeBytes) return;
+  const gib = (x: number): string => (x / 2 ** 30).toFixed(1);
+  throw new KvmError(
+    "ENOMEM",
+    o.wp.length > 1
+      ? `wp: ${o.wp.length} VMs of ${gib(need / o.wp.length)} GiB host memory each do not fit the ${gib(freeBytes)} GiB free; run one design at a time (--wp locked, then --wp lockless)`
+      : `bytesPerVcpu: ${gib(need)} GiB of host memory does not fit the ${gib(freeBytes)} GiB free`,
+  );
+}
+
 export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
   validatePerfOptions(o);
+  checkMachineMemory(o);
   const say = o.progress ?? (() => {});
   const runs: Run[] = [];
   try {
