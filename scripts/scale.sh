@@ -1,42 +1,56 @@
 #!/usr/bin/env bash
-# Scale sweep: dirty-log-perf with one vCPU, vCPUs parked, no notifier churn, one write-protect
-# design at a time, for guest sizes from 256 MiB up (default 256M 512M 1G 2G 4G 8G 16G; pass
-# sizes to run fewer). Per size it prints populate (the guest's first pass, which includes
-# first touch of fresh memory), first touch alone (a fresh SharedArrayBuffer of the same size,
-# one write per 4 KiB page, in a separate process), enable-logging and the median get-dirty-log,
-# each also per GiB. Flat per-GiB columns mean the cost grows linearly with guest size.
-# Host memory is one Int32Array, so sizes whose guest plus page tables pass 16 GiB are refused
-# with ENOMEM (a line says so).
-#   scripts/scale.sh [--wp lockless|locked] [--mode tdp|shadow] [sizes...]
+# Scale sweep: dirty-log-perf with one vCPU, parked during the harvest, no notifier churn, the
+# classic KVM_GET_DIRTY_LOG (-g: the GET write-protects), one write-protect design at a time (a
+# 16 GiB guest leaves no room for a second VM), for guest sizes from 256 MiB up (default 256M 512M
+# 1G 2G 4G 8G 16G; pass sizes to run fewer). Per size:
+#   first touch   host_mmap of the guest memory: zeroing every frame of the fresh SharedArrayBuffer
+#                 is its first touch (page faults of the host kernel), timed apart from populate;
+#   populate      the guest's first pass (faults, 2 MiB mappings), wall clock;
+#   enable        enabling dirty logging (write-protect of the slot), wall clock and process CPU;
+#   get-dirty-log the median GET, wall clock and process CPU, per GiB and per dirty page, and the
+#                 median involuntary context switches during one GET (other processes' load).
+# Flat per-GiB columns mean the cost grows linearly with guest size. The wall clock of a call that
+# outlasts the scheduler's time slice on a loaded machine includes other processes' turns; the
+# process CPU time does not (vCPUs parked, no host thread: it is the harvester's).
+# Host memory is one Int32Array of at most 2^32 words (16 GiB); sizes past it, or past the memory
+# the machine has free, are refused with ENOMEM (a line says so).
+#   scripts/scale.sh [--wp lockless|locked] [--mode tdp|shadow] [-i N] [sizes...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wp=lockless
 mode=tdp
+iters=3
 while [ $# -gt 0 ]; do
   case "$1" in
     --wp) wp=$2; shift 2 ;;
     --mode) mode=$2; shift 2 ;;
+    -i) iters=$2; shift 2 ;;
     *) break ;;
   esac
 done
 sizes=("$@")
 [ ${#sizes[@]} -gt 0 ] || sizes=(256M 512M 1G 2G 4G 8G 16G)
-printf '%-6s %12s %12s %12s %14s %12s %14s %12s\n' size populate_ms touch_ms touch_ms/GiB enable_ms enable/GiB getlog_ms getlog/GiB
+echo "# scale: --wp $wp --mode $mode -i $iters; $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg); $(awk '/MemAvailable/ {printf "%.1f GiB available", $2/2^20}' /proc/meminfo)"
+printf '%-5s %9s %9s %9s %9s %9s %9s %9s %9s %9s %8s %8s %7s %6s\n' size touch_ms touch/GiB pop/GiB en_ms en/GiB en_cpu/G get_ms get/GiB getcpu/G ns/page cpu_ns/p preempt meta%
+err=$(mktemp)
+trap 'rm -f "$err"' EXIT
 for b in "${sizes[@]}"; do
   gib=$(node -e 'const s=process.argv[1];const m={K:2**10,M:2**20,G:2**30}[s.slice(-1).toUpperCase()]??1;console.log(parseFloat(s)*m/2**30)' "$b")
-  if ! out=$(node dist/src/cli/main.js dirty-log-perf -v 1 -b "$b" --wp "$wp" --mode "$mode" --contention none --park -i 5 --json 2>/tmp/scale.$$.err); then
-    echo "$b: $(tail -1 /tmp/scale.$$.err)"
+  if ! out=$(node dist/src/cli/main.js dirty-log-perf -v 1 -b "$b" -g --wp "$wp" --mode "$mode" --contention none --park -i "$iters" --json 2>"$err"); then
+    echo "$b: $(tail -1 "$err")"
     continue
   fi
-  touch=$(node -e 'const n=Math.round(+process.argv[1]*2**30);const t=performance.now();const a=new Int32Array(new SharedArrayBuffer(n));for(let i=0;i<a.length;i+=1024)a[i]=1;console.log((performance.now()-t).toFixed(1))' "$gib")
   node -e '
-    const [b, gib, touch] = [process.argv[1], +process.argv[2], +process.argv[3]];
+    const [b, gib] = [process.argv[1], +process.argv[2]];
     const j = JSON.parse(require("fs").readFileSync(0, "utf8"));
     const r = Object.values(j.results)[0];
-    const f = (x) => x.toFixed(1);
-    const pop = r.populateNs / 1e6, en = r.enableLoggingNs / 1e6, gl = r.getDirtyLog.medianNs / 1e6;
-    console.log([b.padEnd(6), f(pop).padStart(12), f(touch).padStart(12), f(touch / gib).padStart(12),
-      f(en).padStart(14), f(en / gib).padStart(12), f(gl).padStart(14), f(gl / gib).padStart(12)].join(" "));
-  ' "$b" "$gib" "$touch" <<<"$out"
+    const f = (x, w) => x.toFixed(1).padStart(w);
+    const ms = (ns) => ns / 1e6;
+    const gl = ms(r.getDirtyLog.medianNs), glc = ms(r.cpu.protectCallNs);
+    console.log([b.padEnd(5), f(ms(r.mmapNs), 9), f(ms(r.mmapNs) / gib, 9), f(ms(r.populateNs) / gib, 9),
+      f(ms(r.enableLoggingNs), 9), f(ms(r.enableLoggingNs) / gib, 9), f(ms(r.cpu.enableLoggingNs) / gib, 9),
+      f(gl, 9), f(gl / gib, 9), f(glc / gib, 9), f(r.nsPerDirtyPage, 8), f(r.cpu.nsPerDirtyPage, 8),
+      String(r.cpu.preemptions).padStart(7), j.metadataPercent.toFixed(2).padStart(6)].join(" "));
+  ' "$b" "$gib" <<<"$out"
 done
-rm -f /tmp/scale.$$.err
+echo "# end: load average $(cut -d' ' -f1-3 /proc/loadavg)"

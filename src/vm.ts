@@ -43,7 +43,7 @@ import {
   UFFD_VCPU,
 } from "./kvm_host.js";
 import { einval, Errno, KvmError } from "./errors.js";
-import { host_mmap, host_read_u64 } from "./mem/host_memory.js";
+import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
@@ -115,9 +115,9 @@ export interface HostThreadOptions {
 
 /**
  * Host memory is one SharedArrayBuffer seen as an Int32Array, and V8 caps a typed array at 2^32
- * elements: 16 GiB, guest memory and the spare frames together.
+ * elements: 16 GiB (2^22 frames, frame 0 included), guest memory and the spare frames together.
  */
-const MAX_MEMORY = 2 ** 32 * 4;
+export const MAX_MEMORY = 2 ** 32 * 4;
 const ERRNOS: readonly Errno[] = [
   "EINVAL",
   "EEXIST",
@@ -204,13 +204,14 @@ export class Vm {
     const hostFrames = o.memory / PAGE_SIZE;
     const maxSlotPages = o.maxSlotPages ?? Math.min(hostFrames, POOL_LIMITS.maxSlotPages[1]);
     // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
-    // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled.
+    // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled;
+    // a fixed floor for small guests with many address spaces, then the same 2 per 512 pages as
+    // TDP (a guest mapping all its memory once with 4 KiB pages needs 1 per 512), so metadata
+    // stays under 1% of guest memory; past n_max_mmu_pages pages are recycled, as in KVM.
     const shadow = mode === "shadow";
+    const perSize = Math.ceil(maxSlotPages / 512) * 2 + 64;
     // Plus what the vCPUs' memory caches hold (mmu_topup_memory_caches: up to 8 pages, 16 descriptors).
-    const maxSp =
-      o.maxSp ??
-      (shadow ? Math.ceil(maxSlotPages / 512) * 4 + 1024 : Math.ceil(maxSlotPages / 512) * 2 + 64) +
-        8 * maxVcpus;
+    const maxSp = o.maxSp ?? (shadow ? Math.max(1024, perSize) : perSize) + 8 * maxVcpus;
     const maxDesc =
       o.maxDesc ??
       Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
@@ -1024,8 +1025,8 @@ export class Vm {
       // Written first (the frame is unmapped), then marked: the zeroes are what a reader would see.
       kvm.mm_lock.lock();
       try {
-        const pfn = Atomics.load(kvm.hpt, hva + p) >>> 1;
-        kvm.mem.set(zero, pfn * (PAGE_SIZE / 4));
+        const pfn = hva_to_pfn(kvm, hva + p);
+        if (pfn >= 0) kvm.mem.set(zero, pfn * (PAGE_SIZE / 4));
       } finally {
         kvm.mm_lock.unlock();
       }
@@ -1174,7 +1175,7 @@ export class Vm {
         );
       kvm.mm_lock.lock();
       try {
-        const pfn = Atomics.load(kvm.hpt, s[SLOT.hva_page(id)] + gfn - base) >>> 1;
+        const pfn = hva_to_pfn(kvm, s[SLOT.hva_page(id)] + gfn - base);
         out.set(kvm.mem.subarray(pfn * (PAGE_SIZE / 4), (pfn + 1) * (PAGE_SIZE / 4)));
       } finally {
         kvm.mm_lock.unlock();

@@ -11,8 +11,9 @@
  * 2 MiB ranges through the MMU notifier; each invalidation zaps mappings the vCPUs then fault
  * back in through the slow path, under mmu_lock.
  */
+import os from "node:os";
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
-import { MmuModeName, Vm, WpName } from "../vm.js";
+import { MAX_MEMORY, MmuModeName, Vm, WpName } from "../vm.js";
 import {
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
@@ -22,7 +23,7 @@ import {
   ST,
   VCPU,
 } from "../kvm_host.js";
-import { einval } from "../errors.js";
+import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import type { LockMode } from "../sync/mutex.js";
@@ -157,6 +158,13 @@ export interface IterationResult {
   /** Manual protect: time of the KVM_CLEAR_DIRTY_LOG calls after the GET (getDirtyLogNs). */
   clearDirtyLogNs?: number;
   /**
+   * Process CPU time (user + system) and involuntary context switches during the GET (and the
+   * CLEAR): with the vCPUs parked and no host thread, the harvester's own CPU time, which other
+   * processes' load does not inflate as it does the wall-clock time.
+   */
+  cpuNs: number;
+  preemptions: number;
+  /**
    * Dirty ring: harvest and reset time (their sum is getDirtyLogNs), including the collections
    * made while the vCPUs ran because a ring was soft-full, and the ring-full exits.
    */
@@ -205,6 +213,20 @@ export interface StrategyResult {
   guestWritesPerSec: number;
   populateNs: number;
   enableLoggingNs: number;
+  /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
+  mmapNs: number;
+  /**
+   * Process CPU time: populate (vCPUs included), enable logging, and per iteration the call that
+   * protects (median; GET, plus CLEAR under manual protect), per dirty page; involuntary context
+   * switches during that call (median). See IterationResult.cpuNs.
+   */
+  cpu: {
+    populateNs: number;
+    enableLoggingNs: number;
+    protectCallNs: number;
+    nsPerDirtyPage: number;
+    preemptions: number;
+  };
   mmuLock: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
   flushNs: number;
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
@@ -259,12 +281,26 @@ interface Run {
   writes: number;
   populateNs: number;
   enableLoggingNs: number;
+  mmapNs: number;
+  populateCpuNs: number;
+  enableLoggingCpuNs: number;
   bitmap: Uint32Array;
   logMode: LogModeName;
   /** Dirty ring: collection time and exits of the iteration in progress. */
   ringHarvestNs: number;
   ringResetNs: number;
   ringExits: number;
+}
+
+/** Process CPU time and involuntary context switches so far (Node 20 has no per-thread CPU clock). */
+function cpuMark(): { cpuUs: number; preemptions: number } {
+  const r = process.resourceUsage();
+  return { cpuUs: r.userCPUTime + r.systemCPUTime, preemptions: r.involuntaryContextSwitches };
+}
+
+function cpuSince(m: { cpuUs: number; preemptions: number }): { cpuNs: number; preemptions: number } {
+  const n = cpuMark();
+  return { cpuNs: (n.cpuUs - m.cpuUs) * 1e3, preemptions: n.preemptions - m.preemptions };
 }
 
 function sleep(ms: number): Promise<void> {
@@ -281,6 +317,22 @@ function passes(vm: Vm): number[] {
 
 function sumStat(vm: Vm, field: (id: number) => number): number {
   return vm.vcpuIds.reduce((n, id) => n + vm.kvm.vcpuStats[field(id)], 0);
+}
+
+/**
+ * The host memory a run needs: the guest, in shadow mode the guest's page-table pool (its own
+ * memslot), and 2 MiB of spare frames only when pages migrate (a migration takes a free frame
+ * before it frees the old one). Nothing for alignment: frame 0 is handed out, so the guest's
+ * THP mapping starts 2 MiB aligned and the pool's size is a multiple of 512 frames.
+ */
+export function hostMemoryFor(o: PerfOptions): { memory: number; ptPages: number; pool: number } {
+  const shadow = o.mode === "shadow";
+  const pages = o.bytesPerVcpu / PAGE_SIZE;
+  // Shadow: a pool of table pages per vCPU for its region and the kernel area's identity map.
+  const pool = shadow ? tablesFor(pages, o.guestHuge) + tablesFor(o.vcpus * 4096) + 8 : 0;
+  const ptPages = Math.ceil((o.vcpus * pool) / 512) * 512;
+  const spare = o.contention.migrateRate > 0 ? 2 << 20 : 0;
+  return { memory: o.vcpus * o.bytesPerVcpu + ptPages * PAGE_SIZE + spare, ptPages, pool };
 }
 
 export function validatePerfOptions(o: PerfOptions): void {
@@ -307,18 +359,28 @@ export function validatePerfOptions(o: PerfOptions): void {
   const ip = o.contention.invalidatePages;
   if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
     throw einval("invalidatePages", "must be 1..4194304");
+  const { memory, ptPages } = hostMemoryFor(o);
+  if (memory > MAX_MEMORY) {
+    const why = [
+      ptPages > 0 ? `${ptPages} frames of guest page tables (shadow mode)` : "",
+      o.contention.migrateRate > 0 ? "2 MiB of spare frames for page migration" : "",
+    ].filter((x) => x !== "");
+    throw new KvmError(
+      "ENOMEM",
+      `bytesPerVcpu: ${o.vcpus} x ${o.bytesPerVcpu} bytes of guest memory` +
+        (why.length > 0 ? ` plus ${why.join(" and ")}` : "") +
+        ` exceed the ${MAX_MEMORY / 2 ** 30} GiB of host memory one VM can have`,
+    );
+  }
 }
 
 async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   const guestBytes = o.vcpus * o.bytesPerVcpu;
   const shadow = o.mode === "shadow";
   const pages = o.bytesPerVcpu / PAGE_SIZE;
-  // Shadow: a pool of table pages per vCPU for its region and the kernel area's identity map.
-  const pool = shadow ? tablesFor(pages, o.guestHuge) + tablesFor(o.vcpus * 4096) + 8 : 0;
-  const ptPages = Math.ceil((o.vcpus * pool) / 512) * 512;
-  // Spare frames for page migration and alignment.
+  const { memory, ptPages, pool } = hostMemoryFor(o);
   const vm = Vm.create({
-    memory: guestBytes + ptPages * PAGE_SIZE + (8 << 20),
+    memory,
     wp,
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(o.vcpus, 1),
@@ -331,7 +393,10 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   if (logMode === "dirty-ring") vm.enableDirtyRing(o.ring ?? 0);
   if (logMode === "clear-log")
     vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+  // host_mmap zeroes every frame: the first touch of the fresh shared memory, timed apart.
+  const tm = performance.now();
   const hva = vm.mmap(guestBytes, { thp: o.thp });
+  const mmapNs = (performance.now() - tm) * 1e6;
   vm.setUserMemoryRegion({
     slot: SLOT,
     flags: 0,
@@ -351,6 +416,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     });
   }
   for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
+  const cpuPop = cpuMark();
   const t0 = performance.now();
   await vm.run((id) => ({
     kind: "memstress",
@@ -374,6 +440,8 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   await vm.waitPasses(1, { timeoutMs: Infinity });
   const populateNs = (performance.now() - t0) * 1e6;
   await vm.pause();
+  const populateCpuNs = cpuSince(cpuPop).cpuNs;
+  const cpuEn = cpuMark();
   const t1 = performance.now();
   vm.setUserMemoryRegion({
     slot: SLOT,
@@ -383,6 +451,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     userspaceAddr: hva,
   });
   const enableLoggingNs = (performance.now() - t1) * 1e6;
+  const enableLoggingCpuNs = cpuSince(cpuEn).cpuNs;
   if (hasHostThread(o.contention)) {
     await vm.startHostThread({ ...o.contention, seed: o.seed });
     await vm.pauseHostThread();
@@ -395,6 +464,9 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     writes: 0,
     populateNs,
     enableLoggingNs,
+    mmapNs,
+    populateCpuNs,
+    enableLoggingCpuNs,
     bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
     logMode,
     ringHarvestNs: 0,
@@ -439,6 +511,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   }
   const d0 = vm.dirtyLogTimes();
   const c0 = vm.clearDirtyLogTimes();
+  const cpu0 = cpuMark();
   const tg = performance.now();
   let clearDirtyLogNs: number | undefined;
   let getDirtyLogNs: number;
@@ -450,6 +523,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     getDirtyLogNs = (performance.now() - tg) * 1e6;
     if (mode === "clear-log") clearDirtyLogNs = clearAll(run, o.clearChunkPages ?? 0);
   }
+  const cpu = cpuSince(cpu0);
   const d1 = vm.dirtyLogTimes();
   const c1 = vm.clearDirtyLogTimes();
   if (!o.park) {
@@ -496,6 +570,8 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     dirtyPages: bitmap_weight(run.bitmap),
     guestThroughput: writes / (activeMs / 1000),
     ...(clearDirtyLogNs !== undefined ? { clearDirtyLogNs } : {}),
+    cpuNs: cpu.cpuNs,
+    preemptions: cpu.preemptions,
     ...ringFields,
   };
 }
@@ -546,6 +622,14 @@ function strategyResult(run: Run): StrategyResult {
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
+    mmapNs: run.mmapNs,
+    cpu: {
+      populateNs: run.populateCpuNs,
+      enableLoggingNs: run.enableLoggingCpuNs,
+      protectCallNs: median(m.map((i) => i.cpuNs)),
+      nsPerDirtyPage: pages ? median(m.map((i) => i.cpuNs)) / pages : 0,
+      preemptions: median(m.map((i) => i.preemptions)),
+    },
     mmuLock: {
       vcpuWaitNs: sumStat(vm, ST.lock_wait_ns),
       vcpuHoldNs: sumStat(vm, ST.lock_hold_ns),
@@ -576,8 +660,26 @@ function strategyResult(run: Run): StrategyResult {
   };
 }
 
+/**
+ * Both designs' VMs exist at once, and host_mmap touches every frame: refuse, before anything is
+ * allocated, a run whose host memory does not fit the memory the machine has free now (with
+ * 1 GiB to spare), rather than let the kernel's OOM killer pick a process.
+ */
+export function checkMachineMemory(o: PerfOptions, freeBytes = os.freemem()): void {
+  const need = o.wp.length * hostMemoryFor(o).memory;
+  if (need + 2 ** 30 <= freeBytes) return;
+  const gib = (x: number): string => (x / 2 ** 30).toFixed(1);
+  throw new KvmError(
+    "ENOMEM",
+    o.wp.length > 1
+      ? `wp: ${o.wp.length} VMs of ${gib(need / o.wp.length)} GiB host memory each do not fit the ${gib(freeBytes)} GiB free; run one design at a time (--wp locked, then --wp lockless)`
+      : `bytesPerVcpu: ${gib(need)} GiB of host memory does not fit the ${gib(freeBytes)} GiB free`,
+  );
+}
+
 export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
   validatePerfOptions(o);
+  checkMachineMemory(o);
   const say = o.progress ?? (() => {});
   const runs: Run[] = [];
   try {

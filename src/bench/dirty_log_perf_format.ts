@@ -29,7 +29,10 @@ export function formatPerf(r: PerfResult): string {
         : ""),
   );
   for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
-    out.push("", `[${wp}] populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`);
+    out.push(
+      "",
+      `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`,
+    );
     let k = 0;
     for (const it of s.iterations) {
       const label = it.warmup ? "  warm-up     " : `  iteration ${String(++k).padStart(2)}`;
@@ -47,6 +50,12 @@ export function formatPerf(r: PerfResult): string {
       `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
       `    harvest+protect      ${formatNs(s.protect)}`,
       `    remote flush         ${formatNs(s.flush)}`,
+      ...(s.cpu
+        ? [
+            `  process CPU: ${ms(s.cpu.protectCallNs)} ms per ${s.clearDirtyLog ? "GET + CLEAR" : "get dirty log"} (median), ${s.cpu.nsPerDirtyPage.toFixed(1)} ns per dirty page, ` +
+              `preempted ${s.cpu.preemptions} times per call; populate ${ms(s.cpu.populateNs)} ms, enable logging ${ms(s.cpu.enableLoggingNs)} ms`,
+          ]
+        : []),
       ...(s.clearDirtyLog
         ? [`  clear dirty log: ${formatNs(s.clearDirtyLog)} (KVM_CLEAR_DIRTY_LOG after each GET)`]
         : []),

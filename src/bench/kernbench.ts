@@ -28,6 +28,7 @@ import {
 } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
+import { hva_to_pfn } from "../mem/host_memory.js";
 import { pte_list_count, rmapStats } from "../mmu/rmap.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { tablesFor } from "../workload/guest_paging.js";
@@ -236,7 +237,7 @@ function fillLibraries(kvm: Kvm, hva: number, libGfn: number, libPages: number):
   kvm.mm_lock.lock();
   try {
     for (let i = 0; i < libPages; i++) {
-      const pfn = Atomics.load(kvm.hpt, hva / PAGE_SIZE + i) >>> 1;
+      const pfn = hva_to_pfn(kvm, hva / PAGE_SIZE + i);
       kvm.mem[pfn * PAGE_WORDS] = (libGfn + i) ^ LIB_MAGIC;
     }
   } finally {

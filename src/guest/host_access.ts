@@ -8,8 +8,8 @@
 import { Kvm, KVM_MEM_READONLY, PAGE_SIZE, SLOT } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty_in_slot } from "../mem/memslot.js";
-import { aload } from "../sync/atomic.js";
 import { uffd_missing } from "../mem/userfault.js";
+import { hva_to_pfn } from "../mem/host_memory.js";
 
 const hex = (x: number): string => `0x${x.toString(16)}`;
 
@@ -33,7 +33,7 @@ export function guest_range_check(kvm: Kvm, gpa: number, length: number, write: 
       );
     if (write && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_READONLY) !== 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} is in a read-only memslot`);
-    if (aload(kvm.hpt, gfn_to_hva_page(kvm, slot, gfn)) >>> 1 === 0)
+    if (hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn)) < 0)
       throw new KvmError("EFAULT", `gpa: ${hex(gfn * PAGE_SIZE)} has no host backing`);
     // The owner cannot block for the page (it is the thread that brings it): refused.
     if (uffd_missing(kvm, slot, gfn))
@@ -66,7 +66,7 @@ function forEachPage(
     const slot = gfn_to_memslot(kvm, gfn);
     kvm.mm_lock.lock();
     try {
-      const pfn = aload(kvm.hpt, gfn_to_hva_page(kvm, slot, gfn)) >>> 1;
+      const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
       each(pfn, off, n, done);
     } finally {
       kvm.mm_lock.unlock();

@@ -8,7 +8,7 @@ import { Kvm, KVM_MEM_READONLY, PAGE_WORDS, SLOT } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { acas, aload, astore } from "../sync/atomic.js";
 import { gfn_to_hva_page, gfn_to_memslot, mark_page_dirty } from "./memslot.js";
-import { HPT_WRITABLE, hva_to_pfn } from "./host_memory.js";
+import { HPT_WRITABLE, hpt_pfn, hva_to_pfn } from "./host_memory.js";
 
 /** What gfn_to_pfn found (one per caller, reused: the fault paths allocate nothing). */
 export class HostFrame {
@@ -26,8 +26,8 @@ export class HostFrame {
 export function gfn_to_pfn_memslot(kvm: Kvm, slot: number, gfn: number, hf: HostFrame): boolean {
   const hvaPage = (hf.hvaPage = gfn_to_hva_page(kvm, slot, gfn));
   const hv = aload(kvm.hpt, hvaPage);
-  hf.pfn = hv >>> 1;
-  if (hf.pfn === 0) return false;
+  if (hv === 0) return false;
+  hf.pfn = hpt_pfn(hv);
   hf.writable = (hv & HPT_WRITABLE) !== 0 && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_READONLY) === 0;
   return true;
 }
@@ -36,8 +36,7 @@ export function gfn_to_pfn_memslot(kvm: Kvm, slot: number, gfn: number, hf: Host
 export function guest_gfn_to_pfn(kvm: Kvm, gfn: number): number {
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) return -1;
-  const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
-  return pfn === 0 ? -1 : pfn;
+  return hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
 }
 
 /**

@@ -1,10 +1,12 @@
 /**
  * Host memory: a SharedArrayBuffer of 4 KiB frames (kvm.mem) behind a host page table
  * (kvm.hpt, hva page -> frame), so the host can move a page to another frame while the guest
- * runs (src/mmu/mmu_notifier.ts). Frame 0 is never handed out.
+ * runs (src/mmu/mmu_notifier.ts). Every frame, frame 0 included, can be handed out: a VM of
+ * exactly 2^22 frames (16 GiB, the most one Int32Array holds) has no frame to spare.
  *
- * hpt entry: 0 = not mapped, else (pfn << 1) | writable. Written under mm_lock, read
- * locklessly by faults (gfn_to_pfn), which validate with mmu_notifier_seq.
+ * hpt entry: 0 = not mapped, else (pfn << 2) | HPT_PRESENT | writable (a present bit, so that
+ * frame 0 read-only is not 0). Written under mm_lock, read locklessly by faults (gfn_to_pfn),
+ * which validate with mmu_notifier_seq.
  * thp[hva >> 9] = 1 while the 2 MiB block is one huge mapping: 512 contiguous, 512-aligned
  * frames. Cleared (split) under mm_lock before any page of the block moves.
  */
@@ -13,8 +15,20 @@ import { KvmError } from "../errors.js";
 import { aload, astore } from "../sync/atomic.js";
 
 export const HPT_WRITABLE = 1;
+export const HPT_PRESENT = 2;
+const HPT_PFN_SHIFT = 2;
 
-/** Allocates a 4 KiB frame; mm_lock held. Returns 0 when none is left. */
+/** The hpt entry that maps frame pfn. */
+export function make_hpt(pfn: number, writable: number): number {
+  return (pfn << HPT_PFN_SHIFT) | HPT_PRESENT | (writable & HPT_WRITABLE);
+}
+
+/** The frame of an hpt entry, -1 when it maps none. */
+export function hpt_pfn(v: number): number {
+  return v === 0 ? -1 : v >>> HPT_PFN_SHIFT;
+}
+
+/** Allocates a 4 KiB frame; mm_lock held. Returns -1 when none is left. */
 export function alloc_frame(kvm: Kvm): number {
   const ctl = kvm.ctl;
   const top = ctl[CTL.frame_top];
@@ -23,7 +37,7 @@ export function alloc_frame(kvm: Kvm): number {
     return kvm.frameStack[top - 1];
   }
   const high = ctl[CTL.frame_high];
-  if (high >= kvm.shared.config.hostFrames) return 0;
+  if (high >= kvm.shared.config.hostFrames) return -1;
   ctl[CTL.frame_high] = high + 1;
   return high;
 }
@@ -58,7 +72,6 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
       throw new KvmError("ENOMEM", `bytes: host virtual address space exhausted`);
     ctl[CTL.hva_next] = hva + pages;
     let p = 0;
-    if (ctl[CTL.frame_high] === 0) ctl[CTL.frame_high] = 1; // frame 0 is never handed out
     while (p < pages) {
       const high = ctl[CTL.frame_high];
       const aligned = Math.ceil(high / 512) * 512;
@@ -68,16 +81,16 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
         ctl[CTL.frame_high] = aligned + 512;
         for (let i = 0; i < 512; i++) {
           kvm.mem.fill(0, (aligned + i) * PAGE_WORDS, (aligned + i + 1) * PAGE_WORDS);
-          astore(kvm.hpt, hva + p + i, ((aligned + i) << 1) | HPT_WRITABLE);
+          astore(kvm.hpt, hva + p + i, make_hpt(aligned + i, HPT_WRITABLE));
         }
         astore(kvm.thp, (hva + p) >>> 9, 1);
         p += 512;
         continue;
       }
       const f = alloc_frame(kvm);
-      if (f === 0) throw new KvmError("ENOMEM", "bytes: out of host frames");
+      if (f < 0) throw new KvmError("ENOMEM", "bytes: out of host frames");
       kvm.mem.fill(0, f * PAGE_WORDS, (f + 1) * PAGE_WORDS);
-      astore(kvm.hpt, hva + p, (f << 1) | HPT_WRITABLE);
+      astore(kvm.hpt, hva + p, make_hpt(f, HPT_WRITABLE));
       p++;
     }
     return hva;
@@ -86,9 +99,9 @@ export function host_mmap(kvm: Kvm, pages: number, thp: boolean): number {
   }
 }
 
-/** hva page -> frame (0: not mapped); lockless (get_user_pages_fast). */
+/** hva page -> frame (-1: not mapped); lockless (get_user_pages_fast). */
 export function hva_to_pfn(kvm: Kvm, hvaPage: number): number {
-  return aload(kvm.hpt, hvaPage) >>> 1;
+  return hpt_pfn(aload(kvm.hpt, hvaPage));
 }
 
 /** True when the 2 MiB block holding hvaPage is a huge mapping (host_mapping_level == 2). */
@@ -108,14 +121,14 @@ export function host_migrate_page(kvm: Kvm, hvaPage: number, notifier: MmuNotifi
     const old = aload(kvm.hpt, hvaPage);
     if (old === 0) return false;
     const to = alloc_frame(kvm);
-    if (to === 0) return false;
+    if (to < 0) return false;
     const huge = hva_is_huge(kvm, hvaPage);
     const start = huge ? hvaPage - (hvaPage & 511) : hvaPage;
     notifier.invalidateRangeStart(start, start + (huge ? 512 : 1));
     if (huge) astore(kvm.thp, hvaPage >>> 9, 0); // split_huge_page
-    const from = old >>> 1;
+    const from = hpt_pfn(old);
     kvm.mem.copyWithin(to * PAGE_WORDS, from * PAGE_WORDS, (from + 1) * PAGE_WORDS);
-    astore(kvm.hpt, hvaPage, (to << 1) | (old & HPT_WRITABLE));
+    astore(kvm.hpt, hvaPage, make_hpt(to, old));
     notifier.invalidateRangeEnd();
     free_frame(kvm, from);
     return true;
@@ -145,8 +158,8 @@ export interface MmuNotifier {
 export function host_read_u64(kvm: Kvm, hvaByte: number): [number, number] {
   kvm.mm_lock.lock();
   try {
-    const pfn = aload(kvm.hpt, Math.floor(hvaByte / 4096)) >>> 1;
-    if (pfn === 0) throw new KvmError("EFAULT", `hva 0x${hvaByte.toString(16)}: not mapped`);
+    const pfn = hva_to_pfn(kvm, Math.floor(hvaByte / 4096));
+    if (pfn < 0) throw new KvmError("EFAULT", `hva 0x${hvaByte.toString(16)}: not mapped`);
     const w = pfn * PAGE_WORDS + ((hvaByte % 4096) >>> 2);
     return [kvm.mem[w], kvm.mem[w + 1]];
   } finally {

@@ -166,10 +166,8 @@ function finalRingMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string
 }
 
 function pageWord(kvm: Kvm, hvaPage: number): number {
-  return aload(
-    kvm.mem,
-    aload(kvm.hpt, hvaPage) >>> 1 === 0 ? 0 : (aload(kvm.hpt, hvaPage) >>> 1) * PAGE_WORDS,
-  );
+  const pfn = hva_to_pfn(kvm, hvaPage);
+  return aload(kvm.mem, pfn < 0 ? 0 : pfn * PAGE_WORDS);
 }
 
 /** The "migration" side of the QEMU-style oracle: copy the pages a bitmap reports. */

@@ -1,8 +1,17 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { CTL, hvaPages } from "../../src/kvm_host.js";
+import { CTL, hvaPages, PAGE_WORDS } from "../../src/kvm_host.js";
 import { KvmError } from "../../src/errors.js";
-import { host_mmap, hva_is_huge, hva_to_pfn } from "../../src/mem/host_memory.js";
+import {
+  host_migrate_page,
+  host_mmap,
+  HPT_WRITABLE,
+  hpt_pfn,
+  hva_is_huge,
+  hva_to_pfn,
+  make_hpt,
+} from "../../src/mem/host_memory.js";
+import { aload } from "../../src/sync/atomic.js";
 import { makeKvm } from "../helpers/kvm.js";
 
 test("host_mmap: small mappings are packed, not 2 MiB each", () => {
@@ -15,7 +24,7 @@ test("host_mmap: small mappings are packed, not 2 MiB each", () => {
   for (let i = 0; i < n; i++) {
     const hva = host_mmap(kvm, 1, i % 2 === 0);
     assert.ok(hva > prev, "mappings do not overlap");
-    assert.notEqual(hva_to_pfn(kvm, hva), 0, "the page is backed");
+    assert.ok(hva_to_pfn(kvm, hva) >= 0, "the page is backed");
     seen.add(hva_to_pfn(kvm, hva));
     prev = hva;
   }
@@ -39,4 +48,50 @@ test("host_mmap: running out of host frames is ENOMEM naming bytes, and maps not
     (e: unknown) => e instanceof KvmError && e.code === "ENOMEM" && /\bbytes\b/.test(e.message),
   );
   assert.equal(kvm.ctl[CTL.hva_next], next);
+});
+
+test("every frame, frame 0 included, is handed out; one more page is ENOMEM", () => {
+  const kvm = makeKvm({ hostFrames: 64 });
+  const hva = host_mmap(kvm, 64, false);
+  const pfns = new Set<number>();
+  for (let p = 0; p < 64; p++) pfns.add(hva_to_pfn(kvm, hva + p));
+  assert.deepEqual(
+    [...pfns].sort((a, b) => a - b),
+    Array.from({ length: 64 }, (_, i) => i),
+  );
+  assert.equal(hva_to_pfn(kvm, hva), 0, "the first page is on frame 0");
+  assert.equal(hva_to_pfn(kvm, hva + 64), -1, "past the mapping: not mapped");
+  assert.throws(
+    () => host_mmap(kvm, 1, false),
+    (e: unknown) => e instanceof KvmError && e.code === "ENOMEM",
+  );
+});
+
+test("hpt entries: frame 0 read-only is mapped, not 0; the highest frame of 16 GiB round-trips", () => {
+  assert.notEqual(make_hpt(0, 0), 0);
+  assert.equal(hpt_pfn(make_hpt(0, 0)), 0);
+  assert.equal(make_hpt(0, 0) & HPT_WRITABLE, 0);
+  assert.equal(make_hpt(0, HPT_WRITABLE) & HPT_WRITABLE, HPT_WRITABLE);
+  assert.equal(hpt_pfn(0), -1);
+  const top = 2 ** 22 - 1;
+  assert.equal(hpt_pfn(make_hpt(top, HPT_WRITABLE)), top);
+  assert.ok(make_hpt(top, HPT_WRITABLE) > 0, "a positive int32");
+});
+
+test("host_migrate_page moves a page off frame 0 and back onto it, contents kept", () => {
+  const kvm = makeKvm({ hostFrames: 2 });
+  const hva = host_mmap(kvm, 1, false);
+  assert.equal(hva_to_pfn(kvm, hva), 0);
+  kvm.mem[5] = 0x1234;
+  const notifier = { invalidateRangeStart: (): void => {}, invalidateRangeEnd: (): void => {} };
+  assert.ok(host_migrate_page(kvm, hva, notifier));
+  assert.equal(hva_to_pfn(kvm, hva), 1);
+  assert.equal(kvm.mem[PAGE_WORDS + 5], 0x1234);
+  assert.ok(host_migrate_page(kvm, hva, notifier), "frame 0 was freed and is taken again");
+  assert.equal(hva_to_pfn(kvm, hva), 0);
+  assert.equal(kvm.mem[5], 0x1234);
+  assert.equal(aload(kvm.hpt, hva) & HPT_WRITABLE, HPT_WRITABLE, "still writable");
+  host_mmap(kvm, 1, false);
+  assert.ok(!host_migrate_page(kvm, hva, notifier), "no frame free: the page stays");
+  assert.equal(hva_to_pfn(kvm, hva), 0);
 });
