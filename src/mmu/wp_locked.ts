@@ -6,7 +6,7 @@
  * (cond_resched_lock), flushing first.
  */
 import { Kvm, SLOT } from "../kvm_host.js";
-import { aload } from "../sync/atomic.js";
+import { aread } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { for_each_rmap_spte, RMAP_RESTART, rmap_single_spte } from "./rmap.js";
@@ -24,7 +24,9 @@ export const WP_FLUSH = 2;
  * mmu_lock held. Shaped as a for_each_rmap_spte callback.
  */
 export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
-  const s = aload(kvm.spt, sptep);
+  // Plain read: under mmu_lock only W changes behind us (fast_page_fault sets it, and then marks
+  // the page dirty after), and mmu_spte_update replaces a volatile spte with xchg.
+  const s = aread(kvm.spt, sptep);
   if (!is_writable_pte(s)) return 0;
   if (is_large_pte(s)) {
     drop_spte(kvm, sptep);
