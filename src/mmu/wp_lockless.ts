@@ -54,7 +54,12 @@ export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
   pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
 }
 
-/** The level-1 rmaps of the gfns in mask, lockless; RCU read section held. */
+/**
+ * The level-1 rmaps of the gfns in mask, lockless; RCU read section held. The common TDP case, a
+ * single-entry head whose spte is a writable leaf, is inline: one plain read of the head, one of
+ * the spte, one cmpxchg. Anything else (a chain, a lost cmpxchg, a bug switch) takes the general
+ * path.
+ */
 export function write_protect_pt_masked_lockless(
   kvm: Kvm,
   slot: number,
@@ -62,18 +67,32 @@ export function write_protect_pt_masked_lockless(
   mask: number,
 ): boolean {
   const rmaps = kvm.rmapPool;
+  const spt = kvm.spt;
   const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
+  // Checked once per word: the per-page path is then the bug-free one.
+  const plain = kvm.bug(BUG["plain-clear"]);
+  let n = 0;
   while (mask !== 0) {
     const hi = h + 31 - Math.clz32(mask & -mask);
+    mask &= mask - 1;
     // Plain read (aread): the bitmap xchg that reported this gfn synchronized with the aor of
     // its F4, so the head is at least as new as the F2 before it (docs/locking.md 3.6).
     const v = aread(rmaps, hi);
-    // The common TDP case, a single-entry head, inline; chains go through the walker.
-    const s = rmap_single_spte(v);
-    if (s >= 0) spte_write_protect_lockless(kvm, s);
-    else if (v !== 0) rmap_write_protect_lockless(kvm, hi);
-    mask &= mask - 1;
+    const sptep = rmap_single_spte(v);
+    if (sptep < 0) {
+      if (v !== 0) rmap_write_protect_lockless(kvm, hi);
+      continue;
+    }
+    const s = aread(spt, sptep);
+    if (!is_writable_leaf(s)) continue;
+    if (plain) spte_write_protect_lockless(kvm, sptep);
+    else if (acas(spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) n++;
+    else {
+      wpStats.casRetries++;
+      spte_write_protect_lockless(kvm, sptep);
+    }
   }
+  wpStats.protected += n;
   // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
   return true;
 }
