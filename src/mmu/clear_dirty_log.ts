@@ -10,7 +10,7 @@
  * protect and clear would have its bit erased while the page stays writable.
  */
 import { BUG, Kvm, SLOT } from "../kvm_host.js";
-import { aand, aload } from "../sync/atomic.js";
+import { aand, aread } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
 
@@ -54,8 +54,10 @@ export function kvm_clear_dirty_log(
         design.protectMasked(kvm, slot, wi, mask);
         flush = true;
       }
-      // A word with none of these bits set needs no atomic: clearing clear bits is a no-op.
-      if ((aload(bm, b0 + wi) & mask) === 0) continue;
+      // A word with none of these bits set needs no atomic: clearing clear bits is a no-op. A
+      // plain read suffices: only CLEAR (this thread, slots_lock) clears bits, so a bit GET saw
+      // set is still seen set.
+      if ((aread(bm, b0 + wi) & mask) === 0) continue;
       mask &= aand(bm, b0 + wi, ~mask);
       if (mask === 0) continue;
       cleared += hweight32(mask);

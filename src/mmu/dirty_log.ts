@@ -16,7 +16,7 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES,
   SLOT,
 } from "../kvm_host.js";
-import { aload, astore, axchg } from "../sync/atomic.js";
+import { aread, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
 import { wp_locked } from "./wp_locked.js";
@@ -63,7 +63,9 @@ export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, time
   design.harvestBegin(kvm, times);
   try {
     for (let i = 0; i < words; i++) {
-      if (aload(bm, b0 + i) === 0) {
+      // A plain pre-check (KVM's `if (!dirty_bitmap[i])`): a bit set concurrently and missed
+      // here is reported by the next call; the xchg is what clears.
+      if (aread(bm, b0 + i) === 0) {
         out[i] = 0;
         continue;
       }
@@ -90,7 +92,7 @@ function get_dirty_log_copy(kvm: Kvm, slot: number, out: Uint32Array, times: Dir
   const t0 = performance.now();
   let dirty = 0;
   for (let i = 0; i < words; i++) {
-    const x = aload(bm, b0 + i);
+    const x = aread(bm, b0 + i);
     out[i] = x;
     if (x !== 0) dirty += hweight32(x);
   }

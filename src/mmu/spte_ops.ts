@@ -4,7 +4,7 @@
  * replaced with xchg, so the caller learns the value it really replaced.
  */
 import { BUG, Kvm } from "../kvm_host.js";
-import { aload, astore, axchg } from "../sync/atomic.js";
+import { aload, aread, astore, axchg } from "../sync/atomic.js";
 import {
   is_shadow_present_pte,
   is_writable_pte,
@@ -23,7 +23,8 @@ export function mmu_spte_set(kvm: Kvm, sptep: number, s: number): void {
  * (patch 3; 3.11 tested W only).
  */
 export function mmu_spte_update(kvm: Kvm, sptep: number, s: number): boolean {
-  let old = aload(kvm.spt, sptep);
+  // mmu_lock held: only W can change behind us, and the volatility test does not read W.
+  let old = aread(kvm.spt, sptep);
   if (!is_shadow_present_pte(old)) {
     mmu_spte_set(kvm, sptep, s);
     return false;

@@ -5,14 +5,20 @@
  * restarts; the slot walk breaks the lock every 1024 heads when it is contended
  * (cond_resched_lock), flushing first.
  */
-import { Kvm, SLOT } from "../kvm_host.js";
-import { aload } from "../sync/atomic.js";
+import { BUG, Kvm, SLOT } from "../kvm_host.js";
+import { aread, axchg } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { for_each_rmap_spte, RMAP_RESTART, rmap_single_spte } from "./rmap.js";
 import { drop_spte } from "./mmu_page.js";
 import { mmu_spte_update } from "./spte_ops.js";
-import { is_large_pte, is_writable_pte, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
+import {
+  is_large_pte,
+  is_writable_pte,
+  KVM_NR_PAGE_SIZES,
+  PT_WRITABLE_MASK,
+  spte_has_volatile_bits,
+} from "./spte.js";
 import { DirtyLogTimes, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
 
 /** spte_write_protect_locked result: a flush is needed. */
@@ -24,7 +30,9 @@ export const WP_FLUSH = 2;
  * mmu_lock held. Shaped as a for_each_rmap_spte callback.
  */
 export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
-  const s = aload(kvm.spt, sptep);
+  // Plain read: under mmu_lock only W changes behind us (fast_page_fault sets it, and then marks
+  // the page dirty after), and mmu_spte_update replaces a volatile spte with xchg.
+  const s = aread(kvm.spt, sptep);
   if (!is_writable_pte(s)) return 0;
   if (is_large_pte(s)) {
     drop_spte(kvm, sptep);
@@ -40,7 +48,13 @@ export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
   return (for_each_rmap_spte(kvm, kvm.rmapPool, hi, spte_write_protect_locked) & WP_FLUSH) !== 0;
 }
 
-/** kvm_mmu_write_protect_pt_masked (3.11): the level-1 rmaps of the gfns in mask. mmu_lock held. */
+/**
+ * kvm_mmu_write_protect_pt_masked (3.11): the level-1 rmaps of the gfns in mask. mmu_lock held.
+ * The common TDP case, a single-entry head whose spte is a writable 4 KiB leaf with volatile
+ * bits, is spte_write_protect_locked with mmu_spte_update inline: one plain read, one xchg, and
+ * a flush (the old value was locklessly modifiable, patch 3). Anything else takes the general
+ * path.
+ */
 export function kvm_mmu_write_protect_pt_masked(
   kvm: Kvm,
   slot: number,
@@ -48,18 +62,34 @@ export function kvm_mmu_write_protect_pt_masked(
   mask: number,
 ): boolean {
   const rmaps = kvm.rmapPool;
+  const spt = kvm.spt;
   const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
+  // Checked once per word: the per-page path is then the bug-free one.
+  const plain = kvm.bug(BUG["plain-clear"]);
   let flush = false;
+  let n = 0;
   while (mask !== 0) {
     const hi = h + 31 - Math.clz32(mask & -mask);
-    const v = rmaps[hi];
-    // The common TDP case, a single-entry head, inline; chains go through the iterator.
-    const s = rmap_single_spte(v);
-    if (s >= 0) {
-      if (spte_write_protect_locked(kvm, s) !== 0) flush = true;
-    } else if (v !== 0 && __rmap_write_protect(kvm, hi)) flush = true;
     mask &= mask - 1;
+    const v = rmaps[hi];
+    const sptep = rmap_single_spte(v);
+    if (sptep < 0) {
+      if (v !== 0 && __rmap_write_protect(kvm, hi)) flush = true;
+      continue;
+    }
+    const s = aread(spt, sptep);
+    if (!is_writable_pte(s)) continue;
+    if (plain || is_large_pte(s) || !spte_has_volatile_bits(s)) {
+      if (spte_write_protect_locked(kvm, sptep) !== 0) flush = true;
+      continue;
+    }
+    // Volatile: xchg, as mmu_spte_update. HOST_W and MMU_W do not change outside mmu_lock, so
+    // the value replaced is locklessly modifiable too and a flush is needed.
+    axchg(spt, sptep, s & ~PT_WRITABLE_MASK);
+    n++;
+    flush = true;
   }
+  wpStats.protected += n;
   return flush;
 }
 

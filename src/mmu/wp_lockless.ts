@@ -8,30 +8,37 @@
  * serialises these deferred flushers (patch 4).
  */
 import { BUG, Kvm, SLOT } from "../kvm_host.js";
-import { aload, acas, astore } from "../sync/atomic.js";
+import { aload, acas, aread, astore } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { pte_list_walk_lockless, rmap_single_spte } from "./rmap.js";
 import { is_writable_leaf, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
 import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
 
-/** The lockless protector of one spte: cmpxchg W away from a writable leaf. */
+/**
+ * The lockless protector of one spte: cmpxchg W away from a writable leaf. The first read is
+ * plain (aread): the cmpxchg validates it, and a failed cmpxchg returns the value to retry
+ * with, so each protected spte costs one atomic.
+ */
 export function spte_write_protect_lockless(kvm: Kvm, sptep: number): void {
+  const spt = kvm.spt;
+  let s = aread(spt, sptep);
   for (;;) {
-    const s = aload(kvm.spt, sptep);
     if (!is_writable_leaf(s)) return;
     if (kvm.bug(BUG["plain-clear"])) {
       // Bug: a plain store of a value computed from an earlier load: it overwrites whatever
       // changed in between, e.g. a zap and a re-fault to another frame.
-      astore(kvm.spt, sptep, s & ~PT_WRITABLE_MASK);
+      astore(spt, sptep, s & ~PT_WRITABLE_MASK);
       wpStats.protected++;
       return;
     }
-    if (acas(kvm.spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) {
+    const old = acas(spt, sptep, s, s & ~PT_WRITABLE_MASK);
+    if (old === s) {
       wpStats.protected++;
       return;
     }
     wpStats.casRetries++;
+    s = old;
   }
 }
 
@@ -47,7 +54,12 @@ export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
   pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
 }
 
-/** The level-1 rmaps of the gfns in mask, lockless; RCU read section held. */
+/**
+ * The level-1 rmaps of the gfns in mask, lockless; RCU read section held. The common TDP case, a
+ * single-entry head whose spte is a writable leaf, is inline: one plain read of the head, one of
+ * the spte, one cmpxchg. Anything else (a chain, a lost cmpxchg, a bug switch) takes the general
+ * path.
+ */
 export function write_protect_pt_masked_lockless(
   kvm: Kvm,
   slot: number,
@@ -55,16 +67,32 @@ export function write_protect_pt_masked_lockless(
   mask: number,
 ): boolean {
   const rmaps = kvm.rmapPool;
+  const spt = kvm.spt;
   const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
+  // Checked once per word: the per-page path is then the bug-free one.
+  const plain = kvm.bug(BUG["plain-clear"]);
+  let n = 0;
   while (mask !== 0) {
     const hi = h + 31 - Math.clz32(mask & -mask);
-    const v = aload(rmaps, hi);
-    // The common TDP case, a single-entry head, inline; chains go through the walker.
-    const s = rmap_single_spte(v);
-    if (s >= 0) spte_write_protect_lockless(kvm, s);
-    else if (v !== 0) rmap_write_protect_lockless(kvm, hi);
     mask &= mask - 1;
+    // Plain read (aread): the bitmap xchg that reported this gfn synchronized with the aor of
+    // its F4, so the head is at least as new as the F2 before it (docs/locking.md 3.6).
+    const v = aread(rmaps, hi);
+    const sptep = rmap_single_spte(v);
+    if (sptep < 0) {
+      if (v !== 0) rmap_write_protect_lockless(kvm, hi);
+      continue;
+    }
+    const s = aread(spt, sptep);
+    if (!is_writable_leaf(s)) continue;
+    if (plain) spte_write_protect_lockless(kvm, sptep);
+    else if (acas(spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) n++;
+    else {
+      wpStats.casRetries++;
+      spte_write_protect_lockless(kvm, sptep);
+    }
   }
+  wpStats.protected += n;
   // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
   return true;
 }
