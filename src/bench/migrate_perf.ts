@@ -59,6 +59,8 @@ export const MIGRATE_PERF_DEFAULTS: MigratePerfOptions = {
 
 /** One migration, as measured. */
 export interface MigrateRun {
+  /** Order in which the runs were made, from 1 (the designs alternate). */
+  seq: number;
   wp: WpName;
   warmup: boolean;
   status: string;
@@ -169,8 +171,14 @@ async function migrateOnce(
   }
 }
 
-function toRun(wp: WpName, warmup: boolean, r: MigrationReport & { exitCode: number }): MigrateRun {
+function toRun(
+  seq: number,
+  wp: WpName,
+  warmup: boolean,
+  r: MigrationReport & { exitCode: number },
+): MigrateRun {
   const run: MigrateRun = {
+    seq,
     wp,
     warmup,
     status: r.status,
@@ -218,9 +226,9 @@ export async function migratePerf(
   let k = 0;
   for (let i = 0; i < o.warmup + o.runs; i++)
     for (const wp of ["locked", "lockless"] as const) {
-      const r = toRun(wp, i < o.warmup, await migrateOnce(o, wp));
+      const r = toRun(++k, wp, i < o.warmup, await migrateOnce(o, wp));
       runs[wp].push(r);
-      onRun?.(r, ++k, total);
+      onRun?.(r, k, total);
     }
   // Pairs: run k of each design, both completed and verified.
   const pairs: [MigrateRun, MigrateRun][] = [];

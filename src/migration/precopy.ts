@@ -339,10 +339,14 @@ export class MigrationSource {
     const account = async (n: number): Promise<void> => {
       winBytes += n;
       let now = performance.now();
-      const cap = o.maxBandwidth > 0 && limited ? (o.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
-      if (winBytes >= cap && now - winStart < WINDOW_MS) {
-        await sleep(WINDOW_MS - (now - winStart));
-        now = performance.now();
+      if (o.maxBandwidth > 0 && limited) {
+        // Wait until the window's bytes fit the rate: a section bigger than a window's share
+        // spreads over several windows (waits under a millisecond add up to the next one).
+        const due = winStart + (winBytes * 1000) / o.maxBandwidth;
+        if (due - now >= 1) {
+          await sleep(due - now);
+          now = performance.now();
+        }
       }
       if (now - winStart >= WINDOW_MS) {
         bwBytesPerMs = winBytes / (now - winStart);
@@ -482,8 +486,11 @@ export class MigrationSource {
 
       // Switch-over.
       const tPause = performance.now();
+      // Ask for the park first, then wake a throttled guest from its sleep: it parks on waking
+      // instead of running (and dirtying) one more slice. pause() asks before its first await.
+      const parking = g.vm.pause();
       Atomics.notify(g.ctl, MIG_CTL.sleep);
-      await g.vm.pause();
+      await parking;
       paused = true;
       const tPaused = performance.now();
       // The vCPUs are parked: their state (the guest's counters) no longer changes.

@@ -361,6 +361,7 @@ export const MigratePerfOptions = Type.Object({
 });
 
 const MigrateRun = Type.Object({
+  seq: Int,
   wp: Wp,
   warmup: Type.Boolean(),
   status: Type.String(),

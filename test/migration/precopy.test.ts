@@ -56,6 +56,14 @@ for (const wp of ["locked", "lockless"] as const)
       assert.equal(drep.status, "completed");
       assert.ok(rep.downtimeMs > 0 && rep.totalTimeMs >= rep.downtimeMs);
       assert.ok(rep.transferredBytes > 16 << 20, "more than one copy of memory went over");
+      // Downtime as QEMU reports it: the stop, less the page-hash verification timed apart.
+      const so = rep.switchover!;
+      assert.ok(rep.verifyMs > 0 && drep.hashMs > 0 && rep.verifyMs >= drep.hashMs);
+      assert.ok(Math.abs(so.stopMs - (rep.downtimeMs + rep.verifyMs)) < 1e-6);
+      const parts = so.pauseMs + so.syncMs + so.sendMs + so.loadMs + so.startMs;
+      assert.ok(parts <= rep.downtimeMs + 1e-6, `parts ${parts} > downtime ${rep.downtimeMs}`);
+      assert.ok(rep.expectedDowntimeMs > 0 && rep.expectedDowntimeMs <= 300);
+      assert.ok(rep.guestRate > 0);
     });
 
 // Today's interfaces: GET + CLEAR with manual protect, and the per-vCPU dirty ring.
