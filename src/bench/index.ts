@@ -2,6 +2,7 @@
  * `npm run bench`: the micro-benchmarks, then a short dirty-log-perf comparison.
  *   node dist/src/bench/index.js [--json] [--output FILE] [--quick]
  * --quick: a few rounds and iterations on a small guest (tests; the figures mean little).
+ * Without --quick, a short migrate-perf (3 alternated pairs of whole migrations, ~40 s) follows.
  */
 import os from "node:os";
 import { tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
@@ -9,6 +10,7 @@ import { dirtyLogPerf, CONTENTION, fitVcpus, threadFit } from "./dirty_log_perf.
 import { formatPerf } from "./dirty_log_perf_format.js";
 import { checkOutput, envelope, writeResult } from "./result.js";
 import { formatRatio } from "./stats.js";
+import { formatMigratePerf, migratePerf, MIGRATE_PERF_DEFAULTS } from "./migrate_perf.js";
 
 const json = process.argv.includes("--json");
 const oi = process.argv.indexOf("--output");
@@ -34,9 +36,17 @@ const perf = await dirtyLogPerf({
   seed: 1,
   threads: threadFit(cpus, vcpus, contention, "auto"),
 });
+// Whole migrations are seconds each: only outside --quick.
+const mig = quick ? null : await migratePerf({ ...MIGRATE_PERF_DEFAULTS, runs: 3, warmup: 0 });
 const result = {
   ...envelope("bench", { tlbHit: tlbOptions, dirtyLogPerf: perf.options, quick }),
-  results: { tlbHit: tlb, dirtyLogPerf: perf },
+  results: {
+    tlbHit: tlb,
+    dirtyLogPerf: perf,
+    ...(mig
+      ? { migratePerf: { options: mig.options, results: mig.results, ratio: mig.ratio, pairs: mig.pairs } }
+      : {}),
+  },
 };
 if (output !== undefined) writeResult(output, result);
 if (json) {
@@ -50,4 +60,5 @@ if (json) {
       `ratio ${formatRatio(tlb.ratio)} (${tlb.options.rounds} rounds after ${tlb.options.warmup} warm-up)\n\n`,
   );
   process.stdout.write(formatPerf(perf) + "\n");
+  if (mig) process.stdout.write("\n" + formatMigratePerf(mig) + "\n");
 }

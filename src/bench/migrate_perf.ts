@@ -43,7 +43,7 @@ export interface MigratePerfOptions {
  * guest's write faults after each harvest fare, not in how lucky a bandwidth window was.
  */
 export const MIGRATE_PERF_DEFAULTS: MigratePerfOptions = {
-  runs: 8,
+  runs: 7,
   warmup: 1,
   memoryBytes: 16 << 20,
   vcpus: 1,
@@ -51,7 +51,7 @@ export const MIGRATE_PERF_DEFAULTS: MigratePerfOptions = {
   logMode: "dirty-log",
   maxBandwidth: 32 << 20,
   downtimeLimitMs: 1000,
-  minRounds: 4,
+  minRounds: 3,
   autoConverge: false,
   timeoutMs: 60_000,
   warmupMs: 200,

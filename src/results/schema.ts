@@ -270,79 +270,6 @@ export const CatalogDoc = doc(
   {},
 );
 
-// ---- npm run bench --------------------------------------------------------------------------
-
-const TlbHit = Type.Object({
-  options: Type.Object({ rounds: Int, warmup: Int, accesses: Int }),
-  tlbNsPerAccess: Summary,
-  plainNsPerAccess: Summary,
-  ratio: Ratio,
-  rounds: Type.Array(Type.Object({ warmup: Type.Boolean(), tlbNs: Num, plainNs: Num })),
-});
-
-export const BenchDoc = doc(
-  "bench",
-  "npm run bench: the software-TLB micro-benchmark and a short dirty-log-perf comparison",
-  Type.Object({}),
-  Type.Object({
-    tlbHit: TlbHit,
-    dirtyLogPerf: Type.Object({ options: PerfOptions, results: perfResults, ...perfExtra }),
-  }),
-  {},
-);
-
-// ---- migrate --------------------------------------------------------------------------------
-
-/** One round, named as QEMU's query-migrate names its fields. */
-export const MigrateRound = Type.Object({
-  round: Type.Optional(Int),
-  "time-ms": Type.Optional(Num),
-  transferred: Type.Optional(Num),
-  remaining: Type.Optional(Num),
-  total: Type.Optional(Num),
-  duplicate: Type.Optional(Num),
-  normal: Type.Optional(Num),
-  "dirty-pages-rate": Type.Optional(Num),
-  mbps: Type.Optional(Num),
-  "dirty-sync-count": Type.Optional(Num),
-  "expected-downtime": Type.Optional(Num),
-  "cpu-throttle-percentage": Type.Optional(Num),
-});
-
-export const MigrateDoc = doc(
-  "migrate",
-  "kvmmu migrate: one live migration, its rounds, downtime and verification",
-  Type.Object({ wp: Type.Optional(Wp), mode: Type.Optional(Mode) }),
-  Type.Object({
-    status: Type.Union([Type.Literal("completed"), Type.Literal("failed"), Type.Literal("cancelled")]),
-    mode: Type.Union([Type.Literal("precopy"), Type.Literal("postcopy")]),
-    rounds: Type.Array(MigrateRound),
-    downtimeMs: Num,
-    expectedDowntimeMs: Type.Optional(Num),
-    verifyMs: Type.Optional(Num),
-    guestRate: Type.Optional(Num),
-    switchover: Type.Optional(
-      Type.Object({
-        pauseMs: Num,
-        syncMs: Num,
-        sendMs: Num,
-        loadMs: Num,
-        startMs: Num,
-        stopMs: Num,
-      }),
-    ),
-    totalTimeMs: Num,
-    transferredBytes: Num,
-    verify: Type.Object({
-      pagesCompared: Int,
-      mismatches: Int,
-      guestInvariant: Type.Union([Type.Boolean(), Type.Null()]),
-    }),
-    error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
-  }),
-  {},
-);
-
 // ---- migrate-perf ---------------------------------------------------------------------------
 
 export const MigratePerfOptions = Type.Object({
@@ -417,6 +344,87 @@ export const MigratePerfDoc = doc(
   MigratePerfOptions,
   migratePerfResults,
   migratePerfExtra,
+);
+
+// ---- npm run bench --------------------------------------------------------------------------
+
+const TlbHit = Type.Object({
+  options: Type.Object({ rounds: Int, warmup: Int, accesses: Int }),
+  tlbNsPerAccess: Summary,
+  plainNsPerAccess: Summary,
+  ratio: Ratio,
+  rounds: Type.Array(Type.Object({ warmup: Type.Boolean(), tlbNs: Num, plainNs: Num })),
+});
+
+export const BenchDoc = doc(
+  "bench",
+  "npm run bench: the software-TLB micro-benchmark and a short dirty-log-perf comparison",
+  Type.Object({}),
+  Type.Object({
+    tlbHit: TlbHit,
+    dirtyLogPerf: Type.Object({ options: PerfOptions, results: perfResults, ...perfExtra }),
+    migratePerf: Type.Optional(
+      Type.Object({
+        options: MigratePerfOptions,
+        results: migratePerfResults,
+        ratio: migratePerfExtra.ratio,
+        pairs: Int,
+      }),
+    ),
+  }),
+  {},
+);
+
+// ---- migrate --------------------------------------------------------------------------------
+
+/** One round, named as QEMU's query-migrate names its fields. */
+export const MigrateRound = Type.Object({
+  round: Type.Optional(Int),
+  "time-ms": Type.Optional(Num),
+  transferred: Type.Optional(Num),
+  remaining: Type.Optional(Num),
+  total: Type.Optional(Num),
+  duplicate: Type.Optional(Num),
+  normal: Type.Optional(Num),
+  "dirty-pages-rate": Type.Optional(Num),
+  mbps: Type.Optional(Num),
+  "dirty-sync-count": Type.Optional(Num),
+  "expected-downtime": Type.Optional(Num),
+  "cpu-throttle-percentage": Type.Optional(Num),
+});
+
+export const MigrateDoc = doc(
+  "migrate",
+  "kvmmu migrate: one live migration, its rounds, downtime and verification",
+  Type.Object({ wp: Type.Optional(Wp), mode: Type.Optional(Mode) }),
+  Type.Object({
+    status: Type.Union([Type.Literal("completed"), Type.Literal("failed"), Type.Literal("cancelled")]),
+    mode: Type.Union([Type.Literal("precopy"), Type.Literal("postcopy")]),
+    rounds: Type.Array(MigrateRound),
+    downtimeMs: Num,
+    expectedDowntimeMs: Type.Optional(Num),
+    verifyMs: Type.Optional(Num),
+    guestRate: Type.Optional(Num),
+    switchover: Type.Optional(
+      Type.Object({
+        pauseMs: Num,
+        syncMs: Num,
+        sendMs: Num,
+        loadMs: Num,
+        startMs: Num,
+        stopMs: Num,
+      }),
+    ),
+    totalTimeMs: Num,
+    transferredBytes: Num,
+    verify: Type.Object({
+      pagesCompared: Int,
+      mismatches: Int,
+      guestInvariant: Type.Union([Type.Boolean(), Type.Null()]),
+    }),
+    error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+  }),
+  {},
 );
 
 // ---- all of them ----------------------------------------------------------------------------
