@@ -257,6 +257,16 @@ class ReturnPath {
   }
 }
 
+/** The `hashMs` of a "running" payload; 0 when absent or unreadable (an older destination). */
+function peerHashMs(payload: Buffer): number {
+  try {
+    const x = Number((JSON.parse(payload.toString()) as { hashMs?: unknown }).hashMs);
+    return Number.isFinite(x) ? x : 0;
+  } catch {
+    return 0;
+  }
+}
+
 function toMigError(e: unknown): MigrationError {
   if (e instanceof MigrationError) return e;
   if (e instanceof KvmError) return new MigrationError(e.code, e.message.replace(/^[A-Z]+: /, ""));
@@ -538,18 +548,16 @@ export class MigrationSource {
       committed = true;
       const running = await ret.expect(Sec.Running, 30_000);
       const tRunning = performance.now();
-      // The destination says how long it hashed its pages (before "loaded").
-      const theirHashMs =
-        running.payload.length > 0
-          ? Number((JSON.parse(running.payload.toString()) as { hashMs?: unknown }).hashMs) || 0
-          : 0;
+      // The destination says how long it hashed its pages (before "loaded"): a peer's word, so
+      // bounded by the time we waited for "loaded" (nothing else may leave the downtime).
+      const theirHashMs = Math.min(Math.max(0, peerHashMs(running.payload)), tLoaded - tEof);
       report.verifyMs = theirHashMs + (tGo - tLoaded);
       report.downtimeMs = tRunning - tPause - report.verifyMs;
       report.switchover = {
         pauseMs: tPaused - tPause,
         syncMs: tSynced - tPaused,
         sendMs: tEof - tSynced,
-        loadMs: Math.max(0, tLoaded - tEof - theirHashMs),
+        loadMs: tLoaded - tEof - theirHashMs,
         startMs: tRunning - tGo,
         stopMs: tRunning - tPause,
       };
