@@ -2,12 +2,14 @@
  * `npm run bench`: the micro-benchmarks, then a short dirty-log-perf comparison.
  *   node dist/src/bench/index.js [--json] [--output FILE] [--quick]
  * --quick: a few rounds and iterations on a small guest (tests; the figures mean little).
+ * Without --quick, a short migrate-perf (3 alternated pairs of whole migrations, ~40 s) follows.
  */
 import os from "node:os";
 import { formatTlbHit, tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
 import { dirtyLogPerf, CONTENTION, fitVcpus, threadFit } from "./dirty_log_perf.js";
 import { formatPerf } from "./dirty_log_perf_format.js";
 import { checkOutput, envelope, writeResult } from "./result.js";
+import { formatMigratePerf, migratePerf, MIGRATE_PERF_DEFAULTS } from "./migrate_perf.js";
 
 const json = process.argv.includes("--json");
 const oi = process.argv.indexOf("--output");
@@ -33,9 +35,17 @@ const perf = await dirtyLogPerf({
   seed: 1,
   threads: threadFit(cpus, vcpus, contention, "auto"),
 });
+// Whole migrations are seconds each: only outside --quick.
+const mig = quick ? null : await migratePerf({ ...MIGRATE_PERF_DEFAULTS, runs: 3, warmup: 0 });
 const result = {
   ...envelope("bench", { tlbHit: tlbOptions, dirtyLogPerf: perf.options, quick }),
-  results: { tlbHit: tlb, dirtyLogPerf: perf },
+  results: {
+    tlbHit: tlb,
+    dirtyLogPerf: perf,
+    ...(mig
+      ? { migratePerf: { options: mig.options, results: mig.results, ratio: mig.ratio, pairs: mig.pairs } }
+      : {}),
+  },
 };
 if (output !== undefined) writeResult(output, result);
 if (json) {
@@ -43,4 +53,5 @@ if (json) {
 } else {
   process.stdout.write(formatTlbHit(tlb) + "\n\n");
   process.stdout.write(formatPerf(perf) + "\n");
+  if (mig) process.stdout.write("\n" + formatMigratePerf(mig) + "\n");
 }

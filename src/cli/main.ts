@@ -15,6 +15,7 @@ import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
 import { registerStress } from "./stress_cmd.js";
 import { registerKernbench } from "./kernbench_cmd.js";
 import { registerMigrate } from "./migrate_cmd.js";
+import { registerMigratePerf } from "./migrate_perf_cmd.js";
 import { registerResults } from "./results_cmd.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
 
@@ -52,6 +53,7 @@ registerExplore(program);
 registerStress(program);
 registerKernbench(program);
 registerMigrate(program);
+registerMigratePerf(program);
 registerResults(program);
 
 function usage(msg: string): void {

@@ -21,7 +21,7 @@ export interface MigrationGuestArgs {
   regionGpa: number;
   /** Pages per vCPU. */
   pages: number;
-  /** Int32Array over it: [0] throttle percent (0..99), set by the host (auto-converge). */
+  /** Int32Array over it: the control words MIG_CTL (throttle percent, halt word, hold). */
   ctl: SharedArrayBuffer;
 }
 
@@ -35,6 +35,10 @@ export const MIG_CTL = defineBlock(
       doc: "cpu-throttle percentage, 0..99",
     },
     sleep: { by: "never written: the throttled guest halts on it with a timeout", doc: "halt word" },
+    hold: {
+      by: "the migration destination (atomic store 0 + notify at switch-over); the guest loads it",
+      doc: "nonzero: halt before the first access (a destination's vCPUs wait, started, for the last pages)",
+    },
   },
   { words: 4 },
 );
@@ -43,6 +47,9 @@ const SLICE_MS = 10;
 
 export default function migrationGuest(ctx: GuestContext, a: MigrationGuestArgs): void {
   const ctl = new Int32Array(a.ctl);
+  // A destination starts its vCPUs before the last pages arrive (as QEMU's destination process
+  // is up before switch-over): they touch no memory until released.
+  while (Atomics.load(ctl, MIG_CTL.hold) !== 0) ctx.halt(ctl, MIG_CTL.hold, 1, 50);
   const n = a.pages;
   const counter = a.stateGpa + 4 * ctx.vcpuId;
   const base = a.regionGpa + ctx.vcpuId * n * 4096;

@@ -2,14 +2,21 @@
  * Pre-copy live migration, as QEMU does it, over any duplex stream.
  *
  * Source: a bulk round over every page, then rounds driven by dirty-log syncs; bandwidth is
- * measured in ~100 ms windows and the source switches over once the dirty bytes left fit
- * bandwidth x downtime limit. It then pauses the vCPUs, sends the last dirty pages, the vCPU
- * state and the stream digest, checks the destination's page hashes against its own paused
- * memory, and tells the destination to run the guest. Until that "go" the source owns the guest:
- * any failure resumes it there with nothing lost.
+ * measured in ~100 ms windows and the source switches over once the expected downtime (the last
+ * sync's time plus the dirty bytes left over the measured bandwidth) fits the downtime limit. It
+ * then pauses the vCPUs, sends the last dirty pages (not rate-limited, as QEMU's completion
+ * stage), the vCPU state and the stream digest, checks the destination's page hashes against its
+ * own paused memory, and tells the destination to run the guest. Until that "go" the source owns
+ * the guest: any failure resumes it there with nothing lost.
  *
- * Destination: builds the VM the config section describes, applies pages, checks the digest,
- * answers with its page hashes, and on "go" runs the guest and checks its invariant.
+ * Destination: builds the VM the config section describes and starts its vCPUs held (they touch
+ * no memory until released, as QEMU's destination process is up before switch-over), applies
+ * pages, checks the digest, answers with its page hashes, and on "go" releases the guest and
+ * checks its invariant.
+ *
+ * Downtime is QEMU's: from the source's vCPU stop to the guest running on the destination, less
+ * the page-hash verification (a check of this model that a real migration does not make), which
+ * is reported apart as verifyMs.
  */
 import type { Duplex } from "node:stream";
 import { KVM_DIRTY_LOG_INITIALLY_SET, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, PAGE_SIZE } from "../kvm_host.js";
@@ -143,12 +150,36 @@ export interface SourceOptions {
 
 export type MigrationStatus = "completed" | "failed" | "cancelled";
 
+/** Where the stop went: pause, final sync, final send, destination load, verify, release. */
+export interface SwitchoverTimes {
+  /** Parking the source's vCPUs. */
+  pauseMs: number;
+  /** The last dirty-log sync (with the vCPUs parked). */
+  syncMs: number;
+  /** Writing the last pages, the vCPU state and EOF. */
+  sendMs: number;
+  /** EOF written to the destination's page hashes received, less its hashing. */
+  loadMs: number;
+  /** "go" written to "running" received: the destination releases its started vCPUs. */
+  startMs: number;
+  /** Guest stopped to running on the destination, verification included (downtimeMs + verifyMs). */
+  stopMs: number;
+}
+
 export interface MigrationReport {
   status: MigrationStatus;
   mode: "precopy" | "postcopy";
   logMode: string;
   rounds: RoundRecord[];
+  /** Source vCPU stop to guest running on the destination, verification left out (QEMU's). */
   downtimeMs: number;
+  /** The expected downtime of the round that decided the switch-over (0 before it). */
+  expectedDowntimeMs: number;
+  /** Page-hash verification: the destination's hashing plus the source's hashing and compare. */
+  verifyMs: number;
+  switchover?: SwitchoverTimes;
+  /** Guest increments per second (all vCPUs) from the start of the migration to the stop. */
+  guestRate: number;
   setupTimeMs: number;
   totalTimeMs: number;
   transferredBytes: number;
@@ -249,6 +280,16 @@ class ReturnPath {
   }
 }
 
+/** The `hashMs` of a "running" payload; 0 when absent or unreadable (an older destination). */
+function peerHashMs(payload: Buffer): number {
+  try {
+    const x = Number((JSON.parse(payload.toString()) as { hashMs?: unknown }).hashMs);
+    return Number.isFinite(x) ? x : 0;
+  } catch {
+    return 0;
+  }
+}
+
 function toMigError(e: unknown): MigrationError {
   if (e instanceof MigrationError) return e;
   if (e instanceof KvmError) return new MigrationError(e.code, e.message.replace(/^[A-Z]+: /, ""));
@@ -306,6 +347,9 @@ export class MigrationSource {
       logMode: this.log.name,
       rounds,
       downtimeMs: 0,
+      expectedDowntimeMs: 0,
+      verifyMs: 0,
+      guestRate: 0,
       setupTimeMs: 0,
       totalTimeMs: 0,
       transferredBytes: 0,
@@ -326,15 +370,22 @@ export class MigrationSource {
     let bwBytesPerMs = 0;
     let paused = false;
     let committed = false;
+    // The completion stage is not rate-limited (QEMU's neither): the guest is stopped.
+    let limited = true;
     let fault = o.fault;
+    const countsAtStart = guestCounts(g);
 
     const account = async (n: number): Promise<void> => {
       winBytes += n;
       let now = performance.now();
-      const cap = o.maxBandwidth > 0 ? (o.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
-      if (winBytes >= cap && now - winStart < WINDOW_MS) {
-        await sleep(WINDOW_MS - (now - winStart));
-        now = performance.now();
+      if (o.maxBandwidth > 0 && limited) {
+        // Wait until the window's bytes fit the rate: a section bigger than a window's share
+        // spreads over several windows (waits under a millisecond add up to the next one).
+        const due = winStart + (winBytes * 1000) / o.maxBandwidth;
+        if (due - now >= 1) {
+          await sleep(due - now);
+          now = performance.now();
+        }
       }
       if (now - winStart >= WINDOW_MS) {
         bwBytesPerMs = winBytes / (now - winStart);
@@ -370,8 +421,11 @@ export class MigrationSource {
     let lastSync = performance.now();
     let sentAtSync = 0;
     let overshoots = 0;
+    let syncMs = 0;
     const sync = (): RoundRecord => {
+      const ts = performance.now();
       this.log.sync(g, harvest);
+      syncMs = performance.now() - ts;
       syncs++;
       let fresh = 0;
       for (let i = 0; i < pending.length; i++) {
@@ -407,7 +461,8 @@ export class MigrationSource {
         "dirty-pages-rate": Math.round((fresh * 1000) / dt),
         mbps: Number(((bw * 1000 * 8) / 1e6).toFixed(2)),
         "dirty-sync-count": syncs,
-        "expected-downtime": bw > 0 ? Math.round(remaining / bw) : 0,
+        // The stop costs one more sync (the harvest with the vCPUs parked) and the send.
+        "expected-downtime": bw > 0 ? Math.round(syncMs + remaining / bw) : 0,
         "cpu-throttle-percentage": Atomics.load(g.ctl, MIG_CTL.throttle),
       };
       rounds.push(rec);
@@ -451,8 +506,16 @@ export class MigrationSource {
         const rec = sync();
         // Post-copy: stop iterating after the rounds asked for, whatever is still dirty.
         if (o.postcopy && rounds.length >= (o.postcopyAfter ?? 1)) break;
-        const threshold = (bwBytesPerMs > 0 ? bwBytesPerMs : rec.mbps * 125) * o.downtimeLimitMs;
-        if (!o.postcopy && rounds.length >= o.minRounds && rec.remaining <= threshold) break;
+        const bw = bwBytesPerMs > 0 ? bwBytesPerMs : rec.mbps * 125;
+        if (
+          !o.postcopy &&
+          rounds.length >= o.minRounds &&
+          bw > 0 &&
+          syncMs + rec.remaining / bw <= o.downtimeLimitMs
+        ) {
+          report.expectedDowntimeMs = syncMs + rec.remaining / bw;
+          break;
+        }
         if (ret.failure) throw ret.failure;
         if (performance.now() - t0 > o.maxTimeMs) {
           await w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
@@ -472,12 +535,18 @@ export class MigrationSource {
 
       // Switch-over.
       const tPause = performance.now();
+      // Ask for the park first, then wake a throttled guest from its sleep: it parks on waking
+      // instead of running (and dirtying) one more slice. pause() asks before its first await.
+      const parking = g.vm.pause();
       Atomics.notify(g.ctl, MIG_CTL.sleep);
-      await g.vm.pause();
+      await parking;
       paused = true;
+      const tPaused = performance.now();
       // The vCPUs are parked: their state (the guest's counters) no longer changes.
       const counts = guestCounts(g);
       report.countsAtSwitchover = counts;
+      const done = counts.reduce((a, c, i) => a + ((c - countsAtStart[i]) >>> 0), 0);
+      report.guestRate = (done * 1000) / Math.max(tPause - t0, 1e-3);
       sync();
       if (o.postcopy) {
         const pc = await postcopySource({
@@ -513,6 +582,8 @@ export class MigrationSource {
         stream.end();
         return report;
       }
+      const tSynced = performance.now();
+      limited = false;
       arm();
       if (fault === "bad-flag") {
         ram.addRaw(PAGE_SIZE, 0x40);
@@ -523,11 +594,13 @@ export class MigrationSource {
       await w.section(Sec.Vcpu, jsonPayload({ vcpus: counts.map((counter, id) => ({ id, counter })) }));
       const digest = w.digest();
       await w.section(Sec.Eof, digest);
+      const tEof = performance.now();
       report.transferredBytes = w.bytes;
       fault = undefined;
 
       // The destination loaded everything: compare against our paused memory.
       const loaded = await ret.expect(Sec.Loaded, 30_000);
+      const tLoaded = performance.now();
       const mine = pageHashes(g.vm, layout);
       let mismatches = 0;
       const n = Math.min(pages, loaded.payload.length / 32);
@@ -543,10 +616,24 @@ export class MigrationSource {
         await w.section(Sec.Abort, jsonPayload({ mismatches }));
         throw new MigrationError("EBADMSG", `${mismatches} of ${pages} pages differ on the destination`);
       }
+      const tGo = performance.now();
       await w.section(Sec.Go, Buffer.alloc(0));
       committed = true;
-      await ret.expect(Sec.Running, 30_000);
-      report.downtimeMs = performance.now() - tPause;
+      const running = await ret.expect(Sec.Running, 30_000);
+      const tRunning = performance.now();
+      // The destination says how long it hashed its pages (before "loaded"): a peer's word, so
+      // bounded by the time we waited for "loaded" (nothing else may leave the downtime).
+      const theirHashMs = Math.min(Math.max(0, peerHashMs(running.payload)), tLoaded - tEof);
+      report.verifyMs = theirHashMs + (tGo - tLoaded);
+      report.downtimeMs = tRunning - tPause - report.verifyMs;
+      report.switchover = {
+        pauseMs: tPaused - tPause,
+        syncMs: tSynced - tPaused,
+        sendMs: tEof - tSynced,
+        loadMs: tLoaded - tEof - theirHashMs,
+        startMs: tRunning - tGo,
+        stopMs: tRunning - tPause,
+      };
       report.totalTimeMs = performance.now() - t0;
       report.transferredBytes = w.bytes;
       report.throttlePercentage = Atomics.load(g.ctl, MIG_CTL.throttle);
@@ -600,6 +687,8 @@ export interface DestinationReport {
   sections: number;
   pagesApplied: number;
   receivedBytes: number;
+  /** Hashing the loaded pages for the source's check (before the vCPUs are released). */
+  hashMs: number;
   guestInvariant: boolean | null;
   problems: string[];
   /** Post-copy only: pages that arrived after the guest started here, and the vCPUs' waits. */
@@ -640,6 +729,7 @@ export class MigrationDestination {
       sections: 0,
       pagesApplied: 0,
       receivedBytes: 0,
+      hashMs: 0,
       guestInvariant: null,
       problems: [],
     };
@@ -666,6 +756,13 @@ export class MigrationDestination {
           layout = checkLayout(cfg.layout, maxMem);
           postcopy = cfg.postcopy === true;
           this.guest = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false, postcopy });
+          // Pre-copy: start the vCPUs now, held, so "go" only has to release them. Post-copy
+          // starts them at postcopy-run, after the discarded pages are marked missing (which
+          // needs the vCPUs stopped).
+          if (!postcopy) {
+            Atomics.store(this.guest.ctl, MIG_CTL.hold, 1);
+            await runGuest(this.guest);
+          }
         } else if (s.type === Sec.Ram) {
           const end = layout!.memoryBytes;
           const recs = decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= end);
@@ -733,15 +830,19 @@ export class MigrationDestination {
           );
       });
       rep.receivedBytes = r.consumed;
-      await back.section(Sec.Loaded, pageHashes(g.vm, layout!));
+      const th = performance.now();
+      const hashes = pageHashes(g.vm, layout!);
+      rep.hashMs = performance.now() - th;
+      await back.section(Sec.Loaded, hashes);
       const go = await this.withIdle(readSection(r, rep.sections + 1, SOURCE_TYPES), rep.sections + 1);
       rep.sections++;
       if (go.type === Sec.Abort)
         throw new MigrationError("ECANCELED", "the source aborted after comparing pages");
       if (go.type !== Sec.Go)
         throw new MigrationError("EPROTO", `${sectionName(go.type)} where go was expected`);
-      await runGuest(g);
-      await back.section(Sec.Running, Buffer.alloc(0));
+      Atomics.store(g.ctl, MIG_CTL.hold, 0);
+      Atomics.notify(g.ctl, MIG_CTL.hold);
+      await back.section(Sec.Running, jsonPayload({ hashMs: rep.hashMs }));
       const chk = await runAndCheck(g);
       g.vm.resume();
       rep.guestInvariant = chk.ok;

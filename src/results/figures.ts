@@ -152,5 +152,30 @@ export function figures(doc: ResultDoc): Figure[] {
         { key: "rounds", unit: "", better: "lower", samples: [r.rounds.length] },
       ] as Figure[];
     }
+    case "migrate-perf": {
+      const out: Figure[] = [];
+      for (const wp of ["locked", "lockless"] as const) {
+        const m = doc.results[wp].runs.filter((x) => !x.warmup && x.verified);
+        const k = `${wp} `;
+        out.push(
+          { key: `${k}total time`, unit: "ms", better: "lower", samples: m.map((x) => x.totalTimeMs) },
+          { key: `${k}downtime`, unit: "ms", better: "lower", samples: m.map((x) => x.downtimeMs) },
+          { key: `${k}rounds`, unit: "", better: "lower", samples: m.map((x) => x.rounds) },
+          {
+            key: `${k}transferred`,
+            unit: "MiB",
+            better: "lower",
+            samples: m.map((x) => x.transferredBytes / 2 ** 20),
+          },
+          {
+            key: `${k}guest throughput`,
+            unit: "M incr/s",
+            better: "higher",
+            samples: m.map((x) => x.guestRate / 1e6),
+          },
+        );
+      }
+      return out.filter((f) => f.samples.length > 0);
+    }
   }
 }

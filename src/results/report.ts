@@ -60,6 +60,10 @@ export function commandLine(doc: ResultDoc): string {
     }
     case "migrate":
       return `kvmmu migrate --local${doc.options.wp ? ` --wp ${doc.options.wp}` : ""}${doc.results.mode === "postcopy" ? " --postcopy" : ""}`;
+    case "migrate-perf": {
+      const o = doc.options;
+      return `kvmmu migrate-perf -n ${o.runs} -b ${mib(o.memoryBytes)} -v ${o.vcpus} --max-bandwidth ${o.maxBandwidth} --downtime-limit ${o.downtimeLimitMs} --min-rounds ${o.minRounds}`;
+    }
   }
 }
 

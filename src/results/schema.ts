@@ -270,6 +270,82 @@ export const CatalogDoc = doc(
   {},
 );
 
+// ---- migrate-perf ---------------------------------------------------------------------------
+
+export const MigratePerfOptions = Type.Object({
+  runs: Int,
+  warmup: Int,
+  memoryBytes: Int,
+  vcpus: Int,
+  mode: Mode,
+  logMode: Type.String(),
+  maxBandwidth: Int,
+  downtimeLimitMs: Int,
+  minRounds: Int,
+  autoConverge: Type.Boolean(),
+  timeoutMs: Int,
+  warmupMs: Int,
+});
+
+const MigrateRun = Type.Object({
+  seq: Int,
+  wp: Wp,
+  warmup: Type.Boolean(),
+  status: Type.String(),
+  exitCode: Int,
+  totalTimeMs: Num,
+  downtimeMs: Num,
+  expectedDowntimeMs: Num,
+  verifyMs: Num,
+  rounds: Int,
+  transferredBytes: Num,
+  guestRate: Num,
+  finalSyncMs: Num,
+  verified: Type.Boolean(),
+  error: Type.Optional(Type.String()),
+});
+
+const MigrateMetrics = {
+  totalTimeMs: Type.Optional(Summary),
+  downtimeMs: Type.Optional(Summary),
+  rounds: Type.Optional(Summary),
+  transferredBytes: Type.Optional(Summary),
+  guestRate: Type.Optional(Summary),
+  finalSyncMs: Type.Optional(Summary),
+};
+
+const MigratePerfDesign = Type.Object({
+  runs: Type.Array(MigrateRun),
+  completed: Int,
+  stats: Type.Object(MigrateMetrics),
+});
+
+const MigratePerfRatio = Type.Object({
+  totalTimeMs: Type.Optional(Ratio),
+  downtimeMs: Type.Optional(Ratio),
+  rounds: Type.Optional(Ratio),
+  transferredBytes: Type.Optional(Ratio),
+  guestRate: Type.Optional(Ratio),
+  finalSyncMs: Type.Optional(Ratio),
+});
+
+const migratePerfExtra = {
+  ratio: Type.Union([MigratePerfRatio, Type.Null()], {
+    description: "lockless/locked medians, paired bootstrap CI over the pairs where both runs completed",
+  }),
+  pairs: Int,
+  elapsedMs: Num,
+};
+const migratePerfResults = Type.Object({ locked: MigratePerfDesign, lockless: MigratePerfDesign });
+
+export const MigratePerfDoc = doc(
+  "migrate-perf",
+  "kvmmu migrate-perf: the same live migration with the locked and the lockless harvester, alternated, per run and with bootstrap CIs",
+  MigratePerfOptions,
+  migratePerfResults,
+  migratePerfExtra,
+);
+
 // ---- npm run bench --------------------------------------------------------------------------
 
 const TlbHitTaskRound = Type.Object({ p50Ns: Num, meanNs: Num, rme: Num, samples: Int });
@@ -316,6 +392,14 @@ export const BenchDoc = doc(
   Type.Object({
     tlbHit: TlbHit,
     dirtyLogPerf: Type.Object({ options: PerfOptions, results: perfResults, ...perfExtra }),
+    migratePerf: Type.Optional(
+      Type.Object({
+        options: MigratePerfOptions,
+        results: migratePerfResults,
+        ratio: migratePerfExtra.ratio,
+        pairs: Int,
+      }),
+    ),
   }),
   {},
 );
@@ -347,6 +431,19 @@ export const MigrateDoc = doc(
     mode: Type.Union([Type.Literal("precopy"), Type.Literal("postcopy")]),
     rounds: Type.Array(MigrateRound),
     downtimeMs: Num,
+    expectedDowntimeMs: Type.Optional(Num),
+    verifyMs: Type.Optional(Num),
+    guestRate: Type.Optional(Num),
+    switchover: Type.Optional(
+      Type.Object({
+        pauseMs: Num,
+        syncMs: Num,
+        sendMs: Num,
+        loadMs: Num,
+        startMs: Num,
+        stopMs: Num,
+      }),
+    ),
     totalTimeMs: Num,
     transferredBytes: Num,
     verify: Type.Object({
@@ -369,6 +466,7 @@ export const DOCS = {
   catalog: CatalogDoc,
   bench: BenchDoc,
   migrate: MigrateDoc,
+  "migrate-perf": MigratePerfDoc,
 } as const;
 
 export type CommandName = keyof typeof DOCS;
@@ -381,8 +479,16 @@ export type ExploreDocT = Static<typeof ExploreDoc>;
 export type CatalogDocT = Static<typeof CatalogDoc>;
 export type BenchDocT = Static<typeof BenchDoc>;
 export type MigrateDocT = Static<typeof MigrateDoc>;
+export type MigratePerfDocT = Static<typeof MigratePerfDoc>;
 export type ResultDoc =
-  DirtyLogPerfDocT | KernbenchDocT | DirtyLogTestDocT | ExploreDocT | CatalogDocT | BenchDocT | MigrateDocT;
+  | DirtyLogPerfDocT
+  | KernbenchDocT
+  | DirtyLogTestDocT
+  | ExploreDocT
+  | CatalogDocT
+  | BenchDocT
+  | MigrateDocT
+  | MigratePerfDocT;
 
 export const ResultSchema = Type.Union(Object.values(DOCS), {
   $id: SCHEMA_ID,

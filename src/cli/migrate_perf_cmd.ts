@@ -1,0 +1,78 @@
+/**
+ * `kvmmu migrate-perf`: the locked and the lockless harvester compared end to end, over whole
+ * `kvmmu migrate --local` runs alternated between the designs (src/bench/migrate_perf.ts).
+ * A command of its own, as dirty-log-perf is beside dirty-log-test: it runs many migrations and
+ * prints statistics, where `migrate` runs one and verifies it.
+ */
+import { Command } from "commander";
+import {
+  formatMigratePerf,
+  migratePerf,
+  MIGRATE_PERF_DEFAULTS,
+  MigratePerfOptions,
+} from "../bench/migrate_perf.js";
+import { checkOutput, envelope, writeResult } from "../bench/result.js";
+import { LOG_MODES } from "../migration/precopy.js";
+import { einval } from "../errors.js";
+import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+
+export function registerMigratePerf(program: Command): void {
+  const d = MIGRATE_PERF_DEFAULTS;
+  program
+    .command("migrate-perf")
+    .description(
+      "the same live migration with the locked and the lockless harvester, alternated, with bootstrap CIs",
+    )
+    .option("-n, --runs <n>", "measured migrations per design", String(d.runs))
+    .option("--warmup <n>", "warm-up pairs, left out of the statistics", String(d.warmup))
+    .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "16M")
+    .option("-v, --vcpus <n>", "vCPUs", String(d.vcpus))
+    .option("--mode <mode>", "tdp or shadow", d.mode)
+    .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, d.logMode)
+    .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "32M")
+    .option("--downtime-limit <ms>", "longest the guest may stop at switch-over", String(d.downtimeLimitMs))
+    .option("--min-rounds <n>", "pre-copy rounds before switch-over may happen", String(d.minRounds))
+    .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
+    .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
+    .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
+    .option("--json", "print one JSON object on stdout", false)
+    .option("--output <file>", "also write the result, in the saved-results schema, to this file")
+    .action(async (a: Record<string, string | boolean | undefined>) => {
+      if (a["output"] !== undefined) checkOutput(String(a["output"]));
+      const mode = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
+      const logMode = parseList("--log-mode", String(a["logMode"]), LOG_MODES);
+      if (mode.length !== 1) throw einval("--mode", "takes one value");
+      if (logMode.length !== 1) throw einval("--log-mode", "takes one value");
+      const o: MigratePerfOptions = {
+        runs: parseIntIn("--runs", String(a["runs"]), 1, 1000),
+        warmup: parseIntIn("--warmup", String(a["warmup"]), 0, 100),
+        memoryBytes: parseSize("--memory", String(a["memory"])),
+        vcpus: parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
+        mode: mode[0],
+        logMode: logMode[0],
+        maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
+        downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
+        minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
+        autoConverge: a["autoConverge"] === true,
+        timeoutMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
+        warmupMs: parseIntIn("--guest-warmup", String(a["guestWarmup"]), 0, 600_000),
+      };
+      const r = await migratePerf(o, (run, k, of) =>
+        progress(
+          `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
+        ),
+      );
+      const doc = {
+        ...envelope("migrate-perf", r.options),
+        results: r.results,
+        ratio: r.ratio,
+        pairs: r.pairs,
+        elapsedMs: r.elapsedMs,
+      };
+      if (a["output"] !== undefined) writeResult(String(a["output"]), doc);
+      process.stdout.write(a["json"] ? JSON.stringify(doc) + "\n" : formatMigratePerf(r) + "\n");
+      // Every measured migration must complete and verify: a benchmark over failures means nothing.
+      const all = [...r.results.locked.runs, ...r.results.lockless.runs].filter((x) => !x.warmup);
+      if (!all.every((x) => x.verified)) process.exitCode = 1;
+    });
+}

@@ -1,0 +1,80 @@
+/**
+ * `kvmmu migrate-perf`: whole migrations alternated between the designs, every one verified,
+ * statistics per design and paired ratios, saved in the result schema.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runKvmmu } from "../helpers/cli.js";
+import { validateResult, type MigratePerfDocT } from "../../src/results/schema.js";
+
+test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, schema-valid", async () => {
+  const file = join(mkdtempSync(join(tmpdir(), "kvmmu-migperf-")), "mp.json");
+  // 1 MiB over 8 MiB/s with a 1 s limit: every run converges at exactly --min-rounds.
+  const r = await runKvmmu([
+    "migrate-perf",
+    "--json",
+    "--output",
+    file,
+    "-n",
+    "3",
+    "--warmup",
+    "1",
+    "-b",
+    "1M",
+    "--max-bandwidth",
+    "8M",
+    "--min-rounds",
+    "2",
+    "--guest-warmup",
+    "50",
+  ]);
+  assert.equal(r.code, 0, r.err);
+  const doc = validateResult(JSON.parse(readFileSync(file, "utf8")), file) as MigratePerfDocT;
+  assert.deepEqual(JSON.parse(r.out), doc);
+  const { locked, lockless } = doc.results;
+  // Alternated: locked, lockless, locked, ... (warm-up pair first).
+  const order = [...locked.runs, ...lockless.runs].sort((a, b) => a.seq - b.seq).map((x) => x.wp);
+  assert.deepEqual(order, [
+    "locked",
+    "lockless",
+    "locked",
+    "lockless",
+    "locked",
+    "lockless",
+    "locked",
+    "lockless",
+  ]);
+  assert.deepEqual(
+    locked.runs.map((x) => x.warmup),
+    [true, false, false, false],
+  );
+  for (const x of [...locked.runs, ...lockless.runs]) {
+    assert.equal(x.status, "completed", x.error);
+    assert.ok(x.verified);
+    assert.equal(x.rounds, 2);
+    assert.ok(x.guestRate > 0 && x.downtimeMs > 0 && x.totalTimeMs > x.downtimeMs);
+  }
+  assert.equal(doc.pairs, 3);
+  for (const d of [locked, lockless]) {
+    assert.equal(d.completed, 3);
+    const s = d.stats.downtimeMs!;
+    assert.ok(s.ci95[0] <= s.median && s.median <= s.ci95[1]);
+    assert.equal(d.stats.rounds!.median, 2);
+  }
+  // Equal rounds in every pair: the ratio is exactly 1 and no verdict is drawn from it.
+  assert.deepEqual([doc.ratio!.rounds!.median, ...doc.ratio!.rounds!.ci95], [1, 1, 1]);
+  assert.equal(doc.ratio!.rounds!.verdict, "no difference shown");
+  assert.ok(doc.ratio!.downtimeMs!.ci95[0] <= doc.ratio!.downtimeMs!.ci95[1]);
+});
+
+test("kvmmu migrate-perf: bad options are usage errors", async () => {
+  const r = await runKvmmu(["migrate-perf", "-n", "0"]);
+  assert.equal(r.code, 2);
+  assert.match(r.err, /EINVAL: --runs/);
+  const m = await runKvmmu(["migrate-perf", "--mode", "tdp,shadow"]);
+  assert.equal(m.code, 2);
+  assert.match(m.err, /EINVAL: --mode/);
+});
