@@ -194,8 +194,8 @@ export function registerMigrate(program: Command): void {
           },
         });
         report = await src.migrate(sock, reader);
-        // A failed post-copy lost the guest: the paused source holds only part of it.
-        if (report.status !== "completed" && report.guestLost !== true) {
+        // After "go" (or postcopy-run) the guest is the destination's, or lost: never run it here.
+        if (report.status !== "completed" && !report.switchedOver) {
           // Nothing lost: the guest runs on here, every page advancing, invariant intact.
           const chk = await runAndCheck(g);
           report.verify.guestInvariant = chk.ok;

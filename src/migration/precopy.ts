@@ -187,6 +187,11 @@ export interface MigrationReport {
   verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean | null; problems: string[] };
   /** The guest's increment counts at switch-over (the work it had done). */
   countsAtSwitchover?: number[];
+  /**
+   * The source gave the guest away ("go" or postcopy-run was sent): whatever the status, the
+   * source must not run it again (two running copies would diverge). False: it runs on here.
+   */
+  switchedOver: boolean;
   /** Post-copy failed after postcopy-run: neither side holds the whole guest (the source stays paused). */
   guestLost?: boolean;
   /** Post-copy only: blocktime and requests (QEMU's names). */
@@ -343,6 +348,7 @@ export class MigrationSource {
     const rounds: RoundRecord[] = [];
     const report: MigrationReport = {
       status: "failed",
+      switchedOver: false,
       mode: o.postcopy ? "postcopy" : "precopy",
       logMode: this.log.name,
       rounds,
@@ -557,7 +563,10 @@ export class MigrationSource {
           counts,
           tPause,
           maxBandwidth: o.maxBandwidth,
-          commit: () => (committed = true),
+          commit: () => {
+            committed = true;
+            report.switchedOver = true;
+          },
           onRun: o.onPostcopyRun,
         });
         report.downtimeMs = pc.downtimeMs;
@@ -619,6 +628,7 @@ export class MigrationSource {
       const tGo = performance.now();
       await w.section(Sec.Go, Buffer.alloc(0));
       committed = true;
+      report.switchedOver = true;
       const running = await ret.expect(Sec.Running, 30_000);
       const tRunning = performance.now();
       // The destination says how long it hashed its pages (before "loaded"): a peer's word, so
@@ -647,6 +657,7 @@ export class MigrationSource {
       stream.end();
       return report;
     } catch (e) {
+      report.switchedOver = committed;
       let err = toMigError(e);
       // A local write error usually means the destination hung up: prefer what it said.
       const theirs = await ret.settle(1000);

@@ -451,6 +451,25 @@ export const MigrateDoc = doc(
       mismatches: Int,
       guestInvariant: Type.Union([Type.Boolean(), Type.Null()]),
     }),
+    switchedOver: Type.Optional(
+      Type.Boolean({
+        description: "the source gave the guest away (go or postcopy-run sent): it must not run it",
+      }),
+    ),
+    guestLost: Type.Optional(Type.Boolean({ description: "post-copy failed after postcopy-run" })),
+    postcopy: Type.Optional(
+      Type.Object({
+        "postcopy-blocktime": Num,
+        "postcopy-vcpu-blocktime": Type.Array(Num),
+        "postcopy-vcpu-blocktime-max": Type.Array(Num),
+        "postcopy-requests": Int,
+        "postcopy-vcpu-requests": Type.Array(Int),
+        discardedPages: Int,
+        requestedPages: Int,
+        backgroundPages: Int,
+        postcopyTimeMs: Num,
+      }),
+    ),
     error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
   }),
   {},

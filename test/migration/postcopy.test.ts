@@ -99,6 +99,7 @@ for (const kill of ["source", "destination"] as const)
     assert.ok(["ECONNRESET", "ENODATA"].includes(rep.error!.code), JSON.stringify(rep.error));
     assert.match(rep.error!.message, /guest is lost/);
     assert.equal(rep.guestLost, true);
+    assert.equal(rep.switchedOver, true);
     assert.equal(drep.status, "failed");
     assert.ok(["ECONNRESET", "ENODATA"].includes(drep.error!.code), JSON.stringify(drep.error));
     assert.match(drep.error!.message, /post-copy failed with \d+ of 4096 pages still on the source/);
@@ -215,5 +216,6 @@ test("kvmmu migrate --local --postcopy --fault kill-destination: failed, typed, 
   assert.equal(o.error?.code, "ECONNRESET", o.error?.message);
   assert.match(o.error?.message ?? "", /guest is lost/);
   assert.equal(o.guestLost, true);
+  assert.equal(o.switchedOver, true);
   assert.equal(o.verify.guestInvariant, null, "the lost guest is not run again on the source");
 });

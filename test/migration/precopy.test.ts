@@ -59,6 +59,7 @@ for (const wp of ["locked", "lockless"] as const)
       assert.equal(rep.verify.mismatches, 0);
       assert.equal(rep.verify.guestInvariant, true, rep.verify.problems.join("; "));
       assert.equal(drep.status, "completed");
+      assert.equal(rep.switchedOver, true);
       assert.ok(rep.downtimeMs > 0 && rep.totalTimeMs >= rep.downtimeMs);
       assert.ok(rep.transferredBytes > 16 << 20, "more than one copy of memory went over");
       // Downtime as QEMU reports it: the stop, less the page-hash verification timed apart.
@@ -92,6 +93,7 @@ for (const [fault, code] of [
   test(`precopy fault ${fault}: destination fails with ${code}, the source resumes with nothing lost`, async () => {
     const { rep, drep, after } = await migrate("lockless", "tdp", fault);
     assert.equal(rep.status, "failed");
+    assert.equal(rep.switchedOver, false, "the failure came before go: the guest is still the source's");
     assert.equal(drep.status, "failed");
     assert.equal(drep.error?.code, code, drep.error?.message);
     assert.equal(rep.error?.code, code, rep.error?.message);
