@@ -78,8 +78,7 @@ export type MigErrno =
   | "ENODATA"
   | "EACCES"
   | "ECONNRESET"
-  | "ECANCELED"
-  | "ENOSYS";
+  | "ECANCELED";
 
 /** A migration failure: an errno-like code and a message naming what was found. */
 export class MigrationError extends Error {
