@@ -59,6 +59,7 @@ import { guest_read, guest_write, guest_range_check } from "./guest/host_access.
 import { HOST, HostWorkerData } from "./mem/host_thread.js";
 import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 import { uffd_copy, uffd_missing, uffd_words } from "./mem/userfault.js";
+import { waitAsyncAlive } from "./sync/atomic.js";
 
 export type WpName = "locked" | "lockless";
 export type MmuModeName = "tdp" | "shadow";
@@ -491,9 +492,7 @@ export class Vm {
         this.fail(new KvmError("ETIMEDOUT", `vcpu ${id}: did not ${what} in ${VCPU_WAIT_MS} ms`));
         return;
       }
-      const r = Atomics.waitAsync(v, i, s, 50);
-      if (r.async) await r.value;
-      else await new Promise((res) => setImmediate(res));
+      await waitAsyncAlive(v, i, s, 50);
     }
   }
 
@@ -576,8 +575,7 @@ export class Vm {
       for (const id of this.workers.keys()) {
         const i = VCPU.state(id);
         while (!stopped(id) && Date.now() < deadline) {
-          const r = Atomics.waitAsync(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
-          if (r.async) await r.value;
+          await waitAsyncAlive(this.kvm.vcpu, i, Atomics.load(this.kvm.vcpu, i), 50);
         }
         if (!stopped(id))
           this.fail(new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${VCPU_WAIT_MS} ms`));
@@ -647,8 +645,7 @@ export class Vm {
         this.fail(new KvmError("ETIMEDOUT", `host thread: did not pause in ${VCPU_WAIT_MS} ms`));
         throw this.error!;
       }
-      const r = Atomics.waitAsync(c, HOST.state, 1, 50);
-      if (r.async) await r.value;
+      await waitAsyncAlive(c, HOST.state, 1, 50);
     }
   }
 
@@ -933,8 +930,7 @@ export class Vm {
       const n = Atomics.load(ctl, CTL.dirty_ring_full_exits);
       const left = deadline - performance.now();
       if (n > since || left <= 0) return n;
-      const r = Atomics.waitAsync(ctl, CTL.dirty_ring_full_exits, n, Math.min(left, 50));
-      if (r.async) await r.value;
+      await waitAsyncAlive(ctl, CTL.dirty_ring_full_exits, n, Math.min(left, 50));
     }
   }
 
@@ -1090,8 +1086,7 @@ export class Vm {
   async waitUserfault(seq: number, timeoutMs: number): Promise<number> {
     const u = this.kvm.uffd;
     if (u[UFFD.slot] === 0) throw einval("waitUserfault", "no memslot is registered (userfaultRegister)");
-    const r = Atomics.waitAsync(u, UFFD.req_seq, seq, timeoutMs);
-    if (r.async) await r.value;
+    await waitAsyncAlive(u, UFFD.req_seq, seq, timeoutMs);
     return Atomics.load(u, UFFD.req_seq);
   }
 
@@ -1228,10 +1223,9 @@ export class Vm {
             "ETIMEDOUT",
             `waitPasses: vcpu ${ids[k]} completed ${done} of ${targets[k]} passes in ${timeoutMs} ms`,
           );
-        // passDone does not notify: wait a few ms at a time (Atomics.waitAsync returns early if
-        // the word changes and something notifies it).
-        const r = Atomics.waitAsync(v, i, done, Math.min(5, left));
-        if (r.async) await r.value;
+        // passDone does not notify: poll, a few ms at a time. (Not Atomics.waitAsync: its timeout
+        // does not keep Node's event loop alive, so a wait with nothing else pending never ends.)
+        await new Promise((r) => setTimeout(r, Math.min(5, left)));
       }
     }
     this.throwIfFailed();

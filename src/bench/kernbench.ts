@@ -35,6 +35,7 @@ import { tablesFor } from "../workload/guest_paging.js";
 import { audit } from "../verify/audit.js";
 import { Envelope, envelope } from "./result.js";
 import { pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
 import {
   ALIAS_WINDOW,
   KB_BOOTED,
@@ -318,8 +319,7 @@ async function oneRun(
     }));
     while (Atomics.load(ctl, KB_BOOTED) < v) {
       vm.throwIfFailed();
-      const r = Atomics.waitAsync(ctl, KB_BOOTED, Atomics.load(ctl, KB_BOOTED), 20);
-      if (r.async) await r.value;
+      await waitAsyncAlive(ctl, KB_BOOTED, Atomics.load(ctl, KB_BOOTED), 20);
     }
     const logged = logging !== "off";
     if (logged) {
@@ -366,8 +366,7 @@ async function oneRun(
         harvests++;
         await new Promise((r) => setImmediate(r));
       } else {
-        const r = Atomics.waitAsync(ctl, KB_DONE, Atomics.load(ctl, KB_DONE), 20);
-        if (r.async) await r.value;
+        await waitAsyncAlive(ctl, KB_DONE, Atomics.load(ctl, KB_DONE), 20);
       }
       if (performance.now() >= nextSample) {
         sample();

@@ -73,3 +73,20 @@ export function setSchedHook(h: SchedHook | null): void {
 export function schedHookInstalled(): boolean {
   return hook !== null;
 }
+
+/**
+ * Atomics.waitAsync for the owner thread, resolved on a notify, on a changed value (after one
+ * macrotask, so callers polling in a loop yield) or after `ms`. A bare waitAsync's timeout does
+ * not keep Node's event loop alive: when nothing else is pending (every worker already exited)
+ * its promise would never settle. A timer of the same length keeps the loop alive.
+ */
+export async function waitAsyncAlive(a: Int32Array, i: number, v: number, ms: number): Promise<void> {
+  const r = Atomics.waitAsync(a, i, v, ms);
+  if (!r.async) {
+    await new Promise((res) => setImmediate(res));
+    return;
+  }
+  let t: ReturnType<typeof setTimeout> | undefined;
+  await Promise.race([r.value, new Promise((res) => (t = setTimeout(res, Math.min(ms, 2 ** 31 - 1))))]);
+  clearTimeout(t);
+}

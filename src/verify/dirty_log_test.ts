@@ -37,6 +37,7 @@ import { einval, KvmError } from "../errors.js";
 import { ParkMiller } from "../workload/rng.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../workload/dirty_log_guest.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
 
 export type OracleName = "kvm" | "qemu";
 /** The selftest's -M: how the kvm oracle collects dirty pages. */
@@ -371,8 +372,7 @@ class Harness {
             "ETIMEDOUT",
             `vcpu ${id}: did not reach the sync point in ${PARK_TIMEOUT_MS} ms`,
           );
-        const r = Atomics.waitAsync(this.ctl, i, 0, 20);
-        if (r.async) await r.value;
+        await waitAsyncAlive(this.ctl, i, 0, 20);
       }
     }
   }

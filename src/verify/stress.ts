@@ -20,6 +20,7 @@ import { workerExecArgv } from "../vm.js";
 import { einval, KvmError } from "../errors.js";
 import { STRESS_TESTS } from "./stress_tests.js";
 import type { AnyStressTest, OutcomeKind, OutcomeSpec } from "./stress_spec.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
 
 // ---- the control words shared by the main thread and the actors ----
 /** Batch number; the actors start a batch when it changes; -1: exit. */
@@ -160,8 +161,7 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
       if (ready === nActors) break;
       if (Atomics.load(ctl, C_ERROR) !== 0 || errors.length) await failed("an actor failed to start");
       if (Date.now() - t0 > batchTimeoutMs) await failed(`only ${ready} of ${nActors} actors started`);
-      const r = Atomics.waitAsync(ctl, C_READY, ready, 20);
-      if (r.async) await r.value;
+      await waitAsyncAlive(ctl, C_READY, ready, 20);
     }
 
     const start = performance.now();

@@ -4,6 +4,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { aread, Op, setSchedHook } from "../../src/sync/atomic.js";
 import { Vm, WpName } from "../../src/vm.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
@@ -66,3 +67,32 @@ for (const wp of ["locked", "lockless"] as WpName[]) {
     assert.equal(ops.get(wp === "locked" ? Op.Xchg : Op.Cas), PAGES);
   });
 }
+
+test("waitAsyncAlive: settles after its timeout even when nothing else keeps the process alive", () => {
+  const mod = new URL("../../src/sync/atomic.js", import.meta.url).href;
+  const run = (body: string): string =>
+    execFileSync(process.execPath, ["--input-type=module", "-e", body], {
+      encoding: "utf8",
+      timeout: 20_000,
+    });
+  const prelude = `import { waitAsyncAlive } from ${JSON.stringify(mod)};
+const a = new Int32Array(new SharedArrayBuffer(8));`;
+  // A bare Atomics.waitAsync's timer does not hold the event loop: the process exits unsettled.
+  assert.equal(run(`${prelude} Atomics.waitAsync(a, 0, 0, 100).value.then(() => console.log("bare"));`), "");
+  assert.equal(
+    run(`${prelude} waitAsyncAlive(a, 0, 0, 100).then(() => console.log("settled"));`),
+    "settled\n",
+  );
+  // A changed value settles at once, a notify before the timeout too.
+  assert.equal(
+    run(`${prelude} waitAsyncAlive(a, 0, 1, 60_000).then(() => console.log("changed"));`),
+    "changed\n",
+  );
+  const t0 = performance.now();
+  assert.equal(
+    run(`${prelude} const p = waitAsyncAlive(a, 0, 0, 60_000).then(() => console.log("woken"));
+Atomics.store(a, 0, 1); Atomics.notify(a, 0);`),
+    "woken\n",
+  );
+  assert.ok(performance.now() - t0 < 15_000, "the notify, not the 60 s timeout, settled it");
+});
