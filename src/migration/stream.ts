@@ -71,14 +71,7 @@ const RAM_FLAGS_MASK = 0xfff;
 export const RECORD_HEADER = 8;
 
 export type MigErrno =
-  | Errno
-  | "EBADMSG"
-  | "EPROTO"
-  | "EPROTONOSUPPORT"
-  | "ENODATA"
-  | "EACCES"
-  | "ECONNRESET"
-  | "ECANCELED";
+  Errno | "EBADMSG" | "EPROTO" | "EPROTONOSUPPORT" | "ENODATA" | "EACCES" | "ECONNRESET" | "ECANCELED";
 
 /** A migration failure: an errno-like code and a message naming what was found. */
 export class MigrationError extends Error {
