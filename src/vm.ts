@@ -635,6 +635,15 @@ export class Vm {
     return { migrations: c ? Atomics.load(c, 2) : 0, invalidations: c ? Atomics.load(c, 3) : 0 };
   }
 
+  /** The host thread's mmu_lock wait and hold so far (ns; µs resolution): zero without one. */
+  hostThreadLockTimes(): { lockWaitNs: number; lockHoldNs: number } {
+    const c = this.hostCtl;
+    return {
+      lockWaitNs: c ? Atomics.load(c, HOST.lockWaitUs) * 1e3 : 0,
+      lockHoldNs: c ? Atomics.load(c, HOST.lockHoldUs) * 1e3 : 0,
+    };
+  }
+
   async pauseHostThread(): Promise<void> {
     const c = this.hostCtl;
     if (!c) return;

@@ -52,8 +52,13 @@ export const CONTENTION: Record<string, Contention> = {
 export const PRESETS: Record<string, Partial<PerfOptions>> = {
   seed: {
     bytesPerVcpu: 128 << 20,
-    iterations: 10,
-    warmup: 1,
+    // Timed iterations: a convoy on mmu_lock (§14) lowers one window's throughput instead of
+    // stretching it to seconds, so 40 pairs of half-second windows take about 45 s.
+    iterations: 40,
+    warmup: 2,
+    windowMs: 500,
+    // A harvest every 50 ms, as a migration's dirty-page loop: 10 get-dirty-log calls per window.
+    harvestIntervalMs: 50,
     // Reclaim and migration split huge pages: 4 KiB mappings, one slow fault per page to refault.
     thp: false,
     lock: "spin",
@@ -138,6 +143,15 @@ export interface PerfOptions {
   clearChunkPages?: number;
   /** Entries of a per-vCPU dirty ring instead of the bitmap (0, default: no ring). */
   ring?: number;
+  /**
+   * Timed iterations: each iteration is a fixed wall-clock window of this many ms (vCPUs and host
+   * thread running), in which the harvester calls get-dirty-log every `harvestIntervalMs`; guest
+   * throughput is the writes of the window over its length. 0 or absent: the classic iteration
+   * (wait for two passes, then one get-dirty-log), whose length grows with any stall.
+   */
+  windowMs?: number;
+  /** Timed iterations: ms between two get-dirty-log calls (default: windowMs, one call at the end). */
+  harvestIntervalMs?: number;
 }
 
 export interface IterationResult {
@@ -171,6 +185,21 @@ export interface IterationResult {
   ringHarvestNs?: number;
   ringResetNs?: number;
   ringFullExits?: number;
+  /**
+   * Who waited for mmu_lock during the whole iteration (not only the GET): the vCPUs (their
+   * faults) and the host thread (its notifier calls); with lockWaitNs, the harvester's share.
+   */
+  vcpuLockWaitNs: number;
+  hostLockWaitNs: number;
+  /** Involuntary context switches of the process (all its threads) over the iteration. */
+  switches: number;
+  /** Guest writes in the iteration. */
+  writes: number;
+  /**
+   * Timed iterations: get-dirty-log calls in the window; getDirtyLogNs, its parts, dirtyPages,
+   * clearDirtyLogNs, cpuNs and preemptions are then means per call, and dirtyMemoryNs the window.
+   */
+  harvests?: number;
 }
 
 /** A Summary in ns, under the names of the JSON schema. */
@@ -202,6 +231,9 @@ export interface StrategyResult {
   getDirtyLog: NsStats;
   /** Decomposition of the get-dirty-log calls. */
   lockWait: NsStats;
+  /** mmu_lock wait per iteration of the vCPUs and of the host thread (IterationResult). */
+  vcpuLockWait: NsStats;
+  hostLockWait: NsStats;
   protect: NsStats;
   flush: NsStats;
   dirtyMemory: NsStats;
@@ -356,6 +388,17 @@ export function validatePerfOptions(o: PerfOptions): void {
     throw einval("warmup", "must be 0..1000");
   if (o.lock !== undefined && o.lock !== "sleep" && o.lock !== "spin")
     throw einval("lock", "must be sleep or spin");
+  const win = o.windowMs ?? 0;
+  if (!Number.isFinite(win) || win < 0 || win > 600_000)
+    throw einval("windowMs", `must be 0..600000 ms, got ${String(win)}`);
+  if (o.harvestIntervalMs !== undefined) {
+    const h = o.harvestIntervalMs;
+    if (win === 0) throw einval("harvestIntervalMs", "needs a timed iteration (windowMs > 0)");
+    if (!Number.isFinite(h) || h < 1 || h > win)
+      throw einval("harvestIntervalMs", `must be 1..windowMs (${win}) ms, got ${String(h)}`);
+  }
+  if (win > 0 && ring !== 0) throw einval("windowMs", "timed iterations do not go with a dirty ring");
+  if (win > 0 && o.park) throw einval("windowMs", "timed iterations keep the vCPUs writing (no --park)");
   const ip = o.contention.invalidatePages;
   if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
     throw einval("invalidatePages", "must be 1..4194304");
@@ -483,6 +526,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   run.ringHarvestNs = run.ringResetNs = 0;
   const exits0 = vm.dirtyRingStats().fullExits;
   run.ringExits = exits0;
+  const who0 = whoWaited(vm);
   // Dirty ring: a vCPU whose ring is soft-full waits for a reset, so collect while it runs.
   const service =
     mode === "dirty-ring"
@@ -533,6 +577,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
   const activeMs = performance.now() - t0;
   // Paused: every vCPU has published its counters.
   const writes = sumStat(vm, ST.writes) - w0;
+  const who = whoWaitedSince(vm, who0);
   if (!warmup) {
     run.activeMs += activeMs;
     run.writes += writes;
@@ -573,6 +618,115 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     cpuNs: cpu.cpuNs,
     preemptions: cpu.preemptions,
     ...ringFields,
+    ...who,
+    writes,
+  };
+}
+
+interface Who {
+  vcpuNs: number;
+  hostNs: number;
+  switches: number;
+}
+
+/** mmu_lock wait of the vCPUs (as published at their last pause) and the host thread; switches. */
+function whoWaited(vm: Vm): Who {
+  return {
+    vcpuNs: sumStat(vm, ST.lock_wait_ns),
+    hostNs: vm.hostThreadLockTimes().lockWaitNs,
+    switches: process.resourceUsage().involuntaryContextSwitches,
+  };
+}
+
+/** Call with the vCPUs and the host thread paused (their counters are published then). */
+function whoWaitedSince(
+  vm: Vm,
+  w0: Who,
+): { vcpuLockWaitNs: number; hostLockWaitNs: number; switches: number } {
+  const w = whoWaited(vm);
+  return {
+    vcpuLockWaitNs: w.vcpuNs - w0.vcpuNs,
+    hostLockWaitNs: w.hostNs - w0.hostNs,
+    switches: w.switches - w0.switches,
+  };
+}
+
+/**
+ * A timed iteration (PerfOptions.windowMs): resume; every harvestIntervalMs a get-dirty-log
+ * (GET, and CLEAR under manual protect) while the vCPUs write; pause at the window's end. A
+ * stall (a convoy on mmu_lock, docs/design.md §14) lowers the window's throughput instead of
+ * stretching the iteration, so every iteration of both designs lasts about the same time.
+ */
+async function iterateWindow(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
+  const vm = run.vm;
+  const mode = logModeOf(o);
+  const windowMs = o.windowMs ?? 0;
+  const interval = o.harvestIntervalMs ?? windowMs;
+  const w0 = sumStat(vm, ST.writes);
+  const who0 = whoWaited(vm);
+  const sum = { get: 0, clear: 0, wait: 0, flush: 0, prot: 0, pages: 0, cpu: 0, pre: 0 };
+  let harvests = 0;
+  const t0 = performance.now();
+  const end = t0 + windowMs;
+  vm.resume();
+  vm.resumeHostThread();
+  for (let k = 1; ;) {
+    const due = t0 + k * interval;
+    if (due > end + 1e-6) break;
+    const wait = due - performance.now();
+    if (wait > 0) await sleep(wait);
+    vm.throwIfFailed();
+    run.bitmap.fill(0);
+    const d0 = vm.dirtyLogTimes();
+    const c0 = vm.clearDirtyLogTimes();
+    const cpu0 = cpuMark();
+    const tg = performance.now();
+    vm.getDirtyLog(SLOT, run.bitmap);
+    const get = (performance.now() - tg) * 1e6;
+    const clear = mode === "clear-log" ? clearAll(run, o.clearChunkPages ?? 0) : 0;
+    const cpu = cpuSince(cpu0);
+    const d1 = vm.dirtyLogTimes();
+    const c1 = vm.clearDirtyLogTimes();
+    const wt = mode === "clear-log" ? c1.lockWaitNs - c0.lockWaitNs : d1.lockWaitNs - d0.lockWaitNs;
+    const fl = mode === "clear-log" ? c1.flushNs - c0.flushNs : d1.flushNs - d0.flushNs;
+    sum.get += get;
+    sum.clear += clear;
+    sum.wait += wt;
+    sum.flush += fl;
+    sum.prot += Math.max(0, (mode === "clear-log" ? clear : get) - wt - fl);
+    sum.pages += bitmap_weight(run.bitmap);
+    sum.cpu += cpu.cpuNs;
+    sum.pre += cpu.preemptions;
+    harvests++;
+    // A call that overran later slots skips them rather than harvesting back to back.
+    k = Math.max(k + 1, Math.floor((performance.now() - t0) / interval) + 1);
+  }
+  const wait = end - performance.now();
+  if (wait > 0) await sleep(wait);
+  await vm.pause();
+  await vm.pauseHostThread();
+  const activeMs = performance.now() - t0;
+  const writes = sumStat(vm, ST.writes) - w0;
+  if (!warmup) {
+    run.activeMs += activeMs;
+    run.writes += writes;
+  }
+  const n = Math.max(1, harvests);
+  return {
+    warmup,
+    dirtyMemoryNs: activeMs * 1e6,
+    getDirtyLogNs: sum.get / n,
+    lockWaitNs: sum.wait / n,
+    protectNs: sum.prot / n,
+    flushNs: sum.flush / n,
+    dirtyPages: Math.round(sum.pages / n),
+    guestThroughput: writes / (activeMs / 1000),
+    ...(mode === "clear-log" ? { clearDirtyLogNs: sum.clear / n } : {}),
+    cpuNs: sum.cpu / n,
+    preemptions: sum.pre / n,
+    ...whoWaitedSince(vm, who0),
+    writes,
+    harvests,
   };
 }
 
@@ -602,8 +756,16 @@ function collectRing(run: Run): void {
 function strategyResult(run: Run): StrategyResult {
   const vm = run.vm;
   const m = run.iters.filter((i) => !i.warmup);
-  const of = (k: "getDirtyLogNs" | "lockWaitNs" | "protectNs" | "flushNs" | "dirtyMemoryNs"): NsStats =>
-    nsStats(summarize(m.map((i) => i[k])));
+  const of = (
+    k:
+      | "getDirtyLogNs"
+      | "lockWaitNs"
+      | "protectNs"
+      | "flushNs"
+      | "dirtyMemoryNs"
+      | "vcpuLockWaitNs"
+      | "hostLockWaitNs",
+  ): NsStats => nsStats(summarize(m.map((i) => i[k])));
   const getDirtyLog = of("getDirtyLogNs");
   const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
     nsStats(summarize(m.map((i) => i[k] ?? 0)));
@@ -613,6 +775,8 @@ function strategyResult(run: Run): StrategyResult {
     iterations: run.iters,
     getDirtyLog,
     lockWait: of("lockWaitNs"),
+    vcpuLockWait: of("vcpuLockWaitNs"),
+    hostLockWait: of("hostLockWaitNs"),
     protect: of("protectNs"),
     flush: of("flushNs"),
     dirtyMemory: of("dirtyMemoryNs"),
@@ -692,7 +856,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       const order = it % 2 === 0 ? runs : [...runs].reverse();
       const w = it < warmup;
       for (const run of order) {
-        const r = await iterate(run, o, w);
+        const r = (o.windowMs ?? 0) > 0 ? await iterateWindow(run, o, w) : await iterate(run, o, w);
         run.iters.push(r);
         say(
           `${run.wp} ${w ? `warm-up ${it + 1}` : `iteration ${it + 1 - warmup}`}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms (mmu_lock wait ${(r.lockWaitNs / 1e6).toFixed(2)}, flush ${(r.flushNs / 1e6).toFixed(2)}), ${r.dirtyPages} dirty pages`,

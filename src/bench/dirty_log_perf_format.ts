@@ -22,6 +22,9 @@ export function formatPerf(r: PerfResult): string {
       `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
       `contention migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, ` +
       `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log, ` +
+      (o.windowMs
+        ? `timed iterations of ${o.windowMs} ms, get-dirty-log every ${o.harvestIntervalMs ?? o.windowMs} ms, `
+        : "") +
       `log ${logModeOf(o)}${logModeOf(o) === "clear-log" ? ` (clear chunk ${o.clearChunkPages ? `${o.clearChunkPages} pages` : "the slot"})` : ""}${o.ring ? ` (${o.ring} entries)` : ""}`,
     `machine: ${r.machine.cpus} CPUs, ${(r.machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, node ${r.machine.node}, ${r.machine.platform}; git ${r.gitCommit?.slice(0, 12) ?? "unknown"}` +
       (t
@@ -40,7 +43,9 @@ export function formatPerf(r: PerfResult): string {
         `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
           (it.clearDirtyLogNs !== undefined ? `  clear ${ms(it.clearDirtyLogNs).padStart(8)} ms ` : "") +
           (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
-          `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}`,
+          `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
+          (it.harvests !== undefined ? `   ${it.harvests} calls (means per call)` : "") +
+          `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)} host ${ms(it.hostLockWaitNs ?? 0)} ms`,
       );
     }
     const g = s.guestThroughput;
@@ -50,6 +55,8 @@ export function formatPerf(r: PerfResult): string {
       `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
       `    harvest+protect      ${formatNs(s.protect)}`,
       `    remote flush         ${formatNs(s.flush)}`,
+      `  mmu_lock wait per iteration: vCPUs ${formatNs(s.vcpuLockWait)}`,
+      `                               host thread ${formatNs(s.hostLockWait)}`,
       ...(s.cpu
         ? [
             `  process CPU: ${ms(s.cpu.protectCallNs)} ms per ${s.clearDirtyLog ? "GET + CLEAR" : "get dirty log"} (median), ${s.cpu.nsPerDirtyPage.toFixed(1)} ns per dirty page, ` +

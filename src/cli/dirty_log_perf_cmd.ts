@@ -65,6 +65,11 @@ export function registerDirtyLogPerf(program: Command): void {
       "--ring <entries>",
       "a per-vCPU dirty ring of this many entries instead of the bitmap (256..65536)",
     )
+    .option(
+      "--window <ms>",
+      "timed iterations: each iteration runs this many ms, get-dirty-log every --harvest-every ms (0: wait for two passes)",
+    )
+    .option("--harvest-every <ms>", "timed iterations: ms between get-dirty-log calls (default: the window)")
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the JSON object to FILE")
     .option("--csv <file>", "also write the iterations as CSV to FILE")
@@ -148,6 +153,16 @@ export function registerDirtyLogPerf(program: Command): void {
           ? { ring: parseIntIn("--ring", String(a["ring"]), 256, 65536), manualProtect: false }
           : { manualProtect: pick("manualProtect", "manualProtect", () => a["manualProtect"] !== false) }),
         clearChunkPages: parseIntIn("--clear-chunk", String(a["clearChunk"]), 0, 1 << 30),
+        windowMs: pick("windowMs", "window", () =>
+          a["window"] === undefined ? 0 : parseIntIn("--window", String(a["window"]), 0, 600_000),
+        ),
+        ...(a["harvestEvery"] !== undefined || preset.harvestIntervalMs !== undefined
+          ? {
+              harvestIntervalMs: pick("harvestIntervalMs", "harvestEvery", () =>
+                parseIntIn("--harvest-every", String(a["harvestEvery"]), 1, 600_000),
+              ),
+            }
+          : {}),
         threads,
         progress,
         signal: interrupt.signal,

@@ -105,6 +105,8 @@ export const PerfOptions = Type.Object({
   mode: Type.Optional(Mode),
   guestHuge: Type.Optional(Type.Boolean()),
   threads: Type.Optional(Type.Object({})),
+  windowMs: Type.Optional(Num),
+  harvestIntervalMs: Type.Optional(Num),
 });
 
 export const PerfIteration = Type.Object({
@@ -116,12 +118,19 @@ export const PerfIteration = Type.Object({
   flushNs: Num,
   dirtyPages: Int,
   guestThroughput: Num,
+  vcpuLockWaitNs: Type.Optional(Num),
+  hostLockWaitNs: Type.Optional(Num),
+  switches: Type.Optional(Int),
+  writes: Type.Optional(Num),
+  harvests: Type.Optional(Int),
 });
 
 export const PerfStrategy = Type.Object({
   iterations: Type.Array(PerfIteration),
   getDirtyLog: NsStats,
   lockWait: NsStats,
+  vcpuLockWait: Type.Optional(NsStats),
+  hostLockWait: Type.Optional(NsStats),
   protect: NsStats,
   flush: NsStats,
   dirtyMemory: NsStats,

@@ -4,7 +4,8 @@
  * configured rates, through the MMU-notifier protocol.
  *
  * Control words (Int32Array over `ctl`): [0] run (0 run, 1 pause, 2 stop), [1] state (1 running,
- * 2 paused, 3 stopped, 4 dead), [2] migrations done, [3] invalidations done.
+ * 2 paused, 3 stopped, 4 dead), [2] migrations done, [3] invalidations done, [4] and [5] its
+ * mmu_lock wait and hold (µs).
  */
 import { parentPort, workerData } from "node:worker_threads";
 import { Kvm } from "../kvm_host.js";
@@ -25,6 +26,13 @@ const notifier: MmuNotifier = {
 };
 const rng = new ParkMiller(d.seed);
 const total = d.ranges.reduce((n, r) => n + r[1], 0);
+
+/** Publishes this thread's mmu_lock wait and hold, so a benchmark can tell who waited. */
+function publishLock(): void {
+  const us = (ns: number): number => Math.min(2 ** 31 - 1, Math.round(ns / 1e3));
+  Atomics.store(c, HOST.lockWaitUs, us(kvm.mmu_lock.stats.waitNs));
+  Atomics.store(c, HOST.lockHoldUs, us(kvm.mmu_lock.stats.holdNs));
+}
 
 function pickPage(): number {
   let k = rng.next() % total;
@@ -47,6 +55,7 @@ try {
     if (run === 2) break;
     if (run === 1) {
       if (Atomics.load(c, HOST.state) === 1) activeMs += performance.now() - since;
+      publishLock();
       Atomics.store(c, HOST.state, 2);
       Atomics.notify(c, HOST.state);
       Atomics.wait(c, HOST.run, 1, 100);
@@ -68,7 +77,8 @@ try {
       invalidations++;
       acted = true;
     }
-    if (!acted) Atomics.wait(c, HOST.run, 0, 1);
+    if (acted) publishLock();
+    else Atomics.wait(c, HOST.run, 0, 1);
   }
   Atomics.store(c, HOST.state, 3);
 } catch (e) {

@@ -163,6 +163,23 @@ test(
     assert.ok(j.options.contention.invalidateRate > 0);
     assert.equal(j.results.locked!.getDirtyLog.n, 2);
     assert.ok(j.results.locked!.host.invalidations + j.results.lockless!.host.invalidations > 0);
+    // Timed iterations: half-second windows with a get-dirty-log every 50 ms.
+    assert.equal(j.options.windowMs, 500);
+    assert.equal(j.options.harvestIntervalMs, 50);
+    for (const wp of ["locked", "lockless"] as const)
+      for (const it of j.results[wp]!.iterations) {
+        assert.ok(it.harvests! >= 1 && it.harvests! <= 10, `${wp}: ${it.harvests} calls`);
+        assert.ok(it.dirtyMemoryNs >= 500e6, `${wp}: the window lasts 500 ms or more`);
+      }
+    const given = await runKvmmu([
+      ...["dirty-log-perf", "--preset", "seed", "-b", "4M", "-i", "1", "--warmup", "0"],
+      ...["--window", "100", "--harvest-every", "100", "--wp", "lockless", "--json"],
+    ]);
+    assert.equal(given.code, 0, given.err);
+    const g = JSON.parse(given.out) as PerfResult;
+    assert.equal(g.options.windowMs, 100, "--window wins over the preset");
+    assert.equal(g.options.harvestIntervalMs, 100);
+    assert.equal(g.results.lockless!.iterations[0].harvests, 1);
   },
 );
 
