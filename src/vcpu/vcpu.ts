@@ -56,6 +56,7 @@ export class Vcpu {
   declare private readonly tlbWtag: Int32Array;
   declare private readonly tlbBase: Int32Array | Uint32Array;
   declare private readonly tlbMask: number;
+  declare private readonly modeWord: Int32Array;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
    * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
@@ -90,6 +91,7 @@ export class Vcpu {
     this.shadow = kvm.mode === MmuMode.Shadow;
     this.pagingMiss = this.shadow;
     this.modeIx = VCPU.mode(id);
+    this.modeWord = new Int32Array(kvm.vcpu.buffer, kvm.vcpu.byteOffset + this.modeIx * 4, 1);
     this.runIx = VCPU.run(id);
     this.rootIx = CTL.root;
     // Under the controlled scheduler every guest access is a scheduling point: this thread's
@@ -194,7 +196,7 @@ export class Vcpu {
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
   write64(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       this.mem[i] = lo;
       this.mem[i + 1] = hi;
@@ -209,7 +211,7 @@ export class Vcpu {
    */
   write32(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       this.mem[this.tlbBase[t] + w] = x;
       return;
     }
@@ -219,13 +221,13 @@ export class Vcpu {
   /** Guest load of the low 32 bits at word `w` of page gfn. */
   read32(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) return this.mem[this.tlbBase[t] + w];
+    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) return this.mem[this.tlbBase[t] + w];
     return this.readSlow(gfn, w);
   }
 
   private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = lo;
@@ -237,7 +239,7 @@ export class Vcpu {
 
   private write32Sched(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = x;
@@ -248,7 +250,7 @@ export class Vcpu {
 
   private read32Sched(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(false, this.mem, i);
       return this.mem[i];
