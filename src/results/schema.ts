@@ -357,6 +357,8 @@ const tlbHitTasks = <T extends TSchema>(t: T) =>
     "plain-write": t,
     "vcpu-write": t,
     "ctx-write": Type.Optional(t),
+    "guest-read": Type.Optional(t),
+    "guest-write": Type.Optional(t),
   });
 const TlbHit = Type.Object({
   options: Type.Object({ rounds: Int, warmup: Int, accesses: Int, timeMs: Type.Optional(Num) }),
@@ -373,6 +375,8 @@ const TlbHit = Type.Object({
       vcpuWrite: Ratio,
       ctxRead: Type.Optional(Ratio),
       ctxWrite: Type.Optional(Ratio),
+      guestRead: Type.Optional(Ratio),
+      guestWrite: Type.Optional(Ratio),
     }),
   ),
   rounds: Type.Array(
