@@ -187,13 +187,13 @@ export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImp
     let guest: typeof ctx | null = null;
     guest = ctx;
     fns["guest-read"] = () => {
-      const c = guest as typeof ctx;
+      const c = guest;
       let s = 0;
       for (let i = 0; i < n; i++) s = (s + c.read32w(gfns[(i >>> 10) & pm], i & 1023)) | 0;
       sink ^= s;
     };
     fns["guest-write"] = () => {
-      const c = guest as typeof ctx;
+      const c = guest;
       for (let i = 0; i < n; i++) c.write32w(gfns[(i >>> 10) & pm], i & 1023, i);
     };
   }

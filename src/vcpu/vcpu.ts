@@ -56,6 +56,11 @@ export class Vcpu {
   declare private readonly tlbWtag: Int32Array;
   declare private readonly tlbBase: Int32Array | Uint32Array;
   declare private readonly tlbMask: number;
+  /**
+   * This vCPU's mode word (kvm.vcpu[VCPU.mode(id)]) as a one-element view of the same shared
+   * bytes: written by the vCPU and by kickers with Atomics; the hit reads it with a plain load
+   * (docs/locking.md §3.8). One field to load per hit, where v[modeIx] needs two.
+   */
   declare private readonly modeWord: Int32Array;
   /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
@@ -187,7 +192,7 @@ export class Vcpu {
    * EXITING; from then on nothing matches (gfn + 2 would be the tag of gfn + 1, which lives in
    * another set) and the next access takes its slow path, whose first step is the safe point.
    * So no per-access countdown: a hit is a tag compare, an add and the access. The mode word
-   * is read with a plain load (an Atomics.load is a builtin call here, several hits' worth):
+   * (modeWord) is read with a plain load (an Atomics.load is a builtin call here, several hits' worth):
    * §3.8 says why the flush protocol does not depend on the value it returns.
    * These plain forms never call guestPoint; the *Sched forms (chosen in the constructor when
    * this thread has a scheduler hook) are the same with the scheduling point.
