@@ -192,8 +192,8 @@ export class Vcpu {
    * EXITING; from then on nothing matches (gfn + 2 would be the tag of gfn + 1, which lives in
    * another set) and the next access takes its slow path, whose first step is the safe point.
    * So no per-access countdown: a hit is a tag compare, an add and the access. The mode word
-   * (modeWord) is read with a plain load (an Atomics.load is a builtin call here, several hits' worth):
-   * §3.8 says why the flush protocol does not depend on the value it returns.
+   * (modeWord) is read with a plain load (an Atomics.load is a builtin call here, several
+   * hits' worth): §3.8 says why the flush protocol does not depend on the value it returns.
    * These plain forms never call guestPoint; the *Sched forms (chosen in the constructor when
    * this thread has a scheduler hook) are the same with the scheduling point.
    */
