@@ -6,7 +6,11 @@
  * words of a page, then the next page), every access a TLB hit. Tasks:
  * - plain: `mem[base[page] + w]`, frame bases precomputed (guest memory with no MMU at all);
  * - vcpu: `Vcpu.read32` / `Vcpu.write32` (the hit path of the built-in guests);
- * - ctx: `read32w` / `write32w` of the public guest context (as memstress calls it).
+ * - ctx: `read32w` / `write32w` of the public guest context (as memstress calls it);
+ * - guest: the same calls on a context that the JIT cannot treat as a constant. A guest program
+ *   receives its context as an argument; the ctx and vcpu loops close over theirs, so V8 folds
+ *   the vCPU's fields and arrays into the code. Here the context is read from a binding that is
+ *   assigned twice, so every field the hit needs is loaded as in a guest.
  * One tinybench sample is `accesses` accesses. A round runs every task once (a time budget of
  * `timeMs` each, task order rotated round by round); rounds repeat, so each ratio is paired by
  * round (same machine state) and bootstrapped. Warm-up rounds (JIT tiering) are left out;
@@ -52,6 +56,8 @@ export const TLB_HIT_TASKS = [
   "plain-write",
   "vcpu-write",
   "ctx-write",
+  "guest-read",
+  "guest-write",
 ] as const;
 export type TlbHitTask = (typeof TLB_HIT_TASKS)[number];
 
@@ -119,6 +125,8 @@ export interface TlbHitResult {
     vcpuWrite: RatioSummary;
     ctxRead?: RatioSummary;
     ctxWrite?: RatioSummary;
+    guestRead?: RatioSummary;
+    guestWrite?: RatioSummary;
   };
   /** tlbNs / plainNs: the per-round medians of vcpu-read and plain-read. */
   rounds: {
@@ -175,6 +183,19 @@ export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImp
     fns["ctx-write"] = () => {
       for (let i = 0; i < n; i++) ctx.write32w(gfns[(i >>> 10) & pm], i & 1023, i);
     };
+    // Assigned twice: a mutable binding, which the JIT does not fold to a constant.
+    let guest: typeof ctx | null = null;
+    guest = ctx;
+    fns["guest-read"] = () => {
+      const c = guest;
+      let s = 0;
+      for (let i = 0; i < n; i++) s = (s + c.read32w(gfns[(i >>> 10) & pm], i & 1023)) | 0;
+      sink ^= s;
+    };
+    fns["guest-write"] = () => {
+      const c = guest;
+      for (let i = 0; i < n; i++) c.write32w(gfns[(i >>> 10) & pm], i & 1023, i);
+    };
   }
   const names = TLB_HIT_TASKS.filter((t) => fns[t] !== undefined);
   const rounds: TlbHitResult["rounds"] = [];
@@ -219,6 +240,8 @@ export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImp
   if (ctx !== null) {
     ratios.ctxRead = pairedRatio(col("ctx-read"), col("plain-read"));
     ratios.ctxWrite = pairedRatio(col("ctx-write"), col("plain-write"));
+    ratios.guestRead = pairedRatio(col("guest-read"), col("plain-read"));
+    ratios.guestWrite = pairedRatio(col("guest-write"), col("plain-write"));
   }
   return {
     options: opts,
@@ -256,6 +279,8 @@ export function formatTlbHit(r: TlbHitResult): string {
   const parts = [`vcpu read ${formatRatio(q.vcpuRead)}`, `vcpu write ${formatRatio(q.vcpuWrite)}`];
   if (q.ctxRead) parts.push(`ctx read ${formatRatio(q.ctxRead)}`);
   if (q.ctxWrite) parts.push(`ctx write ${formatRatio(q.ctxWrite)}`);
+  if (q.guestRead) parts.push(`guest read ${formatRatio(q.guestRead)}`);
+  if (q.guestWrite) parts.push(`guest write ${formatRatio(q.guestWrite)}`);
   lines.push(`  vs plain: ${parts.join(", ")}`);
   return lines.join("\n");
 }

@@ -366,6 +366,8 @@ const tlbHitTasks = <T extends TSchema>(t: T) =>
     "plain-write": t,
     "vcpu-write": t,
     "ctx-write": Type.Optional(t),
+    "guest-read": Type.Optional(t),
+    "guest-write": Type.Optional(t),
   });
 const TlbHit = Type.Object({
   options: Type.Object({ rounds: Int, warmup: Int, accesses: Int, timeMs: Type.Optional(Num) }),
@@ -382,6 +384,8 @@ const TlbHit = Type.Object({
       vcpuWrite: Ratio,
       ctxRead: Type.Optional(Ratio),
       ctxWrite: Type.Optional(Ratio),
+      guestRead: Type.Optional(Ratio),
+      guestWrite: Type.Optional(Ratio),
     }),
   ),
   rounds: Type.Array(

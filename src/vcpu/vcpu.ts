@@ -57,6 +57,12 @@ export class Vcpu {
   declare private readonly tlbBase: Int32Array | Uint32Array;
   declare private readonly tlbMask: number;
   /**
+   * This vCPU's mode word (kvm.vcpu[VCPU.mode(id)]) as a one-element view of the same shared
+   * bytes: written by the vCPU and by kickers with Atomics; the hit reads it with a plain load
+   * (docs/locking.md §3.8). One field to load per hit, where v[modeIx] needs two.
+   */
+  declare private readonly modeWord: Int32Array;
+  /**
    * Indices of this vCPU's mode and run words and of CTL.root, taken once from the layouts: the
    * miss path reads them on every miss, and a layout's index closure is not folded to a constant.
    */
@@ -90,6 +96,7 @@ export class Vcpu {
     this.shadow = kvm.mode === MmuMode.Shadow;
     this.pagingMiss = this.shadow;
     this.modeIx = VCPU.mode(id);
+    this.modeWord = new Int32Array(kvm.vcpu.buffer, kvm.vcpu.byteOffset + this.modeIx * 4, 1);
     this.runIx = VCPU.run(id);
     this.rootIx = CTL.root;
     // Under the controlled scheduler every guest access is a scheduling point: this thread's
@@ -185,8 +192,8 @@ export class Vcpu {
    * EXITING; from then on nothing matches (gfn + 2 would be the tag of gfn + 1, which lives in
    * another set) and the next access takes its slow path, whose first step is the safe point.
    * So no per-access countdown: a hit is a tag compare, an add and the access. The mode word
-   * is read with a plain load (an Atomics.load is a builtin call here, several hits' worth):
-   * §3.8 says why the flush protocol does not depend on the value it returns.
+   * (modeWord) is read with a plain load (an Atomics.load is a builtin call here, several
+   * hits' worth): §3.8 says why the flush protocol does not depend on the value it returns.
    * These plain forms never call guestPoint; the *Sched forms (chosen in the constructor when
    * this thread has a scheduler hook) are the same with the scheduling point.
    */
@@ -194,7 +201,7 @@ export class Vcpu {
   /** Guest store of 8 bytes (lo, hi) at word `w` (0..1022, even) of page gfn. */
   write64(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       this.mem[i] = lo;
       this.mem[i + 1] = hi;
@@ -209,7 +216,7 @@ export class Vcpu {
    */
   write32(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       this.mem[this.tlbBase[t] + w] = x;
       return;
     }
@@ -219,13 +226,13 @@ export class Vcpu {
   /** Guest load of the low 32 bits at word `w` of page gfn. */
   read32(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) return this.mem[this.tlbBase[t] + w];
+    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) return this.mem[this.tlbBase[t] + w];
     return this.readSlow(gfn, w);
   }
 
   private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = lo;
@@ -237,7 +244,7 @@ export class Vcpu {
 
   private write32Sched(gfn: number, w: number, x: number): void {
     const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(true, this.mem, i);
       this.mem[i] = x;
@@ -248,7 +255,7 @@ export class Vcpu {
 
   private read32Sched(gfn: number, w: number): number {
     const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === ((gfn + this.v[this.modeIx]) | 0)) {
+    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
       const i = this.tlbBase[t] + w;
       guestPoint(false, this.mem, i);
       return this.mem[i];

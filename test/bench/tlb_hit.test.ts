@@ -24,11 +24,13 @@ test("tlb-hit: warm-up rounds excluded, every task measured, paired ratios of th
   assert.equal(r.tlbNsPerAccess, r.tasks["vcpu-read"]);
   assert.equal(r.plainNsPerAccess.median, median(m.map((x) => x.plainNs)));
   assert.equal(r.ratio.median, r.tlbNsPerAccess.median / r.plainNsPerAccess.median);
-  for (const q of [r.ratios.vcpuRead, r.ratios.vcpuWrite, r.ratios.ctxRead, r.ratios.ctxWrite]) {
+  const q6 = [r.ratios.vcpuRead, r.ratios.vcpuWrite, r.ratios.ctxRead, r.ratios.ctxWrite];
+  for (const q of [...q6, r.ratios.guestRead, r.ratios.guestWrite]) {
     assert.ok(q !== undefined);
     assert.ok(q.ci95[0] <= q.median && q.median <= q.ci95[1]);
   }
   assert.match(formatTlbHit(r), /ctx write \d/);
+  assert.match(formatTlbHit(r), /guest write \d/);
 });
 
 test("tlb-hit: a build without a guest context is measured through the vCPU only", () => {
@@ -40,6 +42,8 @@ test("tlb-hit: a build without a guest context is measured through the vCPU only
   assert.equal(r.impl, "no ctx");
   assert.equal(r.tasks["ctx-read"], undefined);
   assert.equal(r.ratios.ctxRead, undefined);
+  assert.equal(r.tasks["guest-read"], undefined);
+  assert.equal(r.ratios.guestWrite, undefined);
   assert.ok(r.ratios.vcpuWrite.median > 0);
 });
 
