@@ -147,8 +147,16 @@ test("mutex: a sleep-mode waiter registers as a sleeper, a spin-mode waiter neve
       assert.ok(Date.now() - t0 < 20_000, `${lockMode}: the worker never queued`);
       await sleep(5);
     }
-    await sleep(200);
-    assert.equal(w[BASE + 2], lockMode === "sleep" ? 1 : 0, `${lockMode}: sleepers registered`);
+    // WAITERS counts a waiter only while it is inside Atomics.wait (it leaves and re-enters every
+    // 50 ms), so one sample can miss it: sleep mode must show it within 10 s; spin mode never,
+    // sampled for 200 ms.
+    let seen = 0;
+    for (const t1 = Date.now(); Date.now() - t1 < (lockMode === "sleep" ? 10_000 : 200);) {
+      seen = Math.max(seen, Atomics.load(w, BASE + 2));
+      if (lockMode === "sleep" && seen > 0) break;
+      await sleep(1);
+    }
+    assert.equal(seen, lockMode === "sleep" ? 1 : 0, `${lockMode}: sleepers registered`);
     m.unlock();
     const [code] = await exit;
     assert.equal(code, 0);
