@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { Worker } from "node:worker_threads";
@@ -19,8 +19,17 @@ function spawn(
 ): { worker: Worker; exit: Promise<unknown[]> } {
   const data: MutexWorkerData = { words: w.buffer as SharedArrayBuffer, base: BASE, iters, mode };
   const worker = new Worker(new URL("../workers/mutex_worker.js", import.meta.url), { workerData: data });
+  live.add(worker);
   return { worker, exit: once(worker, "exit") };
 }
+
+// A test that fails while a worker waits for a lock it holds must not leave the worker (and so
+// the test process) running forever: every test's workers are terminated after it.
+const live = new Set<Worker>();
+afterEach(async () => {
+  for (const w of live) await w.terminate();
+  live.clear();
+});
 
 function start(w: Int32Array): void {
   Atomics.store(w, C + MutexTestWords.Start, 1);
