@@ -1,4 +1,4 @@
-import { test } from "node:test";
+import { afterEach, test } from "node:test";
 import assert from "node:assert/strict";
 import { once } from "node:events";
 import { Worker } from "node:worker_threads";
@@ -54,8 +54,17 @@ function fakeVcpu(kvm: Kvm, id: number, script: FakeVcpuData["script"], holdMs =
   worker.on("error", (e) => {
     throw e;
   });
+  live.add(worker);
   return { out, worker, exit: once(worker, "exit") };
 }
+
+// A failed assertion while a fake vCPU waits (for "go", or in guest mode) must not keep the test
+// process alive: every test's workers are terminated after it.
+const live = new Set<Worker>();
+afterEach(async () => {
+  for (const w of live) await w.terminate();
+  live.clear();
+});
 
 /** Waits (without blocking the event loop) until out[i] >= v. */
 async function until(out: Int32Array, i: number, v: number, timeoutMs = 20_000): Promise<void> {
