@@ -25,7 +25,7 @@ import {
   RING_HDR,
   VCPU,
 } from "../kvm_host.js";
-import { aadd, aload, aor, astore, schedHookInstalled, spinPoint } from "../sync/atomic.js";
+import { aadd, aload, aor, aread, astore, schedHookInstalled, spinPoint } from "../sync/atomic.js";
 
 /** Int32 words of one vCPU's ring of `size` entries. */
 export function ring_words(size: number): number {
@@ -133,8 +133,9 @@ export function kvm_dirty_ring_harvest(
   while (n < max) {
     const e = entry(size, fetch);
     if (aload(ring, b + RING_GFN.flags(e)) !== KVM_DIRTY_GFN_F_DIRTY) break;
-    const slot = aload(ring, b + RING_GFN.slot(e));
-    const offset = aload(ring, b + RING_GFN.offset_lo(e));
+    // READ_ONCE: the acquire load of the flags orders these after the vCPU's stores of them.
+    const slot = aread(ring, b + RING_GFN.slot(e));
+    const offset = aread(ring, b + RING_GFN.offset_lo(e));
     astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
     fetch = (fetch + 1) | 0;
     n++;

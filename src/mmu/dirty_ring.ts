@@ -12,34 +12,42 @@ import {
   RING_HDR,
   SLOT,
 } from "../kvm_host.js";
-import { aload, astore } from "../sync/atomic.js";
+import { aload, aread, astore } from "../sync/atomic.js";
 import { entry, ring_base } from "../mem/dirty_ring.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
 
-const MASK64 = (1n << 64n) - 1n;
+/** Index of the highest set bit of the 64-bit mask hi:lo (two int32 halves), -1 if none. */
+function fls64(lo: number, hi: number): number {
+  return hi !== 0 ? 63 - Math.clz32(hi) : 31 - Math.clz32(lo);
+}
 
 /**
- * kvm_reset_dirty_gfn: write-protects the pages `offset + bit` of `mask` (up to 64 bits) of the
+ * kvm_reset_dirty_gfn: write-protects the pages `offset + bit` of the 64-bit mask hi:lo of the
  * slot an entry names, one bitmap word at a time. Entries naming no slot, or pages past its end,
- * are skipped silently, as KVM does. Inside the design's section.
+ * are skipped silently, as KVM does. Inside the design's section. (The mask is two int32 halves,
+ * not a BigInt: a BigInt per entry cost most of the reset's time.)
  */
 function reset_dirty_gfn(
   kvm: Kvm,
   design: WriteProtectDesign,
   slot: number,
   offset: number,
-  mask: bigint,
+  lo: number,
+  hi: number,
 ): void {
   const id = slot & 0xffff;
-  if (slot >>> 16 !== 0 || id >= KVM_USER_MEM_SLOTS || mask === 0n) return;
+  if (slot >>> 16 !== 0 || id >= KVM_USER_MEM_SLOTS || (lo | hi) === 0) return;
   if (aload(kvm.slots, SLOT.active(id)) === 0) return;
-  const fls = mask.toString(2).length - 1;
-  if (offset + fls >= kvm.slots[SLOT.npages(id)]) return;
-  let w = offset >>> 5;
-  for (let m = mask << BigInt(offset & 31); m !== 0n; m >>= 32n, w++) {
-    const x = Number(m & 0xffffffffn) | 0;
-    if (x !== 0) design.protectMasked(kvm, id, w, x);
-  }
+  if (offset + fls64(lo, hi) >= kvm.slots[SLOT.npages(id)]) return;
+  // The mask shifted to the page's bit in its bitmap word spans up to three words.
+  const w = offset >>> 5;
+  const sh = offset & 31;
+  const w0 = lo << sh;
+  const w1 = sh === 0 ? hi : (hi << sh) | (lo >>> (32 - sh));
+  const w2 = sh === 0 ? 0 : hi >>> (32 - sh);
+  if (w0 !== 0) design.protectMasked(kvm, id, w, w0);
+  if (w1 !== 0) design.protectMasked(kvm, id, w + 1, w1 | 0);
+  if (w2 !== 0) design.protectMasked(kvm, id, w + 2, w2 | 0);
 }
 
 /**
@@ -55,41 +63,53 @@ function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number): numb
   let count = 0;
   let curSlot = 0;
   let curOffset = 0;
-  let mask = 0n;
+  // The 64-bit mask of pages curOffset + bit, as two int32 halves.
+  let lo = 0;
+  let hi = 0;
   // The walk follows the RESET flags, not dirty_index: the vCPU publishes flags before it
   // advances dirty_index, so a harvested entry may not be counted there yet, and it must be
   // reset (protected) now, before userspace reads its page. At most one lap.
   while (count < size) {
     const e = entry(size, reset);
     if ((aload(ring, b + RING_GFN.flags(e)) & KVM_DIRTY_GFN_F_RESET) === 0) break;
-    const slot = aload(ring, b + RING_GFN.slot(e));
-    const offset = aload(ring, b + RING_GFN.offset_lo(e));
+    // READ_ONCE: the acquire load of the flags above orders these after the vCPU's stores.
+    const slot = aread(ring, b + RING_GFN.slot(e));
+    const offset = aread(ring, b + RING_GFN.offset_lo(e));
     astore(ring, b + RING_GFN.flags(e), 0);
     reset = (reset + 1) | 0;
     count++;
-    if (mask !== 0n) {
+    if ((lo | hi) !== 0) {
       if (slot === curSlot) {
         const delta = offset - curOffset;
         if (delta >= 0 && delta < 64) {
-          mask |= 1n << BigInt(delta);
+          if (delta < 32) lo |= 1 << delta;
+          else hi |= 1 << (delta - 32);
           continue;
         }
         // Backwards within 64 pages, if no bit falls off the top.
-        const d = BigInt(-delta);
-        if (delta > -64 && delta < 0 && ((mask << d) & MASK64) >> d === mask) {
+        const d = -delta;
+        if (delta > -64 && delta < 0 && fls64(lo, hi) + d <= 63) {
           curOffset = offset;
+          if (d >= 32) {
+            hi = lo << (d - 32);
+            lo = 0;
+          } else {
+            hi = (hi << d) | (lo >>> (32 - d));
+            lo = lo << d;
+          }
           // Bug reset-coalesce-backward: the new lowest page is not put in the mask.
-          mask = (mask << d) | (kvm.bug(BUG["reset-coalesce-backward"]) ? 0n : 1n);
+          if (!kvm.bug(BUG["reset-coalesce-backward"])) lo |= 1;
           continue;
         }
       }
-      reset_dirty_gfn(kvm, design, curSlot, curOffset, mask);
+      reset_dirty_gfn(kvm, design, curSlot, curOffset, lo, hi);
     }
     curSlot = slot;
     curOffset = offset;
-    mask = 1n;
+    lo = 1;
+    hi = 0;
   }
-  reset_dirty_gfn(kvm, design, curSlot, curOffset, mask);
+  reset_dirty_gfn(kvm, design, curSlot, curOffset, lo, hi);
   astore(ring, b + RING_HDR.reset_index, reset);
   return count;
 }

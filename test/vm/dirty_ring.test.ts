@@ -131,6 +131,46 @@ for (const wp of ["locked", "lockless"] as const) {
   });
 }
 
+// The reset's coalescing keeps a 64-bit mask in two 32-bit halves: random walks whose steps
+// cross the halves (±31, ±32, ±33, ±63, ±64) at every alignment, forwards and backwards. Every
+// page reset must be protected again: its next write is logged.
+for (const wp of ["locked", "lockless"] as const) {
+  test(`${wp}: coalesced resets across the mask's halves re-protect every page (random walks)`, () => {
+    let seed = 12345;
+    const rnd = (n: number): number => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const STEPS = [1, 2, 31, 32, 33, 62, 63, 64, 65];
+    for (let round = 0; round < 20; round++) {
+      const vm = ringVm(wp);
+      const seen = new Set<number>();
+      const pages: number[] = [];
+      let p = rnd(NPAGES);
+      for (let i = 0; i < 120 && pages.length < 100; i++) {
+        if (!seen.has(p)) {
+          seen.add(p);
+          pages.push(p);
+        }
+        const step = STEPS[rnd(STEPS.length)] * (rnd(2) === 0 ? -1 : 1);
+        p = Math.min(NPAGES - 1, Math.max(0, p + step));
+      }
+      writes(vm, pages);
+      assert.deepEqual(
+        vm.harvestDirtyRing(0).map((e) => e.offset),
+        pages,
+      );
+      assert.equal(vm.resetDirtyRings(), pages.length);
+      writes(vm, pages, 2);
+      assert.deepEqual(
+        vm.harvestDirtyRing(0).map((e) => e.offset),
+        pages,
+        `round ${round}: every reset page was protected again`,
+      );
+    }
+  });
+}
+
 test("a worker vCPU exits on a soft-full ring, is counted, and resumes after a reset", async () => {
   const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1, maxSlotPages: 2048 });
   vm.enableDirtyRing(256);
