@@ -137,12 +137,17 @@ export function pageHashes(vm: Vm, layout: GuestLayout): Buffer {
   const bytes = new Uint8Array(buf.buffer);
   for (let p = 0; p < pages; p++) {
     vm.readGuestPage(p * PAGE_SIZE, buf);
-    createHash("sha256")
-      .update(bytes)
-      .digest()
-      .copy(out, p * 32);
+    pageHashInto(bytes, out, p);
   }
   return out;
+}
+
+/** The SHA-256 of one page's bytes, into its 32-byte place (page p) of a per-page hash table. */
+export function pageHashInto(bytes: Uint8Array, out: Buffer, p: number): void {
+  createHash("sha256")
+    .update(bytes)
+    .digest()
+    .copy(out, p * 32);
 }
 
 /**

@@ -17,12 +17,12 @@
  * After "postcopy-run" neither side holds the whole guest: if either fails the guest is lost
  * (QEMU's postcopy-paused recovery is not built). Both sides then fail with a typed error.
  */
-import { createHash } from "node:crypto";
 import { PAGE_SIZE } from "../kvm_host.js";
 import { for_each_set_bit } from "../dirty_bitmap.js";
-import { GuestVm, guestCounts, pageHashes, runAndCheck, runGuest } from "./guest_vm.js";
+import { GuestVm, guestCounts, pageHashes, pageHashInto, runAndCheck, runGuest } from "./guest_vm.js";
 import {
   ByteReader,
+  checkStreamDigest,
   decodeRam,
   jsonPayload,
   MigrationError,
@@ -347,10 +347,7 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
   const discarded = vm.userfaultStats().missing;
   for (let p = 0; p < pages; p++)
     if (!vm.userfaultMissing(p * PAGE_SIZE))
-      createHash("sha256")
-        .update(new Uint8Array(vm.readGuestPage(p * PAGE_SIZE, page32).buffer))
-        .digest()
-        .copy(hashes, p * 32);
+      pageHashInto(new Uint8Array(vm.readGuestPage(p * PAGE_SIZE, page32).buffer), hashes, p);
 
   // The fault handler: whatever a vCPU blocks on that was not asked for yet goes to the source.
   let done = false;
@@ -398,21 +395,12 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
               `section ${id} (ram): page 0x${rec.gpa.toString(16)} was not missing (sent twice?)`,
             );
           // Hashed before it is placed: the guest cannot have changed it yet.
-          createHash("sha256")
-            .update(rec.data ?? zero)
-            .digest()
-            .copy(hashes, (rec.gpa / PAGE_SIZE) * 32);
+          pageHashInto(rec.data ?? zero, hashes, rec.gpa / PAGE_SIZE);
           vm.userfaultCopy(rec.gpa, rec.data);
           placed++;
         }
       } else if (s.type === Sec.Eof) {
-        const want = before.digest();
-        if (!want.equals(s.payload))
-          throw new MigrationError(
-            "EBADMSG",
-            `stream digest mismatch: SHA-256 ${want.toString("hex").slice(0, 16)}..., the source says ${s.payload.toString("hex").slice(0, 16)}...`,
-          );
-        r.hash = null;
+        checkStreamDigest(r, before, s.payload);
         break;
       } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
     }

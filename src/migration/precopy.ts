@@ -37,6 +37,7 @@ import {
 } from "./guest_vm.js";
 import {
   ByteReader,
+  checkStreamDigest,
   decodeRam,
   encodeHeader,
   jsonPayload,
@@ -812,13 +813,7 @@ export class MigrationDestination {
           rep.status = "cancelled";
           throw new MigrationError("ECANCELED", "the source cancelled the migration");
         } else if (s.type === Sec.Eof) {
-          const want = before.digest();
-          if (!want.equals(s.payload))
-            throw new MigrationError(
-              "EBADMSG",
-              `stream digest mismatch: SHA-256 ${want.toString("hex").slice(0, 16)}..., the source says ${s.payload.toString("hex").slice(0, 16)}...`,
-            );
-          r.hash = null;
+          checkStreamDigest(r, before, s.payload);
           break;
         } else
           throw new MigrationError(

@@ -343,6 +343,21 @@ export async function readSection(
   return { type, id, payload };
 }
 
+/**
+ * The end section's check, on the destination: `before` (a copy of the reader's hash taken
+ * before the section was read) must equal the digest the source put in it. EBADMSG if not.
+ * Stops the reader's hashing.
+ */
+export function checkStreamDigest(r: ByteReader, before: Hash, payload: Buffer): void {
+  const want = before.digest();
+  if (!want.equals(payload))
+    throw new MigrationError(
+      "EBADMSG",
+      `stream digest mismatch: SHA-256 ${want.toString("hex").slice(0, 16)}..., the source says ${payload.toString("hex").slice(0, 16)}...`,
+    );
+  r.hash = null;
+}
+
 /** A writer of framed sections that counts ids, bytes, and (optionally) hashes what it sends. */
 export class SectionWriter {
   private nextId = 1;
