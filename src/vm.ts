@@ -312,7 +312,7 @@ export class Vm {
 
   /** Every page of [hvaPage, +npages) is backed (KVM would fault on first access; we refuse early). */
   private hvaMapped(hvaPage: number, npages: number): boolean {
-    for (let p = hvaPage; p < hvaPage + npages; p++) if (Atomics.load(this.kvm.hpt, p) === 0) return false;
+    for (let p = hvaPage; p < hvaPage + npages; p++) if (hva_to_pfn(this.kvm, p) < 0) return false;
     return true;
   }
 
