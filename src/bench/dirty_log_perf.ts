@@ -27,6 +27,7 @@ import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import type { LockMode } from "../sync/mutex.js";
+import type { DirtyLogTimes } from "../mmu/write_protect.js";
 import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
@@ -518,6 +519,28 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   };
 }
 
+/**
+ * mmu_lock wait and flush of the call that write-protects, from two readings (before, after) of
+ * the VM's cumulative GET and CLEAR times: CLEAR under manual protect, the last reset with a
+ * ring, else GET.
+ */
+function protectingCallParts(
+  vm: Vm,
+  mode: LogModeName,
+  d0: DirtyLogTimes,
+  d1: DirtyLogTimes,
+  c0: DirtyLogTimes,
+  c1: DirtyLogTimes,
+): { lockWaitNs: number; flushNs: number } {
+  if (mode === "clear-log")
+    return { lockWaitNs: c1.lockWaitNs - c0.lockWaitNs, flushNs: c1.flushNs - c0.flushNs };
+  if (mode === "dirty-ring") {
+    const t = vm.lastResetDirtyRingsTimes();
+    return { lockWaitNs: t.lockWaitNs, flushNs: t.flushNs };
+  }
+  return { lockWaitNs: d1.lockWaitNs - d0.lockWaitNs, flushNs: d1.flushNs - d0.flushNs };
+}
+
 async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
   const vm = run.vm;
   const mode = logModeOf(o);
@@ -582,20 +605,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
     run.activeMs += activeMs;
     run.writes += writes;
   }
-  // Lock wait and flush of the call that protects: GET (classic), CLEAR (manual), reset (ring).
-  const ringT = mode === "dirty-ring" ? vm.lastResetDirtyRingsTimes() : null;
-  const lockWaitNs =
-    mode === "clear-log"
-      ? c1.lockWaitNs - c0.lockWaitNs
-      : mode === "dirty-ring"
-        ? (ringT?.lockWaitNs ?? 0)
-        : d1.lockWaitNs - d0.lockWaitNs;
-  const flushNs =
-    mode === "clear-log"
-      ? c1.flushNs - c0.flushNs
-      : mode === "dirty-ring"
-        ? (ringT?.flushNs ?? 0)
-        : d1.flushNs - d0.flushNs;
+  const { lockWaitNs, flushNs } = protectingCallParts(vm, mode, d0, d1, c0, c1);
   const protected_ = mode === "clear-log" ? (clearDirtyLogNs ?? 0) : getDirtyLogNs;
   const ringFields =
     mode === "dirty-ring"
@@ -687,8 +697,7 @@ async function iterateWindow(run: Run, o: PerfOptions, warmup: boolean): Promise
     const cpu = cpuSince(cpu0);
     const d1 = vm.dirtyLogTimes();
     const c1 = vm.clearDirtyLogTimes();
-    const wt = mode === "clear-log" ? c1.lockWaitNs - c0.lockWaitNs : d1.lockWaitNs - d0.lockWaitNs;
-    const fl = mode === "clear-log" ? c1.flushNs - c0.flushNs : d1.flushNs - d0.flushNs;
+    const { lockWaitNs: wt, flushNs: fl } = protectingCallParts(vm, mode, d0, d1, c0, c1);
     sum.get += get;
     sum.clear += clear;
     sum.wait += wt;
