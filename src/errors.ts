@@ -1,6 +1,16 @@
 /** Errors the API returns for bad input: an errno-like code and a message that names the argument. */
 export type Errno =
-  "EINVAL" | "EEXIST" | "ENOENT" | "ENOMEM" | "EBUSY" | "EFAULT" | "ETIMEDOUT" | "EIO" | "ENXIO" | "E2BIG";
+  | "EINVAL"
+  | "EEXIST"
+  | "ENOENT"
+  | "ENOMEM"
+  | "EBUSY"
+  | "EFAULT"
+  | "ETIMEDOUT"
+  | "EIO"
+  | "ENXIO"
+  | "E2BIG"
+  | "ENOSYS";
 
 export class KvmError extends Error {
   readonly code: Errno;

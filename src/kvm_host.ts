@@ -114,6 +114,24 @@ export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
     by: "atomic add",
     doc: "ring-only mode: writes without a running vCPU, not logged (KVM's WARN_ON_ONCE)",
   },
+  numa_scan_period_ms: {
+    by: "the owner (atomic store); the vCPUs read it",
+    doc: "NUMA balancing: ms between two scans (sysctl_numa_balancing_scan_period_min), 0 = off",
+  },
+  numa_scan_pages: {
+    by: "as numa_scan_period_ms",
+    doc: "NUMA balancing: pages unmapped per scan (sysctl_numa_balancing_scan_size)",
+  },
+  numa_next_scan: {
+    by: "cmpxchg by the thread that claims a scan",
+    doc: "mm->numa_next_scan: ms since KvmShared.epochMs",
+  },
+  numa_scan_offset: {
+    by: "the thread whose cmpxchg of numa_next_scan won (one per period)",
+    doc: "mm->numa_scan_offset: hva page where the next scan starts",
+  },
+  numa_scans: { by: "atomic add", doc: "NUMA balancing scans done (statistic)" },
+  numa_pages_scanned: { by: "atomic add", doc: "pages those scans unmapped (statistic)" },
 });
 /** manual_dirty_log flags (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). */
 export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0;
@@ -254,6 +272,10 @@ export const VCPU = defineRows(
     desc_cache_n: {
       by: "as desc_cache; its vCPU may read it without the lock",
       doc: "descriptors in desc_cache",
+    },
+    tid: {
+      by: "the vCPU worker stores it once at start (atomic); the owner reads it to pin the thread",
+      doc: "the worker's kernel thread id (gettid), 0 = unknown",
     },
   },
   { stride: 16 },
@@ -402,6 +424,8 @@ export interface KvmConfig {
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */
 export interface KvmShared {
   config: KvmConfig;
+  /** performance.timeOrigin + performance.now() at creation: the clock origin every thread shares. */
+  epochMs: number;
   ctl: SharedArrayBuffer;
   slots: SharedArrayBuffer;
   spt: SharedArrayBuffer;
@@ -446,6 +470,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   const shadow = config.mode === MmuMode.Shadow;
   return {
     config,
+    epochMs: performance.timeOrigin + performance.now(),
     ctl: sab(CTL.WORDS * 4),
     slots: sab(SLOT.row(KVM_USER_MEM_SLOTS) * 4),
     spt: sab(config.maxSp * 512 * 4),

@@ -13,6 +13,7 @@
  * Every method validates its arguments first and throws KvmError (EINVAL, EEXIST, ENOENT,
  * ENOMEM, EBUSY) without changing the VM.
  */
+import os from "node:os";
 import { Worker } from "node:worker_threads";
 import {
   allocKvmShared,
@@ -60,6 +61,8 @@ import { HOST, HostWorkerData } from "./mem/host_thread.js";
 import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 import { uffd_copy, uffd_missing, uffd_words } from "./mem/userfault.js";
 import { waitAsyncAlive } from "./sync/atomic.js";
+import { NUMA_SCAN_PAGES, NUMA_SCAN_PERIOD_MS } from "./mem/numa_balancing.js";
+import { sched_setaffinity } from "./sync/affinity.js";
 
 export type WpName = "locked" | "lockless";
 export type MmuModeName = "tdp" | "shadow";
@@ -130,6 +133,7 @@ const ERRNOS: readonly Errno[] = [
   "EIO",
   "ENXIO",
   "E2BIG",
+  "ENOSYS",
 ];
 
 /** Node flags that a worker cannot take (they apply to string input only). */
@@ -628,6 +632,53 @@ export class Vm {
     this.watch(this.hostWorker, "host thread");
     while (Atomics.load(this.hostCtl, HOST.state) === 0 && !this.error)
       await new Promise((r) => setTimeout(r, 1));
+  }
+
+  /**
+   * Automatic NUMA balancing as Linux 3.8-3.12 ran it: every `scanPeriodMs` one vCPU, on its way
+   * out of guest mode, unmaps the next `scanBytes` of guest memory through the MMU notifier, so
+   * the guest's next touch of each page is a fault (src/mem/numa_balancing.ts). Defaults: that
+   * era's 100 ms and 256 MiB. `scanPeriodMs: 0` turns it off. Any time, running or not.
+   */
+  setNumaBalancing(o: { scanPeriodMs?: number; scanBytes?: number } = {}): void {
+    if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
+    const period = o.scanPeriodMs ?? NUMA_SCAN_PERIOD_MS;
+    const bytes = o.scanBytes ?? NUMA_SCAN_PAGES * PAGE_SIZE;
+    if (!isInt(period) || period < 0 || period > 3_600_000)
+      throw einval("scanPeriodMs", `must be an integer in 0..3600000, got ${String(o.scanPeriodMs)}`);
+    if (
+      !isInt(bytes) ||
+      bytes < PAGE_SIZE ||
+      bytes % PAGE_SIZE !== 0 ||
+      bytes > 2 ** 31 * PAGE_SIZE - PAGE_SIZE
+    )
+      throw einval("scanBytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(o.scanBytes)}`);
+    const c = this.kvm.ctl;
+    Atomics.store(c, CTL.numa_scan_pages, bytes / PAGE_SIZE);
+    Atomics.store(c, CTL.numa_scan_period_ms, period);
+  }
+
+  /**
+   * Pins vCPU `id`'s worker thread to host CPU `cpu` (KVM's dirty_log_perf_test -c). Linux with
+   * util-linux's taskset only: ENOSYS elsewhere. ENOENT: no such vCPU or its thread not started.
+   */
+  pinVcpu(id: number, cpu: number): void {
+    if (!isInt(id) || id < 0 || id >= KVM_MAX_VCPUS)
+      throw einval("id", `must be 0..${KVM_MAX_VCPUS - 1}, got ${String(id)}`);
+    if (!isInt(cpu) || cpu < 0 || cpu >= os.availableParallelism())
+      throw einval("cpu", `must be 0..${os.availableParallelism() - 1}, got ${String(cpu)}`);
+    const tid = this.vcpuIds.includes(id) ? Atomics.load(this.kvm.vcpu, VCPU.tid(id)) : 0;
+    if (tid === 0) throw new KvmError("ENOENT", `id: vCPU ${id} has no running thread`);
+    sched_setaffinity(tid, cpu);
+  }
+
+  /** NUMA balancing's scans so far and the pages they unmapped. */
+  numaBalancingStats(): { scans: number; pagesScanned: number } {
+    const c = this.kvm.ctl;
+    return {
+      scans: Atomics.load(c, CTL.numa_scans) >>> 0,
+      pagesScanned: Atomics.load(c, CTL.numa_pages_scanned) >>> 0,
+    };
   }
 
   hostThreadCounters(): { migrations: number; invalidations: number } {

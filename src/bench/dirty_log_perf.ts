@@ -32,6 +32,7 @@ import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
+import { gettid, sched_setaffinity } from "../sync/affinity.js";
 
 export interface Contention {
   migrateRate: number;
@@ -52,21 +53,28 @@ export const CONTENTION: Record<string, Contention> = {
  */
 export const PRESETS: Record<string, Partial<PerfOptions>> = {
   seed: {
-    bytesPerVcpu: 128 << 20,
-    // Timed iterations: a convoy on mmu_lock (§14) lowers one window's throughput instead of
-    // stretching it to seconds, so 40 pairs of half-second windows take about 45 s.
-    iterations: 40,
+    bytesPerVcpu: 256 << 20,
+    // Timed windows, a multiple of the scan period so that every window holds as many scans;
+    // 100 pairs, order swapped every pair, take about 45 s.
+    iterations: 100,
     warmup: 2,
-    windowMs: 500,
-    // A harvest every 50 ms, as a migration's dirty-page loop: 10 get-dirty-log calls per window.
-    harvestIntervalMs: 50,
-    // Reclaim and migration split huge pages: 4 KiB mappings, one slow fault per page to refault.
+    windowMs: 200,
+    // A migration near convergence: the dirty set is small and QEMU syncs the log again and
+    // again; a get-dirty-log every 2 ms.
+    harvestIntervalMs: 2,
+    // NUMA balancing at the defaults of the seed's kernels (3.8-3.12): 256 MiB unmapped every
+    // 100 ms by the vCPU thread itself, each chunk one mmu_lock hold; the guest refaults it.
+    numaScanPeriodMs: 100,
+    numaScanBytes: 256 << 20,
+    contention: { migrateRate: 0, invalidateRate: 0 },
+    // 4 KiB mappings, as under dirty logging: one spte per page to zap and to refault.
     thp: false,
     lock: "spin",
-    // Compaction/migration 300 pages/s; NUMA-balancing-style unmapping of 8 MiB ranges 100/s.
-    contention: { migrateRate: 300, invalidateRate: 100, invalidatePages: 2048 },
     // The seed's interface: GET clears and protects (no manual protect, 2013).
     manualProtect: false,
+    // A CPU for each thread, as KVM's test pins with -c: unpinned, the guest of either design
+    // ran at about half speed for seconds at a time (docs/design.md §14).
+    pin: "auto",
   },
 };
 
@@ -153,6 +161,26 @@ export interface PerfOptions {
   windowMs?: number;
   /** Timed iterations: ms between two get-dirty-log calls (default: windowMs, one call at the end). */
   harvestIntervalMs?: number;
+  /**
+   * NUMA balancing (Vm.setNumaBalancing): every this many ms a vCPU unmaps the next
+   * `numaScanBytes` of guest memory (0 or absent: off).
+   */
+  numaScanPeriodMs?: number;
+  /** Bytes per NUMA balancing scan (default 256 MiB). */
+  numaScanBytes?: number;
+  /**
+   * Pin threads to CPUs, as KVM's dirty_log_perf_test -c: the vCPU threads' CPUs in id order
+   * (both VMs' vCPU i share one: they never run at once), then optionally the harvester's (the
+   * main thread). "auto": the harvester on CPU 0, the vCPUs on the others. Absent: unpinned.
+   * A failure to pin is an error for a list and a warning (the run goes on unpinned) for "auto".
+   */
+  pin?: number[] | "auto";
+}
+
+/** The CPUs "auto" pinning gives: vCPU i on 1 + i (round robin past the last CPU), then the harvester on 0. */
+export function autoPin(cpus: number, vcpus: number): number[] {
+  const others = Math.max(1, cpus - 1);
+  return [...Array.from({ length: vcpus }, (_, i) => (cpus === 1 ? 0 : 1 + (i % others))), 0];
 }
 
 export interface IterationResult {
@@ -264,6 +292,8 @@ export interface StrategyResult {
   flushNs: number;
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
   host: { migrations: number; invalidations: number };
+  /** NUMA balancing (PerfOptions.numaScanPeriodMs) over the whole run, warm-up included. */
+  numa: { scans: number; pagesScanned: number };
   metadataBytes: number;
   /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
   shadow?: Record<string, number>;
@@ -288,6 +318,11 @@ export interface RatioResult extends RatioSummary {
 
 export interface PerfResult extends Envelope {
   options: Omit<PerfOptions, "progress">;
+  /**
+   * The CPUs the threads ran on when pinned (PerfOptions.pin): vCPU i on vcpus[i], the
+   * harvester on `harvester` (null: left unpinned); null when unpinned, `error` when "auto" failed.
+   */
+  pinned: { vcpus: number[]; harvester: number | null } | { error: string } | null;
   results: Partial<Record<WpName, StrategyResult>>;
   /** lockless/locked, paired by iteration; null unless both designs ran. */
   /** clearDirtyLog: manual protect only, the CLEAR calls (where the protection happens then). */
@@ -400,6 +435,23 @@ export function validatePerfOptions(o: PerfOptions): void {
   }
   if (win > 0 && ring !== 0) throw einval("windowMs", "timed iterations do not go with a dirty ring");
   if (win > 0 && o.park) throw einval("windowMs", "timed iterations keep the vCPUs writing (no --park)");
+  if (o.pin !== undefined && o.pin !== "auto") {
+    const cpus = os.availableParallelism();
+    if (!Array.isArray(o.pin) || (o.pin.length !== o.vcpus && o.pin.length !== o.vcpus + 1))
+      throw einval(
+        "pin",
+        `must be "auto" or ${o.vcpus} or ${o.vcpus + 1} CPUs (the vCPUs', then the harvester's)`,
+      );
+    for (const c of o.pin)
+      if (!Number.isInteger(c) || c < 0 || c >= cpus)
+        throw einval("pin", `CPU ${String(c)} is not one of this machine's 0..${cpus - 1}`);
+  }
+  const nb = o.numaScanBytes;
+  if (nb !== undefined && (!Number.isInteger(nb) || nb < PAGE_SIZE || nb % PAGE_SIZE !== 0))
+    throw einval("numaScanBytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(nb)}`);
+  const np = o.numaScanPeriodMs;
+  if (np !== undefined && (!Number.isInteger(np) || np < 0 || np > 3_600_000))
+    throw einval("numaScanPeriodMs", `must be 0..3600000 ms, got ${String(np)}`);
   const ip = o.contention.invalidatePages;
   if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
     throw einval("invalidatePages", "must be 1..4194304");
@@ -496,6 +548,8 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
   });
   const enableLoggingNs = (performance.now() - t1) * 1e6;
   const enableLoggingCpuNs = cpuSince(cpuEn).cpuNs;
+  if ((o.numaScanPeriodMs ?? 0) > 0)
+    vm.setNumaBalancing({ scanPeriodMs: o.numaScanPeriodMs, scanBytes: o.numaScanBytes });
   if (hasHostThread(o.contention)) {
     await vm.startHostThread({ ...o.contention, seed: o.seed });
     await vm.pauseHostThread();
@@ -817,6 +871,7 @@ function strategyResult(run: Run): StrategyResult {
       tlbMisses: sumStat(vm, ST.tlb_miss),
     },
     host: vm.hostThreadCounters(),
+    numa: vm.numaBalancingStats(),
     metadataBytes: vm.metadataBytes(),
     ...(vm.kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(vm.kvm) } : {}),
     logMode: run.logMode,
@@ -850,16 +905,57 @@ export function checkMachineMemory(o: PerfOptions, freeBytes = os.freemem()): vo
   );
 }
 
+/**
+ * Pins the vCPU threads of every VM and the harvester (PerfOptions.pin) once all threads exist,
+ * so that no later thread inherits the harvester's mask.
+ */
+function pinThreads(runs: Run[], o: PerfOptions, say: (m: string) => void): PerfResult["pinned"] {
+  if (o.pin === undefined) return null;
+  const list = o.pin === "auto" ? autoPin(os.availableParallelism(), o.vcpus) : o.pin;
+  try {
+    for (const run of runs) for (let i = 0; i < o.vcpus; i++) run.vm.pinVcpu(i, list[i]);
+    const harvester = list.length > o.vcpus ? list[o.vcpus] : null;
+    if (harvester !== null) sched_setaffinity(gettid(), harvester);
+    say(`pinned: vCPUs on CPUs ${list.slice(0, o.vcpus).join(",")}, harvester on ${harvester ?? "any"}`);
+    return { vcpus: list.slice(0, o.vcpus), harvester };
+  } catch (e) {
+    if (o.pin !== "auto") throw e;
+    const error = (e as Error).message;
+    process.stderr.write(`kvmmu: warning: running unpinned: ${error}\n`);
+    return { error };
+  }
+}
+
+/** Gives the harvester (this thread) every CPU back after a pinned run. */
+function unpinHarvester(pinned: PerfResult["pinned"]): void {
+  if (pinned === null || !("harvester" in pinned) || pinned.harvester === null) return;
+  try {
+    sched_setaffinity(
+      gettid(),
+      Array.from({ length: os.availableParallelism() }, (_, i) => i),
+    );
+  } catch {
+    // Pinned a moment ago, so this cannot be ENOSYS; a thread keeps its mask if it fails.
+  }
+}
+
 export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
   validatePerfOptions(o);
   checkMachineMemory(o);
   const say = o.progress ?? (() => {});
   const runs: Run[] = [];
+  let pinned: PerfResult["pinned"] = null;
+  const { progress: _p, signal: _s, ...options } = o;
+  void _p;
+  void _s;
+  // Before pinning: the machine's CPU count as this thread sees it is its affinity mask's.
+  const env = envelope("dirty-log-perf", options);
   try {
     for (const wp of o.wp) {
       say(`${wp}: populating ${o.vcpus} x ${o.bytesPerVcpu >> 20} MiB`);
       runs.push(await setup(wp, o));
     }
+    pinned = pinThreads(runs, o, say);
     const warmup = o.warmup ?? 1;
     for (let it = 0; it < warmup + o.iterations && !o.signal?.aborted; it++) {
       const order = it % 2 === 0 ? runs : [...runs].reverse();
@@ -881,12 +977,10 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
     const meta = runs[0].vm.metadataBytes();
     const measured = (r: Run, k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): number[] =>
       r.iters.filter((i) => !i.warmup).map((i) => i[k] ?? 0);
-    const { progress: _p, signal: _s, ...options } = o;
-    void _p;
-    void _s;
     return {
-      ...envelope("dirty-log-perf", options),
+      ...env,
       options,
+      pinned,
       results,
       ratio:
         L && F
@@ -917,6 +1011,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
     };
   } finally {
+    unpinHarvester(pinned);
     for (const run of runs) await run.vm.stop();
   }
 }

@@ -1,7 +1,7 @@
 /** The text report of dirty-log-perf (the JSON is the PerfResult itself). */
 import type { WpName } from "../vm.js";
 import type { NsStats, PerfResult, StrategyResult } from "./dirty_log_perf.js";
-import { logModeOf } from "./dirty_log_perf.js";
+import { hasHostThread, logModeOf } from "./dirty_log_perf.js";
 import { formatRatio } from "./stats.js";
 
 const ms = (ns: number): string => (ns / 1e6).toFixed(2);
@@ -20,7 +20,12 @@ export function formatPerf(r: PerfResult): string {
     `dirty-log-perf${o.preset ? ` --preset ${o.preset}` : ""}: ${o.mode === "shadow" ? `shadow paging${o.guestHuge ? " (2 MiB guest pages)" : ""}` : "TDP"}, ` +
       `${o.vcpus} vCPUs x ${o.bytesPerVcpu / 2 ** 20} MiB, ${o.warmup ?? 1} warm-up + ${o.iterations} iterations, ` +
       `write ${o.writePercent}%, ${o.random ? "random" : "sequential"}, THP ${o.thp ? "on" : "off"}, ` +
-      `contention migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, ` +
+      (hasHostThread(c)
+        ? `host thread: migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, `
+        : "no host thread, ") +
+      (o.numaScanPeriodMs
+        ? `NUMA balancing ${(o.numaScanBytes ?? 256 << 20) / 2 ** 20} MiB every ${o.numaScanPeriodMs} ms, `
+        : "") +
       `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log, ` +
       (o.windowMs
         ? `timed iterations of ${o.windowMs} ms, get-dirty-log every ${o.harvestIntervalMs ?? o.windowMs} ms, `
@@ -29,8 +34,14 @@ export function formatPerf(r: PerfResult): string {
     `machine: ${r.machine.cpus} CPUs, ${(r.machine.memoryBytes / 2 ** 30).toFixed(1)} GiB, node ${r.machine.node}, ${r.machine.platform}; git ${r.gitCommit?.slice(0, 12) ?? "unknown"}` +
       (t
         ? `; threads: ${t.vcpus} vCPUs (${t.vcpusFrom === "auto" ? "chosen to fit the cores" : "from -v"}) + harvester${t.hostThread ? " + host thread" : ""}${t.oversubscribed ? " OVERSUBSCRIBE the cores" : " fit the cores"}`
-        : ""),
+        : "") +
+      (r.pinned === null || r.pinned === undefined
+        ? ""
+        : "error" in r.pinned
+          ? `; unpinned (${r.pinned.error})`
+          : `; pinned: vCPUs on CPUs ${r.pinned.vcpus.join(",")}, harvester on ${r.pinned.harvester ?? "any"}`),
   );
+  const host = hasHostThread(c);
   for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
     out.push(
       "",
@@ -45,7 +56,9 @@ export function formatPerf(r: PerfResult): string {
           (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
           `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
           (it.harvests !== undefined ? `   ${it.harvests} calls (means per call)` : "") +
-          `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)} host ${ms(it.hostLockWaitNs ?? 0)} ms`,
+          `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)}` +
+          (host ? ` host ${ms(it.hostLockWaitNs ?? 0)}` : "") +
+          " ms",
       );
     }
     const g = s.guestThroughput;
@@ -56,7 +69,7 @@ export function formatPerf(r: PerfResult): string {
       `    harvest+protect      ${formatNs(s.protect)}`,
       `    remote flush         ${formatNs(s.flush)}`,
       `  mmu_lock wait per iteration: vCPUs ${formatNs(s.vcpuLockWait)}`,
-      `                               host thread ${formatNs(s.hostLockWait)}`,
+      ...(host ? [`                               host thread ${formatNs(s.hostLockWait)}`] : []),
       ...(s.cpu
         ? [
             `  process CPU: ${ms(s.cpu.protectCallNs)} ms per ${s.clearDirtyLog ? "GET + CLEAR" : "get dirty log"} (median), ${s.cpu.nsPerDirtyPage.toFixed(1)} ns per dirty page, ` +
@@ -75,7 +88,12 @@ export function formatPerf(r: PerfResult): string {
       `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
         `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
       `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
-      `  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`,
+      ...(host
+        ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]
+        : []),
+      ...(o.numaScanPeriodMs && s.numa
+        ? [`  NUMA balancing: ${s.numa.scans} scans unmapped ${s.numa.pagesScanned} pages (warm-up included)`]
+        : []),
     );
     if (s.shadow)
       out.push(

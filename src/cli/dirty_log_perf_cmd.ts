@@ -39,6 +39,17 @@ export function registerDirtyLogPerf(program: Command): void {
     .option("--invalidate-rate <n>", "range invalidations per second (overrides --contention)")
     .option("--invalidate-pages <n>", "pages per invalidation (default 512: 2 MiB)")
     .option(
+      "--numa-scan-period <ms>",
+      "NUMA balancing as Linux 3.8-3.12: every <ms> a vCPU unmaps the next --numa-scan-size of guest memory through the MMU notifier (0: off)",
+      "0",
+    )
+    .option(
+      "-c, --pin <cpus>",
+      'pin threads to CPUs as KVM\'s test -c: the vCPUs\' CPUs, then the harvester\'s (e.g. 1,0); "auto": harvester on 0, vCPUs on the others; "none"',
+      "none",
+    )
+    .option("--numa-scan-size <size>", "guest memory each NUMA balancing scan unmaps (suffix k/m/g)", "256M")
+    .option(
       "--lock <kind>",
       "mmu_lock waiters: sleep (spin briefly, then sleep) or spin (3.11's ticket spinlock)",
       "sleep",
@@ -163,6 +174,21 @@ export function registerDirtyLogPerf(program: Command): void {
               ),
             }
           : {}),
+        numaScanPeriodMs: pick("numaScanPeriodMs", "numaScanPeriod", () =>
+          parseIntIn("--numa-scan-period", String(a["numaScanPeriod"]), 0, 3_600_000),
+        ),
+        numaScanBytes: pick("numaScanBytes", "numaScanSize", () =>
+          parseSize("--numa-scan-size", String(a["numaScanSize"])),
+        ),
+        ...(() => {
+          const pin = pick("pin", "pin", () => {
+            const v = String(a["pin"]);
+            if (v === "none") return undefined;
+            if (v === "auto") return "auto";
+            return v.split(",").map((x) => parseIntIn("--pin", x.trim(), 0, cpus - 1));
+          });
+          return pin === undefined ? {} : { pin };
+        })(),
         threads,
         progress,
         signal: interrupt.signal,

@@ -10,6 +10,7 @@ import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";
 import { KVM_NR_PAGE_SIZES } from "./spte.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+import type { MmuNotifier } from "../mem/host_memory.js";
 
 /** kvm_unmap_hva_range: mmu_lock held. Returns true if a flush is needed. */
 export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
@@ -59,4 +60,12 @@ export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
   aadd(kvm.ctl, CTL.notifier_seq, 1);
   aadd(kvm.ctl, CTL.notifier_count, -1);
   kvm.mmu_lock.unlock();
+}
+
+/** KVM's callbacks as the host's MMU-notifier chain calls them (kvm_mmu_notifier_ops). */
+export function kvm_mmu_notifier(kvm: Kvm): MmuNotifier {
+  return {
+    invalidateRangeStart: (s, e) => kvm_mmu_notifier_invalidate_range_start(kvm, s, e),
+    invalidateRangeEnd: () => kvm_mmu_notifier_invalidate_range_end(kvm),
+  };
 }

@@ -107,6 +107,9 @@ export const PerfOptions = Type.Object({
   threads: Type.Optional(Type.Object({})),
   windowMs: Type.Optional(Num),
   harvestIntervalMs: Type.Optional(Num),
+  numaScanPeriodMs: Type.Optional(Int),
+  numaScanBytes: Type.Optional(Int),
+  pin: Type.Optional(Type.Union([Type.Literal("auto"), Type.Array(Int)])),
 });
 
 export const PerfIteration = Type.Object({
@@ -139,9 +142,17 @@ export const PerfStrategy = Type.Object({
   guestWritesPerSec: NumOrNull,
   populateNs: Num,
   enableLoggingNs: Num,
+  numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
 });
 
 const perfExtra = {
+  pinned: Type.Optional(
+    Type.Union([
+      Type.Object({ vcpus: Type.Array(Int), harvester: Type.Union([Int, Type.Null()]) }),
+      Type.Object({ error: Type.String() }),
+      Type.Null(),
+    ]),
+  ),
   ratio: Type.Union([Type.Object({ getDirtyLog: Ratio, guestThroughput: Ratio }), Type.Null()]),
   guestMemoryBytes: Int,
   metadataPercent: Num,

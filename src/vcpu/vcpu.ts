@@ -25,6 +25,9 @@ import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
 import { mmu_topup_memory_caches } from "../mmu/mmu_cache.js";
 import { VcpuState } from "../kvm/requests.js";
+import { task_numa_work } from "../mem/numa_balancing.js";
+import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
+import type { MmuNotifier } from "../mem/host_memory.js";
 
 /** Run control values (VCPU.run), written by the VM owner. */
 export const enum RunCtl {
@@ -34,6 +37,9 @@ export const enum RunCtl {
   /** While paused: audit the TLB (Vcpu.tlbAudit), publish, report VcpuState.Audited. */
   Audit = 3,
 }
+
+/** TLB misses between two looks at NUMA balancing's clock (Vcpu.numaTick). */
+const NUMA_TICK_MISSES = 256;
 
 /** Thrown out of the guest loop when the owner asks the vCPU to stop. */
 export class VcpuStop extends Error {}
@@ -81,6 +87,14 @@ export class Vcpu {
   writes = 0;
   reads = 0;
   tlbMisses = 0;
+  /** TLB misses until numaTick looks at the clock again. */
+  private numaCountdown = NUMA_TICK_MISSES;
+  /** ms this thread spent parked (paused or stopped): subtracted to give its run time. */
+  private parkedMs = 0;
+  /** curr->node_stamp: run time (ms) at which this thread last queued NUMA balancing's work. */
+  private numaNodeStamp = 0;
+  /** KVM's notifier callbacks, for NUMA balancing's scans run on this thread (made on first use). */
+  private notifier: MmuNotifier | null = null;
 
   constructor(kvm: Kvm, id: number, tlbBits = 12) {
     this.kvm = kvm;
@@ -157,7 +171,12 @@ export class Vcpu {
   }
 
   private runControl(): void {
-    this.parked();
+    const t = performance.now();
+    try {
+      this.parked();
+    } finally {
+      this.parkedMs += performance.now() - t;
+    }
     astore(this.v, VCPU.state(this.id), VcpuState.Running);
     this.enterGuest();
   }
@@ -334,6 +353,7 @@ export class Vcpu {
   private miss(gfn: number, write: boolean): boolean {
     this.tlbMisses++;
     this.safePoint();
+    if (--this.numaCountdown <= 0) this.numaTick();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
     const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
@@ -348,6 +368,34 @@ export class Vcpu {
     tdp_page_fault(this.kvm, this.id, gfn, write, present, this.fault);
     this.enterGuest();
     return false;
+  }
+
+  /**
+   * Task work on the way back to user mode: NUMA balancing's scan (src/mem/numa_balancing.ts),
+   * when one is due. Looked at every NUMA_TICK_MISSES misses (a clock read is several misses'
+   * worth), as the scheduler tick looks at the running task. The scan runs outside guest mode: its zap flushes remote TLBs, and that flush waits
+   * for every vCPU in guest mode, this one included.
+   */
+  private numaTick(): void {
+    this.numaCountdown = NUMA_TICK_MISSES;
+    const period = aload(this.ctl, CTL.numa_scan_period_ms);
+    if (period === 0) return;
+    // task_tick_numa: due once this thread has run a period since the last (its run time, not
+    // the wall clock: a paused VM does not owe scans when it resumes)...
+    const t = performance.now();
+    const runMs = t - this.parkedMs;
+    if (runMs - this.numaNodeStamp <= period) return;
+    this.numaNodeStamp = Math.max(this.numaNodeStamp + period, runMs - period);
+    // ...and the mm's scan is due by the wall clock (task_numa_work checks numa_next_scan).
+    const now = Math.floor(performance.timeOrigin + t - this.kvm.shared.epochMs);
+    if (now < aload(this.ctl, CTL.numa_next_scan)) return;
+    this.notifier ??= kvm_mmu_notifier(this.kvm);
+    this.exitGuest();
+    try {
+      task_numa_work(this.kvm, now, this.notifier);
+    } finally {
+      this.enterGuest();
+    }
   }
 
   /**

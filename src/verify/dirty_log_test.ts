@@ -65,6 +65,12 @@ export interface DirtyLogTestOptions {
   /** MMU-notifier churn: page migrations and 2 MiB invalidations per second; 0 and 0 = off. */
   migrateRate: number;
   invalidateRate: number;
+  /**
+   * NUMA balancing run by the vCPUs (Vm.setNumaBalancing): a scan every this many ms (0 or
+   * absent: off) of `numaScanBytes` (default 256 MiB: the whole slot here).
+   */
+  numaScanPeriodMs?: number;
+  numaScanBytes?: number;
   seed: number;
   /** Pages added to the slot beyond the vCPU regions (default 3). */
   extraPages?: number;
@@ -119,6 +125,8 @@ export interface OracleResult {
   /** dirty-ring: ring-full exits of the vCPUs. */
   ringFullExits?: number;
   host: { migrations: number; invalidations: number };
+  /** NUMA balancing scans the vCPUs ran (DirtyLogTestOptions.numaScanPeriodMs). */
+  numa?: { scans: number; pagesScanned: number };
   durationMs: number;
   /** Time spent reading guest memory and checking it. */
   verifyMs: number;
@@ -317,6 +325,8 @@ class Harness {
           : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages, paging };
       });
       await h.waitParked();
+      if ((o.numaScanPeriodMs ?? 0) > 0)
+        vm.setNumaBalancing({ scanPeriodMs: o.numaScanPeriodMs, scanBytes: o.numaScanBytes });
       if (churn) {
         await vm.startHostThread({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate, seed });
         await vm.pauseHostThread();
@@ -608,6 +618,7 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
       );
     }
     r.host = h.vm.hostThreadCounters();
+    r.numa = h.vm.numaBalancingStats();
     if (ring) r.ringFullExits = h.vm.dirtyRingStats().fullExits;
   } finally {
     await h.close();
@@ -719,6 +730,7 @@ async function runQemuOracle(c: RunCtx): Promise<OracleResult> {
       );
     }
     r.host = h.vm.hostThreadCounters();
+    r.numa = h.vm.numaBalancingStats();
   } finally {
     await h.close();
   }

@@ -10,20 +10,14 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { Kvm } from "../kvm_host.js";
 import { host_invalidate_range, host_migrate_page, MmuNotifier } from "../mem/host_memory.js";
-import {
-  kvm_mmu_notifier_invalidate_range_end,
-  kvm_mmu_notifier_invalidate_range_start,
-} from "../mmu/mmu_notifier.js";
+import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
 import { ParkMiller } from "./rng.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 
 const d = workerData as HostWorkerData;
 const kvm = new Kvm(d.shared);
 const c = new Int32Array(d.ctl);
-const notifier: MmuNotifier = {
-  invalidateRangeStart: (s, e) => kvm_mmu_notifier_invalidate_range_start(kvm, s, e),
-  invalidateRangeEnd: () => kvm_mmu_notifier_invalidate_range_end(kvm),
-};
+const notifier: MmuNotifier = kvm_mmu_notifier(kvm);
 const rng = new ParkMiller(d.seed);
 const total = d.ranges.reduce((n, r) => n + r[1], 0);
 

@@ -14,6 +14,7 @@ import { VcpuState } from "../kvm/requests.js";
 import { GuestArgs, runGuest } from "./guest.js";
 import { kvm_set_running_vcpu } from "../mem/dirty_ring.js";
 import { KvmError } from "../errors.js";
+import { gettid } from "../sync/affinity.js";
 import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
 
 interface VcpuWorkerData {
@@ -43,6 +44,7 @@ async function loadEntry(url: string): Promise<GuestEntry> {
 
 async function main(): Promise<void> {
   const g = data.guest;
+  Atomics.store(kvm.vcpu, VCPU.tid(vcpuId), gettid());
   Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Running);
   if (g.kind === undefined) {
     const entry = await loadEntry(String(g.module));
