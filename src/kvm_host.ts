@@ -55,7 +55,14 @@ export type BugName = keyof typeof BUG;
 
 // ---- the control words: `struct kvm` fields that are not arrays (Int32Array `ctl`) ----
 export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
+  /*
+   * mmu_lock alone on its cache line, whatever the buffer's alignment (a SharedArrayBuffer is
+   * only 16-byte aligned): waiters spin reading it while the holder writes the MMU's counters
+   * below, and a shared line made every such write a cache miss on both sides.
+   */
+  mmu_lock_pad0: { words: 15, by: "nobody (padding)", doc: "keeps other data off mmu_lock's cache line" },
   mmu_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->mmu_lock" },
+  mmu_lock_pad1: { words: 15, by: "nobody (padding)", doc: "as mmu_lock_pad0" },
   slots_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->slots_lock" },
   mm_lock: {
     words: MUTEX_WORDS,
