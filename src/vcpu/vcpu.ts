@@ -38,7 +38,7 @@ export const enum RunCtl {
   Audit = 3,
 }
 
-/** TLB misses between two looks at NUMA balancing's clock (Vcpu.numaTick). */
+/** Safe points between two looks at NUMA balancing's clock (Vcpu.numaTick). */
 const NUMA_TICK_MISSES = 256;
 
 /** Thrown out of the guest loop when the owner asks the vCPU to stop. */
@@ -87,7 +87,7 @@ export class Vcpu {
   writes = 0;
   reads = 0;
   tlbMisses = 0;
-  /** TLB misses until numaTick looks at the clock again. */
+  /** Safe points (TLB misses, checkpoints) until numaTick looks at the clock again. */
   private numaCountdown = NUMA_TICK_MISSES;
   /** ms this thread spent parked (paused or stopped): subtracted to give its run time. */
   private parkedMs = 0;
@@ -147,13 +147,18 @@ export class Vcpu {
     if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, VCPU.mode(this.id));
   }
 
-  /** A safe point in guest mode: acknowledge a kick, honour pause/stop. */
+  /**
+   * A safe point in guest mode (every TLB miss, every guest checkpoint): acknowledge a kick,
+   * honour pause/stop, and, as the scheduler tick does for a running task, run NUMA balancing's
+   * task work when it is due.
+   */
   safePoint(): void {
     if (aload(this.v, this.modeIx) === EXITING_GUEST_MODE) {
       this.exitGuest();
       this.enterGuest();
     }
     if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) this.runControl();
+    if (--this.numaCountdown <= 0) this.numaTick();
   }
 
   /**
@@ -353,7 +358,6 @@ export class Vcpu {
   private miss(gfn: number, write: boolean): boolean {
     this.tlbMisses++;
     this.safePoint();
-    if (--this.numaCountdown <= 0) this.numaTick();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
     const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
@@ -372,8 +376,8 @@ export class Vcpu {
 
   /**
    * Task work on the way back to user mode: NUMA balancing's scan (src/mem/numa_balancing.ts),
-   * when one is due. Looked at every NUMA_TICK_MISSES misses (a clock read is several misses'
-   * worth), as the scheduler tick looks at the running task. The scan runs outside guest mode: its zap flushes remote TLBs, and that flush waits
+   * when one is due. Looked at every NUMA_TICK_MISSES safe points (a clock read is several
+   * misses' worth), as the scheduler tick looks at the running task. The scan runs outside guest mode: its zap flushes remote TLBs, and that flush waits
    * for every vCPU in guest mode, this one included.
    */
   private numaTick(): void {
