@@ -665,8 +665,8 @@ export class Vm {
   pinVcpu(id: number, cpu: number): void {
     if (!isInt(id) || id < 0 || id >= KVM_MAX_VCPUS)
       throw einval("id", `must be 0..${KVM_MAX_VCPUS - 1}, got ${String(id)}`);
-    if (!isInt(cpu) || cpu < 0 || cpu >= os.availableParallelism())
-      throw einval("cpu", `must be 0..${os.availableParallelism() - 1}, got ${String(cpu)}`);
+    if (!isInt(cpu) || cpu < 0 || cpu >= os.cpus().length)
+      throw einval("cpu", `must be 0..${os.cpus().length - 1}, got ${String(cpu)}`);
     const tid = this.vcpuIds.includes(id) ? Atomics.load(this.kvm.vcpu, VCPU.tid(id)) : 0;
     if (tid === 0) throw new KvmError("ENOENT", `id: vCPU ${id} has no running thread`);
     sched_setaffinity(tid, cpu);

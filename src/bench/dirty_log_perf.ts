@@ -32,7 +32,7 @@ import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
-import { gettid, sched_setaffinity } from "../sync/affinity.js";
+import { gettid, processThreads, sched_getaffinity, sched_setaffinity } from "../sync/affinity.js";
 
 export interface Contention {
   migrateRate: number;
@@ -177,10 +177,14 @@ export interface PerfOptions {
   pin?: number[] | "auto";
 }
 
-/** The CPUs "auto" pinning gives: vCPU i on 1 + i (round robin past the last CPU), then the harvester on 0. */
-export function autoPin(cpus: number, vcpus: number): number[] {
-  const others = Math.max(1, cpus - 1);
-  return [...Array.from({ length: vcpus }, (_, i) => (cpus === 1 ? 0 : 1 + (i % others))), 0];
+/**
+ * The CPUs "auto" pinning gives, from the CPUs this process may use (`allowed`, in order):
+ * vCPU i on allowed[1 + i] (round robin past the last), then the harvester on allowed[0].
+ */
+export function autoPin(allowed: readonly number[], vcpus: number): number[] {
+  const n = allowed.length;
+  const vcpuCpu = (i: number): number => (n === 1 ? allowed[0] : allowed[1 + (i % (n - 1))]);
+  return [...Array.from({ length: vcpus }, (_, i) => vcpuCpu(i)), allowed[0]];
 }
 
 export interface IterationResult {
@@ -320,9 +324,10 @@ export interface PerfResult extends Envelope {
   options: Omit<PerfOptions, "progress">;
   /**
    * The CPUs the threads ran on when pinned (PerfOptions.pin): vCPU i on vcpus[i], the
-   * harvester on `harvester` (null: left unpinned); null when unpinned, `error` when "auto" failed.
+   * harvester on `harvester` (null: left unpinned) with the process's `others` threads (V8's
+   * helpers, a host thread); null when unpinned, `error` when "auto" failed.
    */
-  pinned: { vcpus: number[]; harvester: number | null } | { error: string } | null;
+  pinned: { vcpus: number[]; harvester: number | null; others?: number } | { error: string } | null;
   results: Partial<Record<WpName, StrategyResult>>;
   /** lockless/locked, paired by iteration; null unless both designs ran. */
   /** clearDirtyLog: manual protect only, the CLEAR calls (where the protection happens then). */
@@ -436,7 +441,7 @@ export function validatePerfOptions(o: PerfOptions): void {
   if (win > 0 && ring !== 0) throw einval("windowMs", "timed iterations do not go with a dirty ring");
   if (win > 0 && o.park) throw einval("windowMs", "timed iterations keep the vCPUs writing (no --park)");
   if (o.pin !== undefined && o.pin !== "auto") {
-    const cpus = os.availableParallelism();
+    const cpus = os.cpus().length;
     if (!Array.isArray(o.pin) || (o.pin.length !== o.vcpus && o.pin.length !== o.vcpus + 1))
       throw einval(
         "pin",
@@ -911,13 +916,36 @@ export function checkMachineMemory(o: PerfOptions, freeBytes = os.freemem()): vo
  */
 function pinThreads(runs: Run[], o: PerfOptions, say: (m: string) => void): PerfResult["pinned"] {
   if (o.pin === undefined) return null;
-  const list = o.pin === "auto" ? autoPin(os.availableParallelism(), o.vcpus) : o.pin;
+  const allowed = sched_getaffinity();
+  const list =
+    o.pin === "auto"
+      ? autoPin(allowed ?? Array.from({ length: os.availableParallelism() }, (_, i) => i), o.vcpus)
+      : o.pin;
+  harvesterMask = allowed;
   try {
     for (const run of runs) for (let i = 0; i < o.vcpus; i++) run.vm.pinVcpu(i, list[i]);
     const harvester = list.length > o.vcpus ? list[o.vcpus] : null;
-    if (harvester !== null) sched_setaffinity(gettid(), harvester);
-    say(`pinned: vCPUs on CPUs ${list.slice(0, o.vcpus).join(",")}, harvester on ${harvester ?? "any"}`);
-    return { vcpus: list.slice(0, o.vcpus), harvester };
+    if (harvester !== null) {
+      sched_setaffinity(gettid(), harvester);
+      // The process's other threads (V8's compiler and GC helpers, libuv's pool, a host thread)
+      // go with the harvester, so that a vCPU's CPU runs that vCPU only.
+      const vcpuTids = new Set<number>();
+      for (const run of runs)
+        for (let i = 0; i < o.vcpus; i++) vcpuTids.add(Atomics.load(run.vm.kvm.vcpu, VCPU.tid(i)));
+      for (const tid of processThreads()) {
+        if (tid === gettid() || vcpuTids.has(tid)) continue;
+        try {
+          sched_setaffinity(tid, harvester);
+          confined.push(tid);
+        } catch {
+          // The thread has exited meanwhile.
+        }
+      }
+    }
+    say(
+      `pinned: vCPUs on CPUs ${list.slice(0, o.vcpus).join(",")}, harvester and ${confined.length} other threads on ${harvester ?? "any"}`,
+    );
+    return { vcpus: list.slice(0, o.vcpus), harvester, others: confined.length };
   } catch (e) {
     if (o.pin !== "auto") throw e;
     const error = (e as Error).message;
@@ -926,14 +954,23 @@ function pinThreads(runs: Run[], o: PerfOptions, say: (m: string) => void): Perf
   }
 }
 
-/** Gives the harvester (this thread) every CPU back after a pinned run. */
+/** The harvester's (this thread's) CPUs before pinThreads, restored by unpinHarvester. */
+let harvesterMask: number[] | null = null;
+/** The other threads pinThreads confined to the harvester's CPU. */
+const confined: number[] = [];
+
+/** Gives the harvester (this thread) its CPUs of before the run back. */
 function unpinHarvester(pinned: PerfResult["pinned"]): void {
   if (pinned === null || !("harvester" in pinned) || pinned.harvester === null) return;
   try {
-    sched_setaffinity(
-      gettid(),
-      Array.from({ length: os.availableParallelism() }, (_, i) => i),
-    );
+    const mask = harvesterMask ?? Array.from({ length: os.cpus().length }, (_, i) => i);
+    sched_setaffinity(gettid(), mask);
+    for (const tid of confined.splice(0))
+      try {
+        sched_setaffinity(tid, mask);
+      } catch {
+        // The thread has exited (a VM's worker).
+      }
   } catch {
     // Pinned a moment ago, so this cannot be ENOSYS; a thread keeps its mask if it fails.
   }

@@ -185,7 +185,7 @@ export function registerDirtyLogPerf(program: Command): void {
             const v = String(a["pin"]);
             if (v === "none") return undefined;
             if (v === "auto") return "auto";
-            return v.split(",").map((x) => parseIntIn("--pin", x.trim(), 0, cpus - 1));
+            return v.split(",").map((x) => parseIntIn("--pin", x.trim(), 0, os.cpus().length - 1));
           });
           return pin === undefined ? {} : { pin };
         })(),

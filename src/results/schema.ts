@@ -148,7 +148,11 @@ export const PerfStrategy = Type.Object({
 const perfExtra = {
   pinned: Type.Optional(
     Type.Union([
-      Type.Object({ vcpus: Type.Array(Int), harvester: Type.Union([Int, Type.Null()]) }),
+      Type.Object({
+        vcpus: Type.Array(Int),
+        harvester: Type.Union([Int, Type.Null()]),
+        others: Type.Optional(Int),
+      }),
       Type.Object({ error: Type.String() }),
       Type.Null(),
     ]),

@@ -5,7 +5,7 @@
  * elsewhere, or without taskset, pinning fails with a typed error and the caller runs unpinned.
  */
 import { execFileSync } from "node:child_process";
-import { readlinkSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { KvmError } from "../errors.js";
 
 /** gettid() of the calling thread, or 0 where /proc/thread-self does not exist. */
@@ -16,6 +16,34 @@ export function gettid(): number {
     return m ? Number(m[1]) : 0;
   } catch {
     return 0;
+  }
+}
+
+/** The kernel thread ids of this process's threads (V8's helpers included), or [] off Linux. */
+export function processThreads(): number[] {
+  try {
+    return readdirSync("/proc/self/task").map(Number);
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * sched_getaffinity of the calling thread, as the CPU numbers it may run on (from
+ * /proc/thread-self/status), or null where that file does not exist.
+ */
+export function sched_getaffinity(): number[] | null {
+  try {
+    const m = /^Cpus_allowed_list:\s*(\S+)$/m.exec(readFileSync("/proc/thread-self/status", "utf8"));
+    if (!m) return null;
+    const cpus: number[] = [];
+    for (const part of m[1].split(",")) {
+      const [a, b] = part.split("-").map(Number);
+      for (let c = a; c <= (b ?? a); c++) cpus.push(c);
+    }
+    return cpus;
+  } catch {
+    return null;
   }
 }
 

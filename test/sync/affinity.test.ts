@@ -6,7 +6,8 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { Worker } from "node:worker_threads";
-import { gettid, sched_setaffinity } from "../../src/sync/affinity.js";
+import { gettid, processThreads, sched_getaffinity, sched_setaffinity } from "../../src/sync/affinity.js";
+import { autoPin, CONTENTION, dirtyLogPerf } from "../../src/bench/dirty_log_perf.js";
 import { Vm } from "../../src/vm.js";
 import { PAGE_SIZE, VCPU } from "../../src/kvm_host.js";
 import { KvmError } from "../../src/errors.js";
@@ -106,5 +107,50 @@ test(
     } finally {
       await vm.stop();
     }
+  },
+);
+
+test("autoPin: the harvester on the first allowed CPU, the vCPUs round robin on the others", () => {
+  assert.deepEqual(autoPin([0, 1], 1), [1, 0]);
+  assert.deepEqual(autoPin([2, 3, 5], 3), [3, 5, 3, 2]);
+  assert.deepEqual(autoPin([4], 2), [4, 4, 4]);
+});
+
+test(
+  "dirty-log-perf with a pin list: the harvester's CPUs of before the run are given back",
+  { skip: !linux || !hasTaskset(), timeout: 120_000 },
+  async () => {
+    const before = sched_getaffinity();
+    assert.ok(before !== null && before.length >= 1);
+    const r = await dirtyLogPerf({
+      vcpus: 1,
+      bytesPerVcpu: 2 << 20,
+      iterations: 1,
+      warmup: 0,
+      writePercent: 100,
+      random: false,
+      wp: ["lockless"],
+      thp: false,
+      contention: CONTENTION["none"],
+      park: false,
+      seed: 1,
+      pin: [before[before.length - 1], before[0]],
+    });
+    assert.ok(r.pinned !== null && "vcpus" in r.pinned);
+    assert.deepEqual(r.pinned.vcpus, [before[before.length - 1]]);
+    assert.equal(r.pinned.harvester, before[0]);
+    assert.ok((r.pinned.others ?? 0) >= 1, "V8's helper threads went with the harvester");
+    for (const tid of processThreads())
+      try {
+        assert.deepEqual(
+          affinityOf(tid).split(","),
+          affinityOf(process.pid).split(","),
+          `thread ${tid} given back`,
+        );
+      } catch (e) {
+        if (!(e instanceof Error && /No such process|ENOENT|status 1/.test(e.message))) throw e;
+      }
+    assert.deepEqual(sched_getaffinity(), before, "the mask is restored");
+    assert.equal(r.machine.cpus, before.length, "the machine's CPUs counted before pinning");
   },
 );
