@@ -39,7 +39,7 @@ export function formatPerf(r: PerfResult): string {
         ? ""
         : "error" in r.pinned
           ? `; unpinned (${r.pinned.error})`
-          : `; pinned: vCPUs on CPUs ${r.pinned.vcpus.join(",")}, harvester on ${r.pinned.harvester ?? "any"}`),
+          : `; pinned: vCPUs on CPUs ${r.pinned.vcpus.join(",")}, harvester${r.pinned.others ? ` and ${r.pinned.others} other threads` : ""} on ${r.pinned.harvester ?? "any"}`),
   );
   const host = hasHostThread(c);
   for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
