@@ -61,7 +61,7 @@ import { HOST, HostWorkerData } from "./mem/host_thread.js";
 import { mmu_free_memory_caches } from "./mmu/mmu_cache.js";
 import { uffd_copy, uffd_missing, uffd_words } from "./mem/userfault.js";
 import { waitAsyncAlive } from "./sync/atomic.js";
-import { NUMA_SCAN_PAGES, NUMA_SCAN_PERIOD_MS } from "./mem/numa_balancing.js";
+import { numa_balancing_settings } from "./mem/numa_balancing.js";
 import { sched_setaffinity } from "./sync/affinity.js";
 
 export type WpName = "locked" | "lockless";
@@ -642,20 +642,10 @@ export class Vm {
    */
   setNumaBalancing(o: { scanPeriodMs?: number; scanBytes?: number } = {}): void {
     if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
-    const period = o.scanPeriodMs ?? NUMA_SCAN_PERIOD_MS;
-    const bytes = o.scanBytes ?? NUMA_SCAN_PAGES * PAGE_SIZE;
-    if (!isInt(period) || period < 0 || period > 3_600_000)
-      throw einval("scanPeriodMs", `must be an integer in 0..3600000, got ${String(o.scanPeriodMs)}`);
-    if (
-      !isInt(bytes) ||
-      bytes < PAGE_SIZE ||
-      bytes % PAGE_SIZE !== 0 ||
-      bytes > 2 ** 31 * PAGE_SIZE - PAGE_SIZE
-    )
-      throw einval("scanBytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(o.scanBytes)}`);
+    const { periodMs, pages } = numa_balancing_settings(o.scanPeriodMs, o.scanBytes);
     const c = this.kvm.ctl;
-    Atomics.store(c, CTL.numa_scan_pages, bytes / PAGE_SIZE);
-    Atomics.store(c, CTL.numa_scan_period_ms, period);
+    Atomics.store(c, CTL.numa_scan_pages, pages);
+    Atomics.store(c, CTL.numa_scan_period_ms, periodMs);
   }
 
   /**
@@ -667,9 +657,14 @@ export class Vm {
       throw einval("id", `must be 0..${KVM_MAX_VCPUS - 1}, got ${String(id)}`);
     if (!isInt(cpu) || cpu < 0 || cpu >= os.cpus().length)
       throw einval("cpu", `must be 0..${os.cpus().length - 1}, got ${String(cpu)}`);
-    const tid = this.vcpuIds.includes(id) ? Atomics.load(this.kvm.vcpu, VCPU.tid(id)) : 0;
+    const tid = this.vcpuTid(id);
     if (tid === 0) throw new KvmError("ENOENT", `id: vCPU ${id} has no running thread`);
     sched_setaffinity(tid, cpu);
+  }
+
+  /** The kernel thread id of vCPU `id`'s worker (gettid), 0 before its thread has started. */
+  vcpuTid(id: number): number {
+    return this.vcpuIds.includes(id) ? Atomics.load(this.kvm.vcpu, VCPU.tid(id)) : 0;
   }
 
   /** NUMA balancing's scans so far and the pages they unmapped. */

@@ -32,6 +32,7 @@ import { Envelope, envelope } from "./result.js";
 import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
+import { numa_balancing_settings } from "../mem/numa_balancing.js";
 import { gettid, processThreads, sched_getaffinity, sched_setaffinity } from "../sync/affinity.js";
 
 export interface Contention {
@@ -171,7 +172,8 @@ export interface PerfOptions {
   /**
    * Pin threads to CPUs, as KVM's dirty_log_perf_test -c: the vCPU threads' CPUs in id order
    * (both VMs' vCPU i share one: they never run at once), then optionally the harvester's (the
-   * main thread). "auto": the harvester on CPU 0, the vCPUs on the others. Absent: unpinned.
+   * main thread). "auto": the harvester on the first CPU this process may use, the vCPUs on the
+   * others. Absent: unpinned.
    * A failure to pin is an error for a list and a warning (the run goes on unpinned) for "auto".
    */
   pin?: number[] | "auto";
@@ -451,12 +453,10 @@ export function validatePerfOptions(o: PerfOptions): void {
       if (!Number.isInteger(c) || c < 0 || c >= cpus)
         throw einval("pin", `CPU ${String(c)} is not one of this machine's 0..${cpus - 1}`);
   }
-  const nb = o.numaScanBytes;
-  if (nb !== undefined && (!Number.isInteger(nb) || nb < PAGE_SIZE || nb % PAGE_SIZE !== 0))
-    throw einval("numaScanBytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(nb)}`);
-  const np = o.numaScanPeriodMs;
-  if (np !== undefined && (!Number.isInteger(np) || np < 0 || np > 3_600_000))
-    throw einval("numaScanPeriodMs", `must be 0..3600000 ms, got ${String(np)}`);
+  numa_balancing_settings(o.numaScanPeriodMs, o.numaScanBytes, {
+    period: "numaScanPeriodMs",
+    bytes: "numaScanBytes",
+  });
   const ip = o.contention.invalidatePages;
   if (ip !== undefined && (!Number.isInteger(ip) || ip < 1 || ip > 1 << 22))
     throw einval("invalidatePages", "must be 1..4194304");
@@ -910,69 +910,66 @@ export function checkMachineMemory(o: PerfOptions, freeBytes = os.freemem()): vo
   );
 }
 
+/** What pinThreads did, and how to give every thread it moved its CPUs of before back. */
+interface Pinning {
+  pinned: PerfResult["pinned"];
+  undo: () => void;
+}
+
 /**
  * Pins the vCPU threads of every VM and the harvester (PerfOptions.pin) once all threads exist,
- * so that no later thread inherits the harvester's mask.
+ * so that no later thread inherits the harvester's mask. With the harvester pinned, the
+ * process's other threads (V8's compiler and GC helpers, libuv's pool, a host thread) go with
+ * it, so that a vCPU's CPU runs that vCPU only.
  */
-function pinThreads(runs: Run[], o: PerfOptions, say: (m: string) => void): PerfResult["pinned"] {
-  if (o.pin === undefined) return null;
-  const allowed = sched_getaffinity();
+function pinThreads(runs: Run[], o: PerfOptions, say: (m: string) => void): Pinning {
+  const none: Pinning = { pinned: null, undo: () => {} };
+  if (o.pin === undefined) return none;
+  const self = gettid();
+  // The harvester's CPUs before the run: what every thread moved to its CPU gets back.
+  const before = sched_getaffinity();
   const list =
     o.pin === "auto"
-      ? autoPin(allowed ?? Array.from({ length: os.availableParallelism() }, (_, i) => i), o.vcpus)
+      ? autoPin(before ?? Array.from({ length: os.availableParallelism() }, (_, i) => i), o.vcpus)
       : o.pin;
-  harvesterMask = allowed;
+  const moved: number[] = [];
+  const undo = (): void => {
+    const mask = before ?? Array.from({ length: os.cpus().length }, (_, i) => i);
+    for (const tid of moved)
+      try {
+        sched_setaffinity(tid, mask);
+      } catch {
+        // The thread has exited (a VM's worker); the harvester keeps its mask if this fails.
+      }
+  };
   try {
     for (const run of runs) for (let i = 0; i < o.vcpus; i++) run.vm.pinVcpu(i, list[i]);
     const harvester = list.length > o.vcpus ? list[o.vcpus] : null;
     if (harvester !== null) {
-      sched_setaffinity(gettid(), harvester);
-      // The process's other threads (V8's compiler and GC helpers, libuv's pool, a host thread)
-      // go with the harvester, so that a vCPU's CPU runs that vCPU only.
-      const vcpuTids = new Set<number>();
-      for (const run of runs)
-        for (let i = 0; i < o.vcpus; i++) vcpuTids.add(Atomics.load(run.vm.kvm.vcpu, VCPU.tid(i)));
+      sched_setaffinity(self, harvester);
+      moved.push(self);
+      const vcpuTids = new Set(runs.flatMap((run) => run.vm.vcpuIds.map((id) => run.vm.vcpuTid(id))));
       for (const tid of processThreads()) {
-        if (tid === gettid() || vcpuTids.has(tid)) continue;
+        if (tid === self || vcpuTids.has(tid)) continue;
         try {
           sched_setaffinity(tid, harvester);
-          confined.push(tid);
+          moved.push(tid);
         } catch {
           // The thread has exited meanwhile.
         }
       }
     }
+    const others = Math.max(0, moved.length - 1);
     say(
-      `pinned: vCPUs on CPUs ${list.slice(0, o.vcpus).join(",")}, harvester and ${confined.length} other threads on ${harvester ?? "any"}`,
+      `pinned: vCPUs on CPUs ${list.slice(0, o.vcpus).join(",")}, harvester and ${others} other threads on ${harvester ?? "any"}`,
     );
-    return { vcpus: list.slice(0, o.vcpus), harvester, others: confined.length };
+    return { pinned: { vcpus: list.slice(0, o.vcpus), harvester, others }, undo };
   } catch (e) {
+    undo();
     if (o.pin !== "auto") throw e;
     const error = (e as Error).message;
     process.stderr.write(`kvmmu: warning: running unpinned: ${error}\n`);
-    return { error };
-  }
-}
-
-/** The harvester's (this thread's) CPUs before pinThreads, restored by unpinHarvester. */
-let harvesterMask: number[] | null = null;
-/** The other threads pinThreads confined to the harvester's CPU. */
-const confined: number[] = [];
-
-/** Gives the harvester (this thread) its CPUs of before the run back. */
-function unpinHarvester(pinned: PerfResult["pinned"]): void {
-  if (pinned === null || !("harvester" in pinned) || pinned.harvester === null) return;
-  try {
-    const mask = harvesterMask ?? Array.from({ length: os.cpus().length }, (_, i) => i);
-    sched_setaffinity(gettid(), mask);
-    for (const tid of confined.splice(0))
-      try {
-        sched_setaffinity(tid, mask);
-      } catch {
-        // The thread has exited (a VM's worker).
-      }
-  } catch {
-    // Pinned a moment ago, so this cannot be ENOSYS; a thread keeps its mask if it fails.
+    return { pinned: { error }, undo: () => {} };
   }
 }
 
@@ -981,7 +978,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
   checkMachineMemory(o);
   const say = o.progress ?? (() => {});
   const runs: Run[] = [];
-  let pinned: PerfResult["pinned"] = null;
+  let pinning: Pinning | null = null;
   const { progress: _p, signal: _s, ...options } = o;
   void _p;
   void _s;
@@ -992,7 +989,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       say(`${wp}: populating ${o.vcpus} x ${o.bytesPerVcpu >> 20} MiB`);
       runs.push(await setup(wp, o));
     }
-    pinned = pinThreads(runs, o, say);
+    pinning = pinThreads(runs, o, say);
     const warmup = o.warmup ?? 1;
     for (let it = 0; it < warmup + o.iterations && !o.signal?.aborted; it++) {
       const order = it % 2 === 0 ? runs : [...runs].reverse();
@@ -1017,7 +1014,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
     return {
       ...env,
       options,
-      pinned,
+      pinned: pinning.pinned,
       results,
       ratio:
         L && F
@@ -1048,7 +1045,7 @@ export async function dirtyLogPerf(o: PerfOptions): Promise<PerfResult> {
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
     };
   } finally {
-    unpinHarvester(pinned);
+    pinning?.undo();
     for (const run of runs) await run.vm.stop();
   }
 }

@@ -3,6 +3,8 @@ import type { WpName } from "../vm.js";
 import type { NsStats, PerfResult, StrategyResult } from "./dirty_log_perf.js";
 import { hasHostThread, logModeOf } from "./dirty_log_perf.js";
 import { formatRatio } from "./stats.js";
+import { NUMA_SCAN_PAGES } from "../mem/numa_balancing.js";
+import { PAGE_SIZE } from "../kvm_host.js";
 
 const ms = (ns: number): string => (ns / 1e6).toFixed(2);
 
@@ -24,7 +26,7 @@ export function formatPerf(r: PerfResult): string {
         ? `host thread: migrate ${c.migrateRate}/s invalidate ${c.invalidateRate}/s x ${c.invalidatePages ?? 512} pages, `
         : "no host thread, ") +
       (o.numaScanPeriodMs
-        ? `NUMA balancing ${(o.numaScanBytes ?? 256 << 20) / 2 ** 20} MiB every ${o.numaScanPeriodMs} ms, `
+        ? `NUMA balancing ${((o.numaScanBytes ?? NUMA_SCAN_PAGES * PAGE_SIZE) / 2 ** 20).toString()} MiB every ${o.numaScanPeriodMs} ms, `
         : "") +
       `mmu_lock waiters ${o.lock ?? "sleep"}, vCPUs ${o.park ? "parked" : "writing"} during get-dirty-log, ` +
       (o.windowMs

@@ -14,16 +14,43 @@
  * numa_next_scan is mm->numa_next_scan, claimed by cmpxchg so one thread scans per period;
  * numa_scan_offset is mm->numa_scan_offset, written only by the thread that won the claim.
  */
-import { CTL, Kvm, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
+import { CTL, Kvm, KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT } from "../kvm_host.js";
 import { aadd, acas, aload, astore } from "../sync/atomic.js";
 import { host_invalidate_range, MmuNotifier } from "./host_memory.js";
+import { einval } from "../errors.js";
 
 /** Pages of a PUD (1 GiB): change_protection issues one notifier range per PUD. */
 const PUD_PAGES = 262144;
 
 /** 3.11's sysctl_numa_balancing_scan_period_min (ms) and scan_size (MiB, here in pages). */
 export const NUMA_SCAN_PERIOD_MS = 100;
-export const NUMA_SCAN_PAGES = (256 << 20) / 4096;
+export const NUMA_SCAN_PAGES = (256 << 20) / PAGE_SIZE;
+
+/**
+ * Vm.setNumaBalancing's settings with their defaults, checked: EINVAL naming the argument as
+ * `names` calls it (dirty-log-perf checks its options with the same rules before it populates).
+ */
+export function numa_balancing_settings(
+  scanPeriodMs: number | undefined,
+  scanBytes: number | undefined,
+  names = { period: "scanPeriodMs", bytes: "scanBytes" },
+): { periodMs: number; pages: number } {
+  const periodMs = scanPeriodMs ?? NUMA_SCAN_PERIOD_MS;
+  const bytes = scanBytes ?? NUMA_SCAN_PAGES * PAGE_SIZE;
+  if (!Number.isInteger(periodMs) || periodMs < 0 || periodMs > 3_600_000)
+    throw einval(names.period, `must be an integer in 0..3600000 ms, got ${String(scanPeriodMs)}`);
+  if (
+    !Number.isInteger(bytes) ||
+    bytes < PAGE_SIZE ||
+    bytes % PAGE_SIZE !== 0 ||
+    bytes / PAGE_SIZE > 2 ** 31 - 1
+  )
+    throw einval(
+      names.bytes,
+      `must be a positive multiple of ${PAGE_SIZE} below 8 TiB, got ${String(scanBytes)}`,
+    );
+  return { periodMs, pages: bytes / PAGE_SIZE };
+}
 
 /** The next "VMA" (a memslot's host range) ending above `offset`: [start, end) in hva pages. */
 function nextVma(kvm: Kvm, offset: number): [number, number] | null {

@@ -377,8 +377,9 @@ export class Vcpu {
   /**
    * Task work on the way back to user mode: NUMA balancing's scan (src/mem/numa_balancing.ts),
    * when one is due. Looked at every NUMA_TICK_MISSES safe points (a clock read is several
-   * misses' worth), as the scheduler tick looks at the running task. The scan runs outside guest mode: its zap flushes remote TLBs, and that flush waits
-   * for every vCPU in guest mode, this one included.
+   * misses' worth), as the scheduler tick looks at the running task. The scan runs outside
+   * guest mode: its zap flushes remote TLBs, and that flush waits for every vCPU in guest mode,
+   * this one included.
    */
   private numaTick(): void {
     this.numaCountdown = NUMA_TICK_MISSES;
