@@ -7,7 +7,7 @@
  * 130 interrupted (SIGINT), after the summary of what was measured so far.
  */
 import { createRequire } from "node:module";
-import { Command, CommanderError } from "commander";
+import { Command, CommanderError, Help, Option } from "commander";
 import { KvmError } from "../errors.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
 import { registerExplore } from "./explore_cmd.js";
@@ -36,6 +36,8 @@ program
   .exitOverride()
   // Commander's own error text is replaced by one `kvmmu: EINVAL: ...` line below.
   .configureOutput({ outputError: () => {} })
+  // Set before the commands are added: subcommands copy it.
+  .configureHelp({ optionDescription })
   .addHelpText(
     "after",
     `
@@ -46,6 +48,18 @@ Exit status:
   3    internal error
   130  interrupted (SIGINT), after printing what was measured so far`,
   );
+
+/**
+ * Commander's option text without "(default: false)" on flags, and without its default where the
+ * description already states one (each default once).
+ */
+function optionDescription(this: void, option: Option): string {
+  const text = Help.prototype.optionDescription.call(new Help(), option);
+  const stated = /\(default[ :]|\bdefault:/i.test(option.description);
+  if (option.defaultValue === false || (stated && option.defaultValue !== undefined))
+    return text.replace(/ ?\(default: [^()]*(?:\([^()]*\)[^()]*)*\)$/, "");
+  return text;
+}
 
 registerDirtyLogPerf(program);
 registerDirtyLogTest(program);
@@ -70,7 +84,14 @@ try {
   if (e instanceof CommanderError) {
     // Help and --version end with exit code 0; every other commander error is a usage error.
     if (e.exitCode === 0) process.exitCode = EXIT_OK;
-    else usage(e.message.replace(/^error: /, "").replace(/\n[\s\S]*$/, ""));
+    // One line, with commander's "(Did you mean ...?)" kept.
+    else
+      usage(
+        e.message
+          .replace(/^error: /, "")
+          .replace(/\s*\n\s*/g, " ")
+          .trim(),
+      );
   } else if (e instanceof KvmError) {
     process.stderr.write(`kvmmu: ${e.message}\n`);
     process.exitCode = EXIT_USAGE;

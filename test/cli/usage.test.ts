@@ -36,6 +36,40 @@ test("usage errors: one EINVAL line naming the bad part, exit 2", async () => {
   });
 });
 
+test("commander's suggestions are kept whole, on the one EINVAL line", async () => {
+  const [cmd, opt] = await Promise.all([
+    runKvmmu(["dirty-log-pref"]),
+    runKvmmu(["dirty-log-perf", "--iteration", "3"]),
+  ]);
+  oneEinvalLine(cmd.err, /unknown command 'dirty-log-pref' \(Did you mean dirty-log-perf\?\)$/, "command");
+  oneEinvalLine(opt.err, /unknown option '--iteration' \(Did you mean --iterations\?\)$/, "option");
+  assert.equal(cmd.code, 2);
+  assert.equal(opt.code, 2);
+});
+
+test("--help: no '(default: false)' on flags, and each default stated once", async () => {
+  const cmds = [
+    "dirty-log-perf",
+    "dirty-log-test",
+    "explore",
+    "migrate",
+    "migrate-perf",
+    "kernbench",
+    "stress",
+  ];
+  const rs = await Promise.all(cmds.map((c) => runKvmmu([c, "--help"])));
+  for (const [i, r] of rs.entries()) {
+    assert.equal(r.code, 0, cmds[i]);
+    const text = r.out.replace(/\s+/g, " ");
+    assert.doesNotMatch(text, /\(default: false\)/, cmds[i]);
+    // An option whose description states its default does not get commander's second one.
+    assert.doesNotMatch(text, /\(default [^)]*\) \(default: /, cmds[i]);
+  }
+  const perf = rs[0].out.replace(/\s+/g, " ");
+  assert.match(perf, /random access order \(default sequential\) -r/);
+  assert.match(perf, /--contention <level> MMU-notifier churn: none, default, heavy \(default: "default"\)/);
+});
+
 test("--version prints the package version; --help states the exit statuses", async () => {
   const pkg = JSON.parse(
     readFileSync(fileURLToPath(new URL("../../../package.json", import.meta.url)), "utf8"),
