@@ -1,8 +1,8 @@
 /**
- * Write protection for dirty logging: the interface every design implements, and what the
- * designs share. A design is chosen once per VM (config.wp, see wp_design in dirty_log.ts);
- * src/mmu/wp_locked.ts is Linux 3.11's, src/mmu/wp_lockless.ts the seed's. Adding a design is
- * adding a file that exports a WriteProtectDesign and listing it in WP_DESIGNS.
+ * Write protection for dirty logging: the part of a design's MMU ops (KvmMmuOps, kvm_mmu.ts)
+ * that dirty logging calls, and what the designs share. A design is chosen once per VM by name
+ * (config.wp, the registry in design.ts); src/mmu/wp_locked.ts is Linux 3.11's,
+ * src/mmu/wp_lockless.ts the seed's.
  *
  * The calls mirror today's KVM: protectMasked is kvm_arch_mmu_enable_log_dirty_pt_masked (the
  * pages of one bitmap word), slotRemoveWriteAccess is kvm_mmu_slot_remove_write_access (a whole
@@ -64,9 +64,6 @@ export interface WriteProtectDesign {
 
 /** The RCU reader slot of the thread that runs the ioctls (the VM owner). */
 export const RCU_READER_IOCTL = 0;
-
-/** Write-protect statistics of this thread. */
-export const wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
 
 /** Times fn (a remote flush) into times.flushNs. */
 export function timedFlush(kvm: Kvm, times: DirtyLogTimes, fn: (kvm: Kvm) => void): void {

@@ -4,7 +4,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { declaredLayouts, defineRows } from "../../src/layout.js";
-import { allocKvmShared, CTL, DESC, MmuMode, SP, SLOT, VCPU, WpStrategy } from "../../src/kvm_host.js";
+import { allocKvmShared, CTL, DESC, MmuMode, SP, SLOT, VCPU } from "../../src/kvm_host.js";
 import { LAYOUT_BEGIN, LAYOUT_END, layoutSection } from "../../src/layout_doc.js";
 
 test("layouts: fields do not overlap and fit their stride", () => {
@@ -41,7 +41,7 @@ test("layouts: the shared buffers hold every declared row", () => {
     maxSp: 16,
     maxDesc: 16,
     maxVcpus: 4,
-    wp: WpStrategy.Lockless,
+    wp: "lockless",
     bugs: 0,
     mode: MmuMode.Shadow,
   });
