@@ -583,6 +583,8 @@ export class Kvm {
    * it unlocks, so only that holder reads it (this object is private to one thread).
    */
   mmu_cache_vcpu = -1;
+  /** This thread's last gfn_to_memslot hit (memslots->lru_slot): a hint, checked before use. */
+  lru_slot = 0;
   /** Write-protect statistics of this thread (kvm->stat-like; this object is per thread). */
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
 

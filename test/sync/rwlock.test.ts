@@ -66,7 +66,7 @@ test("rwlock: a queued writer holds back new readers (qrwlock: writers are not s
   const done = start({
     words,
     data: new SharedArrayBuffer(8),
-    out: out.buffer as SharedArrayBuffer,
+    out: out.buffer,
     role: "once",
     iters: 0,
   });
@@ -95,7 +95,7 @@ for (const mode of ["sleep", "spin"] as const)
     const data = new SharedArrayBuffer(8);
     const out = new Int32Array(new SharedArrayBuffer(16));
     const iters = 20000;
-    const d = { words, data, out: out.buffer as SharedArrayBuffer, role: "mix" as const, iters };
+    const d = { words, data, out: out.buffer, role: "mix" as const, iters };
     await Promise.all([start(d), start(d), start(d)]);
     assert.equal(Atomics.load(out, 2), 0, "no reader saw a half-done write");
     assert.equal(Atomics.load(out, 3), 3 * (iters / 4));
@@ -111,7 +111,7 @@ test("rwlock: cond_resched_write drops the lock only when someone waits", async 
   const done = start({
     words,
     data: new SharedArrayBuffer(8),
-    out: out.buffer as SharedArrayBuffer,
+    out: out.buffer,
     role: "once",
     iters: 0,
   });
