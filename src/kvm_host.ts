@@ -6,6 +6,7 @@
  * whole picture.
  */
 import { Mutex, MUTEX_WORDS } from "./sync/mutex.js";
+import { RwLock, RwHeld, RWLOCK_WORDS } from "./sync/rwlock.js";
 import { Rcu, RCU_WORDS } from "./sync/rcu.js";
 import { defineBlock, defineRows } from "./layout.js";
 
@@ -15,11 +16,8 @@ export const PAGE_WORDS = PAGE_SIZE / 4;
 export const KVM_MAX_VCPUS = 64;
 export const KVM_USER_MEM_SLOTS = 32;
 
-/** Write-protect strategies for dirty logging. */
-export const enum WpStrategy {
-  Locked = 0,
-  Lockless = 1,
-}
+/** A design's name ("locked", "lockless", ...): src/mmu/design.ts is the registry. */
+export type DesignName = string;
 
 /** Page sizes (KVM_HPAGE_*): a page at level l covers 512^(l-1) 4 KiB frames. */
 export function KVM_HPAGE_GFN_SHIFT(level: number): number {
@@ -61,7 +59,7 @@ export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
    * below, and a shared line made every such write a cache miss on both sides.
    */
   mmu_lock_pad0: { words: 15, by: "nobody (padding)", doc: "keeps other data off mmu_lock's cache line" },
-  mmu_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->mmu_lock" },
+  mmu_lock: { words: RWLOCK_WORDS, by: "itself (queued rwlock)", doc: "kvm->mmu_lock" },
   mmu_lock_pad1: { words: 15, by: "nobody (padding)", doc: "as mmu_lock_pad0" },
   slots_lock: { words: MUTEX_WORDS, by: "itself (ticket mutex)", doc: "kvm->slots_lock" },
   mm_lock: {
@@ -422,15 +420,23 @@ export interface KvmConfig {
   maxSp: number;
   maxDesc: number;
   maxVcpus: number;
-  wp: WpStrategy;
+  /** The MMU design, a name registered in src/mmu/design.ts. */
+  wp: DesignName;
   bugs: number;
   /** Default MmuMode.Tdp. */
   mode?: MmuMode;
+  /** lockdep: each MMU op asserts the mmu_lock mode it declares (default on). */
+  lockdep?: boolean;
 }
 
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */
 export interface KvmShared {
   config: KvmConfig;
+  /**
+   * The module that registers config.wp when it is not a built-in design: a thread imports it
+   * (kvm_load_design, src/mmu/design.ts) before it builds its Kvm.
+   */
+  designModule?: string;
   /** performance.timeOrigin + performance.now() at creation: the clock origin every thread shares. */
   epochMs: number;
   ctl: SharedArrayBuffer;
@@ -477,6 +483,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   const shadow = config.mode === MmuMode.Shadow;
   return {
     config,
+    designModule: designs?.module(config.wp),
     epochMs: performance.timeOrigin + performance.now(),
     ctl: sab(CTL.WORDS * 4),
     slots: sab(SLOT.row(KVM_USER_MEM_SLOTS) * 4),
@@ -512,6 +519,29 @@ export function metadataBytes(s: KvmShared): number {
   return n;
 }
 
+/**
+ * The MMU ops a Kvm resolves once, at construction, from its design and paging mode (KVM's
+ * struct kvm_mmu, filled by init_kvm_tdp_mmu / kvm_init_shadow_mmu, plus the design's VM-wide
+ * ops). Opaque here: src/mmu/kvm_mmu.ts gives it its members (a type augmentation, so this layer
+ * imports nothing from above).
+ */
+export interface KvmOps {
+  readonly name: DesignName;
+}
+
+/** What the registry (src/mmu/design.ts) lends this layer: the ops of a name, its module. */
+export interface KvmDesigns {
+  ops(name: DesignName, mode: MmuMode): KvmOps;
+  module(name: DesignName): string | undefined;
+}
+
+let designs: KvmDesigns | null = null;
+
+/** Installed by src/mmu/design.ts when it loads (in every thread that builds a Kvm). */
+export function kvm_set_designs(d: KvmDesigns): void {
+  designs = d;
+}
+
 export class Kvm {
   readonly shared: KvmShared;
   readonly ctl: Int32Array;
@@ -537,18 +567,26 @@ export class Kvm {
   /** Replaced once by userfaultRegister (before the vCPUs run, so every worker sees the final one). */
   uffd: Int32Array;
   readonly mode: MmuMode;
-  readonly mmu_lock: Mutex;
+  readonly mmu_lock: RwLock;
   readonly slots_lock: Mutex;
   readonly mm_lock: Mutex;
   readonly rcu: Rcu;
   readonly bugs: number;
-  readonly wp: WpStrategy;
+  readonly wp: DesignName;
+  /** The design's MMU ops for this VM's paging mode (see `ops`). */
+  private _ops: KvmOps | null;
+  /** lockdep: ops assert the mmu_lock mode they declare (KvmConfig.lockdep). */
+  readonly lockdep: boolean;
   /**
    * The vCPU whose memory caches allocations under mmu_lock draw from, -1 for none (then
    * they take from the global pools). Set by the mmu_lock holder after it locks and reset before
    * it unlocks, so only that holder reads it (this object is private to one thread).
    */
   mmu_cache_vcpu = -1;
+  /** This thread's last gfn_to_memslot hit (memslots->lru_slot): a hint, checked before use. */
+  lru_slot = 0;
+  /** Write-protect statistics of this thread (kvm->stat-like; this object is per thread). */
+  readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
 
   constructor(shared: KvmShared) {
     this.shared = shared;
@@ -573,15 +611,56 @@ export class Kvm {
     this.dirtyRing = new Int32Array(shared.dirtyRing);
     this.uffd = new Int32Array(shared.uffd);
     this.mode = shared.config.mode ?? MmuMode.Tdp;
-    this.mmu_lock = new Mutex(this.ctl, CTL.mmu_lock);
+    this.mmu_lock = new RwLock(this.ctl, CTL.mmu_lock);
     this.slots_lock = new Mutex(this.ctl, CTL.slots_lock);
     this.mm_lock = new Mutex(this.ctl, CTL.mm_lock, false);
     this.rcu = new Rcu(this.ctl, CTL.rcu);
     this.bugs = shared.config.bugs;
     this.wp = shared.config.wp;
+    this.lockdep = shared.config.lockdep ?? true;
+    // Resolved here when the registry is loaded (it is wherever MMU code runs); a thread that
+    // only reads the shared structures never needs it.
+    this._ops = designs === null ? null : designs.ops(this.wp, this.mode);
+  }
+
+  /** The design's MMU ops for this VM's paging mode, resolved once. */
+  get ops(): KvmOps {
+    if (this._ops === null) {
+      if (designs === null) throw new Error("Kvm: no MMU design registry loaded (import src/mmu/design.js)");
+      this._ops = designs.ops(this.wp, this.mode);
+    }
+    return this._ops;
   }
 
   bug(b: number): boolean {
     return (this.bugs & b) !== 0;
+  }
+}
+
+/** lockdep_assert_held_write(&kvm->mmu_lock): throws unless this thread holds it for write. */
+export function lockdep_assert_held_write(kvm: Kvm): void {
+  if (kvm.lockdep && kvm.mmu_lock.held() !== RwHeld.Write) lockdepFail(kvm, "write");
+}
+
+/** lockdep_assert_held_read(&kvm->mmu_lock). */
+export function lockdep_assert_held_read(kvm: Kvm): void {
+  if (kvm.lockdep && kvm.mmu_lock.held() !== RwHeld.Read) lockdepFail(kvm, "read");
+}
+
+/** lockdep_assert_held(&kvm->mmu_lock): held in either mode. */
+export function lockdep_assert_held(kvm: Kvm): void {
+  if (kvm.lockdep && kvm.mmu_lock.held() === RwHeld.None) lockdepFail(kvm, "read or write");
+}
+
+function lockdepFail(kvm: Kvm, want: string): never {
+  const held = ["nothing", "read", "write"][kvm.mmu_lock.held()];
+  throw new LockdepError(`mmu_lock must be held for ${want} (this thread holds ${held})`);
+}
+
+/** A lock assertion failed: a kernel would print a lockdep splat. A bug, never bad input. */
+export class LockdepError extends Error {
+  constructor(message: string) {
+    super(`lockdep: ${message}`);
+    this.name = "LockdepError";
   }
 }

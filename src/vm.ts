@@ -33,7 +33,6 @@ import {
   SLOT,
   ST,
   VCPU,
-  WpStrategy,
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
   KVM_DIRTY_RING_MAX_ENTRIES,
@@ -47,6 +46,7 @@ import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
+import { DesignName, designNames, isDesign } from "./mmu/design.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
@@ -64,7 +64,8 @@ import { waitAsyncAlive } from "./sync/atomic.js";
 import { numa_balancing_settings } from "./mem/numa_balancing.js";
 import { sched_setaffinity } from "./sync/affinity.js";
 
-export type WpName = "locked" | "lockless";
+/** A design registered in src/mmu/design.ts ("locked", "lockless", ...). */
+export type WpName = DesignName;
 export type MmuModeName = "tdp" | "shadow";
 
 export interface VmOptions {
@@ -186,8 +187,8 @@ export class Vm {
         "ENOMEM",
         `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit (host memory is one Int32Array, at most 2^32 words)`,
       );
-    if (o.wp !== "locked" && o.wp !== "lockless")
-      throw einval("wp", `must be "locked" or "lockless", got ${String(o.wp)}`);
+    if (typeof o.wp !== "string" || !isDesign(o.wp))
+      throw einval("wp", `must be one of ${designNames().join(", ")}, got ${String(o.wp)}`);
     const mode = o.mode ?? "tdp";
     if (mode !== "tdp" && mode !== "shadow")
       throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
@@ -228,7 +229,7 @@ export class Vm {
         maxSp,
         maxDesc,
         maxVcpus,
-        wp: o.wp === "locked" ? WpStrategy.Locked : WpStrategy.Lockless,
+        wp: o.wp,
         bugs,
         mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
       });

@@ -18,18 +18,16 @@ import {
 } from "../kvm_host.js";
 import { aread, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
-import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
-import { wp_locked } from "./wp_locked.js";
-import { wp_lockless } from "./wp_lockless.js";
+import { DirtyLogTimes } from "./write_protect.js";
+import type { KvmMmuOps } from "./kvm_mmu.js";
+// The registry: every thread that runs dirty logging has the designs (and Kvm can resolve them).
+import "./design.js";
 
 export { DirtyLogTimes, newDirtyLogTimes, RCU_READER_IOCTL } from "./write_protect.js";
 
-/** The designs, indexed by config.wp (WpStrategy). */
-export const WP_DESIGNS: readonly WriteProtectDesign[] = [wp_locked, wp_lockless];
-
-/** The VM's write-protect design: fixed by config.wp when the VM is created. */
-export function wp_design(kvm: Kvm): WriteProtectDesign {
-  return WP_DESIGNS[kvm.wp];
+/** The VM's design (its MMU ops, write protection included): fixed by config.wp at creation. */
+export function wp_design(kvm: Kvm): KvmMmuOps {
+  return kvm.ops;
 }
 
 /** Manual protect is on (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE). slots_lock held. */
@@ -126,12 +124,12 @@ export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): 
     const tail = kvm.slots[SLOT.npages(slot)] & 31;
     if (ones && tail !== 0) astore(kvm.bitmapPool, b0 + words - 1, (1 << tail) - 1);
   }
-  kvm.mmu_lock.lock();
+  kvm.mmu_lock.write_lock();
   astore(
     kvm.slots,
     SLOT.flags(slot),
     enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
   );
-  kvm.mmu_lock.unlock();
+  kvm.mmu_lock.write_unlock();
   if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
 }

@@ -23,6 +23,7 @@
  * Guest virtual page numbers (vpn = gva >> 12) are kept below 2^31 so a vpn fits the TLB tag;
  * the PML4 index is therefore 0..15.
  */
+import { PT64_ROOT_LEVEL } from "./spte.js";
 export const GPTE_P = 1 << 0;
 export const GPTE_W = 1 << 1;
 export const GPTE_U = 1 << 2;
@@ -77,4 +78,18 @@ export class GuestPageFault extends Error {
       `guest #PF at gva 0x${(vpn * 4096).toString(16)} (${write ? "write" : "read"}, ${present ? "protection" : "not present"})`,
     );
   }
+}
+
+/** The result of FNAME(walk_addr) (struct guest_walker). Arrays are indexed by level. */
+export class GuestWalker {
+  /** Level of the leaf gpte: 1, or 2 for a 2 MiB page. */
+  level = 1;
+  readonly tableGfn = new Int32Array(PT64_ROOT_LEVEL + 1);
+  readonly lo = new Int32Array(PT64_ROOT_LEVEL + 1);
+  readonly hi = new Int32Array(PT64_ROOT_LEVEL + 1);
+  /** Access granted down to (and including) the gpte at each level. */
+  readonly ptAccess = new Int32Array(PT64_ROOT_LEVEL + 2);
+  pteAccess = 0;
+  /** The 4 KiB gfn the address translates to. */
+  gfn = 0;
 }

@@ -13,6 +13,7 @@ import {
   BUG,
   CTL,
   Kvm,
+  lockdep_assert_held,
   MmuMode,
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
@@ -56,7 +57,8 @@ import {
   Spte,
   SpteLevel,
 } from "./spte.js";
-import { ACC_USER_MASK, ACC_WRITE_MASK } from "./guest_pt.js";
+import { ACC_USER_MASK, ACC_WRITE_MASK, GuestWalker } from "./guest_pt.js";
+import { HostFrame } from "../mem/guest_memory.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 
 /** Per-vCPU fault counters (this thread's; published by Vcpu.publishStats). */
@@ -64,6 +66,50 @@ export class FaultStats {
   fast = 0;
   slow = 0;
   retries = 0;
+}
+
+/**
+ * struct kvm_page_fault: one fault as it travels through the MMU. One record per vCPU, filled
+ * by kvm_mmu_page_fault (kvm_mmu.ts) and reused for every fault (no allocation on the hot path).
+ * Written only by its vCPU's thread.
+ */
+export class KvmPageFault {
+  /** The faulting vCPU. */
+  vcpuId: number;
+  /** The faulting address in pages: a gfn (TDP) or a guest virtual page (shadow). */
+  addr = 0;
+  /** PFERR_* bits; `present` and `write` are its bits, decoded. */
+  error_code = 0;
+  present = false;
+  write = false;
+  /** The gfn the address translates to (shadow: after the guest walk). */
+  gfn = 0;
+  /** The largest level the mapping may use (the guest's leaf level in shadow mode). */
+  max_level = 2;
+  /** The memslot of gfn, -1 before it is looked up. */
+  slot = -1;
+  /** The host frame of gfn and whether the host maps it writable (gfn_to_pfn's answer). */
+  pfn = 0;
+  map_writable = false;
+  /** The host maps the 2 MiB range of gfn with a huge page (transparent_hugepage_adjust). */
+  host_huge = false;
+  /** The level the fault maps at (after the dirty-logging and huge-page checks). */
+  goal_level = 1;
+  /** mmu_notifier_seq as read before the pfn lookup; re-checked under mmu_lock. */
+  mmu_seq = 0;
+  /** Shadow mode: the guest's CR3 (0: paging off) and its walk. */
+  cr3 = 0;
+  readonly walker = new GuestWalker();
+  /** Scratch of the fault path: the host frame lookup, the shadow-table walk. */
+  readonly hf = new HostFrame();
+  readonly it = new ShadowWalkIterator();
+  /** The vCPU's fault counters. */
+  readonly stats: FaultStats;
+
+  constructor(vcpuId: number, stats: FaultStats = new FaultStats()) {
+    this.vcpuId = vcpuId;
+    this.stats = stats;
+  }
 }
 
 /** root_hpa of a vCPU: the VM's TDP root, or in shadow mode the vCPU's own root. */
@@ -139,20 +185,22 @@ export function walk_shadow_page_lockless(
 
 /**
  * mmu_set_spte + set_spte: installs the leaf for (gfn -> pfn) at sptep with pte_access (ACC_ALL
- * for TDP). Returns true when the access must be emulated: a write fault on a shadowed guest page
- * table (the spte stays read-only). mmu_lock held.
+ * for TDP), at level fault.goal_level, in memslot fault.slot, writable only if
+ * fault.map_writable; fault.write says whether the access was a write. Returns true when the
+ * access must be emulated: a write fault on a shadowed guest page table (the spte stays
+ * read-only). mmu_lock held.
  */
 export function mmu_set_spte(
   kvm: Kvm,
-  slot: number,
+  fault: KvmPageFault,
   sptep: number,
   pteAccess: number,
-  level: number,
   gfn: number,
   pfn: number,
-  writeFault: boolean,
-  hostWritable: boolean,
 ): boolean {
+  lockdep_assert_held(kvm);
+  const slot = fault.slot;
+  const level = fault.goal_level;
   const old = kvm.spt[sptep];
   let wasRmapped = false;
   if (is_shadow_present_pte(old)) {
@@ -179,7 +227,7 @@ export function mmu_set_spte(
   if ((pteAccess & ACC_USER_MASK) !== 0) s |= PT_USER_MASK;
   if (level > PT_PAGE_TABLE_LEVEL) s |= PT_PAGE_SIZE_MASK;
   let access = pteAccess;
-  if (hostWritable) s |= SPTE_HOST_WRITEABLE;
+  if (fault.map_writable) s |= SPTE_HOST_WRITEABLE;
   else access &= ~ACC_WRITE_MASK;
   let emulate = false;
   if ((access & ACC_WRITE_MASK) !== 0) {
@@ -210,10 +258,8 @@ export function mmu_set_spte(
   }
   // F4
   if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
-  return emulate && writeFault;
+  return emulate && fault.write;
 }
-
-const fastIt = new ShadowWalkIterator();
 
 /**
  * fast_page_fault: a write fault on a present, write-protected last-level spte of a direct sp
@@ -222,11 +268,12 @@ const fastIt = new ShadowWalkIterator();
  * under it. `addr` is a gfn: only a direct sp's spte index names its gfn, so in shadow mode this
  * serves guest paging off (nonpaging) only. Returns true when the vCPU should retry the access.
  */
-export function fast_page_fault(kvm: Kvm, vcpuId: number, addr: number, st: FaultStats): boolean {
+export function fast_page_fault(kvm: Kvm, fault: KvmPageFault): boolean {
+  const vcpuId = fault.vcpuId;
   astore(kvm.vcpu, VCPU.mode(vcpuId), READING_SHADOW_PAGE_TABLES);
   try {
-    const it = fastIt;
-    const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), addr, it);
+    const it = fault.it;
+    const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), fault.addr, it);
     if (!is_shadow_present_pte(s)) return false;
     const role = kvm.spHdr[SP.role(page_header(it.sptep))];
     if ((role & ROLE_DIRECT) === 0) return false;
@@ -240,7 +287,7 @@ export function fast_page_fault(kvm: Kvm, vcpuId: number, addr: number, st: Faul
     // fast_pf_fix_direct_spte: the gfn of a direct sp is stable (no ABA).
     if (acas(kvm.spt, it.sptep, s, s | PT_WRITABLE_MASK) === s) {
       mark_page_dirty(kvm, kvm_mmu_page_get_gfn(kvm, it.sptep));
-      st.fast++;
+      fault.stats.fast++;
     }
     return true;
   } finally {

@@ -135,12 +135,12 @@ export function mmu_topup_memory_caches(kvm: Kvm, vcpuId: number): void {
   if (sp_n(kvm, vcpuId) >= MMU_CACHE_MIN_SP && desc_n(kvm, vcpuId) >= MMU_CACHE_MIN_DESC) return;
   const deadline = Date.now() + MMU_TOPUP_WAIT_MS;
   for (;;) {
-    kvm.mmu_lock.lock();
+    kvm.mmu_lock.write_lock();
     let ok: boolean;
     try {
       ok = topup_locked(kvm, vcpuId);
     } finally {
-      kvm.mmu_lock.unlock();
+      kvm.mmu_lock.write_unlock();
     }
     if (ok) return;
     // A controlled scheduler runs every thread on this one: waiting here would stall them all.
@@ -166,12 +166,12 @@ export function mmu_topup_memory_caches(kvm: Kvm, vcpuId: number): void {
  * calls it once the vCPU's worker is gone. Takes mmu_lock.
  */
 export function mmu_free_memory_caches(kvm: Kvm, vcpuId: number): void {
-  kvm.mmu_lock.lock();
+  kvm.mmu_lock.write_lock();
   try {
     // A cached page was never reachable: no grace period to wait for.
     for (let sp = sp_cache_pop(kvm, vcpuId); sp >= 0; sp = sp_cache_pop(kvm, vcpuId)) sp_pool_push(kvm, sp);
     for (let d = desc_cache_pop(kvm, vcpuId); d >= 0; d = desc_cache_pop(kvm, vcpuId)) desc_pool_push(kvm, d);
   } finally {
-    kvm.mmu_lock.unlock();
+    kvm.mmu_lock.write_unlock();
   }
 }

@@ -4,7 +4,7 @@
  * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
  * that read a pfn before the change cannot install it.
  */
-import { CTL, Kvm, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
+import { CTL, Kvm, KVM_USER_MEM_SLOTS, lockdep_assert_held_write, SLOT } from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";
@@ -12,8 +12,12 @@ import { KVM_NR_PAGE_SIZES } from "./spte.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import type { MmuNotifier } from "../mem/host_memory.js";
 
-/** kvm_unmap_hva_range: mmu_lock held. Returns true if a flush is needed. */
+/**
+ * kvm_unmap_hva_range, the rmap MMU's zap_gfn_range op: mmu_lock held for write. Returns true if
+ * a flush is needed.
+ */
 export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
+  lockdep_assert_held_write(kvm);
   let flush = false;
   const s = kvm.slots;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
@@ -36,13 +40,20 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
   return flush;
 }
 
+/**
+ * invalidate_range_start: counts the invalidation and zaps the range with the design's
+ * zap_gfn_range, under mmu_lock in the mode that op declares.
+ */
 export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: number, hvaEnd: number): void {
-  kvm.mmu_lock.lock();
+  const read = kvm.ops.lock.zap_gfn_range === "read";
+  if (read) kvm.mmu_lock.read_lock();
+  else kvm.mmu_lock.write_lock();
   try {
     aadd(kvm.ctl, CTL.notifier_count, 1);
-    if (kvm_unmap_hva_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
+    if (kvm.ops.zap_gfn_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
   } finally {
-    kvm.mmu_lock.unlock();
+    if (read) kvm.mmu_lock.read_unlock();
+    else kvm.mmu_lock.write_unlock();
   }
 }
 
@@ -56,10 +67,10 @@ export function mmu_notifier_retry(kvm: Kvm, mmuSeq: number): boolean {
 }
 
 export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
-  kvm.mmu_lock.lock();
+  kvm.mmu_lock.write_lock();
   aadd(kvm.ctl, CTL.notifier_seq, 1);
   aadd(kvm.ctl, CTL.notifier_count, -1);
-  kvm.mmu_lock.unlock();
+  kvm.mmu_lock.write_unlock();
 }
 
 /** KVM's callbacks as the host's MMU-notifier chain calls them (kvm_mmu_notifier_ops). */

@@ -10,7 +10,7 @@ import { BUG, CTL, Kvm, PAGE_WORDS, ROLE_INVALID, SCTL, SPX, VCPU } from "../kvm
 import { KvmError } from "../errors.js";
 import { aload, spinPoint } from "../sync/atomic.js";
 import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
-import { cmpxchg_gpte, gfn_to_pfn_memslot, guest_gfn_to_pfn, HostFrame } from "../mem/guest_memory.js";
+import { cmpxchg_gpte, gfn_to_pfn_memslot, guest_gfn_to_pfn } from "../mem/guest_memory.js";
 import { hva_is_huge } from "../mem/host_memory.js";
 import { handle_userfault } from "../mem/userfault.js";
 import { drop_large_spte, drop_parent_pte, link_shadow_page } from "./mmu_page.js";
@@ -23,15 +23,8 @@ import {
 } from "./shadow_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
 import { mmu_topup_memory_caches } from "./mmu_cache.js";
-import {
-  fast_page_fault,
-  FaultStats,
-  mmu_set_spte,
-  shadow_walk_init,
-  shadow_walk_next,
-  shadow_walk_okay,
-  ShadowWalkIterator,
-} from "./mmu.js";
+import { KvmPageFault, mmu_set_spte, shadow_walk_init, shadow_walk_next, shadow_walk_okay } from "./mmu.js";
+import { RET_PF_EMULATE, RET_PF_RETRY } from "./kvm_mmu.js";
 import {
   is_large_pte,
   is_shadow_present_pte,
@@ -51,23 +44,11 @@ import {
   GPTE_D,
   GPTE_P,
   GuestPageFault,
+  GuestWalker,
   is_last_gpte,
 } from "./guest_pt.js";
+export { GuestWalker } from "./guest_pt.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
-
-/** The result of FNAME(walk_addr) (struct guest_walker). Arrays are indexed by level. */
-export class GuestWalker {
-  /** Level of the leaf gpte: 1, or 2 for a 2 MiB page. */
-  level = 1;
-  readonly tableGfn = new Int32Array(PT64_ROOT_LEVEL + 1);
-  readonly lo = new Int32Array(PT64_ROOT_LEVEL + 1);
-  readonly hi = new Int32Array(PT64_ROOT_LEVEL + 1);
-  /** Access granted down to (and including) the gpte at each level. */
-  readonly ptAccess = new Int32Array(PT64_ROOT_LEVEL + 2);
-  pteAccess = 0;
-  /** The 4 KiB gfn the address translates to. */
-  gfn = 0;
-}
 
 /**
  * FNAME(walk_addr): translates vpn through the guest tables at cr3, setting A on every level and
@@ -131,27 +112,17 @@ function gpte_changed(kvm: Kvm, w: GuestWalker, vpn: number, level: number): boo
 }
 
 /** What a vCPU passes to the shadow fault path. */
-export interface ShadowVcpuCtx {
-  vcpuId: number;
-  cr3: number;
-  walker: GuestWalker;
-  stats: FaultStats;
-}
-
-const SHADOW_RETRY = 0;
-export const SHADOW_EMULATE = 1;
+const SHADOW_RETRY = RET_PF_RETRY;
+export const SHADOW_EMULATE = RET_PF_EMULATE;
 /** fetch: a gpte changed under the walk; walk again. */
 const SHADOW_GPTE_CHANGED = -1;
-
-const hf = new HostFrame();
-const it = new ShadowWalkIterator();
 
 function clear_sp_write_flooding_count(kvm: Kvm, sp: number): void {
   kvm.spExt[SPX.flood(sp)] = 0;
 }
 
 /** The vCPU's root, reloaded if it was zapped (KVM_REQ_MMU_RELOAD). mmu_lock held. */
-function vcpu_root(kvm: Kvm, v: ShadowVcpuCtx): number {
+function vcpu_root(kvm: Kvm, v: KvmPageFault): number {
   let root = kvm.vcpu[VCPU.root(v.vcpuId)];
   if (root === 0 || (sp_role(kvm, root) & ROLE_INVALID) !== 0) {
     if (root !== 0) kvm.sctl[SCTL.reloads]++;
@@ -176,17 +147,11 @@ function validate_direct_spte(kvm: Kvm, sptep: number, directAccess: number): vo
  * FNAME(fetch): builds the shadow path for the walked translation and installs the leaf. Returns
  * SHADOW_EMULATE, SHADOW_RETRY or SHADOW_GPTE_CHANGED.
  */
-function fetch(
-  kvm: Kvm,
-  v: ShadowVcpuCtx,
-  slot: number,
-  vpn: number,
-  hlevel: number,
-  pfn: number,
-  write: boolean,
-  hostWritable: boolean,
-): number {
+function fetch(kvm: Kvm, v: KvmPageFault): number {
   const w = v.walker;
+  const it = v.it;
+  const vpn = v.addr;
+  const hlevel = v.goal_level;
   shadow_walk_init(it, vcpu_root(kvm, v), vpn);
   if (gpte_changed(kvm, w, vpn, PT64_ROOT_LEVEL)) return SHADOW_GPTE_CHANGED;
   // Indirect levels: one sp per guest table down to the table that holds the leaf gpte.
@@ -215,26 +180,18 @@ function fetch(
   }
   clear_sp_write_flooding_count(kvm, it.sp);
   const off = w.gfn & KVM_PAGES_PER_HPAGE_MASK(hlevel);
-  return mmu_set_spte(kvm, slot, it.sptep, w.pteAccess, hlevel, w.gfn - off, pfn - off, write, hostWritable)
+  return mmu_set_spte(kvm, v, it.sptep, w.pteAccess, w.gfn - off, v.pfn - off)
     ? SHADOW_EMULATE
     : SHADOW_RETRY;
 }
 
 /** nonpaging_map's __direct_map on the vCPU's direct root (guest paging off: gva = gpa). */
-function nonpaging_map(
-  kvm: Kvm,
-  v: ShadowVcpuCtx,
-  slot: number,
-  gfn: number,
-  pfn: number,
-  write: boolean,
-  hostWritable: boolean,
-): number {
+function nonpaging_map(kvm: Kvm, v: KvmPageFault): number {
+  const it = v.it;
+  const gfn = v.gfn;
   for (shadow_walk_init(it, vcpu_root(kvm, v), gfn); shadow_walk_okay(it); shadow_walk_next(kvm, it)) {
     if (it.level === PT_PAGE_TABLE_LEVEL)
-      return mmu_set_spte(kvm, slot, it.sptep, ACC_ALL, PT_PAGE_TABLE_LEVEL, gfn, pfn, write, hostWritable)
-        ? SHADOW_EMULATE
-        : SHADOW_RETRY;
+      return mmu_set_spte(kvm, v, it.sptep, ACC_ALL, gfn, v.pfn) ? SHADOW_EMULATE : SHADOW_RETRY;
     if (!is_shadow_present_pte(kvm.spt[it.sptep])) {
       const base = gfn - (gfn & KVM_PAGES_PER_HPAGE_MASK(it.level));
       link_shadow_page(kvm, it.sptep, kvm_mmu_get_shadow_page(kvm, base, it.level - 1, true, ACC_ALL));
@@ -244,70 +201,71 @@ function nonpaging_map(
 }
 
 /**
- * The shadow MMU's page fault (FNAME(page_fault), or nonpaging_page_fault with CR3 = 0). The vCPU
- * is outside guest mode. Returns SHADOW_RETRY (the vCPU retries the access) or SHADOW_EMULATE
- * (a write to a shadowed guest page table: the caller emulates it at v.walker.gfn). Throws
- * GuestPageFault (deliver to the guest) or KvmError.
+ * The shadow MMU's page fault (kvm_mmu->page_fault: FNAME(page_fault), or nonpaging_page_fault
+ * with CR3 = 0) for guest virtual page v.addr. The vCPU is outside guest mode. Returns
+ * SHADOW_RETRY (the vCPU retries the access) or SHADOW_EMULATE (a write to a shadowed guest page
+ * table: the caller emulates it at v.walker.gfn). Throws GuestPageFault (deliver to the guest) or
+ * KvmError.
  */
-export function shadow_page_fault(
-  kvm: Kvm,
-  v: ShadowVcpuCtx,
-  vpn: number,
-  write: boolean,
-  present: boolean,
-): number {
+export function shadow_page_fault(kvm: Kvm, v: KvmPageFault): number {
   const w = v.walker;
+  const vpn = v.addr;
+  const write = v.write;
   for (let attempt = 0; ; attempt++) {
     if (attempt > 10000)
       throw new KvmError("EIO", `shadow fault at gva 0x${(vpn * 4096).toString(16)}: no progress`);
-    const mmuSeq = aload(kvm.ctl, CTL.notifier_seq);
+    v.mmu_seq = aload(kvm.ctl, CTL.notifier_seq);
     if (v.cr3 === 0) {
       w.level = 1;
       w.gfn = vpn;
       w.pteAccess = ACC_ALL;
-      if (write && present && fast_page_fault(kvm, v.vcpuId, vpn, v.stats)) return SHADOW_RETRY;
+      if (write && v.present && kvm.ops.fast_page_fault(kvm, v)) return SHADOW_RETRY;
     } else {
       walk_addr(kvm, w, v.cr3, vpn, write);
     }
     const gfn = w.gfn;
+    v.gfn = gfn;
+    v.max_level = w.level;
     const slot = gfn_to_memslot(kvm, gfn);
     if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
+    v.slot = slot;
     // A page post-copy has not brought yet: wait for it here, before mmu_lock (false: retry later).
     if (!handle_userfault(kvm, v.vcpuId, slot, gfn)) return SHADOW_RETRY;
+    const hf = v.hf;
     if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
       throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
-    const pfn = hf.pfn;
-    const mapWritable = hf.writable;
-    if (write && !mapWritable)
+    v.pfn = hf.pfn;
+    v.map_writable = hf.writable;
+    if (write && !v.map_writable)
       throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
-    const hostHuge = hva_is_huge(kvm, hf.hvaPage);
+    v.host_huge = hva_is_huge(kvm, hf.hvaPage);
     // Before mmu_lock: fetch then cannot run out of pages or descriptors half-way.
     mmu_topup_memory_caches(kvm, v.vcpuId);
-    kvm.mmu_lock.lock();
+    kvm.mmu_lock.write_lock();
     kvm.mmu_cache_vcpu = v.vcpuId;
     let ret: number;
     try {
       v.stats.slow++;
-      if (mmu_notifier_retry(kvm, mmuSeq) && !kvm.bug(BUG["no-notifier-retry"])) {
+      if (mmu_notifier_retry(kvm, v.mmu_seq) && !kvm.bug(BUG["no-notifier-retry"])) {
         v.stats.retries++;
         spinPoint(kvm.ctl, CTL.notifier_count); // the vCPU retries until the invalidation ends
         return SHADOW_RETRY;
       }
       make_mmu_pages_available(kvm);
+      v.goal_level = PT_PAGE_TABLE_LEVEL;
       if (v.cr3 === 0) {
-        ret = nonpaging_map(kvm, v, slot, gfn, pfn, write, mapWritable);
+        ret = nonpaging_map(kvm, v);
       } else {
         // mapping_level: 2 MiB only for a guest 2 MiB page on a huge host page, in a slot that is
         // not logged, with no shadowed guest table in the range (has_wrprotected_page).
-        let hlevel = PT_PAGE_TABLE_LEVEL;
         if (
-          w.level === PT_DIRECTORY_LEVEL &&
-          hostHuge &&
+          v.max_level === PT_DIRECTORY_LEVEL &&
+          v.host_huge &&
           !slot_dirty_logged(kvm, slot) &&
           kvm.lpagePool[lpage_info_index(kvm, slot, gfn, PT_DIRECTORY_LEVEL)] === 0
         )
-          hlevel = PT_DIRECTORY_LEVEL;
-        ret = fetch(kvm, v, slot, vpn, hlevel, pfn, write, mapWritable);
+          v.goal_level = PT_DIRECTORY_LEVEL;
+        ret = fetch(kvm, v);
         if (ret === SHADOW_GPTE_CHANGED) {
           kvm.sctl[SCTL.gpte_changed]++;
           continue;
@@ -315,7 +273,7 @@ export function shadow_page_fault(
       }
     } finally {
       kvm.mmu_cache_vcpu = -1;
-      kvm.mmu_lock.unlock();
+      kvm.mmu_lock.write_unlock();
     }
     return ret;
   }

@@ -18,16 +18,11 @@ import {
 } from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_memslot } from "../mem/memslot.js";
-import {
-  gfn_to_pfn_memslot,
-  guest_gfn_to_pfn,
-  HostFrame,
-  kvm_write_guest_words,
-} from "../mem/guest_memory.js";
+import { gfn_to_pfn_memslot, guest_gfn_to_pfn, kvm_write_guest_words } from "../mem/guest_memory.js";
 import { kvm_mmu_commit_zap_page } from "./mmu_page.js";
 import { for_each_gfn_sp, role_access, sp_gfn, sp_role } from "./mmu_page_hash.js";
 import { mmu_page_zap_pte, shadow_prepare_zap_page } from "./shadow_page.js";
-import { mmu_set_spte } from "./mmu.js";
+import { KvmPageFault, mmu_set_spte } from "./mmu.js";
 import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import {
   is_shadow_present_pte,
@@ -51,8 +46,6 @@ import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 /** detect_write_flooding threshold. */
 const WRITE_FLOODING = 3;
 
-const hf = new HostFrame();
-
 /**
  * FNAME(update_pte) / prefetch_gpte for a level-1 page: re-creates the spte from the gpte the
  * guest just wrote, speculatively (as if prefetched: the guest did not access it yet). Skipped
@@ -60,7 +53,7 @@ const hf = new HostFrame();
  * while an MMU-notifier invalidation is in progress (the host page table may be changing; under
  * mmu_lock with none in progress it is stable). mmu_lock held.
  */
-function update_pte(kvm: Kvm, sp: number, sptep: number): boolean {
+function update_pte(kvm: Kvm, f: KvmPageFault, sp: number, sptep: number): boolean {
   const role = sp_role(kvm, sp);
   const tpfn = guest_gfn_to_pfn(kvm, sp_gfn(kvm, sp));
   if (tpfn < 0) return false;
@@ -75,8 +68,13 @@ function update_pte(kvm: Kvm, sp: number, sptep: number): boolean {
   let access = role_access(role) & gpte_access(lo);
   if ((lo & GPTE_D) === 0) access &= ~ACC_WRITE_MASK; // protect_clean_gpte
   const slot = gfn_to_memslot(kvm, gfn);
-  if (slot < 0 || !gfn_to_pfn_memslot(kvm, slot, gfn, hf)) return false;
-  mmu_set_spte(kvm, slot, sptep, access, PT_PAGE_TABLE_LEVEL, gfn, hf.pfn, false, hf.writable);
+  if (slot < 0 || !gfn_to_pfn_memslot(kvm, slot, gfn, f.hf)) return false;
+  // The vCPU's fault record, as a prefetch (no fault in progress while it emulates).
+  f.slot = slot;
+  f.write = false;
+  f.map_writable = f.hf.writable;
+  f.goal_level = PT_PAGE_TABLE_LEVEL;
+  mmu_set_spte(kvm, f, sptep, access, gfn, f.hf.pfn);
   return true;
 }
 
@@ -96,11 +94,12 @@ function need_remote_flush(old: number, nw: number): boolean {
  * could be cached now maps elsewhere or allows less. Takes mmu_lock. Returns true when the
  * writing vCPU should flush its own TLB (local_flush: an spte it may cache was touched).
  */
-function kvm_mmu_pte_write(kvm: Kvm, vcpuId: number, gfn: number, offset: number, bytes: number): boolean {
+function kvm_mmu_pte_write(kvm: Kvm, f: KvmPageFault, gfn: number, offset: number, bytes: number): boolean {
+  const vcpuId = f.vcpuId;
   if (aload(kvm.sctl, SCTL.indirect_shadow_pages) === 0) return false;
   // detect_write_misaligned (8-byte gptes): a write that spans two gptes, or is narrower than 4.
   const misaligned = ((offset ^ (offset + bytes - 1)) & ~7) !== 0 || bytes < 4;
-  kvm.mmu_lock.lock();
+  kvm.mmu_lock.write_lock();
   kvm.mmu_cache_vcpu = vcpuId;
   try {
     kvm.sctl[SCTL.pte_writes]++;
@@ -124,7 +123,7 @@ function kvm_mmu_pte_write(kvm: Kvm, vcpuId: number, gfn: number, offset: number
       const old = kvm.spt[sptep];
       const level = role & ROLE_LEVEL_MASK;
       if (mmu_page_zap_pte(kvm, sptep, level)) kvm.sctl[SCTL.pte_zapped]++;
-      if (level === PT_PAGE_TABLE_LEVEL && update_pte(kvm, sp, sptep)) kvm.sctl[SCTL.pte_prefetch]++;
+      if (level === PT_PAGE_TABLE_LEVEL && update_pte(kvm, f, sp, sptep)) kvm.sctl[SCTL.pte_prefetch]++;
       if (need_remote_flush(old, kvm.spt[sptep])) remoteFlush = true;
     }
     // mmu_pte_write_flush_tlb, then the commit (which flushes by itself when it frees pages).
@@ -133,7 +132,7 @@ function kvm_mmu_pte_write(kvm: Kvm, vcpuId: number, gfn: number, offset: number
     return localFlush;
   } finally {
     kvm.mmu_cache_vcpu = -1;
-    kvm.mmu_lock.unlock();
+    kvm.mmu_lock.write_unlock();
   }
 }
 
@@ -146,17 +145,17 @@ function kvm_mmu_pte_write(kvm: Kvm, vcpuId: number, gfn: number, offset: number
  */
 export function emulate_guest_write(
   kvm: Kvm,
-  vcpuId: number,
+  fault: KvmPageFault,
   gfn: number,
   w: number,
   lo: number,
   hi: number,
   words: number,
 ): boolean {
-  mmu_topup_memory_caches(kvm, vcpuId);
+  mmu_topup_memory_caches(kvm, fault.vcpuId);
   kvm_write_guest_words(kvm, gfn, w, lo, hi, words);
   aadd(kvm.sctl, SCTL.emulated, 1);
-  return kvm_mmu_pte_write(kvm, vcpuId, gfn, w * 4, words * 4);
+  return kvm_mmu_pte_write(kvm, fault, gfn, w * 4, words * 4);
 }
 
 /** Counters of the shadow MMU (sctl), for reports. */

@@ -218,11 +218,16 @@ export function for_each_rmap_spte(
 }
 
 /** Calls fn(spteIndex) for each entry; mmu_lock held, fn must not change the list. */
-export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte: number) => void): void {
+export function pte_list_walk(
+  kvm: Kvm,
+  heads: Int32Array,
+  hi: number,
+  fn: (spte: number, kvm: Kvm) => void,
+): void {
   const v = heads[hi];
   if (v === 0) return;
   if ((v & 1) === 0) {
-    fn((v >>> 1) - 1);
+    fn((v >>> 1) - 1, kvm);
     return;
   }
   const desc = kvm.desc;
@@ -231,7 +236,7 @@ export function pte_list_walk(kvm: Kvm, heads: Int32Array, hi: number, fn: (spte
     const b = DESC.sptes(d);
     for (let i = 0; i < PTE_LIST_EXT; i++) {
       const e = desc[b + i];
-      if (e !== 0) fn(e - 1);
+      if (e !== 0) fn(e - 1, kvm);
     }
     const m = desc[DESC.more(d)];
     if (is_nulls(m) || m === 0) return;
@@ -267,7 +272,7 @@ export function pte_list_walk_lockless(
   heads: Int32Array,
   hi: number,
   headId: number,
-  fn: (spte: number) => void,
+  fn: (spte: number, kvm: Kvm) => void,
 ): void {
   const desc = kvm.desc;
   const ascending = kvm.bug(BUG["backward-move"]);
@@ -277,7 +282,7 @@ export function pte_list_walk_lockless(
     const v = aload(heads, hi);
     if (v === 0) return;
     if ((v & 1) === 0) {
-      fn((v >>> 1) - 1);
+      fn((v >>> 1) - 1, kvm);
       return;
     }
     let d = v >>> 1;
@@ -286,12 +291,12 @@ export function pte_list_walk_lockless(
       if (ascending) {
         for (let i = 0; i < PTE_LIST_EXT; i++) {
           const e = aload(desc, b + i);
-          if (e !== 0) fn(e - 1);
+          if (e !== 0) fn(e - 1, kvm);
         }
       } else {
         for (let i = PTE_LIST_EXT - 1; i >= 0; i--) {
           const e = aload(desc, b + i);
-          if (e !== 0) fn(e - 1);
+          if (e !== 0) fn(e - 1, kvm);
         }
       }
       const m = aload(desc, DESC.more(d));

@@ -201,7 +201,7 @@ export function mmu_free_shadow_root(kvm: Kvm, vcpuId: number): void {
  * caches (mmu_topup_memory_caches) for the root it may allocate.
  */
 export function kvm_mmu_load_cr3(kvm: Kvm, vcpuId: number, cr3: number): number {
-  kvm.mmu_lock.lock();
+  kvm.mmu_lock.write_lock();
   kvm.mmu_cache_vcpu = vcpuId;
   try {
     mmu_free_shadow_root(kvm, vcpuId);
@@ -209,6 +209,6 @@ export function kvm_mmu_load_cr3(kvm: Kvm, vcpuId: number, cr3: number): number 
     return mmu_alloc_shadow_root(kvm, vcpuId, cr3);
   } finally {
     kvm.mmu_cache_vcpu = -1;
-    kvm.mmu_lock.unlock();
+    kvm.mmu_lock.write_unlock();
   }
 }

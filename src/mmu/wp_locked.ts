@@ -5,7 +5,7 @@
  * restarts; the slot walk breaks the lock every 1024 heads when it is contended
  * (cond_resched_lock), flushing first.
  */
-import { BUG, Kvm, SLOT } from "../kvm_host.js";
+import { BUG, Kvm, lockdep_assert_held_write, SLOT } from "../kvm_host.js";
 import { aread, axchg } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
@@ -19,7 +19,7 @@ import {
   PT_WRITABLE_MASK,
   spte_has_volatile_bits,
 } from "./spte.js";
-import { DirtyLogTimes, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
+import { DirtyLogTimes, timedFlush, WriteProtectDesign } from "./write_protect.js";
 
 /** spte_write_protect_locked result: a flush is needed. */
 export const WP_FLUSH = 2;
@@ -36,10 +36,10 @@ export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
   if (!is_writable_pte(s)) return 0;
   if (is_large_pte(s)) {
     drop_spte(kvm, sptep);
-    wpStats.largeDropped++;
+    kvm.wpStats.largeDropped++;
     return RMAP_RESTART | WP_FLUSH;
   }
-  wpStats.protected++;
+  kvm.wpStats.protected++;
   return mmu_spte_update(kvm, sptep, s & ~PT_WRITABLE_MASK) ? WP_FLUSH : 0;
 }
 
@@ -61,6 +61,7 @@ export function kvm_mmu_write_protect_pt_masked(
   wordIndex: number,
   mask: number,
 ): boolean {
+  lockdep_assert_held_write(kvm);
   const rmaps = kvm.rmapPool;
   const spt = kvm.spt;
   const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
@@ -89,7 +90,7 @@ export function kvm_mmu_write_protect_pt_masked(
     n++;
     flush = true;
   }
-  wpStats.protected += n;
+  kvm.wpStats.protected += n;
   return flush;
 }
 
@@ -99,6 +100,7 @@ export function kvm_mmu_write_protect_pt_masked(
  * the end under the lock.
  */
 export function slot_remove_write_access_locked(kvm: Kvm, slot: number, minLevel = 1): void {
+  lockdep_assert_held_write(kvm);
   const base = kvm.slots[SLOT.base_gfn(slot)];
   const npages = kvm.slots[SLOT.npages(slot)];
   for (let level = minLevel; level <= KVM_NR_PAGE_SIZES; level++) {
@@ -106,10 +108,10 @@ export function slot_remove_write_access_locked(kvm: Kvm, slot: number, minLevel
     const h0 = gfn_to_rmap(kvm, slot, base, level);
     for (let i = 0; i < n; i++) {
       if (kvm.rmapPool[h0 + i] !== 0) __rmap_write_protect(kvm, h0 + i);
-      if ((i & 1023) === 1023 && kvm.mmu_lock.isContended()) {
+      // cond_resched_rwlock_write, flushing first.
+      if ((i & 1023) === 1023 && kvm.mmu_lock.needbreak()) {
         kvm_flush_remote_tlbs(kvm);
-        kvm.mmu_lock.unlock();
-        kvm.mmu_lock.lock();
+        kvm.mmu_lock.cond_resched_write();
       }
     }
   }
@@ -120,7 +122,7 @@ export const wp_locked: WriteProtectDesign = {
   name: "locked",
   harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
     const w0 = kvm.mmu_lock.stats.waitNs;
-    kvm.mmu_lock.lock();
+    kvm.mmu_lock.write_lock();
     times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
   },
   protectMasked: kvm_mmu_write_protect_pt_masked,
@@ -129,15 +131,15 @@ export const wp_locked: WriteProtectDesign = {
       // 3.11 (6dbf79e): the flush stays under mmu_lock.
       if (flush) timedFlush(kvm, times, kvm_flush_remote_tlbs);
     } finally {
-      kvm.mmu_lock.unlock();
+      kvm.mmu_lock.write_unlock();
     }
   },
   slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel = 1): void {
-    kvm.mmu_lock.lock();
+    kvm.mmu_lock.write_lock();
     try {
       slot_remove_write_access_locked(kvm, slot, minLevel);
     } finally {
-      kvm.mmu_lock.unlock();
+      kvm.mmu_lock.write_unlock();
     }
   },
 };

@@ -13,7 +13,7 @@ import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import { pte_list_walk_lockless, rmap_single_spte } from "./rmap.js";
 import { is_writable_leaf, KVM_NR_PAGE_SIZES, PT_WRITABLE_MASK } from "./spte.js";
-import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign, wpStats } from "./write_protect.js";
+import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign } from "./write_protect.js";
 
 /**
  * The lockless protector of one spte: cmpxchg W away from a writable leaf. The first read is
@@ -29,28 +29,26 @@ export function spte_write_protect_lockless(kvm: Kvm, sptep: number): void {
       // Bug: a plain store of a value computed from an earlier load: it overwrites whatever
       // changed in between, e.g. a zap and a re-fault to another frame.
       astore(spt, sptep, s & ~PT_WRITABLE_MASK);
-      wpStats.protected++;
+      kvm.wpStats.protected++;
       return;
     }
     const old = acas(spt, sptep, s, s & ~PT_WRITABLE_MASK);
     if (old === s) {
-      wpStats.protected++;
+      kvm.wpStats.protected++;
       return;
     }
-    wpStats.casRetries++;
+    kvm.wpStats.casRetries++;
     s = old;
   }
 }
 
-/** The walker callback, bound to a kvm once per walk (no closure per call). */
-let cbKvm: Kvm | null = null;
-function wpCallback(sptep: number): void {
-  spte_write_protect_lockless(cbKvm!, sptep);
+/** The walker callback: the walk passes its kvm (no closure per call, no module state). */
+function wpCallback(sptep: number, kvm: Kvm): void {
+  spte_write_protect_lockless(kvm, sptep);
 }
 
 /** Every spte of rmap head hi, lockless; RCU read section held. */
 export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
-  cbKvm = kvm;
   pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
 }
 
@@ -88,11 +86,11 @@ export function write_protect_pt_masked_lockless(
     if (plain) spte_write_protect_lockless(kvm, sptep);
     else if (acas(spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) n++;
     else {
-      wpStats.casRetries++;
+      kvm.wpStats.casRetries++;
       spte_write_protect_lockless(kvm, sptep);
     }
   }
-  wpStats.protected += n;
+  kvm.wpStats.protected += n;
   // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
   return true;
 }

@@ -1,8 +1,8 @@
 /**
- * Write protection for dirty logging: the interface every design implements, and what the
- * designs share. A design is chosen once per VM (config.wp, see wp_design in dirty_log.ts);
- * src/mmu/wp_locked.ts is Linux 3.11's, src/mmu/wp_lockless.ts the seed's. Adding a design is
- * adding a file that exports a WriteProtectDesign and listing it in WP_DESIGNS.
+ * Write protection for dirty logging: the part of a design's MMU ops (KvmMmuOps, kvm_mmu.ts)
+ * that dirty logging calls, and what the designs share. A design is chosen once per VM by name
+ * (config.wp, the registry in design.ts); src/mmu/wp_locked.ts is Linux 3.11's,
+ * src/mmu/wp_lockless.ts the seed's.
  *
  * The calls mirror today's KVM: protectMasked is kvm_arch_mmu_enable_log_dirty_pt_masked (the
  * pages of one bitmap word), slotRemoveWriteAccess is kvm_mmu_slot_remove_write_access (a whole
@@ -42,31 +42,28 @@ export interface WriteProtectDesign {
   /** The config.wp name ("locked", "lockless"). */
   readonly name: string;
   /** Enters the section protectMasked needs; adds any lock wait to times.lockWaitNs. */
-  harvestBegin(kvm: Kvm, times: DirtyLogTimes): void;
+  readonly harvestBegin: (kvm: Kvm, times: DirtyLogTimes) => void;
   /**
    * Between harvestBegin and harvestEnd: write-protects the level-1 pages of slot `slot`
    * whose bits are set in `mask`, bitmap word `wordIndex` (gfn base_gfn + 32 * wordIndex + bit).
    * Returns true if it changed an spte a TLB may still hold writable.
    */
-  protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean;
+  readonly protectMasked: (kvm: Kvm, slot: number, wordIndex: number, mask: number) => boolean;
   /**
    * Leaves the section; flushes remote TLBs when `flush` (where the design flushes: inside or
    * after the section), adding the time to times.flushNs. Runs even if a protectMasked threw.
    */
-  harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void;
+  readonly harvestEnd: (kvm: Kvm, flush: boolean, times: DirtyLogTimes) => void;
   /**
    * Write-protects every spte of slot `slot` at levels minLevel (default 1) and up, and
    * flushes. slots_lock held, mmu_lock not held; the slot's KVM_MEM_LOG_DIRTY_PAGES is already
    * set. minLevel 2 is INITIALLY_SET's: 4 KiB pages wait for the first CLEAR.
    */
-  slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel?: number): void;
+  readonly slotRemoveWriteAccess: (kvm: Kvm, slot: number, minLevel?: number) => void;
 }
 
 /** The RCU reader slot of the thread that runs the ioctls (the VM owner). */
 export const RCU_READER_IOCTL = 0;
-
-/** Write-protect statistics of this thread. */
-export const wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
 
 /** Times fn (a remote flush) into times.flushNs. */
 export function timedFlush(kvm: Kvm, times: DirtyLogTimes, fn: (kvm: Kvm) => void): void {

@@ -17,8 +17,8 @@
  */
 import { CTL, Kvm, PAGE_WORDS, VCPU } from "../kvm_host.js";
 import { acas, aload } from "../sync/atomic.js";
-import { tdp_page_fault } from "../mmu/tdp_fault.js";
-import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { KvmPageFault, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { PFERR_PRESENT_MASK, PFERR_WRITE_MASK, RET_PF_EMULATE } from "../mmu/kvm_mmu.js";
 import { is_shadow_present_pte, is_writable_pte, PT64_ROOT_LEVEL, spte_leaf_pfn } from "../mmu/spte.js";
 import {
   ACC_ALL,
@@ -32,7 +32,6 @@ import {
   GuestPageFault,
   is_last_gpte,
 } from "../mmu/guest_pt.js";
-import { GuestWalker, SHADOW_EMULATE, shadow_page_fault, ShadowVcpuCtx } from "../mmu/paging_tmpl.js";
 import { emulate_guest_write } from "../mmu/pte_write.js";
 import type { SoftTlb } from "./tlb.js";
 
@@ -41,8 +40,11 @@ export interface PagingVcpu {
   readonly kvm: Kvm;
   readonly id: number;
   readonly tlb: SoftTlb;
-  readonly fault: FaultStats;
+  /** The vCPU's fault record (its walker has the last shadow fault's guest walk). */
+  readonly pf: KvmPageFault;
   readonly cr3: number;
+  /** Vcpu.pageFault: the one call into the MMU (leaves and re-enters guest mode). */
+  pageFault(addr: number, errorCode: number): number;
   exitGuest(): void;
   enterGuest(): void;
   safePoint(): void;
@@ -50,9 +52,6 @@ export interface PagingVcpu {
 
 /** Per-vCPU state of guest paging. */
 export class PagingState {
-  readonly walker = new GuestWalker();
-  /** What the shadow fault path gets (one object per vCPU, updated per fault). */
-  readonly ctx: ShadowVcpuCtx;
   /** The lockless walks of the miss paths. */
   readonly it = new ShadowWalkIterator();
   /** The gfn of the write to emulate after a SHADOW_EMULATE miss. */
@@ -60,10 +59,6 @@ export class PagingState {
   guestWalks = 0;
   guestFaults = 0;
   emulated = 0;
-
-  constructor(stats: FaultStats) {
-    this.ctx = { vcpuId: 0, cr3: 0, walker: this.walker, stats };
-  }
 }
 
 /** The lockless walk of TDP tables from CTL.root for gfn, in guest mode: the leaf, or not present. */
@@ -73,12 +68,7 @@ function ept_lookup(kvm: Kvm, it: ShadowWalkIterator, gfn: number): number {
 
 /** An EPT violation on the way: take the TDP fault outside guest mode. */
 function ept_violation(v: PagingVcpu, gfn: number, write: boolean, present: boolean): void {
-  v.exitGuest();
-  try {
-    tdp_page_fault(v.kvm, v.id, gfn, write, present, v.fault);
-  } finally {
-    v.enterGuest();
-  }
+  v.pageFault(gfn, (present ? PFERR_PRESENT_MASK : 0) | (write ? PFERR_WRITE_MASK : 0));
 }
 
 /** The 2D walk (TDP mode, guest paging on). Returns false (never emulates). */
@@ -161,22 +151,16 @@ function shadow_miss(v: PagingVcpu, ps: PagingState, vpn: number, write: boolean
       return false;
     }
   }
-  v.exitGuest();
+  if (v.cr3 !== 0) ps.guestWalks++;
   let r: number;
   try {
-    if (v.cr3 !== 0) ps.guestWalks++;
-    const ctx = ps.ctx;
-    ctx.vcpuId = v.id;
-    ctx.cr3 = v.cr3;
-    r = shadow_page_fault(kvm, ctx, vpn, write, present);
+    r = v.pageFault(vpn, (present ? PFERR_PRESENT_MASK : 0) | (write ? PFERR_WRITE_MASK : 0));
   } catch (e) {
-    v.enterGuest();
     if (e instanceof GuestPageFault) ps.guestFaults++;
     throw e;
   }
-  v.enterGuest();
-  if (r === SHADOW_EMULATE) {
-    ps.emulGfn = ps.walker.gfn;
+  if (r === RET_PF_EMULATE) {
+    ps.emulGfn = v.pf.walker.gfn;
     return true;
   }
   return false;
@@ -205,7 +189,7 @@ export function paging_emulate_write(
   ps.emulated++;
   v.exitGuest();
   try {
-    if (emulate_guest_write(v.kvm, v.id, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
+    if (emulate_guest_write(v.kvm, v.pf, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
   } finally {
     v.enterGuest();
   }

@@ -17,8 +17,10 @@ import {
 } from "../kvm_host.js";
 import { acas, aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { kvm_dirty_ring_full_exit, kvm_dirty_ring_wait } from "../mem/dirty_ring.js";
-import { tdp_page_fault } from "../mmu/tdp_fault.js";
-import { FaultStats, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { FaultStats, KvmPageFault, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
+import { kvm_mmu_page_fault, PFERR_PRESENT_MASK, PFERR_WRITE_MASK } from "../mmu/kvm_mmu.js";
+// The design registry: a thread that runs vCPUs resolves its Kvm's ops there.
+import "../mmu/design.js";
 import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn } from "../mmu/spte.js";
 import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
@@ -54,6 +56,8 @@ export class Vcpu {
   declare readonly id: number;
   declare readonly tlb: SoftTlb;
   readonly fault = new FaultStats();
+  /** struct kvm_page_fault, reused by every fault of this vCPU. */
+  declare readonly pf: KvmPageFault;
   declare readonly mem: Int32Array;
   declare private readonly ctl: Int32Array;
   declare private readonly v: Int32Array;
@@ -80,7 +84,7 @@ export class Vcpu {
   declare private pagingMiss: boolean;
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
-  readonly paging = new PagingState(this.fault);
+  readonly paging = new PagingState();
   /** The lockless walk of the TDP miss path and the TLB audit. */
   private readonly it = new ShadowWalkIterator();
   /** Guest accesses, counted by the guest programs (kept off the TLB-hit path). */
@@ -99,6 +103,7 @@ export class Vcpu {
   constructor(kvm: Kvm, id: number, tlbBits = 12) {
     this.kvm = kvm;
     this.id = id;
+    this.pf = new KvmPageFault(id, this.fault);
     this.tlb = new SoftTlb(tlbBits, kvm.mem.length);
     this.mem = kvm.mem;
     this.ctl = kvm.ctl;
@@ -368,10 +373,24 @@ export class Vcpu {
         return false;
       }
     }
-    this.exitGuest();
-    tdp_page_fault(this.kvm, this.id, gfn, write, present, this.fault);
-    this.enterGuest();
+    this.pageFault(gfn, (present ? PFERR_PRESENT_MASK : 0) | (write ? PFERR_WRITE_MASK : 0));
     return false;
+  }
+
+  /**
+   * The vCPU's one way into the MMU: leaves guest mode, runs kvm_mmu_page_fault on this vCPU's
+   * fault record (the design's page_fault op), and enters guest mode again (also when the fault
+   * throws). `addr` is a gfn (TDP) or a guest virtual page (shadow mode); errorCode has PFERR_*
+   * bits. Returns RET_PF_RETRY or RET_PF_EMULATE.
+   */
+  pageFault(addr: number, errorCode: number): number {
+    this.exitGuest();
+    try {
+      this.pf.cr3 = this.cr3;
+      return kvm_mmu_page_fault(this.kvm, this.pf, addr, errorCode);
+    } finally {
+      this.enterGuest();
+    }
   }
 
   /**

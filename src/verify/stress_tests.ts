@@ -21,7 +21,6 @@ import {
   READING_SHADOW_PAGE_TABLES,
   SLOT,
   VCPU,
-  WpStrategy,
 } from "../kvm_host.js";
 import type { ActorSpec, AnyStressTest, OutcomeKind, OutcomeSpec, StressTest } from "./stress_spec.js";
 import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
@@ -35,7 +34,7 @@ import {
   rmap_single_spte,
   rmapStats,
 } from "../mmu/rmap.js";
-import { fast_page_fault, FaultStats } from "../mmu/mmu.js";
+import { fast_page_fault, KvmPageFault } from "../mmu/mmu.js";
 import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
 import { gfn_to_rmap, mark_page_dirty } from "../mem/memslot.js";
 import {
@@ -59,7 +58,7 @@ function tinyKvmShared(bugs: number, maxDesc: number): KvmShared {
     maxSp: 1,
     maxDesc,
     maxVcpus: 1,
-    wp: WpStrategy.Lockless,
+    wp: "lockless",
     bugs,
   });
 }
@@ -410,16 +409,16 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
         run(s, iter) {
           const kvm = s.kvm;
           const split = (iter & 1) === 1;
-          kvm.mmu_lock.lock();
+          kvm.mmu_lock.write_lock();
           for (const [add, head, e] of RW_OPS) {
             if (add) pte_list_add(kvm, kvm.rmapPool, head, head, e);
             else pte_list_remove(kvm, kvm.rmapPool, head, e);
             if (split) {
-              kvm.mmu_lock.unlock();
-              kvm.mmu_lock.lock();
+              kvm.mmu_lock.write_unlock();
+              kvm.mmu_lock.write_lock();
             }
           }
-          kvm.mmu_lock.unlock();
+          kvm.mmu_lock.write_unlock();
           Atomics.store(s.res, RW_B_DONE, 1);
         },
       },
@@ -447,12 +446,12 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
       kvm.desc.fill(0);
       kvm.rmapPool.fill(0);
       for (const w of [CTL.desc_free, CTL.desc_high, CTL.desc_used, CTL.desc_allocs]) kvm.ctl[w] = 0;
-      kvm.mmu_lock.lock();
+      kvm.mmu_lock.write_lock();
       const [s1, s2, s3] = RW_STABLE;
       const [c1, c2, c3, c4] = RW_CHURN;
       for (const e of [c1, s1, c2, s2, c3, s3, c4]) pte_list_add(kvm, kvm.rmapPool, RW_X, RW_X, e);
       pte_list_add(kvm, kvm.rmapPool, RW_Y, RW_Y, RW_FOREIGN[0]);
-      kvm.mmu_lock.unlock();
+      kvm.mmu_lock.write_unlock();
       s.res.fill(0);
     },
     arbiter(s) {
@@ -490,7 +489,7 @@ interface FastPfState {
   spte: number;
   res: Int32Array;
   bitmapWord: number;
-  st: FaultStats;
+  pf: KvmPageFault;
   out: Uint32Array;
 }
 
@@ -509,6 +508,16 @@ function fastPfMarkBeforeCas(s: FastPfState): void {
     acas(kvm.spt, s.sptep, old, old | PT_WRITABLE_MASK);
   }
   astore(kvm.vcpu, VCPU.mode(0), OUTSIDE_GUEST_MODE);
+}
+
+/** vCPU 0's fault record for a write to FP_GFN on a present spte (what kvm_mmu_page_fault fills). */
+function fastPf(): KvmPageFault {
+  const pf = new KvmPageFault(0);
+  pf.addr = FP_GFN;
+  pf.gfn = FP_GFN;
+  pf.write = true;
+  pf.present = true;
+  return pf;
 }
 
 function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless"): AnyStressTest {
@@ -562,7 +571,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
         name: "vcpu0 fast_page_fault",
         run(s) {
           if (markFirst) fastPfMarkBeforeCas(s);
-          else fast_page_fault(s.kvm, 0, FP_GFN, s.st);
+          else fast_page_fault(s.kvm, s.pf);
         },
       },
       {
@@ -617,7 +626,7 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
         spte: d.spte,
         res: new Int32Array(d.res),
         bitmapWord: kvm.slots[SLOT.bitmap_base(0)],
-        st: new FaultStats(),
+        pf: fastPf(),
         out: new Uint32Array(1),
       };
     },

@@ -5,7 +5,9 @@
  * Note: `node --test dist/test/` runs every .js file under dist/test/, this one included; it
  * only defines helpers, so running it alone does nothing.
  */
-import { allocKvmShared, DESC, Kvm, KvmConfig, PTE_LIST_EXT, WpStrategy } from "../../src/kvm_host.js";
+import { allocKvmShared, DESC, Kvm, KvmConfig, PTE_LIST_EXT } from "../../src/kvm_host.js";
+// The design registry: a Kvm resolves its MMU ops there.
+import "../../src/mmu/design.js";
 
 export const SMALL_CONFIG: KvmConfig = {
   hostFrames: 1024,
@@ -13,7 +15,7 @@ export const SMALL_CONFIG: KvmConfig = {
   maxSp: 64,
   maxDesc: 256,
   maxVcpus: 4,
-  wp: WpStrategy.Lockless,
+  wp: "lockless",
   bugs: 0,
 };
 

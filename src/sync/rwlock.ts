@@ -1,0 +1,236 @@
+import { aadd, acas, aload, schedHookInstalled, spinPoint } from "./atomic.js";
+import { LockMode, LockStats, Mutex, MUTEX_WORDS } from "./mutex.js";
+
+/**
+ * A reader-writer lock in shared memory with the semantics of the kernel's queued rwlock
+ * (qrwlock), as mmu_lock became an rwlock in Linux 5.12 for the TDP MMU.
+ *
+ * Words (Int32, relative to `base`): CNTS (readers << 9 | WAITING | LOCKED, qrwlock's cnts),
+ * SLEEPERS (threads in Atomics.wait on CNTS), then the wait queue: a fair ticket Mutex
+ * (qrwlock's wait_lock) that every slow-path reader and writer passes through in arrival order.
+ * A writer that reaches the head of the queue sets WAITING, which sends every new reader to the
+ * queue behind it: a stream of readers cannot starve a writer. The uncontended write lock is one
+ * cmpxchg and the unlock one atomic add (plus a load of SLEEPERS), as the Mutex's two adds.
+ *
+ * Waiters spin, then sleep, unless the mode (the wait queue's MODE word) is "spin". Under the
+ * explorer's controlled scheduling every turn of a wait is a scheduling point.
+ *
+ * Ownership (for lockdep_assert_held_*) is tracked per RwLock object, i.e. per thread: each
+ * thread builds its own Kvm, hence its own RwLock, over the shared words.
+ */
+export const RWLOCK_WORDS = 4 + MUTEX_WORDS;
+const CNTS = 0;
+const SLEEPERS = 1;
+const WAIT_LOCK = 4;
+
+/** cnts: the writer byte (LOCKED), a writer waiting at the queue's head, the reader count's unit. */
+const QW_LOCKED = 0xff;
+const QW_WAITING = 0x100;
+const QW_WMASK = 0x1ff;
+const QR_BIAS = 0x200;
+
+const SPIN = 2000;
+
+/** Who holds the lock in this thread: nothing, a read hold (depth > 0) or the write hold. */
+export const enum RwHeld {
+  None = 0,
+  Read = 1,
+  Write = 2,
+}
+
+export class RwLock {
+  readonly words: Int32Array;
+  readonly base: number;
+  /** Statistics of the write side (as the Mutex's): per thread. */
+  readonly stats = new LockStats();
+  /** Read acquisitions (per thread). */
+  readAcquisitions = 0;
+  /** The queue (qrwlock's wait_lock); its MODE word is the lock's waiter kind. */
+  private readonly waitLock: Mutex;
+  private heldSince = 0;
+  private readonly timed: boolean;
+  /** This thread's holds: the write hold, and the depth of its read holds. */
+  private writeHeld = false;
+  private readDepth = 0;
+
+  constructor(words: Int32Array, base: number, timed = true) {
+    this.words = words;
+    this.base = base;
+    this.timed = timed;
+    this.waitLock = new Mutex(words, base + WAIT_LOCK, false);
+  }
+
+  // ---- write side (write_lock / write_unlock); lock/unlock keep the Mutex's surface ----
+
+  lock(): void {
+    this.write_lock();
+  }
+
+  unlock(): void {
+    this.write_unlock();
+  }
+
+  write_lock(): void {
+    const w = this.words;
+    const b = this.base + CNTS;
+    this.stats.acquisitions++;
+    if (acas(w, b, 0, QW_LOCKED) === 0) {
+      this.writeHeld = true;
+      if (this.timed) this.heldSince = performance.now();
+      return;
+    }
+    const t0 = this.timed ? performance.now() : 0;
+    this.stats.contended++;
+    this.write_lock_slowpath();
+    this.writeHeld = true;
+    if (this.timed) {
+      const now = performance.now();
+      this.stats.waitNs += (now - t0) * 1e6;
+      this.heldSince = now;
+    }
+  }
+
+  /** queued_write_lock_slowpath: queue, announce WAITING, wait for the readers and the writer to go. */
+  private write_lock_slowpath(): void {
+    const w = this.words;
+    const b = this.base + CNTS;
+    this.waitLock.lock();
+    // Set WAITING (or take the lock outright if it came free meanwhile).
+    for (;;) {
+      const c = aload(w, b);
+      if (c === 0) {
+        if (acas(w, b, 0, QW_LOCKED) === 0) return this.waitLock.unlock();
+        continue;
+      }
+      if ((c & QW_WAITING) !== 0 || acas(w, b, c, c | QW_WAITING) === c) break;
+    }
+    // Readers drain; a fast-path writer cannot get in (cnts is not 0).
+    this.waitFor(QW_WAITING, -1);
+    this.waitLock.unlock();
+  }
+
+  /** Waits until cnts, masked, equals `want`, then (write side) swaps WAITING for LOCKED. */
+  private waitFor(want: number, mask: number): void {
+    const w = this.words;
+    const b = this.base + CNTS;
+    const writer = mask === -1;
+    const hooked = schedHookInstalled();
+    const spinOnly = this.waitLock.mode() === "spin";
+    for (let i = 0; ; i++) {
+      const c = aload(w, b);
+      if ((c & mask) === want) {
+        if (!writer || acas(w, b, QW_WAITING, QW_LOCKED) === QW_WAITING) return;
+        continue;
+      }
+      if (hooked || spinOnly || i < SPIN) {
+        spinPoint(w, b);
+        continue;
+      }
+      aadd(w, this.base + SLEEPERS, 1);
+      if (aload(w, b) === c) Atomics.wait(w, b, c, 50);
+      aadd(w, this.base + SLEEPERS, -1);
+    }
+  }
+
+  write_unlock(): void {
+    if (this.timed) this.stats.holdNs += (performance.now() - this.heldSince) * 1e6;
+    this.writeHeld = false;
+    const w = this.words;
+    aadd(w, this.base + CNTS, -QW_LOCKED);
+    if (aload(w, this.base + SLEEPERS) !== 0) Atomics.notify(w, this.base + CNTS);
+  }
+
+  /** write_trylock. */
+  tryLock(): boolean {
+    if (acas(this.words, this.base + CNTS, 0, QW_LOCKED) !== 0) return false;
+    this.stats.acquisitions++;
+    this.writeHeld = true;
+    if (this.timed) this.heldSince = performance.now();
+    return true;
+  }
+
+  // ---- read side ----
+
+  read_lock(): void {
+    const w = this.words;
+    const b = this.base + CNTS;
+    this.readAcquisitions++;
+    this.readDepth++;
+    if ((aadd(w, b, QR_BIAS) & QW_WMASK) === 0) return;
+    // queued_read_lock_slowpath: back out, queue behind any waiting writer, wait for the writer.
+    aadd(w, b, -QR_BIAS);
+    this.waitLock.lock();
+    aadd(w, b, QR_BIAS);
+    this.waitFor(0, QW_LOCKED);
+    this.waitLock.unlock();
+  }
+
+  read_unlock(): void {
+    this.readDepth--;
+    const w = this.words;
+    aadd(w, this.base + CNTS, -QR_BIAS);
+    if (aload(w, this.base + SLEEPERS) !== 0) Atomics.notify(w, this.base + CNTS);
+  }
+
+  read_trylock(): boolean {
+    const w = this.words;
+    const b = this.base + CNTS;
+    const c = aload(w, b);
+    if ((c & QW_WMASK) !== 0 || acas(w, b, c, c + QR_BIAS) !== c) return false;
+    this.readAcquisitions++;
+    this.readDepth++;
+    return true;
+  }
+
+  // ---- state ----
+
+  /** How waiters wait: "sleep" (spin briefly, then Atomics.wait) or "spin" (never sleep). Shared. */
+  setMode(mode: LockMode): void {
+    this.waitLock.setMode(mode);
+  }
+
+  mode(): LockMode {
+    return this.waitLock.mode();
+  }
+
+  /** True when some thread holds the lock in either mode. */
+  isLocked(): boolean {
+    return aload(this.words, this.base + CNTS) !== 0;
+  }
+
+  /** True when someone waits for the lock (rwlock_needbreak / queued_rwlock_is_contended). */
+  isContended(): boolean {
+    return this.waitLock.isLocked() || (aload(this.words, this.base + CNTS) & QW_WAITING) !== 0;
+  }
+
+  /** rwlock_needbreak: a long holder should drop the lock and let the waiters in. */
+  needbreak(): boolean {
+    return this.isContended();
+  }
+
+  /** What this thread holds. */
+  held(): RwHeld {
+    return this.writeHeld ? RwHeld.Write : this.readDepth > 0 ? RwHeld.Read : RwHeld.None;
+  }
+
+  /**
+   * cond_resched_rwlock_write: if someone waits, drops the write hold and takes it again.
+   * Returns true when it dropped the lock (the caller's view of the tables is stale).
+   */
+  cond_resched_write(): boolean {
+    if (!this.needbreak()) return false;
+    this.write_unlock();
+    spinPoint(this.words, this.base + CNTS);
+    this.write_lock();
+    return true;
+  }
+
+  /** cond_resched_rwlock_read: as cond_resched_write, for a read hold. */
+  cond_resched_read(): boolean {
+    if (!this.needbreak()) return false;
+    this.read_unlock();
+    spinPoint(this.words, this.base + CNTS);
+    this.read_lock();
+    return true;
+  }
+}
