@@ -49,7 +49,10 @@ function formatGenerated(r: GenerateResult): string {
 /** The options --generate takes, checked; EINVAL names the option. */
 function generateOptions(a: Args): GenerateOptions {
   if (a["scenario"] !== undefined)
-    throw einval("--generate", "--generate and --scenario cannot be combined (a generated program is the scenario)");
+    throw einval(
+      "--generate",
+      "--generate and --scenario cannot be combined (a generated program is the scenario)",
+    );
   if (a["fixed"]) throw einval("--generate", "--generate and --fixed cannot be combined (leave out --bug)");
   const bug = a["bug"] as BugName | undefined;
   return {
@@ -57,7 +60,10 @@ function generateOptions(a: Args): GenerateOptions {
     schedules: parseIntIn("--schedules", String(a["schedules"]), 1, 10_000_000),
     seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
     strategy: parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const)[0],
-    modes: parseList("--mode", String(a["mode"] ?? "all").replace("all", "tdp,shadow"), ["tdp", "shadow"] as const),
+    modes: parseList("--mode", String(a["mode"] ?? "all").replace("all", "tdp,shadow"), [
+      "tdp",
+      "shadow",
+    ] as const),
     designs: parseDesignList("--wp", String(a["wp"] ?? "all")),
     bug: bug ?? null,
     pctDepth: parseIntIn("--depth", String(a["depth"]), 1, 20),
@@ -69,12 +75,15 @@ function generateOptions(a: Args): GenerateOptions {
 async function runReplay(a: Args): Promise<void> {
   const s = String(a["replay"]);
   for (const o of ["scenario", "generate", "bug"])
-    if (a[o] !== undefined && a[o] !== false) throw einval("--replay", `--replay and --${o} cannot be combined`);
+    if (a[o] !== undefined && a[o] !== false)
+      throw einval("--replay", `--replay and --${o} cannot be combined`);
   const r = s.startsWith("gen") ? await (await generator()).replayGenerated(s) : await replay(s);
   if (a["json"]) process.stdout.write(JSON.stringify(r) + "\n");
   else {
-    const prog = "text" in r ? `program: ${r.text}\n` : "";
-    process.stdout.write(`${prog}${r.violation ? `violation: ${r.violation}` : "no violation"}\n${r.steps} steps\n`);
+    const prog = "text" in r ? `program: ${String(r.text)}\n` : "";
+    process.stdout.write(
+      `${prog}${r.violation ? `violation: ${r.violation}` : "no violation"}\n${r.steps} steps\n`,
+    );
   }
   if (r.violation) process.exitCode = 1;
 }
@@ -118,7 +127,8 @@ async function runExplore(a: Args): Promise<void> {
     ...(designs.length ? { design: designs[0] } : {}),
   };
   const r = await explore({ ...opts, signal: interrupt.signal });
-  if (a["output"] !== undefined) writeResult(String(a["output"]), { ...envelope("explore", opts), results: r });
+  if (a["output"] !== undefined)
+    writeResult(String(a["output"]), { ...envelope("explore", opts), results: r });
   process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatResult(r) + "\n");
   if (r.violations > 0) process.exitCode = 1;
 }
@@ -126,21 +136,35 @@ async function runExplore(a: Args): Promise<void> {
 export function registerExplore(program: Command): void {
   program
     .command("explore")
-    .description("run a scenario or generated programs under the controlled scheduler, checking invariants after every schedule")
+    .description(
+      "run a scenario or generated programs under the controlled scheduler, checking invariants after every schedule",
+    )
     .option("--scenario <name>", `scenario: ${Object.keys(SCENARIOS).join(", ")}`)
     .option("--bug <name>", `put one catalog bug back (and use its scenario): ${Object.keys(BUG).join(", ")}`)
     .option("--fixed", "with --bug: the same scenario with the code as it should be", false)
-    .option("--generate", "run generated programs instead of a scenario (every design and MMU unless --wp/--mode)")
+    .option(
+      "--generate",
+      "run generated programs instead of a scenario (every design and MMU unless --wp/--mode)",
+    )
     .option("--programs <n>", "with --generate: programs to generate (default 20)")
-    .option("--replay <string>", "re-run a violation: a generated program's replay string, or a scenario schedule")
-    .option("--wp <designs>", `design(s) of the VM: ${designNames().join(", ")}, all (--generate: default all)`)
+    .option(
+      "--replay <string>",
+      "re-run a violation: a generated program's replay string, or a scenario schedule",
+    )
+    .option(
+      "--wp <designs>",
+      `design(s) of the VM: ${designNames().join(", ")}, all (--generate: default all)`,
+    )
     .option("--strategy <s>", "random, pct or dfs", "pct")
     .option("--schedules <n>", "schedules to run at most (--generate: per program, design and MMU)", "2000")
     .option("--seed <n>", "seed of the strategy (and of the generator)", "1")
     .option("--depth <d>", "PCT bug depth", "3")
     .option("--preemptions <n>", "dfs preemption bound", "2")
     .option("--all", "keep going after the first violation", false)
-    .option("--mode <mode>", "MMU of the VM: tdp, shadow (guest paging off), or all (--generate: default all)")
+    .option(
+      "--mode <mode>",
+      "MMU of the VM: tdp, shadow (guest paging off), or all (--generate: default all)",
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-result envelope, to FILE")
     .action(runExplore);

@@ -226,30 +226,7 @@ export class Explorer {
     const s = this.scenario;
     const n = s.threads.length;
     const { vm, scratch } = this.freshVm();
-    this.idle = false;
-    Atomics.store(sc, SCHED.abort, 0);
-    for (let t = 0; t < n; t++) {
-      Atomics.store(sc, SCHED_T.steps(t), 0);
-      Atomics.store(sc, SCHED_T.grant(t), 0);
-      Atomics.store(sc, SCHED_T.budget(t), 0);
-      Atomics.store(sc, SCHED_T.ran(t), 0);
-      Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
-      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
-      // A worker keeps the VM it was sent last: send it only when it is another one.
-      if (this.crew.attached[t] !== scratch) {
-        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, program: s.program, scratch });
-        this.crew.attached[t] = scratch;
-      }
-    }
-    Atomics.store(sc, SCHED.go, ++this.crew.go);
-    Atomics.notify(sc, SCHED.go);
-    const w0 = performance.now();
-    const booting = this.crew.booted < n;
-    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
-    if (booting) {
-      this.startMs += performance.now() - w0;
-      this.crew.booted = Math.max(this.crew.booted, n);
-    }
+    this.startRun(vm, scratch);
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
     const raw: number[][][] = Array.from({ length: n }, () => []);
@@ -287,35 +264,11 @@ export class Explorer {
       // Past the step bound, or the structure broke (the trace then ends at that step): unwind.
       if (step >= this.maxSteps || auditViolation !== null || notRunnable !== null) {
         aborted = auditViolation === null;
-        Atomics.store(sc, SCHED.abort, 1);
-        for (const t of runnable) this.grant(t, 0);
-        // Threads unwind through scheduling points that now throw; wait for all to finish.
-        for (let t = 0; t < n; t++) {
-          while (
-            Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
-            Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
-          ) {
-            const v = Atomics.load(sc, SCHED_T.steps(t));
-            this.grant(t, 0);
-            waitChange(sc, SCHED_T.steps(t), v);
-          }
-        }
+        this.unwind(runnable);
         break;
       }
       // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
-      let k = 1;
-      if (batch) {
-        const was = spinning[t];
-        for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
-          spinning[t] = own[t] + k - lastSpin[t] < SPIN_WINDOW;
-          saved[k] = chooser.save();
-          if (chooser.choose(step + k, runnable, spinning) !== t) {
-            chooser.restore(saved[k]);
-            break;
-          }
-        }
-        spinning[t] = was;
-      }
+      const k = batch ? this.runLength(chooser, t, step, runnable, spinning, own[t] - lastSpin[t], saved) : 1;
       const ran0 = own[t];
       const v = Atomics.load(sc, SCHED_T.steps(t));
       this.grant(t, k - 1);
@@ -338,6 +291,99 @@ export class Explorer {
     this.idle = true;
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
+    return this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
+  }
+
+  /**
+   * How many steps in a row `chooser` gives `t` from `step` on, if only t moves and reaches no
+   * spin point (`sinceSpin`: t's steps since its last one). The chooser is left as after the
+   * last of those choices; `saved[k]` is its state before simulated step k.
+   */
+  private runLength(
+    chooser: Chooser,
+    t: number,
+    step: number,
+    runnable: number[],
+    spinning: boolean[],
+    sinceSpin: number,
+    saved: unknown[],
+  ): number {
+    const was = spinning[t];
+    let k = 1;
+    for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
+      spinning[t] = sinceSpin + k < SPIN_WINDOW;
+      saved[k] = chooser.save();
+      if (chooser.choose(step + k, runnable, spinning) !== t) {
+        chooser.restore(saved[k]);
+        break;
+      }
+    }
+    spinning[t] = was;
+    return k;
+  }
+
+  /** Resets the control words, posts the VM where a worker lacks it, and waits for every thread at its first point. */
+  private startRun(vm: Vm, scratch: SharedArrayBuffer): void {
+    const sc = this.sc;
+    const s = this.scenario;
+    const n = s.threads.length;
+    this.idle = false;
+    Atomics.store(sc, SCHED.abort, 0);
+    for (let t = 0; t < n; t++) {
+      Atomics.store(sc, SCHED_T.steps(t), 0);
+      Atomics.store(sc, SCHED_T.grant(t), 0);
+      Atomics.store(sc, SCHED_T.budget(t), 0);
+      Atomics.store(sc, SCHED_T.ran(t), 0);
+      Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
+      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
+      // A worker keeps the VM it was sent last: send it only when it is another one.
+      if (this.crew.attached[t] !== scratch) {
+        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, program: s.program, scratch });
+        this.crew.attached[t] = scratch;
+      }
+    }
+    Atomics.store(sc, SCHED.go, ++this.crew.go);
+    Atomics.notify(sc, SCHED.go);
+    const w0 = performance.now();
+    const booting = this.crew.booted < n;
+    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
+    if (booting) {
+      this.startMs += performance.now() - w0;
+      this.crew.booted = Math.max(this.crew.booted, n);
+    }
+  }
+
+  /** Aborts the run: threads unwind through scheduling points that now throw; waits for all. */
+  private unwind(runnable: number[]): void {
+    const sc = this.sc;
+    const n = this.scenario.threads.length;
+    Atomics.store(sc, SCHED.abort, 1);
+    for (const t of runnable) this.grant(t, 0);
+    // Threads unwind through scheduling points that now throw; wait for all to finish.
+    for (let t = 0; t < n; t++) {
+      while (
+        Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
+        Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
+      ) {
+        const v = Atomics.load(sc, SCHED_T.steps(t));
+        this.grant(t, 0);
+        waitChange(sc, SCHED_T.steps(t), v);
+      }
+    }
+  }
+
+  /** The run's trace, and its violation: the audit's, a thread's failure, or the scenario's check. */
+  private outcome(
+    vm: Vm,
+    scratch: SharedArrayBuffer,
+    raw: number[][][],
+    choices: number[],
+    aborted: boolean,
+    auditViolation: string | null,
+  ): RunOutcome {
+    const sc = this.sc;
+    const s = this.scenario;
+    const n = s.threads.length;
     const trace: Record<string, TraceEntry[]> = {};
     for (let t = 0; t < n; t++) {
       const thread = s.threads[t].name;

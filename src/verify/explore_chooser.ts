@@ -131,4 +131,3 @@ export class DfsChooser implements Chooser {
     return false;
   }
 }
-

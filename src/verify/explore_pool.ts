@@ -7,7 +7,7 @@
 import { Worker } from "node:worker_threads";
 import { availableParallelism } from "node:os";
 import { MmuModeName } from "../vm.js";
-import { designNames, DesignName } from "../mmu/design.js";
+import { designNames } from "../mmu/design.js";
 import { ExploreOptions, ExploreResult } from "./explore.js";
 import { SCENARIOS } from "./scenarios.js";
 
@@ -22,14 +22,17 @@ export function fullBudgetJobs(schedules = 2000, seed = 1): PoolJob[] {
   const jobs: PoolJob[] = [];
   for (const scenario of Object.keys(SCENARIOS))
     for (const mode of ["tdp", "shadow"] as MmuModeName[])
-      for (const design of designNames() as DesignName[])
+      for (const design of designNames())
         for (const strategy of ["pct", "random"] as const)
           jobs.push({ scenario, mode, design, strategy, schedules, seed, bug: false, all: false });
   return jobs;
 }
 
 /** Runs `jobs` on `parallel` worker threads (default: one per core); results in job order. */
-export async function explorePool(jobs: PoolJob[], parallel = availableParallelism()): Promise<ExploreResult[]> {
+export async function explorePool(
+  jobs: PoolJob[],
+  parallel = availableParallelism(),
+): Promise<ExploreResult[]> {
   const next = new Int32Array(new SharedArrayBuffer(4));
   const out: ExploreResult[] = new Array<ExploreResult>(jobs.length);
   const n = Math.max(1, Math.min(parallel, jobs.length));
@@ -42,7 +45,9 @@ export async function explorePool(jobs: PoolJob[], parallel = availableParalleli
         });
         w.on("message", (m: { i: number; r: ExploreResult }) => (out[m.i] = m.r));
         w.on("error", reject);
-        w.on("exit", (code) => (code === 0 ? resolve() : reject(new Error(`explore pool worker exited with ${code}`))));
+        w.on("exit", (code) =>
+          code === 0 ? resolve() : reject(new Error(`explore pool worker exited with ${code}`)),
+        );
       }),
   );
   await Promise.all(runs);

@@ -13,7 +13,7 @@ export const MAX_SCHEDULE_STEPS = 1_000_000;
 /** The choices, run-length encoded: "0*3,1,0". */
 export function encodeChoices(choices: number[]): string {
   const parts: string[] = [];
-  for (let i = 0; i < choices.length; ) {
+  for (let i = 0; i < choices.length;) {
     let j = i;
     while (j < choices.length && choices[j] === choices[i]) j++;
     parts.push(j - i === 1 ? `${choices[i]}` : `${choices[i]}*${j - i}`);
@@ -39,7 +39,12 @@ export function encodeSchedule(
  * `threads`, repeat counts >= 1, at most MAX_SCHEDULE_STEPS steps in all (counted before
  * anything is expanded). Each refusal is EINVAL naming `what` and the bad part.
  */
-export function decodeChoices(text: string, threads: number, what = "SCHEDULE", name = "the scenario"): number[] {
+export function decodeChoices(
+  text: string,
+  threads: number,
+  what = "SCHEDULE",
+  name = "the scenario",
+): number[] {
   const items: [number, number][] = [];
   let total = 0;
   for (const p of text.split(",").filter((x) => x !== "")) {
@@ -49,10 +54,10 @@ export function decodeChoices(text: string, threads: number, what = "SCHEDULE", 
     const count = n === undefined ? 1 : /^\d{1,7}$/.test(n) ? Number(n) : NaN;
     if (parts.length > 2 || !Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
       throw einval(what, `bad item "${p.slice(0, 40)}" (thread*count, count 1..9999999)`);
-    if (tid >= threads)
-      throw einval(what, `item "${p}": ${name} has threads 0..${threads - 1}, not ${tid}`);
+    if (tid >= threads) throw einval(what, `item "${p}": ${name} has threads 0..${threads - 1}, not ${tid}`);
     total += count;
-    if (total > MAX_SCHEDULE_STEPS) throw einval(what, `item "${p}": more than ${MAX_SCHEDULE_STEPS} steps in all`);
+    if (total > MAX_SCHEDULE_STEPS)
+      throw einval(what, `item "${p}": more than ${MAX_SCHEDULE_STEPS} steps in all`);
     items.push([tid, count]);
   }
   const choices: number[] = [];

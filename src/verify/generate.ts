@@ -12,7 +12,14 @@ import { DesignName, isDesign } from "../mmu/design.js";
 import { einval } from "../errors.js";
 import { explore, ExploreResult, GENERATED_MAX_STEPS, replay, Strategy, TraceEntry } from "./explore.js";
 import { decodeChoices, encodeChoices } from "./explore_schedule.js";
-import { checkProgram, formatProgram, Program, PROGRAM_VERSION, programScenario } from "./program.js";
+import {
+  checkProgram,
+  formatProgram,
+  LogMode,
+  Program,
+  PROGRAM_VERSION,
+  programScenario,
+} from "./program.js";
 import { programArb } from "./program_arb.js";
 
 export interface GenerateOptions {
@@ -25,6 +32,8 @@ export interface GenerateOptions {
   designs: DesignName[];
   /** A catalog bug switched on in every program's VM. */
   bug: BugName | null;
+  /** The log modes programs are drawn with (default: all). */
+  logs?: readonly LogMode[];
   pctDepth?: number;
   preemptions?: number;
   /** Shrink a failing program (default true); at most this many candidates are tried. */
@@ -67,7 +76,13 @@ export interface GenerateResult {
 
 const PREFIX = `gen${PROGRAM_VERSION}:`;
 
-export function encodeReplay(p: Program, design: DesignName, mode: MmuModeName, bug: BugName | null, choices: number[]): string {
+export function encodeReplay(
+  p: Program,
+  design: DesignName,
+  mode: MmuModeName,
+  bug: BugName | null,
+  choices: number[],
+): string {
   const body = JSON.stringify({ program: p, design, mode, bug, choices: encodeChoices(choices) });
   return PREFIX + Buffer.from(body).toString("base64url");
 }
@@ -81,9 +96,16 @@ export function decodeReplay(s: string): {
   choices: number[];
 } {
   const m = /^gen(\d+):([A-Za-z0-9_-]*)$/.exec(String(s).trim());
-  if (!m) throw einval("--replay", `"${String(s).slice(0, 40)}" is not a generated program's replay string (gen${PROGRAM_VERSION}:...)`);
+  if (!m)
+    throw einval(
+      "--replay",
+      `"${String(s).slice(0, 40)}" is not a generated program's replay string (gen${PROGRAM_VERSION}:...)`,
+    );
   if (Number(m[1]) !== PROGRAM_VERSION)
-    throw einval("--replay", `the string is from generator version ${m[1]}; this kvmmu reads version ${PROGRAM_VERSION} (generate the program again)`);
+    throw einval(
+      "--replay",
+      `the string is from generator version ${m[1]}; this kvmmu reads version ${PROGRAM_VERSION} (generate the program again)`,
+    );
   let o: Record<string, unknown>;
   try {
     o = JSON.parse(Buffer.from(m[2], "base64url").toString()) as Record<string, unknown>;
@@ -92,16 +114,23 @@ export function decodeReplay(s: string): {
   }
   if (typeof o !== "object" || o === null) throw einval("--replay", "the string is damaged (not an object)");
   const program = checkProgram(o.program);
-  if (typeof o.design !== "string" || !isDesign(o.design)) throw einval("--replay", `unknown design "${String(o.design)}"`);
+  if (typeof o.design !== "string" || !isDesign(o.design))
+    throw einval("--replay", `unknown design "${String(o.design)}"`);
   if (o.mode !== "tdp" && o.mode !== "shadow") throw einval("--replay", `unknown MMU "${String(o.mode)}"`);
   if (o.bug !== null && !(typeof o.bug === "string" && Object.hasOwn(BUG, o.bug)))
-    throw einval("--replay", `unknown bug "${String(o.bug)}"`);
+    throw einval("--replay", `unknown bug ${JSON.stringify(o.bug)}`);
   const threads = program.vcpus.length + 1 + program.hosts.length;
   const choices = decodeChoices(String(o.choices), threads, "--replay", "the program");
   return { program, design: o.design, mode: o.mode, bug: o.bug as BugName | null, choices };
 }
 
-function exploreProgram(o: GenerateOptions, p: Program, design: DesignName, mode: MmuModeName, schedules: number): Promise<ExploreResult> {
+function exploreProgram(
+  o: GenerateOptions,
+  p: Program,
+  design: DesignName,
+  mode: MmuModeName,
+  schedules: number,
+): Promise<ExploreResult> {
   return explore({
     scenario: "generated",
     scenarioObject: programScenario(p, o.bug ?? undefined),
@@ -118,9 +147,18 @@ function exploreProgram(o: GenerateOptions, p: Program, design: DesignName, mode
   });
 }
 
-function violationOf(o: GenerateOptions, p: Program, design: DesignName, mode: MmuModeName, r: ExploreResult): GeneratedViolation {
+function violationOf(
+  o: GenerateOptions,
+  p: Program,
+  design: DesignName,
+  mode: MmuModeName,
+  r: ExploreResult,
+): GeneratedViolation {
   const v = r.firstViolation!;
-  const choices = decodeChoices(v.schedule.slice(v.schedule.lastIndexOf(":") + 1), p.vcpus.length + 1 + p.hosts.length);
+  const choices = decodeChoices(
+    v.schedule.slice(v.schedule.lastIndexOf(":") + 1),
+    p.vcpus.length + 1 + p.hosts.length,
+  );
   return {
     program: p,
     text: formatProgram(p),
@@ -155,7 +193,7 @@ export async function generate(o: GenerateOptions): Promise<GenerateResult> {
   const limit = o.shrinkLimit ?? 150;
   // Set by the first failure: shrinking explores only its design and MMU, within a budget.
   let target: { design: DesignName; mode: MmuModeName; budget: number } | null = null;
-  const prop = fc.asyncProperty(programArb(), async (p) => {
+  const prop = fc.asyncProperty(programArb(o.logs), async (p) => {
     if (target !== null) {
       if (res.shrinks >= limit) return true;
       res.shrinks++;
@@ -188,7 +226,9 @@ export async function generate(o: GenerateOptions): Promise<GenerateResult> {
 }
 
 /** Re-runs a generated program's schedule (a replay string from generate) exactly. */
-export async function replayGenerated(s: string): Promise<Awaited<ReturnType<typeof replay>> & { program: Program; text: string }> {
+export async function replayGenerated(
+  s: string,
+): Promise<Awaited<ReturnType<typeof replay>> & { program: Program; text: string }> {
   const d = decodeReplay(s);
   const r = await replay("", programScenario(d.program, d.bug ?? undefined), {
     bug: d.bug !== null,

@@ -55,10 +55,7 @@ export const GFN_POOL = [0, 1, 31, 32, 100, 101, 511, 512, 513, 1000, 1023] as c
 export type VcpuOp = { op: "write"; gfn: number } | { op: "read"; gfn: number };
 /** get: GET and copy; clear: GET, CLEAR [first, first+pages) of it, copy what was cleared. */
 export type MigrationOp =
-  | { op: "get" }
-  | { op: "clear"; first: number; pages: number }
-  | { op: "ring" }
-  | { op: "flags" };
+  { op: "get" } | { op: "clear"; first: number; pages: number } | { op: "ring" } | { op: "flags" };
 export type HostOp =
   | { op: "zap"; gfn: number }
   | { op: "invalidate"; gfn: number; pages: number }
@@ -90,14 +87,22 @@ function checkOp(o: unknown, where: string, ops: Record<string, string[]>): void
   const r = o as Record<string, unknown>;
   const fields = Object.hasOwn(ops, r.op as string) ? ops[r.op as string] : undefined;
   if (!fields) throw einval("--replay", `${where}: unknown operation "${String(r.op)}"`);
-  for (const f of fields) if (!gfnOk(r[f])) throw einval("--replay", `${where}: ${f} must be 0..${NPAGES - 1}`);
+  for (const f of fields) {
+    const ok = f === "pages" ? gfnOk((r[f] as number) - 1) : gfnOk(r[f]);
+    if (!ok)
+      throw einval(
+        "--replay",
+        `${where}: ${f} must be ${f === "pages" ? `1..${NPAGES}` : `0..${NPAGES - 1}`}`,
+      );
+  }
   if (r.op === "clear") {
     const first = r.first as number;
     const pages = r.pages as number;
     if (first % 64 !== 0 || pages < 1 || first + pages > NPAGES)
       throw einval("--replay", `${where}: clear range must start at a multiple of 64 and lie in the slot`);
   }
-  if (r.op === "invalidate" && (r.pages as number) < 1) throw einval("--replay", `${where}: pages must be >= 1`);
+  if (r.op === "invalidate" && (r.pages as number) < 1)
+    throw einval("--replay", `${where}: pages must be >= 1`);
 }
 
 /** Checks a program read back from a replay string; EINVAL naming --replay and the bad part. */
@@ -109,16 +114,22 @@ export function checkProgram(p: unknown): Program {
       "--replay",
       `the program is from generator version ${String(q.version)}; this kvmmu reads version ${PROGRAM_VERSION} (generate it again)`,
     );
-  if (!LOG_MODES.includes(q.log)) throw einval("--replay", `log mode "${String(q.log)}" is not one of ${LOG_MODES.join(", ")}`);
+  if (!LOG_MODES.includes(q.log))
+    throw einval("--replay", `log mode "${String(q.log)}" is not one of ${LOG_MODES.join(", ")}`);
   if (!is(q.thp, "boolean") || !Array.isArray(q.prefault) || !q.prefault.every(gfnOk))
     throw einval("--replay", "thp must be a boolean and prefault a list of gfns");
   if (!Array.isArray(q.vcpus) || !Array.isArray(q.migration) || !Array.isArray(q.hosts))
     throw einval("--replay", "vcpus, migration and hosts must be lists");
   const n = q.vcpus.length + 1 + q.hosts.length;
-  if (q.vcpus.length < 1 || n > 4) throw einval("--replay", `2 to 4 threads with at least one vCPU, got ${n}`);
-  q.vcpus.forEach((t, i) => (Array.isArray(t) ? t : [null]).forEach((o, j) => checkOp(o, `vcpu${i} op ${j}`, VCPU_OPS)));
+  if (q.vcpus.length < 1 || n > 4)
+    throw einval("--replay", `2 to 4 threads with at least one vCPU, got ${n}`);
+  q.vcpus.forEach((t, i) =>
+    (Array.isArray(t) ? t : [null]).forEach((o, j) => checkOp(o, `vcpu${i} op ${j}`, VCPU_OPS)),
+  );
   q.migration.forEach((o, j) => checkOp(o, `migration op ${j}`, MIGRATION_OPS));
-  q.hosts.forEach((t, i) => (Array.isArray(t) ? t : [null]).forEach((o, j) => checkOp(o, `host${i} op ${j}`, HOST_OPS)));
+  q.hosts.forEach((t, i) =>
+    (Array.isArray(t) ? t : [null]).forEach((o, j) => checkOp(o, `host${i} op ${j}`, HOST_OPS)),
+  );
   return q;
 }
 
@@ -161,7 +172,8 @@ function ringRound(kvm: Kvm, vcpus: number, scratch: Int32Array): void {
 function clearRange(kvm: Kvm, first: number, pages: number, scratch: Int32Array): void {
   const bm = harvest(kvm);
   const mine = new Uint32Array(bm.length);
-  for (let g = first; g < first + pages; g++) if ((bm[g >>> 5] >>> (g & 31)) & 1) mine[g >>> 5] |= 1 << (g & 31);
+  for (let g = first; g < first + pages; g++)
+    if ((bm[g >>> 5] >>> (g & 31)) & 1) mine[g >>> 5] |= 1 << (g & 31);
   kvm.slots_lock.lock();
   try {
     kvm_clear_dirty_log(kvm, wp_design(kvm), 0, first, pages, mine.subarray(first >>> 5), newDirtyLogTimes());
@@ -194,7 +206,8 @@ function migrationOp(kvm: Kvm, o: MigrationOp, vcpus: number, scratch: Int32Arra
 function hostOp(kvm: Kvm, o: HostOp, when: number, scratch: Int32Array): void {
   const hva = hvaOf(scratch);
   if (o.op === "zap") withMmuLock(kvm, () => zapLeafTable(kvm, o.gfn));
-  else if (o.op === "invalidate") host_invalidate_range(kvm, hva + o.gfn, Math.min(o.pages, NPAGES - o.gfn), notifierOf(kvm));
+  else if (o.op === "invalidate")
+    host_invalidate_range(kvm, hva + o.gfn, Math.min(o.pages, NPAGES - o.gfn), notifierOf(kvm));
   else if (o.op === "migrate") host_migrate_page(kvm, hva + o.gfn, notifierOf(kvm));
   // A clock the program controls: each scan is due (period 1 ms) at a later "time".
   else task_numa_work(kvm, 1_000_000 * when, notifierOf(kvm));
@@ -205,7 +218,9 @@ function threadsOf(p: Program): ScenarioThread[] {
     name: `vcpu${t}`,
     run: (kvm) =>
       asVcpu(kvm, t, (v) => {
-        ops.forEach((o, i) => (o.op === "write" ? v.write64(o.gfn, 0, stamp(t, i), 0) : void v.read32(o.gfn, 0)));
+        ops.forEach((o, i) =>
+          o.op === "write" ? v.write64(o.gfn, 0, stamp(t, i), 0) : void v.read32(o.gfn, 0),
+        );
       }),
   }));
   const migration: ScenarioThread = {
@@ -280,7 +295,8 @@ export function programScenario(program: unknown, bug: BugName = "skip-flush"): 
     scratchWords: S_EXTRA + 4,
     setup(vm, scratch) {
       if (p.log === "ring") vm.enableDirtyRing(256);
-      if (p.log === "manual" || p.log === "manual-init") vm.enableManualDirtyLogProtect(p.log === "manual" ? 1 : 3);
+      if (p.log === "manual" || p.log === "manual-init")
+        vm.enableManualDirtyLogProtect(p.log === "manual" ? 1 : 3);
       if (p.hosts.some((t) => t.some((o) => o.op === "numa")))
         vm.setNumaBalancing({ scanPeriodMs: 1, scanBytes: 64 * PAGE_SIZE });
       const hva = slot(vm, p.thp, false);

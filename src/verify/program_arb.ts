@@ -33,8 +33,15 @@ const clearOp: fc.Arbitrary<MigrationOp> = fc
 
 function migrationOp(log: LogMode): fc.Arbitrary<MigrationOp> {
   const main: fc.Arbitrary<MigrationOp> =
-    log === "ring" ? fc.constant({ op: "ring" as const }) : log === "bitmap" ? fc.constant({ op: "get" as const }) : clearOp;
-  return fc.oneof({ arbitrary: main, weight: 4 }, { arbitrary: fc.constant({ op: "flags" as const }), weight: 1 });
+    log === "ring"
+      ? fc.constant({ op: "ring" as const })
+      : log === "bitmap"
+        ? fc.constant({ op: "get" as const })
+        : clearOp;
+  return fc.oneof(
+    { arbitrary: main, weight: 4 },
+    { arbitrary: fc.constant({ op: "flags" as const }), weight: 1 },
+  );
 }
 
 const hostOp: fc.Arbitrary<HostOp> = fc.oneof(

@@ -120,7 +120,11 @@ test("mutex: a holder on this thread blocks lock() and tryLock() on workers unti
     m.lock();
     const { exit } = spawn(w, 1, mode);
     start(w);
-    for (let polls = 0; Atomics.load(w, C + MutexTestWords.Started) === 0 || (mode === "lock" && !m.isContended()); polls++) {
+    for (
+      let polls = 0;
+      Atomics.load(w, C + MutexTestWords.Started) === 0 || (mode === "lock" && !m.isContended());
+      polls++
+    ) {
       assert.ok(polls < 4000, `${mode}: the worker never tried the lock`);
       await sleep(5);
     }
