@@ -14,15 +14,15 @@ import { designNames } from "../../src/mmu/design.js";
 
 const PAGES = 1024;
 
-function setup(wp: string): { vm: Vm; write: (gfns: number[]) => void } {
+function setup(wp: string, pages = PAGES): { vm: Vm; write: (gfns: number[]) => void } {
   const vm = Vm.create({ memory: 8 << 20, wp: wp as "locked", maxVcpus: 1, maxSlotPages: PAGES });
   vm.enableManualDirtyLogProtect(1);
-  const hva = vm.mmap(PAGES * PAGE_SIZE, { thp: false });
+  const hva = vm.mmap(pages * PAGE_SIZE, { thp: false });
   vm.setUserMemoryRegion({
     slot: 0,
     flags: KVM_MEM_LOG_DIRTY_PAGES,
     guestPhysAddr: 0,
-    memorySize: PAGES * PAGE_SIZE,
+    memorySize: pages * PAGE_SIZE,
     userspaceAddr: hva,
   });
   vm.createVcpu(0);
@@ -62,4 +62,14 @@ for (const wp of designNames())
     assert.deepEqual(bits(vm.getDirtyLog(0)), [0, 5, 100, 1023]);
     assert.equal(vm.clearDirtyLog(0, 64, 64, new Uint32Array([-1, -1])), 1);
     assert.equal(vm.clearDirtyLog(0, 64, 64, new Uint32Array([-1, -1])), 0, "nothing left to clear");
+  });
+
+for (const wp of designNames())
+  test(`${wp}: a slot ending inside a bitmap word: CLEAR of its last, partial word clears just the asked pages`, () => {
+    const { vm, write } = setup(wp, 1000); // the last word holds gfns 992..999
+    write([960, 970, 995, 999]);
+    assert.deepEqual(bits(vm.getDirtyLog(0)), [960, 970, 995, 999]);
+    // Ask for 960 and 999 (bits 0 and 39 of the range from 960), not 970 or 995.
+    assert.equal(vm.clearDirtyLog(0, 960, 40, new Uint32Array([1, 1 << 7])), 2);
+    assert.deepEqual(bits(vm.getDirtyLog(0)), [970, 995]);
   });
