@@ -30,6 +30,13 @@ import { Scenario, SCENARIOS } from "./scenarios.js";
 import { ParkMiller } from "../workload/rng.js";
 import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
+import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
+import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
+import { withDesign } from "./explore_design.js";
+import { DesignName } from "../mmu/design.js";
+
+export { PctChooser } from "./explore_chooser.js";
+export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
 
 export type Strategy = "random" | "pct" | "dfs";
 
@@ -44,6 +51,8 @@ export interface TraceEntry {
 
 export interface Violation {
   schedule: string;
+  /** Generated programs: the program that ran (src/verify/program.ts). */
+  program?: unknown;
   invariant: string;
   trace: Record<string, TraceEntry[]>;
   steps: number;
@@ -52,6 +61,8 @@ export interface Violation {
 export interface ExploreResult {
   scenario: string;
   mode: MmuModeName;
+  /** The design the VM ran, when the run overrode the scenario's own. */
+  design?: DesignName;
   bug: BugName | null;
   strategy: Strategy;
   seed: number;
@@ -71,14 +82,6 @@ export interface ExploreResult {
   startMs: number;
 }
 
-interface Chooser {
-  /** Picks one of `runnable` (thread ids) at step `step`; `spinning[t]` is true at a spin point. */
-  choose(step: number, runnable: number[], spinning: boolean[]): number;
-  /** The chooser's state, to rewind simulated choices that did not happen. */
-  save(): unknown;
-  restore(state: unknown): void;
-}
-
 /** One run's outcome. */
 interface RunOutcome {
   choices: number[];
@@ -88,6 +91,8 @@ interface RunOutcome {
 }
 
 const TRACE_KEEP = 12;
+/** The step bound of generated programs, which are longer than the scenarios. */
+export const GENERATED_MAX_STEPS = 60000;
 /** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
 const MEM_CHUNK = 64 << 10;
 const SPIN_WINDOW = 64;
@@ -96,63 +101,6 @@ const SPIN_WINDOW = 64;
  * thread's end, and each simulated step the thread does not take is wasted controller work.
  */
 const MAX_RUN = 256;
-
-export function encodeSchedule(
-  scenario: string,
-  bug: boolean,
-  choices: number[],
-  mode: MmuModeName = "tdp",
-): string {
-  const parts: string[] = [];
-  for (let i = 0; i < choices.length;) {
-    let j = i;
-    while (j < choices.length && choices[j] === choices[i]) j++;
-    parts.push(j - i === 1 ? `${choices[i]}` : `${choices[i]}*${j - i}`);
-    i = j;
-  }
-  return `${scenario}@${bug ? "bug" : "fixed"}${mode === "shadow" ? "/shadow" : ""}:${parts.join(",")}`;
-}
-
-/** The longest schedule decodeSchedule accepts (a run is bounded by its step limit anyway). */
-export const MAX_SCHEDULE_STEPS = 1_000_000;
-
-/**
- * Parses and checks a whole schedule string before anything runs: a known scenario, thread ids
- * the scenario has, repeat counts >= 1, at most MAX_SCHEDULE_STEPS steps in all (counted before
- * anything is expanded). Each refusal is EINVAL naming SCHEDULE and the bad part.
- */
-export function decodeSchedule(s: string): {
-  scenario: string;
-  bug: boolean;
-  choices: number[];
-  mode: MmuModeName;
-} {
-  if (typeof s !== "string") throw einval("SCHEDULE", `must be a string, got ${String(s)}`);
-  const m = /^([a-z0-9-]+)@(bug|fixed)(?:\/(shadow))?:([0-9*,]*)$/.exec(s.trim());
-  if (!m) throw einval("SCHEDULE", `"${s.slice(0, 60)}" is not a schedule (scenario@bug|fixed:t*n,...)`);
-  const scenario = m[1];
-  if (!Object.hasOwn(SCENARIOS, scenario)) throw einval("SCHEDULE", `unknown scenario "${scenario}"`);
-  const threads = SCENARIOS[scenario].threads.length;
-  const items: [number, number][] = [];
-  let total = 0;
-  for (const p of m[4].split(",").filter((x) => x !== "")) {
-    const parts = p.split("*");
-    const [t, n] = parts;
-    const tid = /^\d{1,3}$/.test(t) ? Number(t) : NaN;
-    const count = n === undefined ? 1 : /^\d{1,7}$/.test(n) ? Number(n) : NaN;
-    if (parts.length > 2 || !Number.isInteger(tid) || !Number.isInteger(count) || count < 1)
-      throw einval("SCHEDULE", `bad item "${p.slice(0, 40)}" (thread*count, count 1..9999999)`);
-    if (tid >= threads)
-      throw einval("SCHEDULE", `item "${p}": scenario ${scenario} has threads 0..${threads - 1}, not ${tid}`);
-    total += count;
-    if (total > MAX_SCHEDULE_STEPS)
-      throw einval("SCHEDULE", `item "${p}": more than ${MAX_SCHEDULE_STEPS} steps in all`);
-    items.push([tid, count]);
-  }
-  const choices: number[] = [];
-  for (const [tid, count] of items) for (let k = 0; k < count; k++) choices.push(tid);
-  return { scenario, bug: m[2] === "bug", choices, mode: m[3] === "shadow" ? "shadow" : "tdp" };
-}
 
 /**
  * A control SAB and its worker threads (thread t of a run is worker t). Starting a worker costs
@@ -249,6 +197,8 @@ export class Explorer {
      * steps and the restored VM must match step for step (tests compare the two).
      */
     readonly stepwise = false,
+    /** The design of the scenario's VM instead of its own (src/verify/explore_design.ts). */
+    readonly design?: DesignName,
   ) {
     if (scenario.threads.length > SCHED_MAX_THREADS) throw einval("scenario", "too many threads");
     this.crew = takeCrew(scenario.threads.length);
@@ -276,30 +226,7 @@ export class Explorer {
     const s = this.scenario;
     const n = s.threads.length;
     const { vm, scratch } = this.freshVm();
-    this.idle = false;
-    Atomics.store(sc, SCHED.abort, 0);
-    for (let t = 0; t < n; t++) {
-      Atomics.store(sc, SCHED_T.steps(t), 0);
-      Atomics.store(sc, SCHED_T.grant(t), 0);
-      Atomics.store(sc, SCHED_T.budget(t), 0);
-      Atomics.store(sc, SCHED_T.ran(t), 0);
-      Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
-      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
-      // A worker keeps the VM it was sent last: send it only when it is another one.
-      if (this.crew.attached[t] !== scratch) {
-        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, scratch });
-        this.crew.attached[t] = scratch;
-      }
-    }
-    Atomics.store(sc, SCHED.go, ++this.crew.go);
-    Atomics.notify(sc, SCHED.go);
-    const w0 = performance.now();
-    const booting = this.crew.booted < n;
-    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
-    if (booting) {
-      this.startMs += performance.now() - w0;
-      this.crew.booted = Math.max(this.crew.booted, n);
-    }
+    this.startRun(vm, scratch);
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
     const raw: number[][][] = Array.from({ length: n }, () => []);
@@ -337,35 +264,11 @@ export class Explorer {
       // Past the step bound, or the structure broke (the trace then ends at that step): unwind.
       if (step >= this.maxSteps || auditViolation !== null || notRunnable !== null) {
         aborted = auditViolation === null;
-        Atomics.store(sc, SCHED.abort, 1);
-        for (const t of runnable) this.grant(t, 0);
-        // Threads unwind through scheduling points that now throw; wait for all to finish.
-        for (let t = 0; t < n; t++) {
-          while (
-            Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
-            Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
-          ) {
-            const v = Atomics.load(sc, SCHED_T.steps(t));
-            this.grant(t, 0);
-            waitChange(sc, SCHED_T.steps(t), v);
-          }
-        }
+        this.unwind(runnable);
         break;
       }
       // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
-      let k = 1;
-      if (batch) {
-        const was = spinning[t];
-        for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
-          spinning[t] = own[t] + k - lastSpin[t] < SPIN_WINDOW;
-          saved[k] = chooser.save();
-          if (chooser.choose(step + k, runnable, spinning) !== t) {
-            chooser.restore(saved[k]);
-            break;
-          }
-        }
-        spinning[t] = was;
-      }
+      const k = batch ? this.runLength(chooser, t, step, runnable, spinning, own[t] - lastSpin[t], saved) : 1;
       const ran0 = own[t];
       const v = Atomics.load(sc, SCHED_T.steps(t));
       this.grant(t, k - 1);
@@ -388,6 +291,99 @@ export class Explorer {
     this.idle = true;
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
+    return this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
+  }
+
+  /**
+   * How many steps in a row `chooser` gives `t` from `step` on, if only t moves and reaches no
+   * spin point (`sinceSpin`: t's steps since its last one). The chooser is left as after the
+   * last of those choices; `saved[k]` is its state before simulated step k.
+   */
+  private runLength(
+    chooser: Chooser,
+    t: number,
+    step: number,
+    runnable: number[],
+    spinning: boolean[],
+    sinceSpin: number,
+    saved: unknown[],
+  ): number {
+    const was = spinning[t];
+    let k = 1;
+    for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
+      spinning[t] = sinceSpin + k < SPIN_WINDOW;
+      saved[k] = chooser.save();
+      if (chooser.choose(step + k, runnable, spinning) !== t) {
+        chooser.restore(saved[k]);
+        break;
+      }
+    }
+    spinning[t] = was;
+    return k;
+  }
+
+  /** Resets the control words, posts the VM where a worker lacks it, and waits for every thread at its first point. */
+  private startRun(vm: Vm, scratch: SharedArrayBuffer): void {
+    const sc = this.sc;
+    const s = this.scenario;
+    const n = s.threads.length;
+    this.idle = false;
+    Atomics.store(sc, SCHED.abort, 0);
+    for (let t = 0; t < n; t++) {
+      Atomics.store(sc, SCHED_T.steps(t), 0);
+      Atomics.store(sc, SCHED_T.grant(t), 0);
+      Atomics.store(sc, SCHED_T.budget(t), 0);
+      Atomics.store(sc, SCHED_T.ran(t), 0);
+      Atomics.store(sc, SCHED_T.state(t), TS_IDLE);
+      Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
+      // A worker keeps the VM it was sent last: send it only when it is another one.
+      if (this.crew.attached[t] !== scratch) {
+        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, program: s.program, scratch });
+        this.crew.attached[t] = scratch;
+      }
+    }
+    Atomics.store(sc, SCHED.go, ++this.crew.go);
+    Atomics.notify(sc, SCHED.go);
+    const w0 = performance.now();
+    const booting = this.crew.booted < n;
+    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
+    if (booting) {
+      this.startMs += performance.now() - w0;
+      this.crew.booted = Math.max(this.crew.booted, n);
+    }
+  }
+
+  /** Aborts the run: threads unwind through scheduling points that now throw; waits for all. */
+  private unwind(runnable: number[]): void {
+    const sc = this.sc;
+    const n = this.scenario.threads.length;
+    Atomics.store(sc, SCHED.abort, 1);
+    for (const t of runnable) this.grant(t, 0);
+    // Threads unwind through scheduling points that now throw; wait for all to finish.
+    for (let t = 0; t < n; t++) {
+      while (
+        Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
+        Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
+      ) {
+        const v = Atomics.load(sc, SCHED_T.steps(t));
+        this.grant(t, 0);
+        waitChange(sc, SCHED_T.steps(t), v);
+      }
+    }
+  }
+
+  /** The run's trace, and its violation: the audit's, a thread's failure, or the scenario's check. */
+  private outcome(
+    vm: Vm,
+    scratch: SharedArrayBuffer,
+    raw: number[][][],
+    choices: number[],
+    aborted: boolean,
+    auditViolation: string | null,
+  ): RunOutcome {
+    const sc = this.sc;
+    const s = this.scenario;
+    const n = s.threads.length;
     const trace: Record<string, TraceEntry[]> = {};
     for (let t = 0; t < n; t++) {
       const thread = s.threads[t].name;
@@ -422,7 +418,7 @@ export class Explorer {
   private freshVm(): { vm: Vm; scratch: SharedArrayBuffer } {
     const s = this.scenario;
     if (this.template === null || this.stepwise) {
-      const vm = Vm.create(s.vmOptions(this.bug ? [s.bug] : [], this.mode));
+      const vm = Vm.create(withDesign(s.vmOptions(this.bug ? [s.bug] : [], this.mode), this.design));
       const scratch = new SharedArrayBuffer(s.scratchWords * 4);
       s.setup(vm, new Int32Array(scratch));
       if (this.stepwise) return { vm, scratch };
@@ -465,128 +461,12 @@ export class Explorer {
   }
 }
 
-/** Prefers threads not spinning: a spinner waits for someone else to move. */
-function progressing(runnable: number[], spinning: boolean[]): number[] {
-  const p = runnable.filter((t) => !spinning[t]);
-  return p.length ? p : runnable;
-}
-
-class RandomChooser implements Chooser {
-  constructor(private readonly rng: ParkMiller) {}
-  choose(_step: number, runnable: number[], spinning: boolean[]): number {
-    const c = this.rng.next() % 16 === 0 ? runnable : progressing(runnable, spinning);
-    return c[this.rng.next() % c.length];
-  }
-  save(): unknown {
-    return this.rng.state;
-  }
-  restore(state: unknown): void {
-    this.rng.state = state as number;
-  }
-}
-
-export class PctChooser implements Chooser {
-  private readonly prio: number[];
-  private readonly changes: Map<number, number>;
-  /** [thread, priority before] of each change point applied, to rewind them. */
-  private readonly undo: [number, number][] = [];
-  constructor(rng: ParkMiller, threads: number, depth: number, estSteps: number) {
-    // Priorities depth..depth+n-1 in random order; change point i lowers to i (below all initial).
-    const p = Array.from({ length: threads }, (_, i) => depth + i);
-    for (let i = p.length - 1; i > 0; i--) {
-      const j = rng.next() % (i + 1);
-      [p[i], p[j]] = [p[j], p[i]];
-    }
-    this.prio = p;
-    this.changes = new Map();
-    for (let i = 1; i < depth; i++) this.changes.set(rng.next() % Math.max(1, estSteps), i);
-  }
-  choose(step: number, runnable: number[], spinning: boolean[]): number {
-    const c = progressing(runnable, spinning);
-    // Everyone waits: rotate, so a lock holder that spun recently is not starved by priority.
-    if (c.every((t) => spinning[t])) return c[step % c.length];
-    let best = c[0];
-    for (const t of c) if (this.prio[t] > this.prio[best]) best = t;
-    const ch = this.changes.get(step);
-    if (ch !== undefined) {
-      this.undo.push([best, this.prio[best]]);
-      this.prio[best] = ch;
-    }
-    return best;
-  }
-  /** Only change points alter the priorities: the state is how many of them were applied. */
-  save(): unknown {
-    return this.undo.length;
-  }
-  restore(state: unknown): void {
-    while (this.undo.length > (state as number)) {
-      const [t, p] = this.undo.pop()!;
-      this.prio[t] = p;
-    }
-  }
-}
-
-class ReplayChooser implements Chooser {
-  constructor(private readonly choices: number[]) {}
-  choose(step: number, runnable: number[]): number {
-    if (step >= this.choices.length) return runnable[0];
-    return this.choices[step];
-  }
-  save(): unknown {
-    return null;
-  }
-  restore(): void {}
-}
-
-/** Depth-first enumeration with a preemption bound; one instance drives a whole search. */
-class DfsChooser implements Chooser {
-  stack: { options: number[]; idx: number; preemptions: number }[] = [];
-  private last = -1;
-  constructor(private readonly bound: number) {}
-  begin(): void {
-    this.last = -1;
-  }
-  save(): unknown {
-    return this.stack.length * 16 + this.last + 1;
-  }
-  restore(state: unknown): void {
-    const v = state as number;
-    this.stack.length = v >> 4;
-    this.last = (v & 15) - 1;
-  }
-  choose(step: number, runnable: number[], spinning: boolean[]): number {
-    if (step < this.stack.length) {
-      const f = this.stack[step];
-      const t = f.options[f.idx];
-      this.last = t;
-      return t;
-    }
-    const c = progressing(runnable, spinning);
-    // The non-preemptive choice (keep running the last thread) comes first.
-    const options = c.includes(this.last) ? [this.last, ...c.filter((t) => t !== this.last)] : [...c];
-    const before = step > 0 ? this.stack[step - 1].preemptions : 0;
-    this.stack.push({ options, idx: 0, preemptions: before });
-    this.last = options[0]!;
-    return options[0];
-  }
-  /** Moves to the next schedule; false when the bounded space is exhausted. */
-  next(): boolean {
-    while (this.stack.length) {
-      const f = this.stack[this.stack.length - 1];
-      const base = this.stack.length > 1 ? this.stack[this.stack.length - 2].preemptions : 0;
-      if (f.idx + 1 < f.options.length && base + 1 <= this.bound) {
-        f.idx++;
-        f.preemptions = base + 1;
-        return true;
-      }
-      this.stack.pop();
-    }
-    return false;
-  }
-}
-
 export interface ExploreOptions {
   scenario: string;
+  /** A scenario object to run instead of the named one (generated programs). */
+  scenarioObject?: Scenario;
+  /** The design of the VM instead of the scenario's own. */
+  design?: DesignName;
   strategy: Strategy;
   schedules: number;
   seed: number;
@@ -609,7 +489,7 @@ export interface ExploreOptions {
 }
 
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
-  const s = SCENARIOS[o.scenario];
+  const s = o.scenarioObject ?? (Object.hasOwn(SCENARIOS, o.scenario) ? SCENARIOS[o.scenario] : undefined);
   if (!s)
     throw einval(
       "--scenario",
@@ -622,6 +502,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     o.auditEveryStep ?? false,
     o.mode ?? "tdp",
     o.stepwise ?? false,
+    o.design,
   );
   const t0 = performance.now();
   let schedules = 0;
@@ -650,7 +531,8 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       if (r.violation) {
         violations++;
         first ??= {
-          schedule: encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp"),
+          schedule: encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp", o.design),
+          ...(s.program !== undefined ? { program: s.program } : {}),
           invariant: r.violation,
           trace: r.trace,
           steps: r.choices.length,
@@ -666,6 +548,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   return {
     scenario: s.name,
     mode: o.mode ?? "tdp",
+    ...(o.design !== undefined ? { design: o.design } : {}),
     bug: o.bug ? s.bug : null,
     strategy: o.strategy,
     seed: o.seed,
@@ -680,22 +563,28 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   };
 }
 
-/** Re-runs one schedule exactly. */
-export async function replay(schedule: string): Promise<{
+/** Re-runs one schedule exactly (of a named scenario, or of `scenario` for generated ones). */
+export async function replay(
+  schedule: string,
+  scenario?: Scenario,
+  choices?: { bug: boolean; mode: MmuModeName; design?: DesignName; choices: number[] },
+): Promise<{
   violation: string | null;
   trace: Record<string, TraceEntry[]>;
   steps: number;
   schedule: string;
 }> {
-  const d = decodeSchedule(schedule);
-  const ex = new Explorer(SCENARIOS[d.scenario], d.bug, Math.max(20000, d.choices.length), false, d.mode);
+  const d = choices ?? decodeSchedule(schedule);
+  const s = scenario ?? SCENARIOS[decodeSchedule(schedule).scenario];
+  const steps = Math.max(scenario ? GENERATED_MAX_STEPS : 20000, d.choices.length);
+  const ex = new Explorer(s, d.bug, steps, false, d.mode, false, d.design);
   try {
     const r = ex.runOnce(new ReplayChooser(d.choices));
     return {
       violation: r.violation,
       trace: r.trace,
       steps: r.choices.length,
-      schedule: encodeSchedule(d.scenario, d.bug, r.choices, d.mode),
+      schedule: encodeSchedule(s.name, d.bug, r.choices, d.mode, d.design),
     };
   } finally {
     await ex.close();

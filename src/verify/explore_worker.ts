@@ -17,7 +17,8 @@ import {
   TS_FAILED,
   handOffWait,
 } from "../sync/sched.js";
-import { SCENARIOS } from "./scenarios.js";
+import { Scenario, SCENARIOS } from "./scenarios.js";
+import { programScenario } from "./program.js";
 
 interface Data {
   sc: SharedArrayBuffer;
@@ -28,6 +29,8 @@ interface Data {
 interface RunMsg {
   shared: KvmShared;
   scenario: string;
+  /** Set for generated programs: the threads are rebuilt from it. */
+  program?: unknown;
   scratch: SharedArrayBuffer;
 }
 
@@ -36,18 +39,23 @@ const sc = new Int32Array(d.sc);
 let go = 0;
 /** The VM of the last message: the controller sends one only when the VM changes. */
 let vm: RunMsg | null = null;
+/** The scenario of `vm` (a generated one is rebuilt once per message). */
+let scenario: Scenario | null = null;
 for (;;) {
   handOffWait(sc, SCHED.go, go);
   go = Atomics.load(sc, SCHED.go);
   if (go < 0) break;
   // The run has fewer threads than the crew has workers: sit it out.
   if (Atomics.load(sc, SCHED_T.run(d.tid)) !== go) continue;
-  vm = (receiveMessageOnPort(d.port)?.message as RunMsg | undefined) ?? vm;
-  if (!vm) throw new Error("explore worker: no VM to run on");
+  const msg = receiveMessageOnPort(d.port)?.message as RunMsg | undefined;
+  if (msg) {
+    vm = msg;
+    scenario = msg.program !== undefined ? programScenario(msg.program) : SCENARIOS[msg.scenario];
+  }
+  if (!vm || !scenario) throw new Error("explore worker: no VM to run on");
   const m = vm;
   // A new Kvm for every run: nothing one run leaves in the thread's own objects reaches the next.
   const kvm = new Kvm(m.shared);
-  const scenario = SCENARIOS[m.scenario];
   const scratch = new Int32Array(m.scratch);
   let state = TS_DONE;
   installControlledHook(sc, d.tid, [

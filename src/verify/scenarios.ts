@@ -58,18 +58,23 @@ export interface Scenario {
   setup(vm: Vm, scratch: Int32Array): void;
   threads: ScenarioThread[];
   check(vm: Vm, scratch: Int32Array): string | null;
+  /**
+   * A generated scenario's program (src/verify/program.ts): posted to the explore workers,
+   * which rebuild the threads from it (they cannot look a generated scenario up by name).
+   */
+  program?: unknown;
 }
 
-const SLOT_BYTES = 4 << 20;
-const NPAGES = SLOT_BYTES / PAGE_SIZE;
+export const SLOT_BYTES = 4 << 20;
+export const NPAGES = SLOT_BYTES / PAGE_SIZE;
 /** scratch layout: [0, NPAGES) copies of each page's first word (the "destination"); then per-scenario words. */
-const S_EXTRA = NPAGES;
+export const S_EXTRA = NPAGES;
 
 function makeVm(wp: "locked" | "lockless", bugs: BugName[], mode: MmuModeName): VmOptions {
   return { memory: 8 << 20, wp, bugs, mode, maxVcpus: 4, maxSlotPages: NPAGES, maxSp: 64, maxDesc: 64 };
 }
 
-function slot(vm: Vm, thp: boolean, logged: boolean): number {
+export function slot(vm: Vm, thp: boolean, logged: boolean): number {
   const hva = vm.mmap(SLOT_BYTES, { thp });
   vm.setUserMemoryRegion({
     slot: 0,
@@ -81,7 +86,7 @@ function slot(vm: Vm, thp: boolean, logged: boolean): number {
   return hva / PAGE_SIZE;
 }
 
-function enableLogging(vm: Vm, hvaPage: number): void {
+export function enableLogging(vm: Vm, hvaPage: number): void {
   vm.setUserMemoryRegion({
     slot: 0,
     flags: KVM_MEM_LOG_DIRTY_PAGES,
@@ -92,14 +97,14 @@ function enableLogging(vm: Vm, hvaPage: number): void {
 }
 
 /** Guest writes from the controller thread, before the run (vCPU `id` ends outside guest mode). */
-function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
+export function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
   asVcpu(vm.kvm, id, (v) => {
     for (const g of gfns) v.write64(g, 0, stamp, 0);
   });
 }
 
 /** Runs body as vCPU `id` on this thread (kvm_get_running_vcpu() is `id` meanwhile: ring pushes). */
-function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
+export function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
   const v = new Vcpu(kvm, id);
   kvm_set_running_vcpu(id);
   v.enterGuest();
@@ -112,7 +117,7 @@ function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
 }
 
 /** KVM_GET_DIRTY_LOG from a scenario thread (slots_lock held, as the ioctl does). */
-function harvest(kvm: Kvm): Uint32Array {
+export function harvest(kvm: Kvm): Uint32Array {
   const out = new Uint32Array(NPAGES / 32);
   kvm.slots_lock.lock();
   try {
@@ -124,7 +129,7 @@ function harvest(kvm: Kvm): Uint32Array {
 }
 
 /** KVM_CLEAR_DIRTY_LOG of the pages set in bm, from a scenario thread (slots_lock held). */
-function clearLog(kvm: Kvm, bm: Uint32Array): void {
+export function clearLog(kvm: Kvm, bm: Uint32Array): void {
   kvm.slots_lock.lock();
   try {
     kvm_clear_dirty_log(kvm, wp_design(kvm), 0, 0, NPAGES, bm, newDirtyLogTimes());
@@ -165,18 +170,18 @@ function finalRingMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string
   return null;
 }
 
-function pageWord(kvm: Kvm, hvaPage: number): number {
+export function pageWord(kvm: Kvm, hvaPage: number): number {
   const pfn = hva_to_pfn(kvm, hvaPage);
   return aload(kvm.mem, pfn < 0 ? 0 : pfn * PAGE_WORDS);
 }
 
 /** The "migration" side of the QEMU-style oracle: copy the pages a bitmap reports. */
-function copyReported(kvm: Kvm, hvaBase: number, bm: Uint32Array, scratch: Int32Array): void {
+export function copyReported(kvm: Kvm, hvaBase: number, bm: Uint32Array, scratch: Int32Array): void {
   for (let g = 0; g < NPAGES; g++)
     if ((bm[g >>> 5] >>> (g & 31)) & 1) scratch[g] = pageWord(kvm, hvaBase + g);
 }
 
-function copyAll(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
+export function copyAll(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
   for (let g = 0; g < NPAGES; g++) scratch[g] = pageWord(kvm, hvaBase + g);
 }
 
@@ -192,7 +197,7 @@ function finalRoundMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): strin
   return null;
 }
 
-const notifierOf = (kvm: Kvm): MmuNotifier => ({
+export const notifierOf = (kvm: Kvm): MmuNotifier => ({
   invalidateRangeStart: (s, e) => kvm_mmu_notifier_invalidate_range_start(kvm, s, e),
   invalidateRangeEnd: () => kvm_mmu_notifier_invalidate_range_end(kvm),
 });
@@ -224,7 +229,7 @@ function writableLeft(kvm: Kvm, sptes: number[], names: string[]): string | null
   return null;
 }
 
-const auditCheck = (vm: Vm): string | null => {
+export const auditCheck = (vm: Vm): string | null => {
   const bad = audit(vm.kvm, 3);
   return bad.length ? `audit: ${bad.join("; ")}` : null;
 };
@@ -233,7 +238,7 @@ const auditCheck = (vm: Vm): string | null => {
  * Zaps the last-level shadow page that maps gfn (found through its rmap, so it works for the
  * TDP tree and for the shadow MMU's direct pages alike). mmu_lock held.
  */
-function zapLeafTable(kvm: Kvm, gfn: number): void {
+export function zapLeafTable(kvm: Kvm, gfn: number): void {
   const s = rmap_get_first(kvm, kvm.rmapPool, gfn_to_rmap(kvm, 0, gfn, 1));
   if (s < 0) return;
   const invalid: number[] = [];
@@ -242,7 +247,7 @@ function zapLeafTable(kvm: Kvm, gfn: number): void {
   kvm_mmu_commit_zap_page(kvm, invalid);
 }
 
-function withMmuLock(kvm: Kvm, fn: () => void): void {
+export function withMmuLock(kvm: Kvm, fn: () => void): void {
   kvm.mmu_lock.lock();
   try {
     fn();
@@ -252,7 +257,7 @@ function withMmuLock(kvm: Kvm, fn: () => void): void {
 }
 
 const G = 100; // a gfn in the first 2 MiB block
-const HVA0 = 1; // scratch word: hva page of gfn 0
+export const HVA0 = 1; // scratch word: hva page of gfn 0
 
 export const SCENARIOS: Record<string, Scenario> = {
   "dirty-before-rmap": {

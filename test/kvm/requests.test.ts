@@ -67,12 +67,12 @@ afterEach(async () => {
 });
 
 /** Waits (without blocking the event loop) until out[i] >= v. */
-async function until(out: Int32Array, i: number, v: number, timeoutMs = 20_000): Promise<void> {
-  const t0 = Date.now();
-  for (;;) {
+async function until(out: Int32Array, i: number, v: number, polls = 1000): Promise<void> {
+  // Bounded by polls (each waits at most 20 ms for a change), not by reading a clock.
+  for (let n = 0; ; n++) {
     const x = Atomics.load(out, i);
     if (x >= v) return;
-    if (Date.now() - t0 > timeoutMs) throw new Error(`word ${i} stayed at ${x}, wanted ${v}`);
+    if (n > polls) throw new Error(`word ${i} stayed at ${x} over ${polls} polls, wanted ${v}`);
     const r = Atomics.waitAsync(out, i, x, 20);
     if (r.async) await r.value;
   }
@@ -95,10 +95,8 @@ test("requests: vCPUs outside guest mode are not waited for; they flush at their
   vcpu.exitGuest();
   assert.equal(mode(kvm, 0), OUTSIDE_GUEST_MODE);
   // vCPUs 1 and 2 never ran: OUTSIDE_GUEST_MODE too
-  const t0 = performance.now();
   assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), false, "nobody had to be kicked");
   kvm_flush_remote_tlbs(kvm);
-  assert.ok(performance.now() - t0 < 1000);
   assert.equal(Atomics.load(kvm.ctl, CTL.remote_flushes), 1);
   for (const id of [0, 1, 2]) {
     assert.equal(requests(kvm, id), KVM_REQ_TLB_FLUSH, `vcpu ${id} has the request`);
@@ -117,9 +115,9 @@ test("requests: a vCPU thread sleeping outside guest mode does not hold up the f
   const f = fakeVcpu(kvm, 0, "outside");
   await until(f.out, FakeVcpuWords.Ready, 1);
   assert.equal(mode(kvm, 0), OUTSIDE_GUEST_MODE);
-  const t0 = performance.now();
-  kvm_flush_remote_tlbs(kvm); // the worker is blocked in Atomics.wait: it could never acknowledge
-  assert.ok(performance.now() - t0 < 1000, "returned without waiting");
+  // The worker is blocked in Atomics.wait: it could never acknowledge, and is not waited for.
+  assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), false, "returned without waiting");
+  kvm_flush_remote_tlbs(kvm);
   Atomics.store(f.out, FakeVcpuWords.Go, 1);
   Atomics.notify(f.out, FakeVcpuWords.Go);
   await f.exit;
@@ -189,25 +187,21 @@ test("requests: a Dead vCPU left in guest mode does not hang the flusher", async
     Atomics.store(kvm.vcpu, VCPU.mode(id), id === 0 ? IN_GUEST_MODE : READING_SHADOW_PAGE_TABLES);
     Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Dead);
   }
-  let t0 = performance.now();
+  // Waited for, and returned (waiting for an acknowledgement would end in ETIMEDOUT).
   assert.equal(make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH), true);
-  assert.ok(performance.now() - t0 < 1000);
   assert.equal(mode(kvm, 0), EXITING_GUEST_MODE, "it was kicked, but nobody acknowledged");
 
   // dies while the flusher waits for it
   const kvm2 = kvmWithVcpus(1);
   const f = fakeVcpu(kvm2, 0, "dies", 150);
   await until(f.out, FakeVcpuWords.Ready, 1);
-  t0 = performance.now();
-  kvm_flush_remote_tlbs(kvm2);
-  const dt = performance.now() - t0;
+  kvm_flush_remote_tlbs(kvm2); // returns (no ETIMEDOUT) once the vCPU is Dead
   // the mode never leaves IN/EXITING: only the vCPU's death lets the flusher go
   assert.equal(
     Atomics.load(kvm2.vcpu, VCPU.state(0)),
     VcpuState.Dead,
     "the flusher waited while it was alive",
   );
-  assert.ok(dt < 5000, `and returned once it was Dead (${dt.toFixed(1)} ms)`);
   await f.exit;
   assert.equal(f.out[FakeVcpuWords.Flushes], 0, "the dead vCPU never acknowledged");
   assert.equal(mode(kvm2, 0), EXITING_GUEST_MODE);
@@ -233,11 +227,9 @@ test("requests: a guest that only hits its TLB still acknowledges flushes, pause
     await new Promise((r) => setTimeout(r, 50)); // now in its loop of hits
     const flushes0 = Atomics.load(vm.kvm.ctl, CTL.remote_flushes);
     for (let round = 0; round < 5; round++) {
-      const t0 = performance.now();
       // The dirty page makes GET_DIRTY_LOG protect it and flush: the vCPU in guest mode is
-      // kicked and waited for (ETIMEDOUT after 10 s if it never acknowledged).
+      // kicked and waited for (ETIMEDOUT if it never acknowledged: the call throws).
       vm.getDirtyLog(0);
-      assert.ok(performance.now() - t0 < 5000, `round ${round}: the flush was acknowledged`);
       await vm.pause();
       vm.resume();
     }

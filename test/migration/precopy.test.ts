@@ -67,7 +67,7 @@ for (const wp of ["locked", "lockless"] as const)
       assert.ok(rep.verifyMs > 0 && drep.hashMs > 0 && rep.verifyMs >= drep.hashMs);
       assert.ok(Math.abs(so.stopMs - (rep.downtimeMs + rep.verifyMs)) < 1e-6);
       assert.ok(so.pauseMs + so.syncMs + so.sendMs + so.startMs <= rep.downtimeMs);
-      assert.ok(rep.expectedDowntimeMs > 0 && rep.expectedDowntimeMs <= 1000);
+      assert.ok(rep.expectedDowntimeMs > 0);
       assert.ok(rep.guestRate > 0);
     });
 

@@ -84,14 +84,24 @@ for (const [pool, over] of [
 ] as const) {
   test(`top-up below one fault's worst case: ENOMEM naming ${pool}, within the wait bound, no lock held`, () => {
     const kvm = makeKvm(over);
-    const t0 = performance.now();
-    assert.throws(
-      () => mmu_topup_memory_caches(kvm, VCPU0),
-      (e: unknown) =>
-        e instanceof KvmError && e.code === "ENOMEM" && new RegExp(`\\b${pool}\\b`).test(e.message),
-    );
-    const ms = performance.now() - t0;
-    assert.ok(ms >= MMU_TOPUP_WAIT_MS - 5 && ms < MMU_TOPUP_WAIT_MS + 500, `gave up after ${ms} ms`);
+    // A clock the test controls: each read after the first is STEP ms later.
+    const STEP = 40;
+    let now = 0;
+    let reads = 0;
+    const realNow = Date.now;
+    Date.now = () => (reads++ === 0 ? now : (now += STEP));
+    try {
+      assert.throws(
+        () => mmu_topup_memory_caches(kvm, VCPU0),
+        (e: unknown) =>
+          e instanceof KvmError && e.code === "ENOMEM" && new RegExp(`\\b${pool}\\b`).test(e.message),
+      );
+    } finally {
+      Date.now = realNow;
+    }
+    // It gave up at the first read at or past the bound, not before and not later.
+    assert.ok(now >= MMU_TOPUP_WAIT_MS && now < MMU_TOPUP_WAIT_MS + STEP, `gave up at ${now} ms`);
+    assert.equal(reads, 1 + Math.ceil(MMU_TOPUP_WAIT_MS / STEP));
     assert.ok(!kvm.mmu_lock.isLocked());
   });
 }

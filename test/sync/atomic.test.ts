@@ -88,11 +88,10 @@ const a = new Int32Array(new SharedArrayBuffer(8));`;
     run(`${prelude} waitAsyncAlive(a, 0, 1, 60_000).then(() => console.log("changed"));`),
     "changed\n",
   );
-  const t0 = performance.now();
+  // The notify, not the 60 s timeout, settles it: run() gives the child 20 s.
   assert.equal(
     run(`${prelude} const p = waitAsyncAlive(a, 0, 0, 60_000).then(() => console.log("woken"));
 Atomics.store(a, 0, 1); Atomics.notify(a, 0);`),
     "woken\n",
   );
-  assert.ok(performance.now() - t0 < 15_000, "the notify, not the 60 s timeout, settled it");
 });

@@ -120,9 +120,12 @@ test("mutex: a holder on this thread blocks lock() and tryLock() on workers unti
     m.lock();
     const { exit } = spawn(w, 1, mode);
     start(w);
-    const t0 = Date.now();
-    while (Atomics.load(w, C + MutexTestWords.Started) === 0 || (mode === "lock" && !m.isContended())) {
-      assert.ok(Date.now() - t0 < 20_000, `${mode}: the worker never tried the lock`);
+    for (
+      let polls = 0;
+      Atomics.load(w, C + MutexTestWords.Started) === 0 || (mode === "lock" && !m.isContended());
+      polls++
+    ) {
+      assert.ok(polls < 4000, `${mode}: the worker never tried the lock`);
       await sleep(5);
     }
     // lock(): the worker holds a ticket, it is queued behind this thread
@@ -151,16 +154,15 @@ test("mutex: a sleep-mode waiter registers as a sleeper, a spin-mode waiter neve
     m.lock();
     const { exit } = spawn(w, 1, "lock");
     start(w);
-    const t0 = Date.now();
-    while (!m.isContended()) {
-      assert.ok(Date.now() - t0 < 20_000, `${lockMode}: the worker never queued`);
+    for (let polls = 0; !m.isContended(); polls++) {
+      assert.ok(polls < 4000, `${lockMode}: the worker never queued`);
       await sleep(5);
     }
     // WAITERS counts a waiter only while it is inside Atomics.wait (it leaves and re-enters every
-    // 50 ms), so one sample can miss it: sleep mode must show it within 10 s; spin mode never,
-    // sampled for 200 ms.
+    // 50 ms), so one sample can miss it: sleep mode must show it within 10000 samples (1 ms
+    // apart at least); spin mode never, in 200.
     let seen = 0;
-    for (const t1 = Date.now(); Date.now() - t1 < (lockMode === "sleep" ? 10_000 : 200);) {
+    for (let n = 0; n < (lockMode === "sleep" ? 10_000 : 200); n++) {
       seen = Math.max(seen, Atomics.load(w, BASE + 2));
       if (lockMode === "sleep" && seen > 0) break;
       await sleep(1);

@@ -367,8 +367,6 @@ test("stop(): no vCPU is left in guest mode, so later flushes (deleting a slot) 
   // Otherwise kvm_flush_remote_tlbs (in the slot deletion below) waits 10 s and throws ETIMEDOUT.
   assert.equal(mode, OUTSIDE_GUEST_MODE, `vcpu 0 after stop(): mode ${mode}, state ${state}`);
   assert.equal(state, VcpuState.Stopped);
-  const t0 = performance.now();
   vm.setUserMemoryRegion({ ...slot0, memorySize: 0 });
-  assert.ok(performance.now() - t0 < 5000);
   assert.equal(vm.kvm.slots[SLOT.active(0)], 0);
 });

@@ -12,15 +12,12 @@ import { audit } from "../../src/verify/audit.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
 
 const MiB = 1 << 20;
-/** Bound on one getDirtyLog call while the pools are being reclaimed (generous: a loaded CI box). */
-const DIRTY_LOG_BOUND_MS = 2000;
-/** Bound on how long a run whose pool is too small takes to fail with ENOMEM. */
-const ENOMEM_BOUND_MS = 2000;
 
 interface Run {
   passes: boolean;
   error: KvmError | null;
-  worstDirtyLogMs: number;
+  /** getDirtyLog calls that returned while the pools were being reclaimed. */
+  dirtyLogs: number;
 }
 
 /**
@@ -68,14 +65,13 @@ async function exhaust(
         }
       : {}),
   });
-  const run: Run = { passes: false, error: null, worstDirtyLogMs: 0 };
+  const run: Run = { passes: false, error: null, dirtyLogs: 0 };
   try {
     await vm.run(guest);
     for (let p = 1; p <= (o.passes ?? 3); p++) {
       await vm.waitPasses(p, { timeoutMs: 60_000 });
-      const t0 = performance.now();
       vm.getDirtyLog(0);
-      run.worstDirtyLogMs = Math.max(run.worstDirtyLogMs, performance.now() - t0);
+      run.dirtyLogs++;
     }
     run.passes = true;
   } catch (e) {
@@ -100,7 +96,7 @@ test("TDP: 4096 pages through 15 shadow pages: the root is reclaimed, the guest 
   assert.equal(run.error, null, String(run.error));
   assert.ok(run.passes);
   assert.ok(vm.kvm.ctl[CTL.reclaims] > 0, "top-ups reclaimed");
-  assert.ok(run.worstDirtyLogMs < DIRTY_LOG_BOUND_MS, `getDirtyLog took ${run.worstDirtyLogMs} ms`);
+  assert.equal(run.dirtyLogs, 3, "every pass's getDirtyLog returned");
   await stopAndAudit(vm);
 });
 
@@ -110,17 +106,15 @@ for (const [what, pools, pool] of [
 ] as const) {
   for (const mode of ["tdp", "shadow"] as const) {
     test(`${mode}: pools below one fault's worst case (${what}): ENOMEM naming ${pool}, promptly`, async () => {
-      const t0 = performance.now();
       const { vm, run } = await exhaust(mode, { vcpus: 1, pages: 512, ...pools });
-      const ms = performance.now() - t0;
       assert.ok(run.error, "the run failed");
       assert.match(run.error.message, new RegExp(`\\b${pool}\\b`));
-      assert.ok(ms < ENOMEM_BOUND_MS, `ENOMEM after ${ms} ms`);
+      // Promptly: at its first fault that needed a page, before any pass completed.
+      assert.equal(run.dirtyLogs, 0, "no pass completed before ENOMEM");
       assert.equal(vm.error, run.error, "the VM carries the vCPU's error");
       // The failed VM stays inspectable: a harvest does not wait on a lock left behind.
-      const t1 = performance.now();
+      assert.equal(vm.kvm.mmu_lock.isLocked(), false, "no lock left behind");
       const log = vm.getDirtyLog(0);
-      assert.ok(performance.now() - t1 < DIRTY_LOG_BOUND_MS);
       assert.ok(log instanceof Uint32Array);
       await stopAndAudit(vm);
     });
@@ -128,7 +122,6 @@ for (const [what, pools, pool] of [
 }
 
 test("shadow: guest paging through 48 shadow pages and 96 descriptors: absorbed or ENOMEM", async () => {
-  const t0 = performance.now();
   const { vm, run } = await exhaust("shadow", { vcpus: 2, pages: 4096, maxSp: 48, maxDesc: 96 });
   if (run.error) {
     assert.match(run.error.message, /\bmax(Sp|Desc)\b/);
@@ -136,7 +129,6 @@ test("shadow: guest paging through 48 shadow pages and 96 descriptors: absorbed 
     assert.ok(run.passes);
     assert.ok(vm.kvm.sctl[SCTL.recycled] > 0, "pages were recycled");
   }
-  assert.ok(run.worstDirtyLogMs < DIRTY_LOG_BOUND_MS, `getDirtyLog took ${run.worstDirtyLogMs} ms`);
-  assert.ok(performance.now() - t0 < 60_000);
+  if (run.passes) assert.equal(run.dirtyLogs, 3, "every pass's getDirtyLog returned");
   await stopAndAudit(vm);
 });
