@@ -6,6 +6,7 @@
  */
 import { MessagePort, receiveMessageOnPort, workerData } from "node:worker_threads";
 import { Kvm, KvmShared } from "../kvm_host.js";
+import { kvm_load_design } from "../mmu/design.js";
 import {
   finishControlled,
   installControlledHook,
@@ -49,6 +50,8 @@ for (;;) {
   if (Atomics.load(sc, SCHED_T.run(d.tid)) !== go) continue;
   const msg = receiveMessageOnPort(d.port)?.message as RunMsg | undefined;
   if (msg) {
+    // A design a test or a library caller registered: its module, before the first Kvm.
+    await kvm_load_design(msg.shared);
     vm = msg;
     scenario = msg.program !== undefined ? programScenario(msg.program) : SCENARIOS[msg.scenario];
   }
