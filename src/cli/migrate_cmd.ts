@@ -106,6 +106,40 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   return { o, local, to, key };
 }
 
+/** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
+async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
+  if (a["output"] !== undefined) checkOutput(String(a["output"]));
+  const { o, local, to, key } = migrateArgs(a);
+  const onRound = (r: RoundRecord): void =>
+    progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
+  const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
+  const out: MigrationResult = local
+    ? (await migrateLocal({ ...o, destination: "process", onRound, onPostcopyRun })).source
+    : await migrateTo({ ...o, ...to!, key: key!, onRound, onPostcopyRun });
+  if (a["output"] !== undefined)
+    writeResult(String(a["output"]), {
+      ...envelope("migrate", {
+        downtimeLimitMs: o.downtimeLimitMs,
+        maxBandwidth: o.maxBandwidth,
+        autoConverge: o.autoConverge,
+        minRounds: o.minRounds,
+        maxTimeMs: o.maxTimeMs,
+        log: o.logMode,
+        fault: o.fault,
+        postcopy: o.postcopy,
+        postcopyAfter: o.postcopyAfter,
+        wp: o.wp,
+        mode: o.mode,
+        local,
+        memoryBytes: out.memoryBytes,
+      }),
+      results: out,
+    });
+  process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(out) + "\n");
+  const ok = out.status === "completed" && out.verify.mismatches === 0 && out.verify.guestInvariant === true;
+  if (!ok) process.exitCode = 1;
+}
+
 export function registerMigrate(program: Command): void {
   program
     .command("migrate")
@@ -143,40 +177,11 @@ export function registerMigrate(program: Command): void {
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
-    .action(async (a: Record<string, string | boolean | undefined>) => {
-      if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const { o, local, to, key } = migrateArgs(a);
-      const onRound = (r: RoundRecord): void =>
-        progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
-      const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
-      const out: MigrationResult = local
-        ? (await migrateLocal({ ...o, destination: "process", onRound, onPostcopyRun })).source
-        : await migrateTo({ ...o, ...to!, key: key!, onRound, onPostcopyRun });
-      if (a["output"] !== undefined)
-        writeResult(String(a["output"]), {
-          ...envelope("migrate", {
-            downtimeLimitMs: o.downtimeLimitMs,
-            maxBandwidth: o.maxBandwidth,
-            autoConverge: o.autoConverge,
-            minRounds: o.minRounds,
-            maxTimeMs: o.maxTimeMs,
-            log: o.logMode,
-            fault: o.fault,
-            postcopy: o.postcopy,
-            postcopyAfter: o.postcopyAfter,
-            wp: o.wp,
-            mode: o.mode,
-            local,
-            memoryBytes: out.memoryBytes,
-          }),
-          results: out,
-        });
-      process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(out) + "\n");
-      const ok =
-        out.status === "completed" && out.verify.mismatches === 0 && out.verify.guestInvariant === true;
-      if (!ok) process.exitCode = 1;
-    });
+    .action(migrateAction);
+  registerMigrateIncoming(program);
+}
 
+function registerMigrateIncoming(program: Command): void {
   program
     .command("migrate-incoming")
     .description("wait for one authenticated `kvmmu migrate` and run the guest it brings")
