@@ -3,18 +3,8 @@
  * (migrateIncoming) or a whole local migration (migrateLocal), asked for over IPC, the result
  * sent back over IPC. It runs nothing until its request comes.
  */
-import { migrateIncoming, MigrateIncomingOptions, IncomingResult } from "./migrate.js";
-import { migrateLocal, ForkableOptions, LocalMigrationResult } from "./local.js";
-
-export type ChildRequest =
-  | { role: "incoming"; options: Omit<MigrateIncomingOptions, "onListening"> }
-  | { role: "local"; options: ForkableOptions };
-
-export type ChildReply =
-  | { type: "listening"; port: number }
-  | { type: "incoming"; result: IncomingResult }
-  | { type: "local"; result: LocalMigrationResult }
-  | { type: "error"; code: string; message: string };
+import { migrateIncoming } from "./migrate.js";
+import { migrateLocal, ChildReply, ChildRequest } from "./local.js";
 
 function send(m: ChildReply): Promise<void> {
   return new Promise((res) => process.send!(m, undefined, {}, () => res()));

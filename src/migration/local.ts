@@ -19,7 +19,17 @@ import {
   MigrationResult,
   migrateTo,
 } from "./migrate.js";
-import type { ChildReply, ChildRequest } from "./child.js";
+
+/** What local.ts asks of child.ts over IPC, and what it answers. */
+export type ChildRequest =
+  | { role: "incoming"; options: Omit<MigrateIncomingOptions, "onListening"> }
+  | { role: "local"; options: ForkableOptions };
+
+export type ChildReply =
+  | { type: "listening"; port: number }
+  | { type: "incoming"; result: IncomingResult }
+  | { type: "local"; result: LocalMigrationResult }
+  | { type: "error"; code: string; message: string };
 
 const CHILD = new URL("./child.js", import.meta.url);
 const LISTEN_TIMEOUT_MS = 20_000;
