@@ -22,13 +22,16 @@ async function serve(req: ChildRequest): Promise<void> {
       const result = await migrateLocal(req.options);
       await send({ type: "local", result });
     }
-    process.exit(0);
   } catch (e) {
     const c = (e as { code?: unknown } | null)?.code;
     const code = typeof c === "string" ? c : "EIO";
     await send({ type: "error", code, message: e instanceof Error ? e.message : String(e) });
-    process.exit(1);
+    process.exitCode = 1;
   }
+  // The process ends on its own, as a CLI command does: process.exit() here would drop its
+  // sockets at once, and a source still writing would lose the error section it was sent
+  // (the kernel resets a connection closed with unread data).
+  process.disconnect();
 }
 
 if (process.send) process.once("message", (req: ChildRequest) => void serve(req));

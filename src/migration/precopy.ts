@@ -155,7 +155,8 @@ class SourceRun {
     stream: Duplex,
     reader: ByteReader,
   ) {
-    const inj = o.fault ? new FaultInjector(stream, o.fault) : null;
+    // kill-destination is the caller's (it owns the destination): nothing to wrap for it.
+    const inj = o.fault && o.fault !== "kill-destination" ? new FaultInjector(stream, o.fault) : null;
     this.out = inj ?? stream;
     this.state = new MigrationState((to, from) => {
       if (to === "device") inj?.arm();
