@@ -35,22 +35,32 @@ export {
   hweight32,
   slotGeometry,
 } from "./dirty_bitmap.js";
-export {
-  MigrationSource,
-  MigrationDestination,
-  logStrategy,
-  FAULTS,
-  LOG_MODES,
-} from "./migration/precopy.js";
+export { MigrationSource } from "./migration/precopy.js";
+export type { SourceOptions } from "./migration/precopy.js";
+export { MigrationDestination } from "./migration/destination.js";
+export type { DestinationOptions } from "./migration/destination.js";
+export { logStrategy, LOG_MODES } from "./migration/log_sync.js";
+export type { DirtyLogStrategy, LogMode } from "./migration/log_sync.js";
+export { FAULTS, FaultInjector } from "./migration/fault.js";
+export type { FaultKind } from "./migration/fault.js";
+export type { DestinationReport, MigrationReport, RoundRecord, SwitchoverTimes } from "./migration/report.js";
+export { MigrationState, MigrationStateError, MIGRATION_STATUSES } from "./migration/state.js";
+export type { MigrationOutcome, MigrationStatus } from "./migration/state.js";
+export { RateLimiter, BUFFER_DELAY_MS } from "./migration/rate_limit.js";
+export type { MigrationClock } from "./migration/rate_limit.js";
+export { CpuThrottle } from "./migration/throttle.js";
+export { RamSaveState, RamLoadState } from "./migration/ram.js";
+export type { SaveVMHandlers, LoadVMHandlers } from "./migration/ram.js";
+export { migrateTo, migrateIncoming } from "./migration/migrate.js";
 export type {
-  DestinationOptions,
-  DestinationReport,
-  DirtyLogStrategy,
-  FaultKind,
-  MigrationReport,
-  RoundRecord,
-  SourceOptions,
-} from "./migration/precopy.js";
+  GuestMigrationOptions,
+  IncomingResult,
+  MigrateIncomingOptions,
+  MigrateToOptions,
+  MigrationResult,
+} from "./migration/migrate.js";
+export { migrateLocal, migrateLocalForked } from "./migration/local.js";
+export type { ForkableOptions, LocalMigrationResult, MigrateLocalOptions } from "./migration/local.js";
 export type { PostcopyStats } from "./migration/postcopy.js";
 export { connectOutgoing, listenIncoming } from "./migration/auth.js";
 export { ByteReader, MigrationError } from "./migration/stream.js";

@@ -1,19 +1,18 @@
 /**
- * `kvmmu migrate-perf`: the same pre-copy migration with the locked and the lockless harvester,
- * run after run, alternated (locked, lockless, locked, ...), each a whole `kvmmu migrate --local`
- * in fresh processes (source, and the destination it starts on loopback), so both designs see
- * the same machine and no run inherits another's JIT or heap. Per design: medians with bootstrap
- * 95% CIs of total time, downtime, rounds, transferred bytes and guest throughput during the
- * migration; lockless/locked ratios with paired bootstrap CIs (run k of each design is a pair).
+ * `kvmmu migrate-perf`: the same pre-copy migration with each design of a list (default locked
+ * and lockless), run after run, alternated (locked, lockless, locked, ...), each a whole
+ * migrateLocal() in fresh processes (migrateLocalForked: the source in one, the destination it
+ * starts in another), so every design sees the same machine and no run inherits another's JIT or
+ * heap. Per design: medians with bootstrap 95% CIs of total time, downtime, rounds, transferred
+ * bytes and guest throughput during the migration; per design against the baseline, ratios with
+ * paired bootstrap CIs (run k of each design is a pair); `ratio` keeps lockless/locked.
  */
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
-import { einval, KvmError } from "../errors.js";
-import type { MigrationReport } from "../migration/precopy.js";
-import type { WpName } from "../vm.js";
+import { einval } from "../errors.js";
+import { DEFAULT_BASELINE, DesignName, designInfo } from "../mmu/design.js";
+import { migrateLocalForked } from "../migration/local.js";
+import type { MigrationResult } from "../migration/migrate.js";
+import type { LogMode } from "../migration/log_sync.js";
 import { formatRatio, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
-
-const BIN = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 
 export interface MigratePerfOptions {
   /** Measured runs per design (pairs). */
@@ -33,6 +32,10 @@ export interface MigratePerfOptions {
   timeoutMs: number;
   /** Per run: the guest runs this long before the migration starts. */
   warmupMs: number;
+  /** The designs compared, in the order they alternate (default locked, lockless). */
+  wp?: DesignName[];
+  /** The design the ratios divide by (default DEFAULT_BASELINE); one of `wp`. */
+  baseline?: DesignName;
 }
 
 /**
@@ -61,7 +64,7 @@ export const MIGRATE_PERF_DEFAULTS: MigratePerfOptions = {
 export interface MigrateRun {
   /** Order in which the runs were made, from 1 (the designs alternate). */
   seq: number;
-  wp: WpName;
+  wp: DesignName;
   warmup: boolean;
   status: string;
   exitCode: number;
@@ -96,11 +99,17 @@ export interface MigratePerfDesign {
   stats: Partial<Record<MigrateMetric, Summary>>;
 }
 
+export type MigrateRatio = Partial<Record<MigrateMetric, RatioSummary & { verdict: string }>>;
+
 export interface MigratePerfResult {
   options: MigratePerfOptions;
-  results: { locked: MigratePerfDesign; lockless: MigratePerfDesign };
-  /** lockless / locked per metric, over the pairs where both runs completed; null: < 1 pair. */
-  ratio: Partial<Record<MigrateMetric, RatioSummary & { verdict: string }>> | null;
+  /** Per design, by name. */
+  results: Record<DesignName, MigratePerfDesign>;
+  /** lockless / locked per metric, over the pairs where both runs completed; null: < 1 pair or a design not run. */
+  ratio: MigrateRatio | null;
+  /** "<design>/<baseline>" for each other design, as `ratio` (null: < 1 pair). */
+  ratios: Record<string, MigrateRatio | null>;
+  /** Run indices where every design's run completed and verified. */
   pairs: number;
   elapsedMs: number;
 }
@@ -120,62 +129,49 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   if (!Number.isSafeInteger(o.memoryBytes) || o.memoryBytes <= 0) throw einval("memoryBytes", "must be > 0");
   if (!Number.isSafeInteger(o.maxBandwidth) || o.maxBandwidth < 0)
     throw einval("maxBandwidth", "must be >= 0");
+  const designs = designsOf(o);
+  if (designs.length === 0) throw einval("wp", "empty list");
+  for (const d of designs) designInfo(d);
+  if (new Set(designs).size !== designs.length) throw einval("wp", "a design is listed twice");
+  if (!designs.includes(baselineOf(o)))
+    throw einval("baseline", `"${baselineOf(o)}" is not one of the designs run (${designs.join(", ")})`);
 }
 
-/** Runs one `kvmmu migrate --local --json` and reads its report (exit 1 still reports). */
+export function designsOf(o: MigratePerfOptions): DesignName[] {
+  return o.wp ?? ["locked", "lockless"];
+}
+
+export function baselineOf(o: MigratePerfOptions): DesignName {
+  return o.baseline ?? DEFAULT_BASELINE;
+}
+
+/** One migrateLocal() in fresh processes; the exit code is the CLI's (0: completed and verified). */
 async function migrateOnce(
   o: MigratePerfOptions,
-  wp: WpName,
-): Promise<MigrationReport & { exitCode: number }> {
-  const args = [
-    BIN,
-    "migrate",
-    "--local",
-    "--json",
-    "--wp",
+  wp: DesignName,
+): Promise<MigrationResult & { exitCode: number }> {
+  const { source: r } = await migrateLocalForked({
     wp,
-    "--mode",
-    o.mode,
-    "--log-mode",
-    o.logMode,
-    "-b",
-    String(o.memoryBytes),
-    "-v",
-    String(o.vcpus),
-    "--max-bandwidth",
-    String(o.maxBandwidth),
-    "--downtime-limit",
-    String(o.downtimeLimitMs),
-    "--min-rounds",
-    String(o.minRounds),
-    "--timeout",
-    String(o.timeoutMs),
-    "--warmup",
-    String(o.warmupMs),
-    ...(o.autoConverge ? ["--auto-converge"] : []),
-  ];
-  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "pipe"] });
-  let out = "";
-  let err = "";
-  child.stdout.on("data", (c: Buffer) => (out += c.toString()));
-  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
-  const code = await new Promise<number>((res) => child.once("close", (c) => res(c ?? 3)));
-  const line = out.trim().split("\n").pop() ?? "";
-  try {
-    return { ...(JSON.parse(line) as MigrationReport), exitCode: code };
-  } catch {
-    throw new KvmError(
-      "EIO",
-      `migrate-perf: kvmmu migrate --wp ${wp} exited ${code} without a report: ${err.trim().slice(-500)}`,
-    );
-  }
+    mode: o.mode,
+    logMode: o.logMode as LogMode,
+    memoryBytes: o.memoryBytes,
+    vcpus: o.vcpus,
+    maxBandwidth: o.maxBandwidth,
+    downtimeLimitMs: o.downtimeLimitMs,
+    minRounds: o.minRounds,
+    maxTimeMs: o.timeoutMs,
+    warmupMs: o.warmupMs,
+    autoConverge: o.autoConverge,
+  });
+  const ok = r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true;
+  return { ...r, exitCode: ok ? 0 : 1 };
 }
 
 function toRun(
   seq: number,
-  wp: WpName,
+  wp: DesignName,
   warmup: boolean,
-  r: MigrationReport & { exitCode: number },
+  r: MigrationResult & { exitCode: number },
 ): MigrateRun {
   const run: MigrateRun = {
     seq,
@@ -198,13 +194,14 @@ function toRun(
   return run;
 }
 
+/** Per metric: what a ratio below 1 and above 1 says of the design divided. */
 const VERDICTS: Record<MigrateMetric, [string, string]> = {
-  totalTimeMs: ["lockless faster", "lockless slower"],
-  downtimeMs: ["lockless shorter", "lockless longer"],
-  rounds: ["lockless fewer", "lockless more"],
-  transferredBytes: ["lockless fewer", "lockless more"],
-  guestRate: ["lockless lower", "lockless higher"],
-  finalSyncMs: ["lockless faster", "lockless slower"],
+  totalTimeMs: ["faster", "slower"],
+  downtimeMs: ["shorter", "longer"],
+  rounds: ["fewer", "more"],
+  transferredBytes: ["fewer", "more"],
+  guestRate: ["lower", "higher"],
+  finalSyncMs: ["faster", "slower"],
 };
 
 /** Statistics of one design's completed measured runs. */
@@ -215,45 +212,59 @@ function designStats(runs: MigrateRun[]): MigratePerfDesign {
   return { runs, completed: ok.length, stats };
 }
 
+/** `a`'s runs over `b`'s, per metric, over the measured pairs both verified; null: no pair. */
+function ratioOf(
+  o: MigratePerfOptions,
+  a: DesignName,
+  runsA: MigrateRun[],
+  runsB: MigrateRun[],
+): MigrateRatio | null {
+  const pairs: [MigrateRun, MigrateRun][] = [];
+  for (let i = o.warmup; i < o.warmup + o.runs; i++)
+    if (runsA[i].verified && runsB[i].verified) pairs.push([runsA[i], runsB[i]]);
+  if (pairs.length === 0) return null;
+  const ratio: MigrateRatio = {};
+  for (const m of MIGRATE_METRICS) {
+    const xa = pairs.map((p) => p[0][m]);
+    const xb = pairs.map((p) => p[1][m]);
+    // A ratio over a zero median (e.g. a sync below the timer's resolution) says nothing.
+    if (xb.some((x) => x <= 0) || xa.some((x) => x <= 0)) continue;
+    const r = pairedRatio(xa, xb);
+    const [below, above] = VERDICTS[m];
+    ratio[m] = { ...r, verdict: verdict(r, `${a} ${below}`, `${a} ${above}`) };
+  }
+  return ratio;
+}
+
 export async function migratePerf(
   o: MigratePerfOptions,
   onRun?: (r: MigrateRun, index: number, of: number) => void,
 ): Promise<MigratePerfResult> {
   checkMigratePerfOptions(o);
+  const designs = designsOf(o);
+  const baseline = baselineOf(o);
   const t0 = performance.now();
-  const runs: Record<WpName, MigrateRun[]> = { locked: [], lockless: [] };
-  const total = (o.warmup + o.runs) * 2;
+  const runs: Record<DesignName, MigrateRun[]> = Object.fromEntries(designs.map((d) => [d, []]));
+  const total = (o.warmup + o.runs) * designs.length;
   let k = 0;
   for (let i = 0; i < o.warmup + o.runs; i++)
-    for (const wp of ["locked", "lockless"] as const) {
+    for (const wp of designs) {
       const r = toRun(++k, wp, i < o.warmup, await migrateOnce(o, wp));
       runs[wp].push(r);
       onRun?.(r, k, total);
     }
-  // Pairs: run k of each design, both completed and verified.
-  const pairs: [MigrateRun, MigrateRun][] = [];
-  for (let i = o.warmup; i < o.warmup + o.runs; i++) {
-    const a = runs.lockless[i];
-    const b = runs.locked[i];
-    if (a.verified && b.verified) pairs.push([a, b]);
-  }
-  let ratio: MigratePerfResult["ratio"] = null;
-  if (pairs.length > 0) {
-    ratio = {};
-    for (const m of MIGRATE_METRICS) {
-      const a = pairs.map((p) => p[0][m]);
-      const b = pairs.map((p) => p[1][m]);
-      // A ratio over a zero median (e.g. a sync below the timer's resolution) says nothing.
-      if (b.some((x) => x <= 0) || a.some((x) => x <= 0)) continue;
-      const r = pairedRatio(a, b);
-      ratio[m] = { ...r, verdict: verdict(r, ...VERDICTS[m]) };
-    }
-  }
+  let pairs = 0;
+  for (let i = o.warmup; i < o.warmup + o.runs; i++) if (designs.every((d) => runs[d][i].verified)) pairs++;
+  const ratios: Record<string, MigrateRatio | null> = {};
+  for (const d of designs)
+    if (d !== baseline) ratios[`${d}/${baseline}`] = ratioOf(o, d, runs[d], runs[baseline]);
+  const both = "locked" in runs && "lockless" in runs;
   return {
     options: o,
-    results: { locked: designStats(runs.locked), lockless: designStats(runs.lockless) },
-    ratio,
-    pairs: pairs.length,
+    results: Object.fromEntries(designs.map((d) => [d, designStats(runs[d])])),
+    ratio: both ? ratioOf(o, "lockless", runs["lockless"], runs["locked"]) : null,
+    ratios,
+    pairs,
     elapsedMs: performance.now() - t0,
   };
 }
@@ -267,26 +278,31 @@ const LABELS: Record<MigrateMetric, [string, (x: number) => string]> = {
   finalSyncMs: ["final sync", (x) => `${x.toFixed(2)} ms`],
 };
 
-/** The human table: per metric, each design's median [CI], and the ratio with its verdict. */
+/** The human table: per metric, each design's median [CI], and each ratio with its verdict. */
 export function formatMigratePerf(r: MigratePerfResult): string {
   const o = r.options;
+  const designs = designsOf(o);
+  const keys = Object.keys(r.ratios);
   const out = [
-    `migrate-perf: ${o.runs} runs per design (+${o.warmup} warm-up), alternated locked/lockless, each a kvmmu migrate --local`,
+    `migrate-perf: ${o.runs} runs per design (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
     `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU, ${o.mode}, ${o.logMode}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
-    `  completed and verified: locked ${r.results.locked.completed}/${o.runs}, lockless ${r.results.lockless.completed}/${o.runs}; pairs ${r.pairs}`,
+    `  completed and verified: ${designs.map((d) => `${d} ${r.results[d].completed}/${o.runs}`).join(", ")}; pairs ${r.pairs}`,
     "",
-    `  ${"metric".padEnd(17)} ${"locked median [95% CI]".padEnd(34)} ${"lockless median [95% CI]".padEnd(34)} lockless/locked`,
+    `  ${"metric".padEnd(17)} ${designs.map((d) => `${d} median [95% CI]`.padEnd(34)).join(" ")} ${keys.join("  ")}`,
   ];
   for (const m of MIGRATE_METRICS) {
     const [label, f] = LABELS[m];
     const cell = (s: Summary | undefined): string =>
       s ? `${f(s.median)} [${f(s.ci95[0])}, ${f(s.ci95[1])}]` : "-";
-    const ra = r.ratio?.[m];
+    const ratios = keys.map((key) => {
+      const ra = r.ratios[key]?.[m];
+      return ra ? `${formatRatio(ra)} ${ra.verdict}` : "-";
+    });
     out.push(
-      `  ${label.padEnd(17)} ${cell(r.results.locked.stats[m]).padEnd(34)} ${cell(r.results.lockless.stats[m]).padEnd(34)} ${ra ? `${formatRatio(ra)} ${ra.verdict}` : "-"}`,
+      `  ${label.padEnd(17)} ${designs.map((d) => cell(r.results[d].stats[m]).padEnd(34)).join(" ")} ${ratios.join("  ")}`,
     );
   }
-  const failed = [...r.results.locked.runs, ...r.results.lockless.runs].filter((x) => !x.verified);
+  const failed = designs.flatMap((d) => r.results[d].runs).filter((x) => !x.verified);
   for (const x of failed.slice(0, 6))
     out.push(`  ${x.wp}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`);
   out.push(`  ${(r.elapsedMs / 1000).toFixed(1)} s in all`);

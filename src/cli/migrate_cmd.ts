@@ -3,28 +3,19 @@
  * guest between two kvmmu processes over TCP (or, with --local, to a destination process this
  * command starts itself on loopback).
  */
-import { spawn, ChildProcess } from "node:child_process";
-import { randomBytes } from "node:crypto";
-import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { einval } from "../errors.js";
-import type { MmuModeName, WpName } from "../vm.js";
-import { connectOutgoing, listenIncoming } from "../migration/auth.js";
-import { createGuestVm, layoutFor, runAndCheck, runGuest } from "../migration/guest_vm.js";
-import {
-  FAULTS,
-  logStrategy,
-  LOG_MODES,
-  MigrationDestination,
-  MigrationReport,
-  MigrationSource,
-} from "../migration/precopy.js";
-import { MigrationError } from "../migration/stream.js";
+import { designNames, parseDesignList } from "../mmu/design.js";
+import { FAULTS } from "../migration/fault.js";
+import { LOG_MODES } from "../migration/log_sync.js";
+import { layoutFor } from "../migration/guest_vm.js";
+import type { MigrationReport, RoundRecord } from "../migration/report.js";
+import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
+import { migrateLocal } from "../migration/local.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
-const BIN = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 
 function hostPort(opt: string, v: string): { host: string; port: number } {
   const m = /^(.*):(\d+)$/.exec(v.trim());
@@ -68,41 +59,85 @@ function formatReport(r: MigrationReport): string {
   return out.join("\n");
 }
 
-/** Starts `kvmmu migrate-incoming` on 127.0.0.1:0 and reads the port it prints. */
-async function spawnDestination(
-  key: string,
-  wp: WpName,
-  mode: MmuModeName,
-): Promise<{ child: ChildProcess; port: number; err: () => string }> {
-  const child = spawn(
-    process.execPath,
-    [BIN, "migrate-incoming", "--listen", "127.0.0.1:0", "--wp", wp, "--mode", mode, "--run-after", "0"],
-    { env: { ...process.env, [KEY_ENV]: key }, stdio: ["ignore", "pipe", "pipe"] },
+/** One design from --wp (any registered name). */
+function oneDesign(v: unknown): string {
+  const l = parseDesignList("--wp", String(v));
+  if (l.length !== 1) throw einval("--wp", "takes one value");
+  return l[0];
+}
+
+/** `kvmmu migrate`'s flags as the library's options; bad values are usage errors (EINVAL). */
+function migrateArgs(a: Record<string, string | boolean | undefined>): {
+  o: GuestMigrationOptions;
+  local: boolean;
+  to: { host: string; port: number } | null;
+  key: string | null;
+} {
+  const logMode = one("--log-mode", a["logMode"], LOG_MODES);
+  const wp = oneDesign(a["wp"]);
+  const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
+  const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
+  const local = a["local"] === true;
+  if (local === (a["to"] !== undefined))
+    throw einval("--to", "give exactly one of --to HOST:PORT and --local");
+  if (fault === "kill-destination" && !local) throw einval("--fault", "kill-destination needs --local");
+  const to = local ? null : hostPort("--to", String(a["to"]));
+  const key = local ? null : keyOf(a);
+  const layout = layoutFor(
+    parseSize("--memory", String(a["memory"])),
+    parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
   );
-  let out = "";
-  let err = "";
-  child.stderr.on("data", (c: Buffer) => (err += c.toString()));
-  const port = await new Promise<number>((res, rej) => {
-    const t = setTimeout(
-      () => rej(new MigrationError("ETIMEDOUT", "the destination did not start listening in 20 s")),
-      20_000,
-    );
-    child.stdout.on("data", (c: Buffer) => {
-      out += c.toString();
-      const m = /listening on [^\s]+:(\d+)/.exec(out);
-      if (m) {
-        clearTimeout(t);
-        res(Number(m[1]));
-      }
+  const o: GuestMigrationOptions = {
+    wp,
+    mode,
+    memoryBytes: layout.memoryBytes,
+    vcpus: layout.vcpus,
+    logMode,
+    downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
+    maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
+    autoConverge: a["autoConverge"] === true,
+    minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
+    maxTimeMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
+    fault,
+    postcopy: a["postcopy"] === true,
+    postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
+    warmupMs: parseIntIn("--warmup", String(a["warmup"]), 0, 600_000),
+  };
+  return { o, local, to, key };
+}
+
+/** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
+async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
+  if (a["output"] !== undefined) checkOutput(String(a["output"]));
+  const { o, local, to, key } = migrateArgs(a);
+  const onRound = (r: RoundRecord): void =>
+    progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
+  const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
+  const out: MigrationResult = local
+    ? (await migrateLocal({ ...o, destination: "process", onRound, onPostcopyRun })).source
+    : await migrateTo({ ...o, ...to!, key: key!, onRound, onPostcopyRun });
+  if (a["output"] !== undefined)
+    writeResult(String(a["output"]), {
+      ...envelope("migrate", {
+        downtimeLimitMs: o.downtimeLimitMs,
+        maxBandwidth: o.maxBandwidth,
+        autoConverge: o.autoConverge,
+        minRounds: o.minRounds,
+        maxTimeMs: o.maxTimeMs,
+        log: o.logMode,
+        fault: o.fault,
+        postcopy: o.postcopy,
+        postcopyAfter: o.postcopyAfter,
+        wp: o.wp,
+        mode: o.mode,
+        local,
+        memoryBytes: out.memoryBytes,
+      }),
+      results: out,
     });
-    child.once("exit", (code) => {
-      clearTimeout(t);
-      rej(
-        new MigrationError("EIO", `the destination exited (${String(code)}) before listening: ${err.trim()}`),
-      );
-    });
-  });
-  return { child, port, err: () => err };
+  process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(out) + "\n");
+  const ok = out.status === "completed" && out.verify.mismatches === 0 && out.verify.guestInvariant === true;
+  if (!ok) process.exitCode = 1;
 }
 
 export function registerMigrate(program: Command): void {
@@ -118,7 +153,7 @@ export function registerMigrate(program: Command): void {
     .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "0")
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, "dirty-log")
-    .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
+    .option("--wp <wp>", `design: ${designNames().join(", ")}`, "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
     .option("-v, --vcpus <n>", "vCPUs", "1")
     .option("--mode <mode>", "tdp or shadow", "tdp")
@@ -142,103 +177,11 @@ export function registerMigrate(program: Command): void {
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
-    .action(async (a: Record<string, string | boolean | undefined>) => {
-      if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const logMode = one("--log-mode", a["logMode"], LOG_MODES);
-      const log = logStrategy(logMode);
-      const wp = one("--wp", a["wp"], ["locked", "lockless"] as const);
-      const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
-      const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
-      const local = a["local"] === true;
-      if (local === (a["to"] !== undefined))
-        throw einval("--to", "give exactly one of --to HOST:PORT and --local");
-      if (fault === "kill-destination" && !local) throw einval("--fault", "kill-destination needs --local");
-      const to = local ? null : hostPort("--to", String(a["to"]));
-      const key = local ? randomBytes(18).toString("base64") : keyOf(a);
-      const layout = layoutFor(
-        parseSize("--memory", String(a["memory"])),
-        parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
-      );
-      const opts = {
-        downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
-        maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
-        autoConverge: a["autoConverge"] === true,
-        minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
-        maxTimeMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
-        log,
-        fault: fault,
-        postcopy: a["postcopy"] === true,
-        postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
-      };
-      const warmup = parseIntIn("--warmup", String(a["warmup"]), 0, 600_000);
+    .action(migrateAction);
+  registerMigrateIncoming(program);
+}
 
-      const dst = local ? await spawnDestination(key, wp, mode) : null;
-      const target = to ?? { host: "127.0.0.1", port: dst!.port };
-      const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
-      let report: MigrationReport;
-      try {
-        await runGuest(g);
-        await new Promise((r) => setTimeout(r, warmup));
-        const { sock, reader } = await connectOutgoing({ ...target, key });
-        const src = new MigrationSource(g, {
-          ...opts,
-          onRound: (r) => {
-            progress(
-              `round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`,
-            );
-            if (fault === "kill-destination" && !opts.postcopy && r.round === 1) dst?.child.kill("SIGKILL");
-          },
-          onPostcopyRun: () => {
-            progress("post-copy: the guest runs on the destination");
-            if (fault === "kill-destination") dst?.child.kill("SIGKILL");
-          },
-        });
-        report = await src.migrate(sock, reader);
-        // After "go" (or postcopy-run) the guest is the destination's, or lost: never run it here.
-        if (report.status !== "completed" && !report.switchedOver) {
-          // Nothing lost: the guest runs on here, every page advancing, invariant intact.
-          const chk = await runAndCheck(g);
-          report.verify.guestInvariant = chk.ok;
-          report.verify.problems = chk.problems;
-        }
-      } finally {
-        await g.vm.stop();
-      }
-      if (dst) {
-        await new Promise<void>((res) => {
-          if (dst.child.exitCode !== null || dst.child.signalCode !== null) res();
-          else {
-            const t = setTimeout(() => {
-              dst.child.kill("SIGKILL");
-              res();
-            }, 20_000);
-            dst.child.once("exit", () => {
-              clearTimeout(t);
-              res();
-            });
-          }
-        });
-      }
-      const out = {
-        ...report,
-        wp,
-        guestMode: mode,
-        memoryBytes: layout.memoryBytes,
-        vcpus: layout.vcpus,
-      };
-      if (a["output"] !== undefined)
-        writeResult(String(a["output"]), {
-          ...envelope("migrate", { ...opts, log: logMode, wp, mode, local, memoryBytes: layout.memoryBytes }),
-          results: out,
-        });
-      process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(report) + "\n");
-      const ok =
-        report.status === "completed" &&
-        report.verify.mismatches === 0 &&
-        report.verify.guestInvariant === true;
-      if (!ok) process.exitCode = 1;
-    });
-
+function registerMigrateIncoming(program: Command): void {
   program
     .command("migrate-incoming")
     .description("wait for one authenticated `kvmmu migrate` and run the guest it brings")
@@ -248,7 +191,7 @@ export function registerMigrate(program: Command): void {
       "127.0.0.1:4444",
     )
     .option("--key <k>", `pre-shared key (or ${KEY_ENV})`)
-    .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
+    .option("--wp <wp>", `design: ${designNames().join(", ")}`, "lockless")
     .option("--mode <mode>", "tdp or shadow", "tdp")
     .option("--max-memory <size>", "largest guest accepted", "4G")
     .option("--run-after <ms>", "keep running the migrated guest this long, then stop", "1000")
@@ -256,25 +199,23 @@ export function registerMigrate(program: Command): void {
     .action(async (a: Record<string, string | boolean | undefined>) => {
       const key = keyOf(a);
       const { host, port } = hostPort("--listen", String(a["listen"]));
-      const wp = one("--wp", a["wp"], ["locked", "lockless"] as const);
-      const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
-      const maxMemory = parseSize("--max-memory", String(a["maxMemory"]));
-      const runAfter = parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000);
-      const inc = await listenIncoming({ host, port, key });
-      const line = `kvmmu migrate-incoming: listening on ${host}:${inc.port}\n`;
-      if (a["json"]) process.stderr.write(line);
-      else process.stdout.write(line);
-      const { sock, reader } = await inc.accepted;
-      const dest = new MigrationDestination({ wp, mode, maxMemory });
-      const rep = await dest.receive(sock, reader);
-      if (dest.guest) {
-        await new Promise((r) => setTimeout(r, runAfter));
-        await dest.guest.vm.stop();
-      }
-      const out = { ...rep, refusedPeers: inc.refused };
+      const rep = await migrateIncoming({
+        host,
+        port,
+        key,
+        wp: oneDesign(a["wp"]),
+        mode: one("--mode", a["mode"], ["tdp", "shadow"] as const),
+        maxMemory: parseSize("--max-memory", String(a["maxMemory"])),
+        runAfterMs: parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000),
+        onListening: (p) => {
+          const line = `kvmmu migrate-incoming: listening on ${host}:${p}\n`;
+          if (a["json"]) process.stderr.write(line);
+          else process.stdout.write(line);
+        },
+      });
       process.stdout.write(
         a["json"]
-          ? JSON.stringify(out) + "\n"
+          ? JSON.stringify(rep) + "\n"
           : `migrate-incoming: ${rep.status}, ${rep.pagesApplied} pages applied, guest invariant ${String(rep.guestInvariant)}${rep.error ? `; error: ${rep.error.message}` : ""}\n`,
       );
       if (rep.status !== "completed" || rep.guestInvariant !== true) process.exitCode = 1;

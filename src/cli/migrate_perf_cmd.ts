@@ -1,6 +1,6 @@
 /**
- * `kvmmu migrate-perf`: the locked and the lockless harvester compared end to end, over whole
- * `kvmmu migrate --local` runs alternated between the designs (src/bench/migrate_perf.ts).
+ * `kvmmu migrate-perf`: designs (default locked and lockless) compared end to end, over whole
+ * local migrations alternated between the designs (src/bench/migrate_perf.ts).
  * A command of its own, as dirty-log-perf is beside dirty-log-test: it runs many migrations and
  * prints statistics, where `migrate` runs one and verifies it.
  */
@@ -12,17 +12,30 @@ import {
   MigratePerfOptions,
 } from "../bench/migrate_perf.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
-import { LOG_MODES } from "../migration/precopy.js";
+import { LOG_MODES } from "../migration/log_sync.js";
+import { DEFAULT_BASELINE, designNames, parseDesignList } from "../mmu/design.js";
 import { einval } from "../errors.js";
 import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+
+function baselineArg(v: unknown): string {
+  const l = parseDesignList("--baseline", String(v));
+  if (l.length !== 1) throw einval("--baseline", "takes one design");
+  return l[0];
+}
 
 export function registerMigratePerf(program: Command): void {
   const d = MIGRATE_PERF_DEFAULTS;
   program
     .command("migrate-perf")
     .description(
-      "the same live migration with the locked and the lockless harvester, alternated, with bootstrap CIs",
+      "the same live migration with each design (default locked and lockless), alternated, with bootstrap CIs",
     )
+    .option(
+      "--wp <list>",
+      `designs, alternated in this order: ${designNames().join(", ")}, a comma list, or all`,
+      "locked,lockless",
+    )
+    .option("--baseline <design>", "the design the ratios divide by", DEFAULT_BASELINE)
     .option("-n, --runs <n>", "measured migrations per design", String(d.runs))
     .option("--warmup <n>", "warm-up pairs, left out of the statistics", String(d.warmup))
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "16M")
@@ -56,6 +69,8 @@ export function registerMigratePerf(program: Command): void {
         autoConverge: a["autoConverge"] === true,
         timeoutMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
         warmupMs: parseIntIn("--guest-warmup", String(a["guestWarmup"]), 0, 600_000),
+        wp: parseDesignList("--wp", String(a["wp"])),
+        baseline: baselineArg(a["baseline"]),
       };
       const r = await migratePerf(o, (run, k, of) =>
         progress(
@@ -66,13 +81,16 @@ export function registerMigratePerf(program: Command): void {
         ...envelope("migrate-perf", r.options),
         results: r.results,
         ratio: r.ratio,
+        ratios: r.ratios,
         pairs: r.pairs,
         elapsedMs: r.elapsedMs,
       };
       if (a["output"] !== undefined) writeResult(String(a["output"]), doc);
       process.stdout.write(a["json"] ? JSON.stringify(doc) + "\n" : formatMigratePerf(r) + "\n");
       // Every measured migration must complete and verify: a benchmark over failures means nothing.
-      const all = [...r.results.locked.runs, ...r.results.lockless.runs].filter((x) => !x.warmup);
+      const all = Object.values(r.results)
+        .flatMap((d) => d.runs)
+        .filter((x) => !x.warmup);
       if (!all.every((x) => x.verified)) process.exitCode = 1;
     });
 }

@@ -6,6 +6,7 @@ import { createHash } from "node:crypto";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { Vm, MmuModeName, WpName } from "../vm.js";
+import type { DesignName } from "../mmu/design.js";
 import { MIG_CTL, invariantOf, InvariantResult, MigrationGuestArgs } from "./guest.js";
 
 export const GUEST_MODULE = new URL("./guest.js", import.meta.url).href;
@@ -66,7 +67,8 @@ export interface GuestVm {
 export function createGuestVm(
   layout: GuestLayout,
   o: {
-    wp: WpName;
+    /** A registered design (src/mmu/design.ts). */
+    wp: DesignName;
     mode?: MmuModeName;
     logged: boolean;
     prepare?: (vm: Vm) => void;
@@ -76,7 +78,8 @@ export function createGuestVm(
 ): GuestVm {
   const vm = Vm.create({
     memory: layout.memoryBytes + HOST_SPARE,
-    wp: o.wp,
+    // Vm.create checks the name against the designs it runs.
+    wp: o.wp as WpName,
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(layout.vcpus, 1),
   });

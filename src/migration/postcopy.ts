@@ -156,105 +156,166 @@ function decodeDiscard(payload: Buffer, id: number, pages: number): Uint32Array 
  * caller knows from commit() whether the guest was already handed over.
  */
 export async function postcopySource(c: PostcopySourceContext): Promise<PostcopySourceResult> {
-  const { g, w, ret, pending } = c;
-  const layout = g.layout;
-  const pages = layout.memoryBytes / PAGE_SIZE;
-  const page32 = new Int32Array(PAGE_SIZE / 4);
-  const page8 = new Uint8Array(page32.buffer);
-  const ram = new RamBuilder(BACKGROUND_SECTION_PAGES);
-  const isSet = (p: number): boolean => (pending[p >>> 5] & (1 << (p & 31))) !== 0;
-  const clear = (p: number): void => void (pending[p >>> 5] &= ~(1 << (p & 31)));
-  const add = (p: number): void => {
-    g.vm.readGuestPage(p * PAGE_SIZE, page32);
-    ram.add(p * PAGE_SIZE, page8);
-    clear(p);
-  };
-
-  // Installed before postcopy-run: a request may come back at once. Requests are served before background pages; a request wakes a throttled sender.
-  const requests: number[] = [];
-  let wake: (() => void) | null = null;
-  // A holder: the handler sets it from outside this function's control flow.
-  const proto: { error: MigrationError | null } = { error: null };
-  ret.onPageRequest = (payload, id) => {
-    try {
-      for (const gpa of decodePageRequest(payload, id, layout.memoryBytes)) requests.push(gpa / PAGE_SIZE);
-    } catch (e) {
-      proto.error ??= e as MigrationError;
-    }
-    const k = wake;
-    wake = null;
-    k?.();
-  };
-  const nap = (ms: number): Promise<void> =>
-    Promise.race([new Promise<void>((r) => (wake = r)), sleep(ms)]).finally(() => (wake = null));
-
-  // The package: the state page (the vCPUs' registers), the discard bitmap, the vCPU state, run.
-  const statePages = Math.ceil((4 * layout.vcpus) / PAGE_SIZE);
-  const first = layout.stateGpa / PAGE_SIZE;
-  for (let p = first; p < first + statePages; p++) add(p);
-  await w.section(Sec.Ram, ram.take());
-  let owed = 0;
-  for_each_set_bit(pending, () => owed++);
-  const discarded = owed;
-  await w.section(Sec.Discard, encodeDiscard(pending, pages));
-  await w.section(Sec.Vcpu, jsonPayload({ vcpus: c.counts.map((counter, id) => ({ id, counter })) }));
-  await w.section(Sec.Postcopy, Buffer.alloc(0));
-  c.commit();
-  const tRun = performance.now();
-  c.onRun?.();
-
-  let requested = 0;
-  let background = 0;
-  let downtimeMs = -1;
-  let cursor = 0;
-  let winStart = performance.now();
-  let winBytes = 0;
-  const cap = c.maxBandwidth > 0 ? (c.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
-  const runningBy = Date.now() + 30_000;
-  while (owed > 0 || downtimeMs < 0) {
-    if (ret.failure) throw ret.failure;
-    if (proto.error) throw proto.error;
-    if (downtimeMs < 0 && ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
-    if (downtimeMs < 0 && Date.now() > runningBy)
-      throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
-    // Requested pages first, unthrottled: a vCPU is waiting for each.
-    while (requests.length > 0) {
-      const p = requests.shift()!;
-      if (!isSet(p)) continue; // already sent (a request and the background crossed)
-      add(p);
-      requested++;
-      owed--;
-      // As QEMU: the background goes on after the requested page (the guest likely touches it next).
-      cursor = (p + 1) % pages;
-      if (ram.full) await w.section(Sec.Ram, ram.take());
-    }
-    if (ram.pages > 0) await w.section(Sec.Ram, ram.take());
-    // Then one background section, once the guest runs there (so its first faults are requests).
-    const now = performance.now();
-    if (now - winStart >= WINDOW_MS) {
-      winStart = now;
-      winBytes = 0;
-    }
-    if (downtimeMs >= 0 && owed > 0 && winBytes < cap) {
-      while (!ram.full && owed > 0) {
-        while (!isSet(cursor)) cursor = (cursor + 1) % pages;
-        add(cursor);
-        background++;
-        owed--;
-      }
-      const before = w.bytes;
-      await w.section(Sec.Ram, ram.take());
-      winBytes += w.bytes - before;
-      await yieldIo(); // let the return path's requests in
-    } else await nap(winBytes >= cap ? Math.max(1, WINDOW_MS - (now - winStart)) : 5);
-  }
+  const s = new PostcopySender(c);
+  const { discarded, tRun } = await s.sendPackage();
+  const downtimeMs = await s.drain();
   // A request that crossed its page on the wire may still come: the handler stays (and is ignored).
-  await w.section(Sec.Eof, w.digest());
+  await c.w.section(Sec.Eof, c.w.digest());
   const postcopyTimeMs = performance.now() - tRun;
+  const v = await checkDestination(c);
+  return {
+    downtimeMs,
+    pagesCompared: v.pages,
+    mismatches: v.mismatches,
+    guestInvariant: v.ver.ok,
+    problems: v.ver.problems,
+    stats: {
+      ...v.stats,
+      discardedPages: discarded,
+      requestedPages: s.requested,
+      backgroundPages: s.background,
+      postcopyTimeMs,
+    },
+  };
+}
 
+/** The source's sending from postcopy-run on: requested pages first, then the background. */
+class PostcopySender {
+  private readonly pages: number;
+  private readonly page32 = new Int32Array(PAGE_SIZE / 4);
+  private readonly page8 = new Uint8Array(this.page32.buffer);
+  private readonly ram = new RamBuilder(BACKGROUND_SECTION_PAGES);
+  private readonly requests: number[] = [];
+  private wake: (() => void) | null = null;
+  /** A bad page request (set from the return path's handler, outside this control flow). */
+  private protoError: MigrationError | null = null;
+  private owed = 0;
+  private cursor = 0;
+  requested = 0;
+  background = 0;
+
+  constructor(private readonly c: PostcopySourceContext) {
+    this.pages = c.g.layout.memoryBytes / PAGE_SIZE;
+  }
+
+  private isSet(p: number): boolean {
+    return (this.c.pending[p >>> 5] & (1 << (p & 31))) !== 0;
+  }
+
+  private add(p: number): void {
+    this.c.g.vm.readGuestPage(p * PAGE_SIZE, this.page32);
+    this.ram.add(p * PAGE_SIZE, this.page8);
+    this.c.pending[p >>> 5] &= ~(1 << (p & 31));
+  }
+
+  /** The package: the state page (the vCPUs' registers), the discard bitmap, the vCPU state, run. */
+  async sendPackage(): Promise<{ discarded: number; tRun: number }> {
+    const { c, ram } = this;
+    const layout = c.g.layout;
+    // Installed before postcopy-run: a request may come back at once. Requests are served
+    // before background pages; a request wakes a throttled sender.
+    c.ret.onPageRequest = (payload, id) => {
+      try {
+        for (const gpa of decodePageRequest(payload, id, layout.memoryBytes))
+          this.requests.push(gpa / PAGE_SIZE);
+      } catch (e) {
+        this.protoError ??= e as MigrationError;
+      }
+      const k = this.wake;
+      this.wake = null;
+      k?.();
+    };
+    const statePages = Math.ceil((4 * layout.vcpus) / PAGE_SIZE);
+    const first = layout.stateGpa / PAGE_SIZE;
+    for (let p = first; p < first + statePages; p++) this.add(p);
+    await c.w.section(Sec.Ram, ram.take());
+    for_each_set_bit(c.pending, () => this.owed++);
+    const discarded = this.owed;
+    await c.w.section(Sec.Discard, encodeDiscard(c.pending, this.pages));
+    await c.w.section(Sec.Vcpu, jsonPayload({ vcpus: c.counts.map((counter, id) => ({ id, counter })) }));
+    await c.w.section(Sec.Postcopy, Buffer.alloc(0));
+    c.commit();
+    const tRun = performance.now();
+    c.onRun?.();
+    return { discarded, tRun };
+  }
+
+  private nap(ms: number): Promise<void> {
+    return Promise.race([new Promise<void>((r) => (this.wake = r)), sleep(ms)]).finally(
+      () => (this.wake = null),
+    );
+  }
+
+  /** Sends every owed page; returns the downtime (pause to the destination's "running"). */
+  async drain(): Promise<number> {
+    const { c, ram } = this;
+    let downtimeMs = -1;
+    let winStart = performance.now();
+    let winBytes = 0;
+    const cap = c.maxBandwidth > 0 ? (c.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
+    const runningBy = Date.now() + 30_000;
+    while (this.owed > 0 || downtimeMs < 0) {
+      if (c.ret.failure) throw c.ret.failure;
+      if (this.protoError) throw this.protoError;
+      if (downtimeMs < 0 && c.ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
+      if (downtimeMs < 0 && Date.now() > runningBy)
+        throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
+      await this.sendRequested();
+      // Then one background section, once the guest runs there (so its first faults are requests).
+      const now = performance.now();
+      if (now - winStart >= WINDOW_MS) {
+        winStart = now;
+        winBytes = 0;
+      }
+      if (downtimeMs >= 0 && this.owed > 0 && winBytes < cap) {
+        this.fillBackground();
+        const before = c.w.bytes;
+        await c.w.section(Sec.Ram, ram.take());
+        winBytes += c.w.bytes - before;
+        await yieldIo(); // let the return path's requests in
+      } else await this.nap(winBytes >= cap ? Math.max(1, WINDOW_MS - (now - winStart)) : 5);
+    }
+    return downtimeMs;
+  }
+
+  /** Requested pages first, unthrottled: a vCPU is waiting for each. */
+  private async sendRequested(): Promise<void> {
+    const { c, ram } = this;
+    while (this.requests.length > 0) {
+      const p = this.requests.shift()!;
+      if (!this.isSet(p)) continue; // already sent (a request and the background crossed)
+      this.add(p);
+      this.requested++;
+      this.owed--;
+      // As QEMU: the background goes on after the requested page (the guest likely touches it next).
+      this.cursor = (p + 1) % this.pages;
+      if (ram.full) await c.w.section(Sec.Ram, ram.take());
+    }
+    if (ram.pages > 0) await c.w.section(Sec.Ram, ram.take());
+  }
+
+  private fillBackground(): void {
+    while (!this.ram.full && this.owed > 0) {
+      while (!this.isSet(this.cursor)) this.cursor = (this.cursor + 1) % this.pages;
+      this.add(this.cursor);
+      this.background++;
+      this.owed--;
+    }
+  }
+}
+
+/** After EOF: the destination's page hashes against our paused memory, and its verdict. */
+async function checkDestination(c: PostcopySourceContext): Promise<{
+  pages: number;
+  mismatches: number;
+  ver: { ok: boolean; problems: string[] };
+  stats: Omit<PostcopyStats, "discardedPages" | "requestedPages" | "backgroundPages" | "postcopyTimeMs">;
+}> {
+  const layout = c.g.layout;
+  const pages = layout.memoryBytes / PAGE_SIZE;
   // Our paused memory is the reference for every page the destination holds.
-  const loaded = await ret.expect(Sec.Loaded, 60_000);
-  const mine = pageHashes(g.vm, layout);
+  const loaded = await c.ret.expect(Sec.Loaded, 60_000);
+  const mine = pageHashes(c.g.vm, layout);
   let mismatches = 0;
   for (let p = 0; p < pages; p++)
     if (
@@ -262,7 +323,7 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
       !mine.subarray(p * 32, p * 32 + 32).equals(loaded.payload.subarray(p * 32, p * 32 + 32))
     )
       mismatches++;
-  const ver = JSON.parse((await ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
+  const ver = JSON.parse((await c.ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
     ok: boolean;
     problems: string[];
     postcopy?: { vcpus: { blockedMs: number; maxBlockedMs: number; faults: number }[]; requests: number };
@@ -270,21 +331,15 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   const v = ver.postcopy?.vcpus ?? [];
   const blk = v.map((x) => Number(x.blockedMs.toFixed(3)));
   return {
-    downtimeMs,
-    pagesCompared: pages,
+    pages,
     mismatches,
-    guestInvariant: ver.ok,
-    problems: ver.problems,
+    ver,
     stats: {
       "postcopy-blocktime": Number(blk.reduce((a, b) => a + b, 0).toFixed(3)),
       "postcopy-vcpu-blocktime": blk,
       "postcopy-vcpu-blocktime-max": v.map((x) => Number(x.maxBlockedMs.toFixed(3))),
       "postcopy-requests": ver.postcopy?.requests ?? 0,
       "postcopy-vcpu-requests": v.map((x) => x.faults),
-      discardedPages: discarded,
-      requestedPages: requested,
-      backgroundPages: background,
-      postcopyTimeMs,
     },
   };
 }
@@ -324,24 +379,11 @@ export function applyDiscard(g: GuestVm, payload: Buffer, id: number): number {
  * invariant check. Throws on failure (the caller stops the VM: the guest is lost).
  */
 export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<PostcopyIncomingReport> {
-  const { g, r, back } = c;
+  const { g, back } = c;
   const vm = g.vm;
-  const layout = g.layout;
-  const pages = layout.memoryBytes / PAGE_SIZE;
-  if (!c.vcpuState || c.vcpuState.length !== layout.vcpus)
-    throw new MigrationError(
-      "EPROTO",
-      `vcpu state: ${c.vcpuState?.length ?? 0} vCPUs, the config has ${layout.vcpus}`,
-    );
-  const counts = guestCounts(g);
-  c.vcpuState.forEach((v, i) => {
-    if (v.id !== i || v.counter !== counts[i])
-      throw new MigrationError(
-        "EBADMSG",
-        `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
-      );
-  });
+  checkVcpuState(g, c.vcpuState);
   // The pages held at switch-over are hashed now, before the guest runs.
+  const pages = g.layout.memoryBytes / PAGE_SIZE;
   const hashes = Buffer.alloc(pages * 32);
   const page32 = new Int32Array(PAGE_SIZE / 4);
   const discarded = vm.userfaultStats().missing;
@@ -349,63 +391,14 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
     if (!vm.userfaultMissing(p * PAGE_SIZE))
       pageHashInto(new Uint8Array(vm.readGuestPage(p * PAGE_SIZE, page32).buffer), hashes, p);
 
-  // The fault handler: whatever a vCPU blocks on that was not asked for yet goes to the source.
-  let done = false;
-  let requests = 0;
-  const asked = new Set<number>();
-  const asking: { error: Error | null } = { error: null };
-  const ask = async (): Promise<void> => {
-    let seq = 0;
-    try {
-      while (!done) {
-        const pend = vm.userfaultPending();
-        const fresh = pend.gpas.filter((gpa) => !asked.has(gpa) && vm.userfaultMissing(gpa));
-        if (fresh.length > 0) {
-          for (const gpa of fresh) asked.add(gpa);
-          requests += fresh.length;
-          await back.section(Sec.PageReq, encodePageRequest(fresh));
-        }
-        if (pend.seq === seq) await vm.waitUserfault(seq, 20);
-        seq = pend.seq;
-      }
-    } catch (e) {
-      asking.error = e instanceof Error ? e : new Error(String(e));
-    }
-  };
-  let asker: Promise<void> | null = null;
-
-  const zero = new Uint8Array(PAGE_SIZE);
-  let placed = 0;
-  let sections = 0;
+  const asker = new PageAsker(g, back);
+  let got: { sections: number; placed: number };
   try {
     // Asking starts with the guest: a vCPU may fault before the last one has started.
-    asker = ask();
+    asker.start();
     await runGuest(g);
     await back.section(Sec.Running, Buffer.alloc(0));
-    for (let id = c.nextId; ; id++) {
-      const before = r.hash!.copy();
-      const s = await c.read(id);
-      sections++;
-      if (s.type === Sec.Ram) {
-        const recs = decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= layout.memoryBytes);
-        for (const rec of recs) {
-          if (!vm.userfaultMissing(rec.gpa))
-            throw new MigrationError(
-              "EPROTO",
-              `section ${id} (ram): page 0x${rec.gpa.toString(16)} was not missing (sent twice?)`,
-            );
-          // Hashed before it is placed: the guest cannot have changed it yet.
-          pageHashInto(rec.data ?? zero, hashes, rec.gpa / PAGE_SIZE);
-          vm.userfaultCopy(rec.gpa, rec.data);
-          placed++;
-        }
-      } else if (s.type === Sec.Eof) {
-        checkStreamDigest(r, before, s.payload);
-        break;
-      } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
-    }
-    const left = vm.userfaultStats().missing;
-    if (left !== 0) throw new MigrationError("EPROTO", `the stream ended with ${left} pages still missing`);
+    got = await placeUntilEof(c, hashes);
   } catch (e) {
     const left = vm.userfaultStats().missing;
     const err =
@@ -415,10 +408,9 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
       `post-copy failed with ${left} of ${pages} pages still on the source, so the guest is lost: ${err.message.replace(/^[A-Z]+: /, "")}`,
     );
   } finally {
-    done = true;
-    if (asker) await asker;
+    await asker.stop();
   }
-  if (asking.error) throw asking.error;
+  if (asker.error) throw asker.error;
 
   await back.section(Sec.Loaded, hashes);
   const chk = await runAndCheck(g);
@@ -431,16 +423,111 @@ export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<Post
       problems: chk.problems,
       before: chk.before,
       after: chk.after,
-      postcopy: { vcpus: stats.vcpus, requests },
+      postcopy: { vcpus: stats.vcpus, requests: asker.requests },
     }),
   );
   return {
-    sections,
-    pagesPlaced: placed,
+    sections: got.sections,
+    pagesPlaced: got.placed,
     discardedPages: discarded,
-    requests,
+    requests: asker.requests,
     guestInvariant: chk.ok,
     problems: chk.problems,
     vcpus: stats.vcpus,
   };
+}
+
+function checkVcpuState(g: GuestVm, vcpuState: { id: number; counter: number }[] | null): void {
+  if (!vcpuState || vcpuState.length !== g.layout.vcpus)
+    throw new MigrationError(
+      "EPROTO",
+      `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${g.layout.vcpus}`,
+    );
+  const counts = guestCounts(g);
+  vcpuState.forEach((v, i) => {
+    if (v.id !== i || v.counter !== counts[i])
+      throw new MigrationError(
+        "EBADMSG",
+        `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
+      );
+  });
+}
+
+/** The fault handler: whatever a vCPU blocks on that was not asked for yet goes to the source. */
+class PageAsker {
+  private done = false;
+  private running: Promise<void> | null = null;
+  private readonly asked = new Set<number>();
+  requests = 0;
+  error: Error | null = null;
+
+  constructor(
+    private readonly g: GuestVm,
+    private readonly back: SectionWriter,
+  ) {}
+
+  start(): void {
+    this.running = this.ask();
+  }
+
+  async stop(): Promise<void> {
+    this.done = true;
+    if (this.running) await this.running;
+  }
+
+  private async ask(): Promise<void> {
+    const vm = this.g.vm;
+    let seq = 0;
+    try {
+      while (!this.done) {
+        const pend = vm.userfaultPending();
+        const fresh = pend.gpas.filter((gpa) => !this.asked.has(gpa) && vm.userfaultMissing(gpa));
+        if (fresh.length > 0) {
+          for (const gpa of fresh) this.asked.add(gpa);
+          this.requests += fresh.length;
+          await this.back.section(Sec.PageReq, encodePageRequest(fresh));
+        }
+        if (pend.seq === seq) await vm.waitUserfault(seq, 20);
+        seq = pend.seq;
+      }
+    } catch (e) {
+      this.error = e instanceof Error ? e : new Error(String(e));
+    }
+  }
+}
+
+/** Places each arriving page (hashed first: the guest cannot have changed it yet) until EOF. */
+async function placeUntilEof(
+  c: PostcopyIncomingContext,
+  hashes: Buffer,
+): Promise<{ sections: number; placed: number }> {
+  const { r } = c;
+  const vm = c.g.vm;
+  const end = c.g.layout.memoryBytes;
+  const zero = new Uint8Array(PAGE_SIZE);
+  let placed = 0;
+  let sections = 0;
+  for (let id = c.nextId; ; id++) {
+    const before = r.hash!.copy();
+    const s = await c.read(id);
+    sections++;
+    if (s.type === Sec.Ram) {
+      for (const rec of decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= end)) {
+        if (!vm.userfaultMissing(rec.gpa))
+          throw new MigrationError(
+            "EPROTO",
+            `section ${id} (ram): page 0x${rec.gpa.toString(16)} was not missing (sent twice?)`,
+          );
+        pageHashInto(rec.data ?? zero, hashes, rec.gpa / PAGE_SIZE);
+        vm.userfaultCopy(rec.gpa, rec.data);
+        placed++;
+      }
+    } else if (s.type === Sec.Eof) {
+      checkStreamDigest(r, before, s.payload);
+      break;
+    } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
+  }
+  const left = vm.userfaultStats().missing;
+  if (left !== 0) throw new MigrationError("EPROTO", `the stream ended with ${left} pages still missing`);
+  return { sections, placed };
 }

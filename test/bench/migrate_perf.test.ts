@@ -68,6 +68,10 @@ test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, 
   assert.deepEqual([doc.ratio!.rounds!.median, ...doc.ratio!.rounds!.ci95], [1, 1, 1]);
   assert.equal(doc.ratio!.rounds!.verdict, "no difference shown");
   assert.ok(doc.ratio!.downtimeMs!.ci95[0] <= doc.ratio!.downtimeMs!.ci95[1]);
+  // The design-list form: one ratio per design against the baseline, the same numbers.
+  const ratios = (doc as unknown as { ratios: Record<string, unknown> }).ratios;
+  assert.deepEqual(Object.keys(ratios), ["lockless/locked"]);
+  assert.deepEqual(ratios["lockless/locked"], doc.ratio);
 });
 
 test("kvmmu migrate-perf: bad options are usage errors", async () => {
@@ -77,4 +81,10 @@ test("kvmmu migrate-perf: bad options are usage errors", async () => {
   const m = await runKvmmu(["migrate-perf", "--mode", "tdp,shadow"]);
   assert.equal(m.code, 2);
   assert.match(m.err, /EINVAL: --mode/);
+  const w = await runKvmmu(["migrate-perf", "--wp", "locked,nosuch"]);
+  assert.equal(w.code, 2);
+  assert.match(w.err, /EINVAL: --wp/);
+  const b = await runKvmmu(["migrate-perf", "--wp", "lockless", "--baseline", "locked"]);
+  assert.equal(b.code, 2);
+  assert.match(b.err, /EINVAL: baseline/);
 });

@@ -2,7 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { runKvmmu } from "../helpers/cli.js";
-import type { MigrationReport } from "../../src/migration/precopy.js";
+import type { MigrationReport } from "../../src/migration/report.js";
 
 test("kvmmu migrate --local: no convergence in --timeout -> cancelled, exit 1, guest intact", async () => {
   // 256 KiB rewritten every round over 512 KiB/s: 300 ms carry 150 KiB, never the whole guest.

@@ -17,7 +17,8 @@ import {
   runGuest,
 } from "../../src/migration/guest_vm.js";
 import { MIG_CTL } from "../../src/migration/guest.js";
-import { MigrationDestination, MigrationSource, SourceOptions } from "../../src/migration/precopy.js";
+import { MigrationDestination } from "../../src/migration/destination.js";
+import { MigrationSource, SourceOptions } from "../../src/migration/precopy.js";
 
 const KEY = "test-converge-key";
 const SLOW = { maxBandwidth: 512 << 10, downtimeLimitMs: 300 };

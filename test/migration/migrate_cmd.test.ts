@@ -5,7 +5,7 @@ import { runKvmmu } from "../helpers/cli.js";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import type { MigrationReport } from "../../src/migration/precopy.js";
+import type { MigrationReport } from "../../src/migration/report.js";
 import { validateResult } from "../../src/results/schema.js";
 
 test("kvmmu migrate --local --json: completed, verified, query-migrate-shaped rounds", async () => {

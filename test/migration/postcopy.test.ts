@@ -9,12 +9,13 @@ import assert from "node:assert/strict";
 import type { Socket } from "node:net";
 import { connectOutgoing, listenIncoming } from "../../src/migration/auth.js";
 import { createGuestVm, layoutFor, runGuest } from "../../src/migration/guest_vm.js";
-import { MigrationDestination, MigrationSource } from "../../src/migration/precopy.js";
+import { MigrationDestination } from "../../src/migration/destination.js";
+import { MigrationSource } from "../../src/migration/precopy.js";
 import { decodePageRequest, encodePageRequest } from "../../src/migration/postcopy.js";
 import { Vm } from "../../src/vm.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 import { KvmError } from "../../src/errors.js";
-import type { MigrationReport } from "../../src/migration/precopy.js";
+import type { MigrationReport } from "../../src/migration/report.js";
 import { runKvmmu } from "../helpers/cli.js";
 import { MigrationError } from "../../src/migration/stream.js";
 

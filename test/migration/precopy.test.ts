@@ -7,13 +7,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { connectOutgoing, listenIncoming } from "../../src/migration/auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "../../src/migration/guest_vm.js";
-import {
-  FaultKind,
-  LogMode,
-  logStrategy,
-  MigrationDestination,
-  MigrationSource,
-} from "../../src/migration/precopy.js";
+import type { FaultKind } from "../../src/migration/fault.js";
+import { LogMode, logStrategy } from "../../src/migration/log_sync.js";
+import { MigrationDestination } from "../../src/migration/destination.js";
+import { MigrationSource } from "../../src/migration/precopy.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 
 const KEY = "test-precopy-key";

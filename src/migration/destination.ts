@@ -1,0 +1,287 @@
+/**
+ * The destination of a live migration (QEMU's incoming side): builds the VM the config section
+ * describes and starts its vCPUs held (they touch no memory until released, as QEMU's
+ * destination process is up before switch-over), loads RAM sections through the RAM handler,
+ * checks the digest, answers with its page hashes, and on "go" releases the guest and checks
+ * its invariant. A post-copy stream hands over to postcopy.ts at "postcopy-run". It goes
+ * through the same states as the source (state.ts).
+ */
+import type { Duplex } from "node:stream";
+import type { MmuModeName } from "../vm.js";
+import type { DesignName } from "../mmu/design.js";
+import { MIG_CTL } from "./guest.js";
+import {
+  checkLayout,
+  createGuestVm,
+  GuestLayout,
+  GuestVm,
+  guestCounts,
+  MAX_GUEST_MEMORY,
+  pageHashes,
+  runAndCheck,
+  runGuest,
+} from "./guest_vm.js";
+import { MigrationState, MigrationStateError } from "./state.js";
+import { RamLoadState } from "./ram.js";
+import type { DestinationReport } from "./report.js";
+import { toMigError } from "./precopy.js";
+import {
+  ByteReader,
+  checkStreamDigest,
+  jsonPayload,
+  MigrationError,
+  readHeader,
+  readSection,
+  Sec,
+  Section,
+  SectionWriter,
+  sectionName,
+} from "./stream.js";
+import { applyDiscard, postcopyIncoming } from "./postcopy.js";
+
+export interface DestinationOptions {
+  wp: DesignName;
+  mode?: MmuModeName;
+  /** Largest guest this destination accepts, in bytes (default 4 GiB). */
+  maxMemory?: number;
+  /** ms to wait for each section before giving up (default 60000). */
+  idleTimeoutMs?: number;
+}
+
+const SOURCE_TYPES = [
+  Sec.Config,
+  Sec.Ram,
+  Sec.Vcpu,
+  Sec.Cancel,
+  Sec.Eof,
+  Sec.Go,
+  Sec.Abort,
+  Sec.Discard,
+  Sec.Postcopy,
+];
+
+type VcpuState = { id: number; counter: number }[];
+
+export class MigrationDestination {
+  /** The VM, once the config section built it; running the guest after a completed migration. */
+  guest: GuestVm | null = null;
+  readonly state = new MigrationState();
+
+  constructor(private readonly o: DestinationOptions) {}
+
+  /**
+   * Receives one migration. On success the guest runs here (verified: paused, checked, resumed)
+   * and `guest` holds it; on failure the VM is stopped and the error goes back to the source.
+   */
+  async receive(stream: Duplex, r: ByteReader): Promise<DestinationReport> {
+    const rep: DestinationReport = {
+      status: "failed",
+      sections: 0,
+      pagesApplied: 0,
+      receivedBytes: 0,
+      hashMs: 0,
+      guestInvariant: null,
+      problems: [],
+    };
+    const back = new SectionWriter(stream);
+    try {
+      this.state.set("setup");
+      r.hash = (await import("node:crypto")).createHash("sha256");
+      await readHeader(r);
+      if ((await this.load(r, back, rep)) === "postcopy") {
+        this.state.set("completed");
+        rep.status = "completed";
+        stream.end();
+        return rep;
+      }
+      await this.complete(r, back, rep);
+      this.state.set("completed");
+      rep.status = "completed";
+      // Our half of the connection is done; the source closes its half after reading this.
+      stream.end();
+      return rep;
+    } catch (e) {
+      return await this.fail(e, stream, back, r, rep);
+    }
+  }
+
+  /** Reads sections up to EOF (or through post-copy); returns the vCPU state, or "postcopy". */
+  private async load(
+    r: ByteReader,
+    back: SectionWriter,
+    rep: DestinationReport,
+  ): Promise<"precopy" | "postcopy"> {
+    let layout: GuestLayout | null = null;
+    let ram: RamLoadState | null = null;
+    let postcopy = false;
+    let vcpuState: VcpuState | null = null;
+    for (let id = 1; ; id++) {
+      const before = r.hash!.copy();
+      const s = await this.withIdle(readSection(r, id, SOURCE_TYPES), id);
+      rep.sections++;
+      if (s.type !== Sec.Config && !layout)
+        throw new MigrationError(
+          "EPROTO",
+          `section ${id} (${sectionName(s.type)}) before the config section`,
+        );
+      if (s.type === Sec.Config) {
+        if (layout) throw new MigrationError("EPROTO", `section ${id}: a second config section`);
+        const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown; postcopy?: unknown };
+        layout = checkLayout(cfg.layout, this.o.maxMemory ?? MAX_GUEST_MEMORY);
+        postcopy = cfg.postcopy === true;
+        ram = new RamLoadState(await this.build(layout, postcopy));
+        this.state.set("active");
+      } else if (s.type === Sec.Ram) {
+        rep.pagesApplied += ram!.load_state(s.payload, id);
+      } else if (s.type === Sec.Vcpu) {
+        vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: VcpuState }).vcpus;
+      } else if (s.type === Sec.Discard && postcopy) {
+        applyDiscard(this.guest!, s.payload, id);
+      } else if (s.type === Sec.Postcopy && postcopy) {
+        this.state.set("postcopy-active");
+        await this.postcopy(r, back, rep, id, vcpuState);
+        return "postcopy";
+      } else if (s.type === Sec.Cancel) {
+        this.state.set("cancelling");
+        throw new MigrationError("ECANCELED", "the source cancelled the migration");
+      } else if (s.type === Sec.Eof) {
+        checkStreamDigest(r, before, s.payload);
+        // The device state is in: the completion stage (the source's guest is stopped).
+        this.state.set("device");
+        this.checkVcpuState(vcpuState, layout);
+        return "precopy";
+      } else
+        throw new MigrationError(
+          "EPROTO",
+          `section ${id} (${sectionName(s.type)}) before the end of the stream`,
+        );
+    }
+  }
+
+  /** The VM the config describes. */
+  private async build(layout: GuestLayout, postcopy: boolean): Promise<GuestVm> {
+    const g = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false, postcopy });
+    this.guest = g;
+    // Pre-copy: start the vCPUs now, held, so "go" only has to release them. Post-copy starts
+    // them at postcopy-run, after the discarded pages are marked missing (which needs the vCPUs
+    // stopped).
+    if (!postcopy) {
+      Atomics.store(g.ctl, MIG_CTL.hold, 1);
+      await runGuest(g);
+    }
+    return g;
+  }
+
+  private async postcopy(
+    r: ByteReader,
+    back: SectionWriter,
+    rep: DestinationReport,
+    id: number,
+    vcpuState: VcpuState | null,
+  ): Promise<void> {
+    const pc = await postcopyIncoming({
+      g: this.guest!,
+      r,
+      back,
+      nextId: id + 1,
+      vcpuState,
+      read: (n) => this.withIdle(readSection(r, n, SOURCE_TYPES), n),
+    });
+    rep.sections += pc.sections;
+    rep.pagesApplied += pc.pagesPlaced;
+    rep.receivedBytes = r.consumed;
+    rep.guestInvariant = pc.guestInvariant;
+    rep.problems = pc.problems;
+    rep.postcopy = {
+      discardedPages: pc.discardedPages,
+      pagesPlaced: pc.pagesPlaced,
+      requests: pc.requests,
+      vcpus: pc.vcpus,
+    };
+  }
+
+  private checkVcpuState(vcpuState: VcpuState | null, layout: GuestLayout | null): void {
+    if (!vcpuState || vcpuState.length !== layout!.vcpus)
+      throw new MigrationError(
+        "EPROTO",
+        `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${layout!.vcpus}`,
+      );
+    const counts = guestCounts(this.guest!);
+    vcpuState.forEach((v, i) => {
+      if (v.id !== i || v.counter !== counts[i])
+        throw new MigrationError(
+          "EBADMSG",
+          `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
+        );
+    });
+  }
+
+  /** After EOF: page hashes to the source, then "go" releases the guest and it is checked. */
+  private async complete(r: ByteReader, back: SectionWriter, rep: DestinationReport): Promise<void> {
+    const g = this.guest!;
+    rep.receivedBytes = r.consumed;
+    const th = performance.now();
+    const hashes = pageHashes(g.vm, g.layout);
+    rep.hashMs = performance.now() - th;
+    await back.section(Sec.Loaded, hashes);
+    const go: Section = await this.withIdle(readSection(r, rep.sections + 1, SOURCE_TYPES), rep.sections + 1);
+    rep.sections++;
+    if (go.type === Sec.Abort)
+      throw new MigrationError("ECANCELED", "the source aborted after comparing pages");
+    if (go.type !== Sec.Go)
+      throw new MigrationError("EPROTO", `${sectionName(go.type)} where go was expected`);
+    Atomics.store(g.ctl, MIG_CTL.hold, 0);
+    Atomics.notify(g.ctl, MIG_CTL.hold);
+    await back.section(Sec.Running, jsonPayload({ hashMs: rep.hashMs }));
+    const chk = await runAndCheck(g);
+    g.vm.resume();
+    rep.guestInvariant = chk.ok;
+    rep.problems = chk.problems;
+    await back.section(
+      Sec.Verified,
+      jsonPayload({ ok: chk.ok, problems: chk.problems, before: chk.before, after: chk.after }),
+    );
+  }
+
+  private async fail(
+    e: unknown,
+    stream: Duplex,
+    back: SectionWriter,
+    r: ByteReader,
+    rep: DestinationReport,
+  ): Promise<DestinationReport> {
+    if (e instanceof MigrationStateError) throw e;
+    const err = toMigError(e);
+    const cancelled = this.state.status === "cancelling";
+    if (!this.state.final) this.state.set(cancelled ? "cancelled" : "failed");
+    rep.status = cancelled ? "cancelled" : "failed";
+    rep.error = { code: err.code, message: err.message };
+    rep.receivedBytes = r.consumed;
+    try {
+      if (!stream.destroyed && !stream.writableEnded)
+        await back.section(Sec.Error, jsonPayload({ code: err.code, message: err.message }));
+      stream.end();
+    } catch {
+      // The source is gone: nothing to tell it.
+    }
+    if (this.guest) {
+      await this.guest.vm.stop();
+      this.guest = null;
+    }
+    return rep;
+  }
+
+  private withIdle<T>(p: Promise<T>, id: number): Promise<T> {
+    const ms = this.o.idleTimeoutMs ?? 60_000;
+    let t: NodeJS.Timeout | undefined;
+    return Promise.race([
+      p,
+      new Promise<T>((_, rej) => {
+        t = setTimeout(
+          () => rej(new MigrationError("ETIMEDOUT", `no section ${id} from the source in ${ms} ms`)),
+          ms,
+        );
+      }),
+    ]).finally(() => clearTimeout(t));
+  }
+}
