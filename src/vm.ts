@@ -3,7 +3,7 @@
  * layer) and its option and result types. The internal entry point is src/vm/internal.ts.
  */
 export { Vm } from "./vm/vm.js";
-export { kvm_create_vm, MAX_MEMORY, POOL_LIMITS } from "./vm/create.js";
+export { MAX_MEMORY, POOL_LIMITS } from "./vm/create.js";
 export type { MmuModeName, VmOptions, WpName } from "./vm/create.js";
 export type { MemoryRegion } from "./mem/set_memslot.js";
 export type { DirtyGfn } from "./vm/dirty_ring.js";
