@@ -71,14 +71,16 @@ export function copyDirtyPages(src: Vm, slot: number, bitmap: Uint32Array, dst: 
     if (dst === src) throw einval("dst", "must be another VM");
     guest_range_check(vmKvm(dst), guestPhysAddr, pages * PAGE_SIZE, true);
   }
+  const from = vmKvm(src);
+  const to = toBuf ? null : vmKvm(dst);
   const page = new Uint8Array(PAGE_SIZE);
   let n = 0;
   for_each_set_bit(bitmap, (p) => {
     const gpa = guestPhysAddr + p * PAGE_SIZE;
-    if (toBuf) guest_read_into(vmKvm(src), gpa, dst.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
+    if (toBuf) guest_read_into(from, gpa, dst.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
     else {
-      guest_read_into(vmKvm(src), gpa, page);
-      guest_write(vmKvm(dst), gpa, page);
+      guest_read_into(from, gpa, page);
+      guest_write(to!, gpa, page);
     }
     n++;
   });
