@@ -8,6 +8,7 @@ import { KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT } from "./kvm_host.js";
 import { guest_range_check, guest_read_into, guest_write } from "./guest/host_access.js";
 import { bitmap_weight, hweight32 } from "./mem/dirty_bitmap.js";
 import type { Vm } from "./vm.js";
+import { vmKvm } from "./vm/internal.js";
 
 export { bitmap_weight, hweight32 };
 
@@ -34,7 +35,7 @@ export function dirtyPages(bitmap: Uint32Array): number[] {
 export function slotGeometry(vm: Vm, slot: number): { guestPhysAddr: number; pages: number } {
   if (!Number.isSafeInteger(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
     throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
-  const s = vm.kvm.slots;
+  const s = vmKvm(vm).slots;
   if (s[SLOT.active(slot)] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
   return { guestPhysAddr: s[SLOT.base_gfn(slot)] * PAGE_SIZE, pages: s[SLOT.npages(slot)] };
 }
@@ -68,16 +69,18 @@ export function copyDirtyPages(src: Vm, slot: number, bitmap: Uint32Array, dst: 
       throw einval("dst", `needs ${pages * PAGE_SIZE} bytes for slot ${slot}, got ${dst.length}`);
   } else {
     if (dst === src) throw einval("dst", "must be another VM");
-    guest_range_check(dst.kvm, guestPhysAddr, pages * PAGE_SIZE, true);
+    guest_range_check(vmKvm(dst), guestPhysAddr, pages * PAGE_SIZE, true);
   }
+  const from = vmKvm(src);
+  const to = toBuf ? null : vmKvm(dst);
   const page = new Uint8Array(PAGE_SIZE);
   let n = 0;
   for_each_set_bit(bitmap, (p) => {
     const gpa = guestPhysAddr + p * PAGE_SIZE;
-    if (toBuf) guest_read_into(src.kvm, gpa, dst.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
+    if (toBuf) guest_read_into(from, gpa, dst.subarray(p * PAGE_SIZE, (p + 1) * PAGE_SIZE));
     else {
-      guest_read_into(src.kvm, gpa, page);
-      guest_write(dst.kvm, gpa, page);
+      guest_read_into(from, gpa, page);
+      guest_write(to!, gpa, page);
     }
     n++;
   });

@@ -21,7 +21,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["vcpu/"],
   ["guest/context.ts", "guest/host_access.ts"], // the public guest context; host access to guest memory
   ["workload/"], // guest programs and the worker entry points that run them
-  ["guest/spec.ts", "vm.ts"], // guest specs are checked by Vm.run
+  ["guest/spec.ts", "vm.ts", "vm/"], // guest specs are checked by Vm.run; vm/: the ioctl layer and its surfaces
   ["dirty_bitmap.ts"], // public bitmap helpers over a Vm
   ["migration/"], // live migration over the public Vm API
   ["verify/"],

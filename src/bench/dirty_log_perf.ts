@@ -34,6 +34,7 @@ import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
 import { numa_balancing_settings } from "../mem/numa_balancing.js";
 import { gettid, processThreads, sched_getaffinity, sched_setaffinity } from "../sync/affinity.js";
+import { vmKvm } from "../vm/internal.js";
 
 export interface Contention {
   migrateRate: number;
@@ -387,11 +388,11 @@ function withVerdict(r: RatioSummary, below: string, above: string): RatioResult
 }
 
 function passes(vm: Vm): number[] {
-  return vm.vcpuIds.map((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)));
+  return vm.vcpuIds.map((id) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(id)));
 }
 
 function sumStat(vm: Vm, field: (id: number) => number): number {
-  return vm.vcpuIds.reduce((n, id) => n + vm.kvm.vcpuStats[field(id)], 0);
+  return vm.vcpuIds.reduce((n, id) => n + vmKvm(vm).vcpuStats[field(id)], 0);
 }
 
 /**
@@ -488,7 +489,7 @@ async function setup(wp: WpName, o: PerfOptions): Promise<Run> {
     maxSlotPages: guestBytes / PAGE_SIZE + ptPages,
   });
   // Before any other thread exists: every thread's view of mmu_lock reads the mode.
-  vm.kvm.mmu_lock.setMode(o.lock ?? "sleep");
+  vmKvm(vm).mmu_lock.setMode(o.lock ?? "sleep");
   const logMode = logModeOf(o);
   // Before any vCPU exists (the ring) and before logging is enabled (INITIALLY_SET), as KVM's test.
   if (logMode === "dirty-ring") vm.enableDirtyRing(o.ring ?? 0);
@@ -615,7 +616,7 @@ async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<Itera
       ? (): void => {
           // A new exit, or a vCPU still waiting on a ring that filled after the last collection.
           const exits = vm.dirtyRingStats().fullExits;
-          if (exits !== run.ringExits || vm.vcpuIds.some((id) => kvm_dirty_ring_soft_full(vm.kvm, id))) {
+          if (exits !== run.ringExits || vm.vcpuIds.some((id) => kvm_dirty_ring_soft_full(vmKvm(vm), id))) {
             run.ringExits = exits;
             collectRing(run);
           }
@@ -878,7 +879,7 @@ function strategyResult(run: Run): StrategyResult {
     host: vm.hostThreadCounters(),
     numa: vm.numaBalancingStats(),
     metadataBytes: vm.metadataBytes(),
-    ...(vm.kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(vm.kvm) } : {}),
+    ...(vmKvm(vm).mode === MmuMode.Shadow ? { shadow: shadowCounters(vmKvm(vm)) } : {}),
     logMode: run.logMode,
     ...(run.logMode === "clear-log" ? { clearDirtyLog: opt("clearDirtyLogNs") } : {}),
     ...(run.logMode === "dirty-ring"

@@ -46,6 +46,7 @@ import {
   KernbenchGuestArgs,
   LIB_MAGIC,
 } from "../workload/kernbench_guest.js";
+import { vmKvm } from "../vm/internal.js";
 
 export type LoggingName = "off" | "locked" | "lockless";
 export const LOGGING: readonly LoggingName[] = ["off", "locked", "lockless"];
@@ -291,7 +292,7 @@ async function oneRun(
     };
     vm.setUserMemoryRegion(data);
     vm.setUserMemoryRegion(kern);
-    fillLibraries(vm.kvm, dhva, libGfn, o.libPages);
+    fillLibraries(vmKvm(vm), dhva, libGfn, o.libPages);
     const ctlBuf = new SharedArrayBuffer(kbCtlBytes(v));
     const ctl = new Int32Array(ctlBuf);
     const times = new Float64Array(ctlBuf);
@@ -326,7 +327,7 @@ async function oneRun(
       vm.setUserMemoryRegion({ ...data, flags: KVM_MEM_LOG_DIRTY_PAGES });
       vm.setUserMemoryRegion({ ...kern, flags: KVM_MEM_LOG_DIRTY_PAGES });
     }
-    const kvm = vm.kvm;
+    const kvm = vmKvm(vm);
     const churn = (o.migrateRate ?? 0) > 0 || (o.invalidateRate ?? 0) > 0;
     if (churn)
       await vm.startHostThread({

@@ -27,6 +27,7 @@ import { PAGE_SIZE, PAGE_WORDS } from "../kvm_host.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
 import { einval } from "../errors.js";
 import { formatRatio, median, pairedRatio, RatioSummary, summarize, Summary } from "./stats.js";
+import { vmKvm } from "../vm/internal.js";
 
 export interface TlbHitOptions {
   /** Measured rounds. */
@@ -90,16 +91,16 @@ export const OWN_IMPL: TlbHitImpl = {
     const hva = vm.mmap(4 << 20);
     vm.setUserMemoryRegion({ slot: 0, flags: 0, guestPhysAddr: 0, memorySize: 4 << 20, userspaceAddr: hva });
     vm.createVcpu(0);
-    const vcpu = new Vcpu(vm.kvm, 0);
+    const vcpu = new Vcpu(vmKvm(vm), 0);
     return {
       vcpu,
       ctx: new VcpuGuestContext(vcpu),
-      mem: vm.kvm.mem,
+      mem: vmKvm(vm).mem,
       mapPages: (gfns) => {
         const bases = new Int32Array(gfns.length);
         gfns.forEach((gfn, k) => {
           vcpu.write32(gfn, 0, 0); // a write fault maps the page: the entry is what a guest gets
-          bases[k] = hva_to_pfn(vm.kvm, hva / PAGE_SIZE + gfn) * PAGE_WORDS;
+          bases[k] = hva_to_pfn(vmKvm(vm), hva / PAGE_SIZE + gfn) * PAGE_WORDS;
         });
         return bases;
       },

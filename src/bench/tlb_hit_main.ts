@@ -20,6 +20,9 @@ async function loadImpl(dist: string): Promise<TlbHitImpl> {
   const { Vcpu } = await load("vcpu/vcpu.js");
   const { PAGE_SIZE, PAGE_WORDS } = await load("kvm_host.js");
   const { hva_to_pfn } = await load("mem/host_memory.js");
+  // A build before the internal entry point (src/vm/internal.ts) had a public vm.kvm.
+  const internalPath = resolve(root, "vm/internal.js");
+  const vmKvm = existsSync(internalPath) ? (await load("vm/internal.js")).vmKvm : (vm: any): any => vm.kvm;
   const ctxPath = resolve(root, "guest/context.js");
   const Ctx = existsSync(ctxPath) ? (await load("guest/context.js")).VcpuGuestContext : undefined;
   return {
@@ -35,16 +38,16 @@ async function loadImpl(dist: string): Promise<TlbHitImpl> {
         userspaceAddr: hva,
       });
       vm.createVcpu(0);
-      const vcpu = new Vcpu(vm.kvm, 0);
+      const vcpu = new Vcpu(vmKvm(vm), 0);
       return {
         vcpu,
         ctx: Ctx ? new Ctx(vcpu) : null,
-        mem: vm.kvm.mem,
+        mem: vmKvm(vm).mem,
         mapPages: (gfns: Int32Array) => {
           const bases = new Int32Array(gfns.length);
           gfns.forEach((gfn, k) => {
             vcpu.write32(gfn, 0, 0);
-            bases[k] = hva_to_pfn(vm.kvm, hva / PAGE_SIZE + gfn) * PAGE_WORDS;
+            bases[k] = hva_to_pfn(vmKvm(vm), hva / PAGE_SIZE + gfn) * PAGE_WORDS;
           });
           return bases;
         },

@@ -95,3 +95,30 @@ export function uffd_copy(kvm: Kvm, slot: number, gfn: number, words: Int32Array
   Atomics.notify(u, wi);
   return true;
 }
+
+/**
+ * The frames of userfaultfd's MADV_DONTNEED (owner thread, no vCPU running, the slot's mappings
+ * already zapped): every page of the registered slot set in `bitmap` (bit n = page n) and not
+ * yet missing is zeroed and marked missing. Returns the pages missing now.
+ */
+export function uffd_discard(kvm: Kvm, slot: number, bitmap: Uint32Array): number {
+  const u = kvm.uffd;
+  const npages = u[UFFD.npages];
+  const hva = kvm.slots[SLOT.hva_page(slot)];
+  const zero = new Int32Array(PAGE_WORDS);
+  const base = kvm.slots[SLOT.base_gfn(slot)];
+  for (let p = 0; p < npages; p++) {
+    if ((bitmap[p >>> 5] & (1 << (p & 31))) === 0 || uffd_missing(kvm, slot, base + p)) continue;
+    // Written first (the frame is unmapped), then marked: the zeroes are what a reader would see.
+    kvm.mm_lock.lock();
+    try {
+      const pfn = hva_to_pfn(kvm, hva + p);
+      if (pfn >= 0) kvm.mem.set(zero, pfn * PAGE_WORDS);
+    } finally {
+      kvm.mm_lock.unlock();
+    }
+    Atomics.or(u, UFFD_BITMAP.bits(p >>> 5), 1 << (p & 31));
+    Atomics.add(u, UFFD.missing, 1);
+  }
+  return Atomics.load(u, UFFD.missing);
+}

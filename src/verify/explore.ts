@@ -37,6 +37,7 @@ import { DesignName } from "../mmu/design.js";
 
 export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
+import { vmKvm, vmShared } from "../vm/internal.js";
 
 export type Strategy = "random" | "pct" | "dfs";
 
@@ -251,8 +252,8 @@ export class Explorer {
           spinning[t] = own[t] - lastSpin[t] < SPIN_WINDOW;
         }
       }
-      if (this.auditEveryStep && s.auditable && auditViolation === null && !vm.kvm.mmu_lock.isLocked()) {
-        const bad = audit(vm.kvm, 3, { structural: true });
+      if (this.auditEveryStep && s.auditable && auditViolation === null && !vmKvm(vm).mmu_lock.isLocked()) {
+        const bad = audit(vmKvm(vm), 3, { structural: true });
         if (bad.length) auditViolation = `audit after step ${step}: ${bad.join("; ")}`;
       }
       if (runnable.length === 0) break;
@@ -338,7 +339,7 @@ export class Explorer {
       Atomics.store(sc, SCHED_T.run(t), this.crew.go + 1);
       // A worker keeps the VM it was sent last: send it only when it is another one.
       if (this.crew.attached[t] !== scratch) {
-        this.ports[t].postMessage({ shared: vm.shared, scenario: s.name, program: s.program, scratch });
+        this.ports[t].postMessage({ shared: vmShared(vm), scenario: s.name, program: s.program, scratch });
         this.crew.attached[t] = scratch;
       }
     }
@@ -422,23 +423,23 @@ export class Explorer {
       const scratch = new SharedArrayBuffer(s.scratchWords * 4);
       s.setup(vm, new Int32Array(scratch));
       if (this.stepwise) return { vm, scratch };
-      const bufs = [scratch, ...sharedBuffers(vm.shared)];
+      const bufs = [scratch, ...sharedBuffers(vmShared(vm))];
       this.template = {
         vm,
         scratch,
         bufs: bufs
-          .filter((b) => b !== vm.shared.mem)
+          .filter((b) => b !== vmShared(vm).mem)
           .map((b) => [new Uint8Array(b), new Uint8Array(b).slice()]),
-        mem: Buffer.from(vm.shared.mem),
-        memCopy: Buffer.from(vm.shared.mem.slice(0)),
-        frameHigh: vm.kvm.ctl[CTL.frame_high],
+        mem: Buffer.from(vmShared(vm).mem),
+        memCopy: Buffer.from(vmShared(vm).mem.slice(0)),
+        frameHigh: vmKvm(vm).ctl[CTL.frame_high],
       };
       return { vm, scratch };
     }
     const tp = this.template;
     // Guest memory is large and mostly untouched: restore only the chunks a run changed. No
     // frame at or above frame_high was ever handed out, so nothing can have written there.
-    const used = Math.max(tp.frameHigh, tp.vm.kvm.ctl[CTL.frame_high]) * PAGE_SIZE;
+    const used = Math.max(tp.frameHigh, vmKvm(tp.vm).ctl[CTL.frame_high]) * PAGE_SIZE;
     const end = Math.min(used, tp.mem.length);
     for (let a = 0; a < end; a += MEM_CHUNK) {
       const b = Math.min(a + MEM_CHUNK, end);

@@ -38,6 +38,7 @@ import {
   withMmuLock,
   zapLeafTable,
 } from "./scenarios.js";
+import { vmKvm } from "../vm/internal.js";
 
 /** Bumped whenever a program's meaning changes: a replay of another version is refused. */
 export const PROGRAM_VERSION = 1;
@@ -238,7 +239,7 @@ function threadsOf(p: Program): ScenarioThread[] {
 
 /** After a final, quiesced round: every page equals its copy. */
 function lostPage(p: Program, vm: Vm, scratch: Int32Array): string | null {
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   if (p.log === "ring") ringRound(kvm, p.vcpus.length, scratch);
   else copyReported(kvm, hvaOf(scratch), harvest(kvm), scratch);
   for (let g = 0; g < NPAGES; g++) {
@@ -258,7 +259,7 @@ function staleWrite(p: Program, vm: Vm, scratch: Int32Array): string | null {
     for (const [g, v] of mine) last.set(g, [...(last.get(g) ?? []), v]);
   });
   for (const [g, want] of last) {
-    const m = pageWord(vm.kvm, hvaOf(scratch) + g);
+    const m = pageWord(vmKvm(vm), hvaOf(scratch) + g);
     if (!want.includes(m))
       return `guest write lost: gfn ${g} holds ${m}, not the last write of any vCPU (${want.join(" or ")}): a write went to a stale frame`;
   }
@@ -268,7 +269,7 @@ function staleWrite(p: Program, vm: Vm, scratch: Int32Array): string | null {
 /** The audit; with a ring, the structural part only (the bitmap is not where dirty pages go). */
 function auditOf(p: Program, vm: Vm): string | null {
   if (p.log !== "ring") return auditCheck(vm);
-  const bad = audit(vm.kvm, 3, { structural: true });
+  const bad = audit(vmKvm(vm), 3, { structural: true });
   return bad.length ? `audit: ${bad.join("; ")}` : null;
 }
 
@@ -304,7 +305,7 @@ export function programScenario(program: unknown, bug: BugName = "skip-flush"): 
       for (let v = 0; v < nv; v++) vm.createVcpu(v);
       if (p.prefault.length) prefault(vm, 0, p.prefault);
       enableLogging(vm, hva);
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: threadsOf(p),
     check: (vm, scratch) => auditOf(p, vm) ?? staleWrite(p, vm, scratch) ?? lostPage(p, vm, scratch),

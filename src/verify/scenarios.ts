@@ -41,6 +41,7 @@ import {
   SPTE_PFN_SHIFT,
 } from "../mmu/spte.js";
 import { aload } from "../sync/atomic.js";
+import { vmKvm } from "../vm/internal.js";
 
 export interface ScenarioThread {
   name: string;
@@ -98,7 +99,7 @@ export function enableLogging(vm: Vm, hvaPage: number): void {
 
 /** Guest writes from the controller thread, before the run (vCPU `id` ends outside guest mode). */
 export function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
-  asVcpu(vm.kvm, id, (v) => {
+  asVcpu(vmKvm(vm), id, (v) => {
     for (const g of gfns) v.write64(g, 0, stamp, 0);
   });
 }
@@ -160,7 +161,7 @@ function ringRound(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
 
 /** Final ring round (quiesced) and comparison. */
 function finalRingMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string | null {
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   ringRound(kvm, hvaBase, scratch);
   for (let g = 0; g < NPAGES; g++) {
     const m = pageWord(kvm, hvaBase + g);
@@ -187,7 +188,7 @@ export function copyAll(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
 
 /** Final round (quiesced) and comparison: every page must equal its copy. */
 function finalRoundMismatch(vm: Vm, hvaBase: number, scratch: Int32Array): string | null {
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   copyReported(kvm, hvaBase, harvest(kvm), scratch);
   for (let g = 0; g < NPAGES; g++) {
     const m = pageWord(kvm, hvaBase + g);
@@ -230,7 +231,7 @@ function writableLeft(kvm: Kvm, sptes: number[], names: string[]): string | null
 }
 
 export const auditCheck = (vm: Vm): string | null => {
-  const bad = audit(vm.kvm, 3);
+  const bad = audit(vmKvm(vm), 3);
   return bad.length ? `audit: ${bad.join("; ")}` : null;
 };
 
@@ -293,7 +294,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       scratch[S_EXTRA + HVA0] = hva;
       vm.createVcpu(0);
       prefault(vm, 0, [G]);
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: [
       {
@@ -325,7 +326,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       vm.createVcpu(0);
       prefault(vm, 0, [0]); // a writable 2 MiB spte
       enableLogging(vm, hva); // now read-only, HOST_W|MMU_W kept
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: [
       {
@@ -353,7 +354,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     scratchWords: S_EXTRA + 8,
     setup(vm, scratch) {
       slot(vm, false, true);
-      const kvm = vm.kvm;
+      const kvm = vmKvm(vm);
       const pfn = hva_to_pfn(kvm, 1);
       withMmuLock(kvm, () => {
         for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn);
@@ -371,7 +372,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       },
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
     ],
-    check: (vm, scratch) => writableLeft(vm.kvm, [scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]], ["B", "C"]),
+    check: (vm, scratch) => writableLeft(vmKvm(vm), [scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]], ["B", "C"]),
   },
 
   "no-nulls-check": {
@@ -384,7 +385,7 @@ export const SCENARIOS: Record<string, Scenario> = {
     scratchWords: S_EXTRA + 8,
     setup(vm, scratch) {
       slot(vm, false, true);
-      const kvm = vm.kvm;
+      const kvm = vmKvm(vm);
       const pfn = hva_to_pfn(kvm, 1);
       withMmuLock(kvm, () => {
         for (let i = 0; i < 3; i++) scratch[S_EXTRA + i] = aliasSpte(kvm, G, pfn); // A, B, C: one full descriptor
@@ -406,7 +407,11 @@ export const SCENARIOS: Record<string, Scenario> = {
       { name: "get-dirty-log", run: (kvm) => void harvest(kvm) },
     ],
     check: (vm, scratch) =>
-      writableLeft(vm.kvm, [scratch[S_EXTRA], scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]], ["A", "B", "C"]),
+      writableLeft(
+        vmKvm(vm),
+        [scratch[S_EXTRA], scratch[S_EXTRA + 1], scratch[S_EXTRA + 2]],
+        ["A", "B", "C"],
+      ),
   },
 
   "plain-clear": {
@@ -461,8 +466,8 @@ export const SCENARIOS: Record<string, Scenario> = {
     ],
     check(vm, scratch) {
       const hva = scratch[S_EXTRA + HVA0];
-      const a = pageWord(vm.kvm, hva + G);
-      const b = pageWord(vm.kvm, hva + 512 + G);
+      const a = pageWord(vmKvm(vm), hva + G);
+      const b = pageWord(vmKvm(vm), hva + 512 + G);
       if (a !== 0xa || b !== 0xb)
         return `guest write went to the wrong frame: gfn ${G} holds ${a} (want 10), gfn ${512 + G} holds ${b} (want 11)`;
       return auditCheck(vm);
@@ -490,7 +495,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       },
     ],
     check(vm, scratch) {
-      const w = pageWord(vm.kvm, scratch[S_EXTRA + HVA0] + G);
+      const w = pageWord(vmKvm(vm), scratch[S_EXTRA + HVA0] + G);
       if (w !== 0xa)
         return `guest write lost: gfn ${G} holds ${w} through the host mapping (want 10): the vCPU wrote a stale frame`;
       return auditCheck(vm);
@@ -513,7 +518,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       // G and the seven pages after it, writable and dirty: CLEAR protects them one by one.
       prefault(vm, 0, [G, G + 1, G + 2, G + 3, G + 4, G + 5, G + 6, G + 7]);
       prefault(vm, 1, [G + 8]); // vCPU 1 has its root (shadow MMU)
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: [
       { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 2, 0)) },
@@ -538,7 +543,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       vm.createVcpu(0);
       prefault(vm, 0, [G]); // writable before logging
       enableLogging(vm, hva); // all ones, 4 KiB pages left writable
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: [
       { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 2, 0)) },
@@ -560,7 +565,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const hva = slot(vm, false, true);
       scratch[S_EXTRA + HVA0] = hva;
       vm.createVcpu(0);
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
     },
     threads: [
       { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 7, 0)) },
@@ -582,7 +587,7 @@ export const SCENARIOS: Record<string, Scenario> = {
       const hva = slot(vm, false, true);
       scratch[S_EXTRA + HVA0] = hva;
       vm.createVcpu(0);
-      copyAll(vm.kvm, hva, scratch);
+      copyAll(vmKvm(vm), hva, scratch);
       prefault(vm, 0, [G + 1, G]); // two ring entries, the second one page below the first
     },
     threads: [

@@ -44,6 +44,7 @@ import {
   spte_is_locklessly_modifiable,
 } from "../mmu/spte.js";
 import { Vm } from "../vm.js";
+import { vmKvm, vmShared } from "../vm/internal.js";
 
 /** Erases a test's types for the registry (its methods are checked against S and D here). */
 function define<S, D>(t: StressTest<S, D>): AnyStressTest {
@@ -607,16 +608,16 @@ function fastPfTest(name: string, markFirst: boolean, wp: "locked" | "lockless")
       });
       vm.createVcpu(0);
       // A guest write maps the page through the slow path: a writable leaf in its rmap.
-      const v = new Vcpu(vm.kvm, 0, 4);
+      const v = new Vcpu(vmKvm(vm), 0, 4);
       v.enterGuest();
       v.write32(FP_GFN, 0, 1);
       v.exitGuest();
-      const sptep = rmap_single_spte(vm.kvm.rmapPool[gfn_to_rmap(vm.kvm, 0, FP_GFN, 1)]);
+      const sptep = rmap_single_spte(vmKvm(vm).rmapPool[gfn_to_rmap(vmKvm(vm), 0, FP_GFN, 1)]);
       if (sptep < 0) throw new Error(`fast-pf stress: gfn ${FP_GFN} has no single rmap entry`);
-      const spte = vm.kvm.spt[sptep];
+      const spte = vmKvm(vm).spt[sptep];
       if (!is_writable_pte(spte) || !spte_is_locklessly_modifiable(spte))
         throw new Error(`fast-pf stress: spte 0x${spte.toString(16)} is not a writable leaf`);
-      return { kvm: vm.shared, sptep, spte, res: new SharedArrayBuffer(FP_WORDS * 4) };
+      return { kvm: vmShared(vm), sptep, spte, res: new SharedArrayBuffer(FP_WORDS * 4) };
     },
     attach(d) {
       const kvm = new Kvm(d.kvm);

@@ -12,6 +12,7 @@ import {
 import { KvmError } from "../../src/errors.js";
 import { MAX_MEMORY, Vm } from "../../src/vm.js";
 import { PAGE_SIZE } from "../../src/kvm_host.js";
+import { vmShared } from "../../src/vm/internal.js";
 
 const GiB = 2 ** 30;
 const O: PerfOptions = {
@@ -90,7 +91,7 @@ for (const mode of ["tdp", "shadow"] as const)
       const pct = (100 * vm.metadataBytes()) / o.bytesPerVcpu;
       assert.ok(pct <= 1, `${pct.toFixed(3)}%`);
       // A shadow guest mapping its memory once with 4 KiB pages needs a page per 512: it has two.
-      assert.ok(vm.shared.config.maxSp >= (2 * o.bytesPerVcpu) / PAGE_SIZE / 512);
+      assert.ok(vmShared(vm).config.maxSp >= (2 * o.bytesPerVcpu) / PAGE_SIZE / 512);
     });
 
 test(

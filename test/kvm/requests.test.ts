@@ -24,6 +24,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES, Vm } from "../../src/index.js";
 import { ST } from "../../src/kvm_host.js";
 import { makeKvm } from "../helpers/kvm.js";
 import { FAKE_GFN, FAKE_PFN, FakeVcpuData, FakeVcpuWords } from "../workers/fake_vcpu.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const mode = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, VCPU.mode(id));
 const requests = (kvm: Kvm, id: number): number => Atomics.load(kvm.vcpu, VCPU.requests(id));
@@ -225,7 +226,7 @@ test("requests: a guest that only hits its TLB still acknowledges flushes, pause
     await vm.run(() => ({ module: fixture, args: { page: 5 } }));
     await vm.waitPasses(1, { timeoutMs: 30_000 });
     await new Promise((r) => setTimeout(r, 50)); // now in its loop of hits
-    const flushes0 = Atomics.load(vm.kvm.ctl, CTL.remote_flushes);
+    const flushes0 = Atomics.load(vmKvm(vm).ctl, CTL.remote_flushes);
     for (let round = 0; round < 5; round++) {
       // The dirty page makes GET_DIRTY_LOG protect it and flush: the vCPU in guest mode is
       // kicked and waited for (ETIMEDOUT if it never acknowledged: the call throws).
@@ -233,9 +234,9 @@ test("requests: a guest that only hits its TLB still acknowledges flushes, pause
       await vm.pause();
       vm.resume();
     }
-    assert.ok(Atomics.load(vm.kvm.ctl, CTL.remote_flushes) > flushes0, "the GETs flushed remotely");
+    assert.ok(Atomics.load(vmKvm(vm).ctl, CTL.remote_flushes) > flushes0, "the GETs flushed remotely");
     await vm.pause();
-    const s = vm.kvm.vcpuStats;
+    const s = vmKvm(vm).vcpuStats;
     assert.ok(s[ST.flushes_handled(0)] >= 1, "the vCPU flushed its TLB");
     assert.ok(s[ST.tlb_miss(0)] < 100, `it missed only after flushes (${s[ST.tlb_miss(0)]} misses)`);
     vm.resume();

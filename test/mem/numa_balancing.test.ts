@@ -13,6 +13,7 @@ import { ShadowWalkIterator, walk_shadow_page_lockless } from "../../src/mmu/mmu
 import { is_shadow_present_pte } from "../../src/mmu/spte.js";
 import { KvmError } from "../../src/errors.js";
 import { dirtyLogTest } from "../../src/verify/dirty_log_test.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const PAGES = 1024;
 const GPA = 1 << 30;
@@ -48,9 +49,9 @@ async function populated(tlbBits?: number): Promise<Vm> {
 /** Which of the slot's pages have a present spte. */
 function present(vm: Vm): boolean[] {
   const it = new ShadowWalkIterator();
-  const root = vm.kvm.ctl[CTL.root];
+  const root = vmKvm(vm).ctl[CTL.root];
   return Array.from({ length: PAGES }, (_, i) =>
-    is_shadow_present_pte(walk_shadow_page_lockless(vm.kvm, root, GPA / PAGE_SIZE + i, it)),
+    is_shadow_present_pte(walk_shadow_page_lockless(vmKvm(vm), root, GPA / PAGE_SIZE + i, it)),
   );
 }
 
@@ -59,28 +60,28 @@ test("task_numa_work: one chunk per period, claimed once; the offset walks the s
   try {
     assert.ok(present(vm).every(Boolean), "populated: every page mapped");
     vm.setNumaBalancing({ scanPeriodMs: 1000, scanBytes: (PAGES / 2) * PAGE_SIZE });
-    const n = kvm_mmu_notifier(vm.kvm);
-    const hva = vm.kvm.slots[SLOT.hva_page(0)];
-    assert.equal(task_numa_work(vm.kvm, 0, n), PAGES / 2, "due at once: the first half");
+    const n = kvm_mmu_notifier(vmKvm(vm));
+    const hva = vmKvm(vm).slots[SLOT.hva_page(0)];
+    assert.equal(task_numa_work(vmKvm(vm), 0, n), PAGES / 2, "due at once: the first half");
     let p = present(vm);
     assert.ok(
       p.slice(0, PAGES / 2).every((x) => !x),
       "first half zapped",
     );
     assert.ok(p.slice(PAGES / 2).every(Boolean), "second half untouched");
-    assert.equal(vm.kvm.ctl[CTL.numa_scan_offset] - hva, PAGES / 2, "the offset moved past the chunk");
-    assert.equal(task_numa_work(vm.kvm, 999, n), 0, "not due before the period ends");
-    assert.equal(task_numa_work(vm.kvm, 1000, n), PAGES / 2, "due again: the second half");
+    assert.equal(vmKvm(vm).ctl[CTL.numa_scan_offset] - hva, PAGES / 2, "the offset moved past the chunk");
+    assert.equal(task_numa_work(vmKvm(vm), 999, n), 0, "not due before the period ends");
+    assert.equal(task_numa_work(vmKvm(vm), 1000, n), PAGES / 2, "due again: the second half");
     p = present(vm);
     assert.ok(
       p.every((x) => !x),
       "all zapped",
     );
-    assert.equal(vm.kvm.ctl[CTL.numa_scan_offset], 0, "past the last VMA: start over");
-    assert.equal(task_numa_work(vm.kvm, 1500, n), 0, "a thread that lost the claim does nothing");
+    assert.equal(vmKvm(vm).ctl[CTL.numa_scan_offset], 0, "past the last VMA: start over");
+    assert.equal(task_numa_work(vmKvm(vm), 1500, n), 0, "a thread that lost the claim does nothing");
     assert.deepEqual(vm.numaBalancingStats(), { scans: 2, pagesScanned: PAGES });
     vm.setNumaBalancing({ scanPeriodMs: 0 });
-    assert.equal(task_numa_work(vm.kvm, 1e6, n), 0, "off");
+    assert.equal(task_numa_work(vmKvm(vm), 1e6, n), 0, "off");
   } finally {
     await vm.stop();
   }
@@ -93,7 +94,7 @@ for (const [tlbBits, how] of [
   test(`the vCPU runs the scans outside guest mode, refaults what they zapped, and not while paused: ${how}`, async () => {
     const vm = await populated(tlbBits);
     try {
-      const slow0 = vm.kvm.vcpuStats[ST.slow_pf(0)];
+      const slow0 = vmKvm(vm).vcpuStats[ST.slow_pf(0)];
       vm.setNumaBalancing({ scanPeriodMs: 20, scanBytes: PAGES * PAGE_SIZE });
       vm.resume();
       await new Promise((r) => setTimeout(r, 400));
@@ -101,7 +102,7 @@ for (const [tlbBits, how] of [
       const s = vm.numaBalancingStats();
       assert.ok(s.scans >= 3, `${s.scans} scans in 400 ms at one per 20 ms`);
       assert.equal(s.pagesScanned, s.scans * PAGES);
-      const slow = vm.kvm.vcpuStats[ST.slow_pf(0)] - slow0;
+      const slow = vmKvm(vm).vcpuStats[ST.slow_pf(0)] - slow0;
       assert.ok(slow >= PAGES, `the guest refaulted the zapped pages (${slow} slow faults)`);
       // Paused: the vCPU does not run, so it does not scan.
       await new Promise((r) => setTimeout(r, 200));
@@ -125,8 +126,8 @@ test("setNumaBalancing refuses bad settings with EINVAL naming them, and changes
         () => vm.setNumaBalancing(bad),
         (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && e.message.includes(name),
       );
-    assert.equal(vm.kvm.ctl[CTL.numa_scan_period_ms], 100);
-    assert.equal(vm.kvm.ctl[CTL.numa_scan_pages], 8);
+    assert.equal(vmKvm(vm).ctl[CTL.numa_scan_period_ms], 100);
+    assert.equal(vmKvm(vm).ctl[CTL.numa_scan_pages], 8);
   } finally {
     await vm.stop();
   }

@@ -11,6 +11,7 @@ import { Vm } from "../../src/vm.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
 import { designNames } from "../../src/mmu/design.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const PAGES = 1024;
 
@@ -27,7 +28,7 @@ function setup(wp: string, pages = PAGES): { vm: Vm; write: (gfns: number[]) => 
   });
   vm.createVcpu(0);
   const write = (gfns: number[]): void => {
-    const v = new Vcpu(vm.kvm, 0);
+    const v = new Vcpu(vmKvm(vm), 0);
     kvm_set_running_vcpu(0);
     v.enterGuest();
     for (const g of gfns) v.write64(g, 0, g + 1, 0);

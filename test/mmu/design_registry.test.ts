@@ -21,13 +21,14 @@ import { MmuMode } from "../../src/kvm_host.js";
 import { dirtyPages } from "../../src/dirty_bitmap.js";
 import { audit } from "../../src/verify/audit.js";
 import { KvmError } from "../../src/errors.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const VCPUS = 2;
 const PAGES = 256;
 
 async function waitPasses(vm: Vm, n: number): Promise<void> {
   const passes = (): number[] =>
-    [...Array(VCPUS).keys()].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
+    [...Array(VCPUS).keys()].map((i) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(i)));
   const p = passes();
   while (passes().some((x, k) => x < p[k] + n)) {
     vm.throwIfFailed();
@@ -52,7 +53,7 @@ test("registry: a design registered by a test runs a logged VM (vCPU workers, ho
 
   const vm = Vm.create({ memory: 16 << 20, wp: "locked-copy", maxVcpus: VCPUS });
   try {
-    assert.equal(vm.kvm.ops.name, "locked-copy");
+    assert.equal(vmKvm(vm).ops.name, "locked-copy");
     const hva = vm.mmap(VCPUS * PAGES * PAGE_SIZE);
     vm.setUserMemoryRegion({
       slot: 0,
@@ -80,7 +81,7 @@ test("registry: a design registered by a test runs a logged VM (vCPU workers, ho
     await vm.pause();
     await vm.pauseHostThread();
     vm.throwIfFailed();
-    assert.deepEqual(audit(vm.kvm), []);
+    assert.deepEqual(audit(vmKvm(vm)), []);
   } finally {
     await vm.stop();
   }

@@ -31,6 +31,7 @@ import {
 } from "../../src/mmu/spte.js";
 import { Vm } from "../../src/vm.js";
 import { makeKvm, range, sorted } from "../helpers/kvm.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 function listOf(n: number): { kvm: ReturnType<typeof makeKvm>; heads: Int32Array } {
   const kvm = makeKvm();
@@ -117,7 +118,7 @@ function smallVm(): { vm: Vm; hva: number } {
 
 test("rmap: rmap_add / rmap_remove link an spte into the rmap of (gfn, level)", () => {
   const { vm } = smallVm();
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   const hi1 = gfn_to_rmap(kvm, 0, 700, 1);
   const hi2 = gfn_to_rmap(kvm, 0, 700, 2);
   assert.equal(rmap_add(kvm, 5000, 700, 1), 0, "no entry before");
@@ -139,7 +140,7 @@ test("rmap: rmap_add / rmap_remove link an spte into the rmap of (gfn, level)", 
 
 test("rmap: __rmap_write_protect drops every writable large spte of a chain (restart after each drop)", () => {
   const { vm } = smallVm();
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   // Five level-2 pages all claiming gfn 512: their index-0 sptes share the rmap of (512, 2).
   const large =
     PT_PRESENT_MASK |

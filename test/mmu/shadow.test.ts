@@ -34,6 +34,7 @@ import {
   PT64_ENT_PER_PAGE,
   SPTE_MMU_WRITEABLE,
 } from "../../src/mmu/spte.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const KERNEL_GFN = 256; // kernel area: slot 1 at 1 MiB
 const KERNEL_PAGES = 512;
@@ -71,7 +72,7 @@ function rig(mode: MmuModeName, opts: { vcpus?: number; thp?: boolean; kernelLar
   const pool = KERNEL_PAGES / 4;
   for (let i = 0; i < n; i++) {
     vm.createVcpu(i);
-    const v = new Vcpu(vm.kvm, i);
+    const v = new Vcpu(vmKvm(vm), i);
     v.enterGuest();
     vcpus.push(v);
     kernels.push(
@@ -103,8 +104,8 @@ function gpteOf(vm: Vm, cr3: number, vpn: number, level: number): number {
 
 function spsOf(vm: Vm, gfn: number): number[] {
   const out: number[] = [];
-  for_each_gfn_sp(vm.kvm, gfn, (sp) => {
-    if ((vm.kvm.spHdr[SP.role(sp)] & ROLE_INVALID) === 0) out.push(sp);
+  for_each_gfn_sp(vmKvm(vm), gfn, (sp) => {
+    if ((vmKvm(vm).spHdr[SP.role(sp)] & ROLE_INVALID) === 0) out.push(sp);
   });
   return out;
 }
@@ -149,7 +150,7 @@ for (const mode of ["shadow", "tdp"] as const) {
     v.write64(USER_VPN + 3, 0, 77, 0);
     assert.equal(hostWord(vm, DATA_GFN + 500, 0), 77);
     assert.equal(hostWord(vm, DATA_GFN + 21, 4), 1003, "the old page keeps its data");
-    assert.deepEqual(audit(vm.kvm), []);
+    assert.deepEqual(audit(vmKvm(vm)), []);
   });
 
   test(`guest paging (${mode}): 2 MiB guest pages`, () => {
@@ -164,17 +165,23 @@ for (const mode of ["shadow", "tdp"] as const) {
     assert.ok((gpteOf(vm, pml4, USER_VPN, 2) & GPTE_D) !== 0, "D on the 2 MiB gpte");
     if (mode === "shadow") {
       // Host THP, no logging, no guest table inside: 2 MiB sptes (level-2 rmap of the first gfn).
-      const slot = gfn_to_memslot(vm.kvm, DATA_GFN);
-      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, slot, DATA_GFN, 2)), 1);
-      assert.equal(pte_list_count(vm.kvm, vm.kvm.rmapPool, gfn_to_rmap(vm.kvm, slot, DATA_GFN + 512, 2)), 1);
+      const slot = gfn_to_memslot(vmKvm(vm), DATA_GFN);
+      assert.equal(
+        pte_list_count(vmKvm(vm), vmKvm(vm).rmapPool, gfn_to_rmap(vmKvm(vm), slot, DATA_GFN, 2)),
+        1,
+      );
+      assert.equal(
+        pte_list_count(vmKvm(vm), vmKvm(vm).rmapPool, gfn_to_rmap(vmKvm(vm), slot, DATA_GFN + 512, 2)),
+        1,
+      );
     }
-    assert.deepEqual(audit(vm.kvm), []);
+    assert.deepEqual(audit(vmKvm(vm)), []);
   });
 }
 
 test("shadow: pages by (gfn, role) in the hash; one root per address space; shared tables have several parents", () => {
   const { vm, vcpus, kernels } = rig("shadow", { vcpus: 2 });
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   const k = kernels[0];
   const as1 = k.newAddressSpace();
   const as2 = k.newAddressSpace();
@@ -240,7 +247,7 @@ test("shadow: pages by (gfn, role) in the hash; one root per address space; shar
 
 test("shadow: guest tables are write-protected; guest writes to them are emulated and keep the shadow consistent", () => {
   const { vm, vcpus, kernels } = rig("shadow");
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   const [v] = vcpus;
   const k = kernels[0];
   const pml4 = k.newAddressSpace();
@@ -289,7 +296,7 @@ test("shadow: guest tables are write-protected; guest writes to them are emulate
 
 test("shadow: a 2 MiB guest page maps with 4 KiB sptes where a guest table lives in it", () => {
   const { vm, vcpus, kernels } = rig("shadow", { thp: true });
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   const [v] = vcpus;
   const k = kernels[0];
   const pml4 = k.newAddressSpace();
@@ -329,13 +336,13 @@ test("shadow: a 2 MiB guest page maps with 4 KiB sptes where a guest table lives
 
 function rmapEntries(vm: Vm, hi: number): number[] {
   const out: number[] = [];
-  pte_list_walk(vm.kvm, vm.kvm.rmapPool, hi, (s) => out.push(s));
+  pte_list_walk(vmKvm(vm), vmKvm(vm).rmapPool, hi, (s) => out.push(s));
   return out;
 }
 
 test("shadow: a zapped root in use is reloaded at the vCPU's next fault", () => {
   const { vm, vcpus, kernels } = rig("shadow");
-  const kvm = vm.kvm;
+  const kvm = vmKvm(vm);
   const [v] = vcpus;
   const k = kernels[0];
   const pml4 = k.newAddressSpace();
@@ -416,7 +423,7 @@ for (const [wp, maxSp] of [
           large: id === 1,
         },
       }));
-      const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
+      const passes = (): number[] => [0, 1].map((i) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(i)));
       const waitPass = async (): Promise<void> => {
         const p = passes();
         while (passes().some((x, k) => x < p[k] + 1)) {
@@ -434,9 +441,12 @@ for (const [wp, maxSp] of [
       await vm.pause();
       await vm.pauseHostThread();
       vm.throwIfFailed();
-      assert.deepEqual(audit(vm.kvm), []);
+      assert.deepEqual(audit(vmKvm(vm)), []);
       if (maxSp)
-        assert.ok(vm.kvm.sctl[SCTL.recycled] > 0 && vm.kvm.sctl[SCTL.reloads] > 0, "pages were recycled");
+        assert.ok(
+          vmKvm(vm).sctl[SCTL.recycled] > 0 && vmKvm(vm).sctl[SCTL.reloads] > 0,
+          "pages were recycled",
+        );
     } finally {
       await vm.stop();
     }

@@ -16,6 +16,7 @@ import { wp_locked } from "../../src/mmu/wp_locked.js";
 import { wp_lockless } from "../../src/mmu/wp_lockless.js";
 import { is_large_pte, is_writable_pte } from "../../src/mmu/spte.js";
 import { audit } from "../../src/verify/audit.js";
+import { vmKvm, vmShared } from "../../src/vm/internal.js";
 
 const BYTES = 4 << 20;
 const NPAGES = BYTES / 4096;
@@ -29,7 +30,7 @@ function makeVm(wp: WpName): Vm {
 }
 
 function enableLogging(vm: Vm): void {
-  const hva = vm.kvm.slots[SLOT.hva_page(0)] * PAGE_SIZE;
+  const hva = vmKvm(vm).slots[SLOT.hva_page(0)] * PAGE_SIZE;
   vm.setUserMemoryRegion({
     slot: 0,
     flags: KVM_MEM_LOG_DIRTY_PAGES,
@@ -40,7 +41,7 @@ function enableLogging(vm: Vm): void {
 }
 
 function writePages(vm: Vm, gfns: number[], x: number): void {
-  const v = new Vcpu(vm.kvm, 0, 4);
+  const v = new Vcpu(vmKvm(vm), 0, 4);
   v.enterGuest();
   for (const g of gfns) v.write32(g, 0, x);
   v.exitGuest();
@@ -65,13 +66,13 @@ function reported(bm: Uint32Array): number[] {
 test("wp design: one ops table per design, fixed by config.wp", () => {
   const a = makeVm("locked");
   const b = makeVm("lockless");
-  assert.equal(wp_design(a.kvm).protectMasked, wp_locked.protectMasked);
-  assert.equal(wp_design(b.kvm).protectMasked, wp_lockless.protectMasked);
-  assert.equal(wp_design(a.kvm).name, "locked");
-  assert.equal(wp_design(b.kvm).name, "lockless");
+  assert.equal(wp_design(vmKvm(a)).protectMasked, wp_locked.protectMasked);
+  assert.equal(wp_design(vmKvm(b)).protectMasked, wp_lockless.protectMasked);
+  assert.equal(wp_design(vmKvm(a)).name, "locked");
+  assert.equal(wp_design(vmKvm(b)).name, "lockless");
   assert.equal(
-    wp_design(new Kvm(a.shared)),
-    wp_design(a.kvm),
+    wp_design(new Kvm(vmShared(a))),
+    wp_design(vmKvm(a)),
     "every Kvm of a design in a thread shares its ops",
   );
   assert.deepEqual(designNames(), ["locked", "lockless"]);
@@ -80,7 +81,7 @@ test("wp design: one ops table per design, fixed by config.wp", () => {
 for (const wp of ["locked", "lockless"] as const) {
   test(`wp design ${wp}: no reported page is left writable; audit clean; per-call times`, () => {
     const vm = makeVm(wp);
-    const kvm = vm.kvm;
+    const kvm = vmKvm(vm);
     const all = Array.from({ length: NPAGES }, (_, g) => g);
     writePages(vm, all, 1); // maps the slot, 2 MiB where the host block is huge
     enableLogging(vm);
@@ -117,7 +118,7 @@ for (const wp of ["locked", "lockless"] as const) {
 
   test(`wp design ${wp}: harvestBegin / protectMasked / harvestEnd work outside get-dirty-log`, () => {
     const vm = makeVm(wp);
-    const kvm = vm.kvm;
+    const kvm = vmKvm(vm);
     const design = wp_design(kvm);
     enableLogging(vm);
     writePages(vm, [64 + 3, 64 + 17], 5);

@@ -11,6 +11,7 @@ import { autoPin, CONTENTION, dirtyLogPerf } from "../../src/bench/dirty_log_per
 import { Vm } from "../../src/vm.js";
 import { PAGE_SIZE, VCPU } from "../../src/kvm_host.js";
 import { KvmError } from "../../src/errors.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const linux = process.platform === "linux";
 function hasTaskset(): boolean {
@@ -87,7 +88,7 @@ test(
         random: true,
         seed: 1,
       }));
-      const tid = Atomics.load(vm.kvm.vcpu, VCPU.tid(0));
+      const tid = Atomics.load(vmKvm(vm).vcpu, VCPU.tid(0));
       assert.ok(tid > 0 && tid !== process.pid, `the vCPU's thread id ${tid}`);
       vm.pinVcpu(0, 0);
       assert.equal(affinityOf(tid), "0");

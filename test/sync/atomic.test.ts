@@ -9,6 +9,7 @@ import { aread, Op, setSchedHook } from "../../src/sync/atomic.js";
 import { Vm, WpName } from "../../src/vm.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { KVM_MEM_LOG_DIRTY_PAGES } from "../../src/kvm_host.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 test("aread: the current value; under a hook a Load scheduling point on that word", () => {
   const a = new Int32Array(new SharedArrayBuffer(16));
@@ -37,7 +38,7 @@ for (const wp of ["locked", "lockless"] as WpName[]) {
     const region = { slot: 0, guestPhysAddr: 0, memorySize: PAGES * 4096, userspaceAddr: hva };
     vm.setUserMemoryRegion({ ...region, flags: 0 });
     vm.createVcpu(0);
-    const v = new Vcpu(vm.kvm, 0, 4);
+    const v = new Vcpu(vmKvm(vm), 0, 4);
     const touch = (x: number): void => {
       v.enterGuest();
       for (let g = 0; g < PAGES; g++) v.write32(g, 0, x);
@@ -46,7 +47,7 @@ for (const wp of ["locked", "lockless"] as WpName[]) {
     touch(1);
     vm.setUserMemoryRegion({ ...region, flags: KVM_MEM_LOG_DIRTY_PAGES });
     touch(2);
-    const spt = vm.kvm.spt;
+    const spt = vmKvm(vm).spt;
     const ops = new Map<Op, number>();
     setSchedHook((op, arr) => {
       if (arr === spt) ops.set(op, (ops.get(op) ?? 0) + 1);

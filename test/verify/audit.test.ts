@@ -10,6 +10,7 @@ import {
   PT_WRITABLE_MASK,
   spte_to_child_sp,
 } from "../../src/mmu/spte.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 async function runAndQuiesce(wp: WpName): Promise<Vm> {
   const vm = Vm.create({ memory: 40 << 20, wp, maxVcpus: 2 });
@@ -28,7 +29,7 @@ async function runAndQuiesce(wp: WpName): Promise<Vm> {
     random: true,
     seed: 3,
   }));
-  const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
+  const passes = (): number[] => [0, 1].map((i) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(i)));
   while (Math.min(...passes()) < 1) await new Promise((r) => setTimeout(r, 2));
   vm.setUserMemoryRegion({ ...region, flags: KVM_MEM_LOG_DIRTY_PAGES });
   await vm.startHostThread({ migrateRate: 500, invalidateRate: 100 });
@@ -47,7 +48,7 @@ for (const wp of ["locked", "lockless"] as const) {
   test(`audit is clean after a logged run with notifier churn (${wp})`, async () => {
     const vm = await runAndQuiesce(wp);
     try {
-      assert.deepEqual(audit(vm.kvm), []);
+      assert.deepEqual(audit(vmKvm(vm)), []);
     } finally {
       await vm.stop();
     }
@@ -58,10 +59,10 @@ test("audit reports a writable spte whose dirty bit is clear", async () => {
   const vm = await runAndQuiesce("lockless");
   try {
     vm.getDirtyLog(0); // every spte is now write-protected and every bit clear
-    assert.deepEqual(audit(vm.kvm), []);
+    assert.deepEqual(audit(vmKvm(vm)), []);
     // Find a present 4 KiB leaf (depth-first: some leaf tables may be empty after invalidations)
     // and make it writable behind the dirty log's back.
-    const kvm = vm.kvm;
+    const kvm = vmKvm(vm);
     const find = (sp: number, level: number): number => {
       for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
         const s = kvm.spt[sp * PT64_ENT_PER_PAGE + i];
@@ -91,7 +92,7 @@ test("TLB audit: clean after a quiesced logged run; stale writable entries found
   try {
     // Run once more with the host thread parked, so that no flush request is left pending for the
     // parked vCPUs (a pending request would legitimately empty the TLB before its next use).
-    const passes = (): number[] => [0, 1].map((i) => Atomics.load(vm.kvm.vcpu, VCPU.passes(i)));
+    const passes = (): number[] => [0, 1].map((i) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(i)));
     const p0 = passes();
     vm.resume();
     while (passes().some((x, k) => x < p0[k] + 1)) await new Promise((r) => setTimeout(r, 2));
@@ -101,7 +102,7 @@ test("TLB audit: clean after a quiesced logged run; stale writable entries found
     for (const [id, bad] of clean) assert.equal(bad, 0, `vcpu ${id}`);
     // Both vCPUs were writing: their TLBs hold writable entries. Clear W on every leaf behind
     // their back (a write-protect without the flush) and the audit must see stale entries.
-    const kvm = vm.kvm;
+    const kvm = vmKvm(vm);
     for (let i = 0; i < kvm.spt.length; i++) {
       const s = kvm.spt[i];
       if (is_shadow_present_pte(s) && (s & 0x40) !== 0) kvm.spt[i] = s & ~PT_WRITABLE_MASK; // HOST_W: a leaf

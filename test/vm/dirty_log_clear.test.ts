@@ -10,6 +10,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../../src/kvm_host.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { KvmError, Errno } from "../../src/errors.js";
 import { dirtyPages } from "../../src/dirty_bitmap.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const NPAGES = 200; // not a multiple of 64: the last CLEAR range ends the slot
 
@@ -37,7 +38,7 @@ function makeVm(
     userspaceAddr: hva,
   });
   vm.createVcpu(0);
-  return { vm, v: new Vcpu(vm.kvm, 0), hva };
+  return { vm, v: new Vcpu(vmKvm(vm), 0), hva };
 }
 
 function write(v: Vcpu, gfn: number, x: number): void {

@@ -12,6 +12,7 @@ import { KvmError, Errno } from "../../src/errors.js";
 import { dirtyPages } from "../../src/dirty_bitmap.js";
 import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../../src/workload/dirty_log_guest.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const NPAGES = 300;
 
@@ -41,7 +42,7 @@ function ringVm(wp: WpName, entries = 256, withBitmap = false): Vm {
 
 /** Writes the pages as vCPU 0 on this thread (kvm_get_running_vcpu() = 0 meanwhile). */
 function writes(vm: Vm, pages: number[], x = 1): void {
-  const v = new Vcpu(vm.kvm, 0);
+  const v = new Vcpu(vmKvm(vm), 0);
   kvm_set_running_vcpu(0);
   try {
     v.enterGuest();

@@ -16,6 +16,7 @@ import {
 import { VcpuState } from "../../src/kvm/requests.js";
 import { Errno, KvmError } from "../../src/errors.js";
 import { MemoryRegion, Vm, VmOptions } from "../../src/vm.js";
+import { vmKvm, vmShared } from "../../src/vm/internal.js";
 
 const MiB = 1 << 20;
 
@@ -39,7 +40,7 @@ async function expectRejection(p: Promise<unknown>, code: Errno, arg: string): P
 
 /** Everything a failed call must leave as it was. */
 function snapshot(vm: Vm): unknown {
-  const k = vm.kvm;
+  const k = vmKvm(vm);
   const ctl = [
     CTL.rmap_pool_next,
     CTL.bitmap_pool_next,
@@ -110,8 +111,8 @@ test("Vm.create: bad memory, wp, bugs, maxVcpus", () => {
     expectError(() => Vm.create({ ...ok, ...over } as VmOptions), code, arg, JSON.stringify(over));
   // and the good options do create a VM, with the bugs asked for
   const vm = Vm.create({ ...ok, bugs: ["skip-flush", "backward-move"], maxVcpus: 64 });
-  assert.equal(vm.shared.config.maxVcpus, 64);
-  assert.equal(vm.kvm.bugs, (1 << 3) | (1 << 0));
+  assert.equal(vmShared(vm).config.maxVcpus, 64);
+  assert.equal(vmKvm(vm).bugs, (1 << 3) | (1 << 0));
 });
 
 test("Vm.create: names of Object.prototype are not bugs", () => {
@@ -208,7 +209,7 @@ test("setUserMemoryRegion: bad slot, flags, alignment, sizes, overlaps, unmapped
     userspaceAddr: hva + 2 * MiB,
   };
   vm.setUserMemoryRegion(slot1);
-  const s = vm.kvm.slots;
+  const s = vmKvm(vm).slots;
   assert.equal(s[SLOT.active(1)], 1);
   assert.equal(s[SLOT.base_gfn(1)], 512);
   assert.equal(s[SLOT.npages(1)], 512);
@@ -235,7 +236,7 @@ test("setUserMemoryRegion: a slot too large for the memslot metadata is ENOMEM",
   unchanged(vm, before, "ENOMEM");
   // what fits is accepted
   vm.setUserMemoryRegion({ ...big, memorySize: MiB });
-  assert.equal(vm.kvm.slots[SLOT.npages(0)], 256);
+  assert.equal(vmKvm(vm).slots[SLOT.npages(0)], 256);
 });
 
 test("getDirtyLog: unknown slot, slot without logging, bad slot id, short output", () => {
@@ -262,10 +263,10 @@ test("createVcpu: twice is EEXIST; out-of-range ids are EINVAL", () => {
   expectError(() => vm.createVcpu(1), "EEXIST", "id", "twice");
   for (const id of [-1, 2, 64, 0.5, NaN]) expectError(() => vm.createVcpu(id), "EINVAL", "id", String(id));
   unchanged(vm, before, "createVcpu");
-  assert.equal(vm.kvm.ctl[CTL.nr_vcpus], 2);
+  assert.equal(vmKvm(vm).ctl[CTL.nr_vcpus], 2);
   vm.createVcpu(0);
   assert.deepEqual(vm.vcpuIds, [0, 1]);
-  assert.equal(vm.kvm.ctl[CTL.nr_vcpus], 2);
+  assert.equal(vmKvm(vm).ctl[CTL.nr_vcpus], 2);
 });
 
 test("run / startHostThread: bad arguments are refused before any thread starts", async () => {
@@ -315,7 +316,7 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
     seed: 1,
   }));
   try {
-    while (Atomics.load(vm.kvm.vcpu, VCPU.passes(0)) < 1) await new Promise((r) => setTimeout(r, 1));
+    while (Atomics.load(vmKvm(vm).vcpu, VCPU.passes(0)) < 1) await new Promise((r) => setTimeout(r, 1));
     const slot1: MemoryRegion = {
       slot: 1,
       flags: 0,
@@ -330,8 +331,8 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
       "memorySize",
       "delete while running",
     );
-    assert.equal(vm.kvm.slots[SLOT.active(1)], 0);
-    assert.equal(vm.kvm.slots[SLOT.active(0)], 1);
+    assert.equal(vmKvm(vm).slots[SLOT.active(1)], 0);
+    assert.equal(vmKvm(vm).slots[SLOT.active(0)], 1);
     await expectRejection(
       vm.run(() => ({ kind: "memstress", baseGfn: 0, pages: 1, writePercent: 0, random: false, seed: 1 })),
       "EBUSY",
@@ -339,8 +340,9 @@ test("while vCPUs run: memslot creation/deletion and a second run are EBUSY", as
     );
     // flags may change while running
     vm.setUserMemoryRegion({ ...slot0, flags: KVM_MEM_LOG_DIRTY_PAGES });
-    const passes = Atomics.load(vm.kvm.vcpu, VCPU.passes(0));
-    while (Atomics.load(vm.kvm.vcpu, VCPU.passes(0)) < passes + 2) await new Promise((r) => setTimeout(r, 1));
+    const passes = Atomics.load(vmKvm(vm).vcpu, VCPU.passes(0));
+    while (Atomics.load(vmKvm(vm).vcpu, VCPU.passes(0)) < passes + 2)
+      await new Promise((r) => setTimeout(r, 1));
     const log = vm.getDirtyLog(0);
     assert.ok(log[0] !== 0 || log[1] !== 0, "the running guest's writes were logged");
     vm.throwIfFailed();
@@ -362,11 +364,11 @@ test("stop(): no vCPU is left in guest mode, so later flushes (deleting a slot) 
   }));
   await new Promise((r) => setTimeout(r, 20));
   await vm.stop();
-  const mode = Atomics.load(vm.kvm.vcpu, VCPU.mode(0));
-  const state = Atomics.load(vm.kvm.vcpu, VCPU.state(0));
+  const mode = Atomics.load(vmKvm(vm).vcpu, VCPU.mode(0));
+  const state = Atomics.load(vmKvm(vm).vcpu, VCPU.state(0));
   // Otherwise kvm_flush_remote_tlbs (in the slot deletion below) waits 10 s and throws ETIMEDOUT.
   assert.equal(mode, OUTSIDE_GUEST_MODE, `vcpu 0 after stop(): mode ${mode}, state ${state}`);
   assert.equal(state, VcpuState.Stopped);
   vm.setUserMemoryRegion({ ...slot0, memorySize: 0 });
-  assert.equal(vm.kvm.slots[SLOT.active(0)], 0);
+  assert.equal(vmKvm(vm).slots[SLOT.active(0)], 0);
 });

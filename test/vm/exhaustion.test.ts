@@ -10,6 +10,7 @@ import { KvmError } from "../../src/errors.js";
 import { Vm } from "../../src/vm.js";
 import { audit } from "../../src/verify/audit.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const MiB = 1 << 20;
 
@@ -83,11 +84,11 @@ async function exhaust(
 
 async function stopAndAudit(vm: Vm): Promise<void> {
   await vm.stop();
-  assert.deepEqual(audit(vm.kvm), [], "the audit is clean after reclaim");
-  assert.equal(vm.kvm.ctl[CTL.sp_cached], 0, "stop() gave the vCPU caches back");
-  assert.equal(vm.kvm.ctl[CTL.desc_cached], 0, "stop() gave the vCPU caches back");
+  assert.deepEqual(audit(vmKvm(vm)), [], "the audit is clean after reclaim");
+  assert.equal(vmKvm(vm).ctl[CTL.sp_cached], 0, "stop() gave the vCPU caches back");
+  assert.equal(vmKvm(vm).ctl[CTL.desc_cached], 0, "stop() gave the vCPU caches back");
   for (const id of vm.vcpuIds)
-    assert.equal(vm.kvm.vcpu[VCPU.sp_cache(id)] + vm.kvm.vcpu[VCPU.desc_cache(id)], 0);
+    assert.equal(vmKvm(vm).vcpu[VCPU.sp_cache(id)] + vmKvm(vm).vcpu[VCPU.desc_cache(id)], 0);
 }
 
 test("TDP: 4096 pages through 15 shadow pages: the root is reclaimed, the guest finishes", async () => {
@@ -95,7 +96,7 @@ test("TDP: 4096 pages through 15 shadow pages: the root is reclaimed, the guest 
   const { vm, run } = await exhaust("tdp", { vcpus: 2, pages: 2048, maxSp: 16, maxDesc: 16 });
   assert.equal(run.error, null, String(run.error));
   assert.ok(run.passes);
-  assert.ok(vm.kvm.ctl[CTL.reclaims] > 0, "top-ups reclaimed");
+  assert.ok(vmKvm(vm).ctl[CTL.reclaims] > 0, "top-ups reclaimed");
   assert.equal(run.dirtyLogs, 3, "every pass's getDirtyLog returned");
   await stopAndAudit(vm);
 });
@@ -113,7 +114,7 @@ for (const [what, pools, pool] of [
       assert.equal(run.dirtyLogs, 0, "no pass completed before ENOMEM");
       assert.equal(vm.error, run.error, "the VM carries the vCPU's error");
       // The failed VM stays inspectable: a harvest does not wait on a lock left behind.
-      assert.equal(vm.kvm.mmu_lock.isLocked(), false, "no lock left behind");
+      assert.equal(vmKvm(vm).mmu_lock.isLocked(), false, "no lock left behind");
       const log = vm.getDirtyLog(0);
       assert.ok(log instanceof Uint32Array);
       await stopAndAudit(vm);
@@ -127,7 +128,7 @@ test("shadow: guest paging through 48 shadow pages and 96 descriptors: absorbed 
     assert.match(run.error.message, /\bmax(Sp|Desc)\b/);
   } else {
     assert.ok(run.passes);
-    assert.ok(vm.kvm.sctl[SCTL.recycled] > 0, "pages were recycled");
+    assert.ok(vmKvm(vm).sctl[SCTL.recycled] > 0, "pages were recycled");
   }
   if (run.passes) assert.equal(run.dirtyLogs, 3, "every pass's getDirtyLog returned");
   await stopAndAudit(vm);

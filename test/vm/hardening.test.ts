@@ -8,6 +8,7 @@ import { KVM_MEM_LOG_DIRTY_PAGES, OUTSIDE_GUEST_MODE, VCPU } from "../../src/kvm
 import { Errno, KvmError } from "../../src/errors.js";
 import { MemoryRegion, Vm, VmOptions } from "../../src/vm.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
+import { vmKvm, vmShared } from "../../src/vm/internal.js";
 
 const MiB = 1 << 20;
 
@@ -38,8 +39,8 @@ function setup(flags = KVM_MEM_LOG_DIRTY_PAGES): { vm: Vm; slot0: MemoryRegion }
 }
 
 async function passes(vm: Vm, id: number, n: number): Promise<void> {
-  const p0 = Atomics.load(vm.kvm.vcpu, VCPU.passes(id));
-  while (Atomics.load(vm.kvm.vcpu, VCPU.passes(id)) < p0 + n) await new Promise((r) => setTimeout(r, 1));
+  const p0 = Atomics.load(vmKvm(vm).vcpu, VCPU.passes(id));
+  while (Atomics.load(vmKvm(vm).vcpu, VCPU.passes(id)) < p0 + n) await new Promise((r) => setTimeout(r, 1));
 }
 
 /** Settles within `ms` or fails the test (the bug was a promise pending forever). */
@@ -62,9 +63,9 @@ test("Vm.create: pool limits are integers in their stated range, EINVAL naming t
       assert.throws(() => Vm.create({ ...ok, [k]: x }), isKvmError("EINVAL", k), `${k}=${x}`);
   assert.throws(() => Vm.create(null as unknown as VmOptions), isKvmError("EINVAL", "options"));
   const vm = Vm.create({ ...ok, maxSp: 128, maxDesc: 256, maxSlotPages: 512 });
-  assert.equal(vm.shared.config.maxSp, 128);
-  assert.equal(vm.shared.config.maxDesc, 256);
-  assert.equal(vm.shared.config.maxSlotPages, 512);
+  assert.equal(vmShared(vm).config.maxSp, 128);
+  assert.equal(vmShared(vm).config.maxDesc, 256);
+  assert.equal(vmShared(vm).config.maxSlotPages, 512);
 });
 
 test("pause() before any run() and after stop() rejects at once with EINVAL", async () => {
@@ -158,7 +159,7 @@ test("a guest of unknown kind is refused before any worker starts; the next run 
   assert.equal(vm.error, null);
   // not left running: slot changes are allowed (a vCPU left in guest mode would make the
   // deletion's flush wait and throw ETIMEDOUT)
-  for (const id of vm.vcpuIds) assert.equal(Atomics.load(vm.kvm.vcpu, VCPU.mode(id)), OUTSIDE_GUEST_MODE);
+  for (const id of vm.vcpuIds) assert.equal(Atomics.load(vmKvm(vm).vcpu, VCPU.mode(id)), OUTSIDE_GUEST_MODE);
   vm.setUserMemoryRegion({ ...slot0, memorySize: 0 });
   vm.setUserMemoryRegion(slot0);
   await vm.run(() => memstress());

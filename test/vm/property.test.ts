@@ -15,6 +15,7 @@ import { VCPU } from "../../src/kvm_host.js";
 import { KvmError } from "../../src/errors.js";
 import { Vm, VCPU_WAIT_MS } from "../../src/vm.js";
 import type { GuestArgs } from "../../src/workload/guest.js";
+import { vmKvm } from "../../src/vm/internal.js";
 
 const MiB = 1 << 20;
 const PAGES = 64;
@@ -96,7 +97,7 @@ function outOf(o: string): unknown {
 
 /** What a refused call must leave as it was. */
 function observable(vm: Vm, withBitmaps: boolean): unknown {
-  const k = vm.kvm;
+  const k = vmKvm(vm);
   return { slots: [...k.slots], vcpus: vm.vcpuIds, bitmap: withBitmaps ? [...k.bitmapPool] : null };
 }
 
@@ -185,7 +186,7 @@ async function runSequence(cmds: Cmd[]): Promise<void> {
     await bounded("stop", () => vm.stop());
   }
   // Nothing lost: the guests wrote every page of their region in pass 0.
-  const wrote = [0, 1].some((id) => Atomics.load(vm.kvm.vcpu, VCPU.passes(id)) > 0);
+  const wrote = [0, 1].some((id) => Atomics.load(vmKvm(vm).vcpu, VCPU.passes(id)) > 0);
   const last = vm.getDirtyLog(0);
   for (let p = 0; p < PAGES; p++) if ((last[p >>> 5] >>> (p & 31)) & 1) harvested.add(p);
   if (wrote) assert.equal(harvested.size, PAGES, `pages never reported: ${PAGES - harvested.size}`);

@@ -1,0 +1,105 @@
+/**
+ * KVM_CREATE_VM: the options a VM is made with, checked, and its shared memory allocated
+ * (kvm_create_vm). Sizing of the MMU's pools follows the paging mode.
+ */
+import { allocKvmShared, BUG, BugName, KVM_MAX_VCPUS, KvmShared, MmuMode, PAGE_SIZE } from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { isInt } from "./state.js";
+import { DesignName, designNames, isDesign } from "../mmu/design.js";
+
+/** A design registered in src/mmu/design.ts ("locked", "lockless", ...). */
+export type WpName = DesignName;
+export type MmuModeName = "tdp" | "shadow";
+
+export interface VmOptions {
+  /** Bytes of host memory (guest backing plus spare frames for page migration). */
+  memory: number;
+  wp: WpName;
+  /** "tdp" (EPT/NPT, the default) or "shadow" (EPT off: shadow paging of guest page tables). */
+  mode?: MmuModeName;
+  bugs?: BugName[];
+  maxVcpus?: number;
+  /** Capacity of the memslot metadata, in pages (default: the host memory's pages), 1..2^26. */
+  maxSlotPages?: number;
+  /** Shadow pages (page-table pages) in the arena, 1..2^19. */
+  maxSp?: number;
+  /** pte_list_desc objects in the slab, 1..2^24. */
+  maxDesc?: number;
+}
+
+/** Inclusive ranges of the pool limits Vm.create accepts. */
+export const POOL_LIMITS = {
+  maxSlotPages: [1, 2 ** 26],
+  maxSp: [1, 2 ** 19],
+  maxDesc: [1, 2 ** 24],
+} as const;
+
+/**
+ * Host memory is one SharedArrayBuffer seen as an Int32Array, and V8 caps a typed array at 2^32
+ * elements: 16 GiB (2^22 frames, frame 0 included), guest memory and the spare frames together.
+ */
+export const MAX_MEMORY = 2 ** 32 * 4;
+/** Checks the options (EINVAL naming the option, ENOMEM) and allocates the VM's shared memory. */
+export function kvm_create_vm(o: VmOptions): KvmShared {
+  if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
+  if (!isInt(o.memory) || o.memory <= 0 || o.memory % PAGE_SIZE !== 0)
+    throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(o.memory)}`);
+  if (o.memory > MAX_MEMORY)
+    throw new KvmError(
+      "ENOMEM",
+      `memory: ${o.memory} bytes is over the ${MAX_MEMORY}-byte limit (host memory is one Int32Array, at most 2^32 words)`,
+    );
+  if (typeof o.wp !== "string" || !isDesign(o.wp))
+    throw einval("wp", `must be one of ${designNames().join(", ")}, got ${String(o.wp)}`);
+  const mode = o.mode ?? "tdp";
+  if (mode !== "tdp" && mode !== "shadow")
+    throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
+  let bugs = 0;
+  for (const b of o.bugs ?? []) {
+    if (!Object.hasOwn(BUG, b))
+      throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
+    bugs |= BUG[b];
+  }
+  const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
+  if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
+    throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
+  for (const k of Object.keys(POOL_LIMITS) as (keyof typeof POOL_LIMITS)[]) {
+    const x = o[k];
+    const [lo, hi] = POOL_LIMITS[k];
+    if (x !== undefined && (!isInt(x) || x < lo || x > hi))
+      throw einval(k, `must be an integer in ${lo}..${hi}, got ${String(x)}`);
+  }
+  const hostFrames = o.memory / PAGE_SIZE;
+  const maxSlotPages = o.maxSlotPages ?? Math.min(hostFrames, POOL_LIMITS.maxSlotPages[1]);
+  // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
+  // Shadow: a page per guest table per address space, aliases, pages that wait to be recycled;
+  // a fixed floor for small guests with many address spaces, then the same 2 per 512 pages as
+  // TDP (a guest mapping all its memory once with 4 KiB pages needs 1 per 512), so metadata
+  // stays under 1% of guest memory; past n_max_mmu_pages pages are recycled, as in KVM.
+  const shadow = mode === "shadow";
+  const perSize = Math.ceil(maxSlotPages / 512) * 2 + 64;
+  // Plus what the vCPUs' memory caches hold (mmu_topup_memory_caches: up to 8 pages, 16 descriptors).
+  const maxSp = o.maxSp ?? (shadow ? Math.max(1024, perSize) : perSize) + 8 * maxVcpus;
+  const maxDesc =
+    o.maxDesc ??
+    Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
+  let shared: KvmShared;
+  try {
+    shared = allocKvmShared({
+      hostFrames,
+      maxSlotPages,
+      maxSp,
+      maxDesc,
+      maxVcpus,
+      wp: o.wp,
+      bugs,
+      mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
+    });
+  } catch (e) {
+    throw new KvmError(
+      "ENOMEM",
+      `memory: cannot allocate ${o.memory} bytes of shared memory (${(e as Error).message})`,
+    );
+  }
+  return shared;
+}

@@ -1,0 +1,144 @@
+/**
+ * The dirty-ring ioctls (KVM_CAP_DIRTY_LOG_RING, KVM_RESET_DIRTY_RINGS) and userspace's side of
+ * the rings: harvest, ring-full statistics and the wait for a ring-full exit. The rings
+ * themselves are src/mem/dirty_ring.ts; the reset's re-protection is src/mmu/dirty_ring.ts.
+ */
+import {
+  CTL,
+  KVM_DIRTY_RING_MAX_ENTRIES,
+  KVM_DIRTY_RING_MIN_ENTRIES,
+  KVM_USER_MEM_SLOTS,
+  RING_HDR,
+  SLOT,
+} from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { kvm_dirty_ring_harvest, ring_base, ring_words } from "../mem/dirty_ring.js";
+import { kvm_reset_dirty_rings } from "../mmu/dirty_ring.js";
+import { wp_design } from "../mmu/dirty_log.js";
+import { addDirtyLogTimes, newDirtyLogTimes } from "../mmu/write_protect.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
+import { isInt, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
+
+/** One harvested dirty-ring entry: slot id and page offset in the slot. */
+export interface DirtyGfn {
+  slot: number;
+  offset: number;
+}
+
+/** Vm.enableDirtyRing (KVM_CAP_DIRTY_LOG_RING): see there. */
+export function kvm_vm_ioctl_enable_dirty_log_ring(
+  st: VmState,
+  entries: number,
+  opts: { withBitmap?: boolean },
+): void {
+  const kvm = st.kvm;
+  if (!isInt(entries) || entries <= 0 || (entries & (entries - 1)) !== 0)
+    throw einval("entries", `must be a power of two, got ${String(entries)}`);
+  if (entries < KVM_DIRTY_RING_MIN_ENTRIES)
+    throw einval(
+      "entries",
+      `must be at least ${KVM_DIRTY_RING_MIN_ENTRIES} (one page of entries), got ${entries}`,
+    );
+  if (entries > KVM_DIRTY_RING_MAX_ENTRIES)
+    throw new KvmError("E2BIG", `entries: at most ${KVM_DIRTY_RING_MAX_ENTRIES}, got ${entries}`);
+  if (kvm.ctl[CTL.dirty_ring_size] !== 0) throw einval("entries", "the dirty ring is already enabled");
+  if (st.created.size !== 0) throw einval("entries", "the dirty ring must be enabled before any vCPU exists");
+  const withBitmap = (opts ?? {}).withBitmap ?? false;
+  if (typeof withBitmap !== "boolean")
+    throw einval("withBitmap", `must be a boolean, got ${String(withBitmap)}`);
+  kvm.slots_lock.lock();
+  try {
+    if (withBitmap)
+      for (let id = 0; id < KVM_USER_MEM_SLOTS; id++)
+        if (kvm.slots[SLOT.active(id)] !== 0)
+          throw einval("withBitmap", "the ring's bitmap must be enabled before any memslot exists");
+    let ring: SharedArrayBuffer;
+    try {
+      ring = new SharedArrayBuffer(st.shared.config.maxVcpus * ring_words(entries) * 4);
+    } catch (e) {
+      throw new KvmError("ENOMEM", `entries: cannot allocate the rings (${(e as Error).message})`);
+    }
+    // Before any vCPU exists: every worker attaches to this buffer.
+    st.shared.dirtyRing = ring;
+    kvm.dirtyRing = new Int32Array(ring);
+    kvm.ctl[CTL.dirty_ring_with_bitmap] = withBitmap ? 1 : 0;
+    Atomics.store(kvm.ctl, CTL.dirty_ring_size, entries);
+  } finally {
+    kvm.slots_lock.unlock();
+  }
+}
+
+function check_ring_vcpu(st: VmState, vcpuId: number): void {
+  if (st.kvm.ctl[CTL.dirty_ring_size] === 0) throw einval("vcpuId", "the dirty ring is not enabled");
+  if (!isInt(vcpuId) || !st.created.has(vcpuId)) throw einval("vcpuId", `no vCPU ${String(vcpuId)}`);
+}
+
+/** Vm.harvestDirtyRing: see there. */
+export function vm_harvest_dirty_ring(st: VmState, vcpuId: number, max: number): DirtyGfn[] {
+  check_ring_vcpu(st, vcpuId);
+  if (!(max === Infinity || (isInt(max) && max >= 0)))
+    throw einval("max", `must be an integer >= 0, got ${String(max)}`);
+  const out: DirtyGfn[] = [];
+  st.kvm.slots_lock.lock();
+  try {
+    kvm_dirty_ring_harvest(st.kvm, vcpuId, max, (slot, offset) => out.push({ slot, offset }));
+  } finally {
+    st.kvm.slots_lock.unlock();
+  }
+  return out;
+}
+
+/** Vm.resetDirtyRings (KVM_RESET_DIRTY_RINGS): see there. */
+export function kvm_vm_ioctl_reset_dirty_pages(st: VmState): number {
+  const kvm = st.kvm;
+  if (kvm.ctl[CTL.dirty_ring_size] === 0) throw einval("resetDirtyRings", "the dirty ring is not enabled");
+  kvm.slots_lock.lock();
+  try {
+    const call = newDirtyLogTimes();
+    let n: number;
+    try {
+      n = kvm_reset_dirty_rings(kvm, wp_design(kvm), call);
+    } catch (e) {
+      if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
+      throw e;
+    }
+    addDirtyLogTimes(st.resetTimes, call);
+    st.lastReset = call;
+    return n;
+  } finally {
+    kvm.slots_lock.unlock();
+  }
+}
+
+/** Vm.dirtyRingStats: see there. */
+export function vm_dirty_ring_stats(st: VmState, vcpuId?: number): { fullExits: number; dropped: number } {
+  const kvm = st.kvm;
+  let fullExits: number;
+  if (vcpuId === undefined) fullExits = Atomics.load(kvm.ctl, CTL.dirty_ring_full_exits);
+  else {
+    check_ring_vcpu(st, vcpuId);
+    fullExits = Atomics.load(kvm.dirtyRing, ring_base(kvm, vcpuId) + RING_HDR.full_exits);
+  }
+  return { fullExits, dropped: Atomics.load(kvm.ctl, CTL.dirty_ring_dropped) };
+}
+
+/** Vm.waitDirtyRingFull: see there. */
+export async function vm_wait_dirty_ring_full(
+  st: VmState,
+  opts: { since?: number; timeoutMs?: number },
+): Promise<number> {
+  const ctl = st.kvm.ctl;
+  const since = opts.since ?? Atomics.load(ctl, CTL.dirty_ring_full_exits);
+  const timeoutMs = opts.timeoutMs ?? 10_000;
+  if (!isInt(since)) throw einval("since", `must be an integer, got ${String(since)}`);
+  if (typeof timeoutMs !== "number" || !(timeoutMs >= 0))
+    throw einval("timeoutMs", `must be a number >= 0, got ${String(timeoutMs)}`);
+  const deadline = performance.now() + timeoutMs;
+  for (;;) {
+    vm_throw_if_failed(st);
+    const n = Atomics.load(ctl, CTL.dirty_ring_full_exits);
+    const left = deadline - performance.now();
+    if (n > since || left <= 0) return n;
+    await waitAsyncAlive(ctl, CTL.dirty_ring_full_exits, n, Math.min(left, 50));
+  }
+}

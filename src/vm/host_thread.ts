@@ -1,0 +1,103 @@
+/**
+ * The host thread (src/workload/host_worker.ts): migrates and invalidates guest backing through
+ * the MMU notifier while the vCPUs run. Its control words are in `hostCtl` (layout HOST).
+ */
+import { Worker } from "node:worker_threads";
+import { KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { HOST, HostWorkerData } from "../mem/host_thread.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
+import { vm_fail, VCPU_WAIT_MS, VmState } from "./state.js";
+import { vm_watch, workerExecArgv } from "./workers.js";
+
+export interface HostThreadOptions {
+  migrateRate: number;
+  invalidateRate: number;
+  invalidatePages?: number;
+  seed?: number;
+}
+
+export async function vm_start_host_thread(st: VmState, o: HostThreadOptions): Promise<void> {
+  for (const [k, v] of Object.entries({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate }))
+    if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v))
+      throw einval(k, `must be a rate >= 0, got ${String(v)}`);
+  if (st.hostWorker) throw new KvmError("EBUSY", "startHostThread: already running");
+  const ranges: [number, number][] = [];
+  const s = st.kvm.slots;
+  for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
+    if (s[SLOT.active(id)]) ranges.push([s[SLOT.hva_page(id)], s[SLOT.npages(id)]]);
+  }
+  if (ranges.length === 0) throw einval("startHostThread", "no memslot to act on");
+  const ctl = new SharedArrayBuffer(HOST.WORDS * 4);
+  const hostCtl = new Int32Array(ctl);
+  st.hostCtl = hostCtl;
+  const data: HostWorkerData = {
+    shared: st.shared,
+    ctl,
+    ranges,
+    migrateRate: o.migrateRate,
+    invalidateRate: o.invalidateRate,
+    invalidatePages: o.invalidatePages ?? 512,
+    seed: o.seed ?? 1,
+  };
+  st.hostWorker = new Worker(new URL("../workload/host_worker.js", import.meta.url), {
+    workerData: data,
+    execArgv: workerExecArgv(),
+  });
+  vm_watch(st, st.hostWorker, "host thread");
+  while (Atomics.load(hostCtl, HOST.state) === 0 && !st.error) await new Promise((r) => setTimeout(r, 1));
+}
+
+export function vm_host_thread_counters(st: VmState): { migrations: number; invalidations: number } {
+  const c = st.hostCtl;
+  return { migrations: c ? Atomics.load(c, 2) : 0, invalidations: c ? Atomics.load(c, 3) : 0 };
+}
+
+/** The host thread's mmu_lock wait and hold so far (ns; µs resolution): zero without one. */
+export function vm_host_thread_lock_times(st: VmState): { lockWaitNs: number; lockHoldNs: number } {
+  const c = st.hostCtl;
+  return {
+    lockWaitNs: c ? Atomics.load(c, HOST.lockWaitUs) * 1e3 : 0,
+    lockHoldNs: c ? Atomics.load(c, HOST.lockHoldUs) * 1e3 : 0,
+  };
+}
+
+export async function vm_pause_host_thread(st: VmState): Promise<void> {
+  const c = st.hostCtl;
+  if (!c) return;
+  Atomics.store(c, HOST.run, 1);
+  const deadline = Date.now() + VCPU_WAIT_MS;
+  while (Atomics.load(c, HOST.state) === 1) {
+    if (Date.now() > deadline) {
+      vm_fail(st, new KvmError("ETIMEDOUT", `host thread: did not pause in ${VCPU_WAIT_MS} ms`));
+      throw st.error!;
+    }
+    await waitAsyncAlive(c, HOST.state, 1, 50);
+  }
+}
+
+export function vm_resume_host_thread(st: VmState): void {
+  const c = st.hostCtl;
+  if (!c) return;
+  Atomics.store(c, HOST.run, 0);
+  Atomics.notify(c, HOST.run);
+}
+
+export async function vm_stop_host_thread(st: VmState): Promise<void> {
+  const w = st.hostWorker;
+  const c = st.hostCtl;
+  if (!w || !c) return;
+  Atomics.store(c, HOST.run, 2);
+  Atomics.notify(c, HOST.run);
+  let timer: NodeJS.Timeout | undefined;
+  const exited = await new Promise<boolean>((res) => {
+    w.once("exit", () => res(true));
+    timer = setTimeout(() => res(false), VCPU_WAIT_MS);
+  });
+  clearTimeout(timer);
+  if (!exited) {
+    vm_fail(st, new KvmError("ETIMEDOUT", `host thread: did not stop in ${VCPU_WAIT_MS} ms`));
+    await w.terminate();
+  }
+  st.hostWorker = null;
+}

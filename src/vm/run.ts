@@ -1,0 +1,224 @@
+/**
+ * The vCPU threads' lifecycle (KVM_RUN as the VMM drives it): one worker_thread per vCPU,
+ * started, parked, audited, resumed and stopped through each vCPU's run control word.
+ */
+import { Worker } from "node:worker_threads";
+import { CTL, ST, VCPU } from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { kvm_vcpu_kick, VcpuState } from "../kvm/requests.js";
+import { RunCtl } from "../vcpu/vcpu.js";
+import { mmu_free_memory_caches } from "../mmu/mmu_cache.js";
+import type { GuestArgs } from "../workload/guest.js";
+import { validateGuestSpecs } from "../guest/spec.js";
+import { waitAsyncAlive } from "../sync/atomic.js";
+import { isInt, vm_fail, vm_throw_if_failed, VCPU_WAIT_MS, VmState } from "./state.js";
+import { vm_watch, workerExecArgv } from "./workers.js";
+import { vm_stop_host_thread } from "./host_thread.js";
+
+export function vm_vcpu_ids(st: VmState): number[] {
+  return [...st.created].sort((a, b) => a - b);
+}
+
+/** Every spec is built and checked (EINVAL naming the field) before any worker starts. */
+function checked_specs(st: VmState, guest: (id: number) => GuestArgs): Map<number, GuestArgs> {
+  const specs = validateGuestSpecs(guest, vm_vcpu_ids(st));
+  for (const [id, spec] of specs) {
+    try {
+      structuredClone(spec);
+    } catch (e) {
+      throw einval("guest", `vcpu ${id}: the spec cannot be sent to a worker (${(e as Error).message})`);
+    }
+  }
+  return specs;
+}
+
+/** Vm.run: see there. */
+export async function vm_run(
+  st: VmState,
+  guest: (id: number) => GuestArgs,
+  opts: { tlbBits?: number },
+): Promise<void> {
+  if (st.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
+  if (st.created.size === 0) throw einval("run", "no vCPU was created");
+  const tlbBits = (opts ?? {}).tlbBits ?? 12;
+  if (!isInt(tlbBits) || tlbBits < 1 || tlbBits > 20) throw einval("tlbBits", "must be 1..20");
+  const specs = checked_specs(st, guest);
+  const kvm = st.kvm;
+  st.running = true;
+  st.error = null;
+  Atomics.store(kvm.ctl, CTL.vm_state, 0);
+  try {
+    for (const [id, spec] of specs) {
+      Atomics.store(kvm.vcpu, VCPU.run(id), RunCtl.Run);
+      Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Created);
+      const w = new Worker(new URL("../workload/vcpu_worker.js", import.meta.url), {
+        execArgv: workerExecArgv(),
+        workerData: { shared: st.shared, vcpuId: id, guest: spec, tlbBits },
+      });
+      vm_watch(st, w, `vcpu ${id}`, id);
+      st.workers.set(id, w);
+    }
+    for (const id of specs.keys()) await wait_state(st, id, (s) => s !== (VcpuState.Created as number));
+  } catch (e) {
+    vm_fail(st, e instanceof KvmError ? e : new KvmError("EIO", `run: ${(e as Error).message}`));
+  }
+  // A worker's message may have set it while we awaited (TS still sees the null stored above).
+  const err = st.error as Error | null;
+  if (err) {
+    await vm_stop(st);
+    throw err;
+  }
+}
+
+/** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
+async function wait_state(
+  st: VmState,
+  id: number,
+  ok: (s: number) => boolean,
+  what = "answer",
+): Promise<void> {
+  const v = st.kvm.vcpu;
+  const i = VCPU.state(id);
+  const deadline = Date.now() + VCPU_WAIT_MS;
+  for (;;) {
+    const s = Atomics.load(v, i);
+    if (ok(s) || s === (VcpuState.Dead as number) || s === (VcpuState.Stopped as number)) return;
+    // A worker that died before reporting any state must not leave us waiting.
+    if (st.error) return;
+    if (Date.now() > deadline) {
+      vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not ${what} in ${VCPU_WAIT_MS} ms`));
+      return;
+    }
+    await waitAsyncAlive(v, i, s, 50);
+  }
+}
+
+/** Vm.pause: see there. */
+export async function vm_pause(st: VmState): Promise<void> {
+  if (!st.running || st.workers.size === 0) throw einval("pause", "the vCPUs are not running");
+  vm_throw_if_failed(st);
+  for (const id of st.workers.keys()) {
+    Atomics.store(st.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
+    kvm_vcpu_kick(st.kvm, id);
+  }
+  for (const id of st.workers.keys())
+    await wait_state(st, id, (s) => s === (VcpuState.Paused as number), "park");
+  vm_throw_if_failed(st);
+}
+
+/** Vm.auditTlbs: see there. */
+export async function vm_audit_tlbs(st: VmState): Promise<Map<number, number>> {
+  const v = st.kvm.vcpu;
+  for (const id of st.workers.keys())
+    if (Atomics.load(v, VCPU.state(id)) !== (VcpuState.Paused as number))
+      throw new KvmError("EBUSY", "auditTlbs: the vCPUs must be paused");
+  const out = new Map<number, number>();
+  for (const id of st.workers.keys()) {
+    const run = VCPU.run(id);
+    Atomics.store(v, run, RunCtl.Audit);
+    Atomics.notify(v, run);
+    await wait_state(st, id, (s) => s === (VcpuState.Audited as number), "audit its TLB");
+    out.set(id, st.kvm.vcpuStats[ST.tlb_audit(id)]);
+    Atomics.store(v, run, RunCtl.Pause);
+    Atomics.notify(v, run);
+    await wait_state(st, id, (s) => s === (VcpuState.Paused as number));
+  }
+  vm_throw_if_failed(st);
+  return out;
+}
+
+export function vm_resume(st: VmState): void {
+  for (const id of st.workers.keys()) {
+    const i = VCPU.run(id);
+    Atomics.store(st.kvm.vcpu, i, RunCtl.Run);
+    Atomics.notify(st.kvm.vcpu, i);
+  }
+}
+
+/** Vm.stop: see there. */
+export async function vm_stop(st: VmState): Promise<void> {
+  const kvm = st.kvm;
+  st.stopping = true;
+  try {
+    for (const id of st.created) {
+      const i = VCPU.run(id);
+      Atomics.store(kvm.vcpu, i, RunCtl.Stop);
+      kvm_vcpu_kick(kvm, id);
+      Atomics.notify(kvm.vcpu, i);
+    }
+    await vm_stop_host_thread(st);
+    const stopped = (id: number): boolean => {
+      const s = Atomics.load(kvm.vcpu, VCPU.state(id));
+      return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
+    };
+    const deadline = Date.now() + VCPU_WAIT_MS;
+    for (const id of st.workers.keys()) {
+      const i = VCPU.state(id);
+      while (!stopped(id) && Date.now() < deadline) {
+        await waitAsyncAlive(kvm.vcpu, i, Atomics.load(kvm.vcpu, i), 50);
+      }
+      if (!stopped(id))
+        vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${VCPU_WAIT_MS} ms`));
+    }
+    await Promise.all(
+      [...st.workers.values()].map((w) =>
+        w.terminate().then(
+          () => undefined,
+          () => undefined,
+        ),
+      ),
+    );
+    st.workers.clear();
+    // mmu_free_memory_caches: no worker is left to use them. A lock still held belongs to a
+    // worker that was terminated inside it; the caches then stay where they are.
+    if (!kvm.mmu_lock.isLocked()) for (const id of st.created) mmu_free_memory_caches(kvm, id);
+    st.running = false;
+  } finally {
+    st.stopping = false;
+  }
+}
+
+/** Vm.waitPasses: see there. */
+export async function vm_wait_passes(
+  st: VmState,
+  passes: number | readonly number[],
+  opts: { timeoutMs?: number; service?: () => void },
+): Promise<void> {
+  const ids = vm_vcpu_ids(st);
+  const targets = typeof passes === "number" ? ids.map(() => passes) : passes;
+  if (!Array.isArray(targets) || targets.length !== ids.length)
+    throw einval(
+      "passes",
+      `must be an integer >= 0 or an array of ${ids.length} of them, got ${String(passes)}`,
+    );
+  for (const t of targets)
+    if (!isInt(t) || t < 0) throw einval("passes", `must be an integer >= 0, got ${String(t)}`);
+  const timeoutMs = opts.timeoutMs ?? 60_000;
+  if (typeof timeoutMs !== "number" || !(timeoutMs > 0))
+    throw einval("timeoutMs", `must be a positive number, got ${String(timeoutMs)}`);
+  const service = opts.service;
+  if (service !== undefined && typeof service !== "function")
+    throw einval("service", `must be a function, got ${String(service)}`);
+  const v = st.kvm.vcpu;
+  const deadline = performance.now() + timeoutMs;
+  for (let k = 0; k < ids.length; k++) {
+    const i = VCPU.passes(ids[k]);
+    for (;;) {
+      vm_throw_if_failed(st);
+      service?.();
+      const done = Atomics.load(v, i);
+      if (done >= targets[k]) break;
+      if (!st.running) throw einval("waitPasses", "the vCPUs are not running");
+      const left = deadline - performance.now();
+      if (left <= 0)
+        throw new KvmError(
+          "ETIMEDOUT",
+          `waitPasses: vcpu ${ids[k]} completed ${done} of ${targets[k]} passes in ${timeoutMs} ms`,
+        );
+      // passDone does not notify: poll, a few ms at a time. (Not Atomics.waitAsync: its timeout
+      // does not keep Node's event loop alive, so a wait with nothing else pending never ends.)
+      await new Promise((r) => setTimeout(r, Math.min(5, left)));
+    }
+  }
+  vm_throw_if_failed(st);
+}

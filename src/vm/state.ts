@@ -1,0 +1,108 @@
+/**
+ * What a Vm holds (the kernel's struct kvm as its owner sees it, plus the threads it started):
+ * the per-surface files of src/vm/ take it as their first argument. Every field lives on the
+ * owner's thread only (the thread that created the Vm); the shared memory is in `kvm`.
+ */
+import type { Worker } from "node:worker_threads";
+import { CTL, Kvm, KvmShared, SLOT, KVM_USER_MEM_SLOTS, VCPU } from "../kvm_host.js";
+import { einval, KvmError } from "../errors.js";
+import { kvm_vcpu_kick } from "../kvm/requests.js";
+import { newDirtyLogTimes, DirtyLogTimes } from "../mmu/write_protect.js";
+import { RunCtl } from "../vcpu/vcpu.js";
+
+/**
+ * How long the owner waits for a vCPU to answer (park, audit, stop, flush acknowledgement)
+ * before the VM fails with ETIMEDOUT naming that vCPU.
+ */
+export const VCPU_WAIT_MS = 10_000;
+
+export interface VmState {
+  readonly kvm: Kvm;
+  readonly shared: KvmShared;
+  /** vCPU id -> its worker, while it runs. */
+  readonly workers: Map<number, Worker>;
+  readonly created: Set<number>;
+  hostWorker: Worker | null;
+  hostCtl: Int32Array | null;
+  /** Set by run(), cleared by stop(): memslots are created and deleted only while it is false. */
+  running: boolean;
+  /** stop() in progress: a worker exiting now is expected, not a failure. */
+  stopping: boolean;
+  /** The first error a worker reported; the VM is stopped when one arrives. */
+  error: KvmError | Error | null;
+  /** getDirtyLog times: the sum over calls, and the last call's. */
+  readonly times: DirtyLogTimes;
+  lastTimes: DirtyLogTimes;
+  /** clearDirtyLog and resetDirtyRings times, the same way. */
+  readonly clearTimes: DirtyLogTimes;
+  lastClear: DirtyLogTimes;
+  readonly resetTimes: DirtyLogTimes;
+  lastReset: DirtyLogTimes;
+}
+
+export function newVmState(shared: KvmShared): VmState {
+  return {
+    kvm: new Kvm(shared),
+    shared,
+    workers: new Map(),
+    created: new Set(),
+    hostWorker: null,
+    hostCtl: null,
+    running: false,
+    stopping: false,
+    error: null,
+    times: newDirtyLogTimes(),
+    lastTimes: newDirtyLogTimes(),
+    clearTimes: newDirtyLogTimes(),
+    lastClear: newDirtyLogTimes(),
+    resetTimes: newDirtyLogTimes(),
+    lastReset: newDirtyLogTimes(),
+  };
+}
+
+/** Each Vm's state, for the internal entry point (src/vm/internal.ts); weak, as the Vm is. */
+export const VM_STATES = new WeakMap<object, VmState>();
+
+/** The VM fails: the first error is kept, every vCPU is told to stop and kicked. */
+export function vm_fail(st: VmState, e: Error): void {
+  st.error ??= e;
+  Atomics.store(st.kvm.ctl, CTL.vm_state, 2);
+  for (const id of st.created) {
+    Atomics.store(st.kvm.vcpu, VCPU.run(id), RunCtl.Stop);
+    kvm_vcpu_kick(st.kvm, id);
+  }
+}
+
+export function vm_throw_if_failed(st: VmState): void {
+  if (st.error) throw st.error;
+}
+
+export function isInt(x: unknown): x is number {
+  return typeof x === "number" && Number.isSafeInteger(x);
+}
+
+export function describe(x: unknown): string {
+  if (x === null || typeof x !== "object") return String(x);
+  return (x.constructor as { name?: string } | undefined)?.name ?? "an object";
+}
+
+/** Refuses a slot id out of range (EINVAL), whether or not the slot exists. */
+export function check_slot_id(slot: number): void {
+  if (!isInt(slot) || slot < 0 || slot >= KVM_USER_MEM_SLOTS)
+    throw einval("slot", `must be 0..${KVM_USER_MEM_SLOTS - 1}, got ${String(slot)}`);
+}
+
+/** Refuses a slot id that is out of range or not created. */
+export function check_slot(kvm: Kvm, slot: number): void {
+  check_slot_id(slot);
+  if (kvm.slots[SLOT.active(slot)] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
+}
+
+/** EBUSY naming `arg` while the vCPUs run: memslots change only while they are stopped. */
+export function check_idle(st: VmState, arg: string): void {
+  if (st.running)
+    throw new KvmError(
+      "EBUSY",
+      `${arg}: memslots can be created or deleted only while the vCPUs are stopped`,
+    );
+}
