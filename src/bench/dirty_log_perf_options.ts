@@ -366,7 +366,8 @@ export function resolvePerfOptions(input: PerfOptionsInput = {}): PerfOptions {
     numaScanPeriodMs: pick("numaScanPeriodMs"),
     numaScanBytes: pick("numaScanBytes"),
     ...(pin !== undefined && pin !== "none" ? { pin } : {}),
-    threads: threadFit(cpus, vcpus, contention, input.vcpus !== undefined ? "user" : "auto"),
+    // Kept when given: resolving resolved options must not turn an "auto" count into "user".
+    threads: input.threads ?? threadFit(cpus, vcpus, contention, input.vcpus !== undefined ? "user" : "auto"),
     ...(input.preset !== undefined ? { preset: input.preset } : {}),
     ...(input.progress ? { progress: input.progress } : {}),
     ...(input.signal ? { signal: input.signal } : {}),
