@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { median } from "../../src/bench/stats.js";
 import type { IterationResult, NsStats, PerfResult } from "../../src/bench/dirty_log_perf.js";
+import { SCHEMA_VERSION } from "../../src/bench/result.js";
 
 const STAT_KEYS = ["medianNs", "meanNs", "stdevNs", "minNs", "maxNs", "ci95Ns", "n"].sort();
 
@@ -35,7 +36,7 @@ test(
     assert.equal(r.code, 0, r.err);
     const j = JSON.parse(r.out) as PerfResult;
     assert.deepEqual(JSON.parse(readFileSync(file, "utf8")), j, "--output writes the same object");
-    assert.equal(j.schemaVersion, 1);
+    assert.equal(j.schemaVersion, SCHEMA_VERSION);
     assert.equal(j.command, "dirty-log-perf");
     assert.ok(j.gitCommit === null || /^[0-9a-f]{40}$/.test(j.gitCommit));
     assert.equal(j.machine.cpus, os.availableParallelism());
