@@ -20,42 +20,14 @@ import { interrupt } from "./interrupt.js";
 import { perfCsv, writeCsv } from "../results/csv.js";
 
 export function registerDirtyLogPerf(program: Command): void {
-  program
+  const cmd = program
     .command("dirty-log-perf")
     .description(
       "time get-dirty-log and guest throughput for write-protect designs, alternated, each against a baseline",
-    )
-    .option(
-      "-v, --vcpus <n>",
-      "vCPUs (default: as many as fit the cores next to the harvester and host thread)",
-    )
-    .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "512M")
-    .option("-i, --iterations <n>", "measured iterations per strategy (after the warm-up)", "10")
-    .option("--warmup <n>", "warm-up iterations per strategy, left out of the statistics", "1")
-    .option("-w, --write-percent <p>", "percentage of accesses that write", "100")
-    .option("-a, --random", "random access order (default sequential)", false)
-    .option("-r, --seed <n>", "guest RNG seed", "1")
-    .option(
-      "--wp <list>",
-      `write-protect designs, alternated: a name, a comma list or all (${designNames().join(", ")})`,
-      "all",
-    )
-    .option(
-      "--baseline <design>",
-      `the design the others are compared with (default ${DEFAULT_BASELINE} when run, else the first of --wp)`,
-    )
-    .option("--no-thp", "back guest memory with 4 KiB pages only")
-    .option("--contention <level>", "MMU-notifier churn: none, default, heavy", "default")
-    .option("--mode <mode>", "tdp (EPT on) or shadow (EPT off: the guest runs on its own page tables)", "tdp")
-    .option("--guest-huge", "shadow mode: the guest maps its region with 2 MiB pages", false)
-    .option("--migrate-rate <n>", "page migrations per second (overrides --contention)")
-    .option("--invalidate-rate <n>", "range invalidations per second (overrides --contention)")
-    .option("--invalidate-pages <n>", "pages per invalidation (default 512: 2 MiB)")
-    .option(
-      "--numa-scan-period <ms>",
-      "NUMA balancing as Linux 3.8-3.12: every <ms> a vCPU unmaps the next --numa-scan-size of guest memory through the MMU notifier (0: off)",
-      "0",
-    )
+    );
+  workloadFlags(cmd);
+  cmd
+    .option("--json", "print one JSON object on stdout", false)
     .option(
       "-c, --pin <cpus>",
       'pin threads to CPUs as KVM\'s test -c: the vCPUs\' CPUs, then the harvester\'s (e.g. 1,0); "auto": harvester on 0, vCPUs on the others; "none"',
@@ -94,7 +66,6 @@ export function registerDirtyLogPerf(program: Command): void {
       "timed iterations: each iteration runs this many ms, get-dirty-log every --harvest-every ms (0: wait for two passes)",
     )
     .option("--harvest-every <ms>", "timed iterations: ms between get-dirty-log calls (default: the window)")
-    .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the JSON object to FILE")
     .option("--csv <file>", "also write the iterations as CSV to FILE")
     .action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
@@ -198,5 +169,41 @@ function warnThreads(o: PerfOptions): void {
           ? "; with --lock spin, waiters burn the cores that holders need: the run can take orders of magnitude longer"
           : "") +
         "\n",
+    );
+}
+
+/** The flags of the workload and the designs (KVM's test's -v, -b, -i, -w, ...). */
+function workloadFlags(cmd: Command): void {
+  cmd
+    .option(
+      "-v, --vcpus <n>",
+      "vCPUs (default: as many as fit the cores next to the harvester and host thread)",
+    )
+    .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "512M")
+    .option("-i, --iterations <n>", "measured iterations per design (after the warm-up)", "10")
+    .option("--warmup <n>", "warm-up iterations per design, left out of the statistics", "1")
+    .option("-w, --write-percent <p>", "percentage of accesses that write", "100")
+    .option("-a, --random", "random access order (default sequential)", false)
+    .option("-r, --seed <n>", "guest RNG seed", "1")
+    .option(
+      "--wp <list>",
+      `write-protect designs, alternated: a name, a comma list or all (${designNames().join(", ")})`,
+      "all",
+    )
+    .option(
+      "--baseline <design>",
+      `the design the others are compared with (default ${DEFAULT_BASELINE} when run, else the first of --wp)`,
+    )
+    .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option("--contention <level>", "MMU-notifier churn: none, default, heavy", "default")
+    .option("--mode <mode>", "tdp (EPT on) or shadow (EPT off: the guest runs on its own page tables)", "tdp")
+    .option("--guest-huge", "shadow mode: the guest maps its region with 2 MiB pages", false)
+    .option("--migrate-rate <n>", "page migrations per second (overrides --contention)")
+    .option("--invalidate-rate <n>", "range invalidations per second (overrides --contention)")
+    .option("--invalidate-pages <n>", "pages per invalidation (default 512: 2 MiB)")
+    .option(
+      "--numa-scan-period <ms>",
+      "NUMA balancing as Linux 3.8-3.12: every <ms> a vCPU unmaps the next --numa-scan-size of guest memory through the MMU notifier (0: off)",
+      "0",
     );
 }

@@ -7,13 +7,12 @@ import {
   OracleName,
   OracleResult,
   ORACLES,
-  STRATEGIES,
 } from "../verify/dirty_log_test.js";
 import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
-import type { WpName } from "../vm.js";
+import { DesignName, designNames, parseDesignList } from "../mmu/design.js";
 import { BUG, BugName } from "../kvm_host.js";
 
 function mib(bytes: number): string {
@@ -33,7 +32,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
       `${r.machine.cpus} CPUs, node ${r.machine.node}`,
   );
   for (const [wp, per] of Object.entries(r.results) as [
-    WpName,
+    DesignName,
     Partial<Record<OracleName, OracleResult>>,
   ][]) {
     for (const [oracle, x] of Object.entries(per) as [OracleName, OracleResult][]) {
@@ -72,14 +71,18 @@ export function registerDirtyLogTest(program: Command): void {
   program
     .command("dirty-log-test")
     .description(
-      "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect strategy",
+      "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect design",
     )
-    .option("-i, --iterations <n>", "verified iterations per strategy and oracle", "32")
-    .option("--seconds <s>", "run for this long in all instead (split over strategies and oracles)")
+    .option("-i, --iterations <n>", "verified iterations per design and oracle", "32")
+    .option("--seconds <s>", "run for this long in all instead (split over designs and oracles)")
     .option("-I, --interval <ms>", "interval per iteration, ms (a random mid-run reap falls inside it)", "10")
     .option("-v, --vcpus <n>", "vCPUs, each writing its own region", "2")
     .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "64M")
-    .option("--wp <list>", "write-protect strategies", "locked,lockless")
+    .option(
+      "--wp <list>",
+      `write-protect designs: a name, a comma list or all (${designNames().join(", ")})`,
+      "all",
+    )
     .option(
       "--oracle <list>",
       "kvm (exact stamp check), qemu (migration copy must equal the source)",
@@ -127,7 +130,7 @@ export function registerDirtyLogTest(program: Command): void {
         intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
         vcpus,
         bytesPerVcpu: bytes,
-        wp: parseList("--wp", String(a["wp"]), STRATEGIES),
+        wp: parseDesignList("--wp", String(a["wp"])),
         oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
         modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
         ringEntries:
