@@ -93,6 +93,9 @@ interface RunCtx {
   wp: DesignName;
   mode: DirtyLogMode;
   o: DirtyLogTestOptions;
+  /** This run's share of `seconds`, ms (Infinity: count iterations). */
+  budgetMs: number;
+  /** When the run stops: set once its VM is up, so that building it does not eat the budget. */
   deadline: number; // ms timestamp, or Infinity
   tally: Tally;
   say: (msg: string) => void;
@@ -113,6 +116,7 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
   const { o, wp, tally, mode } = c;
   const t0 = performance.now();
   const h = await Harness.create(wp, "kvm", o, o.seed, mode);
+  c.deadline = Date.now() + c.budgetMs;
   const r: OracleResult = emptyResult();
   const ring = mode === "dirty-ring";
   const bad = (iteration: number) => (what: string) =>
@@ -156,61 +160,7 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
       r.harvests++;
       const curLast = ring ? h.lastRingPage.slice() : [];
       const tv = performance.now();
-      let dirty = 0;
-      let clean = 0;
-      for (const [name, bm] of [
-        ["bmap0", bmap0],
-        ["bmap1", bmap1],
-      ] as const) {
-        const n = tailBits(bm, h.npages);
-        if (n !== 0)
-          tally.fail({
-            wp,
-            oracle: "kvm",
-            mode,
-            iteration,
-            page: h.npages,
-            gpa: hex(h.gpa + h.npages * PAGE_SIZE),
-            what: `${name}: ${n} bits set past the end of the slot`,
-          });
-      }
-      for (let p = 0; p < h.npages; p++) {
-        const [lo, hi] = h.vm.readGuestU64(h.gpa + p * PAGE_SIZE);
-        const val = (hi >>> 0) * 2 ** 32 + (lo >>> 0);
-        const d0 = testBit(bmap0, p);
-        const d1 = testBit(bmap1, p);
-        if (d0 || d1) {
-          dirty++;
-          // The selftest's exceptions, per mode.
-          const allowed =
-            val === iteration ||
-            (ring && val === iteration - 1 && prevLast.includes(p)) ||
-            (ring && val < iteration && curLast.includes(p)) ||
-            (mode === "clear-log" && val === 0 && iteration === 1 && d0 && !d1);
-          if (!allowed)
-            tally.fail({
-              wp,
-              oracle: "kvm",
-              mode,
-              iteration,
-              page: p,
-              gpa: hex(h.gpa + p * PAGE_SIZE),
-              what: `dirty page (${d0 ? "bmap0" : ""}${d0 && d1 ? "+" : ""}${d1 ? "bmap1" : ""}) value ${val} != iteration ${iteration}`,
-            });
-        } else {
-          clean++;
-          if (val >= iteration)
-            tally.fail({
-              wp,
-              oracle: "kvm",
-              mode,
-              iteration,
-              page: p,
-              gpa: hex(h.gpa + p * PAGE_SIZE),
-              what: `clean page value ${val} >= iteration ${iteration}: a lost dirty bit`,
-            });
-        }
-      }
+      const { dirty, clean } = checkKvm(c, h, iteration, [bmap0, bmap1], prevLast, curLast);
       r.verifyMs += performance.now() - tv;
       r.iterations++;
       r.pagesChecked += h.npages;
@@ -231,6 +181,78 @@ async function runKvmOracle(c: RunCtx): Promise<OracleResult> {
   return finish(r, t0, tally.violations);
 }
 
+/**
+ * The selftest's check of one iteration (vcpus parked): no bit past the slot's end; a dirty page
+ * holds the iteration, a clean one less, with each mode's exceptions (module comment).
+ */
+function checkKvm(
+  c: RunCtx,
+  h: Harness,
+  iteration: number,
+  [bmap0, bmap1]: [Uint32Array, Uint32Array],
+  prevLast: number[],
+  curLast: number[],
+): { dirty: number; clean: number } {
+  const { wp, tally, mode } = c;
+  const ring = mode === "dirty-ring";
+  let dirty = 0;
+  let clean = 0;
+  for (const [name, bm] of [
+    ["bmap0", bmap0],
+    ["bmap1", bmap1],
+  ] as const) {
+    const n = tailBits(bm, h.npages);
+    if (n !== 0)
+      tally.fail({
+        wp,
+        oracle: "kvm",
+        mode,
+        iteration,
+        page: h.npages,
+        gpa: hex(h.gpa + h.npages * PAGE_SIZE),
+        what: `${name}: ${n} bits set past the end of the slot`,
+      });
+  }
+  for (let p = 0; p < h.npages; p++) {
+    const [lo, hi] = h.vm.readGuestU64(h.gpa + p * PAGE_SIZE);
+    const val = (hi >>> 0) * 2 ** 32 + (lo >>> 0);
+    const d0 = testBit(bmap0, p);
+    const d1 = testBit(bmap1, p);
+    if (d0 || d1) {
+      dirty++;
+      // The selftest's exceptions, per mode.
+      const allowed =
+        val === iteration ||
+        (ring && val === iteration - 1 && prevLast.includes(p)) ||
+        (ring && val < iteration && curLast.includes(p)) ||
+        (mode === "clear-log" && val === 0 && iteration === 1 && d0 && !d1);
+      if (!allowed)
+        tally.fail({
+          wp,
+          oracle: "kvm",
+          mode,
+          iteration,
+          page: p,
+          gpa: hex(h.gpa + p * PAGE_SIZE),
+          what: `dirty page (${d0 ? "bmap0" : ""}${d0 && d1 ? "+" : ""}${d1 ? "bmap1" : ""}) value ${val} != iteration ${iteration}`,
+        });
+    } else {
+      clean++;
+      if (val >= iteration)
+        tally.fail({
+          wp,
+          oracle: "kvm",
+          mode,
+          iteration,
+          page: p,
+          gpa: hex(h.gpa + p * PAGE_SIZE),
+          what: `clean page value ${val} >= iteration ${iteration}: a lost dirty bit`,
+        });
+    }
+  }
+  return { dirty, clean };
+}
+
 /** A destination "VM": chunks of 2^16 pages, so 1 GiB regions need no single huge buffer. */
 class Destination {
   private readonly chunks: Int32Array[] = [];
@@ -244,15 +266,38 @@ class Destination {
   }
 }
 
+/** The qemu oracle's check: every page of the destination equals the source's. Returns mismatches. */
+function compareQemu(c: RunCtx, h: Harness, iteration: number, dest: Destination): number {
+  const src = new Int32Array(PAGE_SIZE / 4);
+  const srcBytes = new Uint8Array(src.buffer);
+  let bad = 0;
+  for (let p = 0; p < h.npages; p++) {
+    h.vm.readGuestPage(h.gpa + p * PAGE_SIZE, src);
+    const d = dest.page(p);
+    if (Buffer.compare(srcBytes, new Uint8Array(d.buffer, d.byteOffset, PAGE_SIZE)) === 0) continue;
+    bad++;
+    let w = 0;
+    while (src[w] === d[w]) w++;
+    c.tally.fail({
+      wp: c.wp,
+      oracle: "qemu",
+      iteration,
+      page: p,
+      gpa: hex(h.gpa + p * PAGE_SIZE),
+      what: `destination differs from source at byte ${w * 4} (${d[w]} != ${src[w]}): a change was not reported`,
+    });
+  }
+  return bad;
+}
+
 async function runQemuOracle(c: RunCtx): Promise<OracleResult> {
   const { o, wp, tally } = c;
   const t0 = performance.now();
   const h = await Harness.create(wp, "qemu", o, o.seed);
+  c.deadline = Date.now() + c.budgetMs;
   const r: OracleResult = emptyResult();
   const rounds = o.qemuRounds ?? 3;
   const dest = new Destination(h.npages);
-  const src = new Int32Array(PAGE_SIZE / 4);
-  const srcBytes = new Uint8Array(src.buffer);
   const bm = new Uint32Array(h.bitmapWords);
   const copyDirty = (iteration: number, phase: HarvestPhase): number => {
     h.harvest(bm, phase, o);
@@ -307,23 +352,7 @@ async function runQemuOracle(c: RunCtx): Promise<OracleResult> {
       const writes = (h.writes() - w0) | 0;
       copied += copyDirty(iteration, "final");
       const tv = performance.now();
-      let bad = 0;
-      for (let p = 0; p < h.npages; p++) {
-        h.vm.readGuestPage(h.gpa + p * PAGE_SIZE, src);
-        const d = dest.page(p);
-        if (Buffer.compare(srcBytes, new Uint8Array(d.buffer, d.byteOffset, PAGE_SIZE)) === 0) continue;
-        bad++;
-        let w = 0;
-        while (src[w] === d[w]) w++;
-        tally.fail({
-          wp,
-          oracle: "qemu",
-          iteration,
-          page: p,
-          gpa: hex(h.gpa + p * PAGE_SIZE),
-          what: `destination differs from source at byte ${w * 4} (${d[w]} != ${src[w]}): a change was not reported`,
-        });
-      }
+      const bad = compareQemu(c, h, iteration, dest);
       r.verifyMs += performance.now() - tv;
       r.iterations++;
       r.pagesChecked += h.npages;
@@ -394,7 +423,8 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
           wp,
           mode,
           o,
-          deadline: Date.now() + budgetMs,
+          budgetMs,
+          deadline: Infinity,
           tally,
           say,
           rng: new ParkMiller(o.seed * 31 + ++k),

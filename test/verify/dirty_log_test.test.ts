@@ -130,7 +130,6 @@ test(
   "--seconds runs until the time is spent; bad options are EINVAL naming the option",
   { timeout: 60_000 },
   async () => {
-    const t0 = Date.now();
     const r = await dirtyLogTest({
       ...base,
       seconds: 1,
@@ -141,7 +140,7 @@ test(
     });
     assert.equal(r.violations, 0);
     assert.ok(r.iterations > 1);
-    assert.ok(Date.now() - t0 < 10_000);
+    assert.ok(r.iterations < 1_000_000, "the time ended the run, not the iteration count");
     const bad: [Partial<DirtyLogTestOptions>, string][] = [
       [{ iterations: 0 }, "iterations"],
       [{ seconds: -1 }, "seconds"],
