@@ -23,7 +23,8 @@ import {
 } from "./dirty_log_perf_options.js";
 import { iterate, iterateWindow } from "./dirty_log_perf_iterate.js";
 import { Pinning, pinThreads } from "./dirty_log_perf_pin.js";
-import { designRatios, legacyRatio, PerfResult, strategyResult } from "./dirty_log_perf_result.js";
+import { designRatios, legacyRatio, PerfResult } from "./dirty_log_perf_result.js";
+import { strategyResult } from "./dirty_log_perf_stats.js";
 import { Run, setup, sleep } from "./dirty_log_perf_setup.js";
 
 export {

@@ -2,15 +2,11 @@
  * dirty-log-perf's results: per iteration, per design (statistics over the measured iterations),
  * and each design against the baseline, paired by iteration.
  */
-import { MmuMode } from "../kvm_host.js";
-import { ST } from "../kvm_host.js";
 import { einval } from "../errors.js";
-import { shadowCounters } from "../mmu/pte_write.js";
 import type { DesignName } from "../mmu/design.js";
 import type { Envelope } from "./result.js";
-import { median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
+import { pairedRatio, RatioSummary, Summary, verdict } from "./stats.js";
 import type { LogModeName, PerfOptions } from "./dirty_log_perf_options.js";
-import { Run, sumStat } from "./dirty_log_perf_setup.js";
 
 export interface IterationResult {
   /** A warm-up iteration: kept here, left out of every statistic. */
@@ -233,77 +229,4 @@ export function legacyRatio(
   const L = results["locked"];
   const F = results["lockless"];
   return L && F ? designRatio("lockless", F, L, clearLog) : null;
-}
-
-/** A design's statistics over its measured iterations, and its VM's counters. */
-export function strategyResult(run: Run): StrategyResult {
-  const vm = run.vm;
-  const m = run.iters.filter((i) => !i.warmup);
-  const of = (
-    k:
-      | "getDirtyLogNs"
-      | "lockWaitNs"
-      | "protectNs"
-      | "flushNs"
-      | "dirtyMemoryNs"
-      | "vcpuLockWaitNs"
-      | "hostLockWaitNs",
-  ): NsStats => nsStats(summarize(m.map((i) => i[k])));
-  const getDirtyLog = of("getDirtyLogNs");
-  const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
-    nsStats(summarize(m.map((i) => i[k] ?? 0)));
-  const pages = median(m.map((i) => i.dirtyPages));
-  const t = vm.dirtyLogTimes();
-  return {
-    iterations: run.iters,
-    getDirtyLog,
-    lockWait: of("lockWaitNs"),
-    vcpuLockWait: of("vcpuLockWaitNs"),
-    hostLockWait: of("hostLockWaitNs"),
-    protect: of("protectNs"),
-    flush: of("flushNs"),
-    dirtyMemory: of("dirtyMemoryNs"),
-    // Under manual protect a page costs its GET and its CLEAR (as the kernel's figure counts both).
-    nsPerDirtyPage: pages ? median(m.map((i) => i.getDirtyLogNs + (i.clearDirtyLogNs ?? 0))) / pages : 0,
-    guestThroughput: summarize(m.map((i) => i.guestThroughput)),
-    guestWritesPerSec: run.writes / (run.activeMs / 1000),
-    populateNs: run.populateNs,
-    enableLoggingNs: run.enableLoggingNs,
-    mmapNs: run.mmapNs,
-    cpu: {
-      populateNs: run.populateCpuNs,
-      enableLoggingNs: run.enableLoggingCpuNs,
-      protectCallNs: median(m.map((i) => i.cpuNs)),
-      nsPerDirtyPage: pages ? median(m.map((i) => i.cpuNs)) / pages : 0,
-      preemptions: median(m.map((i) => i.preemptions)),
-    },
-    mmuLock: {
-      vcpuWaitNs: sumStat(vm, ST.lock_wait_ns),
-      vcpuHoldNs: sumStat(vm, ST.lock_hold_ns),
-      vcpuAcquisitions: sumStat(vm, ST.lock_acq),
-      ioctlWaitNs: t.lockWaitNs,
-    },
-    flushNs: t.flushNs,
-    faults: {
-      fast: sumStat(vm, ST.fast_pf),
-      slow: sumStat(vm, ST.slow_pf),
-      retries: sumStat(vm, ST.retries),
-      tlbMisses: sumStat(vm, ST.tlb_miss),
-    },
-    host: vm.hostThreadCounters(),
-    numa: vm.numaBalancingStats(),
-    metadataBytes: vm.metadataBytes(),
-    ...(vm.kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(vm.kvm) } : {}),
-    logMode: run.logMode,
-    ...(run.logMode === "clear-log" ? { clearDirtyLog: opt("clearDirtyLogNs") } : {}),
-    ...(run.logMode === "dirty-ring"
-      ? {
-          ring: {
-            harvest: opt("ringHarvestNs"),
-            reset: opt("ringResetNs"),
-            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
-          },
-        }
-      : {}),
-  };
 }

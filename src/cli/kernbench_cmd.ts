@@ -44,7 +44,7 @@ export function formatKernbench(r: KernbenchResult): string {
   );
   for (const mode of Object.keys(r.results) as MmuModeName[]) {
     const per = r.results[mode]!;
-    for (const logging of Object.keys(per) as LoggingName[]) {
+    for (const logging of Object.keys(per)) {
       const c = per[logging]!;
       out.push("", `[${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}, ${label(logging)}]`);
       let k = 0;
@@ -80,7 +80,7 @@ export function formatKernbench(r: KernbenchResult): string {
   for (const mode of Object.keys(r.results) as MmuModeName[]) {
     const per = r.results[mode]!;
     const off = per.off?.realAvgNs;
-    const cells = (Object.keys(per) as LoggingName[]).map((l) => {
+    const cells = Object.keys(per).map((l) => {
       const c = per[l]!;
       return `${l} ${(c.realAvgNs / 1e9).toFixed(3)}${off !== undefined && l !== "off" ? ` (${(c.realAvgNs / off).toFixed(3)}x)` : ""}`;
     });

@@ -147,8 +147,9 @@ test("timed iterations: harvest slots on a clock the test drives", async () => {
         now += cost;
       },
       () => now,
-      async (ms) => {
+      (ms) => {
         now += ms;
+        return Promise.resolve();
       },
     );
     return { harvests, at, end: now - 1000 };
@@ -157,15 +158,13 @@ test("timed iterations: harvest slots on a clock the test drives", async () => {
   assert.deepEqual(await run(10), { harvests: 4, at: [50, 100, 150, 200], end: 210 });
   // A call that overruns later slots skips them instead of harvesting back to back.
   assert.deepEqual(await run(70), { harvests: 2, at: [50, 150], end: 220 });
-  const one = await run(0).then(() =>
-    harvestSlots(
-      0,
-      100,
-      100,
-      () => {},
-      () => 0,
-      async () => {},
-    ),
+  const one = await harvestSlots(
+    0,
+    100,
+    100,
+    () => {},
+    () => 0,
+    () => Promise.resolve(),
   );
   assert.equal(one, 1);
 });
