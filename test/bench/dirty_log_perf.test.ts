@@ -99,3 +99,30 @@ test("dirty-log-perf timed iterations: bad combinations are refused with EINVAL"
       return true;
     });
 });
+
+test(
+  "dirtyLogPerf({ preset: \"seed\" }) from the library: the preset's options, the caller's win",
+  { timeout: 120_000 },
+  async () => {
+    const r = await dirtyLogPerf({
+      preset: "seed",
+      vcpus: 1,
+      bytesPerVcpu: 4 << 20,
+      iterations: 1,
+      warmup: 0,
+      wp: ["lockless"],
+      pin: "none",
+    });
+    assert.equal(r.options.preset, "seed");
+    assert.equal(r.options.lock, "spin");
+    assert.equal(r.options.windowMs, 200);
+    assert.equal(r.options.harvestIntervalMs, 2);
+    assert.equal(r.options.manualProtect, false);
+    assert.equal(r.options.pin, undefined);
+    assert.equal(r.pinned, null);
+    assert.equal(r.baseline, "lockless");
+    const it = r.results.lockless!.iterations;
+    assert.equal(it.length, 1);
+    assert.ok(it[0].harvests! >= 1 && it[0].harvests! <= 100, `${it[0].harvests} calls in the window`);
+  },
+);
