@@ -2,6 +2,7 @@
 import { Command } from "commander";
 import {
   dirtyLogTest,
+  DirtyLogTestOptions,
   DirtyLogTestResult,
   MODES,
   OracleName,
@@ -115,46 +116,47 @@ export function registerDirtyLogTest(program: Command): void {
     .option("--output <file>", "also write the JSON object to FILE")
     .action(async (a: Record<string, string | boolean | undefined>) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const bytes = parseSize("--bytes", String(a["bytes"]));
-      if (bytes < 4096 || bytes % 4096 !== 0)
-        throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
-      const vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
-      if (vcpus * bytes > 16 * 2 ** 30) throw einval("--bytes", "vCPUs x bytes is over 16 GiB");
-      const notifier = a["notifier"] !== false;
-      const r = await dirtyLogTest({
-        iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 1_000_000),
-        seconds:
-          a["seconds"] === undefined
-            ? undefined
-            : parseNumberIn("--seconds", String(a["seconds"]), 0.001, 1e7),
-        intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
-        vcpus,
-        bytesPerVcpu: bytes,
-        wp: parseDesignList("--wp", String(a["wp"])),
-        oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
-        modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
-        ringEntries:
-          a["ringEntries"] === undefined
-            ? undefined
-            : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
-        thp: a["thp"] !== false,
-        mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
-        migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
-        invalidateRate: notifier
-          ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6)
-          : 0,
-        seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
-        bugs:
-          a["bug"] === undefined
-            ? undefined
-            : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
-        progress,
-        signal: interrupt.signal,
-      });
+      const r = await dirtyLogTest(testFlags(a));
       // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
       const saved = { ...r, ...envelope("dirty-log-test", r.options), results: r.results };
       if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
       process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;
     });
+}
+
+/** The command line as dirtyLogTest's options. */
+function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTestOptions {
+  const bytes = parseSize("--bytes", String(a["bytes"]));
+  if (bytes < 4096 || bytes % 4096 !== 0)
+    throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
+  const vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
+  if (vcpus * bytes > 16 * 2 ** 30) throw einval("--bytes", "vCPUs x bytes is over 16 GiB");
+  const notifier = a["notifier"] !== false;
+  return {
+    iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 1_000_000),
+    seconds:
+      a["seconds"] === undefined ? undefined : parseNumberIn("--seconds", String(a["seconds"]), 0.001, 1e7),
+    intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
+    vcpus,
+    bytesPerVcpu: bytes,
+    wp: parseDesignList("--wp", String(a["wp"])),
+    oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
+    modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
+    ringEntries:
+      a["ringEntries"] === undefined
+        ? undefined
+        : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
+    thp: a["thp"] !== false,
+    mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
+    migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
+    invalidateRate: notifier ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6) : 0,
+    seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
+    bugs:
+      a["bug"] === undefined
+        ? undefined
+        : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
+    progress,
+    signal: interrupt.signal,
+  };
 }
