@@ -1,6 +1,6 @@
 /** The text report of dirty-log-perf (the JSON is the PerfResult itself). */
-import type { WpName } from "../vm.js";
-import type { NsStats, PerfResult, StrategyResult } from "./dirty_log_perf.js";
+import type { DesignName } from "../mmu/design.js";
+import type { DesignRatio, NsStats, PerfResult, RatioResult, StrategyResult } from "./dirty_log_perf.js";
 import { hasHostThread, logModeOf } from "./dirty_log_perf.js";
 import { formatRatio } from "./stats.js";
 import { NUMA_SCAN_PAGES } from "../mem/numa_balancing.js";
@@ -44,77 +44,95 @@ export function formatPerf(r: PerfResult): string {
           : `; pinned: vCPUs on CPUs ${r.pinned.vcpus.join(",")}, harvester${r.pinned.others ? ` and ${r.pinned.others} other threads` : ""} on ${r.pinned.harvester ?? "any"}`),
   );
   const host = hasHostThread(c);
-  for (const [wp, s] of Object.entries(r.results) as [WpName, StrategyResult][]) {
-    out.push(
-      "",
-      `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`,
-    );
-    let k = 0;
-    for (const it of s.iterations) {
-      const label = it.warmup ? "  warm-up     " : `  iteration ${String(++k).padStart(2)}`;
-      out.push(
-        `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
-          (it.clearDirtyLogNs !== undefined ? `  clear ${ms(it.clearDirtyLogNs).padStart(8)} ms ` : "") +
-          (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
-          `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
-          (it.harvests !== undefined ? `   ${it.harvests} calls (means per call)` : "") +
-          `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)}` +
-          (host ? ` host ${ms(it.hostLockWaitNs ?? 0)}` : "") +
-          " ms",
-      );
-    }
-    const g = s.guestThroughput;
-    const mw = (x: number): string => (x / 1e6).toFixed(2);
-    out.push(
-      `  get dirty log:   ${formatNs(s.getDirtyLog)}; ${s.nsPerDirtyPage.toFixed(1)} ns per dirty page`,
-      `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
-      `    harvest+protect      ${formatNs(s.protect)}`,
-      `    remote flush         ${formatNs(s.flush)}`,
-      `  mmu_lock wait per iteration: vCPUs ${formatNs(s.vcpuLockWait)}`,
-      ...(host ? [`                               host thread ${formatNs(s.hostLockWait)}`] : []),
-      ...(s.cpu
-        ? [
-            `  process CPU: ${ms(s.cpu.protectCallNs)} ms per ${s.clearDirtyLog ? "GET + CLEAR" : "get dirty log"} (median), ${s.cpu.nsPerDirtyPage.toFixed(1)} ns per dirty page, ` +
-              `preempted ${s.cpu.preemptions} times per call; populate ${ms(s.cpu.populateNs)} ms, enable logging ${ms(s.cpu.enableLoggingNs)} ms`,
-          ]
-        : []),
-      ...(s.clearDirtyLog
-        ? [`  clear dirty log: ${formatNs(s.clearDirtyLog)} (KVM_CLEAR_DIRTY_LOG after each GET)`]
-        : []),
-      ...(s.ring
-        ? [
-            `  dirty ring: harvest ${formatNs(s.ring.harvest)}`,
-            `              reset   ${formatNs(s.ring.reset)}; ring-full exits median ${s.ring.fullExits} per iteration`,
-          ]
-        : []),
-      `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
-        `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
-      `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
-      ...(host
-        ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]
-        : []),
-      ...(o.numaScanPeriodMs && s.numa
-        ? [`  NUMA balancing: ${s.numa.scans} scans unmapped ${s.numa.pagesScanned} pages (warm-up included)`]
-        : []),
-    );
-    if (s.shadow)
-      out.push(
-        `  shadow MMU: ${s.shadow["spUsed"]} pages (${s.shadow["indirectShadowPages"]} shadow guest tables), ${s.shadow["emulated"]} emulated guest-table writes, ${s.shadow["ptProtectFlushes"]} guest-table protections that flushed`,
-      );
-  }
-  if (r.ratio) {
-    out.push(
-      "",
-      `lockless/locked (median, paired bootstrap 95% CI, ${r.options.iterations} iterations):`,
-      `  get dirty log     ${formatRatio(r.ratio.getDirtyLog)}  ${r.ratio.getDirtyLog.verdict}`,
-      ...(r.ratio.clearDirtyLog
-        ? [`  clear dirty log   ${formatRatio(r.ratio.clearDirtyLog)}  ${r.ratio.clearDirtyLog.verdict}`]
-        : []),
-      `  guest throughput  ${formatRatio(r.ratio.guestThroughput)}  ${r.ratio.guestThroughput.verdict}`,
-    );
-  }
+  for (const [wp, s] of Object.entries(r.results) as [DesignName, StrategyResult][])
+    out.push(...formatDesign(wp, s, host, (o.numaScanPeriodMs ?? 0) > 0));
+  out.push(...formatRatios(r));
   out.push(
     `MMU metadata ${r.metadataPercent.toFixed(2)}% of ${r.guestMemoryBytes / 2 ** 20} MiB guest memory; peak RSS ${(r.peakRssBytes / 2 ** 20).toFixed(0)} MiB`,
   );
   return out.join("\n");
+}
+
+/** One design's iterations and statistics. */
+function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: boolean): string[] {
+  const out: string[] = [];
+  out.push(
+    "",
+    `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`,
+  );
+  let k = 0;
+  for (const it of s.iterations) {
+    const label = it.warmup ? "  warm-up     " : `  iteration ${String(++k).padStart(2)}`;
+    out.push(
+      `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
+        (it.clearDirtyLogNs !== undefined ? `  clear ${ms(it.clearDirtyLogNs).padStart(8)} ms ` : "") +
+        (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
+        `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
+        (it.harvests !== undefined ? `   ${it.harvests} calls (means per call)` : "") +
+        `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)}` +
+        (host ? ` host ${ms(it.hostLockWaitNs ?? 0)}` : "") +
+        " ms",
+    );
+  }
+  const g = s.guestThroughput;
+  const mw = (x: number): string => (x / 1e6).toFixed(2);
+  out.push(
+    `  get dirty log:   ${formatNs(s.getDirtyLog)}; ${s.nsPerDirtyPage.toFixed(1)} ns per dirty page`,
+    `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
+    `    harvest+protect      ${formatNs(s.protect)}`,
+    `    remote flush         ${formatNs(s.flush)}`,
+    `  mmu_lock wait per iteration: vCPUs ${formatNs(s.vcpuLockWait)}`,
+    ...(host ? [`                               host thread ${formatNs(s.hostLockWait)}`] : []),
+    ...(s.cpu
+      ? [
+          `  process CPU: ${ms(s.cpu.protectCallNs)} ms per ${s.clearDirtyLog ? "GET + CLEAR" : "get dirty log"} (median), ${s.cpu.nsPerDirtyPage.toFixed(1)} ns per dirty page, ` +
+            `preempted ${s.cpu.preemptions} times per call; populate ${ms(s.cpu.populateNs)} ms, enable logging ${ms(s.cpu.enableLoggingNs)} ms`,
+        ]
+      : []),
+    ...(s.clearDirtyLog
+      ? [`  clear dirty log: ${formatNs(s.clearDirtyLog)} (KVM_CLEAR_DIRTY_LOG after each GET)`]
+      : []),
+    ...(s.ring
+      ? [
+          `  dirty ring: harvest ${formatNs(s.ring.harvest)}`,
+          `              reset   ${formatNs(s.ring.reset)}; ring-full exits median ${s.ring.fullExits} per iteration`,
+        ]
+      : []),
+    `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
+      `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
+    `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
+    ...(host
+      ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]
+      : []),
+    ...(numa && s.numa
+      ? [`  NUMA balancing: ${s.numa.scans} scans unmapped ${s.numa.pagesScanned} pages (warm-up included)`]
+      : []),
+  );
+  if (s.shadow)
+    out.push(
+      `  shadow MMU: ${s.shadow["spUsed"]} pages (${s.shadow["indirectShadowPages"]} shadow guest tables), ${s.shadow["emulated"]} emulated guest-table writes, ${s.shadow["ptProtectFlushes"]} guest-table protections that flushed`,
+    );
+  return out;
+}
+
+function formatRatio3(name: string, q: RatioResult): string {
+  return `  ${name.padEnd(17)} ${formatRatio(q)}  ${q.verdict}`;
+}
+
+/**
+ * Each design against the baseline (`ratios`); a result saved before `ratios` existed gives its
+ * lockless/locked `ratio` instead.
+ */
+function formatRatios(r: PerfResult): string[] {
+  const ratios: Record<string, DesignRatio> = r.ratios ?? (r.ratio ? { "lockless/locked": r.ratio } : {});
+  const out: string[] = [];
+  for (const [key, q] of Object.entries(ratios))
+    out.push(
+      "",
+      `${key} (median, paired bootstrap 95% CI, ${r.options.iterations} iterations):`,
+      formatRatio3("get dirty log", q.getDirtyLog),
+      ...(q.clearDirtyLog ? [formatRatio3("clear dirty log", q.clearDirtyLog)] : []),
+      formatRatio3("guest throughput", q.guestThroughput),
+    );
+  return out;
 }

@@ -7,6 +7,7 @@
 import os from "node:os";
 import { formatTlbHit, tlbHitBench, TLB_HIT_DEFAULTS } from "./tlb_hit.js";
 import { dirtyLogPerf, CONTENTION, fitVcpus, threadFit } from "./dirty_log_perf.js";
+import { designNames } from "../mmu/design.js";
 import { formatPerf } from "./dirty_log_perf_format.js";
 import { checkOutput, envelope, writeResult } from "./result.js";
 import { formatMigratePerf, migratePerf, MIGRATE_PERF_DEFAULTS } from "./migrate_perf.js";
@@ -28,7 +29,7 @@ const perf = await dirtyLogPerf({
   warmup: 1,
   writePercent: 100,
   random: false,
-  wp: ["locked", "lockless"],
+  wp: designNames(),
   thp: true,
   contention,
   park: false,

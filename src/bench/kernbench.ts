@@ -5,8 +5,8 @@
  * kernbench_guest.ts: processes with their own address spaces, page-table churn, shared
  * file-cache mappings aliased at several gvas and in every address space), timed from "go" until
  * the last vCPU finished ("real"), for every combination of MMU mode (tdp, shadow) and dirty
- * logging (off; on with a harvester calling KVM_GET_DIRTY_LOG continuously, locked or lockless
- * write-protect). Runs are interleaved (run 1 of every combination, then run 2, ...) so drift
+ * logging (off; on with a harvester calling KVM_GET_DIRTY_LOG continuously, under each registered
+ * write-protect design, src/mmu/design.ts). Runs are interleaved (run 1 of every combination, then run 2, ...) so drift
  * hits all of them.
  *
  * Also reported per combination: the rmap chain-length histogram (sampled under mmu_lock while
@@ -14,7 +14,8 @@
  * descriptor, and the lockless walker's walks and restarts per second (the harvester's).
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
-import { MmuModeName, Vm } from "../vm.js";
+import { MmuModeName, Vm, WpName } from "../vm.js";
+import { DEFAULT_BASELINE, DesignName, designNames, isDesign } from "../mmu/design.js";
 import {
   CTL,
   Kvm,
@@ -48,8 +49,19 @@ import {
 } from "../workload/kernbench_guest.js";
 import { vmKvm } from "../vm/internal.js";
 
-export type LoggingName = "off" | "locked" | "lockless";
-export const LOGGING: readonly LoggingName[] = ["off", "locked", "lockless"];
+/** Dirty logging "off", or on under a design (its registered name). */
+export type LoggingName = DesignName;
+
+/** Every logging setting: off, then each registered design. */
+export function loggingNames(): LoggingName[] {
+  return ["off", ...designNames()];
+}
+
+/**
+ * The design a run with logging off uses: the series' cover letter measured the cost of its
+ * rmap accesses with logging off, so "off" runs the lockless design's code.
+ */
+export const LOGGING_OFF_DESIGN: DesignName = "lockless";
 export const MODES: readonly MmuModeName[] = ["tdp", "shadow"];
 
 export interface KernbenchOptions {
@@ -87,7 +99,10 @@ export const KERNBENCH_DEFAULTS: Omit<KernbenchOptions, "progress"> = {
   jobs: 300,
   runs: 3,
   modes: ["tdp", "shadow"],
-  logging: ["off", "locked", "lockless"],
+  // A getter: a design registered after this module loaded is among the defaults.
+  get logging(): LoggingName[] {
+    return loggingNames();
+  },
   jobsPerProcess: 8,
   heapPages: 32,
   libPages: 512,
@@ -159,6 +174,19 @@ export interface KernbenchResult extends Envelope {
   ratio: Partial<Record<MmuModeName, Record<string, KernbenchRatio>>>;
 }
 
+/**
+ * The ratios kernbench reports, where both sides ran: each design against the baseline design
+ * (DEFAULT_BASELINE), then each design against logging off.
+ */
+export function ratioPairs(logging: readonly LoggingName[]): [LoggingName, LoggingName][] {
+  const designs = logging.filter((l) => l !== "off");
+  const out: [LoggingName, LoggingName][] = [];
+  if (designs.includes(DEFAULT_BASELINE))
+    for (const d of designs) if (d !== DEFAULT_BASELINE) out.push([d, DEFAULT_BASELINE]);
+  if (logging.includes("off")) for (const d of designs) out.push([d, "off"]);
+  return out;
+}
+
 export function validateKernbenchOptions(o: KernbenchOptions): void {
   const int = (x: unknown, min: number, max: number): boolean =>
     typeof x === "number" && Number.isSafeInteger(x) && x >= min && x <= max;
@@ -181,8 +209,8 @@ export function validateKernbenchOptions(o: KernbenchOptions): void {
   }
   if (o.modes.length === 0 || o.modes.some((m) => !MODES.includes(m)))
     throw einval("modes", "tdp and/or shadow");
-  if (o.logging.length === 0 || o.logging.some((m) => !LOGGING.includes(m)))
-    throw einval("logging", "off, locked and/or lockless");
+  if (o.logging.length === 0 || o.logging.some((m) => m !== "off" && !isDesign(m)))
+    throw einval("logging", `off and/or ${designNames().join(", ")}`);
 }
 
 const DATA_SLOT = 0;
@@ -268,7 +296,8 @@ async function oneRun(
   const kernelPages = Math.ceil((v * pool) / 512) * 512;
   const vm = Vm.create({
     memory: (dataPages + kernelPages) * PAGE_SIZE + (8 << 20),
-    wp: logging === "locked" ? "locked" : "lockless",
+    // A design's name, as registered.
+    wp: (logging === "off" ? LOGGING_OFF_DESIGN : logging) as WpName,
     mode,
     maxVcpus: v,
     maxSlotPages: dataPages + kernelPages,
@@ -486,11 +515,7 @@ export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
     if (Object.keys(per).length === 0) continue;
     results[mode] = per;
     const r: Record<string, KernbenchRatio> = {};
-    for (const [a, b] of [
-      ["lockless", "locked"],
-      ["locked", "off"],
-      ["lockless", "off"],
-    ] as const) {
+    for (const [a, b] of ratioPairs(o.logging)) {
       if (!per[a] || !per[b]) continue;
       const q = pairedRatio(measured(mode, a), measured(mode, b));
       r[`${a}/${b}`] = { ...q, verdict: verdict(q, `${a} faster`, `${a} slower`) };

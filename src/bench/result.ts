@@ -8,7 +8,13 @@ import { dirname } from "node:path";
 import os from "node:os";
 import { einval, KvmError } from "../errors.js";
 
-export const SCHEMA_VERSION = 1;
+/**
+ * 2: design names are any registered name, dirty-log-perf has `baseline` and `ratios`, results
+ * are keyed by design. Files of version 1 still load (READABLE_SCHEMA_VERSIONS).
+ */
+export const SCHEMA_VERSION = 2;
+/** The versions `compare` and `report` read: this one and every one it is a superset of. */
+export const READABLE_SCHEMA_VERSIONS: readonly number[] = [1, 2];
 
 export interface Machine {
   cpus: number;

@@ -2,18 +2,18 @@
 import { Command } from "commander";
 import {
   dirtyLogTest,
+  DirtyLogTestOptions,
   DirtyLogTestResult,
   MODES,
   OracleName,
   OracleResult,
   ORACLES,
-  STRATEGIES,
 } from "../verify/dirty_log_test.js";
 import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
-import type { WpName } from "../vm.js";
+import { DesignName, designNames, parseDesignList } from "../mmu/design.js";
 import { BUG, BugName } from "../kvm_host.js";
 
 function mib(bytes: number): string {
@@ -33,7 +33,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
       `${r.machine.cpus} CPUs, node ${r.machine.node}`,
   );
   for (const [wp, per] of Object.entries(r.results) as [
-    WpName,
+    DesignName,
     Partial<Record<OracleName, OracleResult>>,
   ][]) {
     for (const [oracle, x] of Object.entries(per) as [OracleName, OracleResult][]) {
@@ -72,14 +72,18 @@ export function registerDirtyLogTest(program: Command): void {
   program
     .command("dirty-log-test")
     .description(
-      "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect strategy",
+      "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect design",
     )
-    .option("-i, --iterations <n>", "verified iterations per strategy and oracle", "32")
-    .option("--seconds <s>", "run for this long in all instead (split over strategies and oracles)")
+    .option("-i, --iterations <n>", "verified iterations per design and oracle", "32")
+    .option("--seconds <s>", "run for this long in all instead (split over designs and oracles)")
     .option("-I, --interval <ms>", "interval per iteration, ms (a random mid-run reap falls inside it)", "10")
     .option("-v, --vcpus <n>", "vCPUs, each writing its own region", "2")
     .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "64M")
-    .option("--wp <list>", "write-protect strategies", "locked,lockless")
+    .option(
+      "--wp <list>",
+      `write-protect designs: a name, a comma list or all (${designNames().join(", ")})`,
+      "all",
+    )
     .option(
       "--oracle <list>",
       "kvm (exact stamp check), qemu (migration copy must equal the source)",
@@ -112,46 +116,47 @@ export function registerDirtyLogTest(program: Command): void {
     .option("--output <file>", "also write the JSON object to FILE")
     .action(async (a: Record<string, string | boolean | undefined>) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const bytes = parseSize("--bytes", String(a["bytes"]));
-      if (bytes < 4096 || bytes % 4096 !== 0)
-        throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
-      const vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
-      if (vcpus * bytes > 16 * 2 ** 30) throw einval("--bytes", "vCPUs x bytes is over 16 GiB");
-      const notifier = a["notifier"] !== false;
-      const r = await dirtyLogTest({
-        iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 1_000_000),
-        seconds:
-          a["seconds"] === undefined
-            ? undefined
-            : parseNumberIn("--seconds", String(a["seconds"]), 0.001, 1e7),
-        intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
-        vcpus,
-        bytesPerVcpu: bytes,
-        wp: parseList("--wp", String(a["wp"]), STRATEGIES),
-        oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
-        modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
-        ringEntries:
-          a["ringEntries"] === undefined
-            ? undefined
-            : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
-        thp: a["thp"] !== false,
-        mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
-        migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
-        invalidateRate: notifier
-          ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6)
-          : 0,
-        seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
-        bugs:
-          a["bug"] === undefined
-            ? undefined
-            : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
-        progress,
-        signal: interrupt.signal,
-      });
+      const r = await dirtyLogTest(testFlags(a));
       // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
       const saved = { ...r, ...envelope("dirty-log-test", r.options), results: r.results };
       if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
       process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;
     });
+}
+
+/** The command line as dirtyLogTest's options. */
+function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTestOptions {
+  const bytes = parseSize("--bytes", String(a["bytes"]));
+  if (bytes < 4096 || bytes % 4096 !== 0)
+    throw einval("--bytes", `${bytes} is not a positive multiple of 4 KiB`);
+  const vcpus = parseIntIn("--vcpus", String(a["vcpus"]), 1, 64);
+  if (vcpus * bytes > 16 * 2 ** 30) throw einval("--bytes", "vCPUs x bytes is over 16 GiB");
+  const notifier = a["notifier"] !== false;
+  return {
+    iterations: parseIntIn("--iterations", String(a["iterations"]), 1, 1_000_000),
+    seconds:
+      a["seconds"] === undefined ? undefined : parseNumberIn("--seconds", String(a["seconds"]), 0.001, 1e7),
+    intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
+    vcpus,
+    bytesPerVcpu: bytes,
+    wp: parseDesignList("--wp", String(a["wp"])),
+    oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
+    modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
+    ringEntries:
+      a["ringEntries"] === undefined
+        ? undefined
+        : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
+    thp: a["thp"] !== false,
+    mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
+    migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
+    invalidateRate: notifier ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6) : 0,
+    seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
+    bugs:
+      a["bug"] === undefined
+        ? undefined
+        : parseList("--bug", String(a["bug"]), Object.keys(BUG) as BugName[]),
+    progress,
+    signal: interrupt.signal,
+  };
 }

@@ -4,13 +4,14 @@
  * printed as the seed did: `real` per run, then kernbench's "Elapsed Time avg (std dev)".
  */
 import { Command } from "commander";
+import { designInfo, designNames, isDesign } from "../mmu/design.js";
 import {
   HIST_BUCKETS,
   kernbench,
   KERNBENCH_DEFAULTS,
   KernbenchCell,
   KernbenchResult,
-  LOGGING,
+  loggingNames,
   LoggingName,
   MODES,
 } from "../bench/kernbench.js";
@@ -28,11 +29,10 @@ function real(ns: number): string {
   return `${m}m${(s - 60 * m).toFixed(3)}s`;
 }
 
-const LABEL: Record<LoggingName, string> = {
-  off: "dirty logging off",
-  locked: "dirty logging on, locked write-protect (3.11)",
-  lockless: "dirty logging on, lockless write-protect (the series)",
-};
+function label(l: LoggingName): string {
+  if (l === "off") return "dirty logging off";
+  return `dirty logging on, ${l} write-protect${isDesign(l) ? ` (${designInfo(l).kernel})` : ""}`;
+}
 
 export function formatKernbench(r: KernbenchResult): string {
   const o = r.options;
@@ -44,9 +44,9 @@ export function formatKernbench(r: KernbenchResult): string {
   );
   for (const mode of Object.keys(r.results) as MmuModeName[]) {
     const per = r.results[mode]!;
-    for (const logging of Object.keys(per) as LoggingName[]) {
+    for (const logging of Object.keys(per)) {
       const c = per[logging]!;
-      out.push("", `[${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}, ${LABEL[logging]}]`);
+      out.push("", `[${mode === "tdp" ? "EPT on (tdp)" : "EPT off (shadow)"}, ${label(logging)}]`);
       let k = 0;
       for (const run of c.runs)
         out.push(
@@ -80,7 +80,7 @@ export function formatKernbench(r: KernbenchResult): string {
   for (const mode of Object.keys(r.results) as MmuModeName[]) {
     const per = r.results[mode]!;
     const off = per.off?.realAvgNs;
-    const cells = (Object.keys(per) as LoggingName[]).map((l) => {
+    const cells = Object.keys(per).map((l) => {
       const c = per[l]!;
       return `${l} ${(c.realAvgNs / 1e9).toFixed(3)}${off !== undefined && l !== "off" ? ` (${(c.realAvgNs / off).toFixed(3)}x)` : ""}`;
     });
@@ -105,7 +105,7 @@ export function registerKernbench(program: Command): void {
   program
     .command("kernbench")
     .description(
-      "fixed guest work (processes, page-table churn, shared mappings) timed with EPT on/off and dirty logging off/locked/lockless",
+      "fixed guest work (processes, page-table churn, shared mappings) timed with EPT on/off and dirty logging off and on under each design",
     )
     .option("-v, --vcpus <n>", "vCPUs", String(d.vcpus))
     .option("-p, --processes <n>", "guest processes per vCPU", String(d.processes))
@@ -113,7 +113,11 @@ export function registerKernbench(program: Command): void {
     .option("-n, --runs <n>", "measured runs per combination", String(d.runs))
     .option("--warmup <n>", "warm-up runs per combination, left out of the statistics", "1")
     .option("--mode <list>", "MMU modes: tdp (EPT on), shadow (EPT off)", MODES.join(","))
-    .option("--logging <list>", "dirty logging: off, locked, lockless", LOGGING.join(","))
+    .option(
+      "--logging <list>",
+      `dirty logging: off and/or designs (${designNames().join(", ")})`,
+      loggingNames().join(","),
+    )
     .option("--jobs-per-process <n>", "jobs before a process exits and is replaced", String(d.jobsPerProcess))
     .option("--heap-pages <n>", "anonymous pages a job maps, uses and unmaps", String(d.heapPages))
     .option(
@@ -146,7 +150,7 @@ export function registerKernbench(program: Command): void {
         migrateRate: n("--migrate-rate", "migrateRate", 0, 1e6),
         invalidateRate: n("--invalidate-rate", "invalidateRate", 0, 1e6),
         modes: parseList("--mode", String(a["mode"]), MODES),
-        logging: parseList("--logging", String(a["logging"]), LOGGING),
+        logging: parseList("--logging", String(a["logging"]), loggingNames()),
         jobsPerProcess: n("--jobs-per-process", "jobsPerProcess", 1, 1e7),
         heapPages: n("--heap-pages", "heapPages", 1, 512),
         libPages: n("--lib-pages", "libPages", 1, 1 << 18),

@@ -108,7 +108,7 @@ function row(base: Figure, other: Figure, file: string): CompareRow {
   };
 }
 
-/** Files of one command and schema version (load() already refused other versions). */
+/** Files of one command, of schema versions this kvmmu reads (load() refused others). */
 export function compare(files: Loaded[]): CompareResult {
   if (files.length < 2) throw einval("FILES", "compare needs at least two result files");
   const [base, ...others] = files;
@@ -118,13 +118,17 @@ export function compare(files: Loaded[]): CompareResult {
         f.file,
         `is a ${f.doc.command} result, ${base.file} is a ${base.doc.command} result: compare files of one command`,
       );
-    // load() reads one schema version only; kept for when it reads several.
-    const [va, vb] = [Number(base.doc.schemaVersion), Number(f.doc.schemaVersion)];
-    if (va !== vb) throw einval(f.file, `schemaVersion ${vb}, ${base.file} has ${va}`);
   }
   const baseFigs = figures(base.doc);
   const rows: CompareRow[] = [];
   const warnings = others.flatMap((f) => differences(base, f));
+  // load() read only versions this kvmmu reads, each a superset of the one before: the figures
+  // are named alike, so an old file compares with a new one.
+  for (const f of others)
+    if (f.doc.schemaVersion !== base.doc.schemaVersion)
+      warnings.push(
+        `${f.file}: schema version ${f.doc.schemaVersion}, ${base.file} has ${base.doc.schemaVersion} (read alike)`,
+      );
   for (const f of others) {
     const theirs = new Map(figures(f.doc).map((x) => [x.key, x]));
     for (const b of baseFigs) {

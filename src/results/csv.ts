@@ -18,7 +18,7 @@ export function toCsv(header: string[], rows: Cell[][]): string {
 export function perfCsv(r: Pick<PerfResult, "results">): string {
   const rows: Cell[][] = [];
   for (const [wp, s] of Object.entries(r.results)) {
-    if (s === undefined) continue;
+    if (!s) continue;
     let k = 0;
     for (const it of s.iterations)
       rows.push([

@@ -13,9 +13,10 @@ export interface Figure {
 }
 
 interface PerfLike {
+  /** Keyed by design name. */
   results: Partial<
     Record<
-      "locked" | "lockless",
+      string,
       {
         iterations: {
           warmup: boolean;
@@ -34,8 +35,7 @@ interface PerfLike {
 
 function perfFigures(p: PerfLike, prefix = ""): Figure[] {
   const out: Figure[] = [];
-  for (const wp of ["locked", "lockless"] as const) {
-    const s = p.results[wp];
+  for (const [wp, s] of Object.entries(p.results)) {
     if (!s) continue;
     const m = s.iterations.filter((i) => !i.warmup);
     const ms = (f: (i: (typeof m)[number]) => number): number[] => m.map((i) => f(i) / 1e6);
@@ -154,8 +154,8 @@ export function figures(doc: ResultDoc): Figure[] {
     }
     case "migrate-perf": {
       const out: Figure[] = [];
-      for (const wp of ["locked", "lockless"] as const) {
-        const m = doc.results[wp].runs.filter((x) => !x.warmup && x.verified);
+      for (const [wp, d] of Object.entries(doc.results)) {
+        const m = d.runs.filter((x) => !x.warmup && x.verified);
         const k = `${wp} `;
         out.push(
           { key: `${k}total time`, unit: "ms", better: "lower", samples: m.map((x) => x.totalTimeMs) },

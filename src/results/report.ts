@@ -106,8 +106,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
   const parts: { series: string; iteration: number; part: string; ms: number }[] = [];
   const perPage: { series: string; park: boolean; ns: number; lo: number; hi: number }[] = [];
   for (const { file, perf } of runs)
-    for (const wp of ["locked", "lockless"] as const) {
-      const s = perf.results[wp];
+    for (const [wp, s] of Object.entries(perf.results)) {
       if (!s) continue;
       const series = seriesName(many, wp, file);
       const m = measured(s.iterations);
@@ -214,8 +213,7 @@ function perfPlots(runs: PerfRun[]): PlotSpec[] {
     const sweep: { design: string; gib: number; msPerGib: number; lo: number; hi: number }[] = [];
     for (const { perf } of runs) {
       const gib = (perf.options.vcpus * perf.options.bytesPerVcpu) / 2 ** 30;
-      for (const wp of ["locked", "lockless"] as const) {
-        const s = perf.results[wp];
+      for (const [wp, s] of Object.entries(perf.results)) {
         if (!s) continue;
         sweep.push({
           design: wp,

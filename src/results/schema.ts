@@ -9,10 +9,10 @@
  */
 import { Type, type Static, type TSchema } from "@sinclair/typebox";
 import { Value } from "@sinclair/typebox/value";
-import { SCHEMA_VERSION } from "../bench/result.js";
+import { READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION } from "../bench/result.js";
 import { einval } from "../errors.js";
 
-export { SCHEMA_VERSION };
+export { READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION };
 export const SCHEMA_ID = "https://github.com/kvmmu/kvmmu/schema/kvmmu-result.schema.json";
 
 const Num = Type.Number();
@@ -55,7 +55,8 @@ export const Machine = Type.Object({
   platform: Type.String(),
 });
 
-const Wp = Type.Union([Type.Literal("locked"), Type.Literal("lockless")]);
+/** A design's registered name (src/mmu/design.ts); version 1 knew "locked" and "lockless" only. */
+const Wp = Type.String({ description: "a registered design's name" });
 const Mode = Type.Union([Type.Literal("tdp"), Type.Literal("shadow")]);
 
 function doc<C extends string, O extends TSchema, R extends TSchema, X extends Record<string, TSchema>>(
@@ -67,7 +68,8 @@ function doc<C extends string, O extends TSchema, R extends TSchema, X extends R
 ) {
   return Type.Object(
     {
-      schemaVersion: Type.Literal(SCHEMA_VERSION),
+      // Version 2 only widened version 1 (design names, keyed results, ratios): one schema reads both.
+      schemaVersion: Type.Union(READABLE_SCHEMA_VERSIONS.map((v) => Type.Literal(v))),
       command: Type.Literal(command),
       options,
       gitCommit: Type.Union([Type.String({ pattern: "^[0-9a-f]{40}$" }), Type.Null()]),
@@ -95,6 +97,7 @@ export const PerfOptions = Type.Object({
   writePercent: Int,
   random: Type.Boolean(),
   wp: Type.Array(Wp),
+  baseline: Type.Optional(Wp),
   thp: Type.Boolean(),
   contention: Contention,
   park: Type.Boolean(),
@@ -145,6 +148,12 @@ export const PerfStrategy = Type.Object({
   numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
 });
 
+const DesignRatio = Type.Object({
+  getDirtyLog: Ratio,
+  guestThroughput: Ratio,
+  clearDirtyLog: Type.Optional(Ratio),
+});
+
 const perfExtra = {
   pinned: Type.Optional(
     Type.Union([
@@ -157,15 +166,20 @@ const perfExtra = {
       Type.Null(),
     ]),
   ),
-  ratio: Type.Union([Type.Object({ getDirtyLog: Ratio, guestThroughput: Ratio }), Type.Null()]),
+  /** lockless/locked (kept from version 1); null unless both ran. */
+  ratio: Type.Union([DesignRatio, Type.Null()]),
+  baseline: Type.Optional(Wp),
+  ratios: Type.Optional(
+    Type.Record(Type.String(), DesignRatio, {
+      description: 'each design against the baseline, keyed "<design>/<baseline>", paired by iteration',
+    }),
+  ),
   guestMemoryBytes: Int,
   metadataPercent: Num,
   peakRssBytes: Num,
 };
-const perfResults = Type.Object({
-  locked: Type.Optional(PerfStrategy),
-  lockless: Type.Optional(PerfStrategy),
-});
+/** Keyed by design name. */
+const perfResults = Type.Record(Type.String(), PerfStrategy);
 
 export const DirtyLogPerfDoc = doc(
   "dirty-log-perf",
@@ -195,11 +209,8 @@ const KernbenchCell = Type.Object({
   harvestsPerSec: NumOrNull,
 });
 
-const Logging = Type.Object({
-  off: Type.Optional(KernbenchCell),
-  locked: Type.Optional(KernbenchCell),
-  lockless: Type.Optional(KernbenchCell),
-});
+/** Keyed by logging setting: "off" or a design's name. */
+const Logging = Type.Record(Type.String(), KernbenchCell);
 
 export const KernbenchDoc = doc(
   "kernbench",
@@ -210,7 +221,7 @@ export const KernbenchDoc = doc(
     jobs: Int,
     runs: Int,
     modes: Type.Array(Mode),
-    logging: Type.Array(Type.Union([Type.Literal("off"), Wp])),
+    logging: Type.Array(Type.String({ description: '"off" or a design\'s name' })),
   }),
   Type.Object({ tdp: Type.Optional(Logging), shadow: Type.Optional(Logging) }),
   { ratio: Type.Record(Type.String(), Type.Record(Type.String(), Ratio)) },
@@ -360,7 +371,8 @@ const migratePerfExtra = {
   pairs: Int,
   elapsedMs: Num,
 };
-const migratePerfResults = Type.Object({ locked: MigratePerfDesign, lockless: MigratePerfDesign });
+/** Keyed by design name. */
+const migratePerfResults = Type.Record(Type.String(), MigratePerfDesign);
 
 export const MigratePerfDoc = doc(
   "migrate-perf",
@@ -540,7 +552,7 @@ export type ResultDoc =
 export const ResultSchema = Type.Union(Object.values(DOCS), {
   $id: SCHEMA_ID,
   title: "kvmmu result",
-  description: `A saved kvmmu result (--output FILE), schema version ${SCHEMA_VERSION}: the envelope plus the results of one command, told apart by "command".`,
+  description: `A saved kvmmu result (--output FILE), schema version ${SCHEMA_VERSION} (version 1 files also conform): the envelope plus the results of one command, told apart by "command".`,
 });
 
 /** The published JSON Schema: the TypeBox definition as plain JSON (its symbol keys dropped). */
@@ -560,10 +572,11 @@ export function validateResult(doc: unknown, name: string): ResultDoc {
   if (typeof doc !== "object" || doc === null || Array.isArray(doc))
     throw einval(name, "is not a JSON object");
   const d = doc as Record<string, unknown>;
-  if (d["schemaVersion"] !== SCHEMA_VERSION)
+  const v = d["schemaVersion"];
+  if (typeof v !== "number" || !READABLE_SCHEMA_VERSIONS.includes(v))
     throw einval(
       name,
-      `schemaVersion ${JSON.stringify(d["schemaVersion"])}: this kvmmu reads schema version ${SCHEMA_VERSION}`,
+      `schemaVersion ${JSON.stringify(v)}: this kvmmu reads schema versions ${READABLE_SCHEMA_VERSIONS.join(", ")}`,
     );
   const command = d["command"];
   if (typeof command !== "string" || !(command in DOCS))

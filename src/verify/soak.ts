@@ -12,6 +12,7 @@ import { pathToFileURL } from "node:url";
 import { dirtyLogTest, MODES } from "./dirty_log_test.js";
 import { einval, KvmError } from "../errors.js";
 import type { MmuModeName } from "../vm.js";
+import { designNames } from "../mmu/design.js";
 
 export interface SoakOptions {
   /** Page checks to reach (default 1e8). */
@@ -78,7 +79,7 @@ export async function soak(o: SoakOptions): Promise<SoakResult> {
       intervalMs: 10,
       vcpus: 2,
       bytesPerVcpu: o.bytesPerVcpu ?? 16 << 20,
-      wp: ["locked", "lockless"],
+      wp: designNames(),
       oracles: ["kvm", "qemu"],
       // One collection mode per round, in turn (with 4 configurations: every pair in 12 rounds).
       modes: [MODES[r.rounds % MODES.length]],

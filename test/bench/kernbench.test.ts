@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { kernbench, KERNBENCH_DEFAULTS, KernbenchOptions } from "../../src/bench/kernbench.js";
 import { formatKernbench } from "../../src/cli/kernbench_cmd.js";
 import { CliResult, runKvmmu } from "../helpers/cli.js";
+import { SCHEMA_VERSION } from "../../src/bench/result.js";
 
 const TINY: KernbenchOptions = {
   ...KERNBENCH_DEFAULTS,
@@ -42,7 +43,7 @@ test("kernbench: every mode x logging combination runs the fixed work", { timeou
   assert.ok(r.results.shadow!.off!.shadow!["emulated"] > 0, "page-table churn traps in shadow mode");
   assert.equal(r.results.tdp!.off!.faults.emulated, 0);
   // The envelope and the statistics (one run: no warm-up in the library by default).
-  assert.equal(r.schemaVersion, 1);
+  assert.equal(r.schemaVersion, SCHEMA_VERSION);
   assert.equal(r.command, "kernbench");
   const c = r.results.tdp!.locked!;
   assert.equal(c.real.n, 1);

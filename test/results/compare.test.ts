@@ -79,13 +79,13 @@ test("compare flags a doubled get-dirty-log time as worse, and an equal one as n
 test("compare refuses, exit 2 and one typed line, files of other commands, versions or shapes", async () => {
   const perf = await perfRun("cmp-ref.json");
   const m = save("cmp-m.json", migrateDoc("locked", 10));
-  const v2 = save("cmp-v2.json", { ...read(perf), schemaVersion: 2 });
+  const v3 = save("cmp-v3.json", { ...read(perf), schemaVersion: 3 });
   const broken = save("cmp-broken.json", { ...read(perf), machine: { cpus: "many" } });
   const notJson = join(tmp, "cmp-nj.json");
   writeFileSync(notJson, "{");
   const cases: [string[], RegExp][] = [
     [[perf, m], /is a migrate result, .* is a dirty-log-perf result: compare files of one command/],
-    [[perf, v2], /cmp-v2\.json: schemaVersion 2: this kvmmu reads schema version 1/],
+    [[perf, v3], /cmp-v3\.json: schemaVersion 3: this kvmmu reads schema versions 1, 2/],
     [[perf, broken], /cmp-broken\.json: \/machine\/\w+: .*\(schema of dirty-log-perf\)/],
     [[perf, notJson], /cmp-nj\.json: is not JSON/],
     [[perf], /compare needs at least two result files/],

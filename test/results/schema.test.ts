@@ -3,7 +3,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { jsonSchema, validateResult, COMMANDS } from "../../src/results/schema.js";
+import { jsonSchema, validateResult, COMMANDS, SCHEMA_VERSION } from "../../src/results/schema.js";
 import { SCHEMA_FILE } from "../../src/results/schema_gen.js";
 import { KvmError } from "../../src/errors.js";
 import { runKvmmu } from "../helpers/cli.js";
@@ -29,7 +29,7 @@ test("package.json publishes the schema", () => {
 const ok = (file: string, command: string): void => {
   const d = validateResult(read(file), file);
   assert.equal(d.command, command);
-  assert.equal(d.schemaVersion, 1);
+  assert.equal(d.schemaVersion, SCHEMA_VERSION);
   assert.match(d.timestamp, /^\d{4}-\d\d-\d\dT/);
 };
 
@@ -123,7 +123,7 @@ test("validation names the file and the first wrong field; nothing else passes",
       (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && re.test(e.message),
     );
   bad([], /x\.json: is not a JSON object/);
-  bad({ ...perf, schemaVersion: 2 }, /schemaVersion 2: this kvmmu reads schema version 1/);
+  bad({ ...perf, schemaVersion: 3 }, /schemaVersion 3: this kvmmu reads schema versions 1, 2/);
   bad({ ...perf, command: "nope" }, /command "nope" is not one of/);
   const { timestamp: _t, ...noTime } = perf;
   void _t;

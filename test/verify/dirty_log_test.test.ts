@@ -140,7 +140,7 @@ test(
     });
     assert.equal(r.violations, 0);
     assert.ok(r.iterations > 1);
-    assert.ok(r.iterations < 1_000_000, "the seconds, not the iteration count, ended it");
+    assert.ok(r.iterations < 1_000_000, "the time ended the run, not the iteration count");
     const bad: [Partial<DirtyLogTestOptions>, string][] = [
       [{ iterations: 0 }, "iterations"],
       [{ seconds: -1 }, "seconds"],

@@ -1,0 +1,232 @@
+/**
+ * dirty-log-perf's results: per iteration, per design (statistics over the measured iterations),
+ * and each design against the baseline, paired by iteration.
+ */
+import { einval } from "../errors.js";
+import type { DesignName } from "../mmu/design.js";
+import type { Envelope } from "./result.js";
+import { pairedRatio, RatioSummary, Summary, verdict } from "./stats.js";
+import type { LogModeName, PerfOptions } from "./dirty_log_perf_options.js";
+
+export interface IterationResult {
+  /** A warm-up iteration: kept here, left out of every statistic. */
+  warmup: boolean;
+  dirtyMemoryNs: number;
+  getDirtyLogNs: number;
+  /**
+   * The parts of the call that protects (GET; under manual protect the CLEAR calls; with a ring
+   * the reset): waiting for mmu_lock, harvesting and protecting, the remote flush.
+   */
+  lockWaitNs: number;
+  protectNs: number;
+  flushNs: number;
+  dirtyPages: number;
+  /** Guest writes per second from resume to pause of this iteration. */
+  guestThroughput: number;
+  /** Manual protect: time of the KVM_CLEAR_DIRTY_LOG calls after the GET (getDirtyLogNs). */
+  clearDirtyLogNs?: number;
+  /**
+   * Process CPU time (user + system) and involuntary context switches during the GET (and the
+   * CLEAR): with the vCPUs parked and no host thread, the harvester's own CPU time, which other
+   * processes' load does not inflate as it does the wall-clock time.
+   */
+  cpuNs: number;
+  preemptions: number;
+  /**
+   * Dirty ring: harvest and reset time (their sum is getDirtyLogNs), including the collections
+   * made while the vCPUs ran because a ring was soft-full, and the ring-full exits.
+   */
+  ringHarvestNs?: number;
+  ringResetNs?: number;
+  ringFullExits?: number;
+  /**
+   * Who waited for mmu_lock during the whole iteration (not only the GET): the vCPUs (their
+   * faults) and the host thread (its notifier calls); with lockWaitNs, the harvester's share.
+   */
+  vcpuLockWaitNs: number;
+  hostLockWaitNs: number;
+  /** Involuntary context switches of the process (all its threads) over the iteration. */
+  switches: number;
+  /** Guest writes in the iteration. */
+  writes: number;
+  /**
+   * Timed iterations: get-dirty-log calls in the window; getDirtyLogNs, its parts, dirtyPages,
+   * clearDirtyLogNs, cpuNs and preemptions are then means per call, and dirtyMemoryNs the window.
+   */
+  harvests?: number;
+}
+
+/** A Summary in ns, under the names of the JSON schema. */
+export interface NsStats {
+  medianNs: number;
+  meanNs: number;
+  stdevNs: number;
+  minNs: number;
+  maxNs: number;
+  ci95Ns: [number, number];
+  n: number;
+}
+
+export function nsStats(s: Summary): NsStats {
+  return {
+    medianNs: s.median,
+    meanNs: s.mean,
+    stdevNs: s.stdev,
+    minNs: s.min,
+    maxNs: s.max,
+    ci95Ns: s.ci95,
+    n: s.n,
+  };
+}
+
+export interface StrategyResult {
+  /** Every iteration, warm-ups first-marked; statistics use the others only. */
+  iterations: IterationResult[];
+  getDirtyLog: NsStats;
+  /** Decomposition of the get-dirty-log calls. */
+  lockWait: NsStats;
+  /** mmu_lock wait per iteration of the vCPUs and of the host thread (IterationResult). */
+  vcpuLockWait: NsStats;
+  hostLockWait: NsStats;
+  protect: NsStats;
+  flush: NsStats;
+  dirtyMemory: NsStats;
+  /** Median get-dirty-log time (plus CLEAR under manual protect) / median dirty pages. */
+  nsPerDirtyPage: number;
+  /** Guest writes per second, per iteration. */
+  guestThroughput: Summary;
+  /** Guest writes per second over all measured iterations' active time. */
+  guestWritesPerSec: number;
+  populateNs: number;
+  enableLoggingNs: number;
+  /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
+  mmapNs: number;
+  /**
+   * Process CPU time: populate (vCPUs included), enable logging, and per iteration the call that
+   * protects (median; GET, plus CLEAR under manual protect), per dirty page; involuntary context
+   * switches during that call (median). See IterationResult.cpuNs.
+   */
+  cpu: {
+    populateNs: number;
+    enableLoggingNs: number;
+    protectCallNs: number;
+    nsPerDirtyPage: number;
+    preemptions: number;
+  };
+  mmuLock: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
+  flushNs: number;
+  faults: { fast: number; slow: number; retries: number; tlbMisses: number };
+  host: { migrations: number; invalidations: number };
+  /** NUMA balancing (PerfOptions.numaScanPeriodMs) over the whole run, warm-up included. */
+  numa: { scans: number; pagesScanned: number };
+  metadataBytes: number;
+  /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
+  shadow?: Record<string, number>;
+  /** Which log interface: "dirty-log" (classic GET), "clear-log" (GET + CLEAR), "dirty-ring". */
+  logMode: LogModeName;
+  /** Manual protect: the CLEAR calls of each iteration. */
+  clearDirtyLog?: NsStats;
+  /** Dirty ring: harvest and reset of each iteration, and ring-full exits (median per iteration). */
+  ring?: { harvest: NsStats; reset: NsStats; fullExits: number };
+}
+
+export interface RatioResult extends RatioSummary {
+  verdict: string;
+}
+
+export interface PerfResult extends Envelope {
+  options: Omit<PerfOptions, "progress">;
+  /**
+   * The CPUs the threads ran on when pinned (PerfOptions.pin): vCPU i on vcpus[i], the
+   * harvester on `harvester` (null: left unpinned) with the process's `others` threads (V8's
+   * helpers, a host thread); null when unpinned, `error` when "auto" failed.
+   */
+  pinned: { vcpus: number[]; harvester: number | null; others?: number } | { error: string } | null;
+  /** Per design run, by its registered name. */
+  results: Partial<Record<DesignName, StrategyResult>>;
+  /** The design every other one is compared with (PerfOptions.baseline). */
+  baseline: DesignName;
+  /** Each other design against the baseline, keyed "<design>/<baseline>", paired by iteration. */
+  ratios: Record<string, DesignRatio>;
+  /**
+   * lockless/locked, as before `ratios` (kept for saved results and scripts); null unless both
+   * designs ran.
+   */
+  ratio: DesignRatio | null;
+  guestMemoryBytes: number;
+  metadataPercent: number;
+  peakRssBytes: number;
+}
+
+/** One design against another, paired by iteration (median of the ratio, 95% CI, n, verdict). */
+export interface DesignRatio {
+  getDirtyLog: RatioResult;
+  guestThroughput: RatioResult;
+  /** Manual protect only: the CLEAR calls (where the protection happens then). */
+  clearDirtyLog?: RatioResult;
+}
+
+function withVerdict(r: RatioSummary, below: string, above: string): RatioResult {
+  return { ...r, verdict: verdict(r, below, above) };
+}
+
+/** What the ratios read of a design's result: its iterations. */
+export type IterationsOf = Pick<StrategyResult, "iterations">;
+
+function measured(r: IterationsOf, k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): number[] {
+  return r.iterations.filter((i) => !i.warmup).map((i) => i[k] ?? 0);
+}
+
+/** `a` against `b` (median(a)/median(b) of each figure), paired by iteration. */
+export function designRatio(
+  a: DesignName,
+  ra: IterationsOf,
+  rb: IterationsOf,
+  clearLog: boolean,
+): DesignRatio {
+  const pair = (k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): RatioSummary =>
+    pairedRatio(measured(ra, k), measured(rb, k));
+  return {
+    getDirtyLog: withVerdict(pair("getDirtyLogNs"), `${a} faster`, `${a} slower`),
+    guestThroughput: withVerdict(
+      pair("guestThroughput"),
+      `guest slower under ${a}`,
+      `guest faster under ${a}`,
+    ),
+    ...(clearLog
+      ? { clearDirtyLog: withVerdict(pair("clearDirtyLogNs"), `${a} faster`, `${a} slower`) }
+      : {}),
+  };
+}
+
+/**
+ * Every design of `results` but the baseline against the baseline: N designs, N - 1 ratios,
+ * keyed "<design>/<baseline>" in the order of `results`. KvmError(EINVAL) naming `baseline` when
+ * it is not among them.
+ */
+export function designRatios(
+  results: Partial<Record<DesignName, IterationsOf>>,
+  baseline: DesignName,
+  clearLog: boolean,
+): Record<string, DesignRatio> {
+  const b = results[baseline];
+  if (!b)
+    throw einval(
+      "baseline",
+      `"${baseline}" is not one of the designs run (${Object.keys(results).join(", ")})`,
+    );
+  const out: Record<string, DesignRatio> = {};
+  for (const [d, r] of Object.entries(results))
+    if (d !== baseline && r) out[`${d}/${baseline}`] = designRatio(d, r, b, clearLog);
+  return out;
+}
+
+/** lockless/locked as `ratio` always gave it, whatever the baseline; null unless both ran. */
+export function legacyRatio(
+  results: Partial<Record<DesignName, IterationsOf>>,
+  clearLog: boolean,
+): DesignRatio | null {
+  const L = results["locked"];
+  const F = results["lockless"];
+  return L && F ? designRatio("lockless", F, L, clearLog) : null;
+}

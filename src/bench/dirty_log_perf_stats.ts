@@ -1,0 +1,80 @@
+/** dirty-log-perf: one design's statistics, from its run's iterations and its VM's counters. */
+import { MmuMode, ST } from "../kvm_host.js";
+import { shadowCounters } from "../mmu/pte_write.js";
+import { median, summarize } from "./stats.js";
+import { NsStats, nsStats, StrategyResult } from "./dirty_log_perf_result.js";
+import { Run, sumStat } from "./dirty_log_perf_setup.js";
+import { vmKvm } from "../vm/internal.js";
+
+/** A design's statistics over its measured iterations, and its VM's counters. */
+export function strategyResult(run: Run): StrategyResult {
+  const vm = run.vm;
+  const m = run.iters.filter((i) => !i.warmup);
+  const of = (
+    k:
+      | "getDirtyLogNs"
+      | "lockWaitNs"
+      | "protectNs"
+      | "flushNs"
+      | "dirtyMemoryNs"
+      | "vcpuLockWaitNs"
+      | "hostLockWaitNs",
+  ): NsStats => nsStats(summarize(m.map((i) => i[k])));
+  const getDirtyLog = of("getDirtyLogNs");
+  const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
+    nsStats(summarize(m.map((i) => i[k] ?? 0)));
+  const pages = median(m.map((i) => i.dirtyPages));
+  const t = vm.dirtyLogTimes();
+  return {
+    iterations: run.iters,
+    getDirtyLog,
+    lockWait: of("lockWaitNs"),
+    vcpuLockWait: of("vcpuLockWaitNs"),
+    hostLockWait: of("hostLockWaitNs"),
+    protect: of("protectNs"),
+    flush: of("flushNs"),
+    dirtyMemory: of("dirtyMemoryNs"),
+    // Under manual protect a page costs its GET and its CLEAR (as the kernel's figure counts both).
+    nsPerDirtyPage: pages ? median(m.map((i) => i.getDirtyLogNs + (i.clearDirtyLogNs ?? 0))) / pages : 0,
+    guestThroughput: summarize(m.map((i) => i.guestThroughput)),
+    guestWritesPerSec: run.writes / (run.activeMs / 1000),
+    populateNs: run.populateNs,
+    enableLoggingNs: run.enableLoggingNs,
+    mmapNs: run.mmapNs,
+    cpu: {
+      populateNs: run.populateCpuNs,
+      enableLoggingNs: run.enableLoggingCpuNs,
+      protectCallNs: median(m.map((i) => i.cpuNs)),
+      nsPerDirtyPage: pages ? median(m.map((i) => i.cpuNs)) / pages : 0,
+      preemptions: median(m.map((i) => i.preemptions)),
+    },
+    mmuLock: {
+      vcpuWaitNs: sumStat(vm, ST.lock_wait_ns),
+      vcpuHoldNs: sumStat(vm, ST.lock_hold_ns),
+      vcpuAcquisitions: sumStat(vm, ST.lock_acq),
+      ioctlWaitNs: t.lockWaitNs,
+    },
+    flushNs: t.flushNs,
+    faults: {
+      fast: sumStat(vm, ST.fast_pf),
+      slow: sumStat(vm, ST.slow_pf),
+      retries: sumStat(vm, ST.retries),
+      tlbMisses: sumStat(vm, ST.tlb_miss),
+    },
+    host: vm.hostThreadCounters(),
+    numa: vm.numaBalancingStats(),
+    metadataBytes: vm.metadataBytes(),
+    ...(vmKvm(vm).mode === MmuMode.Shadow ? { shadow: shadowCounters(vmKvm(vm)) } : {}),
+    logMode: run.logMode,
+    ...(run.logMode === "clear-log" ? { clearDirtyLog: opt("clearDirtyLogNs") } : {}),
+    ...(run.logMode === "dirty-ring"
+      ? {
+          ring: {
+            harvest: opt("ringHarvestNs"),
+            reset: opt("ringResetNs"),
+            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
+          },
+        }
+      : {}),
+  };
+}
