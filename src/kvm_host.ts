@@ -136,7 +136,11 @@ export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
     doc: "mm->numa_scan_offset: hva page where the next scan starts",
   },
   numa_scans: { by: "atomic add", doc: "NUMA balancing scans done (statistic)" },
-  numa_pages_scanned: { by: "atomic add", doc: "pages those scans unmapped (statistic)" },
+  numa_pages_scanned: { by: "atomic add", doc: "pages those scans unmapped (statistic), low 32 bits" },
+  numa_pages_scanned_hi: {
+    by: "atomic add by the thread whose add carried out of numa_pages_scanned",
+    doc: "pages those scans unmapped, high bits",
+  },
 });
 /** manual_dirty_log flags (KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2). */
 export const KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE = 1 << 0;

@@ -10,4 +10,4 @@ export type { DirtyGfn } from "./vm/dirty_ring.js";
 export type { HostThreadOptions } from "./vm/host_thread.js";
 export type { UserfaultStats } from "./vm/userfault.js";
 export { VCPU_WAIT_MS } from "./vm/state.js";
-export { workerExecArgv } from "./vm/workers.js";
+export { workerExecArgv } from "./sync/worker_flags.js";

@@ -14,7 +14,7 @@ import {
 import { DEFAULT_BASELINE, designNames, isDesign, parseDesignList } from "../mmu/design.js";
 import { formatPerf } from "../bench/dirty_log_perf_format.js";
 import { checkOutput, writeResult } from "../bench/result.js";
-import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { perfCsv, writeCsv } from "../results/csv.js";
@@ -131,8 +131,8 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   set("baseline", "baseline", () => s("baseline"));
   set("thp", "thp", () => a["thp"] !== false);
   set("park", "park", () => a["park"] === true);
-  set("lock", "lock", () => parseList("--lock", s("lock"), ["sleep", "spin"] as const)[0]);
-  set("mode", "mode", () => parseList("--mode", s("mode"), ["tdp", "shadow"] as const)[0]);
+  set("lock", "lock", () => parseOne("--lock", s("lock"), ["sleep", "spin"] as const));
+  set("mode", "mode", () => parseOne("--mode", s("mode"), ["tdp", "shadow"] as const));
   set("guestHuge", "guestHuge", () => a["guestHuge"] === true);
   set("ring", "ring", () => parseIntIn("--ring", s("ring"), 256, 65536));
   set("manualProtect", "manualProtect", () => a["manualProtect"] !== false);

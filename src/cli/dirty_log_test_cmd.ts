@@ -9,7 +9,7 @@ import {
   OracleResult,
   ORACLES,
 } from "../verify/dirty_log_test.js";
-import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseList, parseOne, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
@@ -148,7 +148,7 @@ function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTes
         ? undefined
         : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
     thp: a["thp"] !== false,
-    mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
+    mode: parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const),
     migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
     invalidateRate: notifier ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6) : 0,
     seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),

@@ -5,7 +5,7 @@ import { BUG_SCENARIO, SCENARIOS } from "../verify/scenarios.js";
 import type { GenerateOptions, GenerateResult } from "../verify/generate.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { designNames, parseDesignList } from "../mmu/design.js";
-import { parseIntIn, parseList } from "./parse.js";
+import { parseIntIn, parseList, parseOne } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
@@ -59,7 +59,7 @@ function generateOptions(a: Args): GenerateOptions {
     programs: parseIntIn("--programs", String(a["programs"] ?? "20"), 1, 1_000_000),
     schedules: parseIntIn("--schedules", String(a["schedules"]), 1, 10_000_000),
     seed: parseIntIn("--seed", String(a["seed"]), 0, 2 ** 31 - 2),
-    strategy: parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const)[0],
+    strategy: parseOne("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const),
     modes: parseList("--mode", String(a["mode"] ?? "all").replace("all", "tdp,shadow"), [
       "tdp",
       "shadow",
@@ -110,8 +110,8 @@ async function runExplore(a: Args): Promise<void> {
   if (!Object.hasOwn(SCENARIOS, scenario))
     throw einval("--scenario", `"${scenario}" is not one of ${Object.keys(SCENARIOS).join(", ")}`);
   if (a["fixed"] && bugName === undefined) throw einval("--fixed", "needs --bug");
-  const [strategy] = parseList("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const);
-  const [mode] = parseList("--mode", String(a["mode"] ?? "tdp"), ["tdp", "shadow"] as const);
+  const strategy = parseOne("--strategy", String(a["strategy"]), ["random", "pct", "dfs"] as const);
+  const mode = parseOne("--mode", String(a["mode"] ?? "tdp"), ["tdp", "shadow"] as const);
   const designs = a["wp"] !== undefined ? parseDesignList("--wp", String(a["wp"])) : [];
   if (designs.length > 1) throw einval("--wp", "one design for a scenario (all designs: --generate)");
   const opts = {

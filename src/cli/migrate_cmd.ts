@@ -12,7 +12,7 @@ import { layoutFor } from "../migration/guest_vm.js";
 import type { MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
-import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
@@ -28,12 +28,6 @@ function keyOf(a: Record<string, unknown>): string {
   if (k === undefined) throw einval("--key", `missing: give --key K or set ${KEY_ENV}`);
   if (k.length < 8) throw einval("--key", "must be at least 8 characters");
   return k;
-}
-
-function one<T extends string>(opt: string, v: unknown, allowed: readonly T[]): T {
-  const l = parseList(opt, String(v), allowed);
-  if (l.length !== 1) throw einval(opt, "takes one value");
-  return l[0];
 }
 
 function formatReport(r: MigrationReport): string {
@@ -73,10 +67,10 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   to: { host: string; port: number } | null;
   key: string | null;
 } {
-  const logMode = one("--log-mode", a["logMode"], LOG_MODES);
+  const logMode = parseOne("--log-mode", String(a["logMode"]), LOG_MODES);
   const wp = oneDesign(a["wp"]);
-  const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
-  const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
+  const mode = parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
+  const fault = a["fault"] === undefined ? undefined : parseOne("--fault", String(a["fault"]), FAULTS);
   const local = a["local"] === true;
   if (local === (a["to"] !== undefined))
     throw einval("--to", "give exactly one of --to HOST:PORT and --local");
@@ -204,7 +198,7 @@ function registerMigrateIncoming(program: Command): void {
         port,
         key,
         wp: oneDesign(a["wp"]),
-        mode: one("--mode", a["mode"], ["tdp", "shadow"] as const),
+        mode: parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const),
         maxMemory: parseSize("--max-memory", String(a["maxMemory"])),
         runAfterMs: parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000),
         onListening: (p) => {

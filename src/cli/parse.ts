@@ -38,6 +38,13 @@ export function parseList<T extends string>(opt: string, v: string, allowed: rea
   return [...new Set(items)] as T[];
 }
 
+/** One value of `allowed`: a list (`tdp,shadow`) where one is expected is EINVAL naming `opt`. */
+export function parseOne<T extends string>(opt: string, v: string, allowed: readonly T[]): T {
+  const l = parseList(opt, v, allowed);
+  if (l.length !== 1) throw einval(opt, `takes one value, got "${v}"`);
+  return l[0];
+}
+
 /** Progress lines go to stderr only when it is a terminal. */
 export function progress(msg: string): void {
   if (process.stderr.isTTY && !process.env["CI"]) process.stderr.write(`${msg}\n`);

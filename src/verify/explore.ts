@@ -38,6 +38,7 @@ import { DesignName } from "../mmu/design.js";
 export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
 import { vmKvm, vmShared } from "../vm/internal.js";
+import { workerFlags } from "../sync/worker_flags.js";
 
 export type Strategy = "random" | "pct" | "dfs";
 
@@ -137,6 +138,7 @@ function takeCrew(n: number): Crew {
   while (c.workers.length < n) {
     const ch = new MessageChannel();
     const w = new Worker(new URL("./explore_worker.js", import.meta.url), {
+      ...workerFlags(),
       workerData: { sc: c.sc.buffer, tid: c.workers.length, port: ch.port2 },
       transferList: [ch.port2],
     });

@@ -10,6 +10,7 @@ import { MmuModeName } from "../vm.js";
 import { designNames } from "../mmu/design.js";
 import { ExploreOptions, ExploreResult } from "./explore.js";
 import { SCENARIOS } from "./scenarios.js";
+import { workerFlags } from "../sync/worker_flags.js";
 
 /** One exploration of a pool: the options explore() takes, minus what cannot be posted. */
 export type PoolJob = Omit<ExploreOptions, "signal" | "scenarioObject">;
@@ -41,6 +42,7 @@ export async function explorePool(
     () =>
       new Promise<void>((resolve, reject) => {
         const w = new Worker(new URL("./explore_pool_worker.js", import.meta.url), {
+          ...workerFlags(),
           workerData: { jobs, next: next.buffer },
         });
         w.on("message", (m: { i: number; r: ExploreResult }) => (out[m.i] = m.r));

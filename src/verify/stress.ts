@@ -16,7 +16,7 @@
  * runs (a 2-core machine has room for two spinning actors only).
  */
 import { Worker } from "node:worker_threads";
-import { workerExecArgv } from "../vm.js";
+import { workerFlags } from "../sync/worker_flags.js";
 import { einval, KvmError } from "../errors.js";
 import { STRESS_TESTS } from "./stress_tests.js";
 import type { AnyStressTest, OutcomeKind, OutcomeSpec } from "./stress_spec.js";
@@ -130,7 +130,7 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
     const data: StressWorkerData = { test: name, actor: k, ctl: ctl.buffer, instances };
     const w = new Worker(new URL("./stress_worker.js", import.meta.url), {
       workerData: data,
-      execArgv: workerExecArgv(),
+      ...workerFlags(),
     });
     w.on("message", (m: { error?: string }) => {
       if (m.error !== undefined) errors.push(`actor ${t.actors[k].name}: ${m.error}`);

@@ -32,7 +32,13 @@ export function kvm_vm_ioctl_enable_dirty_log_ring(
   opts: { withBitmap?: boolean },
 ): void {
   const kvm = st.kvm;
-  if (!isInt(entries) || entries <= 0 || (entries & (entries - 1)) !== 0)
+  // KVM's order: a power of two (EINVAL), then the upper bound (E2BIG); 2^53 is a power of two.
+  if (
+    typeof entries !== "number" ||
+    !Number.isInteger(entries) ||
+    entries <= 0 ||
+    entries !== 2 ** Math.round(Math.log2(entries))
+  )
     throw einval("entries", `must be a power of two, got ${String(entries)}`);
   if (entries < KVM_DIRTY_RING_MIN_ENTRIES)
     throw einval(
@@ -128,6 +134,9 @@ export async function vm_wait_dirty_ring_full(
   opts: { since?: number; timeoutMs?: number },
 ): Promise<number> {
   const ctl = st.kvm.ctl;
+  if (ctl[CTL.dirty_ring_size] === 0) throw einval("waitDirtyRingFull", "the dirty ring is not enabled");
+  if (typeof opts !== "object" || opts === null)
+    throw einval("opts", `must be an object, got ${String(opts)}`);
   const since = opts.since ?? Atomics.load(ctl, CTL.dirty_ring_full_exits);
   const timeoutMs = opts.timeoutMs ?? 10_000;
   if (!isInt(since)) throw einval("since", `must be an integer, got ${String(since)}`);

@@ -36,6 +36,7 @@ export function vm_read_guest_u64(st: VmState, gpa: number): [number, number] {
 export function vm_read_guest_page(st: VmState, gpa: number, out: Int32Array): Int32Array {
   if (!isInt(gpa) || gpa < 0 || gpa % PAGE_SIZE !== 0)
     throw einval("gpa", `must be a page-aligned address, got ${String(gpa)}`);
+  if (!(out instanceof Int32Array)) throw einval("out", "must be an Int32Array");
   if (out.length < PAGE_SIZE / 4) throw einval("out", `needs ${PAGE_SIZE / 4} words, got ${out.length}`);
   const gfn = gpa / PAGE_SIZE;
   const kvm = st.kvm;

@@ -7,8 +7,9 @@ import { KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
-import { vm_fail, VCPU_WAIT_MS, VmState } from "./state.js";
-import { vm_watch, workerExecArgv } from "./workers.js";
+import { isInt, vm_fail, VCPU_WAIT_MS, VmState } from "./state.js";
+import { vm_watch } from "./workers.js";
+import { workerFlags } from "../sync/worker_flags.js";
 
 export interface HostThreadOptions {
   migrateRate: number;
@@ -18,9 +19,15 @@ export interface HostThreadOptions {
 }
 
 export async function vm_start_host_thread(st: VmState, o: HostThreadOptions): Promise<void> {
+  if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
   for (const [k, v] of Object.entries({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate }))
     if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v))
       throw einval(k, `must be a rate >= 0, got ${String(v)}`);
+  const pages = o.invalidatePages ?? 512;
+  if (!isInt(pages) || pages < 1 || pages > 1 << 20)
+    throw einval("invalidatePages", `must be an integer 1..${1 << 20}, got ${String(pages)}`);
+  if (o.seed !== undefined && !isInt(o.seed))
+    throw einval("seed", `must be an integer, got ${String(o.seed)}`);
   if (st.hostWorker) throw new KvmError("EBUSY", "startHostThread: already running");
   const ranges: [number, number][] = [];
   const s = st.kvm.slots;
@@ -37,12 +44,12 @@ export async function vm_start_host_thread(st: VmState, o: HostThreadOptions): P
     ranges,
     migrateRate: o.migrateRate,
     invalidateRate: o.invalidateRate,
-    invalidatePages: o.invalidatePages ?? 512,
+    invalidatePages: pages,
     seed: o.seed ?? 1,
   };
   st.hostWorker = new Worker(new URL("../workload/host_worker.js", import.meta.url), {
     workerData: data,
-    execArgv: workerExecArgv(),
+    ...workerFlags(),
   });
   vm_watch(st, st.hostWorker, "host thread");
   while (Atomics.load(hostCtl, HOST.state) === 0 && !st.error) await new Promise((r) => setTimeout(r, 1));

@@ -21,6 +21,15 @@ export function vm_numa_balancing_stats(st: VmState): { scans: number; pagesScan
   const c = st.kvm.ctl;
   return {
     scans: Atomics.load(c, CTL.numa_scans) >>> 0,
-    pagesScanned: Atomics.load(c, CTL.numa_pages_scanned) >>> 0,
+    pagesScanned: numa_pages_scanned(c),
   };
+}
+
+/** The two-word count of pages scanned; re-read when a carry lands between the loads. */
+function numa_pages_scanned(c: Int32Array): number {
+  for (;;) {
+    const hi = Atomics.load(c, CTL.numa_pages_scanned_hi);
+    const lo = Atomics.load(c, CTL.numa_pages_scanned) >>> 0;
+    if (Atomics.load(c, CTL.numa_pages_scanned_hi) === hi) return hi * 2 ** 32 + lo;
+  }
 }

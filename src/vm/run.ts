@@ -12,7 +12,8 @@ import type { GuestArgs } from "../workload/guest.js";
 import { validateGuestSpecs } from "../guest/spec.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
 import { isInt, vm_fail, vm_throw_if_failed, VCPU_WAIT_MS, VmState } from "./state.js";
-import { vm_watch, workerExecArgv } from "./workers.js";
+import { vm_watch } from "./workers.js";
+import { workerFlags } from "../sync/worker_flags.js";
 import { vm_stop_host_thread } from "./host_thread.js";
 
 export function vm_vcpu_ids(st: VmState): number[] {
@@ -52,7 +53,7 @@ export async function vm_run(
       Atomics.store(kvm.vcpu, VCPU.run(id), RunCtl.Run);
       Atomics.store(kvm.vcpu, VCPU.state(id), VcpuState.Created);
       const w = new Worker(new URL("../workload/vcpu_worker.js", import.meta.url), {
-        execArgv: workerExecArgv(),
+        ...workerFlags(),
         workerData: { shared: st.shared, vcpuId: id, guest: spec, tlbBits },
       });
       vm_watch(st, w, `vcpu ${id}`, id);

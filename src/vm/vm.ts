@@ -63,6 +63,10 @@ export class Vm {
 
   /** mmap(MAP_ANONYMOUS): returns the host virtual address (bytes) of `bytes` of zeroed memory. */
   mmap(bytes: number, opts: { thp?: boolean } = {}): number {
+    if (typeof opts !== "object" || opts === null)
+      throw einval("opts", `must be an object, got ${String(opts)}`);
+    if (opts.thp !== undefined && typeof opts.thp !== "boolean")
+      throw einval("thp", `must be a boolean, got ${String(opts.thp)}`);
     if (!isInt(bytes) || bytes <= 0 || bytes % PAGE_SIZE !== 0)
       throw einval("bytes", `must be a positive multiple of ${PAGE_SIZE}, got ${String(bytes)}`);
     return host_mmap(this.#s.kvm, bytes / PAGE_SIZE, opts.thp ?? true) * PAGE_SIZE;

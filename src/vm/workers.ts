@@ -23,11 +23,6 @@ const ERRNOS: readonly Errno[] = [
   "ENOSYS",
 ];
 
-/** Node flags that a worker cannot take (they apply to string input only). */
-export function workerExecArgv(): string[] {
-  return process.execArgv.filter((a) => !a.startsWith("--input-type") && a !== "-e" && a !== "--eval");
-}
-
 /** Fails the VM on the worker's error; `vcpuId` >= 0: a vCPU worker, also watched for its exit. */
 export function vm_watch(st: VmState, w: Worker, who: string, vcpuId = -1): void {
   w.on("message", (m: { type: string; message: string; code?: string }) => {

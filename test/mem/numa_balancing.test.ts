@@ -87,6 +87,19 @@ test("task_numa_work: one chunk per period, claimed once; the offset walks the s
   }
 });
 
+test("numaBalancingStats: pages scanned past 2^32 carry into the high word instead of wrapping", async () => {
+  const vm = await populated();
+  try {
+    vm.setNumaBalancing({ scanPeriodMs: 1000, scanBytes: (PAGES / 2) * PAGE_SIZE });
+    // As if 2^32 - 10 pages had been scanned before: the next chunk crosses 2^32.
+    vmKvm(vm).ctl[CTL.numa_pages_scanned] = (2 ** 32 - 10) | 0;
+    assert.equal(task_numa_work(vmKvm(vm), 0, kvm_mmu_notifier(vmKvm(vm))), PAGES / 2);
+    assert.deepEqual(vm.numaBalancingStats(), { scans: 1, pagesScanned: 2 ** 32 - 10 + PAGES / 2 });
+  } finally {
+    await vm.stop();
+  }
+});
+
 for (const [tlbBits, how] of [
   [6, "a guest that misses its 64-entry TLB on every pass"],
   [undefined, "a guest whose pages all stay in its TLB (scans at its checkpoints)"],

@@ -22,6 +22,9 @@ import { dirtyPages } from "../../src/dirty_bitmap.js";
 import { audit } from "../../src/verify/audit.js";
 import { KvmError } from "../../src/errors.js";
 import { vmKvm } from "../../src/vm/internal.js";
+import { dirtyLogTest } from "../../src/verify/dirty_log_test.js";
+import { dirtyLogPerf } from "../../src/bench/dirty_log_perf.js";
+import { explore } from "../../src/verify/explore.js";
 
 const VCPUS = 2;
 const PAGES = 256;
@@ -113,4 +116,56 @@ test("registry: names are checked; built-in designs cannot be removed", () => {
     unregisterDesign("misnamed");
   }
   assert.deepEqual(designNames(), ["locked", "lockless"]);
+});
+
+test("registry: a registered design runs through dirty-log-test, dirty-log-perf (three designs, two ratios) and a catalog bug", async () => {
+  const before = designNames();
+  await import("./locked_copy_design.js");
+  try {
+    const t = await dirtyLogTest({
+      iterations: 3,
+      intervalMs: 10,
+      vcpus: 2,
+      bytesPerVcpu: 4 << 20,
+      wp: ["locked-copy"],
+      oracles: ["kvm", "qemu"],
+      thp: true,
+      migrateRate: 100,
+      invalidateRate: 20,
+      seed: 1,
+    });
+    assert.equal(t.violations, 0);
+    assert.ok(t.results["locked-copy"]?.kvm && t.results["locked-copy"].qemu, "both oracles ran it");
+    assert.ok(t.pagesChecked > 0);
+
+    const p = await dirtyLogPerf({
+      vcpus: 1,
+      bytesPerVcpu: 4 << 20,
+      iterations: 2,
+      wp: ["locked", "lockless", "locked-copy"],
+      contention: "none",
+      park: true,
+    });
+    assert.equal(p.baseline, "locked");
+    assert.deepEqual(Object.keys(p.ratios).sort(), ["locked-copy/locked", "lockless/locked"]);
+    assert.equal(p.results["locked-copy"]?.getDirtyLog.n, 2);
+    assert.ok(p.ratio !== null, "lockless/locked kept beside the ratios");
+
+    // A catalog bug of a locked-design scenario, found on the copy; its fixed code is clean.
+    const o = {
+      scenario: "reset-coalesce-backward",
+      design: "locked-copy",
+      strategy: "random" as const,
+      seed: 1,
+      all: false,
+    };
+    const bug = await explore({ ...o, bug: true, schedules: 2000 });
+    assert.equal(bug.design, "locked-copy");
+    assert.ok(bug.violations > 0, "the bug is found on the registered design");
+    const fixed = await explore({ ...o, bug: false, schedules: 300 });
+    assert.equal(fixed.violations, 0);
+  } finally {
+    unregisterDesign("locked-copy");
+  }
+  assert.deepEqual(designNames(), before);
 });
