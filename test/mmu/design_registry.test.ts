@@ -120,7 +120,7 @@ test("registry: names are checked; built-in designs cannot be removed", () => {
 
 test("registry: a registered design runs through dirty-log-test, dirty-log-perf (three designs, two ratios) and a catalog bug", async () => {
   const before = designNames();
-  await import("./locked_copy_design.js");
+  (await import("./locked_copy_design.js")).registerLockedCopy();
   try {
     const t = await dirtyLogTest({
       iterations: 3,

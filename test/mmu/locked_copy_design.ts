@@ -4,12 +4,19 @@
  * so every worker thread of a VM of this design imports it before building its Kvm. (Run alone
  * by `node --test`, it only registers the design and exits.)
  */
-import { designInfo, designOps, registerDesign } from "../../src/mmu/design.js";
+import { DesignEntry, designInfo, designOps, isDesign, registerDesign } from "../../src/mmu/design.js";
 
-registerDesign({
+export const LOCKED_COPY: DesignEntry = {
   name: "locked-copy",
   kernel: designInfo("locked").kernel,
   description: "a renamed copy of locked (registered by a test)",
   module: import.meta.url,
   mmu: (mode) => ({ ...designOps("locked", mode), name: "locked-copy" }),
-});
+};
+
+/** Registers it again after a test removed it (a module's body runs once per thread). */
+export function registerLockedCopy(): void {
+  if (!isDesign(LOCKED_COPY.name)) registerDesign(LOCKED_COPY);
+}
+
+registerLockedCopy();
