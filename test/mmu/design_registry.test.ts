@@ -155,7 +155,7 @@ test("registry: a registered design runs through dirty-log-test, dirty-log-perf 
     const o = {
       scenario: "reset-coalesce-backward",
       design: "locked-copy",
-      strategy: "random" as const,
+      strategy: "pct" as const,
       seed: 1,
       all: false,
     };
