@@ -86,7 +86,7 @@ function createVm(
   const vm = Vm.create({
     memory,
     // A design's name, as registered (src/mmu/design.ts).
-    wp: wp as WpName,
+    wp: wp,
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(o.vcpus, 1),
     maxSlotPages: guestBytes / PAGE_SIZE + ptPages,

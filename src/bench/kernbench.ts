@@ -297,7 +297,7 @@ async function oneRun(
   const vm = Vm.create({
     memory: (dataPages + kernelPages) * PAGE_SIZE + (8 << 20),
     // A design's name, as registered.
-    wp: (logging === "off" ? LOGGING_OFF_DESIGN : logging) as WpName,
+    wp: (logging === "off" ? LOGGING_OFF_DESIGN : logging),
     mode,
     maxVcpus: v,
     maxSlotPages: dataPages + kernelPages,

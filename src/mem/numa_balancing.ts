@@ -97,6 +97,7 @@ export function task_numa_work(kvm: Kvm, nowMs: number, notifier: MmuNotifier): 
   astore(c, CTL.numa_scan_offset, vma === null ? 0 : start);
   aadd(c, CTL.numa_scans, 1);
   // A 64-bit count in two words: the add that carries out of the low word bumps the high one.
-  if ((aadd(c, CTL.numa_pages_scanned, done) >>> 0) + done > 0xffffffff) aadd(c, CTL.numa_pages_scanned_hi, 1);
+  if ((aadd(c, CTL.numa_pages_scanned, done) >>> 0) + done > 0xffffffff)
+    aadd(c, CTL.numa_pages_scanned_hi, 1);
   return done;
 }

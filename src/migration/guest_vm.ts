@@ -79,7 +79,7 @@ export function createGuestVm(
   const vm = Vm.create({
     memory: layout.memoryBytes + HOST_SPARE,
     // Vm.create checks the name against the designs it runs.
-    wp: o.wp as WpName,
+    wp: o.wp,
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(layout.vcpus, 1),
   });

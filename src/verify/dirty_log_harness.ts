@@ -79,7 +79,7 @@ export class Harness {
     const vm = Vm.create({
       memory,
       // A design's name, as registered.
-      wp: wp as WpName,
+      wp: wp,
       mode: o.mode ?? "tdp",
       bugs: o.bugs ?? [],
       maxVcpus: o.vcpus,

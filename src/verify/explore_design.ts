@@ -8,5 +8,5 @@ import { DesignName } from "../mmu/design.js";
 
 /** `o` on design `design` (unchanged when undefined). */
 export function withDesign(o: VmOptions, design: DesignName | undefined): VmOptions {
-  return design === undefined ? o : { ...o, wp: design as WpName };
+  return design === undefined ? o : { ...o, wp: design };
 }

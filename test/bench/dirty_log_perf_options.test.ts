@@ -59,7 +59,10 @@ test("resolvePerfOptions: defaults, a preset under the caller's options, typed e
   assert.equal(resolvePerfOptions({ vcpus: 1, ring: 256 }).manualProtect, false, "a ring: no manual protect");
   assert.equal(resolvePerfOptions({ vcpus: 1, wp: ["lockless"] }).baseline, "lockless");
 
-  assert.throws(() => resolvePerfOptions({ preset: "nope" }), einval(/^EINVAL: preset: "nope" is not one of seed/));
+  assert.throws(
+    () => resolvePerfOptions({ preset: "nope" }),
+    einval(/^EINVAL: preset: "nope" is not one of seed/),
+  );
   assert.throws(() => resolvePerfOptions({ contention: "nope" }), einval(/^EINVAL: contention: "nope"/));
   assert.throws(() => resolvePerfOptions({ wp: ["nope"] }), einval(/^EINVAL: wp: "nope" is not one of/));
   assert.throws(() => resolvePerfOptions({ wp: [] }), einval(/^EINVAL: wp: no design/));

@@ -16,7 +16,7 @@ import { vmKvm } from "../../src/vm/internal.js";
 const PAGES = 1024;
 
 function setup(wp: string, pages = PAGES): { vm: Vm; write: (gfns: number[]) => void } {
-  const vm = Vm.create({ memory: 8 << 20, wp: wp as "locked", maxVcpus: 1, maxSlotPages: PAGES });
+  const vm = Vm.create({ memory: 8 << 20, wp: wp, maxVcpus: 1, maxSlotPages: PAGES });
   vm.enableManualDirtyLogProtect(1);
   const hva = vm.mmap(pages * PAGE_SIZE, { thp: false });
   vm.setUserMemoryRegion({

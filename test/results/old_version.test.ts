@@ -30,8 +30,14 @@ test("a version-1 dirty-log-perf file loads, is reported, and compares with itse
   const now = loadResult(await perfRun("v2-against-v1.json"));
   assert.equal(now.doc.schemaVersion, SCHEMA_VERSION);
   const mixed = compare([old, now]);
-  assert.ok(mixed.rows.some((r) => r.figure === "lockless get-dirty-log"), formatCompare(mixed));
-  assert.ok(mixed.warnings.some((w) => /schema version 2, .* has 1/.test(w)), mixed.warnings.join("\n"));
+  assert.ok(
+    mixed.rows.some((r) => r.figure === "lockless get-dirty-log"),
+    formatCompare(mixed),
+  );
+  assert.ok(
+    mixed.warnings.some((w) => /schema version 2, .* has 1/.test(w)),
+    mixed.warnings.join("\n"),
+  );
   const html = buildReport([old, now]);
   assert.match(html, /<svg/);
   assert.match(html, /lockless/);
