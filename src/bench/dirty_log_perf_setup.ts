@@ -2,7 +2,7 @@
  * dirty-log-perf's VMs: one per design, built alike (as KVM's dirty_log_perf_test builds its
  * one), populated, with dirty logging enabled; and the per-VM readings the iterations take.
  */
-import { Vm, WpName } from "../vm.js";
+import { Vm } from "../vm.js";
 import {
   KVM_DIRTY_LOG_INITIALLY_SET,
   KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,

@@ -14,7 +14,7 @@
  * descriptor, and the lockless walker's walks and restarts per second (the harvester's).
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
-import { MmuModeName, Vm, WpName } from "../vm.js";
+import { MmuModeName, Vm } from "../vm.js";
 import { DEFAULT_BASELINE, DesignName, designNames, isDesign } from "../mmu/design.js";
 import {
   CTL,
@@ -297,7 +297,7 @@ async function oneRun(
   const vm = Vm.create({
     memory: (dataPages + kernelPages) * PAGE_SIZE + (8 << 20),
     // A design's name, as registered.
-    wp: (logging === "off" ? LOGGING_OFF_DESIGN : logging),
+    wp: logging === "off" ? LOGGING_OFF_DESIGN : logging,
     mode,
     maxVcpus: v,
     maxSlotPages: dataPages + kernelPages,

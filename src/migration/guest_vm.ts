@@ -5,7 +5,7 @@
 import { createHash } from "node:crypto";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval } from "../errors.js";
-import { Vm, MmuModeName, WpName } from "../vm.js";
+import { Vm, MmuModeName } from "../vm.js";
 import type { DesignName } from "../mmu/design.js";
 import { MIG_CTL, invariantOf, InvariantResult, MigrationGuestArgs } from "./guest.js";
 

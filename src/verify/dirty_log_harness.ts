@@ -3,7 +3,7 @@
  * the vCPU regions), parked vCPUs running a dirty-log guest, the host thread's churn, and the
  * selftest's collections (GET, GET + CLEAR, the dirty ring).
  */
-import { Vm, WpName } from "../vm.js";
+import { Vm } from "../vm.js";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";

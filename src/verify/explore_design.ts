@@ -3,7 +3,7 @@
  * their own design, and the full-budget runs and generated programs run each one on every design
  * of src/mmu/design.ts.
  */
-import { VmOptions, WpName } from "../vm.js";
+import { VmOptions } from "../vm.js";
 import { DesignName } from "../mmu/design.js";
 
 /** `o` on design `design` (unchanged when undefined). */
