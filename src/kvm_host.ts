@@ -427,6 +427,10 @@ export interface KvmConfig {
   mode?: MmuMode;
   /** lockdep: each MMU op asserts the mmu_lock mode it declares (default on). */
   lockdep?: boolean;
+  /** TDP MMU: dirty logging by D bit and a PML buffer per vCPU (default on); false: write protection. */
+  pml?: boolean;
+  /** TDP MMU: split huge pages when logging starts (eager_page_split, default on). */
+  eager_page_split?: boolean;
 }
 
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */

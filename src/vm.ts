@@ -51,7 +51,6 @@ import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
 import { addDirtyLogTimes, DirtyLogTimes, newDirtyLogTimes } from "./mmu/write_protect.js";
-import { kvm_unmap_hva_range } from "./mmu/mmu_notifier.js";
 import { kvm_flush_remote_tlbs, kvm_vcpu_kick, VcpuState } from "./kvm/requests.js";
 import { RunCtl } from "./vcpu/vcpu.js";
 import type { GuestArgs } from "./workload/guest.js";
@@ -82,6 +81,10 @@ export interface VmOptions {
   maxSp?: number;
   /** pte_list_desc objects in the slab, 1..2^24. */
   maxDesc?: number;
+  /** tdp-mmu: dirty logging by D bit and PML (default true); false: write protection (--no-pml). */
+  pml?: boolean;
+  /** tdp-mmu: split huge pages when logging starts (default true; --no-eager-split). */
+  eager_page_split?: boolean;
 }
 
 /** Inclusive ranges of the pool limits Vm.create accepts. */
@@ -198,6 +201,8 @@ export class Vm {
         throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
       bugs |= BUG[b];
     }
+    for (const k of ["pml", "eager_page_split"] as const)
+      if (o[k] !== undefined && typeof o[k] !== "boolean") throw einval(k, `must be a boolean, got ${String(o[k])}`);
     const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
     if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
       throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
@@ -232,6 +237,8 @@ export class Vm {
         wp: o.wp,
         bugs,
         mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
+        pml: o.pml,
+        eager_page_split: o.eager_page_split,
       });
     } catch (e) {
       throw new KvmError(
@@ -382,7 +389,7 @@ export class Vm {
     kvm.mmu_lock.lock();
     try {
       const hva = s[SLOT.hva_page(slot)];
-      kvm_unmap_hva_range(kvm, hva, hva + s[SLOT.npages(slot)]);
+      kvm.ops.zap_gfn_range(kvm, hva, hva + s[SLOT.npages(slot)]);
       kvm_flush_remote_tlbs(kvm);
       Atomics.store(s, SLOT.active(slot), 0);
       // Its userfaultfd registration goes with it (no vCPU runs: nobody waits on it).
@@ -1065,7 +1072,7 @@ export class Vm {
     const hva = kvm.slots[SLOT.hva_page(slot)];
     kvm.mmu_lock.lock();
     try {
-      kvm_unmap_hva_range(kvm, hva, hva + npages);
+      kvm.ops.zap_gfn_range(kvm, hva, hva + npages);
       kvm_flush_remote_tlbs(kvm);
     } finally {
       kvm.mmu_lock.unlock();

@@ -131,5 +131,9 @@ export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): 
     enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
   );
   kvm.mmu_lock.write_unlock();
-  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
+  const ops = wp_design(kvm);
+  if (!enable) ops.recover_huge_pages?.(kvm, slot);
+  // Eager page splitting splits at enable time, except with INITIALLY_SET (CLEAR splits then).
+  else if (!initSet) ops.split_huge_pages?.(kvm, slot);
+  if (enable) ops.slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
 }

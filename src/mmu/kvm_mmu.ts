@@ -59,6 +59,17 @@ export interface KvmMmuOps extends WriteProtectDesign {
    * on `slot`: optional; without it huge pages are split lazily by the next write fault.
    */
   split_huge_pages?(kvm: Kvm, slot: number): void;
+  /**
+   * Dirty logging stopped on `slot`: map huge pages again (kvm_mmu_zap_collapsible_sptes).
+   * Optional; takes mmu_lock itself.
+   */
+  recover_huge_pages?(kvm: Kvm, slot: number): void;
+  /**
+   * Drops every mapping (kvm_mmu_zap_all_fast), for reclaim when the pools run short; mmu_lock
+   * held for write. Optional: without it reclaim zaps the rmap MMU's TDP root. Returns whether
+   * it freed anything.
+   */
+  zap_all?(kvm: Kvm): boolean;
   /** The mmu_lock mode of each op. */
   readonly lock: Readonly<Record<MmuOpName, MmuLockMode>>;
 }
