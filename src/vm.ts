@@ -46,7 +46,7 @@ import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
-import { DesignName, designNames, isDesign } from "./mmu/design.js";
+import { DesignName, designNames, designOps, isDesign } from "./mmu/design.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
@@ -202,7 +202,8 @@ export class Vm {
       bugs |= BUG[b];
     }
     for (const k of ["pml", "eager_page_split"] as const)
-      if (o[k] !== undefined && typeof o[k] !== "boolean") throw einval(k, `must be a boolean, got ${String(o[k])}`);
+      if (o[k] !== undefined && typeof o[k] !== "boolean")
+        throw einval(k, `must be a boolean, got ${String(o[k])}`);
     const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
     if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
       throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
@@ -226,6 +227,10 @@ export class Vm {
     const maxDesc =
       o.maxDesc ??
       Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
+    // The design's ops for this mode (a design may refuse the mode: KvmError naming why); D-bit
+    // logging where the design has it (cpu_dirty_log_size), unless turned off.
+    const ops = designOps(o.wp, shadow ? MmuMode.Shadow : MmuMode.Tdp);
+    const pml = o.pml !== false && ops.cpu_dirty_log_size !== undefined;
     let shared: KvmShared;
     try {
       shared = allocKvmShared({
@@ -237,7 +242,7 @@ export class Vm {
         wp: o.wp,
         bugs,
         mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
-        pml: o.pml,
+        pml,
         eager_page_split: o.eager_page_split,
       });
     } catch (e) {

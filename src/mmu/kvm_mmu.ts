@@ -70,6 +70,12 @@ export interface KvmMmuOps extends WriteProtectDesign {
    * it freed anything.
    */
   zap_all?(kvm: Kvm): boolean;
+  /**
+   * kvm_x86_ops.cpu_dirty_log_size: entries of the vCPU's PML buffer when the VM logs dirty
+   * pages by D bit (the vCPU sets D and logs the gfn on its first write through a writable spte
+   * with D clear), 0 or absent when it logs by write protection.
+   */
+  cpu_dirty_log_size?(kvm: Kvm): number;
   /** The mmu_lock mode of each op. */
   readonly lock: Readonly<Record<MmuOpName, MmuLockMode>>;
 }

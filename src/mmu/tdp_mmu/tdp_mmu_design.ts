@@ -16,7 +16,7 @@ import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { fast_page_fault } from "../mmu.js";
 import type { KvmMmuOps } from "../kvm_mmu.js";
 import { DirtyLogTimes, timedFlush } from "../write_protect.js";
-import { SLOT } from "../../kvm_host.js";
+import { PML_ENTITY_NUM, SLOT } from "../../kvm_host.js";
 import { kvm_tdp_mmu_page_fault } from "./tdp_mmu_fault.js";
 import {
   kvm_tdp_mmu_clear_dirty_pt_masked,
@@ -30,7 +30,7 @@ export const TDP_MMU = "tdp-mmu";
 
 /** Dirty logging by D bit and PML (KvmConfig.pml, default on) rather than write protection. */
 export function kvm_tdp_mmu_pml(kvm: Kvm): boolean {
-  return kvm.shared.config.pml !== false;
+  return kvm.shared.config.pml === true;
 }
 
 function harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
@@ -107,6 +107,7 @@ export function tdpMmuOps(mode: MmuMode): KvmMmuOps {
     slotRemoveWriteAccess,
     recover_huge_pages: kvm_tdp_mmu_recover_huge_pages,
     zap_all: kvm_tdp_mmu_zap_all,
+    cpu_dirty_log_size: (kvm) => (kvm_tdp_mmu_pml(kvm) ? PML_ENTITY_NUM : 0),
     lock: {
       page_fault: "read",
       fast_page_fault: "none",

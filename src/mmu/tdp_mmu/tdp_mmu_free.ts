@@ -1,6 +1,6 @@
 /**
  * TDP MMU page tables: allocation from the vCPU's memory cache (tdp_mmu_alloc_sp) and freeing
- * after a grace period (handle_removed_pt, then the RCU callback tdp_mmu_free_sp_rcu_callback).
+ * after a grace period (handle_removed_pt in tdp_mmu_spte.ts queues, tdp_mmu_commit_free frees).
  *
  * A table unlinked under the read lock may still be walked by: other read-lock holders (faults,
  * zaps), vCPUs in guest mode (their TLB-miss walks), fast_page_fault (no lock,
@@ -17,13 +17,10 @@
  * child before the unlink and cmpxchg's it now fails instead of writing into a dead table. A
  * table is zeroed when it is allocated again.
  */
-import { CTL, Kvm, ROLE_DIRECT, ROLE_INVALID, SP, VCPU } from "../../kvm_host.js";
-import { aadd, acas, aload, aor, astore, axchg, spinPoint } from "../../sync/atomic.js";
+import { CTL, Kvm, ROLE_DIRECT, SP, VCPU } from "../../kvm_host.js";
+import { aadd, acas, aload } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
-import { sp_level } from "../mmu_page.js";
-import { is_shadow_present_pte, KVM_NR_PAGE_SIZES, PT64_ENT_PER_PAGE } from "../spte.js";
-import { KVM_PAGES_PER_HPAGE } from "../../kvm_host.js";
-import { FROZEN_SPTE, handle_changed_spte, is_frozen_spte, kvm_tdp_mmu_write_spte } from "./tdp_mmu_spte.js";
+import { KVM_NR_PAGE_SIZES, PT64_ENT_PER_PAGE } from "../spte.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 
 /**
@@ -72,42 +69,6 @@ export function tdp_mmu_unalloc_sp(kvm: Kvm, vcpuId: number, sp: number): void {
   kvm.vcpu[VCPU.sp_cache(vcpuId)] = sp + 1;
   kvm.vcpu[VCPU.sp_cache_n(vcpuId)]++;
   aadd(kvm.ctl, CTL.sp_cached, 1);
-}
-
-/**
- * handle_removed_pt: table `sp` is no longer linked (the caller replaced its link spte). Freezes
- * each of its 512 sptes, tears down its child tables the same way, and queues it for freeing
- * after the grace period. `shared`: read lock held, other threads may still change the children
- * (each is xchg'd to FROZEN, waiting while another thread has it frozen); under the write lock
- * only volatile leaves need the xchg.
- */
-export function handle_removed_pt(kvm: Kvm, sp: number, _gfn: number, shared: boolean): void {
-  const level = sp_level(kvm, sp);
-  const base = kvm.spHdr[SP.gfn(sp)];
-  const pages = KVM_PAGES_PER_HPAGE(level);
-  const spt = kvm.spt;
-  aor(kvm.spHdr, SP.role(sp), ROLE_INVALID);
-  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-    const sptep = sp * PT64_ENT_PER_PAGE + i;
-    let old: number;
-    if (shared) {
-      // Another thread froze it: it is mid-change (a zap flushing); wait for its final value.
-      for (;;) {
-        old = axchg(spt, sptep, FROZEN_SPTE);
-        if (!is_frozen_spte(old)) break;
-        spinPoint(spt, sptep);
-      }
-    } else {
-      old = aload(spt, sptep);
-      if (!is_shadow_present_pte(old)) {
-        astore(spt, sptep, FROZEN_SPTE);
-        continue;
-      }
-      old = kvm_tdp_mmu_write_spte(kvm, sptep, old, FROZEN_SPTE, level);
-    }
-    handle_changed_spte(kvm, base + i * pages, old, FROZEN_SPTE, level, shared);
-  }
-  tdp_mmu_state(kvm).rcuPending.push(sp);
 }
 
 /**

@@ -19,7 +19,8 @@ import {
 import { aadd, acas, aload, aor, astore } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { PT64_ROOT_LEVEL } from "../spte.js";
-import { handle_removed_pt, tdp_mmu_alloc_sp, tdp_mmu_commit_free } from "./tdp_mmu_free.js";
+import { tdp_mmu_alloc_sp, tdp_mmu_commit_free } from "./tdp_mmu_free.js";
+import { handle_removed_pt } from "./tdp_mmu_spte.js";
 
 export function is_invalid_root(kvm: Kvm, root: number): boolean {
   return (aload(kvm.spHdr, SP.role(root)) & ROLE_INVALID) !== 0;

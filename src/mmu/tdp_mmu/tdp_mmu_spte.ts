@@ -13,19 +13,29 @@
  * fast_page_fault and D set by the vCPU run without mmu_lock, so such an spte is replaced with
  * xchg and the caller learns what it replaced (ba3a6120a4e7).
  */
-import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm_host.js";
+import {
+  CTL,
+  Kvm,
+  KVM_PAGES_PER_HPAGE,
+  lockdep_assert_held_read,
+  lockdep_assert_held_write,
+  ROLE_INVALID,
+  SP,
+} from "../../kvm_host.js";
+import { sp_level } from "../mmu_page.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
-import { aadd, acas, aload, astore, axchg } from "../../sync/atomic.js";
+import { aadd, acas, aload, aor, astore, axchg, spinPoint } from "../../sync/atomic.js";
 import {
   is_large_pte,
   is_last_spte,
   is_shadow_present_pte,
   PT_PAGE_TABLE_LEVEL,
+  PT64_ENT_PER_PAGE,
   spte_has_volatile_bits,
   spte_to_child_sp,
   spte_to_pfn,
 } from "../spte.js";
-import { handle_removed_pt } from "./tdp_mmu_free.js";
+import { tdp_mmu_state } from "./tdp_mmu_state.js";
 import type { TdpIter } from "./tdp_iter.js";
 
 /**
@@ -119,4 +129,40 @@ export function tdp_mmu_iter_set_spte(kvm: Kvm, iter: TdpIter, newSpte: number):
 /** The spte's current value (READ_ONCE). */
 export function tdp_mmu_read_spte(kvm: Kvm, sptep: number): number {
   return aload(kvm.spt, sptep);
+}
+
+/**
+ * handle_removed_pt (with handle_changed_spte, which it recurses through): table `sp` is no longer linked (the caller replaced its link spte). Freezes
+ * each of its 512 sptes, tears down its child tables the same way, and queues it for freeing
+ * after the grace period. `shared`: read lock held, other threads may still change the children
+ * (each is xchg'd to FROZEN, waiting while another thread has it frozen); under the write lock
+ * only volatile leaves need the xchg.
+ */
+export function handle_removed_pt(kvm: Kvm, sp: number, _gfn: number, shared: boolean): void {
+  const level = sp_level(kvm, sp);
+  const base = kvm.spHdr[SP.gfn(sp)];
+  const pages = KVM_PAGES_PER_HPAGE(level);
+  const spt = kvm.spt;
+  aor(kvm.spHdr, SP.role(sp), ROLE_INVALID);
+  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+    const sptep = sp * PT64_ENT_PER_PAGE + i;
+    let old: number;
+    if (shared) {
+      // Another thread froze it: it is mid-change (a zap flushing); wait for its final value.
+      for (;;) {
+        old = axchg(spt, sptep, FROZEN_SPTE);
+        if (!is_frozen_spte(old)) break;
+        spinPoint(spt, sptep);
+      }
+    } else {
+      old = aload(spt, sptep);
+      if (!is_shadow_present_pte(old)) {
+        astore(spt, sptep, FROZEN_SPTE);
+        continue;
+      }
+      old = kvm_tdp_mmu_write_spte(kvm, sptep, old, FROZEN_SPTE, level);
+    }
+    handle_changed_spte(kvm, base + i * pages, old, FROZEN_SPTE, level, shared);
+  }
+  tdp_mmu_state(kvm).rcuPending.push(sp);
 }
