@@ -79,7 +79,7 @@ export function registerDirtyLogTest(program: Command): void {
     .option("-I, --interval <ms>", "interval per iteration, ms (a random mid-run reap falls inside it)", "10")
     .option("-v, --vcpus <n>", "vCPUs, each writing its own region", "2")
     .option("-b, --bytes <size>", "guest memory per vCPU (suffix k/m/g)", "64M")
-    .option("--wp <list>", "write-protect strategies", "locked,lockless")
+    .option("--wp <list>", "MMU designs: a name, a comma list, or all", "locked,lockless")
     .option(
       "--oracle <list>",
       "kvm (exact stamp check), qemu (migration copy must equal the source)",
@@ -95,6 +95,8 @@ export function registerDirtyLogTest(program: Command): void {
       "dirty-ring: entries per vCPU ring (power of two, 256..65536; default by slot size)",
     )
     .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option("--no-pml", "tdp-mmu: dirty logging by write protection instead of D bits and PML")
+    .option("--no-eager-split", "tdp-mmu: split huge pages lazily (write faults), not when logging starts")
     .option(
       "--mode <mode>",
       "tdp (EPT on) or shadow (EPT off: the guests store through their own page tables)",
@@ -135,6 +137,8 @@ export function registerDirtyLogTest(program: Command): void {
             ? undefined
             : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
         thp: a["thp"] !== false,
+        pml: a["pml"] !== false,
+        eagerPageSplit: a["eagerSplit"] !== false,
         mode: parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const)[0],
         migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
         invalidateRate: notifier

@@ -34,6 +34,7 @@
 import { MmuModeName, Vm, WpName } from "../vm.js";
 import { BugName, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
+import { designNames } from "../mmu/design.js";
 import { ParkMiller } from "../workload/rng.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../workload/dirty_log_guest.js";
@@ -44,7 +45,8 @@ export type OracleName = "kvm" | "qemu";
 export type DirtyLogMode = "dirty-log" | "clear-log" | "dirty-ring";
 export const MODES: readonly DirtyLogMode[] = ["dirty-log", "clear-log", "dirty-ring"];
 export const ORACLES: readonly OracleName[] = ["kvm", "qemu"];
-export const STRATEGIES: readonly WpName[] = ["locked", "lockless"];
+/** The registered designs (src/mmu/design.ts). */
+export const STRATEGIES: readonly WpName[] = designNames();
 
 /** Which harvest a bitmap came from (for harvestFilter). */
 export type HarvestPhase = "mid-run" | "final" | "live-round";
@@ -78,6 +80,10 @@ export interface DirtyLogTestOptions {
   qemuRounds?: number;
   /** Guest-physical address of the test slot (default: the top of a 40-bit space, 2 MiB aligned). */
   gpa?: number;
+  /** Designs with D-bit logging (tdp-mmu): PML (default true) or write protection. */
+  pml?: boolean;
+  /** tdp-mmu: eager page splitting when logging starts (default true). */
+  eagerPageSplit?: boolean;
   /** Bugs of the catalog to switch on in the engine (src/kvm_host.ts BUG). */
   bugs?: BugName[];
   /**
@@ -282,6 +288,8 @@ class Harness {
       bugs: o.bugs ?? [],
       maxVcpus: o.vcpus,
       maxSlotPages: npages + ptPages,
+      pml: o.pml,
+      eager_page_split: o.eagerPageSplit,
     });
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;

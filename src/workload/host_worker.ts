@@ -11,6 +11,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import { Kvm } from "../kvm_host.js";
 import { host_invalidate_range, host_migrate_page, MmuNotifier } from "../mem/host_memory.js";
 import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
+// The design registry: new Kvm resolves the VM's MMU ops from it.
+import "../mmu/design.js";
 import { ParkMiller } from "./rng.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 

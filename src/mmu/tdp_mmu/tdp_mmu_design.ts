@@ -16,15 +16,23 @@ import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { fast_page_fault } from "../mmu.js";
 import type { KvmMmuOps } from "../kvm_mmu.js";
 import { DirtyLogTimes, timedFlush } from "../write_protect.js";
-import { PML_ENTITY_NUM, SLOT } from "../../kvm_host.js";
+import {
+  CTL,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  PML_ENTITY_NUM,
+  SLOT,
+} from "../../kvm_host.js";
 import { kvm_tdp_mmu_page_fault } from "./tdp_mmu_fault.js";
 import {
+  kvm_tdp_mmu_write_protect_gfn_range,
   kvm_tdp_mmu_clear_dirty_pt_masked,
   kvm_tdp_mmu_clear_dirty_slot,
   kvm_tdp_mmu_wrprot_slot,
 } from "./tdp_mmu_dirty.js";
 import { kvm_tdp_mmu_unmap_hva_range, kvm_tdp_mmu_zap_collapsible_sptes } from "./tdp_mmu_zap.js";
 import { kvm_tdp_mmu_invalidate_all_roots } from "./tdp_mmu_root.js";
+import { kvm_tdp_mmu_split_for_clear, kvm_tdp_mmu_split_slot } from "./tdp_mmu_split.js";
 
 export const TDP_MMU = "tdp-mmu";
 
@@ -39,9 +47,24 @@ function harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
   times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
 }
 
+/** kvm_dirty_log_manual_protect_and_init_set (slots_lock held by the caller). */
+function manual_protect_and_init_set(kvm: Kvm): boolean {
+  const f = kvm.ctl[CTL.manual_dirty_log];
+  const both = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
+  return (f & both) === both;
+}
+
 function protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean {
   const gfn = kvm.slots[SLOT.base_gfn(slot)] + wordIndex * 32;
-  return kvm_tdp_mmu_clear_dirty_pt_masked(kvm, slot, gfn, mask, !kvm_tdp_mmu_pml(kvm));
+  let flush = false;
+  if (manual_protect_and_init_set(kvm) && mask !== 0) {
+    // The 4 KiB pages were never protected: split and write-protect the huge pages over them.
+    const start = gfn + 31 - Math.clz32(mask & -mask);
+    const end = gfn + 31 - Math.clz32(mask);
+    kvm_tdp_mmu_split_for_clear(kvm, start, end);
+    flush = kvm_tdp_mmu_write_protect_gfn_range(kvm, start, end, 2);
+  }
+  return flush || kvm_tdp_mmu_clear_dirty_pt_masked(kvm, slot, gfn, mask, !kvm_tdp_mmu_pml(kvm));
 }
 
 function harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
@@ -107,6 +130,7 @@ export function tdpMmuOps(mode: MmuMode): KvmMmuOps {
     slotRemoveWriteAccess,
     recover_huge_pages: kvm_tdp_mmu_recover_huge_pages,
     zap_all: kvm_tdp_mmu_zap_all,
+    split_huge_pages: kvm_tdp_mmu_split_slot,
     cpu_dirty_log_size: (kvm) => (kvm_tdp_mmu_pml(kvm) ? PML_ENTITY_NUM : 0),
     lock: {
       page_fault: "read",

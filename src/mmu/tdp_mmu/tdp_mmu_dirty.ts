@@ -147,6 +147,34 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
 }
 
 /**
+ * kvm_mmu_slot_gfn_write_protect at levels >= minLevel over gfns [start, end]: the huge leaves
+ * covering a CLEAR range lose W (the rest of the huge page is reported dirty). Write lock held.
+ */
+export function kvm_tdp_mmu_write_protect_gfn_range(
+  kvm: Kvm,
+  start: number,
+  end: number,
+  minLevel: number,
+): boolean {
+  lockdep_assert_held_write(kvm);
+  return tdp_mmu_with_root(kvm, false, (root) => {
+    const iter = tdp_iter_for(kvm);
+    let changed = false;
+    for (
+      tdp_iter_start(kvm, iter, root, minLevel, start);
+      tdp_iter_in_range(iter, end + 1);
+      tdp_iter_next(kvm, iter)
+    ) {
+      if (!is_shadow_present_pte(iter.old_spte) || !is_last_spte(iter.old_spte, iter.level)) continue;
+      if ((iter.old_spte & PT_WRITABLE_MASK) === 0) continue;
+      tdp_mmu_iter_set_spte(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK);
+      changed = true;
+    }
+    return changed;
+  });
+}
+
+/**
  * kvm_tdp_mmu_write_protect_gfn: no leaf of gfn at levels >= minLevel stays writable or
  * MMU-writable (fast_page_fault must not restore W: the page is tracked). Write lock held.
  * Returns true if it changed an spte.

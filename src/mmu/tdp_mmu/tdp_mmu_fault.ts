@@ -52,7 +52,7 @@ import { TdpIter, tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { tdp_mmu_alloc_sp, tdp_mmu_commit_free, tdp_mmu_unalloc_sp } from "./tdp_mmu_free.js";
 import { is_invalid_root, kvm_tdp_mmu_get_vcpu_root_hpa } from "./tdp_mmu_root.js";
-import { EBUSY, is_frozen_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
+import { EBUSY, is_frozen_spte, tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
 import { tdp_iter_for } from "./tdp_mmu_resched.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 
@@ -91,21 +91,26 @@ export function make_huge_page_split_spte(huge: number, childLevel: number, inde
   return s;
 }
 
-/** tdp_mmu_link_sp: links table sp at the iterator (cmpxchg). 0 or EBUSY. */
-export function tdp_mmu_link_sp(kvm: Kvm, iter: TdpIter, sp: number): number {
-  return tdp_mmu_set_spte_atomic(kvm, iter, make_link_spte(sp));
+/**
+ * tdp_mmu_link_sp: links table sp at the iterator: a cmpxchg under the read lock (`shared`, 0 or
+ * EBUSY), a store under the write lock (0).
+ */
+export function tdp_mmu_link_sp(kvm: Kvm, iter: TdpIter, sp: number, shared = true): number {
+  if (shared) return tdp_mmu_set_spte_atomic(kvm, iter, make_link_spte(sp));
+  tdp_mmu_iter_set_spte(kvm, iter, make_link_spte(sp));
+  return 0;
 }
 
 /**
  * tdp_mmu_split_huge_page: fills table sp with the 512 pieces of the huge spte at the iterator,
  * then links it in its place (cmpxchg). No flush: the translation is the same. 0 or EBUSY.
  */
-export function tdp_mmu_split_huge_page(kvm: Kvm, iter: TdpIter, sp: number): number {
+export function tdp_mmu_split_huge_page(kvm: Kvm, iter: TdpIter, sp: number, shared = true): number {
   const huge = iter.old_spte;
   const base = sp * PT64_ENT_PER_PAGE;
   for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
     kvm.spt[base + i] = make_huge_page_split_spte(huge, iter.level - 1, i);
-  const r = tdp_mmu_link_sp(kvm, iter, sp);
+  const r = tdp_mmu_link_sp(kvm, iter, sp, shared);
   if (r === 0) tdp_mmu_state(kvm).splits++;
   return r;
 }
