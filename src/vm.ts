@@ -47,6 +47,7 @@ import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
 import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
 import { DesignName, designNames, designOps, isDesign } from "./mmu/design.js";
+import { BUG_TDP, TdpBugName } from "./mmu/tdp_mmu/tdp_mmu_bugs.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "./mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "./mmu/dirty_ring.js";
@@ -73,7 +74,8 @@ export interface VmOptions {
   wp: WpName;
   /** "tdp" (EPT/NPT, the default) or "shadow" (EPT off: shadow paging of guest page tables). */
   mode?: MmuModeName;
-  bugs?: BugName[];
+  /** Catalog bugs to put back: the rmap MMU's (BugName) and the TDP MMU's (TdpBugName). */
+  bugs?: (BugName | TdpBugName)[];
   maxVcpus?: number;
   /** Capacity of the memslot metadata, in pages (default: the host memory's pages), 1..2^26. */
   maxSlotPages?: number;
@@ -196,10 +198,11 @@ export class Vm {
     if (mode !== "tdp" && mode !== "shadow")
       throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
     let bugs = 0;
+    const catalog: Record<string, number> = { ...BUG, ...BUG_TDP };
     for (const b of o.bugs ?? []) {
-      if (!Object.hasOwn(BUG, b))
-        throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
-      bugs |= BUG[b];
+      if (!Object.hasOwn(catalog, b))
+        throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(catalog).join(", ")}`);
+      bugs |= catalog[b];
     }
     for (const k of ["pml", "eager_page_split"] as const)
       if (o[k] !== undefined && typeof o[k] !== "boolean")

@@ -2,6 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { Vm } from "../../../src/vm.js";
+import { CTL, SLOT, SP } from "../../../src/kvm_host.js";
+import { audit } from "../../../src/verify/audit.js";
 import { KvmError } from "../../../src/errors.js";
 import { is_writable_pte, SPTE_DIRTY } from "../../../src/mmu/spte.js";
 import { leaves, makeTdpVm, NPAGES, reported, setLogging, writePages } from "./helpers.js";
@@ -34,9 +36,36 @@ for (const pml of [false, true]) {
     v.exitGuest?.();
     const bm = vm.getDirtyLog(0);
     assert.deepEqual(reported(bm), some);
+    assert.deepEqual(audit(kvm), []);
     writePages(vm, [5, 6], 3);
     assert.deepEqual(reported(vm.getDirtyLog(0)), [5, 6]);
     assert.deepEqual(reported(vm.getDirtyLog(0)), []);
+    assert.deepEqual(audit(kvm), []);
     setLogging(vm, false);
+    assert.deepEqual(audit(kvm), []);
   });
 }
+
+test("TDP MMU audit: catches a frozen spte, a freed table still linked, a wrong frame, a lost dirty bit", () => {
+  const vm = makeTdpVm({ thp: false, pml: false });
+  const kvm = vm.kvm;
+  writePages(vm, [0, 1], 1);
+  setLogging(vm, true);
+  writePages(vm, [1], 2);
+  assert.deepEqual(audit(kvm), []);
+  const [[, [s1]]] = [...leaves(kvm).entries()].filter(([g]) => g === 1);
+  const root = kvm.ctl[CTL.root];
+  let sp = root;
+  for (let l = 4; l > 1; l--) sp = kvm.spt[sp * 512] >>> 8;
+  const p1 = sp * 512 + 1;
+  kvm.spt[p1] = 0x5a0;
+  assert.match(audit(kvm).join("\n"), /frozen/);
+  kvm.spt[p1] = s1 + (1 << 8);
+  assert.match(audit(kvm).join("\n"), /backing is frame/);
+  kvm.spt[p1] = s1;
+  kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(0)]] = 0;
+  assert.match(audit(kvm).join("\n"), /writable, dirty bit clear/);
+  kvm.spHdr[SP.next(sp)] = kvm.ctl[CTL.sp_free];
+  kvm.ctl[CTL.sp_free] = sp + 1;
+  assert.match(audit(kvm).join("\n"), /on a free or pending list/);
+});
