@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto";
 import { fileURLToPath } from "node:url";
 import { Command } from "commander";
 import { einval } from "../errors.js";
+import { designNames } from "../mmu/design.js";
 import type { MmuModeName, WpName } from "../vm.js";
 import { connectOutgoing, listenIncoming } from "../migration/auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "../migration/guest_vm.js";
@@ -118,7 +119,7 @@ export function registerMigrate(program: Command): void {
     .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "0")
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, "dirty-log")
-    .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
+    .option("--wp <wp>", "MMU design (a registered name: locked, lockless, tdp-mmu, ...)", "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
     .option("-v, --vcpus <n>", "vCPUs", "1")
     .option("--mode <mode>", "tdp or shadow", "tdp")
@@ -146,7 +147,7 @@ export function registerMigrate(program: Command): void {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
       const logMode = one("--log-mode", a["logMode"], LOG_MODES);
       const log = logStrategy(logMode);
-      const wp = one("--wp", a["wp"], ["locked", "lockless"] as const);
+      const wp = one("--wp", a["wp"], designNames());
       const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
       const fault = a["fault"] === undefined ? undefined : one("--fault", a["fault"], FAULTS);
       const local = a["local"] === true;
@@ -248,7 +249,7 @@ export function registerMigrate(program: Command): void {
       "127.0.0.1:4444",
     )
     .option("--key <k>", `pre-shared key (or ${KEY_ENV})`)
-    .option("--wp <wp>", "write-protect design: locked or lockless", "lockless")
+    .option("--wp <wp>", "MMU design (a registered name: locked, lockless, tdp-mmu, ...)", "lockless")
     .option("--mode <mode>", "tdp or shadow", "tdp")
     .option("--max-memory <size>", "largest guest accepted", "4G")
     .option("--run-after <ms>", "keep running the migrated guest this long, then stop", "1000")
@@ -256,7 +257,7 @@ export function registerMigrate(program: Command): void {
     .action(async (a: Record<string, string | boolean | undefined>) => {
       const key = keyOf(a);
       const { host, port } = hostPort("--listen", String(a["listen"]));
-      const wp = one("--wp", a["wp"], ["locked", "lockless"] as const);
+      const wp = one("--wp", a["wp"], designNames());
       const mode = one("--mode", a["mode"], ["tdp", "shadow"] as const);
       const maxMemory = parseSize("--max-memory", String(a["maxMemory"]));
       const runAfter = parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000);
