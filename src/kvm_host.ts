@@ -598,8 +598,8 @@ export class Kvm {
   readonly rcu: Rcu;
   readonly bugs: number;
   readonly wp: DesignName;
-  /** The design's MMU ops for this VM's paging mode, resolved once. */
-  readonly ops: KvmOps;
+  /** The design's MMU ops for this VM's paging mode (see `ops`). */
+  private _ops: KvmOps | null;
   /** lockdep: ops assert the mmu_lock mode they declare (KvmConfig.lockdep). */
   readonly lockdep: boolean;
   /**
@@ -608,6 +608,8 @@ export class Kvm {
    * it unlocks, so only that holder reads it (this object is private to one thread).
    */
   mmu_cache_vcpu = -1;
+  /** This thread's last gfn_to_memslot hit (memslots->lru_slot): a hint, checked before use. */
+  lru_slot = 0;
   /** Write-protect statistics of this thread (kvm->stat-like; this object is per thread). */
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
 
@@ -642,8 +644,18 @@ export class Kvm {
     this.bugs = shared.config.bugs;
     this.wp = shared.config.wp;
     this.lockdep = shared.config.lockdep ?? true;
-    if (designs === null) throw new Error("Kvm: no MMU design registry loaded (import src/mmu/design.js)");
-    this.ops = designs.ops(this.wp, this.mode);
+    // Resolved here when the registry is loaded (it is wherever MMU code runs); a thread that
+    // only reads the shared structures never needs it.
+    this._ops = designs === null ? null : designs.ops(this.wp, this.mode);
+  }
+
+  /** The design's MMU ops for this VM's paging mode, resolved once. */
+  get ops(): KvmOps {
+    if (this._ops === null) {
+      if (designs === null) throw new Error("Kvm: no MMU design registry loaded (import src/mmu/design.js)");
+      this._ops = designs.ops(this.wp, this.mode);
+    }
+    return this._ops;
   }
 
   bug(b: number): boolean {

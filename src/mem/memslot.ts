@@ -16,13 +16,10 @@ import {
 import { kvm_dirty_ring_push, kvm_get_running_vcpu } from "./dirty_ring.js";
 import { aadd, aload, aor } from "../sync/atomic.js";
 
-/** This thread's last hit (memslots->lru_slot). */
-let lruSlot = 0;
-
 /** Id of the memslot that holds gfn, or -1 (gfn_to_memslot). */
 export function gfn_to_memslot(kvm: Kvm, gfn: number): number {
   const s = kvm.slots;
-  let slot = lruSlot;
+  let slot = kvm.lru_slot;
   if (
     s[SLOT.active(slot)] !== 0 &&
     gfn >= s[SLOT.base_gfn(slot)] &&
@@ -33,7 +30,7 @@ export function gfn_to_memslot(kvm: Kvm, gfn: number): number {
     slot = id;
     if (s[SLOT.active(slot)] === 0) continue;
     const base = s[SLOT.base_gfn(slot)];
-    if (gfn >= base && gfn < base + s[SLOT.npages(slot)]) return (lruSlot = slot);
+    if (gfn >= base && gfn < base + s[SLOT.npages(slot)]) return (kvm.lru_slot = slot);
   }
   return -1;
 }

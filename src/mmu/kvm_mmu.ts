@@ -42,40 +42,40 @@ export interface KvmMmuOps extends WriteProtectDesign {
    * kvm_mmu->page_fault: resolves `fault` (filled by kvm_mmu_page_fault) outside guest mode.
    * Returns RET_PF_RETRY or RET_PF_EMULATE; throws KvmError for a fault it cannot resolve.
    */
-  page_fault(kvm: Kvm, fault: KvmPageFault): number;
+  readonly page_fault: (kvm: Kvm, fault: KvmPageFault) => number;
   /**
    * fast_page_fault: fixes a write fault on a present, write-protected spte without mmu_lock.
    * Returns true when done (the vCPU retries the access).
    */
-  fast_page_fault(kvm: Kvm, fault: KvmPageFault): boolean;
+  readonly fast_page_fault: (kvm: Kvm, fault: KvmPageFault) => boolean;
   /**
    * kvm_unmap_gfn_range for the MMU notifier: zaps the sptes of host pages [hvaStart, hvaEnd)
    * in every slot. Runs inside invalidate_range_start's section (its `lock` mode held). Returns
    * true when a remote TLB flush is needed.
    */
-  zap_gfn_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean;
+  readonly zap_gfn_range: (kvm: Kvm, hvaStart: number, hvaEnd: number) => boolean;
   /**
    * Eager page splitting (the TDP MMU's kvm_mmu_try_split_huge_pages) when dirty logging starts
    * on `slot`: optional; without it huge pages are split lazily by the next write fault.
    */
-  split_huge_pages?(kvm: Kvm, slot: number): void;
+  readonly split_huge_pages?: (kvm: Kvm, slot: number) => void;
   /**
    * Dirty logging stopped on `slot`: map huge pages again (kvm_mmu_zap_collapsible_sptes).
    * Optional; takes mmu_lock itself.
    */
-  recover_huge_pages?(kvm: Kvm, slot: number): void;
+  readonly recover_huge_pages?: (kvm: Kvm, slot: number) => void;
   /**
    * Drops every mapping (kvm_mmu_zap_all_fast), for reclaim when the pools run short; mmu_lock
    * held for write. Optional: without it reclaim zaps the rmap MMU's TDP root. Returns whether
    * it freed anything.
    */
-  zap_all?(kvm: Kvm): boolean;
+  readonly zap_all?: (kvm: Kvm) => boolean;
   /**
    * kvm_x86_ops.cpu_dirty_log_size: entries of the vCPU's PML buffer when the VM logs dirty
    * pages by D bit (the vCPU sets D and logs the gfn on its first write through a writable spte
    * with D clear), 0 or absent when it logs by write protection.
    */
-  cpu_dirty_log_size?(kvm: Kvm): number;
+  readonly cpu_dirty_log_size?: (kvm: Kvm) => number;
   /** The mmu_lock mode of each op. */
   readonly lock: Readonly<Record<MmuOpName, MmuLockMode>>;
 }

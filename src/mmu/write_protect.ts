@@ -42,24 +42,24 @@ export interface WriteProtectDesign {
   /** The config.wp name ("locked", "lockless"). */
   readonly name: string;
   /** Enters the section protectMasked needs; adds any lock wait to times.lockWaitNs. */
-  harvestBegin(kvm: Kvm, times: DirtyLogTimes): void;
+  readonly harvestBegin: (kvm: Kvm, times: DirtyLogTimes) => void;
   /**
    * Between harvestBegin and harvestEnd: write-protects the level-1 pages of slot `slot`
    * whose bits are set in `mask`, bitmap word `wordIndex` (gfn base_gfn + 32 * wordIndex + bit).
    * Returns true if it changed an spte a TLB may still hold writable.
    */
-  protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean;
+  readonly protectMasked: (kvm: Kvm, slot: number, wordIndex: number, mask: number) => boolean;
   /**
    * Leaves the section; flushes remote TLBs when `flush` (where the design flushes: inside or
    * after the section), adding the time to times.flushNs. Runs even if a protectMasked threw.
    */
-  harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void;
+  readonly harvestEnd: (kvm: Kvm, flush: boolean, times: DirtyLogTimes) => void;
   /**
    * Write-protects every spte of slot `slot` at levels minLevel (default 1) and up, and
    * flushes. slots_lock held, mmu_lock not held; the slot's KVM_MEM_LOG_DIRTY_PAGES is already
    * set. minLevel 2 is INITIALLY_SET's: 4 KiB pages wait for the first CLEAR.
    */
-  slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel?: number): void;
+  readonly slotRemoveWriteAccess: (kvm: Kvm, slot: number, minLevel?: number) => void;
 }
 
 /** The RCU reader slot of the thread that runs the ioctls (the VM owner). */

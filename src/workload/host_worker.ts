@@ -11,12 +11,13 @@ import { parentPort, workerData } from "node:worker_threads";
 import { Kvm } from "../kvm_host.js";
 import { host_invalidate_range, host_migrate_page, MmuNotifier } from "../mem/host_memory.js";
 import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
-// The design registry: new Kvm resolves the VM's MMU ops from it.
-import "../mmu/design.js";
+import { kvm_load_design } from "../mmu/design.js";
 import { ParkMiller } from "./rng.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 
 const d = workerData as HostWorkerData;
+// A design registered at run time: import the module that registers it in this thread too.
+await kvm_load_design(d.shared);
 const kvm = new Kvm(d.shared);
 const c = new Int32Array(d.ctl);
 const notifier: MmuNotifier = kvm_mmu_notifier(kvm);

@@ -16,6 +16,7 @@ import { kvm_set_running_vcpu } from "../mem/dirty_ring.js";
 import { KvmError } from "../errors.js";
 import { gettid } from "../sync/affinity.js";
 import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
+import { kvm_load_design } from "../mmu/design.js";
 
 interface VcpuWorkerData {
   shared: KvmShared;
@@ -25,6 +26,8 @@ interface VcpuWorkerData {
 }
 
 const data = workerData as VcpuWorkerData;
+// A design registered at run time: import the module that registers it in this thread too.
+await kvm_load_design(data.shared);
 const kvm = new Kvm(data.shared);
 const vcpuId = data.vcpuId;
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);

@@ -5,6 +5,7 @@ import { join, relative } from "node:path";
 import { fileURLToPath } from "node:url";
 import { declaredLayouts, defineRows } from "../../src/layout.js";
 import { allocKvmShared, CTL, DESC, MmuMode, SP, SLOT, VCPU } from "../../src/kvm_host.js";
+import { RWLOCK_WORDS } from "../../src/sync/rwlock.js";
 import { LAYOUT_BEGIN, LAYOUT_END, layoutSection } from "../../src/layout_doc.js";
 
 test("layouts: fields do not overlap and fit their stride", () => {
@@ -29,7 +30,7 @@ test("layouts: index functions follow the declaration", () => {
   assert.equal(DESC.more(5), 5 * DESC.STRIDE + 3);
   // mmu_lock sits between two 15-word pads (its own cache line at any 16-byte alignment).
   assert.equal(CTL.mmu_lock, 15);
-  assert.equal(CTL.slots_lock, CTL.mmu_lock + 4 + 15);
+  assert.equal(CTL.slots_lock, CTL.mmu_lock + RWLOCK_WORDS + 15);
   // A declaration that does not fit its stride is refused (before it is registered).
   assert.throws(() => defineRows("bad", "t", { a: { words: 5, by: "x", doc: "y" } }, { stride: 4 }));
 });
