@@ -45,7 +45,12 @@ import {
 import { einval, Errno, KvmError } from "./errors.js";
 import { host_mmap, host_read_u64, hva_to_pfn } from "./mem/host_memory.js";
 import { slot_level_pages } from "./mem/memslot.js";
-import { kvm_get_dirty_log, kvm_set_dirty_logging, wp_design } from "./mmu/dirty_log.js";
+import {
+  kvm_arch_sync_dirty_log,
+  kvm_get_dirty_log,
+  kvm_set_dirty_logging,
+  wp_design,
+} from "./mmu/dirty_log.js";
 import { DesignName, designNames, designOps, isDesign } from "./mmu/design.js";
 import { BUG_TDP, TdpBugName } from "./mmu/tdp_mmu/tdp_mmu_bugs.js";
 import { kvm_clear_dirty_log } from "./mmu/clear_dirty_log.js";
@@ -935,6 +940,9 @@ export class Vm {
     const out: DirtyGfn[] = [];
     this.kvm.slots_lock.lock();
     try {
+      // With PML the vCPUs' buffers reach the rings only at an exit: kick them first, as QEMU's
+      // kvm_dirty_ring_flush does (kvm_cpu_synchronize_kick_all) before it reaps.
+      kvm_arch_sync_dirty_log(this.kvm);
       kvm_dirty_ring_harvest(this.kvm, vcpuId, max, (slot, offset) => out.push({ slot, offset }));
     } finally {
       this.kvm.slots_lock.unlock();
