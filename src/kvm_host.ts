@@ -431,6 +431,10 @@ export interface KvmConfig {
   mode?: MmuMode;
   /** lockdep: each MMU op asserts the mmu_lock mode it declares (default on). */
   lockdep?: boolean;
+  /** Dirty logging by D bit and a PML buffer per vCPU (designs with cpu_dirty_log_size); else write protection. */
+  pml?: boolean;
+  /** TDP MMU: split huge pages when logging starts (eager_page_split, default on). */
+  eager_page_split?: boolean;
 }
 
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */
@@ -466,7 +470,26 @@ export interface KvmShared {
   dirtyRing: SharedArrayBuffer;
   /** userfaultfd state (an 8-byte placeholder until vm.userfaultRegister replaces it). */
   uffd: SharedArrayBuffer;
+  /** The vCPUs' PML buffers (PML rows; an 8-byte placeholder when the design logs without PML). */
+  pml: SharedArrayBuffer;
 }
+
+// ---- the PML buffers (Int32Array `pml`), one row per vCPU: the "hardware" log of D-bit sets ----
+/** Entries of a PML buffer (one 4 KiB page of 8-byte gpas in VMX; here one gfn a word). */
+export const PML_ENTITY_NUM = 512;
+const PML_BY = "its vCPU only (the 'CPU' writes, vmx_flush_pml_buffer reads, both on the vCPU's thread)";
+export const PML = defineRows(
+  "PML buffer (VMCS pml_index and the PML page)",
+  "kvm.pml",
+  {
+    used: {
+      by: PML_BY,
+      doc: "entries written: GUEST_PML_INDEX is 511 - used (the CPU fills from the top down); 512 = full",
+    },
+    entries: { words: PML_ENTITY_NUM, by: PML_BY, doc: "gfns of pages whose D bit the vCPU set" },
+  },
+  { stride: PML_ENTITY_NUM + 8 },
+);
 
 /** Pages of host virtual address space a VM can mmap. */
 export function hvaPages(config: KvmConfig): number {
@@ -511,6 +534,7 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
     sctl: sab(SCTL.WORDS * 4),
     dirtyRing: sab(0),
     uffd: sab(0),
+    pml: sab(config.pml === true && !shadow ? PML.row(config.maxVcpus) * 4 : 0),
   };
 }
 
@@ -570,6 +594,7 @@ export class Kvm {
   dirtyRing: Int32Array;
   /** Replaced once by userfaultRegister (before the vCPUs run, so every worker sees the final one). */
   uffd: Int32Array;
+  readonly pml: Int32Array;
   readonly mode: MmuMode;
   readonly mmu_lock: RwLock;
   readonly slots_lock: Mutex;
@@ -614,6 +639,7 @@ export class Kvm {
     this.sctl = new Int32Array(shared.sctl);
     this.dirtyRing = new Int32Array(shared.dirtyRing);
     this.uffd = new Int32Array(shared.uffd);
+    this.pml = new Int32Array(shared.pml);
     this.mode = shared.config.mode ?? MmuMode.Tdp;
     this.mmu_lock = new RwLock(this.ctl, CTL.mmu_lock);
     this.slots_lock = new Mutex(this.ctl, CTL.slots_lock);

@@ -99,6 +99,8 @@ export function registerDirtyLogTest(program: Command): void {
       "dirty-ring: entries per vCPU ring (power of two, 256..65536; default by slot size)",
     )
     .option("--no-thp", "back guest memory with 4 KiB pages only")
+    .option("--no-pml", "tdp-mmu: dirty logging by write protection instead of D bits and PML")
+    .option("--no-eager-split", "tdp-mmu: split huge pages lazily (write faults), not when logging starts")
     .option(
       "--mode <mode>",
       "tdp (EPT on) or shadow (EPT off: the guests store through their own page tables)",
@@ -148,6 +150,8 @@ function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTes
         ? undefined
         : parseIntIn("--ring-entries", String(a["ringEntries"]), 256, 65536),
     thp: a["thp"] !== false,
+    pml: a["pml"] !== false,
+    eagerPageSplit: a["eagerSplit"] !== false,
     mode: parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const),
     migrateRate: notifier ? parseNumberIn("--migrate-rate", String(a["migrateRate"]), 0, 1e6) : 0,
     invalidateRate: notifier ? parseNumberIn("--invalidate-rate", String(a["invalidateRate"]), 0, 1e6) : 0,

@@ -19,6 +19,7 @@ import { tdp_page_fault } from "./tdp_fault.js";
 import { wp_locked } from "./wp_locked.js";
 import { wp_lockless } from "./wp_lockless.js";
 import { WriteProtectDesign } from "./write_protect.js";
+import { TDP_MMU, tdpMmuOps } from "./tdp_mmu/tdp_mmu_design.js";
 
 export type { DesignName } from "../kvm_host.js";
 
@@ -93,6 +94,12 @@ const BUILT_IN: readonly DesignEntry[] = [
         slotRemoveWriteAccess: "none",
         zap_gfn_range: "write",
       }),
+  },
+  {
+    name: TDP_MMU,
+    kernel: "Linux 6.x TDP MMU (rwlock since 5.12)",
+    description: "faults under the read lock with cmpxchg, frozen sptes, RCU-freed tables, D-bit/PML logging",
+    mmu: tdpMmuOps,
   },
 ];
 

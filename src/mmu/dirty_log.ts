@@ -18,6 +18,7 @@ import {
 } from "../kvm_host.js";
 import { aread, astore, axchg } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
+import { kvm_flush_pml_buffers } from "../kvm/pml.js";
 import { DirtyLogTimes } from "./write_protect.js";
 import type { KvmMmuOps } from "./kvm_mmu.js";
 // The registry: every thread that runs dirty logging has the designs (and Kvm can resolve them).
@@ -28,6 +29,14 @@ export { DirtyLogTimes, newDirtyLogTimes, RCU_READER_IOCTL } from "./write_prote
 /** The VM's design (its MMU ops, write protection included): fixed by config.wp at creation. */
 export function wp_design(kvm: Kvm): KvmMmuOps {
   return kvm.ops;
+}
+
+/**
+ * kvm_arch_sync_dirty_log: with D-bit logging the vCPUs' PML buffers go into the bitmap first
+ * (kvm_flush_pml_buffers). slots_lock held.
+ */
+export function kvm_arch_sync_dirty_log(kvm: Kvm): void {
+  if ((kvm.ops.cpu_dirty_log_size?.(kvm) ?? 0) !== 0) kvm_flush_pml_buffers(kvm);
 }
 
 /** Manual protect is on (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE). slots_lock held. */
@@ -48,6 +57,7 @@ export function manual_protect_and_init_set(kvm: Kvm): boolean {
  * pages are cleared and re-protected by KVM_CLEAR_DIRTY_LOG, src/mmu/clear_dirty_log.ts).
  */
 export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
+  kvm_arch_sync_dirty_log(kvm);
   if (manual_protect(kvm)) return get_dirty_log_copy(kvm, slot, out, times);
   const design = wp_design(kvm);
   const words = kvm.slots[SLOT.bitmap_words(slot)];
@@ -131,5 +141,9 @@ export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): 
     enable ? flags | KVM_MEM_LOG_DIRTY_PAGES : flags & ~KVM_MEM_LOG_DIRTY_PAGES,
   );
   kvm.mmu_lock.write_unlock();
-  if (enable) wp_design(kvm).slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
+  const ops = wp_design(kvm);
+  if (!enable) ops.recover_huge_pages?.(kvm, slot);
+  // Eager page splitting splits at enable time, except with INITIALLY_SET (CLEAR splits then).
+  else if (!initSet) ops.split_huge_pages?.(kvm, slot);
+  if (enable) ops.slotRemoveWriteAccess(kvm, slot, initSet ? 2 : 1);
 }

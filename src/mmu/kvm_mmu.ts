@@ -59,6 +59,23 @@ export interface KvmMmuOps extends WriteProtectDesign {
    * on `slot`: optional; without it huge pages are split lazily by the next write fault.
    */
   readonly split_huge_pages?: (kvm: Kvm, slot: number) => void;
+  /**
+   * Dirty logging stopped on `slot`: map huge pages again (kvm_mmu_zap_collapsible_sptes).
+   * Optional; takes mmu_lock itself.
+   */
+  readonly recover_huge_pages?: (kvm: Kvm, slot: number) => void;
+  /**
+   * Drops every mapping (kvm_mmu_zap_all_fast), for reclaim when the pools run short; mmu_lock
+   * held for write. Optional: without it reclaim zaps the rmap MMU's TDP root. Returns whether
+   * it freed anything.
+   */
+  readonly zap_all?: (kvm: Kvm) => boolean;
+  /**
+   * kvm_x86_ops.cpu_dirty_log_size: entries of the vCPU's PML buffer when the VM logs dirty
+   * pages by D bit (the vCPU sets D and logs the gfn on its first write through a writable spte
+   * with D clear), 0 or absent when it logs by write protection.
+   */
+  readonly cpu_dirty_log_size?: (kvm: Kvm) => number;
   /** The mmu_lock mode of each op. */
   readonly lock: Readonly<Record<MmuOpName, MmuLockMode>>;
 }

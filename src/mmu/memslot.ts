@@ -5,7 +5,6 @@
 import { Kvm, SLOT } from "../kvm_host.js";
 import type { KvmArchMemslotOps } from "../mem/set_memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
-import { kvm_unmap_hva_range } from "./mmu_notifier.js";
 import { kvm_set_dirty_logging } from "./dirty_log.js";
 
 /**
@@ -14,7 +13,7 @@ import { kvm_set_dirty_logging } from "./dirty_log.js";
  */
 export function kvm_arch_flush_shadow_memslot(kvm: Kvm, slot: number): void {
   const hva = kvm.slots[SLOT.hva_page(slot)];
-  kvm_unmap_hva_range(kvm, hva, hva + kvm.slots[SLOT.npages(slot)]);
+  kvm.ops.zap_gfn_range(kvm, hva, hva + kvm.slots[SLOT.npages(slot)]);
   kvm_flush_remote_tlbs(kvm);
 }
 

@@ -72,6 +72,7 @@ export function kvm_mmu_reclaim(kvm: Kvm, needSp: number, needDesc: number): boo
     );
     return n > 0;
   }
+  if (kvm.ops.zap_all !== undefined) return kvm.ops.zap_all(kvm);
   // TDP keeps no list of pages by age: drop the whole root. Lockless walkers load CTL.root, so it
   // is cleared first; the commit's flush waits for vCPUs that may still stand on the old tables.
   const root = kvm.ctl[CTL.root];

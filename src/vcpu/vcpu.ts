@@ -21,7 +21,8 @@ import { FaultStats, KvmPageFault, ShadowWalkIterator, walk_shadow_page_lockless
 import { kvm_mmu_page_fault, PFERR_PRESENT_MASK, PFERR_WRITE_MASK } from "../mmu/kvm_mmu.js";
 // The design registry: a thread that runs vCPUs resolves its Kvm's ops there.
 import "../mmu/design.js";
-import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn } from "../mmu/spte.js";
+import { is_shadow_present_pte, is_writable_pte, spte_leaf_pfn, SPTE_DIRTY } from "../mmu/spte.js";
+import { pml_log_write, PmlStats, vmx_flush_pml_buffer } from "./pml.js";
 import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
@@ -82,6 +83,9 @@ export class Vcpu {
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
   declare readonly shadow: boolean;
   declare private pagingMiss: boolean;
+  /** PML buffer entries (kvm.ops.cpu_dirty_log_size), 0: no D-bit logging. */
+  declare private readonly pmlSize: number;
+  readonly pmlStats = new PmlStats();
   /** Guest CR3: gfn of the top-level guest page table, 0 = paging off (addresses are gfns). */
   cr3 = 0;
   readonly paging = new PagingState();
@@ -118,6 +122,7 @@ export class Vcpu {
     this.modeWord = new Int32Array(kvm.vcpu.buffer, kvm.vcpu.byteOffset + this.modeIx * 4, 1);
     this.runIx = VCPU.run(id);
     this.rootIx = CTL.root;
+    this.pmlSize = kvm.ops.cpu_dirty_log_size?.(kvm) ?? 0;
     // Under the controlled scheduler every guest access is a scheduling point: this thread's
     // vCPUs take the instrumented hit paths (the plain ones never call guestPoint).
     if (schedHookInstalled()) {
@@ -146,8 +151,9 @@ export class Vcpu {
       acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
   }
 
-  /** VM exit: mode = OUTSIDE; wakes a flusher that kicked us. */
+  /** VM exit: the PML buffer into the log (vmx_flush_pml_buffer), mode = OUTSIDE; wakes a flusher that kicked us. */
   exitGuest(): void {
+    if (this.pmlSize !== 0) vmx_flush_pml_buffer(this.kvm, this.id, this.pmlStats);
     const old = axchg(this.v, VCPU.mode(this.id), OUTSIDE_GUEST_MODE);
     if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, VCPU.mode(this.id));
   }
@@ -367,8 +373,14 @@ export class Vcpu {
     const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
     if (present) {
-      const writable = is_writable_pte(s);
+      let writable = is_writable_pte(s);
       if (!write || writable) {
+        // A/D bits: a write through a writable spte with D clear sets D (and logs the gfn); a
+        // read caches it read-only, so that the first write comes back here.
+        if (writable && this.pmlSize !== 0 && (s & SPTE_DIRTY) === 0) {
+          if (!write) writable = false;
+          else if (!pml_log_write(this.kvm, this.id, this.it.sptep, s, gfn, this.pmlStats)) return false;
+        }
         this.tlb.fill(gfn, spte_leaf_pfn(s, this.it.level, gfn), writable);
         return false;
       }

@@ -32,6 +32,8 @@ import { pte_list_audit, pte_list_walk } from "../mmu/rmap.js";
 import { kvm_mmu_page_get_gfn, page_header, sp_level } from "../mmu/mmu_page.js";
 import { active_mmu_pages } from "../mmu/mmu_page_hash.js";
 import { auditShadow } from "./shadow_audit.js";
+import { auditTdpMmu } from "./tdp_mmu_audit.js";
+import { TDP_MMU } from "../mmu/tdp_mmu/tdp_mmu_design.js";
 import {
   is_large_pte,
   is_last_spte,
@@ -59,6 +61,11 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
   const say = (m: string): void => {
     if (bad.length < limit) bad.push(m);
   };
+  // The TDP MMU has no rmaps: its own audit.
+  if (kvm.ops.name === TDP_MMU) {
+    auditTdpMmu(kvm, say, opts.structural === true);
+    return bad;
+  }
   const leaves = new Set<number>();
   const root = kvm.ctl[CTL.root];
   const shadow = kvm.mode === MmuMode.Shadow;

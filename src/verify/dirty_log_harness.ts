@@ -84,6 +84,8 @@ export class Harness {
       bugs: o.bugs ?? [],
       maxVcpus: o.vcpus,
       maxSlotPages: npages + ptPages,
+      pml: o.pml,
+      eager_page_split: o.eagerPageSplit,
     });
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;

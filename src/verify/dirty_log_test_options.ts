@@ -27,6 +27,10 @@ export interface DirtyLogTestOptions {
   wp: DesignName[];
   oracles: OracleName[];
   thp: boolean;
+  /** Designs with D-bit logging (tdp-mmu): PML (default true) or write protection. */
+  pml?: boolean;
+  /** tdp-mmu: eager page splitting when logging starts (default true). */
+  eagerPageSplit?: boolean;
   /** MMU-notifier churn: page migrations and 2 MiB invalidations per second; 0 and 0 = off. */
   migrateRate: number;
   invalidateRate: number;

@@ -5,7 +5,8 @@
 import { allocKvmShared, BUG, BugName, KVM_MAX_VCPUS, KvmShared, MmuMode, PAGE_SIZE } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { isInt } from "./state.js";
-import { DesignName, designNames, isDesign } from "../mmu/design.js";
+import { DesignName, designNames, designOps, isDesign } from "../mmu/design.js";
+import { BUG_TDP, TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 
 /** A design registered in src/mmu/design.ts ("locked", "lockless", ...). */
 export type WpName = DesignName;
@@ -17,7 +18,8 @@ export interface VmOptions {
   wp: WpName;
   /** "tdp" (EPT/NPT, the default) or "shadow" (EPT off: shadow paging of guest page tables). */
   mode?: MmuModeName;
-  bugs?: BugName[];
+  /** Catalog bugs to put back: the rmap MMU's (BugName) and the TDP MMU's (TdpBugName). */
+  bugs?: (BugName | TdpBugName)[];
   maxVcpus?: number;
   /** Capacity of the memslot metadata, in pages (default: the host memory's pages), 1..2^26. */
   maxSlotPages?: number;
@@ -25,6 +27,10 @@ export interface VmOptions {
   maxSp?: number;
   /** pte_list_desc objects in the slab, 1..2^24. */
   maxDesc?: number;
+  /** tdp-mmu: dirty logging by D bit and PML (default true); false: write protection (--no-pml). */
+  pml?: boolean;
+  /** tdp-mmu: split huge pages when logging starts (default true; --no-eager-split). */
+  eager_page_split?: boolean;
 }
 
 /** Inclusive ranges of the pool limits Vm.create accepts. */
@@ -55,11 +61,15 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
   if (mode !== "tdp" && mode !== "shadow")
     throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
   let bugs = 0;
+  const catalog: Record<string, number> = { ...BUG, ...BUG_TDP };
   for (const b of o.bugs ?? []) {
-    if (!Object.hasOwn(BUG, b))
-      throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(BUG).join(", ")}`);
-    bugs |= BUG[b];
+    if (!Object.hasOwn(catalog, b))
+      throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(catalog).join(", ")}`);
+    bugs |= catalog[b];
   }
+  for (const k of ["pml", "eager_page_split"] as const)
+    if (o[k] !== undefined && typeof o[k] !== "boolean")
+      throw einval(k, `must be a boolean, got ${String(o[k])}`);
   const maxVcpus = o.maxVcpus ?? KVM_MAX_VCPUS;
   if (!isInt(maxVcpus) || maxVcpus < 1 || maxVcpus > KVM_MAX_VCPUS)
     throw einval("maxVcpus", `must be 1..${KVM_MAX_VCPUS}`);
@@ -83,6 +93,10 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
   const maxDesc =
     o.maxDesc ??
     Math.max(shadow ? 16384 : 4096, Math.ceil(maxSlotPages / (shadow ? 16 : 64))) + 16 * maxVcpus;
+  // The design's ops for this mode (a design may refuse the mode: KvmError naming why); D-bit
+  // logging where the design has it (cpu_dirty_log_size), unless turned off.
+  const ops = designOps(o.wp, shadow ? MmuMode.Shadow : MmuMode.Tdp);
+  const pml = o.pml !== false && ops.cpu_dirty_log_size !== undefined;
   let shared: KvmShared;
   try {
     shared = allocKvmShared({
@@ -94,6 +108,8 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
       wp: o.wp,
       bugs,
       mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
+      pml,
+      eager_page_split: o.eager_page_split,
     });
   } catch (e) {
     throw new KvmError(

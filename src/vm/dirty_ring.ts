@@ -14,7 +14,7 @@ import {
 import { einval, KvmError } from "../errors.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "../mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "../mmu/dirty_ring.js";
-import { wp_design } from "../mmu/dirty_log.js";
+import { kvm_arch_sync_dirty_log, wp_design } from "../mmu/dirty_log.js";
 import { addDirtyLogTimes, newDirtyLogTimes } from "../mmu/write_protect.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
 import { isInt, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
@@ -87,6 +87,9 @@ export function vm_harvest_dirty_ring(st: VmState, vcpuId: number, max: number):
   const out: DirtyGfn[] = [];
   st.kvm.slots_lock.lock();
   try {
+    // With PML the vCPUs' buffers reach the rings only at an exit: kick them first, as QEMU's
+    // kvm_dirty_ring_flush does (kvm_cpu_synchronize_kick_all) before it reaps.
+    kvm_arch_sync_dirty_log(st.kvm);
     kvm_dirty_ring_harvest(st.kvm, vcpuId, max, (slot, offset) => out.push({ slot, offset }));
   } finally {
     st.kvm.slots_lock.unlock();

@@ -115,7 +115,7 @@ test("registry: names are checked; built-in designs cannot be removed", () => {
   } finally {
     unregisterDesign("misnamed");
   }
-  assert.deepEqual(designNames(), ["locked", "lockless"]);
+  assert.deepEqual(designNames(), ["locked", "lockless", "tdp-mmu"]);
 });
 
 test("registry: a registered design runs through dirty-log-test, dirty-log-perf (three designs, two ratios) and a catalog bug", async () => {

@@ -5,6 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { KvmError } from "../../src/errors.js";
 import {
   LockdepError,
   lockdep_assert_held,
@@ -63,7 +64,14 @@ test("lockdep: the assertions follow this thread's holds; off with KvmConfig.loc
 test("lockdep: every design declares a lock mode for each op, in both paging modes", () => {
   for (const wp of designNames())
     for (const mode of [MmuMode.Tdp, MmuMode.Shadow]) {
-      const ops = designOps(wp, mode);
+      let ops;
+      try {
+        ops = designOps(wp, mode);
+      } catch (e) {
+        // A design may refuse a paging mode (the TDP MMU refuses shadow paging), with a KvmError.
+        if (e instanceof KvmError && mode === MmuMode.Shadow) continue;
+        throw e;
+      }
       for (const op of [
         "page_fault",
         "fast_page_fault",
@@ -72,6 +80,7 @@ test("lockdep: every design declares a lock mode for each op, in both paging mod
         "zap_gfn_range",
       ] as const)
         assert.ok(["read", "write", "none"].includes(ops.lock[op]), `${wp} ${op}`);
-      assert.equal(ops.lock.page_fault, "write", "both existing designs fault under the write lock");
+      if (wp === "locked" || wp === "lockless")
+        assert.equal(ops.lock.page_fault, "write", "the rmap MMU's designs fault under the write lock");
     }
 });

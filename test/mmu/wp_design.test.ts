@@ -75,7 +75,7 @@ test("wp design: one ops table per design, fixed by config.wp", () => {
     wp_design(vmKvm(a)),
     "every Kvm of a design in a thread shares its ops",
   );
-  assert.deepEqual(designNames(), ["locked", "lockless"]);
+  assert.deepEqual(designNames(), ["locked", "lockless", "tdp-mmu"]);
 });
 
 for (const wp of ["locked", "lockless"] as const) {

@@ -1,0 +1,143 @@
+/**
+ * The TDP MMU as a design of the registry (`tdp-mmu`): Linux 5.12+'s MMU for two-dimensional
+ * paging, with mmu_lock a reader-writer lock. Shadow paging (EPT off) stays on the rmap MMU, as
+ * in KVM: the design refuses that mode.
+ *
+ * Lock modes (the table of docs/design.md's TDP MMU chapter):
+ *   page_fault             read   (kvm_tdp_mmu_map, cmpxchg per spte)
+ *   fast_page_fault        none
+ *   protectMasked          write  (clear_dirty_pt_masked, inside GET/CLEAR/ring reset's section)
+ *   slotRemoveWriteAccess  read   (wrprot_slot / clear_dirty_slot when logging starts)
+ *   zap_gfn_range          write  (tdp_mmu_zap_leafs for the MMU notifier)
+ */
+import { Kvm, lockdep_assert_held_write, MmuMode } from "../../kvm_host.js";
+import { einval } from "../../errors.js";
+import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
+import { fast_page_fault } from "../mmu.js";
+import type { KvmMmuOps } from "../kvm_mmu.js";
+import { DirtyLogTimes, timedFlush } from "../write_protect.js";
+import {
+  CTL,
+  KVM_DIRTY_LOG_INITIALLY_SET,
+  KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+  PML_ENTITY_NUM,
+  SLOT,
+} from "../../kvm_host.js";
+import { kvm_tdp_mmu_page_fault } from "./tdp_mmu_fault.js";
+import {
+  kvm_tdp_mmu_write_protect_gfn_range,
+  kvm_tdp_mmu_clear_dirty_pt_masked,
+  kvm_tdp_mmu_clear_dirty_slot,
+  kvm_tdp_mmu_wrprot_slot,
+} from "./tdp_mmu_dirty.js";
+import { kvm_tdp_mmu_unmap_hva_range, kvm_tdp_mmu_zap_collapsible_sptes } from "./tdp_mmu_zap.js";
+import { kvm_tdp_mmu_invalidate_all_roots } from "./tdp_mmu_root.js";
+import { kvm_tdp_mmu_split_for_clear, kvm_tdp_mmu_split_slot } from "./tdp_mmu_split.js";
+
+export const TDP_MMU = "tdp-mmu";
+
+/** Dirty logging by D bit and PML (KvmConfig.pml, default on) rather than write protection. */
+export function kvm_tdp_mmu_pml(kvm: Kvm): boolean {
+  return kvm.shared.config.pml === true;
+}
+
+function harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
+  const w0 = kvm.mmu_lock.stats.waitNs;
+  kvm.mmu_lock.write_lock();
+  times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
+}
+
+/** kvm_dirty_log_manual_protect_and_init_set (slots_lock held by the caller). */
+function manual_protect_and_init_set(kvm: Kvm): boolean {
+  const f = kvm.ctl[CTL.manual_dirty_log];
+  const both = KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET;
+  return (f & both) === both;
+}
+
+function protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean {
+  const gfn = kvm.slots[SLOT.base_gfn(slot)] + wordIndex * 32;
+  let flush = false;
+  if (manual_protect_and_init_set(kvm) && mask !== 0) {
+    // The 4 KiB pages were never protected: split and write-protect the huge pages over them.
+    const start = gfn + 31 - Math.clz32(mask & -mask);
+    const end = gfn + 31 - Math.clz32(mask);
+    kvm_tdp_mmu_split_for_clear(kvm, start, end);
+    flush = kvm_tdp_mmu_write_protect_gfn_range(kvm, start, end, 2);
+  }
+  return flush || kvm_tdp_mmu_clear_dirty_pt_masked(kvm, slot, gfn, mask, !kvm_tdp_mmu_pml(kvm));
+}
+
+function harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
+  try {
+    if (flush) timedFlush(kvm, times, kvm_flush_remote_tlbs);
+  } finally {
+    kvm.mmu_lock.write_unlock();
+  }
+}
+
+/**
+ * kvm_mmu_slot_apply_flags when logging starts: with PML the 4 KiB leaves lose D and huge ones
+ * W; without, every leaf loses W; with INITIALLY_SET (minLevel 2) only huge leaves, the 4 KiB
+ * ones waiting for the first CLEAR. Read lock; the flush after it.
+ */
+function slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel = 1): void {
+  let flush = false;
+  kvm.mmu_lock.read_lock();
+  try {
+    if (minLevel === 1 && kvm_tdp_mmu_pml(kvm)) {
+      flush = kvm_tdp_mmu_clear_dirty_slot(kvm, slot);
+      flush = kvm_tdp_mmu_wrprot_slot(kvm, slot, 2) || flush;
+    } else {
+      flush = kvm_tdp_mmu_wrprot_slot(kvm, slot, minLevel);
+    }
+  } finally {
+    kvm.mmu_lock.read_unlock();
+  }
+  if (flush) kvm_flush_remote_tlbs(kvm);
+}
+
+/** Logging stopped: huge pages come back (kvm_mmu_zap_collapsible_sptes), read lock. */
+export function kvm_tdp_mmu_recover_huge_pages(kvm: Kvm, slot: number): void {
+  kvm.mmu_lock.read_lock();
+  try {
+    kvm_tdp_mmu_zap_collapsible_sptes(kvm, slot);
+  } finally {
+    kvm.mmu_lock.read_unlock();
+  }
+}
+
+/** The whole root goes (kvm_mmu_zap_all_fast): reclaim when the pools run short. Write lock held. */
+export function kvm_tdp_mmu_zap_all(kvm: Kvm): boolean {
+  lockdep_assert_held_write(kvm);
+  return kvm_tdp_mmu_invalidate_all_roots(kvm);
+}
+
+/** The ops of a `tdp-mmu` VM; refuses shadow paging. */
+export function tdpMmuOps(mode: MmuMode): KvmMmuOps {
+  if (mode === MmuMode.Shadow)
+    throw einval(
+      "mode",
+      "the TDP MMU needs two-dimensional paging (EPT/NPT); shadow paging (EPT off) stays on the rmap MMU, as in KVM",
+    );
+  return {
+    name: TDP_MMU,
+    page_fault: kvm_tdp_mmu_page_fault,
+    fast_page_fault,
+    zap_gfn_range: kvm_tdp_mmu_unmap_hva_range,
+    harvestBegin,
+    protectMasked,
+    harvestEnd,
+    slotRemoveWriteAccess,
+    recover_huge_pages: kvm_tdp_mmu_recover_huge_pages,
+    zap_all: kvm_tdp_mmu_zap_all,
+    split_huge_pages: kvm_tdp_mmu_split_slot,
+    cpu_dirty_log_size: (kvm) => (kvm_tdp_mmu_pml(kvm) ? PML_ENTITY_NUM : 0),
+    lock: {
+      page_fault: "read",
+      fast_page_fault: "none",
+      protectMasked: "write",
+      slotRemoveWriteAccess: "read",
+      zap_gfn_range: "write",
+    },
+  };
+}
