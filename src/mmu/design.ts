@@ -43,6 +43,11 @@ export interface DesignEntry extends DesignInfo {
    * threads import it before they build a Kvm (absent for the built-in designs).
    */
   readonly module?: string;
+  /**
+   * False for a design without rmaps (the TDP MMU: kvm_memslots_have_rmaps is false): what is
+   * written for rmap walks (nulls chains, descriptors moving) does not apply to it.
+   */
+  readonly rmaps?: boolean;
 }
 
 /**
@@ -100,6 +105,7 @@ const BUILT_IN: readonly DesignEntry[] = [
     kernel: "Linux 6.x TDP MMU (rwlock since 5.12)",
     description: "faults under the read lock with cmpxchg, frozen sptes, RCU-freed tables, D-bit/PML logging",
     mmu: tdpMmuOps,
+    rmaps: false,
   },
 ];
 
@@ -193,4 +199,19 @@ export function parseDesignList(opt: string, value: string): DesignName[] {
     }
   }
   return out;
+}
+
+/** Whether a VM of `name` can run in paging mode `mode` (the TDP MMU refuses shadow paging). */
+export function designSupportsMode(name: DesignName, mode: MmuMode): boolean {
+  try {
+    designOps(name, mode);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the design keeps rmaps (kvm_memslots_have_rmaps). */
+export function designHasRmaps(name: DesignName): boolean {
+  return registry.get(name)?.rmaps !== false;
 }

@@ -32,7 +32,7 @@ import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
 import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
-import { withDesign } from "./explore_design.js";
+import { scenarioApplies, withDesign } from "./explore_design.js";
 import { DesignName } from "../mmu/design.js";
 
 export { PctChooser } from "./explore_chooser.js";
@@ -497,6 +497,15 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     throw einval(
       "--scenario",
       `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
+    );
+  if (
+    o.design !== undefined &&
+    o.scenarioObject === undefined &&
+    !scenarioApplies(o.scenario, o.design, o.mode ?? "tdp")
+  )
+    throw einval(
+      "--wp",
+      `scenario "${o.scenario}" does not apply to design "${o.design}" in ${o.mode ?? "tdp"} mode (no shadow mode, or an rmap scenario on a design without rmaps)`,
     );
   const ex = new Explorer(
     s,

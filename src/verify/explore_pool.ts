@@ -8,6 +8,7 @@ import { Worker } from "node:worker_threads";
 import { availableParallelism } from "node:os";
 import { MmuModeName } from "../vm.js";
 import { designNames } from "../mmu/design.js";
+import { scenarioApplies } from "./explore_design.js";
 import { ExploreOptions, ExploreResult } from "./explore.js";
 import { SCENARIOS } from "./scenarios.js";
 import { workerFlags } from "../sync/worker_flags.js";
@@ -23,7 +24,7 @@ export function fullBudgetJobs(schedules = 2000, seed = 1): PoolJob[] {
   const jobs: PoolJob[] = [];
   for (const scenario of Object.keys(SCENARIOS))
     for (const mode of ["tdp", "shadow"] as MmuModeName[])
-      for (const design of designNames())
+      for (const design of designNames().filter((d) => scenarioApplies(scenario, d, mode)))
         for (const strategy of ["pct", "random"] as const)
           jobs.push({ scenario, mode, design, strategy, schedules, seed, bug: false, all: false });
   return jobs;

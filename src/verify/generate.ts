@@ -21,6 +21,8 @@ import {
   programScenario,
 } from "./program.js";
 import { programArb } from "./program_arb.js";
+import { designSupportsMode } from "../mmu/design.js";
+import { MmuMode } from "../kvm_host.js";
 
 export interface GenerateOptions {
   programs: number;
@@ -206,6 +208,8 @@ export async function generate(o: GenerateOptions): Promise<GenerateResult> {
     res.programs++;
     for (const design of o.designs)
       for (const mode of o.modes) {
+        // A design without shadow paging (the TDP MMU) runs its programs in TDP mode only.
+        if (!designSupportsMode(design, mode === "shadow" ? MmuMode.Shadow : MmuMode.Tdp)) continue;
         const r = await exploreProgram(o, p, design, mode, o.schedules);
         res.schedules += r.schedules;
         res.steps += r.steps;

@@ -53,6 +53,11 @@ export interface Scenario {
   bug: BugName;
   description: string;
   vmOptions(bugs: BugName[], mode: MmuModeName): VmOptions;
+  /**
+   * True when the scenario is about rmap walks and its check reads write protection after a
+   * harvest: it does not apply to a design without rmaps (the TDP MMU logs by D bit).
+   */
+  rmapOnly?: boolean;
   /** False when setup builds sptes the audit cannot see (aliases outside the TDP tree). */
   auditable: boolean;
   scratchWords: number;
@@ -347,6 +352,7 @@ export const SCENARIOS: Record<string, Scenario> = {
 
   "backward-move": {
     name: "backward-move",
+    rmapOnly: true,
     bug: "backward-move",
     auditable: false,
     description: "get-dirty-log walks a one-descriptor rmap [A, B, C] while A is removed",
@@ -377,6 +383,7 @@ export const SCENARIOS: Record<string, Scenario> = {
 
   "no-nulls-check": {
     name: "no-nulls-check",
+    rmapOnly: true,
     bug: "no-nulls-check",
     auditable: false,
     description:
