@@ -491,22 +491,29 @@ export interface ExploreOptions {
   stepwise?: boolean;
 }
 
-export async function explore(o: ExploreOptions): Promise<ExploreResult> {
+/** The scenario `o` explores: EINVAL for an unknown one or one that does not apply to o.design. */
+function scenarioOf(o: ExploreOptions): Scenario {
   const s = o.scenarioObject ?? (Object.hasOwn(SCENARIOS, o.scenario) ? SCENARIOS[o.scenario] : undefined);
   if (!s)
     throw einval(
       "--scenario",
       `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
     );
+  const mode = o.mode ?? "tdp";
   if (
     o.design !== undefined &&
     o.scenarioObject === undefined &&
-    !scenarioApplies(o.scenario, o.design, o.mode ?? "tdp")
+    !scenarioApplies(o.scenario, o.design, mode)
   )
     throw einval(
       "--wp",
-      `scenario "${o.scenario}" does not apply to design "${o.design}" in ${o.mode ?? "tdp"} mode (no shadow mode, or an rmap scenario on a design without rmaps)`,
+      `scenario "${o.scenario}" does not apply to design "${o.design}" in ${mode} mode (no shadow mode, or an rmap scenario on a design without rmaps)`,
     );
+  return s;
+}
+
+export async function explore(o: ExploreOptions): Promise<ExploreResult> {
+  const s = scenarioOf(o);
   const ex = new Explorer(
     s,
     o.bug,
