@@ -380,6 +380,13 @@ export class Vcpu {
         if (writable && this.pmlSize !== 0 && (s & SPTE_DIRTY) === 0) {
           if (!write) writable = false;
           else if (!pml_log_write(this.kvm, this.id, this.it.sptep, s, gfn, this.pmlStats)) return false;
+          // The PML-full exit filled the ring to its soft limit: a real exit, so that the vCPU
+          // takes KVM_EXIT_DIRTY_RING_FULL before it writes on (with PML no write faults).
+          else if ((aload(this.v, VCPU.requests(this.id)) & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) {
+            this.exitGuest();
+            this.enterGuest();
+            return false;
+          }
         }
         this.tlb.fill(gfn, spte_leaf_pfn(s, this.it.level, gfn), writable);
         return false;
