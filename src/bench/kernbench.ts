@@ -15,7 +15,7 @@
  */
 import { bitmap_weight } from "../mem/dirty_bitmap.js";
 import { MmuModeName, Vm } from "../vm.js";
-import { DEFAULT_BASELINE, DesignName, designNames, isDesign } from "../mmu/design.js";
+import { DEFAULT_BASELINE, DesignName, designNames, designSupportsMode, isDesign } from "../mmu/design.js";
 import {
   CTL,
   Kvm,
@@ -478,6 +478,11 @@ function cell(all: RunStats[]): KernbenchCell {
   };
 }
 
+/** Whether `logging` (off or a design) runs in paging mode `mode`. */
+function loggingRuns(logging: LoggingName, mode: MmuModeName): boolean {
+  return logging === "off" || designSupportsMode(logging, mode === "shadow" ? MmuMode.Shadow : MmuMode.Tdp);
+}
+
 export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
   validateKernbenchOptions(o);
   const say = o.progress ?? (() => {});
@@ -488,6 +493,8 @@ export async function kernbench(o: KernbenchOptions): Promise<KernbenchResult> {
     for (const mode of o.modes) {
       for (const logging of o.logging) {
         if (o.signal?.aborted) break;
+        // A design without this paging mode (the TDP MMU has no shadow paging) is left out.
+        if (!loggingRuns(logging, mode)) continue;
         const s = await oneRun(mode, logging, o, w);
         const key = `${mode}/${logging}`;
         if (!all.has(key)) all.set(key, []);

@@ -18,6 +18,7 @@ import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { perfCsv, writeCsv } from "../results/csv.js";
+import { MmuMode } from "../kvm_host.js";
 
 export function registerDirtyLogPerf(program: Command): void {
   const cmd = program
@@ -127,7 +128,9 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   set("writePercent", "writePercent", () => parseIntIn("--write-percent", s("writePercent"), 0, 100));
   set("random", "random", () => a["random"] === true);
   set("seed", "seed", () => parseIntIn("--seed", s("seed"), 0, 2 ** 31 - 2));
-  set("wp", "wp", () => parseDesignList("--wp", s("wp")));
+  set("wp", "wp", () =>
+    parseDesignList("--wp", s("wp"), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
+  );
   set("baseline", "baseline", () => s("baseline"));
   set("thp", "thp", () => a["thp"] !== false);
   set("park", "park", () => a["park"] === true);

@@ -15,6 +15,7 @@ import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
 import { DesignName, designNames, parseDesignList } from "../mmu/design.js";
 import { BUG, BugName } from "../kvm_host.js";
+import { MmuMode } from "../kvm_host.js";
 
 function mib(bytes: number): string {
   return bytes % 2 ** 20 === 0 ? `${bytes / 2 ** 20} MiB` : `${bytes / 1024} KiB`;
@@ -142,7 +143,7 @@ function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTes
     intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
     vcpus,
     bytesPerVcpu: bytes,
-    wp: parseDesignList("--wp", String(a["wp"])),
+    wp: parseDesignList("--wp", String(a["wp"]), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
     oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
     modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
     ringEntries:

@@ -181,10 +181,11 @@ export function designInfo(name: DesignName): DesignInfo {
 }
 
 /**
- * A `--wp` value: one registered name, a comma list, or `all`. Throws KvmError(EINVAL) naming
+ * A `--wp` value: one registered name, a comma list, or `all` (with `mode`: every design that
+ * runs in that paging mode). Throws KvmError(EINVAL) naming
  * `opt` for an unknown name or an empty list. Duplicates are dropped, order kept.
  */
-export function parseDesignList(opt: string, value: string): DesignName[] {
+export function parseDesignList(opt: string, value: string, mode?: MmuMode): DesignName[] {
   const items = value
     .split(",")
     .map((s) => s.trim())
@@ -192,7 +193,9 @@ export function parseDesignList(opt: string, value: string): DesignName[] {
   if (items.length === 0) throw einval(opt, "empty list");
   const out: DesignName[] = [];
   for (const it of items) {
-    const names = it === "all" ? designNames() : [it];
+    // `all` in a paging mode: the designs that have it (a named design is checked by Vm.create).
+    const names =
+      it === "all" ? designNames().filter((d) => mode === undefined || designSupportsMode(d, mode)) : [it];
     for (const n of names) {
       if (!registry.has(n)) throw einval(opt, `"${n}" is not one of ${designNames().join(", ")}, all`);
       if (!out.includes(n)) out.push(n);
