@@ -7,6 +7,8 @@ import { parseHTML } from "linkedom";
 import { runKvmmu } from "../helpers/cli.js";
 import { ALL_PLOTS, reportFiles } from "./report_fixture.js";
 import { tmp } from "./helpers.js";
+import { designNames, designSupportsMode } from "../../src/mmu/design.js";
+import { MmuMode } from "../../src/kvm_host.js";
 
 /** The part of a DOM element the checks use (the project compiles without the DOM lib). */
 interface El {
@@ -62,13 +64,14 @@ test(
     const marks = (id: string, label: string): unknown[] => [
       ...document.querySelectorAll(`section[data-plot="${id}"] svg [aria-label="${label}"] ${TAG[label]}`),
     ];
-    // Two files x two designs.
-    assert.equal(marks("get-dirty-log", "line").length, 4);
-    assert.equal(marks("get-dirty-log", "rect").length, 4, "a CI band per series");
-    assert.equal(marks("guest-throughput", "line").length, 4);
-    assert.equal(marks("ns-per-page", "bar").length, 4);
+    // Two files x every design (the fixtures run --wp all).
+    const series = 2 * designNames().length;
+    assert.equal(marks("get-dirty-log", "line").length, series);
+    assert.equal(marks("get-dirty-log", "rect").length, series, "a CI band per series");
+    assert.equal(marks("guest-throughput", "line").length, series);
+    assert.equal(marks("ns-per-page", "bar").length, series);
     // Both kernel reference lines.
-    assert.equal(marks("ns-per-page", "rule").length, 4 + 2);
+    assert.equal(marks("ns-per-page", "rule").length, series + 2);
     const swatches = (id: string): string[] =>
       [
         ...document.querySelectorAll(
@@ -80,10 +83,17 @@ test(
       "harvest + write-protect",
       "remote TLB flush",
     ]);
-    assert.equal(marks("scale-sweep", "line").length, 2, "one line per design over the two sizes");
-    // kernbench: 2 modes x 3 logging settings, 2 runs each.
-    assert.equal(marks("kernbench", "bar").length, 6);
-    assert.equal(marks("kernbench", "dot").length, 12);
+    assert.equal(
+      marks("scale-sweep", "line").length,
+      designNames().length,
+      "one line per design over the two sizes",
+    );
+    // kernbench: per mode, logging off and every design that has the mode; 2 runs each.
+    const cells = [MmuMode.Tdp, MmuMode.Shadow]
+      .map((m) => 1 + designNames().filter((d) => designSupportsMode(d, m)).length)
+      .reduce((a, b) => a + b);
+    assert.equal(marks("kernbench", "bar").length, cells);
+    assert.equal(marks("kernbench", "dot").length, 2 * cells);
     assert.ok(marks("catalog", "bar").length >= 5);
     assert.equal(marks("migrate-remaining", "line").length, 2);
     assert.equal(marks("migrate-downtime", "bar").length, 2 * 2);
