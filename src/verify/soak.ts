@@ -12,7 +12,8 @@ import { pathToFileURL } from "node:url";
 import { dirtyLogTest, MODES } from "./dirty_log_test.js";
 import { einval, KvmError } from "../errors.js";
 import type { MmuModeName } from "../vm.js";
-import { designNames } from "../mmu/design.js";
+import { designNames, designSupportsMode } from "../mmu/design.js";
+import { MmuMode } from "../kvm_host.js";
 
 export interface SoakOptions {
   /** Page checks to reach (default 1e8). */
@@ -79,7 +80,10 @@ export async function soak(o: SoakOptions): Promise<SoakResult> {
       intervalMs: 10,
       vcpus: 2,
       bytesPerVcpu: o.bytesPerVcpu ?? 16 << 20,
-      wp: designNames(),
+      // Every design that has the round's paging mode (the TDP MMU has no shadow paging).
+      wp: designNames().filter((d) =>
+        designSupportsMode(d, c.mode === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
+      ),
       oracles: ["kvm", "qemu"],
       // One collection mode per round, in turn (with 4 configurations: every pair in 12 rounds).
       modes: [MODES[r.rounds % MODES.length]],
