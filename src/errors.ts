@@ -10,7 +10,8 @@ export type Errno =
   | "EIO"
   | "ENXIO"
   | "E2BIG"
-  | "ENOSYS";
+  | "ENOSYS"
+  | "ENOPKG";
 
 export class KvmError extends Error {
   readonly code: Errno;

@@ -33,7 +33,7 @@ const GUEST = new URL("./guest.js", import.meta.url);
 const VCPUS = 2;
 
 function word(vm: Vm, gpa: number): number {
-  return new Int32Array(vm.readGuest(gpa, 4).buffer)[0];
+  return new DataView(vm.readGuest(gpa, 4).buffer).getInt32(0, true);
 }
 
 function setWord(vm: Vm, gpa: number, x: number): void {

@@ -1,11 +1,47 @@
-/** `kvmmu compare` and `kvmmu report`: saved results (--output FILE) compared and drawn. */
+/**
+ * `kvmmu compare` and `kvmmu report`: saved results (--output FILE) compared and drawn. Reading
+ * results needs the schema validator, and the report its plotting and DOM libraries: optional
+ * peer packages, imported only by these two commands, so that the library and every other command
+ * install and run without them (package.json peerDependenciesMeta).
+ */
 import { Command } from "commander";
-import { compare, formatCompare, formatCompareMarkdown } from "../results/compare.js";
-import { loadResult } from "../results/load.js";
-import { buildReport } from "../results/report.js";
-import { checkOutput } from "../bench/result.js";
+import { createRequire } from "node:module";
 import { writeFileSync } from "node:fs";
+import { checkOutput } from "../bench/result.js";
 import { KvmError } from "../errors.js";
+
+const { peerDependencies } = createRequire(import.meta.url)("../../../package.json") as {
+  peerDependencies: Record<string, string>;
+};
+
+/** The optional packages each command needs. */
+export const RESULTS_EXTRAS = {
+  compare: ["@sinclair/typebox"],
+  report: ["@sinclair/typebox", "@observablehq/plot", "linkedom"],
+} as const;
+
+/**
+ * Imports `load()`, turning a missing optional package into ENOPKG with the command that installs
+ * what `command` needs.
+ */
+export async function withExtras<T>(
+  command: keyof typeof RESULTS_EXTRAS,
+  load: () => Promise<T>,
+): Promise<T> {
+  try {
+    return await load();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    const needs = RESULTS_EXTRAS[command];
+    if (err.code !== "ERR_MODULE_NOT_FOUND" || !needs.some((p) => err.message.includes(`'${p}'`))) throw e;
+    const install = needs.map((p) => `${p}@${peerDependencies[p] ?? "latest"}`).join(" ");
+    throw new KvmError(
+      "ENOPKG",
+      `${command}: needs the optional package${needs.length > 1 ? "s" : ""} ${needs.join(", ")}; ` +
+        `install with: npm install ${install}`,
+    );
+  }
+}
 
 export function registerResults(program: Command): void {
   program
@@ -16,7 +52,11 @@ export function registerResults(program: Command): void {
     .argument("<files...>", "result files (--output FILE of a command); the first is the baseline")
     .option("--markdown", "print a Markdown table", false)
     .option("--json", "print one JSON object on stdout", false)
-    .action((files: string[], a: Record<string, boolean>) => {
+    .action(async (files: string[], a: Record<string, boolean>) => {
+      const [{ loadResult }, { compare, formatCompare, formatCompareMarkdown }] = await withExtras(
+        "compare",
+        () => Promise.all([import("../results/load.js"), import("../results/compare.js")]),
+      );
       const c = compare(files.map(loadResult));
       process.stdout.write(
         (a["json"] ? JSON.stringify(c) : a["markdown"] ? formatCompareMarkdown(c) : formatCompare(c)) + "\n",
@@ -28,9 +68,12 @@ export function registerResults(program: Command): void {
     .description("draw saved results as one self-contained HTML file (inline SVG, no network needed)")
     .argument("<files...>", "result files (--output FILE of any command)")
     .requiredOption("-o, --output <file>", "the HTML file to write")
-    .action((files: string[], a: Record<string, string>) => {
+    .action(async (files: string[], a: Record<string, string>) => {
       const out = a["output"];
       checkOutput(out);
+      const [{ loadResult }, { buildReport }] = await withExtras("report", () =>
+        Promise.all([import("../results/load.js"), import("../results/report.js")]),
+      );
       const html = buildReport(files.map(loadResult));
       try {
         writeFileSync(out, html);

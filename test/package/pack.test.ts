@@ -6,12 +6,31 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import {
+  cpSync,
+  existsSync,
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const repo = fileURLToPath(new URL("../../../", import.meta.url));
+
+/** What a library user installs: the bytes of every file under `dir` (as `du --apparent-size`). */
+function treeBytes(dir: string): number {
+  let n = 0;
+  for (const f of readdirSync(dir, { recursive: true, encoding: "utf8" })) {
+    const st = lstatSync(join(dir, f));
+    if (st.isFile()) n += st.size;
+  }
+  return n;
+}
 
 const CONSUMER = `import { Vm, KvmError, KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, bitmap_weight } from "kvmmu";
 import type { Errno } from "kvmmu";
@@ -59,6 +78,56 @@ test(
       // The binary (its dist/ came in the tarball).
       const help = run("npx", ["--no-install", "kvmmu", "--help"], proj);
       assert.match(help, /dirty-log-perf/);
+      // The report's plotting, DOM and schema libraries are optional peers: not installed for a
+      // library user, and the package with its dependencies stays light.
+      for (const p of ["@observablehq/plot", "linkedom", "@sinclair/typebox"])
+        assert.equal(existsSync(join(proj, "node_modules", p)), false, `${p} is not installed`);
+      const bytes = treeBytes(join(proj, "node_modules"));
+      assert.ok(
+        bytes <= 10 * 2 ** 20,
+        `node_modules is ${(bytes / 2 ** 20).toFixed(1)} MiB (aim: <= 10 MiB)`,
+      );
+      // Every other command works without them; compare and report say what to install.
+      const perf = run(
+        "npx",
+        [
+          "--no-install",
+          "kvmmu",
+          "dirty-log-perf",
+          "-v",
+          "1",
+          "-b",
+          "2M",
+          "-i",
+          "1",
+          "--wp",
+          "locked",
+          "--contention",
+          "none",
+          "--json",
+        ],
+        proj,
+      );
+      assert.equal((JSON.parse(perf) as { command: string }).command, "dirty-log-perf");
+      writeFileSync(join(proj, "r.json"), perf);
+      for (const cmd of [
+        ["compare", "r.json"],
+        ["report", "r.json", "-o", "r.html"],
+      ]) {
+        let stderr = "";
+        let status = 0;
+        try {
+          execFileSync("npx", ["--no-install", "kvmmu", ...cmd], {
+            cwd: proj,
+            encoding: "utf8",
+            stdio: "pipe",
+          });
+        } catch (e) {
+          ({ stderr, status } = e as { stderr: string; status: number });
+        }
+        assert.equal(status, 2, `kvmmu ${cmd[0]} without its optional packages exits 2`);
+        assert.match(stderr, /^kvmmu: ENOPKG: .*npm install @sinclair\/typebox@/m, stderr);
+      }
       // Every source map in the package points at a source the package ships (stack traces and
       // debuggers can show the TypeScript).
       const pkg = join(proj, "node_modules/kvmmu");
@@ -89,6 +158,26 @@ test(
         }),
       );
       run(join(repo, "node_modules/.bin/tsc"), ["-p", "."], proj);
+      // The examples ship in the package and build against it under the strictest common settings.
+      cpSync(join(pkg, "examples"), join(proj, "examples"), { recursive: true });
+      writeFileSync(
+        join(proj, "tsconfig.examples.json"),
+        JSON.stringify({
+          compilerOptions: {
+            target: "ES2022",
+            module: "NodeNext",
+            moduleResolution: "NodeNext",
+            strict: true,
+            noUncheckedIndexedAccess: true,
+            exactOptionalPropertyTypes: true,
+            noEmit: true,
+            types: ["node"],
+            typeRoots: [join(repo, "node_modules/@types")],
+          },
+          include: ["examples/**/*.ts"],
+        }),
+      );
+      run(join(repo, "node_modules/.bin/tsc"), ["-p", "tsconfig.examples.json"], proj);
       const out = JSON.parse(run(process.execPath, ["out/main.js"], proj)) as Record<string, unknown>;
       assert.deepEqual(out, { back: "hello from the host", dirty: 2, code: "EFAULT" });
     } finally {
