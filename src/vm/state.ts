@@ -98,6 +98,11 @@ export function check_slot(kvm: Kvm, slot: number): void {
   if (kvm.slots[SLOT.active(slot)] === 0) throw new KvmError("ENOENT", `slot: slot ${slot} does not exist`);
 }
 
+/** Refuses an id that is not a created vCPU. */
+export function vm_check_vcpu(st: VmState, id: number): void {
+  if (!isInt(id) || !st.created.has(id)) throw einval("id", `no vCPU ${String(id)}`);
+}
+
 /** EBUSY naming `arg` while the vCPUs run: memslots change only while they are stopped. */
 export function check_idle(st: VmState, arg: string): void {
   if (st.running)

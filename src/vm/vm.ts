@@ -24,6 +24,7 @@ import {
   metadataBytes,
   PAGE_SIZE,
   ST,
+  VCPU,
 } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { host_mmap } from "../mem/host_memory.js";
@@ -31,7 +32,7 @@ import { __kvm_set_memory_region, MemoryRegion } from "../mem/set_memslot.js";
 import { kvm_x86_memslot_ops } from "../mmu/memslot.js";
 import type { DirtyLogTimes } from "../mmu/write_protect.js";
 import type { GuestArgs } from "../workload/guest.js";
-import { check_idle, isInt, newVmState, VM_STATES, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
+import { check_idle, isInt, vm_check_vcpu, newVmState, VM_STATES, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
 import { kvm_create_vm, VmOptions } from "./create.js";
 import { vm_audit_tlbs, vm_pause, vm_resume, vm_run, vm_stop, vm_vcpu_ids, vm_wait_passes } from "./run.js";
 import * as host from "./host_thread.js";
@@ -384,6 +385,15 @@ export class Vm {
   /** Per-vCPU statistics as the workers last published them. */
   vcpuStats(id: number): Float64Array {
     return this.#s.kvm.vcpuStats.subarray(ST.row(id), ST.row(id + 1));
+  }
+
+  /**
+   * Passes vCPU `id` has completed since it was created (the guest's ctx.passDone), read live:
+   * the counts `waitPasses` compares with. EINVAL for an id that is not a created vCPU.
+   */
+  vcpuPasses(id: number): number {
+    vm_check_vcpu(this.#s, id);
+    return Atomics.load(this.#s.kvm.vcpu, VCPU.passes(id));
   }
 
   metadataBytes(): number {
