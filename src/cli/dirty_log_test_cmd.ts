@@ -21,6 +21,13 @@ function mib(bytes: number): string {
   return bytes % 2 ** 20 === 0 ? `${bytes / 2 ** 20} MiB` : `${bytes / 1024} KiB`;
 }
 
+/** FAIL on any violation; an interrupted run is never a PASS, and says what it left out. */
+function verdict(r: DirtyLogTestResult): string {
+  if (r.violations > 0) return "FAIL";
+  if (!r.interrupted) return "PASS";
+  return `INTERRUPTED${r.notRun.length > 0 ? ` (not run: ${r.notRun.join(", ")})` : ""}`;
+}
+
 export function formatDirtyLogTest(r: DirtyLogTestResult): string {
   const o = r.options;
   const out: string[] = [];
@@ -64,7 +71,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
     out.push(`  ... ${r.violations - r.firstViolations.length} more`);
   out.push(
     `Total: ${r.iterations} iterations, ${r.pagesChecked} pages checked (${Math.round(r.pagesCheckedPerSec)}/s), ` +
-      `${r.violations} violations in ${(r.durationMs / 1000).toFixed(2)} s: ${r.violations === 0 ? "PASS" : "FAIL"}`,
+      `${r.violations} violations in ${(r.durationMs / 1000).toFixed(2)} s: ${verdict(r)}`,
   );
   return out.join("\n");
 }

@@ -3,6 +3,8 @@
  * between iterations, so the command prints what it measured so far and exits 130; a second
  * SIGINT exits 130 at once.
  */
+import { cliProgress } from "./progress.js";
+
 export const interrupt = new AbortController();
 
 export const EXIT_INTERRUPTED = 130;
@@ -10,6 +12,7 @@ export const EXIT_INTERRUPTED = 130;
 export function installSigint(): void {
   process.once("SIGINT", () => {
     interrupt.abort();
+    cliProgress.done();
     process.stderr.write("kvmmu: interrupted; printing what was measured so far\n");
     process.once("SIGINT", () => process.exit(EXIT_INTERRUPTED));
   });

@@ -18,6 +18,7 @@ import { registerMigrate } from "./migrate_cmd.js";
 import { registerMigratePerf } from "./migrate_perf_cmd.js";
 import { registerResults } from "./results_cmd.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
+import { cliProgress } from "./progress.js";
 
 export const EXIT_OK = 0;
 export const EXIT_CHECK_FAILED = 1;
@@ -70,6 +71,24 @@ registerMigrate(program);
 registerMigratePerf(program);
 registerResults(program);
 
+/** The commands that run long enough to show progress, and take --quiet to silence it. */
+const LONG_RUNNING = new Set([
+  "dirty-log-perf",
+  "dirty-log-test",
+  "explore",
+  "stress",
+  "kernbench",
+  "migrate",
+  "migrate-incoming",
+  "migrate-perf",
+]);
+for (const c of program.commands)
+  if (LONG_RUNNING.has(c.name()))
+    c.option("-q, --quiet", "no progress on stderr (no status line on a terminal, no heartbeat when piped)");
+program.hook("preAction", (_program, action) => {
+  cliProgress.quiet = action.opts()["quiet"] === true;
+});
+
 function usage(msg: string): void {
   process.stderr.write(`kvmmu: EINVAL: ${msg}\n`);
   process.exitCode = EXIT_USAGE;
@@ -81,6 +100,7 @@ try {
   else await program.parseAsync(process.argv);
   if (interrupt.signal.aborted) process.exitCode = EXIT_INTERRUPTED;
 } catch (e) {
+  cliProgress.done();
   if (e instanceof CommanderError) {
     // Help and --version end with exit code 0; every other commander error is a usage error.
     if (e.exitCode === 0) process.exitCode = EXIT_OK;
@@ -99,4 +119,6 @@ try {
     process.stderr.write(`kvmmu: internal error: ${(e as Error).stack ?? String(e)}\n`);
     process.exitCode = EXIT_INTERNAL;
   }
+} finally {
+  cliProgress.done();
 }

@@ -45,7 +45,5 @@ export function parseOne<T extends string>(opt: string, v: string, allowed: read
   return l[0];
 }
 
-/** Progress lines go to stderr only when it is a terminal. */
-export function progress(msg: string): void {
-  if (process.stderr.isTTY && !process.env["CI"]) process.stderr.write(`${msg}\n`);
-}
+/** Progress on stderr: a status line on a terminal, a heartbeat otherwise (progress.ts). */
+export { progress } from "./progress.js";

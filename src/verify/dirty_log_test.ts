@@ -394,6 +394,23 @@ function finish(r: OracleResult, t0: number, violations: number): OracleResult {
   return r;
 }
 
+/** The status of one run: which run of how many, the time left under --seconds, pages checked. */
+function runStatus(
+  o: DirtyLogTestOptions,
+  say: (msg: string) => void,
+  run: string,
+  t0: number,
+  checkedBefore: () => number,
+): (msg: string) => void {
+  return (msg) => {
+    const left =
+      o.seconds === undefined
+        ? ""
+        : `, ${Math.max(0, Math.ceil(o.seconds - (performance.now() - t0) / 1000))} s left`;
+    say(`${run}${left}, ${checkedBefore()} pages checked before this run: ${msg}`);
+  };
+}
+
 export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTestResult> {
   validateDirtyLogTestOptions(o);
   const say = o.progress ?? (() => {});
@@ -408,6 +425,7 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     `dirty-log-test: seed ${o.seed}, slot of ${npages} pages at guest-physical ${hex(o.gpa ?? slotGpa(npages))}`,
   );
   let k = 0;
+  const notRun: string[] = [];
   const modeResults: ModeResult[] = [];
   let iterations = 0;
   let pagesChecked = 0;
@@ -416,7 +434,11 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     const per: Partial<Record<OracleName, OracleResult>> = {};
     for (const oracle of o.oracles) {
       for (const mode of oracle === "kvm" ? modes : (["dirty-log"] as const)) {
-        if (o.signal?.aborted) break;
+        const label = `${wp} ${oracle}${oracle === "kvm" && mode !== "dirty-log" ? ` -M ${mode}` : ""}`;
+        if (o.signal?.aborted) {
+          notRun.push(label);
+          continue;
+        }
         const tally = new Tally(details, o.maxViolationDetails ?? 5);
         // Each run its own reap-delay stream, so runs are independent of their order.
         const c: RunCtx = {
@@ -426,7 +448,7 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
           budgetMs,
           deadline: Infinity,
           tally,
-          say,
+          say: runStatus(o, say, `${label}, run ${k + 1}/${runs}`, t0, () => pagesChecked),
           rng: new ParkMiller(o.seed * 31 + ++k),
         };
         const r = oracle === "kvm" ? await runKvmOracle(c) : await runQemuOracle(c);
@@ -466,6 +488,8 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     results,
     modes: modeResults,
     firstViolations: details,
+    interrupted: o.signal?.aborted === true,
+    notRun,
     machine: { cpus: (await import("node:os")).availableParallelism(), node: process.version },
   };
 }

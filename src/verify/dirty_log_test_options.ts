@@ -127,6 +127,10 @@ export interface DirtyLogTestResult {
   modes: ModeResult[];
   firstViolations: Violation[];
   machine: { cpus: number; node: string };
+  /** The run was stopped (options.signal) before it ended: never a PASS. */
+  interrupted: boolean;
+  /** The runs ("<design> <oracle>[ -M <mode>]") an interruption left out. */
+  notRun: string[];
 }
 
 export function validateDirtyLogTestOptions(o: DirtyLogTestOptions): void {
