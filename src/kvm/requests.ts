@@ -40,6 +40,12 @@ export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
 }
 
 /**
+ * The owner's message to a vCPU worker after a kick (stop, pause): a guest module waiting at an
+ * `await` makes no guest access, so it takes the safe point when the message arrives.
+ */
+export const VCPU_KICK = "kvm_vcpu_kick";
+
+/**
  * kvm_vcpu_kick without the wait: IN -> EXITING, so that a vCPU in guest mode takes a safe
  * point at its next guest access (the TLB hit compares against its mode). The owner kicks after
  * it stores run control (pause, stop); a vCPU outside guest mode reads run control as it

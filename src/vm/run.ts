@@ -5,7 +5,7 @@
 import { Worker } from "node:worker_threads";
 import { CTL, ST, VCPU } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
-import { kvm_vcpu_kick, VcpuState } from "../kvm/requests.js";
+import { kvm_vcpu_kick, VCPU_KICK, VcpuState } from "../kvm/requests.js";
 import { RunCtl } from "../vcpu/vcpu.js";
 import { mmu_free_memory_caches } from "../mmu/mmu_cache.js";
 import type { GuestArgs } from "../workload/guest.js";
@@ -101,6 +101,7 @@ export async function vm_pause(st: VmState): Promise<void> {
   for (const id of st.workers.keys()) {
     Atomics.store(st.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
     kvm_vcpu_kick(st.kvm, id);
+    st.workers.get(id)?.postMessage(VCPU_KICK);
   }
   for (const id of st.workers.keys())
     await wait_state(st, id, (s) => s === (VcpuState.Paused as number), "park");
@@ -146,6 +147,7 @@ export async function vm_stop(st: VmState): Promise<void> {
       Atomics.store(kvm.vcpu, i, RunCtl.Stop);
       kvm_vcpu_kick(kvm, id);
       Atomics.notify(kvm.vcpu, i);
+      st.workers.get(id)?.postMessage(VCPU_KICK);
     }
     await vm_stop_host_thread(st);
     const stopped = (id: number): boolean => {

@@ -10,7 +10,7 @@
 import { parentPort, workerData } from "node:worker_threads";
 import { CTL, Kvm, KvmShared, OUTSIDE_GUEST_MODE, VCPU } from "../kvm_host.js";
 import { Vcpu, VcpuStop } from "../vcpu/vcpu.js";
-import { VcpuState } from "../kvm/requests.js";
+import { VCPU_KICK, VcpuState } from "../kvm/requests.js";
 import { GuestArgs, runGuest } from "./guest.js";
 import { kvm_set_running_vcpu } from "../mem/dirty_ring.js";
 import { KvmError } from "../errors.js";
@@ -45,6 +45,25 @@ async function loadEntry(url: string): Promise<GuestEntry> {
   return entry as GuestEntry;
 }
 
+/**
+ * The owner's kick (vm.stop, vm.pause), for a guest module waiting at an `await` (a timer, I/O):
+ * the message is handled only while the guest's synchronous code is not running, so never inside
+ * an MMU operation; the vCPU takes its safe point there, as a halted vCPU does on a kick. A guest
+ * that spins in JavaScript without touching memory never lets it run.
+ */
+let awaitingGuest = false;
+parentPort?.on("message", (m: unknown) => {
+  if (m !== VCPU_KICK || !awaitingGuest) return;
+  try {
+    vcpu.safePoint();
+  } catch (e) {
+    awaitingGuest = false;
+    vcpuExit(e);
+  }
+});
+// The kick listener alone does not keep the thread alive.
+parentPort?.unref();
+
 async function main(): Promise<void> {
   const g = data.guest;
   Atomics.store(kvm.vcpu, VCPU.tid(vcpuId), gettid());
@@ -53,7 +72,12 @@ async function main(): Promise<void> {
     const entry = await loadEntry(String(g.module));
     vcpu.enterGuest();
     vcpu.safePoint();
-    await entry(ctx, g.args);
+    awaitingGuest = true;
+    try {
+      await entry(ctx, g.args);
+    } finally {
+      awaitingGuest = false;
+    }
     vcpu.publishStats();
     // The program ended: halt until stopped (a pause still parks, an audit still answers).
     for (;;) ctx.halt(kvm.vcpu, VCPU.run(vcpuId), Atomics.load(kvm.vcpu, VCPU.run(vcpuId)), 50);
@@ -65,7 +89,10 @@ async function main(): Promise<void> {
   throw new KvmError("EINVAL", `guest: vcpu ${data.vcpuId} has no guest program of this kind`);
 }
 
-main().catch((e: unknown) => {
+main().catch(vcpuExit);
+
+/** The vCPU thread ends: stopped (VcpuStop), or dead with its error reported to the owner. */
+function vcpuExit(e: unknown): void {
   vcpu.publishStats();
   if (e instanceof VcpuStop) {
     Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Stopped);
@@ -84,4 +111,4 @@ main().catch((e: unknown) => {
   }
   Atomics.notify(kvm.vcpu, VCPU.state(vcpuId));
   Atomics.notify(kvm.vcpu, VCPU.mode(vcpuId));
-});
+}
