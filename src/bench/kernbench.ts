@@ -30,7 +30,7 @@ import {
 import { einval } from "../errors.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
-import { pte_list_count, rmapStats } from "../mmu/rmap.js";
+import { pte_list_count } from "../mmu/rmap.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { audit } from "../verify/audit.js";
@@ -366,8 +366,8 @@ async function oneRun(
       });
     const a0 = kvm.ctl[CTL.desc_allocs];
     const h0 = kvm.ctl[CTL.desc_high];
-    const w0 = rmapStats.walks;
-    const r0 = rmapStats.restarts;
+    const w0 = kvm.rmapStats.walks;
+    const r0 = kvm.rmapStats.restarts;
     const bm0 = new Uint32Array(Math.ceil(dataPages / 32));
     const bm1 = new Uint32Array(Math.ceil(kernelPages / 32));
     const hist: Histogram = {};
@@ -427,8 +427,8 @@ async function oneRun(
       maxChain,
       descAllocs: allocs / sec,
       descReused: (allocs - fresh) / sec,
-      walks: (rmapStats.walks - w0) / sec,
-      restarts: (rmapStats.restarts - r0) / sec,
+      walks: (kvm.rmapStats.walks - w0) / sec,
+      restarts: (kvm.rmapStats.restarts - r0) / sec,
       faults: {
         fast: sum(ST.fast_pf),
         slow: sum(ST.slow_pf),

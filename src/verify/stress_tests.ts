@@ -27,13 +27,7 @@ import { Mutex, MUTEX_WORDS } from "../sync/mutex.js";
 import { acas, aload, astore, axchg } from "../sync/atomic.js";
 import { kvm_flush_remote_tlbs, VcpuState } from "../kvm/requests.js";
 import { Vcpu } from "../vcpu/vcpu.js";
-import {
-  pte_list_add,
-  pte_list_remove,
-  pte_list_walk_lockless,
-  rmap_single_spte,
-  rmapStats,
-} from "../mmu/rmap.js";
+import { pte_list_add, pte_list_remove, pte_list_walk_lockless, rmap_single_spte } from "../mmu/rmap.js";
 import { fast_page_fault, KvmPageFault } from "../mmu/mmu.js";
 import { kvm_get_dirty_log, newDirtyLogTimes } from "../mmu/dirty_log.js";
 import { gfn_to_rmap, mark_page_dirty } from "../mem/memslot.js";
@@ -385,7 +379,7 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
         run(s) {
           const kvm = s.kvm;
           const res = s.res;
-          const r0 = rmapStats.restarts;
+          const r0 = kvm.rmapStats.restarts;
           let missed = 0;
           let foreign = 0;
           let bogusWalks = 0;
@@ -400,7 +394,7 @@ function rmapTest(name: string, bugs: BugName[]): AnyStressTest {
             if (s.bogus) bogusWalks++;
           } while (Atomics.load(res, RW_B_DONE) === 0 && ++walks < RW_MAX_WALKS);
           res[RW_MISSED] = missed;
-          res[RW_RESTARTS] = rmapStats.restarts - r0;
+          res[RW_RESTARTS] = kvm.rmapStats.restarts - r0;
           res[RW_FOREIGN_WALKS] = foreign;
           res[RW_BOGUS] = bogusWalks;
         },
