@@ -25,6 +25,19 @@ export default tseslint.config(
       "@typescript-eslint/no-unused-vars": ["error", { argsIgnorePattern: "^_" }],
     },
   },
+  {
+    // The project's size rule: no function over 80 lines in src/ (src/mmu's inlined hot loops
+    // may be longer, each with an eslint-disable comment saying why).
+    files: ["src/**/*.ts"],
+    rules: {
+      "max-lines-per-function": ["error", { max: 80, skipBlankLines: false, skipComments: false }],
+    },
+  },
+  {
+    // Owned by the results rework: excluded until it lands (then this block goes).
+    files: ["src/results/report.ts", "src/results/figures.ts"],
+    rules: { "max-lines-per-function": "off" },
+  },
   { files: ["eslint.config.js"], ...tseslint.configs.disableTypeChecked },
   prettier,
 );

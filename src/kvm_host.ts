@@ -616,6 +616,8 @@ export class Kvm {
   lru_slot = 0;
   /** Write-protect statistics of this thread (kvm->stat-like; this object is per thread). */
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
+  /** pte_list_walk_lockless's walks and restarts on this thread (the same per-thread stat). */
+  readonly rmapStats = { walks: 0, restarts: 0 };
 
   constructor(shared: KvmShared) {
     this.shared = shared;

@@ -30,7 +30,7 @@ import {
 import { einval } from "../errors.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { hva_to_pfn } from "../mem/host_memory.js";
-import { pte_list_count, rmapStats } from "../mmu/rmap.js";
+import { pte_list_count } from "../mmu/rmap.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import { audit } from "../verify/audit.js";
@@ -275,6 +275,175 @@ function fillLibraries(kvm: Kvm, hva: number, libGfn: number, libPages: number):
   }
 }
 
+/** Where one run's guest memory lies, in pages (gfns for the *Gfn fields). */
+interface RunLayout {
+  /** Data slot: libraries, the shared file, each vCPU's anonymous pool of anonPer pages. */
+  libGfn: number;
+  sharedGfn: number;
+  anonGfn: number;
+  anonPer: number;
+  dataPages: number;
+  /** Kernel slot: each vCPU's table pool of `pool` pages (its kernel identity map and processes). */
+  pool: number;
+  kernelPages: number;
+}
+
+function runLayout(o: KernbenchOptions): RunLayout {
+  const v = o.vcpus;
+  const anonPer = o.heapPages * 2 + 16;
+  const libGfn = DATA_GPA / PAGE_SIZE;
+  const sharedGfn = libGfn + o.libPages;
+  const anonGfn = sharedGfn + o.sharedPages;
+  const dataPages = Math.ceil((o.libPages + o.sharedPages + v * anonPer) / 512) * 512;
+  const perProc =
+    tablesFor(o.libPages) + tablesFor(ALIAS_WINDOW) + tablesFor(o.sharedPages) + tablesFor(o.heapPages) + 2;
+  let pool = o.processes * perProc + 32;
+  pool += tablesFor(Math.ceil((v * pool) / 512) * 512 + 512);
+  const kernelPages = Math.ceil((v * pool) / 512) * 512;
+  return { libGfn, sharedGfn, anonGfn, anonPer, dataPages, pool, kernelPages };
+}
+
+type Region = Parameters<Vm["setUserMemoryRegion"]>[0];
+
+/** The run's VM, sized for the layout. */
+function createRunVm(mode: MmuModeName, logging: LoggingName, o: KernbenchOptions, l: RunLayout): Vm {
+  return Vm.create({
+    memory: (l.dataPages + l.kernelPages) * PAGE_SIZE + (8 << 20),
+    // A design's name, as registered.
+    wp: logging === "off" ? LOGGING_OFF_DESIGN : logging,
+    mode,
+    maxVcpus: o.vcpus,
+    maxSlotPages: l.dataPages + l.kernelPages,
+  });
+}
+
+/** Creates both slots (logging off) and fills the libraries; returns the two regions. */
+function setRunSlots(vm: Vm, o: KernbenchOptions, l: RunLayout): { data: Region; kern: Region } {
+  const dhva = vm.mmap(l.dataPages * PAGE_SIZE, { thp: o.thp });
+  const khva = vm.mmap(l.kernelPages * PAGE_SIZE, { thp: o.thp });
+  const data = {
+    slot: DATA_SLOT,
+    flags: 0,
+    guestPhysAddr: DATA_GPA,
+    memorySize: l.dataPages * PAGE_SIZE,
+    userspaceAddr: dhva,
+  };
+  const kern = {
+    slot: KERNEL_SLOT,
+    flags: 0,
+    guestPhysAddr: KERNEL_GPA,
+    memorySize: l.kernelPages * PAGE_SIZE,
+    userspaceAddr: khva,
+  };
+  vm.setUserMemoryRegion(data);
+  vm.setUserMemoryRegion(kern);
+  fillLibraries(vmKvm(vm), dhva, l.libGfn, o.libPages);
+  return { data, kern };
+}
+
+/** vCPU id's guest arguments. */
+function guestArgs(
+  o: KernbenchOptions,
+  l: RunLayout,
+  ctl: SharedArrayBuffer,
+  id: number,
+): KernbenchGuestArgs {
+  const kernel = { baseGfn: KERNEL_GPA / PAGE_SIZE, pages: l.kernelPages };
+  return {
+    kind: "kernbench",
+    ctl,
+    vcpus: o.vcpus,
+    paging: { kernel, poolGfn: kernel.baseGfn + id * l.pool, poolPages: l.pool },
+    libGfn: l.libGfn,
+    libPages: o.libPages,
+    sharedGfn: l.sharedGfn,
+    sharedPages: o.sharedPages,
+    anonGfn: l.anonGfn + id * l.anonPer,
+    anonPages: l.anonPer,
+    processes: o.processes,
+    jobs: o.jobs,
+    jobsPerProcess: o.jobsPerProcess,
+    heapPages: o.heapPages,
+    libReads: o.libReads,
+    sharedWrites: o.sharedWrites,
+    compute: o.compute,
+    seed: o.seed,
+  };
+}
+
+/** rmap chain-length samples of a run, each taken under mmu_lock. */
+class ChainSampler {
+  readonly hist: Histogram = {};
+  samples = 0;
+  max = 0;
+
+  sample(kvm: Kvm): void {
+    kvm.mmu_lock.lock();
+    try {
+      this.max = Math.max(this.max, rmapChainHistogram(kvm, this.hist).max);
+      this.samples++;
+    } finally {
+      kvm.mmu_lock.unlock();
+    }
+  }
+}
+
+/**
+ * Lets the guests go and waits until every vCPU finished its jobs: with logging on, harvesting
+ * both slots all the while; chain lengths sampled every 200 ms. Returns "real" (go until the
+ * last vCPU's finish time), ns.
+ */
+async function runJobs(
+  vm: Vm,
+  ctlBuf: SharedArrayBuffer,
+  v: number,
+  l: RunLayout,
+  logged: boolean,
+  sampler: ChainSampler,
+  run: { harvests: number; dirtyPages: number },
+): Promise<number> {
+  const kvm = vmKvm(vm);
+  const ctl = new Int32Array(ctlBuf);
+  const bm0 = new Uint32Array(Math.ceil(l.dataPages / 32));
+  const bm1 = new Uint32Array(Math.ceil(l.kernelPages / 32));
+  const start = performance.timeOrigin + performance.now();
+  let nextSample = performance.now() + 50;
+  Atomics.store(ctl, KB_GO, 1);
+  Atomics.notify(ctl, KB_GO);
+  while (Atomics.load(ctl, KB_DONE) < v) {
+    vm.throwIfFailed();
+    if (logged) {
+      run.dirtyPages +=
+        bitmap_weight(vm.getDirtyLog(DATA_SLOT, bm0)) + bitmap_weight(vm.getDirtyLog(KERNEL_SLOT, bm1));
+      run.harvests++;
+      await new Promise((r) => setImmediate(r));
+    } else {
+      await waitAsyncAlive(ctl, KB_DONE, Atomics.load(ctl, KB_DONE), 20);
+    }
+    if (performance.now() >= nextSample) {
+      sampler.sample(kvm);
+      nextSample = performance.now() + 200;
+    }
+  }
+  const times = new Float64Array(ctlBuf);
+  let end = 0;
+  for (let id = 0; id < v; id++) end = Math.max(end, times[kbFinishIndex(v, id)]);
+  return (end - start) * 1e6;
+}
+
+/** The vCPUs' fault counters, summed. */
+function faultCounters(vm: Vm, kvm: Kvm): KernbenchCell["faults"] {
+  const sum = (field: (id: number) => number): number =>
+    vm.vcpuIds.reduce((n, id) => n + kvm.vcpuStats[field(id)], 0);
+  return {
+    fast: sum(ST.fast_pf),
+    slow: sum(ST.slow_pf),
+    tlbMisses: sum(ST.tlb_miss),
+    guestWalks: sum(ST.guest_walks),
+    emulated: sum(ST.emulated),
+  };
+}
+
 async function oneRun(
   mode: MmuModeName,
   logging: LoggingName,
@@ -282,71 +451,14 @@ async function oneRun(
   warmup: boolean,
 ): Promise<RunStats> {
   const v = o.vcpus;
-  // Data slot: libraries, the shared file, each vCPU's anonymous pool.
-  const anonPer = o.heapPages * 2 + 16;
-  const libGfn = DATA_GPA / PAGE_SIZE;
-  const sharedGfn = libGfn + o.libPages;
-  const anonGfn = sharedGfn + o.sharedPages;
-  const dataPages = Math.ceil((o.libPages + o.sharedPages + v * anonPer) / 512) * 512;
-  // Kernel slot: each vCPU's table pool (its kernel identity map, and every live process's tables).
-  const perProc =
-    tablesFor(o.libPages) + tablesFor(ALIAS_WINDOW) + tablesFor(o.sharedPages) + tablesFor(o.heapPages) + 2;
-  let pool = o.processes * perProc + 32;
-  pool += tablesFor(Math.ceil((v * pool) / 512) * 512 + 512);
-  const kernelPages = Math.ceil((v * pool) / 512) * 512;
-  const vm = Vm.create({
-    memory: (dataPages + kernelPages) * PAGE_SIZE + (8 << 20),
-    // A design's name, as registered.
-    wp: logging === "off" ? LOGGING_OFF_DESIGN : logging,
-    mode,
-    maxVcpus: v,
-    maxSlotPages: dataPages + kernelPages,
-  });
+  const l = runLayout(o);
+  const vm = createRunVm(mode, logging, o, l);
   try {
-    const dhva = vm.mmap(dataPages * PAGE_SIZE, { thp: o.thp });
-    const khva = vm.mmap(kernelPages * PAGE_SIZE, { thp: o.thp });
-    const data = {
-      slot: DATA_SLOT,
-      flags: 0,
-      guestPhysAddr: DATA_GPA,
-      memorySize: dataPages * PAGE_SIZE,
-      userspaceAddr: dhva,
-    };
-    const kern = {
-      slot: KERNEL_SLOT,
-      flags: 0,
-      guestPhysAddr: KERNEL_GPA,
-      memorySize: kernelPages * PAGE_SIZE,
-      userspaceAddr: khva,
-    };
-    vm.setUserMemoryRegion(data);
-    vm.setUserMemoryRegion(kern);
-    fillLibraries(vmKvm(vm), dhva, libGfn, o.libPages);
+    const { data, kern } = setRunSlots(vm, o, l);
     const ctlBuf = new SharedArrayBuffer(kbCtlBytes(v));
     const ctl = new Int32Array(ctlBuf);
-    const times = new Float64Array(ctlBuf);
-    const kernel = { baseGfn: KERNEL_GPA / PAGE_SIZE, pages: kernelPages };
     for (let i = 0; i < v; i++) vm.createVcpu(i);
-    await vm.run((id): KernbenchGuestArgs => ({
-      kind: "kernbench",
-      ctl: ctlBuf,
-      vcpus: v,
-      paging: { kernel, poolGfn: kernel.baseGfn + id * pool, poolPages: pool },
-      libGfn,
-      libPages: o.libPages,
-      sharedGfn,
-      sharedPages: o.sharedPages,
-      anonGfn: anonGfn + id * anonPer,
-      anonPages: anonPer,
-      processes: o.processes,
-      jobs: o.jobs,
-      jobsPerProcess: o.jobsPerProcess,
-      heapPages: o.heapPages,
-      libReads: o.libReads,
-      sharedWrites: o.sharedWrites,
-      compute: o.compute,
-      seed: o.seed,
-    }));
+    await vm.run((id) => guestArgs(o, l, ctlBuf, id));
     while (Atomics.load(ctl, KB_BOOTED) < v) {
       vm.throwIfFailed();
       await waitAsyncAlive(ctl, KB_BOOTED, Atomics.load(ctl, KB_BOOTED), 20);
@@ -357,8 +469,7 @@ async function oneRun(
       vm.setUserMemoryRegion({ ...kern, flags: KVM_MEM_LOG_DIRTY_PAGES });
     }
     const kvm = vmKvm(vm);
-    const churn = (o.migrateRate ?? 0) > 0 || (o.invalidateRate ?? 0) > 0;
-    if (churn)
+    if ((o.migrateRate ?? 0) > 0 || (o.invalidateRate ?? 0) > 0)
       await vm.startHostThread({
         migrateRate: o.migrateRate ?? 0,
         invalidateRate: o.invalidateRate ?? 0,
@@ -366,48 +477,13 @@ async function oneRun(
       });
     const a0 = kvm.ctl[CTL.desc_allocs];
     const h0 = kvm.ctl[CTL.desc_high];
-    const w0 = rmapStats.walks;
-    const r0 = rmapStats.restarts;
-    const bm0 = new Uint32Array(Math.ceil(dataPages / 32));
-    const bm1 = new Uint32Array(Math.ceil(kernelPages / 32));
-    const hist: Histogram = {};
-    let histSamples = 0;
-    let maxChain = 0;
-    let harvests = 0;
-    let dirtyPages = 0;
-    const sample = (): void => {
-      kvm.mmu_lock.lock();
-      try {
-        maxChain = Math.max(maxChain, rmapChainHistogram(kvm, hist).max);
-        histSamples++;
-      } finally {
-        kvm.mmu_lock.unlock();
-      }
-    };
-    const start = performance.timeOrigin + performance.now();
-    let nextSample = performance.now() + 50;
-    Atomics.store(ctl, KB_GO, 1);
-    Atomics.notify(ctl, KB_GO);
-    while (Atomics.load(ctl, KB_DONE) < v) {
-      vm.throwIfFailed();
-      if (logged) {
-        dirtyPages +=
-          bitmap_weight(vm.getDirtyLog(DATA_SLOT, bm0)) + bitmap_weight(vm.getDirtyLog(KERNEL_SLOT, bm1));
-        harvests++;
-        await new Promise((r) => setImmediate(r));
-      } else {
-        await waitAsyncAlive(ctl, KB_DONE, Atomics.load(ctl, KB_DONE), 20);
-      }
-      if (performance.now() >= nextSample) {
-        sample();
-        nextSample = performance.now() + 200;
-      }
-    }
-    let end = 0;
-    for (let id = 0; id < v; id++) end = Math.max(end, times[kbFinishIndex(v, id)]);
-    const realNs = (end - start) * 1e6;
+    const w0 = kvm.rmapStats.walks;
+    const r0 = kvm.rmapStats.restarts;
+    const sampler = new ChainSampler();
+    const counts = { harvests: 0, dirtyPages: 0 };
+    const realNs = await runJobs(vm, ctlBuf, v, l, logged, sampler, counts);
     vm.throwIfFailed();
-    if (histSamples === 0) sample();
+    if (sampler.samples === 0) sampler.sample(kvm);
     let auditFailures: string[] | undefined;
     if (o.audit) {
       await vm.pause();
@@ -416,26 +492,18 @@ async function oneRun(
       auditFailures = audit(kvm);
     }
     const sec = realNs / 1e9;
-    const sum = (field: (id: number) => number): number =>
-      vm.vcpuIds.reduce((n, id) => n + kvm.vcpuStats[field(id)], 0);
     const allocs = kvm.ctl[CTL.desc_allocs] - a0;
     const fresh = kvm.ctl[CTL.desc_high] - h0;
     return {
-      run: { warmup, realNs, opsPerSec: (v * o.jobs) / sec, harvests, dirtyPages },
-      hist,
-      histSamples,
-      maxChain,
+      run: { warmup, realNs, opsPerSec: (v * o.jobs) / sec, ...counts },
+      hist: sampler.hist,
+      histSamples: sampler.samples,
+      maxChain: sampler.max,
       descAllocs: allocs / sec,
       descReused: (allocs - fresh) / sec,
-      walks: (rmapStats.walks - w0) / sec,
-      restarts: (rmapStats.restarts - r0) / sec,
-      faults: {
-        fast: sum(ST.fast_pf),
-        slow: sum(ST.slow_pf),
-        tlbMisses: sum(ST.tlb_miss),
-        guestWalks: sum(ST.guest_walks),
-        emulated: sum(ST.emulated),
-      },
+      walks: (kvm.rmapStats.walks - w0) / sec,
+      restarts: (kvm.rmapStats.restarts - r0) / sec,
+      faults: faultCounters(vm, kvm),
       ...(kvm.mode === MmuMode.Shadow ? { shadow: shadowCounters(kvm) } : {}),
       ...(auditFailures ? { audit: auditFailures } : {}),
     };

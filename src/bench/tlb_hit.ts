@@ -140,24 +140,24 @@ export interface TlbHitResult {
 
 export const TLB_HIT_DEFAULTS: TlbHitOptions = { rounds: 10, warmup: 1, accesses: 16384, timeMs: 100 };
 
-export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImpl = OWN_IMPL): TlbHitResult {
-  const opts: Required<TlbHitOptions> = { timeMs: 100, ...o };
-  if (!Number.isInteger(opts.rounds) || opts.rounds < 1) throw einval("rounds", "must be >= 1");
-  if (!Number.isInteger(opts.warmup) || opts.warmup < 0) throw einval("warmup", "must be >= 0");
-  if (!Number.isInteger(opts.accesses) || opts.accesses < 1024 || opts.accesses % 1024 !== 0)
-    throw einval("accesses", "must be a positive multiple of 1024");
-  if (!Number.isFinite(opts.timeMs) || opts.timeMs <= 0) throw einval("timeMs", "must be > 0");
-  const { vcpu, ctx, mem, mapPages } = impl.createVcpu();
-  vcpu.enterGuest(); // as the worker does before the guest runs
-  const gfns = new Int32Array(PAGES);
-  for (let k = 0; k < PAGES; k++) gfns[k] = k * 7;
-  const bases = mapPages(gfns);
-  const misses = vcpu.tlbMisses;
-  const n = opts.accesses;
+type Engine = ReturnType<TlbHitImpl["createVcpu"]>;
+type TaskFns = Partial<Record<TlbHitTask, () => void>>;
+type Round = TlbHitResult["rounds"][number];
+
+/**
+ * The tasks' loops: one closure per task, so that no two tasks share a call site's type
+ * feedback. Everything they close over is a const binding (V8 may fold it into the code), but
+ * for the guest tasks' context (see the module comment). `sink` keeps the reads alive.
+ */
+function taskLoops(setup: { engine: Engine; gfns: Int32Array; bases: Int32Array; n: number }): {
+  fns: TaskFns;
+  sink: () => number;
+} {
+  const { vcpu, ctx, mem } = setup.engine;
+  const { gfns, bases, n } = setup;
   const pm = PAGES - 1;
   let sink = 0;
-  // One closure per task, so that no two tasks share a call site's type feedback.
-  const fns: Partial<Record<TlbHitTask, () => void>> = {
+  const fns: TaskFns = {
     "plain-read": () => {
       let s = 0;
       for (let i = 0; i < n; i++) s = (s + mem[bases[(i >>> 10) & pm] + (i & 1023)]) | 0;
@@ -198,52 +198,80 @@ export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImp
       for (let i = 0; i < n; i++) c.write32w(gfns[(i >>> 10) & pm], i & 1023, i);
     };
   }
-  const names = TLB_HIT_TASKS.filter((t) => fns[t] !== undefined);
-  const rounds: TlbHitResult["rounds"] = [];
-  for (let r = 0; r < opts.warmup + opts.rounds; r++) {
-    const bench = new Bench({ time: opts.timeMs, warmupTime: Math.min(50, opts.timeMs), throws: true });
-    // Rotate the task order each round so that no task always runs first (or right after a GC).
-    for (let k = 0; k < names.length; k++) {
-      const name = names[(k + r) % names.length];
-      bench.add(name, fns[name] as () => void);
-    }
-    bench.runSync();
-    const tasks: Partial<Record<TlbHitTask, TaskRound>> = {};
-    for (const t of bench.tasks) {
-      const lat = t.result?.latency;
-      if (lat === undefined) throw new Error(`tinybench: no result for ${t.name}`);
-      const k = 1e6 / n; // ms per sample -> ns per access
-      tasks[t.name as TlbHitTask] = {
-        p50Ns: (lat.p50 ?? lat.mean) * k,
-        meanNs: lat.mean * k,
-        rme: lat.rme,
-        samples: lat.samples.length,
-      };
-    }
-    rounds.push({
-      warmup: r < opts.warmup,
-      tlbNs: (tasks["vcpu-read"] as TaskRound).p50Ns,
-      plainNs: (tasks["plain-read"] as TaskRound).p50Ns,
-      tasks,
-    });
+  return { fns, sink: () => sink };
+}
+
+/** Round r: every task once under tinybench, the order rotated by r; ns per access per task. */
+function runRound(names: TlbHitTask[], fns: TaskFns, opts: Required<TlbHitOptions>, r: number): Round {
+  const n = opts.accesses;
+  const bench = new Bench({ time: opts.timeMs, warmupTime: Math.min(50, opts.timeMs), throws: true });
+  // Rotate the task order each round so that no task always runs first (or right after a GC).
+  for (let k = 0; k < names.length; k++) {
+    const name = names[(k + r) % names.length];
+    bench.add(name, fns[name] as () => void);
   }
-  if (sink === 0x5eed) console.log("");
+  bench.runSync();
+  const tasks: Partial<Record<TlbHitTask, TaskRound>> = {};
+  for (const t of bench.tasks) {
+    const lat = t.result?.latency;
+    if (lat === undefined) throw new Error(`tinybench: no result for ${t.name}`);
+    const k = 1e6 / n; // ms per sample -> ns per access
+    tasks[t.name as TlbHitTask] = {
+      p50Ns: (lat.p50 ?? lat.mean) * k,
+      meanNs: lat.mean * k,
+      rme: lat.rme,
+      samples: lat.samples.length,
+    };
+  }
+  return {
+    warmup: r < opts.warmup,
+    tlbNs: (tasks["vcpu-read"] as TaskRound).p50Ns,
+    plainNs: (tasks["plain-read"] as TaskRound).p50Ns,
+    tasks,
+  };
+}
+
+/** Each path against the plain access of its kind, paired by measured round. */
+function tlbRatios(col: (t: TlbHitTask) => number[], withCtx: boolean): TlbHitResult["ratios"] {
+  const ratios: TlbHitResult["ratios"] = {
+    vcpuRead: pairedRatio(col("vcpu-read"), col("plain-read")),
+    vcpuWrite: pairedRatio(col("vcpu-write"), col("plain-write")),
+  };
+  if (withCtx) {
+    ratios.ctxRead = pairedRatio(col("ctx-read"), col("plain-read"));
+    ratios.ctxWrite = pairedRatio(col("ctx-write"), col("plain-write"));
+    ratios.guestRead = pairedRatio(col("guest-read"), col("plain-read"));
+    ratios.guestWrite = pairedRatio(col("guest-write"), col("plain-write"));
+  }
+  return ratios;
+}
+
+export function tlbHitBench(o: TlbHitOptions = TLB_HIT_DEFAULTS, impl: TlbHitImpl = OWN_IMPL): TlbHitResult {
+  const opts: Required<TlbHitOptions> = { timeMs: 100, ...o };
+  if (!Number.isInteger(opts.rounds) || opts.rounds < 1) throw einval("rounds", "must be >= 1");
+  if (!Number.isInteger(opts.warmup) || opts.warmup < 0) throw einval("warmup", "must be >= 0");
+  if (!Number.isInteger(opts.accesses) || opts.accesses < 1024 || opts.accesses % 1024 !== 0)
+    throw einval("accesses", "must be a positive multiple of 1024");
+  if (!Number.isFinite(opts.timeMs) || opts.timeMs <= 0) throw einval("timeMs", "must be > 0");
+  const engine = impl.createVcpu();
+  const vcpu = engine.vcpu;
+  vcpu.enterGuest(); // as the worker does before the guest runs
+  const gfns = new Int32Array(PAGES);
+  for (let k = 0; k < PAGES; k++) gfns[k] = k * 7;
+  const bases = engine.mapPages(gfns);
+  const misses = vcpu.tlbMisses;
+  const { fns, sink } = taskLoops({ engine, gfns, bases, n: opts.accesses });
+  const names = TLB_HIT_TASKS.filter((t) => fns[t] !== undefined);
+  const rounds: Round[] = [];
+  for (let r = 0; r < opts.warmup + opts.rounds; r++) rounds.push(runRound(names, fns, opts, r));
+  if (sink() === 0x5eed) console.log("");
   // Every access was a hit: the loops measured the hit path, not the MMU.
   if (vcpu.tlbMisses !== misses) throw new Error(`tlb-hit: ${vcpu.tlbMisses - misses} misses in the loops`);
   const m = rounds.filter((x) => !x.warmup);
   const col = (t: TlbHitTask): number[] => m.map((x) => (x.tasks[t] as TaskRound).p50Ns);
   const tasks: Partial<Record<TlbHitTask, Summary>> = {};
   for (const t of names) tasks[t] = summarize(col(t));
-  const ratios: TlbHitResult["ratios"] = {
-    vcpuRead: pairedRatio(col("vcpu-read"), col("plain-read")),
-    vcpuWrite: pairedRatio(col("vcpu-write"), col("plain-write")),
-  };
-  if (ctx !== null) {
-    ratios.ctxRead = pairedRatio(col("ctx-read"), col("plain-read"));
-    ratios.ctxWrite = pairedRatio(col("ctx-write"), col("plain-write"));
-    ratios.guestRead = pairedRatio(col("guest-read"), col("plain-read"));
-    ratios.guestWrite = pairedRatio(col("guest-write"), col("plain-write"));
-  }
+  const ratios = tlbRatios(col, engine.ctx !== null);
   return {
     options: opts,
     harness: "tinybench",

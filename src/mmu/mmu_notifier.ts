@@ -13,11 +13,28 @@ import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
 import type { MmuNotifier } from "../mem/host_memory.js";
 
 /**
- * kvm_unmap_hva_range, the rmap MMU's zap_gfn_range op: mmu_lock held for write. Returns true if
- * a flush is needed.
+ * A handler of kvm_handle_hva_range: the gfns [gfnStart, gfnEnd) of memslot `slot`; gets the
+ * flush owed so far and returns the flush owed after it.
  */
-export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
-  lockdep_assert_held_write(kvm);
+export type HvaRangeHandler = (
+  kvm: Kvm,
+  slot: number,
+  gfnStart: number,
+  gfnEnd: number,
+  flush: boolean,
+) => boolean;
+
+/**
+ * kvm_handle_hva_range (kvm_main.c): calls `handler` for the gfns of host pages
+ * [hvaStart, hvaEnd) in each active memslot that maps some of them, threading the flush
+ * through. Returns true if a flush is owed.
+ */
+export function kvm_handle_hva_range(
+  kvm: Kvm,
+  hvaStart: number,
+  hvaEnd: number,
+  handler: HvaRangeHandler,
+): boolean {
   let flush = false;
   const s = kvm.slots;
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
@@ -28,16 +45,36 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
     const end = Math.min(hvaEnd, slotHva + npages);
     if (start >= end) continue;
     const base = s[SLOT.base_gfn(id)];
-    const gfnStart = base + (start - slotHva);
-    const gfnEnd = base + (end - slotHva);
-    for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
-      const first = gfn_to_index(gfnStart, base, level);
-      const last = gfn_to_index(gfnEnd - 1, base, level);
-      const h0 = gfn_to_rmap(kvm, id, base, level);
-      for (let i = first; i <= last; i++) if (kvm_unmap_rmapp(kvm, h0 + i)) flush = true;
-    }
+    flush = handler(kvm, id, base + (start - slotHva), base + (end - slotHva), flush);
   }
   return flush;
+}
+
+/** kvm_unmap_rmapp over every level's rmaps of [gfnStart, gfnEnd) in `slot`. */
+function kvm_unmap_gfn_range_rmap(
+  kvm: Kvm,
+  slot: number,
+  gfnStart: number,
+  gfnEnd: number,
+  flush: boolean,
+): boolean {
+  const base = kvm.slots[SLOT.base_gfn(slot)];
+  for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
+    const first = gfn_to_index(gfnStart, base, level);
+    const last = gfn_to_index(gfnEnd - 1, base, level);
+    const h0 = gfn_to_rmap(kvm, slot, base, level);
+    for (let i = first; i <= last; i++) if (kvm_unmap_rmapp(kvm, h0 + i)) flush = true;
+  }
+  return flush;
+}
+
+/**
+ * kvm_unmap_hva_range, the rmap MMU's zap_gfn_range op: mmu_lock held for write. Returns true if
+ * a flush is needed.
+ */
+export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
+  lockdep_assert_held_write(kvm);
+  return kvm_handle_hva_range(kvm, hvaStart, hvaEnd, kvm_unmap_gfn_range_rmap);
 }
 
 /**

@@ -51,9 +51,6 @@ export function rmap_single_spte(v: number): number {
   return (v & 1) === 0 ? (v >>> 1) - 1 : -1;
 }
 
-/** Walker statistics of this thread. */
-export const rmapStats = { restarts: 0, walks: 0 };
-
 /**
  * pte_list_add: mmu_lock held. Returns the number of entries that were already there
  * (it feeds RMAP_RECYCLE_THRESHOLD only).
@@ -277,7 +274,8 @@ export function pte_list_walk_lockless(
   const desc = kvm.desc;
   const ascending = kvm.bug(BUG["backward-move"]);
   const checkNulls = !kvm.bug(BUG["no-nulls-check"]);
-  rmapStats.walks++;
+  const stats = kvm.rmapStats;
+  stats.walks++;
   restart: for (;;) {
     const v = aload(heads, hi);
     if (v === 0) return;
@@ -301,12 +299,12 @@ export function pte_list_walk_lockless(
       }
       const m = aload(desc, DESC.more(d));
       if (m === 0) {
-        rmapStats.restarts++;
+        stats.restarts++;
         continue restart;
       }
       if (is_nulls(m)) {
         if (checkNulls && nulls_owner(m) !== headId) {
-          rmapStats.restarts++;
+          stats.restarts++;
           continue restart;
         }
         return;

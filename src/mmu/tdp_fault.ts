@@ -3,15 +3,11 @@
  * path under mmu_lock held for write (__direct_map, then mmu_set_spte in mmu.ts).
  */
 import { BUG, CTL, Kvm, lockdep_assert_held_write } from "../kvm_host.js";
-import { KvmError } from "../errors.js";
-import { aload, spinPoint } from "../sync/atomic.js";
-import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
-import { gfn_to_pfn_memslot } from "../mem/guest_memory.js";
-import { hva_is_huge } from "../mem/host_memory.js";
-import { handle_userfault } from "../mem/userfault.js";
+import { spinPoint } from "../sync/atomic.js";
+import { lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
-import { mmu_topup_memory_caches } from "./mmu_cache.js";
+import { direct_page_fault_prepare } from "./faultin.js";
 import { KvmPageFault, mmu_set_spte, shadow_walk_init, shadow_walk_next, shadow_walk_okay } from "./mmu.js";
 import { RET_PF_RETRY } from "./kvm_mmu.js";
 import {
@@ -28,28 +24,9 @@ import { ACC_ALL } from "./guest_pt.js";
  * KvmError(EFAULT) for a gfn outside every memslot.
  */
 export function tdp_page_fault(kvm: Kvm, fault: KvmPageFault): number {
+  if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
   const gfn = fault.gfn;
-  const slot = gfn_to_memslot(kvm, gfn);
-  if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
-  fault.slot = slot;
-  if (fault.write && fault.present && kvm.ops.fast_page_fault(kvm, fault)) return RET_PF_RETRY;
-  // A page post-copy has not brought yet: wait for it here, before mmu_lock (false: retry later).
-  if (!handle_userfault(kvm, fault.vcpuId, slot, gfn)) return RET_PF_RETRY;
-  // Before mmu_lock: the slow path below then cannot run out of pages or descriptors.
-  mmu_topup_memory_caches(kvm, fault.vcpuId);
-
-  fault.mmu_seq = aload(kvm.ctl, CTL.notifier_seq);
-  // gfn_to_pfn, after reading mmu_notifier_seq (the smp_rmb pairs with invalidate_range_end).
-  const hf = fault.hf;
-  if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
-    throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
-  fault.pfn = hf.pfn;
-  fault.map_writable = hf.writable;
-  fault.host_huge = hva_is_huge(kvm, hf.hvaPage);
-  // KVM exits to userspace (KVM_EXIT_MMIO) for a write to read-only memory; we stop the vCPU.
-  if (fault.write && !fault.map_writable)
-    throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
-
+  const slot = fault.slot;
   kvm.mmu_lock.write_lock();
   kvm.mmu_cache_vcpu = fault.vcpuId;
   try {

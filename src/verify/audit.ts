@@ -56,6 +56,17 @@ export interface AuditOptions {
   structural?: boolean;
 }
 
+/** What one audit carries through the walk. */
+interface AuditCtx {
+  kvm: Kvm;
+  say: (m: string) => void;
+  /** Shadow mode: each active page is walked on its own, links are not followed. */
+  shadow: boolean;
+  structural: boolean;
+  /** Every present leaf spte reached. */
+  leaves: Set<number>;
+}
+
 export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
   const bad: string[] = [];
   const say = (m: string): void => {
@@ -66,76 +77,19 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
     auditTdpMmu(kvm, say, opts.structural === true);
     return bad;
   }
-  const leaves = new Set<number>();
-  const root = kvm.ctl[CTL.root];
-  const shadow = kvm.mode === MmuMode.Shadow;
-  const walk = (sp: number, level: number): void => {
-    if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
-    if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
-    for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-      const sptep = sp * PT64_ENT_PER_PAGE + i;
-      const s = kvm.spt[sptep];
-      if (!is_shadow_present_pte(s)) continue;
-      if (
-        is_writable_pte(s) &&
-        is_last_spte(s, level) &&
-        (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)
-      )
-        say(`spte ${sptep}: W without HOST_W|MMU_W`);
-      if (!is_last_spte(s, level)) {
-        if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0)
-          say(`link spte ${sptep}: carries HOST_W/MMU_W`);
-        const child = spte_to_child_sp(s);
-        let found = 0;
-        pte_list_walk(kvm, kvm.spHdr, SP.parent_ptes(child), (p) => {
-          if (p === sptep) found++;
-        });
-        if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
-        if (!shadow) walk(child, level - 1);
-        else if (sp_level(kvm, child) !== level - 1)
-          say(`link spte ${sptep}: to sp ${child} of level ${sp_level(kvm, child)}`);
-        continue;
-      }
-      leaves.add(sptep);
-      const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
-      const slot = gfn_to_memslot(kvm, gfn);
-      if (slot < 0) {
-        say(`spte ${sptep}: gfn ${gfn} in no memslot`);
-        continue;
-      }
-      const hi = gfn_to_rmap(kvm, slot, gfn, level);
-      let n = 0;
-      pte_list_walk(kvm, kvm.rmapPool, hi, (e) => {
-        if (e === sptep) n++;
-      });
-      if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
-      const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
-      if (pfn !== spte_to_pfn(s))
-        say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
-      if (level > 1) {
-        for (let k = 1; k < 512; k += 73) {
-          const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn + k));
-          if (pk !== spte_to_pfn(s) + k)
-            say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
-        }
-      }
-      if (
-        !opts.structural &&
-        (kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 &&
-        is_writable_pte(s)
-      ) {
-        if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
-        const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
-        const word = kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)];
-        if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
-      }
-    }
+  const c: AuditCtx = {
+    kvm,
+    say,
+    shadow: kvm.mode === MmuMode.Shadow,
+    structural: opts.structural === true,
+    leaves: new Set<number>(),
   };
-  if (shadow) {
+  const root = kvm.ctl[CTL.root];
+  if (c.shadow) {
     for (const sp of active_mmu_pages(kvm))
-      if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) === 0) walk(sp, sp_level(kvm, sp));
+      if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) === 0) auditPage(c, sp, sp_level(kvm, sp));
     auditShadow(kvm, say);
-  } else if (root !== 0) walk(root, PT64_ROOT_LEVEL);
+  } else if (root !== 0) auditPage(c, root, PT64_ROOT_LEVEL);
 
   for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
     if (kvm.slots[SLOT.active(id)] === 0) continue;
@@ -144,10 +98,81 @@ export function audit(kvm: Kvm, limit = 20, opts: AuditOptions = {}): string[] {
     for (let level = 1; level <= KVM_NR_PAGE_SIZES; level++) {
       const h0 = gfn_to_rmap(kvm, id, base, level);
       const n = slot_level_pages(base, npages, level);
-      for (let i = 0; i < n; i++) auditHead(kvm, kvm.rmapPool, h0 + i, h0 + i, leaves, level, say);
+      for (let i = 0; i < n; i++) auditHead(kvm, kvm.rmapPool, h0 + i, h0 + i, c.leaves, level, say);
     }
   }
   return bad;
+}
+
+/** Shadow page sp, reached at `level`: each present spte; TDP: the tables below, recursively. */
+function auditPage(c: AuditCtx, sp: number, level: number): void {
+  const { kvm, say } = c;
+  if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
+  if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
+  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+    const sptep = sp * PT64_ENT_PER_PAGE + i;
+    const s = kvm.spt[sptep];
+    if (!is_shadow_present_pte(s)) continue;
+    if (
+      is_writable_pte(s) &&
+      is_last_spte(s, level) &&
+      (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)
+    )
+      say(`spte ${sptep}: W without HOST_W|MMU_W`);
+    if (!is_last_spte(s, level)) auditLink(c, sptep, s, level);
+    else auditLeaf(c, sptep, s, level);
+  }
+}
+
+/** A link spte: no HOST_W/MMU_W, once in its child's parent_ptes, a child one level down. */
+function auditLink(c: AuditCtx, sptep: number, s: number, level: number): void {
+  const { kvm, say } = c;
+  if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0) say(`link spte ${sptep}: carries HOST_W/MMU_W`);
+  const child = spte_to_child_sp(s);
+  let found = 0;
+  pte_list_walk(kvm, kvm.spHdr, SP.parent_ptes(child), (p) => {
+    if (p === sptep) found++;
+  });
+  if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
+  if (!c.shadow) auditPage(c, child, level - 1);
+  else if (sp_level(kvm, child) !== level - 1)
+    say(`link spte ${sptep}: to sp ${child} of level ${sp_level(kvm, child)}`);
+}
+
+/**
+ * A leaf spte: once in its rmap, mapping the frame that backs its gfn now; in a dirty-logged
+ * slot (unless structural), not large if writable, and writable only with its dirty bit set.
+ */
+function auditLeaf(c: AuditCtx, sptep: number, s: number, level: number): void {
+  const { kvm, say } = c;
+  c.leaves.add(sptep);
+  const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot < 0) {
+    say(`spte ${sptep}: gfn ${gfn} in no memslot`);
+    return;
+  }
+  const hi = gfn_to_rmap(kvm, slot, gfn, level);
+  let n = 0;
+  pte_list_walk(kvm, kvm.rmapPool, hi, (e) => {
+    if (e === sptep) n++;
+  });
+  if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
+  const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
+  if (pfn !== spte_to_pfn(s))
+    say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
+  if (level > 1) {
+    for (let k = 1; k < 512; k += 73) {
+      const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn + k));
+      if (pk !== spte_to_pfn(s) + k) say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
+    }
+  }
+  if (!c.structural && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
+    if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
+    const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+    const word = kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)];
+    if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
+  }
 }
 
 function auditHead(

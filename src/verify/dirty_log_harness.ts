@@ -10,6 +10,7 @@ import { tablesFor } from "../workload/guest_paging.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../workload/dirty_log_guest.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
 import type { DesignName } from "../mmu/design.js";
+import type { GuestArgs } from "../workload/guest.js";
 import type {
   DirtyLogMode,
   DirtyLogTestOptions,
@@ -29,6 +30,81 @@ export const TWO_MIB = 2 << 20;
 
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Where the harness's memory lies. */
+interface HarnessLayout {
+  /** Each vCPU's region; the last one also has the `extra` pages past it. */
+  pagesPer: number;
+  extra: number;
+  /** The test slot. */
+  npages: number;
+  gpa: number;
+  /** Shadow mode: each vCPU's page-table pool, in a slot of ptPages below the test slot (else 0). */
+  pool: number;
+  ptPages: number;
+  /** Host memory: the slot, spare frames (alignment of huge mappings, page migration), the tables. */
+  memory: number;
+}
+
+function harnessLayout(o: DirtyLogTestOptions): HarnessLayout {
+  const pagesPer = o.bytesPerVcpu / PAGE_SIZE;
+  const extra = o.extraPages ?? 3;
+  const npages = o.vcpus * pagesPer + extra;
+  const gpa = o.gpa ?? slotGpa(npages);
+  const slotBytes = npages * PAGE_SIZE;
+  const shadow = o.mode === "shadow";
+  const pool = shadow ? tablesFor(pagesPer + extra) + tablesFor(o.vcpus * 4096) + 8 : 0;
+  const ptPages = shadow ? Math.ceil((o.vcpus * pool) / 512) * 512 : 0;
+  const memory = Math.ceil(slotBytes / TWO_MIB) * TWO_MIB + 4 * TWO_MIB + ptPages * PAGE_SIZE;
+  return { pagesPer, extra, npages, gpa, pool, ptPages, memory };
+}
+
+/** The test slot (as KVM's test: dirty logging on from the start, nothing populated); shadow: the tables' slot. */
+function setHarnessSlots(vm: Vm, o: DirtyLogTestOptions, l: HarnessLayout): void {
+  const slotBytes = l.npages * PAGE_SIZE;
+  const hva = vm.mmap(slotBytes, { thp: o.thp });
+  vm.setUserMemoryRegion({
+    slot: TEST_SLOT,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: l.gpa,
+    memorySize: slotBytes,
+    userspaceAddr: hva,
+  });
+  if (o.mode === "shadow")
+    vm.setUserMemoryRegion({
+      slot: PT_SLOT,
+      flags: 0,
+      guestPhysAddr: PT_GPA,
+      memorySize: l.ptPages * PAGE_SIZE,
+      userspaceAddr: vm.mmap(l.ptPages * PAGE_SIZE, { thp: o.thp }),
+    });
+}
+
+/** vCPU id's guest: the kvm oracle's dirty-log guest or the qemu oracle's incrementing one. */
+function guestSpec(
+  o: DirtyLogTestOptions,
+  l: HarnessLayout,
+  oracle: OracleName,
+  ctl: Int32Array<SharedArrayBuffer>,
+  seed: number,
+  id: number,
+): GuestArgs {
+  const kernel = { baseGfn: PT_GPA / PAGE_SIZE, pages: l.ptPages };
+  const pages = l.pagesPer + (id === o.vcpus - 1 ? l.extra : 0);
+  const regionGfn = l.gpa / PAGE_SIZE + id * l.pagesPer;
+  const paging =
+    o.mode === "shadow"
+      ? {
+          kernel,
+          poolGfn: kernel.baseGfn + id * l.pool,
+          poolPages: l.pool,
+          vpn: REGION_VPN + id * l.pagesPer,
+        }
+      : undefined;
+  return oracle === "kvm"
+    ? { kind: "dirty_log", ctl: ctl.buffer, baseGfn: regionGfn, pages, seed, paging }
+    : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages, paging };
 }
 
 /** One VM with the test slot and parked vCPUs running a dirty-log guest. */
@@ -65,69 +141,32 @@ export class Harness {
     seed: number,
     mode: DirtyLogMode = "dirty-log",
   ): Promise<Harness> {
-    const pagesPer = o.bytesPerVcpu / PAGE_SIZE;
-    const extra = o.extraPages ?? 3;
-    const npages = o.vcpus * pagesPer + extra;
-    const gpa = o.gpa ?? slotGpa(npages);
-    const slotBytes = npages * PAGE_SIZE;
-    // Spare frames: alignment of the huge mappings, and page migration.
-    const shadow = o.mode === "shadow";
-    // Shadow: each vCPU's page-table pool, in a slot of its own below the test slot.
-    const pool = shadow ? tablesFor(pagesPer + extra) + tablesFor(o.vcpus * 4096) + 8 : 0;
-    const ptPages = shadow ? Math.ceil((o.vcpus * pool) / 512) * 512 : 0;
-    const memory = Math.ceil(slotBytes / TWO_MIB) * TWO_MIB + 4 * TWO_MIB + ptPages * PAGE_SIZE;
+    const l = harnessLayout(o);
     const vm = Vm.create({
-      memory,
+      memory: l.memory,
       // A design's name, as registered.
       wp: wp,
       mode: o.mode ?? "tdp",
       bugs: o.bugs ?? [],
       maxVcpus: o.vcpus,
-      maxSlotPages: npages + ptPages,
+      maxSlotPages: l.npages + l.ptPages,
       pml: o.pml,
       eager_page_split: o.eagerPageSplit,
     });
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;
-    const h = new Harness(vm, ctl, npages, gpa, o.vcpus, churn);
+    const h = new Harness(vm, ctl, l.npages, l.gpa, o.vcpus, churn);
     h.mode = mode;
     h.lastRingPage = new Array<number>(o.vcpus).fill(-1);
     try {
       // As the selftest: clear-log enables MANUAL_PROTECT_ENABLE | INITIALLY_SET, dirty-ring
       // its ring, both before the slot and the vCPUs exist.
       if (mode === "clear-log") vm.enableManualDirtyLogProtect(3);
-      if (mode === "dirty-ring") vm.enableDirtyRing(o.ringEntries ?? ringEntriesFor(npages));
-      const hva = vm.mmap(slotBytes, { thp: o.thp });
-      // As KVM's test: the slot is created with dirty logging already on; nothing is populated.
-      vm.setUserMemoryRegion({
-        slot: TEST_SLOT,
-        flags: KVM_MEM_LOG_DIRTY_PAGES,
-        guestPhysAddr: gpa,
-        memorySize: slotBytes,
-        userspaceAddr: hva,
-      });
-      const kernel = { baseGfn: PT_GPA / PAGE_SIZE, pages: ptPages };
-      if (shadow)
-        vm.setUserMemoryRegion({
-          slot: PT_SLOT,
-          flags: 0,
-          guestPhysAddr: PT_GPA,
-          memorySize: ptPages * PAGE_SIZE,
-          userspaceAddr: vm.mmap(ptPages * PAGE_SIZE, { thp: o.thp }),
-        });
+      if (mode === "dirty-ring") vm.enableDirtyRing(o.ringEntries ?? ringEntriesFor(l.npages));
+      setHarnessSlots(vm, o, l);
       for (let i = 0; i < o.vcpus; i++) vm.createVcpu(i);
       Atomics.store(ctl, DLG.stop, 1); // the vCPUs start parked (sem_vcpu_cont)
-      const baseGfn = gpa / PAGE_SIZE;
-      await vm.run((id) => {
-        const pages = pagesPer + (id === o.vcpus - 1 ? extra : 0);
-        const regionGfn = baseGfn + id * pagesPer;
-        const paging = shadow
-          ? { kernel, poolGfn: kernel.baseGfn + id * pool, poolPages: pool, vpn: REGION_VPN + id * pagesPer }
-          : undefined;
-        return oracle === "kvm"
-          ? { kind: "dirty_log", ctl: ctl.buffer, baseGfn: regionGfn, pages, seed, paging }
-          : { kind: "dirty_log_incr", ctl: ctl.buffer, baseGfn: regionGfn, pages, paging };
-      });
+      await vm.run((id) => guestSpec(o, l, oracle, ctl, seed, id));
       await h.waitParked();
       if ((o.numaScanPeriodMs ?? 0) > 0)
         vm.setNumaBalancing({ scanPeriodMs: o.numaScanPeriodMs, scanBytes: o.numaScanBytes });

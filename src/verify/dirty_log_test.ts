@@ -195,6 +195,8 @@ function checkKvm(
 ): { dirty: number; clean: number } {
   const { wp, tally, mode } = c;
   const ring = mode === "dirty-ring";
+  const failAt = (page: number, what: string): void =>
+    tally.fail({ wp, oracle: "kvm", mode, iteration, page, gpa: hex(h.gpa + page * PAGE_SIZE), what });
   let dirty = 0;
   let clean = 0;
   for (const [name, bm] of [
@@ -202,16 +204,7 @@ function checkKvm(
     ["bmap1", bmap1],
   ] as const) {
     const n = tailBits(bm, h.npages);
-    if (n !== 0)
-      tally.fail({
-        wp,
-        oracle: "kvm",
-        mode,
-        iteration,
-        page: h.npages,
-        gpa: hex(h.gpa + h.npages * PAGE_SIZE),
-        what: `${name}: ${n} bits set past the end of the slot`,
-      });
+    if (n !== 0) failAt(h.npages, `${name}: ${n} bits set past the end of the slot`);
   }
   for (let p = 0; p < h.npages; p++) {
     const [lo, hi] = h.vm.readGuestU64(h.gpa + p * PAGE_SIZE);
@@ -227,27 +220,13 @@ function checkKvm(
         (ring && val < iteration && curLast.includes(p)) ||
         (mode === "clear-log" && val === 0 && iteration === 1 && d0 && !d1);
       if (!allowed)
-        tally.fail({
-          wp,
-          oracle: "kvm",
-          mode,
-          iteration,
-          page: p,
-          gpa: hex(h.gpa + p * PAGE_SIZE),
-          what: `dirty page (${d0 ? "bmap0" : ""}${d0 && d1 ? "+" : ""}${d1 ? "bmap1" : ""}) value ${val} != iteration ${iteration}`,
-        });
+        failAt(
+          p,
+          `dirty page (${d0 ? "bmap0" : ""}${d0 && d1 ? "+" : ""}${d1 ? "bmap1" : ""}) value ${val} != iteration ${iteration}`,
+        );
     } else {
       clean++;
-      if (val >= iteration)
-        tally.fail({
-          wp,
-          oracle: "kvm",
-          mode,
-          iteration,
-          page: p,
-          gpa: hex(h.gpa + p * PAGE_SIZE),
-          what: `clean page value ${val} >= iteration ${iteration}: a lost dirty bit`,
-        });
+      if (val >= iteration) failAt(p, `clean page value ${val} >= iteration ${iteration}: a lost dirty bit`);
     }
   }
   return { dirty, clean };

@@ -46,13 +46,22 @@ import {
 } from "../mmu/spte.js";
 import { ACC_WRITE_MASK, GPTE_D, GPTE_P, GPTE_PS, GPTE_W, gpte_gfn } from "../mmu/guest_pt.js";
 
-export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
-  const h = kvm.spHdr;
-  const role = (sp: number): number => h[SP.role(sp)];
-  const gfnOf = (sp: number): number => h[SP.gfn(sp)];
+type Say = (m: string) => void;
+
+export function auditShadow(kvm: Kvm, say: Say): void {
   const active = active_mmu_pages(kvm);
+  auditHash(kvm, active, say);
+  const shadowed = auditActivePages(kvm, active, say);
+  audit_write_protection(kvm, shadowed, say);
+  for (const sp of active) auditShadowOfGuestTable(kvm, sp, say);
+  auditDirectPages(kvm, active, say);
+}
+
+/** Hash <-> active list: each page in the bucket of its gfn, once, and on both. */
+function auditHash(kvm: Kvm, active: number[], say: Say): void {
+  const h = kvm.spHdr;
+  const gfnOf = (sp: number): number => h[SP.gfn(sp)];
   const onList = new Set(active);
-  // Hash <-> active list.
   const hashed = new Set<number>();
   for (let b = 0; b < KVM_NUM_MMU_PAGES; b++) {
     let sp = kvm.spHash[b] - 1;
@@ -65,7 +74,16 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
   }
   for (const sp of active) if (!hashed.has(sp)) say(`sp ${sp}: on the active list but not in the hash`);
   for (const sp of hashed) if (!onList.has(sp)) say(`sp ${sp}: in the hash but not on the active list`);
-  // Roots in use.
+}
+
+/**
+ * Each active page: roots, validity, parent_ptes; then the roots in use and
+ * indirect_shadow_pages. Returns gfn -> the valid indirect pages that shadow it.
+ */
+function auditActivePages(kvm: Kvm, active: number[], say: Say): Map<number, number> {
+  const h = kvm.spHdr;
+  const role = (sp: number): number => h[SP.role(sp)];
+  const gfnOf = (sp: number): number => h[SP.gfn(sp)];
   const roots = new Set<number>();
   const nr = kvm.ctl[CTL.nr_vcpus];
   for (let i = 0; i < nr; i++) {
@@ -99,11 +117,15 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
         say(`sp ${sp}: parent_ptes entry ${p} is not a link to it`);
     });
   }
+  const onList = new Set(active);
   for (const root of roots) if (!onList.has(root)) say(`root sp ${root}: not on the active list`);
   if (indirect !== kvm.sctl[SCTL.indirect_shadow_pages])
     say(`indirect_shadow_pages ${kvm.sctl[SCTL.indirect_shadow_pages]} != ${indirect} valid indirect pages`);
+  return shadowed;
+}
 
-  // Write protection of shadowed gfns.
+/** audit_write_protection: a shadowed gfn is write-tracked and mapped by no writable or large spte. */
+function audit_write_protection(kvm: Kvm, shadowed: Map<number, number>, say: Say): void {
   for (const [gfn, n] of shadowed) {
     const slot = gfn_to_memslot(kvm, gfn);
     if (slot < 0) {
@@ -121,55 +143,86 @@ export function auditShadow(kvm: Kvm, say: (m: string) => void): void {
       });
     }
   }
+}
 
-  // The shadow against guest memory.
-  for (const sp of active) {
-    const r = role(sp);
-    if ((r & (ROLE_INVALID | ROLE_DIRECT)) !== 0) continue;
-    const level = r & ROLE_LEVEL_MASK;
-    const pfn = guest_gfn_to_pfn(kvm, gfnOf(sp));
-    if (pfn < 0) {
-      say(`sp ${sp}: guest table gfn ${gfnOf(sp)} is not backed`);
+/** A valid indirect page against the guest table it shadows (skips any other page). */
+function auditShadowOfGuestTable(kvm: Kvm, sp: number, say: Say): void {
+  const h = kvm.spHdr;
+  const r = h[SP.role(sp)];
+  if ((r & (ROLE_INVALID | ROLE_DIRECT)) !== 0) return;
+  const level = r & ROLE_LEVEL_MASK;
+  const gfn = h[SP.gfn(sp)];
+  const pfn = guest_gfn_to_pfn(kvm, gfn);
+  if (pfn < 0) {
+    say(`sp ${sp}: guest table gfn ${gfn} is not backed`);
+    return;
+  }
+  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+    const sptep = sp * PT64_ENT_PER_PAGE + i;
+    const s = kvm.spt[sptep];
+    if (!is_shadow_present_pte(s)) continue;
+    const lo = kvm.mem[pfn * PAGE_WORDS + 2 * i];
+    const hi = kvm.mem[pfn * PAGE_WORDS + 2 * i + 1];
+    const where = `sp ${sp} (level ${level}, table gfn ${gfn}) index ${i}`;
+    if ((lo & GPTE_P) === 0) {
+      say(`${where}: present spte for a non-present gpte`);
       continue;
     }
-    for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-      const sptep = sp * PT64_ENT_PER_PAGE + i;
-      const s = kvm.spt[sptep];
-      if (!is_shadow_present_pte(s)) continue;
-      const lo = kvm.mem[pfn * PAGE_WORDS + 2 * i];
-      const hi = kvm.mem[pfn * PAGE_WORDS + 2 * i + 1];
-      const where = `sp ${sp} (level ${level}, table gfn ${gfnOf(sp)}) index ${i}`;
-      if ((lo & GPTE_P) === 0) {
-        say(`${where}: present spte for a non-present gpte`);
-        continue;
-      }
-      const g = gpte_gfn(lo, hi);
-      if (!is_last_spte(s, level)) {
-        const child = spte_to_child_sp(s);
-        const cr = role(child);
-        if (level === 2 && (lo & GPTE_PS) !== 0) {
-          if ((cr & ROLE_DIRECT) === 0 || gfnOf(child) !== g - (g & 511))
-            say(`${where}: link for a 2 MiB gpte to sp ${child} (gfn ${gfnOf(child)})`);
-        } else if ((cr & ROLE_DIRECT) !== 0 || gfnOf(child) !== g || (cr & ROLE_LEVEL_MASK) !== level - 1) {
-          say(`${where}: link to sp ${child} (gfn ${gfnOf(child)}), gpte points at table ${g}`);
-        }
-        if ((cr & ROLE_INVALID) !== 0) say(`${where}: link to invalid sp ${child}`);
-        continue;
-      }
-      if (is_large_pte(s) && (lo & GPTE_PS) === 0) say(`${where}: large spte for a 4 KiB gpte`);
-      const want = is_large_pte(s) ? g - (g & 511) : g;
-      if (kvm.spGfns[sptep] !== want) say(`${where}: sp->gfns says ${kvm.spGfns[sptep]}, gpte maps ${want}`);
-      if ((s & PT_WRITABLE_MASK) !== 0) {
-        if ((lo & GPTE_W) === 0 || (lo & GPTE_D) === 0)
-          say(`${where}: writable spte for a gpte without W or D`);
-        if ((role_access(r) & ACC_WRITE_MASK) === 0) say(`${where}: writable spte under a read-only path`);
-      }
-    }
+    if (!is_last_spte(s, level)) auditLinkSpte(kvm, s, level, lo, hi, where, say);
+    else auditLeafSpte(kvm, sptep, s, r, lo, hi, where, say);
   }
+}
+
+/** A link spte in a shadow page: it leads to the page that shadows what gpte (lo, hi) points at. */
+function auditLinkSpte(
+  kvm: Kvm,
+  s: number,
+  level: number,
+  lo: number,
+  hi: number,
+  where: string,
+  say: Say,
+): void {
+  const h = kvm.spHdr;
+  const g = gpte_gfn(lo, hi);
+  const child = spte_to_child_sp(s);
+  const cr = h[SP.role(child)];
+  const childGfn = h[SP.gfn(child)];
+  if (level === 2 && (lo & GPTE_PS) !== 0) {
+    if ((cr & ROLE_DIRECT) === 0 || childGfn !== g - (g & 511))
+      say(`${where}: link for a 2 MiB gpte to sp ${child} (gfn ${childGfn})`);
+  } else if ((cr & ROLE_DIRECT) !== 0 || childGfn !== g || (cr & ROLE_LEVEL_MASK) !== level - 1) {
+    say(`${where}: link to sp ${child} (gfn ${childGfn}), gpte points at table ${g}`);
+  }
+  if ((cr & ROLE_INVALID) !== 0) say(`${where}: link to invalid sp ${child}`);
+}
+
+/** A leaf spte in a shadow page of role r: it maps what gpte (lo, hi) maps, writable only as that allows. */
+function auditLeafSpte(
+  kvm: Kvm,
+  sptep: number,
+  s: number,
+  r: number,
+  lo: number,
+  hi: number,
+  where: string,
+  say: Say,
+): void {
+  const g = gpte_gfn(lo, hi);
+  if (is_large_pte(s) && (lo & GPTE_PS) === 0) say(`${where}: large spte for a 4 KiB gpte`);
+  const want = is_large_pte(s) ? g - (g & 511) : g;
+  if (kvm.spGfns[sptep] !== want) say(`${where}: sp->gfns says ${kvm.spGfns[sptep]}, gpte maps ${want}`);
+  if ((s & PT_WRITABLE_MASK) !== 0) {
+    if ((lo & GPTE_W) === 0 || (lo & GPTE_D) === 0) say(`${where}: writable spte for a gpte without W or D`);
+    if ((role_access(r) & ACC_WRITE_MASK) === 0) say(`${where}: writable spte under a read-only path`);
+  }
+}
+
+/** A direct page maps consecutive gfns: writable only with W in its access role. */
+function auditDirectPages(kvm: Kvm, active: number[], say: Say): void {
   for (const sp of active) {
-    const r = role(sp);
+    const r = kvm.spHdr[SP.role(sp)];
     if ((r & (ROLE_INVALID | ROLE_DIRECT)) === 0 || (r & ROLE_INVALID) !== 0) continue;
-    // A direct page maps consecutive gfns: writable only with W in its access role.
     if ((role_access(r) & ACC_WRITE_MASK) === 0)
       for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
         if (

@@ -109,8 +109,15 @@ function getTest(name: string): AnyStressTest {
 
 const MAX_ITERATIONS = 1e9;
 
-export async function runStress(name: string, o: StressOptions = {}): Promise<StressResult> {
-  const t = getTest(name);
+/** The checked options of one run. */
+interface StressPlan {
+  iterations: number;
+  stride: number;
+  batchTimeoutMs: number;
+  timeLimitMs: number;
+}
+
+function stressPlan(t: AnyStressTest, o: StressOptions): StressPlan {
   const iterations = o.iterations ?? t.defaultIterations;
   if (!Number.isSafeInteger(iterations) || iterations < 1 || iterations > MAX_ITERATIONS)
     throw einval("iterations", `must be 1..${MAX_ITERATIONS}, got ${String(iterations)}`);
@@ -120,14 +127,25 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
   const batchTimeoutMs = o.batchTimeoutMs ?? 30_000;
   const timeLimitMs = o.timeLimitMs ?? Infinity;
   if (!(timeLimitMs > 0)) throw einval("timeLimitMs", `must be > 0, got ${String(o.timeLimitMs)}`);
-  const nActors = t.actors.length;
+  return { iterations, stride, batchTimeoutMs, timeLimitMs };
+}
 
-  const instances = Array.from({ length: stride }, () => t.alloc());
-  const states = instances.map((d) => t.attach(d, -1));
-  const ctl = new Int32Array(new SharedArrayBuffer(controlWords(stride) * 4));
-  const errors: string[] = [];
-  const workers = t.actors.map((_, k) => {
-    const data: StressWorkerData = { test: name, actor: k, ctl: ctl.buffer, instances };
+/** The main thread's side of a run: the control words, the actors' workers and their errors. */
+interface StressRun {
+  name: string;
+  t: AnyStressTest;
+  plan: StressPlan;
+  ctl: Int32Array<SharedArrayBuffer>;
+  errors: string[];
+  /** Aborts the actors and throws EIO with `why` and the actors' errors. */
+  failed(why: string): Promise<never>;
+}
+
+/** One persistent worker per actor; a worker's error marks the run failed and wakes the main thread. */
+function startActors(r: StressRun, instances: unknown[]): Worker[] {
+  const { t, ctl, errors } = r;
+  return t.actors.map((_, k) => {
+    const data: StressWorkerData = { test: r.name, actor: k, ctl: ctl.buffer, instances };
     const w = new Worker(new URL("./stress_worker.js", import.meta.url), {
       workerData: data,
       ...workerFlags(),
@@ -142,83 +160,95 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
     });
     return w;
   });
-  const failed = async (why: string): Promise<never> => {
-    Atomics.store(ctl, C_ABORT, 1);
-    // Let the workers' error messages arrive before they are terminated.
-    await new Promise((r) => setTimeout(r, 50));
-    throw new KvmError("EIO", `stress ${name}: ${why}${errors.length ? `\n${errors.join("\n")}` : ""}`);
-  };
+}
 
-  const counts = new Map<string, number>();
-  let elapsedMs = 0;
-  let ran = 0;
-  let barrierSleeps = 0;
-  try {
-    // Workers load and attach asynchronously; wait without blocking the event loop.
-    const t0 = Date.now();
-    for (;;) {
-      const ready = Atomics.load(ctl, C_READY);
-      if (ready === nActors) break;
-      if (Atomics.load(ctl, C_ERROR) !== 0 || errors.length) await failed("an actor failed to start");
-      if (Date.now() - t0 > batchTimeoutMs) await failed(`only ${ready} of ${nActors} actors started`);
-      await waitAsyncAlive(ctl, C_READY, ready, 20);
-    }
-
-    const start = performance.now();
-    let lastYield = start;
-    for (let base = 0; base < iterations; base += stride) {
-      const n = Math.min(stride, iterations - base);
-      for (let i = 0; i < n; i++) {
-        t.reset(states[i], base + i);
-        ctl[C_ARRIVE + i] = 0;
-      }
-      Atomics.store(ctl, C_COUNT, n);
-      Atomics.store(ctl, C_BASE, base);
-      Atomics.store(ctl, C_DONE, 0);
-      Atomics.add(ctl, C_EPOCH, 1); // seq-cst: publishes the resets above
-      Atomics.notify(ctl, C_EPOCH);
-      const b0 = performance.now();
-      for (;;) {
-        const done = Atomics.load(ctl, C_DONE);
-        if (done === nActors) break;
-        if (Atomics.load(ctl, C_ERROR) !== 0)
-          await failed(`an actor threw in iterations ${base}..${base + n - 1}`);
-        if (performance.now() - b0 > batchTimeoutMs)
-          await failed(
-            `iterations ${base}..${base + n - 1} did not finish in ${batchTimeoutMs} ms (a hang: ${done} of ${nActors} actors done)`,
-          );
-        // The main thread may block: nothing else runs on it while a batch does.
-        Atomics.wait(ctl, C_DONE, done, 50);
-      }
-      for (let i = 0; i < n; i++) {
-        const id = t.arbiter(states[i], base + i);
-        counts.set(id, (counts.get(id) ?? 0) + 1);
-      }
-      ran += n;
-      // Now and then give the event loop a turn (worker error events, test-runner timers).
-      const now = performance.now();
-      if (now - start > timeLimitMs) break;
-      if (now - lastYield > 200) {
-        await new Promise((r) => setImmediate(r));
-        lastYield = performance.now();
-      }
-    }
-    elapsedMs = performance.now() - start;
-    barrierSleeps = Atomics.load(ctl, C_BARRIER_SLEEPS);
-  } finally {
-    Atomics.store(ctl, C_ABORT, 1);
-    Atomics.store(ctl, C_EPOCH, -1);
-    Atomics.notify(ctl, C_EPOCH);
-    await Promise.all(
-      workers.map((w) =>
-        w.terminate().then(
-          () => undefined,
-          () => undefined,
-        ),
-      ),
-    );
+/** Workers load and attach asynchronously: waits for all of them without blocking the event loop. */
+async function waitActorsReady(r: StressRun): Promise<void> {
+  const nActors = r.t.actors.length;
+  const t0 = Date.now();
+  for (;;) {
+    const ready = Atomics.load(r.ctl, C_READY);
+    if (ready === nActors) break;
+    if (Atomics.load(r.ctl, C_ERROR) !== 0 || r.errors.length) await r.failed("an actor failed to start");
+    if (Date.now() - t0 > r.plan.batchTimeoutMs) await r.failed(`only ${ready} of ${nActors} actors started`);
+    await waitAsyncAlive(r.ctl, C_READY, ready, 20);
   }
+}
 
+/** Starts the batch of iterations base..base+n-1 and blocks until every actor is done with it. */
+async function runBatch(r: StressRun, states: unknown[], base: number, n: number): Promise<void> {
+  const { t, ctl } = r;
+  const nActors = t.actors.length;
+  for (let i = 0; i < n; i++) {
+    t.reset(states[i], base + i);
+    ctl[C_ARRIVE + i] = 0;
+  }
+  Atomics.store(ctl, C_COUNT, n);
+  Atomics.store(ctl, C_BASE, base);
+  Atomics.store(ctl, C_DONE, 0);
+  Atomics.add(ctl, C_EPOCH, 1); // seq-cst: publishes the resets above
+  Atomics.notify(ctl, C_EPOCH);
+  const b0 = performance.now();
+  for (;;) {
+    const done = Atomics.load(ctl, C_DONE);
+    if (done === nActors) break;
+    if (Atomics.load(ctl, C_ERROR) !== 0)
+      await r.failed(`an actor threw in iterations ${base}..${base + n - 1}`);
+    if (performance.now() - b0 > r.plan.batchTimeoutMs)
+      await r.failed(
+        `iterations ${base}..${base + n - 1} did not finish in ${r.plan.batchTimeoutMs} ms (a hang: ${done} of ${nActors} actors done)`,
+      );
+    // The main thread may block: nothing else runs on it while a batch does.
+    Atomics.wait(ctl, C_DONE, done, 50);
+  }
+}
+
+/** Every batch, each followed by the arbiter on its instances, until done or out of time. */
+async function runBatches(
+  r: StressRun,
+  states: unknown[],
+  counts: Map<string, number>,
+): Promise<{ ran: number; elapsedMs: number }> {
+  const { iterations, stride, timeLimitMs } = r.plan;
+  let ran = 0;
+  const start = performance.now();
+  let lastYield = start;
+  for (let base = 0; base < iterations; base += stride) {
+    const n = Math.min(stride, iterations - base);
+    await runBatch(r, states, base, n);
+    for (let i = 0; i < n; i++) {
+      const id = r.t.arbiter(states[i], base + i);
+      counts.set(id, (counts.get(id) ?? 0) + 1);
+    }
+    ran += n;
+    // Now and then give the event loop a turn (worker error events, test-runner timers).
+    const now = performance.now();
+    if (now - start > timeLimitMs) break;
+    if (now - lastYield > 200) {
+      await new Promise((r) => setImmediate(r));
+      lastYield = performance.now();
+    }
+  }
+  return { ran, elapsedMs: performance.now() - start };
+}
+
+/** Tells the actors to exit and terminates their workers. */
+async function stopActors(ctl: Int32Array, workers: Worker[]): Promise<void> {
+  Atomics.store(ctl, C_ABORT, 1);
+  Atomics.store(ctl, C_EPOCH, -1);
+  Atomics.notify(ctl, C_EPOCH);
+  await Promise.all(
+    workers.map((w) =>
+      w.terminate().then(
+        () => undefined,
+        () => undefined,
+      ),
+    ),
+  );
+}
+
+/** The spec's outcomes with their counts, then any unlisted outcome seen (counted as FORBIDDEN). */
+function outcomeRows(t: AnyStressTest, counts: Map<string, number>): OutcomeRow[] {
   const rows: OutcomeRow[] = t.outcomes.map((s) => ({ ...s, count: counts.get(s.id) ?? 0, listed: true }));
   for (const [id, count] of counts) {
     if (t.outcomes.some((s) => s.id === id)) continue;
@@ -230,6 +260,42 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
       listed: false,
     });
   }
+  return rows;
+}
+
+export async function runStress(name: string, o: StressOptions = {}): Promise<StressResult> {
+  const t = getTest(name);
+  const plan = stressPlan(t, o);
+  const instances = Array.from({ length: plan.stride }, () => t.alloc());
+  const states = instances.map((d) => t.attach(d, -1));
+  const ctl = new Int32Array(new SharedArrayBuffer(controlWords(plan.stride) * 4));
+  const errors: string[] = [];
+  const r: StressRun = {
+    name,
+    t,
+    plan,
+    ctl,
+    errors,
+    failed: async (why: string): Promise<never> => {
+      Atomics.store(ctl, C_ABORT, 1);
+      // Let the workers' error messages arrive before they are terminated.
+      await new Promise((r) => setTimeout(r, 50));
+      throw new KvmError("EIO", `stress ${name}: ${why}${errors.length ? `\n${errors.join("\n")}` : ""}`);
+    },
+  };
+  const workers = startActors(r, instances);
+  const counts = new Map<string, number>();
+  let elapsedMs = 0;
+  let ran = 0;
+  let barrierSleeps = 0;
+  try {
+    await waitActorsReady(r);
+    ({ ran, elapsedMs } = await runBatches(r, states, counts));
+    barrierSleeps = Atomics.load(ctl, C_BARRIER_SLEEPS);
+  } finally {
+    await stopActors(ctl, workers);
+  }
+  const rows = outcomeRows(t, counts);
   const sum = (k: OutcomeKind): number => rows.filter((r) => r.kind === k).reduce((a, r) => a + r.count, 0);
   return {
     test: name,
@@ -237,7 +303,7 @@ export async function runStress(name: string, o: StressOptions = {}): Promise<St
     control: t.control ?? null,
     actors: t.actors.map((a) => a.name),
     iterations: ran,
-    stride,
+    stride: plan.stride,
     elapsedMs,
     iterationsPerSec: elapsedMs > 0 ? (ran * 1000) / elapsedMs : 0,
     rows,

@@ -1,8 +1,11 @@
 /**
- * What a stress test declares (src/verify/stress_tests.ts) and the harness (stress.ts) runs: its
- * actors, its shared state and the outcome spec. Its own file so that the tests and the harness
- * both depend on it and not on each other.
+ * What a stress test declares (src/verify/stress_tests.ts and the stress_*.ts files it gathers)
+ * and the harness (stress.ts) runs: its actors, its shared state and the outcome spec, plus the
+ * small helpers the tests share. Its own file so that the tests and the harness both depend on
+ * it and not on each other.
  */
+import { allocKvmShared, BUG, BugName, KvmShared } from "../kvm_host.js";
+
 export type OutcomeKind = "ACCEPTABLE" | "ACCEPTABLE_INTERESTING" | "FORBIDDEN";
 
 export interface OutcomeSpec {
@@ -51,3 +54,25 @@ export interface StressTest<S, D> {
 
 /** A StressTest with its types erased, for the registry. */
 export type AnyStressTest = StressTest<unknown, unknown>;
+
+/** Erases a test's types for the registry (its methods are checked against S and D here). */
+export function define<S, D>(t: StressTest<S, D>): AnyStressTest {
+  return t;
+}
+
+/** A Kvm with just enough of everything for tests that need no guest memory. */
+export function tinyKvmShared(bugs: number, maxDesc: number): KvmShared {
+  return allocKvmShared({
+    hostFrames: 1,
+    maxSlotPages: 1,
+    maxSp: 1,
+    maxDesc,
+    maxVcpus: 1,
+    wp: "lockless",
+    bugs,
+  });
+}
+
+export function bugMask(bugs: BugName[]): number {
+  return bugs.reduce((m, b) => m | BUG[b], 0);
+}

@@ -14,8 +14,7 @@ import {
 import { einval, KvmError } from "../errors.js";
 import { kvm_get_dirty_log, wp_design } from "../mmu/dirty_log.js";
 import { kvm_clear_dirty_log } from "../mmu/clear_dirty_log.js";
-import { addDirtyLogTimes, newDirtyLogTimes } from "../mmu/write_protect.js";
-import { check_slot, check_slot_id, describe, isInt, vm_fail, VmState } from "./state.js";
+import { check_slot, check_slot_id, describe, isInt, vm_timed_dirty_log_call, VmState } from "./state.js";
 
 /** ENXIO in ring mode without the bitmap (kvm_use_dirty_bitmap). */
 function check_bitmap_mode(st: VmState, what: string): void {
@@ -40,15 +39,7 @@ export function kvm_vm_ioctl_get_dirty_log(st: VmState, slot: number, out?: Uint
     if (out !== undefined && out.length < words)
       throw einval("out", `needs ${words} words, got ${out.length}`);
     const bitmap = out ?? new Uint32Array(words);
-    const call = newDirtyLogTimes();
-    try {
-      kvm_get_dirty_log(kvm, slot, bitmap, call);
-    } catch (e) {
-      if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
-      throw e;
-    }
-    addDirtyLogTimes(st.times, call);
-    st.lastTimes = call;
+    vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call));
     return bitmap;
   } finally {
     kvm.slots_lock.unlock();
@@ -116,17 +107,9 @@ export function kvm_vm_ioctl_clear_dirty_log(
   kvm.slots_lock.lock();
   try {
     check_clear_range(st, slot, firstPage, numPages, bitmap);
-    const call = newDirtyLogTimes();
-    let n: number;
-    try {
-      n = kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call);
-    } catch (e) {
-      if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
-      throw e;
-    }
-    addDirtyLogTimes(st.clearTimes, call);
-    st.lastClear = call;
-    return n;
+    return vm_timed_dirty_log_call(st, "clear", (call) =>
+      kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call),
+    );
   } finally {
     kvm.slots_lock.unlock();
   }

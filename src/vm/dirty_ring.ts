@@ -15,9 +15,8 @@ import { einval, KvmError } from "../errors.js";
 import { kvm_dirty_ring_harvest, ring_base, ring_words } from "../mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "../mmu/dirty_ring.js";
 import { kvm_arch_sync_dirty_log, wp_design } from "../mmu/dirty_log.js";
-import { addDirtyLogTimes, newDirtyLogTimes } from "../mmu/write_protect.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
-import { isInt, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
+import { isInt, vm_throw_if_failed, vm_timed_dirty_log_call, VmState } from "./state.js";
 
 /** One harvested dirty-ring entry: slot id and page offset in the slot. */
 export interface DirtyGfn {
@@ -103,17 +102,7 @@ export function kvm_vm_ioctl_reset_dirty_pages(st: VmState): number {
   if (kvm.ctl[CTL.dirty_ring_size] === 0) throw einval("resetDirtyRings", "the dirty ring is not enabled");
   kvm.slots_lock.lock();
   try {
-    const call = newDirtyLogTimes();
-    let n: number;
-    try {
-      n = kvm_reset_dirty_rings(kvm, wp_design(kvm), call);
-    } catch (e) {
-      if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
-      throw e;
-    }
-    addDirtyLogTimes(st.resetTimes, call);
-    st.lastReset = call;
-    return n;
+    return vm_timed_dirty_log_call(st, "reset", (call) => kvm_reset_dirty_rings(kvm, wp_design(kvm), call));
   } finally {
     kvm.slots_lock.unlock();
   }

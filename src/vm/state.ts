@@ -7,7 +7,7 @@ import type { Worker } from "node:worker_threads";
 import { CTL, Kvm, KvmShared, SLOT, KVM_USER_MEM_SLOTS, VCPU } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { kvm_vcpu_kick } from "../kvm/requests.js";
-import { newDirtyLogTimes, DirtyLogTimes } from "../mmu/write_protect.js";
+import { addDirtyLogTimes, newDirtyLogTimes, DirtyLogTimes } from "../mmu/write_protect.js";
 import { RunCtl } from "../vcpu/vcpu.js";
 
 /**
@@ -110,4 +110,42 @@ export function check_idle(st: VmState, arg: string): void {
       "EBUSY",
       `${arg}: memslots can be created or deleted only while the vCPUs are stopped`,
     );
+}
+
+/** Which of the VM's time sums a dirty-log call adds to: GET, CLEAR or the rings' reset. */
+export type DirtyLogCall = "get" | "clear" | "reset";
+
+/**
+ * Runs the MMU side of one dirty-log ioctl (slots_lock held) with fresh times, adds them to the
+ * VM's sum for `kind` and keeps them as its last call. A flush no vCPU acknowledged
+ * (ETIMEDOUT) fails the VM before the error goes on to the caller.
+ */
+export function vm_timed_dirty_log_call<T>(
+  st: VmState,
+  kind: DirtyLogCall,
+  fn: (call: DirtyLogTimes) => T,
+): T {
+  const call = newDirtyLogTimes();
+  let r: T;
+  try {
+    r = fn(call);
+  } catch (e) {
+    if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
+    throw e;
+  }
+  switch (kind) {
+    case "get":
+      addDirtyLogTimes(st.times, call);
+      st.lastTimes = call;
+      break;
+    case "clear":
+      addDirtyLogTimes(st.clearTimes, call);
+      st.lastClear = call;
+      break;
+    case "reset":
+      addDirtyLogTimes(st.resetTimes, call);
+      st.lastReset = call;
+      break;
+  }
+  return r;
 }

@@ -81,6 +81,111 @@ function park(ctx: GuestContext, ctl: Int32Array, word: number, value: number): 
   while (Atomics.load(ctl, word) === value) ctx.halt(ctl, word, value, PARK_POLL_MS);
 }
 
+/** One vCPU's kernel: its page tables, its processes and its pool of anonymous pages. */
+interface KbVcpu {
+  ctx: GuestContext;
+  a: KernbenchGuestArgs;
+  rng: ParkMiller;
+  k: GuestKernel;
+  /** The kernel's own address space (init_mm), used while a process is torn down. */
+  idle: number;
+  procs: (Proc | null)[];
+  freeAnon: number[];
+  /** The current job's heap pages. */
+  heap: number[];
+}
+
+/** exec: a new address space with the libraries, their alias window and the shared file. */
+function spawn(c: KbVcpu): Proc {
+  const { k, a } = c;
+  const pml4 = k.newAddressSpace();
+  k.mapRange(pml4, LIB_VPN, a.libGfn, a.libPages, MAP_RO);
+  const aliasOff = c.rng.next() % Math.max(1, a.libPages - ALIAS_WINDOW);
+  k.mapRange(pml4, ALIAS_VPN, a.libGfn + aliasOff, Math.min(ALIAS_WINDOW, a.libPages), MAP_RO);
+  k.mapRange(pml4, SHARED_VPN, a.sharedGfn, a.sharedPages, MAP_RW);
+  return { pml4, jobs: 0, aliasOff };
+}
+
+/** The process of job's slot, switched to: exit of one that did its jobs, exec of a new one. */
+function switchToProcess(c: KbVcpu, job: number): Proc {
+  const slot = job % c.a.processes;
+  let p = c.procs[slot];
+  if (p !== null && p.jobs >= c.a.jobsPerProcess) {
+    c.ctx.loadCr3(c.idle);
+    c.k.destroyAddressSpace(p.pml4);
+    p = null;
+  }
+  if (p === null) {
+    c.ctx.loadCr3(c.idle);
+    p = c.procs[slot] = spawn(c);
+  }
+  c.ctx.loadCr3(p.pml4);
+  p.jobs++;
+  return p;
+}
+
+/** Reads the libraries, through both mappings where the page is in the alias window. */
+function readLibraries(c: KbVcpu, p: Proc): number {
+  const { ctx, a } = c;
+  let sink = 0;
+  for (let i = 0; i < a.libReads; i++) {
+    const page = c.rng.next() % a.libPages;
+    const x = ctx.read32w(LIB_VPN + page, 0);
+    if (x !== ((a.libGfn + page) ^ LIB_MAGIC))
+      throw new Error(`kernbench: library page ${page} reads 0x${(x >>> 0).toString(16)}`);
+    const w = page - p.aliasOff;
+    if (w >= 0 && w < ALIAS_WINDOW && ctx.read32w(ALIAS_VPN + w, 0) !== x)
+      throw new Error(`kernbench: alias of library page ${page} differs`);
+    sink += x;
+  }
+  return sink;
+}
+
+/** The heap: fresh anonymous pages mapped, written and read back. */
+function fillHeap(c: KbVcpu, p: Proc, job: number): void {
+  const { ctx, a, heap } = c;
+  for (let i = 0; i < a.heapPages; i++) {
+    const g = c.freeAnon.pop();
+    if (g === undefined) throw new Error("kernbench: anonymous page pool exhausted");
+    heap.push(g);
+    c.k.map(p.pml4, HEAP_VPN + i, g, MAP_RW);
+    ctx.write64w(HEAP_VPN + i, (job & 255) * 2, job, g);
+  }
+  for (let i = 0; i < a.heapPages; i++) {
+    if (ctx.read32w(HEAP_VPN + i, (job & 255) * 2 + 1) !== heap[i])
+      throw new Error(`kernbench: heap page ${i} lost its data`);
+  }
+}
+
+/** Unmaps the heap (INVLPG) and frees its pages. */
+function freeHeap(c: KbVcpu, p: Proc): void {
+  for (let i = 0; i < c.a.heapPages; i++) {
+    c.k.unmap(p.pml4, HEAP_VPN + i);
+    c.freeAnon.push(c.heap[i]);
+  }
+  c.heap.length = 0;
+}
+
+/** One job; returns what keeps its reads and computation alive. */
+function runJob(c: KbVcpu, job: number): number {
+  const { ctx, a } = c;
+  const p = switchToProcess(c, job);
+  let sink = readLibraries(c, p);
+  fillHeap(c, p, job);
+  // Compute.
+  let h = job ^ ctx.vcpuId;
+  for (let i = 0; i < a.compute; i++) h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) + i;
+  sink += h;
+  // Output: this vCPU's words of some shared-file pages.
+  for (let i = 0; i < a.sharedWrites; i++) {
+    const page = c.rng.next() % a.sharedPages;
+    ctx.write64w(SHARED_VPN + page, (ctx.vcpuId & 255) * 2, job, h);
+  }
+  freeHeap(c, p);
+  ctx.writes++;
+  return sink;
+}
+
 export function kernbench_guest(ctx: GuestContext, a: KernbenchGuestArgs): never {
   const ctl = new Int32Array(a.ctl);
   const times = new Float64Array(a.ctl);
@@ -92,75 +197,16 @@ export function kernbench_guest(ctx: GuestContext, a: KernbenchGuestArgs): never
   const freeAnon: number[] = [];
   for (let i = a.anonPages - 1; i >= 0; i--) freeAnon.push(a.anonGfn + i);
   const procs: (Proc | null)[] = new Array<Proc | null>(a.processes).fill(null);
-
-  const spawn = (): Proc => {
-    const pml4 = k.newAddressSpace();
-    k.mapRange(pml4, LIB_VPN, a.libGfn, a.libPages, MAP_RO);
-    const aliasOff = rng.next() % Math.max(1, a.libPages - ALIAS_WINDOW);
-    k.mapRange(pml4, ALIAS_VPN, a.libGfn + aliasOff, Math.min(ALIAS_WINDOW, a.libPages), MAP_RO);
-    k.mapRange(pml4, SHARED_VPN, a.sharedGfn, a.sharedPages, MAP_RW);
-    return { pml4, jobs: 0, aliasOff };
-  };
+  const c: KbVcpu = { ctx, a, rng, k, idle, procs, freeAnon, heap: [] };
 
   Atomics.add(ctl, KB_BOOTED, 1);
   Atomics.notify(ctl, KB_BOOTED);
   park(ctx, ctl, KB_GO, 0);
 
   const me = KB_VCPU_BASE + ctx.vcpuId;
-  const heap: number[] = [];
   let sink = 0;
   for (let job = 0; job < a.jobs; job++) {
-    const slot = job % a.processes;
-    let p = procs[slot];
-    if (p !== null && p.jobs >= a.jobsPerProcess) {
-      ctx.loadCr3(idle);
-      k.destroyAddressSpace(p.pml4);
-      p = null;
-    }
-    if (p === null) {
-      ctx.loadCr3(idle);
-      p = procs[slot] = spawn();
-    }
-    ctx.loadCr3(p.pml4);
-    p.jobs++;
-    // Read the libraries, through both mappings where the page is in the alias window.
-    for (let i = 0; i < a.libReads; i++) {
-      const page = rng.next() % a.libPages;
-      const x = ctx.read32w(LIB_VPN + page, 0);
-      if (x !== ((a.libGfn + page) ^ LIB_MAGIC))
-        throw new Error(`kernbench: library page ${page} reads 0x${(x >>> 0).toString(16)}`);
-      const w = page - p.aliasOff;
-      if (w >= 0 && w < ALIAS_WINDOW && ctx.read32w(ALIAS_VPN + w, 0) !== x)
-        throw new Error(`kernbench: alias of library page ${page} differs`);
-      sink += x;
-    }
-    // The heap: fresh anonymous pages, written, read back, then unmapped and freed.
-    for (let i = 0; i < a.heapPages; i++) {
-      const g = freeAnon.pop();
-      if (g === undefined) throw new Error("kernbench: anonymous page pool exhausted");
-      heap.push(g);
-      k.map(p.pml4, HEAP_VPN + i, g, MAP_RW);
-      ctx.write64w(HEAP_VPN + i, (job & 255) * 2, job, g);
-    }
-    for (let i = 0; i < a.heapPages; i++) {
-      if (ctx.read32w(HEAP_VPN + i, (job & 255) * 2 + 1) !== heap[i])
-        throw new Error(`kernbench: heap page ${i} lost its data`);
-    }
-    // Compute.
-    let h = job ^ ctx.vcpuId;
-    for (let i = 0; i < a.compute; i++) h = Math.imul(h ^ (h >>> 15), 0x2c1b3c6d) + i;
-    sink += h;
-    // Output: this vCPU's words of some shared-file pages.
-    for (let i = 0; i < a.sharedWrites; i++) {
-      const page = rng.next() % a.sharedPages;
-      ctx.write64w(SHARED_VPN + page, (ctx.vcpuId & 255) * 2, job, h);
-    }
-    for (let i = 0; i < a.heapPages; i++) {
-      k.unmap(p.pml4, HEAP_VPN + i);
-      freeAnon.push(heap[i]);
-    }
-    heap.length = 0;
-    ctx.writes++;
+    sink += runJob(c, job);
     Atomics.store(ctl, me, job + 1);
   }
   times[kbFinishIndex(a.vcpus, ctx.vcpuId)] = performance.timeOrigin + performance.now();

@@ -12,7 +12,6 @@ import {
   pte_list_walk_lockless,
   rmap_get_first,
   RmapCorrupt,
-  rmapStats,
 } from "../../src/mmu/rmap.js";
 import { listEntries, makeKvm, positions, range, Rng, sorted, viewList } from "../helpers/kvm.js";
 
@@ -123,12 +122,12 @@ test("rmap: walkers visit exactly the entries of a quiescent list, each once", (
     const model = rng.shuffle(range(1, 200)).slice(0, n);
     for (const e of model) pte_list_add(kvm, heads, hi, hi, e);
     assert.deepEqual(sorted(walkAll(kvm, heads, hi)), sorted(model), `pte_list_walk, ${n} entries`);
-    const w0 = rmapStats.walks;
-    const r0 = rmapStats.restarts;
+    const w0 = kvm.rmapStats.walks;
+    const r0 = kvm.rmapStats.restarts;
     const got = walkLockless(kvm, heads, hi, hi);
     assert.deepEqual(sorted(got), sorted(model), `pte_list_walk_lockless, ${n} entries`);
-    assert.equal(rmapStats.walks, w0 + 1);
-    assert.equal(rmapStats.restarts, r0, "no restart on a quiescent list");
+    assert.equal(kvm.rmapStats.walks, w0 + 1);
+    assert.equal(kvm.rmapStats.restarts, r0, "no restart on a quiescent list");
     const first = rmap_get_first(kvm, heads, hi);
     if (n === 0) assert.equal(first, -1);
     else assert.ok(model.includes(first + 1), "rmap_get_first returns an entry (spte index)");
@@ -314,7 +313,7 @@ function reusedDescDuringWalk(bugs: number): { seen: Set<number>; restarts: numb
   const firstOfA = viewList(kvm, heads, A).descs[0];
   const seen = new Set<number>();
   let done = false;
-  const r0 = rmapStats.restarts;
+  const r0 = kvm.rmapStats.restarts;
   pte_list_walk_lockless(kvm, heads, A, A, (s) => {
     seen.add(s + 1);
     if (done) return;
@@ -326,7 +325,7 @@ function reusedDescDuringWalk(bugs: number): { seen: Set<number>; restarts: numb
   });
   checkList(kvm, heads, A, A, [1, 2, 3]);
   checkList(kvm, heads, B, B, [50, 51]);
-  return { seen, restarts: rmapStats.restarts - r0 };
+  return { seen, restarts: kvm.rmapStats.restarts - r0 };
 }
 
 test("rmap: a walker moved onto another head's chain by desc reuse restarts at the foreign nulls", () => {
@@ -350,13 +349,13 @@ test("rmap: the lockless walker restarts on a descriptor under construction (mor
   const lastMore = DESC.more(v.descs.at(-1)!);
   const saved = kvm.desc[lastMore];
   kvm.desc[lastMore] = 0;
-  const r0 = rmapStats.restarts;
+  const r0 = kvm.rmapStats.restarts;
   const seen: number[] = [];
   pte_list_walk_lockless(kvm, heads, 0, 0, (s) => {
     seen.push(s + 1);
     if (seen.length === 6) kvm.desc[lastMore] = saved; // initialisation finishes during the second pass
   });
-  assert.equal(rmapStats.restarts - r0, 1);
+  assert.equal(kvm.rmapStats.restarts - r0, 1);
   assert.deepEqual(sorted(new Set(seen)), [1, 2, 3, 4, 5]);
   assert.equal(seen.length, 10, "the whole chain was walked twice");
 });

@@ -10,7 +10,7 @@
  */
 import { isMainThread, workerData } from "node:worker_threads";
 import { Kvm, KvmShared } from "../../src/kvm_host.js";
-import { pte_list_walk_lockless, rmapStats } from "../../src/mmu/rmap.js";
+import { pte_list_walk_lockless } from "../../src/mmu/rmap.js";
 
 export interface WalkerData {
   shared: KvmShared;
@@ -82,8 +82,8 @@ function main(d: WalkerData): void {
     else seen[e] = gen;
   };
   const publish = (): void => {
-    Atomics.store(out, WalkerWords.Walks, rmapStats.walks);
-    Atomics.store(out, WalkerWords.Restarts, rmapStats.restarts);
+    Atomics.store(out, WalkerWords.Walks, kvm.rmapStats.walks);
+    Atomics.store(out, WalkerWords.Restarts, kvm.rmapStats.restarts);
     Atomics.store(out, WalkerWords.MissedWalks, missedWalks);
     Atomics.store(out, WalkerWords.MissedEntries, missedEntries);
     Atomics.store(out, WalkerWords.ForeignWalks, foreignWalks);

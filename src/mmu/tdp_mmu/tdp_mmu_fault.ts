@@ -15,19 +15,10 @@ import {
   lockdep_assert_held_read,
   lockdep_assert_held_write,
 } from "../../kvm_host.js";
-import { KvmError } from "../../errors.js";
 import { aload, spinPoint } from "../../sync/atomic.js";
-import {
-  gfn_to_memslot,
-  lpage_info_index,
-  mark_page_dirty_in_slot,
-  slot_dirty_logged,
-} from "../../mem/memslot.js";
-import { gfn_to_pfn_memslot } from "../../mem/guest_memory.js";
-import { hva_is_huge } from "../../mem/host_memory.js";
-import { handle_userfault } from "../../mem/userfault.js";
+import { lpage_info_index, mark_page_dirty_in_slot, slot_dirty_logged } from "../../mem/memslot.js";
 import { mmu_notifier_retry } from "../mmu_notifier.js";
-import { mmu_topup_memory_caches } from "../mmu_cache.js";
+import { direct_page_fault_prepare } from "../faultin.js";
 import type { KvmPageFault } from "../mmu.js";
 import { RET_PF_RETRY } from "../kvm_mmu.js";
 import {
@@ -171,22 +162,9 @@ function make_mmu_pages_available(kvm: Kvm): void {
  * Throws KvmError(EFAULT) for a gfn outside every memslot or a write to read-only memory.
  */
 export function kvm_tdp_mmu_page_fault(kvm: Kvm, fault: KvmPageFault): number {
+  if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
   const gfn = fault.gfn;
-  const slot = gfn_to_memslot(kvm, gfn);
-  if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
-  fault.slot = slot;
-  if (fault.write && fault.present && kvm.ops.fast_page_fault(kvm, fault)) return RET_PF_RETRY;
-  if (!handle_userfault(kvm, fault.vcpuId, slot, gfn)) return RET_PF_RETRY;
-  mmu_topup_memory_caches(kvm, fault.vcpuId);
-  fault.mmu_seq = aload(kvm.ctl, CTL.notifier_seq);
-  const hf = fault.hf;
-  if (!gfn_to_pfn_memslot(kvm, slot, gfn, hf))
-    throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: host memory not mapped`);
-  fault.pfn = hf.pfn;
-  fault.map_writable = hf.writable;
-  fault.host_huge = hva_is_huge(kvm, hf.hvaPage);
-  if (fault.write && !fault.map_writable)
-    throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: write to read-only memory`);
+  const slot = fault.slot;
   // kvm_mmu_load: the root is made under the write lock, once.
   if (aload(kvm.ctl, CTL.root) === 0) {
     kvm.mmu_lock.write_lock();

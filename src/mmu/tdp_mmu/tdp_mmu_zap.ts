@@ -3,17 +3,12 @@
  * (read lock: freeze, flush, clear) and the recovery of huge pages when dirty logging stops
  * (kvm_tdp_mmu_zap_collapsible_sptes, read lock).
  */
-import {
-  Kvm,
-  KVM_USER_MEM_SLOTS,
-  lockdep_assert_held_read,
-  lockdep_assert_held_write,
-  SLOT,
-} from "../../kvm_host.js";
-import { aload, astore } from "../../sync/atomic.js";
+import { Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
+import { astore } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { gfn_to_hva_page, lpage_info_index } from "../../mem/memslot.js";
 import { hva_is_huge } from "../../mem/host_memory.js";
+import { kvm_handle_hva_range } from "../mmu_notifier.js";
 import { is_last_spte, is_shadow_present_pte, PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL } from "../spte.js";
 import { tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp_iter.js";
 import type { TdpIter } from "./tdp_iter.js";
@@ -57,28 +52,27 @@ export function tdp_mmu_zap_leafs(
   return flush;
 }
 
+/** tdp_mmu_zap_leafs of [gfnStart, gfnEnd) in every root: a kvm_handle_hva_range handler. */
+function kvm_tdp_mmu_unmap_gfn_range(
+  kvm: Kvm,
+  _slot: number,
+  gfnStart: number,
+  gfnEnd: number,
+  flush: boolean,
+): boolean {
+  const zapped = tdp_mmu_with_root(kvm, false, (root: number): boolean =>
+    tdp_mmu_zap_leafs(kvm, root, gfnStart, gfnEnd, true, flush),
+  );
+  return zapped || flush;
+}
+
 /**
  * kvm_tdp_mmu_unmap_gfn_range as the zap_gfn_range op: the gfns of host pages [hvaStart, hvaEnd)
  * in every slot. Runs inside invalidate_range_start's write-locked section. Returns flush.
  */
 export function kvm_tdp_mmu_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number): boolean {
   lockdep_assert_held_write(kvm);
-  let flush = false;
-  const s = kvm.slots;
-  for (let id = 0; id < KVM_USER_MEM_SLOTS; id++) {
-    if (aload(s, SLOT.active(id)) === 0) continue;
-    const slotHva = s[SLOT.hva_page(id)];
-    const npages = s[SLOT.npages(id)];
-    const start = Math.max(hvaStart, slotHva);
-    const end = Math.min(hvaEnd, slotHva + npages);
-    if (start >= end) continue;
-    const base = s[SLOT.base_gfn(id)];
-    const f: boolean = flush;
-    const zapped = tdp_mmu_with_root(kvm, false, (root: number): boolean =>
-      tdp_mmu_zap_leafs(kvm, root, base + (start - slotHva), base + (end - slotHva), true, f),
-    );
-    flush = zapped || flush;
-  }
+  const flush = kvm_handle_hva_range(kvm, hvaStart, hvaEnd, kvm_tdp_mmu_unmap_gfn_range);
   tdp_mmu_commit_free(kvm);
   return flush;
 }
