@@ -213,6 +213,22 @@ for (const [scenario, strategy, bug] of [
   });
 }
 
+// need_resched under the explorer is a choice of the schedule (sched_preempted_at): the TDP MMU's
+// yields must explore the same with runs of steps as with one step per hand-off.
+for (const [strategy, bug] of [
+  ["random", false],
+  ["pct", true],
+] as const)
+  test(`tdp-zap-yield-noflush (${strategy}, ${bug ? "bug" : "fixed"}): runs of steps explore as one step per hand-off`, async () => {
+    const o = { scenario: "tdp-zap-yield-noflush", strategy, schedules: 25, seed: 5, bug, all: true };
+    const fast = await explore(o);
+    const slow = await explore({ ...o, stepwise: true });
+    assert.equal(fast.steps, slow.steps);
+    assert.equal(fast.violations, slow.violations);
+    assert.equal(fast.firstViolation?.schedule, slow.firstViolation?.schedule);
+    assert.deepEqual(fast.firstViolation?.trace, slow.firstViolation?.trace);
+  });
+
 // Every scenario, both MMUs: the VM restored between schedules must be the VM its setup makes
 // (a scenario whose state lives outside shared memory would explore differently here).
 test("every scenario explores the same on a restored VM as on new ones", async () => {
