@@ -504,7 +504,7 @@ function scenarioOf(o: ExploreOptions): Scenario {
   const design = o.design ?? s.onlyDesign;
   if (design !== undefined && o.scenarioObject === undefined && !scenarioApplies(o.scenario, design, mode))
     throw einval(
-      "--wp",
+      o.design !== undefined ? "--wp" : "--mode",
       `scenario "${o.scenario}" does not apply to design "${design}" in ${mode} mode (no shadow mode, an rmap scenario on a design without rmaps, or a scenario of another design's code)`,
     );
   return s;

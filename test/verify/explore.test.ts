@@ -70,7 +70,7 @@ test("a TDP MMU scenario is refused in shadow mode and on another design", async
     bug: false,
     all: false,
   };
-  await assert.rejects(explore({ ...o, mode: "shadow" }), /EINVAL: --wp.*tdp-wrong-lock/);
+  await assert.rejects(explore({ ...o, mode: "shadow" }), /EINVAL: --mode.*tdp-wrong-lock/);
   await assert.rejects(explore({ ...o, design: "locked" }), /EINVAL: --wp.*tdp-wrong-lock/);
 });
 
