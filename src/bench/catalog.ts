@@ -1,5 +1,5 @@
 /**
- * The bug catalog's figures: for every bug, schedules until `explore` finds it (PCT, seeds
+ * The bug catalog's figures: for every bug (the TDP MMU's that have a scenario included, TDP mode), schedules until `explore` finds it (PCT, seeds
  * 1..5, budget 2000; the median is reported), then the same scenario without the bug over the
  * full budget (must be 0 violations), and explored steps per second (not counting the start
  * of the worker threads, which the explorations after the first reuse).
@@ -11,6 +11,7 @@ import { checkOutput, envelope, writeResult } from "./result.js";
 import { catalogCsv, writeCsv } from "../results/csv.js";
 import { BUG_SCENARIO } from "../verify/scenarios.js";
 import { BUG, BugName } from "../kvm_host.js";
+import { BUG_TDP, TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 
 const arg = (k: string, d: number): number => {
   const i = process.argv.indexOf(k);
@@ -28,7 +29,7 @@ const csv = path("--csv");
 if (output !== undefined) checkOutput(output);
 if (csv !== undefined) checkOutput(csv, "--csv");
 const rows: {
-  bug: BugName;
+  bug: BugName | TdpBugName;
   toFind: (number | null)[];
   median: number | null;
   fixedSchedules: number;
@@ -36,13 +37,20 @@ const rows: {
   stepsPerSec: number;
 }[] = [];
 // fast-pf-large cannot arise on the shadow MMU (4 KiB nonpaging maps; no fast_page_fault with guest paging).
-for (const bug of (Object.keys(BUG) as BugName[]).filter((b) => mode === "tdp" || b !== "fast-pf-large")) {
+// The TDP MMU's bugs (those with a scenario) run on design tdp-mmu, which has no shadow mode.
+const tdpBugs = (Object.keys(BUG_TDP) as TdpBugName[]).filter((b) => mode === "tdp" && BUG_SCENARIO[b]);
+const bugs: (BugName | TdpBugName)[] = [
+  ...(Object.keys(BUG) as BugName[]).filter((b) => mode === "tdp" || b !== "fast-pf-large"),
+  ...tdpBugs,
+];
+for (const bug of bugs) {
+  const scenario = BUG_SCENARIO[bug]!;
   const toFind: (number | null)[] = [];
   let steps = 0;
   let ms = 0;
   for (let seed = 1; seed <= seeds; seed++) {
     const r = await explore({
-      scenario: BUG_SCENARIO[bug],
+      scenario,
       strategy: "pct",
       schedules: budget,
       seed,
@@ -55,7 +63,7 @@ for (const bug of (Object.keys(BUG) as BugName[]).filter((b) => mode === "tdp" |
     ms += r.elapsedMs - r.startMs;
   }
   const fixed = await explore({
-    scenario: BUG_SCENARIO[bug],
+    scenario,
     strategy: "pct",
     schedules: budget,
     seed: 1,

@@ -4,6 +4,10 @@ import { explore, ExploreResult, replay, Violation } from "../verify/explore.js"
 import { BUG_SCENARIO, SCENARIOS } from "../verify/scenarios.js";
 import type { GenerateOptions, GenerateResult } from "../verify/generate.js";
 import { BUG, BugName } from "../kvm_host.js";
+import { BUG_TDP, TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
+
+/** Every catalog bug --bug takes: the rmap MMU's and the TDP MMU's. */
+const CATALOG = { ...BUG, ...BUG_TDP };
 import { designNames, parseDesignList } from "../mmu/design.js";
 import { parseIntIn, parseList, parseOne } from "./parse.js";
 import { einval } from "../errors.js";
@@ -91,8 +95,8 @@ async function runReplay(a: Args): Promise<void> {
 async function runExplore(a: Args): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
   const bugName = a["bug"] as string | undefined;
-  if (bugName !== undefined && !(bugName in BUG))
-    throw einval("--bug", `"${bugName}" is not one of ${Object.keys(BUG).join(", ")}`);
+  if (bugName !== undefined && !Object.hasOwn(CATALOG, bugName))
+    throw einval("--bug", `"${bugName}" is not one of ${Object.keys(CATALOG).join(", ")}`);
   if (a["replay"] !== undefined) return runReplay(a);
   if (a["generate"]) {
     const o = generateOptions(a);
@@ -105,7 +109,9 @@ async function runExplore(a: Args): Promise<void> {
   }
   if (a["programs"] !== undefined) throw einval("--programs", "needs --generate");
   let scenario = a["scenario"] as string | undefined;
-  if (bugName !== undefined) scenario ??= BUG_SCENARIO[bugName as BugName];
+  if (bugName !== undefined) scenario ??= BUG_SCENARIO[bugName as BugName | TdpBugName];
+  if (bugName !== undefined && scenario === undefined)
+    throw einval("--bug", `"${bugName}" has no explorer scenario yet (docs/bugs.md)`);
   if (scenario === undefined) throw einval("--scenario", "give --scenario, --bug, --generate or --replay");
   if (!Object.hasOwn(SCENARIOS, scenario))
     throw einval("--scenario", `"${scenario}" is not one of ${Object.keys(SCENARIOS).join(", ")}`);
@@ -140,7 +146,10 @@ export function registerExplore(program: Command): void {
       "run a scenario or generated programs under the controlled scheduler, checking invariants after every schedule",
     )
     .option("--scenario <name>", `scenario: ${Object.keys(SCENARIOS).join(", ")}`)
-    .option("--bug <name>", `put one catalog bug back (and use its scenario): ${Object.keys(BUG).join(", ")}`)
+    .option(
+      "--bug <name>",
+      `put one catalog bug back (and use its scenario): ${Object.keys(CATALOG).join(", ")}`,
+    )
     .option("--fixed", "with --bug: the same scenario with the code as it should be", false)
     .option(
       "--generate",

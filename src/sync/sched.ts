@@ -13,7 +13,7 @@
  * The words (Int32Array over the explorer's control SAB) are declared below: SCHED, then one
  * SCHED_T row per thread.
  */
-import { Op, setSchedHook } from "./atomic.js";
+import { aload, Op, setSchedHook } from "./atomic.js";
 import { defineBlock, defineRows } from "../layout.js";
 
 /** The run's control words, at the start of the explorer's control SAB. */
@@ -117,12 +117,38 @@ export function handOffWait(w: Int32Array, i: number, v: number): void {
 /** Steps this thread took in the current run (points it passed with a grant). */
 let ran = 0;
 
+/** This thread's control words and id while it runs controlled (need_resched's choice point). */
+let controlled: { sc: Int32Array; tid: number } | null = null;
+
+/** Steps the other threads of the run have taken (each stores its count before it hands back). */
+function othersRan(c: { sc: Int32Array; tid: number }): number {
+  let n = 0;
+  for (let t = 0; t < SCHED_MAX_THREADS; t++) if (t !== c.tid) n += Atomics.load(c.sc, SCHED_T.ran(t));
+  return n;
+}
+
+/**
+ * need_resched() as a choice of the schedule: a scheduling point (a load of a[i]) that returns
+ * true when the controller ran another thread there before this one went on, i.e. the scheduler
+ * preempted this thread at that point. The answer is a function of the schedule alone (a run of
+ * steps never lets another thread in), so replays and runs of steps agree. False when the thread
+ * is not controlled (real threads: need_resched is the caller's own knob).
+ */
+export function sched_preempted_at(a: Int32Array, i: number): boolean {
+  const c = controlled;
+  if (c === null) return false;
+  const before = othersRan(c);
+  aload(a, i);
+  return othersRan(c) !== before;
+}
+
 /**
  * Installs the controlled hook for thread `tid`. `arrayIds` names the shared arrays for traces
  * (index in the list; -1 for others).
  */
 export function installControlledHook(sc: Int32Array, tid: number, arrayIds: SharedArrayBuffer[]): void {
   ran = 0;
+  controlled = { sc, tid };
   let budget = 0;
   const ring = SCHED_T.ring(tid);
   setSchedHook((op: Op, arr: Int32Array, index: number) => {
@@ -152,6 +178,7 @@ export function installControlledHook(sc: Int32Array, tid: number, arrayIds: Sha
 /** Removes the hook and hands back for the last time with `state` (TS_DONE, ...). */
 export function finishControlled(sc: Int32Array, tid: number, state: number): void {
   setSchedHook(null);
+  controlled = null;
   Atomics.store(sc, SCHED_T.ran(tid), ran);
   Atomics.store(sc, SCHED_T.state(tid), state);
   Atomics.add(sc, SCHED_T.steps(tid), 1);
@@ -160,4 +187,5 @@ export function finishControlled(sc: Int32Array, tid: number, state: number): vo
 
 export function removeControlledHook(): void {
   setSchedHook(null);
+  controlled = null;
 }

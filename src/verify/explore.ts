@@ -34,6 +34,7 @@ import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from ".
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
 import { scenarioApplies, withDesign } from "./explore_design.js";
 import { DesignName } from "../mmu/design.js";
+import type { TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 
 export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
@@ -65,7 +66,7 @@ export interface ExploreResult {
   mode: MmuModeName;
   /** The design the VM ran, when the run overrode the scenario's own. */
   design?: DesignName;
-  bug: BugName | null;
+  bug: BugName | TdpBugName | null;
   strategy: Strategy;
   seed: number;
   schedules: number;
@@ -500,14 +501,11 @@ function scenarioOf(o: ExploreOptions): Scenario {
       `unknown scenario "${o.scenario}"; known: ${Object.keys(SCENARIOS).join(", ")}`,
     );
   const mode = o.mode ?? "tdp";
-  if (
-    o.design !== undefined &&
-    o.scenarioObject === undefined &&
-    !scenarioApplies(o.scenario, o.design, mode)
-  )
+  const design = o.design ?? s.onlyDesign;
+  if (design !== undefined && o.scenarioObject === undefined && !scenarioApplies(o.scenario, design, mode))
     throw einval(
-      "--wp",
-      `scenario "${o.scenario}" does not apply to design "${o.design}" in ${mode} mode (no shadow mode, or an rmap scenario on a design without rmaps)`,
+      o.design !== undefined ? "--wp" : "--mode",
+      `scenario "${o.scenario}" does not apply to design "${design}" in ${mode} mode (no shadow mode, an rmap scenario on a design without rmaps, or a scenario of another design's code)`,
     );
   return s;
 }

@@ -15,9 +15,12 @@ export function withDesign(o: VmOptions, design: DesignName | undefined): VmOpti
 
 /**
  * Whether scenario `scenario` runs on design `design` in paging mode `mode`: the design takes
- * the mode, and an rmap scenario needs a design with rmaps.
+ * the mode, an rmap scenario needs a design with rmaps, and a scenario about one design's own
+ * code (Scenario.onlyDesign) runs on that design only.
  */
 export function scenarioApplies(scenario: string, design: DesignName, mode: MmuModeName): boolean {
   if (!designSupportsMode(design, mode === "shadow" ? MmuMode.Shadow : MmuMode.Tdp)) return false;
+  const only = SCENARIOS[scenario]?.onlyDesign;
+  if (only !== undefined && only !== design) return false;
   return !SCENARIOS[scenario]?.rmapOnly || designHasRmaps(design);
 }

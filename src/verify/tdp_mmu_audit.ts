@@ -6,7 +6,8 @@
  *    frames follow that page's);
  *  - no frozen spte is reachable (a freeze ends before its owner drops mmu_lock), and no table of
  *    the pending or free lists, or marked invalid, is reachable (no spte of a freed table);
- *  - every link names a table one level down that covers the link's gfns;
+ *  - every link names a table one level down that covers the link's gfns, and is exactly the
+ *    spte tdp_mmu_link_sp made (no bit of it cleared as if it were a leaf);
  *  - W implies HOST_W and MMU_W;
  *  - in a dirty-logged slot (bitmap mode): no writable huge leaf; a writable 4 KiB leaf with D
  *    set (PML) or any writable one (write protection) has its bit set in the bitmap.
@@ -19,6 +20,7 @@ import {
   is_last_spte,
   is_shadow_present_pte,
   is_writable_pte,
+  make_link_spte,
   PT64_ENT_PER_PAGE,
   PT64_ROOT_LEVEL,
   SPTE_DIRTY,
@@ -60,6 +62,11 @@ export function auditTdpMmu(kvm: Kvm, say: (m: string) => void, structural: bool
       if (!is_last_spte(s, level)) {
         if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0)
           say(`link spte ${sptep}: carries HOST_W/MMU_W`);
+        // Dirty state is cleared on present leaves only (3354ef5a592d): a link is as linked.
+        else if (s !== make_link_spte(spte_to_child_sp(s)))
+          say(
+            `link spte ${sptep} (gfn ${gfn}): 0x${s.toString(16)}, linked as 0x${make_link_spte(spte_to_child_sp(s)).toString(16)}`,
+          );
         walk(spte_to_child_sp(s), level - 1, gfn);
         continue;
       }

@@ -22,7 +22,15 @@ test(`every scenario's fixed code: both MMUs, every design, pct and random, ${FU
   // The TDP MMU has no shadow mode and no rmaps; the rmap designs run everything.
   assert.ok(!jobs.some((j) => j.design === "tdp-mmu" && j.mode === "shadow"));
   assert.ok(!jobs.some((j) => j.design === "tdp-mmu" && SCENARIOS[j.scenario].rmapOnly));
-  assert.equal(jobs.filter((j) => j.design === "locked").length, Object.keys(SCENARIOS).length * 2 * 2);
+  const general = Object.values(SCENARIOS).filter((s) => s.onlyDesign === undefined).length;
+  assert.equal(jobs.filter((j) => j.design === "locked").length, general * 2 * 2);
+  // The TDP MMU's own scenarios run on it alone, in TDP mode.
+  for (const [name, s] of Object.entries(SCENARIOS))
+    if (s.onlyDesign !== undefined)
+      assert.deepEqual(
+        jobs.filter((j) => j.scenario === name).map((j) => `${j.design} ${j.mode} ${j.strategy}`),
+        [`${s.onlyDesign} tdp pct`, `${s.onlyDesign} tdp random`],
+      );
   const rs = await explorePool(jobs);
   assert.equal(rs.length, jobs.length);
   const short = rs.filter((r) => r.schedules !== FULL_BUDGET);

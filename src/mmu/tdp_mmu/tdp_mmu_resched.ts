@@ -1,8 +1,9 @@
 /**
  * tdp_mmu_iter_cond_resched and the root walk that may yield (for_each_tdp_mmu_root_yield_safe).
  *
- * A long walk drops mmu_lock when a waiter needs it (rwlock_needbreak; need_resched() here is the
- * tests' knob in tdp_mmu_state). Three rules, each a bug KVM fixed:
+ * A long walk drops mmu_lock when a waiter needs it (rwlock_needbreak) or the scheduler wants the
+ * CPU (need_resched(): the tests' knob in tdp_mmu_state, and under the explorer a choice of the
+ * schedule, sched_preempted_at). Three rules, each a bug KVM fixed:
  *  - yield only after forward progress (next_last_level_gfn moved since the last yield), or two
  *    threads can take turns yielding forever;
  *  - flush a pending TLB flush before dropping the lock (a835429cda91: another thread could
@@ -14,6 +15,7 @@
 import { CTL, Kvm } from "../../kvm_host.js";
 import { aload, spinPoint } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
+import { sched_preempted_at } from "../../sync/sched.js";
 import { TdpIter } from "./tdp_iter.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
@@ -28,8 +30,11 @@ export function tdp_mmu_iter_cond_resched(kvm: Kvm, iter: TdpIter, flush: boolea
   // Forward progress first.
   if (iter.next_last_level_gfn === iter.yielded_gfn) return false;
   const st = tdp_mmu_state(kvm);
-  const forced = st.forceYieldEvery > 0 && ++st.resched % st.forceYieldEvery === 0;
-  if (!forced && !kvm.mmu_lock.needbreak()) return false;
+  // need_resched(): the tests' knob, or, under the explorer, a choice of the schedule.
+  const need_resched =
+    (st.forceYieldEvery > 0 && ++st.resched % st.forceYieldEvery === 0) ||
+    sched_preempted_at(kvm.ctl, CTL.mmu_lock);
+  if (!need_resched && !kvm.mmu_lock.needbreak()) return false;
   if (flush && !kvm.bug(BUG_TDP["tdp-zap-yield-noflush"])) {
     kvm_flush_remote_tlbs(kvm);
     st.yieldFlushes++;
