@@ -373,6 +373,19 @@ function finish(r: OracleResult, t0: number, violations: number): OracleResult {
   return r;
 }
 
+/** One kvm-oracle run's line of the per-mode table. */
+function modeResult(wp: DesignName, mode: DirtyLogMode, r: OracleResult): ModeResult {
+  return {
+    mode,
+    wp,
+    iterations: r.iterations,
+    pagesChecked: r.pagesChecked,
+    violations: r.violations,
+    dirtyPages: r.dirtyPages,
+    ringFullExits: r.ringFullExits ?? 0,
+  };
+}
+
 /** The status of one run: which run of how many, the time left under --seconds, pages checked. */
 function runStatus(
   o: DirtyLogTestOptions,
@@ -435,15 +448,7 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
         pagesChecked += r.pagesChecked;
         violations += r.violations;
         if (oracle === "kvm") {
-          modeResults.push({
-            mode,
-            wp,
-            iterations: r.iterations,
-            pagesChecked: r.pagesChecked,
-            violations: r.violations,
-            dirtyPages: r.dirtyPages,
-            ringFullExits: r.ringFullExits ?? 0,
-          });
+          modeResults.push(modeResult(wp, mode, r));
           if (per.kvm === undefined || mode === "dirty-log") per.kvm = r;
         } else per[oracle] = r;
       }

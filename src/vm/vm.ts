@@ -32,7 +32,16 @@ import { __kvm_set_memory_region, MemoryRegion } from "../mem/set_memslot.js";
 import { kvm_x86_memslot_ops } from "../mmu/memslot.js";
 import type { DirtyLogTimes } from "../mmu/write_protect.js";
 import type { GuestArgs } from "../workload/guest.js";
-import { check_idle, isInt, vm_check_vcpu, newVmState, VM_STATES, vm_fail, vm_throw_if_failed, VmState } from "./state.js";
+import {
+  check_idle,
+  isInt,
+  vm_check_vcpu,
+  newVmState,
+  VM_STATES,
+  vm_fail,
+  vm_throw_if_failed,
+  VmState,
+} from "./state.js";
 import { kvm_create_vm, VmOptions } from "./create.js";
 import { vm_audit_tlbs, vm_pause, vm_resume, vm_run, vm_stop, vm_vcpu_ids, vm_wait_passes } from "./run.js";
 import * as host from "./host_thread.js";
