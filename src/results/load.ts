@@ -4,7 +4,7 @@
  * describe (extra properties are dropped here), and report never gets data it cannot draw.
  */
 import { readFileSync } from "node:fs";
-import { Value } from "@sinclair/typebox/value";
+import { TSchema, TypeGuard } from "@sinclair/typebox";
 import { KvmError, einval } from "../errors.js";
 import { DOCS, ResultDoc, validateResult } from "./schema.js";
 
@@ -31,13 +31,17 @@ export function loadResult(file: string): Loaded {
 }
 
 /**
- * `results` without the properties its schema does not name. The schema lets a newer kvmmu add
- * fields (objects accept extras), but compare and report walk keyed objects such as kernbench's
- * modes: an unknown key there is not a mode and must not reach them.
+ * `results` without the top-level properties its schema does not name. The schema lets a newer
+ * kvmmu add fields (objects accept extras), but compare and report walk keyed objects such as
+ * kernbench's modes: an unknown key there is not a mode and must not reach them. Only that level
+ * is trimmed: nested extras stay, for the readers that know them (formatPerf of a version-1 file).
  */
 function withoutExtras(doc: ResultDoc): ResultDoc {
-  const schema = DOCS[doc.command].properties.results;
-  const results = Value.Clean(schema, structuredClone(doc.results)) as ResultDoc["results"];
+  const schema: TSchema = DOCS[doc.command].properties.results;
+  if (!TypeGuard.IsObject(schema)) return doc;
+  const results = Object.fromEntries(
+    Object.entries(doc.results).filter(([k]) => Object.hasOwn(schema.properties, k)),
+  );
   return { ...doc, results } as ResultDoc;
 }
 

@@ -73,8 +73,8 @@ export async function vm_run(
   } catch (e) {
     vm_fail(st, e instanceof KvmError ? e : new KvmError("EIO", `run: ${(e as Error).message}`));
   }
-  // A worker's message may have set it while we awaited (TS still sees the null stored above).
-  const err = st.error as Error | null;
+  // A worker's message may have set it while we awaited.
+  const err = st.error;
   if (err) {
     await vm_stop(st);
     throw err;

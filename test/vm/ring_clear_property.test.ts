@@ -86,7 +86,7 @@ class Rig {
   start(): Promise<void> {
     return this.vm.run(() => ({
       module: fixture,
-      args: { ctl: this.ctl.buffer as SharedArrayBuffer, gpa: 0 },
+      args: { ctl: this.ctl.buffer, gpa: 0 },
     }));
   }
 
@@ -185,7 +185,10 @@ async function step(r: Rig, m: Model, kind: Kind, c: Cmd): Promise<void> {
         m.harvested.add(p);
       }
       // Harvesting everything reports every pending page.
-      if (c.max === Infinity) (reported(m, got, what), m.pending.clear());
+      if (c.max === Infinity) {
+        reported(m, got, what);
+        m.pending.clear();
+      }
       return;
     }
     case "reset":
