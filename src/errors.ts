@@ -15,8 +15,8 @@ export type Errno =
 
 export class KvmError extends Error {
   readonly code: Errno;
-  constructor(code: Errno, message: string) {
-    super(`${code}: ${message}`);
+  constructor(code: Errno, message: string, options?: { cause?: unknown }) {
+    super(`${code}: ${message}`, options);
     this.name = "KvmError";
     this.code = code;
   }

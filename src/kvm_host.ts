@@ -53,11 +53,8 @@ export type BugName = keyof typeof BUG;
 
 // ---- the control words: `struct kvm` fields that are not arrays (Int32Array `ctl`) ----
 export const CTL = defineBlock("struct kvm (control words)", "kvm.ctl", {
-  /*
-   * mmu_lock alone on its cache line, whatever the buffer's alignment (a SharedArrayBuffer is
-   * only 16-byte aligned): waiters spin reading it while the holder writes the MMU's counters
-   * below, and a shared line made every such write a cache miss on both sides.
-   */
+  // mmu_lock alone on its cache line (a SharedArrayBuffer is only 16-byte aligned): waiters spin
+  // on it while the holder writes the counters below; a shared line made each write a miss.
   mmu_lock_pad0: { words: 15, by: "nobody (padding)", doc: "keeps other data off mmu_lock's cache line" },
   mmu_lock: { words: RWLOCK_WORDS, by: "itself (queued rwlock)", doc: "kvm->mmu_lock" },
   mmu_lock_pad1: { words: 15, by: "nobody (padding)", doc: "as mmu_lock_pad0" },
@@ -286,6 +283,10 @@ export const VCPU = defineRows(
       by: "the vCPU worker stores it once at start (atomic); the owner reads it to pin the thread",
       doc: "the worker's kernel thread id (gettid), 0 = unknown",
     },
+    mmu_lock_since: {
+      by: "its vCPU (atomic store as it takes and drops a read hold); others load it (soft lockup)",
+      doc: "ms (KvmShared clock) its read hold of mmu_lock began, 0 = none",
+    },
   },
   { stride: 16 },
 );
@@ -435,6 +436,8 @@ export interface KvmConfig {
   pml?: boolean;
   /** TDP MMU: split huge pages when logging starts (eager_page_split, default on). */
   eager_page_split?: boolean;
+  /** Soft lockup: a vCPU holding mmu_lock, or not acknowledging a flush, this long fails the VM. */
+  lockHoldTimeoutMs?: number;
 }
 
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */

@@ -43,6 +43,35 @@ export async function withExtras<T>(
   }
 }
 
+/** `kvmmu compare FILES`: the text it prints (a KvmError on bad input, as the command exits 2). */
+export async function compareFiles(
+  files: string[],
+  o: { json?: boolean; markdown?: boolean } = {},
+): Promise<string> {
+  const [{ loadResult }, { compare, formatCompare, formatCompareMarkdown }] = await withExtras(
+    "compare",
+    () => Promise.all([import("../results/load.js"), import("../results/compare.js")]),
+  );
+  const c = compare(files.map(loadResult));
+  return o.json ? JSON.stringify(c) : o.markdown ? formatCompareMarkdown(c) : formatCompare(c);
+}
+
+/** `kvmmu report FILES -o OUT` (a KvmError on bad input, as the command exits 2). */
+export async function reportFiles(files: string[], out: string): Promise<void> {
+  checkOutput(out);
+  const [{ checkReportable, loadResult }, { buildReport }] = await withExtras("report", () =>
+    Promise.all([import("../results/load.js"), import("../results/report.js")]),
+  );
+  const loaded = files.map(loadResult);
+  checkReportable(loaded);
+  const html = buildReport(loaded);
+  try {
+    writeFileSync(out, html);
+  } catch (e) {
+    throw new KvmError("EIO", `--output: cannot write ${out}: ${(e as Error).message}`);
+  }
+}
+
 export function registerResults(program: Command): void {
   program
     .command("compare")
@@ -53,14 +82,7 @@ export function registerResults(program: Command): void {
     .option("--markdown", "print a Markdown table", false)
     .option("--json", "print one JSON object on stdout", false)
     .action(async (files: string[], a: Record<string, boolean>) => {
-      const [{ loadResult }, { compare, formatCompare, formatCompareMarkdown }] = await withExtras(
-        "compare",
-        () => Promise.all([import("../results/load.js"), import("../results/compare.js")]),
-      );
-      const c = compare(files.map(loadResult));
-      process.stdout.write(
-        (a["json"] ? JSON.stringify(c) : a["markdown"] ? formatCompareMarkdown(c) : formatCompare(c)) + "\n",
-      );
+      process.stdout.write((await compareFiles(files, { json: a["json"], markdown: a["markdown"] })) + "\n");
     });
 
   program
@@ -68,17 +90,5 @@ export function registerResults(program: Command): void {
     .description("draw saved results as one self-contained HTML file (inline SVG, no network needed)")
     .argument("<files...>", "result files (--output FILE of any command)")
     .requiredOption("-o, --output <file>", "the HTML file to write")
-    .action(async (files: string[], a: Record<string, string>) => {
-      const out = a["output"];
-      checkOutput(out);
-      const [{ loadResult }, { buildReport }] = await withExtras("report", () =>
-        Promise.all([import("../results/load.js"), import("../results/report.js")]),
-      );
-      const html = buildReport(files.map(loadResult));
-      try {
-        writeFileSync(out, html);
-      } catch (e) {
-        throw new KvmError("EIO", `--output: cannot write ${out}: ${(e as Error).message}`);
-      }
-    });
+    .action((files: string[], a: Record<string, string>) => reportFiles(files, a["output"]));
 }

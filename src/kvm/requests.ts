@@ -20,6 +20,7 @@ import {
 } from "../kvm_host.js";
 import { aadd, acas, aload, aor, schedHookInstalled, spinPoint } from "../sync/atomic.js";
 import { KvmError } from "../errors.js";
+import { kvm_lock_bound_ms, kvm_mark_vm_dead, kvm_vm_dead, VmDeadError } from "./vm_dead.js";
 
 /** What a vCPU worker is doing (VCPU.state). */
 export const enum VcpuState {
@@ -31,9 +32,6 @@ export const enum VcpuState {
   /** Parked, and the TLB audit asked for by RunCtl.Audit is published (ST.tlb_audit). */
   Audited = 5,
 }
-
-/** The bound on one acknowledgement; the owner then fails the VM (as Vm's VCPU_WAIT_MS). */
-const FLUSH_TIMEOUT_MS = 10_000;
 
 export function kvm_make_request(kvm: Kvm, vcpuId: number, req: number): void {
   aor(kvm.vcpu, VCPU.requests(vcpuId), req);
@@ -75,6 +73,11 @@ export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   return waited;
 }
 
+/**
+ * Waits for vCPU i to leave EXITING / READING_SHADOW_PAGE_TABLES. Past the soft-lockup bound
+ * (KvmConfig.lockHoldTimeoutMs) the VM is dead and this throws ETIMEDOUT naming the vCPU; on a
+ * dead VM it throws VmDeadError at once, so a stuck vCPU costs one bound, not one per flush.
+ */
 function waitForAck(kvm: Kvm, i: number): void {
   const v = kvm.vcpu;
   let spins = 0;
@@ -87,12 +90,13 @@ function waitForAck(kvm: Kvm, i: number): void {
     if (schedHookInstalled()) continue;
     // READING_SHADOW_PAGE_TABLES lasts a microsecond and its end is not notified: spin first.
     if (++spins < 2000) continue;
+    if (kvm_vm_dead(kvm)) throw new VmDeadError("TLB flush");
+    const bound = kvm_lock_bound_ms(kvm);
     if (t0 === 0) t0 = Date.now();
-    else if (Date.now() - t0 > FLUSH_TIMEOUT_MS)
-      throw new KvmError(
-        "ETIMEDOUT",
-        `vcpu ${i}: no acknowledgement of a TLB flush in ${FLUSH_TIMEOUT_MS} ms`,
-      );
+    else if (Date.now() - t0 > bound) {
+      kvm_mark_vm_dead(kvm);
+      throw new KvmError("ETIMEDOUT", `vcpu ${i}: no acknowledgement of a TLB flush in ${bound} ms`);
+    }
     Atomics.wait(v, VCPU.mode(i), m, 0.2);
   }
 }

@@ -579,7 +579,8 @@ export function validateResult(doc: unknown, name: string): ResultDoc {
       `schemaVersion ${JSON.stringify(v)}: this kvmmu reads schema versions ${READABLE_SCHEMA_VERSIONS.join(", ")}`,
     );
   const command = d["command"];
-  if (typeof command !== "string" || !(command in DOCS))
+  // Own keys only: "__proto__" or "constructor" is no command (`in` would find Object.prototype's).
+  if (typeof command !== "string" || !Object.hasOwn(DOCS, command))
     throw einval(name, `command ${JSON.stringify(command)} is not one of ${COMMANDS.join(", ")}`);
   const schema = DOCS[command as CommandName];
   const first = Value.Errors(schema, doc).First();

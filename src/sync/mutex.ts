@@ -7,6 +7,8 @@ import { aadd, aload, schedHookInstalled, spinPoint } from "./atomic.js";
  * when WAITERS says there are some, so the uncontended path is two atomic adds.
  * MODE "spin" (3.11's arch_spin_lock): waiters spin until served and never sleep. MODE is shared,
  * so every thread's view of the lock behaves alike; set it before other threads use the lock.
+ * A waiter's `onWait` (before each sleep) may throw to give up: its ticket is then never served,
+ * so the lock is left unusable. Only for a dead VM, whose locks nothing takes again.
  */
 export const MUTEX_WORDS = 4;
 const NEXT = 0;
@@ -33,6 +35,8 @@ export class Mutex {
   readonly stats = new LockStats();
   private heldSince = 0;
   private readonly timed: boolean;
+  /** Called by a waiter before each sleep (and now and then by a spin-only waiter); may throw. */
+  onWait: (() => void) | null = null;
 
   constructor(words: Int32Array, base: number, timed = true) {
     this.words = words;
@@ -59,7 +63,10 @@ export class Mutex {
       }
     }
     if (Atomics.load(w, b + MODE) === MODE_SPIN) {
-      for (;;) if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
+      for (let i = 1; ; i++) {
+        if (aload(w, b + OWNER) === ticket) return this.acquired(t0);
+        if ((i & 0xffff) === 0) this.onWait?.();
+      }
     }
     for (let i = 0; i < SPIN; i++) {
       spinPoint(w, b + OWNER);
@@ -68,6 +75,7 @@ export class Mutex {
     for (;;) {
       const owner = aload(w, b + OWNER);
       if (owner === ticket) return this.acquired(t0);
+      this.onWait?.();
       aadd(w, b + WAITERS, 1);
       // Sleep until OWNER moves; a stale value returns at once ("not-equal").
       if (aload(w, b + OWNER) !== ticket) Atomics.wait(w, b + OWNER, owner, 50);

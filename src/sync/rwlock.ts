@@ -16,11 +16,17 @@ import { LockMode, LockStats, Mutex, MUTEX_WORDS } from "./mutex.js";
  * explorer's controlled scheduling every turn of a wait is a scheduling point.
  *
  * Ownership (for lockdep_assert_held_*) is tracked per RwLock object, i.e. per thread: each
- * thread builds its own Kvm, hence its own RwLock, over the shared words.
+ * thread builds its own Kvm, hence its own RwLock, over the shared words. A thread that names
+ * itself (track) also publishes it, for a soft-lockup check in another thread: its id and the
+ * time in OWNER and SINCE while it holds the write side, the time of its read hold in a word of
+ * its own. A waiter's `onWait` (after the spin, at each sleep) may throw to give up the wait.
  */
 export const RWLOCK_WORDS = 4 + MUTEX_WORDS;
 const CNTS = 0;
 const SLEEPERS = 1;
+/** The write holder's id (0: none or anonymous) and since when (ms, shared clock): its own stores. */
+const OWNER = 2;
+const SINCE = 3;
 const WAIT_LOCK = 4;
 
 /** cnts: the writer byte (LOCKED), a writer waiting at the queue's head, the reader count's unit. */
@@ -52,12 +58,40 @@ export class RwLock {
   /** This thread's holds: the write hold, and the depth of its read holds. */
   private writeHeld = false;
   private readDepth = 0;
+  /** track(): this thread's published id (0: none), clock origin and read-hold word. */
+  private holderId = 0;
+  private clockOrigin = 0;
+  private readSince: { words: Int32Array; index: number } | null = null;
+  /** Called by a waiter after its spin and before each sleep; may throw to abandon the wait. */
+  onWait: (() => void) | null = null;
 
   constructor(words: Int32Array, base: number, timed = true) {
     this.words = words;
     this.base = base;
     this.timed = timed;
     this.waitLock = new Mutex(words, base + WAIT_LOCK, false);
+    this.waitLock.onWait = () => this.onWait?.();
+  }
+
+  /**
+   * Publishes this thread's holds as `id` (non-zero): ms on the clock `performance.now() +
+   * clockOrigin`, the read hold's in readSince (null: not published).
+   */
+  track(id: number, clockOrigin: number, readSince: { words: Int32Array; index: number } | null): void {
+    this.holderId = id;
+    this.clockOrigin = clockOrigin;
+    this.readSince = readSince;
+  }
+
+  /** The shared clock of track(), in whole ms (never 0: 0 means "not held"). */
+  private now(): number {
+    return (performance.now() + this.clockOrigin) | 0 || 1;
+  }
+
+  private publishWrite(): void {
+    // Plain Atomics, not the scheduling wrappers: bookkeeping, not part of the protocol.
+    Atomics.store(this.words, this.base + SINCE, this.now());
+    Atomics.store(this.words, this.base + OWNER, this.holderId);
   }
 
   // ---- write side (write_lock / write_unlock); lock/unlock keep the Mutex's surface ----
@@ -76,6 +110,7 @@ export class RwLock {
     this.stats.acquisitions++;
     if (acas(w, b, 0, QW_LOCKED) === 0) {
       this.writeHeld = true;
+      if (this.holderId !== 0) this.publishWrite();
       if (this.timed) this.heldSince = performance.now();
       return;
     }
@@ -83,6 +118,7 @@ export class RwLock {
     this.stats.contended++;
     this.write_lock_slowpath();
     this.writeHeld = true;
+    if (this.holderId !== 0) this.publishWrite();
     if (this.timed) {
       const now = performance.now();
       this.stats.waitNs += (now - t0) * 1e6;
@@ -105,7 +141,14 @@ export class RwLock {
       if ((c & QW_WAITING) !== 0 || acas(w, b, c, c | QW_WAITING) === c) break;
     }
     // Readers drain; a fast-path writer cannot get in (cnts is not 0).
-    this.waitFor(QW_WAITING, -1);
+    try {
+      this.waitFor(QW_WAITING, -1);
+    } catch (e) {
+      // onWait gave up: take WAITING back (only the queue's head sets it) and leave the queue.
+      Atomics.and(w, b, ~QW_WAITING);
+      this.waitLock.unlock();
+      throw e;
+    }
     this.waitLock.unlock();
   }
 
@@ -124,8 +167,11 @@ export class RwLock {
       }
       if (hooked || spinOnly || i < SPIN) {
         spinPoint(w, b);
+        // A spin-only waiter never sleeps: it asks onWait now and then instead.
+        if (spinOnly && !hooked && (i & 0xffff) === 0xffff) this.onWait?.();
         continue;
       }
+      this.onWait?.();
       aadd(w, this.base + SLEEPERS, 1);
       if (aload(w, b) === c) Atomics.wait(w, b, c, 50);
       aadd(w, this.base + SLEEPERS, -1);
@@ -136,6 +182,7 @@ export class RwLock {
     if (this.timed) this.stats.holdNs += (performance.now() - this.heldSince) * 1e6;
     this.writeHeld = false;
     const w = this.words;
+    if (this.holderId !== 0) Atomics.store(w, this.base + OWNER, 0);
     aadd(w, this.base + CNTS, -QW_LOCKED);
     if (aload(w, this.base + SLEEPERS) !== 0) Atomics.notify(w, this.base + CNTS);
   }
@@ -145,6 +192,7 @@ export class RwLock {
     if (acas(this.words, this.base + CNTS, 0, QW_LOCKED) !== 0) return false;
     this.stats.acquisitions++;
     this.writeHeld = true;
+    if (this.holderId !== 0) this.publishWrite();
     if (this.timed) this.heldSince = performance.now();
     return true;
   }
@@ -155,18 +203,41 @@ export class RwLock {
     const w = this.words;
     const b = this.base + CNTS;
     this.readAcquisitions++;
-    this.readDepth++;
+    if (this.readDepth++ === 0 && this.readSince !== null) this.publishRead(this.now());
     if ((aadd(w, b, QR_BIAS) & QW_WMASK) === 0) return;
     // queued_read_lock_slowpath: back out, queue behind any waiting writer, wait for the writer.
     aadd(w, b, -QR_BIAS);
-    this.waitLock.lock();
+    try {
+      this.waitLock.lock();
+    } catch (e) {
+      this.readAborted();
+      throw e;
+    }
     aadd(w, b, QR_BIAS);
-    this.waitFor(0, QW_LOCKED);
+    try {
+      this.waitFor(0, QW_LOCKED);
+    } catch (e) {
+      aadd(w, b, -QR_BIAS);
+      this.waitLock.unlock();
+      this.readAborted();
+      throw e;
+    }
     this.waitLock.unlock();
   }
 
+  private publishRead(since: number): void {
+    const r = this.readSince!;
+    Atomics.store(r.words, r.index, since);
+  }
+
+  /** onWait gave up a read_lock: no hold was taken. */
+  private readAborted(): void {
+    this.readAcquisitions--;
+    if (--this.readDepth === 0 && this.readSince !== null) this.publishRead(0);
+  }
+
   read_unlock(): void {
-    this.readDepth--;
+    if (--this.readDepth === 0 && this.readSince !== null) this.publishRead(0);
     const w = this.words;
     aadd(w, this.base + CNTS, -QR_BIAS);
     if (aload(w, this.base + SLEEPERS) !== 0) Atomics.notify(w, this.base + CNTS);
@@ -178,7 +249,7 @@ export class RwLock {
     const c = aload(w, b);
     if ((c & QW_WMASK) !== 0 || acas(w, b, c, c + QR_BIAS) !== c) return false;
     this.readAcquisitions++;
-    this.readDepth++;
+    if (this.readDepth++ === 0 && this.readSince !== null) this.publishRead(this.now());
     return true;
   }
 
@@ -233,4 +304,15 @@ export class RwLock {
     this.read_lock();
     return true;
   }
+}
+
+/** Who holds the rwlock at `base` for write, as track() published it (null: not write-held). */
+export function rwlock_writer(words: Int32Array, base: number): { id: number; since: number } | null {
+  if ((Atomics.load(words, base + CNTS) & QW_LOCKED) === 0) return null;
+  return { id: Atomics.load(words, base + OWNER), since: Atomics.load(words, base + SINCE) };
+}
+
+/** Readers holding the rwlock at `base` now. */
+export function rwlock_readers(words: Int32Array, base: number): number {
+  return Atomics.load(words, base + CNTS) >>> 9;
 }

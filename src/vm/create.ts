@@ -31,6 +31,11 @@ export interface VmOptions {
   pml?: boolean;
   /** tdp-mmu: split huge pages when logging starts (default true; --no-eager-split). */
   eager_page_split?: boolean;
+  /**
+   * Soft-lockup bound, ms (default 5000): a vCPU that holds mmu_lock, or does not acknowledge a
+   * TLB flush, this long fails the VM (a SoftLockupError or ETIMEDOUT naming it).
+   */
+  lockHoldTimeoutMs?: number;
 }
 
 /** Inclusive ranges of the pool limits Vm.create accepts. */
@@ -79,6 +84,15 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
     if (x !== undefined && (!isInt(x) || x < lo || x > hi))
       throw einval(k, `must be an integer in ${lo}..${hi}, got ${String(x)}`);
   }
+  const lockHoldTimeoutMs = o.lockHoldTimeoutMs;
+  if (
+    lockHoldTimeoutMs !== undefined &&
+    (!isInt(lockHoldTimeoutMs) || lockHoldTimeoutMs < 1 || lockHoldTimeoutMs > 3_600_000)
+  )
+    throw einval(
+      "lockHoldTimeoutMs",
+      `must be an integer in 1..3600000 (ms), got ${String(lockHoldTimeoutMs)}`,
+    );
   const hostFrames = o.memory / PAGE_SIZE;
   const maxSlotPages = o.maxSlotPages ?? Math.min(hostFrames, POOL_LIMITS.maxSlotPages[1]);
   // TDP: one leaf table per 512 pages, a few upper tables, slack for tables being retired.
@@ -110,6 +124,7 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
       mode: shadow ? MmuMode.Shadow : MmuMode.Tdp,
       pml,
       eager_page_split: o.eager_page_split,
+      lockHoldTimeoutMs,
     });
   } catch (e) {
     throw new KvmError(

@@ -7,7 +7,7 @@ import { KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
-import { isInt, vm_fail, VCPU_WAIT_MS, VmState } from "./state.js";
+import { isInt, vm_check_dead, vm_fail, vm_grace_ms, VCPU_WAIT_MS, VmState } from "./state.js";
 import { vm_watch } from "./workers.js";
 import { workerFlags } from "../sync/worker_flags.js";
 
@@ -19,6 +19,7 @@ export interface HostThreadOptions {
 }
 
 export async function vm_start_host_thread(st: VmState, o: HostThreadOptions): Promise<void> {
+  vm_check_dead(st, "startHostThread");
   if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
   for (const [k, v] of Object.entries({ migrateRate: o.migrateRate, invalidateRate: o.invalidateRate }))
     if (typeof v !== "number" || !(v >= 0) || !Number.isFinite(v))
@@ -70,6 +71,7 @@ export function vm_host_thread_lock_times(st: VmState): { lockWaitNs: number; lo
 }
 
 export async function vm_pause_host_thread(st: VmState): Promise<void> {
+  vm_check_dead(st, "pauseHostThread");
   const c = st.hostCtl;
   if (!c) return;
   Atomics.store(c, HOST.run, 1);
@@ -84,6 +86,7 @@ export async function vm_pause_host_thread(st: VmState): Promise<void> {
 }
 
 export function vm_resume_host_thread(st: VmState): void {
+  vm_check_dead(st, "resumeHostThread");
   const c = st.hostCtl;
   if (!c) return;
   Atomics.store(c, HOST.run, 0);
@@ -97,13 +100,14 @@ export async function vm_stop_host_thread(st: VmState): Promise<void> {
   Atomics.store(c, HOST.run, 2);
   Atomics.notify(c, HOST.run);
   let timer: NodeJS.Timeout | undefined;
+  const grace = vm_grace_ms(st);
   const exited = await new Promise<boolean>((res) => {
     w.once("exit", () => res(true));
-    timer = setTimeout(() => res(false), VCPU_WAIT_MS);
+    timer = setTimeout(() => res(false), grace);
   });
   clearTimeout(timer);
   if (!exited) {
-    vm_fail(st, new KvmError("ETIMEDOUT", `host thread: did not stop in ${VCPU_WAIT_MS} ms`));
+    vm_fail(st, new KvmError("ETIMEDOUT", `host thread: did not stop in ${grace} ms`));
     await w.terminate();
   }
   st.hostWorker = null;

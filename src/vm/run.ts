@@ -11,7 +11,16 @@ import { mmu_free_memory_caches } from "../mmu/mmu_cache.js";
 import type { GuestArgs } from "../workload/guest.js";
 import { validateGuestSpecs } from "../guest/spec.js";
 import { waitAsyncAlive } from "../sync/atomic.js";
-import { isInt, vm_fail, vm_throw_if_failed, VCPU_WAIT_MS, VmState } from "./state.js";
+import {
+  isInt,
+  vm_check_dead,
+  vm_fail,
+  vm_grace_ms,
+  vm_throw_if_failed,
+  VCPU_WAIT_MS,
+  VmState,
+} from "./state.js";
+import { kvm_find_lockup, kvm_lock_bound_ms } from "../kvm/vm_dead.js";
 import { vm_watch } from "./workers.js";
 import { workerFlags } from "../sync/worker_flags.js";
 import { vm_stop_host_thread } from "./host_thread.js";
@@ -39,6 +48,7 @@ export async function vm_run(
   guest: (id: number) => GuestArgs,
   opts: { tlbBits?: number },
 ): Promise<void> {
+  vm_check_dead(st, "run");
   if (st.running) throw new KvmError("EBUSY", "run: the vCPUs are already running");
   if (st.created.size === 0) throw einval("run", "no vCPU was created");
   const tlbBits = (opts ?? {}).tlbBits ?? 12;
@@ -46,8 +56,8 @@ export async function vm_run(
   const specs = checked_specs(st, guest);
   const kvm = st.kvm;
   st.running = true;
-  st.error = null;
   Atomics.store(kvm.ctl, CTL.vm_state, 0);
+  vm_start_watchdog(st);
   try {
     for (const [id, spec] of specs) {
       Atomics.store(kvm.vcpu, VCPU.run(id), RunCtl.Run);
@@ -63,12 +73,27 @@ export async function vm_run(
   } catch (e) {
     vm_fail(st, e instanceof KvmError ? e : new KvmError("EIO", `run: ${(e as Error).message}`));
   }
-  // A worker's message may have set it while we awaited (TS still sees the null stored above).
-  const err = st.error as Error | null;
+  // A worker's message may have set it while we awaited.
+  const err = st.error;
   if (err) {
     await vm_stop(st);
     throw err;
   }
+}
+
+/**
+ * The soft-lockup watchdog: while the vCPUs run, the owner looks at mmu_lock's holder every
+ * quarter of the bound, so a stuck vCPU fails the VM even when no thread waits for the lock.
+ * unref'd: it never keeps the process alive.
+ */
+function vm_start_watchdog(st: VmState): void {
+  const period = Math.max(10, kvm_lock_bound_ms(st.kvm) / 4);
+  st.watchdog = setInterval(() => {
+    if (st.error) return;
+    const e = kvm_find_lockup(st.kvm);
+    if (e) vm_fail(st, e);
+  }, period);
+  st.watchdog.unref();
 }
 
 /** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
@@ -96,6 +121,7 @@ async function wait_state(
 
 /** Vm.pause: see there. */
 export async function vm_pause(st: VmState): Promise<void> {
+  vm_check_dead(st, "pause");
   if (!st.running || st.workers.size === 0) throw einval("pause", "the vCPUs are not running");
   vm_throw_if_failed(st);
   for (const id of st.workers.keys()) {
@@ -110,6 +136,7 @@ export async function vm_pause(st: VmState): Promise<void> {
 
 /** Vm.auditTlbs: see there. */
 export async function vm_audit_tlbs(st: VmState): Promise<Map<number, number>> {
+  vm_check_dead(st, "auditTlbs");
   const v = st.kvm.vcpu;
   for (const id of st.workers.keys())
     if (Atomics.load(v, VCPU.state(id)) !== (VcpuState.Paused as number))
@@ -130,6 +157,7 @@ export async function vm_audit_tlbs(st: VmState): Promise<Map<number, number>> {
 }
 
 export function vm_resume(st: VmState): void {
+  vm_check_dead(st, "resume");
   for (const id of st.workers.keys()) {
     const i = VCPU.run(id);
     Atomics.store(st.kvm.vcpu, i, RunCtl.Run);
@@ -154,14 +182,15 @@ export async function vm_stop(st: VmState): Promise<void> {
       const s = Atomics.load(kvm.vcpu, VCPU.state(id));
       return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
     };
-    const deadline = Date.now() + VCPU_WAIT_MS;
+    // A dead VM's stuck vCPU (spinning on a lock, or holding one) is not waited for long.
+    const grace = vm_grace_ms(st);
+    const deadline = Date.now() + grace;
     for (const id of st.workers.keys()) {
       const i = VCPU.state(id);
       while (!stopped(id) && Date.now() < deadline) {
-        await waitAsyncAlive(kvm.vcpu, i, Atomics.load(kvm.vcpu, i), 50);
+        await waitAsyncAlive(kvm.vcpu, i, Atomics.load(kvm.vcpu, i), Math.min(50, grace));
       }
-      if (!stopped(id))
-        vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${VCPU_WAIT_MS} ms`));
+      if (!stopped(id)) vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${grace} ms`));
     }
     await Promise.all(
       [...st.workers.values()].map((w) =>
@@ -177,6 +206,8 @@ export async function vm_stop(st: VmState): Promise<void> {
     if (!kvm.mmu_lock.isLocked()) for (const id of st.created) mmu_free_memory_caches(kvm, id);
     st.running = false;
   } finally {
+    if (st.watchdog) clearInterval(st.watchdog);
+    st.watchdog = null;
     st.stopping = false;
   }
 }

@@ -7,6 +7,13 @@ import type { Worker } from "node:worker_threads";
 import { CTL, Kvm, KvmShared, SLOT, KVM_USER_MEM_SLOTS, VCPU } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { kvm_vcpu_kick } from "../kvm/requests.js";
+import {
+  HOLDER_OWNER,
+  kvm_lock_bound_ms,
+  kvm_vm_dead,
+  kvm_watch_locks,
+  VmDeadError,
+} from "../kvm/vm_dead.js";
 import { addDirtyLogTimes, newDirtyLogTimes, DirtyLogTimes } from "../mmu/write_protect.js";
 import { RunCtl } from "../vcpu/vcpu.js";
 
@@ -28,8 +35,10 @@ export interface VmState {
   running: boolean;
   /** stop() in progress: a worker exiting now is expected, not a failure. */
   stopping: boolean;
-  /** The first error a worker reported; the VM is stopped when one arrives. */
+  /** The first error a worker reported; the VM is stopped when one arrives, and dead for good. */
   error: KvmError | Error | null;
+  /** The soft-lockup watchdog while the vCPUs run (a timer of the owner's event loop). */
+  watchdog: NodeJS.Timeout | null;
   /** getDirtyLog times: the sum over calls, and the last call's. */
   readonly times: DirtyLogTimes;
   lastTimes: DirtyLogTimes;
@@ -41,8 +50,10 @@ export interface VmState {
 }
 
 export function newVmState(shared: KvmShared): VmState {
+  const kvm = new Kvm(shared);
+  kvm_watch_locks(kvm, HOLDER_OWNER);
   return {
-    kvm: new Kvm(shared),
+    kvm,
     shared,
     workers: new Map(),
     created: new Set(),
@@ -51,6 +62,7 @@ export function newVmState(shared: KvmShared): VmState {
     running: false,
     stopping: false,
     error: null,
+    watchdog: null,
     times: newDirtyLogTimes(),
     lastTimes: newDirtyLogTimes(),
     clearTimes: newDirtyLogTimes(),
@@ -75,6 +87,43 @@ export function vm_fail(st: VmState, e: Error): void {
 
 export function vm_throw_if_failed(st: VmState): void {
   if (st.error) throw st.error;
+}
+
+/** True once the VM failed (vm.error, or a thread marked it dead and its report is on the way). */
+export function vm_is_dead(st: VmState): boolean {
+  return st.error !== null || kvm_vm_dead(st.kvm);
+}
+
+/** What a call on a dead VM throws: EIO naming the call, the VM's error as its cause. */
+export function vm_dead_error(st: VmState, what: string): KvmError {
+  const cause = st.error ?? new Error("a thread of the VM failed (vm.error will name it)");
+  return new KvmError("EIO", `${what}: the VM is dead: ${cause.message}`, { cause });
+}
+
+/** kvm_vm_dead() as the ioctl layer checks it: EIO at once, before any lock is taken. */
+export function vm_check_dead(st: VmState, what: string): void {
+  if (vm_is_dead(st)) throw vm_dead_error(st, what);
+}
+
+/**
+ * An ioctl on `st`: refused at once on a dead VM; a wait it gave up because the VM died is EIO
+ * with the VM's error, and an ETIMEDOUT that killed the VM (a flush never acknowledged, a soft
+ * lockup of mmu_lock's holder) becomes the VM's error.
+ */
+export function vm_ioctl<T>(st: VmState, what: string, fn: () => T): T {
+  vm_check_dead(st, what);
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof KvmError && e.code === "ETIMEDOUT" && kvm_vm_dead(st.kvm)) vm_fail(st, e);
+    if (e instanceof VmDeadError) throw vm_dead_error(st, what);
+    throw e;
+  }
+}
+
+/** How long stop() waits for a vCPU: on a dead VM a stuck thread is not waited for past the bound. */
+export function vm_grace_ms(st: VmState): number {
+  return vm_is_dead(st) ? Math.min(VCPU_WAIT_MS, Math.max(50, kvm_lock_bound_ms(st.kvm) / 2)) : VCPU_WAIT_MS;
 }
 
 export function isInt(x: unknown): x is number {

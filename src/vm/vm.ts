@@ -11,7 +11,10 @@
  *   await vm.stop();
  *
  * Every method validates its arguments first and throws KvmError (EINVAL, EEXIST, ENOENT,
- * ENOMEM, EBUSY) without changing the VM. This class is the ioctl layer, as kvm_main.c: it
+ * ENOMEM, EBUSY) without changing the VM. Once the VM failed (`error` set) it is dead, as KVM's
+ * kvm_vm_dead(): every ioctl throws EIO at once, its cause the VM's error, and waits for no lock
+ * or acknowledgement; stop(), stopHostThread(), userfaultClose(), the statistics and host reads
+ * of guest memory (readGuest*: the VMM's own memory) still work. This class is the ioctl layer, as kvm_main.c: it
  * checks and dispatches; each surface is its own file in src/vm/, on the VM's state
  * (src/vm/state.ts), which is JS-private here and reached by tests and benchmarks through
  * src/vm/internal.ts only.
@@ -38,7 +41,8 @@ import {
   vm_check_vcpu,
   newVmState,
   VM_STATES,
-  vm_fail,
+  vm_check_dead,
+  vm_ioctl,
   vm_throw_if_failed,
   VmState,
 } from "./state.js";
@@ -95,21 +99,21 @@ export class Vm {
       if (!isInt(x) || x < 0 || x % PAGE_SIZE !== 0)
         throw einval(k, `must be a non-negative multiple of ${PAGE_SIZE}, got ${String(x)}`);
     }
-    st.kvm.slots_lock.lock();
-    try {
-      __kvm_set_memory_region(st.kvm, m, kvm_x86_memslot_ops, (arg) => check_idle(st, arg));
-    } catch (e) {
-      // A flush no vCPU acknowledged: the VM fails (the slot stays as it was).
-      if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
-      throw e;
-    } finally {
-      st.kvm.slots_lock.unlock();
-    }
+    // A flush no vCPU acknowledged fails the VM (the slot stays as it was): vm_ioctl.
+    vm_ioctl(st, "setUserMemoryRegion", () => {
+      st.kvm.slots_lock.lock();
+      try {
+        __kvm_set_memory_region(st.kvm, m, kvm_x86_memslot_ops, (arg) => check_idle(st, arg));
+      } finally {
+        st.kvm.slots_lock.unlock();
+      }
+    });
   }
 
   /** KVM_CREATE_VCPU. */
   createVcpu(id: number): void {
     const st = this.#s;
+    vm_check_dead(st, "createVcpu");
     const max = st.shared.config.maxVcpus;
     if (!isInt(id) || id < 0 || id >= max) throw einval("id", `must be 0..${max - 1}, got ${String(id)}`);
     if (st.created.has(id)) throw new KvmError("EEXIST", `id: vcpu ${id} already exists`);
@@ -126,7 +130,7 @@ export class Vm {
    * Starts one worker per vCPU running guest(id). Resolves once all are running. Every guest
    * spec is built and checked (an object that can be cloned into a worker) before any thread
    * starts; a run whose vCPU fails while starting is stopped and rejects with that error.
-   * `error` belongs to one run: a run after stop() starts clean (read `error` before).
+   * A VM that failed stays dead (kvm_vm_dead): run() then throws EIO, its cause `error`.
    */
   run(guest: (id: number) => GuestArgs, opts: { tlbBits?: number } = {}): Promise<void> {
     return vm_run(this.#s, guest, opts);
@@ -213,7 +217,7 @@ export class Vm {
    * era's 100 ms and 256 MiB. `scanPeriodMs: 0` turns it off. Any time, running or not.
    */
   setNumaBalancing(o: { scanPeriodMs?: number; scanBytes?: number } = {}): void {
-    vm_set_numa_balancing(this.#s, o);
+    return vm_ioctl(this.#s, "setNumaBalancing", () => vm_set_numa_balancing(this.#s, o));
   }
 
   /** NUMA balancing's scans so far and the pages they unmapped. */
@@ -226,7 +230,7 @@ export class Vm {
    * util-linux's taskset only: ENOSYS elsewhere. ENOENT: no such vCPU or its thread not started.
    */
   pinVcpu(id: number, cpu: number): void {
-    vm_pin_vcpu(this.#s, id, cpu);
+    return vm_ioctl(this.#s, "pinVcpu", () => vm_pin_vcpu(this.#s, id, cpu));
   }
 
   /** The kernel thread id of vCPU `id`'s worker (gettid), 0 before its thread has started. */
@@ -236,7 +240,7 @@ export class Vm {
 
   /** KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page base_gfn + n), harvested and re-protected. */
   getDirtyLog(slot: number, out?: Uint32Array): Uint32Array {
-    return dlog.kvm_vm_ioctl_get_dirty_log(this.#s, slot, out);
+    return vm_ioctl(this.#s, "getDirtyLog", () => dlog.kvm_vm_ioctl_get_dirty_log(this.#s, slot, out));
   }
 
   /**
@@ -246,7 +250,9 @@ export class Vm {
    * INITIALLY_SET applies to bitmaps created afterwards (logging turned on later).
    */
   enableManualDirtyLogProtect(flags: number): void {
-    dlog.kvm_vm_enable_manual_dirty_log_protect(this.#s, flags);
+    return vm_ioctl(this.#s, "enableManualDirtyLogProtect", () =>
+      dlog.kvm_vm_enable_manual_dirty_log_protect(this.#s, flags),
+    );
   }
 
   /**
@@ -259,7 +265,9 @@ export class Vm {
    * the vCPUs run. Returns the pages cleared.
    */
   clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): number {
-    return dlog.kvm_vm_ioctl_clear_dirty_log(this.#s, slot, firstPage, numPages, bitmap);
+    return vm_ioctl(this.#s, "clearDirtyLog", () =>
+      dlog.kvm_vm_ioctl_clear_dirty_log(this.#s, slot, firstPage, numPages, bitmap),
+    );
   }
 
   /** Times accumulated by getDirtyLog (lock wait, protect, flush) and dirty pages reported. */
@@ -288,7 +296,9 @@ export class Vm {
    * writes made without a running vCPU; only before any memslot exists (EINVAL).
    */
   enableDirtyRing(entries: number, opts: { withBitmap?: boolean } = {}): void {
-    ring.kvm_vm_ioctl_enable_dirty_log_ring(this.#s, entries, opts);
+    return vm_ioctl(this.#s, "enableDirtyRing", () =>
+      ring.kvm_vm_ioctl_enable_dirty_log_ring(this.#s, entries, opts),
+    );
   }
 
   /**
@@ -298,7 +308,7 @@ export class Vm {
    * the vCPUs run.
    */
   harvestDirtyRing(vcpuId: number, max = Infinity): ring.DirtyGfn[] {
-    return ring.vm_harvest_dirty_ring(this.#s, vcpuId, max);
+    return vm_ioctl(this.#s, "harvestDirtyRing", () => ring.vm_harvest_dirty_ring(this.#s, vcpuId, max));
   }
 
   /**
@@ -307,7 +317,7 @@ export class Vm {
    * Returns the entries reset. EINVAL without a ring. May run while the vCPUs run.
    */
   resetDirtyRings(): number {
-    return ring.kvm_vm_ioctl_reset_dirty_pages(this.#s);
+    return vm_ioctl(this.#s, "resetDirtyRings", () => ring.kvm_vm_ioctl_reset_dirty_pages(this.#s));
   }
 
   /** Times accumulated by resetDirtyRings (dirtyPages = entries reset), and the last call's. */
@@ -342,7 +352,7 @@ export class Vm {
    * it. One slot per VM; only while no vCPU runs (EBUSY), so every worker sees the state.
    */
   userfaultRegister(slot: number): void {
-    uffd.vm_userfault_register(this.#s, slot);
+    return vm_ioctl(this.#s, "userfaultRegister", () => uffd.vm_userfault_register(this.#s, slot));
   }
 
   /**
@@ -351,7 +361,7 @@ export class Vm {
    * vCPU runs (EBUSY). Returns the pages now missing.
    */
   userfaultDiscard(bitmap: Uint32Array): number {
-    return uffd.vm_userfault_discard(this.#s, bitmap);
+    return vm_ioctl(this.#s, "userfaultDiscard", () => uffd.vm_userfault_discard(this.#s, bitmap));
   }
 
   /**
@@ -360,7 +370,7 @@ export class Vm {
    * when the page was not missing, as UFFDIO_COPY's EEXIST. Owner thread; vCPUs may run.
    */
   userfaultCopy(gpa: number, bytes: Uint8Array | null): boolean {
-    return uffd.vm_userfault_copy(this.#s, gpa, bytes);
+    return vm_ioctl(this.#s, "userfaultCopy", () => uffd.vm_userfault_copy(this.#s, gpa, bytes));
   }
 
   /** True when the page at gpa is registered and missing. */
@@ -416,7 +426,7 @@ export class Vm {
    * while vCPUs run: each page is copied under mm_lock, so page migration never loses it.
    */
   writeGuest(gpa: number, bytes: Uint8Array): void {
-    gmem.kvm_write_guest(this.#s, gpa, bytes);
+    return vm_ioctl(this.#s, "writeGuest", () => gmem.kvm_write_guest(this.#s, gpa, bytes));
   }
 
   /** kvm_read_guest: `length` bytes of guest-physical memory at gpa (errors as writeGuest). */

@@ -8,6 +8,16 @@ import { OUTSIDE_GUEST_MODE, VCPU } from "../kvm_host.js";
 import { Errno, KvmError } from "../errors.js";
 import { VcpuState } from "../kvm/requests.js";
 import { vm_fail, VmState } from "./state.js";
+import { SoftLockupError } from "../kvm/vm_dead.js";
+
+/** A worker's error report (vcpu_worker.ts, host_worker.ts). */
+interface ErrorMessage {
+  type: string;
+  message: string;
+  code?: string;
+  /** A soft lockup the worker found while it waited for mmu_lock: who holds it. */
+  lockup?: { vcpu: number; lock: string; heldMs: number; boundMs: number };
+}
 
 const ERRNOS: readonly Errno[] = [
   "EINVAL",
@@ -25,8 +35,11 @@ const ERRNOS: readonly Errno[] = [
 
 /** Fails the VM on the worker's error; `vcpuId` >= 0: a vCPU worker, also watched for its exit. */
 export function vm_watch(st: VmState, w: Worker, who: string, vcpuId = -1): void {
-  w.on("message", (m: { type: string; message: string; code?: string }) => {
-    if (m.type === "error") {
+  w.on("message", (m: ErrorMessage) => {
+    if (m.type === "error" && m.lockup) {
+      const l = m.lockup;
+      vm_fail(st, new SoftLockupError(l.vcpu, l.lock, l.heldMs, l.boundMs));
+    } else if (m.type === "error") {
       // A guest module's own error may carry any code; only an errno is passed on.
       const code = ERRNOS.includes(m.code as Errno) ? (m.code as Errno) : "EIO";
       vm_fail(st, new KvmError(code, `${who}: ${m.message}`));

@@ -12,6 +12,7 @@ import { Kvm } from "../kvm_host.js";
 import { host_invalidate_range, host_migrate_page, MmuNotifier } from "../mem/host_memory.js";
 import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
 import { kvm_load_design } from "../mmu/design.js";
+import { HOLDER_HOST, kvm_watch_locks, SoftLockupError, VmDeadError } from "../kvm/vm_dead.js";
 import { ParkMiller } from "./rng.js";
 import { HOST, HostWorkerData } from "../mem/host_thread.js";
 
@@ -19,6 +20,7 @@ const d = workerData as HostWorkerData;
 // A design registered at run time: import the module that registers it in this thread too.
 await kvm_load_design(d.shared);
 const kvm = new Kvm(d.shared);
+kvm_watch_locks(kvm, HOLDER_HOST);
 const c = new Int32Array(d.ctl);
 const notifier: MmuNotifier = kvm_mmu_notifier(kvm);
 const rng = new ParkMiller(d.seed);
@@ -81,6 +83,14 @@ try {
 } catch (e) {
   Atomics.store(c, HOST.state, 4);
   const err = e as Error & { code?: string };
-  parentPort?.postMessage({ type: "error", message: err.message, code: err.code, stack: err.stack });
+  // A wait given up because the VM died: its error is already known.
+  if (!(e instanceof VmDeadError))
+    parentPort?.postMessage({
+      type: "error",
+      message: err.message,
+      code: err.code,
+      stack: err.stack,
+      lockup: e instanceof SoftLockupError ? e.report() : undefined,
+    });
 }
 Atomics.notify(c, HOST.state);

@@ -17,6 +17,7 @@ import { KvmError } from "../errors.js";
 import { gettid } from "../sync/affinity.js";
 import { GuestEntry, VcpuGuestContext } from "../guest/context.js";
 import { kvm_load_design } from "../mmu/design.js";
+import { kvm_watch_locks, SoftLockupError, VmDeadError } from "../kvm/vm_dead.js";
 
 interface VcpuWorkerData {
   shared: KvmShared;
@@ -30,6 +31,7 @@ const data = workerData as VcpuWorkerData;
 await kvm_load_design(data.shared);
 const kvm = new Kvm(data.shared);
 const vcpuId = data.vcpuId;
+kvm_watch_locks(kvm, vcpuId + 1);
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);
 // kvm_get_running_vcpu() on this thread: its dirty-ring pushes go to this vCPU's ring.
@@ -94,7 +96,8 @@ main().catch(vcpuExit);
 /** The vCPU thread ends: stopped (VcpuStop), or dead with its error reported to the owner. */
 function vcpuExit(e: unknown): void {
   vcpu.publishStats();
-  if (e instanceof VcpuStop) {
+  // A wait given up because the VM died: the VM's error is already known; this vCPU just stops.
+  if (e instanceof VcpuStop || e instanceof VmDeadError) {
     Atomics.store(kvm.vcpu, VCPU.state(vcpuId), VcpuState.Stopped);
   } else {
     Atomics.store(kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
@@ -107,6 +110,7 @@ function vcpuExit(e: unknown): void {
       message: err.message,
       code: err.code,
       stack: err.stack,
+      lockup: e instanceof SoftLockupError ? e.report() : undefined,
     });
   }
   Atomics.notify(kvm.vcpu, VCPU.state(vcpuId));

@@ -113,10 +113,13 @@ for (const [what, pools, pool] of [
       // Promptly: at its first fault that needed a page, before any pass completed.
       assert.equal(run.dirtyLogs, 0, "no pass completed before ENOMEM");
       assert.equal(vm.error, run.error, "the VM carries the vCPU's error");
-      // The failed VM stays inspectable: a harvest does not wait on a lock left behind.
+      // No lock is left behind, and the failed VM is dead: a harvest is EIO at once, its cause
+      // the vCPU's error (kvm_vm_dead), never a wait.
       assert.equal(vmKvm(vm).mmu_lock.isLocked(), false, "no lock left behind");
-      const log = vm.getDirtyLog(0);
-      assert.ok(log instanceof Uint32Array);
+      assert.throws(
+        () => vm.getDirtyLog(0),
+        (e: unknown) => e instanceof KvmError && e.code === "EIO" && e.cause === run.error,
+      );
       await stopAndAudit(vm);
     });
   }
