@@ -10,7 +10,9 @@ export type Errno =
   | "EIO"
   | "ENXIO"
   | "E2BIG"
-  | "ENOSYS";
+  | "ENOSYS"
+  | "ENODEV"
+  | "EACCES";
 
 export class KvmError extends Error {
   readonly code: Errno;
