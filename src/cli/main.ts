@@ -17,6 +17,8 @@ import { registerKernbench } from "./kernbench_cmd.js";
 import { registerMigrate } from "./migrate_cmd.js";
 import { registerMigratePerf } from "./migrate_perf_cmd.js";
 import { registerResults } from "./results_cmd.js";
+import { registerConformance } from "./conformance_cmd.js";
+import { registerKernelDesign } from "../kernel/register.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
 
 export const EXIT_OK = 0;
@@ -69,6 +71,9 @@ registerKernbench(program);
 registerMigrate(program);
 registerMigratePerf(program);
 registerResults(program);
+registerConformance(program);
+// The real kernel joins the designs only where /dev/kvm opens (elsewhere: the models alone).
+registerKernelDesign();
 
 function usage(msg: string): void {
   process.stderr.write(`kvmmu: EINVAL: ${msg}\n`);
