@@ -14,7 +14,9 @@ import { progress } from "./parse.js";
 export function registerConformance(program: Command): void {
   program
     .command("conformance")
-    .description("ioctl-level cases against each model design and the kernel (/dev/kvm), with KVM's expected answers")
+    .description(
+      "ioctl-level cases against each model design and the kernel (/dev/kvm), with KVM's expected answers",
+    )
     .option("--wp <designs>", "model designs (comma list or all)", "all")
     .option("--device <path>", "the KVM device", KVM_DEVICE)
     .option("--json", "print {cases: [{name, expected, kernel, <each design>, match}]}")
@@ -30,7 +32,9 @@ export function registerConformance(program: Command): void {
         const r = await runConformance(models.map(modelTarget), kernel, {
           onRow: (row) => progress(`${row.match.padEnd(8)} ${row.name}`),
         });
-        process.stdout.write(o.json === true ? JSON.stringify(conformanceJson(r)) + "\n" : formatConformance(r) + "\n");
+        process.stdout.write(
+          o.json === true ? JSON.stringify(conformanceJson(r)) + "\n" : formatConformance(r) + "\n",
+        );
         if (r.rows.some((x) => x.match === "NO")) process.exitCode = 1;
       } finally {
         if (typeof kernel !== "string") kernel.close();

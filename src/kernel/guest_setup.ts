@@ -16,7 +16,13 @@ export function setupSystemSlot(vm: KernelVm, code: Uint8Array, testBytes: numbe
   const hva = vm.mmap(SYSTEM_BYTES);
   const mem = vm.hostBytes(hva, SYSTEM_BYTES);
   buildSystemSlot(mem, code, testBytes);
-  vm.setUserMemoryRegion({ slot: SYSTEM_SLOT, flags: 0, guestPhysAddr: 0, memorySize: SYSTEM_BYTES, userspaceAddr: hva });
+  vm.setUserMemoryRegion({
+    slot: SYSTEM_SLOT,
+    flags: 0,
+    guestPhysAddr: 0,
+    memorySize: SYSTEM_BYTES,
+    userspaceAddr: hva,
+  });
   return new DataView(mem.buffer, mem.byteOffset + VARS_GPA, 4096);
 }
 

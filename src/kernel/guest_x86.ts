@@ -277,7 +277,18 @@ export function buildSystemSlot(mem: Uint8Array, code: Uint8Array, testBytes: nu
 function setSegment(
   dv: DataView,
   off: number,
-  s: { base: number; limit: number; selector: number; type: number; s: number; dpl: number; l: number; db: number; g: number; unusable?: number },
+  s: {
+    base: number;
+    limit: number;
+    selector: number;
+    type: number;
+    s: number;
+    dpl: number;
+    l: number;
+    db: number;
+    g: number;
+    unusable?: number;
+  },
 ): void {
   dv.setBigUint64(off, BigInt(s.base), true);
   dv.setUint32(off + 8, s.limit >>> 0, true);
@@ -301,8 +312,29 @@ export function setLongModeSregs(sregs: Uint8Array): void {
   const data = { base: 0, limit: 0xffffffff, selector: USER_DS, type: 3, s: 1, dpl: 3, l: 0, db: 1, g: 1 };
   setSegment(dv, 0, code);
   for (const i of [1, 2, 3, 4, 5]) setSegment(dv, i * 24, data); // ds es fs gs ss
-  setSegment(dv, 6 * 24, { base: TSS_GPA, limit: 0x67, selector: TSS_SEL, type: 11, s: 0, dpl: 0, l: 0, db: 0, g: 0 });
-  setSegment(dv, 7 * 24, { base: 0, limit: 0, selector: 0, type: 0, s: 0, dpl: 0, l: 0, db: 0, g: 0, unusable: 1 });
+  setSegment(dv, 6 * 24, {
+    base: TSS_GPA,
+    limit: 0x67,
+    selector: TSS_SEL,
+    type: 11,
+    s: 0,
+    dpl: 0,
+    l: 0,
+    db: 0,
+    g: 0,
+  });
+  setSegment(dv, 7 * 24, {
+    base: 0,
+    limit: 0,
+    selector: 0,
+    type: 0,
+    s: 0,
+    dpl: 0,
+    l: 0,
+    db: 0,
+    g: 0,
+    unusable: 1,
+  });
   dv.setBigUint64(192, BigInt(GDT_GPA), true); // gdt.base
   dv.setUint16(200, gdt().length * 8 - 1, true); // gdt.limit
   dv.setBigUint64(208, 0n, true); // idt.base
@@ -315,8 +347,22 @@ export function setLongModeSregs(sregs: Uint8Array): void {
 
 /** struct kvm_regs's order (not the encoding's): rax rbx rcx rdx rsi rdi rsp rbp r8..r15 rip rflags. */
 const KVM_REGS_ORDER: readonly (keyof typeof R)[] = [
-  "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rsp", "rbp",
-  "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15",
+  "rax",
+  "rbx",
+  "rcx",
+  "rdx",
+  "rsi",
+  "rdi",
+  "rsp",
+  "rbp",
+  "r8",
+  "r9",
+  "r10",
+  "r11",
+  "r12",
+  "r13",
+  "r14",
+  "r15",
 ];
 
 /** Byte offset of a register in struct kvm_regs. */
@@ -328,7 +374,8 @@ export function kvmRegsOffset(r: keyof typeof R): number {
 export function longModeRegs(args: Partial<Record<keyof typeof R, bigint>>): Uint8Array {
   const regs = new Uint8Array(144);
   const dv = new DataView(regs.buffer);
-  for (const [name, v] of Object.entries(args)) dv.setBigUint64(kvmRegsOffset(name as keyof typeof R), v, true);
+  for (const [name, v] of Object.entries(args))
+    dv.setBigUint64(kvmRegsOffset(name as keyof typeof R), v, true);
   dv.setBigUint64(kvmRegsOffset("rsp"), BigInt(STACK_TOP), true);
   dv.setBigUint64(128, BigInt(CODE_GPA), true); // rip
   dv.setBigUint64(136, BigInt(RFLAGS_USER), true); // rflags

@@ -20,7 +20,10 @@ export const _IOC_READ = 2;
 /** _IOC(dir, type, nr, size), as an unsigned 32-bit number. */
 export function _IOC(dir: number, type: number, nr: number, size: number): number {
   if (size < 0 || size >= 1 << _IOC_SIZEBITS) throw new RangeError(`ioctl size ${size} does not fit 14 bits`);
-  return ((dir << _IOC_DIRSHIFT) | (size << _IOC_SIZESHIFT) | (type << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT)) >>> 0;
+  return (
+    ((dir << _IOC_DIRSHIFT) | (size << _IOC_SIZESHIFT) | (type << _IOC_TYPESHIFT) | (nr << _IOC_NRSHIFT)) >>>
+    0
+  );
 }
 export const _IO = (type: number, nr: number): number => _IOC(_IOC_NONE, type, nr, 0);
 export const _IOR = (type: number, nr: number, size: number): number => _IOC(_IOC_READ, type, nr, size);

@@ -34,7 +34,17 @@ import {
   KVM_STATS_HEADER,
   SIZEOF,
 } from "./ioctl.js";
-import { check, Libc, MAP_ANONYMOUS, MAP_NORESERVE, MAP_PRIVATE, MAP_SHARED, NativePtr, PROT_READ, PROT_WRITE } from "./libc.js";
+import {
+  check,
+  Libc,
+  MAP_ANONYMOUS,
+  MAP_NORESERVE,
+  MAP_PRIVATE,
+  MAP_SHARED,
+  NativePtr,
+  PROT_READ,
+  PROT_WRITE,
+} from "./libc.js";
 import { KvmDevice } from "./kvm_dev.js";
 
 const PAGE = 4096;
@@ -94,7 +104,12 @@ export class KernelVm {
   private map(len: number, flags: number, fd: number, offset: number): Mapping {
     const ptr = this.libc.mmap(len, PROT_READ | PROT_WRITE, flags, fd, offset);
     if (ptr === null) throw new KvmError("ENOMEM", `mmap: ${len} bytes (errno ${this.libc.errno()})`);
-    const m = { ptr, addr: Number(this.libc.address(ptr)), len, bytes: new Uint8Array(this.libc.view(ptr, len)) };
+    const m = {
+      ptr,
+      addr: Number(this.libc.address(ptr)),
+      len,
+      bytes: new Uint8Array(this.libc.view(ptr, len)),
+    };
     this.maps.push(m);
     return m;
   }
@@ -102,7 +117,8 @@ export class KernelVm {
   /** The host's view of [hva, hva + len) of a mapping made by mmap(). */
   hostBytes(hva: number, len: number): Uint8Array {
     const m = this.maps.find((x) => hva >= x.addr && hva + len <= x.addr + x.len);
-    if (m === undefined) throw new KvmError("EFAULT", `hva: [0x${hva.toString(16)}, +${len}) is not a mapping of this VM`);
+    if (m === undefined)
+      throw new KvmError("EFAULT", `hva: [0x${hva.toString(16)}, +${len}) is not a mapping of this VM`);
     return m.bytes.subarray(hva - m.addr, hva - m.addr + len);
   }
 
@@ -115,7 +131,11 @@ export class KernelVm {
     dv.setBigUint64(8, BigInt(m.guestPhysAddr), true);
     dv.setBigUint64(16, BigInt(m.memorySize), true);
     dv.setBigUint64(24, BigInt(m.userspaceAddr), true);
-    check(this.libc, this.libc.ioctlBuf(this.fd, KVM_SET_USER_MEMORY_REGION, buf), `KVM_SET_USER_MEMORY_REGION(slot ${m.slot})`);
+    check(
+      this.libc,
+      this.libc.ioctlBuf(this.fd, KVM_SET_USER_MEMORY_REGION, buf),
+      `KVM_SET_USER_MEMORY_REGION(slot ${m.slot})`,
+    );
     if (m.memorySize === 0) this.slots.delete(m.slot);
     else this.slots.set(m.slot, { ...m });
   }
@@ -141,7 +161,9 @@ export class KernelVm {
    */
   enableDirtyRing(entries: number, opts: { withBitmap?: boolean } = {}): void {
     const cap =
-      this.dev.checkExtension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0 ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL : KVM_CAP_DIRTY_LOG_RING;
+      this.dev.checkExtension(KVM_CAP_DIRTY_LOG_RING_ACQ_REL) > 0
+        ? KVM_CAP_DIRTY_LOG_RING_ACQ_REL
+        : KVM_CAP_DIRTY_LOG_RING;
     this.enableCap(cap, entries * SIZEOF.kvm_dirty_gfn);
     this.ringEntries = entries;
     if (opts.withBitmap === true) this.enableCap(KVM_CAP_DIRTY_LOG_RING_WITH_BITMAP, 0);
@@ -153,10 +175,21 @@ export class KernelVm {
     const run = this.map(this.dev.vcpuMmapSize(), MAP_SHARED, fd, 0);
     let ring: DataView | null = null;
     if (this.ringEntries > 0) {
-      const r = this.map(this.ringEntries * SIZEOF.kvm_dirty_gfn, MAP_SHARED, fd, KVM_DIRTY_LOG_PAGE_OFFSET * PAGE);
+      const r = this.map(
+        this.ringEntries * SIZEOF.kvm_dirty_gfn,
+        MAP_SHARED,
+        fd,
+        KVM_DIRTY_LOG_PAGE_OFFSET * PAGE,
+      );
       ring = new DataView(r.bytes.buffer, r.bytes.byteOffset, r.len);
     }
-    const v: KernelVcpu = { id, fd, run: new DataView(run.bytes.buffer, run.bytes.byteOffset, run.len), ring, fetch: 0 };
+    const v: KernelVcpu = {
+      id,
+      fd,
+      run: new DataView(run.bytes.buffer, run.bytes.byteOffset, run.len),
+      ring,
+      fetch: 0,
+    };
     this.vcpus.set(id, v);
     return v;
   }
@@ -207,7 +240,11 @@ export class KernelVm {
     dv.setUint32(4, numPages >>> 0, true);
     dv.setBigUint64(8, BigInt(firstPage), true);
     dv.setBigUint64(16, b.addr, true);
-    return check(this.libc, this.libc.ioctlBuf(this.fd, KVM_CLEAR_DIRTY_LOG, arg), `KVM_CLEAR_DIRTY_LOG(slot ${slot})`);
+    return check(
+      this.libc,
+      this.libc.ioctlBuf(this.fd, KVM_CLEAR_DIRTY_LOG, arg),
+      `KVM_CLEAR_DIRTY_LOG(slot ${slot})`,
+    );
   }
 
   /** Userspace's harvest of a vCPU's ring: the DIRTY entries from its fetch index, each marked RESET. */
@@ -235,7 +272,10 @@ export class KernelVm {
     const v = this.vcpus.get(vcpuId);
     if (v === undefined) throw einval("vcpuId", `no vCPU ${vcpuId}`);
     check(this.libc, this.libc.ioctlInt(v.fd, KVM_RUN, 0), `KVM_RUN(vcpu ${vcpuId})`);
-    return { reason: v.run.getUint32(KVM_RUN_OFF.exit_reason, true), port: v.run.getUint16(KVM_RUN_OFF.io_port, true) };
+    return {
+      reason: v.run.getUint32(KVM_RUN_OFF.exit_reason, true),
+      port: v.run.getUint16(KVM_RUN_OFF.io_port, true),
+    };
   }
 
   /** KVM_GET_STATS_FD of the VM (vcpuId undefined) or a vCPU: every u64 statistic by name. */

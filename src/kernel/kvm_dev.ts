@@ -88,7 +88,11 @@ export class KvmDevice {
 
   /** KVM_CHECK_EXTENSION on the system fd: 0 when absent, else the capability's value. */
   checkExtension(cap: number): number {
-    return check(this.libc, this.libc.ioctlInt(this.fd, KVM_CHECK_EXTENSION, cap), `KVM_CHECK_EXTENSION(${cap})`);
+    return check(
+      this.libc,
+      this.libc.ioctlInt(this.fd, KVM_CHECK_EXTENSION, cap),
+      `KVM_CHECK_EXTENSION(${cap})`,
+    );
   }
 
   /** KVM_GET_VCPU_MMAP_SIZE: bytes of the kvm_run mapping. */

@@ -40,8 +40,8 @@ export function errnoName(n: number): string {
   return ERRNO_NAMES[n] ?? `E${n}`;
 }
 
-/** An opaque native pointer (koffi's external). */
-export type NativePtr = unknown;
+/** An opaque native pointer (koffi's external object). */
+export type NativePtr = object;
 
 /** The calls the backend needs; a test may hand its own (e.g. one that throws as koffi missing). */
 export interface Libc {
@@ -126,7 +126,7 @@ async function bindLibc(loader: KoffiLoader): Promise<Libc> {
     ioctlInt: (fd, req, arg) => ioctlInt(fd, req, arg) as number,
     ioctlBuf: (fd, req, buf) => ioctlBuf(fd, req, buf) as number,
     mmap: (len, prot, flags, fd, offset) => {
-      const p = mmap(null, len, prot, flags, fd, offset);
+      const p = mmap(null, len, prot, flags, fd, offset) as NativePtr | null;
       return p === null || k.address(p) === MAP_FAILED ? null : p;
     },
     munmap: (p, len) => munmap(p, len) as number,

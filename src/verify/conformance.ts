@@ -74,20 +74,40 @@ export async function runConformance(
     const m: Record<string, string> = {};
     for (const t of models) m[t.name] = await runOn(t, c);
     const match = matchOf(c, k, Object.values(m));
-    const row: ConformanceRow = { name: c.name, expected: c.expected, kernel: k ?? "skipped", models: m, match };
+    const row: ConformanceRow = {
+      name: c.name,
+      expected: c.expected,
+      kernel: k ?? "skipped",
+      models: m,
+      match,
+    };
     if (match === "intended") row.why = c.intended?.why;
     rows.push(row);
     opts.onRow?.(row);
   }
-  return { designs: models.map((t) => t.name), kernelSkipped: typeof kernel === "string" ? kernel : null, rows };
+  return {
+    designs: models.map((t) => t.name),
+    kernelSkipped: typeof kernel === "string" ? kernel : null,
+    rows,
+  };
 }
 
 /** The table as text: case | expected (KVM) | kernel | <each model> | match, then a summary. */
 export function formatConformance(r: ConformanceResult): string {
   const head = ["case", "expected (KVM)", "kernel", ...r.designs, "match"];
-  const body = r.rows.map((x) => [x.name, x.expected, x.kernel, ...r.designs.map((d) => x.models[d]), x.match]);
+  const body = r.rows.map((x) => [
+    x.name,
+    x.expected,
+    x.kernel,
+    ...r.designs.map((d) => x.models[d]),
+    x.match,
+  ]);
   const w = head.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cells: string[]): string => cells.map((c, i) => c.padEnd(w[i])).join(" | ").trimEnd();
+  const line = (cells: string[]): string =>
+    cells
+      .map((c, i) => c.padEnd(w[i]))
+      .join(" | ")
+      .trimEnd();
   const out = [line(head), w.map((n) => "-".repeat(n)).join("-|-"), ...body.map(line)];
   const n = (m: Match): number => r.rows.filter((x) => x.match === m).length;
   out.push(
@@ -100,7 +120,10 @@ export function formatConformance(r: ConformanceResult): string {
 }
 
 /** `--json`: {cases: [{name, expected, kernel, <each design>, match}]}. */
-export function conformanceJson(r: ConformanceResult): { kernelSkipped: string | null; cases: Record<string, string>[] } {
+export function conformanceJson(r: ConformanceResult): {
+  kernelSkipped: string | null;
+  cases: Record<string, string>[];
+} {
   return {
     kernelSkipped: r.kernelSkipped,
     cases: r.rows.map((x) => ({

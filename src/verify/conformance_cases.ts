@@ -56,7 +56,13 @@ export function bitmapOf(n: number, set: readonly number[]): Uint32Array {
 /** Slot `slot` of `pages` pages at 4 GiB + `offPages`, flags `flags`. */
 function slot(t: ConfVm, id: number, flags: number, pages = NPAGES, offPages = 0): void {
   const hva = t.mmap(pages * P);
-  t.setUserMemoryRegion({ slot: id, flags, guestPhysAddr: (TEST_GFN + offPages) * P, memorySize: pages * P, userspaceAddr: hva });
+  t.setUserMemoryRegion({
+    slot: id,
+    flags,
+    guestPhysAddr: (TEST_GFN + offPages) * P,
+    memorySize: pages * P,
+    userspaceAddr: hva,
+  });
 }
 
 const W = [0, 1, 63, 64, 129];
@@ -82,21 +88,46 @@ export const CASES: readonly ConfCase[] = [
     intended: { answer: "EINVAL", why: noSmm },
     run: (t) => slot(t, 1 | (1 << 16), 0),
   },
-  { name: "set: address space 2 (slot 1 | 2 << 16)", expected: "EINVAL", run: (t) => slot(t, 1 | (2 << 16), 0) },
+  {
+    name: "set: address space 2 (slot 1 | 2 << 16)",
+    expected: "EINVAL",
+    run: (t) => slot(t, 1 | (2 << 16), 0),
+  },
   {
     name: "set: guest_phys_addr not page-aligned",
     expected: "EINVAL",
-    run: (t) => t.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P + 0x800, memorySize: 16 * P, userspaceAddr: t.mmap(16 * P) }),
+    run: (t) =>
+      t.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P + 0x800,
+        memorySize: 16 * P,
+        userspaceAddr: t.mmap(16 * P),
+      }),
   },
   {
     name: "set: memory_size not page-aligned",
     expected: "EINVAL",
-    run: (t) => t.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: 16 * P + 0x100, userspaceAddr: t.mmap(17 * P) }),
+    run: (t) =>
+      t.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: 16 * P + 0x100,
+        userspaceAddr: t.mmap(17 * P),
+      }),
   },
   {
     name: "set: userspace_addr not page-aligned",
     expected: "EINVAL",
-    run: (t) => t.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: 16 * P, userspaceAddr: t.mmap(17 * P) + 8 }),
+    run: (t) =>
+      t.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: 16 * P,
+        userspaceAddr: t.mmap(17 * P) + 8,
+      }),
   },
   { name: "set: unknown flag (1 << 4)", expected: "EINVAL", run: (t) => slot(t, 1, 1 << 4) },
   {
@@ -159,13 +190,30 @@ export const CASES: readonly ConfCase[] = [
   {
     name: "set: delete (size 0) of a slot that does not exist",
     expected: "EINVAL",
-    run: (t) => t.setUserMemoryRegion({ slot: 3, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: 0, userspaceAddr: 0 }),
+    run: (t) =>
+      t.setUserMemoryRegion({
+        slot: 3,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: 0,
+        userspaceAddr: 0,
+      }),
   },
   {
     name: "set: userspace range not mapped",
     expected: "ok",
-    intended: { answer: "EFAULT", why: "the model checks the backing when the slot is made; KVM only at the first fault" },
-    run: (t) => t.setUserMemoryRegion({ slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: 16 * P, userspaceAddr: 1 << 30 }),
+    intended: {
+      answer: "EFAULT",
+      why: "the model checks the backing when the slot is made; KVM only at the first fault",
+    },
+    run: (t) =>
+      t.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: 16 * P,
+        userspaceAddr: 1 << 30,
+      }),
   },
   // --- KVM_GET_DIRTY_LOG ---
   { name: "get: slot id 32767", expected: "EINVAL", run: (t) => void t.getDirtyLog(32767) },
@@ -229,7 +277,13 @@ export const CASES: readonly ConfCase[] = [
     expected: "bits 5",
     run: async (t) => {
       const hva = t.mmap(NPAGES * P);
-      const m = { slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: NPAGES * P, userspaceAddr: hva };
+      const m = {
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: NPAGES * P,
+        userspaceAddr: hva,
+      };
       t.setUserMemoryRegion(m);
       await t.writePages(gfns(W));
       t.setUserMemoryRegion({ ...m, flags: LOG });
@@ -242,7 +296,13 @@ export const CASES: readonly ConfCase[] = [
     expected: WB,
     run: async (t) => {
       const hva = t.mmap(NPAGES * P);
-      const m = { slot: 1, flags: LOG, guestPhysAddr: TEST_GFN * P, memorySize: NPAGES * P, userspaceAddr: hva };
+      const m = {
+        slot: 1,
+        flags: LOG,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: NPAGES * P,
+        userspaceAddr: hva,
+      };
       t.setUserMemoryRegion(m);
       await t.writePages(gfns(W));
       t.setUserMemoryRegion(m);
@@ -254,7 +314,13 @@ export const CASES: readonly ConfCase[] = [
     expected: "bits none",
     run: async (t) => {
       const hva = t.mmap(NPAGES * P);
-      const m = { slot: 1, flags: LOG, guestPhysAddr: TEST_GFN * P, memorySize: NPAGES * P, userspaceAddr: hva };
+      const m = {
+        slot: 1,
+        flags: LOG,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: NPAGES * P,
+        userspaceAddr: hva,
+      };
       t.setUserMemoryRegion(m);
       await t.writePages(gfns(W));
       t.setUserMemoryRegion({ ...m, flags: 0 });
@@ -267,7 +333,13 @@ export const CASES: readonly ConfCase[] = [
     expected: "ENOENT",
     run: async (t) => {
       const hva = t.mmap(NPAGES * P);
-      const m = { slot: 1, flags: LOG, guestPhysAddr: TEST_GFN * P, memorySize: NPAGES * P, userspaceAddr: hva };
+      const m = {
+        slot: 1,
+        flags: LOG,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: NPAGES * P,
+        userspaceAddr: hva,
+      };
       t.setUserMemoryRegion(m);
       await t.writePages(gfns(W));
       t.setUserMemoryRegion({ ...m, flags: 0 });
@@ -295,7 +367,11 @@ export const CASES: readonly ConfCase[] = [
     },
   },
   // --- KVM_CLEAR_DIRTY_LOG ---
-  { name: "clear: slot id 32767", expected: "EINVAL", run: (t) => t.clearDirtyLog(32767, 0, 64, bitmapOf(64, [])) },
+  {
+    name: "clear: slot id 32767",
+    expected: "EINVAL",
+    run: (t) => t.clearDirtyLog(32767, 0, 64, bitmapOf(64, [])),
+  },
   ...clearRangeCases(),
   {
     name: "clear: slot without dirty logging",
@@ -358,8 +434,16 @@ export const CASES: readonly ConfCase[] = [
     },
   },
   // --- KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 and INITIALLY_SET ---
-  { name: "cap: MANUAL_PROTECT2 with INITIALLY_SET alone (2)", expected: "EINVAL", run: (t) => t.enableManualDirtyLogProtect(2) },
-  { name: "cap: MANUAL_PROTECT2 with an unknown bit (5)", expected: "EINVAL", run: (t) => t.enableManualDirtyLogProtect(5) },
+  {
+    name: "cap: MANUAL_PROTECT2 with INITIALLY_SET alone (2)",
+    expected: "EINVAL",
+    run: (t) => t.enableManualDirtyLogProtect(2),
+  },
+  {
+    name: "cap: MANUAL_PROTECT2 with an unknown bit (5)",
+    expected: "EINVAL",
+    run: (t) => t.enableManualDirtyLogProtect(5),
+  },
   { name: "cap: MANUAL_PROTECT2 off (0)", expected: "ok", run: (t) => t.enableManualDirtyLogProtect(0) },
   {
     name: "initially-set: first GET reports every page, tail bits clear",
@@ -376,7 +460,13 @@ export const CASES: readonly ConfCase[] = [
     run: (t) => {
       t.enableManualDirtyLogProtect(3);
       const hva = t.mmap(NPAGES * P);
-      const m = { slot: 1, flags: 0, guestPhysAddr: TEST_GFN * P, memorySize: NPAGES * P, userspaceAddr: hva };
+      const m = {
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: TEST_GFN * P,
+        memorySize: NPAGES * P,
+        userspaceAddr: hva,
+      };
       t.setUserMemoryRegion(m);
       t.setUserMemoryRegion({ ...m, flags: LOG });
       return bits(t.getDirtyLog(1));
@@ -410,15 +500,31 @@ export const CASES: readonly ConfCase[] = [
     run: (t) => {
       t.enableManualDirtyLogProtect(3);
       slot(t, 1, LOG);
-      t.clearDirtyLog(1, 0, 64, bitmapOf(64, Array.from({ length: 64 }, (_, i) => i)));
+      t.clearDirtyLog(
+        1,
+        0,
+        64,
+        bitmapOf(
+          64,
+          Array.from({ length: 64 }, (_, i) => i),
+        ),
+      );
       return bits(t.getDirtyLog(1));
     },
   },
   // --- the dirty ring ---
   { name: "ring: size 0", expected: "EINVAL", run: (t) => t.enableDirtyRing(0) },
-  { name: "ring: 3000 entries (not a power of two)", expected: "EINVAL", run: (t) => t.enableDirtyRing(3000) },
+  {
+    name: "ring: 3000 entries (not a power of two)",
+    expected: "EINVAL",
+    run: (t) => t.enableDirtyRing(3000),
+  },
   { name: "ring: 128 entries (2 KiB, under a page)", expected: "EINVAL", run: (t) => t.enableDirtyRing(128) },
-  { name: "ring: 131072 entries (over KVM_DIRTY_RING_MAX_ENTRIES)", expected: "E2BIG", run: (t) => t.enableDirtyRing(131072) },
+  {
+    name: "ring: 131072 entries (over KVM_DIRTY_RING_MAX_ENTRIES)",
+    expected: "E2BIG",
+    run: (t) => t.enableDirtyRing(131072),
+  },
   { name: "ring: 1024 entries", expected: "ok", run: (t) => t.enableDirtyRing(1024) },
   {
     name: "ring: enabled twice",
@@ -439,7 +545,10 @@ export const CASES: readonly ConfCase[] = [
   {
     name: "ring: WITH_BITMAP (x86 does not offer it)",
     expected: "EINVAL",
-    intended: { answer: "ok", why: "the model offers arm64's ring-with-bitmap on x86, for writes made without a vCPU" },
+    intended: {
+      answer: "ok",
+      why: "the model offers arm64's ring-with-bitmap on x86, for writes made without a vCPU",
+    },
     run: (t) => t.enableDirtyRing(1024, { withBitmap: true }),
   },
   { name: "ring: reset without a ring", expected: "EINVAL", run: (t) => `ok: ${t.resetDirtyRings()}` },

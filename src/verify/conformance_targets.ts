@@ -98,7 +98,11 @@ class ModelConfVm implements ConfVm {
 /** The kernel through /dev/kvm (one device fd for the whole suite). */
 export async function kernelTarget(o: KvmDeviceOptions = {}): Promise<ConfTarget & { close(): void }> {
   const dev = await KvmDevice.open(o);
-  return { name: "kernel", create: () => Promise.resolve(new KernelConfVm(KernelVm.create(dev))), close: () => dev.close() };
+  return {
+    name: "kernel",
+    create: () => Promise.resolve(new KernelConfVm(KernelVm.create(dev))),
+    close: () => dev.close(),
+  };
 }
 
 class KernelConfVm implements ConfVm {
@@ -143,7 +147,10 @@ class KernelConfVm implements ConfVm {
     gfns.forEach((g, i) => v.setBigUint64(VAR.list + 8 * i, BigInt(g) * 4096n, true));
     const exit = this.vm.runVcpu(0);
     if (exit.reason !== KVM_EXIT_IO || exit.port !== PASS_PORT)
-      throw new KvmError("EIO", `KVM_RUN: exit ${exit.reason} (port 0x${exit.port.toString(16)}), not the pass-done OUT`);
+      throw new KvmError(
+        "EIO",
+        `KVM_RUN: exit ${exit.reason} (port 0x${exit.port.toString(16)}), not the pass-done OUT`,
+      );
     return Promise.resolve();
   }
   close(): Promise<void> {

@@ -8,30 +8,91 @@ import assert from "node:assert/strict";
 import * as g from "../../src/kernel/guest_x86.js";
 
 const { R } = g;
-const hex = (b: Uint8Array | number[]): string => [...b].map((x) => x.toString(16).padStart(2, "0")).join(" ");
+const hex = (b: Uint8Array | number[]): string =>
+  [...b].map((x) => x.toString(16).padStart(2, "0")).join(" ");
 const one = (f: (a: g.Asm) => g.Asm): string => hex(f(new g.Asm()).assemble());
 
 test("guest_x86: each instruction encodes as the SDM gives it", () => {
-  assert.equal(one((a) => a.movRR(R.rcx, R.rsi)), "48 89 f1"); // mov rcx, rsi
-  assert.equal(one((a) => a.movRR(R.rbx, R.rdi)), "48 89 fb"); // mov rbx, rdi
-  assert.equal(one((a) => a.movRR(R.rax, R.r9)), "4c 89 c8"); // mov rax, r9
-  assert.equal(one((a) => a.movStore(R.rbx, 0, R.rax)), "48 89 03"); // mov [rbx], rax
-  assert.equal(one((a) => a.movStore(R.rdx, 0, R.rax)), "48 89 02"); // mov [rdx], rax
-  assert.equal(one((a) => a.movLoad(R.rax, R.r8, 0)), "49 8b 00"); // mov rax, [r8]
-  assert.equal(one((a) => a.movLoad(R.rcx, R.r8, 24)), "49 8b 48 18"); // mov rcx, [r8+24]
-  assert.equal(one((a) => a.addImm(R.rbx, 0x1000)), "48 81 c3 00 10 00 00"); // add rbx, 0x1000
-  assert.equal(one((a) => a.addRR(R.rdx, R.rdi)), "48 01 fa"); // add rdx, rdi
-  assert.equal(one((a) => a.xorRR(R.r9, R.rax)), "49 31 c1"); // xor r9, rax
-  assert.equal(one((a) => a.xorEdxEdx()), "31 d2"); // xor edx, edx
-  assert.equal(one((a) => a.shlImm(R.rax, 13)), "48 c1 e0 0d"); // shl rax, 13
-  assert.equal(one((a) => a.shrImm(R.rax, 7)), "48 c1 e8 07"); // shr rax, 7
-  assert.equal(one((a) => a.shlImm(R.rdx, 12)), "48 c1 e2 0c"); // shl rdx, 12
-  assert.equal(one((a) => a.dec(R.rcx)), "48 ff c9"); // dec rcx
-  assert.equal(one((a) => a.incMem(R.r8, 16)), "49 ff 40 10"); // inc qword [r8+16]
-  assert.equal(one((a) => a.div(R.rsi)), "48 f7 f6"); // div rsi
-  assert.equal(one((a) => a.cmpMemImm8(R.r8, 8, 0)), "49 83 78 08 00"); // cmp qword [r8+8], 0
-  assert.equal(one((a) => a.movDxImm(0x1000)), "66 ba 00 10"); // mov dx, 0x1000
-  assert.equal(one((a) => a.outDxAl()), "ee"); // out dx, al
+  assert.equal(
+    one((a) => a.movRR(R.rcx, R.rsi)),
+    "48 89 f1",
+  ); // mov rcx, rsi
+  assert.equal(
+    one((a) => a.movRR(R.rbx, R.rdi)),
+    "48 89 fb",
+  ); // mov rbx, rdi
+  assert.equal(
+    one((a) => a.movRR(R.rax, R.r9)),
+    "4c 89 c8",
+  ); // mov rax, r9
+  assert.equal(
+    one((a) => a.movStore(R.rbx, 0, R.rax)),
+    "48 89 03",
+  ); // mov [rbx], rax
+  assert.equal(
+    one((a) => a.movStore(R.rdx, 0, R.rax)),
+    "48 89 02",
+  ); // mov [rdx], rax
+  assert.equal(
+    one((a) => a.movLoad(R.rax, R.r8, 0)),
+    "49 8b 00",
+  ); // mov rax, [r8]
+  assert.equal(
+    one((a) => a.movLoad(R.rcx, R.r8, 24)),
+    "49 8b 48 18",
+  ); // mov rcx, [r8+24]
+  assert.equal(
+    one((a) => a.addImm(R.rbx, 0x1000)),
+    "48 81 c3 00 10 00 00",
+  ); // add rbx, 0x1000
+  assert.equal(
+    one((a) => a.addRR(R.rdx, R.rdi)),
+    "48 01 fa",
+  ); // add rdx, rdi
+  assert.equal(
+    one((a) => a.xorRR(R.r9, R.rax)),
+    "49 31 c1",
+  ); // xor r9, rax
+  assert.equal(
+    one((a) => a.xorEdxEdx()),
+    "31 d2",
+  ); // xor edx, edx
+  assert.equal(
+    one((a) => a.shlImm(R.rax, 13)),
+    "48 c1 e0 0d",
+  ); // shl rax, 13
+  assert.equal(
+    one((a) => a.shrImm(R.rax, 7)),
+    "48 c1 e8 07",
+  ); // shr rax, 7
+  assert.equal(
+    one((a) => a.shlImm(R.rdx, 12)),
+    "48 c1 e2 0c",
+  ); // shl rdx, 12
+  assert.equal(
+    one((a) => a.dec(R.rcx)),
+    "48 ff c9",
+  ); // dec rcx
+  assert.equal(
+    one((a) => a.incMem(R.r8, 16)),
+    "49 ff 40 10",
+  ); // inc qword [r8+16]
+  assert.equal(
+    one((a) => a.div(R.rsi)),
+    "48 f7 f6",
+  ); // div rsi
+  assert.equal(
+    one((a) => a.cmpMemImm8(R.r8, 8, 0)),
+    "49 83 78 08 00",
+  ); // cmp qword [r8+8], 0
+  assert.equal(
+    one((a) => a.movDxImm(0x1000)),
+    "66 ba 00 10",
+  ); // mov dx, 0x1000
+  assert.equal(
+    one((a) => a.outDxAl()),
+    "ee",
+  ); // out dx, al
   assert.throws(() => new g.Asm().movStore(R.rsp, 0, R.rax), RangeError);
   assert.throws(() => new g.Asm().jmp("nowhere").assemble(), RangeError);
 });
@@ -58,7 +119,7 @@ test("guest_x86: the dirty-log-test and list-write guests end in OUT and loop ba
   for (const code of [g.dirtyLogTestCode(), g.listWriteCode()]) {
     const n = code.length;
     assert.equal(code[n - 2], 0xeb, "ends with jmp rel8");
-    assert.equal(n + (code[n - 1] << 24 >> 24), 0, "the jmp goes to offset 0");
+    assert.equal(n + ((code[n - 1] << 24) >> 24), 0, "the jmp goes to offset 0");
     assert.equal(code[n - 3], 0xee, "OUT dx, al before it");
     assert.deepEqual([...code.subarray(n - 7, n - 3)], [0x66, 0xba, 0x00, 0x10], "mov dx, PASS_PORT");
   }
