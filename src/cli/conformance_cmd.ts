@@ -10,6 +10,8 @@ import { kernelTarget, modelTarget } from "../verify/conformance_targets.js";
 import type { ConfTarget } from "../verify/conformance_targets.js";
 import { KVM_DEVICE } from "../kernel/kvm_dev.js";
 import { progress } from "./parse.js";
+import { CASES } from "../verify/conformance_cases.js";
+import { einval } from "../errors.js";
 
 export function registerConformance(program: Command): void {
   program
@@ -19,8 +21,11 @@ export function registerConformance(program: Command): void {
     )
     .option("--wp <designs>", "model designs (comma list or all)", "all")
     .option("--device <path>", "the KVM device", KVM_DEVICE)
+    .option("--cases <text>", "only the cases whose name contains this text")
     .option("--json", "print {cases: [{name, expected, kernel, <each design>, match}]}")
-    .action(async (o: { wp: string; device: string; json?: boolean }) => {
+    .action(async (o: { wp: string; device: string; cases?: string; json?: boolean }) => {
+      const cases = CASES.filter((c) => o.cases === undefined || c.name.includes(o.cases));
+      if (cases.length === 0) throw einval("--cases", `no case name contains "${o.cases}"`);
       const models = parseDesignList("--wp", o.wp).filter((d) => designBackend(d) !== "kernel");
       let kernel: (ConfTarget & { close(): void }) | string;
       try {
@@ -30,6 +35,7 @@ export function registerConformance(program: Command): void {
       }
       try {
         const r = await runConformance(models.map(modelTarget), kernel, {
+          cases,
           onRow: (row) => progress(`${row.match.padEnd(8)} ${row.name}`),
         });
         process.stdout.write(
