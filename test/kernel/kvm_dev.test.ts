@@ -69,3 +69,17 @@ test("kvm_dev: an ioctl on a file that is not /dev/kvm fails with the kernel's e
     return true;
   });
 });
+
+test("kernel dirty-log-perf: without the device it is ENODEV before any thread starts", async () => {
+  const { kernelDirtyLogPerf } = await import("../../src/kernel/dirty_log_perf.js");
+  await assert.rejects(
+    kernelDirtyLogPerf({
+      devicePath: join(dir, "none"),
+      vcpus: 1,
+      bytesPerVcpu: 1 << 20,
+      iterations: 1,
+      log: "get",
+    }),
+    { code: "ENODEV" },
+  );
+});
