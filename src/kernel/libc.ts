@@ -72,7 +72,9 @@ export const MAP_NORESERVE = 0x4000;
 /** How the backend gets koffi: `import("koffi")` unless a test replaces it. */
 export type KoffiLoader = () => Promise<unknown>;
 
-export const defaultKoffiLoader: KoffiLoader = () => import("koffi");
+/** The specifier is a variable so that tsc does not need koffi's types to build kvmmu without it. */
+const KOFFI = "koffi";
+export const defaultKoffiLoader: KoffiLoader = () => import(KOFFI);
 
 interface KoffiLike {
   load(name: string): { func(name: string, ret: string, args: string[]): (...a: unknown[]) => unknown };
