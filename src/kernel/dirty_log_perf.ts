@@ -49,6 +49,19 @@ function popcount(b: Uint32Array): number {
   return n;
 }
 
+/** One KVM_RUN worker per vCPU; a worker's error lands in `failed`. */
+function spawnVcpuWorkers(vm: KernelVm, ctl: Int32Array<SharedArrayBuffer>, failed: string[]): Worker[] {
+  const url = new URL("./vcpu_worker.js", import.meta.url);
+  const mmapSize = vm.dev.vcpuMmapSize();
+  return [...vm.vcpus].map(([id, v]) => {
+    const d: VcpuWorkerData = { id, fd: v.fd, mmapSize, ctl: ctl.buffer };
+    const w = new Worker(url, { workerData: { kernelVcpu: d } });
+    w.on("message", (m: { message: string }) => failed.push(m.message));
+    w.on("error", (e) => failed.push(e.message));
+    return w;
+  });
+}
+
 export async function kernelDirtyLogPerf(o: KernelPerfOptions): Promise<KernelPerfResult> {
   const dev = await KvmDevice.open(o);
   const vm = KernelVm.create(dev);
@@ -70,19 +83,7 @@ export async function kernelDirtyLogPerf(o: KernelPerfOptions): Promise<KernelPe
         rsi: BigInt(pages),
         rax: 0x0123456789abcdefn,
       });
-    const url = new URL("./vcpu_worker.js", import.meta.url);
-    for (const [id, v] of vm.vcpus) {
-      const d: VcpuWorkerData = {
-        id,
-        fd: v.fd,
-        mmapSize: dev.vcpuMmapSize(),
-        ctl: ctl.buffer,
-      };
-      const w = new Worker(url, { workerData: { kernelVcpu: d } });
-      w.on("message", (m: { message: string }) => failed.push(m.message));
-      w.on("error", (e) => failed.push(e.message));
-      workers.push(w);
-    }
+    workers.push(...spawnVcpuWorkers(vm, ctl, failed));
     const pass = async (it: number, service?: () => void): Promise<number> => {
       const t0 = now();
       Atomics.store(ctl, CTL_GO, it);
