@@ -11,7 +11,9 @@ export type Errno =
   | "ENXIO"
   | "E2BIG"
   | "ENOSYS"
-  | "ENOPKG";
+  | "ENOPKG"
+  | "ENODEV"
+  | "EACCES";
 
 export class KvmError extends Error {
   readonly code: Errno;

@@ -22,6 +22,7 @@ export const LAYERS: readonly (readonly string[])[] = [
   ["guest/context.ts", "guest/host_access.ts"], // the public guest context; host access to guest memory
   ["workload/"], // guest programs and the worker entry points that run them
   ["guest/spec.ts", "vm.ts", "vm/"], // guest specs are checked by Vm.run; vm/: the ioctl layer and its surfaces
+  ["kernel/"], // the real KVM through /dev/kvm (koffi), beside the models' Vm
   ["dirty_bitmap.ts"], // public bitmap helpers over a Vm
   ["migration/"], // live migration over the public Vm API
   ["verify/"],

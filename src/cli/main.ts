@@ -17,6 +17,8 @@ import { registerKernbench } from "./kernbench_cmd.js";
 import { registerMigrate } from "./migrate_cmd.js";
 import { registerMigratePerf } from "./migrate_perf_cmd.js";
 import { registerResults } from "./results_cmd.js";
+import { registerConformance } from "./conformance_cmd.js";
+import { registerKernelDesign } from "../kernel/register.js";
 import { EXIT_INTERRUPTED, installSigint, interrupt } from "./interrupt.js";
 import { cliProgress } from "./progress.js";
 
@@ -70,6 +72,9 @@ registerKernbench(program);
 registerMigrate(program);
 registerMigratePerf(program);
 registerResults(program);
+registerConformance(program);
+// The real kernel joins the designs only where /dev/kvm opens (elsewhere: the models alone).
+registerKernelDesign();
 
 /** The commands that run long enough to show progress, and take --quiet to silence it. */
 const LONG_RUNNING = new Set([

@@ -48,6 +48,11 @@ export interface DesignEntry extends DesignInfo {
    * written for rmap walks (nulls chains, descriptors moving) does not apply to it.
    */
   readonly rmaps?: boolean;
+  /**
+   * "kernel" for the real KVM (src/kernel/register.ts): it has no model ops (mmu() throws), runs
+   * through the kernel backend, and the model-only paths (conformance's model columns) skip it.
+   */
+  readonly backend?: "model" | "kernel";
 }
 
 /**
@@ -212,6 +217,11 @@ export function designSupportsMode(name: DesignName, mode: MmuMode): boolean {
   } catch {
     return false;
   }
+}
+
+/** "kernel" for the real KVM's entry, "model" for every design kvmmu runs itself. */
+export function designBackend(name: DesignName): "model" | "kernel" {
+  return registry.get(name)?.backend ?? "model";
 }
 
 /** Whether the design keeps rmaps (kvm_memslots_have_rmaps). */

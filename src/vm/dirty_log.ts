@@ -36,8 +36,9 @@ export function kvm_vm_ioctl_get_dirty_log(st: VmState, slot: number, out?: Uint
     // Checked before the harvest: a bad `out` must not cost the dirty bits it would carry.
     if (out !== undefined && !(out instanceof Uint32Array))
       throw einval("out", `must be a Uint32Array, got ${describe(out)}`);
+    // KVM's copy_to_user fails on a short buffer: EFAULT (KVM has harvested by then; we have not).
     if (out !== undefined && out.length < words)
-      throw einval("out", `needs ${words} words, got ${out.length}`);
+      throw new KvmError("EFAULT", `out: needs ${words} words, got ${out.length}`);
     const bitmap = out ?? new Uint32Array(words);
     vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call));
     return bitmap;

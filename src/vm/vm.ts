@@ -238,7 +238,10 @@ export class Vm {
     return vm_vcpu_tid(this.#s, id);
   }
 
-  /** KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page base_gfn + n), harvested and re-protected. */
+  /**
+   * KVM_GET_DIRTY_LOG: the slot's bitmap (bit n = page base_gfn + n), harvested and re-protected.
+   * EFAULT for an `out` shorter than the slot's bitmap (checked before the harvest: no bit lost).
+   */
   getDirtyLog(slot: number, out?: Uint32Array): Uint32Array {
     return vm_ioctl(this.#s, "getDirtyLog", () => dlog.kvm_vm_ioctl_get_dirty_log(this.#s, slot, out));
   }
