@@ -14,6 +14,7 @@ import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:
 import { Op } from "../sync/atomic.js";
 import {
   SCHED,
+  SCHED_CHAIN_MAX,
   SCHED_MAX_THREADS,
   SCHED_RING,
   SCHED_T,
@@ -168,6 +169,30 @@ function sharedBuffers(x: unknown, out: SharedArrayBuffer[] = []): SharedArrayBu
   return out;
 }
 
+/** A planned chain of runs (src/sync/sched.ts), entry i: thread, steps, and where it starts. */
+class Chain {
+  readonly t: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
+  readonly k: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
+  /** The thread's own step count, and the schedule's step, at the run's start. */
+  readonly own: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
+  readonly step: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
+  /** The chooser's state before each simulated step of the run (index: steps into the run). */
+  readonly saved: unknown[][] = Array.from({ length: SCHED_CHAIN_MAX }, () => []);
+  /** The chooser's state after the run's choices. */
+  readonly after: unknown[] = new Array<unknown>(SCHED_CHAIN_MAX).fill(null);
+  set(i: number, t: number, k: number, own: number, step: number): void {
+    this.t[i] = t;
+    this.k[i] = k;
+    this.own[i] = own;
+    this.step[i] = step;
+  }
+  /** A chain of one step of `t` (one hand-off per step). */
+  one(t: number, own: number, step: number): number {
+    this.set(0, t, 1, own, step);
+    return 1;
+  }
+}
+
 export class Explorer {
   private readonly sc: Int32Array;
   private readonly crew: Crew;
@@ -184,8 +209,9 @@ export class Explorer {
     frameHigh: number;
   } | null = null;
   totalSteps = 0;
-  /** Hand-offs between the controller and a thread (a run of steps each). */
+  /** Hand-offs from the controller to a thread (a chain of runs of steps each). */
   handOffs = 0;
+  private readonly chain = new Chain();
   /** Time spent waiting for new worker threads to start (isolates, modules). */
   startMs = 0;
 
@@ -240,8 +266,6 @@ export class Explorer {
     // loop: it yields to threads that can make progress (else PCT starves their wakers).
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
-    // The chooser's state before each simulated step of a run (index: steps into the run).
-    const saved: unknown[] = [];
     const batch = !this.auditEveryStep && !this.stepwise;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
@@ -270,26 +294,21 @@ export class Explorer {
         this.unwind(runnable);
         break;
       }
-      // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
-      const k = batch ? this.runLength(chooser, t, step, runnable, spinning, own[t] - lastSpin[t], saved) : 1;
-      const ran0 = own[t];
-      const v = Atomics.load(sc, SCHED_T.steps(t));
-      this.grant(t, k - 1);
-      this.handOffs++;
-      handOffWait(sc, SCHED_T.steps(t), v);
-      const r = Atomics.load(sc, SCHED_T.ran(t)) - ran0;
-      if (r < 1 || r > k) throw new Error(`explore: thread ${t} took ${r} steps of a run of ${k}`);
-      // It stopped early: the chooser's simulated steps from there on did not happen.
-      if (r < k) chooser.restore(saved[r]);
-      const tr = raw[t];
-      for (let j = Math.max(0, r - TRACE_KEEP); j < r; j++) {
-        const e = this.ringEntry(t, ran0 + j);
-        tr.push([step + j, sc[e], sc[e + 1], sc[e + 2]]);
+      const c = this.chain;
+      const len = batch
+        ? this.planChain(chooser, t, step, runnable, spinning, own, lastSpin)
+        : c.one(t, own[t], step);
+      const [p, r] = this.runChain(len);
+      // The chain stopped short: the chooser's simulated steps from there on did not happen.
+      if (r < c.k[p]) chooser.restore(c.saved[p][r]);
+      else if (p < len - 1) chooser.restore(c.after[p]);
+      for (let i = 0; i <= p; i++) {
+        const ri = i < p ? c.k[i] : r;
+        for (let j = 0; j < ri; j++) choices.push(c.t[i]);
+        own[c.t[i]] += ri;
+        step += ri;
       }
-      if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
-      for (let j = 0; j < r; j++) choices.push(t);
-      own[t] += r;
-      step += r;
+      this.readTrace(raw, own, p, r);
     }
     this.idle = true;
     this.totalSteps += choices.length;
@@ -325,6 +344,89 @@ export class Explorer {
     return k;
   }
 
+  /**
+   * Plans the chain of runs from `step`, where the chooser picked `t`: t's run (runLength),
+   * then the thread the chooser picks next if that run is taken whole and ends at no spin point,
+   * its run, and so on, up to SCHED_CHAIN_MAX runs. Nothing the chooser reads changes along a
+   * chain but the moving thread's step count (runnable and the others' spin windows stay), so
+   * each choice is the one the controller would make after the runs before it. Returns the
+   * number of runs; the chooser is left as after the last one's choices.
+   */
+  private planChain(
+    chooser: Chooser,
+    t: number,
+    step: number,
+    runnable: number[],
+    spinning: boolean[],
+    own: number[],
+    lastSpin: number[],
+  ): number {
+    const c = this.chain;
+    const o = own.slice();
+    let s = step;
+    for (let len = 0; ;) {
+      const k = this.runLength(chooser, t, s, runnable, spinning, o[t] - lastSpin[t], c.saved[len]);
+      c.set(len, t, k, o[t], s);
+      c.after[len++] = chooser.save();
+      o[t] += k;
+      s += k;
+      if (len === SCHED_CHAIN_MAX || s >= this.maxSteps) return len;
+      spinning[t] = o[t] - lastSpin[t] < SPIN_WINDOW;
+      const u = chooser.choose(s, runnable, spinning);
+      // Past MAX_RUN t is chosen again; a replayed schedule may name a thread that cannot run.
+      if (u === t || !runnable.includes(u)) {
+        chooser.restore(c.after[len - 1]);
+        return len;
+      }
+      t = u;
+    }
+  }
+
+  /**
+   * Runs the first `len` runs of the chain: grants the first, and waits for a thread to hand
+   * back. Returns the run that handed back and the steps it took (those before it: all of theirs).
+   */
+  private runChain(len: number): [number, number] {
+    const sc = this.sc;
+    const c = this.chain;
+    for (let i = 0; i < len; i++) {
+      Atomics.store(sc, SCHED.chain + 2 * i, c.t[i]);
+      Atomics.store(sc, SCHED.chain + 2 * i + 1, c.k[i] - 1);
+    }
+    Atomics.store(sc, SCHED.chainPos, 0);
+    Atomics.store(sc, SCHED.chainLen, len);
+    const b = Atomics.load(sc, SCHED.back);
+    this.grant(c.t[0], c.k[0] - 1);
+    this.handOffs++;
+    handOffWait(sc, SCHED.back, b);
+    const p = Atomics.load(sc, SCHED.chainPos);
+    const r = p < len ? Atomics.load(sc, SCHED_T.ran(c.t[p])) - c.own[p] : -1;
+    if (r < 1 || r > c.k[p]) throw new Error(`explore: run ${p} of ${len} took ${r} steps of ${c.k[p]}`);
+    return [p, r];
+  }
+
+  /**
+   * Adds the last TRACE_KEEP steps of each of the chain's runs 0..p (r steps of run p) to `raw`,
+   * from the threads' rings, and keeps each thread's last TRACE_KEEP. A thread that ran twice in
+   * the chain overwrote its ring: a point still there is one of its last SCHED_RING (`own`: after
+   * the chain), which holds every step kept.
+   */
+  private readTrace(raw: number[][][], own: number[], p: number, r: number): void {
+    const sc = this.sc;
+    const c = this.chain;
+    for (let i = 0; i <= p; i++) {
+      const t = c.t[i];
+      const ri = i < p ? c.k[i] : r;
+      const tr = raw[t];
+      for (let j = Math.max(0, ri - TRACE_KEEP); j < ri; j++) {
+        if (c.own[i] + j <= own[t] - SCHED_RING) continue;
+        const e = this.ringEntry(t, c.own[i] + j);
+        tr.push([c.step[i] + j, sc[e], sc[e + 1], sc[e + 2]]);
+      }
+      if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
+    }
+  }
+
   /** Resets the control words, posts the VM where a worker lacks it, and waits for every thread at its first point. */
   private startRun(vm: Vm, scratch: SharedArrayBuffer): void {
     const sc = this.sc;
@@ -332,6 +434,8 @@ export class Explorer {
     const n = s.threads.length;
     this.idle = false;
     Atomics.store(sc, SCHED.abort, 0);
+    Atomics.store(sc, SCHED.chainLen, 0);
+    const b0 = Atomics.load(sc, SCHED.back);
     for (let t = 0; t < n; t++) {
       Atomics.store(sc, SCHED_T.steps(t), 0);
       Atomics.store(sc, SCHED_T.grant(t), 0);
@@ -349,7 +453,7 @@ export class Explorer {
     Atomics.notify(sc, SCHED.go);
     const w0 = performance.now();
     const booting = this.crew.booted < n;
-    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
+    for (let b = b0; b - b0 < n; b = Atomics.load(sc, SCHED.back)) handOffWait(sc, SCHED.back, b);
     if (booting) {
       this.startMs += performance.now() - w0;
       this.crew.booted = Math.max(this.crew.booted, n);
@@ -361,16 +465,17 @@ export class Explorer {
     const sc = this.sc;
     const n = this.scenario.threads.length;
     Atomics.store(sc, SCHED.abort, 1);
+    Atomics.store(sc, SCHED.chainLen, 0);
     for (const t of runnable) this.grant(t, 0);
-    // Threads unwind through scheduling points that now throw; wait for all to finish.
+    // Threads unwind through scheduling points that now throw; wait for all to finish. `back`
+    // is read before the state: a thread sets its state, then bumps it.
     for (let t = 0; t < n; t++) {
-      while (
-        Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
-        Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
-      ) {
-        const v = Atomics.load(sc, SCHED_T.steps(t));
+      for (;;) {
+        const v = Atomics.load(sc, SCHED.back);
+        const st = Atomics.load(sc, SCHED_T.state(t));
+        if (st !== TS_AT_POINT && st !== TS_IDLE) break;
         this.grant(t, 0);
-        waitChange(sc, SCHED_T.steps(t), v);
+        waitChange(sc, SCHED.back, v);
       }
     }
   }
