@@ -5,7 +5,7 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { explorePool, fullBudgetJobs } from "../../src/verify/explore_pool.js";
+import { explorePool, fullBudgetJobs, longestFirst } from "../../src/verify/explore_pool.js";
 import { SCENARIOS } from "../../src/verify/scenarios.js";
 import { designNames } from "../../src/mmu/design.js";
 import { scenarioApplies } from "../../src/verify/explore_design.js";
@@ -23,7 +23,8 @@ test(`every scenario's fixed code: both MMUs, every design, pct and random, ${FU
   assert.ok(!jobs.some((j) => j.design === "tdp-mmu" && j.mode === "shadow"));
   assert.ok(!jobs.some((j) => j.design === "tdp-mmu" && SCENARIOS[j.scenario].rmapOnly));
   assert.equal(jobs.filter((j) => j.design === "locked").length, Object.keys(SCENARIOS).length * 2 * 2);
-  const rs = await explorePool(jobs);
+  // Longest first (a probe of each job ranks them): the pool's last jobs are then short ones.
+  const rs = await explorePool(jobs, undefined, await longestFirst(jobs));
   assert.equal(rs.length, jobs.length);
   const short = rs.filter((r) => r.schedules !== FULL_BUDGET);
   assert.deepEqual(
@@ -41,11 +42,40 @@ test(`every scenario's fixed code: both MMUs, every design, pct and random, ${FU
   );
 });
 
-test("the pool returns each job's own result, in job order", async () => {
+test("the pool returns each job's own result, in job order, whatever order it runs them in", async () => {
   const jobs = fullBudgetJobs(3).slice(0, 6);
+  const want = jobs.map((j) => [j.scenario, j.mode, j.design, j.strategy, 3]);
   const rs = await explorePool(jobs, 2);
   assert.deepEqual(
     rs.map((r) => [r.scenario, r.mode, r.design, r.strategy, r.schedules]),
-    jobs.map((j) => [j.scenario, j.mode, j.design, j.strategy, 3]),
+    want,
   );
+  const back = await explorePool(jobs, 2, [5, 4, 3, 2, 1, 0]);
+  assert.deepEqual(
+    back.map((r) => [r.scenario, r.mode, r.design, r.strategy, r.schedules]),
+    want,
+  );
+  // The same exploration either way: each job's schedules do not depend on the pool's order.
+  assert.deepEqual(
+    back.map((r) => r.steps),
+    rs.map((r) => r.steps),
+  );
+  await assert.rejects(explorePool(jobs, 2, [0, 1]), /order must name every job once/);
+});
+
+test("longestFirst orders every job once, a costly scenario before a cheap one", async () => {
+  // initially-set-zero runs thousands of steps a schedule; skip-flush under a hundred.
+  const jobs = fullBudgetJobs(2000).filter(
+    (j) =>
+      (j.scenario === "skip-flush" || j.scenario === "initially-set-zero") &&
+      j.mode === "tdp" &&
+      j.design === "locked",
+  );
+  const order = await longestFirst(jobs, 2, 3);
+  assert.deepEqual(
+    [...order].sort((a, b) => a - b),
+    jobs.map((_, i) => i),
+  );
+  assert.equal(jobs[order[0]].scenario, "initially-set-zero");
+  assert.equal(jobs[order[order.length - 1]].scenario, "skip-flush");
 });
