@@ -73,8 +73,10 @@ export interface ExploreResult {
   violations: number;
   firstViolation: Violation | null;
   steps: number;
-  /** Hand-offs between the controller and the threads; each passes a run of steps. */
+  /** Hand-offs from the controller to the threads; each passes a chain of runs of steps. */
   handOffs: number;
+  /** Runs of steps the threads took (each begins with a hand-off to another thread, or the controller's). */
+  runs: number;
   /**
    * Explored steps per second of exploring: elapsedMs less startMs. The start of the worker
    * threads is a cost per process, not per step (a later exploration reuses them).
@@ -211,6 +213,8 @@ export class Explorer {
   totalSteps = 0;
   /** Hand-offs from the controller to a thread (a chain of runs of steps each). */
   handOffs = 0;
+  /** Runs of steps the threads took (switches from one thread to another, mostly). */
+  runs = 0;
   private readonly chain = new Chain();
   /** Time spent waiting for new worker threads to start (isolates, modules). */
   startMs = 0;
@@ -299,6 +303,7 @@ export class Explorer {
         ? this.planChain(chooser, t, step, runnable, spinning, own, lastSpin)
         : c.one(t, own[t], step);
       const [p, r] = this.runChain(len);
+      this.runs += p + 1;
       // The chain stopped short: the chooser's simulated steps from there on did not happen.
       if (r < c.k[p]) chooser.restore(c.saved[p][r]);
       else if (p < len - 1) chooser.restore(c.after[p]);
@@ -681,6 +686,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     firstViolation: first,
     steps: ex.totalSteps,
     handOffs: ex.handOffs,
+    runs: ex.runs,
     stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs) / 1000),
     elapsedMs,
     startMs: ex.startMs,

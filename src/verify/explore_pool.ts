@@ -65,9 +65,10 @@ export async function explorePool(
 
 /**
  * The order that takes the longest jobs first, so that the pool's last jobs are short and no
- * worker idles long at the end. A job's cost is estimated from a probe: its first `probe`
- * schedules, run on the pool (explore time per schedule; the costs of jobs differ by a factor
- * of a hundred, from a few steps between two thread switches to thousands).
+ * worker idles long at the end. A job's cost is estimated from a probe, its first `probe`
+ * schedules run on the pool: per schedule, its runs of steps (each a hand-off between threads,
+ * the bulk of a schedule's time) and its steps (a hundred cost about one hand-off). Counts, not
+ * times: the order is the same on every machine. Jobs differ a hundredfold.
  */
 export async function longestFirst(
   jobs: PoolJob[],
@@ -78,6 +79,6 @@ export async function longestFirst(
     jobs.map((j) => ({ ...j, schedules: Math.min(probe, j.schedules) })),
     parallel,
   );
-  const cost = rs.map((r) => (r.elapsedMs - r.startMs) / Math.max(1, r.schedules));
+  const cost = rs.map((r) => (r.runs + r.steps / 100) / Math.max(1, r.schedules));
   return jobs.map((_, i) => i).sort((a, b) => cost[b] - cost[a] || a - b);
 }
