@@ -14,7 +14,6 @@ import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:
 import { Op } from "../sync/atomic.js";
 import {
   SCHED,
-  SCHED_CHAIN_MAX,
   SCHED_MAX_THREADS,
   SCHED_RING,
   SCHED_T,
@@ -33,6 +32,7 @@ import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
 import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
+import { Chain, SPIN_WINDOW } from "./explore_chain.js";
 import { scenarioApplies, withDesign } from "./explore_design.js";
 import { DesignName } from "../mmu/design.js";
 
@@ -100,12 +100,6 @@ const TRACE_KEEP = 12;
 export const GENERATED_MAX_STEPS = 60000;
 /** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
 const MEM_CHUNK = 64 << 10;
-const SPIN_WINDOW = 64;
-/**
- * The longest run granted in one hand-off. A run is usually cut short by a spin point or the
- * thread's end, and each simulated step the thread does not take is wasted controller work.
- */
-const MAX_RUN = 256;
 
 /**
  * A control SAB and its worker threads (thread t of a run is worker t). Starting a worker costs
@@ -169,30 +163,6 @@ function sharedBuffers(x: unknown, out: SharedArrayBuffer[] = []): SharedArrayBu
   else if (typeof x === "object" && x !== null && !ArrayBuffer.isView(x))
     for (const v of Object.values(x)) sharedBuffers(v, out);
   return out;
-}
-
-/** A planned chain of runs (src/sync/sched.ts), entry i: thread, steps, and where it starts. */
-class Chain {
-  readonly t: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
-  readonly k: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
-  /** The thread's own step count, and the schedule's step, at the run's start. */
-  readonly own: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
-  readonly step: number[] = new Array<number>(SCHED_CHAIN_MAX).fill(0);
-  /** The chooser's state before each simulated step of the run (index: steps into the run). */
-  readonly saved: unknown[][] = Array.from({ length: SCHED_CHAIN_MAX }, () => []);
-  /** The chooser's state after the run's choices. */
-  readonly after: unknown[] = new Array<unknown>(SCHED_CHAIN_MAX).fill(null);
-  set(i: number, t: number, k: number, own: number, step: number): void {
-    this.t[i] = t;
-    this.k[i] = k;
-    this.own[i] = own;
-    this.step[i] = step;
-  }
-  /** A chain of one step of `t` (one hand-off per step). */
-  one(t: number, own: number, step: number): number {
-    this.set(0, t, 1, own, step);
-    return 1;
-  }
 }
 
 export class Explorer {
@@ -300,7 +270,7 @@ export class Explorer {
       }
       const c = this.chain;
       const len = batch
-        ? this.planChain(chooser, t, step, runnable, spinning, own, lastSpin)
+        ? c.plan(chooser, t, step, runnable, spinning, own, lastSpin, this.maxSteps)
         : c.one(t, own[t], step);
       const [p, r] = this.runChain(len);
       this.runs += p + 1;
@@ -319,72 +289,6 @@ export class Explorer {
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
     return this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
-  }
-
-  /**
-   * How many steps in a row `chooser` gives `t` from `step` on, if only t moves and reaches no
-   * spin point (`sinceSpin`: t's steps since its last one). The chooser is left as after the
-   * last of those choices; `saved[k]` is its state before simulated step k.
-   */
-  private runLength(
-    chooser: Chooser,
-    t: number,
-    step: number,
-    runnable: number[],
-    spinning: boolean[],
-    sinceSpin: number,
-    saved: unknown[],
-  ): number {
-    const was = spinning[t];
-    let k = 1;
-    for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
-      spinning[t] = sinceSpin + k < SPIN_WINDOW;
-      saved[k] = chooser.save();
-      if (chooser.choose(step + k, runnable, spinning) !== t) {
-        chooser.restore(saved[k]);
-        break;
-      }
-    }
-    spinning[t] = was;
-    return k;
-  }
-
-  /**
-   * Plans the chain of runs from `step`, where the chooser picked `t`: t's run (runLength),
-   * then the thread the chooser picks next if that run is taken whole and ends at no spin point,
-   * its run, and so on, up to SCHED_CHAIN_MAX runs. Nothing the chooser reads changes along a
-   * chain but the moving thread's step count (runnable and the others' spin windows stay), so
-   * each choice is the one the controller would make after the runs before it. Returns the
-   * number of runs; the chooser is left as after the last one's choices.
-   */
-  private planChain(
-    chooser: Chooser,
-    t: number,
-    step: number,
-    runnable: number[],
-    spinning: boolean[],
-    own: number[],
-    lastSpin: number[],
-  ): number {
-    const c = this.chain;
-    const o = own.slice();
-    let s = step;
-    for (let len = 0; ;) {
-      const k = this.runLength(chooser, t, s, runnable, spinning, o[t] - lastSpin[t], c.saved[len]);
-      c.set(len, t, k, o[t], s);
-      c.after[len++] = chooser.save();
-      o[t] += k;
-      s += k;
-      if (len === SCHED_CHAIN_MAX || s >= this.maxSteps) return len;
-      spinning[t] = o[t] - lastSpin[t] < SPIN_WINDOW;
-      const u = chooser.choose(s, runnable, spinning);
-      // Past MAX_RUN t is chosen again; a replayed schedule may name a thread that cannot run.
-      if (u === t || !runnable.includes(u)) {
-        chooser.restore(c.after[len - 1]);
-        return len;
-      }
-      t = u;
-    }
   }
 
   /**
