@@ -1,20 +1,29 @@
 /**
  * Controlled scheduling, thread side. A thread of a controlled run installs this hook (see
  * src/sync/atomic.ts): at every shared-memory operation (a point) it records the operation,
- * then waits until the controller (src/verify/explore.ts) grants it steps. Only one thread runs
- * between two hand-offs, so a run is fully determined by the sequence of thread choices: the
- * schedule.
+ * then waits until it is granted steps. Only one thread runs between two hand-offs, so a run is
+ * fully determined by the sequence of thread choices: the schedule.
  *
  * A grant is a *run*: the step at the point the thread waits at, plus `budget` further steps
  * the controller already knows it would grant this thread one by one (it simulated its
  * strategy over them). The thread takes those without a hand-off, but stops early at a spin
  * point, where the strategy's inputs change; the controller learns from `ran` how many it took.
  *
+ * The controller plans a *chain* of runs (thread, budget) at a time: what the strategy would
+ * choose if every run is taken whole. A thread that took its whole run and stands at a point
+ * that is no spin point hands the next run of the chain straight to its thread (one futex wake
+ * instead of two: no round trip through the controller); otherwise, or at the chain's end, it
+ * hands back to the controller (SCHED.back), which learns from `chainPos` and `ran` how far the
+ * chain got and re-plans from there on what the threads really show.
+ *
  * The words (Int32Array over the explorer's control SAB) are declared below: SCHED, then one
  * SCHED_T row per thread.
  */
 import { aload, Op, setSchedHook } from "./atomic.js";
 import { defineBlock, defineRows } from "../layout.js";
+
+/** Runs a chain holds at most. */
+export const SCHED_CHAIN_MAX = 32;
 
 /** The run's control words, at the start of the explorer's control SAB. */
 export const SCHED = defineBlock(
@@ -29,8 +38,25 @@ export const SCHED = defineBlock(
       by: "the controller writes it (atomic); threads read it",
       doc: "1: threads unwind at their next point",
     },
+    back: {
+      by: "a thread bumps it (atomic) when it hands back; the controller waits on it",
+      doc: "hand-backs to the controller (end of a chain, an early stop, first point, finished)",
+    },
+    chainPos: {
+      by: "the controller before the chain's first grant; then the running thread (atomic)",
+      doc: "the entry of `chain` that runs now",
+    },
+    chainLen: {
+      by: "the controller (atomic), while every thread waits",
+      doc: "entries in `chain` (0: every thread hands back)",
+    },
+    chain: {
+      words: 2 * SCHED_CHAIN_MAX,
+      by: "the controller (atomic), while every thread waits; threads read it",
+      doc: "per entry: thread, budget (SCHED_CHAIN_MAX entries)",
+    },
   },
-  { words: 4 },
+  { words: 128 },
 );
 
 /** Trace entries a thread keeps (op, array, index per point): more than the controller shows. */
@@ -46,8 +72,8 @@ export const SCHED_T = defineRows(
       doc: "the go value of the last run the thread takes part in",
     },
     steps: {
-      by: "the thread bumps it (atomic); the controller waits on it",
-      doc: "bumped when the thread hands back (at a point, or finished)",
+      by: "the thread bumps it (atomic); the controller reads it",
+      doc: "bumped where a run of the thread ends (handed on or back), and when it finishes",
     },
     grant: {
       by: "the controller bumps it (atomic); the thread waits on it",
@@ -71,7 +97,7 @@ export const SCHED_T = defineRows(
       doc: "op, array index, element index of point `p` at entry p % SCHED_RING (traces, spins)",
     },
   },
-  { stride: 64, base: 4 },
+  { stride: 64, base: SCHED.WORDS },
 );
 export const TS_IDLE = 0;
 export const TS_AT_POINT = 1;
@@ -142,6 +168,28 @@ export function sched_preempted_at(a: Int32Array, i: number): boolean {
   return othersRan(c) !== before;
 }
 
+/** Hands back to the controller. */
+function handBack(sc: Int32Array): void {
+  Atomics.add(sc, SCHED.back, 1);
+  Atomics.notify(sc, SCHED.back, 1);
+}
+
+/**
+ * Thread `tid` took its whole run of the chain: starts the chain's next run (its thread, its
+ * budget). False when the chain ends here (or `tid` is not the entry that runs: a stale chain).
+ */
+function passOn(sc: Int32Array, tid: number): boolean {
+  const pos = Atomics.load(sc, SCHED.chainPos);
+  if (pos + 1 >= Atomics.load(sc, SCHED.chainLen) || Atomics.load(sc, SCHED.chain + 2 * pos) !== tid)
+    return false;
+  const u = Atomics.load(sc, SCHED.chain + 2 * pos + 2);
+  Atomics.store(sc, SCHED.chainPos, pos + 1);
+  Atomics.store(sc, SCHED_T.budget(u), Atomics.load(sc, SCHED.chain + 2 * pos + 3));
+  Atomics.add(sc, SCHED_T.grant(u), 1);
+  Atomics.notify(sc, SCHED_T.grant(u), 1);
+  return true;
+}
+
 /**
  * Installs the controlled hook for thread `tid`. `arrayIds` names the shared arrays for traces
  * (index in the list; -1 for others).
@@ -167,7 +215,8 @@ export function installControlledHook(sc: Int32Array, tid: number, arrayIds: Sha
     const g = Atomics.load(sc, SCHED_T.grant(tid));
     Atomics.store(sc, SCHED_T.state(tid), TS_AT_POINT);
     Atomics.add(sc, SCHED_T.steps(tid), 1);
-    Atomics.notify(sc, SCHED_T.steps(tid));
+    // The whole run taken, and no spin point here: what the chain was planned on.
+    if (budget !== 0 || op === Op.Spin || !passOn(sc, tid)) handBack(sc);
     handOffWait(sc, SCHED_T.grant(tid), g);
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
     budget = Atomics.load(sc, SCHED_T.budget(tid));
@@ -182,7 +231,7 @@ export function finishControlled(sc: Int32Array, tid: number, state: number): vo
   Atomics.store(sc, SCHED_T.ran(tid), ran);
   Atomics.store(sc, SCHED_T.state(tid), state);
   Atomics.add(sc, SCHED_T.steps(tid), 1);
-  Atomics.notify(sc, SCHED_T.steps(tid));
+  handBack(sc);
 }
 
 export function removeControlledHook(): void {

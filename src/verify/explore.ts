@@ -32,6 +32,7 @@ import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
 import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
+import { Chain, SPIN_WINDOW } from "./explore_chain.js";
 import { scenarioApplies, withDesign } from "./explore_design.js";
 import { DesignName } from "../mmu/design.js";
 import type { TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
@@ -73,8 +74,10 @@ export interface ExploreResult {
   violations: number;
   firstViolation: Violation | null;
   steps: number;
-  /** Hand-offs between the controller and the threads; each passes a run of steps. */
+  /** Hand-offs from the controller to the threads; each passes a chain of runs of steps. */
   handOffs: number;
+  /** Runs of steps the threads took (each begins with a hand-off to another thread, or the controller's). */
+  runs: number;
   /**
    * Explored steps per second of exploring: elapsedMs less startMs. The start of the worker
    * threads is a cost per process, not per step (a later exploration reuses them).
@@ -98,12 +101,6 @@ const TRACE_KEEP = 12;
 export const GENERATED_MAX_STEPS = 60000;
 /** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
 const MEM_CHUNK = 64 << 10;
-const SPIN_WINDOW = 64;
-/**
- * The longest run granted in one hand-off. A run is usually cut short by a spin point or the
- * thread's end, and each simulated step the thread does not take is wasted controller work.
- */
-const MAX_RUN = 256;
 
 /**
  * A control SAB and its worker threads (thread t of a run is worker t). Starting a worker costs
@@ -185,8 +182,11 @@ export class Explorer {
     frameHigh: number;
   } | null = null;
   totalSteps = 0;
-  /** Hand-offs between the controller and a thread (a run of steps each). */
+  /** Hand-offs from the controller to a thread (a chain of runs of steps each). */
   handOffs = 0;
+  /** Runs of steps the threads took (switches from one thread to another, mostly). */
+  runs = 0;
+  private readonly chain = new Chain();
   /** Time spent waiting for new worker threads to start (isolates, modules). */
   startMs = 0;
 
@@ -241,8 +241,6 @@ export class Explorer {
     // loop: it yields to threads that can make progress (else PCT starves their wakers).
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
-    // The chooser's state before each simulated step of a run (index: steps into the run).
-    const saved: unknown[] = [];
     const batch = !this.auditEveryStep && !this.stepwise;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
@@ -271,26 +269,22 @@ export class Explorer {
         this.unwind(runnable);
         break;
       }
-      // Simulate: how many more steps would t be chosen for if it moved alone, without spinning?
-      const k = batch ? this.runLength(chooser, t, step, runnable, spinning, own[t] - lastSpin[t], saved) : 1;
-      const ran0 = own[t];
-      const v = Atomics.load(sc, SCHED_T.steps(t));
-      this.grant(t, k - 1);
-      this.handOffs++;
-      handOffWait(sc, SCHED_T.steps(t), v);
-      const r = Atomics.load(sc, SCHED_T.ran(t)) - ran0;
-      if (r < 1 || r > k) throw new Error(`explore: thread ${t} took ${r} steps of a run of ${k}`);
-      // It stopped early: the chooser's simulated steps from there on did not happen.
-      if (r < k) chooser.restore(saved[r]);
-      const tr = raw[t];
-      for (let j = Math.max(0, r - TRACE_KEEP); j < r; j++) {
-        const e = this.ringEntry(t, ran0 + j);
-        tr.push([step + j, sc[e], sc[e + 1], sc[e + 2]]);
+      const c = this.chain;
+      const len = batch
+        ? c.plan(chooser, t, step, runnable, spinning, own, lastSpin, this.maxSteps)
+        : c.one(t, own[t], step);
+      const [p, r] = this.runChain(len);
+      this.runs += p + 1;
+      // The chain stopped short: the chooser's simulated steps from there on did not happen.
+      if (r < c.k[p]) chooser.restore(c.saved[p][r]);
+      else if (p < len - 1) chooser.restore(c.after[p]);
+      for (let i = 0; i <= p; i++) {
+        const ri = i < p ? c.k[i] : r;
+        for (let j = 0; j < ri; j++) choices.push(c.t[i]);
+        own[c.t[i]] += ri;
+        step += ri;
       }
-      if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
-      for (let j = 0; j < r; j++) choices.push(t);
-      own[t] += r;
-      step += r;
+      this.readTrace(raw, own, p, r);
     }
     this.idle = true;
     this.totalSteps += choices.length;
@@ -299,31 +293,48 @@ export class Explorer {
   }
 
   /**
-   * How many steps in a row `chooser` gives `t` from `step` on, if only t moves and reaches no
-   * spin point (`sinceSpin`: t's steps since its last one). The chooser is left as after the
-   * last of those choices; `saved[k]` is its state before simulated step k.
+   * Runs the first `len` runs of the chain: grants the first, and waits for a thread to hand
+   * back. Returns the run that handed back and the steps it took (those before it: all of theirs).
    */
-  private runLength(
-    chooser: Chooser,
-    t: number,
-    step: number,
-    runnable: number[],
-    spinning: boolean[],
-    sinceSpin: number,
-    saved: unknown[],
-  ): number {
-    const was = spinning[t];
-    let k = 1;
-    for (; k < MAX_RUN && step + k < this.maxSteps; k++) {
-      spinning[t] = sinceSpin + k < SPIN_WINDOW;
-      saved[k] = chooser.save();
-      if (chooser.choose(step + k, runnable, spinning) !== t) {
-        chooser.restore(saved[k]);
-        break;
-      }
+  private runChain(len: number): [number, number] {
+    const sc = this.sc;
+    const c = this.chain;
+    for (let i = 0; i < len; i++) {
+      Atomics.store(sc, SCHED.chain + 2 * i, c.t[i]);
+      Atomics.store(sc, SCHED.chain + 2 * i + 1, c.k[i] - 1);
     }
-    spinning[t] = was;
-    return k;
+    Atomics.store(sc, SCHED.chainPos, 0);
+    Atomics.store(sc, SCHED.chainLen, len);
+    const b = Atomics.load(sc, SCHED.back);
+    this.grant(c.t[0], c.k[0] - 1);
+    this.handOffs++;
+    handOffWait(sc, SCHED.back, b);
+    const p = Atomics.load(sc, SCHED.chainPos);
+    const r = p < len ? Atomics.load(sc, SCHED_T.ran(c.t[p])) - c.own[p] : -1;
+    if (r < 1 || r > c.k[p]) throw new Error(`explore: run ${p} of ${len} took ${r} steps of ${c.k[p]}`);
+    return [p, r];
+  }
+
+  /**
+   * Adds the last TRACE_KEEP steps of each of the chain's runs 0..p (r steps of run p) to `raw`,
+   * from the threads' rings, and keeps each thread's last TRACE_KEEP. A thread that ran twice in
+   * the chain overwrote its ring: a point still there is one of its last SCHED_RING (`own`: after
+   * the chain), which holds every step kept.
+   */
+  private readTrace(raw: number[][][], own: number[], p: number, r: number): void {
+    const sc = this.sc;
+    const c = this.chain;
+    for (let i = 0; i <= p; i++) {
+      const t = c.t[i];
+      const ri = i < p ? c.k[i] : r;
+      const tr = raw[t];
+      for (let j = Math.max(0, ri - TRACE_KEEP); j < ri; j++) {
+        if (c.own[i] + j <= own[t] - SCHED_RING) continue;
+        const e = this.ringEntry(t, c.own[i] + j);
+        tr.push([c.step[i] + j, sc[e], sc[e + 1], sc[e + 2]]);
+      }
+      if (tr.length > TRACE_KEEP) tr.splice(0, tr.length - TRACE_KEEP);
+    }
   }
 
   /** Resets the control words, posts the VM where a worker lacks it, and waits for every thread at its first point. */
@@ -333,6 +344,8 @@ export class Explorer {
     const n = s.threads.length;
     this.idle = false;
     Atomics.store(sc, SCHED.abort, 0);
+    Atomics.store(sc, SCHED.chainLen, 0);
+    const b0 = Atomics.load(sc, SCHED.back);
     for (let t = 0; t < n; t++) {
       Atomics.store(sc, SCHED_T.steps(t), 0);
       Atomics.store(sc, SCHED_T.grant(t), 0);
@@ -350,7 +363,7 @@ export class Explorer {
     Atomics.notify(sc, SCHED.go);
     const w0 = performance.now();
     const booting = this.crew.booted < n;
-    for (let t = 0; t < n; t++) handOffWait(sc, SCHED_T.steps(t), 0);
+    for (let b = b0; b - b0 < n; b = Atomics.load(sc, SCHED.back)) handOffWait(sc, SCHED.back, b);
     if (booting) {
       this.startMs += performance.now() - w0;
       this.crew.booted = Math.max(this.crew.booted, n);
@@ -362,16 +375,17 @@ export class Explorer {
     const sc = this.sc;
     const n = this.scenario.threads.length;
     Atomics.store(sc, SCHED.abort, 1);
+    Atomics.store(sc, SCHED.chainLen, 0);
     for (const t of runnable) this.grant(t, 0);
-    // Threads unwind through scheduling points that now throw; wait for all to finish.
+    // Threads unwind through scheduling points that now throw; wait for all to finish. `back`
+    // is read before the state: a thread sets its state, then bumps it.
     for (let t = 0; t < n; t++) {
-      while (
-        Atomics.load(sc, SCHED_T.state(t)) === TS_AT_POINT ||
-        Atomics.load(sc, SCHED_T.state(t)) === TS_IDLE
-      ) {
-        const v = Atomics.load(sc, SCHED_T.steps(t));
+      for (;;) {
+        const v = Atomics.load(sc, SCHED.back);
+        const st = Atomics.load(sc, SCHED_T.state(t));
+        if (st !== TS_AT_POINT && st !== TS_IDLE) break;
         this.grant(t, 0);
-        waitChange(sc, SCHED_T.steps(t), v);
+        waitChange(sc, SCHED.back, v);
       }
     }
   }
@@ -574,6 +588,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     firstViolation: first,
     steps: ex.totalSteps,
     handOffs: ex.handOffs,
+    runs: ex.runs,
     stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs) / 1000),
     elapsedMs,
     startMs: ex.startMs,

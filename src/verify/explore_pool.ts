@@ -30,11 +30,17 @@ export function fullBudgetJobs(schedules = 2000, seed = 1): PoolJob[] {
   return jobs;
 }
 
-/** Runs `jobs` on `parallel` worker threads (default: one per core); results in job order. */
+/**
+ * Runs `jobs` on `parallel` worker threads (default: one per core); results in job order. The
+ * workers take the jobs in `order` (indices into jobs; default: as given).
+ */
 export async function explorePool(
   jobs: PoolJob[],
   parallel = availableParallelism(),
+  order: number[] = jobs.map((_, i) => i),
 ): Promise<ExploreResult[]> {
+  if (order.length !== jobs.length || new Set(order).size !== jobs.length || order.some((i) => !(i in jobs)))
+    throw new Error("explorePool: order must name every job once");
   const next = new Int32Array(new SharedArrayBuffer(4));
   const out: ExploreResult[] = new Array<ExploreResult>(jobs.length);
   const n = Math.max(1, Math.min(parallel, jobs.length));
@@ -44,7 +50,7 @@ export async function explorePool(
       new Promise<void>((resolve, reject) => {
         const w = new Worker(new URL("./explore_pool_worker.js", import.meta.url), {
           ...workerFlags(),
-          workerData: { jobs, next: next.buffer },
+          workerData: { jobs, order, next: next.buffer },
         });
         w.on("message", (m: { i: number; r: ExploreResult }) => (out[m.i] = m.r));
         w.on("error", reject);
@@ -55,4 +61,24 @@ export async function explorePool(
   );
   await Promise.all(runs);
   return out;
+}
+
+/**
+ * The order that takes the longest jobs first, so that the pool's last jobs are short and no
+ * worker idles long at the end. A job's cost is estimated from a probe, its first `probe`
+ * schedules run on the pool: per schedule, its runs of steps (each a hand-off between threads,
+ * the bulk of a schedule's time) and its steps (a hundred cost about one hand-off). Counts, not
+ * times: the order is the same on every machine. Jobs differ a hundredfold.
+ */
+export async function longestFirst(
+  jobs: PoolJob[],
+  parallel = availableParallelism(),
+  probe = 6,
+): Promise<number[]> {
+  const rs = await explorePool(
+    jobs.map((j) => ({ ...j, schedules: Math.min(probe, j.schedules) })),
+    parallel,
+  );
+  const cost = rs.map((r) => (r.runs + r.steps / 100) / Math.max(1, r.schedules));
+  return jobs.map((_, i) => i).sort((a, b) => cost[b] - cost[a] || a - b);
 }

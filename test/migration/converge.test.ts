@@ -2,8 +2,8 @@
  * Auto-converge and cancel, on a link too slow for the guest: a 256 KiB guest rewrites all its
  * pages every round, and at 512 KiB/s a round takes ~0.5 s while 300 ms of it carry only 150 KiB,
  * so without throttling no round can ever fit the downtime limit. Auto-converge must throttle
- * (20%, +10% a step, at most 99%), the guest's increment rate must drop, and the migration must
- * complete; without it, the migration must be cancelled at its time limit with the source guest
+ * (20%, +10% a step, at most 99%), the guest must spend its time halted once throttled hard,
+ * and the migration must complete; without it, the migration must be cancelled at its time limit with the source guest
  * running on, invariant intact, and the destination giving up cleanly.
  */
 import { test } from "node:test";
@@ -19,6 +19,8 @@ import {
 import { MIG_CTL } from "../../src/migration/guest.js";
 import { MigrationDestination } from "../../src/migration/destination.js";
 import { MigrationSource, SourceOptions } from "../../src/migration/precopy.js";
+import { vmKvm } from "../../src/vm/internal.js";
+import { OUTSIDE_GUEST_MODE, VCPU } from "../../src/kvm_host.js";
 
 const KEY = "test-converge-key";
 const SLOW = { maxBandwidth: 512 << 10, downtimeLimitMs: 300 };
@@ -28,27 +30,30 @@ async function slowMigration(opts: SourceOptions) {
   const dest = new MigrationDestination({ wp: "lockless" });
   const dp = inc.accepted.then(({ sock, reader }) => dest.receive(sock, reader));
   const g = createGuestVm(layoutFor(256 << 10, 1), { wp: "lockless", logged: true });
-  // Per round: the guest's increments per second since the previous round.
-  const rates: { throttle: number; rate: number }[] = [];
-  let last = { t: 0, c: 0 };
+  // Samples of the vCPU while the migration is active: the throttle it was under, and whether it
+  // was halted (outside guest mode: the throttled guest sleeps in HLT). A count of states, not a
+  // rate: the share of samples that find the guest halted does not depend on the machine's speed.
+  const samples: { throttle: number; halted: boolean }[] = [];
+  const vcpu = vmKvm(g.vm).vcpu;
+  let sampler: NodeJS.Timeout | undefined;
   try {
     await runGuest(g);
-    await new Promise((r) => setTimeout(r, 100));
-    last = { t: performance.now(), c: guestCounts(g)[0] };
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
+    let active = false;
     const src = new MigrationSource(g, {
       ...SLOW,
       ...opts,
-      onRound: (r) => {
-        const now = { t: performance.now(), c: guestCounts(g)[0] };
-        rates.push({
-          throttle: r["cpu-throttle-percentage"],
-          rate: ((now.c - last.c) * 1000) / (now.t - last.t),
-        });
-        last = now;
-      },
+      onStateChange: (to) => (active = to === "active"),
     });
+    sampler = setInterval(() => {
+      if (!active) return;
+      samples.push({
+        throttle: Atomics.load(g.ctl, MIG_CTL.throttle),
+        halted: Atomics.load(vcpu, VCPU.mode(0)) === OUTSIDE_GUEST_MODE,
+      });
+    }, 2);
     const rep = await src.migrate(sock, reader);
+    clearInterval(sampler);
     const drep = await dp;
     const destGuestLeft = dest.guest !== null;
     const throttleAfter = Atomics.load(g.ctl, MIG_CTL.throttle);
@@ -58,8 +63,9 @@ async function slowMigration(opts: SourceOptions) {
       countsAtEnd = guestCounts(g);
       after = await runAndCheck(g);
     }
-    return { rep, drep, rates, after, countsAtEnd, destGuestLeft, throttleAfter };
+    return { rep, drep, samples, after, countsAtEnd, destGuestLeft, throttleAfter };
   } finally {
+    clearInterval(sampler);
     await g.vm.stop();
     if (dest.guest) await dest.guest.vm.stop();
   }
@@ -83,8 +89,8 @@ test("without auto-converge: cancelled at the time limit, the source runs on wit
   assert.ok(after!.after[0] >= countsAtEnd[0] + 63, `counts ${countsAtEnd[0]} -> ${after!.after[0]}`);
 });
 
-test("auto-converge: throttle 20%, +10% a step, at most 99%; the guest slows; the migration completes", async () => {
-  const { rep, drep, rates } = await slowMigration({ autoConverge: true, maxTimeMs: 60_000 });
+test("auto-converge: throttle 20%, +10% a step, at most 99%; the guest halts; the migration completes", async () => {
+  const { rep, drep, samples } = await slowMigration({ autoConverge: true, maxTimeMs: 60_000 });
   assert.equal(rep.status, "completed", JSON.stringify(rep.error));
   assert.equal(rep.verify.mismatches, 0);
   assert.equal(rep.verify.guestInvariant, true, rep.verify.problems.join("; "));
@@ -97,15 +103,15 @@ test("auto-converge: throttle 20%, +10% a step, at most 99%; the guest slows; th
   for (let i = 2; i < distinct.length; i++)
     assert.equal(distinct[i], Math.min(99, distinct[i - 1] + 10), `throttle steps ${distinct.join(",")}`);
   assert.ok(Math.max(...steps) <= 99);
-  // It converged only once throttled hard: a round whose 0.5 s fell in one of the guest's sleeps.
-  assert.ok(rep.throttlePercentage >= 90, `throttle at switch-over ${rep.throttlePercentage}`);
-  // The guest ran measurably slower while throttled (99% leaves it 1% of its time).
-  const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
-  const free = rates.filter((r) => r.throttle === 0).map((r) => r.rate);
-  const hard = rates.filter((r) => r.throttle >= 90).map((r) => r.rate);
-  assert.ok(free.length > 0 && hard.length > 0, JSON.stringify(rates));
-  assert.ok(
-    median(hard) < median(free) / 3,
-    `increments/s unthrottled ${median(free).toFixed(0)}, throttled >= 90% ${median(hard).toFixed(0)}`,
-  );
+  // It converged only once throttled (no round fits unthrottled: the first test). How hard the
+  // throttle had to get depends on how fast this machine runs the guest, so no level is asserted.
+  assert.ok(rep.throttlePercentage >= 20, `throttle at switch-over ${rep.throttlePercentage}`);
+  // The guest obeyed the throttle: unthrottled it hardly ever halts; at p >= 50% it runs 10 ms
+  // slices and sleeps p / (100 - p) times as long, so it is halted in about p% of the samples.
+  const share = (xs: { halted: boolean }[]): number => xs.filter((x) => x.halted).length / xs.length;
+  const free = samples.filter((x) => x.throttle === 0);
+  const hard = samples.filter((x) => x.throttle >= 50);
+  const what = `halted in ${(100 * share(free)).toFixed(0)}% of ${free.length} unthrottled samples, ${(100 * share(hard)).toFixed(0)}% of ${hard.length} at >= 50%`;
+  assert.ok(free.length >= 20 && hard.length >= 20, what);
+  assert.ok(share(free) < 0.25 && share(hard) > 0.4, what);
 });
