@@ -104,7 +104,7 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
         ]
       : []),
     `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
-      `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}), ${s.faultsPerDirtyPage.toFixed(3)} per dirty page per iteration; TLB misses ${s.faults.tlbMisses}`,
+      `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries})${s.faultsPerDirtyPage !== undefined ? `, ${s.faultsPerDirtyPage.toFixed(3)} per dirty page per iteration` : ""}; TLB misses ${s.faults.tlbMisses}`,
     `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
     ...(host
       ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]

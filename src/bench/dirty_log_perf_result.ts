@@ -122,11 +122,12 @@ export interface StrategyResult {
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
   /**
    * Page faults (fast and slow) of the vCPUs per dirty page reported, median over the measured
-   * iterations: write protection takes one per page per pass, PML none.
+   * iterations: write protection takes one per page per pass, PML none. (Absent in results
+   * saved before it existed.)
    */
-  faultsPerDirtyPage: number;
-  /** The PML kick of each protecting call (IterationResult.pmlFlushNs). */
-  pmlFlush: NsStats;
+  faultsPerDirtyPage?: number;
+  /** The PML kick of each protecting call (IterationResult.pmlFlushNs); absent in older results. */
+  pmlFlush?: NsStats;
   host: { migrations: number; invalidations: number };
   /** NUMA balancing (PerfOptions.numaScanPeriodMs) over the whole run, warm-up included. */
   numa: { scans: number; pagesScanned: number };
