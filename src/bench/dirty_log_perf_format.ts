@@ -58,7 +58,10 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
   const out: string[] = [];
   out.push(
     "",
-    `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms`,
+    `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, enable logging ${ms(s.enableLoggingNs)} ms` +
+      (s.iterations[0]?.warmup
+        ? `, first pass with logging (the warm-up's dirty memory) ${ms(s.iterations[0].dirtyMemoryNs)} ms`
+        : ""),
   );
   let k = 0;
   for (const it of s.iterations) {
@@ -67,7 +70,7 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
       `${label}: dirty memory ${ms(it.dirtyMemoryNs).padStart(9)} ms   get dirty log ${ms(it.getDirtyLogNs).padStart(8)} ms ` +
         (it.clearDirtyLogNs !== undefined ? `  clear ${ms(it.clearDirtyLogNs).padStart(8)} ms ` : "") +
         (it.ringFullExits !== undefined ? `(ring-full exits ${it.ringFullExits}) ` : "") +
-        `(lock wait ${ms(it.lockWaitNs)}, protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
+        `(lock wait ${ms(it.lockWaitNs)}, ${it.pmlFlushNs ? `PML flush ${ms(it.pmlFlushNs)}, ` : ""}protect ${ms(it.protectNs)}, flush ${ms(it.flushNs)})   dirty pages ${it.dirtyPages}` +
         (it.harvests !== undefined ? `   ${it.harvests} calls (means per call)` : "") +
         `   guest ${(it.guestThroughput / 1e6).toFixed(2)} M writes/s; mmu_lock wait vCPUs ${ms(it.vcpuLockWaitNs ?? 0)}` +
         (host ? ` host ${ms(it.hostLockWaitNs ?? 0)}` : "") +
@@ -79,7 +82,9 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
   out.push(
     `  get dirty log:   ${formatNs(s.getDirtyLog)}; ${s.nsPerDirtyPage.toFixed(1)} ns per dirty page`,
     `    waiting for mmu_lock ${formatNs(s.lockWait)}`,
-    `    harvest+protect      ${formatNs(s.protect)}`,
+    ...(s.pmlFlush && s.pmlFlush.maxNs > 0 ? [`    PML flush (kick)     ${formatNs(s.pmlFlush)}`] : []),
+    `    harvest+protect      ${formatNs(s.protect)}` +
+      (s.pmlFlush && s.pmlFlush.maxNs > 0 ? " (PML: D-clear)" : ""),
     `    remote flush         ${formatNs(s.flush)}`,
     `  mmu_lock wait per iteration: vCPUs ${formatNs(s.vcpuLockWait)}`,
     ...(host ? [`                               host thread ${formatNs(s.hostLockWait)}`] : []),
@@ -99,7 +104,7 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
         ]
       : []),
     `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}; ` +
-      `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries}); TLB misses ${s.faults.tlbMisses}`,
+      `faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries})${s.faultsPerDirtyPage !== undefined ? `, ${s.faultsPerDirtyPage.toFixed(3)} per dirty page per iteration` : ""}; TLB misses ${s.faults.tlbMisses}`,
     `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
     ...(host
       ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]

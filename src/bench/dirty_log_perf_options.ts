@@ -10,7 +10,8 @@ import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import type { LockMode } from "../sync/mutex.js";
 import { numa_balancing_settings } from "../mem/numa_balancing.js";
-import { DEFAULT_BASELINE, DesignName, designNames, isDesign } from "../mmu/design.js";
+import { DEFAULT_BASELINE, DesignName, designNames } from "../mmu/design.js";
+import { isRunName } from "./dirty_log_perf_variant.js";
 
 export interface Contention {
   migrateRate: number;
@@ -201,7 +202,11 @@ export function validatePerfOptions(o: PerfOptions): void {
     throw einval("writePercent", "must be 0..100");
   if (!Array.isArray(o.wp) || o.wp.length === 0) throw einval("wp", "no design");
   for (const d of o.wp)
-    if (!isDesign(d)) throw einval("wp", `"${String(d)}" is not one of ${designNames().join(", ")}`);
+    if (typeof d !== "string" || !isRunName(d))
+      throw einval(
+        "wp",
+        `"${String(d)}" is not one of ${designNames().join(", ")} (or tdp-mmu:no-pml, tdp-mmu:no-eager-split)`,
+      );
   if (new Set(o.wp).size !== o.wp.length) throw einval("wp", "a design is named twice");
   if (o.baseline !== undefined && !o.wp.includes(o.baseline))
     throw einval("baseline", `"${o.baseline}" is not one of the designs run (${o.wp.join(", ")})`);

@@ -20,6 +20,8 @@ export interface IterationResult {
   lockWaitNs: number;
   protectNs: number;
   flushNs: number;
+  /** Bringing the vCPUs' PML buffers into the log before it is read (0 without PML). */
+  pmlFlushNs?: number;
   dirtyPages: number;
   /** Guest writes per second from resume to pause of this iteration. */
   guestThroughput: number;
@@ -49,6 +51,8 @@ export interface IterationResult {
   switches: number;
   /** Guest writes in the iteration. */
   writes: number;
+  /** Page faults (fast and slow) the vCPUs took during the iteration. */
+  faults?: number;
   /**
    * Timed iterations: get-dirty-log calls in the window; getDirtyLogNs, its parts, dirtyPages,
    * clearDirtyLogNs, cpuNs and preemptions are then means per call, and dirtyMemoryNs the window.
@@ -116,6 +120,14 @@ export interface StrategyResult {
   mmuLock: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
   flushNs: number;
   faults: { fast: number; slow: number; retries: number; tlbMisses: number };
+  /**
+   * Page faults (fast and slow) of the vCPUs per dirty page reported, median over the measured
+   * iterations: write protection takes one per page per pass, PML none. (Absent in results
+   * saved before it existed.)
+   */
+  faultsPerDirtyPage?: number;
+  /** The PML kick of each protecting call (IterationResult.pmlFlushNs); absent in older results. */
+  pmlFlush?: NsStats;
   host: { migrations: number; invalidations: number };
   /** NUMA balancing (PerfOptions.numaScanPeriodMs) over the whole run, warm-up included. */
   numa: { scans: number; pagesScanned: number };

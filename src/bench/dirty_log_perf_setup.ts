@@ -20,6 +20,7 @@ import {
 } from "./dirty_log_perf_options.js";
 import type { IterationResult } from "./dirty_log_perf_result.js";
 import { vmKvm } from "../vm/internal.js";
+import { parseRunName } from "./dirty_log_perf_variant.js";
 
 export const SLOT = 0;
 const GPA_BASE = 1 << 30;
@@ -83,10 +84,13 @@ function createVm(
   const guestBytes = o.vcpus * o.bytesPerVcpu;
   const shadow = o.mode === "shadow";
   const { memory, ptPages } = hostMemoryFor(o);
+  // A design's name, as registered (src/mmu/design.ts), maybe with a variant's switches.
+  const variant = parseRunName("wp", wp);
   const vm = Vm.create({
     memory,
-    // A design's name, as registered (src/mmu/design.ts).
-    wp: wp,
+    wp: variant.design,
+    ...(variant.pml !== undefined ? { pml: variant.pml } : {}),
+    ...(variant.eager_page_split !== undefined ? { eager_page_split: variant.eager_page_split } : {}),
     mode: o.mode ?? "tdp",
     maxVcpus: Math.max(o.vcpus, 1),
     maxSlotPages: guestBytes / PAGE_SIZE + ptPages,

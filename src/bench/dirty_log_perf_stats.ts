@@ -55,6 +55,8 @@ export function strategyResult(run: Run): StrategyResult {
       ioctlWaitNs: t.lockWaitNs,
     },
     flushNs: t.flushNs,
+    faultsPerDirtyPage: median(m.map((i) => (i.dirtyPages ? (i.faults ?? 0) / i.dirtyPages : 0))),
+    pmlFlush: nsStats(summarize(m.map((i) => i.pmlFlushNs ?? 0))),
     faults: {
       fast: sumStat(vm, ST.fast_pf),
       slow: sumStat(vm, ST.slow_pf),

@@ -11,7 +11,8 @@ import {
   PRESETS,
   resolvePerfOptions,
 } from "../bench/dirty_log_perf.js";
-import { DEFAULT_BASELINE, designNames, isDesign, parseDesignList } from "../mmu/design.js";
+import { DEFAULT_BASELINE, designNames } from "../mmu/design.js";
+import { isRunName, parseRunList } from "../bench/dirty_log_perf_variant.js";
 import { formatPerf } from "../bench/dirty_log_perf_format.js";
 import { checkOutput, writeResult } from "../bench/result.js";
 import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
@@ -128,9 +129,7 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   set("writePercent", "writePercent", () => parseIntIn("--write-percent", s("writePercent"), 0, 100));
   set("random", "random", () => a["random"] === true);
   set("seed", "seed", () => parseIntIn("--seed", s("seed"), 0, 2 ** 31 - 2));
-  set("wp", "wp", () =>
-    parseDesignList("--wp", s("wp"), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
-  );
+  set("wp", "wp", () => parseRunList("--wp", s("wp"), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp));
   set("baseline", "baseline", () => s("baseline"));
   set("thp", "thp", () => a["thp"] !== false);
   set("park", "park", () => a["park"] === true);
@@ -152,7 +151,7 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   const wp = out.wp;
   if (out.baseline !== undefined && wp !== undefined && !wp.includes(out.baseline))
     throw einval("--baseline", `"${out.baseline}" is not one of the designs run (--wp ${wp.join(",")})`);
-  if (out.baseline !== undefined && !isDesign(out.baseline))
+  if (out.baseline !== undefined && !isRunName(out.baseline))
     throw einval("--baseline", `"${out.baseline}" is not one of ${designNames().join(", ")}`);
   return { ...out, progress, signal: interrupt.signal };
 }
@@ -190,7 +189,7 @@ function workloadFlags(cmd: Command): void {
     .option("-r, --seed <n>", "guest RNG seed", "1")
     .option(
       "--wp <list>",
-      `write-protect designs, alternated: a name, a comma list or all (${designNames().join(", ")})`,
+      `write-protect designs, alternated: a name, a comma list or all (${designNames().join(", ")}); tdp-mmu:no-pml and tdp-mmu:no-eager-split run the TDP MMU with write-protect logging or lazy splitting as designs of their own`,
       "all",
     )
     .option(

@@ -4,7 +4,7 @@
  * printed as the seed did: `real` per run, then kernbench's "Elapsed Time avg (std dev)".
  */
 import { Command } from "commander";
-import { designInfo, designNames, isDesign } from "../mmu/design.js";
+import { designInfo, designNames, isDesign, parseDesignList } from "../mmu/design.js";
 import {
   HIST_BUCKETS,
   kernbench,
@@ -32,6 +32,14 @@ function real(ns: number): string {
 function label(l: LoggingName): string {
   if (l === "off") return "dirty logging off";
   return `dirty logging on, ${l} write-protect${isDesign(l) ? ` (${designInfo(l).kernel})` : ""}`;
+}
+
+/** --logging, its designs replaced by --wp's when given. */
+function loggingOf(a: Record<string, unknown>): LoggingName[] {
+  const logging = parseList("--logging", String(a["logging"]), loggingNames());
+  if (a["wp"] === undefined) return logging;
+  const designs = parseDesignList("--wp", a["wp"] as string);
+  return [...(logging.includes("off") ? (["off"] as LoggingName[]) : []), ...designs];
 }
 
 export function formatKernbench(r: KernbenchResult): string {
@@ -118,6 +126,10 @@ export function registerKernbench(program: Command): void {
       `dirty logging: off and/or designs (${designNames().join(", ")})`,
       loggingNames().join(","),
     )
+    .option(
+      "--wp <list>",
+      "the designs run with dirty logging on (a name, a comma list or all; as dirty-log-perf's --wp): replaces the designs of --logging, keeps its off",
+    )
     .option("--jobs-per-process <n>", "jobs before a process exits and is replaced", String(d.jobsPerProcess))
     .option("--heap-pages <n>", "anonymous pages a job maps, uses and unmaps", String(d.heapPages))
     .option(
@@ -150,7 +162,7 @@ export function registerKernbench(program: Command): void {
         migrateRate: n("--migrate-rate", "migrateRate", 0, 1e6),
         invalidateRate: n("--invalidate-rate", "invalidateRate", 0, 1e6),
         modes: parseList("--mode", String(a["mode"]), MODES),
-        logging: parseList("--logging", String(a["logging"]), loggingNames()),
+        logging: loggingOf(a),
         jobsPerProcess: n("--jobs-per-process", "jobsPerProcess", 1, 1e7),
         heapPages: n("--heap-pages", "heapPages", 1, 512),
         libPages: n("--lib-pages", "libPages", 1, 1 << 18),

@@ -21,6 +21,7 @@ import {
 import { aadd, acas, aload, aor, schedHookInstalled, spinPoint } from "../sync/atomic.js";
 import { KvmError } from "../errors.js";
 import { kvm_lock_bound_ms, kvm_mark_vm_dead, kvm_vm_dead, VmDeadError } from "./vm_dead.js";
+import { kvm_get_running_vcpu } from "../mem/dirty_ring.js";
 
 /** What a vCPU worker is doing (VCPU.state). */
 export const enum VcpuState {
@@ -53,15 +54,26 @@ export function kvm_vcpu_kick(kvm: Kvm, vcpuId: number): void {
   acas(kvm.vcpu, VCPU.mode(vcpuId), IN_GUEST_MODE, EXITING_GUEST_MODE);
 }
 
-/** make_all_cpus_request: returns true if some vCPU had to be kicked and waited for. */
+/**
+ * make_all_cpus_request: returns true if some vCPU had to be kicked and waited for. The vCPU this
+ * thread runs (kvm_get_running_vcpu) gets the request but is not waited for: it cannot
+ * acknowledge while this thread is here (KVM sends no IPI to the current CPU either). If it is
+ * in guest mode with a request, it is kicked, so its next guest access takes the safe point
+ * that serves the request before using its TLB.
+ */
 export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   const v = kvm.vcpu;
   const n = aload(kvm.ctl, CTL.nr_vcpus);
+  const me = kvm_get_running_vcpu();
   // Kick everyone first (the IPIs go out together), then wait for each acknowledgement.
   let kicked = 0;
   let waited = false;
   for (let i = 0; i < n; i++) {
     aor(v, VCPU.requests(i), req);
+    if (i === me) {
+      if (req !== 0) acas(v, VCPU.mode(i), IN_GUEST_MODE, EXITING_GUEST_MODE);
+      continue;
+    }
     // kvm_vcpu_exiting_guest_mode: IN -> EXITING; any mode but OUTSIDE must acknowledge.
     const old = acas(v, VCPU.mode(i), IN_GUEST_MODE, EXITING_GUEST_MODE);
     if (old === OUTSIDE_GUEST_MODE) continue;

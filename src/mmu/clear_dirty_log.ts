@@ -13,7 +13,7 @@ import { BUG, Kvm, SLOT } from "../kvm_host.js";
 import { aand, aread } from "../sync/atomic.js";
 import { hweight32 } from "../mem/dirty_bitmap.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
-import { kvm_arch_sync_dirty_log } from "./dirty_log.js";
+import { timed_sync_dirty_log } from "./dirty_log.js";
 
 /**
  * Clears in slot `slot` the pages [firstPage, firstPage + numPages) set in `bitmap` (bit n of
@@ -30,7 +30,7 @@ export function kvm_clear_dirty_log(
   bitmap: Uint32Array,
   times: DirtyLogTimes,
 ): number {
-  kvm_arch_sync_dirty_log(kvm);
+  timed_sync_dirty_log(kvm, times);
   const bm = kvm.bitmapPool;
   const b0 = kvm.slots[SLOT.bitmap_base(slot)];
   const npages = kvm.slots[SLOT.npages(slot)];

@@ -39,6 +39,14 @@ export function kvm_arch_sync_dirty_log(kvm: Kvm): void {
   if ((kvm.ops.cpu_dirty_log_size?.(kvm) ?? 0) !== 0) kvm_flush_pml_buffers(kvm);
 }
 
+/** kvm_arch_sync_dirty_log, its time added to times.pmlFlushNs. */
+export function timed_sync_dirty_log(kvm: Kvm, times: DirtyLogTimes): void {
+  if ((kvm.ops.cpu_dirty_log_size?.(kvm) ?? 0) === 0) return;
+  const t = performance.now();
+  kvm_flush_pml_buffers(kvm);
+  times.pmlFlushNs += (performance.now() - t) * 1e6;
+}
+
 /** Manual protect is on (KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE). slots_lock held. */
 export function manual_protect(kvm: Kvm): boolean {
   return (kvm.ctl[CTL.manual_dirty_log] & KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE) !== 0;
@@ -57,7 +65,7 @@ export function manual_protect_and_init_set(kvm: Kvm): boolean {
  * pages are cleared and re-protected by KVM_CLEAR_DIRTY_LOG, src/mmu/clear_dirty_log.ts).
  */
 export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
-  kvm_arch_sync_dirty_log(kvm);
+  timed_sync_dirty_log(kvm, times);
   if (manual_protect(kvm)) return get_dirty_log_copy(kvm, slot, out, times);
   const design = wp_design(kvm);
   const words = kvm.slots[SLOT.bitmap_words(slot)];

@@ -24,17 +24,20 @@ export interface DirtyLogTimes {
   protectNs: number;
   /** ns in the remote TLB flush. */
   flushNs: number;
+  /** ns bringing the vCPUs' PML buffers into the log first (kvm_arch_sync_dirty_log; 0 without PML). */
+  pmlFlushNs: number;
   dirtyPages: number;
 }
 
 export function newDirtyLogTimes(): DirtyLogTimes {
-  return { lockWaitNs: 0, protectNs: 0, flushNs: 0, dirtyPages: 0 };
+  return { lockWaitNs: 0, protectNs: 0, flushNs: 0, pmlFlushNs: 0, dirtyPages: 0 };
 }
 
 export function addDirtyLogTimes(into: DirtyLogTimes, t: DirtyLogTimes): void {
   into.lockWaitNs += t.lockWaitNs;
   into.protectNs += t.protectNs;
   into.flushNs += t.flushNs;
+  into.pmlFlushNs += t.pmlFlushNs;
   into.dirtyPages += t.dirtyPages;
 }
 

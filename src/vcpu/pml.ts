@@ -9,12 +9,15 @@
  * (37c3ddfe5238: the CPU fills the page from the top down, so the oldest entry is at 511).
  *
  * GET_DIRTY_LOG and CLEAR_DIRTY_LOG kick every vCPU first (kvm_flush_pml_buffers,
- * src/kvm/pml.ts): a kicked vCPU exits at its next safe point, which flushes, and the kick waits
- * for that acknowledgement; a vCPU outside guest mode flushed when it left.
+ * src/kvm/pml.ts, which also has vmx_flush_pml_buffer): a kicked vCPU exits at its next safe
+ * point, which flushes, and the kick waits for that acknowledgement; a vCPU outside guest mode
+ * flushed when it left.
  */
 import { CTL, Kvm, KVM_DIRTY_RING_RSVD_ENTRIES, PML, PML_ENTITY_NUM } from "../kvm_host.js";
+
+export { vmx_flush_pml_buffer };
 import { acas } from "../sync/atomic.js";
-import { mark_page_dirty } from "../mem/memslot.js";
+import { vmx_flush_pml_buffer } from "../kvm/pml.js";
 import { kvm_dirty_ring_used } from "../mem/dirty_ring.js";
 import { SPTE_DIRTY } from "../mmu/spte.js";
 
@@ -26,23 +29,6 @@ export class PmlStats {
   fullExits = 0;
   /** Entries flushed into the log. */
   flushed = 0;
-}
-
-/**
- * vmx_flush_pml_buffer for vCPU `id`: every entry, oldest first, into the dirty log. Returns the
- * entries flushed.
- */
-export function vmx_flush_pml_buffer(kvm: Kvm, id: number, stats: PmlStats): number {
-  const pml = kvm.pml;
-  const row = PML.row(id);
-  const used = pml[row + PML.used(0)];
-  if (used === 0) return 0;
-  const e0 = row + PML.entries(0);
-  // Entry k (k-th written) sits at 511 - k: read from 511 down, in the order written.
-  for (let k = 0; k < used; k++) mark_page_dirty(kvm, pml[e0 + PML_ENTITY_NUM - 1 - k]);
-  pml[row + PML.used(0)] = 0;
-  stats.flushed += used;
-  return used;
 }
 
 /**

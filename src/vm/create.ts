@@ -50,6 +50,18 @@ export const POOL_LIMITS = {
  * elements: 16 GiB (2^22 frames, frame 0 included), guest memory and the spare frames together.
  */
 export const MAX_MEMORY = 2 ** 32 * 4;
+/** The catalog bugs named in `bugs` as KvmConfig.bugs bits (EINVAL naming an unknown one). */
+function bugMask(names: readonly string[] | undefined): number {
+  let bugs = 0;
+  const catalog: Record<string, number> = { ...BUG, ...BUG_TDP };
+  for (const b of names ?? []) {
+    if (!Object.hasOwn(catalog, b))
+      throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(catalog).join(", ")}`);
+    bugs |= catalog[b];
+  }
+  return bugs;
+}
+
 /** Checks the options (EINVAL naming the option, ENOMEM) and allocates the VM's shared memory. */
 export function kvm_create_vm(o: VmOptions): KvmShared {
   if (typeof o !== "object" || o === null) throw einval("options", `must be an object, got ${String(o)}`);
@@ -65,13 +77,7 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
   const mode = o.mode ?? "tdp";
   if (mode !== "tdp" && mode !== "shadow")
     throw einval("mode", `must be "tdp" or "shadow", got ${String(mode)}`);
-  let bugs = 0;
-  const catalog: Record<string, number> = { ...BUG, ...BUG_TDP };
-  for (const b of o.bugs ?? []) {
-    if (!Object.hasOwn(catalog, b))
-      throw einval("bugs", `unknown bug ${String(b)}; known: ${Object.keys(catalog).join(", ")}`);
-    bugs |= catalog[b];
-  }
+  const bugs = bugMask(o.bugs);
   for (const k of ["pml", "eager_page_split"] as const)
     if (o[k] !== undefined && typeof o[k] !== "boolean")
       throw einval(k, `must be a boolean, got ${String(o[k])}`);

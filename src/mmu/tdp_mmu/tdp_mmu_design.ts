@@ -29,7 +29,11 @@ import {
   kvm_tdp_mmu_clear_dirty_pt_masked,
   kvm_tdp_mmu_clear_dirty_slot,
   kvm_tdp_mmu_wrprot_slot,
+  tdp_mmu_harvest_walk_reset,
+  tdp_mmu_new_harvest_walk,
 } from "./tdp_mmu_dirty.js";
+import type { TdpHarvestWalk } from "./tdp_mmu_dirty.js";
+import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { kvm_tdp_mmu_unmap_hva_range, kvm_tdp_mmu_zap_collapsible_sptes } from "./tdp_mmu_zap.js";
 import { kvm_tdp_mmu_invalidate_all_roots } from "./tdp_mmu_root.js";
 import { kvm_tdp_mmu_split_for_clear, kvm_tdp_mmu_split_slot } from "./tdp_mmu_split.js";
@@ -41,10 +45,19 @@ export function kvm_tdp_mmu_pml(kvm: Kvm): boolean {
   return kvm.shared.config.pml === true;
 }
 
+/**
+ * The walk protectMasked keeps across the masks of one harvest section (TdpHarvestWalk): this
+ * thread's, used only while it holds mmu_lock for write, dropped at harvestBegin and harvestEnd.
+ */
+let harvestWalk: TdpHarvestWalk | null = null;
+
 function harvestBegin(kvm: Kvm, times: DirtyLogTimes): void {
   const w0 = kvm.mmu_lock.stats.waitNs;
   kvm.mmu_lock.write_lock();
   times.lockWaitNs += kvm.mmu_lock.stats.waitNs - w0;
+  harvestWalk ??= tdp_mmu_new_harvest_walk(kvm);
+  harvestWalk.iter.skipAfterRestart = kvm.bug(BUG_TDP["tdp-iter-skip"]);
+  tdp_mmu_harvest_walk_reset(harvestWalk);
 }
 
 /** kvm_dirty_log_manual_protect_and_init_set (slots_lock held by the caller). */
@@ -57,17 +70,23 @@ function manual_protect_and_init_set(kvm: Kvm): boolean {
 function protectMasked(kvm: Kvm, slot: number, wordIndex: number, mask: number): boolean {
   const gfn = kvm.slots[SLOT.base_gfn(slot)] + wordIndex * 32;
   let flush = false;
+  const walk = harvestWalk ?? undefined;
   if (manual_protect_and_init_set(kvm) && mask !== 0) {
     // The 4 KiB pages were never protected: split and write-protect the huge pages over them.
     const start = gfn + 31 - Math.clz32(mask & -mask);
     const end = gfn + 31 - Math.clz32(mask);
     kvm_tdp_mmu_split_for_clear(kvm, start, end);
+    // The split links new tables (and may drop the lock): the kept walk is stale.
+    if (walk) tdp_mmu_harvest_walk_reset(walk);
     flush = kvm_tdp_mmu_write_protect_gfn_range(kvm, start, end, 2);
   }
-  return flush || kvm_tdp_mmu_clear_dirty_pt_masked(kvm, slot, gfn, mask, !kvm_tdp_mmu_pml(kvm));
+  // Then the 4 KiB leaves, always (kvm_arch_mmu_enable_log_dirty_pt_masked).
+  const wrprot = !kvm_tdp_mmu_pml(kvm);
+  return kvm_tdp_mmu_clear_dirty_pt_masked(kvm, slot, gfn, mask, wrprot, walk) || flush;
 }
 
 function harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
+  if (harvestWalk) tdp_mmu_harvest_walk_reset(harvestWalk);
   try {
     if (flush) timedFlush(kvm, times, kvm_flush_remote_tlbs);
   } finally {

@@ -9,11 +9,13 @@
  * W is cleared, MMU-writable kept, so the next write takes fast_page_fault. Huge leaves are
  * always write-protected (a write fault splits them).
  */
-import { Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
-import { acas, aload, astore } from "../../sync/atomic.js";
+import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
+import { aand, aload, astore } from "../../sync/atomic.js";
 import {
   is_last_spte,
   is_shadow_present_pte,
+  PT64_ENT_PER_PAGE,
+  PT64_INDEX,
   PT_PAGE_TABLE_LEVEL,
   PT_WRITABLE_MASK,
   spte_has_volatile_bits,
@@ -25,6 +27,7 @@ import type { TdpIter } from "./tdp_iter.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { tdp_iter_for, tdp_mmu_iter_cond_resched, tdp_mmu_with_root } from "./tdp_mmu_resched.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
+import { is_invalid_root } from "./tdp_mmu_root.js";
 import { tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
 
 /**
@@ -91,25 +94,118 @@ export function kvm_tdp_mmu_clear_dirty_slot(kvm: Kvm, slot: number): boolean {
 
 /**
  * tdp_mmu_clear_spte_bits: a locked clear of `bits` in a leaf; an spte with volatile bits loses
- * them by cmpxchg (the vCPU may set D, fast_page_fault W, at any moment), else a plain store.
+ * them by one atomic and (atomic64_fetch_and: the vCPU may set D, fast_page_fault W, at any
+ * moment), else a plain store. iter.old_spte becomes the value written.
  */
 function tdp_mmu_clear_spte_bits(kvm: Kvm, iter: TdpIter, bits: number): void {
-  let old = iter.old_spte;
+  const old = iter.old_spte;
   if (spte_has_volatile_bits(old) && !kvm.bug(BUG_TDP["tdp-plain-write"])) {
-    for (;;) {
-      const got = acas(kvm.spt, iter.sptep, old, old & ~bits);
-      if (got === old) break;
-      old = got;
-    }
+    iter.old_spte = aand(kvm.spt, iter.sptep, ~bits) & ~bits;
   } else {
     astore(kvm.spt, iter.sptep, old & ~bits);
+    iter.old_spte = old & ~bits;
   }
-  iter.old_spte = old & ~bits;
 }
 
 /**
- * kvm_tdp_mmu_clear_dirty_pt_masked: re-arms the 4 KiB leaves of the gfns in `mask` (bit n =
- * gfn + n): D cleared (`wrprot` false, PML) or W cleared. Write lock held. Returns flush.
+ * The walk clear_dirty_pt_masked keeps between the masks of one write-locked section (one
+ * GET_DIRTY_LOG, CLEAR_DIRTY_LOG or ring reset): `root` is the root it walks, valid only while
+ * `iter.valid`. Private to the thread that holds mmu_lock for write; tdp_mmu_harvest_walk_reset
+ * drops it when the section starts and after anything that may change a table link.
+ */
+export interface TdpHarvestWalk {
+  iter: TdpIter;
+  root: number;
+}
+
+export function tdp_mmu_new_harvest_walk(kvm: Kvm): TdpHarvestWalk {
+  return { iter: tdp_iter_for(kvm), root: 0 };
+}
+
+export function tdp_mmu_harvest_walk_reset(walk: TdpHarvestWalk): void {
+  walk.iter.valid = false;
+  walk.root = 0;
+}
+
+/** A fresh walk per call for callers that keep none (tests, one-off callers). */
+let oneShotWalk: TdpHarvestWalk | null = null;
+
+/**
+ * Positions walk.iter on the 4 KiB spte of `start`: a walk from the root, or, when the walk
+ * already stands in the leaf table that maps `start` at or before it, the entry of that table.
+ * The second is what the first would reach: under the write lock no table link changes (every
+ * link change needs mmu_lock; the lockless fast_page_fault and the vCPU's D-bit writes change
+ * leaf bits only), so the path from the root to that table is the one the walk came down.
+ */
+function clear_dirty_walk_start(kvm: Kvm, walk: TdpHarvestWalk, root: number, start: number): void {
+  const iter = walk.iter;
+  if (
+    walk.root === root &&
+    iter.valid &&
+    iter.level === PT_PAGE_TABLE_LEVEL &&
+    start >= iter.gfn &&
+    start - (iter.gfn - PT64_INDEX(iter.gfn, PT_PAGE_TABLE_LEVEL)) < PT64_ENT_PER_PAGE
+  ) {
+    iter.sptep += start - iter.gfn;
+    iter.gfn = start;
+    iter.next_last_level_gfn = start;
+    iter.old_spte = aload(kvm.spt, iter.sptep);
+    return;
+  }
+  walk.root = root;
+  tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, start);
+}
+
+/**
+ * clear_dirty_pt_masked: re-arms the 4 KiB leaves of the gfns in `mask` (bit n = gfn + n): D
+ * cleared (`wrprot` false, PML) or W cleared. Write lock held; it never yields. Returns flush.
+ *
+ * KVM calls it once per 64-bit word of the dirty bitmap (kvm_arch_mmu_enable_log_dirty_pt_masked
+ * from kvm_get_dirty_log_protect, kvm_clear_dirty_log_protect, kvm_reset_dirty_gfn), each call a
+ * walk from the root (tdp_root_for_each_leaf_pte from gfn + __ffs(mask)) that stops once every
+ * bit of the mask is handled. Our bitmap words are 32 bits, so a 512-entry leaf table gets 16
+ * calls instead of 8; rather than 16 descents, the caller may pass the walk of its section
+ * (`walk`), and a mask that falls in the leaf table the walk stands on continues there
+ * (clear_dirty_walk_start says why that is the same spte a walk from the root reaches).
+ */
+function clear_dirty_pt_masked(
+  kvm: Kvm,
+  walk: TdpHarvestWalk,
+  root: number,
+  gfn: number,
+  mask: number,
+  wrprot: boolean,
+): boolean {
+  const bit = wrprot ? PT_WRITABLE_MASK : SPTE_DIRTY;
+  const end = gfn + 32;
+  const checkPresent = !kvm.bug(BUG_TDP["tdp-clear-dirty-nonpresent"]);
+  const iter = walk.iter;
+  let flush = false;
+  for (
+    clear_dirty_walk_start(kvm, walk, root, gfn + 31 - Math.clz32(mask & -mask));
+    tdp_iter_in_range(iter, end);
+    tdp_iter_next(kvm, iter)
+  ) {
+    if (mask === 0) break;
+    if (iter.level > PT_PAGE_TABLE_LEVEL || iter.gfn < gfn) continue;
+    const b = 1 << (iter.gfn - gfn);
+    if ((mask & b) === 0) continue;
+    mask &= ~b;
+    // 3354ef5a592d: only a present leaf has dirty state to clear.
+    if (checkPresent && !is_shadow_present_pte(iter.old_spte)) continue;
+    // The value the step read: a page in `mask` had its bit set before its bitmap bit, and
+    // the bitmap's xchg ordered that before this walk, so the read cannot miss it.
+    if ((iter.old_spte & bit) === 0) continue;
+    tdp_mmu_clear_spte_bits(kvm, iter, bit);
+    flush = true;
+  }
+  return flush;
+}
+
+/**
+ * kvm_tdp_mmu_clear_dirty_pt_masked: clear_dirty_pt_masked on the VM's valid root
+ * (for_each_valid_tdp_mmu_root: under the write lock no root can go, so no reference is taken).
+ * `walk`: the section's kept walk (above); without one the walk starts from the root.
  */
 export function kvm_tdp_mmu_clear_dirty_pt_masked(
   kvm: Kvm,
@@ -117,33 +213,20 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
   gfn: number,
   mask: number,
   wrprot: boolean,
+  walk?: TdpHarvestWalk,
 ): boolean {
   lockdep_assert_held_write(kvm);
-  if (mask === 0) return false;
-  const bit = wrprot ? PT_WRITABLE_MASK : SPTE_DIRTY;
-  const first = gfn + 31 - Math.clz32(mask & -mask);
-  const end = gfn + 32 - Math.clz32(mask);
   void slot;
-  return tdp_mmu_with_root(kvm, false, (root) => {
-    const iter = tdp_iter_for(kvm);
-    let flush = false;
-    for (
-      tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, first);
-      tdp_iter_in_range(iter, end);
-      tdp_iter_next(kvm, iter)
-    ) {
-      if (iter.level > PT_PAGE_TABLE_LEVEL || iter.gfn < gfn) continue;
-      const b = 1 << (iter.gfn - gfn);
-      if ((mask & b) === 0) continue;
-      // 3354ef5a592d: only a present leaf has dirty state to clear.
-      if (!is_shadow_present_pte(iter.old_spte) && !kvm.bug(BUG_TDP["tdp-clear-dirty-nonpresent"])) continue;
-      iter.old_spte = aload(kvm.spt, iter.sptep);
-      if ((iter.old_spte & bit) === 0) continue;
-      tdp_mmu_clear_spte_bits(kvm, iter, bit);
-      flush = true;
-    }
-    return flush;
-  });
+  if (mask === 0) return false;
+  const root = kvm.ctl[CTL.root];
+  if (root === 0 || is_invalid_root(kvm, root)) return false;
+  if (walk === undefined) {
+    oneShotWalk ??= tdp_mmu_new_harvest_walk(kvm);
+    walk = oneShotWalk;
+    walk.iter.skipAfterRestart = kvm.bug(BUG_TDP["tdp-iter-skip"]);
+    tdp_mmu_harvest_walk_reset(walk);
+  }
+  return clear_dirty_pt_masked(kvm, walk, root, gfn, mask, wrprot);
 }
 
 /**
