@@ -85,10 +85,17 @@ async function readTag(r: ByteReader, what: string, expect: Buffer): Promise<voi
   try {
     tag = await withTimeout(r.read(TAG, what), AUTH_TIMEOUT_MS, "authentication");
   } catch (e) {
-    if (expect === PROOF && e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET"))
+    const closed = e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET");
+    if (closed && expect === PROOF)
       throw new MigrationError(
         "EACCES",
         "the destination refused the pre-shared key (it closed the connection)",
+      );
+    // TLS 1.3: the server checks our certificate after our side of the handshake is done.
+    if (closed && r.src instanceof TLSSocket)
+      throw new MigrationError(
+        "EACCES",
+        "the destination closed the connection before its challenge (it refused our TLS credentials)",
       );
     throw e;
   }
