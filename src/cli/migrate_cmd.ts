@@ -40,7 +40,7 @@ function securityOf(a: Record<string, unknown>): MigrationSecurity {
     throw einval("--tls-psk", "give at most one of --tls-psk, --tls-creds DIR and --insecure-plaintext");
   if (a["insecurePlaintext"] === true) return { tls: "none" };
   if (a["tlsCreds"] !== undefined)
-    return { tls: "x509", credsDir: String(a["tlsCreds"]), verifyPeer: a["tlsVerifyPeer"] === true };
+    return { tls: "x509", credsDir: a["tlsCreds"] as string, verifyPeer: a["tlsVerifyPeer"] === true };
   if (a["tlsVerifyPeer"] === true) throw einval("--tls-verify-peer", "needs --tls-creds DIR");
   return { tls: "psk" };
 }

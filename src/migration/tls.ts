@@ -40,13 +40,14 @@ const PSK_CIPHERS = "ECDHE-PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384";
 /** The security option as given by a library caller, checked (EINVAL naming it). */
 export function checkSecurity(s: unknown): MigrationSecurity {
   if (s === undefined) return DEFAULT_SECURITY;
-  const t = (s as { tls?: unknown } | null)?.tls;
+  const o: Record<string, unknown> = typeof s === "object" && s !== null ? { ...s } : {};
+  const t = o["tls"];
   if (t === "psk" || t === "none") return { tls: t };
   if (t === "x509") {
-    const x = s as { credsDir?: unknown; verifyPeer?: unknown };
-    if (typeof x.credsDir !== "string" || x.credsDir === "")
+    const dir = o["credsDir"];
+    if (typeof dir !== "string" || dir === "")
       throw new MigrationError("EINVAL", "security.credsDir: the x509 credentials directory is missing");
-    return { tls: "x509", credsDir: x.credsDir, verifyPeer: x.verifyPeer === true };
+    return { tls: "x509", credsDir: dir, verifyPeer: o["verifyPeer"] === true };
   }
   throw new MigrationError("EINVAL", `security.tls: must be "psk", "x509" or "none", got ${String(t)}`);
 }

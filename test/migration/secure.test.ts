@@ -43,7 +43,7 @@ test("destination: an authenticated source that sends nothing fails ETIMEDOUT, a
   assert.equal(rep.status, "failed");
   assert.equal(rep.error?.code, "ETIMEDOUT");
   assert.match(
-    rep.error!.message,
+    rep.error.message,
     /no data from the peer in 300 ms \(phase setup, reading the stream header\)/,
   );
   await closed;
@@ -60,7 +60,7 @@ for (const security of [{ tls: "psk" }, { tls: "none" }] as MigrationSecurity[])
       const lost = both.filter((x) => x.status === "rejected");
       assert.equal(won.length, 1, "exactly one source is accepted");
       assert.equal(lost.length, 1);
-      const e = (lost[0] as PromiseRejectedResult).reason as MigrationError;
+      const e = lost[0].reason as MigrationError;
       assert.ok(e instanceof MigrationError);
       assert.equal(e.code, "EBUSY", e.message);
       const acc = await inc.accepted;
@@ -71,10 +71,10 @@ for (const security of [{ tls: "psk" }, { tls: "none" }] as MigrationSecurity[])
       );
       assert.equal(inc.refused.filter((r) => /EBUSY/.test(r)).length, 2, inc.refused.join("; "));
       // The winner's connection works.
-      (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof connectOutgoing>>>).value.sock.write("ok");
+      won[0].value.sock.write("ok");
       assert.equal((await acc.reader.read(2, "test")).toString(), "ok");
       acc.sock.destroy();
-      (won[0] as PromiseFulfilledResult<Awaited<ReturnType<typeof connectOutgoing>>>).value.sock.destroy();
+      won[0].value.sock.destroy();
     } finally {
       inc.close();
     }
@@ -119,7 +119,7 @@ async function throughMitm(
 function pageFlipper(): ((u: Unit) => { out: Buffer }) & { flipped: number; digestsFixed: number } {
   const sha = createHash("sha256");
   const f = ((u: Unit) => {
-    let b = Buffer.from(u.bytes);
+    const b = Buffer.from(u.bytes);
     if (u.kind === Sec.Ram && f.flipped === 0 && (b.readUInt32BE(9 + 4) & 0xfff) === RAM_PAGE) {
       b[9 + 8 + 100] ^= 0x80;
       b.writeUInt32BE(crc32(b.subarray(0, b.length - 4)), b.length - 4);
@@ -144,7 +144,7 @@ test("plaintext: a man in the middle that flips a page byte and fixes CRC and SH
   assert.equal(flip.digestsFixed, 1, "the proxy recomputed the unkeyed digest");
   assert.equal(dst.status, "failed");
   assert.equal(dst.error?.code, "EBADMSG");
-  assert.match(dst.error!.message, /stream digest mismatch/);
+  assert.match(dst.error.message, /stream digest mismatch/);
   assert.equal(src.status, "failed");
   assert.equal(src.switchedOver, false);
   assert.equal(src.verify.guestInvariant, true, "the guest runs on at the source");
@@ -156,7 +156,7 @@ test("TLS-PSK: a man in the middle that flips one byte of the stream is refused 
   assert.equal(flip.flipped, 1);
   assert.equal(dst.status, "failed");
   assert.equal(dst.error?.code, "EBADMSG", dst.error?.message);
-  assert.match(dst.error!.message, /TLS/);
+  assert.match(dst.error.message, /TLS/);
   assert.notEqual(src.status, "completed");
   assert.equal(src.switchedOver, false);
   assert.equal(src.verify.guestInvariant, true);

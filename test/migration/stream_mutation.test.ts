@@ -83,6 +83,6 @@ test("fast-check: a stream flipped, inserted into or cut anywhere is refused, th
         }
       },
     ),
-    { numRuns: 6, seed: 2112 },
+    { numRuns: 5, seed: 2112 },
   );
 });
