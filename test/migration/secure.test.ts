@@ -8,7 +8,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { execFileSync } from "node:child_process";
-import { mkdtempSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
@@ -227,8 +227,8 @@ function makeCerts(): { server: string; client: string; stranger: string } | nul
   leaf("stranger", "other-ca", "extendedKeyUsage=clientAuth\n");
   const dir = (n: string, files: [string, string][]): string => {
     const p = join(d, n);
-    execFileSync("mkdir", [p]);
-    for (const [from, to] of files) writeFileSync(join(p, to), execFileSync("cat", [join(d, from)]));
+    mkdirSync(p);
+    for (const [from, to] of files) copyFileSync(join(d, from), join(p, to));
     return p;
   };
   return {
