@@ -4,11 +4,14 @@
  *
  * Exit status: 0 success; 1 a check failed (violation, forbidden outcome, replay differs);
  * 2 usage or input error, printed as one line `kvmmu: EINVAL: ...`; 3 internal error;
+ * a migration that cannot start (nothing listening, address in use, wrong key, busy) is a
+ * runtime failure: 1, one line `kvmmu: ECONNREFUSED: ...`;
  * 130 interrupted (SIGINT), after the summary of what was measured so far.
  */
 import { createRequire } from "node:module";
 import { Command, CommanderError, Help, Option } from "commander";
 import { KvmError } from "../errors.js";
+import { MigrationError } from "../migration/stream.js";
 import { registerDirtyLogPerf } from "./dirty_log_perf_cmd.js";
 import { registerExplore } from "./explore_cmd.js";
 import { registerDirtyLogTest } from "./dirty_log_test_cmd.js";
@@ -46,7 +49,8 @@ program
     `
 Exit status:
   0    success
-  1    a check failed (violation, forbidden outcome, replay not reproducible)
+  1    a check failed (violation, forbidden outcome, replay not reproducible), or a
+       runtime failure (migration: nothing listening, address in use, wrong key, busy)
   2    usage or input error (one line on stderr: kvmmu: EINVAL: ...)
   3    internal error
   130  interrupted (SIGINT), after printing what was measured so far`,
@@ -117,6 +121,9 @@ try {
           .replace(/\s*\n\s*/g, " ")
           .trim(),
       );
+  } else if (e instanceof MigrationError) {
+    process.stderr.write(`kvmmu: ${e.message}\n`);
+    process.exitCode = e.code === "EINVAL" ? EXIT_USAGE : EXIT_CHECK_FAILED;
   } else if (e instanceof KvmError) {
     process.stderr.write(`kvmmu: ${e.message}\n`);
     process.exitCode = EXIT_USAGE;

@@ -12,6 +12,7 @@ import { layoutFor } from "../migration/guest_vm.js";
 import type { MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
+import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
 
@@ -28,6 +29,37 @@ function keyOf(a: Record<string, unknown>): string {
   if (k === undefined) throw einval("--key", `missing: give --key K or set ${KEY_ENV}`);
   if (k.length < 8) throw einval("--key", "must be at least 8 characters");
   return k;
+}
+
+/** --tls-psk (the default), --tls-creds DIR or --insecure-plaintext: at most one. */
+function securityOf(a: Record<string, unknown>): MigrationSecurity {
+  const given = ["tlsPsk", "tlsCreds", "insecurePlaintext"].filter(
+    (k) => a[k] !== undefined && a[k] !== false,
+  );
+  if (given.length > 1)
+    throw einval("--tls-psk", "give at most one of --tls-psk, --tls-creds DIR and --insecure-plaintext");
+  if (a["insecurePlaintext"] === true) return { tls: "none" };
+  if (a["tlsCreds"] !== undefined)
+    return { tls: "x509", credsDir: a["tlsCreds"] as string, verifyPeer: a["tlsVerifyPeer"] === true };
+  if (a["tlsVerifyPeer"] === true) throw einval("--tls-verify-peer", "needs --tls-creds DIR");
+  return { tls: "psk" };
+}
+
+/** The flags both commands take to protect the stream. */
+function securityOptions(c: Command): Command {
+  return c
+    .option("--tls-psk", "TLS 1.2 with a pre-shared key derived from --key (the default)", false)
+    .option(
+      "--tls-creds <dir>",
+      "TLS 1.3 with x509 certificates from DIR: ca-cert.pem, and server-cert.pem + server-key.pem " +
+        "(destination) or client-cert.pem + client-key.pem (source, optional)",
+    )
+    .option(
+      "--insecure-plaintext",
+      "INSECURE: no TLS; anyone on the path can read the guest's memory (the key's handshake and a " +
+        "keyed end digest still refuse a changed stream)",
+      false,
+    );
 }
 
 function formatReport(r: MigrationReport): string {
@@ -66,6 +98,7 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   local: boolean;
   to: { host: string; port: number } | null;
   key: string | null;
+  security: MigrationSecurity;
 } {
   const logMode = parseOne("--log-mode", String(a["logMode"]), LOG_MODES);
   const wp = oneDesign(a["wp"]);
@@ -77,6 +110,7 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   if (fault === "kill-destination" && !local) throw einval("--fault", "kill-destination needs --local");
   const to = local ? null : hostPort("--to", String(a["to"]));
   const key = local ? null : keyOf(a);
+  const security = securityOf(a);
   const layout = layoutFor(
     parseSize("--memory", String(a["memory"])),
     parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
@@ -97,19 +131,19 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
     warmupMs: parseIntIn("--warmup", String(a["warmup"]), 0, 600_000),
   };
-  return { o, local, to, key };
+  return { o, local, to, key, security };
 }
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
-  const { o, local, to, key } = migrateArgs(a);
+  const { o, local, to, key, security } = migrateArgs(a);
   const onRound = (r: RoundRecord): void =>
     progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
   const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
   const out: MigrationResult = local
-    ? (await migrateLocal({ ...o, destination: "process", onRound, onPostcopyRun })).source
-    : await migrateTo({ ...o, ...to!, key: key!, onRound, onPostcopyRun });
+    ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
+    : await migrateTo({ ...o, ...to!, key: key!, security, onRound, onPostcopyRun });
   if (a["output"] !== undefined)
     writeResult(String(a["output"]), {
       ...envelope("migrate", {
@@ -135,8 +169,8 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
 }
 
 export function registerMigrate(program: Command): void {
-  program
-    .command("migrate")
+  const cmd = program.command("migrate");
+  securityOptions(cmd)
     .description(
       "live-migrate a running migration-test guest (pre-copy or post-copy) and verify it byte for byte",
     )
@@ -176,8 +210,10 @@ export function registerMigrate(program: Command): void {
 }
 
 function registerMigrateIncoming(program: Command): void {
-  program
-    .command("migrate-incoming")
+  const cmd = program.command("migrate-incoming");
+  securityOptions(cmd)
+    .option("--tls-verify-peer", "with --tls-creds: refuse a source without a client certificate", false)
+    .option("--idle-timeout <ms>", "fail (ETIMEDOUT) when the source sends nothing this long", "30000")
     .description("wait for one authenticated `kvmmu migrate` and run the guest it brings")
     .option(
       "--listen <host:port>",
@@ -197,6 +233,8 @@ function registerMigrateIncoming(program: Command): void {
         host,
         port,
         key,
+        security: securityOf(a),
+        idleTimeoutMs: parseIntIn("--idle-timeout", String(a["idleTimeout"]), 1, 86_400_000),
         wp: oneDesign(a["wp"]),
         mode: parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const),
         maxMemory: parseSize("--max-memory", String(a["maxMemory"])),

@@ -9,6 +9,7 @@ import { fork, ChildProcess } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { einval, KvmError } from "../errors.js";
 import { MigrationError } from "./stream.js";
+import { checkSecurity, MigrationSecurity } from "./tls.js";
 import {
   checkGuestOptions,
   GUEST_DEFAULTS,
@@ -39,6 +40,8 @@ const EXIT_TIMEOUT_MS = 20_000;
 export interface MigrateLocalOptions extends GuestMigrationOptions {
   /** Where the destination runs (default "process"): a fresh Node process, or this one. */
   destination?: "process" | "inline";
+  /** How the stream is protected, both ends (tls.ts; default TLS-PSK from the key made here). */
+  security?: MigrationSecurity;
 }
 
 export interface LocalMigrationResult {
@@ -68,6 +71,7 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     wp: o.wp ?? GUEST_DEFAULTS.wp,
     mode: o.mode ?? GUEST_DEFAULTS.mode,
     runAfterMs: 0,
+    security: checkSecurity(o.security),
   };
   const dst = where === "process" ? await destinationProcess(inc) : await destinationInline(inc);
   const kill = o.fault === "kill-destination";

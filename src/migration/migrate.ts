@@ -11,7 +11,8 @@ import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "./guest_vm.js";
 import { LogMode, logStrategy } from "./log_sync.js";
 import { FAULTS } from "./fault.js";
-import { MigrationDestination } from "./destination.js";
+import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
+import { checkSecurity, MigrationSecurity } from "./tls.js";
 import { MigrationSource, SourceOptions } from "./precopy.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
@@ -41,6 +42,8 @@ export interface MigrateToOptions extends GuestMigrationOptions {
   port: number;
   /** The pre-shared key (at least 8 characters). */
   key: string;
+  /** How the stream is protected (tls.ts; default TLS-PSK from the key). */
+  security?: MigrationSecurity;
 }
 
 export const GUEST_DEFAULTS = {
@@ -70,6 +73,7 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
  */
 export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   checkGuestOptions(o);
+  checkSecurity(o.security);
   const wp = o.wp ?? GUEST_DEFAULTS.wp;
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
   const log = logStrategy(o.logMode ?? "dirty-log");
@@ -80,7 +84,7 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
     const src = new MigrationSource(g, { ...o, log });
     await runGuest(g);
     await new Promise((r) => setTimeout(r, o.warmupMs ?? GUEST_DEFAULTS.warmupMs));
-    const { sock, reader } = await connectOutgoing({ host: o.host, port: o.port, key: o.key });
+    const { sock, reader } = await connectOutgoing(o);
     report = await src.migrate(sock, reader);
     // After "go" (or postcopy-run) the guest is the destination's, or lost: never run it here.
     if (report.status !== "completed" && !report.switchedOver) {
@@ -106,7 +110,10 @@ export interface MigrateIncomingOptions {
   maxMemory?: number;
   /** Keep running the migrated guest this long, then stop it (default 1000 ms). */
   runAfterMs?: number;
+  /** Any read after authentication that waits longer fails with ETIMEDOUT (default 30000 ms). */
   idleTimeoutMs?: number;
+  /** How the stream is protected (tls.ts; default TLS-PSK from the key). */
+  security?: MigrationSecurity;
   /** Called once listening, with the port bound. */
   onListening?: (port: number) => void;
 }
@@ -116,25 +123,31 @@ export interface IncomingResult extends DestinationReport {
   refusedPeers: string[];
 }
 
-/** Waits for one authenticated source, receives its guest, runs it runAfterMs, stops it. */
+/**
+ * Waits for one authenticated source, receives its guest, runs it runAfterMs, stops it. One
+ * source at a time: until this returns, another is told EBUSY. Whatever the peer does, its
+ * connection is closed when this returns (at most a short grace after a failure).
+ */
 export async function migrateIncoming(o: MigrateIncomingOptions): Promise<IncomingResult> {
   const wp = o.wp ?? GUEST_DEFAULTS.wp;
   designInfo(wp);
   const runAfter = o.runAfterMs ?? 1000;
   if (!Number.isSafeInteger(runAfter) || runAfter < 0) throw einval("runAfterMs", "must be an integer >= 0");
-  const inc = await listenIncoming({ host: o.host, port: o.port, key: o.key });
-  o.onListening?.(inc.port);
-  const { sock, reader } = await inc.accepted;
-  const dest = new MigrationDestination({
-    wp,
-    mode: o.mode,
-    maxMemory: o.maxMemory,
-    idleTimeoutMs: o.idleTimeoutMs,
-  });
-  const rep = await dest.receive(sock, reader);
-  if (dest.guest) {
-    await new Promise((r) => setTimeout(r, runAfter));
-    await dest.guest.vm.stop();
+  const idle = o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
+  if (!Number.isSafeInteger(idle) || idle < 1) throw einval("idleTimeoutMs", "must be an integer >= 1");
+  const inc = await listenIncoming(o);
+  try {
+    o.onListening?.(inc.port);
+    const { sock, reader } = await inc.accepted;
+    const dest = new MigrationDestination({ wp, mode: o.mode, maxMemory: o.maxMemory, idleTimeoutMs: idle });
+    const rep = await dest.receive(sock, reader);
+    if (dest.guest) {
+      await new Promise((r) => setTimeout(r, runAfter));
+      await dest.guest.vm.stop();
+    }
+    await closeConnection(sock, reader);
+    return { ...rep, refusedPeers: inc.refused };
+  } finally {
+    inc.close();
   }
-  return { ...rep, refusedPeers: inc.refused };
 }

@@ -163,6 +163,7 @@ class SourceRun {
       o.onStateChange?.(to, from);
     });
     this.w = new SectionWriter(this.out);
+    this.w.sessionKey = reader.sessionKey;
     this.ret = new ReturnPath(reader);
     this.limiter = new RateLimiter(o.maxBandwidth);
     this.throttle = new CpuThrottle(g.ctl);

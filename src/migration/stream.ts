@@ -8,13 +8,14 @@
  * caught. RAM payloads are page records, each be64 (gpa | flags):
  *   PAGE  followed by the 4096 bytes of the page
  *   ZERO  nothing follows: the page is all zeroes
- * The source's last section, EOF, carries the SHA-256 of every byte it sent before it.
+ * The source's last section, EOF, carries the SHA-256 of every byte it sent before it, keyed
+ * (HMAC-SHA256) with the session key when the stream was authenticated.
  *
  * The decoder trusts nothing: a short read, a bad checksum, an unknown type or flag, another
  * version, or a gpa outside the destination's memslots is a MigrationError naming what it found.
  */
 import { crc32 } from "node:zlib";
-import { createHash, Hash } from "node:crypto";
+import { createHash, createHmac, Hash } from "node:crypto";
 import type { Duplex, Readable } from "node:stream";
 import type { Errno } from "../errors.js";
 
@@ -71,7 +72,20 @@ const RAM_FLAGS_MASK = 0xfff;
 export const RECORD_HEADER = 8;
 
 export type MigErrno =
-  Errno | "EBADMSG" | "EPROTO" | "EPROTONOSUPPORT" | "ENODATA" | "EACCES" | "ECONNRESET" | "ECANCELED";
+  | Errno
+  | "EBADMSG"
+  | "EPROTO"
+  | "EPROTONOSUPPORT"
+  | "ENODATA"
+  | "EACCES"
+  | "ECONNRESET"
+  | "ECONNREFUSED"
+  | "ECANCELED"
+  | "EADDRINUSE"
+  | "EADDRNOTAVAIL"
+  | "EHOSTUNREACH"
+  | "ENETUNREACH"
+  | "ENOTFOUND";
 
 /** A migration failure: an errno-like code and a message naming what was found. */
 export class MigrationError extends Error {
@@ -239,6 +253,16 @@ export class ByteReader {
   hash: Hash | null = null;
   /** Bytes consumed so far. */
   consumed = 0;
+  /**
+   * The session key the handshake agreed (auth.ts), or null for a stream nobody authenticated:
+   * the end section's digest is an HMAC with it, so a party on the path cannot recompute it.
+   */
+  sessionKey: Buffer | null = null;
+  /**
+   * Idle timeout: a read that gets no byte in `ms` fails with ETIMEDOUT naming `phase()` (the
+   * destination sets it once the peer is authenticated, so every later read has a bound).
+   */
+  idle: { ms: number; phase: () => string } | null = null;
 
   constructor(readonly src: Readable) {
     src.on("data", (c: Buffer) => {
@@ -269,17 +293,19 @@ export class ByteReader {
   /** Exactly n bytes; `what` names the thing being read for the error. */
   async read(n: number, what: string): Promise<Buffer> {
     while (this.have < n) {
-      if (this.broken)
-        throw new MigrationError(
-          "ECONNRESET",
-          `the peer went away while reading ${what} (${this.broken.message})`,
-        );
+      if (this.broken) throw brokenError(this.broken, what);
       if (this.ended)
         throw new MigrationError(
           "ENODATA",
           `truncated stream: ${what} ends after ${this.have} of ${n} bytes (stream offset ${this.consumed})`,
         );
-      await new Promise<void>((r) => (this.wake = r));
+      if (!(await this.waitData()) && this.have < n && !this.broken && !this.ended) {
+        const idle = this.idle!;
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `no data from the peer in ${idle.ms} ms (phase ${idle.phase()}, reading ${what})`,
+        );
+      }
     }
     const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
     const out = all.subarray(0, n);
@@ -291,12 +317,52 @@ export class ByteReader {
     return out;
   }
 
+  /** Waits for more data, the end or an error (true), or the idle timeout (false). */
+  private waitData(): Promise<boolean> {
+    const idle = this.idle;
+    return new Promise<boolean>((res) => {
+      const t = idle ? setTimeout(() => ((this.wake = null), res(false)), idle.ms) : undefined;
+      this.wake = () => {
+        clearTimeout(t);
+        res(true);
+      };
+    });
+  }
+
+  /** Drops what is buffered and all that comes later (a failed side reads no more). */
+  drain(): void {
+    this.chunks = [];
+    this.have = 0;
+    this.src.removeAllListeners("data");
+    this.src.on("data", () => {});
+  }
+
   /** Stops hashing and returns the digest of everything read so far. */
   digest(): Buffer {
     const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
     this.hash = null;
     return d;
   }
+}
+
+/** What a broken transport means: a TLS record that fails its check is a damaged stream. */
+function brokenError(e: Error, what: string): MigrationError {
+  const code = (e as { code?: unknown }).code;
+  if (typeof code === "string" && /^ERR_SSL_/.test(code))
+    return new MigrationError(
+      "EBADMSG",
+      `the TLS layer refused the stream while reading ${what} (${e.message.trim()})`,
+    );
+  return new MigrationError("ECONNRESET", `the peer went away while reading ${what} (${e.message})`);
+}
+
+/**
+ * The end section's digest: the SHA-256 of every byte before it, then, when the stream was
+ * authenticated, an HMAC-SHA256 of that with the session key (an unkeyed digest can be recomputed
+ * by whoever changes the stream on the path).
+ */
+export function streamDigest(sha: Buffer, sessionKey: Buffer | null): Buffer {
+  return sessionKey ? createHmac("sha256", sessionKey).update("eof").update(sha).digest() : sha;
 }
 
 /** Reads and checks the stream header. */
@@ -349,7 +415,7 @@ export async function readSection(
  * Stops the reader's hashing.
  */
 export function checkStreamDigest(r: ByteReader, before: Hash, payload: Buffer): void {
-  const want = before.digest();
+  const want = streamDigest(before.digest(), r.sessionKey);
   if (!want.equals(payload))
     throw new MigrationError(
       "EBADMSG",
@@ -363,6 +429,8 @@ export class SectionWriter {
   private nextId = 1;
   bytes = 0;
   private hash: Hash | null = null;
+  /** The session key (ByteReader.sessionKey): the end digest is keyed with it. */
+  sessionKey: Buffer | null = null;
   /** Failure injection: called with each encoded frame before it is written; may replace it. */
   mangle: ((frame: Buffer, type: number) => Buffer | null) | null = null;
 
@@ -375,7 +443,7 @@ export class SectionWriter {
   digest(): Buffer {
     const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
     this.hash = null;
-    return d;
+    return streamDigest(d, this.sessionKey);
   }
 
   async raw(b: Buffer): Promise<void> {

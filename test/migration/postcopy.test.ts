@@ -44,7 +44,16 @@ async function migrate(
       // 64 MiB/s: the 16 MiB guest's background pages take ~250 ms, long enough to fault on.
       maxBandwidth: 64 << 20,
       onPostcopyRun: () => {
-        if (o.kill === "source") sock.destroy();
+        // Once the destination has read postcopy-run (under TLS, bytes written just before a
+        // destroy may never leave: wait until they arrived).
+        if (o.kill === "source") {
+          const t = setInterval(() => {
+            if (dest.state.status === "postcopy-active") {
+              clearInterval(t);
+              sock.destroy();
+            }
+          }, 2);
+        }
         // Once a destination vCPU has faulted on a missing page, the destination is in post-copy.
         if (o.kill === "destination") {
           const t = setInterval(() => {
