@@ -508,6 +508,10 @@ export const MigrateDoc = doc(
     ),
     totalTimeMs: Num,
     transferredBytes: Num,
+    downtimeLimitMs: Type.Optional(Num),
+    downtimeExceeded: Type.Optional(
+      Type.Boolean({ description: "completed, but the downtime went past downtimeLimitMs (version 3)" }),
+    ),
     verify: Type.Object({
       pagesCompared: Int,
       mismatches: Int,
