@@ -70,7 +70,9 @@ export function logModeOfIterations(iters: readonly CallIteration[], recorded?: 
 /** The calls of one harvest in `mode`, in call order, then the total when there are two. */
 export function harvestCalls(mode: LogMode): HarvestCall[] {
   if (mode === "dirty-log")
-    return [{ id: "get", name: "get dirty log", ns: (i) => i.getDirtyLogNs, parts: PROTECT_PARTS, protects: true }];
+    return [
+      { id: "get", name: "get dirty log", ns: (i) => i.getDirtyLogNs, parts: PROTECT_PARTS, protects: true },
+    ];
   if (mode === "clear-log")
     return [
       {
@@ -80,7 +82,13 @@ export function harvestCalls(mode: LogMode): HarvestCall[] {
         parts: [{ name: "copy the bitmap", ns: (i) => i.getDirtyLogNs }],
         protects: false,
       },
-      { id: "clear", name: "clear dirty log", ns: (i) => i.clearDirtyLogNs ?? 0, parts: PROTECT_PARTS, protects: true },
+      {
+        id: "clear",
+        name: "clear dirty log",
+        ns: (i) => i.clearDirtyLogNs ?? 0,
+        parts: PROTECT_PARTS,
+        protects: true,
+      },
       {
         id: "total",
         name: "GET + CLEAR",
@@ -97,7 +105,13 @@ export function harvestCalls(mode: LogMode): HarvestCall[] {
       parts: [{ name: "collect the entries", ns: (i) => i.ringHarvestNs ?? 0 }],
       protects: false,
     },
-    { id: "ringReset", name: "ring reset", ns: (i) => i.ringResetNs ?? 0, parts: PROTECT_PARTS, protects: true },
+    {
+      id: "ringReset",
+      name: "ring reset",
+      ns: (i) => i.ringResetNs ?? 0,
+      parts: PROTECT_PARTS,
+      protects: true,
+    },
     // getDirtyLogNs is harvest + reset with a ring (dirty_log_perf_iterate.ts).
     { id: "total", name: "harvest + reset", ns: (i) => i.getDirtyLogNs, parts: [], protects: false },
   ];

@@ -121,9 +121,12 @@ function formatCalls(s: StrategyResult): string[] {
   const pw = Math.max(...calls.flatMap((c) => c.parts.map((p) => p.name.length)));
   for (const c of calls) {
     const st = nsStats(summarize(m.map((i) => c.ns(i))));
-    out.push(`  ${`${c.name}:`.padEnd(w)} ${formatNs(st)}; ${nsPerDirtyPage(c, m).median.toFixed(1)} ns/dirty page`);
+    out.push(
+      `  ${`${c.name}:`.padEnd(w)} ${formatNs(st)}; ${nsPerDirtyPage(c, m).median.toFixed(1)} ns/dirty page`,
+    );
     if (c.parts.length > 1)
-      for (const p of c.parts) out.push(`    ${p.name.padEnd(pw)} ${formatNs(nsStats(summarize(m.map((i) => p.ns(i)))))}`);
+      for (const p of c.parts)
+        out.push(`    ${p.name.padEnd(pw)} ${formatNs(nsStats(summarize(m.map((i) => p.ns(i)))))}`);
   }
   return out;
 }

@@ -67,7 +67,10 @@ export function machine(): Machine {
 /** kvmmu's version from its own package.json; "unknown" when it cannot be read. */
 export function kvmmuVersion(root = PACKAGE_ROOT): string {
   try {
-    const p = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as { name?: unknown; version?: unknown };
+    const p = JSON.parse(readFileSync(join(root, "package.json"), "utf8")) as {
+      name?: unknown;
+      version?: unknown;
+    };
     return p.name === "kvmmu" && typeof p.version === "string" ? p.version : "unknown";
   } catch {
     return "unknown";

@@ -39,13 +39,19 @@ export function downtimeVerdict(
 }
 
 /** "downtime 555.0 ms > limit 300 ms" when a completed migration went past its limit. */
-export function downtimeText(r: { downtimeMs: number; downtimeLimitMs: number; downtimeExceeded: boolean }): string {
+export function downtimeText(r: {
+  downtimeMs: number;
+  downtimeLimitMs: number;
+  downtimeExceeded: boolean;
+}): string {
   return r.downtimeExceeded
     ? `downtime ${r.downtimeMs.toFixed(1)} ms > limit ${r.downtimeLimitMs} ms`
     : `downtime ${r.downtimeMs.toFixed(1)} ms (limit ${r.downtimeLimitMs} ms)`;
 }
 
-export function formatReport(r: MigrationReport & { downtimeLimitMs: number; downtimeExceeded: boolean }): string {
+export function formatReport(
+  r: MigrationReport & { downtimeLimitMs: number; downtimeExceeded: boolean },
+): string {
   const out = [
     `migrate: ${r.status}${r.downtimeExceeded ? `, but downtime ${r.downtimeMs.toFixed(1)} ms > limit ${r.downtimeLimitMs} ms` : ""} (${r.mode}, ${r.logMode})`,
   ];

@@ -106,9 +106,13 @@ export function differences(base: Loaded, other: Loaded): string[] {
   };
   const [a0, a1] = load(la);
   const [b0, b1] = load(lb);
-  if (a0 !== undefined && b0 !== undefined && Math.max(Math.abs(a0 - b0), Math.abs(a1! - b1!)) >= LOAD_DIFFERENCE)
+  if (
+    a0 !== undefined &&
+    b0 !== undefined &&
+    Math.max(Math.abs(a0 - b0), Math.abs(a1 - b1)) >= LOAD_DIFFERENCE
+  )
     out.push(
-      `${other.file}: load average ${b0.toFixed(2)} -> ${b1!.toFixed(2)}, ${base.file} had ${a0.toFixed(2)} -> ${a1!.toFixed(2)}`,
+      `${other.file}: load average ${b0.toFixed(2)} -> ${b1.toFixed(2)}, ${base.file} had ${a0.toFixed(2)} -> ${a1.toFixed(2)}`,
     );
   return out;
 }
@@ -248,7 +252,9 @@ const HEAD = ["figure", "unit", "baseline median", "median", "ratio", "95% CI", 
 function intro(c: CompareResult, f: string): string {
   const noise = c.noise > 0 ? `; within noise: the CI inside ±${(c.noise * 100).toFixed(1)}%` : "";
   const fail =
-    c.failOnRegression !== null ? `; REGRESSION: shown worse by more than ${(c.failOnRegression * 100).toFixed(1)}%` : "";
+    c.failOnRegression !== null
+      ? `; REGRESSION: shown worse by more than ${(c.failOnRegression * 100).toFixed(1)}%`
+      : "";
   return `${c.command}: ${f} against baseline ${c.baseline} (ratio of medians, 95% bootstrap CI; * the interval excludes 1.00x${noise}${fail})`;
 }
 

@@ -81,7 +81,9 @@ function doc<C extends string, O extends TSchema, R extends TSchema, X extends R
       schemaVersion: Type.Union(READABLE_SCHEMA_VERSIONS.map((v) => Type.Literal(v))),
       command: Type.Literal(command),
       options,
-      argv: Type.Optional(Type.Array(Type.String(), { description: "the command line as typed, after the program" })),
+      argv: Type.Optional(
+        Type.Array(Type.String(), { description: "the command line as typed, after the program" }),
+      ),
       kvmmuVersion: Type.Optional(Type.String({ description: "kvmmu's package.json version" })),
       gitCommit: Type.Union([Type.String({ pattern: "^[0-9a-f]{40}$" }), Type.Null()], {
         description: "kvmmu's own commit when run from its checkout; null otherwise",
@@ -173,7 +175,9 @@ const DesignRatio = Type.Object({
   getDirtyLog: Ratio,
   guestThroughput: Ratio,
   clearDirtyLog: Type.Optional(Ratio),
-  calls: Type.Optional(Type.Record(Type.String(), Ratio, { description: "per call by KVM's name (version 3)" })),
+  calls: Type.Optional(
+    Type.Record(Type.String(), Ratio, { description: "per call by KVM's name (version 3)" }),
+  ),
 });
 
 const perfExtra = {
