@@ -103,8 +103,14 @@ function ratioPlot(rows: RatioRow[], cmd: string): PlotSpec {
       marginRight: 150,
       height: Math.max(140, 26 * rows.length + 60),
       color: { legend: true, domain: [...new Set(rows.map((r) => r.verdict))] },
-      x: { label: "ratio to the baseline (×, log scale)", type: "log", domain, grid: true },
-      y: { label: null, domain: rows.map(label) },
+      x: {
+        label: "ratio to the baseline (×, log scale)",
+        type: "log",
+        domain,
+        grid: true,
+        tickFormat: (d: number) => String(+d.toPrecision(2)),
+      },
+      y: { label: "figure (design / baseline)", domain: rows.map(label) },
       marks: [
         Plot.ruleX([1], { stroke: "#555", strokeDasharray: "4,3" }),
         Plot.ruleY(rows, { y: label, x1: "lo", x2: "hi", stroke: "verdict", strokeWidth: 3 }),
@@ -262,8 +268,8 @@ function perPagePlot(runs: PerfRun[], cmd: string): PlotSpec {
       `the kernel's figure for the same condition${runs.some((r) => r.perf.options.vcpus !== KERNEL_NS_PER_PAGE.runningVcpus && !r.perf.options.park) ? ` (measured with ${KERNEL_NS_PER_PAGE.runningVcpus} vCPUs)` : ""}. From: ${cmd}`,
     options: {
       color: { legend: true, domain: rows.map((d) => d.series) },
-      marginBottom: 40,
-      x: { label: null, axis: null },
+      marginBottom: many ? 70 : 40,
+      x: { label: null, tickRotate: many ? -12 : 0 },
       y: { label: `${calls} per dirty page (ns)`, grid: true, zero: true },
       marks: [
         Plot.barY(rows, { x: "series", y: "ns", fill: "series" }),

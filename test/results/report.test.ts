@@ -66,12 +66,20 @@ test(
     ];
     // Two files x every design (the fixtures run --wp all).
     const series = 2 * designNames().length;
-    assert.equal(marks("get-dirty-log", "line").length, series);
-    assert.equal(marks("get-dirty-log", "rect").length, series, "a CI band per series");
-    assert.equal(marks("guest-throughput", "line").length, series);
+    // Every measured iteration of every call is a dot (3 iterations; GET, CLEAR and their total).
+    assert.equal(marks("get-dirty-log", "dot").length, series * 3 * 3);
+    assert.equal(marks("guest-throughput", "dot").length, series * 3);
     assert.equal(marks("ns-per-page", "bar").length, series);
-    // Both kernel reference lines.
-    assert.equal(marks("ns-per-page", "rule").length, series + 2);
+    // A CI per bar and the one kernel figure for the runs' condition (vCPUs writing: 50 ns).
+    assert.equal(marks("ns-per-page", "rule").length, series + 1);
+    assert.match(
+      document.querySelector('section[data-plot="ns-per-page"]')!.textContent ?? "",
+      /kernel, 2 vCPUs writing: 50 ns/,
+    );
+    // The answer first: a ratio per design but the baseline, per call and guest throughput, per file.
+    const ratioRows = document.querySelectorAll("table.ratios tbody tr").length;
+    assert.equal(ratioRows, 2 * (designNames().length - 1) * 4);
+    assert.equal(marks("ratios", "dot").length, ratioRows);
     const swatches = (id: string): string[] =>
       [
         ...document.querySelectorAll(
