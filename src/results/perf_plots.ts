@@ -110,7 +110,8 @@ function ratioPlot(rows: RatioRow[], cmd: string): PlotSpec {
         grid: true,
         tickFormat: (d: number) => String(+d.toPrecision(2)),
       },
-      y: { label: "figure (design / baseline)", domain: rows.map(label) },
+      // The rows name themselves; a y title would sit on the first row's label.
+      y: { label: null, domain: rows.map(label) },
       marks: [
         Plot.ruleX([1], { stroke: "#555", strokeDasharray: "4,3" }),
         Plot.ruleY(rows, { y: label, x1: "lo", x2: "hi", stroke: "verdict", strokeWidth: 3 }),

@@ -46,8 +46,10 @@ test(
       assert.ok(s.querySelectorAll("[class*=swatch] svg").length >= 1, `${what}: legend`);
       const svg = s.querySelector("figure > svg");
       assert.ok(svg, `${what}: svg`);
-      const yLabel = svg.querySelector('[aria-label="y-axis label"]')?.textContent ?? "";
-      assert.match(yLabel, /\(.+\)|bug/, `${what}: y axis labelled with its unit`);
+      // The forest plot's rows name themselves: its unit is on the x axis.
+      const axis = id === "ratios" ? "x" : "y";
+      const yLabel = svg.querySelector(`[aria-label="${axis}-axis label"]`)?.textContent ?? "";
+      assert.match(yLabel, /\(.+\)|bug/, `${what}: ${axis} axis labelled with its unit`);
       assert.ok(
         svg.querySelector('[aria-label="x-axis tick label"], [aria-label="fx-axis tick label"]'),
         `${what}: x axis`,
