@@ -13,7 +13,7 @@
  * 2 MiB ranges through the MMU notifier; each invalidation zaps mappings the vCPUs then fault
  * back in through the slow path, under mmu_lock.
  */
-import { envelope } from "./result.js";
+import { envelope, finished } from "./result.js";
 import {
   checkMachineMemory,
   logModeOf,
@@ -25,7 +25,7 @@ import { iterate, iterateWindow } from "./dirty_log_perf_iterate.js";
 import { Pinning, pinThreads } from "./dirty_log_perf_pin.js";
 import { designRatios, legacyRatio, PerfResult } from "./dirty_log_perf_result.js";
 import { strategyResult } from "./dirty_log_perf_stats.js";
-import { Run, setup, sleep } from "./dirty_log_perf_setup.js";
+import { disableLogging, Run, setup, sleep } from "./dirty_log_perf_setup.js";
 
 export {
   checkMachineMemory,
@@ -101,24 +101,25 @@ export async function dirtyLogPerf(input: PerfOptionsInput): Promise<PerfResult>
     pinning = pinThreads(runs, o, say);
     await alternate(runs, o, say);
     await sleep(0);
+    if (!o.signal?.aborted) for (const run of runs) disableLogging(run, o);
     const results: PerfResult["results"] = {};
     for (const run of runs) results[run.wp] = strategyResult(run);
     const baseline = o.baseline ?? o.wp[0];
-    const clearLog = logModeOf(o) === "clear-log";
+    const mode = logModeOf(o);
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
     const meta = runs[0].vm.metadataBytes();
-    return {
+    return finished({
       ...env,
       options,
       pinned: pinning.pinned,
       results,
       baseline,
-      ratios: designRatios(results, baseline, clearLog),
-      ratio: legacyRatio(results, clearLog),
+      ratios: designRatios(results, baseline, mode),
+      ratio: legacyRatio(results, mode),
       guestMemoryBytes,
       metadataPercent: (100 * meta) / guestMemoryBytes,
       peakRssBytes: process.resourceUsage().maxRSS * 1024,
-    };
+    });
   } finally {
     pinning?.undo();
     for (const run of runs) await run.vm.stop();

@@ -69,7 +69,10 @@ function harvest(run: Run, o: PerfOptions, mode: LogModeName): Harvest {
   const d1 = vm.dirtyLogTimes();
   const c1 = vm.clearDirtyLogTimes();
   const { lockWaitNs, flushNs } = protectingCallParts(vm, mode, d0, d1, c0, c1);
-  const protected_ = mode === "clear-log" ? (clearDirtyLogNs ?? 0) : getDirtyLogNs;
+  // The parts are of the call that write-protects (dirty_log_perf_calls.ts): CLEAR, the ring
+  // reset, or GET.
+  const protected_ =
+    mode === "clear-log" ? (clearDirtyLogNs ?? 0) : mode === "dirty-ring" ? run.ringResetNs : getDirtyLogNs;
   // The PML kick of the protecting call (GET, or the CLEARs); the ring's harvest is not timed.
   const pmlFlushNs =
     mode === "clear-log"

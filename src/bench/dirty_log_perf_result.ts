@@ -7,6 +7,7 @@ import type { DesignName } from "../mmu/design.js";
 import type { Envelope } from "./result.js";
 import { pairedRatio, RatioSummary, Summary, verdict } from "./stats.js";
 import type { LogModeName, PerfOptions } from "./dirty_log_perf_options.js";
+import { harvestCalls, LogMode } from "./dirty_log_perf_calls.js";
 
 export interface IterationResult {
   /** A warm-up iteration: kept here, left out of every statistic. */
@@ -95,14 +96,21 @@ export interface StrategyResult {
   protect: NsStats;
   flush: NsStats;
   dirtyMemory: NsStats;
-  /** Median get-dirty-log time (plus CLEAR under manual protect) / median dirty pages. */
+  /**
+   * ns per dirty page of the whole harvest (GET + CLEAR, harvest + reset, or GET alone), as
+   * nsPerDirtyPage() of dirty_log_perf_calls.ts defines it: the median over measured iterations.
+   */
   nsPerDirtyPage: number;
+  /** The same per call, keyed by its KVM name ("get dirty log", "clear dirty log", ...). */
+  nsPerDirtyPageByCall: Record<string, number>;
   /** Guest writes per second, per iteration. */
   guestThroughput: Summary;
   /** Guest writes per second over all measured iterations' active time. */
   guestWritesPerSec: number;
   populateNs: number;
   enableLoggingNs: number;
+  /** Clearing KVM_MEM_LOG_DIRTY_PAGES after the last iteration, vCPUs paused (KVM's "Disabling dirty logging time"). */
+  disableLoggingNs: number;
   /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
   mmapNs: number;
   /**
@@ -172,10 +180,13 @@ export interface PerfResult extends Envelope {
 
 /** One design against another, paired by iteration (median of the ratio, 95% CI, n, verdict). */
 export interface DesignRatio {
+  /** The iterations' getDirtyLogNs: GET (with a ring, harvest + reset). */
   getDirtyLog: RatioResult;
   guestThroughput: RatioResult;
   /** Manual protect only: the CLEAR calls (where the protection happens then). */
   clearDirtyLog?: RatioResult;
+  /** Every call of the harvest and its total, by KVM's name (dirty_log_perf_calls.ts), version 3. */
+  calls?: Record<string, RatioResult>;
 }
 
 function withVerdict(r: RatioSummary, below: string, above: string): RatioResult {
@@ -189,15 +200,23 @@ function measured(r: IterationsOf, k: "getDirtyLogNs" | "guestThroughput" | "cle
   return r.iterations.filter((i) => !i.warmup).map((i) => i[k] ?? 0);
 }
 
+/** true: manual protect (clear-log), false: classic GET (dirty-log); or the log mode itself. */
+export type RatioMode = boolean | LogMode;
+
+function modeOf(m: RatioMode): LogMode {
+  return m === true ? "clear-log" : m === false ? "dirty-log" : m;
+}
+
 /** `a` against `b` (median(a)/median(b) of each figure), paired by iteration. */
-export function designRatio(
-  a: DesignName,
-  ra: IterationsOf,
-  rb: IterationsOf,
-  clearLog: boolean,
-): DesignRatio {
+export function designRatio(a: DesignName, ra: IterationsOf, rb: IterationsOf, mode: RatioMode): DesignRatio {
   const pair = (k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): RatioSummary =>
     pairedRatio(measured(ra, k), measured(rb, k));
+  const lm = modeOf(mode);
+  const calls: Record<string, RatioResult> = {};
+  for (const c of harvestCalls(lm)) {
+    const of = (r: IterationsOf): number[] => r.iterations.filter((i) => !i.warmup).map((i) => c.ns(i));
+    calls[c.name] = withVerdict(pairedRatio(of(ra), of(rb)), `${a} faster`, `${a} slower`);
+  }
   return {
     getDirtyLog: withVerdict(pair("getDirtyLogNs"), `${a} faster`, `${a} slower`),
     guestThroughput: withVerdict(
@@ -205,9 +224,10 @@ export function designRatio(
       `guest slower under ${a}`,
       `guest faster under ${a}`,
     ),
-    ...(clearLog
+    ...(lm === "clear-log"
       ? { clearDirtyLog: withVerdict(pair("clearDirtyLogNs"), `${a} faster`, `${a} slower`) }
       : {}),
+    calls,
   };
 }
 
@@ -219,7 +239,7 @@ export function designRatio(
 export function designRatios(
   results: Partial<Record<DesignName, IterationsOf>>,
   baseline: DesignName,
-  clearLog: boolean,
+  clearLog: RatioMode,
 ): Record<string, DesignRatio> {
   const b = results[baseline];
   if (!b)
@@ -236,7 +256,7 @@ export function designRatios(
 /** lockless/locked as `ratio` always gave it, whatever the baseline; null unless both ran. */
 export function legacyRatio(
   results: Partial<Record<DesignName, IterationsOf>>,
-  clearLog: boolean,
+  clearLog: RatioMode,
 ): DesignRatio | null {
   const L = results["locked"];
   const F = results["lockless"];

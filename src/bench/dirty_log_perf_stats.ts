@@ -2,6 +2,7 @@
 import { MmuMode, ST } from "../kvm_host.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { median, summarize } from "./stats.js";
+import { harvestCalls, nsPerDirtyPage, totalCall } from "./dirty_log_perf_calls.js";
 import { NsStats, nsStats, StrategyResult } from "./dirty_log_perf_result.js";
 import { Run, sumStat } from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
@@ -34,12 +35,16 @@ export function strategyResult(run: Run): StrategyResult {
     protect: of("protectNs"),
     flush: of("flushNs"),
     dirtyMemory: of("dirtyMemoryNs"),
-    // Under manual protect a page costs its GET and its CLEAR (as the kernel's figure counts both).
-    nsPerDirtyPage: pages ? median(m.map((i) => i.getDirtyLogNs + (i.clearDirtyLogNs ?? 0))) / pages : 0,
+    // The whole harvest (GET + CLEAR, harvest + reset, or GET), then each call apart.
+    nsPerDirtyPage: nsPerDirtyPage(totalCall(run.logMode), m).median,
+    nsPerDirtyPageByCall: Object.fromEntries(
+      harvestCalls(run.logMode).map((c) => [c.name, nsPerDirtyPage(c, m).median]),
+    ),
     guestThroughput: summarize(m.map((i) => i.guestThroughput)),
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
+    disableLoggingNs: run.disableLoggingNs,
     mmapNs: run.mmapNs,
     cpu: {
       populateNs: run.populateCpuNs,

@@ -12,7 +12,7 @@ import {
 import { parseIntIn, parseList, parseOne, parseNumberIn, parseSize, progress } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
-import { checkOutput, envelope, writeResult } from "../bench/result.js";
+import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { DesignName, designNames, parseDesignList } from "../mmu/design.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { MmuMode } from "../kvm_host.js";
@@ -128,7 +128,7 @@ export function registerDirtyLogTest(program: Command): void {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
       const r = await dirtyLogTest(testFlags(a));
       // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
-      const saved = { ...r, ...envelope("dirty-log-test", r.options), results: r.results };
+      const saved = finished({ ...r, ...envelope("dirty-log-test", r.options), results: r.results });
       if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
       process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
       if (r.violations > 0) process.exitCode = 1;

@@ -16,7 +16,7 @@ import {
   MODES,
 } from "../bench/kernbench.js";
 import { parseIntIn, parseList, progress } from "./parse.js";
-import { checkOutput, writeResult } from "../bench/result.js";
+import { checkOutput, finished, writeResult } from "../bench/result.js";
 import { formatRatio } from "../bench/stats.js";
 import type { MmuModeName } from "../vm.js";
 import { interrupt } from "./interrupt.js";
@@ -175,8 +175,9 @@ export function registerKernbench(program: Command): void {
         progress,
         signal: interrupt.signal,
       });
-      if (a["output"] !== undefined) writeResult(String(a["output"]), r);
+      const doc = finished(r);
+      if (a["output"] !== undefined) writeResult(String(a["output"]), doc);
       if (a["csv"] !== undefined) writeCsv(String(a["csv"]), kernbenchCsv(r));
-      process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatKernbench(r) + "\n");
+      process.stdout.write(a["json"] ? JSON.stringify(doc) + "\n" : formatKernbench(r) + "\n");
     });
 }

@@ -14,7 +14,7 @@ import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } fr
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
-import { checkOutput, envelope, writeResult } from "../bench/result.js";
+import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
 
@@ -62,15 +62,38 @@ function securityOptions(c: Command): Command {
     );
 }
 
-function formatReport(r: MigrationReport): string {
-  const out = [`migrate: ${r.status} (${r.mode}, ${r.logMode})`];
+/** The limit a migration's downtime was set against, and whether the measured one went past it. */
+export function downtimeVerdict(
+  r: Pick<MigrationReport, "status" | "downtimeMs">,
+  limitMs: number,
+): { downtimeLimitMs: number; downtimeExceeded: boolean } {
+  return { downtimeLimitMs: limitMs, downtimeExceeded: r.status === "completed" && r.downtimeMs > limitMs };
+}
+
+/** "downtime 555.0 ms > limit 300 ms" when a completed migration went past its limit. */
+export function downtimeText(r: {
+  downtimeMs: number;
+  downtimeLimitMs: number;
+  downtimeExceeded: boolean;
+}): string {
+  return r.downtimeExceeded
+    ? `downtime ${r.downtimeMs.toFixed(1)} ms > limit ${r.downtimeLimitMs} ms`
+    : `downtime ${r.downtimeMs.toFixed(1)} ms (limit ${r.downtimeLimitMs} ms)`;
+}
+
+export function formatReport(
+  r: MigrationReport & { downtimeLimitMs: number; downtimeExceeded: boolean },
+): string {
+  const out = [
+    `migrate: ${r.status}${r.downtimeExceeded ? `, but downtime ${r.downtimeMs.toFixed(1)} ms > limit ${r.downtimeLimitMs} ms` : ""} (${r.mode}, ${r.logMode})`,
+  ];
   for (const x of r.rounds)
     out.push(
       `  round ${String(x.round).padStart(2)}: transferred ${(x.transferred / 2 ** 20).toFixed(1)} MiB, remaining ${(x.remaining / 2 ** 20).toFixed(1)} MiB, ` +
         `${x.mbps} Mbit/s, dirty ${x["dirty-pages-rate"]} pages/s, expected downtime ${x["expected-downtime"]} ms, throttle ${x["cpu-throttle-percentage"]}%`,
     );
   out.push(
-    `  total ${r.totalTimeMs.toFixed(0)} ms, downtime ${r.downtimeMs.toFixed(1)} ms, transferred ${(r.transferredBytes / 2 ** 20).toFixed(1)} MiB`,
+    `  total ${r.totalTimeMs.toFixed(0)} ms, ${downtimeText(r)}, transferred ${(r.transferredBytes / 2 ** 20).toFixed(1)} MiB`,
     `  verify: ${r.verify.pagesCompared} pages compared, ${r.verify.mismatches} mismatches, guest invariant ${String(r.verify.guestInvariant)}`,
   );
   const pc = r.postcopy;
@@ -144,26 +167,28 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
   const out: MigrationResult = local
     ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
     : await migrateTo({ ...o, ...to!, key: key!, security, onRound, onPostcopyRun });
-  if (a["output"] !== undefined)
-    writeResult(String(a["output"]), {
-      ...envelope("migrate", {
-        downtimeLimitMs: o.downtimeLimitMs,
-        maxBandwidth: o.maxBandwidth,
-        autoConverge: o.autoConverge,
-        minRounds: o.minRounds,
-        maxTimeMs: o.maxTimeMs,
-        log: o.logMode,
-        fault: o.fault,
-        postcopy: o.postcopy,
-        postcopyAfter: o.postcopyAfter,
-        wp: o.wp,
-        mode: o.mode,
-        local,
-        memoryBytes: out.memoryBytes,
-      }),
-      results: out,
-    });
-  process.stdout.write(a["json"] ? JSON.stringify(out) + "\n" : formatReport(out) + "\n");
+  // One saved result, the same on stdout (--json) and in --output: the envelope every command has.
+  const results = { ...out, ...downtimeVerdict(out, o.downtimeLimitMs ?? 300) };
+  const doc = finished({
+    ...envelope("migrate", {
+      downtimeLimitMs: o.downtimeLimitMs,
+      maxBandwidth: o.maxBandwidth,
+      autoConverge: o.autoConverge,
+      minRounds: o.minRounds,
+      maxTimeMs: o.maxTimeMs,
+      log: o.logMode,
+      fault: o.fault,
+      postcopy: o.postcopy,
+      postcopyAfter: o.postcopyAfter,
+      wp: o.wp,
+      mode: o.mode,
+      local,
+      memoryBytes: out.memoryBytes,
+    }),
+    results,
+  });
+  if (a["output"] !== undefined) writeResult(String(a["output"]), doc);
+  process.stdout.write(a["json"] ? JSON.stringify(doc) + "\n" : formatReport(results) + "\n");
   const ok = out.status === "completed" && out.verify.mismatches === 0 && out.verify.guestInvariant === true;
   if (!ok) process.exitCode = 1;
 }

@@ -11,7 +11,7 @@ import {
   MIGRATE_PERF_DEFAULTS,
   MigratePerfOptions,
 } from "../bench/migrate_perf.js";
-import { checkOutput, envelope, writeResult } from "../bench/result.js";
+import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { LOG_MODES } from "../migration/log_sync.js";
 import { DEFAULT_BASELINE, designNames, parseDesignList } from "../mmu/design.js";
 import { einval } from "../errors.js";
@@ -77,14 +77,14 @@ export function registerMigratePerf(program: Command): void {
           `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
         ),
       );
-      const doc = {
+      const doc = finished({
         ...envelope("migrate-perf", r.options),
         results: r.results,
         ratio: r.ratio,
         ratios: r.ratios,
         pairs: r.pairs,
         elapsedMs: r.elapsedMs,
-      };
+      });
       if (a["output"] !== undefined) writeResult(String(a["output"]), doc);
       process.stdout.write(a["json"] ? JSON.stringify(doc) + "\n" : formatMigratePerf(r) + "\n");
       // Every measured migration must complete and verify: a benchmark over failures means nothing.

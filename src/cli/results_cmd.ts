@@ -8,7 +8,9 @@ import { Command } from "commander";
 import { createRequire } from "node:module";
 import { writeFileSync } from "node:fs";
 import { checkOutput } from "../bench/result.js";
-import { KvmError } from "../errors.js";
+import { einval, KvmError } from "../errors.js";
+import type { Loaded } from "../results/load.js";
+import type { CompareResult } from "../results/compare.js";
 
 const { peerDependencies } = createRequire(import.meta.url)("../../../package.json") as {
   peerDependencies: Record<string, string>;
@@ -43,33 +45,76 @@ export async function withExtras<T>(
   }
 }
 
-/** `kvmmu compare FILES`: the text it prints (a KvmError on bad input, as the command exits 2). */
+/** "2%", "2" or "0.5%" as a fraction (0.02); `opt` names the flag in the error. */
+export function parsePercent(opt: string, v: string): number {
+  const m = /^\s*(\d+(?:\.\d+)?)\s*%?\s*$/.exec(v);
+  const x = m ? Number(m[1]) : NaN;
+  if (!Number.isFinite(x) || x < 0 || x >= 100) throw einval(opt, `"${v}" is not a percentage in [0, 100)`);
+  return x / 100;
+}
+
+function warn(lines: string[]): void {
+  for (const l of lines) process.stderr.write(`kvmmu: warning: ${l}\n`);
+}
+
+/** The files of each command against the first of that command: what differs between them. */
+export function reportWarnings(files: Loaded[], differences: (a: Loaded, b: Loaded) => string[]): string[] {
+  const first = new Map<string, Loaded>();
+  const out: string[] = [];
+  for (const f of files) {
+    const b = first.get(f.doc.command);
+    if (b) out.push(...differences(b, f));
+    else first.set(f.doc.command, f);
+  }
+  return out;
+}
+
+export interface CompareFilesOptions {
+  json?: boolean;
+  markdown?: boolean;
+  /** A change whose CI lies within ±noise (a fraction) is "within noise". */
+  noise?: number;
+  /** Figures shown worse by more than this fraction are regressions. */
+  failOnRegression?: number;
+}
+
+/** `kvmmu compare FILES`: the text it prints and the comparison (a KvmError on bad input: exit 2). */
 export async function compareFiles(
   files: string[],
-  o: { json?: boolean; markdown?: boolean } = {},
-): Promise<string> {
+  o: CompareFilesOptions = {},
+): Promise<{ text: string; result: CompareResult }> {
   const [{ loadResult }, { compare, formatCompare, formatCompareMarkdown }] = await withExtras(
     "compare",
     () => Promise.all([import("../results/load.js"), import("../results/compare.js")]),
   );
-  const c = compare(files.map(loadResult));
-  return o.json ? JSON.stringify(c) : o.markdown ? formatCompareMarkdown(c) : formatCompare(c);
+  const c = compare(files.map(loadResult), {
+    noise: o.noise ?? 0,
+    ...(o.failOnRegression !== undefined ? { failOnRegression: o.failOnRegression } : {}),
+  });
+  const text = o.json ? JSON.stringify(c) : o.markdown ? formatCompareMarkdown(c) : formatCompare(c);
+  return { text, result: c };
 }
 
-/** `kvmmu report FILES -o OUT` (a KvmError on bad input, as the command exits 2). */
-export async function reportFiles(files: string[], out: string): Promise<void> {
+/** `kvmmu report FILES -o OUT`: returns the warnings (a KvmError on bad input: exit 2). */
+export async function reportFiles(files: string[], out: string): Promise<string[]> {
   checkOutput(out);
-  const [{ checkReportable, loadResult }, { buildReport }] = await withExtras("report", () =>
-    Promise.all([import("../results/load.js"), import("../results/report.js")]),
+  const [{ checkReportable, loadResult }, { buildReport }, { differences }] = await withExtras("report", () =>
+    Promise.all([
+      import("../results/load.js"),
+      import("../results/report.js"),
+      import("../results/compare.js"),
+    ]),
   );
   const loaded = files.map(loadResult);
   checkReportable(loaded);
+  const warnings = reportWarnings(loaded, differences);
   const html = buildReport(loaded);
   try {
     writeFileSync(out, html);
   } catch (e) {
     throw new KvmError("EIO", `--output: cannot write ${out}: ${(e as Error).message}`);
   }
+  return warnings;
 }
 
 export function registerResults(program: Command): void {
@@ -79,10 +124,34 @@ export function registerResults(program: Command): void {
       "compare saved results of one command: each figure's change against the first file, with a bootstrap CI",
     )
     .argument("<files...>", "result files (--output FILE of a command); the first is the baseline")
-    .option("--markdown", "print a Markdown table", false)
-    .option("--json", "print one JSON object on stdout", false)
-    .action(async (files: string[], a: Record<string, boolean>) => {
-      process.stdout.write((await compareFiles(files, { json: a["json"], markdown: a["markdown"] })) + "\n");
+    .option("--markdown", "print Markdown tables")
+    .option("--json", "print one JSON object on stdout")
+    .option("--noise <pct>", 'a change whose CI lies within ±pct is "within noise" (e.g. 2%)', "0%")
+    .option(
+      "--fail-on-regression <pct>",
+      "exit 1 when a figure is shown worse (its whole CI) by more than pct (e.g. 5%)",
+    )
+    .action(async (files: string[], a: Record<string, string | boolean | undefined>) => {
+      const noise = parsePercent("--noise", String(a["noise"]));
+      const fail =
+        a["failOnRegression"] === undefined
+          ? undefined
+          : parsePercent("--fail-on-regression", String(a["failOnRegression"]));
+      const { text, result: c } = await compareFiles(files, {
+        json: a["json"] === true,
+        markdown: a["markdown"] === true,
+        noise,
+        ...(fail !== undefined ? { failOnRegression: fail } : {}),
+      });
+      warn(c.warnings);
+      process.stdout.write(text + "\n");
+      if (c.regressions.length > 0) {
+        process.stderr.write(
+          `kvmmu: ${c.regressions.length} figure(s) worse by more than ${String(a["failOnRegression"])}: ` +
+            `${c.regressions.map((r) => `${r.figure} (${r.file})`).join(", ")}\n`,
+        );
+        process.exitCode = 1;
+      }
     });
 
   program
@@ -90,5 +159,7 @@ export function registerResults(program: Command): void {
     .description("draw saved results as one self-contained HTML file (inline SVG, no network needed)")
     .argument("<files...>", "result files (--output FILE of any command)")
     .requiredOption("-o, --output <file>", "the HTML file to write")
-    .action((files: string[], a: Record<string, string>) => reportFiles(files, a["output"]));
+    .action(async (files: string[], a: Record<string, string>) =>
+      warn(await reportFiles(files, a["output"])),
+    );
 }

@@ -3,6 +3,14 @@ import { writeFileSync } from "node:fs";
 import { KvmError } from "../errors.js";
 import type { PerfResult } from "../bench/dirty_log_perf.js";
 import type { KernbenchResult } from "../bench/kernbench.js";
+import {
+  CallId,
+  harvestCalls,
+  logModeOfIterations,
+  nsPerDirtyPageOf,
+  protectingCall,
+  totalCall,
+} from "../bench/dirty_log_perf_calls.js";
 
 type Cell = string | number | boolean | null;
 
@@ -15,36 +23,69 @@ export function toCsv(header: string[], rows: Cell[][]): string {
   return [header, ...rows].map((r) => r.map(field).join(",")).join("\n") + "\n";
 }
 
+/**
+ * One row per iteration: each call's time under KVM's name (empty where the log mode makes no
+ * such call), the parts of the call that write-protects (named in `partsOf`), and ns per dirty
+ * page of the whole harvest and of each call (dirty_log_perf_calls.ts, as the terminal and compare).
+ */
 export function perfCsv(r: Pick<PerfResult, "results">): string {
   const rows: Cell[][] = [];
   for (const [wp, s] of Object.entries(r.results)) {
     if (!s) continue;
+    const mode = logModeOfIterations(s.iterations, s.logMode);
+    const calls = harvestCalls(mode);
+    const call = (id: CallId) => calls.find((c) => c.id === id);
     let k = 0;
-    for (const it of s.iterations)
+    for (const it of s.iterations) {
+      const perPage = (id: CallId): Cell => {
+        const c = call(id);
+        return c ? nsPerDirtyPageOf(c, it) : null;
+      };
       rows.push([
         wp,
         it.warmup ? 0 : ++k,
         it.warmup,
+        mode,
         it.dirtyMemoryNs,
-        it.getDirtyLogNs,
+        mode === "dirty-ring" ? null : it.getDirtyLogNs,
+        it.clearDirtyLogNs ?? null,
+        it.ringHarvestNs ?? null,
+        it.ringResetNs ?? null,
+        protectingCall(mode).name,
         it.lockWaitNs,
         it.protectNs,
         it.flushNs,
         it.dirtyPages,
+        nsPerDirtyPageOf(totalCall(mode), it),
+        perPage("get"),
+        perPage("clear"),
+        perPage("ringHarvest"),
+        perPage("ringReset"),
         it.guestThroughput,
       ]);
+    }
   }
   return toCsv(
     [
       "design",
       "iteration",
       "warmup",
+      "logMode",
       "dirtyMemoryNs",
       "getDirtyLogNs",
+      "clearDirtyLogNs",
+      "ringHarvestNs",
+      "ringResetNs",
+      "partsOf",
       "lockWaitNs",
       "protectNs",
       "flushNs",
       "dirtyPages",
+      "nsPerDirtyPage",
+      "getNsPerDirtyPage",
+      "clearNsPerDirtyPage",
+      "ringHarvestNsPerDirtyPage",
+      "ringResetNsPerDirtyPage",
       "guestWritesPerSec",
     ],
     rows,

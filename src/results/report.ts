@@ -7,27 +7,12 @@
 import { basename } from "node:path";
 import * as Plot from "@observablehq/plot";
 import { parseHTML } from "linkedom";
-import { bootstrapMedianCi, median } from "../bench/stats.js";
 import type { Loaded } from "./load.js";
+import { commands, perfPlots, PerfRun, PlotSpec, RatioRow, ratioRows, seriesName } from "./perf_plots.js";
 import type { CatalogDocT, DirtyLogPerfDocT, KernbenchDocT, MigrateDocT, ResultDoc } from "./schema.js";
 
-/** The kernel's get-dirty-log cost per dirty page on machines like this one (ns). */
-export const KERNEL_NS_PER_PAGE = { parked: 24, running: 50 } as const;
-
-type Perf = Pick<DirtyLogPerfDocT, "options" | "results" | "ratio">;
-interface PerfRun {
-  file: string;
-  perf: Perf;
-  cmd: string;
-}
-
-export interface PlotSpec {
-  /** Stable id, the section's data-plot attribute (tests look plots up by it). */
-  id: string;
-  title: string;
-  caption: string;
-  options: Plot.PlotOptions;
-}
+export { KERNEL_NS_PER_PAGE } from "../bench/dirty_log_perf_calls.js";
+export type { PlotSpec } from "./perf_plots.js";
 
 const WIDTH = 760;
 
@@ -35,8 +20,30 @@ function mib(b: number): string {
   return b % 2 ** 30 === 0 ? `${b / 2 ** 30}G` : `${b / 2 ** 20}M`;
 }
 
-/** The command line that produced a result, rebuilt from its recorded options. */
+/** An argument as a shell would need it typed. */
+function shellWord(a: string): string {
+  return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, "'\\''")}'`;
+}
+
+/**
+ * The command line that produced a result: the exact argv the file saved (version 3), else
+ * rebuilt from its recorded options (older files; flags left at their defaults are not shown).
+ */
 export function commandLine(doc: ResultDoc): string {
+  const argv = (doc as { argv?: string[] }).argv;
+  if (argv && argv.length > 0) {
+    const prog =
+      doc.command === "bench"
+        ? "node dist/src/bench/index.js"
+        : doc.command === "catalog"
+          ? "node dist/src/bench/catalog.js"
+          : "kvmmu";
+    return [prog, ...argv.map(shellWord)].join(" ");
+  }
+  return rebuiltCommandLine(doc);
+}
+
+function rebuiltCommandLine(doc: ResultDoc): string {
   switch (doc.command) {
     case "dirty-log-perf":
       return perfCommand(doc.options);
@@ -78,169 +85,15 @@ function perfCommand(o: DirtyLogPerfDocT["options"]): string {
 function perfRuns(files: Loaded[]): PerfRun[] {
   const out: PerfRun[] = [];
   for (const { file, doc } of files) {
-    if (doc.command === "dirty-log-perf") out.push({ file, perf: doc, cmd: perfCommand(doc.options) });
+    if (doc.command === "dirty-log-perf") out.push({ file, perf: doc, cmd: commandLine(doc) });
     else if (doc.command === "bench")
-      out.push({ file, perf: doc.results.dirtyLogPerf, cmd: "npm run bench" });
+      out.push({ file, perf: doc.results.dirtyLogPerf, cmd: commandLine(doc) });
   }
   return out;
-}
-
-/** "lockless" alone, or "lockless (run-b.json)" when several files are drawn together. */
-function seriesName(many: boolean, design: string, file: string): string {
-  return many ? `${design} (${basename(file)})` : design;
-}
-
-function commands(runs: { cmd: string }[]): string {
-  return [...new Set(runs.map((r) => r.cmd))].join("; ");
 }
 
 function measured<T extends { warmup: boolean }>(xs: T[]): T[] {
   return xs.filter((x) => !x.warmup);
-}
-
-function perfPlots(runs: PerfRun[]): PlotSpec[] {
-  if (runs.length === 0) return [];
-  const many = runs.length > 1;
-  const iters: { series: string; iteration: number; ms: number; mwps: number }[] = [];
-  const bands: { series: string; x1: number; x2: number; lo: number; hi: number; median: number }[] = [];
-  const parts: { series: string; iteration: number; part: string; ms: number }[] = [];
-  const perPage: { series: string; park: boolean; ns: number; lo: number; hi: number }[] = [];
-  for (const { file, perf } of runs)
-    for (const [wp, s] of Object.entries(perf.results)) {
-      if (!s) continue;
-      const series = seriesName(many, wp, file);
-      const m = measured(s.iterations);
-      if (m.length === 0) continue;
-      m.forEach((it, k) => {
-        iters.push({ series, iteration: k + 1, ms: it.getDirtyLogNs / 1e6, mwps: it.guestThroughput / 1e6 });
-        parts.push(
-          { series, iteration: k + 1, part: "mmu_lock wait", ms: it.lockWaitNs / 1e6 },
-          { series, iteration: k + 1, part: "harvest + write-protect", ms: it.protectNs / 1e6 },
-          { series, iteration: k + 1, part: "remote TLB flush", ms: it.flushNs / 1e6 },
-        );
-      });
-      bands.push({
-        series,
-        x1: 1,
-        x2: Math.max(m.length, 1.001),
-        lo: s.getDirtyLog.ci95Ns[0] / 1e6,
-        hi: s.getDirtyLog.ci95Ns[1] / 1e6,
-        median: s.getDirtyLog.medianNs / 1e6,
-      });
-      const nsp = m.filter((i) => i.dirtyPages > 0).map((i) => i.getDirtyLogNs / i.dirtyPages);
-      if (nsp.length) {
-        const ci = bootstrapMedianCi(nsp);
-        perPage.push({ series, park: perf.options.park, ns: median(nsp), lo: ci[0], hi: ci[1] });
-      }
-    }
-  const cmd = commands(runs);
-  const color = { legend: true, domain: [...new Set(iters.map((d) => d.series))] };
-  const out: PlotSpec[] = [
-    {
-      id: "get-dirty-log",
-      title: "get-dirty-log time per iteration",
-      caption: `Each measured iteration's KVM_GET_DIRTY_LOG time per write-protect design; dashed line: median, band: its 95% bootstrap CI. From: ${cmd}`,
-      options: {
-        color,
-        x: { label: "iteration", type: "point" },
-        y: { label: "get-dirty-log time (ms)", grid: true, zero: true },
-        marks: [
-          Plot.rect(bands, { x1: "x1", x2: "x2", y1: "lo", y2: "hi", fill: "series", fillOpacity: 0.15 }),
-          Plot.ruleY(bands, { y: "median", x1: "x1", x2: "x2", stroke: "series", strokeDasharray: "4,3" }),
-          Plot.line(iters, { x: "iteration", y: "ms", stroke: "series", marker: "dot" }),
-        ],
-      },
-    },
-    {
-      id: "ns-per-page",
-      title: "get-dirty-log cost per dirty page against the kernel",
-      caption: `Median ns per dirty page (get-dirty-log time / dirty pages, per iteration) with its 95% CI; reference lines: the kernel's ${KERNEL_NS_PER_PAGE.parked} ns with vCPUs parked and ${KERNEL_NS_PER_PAGE.running} ns with vCPUs writing. From: ${cmd}`,
-      options: {
-        color: { legend: true, domain: perPage.map((d) => d.series) },
-        marginBottom: many ? 80 : 50,
-        x: { label: "design", tickRotate: many ? -15 : 0, labelOffset: many ? 72 : 40 },
-        y: { label: "get-dirty-log time per dirty page (ns)", grid: true, zero: true },
-        marks: [
-          Plot.barY(perPage, { x: "series", y: "ns", fill: "series" }),
-          Plot.ruleX(perPage, { x: "series", y1: "lo", y2: "hi", strokeWidth: 2 }),
-          Plot.ruleY([KERNEL_NS_PER_PAGE.parked], { stroke: "#555", strokeDasharray: "6,3" }),
-          Plot.ruleY([KERNEL_NS_PER_PAGE.running], { stroke: "#b00", strokeDasharray: "2,2" }),
-          Plot.text([`kernel, parked: ${KERNEL_NS_PER_PAGE.parked} ns`], {
-            frameAnchor: "left",
-            y: KERNEL_NS_PER_PAGE.parked,
-            dy: 9,
-            dx: 4,
-            textAnchor: "start",
-          }),
-          Plot.text([`kernel, vCPUs writing: ${KERNEL_NS_PER_PAGE.running} ns`], {
-            frameAnchor: "left",
-            y: KERNEL_NS_PER_PAGE.running,
-            dy: -6,
-            dx: 4,
-            textAnchor: "start",
-            fill: "#b00",
-          }),
-        ],
-      },
-    },
-    {
-      id: "guest-throughput",
-      title: "guest throughput per iteration",
-      caption: `Guest writes per second from resume to pause of each measured iteration, per design. From: ${cmd}`,
-      options: {
-        color,
-        x: { label: "iteration", type: "point" },
-        y: { label: "guest throughput (M writes/s)", grid: true, zero: true },
-        marks: [Plot.line(iters, { x: "iteration", y: "mwps", stroke: "series", marker: "dot" })],
-      },
-    },
-    {
-      id: "decomposition",
-      title: "where each harvest's time goes",
-      caption: `Each iteration's get-dirty-log split into waiting for mmu_lock, harvesting and write-protecting, and the remote TLB flush, one panel per design. From: ${cmd}`,
-      options: {
-        color: { legend: true, domain: ["mmu_lock wait", "harvest + write-protect", "remote TLB flush"] },
-        fx: { label: null },
-        x: { label: "iteration" },
-        y: { label: "get-dirty-log time (ms)", grid: true },
-        marks: [Plot.barY(parts, { fx: "series", x: "iteration", y: "ms", fill: "part" }), Plot.ruleY([0])],
-      },
-    },
-  ];
-  // The scale sweep: several guest sizes among the files.
-  const sizes = new Set(runs.map((r) => r.perf.options.vcpus * r.perf.options.bytesPerVcpu));
-  if (sizes.size > 1) {
-    const sweep: { design: string; gib: number; msPerGib: number; lo: number; hi: number }[] = [];
-    for (const { perf } of runs) {
-      const gib = (perf.options.vcpus * perf.options.bytesPerVcpu) / 2 ** 30;
-      for (const [wp, s] of Object.entries(perf.results)) {
-        if (!s) continue;
-        sweep.push({
-          design: wp,
-          gib,
-          msPerGib: s.getDirtyLog.medianNs / 1e6 / gib,
-          lo: s.getDirtyLog.ci95Ns[0] / 1e6 / gib,
-          hi: s.getDirtyLog.ci95Ns[1] / 1e6 / gib,
-        });
-      }
-    }
-    sweep.sort((a, b) => a.gib - b.gib);
-    out.push({
-      id: "scale-sweep",
-      title: "get-dirty-log time per GiB against guest size",
-      caption: `Median get-dirty-log time divided by guest memory, with its 95% CI, for each guest size given. From: ${cmd}`,
-      options: {
-        color: { legend: true },
-        x: { label: "guest memory (GiB)", type: "log", tickFormat: (d: number) => String(+d.toPrecision(3)) },
-        y: { label: "get-dirty-log time per GiB (ms/GiB)", grid: true, zero: true },
-        marks: [
-          Plot.ruleX(sweep, { x: "gib", y1: "lo", y2: "hi", stroke: "design" }),
-          Plot.line(sweep, { x: "gib", y: "msPerGib", stroke: "design", marker: "dot" }),
-        ],
-      },
-    });
-  }
-  return out;
 }
 
 function kernbenchPlot(docs: { file: string; doc: KernbenchDocT }[]): PlotSpec[] {
@@ -336,28 +189,43 @@ function catalogPlot(docs: { file: string; doc: CatalogDocT }[]): PlotSpec[] {
   ];
 }
 
-function migratePlots(docs: { file: string; doc: MigrateDocT }[]): PlotSpec[] {
-  if (docs.length === 0) return [];
+interface MigrateSeries {
+  remaining: { series: string; s: number; mib: number }[];
+  rate: { series: string; round: number; rate: number; mbps: number | null }[];
+  down: { series: string; kind: string; ms: number }[];
+  limits: { series: string; ms: number }[];
+  block: { series: string; vcpu: string; ms: number }[];
+}
+
+/** The rounds, downtime (and its limit) and post-copy blocktime of each migration. */
+function migrateSeries(docs: { file: string; doc: MigrateDocT }[]): MigrateSeries {
   const many = docs.length > 1;
-  const remaining: { series: string; s: number; mib: number }[] = [];
-  const rate: { series: string; round: number; rate: number }[] = [];
-  const down: { series: string; kind: string; ms: number }[] = [];
+  const m: MigrateSeries = { remaining: [], rate: [], down: [], limits: [], block: [] };
   for (const { file, doc } of docs) {
-    const series = seriesName(many, doc.options.wp ?? doc.results.mode, file);
-    doc.results.rounds.forEach((r, i) => {
-      const round = r.round ?? i + 1;
-      if (r["time-ms"] !== undefined && r.remaining !== undefined)
-        remaining.push({ series, s: r["time-ms"] / 1000, mib: r.remaining / 2 ** 20 });
-      if (r["dirty-pages-rate"] !== undefined) rate.push({ series, round, rate: r["dirty-pages-rate"] });
+    const r = doc.results;
+    const series = seriesName(many, doc.options.wp ?? r.mode, file);
+    r.rounds.forEach((x, i) => {
+      const round = x.round ?? i + 1;
+      if (x["time-ms"] !== undefined && x.remaining !== undefined)
+        m.remaining.push({ series, s: x["time-ms"] / 1000, mib: x.remaining / 2 ** 20 });
+      if (x["dirty-pages-rate"] !== undefined)
+        m.rate.push({ series, round, rate: x["dirty-pages-rate"], mbps: x.mbps ?? null });
     });
-    const last = doc.results.rounds.at(-1);
+    const last = r.rounds.at(-1);
     if (last?.["expected-downtime"] !== undefined)
-      down.push({ series, kind: "expected (last round)", ms: last["expected-downtime"] });
-    down.push({ series, kind: "actual", ms: doc.results.downtimeMs });
+      m.down.push({ series, kind: "expected (last round)", ms: last["expected-downtime"] });
+    m.down.push({ series, kind: "actual", ms: r.downtimeMs });
+    if (r.downtimeLimitMs !== undefined) m.limits.push({ series, ms: r.downtimeLimitMs });
+    r.postcopy?.["postcopy-vcpu-blocktime"].forEach((ms, v) =>
+      m.block.push({ series, vcpu: `vCPU ${v}`, ms }),
+    );
   }
-  const cmd = commands(docs.map((d) => ({ cmd: commandLine(d.doc) })));
+  return m;
+}
+
+function migrateRoundPlots(m: MigrateSeries, cmd: string): PlotSpec[] {
   const out: PlotSpec[] = [];
-  if (remaining.length)
+  if (m.remaining.length)
     out.push({
       id: "migrate-remaining",
       title: "migration: remaining bytes over time",
@@ -366,10 +234,10 @@ function migratePlots(docs: { file: string; doc: MigrateDocT }[]): PlotSpec[] {
         color: { legend: true },
         x: { label: "time since start (s)" },
         y: { label: "remaining (MiB)", grid: true, zero: true },
-        marks: [Plot.line(remaining, { x: "s", y: "mib", stroke: "series", marker: "dot" })],
+        marks: [Plot.line(m.remaining, { x: "s", y: "mib", stroke: "series", marker: "dot" })],
       },
     });
-  if (rate.length)
+  if (m.rate.length)
     out.push({
       id: "migrate-dirty-rate",
       title: "migration: dirty rate per round",
@@ -378,21 +246,59 @@ function migratePlots(docs: { file: string; doc: MigrateDocT }[]): PlotSpec[] {
         color: { legend: true },
         x: { label: "round", type: "point" },
         y: { label: "dirty rate (pages/s)", grid: true, zero: true },
-        marks: [Plot.line(rate, { x: "round", y: "rate", stroke: "series", marker: "dot" })],
+        marks: [Plot.line(m.rate, { x: "round", y: "rate", stroke: "series", marker: "dot" })],
       },
     });
+  const tput = m.rate.filter((r) => r.mbps !== null);
+  if (tput.length)
+    out.push({
+      id: "migrate-throughput",
+      title: "migration: throughput per round",
+      caption: `Bits sent per second in each round (query-migrate's mbps), per migration. From: ${cmd}`,
+      options: {
+        color: { legend: true },
+        x: { label: "round", type: "point" },
+        y: { label: "throughput (Mbit/s)", grid: true, zero: true },
+        marks: [Plot.line(tput, { x: "round", y: "mbps", stroke: "series", marker: "dot" })],
+      },
+    });
+  return out;
+}
+
+function migratePlots(docs: { file: string; doc: MigrateDocT }[]): PlotSpec[] {
+  if (docs.length === 0) return [];
+  const m = migrateSeries(docs);
+  const cmd = commands(docs.map((d) => ({ cmd: commandLine(d.doc) })));
+  const out = migrateRoundPlots(m, cmd);
   out.push({
     id: "migrate-downtime",
     title: "migration: expected against actual downtime",
-    caption: `The downtime the last round expected (remaining bytes / bandwidth) and the measured one, per migration. From: ${cmd}`,
+    caption: `The downtime the last round expected (remaining bytes / bandwidth) and the measured one, per migration; red: the downtime limit where the file has it. From: ${cmd}`,
     options: {
       color: { legend: true },
       fx: { label: null },
       x: { axis: null, label: "downtime" },
       y: { label: "downtime (ms)", grid: true, zero: true },
-      marks: [Plot.barY(down, { fx: "series", x: "kind", y: "ms", fill: "kind" }), Plot.ruleY([0])],
+      marks: [
+        Plot.barY(m.down, { fx: "series", x: "kind", y: "ms", fill: "kind" }),
+        Plot.ruleY(m.limits, { fx: "series", y: "ms", stroke: "#b00", strokeDasharray: "6,3" }),
+        Plot.ruleY([0]),
+      ],
     },
   });
+  if (m.block.length)
+    out.push({
+      id: "migrate-blocktime",
+      title: "post-copy: each vCPU's blocktime",
+      caption: `Time each vCPU waited for pages the destination fetched on demand (QEMU's postcopy-vcpu-blocktime), per migration. From: ${cmd}`,
+      options: {
+        color: { legend: true },
+        fx: { label: null },
+        x: { label: "vCPU" },
+        y: { label: "blocktime (ms)", grid: true, zero: true },
+        marks: [Plot.barY(m.block, { fx: "series", x: "vcpu", y: "ms", fill: "vcpu" }), Plot.ruleY([0])],
+      },
+    });
   return out;
 }
 
@@ -414,7 +320,8 @@ h1 { font-size: 1.5em; margin-bottom: 0.2em; }
 section.plot { margin: 2em 0; padding-top: 1em; border-top: 1px solid #ddd; }
 section.plot h2 { font-size: 1.1em; margin: 0 0 0.3em; }
 figcaption { color: #555; font-size: 0.9em; margin-top: 0.4em; }
-table { border-collapse: collapse; font-size: 0.85em; }
+table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
+table caption { text-align: left; font-weight: 600; margin-bottom: 0.3em; }
 td, th { border-bottom: 1px solid #eee; padding: 0.2em 0.6em; text-align: left; vertical-align: top; }
 code { font-size: 0.95em; }
 `;
@@ -423,22 +330,42 @@ function esc(s: string): string {
   return s.replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" })[c]!);
 }
 
+/** What each file says made it: the command as typed, kvmmu, the machine and its load. */
 function filesTable(files: Loaded[]): string {
   const rows = files.map(({ file, doc }) => {
     const m = doc.machine;
-    const extra =
-      doc.command === "dirty-log-test"
-        ? `${doc.violations} violations in ${doc.pagesChecked} pages checked`
-        : doc.command === "explore"
-          ? `${doc.results.violations} violations in ${doc.results.schedules} schedules`
-          : doc.command === "migrate"
-            ? `${doc.results.status}, ${doc.results.rounds.length} rounds`
-            : "";
-    return `<tr><td><code>${esc(basename(file))}</code></td><td><code>${esc(commandLine(doc))}</code></td><td>${esc(
-      doc.gitCommit?.slice(0, 12) ?? "unknown",
-    )}</td><td>${m.cpus} CPUs, ${(m.memoryBytes / 2 ** 30).toFixed(0)} GiB, node ${esc(m.node)}</td><td>${esc(doc.timestamp)}</td><td>${esc(extra)}</td></tr>`;
+    const load = m.loadAverage
+      ? `; load ${m.loadAverage.start.toFixed(2)} → ${m.loadAverage.end?.toFixed(2) ?? "?"}`
+      : "";
+    const kvmmu =
+      `${(doc as { kvmmuVersion?: string }).kvmmuVersion ?? "?"} ${doc.gitCommit?.slice(0, 12) ?? ""}`.trim();
+    const machine = `${m.cpuModel ? `${m.cpuModel}, ` : ""}${m.cpus} CPUs, ${(m.memoryBytes / 2 ** 30).toFixed(0)} GiB, ${m.kernel ? `kernel ${m.kernel}, ` : ""}node ${m.node}${load}`;
+    return `<tr><td><code>${esc(basename(file))}</code></td><td><code>${esc(commandLine(doc))}</code></td><td>${esc(kvmmu)}</td><td>${esc(machine)}</td><td>${esc(doc.timestamp)}</td><td>${esc(outcome(doc))}</td></tr>`;
   });
-  return `<table><thead><tr><th>file</th><th>command</th><th>git</th><th>machine</th><th>time</th><th>outcome</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+  return `<table class="files"><thead><tr><th>file</th><th>command</th><th>kvmmu</th><th>machine</th><th>time</th><th>outcome</th></tr></thead><tbody>${rows.join("")}</tbody></table>`;
+}
+
+function outcome(doc: ResultDoc): string {
+  if (doc.command === "dirty-log-test")
+    return `${doc.violations} violations in ${doc.pagesChecked} pages checked`;
+  if (doc.command === "explore")
+    return `${doc.results.violations} violations in ${doc.results.schedules} schedules`;
+  if (doc.command !== "migrate") return "";
+  const r = doc.results;
+  const over = r.downtimeExceeded
+    ? `, downtime ${r.downtimeMs.toFixed(1)} ms > limit ${r.downtimeLimitMs ?? "?"} ms`
+    : "";
+  return `${r.status}${over}, ${r.rounds.length} rounds`;
+}
+
+/** The answer in words: each design against the baseline, per call, with CI and verdict. */
+function ratioTable(rows: RatioRow[]): string {
+  if (rows.length === 0) return "";
+  const tr = rows.map(
+    (r) =>
+      `<tr><td>${esc(r.pair)}</td><td>${esc(r.figure)}</td><td>${r.median.toFixed(2)}×</td><td>[${r.lo.toFixed(2)}, ${r.hi.toFixed(2)}]</td><td>${esc(r.verdict)}</td></tr>`,
+  );
+  return `<table class="ratios"><caption>Each design against the baseline (ratio of medians, paired by iteration, 95% bootstrap CI)</caption><thead><tr><th>design / baseline</th><th>figure</th><th>ratio</th><th>95% CI</th><th>verdict</th></tr></thead><tbody>${tr.join("")}</tbody></table>`;
 }
 
 /** Plot.plot over a linkedom document: typed here, as the project compiles without the DOM lib. */
@@ -469,7 +396,7 @@ export function buildReport(files: Loaded[]): string {
   const sections = specs.map((s) => `<section class="plot" data-plot="${s.id}">${renderPlot(s)}</section>`);
   const none =
     specs.length === 0
-      ? `<p class="empty">These files hold nothing to plot (dirty-log-test and explore results are listed above).</p>`
+      ? `<p class="empty">These files hold nothing to plot (dirty-log-test and explore results are listed below).</p>`
       : "";
   return `<!doctype html>
 <html lang="en">
@@ -482,9 +409,11 @@ export function buildReport(files: Loaded[]): string {
 <body>
 <h1>kvmmu report</h1>
 <p>${files.length} result file${files.length === 1 ? "" : "s"}, ${specs.length} plot${specs.length === 1 ? "" : "s"}; drawn ${esc(new Date().toISOString())}.</p>
-${filesTable(files)}
+${ratioTable(ratioRows(perfRuns(files)))}
 ${sections.join("\n")}
 ${none}
+<h2>What made these results</h2>
+${filesTable(files)}
 </body>
 </html>
 `;

@@ -53,6 +53,14 @@ export const Machine = Type.Object({
   memoryBytes: Int,
   node: Type.String(),
   platform: Type.String(),
+  cpuModel: Type.Optional(Type.String()),
+  kernel: Type.Optional(Type.String({ description: "os.release()" })),
+  loadAverage: Type.Optional(
+    Type.Object(
+      { start: Num, end: NumOrNull },
+      { description: "1-minute load average when the command started and ended" },
+    ),
+  ),
 });
 
 /** A design's registered name (src/mmu/design.ts); version 1 knew "locked" and "lockless" only. */
@@ -68,11 +76,18 @@ function doc<C extends string, O extends TSchema, R extends TSchema, X extends R
 ) {
   return Type.Object(
     {
-      // Version 2 only widened version 1 (design names, keyed results, ratios): one schema reads both.
+      // Each version only widened the one before (2: design names, keyed results, ratios;
+      // 3: provenance): one schema reads them all.
       schemaVersion: Type.Union(READABLE_SCHEMA_VERSIONS.map((v) => Type.Literal(v))),
       command: Type.Literal(command),
       options,
-      gitCommit: Type.Union([Type.String({ pattern: "^[0-9a-f]{40}$" }), Type.Null()]),
+      argv: Type.Optional(
+        Type.Array(Type.String(), { description: "the command line as typed, after the program" }),
+      ),
+      kvmmuVersion: Type.Optional(Type.String({ description: "kvmmu's package.json version" })),
+      gitCommit: Type.Union([Type.String({ pattern: "^[0-9a-f]{40}$" }), Type.Null()], {
+        description: "kvmmu's own commit when run from its checkout; null otherwise",
+      }),
       machine: Machine,
       timestamp: Type.String({ description: "ISO 8601, UTC" }),
       results,
@@ -129,6 +144,9 @@ export const PerfIteration = Type.Object({
   switches: Type.Optional(Int),
   writes: Type.Optional(Num),
   harvests: Type.Optional(Int),
+  clearDirtyLogNs: Type.Optional(Num),
+  ringHarvestNs: Type.Optional(Num),
+  ringResetNs: Type.Optional(Num),
 });
 
 export const PerfStrategy = Type.Object({
@@ -141,10 +159,15 @@ export const PerfStrategy = Type.Object({
   flush: NsStats,
   dirtyMemory: NsStats,
   nsPerDirtyPage: Num,
+  nsPerDirtyPageByCall: Type.Optional(
+    Type.Record(Type.String(), Num, { description: "per call, keyed by KVM's name (version 3)" }),
+  ),
+  logMode: Type.Optional(Type.String()),
   guestThroughput: Summary,
   guestWritesPerSec: NumOrNull,
   populateNs: Num,
   enableLoggingNs: Num,
+  disableLoggingNs: Type.Optional(Num),
   numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
 });
 
@@ -152,6 +175,9 @@ const DesignRatio = Type.Object({
   getDirtyLog: Ratio,
   guestThroughput: Ratio,
   clearDirtyLog: Type.Optional(Ratio),
+  calls: Type.Optional(
+    Type.Record(Type.String(), Ratio, { description: "per call by KVM's name (version 3)" }),
+  ),
 });
 
 const perfExtra = {
@@ -486,6 +512,10 @@ export const MigrateDoc = doc(
     ),
     totalTimeMs: Num,
     transferredBytes: Num,
+    downtimeLimitMs: Type.Optional(Num),
+    downtimeExceeded: Type.Optional(
+      Type.Boolean({ description: "completed, but the downtime went past downtimeLimitMs (version 3)" }),
+    ),
     verify: Type.Object({
       pagesCompared: Int,
       mismatches: Int,

@@ -18,7 +18,7 @@ test("kvmmu migrate --local: no convergence in --timeout -> cancelled, exit 1, g
     "2000",
   ]);
   assert.equal(r.code, 1, r.err);
-  const o = JSON.parse(r.out) as MigrationReport;
+  const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.equal(o.status, "cancelled");
   assert.equal(o.error?.code, "ECANCELED");
   assert.match(o.error?.message ?? "", /did not converge in 2000 ms/);

@@ -24,7 +24,7 @@ test("kvmmu migrate --local --json: completed, verified, query-migrate-shaped ro
     "locked",
   ]);
   assert.equal(r.code, 0, r.err);
-  const o = JSON.parse(r.out) as MigrationReport;
+  const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.equal(o.status, "completed");
   assert.equal(o.mode, "precopy");
   assert.ok(o.rounds.length >= 2);
@@ -60,7 +60,7 @@ test("kvmmu migrate --local --fault kill-destination: failed, exit 1, guest inta
     "kill-destination",
   ]);
   assert.equal(r.code, 1, r.err);
-  const o = JSON.parse(r.out) as MigrationReport;
+  const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.equal(o.status, "failed");
   assert.equal(o.error?.code, "ECONNRESET");
   assert.equal(o.verify.guestInvariant, true);

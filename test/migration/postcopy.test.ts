@@ -194,7 +194,7 @@ test("kvmmu migrate --local --postcopy --json: completed, verified, blocktime an
     "shadow",
   ]);
   assert.equal(r.code, 0, r.err + r.out);
-  const o = JSON.parse(r.out) as MigrationReport;
+  const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.equal(o.status, "completed");
   assert.equal(o.mode, "postcopy");
   assert.equal(o.rounds.length, 2);
@@ -218,7 +218,7 @@ test("kvmmu migrate --local --postcopy --fault kill-destination: failed, typed, 
     "kill-destination",
   ]);
   assert.equal(r.code, 1, r.err);
-  const o = JSON.parse(r.out) as MigrationReport;
+  const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.equal(o.status, "failed");
   assert.equal(o.mode, "postcopy");
   assert.equal(o.error?.code, "ECONNRESET", o.error?.message);

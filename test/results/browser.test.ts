@@ -68,6 +68,36 @@ test(
           );
         assert.ok(marks > 0, `plot ${id}: no visible marks`);
       }
+      // The rendered text: the ratio table leads, and no axis title overlaps another text.
+      const table = await page.locator("table.ratios").boundingBox();
+      const firstPlot = await page.locator("section.plot").first().boundingBox();
+      assert.ok(table && firstPlot && table.y < firstPlot.y, "the ratio table comes first");
+      assert.ok((await page.locator("table.ratios tbody tr").count()) > 0, "ratio rows");
+      for (const id of ALL_PLOTS) {
+        const overlaps = await page
+          .locator(`section[data-plot="${id}"] figure > svg`)
+          .evaluate((svg: unknown): string[] => {
+            type Box = { left: number; right: number; top: number; bottom: number };
+            type El = { textContent: string | null; getBoundingClientRect(): Box };
+            const all = (sel: string): El[] =>
+              Array.from((svg as { querySelectorAll(s: string): ArrayLike<El> }).querySelectorAll(sel));
+            const titles = all('[aria-label$="axis label"] text');
+            const texts = all("text").filter(
+              (t) => !titles.includes(t) && (t.textContent ?? "").trim() !== "",
+            );
+            const hit = (a: Box, b: Box): boolean =>
+              a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1;
+            return titles.flatMap((t) =>
+              texts
+                .filter((x) => hit(t.getBoundingClientRect(), x.getBoundingClientRect()))
+                .map((x) => `"${t.textContent}" over "${x.textContent}"`),
+            );
+          });
+        assert.deepEqual(overlaps, [], `plot ${id}: axis titles overlap text`);
+      }
+      const nsText = await page.locator('section[data-plot="ns-per-page"] figure > svg').textContent();
+      assert.match(nsText ?? "", /kernel, 2 vCPUs writing: 50 ns/);
+      assert.match((await page.locator('section[data-plot="ratios"] figure > svg').textContent()) ?? "", /×/);
       const shot = join(tmp, "report.png");
       await page.screenshot({ path: shot, fullPage: true });
       assert.ok(statSync(shot).size > 10_000);

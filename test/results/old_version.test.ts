@@ -24,18 +24,18 @@ test("a version-1 dirty-log-perf file loads, is reported, and compares with itse
   const text = formatPerf(old.doc as unknown as PerfResult);
   assert.match(text, /lockless\/locked \(median, paired bootstrap/);
   const same = compare([old, old]);
-  assert.ok(same.rows.some((r) => r.figure === "locked get-dirty-log"));
+  assert.ok(same.rows.some((r) => r.figure === "locked get dirty log"));
   assert.ok(same.rows.some((r) => r.figure === "lockless guest throughput"));
   assert.equal(same.warnings.length, 0);
   const now = loadResult(await perfRun("v2-against-v1.json"));
   assert.equal(now.doc.schemaVersion, SCHEMA_VERSION);
   const mixed = compare([old, now]);
   assert.ok(
-    mixed.rows.some((r) => r.figure === "lockless get-dirty-log"),
+    mixed.rows.some((r) => r.figure === "lockless get dirty log"),
     formatCompare(mixed),
   );
   assert.ok(
-    mixed.warnings.some((w) => /schema version 2, .* has 1/.test(w)),
+    mixed.warnings.some((w) => new RegExp(`schema version ${SCHEMA_VERSION}, .* has 1`).test(w)),
     mixed.warnings.join("\n"),
   );
   const html = buildReport([old, now]);

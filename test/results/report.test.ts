@@ -46,8 +46,10 @@ test(
       assert.ok(s.querySelectorAll("[class*=swatch] svg").length >= 1, `${what}: legend`);
       const svg = s.querySelector("figure > svg");
       assert.ok(svg, `${what}: svg`);
-      const yLabel = svg.querySelector('[aria-label="y-axis label"]')?.textContent ?? "";
-      assert.match(yLabel, /\(.+\)|bug/, `${what}: y axis labelled with its unit`);
+      // The forest plot's rows name themselves: its unit is on the x axis.
+      const axis = id === "ratios" ? "x" : "y";
+      const yLabel = svg.querySelector(`[aria-label="${axis}-axis label"]`)?.textContent ?? "";
+      assert.match(yLabel, /\(.+\)|bug/, `${what}: ${axis} axis labelled with its unit`);
       assert.ok(
         svg.querySelector('[aria-label="x-axis tick label"], [aria-label="fx-axis tick label"]'),
         `${what}: x axis`,
@@ -66,12 +68,20 @@ test(
     ];
     // Two files x every design (the fixtures run --wp all).
     const series = 2 * designNames().length;
-    assert.equal(marks("get-dirty-log", "line").length, series);
-    assert.equal(marks("get-dirty-log", "rect").length, series, "a CI band per series");
-    assert.equal(marks("guest-throughput", "line").length, series);
+    // Every measured iteration of every call is a dot (3 iterations; GET, CLEAR and their total).
+    assert.equal(marks("get-dirty-log", "dot").length, series * 3 * 3);
+    assert.equal(marks("guest-throughput", "dot").length, series * 3);
     assert.equal(marks("ns-per-page", "bar").length, series);
-    // Both kernel reference lines.
-    assert.equal(marks("ns-per-page", "rule").length, series + 2);
+    // A CI per bar and the one kernel figure for the runs' condition (vCPUs writing: 50 ns).
+    assert.equal(marks("ns-per-page", "rule").length, series + 1);
+    assert.match(
+      document.querySelector('section[data-plot="ns-per-page"]')!.textContent ?? "",
+      /kernel, 2 vCPUs writing: 50 ns/,
+    );
+    // The answer first: a ratio per design but the baseline, per call and guest throughput, per file.
+    const ratioRows = document.querySelectorAll("table.ratios tbody tr").length;
+    assert.equal(ratioRows, 2 * (designNames().length - 1) * 4);
+    assert.equal(marks("ratios", "dot").length, ratioRows);
     const swatches = (id: string): string[] =>
       [
         ...document.querySelectorAll(

@@ -6,15 +6,17 @@ import { migrateDoc, perfRun, runScript, tmp } from "./helpers.js";
 
 /** Plots a report of these files must hold. */
 export const ALL_PLOTS = [
+  "ratios",
   "get-dirty-log",
-  "ns-per-page",
   "guest-throughput",
+  "ns-per-page",
   "decomposition",
   "scale-sweep",
   "kernbench",
   "catalog",
   "migrate-remaining",
   "migrate-dirty-rate",
+  "migrate-throughput",
   "migrate-downtime",
 ];
 
