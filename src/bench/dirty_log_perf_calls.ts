@@ -27,11 +27,13 @@ export interface CallIteration {
   lockWaitNs: number;
   protectNs: number;
   flushNs: number;
+  /** D-bit logging: the PML flush kick of the protecting call (absent in older results). */
+  pmlFlushNs?: number;
   dirtyPages: number;
 }
 
 export interface CallPart {
-  /** "mmu_lock wait", "harvest + write-protect", "remote TLB flush", or the one part of a call. */
+  /** "mmu_lock wait", "PML flush", "harvest + write-protect", "remote TLB flush", or the one part of a call. */
   name: string;
   ns: (i: CallIteration) => number;
 }
