@@ -443,10 +443,7 @@ export interface KvmConfig {
 /** The SharedArrayBuffers of one VM: what a worker needs to attach. */
 export interface KvmShared {
   config: KvmConfig;
-  /**
-   * The module that registers config.wp when it is not a built-in design: a thread imports it
-   * (kvm_load_design, src/mmu/design.ts) before it builds its Kvm.
-   */
+  /** The module registering config.wp if not built in: threads import it first (kvm_load_design). */
   designModule?: string;
   /** performance.timeOrigin + performance.now() at creation: the clock origin every thread shares. */
   epochMs: number;

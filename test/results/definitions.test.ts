@@ -26,7 +26,7 @@ test("harvestCalls: KVM's names, the decomposition on the call that write-protec
     harvestCalls("clear-log").map((c) => [c.name, c.protects, c.parts.length]),
     [
       ["get dirty log", false, 1],
-      ["clear dirty log", true, 3],
+      ["clear dirty log", true, 4],
       ["GET + CLEAR", false, 0],
     ],
   );
