@@ -53,7 +53,8 @@ export interface LocalMigrationResult {
 /** A destination running somewhere: its port, its report to come, and a way to kill it. */
 interface LocalDestination {
   port: number;
-  report: Promise<IncomingResult | null>;
+  /** Called once the source is done: the report, the process given EXIT_TIMEOUT_MS to end. */
+  report(): Promise<IncomingResult | null>;
   kill(): void;
 }
 
@@ -75,21 +76,28 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
   };
   const dst = where === "process" ? await destinationProcess(inc) : await destinationInline(inc);
   const kill = o.fault === "kill-destination";
-  const source = await migrateTo({
-    ...o,
-    host: "127.0.0.1",
-    port: dst.port,
-    key,
-    onRound: (r) => {
-      o.onRound?.(r);
-      if (kill && !o.postcopy && r.round === 1) dst.kill();
-    },
-    onPostcopyRun: () => {
-      o.onPostcopyRun?.();
-      if (kill) dst.kill();
-    },
-  });
-  return { source, destination: await dst.report };
+  let source: MigrationResult;
+  try {
+    source = await migrateTo({
+      ...o,
+      host: "127.0.0.1",
+      port: dst.port,
+      key,
+      onRound: (r) => {
+        o.onRound?.(r);
+        if (kill && !o.postcopy && r.round === 1) dst.kill();
+      },
+      onPostcopyRun: () => {
+        o.onPostcopyRun?.();
+        if (kill) dst.kill();
+      },
+    });
+  } catch (e) {
+    // No migration to report (refused connection or handshake): no destination left behind.
+    dst.kill();
+    throw e;
+  }
+  return { source, destination: await dst.report() };
 }
 
 async function destinationInline(o: MigrateIncomingOptions): Promise<LocalDestination> {
@@ -99,7 +107,7 @@ async function destinationInline(o: MigrateIncomingOptions): Promise<LocalDestin
   // A failure before listening (a bad option) surfaces here rather than as a hang.
   const p = await Promise.race([port, report.then(() => -1)]);
   if (p < 0) throw new MigrationError("EIO", "the inline destination ended before listening");
-  return { port: p, report, kill: () => {} };
+  return { port: p, report: () => report, kill: () => {} };
 }
 
 /** Forks child.ts as a destination and waits until it listens. */
@@ -132,7 +140,10 @@ async function destinationProcess(o: MigrateIncomingOptions): Promise<LocalDesti
       );
     });
   });
-  const report = c.done(EXIT_TIMEOUT_MS).then((m) => (m?.type === "incoming" ? m.result : null));
+  // The exit timeout runs from the end of the source's migration, not from the start: a
+  // migration may take longer than it (up to maxTimeMs, or a long post-copy).
+  const report = (): Promise<IncomingResult | null> =>
+    c.done(EXIT_TIMEOUT_MS).then((m) => (m?.type === "incoming" ? m.result : null));
   return { port, report, kill: () => c.child.kill("SIGKILL") };
 }
 
