@@ -8,12 +8,13 @@
 import { CTL, Kvm } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { aload } from "../sync/atomic.js";
-import { gfn_to_memslot } from "../mem/memslot.js";
+import { gfn_to_memslot, lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
 import { gfn_to_pfn_memslot } from "../mem/guest_memory.js";
 import { hva_is_huge } from "../mem/host_memory.js";
 import { handle_userfault } from "../mem/userfault.js";
 import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import type { KvmPageFault } from "./mmu.js";
+import { PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL } from "./spte.js";
 
 /**
  * kvm_faultin_pfn: reads mmu_notifier_seq into fault.mmu_seq, then looks up the host frame of
@@ -53,4 +54,18 @@ export function direct_page_fault_prepare(kvm: Kvm, fault: KvmPageFault): boolea
   mmu_topup_memory_caches(kvm, fault.vcpuId);
   kvm_faultin_pfn(kvm, fault);
   return true;
+}
+
+/**
+ * kvm_mmu_hugepage_adjust: the fault's goal level, 2 MiB where the host backs the gfn with a huge
+ * page, the slot is not dirty-logged (force_pt_level) and no guest table in the region is
+ * tracked; else 4 KiB. mmu_lock held (either mode): slot flags change under the write lock.
+ */
+export function kvm_mmu_hugepage_adjust(kvm: Kvm, fault: KvmPageFault): void {
+  fault.goal_level =
+    !slot_dirty_logged(kvm, fault.slot) &&
+    fault.host_huge &&
+    kvm.lpagePool[lpage_info_index(kvm, fault.slot, fault.gfn, PT_DIRECTORY_LEVEL)] === 0
+      ? PT_DIRECTORY_LEVEL
+      : PT_PAGE_TABLE_LEVEL;
 }

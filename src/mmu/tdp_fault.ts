@@ -4,18 +4,12 @@
  */
 import { BUG, CTL, Kvm, lockdep_assert_held_write } from "../kvm_host.js";
 import { spinPoint } from "../sync/atomic.js";
-import { lpage_info_index, slot_dirty_logged } from "../mem/memslot.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";
-import { direct_page_fault_prepare } from "./faultin.js";
+import { direct_page_fault_prepare, kvm_mmu_hugepage_adjust } from "./faultin.js";
 import { KvmPageFault, mmu_set_spte, shadow_walk_init, shadow_walk_next, shadow_walk_okay } from "./mmu.js";
 import { RET_PF_RETRY } from "./kvm_mmu.js";
-import {
-  is_shadow_present_pte,
-  KVM_PAGES_PER_HPAGE_MASK,
-  PT_DIRECTORY_LEVEL,
-  PT_PAGE_TABLE_LEVEL,
-} from "./spte.js";
+import { is_shadow_present_pte, KVM_PAGES_PER_HPAGE_MASK } from "./spte.js";
 import { ACC_ALL } from "./guest_pt.js";
 
 /**
@@ -25,8 +19,6 @@ import { ACC_ALL } from "./guest_pt.js";
  */
 export function tdp_page_fault(kvm: Kvm, fault: KvmPageFault): number {
   if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
-  const gfn = fault.gfn;
-  const slot = fault.slot;
   kvm.mmu_lock.write_lock();
   kvm.mmu_cache_vcpu = fault.vcpuId;
   try {
@@ -37,15 +29,7 @@ export function tdp_page_fault(kvm: Kvm, fault: KvmPageFault): number {
       spinPoint(kvm.ctl, CTL.notifier_count);
       return RET_PF_RETRY;
     }
-    // force_pt_level while the slot is dirty-logged (flags change under mmu_lock).
-    let level = PT_PAGE_TABLE_LEVEL;
-    if (
-      !slot_dirty_logged(kvm, slot) &&
-      fault.host_huge &&
-      kvm.lpagePool[lpage_info_index(kvm, slot, gfn, PT_DIRECTORY_LEVEL)] === 0
-    )
-      level = PT_DIRECTORY_LEVEL;
-    fault.goal_level = level;
+    kvm_mmu_hugepage_adjust(kvm, fault);
     __direct_map(kvm, fault);
   } finally {
     kvm.mmu_cache_vcpu = -1;

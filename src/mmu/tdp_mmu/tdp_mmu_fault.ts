@@ -16,9 +16,9 @@ import {
   lockdep_assert_held_write,
 } from "../../kvm_host.js";
 import { aload, spinPoint } from "../../sync/atomic.js";
-import { lpage_info_index, mark_page_dirty_in_slot, slot_dirty_logged } from "../../mem/memslot.js";
+import { mark_page_dirty_in_slot } from "../../mem/memslot.js";
 import { mmu_notifier_retry } from "../mmu_notifier.js";
-import { direct_page_fault_prepare } from "../faultin.js";
+import { direct_page_fault_prepare, kvm_mmu_hugepage_adjust } from "../faultin.js";
 import type { KvmPageFault } from "../mmu.js";
 import { RET_PF_RETRY } from "../kvm_mmu.js";
 import {
@@ -26,7 +26,6 @@ import {
   is_last_spte,
   is_shadow_present_pte,
   make_link_spte,
-  PT_DIRECTORY_LEVEL,
   PT_PAGE_SIZE_MASK,
   PT_PAGE_TABLE_LEVEL,
   PT_PRESENT_MASK,
@@ -163,8 +162,6 @@ function make_mmu_pages_available(kvm: Kvm): void {
  */
 export function kvm_tdp_mmu_page_fault(kvm: Kvm, fault: KvmPageFault): number {
   if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
-  const gfn = fault.gfn;
-  const slot = fault.slot;
   // kvm_mmu_load: the root is made under the write lock, once.
   if (aload(kvm.ctl, CTL.root) === 0) {
     kvm.mmu_lock.write_lock();
@@ -184,15 +181,8 @@ export function kvm_tdp_mmu_page_fault(kvm: Kvm, fault: KvmPageFault): number {
       spinPoint(kvm.ctl, CTL.notifier_count);
       return RET_PF_RETRY;
     }
-    let level = PT_PAGE_TABLE_LEVEL;
     // Slot flags change under the write lock: stable while the read lock is held.
-    if (
-      !slot_dirty_logged(kvm, slot) &&
-      fault.host_huge &&
-      kvm.lpagePool[lpage_info_index(kvm, slot, gfn, PT_DIRECTORY_LEVEL)] === 0
-    )
-      level = PT_DIRECTORY_LEVEL;
-    fault.goal_level = level;
+    kvm_mmu_hugepage_adjust(kvm, fault);
     return kvm_tdp_mmu_map(kvm, fault);
   } finally {
     kvm.mmu_lock.read_unlock();
