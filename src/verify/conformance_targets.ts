@@ -46,10 +46,24 @@ export function modelTarget(wp: WpName): ConfTarget {
   };
 }
 
-class ModelConfVm implements ConfVm {
-  private readonly w = new Int32Array(new SharedArrayBuffer(4 * 1024));
-  private running = false;
-  constructor(private readonly vm: Vm) {}
+/**
+ * The ioctls both VMs offer with the same signatures (the library's Vm and KernelVm): the cases
+ * reach them unchanged, so a target adds only how its vCPU writes pages.
+ */
+interface IoctlVm {
+  mmap(bytes: number): number;
+  setUserMemoryRegion(m: MemoryRegion): void;
+  createVcpu(id: number): unknown;
+  getDirtyLog(slot: number, out?: Uint32Array): Uint32Array;
+  clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): void;
+  enableManualDirtyLogProtect(flags: number): void;
+  enableDirtyRing(entries: number, opts?: { withBitmap?: boolean }): void;
+  harvestDirtyRing(vcpuId: number): { slot: number; offset: number }[];
+  resetDirtyRings(): number;
+}
+
+abstract class IoctlConfVm<V extends IoctlVm> implements ConfVm {
+  constructor(protected readonly vm: V) {}
   mmap(bytes: number): number {
     return this.vm.mmap(bytes);
   }
@@ -77,6 +91,13 @@ class ModelConfVm implements ConfVm {
   resetDirtyRings(): number {
     return this.vm.resetDirtyRings();
   }
+  abstract writePages(gfns: readonly number[]): Promise<void>;
+  abstract close(): Promise<void>;
+}
+
+class ModelConfVm extends IoctlConfVm<Vm> {
+  private readonly w = new Int32Array(new SharedArrayBuffer(4 * 1024));
+  private running = false;
   async writePages(gfns: readonly number[]): Promise<void> {
     if (!this.running) {
       if (!this.vm.vcpuIds.includes(0)) this.vm.createVcpu(0);
@@ -105,37 +126,9 @@ export async function kernelTarget(o: KvmDeviceOptions = {}): Promise<ConfTarget
   };
 }
 
-class KernelConfVm implements ConfVm {
+class KernelConfVm extends IoctlConfVm<KernelVm> {
   private vars: DataView | null = null;
   private round = 0;
-  constructor(private readonly vm: KernelVm) {}
-  mmap(bytes: number): number {
-    return this.vm.mmap(bytes);
-  }
-  setUserMemoryRegion(m: MemoryRegion): void {
-    this.vm.setUserMemoryRegion(m);
-  }
-  createVcpu(id: number): void {
-    this.vm.createVcpu(id);
-  }
-  getDirtyLog(slot: number, words32?: number): Uint32Array {
-    return this.vm.getDirtyLog(slot, words32 === undefined ? undefined : new Uint32Array(words32));
-  }
-  clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): void {
-    this.vm.clearDirtyLog(slot, firstPage, numPages, bitmap);
-  }
-  enableManualDirtyLogProtect(flags: number): void {
-    this.vm.enableManualDirtyLogProtect(flags);
-  }
-  enableDirtyRing(entries: number, opts?: { withBitmap?: boolean }): void {
-    this.vm.enableDirtyRing(entries, opts);
-  }
-  harvestDirtyRing(vcpuId: number): { slot: number; offset: number }[] {
-    return this.vm.harvestDirtyRing(vcpuId);
-  }
-  resetDirtyRings(): number {
-    return this.vm.resetDirtyRings();
-  }
   writePages(gfns: readonly number[]): Promise<void> {
     if (this.vars === null) {
       this.vars = setupSystemSlot(this.vm, listWriteCode(), 1 << 30);
