@@ -100,3 +100,31 @@ test("kvmmu migrate with the wrong key: EACCES named, exit 1; the destination ke
   assert.equal(rep.refusedPeers.length, 1);
   sock.destroy();
 });
+
+test("kvmmu migrate while another source holds the destination: EBUSY named, exit 1, one line", async () => {
+  const d = await incoming(["--key", "the-right-key", "--idle-timeout", "300"]);
+  const { sock } = await connectOutgoing({ host: "127.0.0.1", port: d.port, key: "the-right-key" });
+  sock.on("error", () => {});
+  try {
+    const r = await runKvmmu([
+      "migrate",
+      "--to",
+      `127.0.0.1:${d.port}`,
+      "--key",
+      "the-right-key",
+      "-b",
+      "1M",
+      "--warmup",
+      "0",
+    ]);
+    assert.equal(r.code, 1, r.err);
+    oneLine(r.err, /^kvmmu: EBUSY: /);
+  } finally {
+    // The first source goes away mid-migration: the destination fails and exits 1 on its own.
+    sock.destroy();
+  }
+  assert.equal(await d.exit, 1, d.err());
+  const rep = JSON.parse(d.out()) as { status: string; refusedPeers: string[] };
+  assert.equal(rep.status, "failed");
+  assert.ok(rep.refusedPeers.some((p) => /EBUSY/.test(p)), rep.refusedPeers.join("; "));
+});
