@@ -102,7 +102,7 @@ test("kvmmu migrate with the wrong key: EACCES named, exit 1; the destination ke
 });
 
 test("kvmmu migrate while another source holds the destination: EBUSY named, exit 1, one line", async () => {
-  const d = await incoming(["--key", "the-right-key", "--idle-timeout", "300"]);
+  const d = await incoming(["--key", "the-right-key", "--idle-timeout", "60000"]);
   const { sock } = await connectOutgoing({ host: "127.0.0.1", port: d.port, key: "the-right-key" });
   sock.on("error", () => {});
   try {
@@ -126,5 +126,8 @@ test("kvmmu migrate while another source holds the destination: EBUSY named, exi
   assert.equal(await d.exit, 1, d.err());
   const rep = JSON.parse(d.out()) as { status: string; refusedPeers: string[] };
   assert.equal(rep.status, "failed");
-  assert.ok(rep.refusedPeers.some((p) => /EBUSY/.test(p)), rep.refusedPeers.join("; "));
+  assert.ok(
+    rep.refusedPeers.some((p) => /EBUSY/.test(p)),
+    rep.refusedPeers.join("; "),
+  );
 });
