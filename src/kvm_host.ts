@@ -538,15 +538,6 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   };
 }
 
-/** Bytes of MMU metadata (everything but guest memory). */
-export function metadataBytes(s: KvmShared): number {
-  let n = 0;
-  for (const [k, v] of Object.entries(s)) {
-    if (k !== "config" && k !== "mem" && v instanceof SharedArrayBuffer) n += v.byteLength;
-  }
-  return n;
-}
-
 /**
  * The MMU ops a Kvm resolves once, at construction, from its design and paging mode (KVM's
  * struct kvm_mmu, filled by init_kvm_tdp_mmu / kvm_init_shadow_mmu, plus the design's VM-wide
@@ -618,6 +609,10 @@ export class Kvm {
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
   /** pte_list_walk_lockless's walks and restarts on this thread (the same per-thread stat). */
   readonly rmapStats = { walks: 0, restarts: 0 };
+  /** kvm_get_running_vcpu: the vCPU of this VM this thread runs, -1 for none (this thread only). */
+  running_vcpu = -1;
+  /** KVM_RESET_DIRTY_RINGS' arrays on this thread (src/mmu/dirty_ring.ts), made at first use. */
+  ring_reset_scratch: { slots: Int32Array; offsets: Int32Array; c: Int32Array } | null = null;
 
   constructor(shared: KvmShared) {
     this.shared = shared;

@@ -290,11 +290,14 @@ function clearAll(run: Run, chunk: number): number {
   return (performance.now() - t) * 1e6;
 }
 
-/** Dirty ring: harvest every vCPU's ring into the bitmap, then reset (KVM_RESET_DIRTY_RINGS). */
+/**
+ * Dirty ring: harvest every vCPU's ring into the bitmap (through run.ringGfns, typed arrays: no
+ * object per entry), then reset (KVM_RESET_DIRTY_RINGS).
+ */
 function collectRing(run: Run): void {
   const vm = run.vm;
   const t = performance.now();
-  harvestDirtyRingsInto(vm, SLOT, run.bitmap);
+  harvestDirtyRingsInto(vm, SLOT, run.bitmap, run.ringGfns);
   const t1 = performance.now();
   vm.resetDirtyRings();
   run.ringHarvestNs += (t1 - t) * 1e6;

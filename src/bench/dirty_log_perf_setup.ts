@@ -20,6 +20,7 @@ import {
 } from "./dirty_log_perf_options.js";
 import type { IterationResult } from "./dirty_log_perf_result.js";
 import { vmKvm } from "../vm/internal.js";
+import { DirtyGfnArrays, dirtyGfnArrays } from "../dirty_bitmap.js";
 import { parseRunName } from "./dirty_log_perf_variant.js";
 
 export const SLOT = 0;
@@ -52,6 +53,8 @@ export interface Run {
   ringHarvestNs: number;
   ringResetNs: number;
   ringExits: number;
+  /** Dirty ring: the harvest's arrays, one ring's entries (empty without a ring). */
+  ringGfns: DirtyGfnArrays;
 }
 
 /** Process CPU time and involuntary context switches so far (Node 20 has no per-thread CPU clock). */
@@ -199,6 +202,7 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
     ringHarvestNs: 0,
     ringResetNs: 0,
     ringExits: 0,
+    ringGfns: dirtyGfnArrays(logMode === "dirty-ring" ? (o.ring ?? 0) : 0),
   };
 }
 

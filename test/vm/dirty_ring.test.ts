@@ -43,13 +43,13 @@ function ringVm(wp: WpName, entries = 256, withBitmap = false): Vm {
 /** Writes the pages as vCPU 0 on this thread (kvm_get_running_vcpu() = 0 meanwhile). */
 function writes(vm: Vm, pages: number[], x = 1): void {
   const v = new Vcpu(vmKvm(vm), 0);
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     v.enterGuest();
     for (const p of pages) v.write64(p, 0, x, 0);
     v.exitGuest();
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 }
 
