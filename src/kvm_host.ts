@@ -325,7 +325,7 @@ export const RING_GFN = defineRows(
   "dirtyRing",
   {
     flags: {
-      by: "the vCPU stores DIRTY (release, after slot and offset); the harvester stores RESET (release); the reset stores 0",
+      by: "the vCPU stores DIRTY (release, after slot and offset); the harvester stores RESET, the reset 0 (plain stores under slots_lock, published by its unlock and the reset_index store)",
       doc: "KVM_DIRTY_GFN_F_DIRTY (bit 0), KVM_DIRTY_GFN_F_RESET (bit 1)",
     },
     slot: {

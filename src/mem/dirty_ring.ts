@@ -117,10 +117,10 @@ export function kvm_dirty_ring_full_exit(kvm: Kvm, v: number): void {
 
 /**
  * Userspace's harvest of vCPU v's ring (the selftest's and QEMU's reaper): from fetch_index, in
- * order and without skipping, every entry whose flags are DIRTY (acquire) is copied to
- * slots[k], offsets[k] (k = 0, 1, ...) and marked RESET. Stops at the first entry that is not
- * DIRTY, after `max` entries or when the arrays are full. Returns the number harvested: no
- * object per entry. One harvester per ring at a time (the caller serialises, with slots_lock).
+ * order and without skipping, every entry whose flags are DIRTY is copied to slots[k],
+ * offsets[k] (k = 0, 1, ...) and marked RESET. Stops at the first entry that is not DIRTY, after
+ * `max` entries or when the arrays are full. Returns the number harvested: no object per entry.
+ * One harvester per ring at a time (the caller serialises, with slots_lock).
  */
 export function kvm_dirty_ring_harvest(
   kvm: Kvm,
@@ -132,21 +132,24 @@ export function kvm_dirty_ring_harvest(
   const ring = kvm.dirtyRing;
   const size = kvm.ctl[CTL.dirty_ring_size];
   const b = ring_base(kvm, v);
-  const lim = Math.min(max, slots.length, offsets.length);
-  let fetch = aload(ring, b + RING_HDR.fetch_index);
+  const lim = Math.min(max, slots.length, offsets.length, size);
+  const fetch = aload(ring, b + RING_HDR.fetch_index);
+  // The run of DIRTY entries, by READ_ONCE of the flags; then one acquire load, of the last
+  // one's flags, instead of one per entry (QEMU's load_acquire each): the vCPU publishes the
+  // flags of its ring in ring order, each with a release, so the acquire that sees the last
+  // DIRTY orders the slot and offset of every entry before it too. Should it not see DIRTY
+  // (a plain read may run ahead), the run ends one entry earlier.
   let n = 0;
-  while (n < lim) {
-    const e = entry(size, fetch);
-    if (aload(ring, b + RING_GFN.flags(e)) !== KVM_DIRTY_GFN_F_DIRTY) break;
-    // READ_ONCE: the acquire load of the flags orders these after the vCPU's stores of them.
-    slots[n] = aread(ring, b + RING_GFN.slot(e));
-    offsets[n] = aread(ring, b + RING_GFN.offset_lo(e));
+  while (n < lim && aread(ring, b + RING_GFN.flags(entry(size, fetch + n))) === KVM_DIRTY_GFN_F_DIRTY) n++;
+  while (n > 0 && aload(ring, b + RING_GFN.flags(entry(size, fetch + n - 1))) !== KVM_DIRTY_GFN_F_DIRTY) n--;
+  for (let k = 0; k < n; k++) {
+    const e = entry(size, fetch + k);
+    slots[k] = aread(ring, b + RING_GFN.slot(e));
+    offsets[k] = aread(ring, b + RING_GFN.offset_lo(e));
     // QEMU stores RESET with a release; here the harvest and the reset both hold slots_lock,
     // whose unlock publishes it, and the vCPU never reads flags: a plain store.
     awrite(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
-    fetch = (fetch + 1) | 0;
-    n++;
   }
-  astore(ring, b + RING_HDR.fetch_index, fetch);
+  astore(ring, b + RING_HDR.fetch_index, (fetch + n) | 0);
   return n;
 }

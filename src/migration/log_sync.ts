@@ -25,7 +25,11 @@ const RING_ENTRIES = 4096;
 /** Each strategy is made per migration: the ring's holds its own harvest arrays. */
 const STRATEGIES: Record<LogMode, () => DirtyLogStrategy> = {
   // KVM_GET_DIRTY_LOG: clears and re-protects in one call.
-  "dirty-log": () => ({ name: "dirty-log", prepare: () => {}, sync: (g, out) => void g.vm.getDirtyLog(0, out) }),
+  "dirty-log": () => ({
+    name: "dirty-log",
+    prepare: () => {},
+    sync: (g, out) => void g.vm.getDirtyLog(0, out),
+  }),
   // As QEMU with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET copies, CLEAR re-protects what was copied.
   "clear-log": () => ({
     name: "clear-log",

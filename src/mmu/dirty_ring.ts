@@ -148,7 +148,7 @@ function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number, x: Re
   // The walk follows the RESET flags, not dirty_index: the vCPU publishes flags before it
   // advances dirty_index, so a harvested entry may not be counted there yet, and it must be
   // reset (protected) now, before userspace reads its page. At most one lap.
-  for (let full = true; full && count < size; ) {
+  for (let full = true; full && count < size;) {
     let n = 0;
     while (n < RESET_BATCH && count < size) {
       const e = entry(size, reset);
