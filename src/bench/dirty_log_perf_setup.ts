@@ -52,6 +52,8 @@ export interface Run {
   /** Dirty ring: collection time and exits of the iteration in progress. */
   ringHarvestNs: number;
   ringResetNs: number;
+  /** Dirty ring: the entries reset in the iteration in progress (a page written twice counts twice). */
+  ringEntries: number;
   ringExits: number;
   /** Dirty ring: the harvest's arrays, one ring's entries (empty without a ring). */
   ringGfns: DirtyGfnArrays;
@@ -201,6 +203,7 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
     logMode,
     ringHarvestNs: 0,
     ringResetNs: 0,
+    ringEntries: 0,
     ringExits: 0,
     ringGfns: dirtyGfnArrays(logMode === "dirty-ring" ? (o.ring ?? 0) : 0),
   };
