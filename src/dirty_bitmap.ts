@@ -87,17 +87,48 @@ export function copyDirtyPages(src: Vm, slot: number, bitmap: Uint32Array, dst: 
   return n;
 }
 
+/** Caller-owned room for harvested ring entries: entry k is slots[k], offsets[k] (same length). */
+export interface DirtyGfnArrays {
+  readonly slots: Int32Array;
+  readonly offsets: Int32Array;
+}
+
+/** Room for `capacity` harvested entries (harvestDirtyRingsInto's scratch). */
+export function dirtyGfnArrays(capacity: number): DirtyGfnArrays {
+  return { slots: new Int32Array(capacity), offsets: new Int32Array(capacity) };
+}
+
 /**
- * Harvests every vCPU's dirty ring and sets, in `out`, the bit of each harvested page of `slot`
- * (bit n = page n of the slot); returns the entries harvested. The entries are marked RESET but
- * their pages stay writable: call vm.resetDirtyRings() before reading those pages.
+ * harvestDirtyRingsInto's scratch when the caller gives none (made per call: a caller that
+ * harvests often passes its own, as allocating typed arrays costs tens of microseconds).
  */
-export function harvestDirtyRingsInto(vm: Vm, slot: number, out: Uint32Array): number {
+const DEFAULT_SCRATCH_ENTRIES = 1024;
+
+/**
+ * Harvests every vCPU's dirty ring (vm.harvestDirtyRingInto, through `scratch`, as often as it
+ * comes back full) and sets, in `out`, the bit of each harvested page of `slot` (bit n = page n
+ * of the slot); returns the entries harvested. No object per entry. The entries are marked
+ * RESET but their pages stay writable: call vm.resetDirtyRings() before reading those pages.
+ * A caller that harvests often passes its own scratch, sized as the ring (one call per vCPU).
+ */
+export function harvestDirtyRingsInto(
+  vm: Vm,
+  slot: number,
+  out: Uint32Array,
+  scratch: DirtyGfnArrays = dirtyGfnArrays(DEFAULT_SCRATCH_ENTRIES),
+): number {
+  const { slots, offsets } = scratch;
   let n = 0;
-  for (const id of vm.vcpuIds)
-    for (const e of vm.harvestDirtyRing(id)) {
-      n++;
-      if (e.slot === slot) out[e.offset >>> 5] |= 1 << (e.offset & 31);
-    }
+  for (const id of vm.vcpuIds) {
+    let got: number;
+    do {
+      got = vm.harvestDirtyRingInto(id, slots, offsets);
+      n += got;
+      for (let k = 0; k < got; k++) {
+        const off = offsets[k];
+        if (slots[k] === slot) out[off >>> 5] |= 1 << (off & 31);
+      }
+    } while (got === slots.length && got > 0);
+  }
   return n;
 }

@@ -30,11 +30,13 @@ export {
   bitmap_weight,
   copyDirtyPages,
   harvestDirtyRingsInto,
+  dirtyGfnArrays,
   dirtyPages,
   for_each_set_bit,
   hweight32,
   slotGeometry,
 } from "./dirty_bitmap.js";
+export type { DirtyGfnArrays } from "./dirty_bitmap.js";
 export { MigrationSource } from "./migration/precopy.js";
 export type { SourceOptions } from "./migration/precopy.js";
 export { MigrationDestination } from "./migration/destination.js";

@@ -325,7 +325,7 @@ export const RING_GFN = defineRows(
   "dirtyRing",
   {
     flags: {
-      by: "the vCPU stores DIRTY (release, after slot and offset); the harvester stores RESET (release); the reset stores 0",
+      by: "the vCPU stores DIRTY (release, after slot and offset); the harvester stores RESET, the reset 0 (plain stores under slots_lock, published by its unlock and the reset_index store)",
       doc: "KVM_DIRTY_GFN_F_DIRTY (bit 0), KVM_DIRTY_GFN_F_RESET (bit 1)",
     },
     slot: {
@@ -538,15 +538,6 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   };
 }
 
-/** Bytes of MMU metadata (everything but guest memory). */
-export function metadataBytes(s: KvmShared): number {
-  let n = 0;
-  for (const [k, v] of Object.entries(s)) {
-    if (k !== "config" && k !== "mem" && v instanceof SharedArrayBuffer) n += v.byteLength;
-  }
-  return n;
-}
-
 /**
  * The MMU ops a Kvm resolves once, at construction, from its design and paging mode (KVM's
  * struct kvm_mmu, filled by init_kvm_tdp_mmu / kvm_init_shadow_mmu, plus the design's VM-wide
@@ -618,6 +609,10 @@ export class Kvm {
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
   /** pte_list_walk_lockless's walks and restarts on this thread (the same per-thread stat). */
   readonly rmapStats = { walks: 0, restarts: 0 };
+  /** kvm_get_running_vcpu: the vCPU of this VM this thread runs, -1 for none (this thread only). */
+  running_vcpu = -1;
+  /** KVM_RESET_DIRTY_RINGS' arrays on this thread (src/mmu/dirty_ring.ts), made at first use. */
+  ring_reset_scratch: { slots: Int32Array; offsets: Int32Array; c: Int32Array } | null = null;
 
   constructor(shared: KvmShared) {
     this.shared = shared;

@@ -42,6 +42,8 @@ export interface IterationResult {
   ringHarvestNs?: number;
   ringResetNs?: number;
   ringFullExits?: number;
+  /** Dirty ring: the entries reset (harvested) in the iteration. */
+  ringEntries?: number;
   /**
    * Who waited for mmu_lock during the whole iteration (not only the GET): the vCPUs (their
    * faults) and the host thread (its notifier calls); with lockWaitNs, the harvester's share.
@@ -147,7 +149,13 @@ export interface StrategyResult {
   /** Manual protect: the CLEAR calls of each iteration. */
   clearDirtyLog?: NsStats;
   /** Dirty ring: harvest and reset of each iteration, and ring-full exits (median per iteration). */
-  ring?: { harvest: NsStats; reset: NsStats; fullExits: number };
+  ring?: {
+    harvest: NsStats;
+    reset: NsStats;
+    fullExits: number;
+    /** ns per ring entry (median over the iterations of the call's time / its entries). */
+    perEntryNs?: { harvest: number; reset: number; total: number };
+  };
 }
 
 export interface RatioResult extends RatioSummary {

@@ -20,6 +20,7 @@ import {
 } from "./dirty_log_perf_options.js";
 import type { IterationResult } from "./dirty_log_perf_result.js";
 import { vmKvm } from "../vm/internal.js";
+import { DirtyGfnArrays, dirtyGfnArrays } from "../dirty_bitmap.js";
 import { parseRunName } from "./dirty_log_perf_variant.js";
 
 export const SLOT = 0;
@@ -51,7 +52,11 @@ export interface Run {
   /** Dirty ring: collection time and exits of the iteration in progress. */
   ringHarvestNs: number;
   ringResetNs: number;
+  /** Dirty ring: the entries reset in the iteration in progress (a page written twice counts twice). */
+  ringEntries: number;
   ringExits: number;
+  /** Dirty ring: the harvest's arrays, one ring's entries (empty without a ring). */
+  ringGfns: DirtyGfnArrays;
 }
 
 /** Process CPU time and involuntary context switches so far (Node 20 has no per-thread CPU clock). */
@@ -198,7 +203,9 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
     logMode,
     ringHarvestNs: 0,
     ringResetNs: 0,
+    ringEntries: 0,
     ringExits: 0,
+    ringGfns: dirtyGfnArrays(logMode === "dirty-ring" ? (o.ring ?? 0) : 0),
   };
 }
 

@@ -3,7 +3,7 @@ import { MmuMode, ST } from "../kvm_host.js";
 import { shadowCounters } from "../mmu/pte_write.js";
 import { median, summarize } from "./stats.js";
 import { harvestCalls, nsPerDirtyPage, totalCall } from "./dirty_log_perf_calls.js";
-import { NsStats, nsStats, StrategyResult } from "./dirty_log_perf_result.js";
+import { IterationResult, NsStats, nsStats, StrategyResult } from "./dirty_log_perf_result.js";
 import { Run, sumStat } from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
 
@@ -80,8 +80,21 @@ export function strategyResult(run: Run): StrategyResult {
             harvest: opt("ringHarvestNs"),
             reset: opt("ringResetNs"),
             fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
+            perEntryNs: ringPerEntry(m),
           },
         }
       : {}),
+  };
+}
+
+/** Dirty ring: ns per entry of harvest, reset and both (medians over the iterations with entries). */
+function ringPerEntry(m: IterationResult[]): { harvest: number; reset: number; total: number } {
+  const it = m.filter((i) => (i.ringEntries ?? 0) > 0);
+  const per = (ns: (i: IterationResult) => number): number =>
+    it.length === 0 ? 0 : median(it.map((i) => ns(i) / (i.ringEntries ?? 1)));
+  return {
+    harvest: per((i) => i.ringHarvestNs ?? 0),
+    reset: per((i) => i.ringResetNs ?? 0),
+    total: per((i) => (i.ringHarvestNs ?? 0) + (i.ringResetNs ?? 0)),
   };
 }

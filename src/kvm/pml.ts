@@ -35,7 +35,7 @@ export function vmx_flush_pml_buffer(kvm: Kvm, id: number, stats: { flushed: num
 }
 
 export function kvm_flush_pml_buffers(kvm: Kvm): void {
-  const me = kvm_get_running_vcpu();
+  const me = kvm_get_running_vcpu(kvm);
   if (me >= 0) vmx_flush_pml_buffer(kvm, me, null);
   make_all_cpus_request(kvm, 0);
 }

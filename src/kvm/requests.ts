@@ -64,7 +64,7 @@ export function kvm_vcpu_kick(kvm: Kvm, vcpuId: number): void {
 export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
   const v = kvm.vcpu;
   const n = aload(kvm.ctl, CTL.nr_vcpus);
-  const me = kvm_get_running_vcpu();
+  const me = kvm_get_running_vcpu(kvm);
   // Kick everyone first (the IPIs go out together), then wait for each acknowledgement.
   let kicked = 0;
   let waited = false;

@@ -10,8 +10,9 @@
  *
  * Ordering: the vCPU stores slot and offset, then flags = DIRTY (Atomics.store: a release), then
  * dirty_index. The harvester loads flags (Atomics.load: an acquire) before slot and offset, so a
- * DIRTY entry always carries its own page. RESET is published the same way, and the reset loads
- * flags before it reads slot and offset.
+ * DIRTY entry always carries its own page. The harvester's RESET and the reset's 0 are plain
+ * stores: slots_lock orders the harvest before the reset, and the reset's release store of
+ * reset_index orders its stores before the vCPU reuses those entries.
  */
 import {
   BUG,
@@ -25,7 +26,7 @@ import {
   RING_HDR,
   VCPU,
 } from "../kvm_host.js";
-import { aadd, aload, aor, aread, astore, schedHookInstalled, spinPoint } from "../sync/atomic.js";
+import { aadd, aload, aor, aread, astore, awrite, schedHookInstalled, spinPoint } from "../sync/atomic.js";
 
 /** Int32 words of one vCPU's ring of `size` entries. */
 export function ring_words(size: number): number {
@@ -42,18 +43,19 @@ export function entry(size: number, index: number): number {
   return index & (size - 1);
 }
 
-/*
- * kvm_get_running_vcpu(): the vCPU this thread runs, -1 on a thread that runs none (the VM
- * owner, the host thread). A vCPU worker sets it once; the explorer sets it around a vCPU step.
+/**
+ * kvm_set_running_vcpu: vCPU `id` of this VM runs on this thread from now on (-1: none). Per
+ * thread and per VM, as KVM's per-CPU kvm_running_vcpu whose vcpu->kvm mark_page_dirty_in_slot
+ * checks: a write to another VM from this thread is no vCPU write there. A vCPU worker sets it
+ * once; the explorer sets it around a vCPU step.
  */
-let runningVcpu = -1;
-
-export function kvm_set_running_vcpu(id: number): void {
-  runningVcpu = id;
+export function kvm_set_running_vcpu(kvm: Kvm, id: number): void {
+  kvm.running_vcpu = id;
 }
 
-export function kvm_get_running_vcpu(): number {
-  return runningVcpu;
+/** kvm_get_running_vcpu: the vCPU of this VM this thread runs, -1 on a thread that runs none. */
+export function kvm_get_running_vcpu(kvm: Kvm): number {
+  return kvm.running_vcpu;
 }
 
 /** Used entries of vCPU v's ring (dirty_index - reset_index, u32). */
@@ -115,32 +117,39 @@ export function kvm_dirty_ring_full_exit(kvm: Kvm, v: number): void {
 
 /**
  * Userspace's harvest of vCPU v's ring (the selftest's and QEMU's reaper): from fetch_index, in
- * order and without skipping, every entry whose flags are DIRTY (acquire) is passed to fn and
- * marked RESET (release). Stops at the first entry that is not DIRTY or after `max` entries.
- * Returns the number harvested. One harvester per ring at a time (the caller serialises).
+ * order and without skipping, every entry whose flags are DIRTY is copied to slots[k],
+ * offsets[k] (k = 0, 1, ...) and marked RESET. Stops at the first entry that is not DIRTY, after
+ * `max` entries or when the arrays are full. Returns the number harvested: no object per entry.
+ * One harvester per ring at a time (the caller serialises, with slots_lock).
  */
 export function kvm_dirty_ring_harvest(
   kvm: Kvm,
   v: number,
+  slots: Int32Array,
+  offsets: Int32Array,
   max: number,
-  fn: (slot: number, offset: number) => void,
 ): number {
   const ring = kvm.dirtyRing;
   const size = kvm.ctl[CTL.dirty_ring_size];
   const b = ring_base(kvm, v);
-  let fetch = aload(ring, b + RING_HDR.fetch_index);
+  const lim = Math.min(max, slots.length, offsets.length, size);
+  const fetch = aload(ring, b + RING_HDR.fetch_index);
+  // The run of DIRTY entries, by READ_ONCE of the flags; then one acquire load, of the last
+  // one's flags, instead of one per entry (QEMU's load_acquire each): the vCPU publishes the
+  // flags of its ring in ring order, each with a release, so the acquire that sees the last
+  // DIRTY orders the slot and offset of every entry before it too. Should it not see DIRTY
+  // (a plain read may run ahead), the run ends one entry earlier.
   let n = 0;
-  while (n < max) {
-    const e = entry(size, fetch);
-    if (aload(ring, b + RING_GFN.flags(e)) !== KVM_DIRTY_GFN_F_DIRTY) break;
-    // READ_ONCE: the acquire load of the flags orders these after the vCPU's stores of them.
-    const slot = aread(ring, b + RING_GFN.slot(e));
-    const offset = aread(ring, b + RING_GFN.offset_lo(e));
-    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
-    fetch = (fetch + 1) | 0;
-    n++;
-    fn(slot, offset);
+  while (n < lim && aread(ring, b + RING_GFN.flags(entry(size, fetch + n))) === KVM_DIRTY_GFN_F_DIRTY) n++;
+  while (n > 0 && aload(ring, b + RING_GFN.flags(entry(size, fetch + n - 1))) !== KVM_DIRTY_GFN_F_DIRTY) n--;
+  for (let k = 0; k < n; k++) {
+    const e = entry(size, fetch + k);
+    slots[k] = aread(ring, b + RING_GFN.slot(e));
+    offsets[k] = aread(ring, b + RING_GFN.offset_lo(e));
+    // QEMU stores RESET with a release; here the harvest and the reset both hold slots_lock,
+    // whose unlock publishes it, and the vCPU never reads flags: a plain store.
+    awrite(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
   }
-  astore(ring, b + RING_HDR.fetch_index, fetch);
+  astore(ring, b + RING_HDR.fetch_index, (fetch + n) | 0);
   return n;
 }

@@ -80,7 +80,7 @@ export function mark_page_dirty_in_slot(kvm: Kvm, slot: number, gfn: number): vo
   if (!slot_dirty_logged(kvm, slot)) return;
   const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
   if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
-    const v = kvm_get_running_vcpu();
+    const v = kvm_get_running_vcpu(kvm);
     if (v >= 0) {
       kvm_dirty_ring_push(kvm, v, slot, rel);
       return;

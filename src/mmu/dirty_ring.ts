@@ -12,7 +12,7 @@ import {
   RING_HDR,
   SLOT,
 } from "../kvm_host.js";
-import { aload, aread, astore } from "../sync/atomic.js";
+import { aload, aread, astore, awrite } from "../sync/atomic.js";
 import { entry, ring_base } from "../mem/dirty_ring.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
 
@@ -50,34 +50,43 @@ function reset_dirty_gfn(
   if (w2 !== 0) design.protectMasked(kvm, id, w + 2, w2 | 0);
 }
 
+/** Entries the reset copies out of a ring before it coalesces them (the scratch arrays' length). */
+export const RESET_BATCH = 512;
+
 /**
- * kvm_dirty_ring_reset of vCPU v, inside the design's section: frees every harvested (RESET)
- * entry from reset_index on, coalescing offsets of one slot within 64 pages (forwards and
- * backwards) into one mask, and re-protects them. Returns the entries reset.
+ * The reset's coalescing state, an Int32Array carried across batches: the mask (two int32
+ * halves) of the pages `offset + bit` of `slot`; an empty mask holds nothing.
  */
-function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number): number {
-  const ring = kvm.dirtyRing;
-  const size = kvm.ctl[CTL.dirty_ring_size];
-  const b = ring_base(kvm, v);
-  let reset = ring[b + RING_HDR.reset_index]; // written only here, under slots_lock
-  let count = 0;
-  let curSlot = 0;
-  let curOffset = 0;
-  // The 64-bit mask of pages curOffset + bit, as two int32 halves.
-  let lo = 0;
-  let hi = 0;
-  // The walk follows the RESET flags, not dirty_index: the vCPU publishes flags before it
-  // advances dirty_index, so a harvested entry may not be counted there yet, and it must be
-  // reset (protected) now, before userspace reads its page. At most one lap.
-  while (count < size) {
-    const e = entry(size, reset);
-    if ((aload(ring, b + RING_GFN.flags(e)) & KVM_DIRTY_GFN_F_RESET) === 0) break;
-    // READ_ONCE: the acquire load of the flags above orders these after the vCPU's stores.
-    const slot = aread(ring, b + RING_GFN.slot(e));
-    const offset = aread(ring, b + RING_GFN.offset_lo(e));
-    astore(ring, b + RING_GFN.flags(e), 0);
-    reset = (reset + 1) | 0;
-    count++;
+export const enum RC {
+  slot = 0,
+  offset = 1,
+  lo = 2,
+  hi = 3,
+  words = 4,
+}
+
+/**
+ * kvm_dirty_ring_reset's coalescing, over `n` harvested entries in ring order (slots[k],
+ * offsets[k]): offsets of one slot within 64 pages (forwards, and backwards while no bit falls
+ * off the top) join the mask in `c`; any other entry protects the mask first and starts a new
+ * one. What is left in `c` is the caller's to protect (reset_flush). Typed arrays in and out:
+ * no object per entry. Inside the design's section.
+ */
+export function kvm_reset_dirty_gfns(
+  kvm: Kvm,
+  design: WriteProtectDesign,
+  slots: Int32Array,
+  offsets: Int32Array,
+  n: number,
+  c: Int32Array,
+): void {
+  let curSlot = c[RC.slot];
+  let curOffset = c[RC.offset];
+  let lo = c[RC.lo];
+  let hi = c[RC.hi];
+  for (let k = 0; k < n; k++) {
+    const slot = slots[k];
+    const offset = offsets[k];
     if ((lo | hi) !== 0) {
       if (slot === curSlot) {
         const delta = offset - curOffset;
@@ -109,7 +118,55 @@ function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number): numb
     lo = 1;
     hi = 0;
   }
-  reset_dirty_gfn(kvm, design, curSlot, curOffset, lo, hi);
+  c[RC.slot] = curSlot;
+  c[RC.offset] = curOffset;
+  c[RC.lo] = lo;
+  c[RC.hi] = hi;
+}
+
+/** Protects the mask left in the coalescing state `c` and empties it. */
+function reset_flush(kvm: Kvm, design: WriteProtectDesign, c: Int32Array): void {
+  reset_dirty_gfn(kvm, design, c[RC.slot], c[RC.offset], c[RC.lo], c[RC.hi]);
+  c[RC.lo] = c[RC.hi] = 0;
+}
+
+/** The reset's scratch (kvm.ring_reset_scratch): RESET_BATCH entries and the coalescing state. */
+type ResetScratch = NonNullable<Kvm["ring_reset_scratch"]>;
+
+/**
+ * kvm_dirty_ring_reset of vCPU v, inside the design's section: frees every harvested (RESET)
+ * entry from reset_index on, a batch at a time copied to the scratch arrays, and re-protects
+ * their pages, coalesced (kvm_reset_dirty_gfns). Returns the entries reset.
+ */
+function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number, x: ResetScratch): number {
+  const ring = kvm.dirtyRing;
+  const size = kvm.ctl[CTL.dirty_ring_size];
+  const b = ring_base(kvm, v);
+  const { slots, offsets } = x;
+  let reset = ring[b + RING_HDR.reset_index]; // written only here, under slots_lock
+  let count = 0;
+  // The walk follows the RESET flags, not dirty_index: the vCPU publishes flags before it
+  // advances dirty_index, so a harvested entry may not be counted there yet, and it must be
+  // reset (protected) now, before userspace reads its page. At most one lap.
+  for (let full = true; full && count < size;) {
+    let n = 0;
+    while (n < RESET_BATCH && count < size) {
+      const e = entry(size, reset);
+      // READ_ONCE: slots_lock orders the harvester's RESET before this; a vCPU may be storing
+      // DIRTY into a later entry meanwhile, which reads as not RESET either way.
+      if ((aread(ring, b + RING_GFN.flags(e)) & KVM_DIRTY_GFN_F_RESET) === 0) break;
+      slots[n] = aread(ring, b + RING_GFN.slot(e));
+      offsets[n] = aread(ring, b + RING_GFN.offset_lo(e));
+      // The release store of reset_index below publishes it before the vCPU reuses the entry.
+      awrite(ring, b + RING_GFN.flags(e), 0);
+      reset = (reset + 1) | 0;
+      count++;
+      n++;
+    }
+    kvm_reset_dirty_gfns(kvm, design, slots, offsets, n, x.c);
+    full = n === RESET_BATCH;
+  }
+  reset_flush(kvm, design, x.c);
   astore(ring, b + RING_HDR.reset_index, reset);
   return count;
 }
@@ -124,9 +181,15 @@ export function kvm_reset_dirty_rings(kvm: Kvm, design: WriteProtectDesign, time
   if (kvm.ctl[CTL.dirty_ring_size] === 0) return 0;
   const n = aload(kvm.ctl, CTL.nr_vcpus);
   let count = 0;
+  // Made once per thread and VM: a typed array costs tens of microseconds to allocate.
+  const x: ResetScratch = (kvm.ring_reset_scratch ??= {
+    slots: new Int32Array(RESET_BATCH),
+    offsets: new Int32Array(RESET_BATCH),
+    c: new Int32Array(RC.words),
+  });
   design.harvestBegin(kvm, times);
   try {
-    for (let v = 0; v < n; v++) count += dirty_ring_reset(kvm, design, v);
+    for (let v = 0; v < n; v++) count += dirty_ring_reset(kvm, design, v, x);
   } finally {
     design.harvestEnd(kvm, count > 0, times);
   }

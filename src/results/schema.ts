@@ -147,6 +147,7 @@ export const PerfIteration = Type.Object({
   clearDirtyLogNs: Type.Optional(Num),
   ringHarvestNs: Type.Optional(Num),
   ringResetNs: Type.Optional(Num),
+  ringEntries: Type.Optional(Int),
 });
 
 export const PerfStrategy = Type.Object({

@@ -9,7 +9,7 @@
  * after a final, quiesced round (no lost dirty page); every written page holds the last value
  * some thread wrote to it (no write went to a stale frame).
  */
-import { BugName, Kvm, PAGE_SIZE } from "../kvm_host.js";
+import { BugName, CTL, Kvm, PAGE_SIZE } from "../kvm_host.js";
 import { Vm } from "../vm.js";
 import { kvm_set_dirty_logging, newDirtyLogTimes, wp_design } from "../mmu/dirty_log.js";
 import { kvm_clear_dirty_log } from "../mmu/clear_dirty_log.js";
@@ -158,15 +158,21 @@ const hvaOf = (scratch: Int32Array): number => scratch[S_EXTRA + HVA0];
 
 /** Copies what every vCPU's ring reports, then resets the rings (slots_lock held throughout). */
 function ringRound(kvm: Kvm, vcpus: number, scratch: Int32Array): void {
-  const pages: number[] = [];
+  const slots = new Int32Array(kvm.ctl[CTL.dirty_ring_size] * vcpus);
+  const offsets = new Int32Array(slots.length);
+  let n = 0;
   kvm.slots_lock.lock();
   try {
-    for (let v = 0; v < vcpus; v++) kvm_dirty_ring_harvest(kvm, v, Infinity, (_s, off) => pages.push(off));
+    for (let v = 0; v < vcpus; v++)
+      n += kvm_dirty_ring_harvest(kvm, v, slots.subarray(n), offsets.subarray(n), Infinity);
     kvm_reset_dirty_rings(kvm, wp_design(kvm), newDirtyLogTimes());
   } finally {
     kvm.slots_lock.unlock();
   }
-  for (const g of pages) if (g < NPAGES) scratch[g] = pageWord(kvm, hvaOf(scratch) + g);
+  for (let k = 0; k < n; k++) {
+    const g = offsets[k];
+    if (g < NPAGES) scratch[g] = pageWord(kvm, hvaOf(scratch) + g);
+  }
 }
 
 /** GET, CLEAR [first, first+pages) of what it reported, then copy those pages. */

@@ -90,13 +90,13 @@ export function prefault(vm: Vm, id: number, gfns: number[], stamp = 1): void {
 /** Runs body as vCPU `id` on this thread (kvm_get_running_vcpu() is `id` meanwhile: ring pushes). */
 export function asVcpu(kvm: Kvm, id: number, body: (v: Vcpu) => void): void {
   const v = new Vcpu(kvm, id);
-  kvm_set_running_vcpu(id);
+  kvm_set_running_vcpu(kvm, id);
   v.enterGuest();
   try {
     body(v);
   } finally {
     v.exitGuest();
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(kvm, -1);
   }
 }
 

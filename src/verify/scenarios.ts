@@ -7,7 +7,7 @@
  * Setup runs on the controller thread without the hook; threads run in explore workers with it.
  * Slot 0 is 4 MiB at gpa 0 (gfns 0..1023, two 2 MiB blocks); vCPU ids are the thread indices.
  */
-import { BugName, Kvm, MmuMode, SP } from "../kvm_host.js";
+import { BugName, CTL, Kvm, MmuMode, SP } from "../kvm_host.js";
 import { MmuModeName, Vm, VmOptions } from "../vm.js";
 import { kvm_dirty_ring_harvest } from "../mem/dirty_ring.js";
 import { kvm_reset_dirty_rings } from "../mmu/dirty_ring.js";
@@ -89,15 +89,21 @@ function clearRound(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
 
 /** Ring round as the selftest and QEMU do it: harvest vCPU 0's ring, reset, then copy the pages. */
 function ringRound(kvm: Kvm, hvaBase: number, scratch: Int32Array): void {
-  const pages: number[] = [];
+  const size = kvm.ctl[CTL.dirty_ring_size];
+  const slots = new Int32Array(size);
+  const offsets = new Int32Array(size);
+  let n: number;
   kvm.slots_lock.lock();
   try {
-    kvm_dirty_ring_harvest(kvm, 0, Infinity, (_slot, offset) => pages.push(offset));
+    n = kvm_dirty_ring_harvest(kvm, 0, slots, offsets, Infinity);
     kvm_reset_dirty_rings(kvm, wp_design(kvm), newDirtyLogTimes());
   } finally {
     kvm.slots_lock.unlock();
   }
-  for (const g of pages) if (g < NPAGES) scratch[g] = pageWord(kvm, hvaBase + g);
+  for (let k = 0; k < n; k++) {
+    const g = offsets[k];
+    if (g < NPAGES) scratch[g] = pageWord(kvm, hvaBase + g);
+  }
 }
 
 /** Final ring round (quiesced) and comparison. */

@@ -78,21 +78,42 @@ function check_ring_vcpu(st: VmState, vcpuId: number): void {
   if (!isInt(vcpuId) || !st.created.has(vcpuId)) throw einval("vcpuId", `no vCPU ${String(vcpuId)}`);
 }
 
-/** Vm.harvestDirtyRing: see there. */
-export function vm_harvest_dirty_ring(st: VmState, vcpuId: number, max: number): DirtyGfn[] {
+/** Vm.harvestDirtyRingInto: see there. */
+export function vm_harvest_dirty_ring_into(
+  st: VmState,
+  vcpuId: number,
+  slots: Int32Array,
+  offsets: Int32Array,
+): number {
   check_ring_vcpu(st, vcpuId);
-  if (!(max === Infinity || (isInt(max) && max >= 0)))
-    throw einval("max", `must be an integer >= 0, got ${String(max)}`);
-  const out: DirtyGfn[] = [];
+  if (!(slots instanceof Int32Array)) throw einval("slots", `must be an Int32Array, got ${String(slots)}`);
+  if (!(offsets instanceof Int32Array))
+    throw einval("offsets", `must be an Int32Array, got ${String(offsets)}`);
+  if (offsets.length !== slots.length)
+    throw einval("offsets", `must have the length of slots (${slots.length}), got ${offsets.length}`);
   st.kvm.slots_lock.lock();
   try {
     // With PML the vCPUs' buffers reach the rings only at an exit: kick them first, as QEMU's
     // kvm_dirty_ring_flush does (kvm_cpu_synchronize_kick_all) before it reaps.
     kvm_arch_sync_dirty_log(st.kvm);
-    kvm_dirty_ring_harvest(st.kvm, vcpuId, max, (slot, offset) => out.push({ slot, offset }));
+    return kvm_dirty_ring_harvest(st.kvm, vcpuId, slots, offsets, slots.length);
   } finally {
     st.kvm.slots_lock.unlock();
   }
+}
+
+/** Vm.harvestDirtyRing: vm_harvest_dirty_ring_into, then one object per entry. */
+export function vm_harvest_dirty_ring(st: VmState, vcpuId: number, max: number): DirtyGfn[] {
+  check_ring_vcpu(st, vcpuId);
+  if (!(max === Infinity || (isInt(max) && max >= 0)))
+    throw einval("max", `must be an integer >= 0, got ${String(max)}`);
+  // A ring never holds more than its size of DIRTY entries.
+  const cap = Math.min(max, st.kvm.ctl[CTL.dirty_ring_size]);
+  const slots = new Int32Array(cap);
+  const offsets = new Int32Array(cap);
+  const n = vm_harvest_dirty_ring_into(st, vcpuId, slots, offsets);
+  const out: DirtyGfn[] = [];
+  for (let k = 0; k < n; k++) out.push({ slot: slots[k], offset: offsets[k] });
   return out;
 }
 

@@ -24,7 +24,6 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
   KVM_USER_MEM_SLOTS,
-  metadataBytes,
   PAGE_SIZE,
   ST,
   VCPU,
@@ -46,7 +45,7 @@ import {
   vm_throw_if_failed,
   VmState,
 } from "./state.js";
-import { kvm_create_vm, VmOptions } from "./create.js";
+import { kvm_create_vm, metadataBytes, VmOptions } from "./create.js";
 import { vm_audit_tlbs, vm_pause, vm_resume, vm_run, vm_stop, vm_vcpu_ids, vm_wait_passes } from "./run.js";
 import * as host from "./host_thread.js";
 import { vm_numa_balancing_stats, vm_set_numa_balancing } from "./numa.js";
@@ -305,10 +304,22 @@ export class Vm {
   }
 
   /**
-   * Userspace's harvest of vCPU vcpuId's ring: the DIRTY entries from where the last harvest
-   * stopped, in order (at most `max`), each marked RESET. The pages are not protected again
-   * until resetDirtyRings(), which must come before their contents are read. May run while
-   * the vCPUs run.
+   * Userspace's harvest of vCPU vcpuId's ring into caller-provided arrays: the DIRTY entries from
+   * where the last harvest stopped, in order, at most slots.length, each marked RESET; entry k's
+   * slot id in slots[k], its page offset in the slot in offsets[k]. Returns the entries
+   * harvested (no object per entry). `offsets` has the length of `slots` (EINVAL otherwise).
+   * The pages are not protected again until resetDirtyRings(), which must come before their
+   * contents are read. May run while the vCPUs run.
+   */
+  harvestDirtyRingInto(vcpuId: number, slots: Int32Array, offsets: Int32Array): number {
+    return vm_ioctl(this.#s, "harvestDirtyRingInto", () =>
+      ring.vm_harvest_dirty_ring_into(this.#s, vcpuId, slots, offsets),
+    );
+  }
+
+  /**
+   * harvestDirtyRingInto's convenience form: the entries harvested (at most `max`) as
+   * {slot, offset} objects.
    */
   harvestDirtyRing(vcpuId: number, max = Infinity): ring.DirtyGfn[] {
     return vm_ioctl(this.#s, "harvestDirtyRing", () => ring.vm_harvest_dirty_ring(this.#s, vcpuId, max));

@@ -35,7 +35,7 @@ kvm_watch_locks(kvm, vcpuId + 1);
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);
 // kvm_get_running_vcpu() on this thread: its dirty-ring pushes go to this vCPU's ring.
-kvm_set_running_vcpu(data.vcpuId);
+kvm_set_running_vcpu(kvm, data.vcpuId);
 
 async function loadEntry(url: string): Promise<GuestEntry> {
   const m = (await import(url)) as { default?: unknown; main?: unknown };

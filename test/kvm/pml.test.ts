@@ -34,7 +34,7 @@ const mode = (vm: Vm): number => Atomics.load(vmKvm(vm).vcpu, VCPU.mode(0));
 
 test("harvestDirtyRing from the thread of a vCPU in guest mode: its PML buffer, in order, no wait on itself", () => {
   const { vm, v } = pmlVm(true);
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     v.enterGuest();
     const order = [7, 3, 40, 1];
@@ -51,13 +51,13 @@ test("harvestDirtyRing from the thread of a vCPU in guest mode: its PML buffer, 
       [9],
     );
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 });
 
 test("getDirtyLog from the thread of a vCPU in guest mode reports its buffered writes", () => {
   const { vm, v } = pmlVm(false);
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     v.enterGuest();
     for (const g of [5, 6, 33]) v.write32(g, 0, 2);
@@ -65,14 +65,14 @@ test("getDirtyLog from the thread of a vCPU in guest mode reports its buffered w
     assert.deepEqual(Array.from(bm.slice(0, 2)), [(1 << 5) | (1 << 6), 1 << 1]);
     v.exitGuest();
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 });
 
 test("a remote TLB flush from the thread of a vCPU in guest mode kicks it without waiting", () => {
   const { vm, v } = pmlVm(false);
   const kvm = vmKvm(vm);
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     v.enterGuest();
     assert.equal(make_all_cpus_request(kvm, 0), false, "nothing to wait for");
@@ -85,6 +85,6 @@ test("a remote TLB flush from the thread of a vCPU in guest mode kicks it withou
     assert.equal(Atomics.load(kvm.vcpu, VCPU.requests(0)), 0, "the flush request was served");
     v.exitGuest();
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 });

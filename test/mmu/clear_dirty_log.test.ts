@@ -29,11 +29,11 @@ function setup(wp: string, pages = PAGES): { vm: Vm; write: (gfns: number[]) => 
   vm.createVcpu(0);
   const write = (gfns: number[]): void => {
     const v = new Vcpu(vmKvm(vm), 0);
-    kvm_set_running_vcpu(0);
+    kvm_set_running_vcpu(vmKvm(vm), 0);
     v.enterGuest();
     for (const g of gfns) v.write64(g, 0, g + 1, 0);
     v.exitGuest();
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   };
   return { vm, write };
 }

@@ -46,6 +46,7 @@ function laterCalls(vm: Vm): [string, () => unknown][] {
     ["clearDirtyLog", () => vm.clearDirtyLog(0, 0, 64, new Uint32Array(2).fill(~0))],
     ["resetDirtyRings", () => vm.resetDirtyRings()],
     ["harvestDirtyRing", () => vm.harvestDirtyRing(0)],
+    ["harvestDirtyRingInto", () => vm.harvestDirtyRingInto(0, new Int32Array(4), new Int32Array(4))],
     ["setUserMemoryRegion", () => vm.setUserMemoryRegion({ ...r, memorySize: 0 })],
     ["setUserMemoryRegion", () => vm.setUserMemoryRegion({ ...r, flags: 0 })],
     ["enableManualDirtyLogProtect", () => vm.enableManualDirtyLogProtect(1)],

@@ -10,7 +10,12 @@ import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../../src/kvm_host.js";
 import { Vcpu } from "../../src/vcpu/vcpu.js";
 import { KvmError, Errno } from "../../src/errors.js";
 import { dirtyPages } from "../../src/dirty_bitmap.js";
-import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
+import {
+  kvm_dirty_ring_soft_full,
+  kvm_dirty_ring_used,
+  kvm_get_running_vcpu,
+  kvm_set_running_vcpu,
+} from "../../src/mem/dirty_ring.js";
 import { DLG, DLG_VCPU, dlgCtlWords } from "../../src/workload/dirty_log_guest.js";
 import { vmKvm } from "../../src/vm/internal.js";
 
@@ -43,13 +48,13 @@ function ringVm(wp: WpName, entries = 256, withBitmap = false): Vm {
 /** Writes the pages as vCPU 0 on this thread (kvm_get_running_vcpu() = 0 meanwhile). */
 function writes(vm: Vm, pages: number[], x = 1): void {
   const v = new Vcpu(vmKvm(vm), 0);
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     v.enterGuest();
     for (const p of pages) v.write64(p, 0, x, 0);
     v.exitGuest();
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 }
 
@@ -171,6 +176,134 @@ for (const wp of ["locked", "lockless"] as const) {
     }
   });
 }
+
+/** harvestDirtyRingInto with arrays of `cap` entries, as many calls as it comes back full. */
+function harvestTyped(vm: Vm, cap: number): { slots: number[]; offsets: number[]; calls: number[] } {
+  const slots = new Int32Array(cap);
+  const offsets = new Int32Array(cap);
+  const out = { slots: [] as number[], offsets: [] as number[], calls: [] as number[] };
+  for (;;) {
+    const n = vm.harvestDirtyRingInto(0, slots, offsets);
+    out.calls.push(n);
+    out.slots.push(...slots.subarray(0, n));
+    out.offsets.push(...offsets.subarray(0, n));
+    if (n < cap) return out;
+  }
+}
+
+for (const wp of ["locked", "lockless"] as const) {
+  test(`${wp}: harvestDirtyRingInto fills the arrays in ring order, at most their length, and counts`, () => {
+    const vm = ringVm(wp);
+    const pages = [10, 9, 8, 40, 80, 79, 12, 299];
+    writes(vm, pages);
+    const got = harvestTyped(vm, 3);
+    assert.deepEqual(got.calls, [3, 3, 2], "full, full, then the rest: the last call is short");
+    assert.deepEqual(got.offsets, pages);
+    assert.deepEqual(got.slots, Array<number>(pages.length).fill(2));
+    // Past the count the arrays are untouched; an empty ring harvests 0.
+    const slots = new Int32Array(4).fill(-7);
+    const offsets = new Int32Array(4).fill(-7);
+    assert.equal(vm.harvestDirtyRingInto(0, slots, offsets), 0);
+    assert.deepEqual([...slots, ...offsets], Array<number>(8).fill(-7));
+    assert.equal(vm.resetDirtyRings(), pages.length);
+  });
+
+  test(`${wp}: harvestDirtyRingInto across the ring's wrap-around, up to the soft limit`, () => {
+    const vm = ringVm(wp, 256);
+    const kvm = vmKvm(vm);
+    // 150 entries, reset: the next 191 wrap past entry 255 to entry 0. (A vCPU on this thread
+    // that makes its ring soft-full waits in the exit for a reset: 191 = 256 - 64 - 1 at most.)
+    writes(
+      vm,
+      Array.from({ length: 150 }, (_, g) => g),
+    );
+    assert.equal(harvestTyped(vm, 256).offsets.length, 150);
+    assert.equal(vm.resetDirtyRings(), 150);
+    const pages = Array.from({ length: 191 }, (_, k) => (k * 7) % NPAGES);
+    assert.equal(new Set(pages).size, 191);
+    writes(vm, pages, 2);
+    assert.equal(kvm_dirty_ring_used(kvm, 0), 191);
+    assert.ok(!kvm_dirty_ring_soft_full(kvm, 0), "one below 256 - KVM_DIRTY_RING_RSVD_ENTRIES");
+    const got = harvestTyped(vm, 100);
+    assert.deepEqual(got.calls, [100, 91]);
+    assert.deepEqual(got.offsets, pages, "in push order across the wrap");
+    assert.equal(kvm_dirty_ring_used(kvm, 0), 191, "harvested is not free until the reset");
+    assert.equal(vm.resetDirtyRings(), 191);
+    assert.equal(kvm_dirty_ring_used(kvm, 0), 0);
+    assert.ok(!kvm_dirty_ring_soft_full(kvm, 0));
+    // Every page was protected again by the reset: each write is logged once more.
+    writes(vm, pages, 3);
+    assert.deepEqual(harvestTyped(vm, 256).offsets, pages);
+  });
+
+  test(`${wp}: harvestDirtyRing (objects) is harvestDirtyRingInto entry for entry`, () => {
+    const a = ringVm(wp);
+    const b = ringVm(wp);
+    const pages = [5, 6, 7, 100, 64, 63, 1, 2, 299, 0];
+    writes(a, pages);
+    writes(b, pages);
+    const typed = harvestTyped(b, 4);
+    assert.deepEqual(
+      a.harvestDirtyRing(0, 4),
+      typed.offsets.slice(0, 4).map((offset, k) => ({ slot: typed.slots[k], offset })),
+      "max honoured as the arrays' length",
+    );
+    assert.deepEqual(
+      a.harvestDirtyRing(0),
+      typed.offsets.slice(4).map((offset, k) => ({ slot: typed.slots[k + 4], offset })),
+    );
+    assert.equal(a.resetDirtyRings(), b.resetDirtyRings());
+  });
+}
+
+test("harvestDirtyRingInto: bad arrays are EINVAL naming the argument, and harvest nothing", () => {
+  const vm = ringVm("locked");
+  writes(vm, [1, 2, 3]);
+  const ok = new Int32Array(8);
+  expectErr(
+    () => vm.harvestDirtyRingInto(0, new Uint32Array(8) as unknown as Int32Array, ok),
+    "EINVAL",
+    /slots: must be an Int32Array/,
+  );
+  expectErr(
+    () => vm.harvestDirtyRingInto(0, ok, [0, 0] as unknown as Int32Array),
+    "EINVAL",
+    /offsets: must be an Int32Array/,
+  );
+  expectErr(
+    () => vm.harvestDirtyRingInto(0, ok, new Int32Array(7)),
+    "EINVAL",
+    /offsets: must have the length of slots \(8\), got 7/,
+  );
+  expectErr(() => vm.harvestDirtyRingInto(1, ok, new Int32Array(8)), "EINVAL", /vcpuId: no vCPU 1/);
+  assert.deepEqual(
+    vm.harvestDirtyRing(0).map((e) => e.offset),
+    [1, 2, 3],
+    "the failed calls took nothing",
+  );
+  expectErr(
+    () => Vm.create({ memory: 1 << 20, wp: "locked" }).harvestDirtyRingInto(0, ok, ok),
+    "EINVAL",
+    /not enabled/,
+  );
+});
+
+test("kvm_get_running_vcpu is per VM: a vCPU of one VM on this thread is no vCPU of another", () => {
+  const a = ringVm("locked");
+  const b = ringVm("locked");
+  kvm_set_running_vcpu(vmKvm(a), 0);
+  try {
+    assert.equal(kvm_get_running_vcpu(vmKvm(a)), 0);
+    assert.equal(kvm_get_running_vcpu(vmKvm(b)), -1);
+    // A host write to b (ring only, no bitmap) is dropped, not pushed to b's vCPU 0 ring.
+    b.writeGuest(4 * PAGE_SIZE, new Uint8Array([1]));
+    assert.equal(b.dirtyRingStats().dropped, 1);
+    assert.deepEqual(b.harvestDirtyRing(0), []);
+  } finally {
+    kvm_set_running_vcpu(vmKvm(a), -1);
+  }
+  assert.equal(kvm_get_running_vcpu(vmKvm(a)), -1);
+});
 
 test("a worker vCPU exits on a soft-full ring, is counted, and resumes after a reset", async () => {
   const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1, maxSlotPages: 2048 });

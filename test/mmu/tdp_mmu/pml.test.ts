@@ -29,7 +29,7 @@ function ringVm(): Vm {
 
 test("PML: the buffer reaches the dirty ring in the order the vCPU wrote it", () => {
   const vm = ringVm();
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     const all = Array.from({ length: NPAGES }, (_, g) => g);
     const v = writePages(vm, all, 1);
@@ -57,13 +57,13 @@ test("PML: the buffer reaches the dirty ring in the order the vCPU wrote it", ()
       order,
     );
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 });
 
 test("PML: a full buffer is a PML-full exit; nothing is lost or reordered", () => {
   const vm = ringVm();
-  kvm_set_running_vcpu(0);
+  kvm_set_running_vcpu(vmKvm(vm), 0);
   try {
     const all = Array.from({ length: NPAGES }, (_, g) => g);
     const v = writePages(vm, all, 1);
@@ -86,7 +86,7 @@ test("PML: a full buffer is a PML-full exit; nothing is lost or reordered", () =
       got.push(...e.map((x) => x.offset));
     assert.deepEqual(got, order);
   } finally {
-    kvm_set_running_vcpu(-1);
+    kvm_set_running_vcpu(vmKvm(vm), -1);
   }
 });
 
