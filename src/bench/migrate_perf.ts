@@ -43,6 +43,8 @@ export interface MigratePerfOptions {
   dirtyRateBytes?: number;
   /** Bytes the loopback reference moves, before the runs and after them (default 256 MiB). */
   loopbackBytes?: number;
+  /** The stream's protection (default TLS-PSK); "none": migrate's --insecure-plaintext. */
+  tls?: "psk" | "none";
 }
 
 /**
@@ -151,6 +153,8 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   if (new Set(designs).size !== designs.length) throw einval("wp", "a design is listed twice");
   if (!designs.includes(baselineOf(o)))
     throw einval("baseline", `"${baselineOf(o)}" is not one of the designs run (${designs.join(", ")})`);
+  if (o.tls !== undefined && o.tls !== "psk" && o.tls !== "none")
+    throw einval("tls", `must be "psk" or "none", got ${String(o.tls)}`);
   const lb = o.loopbackBytes ?? LOOPBACK_BYTES;
   if (!Number.isSafeInteger(lb) || lb < 1 << 20) throw einval("loopbackBytes", "must be an integer >= 1 MiB");
   layoutFor(o.memoryBytes, o.vcpus, { workingSetBytes: o.workingSetBytes, dirtyRateBytes: o.dirtyRateBytes });
@@ -185,6 +189,7 @@ async function migrateOnce(
     autoConverge: o.autoConverge,
     workingSetBytes: o.workingSetBytes,
     dirtyRateBytes: o.dirtyRateBytes,
+    security: { tls: o.tls ?? "psk" },
   });
   const ok = r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true;
   return { ...r, exitCode: ok ? 0 : 1 };
@@ -324,7 +329,7 @@ export function formatMigratePerf(r: MigratePerfResult): string {
   const keys = Object.keys(r.ratios);
   const out = [
     `migrate-perf: ${o.runs} runs per design (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
-    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU, ${o.mode}, ${o.logMode}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
+    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
     `  completed and verified: ${designs.map((d) => `${d} ${r.results[d].completed}/${o.runs}`).join(", ")}; pairs ${r.pairs}`,
     "",
     `  ${"metric".padEnd(17)} ${designs.map((d) => `${d} median [95% CI]`.padEnd(34)).join(" ")} ${keys.join("  ")}`,

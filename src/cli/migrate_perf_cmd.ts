@@ -58,6 +58,7 @@ function perfOptions(a: Record<string, string | boolean | undefined>): MigratePe
   if (a["dirtyRate"] !== undefined)
     o.dirtyRateBytes = parseNumberIn("--dirty-rate", String(a["dirtyRate"]), 0.01, 1e6) * 2 ** 20;
   if (o.loopbackBytes! < 1 << 20) throw einval("--loopback", "must be at least 1M");
+  if (a["insecurePlaintext"] === true) o.tls = "none";
   return o;
 }
 
@@ -95,6 +96,11 @@ export function registerMigratePerf(program: Command): void {
       "--loopback <size>",
       "bytes the raw loopback reference (a plain socket pair) moves, before the runs and after",
       "256M",
+    )
+    .option(
+      "--insecure-plaintext",
+      "INSECURE: migrate without TLS (as migrate's), to measure the stream without the cipher",
+      false,
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
