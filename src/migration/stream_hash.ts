@@ -8,6 +8,7 @@
  */
 import { Worker } from "node:worker_threads";
 import { once } from "node:events";
+import { MigrationError } from "./stream.js";
 
 const WORKER = new URL("./stream_hash_worker.js", import.meta.url);
 const RING = 8 << 20;
@@ -32,12 +33,14 @@ export class StreamHash {
     this.w = new Worker(WORKER, { workerData: { ring: this.ring, consumed: this.consumed.buffer } });
     // A stream hash never keeps the process alive (a failed migration may drop it unfinished).
     this.w.unref();
+    // A worker gone (terminated, or failed) consumes nothing more: update() must not wait on it.
+    this.w.once("exit", () => (this.closed = true));
   }
 
   /** Hashes `b` (copied into the ring: the caller may reuse it at once). */
   update(b: Uint8Array): void {
     let off = 0;
-    while (off < b.length) {
+    while (off < b.length && !this.closed) {
       const free = RING - ((this.produced - Atomics.load(this.consumed, 0)) >>> 0);
       if (free === 0) {
         this.post();
@@ -80,9 +83,15 @@ export class StreamHash {
   }
 
   private async ask(what: string): Promise<Buffer> {
+    if (this.closed) throw new MigrationError("EIO", "the stream digest's worker is gone");
     this.post();
     this.w.postMessage(what);
-    const [d] = (await once(this.w, "message")) as [Uint8Array];
+    const gone = once(this.w, "exit").then(() => {
+      throw new MigrationError("EIO", "the stream digest's worker ended before its digest");
+    });
+    // Once the digest came, the worker's exit (close below) must not reject unobserved.
+    gone.catch(() => {});
+    const [d] = (await Promise.race([once(this.w, "message"), gone])) as [Uint8Array];
     this.close();
     return Buffer.from(d.buffer, d.byteOffset, d.length);
   }
