@@ -8,7 +8,7 @@
  */
 import { Worker } from "node:worker_threads";
 import { once } from "node:events";
-import { MigrationError } from "./stream.js";
+import { KvmError } from "../errors.js";
 
 const WORKER = new URL("./stream_hash_worker.js", import.meta.url);
 const RING = 8 << 20;
@@ -83,11 +83,11 @@ export class StreamHash {
   }
 
   private async ask(what: string): Promise<Buffer> {
-    if (this.closed) throw new MigrationError("EIO", "the stream digest's worker is gone");
+    if (this.closed) throw new KvmError("EIO", "the stream digest's worker is gone");
     this.post();
     this.w.postMessage(what);
     const gone = once(this.w, "exit").then(() => {
-      throw new MigrationError("EIO", "the stream digest's worker ended before its digest");
+      throw new KvmError("EIO", "the stream digest's worker ended before its digest");
     });
     // Once the digest came, the worker's exit (close below) must not reject unobserved.
     gone.catch(() => {});
