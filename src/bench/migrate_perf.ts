@@ -12,7 +12,9 @@ import { DEFAULT_BASELINE, DesignName, designInfo } from "../mmu/design.js";
 import { migrateLocalForked } from "../migration/local.js";
 import type { MigrationResult } from "../migration/migrate.js";
 import type { LogMode } from "../migration/log_sync.js";
-import { formatRatio, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
+import { layoutFor } from "../migration/guest_vm.js";
+import { measureLoopback, LoopbackFigure } from "./loopback.js";
+import { formatRatio, median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 
 export interface MigratePerfOptions {
   /** Measured runs per design (pairs). */
@@ -36,6 +38,13 @@ export interface MigratePerfOptions {
   wp?: DesignName[];
   /** The design the ratios divide by (default DEFAULT_BASELINE); one of `wp`. */
   baseline?: DesignName;
+  /** The guest's workload (migrate's --working-set, --dirty-rate); absent: all of it, unbounded. */
+  workingSetBytes?: number;
+  dirtyRateBytes?: number;
+  /** Bytes the loopback reference moves, before the runs and after them (default 256 MiB). */
+  loopbackBytes?: number;
+  /** The stream's protection (default TLS-PSK); "none": migrate's --insecure-plaintext. */
+  tls?: "psk" | "none";
 }
 
 /**
@@ -78,6 +87,8 @@ export interface MigrateRun {
   guestRate: number;
   /** The dirty-log sync made with the vCPUs stopped (the harvest inside the downtime). */
   finalSyncMs: number;
+  /** The bulk round: rounds[0].transferred over rounds[0]["time-ms"], in bytes per second. */
+  bulkBytesPerSec: number;
   verified: boolean;
   error?: string;
 }
@@ -89,6 +100,7 @@ export const MIGRATE_METRICS = [
   "transferredBytes",
   "guestRate",
   "finalSyncMs",
+  "bulkBytesPerSec",
 ] as const;
 export type MigrateMetric = (typeof MIGRATE_METRICS)[number];
 
@@ -111,6 +123,12 @@ export interface MigratePerfResult {
   ratios: Record<string, MigrateRatio | null>;
   /** Run indices where every design's run completed and verified. */
   pairs: number;
+  /** The raw loopback reference (loopback.ts), measured before the runs and after them. */
+  loopback: LoopbackFigure[];
+  /** Their median, bytes per second: what the ratios below divide by. */
+  loopbackBytesPerSec: number;
+  /** Per design: the bulk round's throughput over loopbackBytesPerSec (median and CI of the runs). */
+  bulkVsLoopback: Record<DesignName, Summary | null>;
   elapsedMs: number;
 }
 
@@ -135,7 +153,14 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   if (new Set(designs).size !== designs.length) throw einval("wp", "a design is listed twice");
   if (!designs.includes(baselineOf(o)))
     throw einval("baseline", `"${baselineOf(o)}" is not one of the designs run (${designs.join(", ")})`);
+  if (o.tls !== undefined && o.tls !== "psk" && o.tls !== "none")
+    throw einval("tls", `must be "psk" or "none", got ${String(o.tls)}`);
+  const lb = o.loopbackBytes ?? LOOPBACK_BYTES;
+  if (!Number.isSafeInteger(lb) || lb < 1 << 20) throw einval("loopbackBytes", "must be an integer >= 1 MiB");
+  layoutFor(o.memoryBytes, o.vcpus, { workingSetBytes: o.workingSetBytes, dirtyRateBytes: o.dirtyRateBytes });
 }
+
+export const LOOPBACK_BYTES = 256 << 20;
 
 export function designsOf(o: MigratePerfOptions): DesignName[] {
   return o.wp ?? ["locked", "lockless"];
@@ -162,6 +187,9 @@ async function migrateOnce(
     maxTimeMs: o.timeoutMs,
     warmupMs: o.warmupMs,
     autoConverge: o.autoConverge,
+    workingSetBytes: o.workingSetBytes,
+    dirtyRateBytes: o.dirtyRateBytes,
+    security: { tls: o.tls ?? "psk" },
   });
   const ok = r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true;
   return { ...r, exitCode: ok ? 0 : 1 };
@@ -188,6 +216,8 @@ function toRun(
     transferredBytes: r.transferredBytes,
     guestRate: r.guestRate ?? 0,
     finalSyncMs: r.switchover?.syncMs ?? 0,
+    bulkBytesPerSec:
+      r.rounds.length > 0 ? (r.rounds[0].transferred * 1000) / Math.max(r.rounds[0]["time-ms"], 1) : 0,
     verified: r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true,
   };
   if (r.error) run.error = `${r.error.code}: ${r.error.message}`;
@@ -202,6 +232,7 @@ const VERDICTS: Record<MigrateMetric, [string, string]> = {
   transferredBytes: ["fewer", "more"],
   guestRate: ["lower", "higher"],
   finalSyncMs: ["faster", "slower"],
+  bulkBytesPerSec: ["slower", "faster"],
 };
 
 /** Statistics of one design's completed measured runs. */
@@ -244,6 +275,7 @@ export async function migratePerf(
   const designs = designsOf(o);
   const baseline = baselineOf(o);
   const t0 = performance.now();
+  const loopback = [await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES)];
   const runs: Record<DesignName, MigrateRun[]> = Object.fromEntries(designs.map((d) => [d, []]));
   const total = (o.warmup + o.runs) * designs.length;
   let k = 0;
@@ -253,6 +285,14 @@ export async function migratePerf(
       runs[wp].push(r);
       onRun?.(r, k, total);
     }
+  loopback.push(await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES));
+  const loopbackBytesPerSec = median(loopback.map((x) => x.bytesPerSec));
+  const bulkVsLoopback: Record<DesignName, Summary | null> = {};
+  for (const d of designs) {
+    const ok = runs[d].filter((r) => !r.warmup && r.verified);
+    bulkVsLoopback[d] =
+      ok.length > 0 ? summarize(ok.map((r) => r.bulkBytesPerSec / loopbackBytesPerSec)) : null;
+  }
   let pairs = 0;
   for (let i = o.warmup; i < o.warmup + o.runs; i++) if (designs.every((d) => runs[d][i].verified)) pairs++;
   const ratios: Record<string, MigrateRatio | null> = {};
@@ -265,6 +305,9 @@ export async function migratePerf(
     ratio: both ? ratioOf(o, "lockless", runs["lockless"], runs["locked"]) : null,
     ratios,
     pairs,
+    loopback,
+    loopbackBytesPerSec,
+    bulkVsLoopback,
     elapsedMs: performance.now() - t0,
   };
 }
@@ -276,6 +319,7 @@ const LABELS: Record<MigrateMetric, [string, (x: number) => string]> = {
   transferredBytes: ["transferred", (x) => `${(x / 2 ** 20).toFixed(1)} MiB`],
   guestRate: ["guest throughput", (x) => `${(x / 1e6).toFixed(2)}M/s`],
   finalSyncMs: ["final sync", (x) => `${x.toFixed(2)} ms`],
+  bulkBytesPerSec: ["bulk round", (x) => `${(x / 2 ** 20).toFixed(1)} MiB/s`],
 };
 
 /** The human table: per metric, each design's median [CI], and each ratio with its verdict. */
@@ -285,7 +329,7 @@ export function formatMigratePerf(r: MigratePerfResult): string {
   const keys = Object.keys(r.ratios);
   const out = [
     `migrate-perf: ${o.runs} runs per design (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
-    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU, ${o.mode}, ${o.logMode}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
+    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
     `  completed and verified: ${designs.map((d) => `${d} ${r.results[d].completed}/${o.runs}`).join(", ")}; pairs ${r.pairs}`,
     "",
     `  ${"metric".padEnd(17)} ${designs.map((d) => `${d} median [95% CI]`.padEnd(34)).join(" ")} ${keys.join("  ")}`,
@@ -302,6 +346,16 @@ export function formatMigratePerf(r: MigratePerfResult): string {
       `  ${label.padEnd(17)} ${designs.map((d) => cell(r.results[d].stats[m]).padEnd(34)).join(" ")} ${ratios.join("  ")}`,
     );
   }
+  const lb = r.loopback.map((x) => `${(x.bytesPerSec / 2 ** 20).toFixed(0)}`).join(", ");
+  out.push(
+    `  loopback reference (a plain socket pair, ${(r.loopback[0].bytes / 2 ** 20).toFixed(0)} MiB, before and after): ${lb} MiB/s; bulk round / loopback: ` +
+      designs
+        .map((d) => {
+          const s = r.bulkVsLoopback[d];
+          return `${d} ${s ? `${s.median.toFixed(2)}x [${s.ci95[0].toFixed(2)}, ${s.ci95[1].toFixed(2)}]` : "-"}`;
+        })
+        .join(", "),
+  );
   const failed = designs.flatMap((d) => r.results[d].runs).filter((x) => !x.verified);
   for (const x of failed.slice(0, 6))
     out.push(`  ${x.wp}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`);

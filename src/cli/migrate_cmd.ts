@@ -13,7 +13,7 @@ import type { MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
-import { parseIntIn, parseOne, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseNumberIn, parseOne, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
@@ -134,15 +134,30 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   const to = local ? null : hostPort("--to", String(a["to"]));
   const key = local ? null : keyOf(a);
   const security = securityOf(a);
-  const layout = layoutFor(
-    parseSize("--memory", String(a["memory"])),
-    parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
-  );
+  const memoryBytes = parseSize("--memory", String(a["memory"]));
+  const ws = a["workingSet"] === undefined ? undefined : parseSize("--working-set", String(a["workingSet"]));
+  if (ws !== undefined && (ws < 4096 || ws % 4096 !== 0))
+    throw einval("--working-set", `must be a multiple of 4K, at least 4K, got ${String(a["workingSet"])}`);
+  if (ws !== undefined && ws > memoryBytes - 4096)
+    throw einval(
+      "--working-set",
+      `${String(a["workingSet"])} is more than the guest's memory (--memory less its state page)`,
+    );
+  const dirtyRateBytes =
+    a["dirtyRate"] === undefined
+      ? undefined
+      : parseNumberIn("--dirty-rate", String(a["dirtyRate"]), 0.01, 1e6) * 2 ** 20;
+  const layout = layoutFor(memoryBytes, parseIntIn("--vcpus", String(a["vcpus"]), 1, 64), {
+    workingSetBytes: ws,
+    dirtyRateBytes,
+  });
   const o: GuestMigrationOptions = {
     wp,
     mode,
     memoryBytes: layout.memoryBytes,
     vcpus: layout.vcpus,
+    workingSetBytes: ws,
+    dirtyRateBytes,
     logMode,
     downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
     maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
@@ -184,6 +199,8 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       mode: o.mode,
       local,
       memoryBytes: out.memoryBytes,
+      workingSetBytes: o.workingSetBytes,
+      dirtyRateBytes: o.dirtyRateBytes,
     }),
     results,
   });
@@ -209,6 +226,14 @@ export function registerMigrate(program: Command): void {
     .option("--wp <wp>", `design: ${designNames().join(", ")}`, "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
     .option("-v, --vcpus <n>", "vCPUs", "1")
+    .option(
+      "--working-set <size>",
+      "the guest first fills all its memory with non-zero data, then rewrites only this much (suffix k/m/g; default: all of it)",
+    )
+    .option(
+      "--dirty-rate <MB/s>",
+      "bound the guest's dirtying to this many MiB per second (all vCPUs; after the fill)",
+    )
     .option("--mode <mode>", "tdp or shadow", "tdp")
     .option("--min-rounds <n>", "pre-copy rounds (the bulk round counts) before switch-over may happen", "1")
     .option("--warmup <ms>", "let the guest run this long before migrating", "200")

@@ -15,12 +15,51 @@ import { checkOutput, envelope, finished, writeResult } from "../bench/result.js
 import { LOG_MODES } from "../migration/log_sync.js";
 import { DEFAULT_BASELINE, designNames, parseDesignList } from "../mmu/design.js";
 import { einval } from "../errors.js";
-import { parseIntIn, parseList, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
+
+/** --working-set: a whole number of pages, at least one. */
+export function workingSetArg(v: unknown): number {
+  const ws = parseSize("--working-set", String(v));
+  if (ws < 4096 || ws % 4096 !== 0)
+    throw einval("--working-set", `must be a multiple of 4K, at least 4K, got ${String(v)}`);
+  return ws;
+}
 
 function baselineArg(v: unknown): string {
   const l = parseDesignList("--baseline", String(v));
   if (l.length !== 1) throw einval("--baseline", "takes one design");
   return l[0];
+}
+
+/** migrate-perf's flags as MigratePerfOptions; bad values are usage errors (EINVAL). */
+function perfOptions(a: Record<string, string | boolean | undefined>): MigratePerfOptions {
+  const mode = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
+  const logMode = parseList("--log-mode", String(a["logMode"]), LOG_MODES);
+  if (mode.length !== 1) throw einval("--mode", "takes one value");
+  if (logMode.length !== 1) throw einval("--log-mode", "takes one value");
+  const o: MigratePerfOptions = {
+    runs: parseIntIn("--runs", String(a["runs"]), 1, 1000),
+    warmup: parseIntIn("--warmup", String(a["warmup"]), 0, 100),
+    memoryBytes: parseSize("--memory", String(a["memory"])),
+    vcpus: parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
+    mode: mode[0],
+    logMode: logMode[0],
+    maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
+    downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
+    minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
+    autoConverge: a["autoConverge"] === true,
+    timeoutMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
+    warmupMs: parseIntIn("--guest-warmup", String(a["guestWarmup"]), 0, 600_000),
+    wp: parseDesignList("--wp", String(a["wp"])),
+    baseline: baselineArg(a["baseline"]),
+    loopbackBytes: parseSize("--loopback", String(a["loopback"])),
+  };
+  if (a["workingSet"] !== undefined) o.workingSetBytes = workingSetArg(a["workingSet"]);
+  if (a["dirtyRate"] !== undefined)
+    o.dirtyRateBytes = parseNumberIn("--dirty-rate", String(a["dirtyRate"]), 0.01, 1e6) * 2 ** 20;
+  if (o.loopbackBytes! < 1 << 20) throw einval("--loopback", "must be at least 1M");
+  if (a["insecurePlaintext"] === true) o.tls = "none";
+  return o;
 }
 
 export function registerMigratePerf(program: Command): void {
@@ -48,30 +87,26 @@ export function registerMigratePerf(program: Command): void {
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
     .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
+    .option(
+      "--working-set <size>",
+      "per migration: the guest fills all its memory, then rewrites only this much (as migrate's)",
+    )
+    .option("--dirty-rate <MB/s>", "per migration: bound the guest's dirtying (MiB/s, as migrate's)")
+    .option(
+      "--loopback <size>",
+      "bytes the raw loopback reference (a plain socket pair) moves, before the runs and after",
+      "256M",
+    )
+    .option(
+      "--insecure-plaintext",
+      "INSECURE: migrate without TLS (as migrate's), to measure the stream without the cipher",
+      false,
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
     .action(async (a: Record<string, string | boolean | undefined>) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const mode = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
-      const logMode = parseList("--log-mode", String(a["logMode"]), LOG_MODES);
-      if (mode.length !== 1) throw einval("--mode", "takes one value");
-      if (logMode.length !== 1) throw einval("--log-mode", "takes one value");
-      const o: MigratePerfOptions = {
-        runs: parseIntIn("--runs", String(a["runs"]), 1, 1000),
-        warmup: parseIntIn("--warmup", String(a["warmup"]), 0, 100),
-        memoryBytes: parseSize("--memory", String(a["memory"])),
-        vcpus: parseIntIn("--vcpus", String(a["vcpus"]), 1, 64),
-        mode: mode[0],
-        logMode: logMode[0],
-        maxBandwidth: parseSize("--max-bandwidth", String(a["maxBandwidth"])),
-        downtimeLimitMs: parseIntIn("--downtime-limit", String(a["downtimeLimit"]), 1, 600_000),
-        minRounds: parseIntIn("--min-rounds", String(a["minRounds"]), 1, 1000),
-        autoConverge: a["autoConverge"] === true,
-        timeoutMs: parseIntIn("--timeout", String(a["timeout"]), 1, 86_400_000),
-        warmupMs: parseIntIn("--guest-warmup", String(a["guestWarmup"]), 0, 600_000),
-        wp: parseDesignList("--wp", String(a["wp"])),
-        baseline: baselineArg(a["baseline"]),
-      };
+      const o = perfOptions(a);
       const r = await migratePerf(o, (run, k, of) =>
         progress(
           `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
@@ -83,6 +118,9 @@ export function registerMigratePerf(program: Command): void {
         ratio: r.ratio,
         ratios: r.ratios,
         pairs: r.pairs,
+        loopback: r.loopback,
+        loopbackBytesPerSec: r.loopbackBytesPerSec,
+        bulkVsLoopback: r.bulkVsLoopback,
         elapsedMs: r.elapsedMs,
       });
       if (a["output"] !== undefined) writeResult(String(a["output"]), doc);

@@ -38,6 +38,7 @@ import {
   sectionName,
 } from "./stream.js";
 import { applyDiscard, postcopyIncoming } from "./postcopy.js";
+import { StreamHash } from "./stream_hash.js";
 
 export interface DestinationOptions {
   wp: DesignName;
@@ -120,7 +121,7 @@ export class MigrationDestination {
       if (!Number.isSafeInteger(idleMs) || idleMs < 1)
         throw new MigrationError("EINVAL", "idleTimeoutMs: must be an integer >= 1");
       this.state.set("setup");
-      r.hash = (await import("node:crypto")).createHash("sha256");
+      r.hash = new StreamHash();
       await readHeader(r);
       if ((await this.load(r, back, rep)) === "postcopy") {
         this.state.set("completed");
@@ -150,7 +151,7 @@ export class MigrationDestination {
     let postcopy = false;
     let vcpuState: VcpuState | null = null;
     for (let id = 1; ; id++) {
-      const before = r.hash!.copy();
+      r.hash!.mark();
       const s = await readSection(r, id, SOURCE_TYPES);
       rep.sections++;
       if (s.type !== Sec.Config && !layout)
@@ -179,7 +180,7 @@ export class MigrationDestination {
         this.state.set("cancelling");
         throw new MigrationError("ECANCELED", "the source cancelled the migration");
       } else if (s.type === Sec.Eof) {
-        checkStreamDigest(r, before, s.payload);
+        await checkStreamDigest(r, s.payload);
         // The device state is in: the completion stage (the source's guest is stopped).
         this.state.set("device");
         this.checkVcpuState(vcpuState, layout);

@@ -8,8 +8,16 @@
  * any access); on entry the guest finishes that step: if the page already holds the next value,
  * the increment retired and only the counter is behind.
  *
- * Invariant (checked by invariantOf): with c = count, n = pages, pass = c / n, next = c % n,
- * page j holds (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values.
+ * A bounded working set (`workingPages` w < n): the first pass fills all n pages (each gets
+ * its first increment and a non-zero pattern word, so none travels as a ZERO record), then the
+ * guest rewrites only pages 0..w-1, round and round. Step k touches page k for k < n, then page
+ * (k - n) mod w; with w = n that is k mod n, the plain guest. `dirtyRate` (pages per second per
+ * vCPU, 0: unbounded) bounds the rewriting after the fill: the guest halts when ahead of it.
+ *
+ * Invariant (checked by invariantOf): page j holds the number of steps that touched it, mod 256:
+ * with c = count, n = pages, pass = c / n, next = c % n and w = n, page j holds
+ * (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values. The count wraps
+ * after 2^32 increments (minutes at full speed), which this model does not cover.
  */
 import type { GuestContext } from "../guest/context.js";
 import { defineBlock } from "../layout.js";
@@ -21,8 +29,30 @@ export interface MigrationGuestArgs {
   regionGpa: number;
   /** Pages per vCPU. */
   pages: number;
+  /** Pages per vCPU rewritten after the first pass (the working set), 1..pages. */
+  workingPages: number;
+  /** Pages per second per vCPU the rewriting may dirty; 0: unbounded. */
+  dirtyRate: number;
   /** Int32Array over it: the control words MIG_CTL (throttle percent, halt word, hold). */
   ctl: SharedArrayBuffer;
+}
+
+/** The page step k touches (k < n: the fill pass; then the working set, round and round). */
+export function pageOfStep(k: number, n: number, w: number): number {
+  return k < n ? k : (k - n) % w;
+}
+
+/** How many of the first c steps touched page j (the byte it holds, before mod 256). */
+export function touchesOf(j: number, c: number, n: number, w: number): number {
+  if (c <= n) return j < c ? 1 : 0;
+  if (j >= w) return 1;
+  const r = c - n;
+  return 1 + Math.floor(r / w) + (j < r % w ? 1 : 0);
+}
+
+/** A non-zero word the fill pass leaves in every page (at byte 4): the page's number, tagged. */
+export function fillPattern(gpa: number): number {
+  return (gpa / 4096) | 0x80000000 | 0;
 }
 
 /** The guest's control words (Int32Array over `args.ctl`). */
@@ -51,18 +81,23 @@ export default function migrationGuest(ctx: GuestContext, a: MigrationGuestArgs)
   // is up before switch-over): they touch no memory until released.
   while (Atomics.load(ctl, MIG_CTL.hold) !== 0) ctx.halt(ctl, MIG_CTL.hold, 1, 50);
   const n = a.pages;
+  const w = a.workingPages;
   const counter = a.stateGpa + 4 * ctx.vcpuId;
   const base = a.regionGpa + ctx.vcpuId * n * 4096;
   let c = ctx.load32(counter) >>> 0;
   // Finish an increment whose counter store did not happen before the vCPU was parked.
-  if (ctx.load8(base + (c % n) * 4096) === ((Math.floor(c / n) + 1) & 255)) {
+  const p0 = pageOfStep(c, n, w);
+  if (ctx.load8(base + p0 * 4096) === ((touchesOf(p0, c, n, w) + 1) & 255)) {
     c = (c + 1) >>> 0;
     ctx.store32(counter, c);
   }
   let slice = performance.now();
+  // --dirty-rate: steps since `t0` may not run ahead of rate x elapsed time.
+  let t0 = slice;
+  let c0 = c;
   for (;;) {
-    const j = c % n;
-    const addr = base + j * 4096;
+    const addr = base + pageOfStep(c, n, w) * 4096;
+    if (c < n) ctx.store32(addr + 4, fillPattern(addr));
     ctx.store8(addr, ctx.load8(addr) + 1);
     c = (c + 1) >>> 0;
     ctx.store32(counter, c);
@@ -76,6 +111,15 @@ export default function migrationGuest(ctx: GuestContext, a: MigrationGuestArgs)
         if (now - slice >= SLICE_MS) {
           ctx.halt(ctl, MIG_CTL.sleep, 0, ((now - slice) * pct) / (100 - pct));
           slice = performance.now();
+        }
+      }
+      if (a.dirtyRate > 0) {
+        if (c <= n) {
+          t0 = performance.now();
+          c0 = c;
+        } else {
+          const ahead = ((c - c0) * 1000) / a.dirtyRate - (performance.now() - t0);
+          if (ahead > 0) ctx.halt(ctl, MIG_CTL.sleep, 0, ahead);
         }
       }
     }
@@ -94,20 +138,21 @@ export interface InvariantResult {
 export function invariantOf(
   read: (gpa: number) => number,
   readCounter: (gpa: number) => number,
-  o: { stateGpa: number; regionGpa: number; pages: number; vcpus: number },
+  o: { stateGpa: number; regionGpa: number; pages: number; workingPages?: number; vcpus: number },
 ): InvariantResult {
+  const n = o.pages;
+  const w = o.workingPages ?? n;
   const problems: string[] = [];
   const counts: number[] = [];
   for (let id = 0; id < o.vcpus; id++) {
     const c = readCounter(o.stateGpa + 4 * id) >>> 0;
     counts.push(c);
-    const pass = Math.floor(c / o.pages);
-    const next = c % o.pages;
-    const base = o.regionGpa + id * o.pages * 4096;
-    for (let j = 0; j < o.pages; j++) {
-      const want = (pass + (j < next ? 1 : 0)) & 255;
+    const base = o.regionGpa + id * n * 4096;
+    // The page of step c may already hold its increment (parked before the counter store).
+    const next = pageOfStep(c, n, w);
+    for (let j = 0; j < n; j++) {
+      const want = touchesOf(j, c, n, w) & 255;
       const got = read(base + j * 4096);
-      // The page at `next` may already hold its increment (parked before the counter store).
       const retired = j === next && got === ((want + 1) & 255);
       if (got !== want && !retired && problems.length < 8)
         problems.push(

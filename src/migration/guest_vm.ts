@@ -4,7 +4,7 @@
  */
 import { createHash } from "node:crypto";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE } from "../kvm_host.js";
-import { einval } from "../errors.js";
+import { einval, KvmError } from "../errors.js";
 import { Vm, MmuModeName } from "../vm.js";
 import type { DesignName } from "../mmu/design.js";
 import { MIG_CTL, invariantOf, InvariantResult, MigrationGuestArgs } from "./guest.js";
@@ -19,20 +19,53 @@ export interface GuestLayout {
   stateGpa: number;
   regionGpa: number;
   pagesPerVcpu: number;
+  /** The workload (guest.ts): pages per vCPU rewritten after the fill pass (pagesPerVcpu: all). */
+  workingPages: number;
+  /** Pages per second per vCPU the rewriting may dirty (0: unbounded). */
+  dirtyRate: number;
+}
+
+/** The migration workload's knobs: `--working-set` and `--dirty-rate`, whole-guest figures. */
+export interface GuestWorkload {
+  /** Bytes the guest rewrites after filling all its memory (default: all of it). */
+  workingSetBytes?: number;
+  /** Bytes per second the guest may dirty, all vCPUs together (default 0: unbounded). */
+  dirtyRateBytes?: number;
 }
 
 /** Host memory beyond the slot: spare frames the engine may migrate pages into. */
 const HOST_SPARE = 2 << 20;
 export const MAX_GUEST_MEMORY = 4 * 2 ** 30;
 
-export function layoutFor(memoryBytes: number, vcpus: number): GuestLayout {
+export function layoutFor(memoryBytes: number, vcpus: number, wl: GuestWorkload = {}): GuestLayout {
   if (!Number.isSafeInteger(memoryBytes) || memoryBytes % PAGE_SIZE !== 0 || memoryBytes <= 0)
     throw einval("memory", `must be a positive multiple of ${PAGE_SIZE} bytes, got ${String(memoryBytes)}`);
   if (memoryBytes > MAX_GUEST_MEMORY) throw einval("memory", `at most ${MAX_GUEST_MEMORY} bytes`);
   if (!Number.isSafeInteger(vcpus) || vcpus < 1 || vcpus > 64) throw einval("vcpus", "must be 1..64");
   const pagesPerVcpu = Math.floor((memoryBytes / PAGE_SIZE - 1) / vcpus);
   if (pagesPerVcpu < 1) throw einval("memory", `too small for ${vcpus} vCPUs`);
-  return { memoryBytes, vcpus, stateGpa: 0, regionGpa: PAGE_SIZE, pagesPerVcpu };
+  let workingPages = pagesPerVcpu;
+  const ws = wl.workingSetBytes;
+  if (ws !== undefined) {
+    if (!Number.isSafeInteger(ws) || ws < PAGE_SIZE || ws % PAGE_SIZE !== 0)
+      throw einval(
+        "workingSet",
+        `must be a multiple of ${PAGE_SIZE} bytes, at least one page, got ${String(ws)}`,
+      );
+    if (ws > memoryBytes - PAGE_SIZE)
+      throw einval(
+        "workingSet",
+        `${ws} bytes is more than the guest's ${memoryBytes - PAGE_SIZE} bytes of regions`,
+      );
+    workingPages = Math.min(pagesPerVcpu, Math.max(1, Math.floor(ws / PAGE_SIZE / vcpus)));
+  }
+  const dr = wl.dirtyRateBytes ?? 0;
+  if (typeof dr !== "number" || !Number.isFinite(dr) || dr < 0)
+    throw einval("dirtyRate", `must be a number of bytes per second >= 0, got ${String(dr)}`);
+  if (dr > 0 && dr < PAGE_SIZE)
+    throw einval("dirtyRate", `must be 0 (unbounded) or at least one page (${PAGE_SIZE} bytes) per second`);
+  const dirtyRate = dr / PAGE_SIZE / vcpus;
+  return { memoryBytes, vcpus, stateGpa: 0, regionGpa: PAGE_SIZE, pagesPerVcpu, workingPages, dirtyRate };
 }
 
 /** Checks a layout that came from a peer (as untrusted input). */
@@ -54,6 +87,19 @@ export function checkLayout(l: unknown, maxMemory: number): GuestLayout {
   for (const k of ["stateGpa", "regionGpa", "pagesPerVcpu"] as const)
     if (int(k) !== want[k])
       throw einval(`config.${k}`, `${String(o[k])} does not match the layout (${want[k]})`);
+  // The workload (absent from an older source: the whole guest, unbounded).
+  if (o["workingPages"] !== undefined) {
+    const w = int("workingPages");
+    if (w < 1 || w > want.pagesPerVcpu)
+      throw einval("config.workingPages", `${w} is not in 1..${want.pagesPerVcpu}`);
+    want.workingPages = w;
+  }
+  if (o["dirtyRate"] !== undefined) {
+    const r = o["dirtyRate"];
+    if (typeof r !== "number" || !Number.isFinite(r) || r < 0)
+      throw einval("config.dirtyRate", `bad value ${JSON.stringify(r)}`);
+    want.dirtyRate = r;
+  }
   return want;
 }
 
@@ -105,6 +151,8 @@ export async function runGuest(g: GuestVm): Promise<void> {
     stateGpa: g.layout.stateGpa,
     regionGpa: g.layout.regionGpa,
     pages: g.layout.pagesPerVcpu,
+    workingPages: g.layout.workingPages,
+    dirtyRate: g.layout.dirtyRate,
     ctl: g.ctl.buffer as SharedArrayBuffer,
   };
   await g.vm.run(() => ({ module: GUEST_MODULE, args }));
@@ -127,6 +175,7 @@ export function checkInvariant(g: GuestVm): InvariantResult {
       stateGpa: g.layout.stateGpa,
       regionGpa: g.layout.regionGpa,
       pages: g.layout.pagesPerVcpu,
+      workingPages: g.layout.workingPages,
       vcpus: g.layout.vcpus,
     },
   );
@@ -154,6 +203,29 @@ export function pageHashInto(bytes: Uint8Array, out: Buffer, p: number): void {
 }
 
 /**
+ * The count by which every page the guest still rewrites has advanced since count `c`: the rest
+ * of the fill pass (if any), then one more than the working set (the page at `next` included).
+ */
+export function stepsToAdvance(l: GuestLayout, c: number): number {
+  return Math.max(c, l.pagesPerVcpu) + l.workingPages + 1;
+}
+
+/**
+ * Waits until every vCPU is past its fill pass (`--working-set`: the guest first fills all its
+ * memory); at once when the working set is the whole guest. EIO past `timeoutMs`.
+ */
+export async function waitFilled(g: GuestVm, timeoutMs = 60_000): Promise<void> {
+  if (g.layout.workingPages >= g.layout.pagesPerVcpu) return;
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    g.vm.throwIfFailed();
+    if (guestCounts(g).every((c) => c >= g.layout.pagesPerVcpu)) return;
+    if (Date.now() > end) throw new KvmError("EIO", `the guest did not fill its memory in ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 5));
+  }
+}
+
+/**
  * Lets the guest run until every vCPU has gone over its whole region once more (every page's
  * byte advanced), then pauses it and checks the invariant. Leaves the vCPUs paused.
  */
@@ -167,7 +239,7 @@ export async function runAndCheck(
   for (;;) {
     g.vm.throwIfFailed();
     const now = guestCounts(g);
-    if (now.every((c, i) => c - before[i] >= g.layout.pagesPerVcpu + 1)) break;
+    if (now.every((c, i) => c >= stepsToAdvance(g.layout, before[i]))) break;
     if (Date.now() > end) {
       problems.push(
         `the guest did not advance every page in ${timeoutMs} ms (counts ${before.join(",")} -> ${now.join(",")})`,

@@ -8,7 +8,7 @@ import { einval } from "../errors.js";
 import type { MmuModeName } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
-import { createGuestVm, layoutFor, runAndCheck, runGuest } from "./guest_vm.js";
+import { createGuestVm, GuestLayout, layoutFor, runAndCheck, runGuest, waitFilled } from "./guest_vm.js";
 import { LogMode, logStrategy } from "./log_sync.js";
 import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
@@ -25,8 +25,14 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log"> {
   memoryBytes?: number;
   vcpus?: number;
   logMode?: LogMode;
-  /** The guest runs this long before the migration starts (default 200 ms). */
+  /** The guest runs this long before the migration starts (default 200 ms), after its fill pass. */
   warmupMs?: number;
+  /**
+   * The workload (guest.ts): bytes the guest rewrites after first filling all its memory
+   * (default: all of it), and bytes per second it may dirty (default 0: unbounded).
+   */
+  workingSetBytes?: number;
+  dirtyRateBytes?: number;
 }
 
 /** The source's report with the guest it moved. */
@@ -63,7 +69,15 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
     throw einval("fault", `"${String(o.fault)}" is not one of ${FAULTS.join(", ")}`);
   const w = o.warmupMs ?? 0;
   if (!Number.isSafeInteger(w) || w < 0) throw einval("warmupMs", "must be an integer >= 0");
-  layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
+  layoutOf(o);
+}
+
+/** The guest layout and workload the options describe (EINVAL naming the option). */
+export function layoutOf(o: GuestMigrationOptions): GuestLayout {
+  return layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus, {
+    workingSetBytes: o.workingSetBytes,
+    dirtyRateBytes: o.dirtyRateBytes,
+  });
 }
 
 /**
@@ -77,12 +91,13 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   const wp = o.wp ?? GUEST_DEFAULTS.wp;
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
   const log = logStrategy(o.logMode ?? "dirty-log");
-  const layout = layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
+  const layout = layoutOf(o);
   const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
   let report: MigrationReport;
   try {
     const src = new MigrationSource(g, { ...o, log });
     await runGuest(g);
+    await waitFilled(g);
     await new Promise((r) => setTimeout(r, o.warmupMs ?? GUEST_DEFAULTS.warmupMs));
     const { sock, reader } = await connectOutgoing(o);
     report = await src.migrate(sock, reader);

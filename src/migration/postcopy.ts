@@ -160,7 +160,7 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
   const { discarded, tRun } = await s.sendPackage();
   const downtimeMs = await s.drain();
   // A request that crossed its page on the wire may still come: the handler stays (and is ignored).
-  await c.w.section(Sec.Eof, c.w.digest());
+  await c.w.section(Sec.Eof, await c.w.digest());
   const postcopyTimeMs = performance.now() - tRun;
   const v = await checkDestination(c);
   return {
@@ -508,7 +508,7 @@ async function placeUntilEof(
   let placed = 0;
   let sections = 0;
   for (let id = c.nextId; ; id++) {
-    const before = r.hash!.copy();
+    r.hash!.mark();
     const s = await c.read(id);
     sections++;
     if (s.type === Sec.Ram) {
@@ -523,7 +523,7 @@ async function placeUntilEof(
         placed++;
       }
     } else if (s.type === Sec.Eof) {
-      checkStreamDigest(r, before, s.payload);
+      await checkStreamDigest(r, s.payload);
       break;
     } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
   }

@@ -163,6 +163,7 @@ class SourceRun {
       o.onStateChange?.(to, from);
     });
     this.w = new SectionWriter(this.out);
+    this.w.reuseFrames = inj === null;
     this.w.sessionKey = reader.sessionKey;
     this.ret = new ReturnPath(reader);
     this.limiter = new RateLimiter(o.maxBandwidth);
@@ -282,6 +283,7 @@ class SourceRun {
     this.state.set("cancelling");
     await this.w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
     this.out.end();
+    this.w.stopDigest();
     this.throttle.stop();
     this.report.totalTimeMs = performance.now() - this.t0;
     this.report.transferredBytes = this.w.bytes;
@@ -320,7 +322,7 @@ class SourceRun {
     const tSynced = performance.now();
     await this.ram.save_live_complete_precopy();
     await w.section(Sec.Vcpu, jsonPayload({ vcpus: this.counts.map((counter, id) => ({ id, counter })) }));
-    await w.section(Sec.Eof, w.digest());
+    await w.section(Sec.Eof, await w.digest());
     const tEof = performance.now();
     report.transferredBytes = w.bytes;
 
@@ -431,6 +433,7 @@ class SourceRun {
     report.status = "failed";
     report.totalTimeMs = performance.now() - this.t0;
     report.transferredBytes = this.w.bytes;
+    this.w.stopDigest();
     this.out.destroy();
     if (this.committed && this.o.postcopy) {
       // Neither side holds the whole guest any more: it is lost (no postcopy-paused recovery).

@@ -30,8 +30,11 @@ export interface LoadVMHandlers {
   load_state(payload: Buffer, sectionId: number): number;
 }
 
-/** Pages per RAM section while iterating. */
-const RAM_SECTION_PAGES = 64;
+/**
+ * Pages per RAM section while iterating: 1 MiB frames, so the per-section costs (a CRC call, a
+ * socket write, an await, the rate limiter's accounting) are paid once per 256 pages.
+ */
+const RAM_SECTION_PAGES = 256;
 
 export class RamSaveState implements SaveVMHandlers {
   readonly pages: number;
@@ -121,7 +124,7 @@ export class RamSaveState implements SaveVMHandlers {
   private async flush(): Promise<void> {
     if (this.ram.pages === 0) return;
     const before = this.w.bytes;
-    await this.w.section(Sec.Ram, this.ram.take());
+    await this.w.frame(Sec.Ram, this.ram.takeFrame(), (f) => this.ram.release(f));
     await this.limiter.account(this.w.bytes - before);
   }
 }

@@ -15,7 +15,8 @@
  * version, or a gpa outside the destination's memslots is a MigrationError naming what it found.
  */
 import { crc32 } from "node:zlib";
-import { createHash, createHmac, Hash } from "node:crypto";
+import { createHmac } from "node:crypto";
+import { StreamHash } from "./stream_hash.js";
 import type { Duplex, Readable } from "node:stream";
 import type { Errno } from "../errors.js";
 
@@ -129,13 +130,39 @@ export function writeRecordHeader(b: Buffer, off: number, gpa: number, flags: nu
   b.writeUInt32BE(((gpa % 2 ** 32) | flags) >>> 0, off + 4);
 }
 
-/** Builds RAM payloads of up to `maxPages` records each. */
+/** Bytes before a section's payload (type, id, length) and after it (CRC32). */
+export const FRAME_HEAD = 9;
+export const FRAME_TAIL = 4;
+
+/**
+ * Builds RAM sections of up to `maxPages` records each, straight into the frame that goes on the
+ * wire: room for the frame header before the payload and for the CRC after it, so a page is
+ * copied once (guest memory to frame) and the frame is never copied again (SectionWriter.frame).
+ * Frames are not zeroed (every byte sent is written first) and come from a small pool: a frame
+ * goes back to it once the socket has taken its bytes (release), so the bulk round reuses a few
+ * warm megabytes instead of faulting in a fresh one per section.
+ */
 export class RamBuilder {
   private buf: Buffer;
-  private off = 0;
+  private off = FRAME_HEAD;
   private n = 0;
   constructor(private readonly maxPages = 64) {
-    this.buf = Buffer.alloc(maxPages * (RECORD_HEADER + PAGE_SIZE));
+    this.buf = this.fresh();
+  }
+  /** Frames the socket has finished with. */
+  private readonly pool: Buffer[] = [];
+  private fresh(): Buffer {
+    return (
+      this.pool.pop() ??
+      Buffer.allocUnsafe(FRAME_HEAD + this.maxPages * (RECORD_HEADER + PAGE_SIZE) + FRAME_TAIL)
+    );
+  }
+  /** A frame from takeFrame whose bytes the socket has taken: it may be reused. */
+  release(frame: Buffer): void {
+    if (this.pool.length < 8) this.pool.push(Buffer.from(frame.buffer, frame.byteOffset, this.frameBytes));
+  }
+  private get frameBytes(): number {
+    return FRAME_HEAD + this.maxPages * (RECORD_HEADER + PAGE_SIZE) + FRAME_TAIL;
   }
   get pages(): number {
     return this.n;
@@ -161,12 +188,22 @@ export class RamBuilder {
     this.off += RECORD_HEADER;
     this.n++;
   }
-  /** The payload so far (a copy), and a fresh start. */
+  /** The payload so far (not copied: the builder moves to a fresh buffer), and a fresh start. */
   take(): Buffer {
-    const out = Buffer.from(this.buf.subarray(0, this.off));
-    this.off = 0;
+    return this.takeFrame().subarray(FRAME_HEAD, this.lastLength + FRAME_HEAD);
+  }
+  private lastLength = 0;
+  /**
+   * The section so far as a frame (FRAME_HEAD bytes of room, the payload, FRAME_TAIL bytes of
+   * room) for SectionWriter.frame, and a fresh start.
+   */
+  takeFrame(): Buffer {
+    const f = this.buf.subarray(0, this.off + FRAME_TAIL);
+    this.lastLength = this.off - FRAME_HEAD;
+    this.buf = this.fresh();
+    this.off = FRAME_HEAD;
     this.n = 0;
-    return out;
+    return f;
   }
 }
 
@@ -250,7 +287,8 @@ export class ByteReader {
   private ended = false;
   private broken: Error | null = null;
   private wake: (() => void) | null = null;
-  hash: Hash | null = null;
+  /** The stream digest (a worker: stream_hash.ts), fed every byte read; null: not hashing. */
+  hash: StreamHash | null = null;
   /** Bytes consumed so far. */
   consumed = 0;
   /**
@@ -307,13 +345,34 @@ export class ByteReader {
         );
       }
     }
-    const all = this.chunks.length === 1 ? this.chunks[0] : Buffer.concat(this.chunks);
-    const out = all.subarray(0, n);
-    const rest = all.subarray(n);
-    this.chunks = rest.length > 0 ? [rest] : [];
+    const out = this.take(n);
     this.have -= n;
     this.consumed += n;
     this.hash?.update(out);
+    return out;
+  }
+
+  /**
+   * The next n bytes (n <= have): a view of the first chunk when it holds them all, else one
+   * copy of just those bytes (never of everything buffered: the reader may be far behind).
+   */
+  private take(n: number): Buffer {
+    const first = this.chunks[0];
+    if (first !== undefined && first.length >= n) {
+      if (first.length === n) this.chunks.shift();
+      else this.chunks[0] = first.subarray(n);
+      return first.subarray(0, n);
+    }
+    const out = Buffer.allocUnsafe(n);
+    let got = 0;
+    while (got < n) {
+      const c = this.chunks[0];
+      const k = Math.min(c.length, n - got);
+      c.copy(out, got, 0, k);
+      got += k;
+      if (k === c.length) this.chunks.shift();
+      else this.chunks[0] = c.subarray(k);
+    }
     return out;
   }
 
@@ -331,6 +390,8 @@ export class ByteReader {
 
   /** Drops what is buffered and all that comes later (a failed side reads no more). */
   drain(): void {
+    this.hash?.close();
+    this.hash = null;
     this.chunks = [];
     this.have = 0;
     this.src.removeAllListeners("data");
@@ -338,10 +399,10 @@ export class ByteReader {
   }
 
   /** Stops hashing and returns the digest of everything read so far. */
-  digest(): Buffer {
-    const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
+  async digest(): Promise<Buffer> {
+    const h = this.hash;
     this.hash = null;
-    return d;
+    return h ? await h.digest() : Buffer.alloc(32);
   }
 }
 
@@ -410,40 +471,56 @@ export async function readSection(
 }
 
 /**
- * The end section's check, on the destination: `before` (a copy of the reader's hash taken
- * before the section was read) must equal the digest the source put in it. EBADMSG if not.
- * Stops the reader's hashing.
+ * The end section's check, on the destination: the digest at the reader's last mark (made
+ * before the section was read: `r.hash.mark()`) must equal the digest the source put in it.
+ * EBADMSG if not. Stops the reader's hashing.
  */
-export function checkStreamDigest(r: ByteReader, before: Hash, payload: Buffer): void {
-  const want = streamDigest(before.digest(), r.sessionKey);
+export async function checkStreamDigest(r: ByteReader, payload: Buffer): Promise<void> {
+  const h = r.hash;
+  r.hash = null;
+  const want = streamDigest(h ? await h.markedDigest() : Buffer.alloc(32), r.sessionKey);
   if (!want.equals(payload))
     throw new MigrationError(
       "EBADMSG",
       `stream digest mismatch: SHA-256 ${want.toString("hex").slice(0, 16)}..., the source says ${payload.toString("hex").slice(0, 16)}...`,
     );
-  r.hash = null;
 }
 
 /** A writer of framed sections that counts ids, bytes, and (optionally) hashes what it sends. */
 export class SectionWriter {
   private nextId = 1;
   bytes = 0;
-  private hash: Hash | null = null;
+  private hash: StreamHash | null = null;
   /** The session key (ByteReader.sessionKey): the end digest is keyed with it. */
   sessionKey: Buffer | null = null;
+  /**
+   * Frames given to frame() with a release go back to their pool once the stream's write
+   * callback says it took them; false for a stream whose callback comes before the bytes left
+   * (FaultInjector forwards to its socket and calls back at once): frames are then never reused.
+   */
+  reuseFrames = true;
   /** Failure injection: called with each encoded frame before it is written; may replace it. */
   mangle: ((frame: Buffer, type: number) => Buffer | null) | null = null;
 
   constructor(readonly dst: Duplex) {}
 
+  /** Starts the stream digest (hashed in a worker, stream_hash.ts) of every byte from here on. */
   startDigest(): void {
-    this.hash = createHash("sha256");
+    this.hash?.close();
+    this.hash = new StreamHash();
   }
 
-  digest(): Buffer {
-    const d = this.hash ? this.hash.digest() : Buffer.alloc(32);
+  /** The end section's digest of every byte since startDigest (keyed when authenticated). */
+  async digest(): Promise<Buffer> {
+    const h = this.hash;
     this.hash = null;
-    return streamDigest(d, this.sessionKey);
+    return streamDigest(h ? await h.digest() : Buffer.alloc(32), this.sessionKey);
+  }
+
+  /** Stops hashing without a digest (a failed migration). */
+  stopDigest(): void {
+    this.hash?.close();
+    this.hash = null;
   }
 
   async raw(b: Buffer): Promise<void> {
@@ -453,18 +530,43 @@ export class SectionWriter {
   }
 
   async section(type: number, payload: Uint8Array): Promise<void> {
-    let frame = encodeSection(type, this.nextId++, payload);
+    await this.send(encodeSection(type, this.nextId++, payload), type);
+  }
+
+  /**
+   * A section built in place (RamBuilder.takeFrame): `frame` holds FRAME_HEAD bytes of room, the
+   * payload, FRAME_TAIL bytes of room; the header and CRC are written into it, nothing copied.
+   */
+  async frame(type: number, frame: Buffer, release?: (f: Buffer) => void): Promise<void> {
+    const len = frame.length - FRAME_HEAD - FRAME_TAIL;
+    frame.writeUInt8(type, 0);
+    frame.writeUInt32BE(this.nextId++, 1);
+    frame.writeUInt32BE(len, 5);
+    frame.writeUInt32BE(crc32(frame.subarray(0, FRAME_HEAD + len)), FRAME_HEAD + len);
+    await this.send(frame, type, release);
+  }
+
+  private async send(f: Buffer, type: number, release?: (f: Buffer) => void): Promise<void> {
+    let frame = f;
     if (this.mangle) {
       const m = this.mangle(frame, type);
+      // A replaced frame is not ours to reuse (the injector may hold it): never released.
+      if (m !== frame) release = undefined;
       if (m === null) return;
       frame = m;
     }
-    await this.raw(frame);
+    this.hash?.update(frame);
+    this.bytes += frame.length;
+    const done = release && this.reuseFrames ? () => release(f) : undefined;
+    await writeAll(this.dst, frame, done);
   }
 }
 
-/** Writes with backpressure; fails with ECONNRESET if the stream is gone. */
-export function writeAll(dst: Duplex, b: Buffer): Promise<void> {
+/**
+ * Writes with backpressure; fails with ECONNRESET if the stream is gone. `written` is called
+ * once the stream has taken the bytes (its write callback, without error): `b` may be reused then.
+ */
+export function writeAll(dst: Duplex, b: Buffer, written?: () => void): Promise<void> {
   return new Promise((resolve, reject) => {
     if (dst.destroyed || dst.writableEnded) {
       reject(new MigrationError("ECONNRESET", "the peer went away (the connection is closed)"));
@@ -472,6 +574,7 @@ export function writeAll(dst: Duplex, b: Buffer): Promise<void> {
     }
     const ok = dst.write(b, (e) => {
       if (e) reject(new MigrationError("ECONNRESET", `the peer went away (${e.message})`));
+      else written?.();
     });
     if (ok) resolve();
     else {

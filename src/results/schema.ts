@@ -363,6 +363,7 @@ const MigrateRun = Type.Object({
   transferredBytes: Num,
   guestRate: Num,
   finalSyncMs: Num,
+  bulkBytesPerSec: Type.Optional(Num),
   verified: Type.Boolean(),
   error: Type.Optional(Type.String()),
 });
@@ -396,6 +397,17 @@ const migratePerfExtra = {
     description: "lockless/locked medians, paired bootstrap CI over the pairs where both runs completed",
   }),
   pairs: Int,
+  loopback: Type.Optional(
+    Type.Array(Type.Object({ bytes: Num, ms: Num, bytesPerSec: Num }), {
+      description: "the raw loopback reference (a plain socket pair), before the runs and after them",
+    }),
+  ),
+  loopbackBytesPerSec: Type.Optional(Num),
+  bulkVsLoopback: Type.Optional(
+    Type.Record(Type.String(), Type.Union([Summary, Type.Null()]), {
+      description: "per design: the bulk round's throughput over loopbackBytesPerSec",
+    }),
+  ),
   elapsedMs: Num,
 };
 /** Keyed by design name. */

@@ -30,6 +30,8 @@ test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, 
     "2",
     "--guest-warmup",
     "50",
+    "--loopback",
+    "16M",
   ]);
   assert.equal(r.code, 0, r.err);
   const doc = validateResult(JSON.parse(readFileSync(file, "utf8")), file) as MigratePerfDocT;
@@ -72,6 +74,31 @@ test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, 
   const ratios = (doc as unknown as { ratios: Record<string, unknown> }).ratios;
   assert.deepEqual(Object.keys(ratios), ["lockless/locked"]);
   assert.deepEqual(ratios["lockless/locked"], doc.ratio);
+  // The raw loopback reference, measured in the same run (before and after the migrations), and
+  // each design's bulk round as a ratio of it; rounds[0] keeps QEMU's names.
+  const lb = doc as unknown as {
+    loopback: { bytes: number; ms: number; bytesPerSec: number }[];
+    loopbackBytesPerSec: number;
+    bulkVsLoopback: Record<string, { median: number; n: number } | null>;
+  };
+  assert.equal(lb.loopback.length, 2);
+  for (const x of lb.loopback) {
+    assert.ok(x.bytes >= 16 << 20 && x.ms > 0, JSON.stringify(x));
+    assert.ok(Math.abs(x.bytesPerSec - (x.bytes * 1000) / x.ms) < 1e-6 * x.bytesPerSec);
+  }
+  assert.ok(lb.loopbackBytesPerSec > 0);
+  for (const d of ["locked", "lockless"]) {
+    const s = lb.bulkVsLoopback[d]!;
+    assert.equal(s.n, 3);
+    const rates = doc.results[d].runs
+      .filter((x) => !x.warmup)
+      .map((x) => (x as unknown as { bulkBytesPerSec: number }).bulkBytesPerSec)
+      .sort((a, b) => a - b);
+    assert.ok(rates[0] > 0);
+    // 1 MiB over a link held to 8 MiB/s: far below the loopback.
+    assert.ok(Math.abs(s.median - rates[1] / lb.loopbackBytesPerSec) < 1e-9, `bulk/loopback ${s.median}`);
+    assert.ok(s.median < 1);
+  }
 });
 
 test("kvmmu migrate-perf: bad options are usage errors", async () => {
@@ -87,4 +114,13 @@ test("kvmmu migrate-perf: bad options are usage errors", async () => {
   const b = await runKvmmu(["migrate-perf", "--wp", "lockless", "--baseline", "locked"]);
   assert.equal(b.code, 2);
   assert.match(b.err, /EINVAL: baseline/);
+  for (const [args, re] of [
+    [["--loopback", "1000"], /EINVAL: --loopback/],
+    [["--working-set", "5000"], /EINVAL: --working-set/],
+    [["--dirty-rate", "x"], /EINVAL: --dirty-rate/],
+  ] as const) {
+    const x = await runKvmmu(["migrate-perf", ...args]);
+    assert.equal(x.code, 2, x.err);
+    assert.match(x.err, re);
+  }
 });
