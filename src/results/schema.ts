@@ -346,6 +346,8 @@ export const MigratePerfOptions = Type.Object({
   autoConverge: Type.Boolean(),
   timeoutMs: Int,
   warmupMs: Int,
+  wp: Type.Optional(Type.Array(Wp)),
+  baseline: Type.Optional(Wp),
 });
 
 const MigrateRun = Type.Object({
@@ -394,6 +396,11 @@ const migratePerfExtra = {
   ratio: Type.Union([MigratePerfRatio, Type.Null()], {
     description: "lockless/locked medians, paired bootstrap CI over the pairs where both runs completed",
   }),
+  ratios: Type.Optional(
+    Type.Record(Type.String(), Type.Union([MigratePerfRatio, Type.Null()]), {
+      description: 'each design against the baseline, keyed "<design>/<baseline>", as ratio (null: no pair)',
+    }),
+  ),
   pairs: Int,
   elapsedMs: Num,
 };
