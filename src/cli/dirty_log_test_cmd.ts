@@ -14,6 +14,7 @@ import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { DesignName, designNames, parseDesignList } from "../mmu/design.js";
+import { requireKernelDesign } from "../kernel/register.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { MmuMode } from "../kvm_host.js";
 
@@ -150,7 +151,7 @@ function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTes
     intervalMs: parseIntIn("--interval", String(a["interval"]), 1, 60_000),
     vcpus,
     bytesPerVcpu: bytes,
-    wp: parseDesignList("--wp", String(a["wp"]), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
+    wp: kernelOrModels(String(a["wp"]), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp),
     oracles: parseList("--oracle", String(a["oracle"]), ORACLES),
     modes: a["logMode"] === "all" ? [...MODES] : parseList("--log-mode", String(a["logMode"]), MODES),
     ringEntries:
@@ -171,4 +172,10 @@ function testFlags(a: Record<string, string | boolean | undefined>): DirtyLogTes
     progress,
     signal: interrupt.signal,
   };
+}
+
+/** The designs of --wp; `kernel` where /dev/kvm is missing: ENODEV/EACCES naming the device. */
+function kernelOrModels(list: string, mode: MmuMode): DesignName[] {
+  requireKernelDesign("--wp", list);
+  return parseDesignList("--wp", list, mode);
 }
