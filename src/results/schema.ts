@@ -169,6 +169,12 @@ export const PerfStrategy = Type.Object({
   enableLoggingNs: Num,
   disableLoggingNs: Type.Optional(Num),
   numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
+  kernel: Type.Optional(
+    Type.Object(
+      { flavour: Type.String(), ringFullExits: Int, stats: Type.Record(Type.String(), Num) },
+      { description: "the real kernel's run: its KVM (pvm, vmx, svm) and KVM_GET_STATS_FD counters" },
+    ),
+  ),
 });
 
 const DesignRatio = Type.Object({
