@@ -339,7 +339,7 @@ export function resolvePerfOptions(input: PerfOptionsInput = {}): PerfOptions {
   const contention = resolveContention(input.contention, preset.contention);
   const cpus = os.availableParallelism();
   const vcpus = input.vcpus ?? preset.vcpus ?? fitVcpus(cpus, contention);
-  // By default the models: the kernel (where registered) runs when named, or with --wp all.
+  // By default the models: the kernel (where registered) runs only when named.
   const wp = input.wp ?? preset.wp ?? designNames().filter((d) => designBackend(d) !== "kernel");
   const ring = input.ring ?? preset.ring ?? 0;
   const harvestIntervalMs = input.harvestIntervalMs ?? preset.harvestIntervalMs;

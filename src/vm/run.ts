@@ -258,6 +258,7 @@ async function vm_wait_stopped(st: VmState, ackMs: number): Promise<number[]> {
  * Its thread is gone, so this thread is the buffer's and the ring's only writer.
  */
 function vm_flush_pml_of(kvm: VmState["kvm"], id: number): void {
+  if (kvm.pml.length === 0) return; // no PML on this VM
   const me = kvm_get_running_vcpu();
   kvm_set_running_vcpu(id);
   try {
