@@ -3,7 +3,15 @@
  * guest programs run on, the guest spec types and the dirty-bitmap helpers. See docs/api.md.
  */
 export { Vm } from "./vm.js";
-export type { VmOptions, MemoryRegion, HostThreadOptions, WpName, MmuModeName, DirtyGfn } from "./vm.js";
+export type {
+  VmOptions,
+  MemoryRegion,
+  HostThreadOptions,
+  WpName,
+  MmuModeName,
+  DirtyGfn,
+  StopResult,
+} from "./vm.js";
 export { KvmError } from "./errors.js";
 export type { Errno } from "./errors.js";
 export {

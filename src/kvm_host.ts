@@ -287,6 +287,7 @@ export const VCPU = defineRows(
       by: "its vCPU (atomic store as it takes and drops a read hold); others load it (soft lockup)",
       doc: "ms (KvmShared clock) its read hold of mmu_lock began, 0 = none",
     },
+    entries: { by: "its vCPU (plain store: one writer)", doc: "vcpu_enter_guest count (stop() reads it)" },
   },
   { stride: 16 },
 );

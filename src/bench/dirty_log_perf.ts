@@ -26,6 +26,14 @@ import { Pinning, pinThreads } from "./dirty_log_perf_pin.js";
 import { designRatios, legacyRatio, PerfResult } from "./dirty_log_perf_result.js";
 import { strategyResult } from "./dirty_log_perf_stats.js";
 import { disableLogging, Run, setup, sleep } from "./dirty_log_perf_setup.js";
+import {
+  checkKernelOptions,
+  iterateKernel,
+  KernelRun,
+  kernelStrategyResult,
+  setupKernel,
+} from "./dirty_log_perf_kernel.js";
+import { KERNEL_DESIGN } from "../kernel/register.js";
 
 export {
   checkMachineMemory,
@@ -61,14 +69,22 @@ export type {
   StrategyResult,
 } from "./dirty_log_perf_result.js";
 
+/** A model design's VM, or the real kernel's (dirty_log_perf_kernel.ts). */
+type AnyRun = Run | KernelRun;
+const isKernel = (r: AnyRun): r is KernelRun => "kind" in r && r.kind === "kernel";
+
 /** The warm-up and measured iterations of every run, alternated; stops early once aborted. */
-async function alternate(runs: Run[], o: PerfOptions, say: (m: string) => void): Promise<void> {
+async function alternate(runs: AnyRun[], o: PerfOptions, say: (m: string) => void): Promise<void> {
   const warmup = o.warmup ?? 1;
   for (let it = 0; it < warmup + o.iterations && !o.signal?.aborted; it++) {
     const order = it % 2 === 0 ? runs : [...runs].reverse();
     const w = it < warmup;
     for (const run of order) {
-      const r = (o.windowMs ?? 0) > 0 ? await iterateWindow(run, o, w) : await iterate(run, o, w);
+      const r = isKernel(run)
+        ? await iterateKernel(run, w)
+        : (o.windowMs ?? 0) > 0
+          ? await iterateWindow(run, o, w)
+          : await iterate(run, o, w);
       run.iters.push(r);
       say(
         `${run.wp} ${w ? `warm-up ${it + 1}` : `iteration ${it + 1 - warmup}`}: dirty memory ${(r.dirtyMemoryNs / 1e6).toFixed(1)} ms, get dirty log ${(r.getDirtyLogNs / 1e6).toFixed(2)} ms (mmu_lock wait ${(r.lockWaitNs / 1e6).toFixed(2)}, flush ${(r.flushNs / 1e6).toFixed(2)}), ${r.dirtyPages} dirty pages`,
@@ -85,8 +101,9 @@ async function alternate(runs: Run[], o: PerfOptions, say: (m: string) => void):
 export async function dirtyLogPerf(input: PerfOptionsInput): Promise<PerfResult> {
   const o = resolvePerfOptions(input);
   checkMachineMemory(o);
+  checkKernelOptions(o);
   const say = o.progress ?? (() => {});
-  const runs: Run[] = [];
+  const runs: AnyRun[] = [];
   let pinning: Pinning | null = null;
   const { progress: _p, signal: _s, ...options } = o;
   void _p;
@@ -96,18 +113,23 @@ export async function dirtyLogPerf(input: PerfOptionsInput): Promise<PerfResult>
   try {
     for (const wp of o.wp) {
       say(`${wp}: populating ${o.vcpus} x ${o.bytesPerVcpu >> 20} MiB`);
-      runs.push(await setup(wp, o));
+      runs.push(wp === KERNEL_DESIGN ? await setupKernel(o) : await setup(wp, o));
     }
-    pinning = pinThreads(runs, o, say);
+    const models = runs.filter((r): r is Run => !isKernel(r));
+    pinning = pinThreads(models, o, say);
     await alternate(runs, o, say);
     await sleep(0);
-    if (!o.signal?.aborted) for (const run of runs) disableLogging(run, o);
+    if (!o.signal?.aborted)
+      for (const run of runs)
+        if (isKernel(run)) run.disableLoggingNs = run.session.disableLogging();
+        else disableLogging(run, o);
     const results: PerfResult["results"] = {};
-    for (const run of runs) results[run.wp] = strategyResult(run);
+    for (const run of runs) results[run.wp] = isKernel(run) ? kernelStrategyResult(run) : strategyResult(run);
     const baseline = o.baseline ?? o.wp[0];
     const mode = logModeOf(o);
     const guestMemoryBytes = o.vcpus * o.bytesPerVcpu;
-    const meta = runs[0].vm.metadataBytes();
+    // The models' MMU metadata (the kernel's is not seen from here): 0 when only the kernel ran.
+    const meta = models[0]?.vm.metadataBytes() ?? 0;
     return finished({
       ...env,
       options,
@@ -122,6 +144,8 @@ export async function dirtyLogPerf(input: PerfOptionsInput): Promise<PerfResult>
     });
   } finally {
     pinning?.undo();
-    for (const run of runs) await run.vm.stop();
+    for (const run of runs)
+      if (isKernel(run)) await run.session.close();
+      else await run.vm.stop();
   }
 }

@@ -164,14 +164,30 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
       : []),
     ...(s.ring ? [`  dirty ring: ring-full exits median ${s.ring.fullExits} per iteration`] : []),
     `  guest: median ${mw(g.median)} M writes/s [${mw(g.ci95[0])}, ${mw(g.ci95[1])}], mean ${mw(g.mean)} ± ${mw(g.stdev)}, min ${mw(g.min)}, max ${mw(g.max)}`,
-    `  faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries})` +
-      (s.faultsPerDirtyPage !== undefined
-        ? `, ${s.faultsPerDirtyPage.toFixed(3)} per dirty page per iteration`
-        : "") +
-      `; TLB misses ${s.faults.tlbMisses}`,
-    `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
-    ...(host
+    ...(s.faults
+      ? [
+          `  faults fast ${s.faults.fast} slow ${s.faults.slow} (retries ${s.faults.retries})` +
+            (s.faultsPerDirtyPage !== undefined
+              ? `, ${s.faultsPerDirtyPage.toFixed(3)} per dirty page per iteration`
+              : "") +
+            `; TLB misses ${s.faults.tlbMisses}`,
+        ]
+      : []),
+    ...(s.mmuLock
+      ? [
+          `  mmu_lock (whole run): ioctl waited ${ms(s.mmuLock.ioctlWaitNs)} ms; vCPUs waited ${ms(s.mmuLock.vcpuWaitNs)} ms, held ${ms(s.mmuLock.vcpuHoldNs)} ms over ${s.mmuLock.vcpuAcquisitions} acquisitions`,
+        ]
+      : []),
+    ...(host && s.host
       ? [`  host thread: ${s.host.migrations} migrations, ${s.host.invalidations} invalidations`]
+      : []),
+    ...(s.kernel
+      ? [
+          `  kernel (${s.kernel.flavour}): calls not decomposed; ${Object.entries(s.kernel.stats)
+            .filter(([k]) => ["pages_4k", "pages_2m", "pf_fixed", "exits"].includes(k))
+            .map(([k, v]) => `${k} ${v}`)
+            .join(", ")}`,
+        ]
       : []),
     ...(numa && s.numa
       ? [`  NUMA balancing: ${s.numa.scans} scans unmapped ${s.numa.pagesScanned} pages (warm-up included)`]

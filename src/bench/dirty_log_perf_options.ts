@@ -10,7 +10,7 @@ import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
 import type { LockMode } from "../sync/mutex.js";
 import { numa_balancing_settings } from "../mem/numa_balancing.js";
-import { DEFAULT_BASELINE, DesignName, designNames } from "../mmu/design.js";
+import { DEFAULT_BASELINE, designBackend, DesignName, designNames } from "../mmu/design.js";
 import { isRunName } from "./dirty_log_perf_variant.js";
 
 export interface Contention {
@@ -339,7 +339,8 @@ export function resolvePerfOptions(input: PerfOptionsInput = {}): PerfOptions {
   const contention = resolveContention(input.contention, preset.contention);
   const cpus = os.availableParallelism();
   const vcpus = input.vcpus ?? preset.vcpus ?? fitVcpus(cpus, contention);
-  const wp = input.wp ?? preset.wp ?? designNames();
+  // By default the models: the kernel (where registered) runs only when named.
+  const wp = input.wp ?? preset.wp ?? designNames().filter((d) => designBackend(d) !== "kernel");
   const ring = input.ring ?? preset.ring ?? 0;
   const harvestIntervalMs = input.harvestIntervalMs ?? preset.harvestIntervalMs;
   const pin = input.pin ?? preset.pin;

@@ -114,22 +114,23 @@ export interface StrategyResult {
   /** Clearing KVM_MEM_LOG_DIRTY_PAGES after the last iteration, vCPUs paused (KVM's "Disabling dirty logging time"). */
   disableLoggingNs: number;
   /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
-  mmapNs: number;
+  /** Model runs only (this and the counters below, but shadow): the kernel has none of them. */
+  mmapNs?: number;
   /**
    * Process CPU time: populate (vCPUs included), enable logging, and per iteration the call that
    * protects (median; GET, plus CLEAR under manual protect), per dirty page; involuntary context
    * switches during that call (median). See IterationResult.cpuNs.
    */
-  cpu: {
+  cpu?: {
     populateNs: number;
     enableLoggingNs: number;
     protectCallNs: number;
     nsPerDirtyPage: number;
     preemptions: number;
   };
-  mmuLock: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
-  flushNs: number;
-  faults: { fast: number; slow: number; retries: number; tlbMisses: number };
+  mmuLock?: { vcpuWaitNs: number; vcpuHoldNs: number; vcpuAcquisitions: number; ioctlWaitNs: number };
+  flushNs?: number;
+  faults?: { fast: number; slow: number; retries: number; tlbMisses: number };
   /**
    * Page faults (fast and slow) of the vCPUs per dirty page reported, median over the measured
    * iterations: write protection takes one per page per pass, PML none. (Absent in results
@@ -138,10 +139,10 @@ export interface StrategyResult {
   faultsPerDirtyPage?: number;
   /** The PML kick of each protecting call (IterationResult.pmlFlushNs); absent in older results. */
   pmlFlush?: NsStats;
-  host: { migrations: number; invalidations: number };
+  host?: { migrations: number; invalidations: number };
   /** NUMA balancing (PerfOptions.numaScanPeriodMs) over the whole run, warm-up included. */
-  numa: { scans: number; pagesScanned: number };
-  metadataBytes: number;
+  numa?: { scans: number; pagesScanned: number };
+  metadataBytes?: number;
   /** Shadow mode: the shadow MMU's counters (shadowCounters, src/mmu/pte_write.ts). */
   shadow?: Record<string, number>;
   /** Which log interface: "dirty-log" (classic GET), "clear-log" (GET + CLEAR), "dirty-ring". */
@@ -156,6 +157,8 @@ export interface StrategyResult {
     /** ns per ring entry (median over the iterations of the call's time / its entries). */
     perEntryNs?: { harvest: number; reset: number; total: number };
   };
+  /** The real kernel's run (dirty_log_perf_kernel.ts): its KVM flavour and KVM_GET_STATS_FD counters. */
+  kernel?: { flavour: string; ringFullExits: number; stats: Record<string, number> };
 }
 
 export interface RatioResult extends RatioSummary {

@@ -1,4 +1,5 @@
 /** `kvmmu dirty-log-perf`: flags of KVM's dirty_log_perf_test where they apply. */
+import { requireKernelDesign } from "../kernel/register.js";
 import os from "node:os";
 import { Command } from "commander";
 import {
@@ -129,6 +130,7 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   set("writePercent", "writePercent", () => parseIntIn("--write-percent", s("writePercent"), 0, 100));
   set("random", "random", () => a["random"] === true);
   set("seed", "seed", () => parseIntIn("--seed", s("seed"), 0, 2 ** 31 - 2));
+  if (given("wp")) requireKernelDesign("--wp", s("wp"));
   set("wp", "wp", () => parseRunList("--wp", s("wp"), a["mode"] === "shadow" ? MmuMode.Shadow : MmuMode.Tdp));
   set("baseline", "baseline", () => s("baseline"));
   set("thp", "thp", () => a["thp"] !== false);

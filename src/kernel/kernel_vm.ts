@@ -74,11 +74,24 @@ export interface KernelRegion {
   userspaceAddr: number;
 }
 
+/** A native bitmap buffer kept between calls of one kind (GET, CLEAR) while its sizes hold. */
+interface BitmapBuffer {
+  bytes: number;
+  needBytes: number;
+  map: Mapping;
+  addr: bigint;
+  view: Uint8Array;
+}
+
 export class KernelVm {
   private readonly maps: Mapping[] = [];
   private readonly slots = new Map<number, KernelRegion>();
   readonly vcpus = new Map<number, KernelVcpu>();
   private ringEntries = 0;
+  /** GET's and CLEAR's native bitmaps: one each, remapped only when the sizes change. */
+  private readonly bitmaps = new Map<"get" | "clear", BitmapBuffer>();
+  /** ns the last GET or CLEAR spent in its ioctl alone (no buffer set-up, no copy). */
+  lastIoctlNs = 0;
 
   private constructor(
     readonly dev: KvmDevice,
@@ -196,9 +209,13 @@ export class KernelVm {
 
   /**
    * A native buffer of `bytes` for a bitmap of `needBytes`: when bytes < needBytes it ends at
-   * an unmapped page (KVM's copy then faults), else it is an ordinary mapping.
+   * an unmapped page (KVM's copy then faults), else it is an ordinary mapping. One per call
+   * kind, reused while the sizes hold (the one before is unmapped): a long run maps no more.
    */
-  private bitmapBuffer(bytes: number, needBytes: number): { addr: bigint; view: Uint8Array } {
+  private bitmapBuffer(kind: "get" | "clear", bytes: number, needBytes: number): BitmapBuffer {
+    const old = this.bitmaps.get(kind);
+    if (old !== undefined && old.bytes === bytes && old.needBytes === needBytes) return old;
+    if (old !== undefined) this.unmap(old.map);
     const pages = Math.ceil(Math.max(bytes, needBytes, 1) / PAGE) + 1;
     const m = this.map(pages * PAGE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     const end = (pages - 1) * PAGE;
@@ -206,7 +223,24 @@ export class KernelVm {
     check(this.libc, this.libc.munmapAt(BigInt(m.addr + end), PAGE), "munmap");
     m.len = end;
     const start = end - bytes;
-    return { addr: BigInt(m.addr + start), view: m.bytes.subarray(start, end) };
+    const b = { bytes, needBytes, map: m, addr: BigInt(m.addr + start), view: m.bytes.subarray(start, end) };
+    this.bitmaps.set(kind, b);
+    return b;
+  }
+
+  /** munmap of one mapping made by map(). */
+  private unmap(m: Mapping): void {
+    const i = this.maps.indexOf(m);
+    if (i >= 0) this.maps.splice(i, 1);
+    this.libc.munmap(m.ptr, m.len);
+  }
+
+  /** An ioctl on the VM fd with `arg`, timed alone into lastIoctlNs. */
+  private timedIoctl(req: number, arg: Uint8Array, what: string): number {
+    const t0 = process.hrtime.bigint();
+    const r = this.libc.ioctlBuf(this.fd, req, arg);
+    this.lastIoctlNs = Number(process.hrtime.bigint() - t0);
+    return check(this.libc, r, what);
   }
 
   private slotWords(slot: number): number {
@@ -218,12 +252,12 @@ export class KernelVm {
   getDirtyLog(slot: number, out?: Uint32Array): Uint32Array {
     const need = this.slotWords(slot) * 4;
     const bytes = out === undefined ? need : out.length * 4;
-    const b = this.bitmapBuffer(bytes, need);
+    const b = this.bitmapBuffer("get", bytes, need);
     const arg = new Uint8Array(SIZEOF.kvm_dirty_log);
     const dv = new DataView(arg.buffer);
     dv.setUint32(0, slot >>> 0, true);
     dv.setBigUint64(8, b.addr, true);
-    check(this.libc, this.libc.ioctlBuf(this.fd, KVM_GET_DIRTY_LOG, arg), `KVM_GET_DIRTY_LOG(slot ${slot})`);
+    this.timedIoctl(KVM_GET_DIRTY_LOG, arg, `KVM_GET_DIRTY_LOG(slot ${slot})`);
     const res = out ?? new Uint32Array(need / 4);
     new Uint8Array(res.buffer, res.byteOffset, res.byteLength).set(b.view.subarray(0, res.byteLength));
     return res;
@@ -232,7 +266,7 @@ export class KernelVm {
   /** KVM_CLEAR_DIRTY_LOG with `bitmap` (bit n = page firstPage + n). Returns 0, as the ioctl. */
   clearDirtyLog(slot: number, firstPage: number, numPages: number, bitmap: Uint32Array): number {
     const need = Math.ceil(numPages / 64) * 8;
-    const b = this.bitmapBuffer(bitmap.length * 4, need);
+    const b = this.bitmapBuffer("clear", bitmap.length * 4, need);
     b.view.set(new Uint8Array(bitmap.buffer, bitmap.byteOffset, bitmap.byteLength));
     const arg = new Uint8Array(SIZEOF.kvm_clear_dirty_log);
     const dv = new DataView(arg.buffer);
@@ -240,11 +274,7 @@ export class KernelVm {
     dv.setUint32(4, numPages >>> 0, true);
     dv.setBigUint64(8, BigInt(firstPage), true);
     dv.setBigUint64(16, b.addr, true);
-    return check(
-      this.libc,
-      this.libc.ioctlBuf(this.fd, KVM_CLEAR_DIRTY_LOG, arg),
-      `KVM_CLEAR_DIRTY_LOG(slot ${slot})`,
-    );
+    return this.timedIoctl(KVM_CLEAR_DIRTY_LOG, arg, `KVM_CLEAR_DIRTY_LOG(slot ${slot})`);
   }
 
   /** Userspace's harvest of a vCPU's ring: the DIRTY entries from its fetch index, each marked RESET. */
@@ -296,6 +326,7 @@ export class KernelVm {
     this.vcpus.clear();
     closeSync(this.fd);
     for (const m of this.maps.splice(0)) this.libc.munmap(m.ptr, m.len);
+    this.bitmaps.clear();
   }
 }
 

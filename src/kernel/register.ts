@@ -31,3 +31,17 @@ export function registerKernelDesign(devicePath: string = KVM_DEVICE): KvmError 
   });
   return null;
 }
+
+/**
+ * A `--wp` list that names `kernel`: registers it, or throws why it cannot run here (ENODEV for
+ * a missing device, EACCES for one not open read-write), naming the option and the device,
+ * instead of the list's "not one of" (the design is simply absent where /dev/kvm is).
+ */
+export function requireKernelDesign(opt: string, list: string, devicePath: string = KVM_DEVICE): void {
+  if (!list.split(",").some((s) => s.trim() === KERNEL_DESIGN)) return;
+  const problem = registerKernelDesign(devicePath);
+  if (problem !== null)
+    throw new KvmError(problem.code, `${opt} ${KERNEL_DESIGN}: ${problem.message.replace(/^E\w+: /, "")}`, {
+      cause: problem,
+    });
+}

@@ -88,16 +88,25 @@ export function ratioRows(runs: PerfRun[]): RatioRow[] {
 }
 
 function ratioPlot(rows: RatioRow[], cmd: string): PlotSpec {
+  return forestPlot(
+    "ratios",
+    "each design against the baseline",
+    rows,
+    "Ratio of medians (design / baseline), paired by iteration, with its 95% bootstrap CI (bar); 1.0: no difference. " +
+      "Below 1 a call is faster; guest throughput above 1 is faster. The verdict names a difference only where the CI excludes 1. " +
+      `From: ${cmd}`,
+  );
+}
+
+/** A forest plot: one row per ratio, its CI as a bar, the median as a dot, 1.0 marked, the verdict. */
+export function forestPlot(id: string, title: string, rows: RatioRow[], caption: string): PlotSpec {
   const label = (d: RatioRow): string => `${d.pair}: ${d.figure}`;
   const xs = rows.flatMap((r) => [r.lo, r.hi]).filter((x) => x > 0 && Number.isFinite(x));
   const domain = [Math.min(0.5, ...xs) / 1.1, Math.max(2, ...xs) * 1.6];
   return {
-    id: "ratios",
-    title: "each design against the baseline",
-    caption:
-      "Ratio of medians (design / baseline), paired by iteration, with its 95% bootstrap CI (bar); 1.0: no difference. " +
-      "Below 1 a call is faster; guest throughput above 1 is faster. The verdict names a difference only where the CI excludes 1. " +
-      `From: ${cmd}`,
+    id,
+    title,
+    caption,
     options: {
       marginLeft: 250,
       marginRight: 150,
@@ -129,13 +138,13 @@ function ratioPlot(rows: RatioRow[], cmd: string): PlotSpec {
   };
 }
 
-interface Point {
+export interface Point {
   series: string;
   call: string;
   iteration: number;
   ms: number;
 }
-interface Band {
+export interface Band {
   series: string;
   call: string;
   median: number;
@@ -172,7 +181,7 @@ function distributions(runs: PerfRun[]): { points: Point[]; bands: Band[]; tput:
 }
 
 /** A strip of points per series (one panel per call) with the median tick and the CI bar. */
-function stripMarks(points: Point[], bands: Band[], facet: boolean): Plot.Markish[] {
+export function stripMarks(points: Point[], bands: Band[], facet: boolean): Plot.Markish[] {
   const fx = facet ? "call" : undefined;
   return [
     Plot.ruleX(bands, {

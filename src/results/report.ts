@@ -9,6 +9,7 @@ import * as Plot from "@observablehq/plot";
 import { parseHTML } from "linkedom";
 import type { Loaded } from "./load.js";
 import { commands, perfPlots, PerfRun, PlotSpec, RatioRow, ratioRows, seriesName } from "./perf_plots.js";
+import { migratePerfPlots, MigratePerfRun, migrateRatioRows } from "./migrate_perf_plots.js";
 import type { CatalogDocT, DirtyLogPerfDocT, KernbenchDocT, MigrateDocT, ResultDoc } from "./schema.js";
 
 export { KERNEL_NS_PER_PAGE } from "../bench/dirty_log_perf_calls.js";
@@ -88,6 +89,16 @@ function perfRuns(files: Loaded[]): PerfRun[] {
     if (doc.command === "dirty-log-perf") out.push({ file, perf: doc, cmd: commandLine(doc) });
     else if (doc.command === "bench")
       out.push({ file, perf: doc.results.dirtyLogPerf, cmd: commandLine(doc) });
+  }
+  return out;
+}
+
+function migratePerfRuns(files: Loaded[]): MigratePerfRun[] {
+  const out: MigratePerfRun[] = [];
+  for (const { file, doc } of files) {
+    if (doc.command === "migrate-perf") out.push({ file, perf: doc, cmd: commandLine(doc) });
+    else if (doc.command === "bench" && doc.results.migratePerf)
+      out.push({ file, perf: doc.results.migratePerf, cmd: commandLine(doc) });
   }
   return out;
 }
@@ -311,6 +322,7 @@ export function plotSpecs(files: Loaded[]): PlotSpec[] {
     ...kernbenchPlot(of("kernbench")),
     ...catalogPlot(of("catalog")),
     ...migratePlots(of("migrate")),
+    ...migratePerfPlots(migratePerfRuns(files)),
   ];
 }
 
@@ -365,7 +377,7 @@ function ratioTable(rows: RatioRow[]): string {
     (r) =>
       `<tr><td>${esc(r.pair)}</td><td>${esc(r.figure)}</td><td>${r.median.toFixed(2)}×</td><td>[${r.lo.toFixed(2)}, ${r.hi.toFixed(2)}]</td><td>${esc(r.verdict)}</td></tr>`,
   );
-  return `<table class="ratios"><caption>Each design against the baseline (ratio of medians, paired by iteration, 95% bootstrap CI)</caption><thead><tr><th>design / baseline</th><th>figure</th><th>ratio</th><th>95% CI</th><th>verdict</th></tr></thead><tbody>${tr.join("")}</tbody></table>`;
+  return `<table class="ratios"><caption>Each design against the baseline (ratio of medians, paired by iteration or by migration, 95% bootstrap CI)</caption><thead><tr><th>design / baseline</th><th>figure</th><th>ratio</th><th>95% CI</th><th>verdict</th></tr></thead><tbody>${tr.join("")}</tbody></table>`;
 }
 
 /** Plot.plot over a linkedom document: typed here, as the project compiles without the DOM lib. */
@@ -409,7 +421,7 @@ export function buildReport(files: Loaded[]): string {
 <body>
 <h1>kvmmu report</h1>
 <p>${files.length} result file${files.length === 1 ? "" : "s"}, ${specs.length} plot${specs.length === 1 ? "" : "s"}; drawn ${esc(new Date().toISOString())}.</p>
-${ratioTable(ratioRows(perfRuns(files)))}
+${ratioTable([...ratioRows(perfRuns(files)), ...migrateRatioRows(migratePerfRuns(files))])}
 ${sections.join("\n")}
 ${none}
 <h2>What made these results</h2>

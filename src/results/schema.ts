@@ -170,6 +170,12 @@ export const PerfStrategy = Type.Object({
   enableLoggingNs: Num,
   disableLoggingNs: Type.Optional(Num),
   numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
+  kernel: Type.Optional(
+    Type.Object(
+      { flavour: Type.String(), ringFullExits: Int, stats: Type.Record(Type.String(), Num) },
+      { description: "the real kernel's run: its KVM (pvm, vmx, svm) and KVM_GET_STATS_FD counters" },
+    ),
+  ),
 });
 
 const DesignRatio = Type.Object({
@@ -347,6 +353,8 @@ export const MigratePerfOptions = Type.Object({
   autoConverge: Type.Boolean(),
   timeoutMs: Int,
   warmupMs: Int,
+  wp: Type.Optional(Type.Array(Wp)),
+  baseline: Type.Optional(Wp),
 });
 
 const MigrateRun = Type.Object({
@@ -375,6 +383,7 @@ const MigrateMetrics = {
   transferredBytes: Type.Optional(Summary),
   guestRate: Type.Optional(Summary),
   finalSyncMs: Type.Optional(Summary),
+  bulkBytesPerSec: Type.Optional(Summary),
 };
 
 const MigratePerfDesign = Type.Object({
@@ -390,12 +399,18 @@ const MigratePerfRatio = Type.Object({
   transferredBytes: Type.Optional(Ratio),
   guestRate: Type.Optional(Ratio),
   finalSyncMs: Type.Optional(Ratio),
+  bulkBytesPerSec: Type.Optional(Ratio),
 });
 
 const migratePerfExtra = {
   ratio: Type.Union([MigratePerfRatio, Type.Null()], {
     description: "lockless/locked medians, paired bootstrap CI over the pairs where both runs completed",
   }),
+  ratios: Type.Optional(
+    Type.Record(Type.String(), Type.Union([MigratePerfRatio, Type.Null()]), {
+      description: 'each design against the baseline, keyed "<design>/<baseline>", as ratio (null: no pair)',
+    }),
+  ),
   pairs: Int,
   loopback: Type.Optional(
     Type.Array(Type.Object({ bytes: Num, ms: Num, bytesPerSec: Num }), {

@@ -79,6 +79,7 @@ export class Vcpu {
    */
   declare private readonly modeIx: number;
   declare private readonly runIx: number;
+  declare private readonly entriesIx: number;
   declare private readonly rootIx: number;
   /** Shadow mode (fixed), and whether misses take the guest-paging path (shadow, or a CR3). */
   declare readonly shadow: boolean;
@@ -121,6 +122,7 @@ export class Vcpu {
     this.modeIx = VCPU.mode(id);
     this.modeWord = new Int32Array(kvm.vcpu.buffer, kvm.vcpu.byteOffset + this.modeIx * 4, 1);
     this.runIx = VCPU.run(id);
+    this.entriesIx = VCPU.entries(id);
     this.rootIx = CTL.root;
     this.pmlSize = kvm.ops.cpu_dirty_log_size?.(kvm) ?? 0;
     // Under the controlled scheduler every guest access is a scheduling point: this thread's
@@ -144,6 +146,9 @@ export class Vcpu {
       if (aload(v, VCPU.requests(id)) === 0) break;
       astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
     }
+    // Each entry counted: stop() tells a vCPU that never acknowledged its kick (a guest spinning in
+    // JavaScript) by this count standing still in guest mode. A plain store: one writer.
+    v[this.entriesIx]++;
     // A pause or stop written while we were outside guest mode found no IN mode to kick
     // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
     // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).

@@ -3,7 +3,7 @@
  * started, parked, audited, resumed and stopped through each vCPU's run control word.
  */
 import { Worker } from "node:worker_threads";
-import { CTL, ST, VCPU } from "../kvm_host.js";
+import { CTL, OUTSIDE_GUEST_MODE, ST, VCPU } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { kvm_vcpu_kick, VCPU_KICK, VcpuState } from "../kvm/requests.js";
 import { RunCtl } from "../vcpu/vcpu.js";
@@ -17,9 +17,13 @@ import {
   vm_fail,
   vm_grace_ms,
   vm_throw_if_failed,
+  StopResult,
+  VCPU_ACK_MS,
   VCPU_WAIT_MS,
   VmState,
 } from "./state.js";
+import { vmx_flush_pml_buffer } from "../kvm/pml.js";
+import { kvm_get_running_vcpu, kvm_set_running_vcpu } from "../mem/dirty_ring.js";
 import { kvm_find_lockup, kvm_lock_bound_ms } from "../kvm/vm_dead.js";
 import { vm_watch } from "./workers.js";
 import { workerFlags } from "../sync/worker_flags.js";
@@ -166,7 +170,10 @@ export function vm_resume(st: VmState): void {
 }
 
 /** Vm.stop: see there. */
-export async function vm_stop(st: VmState): Promise<void> {
+export async function vm_stop(st: VmState, opts: { ackTimeoutMs?: number } = {}): Promise<StopResult> {
+  const ackMs = (opts ?? {}).ackTimeoutMs ?? VCPU_ACK_MS;
+  if (!isInt(ackMs) || ackMs < 1 || ackMs > VCPU_WAIT_MS)
+    throw einval("ackTimeoutMs", `must be an integer 1..${VCPU_WAIT_MS}, got ${String(ackMs)}`);
   const kvm = st.kvm;
   st.stopping = true;
   try {
@@ -178,20 +185,7 @@ export async function vm_stop(st: VmState): Promise<void> {
       st.workers.get(id)?.postMessage(VCPU_KICK);
     }
     await vm_stop_host_thread(st);
-    const stopped = (id: number): boolean => {
-      const s = Atomics.load(kvm.vcpu, VCPU.state(id));
-      return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
-    };
-    // A dead VM's stuck vCPU (spinning on a lock, or holding one) is not waited for long.
-    const grace = vm_grace_ms(st);
-    const deadline = Date.now() + grace;
-    for (const id of st.workers.keys()) {
-      const i = VCPU.state(id);
-      while (!stopped(id) && Date.now() < deadline) {
-        await waitAsyncAlive(kvm.vcpu, i, Atomics.load(kvm.vcpu, i), Math.min(50, grace));
-      }
-      if (!stopped(id)) vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${grace} ms`));
-    }
+    const terminated = await vm_wait_stopped(st, ackMs);
     await Promise.all(
       [...st.workers.values()].map((w) =>
         w.terminate().then(
@@ -201,14 +195,76 @@ export async function vm_stop(st: VmState): Promise<void> {
       ),
     );
     st.workers.clear();
+    for (const id of terminated) vm_flush_pml_of(kvm, id);
     // mmu_free_memory_caches: no worker is left to use them. A lock still held belongs to a
     // worker that was terminated inside it; the caches then stay where they are.
     if (!kvm.mmu_lock.isLocked()) for (const id of st.created) mmu_free_memory_caches(kvm, id);
     st.running = false;
+    return { terminated };
   } finally {
     if (st.watchdog) clearInterval(st.watchdog);
     st.watchdog = null;
     st.stopping = false;
+  }
+}
+
+/**
+ * Waits for each worker's vCPU to stop. One that stays in guest mode with its entry count
+ * standing still for `ackMs` never took the kick: its guest runs JavaScript that makes no guest
+ * access, holds no lock and is in no MMU operation, so it is not waited for (returned, to be
+ * terminated). One out of guest mode (in a fault, waiting on a lock) gets the whole grace; past
+ * it the VM fails with ETIMEDOUT, as before.
+ */
+async function vm_wait_stopped(st: VmState, ackMs: number): Promise<number[]> {
+  const v = st.kvm.vcpu;
+  const stopped = (id: number): boolean => {
+    const s = Atomics.load(v, VCPU.state(id));
+    return s === (VcpuState.Stopped as number) || s === (VcpuState.Dead as number);
+  };
+  // A dead VM's stuck vCPU (spinning on a lock, or holding one) is not waited for long.
+  const grace = vm_grace_ms(st);
+  const deadline = Date.now() + grace;
+  const spinning: number[] = [];
+  // Per vCPU: its entry count when last seen, and since when it has stood still in guest mode.
+  const seen = new Map<number, { entries: number; since: number }>();
+  const stuck = (id: number, now: number): boolean => {
+    const entries = Atomics.load(v, VCPU.entries(id));
+    const last = seen.get(id);
+    if (!last || last.entries !== entries || Atomics.load(v, VCPU.mode(id)) === OUTSIDE_GUEST_MODE) {
+      seen.set(id, { entries, since: now });
+      return false;
+    }
+    return now - last.since >= ackMs;
+  };
+  for (const id of st.workers.keys()) stuck(id, Date.now());
+  for (const id of st.workers.keys()) {
+    const i = VCPU.state(id);
+    while (!stopped(id) && Date.now() < deadline) {
+      if (stuck(id, Date.now())) {
+        spinning.push(id);
+        break;
+      }
+      await waitAsyncAlive(v, i, Atomics.load(v, i), Math.min(50, grace, ackMs));
+    }
+    if (!stopped(id) && !spinning.includes(id))
+      vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not stop in ${grace} ms`));
+  }
+  return spinning;
+}
+
+/**
+ * The PML buffer of a vCPU whose worker was terminated in guest mode, flushed into the log on its
+ * behalf (its exit would have done it): the pages it dirtied since its last exit stay logged.
+ * Its thread is gone, so this thread is the buffer's and the ring's only writer.
+ */
+function vm_flush_pml_of(kvm: VmState["kvm"], id: number): void {
+  if (kvm.pml.length === 0) return; // no PML on this VM
+  const me = kvm_get_running_vcpu(kvm);
+  kvm_set_running_vcpu(kvm, id);
+  try {
+    vmx_flush_pml_buffer(kvm, id, null);
+  } finally {
+    kvm_set_running_vcpu(kvm, me);
   }
 }
 

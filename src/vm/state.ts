@@ -23,6 +23,23 @@ import { RunCtl } from "../vcpu/vcpu.js";
  */
 export const VCPU_WAIT_MS = 10_000;
 
+/**
+ * stop()'s default `ackTimeoutMs`: how long a vCPU kicked in guest mode may go without entering
+ * the guest again (its VCPU.entries count standing still) before stop() takes it for a guest
+ * spinning in JavaScript, which no kick reaches, and terminates its worker.
+ */
+export const VCPU_ACK_MS = 500;
+
+/** What stop() did beyond stopping the vCPUs at their safe points. */
+export interface StopResult {
+  /**
+   * The vCPUs whose guest never acknowledged the stop within `ackTimeoutMs` while in guest mode
+   * (it ran JavaScript that made no guest access): their workers were terminated, their PML
+   * buffers flushed on their behalf; the VM is not failed by it and may run again.
+   */
+  terminated: number[];
+}
+
 export interface VmState {
   readonly kvm: Kvm;
   readonly shared: KvmShared;

@@ -43,6 +43,7 @@ import {
   vm_check_dead,
   vm_ioctl,
   vm_throw_if_failed,
+  StopResult,
   VmState,
 } from "./state.js";
 import { kvm_create_vm, metadataBytes, VmOptions } from "./create.js";
@@ -162,10 +163,13 @@ export class Vm {
 
   /**
    * Stops every vCPU at its next safe point (never inside a fault or holding mmu_lock), then
-   * joins the workers. A worker that does not stop within the grace time is terminated.
+   * joins the workers. A vCPU whose guest spins in JavaScript (in guest mode, no entry for
+   * `ackTimeoutMs`, default VCPU_ACK_MS) is terminated at once and named in `terminated`; one
+   * that does not stop within the grace time (VCPU_WAIT_MS) elsewhere fails the VM (ETIMEDOUT)
+   * and is terminated. EINVAL: `ackTimeoutMs` not an integer 1..VCPU_WAIT_MS.
    */
-  stop(): Promise<void> {
-    return vm_stop(this.#s);
+  stop(opts: { ackTimeoutMs?: number } = {}): Promise<StopResult> {
+    return vm_stop(this.#s, opts);
   }
 
   /**

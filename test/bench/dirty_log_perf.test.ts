@@ -35,7 +35,7 @@ for (const mode of ["tdp", "shadow"] as const)
           assert.ok(s.guestWritesPerSec > 0);
           if (mode === "shadow") {
             assert.ok(s.shadow && s.shadow["indirectShadowPages"] > 0, "guest tables are shadowed");
-            assert.equal(s.faults.fast, 0, "no fast page fault with guest paging (3.11)");
+            assert.equal(s.faults!.fast, 0, "no fast page fault with guest paging (3.11)");
           } else {
             assert.equal(s.shadow, undefined);
           }
@@ -73,7 +73,7 @@ test(
       }
       assert.equal(s.vcpuLockWait.n, 3);
       assert.equal(s.hostLockWait.n, 3);
-      assert.ok(s.host.invalidations > 0, "the host thread ran in the windows");
+      assert.ok(s.host!.invalidations > 0, "the host thread ran in the windows");
     }
     assert.equal(r.results.lockless!.lockWait.maxNs, 0, "the lockless harvester never waits for mmu_lock");
     assert.ok(r.ratio && r.ratio.guestThroughput.n === 3);

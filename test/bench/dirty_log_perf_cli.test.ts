@@ -170,7 +170,7 @@ test(
     assert.equal(j.options.contention.invalidateRate, 0);
     assert.equal(j.options.threads?.hostThread, 0);
     for (const wp of ["locked", "lockless"] as const) {
-      const numa = j.results[wp]!.numa;
+      const numa = j.results[wp]!.numa!;
       assert.ok(numa.scans >= 1, `${wp}: ${numa.scans} NUMA scans`);
       // A 4 MiB guest: each scan unmaps all of it (256 MiB asked, the VMA ends first).
       assert.equal(numa.pagesScanned, numa.scans * 1024, `${wp}: pages per scan`);

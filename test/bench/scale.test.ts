@@ -100,12 +100,12 @@ test(
   async () => {
     const r = await dirtyLogPerf({ ...O, bytesPerVcpu: 8 << 20, iterations: 2, manualProtect: false });
     const s = r.results.lockless!;
-    assert.ok(s.mmapNs > 0, "host_mmap timed");
-    assert.ok(s.cpu.populateNs > 0 && s.cpu.enableLoggingNs >= 0);
+    assert.ok(s.mmapNs! > 0, "host_mmap timed");
+    assert.ok(s.cpu!.populateNs > 0 && s.cpu!.enableLoggingNs >= 0);
     for (const it of s.iterations) {
       assert.ok(it.cpuNs >= 0 && Number.isInteger(it.preemptions) && it.preemptions >= 0);
     }
-    assert.equal(s.cpu.nsPerDirtyPage, s.cpu.protectCallNs / 2048, "8 MiB: 2048 pages, all dirty");
+    assert.equal(s.cpu!.nsPerDirtyPage, s.cpu!.protectCallNs / 2048, "8 MiB: 2048 pages, all dirty");
     assert.ok(r.metadataPercent > 0);
   },
 );

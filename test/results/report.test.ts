@@ -5,7 +5,9 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { parseHTML } from "linkedom";
 import { runKvmmu } from "../helpers/cli.js";
-import { ALL_PLOTS, reportFiles } from "./report_fixture.js";
+import { loadResult } from "../../src/results/load.js";
+import { plotSpecs, renderPlot } from "../../src/results/report.js";
+import { ALL_PLOTS, MIGRATE_PERF_RUNS, reportFiles } from "./report_fixture.js";
 import { tmp } from "./helpers.js";
 import { designNames, designSupportsMode } from "../../src/mmu/design.js";
 import { MmuMode } from "../../src/kvm_host.js";
@@ -47,7 +49,7 @@ test(
       const svg = s.querySelector("figure > svg");
       assert.ok(svg, `${what}: svg`);
       // The forest plot's rows name themselves: its unit is on the x axis.
-      const axis = id === "ratios" ? "x" : "y";
+      const axis = id.endsWith("ratios") ? "x" : "y";
       const yLabel = svg.querySelector(`[aria-label="${axis}-axis label"]`)?.textContent ?? "";
       assert.match(yLabel, /\(.+\)|bug/, `${what}: ${axis} axis labelled with its unit`);
       assert.ok(
@@ -79,9 +81,29 @@ test(
       /kernel, 2 vCPUs writing: 50 ns/,
     );
     // The answer first: a ratio per design but the baseline, per call and guest throughput, per file.
-    const ratioRows = document.querySelectorAll("table.ratios tbody tr").length;
+    const figureCells = [...document.querySelectorAll("table.ratios tbody tr td:nth-child(2)")].map(
+      (td) => td.textContent ?? "",
+    );
+    const migrateRows = figureCells.filter((f) => f.startsWith("migration "));
+    const ratioRows = figureCells.length - migrateRows.length;
     assert.equal(ratioRows, 2 * (designNames().length - 1) * 4);
     assert.equal(marks("ratios", "dot").length, ratioRows);
+    // migrate-perf: lockless/locked per metric, in the table and the forest plot; at least the three
+    // metrics every completed migration has.
+    for (const f of ["migration total time", "migration downtime", "migration rounds"])
+      assert.ok(migrateRows.includes(f), `ratio table: ${f}`);
+    assert.equal(marks("migrate-perf-ratios", "dot").length, migrateRows.length);
+    assert.equal(
+      marks("migrate-perf-ratios", "rule").length,
+      migrateRows.length + 1,
+      "a CI bar per row and 1.0",
+    );
+    // Every measured migration a dot, a median tick and a CI bar per design (locked, lockless).
+    for (const id of ["migrate-perf-total-time", "migrate-perf-rounds"]) {
+      assert.equal(marks(id, "dot").length, 2 * MIGRATE_PERF_RUNS, `${id}: dots`);
+      assert.equal(marks(id, "rule").length, 2, `${id}: CI bars`);
+    }
+    assert.equal(marks("migrate-perf-downtime", "dot").length, 2 * MIGRATE_PERF_RUNS);
     const swatches = (id: string): string[] =>
       [
         ...document.querySelectorAll(
@@ -119,4 +141,26 @@ test("report refuses a bad file with exit 2 and writes nothing", async () => {
   const r2 = await runKvmmu(["report", join(tmp, "nope.json")]);
   assert.equal(r2.code, 2);
   assert.match(r2.err, /--output/);
+});
+
+test("report: migrate-perf's downtime limit drawn where it falls near the runs, else named off the scale", async () => {
+  const files = await reportFiles();
+  const loaded = loadResult(files.find((f) => f.endsWith("rep-migperf.json"))!);
+  const mp = loaded.doc;
+  assert.ok(mp.command === "migrate-perf");
+  const downtime = (limit: number): string => {
+    const doc = { ...mp, options: { ...mp.options, downtimeLimitMs: limit } };
+    const spec = plotSpecs([{ file: loaded.file, doc }]).find((p) => p.id === "migrate-perf-downtime");
+    assert.ok(spec, "downtime plot");
+    return renderPlot(spec);
+  };
+  const median = mp.results["locked"].stats.downtimeMs!.median;
+  const near = Math.max(1, Math.round(median));
+  const html = downtime(near);
+  assert.match(html, new RegExp(`limit ${near} ms<`), "the limit drawn and labelled");
+  assert.match(html, new RegExp(`downtime limit ${near} ms\\. From:`));
+  const far = Math.round(median * 100) + 1000;
+  const off = downtime(far);
+  assert.doesNotMatch(off, new RegExp(`limit ${far} ms<`), "no line far off the scale");
+  assert.match(off, new RegExp(`downtime limit ${far} ms \\(off the scale where not drawn\\)`));
 });
