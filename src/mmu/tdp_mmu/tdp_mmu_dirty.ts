@@ -22,6 +22,7 @@ import {
   SPTE_DIRTY,
   SPTE_MMU_WRITEABLE,
 } from "../spte.js";
+import { set_page_dirty } from "../../mem/host_memory.js";
 import { tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp_iter.js";
 import type { TdpIter } from "./tdp_iter.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
@@ -172,11 +173,14 @@ function clear_dirty_pt_masked(
   kvm: Kvm,
   walk: TdpHarvestWalk,
   root: number,
+  slot: number,
   gfn: number,
   mask: number,
   wrprot: boolean,
 ): boolean {
   const bit = wrprot ? PT_WRITABLE_MASK : SPTE_DIRTY;
+  // The host page of gfn g is hva0 + g (kvm_set_pfn_dirty without the slot lookup).
+  const hva0 = kvm.slots[SLOT.hva_page(slot)] - kvm.slots[SLOT.base_gfn(slot)];
   const end = gfn + 32;
   const checkPresent = !kvm.bug(BUG_TDP["tdp-clear-dirty-nonpresent"]);
   const iter = walk.iter;
@@ -197,6 +201,8 @@ function clear_dirty_pt_masked(
     // the bitmap's xchg ordered that before this walk, so the read cannot miss it.
     if ((iter.old_spte & bit) === 0) continue;
     tdp_mmu_clear_spte_bits(kvm, iter, bit);
+    // The leaf's dirty state goes to the host page (kvm_set_pfn_dirty).
+    set_page_dirty(kvm, hva0 + iter.gfn);
     flush = true;
   }
   return flush;
@@ -216,7 +222,6 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
   walk?: TdpHarvestWalk,
 ): boolean {
   lockdep_assert_held_write(kvm);
-  void slot;
   if (mask === 0) return false;
   const root = kvm.ctl[CTL.root];
   if (root === 0 || is_invalid_root(kvm, root)) return false;
@@ -226,7 +231,7 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
     walk.iter.skipAfterRestart = kvm.bug(BUG_TDP["tdp-iter-skip"]);
     tdp_mmu_harvest_walk_reset(walk);
   }
-  return clear_dirty_pt_masked(kvm, walk, root, gfn, mask, wrprot);
+  return clear_dirty_pt_masked(kvm, walk, root, slot, gfn, mask, wrprot);
 }
 
 /**
