@@ -11,10 +11,12 @@
  *    (the audit);
  *  - every entry point holds mmu_lock in the mode it asserts (a LockdepError in a thread is a
  *    violation, as a lockdep splat is);
+ *  - a walk visits every spte of its range, also after a yield: a root torn down leaves no table
+ *    linked (the audit: every table in use is reachable from the root);
  *  - a guest write is never lost to the host: when dirty state (D) leaves an spte, the host page
  *    is marked dirty (kvm_set_pfn_dirty), also when the vCPU set D just before a locked store.
  */
-import { BugName, CTL, Kvm } from "../kvm_host.js";
+import { BugName, CTL, Kvm, PAGE_SIZE } from "../kvm_host.js";
 import { MmuModeName, VmOptions } from "../vm.js";
 import { ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
 import { clear_page_dirty_for_io, host_invalidate_range, page_dirty } from "../mem/host_memory.js";
@@ -40,6 +42,8 @@ import {
 } from "./scenario_util.js";
 
 const G = 100; // a gfn in the first 2 MiB block
+/** The first gfn the root's entry 1 maps (512 GiB). */
+const HI = 2 ** 27;
 /** scratch word: set (atomically) by the host thread once its MMU-notifier call has returned. */
 const DONE = 2;
 
@@ -214,6 +218,47 @@ export const TDP_SCENARIOS: Record<string, Scenario> = {
     },
   },
 
+  "tdp-iter-skip": {
+    name: "tdp-iter-skip",
+    bug: "tdp-iter-skip",
+    onlyDesign: "tdp-mmu",
+    auditable: true,
+    description:
+      "the root is dropped to reclaim pages (its teardown walks the root's entries, write lock, may yield) while vCPU 1 faults, contending for mmu_lock; the root has two present entries",
+    vmOptions: (bugs, mode) => tdpVm(bugs, mode, { maxSlotPages: NPAGES + 512 }),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      // THP-backed: 2 MiB leaves, so each root entry has two tables below it.
+      const hva = slot(vm, true, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      // A second slot 512 GiB up: the root's entry 1 (gfns from 2^27) is present too.
+      vm.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: HI * PAGE_SIZE,
+        memorySize: 2 << 20,
+        userspaceAddr: vm.mmap(2 << 20, { thp: true }),
+      });
+      vm.createVcpu(0);
+      vm.createVcpu(1);
+      prefault(vm, 0, [G, HI + 5]);
+    },
+    threads: [
+      // kvm_mmu_reclaim's zap_all: kvm_tdp_mmu_invalidate_all_roots, then the root's teardown.
+      { name: "reclaim", run: (kvm) => withMmuLock(kvm, () => void kvm.ops.zap_all?.(kvm)) },
+      {
+        name: "vcpu1",
+        run: (kvm) =>
+          asVcpu(kvm, 1, (v) => {
+            v.write64(G, 0, 2, 0);
+            v.write64(HI + 5, 0, 3, 0);
+          }),
+      },
+    ],
+    // The audit: every table in use is reachable from the root (a skipped entry leaks its tables).
+    check: auditCheck,
+  },
+
   "tdp-wrong-lock": {
     name: "tdp-wrong-lock",
     bug: "tdp-wrong-lock",
@@ -250,4 +295,5 @@ export const TDP_BUG_SCENARIO: Partial<Record<TdpBugName, string>> = {
   "tdp-clear-dirty-nonpresent": "tdp-clear-dirty-nonpresent",
   "tdp-wrong-lock": "tdp-wrong-lock",
   "tdp-plain-write": "tdp-plain-write",
+  "tdp-iter-skip": "tdp-iter-skip",
 };
