@@ -289,7 +289,7 @@ export const TDP_SCENARIOS: Record<string, Scenario> = {
 };
 
 /** Each TDP MMU bug's scenario. */
-export const TDP_BUG_SCENARIO: Partial<Record<TdpBugName, string>> = {
+export const TDP_BUG_SCENARIO: Record<TdpBugName, string> = {
   "tdp-zap-yield-noflush": "tdp-zap-yield-noflush",
   "tdp-wrprot-early-break": "tdp-wrprot-early-break",
   "tdp-clear-dirty-nonpresent": "tdp-clear-dirty-nonpresent",
