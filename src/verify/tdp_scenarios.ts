@@ -212,7 +212,11 @@ export const TDP_SCENARIOS: Record<string, Scenario> = {
       const hva = scratch[S_EXTRA + HVA0] + G;
       const s = leafOf(kvm, G);
       // The write is safe if the host page is dirty, or a leaf still holds its dirty state (D).
-      if (pageWord(kvm, hva) === 5 && !page_dirty(kvm, hva) && !(is_shadow_present_pte(s) && (s & SPTE_DIRTY) !== 0))
+      if (
+        pageWord(kvm, hva) === 5 &&
+        !page_dirty(kvm, hva) &&
+        !(is_shadow_present_pte(s) && (s & SPTE_DIRTY) !== 0)
+      )
         return `gfn ${G}: the guest wrote 5, but its host page is clean and no spte holds D: reclaim would drop the write (a locked store lost the D bit the vCPU set)`;
       return auditCheck(vm);
     },

@@ -6,7 +6,10 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { SLOT } from "../../../src/kvm_host.js";
 import { clear_page_dirty_for_io, host_invalidate_range, page_dirty } from "../../../src/mem/host_memory.js";
-import { kvm_mmu_notifier_invalidate_range_end, kvm_mmu_notifier_invalidate_range_start } from "../../../src/mmu/mmu_notifier.js";
+import {
+  kvm_mmu_notifier_invalidate_range_end,
+  kvm_mmu_notifier_invalidate_range_start,
+} from "../../../src/mmu/mmu_notifier.js";
 import { vmKvm } from "../../../src/vm/internal.js";
 import { makeTdpVm, setLogging, writePages } from "./helpers.js";
 

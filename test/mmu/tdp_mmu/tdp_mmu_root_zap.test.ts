@@ -13,13 +13,24 @@ import { tdp_mmu_state } from "../../../src/mmu/tdp_mmu/tdp_mmu_state.js";
 import { writePages } from "./helpers.js";
 
 /** A VM whose root has two present entries (gfn 0 and 2^27), torn down yielding every step. */
-function tearDown(bugs: "tdp-iter-skip"[]): { before: number; after: number; yields: number; audit: string[] } {
+function tearDown(bugs: "tdp-iter-skip"[]): {
+  before: number;
+  after: number;
+  yields: number;
+  audit: string[];
+} {
   const vm = Vm.create({ memory: 16 << 20, wp: "tdp-mmu", maxVcpus: 1, bugs });
   for (const [slot, gpa] of [
     [0, 0],
     [1, 2 ** 39],
   ])
-    vm.setUserMemoryRegion({ slot, flags: 0, guestPhysAddr: gpa, memorySize: 1 << 20, userspaceAddr: vm.mmap(1 << 20) });
+    vm.setUserMemoryRegion({
+      slot,
+      flags: 0,
+      guestPhysAddr: gpa,
+      memorySize: 1 << 20,
+      userspaceAddr: vm.mmap(1 << 20),
+    });
   vm.createVcpu(0);
   writePages(vm, [0, 2 ** 27 + 1], 1);
   const kvm = vmKvm(vm);
