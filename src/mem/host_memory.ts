@@ -15,7 +15,7 @@
  */
 import { CTL, Kvm, PAGE_WORDS } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
-import { aand, aload, aor, astore } from "../sync/atomic.js";
+import { aand, aload, aor, aread, astore } from "../sync/atomic.js";
 
 export const HPT_WRITABLE = 1;
 export const HPT_PRESENT = 2;
@@ -114,7 +114,8 @@ export function hva_to_pfn(kvm: Kvm, hvaPage: number): number {
  * spte of the page is zapped or cleaned). Lockless (atomic or); a no-op on an unmapped page.
  */
 export function set_page_dirty(kvm: Kvm, hvaPage: number): void {
-  if ((aload(kvm.hpt, hvaPage) & (HPT_PRESENT | HPT_DIRTY)) === HPT_PRESENT) aor(kvm.hpt, hvaPage, HPT_DIRTY);
+  // A plain pre-check (folio_mark_dirty's test): most calls find the page dirty already.
+  if ((aread(kvm.hpt, hvaPage) & (HPT_PRESENT | HPT_DIRTY)) === HPT_PRESENT) aor(kvm.hpt, hvaPage, HPT_DIRTY);
 }
 
 /** PageDirty. */

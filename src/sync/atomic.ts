@@ -37,6 +37,13 @@ export let aload = (a: Int32Array, i: number): number => Atomics.load(a, i);
  */
 export let aread = (a: Int32Array, i: number): number => a[i];
 export let astore = (a: Int32Array, i: number, v: number): void => void Atomics.store(a, i, v);
+/**
+ * WRITE_ONCE: a plain store of a shared word that no thread changes without the lock the writer
+ * holds, published by that lock's release (or a flush's atomics) before anyone acts on it.
+ * Atomics.store is a builtin call and a locked exchange; this is one instruction. Under the
+ * controlled scheduler it is a scheduling point and a seq-cst store like astore.
+ */
+export let awrite = (a: Int32Array, i: number, v: number): void => void (a[i] = v);
 export let axchg = (a: Int32Array, i: number, v: number): number => Atomics.exchange(a, i, v);
 /** cmpxchg: returns the old value; the exchange happened iff it equals `expect`. */
 export let acas = (a: Int32Array, i: number, expect: number, v: number): number =>
@@ -49,18 +56,19 @@ export let spinPoint = (_a: Int32Array, _i: number): void => {};
 /** Guest data accesses are scheduling points too. */
 export let guestPoint = (_write: boolean, _a: Int32Array, _i: number): void => {};
 
-const bare = { aload, aread, astore, axchg, acas, aor, aand, aadd, spinPoint, guestPoint };
+const bare = { aload, aread, astore, awrite, axchg, acas, aor, aand, aadd, spinPoint, guestPoint };
 
 /** Installs (or with null removes) the scheduling hook for this thread. */
 export function setSchedHook(h: SchedHook | null): void {
   hook = h;
   if (h === null) {
-    ({ aload, aread, astore, axchg, acas, aor, aand, aadd, spinPoint, guestPoint } = bare);
+    ({ aload, aread, astore, awrite, axchg, acas, aor, aand, aadd, spinPoint, guestPoint } = bare);
     return;
   }
   aload = (a, i) => (h(Op.Load, a, i), Atomics.load(a, i));
   aread = (a, i) => (h(Op.Load, a, i), Atomics.load(a, i));
   astore = (a, i, v) => (h(Op.Store, a, i), void Atomics.store(a, i, v));
+  awrite = (a, i, v) => (h(Op.Store, a, i), void Atomics.store(a, i, v));
   axchg = (a, i, v) => (h(Op.Xchg, a, i), Atomics.exchange(a, i, v));
   acas = (a, i, e, v) => (h(Op.Cas, a, i), Atomics.compareExchange(a, i, e, v));
   aor = (a, i, v) => (h(Op.Or, a, i), Atomics.or(a, i, v));

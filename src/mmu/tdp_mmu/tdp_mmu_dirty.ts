@@ -10,7 +10,7 @@
  * always write-protected (a write fault splits them).
  */
 import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
-import { aand, aload, astore } from "../../sync/atomic.js";
+import { aand, aread, awrite } from "../../sync/atomic.js";
 import {
   is_last_spte,
   is_shadow_present_pte,
@@ -18,7 +18,6 @@ import {
   PT64_INDEX,
   PT_PAGE_TABLE_LEVEL,
   PT_WRITABLE_MASK,
-  spte_has_volatile_bits,
   SPTE_DIRTY,
   SPTE_MMU_WRITEABLE,
 } from "../spte.js";
@@ -30,7 +29,11 @@ import { tdp_iter_for, tdp_mmu_iter_cond_resched } from "./tdp_mmu_resched.js";
 import { tdp_mmu_with_root } from "./tdp_mmu_root_zap.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
 import { is_invalid_root } from "./tdp_mmu_root.js";
-import { tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
+import {
+  tdp_mmu_iter_set_spte,
+  tdp_mmu_set_spte_atomic,
+  tdp_spte_has_volatile_bits,
+} from "./tdp_mmu_spte.js";
 
 /**
  * Leaves of [start, end) at levels >= minLevel whose bit `bit` is set lose it by cmpxchg, read
@@ -97,14 +100,15 @@ export function kvm_tdp_mmu_clear_dirty_slot(kvm: Kvm, slot: number): boolean {
 /**
  * tdp_mmu_clear_spte_bits: a locked clear of `bits` in a leaf; an spte with volatile bits loses
  * them by one atomic and (atomic64_fetch_and: the vCPU may set D, fast_page_fault W, at any
- * moment), else a plain store. iter.old_spte becomes the value written.
+ * moment), else a plain store (WRITE_ONCE: nothing changes it without mmu_lock, and the harvest's
+ * flush publishes it before the pages are reported). iter.old_spte becomes the value written.
  */
 function tdp_mmu_clear_spte_bits(kvm: Kvm, iter: TdpIter, bits: number): void {
   const old = iter.old_spte;
-  if (spte_has_volatile_bits(old) && !kvm.bug(BUG_TDP["tdp-plain-write"])) {
+  if (tdp_spte_has_volatile_bits(kvm, old) && !kvm.bug(BUG_TDP["tdp-plain-write"])) {
     iter.old_spte = aand(kvm.spt, iter.sptep, ~bits) & ~bits;
   } else {
-    astore(kvm.spt, iter.sptep, old & ~bits);
+    awrite(kvm.spt, iter.sptep, old & ~bits);
     iter.old_spte = old & ~bits;
   }
 }
@@ -151,7 +155,7 @@ function clear_dirty_walk_start(kvm: Kvm, walk: TdpHarvestWalk, root: number, st
     iter.sptep += start - iter.gfn;
     iter.gfn = start;
     iter.next_last_level_gfn = start;
-    iter.old_spte = aload(kvm.spt, iter.sptep);
+    iter.old_spte = aread(kvm.spt, iter.sptep);
     return;
   }
   walk.root = root;

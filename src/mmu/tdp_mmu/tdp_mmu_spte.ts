@@ -32,8 +32,8 @@ import {
   PT_PAGE_TABLE_LEVEL,
   PT64_ENT_PER_PAGE,
   PT_WRITABLE_MASK,
-  spte_has_volatile_bits,
   SPTE_DIRTY,
+  SPTE_MMU_WRITEABLE,
   spte_to_child_sp,
   spte_to_pfn,
 } from "../spte.js";
@@ -56,6 +56,18 @@ export function is_frozen_spte(s: number): boolean {
 export const EBUSY = -16;
 
 /**
+ * spte_has_volatile_bits as 6.x has it for sptes with A/D bits (spte.ts keeps 3.11's, for the
+ * rmap designs): a bit of the spte may change without mmu_lock. fast_page_fault sets W only on
+ * a leaf that is MMU-writable but not writable; the vCPU sets D only (with PML: A/D bits) on a
+ * writable leaf whose D is clear. A writable leaf with D set, or any leaf without PML that is
+ * writable, changes only under mmu_lock.
+ */
+export function tdp_spte_has_volatile_bits(kvm: Kvm, s: number): boolean {
+  if ((s & PT_WRITABLE_MASK) === 0) return (s & SPTE_MMU_WRITEABLE) !== 0;
+  return (s & SPTE_DIRTY) === 0 && kvm.shared.config.pml === true;
+}
+
+/**
  * kvm_tdp_mmu_write_spte: a store under the write lock. An spte with volatile bits (W or D may
  * change without mmu_lock) is replaced with xchg; returns the value replaced.
  */
@@ -66,7 +78,11 @@ export function kvm_tdp_mmu_write_spte(
   newSpte: number,
   level: number,
 ): number {
-  if (is_shadow_present_pte(oldSpte) && is_last_spte(oldSpte, level) && spte_has_volatile_bits(oldSpte)) {
+  if (
+    is_shadow_present_pte(oldSpte) &&
+    is_last_spte(oldSpte, level) &&
+    tdp_spte_has_volatile_bits(kvm, oldSpte)
+  ) {
     // Bug "tdp-plain-write" (ba3a6120a4e7): a plain store loses a D or W set since oldSpte was read.
     if (!kvm.bug(BUG_TDP["tdp-plain-write"])) return axchg(kvm.spt, sptep, newSpte);
   }
