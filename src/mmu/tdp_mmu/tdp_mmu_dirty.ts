@@ -197,18 +197,66 @@ function clear_dirty_pt_masked(
   ) {
     if (mask === 0) break;
     if (iter.level > PT_PAGE_TABLE_LEVEL || iter.gfn < gfn) continue;
+    // The rest of the word in the leaf table the walk stands on: straight to each bit's spte.
+    if (end - (iter.gfn - PT64_INDEX(iter.gfn, PT_PAGE_TABLE_LEVEL)) <= PT64_ENT_PER_PAGE)
+      return clear_dirty_leaf_table(kvm, iter, gfn, mask, bit, hva0, checkPresent) || flush;
     const b = 1 << (iter.gfn - gfn);
     if ((mask & b) === 0) continue;
     mask &= ~b;
-    // 3354ef5a592d: only a present leaf has dirty state to clear.
-    if (checkPresent && !is_shadow_present_pte(iter.old_spte)) continue;
-    // The value the step read: a page in `mask` had its bit set before its bitmap bit, and
-    // the bitmap's xchg ordered that before this walk, so the read cannot miss it.
-    if ((iter.old_spte & bit) === 0) continue;
-    tdp_mmu_clear_spte_bits(kvm, iter, bit);
-    // The leaf's dirty state goes to the host page (kvm_set_pfn_dirty).
-    set_page_dirty(kvm, hva0 + iter.gfn);
-    flush = true;
+    if (clear_dirty_leaf(kvm, iter, bit, hva0, checkPresent)) flush = true;
+  }
+  return flush;
+}
+
+/**
+ * One leaf of clear_dirty_pt_masked, the iterator standing on it: clears `bit` if the leaf is
+ * present and has it, and gives its dirty state to the host page. True if it cleared.
+ */
+function clear_dirty_leaf(
+  kvm: Kvm,
+  iter: TdpIter,
+  bit: number,
+  hva0: number,
+  checkPresent: boolean,
+): boolean {
+  // 3354ef5a592d: only a present leaf has dirty state to clear.
+  if (checkPresent && !is_shadow_present_pte(iter.old_spte)) return false;
+  // The value the step read: a page in `mask` had its bit set before its bitmap bit, and the
+  // bitmap's xchg ordered that before this walk, so the read cannot miss it.
+  if ((iter.old_spte & bit) === 0) return false;
+  tdp_mmu_clear_spte_bits(kvm, iter, bit);
+  // The leaf's dirty state goes to the host page (kvm_set_pfn_dirty).
+  set_page_dirty(kvm, hva0 + iter.gfn);
+  return true;
+}
+
+/**
+ * The rest of clear_dirty_pt_masked when every gfn of the word left is in the leaf table the
+ * iterator stands on (iter.gfn >= gfn, the bits below it done): the steps between two set bits
+ * only skip sptes whose gfn is not in `mask`, so the loop moves the iterator straight to each
+ * set bit's entry (index arithmetic within the table, no walk). It stops on the last one, where
+ * the section's next word continues (clear_dirty_walk_start). Returns flush.
+ */
+function clear_dirty_leaf_table(
+  kvm: Kvm,
+  iter: TdpIter,
+  gfn: number,
+  mask: number,
+  bit: number,
+  hva0: number,
+  checkPresent: boolean,
+): boolean {
+  const sptep0 = iter.sptep - (iter.gfn - gfn);
+  let flush = false;
+  mask &= -1 << (iter.gfn - gfn);
+  while (mask !== 0) {
+    const n = 31 - Math.clz32(mask & -mask);
+    mask &= mask - 1;
+    iter.sptep = sptep0 + n;
+    iter.gfn = gfn + n;
+    iter.next_last_level_gfn = iter.gfn;
+    iter.old_spte = aread(kvm.spt, iter.sptep);
+    if (clear_dirty_leaf(kvm, iter, bit, hva0, checkPresent)) flush = true;
   }
   return flush;
 }
