@@ -4,19 +4,24 @@
  * runs (src/mmu/mmu_notifier.ts). Every frame, frame 0 included, can be handed out: a VM of
  * exactly 2^22 frames (16 GiB, the most one Int32Array holds) has no frame to spare.
  *
- * hpt entry: 0 = not mapped, else (pfn << 2) | HPT_PRESENT | writable (a present bit, so that
- * frame 0 read-only is not 0). Written under mm_lock, read locklessly by faults (gfn_to_pfn),
- * which validate with mmu_notifier_seq.
+ * hpt entry: 0 = not mapped, else (pfn << 3) | HPT_DIRTY | HPT_PRESENT | writable (a present bit,
+ * so that frame 0 read-only is not 0). Written under mm_lock, read locklessly by faults
+ * (gfn_to_pfn), which validate with mmu_notifier_seq. HPT_DIRTY is the page's dirty flag
+ * (PageDirty): set with an atomic or by KVM (kvm_set_pfn_dirty) when dirty state leaves an spte,
+ * without mm_lock, so the writers of an entry under mm_lock keep it (they rewrite pfn and W only
+ * while no spte maps the page, or with the flag carried over).
  * thp[hva >> 9] = 1 while the 2 MiB block is one huge mapping: 512 contiguous, 512-aligned
  * frames. Cleared (split) under mm_lock before any page of the block moves.
  */
 import { CTL, Kvm, PAGE_WORDS } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
-import { aload, astore } from "../sync/atomic.js";
+import { aand, aload, aor, aread, astore } from "../sync/atomic.js";
 
 export const HPT_WRITABLE = 1;
 export const HPT_PRESENT = 2;
-const HPT_PFN_SHIFT = 2;
+/** PageDirty: the host must write the page back before it may drop it (swap, writeback). */
+export const HPT_DIRTY = 4;
+const HPT_PFN_SHIFT = 3;
 
 /** The hpt entry that maps frame pfn. */
 export function make_hpt(pfn: number, writable: number): number {
@@ -104,6 +109,34 @@ export function hva_to_pfn(kvm: Kvm, hvaPage: number): number {
   return hpt_pfn(aload(kvm.hpt, hvaPage));
 }
 
+/**
+ * set_page_dirty: the page holds data the host has not written back (KVM calls it when a dirty
+ * spte of the page is zapped or cleaned). Lockless (atomic or); a no-op on an unmapped page.
+ */
+export function set_page_dirty(kvm: Kvm, hvaPage: number): void {
+  // A plain pre-check (folio_mark_dirty's test): most calls find the page dirty already.
+  if ((aread(kvm.hpt, hvaPage) & (HPT_PRESENT | HPT_DIRTY)) === HPT_PRESENT) aor(kvm.hpt, hvaPage, HPT_DIRTY);
+}
+
+/** PageDirty. */
+export function page_dirty(kvm: Kvm, hvaPage: number): boolean {
+  return (aload(kvm.hpt, hvaPage) & HPT_DIRTY) !== 0;
+}
+
+/**
+ * clear_page_dirty_for_io: writeback (or swap-out) is about to save the page, so it is clean
+ * from now on; a write the host is not told of afterwards (by set_page_dirty) is lost when the
+ * page is dropped. Returns whether it was dirty. Host thread; takes mm_lock.
+ */
+export function clear_page_dirty_for_io(kvm: Kvm, hvaPage: number): boolean {
+  kvm.mm_lock.lock();
+  try {
+    return (aand(kvm.hpt, hvaPage, ~HPT_DIRTY) & HPT_DIRTY) !== 0;
+  } finally {
+    kvm.mm_lock.unlock();
+  }
+}
+
 /** True when the 2 MiB block holding hvaPage is a huge mapping (host_mapping_level == 2). */
 export function hva_is_huge(kvm: Kvm, hvaPage: number): boolean {
   return aload(kvm.thp, hvaPage >>> 9) !== 0;
@@ -128,7 +161,7 @@ export function host_migrate_page(kvm: Kvm, hvaPage: number, notifier: MmuNotifi
     if (huge) astore(kvm.thp, hvaPage >>> 9, 0); // split_huge_page
     const from = hpt_pfn(old);
     kvm.mem.copyWithin(to * PAGE_WORDS, from * PAGE_WORDS, (from + 1) * PAGE_WORDS);
-    astore(kvm.hpt, hvaPage, make_hpt(to, old));
+    astore(kvm.hpt, hvaPage, make_hpt(to, old) | (aload(kvm.hpt, hvaPage) & HPT_DIRTY));
     notifier.invalidateRangeEnd();
     free_frame(kvm, from);
     return true;

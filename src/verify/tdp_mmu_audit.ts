@@ -10,7 +10,9 @@
  *    spte tdp_mmu_link_sp made (no bit of it cleared as if it were a leaf);
  *  - W implies HOST_W and MMU_W;
  *  - in a dirty-logged slot (bitmap mode): no writable huge leaf; a writable 4 KiB leaf with D
- *    set (PML) or any writable one (write protection) has its bit set in the bitmap.
+ *    set (PML) or any writable one (write protection) has its bit set in the bitmap;
+ *  - no table leaked: the tables in use (CTL.sp_used) are those reachable from the root (a root
+ *    torn down with a table still linked never frees it, 3a0f64de479c).
  */
 import { CTL, Kvm, KVM_MEM_LOG_DIRTY_PAGES, ROLE_INVALID, SP, SLOT } from "../kvm_host.js";
 import { gfn_to_hva_page, gfn_to_memslot } from "../mem/memslot.js";
@@ -46,7 +48,9 @@ export function auditTdpMmu(kvm: Kvm, say: (m: string) => void, structural: bool
   listed(kvm, kvm.ctl[CTL.sp_free], freed);
   const pml = kvm_tdp_mmu_pml(kvm);
   const ringOnly = kvm.ctl[CTL.dirty_ring_size] !== 0;
+  let reachable = 0;
   const walk = (sp: number, level: number, gfn0: number): void => {
+    reachable++;
     if (freed.has(sp)) say(`sp ${sp}: reachable but on a free or pending list`);
     if ((kvm.spHdr[SP.role(sp)] & ROLE_INVALID) !== 0) say(`sp ${sp}: reachable but invalid`);
     if (sp_level(kvm, sp) !== level) say(`sp ${sp}: level ${sp_level(kvm, sp)} reached at level ${level}`);
@@ -104,4 +108,6 @@ export function auditTdpMmu(kvm: Kvm, say: (m: string) => void, structural: bool
   };
   const root = kvm.ctl[CTL.root];
   if (root !== 0) walk(root, PT64_ROOT_LEVEL, 0);
+  if (kvm.ctl[CTL.sp_used] !== reachable)
+    say(`${kvm.ctl[CTL.sp_used]} tables in use but ${reachable} reachable from the root: tables leaked`);
 }

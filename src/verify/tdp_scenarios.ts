@@ -10,15 +10,19 @@
  *  - dirty state is cleared on present leaves only: a link spte stays what tdp_mmu_link_sp made
  *    (the audit);
  *  - every entry point holds mmu_lock in the mode it asserts (a LockdepError in a thread is a
- *    violation, as a lockdep splat is).
+ *    violation, as a lockdep splat is);
+ *  - a walk visits every spte of its range, also after a yield: a root torn down leaves no table
+ *    linked (the audit: every table in use is reachable from the root);
+ *  - a guest write is never lost to the host: when dirty state (D) leaves an spte, the host page
+ *    is marked dirty (kvm_set_pfn_dirty), also when the vCPU set D just before a locked store.
  */
-import { BugName, CTL, Kvm } from "../kvm_host.js";
+import { BugName, CTL, Kvm, PAGE_SIZE } from "../kvm_host.js";
 import { MmuModeName, VmOptions } from "../vm.js";
 import { ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
-import { host_invalidate_range } from "../mem/host_memory.js";
+import { clear_page_dirty_for_io, host_invalidate_range, page_dirty } from "../mem/host_memory.js";
 import { aload, astore, spinPoint } from "../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
-import { is_shadow_present_pte, PT_WRITABLE_MASK, SPTE_MMU_WRITEABLE } from "../mmu/spte.js";
+import { is_shadow_present_pte, PT_WRITABLE_MASK, SPTE_DIRTY, SPTE_MMU_WRITEABLE } from "../mmu/spte.js";
 import { kvm_tdp_mmu_write_protect_gfn } from "../mmu/tdp_mmu/tdp_mmu_dirty.js";
 import type { TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 import { vmKvm } from "../vm/internal.js";
@@ -38,6 +42,8 @@ import {
 } from "./scenario_util.js";
 
 const G = 100; // a gfn in the first 2 MiB block
+/** The first gfn the root's entry 1 maps (512 GiB). */
+const HI = 2 ** 27;
 /** scratch word: set (atomically) by the host thread once its MMU-notifier call has returned. */
 const DONE = 2;
 
@@ -174,6 +180,89 @@ export const TDP_SCENARIOS: Record<string, Scenario> = {
     check: auditCheck,
   },
 
+  "tdp-plain-write": {
+    name: "tdp-plain-write",
+    bug: "tdp-plain-write",
+    onlyDesign: "tdp-mmu",
+    auditable: true,
+    description:
+      "PML logging: the host reclaims a clean page (MMU notifier zap, write lock) while vCPU 0 writes it, setting D without mmu_lock",
+    vmOptions: (bugs, mode) => tdpVm(bugs, mode),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      const hva = slot(vm, false, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      vm.createVcpu(0);
+      prefault(vm, 0, [G]); // G mapped writable, D set
+      enableLogging(vm, hva); // D cleared (the page is marked dirty in the host)
+      // Writeback saved the page: clean in the host, and its spte has no D; the guest's next
+      // write sets D, and the zap that replaces that spte must mark the page dirty again.
+      clear_page_dirty_for_io(vmKvm(vm), hva + G);
+    },
+    threads: [
+      { name: "vcpu0", run: (kvm) => asVcpu(kvm, 0, (v) => v.write64(G, 0, 5, 0)) },
+      {
+        name: "host-reclaim",
+        // try_to_unmap of the clean page: the notifier zaps its spte (tdp_mmu_zap_leafs).
+        run: (kvm, scratch) => host_invalidate_range(kvm, scratch[S_EXTRA + HVA0] + G, 1, notifierOf(kvm)),
+      },
+    ],
+    check(vm, scratch) {
+      const kvm = vmKvm(vm);
+      const hva = scratch[S_EXTRA + HVA0] + G;
+      const s = leafOf(kvm, G);
+      // The write is safe if the host page is dirty, or a leaf still holds its dirty state (D).
+      if (
+        pageWord(kvm, hva) === 5 &&
+        !page_dirty(kvm, hva) &&
+        !(is_shadow_present_pte(s) && (s & SPTE_DIRTY) !== 0)
+      )
+        return `gfn ${G}: the guest wrote 5, but its host page is clean and no spte holds D: reclaim would drop the write (a locked store lost the D bit the vCPU set)`;
+      return auditCheck(vm);
+    },
+  },
+
+  "tdp-iter-skip": {
+    name: "tdp-iter-skip",
+    bug: "tdp-iter-skip",
+    onlyDesign: "tdp-mmu",
+    auditable: true,
+    description:
+      "the root is dropped to reclaim pages (its teardown walks the root's entries, write lock, may yield) while vCPU 1 faults, contending for mmu_lock; the root has two present entries",
+    vmOptions: (bugs, mode) => tdpVm(bugs, mode, { maxSlotPages: NPAGES + 512 }),
+    scratchWords: S_EXTRA + 4,
+    setup(vm, scratch) {
+      // THP-backed: 2 MiB leaves, so each root entry has two tables below it.
+      const hva = slot(vm, true, false);
+      scratch[S_EXTRA + HVA0] = hva;
+      // A second slot 512 GiB up: the root's entry 1 (gfns from 2^27) is present too.
+      vm.setUserMemoryRegion({
+        slot: 1,
+        flags: 0,
+        guestPhysAddr: HI * PAGE_SIZE,
+        memorySize: 2 << 20,
+        userspaceAddr: vm.mmap(2 << 20, { thp: true }),
+      });
+      vm.createVcpu(0);
+      vm.createVcpu(1);
+      prefault(vm, 0, [G, HI + 5]);
+    },
+    threads: [
+      // kvm_mmu_reclaim's zap_all: kvm_tdp_mmu_invalidate_all_roots, then the root's teardown.
+      { name: "reclaim", run: (kvm) => withMmuLock(kvm, () => void kvm.ops.zap_all?.(kvm)) },
+      {
+        name: "vcpu1",
+        run: (kvm) =>
+          asVcpu(kvm, 1, (v) => {
+            v.write64(G, 0, 2, 0);
+            v.write64(HI + 5, 0, 3, 0);
+          }),
+      },
+    ],
+    // The audit: every table in use is reachable from the root (a skipped entry leaks its tables).
+    check: auditCheck,
+  },
+
   "tdp-wrong-lock": {
     name: "tdp-wrong-lock",
     bug: "tdp-wrong-lock",
@@ -204,9 +293,11 @@ export const TDP_SCENARIOS: Record<string, Scenario> = {
 };
 
 /** Each TDP MMU bug's scenario. */
-export const TDP_BUG_SCENARIO: Partial<Record<TdpBugName, string>> = {
+export const TDP_BUG_SCENARIO: Record<TdpBugName, string> = {
   "tdp-zap-yield-noflush": "tdp-zap-yield-noflush",
   "tdp-wrprot-early-break": "tdp-wrprot-early-break",
   "tdp-clear-dirty-nonpresent": "tdp-clear-dirty-nonpresent",
   "tdp-wrong-lock": "tdp-wrong-lock",
+  "tdp-plain-write": "tdp-plain-write",
+  "tdp-iter-skip": "tdp-iter-skip",
 };

@@ -11,7 +11,7 @@
  * after the restart skipped sptes).
  */
 import { Kvm, KVM_PAGES_PER_HPAGE } from "../../kvm_host.js";
-import { aload } from "../../sync/atomic.js";
+import { aload, aread } from "../../sync/atomic.js";
 import {
   is_last_spte,
   is_shadow_present_pte,
@@ -99,7 +99,10 @@ function try_step_side(kvm: Kvm, iter: TdpIter): boolean {
   iter.gfn += KVM_PAGES_PER_HPAGE(iter.level);
   iter.next_last_level_gfn = iter.gfn;
   iter.sptep++;
-  iter.old_spte = aload(kvm.spt, iter.sptep);
+  // READ_ONCE: every user validates the value by the atomic that changes the spte, or, under
+  // the write lock, changes only sptes no lockless writer touches without one (the hot step of
+  // every walk: Atomics.load is a builtin call).
+  iter.old_spte = aread(kvm.spt, iter.sptep);
   return true;
 }
 

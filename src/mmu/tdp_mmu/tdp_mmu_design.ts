@@ -35,7 +35,7 @@ import {
 import type { TdpHarvestWalk } from "./tdp_mmu_dirty.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { kvm_tdp_mmu_unmap_hva_range, kvm_tdp_mmu_zap_collapsible_sptes } from "./tdp_mmu_zap.js";
-import { kvm_tdp_mmu_invalidate_all_roots } from "./tdp_mmu_root.js";
+import { kvm_tdp_mmu_invalidate_all_roots } from "./tdp_mmu_root_zap.js";
 import { kvm_tdp_mmu_split_for_clear, kvm_tdp_mmu_split_slot } from "./tdp_mmu_split.js";
 
 export const TDP_MMU = "tdp-mmu";

@@ -10,7 +10,7 @@
  * always write-protected (a write fault splits them).
  */
 import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
-import { aand, aload, astore } from "../../sync/atomic.js";
+import { aand, aread, awrite } from "../../sync/atomic.js";
 import {
   is_last_spte,
   is_shadow_present_pte,
@@ -18,17 +18,22 @@ import {
   PT64_INDEX,
   PT_PAGE_TABLE_LEVEL,
   PT_WRITABLE_MASK,
-  spte_has_volatile_bits,
   SPTE_DIRTY,
   SPTE_MMU_WRITEABLE,
 } from "../spte.js";
+import { set_page_dirty } from "../../mem/host_memory.js";
 import { tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp_iter.js";
 import type { TdpIter } from "./tdp_iter.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
-import { tdp_iter_for, tdp_mmu_iter_cond_resched, tdp_mmu_with_root } from "./tdp_mmu_resched.js";
+import { tdp_iter_for, tdp_mmu_iter_cond_resched } from "./tdp_mmu_resched.js";
+import { tdp_mmu_with_root } from "./tdp_mmu_root_zap.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
 import { is_invalid_root } from "./tdp_mmu_root.js";
-import { tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
+import {
+  tdp_mmu_iter_set_spte,
+  tdp_mmu_set_spte_atomic,
+  tdp_spte_has_volatile_bits,
+} from "./tdp_mmu_spte.js";
 
 /**
  * Leaves of [start, end) at levels >= minLevel whose bit `bit` is set lose it by cmpxchg, read
@@ -95,14 +100,15 @@ export function kvm_tdp_mmu_clear_dirty_slot(kvm: Kvm, slot: number): boolean {
 /**
  * tdp_mmu_clear_spte_bits: a locked clear of `bits` in a leaf; an spte with volatile bits loses
  * them by one atomic and (atomic64_fetch_and: the vCPU may set D, fast_page_fault W, at any
- * moment), else a plain store. iter.old_spte becomes the value written.
+ * moment), else a plain store (WRITE_ONCE: nothing changes it without mmu_lock, and the harvest's
+ * flush publishes it before the pages are reported). iter.old_spte becomes the value written.
  */
 function tdp_mmu_clear_spte_bits(kvm: Kvm, iter: TdpIter, bits: number): void {
   const old = iter.old_spte;
-  if (spte_has_volatile_bits(old) && !kvm.bug(BUG_TDP["tdp-plain-write"])) {
+  if (tdp_spte_has_volatile_bits(kvm, old) && !kvm.bug(BUG_TDP["tdp-plain-write"])) {
     iter.old_spte = aand(kvm.spt, iter.sptep, ~bits) & ~bits;
   } else {
-    astore(kvm.spt, iter.sptep, old & ~bits);
+    awrite(kvm.spt, iter.sptep, old & ~bits);
     iter.old_spte = old & ~bits;
   }
 }
@@ -149,7 +155,7 @@ function clear_dirty_walk_start(kvm: Kvm, walk: TdpHarvestWalk, root: number, st
     iter.sptep += start - iter.gfn;
     iter.gfn = start;
     iter.next_last_level_gfn = start;
-    iter.old_spte = aload(kvm.spt, iter.sptep);
+    iter.old_spte = aread(kvm.spt, iter.sptep);
     return;
   }
   walk.root = root;
@@ -172,11 +178,14 @@ function clear_dirty_pt_masked(
   kvm: Kvm,
   walk: TdpHarvestWalk,
   root: number,
+  slot: number,
   gfn: number,
   mask: number,
   wrprot: boolean,
 ): boolean {
   const bit = wrprot ? PT_WRITABLE_MASK : SPTE_DIRTY;
+  // The host page of gfn g is hva0 + g (kvm_set_pfn_dirty without the slot lookup).
+  const hva0 = kvm.slots[SLOT.hva_page(slot)] - kvm.slots[SLOT.base_gfn(slot)];
   const end = gfn + 32;
   const checkPresent = !kvm.bug(BUG_TDP["tdp-clear-dirty-nonpresent"]);
   const iter = walk.iter;
@@ -188,16 +197,66 @@ function clear_dirty_pt_masked(
   ) {
     if (mask === 0) break;
     if (iter.level > PT_PAGE_TABLE_LEVEL || iter.gfn < gfn) continue;
+    // The rest of the word in the leaf table the walk stands on: straight to each bit's spte.
+    if (end - (iter.gfn - PT64_INDEX(iter.gfn, PT_PAGE_TABLE_LEVEL)) <= PT64_ENT_PER_PAGE)
+      return clear_dirty_leaf_table(kvm, iter, gfn, mask, bit, hva0, checkPresent) || flush;
     const b = 1 << (iter.gfn - gfn);
     if ((mask & b) === 0) continue;
     mask &= ~b;
-    // 3354ef5a592d: only a present leaf has dirty state to clear.
-    if (checkPresent && !is_shadow_present_pte(iter.old_spte)) continue;
-    // The value the step read: a page in `mask` had its bit set before its bitmap bit, and
-    // the bitmap's xchg ordered that before this walk, so the read cannot miss it.
-    if ((iter.old_spte & bit) === 0) continue;
-    tdp_mmu_clear_spte_bits(kvm, iter, bit);
-    flush = true;
+    if (clear_dirty_leaf(kvm, iter, bit, hva0, checkPresent)) flush = true;
+  }
+  return flush;
+}
+
+/**
+ * One leaf of clear_dirty_pt_masked, the iterator standing on it: clears `bit` if the leaf is
+ * present and has it, and gives its dirty state to the host page. True if it cleared.
+ */
+function clear_dirty_leaf(
+  kvm: Kvm,
+  iter: TdpIter,
+  bit: number,
+  hva0: number,
+  checkPresent: boolean,
+): boolean {
+  // 3354ef5a592d: only a present leaf has dirty state to clear.
+  if (checkPresent && !is_shadow_present_pte(iter.old_spte)) return false;
+  // The value the step read: a page in `mask` had its bit set before its bitmap bit, and the
+  // bitmap's xchg ordered that before this walk, so the read cannot miss it.
+  if ((iter.old_spte & bit) === 0) return false;
+  tdp_mmu_clear_spte_bits(kvm, iter, bit);
+  // The leaf's dirty state goes to the host page (kvm_set_pfn_dirty).
+  set_page_dirty(kvm, hva0 + iter.gfn);
+  return true;
+}
+
+/**
+ * The rest of clear_dirty_pt_masked when every gfn of the word left is in the leaf table the
+ * iterator stands on (iter.gfn >= gfn, the bits below it done): the steps between two set bits
+ * only skip sptes whose gfn is not in `mask`, so the loop moves the iterator straight to each
+ * set bit's entry (index arithmetic within the table, no walk). It stops on the last one, where
+ * the section's next word continues (clear_dirty_walk_start). Returns flush.
+ */
+function clear_dirty_leaf_table(
+  kvm: Kvm,
+  iter: TdpIter,
+  gfn: number,
+  mask: number,
+  bit: number,
+  hva0: number,
+  checkPresent: boolean,
+): boolean {
+  const sptep0 = iter.sptep - (iter.gfn - gfn);
+  let flush = false;
+  mask &= -1 << (iter.gfn - gfn);
+  while (mask !== 0) {
+    const n = 31 - Math.clz32(mask & -mask);
+    mask &= mask - 1;
+    iter.sptep = sptep0 + n;
+    iter.gfn = gfn + n;
+    iter.next_last_level_gfn = iter.gfn;
+    iter.old_spte = aread(kvm.spt, iter.sptep);
+    if (clear_dirty_leaf(kvm, iter, bit, hva0, checkPresent)) flush = true;
   }
   return flush;
 }
@@ -216,7 +275,6 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
   walk?: TdpHarvestWalk,
 ): boolean {
   lockdep_assert_held_write(kvm);
-  void slot;
   if (mask === 0) return false;
   const root = kvm.ctl[CTL.root];
   if (root === 0 || is_invalid_root(kvm, root)) return false;
@@ -226,7 +284,7 @@ export function kvm_tdp_mmu_clear_dirty_pt_masked(
     walk.iter.skipAfterRestart = kvm.bug(BUG_TDP["tdp-iter-skip"]);
     tdp_mmu_harvest_walk_reset(walk);
   }
-  return clear_dirty_pt_masked(kvm, walk, root, gfn, mask, wrprot);
+  return clear_dirty_pt_masked(kvm, walk, root, slot, gfn, mask, wrprot);
 }
 
 /**

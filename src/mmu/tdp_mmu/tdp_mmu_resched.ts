@@ -1,5 +1,5 @@
 /**
- * tdp_mmu_iter_cond_resched and the root walk that may yield (for_each_tdp_mmu_root_yield_safe).
+ * tdp_mmu_iter_cond_resched: where a long walk may yield mmu_lock.
  *
  * A long walk drops mmu_lock when a waiter needs it (rwlock_needbreak) or the scheduler wants the
  * CPU (need_resched(): the tests' knob in tdp_mmu_state, and under the explorer a choice of the
@@ -13,13 +13,12 @@
  *    it stood on may be gone.
  */
 import { CTL, Kvm } from "../../kvm_host.js";
-import { aload, spinPoint } from "../../sync/atomic.js";
+import { spinPoint } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { sched_preempted_at } from "../../sync/sched.js";
 import { TdpIter } from "./tdp_iter.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
-import { kvm_tdp_mmu_get_root, kvm_tdp_mmu_put_root } from "./tdp_mmu_root.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 
 /**
@@ -53,20 +52,6 @@ export function tdp_mmu_iter_cond_resched(kvm: Kvm, iter: TdpIter, flush: boolea
   st.yields++;
   iter.yielded = true;
   return true;
-}
-
-/**
- * for_each_tdp_mmu_root_yield_safe: runs fn on the VM's valid root with a reference held, so
- * that fn may yield. Returns fn's result (false without a root).
- */
-export function tdp_mmu_with_root(kvm: Kvm, shared: boolean, fn: (root: number) => boolean): boolean {
-  const root = aload(kvm.ctl, CTL.root);
-  if (!kvm_tdp_mmu_get_root(kvm, root)) return false;
-  try {
-    return fn(root);
-  } finally {
-    kvm_tdp_mmu_put_root(kvm, root, shared);
-  }
 }
 
 /** A fresh iterator carrying the VM's bug switch for 3a0f64de479c. */

@@ -1,6 +1,6 @@
 /**
- * TDP MMU roots (tdp_mmu.c's kvm_tdp_mmu_get_vcpu_root_hpa, kvm_tdp_mmu_get_root,
- * kvm_tdp_mmu_put_root, kvm_tdp_mmu_invalidate_all_roots).
+ * TDP MMU roots (tdp_mmu.c's kvm_tdp_mmu_get_vcpu_root_hpa, kvm_tdp_mmu_get_root; putting and
+ * invalidating them: tdp_mmu_root_zap.ts).
  *
  * The VM's current root is CTL.root (the vCPUs' walks load it: every vCPU of a TDP VM shares one
  * root, as KVM's vCPUs of one role do). SP.root_count is its refcount: the VM holds one reference
@@ -8,19 +8,10 @@
  * another while it may drop mmu_lock. ROLE_INVALID is the invalid flag: an invalidated root gets
  * no new references, and whoever drops its last one zaps it and frees its tables.
  */
-import {
-  CTL,
-  Kvm,
-  lockdep_assert_held,
-  lockdep_assert_held_write,
-  ROLE_INVALID,
-  SP,
-} from "../../kvm_host.js";
-import { aadd, acas, aload, aor, astore } from "../../sync/atomic.js";
-import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
+import { CTL, Kvm, lockdep_assert_held_write, ROLE_INVALID, SP } from "../../kvm_host.js";
+import { acas, aload, astore } from "../../sync/atomic.js";
 import { PT64_ROOT_LEVEL } from "../spte.js";
-import { tdp_mmu_alloc_sp, tdp_mmu_commit_free } from "./tdp_mmu_free.js";
-import { handle_removed_pt } from "./tdp_mmu_spte.js";
+import { tdp_mmu_alloc_sp } from "./tdp_mmu_free.js";
 
 export function is_invalid_root(kvm: Kvm, root: number): boolean {
   return (aload(kvm.spHdr, SP.role(root)) & ROLE_INVALID) !== 0;
@@ -40,17 +31,6 @@ export function kvm_tdp_mmu_get_root(kvm: Kvm, root: number): boolean {
 }
 
 /**
- * kvm_tdp_mmu_put_root: drops a reference; the last one zaps and frees the root (its tables go
- * through the grace period). `shared`: the read lock is held.
- */
-export function kvm_tdp_mmu_put_root(kvm: Kvm, root: number, shared: boolean): void {
-  lockdep_assert_held(kvm);
-  if (aadd(kvm.spHdr, SP.root_count(root), -1) !== 1) return;
-  handle_removed_pt(kvm, root, 0, shared);
-  tdp_mmu_commit_free(kvm);
-}
-
-/**
  * kvm_tdp_mmu_get_vcpu_root_hpa (mmu_alloc_direct_roots): the VM's root, created on the first
  * fault with a page from vCPU `vcpuId`'s cache. mmu_lock held for write. 0 if the cache is
  * empty (the fault retries after its top-up).
@@ -64,21 +44,4 @@ export function kvm_tdp_mmu_get_vcpu_root_hpa(kvm: Kvm, vcpuId: number): number 
   kvm.spHdr[SP.root_count(root)] = 1; // the VM's reference
   astore(kvm.ctl, CTL.root, root);
   return root;
-}
-
-/**
- * kvm_tdp_mmu_invalidate_all_roots: the current root becomes invalid and unused (CTL.root = 0;
- * the next fault builds a new one); the flush makes every vCPU drop translations through it; the
- * VM's reference is dropped, so the root is zapped now or by its last walker. mmu_lock held for
- * write (KVM: or slots_lock with no vCPU running).
- */
-export function kvm_tdp_mmu_invalidate_all_roots(kvm: Kvm): boolean {
-  lockdep_assert_held_write(kvm);
-  const root = kvm.ctl[CTL.root];
-  if (root === 0) return false;
-  aor(kvm.spHdr, SP.role(root), ROLE_INVALID);
-  astore(kvm.ctl, CTL.root, 0);
-  kvm_flush_remote_tlbs(kvm);
-  kvm_tdp_mmu_put_root(kvm, root, false);
-  return true;
 }

@@ -16,7 +16,8 @@ import { is_large_pte, is_shadow_present_pte, PT_DIRECTORY_LEVEL } from "../spte
 import { tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp_iter.js";
 import { tdp_mmu_split_huge_page } from "./tdp_mmu_fault.js";
 import { tdp_mmu_alloc_sp, tdp_mmu_commit_free, tdp_mmu_unalloc_sp } from "./tdp_mmu_free.js";
-import { tdp_iter_for, tdp_mmu_iter_cond_resched, tdp_mmu_with_root } from "./tdp_mmu_resched.js";
+import { tdp_iter_for, tdp_mmu_iter_cond_resched } from "./tdp_mmu_resched.js";
+import { tdp_mmu_with_root } from "./tdp_mmu_root_zap.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 
 /** Pages taken from the pool per trip for the write lock. */

@@ -31,10 +31,14 @@ import {
   is_shadow_present_pte,
   PT_PAGE_TABLE_LEVEL,
   PT64_ENT_PER_PAGE,
-  spte_has_volatile_bits,
+  PT_WRITABLE_MASK,
+  SPTE_DIRTY,
+  SPTE_MMU_WRITEABLE,
   spte_to_child_sp,
   spte_to_pfn,
 } from "../spte.js";
+import { gfn_to_hva_page, gfn_to_memslot } from "../../mem/memslot.js";
+import { set_page_dirty } from "../../mem/host_memory.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 import type { TdpIter } from "./tdp_iter.js";
 
@@ -52,6 +56,18 @@ export function is_frozen_spte(s: number): boolean {
 export const EBUSY = -16;
 
 /**
+ * spte_has_volatile_bits as 6.x has it for sptes with A/D bits (spte.ts keeps 3.11's, for the
+ * rmap designs): a bit of the spte may change without mmu_lock. fast_page_fault sets W only on
+ * a leaf that is MMU-writable but not writable; the vCPU sets D only (with PML: A/D bits) on a
+ * writable leaf whose D is clear. A writable leaf with D set, or any leaf without PML that is
+ * writable, changes only under mmu_lock.
+ */
+export function tdp_spte_has_volatile_bits(kvm: Kvm, s: number): boolean {
+  if ((s & PT_WRITABLE_MASK) === 0) return (s & SPTE_MMU_WRITEABLE) !== 0;
+  return (s & SPTE_DIRTY) === 0 && kvm.shared.config.pml === true;
+}
+
+/**
  * kvm_tdp_mmu_write_spte: a store under the write lock. An spte with volatile bits (W or D may
  * change without mmu_lock) is replaced with xchg; returns the value replaced.
  */
@@ -62,7 +78,11 @@ export function kvm_tdp_mmu_write_spte(
   newSpte: number,
   level: number,
 ): number {
-  if (is_shadow_present_pte(oldSpte) && is_last_spte(oldSpte, level) && spte_has_volatile_bits(oldSpte)) {
+  if (
+    is_shadow_present_pte(oldSpte) &&
+    is_last_spte(oldSpte, level) &&
+    tdp_spte_has_volatile_bits(kvm, oldSpte)
+  ) {
     // Bug "tdp-plain-write" (ba3a6120a4e7): a plain store loses a D or W set since oldSpte was read.
     if (!kvm.bug(BUG_TDP["tdp-plain-write"])) return axchg(kvm.spt, sptep, newSpte);
   }
@@ -71,9 +91,28 @@ export function kvm_tdp_mmu_write_spte(
 }
 
 /**
- * handle_changed_spte: the bookkeeping of old -> new at (gfn, level): the large-page count, and a
- * table that is no longer linked is torn down (handle_removed_pt). No rmaps to update. `shared`:
- * the caller holds the read lock.
+ * is_dirty_spte: the leaf holds the only record that its page was written since it was last
+ * made clean: D with PML (A/D bits: the vCPU sets D on its first write), else W (writes need W).
+ */
+export function is_dirty_spte(kvm: Kvm, s: number): boolean {
+  return (s & (kvm.shared.config.pml === true ? SPTE_DIRTY : PT_WRITABLE_MASK)) !== 0;
+}
+
+/**
+ * kvm_set_pfn_dirty for the page a leaf at gfn maps (a huge leaf: its head page, whose flag is
+ * the compound page's): the host must write it back before dropping it. A gfn outside every
+ * slot (a slot being deleted) has nothing to tell.
+ */
+export function kvm_set_pfn_dirty(kvm: Kvm, gfn: number): void {
+  const slot = gfn_to_memslot(kvm, gfn);
+  if (slot >= 0) set_page_dirty(kvm, gfn_to_hva_page(kvm, slot, gfn));
+}
+
+/**
+ * handle_changed_spte: the bookkeeping of old -> new at (gfn, level): dirty state leaving a leaf
+ * goes to the host page (kvm_set_pfn_dirty), the large-page count, and a table that is no longer
+ * linked is torn down (handle_removed_pt). No rmaps to update. `shared`: the caller holds the
+ * read lock.
  */
 export function handle_changed_spte(
   kvm: Kvm,
@@ -88,6 +127,14 @@ export function handle_changed_spte(
   const wasLeaf = wasPresent && is_last_spte(oldSpte, level);
   const isLeaf = isPresent && is_last_spte(newSpte, level);
   if (oldSpte === newSpte) return;
+  // What a locked writer learns of old's D or W comes from kvm_tdp_mmu_write_spte's xchg
+  // (ba3a6120a4e7): a plain store would report the stale value and the write would be lost.
+  if (
+    wasLeaf &&
+    is_dirty_spte(kvm, oldSpte) &&
+    (!isPresent || !is_dirty_spte(kvm, newSpte) || spte_to_pfn(oldSpte) !== spte_to_pfn(newSpte))
+  )
+    kvm_set_pfn_dirty(kvm, gfn);
   if (level > PT_PAGE_TABLE_LEVEL) {
     const wasLarge = wasLeaf && is_large_pte(oldSpte);
     const isLarge = isLeaf && is_large_pte(newSpte);

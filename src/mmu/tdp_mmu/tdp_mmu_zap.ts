@@ -13,7 +13,8 @@ import { is_last_spte, is_shadow_present_pte, PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_
 import { tdp_iter_in_range, tdp_iter_next, tdp_iter_start } from "./tdp_iter.js";
 import type { TdpIter } from "./tdp_iter.js";
 import { tdp_mmu_commit_free } from "./tdp_mmu_free.js";
-import { tdp_iter_for, tdp_mmu_iter_cond_resched, tdp_mmu_with_root } from "./tdp_mmu_resched.js";
+import { tdp_iter_for, tdp_mmu_iter_cond_resched } from "./tdp_mmu_resched.js";
+import { tdp_mmu_with_root } from "./tdp_mmu_root_zap.js";
 import {
   EBUSY,
   FROZEN_SPTE,
