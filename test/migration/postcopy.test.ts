@@ -38,7 +38,13 @@ async function migrate(
     await runGuest(g);
     await new Promise((r) => setTimeout(r, 50));
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
+    // Whether each destination vCPU's worker thread was up when the source stopped its guest.
+    let startedBefore: boolean[] = [];
     const rep = await new MigrationSource(g, {
+      onStateChange: (to) => {
+        if (to === "postcopy-active")
+          startedBefore = [0, 1].map((id) => (dest.guest?.vm.vcpuTid(id) ?? 0) > 0);
+      },
       postcopy: true,
       postcopyAfter: o.postcopyAfter ?? 1,
       // 64 MiB/s: the 16 MiB guest's background pages take ~250 ms, long enough to fault on.
@@ -66,7 +72,7 @@ async function migrate(
       },
     }).migrate(sock, reader);
     const drep = await dp;
-    return { rep, drep };
+    return { rep, drep, startedBefore };
   } finally {
     await g.vm.stop();
     if (dest.guest) await dest.guest.vm.stop();
@@ -76,8 +82,10 @@ async function migrate(
 for (const wp of ["locked", "lockless"] as const)
   for (const mode of ["tdp", "shadow"] as const)
     test(`postcopy (${wp}, ${mode}): vCPUs block and ask, 0 mismatches, invariant holds`, async () => {
-      const { rep, drep } = await migrate(wp, mode, { postcopyAfter: mode === "tdp" ? 1 : 2 });
+      const { rep, drep, startedBefore } = await migrate(wp, mode, { postcopyAfter: mode === "tdp" ? 1 : 2 });
       assert.equal(rep.status, "completed", JSON.stringify(rep.error));
+      // The destination's workers were started (held) before the switch-over, not inside it.
+      assert.deepEqual(startedBefore, [true, true]);
       assert.equal(rep.mode, "postcopy");
       // The rounds asked for, plus the final sync at switch-over.
       assert.equal(rep.rounds.length, (mode === "tdp" ? 1 : 2) + 1);
