@@ -21,7 +21,7 @@ import {
   runAndCheck,
   runGuest,
 } from "./guest_vm.js";
-import { MigrationState, MigrationStateError } from "./state.js";
+import { MigrationState, MigrationStateError, MigrationStatus } from "./state.js";
 import { RamLoadState } from "./ram.js";
 import type { DestinationReport } from "./report.js";
 import { toMigError } from "./precopy.js";
@@ -58,6 +58,8 @@ export interface DestinationOptions {
    * comes: the guest is then lost. Absent: a dropped link loses the guest at once.
    */
   postcopyRecover?: RecoverConnection;
+  /** Called after each state transition (the source's option of the same name). */
+  onStateChange?: (to: MigrationStatus, from: MigrationStatus) => void;
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
@@ -103,7 +105,7 @@ type VcpuState = { id: number; counter: number }[];
 export class MigrationDestination {
   /** The VM, once the config section built it; running the guest after a completed migration. */
   guest: GuestVm | null = null;
-  readonly state = new MigrationState();
+  readonly state = new MigrationState((to, from) => this.o.onStateChange?.(to, from));
   /** The connection in use: the first, or the last a post-copy recovery brought. */
   connection: { stream: Duplex; reader: ByteReader } | null = null;
   private migrationId: string | null = null;

@@ -60,10 +60,11 @@ export interface PostcopyStats {
   backgroundPages: number;
   /** From switch-over to the last page placed, ms (the time the guest depended on the source). */
   postcopyTimeMs: number;
-  /** Post-copy recovery: links dropped and recovered, time spent paused (ms), and pages sent
-   * on a dropped link that never arrived (sent again: requested + background = discarded + resent). */
+  /** Post-copy recovery (recover.ts): links dropped and recovered. */
   recoveries: number;
+  /** Time spent in postcopy-paused and postcopy-recover, ms. */
   pausedMs: number;
+  /** Pages sent on a dropped link that never arrived, sent again (requested + background = discarded + resent). */
   resentPages: number;
 }
 

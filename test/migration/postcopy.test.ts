@@ -27,7 +27,16 @@ async function migrate(
   o: { postcopyAfter?: number; kill?: "source" | "destination" } = {},
 ) {
   const inc = await listenIncoming({ port: 0, key: KEY });
-  const dest = new MigrationDestination({ wp, mode, idleTimeoutMs: 20_000 });
+  // Whether each vCPU's worker thread was up when postcopy-run reached the destination.
+  let startedBefore: boolean[] = [];
+  const dest = new MigrationDestination({
+    wp,
+    mode,
+    idleTimeoutMs: 20_000,
+    onStateChange: (to) => {
+      if (to === "postcopy-active") startedBefore = [0, 1].map((id) => (dest.guest?.vm.vcpuTid(id) ?? 0) > 0);
+    },
+  });
   let dsock: Socket | null = null;
   const dp = inc.accepted.then(({ sock, reader }) => {
     dsock = sock;
@@ -38,13 +47,7 @@ async function migrate(
     await runGuest(g);
     await new Promise((r) => setTimeout(r, 50));
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
-    // Whether each destination vCPU's worker thread was up when the source stopped its guest.
-    let startedBefore: boolean[] = [];
     const rep = await new MigrationSource(g, {
-      onStateChange: (to) => {
-        if (to === "postcopy-active")
-          startedBefore = [0, 1].map((id) => (dest.guest?.vm.vcpuTid(id) ?? 0) > 0);
-      },
       postcopy: true,
       postcopyAfter: o.postcopyAfter ?? 1,
       // 64 MiB/s: the 16 MiB guest's background pages take ~250 ms, long enough to fault on.
