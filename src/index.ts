@@ -72,6 +72,8 @@ export type {
 export { migrateLocal, migrateLocalForked } from "./migration/local.js";
 export type { ForkableOptions, LocalMigrationResult, MigrateLocalOptions } from "./migration/local.js";
 export type { PostcopyStats } from "./migration/postcopy.js";
+export type { Reconnection, RecoverConnection } from "./migration/recover.js";
+export type { Incoming } from "./migration/auth.js";
 export { connectOutgoing, listenIncoming } from "./migration/auth.js";
 export { ByteReader, MigrationError } from "./migration/stream.js";
 export type { MigErrno } from "./migration/stream.js";

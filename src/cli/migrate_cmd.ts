@@ -101,7 +101,10 @@ export function formatReport(
     out.push(
       `  post-copy: ${pc.discardedPages} pages owed at switch-over (${pc.requestedPages} requested, ${pc.backgroundPages} background) in ${pc.postcopyTimeMs.toFixed(0)} ms; ` +
         `${pc["postcopy-requests"]} page requests, blocktime ${pc["postcopy-blocktime"].toFixed(1)} ms ` +
-        `(per vCPU ${pc["postcopy-vcpu-blocktime"].map((x) => x.toFixed(1)).join(", ")}; worst wait ${Math.max(0, ...pc["postcopy-vcpu-blocktime-max"]).toFixed(1)} ms)`,
+        `(per vCPU ${pc["postcopy-vcpu-blocktime"].map((x) => x.toFixed(1)).join(", ")}; worst wait ${Math.max(0, ...pc["postcopy-vcpu-blocktime-max"]).toFixed(1)} ms)` +
+        (pc.recoveries > 0
+          ? `; link dropped and recovered ${pc.recoveries}x (paused ${pc.pausedMs.toFixed(0)} ms, ${pc.resentPages} pages sent again)`
+          : ""),
     );
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
@@ -122,6 +125,7 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   to: { host: string; port: number } | null;
   key: string | null;
   security: MigrationSecurity;
+  resumeTo?: { host: string; port: number };
 } {
   const logMode = parseOne("--log-mode", String(a["logMode"]), LOG_MODES);
   const wp = oneDesign(a["wp"]);
@@ -131,6 +135,10 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   if (local === (a["to"] !== undefined))
     throw einval("--to", "give exactly one of --to HOST:PORT and --local");
   if (fault === "kill-destination" && !local) throw einval("--fault", "kill-destination needs --local");
+  const resume = a["resume"] === true;
+  if (resume && a["postcopy"] !== true) throw einval("--resume", "needs --postcopy (it recovers post-copy)");
+  if (a["resumeTo"] !== undefined && (!resume || local))
+    throw einval("--resume-to", "needs --resume and --to (a --local destination stays where it is)");
   const to = local ? null : hostPort("--to", String(a["to"]));
   const key = local ? null : keyOf(a);
   const security = securityOf(a);
@@ -168,20 +176,24 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     postcopy: a["postcopy"] === true,
     postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
     warmupMs: parseIntIn("--warmup", String(a["warmup"]), 0, 600_000),
+    resume,
+    resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
+    faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
   };
-  return { o, local, to, key, security };
+  const resumeTo = a["resumeTo"] === undefined ? undefined : hostPort("--resume-to", String(a["resumeTo"]));
+  return { o, local, to, key, security, resumeTo };
 }
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
-  const { o, local, to, key, security } = migrateArgs(a);
+  const { o, local, to, key, security, resumeTo } = migrateArgs(a);
   const onRound = (r: RoundRecord): void =>
     progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
   const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
   const out: MigrationResult = local
     ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
-    : await migrateTo({ ...o, ...to!, key: key!, security, onRound, onPostcopyRun });
+    : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun });
   // One saved result, the same on stdout (--json) and in --output: the envelope every command has.
   const results = { ...out, ...downtimeVerdict(out, o.downtimeLimitMs ?? 300) };
   const doc = finished({
@@ -195,6 +207,7 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       fault: o.fault,
       postcopy: o.postcopy,
       postcopyAfter: o.postcopyAfter,
+      resume: o.resume,
       wp: o.wp,
       mode: o.mode,
       local,
@@ -241,7 +254,8 @@ export function registerMigrate(program: Command): void {
     .option(
       "--postcopy",
       "post-copy: after --postcopy-after rounds the guest runs on the destination, which fetches missing pages on demand. " +
-        "If either side fails during post-copy the guest is lost (its memory is split between them; no recovery)",
+        "If either side fails during post-copy the guest is lost (its memory is split between them), " +
+        "unless the link merely dropped and both sides were given --resume",
       false,
     )
     .option(
@@ -250,9 +264,20 @@ export function registerMigrate(program: Command): void {
       "1",
     )
     .option(
-      "--fault <kind>",
-      `inject a failure: ${FAULTS.join(", ")} (kill-destination with --postcopy: once post-copy has started)`,
+      "--resume",
+      "post-copy recovery (QEMU's migrate -r): if the link drops during post-copy, pause (postcopy-paused) and " +
+        "reconnect, with the same key and TLS, to the destination (started with --resume too), which says which " +
+        "pages it holds; post-copy then goes on",
+      false,
     )
+    .option("--resume-to <host:port>", "with --resume: reconnect there instead of --to")
+    .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
+    .option(
+      "--fault <kind>",
+      `inject a failure: ${FAULTS.join(", ")} (kill-destination with --postcopy: once post-copy has started; ` +
+        "drop-link, post-copy only: cut the connection a few sections after postcopy-run, or after a resume)",
+    )
+    .option("--fault-repeat <n>", "inject --fault into this many connections (drop-link with --resume)", "1")
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
     .action(migrateAction);
@@ -275,6 +300,13 @@ function registerMigrateIncoming(program: Command): void {
     .option("--mode <mode>", "tdp or shadow", "tdp")
     .option("--max-memory <size>", "largest guest accepted", "4G")
     .option("--run-after <ms>", "keep running the migrated guest this long, then stop", "1000")
+    .option(
+      "--resume",
+      "post-copy recovery (QEMU's migrate-recover): if the link drops during post-copy, pause (the guest waits " +
+        "on its missing pages), keep listening, and resume with the source that reconnects (`kvmmu migrate --resume`)",
+      false,
+    )
+    .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
     .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false)
     .action(async (a: Record<string, string | boolean | undefined>) => {
       const key = keyOf(a);
@@ -289,6 +321,8 @@ function registerMigrateIncoming(program: Command): void {
         mode: parseOne("--mode", String(a["mode"]), ["tdp", "shadow"] as const),
         maxMemory: parseSize("--max-memory", String(a["maxMemory"])),
         runAfterMs: parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000),
+        resume: a["resume"] === true,
+        resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
         onListening: (p) => {
           const line = `kvmmu migrate-incoming: listening on ${host}:${p}\n`;
           if (a["json"]) process.stderr.write(line);
@@ -298,7 +332,9 @@ function registerMigrateIncoming(program: Command): void {
       process.stdout.write(
         a["json"]
           ? JSON.stringify(rep) + "\n"
-          : `migrate-incoming: ${rep.status}, ${rep.pagesApplied} pages applied, guest invariant ${String(rep.guestInvariant)}${rep.error ? `; error: ${rep.error.message}` : ""}\n`,
+          : `migrate-incoming: ${rep.status}, ${rep.pagesApplied} pages applied, guest invariant ${String(rep.guestInvariant)}` +
+              `${rep.postcopy?.recoveries ? `, link dropped and recovered ${rep.postcopy.recoveries}x` : ""}` +
+              `${rep.error ? `; error: ${rep.error.message}` : ""}\n`,
       );
       if (rep.status !== "completed" || rep.guestInvariant !== true) process.exitCode = 1;
     });

@@ -137,6 +137,12 @@ export interface Incoming {
   accepted: Promise<{ sock: Socket; reader: ByteReader }>;
   /** Refused peers so far, with why. */
   refused: string[];
+  /**
+   * Post-copy recovery (listenIncoming's keepOpen): from now on, the next peer that
+   * authenticates (the last connection having dropped); later ones are told EBUSY again.
+   * Rejects with ETIMEDOUT when none came in timeoutMs (the listener then refuses everyone).
+   */
+  next(timeoutMs: number): Promise<{ sock: Socket; reader: ByteReader }>;
   /** Stops listening (the caller does once its migration is over: until then, EBUSY). */
   close(): void;
 }
@@ -175,19 +181,22 @@ function listenError(e: Error, host: string, port: number): MigrationError {
  * Listens on host:port (127.0.0.1 by default) and waits for one authenticated source. A peer that
  * fails the handshake is disconnected and the listener keeps waiting; once one succeeds, every
  * other peer is told EBUSY (before or during its handshake) until that connection closes or
- * close() is called; then the listener closes.
+ * close() is called; then the listener closes. With keepOpen (post-copy recovery) it stays open
+ * after the connection closes, still refusing everyone until the caller asks for next().
  */
 export async function listenIncoming(o: {
   host?: string;
   port: number;
   key: string;
   security?: MigrationSecurity;
+  keepOpen?: boolean;
 }): Promise<Incoming> {
   checkKey(o.key);
   const sec = checkSecurity(o.security);
   const tlsOpts = serverTls(sec, o.key);
   const refused: string[] = [];
   let done = false;
+  // done: a source holds this destination (or none may claim it now); resolveAcc: who waits.
   let resolveAcc!: (x: { sock: Socket; reader: ByteReader }) => void;
   const accepted = new Promise<{ sock: Socket; reader: ByteReader }>((res) => (resolveAcc = res));
   const onPeer = (sock: Socket | TLSSocket): void => {
@@ -206,7 +215,7 @@ export async function listenIncoming(o: {
     authenticatePeer(sock, o.key, new ByteReader(sock), claim).then(
       (reader) => {
         // The migration is over when its connection is: stop listening then (or at close()).
-        sock.once("close", () => server.close());
+        if (!o.keepOpen) sock.once("close", () => server.close());
         resolveAcc({ sock, reader });
       },
       (e: Error) => {
@@ -233,7 +242,19 @@ export async function listenIncoming(o: {
   });
   const addr = server.address();
   const port = typeof addr === "object" && addr ? addr.port : o.port;
-  return { server, port, accepted, refused, close: () => server.close() };
+  const next = (timeoutMs: number): Promise<{ sock: Socket; reader: ByteReader }> =>
+    new Promise((res, rej) => {
+      const t = setTimeout(() => {
+        done = true;
+        rej(new MigrationError("ETIMEDOUT", `no source came back to resume in ${timeoutMs} ms`));
+      }, timeoutMs);
+      resolveAcc = (x) => {
+        clearTimeout(t);
+        res(x);
+      };
+      done = false;
+    });
+  return { server, port, accepted, refused, next, close: () => server.close() };
 }
 
 /** Opens the transport: TCP, then TLS unless plaintext. Errors name the address and the cause. */

@@ -3,7 +3,7 @@
  * describes and starts its vCPUs held (they touch no memory until released, as QEMU's
  * destination process is up before switch-over), loads RAM sections through the RAM handler,
  * checks the digest, answers with its page hashes, and on "go" releases the guest and checks
- * its invariant. A post-copy stream hands over to postcopy.ts at "postcopy-run". It goes
+ * its invariant. A post-copy stream hands over to postcopy_incoming.ts at "postcopy-run". It goes
  * through the same states as the source (state.ts).
  */
 import type { Duplex } from "node:stream";
@@ -21,7 +21,7 @@ import {
   runAndCheck,
   runGuest,
 } from "./guest_vm.js";
-import { MigrationState, MigrationStateError } from "./state.js";
+import { MigrationState, MigrationStateError, MigrationStatus } from "./state.js";
 import { RamLoadState } from "./ram.js";
 import type { DestinationReport } from "./report.js";
 import { toMigError } from "./precopy.js";
@@ -37,7 +37,8 @@ import {
   SectionWriter,
   sectionName,
 } from "./stream.js";
-import { applyDiscard, postcopyIncoming } from "./postcopy.js";
+import { applyDiscard, postcopyIncoming } from "./postcopy_incoming.js";
+import type { IncomingLink, RecoverConnection } from "./recover.js";
 import { StreamHash } from "./stream_hash.js";
 
 export interface DestinationOptions {
@@ -51,6 +52,15 @@ export interface DestinationOptions {
    * (hashing its whole guest, ~2.4 s for 256 MiB here) since "go" follows it.
    */
   idleTimeoutMs?: number;
+  /**
+   * Post-copy recovery: when the link drops during post-copy, the destination pauses
+   * (postcopy-paused, its vCPUs waiting on their missing pages) and asks this for the source's
+   * new connection, authenticated as the first (migrate-recover). It rejects, typed, when none
+   * comes: the guest is then lost. Absent: a dropped link loses the guest at once.
+   */
+  postcopyRecover?: RecoverConnection;
+  /** Called after each state transition (the source's option of the same name). */
+  onStateChange?: (to: MigrationStatus, from: MigrationStatus) => void;
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
@@ -96,7 +106,12 @@ type VcpuState = { id: number; counter: number }[];
 export class MigrationDestination {
   /** The VM, once the config section built it; running the guest after a completed migration. */
   guest: GuestVm | null = null;
-  readonly state = new MigrationState();
+  readonly state = new MigrationState((to, from) => this.o.onStateChange?.(to, from));
+  /** The connection in use: the first, or the last a post-copy recovery brought. */
+  connection: { stream: Duplex; reader: ByteReader } | null = null;
+  private migrationId: string | null = null;
+  /** The same, as post-copy reads and writes it (set by receive()). */
+  private link!: IncomingLink;
 
   constructor(private readonly o: DestinationOptions) {}
 
@@ -115,6 +130,8 @@ export class MigrationDestination {
       problems: [],
     };
     const back = new SectionWriter(stream);
+    this.connection = { stream, reader: r };
+    this.link = { stream, r, back, nextId: 1 };
     const idleMs = this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
     r.idle = { ms: idleMs, phase: () => this.state.status };
     try {
@@ -126,7 +143,7 @@ export class MigrationDestination {
       if ((await this.load(r, back, rep)) === "postcopy") {
         this.state.set("completed");
         rep.status = "completed";
-        stream.end();
+        this.link.stream.end();
         return rep;
       }
       await this.complete(r, back, rep);
@@ -136,7 +153,9 @@ export class MigrationDestination {
       stream.end();
       return rep;
     } catch (e) {
-      return await this.fail(e, stream, back, r, rep);
+      // After a post-copy recovery the error goes on the connection in use.
+      const l = this.link;
+      return await this.fail(e, l.stream, l.back, l.r, rep);
     }
   }
 
@@ -161,9 +180,14 @@ export class MigrationDestination {
         );
       if (s.type === Sec.Config) {
         if (layout) throw new MigrationError("EPROTO", `section ${id}: a second config section`);
-        const cfg = JSON.parse(s.payload.toString()) as { layout?: unknown; postcopy?: unknown };
+        const cfg = JSON.parse(s.payload.toString()) as {
+          layout?: unknown;
+          postcopy?: unknown;
+          migrationId?: unknown;
+        };
         layout = checkLayout(cfg.layout, this.o.maxMemory ?? MAX_GUEST_MEMORY);
         postcopy = cfg.postcopy === true;
+        if (typeof cfg.migrationId === "string") this.migrationId = cfg.migrationId;
         ram = new RamLoadState(await this.build(layout, postcopy));
         this.state.set("active");
       } else if (s.type === Sec.Ram) {
@@ -171,7 +195,7 @@ export class MigrationDestination {
       } else if (s.type === Sec.Vcpu) {
         vcpuState = (JSON.parse(s.payload.toString()) as { vcpus: VcpuState }).vcpus;
       } else if (s.type === Sec.Discard && postcopy) {
-        applyDiscard(this.guest!, s.payload, id);
+        await applyDiscard(this.guest!, s.payload, id);
       } else if (s.type === Sec.Postcopy && postcopy) {
         this.state.set("postcopy-active");
         await this.postcopy(r, back, rep, id, vcpuState);
@@ -197,13 +221,10 @@ export class MigrationDestination {
   private async build(layout: GuestLayout, postcopy: boolean): Promise<GuestVm> {
     const g = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false, postcopy });
     this.guest = g;
-    // Pre-copy: start the vCPUs now, held, so "go" only has to release them. Post-copy starts
-    // them at postcopy-run, after the discarded pages are marked missing (which needs the vCPUs
-    // stopped).
-    if (!postcopy) {
-      Atomics.store(g.ctl, MIG_CTL.hold, 1);
-      await runGuest(g);
-    }
+    // Start the vCPUs now, held, so the switch-over only has to release them (pre-copy's "go",
+    // post-copy's "postcopy-run"): worker start stays out of the downtime.
+    Atomics.store(g.ctl, MIG_CTL.hold, 1);
+    await runGuest(g);
     return g;
   }
 
@@ -214,17 +235,28 @@ export class MigrationDestination {
     id: number,
     vcpuState: VcpuState | null,
   ): Promise<void> {
+    this.link = { stream: this.link.stream, r, back, nextId: id + 1 };
+    let consumed = 0;
     const pc = await postcopyIncoming({
       g: this.guest!,
-      r,
-      back,
-      nextId: id + 1,
+      link: this.link,
       vcpuState,
-      read: (n) => readSection(r, n, SOURCE_TYPES),
+      read: (rd, n) => readSection(rd, n, SOURCE_TYPES),
+      // A source without a migration id cannot be told apart from another: no recovery then.
+      recover: this.migrationId ? this.o.postcopyRecover : undefined,
+      migrationId: this.migrationId,
+      idleMs: this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+      setState: (to) => this.state.set(to),
+      phase: () => this.state.status,
+      onLink: (l) => {
+        consumed += this.link.r.consumed;
+        this.link = l;
+        this.connection = { stream: l.stream, reader: l.r };
+      },
     });
     rep.sections += pc.sections;
     rep.pagesApplied += pc.pagesPlaced;
-    rep.receivedBytes = r.consumed;
+    rep.receivedBytes = consumed + this.link.r.consumed;
     rep.guestInvariant = pc.guestInvariant;
     rep.problems = pc.problems;
     rep.postcopy = {
@@ -232,6 +264,8 @@ export class MigrationDestination {
       pagesPlaced: pc.pagesPlaced,
       requests: pc.requests,
       vcpus: pc.vcpus,
+      recoveries: pc.recoveries,
+      pausedMs: pc.pausedMs,
     };
   }
 

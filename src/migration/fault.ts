@@ -6,7 +6,9 @@
  * that the source resumes it with nothing lost) and then damage the next RAM frame ("flip" a
  * byte, "truncate" it and cut the link, "bad-flag" an unknown page flag with a valid CRC) or put
  * an unknown section before the vCPU state ("bad-section"). "kill-destination" is the caller's
- * to do (it owns the destination); the wrapper passes everything through for it.
+ * to do (it owns the destination); the wrapper passes everything through for it. "drop-link"
+ * (post-copy) cuts the connection in the middle of the 8th RAM frame after postcopy-run, or
+ * after resume on a recovered connection: the link drop post-copy recovery is for.
  */
 import { Duplex } from "node:stream";
 import { crc32 } from "node:zlib";
@@ -19,6 +21,7 @@ export const FAULTS = [
   "bad-flag",
   "bad-version",
   "kill-destination",
+  "drop-link",
 ] as const;
 export type FaultKind = (typeof FAULTS)[number];
 
@@ -26,12 +29,16 @@ export type FaultKind = (typeof FAULTS)[number];
 const FRAME_HEADER = 9;
 /** An unknown page flag (stream.ts's RAM_ZERO and RAM_PAGE are 0x02 and 0x08). */
 const BAD_FLAG = 0x40;
+/** drop-link: RAM frames let through after postcopy-run (or resume) before the cut. */
+const DROP_AFTER_FRAMES = 8;
 
 export class FaultInjector extends Duplex {
   private armed = false;
   /** The fault was injected: what follows passes through (or, after a cut, is lost). */
   private done = false;
   private cut = false;
+  /** drop-link: RAM frames since postcopy-run or resume (-1: neither seen yet). */
+  private ramFrames = -1;
   /** Faults injected (0 or 1): tests check the wrapper did its part. */
   injected = 0;
 
@@ -62,7 +69,11 @@ export class FaultInjector extends Duplex {
       else if (--pending === 0) cb();
     };
     for (const b of out) this.forward(b, done);
-    if (this.cut) this.inner.end();
+    // A dropped link is gone both ways at once; the other cuts end the stream.
+    if (this.cut) {
+      if (this.kind === "drop-link") this.inner.destroy();
+      else this.inner.end();
+    }
   }
 
   override _final(cb: (e?: Error | null) => void): void {
@@ -88,6 +99,7 @@ export class FaultInjector extends Duplex {
       h.writeUInt32BE(MIG_VERSION + 98, 4);
       return this.hit([h]);
     }
+    if (this.kind === "drop-link") return this.dropLink(chunk);
     if (!this.armed || chunk.length < FRAME_HEADER + 4) return [chunk];
     const type = chunk.readUInt8(0);
     if (this.kind === "bad-section" && type === Sec.Vcpu) {
@@ -111,6 +123,18 @@ export class FaultInjector extends Duplex {
       f.writeUInt32BE(crc32(f.subarray(0, f.length - 4)), f.length - 4);
     } else return [chunk];
     return this.hit([f]);
+  }
+
+  /** drop-link: half of the 8th RAM frame after postcopy-run or resume, then the cut. */
+  private dropLink(chunk: Buffer): Buffer[] {
+    if (chunk.length < FRAME_HEADER + 4) return [chunk];
+    const type = chunk.readUInt8(0);
+    if (type === Sec.Postcopy || type === Sec.Resume) this.ramFrames = 0;
+    else if (type === Sec.Ram && this.ramFrames >= 0 && ++this.ramFrames >= DROP_AFTER_FRAMES) {
+      this.cut = true;
+      return this.hit([chunk.subarray(0, Math.floor(chunk.length / 2))]);
+    }
+    return [chunk];
   }
 
   private hit(out: Buffer[]): Buffer[] {

@@ -73,6 +73,8 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     mode: o.mode ?? GUEST_DEFAULTS.mode,
     runAfterMs: 0,
     security: checkSecurity(o.security),
+    resume: o.resume === true && o.postcopy === true,
+    resumeTimeoutMs: o.resumeTimeoutMs,
   };
   const dst = where === "process" ? await destinationProcess(inc) : await destinationInline(inc);
   const kill = o.fault === "kill-destination";

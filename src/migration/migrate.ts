@@ -14,10 +14,12 @@ import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
 import { checkSecurity, MigrationSecurity } from "./tls.js";
 import { MigrationSource, SourceOptions } from "./precopy.js";
+import { MigrationError } from "./stream.js";
+import type { RecoverConnection } from "./recover.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
 /** The guest a migration moves, and how it is migrated (SourceOptions' knobs). */
-export interface GuestMigrationOptions extends Omit<SourceOptions, "log"> {
+export interface GuestMigrationOptions extends Omit<SourceOptions, "log" | "postcopyRecover"> {
   /** The design both sides run (src/mmu/design.ts; default "lockless"). */
   wp?: DesignName;
   mode?: MmuModeName;
@@ -33,6 +35,14 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log"> {
    */
   workingSetBytes?: number;
   dirtyRateBytes?: number;
+  /**
+   * Post-copy recovery (`--resume`): a link that drops during post-copy pauses the migration
+   * (postcopy-paused) instead of losing the guest; the source reconnects, authenticated as the
+   * first time, and post-copy resumes. The destination must allow it too (migrateIncoming's
+   * `resume`). Each side gives up after resumeTimeoutMs paused (default 60000): guest lost.
+   */
+  resume?: boolean;
+  resumeTimeoutMs?: number;
 }
 
 /** The source's report with the guest it moved. */
@@ -50,7 +60,23 @@ export interface MigrateToOptions extends GuestMigrationOptions {
   key: string;
   /** How the stream is protected (tls.ts; default TLS-PSK from the key). */
   security?: MigrationSecurity;
+  /** With `resume`: where to reconnect (default host:port; QEMU's `migrate -r URI`). */
+  resumeTo?: { host: string; port: number };
 }
+
+export const DEFAULT_RESUME_TIMEOUT_MS = 60_000;
+/** A source's reconnection attempts during postcopy-paused are this far apart. */
+const RESUME_RETRY_MS = 100;
+/** What a reconnection attempt may meet while the destination has not paused yet, or is away. */
+const RESUME_RETRY_CODES: readonly string[] = [
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "EBUSY",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENODATA",
+];
 
 export const GUEST_DEFAULTS = {
   wp: "lockless",
@@ -67,8 +93,13 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
     throw einval("mode", `must be "tdp" or "shadow", got ${String(o.mode)}`);
   if (o.fault !== undefined && !(FAULTS as readonly string[]).includes(o.fault))
     throw einval("fault", `"${String(o.fault)}" is not one of ${FAULTS.join(", ")}`);
+  if (o.fault === "drop-link" && !o.postcopy) throw einval("fault", "drop-link needs postcopy");
+  const rep = o.faultRepeat ?? 1;
+  if (!Number.isSafeInteger(rep) || rep < 1 || rep > 1000)
+    throw einval("faultRepeat", "must be an integer 1..1000");
   const w = o.warmupMs ?? 0;
   if (!Number.isSafeInteger(w) || w < 0) throw einval("warmupMs", "must be an integer >= 0");
+  checkResumeTimeout(o.resumeTimeoutMs);
   layoutOf(o);
 }
 
@@ -78,6 +109,41 @@ export function layoutOf(o: GuestMigrationOptions): GuestLayout {
     workingSetBytes: o.workingSetBytes,
     dirtyRateBytes: o.dirtyRateBytes,
   });
+}
+
+function checkResumeTimeout(ms: number | undefined): number {
+  const t = ms ?? DEFAULT_RESUME_TIMEOUT_MS;
+  if (!Number.isSafeInteger(t) || t < 1) throw einval("resumeTimeoutMs", "must be an integer >= 1");
+  return t;
+}
+
+/**
+ * The source's side of post-copy recovery (`migrate -r`): connects again, as the first time
+ * (same key and security), retrying while the destination is unreachable or still busy with the
+ * dropped connection; ETIMEDOUT after resumeTimeoutMs. EACCES and the like are final at once.
+ */
+function reconnector(o: MigrateToOptions): RecoverConnection {
+  const timeout = checkResumeTimeout(o.resumeTimeoutMs);
+  const to = o.resumeTo ?? { host: o.host, port: o.port };
+  return async () => {
+    const end = Date.now() + timeout;
+    for (;;) {
+      let last: MigrationError;
+      try {
+        const { sock, reader } = await connectOutgoing({ ...to, key: o.key, security: o.security });
+        return { stream: sock, reader };
+      } catch (e) {
+        if (!(e instanceof MigrationError) || !RESUME_RETRY_CODES.includes(e.code)) throw e;
+        last = e;
+      }
+      if (Date.now() >= end)
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `post-copy recovery: no destination took the resume at ${to.host}:${to.port} in ${timeout} ms (last: ${last.message})`,
+        );
+      await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
+    }
+  };
 }
 
 /**
@@ -95,7 +161,11 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
   let report: MigrationReport;
   try {
-    const src = new MigrationSource(g, { ...o, log });
+    const src = new MigrationSource(g, {
+      ...o,
+      log,
+      postcopyRecover: o.resume && o.postcopy ? reconnector(o) : undefined,
+    });
     await runGuest(g);
     await waitFilled(g);
     await new Promise((r) => setTimeout(r, o.warmupMs ?? GUEST_DEFAULTS.warmupMs));
@@ -129,6 +199,14 @@ export interface MigrateIncomingOptions {
   idleTimeoutMs?: number;
   /** How the stream is protected (tls.ts; default TLS-PSK from the key). */
   security?: MigrationSecurity;
+  /**
+   * Post-copy recovery (`--resume`, QEMU's migrate-recover): a link that drops during post-copy
+   * pauses the migration; the listener stays open and the next source to authenticate (the
+   * same key and security) and name this migration resumes it. Given up after resumeTimeoutMs
+   * (default 60000) without one: the guest is lost.
+   */
+  resume?: boolean;
+  resumeTimeoutMs?: number;
   /** Called once listening, with the port bound. */
   onListening?: (port: number) => void;
 }
@@ -150,17 +228,27 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
   if (!Number.isSafeInteger(runAfter) || runAfter < 0) throw einval("runAfterMs", "must be an integer >= 0");
   const idle = o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   if (!Number.isSafeInteger(idle) || idle < 1) throw einval("idleTimeoutMs", "must be an integer >= 1");
-  const inc = await listenIncoming(o);
+  const resumeMs = checkResumeTimeout(o.resumeTimeoutMs);
+  const inc = await listenIncoming({ ...o, keepOpen: o.resume === true });
   try {
     o.onListening?.(inc.port);
     const { sock, reader } = await inc.accepted;
-    const dest = new MigrationDestination({ wp, mode: o.mode, maxMemory: o.maxMemory, idleTimeoutMs: idle });
+    const dest = new MigrationDestination({
+      wp,
+      mode: o.mode,
+      maxMemory: o.maxMemory,
+      idleTimeoutMs: idle,
+      postcopyRecover: o.resume
+        ? () => inc.next(resumeMs).then(({ sock: s, reader: r }) => ({ stream: s, reader: r }))
+        : undefined,
+    });
     const rep = await dest.receive(sock, reader);
     if (dest.guest) {
       await new Promise((r) => setTimeout(r, runAfter));
       await dest.guest.vm.stop();
     }
-    await closeConnection(sock, reader);
+    const conn = dest.connection ?? { stream: sock, reader };
+    await closeConnection(conn.stream, conn.reader);
     return { ...rep, refusedPeers: inc.refused };
   } finally {
     inc.close();

@@ -4,8 +4,9 @@
  *
  * Switch-over (the source's vCPUs paused, a last dirty sync made): the source sends the state
  * page (the vCPUs' registers live there), a discard bitmap of every page the destination does
- * not hold valid, the vCPU state, and "postcopy-run". The destination marks the discarded pages
- * missing (vm.userfaultDiscard), starts the guest at once, and answers "running".
+ * not hold valid, the vCPU state, and "postcopy-run". The destination (postcopy_incoming.ts)
+ * marks the discarded pages missing (vm.userfaultDiscard), releases the guest on its vCPUs,
+ * started before switch-over, and answers "running".
  *
  * Then the source sends every page still owed: pages a destination vCPU is blocked on (page
  * requests on the return path) before the background stream, which goes in small sections so a
@@ -14,23 +15,23 @@
  * The hashes of the pages it held at switch-over plus those of the arrived pages must equal the
  * paused source's; then the guest's invariant is checked as in pre-copy.
  *
- * After "postcopy-run" neither side holds the whole guest: if either fails the guest is lost
- * (QEMU's postcopy-paused recovery is not built). Both sides then fail with a typed error.
+ * After "postcopy-run" neither side holds the whole guest. When the link drops and both sides
+ * were given a way to reconnect, both pause (postcopy-paused) and resume on a new connection
+ * (recover.ts); otherwise, or if either side fails, the guest is lost and both fail, typed.
+ *
+ * This file is the source's side, and the sections both sides share.
  */
 import { PAGE_SIZE } from "../kvm_host.js";
 import { for_each_set_bit } from "../dirty_bitmap.js";
-import { GuestVm, guestCounts, pageHashes, pageHashInto, runAndCheck, runGuest } from "./guest_vm.js";
+import { GuestVm, pageHashes } from "./guest_vm.js";
+import { isLinkFailure, requestRecvBitmap, sendResume } from "./recover.js";
 import {
-  ByteReader,
-  checkStreamDigest,
-  decodeRam,
   jsonPayload,
   MigrationError,
   RamBuilder,
   Sec,
   Section,
   SectionWriter,
-  sectionName,
   writeRecordHeader,
 } from "./stream.js";
 
@@ -59,11 +60,19 @@ export interface PostcopyStats {
   backgroundPages: number;
   /** From switch-over to the last page placed, ms (the time the guest depended on the source). */
   postcopyTimeMs: number;
+  /** Post-copy recovery (recover.ts): links dropped and recovered. */
+  recoveries: number;
+  /** Time spent in postcopy-paused and postcopy-recover, ms. */
+  pausedMs: number;
+  /** Pages sent on a dropped link that never arrived, sent again (requested + background = discarded + resent). */
+  resentPages: number;
 }
 
 /** The return path as the post-copy source uses it (precopy.ts's reader). */
 export interface ReturnChannel {
   readonly failure: MigrationError | null;
+  /** The failure is the link's (closed, broken): post-copy may recover. */
+  readonly linkDown: boolean;
   /** Called with each page-request payload as it arrives. */
   onPageRequest: ((payload: Buffer, id: number) => void) | null;
   /** The next queued section if it has this type, else null (never waits). */
@@ -73,6 +82,7 @@ export interface ReturnChannel {
 
 export interface PostcopySourceContext {
   g: GuestVm;
+  /** The connection: replaced by reconnect() after a recovery. */
   w: SectionWriter;
   ret: ReturnChannel;
   /** Pages dirty since they were last sent (bit n = page n): what the destination lacks. */
@@ -86,10 +96,22 @@ export interface PostcopySourceContext {
   commit: () => void;
   /** Called once "postcopy-run" is sent (failure injection: kill-destination). */
   onRun?: () => void;
+  /**
+   * Post-copy recovery (recover.ts): after a dropped link, a new connection's writer and return
+   * path (the old one closed). Absent: a dropped link loses the guest. Rejects when none comes.
+   */
+  reconnect?: () => Promise<{ w: SectionWriter; ret: ReturnChannel }>;
+  /** Names this migration in a recovery handshake (the config section carried it). */
+  migrationId?: string;
+  /** The state machine's postcopy-paused / postcopy-recover / postcopy-active moves. */
+  setState?: (to: "postcopy-paused" | "postcopy-recover" | "postcopy-active") => void;
 }
 
 export interface PostcopySourceResult {
   downtimeMs: number;
+  /** postcopy-run written, and "running" received (performance.now()). */
+  tRun: number;
+  tRunning: number;
   pagesCompared: number;
   mismatches: number;
   guestInvariant: boolean;
@@ -137,7 +159,7 @@ function encodeDiscard(bitmap: Uint32Array, pages: number): Buffer {
   return b;
 }
 
-function decodeDiscard(payload: Buffer, id: number, pages: number): Uint32Array {
+export function decodeDiscard(payload: Buffer, id: number, pages: number): Uint32Array {
   const words = Math.ceil(pages / 32);
   if (payload.length !== 4 + 4 * words || payload.readUInt32BE(0) !== pages)
     throw new MigrationError(
@@ -158,13 +180,26 @@ function decodeDiscard(payload: Buffer, id: number, pages: number): Uint32Array 
 export async function postcopySource(c: PostcopySourceContext): Promise<PostcopySourceResult> {
   const s = new PostcopySender(c);
   const { discarded, tRun } = await s.sendPackage();
-  const downtimeMs = await s.drain();
-  // A request that crossed its page on the wire may still come: the handler stays (and is ignored).
-  await c.w.section(Sec.Eof, await c.w.digest());
+  let downtimeMs: number;
+  for (;;) {
+    try {
+      downtimeMs = await s.drain();
+      // A request that crossed its page on the wire may still come: the handler stays (ignored).
+      await s.w.section(Sec.Eof, await s.w.digest());
+      break;
+    } catch (e) {
+      // A dropped link pauses post-copy until a new connection (recover.ts), if one may come.
+      const link = isLinkFailure(e) || (s.ret.failure !== null && s.ret.linkDown);
+      if (!c.reconnect || !link) throw e;
+      await s.recover();
+    }
+  }
   const postcopyTimeMs = performance.now() - tRun;
-  const v = await checkDestination(c);
+  const v = await checkDestination(c.g, s.ret);
   return {
     downtimeMs,
+    tRun,
+    tRunning: c.tPause + downtimeMs,
     pagesCompared: v.pages,
     mismatches: v.mismatches,
     guestInvariant: v.ver.ok,
@@ -175,6 +210,9 @@ export async function postcopySource(c: PostcopySourceContext): Promise<Postcopy
       requestedPages: s.requested,
       backgroundPages: s.background,
       postcopyTimeMs,
+      recoveries: s.recoveries,
+      pausedMs: s.pausedMs,
+      resentPages: s.resent,
     },
   };
 }
@@ -191,11 +229,21 @@ class PostcopySender {
   private protoError: MigrationError | null = null;
   private owed = 0;
   private cursor = 0;
+  /** Pause to the destination's "running" (-1 until then). */
+  private downtimeMs = -1;
   requested = 0;
   background = 0;
+  resent = 0;
+  recoveries = 0;
+  pausedMs = 0;
+  /** The current connection (a recovery replaces both). */
+  w: SectionWriter;
+  ret: ReturnChannel;
 
   constructor(private readonly c: PostcopySourceContext) {
     this.pages = c.g.layout.memoryBytes / PAGE_SIZE;
+    this.w = c.w;
+    this.ret = c.ret;
   }
 
   private isSet(p: number): boolean {
@@ -209,22 +257,24 @@ class PostcopySender {
   }
 
   /** The package: the state page (the vCPUs' registers), the discard bitmap, the vCPU state, run. */
+  /** Requests are served before background pages; a request wakes a throttled sender. */
+  private readonly onPageRequest = (payload: Buffer, id: number): void => {
+    try {
+      for (const gpa of decodePageRequest(payload, id, this.c.g.layout.memoryBytes))
+        this.requests.push(gpa / PAGE_SIZE);
+    } catch (e) {
+      this.protoError ??= e as MigrationError;
+    }
+    const k = this.wake;
+    this.wake = null;
+    k?.();
+  };
+
   async sendPackage(): Promise<{ discarded: number; tRun: number }> {
     const { c, ram } = this;
     const layout = c.g.layout;
-    // Installed before postcopy-run: a request may come back at once. Requests are served
-    // before background pages; a request wakes a throttled sender.
-    c.ret.onPageRequest = (payload, id) => {
-      try {
-        for (const gpa of decodePageRequest(payload, id, layout.memoryBytes))
-          this.requests.push(gpa / PAGE_SIZE);
-      } catch (e) {
-        this.protoError ??= e as MigrationError;
-      }
-      const k = this.wake;
-      this.wake = null;
-      k?.();
-    };
+    // Installed before postcopy-run: a request may come back at once.
+    c.ret.onPageRequest = this.onPageRequest;
     const statePages = Math.ceil((4 * layout.vcpus) / PAGE_SIZE);
     const first = layout.stateGpa / PAGE_SIZE;
     for (let p = first; p < first + statePages; p++) this.add(p);
@@ -249,16 +299,15 @@ class PostcopySender {
   /** Sends every owed page; returns the downtime (pause to the destination's "running"). */
   async drain(): Promise<number> {
     const { c, ram } = this;
-    let downtimeMs = -1;
     let winStart = performance.now();
     let winBytes = 0;
     const cap = c.maxBandwidth > 0 ? (c.maxBandwidth * WINDOW_MS) / 1000 : Infinity;
     const runningBy = Date.now() + 30_000;
-    while (this.owed > 0 || downtimeMs < 0) {
-      if (c.ret.failure) throw c.ret.failure;
+    while (this.owed > 0 || this.downtimeMs < 0) {
+      if (this.ret.failure) throw this.ret.failure;
       if (this.protoError) throw this.protoError;
-      if (downtimeMs < 0 && c.ret.take(Sec.Running)) downtimeMs = performance.now() - c.tPause;
-      if (downtimeMs < 0 && Date.now() > runningBy)
+      if (this.downtimeMs < 0 && this.ret.take(Sec.Running)) this.downtimeMs = performance.now() - c.tPause;
+      if (this.downtimeMs < 0 && Date.now() > runningBy)
         throw new MigrationError("ETIMEDOUT", "the destination did not start the guest in 30000 ms");
       await this.sendRequested();
       // Then one background section, once the guest runs there (so its first faults are requests).
@@ -267,20 +316,72 @@ class PostcopySender {
         winStart = now;
         winBytes = 0;
       }
-      if (downtimeMs >= 0 && this.owed > 0 && winBytes < cap) {
+      if (this.downtimeMs >= 0 && this.owed > 0 && winBytes < cap) {
         this.fillBackground();
-        const before = c.w.bytes;
-        await c.w.section(Sec.Ram, ram.take());
-        winBytes += c.w.bytes - before;
+        const before = this.w.bytes;
+        await this.w.section(Sec.Ram, ram.take());
+        winBytes += this.w.bytes - before;
         await yieldIo(); // let the return path's requests in
       } else await this.nap(winBytes >= cap ? Math.max(1, WINDOW_MS - (now - winStart)) : 5);
     }
-    return downtimeMs;
+    return this.downtimeMs;
+  }
+
+  /**
+   * postcopy-paused until a new connection, then the recover handshake (recover.ts): what the
+   * destination holds decides what is owed. A handshake cut short pauses again.
+   */
+  async recover(): Promise<void> {
+    const c = this.c;
+    const t0 = performance.now();
+    c.setState?.("postcopy-paused");
+    // What was built or asked on the dropped link is void: the destination's bitmap decides.
+    this.ram.take();
+    this.requests.length = 0;
+    this.ret.onPageRequest = null;
+    for (;;) {
+      const conn = await c.reconnect!();
+      this.w = conn.w;
+      this.ret = conn.ret;
+      c.setState?.("postcopy-recover");
+      try {
+        const held = await requestRecvBitmap(this.w, this.ret, c.migrationId ?? "", this.pages);
+        this.merge(held);
+        this.ret.onPageRequest = this.onPageRequest;
+        await sendResume(this.w, this.ret);
+        break;
+      } catch (e) {
+        if (!isLinkFailure(e) && !(this.ret.failure && this.ret.linkDown)) throw e;
+        c.setState?.("postcopy-paused");
+      }
+    }
+    c.setState?.("postcopy-active");
+    // The guest ran there before the link dropped, unless "running" was lost with it.
+    if (this.downtimeMs < 0) this.downtimeMs = performance.now() - c.tPause;
+    this.recoveries++;
+    this.pausedMs += performance.now() - t0;
+  }
+
+  /** Owed from now on: exactly the pages the destination does not hold. */
+  private merge(held: Uint32Array): void {
+    const pending = this.c.pending;
+    let owed = 0;
+    for (let p = 0; p < this.pages; p++) {
+      const bit = 1 << (p & 31);
+      if ((held[p >>> 5] & bit) !== 0) pending[p >>> 5] &= ~bit;
+      else {
+        // Sent on the dropped link, never arrived: owed again.
+        if ((pending[p >>> 5] & bit) === 0) this.resent++;
+        pending[p >>> 5] |= bit;
+        owed++;
+      }
+    }
+    this.owed = owed;
   }
 
   /** Requested pages first, unthrottled: a vCPU is waiting for each. */
   private async sendRequested(): Promise<void> {
-    const { c, ram } = this;
+    const { ram } = this;
     while (this.requests.length > 0) {
       const p = this.requests.shift()!;
       if (!this.isSet(p)) continue; // already sent (a request and the background crossed)
@@ -289,9 +390,9 @@ class PostcopySender {
       this.owed--;
       // As QEMU: the background goes on after the requested page (the guest likely touches it next).
       this.cursor = (p + 1) % this.pages;
-      if (ram.full) await c.w.section(Sec.Ram, ram.take());
+      if (ram.full) await this.w.section(Sec.Ram, ram.take());
     }
-    if (ram.pages > 0) await c.w.section(Sec.Ram, ram.take());
+    if (ram.pages > 0) await this.w.section(Sec.Ram, ram.take());
   }
 
   private fillBackground(): void {
@@ -305,17 +406,27 @@ class PostcopySender {
 }
 
 /** After EOF: the destination's page hashes against our paused memory, and its verdict. */
-async function checkDestination(c: PostcopySourceContext): Promise<{
+async function checkDestination(
+  g: GuestVm,
+  ret: ReturnChannel,
+): Promise<{
   pages: number;
   mismatches: number;
   ver: { ok: boolean; problems: string[] };
-  stats: Omit<PostcopyStats, "discardedPages" | "requestedPages" | "backgroundPages" | "postcopyTimeMs">;
+  stats: Pick<
+    PostcopyStats,
+    | "postcopy-blocktime"
+    | "postcopy-vcpu-blocktime"
+    | "postcopy-vcpu-blocktime-max"
+    | "postcopy-requests"
+    | "postcopy-vcpu-requests"
+  >;
 }> {
-  const layout = c.g.layout;
+  const layout = g.layout;
   const pages = layout.memoryBytes / PAGE_SIZE;
   // Our paused memory is the reference for every page the destination holds.
-  const loaded = await c.ret.expect(Sec.Loaded, 60_000);
-  const mine = pageHashes(c.g.vm, layout);
+  const loaded = await ret.expect(Sec.Loaded, 60_000);
+  const mine = pageHashes(g.vm, layout);
   let mismatches = 0;
   for (let p = 0; p < pages; p++)
     if (
@@ -323,7 +434,7 @@ async function checkDestination(c: PostcopySourceContext): Promise<{
       !mine.subarray(p * 32, p * 32 + 32).equals(loaded.payload.subarray(p * 32, p * 32 + 32))
     )
       mismatches++;
-  const ver = JSON.parse((await c.ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
+  const ver = JSON.parse((await ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
     ok: boolean;
     problems: string[];
     postcopy?: { vcpus: { blockedMs: number; maxBlockedMs: number; faults: number }[]; requests: number };
@@ -342,192 +453,4 @@ async function checkDestination(c: PostcopySourceContext): Promise<{
       "postcopy-vcpu-requests": v.map((x) => x.faults),
     },
   };
-}
-
-/** What the destination's post-copy phase reports. */
-export interface PostcopyIncomingReport {
-  /** Sections read after postcopy-run (EOF included). */
-  sections: number;
-  pagesPlaced: number;
-  discardedPages: number;
-  requests: number;
-  guestInvariant: boolean;
-  problems: string[];
-  vcpus: { id: number; blockedMs: number; maxBlockedMs: number; faults: number }[];
-}
-
-export interface PostcopyIncomingContext {
-  g: GuestVm;
-  r: ByteReader;
-  back: SectionWriter;
-  /** Id of the next section from the source. */
-  nextId: number;
-  vcpuState: { id: number; counter: number }[] | null;
-  /** Reads one section under the destination's idle timeout. */
-  read: (id: number) => Promise<Section>;
-}
-
-/** The destination's side of a discard section (before postcopy-run): marks the pages missing. */
-export function applyDiscard(g: GuestVm, payload: Buffer, id: number): number {
-  const bm = decodeDiscard(payload, id, g.layout.memoryBytes / PAGE_SIZE);
-  return g.vm.userfaultDiscard(bm);
-}
-
-/**
- * The destination from "postcopy-run" on: checks the vCPU state, starts the guest, asks for the
- * pages its vCPUs block on, places what arrives until EOF, then sends its page hashes and the
- * invariant check. Throws on failure (the caller stops the VM: the guest is lost).
- */
-export async function postcopyIncoming(c: PostcopyIncomingContext): Promise<PostcopyIncomingReport> {
-  const { g, back } = c;
-  const vm = g.vm;
-  checkVcpuState(g, c.vcpuState);
-  // The pages held at switch-over are hashed now, before the guest runs.
-  const pages = g.layout.memoryBytes / PAGE_SIZE;
-  const hashes = Buffer.alloc(pages * 32);
-  const page32 = new Int32Array(PAGE_SIZE / 4);
-  const discarded = vm.userfaultStats().missing;
-  for (let p = 0; p < pages; p++)
-    if (!vm.userfaultMissing(p * PAGE_SIZE))
-      pageHashInto(new Uint8Array(vm.readGuestPage(p * PAGE_SIZE, page32).buffer), hashes, p);
-
-  const asker = new PageAsker(g, back);
-  let got: { sections: number; placed: number };
-  try {
-    // Asking starts with the guest: a vCPU may fault before the last one has started.
-    asker.start();
-    await runGuest(g);
-    await back.section(Sec.Running, Buffer.alloc(0));
-    got = await placeUntilEof(c, hashes);
-  } catch (e) {
-    const left = vm.userfaultStats().missing;
-    const err =
-      e instanceof MigrationError ? e : new MigrationError("EIO", (e as Error).message ?? String(e));
-    throw new MigrationError(
-      err.code,
-      `post-copy failed with ${left} of ${pages} pages still on the source, so the guest is lost: ${err.message.replace(/^[A-Z]+: /, "")}`,
-    );
-  } finally {
-    await asker.stop();
-  }
-  if (asker.error) throw asker.error;
-
-  await back.section(Sec.Loaded, hashes);
-  const chk = await runAndCheck(g);
-  const stats = vm.userfaultStats();
-  vm.resume();
-  await back.section(
-    Sec.Verified,
-    jsonPayload({
-      ok: chk.ok,
-      problems: chk.problems,
-      before: chk.before,
-      after: chk.after,
-      postcopy: { vcpus: stats.vcpus, requests: asker.requests },
-    }),
-  );
-  return {
-    sections: got.sections,
-    pagesPlaced: got.placed,
-    discardedPages: discarded,
-    requests: asker.requests,
-    guestInvariant: chk.ok,
-    problems: chk.problems,
-    vcpus: stats.vcpus,
-  };
-}
-
-function checkVcpuState(g: GuestVm, vcpuState: { id: number; counter: number }[] | null): void {
-  if (!vcpuState || vcpuState.length !== g.layout.vcpus)
-    throw new MigrationError(
-      "EPROTO",
-      `vcpu state: ${vcpuState?.length ?? 0} vCPUs, the config has ${g.layout.vcpus}`,
-    );
-  const counts = guestCounts(g);
-  vcpuState.forEach((v, i) => {
-    if (v.id !== i || v.counter !== counts[i])
-      throw new MigrationError(
-        "EBADMSG",
-        `vcpu ${i}: state says count ${v.counter}, memory holds ${counts[i]}`,
-      );
-  });
-}
-
-/** The fault handler: whatever a vCPU blocks on that was not asked for yet goes to the source. */
-class PageAsker {
-  private done = false;
-  private running: Promise<void> | null = null;
-  private readonly asked = new Set<number>();
-  requests = 0;
-  error: Error | null = null;
-
-  constructor(
-    private readonly g: GuestVm,
-    private readonly back: SectionWriter,
-  ) {}
-
-  start(): void {
-    this.running = this.ask();
-  }
-
-  async stop(): Promise<void> {
-    this.done = true;
-    if (this.running) await this.running;
-  }
-
-  private async ask(): Promise<void> {
-    const vm = this.g.vm;
-    let seq = 0;
-    try {
-      while (!this.done) {
-        const pend = vm.userfaultPending();
-        const fresh = pend.gpas.filter((gpa) => !this.asked.has(gpa) && vm.userfaultMissing(gpa));
-        if (fresh.length > 0) {
-          for (const gpa of fresh) this.asked.add(gpa);
-          this.requests += fresh.length;
-          await this.back.section(Sec.PageReq, encodePageRequest(fresh));
-        }
-        if (pend.seq === seq) await vm.waitUserfault(seq, 20);
-        seq = pend.seq;
-      }
-    } catch (e) {
-      this.error = e instanceof Error ? e : new Error(String(e));
-    }
-  }
-}
-
-/** Places each arriving page (hashed first: the guest cannot have changed it yet) until EOF. */
-async function placeUntilEof(
-  c: PostcopyIncomingContext,
-  hashes: Buffer,
-): Promise<{ sections: number; placed: number }> {
-  const { r } = c;
-  const vm = c.g.vm;
-  const end = c.g.layout.memoryBytes;
-  const zero = new Uint8Array(PAGE_SIZE);
-  let placed = 0;
-  let sections = 0;
-  for (let id = c.nextId; ; id++) {
-    r.hash!.mark();
-    const s = await c.read(id);
-    sections++;
-    if (s.type === Sec.Ram) {
-      for (const rec of decodeRam(s.payload, id, (gpa) => gpa + PAGE_SIZE <= end)) {
-        if (!vm.userfaultMissing(rec.gpa))
-          throw new MigrationError(
-            "EPROTO",
-            `section ${id} (ram): page 0x${rec.gpa.toString(16)} was not missing (sent twice?)`,
-          );
-        pageHashInto(rec.data ?? zero, hashes, rec.gpa / PAGE_SIZE);
-        vm.userfaultCopy(rec.gpa, rec.data);
-        placed++;
-      }
-    } else if (s.type === Sec.Eof) {
-      await checkStreamDigest(r, s.payload);
-      break;
-    } else throw new MigrationError("EPROTO", `section ${id} (${sectionName(s.type)}) during post-copy`);
-  }
-  const left = vm.userfaultStats().missing;
-  if (left !== 0) throw new MigrationError("EPROTO", `the stream ended with ${left} pages still missing`);
-  return { sections, placed };
 }

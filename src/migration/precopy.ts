@@ -20,6 +20,7 @@
  * is reported apart as verifyMs.
  */
 import type { Duplex } from "node:stream";
+import { randomBytes } from "node:crypto";
 import { PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { GuestVm, guestCounts, pageHashes } from "./guest_vm.js";
@@ -41,6 +42,7 @@ import {
   SectionWriter,
 } from "./stream.js";
 import { postcopySource } from "./postcopy.js";
+import type { RecoverConnection } from "./recover.js";
 
 export interface SourceOptions {
   /** Most the guest may stay stopped at switch-over, in ms (QEMU's downtime-limit; 300). */
@@ -65,6 +67,16 @@ export interface SourceOptions {
   postcopyAfter?: number;
   /** Post-copy: called once the destination owns the guest (failure injection). */
   onPostcopyRun?: () => void;
+  /**
+   * Post-copy recovery (QEMU's `migrate -r`): when the link drops during post-copy, the source
+   * pauses (postcopy-paused, its vCPUs stopped, its pages kept) and asks this for a new
+   * connection to the destination, authenticated as the first; then the recover handshake
+   * (recover.ts) and post-copy goes on. It rejects, typed, when there will be none: the guest
+   * is then lost. Absent: a dropped link during post-copy loses the guest.
+   */
+  postcopyRecover?: RecoverConnection;
+  /** `fault` is injected into this many connections (default 1): drop-link and recovery. */
+  faultRepeat?: number;
 }
 
 type Resolved = Required<
@@ -114,6 +126,11 @@ export class MigrationSource {
     if (!(o.maxTimeMs > 0)) throw new MigrationError("EINVAL", "maxTimeMs: must be > 0");
     if (!Number.isSafeInteger(o.postcopyAfter) || o.postcopyAfter < 1)
       throw new MigrationError("EINVAL", "postcopyAfter: must be >= 1");
+    const rep = o.faultRepeat ?? 1;
+    if (!Number.isSafeInteger(rep) || rep < 1 || rep > 1000)
+      throw new MigrationError("EINVAL", "faultRepeat: must be an integer 1..1000");
+    if (o.postcopyRecover !== undefined && typeof o.postcopyRecover !== "function")
+      throw new MigrationError("EINVAL", "postcopyRecover: must be a function returning a connection");
   }
 
   /**
@@ -130,9 +147,17 @@ export class MigrationSource {
 /** One migration's source side: the migration thread's state, its handlers and its report. */
 class SourceRun {
   readonly state: MigrationState;
-  private readonly out: Duplex;
-  private readonly w: SectionWriter;
-  private readonly ret: ReturnPath;
+  /** The connection: replaced by a post-copy recovery (attach). */
+  private out!: Duplex;
+  private w!: SectionWriter;
+  private ret!: ReturnPath;
+  /** Bytes written on connections before the current one. */
+  private bytesBefore = 0;
+  /** Connections the fault is still to be injected into; the current one's injector. */
+  private faultsLeft: number;
+  private inj: FaultInjector | null = null;
+  /** Names this migration to the destination (a recovering source must be the same). */
+  private readonly migrationId = randomBytes(16).toString("hex");
   private readonly limiter: RateLimiter;
   private readonly throttle: CpuThrottle;
   private readonly ram: RamSaveState;
@@ -155,17 +180,12 @@ class SourceRun {
     stream: Duplex,
     reader: ByteReader,
   ) {
-    // kill-destination is the caller's (it owns the destination): nothing to wrap for it.
-    const inj = o.fault && o.fault !== "kill-destination" ? new FaultInjector(stream, o.fault) : null;
-    this.out = inj ?? stream;
+    this.faultsLeft = o.faultRepeat ?? 1;
     this.state = new MigrationState((to, from) => {
-      if (to === "device") inj?.arm();
+      if (to === "device") this.inj?.arm();
       o.onStateChange?.(to, from);
     });
-    this.w = new SectionWriter(this.out);
-    this.w.reuseFrames = inj === null;
-    this.w.sessionKey = reader.sessionKey;
-    this.ret = new ReturnPath(reader);
+    this.attach(stream, reader);
     this.limiter = new RateLimiter(o.maxBandwidth);
     this.throttle = new CpuThrottle(g.ctl);
     this.ram = new RamSaveState(g, this.w, this.limiter, log);
@@ -186,6 +206,33 @@ class SourceRun {
       throttlePercentage: 0,
       verify: { pagesCompared: 0, mismatches: 0, guestInvariant: null, problems: [] },
     };
+  }
+
+  /** A connection: its writer (through the fault injector, while faults are left) and return path. */
+  private attach(stream: Duplex, reader: ByteReader): void {
+    // kill-destination is the caller's (it owns the destination): nothing to wrap for it.
+    const f = this.o.fault;
+    this.inj = f && f !== "kill-destination" && this.faultsLeft-- > 0 ? new FaultInjector(stream, f) : null;
+    this.out = this.inj ?? stream;
+    this.w = new SectionWriter(this.out);
+    // A fault injector may hold a frame past its write: frames are reused only without one.
+    this.w.reuseFrames = this.inj === null;
+    this.w.sessionKey = reader.sessionKey;
+    this.ret = new ReturnPath(reader);
+  }
+
+  /** Post-copy recovery: the dropped connection closed, a new one from postcopyRecover. */
+  private async reconnect(): Promise<{ w: SectionWriter; ret: ReturnPath }> {
+    this.out.destroy();
+    const conn = await this.o.postcopyRecover!();
+    this.bytesBefore += this.w.bytes;
+    this.w.stopDigest();
+    this.attach(conn.stream, conn.reader);
+    return { w: this.w, ret: this.ret };
+  }
+
+  private get bytes(): number {
+    return this.bytesBefore + this.w.bytes;
   }
 
   async run(): Promise<MigrationReport> {
@@ -210,7 +257,11 @@ class SourceRun {
     const layout = this.g.layout;
     await this.w.section(
       Sec.Config,
-      jsonPayload({ version: MIG_VERSION, layout, ...(this.o.postcopy ? { postcopy: true } : {}) }),
+      jsonPayload({
+        version: MIG_VERSION,
+        layout,
+        ...(this.o.postcopy ? { postcopy: true, migrationId: this.migrationId } : {}),
+      }),
     );
     this.report.setupTimeMs = performance.now() - this.t0;
     this.ram.save_setup();
@@ -286,7 +337,7 @@ class SourceRun {
     this.w.stopDigest();
     this.throttle.stop();
     this.report.totalTimeMs = performance.now() - this.t0;
-    this.report.transferredBytes = this.w.bytes;
+    this.report.transferredBytes = this.bytes;
     this.report.error = {
       code: "ECANCELED",
       message: `did not converge in ${o.maxTimeMs} ms (${rec.remaining} bytes still dirty); the source keeps running`,
@@ -383,6 +434,7 @@ class SourceRun {
   /** Post-copy from switch-over on (postcopy.ts): the destination runs the guest and pulls pages. */
   private async completePostcopy(): Promise<void> {
     const report = this.report;
+    const tSynced = performance.now();
     const pc = await postcopySource({
       g: this.g,
       w: this.w,
@@ -396,8 +448,21 @@ class SourceRun {
         report.switchedOver = true;
       },
       onRun: this.o.onPostcopyRun,
+      reconnect: this.o.postcopyRecover ? () => this.reconnect() : undefined,
+      migrationId: this.migrationId,
+      setState: (to) => this.state.set(to),
     });
     report.downtimeMs = pc.downtimeMs;
+    // startMs: the destination checks the vCPU state, hashes the few pages it holds, releases
+    // its started vCPUs. verifyMs stays 0: those hashes are in the downtime.
+    report.switchover = {
+      pauseMs: this.tPaused - this.tPause,
+      syncMs: tSynced - this.tPaused,
+      sendMs: pc.tRun - tSynced,
+      loadMs: 0,
+      startMs: pc.tRunning - pc.tRun,
+      stopMs: pc.downtimeMs,
+    };
     report.verify = {
       pagesCompared: pc.pagesCompared,
       mismatches: pc.mismatches,
@@ -406,7 +471,7 @@ class SourceRun {
     };
     report.postcopy = pc.stats;
     report.totalTimeMs = performance.now() - this.t0;
-    report.transferredBytes = this.w.bytes;
+    report.transferredBytes = this.bytes;
     report.throttlePercentage = this.throttle.percentage;
     if (pc.mismatches > 0) {
       report.error = {
@@ -432,11 +497,11 @@ class SourceRun {
     if (!this.state.final) this.state.set("failed");
     report.status = "failed";
     report.totalTimeMs = performance.now() - this.t0;
-    report.transferredBytes = this.w.bytes;
+    report.transferredBytes = this.bytes;
     this.w.stopDigest();
     this.out.destroy();
     if (this.committed && this.o.postcopy) {
-      // Neither side holds the whole guest any more: it is lost (no postcopy-paused recovery).
+      // Neither side holds the whole guest any more: it is lost (or its recovery failed).
       report.error.message +=
         " (during post-copy: the guest's memory is split between both sides, the guest is lost)";
       report.guestLost = true;

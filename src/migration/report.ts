@@ -83,6 +83,9 @@ export interface DestinationReport {
     pagesPlaced: number;
     requests: number;
     vcpus: { id: number; blockedMs: number; maxBlockedMs: number; faults: number }[];
+    /** Links dropped and recovered (postcopy-paused, then resumed), and the time paused (ms). */
+    recoveries: number;
+    pausedMs: number;
   };
   error?: { code: string; message: string };
 }

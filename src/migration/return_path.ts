@@ -11,6 +11,8 @@ export class ReturnPath implements ReturnChannel {
   private queue: Section[] = [];
   private wake: (() => void) | null = null;
   failure: MigrationError | null = null;
+  /** The failure is the link's (closed, broken), not an error the destination sent. */
+  linkDown = false;
   /** Post-copy: where page requests go (any other time one is a protocol error). */
   onPageRequest: ((payload: Buffer, id: number) => void) | null = null;
   private nextId = 1;
@@ -27,6 +29,8 @@ export class ReturnPath implements ReturnChannel {
           Sec.Running,
           Sec.Verified,
           Sec.PageReq,
+          Sec.RecvBitmap,
+          Sec.ResumeAck,
           Sec.Error,
         ]);
         if (s.type === Sec.PageReq) {
@@ -44,10 +48,11 @@ export class ReturnPath implements ReturnChannel {
         this.kick();
       }
     } catch (e) {
-      this.failure ??=
-        e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET")
-          ? new MigrationError("ECONNRESET", "the destination went away (its connection closed)")
-          : (e as MigrationError);
+      const gone = e instanceof MigrationError && (e.code === "ENODATA" || e.code === "ECONNRESET");
+      if (!this.failure) this.linkDown = gone;
+      this.failure ??= gone
+        ? new MigrationError("ECONNRESET", "the destination went away (its connection closed)")
+        : (e as MigrationError);
     }
     this.kick();
   }

@@ -4,11 +4,16 @@
  *
  *   none -> setup -> active -> device ----------> completed
  *                       |  \-> postcopy-active -> completed
+ *                       |        ^          \-> postcopy-paused -> postcopy-recover
+ *                       |        \---------------------------------------/   (or back to paused)
  *                       \-> cancelling -> cancelled
  *   and failed from any state that is not final.
  *
  * "device" is QEMU's completion stage: the guest is stopped and the last pages and the device
- * (vCPU) state go over. The destination uses the same states (QEMU's incoming side does too).
+ * (vCPU) state go over. "postcopy-paused": the link dropped during post-copy, both sides wait
+ * for a new connection (the destination's vCPUs on their missing pages, the source with its
+ * pages); "postcopy-recover": the new connection's handshake (recover.ts). The destination uses
+ * the same states (QEMU's incoming side does too).
  */
 
 export const MIGRATION_STATUSES = [
@@ -21,6 +26,8 @@ export const MIGRATION_STATUSES = [
   "completed",
   "failed",
   "device",
+  "postcopy-paused",
+  "postcopy-recover",
 ] as const;
 export type MigrationStatus = (typeof MIGRATION_STATUSES)[number];
 
@@ -32,7 +39,9 @@ const NEXT: Record<MigrationStatus, readonly MigrationStatus[]> = {
   setup: ["active", "cancelling", "failed"],
   active: ["device", "postcopy-active", "cancelling", "failed"],
   device: ["completed", "failed"],
-  "postcopy-active": ["completed", "failed"],
+  "postcopy-active": ["completed", "failed", "postcopy-paused"],
+  "postcopy-paused": ["postcopy-recover", "failed"],
+  "postcopy-recover": ["postcopy-active", "postcopy-paused", "failed"],
   cancelling: ["cancelled", "failed"],
   completed: [],
   failed: [],

@@ -40,12 +40,18 @@ export const Sec = {
   /** Post-copy: the pages the destination must treat as missing (bitmap), then "run now". */
   Discard: 8,
   Postcopy: 9,
+  /** Post-copy recovery, on a new connection (recover.ts): "send your received bitmap", "resume". */
+  RecvBitmapReq: 0x0a,
+  Resume: 0x0b,
   /** Destination -> source (the return path). */
   Loaded: 0x41,
   Running: 0x42,
   Verified: 0x43,
   /** Post-copy: pages a vCPU is blocked on (be64 gpas), to be sent before the rest. */
   PageReq: 0x44,
+  /** Post-copy recovery: the pages the destination holds (bitmap), and its go-ahead. */
+  RecvBitmap: 0x45,
+  ResumeAck: 0x46,
   Error: 0x4f,
 } as const;
 
@@ -60,6 +66,10 @@ export const SECTION_NAMES: Record<number, string> = {
   [Sec.Discard]: "discard",
   [Sec.Postcopy]: "postcopy-run",
   [Sec.PageReq]: "page-request",
+  [Sec.RecvBitmapReq]: "recv-bitmap-request",
+  [Sec.Resume]: "resume",
+  [Sec.RecvBitmap]: "recv-bitmap",
+  [Sec.ResumeAck]: "resume-ack",
   [Sec.Loaded]: "loaded",
   [Sec.Running]: "running",
   [Sec.Verified]: "verified",

@@ -3,7 +3,8 @@
  * become missing), copy (UFFDIO_COPY), the pending faults and their statistics. The missing
  * bitmap and the vCPUs' waits are src/mem/userfault.ts.
  */
-import { KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT, UFFD, UFFD_BITMAP, UFFD_VCPU } from "../kvm_host.js";
+import { KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT, UFFD, UFFD_BITMAP, UFFD_VCPU, VCPU } from "../kvm_host.js";
+import { VcpuState } from "../kvm/requests.js";
 import { einval, KvmError } from "../errors.js";
 import { uffd_copy, uffd_discard, uffd_missing, uffd_words } from "../mem/userfault.js";
 import { kvm_mmu_zap_memslot } from "../mmu/memslot.js";
@@ -45,9 +46,19 @@ export function vm_userfault_discard(st: VmState, bitmap: Uint32Array): number {
   const npages = kvm.uffd[UFFD.npages];
   if (!(bitmap instanceof Uint32Array) || bitmap.length < Math.ceil(npages / 32))
     throw einval("bitmap", `must be a Uint32Array of at least ${Math.ceil(npages / 32)} words`);
-  if (st.running) throw new KvmError("EBUSY", "userfaultDiscard: the vCPUs are running");
+  // Parked vCPUs are outside guest mode and re-check their requests (the flush) on entry, as
+  // QEMU's discard runs with the vCPU threads up but stopped.
+  if (st.running && !vm_all_parked(st))
+    throw new KvmError("EBUSY", "userfaultDiscard: the vCPUs are running (pause them first)");
   kvm_mmu_zap_memslot(kvm, slot);
   return uffd_discard(kvm, slot, bitmap);
+}
+
+/** Every started vCPU is parked (Vm.pause answered). */
+function vm_all_parked(st: VmState): boolean {
+  for (const id of st.workers.keys())
+    if (Atomics.load(st.kvm.vcpu, VCPU.state(id)) !== (VcpuState.Paused as number)) return false;
+  return true;
 }
 
 /** Vm.userfaultCopy (UFFDIO_COPY): see there. */

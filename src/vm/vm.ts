@@ -376,7 +376,7 @@ export class Vm {
   /**
    * Marks pages of the registered slot missing (MADV_DONTNEED on a registered range): bit n of
    * `bitmap` set = page n. Their mappings are dropped and their frames zeroed. Only while no
-   * vCPU runs (EBUSY). Returns the pages now missing.
+   * vCPU runs or every vCPU is paused (EBUSY otherwise). Returns the pages now missing.
    */
   userfaultDiscard(bitmap: Uint32Array): number {
     return vm_ioctl(this.#s, "userfaultDiscard", () => uffd.vm_userfault_discard(this.#s, bitmap));

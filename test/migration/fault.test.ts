@@ -99,3 +99,27 @@ for (const [kind, code, before] of [
     assert.equal(back.types.length, before, `sections read before the damage: ${back.types.join(",")}`);
     if (kind === "bad-version") assert.equal(bytes.readUInt32BE(4), MIG_VERSION + 98);
   });
+
+test("drop-link: nothing is cut before postcopy-run; the 8th RAM frame after it is cut in half and the link destroyed", async () => {
+  const inner = new PassThrough();
+  const chunks: Buffer[] = [];
+  inner.on("data", (c: Buffer) => chunks.push(c));
+  const closed = new Promise((r) => inner.once("close", r));
+  const inj = new FaultInjector(inner, "drop-link");
+  const w = new SectionWriter(inj);
+  const frame = encodeSection(Sec.Ram, 1, ramPayload()).length;
+  await w.raw(encodeHeader());
+  // Pre-copy frames, however many, are never cut.
+  for (let i = 0; i < 10; i++) await w.section(Sec.Ram, ramPayload());
+  await w.section(Sec.Postcopy, Buffer.alloc(0));
+  for (let i = 0; i < 7; i++) await w.section(Sec.Ram, ramPayload());
+  assert.equal(inj.injected, 0);
+  await w.section(Sec.Ram, ramPayload()).catch(() => {});
+  await closed;
+  assert.equal(inj.injected, 1);
+  const n = Buffer.concat(chunks).length;
+  const whole = 8 + 17 * frame + 13;
+  assert.ok(n >= whole && n < whole + frame, `${n} bytes: the 8th RAM frame must not get through whole`);
+  // The link is gone: the next write fails as a dropped connection does.
+  await assert.rejects(w.section(Sec.Ram, ramPayload()), /ECONNRESET/);
+});

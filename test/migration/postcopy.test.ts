@@ -27,7 +27,16 @@ async function migrate(
   o: { postcopyAfter?: number; kill?: "source" | "destination" } = {},
 ) {
   const inc = await listenIncoming({ port: 0, key: KEY });
-  const dest = new MigrationDestination({ wp, mode, idleTimeoutMs: 20_000 });
+  // Whether each vCPU's worker thread was up when postcopy-run reached the destination.
+  let startedBefore: boolean[] = [];
+  const dest = new MigrationDestination({
+    wp,
+    mode,
+    idleTimeoutMs: 20_000,
+    onStateChange: (to) => {
+      if (to === "postcopy-active") startedBefore = [0, 1].map((id) => (dest.guest?.vm.vcpuTid(id) ?? 0) > 0);
+    },
+  });
   let dsock: Socket | null = null;
   const dp = inc.accepted.then(({ sock, reader }) => {
     dsock = sock;
@@ -66,7 +75,7 @@ async function migrate(
       },
     }).migrate(sock, reader);
     const drep = await dp;
-    return { rep, drep };
+    return { rep, drep, startedBefore };
   } finally {
     await g.vm.stop();
     if (dest.guest) await dest.guest.vm.stop();
@@ -76,8 +85,10 @@ async function migrate(
 for (const wp of ["locked", "lockless"] as const)
   for (const mode of ["tdp", "shadow"] as const)
     test(`postcopy (${wp}, ${mode}): vCPUs block and ask, 0 mismatches, invariant holds`, async () => {
-      const { rep, drep } = await migrate(wp, mode, { postcopyAfter: mode === "tdp" ? 1 : 2 });
+      const { rep, drep, startedBefore } = await migrate(wp, mode, { postcopyAfter: mode === "tdp" ? 1 : 2 });
       assert.equal(rep.status, "completed", JSON.stringify(rep.error));
+      // The destination's workers were started (held) before the switch-over, not inside it.
+      assert.deepEqual(startedBefore, [true, true]);
       assert.equal(rep.mode, "postcopy");
       // The rounds asked for, plus the final sync at switch-over.
       assert.equal(rep.rounds.length, (mode === "tdp" ? 1 : 2) + 1);

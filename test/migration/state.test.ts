@@ -15,6 +15,22 @@ test("pre-copy, post-copy and cancel paths: each state entered in order, the lis
     ["setup", "active", "postcopy-active", "completed"],
     ["setup", "active", "cancelling", "cancelled"],
     ["setup", "active", "device", "failed"],
+    // Post-copy recovery: paused on a dropped link, a failed handshake, then resumed twice.
+    [
+      "setup",
+      "active",
+      "postcopy-active",
+      "postcopy-paused",
+      "postcopy-recover",
+      "postcopy-paused",
+      "postcopy-recover",
+      "postcopy-active",
+      "postcopy-paused",
+      "postcopy-recover",
+      "postcopy-active",
+      "completed",
+    ],
+    ["setup", "active", "postcopy-active", "postcopy-paused", "failed"],
   ];
   for (const path of paths) {
     const seen: string[] = [];
@@ -62,4 +78,9 @@ test("the outcome is refused before a final state; every state but the final one
     assert.equal(isLegalTransition(from, "failed"), !finals.includes(from), from);
   assert.equal(isLegalTransition("none", "active"), false);
   assert.equal(isLegalTransition("postcopy-active", "device"), false);
+  // Only post-copy pauses, and a paused migration resumes only through the recover handshake.
+  assert.equal(isLegalTransition("device", "postcopy-paused"), false);
+  assert.equal(isLegalTransition("active", "postcopy-paused"), false);
+  assert.equal(isLegalTransition("postcopy-paused", "postcopy-active"), false);
+  assert.equal(isLegalTransition("postcopy-paused", "completed"), false);
 });
