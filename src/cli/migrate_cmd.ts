@@ -103,6 +103,11 @@ export function formatReport(
         `${pc["postcopy-requests"]} page requests, blocktime ${pc["postcopy-blocktime"].toFixed(1)} ms ` +
         `(per vCPU ${pc["postcopy-vcpu-blocktime"].map((x) => x.toFixed(1)).join(", ")}; worst wait ${Math.max(0, ...pc["postcopy-vcpu-blocktime-max"]).toFixed(1)} ms)`,
     );
+  const dl = r.dirtyLimit;
+  if (dl)
+    out.push(
+      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "not triggered (the link kept up)"}`,
+    );
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
   return out.join("\n");
@@ -154,6 +159,16 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     postcopyAfter: parseIntIn("--postcopy-after", String(a["postcopyAfter"]), 1, 1000),
     warmupMs: parseIntIn("--warmup", String(a["warmup"]), 0, 600_000),
   };
+  if (a["dirtyRingSize"] !== undefined) {
+    if (logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+    o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
+  }
+  if (a["dirtyLimit"] !== undefined) {
+    if (logMode !== "dirty-ring") throw einval("--dirty-limit", "needs --log-mode dirty-ring");
+    if (o.autoConverge) throw einval("--dirty-limit", "not with --auto-converge (one throttle at a time)");
+    o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
+    o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
+  }
   return { o, local, to, key, security };
 }
 
@@ -174,6 +189,9 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       downtimeLimitMs: o.downtimeLimitMs,
       maxBandwidth: o.maxBandwidth,
       autoConverge: o.autoConverge,
+      dirtyRingSize: o.dirtyRingSize,
+      dirtyLimit: o.dirtyLimit,
+      dirtyLimitPeriodMs: o.dirtyLimitPeriodMs,
       minRounds: o.minRounds,
       maxTimeMs: o.maxTimeMs,
       log: o.logMode,
@@ -206,6 +224,20 @@ export function registerMigrate(program: Command): void {
     .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "0")
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, "dirty-log")
+    .option(
+      "--dirty-ring-size <entries>",
+      "entries per vCPU ring with --log-mode dirty-ring (a power of two; default 4096)",
+    )
+    .option(
+      "--dirty-limit <MB/s>",
+      "QEMU's dirty-limit: once the guest dirties faster than the link sends, hold each vCPU to this many MB/s " +
+        "(it sleeps in its ring-full exits); needs --log-mode dirty-ring",
+    )
+    .option(
+      "--dirty-limit-period <ms>",
+      "dirty-limit: ms between two measurements of each vCPU's rate",
+      "1000",
+    )
     .option("--wp <wp>", `design: ${designNames().join(", ")}`, "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
     .option("-v, --vcpus <n>", "vCPUs", "1")

@@ -160,6 +160,8 @@ export function pageHashInto(bytes: Uint8Array, out: Buffer, p: number): void {
 export async function runAndCheck(
   g: GuestVm,
   timeoutMs = 20_000,
+  /** Called at each poll: the dirty ring's reap, so that a vCPU with a full ring goes on. */
+  onPoll?: () => void,
 ): Promise<{ ok: boolean; before: number[]; after: number[]; problems: string[] }> {
   const before = guestCounts(g);
   const end = Date.now() + timeoutMs;
@@ -175,6 +177,7 @@ export async function runAndCheck(
       break;
     }
     await new Promise((r) => setTimeout(r, 5));
+    onPoll?.();
   }
   Atomics.notify(g.ctl, 1);
   await g.vm.pause();

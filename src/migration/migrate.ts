@@ -5,11 +5,13 @@
  * migrateLocal() (local.ts) puts the two together.
  */
 import { einval } from "../errors.js";
+import { KVM_DIRTY_RING_MAX_ENTRIES, KVM_DIRTY_RING_MIN_ENTRIES } from "../kvm_host.js";
 import type { MmuModeName } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "./guest_vm.js";
-import { LogMode, logStrategy } from "./log_sync.js";
+import { DirtyRingLog, LogMode, logStrategy } from "./log_sync.js";
+import { checkDirtyLimit } from "./dirtylimit.js";
 import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
 import { checkSecurity, MigrationSecurity } from "./tls.js";
@@ -25,6 +27,8 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log"> {
   memoryBytes?: number;
   vcpus?: number;
   logMode?: LogMode;
+  /** Entries per vCPU ring in dirty-ring mode (QEMU's dirty-ring-size; default 4096). */
+  dirtyRingSize?: number;
   /** The guest runs this long before the migration starts (default 200 ms). */
   warmupMs?: number;
 }
@@ -64,6 +68,26 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
   const w = o.warmupMs ?? 0;
   if (!Number.isSafeInteger(w) || w < 0) throw einval("warmupMs", "must be an integer >= 0");
   layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
+  if (o.dirtyRingSize !== undefined) {
+    const n = o.dirtyRingSize;
+    if (
+      !Number.isSafeInteger(n) ||
+      n < KVM_DIRTY_RING_MIN_ENTRIES ||
+      n > KVM_DIRTY_RING_MAX_ENTRIES ||
+      (n & (n - 1)) !== 0
+    )
+      throw einval(
+        "dirtyRingSize",
+        `must be a power of two ${KVM_DIRTY_RING_MIN_ENTRIES}..${KVM_DIRTY_RING_MAX_ENTRIES}, got ${String(n)}`,
+      );
+    if (o.logMode !== "dirty-ring") throw einval("dirtyRingSize", `needs logMode "dirty-ring"`);
+  }
+  if (o.dirtyLimit !== undefined || o.dirtyLimitPeriodMs !== undefined) {
+    checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
+    if (o.logMode !== "dirty-ring")
+      throw einval("dirtyLimit", `needs logMode "dirty-ring" (got ${String(o.logMode ?? "dirty-log")})`);
+    if (o.autoConverge) throw einval("dirtyLimit", "not with autoConverge (one throttle at a time)");
+  }
 }
 
 /**
@@ -76,7 +100,7 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   checkSecurity(o.security);
   const wp = o.wp ?? GUEST_DEFAULTS.wp;
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
-  const log = logStrategy(o.logMode ?? "dirty-log");
+  const log = logStrategy(o.logMode ?? "dirty-log", { ringEntries: o.dirtyRingSize });
   const layout = layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
   const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
   let report: MigrationReport;
@@ -89,7 +113,12 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
     // After "go" (or postcopy-run) the guest is the destination's, or lost: never run it here.
     if (report.status !== "completed" && !report.switchedOver) {
       // Nothing lost: the guest runs on here, every page advancing, invariant intact.
-      const chk = await runAndCheck(g);
+      // The dirty ring still logs: reap it as the guest runs, or its vCPUs block once it fills.
+      const chk = await runAndCheck(
+        g,
+        20_000,
+        log instanceof DirtyRingLog ? () => void log.reap(g) : undefined,
+      );
       report.verify.guestInvariant = chk.ok;
       report.verify.problems = chk.problems;
     }
