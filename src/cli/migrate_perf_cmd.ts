@@ -10,6 +10,7 @@ import {
   migratePerf,
   MIGRATE_PERF_DEFAULTS,
   MigratePerfOptions,
+  THROTTLES,
 } from "../bench/migrate_perf.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { LOG_MODES } from "../migration/log_sync.js";
@@ -46,6 +47,17 @@ export function registerMigratePerf(program: Command): void {
     .option("--downtime-limit <ms>", "longest the guest may stop at switch-over", String(d.downtimeLimitMs))
     .option("--min-rounds <n>", "pre-copy rounds before switch-over may happen", String(d.minRounds))
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
+    .option(
+      "--throttle <list>",
+      `compare throttles instead of designs, alternated: ${THROTTLES.join(", ")} (a comma list; --wp then names one design; dirty-limit needs --log-mode dirty-ring)`,
+    )
+    .option(
+      "--dirty-limit <MB/s>",
+      "with --throttle dirty-limit: the quota per vCPU (QEMU's vcpu-dirty-limit)",
+      "1",
+    )
+    .option("--dirty-limit-period <ms>", "with --throttle dirty-limit: ms between two measurements", "1000")
+    .option("--dirty-ring-size <entries>", "with --log-mode dirty-ring: entries per vCPU ring (default 4096)")
     .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
     .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
     .option("--json", "print one JSON object on stdout", false)
@@ -72,6 +84,22 @@ export function registerMigratePerf(program: Command): void {
         wp: parseDesignList("--wp", String(a["wp"])),
         baseline: baselineArg(a["baseline"]),
       };
+      if (a["throttle"] !== undefined) {
+        o.throttle = parseList("--throttle", String(a["throttle"]), THROTTLES);
+        // --wp's default is a pair of designs: with --throttle, migrate's default design.
+        if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
+        if (o.wp!.length !== 1) throw einval("--wp", "with --throttle: one design");
+        if (o.autoConverge)
+          throw einval("--auto-converge", "with --throttle: list auto-converge there instead");
+        if (o.throttle.includes("dirty-limit") && o.logMode !== "dirty-ring")
+          throw einval("--throttle", "dirty-limit needs --log-mode dirty-ring");
+        o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
+        o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
+      }
+      if (a["dirtyRingSize"] !== undefined) {
+        if (o.logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+        o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
+      }
       const r = await migratePerf(o, (run, k, of) =>
         progress(
           `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
