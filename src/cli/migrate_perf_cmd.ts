@@ -24,10 +24,45 @@ function baselineArg(v: unknown): string {
   return l[0];
 }
 
+/** --throttle and the dirty ring's flags into `o`; usage errors are EINVAL naming the flag. */
+function throttleArgs(a: Record<string, string | boolean | undefined>, o: MigratePerfOptions): void {
+  if (a["throttle"] !== undefined) {
+    o.throttle = parseList("--throttle", String(a["throttle"]), THROTTLES);
+    // --wp's default is a pair of designs: with --throttle, migrate's default design.
+    if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
+    if (o.wp!.length !== 1) throw einval("--wp", "with --throttle: one design");
+    if (o.autoConverge) throw einval("--auto-converge", "with --throttle: list auto-converge there instead");
+    if (o.throttle.includes("dirty-limit") && o.logMode !== "dirty-ring")
+      throw einval("--throttle", "dirty-limit needs --log-mode dirty-ring");
+    o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
+    o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
+  }
+  if (a["dirtyRingSize"] !== undefined) {
+    if (o.logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+    o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
+  }
+}
+
+const THROTTLE_HELP = `compare throttles instead of designs, alternated: ${THROTTLES.join(", ")} (a comma list; --wp then names one design; dirty-limit needs --log-mode dirty-ring)`;
+
+/** --throttle's companions. */
+function throttleOptions(c: Command): Command {
+  return c
+    .option(
+      "--dirty-limit <MB/s>",
+      "with --throttle dirty-limit: the quota per vCPU (QEMU's vcpu-dirty-limit)",
+      "1",
+    )
+    .option("--dirty-limit-period <ms>", "with --throttle dirty-limit: ms between two measurements", "1000")
+    .option(
+      "--dirty-ring-size <entries>",
+      "with --log-mode dirty-ring: entries per vCPU ring (default 4096)",
+    );
+}
+
 export function registerMigratePerf(program: Command): void {
   const d = MIGRATE_PERF_DEFAULTS;
-  program
-    .command("migrate-perf")
+  throttleOptions(program.command("migrate-perf"))
     .description(
       "the same live migration with each design (default locked and lockless), alternated, with bootstrap CIs",
     )
@@ -47,17 +82,7 @@ export function registerMigratePerf(program: Command): void {
     .option("--downtime-limit <ms>", "longest the guest may stop at switch-over", String(d.downtimeLimitMs))
     .option("--min-rounds <n>", "pre-copy rounds before switch-over may happen", String(d.minRounds))
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
-    .option(
-      "--throttle <list>",
-      `compare throttles instead of designs, alternated: ${THROTTLES.join(", ")} (a comma list; --wp then names one design; dirty-limit needs --log-mode dirty-ring)`,
-    )
-    .option(
-      "--dirty-limit <MB/s>",
-      "with --throttle dirty-limit: the quota per vCPU (QEMU's vcpu-dirty-limit)",
-      "1",
-    )
-    .option("--dirty-limit-period <ms>", "with --throttle dirty-limit: ms between two measurements", "1000")
-    .option("--dirty-ring-size <entries>", "with --log-mode dirty-ring: entries per vCPU ring (default 4096)")
+    .option("--throttle <list>", THROTTLE_HELP)
     .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
     .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
     .option("--json", "print one JSON object on stdout", false)
@@ -84,22 +109,7 @@ export function registerMigratePerf(program: Command): void {
         wp: parseDesignList("--wp", String(a["wp"])),
         baseline: baselineArg(a["baseline"]),
       };
-      if (a["throttle"] !== undefined) {
-        o.throttle = parseList("--throttle", String(a["throttle"]), THROTTLES);
-        // --wp's default is a pair of designs: with --throttle, migrate's default design.
-        if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
-        if (o.wp!.length !== 1) throw einval("--wp", "with --throttle: one design");
-        if (o.autoConverge)
-          throw einval("--auto-converge", "with --throttle: list auto-converge there instead");
-        if (o.throttle.includes("dirty-limit") && o.logMode !== "dirty-ring")
-          throw einval("--throttle", "dirty-limit needs --log-mode dirty-ring");
-        o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
-        o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
-      }
-      if (a["dirtyRingSize"] !== undefined) {
-        if (o.logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
-        o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
-      }
+      throttleArgs(a, o);
       const r = await migratePerf(o, (run, k, of) =>
         progress(
           `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
