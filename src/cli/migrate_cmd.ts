@@ -106,7 +106,7 @@ export function formatReport(
   const dl = r.dirtyLimit;
   if (dl)
     out.push(
-      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "not triggered (the link kept up)"}`,
+      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "never triggered (the guest did not outpace the link twice in a row)"}`,
     );
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
