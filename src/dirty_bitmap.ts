@@ -110,12 +110,14 @@ const DEFAULT_SCRATCH_ENTRIES = 1024;
  * of the slot); returns the entries harvested. No object per entry. The entries are marked
  * RESET but their pages stay writable: call vm.resetDirtyRings() before reading those pages.
  * A caller that harvests often passes its own scratch, sized as the ring (one call per vCPU).
+ * `perVcpu`, when given, gains each vCPU's entries at its id (QEMU's cpu->dirty_pages).
  */
 export function harvestDirtyRingsInto(
   vm: Vm,
   slot: number,
   out: Uint32Array,
   scratch: DirtyGfnArrays = dirtyGfnArrays(DEFAULT_SCRATCH_ENTRIES),
+  perVcpu?: Float64Array,
 ): number {
   const { slots, offsets } = scratch;
   let n = 0;
@@ -124,6 +126,7 @@ export function harvestDirtyRingsInto(
     do {
       got = vm.harvestDirtyRingInto(id, slots, offsets);
       n += got;
+      if (perVcpu) perVcpu[id] += got;
       for (let k = 0; k < got; k++) {
         const off = offsets[k];
         if (slots[k] === slot) out[off >>> 5] |= 1 << (off & 31);

@@ -49,11 +49,27 @@ export { MigrationSource } from "./migration/precopy.js";
 export type { SourceOptions } from "./migration/precopy.js";
 export { MigrationDestination } from "./migration/destination.js";
 export type { DestinationOptions } from "./migration/destination.js";
-export { logStrategy, LOG_MODES } from "./migration/log_sync.js";
+export { logStrategy, LOG_MODES, DirtyRingLog, dirtyRingReap } from "./migration/log_sync.js";
+export { calcDirtyRate, guestDirtyRate, DIRTY_RATE_MODES } from "./migration/dirtyrate.js";
+export type {
+  DirtyRateMode,
+  DirtyRateOptions,
+  DirtyRateResult,
+  DirtyRateVcpu,
+  GuestDirtyRateOptions,
+} from "./migration/dirtyrate.js";
+export { DirtyLimit, dirtylimit_set_throttle } from "./migration/dirtylimit.js";
+export type { DirtyLimitOptions } from "./migration/dirtylimit.js";
 export type { DirtyLogStrategy, LogMode } from "./migration/log_sync.js";
 export { FAULTS, FaultInjector } from "./migration/fault.js";
 export type { FaultKind } from "./migration/fault.js";
-export type { DestinationReport, MigrationReport, RoundRecord, SwitchoverTimes } from "./migration/report.js";
+export type {
+  DestinationReport,
+  DirtyLimitReport,
+  MigrationReport,
+  RoundRecord,
+  SwitchoverTimes,
+} from "./migration/report.js";
 export { MigrationState, MigrationStateError, MIGRATION_STATUSES } from "./migration/state.js";
 export type { MigrationOutcome, MigrationStatus } from "./migration/state.js";
 export { RateLimiter, BUFFER_DELAY_MS } from "./migration/rate_limit.js";

@@ -317,6 +317,7 @@ export const RING_HDR = defineBlock(
       doc: "the next entry userspace harvests",
     },
     full_exits: { by: "atomic add by its vCPU", doc: "this vCPU's KVM_EXIT_DIRTY_RING_FULL exits" },
+    throttle_us: { by: "the owner (atomic store, dirty-limit)", doc: "us slept per ring-full exit" },
   },
   { words: 8 },
 );

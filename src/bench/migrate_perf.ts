@@ -45,6 +45,38 @@ export interface MigratePerfOptions {
   loopbackBytes?: number;
   /** The stream's protection (default TLS-PSK); "none": migrate's --insecure-plaintext. */
   tls?: "psk" | "none";
+  /**
+   * Compare throttles instead of designs (one design in `wp`): each run alternates these, the
+   * first is the baseline. All run over the dirty ring with its ring-full reaper when the log is
+   * the dirty ring, so they differ only in how they slow the guest.
+   */
+  throttle?: ThrottleName[];
+  /** dirty-limit's quota per vCPU (MB/s, QEMU's vcpu-dirty-limit; default 1) and period (ms). */
+  dirtyLimit?: number;
+  dirtyLimitPeriodMs?: number;
+  /** Entries per vCPU ring with the dirty-ring log (default 4096). */
+  dirtyRingSize?: number;
+}
+
+/** What `throttle` compares: none, QEMU's auto-converge, QEMU's dirty-limit. */
+export const THROTTLES = ["none", "auto-converge", "dirty-limit"] as const;
+export type ThrottleName = (typeof THROTTLES)[number];
+
+/** One arm of the comparison: a design, or a throttle with the one design. */
+interface Variant {
+  name: string;
+  wp: DesignName;
+  throttle?: ThrottleName;
+}
+
+function variantsOf(o: MigratePerfOptions): Variant[] {
+  if (o.throttle) return o.throttle.map((t) => ({ name: t, wp: designsOf(o)[0], throttle: t }));
+  return designsOf(o).map((d) => ({ name: d, wp: d }));
+}
+
+/** The arm the ratios divide by: the baseline design, or the first throttle. */
+function baselineVariant(o: MigratePerfOptions): string {
+  return o.throttle ? o.throttle[0] : baselineOf(o);
 }
 
 /**
@@ -71,13 +103,17 @@ export const MIGRATE_PERF_DEFAULTS: MigratePerfOptions = {
 
 /** One migration, as measured. */
 export interface MigrateRun {
-  /** Order in which the runs were made, from 1 (the designs alternate). */
+  /** Order in which the runs were made, from 1 (the designs, or throttles, alternate). */
   seq: number;
   wp: DesignName;
+  /** With --throttle: the throttle of this run. */
+  throttle?: ThrottleName;
   warmup: boolean;
   status: string;
   exitCode: number;
   totalTimeMs: number;
+  /** Start to the stop of the guest for switch-over: the convergence time. */
+  convergeMs: number;
   downtimeMs: number;
   expectedDowntimeMs: number;
   verifyMs: number;
@@ -95,6 +131,7 @@ export interface MigrateRun {
 
 export const MIGRATE_METRICS = [
   "totalTimeMs",
+  "convergeMs",
   "downtimeMs",
   "rounds",
   "transferredBytes",
@@ -151,13 +188,30 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   if (designs.length === 0) throw einval("wp", "empty list");
   for (const d of designs) designInfo(d);
   if (new Set(designs).size !== designs.length) throw einval("wp", "a design is listed twice");
-  if (!designs.includes(baselineOf(o)))
+  if (!designs.includes(baselineOf(o)) && !o.throttle)
     throw einval("baseline", `"${baselineOf(o)}" is not one of the designs run (${designs.join(", ")})`);
   if (o.tls !== undefined && o.tls !== "psk" && o.tls !== "none")
     throw einval("tls", `must be "psk" or "none", got ${String(o.tls)}`);
   const lb = o.loopbackBytes ?? LOOPBACK_BYTES;
   if (!Number.isSafeInteger(lb) || lb < 1 << 20) throw einval("loopbackBytes", "must be an integer >= 1 MiB");
   layoutFor(o.memoryBytes, o.vcpus, { workingSetBytes: o.workingSetBytes, dirtyRateBytes: o.dirtyRateBytes });
+  checkThrottles(o);
+}
+
+function checkThrottles(o: MigratePerfOptions): void {
+  const t = o.throttle;
+  if (t === undefined) return;
+  if (!Array.isArray(t) || t.length === 0) throw einval("throttle", "empty list");
+  for (const x of t)
+    if (!(THROTTLES as readonly string[]).includes(x))
+      throw einval("throttle", `"${String(x)}" is not one of ${THROTTLES.join(", ")}`);
+  if (new Set(t).size !== t.length) throw einval("throttle", "a throttle is listed twice");
+  if (designsOf(o).length !== 1) throw einval("wp", "with throttle: one design");
+  if (o.autoConverge) throw einval("autoConverge", "with throttle: list auto-converge there instead");
+  if (t.includes("dirty-limit") && o.logMode !== "dirty-ring")
+    throw einval("throttle", "dirty-limit needs logMode dirty-ring");
+  const q = o.dirtyLimit ?? 1;
+  if (!Number.isSafeInteger(q) || q < 1) throw einval("dirtyLimit", "must be an integer >= 1 (MB/s)");
 }
 
 export const LOOPBACK_BYTES = 256 << 20;
@@ -173,10 +227,11 @@ export function baselineOf(o: MigratePerfOptions): DesignName {
 /** One migrateLocal() in fresh processes; the exit code is the CLI's (0: completed and verified). */
 async function migrateOnce(
   o: MigratePerfOptions,
-  wp: DesignName,
+  v: Variant,
 ): Promise<MigrationResult & { exitCode: number }> {
+  const ring = o.logMode === "dirty-ring";
   const { source: r } = await migrateLocalForked({
-    wp,
+    wp: v.wp,
     mode: o.mode,
     logMode: o.logMode as LogMode,
     memoryBytes: o.memoryBytes,
@@ -186,10 +241,16 @@ async function migrateOnce(
     minRounds: o.minRounds,
     maxTimeMs: o.timeoutMs,
     warmupMs: o.warmupMs,
-    autoConverge: o.autoConverge,
+    autoConverge: v.throttle ? v.throttle === "auto-converge" : o.autoConverge,
     workingSetBytes: o.workingSetBytes,
     dirtyRateBytes: o.dirtyRateBytes,
     security: { tls: o.tls ?? "psk" },
+    ...(v.throttle === "dirty-limit"
+      ? { dirtyLimit: o.dirtyLimit ?? 1, dirtyLimitPeriodMs: o.dirtyLimitPeriodMs }
+      : {}),
+    // Throttles compared over the ring: each reaps a full ring at once, as QEMU does.
+    ...(v.throttle && ring ? { dirtyRingReaper: true } : {}),
+    ...(ring && o.dirtyRingSize !== undefined ? { dirtyRingSize: o.dirtyRingSize } : {}),
   });
   const ok = r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true;
   return { ...r, exitCode: ok ? 0 : 1 };
@@ -197,17 +258,21 @@ async function migrateOnce(
 
 function toRun(
   seq: number,
-  wp: DesignName,
+  v: Variant,
   warmup: boolean,
   r: MigrationResult & { exitCode: number },
 ): MigrateRun {
+  const last = r.rounds[r.rounds.length - 1];
   const run: MigrateRun = {
     seq,
-    wp,
+    wp: v.wp,
+    ...(v.throttle ? { throttle: v.throttle } : {}),
     warmup,
     status: r.status,
     exitCode: r.exitCode,
     totalTimeMs: r.totalTimeMs,
+    // The last record is the sync made with the vCPUs stopped: its time is the stop's.
+    convergeMs: r.status === "completed" && last ? last["time-ms"] : r.totalTimeMs,
     downtimeMs: r.downtimeMs,
     expectedDowntimeMs: r.expectedDowntimeMs ?? 0,
     verifyMs: r.verifyMs ?? 0,
@@ -227,6 +292,7 @@ function toRun(
 /** Per metric: what a ratio below 1 and above 1 says of the design divided. */
 const VERDICTS: Record<MigrateMetric, [string, string]> = {
   totalTimeMs: ["faster", "slower"],
+  convergeMs: ["faster", "slower"],
   downtimeMs: ["shorter", "longer"],
   rounds: ["fewer", "more"],
   transferredBytes: ["fewer", "more"],
@@ -246,7 +312,7 @@ function designStats(runs: MigrateRun[]): MigratePerfDesign {
 /** `a`'s runs over `b`'s, per metric, over the measured pairs both verified; null: no pair. */
 function ratioOf(
   o: MigratePerfOptions,
-  a: DesignName,
+  a: string,
   runsA: MigrateRun[],
   runsB: MigrateRun[],
 ): MigrateRatio | null {
@@ -272,36 +338,37 @@ export async function migratePerf(
   onRun?: (r: MigrateRun, index: number, of: number) => void,
 ): Promise<MigratePerfResult> {
   checkMigratePerfOptions(o);
-  const designs = designsOf(o);
-  const baseline = baselineOf(o);
+  const variants = variantsOf(o);
+  const names = variants.map((v) => v.name);
+  const baseline = baselineVariant(o);
   const t0 = performance.now();
   const loopback = [await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES)];
-  const runs: Record<DesignName, MigrateRun[]> = Object.fromEntries(designs.map((d) => [d, []]));
-  const total = (o.warmup + o.runs) * designs.length;
+  const runs: Record<string, MigrateRun[]> = Object.fromEntries(names.map((d) => [d, []]));
+  const total = (o.warmup + o.runs) * variants.length;
   let k = 0;
   for (let i = 0; i < o.warmup + o.runs; i++)
-    for (const wp of designs) {
-      const r = toRun(++k, wp, i < o.warmup, await migrateOnce(o, wp));
-      runs[wp].push(r);
+    for (const v of variants) {
+      const r = toRun(++k, v, i < o.warmup, await migrateOnce(o, v));
+      runs[v.name].push(r);
       onRun?.(r, k, total);
     }
   loopback.push(await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES));
   const loopbackBytesPerSec = median(loopback.map((x) => x.bytesPerSec));
-  const bulkVsLoopback: Record<DesignName, Summary | null> = {};
-  for (const d of designs) {
+  const bulkVsLoopback: Record<string, Summary | null> = {};
+  for (const d of names) {
     const ok = runs[d].filter((r) => !r.warmup && r.verified);
     bulkVsLoopback[d] =
       ok.length > 0 ? summarize(ok.map((r) => r.bulkBytesPerSec / loopbackBytesPerSec)) : null;
   }
   let pairs = 0;
-  for (let i = o.warmup; i < o.warmup + o.runs; i++) if (designs.every((d) => runs[d][i].verified)) pairs++;
+  for (let i = o.warmup; i < o.warmup + o.runs; i++) if (names.every((d) => runs[d][i].verified)) pairs++;
   const ratios: Record<string, MigrateRatio | null> = {};
-  for (const d of designs)
+  for (const d of names)
     if (d !== baseline) ratios[`${d}/${baseline}`] = ratioOf(o, d, runs[d], runs[baseline]);
   const both = "locked" in runs && "lockless" in runs;
   return {
     options: o,
-    results: Object.fromEntries(designs.map((d) => [d, designStats(runs[d])])),
+    results: Object.fromEntries(names.map((d) => [d, designStats(runs[d])])),
     ratio: both ? ratioOf(o, "lockless", runs["lockless"], runs["locked"]) : null,
     ratios,
     pairs,
@@ -314,6 +381,7 @@ export async function migratePerf(
 
 const LABELS: Record<MigrateMetric, [string, (x: number) => string]> = {
   totalTimeMs: ["total time", (x) => `${x.toFixed(0)} ms`],
+  convergeMs: ["convergence", (x) => `${x.toFixed(0)} ms`],
   downtimeMs: ["downtime", (x) => `${x.toFixed(1)} ms`],
   rounds: ["rounds", (x) => x.toFixed(1)],
   transferredBytes: ["transferred", (x) => `${(x / 2 ** 20).toFixed(1)} MiB`],
@@ -325,11 +393,11 @@ const LABELS: Record<MigrateMetric, [string, (x: number) => string]> = {
 /** The human table: per metric, each design's median [CI], and each ratio with its verdict. */
 export function formatMigratePerf(r: MigratePerfResult): string {
   const o = r.options;
-  const designs = designsOf(o);
+  const designs = variantsOf(o).map((v) => v.name);
   const keys = Object.keys(r.ratios);
   const out = [
-    `migrate-perf: ${o.runs} runs per design (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
-    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}`,
+    `migrate-perf: ${o.runs} runs per ${o.throttle ? "throttle" : "design"} (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
+    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}${o.throttle ? `, design ${designsOf(o)[0]}, dirty-limit ${o.dirtyLimit ?? 1} MB/s per vCPU` : ""}`,
     `  completed and verified: ${designs.map((d) => `${d} ${r.results[d].completed}/${o.runs}`).join(", ")}; pairs ${r.pairs}`,
     "",
     `  ${"metric".padEnd(17)} ${designs.map((d) => `${d} median [95% CI]`.padEnd(34)).join(" ")} ${keys.join("  ")}`,
@@ -358,7 +426,9 @@ export function formatMigratePerf(r: MigratePerfResult): string {
   );
   const failed = designs.flatMap((d) => r.results[d].runs).filter((x) => !x.verified);
   for (const x of failed.slice(0, 6))
-    out.push(`  ${x.wp}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`);
+    out.push(
+      `  ${x.throttle ?? x.wp}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`,
+    );
   out.push(`  ${(r.elapsedMs / 1000).toFixed(1)} s in all`);
   return out.join("\n");
 }

@@ -19,6 +19,7 @@ import { registerStress } from "./stress_cmd.js";
 import { registerKernbench } from "./kernbench_cmd.js";
 import { registerMigrate } from "./migrate_cmd.js";
 import { registerMigratePerf } from "./migrate_perf_cmd.js";
+import { registerDirtyRate } from "./dirty_rate_cmd.js";
 import { registerResults } from "./results_cmd.js";
 import { registerConformance } from "./conformance_cmd.js";
 import { registerKernelDesign } from "../kernel/register.js";
@@ -75,6 +76,7 @@ registerStress(program);
 registerKernbench(program);
 registerMigrate(program);
 registerMigratePerf(program);
+registerDirtyRate(program);
 registerResults(program);
 registerConformance(program);
 // The real kernel joins the designs only where /dev/kvm opens (elsewhere: the models alone).

@@ -106,6 +106,11 @@ export function formatReport(
           ? `; link dropped and recovered ${pc.recoveries}x (paused ${pc.pausedMs.toFixed(0)} ms, ${pc.resentPages} pages sent again)`
           : ""),
     );
+  const dl = r.dirtyLimit;
+  if (dl)
+    out.push(
+      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "never triggered (the guest did not outpace the link twice in a row)"}`,
+    );
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
   return out.join("\n");
@@ -180,6 +185,16 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
     faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
   };
+  if (a["dirtyRingSize"] !== undefined) {
+    if (logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+    o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
+  }
+  if (a["dirtyLimit"] !== undefined) {
+    if (logMode !== "dirty-ring") throw einval("--dirty-limit", "needs --log-mode dirty-ring");
+    if (o.autoConverge) throw einval("--dirty-limit", "not with --auto-converge (one throttle at a time)");
+    o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
+    o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
+  }
   const resumeTo = a["resumeTo"] === undefined ? undefined : hostPort("--resume-to", String(a["resumeTo"]));
   return { o, local, to, key, security, resumeTo };
 }
@@ -201,6 +216,9 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       downtimeLimitMs: o.downtimeLimitMs,
       maxBandwidth: o.maxBandwidth,
       autoConverge: o.autoConverge,
+      dirtyRingSize: o.dirtyRingSize,
+      dirtyLimit: o.dirtyLimit,
+      dirtyLimitPeriodMs: o.dirtyLimitPeriodMs,
       minRounds: o.minRounds,
       maxTimeMs: o.maxTimeMs,
       log: o.logMode,
@@ -236,6 +254,20 @@ export function registerMigrate(program: Command): void {
     .option("--max-bandwidth <size>", "bytes per second (suffix k/m/g); 0: unlimited", "0")
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--log-mode <mode>", `dirty page collection: ${LOG_MODES.join(", ")}`, "dirty-log")
+    .option(
+      "--dirty-ring-size <entries>",
+      "entries per vCPU ring with --log-mode dirty-ring (a power of two; default 4096)",
+    )
+    .option(
+      "--dirty-limit <MB/s>",
+      "QEMU's dirty-limit: once the guest dirties faster than the link sends, hold each vCPU to this many MB/s " +
+        "(it sleeps in its ring-full exits); needs --log-mode dirty-ring",
+    )
+    .option(
+      "--dirty-limit-period <ms>",
+      "dirty-limit: ms between two measurements of each vCPU's rate",
+      "1000",
+    )
     .option("--wp <wp>", `design: ${designNames().join(", ")}`, "lockless")
     .option("-b, --memory <size>", "guest memory (suffix k/m/g)", "32M")
     .option("-v, --vcpus <n>", "vCPUs", "1")

@@ -10,6 +10,7 @@ import {
   migratePerf,
   MIGRATE_PERF_DEFAULTS,
   MigratePerfOptions,
+  THROTTLES,
 } from "../bench/migrate_perf.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { LOG_MODES } from "../migration/log_sync.js";
@@ -59,13 +60,49 @@ function perfOptions(a: Record<string, string | boolean | undefined>): MigratePe
     o.dirtyRateBytes = parseNumberIn("--dirty-rate", String(a["dirtyRate"]), 0.01, 1e6) * 2 ** 20;
   if (o.loopbackBytes! < 1 << 20) throw einval("--loopback", "must be at least 1M");
   if (a["insecurePlaintext"] === true) o.tls = "none";
+  throttleArgs(a, o);
   return o;
+}
+
+/** --throttle and the dirty ring's flags into `o`; usage errors are EINVAL naming the flag. */
+function throttleArgs(a: Record<string, string | boolean | undefined>, o: MigratePerfOptions): void {
+  if (a["throttle"] !== undefined) {
+    o.throttle = parseList("--throttle", String(a["throttle"]), THROTTLES);
+    // --wp's default is a pair of designs: with --throttle, migrate's default design.
+    if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
+    if (o.wp!.length !== 1) throw einval("--wp", "with --throttle: one design");
+    if (o.autoConverge) throw einval("--auto-converge", "with --throttle: list auto-converge there instead");
+    if (o.throttle.includes("dirty-limit") && o.logMode !== "dirty-ring")
+      throw einval("--throttle", "dirty-limit needs --log-mode dirty-ring");
+    o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
+    o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
+  }
+  if (a["dirtyRingSize"] !== undefined) {
+    if (o.logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+    o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
+  }
+}
+
+const THROTTLE_HELP = `compare throttles instead of designs, alternated: ${THROTTLES.join(", ")} (a comma list; --wp then names one design; dirty-limit needs --log-mode dirty-ring)`;
+
+/** --throttle's companions. */
+function throttleOptions(c: Command): Command {
+  return c
+    .option(
+      "--dirty-limit <MB/s>",
+      "with --throttle dirty-limit: the quota per vCPU (QEMU's vcpu-dirty-limit)",
+      "1",
+    )
+    .option("--dirty-limit-period <ms>", "with --throttle dirty-limit: ms between two measurements", "1000")
+    .option(
+      "--dirty-ring-size <entries>",
+      "with --log-mode dirty-ring: entries per vCPU ring (default 4096)",
+    );
 }
 
 export function registerMigratePerf(program: Command): void {
   const d = MIGRATE_PERF_DEFAULTS;
-  program
-    .command("migrate-perf")
+  throttleOptions(program.command("migrate-perf"))
     .description(
       "the same live migration with each design (default locked and lockless), alternated, with bootstrap CIs",
     )
@@ -85,6 +122,7 @@ export function registerMigratePerf(program: Command): void {
     .option("--downtime-limit <ms>", "longest the guest may stop at switch-over", String(d.downtimeLimitMs))
     .option("--min-rounds <n>", "pre-copy rounds before switch-over may happen", String(d.minRounds))
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
+    .option("--throttle <list>", THROTTLE_HELP)
     .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
     .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
     .option(

@@ -108,6 +108,14 @@ export function kvm_dirty_ring_wait(kvm: Kvm, v: number): boolean {
   return true;
 }
 
+/**
+ * The sleep userspace asked for after each ring-full exit of vCPU v, in us (QEMU's
+ * cpu->throttle_us_per_full, set by dirty-limit; 0: none).
+ */
+export function kvm_dirty_ring_throttle_us(kvm: Kvm, v: number): number {
+  return aload(kvm.dirtyRing, ring_base(kvm, v) + RING_HDR.throttle_us);
+}
+
 /** Counts a KVM_EXIT_DIRTY_RING_FULL of vCPU v and wakes whoever waits for one. */
 export function kvm_dirty_ring_full_exit(kvm: Kvm, v: number): void {
   aadd(kvm.dirtyRing, ring_base(kvm, v) + RING_HDR.full_exits, 1);

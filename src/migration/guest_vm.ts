@@ -232,6 +232,8 @@ export async function waitFilled(g: GuestVm, timeoutMs = 60_000): Promise<void> 
 export async function runAndCheck(
   g: GuestVm,
   timeoutMs = 20_000,
+  /** Called at each poll: the dirty ring's reap, so that a vCPU with a full ring goes on. */
+  onPoll?: () => void,
 ): Promise<{ ok: boolean; before: number[]; after: number[]; problems: string[] }> {
   const before = guestCounts(g);
   const end = Date.now() + timeoutMs;
@@ -247,6 +249,7 @@ export async function runAndCheck(
       break;
     }
     await new Promise((r) => setTimeout(r, 5));
+    onPoll?.();
   }
   Atomics.notify(g.ctl, 1);
   await g.vm.pause();

@@ -4,7 +4,7 @@
  */
 import { KVM_DIRTY_LOG_INITIALLY_SET, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, PAGE_SIZE } from "../kvm_host.js";
 import type { Vm } from "../vm.js";
-import { dirtyGfnArrays, harvestDirtyRingsInto } from "../dirty_bitmap.js";
+import { dirtyGfnArrays, DirtyGfnArrays, harvestDirtyRingsInto } from "../dirty_bitmap.js";
 import type { GuestVm } from "./guest_vm.js";
 import { MigrationError } from "./stream.js";
 
@@ -19,19 +19,14 @@ export interface DirtyLogStrategy {
   sync(g: GuestVm, out: Uint32Array): void;
 }
 
-/** Ring entries per vCPU in dirty-ring mode: a vCPU that fills it waits for the next sync. */
-const RING_ENTRIES = 4096;
+/** Ring entries per vCPU in dirty-ring mode (default): a vCPU that fills it waits for the next reap. */
+export const RING_ENTRIES = 4096;
 
-/** Each strategy is made per migration: the ring's holds its own harvest arrays. */
-const STRATEGIES: Record<LogMode, () => DirtyLogStrategy> = {
+const STRATEGIES: Record<Exclude<LogMode, "dirty-ring">, DirtyLogStrategy> = {
   // KVM_GET_DIRTY_LOG: clears and re-protects in one call.
-  "dirty-log": () => ({
-    name: "dirty-log",
-    prepare: () => {},
-    sync: (g, out) => void g.vm.getDirtyLog(0, out),
-  }),
+  "dirty-log": { name: "dirty-log", prepare: () => {}, sync: (g, out) => void g.vm.getDirtyLog(0, out) },
   // As QEMU with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2: GET copies, CLEAR re-protects what was copied.
-  "clear-log": () => ({
+  "clear-log": {
     name: "clear-log",
     prepare: (vm) =>
       vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET),
@@ -39,25 +34,69 @@ const STRATEGIES: Record<LogMode, () => DirtyLogStrategy> = {
       g.vm.getDirtyLog(0, out);
       g.vm.clearDirtyLog(0, 0, g.layout.memoryBytes / PAGE_SIZE, out);
     },
-  }),
-  // As QEMU's ring reaper: harvest every vCPU's ring, then reset (which re-protects) before
-  // reading. The entries go from the ring to typed arrays to `out`: no object per entry.
-  "dirty-ring": () => {
-    const scratch = dirtyGfnArrays(RING_ENTRIES);
-    return {
-      name: "dirty-ring",
-      prepare: (vm) => vm.enableDirtyRing(RING_ENTRIES),
-      sync: (g, out) => {
-        out.fill(0);
-        harvestDirtyRingsInto(g.vm, 0, out, scratch);
-        g.vm.resetDirtyRings();
-      },
-    };
   },
 };
 
-/** A new strategy for `mode` (EINVAL for an unknown mode). */
-export function logStrategy(mode: string): DirtyLogStrategy {
-  if ((LOG_MODES as readonly string[]).includes(mode)) return STRATEGIES[mode as LogMode]();
+/**
+ * QEMU's kvm_dirty_ring_reap: harvests every vCPU's ring, setting in `out` the bit of each page
+ * of `slot` (bit n = page n), adds each vCPU's entries to dirtyPages[id] (QEMU's
+ * cpu->dirty_pages, what dirty-rate and dirty-limit measure), then resets the rings (which
+ * re-protects the pages and lets a vCPU blocked in a ring-full exit go on). Returns the entries.
+ * The migration's one use of the ring's harvest: dirty-rate and dirty-limit call it too.
+ */
+export function dirtyRingReap(
+  vm: Vm,
+  slot: number,
+  out: Uint32Array,
+  dirtyPages?: Float64Array,
+  scratch?: DirtyGfnArrays,
+): number {
+  // Through typed arrays (harvestDirtyRingsInto): no object per entry.
+  const n = harvestDirtyRingsInto(vm, slot, out, scratch, dirtyPages);
+  vm.resetDirtyRings();
+  return n;
+}
+
+/**
+ * The dirty-ring interface, one per VM: its reaps (each sync's, and dirty-limit's at a ring-full
+ * exit) gather into `reaped` (QEMU's KVM slot bitmap) until the next sync takes them.
+ */
+export class DirtyRingLog implements DirtyLogStrategy {
+  readonly name = "dirty-ring";
+  /** Entries reaped per vCPU so far (cpu->dirty_pages). Owner thread only, as `reaped`. */
+  readonly dirtyPages = new Float64Array(64);
+  private reaped = new Uint32Array(0);
+  /** The harvest's arrays, sized as one ring: one call per vCPU. */
+  private readonly scratch: DirtyGfnArrays;
+
+  /** `ringEntries`: per vCPU (QEMU's dirty-ring-size). */
+  constructor(readonly ringEntries = RING_ENTRIES) {
+    this.scratch = dirtyGfnArrays(ringEntries);
+  }
+
+  prepare(vm: Vm): void {
+    vm.enableDirtyRing(this.ringEntries);
+  }
+
+  /** Harvests and resets every ring now (slot 0); the pages wait in `reaped` for the next sync. */
+  reap(g: GuestVm): number {
+    const words = Math.ceil(g.layout.memoryBytes / PAGE_SIZE / 32);
+    if (this.reaped.length !== words) this.reaped = new Uint32Array(words);
+    return dirtyRingReap(g.vm, 0, this.reaped, this.dirtyPages, this.scratch);
+  }
+
+  // As QEMU's ring reaper: harvest every vCPU's ring, then reset (which re-protects) before reading.
+  sync(g: GuestVm, out: Uint32Array): void {
+    this.reap(g);
+    out.set(this.reaped.subarray(0, out.length));
+    this.reaped.fill(0);
+  }
+}
+
+/** The interface for `mode`; the dirty ring's keeps state, so each call makes a new one. */
+export function logStrategy(mode: string, o: { ringEntries?: number } = {}): DirtyLogStrategy {
+  if (mode === "dirty-ring") return new DirtyRingLog(o.ringEntries);
+  if ((LOG_MODES as readonly string[]).includes(mode))
+    return STRATEGIES[mode as Exclude<LogMode, "dirty-ring">];
   throw new MigrationError("EINVAL", `log-mode: "${mode}" is not one of ${LOG_MODES.join(", ")}`);
 }

@@ -5,11 +5,13 @@
  * migrateLocal() (local.ts) puts the two together.
  */
 import { einval } from "../errors.js";
+import { KVM_DIRTY_RING_MAX_ENTRIES, KVM_DIRTY_RING_MIN_ENTRIES } from "../kvm_host.js";
 import type { MmuModeName } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, GuestLayout, layoutFor, runAndCheck, runGuest, waitFilled } from "./guest_vm.js";
-import { LogMode, logStrategy } from "./log_sync.js";
+import { DirtyRingLog, LogMode, logStrategy } from "./log_sync.js";
+import { checkDirtyLimit } from "./dirtylimit.js";
 import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
 import { checkSecurity, MigrationSecurity } from "./tls.js";
@@ -27,6 +29,8 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log" | "post
   memoryBytes?: number;
   vcpus?: number;
   logMode?: LogMode;
+  /** Entries per vCPU ring in dirty-ring mode (QEMU's dirty-ring-size; default 4096). */
+  dirtyRingSize?: number;
   /** The guest runs this long before the migration starts (default 200 ms), after its fill pass. */
   warmupMs?: number;
   /**
@@ -101,6 +105,26 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
   if (!Number.isSafeInteger(w) || w < 0) throw einval("warmupMs", "must be an integer >= 0");
   checkResumeTimeout(o.resumeTimeoutMs);
   layoutOf(o);
+  if (o.dirtyRingSize !== undefined) {
+    const n = o.dirtyRingSize;
+    if (
+      !Number.isSafeInteger(n) ||
+      n < KVM_DIRTY_RING_MIN_ENTRIES ||
+      n > KVM_DIRTY_RING_MAX_ENTRIES ||
+      (n & (n - 1)) !== 0
+    )
+      throw einval(
+        "dirtyRingSize",
+        `must be a power of two ${KVM_DIRTY_RING_MIN_ENTRIES}..${KVM_DIRTY_RING_MAX_ENTRIES}, got ${String(n)}`,
+      );
+    if (o.logMode !== "dirty-ring") throw einval("dirtyRingSize", `needs logMode "dirty-ring"`);
+  }
+  if (o.dirtyLimit !== undefined || o.dirtyLimitPeriodMs !== undefined) {
+    checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
+    if (o.logMode !== "dirty-ring")
+      throw einval("dirtyLimit", `needs logMode "dirty-ring" (got ${String(o.logMode ?? "dirty-log")})`);
+    if (o.autoConverge) throw einval("dirtyLimit", "not with autoConverge (one throttle at a time)");
+  }
 }
 
 /** The guest layout and workload the options describe (EINVAL naming the option). */
@@ -156,7 +180,7 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   checkSecurity(o.security);
   const wp = o.wp ?? GUEST_DEFAULTS.wp;
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
-  const log = logStrategy(o.logMode ?? "dirty-log");
+  const log = logStrategy(o.logMode ?? "dirty-log", { ringEntries: o.dirtyRingSize });
   const layout = layoutOf(o);
   const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
   let report: MigrationReport;
@@ -174,7 +198,12 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
     // After "go" (or postcopy-run) the guest is the destination's, or lost: never run it here.
     if (report.status !== "completed" && !report.switchedOver) {
       // Nothing lost: the guest runs on here, every page advancing, invariant intact.
-      const chk = await runAndCheck(g);
+      // The dirty ring still logs: reap it as the guest runs, or its vCPUs block once it fills.
+      const chk = await runAndCheck(
+        g,
+        20_000,
+        log instanceof DirtyRingLog ? () => void log.reap(g) : undefined,
+      );
       report.verify.guestInvariant = chk.ok;
       report.verify.problems = chk.problems;
     }

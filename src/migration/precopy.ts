@@ -24,7 +24,8 @@ import { randomBytes } from "node:crypto";
 import { PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { GuestVm, guestCounts, pageHashes } from "./guest_vm.js";
-import { DirtyLogStrategy, logStrategy } from "./log_sync.js";
+import { DirtyLogStrategy, DirtyRingLog, logStrategy } from "./log_sync.js";
+import { checkDirtyLimit, DirtyLimit } from "./dirtylimit.js";
 import { FaultInjector, FaultKind } from "./fault.js";
 import { MigrationState, MigrationStateError, MigrationStatus } from "./state.js";
 import { RateLimiter } from "./rate_limit.js";
@@ -51,6 +52,20 @@ export interface SourceOptions {
   maxBandwidth?: number;
   /** Throttle the guest when it dirties faster than the link sends (20%, +10% a step, <= 99%). */
   autoConverge?: boolean;
+  /**
+   * dirty-limit (dirtylimit.ts): once the guest dirties faster than the link sends (auto-converge's
+   * trigger), each vCPU is held to this many MB/s by sleeping in its ring-full exits. Needs the
+   * dirty-ring log; not with autoConverge (QEMU refuses both too).
+   */
+  dirtyLimit?: number;
+  /** dirty-limit's measurement period, ms (QEMU's x-vcpu-dirty-limit-period, 1000). */
+  dirtyLimitPeriodMs?: number;
+  /**
+   * Dirty ring only: reap the rings at each ring-full exit, as QEMU's vCPU threads do, so a vCPU
+   * with a full ring goes on at once (default: with dirtyLimit only; otherwise a vCPU with a
+   * full ring waits for the next sync, which throttles it by itself).
+   */
+  dirtyRingReaper?: boolean;
   /** Rounds (the bulk round counts) before switch-over is allowed (1). */
   minRounds?: number;
   /** Cancel (the source keeps running) past this many ms of iteration (60000). */
@@ -131,6 +146,14 @@ export class MigrationSource {
       throw new MigrationError("EINVAL", "faultRepeat: must be an integer 1..1000");
     if (o.postcopyRecover !== undefined && typeof o.postcopyRecover !== "function")
       throw new MigrationError("EINVAL", "postcopyRecover: must be a function returning a connection");
+    if (o.dirtyRingReaper && !(this.log instanceof DirtyRingLog))
+      throw new MigrationError("EINVAL", "dirtyRingReaper: needs the dirty-ring log mode");
+    if (o.dirtyLimit !== undefined) {
+      checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
+      if (!(this.log instanceof DirtyRingLog))
+        throw new MigrationError("EINVAL", "dirtyLimit: needs the dirty-ring log mode");
+      if (o.autoConverge) throw new MigrationError("EINVAL", "dirtyLimit: not with autoConverge");
+    }
   }
 
   /**
@@ -160,6 +183,7 @@ class SourceRun {
   private readonly migrationId = randomBytes(16).toString("hex");
   private readonly limiter: RateLimiter;
   private readonly throttle: CpuThrottle;
+  private readonly dirtyLimit: DirtyLimit | null;
   private readonly ram: RamSaveState;
   private readonly report: MigrationReport;
   private readonly t0 = performance.now();
@@ -188,6 +212,14 @@ class SourceRun {
     this.attach(stream, reader);
     this.limiter = new RateLimiter(o.maxBandwidth);
     this.throttle = new CpuThrottle(g.ctl);
+    this.dirtyLimit =
+      o.dirtyLimit !== undefined || o.dirtyRingReaper
+        ? new DirtyLimit(
+            g,
+            log as DirtyRingLog,
+            o.dirtyLimit !== undefined ? { quotaMBps: o.dirtyLimit, periodMs: o.dirtyLimitPeriodMs } : null,
+          )
+        : null;
     this.ram = new RamSaveState(g, this.w, this.limiter, log);
     this.countsAtStart = guestCounts(g);
     this.report = {
@@ -265,6 +297,7 @@ class SourceRun {
     );
     this.report.setupTimeMs = performance.now() - this.t0;
     this.ram.save_setup();
+    this.dirtyLimit?.run();
     this.state.set("active");
   }
 
@@ -288,6 +321,7 @@ class SourceRun {
         return true;
       }
       if (this.ret.failure) throw this.ret.failure;
+      if (this.dirtyLimit?.error) throw this.dirtyLimit.error;
       if (performance.now() - this.t0 > o.maxTimeMs) {
         await this.cancel(rec);
         return false;
@@ -303,7 +337,13 @@ class SourceRun {
     const now = performance.now();
     const sentSince = w.bytes - this.sentAtSync;
     const dt = Math.max(now - this.lastSync, 1e-3);
-    if (this.o.autoConverge && ram.syncs > 1) this.throttle.trigger(ram.freshPages * PAGE_SIZE, sentSince);
+    const limit = this.o.dirtyLimit !== undefined;
+    if ((this.o.autoConverge || limit) && ram.syncs > 1 && !this.paused)
+      if (this.throttle.triggered(ram.freshPages * PAGE_SIZE, sentSince)) {
+        // migration_trigger_throttle: auto-converge steps the CPU throttle, dirty-limit starts.
+        if (limit) this.dirtyLimit?.start();
+        else this.throttle.guestDown();
+      }
     const bw = this.limiter.bandwidth > 0 ? this.limiter.bandwidth : sentSince / dt;
     this.lastSync = now;
     this.sentAtSync = w.bytes;
@@ -323,6 +363,11 @@ class SourceRun {
       "expected-downtime": bw > 0 ? Math.round(ram.syncMs + remaining / bw) : 0,
       "cpu-throttle-percentage": this.throttle.percentage,
     };
+    const dl = this.dirtyLimit;
+    if (dl && this.o.dirtyLimit !== undefined) {
+      rec["dirty-limit-throttle-time-per-round"] = dl.active ? dl.throttleTimePerRound : 0;
+      rec["dirty-limit-ring-full-time"] = dl.active ? dl.ringFullTime : 0;
+    }
     this.report.rounds.push(rec);
     this.o.onRound?.(rec);
     return rec;
@@ -336,6 +381,7 @@ class SourceRun {
     this.out.end();
     this.w.stopDigest();
     this.throttle.stop();
+    await this.stopDirtyLimit();
     this.report.totalTimeMs = performance.now() - this.t0;
     this.report.transferredBytes = this.bytes;
     this.report.error = {
@@ -350,6 +396,8 @@ class SourceRun {
   private async stopGuest(): Promise<void> {
     const g = this.g;
     this.state.set(this.o.postcopy ? "postcopy-active" : "device");
+    // The vCPUs stop now: no more sleeps (at most one poll of the limiter's loop, before the stop).
+    await this.stopDirtyLimit();
     this.tPause = performance.now();
     // Ask for the park first, then wake a throttled guest from its sleep: it parks on waking
     // instead of running (and dirtying) one more slice. pause() asks before its first await.
@@ -431,6 +479,25 @@ class SourceRun {
     }
   }
 
+  /** Ends dirty-limit (the vCPUs sleep no more) and reports what it did. */
+  private async stopDirtyLimit(): Promise<void> {
+    const dl = this.dirtyLimit;
+    if (!dl || dl.ended) return;
+    const throttleUs = [...dl.throttleUs];
+    const started = dl.active;
+    await dl.stop();
+    if (this.o.dirtyLimit === undefined) return;
+    this.report.dirtyLimit = {
+      "vcpu-dirty-limit": dl.quota,
+      periodMs: dl.periodMs,
+      started,
+      throttleUsPerFull: throttleUs,
+      rates: [...dl.rates],
+      ringFullReaps: dl.reaps,
+      periods: dl.periods,
+    };
+  }
+
   /** Post-copy from switch-over on (postcopy.ts): the destination runs the guest and pulls pages. */
   private async completePostcopy(): Promise<void> {
     const report = this.report;
@@ -510,6 +577,7 @@ class SourceRun {
       report.error.message += " (after switch-over: the guest is the destination's)";
     } else {
       this.throttle.stop();
+      await this.stopDirtyLimit().catch(() => {});
       if (this.paused) this.g.vm.resume();
     }
     return report;

@@ -17,6 +17,24 @@ export interface RoundRecord {
   "dirty-sync-count": number;
   "expected-downtime": number;
   "cpu-throttle-percentage": number;
+  /** dirty-limit only (QEMU's names): the longest sleep per ring-full exit, and the ring-full time (us). */
+  "dirty-limit-throttle-time-per-round"?: number;
+  "dirty-limit-ring-full-time"?: number;
+}
+
+/** What dirty-limit did in a migration (dirtylimit.ts). */
+export interface DirtyLimitReport {
+  /** The quota per vCPU, MB/s (QEMU's vcpu-dirty-limit). */
+  "vcpu-dirty-limit": number;
+  periodMs: number;
+  /** The trigger fired (the guest dirtied faster than the link sent): the limit ran. */
+  started: boolean;
+  /** Per vCPU at the stop: the sleep per ring-full exit (us) and the last measured rate (MB/s). */
+  throttleUsPerFull: number[];
+  rates: number[];
+  /** Reaps made at a ring-full exit, and measurements (periods) made. */
+  ringFullReaps: number;
+  periods: number;
 }
 
 /** Where the stop went: pause, final sync, final send, destination load, verify, release. */
@@ -65,6 +83,8 @@ export interface MigrationReport {
   guestLost?: boolean;
   /** Post-copy only: blocktime and requests (QEMU's names). */
   postcopy?: PostcopyStats;
+  /** With dirtyLimit: what the limit did. */
+  dirtyLimit?: DirtyLimitReport;
   error?: { code: string; message: string };
 }
 

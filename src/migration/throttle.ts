@@ -25,12 +25,19 @@ export class CpuThrottle {
 
   /** After a sync: the bytes the guest dirtied in the period and the bytes sent in it. */
   trigger(dirtiedBytes: number, sentBytes: number): void {
+    if (this.triggered(dirtiedBytes, sentBytes)) this.guestDown();
+  }
+
+  /**
+   * migration_trigger_throttle's test alone: true when the guest dirtied more than half of what
+   * was sent, the second period in a row (then the count starts over). dirty-limit uses it too.
+   */
+  triggered(dirtiedBytes: number, sentBytes: number): boolean {
     if (dirtiedBytes > sentBytes / 2) this.dirtyRateHighCnt++;
     else this.dirtyRateHighCnt = 0;
-    if (this.dirtyRateHighCnt >= HIGH_PERIODS) {
-      this.guestDown();
-      this.dirtyRateHighCnt = 0;
-    }
+    if (this.dirtyRateHighCnt < HIGH_PERIODS) return false;
+    this.dirtyRateHighCnt = 0;
+    return true;
   }
 
   /** mig_throttle_guest_down: one step up. */

@@ -198,6 +198,8 @@ function allFigures(doc: ResultDoc): Figure[] {
       return migrateFigures(doc);
     case "migrate-perf":
       return migratePerfFigures(doc);
+    case "dirty-rate":
+      return [{ key: "dirty rate", unit: "MB/s", better: "lower", samples: [doc.results["dirty-rate"]] }];
   }
 }
 

@@ -355,15 +355,23 @@ export const MigratePerfOptions = Type.Object({
   warmupMs: Int,
   wp: Type.Optional(Type.Array(Wp)),
   baseline: Type.Optional(Wp),
+  throttle: Type.Optional(
+    Type.Array(Type.String(), { description: "throttles compared instead of designs (version 3)" }),
+  ),
+  dirtyLimit: Type.Optional(Int),
+  dirtyLimitPeriodMs: Type.Optional(Int),
+  dirtyRingSize: Type.Optional(Int),
 });
 
 const MigrateRun = Type.Object({
   seq: Int,
   wp: Wp,
+  throttle: Type.Optional(Type.String()),
   warmup: Type.Boolean(),
   status: Type.String(),
   exitCode: Int,
   totalTimeMs: Num,
+  convergeMs: Type.Optional(Num),
   downtimeMs: Num,
   expectedDowntimeMs: Num,
   verifyMs: Num,
@@ -378,6 +386,7 @@ const MigrateRun = Type.Object({
 
 const MigrateMetrics = {
   totalTimeMs: Type.Optional(Summary),
+  convergeMs: Type.Optional(Summary),
   downtimeMs: Type.Optional(Summary),
   rounds: Type.Optional(Summary),
   transferredBytes: Type.Optional(Summary),
@@ -394,6 +403,7 @@ const MigratePerfDesign = Type.Object({
 
 const MigratePerfRatio = Type.Object({
   totalTimeMs: Type.Optional(Ratio),
+  convergeMs: Type.Optional(Ratio),
   downtimeMs: Type.Optional(Ratio),
   rounds: Type.Optional(Ratio),
   transferredBytes: Type.Optional(Ratio),
@@ -514,6 +524,8 @@ export const MigrateRound = Type.Object({
   "dirty-sync-count": Type.Optional(Num),
   "expected-downtime": Type.Optional(Num),
   "cpu-throttle-percentage": Type.Optional(Num),
+  "dirty-limit-throttle-time-per-round": Type.Optional(Num),
+  "dirty-limit-ring-full-time": Type.Optional(Num),
 });
 
 export const MigrateDoc = doc(
@@ -571,7 +583,37 @@ export const MigrateDoc = doc(
         resentPages: Type.Optional(Int),
       }),
     ),
+    dirtyLimit: Type.Optional(
+      Type.Object({
+        "vcpu-dirty-limit": Int,
+        periodMs: Int,
+        started: Type.Boolean(),
+        throttleUsPerFull: Type.Array(Num),
+        rates: Type.Array(Num),
+        ringFullReaps: Int,
+        periods: Int,
+      }),
+    ),
     error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
+  }),
+  {},
+);
+
+// ---- dirty-rate -----------------------------------------------------------------------------
+
+export const DirtyRateDoc = doc(
+  "dirty-rate",
+  "kvmmu dirty-rate: QEMU's calc-dirty-rate on the migration-test guest",
+  Type.Object({ mode: Type.String(), calcTimeMs: Int }),
+  Type.Object({
+    mode: Type.String(),
+    "dirty-rate": Num,
+    "calc-time-ms": Num,
+    "sample-pages": Int,
+    sampled: Type.Optional(Int),
+    dirtySamples: Type.Optional(Int),
+    dirtyPages: Type.Optional(Num),
+    "vcpu-dirty-rate": Type.Optional(Type.Array(Type.Object({ id: Int, "dirty-rate": Num, pages: Num }))),
   }),
   {},
 );
@@ -587,6 +629,7 @@ export const DOCS = {
   bench: BenchDoc,
   migrate: MigrateDoc,
   "migrate-perf": MigratePerfDoc,
+  "dirty-rate": DirtyRateDoc,
 } as const;
 
 export type CommandName = keyof typeof DOCS;
@@ -600,6 +643,7 @@ export type CatalogDocT = Static<typeof CatalogDoc>;
 export type BenchDocT = Static<typeof BenchDoc>;
 export type MigrateDocT = Static<typeof MigrateDoc>;
 export type MigratePerfDocT = Static<typeof MigratePerfDoc>;
+export type DirtyRateDocT = Static<typeof DirtyRateDoc>;
 export type ResultDoc =
   | DirtyLogPerfDocT
   | KernbenchDocT
@@ -608,7 +652,8 @@ export type ResultDoc =
   | CatalogDocT
   | BenchDocT
   | MigrateDocT
-  | MigratePerfDocT;
+  | MigratePerfDocT
+  | DirtyRateDocT;
 
 export const ResultSchema = Type.Union(Object.values(DOCS), {
   $id: SCHEMA_ID,

@@ -16,7 +16,11 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { acas, aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
-import { kvm_dirty_ring_full_exit, kvm_dirty_ring_wait } from "../mem/dirty_ring.js";
+import {
+  kvm_dirty_ring_full_exit,
+  kvm_dirty_ring_throttle_us,
+  kvm_dirty_ring_wait,
+} from "../mem/dirty_ring.js";
 import { FaultStats, KvmPageFault, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
 import { kvm_mmu_page_fault, PFERR_PRESENT_MASK, PFERR_WRITE_MASK } from "../mmu/kvm_mmu.js";
 // The design registry: a thread that runs vCPUs resolves its Kvm's ops there.
@@ -189,6 +193,26 @@ export class Vcpu {
         this.parked();
         astore(this.v, VCPU.state(this.id), VcpuState.Running);
       }
+    const us = kvm_dirty_ring_throttle_us(this.kvm, this.id);
+    if (us > 0 && !schedHookInstalled()) this.dirtyLimitSleep(us);
+  }
+
+  /**
+   * dirty-limit (QEMU's dirtylimit_vcpu_execute): after the exit's ring was reaped, userspace's
+   * vCPU thread sleeps `us`. A pause or stop (the owner notifies the run word) cuts it short.
+   */
+  private dirtyLimitSleep(us: number): void {
+    const end = performance.now() + us / 1000;
+    for (;;) {
+      if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) {
+        this.parked();
+        astore(this.v, VCPU.state(this.id), VcpuState.Running);
+        return;
+      }
+      const left = end - performance.now();
+      if (left <= 0) return;
+      Atomics.wait(this.v, this.runIx, RunCtl.Run, left);
+    }
   }
 
   private runControl(): void {

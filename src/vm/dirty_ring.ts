@@ -129,6 +129,17 @@ export function kvm_vm_ioctl_reset_dirty_pages(st: VmState): number {
   }
 }
 
+/** Most a vCPU may be told to sleep per ring-full exit: 60 s. */
+export const MAX_THROTTLE_US = 60_000_000;
+
+/** Vm.setDirtyRingThrottle: see there. */
+export function vm_set_dirty_ring_throttle(st: VmState, vcpuId: number, us: number): void {
+  check_ring_vcpu(st, vcpuId);
+  if (!isInt(us) || us < 0 || us > MAX_THROTTLE_US)
+    throw einval("us", `must be an integer 0..${MAX_THROTTLE_US}, got ${String(us)}`);
+  Atomics.store(st.kvm.dirtyRing, ring_base(st.kvm, vcpuId) + RING_HDR.throttle_us, us);
+}
+
 /** Vm.dirtyRingStats: see there. */
 export function vm_dirty_ring_stats(st: VmState, vcpuId?: number): { fullExits: number; dropped: number } {
   const kvm = st.kvm;

@@ -130,6 +130,8 @@ export async function vm_pause(st: VmState): Promise<void> {
   vm_throw_if_failed(st);
   for (const id of st.workers.keys()) {
     Atomics.store(st.kvm.vcpu, VCPU.run(id), RunCtl.Pause);
+    // A vCPU asleep on its run word (dirty-limit's sleep in a ring-full exit) parks at once.
+    Atomics.notify(st.kvm.vcpu, VCPU.run(id));
     kvm_vcpu_kick(st.kvm, id);
     st.workers.get(id)?.postMessage(VCPU_KICK);
   }

@@ -348,6 +348,15 @@ export class Vm {
   }
 
   /**
+   * dirty-limit's knob (QEMU's cpu->throttle_us_per_full): vCPU vcpuId sleeps `us` after each
+   * ring-full exit, once the reset lets it go on; 0 stops it. EINVAL without a ring, for an
+   * unknown vCPU, or `us` not an integer 0..60,000,000. May be set while the vCPUs run.
+   */
+  setDirtyRingThrottle(vcpuId: number, us: number): void {
+    return ring.vm_set_dirty_ring_throttle(this.#s, vcpuId, us);
+  }
+
+  /**
    * Ring-full exits (KVM_EXIT_DIRTY_RING_FULL) so far: of vCPU vcpuId, or of all vCPUs; plus the
    * host writes that ring-only mode could not log (no running vCPU, no bitmap).
    */
