@@ -119,7 +119,8 @@ function waitForAck(kvm: Kvm, i: number): void {
 
 /** kvm_flush_remote_tlbs. */
 export function kvm_flush_remote_tlbs(kvm: Kvm): void {
-  if (kvm.trace.on) return traced_flush_remote_tlbs(kvm, kvm.trace);
+  const t = kvm.trace;
+  if (t.on && (!t.perAccessLocks || t.sampled())) return traced_flush_remote_tlbs(kvm, t);
   make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
   aadd(kvm.ctl, CTL.remote_flushes, 1);
 }

@@ -5,7 +5,7 @@
  * migrateLocal() (local.ts) puts the two together.
  */
 import { einval } from "../errors.js";
-import type { MmuModeName } from "../vm.js";
+import type { MmuModeName, Vm } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, layoutFor, runAndCheck, runGuest } from "./guest_vm.js";
@@ -27,6 +27,8 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log"> {
   logMode?: LogMode;
   /** The guest runs this long before the migration starts (default 200 ms). */
   warmupMs?: number;
+  /** Called with the source's VM before its vCPUs exist (--trace: vm.enableTrace). */
+  onVm?: (vm: Vm, name: string) => void;
 }
 
 /** The source's report with the guest it moved. */
@@ -78,7 +80,11 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
   const log = logStrategy(o.logMode ?? "dirty-log");
   const layout = layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
-  const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
+  const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => {
+      log.prepare(vm);
+      o.onVm?.(vm, "migration source");
+    },
+  });
   let report: MigrationReport;
   try {
     const src = new MigrationSource(g, { ...o, log });

@@ -194,6 +194,7 @@ class SourceRun {
       await this.stopGuest();
       if (this.o.postcopy) await this.completePostcopy();
       else await this.completePrecopy();
+      this.g.vm.traceEvent("migration_switchover", "E", this.w.bytes);
       return this.report;
     } catch (e) {
       if (e instanceof MigrationStateError) throw e;
@@ -219,6 +220,7 @@ class SourceRun {
   /** The active state's rounds; true: switch over now, false: cancelled. */
   private async iterate(): Promise<boolean> {
     const o = this.o;
+    this.g.vm.traceEvent("migration_round", "B", 1);
     await this.ram.save_live_iterate(); // the bulk round
     for (;;) {
       const rec = this.syncRound();
@@ -272,6 +274,9 @@ class SourceRun {
       "cpu-throttle-percentage": this.throttle.percentage,
     };
     this.report.rounds.push(rec);
+    // The round ends at its sync; the next begins unless this was switch-over's sync.
+    this.g.vm.traceEvent("migration_round", "E", ram.normal, w.bytes);
+    if (!this.paused) this.g.vm.traceEvent("migration_round", "B", rec.round + 1);
     this.o.onRound?.(rec);
     return rec;
   }
@@ -298,6 +303,8 @@ class SourceRun {
     const g = this.g;
     this.state.set(this.o.postcopy ? "postcopy-active" : "device");
     this.tPause = performance.now();
+    g.vm.traceEvent("migration_round", "E", this.ram.normal, this.w.bytes);
+    g.vm.traceEvent("migration_switchover", "B", this.report.rounds.at(-1)?.remaining ?? 0);
     // Ask for the park first, then wake a throttled guest from its sleep: it parks on waking
     // instead of running (and dirtying) one more slice. pause() asks before its first await.
     const parking = g.vm.pause();

@@ -49,7 +49,13 @@ export function trace_fast_page_fault(kvm: Kvm, fault: KvmPageFault, ret: boolea
   );
 }
 
-export function trace_kvm_mmu_split_huge_page(kvm: Kvm, gfn: number, spte: number, level: number, errno: number): void {
+export function trace_kvm_mmu_split_huge_page(
+  kvm: Kvm,
+  gfn: number,
+  spte: number,
+  level: number,
+  errno: number,
+): void {
   kvm.trace.emit(TP.kvm_mmu_split_huge_page, TracePhase.Instant, gfn, spte, level, errno);
 }
 

@@ -67,8 +67,9 @@ export class RwLock {
   /** Called by a waiter after its spin and before each sleep; may throw to abandon the wait. */
   onWait: (() => void) | null = null;
   /**
-   * This thread's trace recorder when the VM is traced (null: off, one test per lock call).
-   * Writes are all traced, read holds one in the sample (the outermost hold decides).
+   * This thread's trace recorder when the VM is traced (null: off, one test per lock call). On a
+   * thread whose holds are per-access (Tracer.perAccessLocks) one hold in the sample is traced,
+   * the wait before it with it; a read hold is decided by its outermost read_lock.
    */
   tracer: Tracer | null = null;
   private traceWrite = false;
@@ -117,7 +118,7 @@ export class RwLock {
 
   write_lock(): void {
     const t = this.tracer;
-    if (t === null) return this.write_lock_raw();
+    if (t === null || (t.perAccessLocks && !t.sampled())) return this.write_lock_raw();
     const c0 = this.stats.contended;
     const t0 = t.now();
     this.write_lock_raw();
@@ -235,7 +236,7 @@ export class RwLock {
 
   read_lock(): void {
     const t = this.tracer;
-    if (t === null || this.readDepth !== 0 || !t.sampled()) return this.read_lock_raw();
+    if (t === null || this.readDepth !== 0 || (t.perAccessLocks && !t.sampled())) return this.read_lock_raw();
     const s0 = this.readSlow;
     const t0 = t.now();
     this.read_lock_raw();

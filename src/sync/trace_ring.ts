@@ -73,6 +73,11 @@ export class Tracer {
   private readonly sample: number;
   private countdown: number;
   private name = "";
+  /**
+   * This thread's mmu_lock holds and remote flushes are per-access events (a vCPU's faults, the
+   * host thread's page migrations): sampled like them. Elsewhere (the ioctls) all are recorded.
+   */
+  perAccessLocks = false;
 
   constructor(buffer: SharedArrayBuffer | null, epochMs: number) {
     this.on = buffer !== null && buffer.byteLength > 8;

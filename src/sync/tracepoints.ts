@@ -24,8 +24,12 @@ export interface Tracepoint {
   fields: readonly string[];
   /** A slice's fields known only at its end (its E record). */
   endFields?: readonly string[];
-  /** Per-access: recorded one in --trace-sample (Tracer.sampled). */
-  sampled: boolean;
+  /**
+   * Per-access: recorded one in --trace-sample (Tracer.sampled); "workers": sampled on the worker
+   * threads (vCPUs, the host thread: a hold or flush per fault or page migration there), every one
+   * recorded on the main thread (the ioctls).
+   */
+  sampled: boolean | "workers";
   doc: string;
 }
 
@@ -123,15 +127,15 @@ export const TRACEPOINTS = [
     system: "kvmmu",
     kind: "slice",
     fields: [],
-    sampled: false,
-    doc: "waiting for mmu_lock for write (only contended acquisitions)",
+    sampled: "workers",
+    doc: "waiting for mmu_lock for write (only contended acquisitions, recorded with their hold)",
   },
   {
     name: "mmu_lock_write",
     system: "kvmmu",
     kind: "slice",
     fields: [],
-    sampled: false,
+    sampled: "workers",
     doc: "mmu_lock held for write",
   },
   {
@@ -139,15 +143,15 @@ export const TRACEPOINTS = [
     system: "kvmmu",
     kind: "slice",
     fields: [],
-    sampled: true,
-    doc: "waiting for mmu_lock for read (contended, sampled with the hold)",
+    sampled: "workers",
+    doc: "waiting for mmu_lock for read (only contended acquisitions, recorded with their hold)",
   },
   {
     name: "mmu_lock_read",
     system: "kvmmu",
     kind: "slice",
     fields: [],
-    sampled: true,
+    sampled: "workers",
     doc: "mmu_lock held for read (the outermost hold of the thread)",
   },
   {
@@ -156,7 +160,7 @@ export const TRACEPOINTS = [
     kind: "slice",
     fields: [],
     endFields: ["waited"],
-    sampled: false,
+    sampled: "workers",
     doc: "a remote TLB flush: the requests, the kicks, the wait for the acks",
   },
   {
@@ -164,7 +168,7 @@ export const TRACEPOINTS = [
     system: "kvmmu",
     kind: "flow_s",
     fields: ["vcpu_id", "flow"],
-    sampled: false,
+    sampled: "workers",
     doc: "KVM_REQ_TLB_FLUSH set for a vCPU in guest mode; the arrow ends at its ack",
   },
   {
@@ -225,9 +229,9 @@ export const TRACEPOINTS = [
     system: "kvmmu",
     kind: "slice",
     fields: ["remaining"],
-    endFields: ["pages"],
+    endFields: ["bytes"],
     sampled: false,
-    doc: "the source stops the vCPUs and sends what is left (pre-copy), or hands over (post-copy)",
+    doc: "from the source's pause to the destination running the guest (pre-copy), or to the end of post-copy; remaining: bytes dirty at the last round",
   },
 ] as const satisfies readonly Tracepoint[];
 

@@ -135,15 +135,20 @@ export class TraceTimeline {
     }
   }
 
-  /** The last drain, every open slice ended, unpaired flows ended; the writer closed. */
-  close(): void {
+  /**
+   * The last drain, every open slice ended, unpaired flows ended; the writer closed. `meta`: the
+   * writer's metadata object, given records and dropped before the writer writes it.
+   */
+  close(meta?: Record<string, unknown>): void {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     this.drain();
     const end = this.now();
-    for (const [, f] of this.flows) this.writer.flowEnd(f.id, f.pid, f.tid, this.at(f.pid, f.tid, end), "tlb_flush");
+    for (const [, f] of this.flows)
+      this.writer.flowEnd(f.id, f.pid, f.tid, this.at(f.pid, f.tid, end), "tlb_flush");
     this.flows.clear();
     this.dropped = this.procs.reduce((n, p) => n + p.reader.dropped(), 0);
+    if (meta !== undefined) Object.assign(meta, { records: this.records, dropped: this.dropped });
     this.writer.close(end);
   }
 
@@ -152,7 +157,9 @@ export class TraceTimeline {
     const ts = this.at(p.pid, 0, this.now());
     const dt = (ts - p.last.ts) / 1e6;
     if (dt > 0) {
-      this.writer.counter(p.pid, ts, "guest writes/s", { writes: Math.round((c.writes - p.last.writes) / dt) });
+      this.writer.counter(p.pid, ts, "guest writes/s", {
+        writes: Math.round((c.writes - p.last.writes) / dt),
+      });
       this.writer.counter(p.pid, ts, "faults/s", { faults: Math.round((c.faults - p.last.faults) / dt) });
     }
     p.last = { ...c, ts };
@@ -207,7 +214,13 @@ export class TraceTimeline {
     const early = this.early.get(key);
     if (early !== undefined) {
       this.early.delete(key);
-      this.writer.flowEnd(id, p.pid, early.tid, this.at(p.pid, early.tid, Math.max(ts, early.ts)), "tlb_flush");
+      this.writer.flowEnd(
+        id,
+        p.pid,
+        early.tid,
+        this.at(p.pid, early.tid, Math.max(ts, early.ts)),
+        "tlb_flush",
+      );
       return;
     }
     this.flows.set(key, { id, vcpu: args.vcpu_id, pid: p.pid, tid: p.vcpuTid.get(args.vcpu_id) ?? tid });
