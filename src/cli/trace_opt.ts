@@ -33,8 +33,8 @@ export function traceFlags(cmd: Command): Command {
 
 /** A command's trace: `onVm` for the runner's options, `close` when the run ends (even on failure). */
 export interface CliTrace {
-  onVm(vm: Vm, name: string): void;
-  close(): { bytes: number; records: number; dropped: number };
+  onVm: (vm: Vm, name: string) => void;
+  close: () => { bytes: number; records: number; dropped: number };
 }
 
 /** Buffers the writer's chunks and writes them 64 KiB at a time. */
@@ -64,7 +64,7 @@ function fileSink(path: string): { sink: (c: string) => void; end: () => number 
 }
 
 /** The trace the flags ask for (null without --trace); checks the flags first (usage errors). */
-export function openTrace(a: Record<string, unknown>, command: string): CliTrace | null {
+export function openTrace(a: Record<string, string | boolean | undefined>, command: string): CliTrace | null {
   if (a["trace"] === undefined) return null;
   const path = String(a["trace"]);
   checkOutput(path, "--trace");

@@ -94,7 +94,15 @@ export function kvm_dirty_ring_push(kvm: Kvm, v: number, slot: number, offset: n
   }
   astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
   if (kvm.trace.on && kvm.trace.sampled())
-    kvm.trace.emit(TP.kvm_dirty_ring_push, TracePhase.Instant, v, di + 1, ring[b + RING_HDR.reset_index], slot, offset);
+    kvm.trace.emit(
+      TP.kvm_dirty_ring_push,
+      TracePhase.Instant,
+      v,
+      di + 1,
+      ring[b + RING_HDR.reset_index],
+      slot,
+      offset,
+    );
   if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
 }
 

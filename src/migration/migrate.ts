@@ -80,7 +80,11 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
   const log = logStrategy(o.logMode ?? "dirty-log");
   const layout = layoutFor(o.memoryBytes ?? GUEST_DEFAULTS.memoryBytes, o.vcpus ?? GUEST_DEFAULTS.vcpus);
-  const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => {
+  const g = createGuestVm(layout, {
+    wp,
+    mode,
+    logged: true,
+    prepare: (vm) => {
       log.prepare(vm);
       o.onVm?.(vm, "migration source");
     },

@@ -114,7 +114,13 @@ function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number): numb
   reset_dirty_gfn(kvm, design, curSlot, curOffset, lo, hi);
   astore(ring, b + RING_HDR.reset_index, reset);
   if (kvm.trace.on)
-    kvm.trace.emit(TP.kvm_dirty_ring_reset, TracePhase.Instant, v, aload(ring, b + RING_HDR.dirty_index), reset);
+    kvm.trace.emit(
+      TP.kvm_dirty_ring_reset,
+      TracePhase.Instant,
+      v,
+      aload(ring, b + RING_HDR.dirty_index),
+      reset,
+    );
   return count;
 }
 

@@ -6,7 +6,17 @@
 import { Kvm, SP } from "../kvm_host.js";
 import { TracePhase } from "../sync/trace_ring.js";
 import { TP } from "../sync/tracepoints.js";
-import type { KvmPageFault } from "./mmu.js";
+
+/** What the fault tracepoints read of struct kvm_page_fault (mmu.ts's, which imports this file). */
+interface FaultFields {
+  vcpuId: number;
+  addr: number;
+  gfn: number;
+  pfn: number;
+  error_code: number;
+  goal_level: number;
+  it: { sptep: number; spte: number };
+}
 
 /** KVM_MMU_PAGE_ASSIGN: no generations here (mmu_valid_gen 0); unsync is never set (no unsync sp). */
 function page(kvm: Kvm, tp: number, sp: number, created: number): void {
@@ -22,7 +32,7 @@ export function trace_kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number): void {
   page(kvm, TP.kvm_mmu_prepare_zap_page, sp, 0);
 }
 
-export function trace_kvm_mmu_spte_requested(kvm: Kvm, fault: KvmPageFault): void {
+export function trace_kvm_mmu_spte_requested(kvm: Kvm, fault: FaultFields): void {
   if (!kvm.trace.sampled()) return;
   kvm.trace.emit(TP.kvm_mmu_spte_requested, TracePhase.Instant, fault.gfn, fault.pfn, fault.goal_level);
 }
@@ -33,7 +43,7 @@ export function trace_kvm_mmu_set_spte(kvm: Kvm, level: number, gfn: number, spt
 }
 
 /** After fast_page_fault: old_spte as the walk read it (fault.it.spte), new_spte as it is now. */
-export function trace_fast_page_fault(kvm: Kvm, fault: KvmPageFault, ret: boolean): void {
+export function trace_fast_page_fault(kvm: Kvm, fault: FaultFields, ret: boolean): void {
   if (!kvm.trace.sampled()) return;
   const it = fault.it;
   kvm.trace.emit(

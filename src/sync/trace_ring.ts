@@ -225,7 +225,7 @@ export class TraceReader {
           thread: t,
           ts: this.recs[o],
           tp: code >> 2,
-          phase: (code & 3) as TracePhase,
+          phase: code & 3,
           fields: Array.from(this.recs.subarray(o + 2, o + 2 + MAX_FIELDS)),
         });
       }

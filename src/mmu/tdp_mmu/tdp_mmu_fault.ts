@@ -45,7 +45,11 @@ import { is_invalid_root, kvm_tdp_mmu_get_vcpu_root_hpa } from "./tdp_mmu_root.j
 import { EBUSY, is_frozen_spte, tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
 import { tdp_iter_for } from "./tdp_mmu_resched.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
-import { trace_kvm_mmu_set_spte, trace_kvm_mmu_split_huge_page, trace_kvm_mmu_spte_requested } from "../mmutrace.js";
+import {
+  trace_kvm_mmu_set_spte,
+  trace_kvm_mmu_split_huge_page,
+  trace_kvm_mmu_spte_requested,
+} from "../mmutrace.js";
 
 /** The fault iterator of this thread (one vCPU per thread: no allocation per fault). */
 const faultIters = new WeakMap<Kvm, TdpIter>();
