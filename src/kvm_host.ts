@@ -541,15 +541,6 @@ export function allocKvmShared(config: KvmConfig): KvmShared {
   };
 }
 
-/** Bytes of MMU metadata (everything but guest memory). */
-export function metadataBytes(s: KvmShared): number {
-  let n = 0;
-  for (const [k, v] of Object.entries(s)) {
-    if (k !== "config" && k !== "mem" && k !== "trace" && v instanceof SharedArrayBuffer) n += v.byteLength;
-  }
-  return n;
-}
-
 /**
  * The MMU ops a Kvm resolves once, at construction, from its design and paging mode (KVM's
  * struct kvm_mmu, filled by init_kvm_tdp_mmu / kvm_init_shadow_mmu, plus the design's VM-wide

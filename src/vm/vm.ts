@@ -24,7 +24,6 @@ import {
   KVM_MEM_LOG_DIRTY_PAGES,
   KVM_MEM_READONLY,
   KVM_USER_MEM_SLOTS,
-  metadataBytes,
   PAGE_SIZE,
   ST,
   VCPU,
@@ -46,7 +45,7 @@ import {
   vm_throw_if_failed,
   VmState,
 } from "./state.js";
-import { kvm_create_vm, VmOptions } from "./create.js";
+import { kvm_create_vm, metadataBytes, VmOptions } from "./create.js";
 import { vm_audit_tlbs, vm_pause, vm_resume, vm_run, vm_stop, vm_vcpu_ids, vm_wait_passes } from "./run.js";
 import * as host from "./host_thread.js";
 import { vm_numa_balancing_stats, vm_set_numa_balancing } from "./numa.js";
