@@ -12,9 +12,8 @@ import { checkOutput } from "../bench/result.js";
 import { parseIntIn, progress } from "./parse.js";
 
 /**
- * One in this many per-access events is recorded by default. Measured (docs/design.md, "Reading a
- * benchmark trace"): dirty-log-perf's preset seed run writes about 0.4 MB/s at 1 in 64, so a 60 s
- * run stays well under 50 MB.
+ * One in this many per-access events is recorded by default: measured runs of dirty-log-perf wrote
+ * about 0.2 MB/s at 1 in 64, so a 60 s run stays well under 50 MB (docs/design.md §17).
  */
 export const TRACE_SAMPLE_DEFAULT = 64;
 
