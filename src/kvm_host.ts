@@ -8,6 +8,7 @@
 import { Mutex, MUTEX_WORDS } from "./sync/mutex.js";
 import { RwLock, RwHeld, RWLOCK_WORDS } from "./sync/rwlock.js";
 import { Rcu, RCU_WORDS } from "./sync/rcu.js";
+import { Tracer } from "./sync/trace_ring.js";
 import { defineBlock, defineRows } from "./layout.js";
 
 export const PAGE_SHIFT = 12;
@@ -474,6 +475,8 @@ export interface KvmShared {
   uffd: SharedArrayBuffer;
   /** The vCPUs' PML buffers (PML rows; an 8-byte placeholder when the design logs without PML). */
   pml: SharedArrayBuffer;
+  /** The runtime trace's rings (sync/trace_ring.ts); absent: tracing off. Set before any vCPU exists. */
+  trace?: SharedArrayBuffer;
 }
 
 // ---- the PML buffers (Int32Array `pml`), one row per vCPU: the "hardware" log of D-bit sets ----
@@ -607,6 +610,8 @@ export class Kvm {
   mmu_cache_vcpu = -1;
   /** This thread's last gfn_to_memslot hit (memslots->lru_slot): a hint, checked before use. */
   lru_slot = 0;
+  /** This thread's recorder of the VM's trace (`on` false without one). Replaced once by vm_enable_trace. */
+  trace: Tracer;
   /** Write-protect statistics of this thread (kvm->stat-like; this object is per thread). */
   readonly wpStats = { protected: 0, casRetries: 0, largeDropped: 0 };
   /** pte_list_walk_lockless's walks and restarts on this thread (the same per-thread stat). */
@@ -647,6 +652,8 @@ export class Kvm {
     this.bugs = shared.config.bugs;
     this.wp = shared.config.wp;
     this.lockdep = shared.config.lockdep ?? true;
+    this.trace = new Tracer(shared.trace ?? null, shared.epochMs);
+    if (this.trace.on) this.mmu_lock.tracer = this.trace;
     // Resolved here when the registry is loaded (it is wherever MMU code runs); a thread that
     // only reads the shared structures never needs it.
     this._ops = designs === null ? null : designs.ops(this.wp, this.mode);

@@ -105,7 +105,8 @@ export async function dirtyLogPerf(input: PerfOptionsInput): Promise<PerfResult>
   const say = o.progress ?? (() => {});
   const runs: AnyRun[] = [];
   let pinning: Pinning | null = null;
-  const { progress: _p, signal: _s, ...options } = o;
+  const { progress: _p, signal: _s, onVm: _v, ...options } = o;
+  void _v;
   void _p;
   void _s;
   // Before pinning: the machine's CPU count as this thread sees it is its affinity mask's.

@@ -4,7 +4,7 @@
  * runs what `kvmmu dirty-log-perf --preset seed` runs.
  */
 import os from "node:os";
-import { MAX_MEMORY, MmuModeName } from "../vm.js";
+import { MAX_MEMORY, MmuModeName, type Vm } from "../vm.js";
 import { PAGE_SIZE } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { tablesFor } from "../workload/guest_paging.js";
@@ -128,6 +128,8 @@ export interface PerfOptions {
   progress?: (msg: string) => void;
   /** Checked between iterations: once aborted, the results cover the iterations done. */
   signal?: AbortSignal;
+  /** Called with each VM made, before its vCPUs exist (--trace: vm.enableTrace), and its name. */
+  onVm?: (vm: Vm, name: string) => void;
   /**
    * KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 with INITIALLY_SET, as KVM's test does by default (true
    * unless a ring is used): GET copies the bitmap, then CLEAR re-protects what it reported.
@@ -377,6 +379,7 @@ export function resolvePerfOptions(input: PerfOptionsInput = {}): PerfOptions {
     ...(input.preset !== undefined ? { preset: input.preset } : {}),
     ...(input.progress ? { progress: input.progress } : {}),
     ...(input.signal ? { signal: input.signal } : {}),
+    ...(input.onVm ? { onVm: input.onVm } : {}),
   };
   validatePerfOptions(o);
   return o;

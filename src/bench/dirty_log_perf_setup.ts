@@ -106,6 +106,7 @@ function createVm(
   });
   // Before any other thread exists: every thread's view of mmu_lock reads the mode.
   vmKvm(vm).mmu_lock.setMode(o.lock ?? "sleep");
+  o.onVm?.(vm, wp);
   const logMode = logModeOf(o);
   // Before any vCPU exists (the ring) and before logging is enabled (INITIALLY_SET), as KVM's test.
   if (logMode === "dirty-ring") vm.enableDirtyRing(o.ring ?? 0);

@@ -21,6 +21,7 @@ import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { perfCsv, writeCsv } from "../results/csv.js";
 import { MmuMode } from "../kvm_host.js";
+import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
 export function registerDirtyLogPerf(program: Command): void {
   const cmd = program
@@ -70,17 +71,23 @@ export function registerDirtyLogPerf(program: Command): void {
     )
     .option("--harvest-every <ms>", "timed iterations: ms between get-dirty-log calls (default: the window)")
     .option("--output <file>", "also write the JSON object to FILE")
-    .option("--csv <file>", "also write the iterations as CSV to FILE")
-    .action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
-      if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      if (a["csv"] !== undefined) checkOutput(String(a["csv"]), "--csv");
-      const o = resolvePerfOptions(perfFlags(a, (k) => cmd.getOptionValueSource(k) === "cli"));
-      warnThreads(o);
-      const r = await dirtyLogPerf(o);
-      if (a["output"] !== undefined) writeResult(String(a["output"]), r);
-      if (a["csv"] !== undefined) writeCsv(String(a["csv"]), perfCsv(r));
-      process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
-    });
+    .option("--csv <file>", "also write the iterations as CSV to FILE");
+  traceFlags(cmd).action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
+    if (a["output"] !== undefined) checkOutput(String(a["output"]));
+    if (a["csv"] !== undefined) checkOutput(String(a["csv"]), "--csv");
+    const o = resolvePerfOptions(perfFlags(a, (k) => cmd.getOptionValueSource(k) === "cli"));
+    warnThreads(o);
+    const trace = openTrace(a, "dirty-log-perf");
+    let r;
+    try {
+      r = await dirtyLogPerf(trace ? { ...o, onVm: trace.onVm } : o);
+    } finally {
+      if (trace) traceDone(trace);
+    }
+    if (a["output"] !== undefined) writeResult(String(a["output"]), r);
+    if (a["csv"] !== undefined) writeCsv(String(a["csv"]), perfCsv(r));
+    process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatPerf(r) + "\n");
+  });
 }
 
 type Flags = Record<string, string | boolean | undefined>;

@@ -17,6 +17,7 @@ import { designBackend, DesignName, designNames, parseDesignList } from "../mmu/
 import { requireKernelDesign } from "../kernel/register.js";
 import { BUG, BugName } from "../kvm_host.js";
 import { MmuMode } from "../kvm_host.js";
+import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
 function mib(bytes: number): string {
   return bytes % 2 ** 20 === 0 ? `${bytes / 2 ** 20} MiB` : `${bytes / 1024} KiB`;
@@ -78,7 +79,7 @@ export function formatDirtyLogTest(r: DirtyLogTestResult): string {
 }
 
 export function registerDirtyLogTest(program: Command): void {
-  program
+  const cmd = program
     .command("dirty-log-test")
     .description(
       "check every dirty bit KVM_GET_DIRTY_LOG reports (KVM's dirty_log_test) for each write-protect design",
@@ -124,16 +125,23 @@ export function registerDirtyLogTest(program: Command): void {
       `switch on engine bugs of the catalog, as a negative control (${Object.keys(BUG).join(", ")})`,
     )
     .option("--json", "print one JSON object on stdout", false)
-    .option("--output <file>", "also write the JSON object to FILE")
-    .action(async (a: Record<string, string | boolean | undefined>) => {
-      if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const r = await dirtyLogTest(testFlags(a));
-      // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
-      const saved = finished({ ...r, ...envelope("dirty-log-test", r.options), results: r.results });
-      if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
-      process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
-      if (r.violations > 0) process.exitCode = 1;
-    });
+    .option("--output <file>", "also write the JSON object to FILE");
+  traceFlags(cmd).action(async (a: Record<string, string | boolean | undefined>) => {
+    if (a["output"] !== undefined) checkOutput(String(a["output"]));
+    const o = testFlags(a);
+    const trace = openTrace(a, "dirty-log-test");
+    let r;
+    try {
+      r = await dirtyLogTest(trace ? { ...o, onVm: trace.onVm } : o);
+    } finally {
+      if (trace) traceDone(trace);
+    }
+    // The saved result: the envelope's machine (a superset of r.machine) and the rest of r.
+    const saved = finished({ ...r, ...envelope("dirty-log-test", r.options), results: r.results });
+    if (a["output"] !== undefined) writeResult(String(a["output"]), saved);
+    process.stdout.write(a["json"] ? JSON.stringify(saved) + "\n" : formatDirtyLogTest(r) + "\n");
+    if (r.violations > 0) process.exitCode = 1;
+  });
 }
 
 /** The command line as dirtyLogTest's options. */

@@ -15,6 +15,7 @@ import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseNumberIn, parseOne, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
+import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
 
@@ -202,13 +203,20 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
-  const { o, local, to, key, security, resumeTo } = migrateArgs(a);
+  const { o: o0, local, to, key, security, resumeTo } = migrateArgs(a);
+  const trace = openTrace(a, "migrate");
+  const o: GuestMigrationOptions = trace ? { ...o0, onVm: trace.onVm } : o0;
   const onRound = (r: RoundRecord): void =>
     progress(`round ${r.round}: remaining ${(r.remaining / 2 ** 20).toFixed(1)} MiB, ${r.mbps} Mbit/s`);
   const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
-  const out: MigrationResult = local
-    ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
-    : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun });
+  let out: MigrationResult;
+  try {
+    out = local
+      ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
+      : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun });
+  } finally {
+    if (trace) traceDone(trace);
+  }
   // One saved result, the same on stdout (--json) and in --output: the envelope every command has.
   const results = { ...out, ...downtimeVerdict(out, o.downtimeLimitMs ?? 300) };
   const doc = finished({
@@ -311,8 +319,8 @@ export function registerMigrate(program: Command): void {
     )
     .option("--fault-repeat <n>", "inject --fault into this many connections (drop-link with --resume)", "1")
     .option("--json", "print one JSON object on stdout", false)
-    .option("--output <file>", "also write the result, in the saved-results schema, to this file")
-    .action(migrateAction);
+    .option("--output <file>", "also write the result, in the saved-results schema, to this file");
+  traceFlags(cmd).action(migrateAction);
   registerMigrateIncoming(program);
 }
 

@@ -22,6 +22,8 @@ import { aadd, acas, aload, aor, schedHookInstalled, spinPoint } from "../sync/a
 import { KvmError } from "../errors.js";
 import { kvm_lock_bound_ms, kvm_mark_vm_dead, kvm_vm_dead, VmDeadError } from "./vm_dead.js";
 import { kvm_get_running_vcpu } from "../mem/dirty_ring.js";
+import { TracePhase, type Tracer } from "../sync/trace_ring.js";
+import { TP } from "../sync/tracepoints.js";
 
 /** What a vCPU worker is doing (VCPU.state). */
 export const enum VcpuState {
@@ -59,9 +61,10 @@ export function kvm_vcpu_kick(kvm: Kvm, vcpuId: number): void {
  * thread runs (kvm_get_running_vcpu) gets the request but is not waited for: it cannot
  * acknowledge while this thread is here (KVM sends no IPI to the current CPU either). If it is
  * in guest mode with a request, it is kicked, so its next guest access takes the safe point
- * that serves the request before using its TLB.
+ * that serves the request before using its TLB. `trace`: the flusher's recorder, which starts a
+ * flow (tlb_flush_request) to each vCPU it waits for; the vCPU ends it when it serves the request.
  */
-export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
+export function make_all_cpus_request(kvm: Kvm, req: number, trace: Tracer | null = null): boolean {
   const v = kvm.vcpu;
   const n = aload(kvm.ctl, CTL.nr_vcpus);
   const me = kvm_get_running_vcpu(kvm);
@@ -78,6 +81,7 @@ export function make_all_cpus_request(kvm: Kvm, req: number): boolean {
     const old = acas(v, VCPU.mode(i), IN_GUEST_MODE, EXITING_GUEST_MODE);
     if (old === OUTSIDE_GUEST_MODE) continue;
     waited = true;
+    if (trace !== null) trace_flush_request(trace, i);
     if (i < 31) kicked |= 1 << i;
     else waitForAck(kvm, i);
   }
@@ -115,6 +119,32 @@ function waitForAck(kvm: Kvm, i: number): void {
 
 /** kvm_flush_remote_tlbs. */
 export function kvm_flush_remote_tlbs(kvm: Kvm): void {
+  const t = kvm.trace;
+  if (t.on && (!t.perAccessLocks || t.sampled())) return traced_flush_remote_tlbs(kvm, t);
   make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
   aadd(kvm.ctl, CTL.remote_flushes, 1);
+}
+
+/** kvm_flush_remote_tlbs as a slice, with a flow to each vCPU's ack. */
+function traced_flush_remote_tlbs(kvm: Kvm, t: Tracer): void {
+  t.emit(TP.kvm_flush_remote_tlbs, TracePhase.Begin);
+  let waited = false;
+  try {
+    waited = make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH, t);
+    aadd(kvm.ctl, CTL.remote_flushes, 1);
+  } finally {
+    t.emit(TP.kvm_flush_remote_tlbs, TracePhase.End, waited ? 1 : 0);
+  }
+}
+
+/** A flow to vCPU v, unless a flush it has not served yet has one (its one ack serves both). */
+function trace_flush_request(t: Tracer, v: number): void {
+  const flow = t.flowId();
+  if (t.flushPending(v, flow)) t.emit(TP.tlb_flush_request, TracePhase.Instant, v, flow);
+}
+
+/** The vCPU served KVM_REQ_TLB_FLUSH: ends the flow of the request, if one is pending. */
+export function trace_flush_ack(t: Tracer, v: number): void {
+  const flow = t.flushAck(v);
+  if (flow !== 0) t.emit(TP.tlb_flush_ack, TracePhase.Instant, v, flow);
 }

@@ -27,6 +27,8 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { aadd, aload, aor, aread, astore, awrite, schedHookInstalled, spinPoint } from "../sync/atomic.js";
+import { TracePhase } from "../sync/trace_ring.js";
+import { TP } from "../sync/tracepoints.js";
 
 /** Int32 words of one vCPU's ring of `size` entries. */
 export function ring_words(size: number): number {
@@ -93,6 +95,16 @@ export function kvm_dirty_ring_push(kvm: Kvm, v: number, slot: number, offset: n
     astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
   }
   astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
+  if (kvm.trace.on && kvm.trace.sampled())
+    kvm.trace.emit(
+      TP.kvm_dirty_ring_push,
+      TracePhase.Instant,
+      v,
+      di + 1,
+      ring[b + RING_HDR.reset_index],
+      slot,
+      offset,
+    );
   if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
 }
 
@@ -118,6 +130,7 @@ export function kvm_dirty_ring_throttle_us(kvm: Kvm, v: number): number {
 
 /** Counts a KVM_EXIT_DIRTY_RING_FULL of vCPU v and wakes whoever waits for one. */
 export function kvm_dirty_ring_full_exit(kvm: Kvm, v: number): void {
+  if (kvm.trace.on) kvm.trace.emit(TP.kvm_dirty_ring_exit, TracePhase.Instant, v);
   aadd(kvm.dirtyRing, ring_base(kvm, v) + RING_HDR.full_exits, 1);
   aadd(kvm.ctl, CTL.dirty_ring_full_exits, 1);
   Atomics.notify(kvm.ctl, CTL.dirty_ring_full_exits);

@@ -18,6 +18,8 @@ import { CTL, Kvm, KVM_USER_MEM_SLOTS, PAGE_SIZE, SLOT } from "../kvm_host.js";
 import { aadd, acas, aload, astore } from "../sync/atomic.js";
 import { host_invalidate_range, MmuNotifier } from "./host_memory.js";
 import { einval } from "../errors.js";
+import { TracePhase } from "../sync/trace_ring.js";
+import { TP } from "../sync/tracepoints.js";
 
 /** Pages of a PUD (1 GiB): change_protection issues one notifier range per PUD. */
 const PUD_PAGES = 262144;
@@ -81,6 +83,7 @@ export function task_numa_work(kvm: Kvm, nowMs: number, notifier: MmuNotifier): 
   // Another thread may be scanning this period already (cmpxchg on mm->numa_next_scan).
   if (acas(c, CTL.numa_next_scan, migrate, nowMs + period) !== migrate) return 0;
   let start = aload(c, CTL.numa_scan_offset);
+  if (kvm.trace.on) kvm.trace.emit(TP.task_numa_work, TracePhase.Begin, start);
   let done = 0;
   let vma = nextVma(kvm, start);
   while (vma !== null && pages > 0) {
@@ -99,5 +102,6 @@ export function task_numa_work(kvm: Kvm, nowMs: number, notifier: MmuNotifier): 
   // A 64-bit count in two words: the add that carries out of the low word bumps the high one.
   if ((aadd(c, CTL.numa_pages_scanned, done) >>> 0) + done > 0xffffffff)
     aadd(c, CTL.numa_pages_scanned_hi, 1);
+  if (kvm.trace.on) kvm.trace.emit(TP.task_numa_work, TracePhase.End, done);
   return done;
 }

@@ -6,7 +6,7 @@
  */
 import { einval } from "../errors.js";
 import { KVM_DIRTY_RING_MAX_ENTRIES, KVM_DIRTY_RING_MIN_ENTRIES } from "../kvm_host.js";
-import type { MmuModeName } from "../vm.js";
+import type { MmuModeName, Vm } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, GuestLayout, layoutFor, runAndCheck, runGuest, waitFilled } from "./guest_vm.js";
@@ -47,6 +47,8 @@ export interface GuestMigrationOptions extends Omit<SourceOptions, "log" | "post
    */
   resume?: boolean;
   resumeTimeoutMs?: number;
+  /** Called with the source's VM before its vCPUs exist (--trace: vm.enableTrace). */
+  onVm?: (vm: Vm, name: string) => void;
 }
 
 /** The source's report with the guest it moved. */
@@ -182,7 +184,15 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
   const mode = o.mode ?? GUEST_DEFAULTS.mode;
   const log = logStrategy(o.logMode ?? "dirty-log", { ringEntries: o.dirtyRingSize });
   const layout = layoutOf(o);
-  const g = createGuestVm(layout, { wp, mode, logged: true, prepare: (vm) => log.prepare(vm) });
+  const g = createGuestVm(layout, {
+    wp,
+    mode,
+    logged: true,
+    prepare: (vm) => {
+      log.prepare(vm);
+      o.onVm?.(vm, "migration source");
+    },
+  });
   let report: MigrationReport;
   try {
     const src = new MigrationSource(g, {

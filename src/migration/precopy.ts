@@ -274,6 +274,7 @@ class SourceRun {
       await this.stopGuest();
       if (this.o.postcopy) await this.completePostcopy();
       else await this.completePrecopy();
+      this.g.vm.traceEvent("migration_switchover", "E", this.w.bytes);
       return this.report;
     } catch (e) {
       if (e instanceof MigrationStateError) throw e;
@@ -304,6 +305,7 @@ class SourceRun {
   /** The active state's rounds; true: switch over now, false: cancelled. */
   private async iterate(): Promise<boolean> {
     const o = this.o;
+    this.g.vm.traceEvent("migration_round", "B", 1);
     await this.ram.save_live_iterate(); // the bulk round
     for (;;) {
       const rec = this.syncRound();
@@ -369,6 +371,9 @@ class SourceRun {
       rec["dirty-limit-ring-full-time"] = dl.active ? dl.ringFullTime : 0;
     }
     this.report.rounds.push(rec);
+    // The round ends at its sync; the next begins unless this was switch-over's sync.
+    this.g.vm.traceEvent("migration_round", "E", ram.normal, w.bytes);
+    if (!this.paused) this.g.vm.traceEvent("migration_round", "B", rec.round + 1);
     this.o.onRound?.(rec);
     return rec;
   }
@@ -399,6 +404,8 @@ class SourceRun {
     // The vCPUs stop now: no more sleeps (at most one poll of the limiter's loop, before the stop).
     await this.stopDirtyLimit();
     this.tPause = performance.now();
+    g.vm.traceEvent("migration_round", "E", this.ram.normal, this.w.bytes);
+    g.vm.traceEvent("migration_switchover", "B", this.report.rounds.at(-1)?.remaining ?? 0);
     // Ask for the park first, then wake a throttled guest from its sleep: it parks on waking
     // instead of running (and dirtying) one more slice. pause() asks before its first await.
     const parking = g.vm.pause();

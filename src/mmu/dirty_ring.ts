@@ -15,6 +15,8 @@ import {
 import { aload, aread, astore, awrite } from "../sync/atomic.js";
 import { entry, ring_base } from "../mem/dirty_ring.js";
 import { DirtyLogTimes, WriteProtectDesign } from "./write_protect.js";
+import { TracePhase } from "../sync/trace_ring.js";
+import { TP } from "../sync/tracepoints.js";
 
 /** Index of the highest set bit of the 64-bit mask hi:lo (two int32 halves), -1 if none. */
 function fls64(lo: number, hi: number): number {
@@ -168,6 +170,14 @@ function dirty_ring_reset(kvm: Kvm, design: WriteProtectDesign, v: number, x: Re
   }
   reset_flush(kvm, design, x.c);
   astore(ring, b + RING_HDR.reset_index, reset);
+  if (kvm.trace.on)
+    kvm.trace.emit(
+      TP.kvm_dirty_ring_reset,
+      TracePhase.Instant,
+      v,
+      aload(ring, b + RING_HDR.dirty_index),
+      reset,
+    );
   return count;
 }
 

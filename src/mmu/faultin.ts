@@ -15,6 +15,7 @@ import { handle_userfault } from "../mem/userfault.js";
 import { mmu_topup_memory_caches } from "./mmu_cache.js";
 import type { KvmPageFault } from "./mmu.js";
 import { PT_DIRECTORY_LEVEL, PT_PAGE_TABLE_LEVEL } from "./spte.js";
+import { trace_fast_page_fault } from "./mmutrace.js";
 
 /**
  * kvm_faultin_pfn: reads mmu_notifier_seq into fault.mmu_seq, then looks up the host frame of
@@ -47,7 +48,11 @@ export function direct_page_fault_prepare(kvm: Kvm, fault: KvmPageFault): boolea
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) throw new KvmError("EFAULT", `gpa 0x${(gfn * 4096).toString(16)}: no memslot`);
   fault.slot = slot;
-  if (fault.write && fault.present && kvm.ops.fast_page_fault(kvm, fault)) return false;
+  if (fault.write && fault.present) {
+    const fixed = kvm.ops.fast_page_fault(kvm, fault);
+    if (kvm.trace.on) trace_fast_page_fault(kvm, fault, fixed);
+    if (fixed) return false;
+  }
   // A page post-copy has not brought yet: wait for it here, before mmu_lock (false: retry later).
   if (!handle_userfault(kvm, fault.vcpuId, slot, gfn)) return false;
   // Before mmu_lock: the slow path then cannot run out of pages or descriptors.

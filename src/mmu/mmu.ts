@@ -60,6 +60,7 @@ import {
 import { ACC_USER_MASK, ACC_WRITE_MASK, GuestWalker } from "./guest_pt.js";
 import { HostFrame } from "../mem/guest_memory.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+import { trace_kvm_mmu_set_spte } from "./mmutrace.js";
 
 /** Per-vCPU fault counters (this thread's; published by Vcpu.publishStats). */
 export class FaultStats {
@@ -127,6 +128,8 @@ export class ShadowWalkIterator {
   sp = 0;
   sptep = -1;
   level = 0;
+  /** The spte the last lockless walk read (fast_page_fault's old_spte, for its tracepoint). */
+  spte = 0;
 }
 
 export function shadow_walk_init(it: ShadowWalkIterator, root: number, addr: number): void {
@@ -258,6 +261,7 @@ export function mmu_set_spte(
   }
   // F4
   if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
+  if (kvm.trace.on) trace_kvm_mmu_set_spte(kvm, level, gfn, sptep);
   return emulate && fault.write;
 }
 
@@ -274,6 +278,7 @@ export function fast_page_fault(kvm: Kvm, fault: KvmPageFault): boolean {
   try {
     const it = fault.it;
     const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), fault.addr, it);
+    it.spte = s;
     if (!is_shadow_present_pte(s)) return false;
     const role = kvm.spHdr[SP.role(page_header(it.sptep))];
     if ((role & ROLE_DIRECT) === 0) return false;

@@ -35,6 +35,7 @@ import {
   spte_to_child_sp,
 } from "./spte.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+import { trace_kvm_mmu_get_page, trace_kvm_mmu_prepare_zap_page } from "./mmutrace.js";
 
 export function page_header(sptep: number): number {
   return Math.floor(sptep / PT64_ENT_PER_PAGE);
@@ -141,6 +142,7 @@ export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
   h[SP.parent_ptes(sp)] = 0;
   h[SP.root_count(sp)] = 0;
   h[SP.next(sp)] = 0;
+  if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
   return sp;
 }
 
@@ -207,6 +209,7 @@ export function kvm_unmap_rmapp(kvm: Kvm, hi: number): boolean {
  * from its parents and queue it on `invalid`.
  */
 export function kvm_mmu_prepare_zap_page(kvm: Kvm, sp: number, invalid: number[]): void {
+  if (kvm.trace.on) trace_kvm_mmu_prepare_zap_page(kvm, sp);
   const h = kvm.spHdr;
   const level = h[SP.role(sp)] & ROLE_LEVEL_MASK;
   const base = sp * PT64_ENT_PER_PAGE;

@@ -42,6 +42,7 @@ import {
 } from "./spte.js";
 import { ACC_ALL } from "./guest_pt.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";
+import { trace_kvm_mmu_get_page } from "./mmutrace.js";
 
 /** KVM_MIN_FREE_MMU_PAGES / KVM_REFILL_PAGES. */
 const KVM_MIN_FREE_MMU_PAGES = 5;
@@ -64,6 +65,7 @@ export function kvm_mmu_get_shadow_page(
   let sp = hash_find(kvm, gfn, role);
   if (sp >= 0) {
     kvm.sctl[SCTL.sp_hash_hits]++;
+    if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, false);
     return sp;
   }
   sp = kvm_mmu_get_page(kvm, gfn, level);

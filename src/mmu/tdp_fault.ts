@@ -11,6 +11,7 @@ import { KvmPageFault, mmu_set_spte, shadow_walk_init, shadow_walk_next, shadow_
 import { RET_PF_RETRY } from "./kvm_mmu.js";
 import { is_shadow_present_pte, KVM_PAGES_PER_HPAGE_MASK } from "./spte.js";
 import { ACC_ALL } from "./guest_pt.js";
+import { trace_kvm_mmu_spte_requested } from "./mmutrace.js";
 
 /**
  * tdp_page_fault (kvm_mmu->page_fault in TDP mode): returns RET_PF_RETRY: the vCPU retries the
@@ -46,6 +47,7 @@ function __direct_map(kvm: Kvm, fault: KvmPageFault): void {
   const off = fault.gfn & KVM_PAGES_PER_HPAGE_MASK(level);
   const gfn = fault.gfn - off;
   const it = fault.it;
+  if (kvm.trace.on) trace_kvm_mmu_spte_requested(kvm, fault);
   for (shadow_walk_init(it, mmu_alloc_roots(kvm), gfn); shadow_walk_okay(it); shadow_walk_next(kvm, it)) {
     if (it.level === level) {
       mmu_set_spte(kvm, fault, it.sptep, ACC_ALL, gfn, fault.pfn - off);

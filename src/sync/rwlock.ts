@@ -1,5 +1,7 @@
 import { aadd, acas, aload, schedHookInstalled, spinPoint } from "./atomic.js";
 import { LockMode, LockStats, Mutex, MUTEX_WORDS } from "./mutex.js";
+import { TracePhase, type Tracer } from "./trace_ring.js";
+import { TP } from "./tracepoints.js";
 
 /**
  * A reader-writer lock in shared memory with the semantics of the kernel's queued rwlock
@@ -64,6 +66,16 @@ export class RwLock {
   private readSince: { words: Int32Array; index: number } | null = null;
   /** Called by a waiter after its spin and before each sleep; may throw to abandon the wait. */
   onWait: (() => void) | null = null;
+  /**
+   * This thread's trace recorder when the VM is traced (null: off, one test per lock call). On a
+   * thread whose holds are per-access (Tracer.perAccessLocks) one hold in the sample is traced,
+   * the wait before it with it; a read hold is decided by its outermost read_lock.
+   */
+  tracer: Tracer | null = null;
+  private traceWrite = false;
+  private traceRead = false;
+  /** Read acquisitions that took the slow path (tells a traced read_lock that it waited). */
+  private readSlow = 0;
 
   constructor(words: Int32Array, base: number, timed = true) {
     this.words = words;
@@ -105,6 +117,21 @@ export class RwLock {
   }
 
   write_lock(): void {
+    const t = this.tracer;
+    if (t === null || (t.perAccessLocks && !t.sampled())) return this.write_lock_raw();
+    const c0 = this.stats.contended;
+    const t0 = t.now();
+    this.write_lock_raw();
+    const t1 = t.now();
+    if (this.stats.contended !== c0) {
+      t.emitAt(t0, TP.mmu_lock_write_wait, TracePhase.Begin);
+      t.emitAt(t1, TP.mmu_lock_write_wait, TracePhase.End);
+    }
+    t.emitAt(t1, TP.mmu_lock_write, TracePhase.Begin);
+    this.traceWrite = true;
+  }
+
+  private write_lock_raw(): void {
     const w = this.words;
     const b = this.base + CNTS;
     this.stats.acquisitions++;
@@ -179,6 +206,10 @@ export class RwLock {
   }
 
   write_unlock(): void {
+    if (this.traceWrite) {
+      this.traceWrite = false;
+      this.tracer?.emit(TP.mmu_lock_write, TracePhase.End);
+    }
     if (this.timed) this.stats.holdNs += (performance.now() - this.heldSince) * 1e6;
     this.writeHeld = false;
     const w = this.words;
@@ -190,6 +221,10 @@ export class RwLock {
   /** write_trylock. */
   tryLock(): boolean {
     if (acas(this.words, this.base + CNTS, 0, QW_LOCKED) !== 0) return false;
+    if (this.tracer !== null) {
+      this.tracer.emit(TP.mmu_lock_write, TracePhase.Begin);
+      this.traceWrite = true;
+    }
     this.stats.acquisitions++;
     this.writeHeld = true;
     if (this.holderId !== 0) this.publishWrite();
@@ -200,12 +235,28 @@ export class RwLock {
   // ---- read side ----
 
   read_lock(): void {
+    const t = this.tracer;
+    if (t === null || this.readDepth !== 0 || (t.perAccessLocks && !t.sampled())) return this.read_lock_raw();
+    const s0 = this.readSlow;
+    const t0 = t.now();
+    this.read_lock_raw();
+    const t1 = t.now();
+    if (this.readSlow !== s0) {
+      t.emitAt(t0, TP.mmu_lock_read_wait, TracePhase.Begin);
+      t.emitAt(t1, TP.mmu_lock_read_wait, TracePhase.End);
+    }
+    t.emitAt(t1, TP.mmu_lock_read, TracePhase.Begin);
+    this.traceRead = true;
+  }
+
+  private read_lock_raw(): void {
     const w = this.words;
     const b = this.base + CNTS;
     this.readAcquisitions++;
     if (this.readDepth++ === 0 && this.readSince !== null) this.publishRead(this.now());
     if ((aadd(w, b, QR_BIAS) & QW_WMASK) === 0) return;
     // queued_read_lock_slowpath: back out, queue behind any waiting writer, wait for the writer.
+    this.readSlow++;
     aadd(w, b, -QR_BIAS);
     try {
       this.waitLock.lock();
@@ -237,6 +288,10 @@ export class RwLock {
   }
 
   read_unlock(): void {
+    if (this.traceRead && this.readDepth === 1) {
+      this.traceRead = false;
+      this.tracer?.emit(TP.mmu_lock_read, TracePhase.End);
+    }
     if (--this.readDepth === 0 && this.readSince !== null) this.publishRead(0);
     const w = this.words;
     aadd(w, this.base + CNTS, -QR_BIAS);

@@ -31,7 +31,7 @@ import { SoftTlb } from "./tlb.js";
 import { paging_emulate_write, paging_miss, PagingState } from "./paging.js";
 import { kvm_mmu_load_cr3 } from "../mmu/shadow_page.js";
 import { mmu_topup_memory_caches } from "../mmu/mmu_cache.js";
-import { VcpuState } from "../kvm/requests.js";
+import { trace_flush_ack, VcpuState } from "../kvm/requests.js";
 import { task_numa_work } from "../mem/numa_balancing.js";
 import { kvm_mmu_notifier } from "../mmu/mmu_notifier.js";
 import type { MmuNotifier } from "../mem/host_memory.js";
@@ -144,7 +144,10 @@ export class Vcpu {
     const id = this.id;
     for (;;) {
       const req = axchg(v, VCPU.requests(id), 0);
-      if ((req & KVM_REQ_TLB_FLUSH) !== 0) this.tlb.flush();
+      if ((req & KVM_REQ_TLB_FLUSH) !== 0) {
+        this.tlb.flush();
+        if (this.kvm.trace.on) trace_flush_ack(this.kvm.trace, id);
+      }
       if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
       astore(v, VCPU.mode(id), IN_GUEST_MODE);
       if (aload(v, VCPU.requests(id)) === 0) break;

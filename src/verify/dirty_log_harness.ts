@@ -153,6 +153,7 @@ export class Harness {
       pml: o.pml,
       eager_page_split: o.eagerPageSplit,
     });
+    o.onVm?.(vm, `${wp} ${oracle} ${mode}`);
     const ctl = new Int32Array(new SharedArrayBuffer(dlgCtlWords(o.vcpus) * 4));
     const churn = o.migrateRate > 0 || o.invalidateRate > 0;
     const h = new Harness(vm, ctl, l.npages, l.gpa, o.vcpus, churn);

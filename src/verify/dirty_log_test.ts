@@ -456,7 +456,8 @@ export async function dirtyLogTest(o: DirtyLogTestOptions): Promise<DirtyLogTest
     results[wp] = per;
   }
   const durationMs = performance.now() - t0;
-  const { harvestFilter: _f, progress: _p, signal: _s, ...options } = o;
+  const { harvestFilter: _f, progress: _p, signal: _s, onVm: _v, ...options } = o;
+  void _v;
   void _f;
   void _p;
   void _s;

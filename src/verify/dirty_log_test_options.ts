@@ -3,6 +3,7 @@ import type { MmuModeName } from "../vm.js";
 import { BugName, PAGE_SIZE } from "../kvm_host.js";
 import { einval } from "../errors.js";
 import { DesignName, designNames, isDesign } from "../mmu/design.js";
+import type { Vm } from "../vm.js";
 
 export type OracleName = "kvm" | "qemu";
 /** The selftest's -M: how the kvm oracle collects dirty pages. */
@@ -68,6 +69,8 @@ export interface DirtyLogTestOptions {
   progress?: (msg: string) => void;
   /** Checked between iterations: once aborted, the result covers what was checked. */
   signal?: AbortSignal;
+  /** Called with each VM made, before its vCPUs exist (--trace: vm.enableTrace), and its name. */
+  onVm?: (vm: Vm, name: string) => void;
 }
 
 export interface Violation {
@@ -120,7 +123,7 @@ export interface DirtyLogTestResult {
   durationMs: number;
   slotPages: number;
   slotGpa: string;
-  options: Omit<DirtyLogTestOptions, "harvestFilter" | "progress">;
+  options: Omit<DirtyLogTestOptions, "harvestFilter" | "progress" | "onVm">;
   /** Per strategy and oracle; the kvm entry is its dirty-log run (or its first mode's). */
   results: Partial<Record<DesignName, Partial<Record<OracleName, OracleResult>>>>;
   /** Every kvm-oracle run, one per mode and strategy. */

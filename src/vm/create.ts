@@ -141,11 +141,11 @@ export function kvm_create_vm(o: VmOptions): KvmShared {
   return shared;
 }
 
-/** Bytes of MMU metadata (everything but guest memory). */
+/** Bytes of MMU metadata: every shared buffer but guest memory and the trace's rings. */
 export function metadataBytes(s: KvmShared): number {
   let n = 0;
   for (const [k, v] of Object.entries(s)) {
-    if (k !== "config" && k !== "mem" && v instanceof SharedArrayBuffer) n += v.byteLength;
+    if (k !== "config" && k !== "mem" && k !== "trace" && v instanceof SharedArrayBuffer) n += v.byteLength;
   }
   return n;
 }

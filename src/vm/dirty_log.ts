@@ -40,7 +40,7 @@ export function kvm_vm_ioctl_get_dirty_log(st: VmState, slot: number, out?: Uint
     if (out !== undefined && out.length < words)
       throw new KvmError("EFAULT", `out: needs ${words} words, got ${out.length}`);
     const bitmap = out ?? new Uint32Array(words);
-    vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call));
+    vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call), [slot]);
     return bitmap;
   } finally {
     kvm.slots_lock.unlock();
@@ -108,8 +108,11 @@ export function kvm_vm_ioctl_clear_dirty_log(
   kvm.slots_lock.lock();
   try {
     check_clear_range(st, slot, firstPage, numPages, bitmap);
-    return vm_timed_dirty_log_call(st, "clear", (call) =>
-      kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call),
+    return vm_timed_dirty_log_call(
+      st,
+      "clear",
+      (call) => kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call),
+      [slot, firstPage, numPages],
     );
   } finally {
     kvm.slots_lock.unlock();

@@ -16,6 +16,15 @@ import {
 } from "../kvm/vm_dead.js";
 import { addDirtyLogTimes, newDirtyLogTimes, DirtyLogTimes } from "../mmu/write_protect.js";
 import { RunCtl } from "../vcpu/vcpu.js";
+import { TracePhase } from "../sync/trace_ring.js";
+import { TP } from "../sync/tracepoints.js";
+
+/** The tracepoint of each dirty-log ioctl (a slice: fields at the start, dirty pages at the end). */
+const DIRTY_LOG_TP = {
+  get: TP.kvm_vm_ioctl_get_dirty_log,
+  clear: TP.kvm_vm_ioctl_clear_dirty_log,
+  reset: TP.kvm_vm_ioctl_reset_dirty_pages,
+} as const;
 
 /**
  * How long the owner waits for a vCPU to answer (park, audit, stop, flush acknowledgement)
@@ -190,15 +199,21 @@ export function vm_timed_dirty_log_call<T>(
   st: VmState,
   kind: DirtyLogCall,
   fn: (call: DirtyLogTimes) => T,
+  traceFields: readonly number[] = [],
 ): T {
   const call = newDirtyLogTimes();
+  const t = st.kvm.trace;
+  const tp = DIRTY_LOG_TP[kind];
+  if (t.on) t.emit(tp, TracePhase.Begin, traceFields[0], traceFields[1], traceFields[2]);
   let r: T;
   try {
     r = fn(call);
   } catch (e) {
+    if (t.on) t.emit(tp, TracePhase.End);
     if (e instanceof KvmError && e.code === "ETIMEDOUT") vm_fail(st, e);
     throw e;
   }
+  if (t.on) t.emit(tp, TracePhase.End, call.dirtyPages);
   switch (kind) {
     case "get":
       addDirtyLogTimes(st.times, call);

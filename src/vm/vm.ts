@@ -55,6 +55,9 @@ import * as dlog from "./dirty_log.js";
 import * as ring from "./dirty_ring.js";
 import * as uffd from "./userfault.js";
 import * as gmem from "./guest_memory.js";
+import { TraceSource, vm_enable_trace, vm_trace_source } from "./trace.js";
+import { TracePhase } from "../sync/trace_ring.js";
+import { MAX_FIELDS, TP, type TracepointName } from "../sync/tracepoints.js";
 
 export class Vm {
   /** The VM's state: JS-private, so the public type has no way in (src/vm/internal.ts has). */
@@ -293,6 +296,31 @@ export class Vm {
 
   lastClearDirtyLogTimes(): DirtyLogTimes {
     return { ...this.#s.lastClear };
+  }
+
+  /**
+   * Turns on the runtime trace (src/vm/trace.ts): rings every thread of the VM records its
+   * tracepoints in, one in `sample` (1..2^30) per-access events. Before any vCPU exists (EINVAL),
+   * once (EEXIST). A TraceTimeline drains them (traceSource).
+   */
+  enableTrace(sample: number): void {
+    return vm_ioctl(this.#s, "enableTrace", () => vm_enable_trace(this.#s.kvm, this.#s.created.size, sample));
+  }
+
+  /**
+   * Records tracepoint `name` on this thread's track (a no-op without a trace): for the layers
+   * above the VM (migration rounds, switch-over). `phase`: "i" an instant, "B"/"E" a slice's ends.
+   */
+  traceEvent(name: TracepointName, phase: "i" | "B" | "E", ...fields: number[]): void {
+    const t = this.#s.kvm.trace;
+    if (!t.on) return;
+    const ph = phase === "B" ? TracePhase.Begin : phase === "E" ? TracePhase.End : TracePhase.Instant;
+    t.emit(TP[name], ph, ...fields.slice(0, MAX_FIELDS));
+  }
+
+  /** What a TraceTimeline reads of this VM, its process named `name`; null when not traced. */
+  traceSource(name: string): TraceSource | null {
+    return vm_trace_source(this.#s.kvm, name);
   }
 
   /**

@@ -20,6 +20,9 @@ const d = workerData as HostWorkerData;
 // A design registered at run time: import the module that registers it in this thread too.
 await kvm_load_design(d.shared);
 const kvm = new Kvm(d.shared);
+kvm.trace.setName("host thread (contention)");
+// It takes mmu_lock and flushes per page it migrates: sampled as per-access events.
+kvm.trace.perAccessLocks = true;
 kvm_watch_locks(kvm, HOLDER_HOST);
 const c = new Int32Array(d.ctl);
 const notifier: MmuNotifier = kvm_mmu_notifier(kvm);

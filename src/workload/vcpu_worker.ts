@@ -31,6 +31,9 @@ const data = workerData as VcpuWorkerData;
 await kvm_load_design(data.shared);
 const kvm = new Kvm(data.shared);
 const vcpuId = data.vcpuId;
+kvm.trace.setName(`vcpu ${vcpuId}`);
+// A vCPU takes mmu_lock and flushes per fault: sampled as its other per-access events.
+kvm.trace.perAccessLocks = true;
 kvm_watch_locks(kvm, vcpuId + 1);
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
 const ctx = new VcpuGuestContext(vcpu);

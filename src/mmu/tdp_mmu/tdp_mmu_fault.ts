@@ -45,6 +45,11 @@ import { is_invalid_root, kvm_tdp_mmu_get_vcpu_root_hpa } from "./tdp_mmu_root.j
 import { EBUSY, is_frozen_spte, tdp_mmu_iter_set_spte, tdp_mmu_set_spte_atomic } from "./tdp_mmu_spte.js";
 import { tdp_iter_for } from "./tdp_mmu_resched.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
+import {
+  trace_kvm_mmu_set_spte,
+  trace_kvm_mmu_split_huge_page,
+  trace_kvm_mmu_spte_requested,
+} from "../mmutrace.js";
 
 /** The fault iterator of this thread (one vCPU per thread: no allocation per fault). */
 const faultIters = new WeakMap<Kvm, TdpIter>();
@@ -102,6 +107,7 @@ export function tdp_mmu_split_huge_page(kvm: Kvm, iter: TdpIter, sp: number, sha
     kvm.spt[base + i] = make_huge_page_split_spte(huge, iter.level - 1, i);
   const r = tdp_mmu_link_sp(kvm, iter, sp, shared);
   if (r === 0) tdp_mmu_state(kvm).splits++;
+  if (kvm.trace.on) trace_kvm_mmu_split_huge_page(kvm, iter.gfn, huge, iter.level, r === 0 ? 0 : -r);
   return r;
 }
 
@@ -111,6 +117,7 @@ function tdp_mmu_map_handle_target_level(kvm: Kvm, fault: KvmPageFault, iter: Td
   const newSpte = tdp_make_spte(fault.pfn - off, iter.level, fault.map_writable);
   if (iter.old_spte === newSpte) return RET_PF_RETRY; // RET_PF_SPURIOUS: another vCPU mapped it
   if (tdp_mmu_set_spte_atomic(kvm, iter, newSpte) !== 0) return RET_PF_RETRY;
+  if (kvm.trace.on) trace_kvm_mmu_set_spte(kvm, iter.level, iter.gfn, iter.sptep);
   // As mmu_set_spte's F4: the spte is writable before the page is logged dirty.
   if ((newSpte & PT_WRITABLE_MASK) !== 0) mark_page_dirty_in_slot(kvm, fault.slot, fault.gfn - off);
   return RET_PF_RETRY;
@@ -123,6 +130,7 @@ export function kvm_tdp_mmu_map(kvm: Kvm, fault: KvmPageFault): number {
   if (root === 0 || is_invalid_root(kvm, root)) return RET_PF_RETRY;
   const iter = fault_iter(kvm);
   const gfn = fault.gfn;
+  if (kvm.trace.on) trace_kvm_mmu_spte_requested(kvm, fault);
   try {
     for (
       tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, gfn);

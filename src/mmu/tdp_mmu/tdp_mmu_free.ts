@@ -22,6 +22,7 @@ import { aadd, acas, aload } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { KVM_NR_PAGE_SIZES, PT64_ENT_PER_PAGE } from "../spte.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
+import { trace_kvm_mmu_get_page } from "../mmutrace.js";
 
 /**
  * tdp_mmu_alloc_sp + tdp_mmu_init_sp: a zeroed table for [gfn, ...) at `level` from the memory
@@ -55,6 +56,7 @@ export function tdp_mmu_alloc_sp(kvm: Kvm, vcpuId: number, gfn: number, level: n
   h[SP.next(sp)] = 0;
   // The table is private until a cmpxchg links it; that seq-cst write publishes these.
   kvm.spt.fill(0, sp * PT64_ENT_PER_PAGE, (sp + 1) * PT64_ENT_PER_PAGE);
+  if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
   return sp;
 }
 

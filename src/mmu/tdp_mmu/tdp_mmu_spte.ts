@@ -41,6 +41,7 @@ import { gfn_to_hva_page, gfn_to_memslot } from "../../mem/memslot.js";
 import { set_page_dirty } from "../../mem/host_memory.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 import type { TdpIter } from "./tdp_iter.js";
+import { trace_kvm_mmu_prepare_zap_page, trace_kvm_tdp_mmu_spte_changed } from "../mmutrace.js";
 
 /**
  * FROZEN_SPTE: not present (bit 0 clear), and no value a zap or a fault ever writes (those write
@@ -135,6 +136,7 @@ export function handle_changed_spte(
     (!isPresent || !is_dirty_spte(kvm, newSpte) || spte_to_pfn(oldSpte) !== spte_to_pfn(newSpte))
   )
     kvm_set_pfn_dirty(kvm, gfn);
+  if (kvm.trace.on) trace_kvm_tdp_mmu_spte_changed(kvm, gfn, level, oldSpte, newSpte);
   if (level > PT_PAGE_TABLE_LEVEL) {
     const wasLarge = wasLeaf && is_large_pte(oldSpte);
     const isLarge = isLeaf && is_large_pte(newSpte);
@@ -188,6 +190,7 @@ export function tdp_mmu_read_spte(kvm: Kvm, sptep: number): number {
 export function handle_removed_pt(kvm: Kvm, sp: number, _gfn: number, shared: boolean): void {
   const level = sp_level(kvm, sp);
   const base = kvm.spHdr[SP.gfn(sp)];
+  if (kvm.trace.on) trace_kvm_mmu_prepare_zap_page(kvm, sp);
   const pages = KVM_PAGES_PER_HPAGE(level);
   const spt = kvm.spt;
   aor(kvm.spHdr, SP.role(sp), ROLE_INVALID);

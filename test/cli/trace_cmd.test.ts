@@ -1,0 +1,91 @@
+/**
+ * `--trace FILE` of dirty-log-perf, dirty-log-test and migrate, in a child process: the file is
+ * well formed (checkTraceEvents), names its tracks, and bad flags are usage errors (exit 2)
+ * that write no file.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { runKvmmu } from "../helpers/cli.js";
+import { checkTraceEvents, type TraceEvent } from "../../src/sync/trace_event.js";
+
+const dir = mkdtempSync(join(tmpdir(), "kvmmu-trace-"));
+test.after(() => rmSync(dir, { recursive: true, force: true }));
+
+function load(file: string): { traceEvents: TraceEvent[]; otherData: Record<string, unknown> } {
+  const t = JSON.parse(readFileSync(file, "utf8")) as {
+    traceEvents: TraceEvent[];
+    otherData: Record<string, unknown>;
+  };
+  assert.deepEqual(checkTraceEvents(t.traceEvents), [], "well formed");
+  return t;
+}
+
+test("dirty-log-perf --trace: a well-formed timeline, one process per design, tracks named", async () => {
+  const file = join(dir, "perf.json");
+  const r = await runKvmmu([
+    "dirty-log-perf",
+    ...["-v", "1", "-b", "8M", "-i", "1", "--warmup", "0", "--wp", "locked,tdp-mmu", "--contention", "none"],
+    ...["--trace", file, "--trace-sample", "4", "--json"],
+  ]);
+  assert.equal(r.code, 0, r.err);
+  const t = load(file);
+  const procs = t.traceEvents
+    .filter((e) => e.name === "process_name")
+    .map((e) => (e.args as { name: string }).name);
+  assert.deepEqual(procs.sort(), ["locked", "tdp-mmu"]);
+  const threads = new Set(
+    t.traceEvents.filter((e) => e.name === "thread_name").map((e) => (e.args as { name: string }).name),
+  );
+  assert.ok(threads.has("vcpu 0") && threads.has("main (ioctls)"), [...threads].join());
+  assert.ok(t.traceEvents.some((e) => e.name === "kvm_vm_ioctl_get_dirty_log" && e.ph === "B"));
+  assert.ok(t.traceEvents.some((e) => e.name === "mmu_lock_write" && e.ph === "B"));
+  assert.ok(t.traceEvents.some((e) => e.ph === "C"));
+  assert.deepEqual([t.otherData.command, t.otherData.sample], ["dirty-log-perf", 4]);
+  // The result itself does not carry the hook.
+  assert.equal("onVm" in (JSON.parse(r.out) as { options: object }).options, false);
+});
+
+test("dirty-log-test --trace: one process per design and oracle run", async () => {
+  const file = join(dir, "test.json");
+  const r = await runKvmmu([
+    "dirty-log-test",
+    ...["--wp", "locked", "--iterations", "2", "--json", "--trace", file],
+  ]);
+  assert.equal(r.code, 0, r.err);
+  const t = load(file);
+  assert.ok(t.traceEvents.some((e) => e.name === "process_name"));
+  assert.ok(t.traceEvents.some((e) => e.name === "kvm_vm_ioctl_get_dirty_log"));
+});
+
+test("migrate --local --trace: the source's rounds and switch-over", async () => {
+  const file = join(dir, "mig.json");
+  const r = await runKvmmu(["migrate", "--local", "-b", "1M", "--warmup", "50", "--json", "--trace", file]);
+  assert.equal(r.code, 0, r.err);
+  const t = load(file);
+  assert.ok(t.traceEvents.some((e) => e.name === "migration_round" && e.ph === "B"));
+  assert.ok(t.traceEvents.some((e) => e.name === "migration_switchover" && e.ph === "B"));
+});
+
+test("--trace-sample out of range, --trace into a missing directory: usage errors, no file", async () => {
+  const file = join(dir, "never.json");
+  const bad = await runKvmmu([
+    "dirty-log-perf",
+    "-v",
+    "1",
+    "-b",
+    "8M",
+    "--trace",
+    file,
+    "--trace-sample",
+    "0",
+  ]);
+  assert.equal(bad.code, 2, bad.err);
+  assert.match(bad.err, /--trace-sample/);
+  assert.equal(existsSync(file), false);
+  const missing = await runKvmmu(["migrate", "--local", "--trace", join(dir, "no", "t.json")]);
+  assert.equal(missing.code, 2, missing.err);
+  assert.match(missing.err, /--trace/);
+});
