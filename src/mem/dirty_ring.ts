@@ -13,6 +13,7 @@
  * DIRTY entry always carries its own page. RESET is published the same way, and the reset loads
  * flags before it reads slot and offset.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   BUG,
   CTL,
@@ -74,24 +75,29 @@ export function kvm_dirty_ring_soft_full(kvm: Kvm, v: number): boolean {
  * A truly full ring cannot happen (the vCPU stops at size - 64); KVM only warns.
  */
 export function kvm_dirty_ring_push(kvm: Kvm, v: number, slot: number, offset: number): void {
-  const ring = kvm.dirtyRing;
-  const size = kvm.ctl[CTL.dirty_ring_size];
-  const b = ring_base(kvm, v);
-  const di = ring[b + RING_HDR.dirty_index]; // only this vCPU writes it
-  const e = entry(size, di);
-  if (kvm.bug(BUG["ring-flags-before-entry"])) {
-    // Bug: the entry is published before it is filled: a harvester may read the old page.
-    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
-    astore(ring, b + RING_GFN.slot(e), slot);
-    astore(ring, b + RING_GFN.offset_lo(e), offset);
-  } else {
-    astore(ring, b + RING_GFN.slot(e), slot);
-    astore(ring, b + RING_GFN.offset_lo(e), offset);
-    // smp_wmb + set_dirtied: Atomics.store orders the two stores above before it.
-    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
+  const kfd = kfunc_enter(KF.kvm_dirty_ring_push);
+  try {
+    const ring = kvm.dirtyRing;
+    const size = kvm.ctl[CTL.dirty_ring_size];
+    const b = ring_base(kvm, v);
+    const di = ring[b + RING_HDR.dirty_index]; // only this vCPU writes it
+    const e = entry(size, di);
+    if (kvm.bug(BUG["ring-flags-before-entry"])) {
+      // Bug: the entry is published before it is filled: a harvester may read the old page.
+      astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
+      astore(ring, b + RING_GFN.slot(e), slot);
+      astore(ring, b + RING_GFN.offset_lo(e), offset);
+    } else {
+      astore(ring, b + RING_GFN.slot(e), slot);
+      astore(ring, b + RING_GFN.offset_lo(e), offset);
+      // smp_wmb + set_dirtied: Atomics.store orders the two stores above before it.
+      astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
+    }
+    astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
+    if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
+  } finally {
+    kfunc_exit(kfd);
   }
-  astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
-  if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
 }
 
 /**
@@ -125,22 +131,27 @@ export function kvm_dirty_ring_harvest(
   max: number,
   fn: (slot: number, offset: number) => void,
 ): number {
-  const ring = kvm.dirtyRing;
-  const size = kvm.ctl[CTL.dirty_ring_size];
-  const b = ring_base(kvm, v);
-  let fetch = aload(ring, b + RING_HDR.fetch_index);
-  let n = 0;
-  while (n < max) {
-    const e = entry(size, fetch);
-    if (aload(ring, b + RING_GFN.flags(e)) !== KVM_DIRTY_GFN_F_DIRTY) break;
-    // READ_ONCE: the acquire load of the flags orders these after the vCPU's stores of them.
-    const slot = aread(ring, b + RING_GFN.slot(e));
-    const offset = aread(ring, b + RING_GFN.offset_lo(e));
-    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
-    fetch = (fetch + 1) | 0;
-    n++;
-    fn(slot, offset);
+  const kfd = kfunc_enter(KF.kvm_dirty_ring_harvest);
+  try {
+    const ring = kvm.dirtyRing;
+    const size = kvm.ctl[CTL.dirty_ring_size];
+    const b = ring_base(kvm, v);
+    let fetch = aload(ring, b + RING_HDR.fetch_index);
+    let n = 0;
+    while (n < max) {
+      const e = entry(size, fetch);
+      if (aload(ring, b + RING_GFN.flags(e)) !== KVM_DIRTY_GFN_F_DIRTY) break;
+      // READ_ONCE: the acquire load of the flags orders these after the vCPU's stores of them.
+      const slot = aread(ring, b + RING_GFN.slot(e));
+      const offset = aread(ring, b + RING_GFN.offset_lo(e));
+      astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
+      fetch = (fetch + 1) | 0;
+      n++;
+      fn(slot, offset);
+    }
+    astore(ring, b + RING_HDR.fetch_index, fetch);
+    return n;
+  } finally {
+    kfunc_exit(kfd);
   }
-  astore(ring, b + RING_HDR.fetch_index, fetch);
-  return n;
 }

@@ -1,0 +1,125 @@
+/**
+ * The full recording of one controlled run (the explorer's `--trace`, `replay --trace`): every
+ * step with its thread, operation, the named location (src/verify/trace_names.ts, decoded while
+ * every thread is stopped at that step), the word's value before and after the step, and the
+ * kernel functions the thread was in (src/sync/kfunc.ts). The explorer keeps only the last
+ * steps of each thread while it searches; a violation's schedule is re-run with a Recorder
+ * (replay is deterministic), one step per hand-off.
+ */
+import { Op } from "../sync/atomic.js";
+import { SCHED_RING, SCHED_T } from "../sync/sched.js";
+import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
+import { Kvm } from "../kvm_host.js";
+import { locationName, TRACED_ARRAYS } from "./trace_names.js";
+
+export const OP_NAMES = [
+  "load",
+  "store",
+  "xchg",
+  "cas",
+  "or",
+  "and",
+  "add",
+  "guest-read",
+  "guest-write",
+  "spin",
+];
+
+/** Operations that can change the word (a cas or an or may leave it as it was). */
+export const WRITE_OPS: ReadonlySet<number> = new Set([
+  Op.Store,
+  Op.Xchg,
+  Op.Cas,
+  Op.Or,
+  Op.And,
+  Op.Add,
+  Op.GuestWrite,
+]);
+
+/** One step of a recorded run. */
+export interface RecordedStep {
+  /** Position in the schedule (0-based). */
+  step: number;
+  /** The scenario thread's index. */
+  thread: number;
+  op: number;
+  /** Index in TRACED_ARRAYS, -1 for the scenario's scratch words. */
+  arr: number;
+  index: number;
+  /** What the location is (trace_names.ts). */
+  field: string;
+  /** The word before and after the step (the step runs the thread up to its next point). */
+  old: number;
+  new: number;
+  /** Kernel functions the thread was in at the step, outermost first. */
+  stack: string[];
+}
+
+export interface RecordedRun {
+  scenario: string;
+  schedule: string;
+  threads: string[];
+  steps: RecordedStep[];
+  violation: string | null;
+}
+
+/** Reads what the controller needs at each step of a recorded run. */
+export class Recorder {
+  readonly steps: RecordedStep[] = [];
+  private readonly arrays: Int32Array[];
+  private pending: RecordedStep | null = null;
+  private target: Int32Array | null = null;
+
+  constructor(
+    private readonly sc: Int32Array,
+    private readonly kvm: Kvm,
+    private readonly scratch: Int32Array,
+  ) {
+    const k = kvm;
+    this.arrays = [
+      k.spt,
+      k.rmapPool,
+      k.desc,
+      k.bitmapPool,
+      k.vcpu,
+      k.ctl,
+      k.mem,
+      k.hpt,
+      k.spHdr,
+      k.dirtyRing,
+    ];
+    if (this.arrays.length !== TRACED_ARRAYS.length) throw new Error("recorder: traced arrays differ");
+  }
+
+  /** Thread `t`, standing at its point `own` (its ring entry holds it), is granted schedule step `step`. */
+  before(t: number, own: number, step: number): void {
+    const sc = this.sc;
+    const e = SCHED_T.ring(t) + (own % SCHED_RING) * 3;
+    const [op, arr, index] = [sc[e], sc[e + 1], sc[e + 2]];
+    const a = arr >= 0 ? this.arrays[arr] : this.scratch;
+    this.target = index < a.length ? a : null;
+    const old = this.target !== null ? Atomics.load(this.target, index) : 0;
+    const stack = kfunc_stack(sc, SCHED_T.kstack(t)).map(kfuncName);
+    const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
+    this.pending = { step, thread: t, op, arr, index, field, old, new: old, stack };
+  }
+
+  /** The step granted by `before` has run. */
+  after(): void {
+    const p = this.pending;
+    if (p === null) return;
+    if (this.target !== null) p.new = Atomics.load(this.target, p.index);
+    this.steps.push(p);
+    this.pending = null;
+  }
+}
+
+const hex = (v: number): string => `0x${(v >>> 0).toString(16)}`;
+
+/** A step as one line: `xchg spte gfn 0x0 level 1 (sp 3 index 0) 0x...->0x... [fast_page_fault < mmu_spte_update]`. */
+export function stepText(s: RecordedStep): string {
+  const op = OP_NAMES[s.op] ?? "?";
+  const val = s.old === s.new ? `= ${hex(s.old)}` : `${hex(s.old)} -> ${hex(s.new)}`;
+  const fns = s.stack.length ? `  [${s.stack.join(" > ")}]` : "";
+  return `${op} ${s.field} ${val}${fns}`;
+}
