@@ -56,9 +56,14 @@ export const KF = Object.freeze(
   Object.fromEntries(KFUNC_NAMES.map((n, i) => [n, i + 1])) as { readonly [K in KfuncName]: number },
 );
 
-/** The name of function id `f` ("?" for an unknown id). */
+/** The name of function id `f`, or of a recorded frame ("?" for an unknown id). */
 export function kfuncName(f: number): string {
-  return KFUNC_NAMES[f - 1] ?? "?";
+  return KFUNC_NAMES[kfunc_id(f) - 1] ?? "?";
+}
+
+/** The function id of a recorded frame. */
+export function kfunc_id(frame: number): number {
+  return frame & 0xff;
 }
 
 /** Words of a recording stack: the depth, then this many ids (deeper frames count but are not kept). */
@@ -79,16 +84,18 @@ export function kfunc_record(w: Int32Array | null, base = 0): void {
     return;
   }
   w[base] = 0;
+  let calls = 0;
   kfunc_enter = (f) => {
     const d = w[base];
-    if (d < KSTACK_WORDS - 1) w[base + 1 + d] = f;
+    // The id in the low byte, a call count above: two calls of one function are two slices.
+    if (d < KSTACK_WORDS - 1) w[base + 1 + d] = f | ((calls++ & 0x7fffff) << 8);
     w[base] = d + 1;
     return d;
   };
   kfunc_exit = (d) => void (w[base] = d);
 }
 
-/** The stack recorded at `w[base..]`, outermost first (ids). */
+/** The stack recorded at `w[base..]`, outermost first: frames, id | call count << 8 (kfunc_id). */
 export function kfunc_stack(w: Int32Array, base = 0): number[] {
   const d = Math.min(w[base], KSTACK_WORDS - 1);
   return Array.from(w.subarray(base + 1, base + 1 + d));

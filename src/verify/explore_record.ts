@@ -53,6 +53,8 @@ export interface RecordedStep {
   new: number;
   /** Kernel functions the thread was in at the step, outermost first. */
   stack: string[];
+  /** The same as recorded frames (src/sync/kfunc.ts): equal frames are the same call. */
+  frames: number[];
 }
 
 export interface RecordedRun {
@@ -99,9 +101,10 @@ export class Recorder {
     const a = arr >= 0 ? this.arrays[arr] : this.scratch;
     this.target = index < a.length ? a : null;
     const old = this.target !== null ? Atomics.load(this.target, index) : 0;
-    const stack = kfunc_stack(sc, SCHED_T.kstack(t)).map(kfuncName);
+    const frames = kfunc_stack(sc, SCHED_T.kstack(t));
+    const stack = frames.map(kfuncName);
     const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
-    this.pending = { step, thread: t, op, arr, index, field, old, new: old, stack };
+    this.pending = { step, thread: t, op, arr, index, field, old, new: old, stack, frames };
   }
 
   /** The step granted by `before` has run. */

@@ -55,7 +55,13 @@ export function missedWrites(steps: readonly RecordedStep[]): Map<number, number
   const out = new Map<number, number>();
   steps.forEach((s, i) => {
     const r = lastRead.get(`${s.index}`);
-    if (s.arr === ARR_MEM && s.op === (Op.GuestWrite as number) && s.old !== s.new && r !== undefined && r < i)
+    if (
+      s.arr === ARR_MEM &&
+      s.op === (Op.GuestWrite as number) &&
+      s.old !== s.new &&
+      r !== undefined &&
+      r < i
+    )
       if (steps[r].thread !== s.thread) out.set(i, r);
   });
   return out;
@@ -78,7 +84,7 @@ export function writeRecordedRun(w: TraceWriter, run: RecordedRun): void {
   const n = run.threads.length;
   w.nameThread(PID, 0, "invariant check", `kvmmu explore ${run.scenario}`);
   run.threads.forEach((name, t) => w.nameThread(PID, t + 1, name));
-  const open: string[][] = run.threads.map(() => []);
+  const open: number[][] = run.threads.map(() => []);
   const lastEnd: number[] = new Array<number>(n).fill(0);
   const from = readsFrom(run.steps);
   const missed = missedWrites(run.steps);
@@ -90,14 +96,14 @@ export function writeRecordedRun(w: TraceWriter, run: RecordedRun): void {
     const tid = s.thread + 1;
     const st = open[s.thread];
     let keep = 0;
-    while (keep < st.length && keep < s.stack.length && st[keep] === s.stack[keep]) keep++;
+    while (keep < st.length && keep < s.frames.length && st[keep] === s.frames[keep]) keep++;
     while (st.length > keep) {
       st.pop();
       w.end(PID, tid, lastEnd[s.thread]);
     }
-    for (const f of s.stack.slice(keep)) {
-      st.push(f);
-      w.begin(PID, tid, s.step, f, undefined, "kvm");
+    for (let k = keep; k < s.frames.length; k++) {
+      st.push(s.frames[k]);
+      w.begin(PID, tid, s.step, s.stack[k], undefined, "kvm");
     }
     const name = `${OP_NAMES[s.op] ?? "?"} ${s.field}`;
     w.complete(PID, tid, s.step, 1, name, stepArgs(s), "step");
