@@ -81,7 +81,7 @@ export interface ExploreResult {
   /** Runs of steps the threads took (each begins with a hand-off to another thread, or the controller's). */
   runs: number;
   /**
-   * Explored steps per second of exploring: elapsedMs less startMs. The start of the worker
+   * Explored steps per second of exploring: elapsedMs less startMs and recordMs. The start of the worker
    * threads is a cost per process, not per step (a later exploration reuses them).
    */
   stepsPerSec: number;
@@ -90,6 +90,10 @@ export interface ExploreResult {
   startMs: number;
   /** With ExploreOptions.record: the first violation's run (else the last run), every step. */
   recording?: RecordedRun;
+  /** Steps of the recorded re-run of the first violation (or, with record, of the last run), not in `steps`. */
+  recordedSteps: number;
+  /** Of elapsedMs, the time that re-run took (function stacks on, one step per hand-off). */
+  recordMs: number;
 }
 
 /** One run's outcome. */
@@ -214,6 +218,9 @@ export class Explorer {
   startMs = 0;
   /** Record the next runs in full (explore_record.ts): one step per hand-off, function stacks on. */
   recording = false;
+  /** Steps and time of the recorded runs (not counted in totalSteps). */
+  recordSteps = 0;
+  recordMs = 0;
 
   constructor(
     readonly scenario: Scenario,
@@ -655,9 +662,11 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     steps: ex.totalSteps,
     handOffs: ex.handOffs,
     runs: ex.runs,
-    stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs) / 1000),
+    stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs - ex.recordMs) / 1000),
     elapsedMs,
     startMs: ex.startMs,
+    recordedSteps: ex.recordSteps,
+    recordMs: ex.recordMs,
     ...(recording !== undefined ? { recording } : {}),
   };
 }
@@ -670,6 +679,7 @@ function recordRun(
 ): { trace: Record<string, TraceEntry[]>; recording: RecordedRun } {
   ex.recording = true;
   const steps = ex.totalSteps;
+  const t0 = performance.now();
   try {
     const r = ex.runOnce(new ReplayChooser(choices));
     return {
@@ -685,6 +695,8 @@ function recordRun(
   } finally {
     ex.recording = false;
     // The recorded re-run is not an explored schedule.
+    ex.recordSteps += ex.totalSteps - steps;
+    ex.recordMs += performance.now() - t0;
     ex.totalSteps = steps;
   }
 }
