@@ -30,7 +30,7 @@ import { Scenario, SCENARIOS } from "./scenarios.js";
 import { ParkMiller } from "../workload/rng.js";
 import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
-import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
+import { Chooser, DfsChooser } from "./explore_chooser.js";
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
 import { Chain, SPIN_WINDOW } from "./explore_chain.js";
 import { scenarioApplies, withDesign } from "./explore_design.js";
@@ -40,20 +40,23 @@ import type { TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
 import { vmKvm, vmShared } from "../vm/internal.js";
-import { OP_NAMES, Recorder, RecordedRun, RecordedStep, stepText } from "./explore_record.js";
+import {
+  OP_NAMES,
+  Recorder,
+  RecordedRun,
+  RecordedStep,
+  recordedTail,
+  recordRun,
+  TraceEntry,
+  TRACE_KEEP,
+} from "./explore_record.js";
+import { nextChooser } from "./explore_chooser.js";
+
+export type { TraceEntry } from "./explore_record.js";
 import { locationName, TRACED_ARRAYS } from "./trace_names.js";
 import { workerFlags } from "../sync/worker_flags.js";
 
 export type Strategy = "random" | "pct" | "dfs";
-
-export interface TraceEntry {
-  step: number;
-  thread: string;
-  /** The operation and the named location: `xchg spte gfn 0x0 level 1 (sp 3 index 0)`, with values and functions when recorded. */
-  op: string;
-  /** The raw location: `spt[1536]`. */
-  at: string;
-}
 
 export interface Violation {
   schedule: string;
@@ -106,24 +109,6 @@ interface RunOutcome {
   recorded: RecordedStep[] | null;
 }
 
-const TRACE_KEEP = 12;
-
-/** The last TRACE_KEEP steps of each thread of a recorded run, as a violation's trace. */
-function recordedTail(steps: RecordedStep[], threads: string[]): Record<string, TraceEntry[]> {
-  const trace: Record<string, TraceEntry[]> = {};
-  threads.forEach((thread, t) => {
-    trace[thread] = steps
-      .filter((x) => x.thread === t)
-      .slice(-TRACE_KEEP)
-      .map((x) => ({
-        step: x.step,
-        thread,
-        op: stepText(x),
-        at: `${TRACED_ARRAYS[x.arr] ?? "scratch"}[${x.index}]`,
-      }));
-  });
-  return trace;
-}
 /** The step bound of generated programs, which are longer than the scenarios. */
 export const GENERATED_MAX_STEPS = 60000;
 /** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
@@ -574,22 +559,6 @@ function scenarioOf(o: ExploreOptions): Scenario {
   return s;
 }
 
-/** The chooser of the next schedule. */
-function nextChooser(
-  o: ExploreOptions,
-  dfs: DfsChooser | null,
-  rng: ParkMiller,
-  threads: number,
-  estSteps: number,
-): Chooser {
-  if (dfs) {
-    dfs.begin();
-    return dfs;
-  }
-  if (o.strategy === "pct") return new PctChooser(rng, threads, o.pctDepth ?? 3, estSteps);
-  return new RandomChooser(rng);
-}
-
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const s = scenarioOf(o);
   const ex = new Explorer(
@@ -669,36 +638,6 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     recordMs: ex.recordMs,
     ...(recording !== undefined ? { recording } : {}),
   };
-}
-
-/** Re-runs `choices` on `ex` with full recording. */
-function recordRun(
-  ex: Explorer,
-  choices: number[],
-  schedule: string,
-): { trace: Record<string, TraceEntry[]>; recording: RecordedRun } {
-  ex.recording = true;
-  const steps = ex.totalSteps;
-  const t0 = performance.now();
-  try {
-    const r = ex.runOnce(new ReplayChooser(choices));
-    return {
-      trace: r.trace,
-      recording: {
-        scenario: ex.scenario.name,
-        schedule,
-        threads: ex.scenario.threads.map((t) => t.name),
-        steps: r.recorded ?? [],
-        violation: r.violation,
-      },
-    };
-  } finally {
-    ex.recording = false;
-    // The recorded re-run is not an explored schedule.
-    ex.recordSteps += ex.totalSteps - steps;
-    ex.recordMs += performance.now() - t0;
-    ex.totalSteps = steps;
-  }
 }
 
 /** Re-runs one schedule exactly (of a named scenario, or of `scenario` for generated ones). */

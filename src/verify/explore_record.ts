@@ -11,6 +11,33 @@ import { SCHED_RING, SCHED_T } from "../sync/sched.js";
 import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
 import { Kvm } from "../kvm_host.js";
 import { locationName, TRACED_ARRAYS } from "./trace_names.js";
+import { Chooser, ReplayChooser } from "./explore_chooser.js";
+
+/** Steps of each thread a violation's trace shows. */
+export const TRACE_KEEP = 12;
+
+export interface TraceEntry {
+  step: number;
+  thread: string;
+  /** The operation and the named location: `xchg spte gfn 0x0 level 1 (sp 3 index 0)`, with values and functions when recorded. */
+  op: string;
+  /** The raw location: `spt[1536]`. */
+  at: string;
+}
+
+/** What recordRun needs of an Explorer (explore.ts): its recording switch, counters and runOnce. */
+export interface RecordingExplorer {
+  recording: boolean;
+  totalSteps: number;
+  recordSteps: number;
+  recordMs: number;
+  readonly scenario: { name: string; threads: { name: string }[] };
+  runOnce(c: Chooser): {
+    trace: Record<string, TraceEntry[]>;
+    recorded: RecordedStep[] | null;
+    violation: string | null;
+  };
+}
 
 export const OP_NAMES = [
   "load",
@@ -125,4 +152,51 @@ export function stepText(s: RecordedStep): string {
   const val = s.old === s.new ? `= ${hex(s.old)}` : `${hex(s.old)} -> ${hex(s.new)}`;
   const fns = s.stack.length ? `  [${s.stack.join(" > ")}]` : "";
   return `${op} ${s.field} ${val}${fns}`;
+}
+
+/** The last TRACE_KEEP steps of each thread of a recorded run, as a violation's trace. */
+export function recordedTail(steps: RecordedStep[], threads: string[]): Record<string, TraceEntry[]> {
+  const trace: Record<string, TraceEntry[]> = {};
+  threads.forEach((thread, t) => {
+    trace[thread] = steps
+      .filter((x) => x.thread === t)
+      .slice(-TRACE_KEEP)
+      .map((x) => ({
+        step: x.step,
+        thread,
+        op: stepText(x),
+        at: `${TRACED_ARRAYS[x.arr] ?? "scratch"}[${x.index}]`,
+      }));
+  });
+  return trace;
+}
+
+/** Re-runs `choices` on `ex` with full recording. */
+export function recordRun(
+  ex: RecordingExplorer,
+  choices: number[],
+  schedule: string,
+): { trace: Record<string, TraceEntry[]>; recording: RecordedRun } {
+  ex.recording = true;
+  const steps = ex.totalSteps;
+  const t0 = performance.now();
+  try {
+    const r = ex.runOnce(new ReplayChooser(choices));
+    return {
+      trace: r.trace,
+      recording: {
+        scenario: ex.scenario.name,
+        schedule,
+        threads: ex.scenario.threads.map((t) => t.name),
+        steps: r.recorded ?? [],
+        violation: r.violation,
+      },
+    };
+  } finally {
+    ex.recording = false;
+    // The recorded re-run is not an explored schedule.
+    ex.recordSteps += ex.totalSteps - steps;
+    ex.recordMs += performance.now() - t0;
+    ex.totalSteps = steps;
+  }
 }

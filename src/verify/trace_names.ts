@@ -136,7 +136,7 @@ function bitmapName(kvm: Kvm, i: number): string {
 
 function descName(i: number): string {
   const d = Math.floor(i / DESC.STRIDE);
-  const f = fieldAt(DESC.layout, i - d * DESC.STRIDE);
+  const f = fieldAt(DESC.layout, i - DESC.row(d));
   const m = /^sptes\[(\d+)\]$/.exec(f);
   return m !== null ? `pte_list_desc ${d} entry ${m[1]}` : `pte_list_desc ${d} ${f}`;
 }
