@@ -109,9 +109,10 @@ function windowOf(events: TraceEvent[]): { evs: TraceEvent[]; t0: number; t1: nu
   const sorted = [...timed].sort((a, b) => a.ts - b.ts);
   const t0 = sorted.length ? sorted[0].ts : 0;
   const cut = sorted.length > WINDOW_EVENTS ? sorted[WINDOW_EVENTS - 1].ts : Infinity;
-  const evs = timed.filter((e) => e.ts <= cut || (e.ph === "E" && e.ts > cut));
+  // A slice still open at the cut is drawn to the end of the window.
+  const evs = timed.filter((e) => e.ts <= cut);
   let t1 = t0;
-  for (const e of evs) if (e.ts <= cut) t1 = Math.max(t1, e.ts + (e.ph === "X" ? (e.dur ?? 0) : 0));
+  for (const e of evs) t1 = Math.max(t1, e.ts + (e.ph === "X" ? (e.dur ?? 0) : 0));
   return { evs, t0, t1: Math.max(t1, t0 + 1), total };
 }
 
