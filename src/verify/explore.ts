@@ -577,7 +577,8 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const rng = new ParkMiller(o.seed);
   const dfs = o.strategy === "dfs" ? new DfsChooser(o.preemptions ?? 2) : null;
   let estSteps = 200;
-  let last: number[] = [];
+  // The last run's choices until a violation, then the first violation's.
+  let chosen: number[] = [];
   let recording: RecordedRun | undefined;
   try {
     while (schedules < o.schedules) {
@@ -589,7 +590,7 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       const r = ex.runOnce(nextChooser(o, dfs, rng, s.threads.length, estSteps));
       schedules++;
       if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
-      last = r.choices;
+      if (first === null) chosen = r.choices;
       if (r.violation) {
         violations++;
         first ??= {
@@ -605,11 +606,10 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     }
     // The first violation's schedule once more, recorded: its trace names every step as it ran.
     if (first !== null || (o.record === true && schedules > 0)) {
-      const d = first !== null ? decodeSchedule(first.schedule) : null;
       const rr = recordRun(
         ex,
-        d?.choices ?? last,
-        first?.schedule ?? encodeSchedule(s.name, o.bug, last, o.mode ?? "tdp", o.design),
+        chosen,
+        first?.schedule ?? encodeSchedule(s.name, o.bug, chosen, o.mode ?? "tdp", o.design),
       );
       if (first !== null) first.trace = rr.trace;
       if (o.record === true) recording = rr.recording;
