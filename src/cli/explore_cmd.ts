@@ -13,23 +13,37 @@ import { parseIntIn, parseList, parseOne } from "./parse.js";
 import { einval } from "../errors.js";
 import { interrupt } from "./interrupt.js";
 import { checkOutput, envelope, writeResult } from "../bench/result.js";
+import { writeFileSync } from "node:fs";
+import { recordedRunTrace } from "../verify/explore_trace.js";
+import type { RecordedRun } from "../verify/explore_record.js";
+
+/** Writes a recorded run as a Trace Event Format file (ui.perfetto.dev, `kvmmu report`). */
+function writeTrace(file: string | undefined, rec: RecordedRun | undefined): void {
+  if (file === undefined || rec === undefined) return;
+  writeFileSync(file, recordedRunTrace(rec));
+}
 
 type Args = Record<string, string | boolean | undefined>;
 
 /** The generator loads fast-check: only when asked for (keeps every other command's start short). */
 const generator = (): Promise<typeof import("../verify/generate.js")> => import("../verify/generate.js");
 
-function formatTrace(v: Pick<Violation, "invariant" | "steps" | "schedule" | "trace">): string {
-  const out = [
-    `violation: ${v.invariant}`,
-    `schedule (${v.steps} steps): ${v.schedule}`,
-    "last operations per thread:",
-  ];
-  for (const [t, entries] of Object.entries(v.trace)) {
+/** The last operations of each thread, one a line. */
+function traceLines(trace: Violation["trace"]): string[] {
+  const out = ["last operations per thread:"];
+  for (const [t, entries] of Object.entries(trace)) {
     out.push(`  ${t}:`);
     for (const e of entries) out.push(`    step ${String(e.step).padStart(5)}  ${e.op}`);
   }
-  return out.join("\n");
+  return out;
+}
+
+function formatTrace(v: Pick<Violation, "invariant" | "steps" | "schedule" | "trace">): string {
+  return [
+    `violation: ${v.invariant}`,
+    `schedule (${v.steps} steps): ${v.schedule}`,
+    ...traceLines(v.trace),
+  ].join("\n");
 }
 
 function formatResult(r: ExploreResult): string {
@@ -82,7 +96,8 @@ async function runReplay(a: Args): Promise<void> {
     if (a[o] !== undefined && a[o] !== false)
       throw einval("--replay", `--replay and --${o} cannot be combined`);
   const r = s.startsWith("gen") ? await (await generator()).replayGenerated(s) : await replay(s);
-  if (a["json"]) process.stdout.write(JSON.stringify(r) + "\n");
+  writeTrace(a["trace"] as string | undefined, "recording" in r ? r.recording : undefined);
+  if (a["json"]) process.stdout.write(JSON.stringify({ ...r, recording: undefined }) + "\n");
   else {
     const prog = "text" in r ? `program: ${String(r.text)}\n` : "";
     process.stdout.write(
@@ -94,6 +109,7 @@ async function runReplay(a: Args): Promise<void> {
 
 async function runExplore(a: Args): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
+  if (a["trace"] !== undefined) checkOutput(String(a["trace"]), "--trace");
   const bugName = a["bug"] as string | undefined;
   if (bugName !== undefined && !Object.hasOwn(CATALOG, bugName))
     throw einval("--bug", `"${bugName}" is not one of ${Object.keys(CATALOG).join(", ")}`);
@@ -132,7 +148,9 @@ async function runExplore(a: Args): Promise<void> {
     mode: mode,
     ...(designs.length ? { design: designs[0] } : {}),
   };
-  const r = await explore({ ...opts, signal: interrupt.signal });
+  const traced = a["trace"] !== undefined;
+  const { recording, ...r } = await explore({ ...opts, record: traced, signal: interrupt.signal });
+  writeTrace(a["trace"] as string | undefined, recording);
   if (a["output"] !== undefined)
     writeResult(String(a["output"]), { ...envelope("explore", opts), results: r });
   process.stdout.write(a["json"] ? JSON.stringify(r) + "\n" : formatResult(r) + "\n");
@@ -176,6 +194,10 @@ export function registerExplore(program: Command): void {
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-result envelope, to FILE")
+    .option(
+      "--trace <file>",
+      "write the first violation's run (else the last run) as a Perfetto / chrome://tracing JSON trace",
+    )
     .action(runExplore);
 
   program
@@ -183,17 +205,25 @@ export function registerExplore(program: Command): void {
     .description("re-run one schedule printed by explore, exactly, twice, and check both runs agree")
     .argument("<schedule>", "scenario@bug|fixed:thread*count,... (or a generated program's gen1:... string)")
     .option("--json", "print one JSON object on stdout", false)
-    .action(async (schedule: string, a: Record<string, boolean>) => {
+    .option("--trace <file>", "write the run as a Perfetto / chrome://tracing JSON trace")
+    .action(async (schedule: string, a: Record<string, string | boolean>) => {
+      if (typeof a["trace"] === "string") checkOutput(a["trace"], "--trace");
       const once = async (): ReturnType<typeof replay> =>
         schedule.startsWith("gen") ? (await generator()).replayGenerated(schedule) : replay(schedule);
       const r1 = await once();
       const r2 = await once();
       const same = r1.violation === r2.violation && JSON.stringify(r1.trace) === JSON.stringify(r2.trace);
-      if (a["json"]) process.stdout.write(JSON.stringify({ ...r1, reproducible: same }) + "\n");
+      writeTrace(
+        typeof a["trace"] === "string" ? a["trace"] : undefined,
+        "recording" in r1 ? r1.recording : undefined,
+      );
+      if (a["json"])
+        process.stdout.write(JSON.stringify({ ...r1, recording: undefined, reproducible: same }) + "\n");
       else {
         process.stdout.write(
           (r1.violation ? `violation: ${r1.violation}` : "no violation") +
-            `\n${r1.steps} steps; second run ${same ? "identical" : "DIFFERS"}\n`,
+            `\n${r1.steps} steps; second run ${same ? "identical" : "DIFFERS"}\n` +
+            `${traceLines(r1.trace).join("\n")}\n`,
         );
       }
       if (r1.violation) process.exitCode = 1;

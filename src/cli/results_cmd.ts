@@ -98,17 +98,27 @@ export async function compareFiles(
 /** `kvmmu report FILES -o OUT`: returns the warnings (a KvmError on bad input: exit 2). */
 export async function reportFiles(files: string[], out: string): Promise<string[]> {
   checkOutput(out);
-  const [{ checkReportable, loadResult }, { buildReport }, { differences }] = await withExtras("report", () =>
-    Promise.all([
-      import("../results/load.js"),
-      import("../results/report.js"),
-      import("../results/compare.js"),
-    ]),
+  const [{ checkReportable, loadResult }, { buildReport }, { differences }, { readTrace }] = await withExtras(
+    "report",
+    () =>
+      Promise.all([
+        import("../results/load.js"),
+        import("../results/report.js"),
+        import("../results/compare.js"),
+        import("../results/trace_svg.js"),
+      ]),
   );
-  const loaded = files.map(loadResult);
+  // A trace file (traceEvents: explore --trace, a benchmark's --trace) is drawn as a timeline.
+  const traces = [];
+  const loaded = [];
+  for (const f of files) {
+    const t = readTrace(f);
+    if (t !== null) traces.push(t);
+    else loaded.push(loadResult(f));
+  }
   checkReportable(loaded);
   const warnings = reportWarnings(loaded, differences);
-  const html = buildReport(loaded);
+  const html = buildReport(loaded, traces);
   try {
     writeFileSync(out, html);
   } catch (e) {
@@ -157,7 +167,7 @@ export function registerResults(program: Command): void {
   program
     .command("report")
     .description("draw saved results as one self-contained HTML file (inline SVG, no network needed)")
-    .argument("<files...>", "result files (--output FILE of any command)")
+    .argument("<files...>", "result files (--output FILE of any command) and trace files (--trace FILE)")
     .requiredOption("-o, --output <file>", "the HTML file to write")
     .action(async (files: string[], a: Record<string, string>) =>
       warn(await reportFiles(files, a["output"])),

@@ -9,6 +9,7 @@
  * returns no vCPU can use a translation older than the call. This is also the grace period
  * that protects vCPU lockless walkers from freed shadow pages.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   CTL,
   EXITING_GUEST_MODE,
@@ -121,8 +122,13 @@ function waitForAck(kvm: Kvm, i: number): void {
 export function kvm_flush_remote_tlbs(kvm: Kvm): void {
   const t = kvm.trace;
   if (t.on && (!t.perAccessLocks || t.sampled())) return traced_flush_remote_tlbs(kvm, t);
-  make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
-  aadd(kvm.ctl, CTL.remote_flushes, 1);
+  const kfd = kfunc_enter(KF.kvm_flush_remote_tlbs);
+  try {
+    make_all_cpus_request(kvm, KVM_REQ_TLB_FLUSH);
+    aadd(kvm.ctl, CTL.remote_flushes, 1);
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /** kvm_flush_remote_tlbs as a slice, with a flow to each vCPU's ack. */

@@ -5,6 +5,7 @@
  * whole run. Slots are created and deleted only while no vCPU runs (KVM waits with SRCU;
  * we refuse with EBUSY), so readers need no lock for the geometry.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   CTL,
   Kvm,
@@ -77,20 +78,25 @@ export function gfn_to_hva_page(kvm: Kvm, slot: number, gfn: number): number {
  * counted in dirty_ring_dropped (KVM warns) and lost to the log.
  */
 export function mark_page_dirty_in_slot(kvm: Kvm, slot: number, gfn: number): void {
-  if (!slot_dirty_logged(kvm, slot)) return;
-  const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
-  if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
-    const v = kvm_get_running_vcpu(kvm);
-    if (v >= 0) {
-      kvm_dirty_ring_push(kvm, v, slot, rel);
-      return;
+  const kfd = kfunc_enter(KF.mark_page_dirty_in_slot);
+  try {
+    if (!slot_dirty_logged(kvm, slot)) return;
+    const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+    if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
+      const v = kvm_get_running_vcpu(kvm);
+      if (v >= 0) {
+        kvm_dirty_ring_push(kvm, v, slot, rel);
+        return;
+      }
+      if (kvm.ctl[CTL.dirty_ring_with_bitmap] === 0) {
+        aadd(kvm.ctl, CTL.dirty_ring_dropped, 1);
+        return;
+      }
     }
-    if (kvm.ctl[CTL.dirty_ring_with_bitmap] === 0) {
-      aadd(kvm.ctl, CTL.dirty_ring_dropped, 1);
-      return;
-    }
+    aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
+  } finally {
+    kfunc_exit(kfd);
   }
-  aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
 }
 
 export function mark_page_dirty(kvm: Kvm, gfn: number): void {

@@ -7,6 +7,7 @@
  * (1) and (2) run between the design's harvestBegin and harvestEnd; (3) is in harvestEnd,
  * inside or after the design's critical section.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   BUG,
   CTL,
@@ -65,40 +66,45 @@ export function manual_protect_and_init_set(kvm: Kvm): boolean {
  * pages are cleared and re-protected by KVM_CLEAR_DIRTY_LOG, src/mmu/clear_dirty_log.ts).
  */
 export function kvm_get_dirty_log(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {
-  timed_sync_dirty_log(kvm, times);
-  if (manual_protect(kvm)) return get_dirty_log_copy(kvm, slot, out, times);
-  const design = wp_design(kvm);
-  const words = kvm.slots[SLOT.bitmap_words(slot)];
-  const bm = kvm.bitmapPool;
-  const b0 = kvm.slots[SLOT.bitmap_base(slot)];
-  const t0 = performance.now();
-  const wait0 = times.lockWaitNs;
-  const flush0 = times.flushNs;
-  let dirty = 0;
-  let flush = false;
-  design.harvestBegin(kvm, times);
+  const kfd = kfunc_enter(KF.kvm_get_dirty_log);
   try {
-    for (let i = 0; i < words; i++) {
-      // A plain pre-check (KVM's `if (!dirty_bitmap[i])`): a bit set concurrently and missed
-      // here is reported by the next call; the xchg is what clears.
-      if (aread(bm, b0 + i) === 0) {
-        out[i] = 0;
-        continue;
+    timed_sync_dirty_log(kvm, times);
+    if (manual_protect(kvm)) return get_dirty_log_copy(kvm, slot, out, times);
+    const design = wp_design(kvm);
+    const words = kvm.slots[SLOT.bitmap_words(slot)];
+    const bm = kvm.bitmapPool;
+    const b0 = kvm.slots[SLOT.bitmap_base(slot)];
+    const t0 = performance.now();
+    const wait0 = times.lockWaitNs;
+    const flush0 = times.flushNs;
+    let dirty = 0;
+    let flush = false;
+    design.harvestBegin(kvm, times);
+    try {
+      for (let i = 0; i < words; i++) {
+        // A plain pre-check (KVM's `if (!dirty_bitmap[i])`): a bit set concurrently and missed
+        // here is reported by the next call; the xchg is what clears.
+        if (aread(bm, b0 + i) === 0) {
+          out[i] = 0;
+          continue;
+        }
+        const mask = axchg(bm, b0 + i, 0);
+        out[i] = mask;
+        if (mask === 0) continue;
+        dirty += hweight32(mask);
+        // As KVM's kvm_get_dirty_log_protect: any reported page means a flush.
+        flush = true;
+        design.protectMasked(kvm, slot, i, mask);
       }
-      const mask = axchg(bm, b0 + i, 0);
-      out[i] = mask;
-      if (mask === 0) continue;
-      dirty += hweight32(mask);
-      // As KVM's kvm_get_dirty_log_protect: any reported page means a flush.
-      flush = true;
-      design.protectMasked(kvm, slot, i, mask);
+    } finally {
+      design.harvestEnd(kvm, flush, times);
     }
+    times.protectNs += (performance.now() - t0) * 1e6 - (times.lockWaitNs - wait0) - (times.flushNs - flush0);
+    times.dirtyPages += dirty;
+    return dirty;
   } finally {
-    design.harvestEnd(kvm, flush, times);
+    kfunc_exit(kfd);
   }
-  times.protectNs += (performance.now() - t0) * 1e6 - (times.lockWaitNs - wait0) - (times.flushNs - flush0);
-  times.dirtyPages += dirty;
-  return dirty;
 }
 
 function get_dirty_log_copy(kvm: Kvm, slot: number, out: Uint32Array, times: DirtyLogTimes): number {

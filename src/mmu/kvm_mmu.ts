@@ -11,6 +11,7 @@
  * range_start) assert the mode at entry (lockdep_assert_held_*, kvm_host.ts); the others take
  * the lock themselves.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   DesignName,
   Kvm,
@@ -97,13 +98,18 @@ declare module "../kvm_host.js" {
  * outside guest mode.
  */
 export function kvm_mmu_page_fault(kvm: Kvm, fault: KvmPageFault, addr: number, errorCode: number): number {
-  fault.addr = addr;
-  fault.gfn = addr;
-  fault.error_code = errorCode;
-  fault.present = (errorCode & PFERR_PRESENT_MASK) !== 0;
-  fault.write = (errorCode & PFERR_WRITE_MASK) !== 0;
-  fault.slot = -1;
-  return kvm.ops.page_fault(kvm, fault);
+  const kfd = kfunc_enter(KF.kvm_mmu_page_fault);
+  try {
+    fault.addr = addr;
+    fault.gfn = addr;
+    fault.error_code = errorCode;
+    fault.present = (errorCode & PFERR_PRESENT_MASK) !== 0;
+    fault.write = (errorCode & PFERR_WRITE_MASK) !== 0;
+    fault.slot = -1;
+    return kvm.ops.page_fault(kvm, fault);
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /** Asserts that this thread holds mmu_lock as op `op` of the VM's design declares. */

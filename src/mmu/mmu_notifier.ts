@@ -4,6 +4,7 @@
  * mmu_notifier_count > 0 makes every fault retry; range_end bumps mmu_notifier_seq so a fault
  * that read a pfn before the change cannot install it.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import { CTL, Kvm, KVM_USER_MEM_SLOTS, lockdep_assert_held_write, SLOT } from "../kvm_host.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
@@ -82,15 +83,20 @@ export function kvm_unmap_hva_range(kvm: Kvm, hvaStart: number, hvaEnd: number):
  * zap_gfn_range, under mmu_lock in the mode that op declares.
  */
 export function kvm_mmu_notifier_invalidate_range_start(kvm: Kvm, hvaStart: number, hvaEnd: number): void {
-  const read = kvm.ops.lock.zap_gfn_range === "read";
-  if (read) kvm.mmu_lock.read_lock();
-  else kvm.mmu_lock.write_lock();
+  const kfd = kfunc_enter(KF.kvm_mmu_notifier_invalidate_range_start);
   try {
-    aadd(kvm.ctl, CTL.notifier_count, 1);
-    if (kvm.ops.zap_gfn_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
+    const read = kvm.ops.lock.zap_gfn_range === "read";
+    if (read) kvm.mmu_lock.read_lock();
+    else kvm.mmu_lock.write_lock();
+    try {
+      aadd(kvm.ctl, CTL.notifier_count, 1);
+      if (kvm.ops.zap_gfn_range(kvm, hvaStart, hvaEnd)) kvm_flush_remote_tlbs(kvm);
+    } finally {
+      if (read) kvm.mmu_lock.read_unlock();
+      else kvm.mmu_lock.write_unlock();
+    }
   } finally {
-    if (read) kvm.mmu_lock.read_unlock();
-    else kvm.mmu_lock.write_unlock();
+    kfunc_exit(kfd);
   }
 }
 
@@ -104,10 +110,15 @@ export function mmu_notifier_retry(kvm: Kvm, mmuSeq: number): boolean {
 }
 
 export function kvm_mmu_notifier_invalidate_range_end(kvm: Kvm): void {
-  kvm.mmu_lock.write_lock();
-  aadd(kvm.ctl, CTL.notifier_seq, 1);
-  aadd(kvm.ctl, CTL.notifier_count, -1);
-  kvm.mmu_lock.write_unlock();
+  const kfd = kfunc_enter(KF.kvm_mmu_notifier_invalidate_range_end);
+  try {
+    kvm.mmu_lock.write_lock();
+    aadd(kvm.ctl, CTL.notifier_seq, 1);
+    aadd(kvm.ctl, CTL.notifier_count, -1);
+    kvm.mmu_lock.write_unlock();
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /** KVM's callbacks as the host's MMU-notifier chain calls them (kvm_mmu_notifier_ops). */

@@ -2,6 +2,7 @@
  * TDP page faults: tdp_page_fault, its lockless fast path (fast_page_fault, mmu.ts) and its slow
  * path under mmu_lock held for write (__direct_map, then mmu_set_spte in mmu.ts).
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import { BUG, CTL, Kvm, lockdep_assert_held_write } from "../kvm_host.js";
 import { spinPoint } from "../sync/atomic.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
@@ -19,24 +20,29 @@ import { trace_kvm_mmu_spte_requested } from "./mmutrace.js";
  * KvmError(EFAULT) for a gfn outside every memslot.
  */
 export function tdp_page_fault(kvm: Kvm, fault: KvmPageFault): number {
-  if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
-  kvm.mmu_lock.write_lock();
-  kvm.mmu_cache_vcpu = fault.vcpuId;
+  const kfd = kfunc_enter(KF.kvm_tdp_page_fault);
   try {
-    fault.stats.slow++;
-    if (mmu_notifier_retry(kvm, fault.mmu_seq) && !kvm.bug(BUG["no-notifier-retry"])) {
-      fault.stats.retries++;
-      // The vCPU will retry until the invalidation ends: a wait loop for the scheduler.
-      spinPoint(kvm.ctl, CTL.notifier_count);
-      return RET_PF_RETRY;
+    if (!direct_page_fault_prepare(kvm, fault)) return RET_PF_RETRY;
+    kvm.mmu_lock.write_lock();
+    kvm.mmu_cache_vcpu = fault.vcpuId;
+    try {
+      fault.stats.slow++;
+      if (mmu_notifier_retry(kvm, fault.mmu_seq) && !kvm.bug(BUG["no-notifier-retry"])) {
+        fault.stats.retries++;
+        // The vCPU will retry until the invalidation ends: a wait loop for the scheduler.
+        spinPoint(kvm.ctl, CTL.notifier_count);
+        return RET_PF_RETRY;
+      }
+      kvm_mmu_hugepage_adjust(kvm, fault);
+      __direct_map(kvm, fault);
+    } finally {
+      kvm.mmu_cache_vcpu = -1;
+      kvm.mmu_lock.write_unlock();
     }
-    kvm_mmu_hugepage_adjust(kvm, fault);
-    __direct_map(kvm, fault);
+    return RET_PF_RETRY;
   } finally {
-    kvm.mmu_cache_vcpu = -1;
-    kvm.mmu_lock.write_unlock();
+    kfunc_exit(kfd);
   }
-  return RET_PF_RETRY;
 }
 
 /** __direct_map: maps fault.gfn at fault.goal_level (transparent_hugepage_adjust). mmu_lock held for write. */

@@ -8,6 +8,7 @@ import { basename } from "node:path";
 import * as Plot from "@observablehq/plot";
 import { parseHTML } from "linkedom";
 import type { Loaded } from "./load.js";
+import { LoadedTrace, timelineSection } from "./trace_svg.js";
 import { commands, perfPlots, PerfRun, PlotSpec, RatioRow, ratioRows, seriesName } from "./perf_plots.js";
 import { migratePerfPlots, MigratePerfRun, migrateRatioRows } from "./migrate_perf_plots.js";
 import type { CatalogDocT, DirtyLogPerfDocT, KernbenchDocT, MigrateDocT, ResultDoc } from "./schema.js";
@@ -405,11 +406,12 @@ export function renderPlot(spec: PlotSpec): string {
   }).outerHTML;
 }
 
-export function buildReport(files: Loaded[]): string {
+export function buildReport(files: Loaded[], traces: LoadedTrace[] = []): string {
   const specs = plotSpecs(files);
   const sections = specs.map((s) => `<section class="plot" data-plot="${s.id}">${renderPlot(s)}</section>`);
+  sections.push(...traces.map(timelineSection));
   const none =
-    specs.length === 0
+    specs.length === 0 && traces.length === 0
       ? `<p class="empty">These files hold nothing to plot (dirty-log-test and explore results are listed below).</p>`
       : "";
   return `<!doctype html>
@@ -422,12 +424,11 @@ export function buildReport(files: Loaded[]): string {
 </head>
 <body>
 <h1>kvmmu report</h1>
-<p>${files.length} result file${files.length === 1 ? "" : "s"}, ${specs.length} plot${specs.length === 1 ? "" : "s"}; drawn ${esc(new Date().toISOString())}.</p>
+<p>${files.length} result file${files.length === 1 ? "" : "s"}, ${specs.length} plot${specs.length === 1 ? "" : "s"}${traces.length ? `, ${traces.length} trace timeline${traces.length === 1 ? "" : "s"}` : ""}; drawn ${esc(new Date().toISOString())}.</p>
 ${ratioTable([...ratioRows(perfRuns(files)), ...migrateRatioRows(migratePerfRuns(files))])}
 ${sections.join("\n")}
 ${none}
-<h2>What made these results</h2>
-${filesTable(files)}
+${files.length ? `<h2>What made these results</h2>\n${filesTable(files)}` : ""}
 </body>
 </html>
 `;

@@ -21,6 +21,7 @@
  */
 import { aload, Op, setSchedHook } from "./atomic.js";
 import { defineBlock, defineRows } from "../layout.js";
+import { KSTACK_WORDS } from "./kfunc.js";
 
 /** Runs a chain holds at most. */
 export const SCHED_CHAIN_MAX = 32;
@@ -49,6 +50,10 @@ export const SCHED = defineBlock(
     chainLen: {
       by: "the controller (atomic), while every thread waits",
       doc: "entries in `chain` (0: every thread hands back)",
+    },
+    trace: {
+      by: "the controller (atomic), before it changes go",
+      doc: "1: the run's threads record their kernel function stacks (src/sync/kfunc.ts)",
     },
     chain: {
       words: 2 * SCHED_CHAIN_MAX,
@@ -95,6 +100,11 @@ export const SCHED_T = defineRows(
       words: SCHED_RING * 3,
       by: "the thread (plain stores, published by its steps bump); the controller reads after",
       doc: "op, array index, element index of point `p` at entry p % SCHED_RING (traces, spins)",
+    },
+    kstack: {
+      words: KSTACK_WORDS,
+      by: "the thread (plain stores, published by its steps bump), in traced runs only; the controller reads after",
+      doc: "depth, then the ids of the kernel functions the thread is in (src/sync/kfunc.ts)",
     },
   },
   { stride: 64, base: SCHED.WORDS },

@@ -16,6 +16,7 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { acas, aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   kvm_dirty_ring_full_exit,
   kvm_dirty_ring_throttle_us,
@@ -140,34 +141,44 @@ export class Vcpu {
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
   enterGuest(): void {
-    const v = this.v;
-    const id = this.id;
-    for (;;) {
-      const req = axchg(v, VCPU.requests(id), 0);
-      if ((req & KVM_REQ_TLB_FLUSH) !== 0) {
-        this.tlb.flush();
-        if (this.kvm.trace.on) trace_flush_ack(this.kvm.trace, id);
+    const kfd = kfunc_enter(KF.vcpu_enter_guest);
+    try {
+      const v = this.v;
+      const id = this.id;
+      for (;;) {
+        const req = axchg(v, VCPU.requests(id), 0);
+        if ((req & KVM_REQ_TLB_FLUSH) !== 0) {
+          this.tlb.flush();
+          if (this.kvm.trace.on) trace_flush_ack(this.kvm.trace, id);
+        }
+        if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
+        astore(v, VCPU.mode(id), IN_GUEST_MODE);
+        if (aload(v, VCPU.requests(id)) === 0) break;
+        astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
       }
-      if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
-      astore(v, VCPU.mode(id), IN_GUEST_MODE);
-      if (aload(v, VCPU.requests(id)) === 0) break;
-      astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
+      // Each entry counted: stop() tells a vCPU that never acknowledged its kick (a guest spinning in
+      // JavaScript) by this count standing still in guest mode. A plain store: one writer.
+      v[this.entriesIx]++;
+      // A pause or stop written while we were outside guest mode found no IN mode to kick
+      // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
+      // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
+      if (aload(v, this.runIx) !== (RunCtl.Run as number))
+        acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
+    } finally {
+      kfunc_exit(kfd);
     }
-    // Each entry counted: stop() tells a vCPU that never acknowledged its kick (a guest spinning in
-    // JavaScript) by this count standing still in guest mode. A plain store: one writer.
-    v[this.entriesIx]++;
-    // A pause or stop written while we were outside guest mode found no IN mode to kick
-    // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
-    // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
-    if (aload(v, this.runIx) !== (RunCtl.Run as number))
-      acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
   }
 
   /** VM exit: the PML buffer into the log (vmx_flush_pml_buffer), mode = OUTSIDE; wakes a flusher that kicked us. */
   exitGuest(): void {
-    if (this.pmlSize !== 0) vmx_flush_pml_buffer(this.kvm, this.id, this.pmlStats);
-    const old = axchg(this.v, VCPU.mode(this.id), OUTSIDE_GUEST_MODE);
-    if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, VCPU.mode(this.id));
+    const kfd = kfunc_enter(KF.vcpu_exit_guest);
+    try {
+      if (this.pmlSize !== 0) vmx_flush_pml_buffer(this.kvm, this.id, this.pmlStats);
+      const old = axchg(this.v, VCPU.mode(this.id), OUTSIDE_GUEST_MODE);
+      if (old === EXITING_GUEST_MODE && !schedHookInstalled()) Atomics.notify(this.v, VCPU.mode(this.id));
+    } finally {
+      kfunc_exit(kfd);
+    }
   }
 
   /**
@@ -298,36 +309,51 @@ export class Vcpu {
   }
 
   private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
-    const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
-      const i = this.tlbBase[t] + w;
-      guestPoint(true, this.mem, i);
-      this.mem[i] = lo;
-      this.mem[i + 1] = hi;
-      return;
+    const kfd = kfunc_enter(KF.guest_write);
+    try {
+      const t = gfn & this.tlbMask;
+      if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
+        const i = this.tlbBase[t] + w;
+        guestPoint(true, this.mem, i);
+        this.mem[i] = lo;
+        this.mem[i + 1] = hi;
+        return;
+      }
+      this.writeSlow(gfn, w, lo, hi, 2);
+    } finally {
+      kfunc_exit(kfd);
     }
-    this.writeSlow(gfn, w, lo, hi, 2);
   }
 
   private write32Sched(gfn: number, w: number, x: number): void {
-    const t = gfn & this.tlbMask;
-    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
-      const i = this.tlbBase[t] + w;
-      guestPoint(true, this.mem, i);
-      this.mem[i] = x;
-      return;
+    const kfd = kfunc_enter(KF.guest_write);
+    try {
+      const t = gfn & this.tlbMask;
+      if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
+        const i = this.tlbBase[t] + w;
+        guestPoint(true, this.mem, i);
+        this.mem[i] = x;
+        return;
+      }
+      this.writeSlow(gfn, w, x, 0, 1);
+    } finally {
+      kfunc_exit(kfd);
     }
-    this.writeSlow(gfn, w, x, 0, 1);
   }
 
   private read32Sched(gfn: number, w: number): number {
-    const t = gfn & this.tlbMask;
-    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
-      const i = this.tlbBase[t] + w;
-      guestPoint(false, this.mem, i);
-      return this.mem[i];
+    const kfd = kfunc_enter(KF.guest_read);
+    try {
+      const t = gfn & this.tlbMask;
+      if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
+        const i = this.tlbBase[t] + w;
+        guestPoint(false, this.mem, i);
+        return this.mem[i];
+      }
+      return this.readSlow(gfn, w);
+    } finally {
+      kfunc_exit(kfd);
     }
-    return this.readSlow(gfn, w);
   }
 
   /**

@@ -47,6 +47,10 @@ import {
   SPTE_MMU_WRITEABLE,
   KVM_NR_PAGE_SIZES,
 } from "../mmu/spte.js";
+import { ARR_RMAP, ARR_SPT, locationName } from "./trace_names.js";
+
+/** A spte by what it maps: "spte gfn 0x64 level 1 (sp 4 index 100)" (trace_names.ts). */
+const spteName = (kvm: Kvm, sptep: number): string => locationName(kvm, ARR_SPT, sptep);
 
 export interface AuditOptions {
   /**
@@ -118,7 +122,7 @@ function auditPage(c: AuditCtx, sp: number, level: number): void {
       is_last_spte(s, level) &&
       (s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)
     )
-      say(`spte ${sptep}: W without HOST_W|MMU_W`);
+      say(`${spteName(kvm, sptep)}: W without HOST_W|MMU_W`);
     if (!is_last_spte(s, level)) auditLink(c, sptep, s, level);
     else auditLeaf(c, sptep, s, level);
   }
@@ -127,16 +131,17 @@ function auditPage(c: AuditCtx, sp: number, level: number): void {
 /** A link spte: no HOST_W/MMU_W, once in its child's parent_ptes, a child one level down. */
 function auditLink(c: AuditCtx, sptep: number, s: number, level: number): void {
   const { kvm, say } = c;
-  if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0) say(`link spte ${sptep}: carries HOST_W/MMU_W`);
+  if ((s & (SPTE_HOST_WRITEABLE | SPTE_MMU_WRITEABLE)) !== 0)
+    say(`link ${spteName(kvm, sptep)}: carries HOST_W/MMU_W`);
   const child = spte_to_child_sp(s);
   let found = 0;
   pte_list_walk(kvm, kvm.spHdr, SP.parent_ptes(child), (p) => {
     if (p === sptep) found++;
   });
-  if (found !== 1) say(`link spte ${sptep}: in parent_ptes of sp ${child} ${found} times`);
+  if (found !== 1) say(`link ${spteName(kvm, sptep)}: in parent_ptes of sp ${child} ${found} times`);
   if (!c.shadow) auditPage(c, child, level - 1);
   else if (sp_level(kvm, child) !== level - 1)
-    say(`link spte ${sptep}: to sp ${child} of level ${sp_level(kvm, child)}`);
+    say(`link ${spteName(kvm, sptep)}: to sp ${child} of level ${sp_level(kvm, child)}`);
 }
 
 /**
@@ -149,7 +154,7 @@ function auditLeaf(c: AuditCtx, sptep: number, s: number, level: number): void {
   const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) {
-    say(`spte ${sptep}: gfn ${gfn} in no memslot`);
+    say(`${spteName(kvm, sptep)}: gfn ${gfn} in no memslot`);
     return;
   }
   const hi = gfn_to_rmap(kvm, slot, gfn, level);
@@ -157,21 +162,21 @@ function auditLeaf(c: AuditCtx, sptep: number, s: number, level: number): void {
   pte_list_walk(kvm, kvm.rmapPool, hi, (e) => {
     if (e === sptep) n++;
   });
-  if (n !== 1) say(`spte ${sptep} (gfn ${gfn}, level ${level}): in its rmap ${n} times`);
+  if (n !== 1) say(`${spteName(kvm, sptep)}: in its rmap ${n} times`);
   const pfn = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn));
   if (pfn !== spte_to_pfn(s))
-    say(`spte ${sptep} (gfn ${gfn}): maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
+    say(`${spteName(kvm, sptep)}: maps frame ${spte_to_pfn(s)}, backing is frame ${pfn}`);
   if (level > 1) {
     for (let k = 1; k < 512; k += 73) {
       const pk = hva_to_pfn(kvm, gfn_to_hva_page(kvm, slot, gfn + k));
-      if (pk !== spte_to_pfn(s) + k) say(`large spte ${sptep} (gfn ${gfn}): page ${k} backed by frame ${pk}`);
+      if (pk !== spte_to_pfn(s) + k) say(`large ${spteName(kvm, sptep)}: page ${k} backed by frame ${pk}`);
     }
   }
   if (!c.structural && (kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) !== 0 && is_writable_pte(s)) {
-    if (level > 1) say(`large spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
+    if (level > 1) say(`large ${spteName(kvm, sptep)}: writable in a dirty-logged slot`);
     const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
     const word = kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)];
-    if ((word & (1 << (rel & 31))) === 0) say(`spte ${sptep} (gfn ${gfn}): writable, dirty bit clear`);
+    if ((word & (1 << (rel & 31))) === 0) say(`${spteName(kvm, sptep)}: writable, dirty bit clear`);
   }
 }
 
@@ -186,7 +191,9 @@ function auditHead(
 ): void {
   const check = (sptep: number): void => {
     if (!leaves.has(sptep)) {
-      say(`rmap ${hi}: entry ${sptep} is not a present leaf reachable from the root`);
+      say(
+        `${locationName(kvm, ARR_RMAP, hi)}: entry ${spteName(kvm, sptep)} is not a present leaf reachable from the root`,
+      );
       return;
     }
     const gfn = kvm_mmu_page_get_gfn(kvm, sptep);
@@ -196,7 +203,7 @@ function auditHead(
       gfn_to_rmap(kvm, slot, gfn, sp_level(kvm, page_header(sptep))) !== hi ||
       sp_level(kvm, page_header(sptep)) !== level
     )
-      say(`rmap ${hi}: entry ${sptep} belongs to another rmap`);
+      say(`${locationName(kvm, ARR_RMAP, hi)}: entry ${spteName(kvm, sptep)} belongs to another rmap`);
   };
   pte_list_audit(kvm, heads, hi, headId, check, say);
 }

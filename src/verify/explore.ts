@@ -30,7 +30,7 @@ import { Scenario, SCENARIOS } from "./scenarios.js";
 import { ParkMiller } from "../workload/rng.js";
 import { audit } from "./audit.js";
 import { einval, KvmError } from "../errors.js";
-import { Chooser, DfsChooser, PctChooser, RandomChooser, ReplayChooser } from "./explore_chooser.js";
+import { Chooser, DfsChooser } from "./explore_chooser.js";
 import { decodeSchedule, encodeSchedule } from "./explore_schedule.js";
 import { Chain, SPIN_WINDOW } from "./explore_chain.js";
 import { scenarioApplies, withDesign } from "./explore_design.js";
@@ -40,18 +40,23 @@ import type { TdpBugName } from "../mmu/tdp_mmu/tdp_mmu_bugs.js";
 export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
 import { vmKvm, vmShared } from "../vm/internal.js";
+import {
+  OP_NAMES,
+  Recorder,
+  RecordedRun,
+  RecordedStep,
+  recordedTail,
+  recordRun,
+  TraceEntry,
+  TRACE_KEEP,
+} from "./explore_record.js";
+import { nextChooser } from "./explore_chooser.js";
+
+export type { TraceEntry } from "./explore_record.js";
+import { locationName, TRACED_ARRAYS } from "./trace_names.js";
 import { workerFlags } from "../sync/worker_flags.js";
 
 export type Strategy = "random" | "pct" | "dfs";
-
-const OP_NAMES = ["load", "store", "xchg", "cas", "or", "and", "add", "guest-read", "guest-write", "spin"];
-const ARR_NAMES = ["spt", "rmap", "desc", "bitmap", "vcpu", "ctl", "mem", "hpt", "spHdr", "ring"];
-
-export interface TraceEntry {
-  step: number;
-  thread: string;
-  op: string;
-}
 
 export interface Violation {
   schedule: string;
@@ -79,13 +84,19 @@ export interface ExploreResult {
   /** Runs of steps the threads took (each begins with a hand-off to another thread, or the controller's). */
   runs: number;
   /**
-   * Explored steps per second of exploring: elapsedMs less startMs. The start of the worker
+   * Explored steps per second of exploring: elapsedMs less startMs and recordMs. The start of the worker
    * threads is a cost per process, not per step (a later exploration reuses them).
    */
   stepsPerSec: number;
   elapsedMs: number;
   /** Of elapsedMs, the time spent waiting for new worker threads to start. */
   startMs: number;
+  /** With ExploreOptions.record: the first violation's run (else the last run), every step. */
+  recording?: RecordedRun;
+  /** Steps of the recorded re-run of the first violation (or, with record, of the last run), not in `steps`. */
+  recordedSteps: number;
+  /** Of elapsedMs, the time that re-run took (function stacks on, one step per hand-off). */
+  recordMs: number;
 }
 
 /** One run's outcome. */
@@ -94,9 +105,10 @@ interface RunOutcome {
   violation: string | null;
   trace: Record<string, TraceEntry[]>;
   aborted: boolean;
+  /** Every step, when the run was recorded. */
+  recorded: RecordedStep[] | null;
 }
 
-const TRACE_KEEP = 12;
 /** The step bound of generated programs, which are longer than the scenarios. */
 export const GENERATED_MAX_STEPS = 60000;
 /** Bytes of guest memory compared (and if changed, restored) at a time between runs. */
@@ -189,6 +201,11 @@ export class Explorer {
   private readonly chain = new Chain();
   /** Time spent waiting for new worker threads to start (isolates, modules). */
   startMs = 0;
+  /** Record the next runs in full (explore_record.ts): one step per hand-off, function stacks on. */
+  recording = false;
+  /** Steps and time of the recorded runs (not counted in totalSteps). */
+  recordSteps = 0;
+  recordMs = 0;
 
   constructor(
     readonly scenario: Scenario,
@@ -230,6 +247,7 @@ export class Explorer {
     const s = this.scenario;
     const n = s.threads.length;
     const { vm, scratch } = this.freshVm();
+    const rec = this.recording ? new Recorder(sc, vmKvm(vm), new Int32Array(scratch)) : null;
     this.startRun(vm, scratch);
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
@@ -241,7 +259,7 @@ export class Explorer {
     // loop: it yields to threads that can make progress (else PCT starves their wakers).
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
-    const batch = !this.auditEveryStep && !this.stepwise;
+    const batch = !this.auditEveryStep && !this.stepwise && rec === null;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
     for (let step = 0; ;) {
@@ -273,7 +291,9 @@ export class Explorer {
       const len = batch
         ? c.plan(chooser, t, step, runnable, spinning, own, lastSpin, this.maxSteps)
         : c.one(t, own[t], step);
+      rec?.before(t, own[t], step);
       const [p, r] = this.runChain(len);
+      rec?.after();
       this.runs += p + 1;
       // The chain stopped short: the chooser's simulated steps from there on did not happen.
       if (r < c.k[p]) chooser.restore(c.saved[p][r]);
@@ -289,7 +309,17 @@ export class Explorer {
     this.idle = true;
     this.totalSteps += choices.length;
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
-    return this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
+    const o = this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
+    return rec !== null
+      ? {
+          ...o,
+          trace: recordedTail(
+            rec.steps,
+            s.threads.map((x) => x.name),
+          ),
+          recorded: rec.steps,
+        }
+      : o;
   }
 
   /**
@@ -345,6 +375,7 @@ export class Explorer {
     this.idle = false;
     Atomics.store(sc, SCHED.abort, 0);
     Atomics.store(sc, SCHED.chainLen, 0);
+    Atomics.store(sc, SCHED.trace, this.recording ? 1 : 0);
     const b0 = Atomics.load(sc, SCHED.back);
     for (let t = 0; t < n; t++) {
       Atomics.store(sc, SCHED_T.steps(t), 0);
@@ -405,10 +436,12 @@ export class Explorer {
     const trace: Record<string, TraceEntry[]> = {};
     for (let t = 0; t < n; t++) {
       const thread = s.threads[t].name;
+      // Named from the VM as the run left it (a recorded run names each step as it ran).
       trace[thread] = raw[t].map(([step, op, arr, idx]) => ({
         step,
         thread,
-        op: `${OP_NAMES[op] ?? "?"} ${ARR_NAMES[arr] ?? "?"}[${idx}]`,
+        op: `${OP_NAMES[op] ?? "?"} ${arr >= 0 ? locationName(vmKvm(vm), arr, idx) : `scenario scratch[${idx}]`}`,
+        at: `${TRACED_ARRAYS[arr] ?? "scratch"}[${idx}]`,
       }));
     }
     let violation: string | null = null;
@@ -422,7 +455,7 @@ export class Explorer {
     if (auditViolation !== null) violation = auditViolation;
     else if (failures.length) violation = failures.join("; ");
     else if (!aborted) violation = s.check(vm, new Int32Array(scratch));
-    return { choices, violation, trace, aborted };
+    return { choices, violation, trace, aborted, recorded: null };
   }
 
   /**
@@ -504,6 +537,8 @@ export interface ExploreOptions {
    * (runs of steps, one VM restored between schedules) explores exactly as.
    */
   stepwise?: boolean;
+  /** Return the recording (explore_record.ts) of the first violation's run, or of the last run. */
+  record?: boolean;
 }
 
 /** The scenario `o` explores: EINVAL for an unknown one or one that does not apply to o.design. */
@@ -542,6 +577,9 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const rng = new ParkMiller(o.seed);
   const dfs = o.strategy === "dfs" ? new DfsChooser(o.preemptions ?? 2) : null;
   let estSteps = 200;
+  // The last run's choices until a violation, then the first violation's.
+  let chosen: number[] = [];
+  let recording: RecordedRun | undefined;
   try {
     while (schedules < o.schedules) {
       if (o.signal) {
@@ -549,16 +587,10 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
         await new Promise((r) => setImmediate(r));
         if (o.signal.aborted) break;
       }
-      let chooser: Chooser;
-      if (dfs) {
-        dfs.begin();
-        chooser = dfs;
-      } else if (o.strategy === "pct")
-        chooser = new PctChooser(rng, s.threads.length, o.pctDepth ?? 3, estSteps);
-      else chooser = new RandomChooser(rng);
-      const r = ex.runOnce(chooser);
+      const r = ex.runOnce(nextChooser(o, dfs, rng, s.threads.length, estSteps));
       schedules++;
       if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
+      if (first === null) chosen = r.choices;
       if (r.violation) {
         violations++;
         first ??= {
@@ -571,6 +603,16 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
         if (!o.all) break;
       }
       if (dfs && !dfs.next()) break;
+    }
+    // The first violation's schedule once more, recorded: its trace names every step as it ran.
+    if (first !== null || (o.record === true && schedules > 0)) {
+      const rr = recordRun(
+        ex,
+        chosen,
+        first?.schedule ?? encodeSchedule(s.name, o.bug, chosen, o.mode ?? "tdp", o.design),
+      );
+      if (first !== null) first.trace = rr.trace;
+      if (o.record === true) recording = rr.recording;
     }
   } finally {
     await ex.close();
@@ -589,9 +631,12 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
     steps: ex.totalSteps,
     handOffs: ex.handOffs,
     runs: ex.runs,
-    stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs) / 1000),
+    stepsPerSec: ex.totalSteps / (Math.max(1e-3, elapsedMs - ex.startMs - ex.recordMs) / 1000),
     elapsedMs,
     startMs: ex.startMs,
+    recordedSteps: ex.recordSteps,
+    recordMs: ex.recordMs,
+    ...(recording !== undefined ? { recording } : {}),
   };
 }
 
@@ -605,18 +650,21 @@ export async function replay(
   trace: Record<string, TraceEntry[]>;
   steps: number;
   schedule: string;
+  recording: RecordedRun;
 }> {
   const d = choices ?? decodeSchedule(schedule);
   const s = scenario ?? SCENARIOS[decodeSchedule(schedule).scenario];
   const steps = Math.max(scenario ? GENERATED_MAX_STEPS : 20000, d.choices.length);
   const ex = new Explorer(s, d.bug, steps, false, d.mode, false, d.design);
   try {
-    const r = ex.runOnce(new ReplayChooser(d.choices));
+    const r = recordRun(ex, d.choices, schedule);
+    const steps = r.recording.steps.length;
     return {
-      violation: r.violation,
+      violation: r.recording.violation,
       trace: r.trace,
-      steps: r.choices.length,
-      schedule: encodeSchedule(s.name, d.bug, r.choices, d.mode, d.design),
+      steps,
+      schedule: encodeSchedule(s.name, d.bug, d.choices.slice(0, steps), d.mode, d.design),
+      recording: r.recording,
     };
   } finally {
     await ex.close();

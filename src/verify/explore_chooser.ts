@@ -131,3 +131,19 @@ export class DfsChooser implements Chooser {
     return false;
   }
 }
+
+/** The chooser of the next schedule. */
+export function nextChooser(
+  o: { strategy: string; pctDepth?: number },
+  dfs: DfsChooser | null,
+  rng: ParkMiller,
+  threads: number,
+  estSteps: number,
+): Chooser {
+  if (dfs) {
+    dfs.begin();
+    return dfs;
+  }
+  if (o.strategy === "pct") return new PctChooser(rng, threads, o.pctDepth ?? 3, estSteps);
+  return new RandomChooser(rng);
+}

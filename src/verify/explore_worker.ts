@@ -20,6 +20,7 @@ import {
 } from "../sync/sched.js";
 import { Scenario, SCENARIOS } from "./scenarios.js";
 import { programScenario } from "./program.js";
+import { kfunc_record } from "../sync/kfunc.js";
 
 interface Data {
   sc: SharedArrayBuffer;
@@ -61,6 +62,8 @@ for (;;) {
   const kvm = new Kvm(m.shared);
   const scratch = new Int32Array(m.scratch);
   let state = TS_DONE;
+  // A traced run: this thread's kernel function stack, for the controller to read at each step.
+  kfunc_record(Atomics.load(sc, SCHED.trace) !== 0 ? sc : null, SCHED_T.kstack(d.tid));
   installControlledHook(sc, d.tid, [
     m.shared.spt,
     m.shared.rmapPool,

@@ -4,6 +4,7 @@
  * slots_lock; the harvest and the protection are the MMU's (src/mmu/dirty_log.ts,
  * src/mmu/clear_dirty_log.ts). Each call's times are added to the VM's.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   CTL,
   KVM_DIRTY_LOG_INITIALLY_SET,
@@ -25,25 +26,30 @@ function check_bitmap_mode(st: VmState, what: string): void {
 
 /** Vm.getDirtyLog (KVM_GET_DIRTY_LOG): see there. */
 export function kvm_vm_ioctl_get_dirty_log(st: VmState, slot: number, out?: Uint32Array): Uint32Array {
-  const kvm = st.kvm;
-  kvm.slots_lock.lock();
+  const kfd = kfunc_enter(KF.kvm_vm_ioctl_get_dirty_log);
   try {
-    check_bitmap_mode(st, "getDirtyLog");
-    check_slot(kvm, slot);
-    if ((kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
-      throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
-    const words = kvm.slots[SLOT.bitmap_words(slot)];
-    // Checked before the harvest: a bad `out` must not cost the dirty bits it would carry.
-    if (out !== undefined && !(out instanceof Uint32Array))
-      throw einval("out", `must be a Uint32Array, got ${describe(out)}`);
-    // KVM's copy_to_user fails on a short buffer: EFAULT (KVM has harvested by then; we have not).
-    if (out !== undefined && out.length < words)
-      throw new KvmError("EFAULT", `out: needs ${words} words, got ${out.length}`);
-    const bitmap = out ?? new Uint32Array(words);
-    vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call), [slot]);
-    return bitmap;
+    const kvm = st.kvm;
+    kvm.slots_lock.lock();
+    try {
+      check_bitmap_mode(st, "getDirtyLog");
+      check_slot(kvm, slot);
+      if ((kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0)
+        throw new KvmError("ENOENT", `slot: slot ${slot} is not dirty-logged`);
+      const words = kvm.slots[SLOT.bitmap_words(slot)];
+      // Checked before the harvest: a bad `out` must not cost the dirty bits it would carry.
+      if (out !== undefined && !(out instanceof Uint32Array))
+        throw einval("out", `must be a Uint32Array, got ${describe(out)}`);
+      // KVM's copy_to_user fails on a short buffer: EFAULT (KVM has harvested by then; we have not).
+      if (out !== undefined && out.length < words)
+        throw new KvmError("EFAULT", `out: needs ${words} words, got ${out.length}`);
+      const bitmap = out ?? new Uint32Array(words);
+      vm_timed_dirty_log_call(st, "get", (call) => kvm_get_dirty_log(kvm, slot, bitmap, call), [slot]);
+      return bitmap;
+    } finally {
+      kvm.slots_lock.unlock();
+    }
   } finally {
-    kvm.slots_lock.unlock();
+    kfunc_exit(kfd);
   }
 }
 
@@ -104,17 +110,22 @@ export function kvm_vm_ioctl_clear_dirty_log(
   numPages: number,
   bitmap: Uint32Array,
 ): number {
-  const kvm = st.kvm;
-  kvm.slots_lock.lock();
+  const kfd = kfunc_enter(KF.kvm_vm_ioctl_clear_dirty_log);
   try {
-    check_clear_range(st, slot, firstPage, numPages, bitmap);
-    return vm_timed_dirty_log_call(
-      st,
-      "clear",
-      (call) => kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call),
-      [slot, firstPage, numPages],
-    );
+    const kvm = st.kvm;
+    kvm.slots_lock.lock();
+    try {
+      check_clear_range(st, slot, firstPage, numPages, bitmap);
+      return vm_timed_dirty_log_call(
+        st,
+        "clear",
+        (call) => kvm_clear_dirty_log(kvm, wp_design(kvm), slot, firstPage, numPages, bitmap, call),
+        [slot, firstPage, numPages],
+      );
+    } finally {
+      kvm.slots_lock.unlock();
+    }
   } finally {
-    kvm.slots_lock.unlock();
+    kfunc_exit(kfd);
   }
 }

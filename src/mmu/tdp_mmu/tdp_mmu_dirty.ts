@@ -9,6 +9,7 @@
  * W is cleared, MMU-writable kept, so the next write takes fast_page_fault. Huge leaves are
  * always write-protected (a write fault splits them).
  */
+import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
 import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
 import { aand, aread, awrite } from "../../sync/atomic.js";
 import {
@@ -77,24 +78,34 @@ function slot_range(kvm: Kvm, slot: number): [number, number] {
 
 /** kvm_tdp_mmu_wrprot_slot: clears W of the slot's leaves at levels >= minLevel. Returns flush. */
 export function kvm_tdp_mmu_wrprot_slot(kvm: Kvm, slot: number, minLevel: number): boolean {
-  lockdep_assert_held_read(kvm);
-  const [start, end] = slot_range(kvm, slot);
-  const r = tdp_mmu_with_root(kvm, true, (root) =>
-    clear_bit_gfn_range(kvm, root, start, end, minLevel, PT_WRITABLE_MASK),
-  );
-  tdp_mmu_commit_free(kvm);
-  return r;
+  const kfd = kfunc_enter(KF.kvm_tdp_mmu_wrprot_slot);
+  try {
+    lockdep_assert_held_read(kvm);
+    const [start, end] = slot_range(kvm, slot);
+    const r = tdp_mmu_with_root(kvm, true, (root) =>
+      clear_bit_gfn_range(kvm, root, start, end, minLevel, PT_WRITABLE_MASK),
+    );
+    tdp_mmu_commit_free(kvm);
+    return r;
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /** kvm_tdp_mmu_clear_dirty_slot: clears D of the slot's 4 KiB leaves. Returns flush. */
 export function kvm_tdp_mmu_clear_dirty_slot(kvm: Kvm, slot: number): boolean {
-  lockdep_assert_held_read(kvm);
-  const [start, end] = slot_range(kvm, slot);
-  const r = tdp_mmu_with_root(kvm, true, (root) =>
-    clear_bit_gfn_range(kvm, root, start, end, PT_PAGE_TABLE_LEVEL, SPTE_DIRTY),
-  );
-  tdp_mmu_commit_free(kvm);
-  return r;
+  const kfd = kfunc_enter(KF.kvm_tdp_mmu_clear_dirty_slot);
+  try {
+    lockdep_assert_held_read(kvm);
+    const [start, end] = slot_range(kvm, slot);
+    const r = tdp_mmu_with_root(kvm, true, (root) =>
+      clear_bit_gfn_range(kvm, root, start, end, PT_PAGE_TABLE_LEVEL, SPTE_DIRTY),
+    );
+    tdp_mmu_commit_free(kvm);
+    return r;
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /**
@@ -297,22 +308,27 @@ export function kvm_tdp_mmu_write_protect_gfn_range(
   end: number,
   minLevel: number,
 ): boolean {
-  lockdep_assert_held_write(kvm);
-  return tdp_mmu_with_root(kvm, false, (root) => {
-    const iter = tdp_iter_for(kvm);
-    let changed = false;
-    for (
-      tdp_iter_start(kvm, iter, root, minLevel, start);
-      tdp_iter_in_range(iter, end + 1);
-      tdp_iter_next(kvm, iter)
-    ) {
-      if (!is_shadow_present_pte(iter.old_spte) || !is_last_spte(iter.old_spte, iter.level)) continue;
-      if ((iter.old_spte & PT_WRITABLE_MASK) === 0) continue;
-      tdp_mmu_iter_set_spte(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK);
-      changed = true;
-    }
-    return changed;
-  });
+  const kfd = kfunc_enter(KF.kvm_tdp_mmu_write_protect_gfn_range);
+  try {
+    lockdep_assert_held_write(kvm);
+    return tdp_mmu_with_root(kvm, false, (root) => {
+      const iter = tdp_iter_for(kvm);
+      let changed = false;
+      for (
+        tdp_iter_start(kvm, iter, root, minLevel, start);
+        tdp_iter_in_range(iter, end + 1);
+        tdp_iter_next(kvm, iter)
+      ) {
+        if (!is_shadow_present_pte(iter.old_spte) || !is_last_spte(iter.old_spte, iter.level)) continue;
+        if ((iter.old_spte & PT_WRITABLE_MASK) === 0) continue;
+        tdp_mmu_iter_set_spte(kvm, iter, iter.old_spte & ~PT_WRITABLE_MASK);
+        changed = true;
+      }
+      return changed;
+    });
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /**

@@ -8,6 +8,7 @@
  * one, or a frozen spte, ends the fault with RET_PF_RETRY (the vCPU retries the access and
  * faults again if it must). A fault never waits for another under the lock.
  */
+import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
 import {
   CTL,
   Kvm,
@@ -101,14 +102,19 @@ export function tdp_mmu_link_sp(kvm: Kvm, iter: TdpIter, sp: number, shared = tr
  * then links it in its place (cmpxchg). No flush: the translation is the same. 0 or EBUSY.
  */
 export function tdp_mmu_split_huge_page(kvm: Kvm, iter: TdpIter, sp: number, shared = true): number {
-  const huge = iter.old_spte;
-  const base = sp * PT64_ENT_PER_PAGE;
-  for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
-    kvm.spt[base + i] = make_huge_page_split_spte(huge, iter.level - 1, i);
-  const r = tdp_mmu_link_sp(kvm, iter, sp, shared);
-  if (r === 0) tdp_mmu_state(kvm).splits++;
-  if (kvm.trace.on) trace_kvm_mmu_split_huge_page(kvm, iter.gfn, huge, iter.level, r === 0 ? 0 : -r);
-  return r;
+  const kfd = kfunc_enter(KF.tdp_mmu_split_huge_page);
+  try {
+    const huge = iter.old_spte;
+    const base = sp * PT64_ENT_PER_PAGE;
+    for (let i = 0; i < PT64_ENT_PER_PAGE; i++)
+      kvm.spt[base + i] = make_huge_page_split_spte(huge, iter.level - 1, i);
+    const r = tdp_mmu_link_sp(kvm, iter, sp, shared);
+    if (r === 0) tdp_mmu_state(kvm).splits++;
+    if (kvm.trace.on) trace_kvm_mmu_split_huge_page(kvm, iter.gfn, huge, iter.level, r === 0 ? 0 : -r);
+    return r;
+  } finally {
+    kfunc_exit(kfd);
+  }
 }
 
 /** tdp_mmu_map_handle_target_level: installs the leaf. RET_PF_RETRY either way (the vCPU retries). */
@@ -125,37 +131,42 @@ function tdp_mmu_map_handle_target_level(kvm: Kvm, fault: KvmPageFault, iter: Td
 
 /** kvm_tdp_mmu_map: walks to fault.goal_level building what is missing. Read lock held. */
 export function kvm_tdp_mmu_map(kvm: Kvm, fault: KvmPageFault): number {
-  lockdep_assert_held_read(kvm);
-  const root = aload(kvm.ctl, CTL.root);
-  if (root === 0 || is_invalid_root(kvm, root)) return RET_PF_RETRY;
-  const iter = fault_iter(kvm);
-  const gfn = fault.gfn;
-  if (kvm.trace.on) trace_kvm_mmu_spte_requested(kvm, fault);
+  const kfd = kfunc_enter(KF.kvm_tdp_mmu_map);
   try {
-    for (
-      tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, gfn);
-      tdp_iter_in_range(iter, gfn + 1);
-      tdp_iter_next(kvm, iter)
-    ) {
-      if (iter.level === fault.goal_level) return tdp_mmu_map_handle_target_level(kvm, fault, iter);
-      if (is_frozen_spte(iter.old_spte)) return RET_PF_RETRY;
-      const present = is_shadow_present_pte(iter.old_spte);
-      if (present && !is_last_spte(iter.old_spte, iter.level)) continue;
-      // A table is needed here: a new one, or the pieces of a huge page (dirty logging's 4 KiB).
-      const sp = tdp_mmu_alloc_sp(kvm, fault.vcpuId, iter.gfn, iter.level - 1);
-      if (sp < 0) return RET_PF_RETRY;
-      const r =
-        present && is_large_pte(iter.old_spte)
-          ? tdp_mmu_split_huge_page(kvm, iter, sp)
-          : tdp_mmu_link_sp(kvm, iter, sp);
-      if (r === EBUSY) {
-        tdp_mmu_unalloc_sp(kvm, fault.vcpuId, sp);
-        return RET_PF_RETRY;
+    lockdep_assert_held_read(kvm);
+    const root = aload(kvm.ctl, CTL.root);
+    if (root === 0 || is_invalid_root(kvm, root)) return RET_PF_RETRY;
+    const iter = fault_iter(kvm);
+    const gfn = fault.gfn;
+    if (kvm.trace.on) trace_kvm_mmu_spte_requested(kvm, fault);
+    try {
+      for (
+        tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, gfn);
+        tdp_iter_in_range(iter, gfn + 1);
+        tdp_iter_next(kvm, iter)
+      ) {
+        if (iter.level === fault.goal_level) return tdp_mmu_map_handle_target_level(kvm, fault, iter);
+        if (is_frozen_spte(iter.old_spte)) return RET_PF_RETRY;
+        const present = is_shadow_present_pte(iter.old_spte);
+        if (present && !is_last_spte(iter.old_spte, iter.level)) continue;
+        // A table is needed here: a new one, or the pieces of a huge page (dirty logging's 4 KiB).
+        const sp = tdp_mmu_alloc_sp(kvm, fault.vcpuId, iter.gfn, iter.level - 1);
+        if (sp < 0) return RET_PF_RETRY;
+        const r =
+          present && is_large_pte(iter.old_spte)
+            ? tdp_mmu_split_huge_page(kvm, iter, sp)
+            : tdp_mmu_link_sp(kvm, iter, sp);
+        if (r === EBUSY) {
+          tdp_mmu_unalloc_sp(kvm, fault.vcpuId, sp);
+          return RET_PF_RETRY;
+        }
       }
+      return RET_PF_RETRY;
+    } finally {
+      tdp_mmu_commit_free(kvm);
     }
-    return RET_PF_RETRY;
   } finally {
-    tdp_mmu_commit_free(kvm);
+    kfunc_exit(kfd);
   }
 }
 

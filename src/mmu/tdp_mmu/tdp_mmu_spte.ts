@@ -13,6 +13,7 @@
  * fast_page_fault and D set by the vCPU run without mmu_lock, so such an spte is replaced with
  * xchg and the caller learns what it replaced (ba3a6120a4e7).
  */
+import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
 import {
   CTL,
   Kvm,
@@ -153,15 +154,20 @@ export function handle_changed_spte(
  * EBUSY (a frozen spte is EBUSY without a try).
  */
 export function tdp_mmu_set_spte_atomic(kvm: Kvm, iter: TdpIter, newSpte: number): number {
-  lockdep_assert_held_read(kvm);
-  if (is_frozen_spte(iter.old_spte)) return EBUSY;
-  const old = acas(kvm.spt, iter.sptep, iter.old_spte, newSpte);
-  if (old !== iter.old_spte) {
-    iter.old_spte = old;
-    return EBUSY;
+  const kfd = kfunc_enter(KF.tdp_mmu_set_spte_atomic);
+  try {
+    lockdep_assert_held_read(kvm);
+    if (is_frozen_spte(iter.old_spte)) return EBUSY;
+    const old = acas(kvm.spt, iter.sptep, iter.old_spte, newSpte);
+    if (old !== iter.old_spte) {
+      iter.old_spte = old;
+      return EBUSY;
+    }
+    handle_changed_spte(kvm, iter.gfn, old, newSpte, iter.level, true);
+    return 0;
+  } finally {
+    kfunc_exit(kfd);
   }
-  handle_changed_spte(kvm, iter.gfn, old, newSpte, iter.level, true);
-  return 0;
 }
 
 /**
@@ -188,31 +194,36 @@ export function tdp_mmu_read_spte(kvm: Kvm, sptep: number): number {
  * only volatile leaves need the xchg.
  */
 export function handle_removed_pt(kvm: Kvm, sp: number, _gfn: number, shared: boolean): void {
-  const level = sp_level(kvm, sp);
-  const base = kvm.spHdr[SP.gfn(sp)];
-  if (kvm.trace.on) trace_kvm_mmu_prepare_zap_page(kvm, sp);
-  const pages = KVM_PAGES_PER_HPAGE(level);
-  const spt = kvm.spt;
-  aor(kvm.spHdr, SP.role(sp), ROLE_INVALID);
-  for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
-    const sptep = sp * PT64_ENT_PER_PAGE + i;
-    let old: number;
-    if (shared) {
-      // Another thread froze it: it is mid-change (a zap flushing); wait for its final value.
-      for (;;) {
-        old = axchg(spt, sptep, FROZEN_SPTE);
-        if (!is_frozen_spte(old)) break;
-        spinPoint(spt, sptep);
+  const kfd = kfunc_enter(KF.handle_removed_pt);
+  try {
+    const level = sp_level(kvm, sp);
+    const base = kvm.spHdr[SP.gfn(sp)];
+    if (kvm.trace.on) trace_kvm_mmu_prepare_zap_page(kvm, sp);
+    const pages = KVM_PAGES_PER_HPAGE(level);
+    const spt = kvm.spt;
+    aor(kvm.spHdr, SP.role(sp), ROLE_INVALID);
+    for (let i = 0; i < PT64_ENT_PER_PAGE; i++) {
+      const sptep = sp * PT64_ENT_PER_PAGE + i;
+      let old: number;
+      if (shared) {
+        // Another thread froze it: it is mid-change (a zap flushing); wait for its final value.
+        for (;;) {
+          old = axchg(spt, sptep, FROZEN_SPTE);
+          if (!is_frozen_spte(old)) break;
+          spinPoint(spt, sptep);
+        }
+      } else {
+        old = aload(spt, sptep);
+        if (!is_shadow_present_pte(old)) {
+          astore(spt, sptep, FROZEN_SPTE);
+          continue;
+        }
+        old = kvm_tdp_mmu_write_spte(kvm, sptep, old, FROZEN_SPTE, level);
       }
-    } else {
-      old = aload(spt, sptep);
-      if (!is_shadow_present_pte(old)) {
-        astore(spt, sptep, FROZEN_SPTE);
-        continue;
-      }
-      old = kvm_tdp_mmu_write_spte(kvm, sptep, old, FROZEN_SPTE, level);
+      handle_changed_spte(kvm, base + i * pages, old, FROZEN_SPTE, level, shared);
     }
-    handle_changed_spte(kvm, base + i * pages, old, FROZEN_SPTE, level, shared);
+    tdp_mmu_state(kvm).rcuPending.push(sp);
+  } finally {
+    kfunc_exit(kfd);
   }
-  tdp_mmu_state(kvm).rcuPending.push(sp);
 }

@@ -3,6 +3,7 @@
  * (read lock: freeze, flush, clear) and the recovery of huge pages when dirty logging stops
  * (kvm_tdp_mmu_zap_collapsible_sptes, read lock).
  */
+import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
 import { Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
 import { astore } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
@@ -35,22 +36,27 @@ export function tdp_mmu_zap_leafs(
   canYield: boolean,
   flush: boolean,
 ): boolean {
-  lockdep_assert_held_write(kvm);
-  const iter = tdp_iter_for(kvm);
-  for (
-    tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, start);
-    tdp_iter_in_range(iter, end);
-    tdp_iter_next(kvm, iter)
-  ) {
-    if (canYield && tdp_mmu_iter_cond_resched(kvm, iter, flush, false)) {
-      flush = false;
-      continue;
+  const kfd = kfunc_enter(KF.tdp_mmu_zap_leafs);
+  try {
+    lockdep_assert_held_write(kvm);
+    const iter = tdp_iter_for(kvm);
+    for (
+      tdp_iter_start(kvm, iter, root, PT_PAGE_TABLE_LEVEL, start);
+      tdp_iter_in_range(iter, end);
+      tdp_iter_next(kvm, iter)
+    ) {
+      if (canYield && tdp_mmu_iter_cond_resched(kvm, iter, flush, false)) {
+        flush = false;
+        continue;
+      }
+      if (!is_shadow_present_pte(iter.old_spte) || !is_last_spte(iter.old_spte, iter.level)) continue;
+      tdp_mmu_iter_set_spte(kvm, iter, 0);
+      flush = true;
     }
-    if (!is_shadow_present_pte(iter.old_spte) || !is_last_spte(iter.old_spte, iter.level)) continue;
-    tdp_mmu_iter_set_spte(kvm, iter, 0);
-    flush = true;
+    return flush;
+  } finally {
+    kfunc_exit(kfd);
   }
-  return flush;
 }
 
 /** tdp_mmu_zap_leafs of [gfnStart, gfnEnd) in every root: a kvm_handle_hva_range handler. */
