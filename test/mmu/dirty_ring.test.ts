@@ -33,7 +33,10 @@ function ringVm(entries: number, bugs: "reset-coalesce-backward"[] = []): Vm {
 function recorder(): { design: WriteProtectDesign; calls: [number, number, number][] } {
   const calls: [number, number, number][] = [];
   const design = {
-    protectMasked: (_kvm: Kvm, slot: number, w: number, mask: number) => (calls.push([slot, w, mask >>> 0]), true),
+    protectMasked: (_kvm: Kvm, slot: number, w: number, mask: number) => (
+      calls.push([slot, w, mask >>> 0]),
+      true
+    ),
   } as unknown as WriteProtectDesign;
   return { design, calls };
 }
@@ -82,12 +85,7 @@ test("kvm_reset_dirty_gfns: the state carries across batches, so any split prote
   }
   const whole = coalesce(kvm, offsets, [offsets.length]);
   assert.ok(whole.length > 10 && whole.length < offsets.length, `coalesced into ${whole.length} calls`);
-  for (const split of [
-    [1, 299],
-    [150, 150],
-    [7, 93, 100, 100],
-    Array<number>(300).fill(1),
-  ])
+  for (const split of [[1, 299], [150, 150], [7, 93, 100, 100], Array<number>(300).fill(1)])
     assert.deepEqual(coalesce(kvm, offsets, split), whole, `batches ${split.length}`);
 });
 
