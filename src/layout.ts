@@ -107,6 +107,15 @@ export function defineRows<F extends string>(
   return Object.freeze(o) as Rows<F>;
 }
 
+/** The field at word `offset` of a row (or block) of `l`: "mode", "sptes[3]", or "word N". */
+export function fieldAt(l: LayoutInfo, offset: number): string {
+  for (const f of l.fields) {
+    if (offset >= f.offset && offset < f.offset + f.words)
+      return f.words === 1 ? f.name : `${f.name}[${offset - f.offset}]`;
+  }
+  return `word ${offset}`;
+}
+
 /** Every layout declared so far, in declaration order. */
 export function declaredLayouts(): readonly LayoutInfo[] {
   return registry;

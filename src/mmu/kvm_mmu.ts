@@ -12,13 +12,8 @@
  * the lock themselves.
  */
 import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
-import {
-  DesignName,
-  Kvm,
-  lockdep_assert_held,
-  lockdep_assert_held_read,
-  lockdep_assert_held_write,
-} from "../kvm_host.js";
+import { DesignName, Kvm } from "../kvm_host.js";
+import { lockdep_assert_held, lockdep_assert_held_read, lockdep_assert_held_write } from "../kvm/lockdep.js";
 import type { KvmPageFault } from "./mmu.js";
 import type { WriteProtectDesign } from "./write_protect.js";
 

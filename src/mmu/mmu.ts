@@ -14,7 +14,6 @@ import {
   BUG,
   CTL,
   Kvm,
-  lockdep_assert_held,
   MmuMode,
   OUTSIDE_GUEST_MODE,
   READING_SHADOW_PAGE_TABLES,
@@ -23,6 +22,7 @@ import {
   SP,
   VCPU,
 } from "../kvm_host.js";
+import { lockdep_assert_held } from "../kvm/lockdep.js";
 import { acas, aload, astore } from "../sync/atomic.js";
 import { mark_page_dirty, mark_page_dirty_in_slot } from "../mem/memslot.js";
 import {

@@ -5,7 +5,8 @@
  * that read a pfn before the change cannot install it.
  */
 import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
-import { CTL, Kvm, KVM_USER_MEM_SLOTS, lockdep_assert_held_write, SLOT } from "../kvm_host.js";
+import { CTL, Kvm, KVM_USER_MEM_SLOTS, SLOT } from "../kvm_host.js";
+import { lockdep_assert_held_write } from "../kvm/lockdep.js";
 import { aadd, aload } from "../sync/atomic.js";
 import { gfn_to_index, gfn_to_rmap } from "../mem/memslot.js";
 import { kvm_unmap_rmapp } from "./mmu_page.js";

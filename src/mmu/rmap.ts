@@ -21,6 +21,7 @@
 import { BUG, DESC, Kvm, PTE_LIST_EXT } from "../kvm_host.js";
 import { mmu_alloc_pte_list_desc, mmu_free_pte_list_desc } from "../alloc/slab.js";
 import { aload, astore } from "../sync/atomic.js";
+import { fieldAt } from "../layout.js";
 import { gfn_to_memslot, gfn_to_rmap } from "../mem/memslot.js";
 
 export function is_nulls(more: number): boolean {
@@ -385,4 +386,12 @@ export function rmap_remove(kvm: Kvm, sptep: number, gfn: number, level: number)
   const slot = gfn_to_memslot(kvm, gfn);
   if (slot < 0) throw new RmapCorrupt(`rmap_remove: gfn ${gfn} has no memslot`);
   pte_list_remove(kvm, kvm.rmapPool, gfn_to_rmap(kvm, slot, gfn, level), sptep + 1);
+}
+
+/** What word `i` of kvm.desc is, for traces: "pte_list_desc 91 entry 3" (or its other field). */
+export function pte_list_desc_word_name(i: number): string {
+  const d = Math.floor(i / DESC.STRIDE);
+  const f = fieldAt(DESC.layout, i - DESC.row(d));
+  const m = /^sptes\[(\d+)\]$/.exec(f);
+  return m !== null ? `pte_list_desc ${d} entry ${m[1]}` : `pte_list_desc ${d} ${f}`;
 }

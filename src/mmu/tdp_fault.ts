@@ -3,7 +3,8 @@
  * path under mmu_lock held for write (__direct_map, then mmu_set_spte in mmu.ts).
  */
 import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
-import { BUG, CTL, Kvm, lockdep_assert_held_write } from "../kvm_host.js";
+import { BUG, CTL, Kvm } from "../kvm_host.js";
+import { lockdep_assert_held_write } from "../kvm/lockdep.js";
 import { spinPoint } from "../sync/atomic.js";
 import { drop_large_spte, kvm_mmu_get_page, link_shadow_page, mmu_alloc_roots } from "./mmu_page.js";
 import { mmu_notifier_retry } from "./mmu_notifier.js";

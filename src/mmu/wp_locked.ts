@@ -6,7 +6,8 @@
  * (cond_resched_lock), flushing first.
  */
 import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
-import { BUG, Kvm, lockdep_assert_held_write, SLOT } from "../kvm_host.js";
+import { BUG, Kvm, SLOT } from "../kvm_host.js";
+import { lockdep_assert_held_write } from "../kvm/lockdep.js";
 import { aread, axchg } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
 import { kvm_flush_remote_tlbs } from "../kvm/requests.js";

@@ -175,7 +175,8 @@ function catalogPlot(docs: { file: string; doc: CatalogDocT }[]): PlotSpec[] {
       caption: `Median schedules until PCT finds each bug put back (bars; a bar at the budget of ${budget}: not found by every seed), each seed's count (dots), how many seeds found it (label). From: ${commands(docs.map((d) => ({ cmd: commandLine(d.doc) })))}`,
       options: {
         color: { legend: true },
-        marginLeft: 130,
+        // Room for the longest bug name (reset-coalesce-backward) left of the axis and its label.
+        marginLeft: 170,
         height: Math.max(160, 28 * bars.length + 60),
         fy: { label: null, axis: docs.length > 1 ? "right" : null },
         x: { label: "schedules to find the bug", grid: true, type: "symlog" },

@@ -10,6 +10,7 @@
  * Cost when off: the Tracer of a VM without a trace has `on` false; callers test it once per call.
  */
 import { MAX_FIELDS } from "./tracepoints.js";
+import { defineBlock, defineRows } from "../layout.js";
 
 /** Record phases (the code's low 2 bits). */
 export const enum TracePhase {
@@ -27,25 +28,39 @@ export const TRACE_REC_WORDS = 2 + MAX_FIELDS + 1;
 /** Characters of a thread's name. */
 const NAME_CHARS = 32;
 
-/*
- * Header (Int32 words): SAMPLE, NEXT_SLOT (claimed rings), NEXT_FLOW (flow ids), then one
- * pending-flush word per vCPU (the flow id of a flush request not yet acked, 0: none), then per
- * ring: WRITE (records written; its thread stores it), READ (records drained; the main thread
- * stores it), DROPPED (records lost to a full ring; its thread), then the name (Uint16 chars).
- */
-const SAMPLE = 0;
-const NEXT_SLOT = 1;
-const NEXT_FLOW = 2;
-const PENDING = 4;
 /** KVM_MAX_VCPUS (kvm_host.ts, a layer above). */
 const MAX_VCPUS = 64;
-const RING_CTL = PENDING + MAX_VCPUS;
-const CTL_STRIDE = 4 + NAME_CHARS / 2;
-const WRITE = 0;
-const READ = 1;
-const DROPPED = 2;
-const NAME = 4;
-const HEADER_WORDS = RING_CTL + TRACE_MAX_THREADS * CTL_STRIDE;
+
+/** The trace buffer's header (Int32 words), then one TRACE_RING row per ring. */
+export const TRACE_HDR = defineBlock("trace buffer header", "trace buffer (Int32 view)", {
+  sample: { by: "written before any thread records", doc: "one in `sample` per-access events is recorded" },
+  next_slot: { by: "atomic add (a thread claims its ring)", doc: "rings claimed" },
+  next_flow: { by: "atomic add", doc: "the next flow id" },
+  pending: {
+    words: MAX_VCPUS,
+    by: "cmpxchg by a flusher, xchg by the vCPU",
+    doc: "per vCPU: the flow id of a flush request not yet acked (0: none)",
+  },
+});
+
+/** Per ring: its counters and its thread's name. */
+export const TRACE_RING = defineRows(
+  "trace ring control",
+  "trace buffer (Int32 view)",
+  {
+    write: { by: "its thread stores it (a release: the record before it is whole)", doc: "records written" },
+    read: { by: "the main thread (the drainer) stores it", doc: "records drained" },
+    dropped: { by: "its thread (atomic add)", doc: "records lost to a full ring" },
+    name: {
+      words: NAME_CHARS / 2,
+      by: "its thread, when it claims the ring",
+      doc: "the thread's name (Uint16 chars)",
+    },
+  },
+  { base: TRACE_HDR.WORDS },
+);
+
+const HEADER_WORDS = TRACE_RING.row(TRACE_MAX_THREADS);
 const HEADER_BYTES = Math.ceil((HEADER_WORDS * 4) / 8) * 8;
 const RING_WORDS = TRACE_RING_RECORDS * TRACE_REC_WORDS;
 
@@ -53,8 +68,8 @@ const RING_WORDS = TRACE_RING_RECORDS * TRACE_REC_WORDS;
 export function allocTraceBuffer(sample: number): SharedArrayBuffer {
   const sab = new SharedArrayBuffer(HEADER_BYTES + TRACE_MAX_THREADS * RING_WORDS * 8);
   const h = new Int32Array(sab, 0, HEADER_WORDS);
-  h[SAMPLE] = sample;
-  h[NEXT_FLOW] = 1;
+  h[TRACE_HDR.sample] = sample;
+  h[TRACE_HDR.next_flow] = 1;
   return sab;
 }
 
@@ -68,7 +83,6 @@ export class Tracer {
   private readonly recs: Float64Array | null;
   private slot = -1;
   private base = 0;
-  private ctl = 0;
   private written = 0;
   private readonly sample: number;
   private countdown: number;
@@ -84,7 +98,7 @@ export class Tracer {
     this.offsetUs = (performance.timeOrigin - epochMs) * 1000;
     this.hdr = this.on ? new Int32Array(buffer!, 0, HEADER_WORDS) : null;
     this.recs = this.on ? new Float64Array(buffer!, HEADER_BYTES) : null;
-    this.sample = this.hdr !== null ? Math.max(1, this.hdr[SAMPLE]) : 1;
+    this.sample = this.hdr !== null ? Math.max(1, this.hdr[TRACE_HDR.sample]) : 1;
     this.countdown = this.sample;
   }
 
@@ -115,8 +129,8 @@ export class Tracer {
   emitAt(ts: number, tp: number, phase: TracePhase, a = 0, b = 0, c = 0, d = 0, e = 0, f = 0, g = 0): void {
     if (!this.on || (this.slot < 0 && !this.claim())) return;
     const h = this.hdr!;
-    if (this.written - Atomics.load(h, this.ctl + READ) >= TRACE_RING_RECORDS) {
-      Atomics.add(h, this.ctl + DROPPED, 1);
+    if (this.written - Atomics.load(h, TRACE_RING.read(this.slot)) >= TRACE_RING_RECORDS) {
+      Atomics.add(h, TRACE_RING.dropped(this.slot), 1);
       return;
     }
     const r = this.recs!;
@@ -131,30 +145,29 @@ export class Tracer {
     r[o + 7] = f;
     r[o + 8] = g;
     // Release: the drainer reads the record only after it loads WRITE.
-    Atomics.store(h, this.ctl + WRITE, ++this.written);
+    Atomics.store(h, TRACE_RING.write(this.slot), ++this.written);
   }
 
   /** A new flow id (shared by every thread of the VM). */
   flowId(): number {
-    return Atomics.add(this.hdr!, NEXT_FLOW, 1);
+    return Atomics.add(this.hdr!, TRACE_HDR.next_flow, 1);
   }
 
   /** A flusher's flow to vCPU v, unless one is pending already (then the same ack serves both). */
   flushPending(v: number, flow: number): boolean {
-    return v < MAX_VCPUS && Atomics.compareExchange(this.hdr!, PENDING + v, 0, flow) === 0;
+    return v < MAX_VCPUS && Atomics.compareExchange(this.hdr!, TRACE_HDR.pending + v, 0, flow) === 0;
   }
 
   /** vCPU v takes the flow of the flush it serves (0: none pending). */
   flushAck(v: number): number {
-    return v < MAX_VCPUS ? Atomics.exchange(this.hdr!, PENDING + v, 0) : 0;
+    return v < MAX_VCPUS ? Atomics.exchange(this.hdr!, TRACE_HDR.pending + v, 0) : 0;
   }
 
   private claim(): boolean {
     const h = this.hdr!;
-    const slot = Atomics.add(h, NEXT_SLOT, 1);
+    const slot = Atomics.add(h, TRACE_HDR.next_slot, 1);
     if (slot >= TRACE_MAX_THREADS) return false;
     this.slot = slot;
-    this.ctl = RING_CTL + slot * CTL_STRIDE;
     this.base = slot * RING_WORDS;
     this.writeName();
     return true;
@@ -162,7 +175,7 @@ export class Tracer {
 
   private writeName(): void {
     const h = this.hdr!;
-    const chars = new Uint16Array(h.buffer, (this.ctl + NAME) * 4, NAME_CHARS);
+    const chars = new Uint16Array(h.buffer, TRACE_RING.name(this.slot) * 4, NAME_CHARS);
     const n = this.name.slice(0, NAME_CHARS);
     for (let i = 0; i < NAME_CHARS; i++) chars[i] = i < n.length ? n.charCodeAt(i) : 0;
   }
@@ -190,12 +203,12 @@ export class TraceReader {
 
   /** Rings claimed so far. */
   threads(): number {
-    return Math.min(Atomics.load(this.hdr, NEXT_SLOT), TRACE_MAX_THREADS);
+    return Math.min(Atomics.load(this.hdr, TRACE_HDR.next_slot), TRACE_MAX_THREADS);
   }
 
   /** The name a ring's thread gave itself ("" if none). */
   threadName(slot: number): string {
-    const chars = new Uint16Array(this.hdr.buffer, (RING_CTL + slot * CTL_STRIDE + NAME) * 4, NAME_CHARS);
+    const chars = new Uint16Array(this.hdr.buffer, TRACE_RING.name(slot) * 4, NAME_CHARS);
     let s = "";
     for (const c of chars) {
       if (c === 0) break;
@@ -207,7 +220,7 @@ export class TraceReader {
   /** Records lost to full rings, all threads. */
   dropped(): number {
     let n = 0;
-    for (let t = 0; t < this.threads(); t++) n += Atomics.load(this.hdr, RING_CTL + t * CTL_STRIDE + DROPPED);
+    for (let t = 0; t < this.threads(); t++) n += Atomics.load(this.hdr, TRACE_RING.dropped(t));
     return n;
   }
 
@@ -215,9 +228,8 @@ export class TraceReader {
   drain(): TraceRecord[] {
     const out: TraceRecord[] = [];
     for (let t = 0; t < this.threads(); t++) {
-      const ctl = RING_CTL + t * CTL_STRIDE;
-      const w = Atomics.load(this.hdr, ctl + WRITE);
-      const r0 = Atomics.load(this.hdr, ctl + READ);
+      const w = Atomics.load(this.hdr, TRACE_RING.write(t));
+      const r0 = Atomics.load(this.hdr, TRACE_RING.read(t));
       for (let i = r0; i < w; i++) {
         const o = t * RING_WORDS + (i % TRACE_RING_RECORDS) * TRACE_REC_WORDS;
         const code = this.recs[o + 1];
@@ -229,7 +241,7 @@ export class TraceReader {
           fields: Array.from(this.recs.subarray(o + 2, o + 2 + MAX_FIELDS)),
         });
       }
-      Atomics.store(this.hdr, ctl + READ, w);
+      Atomics.store(this.hdr, TRACE_RING.read(t), w);
     }
     return out;
   }

@@ -11,7 +11,6 @@
  */
 import {
   CTL,
-  DESC,
   Kvm,
   KVM_USER_MEM_SLOTS,
   ROLE_DIRECT,
@@ -22,7 +21,9 @@ import {
   SP,
   VCPU,
 } from "../kvm_host.js";
-import type { LayoutInfo } from "../layout.js";
+import { fieldAt, type LayoutInfo } from "../layout.js";
+import { pte_list_desc_word_name } from "../mmu/rmap.js";
+import { hpt_pfn } from "../mem/host_memory.js";
 
 /** The arrays a controlled thread's trace names by position (explore_worker.ts passes them in this order). */
 export const TRACED_ARRAYS = [
@@ -56,13 +57,6 @@ const PAGE_WORDS = 1024;
 const hex = (n: number): string => `0x${n.toString(16)}`;
 
 /** The field of a layout that holds word `offset` of a row (or block), with the word within it. */
-function fieldAt(l: LayoutInfo, offset: number): string {
-  for (const f of l.fields) {
-    if (offset >= f.offset && offset < f.offset + f.words)
-      return f.words === 1 ? f.name : `${f.name}[${offset - f.offset}]`;
-  }
-  return `word ${offset}`;
-}
 
 /** Words of the locks inside `struct kvm` (src/sync/rwlock.ts, mutex.ts, rcu.ts). */
 const RWLOCK_NAMES = ["", ".sleepers", ".owner", ".since", ".wait_lock.next", ".wait_lock.owner"];
@@ -134,13 +128,6 @@ function bitmapName(kvm: Kvm, i: number): string {
   return `dirty_bitmap word ${i} (no slot)`;
 }
 
-function descName(i: number): string {
-  const d = Math.floor(i / DESC.STRIDE);
-  const f = fieldAt(DESC.layout, i - DESC.row(d));
-  const m = /^sptes\[(\d+)\]$/.exec(f);
-  return m !== null ? `pte_list_desc ${d} entry ${m[1]}` : `pte_list_desc ${d} ${f}`;
-}
-
 function rowName(l: LayoutInfo, what: string, i: number): string {
   const r = Math.floor((i - l.base) / l.stride);
   return `${what} ${r} ${fieldAt(l, i - l.base - r * l.stride)}`;
@@ -158,10 +145,10 @@ function hvaToGfn(kvm: Kvm, hva: number): string | null {
 function memName(kvm: Kvm, i: number): string {
   const frame = Math.floor(i / PAGE_WORDS);
   const off = (i - frame * PAGE_WORDS) * 4;
-  // The host page table maps hva pages to frames (pfn << 2 | flags): find who maps this one.
+  // The host page table maps hva pages to frames (hpt_pfn): find who maps this one.
   for (let p = 0; p < kvm.hpt.length; p++) {
     const v = kvm.hpt[p];
-    if (v !== 0 && v >>> 2 === frame) {
+    if (hpt_pfn(v) === frame) {
       const g = hvaToGfn(kvm, p);
       if (g !== null) return `guest memory ${g} offset ${hex(off)} (pfn ${hex(frame)})`;
     }
@@ -188,7 +175,7 @@ export function locationName(kvm: Kvm, arr: number, index: number): string {
     case ARR_RMAP:
       return rmapName(kvm, index);
     case ARR_DESC:
-      return descName(index);
+      return pte_list_desc_word_name(index);
     case ARR_BITMAP:
       return bitmapName(kvm, index);
     case ARR_VCPU:

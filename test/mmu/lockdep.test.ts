@@ -11,7 +11,7 @@ import {
   lockdep_assert_held,
   lockdep_assert_held_read,
   lockdep_assert_held_write,
-} from "../../src/kvm_host.js";
+} from "../../src/kvm/lockdep.js";
 import { kvm_mmu_assert_lock } from "../../src/mmu/kvm_mmu.js";
 import { newDirtyLogTimes } from "../../src/mmu/dirty_log.js";
 import { designNames, designOps } from "../../src/mmu/design.js";

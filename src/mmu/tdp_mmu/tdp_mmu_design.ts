@@ -10,7 +10,8 @@
  *   slotRemoveWriteAccess  read   (wrprot_slot / clear_dirty_slot when logging starts)
  *   zap_gfn_range          write  (tdp_mmu_zap_leafs for the MMU notifier)
  */
-import { Kvm, lockdep_assert_held_write, MmuMode } from "../../kvm_host.js";
+import { Kvm, MmuMode } from "../../kvm_host.js";
+import { lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { einval } from "../../errors.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { fast_page_fault } from "../mmu.js";

@@ -10,7 +10,8 @@
  * always write-protected (a write fault splits them).
  */
 import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
-import { CTL, Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
+import { CTL, Kvm, SLOT } from "../../kvm_host.js";
+import { lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { aand, aread, awrite } from "../../sync/atomic.js";
 import {
   is_last_spte,

@@ -9,13 +9,8 @@
  * faults again if it must). A fault never waits for another under the lock.
  */
 import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
-import {
-  CTL,
-  Kvm,
-  KVM_PAGES_PER_HPAGE,
-  lockdep_assert_held_read,
-  lockdep_assert_held_write,
-} from "../../kvm_host.js";
+import { CTL, Kvm, KVM_PAGES_PER_HPAGE } from "../../kvm_host.js";
+import { lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { aload, spinPoint } from "../../sync/atomic.js";
 import { mark_page_dirty_in_slot } from "../../mem/memslot.js";
 import { mmu_notifier_retry } from "../mmu_notifier.js";

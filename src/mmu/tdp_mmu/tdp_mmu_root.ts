@@ -8,7 +8,8 @@
  * another while it may drop mmu_lock. ROLE_INVALID is the invalid flag: an invalidated root gets
  * no new references, and whoever drops its last one zaps it and frees its tables.
  */
-import { CTL, Kvm, lockdep_assert_held_write, ROLE_INVALID, SP } from "../../kvm_host.js";
+import { CTL, Kvm, ROLE_INVALID, SP } from "../../kvm_host.js";
+import { lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { acas, aload, astore } from "../../sync/atomic.js";
 import { PT64_ROOT_LEVEL } from "../spte.js";
 import { tdp_mmu_alloc_sp } from "./tdp_mmu_free.js";

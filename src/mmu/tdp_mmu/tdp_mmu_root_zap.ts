@@ -9,14 +9,8 @@
  * its leaves keep mapping pages nobody will tell KVM about). The root is invalid and unreachable
  * by vCPUs by then (the invalidation flushed), so the walk owes no TLB flush.
  */
-import {
-  CTL,
-  Kvm,
-  lockdep_assert_held,
-  lockdep_assert_held_write,
-  ROLE_INVALID,
-  SP,
-} from "../../kvm_host.js";
+import { CTL, Kvm, ROLE_INVALID, SP } from "../../kvm_host.js";
+import { lockdep_assert_held, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { aadd, aload, aor, astore } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { is_shadow_present_pte, PT64_ROOT_LEVEL } from "../spte.js";

@@ -9,7 +9,8 @@
  * read lock to take a batch (KVM drops it to allocate with GFP_KERNEL), then restarts its walk
  * from the root, as after any yield.
  */
-import { Kvm, lockdep_assert_held, lockdep_assert_held_read } from "../../kvm_host.js";
+import { Kvm } from "../../kvm_host.js";
+import { lockdep_assert_held, lockdep_assert_held_read } from "../../kvm/lockdep.js";
 import { SLOT } from "../../kvm_host.js";
 import { sp_pool_pop, sp_pool_push } from "../mmu_page.js";
 import { is_large_pte, is_shadow_present_pte, PT_DIRECTORY_LEVEL } from "../spte.js";

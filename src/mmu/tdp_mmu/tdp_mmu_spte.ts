@@ -14,15 +14,8 @@
  * xchg and the caller learns what it replaced (ba3a6120a4e7).
  */
 import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
-import {
-  CTL,
-  Kvm,
-  KVM_PAGES_PER_HPAGE,
-  lockdep_assert_held_read,
-  lockdep_assert_held_write,
-  ROLE_INVALID,
-  SP,
-} from "../../kvm_host.js";
+import { CTL, Kvm, KVM_PAGES_PER_HPAGE, ROLE_INVALID, SP } from "../../kvm_host.js";
+import { lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { sp_level } from "../mmu_page.js";
 import { BUG_TDP } from "./tdp_mmu_bugs.js";
 import { aadd, acas, aload, aor, astore, axchg, spinPoint } from "../../sync/atomic.js";

@@ -4,7 +4,8 @@
  * (kvm_tdp_mmu_zap_collapsible_sptes, read lock).
  */
 import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
-import { Kvm, lockdep_assert_held_read, lockdep_assert_held_write, SLOT } from "../../kvm_host.js";
+import { Kvm, SLOT } from "../../kvm_host.js";
+import { lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { astore } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { gfn_to_hva_page, lpage_info_index } from "../../mem/memslot.js";

@@ -6,7 +6,8 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { CTL, LockdepError, ROLE_INVALID, SP } from "../../../src/kvm_host.js";
+import { CTL, ROLE_INVALID, SP } from "../../../src/kvm_host.js";
+import { LockdepError } from "../../../src/kvm/lockdep.js";
 import { PT64_ENT_PER_PAGE, spte_to_child_sp } from "../../../src/mmu/spte.js";
 import { TdpIter, tdp_iter_next, tdp_iter_start } from "../../../src/mmu/tdp_mmu/tdp_iter.js";
 import {
