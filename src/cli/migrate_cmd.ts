@@ -13,7 +13,7 @@ import type { MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
-import { parseIntIn, parseNumberIn, parseOne, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseNumberIn, parseOne, parseSize, progress, withFlagNames } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
@@ -186,19 +186,25 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
     faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
   };
-  if (a["dirtyRingSize"] !== undefined) {
-    if (logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+  // That these need --log-mode dirty-ring is the library's check (checkGuestOptions).
+  if (a["dirtyRingSize"] !== undefined)
     o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
-  }
   if (a["dirtyLimit"] !== undefined) {
-    if (logMode !== "dirty-ring") throw einval("--dirty-limit", "needs --log-mode dirty-ring");
-    if (o.autoConverge) throw einval("--dirty-limit", "not with --auto-converge (one throttle at a time)");
     o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
     o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
   }
   const resumeTo = a["resumeTo"] === undefined ? undefined : hostPort("--resume-to", String(a["resumeTo"]));
   return { o, local, to, key, security, resumeTo };
 }
+
+/** The library's option names as `migrate`'s flags, for its usage errors (withFlagNames). */
+const MIGRATE_FLAGS: Record<string, string> = {
+  logMode: "--log-mode",
+  dirtyLimit: "--dirty-limit",
+  dirtyLimitPeriodMs: "--dirty-limit-period",
+  dirtyRingSize: "--dirty-ring-size",
+  autoConverge: "--auto-converge",
+};
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
@@ -211,9 +217,11 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
   const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
   let out: MigrationResult;
   try {
-    out = local
-      ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
-      : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun });
+    out = await withFlagNames(MIGRATE_FLAGS, async () =>
+      local
+        ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
+        : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun }),
+    );
   } finally {
     if (trace) traceDone(trace);
   }

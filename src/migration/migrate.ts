@@ -10,7 +10,7 @@ import type { MmuModeName, Vm } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, GuestLayout, layoutFor, runAndCheck, runGuest, waitFilled } from "./guest_vm.js";
-import { DirtyRingLog, LogMode, logStrategy } from "./log_sync.js";
+import { DirtyRingLog, LogMode, logStrategy, needsDirtyRing } from "./log_sync.js";
 import { checkDirtyLimit } from "./dirtylimit.js";
 import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
@@ -119,12 +119,11 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
         "dirtyRingSize",
         `must be a power of two ${KVM_DIRTY_RING_MIN_ENTRIES}..${KVM_DIRTY_RING_MAX_ENTRIES}, got ${String(n)}`,
       );
-    if (o.logMode !== "dirty-ring") throw einval("dirtyRingSize", `needs logMode "dirty-ring"`);
+    needsDirtyRing("dirtyRingSize", o.logMode);
   }
   if (o.dirtyLimit !== undefined || o.dirtyLimitPeriodMs !== undefined) {
     checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
-    if (o.logMode !== "dirty-ring")
-      throw einval("dirtyLimit", `needs logMode "dirty-ring" (got ${String(o.logMode ?? "dirty-log")})`);
+    needsDirtyRing("dirtyLimit", o.logMode);
     if (o.autoConverge) throw einval("dirtyLimit", "not with autoConverge (one throttle at a time)");
   }
 }

@@ -9,6 +9,25 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { validateResult, type MigratePerfDocT } from "../../src/results/schema.js";
+import { checkMigratePerfOptions, MIGRATE_PERF_DEFAULTS } from "../../src/bench/migrate_perf.js";
+import { KvmError } from "../../src/errors.js";
+
+test("migrate-perf's options: what needs the dirty ring is refused by the library, naming the option", () => {
+  const d = MIGRATE_PERF_DEFAULTS;
+  assert.doesNotThrow(() => checkMigratePerfOptions({ ...d, logMode: "dirty-ring", dirtyRingSize: 512 }));
+  const refused: [object, RegExp][] = [
+    [{ dirtyRingSize: 512 }, /^EINVAL: dirtyRingSize: needs logMode "dirty-ring" \(got dirty-log\)$/],
+    [
+      { throttle: ["dirty-limit"], wp: ["lockless"], logMode: "clear-log" },
+      /^EINVAL: throttle: dirty-limit needs logMode "dirty-ring" \(got clear-log\)$/,
+    ],
+  ];
+  for (const [o, re] of refused)
+    assert.throws(
+      () => checkMigratePerfOptions({ ...d, ...o }),
+      (e: unknown) => e instanceof KvmError && re.test(e.message),
+    );
+});
 
 test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, schema-valid", async () => {
   const file = join(mkdtempSync(join(tmpdir(), "kvmmu-migperf-")), "mp.json");

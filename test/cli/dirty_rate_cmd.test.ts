@@ -50,6 +50,8 @@ test("bad flags are usage errors (exit 2, EINVAL naming the flag)", async () => 
     [["dirty-rate", "--sample-pages", "5"], /--sample-pages/],
     [["dirty-rate", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --calc-mode dirty-ring/],
     [["migrate-perf", "--throttle", "dirty-limit"], /--throttle: dirty-limit needs --log-mode dirty-ring/],
+    [["migrate-perf", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --log-mode dirty-ring/],
+    [["migrate", "--local", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --log-mode dirty-ring/],
     [["migrate-perf", "--throttle", "auto-converge", "--wp", "all"], /--wp: with --throttle: one design/],
     [["migrate-perf", "--throttle", "nope"], /--throttle/],
     [
