@@ -336,22 +336,27 @@ function ratioOf(
 export async function migratePerf(
   o: MigratePerfOptions,
   onRun?: (r: MigrateRun, index: number, of: number) => void,
+  onStatus?: (msg: string) => void,
 ): Promise<MigratePerfResult> {
   checkMigratePerfOptions(o);
   const variants = variantsOf(o);
   const names = variants.map((v) => v.name);
   const baseline = baselineVariant(o);
   const t0 = performance.now();
+  onStatus?.("the raw loopback reference");
   const loopback = [await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES)];
   const runs: Record<string, MigrateRun[]> = Object.fromEntries(names.map((d) => [d, []]));
   const total = (o.warmup + o.runs) * variants.length;
   let k = 0;
   for (let i = 0; i < o.warmup + o.runs; i++)
     for (const v of variants) {
+      // What runs now (a heartbeat repeats the last status: it must not be the previous run's).
+      onStatus?.(`migration ${k + 1}/${total} (${v.name}${i < o.warmup ? ", warm-up" : ""}): running`);
       const r = toRun(++k, v, i < o.warmup, await migrateOnce(o, v));
       runs[v.name].push(r);
       onRun?.(r, k, total);
     }
+  onStatus?.("the raw loopback reference, again");
   loopback.push(await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES));
   const loopbackBytesPerSec = median(loopback.map((x) => x.bytesPerSec));
   const bulkVsLoopback: Record<string, Summary | null> = {};

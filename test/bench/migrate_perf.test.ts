@@ -9,7 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { validateResult, type MigratePerfDocT } from "../../src/results/schema.js";
-import { checkMigratePerfOptions, MIGRATE_PERF_DEFAULTS } from "../../src/bench/migrate_perf.js";
+import { checkMigratePerfOptions, migratePerf, MIGRATE_PERF_DEFAULTS } from "../../src/bench/migrate_perf.js";
 import { KvmError } from "../../src/errors.js";
 
 test("migrate-perf's options: what needs the dirty ring is refused by the library, naming the option", () => {
@@ -142,4 +142,32 @@ test("kvmmu migrate-perf: bad options are usage errors", async () => {
     assert.equal(x.code, 2, x.err);
     assert.match(x.err, re);
   }
+});
+
+test("migrate-perf's status says what runs now, before it runs (the heartbeat repeats the last one)", async () => {
+  const seen: string[] = [];
+  await migratePerf(
+    {
+      ...MIGRATE_PERF_DEFAULTS,
+      runs: 1,
+      warmup: 1,
+      wp: ["lockless"],
+      baseline: "lockless",
+      memoryBytes: 1 << 20,
+      maxBandwidth: 8 << 20,
+      minRounds: 2,
+      warmupMs: 0,
+      loopbackBytes: 1 << 20,
+    },
+    (r, k, of) => seen.push(`done ${k}/${of} ${r.status}`),
+    (msg) => seen.push(msg),
+  );
+  assert.deepEqual(seen, [
+    "the raw loopback reference",
+    "migration 1/2 (lockless, warm-up): running",
+    "done 1/2 completed",
+    "migration 2/2 (lockless): running",
+    "done 2/2 completed",
+    "the raw loopback reference, again",
+  ]);
 });
