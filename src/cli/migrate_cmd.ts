@@ -9,7 +9,7 @@ import { designNames, parseDesignList } from "../mmu/design.js";
 import { FAULTS } from "../migration/fault.js";
 import { LOG_MODES } from "../migration/log_sync.js";
 import { layoutFor } from "../migration/guest_vm.js";
-import type { MigrationReport, RoundRecord } from "../migration/report.js";
+import type { DirtyLimitReport, MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
@@ -107,17 +107,30 @@ export function formatReport(
           ? `; link dropped and recovered ${pc.recoveries}x (paused ${pc.pausedMs.toFixed(0)} ms, ${pc.resentPages} pages sent again)`
           : ""),
     );
-  const dl = r.dirtyLimit;
-  if (dl)
-    out.push(
-      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "never triggered (the guest did not outpace the link twice in a row)"}`,
-    );
+  if (r.dirtyLimit) out.push(`  ${dirtyLimitText(r.dirtyLimit)}`);
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
   return out.join("\n");
 }
 
 /** One design from --wp (any registered name). */
+/** What dirty-limit did: never triggered, triggered too late to measure, or ran. */
+export function dirtyLimitText(dl: DirtyLimitReport): string {
+  const head = `dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: `;
+  if (!dl.started) return head + "never triggered (the guest did not outpace the link twice in a row)";
+  // Started, but no period ended: no rate was measured and no vCPU was slowed.
+  if (dl.periods === 0)
+    return (
+      head +
+      `not engaged: the migration ended within the first period (${dl.periodMs} ms) after the trigger` +
+      (dl.ringFullReaps > 0 ? `, ${dl.ringFullReaps} ring-full reaps` : "")
+    );
+  return (
+    head +
+    `ran (${dl.periods} period${dl.periods === 1 ? "" : "s"} of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms`
+  );
+}
+
 function oneDesign(v: unknown): string {
   const l = parseDesignList("--wp", String(v));
   if (l.length !== 1) throw einval("--wp", "takes one value");
