@@ -17,7 +17,7 @@ import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "
 import { checkSecurity, MigrationSecurity } from "./tls.js";
 import { MigrationSource, SourceOptions } from "./precopy.js";
 import { MigrationError } from "./stream.js";
-import type { RecoverConnection } from "./recover.js";
+import { RecoverConnection, recoverWithin } from "./recover.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
 /** The guest a migration moves, and how it is migrated (SourceOptions' knobs). */
@@ -145,27 +145,29 @@ function checkResumeTimeout(ms: number | undefined): number {
 /**
  * The source's side of post-copy recovery (`migrate -r`): connects again, as the first time
  * (same key and security), retrying while the destination is unreachable or still busy with the
- * dropped connection; ETIMEDOUT after resumeTimeoutMs. EACCES and the like are final at once.
+ * dropped connection; ETIMEDOUT resumeTimeoutMs after the pause began, however many attempts
+ * failed their handshake meanwhile. EACCES and the like are final at once.
  */
 function reconnector(o: MigrateToOptions): RecoverConnection {
   const timeout = checkResumeTimeout(o.resumeTimeoutMs);
   const to = o.resumeTo ?? { host: o.host, port: o.port };
-  return async () => {
-    const end = Date.now() + timeout;
+  return async (pausedAt) => {
+    const end = pausedAt + timeout;
+    // Asked again after a connection failed its handshake: the same deadline holds.
+    let last = "a connection that failed its handshake";
     for (;;) {
-      let last: MigrationError;
+      if (performance.now() >= end)
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `post-copy recovery: no destination took the resume at ${to.host}:${to.port} in ${timeout} ms (last: ${last})`,
+        );
       try {
         const { sock, reader } = await connectOutgoing({ ...to, key: o.key, security: o.security });
         return { stream: sock, reader };
       } catch (e) {
         if (!(e instanceof MigrationError) || !RESUME_RETRY_CODES.includes(e.code)) throw e;
-        last = e;
+        last = e.message;
       }
-      if (Date.now() >= end)
-        throw new MigrationError(
-          "ETIMEDOUT",
-          `post-copy recovery: no destination took the resume at ${to.host}:${to.port} in ${timeout} ms (last: ${last.message})`,
-        );
       await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
     }
   };
@@ -277,7 +279,9 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
       maxMemory: o.maxMemory,
       idleTimeoutMs: idle,
       postcopyRecover: o.resume
-        ? () => inc.next(resumeMs).then(({ sock: s, reader: r }) => ({ stream: s, reader: r }))
+        ? recoverWithin(resumeMs, (left) =>
+            inc.next(left).then(({ sock: s, reader: r }) => ({ stream: s, reader: r })),
+          )
         : undefined,
     });
     const rep = await dest.receive(sock, reader);

@@ -254,9 +254,9 @@ class SourceRun {
   }
 
   /** Post-copy recovery: the dropped connection closed, a new one from postcopyRecover. */
-  private async reconnect(): Promise<{ w: SectionWriter; ret: ReturnPath }> {
+  private async reconnect(pausedAt: number): Promise<{ w: SectionWriter; ret: ReturnPath }> {
     this.out.destroy();
-    const conn = await this.o.postcopyRecover!();
+    const conn = await this.o.postcopyRecover!(pausedAt);
     this.bytesBefore += this.w.bytes;
     this.w.stopDigest();
     this.attach(conn.stream, conn.reader);
@@ -522,7 +522,7 @@ class SourceRun {
         report.switchedOver = true;
       },
       onRun: this.o.onPostcopyRun,
-      reconnect: this.o.postcopyRecover ? () => this.reconnect() : undefined,
+      reconnect: this.o.postcopyRecover ? (t) => this.reconnect(t) : undefined,
       migrationId: this.migrationId,
       setState: (to) => this.state.set(to),
     });
