@@ -17,10 +17,9 @@
 import { einval } from "../errors.js";
 import { KernelPerfSession, kvmFlavour } from "../kernel/dirty_log_perf.js";
 import { KERNEL_DESIGN } from "../kernel/register.js";
-import { median, summarize } from "./stats.js";
-import { harvestCalls, nsPerDirtyPage, totalCall } from "./dirty_log_perf_calls.js";
 import { LogModeName, logModeOf, PerfOptions } from "./dirty_log_perf_options.js";
-import { IterationResult, nsStats, NsStats, StrategyResult } from "./dirty_log_perf_result.js";
+import { IterationResult, StrategyResult } from "./dirty_log_perf_result.js";
+import { iterationStats } from "./dirty_log_perf_stats.js";
 import { cpuMark, cpuSince } from "./dirty_log_perf_setup.js";
 
 export interface KernelRun {
@@ -114,40 +113,11 @@ export async function iterateKernel(run: KernelRun, warmup: boolean): Promise<It
   };
 }
 
-/** The kernel's statistics over its measured iterations, as strategyResult's for a model. */
+/** The kernel's statistics over its measured iterations (as a model's), its flavour and counters. */
 export function kernelStrategyResult(run: KernelRun): StrategyResult {
-  const m = run.iters.filter((i) => !i.warmup);
-  const of = (f: (i: IterationResult) => number): NsStats => nsStats(summarize(m.map(f)));
   const s = run.session;
   return {
-    iterations: run.iters,
-    getDirtyLog: of((i) => i.getDirtyLogNs),
-    lockWait: of((i) => i.lockWaitNs),
-    vcpuLockWait: of((i) => i.vcpuLockWaitNs),
-    hostLockWait: of((i) => i.hostLockWaitNs),
-    protect: of((i) => i.protectNs),
-    flush: of((i) => i.flushNs),
-    dirtyMemory: of((i) => i.dirtyMemoryNs),
-    nsPerDirtyPage: nsPerDirtyPage(totalCall(run.logMode), m).median,
-    nsPerDirtyPageByCall: Object.fromEntries(
-      harvestCalls(run.logMode).map((c) => [c.name, nsPerDirtyPage(c, m).median]),
-    ),
-    guestThroughput: summarize(m.map((i) => i.guestThroughput)),
-    guestWritesPerSec: run.writes / (run.activeMs / 1000),
-    populateNs: s.populateNs,
-    enableLoggingNs: s.enableNs,
-    disableLoggingNs: run.disableLoggingNs,
-    logMode: run.logMode,
-    ...(run.logMode === "clear-log" ? { clearDirtyLog: of((i) => i.clearDirtyLogNs ?? 0) } : {}),
-    ...(run.logMode === "dirty-ring"
-      ? {
-          ring: {
-            harvest: of((i) => i.ringHarvestNs ?? 0),
-            reset: of((i) => i.ringResetNs ?? 0),
-            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
-          },
-        }
-      : {}),
+    ...iterationStats({ ...run, populateNs: s.populateNs, enableLoggingNs: s.enableNs }, run.iters),
     kernel: { flavour: kvmFlavour(), ringFullExits: s.ringFullExits(), stats: s.vm.stats() },
   };
 }

@@ -4,37 +4,61 @@ import { shadowCounters } from "../mmu/pte_write.js";
 import { median, summarize } from "./stats.js";
 import { harvestCalls, nsPerDirtyPage, totalCall } from "./dirty_log_perf_calls.js";
 import { IterationResult, NsStats, nsStats, StrategyResult } from "./dirty_log_perf_result.js";
+import type { LogModeName } from "./dirty_log_perf_options.js";
 import { Run, sumStat } from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
 
-/** A design's statistics over its measured iterations, and its VM's counters. */
-export function strategyResult(run: Run): StrategyResult {
-  const vm = run.vm;
-  const m = run.iters.filter((i) => !i.warmup);
-  const of = (
-    k:
-      | "getDirtyLogNs"
-      | "lockWaitNs"
-      | "protectNs"
-      | "flushNs"
-      | "dirtyMemoryNs"
-      | "vcpuLockWaitNs"
-      | "hostLockWaitNs",
-  ): NsStats => nsStats(summarize(m.map((i) => i[k])));
-  const getDirtyLog = of("getDirtyLogNs");
-  const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
-    nsStats(summarize(m.map((i) => i[k] ?? 0)));
-  const pages = median(m.map((i) => i.dirtyPages));
-  const t = vm.dirtyLogTimes();
+/** What every run (a model's VM or the kernel's) knows besides its iterations. */
+export interface RunFields {
+  logMode: LogModeName;
+  /** Guest writes and active time over the measured iterations. */
+  writes: number;
+  activeMs: number;
+  populateNs: number;
+  enableLoggingNs: number;
+  disableLoggingNs: number;
+}
+
+/** The part of a StrategyResult that comes from the iterations alone (models and kernel alike). */
+export type IterationStats = Pick<
+  StrategyResult,
+  | "iterations"
+  | "getDirtyLog"
+  | "lockWait"
+  | "vcpuLockWait"
+  | "hostLockWait"
+  | "protect"
+  | "flush"
+  | "dirtyMemory"
+  | "nsPerDirtyPage"
+  | "nsPerDirtyPageByCall"
+  | "guestThroughput"
+  | "guestWritesPerSec"
+  | "populateNs"
+  | "enableLoggingNs"
+  | "disableLoggingNs"
+  | "logMode"
+  | "clearDirtyLog"
+  | "ring"
+>;
+
+/**
+ * Statistics over the measured iterations (warm-ups are kept in `iterations`, left out of the
+ * rest). The ring's ns per entry only where the iterations count their entries (the models').
+ */
+export function iterationStats(run: RunFields, iters: IterationResult[]): IterationStats {
+  const m = iters.filter((i) => !i.warmup);
+  const of = (f: (i: IterationResult) => number | undefined): NsStats =>
+    nsStats(summarize(m.map((i) => f(i) ?? 0)));
   return {
-    iterations: run.iters,
-    getDirtyLog,
-    lockWait: of("lockWaitNs"),
-    vcpuLockWait: of("vcpuLockWaitNs"),
-    hostLockWait: of("hostLockWaitNs"),
-    protect: of("protectNs"),
-    flush: of("flushNs"),
-    dirtyMemory: of("dirtyMemoryNs"),
+    iterations: iters,
+    getDirtyLog: of((i) => i.getDirtyLogNs),
+    lockWait: of((i) => i.lockWaitNs),
+    vcpuLockWait: of((i) => i.vcpuLockWaitNs),
+    hostLockWait: of((i) => i.hostLockWaitNs),
+    protect: of((i) => i.protectNs),
+    flush: of((i) => i.flushNs),
+    dirtyMemory: of((i) => i.dirtyMemoryNs),
     // The whole harvest (GET + CLEAR, harvest + reset, or GET), then each call apart.
     nsPerDirtyPage: nsPerDirtyPage(totalCall(run.logMode), m).median,
     nsPerDirtyPageByCall: Object.fromEntries(
@@ -45,6 +69,29 @@ export function strategyResult(run: Run): StrategyResult {
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
     disableLoggingNs: run.disableLoggingNs,
+    logMode: run.logMode,
+    ...(run.logMode === "clear-log" ? { clearDirtyLog: of((i) => i.clearDirtyLogNs) } : {}),
+    ...(run.logMode === "dirty-ring"
+      ? {
+          ring: {
+            harvest: of((i) => i.ringHarvestNs),
+            reset: of((i) => i.ringResetNs),
+            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
+            ...(m.some((i) => i.ringEntries !== undefined) ? { perEntryNs: ringPerEntry(m) } : {}),
+          },
+        }
+      : {}),
+  };
+}
+
+/** A design's statistics over its measured iterations, and its VM's counters. */
+export function strategyResult(run: Run): StrategyResult {
+  const vm = run.vm;
+  const m = run.iters.filter((i) => !i.warmup);
+  const pages = median(m.map((i) => i.dirtyPages));
+  const t = vm.dirtyLogTimes();
+  return {
+    ...iterationStats(run, run.iters),
     mmapNs: run.mmapNs,
     cpu: {
       populateNs: run.populateCpuNs,
@@ -72,18 +119,6 @@ export function strategyResult(run: Run): StrategyResult {
     numa: vm.numaBalancingStats(),
     metadataBytes: vm.metadataBytes(),
     ...(vmKvm(vm).mode === MmuMode.Shadow ? { shadow: shadowCounters(vmKvm(vm)) } : {}),
-    logMode: run.logMode,
-    ...(run.logMode === "clear-log" ? { clearDirtyLog: opt("clearDirtyLogNs") } : {}),
-    ...(run.logMode === "dirty-ring"
-      ? {
-          ring: {
-            harvest: opt("ringHarvestNs"),
-            reset: opt("ringResetNs"),
-            fullExits: median(m.map((i) => i.ringFullExits ?? 0)),
-            perEntryNs: ringPerEntry(m),
-          },
-        }
-      : {}),
   };
 }
 

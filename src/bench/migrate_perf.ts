@@ -11,7 +11,7 @@ import { einval } from "../errors.js";
 import { DEFAULT_BASELINE, DesignName, designInfo } from "../mmu/design.js";
 import { migrateLocalForked } from "../migration/local.js";
 import type { MigrationResult } from "../migration/migrate.js";
-import type { LogMode } from "../migration/log_sync.js";
+import { LogMode, needsDirtyRing } from "../migration/log_sync.js";
 import { layoutFor } from "../migration/guest_vm.js";
 import { measureLoopback, LoopbackFigure } from "./loopback.js";
 import { formatRatio, median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
@@ -195,6 +195,7 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   const lb = o.loopbackBytes ?? LOOPBACK_BYTES;
   if (!Number.isSafeInteger(lb) || lb < 1 << 20) throw einval("loopbackBytes", "must be an integer >= 1 MiB");
   layoutFor(o.memoryBytes, o.vcpus, { workingSetBytes: o.workingSetBytes, dirtyRateBytes: o.dirtyRateBytes });
+  if (o.dirtyRingSize !== undefined) needsDirtyRing("dirtyRingSize", o.logMode);
   checkThrottles(o);
 }
 
@@ -208,8 +209,7 @@ function checkThrottles(o: MigratePerfOptions): void {
   if (new Set(t).size !== t.length) throw einval("throttle", "a throttle is listed twice");
   if (designsOf(o).length !== 1) throw einval("wp", "with throttle: one design");
   if (o.autoConverge) throw einval("autoConverge", "with throttle: list auto-converge there instead");
-  if (t.includes("dirty-limit") && o.logMode !== "dirty-ring")
-    throw einval("throttle", "dirty-limit needs logMode dirty-ring");
+  if (t.includes("dirty-limit")) needsDirtyRing("throttle", o.logMode, "dirty-limit ");
   const q = o.dirtyLimit ?? 1;
   if (!Number.isSafeInteger(q) || q < 1) throw einval("dirtyLimit", "must be an integer >= 1 (MB/s)");
 }
@@ -336,22 +336,27 @@ function ratioOf(
 export async function migratePerf(
   o: MigratePerfOptions,
   onRun?: (r: MigrateRun, index: number, of: number) => void,
+  onStatus?: (msg: string) => void,
 ): Promise<MigratePerfResult> {
   checkMigratePerfOptions(o);
   const variants = variantsOf(o);
   const names = variants.map((v) => v.name);
   const baseline = baselineVariant(o);
   const t0 = performance.now();
+  onStatus?.("the raw loopback reference");
   const loopback = [await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES)];
   const runs: Record<string, MigrateRun[]> = Object.fromEntries(names.map((d) => [d, []]));
   const total = (o.warmup + o.runs) * variants.length;
   let k = 0;
   for (let i = 0; i < o.warmup + o.runs; i++)
     for (const v of variants) {
+      // What runs now (a heartbeat repeats the last status: it must not be the previous run's).
+      onStatus?.(`migration ${k + 1}/${total} (${v.name}${i < o.warmup ? ", warm-up" : ""}): running`);
       const r = toRun(++k, v, i < o.warmup, await migrateOnce(o, v));
       runs[v.name].push(r);
       onRun?.(r, k, total);
     }
+  onStatus?.("the raw loopback reference, again");
   loopback.push(await measureLoopback(o.loopbackBytes ?? LOOPBACK_BYTES));
   const loopbackBytesPerSec = median(loopback.map((x) => x.bytesPerSec));
   const bulkVsLoopback: Record<string, Summary | null> = {};

@@ -9,11 +9,11 @@ import { designNames, parseDesignList } from "../mmu/design.js";
 import { FAULTS } from "../migration/fault.js";
 import { LOG_MODES } from "../migration/log_sync.js";
 import { layoutFor } from "../migration/guest_vm.js";
-import type { MigrationReport, RoundRecord } from "../migration/report.js";
+import type { DirtyLimitReport, MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
-import { parseIntIn, parseNumberIn, parseOne, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseNumberIn, parseOne, parseSize, progress, withFlagNames } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
 import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
@@ -107,17 +107,30 @@ export function formatReport(
           ? `; link dropped and recovered ${pc.recoveries}x (paused ${pc.pausedMs.toFixed(0)} ms, ${pc.resentPages} pages sent again)`
           : ""),
     );
-  const dl = r.dirtyLimit;
-  if (dl)
-    out.push(
-      `  dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: ${dl.started ? `ran (${dl.periods} periods of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms` : "never triggered (the guest did not outpace the link twice in a row)"}`,
-    );
+  if (r.dirtyLimit) out.push(`  ${dirtyLimitText(r.dirtyLimit)}`);
   for (const p of r.verify.problems) out.push(`    ${p}`);
   if (r.error) out.push(`  error: ${r.error.message}`);
   return out.join("\n");
 }
 
 /** One design from --wp (any registered name). */
+/** What dirty-limit did: never triggered, triggered too late to measure, or ran. */
+export function dirtyLimitText(dl: DirtyLimitReport): string {
+  const head = `dirty-limit ${dl["vcpu-dirty-limit"]} MB/s per vCPU: `;
+  if (!dl.started) return head + "never triggered (the guest did not outpace the link twice in a row)";
+  // Started, but no period ended: no rate was measured and no vCPU was slowed.
+  if (dl.periods === 0)
+    return (
+      head +
+      `not engaged: the migration ended within the first period (${dl.periodMs} ms) after the trigger` +
+      (dl.ringFullReaps > 0 ? `, ${dl.ringFullReaps} ring-full reaps` : "")
+    );
+  return (
+    head +
+    `ran (${dl.periods} period${dl.periods === 1 ? "" : "s"} of ${dl.periodMs} ms, ${dl.ringFullReaps} ring-full reaps); last rates ${dl.rates.join(", ")} MB/s, sleep per ring-full ${dl.throttleUsPerFull.map((x) => (x / 1000).toFixed(1)).join(", ")} ms`
+  );
+}
+
 function oneDesign(v: unknown): string {
   const l = parseDesignList("--wp", String(v));
   if (l.length !== 1) throw einval("--wp", "takes one value");
@@ -186,19 +199,25 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
     faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
   };
-  if (a["dirtyRingSize"] !== undefined) {
-    if (logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+  // That these need --log-mode dirty-ring is the library's check (checkGuestOptions).
+  if (a["dirtyRingSize"] !== undefined)
     o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
-  }
   if (a["dirtyLimit"] !== undefined) {
-    if (logMode !== "dirty-ring") throw einval("--dirty-limit", "needs --log-mode dirty-ring");
-    if (o.autoConverge) throw einval("--dirty-limit", "not with --auto-converge (one throttle at a time)");
     o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
     o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
   }
   const resumeTo = a["resumeTo"] === undefined ? undefined : hostPort("--resume-to", String(a["resumeTo"]));
   return { o, local, to, key, security, resumeTo };
 }
+
+/** The library's option names as `migrate`'s flags, for its usage errors (withFlagNames). */
+const MIGRATE_FLAGS: Record<string, string> = {
+  logMode: "--log-mode",
+  dirtyLimit: "--dirty-limit",
+  dirtyLimitPeriodMs: "--dirty-limit-period",
+  dirtyRingSize: "--dirty-ring-size",
+  autoConverge: "--auto-converge",
+};
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
@@ -211,9 +230,11 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
   const onPostcopyRun = (): void => progress("post-copy: the guest runs on the destination");
   let out: MigrationResult;
   try {
-    out = local
-      ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
-      : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun });
+    out = await withFlagNames(MIGRATE_FLAGS, async () =>
+      local
+        ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
+        : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun }),
+    );
   } finally {
     if (trace) traceDone(trace);
   }

@@ -16,7 +16,7 @@ import { checkOutput, envelope, finished, writeResult } from "../bench/result.js
 import { LOG_MODES } from "../migration/log_sync.js";
 import { DEFAULT_BASELINE, designNames, parseDesignList } from "../mmu/design.js";
 import { einval } from "../errors.js";
-import { parseIntIn, parseList, parseNumberIn, parseSize, progress } from "./parse.js";
+import { parseIntIn, parseList, parseNumberIn, parseSize, progress, withFlagNames } from "./parse.js";
 
 /** --working-set: a whole number of pages, at least one. */
 export function workingSetArg(v: unknown): number {
@@ -33,7 +33,11 @@ function baselineArg(v: unknown): string {
 }
 
 /** migrate-perf's flags as MigratePerfOptions; bad values are usage errors (EINVAL). */
-function perfOptions(a: Record<string, string | boolean | undefined>): MigratePerfOptions {
+/** `wpIsDefault`: --wp was not given (commander's value source), so --throttle may pick one design. */
+function perfOptions(
+  a: Record<string, string | boolean | undefined>,
+  wpIsDefault: boolean,
+): MigratePerfOptions {
   const mode = parseList("--mode", String(a["mode"]), ["tdp", "shadow"] as const);
   const logMode = parseList("--log-mode", String(a["logMode"]), LOG_MODES);
   if (mode.length !== 1) throw einval("--mode", "takes one value");
@@ -60,27 +64,28 @@ function perfOptions(a: Record<string, string | boolean | undefined>): MigratePe
     o.dirtyRateBytes = parseNumberIn("--dirty-rate", String(a["dirtyRate"]), 0.01, 1e6) * 2 ** 20;
   if (o.loopbackBytes! < 1 << 20) throw einval("--loopback", "must be at least 1M");
   if (a["insecurePlaintext"] === true) o.tls = "none";
-  throttleArgs(a, o);
+  throttleArgs(a, o, wpIsDefault);
   return o;
 }
 
 /** --throttle and the dirty ring's flags into `o`; usage errors are EINVAL naming the flag. */
-function throttleArgs(a: Record<string, string | boolean | undefined>, o: MigratePerfOptions): void {
+function throttleArgs(
+  a: Record<string, string | boolean | undefined>,
+  o: MigratePerfOptions,
+  wpIsDefault: boolean,
+): void {
   if (a["throttle"] !== undefined) {
     o.throttle = parseList("--throttle", String(a["throttle"]), THROTTLES);
-    // --wp's default is a pair of designs: with --throttle, migrate's default design.
-    if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
+    // --wp's default is a pair of designs: with --throttle, migrate's default design. A --wp
+    // given as the default's value is the user's: two designs, refused below.
+    if (wpIsDefault) o.wp = ["lockless"];
     if (o.wp!.length !== 1) throw einval("--wp", "with --throttle: one design");
     if (o.autoConverge) throw einval("--auto-converge", "with --throttle: list auto-converge there instead");
-    if (o.throttle.includes("dirty-limit") && o.logMode !== "dirty-ring")
-      throw einval("--throttle", "dirty-limit needs --log-mode dirty-ring");
     o.dirtyLimit = parseIntIn("--dirty-limit", String(a["dirtyLimit"]), 1, 1_000_000);
     o.dirtyLimitPeriodMs = parseIntIn("--dirty-limit-period", String(a["dirtyLimitPeriod"]), 1, 600_000);
   }
-  if (a["dirtyRingSize"] !== undefined) {
-    if (o.logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
+  if (a["dirtyRingSize"] !== undefined)
     o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
-  }
 }
 
 const THROTTLE_HELP = `compare throttles instead of designs, alternated: ${THROTTLES.join(", ")} (a comma list; --wp then names one design; dirty-limit needs --log-mode dirty-ring)`;
@@ -99,6 +104,17 @@ function throttleOptions(c: Command): Command {
       "with --log-mode dirty-ring: entries per vCPU ring (default 4096)",
     );
 }
+
+/** The library's option names as this command's flags, for its usage errors. */
+const PERF_FLAGS: Record<string, string> = {
+  throttle: "--throttle",
+  logMode: "--log-mode",
+  dirtyLimit: "--dirty-limit",
+  dirtyLimitPeriodMs: "--dirty-limit-period",
+  dirtyRingSize: "--dirty-ring-size",
+  autoConverge: "--auto-converge",
+  wp: "--wp",
+};
 
 export function registerMigratePerf(program: Command): void {
   const d = MIGRATE_PERF_DEFAULTS;
@@ -142,12 +158,17 @@ export function registerMigratePerf(program: Command): void {
     )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file")
-    .action(async (a: Record<string, string | boolean | undefined>) => {
+    .action(async (a: Record<string, string | boolean | undefined>, cmd: Command) => {
       if (a["output"] !== undefined) checkOutput(String(a["output"]));
-      const o = perfOptions(a);
-      const r = await migratePerf(o, (run, k, of) =>
-        progress(
-          `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
+      const o = perfOptions(a, cmd.getOptionValueSource("wp") === "default");
+      const r = await withFlagNames(PERF_FLAGS, () =>
+        migratePerf(
+          o,
+          (run, k, of) =>
+            progress(
+              `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
+            ),
+          progress,
         ),
       );
       const doc = finished({

@@ -47,3 +47,31 @@ export function parseOne<T extends string>(opt: string, v: string, allowed: read
 
 /** Progress on stderr: a status line on a terminal, a heartbeat otherwise (progress.ts). */
 export { progress } from "./progress.js";
+
+/**
+ * Runs `f`; an EINVAL from the library (KvmError or MigrationError) comes out with its option
+ * names as this command's flags: `dirtyLimit: needs logMode "dirty-ring"` becomes `--dirty-limit:
+ * needs --log-mode dirty-ring`. The argument is renamed where it starts the message; in the text,
+ * camelCase names only (a plain word such as "throttle" may be prose there).
+ */
+export async function withFlagNames<T>(flags: Record<string, string>, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    if (e instanceof Error && (e as { code?: unknown }).code === "EINVAL")
+      e.message = flagNames(e.message, flags);
+    throw e;
+  }
+}
+
+export function flagNames(message: string, flags: Record<string, string>): string {
+  let m = message.replace(/^(EINVAL: )(\w+):/, (all, pre: string, arg: string) =>
+    flags[arg] !== undefined ? `${pre}${flags[arg]}:` : all,
+  );
+  for (const [name, flag] of Object.entries(flags))
+    if (/[A-Z]/.test(name))
+      m = m.replace(new RegExp(`\\b${name}\\b(?: "([^"]*)")?`, "g"), (_a, v?: string) =>
+        v === undefined ? flag : `${flag} ${v}`,
+      );
+  return m;
+}

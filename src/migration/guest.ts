@@ -16,8 +16,9 @@
  *
  * Invariant (checked by invariantOf): page j holds the number of steps that touched it, mod 256:
  * with c = count, n = pages, pass = c / n, next = c % n and w = n, page j holds
- * (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values. The count wraps
- * after 2^32 increments (minutes at full speed), which this model does not cover.
+ * (pass + (j < next ? 1 : 0)) mod 256: one edge at most between equal values. Bound: the count
+ * wraps after 2^32 increments of a vCPU and the invariant holds only before that (see
+ * invariantOf; docs/migration.md "Invariant").
  */
 import type { GuestContext } from "../guest/context.js";
 import { defineBlock } from "../layout.js";
@@ -134,7 +135,11 @@ export interface InvariantResult {
   problems: string[];
 }
 
-/** Checks the invariant on a stopped or paused guest's memory. */
+/**
+ * Checks the invariant on a stopped or paused guest's memory. Valid while each vCPU's count has
+ * not wrapped (fewer than 2^32 increments since the guest started): after a wrap the count no
+ * longer says how many times each page was touched, and a correct guest may be reported broken.
+ */
 export function invariantOf(
   read: (gpa: number) => number,
   readCounter: (gpa: number) => number,

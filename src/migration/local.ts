@@ -35,13 +35,18 @@ export type ChildReply =
 const CHILD = new URL("./child.js", import.meta.url);
 const LISTEN_TIMEOUT_MS = 20_000;
 /** After the source is done: the destination's process should exit by then, or is killed. */
-const EXIT_TIMEOUT_MS = 20_000;
+export const EXIT_TIMEOUT_MS = 20_000;
 
 export interface MigrateLocalOptions extends GuestMigrationOptions {
   /** Where the destination runs (default "process"): a fresh Node process, or this one. */
   destination?: "process" | "inline";
   /** How the stream is protected, both ends (tls.ts; default TLS-PSK from the key made here). */
   security?: MigrationSecurity;
+  /**
+   * Destination process: ms it has to exit once the source is done, then killed (default
+   * EXIT_TIMEOUT_MS); counted from the end of the migration, however long that took.
+   */
+  exitTimeoutMs?: number;
 }
 
 export interface LocalMigrationResult {
@@ -53,7 +58,7 @@ export interface LocalMigrationResult {
 /** A destination running somewhere: its port, its report to come, and a way to kill it. */
 interface LocalDestination {
   port: number;
-  /** Called once the source is done: the report, the process given EXIT_TIMEOUT_MS to end. */
+  /** Called once the source is done: the report, the process given exitTimeoutMs to end. */
   report(): Promise<IncomingResult | null>;
   kill(): void;
 }
@@ -65,6 +70,8 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     throw einval("destination", `must be "process" or "inline", got ${String(where)}`);
   if (o.fault === "kill-destination" && where !== "process")
     throw einval("fault", "kill-destination needs a destination process");
+  const exitMs = o.exitTimeoutMs ?? EXIT_TIMEOUT_MS;
+  if (!Number.isSafeInteger(exitMs) || exitMs < 1) throw einval("exitTimeoutMs", "must be an integer >= 1");
   const key = randomBytes(18).toString("base64");
   const inc: MigrateIncomingOptions = {
     port: 0,
@@ -76,7 +83,7 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     resume: o.resume === true && o.postcopy === true,
     resumeTimeoutMs: o.resumeTimeoutMs,
   };
-  const dst = where === "process" ? await destinationProcess(inc) : await destinationInline(inc);
+  const dst = where === "process" ? await destinationProcess(inc, exitMs) : await destinationInline(inc);
   const kill = o.fault === "kill-destination";
   let source: MigrationResult;
   try {
@@ -113,7 +120,7 @@ async function destinationInline(o: MigrateIncomingOptions): Promise<LocalDestin
 }
 
 /** Forks child.ts as a destination and waits until it listens. */
-async function destinationProcess(o: MigrateIncomingOptions): Promise<LocalDestination> {
+async function destinationProcess(o: MigrateIncomingOptions, exitMs: number): Promise<LocalDestination> {
   const c = startChild({ role: "incoming", options: o });
   const port = await new Promise<number>((res, rej) => {
     const t = setTimeout(
@@ -145,7 +152,7 @@ async function destinationProcess(o: MigrateIncomingOptions): Promise<LocalDesti
   // The exit timeout runs from the end of the source's migration, not from the start: a
   // migration may take longer than it (up to maxTimeMs, or a long post-copy).
   const report = (): Promise<IncomingResult | null> =>
-    c.done(EXIT_TIMEOUT_MS).then((m) => (m?.type === "incoming" ? m.result : null));
+    c.done(exitMs).then((m) => (m?.type === "incoming" ? m.result : null));
   return { port, report, kill: () => c.child.kill("SIGKILL") };
 }
 

@@ -7,9 +7,19 @@ import type { Vm } from "../vm.js";
 import { dirtyGfnArrays, DirtyGfnArrays, harvestDirtyRingsInto } from "../dirty_bitmap.js";
 import type { GuestVm } from "./guest_vm.js";
 import { MigrationError } from "./stream.js";
+import { einval } from "../errors.js";
 
 export const LOG_MODES = ["dirty-log", "clear-log", "dirty-ring"] as const;
 export type LogMode = (typeof LOG_MODES)[number];
+
+/**
+ * The one check that an option needs the dirty-ring log (EINVAL naming the option), made where
+ * options enter the library; the CLI renames the option and logMode to its flags (flagNames).
+ */
+export function needsDirtyRing(option: string, logMode: string | undefined, what = ""): void {
+  if (logMode !== "dirty-ring")
+    throw einval(option, `${what}needs logMode "dirty-ring" (got ${String(logMode ?? "dirty-log")})`);
+}
 
 export interface DirtyLogStrategy {
   readonly name: LogMode;

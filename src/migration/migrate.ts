@@ -10,14 +10,14 @@ import type { MmuModeName, Vm } from "../vm.js";
 import { DesignName, designInfo } from "../mmu/design.js";
 import { connectOutgoing, listenIncoming } from "./auth.js";
 import { createGuestVm, GuestLayout, layoutFor, runAndCheck, runGuest, waitFilled } from "./guest_vm.js";
-import { DirtyRingLog, LogMode, logStrategy } from "./log_sync.js";
+import { DirtyRingLog, LogMode, logStrategy, needsDirtyRing } from "./log_sync.js";
 import { checkDirtyLimit } from "./dirtylimit.js";
 import { FAULTS } from "./fault.js";
 import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "./destination.js";
 import { checkSecurity, MigrationSecurity } from "./tls.js";
 import { MigrationSource, SourceOptions } from "./precopy.js";
 import { MigrationError } from "./stream.js";
-import type { RecoverConnection } from "./recover.js";
+import { RecoverConnection, recoverWithin } from "./recover.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
 /** The guest a migration moves, and how it is migrated (SourceOptions' knobs). */
@@ -119,12 +119,11 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
         "dirtyRingSize",
         `must be a power of two ${KVM_DIRTY_RING_MIN_ENTRIES}..${KVM_DIRTY_RING_MAX_ENTRIES}, got ${String(n)}`,
       );
-    if (o.logMode !== "dirty-ring") throw einval("dirtyRingSize", `needs logMode "dirty-ring"`);
+    needsDirtyRing("dirtyRingSize", o.logMode);
   }
   if (o.dirtyLimit !== undefined || o.dirtyLimitPeriodMs !== undefined) {
     checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
-    if (o.logMode !== "dirty-ring")
-      throw einval("dirtyLimit", `needs logMode "dirty-ring" (got ${String(o.logMode ?? "dirty-log")})`);
+    needsDirtyRing("dirtyLimit", o.logMode);
     if (o.autoConverge) throw einval("dirtyLimit", "not with autoConverge (one throttle at a time)");
   }
 }
@@ -146,27 +145,29 @@ function checkResumeTimeout(ms: number | undefined): number {
 /**
  * The source's side of post-copy recovery (`migrate -r`): connects again, as the first time
  * (same key and security), retrying while the destination is unreachable or still busy with the
- * dropped connection; ETIMEDOUT after resumeTimeoutMs. EACCES and the like are final at once.
+ * dropped connection; ETIMEDOUT resumeTimeoutMs after the pause began, however many attempts
+ * failed their handshake meanwhile. EACCES and the like are final at once.
  */
 function reconnector(o: MigrateToOptions): RecoverConnection {
   const timeout = checkResumeTimeout(o.resumeTimeoutMs);
   const to = o.resumeTo ?? { host: o.host, port: o.port };
-  return async () => {
-    const end = Date.now() + timeout;
+  return async (pausedAt) => {
+    const end = pausedAt + timeout;
+    // Asked again after a connection failed its handshake: the same deadline holds.
+    let last = "a connection that failed its handshake";
     for (;;) {
-      let last: MigrationError;
+      if (performance.now() >= end)
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `post-copy recovery: no destination took the resume at ${to.host}:${to.port} in ${timeout} ms (last: ${last})`,
+        );
       try {
         const { sock, reader } = await connectOutgoing({ ...to, key: o.key, security: o.security });
         return { stream: sock, reader };
       } catch (e) {
         if (!(e instanceof MigrationError) || !RESUME_RETRY_CODES.includes(e.code)) throw e;
-        last = e;
+        last = e.message;
       }
-      if (Date.now() >= end)
-        throw new MigrationError(
-          "ETIMEDOUT",
-          `post-copy recovery: no destination took the resume at ${to.host}:${to.port} in ${timeout} ms (last: ${last.message})`,
-        );
       await new Promise((r) => setTimeout(r, RESUME_RETRY_MS));
     }
   };
@@ -278,7 +279,9 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
       maxMemory: o.maxMemory,
       idleTimeoutMs: idle,
       postcopyRecover: o.resume
-        ? () => inc.next(resumeMs).then(({ sock: s, reader: r }) => ({ stream: s, reader: r }))
+        ? recoverWithin(resumeMs, (left) =>
+            inc.next(left).then(({ sock: s, reader: r }) => ({ stream: s, reader: r })),
+          )
         : undefined,
     });
     const rep = await dest.receive(sock, reader);

@@ -100,7 +100,7 @@ export interface PostcopySourceContext {
    * Post-copy recovery (recover.ts): after a dropped link, a new connection's writer and return
    * path (the old one closed). Absent: a dropped link loses the guest. Rejects when none comes.
    */
-  reconnect?: () => Promise<{ w: SectionWriter; ret: ReturnChannel }>;
+  reconnect?: (pausedAt: number) => Promise<{ w: SectionWriter; ret: ReturnChannel }>;
   /** Names this migration in a recovery handshake (the config section carried it). */
   migrationId?: string;
   /** The state machine's postcopy-paused / postcopy-recover / postcopy-active moves. */
@@ -340,7 +340,7 @@ class PostcopySender {
     this.requests.length = 0;
     this.ret.onPageRequest = null;
     for (;;) {
-      const conn = await c.reconnect!();
+      const conn = await c.reconnect!(t0);
       this.w = conn.w;
       this.ret = conn.ret;
       c.setState?.("postcopy-recover");

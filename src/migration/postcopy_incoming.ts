@@ -178,7 +178,7 @@ async function recoverIncoming(
   old.r.drain();
   old.stream.destroy();
   for (;;) {
-    const conn = await c.recover!();
+    const conn = await c.recover!(t0);
     c.setState("postcopy-recover");
     try {
       const link = await acceptResume(c.g, conn, c.migrationId ?? "", c.idleMs, c.phase);

@@ -24,7 +24,7 @@ import { randomBytes } from "node:crypto";
 import { PAGE_SIZE } from "../kvm_host.js";
 import { KvmError } from "../errors.js";
 import { GuestVm, guestCounts, pageHashes } from "./guest_vm.js";
-import { DirtyLogStrategy, DirtyRingLog, logStrategy } from "./log_sync.js";
+import { DirtyLogStrategy, DirtyRingLog, logStrategy, needsDirtyRing } from "./log_sync.js";
 import { checkDirtyLimit, DirtyLimit } from "./dirtylimit.js";
 import { FaultInjector, FaultKind } from "./fault.js";
 import { MigrationState, MigrationStateError, MigrationStatus } from "./state.js";
@@ -146,12 +146,12 @@ export class MigrationSource {
       throw new MigrationError("EINVAL", "faultRepeat: must be an integer 1..1000");
     if (o.postcopyRecover !== undefined && typeof o.postcopyRecover !== "function")
       throw new MigrationError("EINVAL", "postcopyRecover: must be a function returning a connection");
-    if (o.dirtyRingReaper && !(this.log instanceof DirtyRingLog))
-      throw new MigrationError("EINVAL", "dirtyRingReaper: needs the dirty-ring log mode");
+    // A MigrationSource made directly (not through migrate.ts) gets the same check.
+    const ring = this.log instanceof DirtyRingLog ? "dirty-ring" : this.log.name;
+    if (o.dirtyRingReaper) needsDirtyRing("dirtyRingReaper", ring);
     if (o.dirtyLimit !== undefined) {
       checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
-      if (!(this.log instanceof DirtyRingLog))
-        throw new MigrationError("EINVAL", "dirtyLimit: needs the dirty-ring log mode");
+      needsDirtyRing("dirtyLimit", ring);
       if (o.autoConverge) throw new MigrationError("EINVAL", "dirtyLimit: not with autoConverge");
     }
   }
@@ -254,9 +254,9 @@ class SourceRun {
   }
 
   /** Post-copy recovery: the dropped connection closed, a new one from postcopyRecover. */
-  private async reconnect(): Promise<{ w: SectionWriter; ret: ReturnPath }> {
+  private async reconnect(pausedAt: number): Promise<{ w: SectionWriter; ret: ReturnPath }> {
     this.out.destroy();
-    const conn = await this.o.postcopyRecover!();
+    const conn = await this.o.postcopyRecover!(pausedAt);
     this.bytesBefore += this.w.bytes;
     this.w.stopDigest();
     this.attach(conn.stream, conn.reader);
@@ -522,7 +522,7 @@ class SourceRun {
         report.switchedOver = true;
       },
       onRun: this.o.onPostcopyRun,
-      reconnect: this.o.postcopyRecover ? () => this.reconnect() : undefined,
+      reconnect: this.o.postcopyRecover ? (t) => this.reconnect(t) : undefined,
       migrationId: this.migrationId,
       setState: (to) => this.state.set(to),
     });

@@ -36,8 +36,35 @@ export interface Reconnection {
   reader: ByteReader;
 }
 
-/** Gives a paused post-copy its new connection; rejects (typed) when there will be none. */
-export type RecoverConnection = () => Promise<Reconnection>;
+/**
+ * Gives a paused post-copy its new connection; rejects (typed) when there will be none.
+ * `pausedAt`: when this pause began (performance.now()); asked again after each failed
+ * handshake with the same value, so that the pause has one deadline (recoverWithin).
+ */
+export type RecoverConnection = (pausedAt: number) => Promise<Reconnection>;
+
+/**
+ * A destination's RecoverConnection with one absolute deadline per pause: `timeoutMs` from the
+ * pause's start, however many peers fail the handshake meanwhile; each wait for a connection
+ * gets what is left of it (`connect(leftMs)`). ETIMEDOUT once none is left.
+ */
+export function recoverWithin(
+  timeoutMs: number,
+  connect: (leftMs: number) => Promise<Reconnection>,
+  now: () => number = () => performance.now(),
+): RecoverConnection {
+  const timedOut = (): MigrationError =>
+    new MigrationError("ETIMEDOUT", `no source came back to resume in ${timeoutMs} ms`);
+  return async (pausedAt) => {
+    const left = Math.ceil(pausedAt + timeoutMs - now());
+    if (left <= 0) throw timedOut();
+    try {
+      return await connect(left);
+    } catch (e) {
+      throw e instanceof MigrationError && e.code === "ETIMEDOUT" ? timedOut() : e;
+    }
+  };
+}
 
 /** How long one side of the handshake waits for the other's answer. */
 export const RECOVER_ANSWER_MS = 10_000;

@@ -15,11 +15,12 @@ import {
   ST,
   VCPU,
 } from "../kvm_host.js";
-import { acas, aload, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { acas, aload, aor, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
 import {
   kvm_dirty_ring_full_exit,
   kvm_dirty_ring_throttle_us,
+  kvm_dirty_ring_soft_full,
   kvm_dirty_ring_wait,
 } from "../mem/dirty_ring.js";
 import { FaultStats, KvmPageFault, ShadowWalkIterator, walk_shadow_page_lockless } from "../mmu/mmu.js";
@@ -51,6 +52,21 @@ const NUMA_TICK_MISSES = 256;
 
 /** Thrown out of the guest loop when the owner asks the vCPU to stop. */
 export class VcpuStop extends Error {}
+
+/** KVM's exit reason for a vCPU whose dirty ring is soft-full (include/uapi/linux/kvm.h). */
+export const KVM_EXIT_DIRTY_RING_FULL = 31;
+
+/**
+ * An exit to the caller of a vCPU driven on the caller's own thread (ringFullWaits false): KVM_RUN
+ * returning with `exitReason`. The access that took it did not happen; the caller harvests and
+ * resets the ring, calls enterGuest() (KVM_RUN again) and retries the access.
+ */
+export class VcpuExit extends Error {
+  constructor(readonly exitReason: number) {
+    super(`vCPU exit ${exitReason} (KVM_EXIT_DIRTY_RING_FULL): harvest and reset the ring, then enter again`);
+    this.name = "VcpuExit";
+  }
+}
 
 export class Vcpu {
   /*
@@ -98,6 +114,11 @@ export class Vcpu {
   /** The lockless walk of the TDP miss path and the TLB audit. */
   private readonly it = new ShadowWalkIterator();
   /** Guest accesses, counted by the guest programs (kept off the TLB-hit path). */
+  /**
+   * A ring-full exit waits for another thread's reset (a vCPU worker: vcpu_worker.ts sets it);
+   * false, a vCPU driven on its caller's thread, the exit is returned to the caller (VcpuExit).
+   */
+  ringFullWaits = false;
   writes = 0;
   reads = 0;
   tlbMisses = 0;
@@ -198,9 +219,19 @@ export class Vcpu {
   /**
    * KVM_EXIT_DIRTY_RING_FULL: outside guest mode, counted, until a reset brings the ring below
    * its soft limit (KVM re-arms the request so the vCPU cannot re-enter before). Pause, audit
-   * and stop are honoured meanwhile.
+   * and stop are honoured meanwhile. A vCPU on the caller's thread (ringFullWaits false) returns
+   * the exit to its caller instead (VcpuExit): waiting there would wait on itself forever.
    */
   private dirtyRingFull(): void {
+    if (!this.ringFullWaits && !schedHookInstalled()) {
+      // On the caller's thread nobody else resets the ring (the explorer's threads take turns,
+      // so they wait): the exit goes to the caller, the request re-armed (as KVM's
+      // kvm_dirty_ring_check_request) until a reset clears it.
+      if (!kvm_dirty_ring_soft_full(this.kvm, this.id)) return;
+      aor(this.v, VCPU.requests(this.id), KVM_REQ_DIRTY_RING_SOFT_FULL);
+      kvm_dirty_ring_full_exit(this.kvm, this.id);
+      throw new VcpuExit(KVM_EXIT_DIRTY_RING_FULL);
+    }
     kvm_dirty_ring_full_exit(this.kvm, this.id);
     while (kvm_dirty_ring_wait(this.kvm, this.id))
       if (aload(this.v, this.runIx) !== (RunCtl.Run as number)) {

@@ -36,6 +36,8 @@ kvm.trace.setName(`vcpu ${vcpuId}`);
 kvm.trace.perAccessLocks = true;
 kvm_watch_locks(kvm, vcpuId + 1);
 const vcpu = new Vcpu(kvm, data.vcpuId, data.tlbBits);
+// The VM's owner (another thread) resets the ring: a ring-full exit waits for it here.
+vcpu.ringFullWaits = true;
 const ctx = new VcpuGuestContext(vcpu);
 // kvm_get_running_vcpu() on this thread: its dirty-ring pushes go to this vCPU's ring.
 kvm_set_running_vcpu(kvm, data.vcpuId);

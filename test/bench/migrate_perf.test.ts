@@ -9,6 +9,25 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { validateResult, type MigratePerfDocT } from "../../src/results/schema.js";
+import { checkMigratePerfOptions, migratePerf, MIGRATE_PERF_DEFAULTS } from "../../src/bench/migrate_perf.js";
+import { KvmError } from "../../src/errors.js";
+
+test("migrate-perf's options: what needs the dirty ring is refused by the library, naming the option", () => {
+  const d = MIGRATE_PERF_DEFAULTS;
+  assert.doesNotThrow(() => checkMigratePerfOptions({ ...d, logMode: "dirty-ring", dirtyRingSize: 512 }));
+  const refused: [object, RegExp][] = [
+    [{ dirtyRingSize: 512 }, /^EINVAL: dirtyRingSize: needs logMode "dirty-ring" \(got dirty-log\)$/],
+    [
+      { throttle: ["dirty-limit"], wp: ["lockless"], logMode: "clear-log" },
+      /^EINVAL: throttle: dirty-limit needs logMode "dirty-ring" \(got clear-log\)$/,
+    ],
+  ];
+  for (const [o, re] of refused)
+    assert.throws(
+      () => checkMigratePerfOptions({ ...d, ...o }),
+      (e: unknown) => e instanceof KvmError && re.test(e.message),
+    );
+});
 
 test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, schema-valid", async () => {
   const file = join(mkdtempSync(join(tmpdir(), "kvmmu-migperf-")), "mp.json");
@@ -123,4 +142,32 @@ test("kvmmu migrate-perf: bad options are usage errors", async () => {
     assert.equal(x.code, 2, x.err);
     assert.match(x.err, re);
   }
+});
+
+test("migrate-perf's status says what runs now, before it runs (the heartbeat repeats the last one)", async () => {
+  const seen: string[] = [];
+  await migratePerf(
+    {
+      ...MIGRATE_PERF_DEFAULTS,
+      runs: 1,
+      warmup: 1,
+      wp: ["lockless"],
+      baseline: "lockless",
+      memoryBytes: 1 << 20,
+      maxBandwidth: 8 << 20,
+      minRounds: 2,
+      warmupMs: 0,
+      loopbackBytes: 1 << 20,
+    },
+    (r, k, of) => seen.push(`done ${k}/${of} ${r.status}`),
+    (msg) => seen.push(msg),
+  );
+  assert.deepEqual(seen, [
+    "the raw loopback reference",
+    "migration 1/2 (lockless, warm-up): running",
+    "done 1/2 completed",
+    "migration 2/2 (lockless): running",
+    "done 2/2 completed",
+    "the raw loopback reference, again",
+  ]);
 });

@@ -50,7 +50,14 @@ test("bad flags are usage errors (exit 2, EINVAL naming the flag)", async () => 
     [["dirty-rate", "--sample-pages", "5"], /--sample-pages/],
     [["dirty-rate", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --calc-mode dirty-ring/],
     [["migrate-perf", "--throttle", "dirty-limit"], /--throttle: dirty-limit needs --log-mode dirty-ring/],
+    [["migrate-perf", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --log-mode dirty-ring/],
+    [["migrate", "--local", "--dirty-ring-size", "512"], /--dirty-ring-size: needs --log-mode dirty-ring/],
     [["migrate-perf", "--throttle", "auto-converge", "--wp", "all"], /--wp: with --throttle: one design/],
+    // The default's value given explicitly is two designs, not the default's one (value source).
+    [
+      ["migrate-perf", "--throttle", "auto-converge", "--wp", "locked,lockless"],
+      /--wp: with --throttle: one design/,
+    ],
     [["migrate-perf", "--throttle", "nope"], /--throttle/],
     [
       ["migrate", "--local", "--log-mode", "dirty-ring", "--dirty-limit", "50", "--auto-converge"],

@@ -13,6 +13,8 @@ import { DirtyRingLog } from "../../src/migration/log_sync.js";
 import type { GuestVm } from "../../src/migration/guest_vm.js";
 import { runKvmmu } from "../helpers/cli.js";
 
+import { dirtyLimitText } from "../../src/cli/migrate_cmd.js";
+import type { DirtyLimitReport } from "../../src/migration/report.js";
 test("migrate --log-mode dirty-ring --dirty-limit 50: completed, every page equal, invariant holds", async () => {
   const { source, destination } = await migrateLocal({
     memoryBytes: 4 << 20,
@@ -93,4 +95,24 @@ test("the controller steps the sleep up on a vCPU far over its quota, and clears
     [0, 0],
     [1, 0],
   ]);
+});
+
+test("the report says what dirty-limit did: never triggered, not engaged within its first period, or ran", () => {
+  const dl: DirtyLimitReport = {
+    "vcpu-dirty-limit": 50,
+    periodMs: 1000,
+    started: true,
+    throttleUsPerFull: [0],
+    rates: [0],
+    ringFullReaps: 3,
+    periods: 0,
+  };
+  const none = dirtyLimitText(dl);
+  assert.match(none, /not engaged: the migration ended within the first period \(1000 ms\)/);
+  assert.doesNotMatch(none, /0 periods/);
+  assert.match(dirtyLimitText({ ...dl, started: false }), /never triggered/);
+  assert.match(
+    dirtyLimitText({ ...dl, periods: 1, rates: [80], throttleUsPerFull: [2500] }),
+    /ran \(1 period of 1000 ms, 3 ring-full reaps\); last rates 80 MB\/s, sleep per ring-full 2\.5 ms/,
+  );
 });

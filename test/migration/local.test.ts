@@ -63,3 +63,28 @@ test("migrateLocal refuses bad options before building anything (EINVAL naming t
   for (const [o, re] of bad)
     await assert.rejects(migrateLocal(o), (e: unknown) => e instanceof KvmError && re.test(e.message));
 });
+
+test("migrateLocal, destination process: a migration longer than its exit timeout keeps its destination (the timeout runs from the end)", async () => {
+  const exitTimeoutMs = 1000;
+  // 2 MiB at 1 MiB/s with 2 rounds: well over a second of migration.
+  const { source, destination } = await migrateLocal({
+    memoryBytes: 2 << 20,
+    vcpus: 1,
+    warmupMs: 0,
+    destination: "process",
+    wp: "lockless",
+    maxBandwidth: 1 << 20,
+    minRounds: 2,
+    downtimeLimitMs: 5000,
+    exitTimeoutMs,
+  });
+  assert.equal(source.status, "completed", JSON.stringify(source.error));
+  assert.ok(source.totalTimeMs > exitTimeoutMs, `the migration took ${source.totalTimeMs} ms`);
+  assert.notEqual(destination, null, "the destination process was killed before its report");
+  assert.equal(destination?.status, "completed");
+  assert.equal(destination?.guestInvariant, true);
+  await assert.rejects(
+    migrateLocal({ ...SMALL, exitTimeoutMs: 0 }),
+    (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && /exitTimeoutMs/.test(e.message),
+  );
+});

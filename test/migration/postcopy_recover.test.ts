@@ -13,7 +13,7 @@ import { createGuestVm, layoutFor, runGuest } from "../../src/migration/guest_vm
 import { MigrationDestination } from "../../src/migration/destination.js";
 import { MigrationSource, SourceOptions } from "../../src/migration/precopy.js";
 import { migrateLocal } from "../../src/migration/local.js";
-import { decodeRecvBitmap } from "../../src/migration/recover.js";
+import { decodeRecvBitmap, Reconnection, recoverWithin } from "../../src/migration/recover.js";
 import { MigrationError } from "../../src/migration/stream.js";
 import type { MigrationStatus } from "../../src/migration/state.js";
 import type { MigrationSecurity } from "../../src/migration/tls.js";
@@ -284,4 +284,44 @@ test("kvmmu migrate --resume without --postcopy: usage error, exit 2", async () 
   const r = await runKvmmu(["migrate", "--local", "--resume", "-b", "1M"]);
   assert.equal(r.code, 2, r.err + r.out);
   assert.match(r.err, /--resume/);
+});
+
+test("postcopy recovery: one deadline per pause, however many peers fail the handshake (a clock the test moves)", async () => {
+  let now = 5000;
+  const waits: number[] = [];
+  // Each peer arrives 300 ms into its wait and then fails the handshake (the caller asks again).
+  const recover = recoverWithin(
+    1000,
+    (left) => {
+      waits.push(left);
+      now += 300;
+      return Promise.resolve({} as Reconnection);
+    },
+    () => now,
+  );
+  const pausedAt = now;
+  const attempts = async (): Promise<MigrationError> => {
+    for (;;)
+      try {
+        await recover(pausedAt);
+      } catch (e) {
+        return e as MigrationError;
+      }
+  };
+  const e = await attempts();
+  assert.deepEqual(waits, [1000, 700, 400, 100], "each wait gets what is left of the one deadline");
+  assert.ok(e instanceof MigrationError && e.code === "ETIMEDOUT");
+  assert.match(e.message, /no source came back to resume in 1000 ms/);
+  // A wait that runs out is reported against the whole timeout, not what was left of it.
+  const late = recoverWithin(
+    1000,
+    () => Promise.reject(new MigrationError("ETIMEDOUT", "no source came back to resume in 400 ms")),
+    () => 600,
+  );
+  await assert.rejects(late(0), /resume in 1000 ms/);
+  // A new pause has a deadline of its own.
+  now = 9000;
+  waits.length = 0;
+  await recover(9000);
+  assert.deepEqual(waits, [1000]);
 });

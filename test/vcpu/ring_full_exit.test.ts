@@ -1,0 +1,71 @@
+/**
+ * A vCPU driven on the caller's thread (the tests' in-thread vCPU) whose dirty ring becomes
+ * soft-full: KVM_RUN returns KVM_EXIT_DIRTY_RING_FULL to the caller (VcpuExit) instead of
+ * waiting for a reset that only the caller could make; the caller harvests, resets, enters
+ * again and retries the access, as a VMM's vCPU thread does.
+ */
+import { test } from "node:test";
+import assert from "node:assert/strict";
+import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, Vm } from "../../src/index.js";
+import { KVM_EXIT_DIRTY_RING_FULL, Vcpu, VcpuExit } from "../../src/vcpu/vcpu.js";
+import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
+import { vmKvm } from "../../src/vm/internal.js";
+
+const NPAGES = 512;
+const RING = 256; // soft-full at 256 - 64 reserved entries
+
+test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the caller, who resets and goes on", () => {
+  const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1 });
+  vm.enableDirtyRing(RING);
+  const hva = vm.mmap(NPAGES * PAGE_SIZE, { thp: false });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    guestPhysAddr: 0,
+    memorySize: NPAGES * PAGE_SIZE,
+    userspaceAddr: hva,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+  });
+  vm.createVcpu(0);
+  const kvm = vmKvm(vm);
+  kvm_set_running_vcpu(kvm, 0);
+  try {
+    const v = new Vcpu(kvm, 0, 4);
+    const harvested: number[] = [];
+    let exits = 0;
+    v.enterGuest();
+    for (let g = 0; g < NPAGES; g++)
+      for (;;)
+        try {
+          v.write32(g, 0, g + 1);
+          break;
+        } catch (e) {
+          if (!(e instanceof VcpuExit)) throw e;
+          assert.equal(e.exitReason, KVM_EXIT_DIRTY_RING_FULL);
+          exits++;
+          // Entering again before the reset exits again: the request stays armed.
+          assert.throws(() => v.enterGuest(), VcpuExit);
+          exits++;
+          harvested.push(...vm.harvestDirtyRing(0).map((x) => x.offset));
+          vm.resetDirtyRings();
+          v.enterGuest();
+        }
+    v.exitGuest();
+    harvested.push(...vm.harvestDirtyRing(0).map((x) => x.offset));
+    // Every page logged, in order; the page whose write filled the ring is logged again after
+    // the reset (the reset write-protected it before the access was retried), as in KVM.
+    assert.deepEqual(
+      [...new Set(harvested)],
+      Array.from({ length: NPAGES }, (_, g) => g),
+    );
+    assert.equal(harvested.length, NPAGES + exits / 2);
+    for (let g = 0; g < NPAGES; g++)
+      assert.equal(Buffer.from(vm.readGuest(g * PAGE_SIZE, 4)).readUInt32LE(0), g + 1);
+    // 192 entries fill the ring: pages 0-191, then 191-381; two exits each (the access's, and
+    // the re-entry's before the reset).
+    assert.equal(exits, 4);
+    assert.equal(vm.dirtyRingStats(0).fullExits, exits);
+  } finally {
+    kvm_set_running_vcpu(kvm, -1);
+    void vm.stop();
+  }
+});
