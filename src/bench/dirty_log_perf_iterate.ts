@@ -117,6 +117,7 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
   run.ringExits = exits0;
   const who0 = whoWaited(vm);
   const service = mode === "dirty-ring" ? ringService(run) : undefined;
+  const cpuDirty = cpuMark();
   const t0 = performance.now();
   vm.resume();
   vm.resumeHostThread();
@@ -127,6 +128,7 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
     { timeoutMs: Infinity, service },
   );
   const dirtyMemoryNs = (performance.now() - t0) * 1e6;
+  const dirtyMemoryCpuNs = cpuSince(cpuDirty).cpuNs;
   if (o.park) {
     await vm.pause();
     await vm.pauseHostThread();
@@ -156,6 +158,7 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
   return {
     warmup,
     dirtyMemoryNs,
+    dirtyMemoryCpuNs,
     ...h,
     dirtyPages: bitmap_weight(run.bitmap),
     guestThroughput: writes / (activeMs / 1000),

@@ -13,6 +13,12 @@ export interface IterationResult {
   /** A warm-up iteration: kept here, left out of every statistic. */
   warmup: boolean;
   dirtyMemoryNs: number;
+  /**
+   * Process CPU time (all threads) while the vCPUs dirtied memory: with --park and no host
+   * thread, the vCPUs' own time, which other processes' load inflates less than the wall time.
+   * Absent in the kernel's runs and in results saved before it existed.
+   */
+  dirtyMemoryCpuNs?: number;
   getDirtyLogNs: number;
   /**
    * The parts of the call that protects (GET; under manual protect the CLEAR calls; with a ring
