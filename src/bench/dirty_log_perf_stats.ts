@@ -25,6 +25,14 @@ export function strategyResult(run: Run): StrategyResult {
   const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
     nsStats(summarize(m.map((i) => i[k] ?? 0)));
   const pages = median(m.map((i) => i.dirtyPages));
+  const some = (k: "dirtyMemoryCpuNs" | "enableLoggingNs" | "enableLoggingCpuNs"): NsStats | undefined =>
+    m.length > 0 && m.every((i) => i[k] !== undefined) ? nsStats(summarize(m.map((i) => i[k]!))) : undefined;
+  const first = run.iters[0];
+  const extra = {
+    dirtyMemoryCpu: some("dirtyMemoryCpuNs"),
+    enableLogging: some("enableLoggingNs"),
+    enableLoggingCpu: some("enableLoggingCpuNs"),
+  };
   const t = vm.dirtyLogTimes();
   return {
     iterations: run.iters,
@@ -44,6 +52,9 @@ export function strategyResult(run: Run): StrategyResult {
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
+    ...(first ? { firstPassNs: first.dirtyMemoryNs } : {}),
+    ...(first?.dirtyMemoryCpuNs !== undefined ? { firstPassCpuNs: first.dirtyMemoryCpuNs } : {}),
+    ...Object.fromEntries(Object.entries(extra).filter(([, v]) => v !== undefined)),
     disableLoggingNs: run.disableLoggingNs,
     mmapNs: run.mmapNs,
     cpu: {
