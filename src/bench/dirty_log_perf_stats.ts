@@ -7,6 +7,34 @@ import { IterationResult, NsStats, nsStats, StrategyResult } from "./dirty_log_p
 import { Run, sumStat } from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
 
+/**
+ * The first pass with logging (the first iteration's dirty memory), and the statistics of the
+ * fields only some runs have (process CPU of the dirty phase; --relog's enable times).
+ */
+function firstPassFields(
+  iters: IterationResult[],
+): Pick<
+  StrategyResult,
+  "firstPassNs" | "firstPassCpuNs" | "dirtyMemoryCpu" | "enableLogging" | "enableLoggingCpu"
+> {
+  const m = iters.filter((i) => !i.warmup);
+  const some = (k: "dirtyMemoryCpuNs" | "enableLoggingNs" | "enableLoggingCpuNs"): NsStats | undefined => {
+    const xs = m.map((i) => i[k]).filter((x): x is number => x !== undefined);
+    return xs.length > 0 && xs.length === m.length ? nsStats(summarize(xs)) : undefined;
+  };
+  const out: ReturnType<typeof firstPassFields> = {};
+  const first = iters[0];
+  if (first) out.firstPassNs = first.dirtyMemoryNs;
+  if (first?.dirtyMemoryCpuNs !== undefined) out.firstPassCpuNs = first.dirtyMemoryCpuNs;
+  const dirtyMemoryCpu = some("dirtyMemoryCpuNs");
+  if (dirtyMemoryCpu) out.dirtyMemoryCpu = dirtyMemoryCpu;
+  const enableLogging = some("enableLoggingNs");
+  if (enableLogging) out.enableLogging = enableLogging;
+  const enableLoggingCpu = some("enableLoggingCpuNs");
+  if (enableLoggingCpu) out.enableLoggingCpu = enableLoggingCpu;
+  return out;
+}
+
 /** A design's statistics over its measured iterations, and its VM's counters. */
 export function strategyResult(run: Run): StrategyResult {
   const vm = run.vm;
@@ -25,14 +53,6 @@ export function strategyResult(run: Run): StrategyResult {
   const opt = (k: "clearDirtyLogNs" | "ringHarvestNs" | "ringResetNs"): NsStats =>
     nsStats(summarize(m.map((i) => i[k] ?? 0)));
   const pages = median(m.map((i) => i.dirtyPages));
-  const some = (k: "dirtyMemoryCpuNs" | "enableLoggingNs" | "enableLoggingCpuNs"): NsStats | undefined =>
-    m.length > 0 && m.every((i) => i[k] !== undefined) ? nsStats(summarize(m.map((i) => i[k]!))) : undefined;
-  const first = run.iters[0];
-  const extra = {
-    dirtyMemoryCpu: some("dirtyMemoryCpuNs"),
-    enableLogging: some("enableLoggingNs"),
-    enableLoggingCpu: some("enableLoggingCpuNs"),
-  };
   const t = vm.dirtyLogTimes();
   return {
     iterations: run.iters,
@@ -52,9 +72,7 @@ export function strategyResult(run: Run): StrategyResult {
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
-    ...(first ? { firstPassNs: first.dirtyMemoryNs } : {}),
-    ...(first?.dirtyMemoryCpuNs !== undefined ? { firstPassCpuNs: first.dirtyMemoryCpuNs } : {}),
-    ...Object.fromEntries(Object.entries(extra).filter(([, v]) => v !== undefined)),
+    ...firstPassFields(run.iters),
     disableLoggingNs: run.disableLoggingNs,
     mmapNs: run.mmapNs,
     cpu: {

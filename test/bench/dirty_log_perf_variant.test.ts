@@ -80,8 +80,8 @@ test("--relog: logging re-enabled before every iteration; eager splitting's firs
     lazy.iterations.every((i) => i.faults === 1024),
     "lazy: a slow fault splits each 2 MiB page, a fast one fixes each other 4 KiB page",
   );
-  const q = r.ratios["tdp-mmu/tdp-mmu:no-eager-split"]!;
-  assert.ok(q.enableLogging && q.dirtyMemory && q.dirtyMemoryCpu && q.enableLoggingCpu);
+  const q = r.ratios["tdp-mmu/tdp-mmu:no-eager-split"];
+  assert.ok(q?.enableLogging && q.dirtyMemory && q.dirtyMemoryCpu && q.enableLoggingCpu);
   assert.match(formatPerf(r), /enable logging +\d/);
   await assert.rejects(
     dirtyLogPerf({ wp: ["tdp-mmu"], relog: true, ring: 256 }),
