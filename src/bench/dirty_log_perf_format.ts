@@ -139,9 +139,19 @@ function formatDesign(wp: DesignName, s: StrategyResult, host: boolean, numa: bo
     `[${wp}] mmap (first touch of host memory) ${ms(s.mmapNs ?? 0)} ms, populate ${ms(s.populateNs)} ms, ` +
       `enabling dirty logging ${ms(s.enableLoggingNs)} ms` +
       (s.disableLoggingNs !== undefined ? `, disabling dirty logging ${ms(s.disableLoggingNs)} ms` : ""),
-    ...(s.iterations[0]?.warmup
-      ? [`  first pass with logging (the warm-up's dirty memory) ${ms(s.iterations[0].dirtyMemoryNs)} ms`]
+    ...(s.iterations[0]
+      ? [
+          `  first pass with logging (the first iteration's dirty memory) ${ms(s.iterations[0].dirtyMemoryNs)} ms` +
+            (s.firstPassCpuNs !== undefined ? `, process CPU ${ms(s.firstPassCpuNs)} ms` : ""),
+        ]
       : []),
+    ...(s.enableLogging
+      ? [
+          `  --relog: enabling logging ${formatNs(s.enableLogging)}` +
+            (s.enableLoggingCpu ? `; process CPU ${formatNs(s.enableLoggingCpu)}` : ""),
+        ]
+      : []),
+    ...(s.dirtyMemoryCpu ? [`  dirty memory, process CPU: ${formatNs(s.dirtyMemoryCpu)}`] : []),
   );
   const calls = harvestCalls(logModeOfIterations(s.iterations, s.logMode));
   let k = 0;
@@ -223,6 +233,10 @@ function formatRatios(r: PerfResult): string[] {
       `${key} (median, paired bootstrap 95% CI, ${r.options.iterations} iterations):`,
       ...calls,
       formatRatio3("guest throughput", q.guestThroughput),
+      ...(q.dirtyMemory ? [formatRatio3("dirty memory", q.dirtyMemory)] : []),
+      ...(q.dirtyMemoryCpu ? [formatRatio3("dirty memory CPU", q.dirtyMemoryCpu)] : []),
+      ...(q.enableLogging ? [formatRatio3("enable logging", q.enableLogging)] : []),
+      ...(q.enableLoggingCpu ? [formatRatio3("enable log. CPU", q.enableLoggingCpu)] : []),
     );
   }
   return out;

@@ -11,7 +11,17 @@ import { kvm_dirty_ring_soft_full } from "../mem/dirty_ring.js";
 import { harvestDirtyRingsInto } from "../dirty_bitmap.js";
 import { LogModeName, logModeOf, PerfOptions } from "./dirty_log_perf_options.js";
 import type { IterationResult } from "./dirty_log_perf_result.js";
-import { cpuMark, cpuSince, passes, Run, sleep, SLOT, sumStat } from "./dirty_log_perf_setup.js";
+import {
+  cpuMark,
+  cpuSince,
+  disableLogging,
+  enableLogging,
+  passes,
+  Run,
+  sleep,
+  SLOT,
+  sumStat,
+} from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
 
 /**
@@ -105,10 +115,32 @@ function ringService(run: Run): () => void {
   };
 }
 
+/**
+ * --relog: logging off, one full pass of every vCPU (the faults map huge pages again), paused,
+ * then logging on again, timed (wall and process CPU, the vCPUs paused).
+ */
+async function relog(
+  run: Run,
+  o: PerfOptions,
+): Promise<{ enableLoggingNs: number; enableLoggingCpuNs: number }> {
+  const vm = run.vm;
+  disableLogging(run, o);
+  vm.resume();
+  const p0 = passes(vm);
+  await vm.waitPasses(
+    p0.map((p) => p + 2),
+    { timeoutMs: Infinity },
+  );
+  await vm.pause();
+  const { ns, cpuNs } = enableLogging(run, o);
+  return { enableLoggingNs: ns, enableLoggingCpuNs: cpuNs };
+}
+
 /** The classic iteration: two full passes, then one harvest (vCPUs writing, or parked). */
 export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promise<IterationResult> {
   const vm = run.vm;
   const mode = logModeOf(o);
+  const enabled = o.relog === true ? await relog(run, o) : {};
   const w0 = sumStat(vm, ST.writes);
   const f0 = sumStat(vm, ST.fast_pf) + sumStat(vm, ST.slow_pf);
   run.bitmap.fill(0);
@@ -117,6 +149,7 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
   run.ringExits = exits0;
   const who0 = whoWaited(vm);
   const service = mode === "dirty-ring" ? ringService(run) : undefined;
+  const cpuDirty = cpuMark();
   const t0 = performance.now();
   vm.resume();
   vm.resumeHostThread();
@@ -127,6 +160,7 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
     { timeoutMs: Infinity, service },
   );
   const dirtyMemoryNs = (performance.now() - t0) * 1e6;
+  const dirtyMemoryCpuNs = cpuSince(cpuDirty).cpuNs;
   if (o.park) {
     await vm.pause();
     await vm.pauseHostThread();
@@ -156,6 +190,8 @@ export async function iterate(run: Run, o: PerfOptions, warmup: boolean): Promis
   return {
     warmup,
     dirtyMemoryNs,
+    dirtyMemoryCpuNs,
+    ...enabled,
     ...h,
     dirtyPages: bitmap_weight(run.bitmap),
     guestThroughput: writes / (activeMs / 1000),

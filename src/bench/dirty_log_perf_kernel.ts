@@ -45,6 +45,7 @@ export function checkKernelOptions(o: PerfOptions): void {
     no("contention", "no notifier churn is made on the kernel's memory; run with --contention none");
   if (o.mode === "shadow") no("mode", "the kernel picks its own MMU; run in tdp mode");
   if ((o.windowMs ?? 0) > 0) no("windowMs", "timed windows are not run on the kernel");
+  if (o.relog === true) no("relog", "logging is not re-enabled per iteration on the kernel");
   if (o.writePercent !== 100 || o.random) no("writePercent", "the kernel's guest writes every page in order");
 }
 

@@ -109,6 +109,14 @@ export interface PerfOptions {
   thp: boolean;
   contention: Contention;
   park: boolean;
+  /**
+   * Every iteration starts with logging off: logging is disabled (huge pages come back on the
+   * next faults), the vCPUs run one full pass, pause, and logging is enabled again, timed
+   * (IterationResult.enableLoggingNs); the iteration's dirty memory is then the first pass with
+   * logging, so enable time and first pass get a sample per iteration (eager against lazy page
+   * splitting). Models only, not with timed iterations.
+   */
+  relog?: boolean;
   seed: number;
   /** Iterations run first and left out of every statistic (default 1). */
   warmup?: number;
@@ -229,6 +237,9 @@ export function validatePerfOptions(o: PerfOptions): void {
   }
   if (win > 0 && ring !== 0) throw einval("windowMs", "timed iterations do not go with a dirty ring");
   if (win > 0 && o.park) throw einval("windowMs", "timed iterations keep the vCPUs writing (no --park)");
+  if (o.relog === true && win > 0)
+    throw einval("relog", "re-enabling logging each iteration needs untimed iterations");
+  if (o.relog === true && ring !== 0) throw einval("relog", "does not go with a dirty ring");
   if (o.pin !== undefined && o.pin !== "auto") {
     const cpus = os.cpus().length;
     if (!Array.isArray(o.pin) || (o.pin.length !== o.vcpus && o.pin.length !== o.vcpus + 1))
@@ -363,6 +374,7 @@ export function resolvePerfOptions(input: PerfOptionsInput = {}): PerfOptions {
     thp: pick("thp"),
     contention,
     park: pick("park"),
+    ...(input.relog === true ? { relog: true } : {}),
     lock: pick("lock"),
     mode: pick("mode"),
     guestHuge: pick("guestHuge"),

@@ -13,6 +13,18 @@ export interface IterationResult {
   /** A warm-up iteration: kept here, left out of every statistic. */
   warmup: boolean;
   dirtyMemoryNs: number;
+  /**
+   * Process CPU time (all threads) while the vCPUs dirtied memory: with --park and no host
+   * thread, the vCPUs' own time, which other processes' load inflates less than the wall time.
+   * Absent in the kernel's runs and in results saved before it existed.
+   */
+  dirtyMemoryCpuNs?: number;
+  /**
+   * --relog: enabling logging before this iteration (wall, and process CPU with the vCPUs
+   * paused); dirtyMemoryNs is then the first pass with logging.
+   */
+  enableLoggingNs?: number;
+  enableLoggingCpuNs?: number;
   getDirtyLogNs: number;
   /**
    * The parts of the call that protects (GET; under manual protect the CLEAR calls; with a ring
@@ -111,6 +123,17 @@ export interface StrategyResult {
   guestWritesPerSec: number;
   populateNs: number;
   enableLoggingNs: number;
+  /**
+   * The first pass with logging on: the first iteration's dirty memory time (a warm-up's when
+   * there is one), and its process CPU time. Absent in results saved before it existed.
+   */
+  firstPassNs?: number;
+  firstPassCpuNs?: number;
+  /** Process CPU while the vCPUs dirtied memory (IterationResult.dirtyMemoryCpuNs), measured iterations. */
+  dirtyMemoryCpu?: NsStats;
+  /** --relog: enabling logging before each measured iteration, wall and process CPU. */
+  enableLogging?: NsStats;
+  enableLoggingCpu?: NsStats;
   /** Clearing KVM_MEM_LOG_DIRTY_PAGES after the last iteration, vCPUs paused (KVM's "Disabling dirty logging time"). */
   disableLoggingNs: number;
   /** host_mmap of the guest memory: zeroing it is the first touch of fresh shared memory. */
@@ -198,6 +221,12 @@ export interface DesignRatio {
   clearDirtyLog?: RatioResult;
   /** Every call of the harvest and its total, by KVM's name (dirty_log_perf_calls.ts), version 3. */
   calls?: Record<string, RatioResult>;
+  /** The iterations' dirty memory time, wall and process CPU (with --relog: the first pass). */
+  dirtyMemory?: RatioResult;
+  dirtyMemoryCpu?: RatioResult;
+  /** --relog: enabling logging before each iteration, wall and process CPU. */
+  enableLogging?: RatioResult;
+  enableLoggingCpu?: RatioResult;
 }
 
 function withVerdict(r: RatioSummary, below: string, above: string): RatioResult {
@@ -207,8 +236,23 @@ function withVerdict(r: RatioSummary, below: string, above: string): RatioResult
 /** What the ratios read of a design's result: its iterations. */
 export type IterationsOf = Pick<StrategyResult, "iterations">;
 
-function measured(r: IterationsOf, k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): number[] {
+type Measured =
+  | "getDirtyLogNs"
+  | "guestThroughput"
+  | "clearDirtyLogNs"
+  | "dirtyMemoryNs"
+  | "dirtyMemoryCpuNs"
+  | "enableLoggingNs"
+  | "enableLoggingCpuNs";
+
+function measured(r: IterationsOf, k: Measured): number[] {
   return r.iterations.filter((i) => !i.warmup).map((i) => i[k] ?? 0);
+}
+
+/** True when every measured iteration of both has field k. */
+function bothHave(ra: IterationsOf, rb: IterationsOf, k: Measured): boolean {
+  const m = (r: IterationsOf) => r.iterations.filter((i) => !i.warmup);
+  return [...m(ra), ...m(rb)].every((i) => i[k] !== undefined) && m(ra).length > 0 && m(rb).length > 0;
 }
 
 /** true: manual protect (clear-log), false: classic GET (dirty-log); or the log mode itself. */
@@ -220,8 +264,15 @@ function modeOf(m: RatioMode): LogMode {
 
 /** `a` against `b` (median(a)/median(b) of each figure), paired by iteration. */
 export function designRatio(a: DesignName, ra: IterationsOf, rb: IterationsOf, mode: RatioMode): DesignRatio {
-  const pair = (k: "getDirtyLogNs" | "guestThroughput" | "clearDirtyLogNs"): RatioSummary =>
-    pairedRatio(measured(ra, k), measured(rb, k));
+  const pair = (k: Measured): RatioSummary => pairedRatio(measured(ra, k), measured(rb, k));
+  const time = (k: Measured): RatioResult | undefined =>
+    bothHave(ra, rb, k) ? withVerdict(pair(k), `${a} faster`, `${a} slower`) : undefined;
+  const times = {
+    dirtyMemory: time("dirtyMemoryNs"),
+    dirtyMemoryCpu: time("dirtyMemoryCpuNs"),
+    enableLogging: time("enableLoggingNs"),
+    enableLoggingCpu: time("enableLoggingCpuNs"),
+  };
   const lm = modeOf(mode);
   const calls: Record<string, RatioResult> = {};
   for (const c of harvestCalls(lm)) {
@@ -239,6 +290,7 @@ export function designRatio(a: DesignName, ra: IterationsOf, rb: IterationsOf, m
       ? { clearDirtyLog: withVerdict(pair("clearDirtyLogNs"), `${a} faster`, `${a} slower`) }
       : {}),
     calls,
+    ...Object.fromEntries(Object.entries(times).filter(([, v]) => v !== undefined)),
   };
 }
 

@@ -170,17 +170,7 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
   const populateNs = (performance.now() - t0) * 1e6;
   await vm.pause();
   const populateCpuNs = cpuSince(cpuPop).cpuNs;
-  const cpuEn = cpuMark();
-  const t1 = performance.now();
-  vm.setUserMemoryRegion({
-    slot: SLOT,
-    flags: KVM_MEM_LOG_DIRTY_PAGES,
-    guestPhysAddr: GPA_BASE,
-    memorySize: guestBytes,
-    userspaceAddr: hva,
-  });
-  const enableLoggingNs = (performance.now() - t1) * 1e6;
-  const enableLoggingCpuNs = cpuSince(cpuEn).cpuNs;
+  const en = enableLogging({ vm, hva }, o);
   if ((o.numaScanPeriodMs ?? 0) > 0)
     vm.setNumaBalancing({ scanPeriodMs: o.numaScanPeriodMs, scanBytes: o.numaScanBytes });
   if (hasHostThread(o.contention)) {
@@ -194,12 +184,12 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
     activeMs: 0,
     writes: 0,
     populateNs,
-    enableLoggingNs,
+    enableLoggingNs: en.ns,
     disableLoggingNs: 0,
     hva,
     mmapNs,
     populateCpuNs,
-    enableLoggingCpuNs,
+    enableLoggingCpuNs: en.cpuNs,
     bitmap: new Uint32Array(Math.ceil(guestBytes / PAGE_SIZE / 32)),
     logMode,
     ringHarvestNs: 0,
@@ -208,6 +198,23 @@ export async function setup(wp: DesignName, o: PerfOptions): Promise<Run> {
     ringExits: 0,
     ringGfns: dirtyGfnArrays(logMode === "dirty-ring" ? (o.ring ?? 0) : 0),
   };
+}
+
+/**
+ * KVM's "Enabling dirty logging time": KVM_MEM_LOG_DIRTY_PAGES set on the slot, the vCPUs
+ * paused; wall and process CPU time.
+ */
+export function enableLogging(run: Pick<Run, "vm" | "hva">, o: PerfOptions): { ns: number; cpuNs: number } {
+  const c = cpuMark();
+  const t = performance.now();
+  run.vm.setUserMemoryRegion({
+    slot: SLOT,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+    guestPhysAddr: GPA_BASE,
+    memorySize: o.vcpus * o.bytesPerVcpu,
+    userspaceAddr: run.hva,
+  });
+  return { ns: (performance.now() - t) * 1e6, cpuNs: cpuSince(c).cpuNs };
 }
 
 /** KVM's "Disabling dirty logging time": the slot's flags cleared, the vCPUs paused. */

@@ -8,6 +8,34 @@ import type { LogModeName } from "./dirty_log_perf_options.js";
 import { Run, sumStat } from "./dirty_log_perf_setup.js";
 import { vmKvm } from "../vm/internal.js";
 
+/**
+ * The first pass with logging (the first iteration's dirty memory), and the statistics of the
+ * fields only some runs have (process CPU of the dirty phase; --relog's enable times).
+ */
+function firstPassFields(
+  iters: IterationResult[],
+): Pick<
+  StrategyResult,
+  "firstPassNs" | "firstPassCpuNs" | "dirtyMemoryCpu" | "enableLogging" | "enableLoggingCpu"
+> {
+  const m = iters.filter((i) => !i.warmup);
+  const some = (k: "dirtyMemoryCpuNs" | "enableLoggingNs" | "enableLoggingCpuNs"): NsStats | undefined => {
+    const xs = m.map((i) => i[k]).filter((x): x is number => x !== undefined);
+    return xs.length > 0 && xs.length === m.length ? nsStats(summarize(xs)) : undefined;
+  };
+  const out: ReturnType<typeof firstPassFields> = {};
+  const first = iters[0];
+  if (first) out.firstPassNs = first.dirtyMemoryNs;
+  if (first?.dirtyMemoryCpuNs !== undefined) out.firstPassCpuNs = first.dirtyMemoryCpuNs;
+  const dirtyMemoryCpu = some("dirtyMemoryCpuNs");
+  if (dirtyMemoryCpu) out.dirtyMemoryCpu = dirtyMemoryCpu;
+  const enableLogging = some("enableLoggingNs");
+  if (enableLogging) out.enableLogging = enableLogging;
+  const enableLoggingCpu = some("enableLoggingCpuNs");
+  if (enableLoggingCpu) out.enableLoggingCpu = enableLoggingCpu;
+  return out;
+}
+
 /** What every run (a model's VM or the kernel's) knows besides its iterations. */
 export interface RunFields {
   logMode: LogModeName;
@@ -40,6 +68,11 @@ export type IterationStats = Pick<
   | "logMode"
   | "clearDirtyLog"
   | "ring"
+  | "firstPassNs"
+  | "firstPassCpuNs"
+  | "dirtyMemoryCpu"
+  | "enableLogging"
+  | "enableLoggingCpu"
 >;
 
 /**
@@ -68,6 +101,7 @@ export function iterationStats(run: RunFields, iters: IterationResult[]): Iterat
     guestWritesPerSec: run.writes / (run.activeMs / 1000),
     populateNs: run.populateNs,
     enableLoggingNs: run.enableLoggingNs,
+    ...firstPassFields(iters),
     disableLoggingNs: run.disableLoggingNs,
     logMode: run.logMode,
     ...(run.logMode === "clear-log" ? { clearDirtyLog: of((i) => i.clearDirtyLogNs) } : {}),

@@ -53,6 +53,11 @@ export function registerDirtyLogPerf(program: Command): void {
       false,
     )
     .option(
+      "--relog",
+      "every iteration: logging off, one pass (huge pages back), logging on again (timed); the iteration's dirty memory is then the first pass with logging",
+      false,
+    )
+    .option(
       "-g, --no-manual-protect",
       "classic KVM_GET_DIRTY_LOG (clear and protect in GET); by default GET + KVM_CLEAR_DIRTY_LOG with manual protect and initially-set, as KVM's test",
     )
@@ -142,6 +147,7 @@ export function perfFlags(a: Flags, given: (k: string) => boolean): PerfOptionsI
   set("baseline", "baseline", () => s("baseline"));
   set("thp", "thp", () => a["thp"] !== false);
   set("park", "park", () => a["park"] === true);
+  set("relog", "relog", () => a["relog"] === true);
   set("lock", "lock", () => parseOne("--lock", s("lock"), ["sleep", "spin"] as const));
   set("mode", "mode", () => parseOne("--mode", s("mode"), ["tdp", "shadow"] as const));
   set("guestHuge", "guestHuge", () => a["guestHuge"] === true);

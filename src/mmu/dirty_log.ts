@@ -131,7 +131,8 @@ function get_dirty_log_copy(kvm: Kvm, slot: number, out: Uint32Array, times: Dir
  *
  * With manual protect and INITIALLY_SET the new bitmap starts all ones (bits past the slot end
  * clear) and 4 KiB pages are not protected: every page is reported dirty, and the first CLEAR
- * of a page protects it. Large sptes are still protected, because CLEAR protects level 1 only.
+ * of a page protects it. Large sptes are still protected, because CLEAR protects level 1 only
+ * (the TDP MMU, as 6.x, protects nothing then: its CLEAR splits and protects the huge pages).
  */
 export function kvm_set_dirty_logging(kvm: Kvm, slot: number, enable: boolean): void {
   const flags = kvm.slots[SLOT.flags(slot)];

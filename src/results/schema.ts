@@ -116,6 +116,7 @@ export const PerfOptions = Type.Object({
   thp: Type.Boolean(),
   contention: Contention,
   park: Type.Boolean(),
+  relog: Type.Optional(Type.Boolean()),
   seed: Int,
   warmup: Type.Optional(Int),
   lock: Type.Optional(Type.Union([Type.Literal("sleep"), Type.Literal("spin")])),
@@ -148,6 +149,9 @@ export const PerfIteration = Type.Object({
   ringHarvestNs: Type.Optional(Num),
   ringResetNs: Type.Optional(Num),
   ringEntries: Type.Optional(Int),
+  dirtyMemoryCpuNs: Type.Optional(Num),
+  enableLoggingNs: Type.Optional(Num),
+  enableLoggingCpuNs: Type.Optional(Num),
 });
 
 export const PerfStrategy = Type.Object({
@@ -168,6 +172,11 @@ export const PerfStrategy = Type.Object({
   guestWritesPerSec: NumOrNull,
   populateNs: Num,
   enableLoggingNs: Num,
+  firstPassNs: Type.Optional(Num),
+  firstPassCpuNs: Type.Optional(Num),
+  dirtyMemoryCpu: Type.Optional(NsStats),
+  enableLogging: Type.Optional(NsStats),
+  enableLoggingCpu: Type.Optional(NsStats),
   disableLoggingNs: Type.Optional(Num),
   numa: Type.Optional(Type.Object({ scans: Int, pagesScanned: Int })),
   kernel: Type.Optional(
@@ -185,6 +194,10 @@ const DesignRatio = Type.Object({
   calls: Type.Optional(
     Type.Record(Type.String(), Ratio, { description: "per call by KVM's name (version 3)" }),
   ),
+  dirtyMemory: Type.Optional(Ratio),
+  dirtyMemoryCpu: Type.Optional(Ratio),
+  enableLogging: Type.Optional(Ratio),
+  enableLoggingCpu: Type.Optional(Ratio),
 });
 
 const perfExtra = {

@@ -9,8 +9,9 @@
  *  - every link names a table one level down that covers the link's gfns, and is exactly the
  *    spte tdp_mmu_link_sp made (no bit of it cleared as if it were a leaf);
  *  - W implies HOST_W and MMU_W;
- *  - in a dirty-logged slot (bitmap mode): no writable huge leaf; a writable 4 KiB leaf with D
- *    set (PML) or any writable one (write protection) has its bit set in the bitmap;
+ *  - in a dirty-logged slot (bitmap mode): a writable huge leaf has every page's bit set in the
+ *    bitmap (INITIALLY_SET before the first CLEAR of it; otherwise none is writable); a writable
+ *    4 KiB leaf with D set (PML) or any writable one (write protection) has its bit set;
  *  - no table leaked: the tables in use (CTL.sp_used) are those reachable from the root (a root
  *    torn down with a table still linked never frees it, 3a0f64de479c).
  */
@@ -96,13 +97,16 @@ export function auditTdpMmu(kvm: Kvm, say: (m: string) => void, structural: bool
       if (structural || ringOnly || (kvm.slots[SLOT.flags(slot)] & KVM_MEM_LOG_DIRTY_PAGES) === 0 || !w)
         continue;
       if (level > 1) {
-        say(`huge spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot`);
+        // INITIALLY_SET: a huge page stays writable until a CLEAR of one of its pages.
+        for (let k = 0; k < per; k++)
+          if (!dirtyBitSet(kvm, slot, gfn + k)) {
+            say(`huge spte ${sptep} (gfn ${gfn}): writable in a dirty-logged slot, gfn ${gfn + k} not dirty`);
+            break;
+          }
         continue;
       }
       if (pml && (s & SPTE_DIRTY) === 0) continue; // its next write is logged by PML
-      const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
-      const word = kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)];
-      if ((word & (1 << (rel & 31))) === 0)
+      if (!dirtyBitSet(kvm, slot, gfn))
         say(`spte ${sptep} (gfn ${gfn}): writable${pml ? " and dirty (D)" : ""}, dirty bit clear`);
     }
   };
@@ -110,4 +114,10 @@ export function auditTdpMmu(kvm: Kvm, say: (m: string) => void, structural: bool
   if (root !== 0) walk(root, PT64_ROOT_LEVEL, 0);
   if (kvm.ctl[CTL.sp_used] !== reachable)
     say(`${kvm.ctl[CTL.sp_used]} tables in use but ${reachable} reachable from the root: tables leaked`);
+}
+
+/** The dirty bitmap's bit of gfn in slot. */
+function dirtyBitSet(kvm: Kvm, slot: number, gfn: number): boolean {
+  const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+  return (kvm.bitmapPool[kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5)] & (1 << (rel & 31))) !== 0;
 }

@@ -50,3 +50,41 @@ test("dirty-log-perf tdp-mmu against tdp-mmu:no-pml: no fault per dirty page wit
   assert.ok(r.ratios["tdp-mmu/tdp-mmu:no-pml"] !== undefined);
   assert.match(formatPerf(r), /0\.000 per dirty page per iteration/);
 });
+
+test("--relog: logging re-enabled before every iteration; eager splitting's first pass takes no fault, lazy one per 4 KiB page", async () => {
+  const r = await dirtyLogPerf({
+    vcpus: 1,
+    bytesPerVcpu: 4 << 20,
+    iterations: 2,
+    wp: ["tdp-mmu", "tdp-mmu:no-eager-split"],
+    baseline: "tdp-mmu:no-eager-split",
+    contention: { migrateRate: 0, invalidateRate: 0 },
+    park: true,
+    thp: true,
+    manualProtect: false,
+    relog: true,
+  });
+  const eager = r.results["tdp-mmu"]!;
+  const lazy = r.results["tdp-mmu:no-eager-split"]!;
+  for (const s of [eager, lazy]) {
+    assert.ok(
+      s.iterations.every((i) => i.enableLoggingNs !== undefined && i.enableLoggingCpuNs !== undefined),
+    );
+    assert.equal(s.enableLogging?.n, 2);
+    assert.equal(s.firstPassNs, s.iterations[0].dirtyMemoryNs);
+    assert.ok(s.iterations.every((i) => i.dirtyPages === 1024));
+  }
+  // Each iteration is a first pass: the huge pages came back while logging was off.
+  assert.ok(eager.iterations.every((i) => i.faults === 0));
+  assert.ok(
+    lazy.iterations.every((i) => i.faults === 1024),
+    "lazy: a slow fault splits each 2 MiB page, a fast one fixes each other 4 KiB page",
+  );
+  const q = r.ratios["tdp-mmu/tdp-mmu:no-eager-split"];
+  assert.ok(q?.enableLogging && q.dirtyMemory && q.dirtyMemoryCpu && q.enableLoggingCpu);
+  assert.match(formatPerf(r), /enable logging +\d/);
+  await assert.rejects(
+    dirtyLogPerf({ wp: ["tdp-mmu"], relog: true, ring: 256 }),
+    (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && /relog/.test(e.message),
+  );
+});

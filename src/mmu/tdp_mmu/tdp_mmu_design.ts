@@ -97,10 +97,14 @@ function harvestEnd(kvm: Kvm, flush: boolean, times: DirtyLogTimes): void {
 
 /**
  * kvm_mmu_slot_apply_flags when logging starts: with PML the 4 KiB leaves lose D and huge ones
- * W; without, every leaf loses W; with INITIALLY_SET (minLevel 2) only huge leaves, the 4 KiB
- * ones waiting for the first CLEAR. Read lock; the flush after it.
+ * W; without, every leaf loses W. With INITIALLY_SET (minLevel 2) nothing: every page is
+ * reported dirty already, and CLEAR splits and write-protects the huge pages under the range it
+ * clears (protectMasked), as 6.x does since "KVM: x86: Not wr-protect huge page with
+ * init_all_set dirty log" (5.13); write-protecting them here made the first pass after enabling
+ * fault on (and split) every huge page, eager splitting or not. Read lock; the flush after it.
  */
 function slotRemoveWriteAccess(kvm: Kvm, slot: number, minLevel = 1): void {
+  if (minLevel > 1 && manual_protect_and_init_set(kvm)) return;
   let flush = false;
   kvm.mmu_lock.read_lock();
   try {

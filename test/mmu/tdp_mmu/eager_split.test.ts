@@ -67,3 +67,33 @@ test("eager split with INITIALLY_SET: nothing split at enable, CLEAR splits the 
   );
   assert.deepEqual(audit(vmKvm(vm)), []);
 });
+
+for (const eager of [true, false]) {
+  test(`INITIALLY_SET, eager split ${eager ? "on" : "off"}: enabling protects nothing, the first pass takes no fault, CLEAR protects`, () => {
+    const vm = makeTdpVm({ eager });
+    vm.enableManualDirtyLogProtect(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE | KVM_DIRTY_LOG_INITIALLY_SET);
+    const v = new Vcpu(vmKvm(vm), 0, 12);
+    writePages(vm, all, 1, v);
+    setLogging(vm, true);
+    v.tlb.flush();
+    // As 6.x's kvm_mmu_slot_apply_flags: every page is dirty already, so nothing is protected.
+    assert.equal(largeLeaves(vm), NPAGES / 512, "huge pages kept");
+    const f0 = v.fault.slow + v.fault.fast;
+    writePages(vm, all, 2, v);
+    assert.equal(v.fault.slow + v.fault.fast - f0, 0, "no fault before the first CLEAR");
+    assert.deepEqual(audit(vmKvm(vm)), [], "writable huge leaves whose pages are all dirty");
+    const first = new Uint32Array(16).fill(0xffffffff); // gfns 0..511
+    vm.clearDirtyLog(0, 0, 512, first);
+    assert.equal(largeLeaves(vm), NPAGES / 512 - (eager ? 1 : 0));
+    assert.deepEqual(audit(vmKvm(vm)), []);
+    const f1 = v.fault.slow + v.fault.fast;
+    writePages(vm, [5, 600], 3, v);
+    // Lazy: the cleared huge page was write-protected, so its write faults (and splits it).
+    assert.equal(v.fault.slow + v.fault.fast - f1, eager ? 0 : 1);
+    assert.deepEqual(
+      reported(vm.getDirtyLog(0)).filter((g) => g < 512),
+      [5],
+    );
+    assert.deepEqual(audit(vmKvm(vm)), []);
+  });
+}
