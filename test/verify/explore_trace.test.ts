@@ -7,7 +7,7 @@ import { tmpdir } from "node:os";
 import { explore, replay } from "../../src/verify/explore.js";
 import { recordedRunTrace, readsFrom } from "../../src/verify/explore_trace.js";
 import { checkTraceEvents, TraceEvent } from "../../src/sync/trace_event.js";
-import { KF, kfunc_enter, kfunc_exit, kfunc_record, kfunc_stack, kfuncName } from "../../src/sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_record, kfunc_ret, kfunc_stack, kfuncName } from "../../src/sync/kfunc.js";
 import { runKvmmu } from "../helpers/cli.js";
 
 const dir = mkdtempSync(join(tmpdir(), "kvmmu-trace-"));
@@ -31,6 +31,10 @@ test("kfunc: no-op until recording is on; exits restore the depth a throw skippe
     // A second call of the same function is another frame.
     assert.notEqual(kfunc_stack(w, 1)[1], b);
     kfunc_exit(c);
+    // An early return: the value is evaluated inside the frame, then the depth goes back.
+    const d = kfunc_enter(KF.mmu_spte_update);
+    assert.equal(kfunc_ret(d, kfunc_stack(w, 1).length), 2);
+    assert.equal(w[1], 1);
     kfunc_exit(a);
     assert.equal(w[1], 0);
   } finally {
@@ -38,6 +42,7 @@ test("kfunc: no-op until recording is on; exits restore the depth a throw skippe
   }
   const before = w.slice();
   kfunc_exit(kfunc_enter(KF.fast_page_fault));
+  assert.equal(kfunc_ret(kfunc_enter(KF.fast_page_fault), 7), 7);
   assert.deepEqual(w, before, "off again: nothing written");
 });
 
