@@ -83,16 +83,25 @@ function slotsOf(kvm: Kvm): [number, number, number][] {
   return out;
 }
 
-function spteName(kvm: Kvm, i: number): string {
+/** The first gfn and the level of spte `i` (level 0: its sp is not in use). */
+function spteGfn(kvm: Kvm, i: number): [number, number] {
   const sp = Math.floor(i / PT_ENTRIES);
-  const index = i - sp * PT_ENTRIES;
   const role = kvm.spHdr[SP.role(sp)];
   const level = role & ROLE_LEVEL_MASK;
-  if (level === 0) return `spte (sp ${sp} index ${index}, sp not in use)`;
+  if (level === 0) return [-1, 0];
+  const index = i - sp * PT_ENTRIES;
   const gfn =
     (role & ROLE_DIRECT) !== 0 || kvm.spGfns.length === 0
       ? kvm.spHdr[SP.gfn(sp)] + index * 2 ** ((level - 1) * 9)
       : kvm.spGfns[i];
+  return [gfn, level];
+}
+
+function spteName(kvm: Kvm, i: number): string {
+  const sp = Math.floor(i / PT_ENTRIES);
+  const index = i - sp * PT_ENTRIES;
+  const [gfn, level] = spteGfn(kvm, i);
+  if (level === 0) return `spte (sp ${sp} index ${index}, sp not in use)`;
   return `spte gfn ${hex(gfn)} level ${level} (sp ${sp} index ${index})`;
 }
 
@@ -133,25 +142,53 @@ function rowName(l: LayoutInfo, what: string, i: number): string {
   return `${what} ${r} ${fieldAt(l, i - l.base - r * l.stride)}`;
 }
 
-/** The memslot and gfn of host virtual page `hva`, or null. */
-function hvaToGfn(kvm: Kvm, hva: number): string | null {
+/** The gfn and memslot of host virtual page `hva`, or null. */
+function hvaGfn(kvm: Kvm, hva: number): [number, number] | null {
   for (const [s, base, npages] of slotsOf(kvm)) {
     const h = kvm.slots[SLOT.hva_page(s)];
-    if (hva >= h && hva < h + npages) return `gfn ${hex(base + hva - h)} slot ${s}`;
+    if (hva >= h && hva < h + npages) return [base + hva - h, s];
   }
   return null;
 }
 
-function memName(kvm: Kvm, i: number): string {
+function hvaToGfn(kvm: Kvm, hva: number): string | null {
+  const g = hvaGfn(kvm, hva);
+  return g === null ? null : `gfn ${hex(g[0])} slot ${g[1]}`;
+}
+
+/**
+ * Host frames to the hva pages that map them (hpt_pfn), ascending: what names a guest-memory
+ * word, built in one pass over the host page table. Valid until a hpt word changes (the
+ * recorder drops it at a step that writes one).
+ */
+export type HptIndex = Map<number, number[]>;
+
+export function hptIndex(kvm: Kvm): HptIndex {
+  const m: HptIndex = new Map();
+  for (let p = 0; p < kvm.hpt.length; p++) {
+    const f = hpt_pfn(kvm.hpt[p]);
+    const l = m.get(f);
+    if (l === undefined) m.set(f, [p]);
+    else l.push(p);
+  }
+  return m;
+}
+
+/** The gfn whose page holds guest-memory word `i` (the first hva page mapping its frame that a slot covers), or -1. */
+function memGfn(kvm: Kvm, i: number, hpt: HptIndex): number {
+  for (const p of hpt.get(Math.floor(i / PAGE_WORDS)) ?? []) {
+    const g = hvaGfn(kvm, p);
+    if (g !== null) return g[0];
+  }
+  return -1;
+}
+
+function memName(kvm: Kvm, i: number, hpt: HptIndex): string {
   const frame = Math.floor(i / PAGE_WORDS);
   const off = (i - frame * PAGE_WORDS) * 4;
-  // The host page table maps hva pages to frames (hpt_pfn): find who maps this one.
-  for (let p = 0; p < kvm.hpt.length; p++) {
-    const v = kvm.hpt[p];
-    if (hpt_pfn(v) === frame) {
-      const g = hvaToGfn(kvm, p);
-      if (g !== null) return `guest memory ${g} offset ${hex(off)} (pfn ${hex(frame)})`;
-    }
+  for (const p of hpt.get(frame) ?? []) {
+    const g = hvaToGfn(kvm, p);
+    if (g !== null) return `guest memory ${g} offset ${hex(off)} (pfn ${hex(frame)})`;
   }
   return `host memory pfn ${hex(frame)} offset ${hex(off)}`;
 }
@@ -167,8 +204,12 @@ function ringName(kvm: Kvm, i: number): string {
   return `dirty ring vcpu ${v} entry ${e} ${fieldAt(RING_GFN.layout, o - RING_GFN.row(e))}`;
 }
 
-/** What element `index` of traced array `arr` (an index in TRACED_ARRAYS) is, in `kvm` as it is now. */
-export function locationName(kvm: Kvm, arr: number, index: number): string {
+/**
+ * What element `index` of traced array `arr` (an index in TRACED_ARRAYS) is, in `kvm` as it is
+ * now. `hpt`: an index of the host page table as it is now (hptIndex), kept by a caller that
+ * names many words.
+ */
+export function locationName(kvm: Kvm, arr: number, index: number, hpt?: HptIndex): string {
   switch (arr) {
     case ARR_SPT:
       return spteName(kvm, index);
@@ -183,7 +224,7 @@ export function locationName(kvm: Kvm, arr: number, index: number): string {
     case ARR_CTL:
       return ctlName(index);
     case ARR_MEM:
-      return memName(kvm, index);
+      return memName(kvm, index, hpt ?? hptIndex(kvm));
     case ARR_HPT: {
       const g = hvaToGfn(kvm, index);
       return `host pte hva page ${hex(index)}${g !== null ? ` (${g})` : ""}`;
@@ -195,6 +236,22 @@ export function locationName(kvm: Kvm, arr: number, index: number): string {
     default:
       return `scratch[${index}]`;
   }
+}
+
+/**
+ * The guest pages element `index` of traced array `arr` covers, as [first gfn, count], or null:
+ * a spte's (count 512^(level - 1)) and a guest-memory word's (count 1).
+ */
+export function locationGfns(kvm: Kvm, arr: number, index: number, hpt: HptIndex): [number, number] | null {
+  if (arr === ARR_SPT) {
+    const [gfn, level] = spteGfn(kvm, index);
+    return level === 0 ? null : [gfn, 2 ** ((level - 1) * 9)];
+  }
+  if (arr === ARR_MEM) {
+    const gfn = memGfn(kvm, index, hpt);
+    return gfn < 0 ? null : [gfn, 1];
+  }
+  return null;
 }
 
 /** The array the Int32Array `a` of `kvm` is, as an index in TRACED_ARRAYS (-1: none). */
