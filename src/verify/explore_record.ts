@@ -10,7 +10,7 @@ import { Op } from "../sync/atomic.js";
 import { SCHED_RING, SCHED_T } from "../sync/sched.js";
 import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
 import { Kvm } from "../kvm_host.js";
-import { ARR_HPT, HptIndex, hptIndex, locationGfns, locationName, TRACED_ARRAYS } from "./trace_names.js";
+import { locationGfns, locationName, TRACED_ARRAYS } from "./trace_names.js";
 import { Chooser, ReplayChooser } from "./explore_chooser.js";
 
 /** Steps of each thread a violation's trace shows. */
@@ -102,8 +102,6 @@ export class Recorder {
   private readonly arrays: Int32Array[];
   private pending: RecordedStep | null = null;
   private target: Int32Array | null = null;
-  /** The host page table's index (names guest memory), dropped when a step changes a hpt word. */
-  private hpt: HptIndex | null = null;
 
   constructor(
     private readonly sc: Int32Array,
@@ -136,9 +134,8 @@ export class Recorder {
     const old = this.target !== null ? Atomics.load(this.target, index) : 0;
     const frames = kfunc_stack(sc, SCHED_T.kstack(t));
     const stack = frames.map(kfuncName);
-    const hpt = (this.hpt ??= hptIndex(this.kvm));
-    const field = arr >= 0 ? locationName(this.kvm, arr, index, hpt) : `scenario scratch[${index}]`;
-    const [gfn, pages] = locationGfns(this.kvm, arr, index, hpt) ?? [-1, 0];
+    const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
+    const [gfn, pages] = locationGfns(this.kvm, arr, index) ?? [-1, 0];
     this.pending = { step, thread: t, op, arr, index, field, gfn, pages, old, new: old, stack, frames };
   }
 
@@ -147,7 +144,6 @@ export class Recorder {
     const p = this.pending;
     if (p === null) return;
     if (this.target !== null) p.new = Atomics.load(this.target, p.index);
-    if (p.arr === ARR_HPT && p.new !== p.old) this.hpt = null;
     this.steps.push(p);
     this.pending = null;
   }

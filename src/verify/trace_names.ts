@@ -142,54 +142,40 @@ function rowName(l: LayoutInfo, what: string, i: number): string {
   return `${what} ${r} ${fieldAt(l, i - l.base - r * l.stride)}`;
 }
 
-/** The gfn and memslot of host virtual page `hva`, or null. */
-function hvaGfn(kvm: Kvm, hva: number): [number, number] | null {
+/** The memslot and gfn of host virtual page `hva`, or null. */
+function hvaToGfn(kvm: Kvm, hva: number): string | null {
   for (const [s, base, npages] of slotsOf(kvm)) {
     const h = kvm.slots[SLOT.hva_page(s)];
-    if (hva >= h && hva < h + npages) return [base + hva - h, s];
+    if (hva >= h && hva < h + npages) return `gfn ${hex(base + hva - h)} slot ${s}`;
   }
   return null;
 }
 
-function hvaToGfn(kvm: Kvm, hva: number): string | null {
-  const g = hvaGfn(kvm, hva);
-  return g === null ? null : `gfn ${hex(g[0])} slot ${g[1]}`;
-}
-
 /**
- * Host frames to the hva pages that map them (hpt_pfn), ascending: what names a guest-memory
- * word, built in one pass over the host page table. Valid until a hpt word changes (the
- * recorder drops it at a step that writes one).
+ * The gfn and slot of the guest page that host frame `frame` backs: of the hva pages that map it
+ * (hpt_pfn), the lowest a memslot covers. Only the slots' hva pages are looked at, not the
+ * whole host page table.
  */
-export type HptIndex = Map<number, number[]>;
-
-export function hptIndex(kvm: Kvm): HptIndex {
-  const m: HptIndex = new Map();
-  for (let p = 0; p < kvm.hpt.length; p++) {
-    const f = hpt_pfn(kvm.hpt[p]);
-    const l = m.get(f);
-    if (l === undefined) m.set(f, [p]);
-    else l.push(p);
+function frameGfn(kvm: Kvm, frame: number): [number, number] | null {
+  let best = -1;
+  let found: [number, number] | null = null;
+  for (const [s, base, npages] of slotsOf(kvm)) {
+    const h = kvm.slots[SLOT.hva_page(s)];
+    for (let k = 0; k < npages && (best < 0 || h + k < best); k++)
+      if (hpt_pfn(kvm.hpt[h + k]) === frame) {
+        best = h + k;
+        found = [base + k, s];
+        break;
+      }
   }
-  return m;
+  return found;
 }
 
-/** The gfn whose page holds guest-memory word `i` (the first hva page mapping its frame that a slot covers), or -1. */
-function memGfn(kvm: Kvm, i: number, hpt: HptIndex): number {
-  for (const p of hpt.get(Math.floor(i / PAGE_WORDS)) ?? []) {
-    const g = hvaGfn(kvm, p);
-    if (g !== null) return g[0];
-  }
-  return -1;
-}
-
-function memName(kvm: Kvm, i: number, hpt: HptIndex): string {
+function memName(kvm: Kvm, i: number): string {
   const frame = Math.floor(i / PAGE_WORDS);
   const off = (i - frame * PAGE_WORDS) * 4;
-  for (const p of hpt.get(frame) ?? []) {
-    const g = hvaToGfn(kvm, p);
-    if (g !== null) return `guest memory ${g} offset ${hex(off)} (pfn ${hex(frame)})`;
-  }
+  const g = frameGfn(kvm, frame);
+  if (g !== null) return `guest memory gfn ${hex(g[0])} slot ${g[1]} offset ${hex(off)} (pfn ${hex(frame)})`;
   return `host memory pfn ${hex(frame)} offset ${hex(off)}`;
 }
 
@@ -204,12 +190,8 @@ function ringName(kvm: Kvm, i: number): string {
   return `dirty ring vcpu ${v} entry ${e} ${fieldAt(RING_GFN.layout, o - RING_GFN.row(e))}`;
 }
 
-/**
- * What element `index` of traced array `arr` (an index in TRACED_ARRAYS) is, in `kvm` as it is
- * now. `hpt`: an index of the host page table as it is now (hptIndex), kept by a caller that
- * names many words.
- */
-export function locationName(kvm: Kvm, arr: number, index: number, hpt?: HptIndex): string {
+/** What element `index` of traced array `arr` (an index in TRACED_ARRAYS) is, in `kvm` as it is now. */
+export function locationName(kvm: Kvm, arr: number, index: number): string {
   switch (arr) {
     case ARR_SPT:
       return spteName(kvm, index);
@@ -224,7 +206,7 @@ export function locationName(kvm: Kvm, arr: number, index: number, hpt?: HptInde
     case ARR_CTL:
       return ctlName(index);
     case ARR_MEM:
-      return memName(kvm, index, hpt ?? hptIndex(kvm));
+      return memName(kvm, index);
     case ARR_HPT: {
       const g = hvaToGfn(kvm, index);
       return `host pte hva page ${hex(index)}${g !== null ? ` (${g})` : ""}`;
@@ -242,14 +224,14 @@ export function locationName(kvm: Kvm, arr: number, index: number, hpt?: HptInde
  * The guest pages element `index` of traced array `arr` covers, as [first gfn, count], or null:
  * a spte's (count 512^(level - 1)) and a guest-memory word's (count 1).
  */
-export function locationGfns(kvm: Kvm, arr: number, index: number, hpt: HptIndex): [number, number] | null {
+export function locationGfns(kvm: Kvm, arr: number, index: number): [number, number] | null {
   if (arr === ARR_SPT) {
     const [gfn, level] = spteGfn(kvm, index);
     return level === 0 ? null : [gfn, 2 ** ((level - 1) * 9)];
   }
   if (arr === ARR_MEM) {
-    const gfn = memGfn(kvm, index, hpt);
-    return gfn < 0 ? null : [gfn, 1];
+    const g = frameGfn(kvm, Math.floor(index / PAGE_WORDS));
+    return g === null ? null : [g[0], 1];
   }
   return null;
 }
