@@ -263,6 +263,8 @@ function instantsSvg(
   col: number,
 ): string[] {
   const out: string[] = [];
+  // Instants at one time on one track (the explorer's stale TLB hit and missed copy): labels stacked.
+  const seen = new Map<string, number>();
   for (const e of evs) {
     if (e.ph !== "i") continue;
     const global = e.s === "g" || e.s === "p";
@@ -272,8 +274,12 @@ function instantsSvg(
     const y = yOf(e.ts);
     const msg = typeof e.args?.["invariant"] === "string" ? `${e.name}: ${e.args["invariant"]}` : e.name;
     const red = e.name === "violation";
+    const at = `${global ? "g" : key}@${e.ts}`;
+    const n = seen.get(at) ?? 0;
+    seen.set(at, n + 1);
+    const ty = y + 13 + 12 * n;
     out.push(
-      `<g class="${red ? "violation" : "instant"}"><title>${esc(e.name + argsText(e.args))}</title><line x1="${x1}" y1="${y}" x2="${x2}" y2="${y}" stroke="${red ? "#c62828" : "#ef6c00"}" stroke-width="${red ? 3 : 2}"/><text x="${x1 + 3}" y="${y + 13}" font-size="11" fill="${red ? "#c62828" : "#ef6c00"}">${esc(clip(msg, x2 - x1 - 6))}</text></g>`,
+      `<g class="${red ? "violation" : "instant"}"><title>${esc(e.name + argsText(e.args))}</title><line x1="${x1}" y1="${y}" x2="${x2}" y2="${y}" stroke="${red ? "#c62828" : "#ef6c00"}" stroke-width="${red ? 3 : 2}"/><text x="${x1 + 3}" y="${ty}" font-size="11" fill="${red ? "#c62828" : "#ef6c00"}">${esc(clip(msg, x2 - x1 - 6))}</text></g>`,
     );
   }
   return out;
