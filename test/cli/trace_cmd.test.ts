@@ -85,6 +85,26 @@ test("migrate --local --trace: one file, a process per side: the source's rounds
   assert.ok(Number((end?.args as { pages?: number } | undefined)?.pages) > 0, JSON.stringify(end));
 });
 
+test("migrate --local --postcopy --trace: the destination's page requests", async () => {
+  const file = join(dir, "pc.json");
+  const r = await runKvmmu([
+    ...["migrate", "--local", "--postcopy", "-b", "1M", "--warmup", "50", "--json", "--trace", file],
+  ]);
+  assert.equal(r.code, 0, r.err);
+  const t = load(file);
+  assert.deepEqual(checkTraceEvents(t.traceEvents), []);
+  const dst = t.traceEvents.find(
+    (e) => e.name === "process_name" && (e.args as { name: string }).name === "migration destination",
+  )?.pid;
+  const ev = t.traceEvents.filter((e) => e.name === "migration_page_request");
+  // The guest runs on the destination before its pages are there: its faults ask for them.
+  assert.ok(ev.length > 0, "no page request traced");
+  for (const e of ev) {
+    assert.equal(e.pid, dst);
+    assert.ok(Number((e.args as { pages: number }).pages) > 0);
+  }
+});
+
 test("--trace-sample out of range, --trace into a missing directory: usage errors, no file", async () => {
   const file = join(dir, "never.json");
   const bad = await runKvmmu([
