@@ -9,12 +9,12 @@ import { Mutex, MUTEX_WORDS } from "./sync/mutex.js";
 import { RwLock, RWLOCK_WORDS } from "./sync/rwlock.js";
 import { Rcu, RCU_WORDS } from "./sync/rcu.js";
 import { Tracer } from "./sync/trace_ring.js";
-import { defineBlock, defineRows } from "./layout.js";
+import { defineBlock, defineRows, KVM_MAX_VCPUS } from "./layout.js";
 
 export const PAGE_SHIFT = 12;
 export const PAGE_SIZE = 4096;
 export const PAGE_WORDS = PAGE_SIZE / 4;
-export const KVM_MAX_VCPUS = 64;
+export { KVM_MAX_VCPUS };
 export const KVM_USER_MEM_SLOTS = 32;
 
 /** A design's name ("locked", "lockless", ...): src/mmu/design.ts is the registry. */

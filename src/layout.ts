@@ -12,6 +12,12 @@
  * over constants, which V8 inlines at their call sites, so they cost what the arithmetic did.
  */
 
+/**
+ * KVM_MAX_VCPUS: the vCPU rows every per-vCPU layout declares, here at the bottom so that the
+ * layouts of src/sync (the trace rings) and of kvm_host.ts share it (kvm_host.ts re-exports it).
+ */
+export const KVM_MAX_VCPUS = 64;
+
 /** One field: how many words it takes (default 1), what protects it, and what it is. */
 export interface FieldDecl {
   readonly words?: number;

@@ -10,12 +10,18 @@ import { FAULTS } from "../migration/fault.js";
 import { LOG_MODES } from "../migration/log_sync.js";
 import { layoutFor } from "../migration/guest_vm.js";
 import type { DirtyLimitReport, MigrationReport, RoundRecord } from "../migration/report.js";
-import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
+import {
+  GuestMigrationOptions,
+  IncomingResult,
+  migrateIncoming,
+  migrateTo,
+  MigrationResult,
+} from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
 import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseNumberIn, parseOne, parseSize, progress, withFlagNames } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
-import { openTrace, traceDone, traceFlags } from "./trace_opt.js";
+import { CliTrace, openTrace, traceDone, traceFlags } from "./trace_opt.js";
 
 const KEY_ENV = "KVMMU_MIGRATE_KEY";
 
@@ -219,6 +225,14 @@ const MIGRATE_FLAGS: Record<string, string> = {
   autoConverge: "--auto-converge",
 };
 
+/**
+ * Where `migrate --local` runs the destination: in a process of its own, but with --trace in this
+ * one, so that one file holds both sides (a process each); kill-destination needs the process.
+ */
+function localWhere(trace: CliTrace | null, o: GuestMigrationOptions): "process" | "inline" {
+  return trace !== null && o.fault !== "kill-destination" ? "inline" : "process";
+}
+
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
 async function migrateAction(a: Record<string, string | boolean | undefined>): Promise<void> {
   if (a["output"] !== undefined) checkOutput(String(a["output"]));
@@ -232,7 +246,8 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
   try {
     out = await withFlagNames(MIGRATE_FLAGS, async () =>
       local
-        ? (await migrateLocal({ ...o, destination: "process", security, onRound, onPostcopyRun })).source
+        ? (await migrateLocal({ ...o, destination: localWhere(trace, o), security, onRound, onPostcopyRun }))
+            .source
         : await migrateTo({ ...o, ...to!, key: key!, security, resumeTo, onRound, onPostcopyRun }),
     );
   } finally {
@@ -368,11 +383,15 @@ function registerMigrateIncoming(program: Command): void {
       false,
     )
     .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
-    .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false)
-    .action(async (a: Record<string, string | boolean | undefined>) => {
-      const key = keyOf(a);
-      const { host, port } = hostPort("--listen", String(a["listen"]));
-      const rep = await migrateIncoming({
+    .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false);
+  traceFlags(cmd).action(async (a: Record<string, string | boolean | undefined>) => {
+    const key = keyOf(a);
+    const { host, port } = hostPort("--listen", String(a["listen"]));
+    const trace = openTrace(a, "migrate-incoming");
+    let rep: IncomingResult;
+    try {
+      rep = await migrateIncoming({
+        onVm: trace?.onVm,
         host,
         port,
         key,
@@ -390,13 +409,16 @@ function registerMigrateIncoming(program: Command): void {
           else process.stdout.write(line);
         },
       });
-      process.stdout.write(
-        a["json"]
-          ? JSON.stringify(rep) + "\n"
-          : `migrate-incoming: ${rep.status}, ${rep.pagesApplied} pages applied, guest invariant ${String(rep.guestInvariant)}` +
-              `${rep.postcopy?.recoveries ? `, link dropped and recovered ${rep.postcopy.recoveries}x` : ""}` +
-              `${rep.error ? `; error: ${rep.error.message}` : ""}\n`,
-      );
-      if (rep.status !== "completed" || rep.guestInvariant !== true) process.exitCode = 1;
-    });
+    } finally {
+      if (trace) traceDone(trace);
+    }
+    process.stdout.write(
+      a["json"]
+        ? JSON.stringify(rep) + "\n"
+        : `migrate-incoming: ${rep.status}, ${rep.pagesApplied} pages applied, guest invariant ${String(rep.guestInvariant)}` +
+            `${rep.postcopy?.recoveries ? `, link dropped and recovered ${rep.postcopy.recoveries}x` : ""}` +
+            `${rep.error ? `; error: ${rep.error.message}` : ""}\n`,
+    );
+    if (rep.status !== "completed" || rep.guestInvariant !== true) process.exitCode = 1;
+  });
 }

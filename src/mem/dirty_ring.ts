@@ -14,7 +14,7 @@
  * stores: slots_lock orders the harvest before the reset, and the reset's release store of
  * reset_index orders its stores before the vCPU reuses those entries.
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../sync/kfunc.js";
 import {
   BUG,
   CTL,
@@ -80,38 +80,35 @@ export function kvm_dirty_ring_soft_full(kvm: Kvm, v: number): boolean {
  */
 export function kvm_dirty_ring_push(kvm: Kvm, v: number, slot: number, offset: number): void {
   const kfd = kfunc_enter(KF.kvm_dirty_ring_push);
-  try {
-    const ring = kvm.dirtyRing;
-    const size = kvm.ctl[CTL.dirty_ring_size];
-    const b = ring_base(kvm, v);
-    const di = ring[b + RING_HDR.dirty_index]; // only this vCPU writes it
-    const e = entry(size, di);
-    if (kvm.bug(BUG["ring-flags-before-entry"])) {
-      // Bug: the entry is published before it is filled: a harvester may read the old page.
-      astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
-      astore(ring, b + RING_GFN.slot(e), slot);
-      astore(ring, b + RING_GFN.offset_lo(e), offset);
-    } else {
-      astore(ring, b + RING_GFN.slot(e), slot);
-      astore(ring, b + RING_GFN.offset_lo(e), offset);
-      // smp_wmb + set_dirtied: Atomics.store orders the two stores above before it.
-      astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
-    }
-    astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
-    if (kvm.trace.on && kvm.trace.sampled())
-      kvm.trace.emit(
-        TP.kvm_dirty_ring_push,
-        TracePhase.Instant,
-        v,
-        di + 1,
-        ring[b + RING_HDR.reset_index],
-        slot,
-        offset,
-      );
-    if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
-  } finally {
-    kfunc_exit(kfd);
+  const ring = kvm.dirtyRing;
+  const size = kvm.ctl[CTL.dirty_ring_size];
+  const b = ring_base(kvm, v);
+  const di = ring[b + RING_HDR.dirty_index]; // only this vCPU writes it
+  const e = entry(size, di);
+  if (kvm.bug(BUG["ring-flags-before-entry"])) {
+    // Bug: the entry is published before it is filled: a harvester may read the old page.
+    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
+    astore(ring, b + RING_GFN.slot(e), slot);
+    astore(ring, b + RING_GFN.offset_lo(e), offset);
+  } else {
+    astore(ring, b + RING_GFN.slot(e), slot);
+    astore(ring, b + RING_GFN.offset_lo(e), offset);
+    // smp_wmb + set_dirtied: Atomics.store orders the two stores above before it.
+    astore(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_DIRTY);
   }
+  astore(ring, b + RING_HDR.dirty_index, (di + 1) | 0);
+  if (kvm.trace.on && kvm.trace.sampled())
+    kvm.trace.emit(
+      TP.kvm_dirty_ring_push,
+      TracePhase.Instant,
+      v,
+      di + 1,
+      ring[b + RING_HDR.reset_index],
+      slot,
+      offset,
+    );
+  if (kvm_dirty_ring_soft_full(kvm, v)) aor(kvm.vcpu, VCPU.requests(v), KVM_REQ_DIRTY_RING_SOFT_FULL);
+  kfunc_exit(kfd);
 }
 
 /**
@@ -157,32 +154,27 @@ export function kvm_dirty_ring_harvest(
   max: number,
 ): number {
   const kfd = kfunc_enter(KF.kvm_dirty_ring_harvest);
-  try {
-    const ring = kvm.dirtyRing;
-    const size = kvm.ctl[CTL.dirty_ring_size];
-    const b = ring_base(kvm, v);
-    const lim = Math.min(max, slots.length, offsets.length, size);
-    const fetch = aload(ring, b + RING_HDR.fetch_index);
-    // The run of DIRTY entries, by READ_ONCE of the flags; then one acquire load, of the last
-    // one's flags, instead of one per entry (QEMU's load_acquire each): the vCPU publishes the
-    // flags of its ring in ring order, each with a release, so the acquire that sees the last
-    // DIRTY orders the slot and offset of every entry before it too. Should it not see DIRTY
-    // (a plain read may run ahead), the run ends one entry earlier.
-    let n = 0;
-    while (n < lim && aread(ring, b + RING_GFN.flags(entry(size, fetch + n))) === KVM_DIRTY_GFN_F_DIRTY) n++;
-    while (n > 0 && aload(ring, b + RING_GFN.flags(entry(size, fetch + n - 1))) !== KVM_DIRTY_GFN_F_DIRTY)
-      n--;
-    for (let k = 0; k < n; k++) {
-      const e = entry(size, fetch + k);
-      slots[k] = aread(ring, b + RING_GFN.slot(e));
-      offsets[k] = aread(ring, b + RING_GFN.offset_lo(e));
-      // QEMU stores RESET with a release; here the harvest and the reset both hold slots_lock,
-      // whose unlock publishes it, and the vCPU never reads flags: a plain store.
-      awrite(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
-    }
-    astore(ring, b + RING_HDR.fetch_index, (fetch + n) | 0);
-    return n;
-  } finally {
-    kfunc_exit(kfd);
+  const ring = kvm.dirtyRing;
+  const size = kvm.ctl[CTL.dirty_ring_size];
+  const b = ring_base(kvm, v);
+  const lim = Math.min(max, slots.length, offsets.length, size);
+  const fetch = aload(ring, b + RING_HDR.fetch_index);
+  // The run of DIRTY entries, by READ_ONCE of the flags; then one acquire load, of the last
+  // one's flags, instead of one per entry (QEMU's load_acquire each): the vCPU publishes the
+  // flags of its ring in ring order, each with a release, so the acquire that sees the last
+  // DIRTY orders the slot and offset of every entry before it too. Should it not see DIRTY
+  // (a plain read may run ahead), the run ends one entry earlier.
+  let n = 0;
+  while (n < lim && aread(ring, b + RING_GFN.flags(entry(size, fetch + n))) === KVM_DIRTY_GFN_F_DIRTY) n++;
+  while (n > 0 && aload(ring, b + RING_GFN.flags(entry(size, fetch + n - 1))) !== KVM_DIRTY_GFN_F_DIRTY) n--;
+  for (let k = 0; k < n; k++) {
+    const e = entry(size, fetch + k);
+    slots[k] = aread(ring, b + RING_GFN.slot(e));
+    offsets[k] = aread(ring, b + RING_GFN.offset_lo(e));
+    // QEMU stores RESET with a release; here the harvest and the reset both hold slots_lock,
+    // whose unlock publishes it, and the vCPU never reads flags: a plain store.
+    awrite(ring, b + RING_GFN.flags(e), KVM_DIRTY_GFN_F_RESET);
   }
+  astore(ring, b + RING_HDR.fetch_index, (fetch + n) | 0);
+  return kfunc_ret(kfd, n);
 }

@@ -79,24 +79,21 @@ export function gfn_to_hva_page(kvm: Kvm, slot: number, gfn: number): number {
  */
 export function mark_page_dirty_in_slot(kvm: Kvm, slot: number, gfn: number): void {
   const kfd = kfunc_enter(KF.mark_page_dirty_in_slot);
-  try {
-    if (!slot_dirty_logged(kvm, slot)) return;
-    const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
-    if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
-      const v = kvm_get_running_vcpu(kvm);
-      if (v >= 0) {
-        kvm_dirty_ring_push(kvm, v, slot, rel);
-        return;
-      }
-      if (kvm.ctl[CTL.dirty_ring_with_bitmap] === 0) {
-        aadd(kvm.ctl, CTL.dirty_ring_dropped, 1);
-        return;
-      }
+  if (!slot_dirty_logged(kvm, slot)) return kfunc_exit(kfd);
+  const rel = gfn - kvm.slots[SLOT.base_gfn(slot)];
+  if (kvm.ctl[CTL.dirty_ring_size] !== 0) {
+    const v = kvm_get_running_vcpu(kvm);
+    if (v >= 0) {
+      kvm_dirty_ring_push(kvm, v, slot, rel);
+      return kfunc_exit(kfd);
     }
-    aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
-  } finally {
-    kfunc_exit(kfd);
+    if (kvm.ctl[CTL.dirty_ring_with_bitmap] === 0) {
+      aadd(kvm.ctl, CTL.dirty_ring_dropped, 1);
+      return kfunc_exit(kfd);
+    }
   }
+  aor(kvm.bitmapPool, kvm.slots[SLOT.bitmap_base(slot)] + (rel >>> 5), 1 << (rel & 31));
+  kfunc_exit(kfd);
 }
 
 export function mark_page_dirty(kvm: Kvm, gfn: number): void {

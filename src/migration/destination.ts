@@ -7,7 +7,7 @@
  * through the same states as the source (state.ts).
  */
 import type { Duplex } from "node:stream";
-import type { MmuModeName } from "../vm.js";
+import type { MmuModeName, Vm } from "../vm.js";
 import type { DesignName } from "../mmu/design.js";
 import { MIG_CTL } from "./guest.js";
 import {
@@ -61,6 +61,8 @@ export interface DestinationOptions {
   postcopyRecover?: RecoverConnection;
   /** Called after each state transition (the source's option of the same name). */
   onStateChange?: (to: MigrationStatus, from: MigrationStatus) => void;
+  /** Called with the destination's VM before its vCPUs exist (--trace: vm.enableTrace). */
+  onVm?: (vm: Vm, name: string) => void;
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
@@ -198,7 +200,11 @@ export class MigrationDestination {
         await applyDiscard(this.guest!, s.payload, id);
       } else if (s.type === Sec.Postcopy && postcopy) {
         this.state.set("postcopy-active");
+        const vm = this.guest!.vm;
+        vm.traceEvent("migration_incoming", "E", rep.pagesApplied, r.consumed);
+        vm.traceEvent("migration_switchover", "B", 0);
         await this.postcopy(r, back, rep, id, vcpuState);
+        vm.traceEvent("migration_switchover", "E", rep.receivedBytes);
         return "postcopy";
       } else if (s.type === Sec.Cancel) {
         this.state.set("cancelling");
@@ -207,6 +213,8 @@ export class MigrationDestination {
         await checkStreamDigest(r, s.payload);
         // The device state is in: the completion stage (the source's guest is stopped).
         this.state.set("device");
+        this.guest!.vm.traceEvent("migration_incoming", "E", rep.pagesApplied, r.consumed);
+        this.guest!.vm.traceEvent("migration_switchover", "B", 0);
         this.checkVcpuState(vcpuState, layout);
         return "precopy";
       } else
@@ -219,8 +227,16 @@ export class MigrationDestination {
 
   /** The VM the config describes. */
   private async build(layout: GuestLayout, postcopy: boolean): Promise<GuestVm> {
-    const g = createGuestVm(layout, { wp: this.o.wp, mode: this.o.mode, logged: false, postcopy });
+    const onVm = this.o.onVm;
+    const g = createGuestVm(layout, {
+      wp: this.o.wp,
+      mode: this.o.mode,
+      logged: false,
+      postcopy,
+      prepare: onVm && ((vm) => onVm(vm, "migration destination")),
+    });
     this.guest = g;
+    g.vm.traceEvent("migration_incoming", "B", postcopy ? 1 : 0);
     // Start the vCPUs now, held, so the switch-over only has to release them (pre-copy's "go",
     // post-copy's "postcopy-run"): worker start stays out of the downtime.
     Atomics.store(g.ctl, MIG_CTL.hold, 1);
@@ -302,6 +318,7 @@ export class MigrationDestination {
     Atomics.store(g.ctl, MIG_CTL.hold, 0);
     Atomics.notify(g.ctl, MIG_CTL.hold);
     await back.section(Sec.Running, jsonPayload({ hashMs: rep.hashMs }));
+    g.vm.traceEvent("migration_switchover", "E", r.consumed);
     const chk = await runAndCheck(g);
     g.vm.resume();
     rep.guestInvariant = chk.ok;

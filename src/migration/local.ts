@@ -83,7 +83,11 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     resume: o.resume === true && o.postcopy === true,
     resumeTimeoutMs: o.resumeTimeoutMs,
   };
-  const dst = where === "process" ? await destinationProcess(inc, exitMs) : await destinationInline(inc);
+  // A traced run's destination VM joins the caller's trace when it runs here (a process has its own).
+  const dst =
+    where === "process"
+      ? await destinationProcess(inc, exitMs)
+      : await destinationInline({ ...inc, onVm: o.onVm });
   const kill = o.fault === "kill-destination";
   let source: MigrationResult;
   try {

@@ -249,6 +249,8 @@ export interface MigrateIncomingOptions {
   resumeTimeoutMs?: number;
   /** Called once listening, with the port bound. */
   onListening?: (port: number) => void;
+  /** Called with the destination's VM before its vCPUs exist (--trace: vm.enableTrace). */
+  onVm?: (vm: Vm, name: string) => void;
 }
 
 export interface IncomingResult extends DestinationReport {
@@ -276,6 +278,7 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
     const dest = new MigrationDestination({
       wp,
       mode: o.mode,
+      onVm: o.onVm,
       maxMemory: o.maxMemory,
       idleTimeoutMs: idle,
       postcopyRecover: o.resume

@@ -259,6 +259,7 @@ class PageAsker {
         if (fresh.length > 0) {
           for (const gpa of fresh) this.asked.add(gpa);
           this.requests += fresh.length;
+          vm.traceEvent("migration_page_request", "i", fresh.length, Math.floor(fresh[0] / 4096));
           try {
             await back!.section(Sec.PageReq, encodePageRequest(fresh));
           } catch (e) {

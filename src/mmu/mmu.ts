@@ -9,7 +9,7 @@
  * so a lockless get-dirty-log that sees the bit also finds the writable spte to protect. It is
  * written once, in mmu_set_spte.
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../sync/kfunc.js";
 import {
   BUG,
   CTL,
@@ -203,72 +203,68 @@ export function mmu_set_spte(
   pfn: number,
 ): boolean {
   const kfd = kfunc_enter(KF.mmu_set_spte);
-  try {
-    lockdep_assert_held(kvm);
-    const slot = fault.slot;
-    const level = fault.goal_level;
-    const old = kvm.spt[sptep];
-    let wasRmapped = false;
-    if (is_shadow_present_pte(old)) {
-      if (level > PT_PAGE_TABLE_LEVEL && !is_large_pte(old)) {
-        // A table is replaced by a large leaf.
-        const child = spte_to_child_sp(old);
-        drop_parent_pte(kvm, child, sptep);
-        if (kvm.mode !== MmuMode.Shadow) {
-          // Without the shadow-page hash a TDP child that lost its parent is unreachable: zap it.
-          const invalid: number[] = [];
-          kvm_mmu_prepare_zap_page(kvm, child, invalid);
-          kvm_mmu_commit_zap_page(kvm, invalid);
-        }
-        kvm_flush_remote_tlbs(kvm);
-      } else if (spte_to_pfn(old) !== pfn || kvm_mmu_page_get_gfn(kvm, sptep) !== gfn) {
-        drop_spte(kvm, sptep);
-        kvm_flush_remote_tlbs(kvm);
-      } else {
-        wasRmapped = true;
+  lockdep_assert_held(kvm);
+  const slot = fault.slot;
+  const level = fault.goal_level;
+  const old = kvm.spt[sptep];
+  let wasRmapped = false;
+  if (is_shadow_present_pte(old)) {
+    if (level > PT_PAGE_TABLE_LEVEL && !is_large_pte(old)) {
+      // A table is replaced by a large leaf.
+      const child = spte_to_child_sp(old);
+      drop_parent_pte(kvm, child, sptep);
+      if (kvm.mode !== MmuMode.Shadow) {
+        // Without the shadow-page hash a TDP child that lost its parent is unreachable: zap it.
+        const invalid: number[] = [];
+        kvm_mmu_prepare_zap_page(kvm, child, invalid);
+        kvm_mmu_commit_zap_page(kvm, invalid);
       }
-    }
-    // set_spte
-    let s = PT_PRESENT_MASK | (pfn << SPTE_PFN_SHIFT);
-    if ((pteAccess & ACC_USER_MASK) !== 0) s |= PT_USER_MASK;
-    if (level > PT_PAGE_TABLE_LEVEL) s |= PT_PAGE_SIZE_MASK;
-    let access = pteAccess;
-    if (fault.map_writable) s |= SPTE_HOST_WRITEABLE;
-    else access &= ~ACC_WRITE_MASK;
-    let emulate = false;
-    if ((access & ACC_WRITE_MASK) !== 0) {
-      s |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE;
-      // mmu_need_write_protect (no unsync): the gfn is a guest page table. TDP shadows none.
-      if (kvm.mode === MmuMode.Shadow && gfn_is_shadowed(kvm, gfn)) {
-        emulate = true;
-        s &= ~(PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE);
-      }
-    }
-    const writable = (s & PT_WRITABLE_MASK) !== 0;
-    // Bug dirty-before-rmap: 3.11's order, dirty bit first.
-    const dirtyFirst = kvm.bug(BUG["dirty-before-rmap"]);
-    if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
-    // F1
-    if (is_shadow_present_pte(kvm.spt[sptep])) {
-      if (mmu_spte_update(kvm, sptep, s)) kvm_flush_remote_tlbs(kvm);
+      kvm_flush_remote_tlbs(kvm);
+    } else if (spte_to_pfn(old) !== pfn || kvm_mmu_page_get_gfn(kvm, sptep) !== gfn) {
+      drop_spte(kvm, sptep);
+      kvm_flush_remote_tlbs(kvm);
     } else {
-      mmu_spte_set(kvm, sptep, s);
+      wasRmapped = true;
     }
-    // F2
-    if (!wasRmapped) {
-      const sp = page_header(sptep);
-      // kvm_mmu_page_set_gfn: only an indirect sp records it (a direct sp's position names it).
-      if ((kvm.spHdr[SP.role(sp)] & ROLE_DIRECT) === 0) kvm.spGfns[sptep] = gfn;
-      if (level > PT_PAGE_TABLE_LEVEL) kvm.ctl[CTL.lpages]++;
-      rmap_add(kvm, sptep, gfn, level);
-    }
-    // F4
-    if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
-    if (kvm.trace.on) trace_kvm_mmu_set_spte(kvm, level, gfn, sptep);
-    return emulate && fault.write;
-  } finally {
-    kfunc_exit(kfd);
   }
+  // set_spte
+  let s = PT_PRESENT_MASK | (pfn << SPTE_PFN_SHIFT);
+  if ((pteAccess & ACC_USER_MASK) !== 0) s |= PT_USER_MASK;
+  if (level > PT_PAGE_TABLE_LEVEL) s |= PT_PAGE_SIZE_MASK;
+  let access = pteAccess;
+  if (fault.map_writable) s |= SPTE_HOST_WRITEABLE;
+  else access &= ~ACC_WRITE_MASK;
+  let emulate = false;
+  if ((access & ACC_WRITE_MASK) !== 0) {
+    s |= PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE;
+    // mmu_need_write_protect (no unsync): the gfn is a guest page table. TDP shadows none.
+    if (kvm.mode === MmuMode.Shadow && gfn_is_shadowed(kvm, gfn)) {
+      emulate = true;
+      s &= ~(PT_WRITABLE_MASK | SPTE_MMU_WRITEABLE);
+    }
+  }
+  const writable = (s & PT_WRITABLE_MASK) !== 0;
+  // Bug dirty-before-rmap: 3.11's order, dirty bit first.
+  const dirtyFirst = kvm.bug(BUG["dirty-before-rmap"]);
+  if (writable && dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
+  // F1
+  if (is_shadow_present_pte(kvm.spt[sptep])) {
+    if (mmu_spte_update(kvm, sptep, s)) kvm_flush_remote_tlbs(kvm);
+  } else {
+    mmu_spte_set(kvm, sptep, s);
+  }
+  // F2
+  if (!wasRmapped) {
+    const sp = page_header(sptep);
+    // kvm_mmu_page_set_gfn: only an indirect sp records it (a direct sp's position names it).
+    if ((kvm.spHdr[SP.role(sp)] & ROLE_DIRECT) === 0) kvm.spGfns[sptep] = gfn;
+    if (level > PT_PAGE_TABLE_LEVEL) kvm.ctl[CTL.lpages]++;
+    rmap_add(kvm, sptep, gfn, level);
+  }
+  // F4
+  if (writable && !dirtyFirst) mark_page_dirty_in_slot(kvm, slot, gfn);
+  if (kvm.trace.on) trace_kvm_mmu_set_spte(kvm, level, gfn, sptep);
+  return kfunc_ret(kfd, emulate && fault.write);
 }
 
 /**
@@ -280,33 +276,30 @@ export function mmu_set_spte(
  */
 export function fast_page_fault(kvm: Kvm, fault: KvmPageFault): boolean {
   const kfd = kfunc_enter(KF.fast_page_fault);
+  const vcpuId = fault.vcpuId;
+  astore(kvm.vcpu, VCPU.mode(vcpuId), READING_SHADOW_PAGE_TABLES);
   try {
-    const vcpuId = fault.vcpuId;
-    astore(kvm.vcpu, VCPU.mode(vcpuId), READING_SHADOW_PAGE_TABLES);
-    try {
-      const it = fault.it;
-      const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), fault.addr, it);
-      it.spte = s;
-      if (!is_shadow_present_pte(s)) return false;
-      const role = kvm.spHdr[SP.role(page_header(it.sptep))];
-      if ((role & ROLE_DIRECT) === 0) return false;
-      // Patch 1: the level of the page that holds the spte, not the requested level.
-      const spLevel = role & ROLE_LEVEL_MASK;
-      if (!is_last_spte(s, spLevel)) return false;
-      if (is_writable_pte(s)) return true; // a stale read-only TLB entry: the spte is writable already
-      if (!spte_is_locklessly_modifiable(s)) return false;
-      // "lazily drop large spte" v2: never make a large spte writable here.
-      if (spLevel > PT_PAGE_TABLE_LEVEL && !kvm.bug(BUG["fast-pf-large"])) return false;
-      // fast_pf_fix_direct_spte: the gfn of a direct sp is stable (no ABA).
-      if (acas(kvm.spt, it.sptep, s, s | PT_WRITABLE_MASK) === s) {
-        mark_page_dirty(kvm, kvm_mmu_page_get_gfn(kvm, it.sptep));
-        fault.stats.fast++;
-      }
-      return true;
-    } finally {
-      astore(kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
+    const it = fault.it;
+    const s = walk_shadow_page_lockless(kvm, vcpu_root_hpa(kvm, vcpuId), fault.addr, it);
+    it.spte = s;
+    if (!is_shadow_present_pte(s)) return false;
+    const role = kvm.spHdr[SP.role(page_header(it.sptep))];
+    if ((role & ROLE_DIRECT) === 0) return false;
+    // Patch 1: the level of the page that holds the spte, not the requested level.
+    const spLevel = role & ROLE_LEVEL_MASK;
+    if (!is_last_spte(s, spLevel)) return false;
+    if (is_writable_pte(s)) return true; // a stale read-only TLB entry: the spte is writable already
+    if (!spte_is_locklessly_modifiable(s)) return false;
+    // "lazily drop large spte" v2: never make a large spte writable here.
+    if (spLevel > PT_PAGE_TABLE_LEVEL && !kvm.bug(BUG["fast-pf-large"])) return false;
+    // fast_pf_fix_direct_spte: the gfn of a direct sp is stable (no ABA).
+    if (acas(kvm.spt, it.sptep, s, s | PT_WRITABLE_MASK) === s) {
+      mark_page_dirty(kvm, kvm_mmu_page_get_gfn(kvm, it.sptep));
+      fault.stats.fast++;
     }
+    return true;
   } finally {
+    astore(kvm.vcpu, VCPU.mode(vcpuId), OUTSIDE_GUEST_MODE);
     kfunc_exit(kfd);
   }
 }

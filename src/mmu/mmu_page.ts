@@ -10,7 +10,7 @@
  * remote TLBs (the grace period of vCPU walkers), then retires the pages with an RCU epoch
  * (the grace period of non-vCPU walkers). Retired pages become reusable once that epoch is over.
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_ret } from "../sync/kfunc.js";
 import {
   BUG,
   CTL,
@@ -134,22 +134,18 @@ export function sp_cache_pop(kvm: Kvm, vcpuId: number): number {
  */
 export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
   const kfd = kfunc_enter(KF.kvm_mmu_get_page);
-  try {
-    let sp = kvm.mmu_cache_vcpu >= 0 ? sp_cache_pop(kvm, kvm.mmu_cache_vcpu) : -1;
-    if (sp < 0) sp = sp_pool_pop(kvm);
-    if (sp < 0) throw new KvmError("ENOMEM", "shadow page pool exhausted (maxSp)");
-    kvm.ctl[CTL.sp_used]++;
-    const h = kvm.spHdr;
-    h[SP.gfn(sp)] = gfn;
-    h[SP.role(sp)] = level | ROLE_DIRECT;
-    h[SP.parent_ptes(sp)] = 0;
-    h[SP.root_count(sp)] = 0;
-    h[SP.next(sp)] = 0;
-    if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
-    return sp;
-  } finally {
-    kfunc_exit(kfd);
-  }
+  let sp = kvm.mmu_cache_vcpu >= 0 ? sp_cache_pop(kvm, kvm.mmu_cache_vcpu) : -1;
+  if (sp < 0) sp = sp_pool_pop(kvm);
+  if (sp < 0) throw new KvmError("ENOMEM", "shadow page pool exhausted (maxSp)");
+  kvm.ctl[CTL.sp_used]++;
+  const h = kvm.spHdr;
+  h[SP.gfn(sp)] = gfn;
+  h[SP.role(sp)] = level | ROLE_DIRECT;
+  h[SP.parent_ptes(sp)] = 0;
+  h[SP.root_count(sp)] = 0;
+  h[SP.next(sp)] = 0;
+  if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
+  return kfunc_ret(kfd, sp);
 }
 
 /** mmu_alloc_direct_roots: the TDP root, created on the first fault. */

@@ -3,7 +3,7 @@
  * (fast_page_fault sets W, the lockless protector clears it) are "volatile" and are only
  * replaced with xchg, so the caller learns the value it really replaced.
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_ret } from "../sync/kfunc.js";
 import { BUG, Kvm } from "../kvm_host.js";
 import { aload, aread, astore, axchg } from "../sync/atomic.js";
 import {
@@ -25,19 +25,15 @@ export function mmu_spte_set(kvm: Kvm, sptep: number, s: number): void {
  */
 export function mmu_spte_update(kvm: Kvm, sptep: number, s: number): boolean {
   const kfd = kfunc_enter(KF.mmu_spte_update);
-  try {
-    // mmu_lock held: only W can change behind us, and the volatility test does not read W.
-    let old = aread(kvm.spt, sptep);
-    if (!is_shadow_present_pte(old)) {
-      mmu_spte_set(kvm, sptep, s);
-      return false;
-    }
-    if (!spte_has_volatile_bits(old) || kvm.bug(BUG["plain-clear"])) astore(kvm.spt, sptep, s);
-    else old = axchg(kvm.spt, sptep, s);
-    return spte_is_locklessly_modifiable(old) && !is_writable_pte(s);
-  } finally {
-    kfunc_exit(kfd);
+  // mmu_lock held: only W can change behind us, and the volatility test does not read W.
+  let old = aread(kvm.spt, sptep);
+  if (!is_shadow_present_pte(old)) {
+    mmu_spte_set(kvm, sptep, s);
+    return kfunc_ret(kfd, false);
   }
+  if (!spte_has_volatile_bits(old) || kvm.bug(BUG["plain-clear"])) astore(kvm.spt, sptep, s);
+  else old = axchg(kvm.spt, sptep, s);
+  return kfunc_ret(kfd, spte_is_locklessly_modifiable(old) && !is_writable_pte(s));
 }
 
 /** leaf present -> 0. Returns the old value (the caller rmap_removes if it was present). */

@@ -5,7 +5,7 @@
  * restarts; the slot walk breaks the lock every 1024 heads when it is contended
  * (cond_resched_lock), flushing first.
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_ret } from "../sync/kfunc.js";
 import { BUG, Kvm, SLOT } from "../kvm_host.js";
 import { lockdep_assert_held_write } from "../kvm/lockdep.js";
 import { aread, axchg } from "../sync/atomic.js";
@@ -33,31 +33,26 @@ export const WP_FLUSH = 2;
  */
 export function spte_write_protect_locked(kvm: Kvm, sptep: number): number {
   const kfd = kfunc_enter(KF.spte_write_protect);
-  try {
-    // Plain read: under mmu_lock only W changes behind us (fast_page_fault sets it, and then marks
-    // the page dirty after), and mmu_spte_update replaces a volatile spte with xchg.
-    const s = aread(kvm.spt, sptep);
-    if (!is_writable_pte(s)) return 0;
-    if (is_large_pte(s)) {
-      drop_spte(kvm, sptep);
-      kvm.wpStats.largeDropped++;
-      return RMAP_RESTART | WP_FLUSH;
-    }
-    kvm.wpStats.protected++;
-    return mmu_spte_update(kvm, sptep, s & ~PT_WRITABLE_MASK) ? WP_FLUSH : 0;
-  } finally {
-    kfunc_exit(kfd);
+  // Plain read: under mmu_lock only W changes behind us (fast_page_fault sets it, and then marks
+  // the page dirty after), and mmu_spte_update replaces a volatile spte with xchg.
+  const s = aread(kvm.spt, sptep);
+  if (!is_writable_pte(s)) return kfunc_ret(kfd, 0);
+  if (is_large_pte(s)) {
+    drop_spte(kvm, sptep);
+    kvm.wpStats.largeDropped++;
+    return kfunc_ret(kfd, RMAP_RESTART | WP_FLUSH);
   }
+  kvm.wpStats.protected++;
+  return kfunc_ret(kfd, mmu_spte_update(kvm, sptep, s & ~PT_WRITABLE_MASK) ? WP_FLUSH : 0);
 }
 
 /** __rmap_write_protect (3.11): every spte of rmap head hi; mmu_lock held. Returns flush. */
 export function __rmap_write_protect(kvm: Kvm, hi: number): boolean {
   const kfd = kfunc_enter(KF.rmap_write_protect);
-  try {
-    return (for_each_rmap_spte(kvm, kvm.rmapPool, hi, spte_write_protect_locked) & WP_FLUSH) !== 0;
-  } finally {
-    kfunc_exit(kfd);
-  }
+  return kfunc_ret(
+    kfd,
+    (for_each_rmap_spte(kvm, kvm.rmapPool, hi, spte_write_protect_locked) & WP_FLUSH) !== 0,
+  );
 }
 
 /**
@@ -74,41 +69,37 @@ export function kvm_mmu_write_protect_pt_masked(
   mask: number,
 ): boolean {
   const kfd = kfunc_enter(KF.kvm_mmu_write_protect_pt_masked);
-  try {
-    lockdep_assert_held_write(kvm);
-    const rmaps = kvm.rmapPool;
-    const spt = kvm.spt;
-    const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
-    // Checked once per word: the per-page path is then the bug-free one.
-    const plain = kvm.bug(BUG["plain-clear"]);
-    let flush = false;
-    let n = 0;
-    while (mask !== 0) {
-      const hi = h + 31 - Math.clz32(mask & -mask);
-      mask &= mask - 1;
-      const v = rmaps[hi];
-      const sptep = rmap_single_spte(v);
-      if (sptep < 0) {
-        if (v !== 0 && __rmap_write_protect(kvm, hi)) flush = true;
-        continue;
-      }
-      const s = aread(spt, sptep);
-      if (!is_writable_pte(s)) continue;
-      if (plain || is_large_pte(s) || !spte_has_volatile_bits(s)) {
-        if (spte_write_protect_locked(kvm, sptep) !== 0) flush = true;
-        continue;
-      }
-      // Volatile: xchg, as mmu_spte_update. HOST_W and MMU_W do not change outside mmu_lock, so
-      // the value replaced is locklessly modifiable too and a flush is needed.
-      axchg(spt, sptep, s & ~PT_WRITABLE_MASK);
-      n++;
-      flush = true;
+  lockdep_assert_held_write(kvm);
+  const rmaps = kvm.rmapPool;
+  const spt = kvm.spt;
+  const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
+  // Checked once per word: the per-page path is then the bug-free one.
+  const plain = kvm.bug(BUG["plain-clear"]);
+  let flush = false;
+  let n = 0;
+  while (mask !== 0) {
+    const hi = h + 31 - Math.clz32(mask & -mask);
+    mask &= mask - 1;
+    const v = rmaps[hi];
+    const sptep = rmap_single_spte(v);
+    if (sptep < 0) {
+      if (v !== 0 && __rmap_write_protect(kvm, hi)) flush = true;
+      continue;
     }
-    kvm.wpStats.protected += n;
-    return flush;
-  } finally {
-    kfunc_exit(kfd);
+    const s = aread(spt, sptep);
+    if (!is_writable_pte(s)) continue;
+    if (plain || is_large_pte(s) || !spte_has_volatile_bits(s)) {
+      if (spte_write_protect_locked(kvm, sptep) !== 0) flush = true;
+      continue;
+    }
+    // Volatile: xchg, as mmu_spte_update. HOST_W and MMU_W do not change outside mmu_lock, so
+    // the value replaced is locklessly modifiable too and a flush is needed.
+    axchg(spt, sptep, s & ~PT_WRITABLE_MASK);
+    n++;
+    flush = true;
   }
+  kvm.wpStats.protected += n;
+  return kfunc_ret(kfd, flush);
 }
 
 /**

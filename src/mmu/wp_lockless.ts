@@ -7,7 +7,7 @@
  * remote flush comes after the section, outside any lock; slots_lock, held by the caller,
  * serialises these deferred flushers (patch 4).
  */
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../sync/kfunc.js";
 import { BUG, Kvm, SLOT } from "../kvm_host.js";
 import { aload, acas, aread, astore } from "../sync/atomic.js";
 import { gfn_to_rmap, slot_level_pages } from "../mem/memslot.js";
@@ -23,29 +23,26 @@ import { DirtyLogTimes, RCU_READER_IOCTL, timedFlush, WriteProtectDesign } from 
  */
 export function spte_write_protect_lockless(kvm: Kvm, sptep: number): void {
   const kfd = kfunc_enter(KF.spte_write_protect);
-  try {
-    const spt = kvm.spt;
-    let s = aread(spt, sptep);
-    for (;;) {
-      if (!is_writable_leaf(s)) return;
-      if (kvm.bug(BUG["plain-clear"])) {
-        // Bug: a plain store of a value computed from an earlier load: it overwrites whatever
-        // changed in between, e.g. a zap and a re-fault to another frame.
-        astore(spt, sptep, s & ~PT_WRITABLE_MASK);
-        kvm.wpStats.protected++;
-        return;
-      }
-      const old = acas(spt, sptep, s, s & ~PT_WRITABLE_MASK);
-      if (old === s) {
-        kvm.wpStats.protected++;
-        return;
-      }
-      kvm.wpStats.casRetries++;
-      s = old;
+  const spt = kvm.spt;
+  let s = aread(spt, sptep);
+  for (;;) {
+    if (!is_writable_leaf(s)) return kfunc_exit(kfd);
+    if (kvm.bug(BUG["plain-clear"])) {
+      // Bug: a plain store of a value computed from an earlier load: it overwrites whatever
+      // changed in between, e.g. a zap and a re-fault to another frame.
+      astore(spt, sptep, s & ~PT_WRITABLE_MASK);
+      kvm.wpStats.protected++;
+      return kfunc_exit(kfd);
     }
-  } finally {
-    kfunc_exit(kfd);
+    const old = acas(spt, sptep, s, s & ~PT_WRITABLE_MASK);
+    if (old === s) {
+      kvm.wpStats.protected++;
+      return kfunc_exit(kfd);
+    }
+    kvm.wpStats.casRetries++;
+    s = old;
   }
+  kfunc_exit(kfd);
 }
 
 /** The walker callback: the walk passes its kvm (no closure per call, no module state). */
@@ -56,11 +53,8 @@ function wpCallback(sptep: number, kvm: Kvm): void {
 /** Every spte of rmap head hi, lockless; RCU read section held. */
 export function rmap_write_protect_lockless(kvm: Kvm, hi: number): void {
   const kfd = kfunc_enter(KF.rmap_write_protect);
-  try {
-    pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
-  } finally {
-    kfunc_exit(kfd);
-  }
+  pte_list_walk_lockless(kvm, kvm.rmapPool, hi, hi, wpCallback);
+  kfunc_exit(kfd);
 }
 
 /**
@@ -76,39 +70,35 @@ export function write_protect_pt_masked_lockless(
   mask: number,
 ): boolean {
   const kfd = kfunc_enter(KF.kvm_mmu_write_protect_pt_masked);
-  try {
-    const rmaps = kvm.rmapPool;
-    const spt = kvm.spt;
-    const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
-    // Checked once per word: the per-page path is then the bug-free one.
-    const plain = kvm.bug(BUG["plain-clear"]);
-    let n = 0;
-    while (mask !== 0) {
-      const hi = h + 31 - Math.clz32(mask & -mask);
-      mask &= mask - 1;
-      // Plain read (aread): the bitmap xchg that reported this gfn synchronized with the aor of
-      // its F4, so the head is at least as new as the F2 before it (docs/locking.md 3.6).
-      const v = aread(rmaps, hi);
-      const sptep = rmap_single_spte(v);
-      if (sptep < 0) {
-        if (v !== 0) rmap_write_protect_lockless(kvm, hi);
-        continue;
-      }
-      const s = aread(spt, sptep);
-      if (!is_writable_leaf(s)) continue;
-      if (plain) spte_write_protect_lockless(kvm, sptep);
-      else if (acas(spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) n++;
-      else {
-        kvm.wpStats.casRetries++;
-        spte_write_protect_lockless(kvm, sptep);
-      }
+  const rmaps = kvm.rmapPool;
+  const spt = kvm.spt;
+  const h = kvm.slots[SLOT.rmap_base(slot)] + wordIndex * 32;
+  // Checked once per word: the per-page path is then the bug-free one.
+  const plain = kvm.bug(BUG["plain-clear"]);
+  let n = 0;
+  while (mask !== 0) {
+    const hi = h + 31 - Math.clz32(mask & -mask);
+    mask &= mask - 1;
+    // Plain read (aread): the bitmap xchg that reported this gfn synchronized with the aor of
+    // its F4, so the head is at least as new as the F2 before it (docs/locking.md 3.6).
+    const v = aread(rmaps, hi);
+    const sptep = rmap_single_spte(v);
+    if (sptep < 0) {
+      if (v !== 0) rmap_write_protect_lockless(kvm, hi);
+      continue;
     }
-    kvm.wpStats.protected += n;
-    // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
-    return true;
-  } finally {
-    kfunc_exit(kfd);
+    const s = aread(spt, sptep);
+    if (!is_writable_leaf(s)) continue;
+    if (plain) spte_write_protect_lockless(kvm, sptep);
+    else if (acas(spt, sptep, s, s & ~PT_WRITABLE_MASK) === s) n++;
+    else {
+      kvm.wpStats.casRetries++;
+      spte_write_protect_lockless(kvm, sptep);
+    }
   }
+  kvm.wpStats.protected += n;
+  // W may have been cleared by a cmpxchg nobody flushed for yet: always flush (patch 4).
+  return kfunc_ret(kfd, true);
 }
 
 /** kvm_mmu_slot_remove_write_access, lockless (patch 13): RCU read section held by the caller. */

@@ -2,9 +2,10 @@
  * `kvmmu report` of a trace file (Trace Event Format, the JSON of `explore --trace` and of the
  * benchmarks' `--trace`): a self-contained SVG timeline, drawn here as text (no script). Time
  * runs down; each thread is a column, side by side; B/E and X slices are boxes (nested slices
- * indented), flows are arrows, instants are lines across their thread (or across every thread
- * for a global one, such as the explorer's violation) with their message. A long trace is drawn
- * in one window: its first WINDOW_EVENTS events.
+ * indented), flows are arrows (the explorer's "no TLB flush": red, dashed, labelled), instants
+ * are lines across their thread (or across every thread for a global one, such as the
+ * explorer's violation) with their message. A long trace is drawn in one window: its first
+ * WINDOW_EVENTS events.
  */
 import { readFileSync } from "node:fs";
 import { basename } from "node:path";
@@ -213,7 +214,7 @@ export function traceTimelineSvg(t: LoadedTrace): { svg: string; caption: string
     const ts = t0 + f * (t1 - t0);
     return `<text x="4" y="${yOf(ts) + 4}" font-size="10" fill="#666">${+(ts - t0).toFixed(1)} µs</text>`;
   });
-  const svg = `<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="system-ui, sans-serif" font-size="12"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#1565c0"/></marker></defs><rect width="100%" height="100%" fill="white"/>${axis.join("")}${out.join("")}</svg>`;
+  const svg = `<svg xmlns="http://www.w3.org/2000/svg" class="timeline" width="${WIDTH}" height="${height}" viewBox="0 0 ${WIDTH} ${height}" font-family="system-ui, sans-serif" font-size="12"><defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#1565c0"/></marker><marker id="arrow-red" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" markerHeight="7" orient="auto-start-reverse"><path d="M0,0L10,5L0,10z" fill="#c62828"/></marker></defs><rect width="100%" height="100%" fill="white"/>${axis.join("")}${out.join("")}</svg>`;
   const shown =
     evs.length < total ? `the first ${evs.length} of ${total} events (one window)` : `all ${total} events`;
   const what =
@@ -239,8 +240,16 @@ function flowsSvg(
     if (s === undefined) continue;
     const [x1, y1] = [xOf(`${s.pid}/${s.tid}`) + col / 2, yOf(s.ts) + 6];
     const [x2, y2] = [xOf(`${e.pid}/${e.tid}`) + col / 2, yOf(e.ts) + 6];
+    // A change whose TLB flush never came (explore_trace.ts): red, dashed, labelled.
+    const stale = e.cat === "stale-tlb";
+    const [cls, stroke, marker] = stale
+      ? ["flow no-flush", "#c62828", "arrow-red"]
+      : ["flow", "#1565c0", "arrow"];
+    const label = stale
+      ? `<text x="${(x1 + x2) / 2 + 4}" y="${(y1 + y2) / 2}" font-size="11" fill="${stroke}">${esc(e.name)}</text>`
+      : "";
     out.push(
-      `<g class="flow"><title>${esc(e.name)}</title><line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="#1565c0" stroke-width="1.5" marker-end="url(#arrow)"/></g>`,
+      `<g class="${cls}"><title>${esc(e.name)}</title><line x1="${x1}" y1="${y1}" x2="${x2}" y2="${y2}" stroke="${stroke}" stroke-width="1.5"${stale ? ` stroke-dasharray="5 3"` : ""} marker-end="url(#${marker})"/>${label}</g>`,
     );
   }
   return out;
@@ -254,6 +263,8 @@ function instantsSvg(
   col: number,
 ): string[] {
   const out: string[] = [];
+  // Instants at one time on one track (the explorer's stale TLB hit and missed copy): labels stacked.
+  const seen = new Map<string, number>();
   for (const e of evs) {
     if (e.ph !== "i") continue;
     const global = e.s === "g" || e.s === "p";
@@ -263,8 +274,12 @@ function instantsSvg(
     const y = yOf(e.ts);
     const msg = typeof e.args?.["invariant"] === "string" ? `${e.name}: ${e.args["invariant"]}` : e.name;
     const red = e.name === "violation";
+    const at = `${global ? "g" : key}@${e.ts}`;
+    const n = seen.get(at) ?? 0;
+    seen.set(at, n + 1);
+    const ty = y + 13 + 12 * n;
     out.push(
-      `<g class="${red ? "violation" : "instant"}"><title>${esc(e.name + argsText(e.args))}</title><line x1="${x1}" y1="${y}" x2="${x2}" y2="${y}" stroke="${red ? "#c62828" : "#ef6c00"}" stroke-width="${red ? 3 : 2}"/><text x="${x1 + 3}" y="${y + 13}" font-size="11" fill="${red ? "#c62828" : "#ef6c00"}">${esc(clip(msg, x2 - x1 - 6))}</text></g>`,
+      `<g class="${red ? "violation" : "instant"}"><title>${esc(e.name + argsText(e.args))}</title><line x1="${x1}" y1="${y}" x2="${x2}" y2="${y}" stroke="${red ? "#c62828" : "#ef6c00"}" stroke-width="${red ? 3 : 2}"/><text x="${x1 + 3}" y="${ty}" font-size="11" fill="${red ? "#c62828" : "#ef6c00"}">${esc(clip(msg, x2 - x1 - 6))}</text></g>`,
     );
   }
   return out;

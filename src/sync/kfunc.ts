@@ -1,15 +1,20 @@
 /**
  * Kernel function slices for the explorer's traces: the KVM functions (by their kernel names)
  * that a controlled thread is inside at each of its steps. Instrumented code brackets a
- * function with `const d = kfunc_enter(KF.fast_page_fault)` ... `kfunc_exit(d)` (in a finally
- * where the function can throw or return early). Both are no-ops, which V8 inlines away, unless
- * this thread turned recording on (a controlled thread of a traced run: explore_worker.ts), the
- * same exported-binding swap as src/sync/atomic.ts.
+ * function with `const kfd = kfunc_enter(KF.fast_page_fault)` ... `kfunc_exit(kfd)`, and
+ * `return kfunc_ret(kfd, value)` at an early return. All three are no-ops, which V8 inlines
+ * away, unless this thread turned recording on (a controlled thread of a traced run:
+ * explore_worker.ts), the same exported-binding swap as src/sync/atomic.ts.
  *
  * Recording pushes the function's id onto a small stack in shared memory (depth, then ids) that
  * the controller reads while the thread waits at a scheduling point: the stack of that step.
- * `kfunc_exit(d)` restores the depth `kfunc_enter` returned, so a throw that skipped inner exits
- * (an aborted run, a KvmError caught further up) leaves the stack right at the next exit.
+ * `kfunc_exit(d)` restores the depth `kfunc_enter` returned (it does not pop one), so a throw
+ * that skipped inner exits leaves the stack right at the next exit of an enclosing frame, and
+ * kfunc_record starts every run at depth 0. Hence no try/finally on the per-page and per-spte
+ * functions (it costs when nothing records): a throw there either ends the controlled run
+ * (SchedAbort, a failed thread) or crosses an entry point that keeps its finally (the fault,
+ * exit and ioctl entry points, where a guest page fault or a KvmError is caught and the
+ * thread goes on), whose exit puts the depth back before the thread's next step.
  */
 
 /**
@@ -71,8 +76,10 @@ export const KSTACK_WORDS = 10;
 
 export let kfunc_enter = (_f: number): number => 0;
 export let kfunc_exit = (_depth: number): void => {};
+/** `return kfunc_ret(kfd, v)`: kfunc_exit(kfd), then v (evaluated before the exit, inside the frame). */
+export let kfunc_ret = <T>(_depth: number, v: T): T => v;
 
-const bare = { kfunc_enter, kfunc_exit };
+const bare = { kfunc_enter, kfunc_exit, kfunc_ret };
 
 /**
  * Turns recording on for this thread into `w[base..base + KSTACK_WORDS)` (plain stores: the
@@ -80,7 +87,7 @@ const bare = { kfunc_enter, kfunc_exit };
  */
 export function kfunc_record(w: Int32Array | null, base = 0): void {
   if (w === null) {
-    ({ kfunc_enter, kfunc_exit } = bare);
+    ({ kfunc_enter, kfunc_exit, kfunc_ret } = bare);
     return;
   }
   w[base] = 0;
@@ -93,6 +100,7 @@ export function kfunc_record(w: Int32Array | null, base = 0): void {
     return d;
   };
   kfunc_exit = (d) => void (w[base] = d);
+  kfunc_ret = (d, v) => ((w[base] = d), v);
 }
 
 /** The stack recorded at `w[base..]`, outermost first: frames, id | call count << 8 (kfunc_id). */

@@ -10,7 +10,7 @@
  * Cost when off: the Tracer of a VM without a trace has `on` false; callers test it once per call.
  */
 import { MAX_FIELDS } from "./tracepoints.js";
-import { defineBlock, defineRows } from "../layout.js";
+import { defineBlock, defineRows, KVM_MAX_VCPUS } from "../layout.js";
 
 /** Record phases (the code's low 2 bits). */
 export const enum TracePhase {
@@ -28,16 +28,13 @@ export const TRACE_REC_WORDS = 2 + MAX_FIELDS + 1;
 /** Characters of a thread's name. */
 const NAME_CHARS = 32;
 
-/** KVM_MAX_VCPUS (kvm_host.ts, a layer above). */
-const MAX_VCPUS = 64;
-
 /** The trace buffer's header (Int32 words), then one TRACE_RING row per ring. */
 export const TRACE_HDR = defineBlock("trace buffer header", "trace buffer (Int32 view)", {
   sample: { by: "written before any thread records", doc: "one in `sample` per-access events is recorded" },
   next_slot: { by: "atomic add (a thread claims its ring)", doc: "rings claimed" },
   next_flow: { by: "atomic add", doc: "the next flow id" },
   pending: {
-    words: MAX_VCPUS,
+    words: KVM_MAX_VCPUS,
     by: "cmpxchg by a flusher, xchg by the vCPU",
     doc: "per vCPU: the flow id of a flush request not yet acked (0: none)",
   },
@@ -155,12 +152,12 @@ export class Tracer {
 
   /** A flusher's flow to vCPU v, unless one is pending already (then the same ack serves both). */
   flushPending(v: number, flow: number): boolean {
-    return v < MAX_VCPUS && Atomics.compareExchange(this.hdr!, TRACE_HDR.pending + v, 0, flow) === 0;
+    return v < KVM_MAX_VCPUS && Atomics.compareExchange(this.hdr!, TRACE_HDR.pending + v, 0, flow) === 0;
   }
 
   /** vCPU v takes the flow of the flush it serves (0: none pending). */
   flushAck(v: number): number {
-    return v < MAX_VCPUS ? Atomics.exchange(this.hdr!, TRACE_HDR.pending + v, 0) : 0;
+    return v < KVM_MAX_VCPUS ? Atomics.exchange(this.hdr!, TRACE_HDR.pending + v, 0) : 0;
   }
 
   private claim(): boolean {

@@ -231,7 +231,24 @@ export const TRACEPOINTS = [
     fields: ["remaining"],
     endFields: ["bytes"],
     sampled: false,
-    doc: "from the source's pause to the destination running the guest (pre-copy), or to the end of post-copy; remaining: bytes dirty at the last round",
+    doc: "from the source's pause to the destination running the guest (pre-copy), or to the end of post-copy; remaining: bytes dirty at the last round (the destination's slice: from the end of the stream, or post-copy's start)",
+  },
+  {
+    name: "migration_incoming",
+    system: "kvmmu",
+    kind: "slice",
+    fields: ["postcopy"],
+    endFields: ["pages", "bytes"],
+    sampled: false,
+    doc: "the destination receiving RAM: from the config section (its VM built) to the end of the stream or post-copy's start",
+  },
+  {
+    name: "migration_page_request",
+    system: "kvmmu",
+    kind: "i",
+    fields: ["pages", "first_gpa_page"],
+    sampled: false,
+    doc: "post-copy: the destination asks the source for pages its vCPUs faulted on",
   },
 ] as const satisfies readonly Tracepoint[];
 

@@ -16,7 +16,7 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { acas, aload, aor, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
-import { KF, kfunc_enter, kfunc_exit } from "../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../sync/kfunc.js";
 import {
   kvm_dirty_ring_full_exit,
   kvm_dirty_ring_throttle_us,
@@ -155,39 +155,36 @@ export class Vcpu {
     // vCPUs take the instrumented hit paths (the plain ones never call guestPoint).
     if (schedHookInstalled()) {
       this.read32 = this.read32Sched.bind(this);
-      this.write32 = this.write32Sched.bind(this);
-      this.write64 = this.write64Sched.bind(this);
+      this.write32 = (gfn, w, x) => this.writeSched(gfn, w, x, 0, 1);
+      this.write64 = (gfn, w, lo, hi) => this.writeSched(gfn, w, lo, hi, 2);
     }
   }
 
   /** vcpu_enter_guest: process requests, then mode = IN, then re-check requests. */
   enterGuest(): void {
     const kfd = kfunc_enter(KF.vcpu_enter_guest);
-    try {
-      const v = this.v;
-      const id = this.id;
-      for (;;) {
-        const req = axchg(v, VCPU.requests(id), 0);
-        if ((req & KVM_REQ_TLB_FLUSH) !== 0) {
-          this.tlb.flush();
-          if (this.kvm.trace.on) trace_flush_ack(this.kvm.trace, id);
-        }
-        if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
-        astore(v, VCPU.mode(id), IN_GUEST_MODE);
-        if (aload(v, VCPU.requests(id)) === 0) break;
-        astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
+    const v = this.v;
+    const id = this.id;
+    for (;;) {
+      const req = axchg(v, VCPU.requests(id), 0);
+      if ((req & KVM_REQ_TLB_FLUSH) !== 0) {
+        this.tlb.flush();
+        if (this.kvm.trace.on) trace_flush_ack(this.kvm.trace, id);
       }
-      // Each entry counted: stop() tells a vCPU that never acknowledged its kick (a guest spinning in
-      // JavaScript) by this count standing still in guest mode. A plain store: one writer.
-      v[this.entriesIx]++;
-      // A pause or stop written while we were outside guest mode found no IN mode to kick
-      // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
-      // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
-      if (aload(v, this.runIx) !== (RunCtl.Run as number))
-        acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
-    } finally {
-      kfunc_exit(kfd);
+      if ((req & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) this.dirtyRingFull();
+      astore(v, VCPU.mode(id), IN_GUEST_MODE);
+      if (aload(v, VCPU.requests(id)) === 0) break;
+      astore(v, VCPU.mode(id), OUTSIDE_GUEST_MODE);
     }
+    // Each entry counted: stop() tells a vCPU that never acknowledged its kick (a guest spinning in
+    // JavaScript) by this count standing still in guest mode. A plain store: one writer.
+    v[this.entriesIx]++;
+    // A pause or stop written while we were outside guest mode found no IN mode to kick
+    // (kvm_vcpu_kick): kick ourselves, so that the next access takes the safe point. Dekker
+    // with the owner (it stores run, then cmpxchg's mode; we store mode, then load run).
+    if (aload(v, this.runIx) !== (RunCtl.Run as number))
+      acas(v, this.modeIx, IN_GUEST_MODE, EXITING_GUEST_MODE);
+    kfunc_exit(kfd);
   }
 
   /** VM exit: the PML buffer into the log (vmx_flush_pml_buffer), mode = OUTSIDE; wakes a flusher that kicked us. */
@@ -339,34 +336,25 @@ export class Vcpu {
     return this.readSlow(gfn, w);
   }
 
-  private write64Sched(gfn: number, w: number, lo: number, hi: number): void {
+  /**
+   * The guest store under the controlled scheduler (write32: words 1, write64: 2). A hit runs no
+   * KVM code and cannot throw but at its scheduling point (the run then ends), so it needs no
+   * finally; the recorded run checks it against the spte (a hit through an entry whose spte lost
+   * W is the flush that never came: explore_trace.ts).
+   */
+  private writeSched(gfn: number, w: number, lo: number, hi: number, words: number): void {
     const kfd = kfunc_enter(KF.guest_write);
-    try {
-      const t = gfn & this.tlbMask;
-      if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
-        const i = this.tlbBase[t] + w;
-        guestPoint(true, this.mem, i);
-        this.mem[i] = lo;
-        this.mem[i + 1] = hi;
-        return;
-      }
-      this.writeSlow(gfn, w, lo, hi, 2);
-    } finally {
-      kfunc_exit(kfd);
+    const t = gfn & this.tlbMask;
+    if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      guestPoint(true, this.mem, i);
+      this.mem[i] = lo;
+      if (words === 2) this.mem[i + 1] = hi;
+      return kfunc_exit(kfd);
     }
-  }
-
-  private write32Sched(gfn: number, w: number, x: number): void {
-    const kfd = kfunc_enter(KF.guest_write);
+    // The slow path is an entry point: a guest page fault it throws may be caught by the guest.
     try {
-      const t = gfn & this.tlbMask;
-      if (this.tlbWtag[t] === ((gfn + this.modeWord[0]) | 0)) {
-        const i = this.tlbBase[t] + w;
-        guestPoint(true, this.mem, i);
-        this.mem[i] = x;
-        return;
-      }
-      this.writeSlow(gfn, w, x, 0, 1);
+      this.writeSlow(gfn, w, lo, hi, words);
     } finally {
       kfunc_exit(kfd);
     }
@@ -374,13 +362,13 @@ export class Vcpu {
 
   private read32Sched(gfn: number, w: number): number {
     const kfd = kfunc_enter(KF.guest_read);
+    const t = gfn & this.tlbMask;
+    if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
+      const i = this.tlbBase[t] + w;
+      guestPoint(false, this.mem, i);
+      return kfunc_ret(kfd, this.mem[i]);
+    }
     try {
-      const t = gfn & this.tlbMask;
-      if (this.tlbTag[t] === ((gfn + this.modeWord[0]) | 0)) {
-        const i = this.tlbBase[t] + w;
-        guestPoint(false, this.mem, i);
-        return this.mem[i];
-      }
       return this.readSlow(gfn, w);
     } finally {
       kfunc_exit(kfd);

@@ -10,7 +10,7 @@ import { Op } from "../sync/atomic.js";
 import { SCHED_RING, SCHED_T } from "../sync/sched.js";
 import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
 import { Kvm } from "../kvm_host.js";
-import { locationName, TRACED_ARRAYS } from "./trace_names.js";
+import { locationGfns, locationName, TRACED_ARRAYS } from "./trace_names.js";
 import { Chooser, ReplayChooser } from "./explore_chooser.js";
 
 /** Steps of each thread a violation's trace shows. */
@@ -75,6 +75,10 @@ export interface RecordedStep {
   index: number;
   /** What the location is (trace_names.ts). */
   field: string;
+  /** The guest pages the location covers (a spte's, a guest-memory word's): first gfn, or -1. */
+  gfn: number;
+  /** How many (0: none). */
+  pages: number;
   /** The word before and after the step (the step runs the thread up to its next point). */
   old: number;
   new: number;
@@ -131,7 +135,8 @@ export class Recorder {
     const frames = kfunc_stack(sc, SCHED_T.kstack(t));
     const stack = frames.map(kfuncName);
     const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
-    this.pending = { step, thread: t, op, arr, index, field, old, new: old, stack, frames };
+    const [gfn, pages] = locationGfns(this.kvm, arr, index) ?? [-1, 0];
+    this.pending = { step, thread: t, op, arr, index, field, gfn, pages, old, new: old, stack, frames };
   }
 
   /** The step granted by `before` has run. */

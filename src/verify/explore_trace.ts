@@ -8,6 +8,13 @@
  * another thread had read (copied) it for the last time, and the violation as a global instant
  * carrying the invariant's message.
  *
+ * A guest write through a stale TLB entry has no read to point at: the vCPU hit its private TLB,
+ * which the steps do not show. It is found from the sptes instead: a guest write to a gfn whose
+ * spte (the last change of a spte covering that gfn, by another thread) cleared W or D can only
+ * have hit a TLB entry filled before that change (a miss would have faulted and set W again), so
+ * the flush that should have followed the change never reached the vCPU. That write is a
+ * "stale TLB hit" instant, with a "no TLB flush" flow arrow from the spte change to it.
+ *
  * Time is the schedule: step k runs from k to k + 1 microseconds. Only one thread runs at a
  * time, so the tracks never overlap in time; what reads across them is the order.
  */
@@ -15,6 +22,7 @@ import { Op } from "../sync/atomic.js";
 import { TraceWriter, memoryTraceSink } from "../sync/trace_event.js";
 import { OP_NAMES, RecordedRun, RecordedStep, WRITE_OPS } from "./explore_record.js";
 import { ARR_BITMAP, ARR_MEM, ARR_RING, ARR_RMAP, ARR_SPT, TRACED_ARRAYS } from "./trace_names.js";
+import { PT_WRITABLE_MASK, SPTE_DIRTY } from "../mmu/spte.js";
 
 const PID = 1;
 /** Flows drawn at most (a long run reads the same words many times). */
@@ -67,6 +75,31 @@ export function missedWrites(steps: readonly RecordedStep[]): Map<number, number
   return out;
 }
 
+/** Bits a TLB entry caches whose loss needs a flush before the change counts (the dirty log's). */
+const FLUSHED_BITS = PT_WRITABLE_MASK | SPTE_DIRTY;
+
+/**
+ * Guest writes through a stale TLB entry: for each such step, the spte change (another thread's
+ * W or D clear, the last change of a spte covering the written gfn) whose flush never came.
+ */
+export function staleTlbHits(steps: readonly RecordedStep[]): Map<number, number> {
+  // The last change of any spte covering each gfn: the spte steps by gfn range, replayed in order.
+  const changes: number[] = [];
+  const out = new Map<number, number>();
+  steps.forEach((s, i) => {
+    if (s.arr === ARR_SPT && s.pages > 0 && WRITE_OPS.has(s.op) && s.old !== s.new) changes.push(i);
+    if (s.arr !== ARR_MEM || s.op !== (Op.GuestWrite as number) || s.pages === 0) return;
+    for (let k = changes.length - 1; k >= 0; k--) {
+      const c = steps[changes[k]];
+      if (s.gfn < c.gfn || s.gfn >= c.gfn + c.pages) continue;
+      const lost = c.old & ~c.new & FLUSHED_BITS;
+      if (lost !== 0 && c.thread !== s.thread) out.set(i, changes[k]);
+      break;
+    }
+  });
+  return out;
+}
+
 function stepArgs(s: RecordedStep): Record<string, unknown> {
   return {
     step: s.step,
@@ -88,6 +121,10 @@ export function writeRecordedRun(w: TraceWriter, run: RecordedRun): void {
   const lastEnd: number[] = new Array<number>(n).fill(0);
   const from = readsFrom(run.steps);
   const missed = missedWrites(run.steps);
+  const stale = staleTlbHits(run.steps);
+  const staleFrom = new Map<number, number[]>();
+  for (const [r, wi] of stale) staleFrom.set(wi, [...(staleFrom.get(wi) ?? []), r]);
+  const staleIds = new Map<number, number>();
   // Per write, the reads it flows to; per read, its flow's id once the write started it.
   const readers = new Map<number, number[]>();
   for (const [r, wi] of from) readers.set(wi, [...(readers.get(wi) ?? []), r]);
@@ -111,6 +148,20 @@ export function writeRecordedRun(w: TraceWriter, run: RecordedRun): void {
     const fid = flowIds.get(i);
     if (fid !== undefined) w.flowEnd(fid, PID, tid, s.step, "reads-from");
     for (const r of readers.get(i) ?? []) flowIds.set(r, w.flowStart(PID, tid, s.step, "reads-from"));
+    const sid = staleIds.get(i);
+    if (sid !== undefined) w.flowEnd(sid, PID, tid, s.step, "no TLB flush", "stale-tlb");
+    for (const r of staleFrom.get(i) ?? [])
+      staleIds.set(r, w.flowStart(PID, tid, s.step, "no TLB flush", "stale-tlb"));
+    const c = stale.get(i);
+    if (c !== undefined)
+      w.instant(PID, tid, s.step, "stale TLB hit", {
+        field: s.field,
+        spte: run.steps[c].field,
+        changedAt: run.steps[c].step,
+        changedBy: run.threads[run.steps[c].thread],
+        change: `${hex(run.steps[c].old)} -> ${hex(run.steps[c].new)}`,
+        missing: "the TLB flush after the spte change (kvm_flush_remote_tlbs) never reached this vCPU",
+      });
     const r = missed.get(i);
     if (r !== undefined)
       w.instant(PID, tid, s.step, "write after the last copy", {

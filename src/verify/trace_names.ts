@@ -83,16 +83,25 @@ function slotsOf(kvm: Kvm): [number, number, number][] {
   return out;
 }
 
-function spteName(kvm: Kvm, i: number): string {
+/** The first gfn and the level of spte `i` (level 0: its sp is not in use). */
+function spteGfn(kvm: Kvm, i: number): [number, number] {
   const sp = Math.floor(i / PT_ENTRIES);
-  const index = i - sp * PT_ENTRIES;
   const role = kvm.spHdr[SP.role(sp)];
   const level = role & ROLE_LEVEL_MASK;
-  if (level === 0) return `spte (sp ${sp} index ${index}, sp not in use)`;
+  if (level === 0) return [-1, 0];
+  const index = i - sp * PT_ENTRIES;
   const gfn =
     (role & ROLE_DIRECT) !== 0 || kvm.spGfns.length === 0
       ? kvm.spHdr[SP.gfn(sp)] + index * 2 ** ((level - 1) * 9)
       : kvm.spGfns[i];
+  return [gfn, level];
+}
+
+function spteName(kvm: Kvm, i: number): string {
+  const sp = Math.floor(i / PT_ENTRIES);
+  const index = i - sp * PT_ENTRIES;
+  const [gfn, level] = spteGfn(kvm, i);
+  if (level === 0) return `spte (sp ${sp} index ${index}, sp not in use)`;
   return `spte gfn ${hex(gfn)} level ${level} (sp ${sp} index ${index})`;
 }
 
@@ -142,17 +151,31 @@ function hvaToGfn(kvm: Kvm, hva: number): string | null {
   return null;
 }
 
+/**
+ * The gfn and slot of the guest page that host frame `frame` backs: of the hva pages that map it
+ * (hpt_pfn), the lowest a memslot covers. Only the slots' hva pages are looked at, not the
+ * whole host page table.
+ */
+function frameGfn(kvm: Kvm, frame: number): [number, number] | null {
+  let best = -1;
+  let found: [number, number] | null = null;
+  for (const [s, base, npages] of slotsOf(kvm)) {
+    const h = kvm.slots[SLOT.hva_page(s)];
+    for (let k = 0; k < npages && (best < 0 || h + k < best); k++)
+      if (hpt_pfn(kvm.hpt[h + k]) === frame) {
+        best = h + k;
+        found = [base + k, s];
+        break;
+      }
+  }
+  return found;
+}
+
 function memName(kvm: Kvm, i: number): string {
   const frame = Math.floor(i / PAGE_WORDS);
   const off = (i - frame * PAGE_WORDS) * 4;
-  // The host page table maps hva pages to frames (hpt_pfn): find who maps this one.
-  for (let p = 0; p < kvm.hpt.length; p++) {
-    const v = kvm.hpt[p];
-    if (hpt_pfn(v) === frame) {
-      const g = hvaToGfn(kvm, p);
-      if (g !== null) return `guest memory ${g} offset ${hex(off)} (pfn ${hex(frame)})`;
-    }
-  }
+  const g = frameGfn(kvm, frame);
+  if (g !== null) return `guest memory gfn ${hex(g[0])} slot ${g[1]} offset ${hex(off)} (pfn ${hex(frame)})`;
   return `host memory pfn ${hex(frame)} offset ${hex(off)}`;
 }
 
@@ -195,6 +218,22 @@ export function locationName(kvm: Kvm, arr: number, index: number): string {
     default:
       return `scratch[${index}]`;
   }
+}
+
+/**
+ * The guest pages element `index` of traced array `arr` covers, as [first gfn, count], or null:
+ * a spte's (count 512^(level - 1)) and a guest-memory word's (count 1).
+ */
+export function locationGfns(kvm: Kvm, arr: number, index: number): [number, number] | null {
+  if (arr === ARR_SPT) {
+    const [gfn, level] = spteGfn(kvm, index);
+    return level === 0 ? null : [gfn, 2 ** ((level - 1) * 9)];
+  }
+  if (arr === ARR_MEM) {
+    const g = frameGfn(kvm, Math.floor(index / PAGE_WORDS));
+    return g === null ? null : [g[0], 1];
+  }
+  return null;
 }
 
 /** The array the Int32Array `a` of `kvm` is, as an index in TRACED_ARRAYS (-1: none). */

@@ -60,13 +60,49 @@ test("dirty-log-test --trace: one process per design and oracle run", async () =
   assert.ok(t.traceEvents.some((e) => e.name === "kvm_vm_ioctl_get_dirty_log"));
 });
 
-test("migrate --local --trace: the source's rounds and switch-over", async () => {
+test("migrate --local --trace: one file, a process per side: the source's rounds, the destination's receive and both switch-overs", async () => {
   const file = join(dir, "mig.json");
   const r = await runKvmmu(["migrate", "--local", "-b", "1M", "--warmup", "50", "--json", "--trace", file]);
   assert.equal(r.code, 0, r.err);
   const t = load(file);
-  assert.ok(t.traceEvents.some((e) => e.name === "migration_round" && e.ph === "B"));
-  assert.ok(t.traceEvents.some((e) => e.name === "migration_switchover" && e.ph === "B"));
+  assert.deepEqual(checkTraceEvents(t.traceEvents), []);
+  const procs = new Map(
+    t.traceEvents
+      .filter((e) => e.name === "process_name")
+      .map((e) => [(e.args as { name: string }).name, e.pid]),
+  );
+  const src = procs.get("migration source");
+  const dst = procs.get("migration destination");
+  assert.ok(src !== undefined && dst !== undefined && src !== dst, [...procs.keys()].join());
+  const on = (pid: number, name: string): boolean =>
+    t.traceEvents.some((e) => e.pid === pid && e.name === name && e.ph === "B");
+  assert.ok(on(src, "migration_round"));
+  assert.ok(on(src, "migration_switchover"));
+  assert.ok(on(dst, "migration_incoming"));
+  assert.ok(on(dst, "migration_switchover"));
+  // The destination's receive ends with the pages it applied.
+  const end = t.traceEvents.find((e) => e.pid === dst && e.name === "migration_incoming" && e.ph === "E");
+  assert.ok(Number((end?.args as { pages?: number } | undefined)?.pages) > 0, JSON.stringify(end));
+});
+
+test("migrate --local --postcopy --trace: the destination's page requests", async () => {
+  const file = join(dir, "pc.json");
+  const r = await runKvmmu([
+    ...["migrate", "--local", "--postcopy", "-b", "1M", "--warmup", "50", "--json", "--trace", file],
+  ]);
+  assert.equal(r.code, 0, r.err);
+  const t = load(file);
+  assert.deepEqual(checkTraceEvents(t.traceEvents), []);
+  const dst = t.traceEvents.find(
+    (e) => e.name === "process_name" && (e.args as { name: string }).name === "migration destination",
+  )?.pid;
+  const ev = t.traceEvents.filter((e) => e.name === "migration_page_request");
+  // The guest runs on the destination before its pages are there: its faults ask for them.
+  assert.ok(ev.length > 0, "no page request traced");
+  for (const e of ev) {
+    assert.equal(e.pid, dst);
+    assert.ok(Number((e.args as { pages: number }).pages) > 0);
+  }
 });
 
 test("--trace-sample out of range, --trace into a missing directory: usage errors, no file", async () => {

@@ -1,59 +1,25 @@
 /**
  * The report in a real browser: headless Chromium (Debian's chromium package) opens the HTML file,
  * no console error, no network request, every plot drawn at a real size; a screenshot is saved.
- * Without chromium the test skips, unless KVMMU_REQUIRE_BROWSER=1 (set by .ci/run): then it fails.
+ * Without chromium the test skips, unless KVMMU_REQUIRE_BROWSER=1 (test/helpers/browser.ts).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { existsSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { join } from "node:path";
-import { pathToFileURL } from "node:url";
-import { chromium } from "playwright-core";
 import { runKvmmu } from "../helpers/cli.js";
+import { browserSkip, withReportPage } from "../helpers/browser.js";
 import { ALL_PLOTS, reportFiles } from "./report_fixture.js";
 import { tmp } from "./helpers.js";
 
-const CHROMIUM = process.env["KVMMU_CHROMIUM"] ?? "/usr/bin/chromium";
-const required = process.env["KVMMU_REQUIRE_BROWSER"] === "1";
-const present = existsSync(CHROMIUM);
-const skip =
-  !present && !required
-    ? `${CHROMIUM} not found: apt-get install chromium (set KVMMU_REQUIRE_BROWSER=1 to fail instead)`
-    : false;
-
 test(
   "report in headless Chromium: no console error, every plot drawn, screenshot saved",
-  { skip, timeout: 240_000 },
+  { skip: browserSkip, timeout: 240_000 },
   async () => {
-    assert.ok(present, `KVMMU_REQUIRE_BROWSER=1 but ${CHROMIUM} is missing`);
     const out = join(tmp, "browser-report.html");
     const r = await runKvmmu(["report", ...(await reportFiles()), "-o", out]);
     assert.equal(r.code, 0, r.err);
-    const browser = await chromium.launch({
-      executablePath: CHROMIUM,
-      args: [
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-      ],
-    });
-    try {
-      const page = await browser.newPage({ viewport: { width: 900, height: 1200 } });
-      const errors: string[] = [];
-      const requests: string[] = [];
-      page.on("console", (m) => {
-        if (m.type() === "error") errors.push(m.text());
-      });
-      page.on("pageerror", (e) => errors.push(e.message));
-      page.on("request", (q) => {
-        if (!q.url().startsWith("file:")) requests.push(q.url());
-      });
-      await page.goto(pathToFileURL(out).href, { waitUntil: "load" });
+    await withReportPage(out, { width: 900, height: 1200 }, async (page) => {
       for (const id of ALL_PLOTS) {
         const svg = page.locator(`section[data-plot="${id}"] figure > svg`);
         assert.equal(await svg.count(), 1, `plot ${id} missing`);
@@ -102,10 +68,6 @@ test(
       await page.screenshot({ path: shot, fullPage: true });
       assert.ok(statSync(shot).size > 10_000);
       process.stderr.write(`# report screenshot: ${shot}\n`);
-      assert.deepEqual(errors, [], "console errors");
-      assert.deepEqual(requests, [], "network requests");
-    } finally {
-      await browser.close();
-    }
+    });
   },
 );

@@ -5,9 +5,20 @@ import { join } from "node:path";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { explore, replay } from "../../src/verify/explore.js";
-import { recordedRunTrace, readsFrom } from "../../src/verify/explore_trace.js";
+import { recordedRunTrace, readsFrom, staleTlbHits } from "../../src/verify/explore_trace.js";
+import { RecordedStep } from "../../src/verify/explore_record.js";
+import { Op } from "../../src/sync/atomic.js";
+import { ARR_MEM, ARR_SPT } from "../../src/verify/trace_names.js";
 import { checkTraceEvents, TraceEvent } from "../../src/sync/trace_event.js";
-import { KF, kfunc_enter, kfunc_exit, kfunc_record, kfunc_stack, kfuncName } from "../../src/sync/kfunc.js";
+import {
+  KF,
+  kfunc_enter,
+  kfunc_exit,
+  kfunc_record,
+  kfunc_ret,
+  kfunc_stack,
+  kfuncName,
+} from "../../src/sync/kfunc.js";
 import { runKvmmu } from "../helpers/cli.js";
 
 const dir = mkdtempSync(join(tmpdir(), "kvmmu-trace-"));
@@ -31,6 +42,10 @@ test("kfunc: no-op until recording is on; exits restore the depth a throw skippe
     // A second call of the same function is another frame.
     assert.notEqual(kfunc_stack(w, 1)[1], b);
     kfunc_exit(c);
+    // An early return: the value is evaluated inside the frame, then the depth goes back.
+    const d = kfunc_enter(KF.mmu_spte_update);
+    assert.equal(kfunc_ret(d, kfunc_stack(w, 1).length), 2);
+    assert.equal(w[1], 1);
     kfunc_exit(a);
     assert.equal(w[1], 0);
   } finally {
@@ -38,6 +53,7 @@ test("kfunc: no-op until recording is on; exits restore the depth a throw skippe
   }
   const before = w.slice();
   kfunc_exit(kfunc_enter(KF.fast_page_fault));
+  assert.equal(kfunc_ret(kfunc_enter(KF.fast_page_fault), 7), 7);
   assert.deepEqual(w, before, "off again: nothing written");
 });
 
@@ -75,10 +91,64 @@ test("explore --bug skip-flush, recorded: a well-formed trace naming the spte, t
     const [rs, ws] = [rec.steps[ri], rec.steps[wi]];
     assert.ok(wi < ri && rs.thread !== ws.thread && rs.arr === ws.arr && rs.index === ws.index);
   }
+  // The flush that never came: the vCPU's later write to gfn 0x64 hit its stale TLB entry; a
+  // "no TLB flush" arrow runs from the write-protect to it, and the write is a marked instant.
+  const hit = rec.steps.findIndex(
+    (s) => s.arr === ARR_MEM && s.op === (Op.GuestWrite as number) && s.gfn === 0x64 && s.step > wp.step,
+  );
+  assert.ok(hit >= 0, "the vCPU writes gfn 0x64 after the write-protect");
+  assert.deepEqual([...staleTlbHits(rec.steps)], [[hit, rec.steps.indexOf(wp)]]);
+  const fs = ev.filter((e) => e.cat === "stale-tlb");
+  assert.deepEqual(
+    fs.map((e) => [e.ph, e.ts, e.tid]),
+    [
+      ["s", wp.step, wp.thread + 1],
+      ["f", rec.steps[hit].step, rec.steps[hit].thread + 1],
+    ],
+  );
+  assert.equal(fs[0].id, fs[1].id, "one flow, paired");
+  const si = ev.find((e) => e.ph === "i" && e.name === "stale TLB hit");
+  assert.equal(si?.ts, rec.steps[hit].step);
+  assert.match(String(si?.args?.["spte"]), /^spte gfn 0x64 level 1 /);
   const again = await replay(r.firstViolation.schedule);
   assert.deepEqual(again.recording.steps, rec.steps);
   assert.deepEqual(again.trace, r.firstViolation.trace);
   assert.equal(recordedRunTrace(again.recording), recordedRunTrace(rec));
+});
+
+test("staleTlbHits: a guest write after another thread cleared W of its spte, unless a change set it again", () => {
+  const step = (
+    i: number,
+    thread: number,
+    arr: number,
+    op: Op,
+    gfn: number,
+    pages: number,
+    old: number,
+    nw: number,
+  ): RecordedStep => ({
+    step: i,
+    thread,
+    op,
+    arr,
+    index: 0,
+    field: "",
+    gfn,
+    pages,
+    old,
+    new: nw,
+    stack: [],
+    frames: [],
+  });
+  const wp = step(0, 1, ARR_SPT, Op.Cas, 0x200, 512, 0x7, 0x5); // a 2 MiB spte loses W
+  const write = step(1, 0, ARR_MEM, Op.GuestWrite, 0x264, 1, 1, 2);
+  assert.deepEqual([...staleTlbHits([wp, write])], [[1, 0]]);
+  // The vCPU's own fault made it writable again: its TLB entry is fresh.
+  const fault = step(1, 0, ARR_SPT, Op.Cas, 0x200, 512, 0x5, 0x7);
+  assert.deepEqual([...staleTlbHits([wp, fault, { ...write, step: 2 }])], []);
+  // Another gfn, or a change by the writing thread itself: no stale hit.
+  assert.deepEqual([...staleTlbHits([wp, { ...write, gfn: 0x400 }])], []);
+  assert.deepEqual([...staleTlbHits([{ ...wp, thread: 0 }, write])], []);
 });
 
 test("kvmmu explore --trace and replay --trace write the same trace; report draws it as a timeline", async () => {
@@ -103,6 +173,13 @@ test("kvmmu explore --trace and replay --trace write the same trace; report draw
   assert.match(h, /kvm_get_dirty_log/);
   assert.match(h, /class="violation".*lost dirty page/s);
   assert.match(h, /class="flow"/);
+  // The flush that never came, drawn as a red dashed arrow into the stale TLB hit.
+  assert.match(
+    h,
+    /<g class="flow no-flush"><title>no TLB flush<\/title><line [^>]*marker-end="url\(#arrow-red\)"/,
+  );
+  assert.match(h, /<marker id="arrow-red"/);
+  assert.match(h, /stale TLB hit/);
   const bad = await runKvmmu(["explore", "--bug", "skip-flush", "--trace", join(dir, "no/such/dir/t.json")]);
   assert.equal(bad.code, 2, bad.err);
 });

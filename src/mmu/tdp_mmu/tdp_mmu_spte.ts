@@ -13,7 +13,7 @@
  * fast_page_fault and D set by the vCPU run without mmu_lock, so such an spte is replaced with
  * xchg and the caller learns what it replaced (ba3a6120a4e7).
  */
-import { KF, kfunc_enter, kfunc_exit } from "../../sync/kfunc.js";
+import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../../sync/kfunc.js";
 import { CTL, Kvm, KVM_PAGES_PER_HPAGE, ROLE_INVALID, SP } from "../../kvm_host.js";
 import { lockdep_assert_held_read, lockdep_assert_held_write } from "../../kvm/lockdep.js";
 import { sp_level } from "../mmu_page.js";
@@ -148,19 +148,15 @@ export function handle_changed_spte(
  */
 export function tdp_mmu_set_spte_atomic(kvm: Kvm, iter: TdpIter, newSpte: number): number {
   const kfd = kfunc_enter(KF.tdp_mmu_set_spte_atomic);
-  try {
-    lockdep_assert_held_read(kvm);
-    if (is_frozen_spte(iter.old_spte)) return EBUSY;
-    const old = acas(kvm.spt, iter.sptep, iter.old_spte, newSpte);
-    if (old !== iter.old_spte) {
-      iter.old_spte = old;
-      return EBUSY;
-    }
-    handle_changed_spte(kvm, iter.gfn, old, newSpte, iter.level, true);
-    return 0;
-  } finally {
-    kfunc_exit(kfd);
+  lockdep_assert_held_read(kvm);
+  if (is_frozen_spte(iter.old_spte)) return kfunc_ret(kfd, EBUSY);
+  const old = acas(kvm.spt, iter.sptep, iter.old_spte, newSpte);
+  if (old !== iter.old_spte) {
+    iter.old_spte = old;
+    return kfunc_ret(kfd, EBUSY);
   }
+  handle_changed_spte(kvm, iter.gfn, old, newSpte, iter.level, true);
+  return kfunc_ret(kfd, 0);
 }
 
 /**
