@@ -56,7 +56,8 @@ function testFiles(dir) {
 /** @param {string[]} files */
 function longestFirst(files) {
   const rank = (/** @type {string} */ f) => {
-    const i = LONGEST.indexOf(relative(DIST, f).split("\\").join("/"));
+    const path = f.split("\\").join("/");
+    const i = LONGEST.findIndex((l) => path.endsWith(`/${l}`));
     return i < 0 ? LONGEST.length : i;
   };
   return [...files].sort((a, b) => rank(a) - rank(b) || (a < b ? -1 : a > b ? 1 : 0));
@@ -81,7 +82,9 @@ for (let i = 0; i < argv.length; i++) {
 
 const files = longestFirst(named.length > 0 ? named : testFiles(DIST));
 if (files.length === 0) usage(`no test files under ${relative(ROOT, DIST)} (run npm run build)`);
-const stream = run({ files, concurrency, timeout: 600_000 });
+// A hang guard per file (node --test applies --test-timeout to a whole file too): 20 minutes, as
+// `npm run test:explore` has, since the full-budget explorer shares the cores with other files.
+const stream = run({ files, concurrency, timeout: 1_200_000 });
 // A failing todo test does not fail the run (as with node --test).
 stream.on("test:fail", (e) => {
   if (!e.todo) process.exitCode = 1;
