@@ -14,13 +14,15 @@ import { MigrationSource } from "../../src/migration/precopy.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 
 const KEY = "test-precopy-key";
+/** The bytes the guest rewrites after its first pass over all its memory. */
+const WORKING_SET = 1 << 20;
 
 async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind, logMode: LogMode = "dirty-log") {
   const log = logStrategy(logMode);
   const inc = await listenIncoming({ port: 0, key: KEY });
   const dest = new MigrationDestination({ wp, mode });
   const dp = inc.accepted.then(({ sock, reader }) => dest.receive(sock, reader));
-  const g = createGuestVm(layoutFor(16 << 20, 2), {
+  const g = createGuestVm(layoutFor(16 << 20, 2, { workingSetBytes: WORKING_SET }), {
     wp,
     mode,
     logged: true,
@@ -30,8 +32,10 @@ async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind, logMode
     await runGuest(g);
     await new Promise((r) => setTimeout(r, 100));
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
-    // The guest rewrites all 16 MiB every round: a 1 s limit lets it converge on a loaded
-    // machine's loopback (300 ms would need 53 MiB/s in some window, a lottery under load).
+    // The guest fills all 16 MiB, then rewrites a 1 MiB working set: no round after the first
+    // has more than 1 MiB dirty, so it converges once the loopback moves 1 MiB/s, however fast
+    // the guest runs (rewriting all 16 MiB, it converged only when the stream outran the guest,
+    // and not at all beside another CPU-bound test).
     const rep = await new MigrationSource(g, { minRounds: 2, downtimeLimitMs: 1000, fault, log }).migrate(
       sock,
       reader,

@@ -55,12 +55,11 @@ for (const wp of ["locked", "tdp-mmu"]) {
     // tdp-mmu logs with PML: pass 2's writes sit in the vCPU's buffer until it exits (it never will).
     const buffered = kvm.pml.length > 0 ? kvm.pml[PML.row(0) + PML.used(0)] : 0;
     if (wp === "tdp-mmu") assert.equal(buffered, NPAGES, "pass 2's writes are in the PML buffer");
-    const t0 = performance.now();
     const r = await vm.stop({ ackTimeoutMs: ACK_MS });
-    const took = performance.now() - t0;
     assert.deepEqual(r, { terminated: [0] });
+    // Terminated on the ack time, not the grace: a vCPU that outlives the grace fails the VM
+    // (ETIMEDOUT), so a state, not a clock, says which bound ended the wait.
     assert.equal(vm.error, null, "the VM is not failed by a spinning guest");
-    assert.ok(took < VCPU_WAIT_MS, `stop() did not wait out the grace (${took.toFixed(0)} ms)`);
     assert.equal(Atomics.load(kvm.vcpu, VCPU.state(0)), VcpuState.Dead, "its worker is gone");
     if (wp === "tdp-mmu") assert.equal(kvm.pml[PML.row(0) + PML.used(0)], 0, "flushed on its behalf");
     // Every page pass 2 wrote is in the log, whether it faulted (locked) or was buffered (PML).
