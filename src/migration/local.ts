@@ -75,6 +75,7 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     security: checkSecurity(o.security),
     resume: o.resume === true && o.postcopy === true,
     resumeTimeoutMs: o.resumeTimeoutMs,
+    channels: o.channels,
   };
   const dst = where === "process" ? await destinationProcess(inc) : await destinationInline(inc);
   const kill = o.fault === "kill-destination";
