@@ -12,6 +12,7 @@ import { layoutFor } from "../migration/guest_vm.js";
 import type { MigrationReport, RoundRecord } from "../migration/report.js";
 import { GuestMigrationOptions, migrateIncoming, migrateTo, MigrationResult } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
+import { MAX_CHANNELS } from "../migration/multifd.js";
 import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseNumberIn, parseOne, parseSize, progress } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
@@ -185,7 +186,10 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     resume,
     resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
     faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
+    channels: channelsOf(a),
   };
+  if (o.channels! > 1 && o.postcopy)
+    throw einval("--channels", "not with --postcopy (post-copy over multifd channels is not built)");
   if (a["dirtyRingSize"] !== undefined) {
     if (logMode !== "dirty-ring") throw einval("--dirty-ring-size", "needs --log-mode dirty-ring");
     o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
@@ -198,6 +202,11 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
   }
   const resumeTo = a["resumeTo"] === undefined ? undefined : hostPort("--resume-to", String(a["resumeTo"]));
   return { o, local, to, key, security, resumeTo };
+}
+
+/** --channels N (multifd): 1..MAX_CHANNELS. */
+function channelsOf(a: Record<string, string | boolean | undefined>): number {
+  return parseIntIn("--channels", String(a["channels"]), 1, MAX_CHANNELS);
 }
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
@@ -234,6 +243,7 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       postcopy: o.postcopy,
       postcopyAfter: o.postcopyAfter,
       resume: o.resume,
+      channels: o.channels,
       wp: o.wp,
       mode: o.mode,
       local,
@@ -318,6 +328,11 @@ export function registerMigrate(program: Command): void {
         "drop-link, post-copy only: cut the connection a few sections after postcopy-run, or after a resume)",
     )
     .option("--fault-repeat <n>", "inject --fault into this many connections (drop-link with --resume)", "1")
+    .option(
+      "--channels <n>",
+      `multifd (QEMU's): pages over N extra connections, a worker each at both ends, synced every round (1..${MAX_CHANNELS}; pre-copy only)`,
+      "1",
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file");
   traceFlags(cmd).action(migrateAction);
@@ -347,6 +362,7 @@ function registerMigrateIncoming(program: Command): void {
       false,
     )
     .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
+    .option("--channels <n>", `multifd channels to accept (1..${MAX_CHANNELS}; default: as many as the source asks)`)
     .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false)
     .action(async (a: Record<string, string | boolean | undefined>) => {
       const key = keyOf(a);
@@ -363,6 +379,7 @@ function registerMigrateIncoming(program: Command): void {
         runAfterMs: parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000),
         resume: a["resume"] === true,
         resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
+        channels: a["channels"] === undefined ? undefined : channelsOf(a),
         onListening: (p) => {
           const line = `kvmmu migrate-incoming: listening on ${host}:${p}\n`;
           if (a["json"]) process.stderr.write(line);

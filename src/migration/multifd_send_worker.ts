@@ -113,7 +113,8 @@ function fail(e: unknown): void {
     e instanceof MigrationError
       ? e
       : new MigrationError("EIO", (e as Error).message ?? String(e));
-  reply({ type: "error", code: err.code, message: `channel ${d.auth.id}: ${err.message.replace(/^[A-Z]+: /, "")}` });
+  // multifd.ts names the channel in front of what it reports.
+  reply({ type: "error", code: err.code, message: err.message.replace(/^[A-Z]+: /, "") });
   sock?.destroy();
   port.close();
 }
