@@ -120,9 +120,15 @@ class WorkerSet<R extends { type: string }> {
         if (k >= 0) got[i] = box.splice(k, 1)[0];
       });
       if (got.every((m) => m !== undefined)) return got as R[];
-      if (this.error) throw this.error;
+      // A wait that fails leaves what it took for the next one.
+      const putBack = (): void => got.forEach((m, i) => m !== undefined && this.inbox[i].unshift(m));
+      if (this.error) {
+        putBack();
+        throw this.error;
+      }
       const left = end - Date.now();
       if (left <= 0) {
+        putBack();
         const late = got.map((m, i) => (m === undefined ? i : -1)).filter((i) => i >= 0);
         throw new MigrationError("ETIMEDOUT", `${what}: channel ${late.join(", ")} silent for ${timeoutMs} ms`);
       }
