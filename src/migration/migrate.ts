@@ -214,7 +214,7 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
     const src = new MigrationSource(g, {
       ...o,
       log,
-      channelCredentials: { key: o.key, security: checkSecurity(o.security) },
+      channelCredentials: { key: o.key, security: checkSecurity(o.security), host: o.host },
       postcopyRecover: o.resume && o.postcopy ? reconnector(o) : undefined,
     });
     await runGuest(g);

@@ -54,6 +54,11 @@ export function checkChannels(n: unknown, what = "channels"): number {
 export interface ChannelCredentials {
   key: string;
   security: MigrationSecurity;
+  /**
+   * Source: the name the main connection dialled, where the channels connect too (TLS x509
+   * checks the destination's certificate against it); default: the main connection's peer address.
+   */
+  host?: string;
 }
 
 /** What the destination announces on the return path (multifd-channels). */
@@ -178,7 +183,7 @@ export class MultifdSend {
       shared: o.g.vm.sharedState(),
       host: o.host,
       port: c.port,
-      auth: { id, ...o.creds, sessionKey: o.sessionKey, nonce: Buffer.from(c.nonce, "hex") },
+      auth: { id, key: o.creds.key, security: o.creds.security, sessionKey: o.sessionKey, nonce: Buffer.from(c.nonce, "hex") },
       maxBandwidth: o.maxBandwidth / n,
       // The fault is injected into one channel, the last.
       fault: id === n - 1 ? o.fault : undefined,
@@ -270,7 +275,7 @@ export class MultifdRecv {
     const data: RecvWorkerData[] = nonces.map((nonce, id) => ({
       shared: o.g.vm.sharedState(),
       host: o.host,
-      auth: { id, ...o.creds, sessionKey: o.sessionKey, nonce },
+      auth: { id, key: o.creds.key, security: o.creds.security, sessionKey: o.sessionKey, nonce },
       memoryBytes: o.g.layout.memoryBytes,
       ctl,
       idleMs: o.idleMs,

@@ -345,7 +345,7 @@ class SourceRun {
     if (!ok) throw new MigrationError("EPROTO", `multifd-channels: not ${n} channels with a port and nonce each`);
     this.ram.multifd = await MultifdSend.start({
       g: this.g,
-      host: this.peer,
+      host: this.o.channelCredentials!.host ?? this.peer,
       announce,
       creds: this.o.channelCredentials!,
       sessionKey: this.w.sessionKey ?? Buffer.alloc(0),

@@ -15,6 +15,8 @@ import { connectChannel, listenChannel, ChannelAuth } from "../../src/migration/
 import { encodeHeader, encodeSection, RamBuilder, Sec, writeAll, MigrationError } from "../../src/migration/stream.js";
 import { KvmError } from "../../src/errors.js";
 import { runKvmmu } from "../helpers/cli.js";
+import { makeCerts } from "../helpers/certs.js";
+import { migrateIncoming, migrateTo } from "../../src/migration/migrate.js";
 
 const SMALL = { memoryBytes: 4 << 20, vcpus: 1, warmupMs: 50, destination: "inline" } as const;
 
@@ -67,6 +69,55 @@ test("kvmmu migrate --local --channels 4 (plaintext, destination process): byte-
     [doc.results.verify.pagesCompared, doc.results.verify.mismatches, doc.results.verify.guestInvariant],
     [1024, 0, true],
   );
+});
+
+test("TLS x509 (mutual) on every channel: migrateTo / migrateIncoming with 2 channels complete byte-exact", async (t) => {
+  const c = makeCerts();
+  if (!c) {
+    t.skip("openssl is not installed: no certificates to test with");
+    return;
+  }
+  const key = "multifd-x509-key";
+  let listening!: (p: number) => void;
+  const port = new Promise<number>((r) => (listening = r));
+  const dp = migrateIncoming({
+    port: 0,
+    key,
+    channels: 2,
+    security: { tls: "x509", credsDir: c.server, verifyPeer: true },
+    runAfterMs: 0,
+    onListening: (p) => listening(p),
+  });
+  const src = await migrateTo({
+    host: "127.0.0.1",
+    port: await port,
+    key,
+    channels: 2,
+    security: { tls: "x509", credsDir: c.client },
+    memoryBytes: 1 << 20,
+    warmupMs: 20,
+    downtimeLimitMs: 5000,
+  });
+  const dst = await dp;
+  assert.equal(src.status, "completed", JSON.stringify(src.error));
+  assert.deepEqual([src.verify.pagesCompared, src.verify.mismatches], [256, 0]);
+  assert.equal(src.channels, 2);
+  assert.equal(dst.status, "completed", JSON.stringify(dst.error));
+  assert.equal(dst.channelPages, dst.pagesApplied);
+});
+
+test("a destination started for 2 channels refuses a source with 4 (EPROTO naming both counts)", async () => {
+  const key = "multifd-count-key";
+  let listening!: (p: number) => void;
+  const port = new Promise<number>((r) => (listening = r));
+  const dp = migrateIncoming({ port: 0, key, channels: 2, runAfterMs: 0, onListening: (p) => listening(p) });
+  const src = await migrateTo({ host: "127.0.0.1", port: await port, key, channels: 4, memoryBytes: 1 << 20, warmupMs: 20 });
+  const dst = await dp;
+  assert.equal(src.status, "failed");
+  assert.equal(src.verify.guestInvariant, true);
+  assert.equal(dst.status, "failed");
+  assert.equal(dst.error?.code, "EPROTO");
+  assert.match(dst.error!.message, /config\.channels: the source uses 4 channels, this destination expects 2/);
 });
 
 test("a channel that fails its handshake is refused: EACCES on both sides, nothing applied, the guest runs on", async () => {
