@@ -84,8 +84,7 @@ export function channelsName(n: number): string {
 
 function variantsOf(o: MigratePerfOptions): Variant[] {
   if (o.throttle) return o.throttle.map((t) => ({ name: t, wp: designsOf(o)[0], throttle: t }));
-  if (o.channels)
-    return o.channels.map((n) => ({ name: channelsName(n), wp: designsOf(o)[0], channels: n }));
+  if (o.channels) return o.channels.map((n) => ({ name: channelsName(n), wp: designsOf(o)[0], channels: n }));
   return designsOf(o).map((d) => ({ name: d, wp: d }));
 }
 

@@ -362,7 +362,10 @@ function registerMigrateIncoming(program: Command): void {
       false,
     )
     .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
-    .option("--channels <n>", `multifd channels to accept (1..${MAX_CHANNELS}; default: as many as the source asks)`)
+    .option(
+      "--channels <n>",
+      `multifd channels to accept (1..${MAX_CHANNELS}; default: as many as the source asks)`,
+    )
     .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false)
     .action(async (a: Record<string, string | boolean | undefined>) => {
       const key = keyOf(a);

@@ -218,7 +218,8 @@ export class MigrationDestination {
         throw new MigrationError("ECANCELED", "the source cancelled the migration");
       } else if (s.type === Sec.MultifdFlush && this.mf) {
         // A round is complete only once every channel has delivered it (multifd_recv_sync_main).
-        if (s.payload.length !== 4) throw new MigrationError("EPROTO", `section ${id} (multifd-flush): bad length`);
+        if (s.payload.length !== 4)
+          throw new MigrationError("EPROTO", `section ${id} (multifd-flush): bad length`);
         await this.mf.flush(s.payload.readUInt32BE(0));
       } else if (s.type === Sec.Eof) {
         if (this.mf) await this.finishChannels(rep);
@@ -251,9 +252,13 @@ export class MigrationDestination {
         `config.channels: the source uses ${n} channels, this destination expects ${this.o.channels}`,
       );
     if (n === 1) return;
-    if (postcopy) throw new MigrationError("EPROTO", "config.channels: multifd channels with post-copy are not built");
+    if (postcopy)
+      throw new MigrationError("EPROTO", "config.channels: multifd channels with post-copy are not built");
     if (!this.o.channelCredentials || !r.sessionKey)
-      throw new MigrationError("EPROTO", "config.channels: this destination has no session to check channels against");
+      throw new MigrationError(
+        "EPROTO",
+        "config.channels: this destination has no session to check channels against",
+      );
     this.mf = await MultifdRecv.listen({
       g: this.guest!,
       n,

@@ -22,8 +22,10 @@ import type { RecoverConnection } from "./recover.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
 /** The guest a migration moves, and how it is migrated (SourceOptions' knobs). */
-export interface GuestMigrationOptions
-  extends Omit<SourceOptions, "log" | "postcopyRecover" | "channelCredentials"> {
+export interface GuestMigrationOptions extends Omit<
+  SourceOptions,
+  "log" | "postcopyRecover" | "channelCredentials"
+> {
   /** The design both sides run (src/mmu/design.ts; default "lockless"). */
   wp?: DesignName;
   mode?: MmuModeName;

@@ -93,7 +93,8 @@ class WorkerSet<R extends { type: string }> {
     this.inbox = this.workers.map(() => []);
     this.workers.forEach((w, i) => {
       w.on("message", (m: R) => {
-        if (m.type === "error") this.error ??= workerError(i, m as unknown as { code: string; message: string });
+        if (m.type === "error")
+          this.error ??= workerError(i, m as unknown as { code: string; message: string });
         else this.inbox[i].push(m);
         this.kick();
       });
@@ -124,7 +125,7 @@ class WorkerSet<R extends { type: string }> {
         const k = box.findIndex(ok);
         if (k >= 0) got[i] = box.splice(k, 1)[0];
       });
-      if (got.every((m) => m !== undefined)) return got as R[];
+      if (got.every((m) => m !== undefined)) return got;
       // A wait that fails leaves what it took for the next one.
       const putBack = (): void => got.forEach((m, i) => m !== undefined && this.inbox[i].unshift(m));
       if (this.error) {
@@ -135,7 +136,10 @@ class WorkerSet<R extends { type: string }> {
       if (left <= 0) {
         putBack();
         const late = got.map((m, i) => (m === undefined ? i : -1)).filter((i) => i >= 0);
-        throw new MigrationError("ETIMEDOUT", `${what}: channel ${late.join(", ")} silent for ${timeoutMs} ms`);
+        throw new MigrationError(
+          "ETIMEDOUT",
+          `${what}: channel ${late.join(", ")} silent for ${timeoutMs} ms`,
+        );
       }
       await new Promise<void>((res) => {
         const t = setTimeout(res, Math.min(left, 1000));
@@ -183,7 +187,13 @@ export class MultifdSend {
       shared: o.g.vm.sharedState(),
       host: o.host,
       port: c.port,
-      auth: { id, key: o.creds.key, security: o.creds.security, sessionKey: o.sessionKey, nonce: Buffer.from(c.nonce, "hex") },
+      auth: {
+        id,
+        key: o.creds.key,
+        security: o.creds.security,
+        sessionKey: o.sessionKey,
+        nonce: Buffer.from(c.nonce, "hex"),
+      },
       maxBandwidth: o.maxBandwidth / n,
       // The fault is injected into one channel, the last.
       fault: id === n - 1 ? o.fault : undefined,
@@ -203,7 +213,10 @@ export class MultifdSend {
    * a sync; resolves once every channel has written its share. Returns the round's number
    * (the flush marker names it) and its page counts.
    */
-  async send(pages: readonly number[], limited: boolean): Promise<{ round: number; normal: number; duplicate: number }> {
+  async send(
+    pages: readonly number[],
+    limited: boolean,
+  ): Promise<{ round: number; normal: number; duplicate: number }> {
     const n = this.channels;
     const round = ++this.round;
     const share: number[][] = Array.from({ length: n }, () => []);
@@ -216,7 +229,11 @@ export class MultifdSend {
       w.postMessage(m, [m.pages.buffer as ArrayBuffer]);
     });
     // No bound but the channels' own: a slow link or a rate limit makes a long round.
-    const done = await this.set.all((m) => m.type === "round-done" && m.round === round, 2 ** 31 - 1, "a multifd round");
+    const done = await this.set.all(
+      (m) => m.type === "round-done" && m.round === round,
+      2 ** 31 - 1,
+      "a multifd round",
+    );
     let normal = 0;
     let duplicate = 0;
     done.forEach((m, i) => {

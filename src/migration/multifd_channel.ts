@@ -76,7 +76,8 @@ export async function connectChannel(
     }
     if (tag.equals(DENY))
       throw new MigrationError("EACCES", `channel ${a.id}: the destination refused its proof`);
-    if (!tag.equals(OK)) throw new MigrationError("EPROTO", `channel ${a.id}: not a multifd channel listener`);
+    if (!tag.equals(OK))
+      throw new MigrationError("EPROTO", `channel ${a.id}: not a multifd channel listener`);
     return { sock, reader };
   } catch (e) {
     sock.destroy();
@@ -93,7 +94,8 @@ async function acceptProof(sock: Socket, r: ByteReader, a: ChannelAuth): Promise
       r.read(HELLO.length + 4 + 32, `channel ${a.id}'s handshake`),
       new Promise<never>((_, rej) => {
         timer = setTimeout(
-          () => rej(new MigrationError("ETIMEDOUT", `channel ${a.id}: no handshake in ${AUTH_TIMEOUT_MS} ms`)),
+          () =>
+            rej(new MigrationError("ETIMEDOUT", `channel ${a.id}: no handshake in ${AUTH_TIMEOUT_MS} ms`)),
           AUTH_TIMEOUT_MS,
         );
       }),
@@ -134,9 +136,7 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
   const tlsOpts = serverTls(a.security, a.key);
   let taken = false;
   let settle!: { res: (x: { sock: Socket; reader: ByteReader }) => void; rej: (e: Error) => void };
-  const accepted = new Promise<{ sock: Socket; reader: ByteReader }>(
-    (res, rej) => (settle = { res, rej }),
-  );
+  const accepted = new Promise<{ sock: Socket; reader: ByteReader }>((res, rej) => (settle = { res, rej }));
   // Observed by whoever awaits it; never an unhandled rejection meanwhile.
   accepted.catch(() => {});
   const onPeer = (sock: Socket | TLSSocket): void => {
@@ -169,7 +169,9 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
       settle.rej(new MigrationError("EACCES", `channel ${a.id}: TLS handshake failed (${e.message.trim()})`));
     });
   await new Promise<void>((res, rej) => {
-    server.once("error", (e) => rej(new MigrationError("EIO", `channel ${a.id}: listen ${host}: ${e.message}`)));
+    server.once("error", (e) =>
+      rej(new MigrationError("EIO", `channel ${a.id}: listen ${host}: ${e.message}`)),
+    );
     server.listen(0, host, () => res());
   });
   const addr = server.address();
@@ -179,8 +181,7 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
 
 /** What the main thread tells a source channel worker, and what it answers. */
 export type SendRequest =
-  | { type: "round"; round: number; pages: Uint32Array; limited: boolean }
-  | { type: "end" };
+  { type: "round"; round: number; pages: Uint32Array; limited: boolean } | { type: "end" };
 export type SendReply =
   | { type: "ready" }
   | { type: "round-done"; round: number; bytes: number; normal: number; duplicate: number }

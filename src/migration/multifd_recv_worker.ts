@@ -62,7 +62,8 @@ function hashSection(s: Section): void {
 /** Blocks this channel until the main thread releases `round` (or the migration fails). */
 function waitRelease(round: number): void {
   while (Atomics.load(ctl, RECV_CTL.release) < round) {
-    if (Atomics.load(ctl, RECV_CTL.abort) !== 0) throw new MigrationError("ECANCELED", "the migration failed");
+    if (Atomics.load(ctl, RECV_CTL.abort) !== 0)
+      throw new MigrationError("ECANCELED", "the migration failed");
     Atomics.wait(ctl, RECV_CTL.release, Atomics.load(ctl, RECV_CTL.release), 100);
   }
 }

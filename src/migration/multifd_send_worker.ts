@@ -109,10 +109,7 @@ async function end(): Promise<void> {
 }
 
 function fail(e: unknown): void {
-  const err =
-    e instanceof MigrationError
-      ? e
-      : new MigrationError("EIO", (e as Error).message ?? String(e));
+  const err = e instanceof MigrationError ? e : new MigrationError("EIO", (e as Error).message ?? String(e));
   // multifd.ts names the channel in front of what it reports.
   reply({ type: "error", code: err.code, message: err.message.replace(/^[A-Z]+: /, "") });
   sock?.destroy();

@@ -159,9 +159,15 @@ export class MigrationSource {
       throw new MigrationError("EINVAL", "postcopyRecover: must be a function returning a connection");
     const ch = checkChannels(o.channels ?? 1);
     if (ch > 1 && o.postcopy)
-      throw new MigrationError("EINVAL", "channels: not with postcopy (post-copy over multifd channels is not built)");
+      throw new MigrationError(
+        "EINVAL",
+        "channels: not with postcopy (post-copy over multifd channels is not built)",
+      );
     if (ch > 1 && !o.channelCredentials)
-      throw new MigrationError("EINVAL", "channelCredentials: channels > 1 needs the main connection's key and security");
+      throw new MigrationError(
+        "EINVAL",
+        "channelCredentials: channels > 1 needs the main connection's key and security",
+      );
     if (o.fault !== undefined && CHANNEL_FAULTS.includes(o.fault) && ch < 2)
       throw new MigrationError("EINVAL", `fault: ${o.fault} needs channels > 1`);
     if (o.dirtyRingReaper && !(this.log instanceof DirtyRingLog))
@@ -342,7 +348,8 @@ class SourceRun {
       announce.channels.every(
         (c) => Number.isSafeInteger(c.port) && c.port > 0 && c.port < 65536 && /^[0-9a-f]{64}$/.test(c.nonce),
       );
-    if (!ok) throw new MigrationError("EPROTO", `multifd-channels: not ${n} channels with a port and nonce each`);
+    if (!ok)
+      throw new MigrationError("EPROTO", `multifd-channels: not ${n} channels with a port and nonce each`);
     this.ram.multifd = await MultifdSend.start({
       g: this.g,
       host: this.o.channelCredentials!.host ?? this.peer,
@@ -350,7 +357,9 @@ class SourceRun {
       creds: this.o.channelCredentials!,
       sessionKey: this.w.sessionKey ?? Buffer.alloc(0),
       maxBandwidth: this.o.maxBandwidth,
-      fault: CHANNEL_FAULTS.includes(this.o.fault ?? "") ? (this.o.fault as "channel-auth" | "drop-channel") : undefined,
+      fault: CHANNEL_FAULTS.includes(this.o.fault ?? "")
+        ? (this.o.fault as "channel-auth" | "drop-channel")
+        : undefined,
     });
     this.report.channels = n;
   }

@@ -95,4 +95,3 @@ export function makeCerts(): { server: string; client: string; stranger: string 
     ]),
   };
 }
-

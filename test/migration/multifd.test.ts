@@ -12,7 +12,14 @@ import { migrateLocal } from "../../src/migration/local.js";
 import { createGuestVm, layoutFor } from "../../src/migration/guest_vm.js";
 import { MultifdRecv } from "../../src/migration/multifd.js";
 import { connectChannel, listenChannel, ChannelAuth } from "../../src/migration/multifd_channel.js";
-import { encodeHeader, encodeSection, RamBuilder, Sec, writeAll, MigrationError } from "../../src/migration/stream.js";
+import {
+  encodeHeader,
+  encodeSection,
+  RamBuilder,
+  Sec,
+  writeAll,
+  MigrationError,
+} from "../../src/migration/stream.js";
 import { KvmError } from "../../src/errors.js";
 import { runKvmmu } from "../helpers/cli.js";
 import { makeCerts } from "../helpers/certs.js";
@@ -33,13 +40,13 @@ test("migrateLocal --channels 4: completed, every page equal, the pages went ove
   assert.equal(source.channels, 4);
   assert.equal(source.channelBytes?.length, 4);
   // 1024 pages dealt in runs of 256: every channel carried a run of the bulk round at least.
-  for (const b of source.channelBytes!) assert.ok(b > 256 * 4096, `channel bytes ${b}`);
+  for (const b of source.channelBytes) assert.ok(b > 256 * 4096, `channel bytes ${b}`);
   assert.equal(destination?.status, "completed", JSON.stringify(destination?.error));
   assert.equal(destination?.channels, 4);
   // Every page of every round came over a channel: the main stream carried none.
   assert.equal(destination?.channelPages, destination?.pagesApplied);
-  assert.ok(destination!.pagesApplied >= 2 * 1024, `pages applied ${destination?.pagesApplied}`);
-  assert.ok(source.transferredBytes > source.channelBytes!.reduce((a, b) => a + b, 0));
+  assert.ok(destination.pagesApplied >= 2 * 1024, `pages applied ${destination?.pagesApplied}`);
+  assert.ok(source.transferredBytes > source.channelBytes.reduce((a, b) => a + b, 0));
 });
 
 test("kvmmu migrate --local --channels 4 (plaintext, destination process): byte-exact, exit 0", async () => {
@@ -60,7 +67,11 @@ test("kvmmu migrate --local --channels 4 (plaintext, destination process): byte-
   assert.equal(r.code, 0, r.err);
   const doc = JSON.parse(r.out) as {
     options: { channels: number };
-    results: { status: string; channels: number; verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean } };
+    results: {
+      status: string;
+      channels: number;
+      verify: { pagesCompared: number; mismatches: number; guestInvariant: boolean };
+    };
   };
   assert.equal(doc.options.channels, 4);
   assert.equal(doc.results.status, "completed");
@@ -111,25 +122,32 @@ test("a destination started for 2 channels refuses a source with 4 (EPROTO namin
   let listening!: (p: number) => void;
   const port = new Promise<number>((r) => (listening = r));
   const dp = migrateIncoming({ port: 0, key, channels: 2, runAfterMs: 0, onListening: (p) => listening(p) });
-  const src = await migrateTo({ host: "127.0.0.1", port: await port, key, channels: 4, memoryBytes: 1 << 20, warmupMs: 20 });
+  const src = await migrateTo({
+    host: "127.0.0.1",
+    port: await port,
+    key,
+    channels: 4,
+    memoryBytes: 1 << 20,
+    warmupMs: 20,
+  });
   const dst = await dp;
   assert.equal(src.status, "failed");
   assert.equal(src.verify.guestInvariant, true);
   assert.equal(dst.status, "failed");
   assert.equal(dst.error?.code, "EPROTO");
-  assert.match(dst.error!.message, /config\.channels: the source uses 4 channels, this destination expects 2/);
+  assert.match(dst.error.message, /config\.channels: the source uses 4 channels, this destination expects 2/);
 });
 
 test("a channel that fails its handshake is refused: EACCES on both sides, nothing applied, the guest runs on", async () => {
   const { source, destination } = await migrateLocal({ ...SMALL, channels: 2, fault: "channel-auth" });
   assert.equal(source.status, "failed");
   assert.equal(source.error?.code, "EACCES");
-  assert.match(source.error!.message, /channel 1: the destination refused its proof/);
+  assert.match(source.error.message, /channel 1: the destination refused its proof/);
   assert.equal(source.switchedOver, false);
   assert.equal(source.verify.guestInvariant, true, source.verify.problems.join("; "));
   assert.equal(destination?.status, "failed");
   assert.equal(destination?.error?.code, "EACCES");
-  assert.match(destination!.error!.message, /channel 1: a peer failed the channel handshake \(bad HMAC\)/);
+  assert.match(destination.error.message, /channel 1: a peer failed the channel handshake \(bad HMAC\)/);
   assert.equal(destination?.pagesApplied, 0);
 });
 
@@ -137,11 +155,11 @@ test("a channel dropped mid-round fails the migration (ECONNRESET naming it); th
   const { source, destination } = await migrateLocal({ ...SMALL, channels: 4, fault: "drop-channel" });
   assert.equal(source.status, "failed");
   assert.equal(source.error?.code, "ECONNRESET");
-  assert.match(source.error!.message, /^ECONNRESET: channel 3: /);
+  assert.match(source.error.message, /^ECONNRESET: channel 3: /);
   assert.equal(source.switchedOver, false);
   assert.equal(source.verify.guestInvariant, true, source.verify.problems.join("; "));
   assert.equal(destination?.status, "failed");
-  assert.match(destination!.error!.message, /channel 3: /);
+  assert.match(destination.error!.message, /channel 3: /);
 });
 
 test("channels out of 1..16, not an integer, or with post-copy: EINVAL naming the option, nothing built", async () => {
@@ -153,7 +171,8 @@ test("channels out of 1..16, not an integer, or with post-copy: EINVAL naming th
     );
   await assert.rejects(
     migrateLocal({ ...SMALL, channels: 2, postcopy: true }),
-    (e: unknown) => e instanceof KvmError && e.code === "EINVAL" && /channels: not with postcopy/.test(e.message),
+    (e: unknown) =>
+      e instanceof KvmError && e.code === "EINVAL" && /channels: not with postcopy/.test(e.message),
   );
   await assert.rejects(
     migrateLocal({ ...SMALL, fault: "drop-channel" }),
@@ -195,7 +214,8 @@ test("channel handshake: the session's proof is accepted, another session's refu
   );
   await assert.rejects(
     bad.accepted,
-    (e: unknown) => e instanceof MigrationError && e.code === "EACCES" && /channel 1: .*bad HMAC/.test(e.message),
+    (e: unknown) =>
+      e instanceof MigrationError && e.code === "EACCES" && /channel 1: .*bad HMAC/.test(e.message),
   );
   // The right proof for the wrong channel id is refused too.
   const other = await listenChannel("127.0.0.1", auth(2, sk, nonce));
@@ -230,13 +250,22 @@ test("the destination's sync point: a round completes only once every channel ha
       ),
     );
     // Round 1: channel 0 delivers a page and syncs; channel 1 says nothing.
-    await writeAll(socks[0].sock, Buffer.concat([encodeHeader(), ramFrame(1, 0x3000, 0x5a), syncFrame(2, 1, 1)]));
+    await writeAll(
+      socks[0].sock,
+      Buffer.concat([encodeHeader(), ramFrame(1, 0x3000, 0x5a), syncFrame(2, 1, 1)]),
+    );
     await assert.rejects(
       mf.flush(1),
-      (e: unknown) => e instanceof MigrationError && e.code === "ETIMEDOUT" && /multifd round 1: channel 1 silent/.test(e.message),
+      (e: unknown) =>
+        e instanceof MigrationError &&
+        e.code === "ETIMEDOUT" &&
+        /multifd round 1: channel 1 silent/.test(e.message),
     );
     // Channel 1 delivers its page: now round 1 completes, both pages in guest memory.
-    await writeAll(socks[1].sock, Buffer.concat([encodeHeader(), ramFrame(1, 0x5000, 0xa5), syncFrame(2, 1, 1)]));
+    await writeAll(
+      socks[1].sock,
+      Buffer.concat([encodeHeader(), ramFrame(1, 0x5000, 0xa5), syncFrame(2, 1, 1)]),
+    );
     await mf.flush(1);
     assert.equal(g.vm.readGuest(0x3000, 1)[0], 0x5a);
     assert.equal(g.vm.readGuest(0x5000, 1)[0], 0xa5);
