@@ -66,6 +66,31 @@ export interface ChannelAnnounce {
   channels: { port: number; nonce: string }[];
 }
 
+/** The destination's multifd-channels payload, checked as untrusted input (EPROTO). */
+export function parseAnnounce(payload: Buffer, n: number): ChannelAnnounce {
+  let a: Partial<ChannelAnnounce> = {};
+  try {
+    a = JSON.parse(payload.toString()) as Partial<ChannelAnnounce>;
+  } catch {
+    // Refused below.
+  }
+  const chans = a.channels;
+  const ok =
+    Array.isArray(chans) &&
+    chans.length === n &&
+    chans.every(
+      (c) =>
+        Number.isSafeInteger(c.port) &&
+        c.port > 0 &&
+        c.port < 65536 &&
+        typeof c.nonce === "string" &&
+        /^[0-9a-f]{64}$/.test(c.nonce),
+    );
+  if (!ok)
+    throw new MigrationError("EPROTO", `multifd-channels: not ${n} channels with a port and nonce each`);
+  return { channels: chans };
+}
+
 function workerError(i: number, m: { code: string; message: string }): MigrationError {
   const msg = m.message.startsWith("channel ") ? m.message : `channel ${i}: ${m.message}`;
   return new MigrationError(m.code as MigErrno, msg);

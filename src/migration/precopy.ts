@@ -43,7 +43,7 @@ import {
   SectionWriter,
 } from "./stream.js";
 import { postcopySource } from "./postcopy.js";
-import { ChannelAnnounce, ChannelCredentials, checkChannels, MultifdSend, peerHost } from "./multifd.js";
+import { ChannelCredentials, checkChannels, MultifdSend, parseAnnounce, peerHost } from "./multifd.js";
 import type { RecoverConnection } from "./recover.js";
 
 export interface SourceOptions {
@@ -340,22 +340,19 @@ class SourceRun {
   /** multifd: the destination's listeners (on the return path), a connected worker each. */
   private async startChannels(): Promise<void> {
     const s = await this.ret.expect(Sec.MultifdChannels, 30_000);
-    const announce = JSON.parse(s.payload.toString()) as ChannelAnnounce;
     const n = this.o.channels!;
-    const ok =
-      Array.isArray(announce.channels) &&
-      announce.channels.length === n &&
-      announce.channels.every(
-        (c) => Number.isSafeInteger(c.port) && c.port > 0 && c.port < 65536 && /^[0-9a-f]{64}$/.test(c.nonce),
+    const announce = parseAnnounce(s.payload, n);
+    if (!this.w.sessionKey)
+      throw new MigrationError(
+        "EINVAL",
+        "channels: the main connection was not authenticated (no session key)",
       );
-    if (!ok)
-      throw new MigrationError("EPROTO", `multifd-channels: not ${n} channels with a port and nonce each`);
     this.ram.multifd = await MultifdSend.start({
       g: this.g,
       host: this.o.channelCredentials!.host ?? this.peer,
       announce,
       creds: this.o.channelCredentials!,
-      sessionKey: this.w.sessionKey ?? Buffer.alloc(0),
+      sessionKey: this.w.sessionKey,
       maxBandwidth: this.o.maxBandwidth,
       fault: CHANNEL_FAULTS.includes(this.o.fault ?? "")
         ? (this.o.fault as "channel-auth" | "drop-channel")
