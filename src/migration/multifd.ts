@@ -40,8 +40,8 @@ const SEND_WORKER = new URL("./multifd_send_worker.js", import.meta.url);
 const RECV_WORKER = new URL("./multifd_recv_worker.js", import.meta.url);
 /** Pages dealt to one channel at a time: runs of neighbours, a full RAM section each. */
 const DEAL_PAGES = 256;
-/** Channel setup (connect, TLS, the channel handshake) has this long. */
-const SETUP_TIMEOUT_MS = 20_000;
+/** Channel setup (worker start, connect, TLS, the channel handshake) has this long. */
+const SETUP_TIMEOUT_MS = 60_000;
 
 /** EINVAL unless n is a channel count 1..MAX_CHANNELS; `what` names the option. */
 export function checkChannels(n: unknown, what = "channels"): number {

@@ -339,7 +339,9 @@ class SourceRun {
 
   /** multifd: the destination's listeners (on the return path), a connected worker each. */
   private async startChannels(): Promise<void> {
-    const s = await this.ret.expect(Sec.MultifdChannels, 30_000);
+    // The destination builds (and first-touches) its memory before it listens: seconds for a
+    // large guest on a loaded machine. The migration's own time bounds the wait.
+    const s = await this.ret.expect(Sec.MultifdChannels, this.o.maxTimeMs);
     const n = this.o.channels!;
     const announce = parseAnnounce(s.payload, n);
     if (!this.w.sessionKey)
