@@ -113,14 +113,19 @@ class WorkerSet<R extends { type: string }> {
   private waiters: (() => void)[] = [];
   readonly inbox: R[][];
 
-  constructor(url: URL, data: unknown[]) {
+  /** Workers that sent their last message (`final`): their exit is the normal end. */
+  private readonly finished: boolean[];
+
+  constructor(url: URL, data: unknown[], final: R["type"]) {
     this.workers = data.map((workerData) => new Worker(url, { workerData }));
     this.inbox = this.workers.map(() => []);
+    this.finished = this.workers.map(() => false);
     this.workers.forEach((w, i) => {
       w.on("message", (m: R) => {
         if (m.type === "error")
           this.error ??= workerError(i, m as unknown as { code: string; message: string });
         else this.inbox[i].push(m);
+        if (m.type === final) this.finished[i] = true;
         this.kick();
       });
       w.on("error", (e) => {
@@ -128,7 +133,7 @@ class WorkerSet<R extends { type: string }> {
         this.kick();
       });
       w.on("exit", () => {
-        this.error ??= new MigrationError("EIO", `channel ${i}: its worker exited`);
+        if (!this.finished[i]) this.error ??= new MigrationError("EIO", `channel ${i}: its worker exited`);
         this.kick();
       });
     });
@@ -223,7 +228,7 @@ export class MultifdSend {
       // The fault is injected into one channel, the last.
       fault: id === n - 1 ? o.fault : undefined,
     }));
-    const set = new WorkerSet<SendReply>(SEND_WORKER, data);
+    const set = new WorkerSet<SendReply>(SEND_WORKER, data, "ended");
     try {
       await set.all((m) => m.type === "ready", SETUP_TIMEOUT_MS, "multifd channel setup");
     } catch (e) {
@@ -322,7 +327,7 @@ export class MultifdRecv {
       ctl,
       idleMs: o.idleMs,
     }));
-    const set = new WorkerSet<RecvReply>(RECV_WORKER, data);
+    const set = new WorkerSet<RecvReply>(RECV_WORKER, data, "done");
     let ports: RecvReply[];
     try {
       ports = await set.all((m) => m.type === "listening", SETUP_TIMEOUT_MS, "multifd channel listen");
