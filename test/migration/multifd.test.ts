@@ -242,36 +242,51 @@ test("the destination's sync point: a round completes only once every channel ha
   const g = createGuestVm(layout, { wp: "lockless", logged: false });
   const sessionKey = randomBytes(32);
   const creds = { key: "multifd-test-key", security: { tls: "none" } as const };
-  try {
-    const mf = await MultifdRecv.listen({ g, n: 2, host: "127.0.0.1", creds, sessionKey, idleMs: 300 });
+  const open = async (idleMs: number) => {
+    const mf = await MultifdRecv.listen({ g, n: 2, host: "127.0.0.1", creds, sessionKey, idleMs });
     const socks = await Promise.all(
       mf.announce.channels.map((c, id) =>
         connectChannel("127.0.0.1", c.port, auth(id, sessionKey, Buffer.from(c.nonce, "hex"))),
       ),
     );
-    // Round 1: channel 0 delivers a page and syncs; channel 1 says nothing.
-    await writeAll(
-      socks[0].sock,
-      Buffer.concat([encodeHeader(), ramFrame(1, 0x3000, 0x5a), syncFrame(2, 1, 1)]),
-    );
-    await assert.rejects(
-      mf.flush(1),
-      (e: unknown) =>
-        e instanceof MigrationError &&
-        e.code === "ETIMEDOUT" &&
-        /multifd round 1: channel 1 silent/.test(e.message),
-    );
-    // Channel 1 delivers its page: now round 1 completes, both pages in guest memory.
-    await writeAll(
-      socks[1].sock,
-      Buffer.concat([encodeHeader(), ramFrame(1, 0x5000, 0xa5), syncFrame(2, 1, 1)]),
-    );
-    await mf.flush(1);
-    assert.equal(g.vm.readGuest(0x3000, 1)[0], 0x5a);
-    assert.equal(g.vm.readGuest(0x5000, 1)[0], 0xa5);
-    assert.equal(mf.pages, 2);
-    mf.abort();
-    for (const s of socks) s.sock.destroy();
+    return { mf, socks };
+  };
+  try {
+    // Round 1: channel 0 delivers a page and syncs; channel 1 says nothing: the round never
+    // completes, it fails naming channel 1 (its idle read or the sync wait, whichever ends first).
+    const a = await open(300);
+    try {
+      await writeAll(
+        a.socks[0].sock,
+        Buffer.concat([encodeHeader(), ramFrame(1, 0x3000, 0x5a), syncFrame(2, 1, 1)]),
+      );
+      await assert.rejects(
+        a.mf.flush(1),
+        (e: unknown) => e instanceof MigrationError && e.code === "ETIMEDOUT" && /channel 1/.test(e.message),
+      );
+    } finally {
+      a.mf.abort();
+      for (const s of a.socks) s.sock.destroy();
+    }
+    // Both channels deliver: round 1 completes, both pages in guest memory.
+    const b = await open(30_000);
+    try {
+      await writeAll(
+        b.socks[0].sock,
+        Buffer.concat([encodeHeader(), ramFrame(1, 0x3000, 0x5a), syncFrame(2, 1, 1)]),
+      );
+      await writeAll(
+        b.socks[1].sock,
+        Buffer.concat([encodeHeader(), ramFrame(1, 0x5000, 0xa5), syncFrame(2, 1, 1)]),
+      );
+      await b.mf.flush(1);
+      assert.equal(g.vm.readGuest(0x3000, 1)[0], 0x5a);
+      assert.equal(g.vm.readGuest(0x5000, 1)[0], 0xa5);
+      assert.equal(b.mf.pages, 2);
+    } finally {
+      b.mf.abort();
+      for (const s of b.socks) s.sock.destroy();
+    }
   } finally {
     await g.vm.stop();
   }
