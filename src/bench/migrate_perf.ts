@@ -5,7 +5,8 @@
  * starts in another), so every design sees the same machine and no run inherits another's JIT or
  * heap. Per design: medians with bootstrap 95% CIs of total time, downtime, rounds, transferred
  * bytes and guest throughput during the migration; per design against the baseline, ratios with
- * paired bootstrap CIs (run k of each design is a pair); `ratio` keeps lockless/locked.
+ * paired bootstrap CIs (run k of each design is a pair); `ratio` keeps lockless/locked. With
+ * `throttle` or `channels` (multifd) the arms are throttles or channel counts of one design.
  */
 import { einval } from "../errors.js";
 import { DEFAULT_BASELINE, DesignName, designInfo } from "../mmu/design.js";
@@ -14,6 +15,7 @@ import type { MigrationResult } from "../migration/migrate.js";
 import { LogMode, needsDirtyRing } from "../migration/log_sync.js";
 import { layoutFor } from "../migration/guest_vm.js";
 import { measureLoopback, LoopbackFigure } from "./loopback.js";
+import { MAX_CHANNELS } from "../migration/multifd.js";
 import { formatRatio, median, pairedRatio, RatioSummary, summarize, Summary, verdict } from "./stats.js";
 
 export interface MigratePerfOptions {
@@ -56,6 +58,11 @@ export interface MigratePerfOptions {
   dirtyLimitPeriodMs?: number;
   /** Entries per vCPU ring with the dirty-ring log (default 4096). */
   dirtyRingSize?: number;
+  /**
+   * Compare multifd channel counts instead of designs (one design in `wp`; not with throttle):
+   * each run alternates these, the first is the baseline (e.g. [1, 4]).
+   */
+  channels?: number[];
 }
 
 /** What `throttle` compares: none, QEMU's auto-converge, QEMU's dirty-limit. */
@@ -67,15 +74,23 @@ interface Variant {
   name: string;
   wp: DesignName;
   throttle?: ThrottleName;
+  channels?: number;
+}
+
+/** The arm's name for a channel count. */
+export function channelsName(n: number): string {
+  return `channels-${n}`;
 }
 
 function variantsOf(o: MigratePerfOptions): Variant[] {
   if (o.throttle) return o.throttle.map((t) => ({ name: t, wp: designsOf(o)[0], throttle: t }));
+  if (o.channels) return o.channels.map((n) => ({ name: channelsName(n), wp: designsOf(o)[0], channels: n }));
   return designsOf(o).map((d) => ({ name: d, wp: d }));
 }
 
 /** The arm the ratios divide by: the baseline design, or the first throttle. */
 function baselineVariant(o: MigratePerfOptions): string {
+  if (o.channels) return channelsName(o.channels[0]);
   return o.throttle ? o.throttle[0] : baselineOf(o);
 }
 
@@ -108,6 +123,8 @@ export interface MigrateRun {
   wp: DesignName;
   /** With --throttle: the throttle of this run. */
   throttle?: ThrottleName;
+  /** With --channels: the multifd channels of this run. */
+  channels?: number;
   warmup: boolean;
   status: string;
   exitCode: number;
@@ -188,7 +205,7 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   if (designs.length === 0) throw einval("wp", "empty list");
   for (const d of designs) designInfo(d);
   if (new Set(designs).size !== designs.length) throw einval("wp", "a design is listed twice");
-  if (!designs.includes(baselineOf(o)) && !o.throttle)
+  if (!designs.includes(baselineOf(o)) && !o.throttle && !o.channels)
     throw einval("baseline", `"${baselineOf(o)}" is not one of the designs run (${designs.join(", ")})`);
   if (o.tls !== undefined && o.tls !== "psk" && o.tls !== "none")
     throw einval("tls", `must be "psk" or "none", got ${String(o.tls)}`);
@@ -197,6 +214,19 @@ export function checkMigratePerfOptions(o: MigratePerfOptions): void {
   layoutFor(o.memoryBytes, o.vcpus, { workingSetBytes: o.workingSetBytes, dirtyRateBytes: o.dirtyRateBytes });
   if (o.dirtyRingSize !== undefined) needsDirtyRing("dirtyRingSize", o.logMode);
   checkThrottles(o);
+  checkChannelList(o);
+}
+
+function checkChannelList(o: MigratePerfOptions): void {
+  const c = o.channels;
+  if (c === undefined) return;
+  if (!Array.isArray(c) || c.length === 0) throw einval("channels", "empty list");
+  for (const n of c)
+    if (!Number.isSafeInteger(n) || n < 1 || n > MAX_CHANNELS)
+      throw einval("channels", `must be integers 1..${MAX_CHANNELS}, got ${String(n)}`);
+  if (new Set(c).size !== c.length) throw einval("channels", "a count is listed twice");
+  if (designsOf(o).length !== 1) throw einval("wp", "with channels: one design");
+  if (o.throttle) throw einval("channels", "not with throttle (one comparison at a time)");
 }
 
 function checkThrottles(o: MigratePerfOptions): void {
@@ -251,6 +281,7 @@ async function migrateOnce(
     // Throttles compared over the ring: each reaps a full ring at once, as QEMU does.
     ...(v.throttle && ring ? { dirtyRingReaper: true } : {}),
     ...(ring && o.dirtyRingSize !== undefined ? { dirtyRingSize: o.dirtyRingSize } : {}),
+    ...(v.channels !== undefined ? { channels: v.channels } : {}),
   });
   const ok = r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true;
   return { ...r, exitCode: ok ? 0 : 1 };
@@ -267,6 +298,7 @@ function toRun(
     seq,
     wp: v.wp,
     ...(v.throttle ? { throttle: v.throttle } : {}),
+    ...(v.channels !== undefined ? { channels: v.channels } : {}),
     warmup,
     status: r.status,
     exitCode: r.exitCode,
@@ -401,8 +433,8 @@ export function formatMigratePerf(r: MigratePerfResult): string {
   const designs = variantsOf(o).map((v) => v.name);
   const keys = Object.keys(r.ratios);
   const out = [
-    `migrate-perf: ${o.runs} runs per ${o.throttle ? "throttle" : "design"} (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
-    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}${o.throttle ? `, design ${designsOf(o)[0]}, dirty-limit ${o.dirtyLimit ?? 1} MB/s per vCPU` : ""}`,
+    `migrate-perf: ${o.runs} runs per ${o.throttle ? "throttle" : o.channels ? "channel count" : "design"} (+${o.warmup} warm-up), alternated ${designs.join("/")}, each a migrateLocal in fresh processes`,
+    `  guest ${(o.memoryBytes / 2 ** 20).toFixed(0)} MiB x ${o.vcpus} vCPU${o.workingSetBytes ? `, working set ${(o.workingSetBytes / 2 ** 20).toFixed(0)} MiB` : ""}, ${o.mode}, ${o.logMode}, ${o.tls === "none" ? "INSECURE plaintext" : "TLS-PSK"}, max-bandwidth ${o.maxBandwidth > 0 ? `${(o.maxBandwidth / 2 ** 20).toFixed(1)} MiB/s` : "unlimited"}, downtime-limit ${o.downtimeLimitMs} ms, min-rounds ${o.minRounds}${o.autoConverge ? ", auto-converge" : ""}${o.throttle ? `, design ${designsOf(o)[0]}, dirty-limit ${o.dirtyLimit ?? 1} MB/s per vCPU` : ""}${o.channels ? `, design ${designsOf(o)[0]}` : ""}`,
     `  completed and verified: ${designs.map((d) => `${d} ${r.results[d].completed}/${o.runs}`).join(", ")}; pairs ${r.pairs}`,
     "",
     `  ${"metric".padEnd(17)} ${designs.map((d) => `${d} median [95% CI]`.padEnd(34)).join(" ")} ${keys.join("  ")}`,
@@ -432,7 +464,7 @@ export function formatMigratePerf(r: MigratePerfResult): string {
   const failed = designs.flatMap((d) => r.results[d].runs).filter((x) => !x.verified);
   for (const x of failed.slice(0, 6))
     out.push(
-      `  ${x.throttle ?? x.wp}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`,
+      `  ${x.throttle ?? (x.channels !== undefined ? channelsName(x.channels) : x.wp)}${x.warmup ? " (warm-up)" : ""}: ${x.status}${x.error ? `, ${x.error}` : ""}`,
     );
   out.push(`  ${(r.elapsedMs / 1000).toFixed(1)} s in all`);
   return out.join("\n");

@@ -18,6 +18,7 @@ import {
   MigrationResult,
 } from "../migration/migrate.js";
 import { migrateLocal } from "../migration/local.js";
+import { MAX_CHANNELS } from "../migration/multifd.js";
 import type { MigrationSecurity } from "../migration/tls.js";
 import { parseIntIn, parseNumberIn, parseOne, parseSize, progress, withFlagNames } from "./parse.js";
 import { checkOutput, envelope, finished, writeResult } from "../bench/result.js";
@@ -204,7 +205,10 @@ function migrateArgs(a: Record<string, string | boolean | undefined>): {
     resume,
     resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
     faultRepeat: parseIntIn("--fault-repeat", String(a["faultRepeat"]), 1, 1000),
+    channels: channelsOf(a),
   };
+  if (o.channels! > 1 && o.postcopy)
+    throw einval("--channels", "not with --postcopy (post-copy over multifd channels is not built)");
   // That these need --log-mode dirty-ring is the library's check (checkGuestOptions).
   if (a["dirtyRingSize"] !== undefined)
     o.dirtyRingSize = parseIntIn("--dirty-ring-size", String(a["dirtyRingSize"]), 256, 65536);
@@ -231,6 +235,11 @@ const MIGRATE_FLAGS: Record<string, string> = {
  */
 function localWhere(trace: CliTrace | null, o: GuestMigrationOptions): "process" | "inline" {
   return trace !== null && o.fault !== "kill-destination" ? "inline" : "process";
+}
+
+/** --channels N (multifd): 1..MAX_CHANNELS. */
+function channelsOf(a: Record<string, string | boolean | undefined>): number {
+  return parseIntIn("--channels", String(a["channels"]), 1, MAX_CHANNELS);
 }
 
 /** `kvmmu migrate`: one migration through the library, printed (and saved) as before. */
@@ -270,6 +279,7 @@ async function migrateAction(a: Record<string, string | boolean | undefined>): P
       postcopy: o.postcopy,
       postcopyAfter: o.postcopyAfter,
       resume: o.resume,
+      channels: o.channels,
       wp: o.wp,
       mode: o.mode,
       local,
@@ -354,6 +364,11 @@ export function registerMigrate(program: Command): void {
         "drop-link, post-copy only: cut the connection a few sections after postcopy-run, or after a resume)",
     )
     .option("--fault-repeat <n>", "inject --fault into this many connections (drop-link with --resume)", "1")
+    .option(
+      "--channels <n>",
+      `multifd (QEMU's): pages over N extra connections, a worker each at both ends, synced every round (1..${MAX_CHANNELS}; pre-copy only)`,
+      "1",
+    )
     .option("--json", "print one JSON object on stdout", false)
     .option("--output <file>", "also write the result, in the saved-results schema, to this file");
   traceFlags(cmd).action(migrateAction);
@@ -383,6 +398,10 @@ function registerMigrateIncoming(program: Command): void {
       false,
     )
     .option("--resume-timeout <ms>", "with --resume: give up (guest lost) after this long paused", "60000")
+    .option(
+      "--channels <n>",
+      `multifd channels to accept (1..${MAX_CHANNELS}; default: as many as the source asks)`,
+    )
     .option("--json", "print one JSON object on stdout (the listening address goes to stderr)", false);
   traceFlags(cmd).action(async (a: Record<string, string | boolean | undefined>) => {
     const key = keyOf(a);
@@ -403,6 +422,7 @@ function registerMigrateIncoming(program: Command): void {
         runAfterMs: parseIntIn("--run-after", String(a["runAfter"]), 0, 86_400_000),
         resume: a["resume"] === true,
         resumeTimeoutMs: parseIntIn("--resume-timeout", String(a["resumeTimeout"]), 1, 86_400_000),
+        channels: a["channels"] === undefined ? undefined : channelsOf(a),
         onListening: (p) => {
           const line = `kvmmu migrate-incoming: listening on ${host}:${p}\n`;
           if (a["json"]) process.stderr.write(line);

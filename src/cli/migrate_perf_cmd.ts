@@ -16,6 +16,7 @@ import { checkOutput, envelope, finished, writeResult } from "../bench/result.js
 import { LOG_MODES } from "../migration/log_sync.js";
 import { DEFAULT_BASELINE, designNames, parseDesignList } from "../mmu/design.js";
 import { einval } from "../errors.js";
+import { MAX_CHANNELS } from "../migration/multifd.js";
 import { parseIntIn, parseList, parseNumberIn, parseSize, progress, withFlagNames } from "./parse.js";
 
 /** --working-set: a whole number of pages, at least one. */
@@ -65,7 +66,20 @@ function perfOptions(
   if (o.loopbackBytes! < 1 << 20) throw einval("--loopback", "must be at least 1M");
   if (a["insecurePlaintext"] === true) o.tls = "none";
   throttleArgs(a, o, wpIsDefault);
+  channelArgs(a, o);
   return o;
+}
+
+/** --channels LIST: multifd channel counts compared, alternated, with one design. */
+function channelArgs(a: Record<string, string | boolean | undefined>, o: MigratePerfOptions): void {
+  if (a["channels"] === undefined) return;
+  const list = String(a["channels"]).split(",");
+  o.channels = list.map((x) => parseIntIn("--channels", x, 1, MAX_CHANNELS));
+  if (new Set(o.channels).size !== o.channels.length) throw einval("--channels", "a count is listed twice");
+  if (o.throttle) throw einval("--channels", "not with --throttle (one comparison at a time)");
+  // --wp's default is a pair of designs: with --channels, migrate's default design.
+  if (a["wp"] === "locked,lockless") o.wp = ["lockless"];
+  if (o.wp!.length !== 1) throw einval("--wp", "with --channels: one design");
 }
 
 /** --throttle and the dirty ring's flags into `o`; usage errors are EINVAL naming the flag. */
@@ -139,6 +153,10 @@ export function registerMigratePerf(program: Command): void {
     .option("--min-rounds <n>", "pre-copy rounds before switch-over may happen", String(d.minRounds))
     .option("--auto-converge", "throttle the guest when it dirties faster than the link sends", false)
     .option("--throttle <list>", THROTTLE_HELP)
+    .option(
+      "--channels <list>",
+      `compare multifd channel counts instead of designs, alternated (e.g. 1,4; 1..${MAX_CHANNELS}; --wp then names one design)`,
+    )
     .option("--timeout <ms>", "per migration: cancel when not converged by then", String(d.timeoutMs))
     .option("--guest-warmup <ms>", "per migration: the guest runs this long first", String(d.warmupMs))
     .option(
@@ -166,7 +184,7 @@ export function registerMigratePerf(program: Command): void {
           o,
           (run, k, of) =>
             progress(
-              `migration ${k}/${of} (${run.wp}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
+              `migration ${k}/${of} (${run.wp}${run.channels !== undefined ? `, ${run.channels} channels` : ""}${run.warmup ? ", warm-up" : ""}): ${run.status}, ${run.totalTimeMs.toFixed(0)} ms, downtime ${run.downtimeMs.toFixed(1)} ms`,
             ),
           progress,
         ),

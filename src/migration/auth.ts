@@ -258,7 +258,7 @@ export async function listenIncoming(o: {
 }
 
 /** Opens the transport: TCP, then TLS unless plaintext. Errors name the address and the cause. */
-async function openTransport(o: {
+export async function openTransport(o: {
   host: string;
   port: number;
   key: string;

@@ -40,6 +40,7 @@ import {
 import { applyDiscard, postcopyIncoming } from "./postcopy_incoming.js";
 import type { IncomingLink, RecoverConnection } from "./recover.js";
 import { StreamHash } from "./stream_hash.js";
+import { ChannelCredentials, checkChannels, localHost, MultifdRecv } from "./multifd.js";
 
 export interface DestinationOptions {
   wp: DesignName;
@@ -63,6 +64,13 @@ export interface DestinationOptions {
   onStateChange?: (to: MigrationStatus, from: MigrationStatus) => void;
   /** Called with the destination's VM before its vCPUs exist (--trace: vm.enableTrace). */
   onVm?: (vm: Vm, name: string) => void;
+  /**
+   * multifd (multifd.ts): the channels this destination expects (default: as many as the
+   * source's config asks, up to 16); a source asking for another count is refused (EPROTO).
+   */
+  channels?: number;
+  /** The main connection's key and security mode, which each channel uses again. */
+  channelCredentials?: ChannelCredentials;
 }
 
 export const DEFAULT_IDLE_TIMEOUT_MS = 30_000;
@@ -101,6 +109,7 @@ const SOURCE_TYPES = [
   Sec.Abort,
   Sec.Discard,
   Sec.Postcopy,
+  Sec.MultifdFlush,
 ];
 
 type VcpuState = { id: number; counter: number }[];
@@ -114,6 +123,8 @@ export class MigrationDestination {
   private migrationId: string | null = null;
   /** The same, as post-copy reads and writes it (set by receive()). */
   private link!: IncomingLink;
+  /** multifd: the channels, once the config asked for them. */
+  private mf: MultifdRecv | null = null;
 
   constructor(private readonly o: DestinationOptions) {}
 
@@ -186,11 +197,13 @@ export class MigrationDestination {
           layout?: unknown;
           postcopy?: unknown;
           migrationId?: unknown;
+          channels?: unknown;
         };
         layout = checkLayout(cfg.layout, this.o.maxMemory ?? MAX_GUEST_MEMORY);
         postcopy = cfg.postcopy === true;
         if (typeof cfg.migrationId === "string") this.migrationId = cfg.migrationId;
         ram = new RamLoadState(await this.build(layout, postcopy));
+        await this.startChannels(cfg, postcopy, r, back, rep);
         this.state.set("active");
       } else if (s.type === Sec.Ram) {
         rep.pagesApplied += ram!.load_state(s.payload, id);
@@ -209,7 +222,13 @@ export class MigrationDestination {
       } else if (s.type === Sec.Cancel) {
         this.state.set("cancelling");
         throw new MigrationError("ECANCELED", "the source cancelled the migration");
+      } else if (s.type === Sec.MultifdFlush && this.mf) {
+        // A round is complete only once every channel has delivered it (multifd_recv_sync_main).
+        if (s.payload.length !== 4)
+          throw new MigrationError("EPROTO", `section ${id} (multifd-flush): bad length`);
+        await this.mf.flush(s.payload.readUInt32BE(0));
       } else if (s.type === Sec.Eof) {
+        if (this.mf) await this.finishChannels(rep);
         await checkStreamDigest(r, s.payload);
         // The device state is in: the completion stage (the source's guest is stopped).
         this.state.set("device");
@@ -224,6 +243,54 @@ export class MigrationDestination {
         );
     }
   }
+
+  /** multifd: a listener and worker per channel, announced to the source on the return path. */
+  private async startChannels(
+    cfg: { channels?: unknown },
+    postcopy: boolean,
+    r: ByteReader,
+    back: SectionWriter,
+    rep: DestinationReport,
+  ): Promise<void> {
+    if (cfg.channels === undefined) return;
+    const n = checkChannels(cfg.channels, "config.channels");
+    if (this.o.channels !== undefined && n !== this.o.channels)
+      throw new MigrationError(
+        "EPROTO",
+        `config.channels: the source uses ${n} channels, this destination expects ${this.o.channels}`,
+      );
+    if (n === 1) return;
+    if (postcopy)
+      throw new MigrationError("EPROTO", "config.channels: multifd channels with post-copy are not built");
+    if (!this.o.channelCredentials || !r.sessionKey)
+      throw new MigrationError(
+        "EPROTO",
+        "config.channels: this destination has no session to check channels against",
+      );
+    this.mf = await MultifdRecv.listen({
+      g: this.guest!,
+      n,
+      host: localHost(this.link.stream),
+      creds: this.o.channelCredentials,
+      sessionKey: r.sessionKey,
+      idleMs: this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+    });
+    rep.channels = n;
+    await back.section(Sec.MultifdChannels, jsonPayload(this.mf.announce));
+  }
+
+  /** multifd: every channel's EOF and keyed digest, before the main stream's own. */
+  private async finishChannels(rep: DestinationReport): Promise<void> {
+    const mf = this.mf!;
+    await mf.finish();
+    rep.channelPages = mf.pages;
+    rep.pagesApplied += mf.pages;
+    this.channelBytes = mf.bytes;
+    this.mf = null;
+  }
+
+  /** Bytes the channels carried (receivedBytes counts them). */
+  private channelBytes = 0;
 
   /** The VM the config describes. */
   private async build(layout: GuestLayout, postcopy: boolean): Promise<GuestVm> {
@@ -304,7 +371,7 @@ export class MigrationDestination {
   /** After EOF: page hashes to the source, then "go" releases the guest and it is checked. */
   private async complete(r: ByteReader, back: SectionWriter, rep: DestinationReport): Promise<void> {
     const g = this.guest!;
-    rep.receivedBytes = r.consumed;
+    rep.receivedBytes = r.consumed + this.channelBytes;
     const th = performance.now();
     const hashes = pageHashes(g.vm, g.layout);
     rep.hashMs = performance.now() - th;
@@ -337,7 +404,12 @@ export class MigrationDestination {
     rep: DestinationReport,
   ): Promise<DestinationReport> {
     if (e instanceof MigrationStateError) throw e;
-    const err = toMigError(e);
+    let err = toMigError(e);
+    // The main stream closing is the source failing on a channel's account: say which.
+    const ch = this.mf?.failure;
+    if (ch && (err.code === "ECONNRESET" || err.code === "ENODATA")) err = ch;
+    this.mf?.abort();
+    this.mf = null;
     const cancelled = this.state.status === "cancelling";
     if (!this.state.final) this.state.set(cancelled ? "cancelled" : "failed");
     rep.status = cancelled ? "cancelled" : "failed";

@@ -9,6 +9,8 @@
  * to do (it owns the destination); the wrapper passes everything through for it. "drop-link"
  * (post-copy) cuts the connection in the middle of the 8th RAM frame after postcopy-run, or
  * after resume on a recovered connection: the link drop post-copy recovery is for.
+ * "channel-auth" and "drop-channel" are multifd's (multifd_send_worker.ts, the last channel): a
+ * wrong channel proof, and a channel cut in the middle of its third RAM frame.
  */
 import { Duplex } from "node:stream";
 import { crc32 } from "node:zlib";
@@ -22,6 +24,8 @@ export const FAULTS = [
   "bad-version",
   "kill-destination",
   "drop-link",
+  "channel-auth",
+  "drop-channel",
 ] as const;
 export type FaultKind = (typeof FAULTS)[number];
 

@@ -82,6 +82,7 @@ export async function migrateLocal(o: MigrateLocalOptions = {}): Promise<LocalMi
     security: checkSecurity(o.security),
     resume: o.resume === true && o.postcopy === true,
     resumeTimeoutMs: o.resumeTimeoutMs,
+    channels: o.channels,
   };
   // A traced run's destination VM joins the caller's trace when it runs here (a process has its own).
   const dst =

@@ -17,11 +17,15 @@ import { closeConnection, DEFAULT_IDLE_TIMEOUT_MS, MigrationDestination } from "
 import { checkSecurity, MigrationSecurity } from "./tls.js";
 import { MigrationSource, SourceOptions } from "./precopy.js";
 import { MigrationError } from "./stream.js";
+import { checkChannels } from "./multifd.js";
 import { RecoverConnection, recoverWithin } from "./recover.js";
 import type { DestinationReport, MigrationReport } from "./report.js";
 
 /** The guest a migration moves, and how it is migrated (SourceOptions' knobs). */
-export interface GuestMigrationOptions extends Omit<SourceOptions, "log" | "postcopyRecover"> {
+export interface GuestMigrationOptions extends Omit<
+  SourceOptions,
+  "log" | "postcopyRecover" | "channelCredentials"
+> {
   /** The design both sides run (src/mmu/design.ts; default "lockless"). */
   wp?: DesignName;
   mode?: MmuModeName;
@@ -106,6 +110,11 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
   const w = o.warmupMs ?? 0;
   if (!Number.isSafeInteger(w) || w < 0) throw einval("warmupMs", "must be an integer >= 0");
   checkResumeTimeout(o.resumeTimeoutMs);
+  const ch = o.channels === undefined ? 1 : checkChannelsOption(o.channels);
+  if (ch > 1 && o.postcopy)
+    throw einval("channels", "not with postcopy (post-copy over multifd channels is not built)");
+  if ((o.fault === "channel-auth" || o.fault === "drop-channel") && ch < 2)
+    throw einval("fault", `${o.fault} needs channels > 1`);
   layoutOf(o);
   if (o.dirtyRingSize !== undefined) {
     const n = o.dirtyRingSize;
@@ -125,6 +134,15 @@ export function checkGuestOptions(o: GuestMigrationOptions): void {
     checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
     needsDirtyRing("dirtyLimit", o.logMode);
     if (o.autoConverge) throw einval("dirtyLimit", "not with autoConverge (one throttle at a time)");
+  }
+}
+
+/** The channels option (EINVAL naming it), as a KvmError like the other options'. */
+function checkChannelsOption(n: unknown): number {
+  try {
+    return checkChannels(n);
+  } catch (e) {
+    throw einval("channels", (e as Error).message.replace(/^EINVAL: channels: /, ""));
   }
 }
 
@@ -199,6 +217,7 @@ export async function migrateTo(o: MigrateToOptions): Promise<MigrationResult> {
     const src = new MigrationSource(g, {
       ...o,
       log,
+      channelCredentials: { key: o.key, security: checkSecurity(o.security), host: o.host },
       postcopyRecover: o.resume && o.postcopy ? reconnector(o) : undefined,
     });
     await runGuest(g);
@@ -251,6 +270,8 @@ export interface MigrateIncomingOptions {
   onListening?: (port: number) => void;
   /** Called with the destination's VM before its vCPUs exist (--trace: vm.enableTrace). */
   onVm?: (vm: Vm, name: string) => void;
+  /** multifd channels expected (default: as many as the source asks, 1..16). */
+  channels?: number;
 }
 
 export interface IncomingResult extends DestinationReport {
@@ -271,6 +292,7 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
   const idle = o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS;
   if (!Number.isSafeInteger(idle) || idle < 1) throw einval("idleTimeoutMs", "must be an integer >= 1");
   const resumeMs = checkResumeTimeout(o.resumeTimeoutMs);
+  if (o.channels !== undefined) checkChannelsOption(o.channels);
   const inc = await listenIncoming({ ...o, keepOpen: o.resume === true });
   try {
     o.onListening?.(inc.port);
@@ -281,6 +303,8 @@ export async function migrateIncoming(o: MigrateIncomingOptions): Promise<Incomi
       onVm: o.onVm,
       maxMemory: o.maxMemory,
       idleTimeoutMs: idle,
+      channels: o.channels,
+      channelCredentials: { key: o.key, security: checkSecurity(o.security) },
       postcopyRecover: o.resume
         ? recoverWithin(resumeMs, (left) =>
             inc.next(left).then(({ sock: s, reader: r }) => ({ stream: s, reader: r })),

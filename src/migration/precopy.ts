@@ -43,6 +43,7 @@ import {
   SectionWriter,
 } from "./stream.js";
 import { postcopySource } from "./postcopy.js";
+import { ChannelCredentials, checkChannels, MultifdSend, parseAnnounce, peerHost } from "./multifd.js";
 import type { RecoverConnection } from "./recover.js";
 
 export interface SourceOptions {
@@ -92,7 +93,17 @@ export interface SourceOptions {
   postcopyRecover?: RecoverConnection;
   /** `fault` is injected into this many connections (default 1): drop-link and recovery. */
   faultRepeat?: number;
+  /**
+   * multifd (multifd.ts): pages over this many extra connections, a worker each (1..16; 1, the
+   * default: the main stream only). Pre-copy only. Needs channelCredentials.
+   */
+  channels?: number;
+  /** The main connection's key and security mode, which each channel uses again. */
+  channelCredentials?: ChannelCredentials;
 }
+
+/** The channel faults are the channel workers' (multifd_send_worker.ts), not the main stream's. */
+const CHANNEL_FAULTS: readonly string[] = ["channel-auth", "drop-channel"];
 
 type Resolved = Required<
   Pick<SourceOptions, "downtimeLimitMs" | "maxBandwidth" | "autoConverge" | "minRounds" | "maxTimeMs">
@@ -149,6 +160,19 @@ export class MigrationSource {
     // A MigrationSource made directly (not through migrate.ts) gets the same check.
     const ring = this.log instanceof DirtyRingLog ? "dirty-ring" : this.log.name;
     if (o.dirtyRingReaper) needsDirtyRing("dirtyRingReaper", ring);
+    const ch = checkChannels(o.channels ?? 1);
+    if (ch > 1 && o.postcopy)
+      throw new MigrationError(
+        "EINVAL",
+        "channels: not with postcopy (post-copy over multifd channels is not built)",
+      );
+    if (ch > 1 && !o.channelCredentials)
+      throw new MigrationError(
+        "EINVAL",
+        "channelCredentials: channels > 1 needs the main connection's key and security",
+      );
+    if (o.fault !== undefined && CHANNEL_FAULTS.includes(o.fault) && ch < 2)
+      throw new MigrationError("EINVAL", `fault: ${o.fault} needs channels > 1`);
     if (o.dirtyLimit !== undefined) {
       checkDirtyLimit(o.dirtyLimit, o.dirtyLimitPeriodMs);
       needsDirtyRing("dirtyLimit", ring);
@@ -176,6 +200,8 @@ class SourceRun {
   private ret!: ReturnPath;
   /** Bytes written on connections before the current one. */
   private bytesBefore = 0;
+  /** Where the destination is: the channels connect there. */
+  private readonly peer: string;
   /** Connections the fault is still to be injected into; the current one's injector. */
   private faultsLeft: number;
   private inj: FaultInjector | null = null;
@@ -205,6 +231,7 @@ class SourceRun {
     reader: ByteReader,
   ) {
     this.faultsLeft = o.faultRepeat ?? 1;
+    this.peer = peerHost(stream);
     this.state = new MigrationState((to, from) => {
       if (to === "device") this.inj?.arm();
       o.onStateChange?.(to, from);
@@ -244,7 +271,8 @@ class SourceRun {
   private attach(stream: Duplex, reader: ByteReader): void {
     // kill-destination is the caller's (it owns the destination): nothing to wrap for it.
     const f = this.o.fault;
-    this.inj = f && f !== "kill-destination" && this.faultsLeft-- > 0 ? new FaultInjector(stream, f) : null;
+    const wraps = f && f !== "kill-destination" && !CHANNEL_FAULTS.includes(f);
+    this.inj = wraps && this.faultsLeft-- > 0 ? new FaultInjector(stream, f) : null;
     this.out = this.inj ?? stream;
     this.w = new SectionWriter(this.out);
     // A fault injector may hold a frame past its write: frames are reused only without one.
@@ -264,7 +292,12 @@ class SourceRun {
   }
 
   private get bytes(): number {
-    return this.bytesBefore + this.w.bytes;
+    return this.bytesBefore + this.sent;
+  }
+
+  /** Bytes of this connection: the main stream's and, with multifd, the channels'. */
+  private get sent(): number {
+    return this.w.bytes + (this.ram.multifd?.bytes ?? 0);
   }
 
   async run(): Promise<MigrationReport> {
@@ -294,12 +327,40 @@ class SourceRun {
         version: MIG_VERSION,
         layout,
         ...(this.o.postcopy ? { postcopy: true, migrationId: this.migrationId } : {}),
+        ...((this.o.channels ?? 1) > 1 ? { channels: this.o.channels } : {}),
       }),
     );
+    if ((this.o.channels ?? 1) > 1) await this.startChannels();
     this.report.setupTimeMs = performance.now() - this.t0;
     this.ram.save_setup();
     this.dirtyLimit?.run();
     this.state.set("active");
+  }
+
+  /** multifd: the destination's listeners (on the return path), a connected worker each. */
+  private async startChannels(): Promise<void> {
+    // The destination builds (and first-touches) its memory before it listens: seconds for a
+    // large guest on a loaded machine. The migration's own time bounds the wait.
+    const s = await this.ret.expect(Sec.MultifdChannels, this.o.maxTimeMs);
+    const n = this.o.channels!;
+    const announce = parseAnnounce(s.payload, n);
+    if (!this.w.sessionKey)
+      throw new MigrationError(
+        "EINVAL",
+        "channels: the main connection was not authenticated (no session key)",
+      );
+    this.ram.multifd = await MultifdSend.start({
+      g: this.g,
+      host: this.o.channelCredentials!.host ?? this.peer,
+      announce,
+      creds: this.o.channelCredentials!,
+      sessionKey: this.w.sessionKey,
+      maxBandwidth: this.o.maxBandwidth,
+      fault: CHANNEL_FAULTS.includes(this.o.fault ?? "")
+        ? (this.o.fault as "channel-auth" | "drop-channel")
+        : undefined,
+    });
+    this.report.channels = n;
   }
 
   /** The active state's rounds; true: switch over now, false: cancelled. */
@@ -334,10 +395,11 @@ class SourceRun {
 
   /** A dirty-log sync and its round record (QEMU's query-migrate fields). */
   private syncRound(): RoundRecord {
-    const { ram, w } = this;
+    const { ram } = this;
     const remaining = ram.state_pending_exact();
     const now = performance.now();
-    const sentSince = w.bytes - this.sentAtSync;
+    const sent = this.sent;
+    const sentSince = sent - this.sentAtSync;
     const dt = Math.max(now - this.lastSync, 1e-3);
     const limit = this.o.dirtyLimit !== undefined;
     if ((this.o.autoConverge || limit) && ram.syncs > 1 && !this.paused)
@@ -348,11 +410,11 @@ class SourceRun {
       }
     const bw = this.limiter.bandwidth > 0 ? this.limiter.bandwidth : sentSince / dt;
     this.lastSync = now;
-    this.sentAtSync = w.bytes;
+    this.sentAtSync = sent;
     const rec: RoundRecord = {
       round: this.report.rounds.length + 1,
       "time-ms": Math.round(now - this.t0),
-      transferred: w.bytes,
+      transferred: sent,
       remaining,
       total: this.g.layout.memoryBytes,
       duplicate: ram.duplicate,
@@ -372,7 +434,7 @@ class SourceRun {
     }
     this.report.rounds.push(rec);
     // The round ends at its sync; the next begins unless this was switch-over's sync.
-    this.g.vm.traceEvent("migration_round", "E", ram.normal, w.bytes);
+    this.g.vm.traceEvent("migration_round", "E", ram.normal, sent);
     if (!this.paused) this.g.vm.traceEvent("migration_round", "B", rec.round + 1);
     this.o.onRound?.(rec);
     return rec;
@@ -385,6 +447,7 @@ class SourceRun {
     await this.w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
     this.out.end();
     this.w.stopDigest();
+    this.ram.multifd?.close();
     this.throttle.stop();
     await this.stopDirtyLimit();
     this.report.totalTimeMs = performance.now() - this.t0;
@@ -427,10 +490,11 @@ class SourceRun {
     const { w, ret, report } = this;
     const tSynced = performance.now();
     await this.ram.save_live_complete_precopy();
+    await this.finishChannels();
     await w.section(Sec.Vcpu, jsonPayload({ vcpus: this.counts.map((counter, id) => ({ id, counter })) }));
     await w.section(Sec.Eof, await w.digest());
     const tEof = performance.now();
-    report.transferredBytes = w.bytes;
+    report.transferredBytes = this.sent;
 
     // The destination loaded everything: compare against our paused memory.
     const loaded = await ret.expect(Sec.Loaded, 30_000);
@@ -456,7 +520,7 @@ class SourceRun {
       stopMs: tRunning - this.tPause,
     };
     report.totalTimeMs = performance.now() - this.t0;
-    report.transferredBytes = w.bytes;
+    report.transferredBytes = this.sent;
     report.throttlePercentage = this.throttle.percentage;
     const ver = JSON.parse((await ret.expect(Sec.Verified, 60_000)).payload.toString()) as {
       ok: boolean;
@@ -467,6 +531,14 @@ class SourceRun {
     this.state.set("completed");
     report.status = "completed";
     this.out.end();
+  }
+
+  /** multifd: every channel's EOF (its keyed digest); the bytes of each. */
+  private async finishChannels(): Promise<void> {
+    const mf = this.ram.multifd;
+    if (!mf) return;
+    await mf.finish();
+    this.report.channelBytes = [...mf.channelBytes];
   }
 
   /** The destination's page hashes against our paused memory; a mismatch aborts (EBADMSG). */
@@ -573,6 +645,7 @@ class SourceRun {
     report.totalTimeMs = performance.now() - this.t0;
     report.transferredBytes = this.bytes;
     this.w.stopDigest();
+    this.ram.multifd?.close();
     this.out.destroy();
     if (this.committed && this.o.postcopy) {
       // Neither side holds the whole guest any more: it is lost (or its recovery failed).

@@ -9,6 +9,7 @@ import type { GuestVm } from "./guest_vm.js";
 import type { DirtyLogStrategy } from "./log_sync.js";
 import type { RateLimiter } from "./rate_limit.js";
 import { decodeRam, RamBuilder, Sec, SectionWriter } from "./stream.js";
+import type { MultifdSend } from "./multifd.js";
 
 /** The source side of a live section, as QEMU's SaveVMHandlers (the methods this model uses). */
 export interface SaveVMHandlers {
@@ -52,6 +53,8 @@ export class RamSaveState implements SaveVMHandlers {
   /** The last sync: its duration, and the pages it found newly dirty. */
   syncMs = 0;
   freshPages = 0;
+  /** multifd (`channels` > 1): pages go over the channels, the main stream the round markers. */
+  multifd: MultifdSend | null = null;
 
   constructor(
     private readonly g: GuestVm,
@@ -111,6 +114,7 @@ export class RamSaveState implements SaveVMHandlers {
     const list: number[] = [];
     for_each_set_bit(this.pending, (p) => list.push(p));
     this.pending.fill(0);
+    if (this.multifd) return this.sendMultifd(list);
     for (const p of list) {
       const gpa = p * PAGE_SIZE;
       this.g.vm.readGuestPage(gpa, this.page32);
@@ -119,6 +123,16 @@ export class RamSaveState implements SaveVMHandlers {
       if (this.ram.full) await this.flush();
     }
     await this.flush();
+  }
+
+  /** The round over the channels, then its marker (RAM_SAVE_FLAG_MULTIFD_FLUSH) on the main stream. */
+  private async sendMultifd(list: number[]): Promise<void> {
+    const r = await this.multifd!.send(list, this.limiter.enabled);
+    this.normal += r.normal;
+    this.duplicate += r.duplicate;
+    const marker = Buffer.alloc(4);
+    marker.writeUInt32BE(r.round, 0);
+    await this.w.section(Sec.MultifdFlush, marker);
   }
 
   private async flush(): Promise<void> {

@@ -85,6 +85,9 @@ export interface MigrationReport {
   postcopy?: PostcopyStats;
   /** With dirtyLimit: what the limit did. */
   dirtyLimit?: DirtyLimitReport;
+  /** multifd: the channels (absent with the main stream only), and the bytes each carried. */
+  channels?: number;
+  channelBytes?: number[];
   error?: { code: string; message: string };
 }
 
@@ -107,5 +110,8 @@ export interface DestinationReport {
     recoveries: number;
     pausedMs: number;
   };
+  /** multifd: the channels, and the pages they applied (in pagesApplied too). */
+  channels?: number;
+  channelPages?: number;
   error?: { code: string; message: string };
 }

@@ -31,6 +31,7 @@ export class ReturnPath implements ReturnChannel {
           Sec.PageReq,
           Sec.RecvBitmap,
           Sec.ResumeAck,
+          Sec.MultifdChannels,
           Sec.Error,
         ]);
         if (s.type === Sec.PageReq) {

@@ -43,6 +43,9 @@ export const Sec = {
   /** Post-copy recovery, on a new connection (recover.ts): "send your received bitmap", "resume". */
   RecvBitmapReq: 0x0a,
   Resume: 0x0b,
+  /** multifd (multifd.ts): a channel's end of round (on the channel), the round marker (main stream). */
+  MultifdSync: 0x0c,
+  MultifdFlush: 0x0d,
   /** Destination -> source (the return path). */
   Loaded: 0x41,
   Running: 0x42,
@@ -52,6 +55,8 @@ export const Sec = {
   /** Post-copy recovery: the pages the destination holds (bitmap), and its go-ahead. */
   RecvBitmap: 0x45,
   ResumeAck: 0x46,
+  /** multifd: the destination's channel listeners (ports and nonces). */
+  MultifdChannels: 0x47,
   Error: 0x4f,
 } as const;
 
@@ -70,6 +75,9 @@ export const SECTION_NAMES: Record<number, string> = {
   [Sec.Resume]: "resume",
   [Sec.RecvBitmap]: "recv-bitmap",
   [Sec.ResumeAck]: "resume-ack",
+  [Sec.MultifdSync]: "multifd-sync",
+  [Sec.MultifdFlush]: "multifd-flush",
+  [Sec.MultifdChannels]: "multifd-channels",
   [Sec.Loaded]: "loaded",
   [Sec.Running]: "running",
   [Sec.Verified]: "verified",

@@ -71,7 +71,7 @@ function rebuiltCommandLine(doc: ResultDoc): string {
       return `kvmmu migrate --local${doc.options.wp ? ` --wp ${doc.options.wp}` : ""}${doc.results.mode === "postcopy" ? " --postcopy" : ""}`;
     case "migrate-perf": {
       const o = doc.options;
-      return `kvmmu migrate-perf -n ${o.runs} -b ${mib(o.memoryBytes)} -v ${o.vcpus} --max-bandwidth ${o.maxBandwidth} --downtime-limit ${o.downtimeLimitMs} --min-rounds ${o.minRounds}${o.throttle ? ` --throttle ${o.throttle.join(",")} --log-mode ${o.logMode}` : ""}`;
+      return `kvmmu migrate-perf -n ${o.runs} -b ${mib(o.memoryBytes)} -v ${o.vcpus} --max-bandwidth ${o.maxBandwidth} --downtime-limit ${o.downtimeLimitMs} --min-rounds ${o.minRounds}${o.throttle ? ` --throttle ${o.throttle.join(",")} --log-mode ${o.logMode}` : ""}${o.channels ? ` --channels ${o.channels.join(",")}` : ""}`;
     }
     case "dirty-rate":
       return `kvmmu dirty-rate --calc-mode ${doc.options.mode} --calc-time ${doc.options.calcTimeMs}`;

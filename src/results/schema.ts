@@ -374,12 +374,16 @@ export const MigratePerfOptions = Type.Object({
   dirtyLimit: Type.Optional(Int),
   dirtyLimitPeriodMs: Type.Optional(Int),
   dirtyRingSize: Type.Optional(Int),
+  channels: Type.Optional(
+    Type.Array(Int, { description: "multifd channel counts compared instead of designs (version 3)" }),
+  ),
 });
 
 const MigrateRun = Type.Object({
   seq: Int,
   wp: Wp,
   throttle: Type.Optional(Type.String()),
+  channels: Type.Optional(Int),
   warmup: Type.Boolean(),
   status: Type.String(),
   exitCode: Int,
@@ -607,6 +611,8 @@ export const MigrateDoc = doc(
         periods: Int,
       }),
     ),
+    channels: Type.Optional(Int),
+    channelBytes: Type.Optional(Type.Array(Num, { description: "multifd: bytes each channel carried" })),
     error: Type.Optional(Type.Object({ code: Type.String(), message: Type.String() })),
   }),
   {},

@@ -27,6 +27,7 @@ import {
   PAGE_SIZE,
   ST,
   VCPU,
+  type KvmShared,
 } from "../kvm_host.js";
 import { einval, KvmError } from "../errors.js";
 import { host_mmap } from "../mem/host_memory.js";
@@ -472,6 +473,16 @@ export class Vm {
 
   metadataBytes(): number {
     return metadataBytes(this.#s.shared);
+  }
+
+  /**
+   * The VM's shared structures, for a thread of the caller's that copies guest pages (the
+   * migration's multifd channels: `new Kvm(shared)` and guest/host_access.ts there, each page
+   * under mm_lock). Take it once the memslots and userfault registration are final: those
+   * threads never see a later change.
+   */
+  sharedState(): KvmShared {
+    return this.#s.shared;
   }
 
   /**
