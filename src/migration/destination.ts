@@ -276,6 +276,10 @@ export class MigrationDestination {
       idleMs: this.o.idleTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
     });
     rep.channels = n;
+    // While a round travels over the channels the main stream carries nothing until its flush
+    // marker: a channel applying pages counts as the peer being alive.
+    const mf = this.mf;
+    if (this.link.r.idle) this.link.r.idle.busy = () => mf.progressed();
     await back.section(Sec.MultifdChannels, jsonPayload(this.mf.announce));
   }
 

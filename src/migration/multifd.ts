@@ -308,6 +308,16 @@ export class MultifdRecv {
     private readonly ctl: Int32Array,
   ) {}
 
+  private seenProgress = 0;
+
+  /** True when a channel applied a RAM section since the last call (the main stream's keep-alive). */
+  progressed(): boolean {
+    const p = Atomics.load(this.ctl, RECV_CTL.progress);
+    const moved = p !== this.seenProgress;
+    this.seenProgress = p;
+    return moved;
+  }
+
   /** Starts n channel workers listening on `host`, ephemeral ports; what to announce. */
   static async listen(o: {
     g: GuestVm;

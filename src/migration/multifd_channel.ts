@@ -202,5 +202,7 @@ export const RECV_CTL = {
   release: 0,
   /** Nonzero: the migration failed, every worker stops. */
   abort: 1,
-  WORDS: 2,
+  /** RAM sections applied by all channels (the workers add): the main stream's idle timer counts it as activity. */
+  progress: 2,
+  WORDS: 3,
 } as const;

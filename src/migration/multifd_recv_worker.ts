@@ -92,6 +92,7 @@ async function receive(r: ByteReader): Promise<void> {
       for (const rec of recs) guest_write(kvm, rec.gpa, rec.data ?? zero);
       pages += recs.length;
       roundPages += recs.length;
+      Atomics.add(ctl, RECV_CTL.progress, 1);
     } else {
       const k = s.payload.length === 8 ? s.payload.readUInt32BE(0) : -1;
       const n = s.payload.length === 8 ? s.payload.readUInt32BE(4) : -1;

@@ -318,7 +318,11 @@ export class ByteReader {
    * Idle timeout: a read that gets no byte in `ms` fails with ETIMEDOUT naming `phase()` (the
    * destination sets it once the peer is authenticated, so every later read has a bound).
    */
-  idle: { ms: number; phase: () => string } | null = null;
+  /**
+   * The idle timeout. `busy`, when given, is asked when it expires: true (other activity of the
+   * same migration, e.g. multifd channels, since it was last asked) waits another period.
+   */
+  idle: { ms: number; phase: () => string; busy?: () => boolean } | null = null;
 
   constructor(readonly src: Readable) {
     src.on("data", (c: Buffer) => {
@@ -357,6 +361,7 @@ export class ByteReader {
         );
       if (!(await this.waitData()) && this.have < n && !this.broken && !this.ended) {
         const idle = this.idle!;
+        if (idle.busy?.() === true) continue;
         throw new MigrationError(
           "ETIMEDOUT",
           `no data from the peer in ${idle.ms} ms (phase ${idle.phase()}, reading ${what})`,

@@ -109,3 +109,25 @@ test("stream: a peer that breaks the connection", async () => {
   p.destroy(new Error("reset by peer"));
   await fails(pending, "ECONNRESET", /went away/);
 });
+
+test("the idle timeout waits again while busy() reports other activity (multifd channels), then fails", async () => {
+  const p = new PassThrough();
+  const r = new ByteReader(p);
+  let asked = 0;
+  r.idle = { ms: 20, phase: () => "active", busy: () => ++asked <= 3 };
+  await fails(r.read(4, "a section header"), "ETIMEDOUT", /no data from the peer in 20 ms \(phase active/);
+  assert.equal(asked, 4, "three busy periods waited out, the fourth expiry fails");
+  // Data that arrives while the channels keep it alive is read.
+  const q = new PassThrough();
+  const r2 = new ByteReader(q);
+  let n = 0;
+  r2.idle = {
+    ms: 20,
+    phase: () => "active",
+    busy: () => {
+      if (++n === 2) q.write(Buffer.from([1, 2, 3, 4]));
+      return true;
+    },
+  };
+  assert.deepEqual([...(await r2.read(4, "a section header"))], [1, 2, 3, 4]);
+});
