@@ -39,5 +39,14 @@ export default tseslint.config(
     rules: { "max-lines-per-function": "off" },
   },
   { files: ["eslint.config.js"], ...tseslint.configs.disableTypeChecked },
+  {
+    // Node scripts outside the TypeScript project (scripts/mutation.mjs).
+    files: ["scripts/**/*.mjs"],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      globals: { process: "readonly", console: "readonly" },
+    },
+  },
   prettier,
 );

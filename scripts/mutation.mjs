@@ -24,14 +24,33 @@ const AREAS = {
     files: ["src/mmu"],
     lines: 18,
     tests: [
-      ...unit("mmu/clear_dirty_log", "mmu/spte", "mmu/mmu_cache", "mmu/rmap", "mmu/dirty_ring", "mmu/wp_design"),
-      ...unit("mmu/tdp_mmu/tdp_iter", "mmu/tdp_mmu/clear_dirty_masked", "verify/mutant_worker", "verify/explore_quick"),
+      ...unit(
+        "mmu/clear_dirty_log",
+        "mmu/spte",
+        "mmu/mmu_cache",
+        "mmu/rmap",
+        "mmu/dirty_ring",
+        "mmu/wp_design",
+      ),
+      ...unit(
+        "mmu/tdp_mmu/tdp_iter",
+        "mmu/tdp_mmu/clear_dirty_masked",
+        "verify/mutant_worker",
+        "verify/explore_quick",
+      ),
     ],
   },
   mem: {
     files: ["src/mem"],
     lines: 14,
-    tests: unit("mem/host_memory", "mem/set_memslot", "vm/dirty_ring", "vm/dirty_log_clear", "mmu/dirty_ring", "verify/explore_quick"),
+    tests: unit(
+      "mem/host_memory",
+      "mem/set_memslot",
+      "vm/dirty_ring",
+      "vm/dirty_log_clear",
+      "mmu/dirty_ring",
+      "verify/explore_quick",
+    ),
   },
   kvm: {
     files: ["src/kvm"],
@@ -54,14 +73,22 @@ const AREAS = {
       "src/migration/tls.ts",
     ],
     lines: 14,
-    tests: unit("migration/stream", "migration/stream_hash", "migration/auth", "migration/stream_mutation", "migration/secure"),
+    tests: unit(
+      "migration/stream",
+      "migration/stream_hash",
+      "migration/auth",
+      "migration/stream_mutation",
+      "migration/secure",
+    ),
   },
 };
 
 function tsFiles(path) {
   if (path.endsWith(".ts")) return [path];
   return readdirSync(path, { withFileTypes: true })
-    .flatMap((e) => (e.isDirectory() ? tsFiles(join(path, e.name)) : e.name.endsWith(".ts") ? [join(path, e.name)] : []))
+    .flatMap((e) =>
+      e.isDirectory() ? tsFiles(join(path, e.name)) : e.name.endsWith(".ts") ? [join(path, e.name)] : [],
+    )
     .sort();
 }
 
@@ -131,28 +158,51 @@ export function wilson(k, n, z = 1.96) {
 
 function summarise(name, wallS) {
   const report = JSON.parse(readFileSync(`${OUT}/${name}.json`, "utf8"));
-  const n = { Killed: 0, Survived: 0, Timeout: 0, NoCoverage: 0, CompileError: 0, RuntimeError: 0, Ignored: 0 };
+  const n = {
+    Killed: 0,
+    Survived: 0,
+    Timeout: 0,
+    NoCoverage: 0,
+    CompileError: 0,
+    RuntimeError: 0,
+    Ignored: 0,
+  };
   const survivors = [];
   for (const [file, f] of Object.entries(report.files))
     for (const m of f.mutants) {
       n[m.status] = (n[m.status] ?? 0) + 1;
       if (m.status === "Survived" || m.status === "NoCoverage")
-        survivors.push(`${file}:${m.location.start.line} #${m.id} ${m.mutatorName}: ${JSON.stringify(m.replacement)}`);
+        survivors.push(
+          `${file}:${m.location.start.line} #${m.id} ${m.mutatorName}: ${JSON.stringify(m.replacement)}`,
+        );
     }
   const detected = n.Killed + n.Timeout;
   const valid = detected + n.Survived + n.NoCoverage;
   const [lo, hi] = wilson(detected, valid);
-  return { area: name, mutants: valid, killed: n.Killed, survived: n.Survived, timedOut: n.Timeout, noCoverage: n.NoCoverage, errors: n.CompileError + n.RuntimeError, score: valid ? detected / valid : null, wilson95: [lo, hi], wallS, survivors };
+  return {
+    area: name,
+    mutants: valid,
+    killed: n.Killed,
+    survived: n.Survived,
+    timedOut: n.Timeout,
+    noCoverage: n.NoCoverage,
+    errors: n.CompileError + n.RuntimeError,
+    score: valid ? detected / valid : null,
+    wilson95: [lo, hi],
+    wallS,
+    survivors,
+  };
 }
 
 const pct = (x) => (x === null ? "-" : `${(100 * x).toFixed(1)} %`);
 const args = process.argv.slice(2);
 const mode = args[0]?.startsWith("--") ? args.shift() : "--run";
 const names = args.length ? args : Object.keys(AREAS);
-for (const a of names) if (!(a in AREAS)) {
-  console.error(`mutation: unknown area ${a} (areas: ${Object.keys(AREAS).join(", ")})`);
-  process.exit(2);
-}
+for (const a of names)
+  if (!(a in AREAS)) {
+    console.error(`mutation: unknown area ${a} (areas: ${Object.keys(AREAS).join(", ")})`);
+    process.exit(2);
+  }
 if (mode === "--sample") {
   names.forEach(sample);
   process.exit(0);
@@ -177,6 +227,8 @@ console.log("| area | mutants | killed | survived | timed out | score | 95% Wils
 console.log("| ---- | ------- | ------ | -------- | --------- | ----- | ---------- | ---- |");
 for (const a of names) {
   const s = prev[a];
-  console.log(`| ${a} | ${s.mutants} | ${s.killed} | ${s.survived + s.noCoverage} | ${s.timedOut} | ${pct(s.score)} | ${pct(s.wilson95[0])} – ${pct(s.wilson95[1])} | ${s.wallS ?? "-"} s |`);
+  console.log(
+    `| ${a} | ${s.mutants} | ${s.killed} | ${s.survived + s.noCoverage} | ${s.timedOut} | ${pct(s.score)} | ${pct(s.wilson95[0])} – ${pct(s.wilson95[1])} | ${s.wallS ?? "-"} s |`,
+  );
 }
 for (const a of names) for (const s of prev[a].survivors) console.log(`survived ${s}`);

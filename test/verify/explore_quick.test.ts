@@ -20,10 +20,12 @@ test(`every scenario's fixed code at ${QUICK} schedules: no violation, every job
   const rs = await explorePool(jobs);
   assert.equal(rs.length, jobs.length);
   assert.deepEqual(
-    rs.filter((r) => r.schedules !== QUICK || r.violations > 0).map(
-      (r) =>
-        `${r.scenario} ${r.mode} ${r.design} ${r.strategy}: ${r.schedules} schedules, ${r.firstViolation?.invariant} (replay ${r.firstViolation?.schedule})`,
-    ),
+    rs
+      .filter((r) => r.schedules !== QUICK || r.violations > 0)
+      .map(
+        (r) =>
+          `${r.scenario} ${r.mode} ${r.design} ${r.strategy}: ${r.schedules} schedules, ${r.firstViolation?.invariant} (replay ${r.firstViolation?.schedule})`,
+      ),
     [],
   );
 });
@@ -39,5 +41,9 @@ test("generated programs, every design and both MMUs: no violation", async () =>
     bug: null,
   });
   assert.equal(r.programs, 2);
-  assert.equal(r.violations, 0, r.firstViolation ? `${r.firstViolation.text}: ${r.firstViolation.invariant}` : "");
+  assert.equal(
+    r.violations,
+    0,
+    r.firstViolation ? `${r.firstViolation.text}: ${r.firstViolation.invariant}` : "",
+  );
 });
