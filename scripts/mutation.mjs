@@ -5,6 +5,7 @@
 //   node scripts/mutation.mjs [AREA...]            run (default: every area), then summarise
 //   node scripts/mutation.mjs --summary [AREA...]  summarise results/mutation/<area>.json only
 //   node scripts/mutation.mjs --sample [AREA...]   rewrite stryker.<area>.json from the seed
+//   node scripts/mutation.mjs mmu --concurrency 1  options after the areas go to stryker run
 // Why lines, not mutants: Stryker has no sampling option; its `mutate` takes `file:L1-L2` ranges,
 // so a sampled line is mutated whole (every mutant that starts and ends on it) and nothing else
 // is instrumented. Mutants spanning several lines (an emptied block, a multi-line condition) are
@@ -55,7 +56,14 @@ const AREAS = {
   kvm: {
     files: ["src/kvm"],
     lines: 14,
-    tests: unit("kvm/pml", "kvm/requests", "mmu/lockdep", "vm/dead_vm", "verify/explore_quick"),
+    tests: unit(
+      "kvm/pml",
+      "kvm/requests",
+      "kvm/vm_dead",
+      "mmu/lockdep",
+      "vm/dead_vm",
+      "verify/explore_quick",
+    ),
   },
   vcpu: {
     files: ["src/vcpu"],
@@ -197,6 +205,8 @@ function summarise(name, wallS) {
 const pct = (x) => (x === null ? "-" : `${(100 * x).toFixed(1)} %`);
 const args = process.argv.slice(2);
 const mode = args[0]?.startsWith("--") ? args.shift() : "--run";
+const opt = args.findIndex((a) => a.startsWith("--"));
+const strykerArgs = opt < 0 ? [] : args.splice(opt);
 const names = args.length ? args : Object.keys(AREAS);
 for (const a of names)
   if (!(a in AREAS)) {
@@ -213,7 +223,7 @@ for (const a of names) {
   let wallS = prev[a]?.wallS ?? null;
   if (mode === "--run") {
     const t0 = Date.now();
-    const r = spawnSync("npx", ["stryker", "run", `stryker.${a}.json`], { stdio: "inherit" });
+    const r = spawnSync("npx", ["stryker", "run", `stryker.${a}.json`, ...strykerArgs], { stdio: "inherit" });
     wallS = Math.round((Date.now() - t0) / 1000);
     if (r.status !== 0) {
       console.error(`mutation: stryker failed on ${a} (exit ${r.status})`);
