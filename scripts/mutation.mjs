@@ -68,7 +68,15 @@ const AREAS = {
   vcpu: {
     files: ["src/vcpu"],
     lines: 14,
-    tests: unit("vcpu/tlb", "kvm/pml", "vm/dirty_log_clear", "verify/mutant_worker", "verify/explore_quick"),
+    tests: unit(
+      "vcpu/tlb",
+      "vcpu/vcpu_access",
+      "kvm/pml",
+      "vm/dirty_log_clear",
+      "verify/mutant_worker",
+      "mmu/shadow",
+      "verify/explore_quick",
+    ),
   },
   migration: {
     // The stream framing, reader and writer; its digest (and the digest's worker); the handshake
