@@ -38,7 +38,15 @@ export default tseslint.config(
     files: ["src/results/report.ts", "src/results/figures.ts"],
     rules: { "max-lines-per-function": "off" },
   },
-  // Plain-JS scripts (checked by // @ts-check in the editor) are linted without type information.
-  { files: ["eslint.config.js", "scripts/**/*.mjs"], ...tseslint.configs.disableTypeChecked },
+  { files: ["eslint.config.js"], ...tseslint.configs.disableTypeChecked },
+  {
+    // Node scripts outside the TypeScript project (scripts/mutation.mjs).
+    files: ["scripts/**/*.mjs"],
+    ...tseslint.configs.disableTypeChecked,
+    languageOptions: {
+      ...tseslint.configs.disableTypeChecked.languageOptions,
+      globals: { process: "readonly", console: "readonly" },
+    },
+  },
   prettier,
 );

@@ -42,6 +42,8 @@ test("set_memslot: create takes the pools and applies the flags; flags-only and 
   // 64 rmap heads at 4K, one each at 2M and 1G; two bitmaps of 2 words.
   assert.equal(kvm.ctl[CTL.rmap_pool_next], 66);
   assert.equal(kvm.ctl[CTL.bitmap_pool_next], 4);
+  // lpage_info: one write_count at 2M, one at 1G; the next slot's start past both.
+  assert.equal(kvm.ctl[CTL.lpage_pool_next], 2);
   __kvm_set_memory_region(kvm, { ...m, flags: 0 }, ops, idle);
   __kvm_set_memory_region(kvm, { ...m, memorySize: 0 }, ops, idle);
   assert.equal(kvm.slots[SLOT.active(0)], 0);

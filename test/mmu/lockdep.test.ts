@@ -84,3 +84,16 @@ test("lockdep: every design declares a lock mode for each op, in both paging mod
         assert.equal(ops.lock.page_fault, "write", "the rmap MMU's designs fault under the write lock");
     }
 });
+
+test("lockdep: lockdep_assert_held without mmu_lock names both modes", () => {
+  const kvm = makeKvm();
+  assert.throws(
+    () => lockdep_assert_held(kvm),
+    (e: unknown) =>
+      e instanceof LockdepError &&
+      e.message === "lockdep: mmu_lock must be held for read or write (this thread holds nothing)",
+  );
+  kvm.mmu_lock.read_lock();
+  lockdep_assert_held(kvm);
+  kvm.mmu_lock.read_unlock();
+});
