@@ -76,8 +76,6 @@ export { RateLimiter, BUFFER_DELAY_MS } from "./migration/rate_limit.js";
 export type { MigrationClock } from "./migration/rate_limit.js";
 export { CpuThrottle } from "./migration/throttle.js";
 export { RamSaveState, RamLoadState } from "./migration/ram.js";
-export { MultifdSend, MultifdRecv, MAX_CHANNELS, checkChannels } from "./migration/multifd.js";
-export type { ChannelCredentials, ChannelAnnounce } from "./migration/multifd.js";
 export type { SaveVMHandlers, LoadVMHandlers } from "./migration/ram.js";
 export { migrateTo, migrateIncoming } from "./migration/migrate.js";
 export type {
