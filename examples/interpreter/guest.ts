@@ -4,9 +4,14 @@
  * context (software TLB, MMU, dirty logging). Between instructions it checks the host's stop
  * request: then it marks itself parked and returns, leaving a consistent state (pc and registers
  * committed) in guest memory for the host to copy. Started again (in another VM), it continues.
+ * At the host's park-at step count it halts until the stop request, so that no vCPU runs to the
+ * end while another has not started yet (vCPU threads start at different times).
  */
 import type { GuestContext } from "kvmmu";
-import { Op, PROGRAM, reg, S_DONE, S_PARKED, S_PC, S_STEPS, stateOf, STOP_REQ } from "./layout.js";
+import { Op, PROGRAM, reg, S_DONE, S_PARK_AT, S_PARKED, S_PC, S_STEPS, stateOf, STOP_REQ } from "./layout.js";
+
+/** A private word to halt on: the wait ends by its timeout, then the stop request is read again. */
+const idle = new Int32Array(new SharedArrayBuffer(4));
 
 export default function interpreter(ctx: GuestContext): void {
   const st = stateOf(ctx.vcpuId);
@@ -15,7 +20,11 @@ export default function interpreter(ctx: GuestContext): void {
   const set = (i: number, x: number): void => ctx.store32(st + reg(i), x);
   let pc = ctx.load32(st + S_PC);
   let steps = ctx.load32(st + S_STEPS);
+  const parkAt = ctx.load32(st + S_PARK_AT);
   while (ctx.load32(st + S_DONE) === 0) {
+    if (parkAt !== 0 && steps >= parkAt) {
+      while (ctx.load32(STOP_REQ) === 0) ctx.halt(idle, 0, 0, 1);
+    }
     if (ctx.load32(STOP_REQ) !== 0) {
       ctx.store32(st + S_PARKED, 1);
       return;

@@ -4,6 +4,8 @@
  *  1. VM A (dirty-logged slot) runs the interpreter on two vCPUs.
  *  2. Round by round, the host harvests A's dirty log and copies the dirty pages into VM B
  *     (pages never written are zero in both VMs, so the dirty pages are all that differ).
+ *     A vCPU that reaches `migrateAfterSteps` halts there until the stop request, so every vCPU
+ *     is mid-program when A stops.
  *  3. It asks the guests to stop (a word in guest memory), waits until both parked between two
  *     instructions, stops A, and copies the last dirty pages.
  *  4. VM B runs the same module from the copied state to the end; a third VM runs the program
@@ -22,6 +24,7 @@ import {
   PROGRAM,
   reg,
   S_DONE,
+  S_PARK_AT,
   S_PARKED,
   S_STEPS,
   SLOT_PAGES,
@@ -114,6 +117,7 @@ export async function migrate(
   const a = makeVm(true);
   const b = makeVm(false);
   load(a, passes);
+  for (let id = 0; id < VCPUS; id++) setWord(a, stateOf(id) + S_PARK_AT, migrateAfter);
   await a.run(spec);
   const pagesCopied: number[] = [];
   const bitmap = new Uint32Array(SLOT_PAGES / 32);
@@ -137,6 +141,7 @@ export async function migrate(
 
   // B continues.
   setWord(b, STOP_REQ, 0);
+  for (let id = 0; id < VCPUS; id++) setWord(b, stateOf(id) + S_PARK_AT, 0);
   await b.run(spec);
   await until("the migrated run", () => allDone(b), b);
   await b.stop();

@@ -5,7 +5,7 @@
  * Slot 0 at GPA_BASE, SLOT_PAGES pages:
  *   page 0            the program: 2 words per instruction, op | a << 8 | b << 16 | c << 24, imm
  *   page 1            control: word 0 = stop request (host -> guests)
- *   page 2 + id       vCPU id's state: pc, parked, done, steps, then registers r0..r7
+ *   page 2 + id       vCPU id's state: pc, parked, done, steps, park-at, then registers r0..r7
  *   page 8 + 32 * id  vCPU id's data: 32 pages
  */
 export const GPA_BASE = 1 << 20;
@@ -22,6 +22,8 @@ export const S_PC = 0;
 export const S_PARKED = 4;
 export const S_DONE = 8;
 export const S_STEPS = 12;
+/** The host's pace (0: none): at this many steps the vCPU waits for the stop request. */
+export const S_PARK_AT = 16;
 export const reg = (r: number): number => 32 + 4 * r;
 
 export const enum Op {
