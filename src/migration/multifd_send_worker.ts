@@ -104,7 +104,13 @@ async function round(m: Extract<SendRequest, { type: "round" }>): Promise<void> 
 async function end(): Promise<void> {
   const digest = streamDigest(hash.digest(), channelKey(d.auth.sessionKey, d.auth.id));
   await writeAll(sock, encodeSection(Sec.Eof, nextId++, digest));
+  // writeAll resolves once the bytes are queued, not sent, and the main thread terminates this
+  // worker on "ended", which drops whatever the socket (TLS above all) has not flushed: answer
+  // only when the destination has read through the EOF and closed its end (it does on EOF), or
+  // the connection is gone. The main thread's wait for "ended" bounds this.
+  const closed = new Promise<void>((res) => sock.once("close", () => res()));
   sock.end();
+  await closed;
   reply({ type: "ended", bytes });
 }
 
