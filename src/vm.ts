@@ -9,6 +9,6 @@ export type { MemoryRegion } from "./mem/set_memslot.js";
 export type { DirtyGfn } from "./vm/dirty_ring.js";
 export type { HostThreadOptions } from "./vm/host_thread.js";
 export type { UserfaultStats } from "./vm/userfault.js";
-export { VCPU_ACK_MS, VCPU_WAIT_MS } from "./vm/state.js";
+export { VCPU_ACK_MS, VCPU_WAIT_MAX_MS, VCPU_WAIT_MS } from "./vm/state.js";
 export type { StopResult } from "./vm/state.js";
 export { workerExecArgv } from "./sync/worker_flags.js";

@@ -287,7 +287,8 @@ async function migrateOnce(
   return { ...r, exitCode: ok ? 0 : 1 };
 }
 
-function toRun(
+/** One migration's result as a run of the benchmark. */
+export function toRun(
   seq: number,
   v: Variant,
   warmup: boolean,
@@ -317,7 +318,8 @@ function toRun(
       r.rounds.length > 0 ? (r.rounds[0].transferred * 1000) / Math.max(r.rounds[0]["time-ms"], 1) : 0,
     verified: r.status === "completed" && r.verify.mismatches === 0 && r.verify.guestInvariant === true,
   };
-  if (r.error) run.error = `${r.error.code}: ${r.error.message}`;
+  // The report's message is led by its code already.
+  if (r.error) run.error = r.error.message;
   return run;
 }
 

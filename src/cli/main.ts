@@ -98,6 +98,7 @@ for (const c of program.commands)
     c.option("-q, --quiet", "no progress on stderr (no status line on a terminal, no heartbeat when piped)");
 program.hook("preAction", (_program, action) => {
   cliProgress.quiet = action.opts()["quiet"] === true;
+  cliProgress.start();
 });
 
 function usage(msg: string): void {

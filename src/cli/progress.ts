@@ -20,7 +20,8 @@ export const HEARTBEAT_EVERY_MS = 10_000;
 const REDRAW_MS = 100;
 
 export class Progress {
-  private t0: number | null = null;
+  /** When the command started: the time shown is counted from here, not from the first status. */
+  private t0: number;
   private last = "";
   private drawnAt = -Infinity;
   private beatAt = 0;
@@ -28,17 +29,23 @@ export class Progress {
   private drawn = false;
   quiet = false;
 
-  constructor(private readonly sink: ProgressSink) {}
+  constructor(private readonly sink: ProgressSink) {
+    this.t0 = sink.now();
+  }
+
+  /** The command starts now (the CLI's reporter outlives module load: main calls this per command). */
+  start(): void {
+    this.t0 = this.sink.now();
+  }
 
   private elapsed(): string {
-    return `${Math.round((this.sink.now() - (this.t0 ?? this.sink.now())) / 1000)} s`;
+    return `${Math.round((this.sink.now() - this.t0) / 1000)} s`;
   }
 
   /** A new status: what the command is doing now. */
   say(msg: string): void {
     if (this.quiet) return;
     const now = this.sink.now();
-    this.t0 ??= now;
     this.last = msg.replace(/\s*\n\s*/g, " ");
     if (this.sink.isTTY) {
       if (now - this.drawnAt >= REDRAW_MS) this.draw(now);
@@ -52,7 +59,7 @@ export class Progress {
   /** The heartbeat's clock: called every second while piped (and by tests). */
   tick(): void {
     const now = this.sink.now();
-    if (this.quiet || this.sink.isTTY || this.t0 === null || now < this.beatAt) return;
+    if (this.quiet || this.sink.isTTY || this.timer === null || now < this.beatAt) return;
     this.beatAt = now + HEARTBEAT_EVERY_MS;
     this.sink.write(`kvmmu: ${this.elapsed()}: ${this.last}\n`);
   }

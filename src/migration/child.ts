@@ -25,7 +25,9 @@ async function serve(req: ChildRequest): Promise<void> {
   } catch (e) {
     const c = (e as { code?: unknown } | null)?.code;
     const code = typeof c === "string" ? c : "EIO";
-    await send({ type: "error", code, message: e instanceof Error ? e.message : String(e) });
+    const msg = e instanceof Error ? e.message : String(e);
+    // Led by its code once: KvmError's and MigrationError's messages are already.
+    await send({ type: "error", code, message: msg.startsWith(`${code}: `) ? msg : `${code}: ${msg}` });
     process.exitCode = 1;
   }
   // The process ends on its own, as a CLI command does: process.exit() here would drop its

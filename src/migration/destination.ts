@@ -417,7 +417,7 @@ export class MigrationDestination {
     const cancelled = this.state.status === "cancelling";
     if (!this.state.final) this.state.set(cancelled ? "cancelled" : "failed");
     rep.status = cancelled ? "cancelled" : "failed";
-    rep.error = { code: err.code, message: err.message };
+    rep.error = err.report();
     rep.receivedBytes = r.consumed;
     try {
       if (!stream.destroyed && !stream.writableEnded)

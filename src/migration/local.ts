@@ -30,6 +30,7 @@ export type ChildReply =
   | { type: "listening"; port: number }
   | { type: "incoming"; result: IncomingResult }
   | { type: "local"; result: LocalMigrationResult }
+  /** `message` is led by `code` ("ETIMEDOUT: ..."), as a report's error. */
   | { type: "error"; code: string; message: string };
 
 const CHILD = new URL("./child.js", import.meta.url);
@@ -207,8 +208,7 @@ export async function migrateLocalForked(o: ForkableOptions): Promise<LocalMigra
   const c = startChild({ role: "local", options: o });
   const m = await c.done();
   if (m?.type === "local") return m.result;
-  if (m?.type === "error")
-    throw new KvmError("EIO", `migrateLocal in a child process: ${m.code}: ${m.message}`);
+  if (m?.type === "error") throw new KvmError("EIO", `migrateLocal in a child process: ${m.message}`);
   throw new KvmError(
     "EIO",
     `migrateLocal in a child process: it exited (${String(c.child.exitCode ?? c.child.signalCode)}) without a result: ${c.stderr().trim().slice(-500)}`,

@@ -452,10 +452,10 @@ class SourceRun {
     await this.stopDirtyLimit();
     this.report.totalTimeMs = performance.now() - this.t0;
     this.report.transferredBytes = this.bytes;
-    this.report.error = {
-      code: "ECANCELED",
-      message: `did not converge in ${o.maxTimeMs} ms (${rec.remaining} bytes still dirty); the source keeps running`,
-    };
+    this.report.error = new MigrationError(
+      "ECANCELED",
+      `did not converge in ${o.maxTimeMs} ms (${rec.remaining} bytes still dirty); the source keeps running`,
+    ).report();
     this.state.set("cancelled");
     this.report.status = "cancelled";
   }
@@ -620,10 +620,10 @@ class SourceRun {
     report.transferredBytes = this.bytes;
     report.throttlePercentage = this.throttle.percentage;
     if (pc.mismatches > 0) {
-      report.error = {
-        code: "EBADMSG",
-        message: `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination (the guest runs there: not resumed here)`,
-      };
+      report.error = new MigrationError(
+        "EBADMSG",
+        `${pc.mismatches} of ${pc.pagesCompared} pages differ on the destination (the guest runs there: not resumed here)`,
+      ).report();
       report.guestLost = true;
     }
     this.state.set(pc.mismatches === 0 ? "completed" : "failed");
@@ -639,7 +639,7 @@ class SourceRun {
     // A local write error usually means the destination hung up: prefer what it said.
     const theirs = await this.ret.settle(1000);
     if (theirs && err.code !== "EBADMSG") err = theirs;
-    report.error = { code: err.code, message: err.message };
+    report.error = err.report();
     if (!this.state.final) this.state.set("failed");
     report.status = "failed";
     report.totalTimeMs = performance.now() - this.t0;

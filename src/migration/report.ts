@@ -88,6 +88,7 @@ export interface MigrationReport {
   /** multifd: the channels (absent with the main stream only), and the bytes each carried. */
   channels?: number;
   channelBytes?: number[];
+  /** What failed: its code, and its message led by the code once (MigrationError.report). */
   error?: { code: string; message: string };
 }
 
@@ -113,5 +114,6 @@ export interface DestinationReport {
   /** multifd: the channels, and the pages they applied (in pagesApplied too). */
   channels?: number;
   channelPages?: number;
+  /** What failed: its code, and its message led by the code once (MigrationError.report). */
   error?: { code: string; message: string };
 }

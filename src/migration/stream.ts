@@ -114,6 +114,11 @@ export class MigrationError extends Error {
     this.name = "MigrationError";
     this.code = code;
   }
+
+  /** As a report's `error`: the code, and the message, which is led by the code once. */
+  report(): { code: MigErrno; message: string } {
+    return { code: this.code, message: this.message };
+  }
 }
 
 export function sectionName(type: number): string {

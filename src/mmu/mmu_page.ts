@@ -138,14 +138,23 @@ export function kvm_mmu_get_page(kvm: Kvm, gfn: number, level: number): number {
   if (sp < 0) sp = sp_pool_pop(kvm);
   if (sp < 0) throw new KvmError("ENOMEM", "shadow page pool exhausted (maxSp)");
   kvm.ctl[CTL.sp_used]++;
+  sp_init(kvm, sp, gfn, level);
+  if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
+  return kfunc_ret(kfd, sp);
+}
+
+/**
+ * The header of a direct shadow page just taken off a cache or the pool (both MMUs:
+ * kvm_mmu_get_page, tdp_mmu_alloc_sp): its gfn and level, no parent, no root reference, off
+ * every list. The caller owns sp (nobody else can reach it until it is linked) and counts it.
+ */
+export function sp_init(kvm: Kvm, sp: number, gfn: number, level: number): void {
   const h = kvm.spHdr;
   h[SP.gfn(sp)] = gfn;
   h[SP.role(sp)] = level | ROLE_DIRECT;
   h[SP.parent_ptes(sp)] = 0;
   h[SP.root_count(sp)] = 0;
   h[SP.next(sp)] = 0;
-  if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
-  return kfunc_ret(kfd, sp);
 }
 
 /** mmu_alloc_direct_roots: the TDP root, created on the first fault. */

@@ -47,6 +47,7 @@ export interface PagingVcpu {
   pageFault(addr: number, errorCode: number): number;
   exitGuest(): void;
   enterGuest(): void;
+  enterGuestAfter(first: unknown): void;
   safePoint(): void;
 }
 
@@ -190,7 +191,9 @@ export function paging_emulate_write(
   v.exitGuest();
   try {
     if (emulate_guest_write(v.kvm, v.pf, ps.emulGfn, w, lo, hi, words)) v.tlb.flush(); // kvm_mmu_flush_tlb
-  } finally {
-    v.enterGuest();
+  } catch (e) {
+    v.enterGuestAfter(e);
+    throw e;
   }
+  v.enterGuest();
 }

@@ -205,7 +205,9 @@ export class Vcpu {
    * task work when it is due.
    */
   safePoint(): void {
-    if (aload(this.v, this.modeIx) === EXITING_GUEST_MODE) {
+    // EXITING: kicked. OUTSIDE: an entry threw (enterGuestAfter) and the caller went on; enter
+    // now, before an access goes through the TLB with no flush request honoured.
+    if (aload(this.v, this.modeIx) !== IN_GUEST_MODE) {
       this.exitGuest();
       this.enterGuest();
     }
@@ -427,9 +429,11 @@ export class Vcpu {
       try {
         mmu_topup_memory_caches(this.kvm, this.id);
         kvm_mmu_load_cr3(this.kvm, this.id, cr3);
-      } finally {
-        this.enterGuest();
+      } catch (e) {
+        this.enterGuestAfter(e);
+        throw e;
       }
+      this.enterGuest();
     }
   }
 
@@ -481,11 +485,30 @@ export class Vcpu {
    */
   pageFault(addr: number, errorCode: number): number {
     this.exitGuest();
+    let r: number;
     try {
       this.pf.cr3 = this.cr3;
-      return kvm_mmu_page_fault(this.kvm, this.pf, addr, errorCode);
-    } finally {
+      r = kvm_mmu_page_fault(this.kvm, this.pf, addr, errorCode);
+    } catch (e) {
+      this.enterGuestAfter(e);
+      throw e;
+    }
+    this.enterGuest();
+    return r;
+  }
+
+  /**
+   * Enters guest mode again after `first` was thrown outside it (a guest that catches a guest
+   * page fault goes on in guest mode). Should the entry throw too (a ring-full VcpuExit on the
+   * caller's thread, a stop), `first` is what the caller gets, the second error its cause: the
+   * vCPU stays outside guest mode until its next safe point enters again, and an exit is not
+   * lost (its request stays armed, so that entry takes it again).
+   */
+  enterGuestAfter(first: unknown): void {
+    try {
       this.enterGuest();
+    } catch (second) {
+      if (first instanceof Error && first.cause === undefined) first.cause = second;
     }
   }
 
@@ -513,9 +536,11 @@ export class Vcpu {
     this.exitGuest();
     try {
       task_numa_work(this.kvm, now, this.notifier);
-    } finally {
-      this.enterGuest();
+    } catch (e) {
+      this.enterGuestAfter(e);
+      throw e;
     }
+    this.enterGuest();
   }
 
   /**

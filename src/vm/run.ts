@@ -18,7 +18,9 @@ import {
   vm_grace_ms,
   vm_throw_if_failed,
   StopResult,
+  ProgressDeadline,
   VCPU_ACK_MS,
+  VCPU_WAIT_MAX_MS,
   VCPU_WAIT_MS,
   VmState,
 } from "./state.js";
@@ -100,7 +102,22 @@ function vm_start_watchdog(st: VmState): void {
   st.watchdog.unref();
 }
 
-/** Waits until vCPU `id` reaches a state `ok` accepts (or dies); past VCPU_WAIT_MS the VM fails. */
+/**
+ * How far vCPU `id`'s thread has got: its guest entries once it runs; before that (a worker
+ * loading its modules, slow under CPU load) its event loop's busy time, which stands still
+ * when the load waits on something that never comes.
+ */
+function vcpu_progress(st: VmState, id: number): number {
+  const v = st.kvm.vcpu;
+  if (Atomics.load(v, VCPU.state(id)) === (VcpuState.Created as number))
+    return st.workers.get(id)?.performance.eventLoopUtilization().active ?? 0;
+  return Atomics.load(v, VCPU.entries(id));
+}
+
+/**
+ * Waits until vCPU `id` reaches a state `ok` accepts (or dies). The VM fails (ETIMEDOUT) once the
+ * vCPU has made no progress for VCPU_WAIT_MS, or after VCPU_WAIT_MAX_MS in all.
+ */
 async function wait_state(
   st: VmState,
   id: number,
@@ -109,14 +126,15 @@ async function wait_state(
 ): Promise<void> {
   const v = st.kvm.vcpu;
   const i = VCPU.state(id);
-  const deadline = Date.now() + VCPU_WAIT_MS;
+  const deadline = new ProgressDeadline(VCPU_WAIT_MS, VCPU_WAIT_MAX_MS, vcpu_progress(st, id), Date.now());
   for (;;) {
     const s = Atomics.load(v, i);
     if (ok(s) || s === (VcpuState.Dead as number) || s === (VcpuState.Stopped as number)) return;
     // A worker that died before reporting any state must not leave us waiting.
     if (st.error) return;
-    if (Date.now() > deadline) {
-      vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not ${what} in ${VCPU_WAIT_MS} ms`));
+    const now = Date.now();
+    if (deadline.expired(vcpu_progress(st, id), now)) {
+      vm_fail(st, new KvmError("ETIMEDOUT", `vcpu ${id}: did not ${what} ${deadline.why(now)}`));
       return;
     }
     await waitAsyncAlive(v, i, s, 50);

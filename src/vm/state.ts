@@ -28,9 +28,51 @@ const DIRTY_LOG_TP = {
 
 /**
  * How long the owner waits for a vCPU to answer (park, audit, stop, flush acknowledgement)
- * before the VM fails with ETIMEDOUT naming that vCPU.
+ * before the VM fails with ETIMEDOUT naming that vCPU. Starting and parking wait this long
+ * without progress (ProgressDeadline), at most VCPU_WAIT_MAX_MS in all.
  */
 export const VCPU_WAIT_MS = 10_000;
+
+/** The longest a vCPU that keeps making progress may take to start or to park. */
+export const VCPU_WAIT_MAX_MS = 120_000;
+
+/**
+ * A wait that fails when what it waits for stops making progress, not at a fixed time: under
+ * CPU load a vCPU thread that gets little CPU is slow, not stuck. `progress` is a number that
+ * grows while the thread works (its guest entries, its event loop's busy time); the grace
+ * counts from its last change, and `maxMs` bounds the whole wait (a thread busy forever).
+ * The clock is the caller's (ms).
+ */
+export class ProgressDeadline {
+  private last: number;
+  private since: number;
+  private readonly end: number;
+
+  constructor(
+    private readonly graceMs: number,
+    private readonly maxMs: number,
+    progress: number,
+    now: number,
+  ) {
+    this.last = progress;
+    this.since = now;
+    this.end = now + maxMs;
+  }
+
+  /** True once progress has stood still for the grace, or the whole wait took maxMs. */
+  expired(progress: number, now: number): boolean {
+    if (progress !== this.last) {
+      this.last = progress;
+      this.since = now;
+    }
+    return now - this.since > this.graceMs || now > this.end;
+  }
+
+  /** How it expired, for the error. */
+  why(now: number): string {
+    return now > this.end ? `in ${this.maxMs} ms` : `in ${this.graceMs} ms (no progress)`;
+  }
+}
 
 /**
  * stop()'s default `ackTimeoutMs`: how long a vCPU kicked in guest mode may go without entering

@@ -9,8 +9,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { validateResult, type MigratePerfDocT } from "../../src/results/schema.js";
-import { checkMigratePerfOptions, migratePerf, MIGRATE_PERF_DEFAULTS } from "../../src/bench/migrate_perf.js";
+import {
+  checkMigratePerfOptions,
+  migratePerf,
+  MIGRATE_PERF_DEFAULTS,
+  toRun,
+} from "../../src/bench/migrate_perf.js";
 import { KvmError } from "../../src/errors.js";
+import { migrateLocal } from "../../src/migration/local.js";
 
 test("migrate-perf's options: what needs the dirty ring is refused by the library, naming the option", () => {
   const d = MIGRATE_PERF_DEFAULTS;
@@ -170,4 +176,19 @@ test("migrate-perf's status says what runs now, before it runs (the heartbeat re
     "done 2/2 completed",
     "the raw loopback reference, again",
   ]);
+});
+
+test("a failed run's error names its code once (the report's message is already led by it)", async () => {
+  // A flipped bit: the destination refuses the stream (EBADMSG), the source's report says so.
+  const { source } = await migrateLocal({
+    memoryBytes: 1 << 20,
+    warmupMs: 0,
+    destination: "inline",
+    fault: "flip",
+  });
+  assert.equal(source.status, "failed");
+  assert.match(source.error!.message, /^EBADMSG: (?!EBADMSG)/);
+  const run = toRun(1, { name: "lockless", wp: "lockless" }, false, { ...source, exitCode: 1 });
+  assert.equal(run.error, source.error!.message);
+  assert.doesNotMatch(run.error, /^(E[A-Z]+): \1: /);
 });

@@ -85,6 +85,29 @@ test("a run shorter than 30 s writes nothing when piped; --quiet writes nothing 
   }
 });
 
+test("the time shown counts from the command's start (construction, or start()), not from its first status", () => {
+  const tty = sink(true);
+  tty.t = 5_000;
+  const p = new Progress(tty);
+  tty.t = 25_000; // 20 s of work before the first status
+  p.say("loading");
+  assert.ok(tty.out[0].startsWith("\r\x1b[2K20 s  loading"), tty.out[0]);
+  tty.t = 100_000;
+  p.start(); // the next command
+  tty.t = 103_000;
+  p.say("next");
+  assert.ok(tty.out.at(-1)!.startsWith("\r\x1b[2K3 s  next"), tty.out.at(-1));
+  p.done();
+  // Piped: a first status after 40 s is already past the 30 s of silence.
+  const piped = sink(false);
+  const q = new Progress(piped);
+  piped.t = 40_000;
+  q.say("late");
+  q.tick();
+  q.done();
+  assert.deepEqual(piped.out, ["kvmmu: 40 s: late\n"]);
+});
+
 test(
   "an interrupted dirty-log-test is INTERRUPTED, never PASS, and names the runs left out",
   { timeout: 120_000 },

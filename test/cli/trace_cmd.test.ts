@@ -1,16 +1,19 @@
 /**
- * `--trace FILE` of dirty-log-perf, dirty-log-test and migrate, in a child process: the file is
- * well formed (checkTraceEvents), names its tracks, and bad flags are usage errors (exit 2)
- * that write no file.
+ * `--trace FILE` of dirty-log-perf, dirty-log-test, migrate and migrate-incoming, in a child
+ * process: the file is well formed (checkTraceEvents), names its tracks, and bad flags are usage
+ * errors (exit 2) that write no file.
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 import { runKvmmu } from "../helpers/cli.js";
 import { checkTraceEvents, type TraceEvent } from "../../src/sync/trace_event.js";
 
+const bin = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "kvmmu-trace-"));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -103,6 +106,52 @@ test("migrate --local --postcopy --trace: the destination's page requests", asyn
     assert.equal(e.pid, dst);
     assert.ok(Number((e.args as { pages: number }).pages) > 0);
   }
+});
+
+test("migrate-incoming --trace: the destination's own file, its receive slice with the pages it applied", async () => {
+  const file = join(dir, "incoming.json");
+  const key = "trace-incoming-key";
+  const d = spawn(
+    process.execPath,
+    [bin, "migrate-incoming", "--listen", "127.0.0.1:0", "--key", key, "--json", "--trace", file],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  let err = "";
+  d.stdout.on("data", (c: Buffer) => (out += c.toString()));
+  const exit = new Promise<number>((r) => d.once("exit", (c) => r(c ?? -1)));
+  const port = await new Promise<number>((res, rej) => {
+    d.stderr.on("data", (c: Buffer) => {
+      err += c.toString();
+      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(err);
+      if (m) res(Number(m[1]));
+    });
+    void exit.then(() => rej(new Error(`exited before listening: ${err}`)));
+  });
+  const src = await runKvmmu([
+    "migrate",
+    "--to",
+    `127.0.0.1:${port}`,
+    "--key",
+    key,
+    "-b",
+    "1M",
+    "--warmup",
+    "50",
+  ]);
+  assert.equal(src.code, 0, src.err);
+  assert.equal(await exit, 0, err);
+  assert.equal((JSON.parse(out) as { status: string }).status, "completed");
+  const t = load(file);
+  assert.deepEqual([t.otherData.command], ["migrate-incoming"]);
+  const procs = t.traceEvents
+    .filter((e) => e.name === "process_name")
+    .map((e) => (e.args as { name: string }).name);
+  assert.deepEqual(procs, ["migration destination"]);
+  assert.ok(t.traceEvents.some((e) => e.name === "migration_incoming" && e.ph === "B"));
+  assert.ok(t.traceEvents.some((e) => e.name === "migration_switchover" && e.ph === "B"));
+  const end = t.traceEvents.find((e) => e.name === "migration_incoming" && e.ph === "E");
+  assert.ok(Number((end?.args as { pages?: number } | undefined)?.pages) > 0, JSON.stringify(end));
 });
 
 test("--trace-sample out of range, --trace into a missing directory: usage errors, no file", async () => {

@@ -17,81 +17,38 @@ export function makeCerts(): { server: string; client: string; stranger: string 
   }
   const d = mkdtempSync(join(tmpdir(), "kvmmu-tls-"));
   const ossl = (...a: string[]): void => void execFileSync("openssl", a, { cwd: d, stdio: "ignore" });
-  const ca = (name: string): void => {
-    ossl(
-      "req",
-      "-x509",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      `${name}-key.pem`,
-      "-out",
-      `${name}-cert.pem`,
-      "-days",
-      "2",
-      "-subj",
-      `/CN=${name}`,
-    );
-  };
-  const leaf = (name: string, caName: string, ext: string): void => {
-    ossl(
-      "req",
-      "-newkey",
-      "rsa:2048",
-      "-nodes",
-      "-keyout",
-      `${name}-key.pem`,
-      "-out",
-      `${name}.csr`,
-      "-subj",
-      `/CN=${name}`,
-    );
+  /**
+   * A key and a certificate for CN=name, valid two days: self-signed (a CA) without `issuer`,
+   * else signed by that CA with the extensions `ext` (openssl's extfile lines).
+   */
+  const issue = (name: string, issuer?: string, ext = ""): void => {
+    const key = ["-newkey", "rsa:2048", "-nodes", "-keyout", `${name}-key.pem`, "-subj", `/CN=${name}`];
+    const days = ["-days", "2"];
+    if (issuer === undefined) return ossl("req", "-x509", ...key, "-out", `${name}-cert.pem`, ...days);
+    ossl("req", ...key, "-out", `${name}.csr`);
     writeFileSync(join(d, `${name}.ext`), ext);
     ossl(
-      "x509",
-      "-req",
-      "-in",
-      `${name}.csr`,
-      "-CA",
-      `${caName}-cert.pem`,
-      "-CAkey",
-      `${caName}-key.pem`,
-      "-CAcreateserial",
-      "-out",
-      `${name}-cert.pem`,
-      "-days",
-      "2",
-      "-extfile",
-      `${name}.ext`,
+      ...["x509", "-req", "-in", `${name}.csr`, "-out", `${name}-cert.pem`, ...days],
+      ...["-CA", `${issuer}-cert.pem`, "-CAkey", `${issuer}-key.pem`, "-CAcreateserial"],
+      ...["-extfile", `${name}.ext`],
     );
   };
-  ca("ca");
-  ca("other-ca");
-  leaf("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
-  leaf("client", "ca", "extendedKeyUsage=clientAuth\n");
-  leaf("stranger", "other-ca", "extendedKeyUsage=clientAuth\n");
-  const dir = (n: string, files: [string, string][]): string => {
+  issue("ca");
+  issue("other-ca");
+  issue("server", "ca", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n");
+  issue("client", "ca", "extendedKeyUsage=clientAuth\n");
+  issue("stranger", "other-ca", "extendedKeyUsage=clientAuth\n");
+  /** One side's directory: the CA that both trust, and `leaf`'s pair under QEMU's `as` names. */
+  const side = (n: string, leaf: string, as: string): string => {
     const p = join(d, n);
     mkdirSync(p);
-    for (const [from, to] of files) copyFileSync(join(d, from), join(p, to));
+    copyFileSync(join(d, "ca-cert.pem"), join(p, "ca-cert.pem"));
+    for (const f of ["cert", "key"]) copyFileSync(join(d, `${leaf}-${f}.pem`), join(p, `${as}-${f}.pem`));
     return p;
   };
   return {
-    server: dir("srv", [
-      ["ca-cert.pem", "ca-cert.pem"],
-      ["server-cert.pem", "server-cert.pem"],
-      ["server-key.pem", "server-key.pem"],
-    ]),
-    client: dir("cli", [
-      ["ca-cert.pem", "ca-cert.pem"],
-      ["client-cert.pem", "client-cert.pem"],
-      ["client-key.pem", "client-key.pem"],
-    ]),
-    stranger: dir("str", [
-      ["ca-cert.pem", "ca-cert.pem"],
-      ["stranger-cert.pem", "client-cert.pem"],
-      ["stranger-key.pem", "client-key.pem"],
-    ]),
+    server: side("srv", "server", "server"),
+    client: side("cli", "client", "client"),
+    stranger: side("str", "stranger", "client"),
   };
 }

@@ -8,8 +8,13 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { KVM_MEM_LOG_DIRTY_PAGES, PAGE_SIZE, Vm } from "../../src/index.js";
 import { KVM_EXIT_DIRTY_RING_FULL, Vcpu, VcpuExit } from "../../src/vcpu/vcpu.js";
-import { kvm_set_running_vcpu } from "../../src/mem/dirty_ring.js";
+import {
+  kvm_dirty_ring_push,
+  kvm_dirty_ring_soft_full,
+  kvm_set_running_vcpu,
+} from "../../src/mem/dirty_ring.js";
 import { vmKvm } from "../../src/vm/internal.js";
+import { KvmError } from "../../src/errors.js";
 
 const NPAGES = 512;
 const RING = 256; // soft-full at 256 - 64 reserved entries
@@ -64,6 +69,47 @@ test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the c
     // the re-entry's before the reset).
     assert.equal(exits, 4);
     assert.equal(vm.dirtyRingStats(0).fullExits, exits);
+  } finally {
+    kvm_set_running_vcpu(kvm, -1);
+    void vm.stop();
+  }
+});
+
+test("in-thread vCPU: a fault that throws keeps its error when the re-entry exits; the exit comes at the next access", () => {
+  const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1 });
+  vm.enableDirtyRing(RING);
+  const hva = vm.mmap(NPAGES * PAGE_SIZE, { thp: false });
+  vm.setUserMemoryRegion({
+    slot: 0,
+    guestPhysAddr: 0,
+    memorySize: NPAGES * PAGE_SIZE,
+    userspaceAddr: hva,
+    flags: KVM_MEM_LOG_DIRTY_PAGES,
+  });
+  vm.createVcpu(0);
+  const kvm = vmKvm(vm);
+  kvm_set_running_vcpu(kvm, 0);
+  try {
+    const v = new Vcpu(kvm, 0, 4);
+    v.enterGuest();
+    v.write32(0, 0, 1); // page 0 mapped, writable in the TLB
+    // The ring fills to its soft limit while the vCPU is in guest mode: its next entry exits.
+    for (let g = 1; !kvm_dirty_ring_soft_full(kvm, 0); g++) kvm_dirty_ring_push(kvm, 0, 0, g);
+    // A write outside every memslot: the fault throws EFAULT, then the re-entry exits.
+    assert.throws(
+      () => v.write32(NPAGES + 8, 0, 1),
+      (e: unknown) => e instanceof KvmError && e.code === "EFAULT" && e.cause instanceof VcpuExit,
+    );
+    // The exit is not lost, and the vCPU is not in guest mode meanwhile: the next access, even
+    // one its TLB could serve, enters first and takes the exit.
+    assert.throws(() => v.write32(0, 0, 2), VcpuExit);
+    assert.equal(Buffer.from(vm.readGuest(0, 4)).readUInt32LE(0), 1);
+    vm.harvestDirtyRing(0);
+    vm.resetDirtyRings();
+    v.enterGuest();
+    v.write32(0, 0, 2);
+    v.exitGuest();
+    assert.equal(Buffer.from(vm.readGuest(0, 4)).readUInt32LE(0), 2);
   } finally {
     kvm_set_running_vcpu(kvm, -1);
     void vm.stop();

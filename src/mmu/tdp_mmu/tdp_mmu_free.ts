@@ -17,12 +17,13 @@
  * child before the unlink and cmpxchg's it now fails instead of writing into a dead table. A
  * table is zeroed when it is allocated again.
  */
-import { CTL, Kvm, ROLE_DIRECT, SP, VCPU } from "../../kvm_host.js";
+import { CTL, Kvm, SP, VCPU } from "../../kvm_host.js";
 import { aadd, acas, aload } from "../../sync/atomic.js";
 import { kvm_flush_remote_tlbs } from "../../kvm/requests.js";
 import { KVM_NR_PAGE_SIZES, PT64_ENT_PER_PAGE } from "../spte.js";
 import { tdp_mmu_state } from "./tdp_mmu_state.js";
 import { trace_kvm_mmu_get_page } from "../mmutrace.js";
+import { sp_init } from "../mmu_page.js";
 
 /**
  * tdp_mmu_alloc_sp + tdp_mmu_init_sp: a zeroed table for [gfn, ...) at `level` from the memory
@@ -48,12 +49,7 @@ export function tdp_mmu_alloc_sp(kvm: Kvm, vcpuId: number, gfn: number, level: n
     sp = st.stash.pop()!;
   }
   aadd(kvm.ctl, CTL.sp_used, 1);
-  const h = kvm.spHdr;
-  h[SP.gfn(sp)] = gfn;
-  h[SP.role(sp)] = level | ROLE_DIRECT;
-  h[SP.parent_ptes(sp)] = 0;
-  h[SP.root_count(sp)] = 0;
-  h[SP.next(sp)] = 0;
+  sp_init(kvm, sp, gfn, level);
   // The table is private until a cmpxchg links it; that seq-cst write publishes these.
   kvm.spt.fill(0, sp * PT64_ENT_PER_PAGE, (sp + 1) * PT64_ENT_PER_PAGE);
   if (kvm.trace.on) trace_kvm_mmu_get_page(kvm, sp, true);
