@@ -40,6 +40,7 @@ const AREAS = {
         "mmu/tdp_mmu/tdp_iter",
         "mmu/tdp_mmu/clear_dirty_masked",
         "mmu/tdp_mmu/split_huge_page",
+        "mmu/fault_userfault",
         "verify/mutant_worker",
         "verify/explore_quick",
       ),
