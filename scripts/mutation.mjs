@@ -4,7 +4,7 @@
 // the score and its 95% Wilson interval (the mutants are a sample), and the wall time.
 //   node scripts/mutation.mjs [AREA...]            run (default: every area), then summarise
 //   node scripts/mutation.mjs --summary [AREA...]  summarise results/mutation/<area>.json only
-//   node scripts/mutation.mjs --sample [AREA...]   rewrite stryker.<area>.json from the seed
+//   node scripts/mutation.mjs --sample [AREA...]   rewrite stryker.<area>.json from the seed (build first)
 //   node scripts/mutation.mjs mmu --concurrency 1  options after the areas go to stryker run
 // Why lines, not mutants: Stryker has no sampling option; its `mutate` takes `file:L1-L2` ranges,
 // so a sampled line is mutated whole (every mutant that starts and ends on it) and nothing else
