@@ -4,7 +4,7 @@
 // the score and its 95% Wilson interval (the mutants are a sample), and the wall time.
 //   node scripts/mutation.mjs [AREA...]            run (default: every area), then summarise
 //   node scripts/mutation.mjs --summary [AREA...]  summarise results/mutation/<area>.json only
-//   node scripts/mutation.mjs --sample [AREA...]   rewrite stryker.<area>.json from the seed
+//   node scripts/mutation.mjs --sample [AREA...]   rewrite stryker.<area>.json from the seed (build first)
 //   node scripts/mutation.mjs mmu --concurrency 1  options after the areas go to stryker run
 // Why lines, not mutants: Stryker has no sampling option; its `mutate` takes `file:L1-L2` ranges,
 // so a sampled line is mutated whole (every mutant that starts and ends on it) and nothing else
@@ -14,6 +14,8 @@
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
+import { URL } from "node:url";
+import { format, resolveConfig } from "prettier";
 
 const SEED = 26;
 const OUT = "results/mutation";
@@ -30,12 +32,15 @@ const AREAS = {
         "mmu/spte",
         "mmu/mmu_cache",
         "mmu/rmap",
+        "mmu/rmap_chain_end",
         "mmu/dirty_ring",
         "mmu/wp_design",
       ),
       ...unit(
         "mmu/tdp_mmu/tdp_iter",
         "mmu/tdp_mmu/clear_dirty_masked",
+        "mmu/tdp_mmu/split_huge_page",
+        "mmu/fault_userfault",
         "verify/mutant_worker",
         "verify/explore_quick",
       ),
@@ -45,6 +50,7 @@ const AREAS = {
     files: ["src/mem"],
     lines: 14,
     tests: unit(
+      "mem/numa_scan_ranges",
       "mem/host_memory",
       "mem/set_memslot",
       "vm/dirty_ring",
@@ -117,18 +123,17 @@ function codeLine(text) {
   return !/^(readonly\s+)?[\w$]+\??:\s*[^=()]+;$/.test(t); // a field's declaration
 }
 
-function mulberry32(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
+// The project's PRNG (src/bench/stats.ts), compiled: `npm run build` first.
+async function loadMulberry32() {
+  const url = new URL("../dist/src/bench/stats.js", import.meta.url);
+  if (!existsSync(url)) {
+    console.error("mutation: dist/src/bench/stats.js is missing: run `npm run build` first");
+    process.exit(2);
+  }
+  return (await import(url.href)).mulberry32;
 }
 
-function sample(name) {
+async function sample(name, mulberry32) {
   const area = AREAS[name];
   const pool = [];
   for (const f of area.files.flatMap(tsFiles))
@@ -158,7 +163,10 @@ function sample(name) {
     timeoutMS: 120000,
     tempDirName: `.stryker-tmp/${name}`,
   };
-  writeFileSync(`stryker.${name}.json`, JSON.stringify(config, null, 2) + "\n");
+  // Written as prettier writes it (the project's .prettierrc), so `npm run lint` passes on it.
+  const file = `stryker.${name}.json`;
+  const text = await format(JSON.stringify(config), { ...(await resolveConfig(file)), filepath: file });
+  writeFileSync(file, text);
   console.error(`stryker.${name}.json: ${mutate.length} of ${pool.length} code lines`);
 }
 
@@ -222,7 +230,8 @@ for (const a of names)
     process.exit(2);
   }
 if (mode === "--sample") {
-  names.forEach(sample);
+  const mulberry32 = await loadMulberry32();
+  for (const a of names) await sample(a, mulberry32);
   process.exit(0);
 }
 mkdirSync(OUT, { recursive: true });
