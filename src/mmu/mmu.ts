@@ -166,7 +166,7 @@ export function shadow_walk_next(kvm: Kvm, it: ShadowWalkIterator): void {
  * lives in locals while walking (this is every TLB miss); only sptep and level are stored.
  *
  * Each spte is read with READ_ONCE (`aread`), as mmu_spte_get_lockless does, not Atomics.load
- * (a builtin call in this V8: four of them were a fifth of a PML write's cost). What a stale
+ * (a builtin call in this V8: the four were about a tenth of a PML write's samples). What a stale
  * value can do: a leaf used for a write is validated by the cmpxchg that sets D (PML) or W
  * (fast_page_fault); a read-only fill or a fill through a D-set leaf races a change only as the
  * hardware walk does, and a change that must not be missed (D or W cleared, a zap) is followed

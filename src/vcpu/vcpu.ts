@@ -447,7 +447,7 @@ export class Vcpu {
     this.tlbMisses++;
     this.safePoint();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
-    // The root with READ_ONCE, as the walk reads the sptes (a new root comes with a request).
+    // The root with READ_ONCE, as the walk reads the sptes (invalidating it flushes remote TLBs).
     const s = walk_shadow_page_lockless(this.kvm, aread(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
     if (present) {
