@@ -23,7 +23,7 @@ import {
   VCPU,
 } from "../kvm_host.js";
 import { lockdep_assert_held } from "../kvm/lockdep.js";
-import { acas, aload, astore } from "../sync/atomic.js";
+import { acas, aload, aread, astore } from "../sync/atomic.js";
 import { mark_page_dirty, mark_page_dirty_in_slot } from "../mem/memslot.js";
 import {
   drop_parent_pte,
@@ -164,6 +164,15 @@ export function shadow_walk_next(kvm: Kvm, it: ShadowWalkIterator): void {
  * root is 0) with it.sptep and it.level set. The spte is either not present or a present leaf.
  * The caller keeps the tables alive: guest mode, or READING_SHADOW_PAGE_TABLES. The iterator
  * lives in locals while walking (this is every TLB miss); only sptep and level are stored.
+ *
+ * Each spte is read with READ_ONCE (`aread`), as mmu_spte_get_lockless does, not Atomics.load
+ * (a builtin call in this V8: the four were about a tenth of a PML write's samples). What a stale
+ * value can do: a leaf used for a write is validated by the cmpxchg that sets D (PML) or W
+ * (fast_page_fault); a read-only fill or a fill through a D-set leaf races a change only as the
+ * hardware walk does, and a change that must not be missed (D or W cleared, a zap) is followed
+ * by a remote TLB flush, whose acknowledgement (seq-cst, at the safe point every miss starts
+ * with) orders the change before any later walk (docs/locking.md §3.8). Each level's index
+ * comes from the spte read above it (an address dependency, as for the hardware).
  */
 export function walk_shadow_page_lockless(
   kvm: Kvm,
@@ -178,7 +187,7 @@ export function walk_shadow_page_lockless(
   let spte = 0;
   for (; root !== 0 && level >= (SpteLevel.PAGE_TABLE as number); level--) {
     sptep = sp * Spte.ENT_PER_PAGE + PT64_INDEX(addr, level);
-    spte = aload(spt, sptep); // mmu_spte_get_lockless
+    spte = aread(spt, sptep); // mmu_spte_get_lockless: READ_ONCE
     if (!is_shadow_present_pte(spte) || is_last_spte(spte, level)) break;
     sp = spte_to_child_sp(spte);
   }

@@ -15,7 +15,7 @@ import {
   ST,
   VCPU,
 } from "../kvm_host.js";
-import { acas, aload, aor, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
+import { acas, aload, aor, aread, astore, axchg, guestPoint, schedHookInstalled } from "../sync/atomic.js";
 import { KF, kfunc_enter, kfunc_exit, kfunc_ret } from "../sync/kfunc.js";
 import {
   kvm_dirty_ring_full_exit,
@@ -451,7 +451,8 @@ export class Vcpu {
     this.tlbMisses++;
     this.safePoint();
     if (this.pagingMiss) return paging_miss(this, this.paging, gfn, write, this.shadow);
-    const s = walk_shadow_page_lockless(this.kvm, aload(this.ctl, this.rootIx), gfn, this.it);
+    // The root with READ_ONCE, as the walk reads the sptes (invalidating it flushes remote TLBs).
+    const s = walk_shadow_page_lockless(this.kvm, aread(this.ctl, this.rootIx), gfn, this.it);
     const present = is_shadow_present_pte(s);
     if (present) {
       let writable = is_writable_pte(s);
@@ -459,11 +460,16 @@ export class Vcpu {
         // A/D bits: a write through a writable spte with D clear sets D (and logs the gfn); a
         // read caches it read-only, so that the first write comes back here.
         if (writable && this.pmlSize !== 0 && (s & SPTE_DIRTY) === 0) {
+          const fullExits = this.pmlStats.fullExits;
           if (!write) writable = false;
           else if (!pml_log_write(this.kvm, this.id, this.it.sptep, s, gfn, this.pmlStats)) return false;
-          // The PML-full exit filled the ring to its soft limit: a real exit, so that the vCPU
-          // takes KVM_EXIT_DIRTY_RING_FULL before it writes on (with PML no write faults).
-          else if ((aload(this.v, VCPU.requests(this.id)) & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0) {
+          // A PML-full exit (the only push to the ring in guest mode) filled the ring to its soft
+          // limit: a real exit, so that the vCPU takes KVM_EXIT_DIRTY_RING_FULL before it writes
+          // on (with PML no write faults). The request is looked at only after such an exit.
+          else if (
+            this.pmlStats.fullExits !== fullExits &&
+            (aload(this.v, VCPU.requests(this.id)) & KVM_REQ_DIRTY_RING_SOFT_FULL) !== 0
+          ) {
             this.exitGuest();
             this.enterGuest();
             return false;
