@@ -10,7 +10,7 @@
  * schedules with at most `preemptions` preemptions). A thread waiting at a spin point yields to
  * threads that can make progress. A failing run yields a schedule string that `replay` re-runs.
  */
-import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { MessageChannel, MessagePort, Worker } from "node:worker_threads";
 import { Op } from "../sync/atomic.js";
 import {
   SCHED,
@@ -43,6 +43,9 @@ import { vmKvm, vmShared } from "../vm/internal.js";
 import {
   mergeRecorded,
   OP_NAMES,
+  readThreadMessages,
+  recordedRunOf,
+  ThreadMessages,
   RecordedRun,
   RecordedStep,
   recordedTail,
@@ -318,34 +321,22 @@ export class Explorer {
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
     const o = this.outcome(vm, scratch, raw, choices, aborted, auditViolation, msgs);
     if (!this.recording) return o;
+    // A recorded run: its threads' steps in schedule order, and the trace from them.
     const recorded = mergeRecorded(
       msgs.map((m) => m.recorded ?? []),
       choices,
     );
-    return {
-      ...o,
-      trace: recordedTail(
-        recorded,
-        s.threads.map((x) => x.name),
-      ),
-      recorded,
-    };
+    const names = s.threads.map((x) => x.name);
+    return { ...o, trace: recordedTail(recorded, names), recorded };
   }
 
-  /**
-   * What each thread of the run that just ended posted before it handed back for the last time:
-   * a failure's message, a recorded run's steps. Read only when there can be any (a failed
-   * thread, a recorded run).
-   */
-  private threadMessages(): { error?: string; recorded?: RecordedStep[] }[] {
-    const sc = this.sc;
-    return this.scenario.threads.map((_, t) => {
-      const m: { error?: string; recorded?: RecordedStep[] } = {};
-      if (!this.recording && Atomics.load(sc, SCHED_T.state(t)) !== TS_FAILED) return m;
-      for (let x = receiveMessageOnPort(this.ports[t]); x !== undefined; x = receiveMessageOnPort(this.ports[t]))
-        Object.assign(m, x.message);
-      return m;
-    });
+  /** What each thread posted before its last hand-back (a failed thread, a recorded run: else nothing). */
+  private threadMessages(): ThreadMessages[] {
+    return this.scenario.threads.map((_, t) =>
+      this.recording || Atomics.load(this.sc, SCHED_T.state(t)) === TS_FAILED
+        ? readThreadMessages(this.ports[t])
+        : {},
+    );
   }
 
   /**
@@ -589,17 +580,14 @@ function scenarioOf(o: ExploreOptions): Scenario {
   return s;
 }
 
+function explorerOf(s: Scenario, o: ExploreOptions): Explorer {
+  const mode = o.mode ?? "tdp";
+  return new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false, mode, o.stepwise ?? false, o.design);
+}
+
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const s = scenarioOf(o);
-  const ex = new Explorer(
-    s,
-    o.bug,
-    o.maxSteps,
-    o.auditEveryStep ?? false,
-    o.mode ?? "tdp",
-    o.stepwise ?? false,
-    o.design,
-  );
+  const ex = explorerOf(s, o);
   const t0 = performance.now();
   let schedules = 0;
   let violations = 0;
@@ -620,14 +608,10 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
       ex.recording = o.onRecording !== undefined;
       const r = ex.runOnce(nextChooser(o, dfs, rng, s.threads.length, estSteps));
       schedules++;
-      if (o.onRecording !== undefined && r.recorded !== null)
-        o.onRecording({
-          scenario: s.name,
-          schedule: encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp", o.design),
-          threads: s.threads.map((t) => t.name),
-          steps: r.recorded,
-          violation: r.violation,
-        });
+      if (o.onRecording !== undefined)
+        o.onRecording(
+          recordedRunOf(s, encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp", o.design), r),
+        );
       if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
       if (first === null) chosen = r.choices;
       if (r.violation) {

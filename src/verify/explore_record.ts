@@ -7,6 +7,7 @@
  * deterministic): each thread records its own steps (ThreadRecorder) in the same runs of steps
  * as an unrecorded run, and the controller merges them in schedule order.
  */
+import { MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { Op } from "../sync/atomic.js";
 import { SCHED_T, StepRecorder } from "../sync/sched.js";
 import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
@@ -142,7 +143,20 @@ export class ThreadRecorder implements StepRecorder {
     const stack = frames.map(kfuncName);
     const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
     const [gfn, pages] = locationGfns(this.kvm, arr, index) ?? [-1, 0];
-    this.pending = { step: -1, thread: this.tid, op, arr, index, field, gfn, pages, old, new: old, stack, frames };
+    this.pending = {
+      step: -1,
+      thread: this.tid,
+      op,
+      arr,
+      index,
+      field,
+      gfn,
+      pages,
+      old,
+      new: old,
+      stack,
+      frames,
+    };
   }
 
   /** The thread reached its next point, finished or failed: the pending step is over. */
@@ -163,7 +177,8 @@ export function mergeRecorded(perThread: RecordedStep[][], choices: number[]): R
   const next = perThread.map(() => 0);
   const out = choices.map((t, step) => {
     const s = perThread[t]?.[next[t]++];
-    if (s === undefined) throw new Error(`explore: thread ${t} recorded fewer steps than the schedule gave it`);
+    if (s === undefined)
+      throw new Error(`explore: thread ${t} recorded fewer steps than the schedule gave it`);
     s.step = step;
     return s;
   });
@@ -172,6 +187,35 @@ export function mergeRecorded(perThread: RecordedStep[][], choices: number[]): R
       throw new Error(`explore: thread ${t} recorded ${l.length} steps, the schedule gave it ${next[t]}`);
   });
   return out;
+}
+
+/** What a run's thread posts before its last hand-back (explore_worker.ts): a failure's message, a recorded run's steps. */
+export interface ThreadMessages {
+  error?: string;
+  recorded?: RecordedStep[];
+}
+
+/** Every message waiting on `port` from its thread's run, merged. */
+export function readThreadMessages(port: MessagePort): ThreadMessages {
+  const m: ThreadMessages = {};
+  for (let x = receiveMessageOnPort(port); x !== undefined; x = receiveMessageOnPort(port))
+    Object.assign(m, x.message);
+  return m;
+}
+
+/** A recorded run (`r`: runOnce's outcome of a recorded run) of scenario `s`, as `schedule`. */
+export function recordedRunOf(
+  s: { name: string; threads: { name: string }[] },
+  schedule: string,
+  r: { recorded: RecordedStep[] | null; violation: string | null },
+): RecordedRun {
+  return {
+    scenario: s.name,
+    schedule,
+    threads: s.threads.map((t) => t.name),
+    steps: r.recorded ?? [],
+    violation: r.violation,
+  };
 }
 
 const hex = (v: number): string => `0x${(v >>> 0).toString(16)}`;

@@ -31,14 +31,24 @@ for (const [scenario, strategy] of [
     try {
       const r = recordRun(ex, d.choices, fast.firstViolation.schedule);
       assert.deepEqual(r.recording.steps, fast.recording.steps);
-      assert.ok(ex.handOffs < r.recording.steps.length / 2, `${ex.handOffs} hand-offs, ${r.recording.steps.length} steps`);
+      assert.ok(
+        ex.handOffs < r.recording.steps.length / 2,
+        `${ex.handOffs} hand-offs, ${r.recording.steps.length} steps`,
+      );
     } finally {
       await ex.close();
     }
   });
 
 test("onRecording: every schedule recorded, the same schedules explored, each recording as replay records it", async () => {
-  const o = { scenario: "plain-clear", strategy: "pct" as const, schedules: 30, seed: 2, bug: false, all: false };
+  const o = {
+    scenario: "plain-clear",
+    strategy: "pct" as const,
+    schedules: 30,
+    seed: 2,
+    bug: false,
+    all: false,
+  };
   const runs: RecordedRun[] = [];
   const traced = await explore({ ...o, onRecording: (r) => runs.push(r) });
   const plain = await explore(o);
