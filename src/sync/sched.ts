@@ -201,24 +201,49 @@ function passOn(sc: Int32Array, tid: number): boolean {
 }
 
 /**
- * Installs the controlled hook for thread `tid`. `arrayIds` names the shared arrays for traces
- * (index in the list; -1 for others).
+ * What a traced run's thread records of its own steps (src/verify/explore_record.ts), so that a
+ * traced run keeps its runs of steps: `point` when the thread reaches a point (its previous step
+ * is over: nothing else ran since), `step` when it takes the step there (every other thread
+ * stands still until its next point).
  */
-export function installControlledHook(sc: Int32Array, tid: number, arrayIds: SharedArrayBuffer[]): void {
+export interface StepRecorder {
+  point(): void;
+  step(op: Op, arr: number, index: number): void;
+}
+
+/**
+ * Installs the controlled hook for thread `tid`. `arrayIds` names the shared arrays for traces
+ * (index in the list; -1 for others). `rec`: a traced run's recorder of this thread's steps.
+ */
+export function installControlledHook(
+  sc: Int32Array,
+  tid: number,
+  arrayIds: SharedArrayBuffer[],
+  rec: StepRecorder | null = null,
+): void {
   ran = 0;
   controlled = { sc, tid };
   let budget = 0;
   const ring = SCHED_T.ring(tid);
+  // The last array seen and its id: a run's points mostly hit the same few arrays.
+  let lastArr: Int32Array | null = null;
+  let lastId = -1;
   setSchedHook((op: Op, arr: Int32Array, index: number) => {
+    if (rec !== null) rec.point();
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
+    if (arr !== lastArr) {
+      lastArr = arr;
+      lastId = arrayIds.indexOf(arr.buffer as SharedArrayBuffer);
+    }
     const e = ring + (ran % SCHED_RING) * 3;
     sc[e] = op;
-    sc[e + 1] = arrayIds.indexOf(arr.buffer as SharedArrayBuffer);
+    sc[e + 1] = lastId;
     sc[e + 2] = index;
     // Within a run: the controller's simulation assumed this point is no spin point.
     if (budget > 0 && op !== Op.Spin) {
       budget--;
       ran++;
+      if (rec !== null) rec.step(op, lastId, index);
       return;
     }
     Atomics.store(sc, SCHED_T.ran(tid), ran);
@@ -231,6 +256,7 @@ export function installControlledHook(sc: Int32Array, tid: number, arrayIds: Sha
     if (Atomics.load(sc, SCHED.abort) !== 0) throw new SchedAbort();
     budget = Atomics.load(sc, SCHED_T.budget(tid));
     ran++;
+    if (rec !== null) rec.step(op, lastId, index);
   });
 }
 

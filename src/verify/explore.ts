@@ -10,7 +10,7 @@
  * schedules with at most `preemptions` preemptions). A thread waiting at a spin point yields to
  * threads that can make progress. A failing run yields a schedule string that `replay` re-runs.
  */
-import { MessageChannel, MessagePort, receiveMessageOnPort, Worker } from "node:worker_threads";
+import { MessageChannel, MessagePort, Worker } from "node:worker_threads";
 import { Op } from "../sync/atomic.js";
 import {
   SCHED,
@@ -41,8 +41,11 @@ export { PctChooser } from "./explore_chooser.js";
 export { decodeSchedule, encodeSchedule, MAX_SCHEDULE_STEPS } from "./explore_schedule.js";
 import { vmKvm, vmShared } from "../vm/internal.js";
 import {
+  mergeRecorded,
   OP_NAMES,
-  Recorder,
+  readThreadMessages,
+  recordedRunOf,
+  ThreadMessages,
   RecordedRun,
   RecordedStep,
   recordedTail,
@@ -209,7 +212,7 @@ export class Explorer {
   private readonly chain = new Chain();
   /** Time spent waiting for new worker threads to start (isolates, modules). */
   startMs = 0;
-  /** Record the next runs in full (explore_record.ts): one step per hand-off, function stacks on. */
+  /** Record the next runs in full (explore_record.ts): each thread its steps, function stacks on. */
   recording = false;
   /** Steps and time of the recorded runs (not counted in totalSteps). */
   recordSteps = 0;
@@ -255,7 +258,6 @@ export class Explorer {
     const s = this.scenario;
     const n = s.threads.length;
     const { vm, scratch } = this.freshVm();
-    const rec = this.recording ? new Recorder(sc, vmKvm(vm), new Int32Array(scratch)) : null;
     this.startRun(vm, scratch);
     const choices: number[] = [];
     // Per thread, the last TRACE_KEEP steps it took: [step, op, array, index] each.
@@ -267,7 +269,7 @@ export class Explorer {
     // loop: it yields to threads that can make progress (else PCT starves their wakers).
     const own: number[] = new Array<number>(n).fill(0);
     const lastSpin: number[] = new Array<number>(n).fill(-SPIN_WINDOW);
-    const batch = !this.auditEveryStep && !this.stepwise && rec === null;
+    const batch = !this.auditEveryStep && !this.stepwise;
     let auditViolation: string | null = null;
     let notRunnable: string | null = null;
     for (let step = 0; ;) {
@@ -299,9 +301,7 @@ export class Explorer {
       const len = batch
         ? c.plan(chooser, t, step, runnable, spinning, own, lastSpin, this.maxSteps)
         : c.one(t, own[t], step);
-      rec?.before(t, own[t], step);
       const [p, r] = this.runChain(len);
-      rec?.after();
       this.runs += p + 1;
       // The chain stopped short: the chooser's simulated steps from there on did not happen.
       if (r < c.k[p]) chooser.restore(c.saved[p][r]);
@@ -316,18 +316,27 @@ export class Explorer {
     }
     this.idle = true;
     this.totalSteps += choices.length;
+    // Read before a refusal too: nothing of this run may be left for the next one to read.
+    const msgs = this.threadMessages();
     if (notRunnable !== null) throw new KvmError("EINVAL", notRunnable);
-    const o = this.outcome(vm, scratch, raw, choices, aborted, auditViolation);
-    return rec !== null
-      ? {
-          ...o,
-          trace: recordedTail(
-            rec.steps,
-            s.threads.map((x) => x.name),
-          ),
-          recorded: rec.steps,
-        }
-      : o;
+    const o = this.outcome(vm, scratch, raw, choices, aborted, auditViolation, msgs);
+    if (!this.recording) return o;
+    // A recorded run: its threads' steps in schedule order, and the trace from them.
+    const recorded = mergeRecorded(
+      msgs.map((m) => m.recorded ?? []),
+      choices,
+    );
+    const names = s.threads.map((x) => x.name);
+    return { ...o, trace: recordedTail(recorded, names), recorded };
+  }
+
+  /** What each thread posted before its last hand-back (a failed thread, a recorded run: else nothing). */
+  private threadMessages(): ThreadMessages[] {
+    return this.scenario.threads.map((_, t) =>
+      this.recording || Atomics.load(this.sc, SCHED_T.state(t)) === TS_FAILED
+        ? readThreadMessages(this.ports[t])
+        : {},
+    );
   }
 
   /**
@@ -437,6 +446,7 @@ export class Explorer {
     choices: number[],
     aborted: boolean,
     auditViolation: string | null,
+    msgs: { error?: string }[],
   ): RunOutcome {
     const sc = this.sc;
     const s = this.scenario;
@@ -455,10 +465,8 @@ export class Explorer {
     let violation: string | null = null;
     const failures: string[] = [];
     for (let t = 0; t < n; t++) {
-      if (Atomics.load(sc, SCHED_T.state(t)) === TS_FAILED) {
-        const m = receiveMessageOnPort(this.ports[t])?.message as { error?: string } | undefined;
-        failures.push(`thread ${s.threads[t].name} failed: ${m?.error ?? "?"}`);
-      }
+      if (Atomics.load(sc, SCHED_T.state(t)) === TS_FAILED)
+        failures.push(`thread ${s.threads[t].name} failed: ${msgs[t].error ?? "?"}`);
     }
     if (auditViolation !== null) violation = auditViolation;
     else if (failures.length) violation = failures.join("; ");
@@ -546,6 +554,12 @@ export interface ExploreOptions {
   stepwise?: boolean;
   /** Return the recording (explore_record.ts) of the first violation's run, or of the last run. */
   record?: boolean;
+  /**
+   * Record every schedule in full, as `record` records one, and hand each recording here: the
+   * tracing-on path at its steady rate (src/bench/catalog.ts). Its steps count in `steps` and
+   * `stepsPerSec`; the schedules are the same as without.
+   */
+  onRecording?: (run: RecordedRun) => void;
 }
 
 /** The scenario `o` explores: EINVAL for an unknown one or one that does not apply to o.design. */
@@ -566,17 +580,14 @@ function scenarioOf(o: ExploreOptions): Scenario {
   return s;
 }
 
+function explorerOf(s: Scenario, o: ExploreOptions): Explorer {
+  const mode = o.mode ?? "tdp";
+  return new Explorer(s, o.bug, o.maxSteps, o.auditEveryStep ?? false, mode, o.stepwise ?? false, o.design);
+}
+
 export async function explore(o: ExploreOptions): Promise<ExploreResult> {
   const s = scenarioOf(o);
-  const ex = new Explorer(
-    s,
-    o.bug,
-    o.maxSteps,
-    o.auditEveryStep ?? false,
-    o.mode ?? "tdp",
-    o.stepwise ?? false,
-    o.design,
-  );
+  const ex = explorerOf(s, o);
   const t0 = performance.now();
   let schedules = 0;
   let violations = 0;
@@ -594,8 +605,13 @@ export async function explore(o: ExploreOptions): Promise<ExploreResult> {
         await new Promise((r) => setImmediate(r));
         if (o.signal.aborted) break;
       }
+      ex.recording = o.onRecording !== undefined;
       const r = ex.runOnce(nextChooser(o, dfs, rng, s.threads.length, estSteps));
       schedules++;
+      if (o.onRecording !== undefined)
+        o.onRecording(
+          recordedRunOf(s, encodeSchedule(s.name, o.bug, r.choices, o.mode ?? "tdp", o.design), r),
+        );
       if (!r.aborted) estSteps = Math.max(estSteps, r.choices.length);
       if (first === null) chosen = r.choices;
       if (r.violation) {

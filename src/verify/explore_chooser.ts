@@ -18,11 +18,27 @@ function progressing(runnable: number[], spinning: boolean[]): number[] {
   return p.length ? p : runnable;
 }
 
+/*
+ * The strategies' choose runs for every step the controller simulates (src/verify/explore_chain.ts),
+ * so RandomChooser and PctChooser pick from `progressing(runnable, spinning)` without building it.
+ */
+
+/** How many of `runnable` are not spinning. */
+function countProgressing(runnable: number[], spinning: boolean[]): number {
+  let p = 0;
+  for (let i = 0; i < runnable.length; i++) if (!spinning[runnable[i]]) p++;
+  return p;
+}
+
 export class RandomChooser implements Chooser {
   constructor(private readonly rng: ParkMiller) {}
   choose(_step: number, runnable: number[], spinning: boolean[]): number {
-    const c = this.rng.next() % 16 === 0 ? runnable : progressing(runnable, spinning);
-    return c[this.rng.next() % c.length];
+    // c: runnable one time in 16, else progressing(runnable, spinning); then its element k.
+    const all = this.rng.next() % 16 === 0;
+    const p = all ? 0 : countProgressing(runnable, spinning);
+    if (all || p === 0) return runnable[this.rng.next() % runnable.length];
+    let k = this.rng.next() % p;
+    for (let i = 0; ; i++) if (!spinning[runnable[i]] && k-- === 0) return runnable[i];
   }
   save(): unknown {
     return this.rng.state;
@@ -34,7 +50,9 @@ export class RandomChooser implements Chooser {
 
 export class PctChooser implements Chooser {
   private readonly prio: number[];
-  private readonly changes: Map<number, number>;
+  /** Change points as steps and priorities (a later one at the same step wins, as a Map's set). */
+  private readonly changeStep: number[] = [];
+  private readonly changePrio: number[] = [];
   /** [thread, priority before] of each change point applied, to rewind them. */
   private readonly undo: [number, number][] = [];
   constructor(rng: ParkMiller, threads: number, depth: number, estSteps: number) {
@@ -45,16 +63,27 @@ export class PctChooser implements Chooser {
       [p[i], p[j]] = [p[j], p[i]];
     }
     this.prio = p;
-    this.changes = new Map();
-    for (let i = 1; i < depth; i++) this.changes.set(rng.next() % Math.max(1, estSteps), i);
+    for (let i = 1; i < depth; i++) {
+      this.changeStep.push(rng.next() % Math.max(1, estSteps));
+      this.changePrio.push(i);
+    }
+  }
+  /** The priority change point `step` is, or undefined. */
+  private changeAt(step: number): number | undefined {
+    let ch: number | undefined;
+    for (let i = 0; i < this.changeStep.length; i++) if (this.changeStep[i] === step) ch = this.changePrio[i];
+    return ch;
   }
   choose(step: number, runnable: number[], spinning: boolean[]): number {
-    const c = progressing(runnable, spinning);
+    // The highest priority of progressing(runnable, spinning), the first of equals.
+    let best = -1;
+    for (let i = 0; i < runnable.length; i++) {
+      const t = runnable[i];
+      if (!spinning[t] && (best < 0 || this.prio[t] > this.prio[best])) best = t;
+    }
     // Everyone waits: rotate, so a lock holder that spun recently is not starved by priority.
-    if (c.every((t) => spinning[t])) return c[step % c.length];
-    let best = c[0];
-    for (const t of c) if (this.prio[t] > this.prio[best]) best = t;
-    const ch = this.changes.get(step);
+    if (best < 0) return runnable[step % runnable.length];
+    const ch = this.changeAt(step);
     if (ch !== undefined) {
       this.undo.push([best, this.prio[best]]);
       this.prio[best] = ch;

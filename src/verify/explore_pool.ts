@@ -13,8 +13,8 @@ import { ExploreOptions, ExploreResult } from "./explore.js";
 import { SCENARIOS } from "./scenarios.js";
 import { workerFlags } from "../sync/worker_flags.js";
 
-/** One exploration of a pool: the options explore() takes, minus what cannot be posted. */
-export type PoolJob = Omit<ExploreOptions, "signal" | "scenarioObject">;
+/** One exploration of a pool: the options explore() takes, minus what cannot be posted (objects, functions). */
+export type PoolJob = Omit<ExploreOptions, "signal" | "scenarioObject" | "onRecording">;
 
 /**
  * Every scenario's code as it should be, on both MMUs and every registered design, under pct

@@ -3,11 +3,13 @@
  * step with its thread, operation, the named location (src/verify/trace_names.ts, decoded while
  * every thread is stopped at that step), the word's value before and after the step, and the
  * kernel functions the thread was in (src/sync/kfunc.ts). The explorer keeps only the last
- * steps of each thread while it searches; a violation's schedule is re-run with a Recorder
- * (replay is deterministic), one step per hand-off.
+ * steps of each thread while it searches; a violation's schedule is re-run recorded (replay is
+ * deterministic): each thread records its own steps (ThreadRecorder) in the same runs of steps
+ * as an unrecorded run, and the controller merges them in schedule order.
  */
+import { MessagePort, receiveMessageOnPort } from "node:worker_threads";
 import { Op } from "../sync/atomic.js";
-import { SCHED_RING, SCHED_T } from "../sync/sched.js";
+import { SCHED_T, StepRecorder } from "../sync/sched.js";
 import { kfunc_stack, kfuncName } from "../sync/kfunc.js";
 import { Kvm } from "../kvm_host.js";
 import { locationGfns, locationName, TRACED_ARRAYS } from "./trace_names.js";
@@ -96,8 +98,15 @@ export interface RecordedRun {
   violation: string | null;
 }
 
-/** Reads what the controller needs at each step of a recorded run. */
-export class Recorder {
+/**
+ * A traced run's steps of one thread, recorded by that thread (explore_worker.ts, through the
+ * controlled hook's StepRecorder) as it takes each step, while every other thread stands at a
+ * point: the location is named, and its old value read, as the VM is at that step. The thread
+ * keeps its runs of steps (no hand-off per step); the controller puts the threads' steps in
+ * schedule order afterwards (mergeRecorded).
+ */
+export class ThreadRecorder implements StepRecorder {
+  /** This thread's steps in order (`step` is set by mergeRecorded). */
   readonly steps: RecordedStep[] = [];
   private readonly arrays: Int32Array[];
   private pending: RecordedStep | null = null;
@@ -105,6 +114,7 @@ export class Recorder {
 
   constructor(
     private readonly sc: Int32Array,
+    private readonly tid: number,
     private readonly kvm: Kvm,
     private readonly scratch: Int32Array,
   ) {
@@ -124,29 +134,88 @@ export class Recorder {
     if (this.arrays.length !== TRACED_ARRAYS.length) throw new Error("recorder: traced arrays differ");
   }
 
-  /** Thread `t`, standing at its point `own` (its ring entry holds it), is granted schedule step `step`. */
-  before(t: number, own: number, step: number): void {
-    const sc = this.sc;
-    const e = SCHED_T.ring(t) + (own % SCHED_RING) * 3;
-    const [op, arr, index] = [sc[e], sc[e + 1], sc[e + 2]];
+  /** The thread takes the step at its point: `op` on element `index` of traced array `arr` (-1: scratch). */
+  step(op: number, arr: number, index: number): void {
     const a = arr >= 0 ? this.arrays[arr] : this.scratch;
     this.target = index < a.length ? a : null;
     const old = this.target !== null ? Atomics.load(this.target, index) : 0;
-    const frames = kfunc_stack(sc, SCHED_T.kstack(t));
+    const frames = kfunc_stack(this.sc, SCHED_T.kstack(this.tid));
     const stack = frames.map(kfuncName);
     const field = arr >= 0 ? locationName(this.kvm, arr, index) : `scenario scratch[${index}]`;
     const [gfn, pages] = locationGfns(this.kvm, arr, index) ?? [-1, 0];
-    this.pending = { step, thread: t, op, arr, index, field, gfn, pages, old, new: old, stack, frames };
+    this.pending = {
+      step: -1,
+      thread: this.tid,
+      op,
+      arr,
+      index,
+      field,
+      gfn,
+      pages,
+      old,
+      new: old,
+      stack,
+      frames,
+    };
   }
 
-  /** The step granted by `before` has run. */
-  after(): void {
+  /** The thread reached its next point, finished or failed: the pending step is over. */
+  point(): void {
     const p = this.pending;
     if (p === null) return;
     if (this.target !== null) p.new = Atomics.load(this.target, p.index);
     this.steps.push(p);
     this.pending = null;
   }
+}
+
+/**
+ * A traced run's steps in schedule order, from each thread's own (`perThread[t]`, ThreadRecorder):
+ * step k is the next step of thread `choices[k]`. Throws if the counts disagree.
+ */
+export function mergeRecorded(perThread: RecordedStep[][], choices: number[]): RecordedStep[] {
+  const next = perThread.map(() => 0);
+  const out = choices.map((t, step) => {
+    const s = perThread[t]?.[next[t]++];
+    if (s === undefined)
+      throw new Error(`explore: thread ${t} recorded fewer steps than the schedule gave it`);
+    s.step = step;
+    return s;
+  });
+  perThread.forEach((l, t) => {
+    if (next[t] !== l.length)
+      throw new Error(`explore: thread ${t} recorded ${l.length} steps, the schedule gave it ${next[t]}`);
+  });
+  return out;
+}
+
+/** What a run's thread posts before its last hand-back (explore_worker.ts): a failure's message, a recorded run's steps. */
+export interface ThreadMessages {
+  error?: string;
+  recorded?: RecordedStep[];
+}
+
+/** Every message waiting on `port` from its thread's run, merged. */
+export function readThreadMessages(port: MessagePort): ThreadMessages {
+  const m: ThreadMessages = {};
+  for (let x = receiveMessageOnPort(port); x !== undefined; x = receiveMessageOnPort(port))
+    Object.assign(m, x.message);
+  return m;
+}
+
+/** A recorded run (`r`: runOnce's outcome of a recorded run) of scenario `s`, as `schedule`. */
+export function recordedRunOf(
+  s: { name: string; threads: { name: string }[] },
+  schedule: string,
+  r: { recorded: RecordedStep[] | null; violation: string | null },
+): RecordedRun {
+  return {
+    scenario: s.name,
+    schedule,
+    threads: s.threads.map((t) => t.name),
+    steps: r.recorded ?? [],
+    violation: r.violation,
+  };
 }
 
 const hex = (v: number): string => `0x${(v >>> 0).toString(16)}`;

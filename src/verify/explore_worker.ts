@@ -21,6 +21,7 @@ import {
 import { Scenario, SCENARIOS } from "./scenarios.js";
 import { programScenario } from "./program.js";
 import { kfunc_record } from "../sync/kfunc.js";
+import { ThreadRecorder } from "./explore_record.js";
 
 interface Data {
   sc: SharedArrayBuffer;
@@ -62,20 +63,27 @@ for (;;) {
   const kvm = new Kvm(m.shared);
   const scratch = new Int32Array(m.scratch);
   let state = TS_DONE;
-  // A traced run: this thread's kernel function stack, for the controller to read at each step.
-  kfunc_record(Atomics.load(sc, SCHED.trace) !== 0 ? sc : null, SCHED_T.kstack(d.tid));
-  installControlledHook(sc, d.tid, [
-    m.shared.spt,
-    m.shared.rmapPool,
-    m.shared.desc,
-    m.shared.bitmapPool,
-    m.shared.vcpu,
-    m.shared.ctl,
-    m.shared.mem,
-    m.shared.hpt,
-    m.shared.spHdr,
-    m.shared.dirtyRing,
-  ]);
+  // A traced run: this thread's kernel function stack, and its steps, recorded as it takes them.
+  const traced = Atomics.load(sc, SCHED.trace) !== 0;
+  kfunc_record(traced ? sc : null, SCHED_T.kstack(d.tid));
+  const rec = traced ? new ThreadRecorder(sc, d.tid, kvm, scratch) : null;
+  installControlledHook(
+    sc,
+    d.tid,
+    [
+      m.shared.spt,
+      m.shared.rmapPool,
+      m.shared.desc,
+      m.shared.bitmapPool,
+      m.shared.vcpu,
+      m.shared.ctl,
+      m.shared.mem,
+      m.shared.hpt,
+      m.shared.spHdr,
+      m.shared.dirtyRing,
+    ],
+    rec,
+  );
   try {
     scenario.threads[d.tid].run(kvm, scratch);
   } catch (e) {
@@ -84,6 +92,11 @@ for (;;) {
       state = TS_FAILED;
       d.port.postMessage({ error: (e as Error).message });
     }
+  }
+  if (rec !== null) {
+    // The last step ends here; the steps reach the controller before the thread hands back.
+    rec.point();
+    d.port.postMessage({ recorded: rec.steps });
   }
   finishControlled(sc, d.tid, state);
 }
