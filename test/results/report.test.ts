@@ -43,7 +43,8 @@ function reportHtml(): Promise<string> {
 
 test(
   "report: one self-contained HTML file with every plot, titled, labelled, with legend and caption",
-  { timeout: 240_000 },
+  // It makes the fixture (a real run of each command) for the file's tests: minutes when loaded.
+  { timeout: 600_000 },
   async () => {
     const html = readFileSync(await reportHtml(), "utf8");
     // Self-contained: no script, no external stylesheet, image or font.
