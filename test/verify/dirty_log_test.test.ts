@@ -9,16 +9,11 @@ import assert from "node:assert/strict";
 import { dirtyLogTest, DirtyLogTestOptions } from "../../src/verify/dirty_log_test.js";
 import { KvmError } from "../../src/errors.js";
 
-/** 2 MiB a vCPU (one huge page each): every claim below holds at any size; the checks read every page. */
-const BYTES_PER_VCPU = 2 << 20;
-/** The slot: both vCPUs' pages and 3 more (so that it is no multiple of 64 pages). */
-const SLOT_PAGES = (2 * BYTES_PER_VCPU) / 4096 + 3;
-
 const base: DirtyLogTestOptions = {
   iterations: 4,
   intervalMs: 10,
   vcpus: 2,
-  bytesPerVcpu: BYTES_PER_VCPU,
+  bytesPerVcpu: 8 << 20,
   wp: ["locked", "lockless"],
   oracles: ["kvm", "qemu"],
   thp: true,
@@ -33,7 +28,7 @@ test("both strategies, both oracles, notifier churn on: no violation", { timeout
   assert.equal(r.violations, 0);
   assert.ok(r.pagesChecked > 0);
   assert.equal(r.iterations, 16);
-  assert.equal(r.slotPages, SLOT_PAGES);
+  assert.equal(r.slotPages, 2 * 2048 + 3);
   let churn = 0;
   for (const wp of ["locked", "lockless"] as const) {
     for (const oracle of ["kvm", "qemu"] as const) {
@@ -89,7 +84,7 @@ test(
       harvestFilter: (bm, phase) => {
         if (phase !== "final") return;
         bm[0] = bm[0] | 1;
-        const last = SLOT_PAGES - 1;
+        const last = 2 * 2048 + 3 - 1;
         bm[last >>> 5] = bm[last >>> 5] | (1 << (last & 31));
       },
     });
