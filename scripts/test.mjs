@@ -9,7 +9,10 @@
  * The order changes only the wall time, never a result: each file still runs in its own process.
  * `node --test` sorts the files it is given by name, hence this script and node:test's run().
  *
+ * Files that only `npm run mutation` runs (MUTATION_ONLY) are left out of the default list.
+ *
  *   node scripts/test.mjs [--concurrency N] [file.test.js ...]   (default: every dist/test file)
+ *   node scripts/test.mjs --list                                  the default list, in order; runs nothing
  */
 import { run } from "node:test";
 import { tap } from "node:test/reporters";
@@ -28,7 +31,6 @@ const DIST = join(ROOT, "dist", "test");
 const LONGEST = [
   "verify/explore_full.test.js",
   "verify/explore_generate.test.js",
-  "results/browser.test.js",
   "results/report.test.js",
   "migration/postcopy_recover.test.js",
   "bench/dirty_log_perf_cli.test.js",
@@ -45,6 +47,13 @@ const LONGEST = [
   "cli/usage.test.js",
   "cli/trace_cmd.test.js",
 ];
+
+/**
+ * Test files written for the mutation runs (stryker.*.json name them): explore_quick is the
+ * explorer at a budget a mutant can pay, every job of explore_full at 8 schedules and two
+ * generated programs; explore_full and explore_generate check the same at full budget here.
+ */
+const MUTATION_ONLY = ["verify/explore_quick.test.js"];
 
 /** @param {string} dir @returns {string[]} */
 function testFiles(dir) {
@@ -64,11 +73,14 @@ function longestFirst(files) {
 }
 
 function usage(/** @type {string} */ msg) {
-  process.stderr.write(`test: ${msg}\nusage: node scripts/test.mjs [--concurrency N] [file.test.js ...]\n`);
+  process.stderr.write(
+    `test: ${msg}\nusage: node scripts/test.mjs [--concurrency N] [file.test.js ...] | --list\n`,
+  );
   process.exit(2);
 }
 
 let concurrency = 2;
+let list = false;
 const named = [];
 const argv = process.argv.slice(2);
 for (let i = 0; i < argv.length; i++) {
@@ -76,12 +88,19 @@ for (let i = 0; i < argv.length; i++) {
     const n = Number(argv[++i]);
     if (!Number.isInteger(n) || n < 1 || n > 64) usage(`--concurrency: must be 1..64, got ${argv[i]}`);
     concurrency = n;
-  } else if (argv[i].startsWith("-")) usage(`unknown option ${argv[i]}`);
+  } else if (argv[i] === "--list") list = true;
+  else if (argv[i].startsWith("-")) usage(`unknown option ${argv[i]}`);
   else named.push(resolve(argv[i]));
 }
 
-const files = longestFirst(named.length > 0 ? named : testFiles(DIST));
+const mutationOnly = (/** @type {string} */ f) =>
+  MUTATION_ONLY.some((m) => f.split("\\").join("/").endsWith(`/${m}`));
+const files = longestFirst(named.length > 0 ? named : testFiles(DIST).filter((f) => !mutationOnly(f)));
 if (files.length === 0) usage(`no test files under ${relative(ROOT, DIST)} (run npm run build)`);
+if (list) {
+  for (const f of files) process.stdout.write(`${relative(DIST, f).split("\\").join("/")}\n`);
+  process.exit(0);
+}
 // A hang guard per file (node --test applies --test-timeout to a whole file too): 20 minutes, as
 // `npm run test:explore` has, since the full-budget explorer shares the cores with other files.
 const stream = run({ files, concurrency, timeout: 1_200_000 });

@@ -14,6 +14,12 @@ import { MigrationSource } from "../../src/migration/precopy.js";
 import type { MmuModeName, WpName } from "../../src/vm.js";
 
 const KEY = "test-precopy-key";
+/**
+ * The guest's memory: 4 MiB (two 2 MiB regions, 1,024 pages) shows every property below; the
+ * vCPUs run for the whole migration, which copies and hashes every page, so the test's CPU time
+ * grows with the size.
+ */
+const MEMORY = 4 << 20;
 /** The bytes the guest rewrites after its first pass over all its memory. */
 const WORKING_SET = 1 << 20;
 
@@ -22,7 +28,7 @@ async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind, logMode
   const inc = await listenIncoming({ port: 0, key: KEY });
   const dest = new MigrationDestination({ wp, mode });
   const dp = inc.accepted.then(({ sock, reader }) => dest.receive(sock, reader));
-  const g = createGuestVm(layoutFor(16 << 20, 2, { workingSetBytes: WORKING_SET }), {
+  const g = createGuestVm(layoutFor(MEMORY, 2, { workingSetBytes: WORKING_SET }), {
     wp,
     mode,
     logged: true,
@@ -32,10 +38,10 @@ async function migrate(wp: WpName, mode: MmuModeName, fault?: FaultKind, logMode
     await runGuest(g);
     await new Promise((r) => setTimeout(r, 100));
     const { sock, reader } = await connectOutgoing({ host: "127.0.0.1", port: inc.port, key: KEY });
-    // The guest fills all 16 MiB, then rewrites a 1 MiB working set: no round after the first
-    // has more than 1 MiB dirty, so it converges once the loopback moves 1 MiB/s, however fast
-    // the guest runs (rewriting all 16 MiB, it converged only when the stream outran the guest,
-    // and not at all beside another CPU-bound test).
+    // The guest fills all its memory, then rewrites a 1 MiB working set: no round after the
+    // first has more than 1 MiB dirty, so it converges once the loopback moves 1 MiB/s, however
+    // fast the guest runs (rewriting all of it, it converged only when the stream outran the
+    // guest, and not at all beside another CPU-bound test).
     const rep = await new MigrationSource(g, { minRounds: 2, downtimeLimitMs: 1000, fault, log }).migrate(
       sock,
       reader,
@@ -56,13 +62,13 @@ for (const wp of ["locked", "lockless"] as const)
       const { rep, drep } = await migrate(wp, mode);
       assert.equal(rep.status, "completed", JSON.stringify(rep.error));
       assert.ok(rep.rounds.length >= 2, `rounds ${rep.rounds.length}`);
-      assert.equal(rep.verify.pagesCompared, 4096);
+      assert.equal(rep.verify.pagesCompared, MEMORY / 4096);
       assert.equal(rep.verify.mismatches, 0);
       assert.equal(rep.verify.guestInvariant, true, rep.verify.problems.join("; "));
       assert.equal(drep.status, "completed");
       assert.equal(rep.switchedOver, true);
       assert.ok(rep.downtimeMs > 0 && rep.totalTimeMs >= rep.downtimeMs);
-      assert.ok(rep.transferredBytes > 16 << 20, "more than one copy of memory went over");
+      assert.ok(rep.transferredBytes > MEMORY, "more than one copy of memory went over");
       // Downtime as QEMU reports it: the stop, less the page-hash verification timed apart.
       const so = rep.switchover!;
       assert.ok(rep.verifyMs > 0 && drep.hashMs > 0 && rep.verifyMs >= drep.hashMs);
@@ -80,7 +86,7 @@ for (const logMode of ["clear-log", "dirty-ring"] as const)
       assert.equal(rep.status, "completed", JSON.stringify(rep.error));
       assert.equal(rep.logMode, logMode);
       assert.ok(rep.rounds.length >= 2, `rounds ${rep.rounds.length}`);
-      assert.equal(rep.verify.pagesCompared, 4096);
+      assert.equal(rep.verify.pagesCompared, MEMORY / 4096);
       assert.equal(rep.verify.mismatches, 0);
       assert.equal(rep.verify.guestInvariant, true, rep.verify.problems.join("; "));
       assert.equal(drep.status, "completed");

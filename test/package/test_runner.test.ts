@@ -6,7 +6,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { execFile } from "node:child_process";
-import { mkdirSync, mkdtempSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -79,4 +79,19 @@ test("npm test's runner: bad usage is exit 2 naming the option", async () => {
   const u = await runner(["--nope"]);
   assert.equal(u.code, 2);
   assert.match(u.err, /unknown option --nope/);
+});
+
+test("npm test's runner --list: every dist/test file but the mutation runs' own, the longest first", async () => {
+  const dist = fileURLToPath(new URL("../", import.meta.url));
+  const all = readdirSync(dist, { recursive: true, encoding: "utf8" })
+    .map((f) => f.split("\\").join("/"))
+    .filter((f) => f.endsWith(".test.js"));
+  const r = await runner(["--list"]);
+  assert.equal(r.code, 0, r.err);
+  const listed = r.out.trim().split("\n");
+  assert.equal(listed[0], "verify/explore_full.test.js");
+  // explore_quick repeats explore_full and explore_generate at a mutant's budget: stryker only.
+  assert.ok(all.includes("verify/explore_quick.test.js"));
+  assert.deepEqual([...listed].sort(), all.filter((f) => f !== "verify/explore_quick.test.js").sort());
+  assert.doesNotMatch(r.out, /^# /m, "nothing ran");
 });

@@ -6,13 +6,16 @@ import { join } from "node:path";
 import { runKvmmu } from "../helpers/cli.js";
 import { bootstrapRatioCi, compare, CompareResult } from "../../src/results/compare.js";
 import { validateResult } from "../../src/results/schema.js";
-import { migrateDoc, perfRun, read, tmp } from "./helpers.js";
+import { migrateDoc, perfRunOnce, read, tmp } from "./helpers.js";
 
 type Doc = Record<string, unknown>;
 interface It {
   warmup: boolean;
   getDirtyLogNs: number;
 }
+
+/** One real dirty-log-perf result: each test reads it or saves changed copies. */
+const real = (): Promise<string> => perfRunOnce("cmp-real.json");
 
 /** A copy of a real result whose locked get-dirty-log times are the given ones. */
 function withTimes(base: Doc, ns: number[]): Doc {
@@ -40,7 +43,7 @@ test("bootstrapRatioCi: brackets the ratio of medians, excludes 1 for a clear ch
 });
 
 test("compare flags a doubled get-dirty-log time as worse, and an equal one as no change", async () => {
-  const base = read(await perfRun("cmp-base.json"));
+  const base = read(await real());
   const t = [1e6, 1.1e6, 0.9e6, 1.05e6, 0.95e6, 1.02e6];
   const a = save("cmp-a.json", withTimes(base, t));
   const b = save(
@@ -79,7 +82,7 @@ test("compare flags a doubled get-dirty-log time as worse, and an equal one as n
 });
 
 test("compare refuses, exit 2 and one typed line, files of other commands, versions or shapes", async () => {
-  const perf = await perfRun("cmp-ref.json");
+  const perf = await real();
   const m = save("cmp-m.json", migrateDoc("locked", 10));
   const v3 = save("cmp-v3.json", { ...read(perf), schemaVersion: 99 });
   const broken = save("cmp-broken.json", { ...read(perf), machine: { cpus: "many" } });
@@ -103,7 +106,7 @@ test("compare refuses, exit 2 and one typed line, files of other commands, versi
 });
 
 test("compare warns, in every format, when options or machines differ from the baseline's", async () => {
-  const base = read(await perfRun("cmp-w.json"));
+  const base = read(await real());
   const t = [1e6, 1.1e6, 0.9e6, 1.05e6, 0.95e6, 1.02e6];
   const a = save("cmp-wa.json", withTimes(base, t));
   const other = withTimes(base, t);

@@ -46,6 +46,21 @@ export async function perfRun(name: string, extra: string[] = []): Promise<strin
   return file;
 }
 
+const made = new Map<string, Promise<string>>();
+
+/**
+ * perfRun's file for tests that only read it (or copies of it): run once per test process, as a
+ * dirty-log-perf run costs a process and its vCPU threads.
+ */
+export function perfRunOnce(name: string, extra: string[] = []): Promise<string> {
+  let p = made.get(name);
+  if (p === undefined) {
+    p = perfRun(name, extra);
+    made.set(name, p);
+  }
+  return p;
+}
+
 /** A migrate result as issue 12 defines `kvmmu migrate --json`, in the envelope. */
 export function migrateDoc(wp: "locked" | "lockless", downtimeMs: number): Record<string, unknown> {
   const total = 64 << 20;

@@ -1,7 +1,7 @@
 /**
  * The trace timeline of `kvmmu report`: generic over any Trace Event Format file (a benchmark's
  * long trace is drawn in one window), and in headless Chromium for the explorer's counterexample
- * (skipped without chromium unless KVMMU_REQUIRE_BROWSER=1, as browser.test.ts).
+ * (skipped without chromium unless KVMMU_REQUIRE_BROWSER=1, as report.test.ts's browser test).
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
