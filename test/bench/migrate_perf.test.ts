@@ -37,12 +37,15 @@ test("migrate-perf's options: what needs the dirty ring is refused by the librar
 
 test("kvmmu migrate-perf: alternated runs, all verified, CIs and paired ratios, schema-valid", async () => {
   const file = join(mkdtempSync(join(tmpdir(), "kvmmu-migperf-")), "mp.json");
-  // 1 MiB over 8 MiB/s with a 1 s limit: every run converges at exactly --min-rounds.
+  // 1 MiB over 8 MiB/s with a 30 s downtime limit: every run converges at exactly --min-rounds
+  // (with the default 1 s, a loaded machine's measured bandwidth could ask for another round).
   const r = await runKvmmu([
     "migrate-perf",
     "--json",
     "--output",
     file,
+    "--downtime-limit",
+    "30000",
     "-n",
     "3",
     "--warmup",
