@@ -103,14 +103,14 @@ export class ReturnPath implements ReturnChannel {
   }
 
   /**
-   * The source's error to report (the first cause wins): `own`, unless it is only a
-   * consequence and the destination names a cause (its error, waited for up to `ms`; it comes
-   * at once when the destination failed, since it sends it before it closes).
+   * The source's error to report (the first cause wins): `own` when it is a cause; when it is
+   * only a consequence, the destination's (it saw the failure from the other end: a truncated
+   * stream, a bad checksum), waited for up to `ms` (it comes at once from a destination that
+   * failed, since it sends it before it closes).
    */
   async reported(own: MigrationError, ms: number): Promise<MigrationError> {
     if (!isConsequence(own)) return own;
-    const theirs = await this.settle(ms);
-    return theirs && !isConsequence(theirs) ? theirs : own;
+    return (await this.settle(ms)) ?? own;
   }
 
   /** The destination's own error, if it sends one within `ms`. */

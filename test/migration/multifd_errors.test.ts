@@ -139,8 +139,10 @@ test("source: its own cause beats the destination's report; its consequence yiel
   const e = await answer("EBADMSG", "channel 1: bad checksum in section 3").reported(reset, 600_000);
   assert.equal(e.code, "EBADMSG");
   assert.match(e.message, /^EBADMSG: destination: channel 1: bad checksum/);
-  // Both consequences: ours (the destination saw only the same cut from its end).
-  assert.equal(await answer("ENODATA", "channel 0: truncated stream").reported(reset, 600_000), reset);
+  // Both consequences: the destination's (it names what ended, from its end).
+  const t = await answer("ENODATA", "channel 0: truncated stream").reported(reset, 600_000);
+  assert.equal(t.code, "ENODATA");
+  assert.match(t.message, /^ENODATA: destination: channel 0: truncated stream/);
 });
 
 test("cancelled over channels: both sides report ECANCELED (the channels close only after the destination read the cancel)", async () => {
