@@ -280,6 +280,8 @@ export class MigrationDestination {
     // marker: a channel applying pages counts as the peer being alive.
     const mf = this.mf;
     if (this.link.r.idle) this.link.r.idle.busy = () => mf.progressed();
+    // A channel's failure ends the wait on the main stream at once, not at the next marker.
+    mf.onFailure((e) => r.poison(e));
     await back.section(Sec.MultifdChannels, jsonPayload(this.mf.announce));
   }
 
@@ -409,9 +411,9 @@ export class MigrationDestination {
   ): Promise<DestinationReport> {
     if (e instanceof MigrationStateError) throw e;
     let err = toMigError(e);
-    // The main stream closing is the source failing on a channel's account: say which.
-    const ch = this.mf?.failure;
-    if (ch && (err.code === "ECONNRESET" || err.code === "ENODATA")) err = ch;
+    // The first cause wins: a channel's that failed before this thread did (the main stream
+    // then closes because the source failed on that channel's account).
+    if (this.mf) err = await this.mf.firstCause(err);
     this.mf?.abort();
     this.mf = null;
     const cancelled = this.state.status === "cancelling";

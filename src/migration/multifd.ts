@@ -25,6 +25,7 @@ import { MigErrno, MigrationError } from "./stream.js";
 import type { MigrationSecurity } from "./tls.js";
 import {
   CHANNEL_NONCE,
+  FirstCause,
   MAX_CHANNELS,
   RECV_CTL,
   RecvReply,
@@ -106,37 +107,86 @@ export function localHost(stream: Duplex): string {
   return (stream as Socket).localAddress?.replace(/^::ffff:/, "") ?? "127.0.0.1";
 }
 
-/** Worker messages of one kind, awaited with the first error (or exit) of any worker. */
+/**
+ * Worker messages of one kind, awaited with the side's first failure: the error of the channel
+ * that claimed FirstCause (a channel failing later, because of it, is only its consequence).
+ */
 class WorkerSet<R extends { type: string }> {
   readonly workers: Worker[];
-  error: MigrationError | null = null;
+  /** Each worker's error (its own message, else its crash or early exit), in channel order. */
+  readonly errors: (MigrationError | null)[];
+  /** Called at each worker error once the side's failure is known (the main thread's wake-up). */
+  onFailure: ((e: MigrationError) => void) | null = null;
   private waiters: (() => void)[] = [];
   readonly inbox: R[][];
 
   /** Workers that sent their last message (`final`): their exit is the normal end. */
   private readonly finished: boolean[];
 
-  constructor(url: URL, data: unknown[], final: R["type"]) {
+  constructor(
+    url: URL,
+    data: unknown[],
+    final: R["type"],
+    readonly cause: FirstCause,
+  ) {
     this.workers = data.map((workerData) => new Worker(url, { workerData }));
     this.inbox = this.workers.map(() => []);
+    this.errors = this.workers.map(() => null);
     this.finished = this.workers.map(() => false);
+    const said = this.workers.map(() => false);
     this.workers.forEach((w, i) => {
       w.on("message", (m: R) => {
-        if (m.type === "error")
-          this.error ??= workerError(i, m as unknown as { code: string; message: string });
-        else this.inbox[i].push(m);
+        if (m.type === "error") {
+          // A worker's own word beats the exit that follows it.
+          if (!said[i]) this.errors[i] = workerError(i, m as unknown as { code: string; message: string });
+          said[i] = true;
+          this.failed(i);
+        } else this.inbox[i].push(m);
         if (m.type === final) this.finished[i] = true;
         this.kick();
       });
       w.on("error", (e) => {
-        this.error ??= new MigrationError("EIO", `channel ${i}: its worker failed: ${e.message}`);
-        this.kick();
+        this.errors[i] ??= new MigrationError("EIO", `channel ${i}: its worker failed: ${e.message}`);
+        this.failed(i);
       });
       w.on("exit", () => {
-        if (!this.finished[i]) this.error ??= new MigrationError("EIO", `channel ${i}: its worker exited`);
+        if (!this.finished[i]) {
+          this.errors[i] ??= new MigrationError("EIO", `channel ${i}: its worker exited`);
+          this.failed(i);
+        }
         this.kick();
       });
     });
+  }
+
+  /** The side's failure: the claimant's error (null while its message is still on its way). */
+  get error(): MigrationError | null {
+    const who = this.cause.who;
+    if (who > 0) return this.errors[who - 1];
+    // The main thread failed first: what the channels say is its consequence.
+    if (who === FirstCause.MAIN) return this.errors.find((e) => e !== null) ?? null;
+    return null;
+  }
+
+  private failed(i: number): void {
+    // A worker that died without claiming (a crash): claimed for it on its first sign.
+    this.cause.claim(i + 1);
+    const e = this.error;
+    if (e && this.cause.who !== FirstCause.MAIN) this.onFailure?.(e);
+    this.kick();
+  }
+
+  /** This side's first cause, `own` (the main thread's error) unless a channel claimed it first. */
+  async firstCause(own: MigrationError, timeoutMs: number): Promise<MigrationError> {
+    if (this.cause.claim(FirstCause.MAIN) || this.cause.who === FirstCause.MAIN) return own;
+    // A channel failed first: its message follows its claim (or its exit does).
+    const end = Date.now() + timeoutMs;
+    while (!this.error && Date.now() < end)
+      await new Promise<void>((res) => {
+        const t = setTimeout(res, Math.min(end - Date.now(), 1000));
+        this.waiters.push(() => (clearTimeout(t), res()));
+      });
+    return this.error ?? own;
   }
 
   private kick(): void {
@@ -213,8 +263,10 @@ export class MultifdSend {
     fault?: SendWorkerData["fault"];
   }): Promise<MultifdSend> {
     const n = o.announce.channels.length;
+    const cause = new FirstCause();
     const data: SendWorkerData[] = o.announce.channels.map((c, id) => ({
       shared: o.g.vm.sharedState(),
+      cause: cause.sab,
       host: o.host,
       port: c.port,
       auth: {
@@ -228,7 +280,7 @@ export class MultifdSend {
       // The fault is injected into one channel, the last.
       fault: id === n - 1 ? o.fault : undefined,
     }));
-    const set = new WorkerSet<SendReply>(SEND_WORKER, data, "ended");
+    const set = new WorkerSet<SendReply>(SEND_WORKER, data, "ended", cause);
     try {
       await set.all((m) => m.type === "ready", SETUP_TIMEOUT_MS, "multifd channel setup");
     } catch (e) {
@@ -290,6 +342,11 @@ export class MultifdSend {
     this.set.terminate();
   }
 
+  /** The source's first cause: `own` (the main thread's error) unless a channel failed first. */
+  firstCause(own: MigrationError): Promise<MigrationError> {
+    return this.set.firstCause(own, SETUP_TIMEOUT_MS);
+  }
+
   close(): void {
     this.set.terminate();
   }
@@ -326,18 +383,23 @@ export class MultifdRecv {
     creds: ChannelCredentials;
     sessionKey: Buffer;
     idleMs: number;
+    /** Test hook (RecvWorkerData.holdError): the channels' reports of their failures wait for it. */
+    holdError?: SharedArrayBuffer;
   }): Promise<MultifdRecv> {
     const ctl = new SharedArrayBuffer(RECV_CTL.WORDS * 4);
+    const cause = new FirstCause();
     const nonces = Array.from({ length: o.n }, () => randomBytes(CHANNEL_NONCE));
     const data: RecvWorkerData[] = nonces.map((nonce, id) => ({
       shared: o.g.vm.sharedState(),
+      cause: cause.sab,
+      holdError: o.holdError,
       host: o.host,
       auth: { id, key: o.creds.key, security: o.creds.security, sessionKey: o.sessionKey, nonce },
       memoryBytes: o.g.layout.memoryBytes,
       ctl,
       idleMs: o.idleMs,
     }));
-    const set = new WorkerSet<RecvReply>(RECV_WORKER, data, "done");
+    const set = new WorkerSet<RecvReply>(RECV_WORKER, data, "done", cause);
     let ports: RecvReply[];
     try {
       ports = await set.all((m) => m.type === "listening", SETUP_TIMEOUT_MS, "multifd channel listen");
@@ -382,9 +444,27 @@ export class MultifdRecv {
     this.set.terminate();
   }
 
-  /** The first channel failure (a worker's error or exit), if any. */
+  /**
+   * The destination's failure as its channels know it: the error of the channel that failed
+   * first (null while none has, or while its report is on its way), whatever failed after it.
+   */
   get failure(): MigrationError | null {
     return this.set.error;
+  }
+
+  /** Each channel's own error so far, in channel order (the consequences included). */
+  get channelErrors(): readonly (MigrationError | null)[] {
+    return this.set.errors;
+  }
+
+  /** `f` is called (maybe more than once) as soon as `failure` is known: the main thread's wake-up. */
+  onFailure(f: (e: MigrationError) => void): void {
+    this.set.onFailure = f;
+  }
+
+  /** The destination's first cause: `own` (the main thread's error) unless a channel failed first. */
+  firstCause(own: MigrationError): Promise<MigrationError> {
+    return this.set.firstCause(own, this.idleMs);
   }
 
   /** A failed migration: the channels stop (a worker waiting at a sync wakes and ends). */

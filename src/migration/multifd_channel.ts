@@ -85,8 +85,11 @@ export async function connectChannel(
   }
 }
 
-/** Checks a connecting source's proof; EACCES (after telling it) if it is not this session's. */
-async function acceptProof(sock: Socket, r: ByteReader, a: ChannelAuth): Promise<void> {
+/**
+ * Checks a connecting source's proof; EACCES (after telling it) if it is not this session's.
+ * `refusing` runs before the refusal goes out (the caller claims the failure: FirstCause).
+ */
+async function acceptProof(sock: Socket, r: ByteReader, a: ChannelAuth, refusing: () => void): Promise<void> {
   let hello: Buffer;
   let timer: NodeJS.Timeout | undefined;
   try {
@@ -110,6 +113,7 @@ async function acceptProof(sock: Socket, r: ByteReader, a: ChannelAuth): Promise
     id === a.id &&
     timingSafeEqual(mac, channelMac(a.sessionKey, a.id, a.nonce));
   if (!ok) {
+    refusing();
     await writeAll(sock, DENY).catch(() => {});
     sock.end();
     throw new MigrationError(
@@ -130,9 +134,14 @@ export interface ChannelListener {
 /**
  * Destination: listens on host, port 0, for this channel's one connection. The first peer
  * decides: a bad handshake is refused and the channel fails (EACCES), so the migration does;
- * anyone after the first is cut at once.
+ * anyone after the first is cut at once. `refusing` runs at a failed handshake before the
+ * refusal (or the connection's end) reaches the peer.
  */
-export async function listenChannel(host: string, a: ChannelAuth): Promise<ChannelListener> {
+export async function listenChannel(
+  host: string,
+  a: ChannelAuth,
+  refusing: () => void = () => {},
+): Promise<ChannelListener> {
   const tlsOpts = serverTls(a.security, a.key);
   let taken = false;
   let settle!: { res: (x: { sock: Socket; reader: ByteReader }) => void; rej: (e: Error) => void };
@@ -148,9 +157,10 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
     taken = true;
     sock.setNoDelay(true);
     const r = new ByteReader(sock);
-    acceptProof(sock, r, a).then(
+    acceptProof(sock, r, a, refusing).then(
       () => settle.res({ sock, reader: r }),
       (e: Error) => {
+        refusing();
         setTimeout(() => sock.destroy(), 1000).unref();
         settle.rej(e);
       },
@@ -162,9 +172,13 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
     : createServer({ allowHalfOpen: true }, onPeer);
   if (tlsOpts)
     server.on("tlsClientError", (e: Error, s: TLSSocket) => {
-      s.destroy();
-      if (taken) return;
+      if (taken) {
+        s.destroy();
+        return;
+      }
       taken = true;
+      refusing();
+      s.destroy();
       server.close();
       settle.rej(new MigrationError("EACCES", `channel ${a.id}: TLS handshake failed (${e.message.trim()})`));
     });
@@ -177,6 +191,33 @@ export async function listenChannel(host: string, a: ChannelAuth): Promise<Chann
   const addr = server.address();
   const port = typeof addr === "object" && addr ? addr.port : 0;
   return { port, accepted, close: () => server.close() };
+}
+
+/**
+ * Which failure a side of a multifd migration reports (the first cause wins): one Int32 word
+ * shared by the main thread and that side's channel workers, 0 until something fails, then who
+ * failed first (channel id + 1, or MAIN). Whoever fails claims it before it closes a socket or
+ * tells the peer anything, so a failure its effects cause later (a peer's channel or main stream
+ * ending: ENODATA, ECONNRESET) can never be claimed first, however the threads are scheduled
+ * and in whatever order their messages reach the main thread.
+ */
+export class FirstCause {
+  static readonly MAIN = -1;
+  private readonly word: Int32Array;
+
+  constructor(readonly sab = new SharedArrayBuffer(4)) {
+    this.word = new Int32Array(sab);
+  }
+
+  /** Claims the first failure for `who` (channel id + 1, or MAIN); true when nobody had. */
+  claim(who: number): boolean {
+    return Atomics.compareExchange(this.word, 0, 0, who) === 0;
+  }
+
+  /** 0: nothing failed; else who claimed it. */
+  get who(): number {
+    return Atomics.load(this.word, 0);
+  }
 }
 
 /** What the main thread tells a source channel worker, and what it answers. */

@@ -24,7 +24,14 @@ import {
   Section,
   streamDigest,
 } from "./stream.js";
-import { ChannelAuth, channelKey, listenChannel, RECV_CTL, RecvReply } from "./multifd_channel.js";
+import {
+  ChannelAuth,
+  channelKey,
+  FirstCause,
+  listenChannel,
+  RECV_CTL,
+  RecvReply,
+} from "./multifd_channel.js";
 
 export interface RecvWorkerData {
   shared: KvmShared;
@@ -34,6 +41,13 @@ export interface RecvWorkerData {
   /** RECV_CTL words, shared with the main thread. */
   ctl: SharedArrayBuffer;
   idleMs: number;
+  /** The destination's FirstCause word, shared with the main thread and the other channels. */
+  cause: SharedArrayBuffer;
+  /**
+   * Test hook: a channel that failed first reports it only once word 0 is nonzero (so a test
+   * can make another channel's consequent failure reach the main thread before the cause).
+   */
+  holdError?: SharedArrayBuffer;
 }
 
 const port = parentPort!;
@@ -43,6 +57,19 @@ const ctl = new Int32Array(d.ctl);
 const hash = createHash("sha256");
 const zero = new Uint8Array(PAGE_SIZE);
 const id = d.auth.id;
+const cause = new FirstCause(d.cause);
+/** This channel claimed the destination's failure (it failed before anything else did). */
+let first = false;
+
+/** Claims the failure; called before this channel closes its socket or refuses its peer. */
+function claim(): void {
+  if (cause.claim(id + 1)) first = true;
+}
+
+async function holdError(): Promise<void> {
+  const w = d.holdError ? new Int32Array(d.holdError) : null;
+  while (first && w && Atomics.load(w, 0) === 0) await new Promise((r) => setTimeout(r, 5));
+}
 
 function reply(m: RecvReply): void {
   port.postMessage(m);
@@ -110,18 +137,23 @@ async function receive(r: ByteReader): Promise<void> {
 }
 
 try {
-  const l = await listenChannel(d.host, d.auth);
+  const l = await listenChannel(d.host, d.auth, claim);
   reply({ type: "listening", port: l.port });
   const { sock, reader } = await l.accepted;
   reply({ type: "connected" });
   try {
     await receive(reader);
+  } catch (e) {
+    claim();
+    throw e;
   } finally {
     sock.end();
     setTimeout(() => sock.destroy(), 1000).unref();
   }
 } catch (e) {
+  claim();
   const err = e instanceof MigrationError ? e : new MigrationError("EIO", (e as Error).message ?? String(e));
+  await holdError();
   reply({ type: "error", code: err.code, message: err.message.replace(/^[A-Z]+: /, "") });
 }
 port.close();

@@ -24,7 +24,14 @@ import {
   writeAll,
 } from "./stream.js";
 import { RateLimiter } from "./rate_limit.js";
-import { ChannelAuth, channelKey, connectChannel, SendReply, SendRequest } from "./multifd_channel.js";
+import {
+  ChannelAuth,
+  channelKey,
+  connectChannel,
+  FirstCause,
+  SendReply,
+  SendRequest,
+} from "./multifd_channel.js";
 
 export interface SendWorkerData {
   shared: KvmShared;
@@ -35,6 +42,8 @@ export interface SendWorkerData {
   maxBandwidth: number;
   /** Failure injection: "channel-auth" (a wrong proof), "drop-channel" (cut mid-round). */
   fault?: "channel-auth" | "drop-channel";
+  /** The source's FirstCause word, shared with the main thread and the other channels. */
+  cause: SharedArrayBuffer;
 }
 
 /** drop-channel: RAM frames of the bulk round sent before the cut. */
@@ -52,6 +61,7 @@ let sock!: Socket;
 let nextId = 1;
 let bytes = 0;
 let ramFrames = 0;
+const cause = new FirstCause(d.cause);
 
 function reply(m: SendReply): void {
   port.postMessage(m);
@@ -74,6 +84,8 @@ async function sendRam(limited: boolean): Promise<void> {
   f.writeUInt32BE(crc32(f.subarray(0, FRAME_HEAD + len)), FRAME_HEAD + len);
   if (d.fault === "drop-channel" && ++ramFrames > DROP_AFTER_FRAMES) {
     // A link cut in the middle of a frame: half of it leaves, then the connection is gone.
+    // The cut is this side's first failure: claimed before the peer can see it.
+    cause.claim(d.auth.id + 1);
     sock.write(f.subarray(0, f.length >> 1));
     sock.destroy();
   }
@@ -101,20 +113,29 @@ async function round(m: Extract<SendRequest, { type: "round" }>): Promise<void> 
   reply({ type: "round-done", round: m.round, bytes: bytes - before, normal, duplicate });
 }
 
+/**
+ * The channel's EOF, then its end. "ended" waits until the destination has closed its side
+ * (it does once it read the EOF, or when it fails): the main thread terminates this worker on
+ * "ended", and a worker terminated with its last frames still queued (TLS writes are, after
+ * writeAll returns) loses them while the kernel still sends a clean FIN, so the destination
+ * saw a stream that ends at a section boundary (ENODATA) in a migration that had not failed.
+ */
 async function end(): Promise<void> {
   const digest = streamDigest(hash.digest(), channelKey(d.auth.sessionKey, d.auth.id));
   await writeAll(sock, encodeSection(Sec.Eof, nextId++, digest));
-  // writeAll resolves once the bytes are queued, not sent, and the main thread terminates this
-  // worker on "ended", which drops whatever the socket (TLS above all) has not flushed: answer
-  // only when the destination has read through the EOF and closed its end (it does on EOF), or
-  // the connection is gone. The main thread's wait for "ended" bounds this.
-  const closed = new Promise<void>((res) => sock.once("close", () => res()));
+  const closed = new Promise<void>((res) => {
+    if (sock.destroyed || sock.readableEnded) res();
+    sock.once("end", res);
+    sock.once("close", res);
+  });
   sock.end();
   await closed;
   reply({ type: "ended", bytes });
 }
 
 function fail(e: unknown): void {
+  // Claimed before this socket closes: the destination's channel ending is our consequence.
+  cause.claim(d.auth.id + 1);
   const err = e instanceof MigrationError ? e : new MigrationError("EIO", (e as Error).message ?? String(e));
   // multifd.ts names the channel in front of what it reports.
   reply({ type: "error", code: err.code, message: err.message.replace(/^[A-Z]+: /, "") });

@@ -102,6 +102,14 @@ export interface SourceOptions {
   channelCredentials?: ChannelCredentials;
 }
 
+/**
+ * How long a failed source waits for the destination's error when its own is a consequence
+ * (it comes at once from a destination that failed; only a wedged one makes the wait last).
+ * The main connection stays open meanwhile, so its end cannot reach the destination before
+ * the channel failure that explains it (a loaded destination thread may notice that late).
+ */
+const SETTLE_MS = 15_000;
+
 /** The channel faults are the channel workers' (multifd_send_worker.ts), not the main stream's. */
 const CHANNEL_FAULTS: readonly string[] = ["channel-auth", "drop-channel"];
 
@@ -447,6 +455,9 @@ class SourceRun {
     await this.w.section(Sec.Cancel, jsonPayload({ reason: `no convergence in ${o.maxTimeMs} ms` }));
     this.out.end();
     this.w.stopDigest();
+    // The channels close once the destination has read the cancel (it answers, or closes):
+    // a channel's end must not reach it first and pass for the cause.
+    if (this.ram.multifd) await this.ret.settle(SETTLE_MS);
     this.ram.multifd?.close();
     this.throttle.stop();
     await this.stopDirtyLimit();
@@ -635,10 +646,11 @@ class SourceRun {
   private async fail(e: unknown): Promise<MigrationReport> {
     const report = this.report;
     report.switchedOver = this.committed;
+    // The first cause wins: a channel's that failed before this thread did, then ours unless
+    // it is a consequence (the destination hung up) and the destination names a cause.
     let err = toMigError(e);
-    // A local write error usually means the destination hung up: prefer what it said.
-    const theirs = await this.ret.settle(1000);
-    if (theirs && err.code !== "EBADMSG") err = theirs;
+    if (this.ram.multifd) err = await this.ram.multifd.firstCause(err);
+    err = await this.ret.reported(err, SETTLE_MS);
     report.error = err.report();
     if (!this.state.final) this.state.set("failed");
     report.status = "failed";

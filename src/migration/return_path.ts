@@ -7,6 +7,16 @@ import type { ReturnChannel } from "./postcopy.js";
 
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
+/**
+ * What a side sees when the other end (or one of its channels) failed and closed, or went
+ * silent: a consequence, which the peer's own error may explain.
+ */
+const CONSEQUENCES: readonly MigErrno[] = ["ECONNRESET", "ENODATA", "ECANCELED", "ETIMEDOUT"];
+
+export function isConsequence(e: MigrationError): boolean {
+  return CONSEQUENCES.includes(e.code);
+}
+
 export class ReturnPath implements ReturnChannel {
   private queue: Section[] = [];
   private wake: (() => void) | null = null;
@@ -90,6 +100,17 @@ export class ReturnPath implements ReturnChannel {
   /** The next queued section if it has this type, else null (never waits). */
   take(type: number): Section | null {
     return this.queue[0]?.type === type ? this.queue.shift()! : null;
+  }
+
+  /**
+   * The source's error to report (the first cause wins): `own` when it is a cause; when it is
+   * only a consequence, the destination's (it saw the failure from the other end: a truncated
+   * stream, a bad checksum), waited for up to `ms` (it comes at once from a destination that
+   * failed, since it sends it before it closes).
+   */
+  async reported(own: MigrationError, ms: number): Promise<MigrationError> {
+    if (!isConsequence(own)) return own;
+    return (await this.settle(ms)) ?? own;
   }
 
   /** The destination's own error, if it sends one within `ms`. */

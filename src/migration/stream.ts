@@ -309,6 +309,8 @@ export class ByteReader {
   private have = 0;
   private ended = false;
   private broken: Error | null = null;
+  /** A failure elsewhere in the same migration (poison()): every read that must wait throws it. */
+  private poisoned: MigrationError | null = null;
   private wake: (() => void) | null = null;
   /** The stream digest (a worker: stream_hash.ts), fed every byte read; null: not hashing. */
   hash: StreamHash | null = null;
@@ -358,6 +360,7 @@ export class ByteReader {
   /** Exactly n bytes; `what` names the thing being read for the error. */
   async read(n: number, what: string): Promise<Buffer> {
     while (this.have < n) {
+      if (this.poisoned) throw this.poisoned;
       if (this.broken) throw brokenError(this.broken, what);
       if (this.ended)
         throw new MigrationError(
@@ -414,6 +417,15 @@ export class ByteReader {
         res(true);
       };
     });
+  }
+
+  /**
+   * Fails the read waiting now and every later one that must wait, with `e`: a failure
+   * elsewhere in the same migration (a multifd channel) ends the wait on this stream at once.
+   */
+  poison(e: MigrationError): void {
+    this.poisoned ??= e;
+    this.kick();
   }
 
   /** Drops what is buffered and all that comes later (a failed side reads no more). */
