@@ -5,15 +5,12 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
-import { runKvmmu } from "../helpers/cli.js";
+import { runKvmmu, startIncoming } from "../helpers/cli.js";
 import { checkTraceEvents, type TraceEvent } from "../../src/sync/trace_event.js";
 
-const bin = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 const dir = mkdtempSync(join(tmpdir(), "kvmmu-trace-"));
 test.after(() => rmSync(dir, { recursive: true, force: true }));
 
@@ -111,27 +108,11 @@ test("migrate --local --postcopy --trace: the destination's page requests", asyn
 test("migrate-incoming --trace: the destination's own file, its receive slice with the pages it applied", async () => {
   const file = join(dir, "incoming.json");
   const key = "trace-incoming-key";
-  const d = spawn(
-    process.execPath,
-    [bin, "migrate-incoming", "--listen", "127.0.0.1:0", "--key", key, "--json", "--trace", file],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  let out = "";
-  let err = "";
-  d.stdout.on("data", (c: Buffer) => (out += c.toString()));
-  const exit = new Promise<number>((r) => d.once("exit", (c) => r(c ?? -1)));
-  const port = await new Promise<number>((res, rej) => {
-    d.stderr.on("data", (c: Buffer) => {
-      err += c.toString();
-      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(err);
-      if (m) res(Number(m[1]));
-    });
-    void exit.then(() => rej(new Error(`exited before listening: ${err}`)));
-  });
+  const d = await startIncoming(["--key", key, "--trace", file]);
   const src = await runKvmmu([
     "migrate",
     "--to",
-    `127.0.0.1:${port}`,
+    `127.0.0.1:${d.port}`,
     "--key",
     key,
     "-b",
@@ -140,8 +121,8 @@ test("migrate-incoming --trace: the destination's own file, its receive slice wi
     "50",
   ]);
   assert.equal(src.code, 0, src.err);
-  assert.equal(await exit, 0, err);
-  assert.equal((JSON.parse(out) as { status: string }).status, "completed");
+  assert.equal(await d.exit, 0, d.err());
+  assert.equal((JSON.parse(d.out()) as { status: string }).status, "completed");
   const t = load(file);
   assert.deepEqual([t.otherData.command], ["migrate-incoming"]);
   const procs = t.traceEvents

@@ -4,13 +4,9 @@
  */
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { createServer } from "node:net";
-import { fileURLToPath } from "node:url";
-import { runKvmmu } from "../helpers/cli.js";
+import { runKvmmu, startIncoming } from "../helpers/cli.js";
 import { connectOutgoing } from "../../src/migration/auth.js";
-
-const bin = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 
 function oneLine(err: string, re: RegExp): void {
   const lines = err.trim().split("\n");
@@ -54,28 +50,8 @@ test("kvmmu migrate-incoming: an address in use (EADDRINUSE) and one not on this
   oneLine(u.err, /^kvmmu: EINVAL: --tls-psk: give at most one of/);
 });
 
-/** Starts `kvmmu migrate-incoming` on a free port; resolves with its port and its exit. */
-async function incoming(args: string[]) {
-  const p = spawn(process.execPath, [bin, "migrate-incoming", "--listen", "127.0.0.1:0", "--json", ...args], {
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let out = "";
-  let err = "";
-  p.stdout.on("data", (c: Buffer) => (out += c.toString()));
-  const exit = new Promise<number>((r) => p.once("exit", (c) => r(c ?? -1)));
-  const port = await new Promise<number>((res, rej) => {
-    p.stderr.on("data", (c: Buffer) => {
-      err += c.toString();
-      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(err);
-      if (m) res(Number(m[1]));
-    });
-    void exit.then(() => rej(new Error(`exited before listening: ${err}`)));
-  });
-  return { port, exit, out: () => out, err: () => err };
-}
-
 test("kvmmu migrate with the wrong key: EACCES named, exit 1; the destination keeps waiting", async () => {
-  const d = await incoming(["--key", "the-right-key", "--idle-timeout", "300"]);
+  const d = await startIncoming(["--key", "the-right-key", "--idle-timeout", "300"]);
   const r = await runKvmmu([
     "migrate",
     "--to",
@@ -102,7 +78,7 @@ test("kvmmu migrate with the wrong key: EACCES named, exit 1; the destination ke
 });
 
 test("kvmmu migrate while another source holds the destination: EBUSY named, exit 1, one line", async () => {
-  const d = await incoming(["--key", "the-right-key", "--idle-timeout", "60000"]);
+  const d = await startIncoming(["--key", "the-right-key", "--idle-timeout", "60000"]);
   const { sock } = await connectOutgoing({ host: "127.0.0.1", port: d.port, key: "the-right-key" });
   sock.on("error", () => {});
   try {

@@ -20,13 +20,10 @@ import type { MigrationSecurity } from "../../src/migration/tls.js";
 import type { DesignName } from "../../src/mmu/design.js";
 import type { MmuModeName } from "../../src/vm.js";
 import { KvmError } from "../../src/errors.js";
-import { runKvmmu } from "../helpers/cli.js";
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
+import { runKvmmu, startIncoming } from "../helpers/cli.js";
 import type { MigrationReport } from "../../src/migration/report.js";
 
 const KEY = "test-recover-key";
-const BIN = fileURLToPath(new URL("../../../bin/kvmmu.js", import.meta.url));
 const PAGES = (8 << 20) / 4096;
 
 interface Run {
@@ -234,45 +231,18 @@ test("kvmmu migrate --local --postcopy --resume --fault drop-link --fault-repeat
 });
 
 test("kvmmu migrate-incoming --resume and kvmmu migrate --to --resume: the link drops, both resume, exit 0", async () => {
-  const d = spawn(
-    process.execPath,
-    [
-      BIN,
-      "migrate-incoming",
-      "--listen",
-      "127.0.0.1:0",
-      "--json",
-      "--key",
-      KEY,
-      "--resume",
-      "--run-after",
-      "0",
-    ],
-    { stdio: ["ignore", "pipe", "pipe"] },
-  );
-  let out = "";
-  let err = "";
-  d.stdout.on("data", (c: Buffer) => (out += c.toString()));
-  const exit = new Promise<number>((r) => d.once("exit", (c) => r(c ?? -1)));
-  const port = await new Promise<number>((res, rej) => {
-    d.stderr.on("data", (c: Buffer) => {
-      err += c.toString();
-      const m = /listening on 127\.0\.0\.1:(\d+)/.exec(err);
-      if (m) res(Number(m[1]));
-    });
-    void exit.then(() => rej(new Error(`exited before listening: ${err}`)));
-  });
+  const d = await startIncoming(["--key", KEY, "--resume", "--run-after", "0"]);
   const r = await runKvmmu([
     "migrate",
-    ...["--to", `127.0.0.1:${port}`, "--key", KEY, "--postcopy", "--resume", "--fault", "drop-link"],
+    ...["--to", `127.0.0.1:${d.port}`, "--key", KEY, "--postcopy", "--resume", "--fault", "drop-link"],
     ...["--json", "-b", "8M", "--max-bandwidth", "32m", "--warmup", "50"],
   ]);
   assert.equal(r.code, 0, r.err + r.out);
   const o = (JSON.parse(r.out) as { results: MigrationReport }).results;
   assert.deepEqual([o.status, o.verify.mismatches, o.verify.guestInvariant], ["completed", 0, true]);
   assert.equal(o.postcopy!.recoveries, 1);
-  assert.equal(await exit, 0, err);
-  const rep = JSON.parse(out) as {
+  assert.equal(await d.exit, 0, d.err());
+  const rep = JSON.parse(d.out()) as {
     status: string;
     guestInvariant: boolean;
     postcopy: { recoveries: number };

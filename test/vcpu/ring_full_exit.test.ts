@@ -19,7 +19,8 @@ import { KvmError } from "../../src/errors.js";
 const NPAGES = 512;
 const RING = 256; // soft-full at 256 - 64 reserved entries
 
-test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the caller, who resets and goes on", () => {
+/** A 1-vCPU VM with a RING-entry dirty ring and one logged slot of NPAGES; vCPU 0 running here. */
+function ringVm() {
   const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1 });
   vm.enableDirtyRing(RING);
   const hva = vm.mmap(NPAGES * PAGE_SIZE, { thp: false });
@@ -33,6 +34,11 @@ test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the c
   vm.createVcpu(0);
   const kvm = vmKvm(vm);
   kvm_set_running_vcpu(kvm, 0);
+  return { vm, kvm };
+}
+
+test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the caller, who resets and goes on", () => {
+  const { vm, kvm } = ringVm();
   try {
     const v = new Vcpu(kvm, 0, 4);
     const harvested: number[] = [];
@@ -76,19 +82,7 @@ test("in-thread vCPU: a soft-full ring returns KVM_EXIT_DIRTY_RING_FULL to the c
 });
 
 test("in-thread vCPU: a fault that throws keeps its error when the re-entry exits; the exit comes at the next access", () => {
-  const vm = Vm.create({ memory: 16 << 20, wp: "lockless", maxVcpus: 1 });
-  vm.enableDirtyRing(RING);
-  const hva = vm.mmap(NPAGES * PAGE_SIZE, { thp: false });
-  vm.setUserMemoryRegion({
-    slot: 0,
-    guestPhysAddr: 0,
-    memorySize: NPAGES * PAGE_SIZE,
-    userspaceAddr: hva,
-    flags: KVM_MEM_LOG_DIRTY_PAGES,
-  });
-  vm.createVcpu(0);
-  const kvm = vmKvm(vm);
-  kvm_set_running_vcpu(kvm, 0);
+  const { vm, kvm } = ringVm();
   try {
     const v = new Vcpu(kvm, 0, 4);
     v.enterGuest();
